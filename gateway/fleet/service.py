@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from gateway.atomic import set_aside
+from gateway.clockstep import steady_seconds
 from gateway.fleet.ddi import DDIClient, DDIError, poll_answer, refused_for_good
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
@@ -30,6 +31,7 @@ from gateway.fleet.state import Feedback, FleetState
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 from gateway.blocking import RunBlocking
+from gateway.logthrottle import LogThrottle
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
@@ -40,6 +42,9 @@ ENDED_KEPT = 1000
 #: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
 #: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
 MAX_SLEEP = 86400.0
+#: Seconds between two log lines about feedback the server did not take, at least (it is sent
+#: again at every poll: a server refusing it for hours would write a line every poll).
+FEEDBACK_LOG_INTERVAL = 600.0
 #: The statuses that end an operation, as reported.
 _FINAL = {status.value for status in Status if status.final}
 
@@ -80,6 +85,7 @@ class FleetService(Service):
         self._cycle_running: Deferred[Any] | None = None
         self._save_lock = DeferredLock()
         self._flushing = False
+        self._feedback_lines = LogThrottle(FEEDBACK_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._unwatch: Callable[[], None] | None = None
         self._unhold: Callable[[], None] | None = None
         #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
@@ -470,8 +476,14 @@ class FleetService(Service):
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:
                         self.last_error = str(error)
-                        self.log.warn("fleet feedback not accepted, kept for later: {error}", error=str(error))
+                        count = self._feedback_lines.note()
+                        if count is not None:
+                            self.log.warn("fleet feedback not accepted, kept for later ({count} since the last such"
+                                          " line; logged at most once every {interval:g} minutes until one is"
+                                          " accepted): {error}", count=count, interval=FEEDBACK_LOG_INTERVAL / 60,
+                                          error=str(error))
                         return
+                self._feedback_lines.reset()  # (out of the outbox: the next one not taken is news)
                 if not self.running:
                     # stopped meanwhile (stopService does not wait for the server): the next service
                     # has the state file now, and sends this feedback again

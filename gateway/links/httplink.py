@@ -130,6 +130,8 @@ class HTTPLink:
         self._cik_unsaved = False
         self.is_connected = False
         self.cause = "not connected yet"
+        #: the cause each loop (``uplink``, ``long-poll of <alias>``) logged last since the link was up
+        self._told: dict[str, str] = {}
         self.last_error = ""  # why the last request failed, kept once it works again (as MQTT links keep it)
         self.sent = 0
         self.acked = 0
@@ -255,8 +257,15 @@ class HTTPLink:
             self._tell_status(True, "")
             self.check_losses()
 
-    def _down(self, cause: str) -> None:
-        if self.is_connected or cause != self.cause:
+    def _down(self, cause: str, loop: str = "uplink") -> None:
+        """Say the link does not reach the cloud, logging ``cause`` unless ``loop`` (the uplink,
+        or a downlink's long-poll) logged it last since the link was up: the uplink and the
+        long-polls fail in turn while the cloud is down, each with its own cause, and comparing
+        with the last cause of either would log every failure of both."""
+        if self.is_connected:
+            self._told.clear()
+        if self._told.get(loop) != cause:
+            self._told[loop] = cause
             self.log.warn("link {link}: {cause}", link=self.name, cause=cause)
         self.is_connected, self.cause, self.connected_since = False, cause, None
         self.last_error = cause
@@ -630,6 +639,7 @@ class HTTPLink:
         since: bytes | None = None
         attempt = 0
         used: str | None = None
+        loop = f"long-poll of {downlink.alias}"
         while self._running:
             try:
                 if self.cik is None:
@@ -661,16 +671,16 @@ class HTTPLink:
                 if self.cik != used:
                     continue  # activated again meanwhile: poll with the new CIK
                 if self._reactivated:
-                    self._down(f"CIK refused right after activation ({exc})")
+                    self._down(f"CIK refused right after activation ({exc})", loop)
                     attempt = yield self._back_off(attempt, None)
                     continue
                 yield self._forget_cik()  # activated again at the top of the loop, once for every loop
             except RequestFailed as exc:
                 if not self._running:
                     return  # (a request cancelled by stop() fails as "no answer")
-                self._down(f"long-poll of {downlink.alias}: {exc}")
+                self._down(f"long-poll of {downlink.alias}: {exc}", loop)
                 attempt = yield self._back_off(attempt, exc.retry_after)
             except Exception as exc:
                 self.log.failure("link {link}: long-poll failed", link=self.name)
-                self._down(f"internal error: {exc}")
+                self._down(f"internal error: {exc}", loop)
                 attempt = yield self._back_off(attempt, None)

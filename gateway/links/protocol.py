@@ -113,6 +113,7 @@ class MQTTClientProtocol(Protocol):
         self.subscriptions: dict[int, list[tuple[str, int]]] = {}
         self._qos2_in: set[int] = set()
         self._last_sent = 0.0
+        self._last_heard = 0.0
         self._deadline: IDelayedCall | None = None
         self._keepalive: IDelayedCall | None = None
         self._next_sub_id = 0
@@ -203,7 +204,11 @@ class MQTTClientProtocol(Protocol):
         self._keepalive = self.clock.callLater(delay, self._keepalive_due)
 
     def _keepalive_due(self) -> None:
-        idle = steady_seconds(self.clock) - self._last_sent
+        # Idle is without sending, or without hearing from the server: a connection that stalls
+        # (a proxy holding it open, a stalled cellular link) while the gateway goes on sending
+        # (QoS 0 publishes, the shadow sync's requests) must be noticed too, as paho does.
+        now = steady_seconds(self.clock)
+        idle = now - min(self._last_sent, self._last_heard)
         keepalive = self.options.keepalive
         if idle >= keepalive:
             self.write(codec.PINGREQ_PACKET)
@@ -220,6 +225,7 @@ class MQTTClientProtocol(Protocol):
         The PUBACKs of one read go to the handler together, after the other packets.
         """
         self.bytes_received += len(data)
+        self._last_heard = steady_seconds(self.clock)
         try:
             if self.is_connected:
                 acked, data = self.reader.take_pubacks(data)

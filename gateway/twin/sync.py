@@ -135,6 +135,13 @@ class ShadowSync:
         self._acked = 0
         self._reading = False
         self._get_count = 0
+        #: shadow -> the clientToken of its get awaiting an answer: sent again with it, so that an
+        #: answer slower than request_timeout still reads the shadow (a new token at each timeout
+        #: would drop every late answer, and a cloud always that slow would never be read)
+        self._get_tokens: dict[str, str] = {}
+        #: clientTokens of requests unanswered within request_timeout (and sent again), on this
+        #: connection: their answers, late, do not make the next unanswered request news
+        self._overdue: set[str] = set()
         self._timers: list[IDelayedCall] = []
         self.retry_policy = retry_policy or lazy_backoff(initialDelay=RETRY_DELAY, maxDelay=RETRY_MAX_DELAY)
         self._throttled: dict[str, int] = {}  # shadow -> its 429/5xx refusals in a row
@@ -377,6 +384,8 @@ class ShadowSync:
         self.inflight.clear()
         self.busy.clear()
         self.gets = []
+        self._get_tokens.clear()
+        self._overdue.clear()
 
     def pump(self) -> None:
         """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all."""
@@ -426,8 +435,10 @@ class ShadowSync:
         self.protocol.publish(topic, json.dumps(body, separators=(",", ":")).encode(), 0, False, 0, False)
 
     def _send_get(self, shadow: str) -> None:
-        self._get_count += 1
-        token = f"get-{self._get_count}"
+        token = self._get_tokens.get(shadow)
+        if token is None:
+            self._get_count += 1
+            token = self._get_tokens[shadow] = f"get-{self._get_count}"
         self._send(shadows.shadow_topic(self.thing, shadow, "get"), {"clientToken": token},
                    Request("get", shadow, None, None), token)
 
@@ -442,16 +453,17 @@ class ShadowSync:
         request = self.inflight.pop(token, None)
         if request is None:
             return
+        self._overdue.add(token)
         # (a cloud that never answers, its policy not allowing the shadow topics say, would
         # otherwise write a line per shadow every request_timeout, for ever)
         count = self._unanswered_lines.note()
         if count is not None:
             self.log.warn("shadow {shadow}: no answer to request {token} within {timeout:g} s; sending it again"
                           " ({count} unanswered since the last such line; logged at most once every {interval:g}"
-                          " minutes until an answer comes): does the cloud serve the shadows of {thing}, and does"
-                          " its policy let this client use their topics?", shadow=request.shadow or "(classic)",
-                          token=token, timeout=self.settings.request_timeout, count=count,
-                          interval=UNANSWERED_LOG_INTERVAL / 60, thing=self.thing)
+                          " minutes until one is answered in time): does the cloud serve the shadows of {thing},"
+                          " and does its policy let this client use their topics?",
+                          shadow=request.shadow or "(classic)", token=token, timeout=self.settings.request_timeout,
+                          count=count, interval=UNANSWERED_LOG_INTERVAL / 60, thing=self.thing)
         self.busy.discard(request.shadow)
         if request.kind == "get":
             self.gets.insert(0, request.shadow)
@@ -543,10 +555,15 @@ class ShadowSync:
     def _finish(self, token: str) -> Request | None:
         request = self.inflight.pop(token, None)
         if request is not None:
-            self._unanswered_lines.reset()  # (an answer: the next request unanswered is news)
+            if token in self._overdue:  # (late: the cloud is slow, not back; its next timeout is no news)
+                self._overdue.discard(token)
+            else:  # an answer in time: the next request unanswered is news
+                self._unanswered_lines.reset()
             if request.timer is not None and request.timer.active():
                 request.timer.cancel()
             self.busy.discard(request.shadow)
+            if request.kind == "get":
+                self._get_tokens.pop(request.shadow, None)  # (the next get of it is a new request)
         return request
 
     def _done(self, token: str, request: Request) -> None:

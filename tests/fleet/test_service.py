@@ -906,6 +906,32 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
+    def test_feedback_the_server_keeps_refusing_is_one_line_per_ten_minutes(self) -> None:
+        """A server that polls well but keeps refusing feedback (503 for an hour: its feedback
+        endpoint down behind a proxy) had a warning at every poll and at every step, for as long
+        as it lasted; now the first, then one every 10 minutes with the count since the last,
+        and the first refusal after feedback was taken again is news at once."""
+        events = capture_log_events(self)
+        self.server.sleep = "00:00:10"
+        self.server.deployment = deployment("19", FILES)
+        self.server.feedback_errors = [503] * 10000
+        self.start()
+        self.run_for(3600)
+        lines = [formatEvent(e) for e in events if "feedback not accepted" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 6, lines)  # at t=5, then every 10 minutes
+        self.assertTrue(lines[0].startswith("fleet feedback not accepted, kept for later (1 since the last such"
+                                            " line; logged at most once every 10 minutes until one is"
+                                            " accepted): POST https://ddi.example/"), lines[0])
+        self.assertIn("(65 since the last such line", lines[1])  # 60 polls, 5 more steps
+        self.server.feedback_errors = []
+        self.run_for(20)
+        self.assertEqual(len(self.server.feedback), 6)  # each step once, in order
+        self.server.deployment = deployment("20", FILES)
+        self.server.feedback_errors = [503]
+        del events[:]
+        self.run_for(20)
+        self.assertEqual(len([e for e in events if "feedback not accepted" in e.get("log_format", "")]), 1)
+
     def test_a_stopped_service_writes_no_state_when_its_last_feedback_is_answered(self) -> None:
         """A feedback request still under way when the service stops (a configuration change
         restarts the services in-process; stopService does not wait for the server) leaves the

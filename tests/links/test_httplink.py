@@ -932,6 +932,32 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertLessEqual(len(polls), 6, polls)
         self.assertLessEqual(len(self.published), 6)
 
+    def test_a_cloud_down_with_a_downlink_is_one_line_per_cause(self) -> None:
+        """A platform that answers nothing but 503 for an hour, to a link with data to send and a
+        downlink: its uplink and its long-poll failed in turn, each with its own cause, and since
+        a cause was logged only when it differed from the last one, every failure of either was
+        a warning, one at each retry, for as long as it lasted. Now each loop's cause is logged
+        once until the link reaches the platform again."""
+
+        class Outage(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                request.setResponseCode(503)
+                return b"maintenance"
+
+        self.write("temp", "1")
+        self.treq = StubTreq(Outage())
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_text("b" * 40)
+        with capturedLogs() as events:
+            self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000)
+            self.pass_time(3600, step=1.0)
+        lines = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(sorted(lines), ["link cloud: HTTP 503: maintenance",
+                                         "link cloud: long-poll of reboot: HTTP 503: maintenance"])
+        self.assertEqual(self.statuses[-1][0], False)
+
     def test_long_poll_answers_do_not_hide_an_uplink_failure(self) -> None:
         """A batch the cloud keeps refusing: the status keeps saying why while the long-polls work."""
         self.write("temp", "1")

@@ -254,13 +254,14 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertIn("no PINGRESP", protocol.cause)
 
     def test_pingresp_keeps_alive(self) -> None:
-        """A PINGRESP cancels the deadline; traffic postpones the next PINGREQ."""
+        """A PINGRESP cancels the deadline; traffic both ways postpones the next PINGREQ."""
         protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
         protocol.dataReceived(CONNACK_OK)
         clock.advance(10)
         protocol.dataReceived(b"\xd0\x00")
         clock.advance(5)
-        protocol.publish("a", b"x", 0, False, 0, False)
+        protocol.publish("a", b"x", 1, False, 1, False)
+        protocol.dataReceived(puback(1))
         transport.clear()
         clock.advance(5)
         self.assertEqual(transport.value(), b"")
@@ -297,6 +298,26 @@ class KeepaliveTests(SynchronousTestCase):
         clock.advance(2)
         self.assertFalse(transport.disconnecting)
         self.assertTrue(protocol.is_connected)
+
+    def test_a_connection_that_stalls_while_the_gateway_sends_is_closed(self) -> None:
+        """The server stops answering (a proxy holding the connection open, a stalled cellular
+        link) while the gateway goes on sending QoS 0 publishes (the shadow sync's requests,
+        sent again every request_timeout): a PINGREQ went only after keepalive seconds without
+        sending, so the dead connection was never noticed. Now keepalive seconds without
+        hearing from the server send one too, and ping_timeout later the link is dropped."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        protocol.dataReceived(CONNACK_OK)
+        transport.clear()
+        for _ in range(2):
+            clock.advance(4)
+            protocol.publish("a", b"x", 0, False, 0, False)
+        clock.advance(2)  # 10 s after the CONNACK, the last word heard
+        self.assertTrue(transport.value().endswith(codec.PINGREQ_PACKET))
+        clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no PINGRESP within 3 s", protocol.cause)
 
     def test_a_step_back_of_the_wall_clock_does_not_hold_the_pingreq(self) -> None:
         """NTP steps the clock back an hour while the link is idle: the PINGREQ still goes

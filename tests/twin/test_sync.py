@@ -482,11 +482,61 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(len(lines), 2, lines)  # at 30 s and at 630 s
         self.assertTrue(lines[0].startswith("shadow (classic): no answer to request 1 within 30 s; sending it again"
                                             " (1 unanswered since the last such line; logged at most once every 10"
-                                            " minutes until an answer comes): does the cloud serve the shadows of"
-                                            " gw1"), lines[0])
+                                            " minutes until one is answered in time): does the cloud serve the shadows"
+                                            " of gw1"), lines[0])
         self.assertIn("(40 unanswered since the last such line", lines[1])
         (_, body), = [sent for sent in self.connection.take()[-2:] if sent[0] == f"{BASE}/update"]
         self.reply(f"{BASE}/update/accepted", {"clientToken": body["clientToken"], "version": 1})
+        with capturedLogs() as events:
+            self.clock.advance(self.settings.request_timeout)
+        self.assertEqual(len([e for e in events if "no answer" in e.get("log_format", "")]), 1)
+
+    def test_a_get_answered_after_the_timeout_is_taken(self) -> None:
+        """A cloud slower than request_timeout: a get sent again carried a new clientToken, so the
+        late answer to the first matched no request and was dropped, and so was each later one:
+        every shadow was read again every request_timeout, for ever, and no update left. Now a
+        get goes again with its clientToken, and the late answer reads the shadow."""
+        self.send(command("modify", "/features/lamp/properties/on", True))  # offline
+        self.sync.link_connected(self.connection)
+        topic = f"{BASE}/name/lamp/get"
+        sent = dict(self.connection.take())
+        first = sent.pop(topic)
+        self.reply(f"{BASE}/get/rejected", {"code": 404, "clientToken": sent[f"{BASE}/get"]["clientToken"]})
+        self.clock.advance(self.settings.request_timeout)
+        self.assertEqual(self.connection.take(), [(topic, first)])
+        self.clock.advance(15)  # the answer to the first, 45 s after it was sent
+        self.reply(f"{topic}/accepted", {"state": {"reported": {}}, "version": 3,
+                                         "clientToken": first["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/lamp/update", {
+            "state": {"reported": {"on": True}}, "clientToken": "1", "version": 3})])
+        # the answer to the get sent again changes nothing
+        self.reply(f"{topic}/accepted", {"state": {"reported": {}}, "version": 3,
+                                         "clientToken": first["clientToken"]})
+        self.assertEqual(self.connection.take(), [])
+        self.assertEqual(self.sync.snapshot().inflight, 1)
+
+    def test_a_cloud_slower_than_the_timeout_is_logged_once_per_interval(self) -> None:
+        """A cloud that answers every request, each after 45 s (request_timeout: 30 s): each
+        late answer made the next request's timeout news, a warning per request for as long
+        as the cloud stayed that slow. Now only an answer in time does; an answer after the
+        timeout is counted into the next line, 10 minutes on."""
+        self.connect()
+        with capturedLogs() as events:
+            for n in range(1, 31):  # 30 changes, one every 45 s: 22.5 minutes
+                self.send(command("modify", "/attributes/a", n))
+                (topic, body), = self.connection.take()
+                self.clock.advance(self.settings.request_timeout)
+                self.assertEqual(self.connection.take(), [(topic, body)])  # sent again
+                self.clock.advance(15)
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 2 * n})
+        lines = [formatEvent(e) for e in events if "no answer" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 3, lines)  # at 30 s, 10 and 20 minutes later
+        self.assertIn("(14 unanswered since the last such line", lines[1])
+        # an answer in time: the next request unanswered is news again
+        self.send(command("modify", "/attributes/a", 31))
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 61})
+        self.send(command("modify", "/attributes/a", 32))
         with capturedLogs() as events:
             self.clock.advance(self.settings.request_timeout)
         self.assertEqual(len([e for e in events if "no answer" in e.get("log_format", "")]), 1)
