@@ -614,6 +614,19 @@ class DeviceAPITests(SynchronousTestCase):
         code, _, _ = self.write(b"a=1")  # within max_body: as before
         self.assertEqual(code, 204)
 
+def held_writes() -> tuple[list[tuple[Any, tuple[Any, ...], Deferred[Any]]], Any]:
+    """A ``run_blocking`` that holds each call until a test runs it, and the list it holds
+    them in (function, arguments, the Deferred to fire)."""
+    queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        queued.append((f, args, d))
+        return d
+
+    return queued, run_blocking
+
+
 class LocalIdentitiesTests(SynchronousTestCase):
     """Local activations are durable before their CIK is handed out, several at once too."""
 
@@ -623,13 +636,7 @@ class LocalIdentitiesTests(SynchronousTestCase):
         rename, a 500 to the app) and each held only its own serial, so a CIK handed out could
         be missing from devices.json after a restart."""
         path = Path(self.mktemp()) / "devices.json"
-        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            queued.append((f, args, d))
-            return d
-
+        queued, run_blocking = held_writes()
         identities = LocalIdentities(path, run_blocking)
         ciks: dict[str, str] = {}
         for serial in ("sn1", "sn2", "sn3"):
@@ -650,13 +657,7 @@ class LocalIdentitiesTests(SynchronousTestCase):
         write (a group commit): each was a whole-file write of its own, one after another
         (2,000 new serials took 21 s), and none of them gets its CIK before it is on disk."""
         path = Path(self.mktemp()) / "devices.json"
-        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            queued.append((f, args, d))
-            return d
-
+        queued, run_blocking = held_writes()
         identities = LocalIdentities(path, run_blocking)
         ciks: dict[str, str] = {}
         serials = [f"sn{n}" for n in range(100)]
@@ -680,13 +681,7 @@ class LocalIdentitiesTests(SynchronousTestCase):
         during it are written next, and a serial of the failed batch asked again gets a new
         CIK that is saved."""
         path = Path(self.mktemp()) / "devices.json"
-        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            queued.append((f, args, d))
-            return d
-
+        queued, run_blocking = held_writes()
         identities = LocalIdentities(path, run_blocking)
         first = identities.activate("acme", "box", "sn1")
         _, _, d = queued.pop(0)
