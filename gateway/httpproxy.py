@@ -194,6 +194,10 @@ class _TunnelProtocol(Protocol):
 class _TunnelFactory(Factory):
     """Makes the one :class:`_TunnelProtocol` of a connection to the proxy."""
 
+    #: One factory per connection: Factory's "Starting factory"/"Stopping factory" lines were two
+    #: lines logged at every connection (a link retrying a refused tunnel: at every attempt).
+    noisy = False
+
     def __init__(self, endpoint: TunnelEndpoint, factory: IProtocolFactory) -> None:
         self._endpoint = endpoint
         self._factory = factory

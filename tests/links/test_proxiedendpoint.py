@@ -162,12 +162,17 @@ class ProxiedLinkStatusTests(SynchronousTestCase):
         events = capture_log_events(self)
         links.startService()
         self.addCleanup(links.stopService)
+        factory = reactor.tcpClients[0][2]
+        factory.doStart()  # (as a real reactor's connector does around each connection)
         transport = proxy_connection(self, reactor)
         transport.protocol.dataReceived(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
         cause = ("the proxy http://127.0.0.1:3128 refused the tunnel to mqtt.example.com:8883: HTTP 403: Forbidden"
                  " (the proxy's rules forbid it: its ACL, or the ports it tunnels to)")
         self.assertEqual([str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn],
                          [f"link cloud cannot connect: {cause}"])
+        factory.doStop()
+        # (the tunnel's factory logged "Starting factory"/"Stopping factory" at every attempt)
+        self.assertEqual([e for e in events if "factory" in str(formatEvent(e))], [])
         link = links.links["cloud"]
         self.assertEqual((link.is_connected, link.cause, link.last_error), (False, cause, cause))
         self.assertEqual(links.status["cloud"]["cause"], cause)
