@@ -1,11 +1,13 @@
-"""Outgoing HTTP(S) through the HTTP proxy of ``gateway.proxy``: https:// requests in a
+"""Outgoing connections through the HTTP proxy of ``gateway.proxy``: https:// requests in a
 CONNECT tunnel (TLS from the gateway to the server, verified as without a proxy), http://
 requests forwarded by the proxy (absolute-URI requests, which squid and tinyproxy take for
-any port), ``no_proxy`` hosts directly.
+any port), ``no_proxy`` hosts directly; MQTT links' connections in a CONNECT tunnel too
+(:func:`tunnel_endpoint`, the one tunnel of both).
 
 Imported only by the HTTP clients' builders (:mod:`gateway.operations.httpclient`,
-:mod:`gateway.links.httpclient`) of a gateway that has a proxy: without one their agent is
-the plain ``Agent`` of before, with no layer added.
+:mod:`gateway.links.httpclient`) and the MQTT links' endpoints (:mod:`gateway.links.endpoint`)
+of a gateway that has a proxy: without one their agent and endpoints are those of before,
+with no layer added.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (IAddress, IDelayedCall, IProtocol, IProtocolFactory, IReactorTime,
                                          IStreamClientEndpoint)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -25,10 +26,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from gateway.netfailures import describe, describe_answer, one_line
+from gateway.netfailures import ProxyError, describe, describe_answer, one_line
 from gateway.proxysettings import ProxyAddress, ProxySettings, bypasses
 
-__all__ = ["ProxyError", "ProxyRoutingAgent", "TunnelEndpoint", "proxied_agent"]
+__all__ = ["ProxyError", "ProxyRoutingAgent", "TunnelEndpoint", "proxied_agent", "tunnel_endpoint"]
 
 #: Seconds a proxy may take to answer a CONNECT (its own connection to the server included).
 CONNECT_TIMEOUT = 30.0
@@ -44,22 +45,6 @@ _HINTS = {
     407: " (the proxy wants a user and password: check them in gateway.proxy.url)",
     403: " (the proxy's rules forbid it: its ACL, or the ports it tunnels to)",
 }
-
-
-class ProxyError(ConnectError):
-    """The proxy gave no connection to the server: it cannot be reached, refused the CONNECT
-    (its answer quoted), answered something that is not HTTP, or did not answer in time. A
-    connection error like any other (it is retried as such), told in one line naming the proxy.
-
-    :param message: the line.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(string=message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @implementer(IStreamClientEndpoint)
@@ -209,6 +194,10 @@ class _TunnelProtocol(Protocol):
 class _TunnelFactory(Factory):
     """Makes the one :class:`_TunnelProtocol` of a connection to the proxy."""
 
+    #: One factory per connection: Factory's "Starting factory"/"Stopping factory" lines were two
+    #: lines logged at every connection (a link retrying a refused tunnel: at every attempt).
+    noisy = False
+
     def __init__(self, endpoint: TunnelEndpoint, factory: IProtocolFactory) -> None:
         self._endpoint = endpoint
         self._factory = factory
@@ -251,6 +240,29 @@ class TunnelEndpoint:
             return tunnel.established
 
         return self.proxy_endpoint.connect(_TunnelFactory(self, protocolFactory)).addCallback(established)
+
+
+def _to_proxy(reactor: Any, proxy: ProxyAddress, timeout: float = 30.0,
+              bind_address: tuple[str, int] | None = None) -> _ProxyEndpoint:
+    """The connection to ``proxy`` itself (TCP, ``timeout`` seconds to come up, from
+    ``bind_address`` when given), its failures naming the proxy."""
+    return _ProxyEndpoint(HostnameEndpoint(reactor, proxy.host, proxy.port, timeout=timeout,
+                                           bindAddress=bind_address), proxy.shown)
+
+
+def tunnel_endpoint(reactor: Any, proxy: ProxyAddress, host: str, port: int, timeout: float = 30.0,
+                    bind_address: tuple[str, int] | None = None) -> TunnelEndpoint:
+    """A stream connection to ``host:port`` through ``proxy``'s CONNECT tunnel (an MQTT link's
+    connection to its broker; TLS to the broker goes on top of it, as on a direct connection).
+
+    :param reactor: the reactor (connects, and times the proxy's answer: :data:`CONNECT_TIMEOUT`).
+    :param proxy: the proxy (``gateway.proxy.url``).
+    :param host: the server's host (a name, or an IP address; IPv6 without brackets).
+    :param port: the server's port.
+    :param timeout: seconds the connection to the proxy may take to come up.
+    :param bind_address: the local address to connect to the proxy from, or ``None``.
+    """
+    return TunnelEndpoint(reactor, _to_proxy(reactor, proxy, timeout, bind_address), proxy, host, port)
 
 
 @implementer(IAgentEndpointFactory)
@@ -322,6 +334,6 @@ def proxied_agent(reactor: Any, settings: ProxySettings, direct: IAgent, policy:
         return direct
     from twisted.web.client import Agent, ProxyAgent
 
-    endpoint = _ProxyEndpoint(HostnameEndpoint(reactor, proxy.host, proxy.port), proxy.shown)
+    endpoint = _to_proxy(reactor, proxy)
     tunnel = Agent.usingEndpointFactory(reactor, _TunnelEndpoints(reactor, endpoint, proxy, policy), pool)
     return ProxyRoutingAgent(settings.no_proxy, proxy.authorization, direct, tunnel, ProxyAgent(endpoint, reactor, pool))

@@ -1,5 +1,7 @@
 """Network errors (HTTP client, TCP, TLS) told as sentences a person can act on (never a ``Failure`` repr),
-and a server's HTTP error answer told on one line.
+and a server's HTTP error answer told on one line; :class:`ProxyError`, the HTTP proxy's
+(:mod:`gateway.httpproxy`), kept here so that what tells it apart (the MQTT links' causes)
+need not import the proxy's module in a gateway without a proxy.
 
 Used by downloads, uploads, the fleet's DDI client, the Exosite HTTP link and podman's event stream.
 """
@@ -26,6 +28,22 @@ _ANSWER_READ = 16384
 _HTML = re.compile(r"\s*<(!doctype\s+html|html|head|body|title)\b", re.IGNORECASE)
 #: The tags around an HTML page's title.
 _TITLE_OPEN, _TITLE_CLOSE = re.compile("<title", re.IGNORECASE), re.compile("</title", re.IGNORECASE)
+
+
+class ProxyError(net.ConnectError):
+    """The proxy gave no connection to the server: it cannot be reached, refused the CONNECT
+    (its answer quoted), answered something that is not HTTP, or did not answer in time. A
+    connection error like any other (it is retried as such), told in one line naming the proxy.
+
+    :param message: the line.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(string=message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def describe(problem: BaseException | Failure, now: float | None = None) -> str:

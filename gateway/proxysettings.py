@@ -1,9 +1,9 @@
-"""The ``gateway.proxy`` settings: the HTTP proxy that outgoing HTTP(S) requests go through,
-its URL parsed and checked, and which target hosts bypass it (``no_proxy``).
+"""The ``gateway.proxy`` settings: the HTTP proxy that outgoing HTTP(S) requests and MQTT links
+go through, its URL parsed and checked, and which target hosts bypass it (``no_proxy``).
 
 Kept apart from :mod:`gateway.httpproxy` (the tunnel and the agents), which only a gateway
-with a proxy and an HTTP client in use imports: the configuration is read by every gateway,
-and by ``gatewayctl check-config``.
+with a proxy and an HTTP client or an MQTT link in use imports: the configuration is read by
+every gateway, and by ``gatewayctl check-config``.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def bypasses(no_proxy: Iterable[str], host: str) -> bool:
 @dataclass(frozen=True)
 class ProxySettings:
     """``gateway.proxy``: the HTTP proxy that outgoing HTTP(S) requests (fleet, downloads,
-    uploads, HTTP links) go through; none by default. MQTT links connect directly."""
+    uploads, HTTP links) and MQTT links (in a CONNECT tunnel) go through; none by default."""
 
     url: str | None = field(default=None, metadata={"doc": "http://[user:password@]host:port of the proxy"})
     no_proxy: tuple[str, ...] = field(default=(), metadata={"doc": "hosts, .domains, IPs reached directly"})

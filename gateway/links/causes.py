@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import unset_clock
 from gateway.endpointstrings import split_description
-from gateway.netfailures import tls_reasons
+from gateway.netfailures import ProxyError, tls_reasons
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
     exc = reason.value if isinstance(reason, Failure) else reason
     where = peer.address
     setting = "the endpoint's path" if peer.unix else "the endpoint's host and port"
+    if isinstance(exc, ProxyError):  # (it names the proxy, the server and the proxy's answer)
+        return str(exc)
     if isinstance(exc, error.ConnectionRefusedError):
         return f"connection refused by {where}: nothing listens there (check {setting})"
     if peer.unix and isinstance(exc, error.ConnectError) and exc.osError == errno.ENOENT:

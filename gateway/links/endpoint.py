@@ -3,6 +3,10 @@
 ``tls:host=H:port=P`` connects over TCP and verifies the server's certificate for H (or
 the link's ``hostname``) through service-identity, trusting ``ca_file`` (the platform's
 CAs when unset) and presenting ``cert_file``/``key_file`` when given.
+
+Under ``gateway.proxy`` the TCP connection of a ``tcp:``, ``tls:`` or ``ssl:`` endpoint is a
+CONNECT tunnel through the proxy (:func:`gateway.httpproxy.tunnel_endpoint`), unless its host
+is in ``no_proxy``; TLS, and a WebSocket, run in the tunnel as they would on TCP.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from zope.interface import implementer
 from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
+from gateway.proxysettings import ProxySettings, bypasses
 from gateway.tlsverify import NameCheckingCreator
 
 
@@ -110,10 +115,11 @@ def _tls_creator(name: str, ca_files: list[str] | None, cert_file: str | None, k
 _SSL_KEYS = ("hostname", "certKey", "privateKey", "caCertsDir")
 
 
-def _ssl_endpoint(reactor: Any, args: list[str], fields: dict[str, str]) -> IStreamClientEndpoint:
+def _ssl_endpoint(reactor: Any, args: list[str], fields: dict[str, str], proxy: ProxySettings) -> IStreamClientEndpoint:
     """An ``ssl:`` client endpoint as Twisted reads one (its TCP keys, the CAs of every
     ``.pem`` file in ``caCertsDir`` else the system's, ``certKey`` with ``privateKey``), but
-    with the name check of ``tls:``: Twisted's own lets a certificate that names no host through."""
+    with the name check of ``tls:``: Twisted's own lets a certificate that names no host through.
+    Its TCP connection goes through ``proxy`` (:func:`_through_proxy`)."""
     def escape(text: str) -> str:
         return text.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -127,15 +133,35 @@ def _ssl_endpoint(reactor: Any, args: list[str], fields: dict[str, str]) -> IStr
         except OSError as exc:
             raise LinkError(f"TLS files for the link: caCertsDir: {exc}") from exc
     creator = _tls_creator(fields["hostname"], ca_files, fields.get("certKey"), fields.get("privateKey"))
-    return wrapClientTLS(creator, clientFromString(reactor, plain))
+    tcp = _through_proxy(reactor, proxy, *_tcp_target(args[1:], fields))
+    return wrapClientTLS(creator, tcp if tcp is not None else clientFromString(reactor, plain))
 
 
-def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
+def _through_proxy(reactor: Any, proxy: ProxySettings, host: str, port: int, timeout: float = 30.0,
+                   bind_address: tuple[str, int] | None = None) -> IStreamClientEndpoint | None:
+    """The connection to ``host:port`` in the CONNECT tunnel of ``proxy``'s proxy (its own
+    connection to the proxy taking ``timeout`` and ``bind_address``), or ``None`` where the link
+    connects directly: no proxy, or ``host`` in its ``no_proxy``. :mod:`gateway.httpproxy` is
+    imported only here, by a gateway with a proxy."""
+    address = proxy.address()
+    if address is None or bypasses(proxy.no_proxy, host):
+        return None
+    from gateway.httpproxy import tunnel_endpoint
+
+    return tunnel_endpoint(reactor, address, host, port, timeout, bind_address)
+
+
+def link_endpoint(reactor: Any, settings: LinkEndpointSettings,
+                  proxy: ProxySettings = ProxySettings()) -> IStreamClientEndpoint:
     """The endpoint a link connects through.
 
+    :param reactor: the reactor.
+    :param settings: the link's settings.
+    :param proxy: ``gateway.proxy``: a ``tcp:``, ``tls:`` or ``ssl:`` endpoint whose host is not in
+        its ``no_proxy`` connects through its proxy's CONNECT tunnel, when it has a proxy.
     :raises LinkError: for an endpoint string Twisted cannot parse or unreadable TLS files.
     """
-    endpoint = _stream_endpoint(reactor, settings)
+    endpoint = _stream_endpoint(reactor, settings, proxy)
     if settings.aws is not None and settings.aws.websocket:
         return aws_websocket_endpoint(reactor, settings, endpoint)
     return endpoint
@@ -186,7 +212,7 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
     return WebSocketEndpoint(inner, url, reactor, settings.connect_timeout)
 
 
-def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
+def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxySettings) -> IStreamClientEndpoint:
     description = settings.endpoint
     unescaped = unescaped_ipv6_problem(description)
     if unescaped:
@@ -200,7 +226,9 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
             raise LinkError(f"{description!r}: {exc}") from None
         if not timeout > 0:  # (none would time out at once: every attempt would fail)
             raise LinkError(f"{description!r}: timeout= takes a positive number of seconds, not {timeout}")
-        tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
+        tcp = _through_proxy(reactor, proxy, fields["host"], port, timeout)
+        if tcp is None:
+            tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
         return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
     args, fields = split_description(description)
     if args[:1] == ["ssl"] and "hostname" not in fields:
@@ -211,24 +239,18 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
     try:
         endpoint = clientFromString(reactor, description)
         if args[:1] == ["ssl"]:  # (parsed by Twisted first: its errors for a bad string or files)
-            endpoint = _ssl_endpoint(reactor, args, fields)
+            endpoint = _ssl_endpoint(reactor, args, fields, proxy)
         elif args[:1] == ["tcp"]:
-            endpoint = _tcp_endpoint(reactor, endpoint, args[1:], fields)
+            endpoint = _tcp_endpoint(reactor, endpoint, args[1:], fields, proxy)
     except (ValueError, TypeError, KeyError, crypto.Error) as exc:  # (crypto: a caCertsDir .pem that is no certificate)
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
     return endpoint
 
 
-def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[str],
-                  fields: dict[str, str]) -> IStreamClientEndpoint:
-    """A ``tcp:`` client endpoint that Twisted parsed already (``parsed``): as it is for an IP
-    address, a ``HostnameEndpoint`` (as ``tls:`` connects) for a host name. Twisted's own
-    (``TCP4ClientEndpoint``) resolves a name to its IPv4 addresses only and tries the first,
-    so a cloud whose name has only IPv6 addresses was a 'DNS lookup failed', and one
-    listening on only one of its name's addresses was missed; ``HostnameEndpoint`` tries them
-    all, IPv6 and IPv4 (happy eyeballs). The arguments are read as Twisted reads them:
-    ``tcp:HOST:PORT``, ``tcp:host=H:port=P``, ``tcp:host=H:P``, with ``timeout=`` (whole
-    seconds) and ``bindAddress=``."""
+def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int, int, tuple[str, int] | None]:
+    """The host, port, ``timeout=`` (whole seconds) and ``bindAddress=`` of a ``tcp:`` (or
+    ``ssl:``) client endpoint that Twisted parsed already, read as Twisted reads them:
+    ``tcp:HOST:PORT``, ``tcp:host=H:port=P``, ``tcp:host=H:P``."""
     host, port = fields.get("host", ""), fields.get("port", "")
     if len(positional) == 2:
         host, port = positional
@@ -236,14 +258,28 @@ def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[
         port = positional[0]
     elif len(positional) == 1:
         host = positional[0]
+    bind = fields.get("bindAddress")
+    return host, int(port), int(fields.get("timeout", "30")), (bind, 0) if bind is not None else None
+
+
+def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[str],
+                  fields: dict[str, str], proxy: ProxySettings) -> IStreamClientEndpoint:
+    """A ``tcp:`` client endpoint that Twisted parsed already (``parsed``): through ``proxy``
+    (:func:`_through_proxy`); else as it is for an IP address, a ``HostnameEndpoint`` (as
+    ``tls:`` connects) for a host name. Twisted's own (``TCP4ClientEndpoint``) resolves a name
+    to its IPv4 addresses only and tries the first, so a cloud whose name has only IPv6
+    addresses was a 'DNS lookup failed', and one listening on only one of its name's addresses
+    was missed; ``HostnameEndpoint`` tries them all, IPv6 and IPv4 (happy eyeballs)."""
+    host, port, timeout, bind = _tcp_target(positional, fields)
+    tunnel = _through_proxy(reactor, proxy, host, port, timeout, bind)
+    if tunnel is not None:
+        return tunnel
     try:
         ipaddress.ip_address(host)
         return parsed
     except ValueError:
         pass
-    bind = fields.get("bindAddress")
-    return HostnameEndpoint(reactor, host, int(port), timeout=int(fields.get("timeout", "30")),
-                            bindAddress=(bind, 0) if bind is not None else None)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
 
 
 @implementer(IStreamClientEndpoint)

@@ -29,6 +29,7 @@ from gateway.links.takeover import TakeoverWatch
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import topic_for_log
+from gateway.proxysettings import ProxySettings
 
 #: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
 LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]
@@ -51,6 +52,8 @@ class MQTTLink(Factory):
     :param local_publish: republishes downlink messages on the local broker.
     :param on_status: told of every connect and disconnect.
     :param retry_policy: reconnect delays (default: the fleet-safe ReconnectPolicy from the settings).
+    :param proxy: ``gateway.proxy``: the link connects through its proxy when it has one
+        (:func:`~gateway.links.endpoint.link_endpoint`).
     """
 
     log = Logger()
@@ -61,7 +64,7 @@ class MQTTLink(Factory):
 
     def __init__(self, name: str, settings: LinkSettings, stream: LinkStream, reactor: Any,
                  identity: tuple[str, str], local_publish: LocalPublish, on_status: StatusListener,
-                 retry_policy: Callable[[int], float] | None = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None, proxy: ProxySettings = ProxySettings()) -> None:
         self.name = name
         self.settings = settings
         self.stream = stream
@@ -104,7 +107,7 @@ class MQTTLink(Factory):
             settings.stable_after, settings.min_connect_interval)
         policy = retry_policy or self.reconnect
         self.peer = peer_of(settings.endpoint, settings.hostname, settings.ca_file)
-        self.endpoint = link_endpoint(reactor, settings)
+        self.endpoint = link_endpoint(reactor, settings, proxy)
         self.service = ClientService(ReportingEndpoint(self.endpoint, self._connect_failed), self,
                                      retryPolicy=policy, clock=reactor)
         # The live connection, not Factory's protocol class (buildProtocol is this class's own).

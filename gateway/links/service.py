@@ -32,6 +32,7 @@ from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import timestamp_headers
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 from gateway.mqtt.topics import topic_for_log
+from gateway.proxysettings import ProxySettings
 
 if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
     from gateway.links.httplink import HTTPLink  # (and treq)
@@ -87,6 +88,8 @@ class LinksService(Service):
     :param retry_policy: reconnect delays for every link (default: from each link's settings).
     :param http_links: the ``http_links:`` section (HTTP links, which share the router).
     :param http_client: ``settings -> treq HTTPClient`` for each HTTP link.
+    :param proxy: ``gateway.proxy``: the MQTT links connect through its proxy when it has one
+        (the HTTP links' ``http_client`` is given it by the caller).
     :param state_dir: where HTTP links keep their CIK (``links/<name>.cik``).
     :param durable_gate: the broker's durable-acknowledgement gate (``tree.py`` passes the
         broker service's): client publishes the links route are acknowledged only once
@@ -109,8 +112,9 @@ class LinksService(Service):
                  http_links: HTTPLinksSettings | None = None,
                  http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
                  durable_gate: DurableHookGate | None = None, thing_id: str = "",
-                 hold_downlink: bool = False) -> None:
+                 hold_downlink: bool = False, proxy: ProxySettings = ProxySettings()) -> None:
         self.settings = settings
+        self.proxy = proxy
         self.durable_gate = durable_gate
         self.http_settings = http_links or HTTPLinksSettings()
         self.http_client = http_client
@@ -169,7 +173,7 @@ class LinksService(Service):
             from gateway.links.mqtt import MQTTLink
         for name, link_settings in self.settings.links.items():
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
-                                        self._publish_local, self._link_status, self.retry_policy)
+                                        self._publish_local, self._link_status, self.retry_policy, self.proxy)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         for name, http_settings in self.http_settings.links.items():
             self.links[name] = self._http_link(name, http_settings)
