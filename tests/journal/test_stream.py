@@ -376,7 +376,7 @@ class CursorTests(SynchronousTestCase):
         s.ack("link", 1).addCallback(next_ack)
         s.note_ack("link", 2)  # in memory only, while the save of 1 is in flight
         while runner.jobs:
-            saved.append(bytes(runner.jobs[0][1][2]).decode())
+            saved.append(b"".join(runner.jobs[0][1][2]).decode())  # (write_atomic's parts)
             runner.step()
         self.assertEqual(saved, ['{"acked": 1}', '{"acked": 3}'])
         self.successResultOf(again[0])
@@ -385,7 +385,7 @@ class CursorTests(SynchronousTestCase):
         runner.step()
         self.assertEqual(runner.jobs, [])  # durable with the next ack, not on its own
         s.ack("link", 5)
-        self.assertEqual(bytes(runner.jobs[0][1][2]), b'{"acked": 5}')
+        self.assertEqual(b"".join(runner.jobs[0][1][2]), b'{"acked": 5}')
 
     def test_ranges_acknowledged_above_the_cursor(self) -> None:
         """Ranges acknowledged out of order are durable: reads skip them, before and after a
