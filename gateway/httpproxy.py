@@ -209,6 +209,8 @@ class _TunnelProtocol(Protocol):
 class _TunnelFactory(Factory):
     """Makes the one :class:`_TunnelProtocol` of a connection to the proxy."""
 
+    noisy = False  # (no "Starting factory <... object at 0x...>" line per request: its errors say what failed)
+
     def __init__(self, endpoint: TunnelEndpoint, factory: IProtocolFactory) -> None:
         self._endpoint = endpoint
         self._factory = factory
