@@ -945,14 +945,15 @@ class LoadCheckTests(SynchronousTestCase):
 
     def test_ipv6_addresses_written_as_in_a_url(self) -> None:
         """An IPv6 address in an endpoint string with bare colons or in brackets is refused with
-        the form to write, on broker listeners, links, the ingest and /metrics: a link's
+        the form to write, on broker listeners, links, the ingest, /metrics and the admin API's
+        TCP endpoint (which said only that it must be a loopback one): a link's
         ``tcp:host=::1:port=1883`` passed the check and connected to port 1 of no host, and
         the others said ``_parseTCP() got multiple values for argument 'interface'``,
         ``ssl endpoint does not take , 1`` or ``invalid literal for int()``."""
         text = ("broker:\n  listeners:\n    a:\n      endpoint: '{}'\n    b:\n      endpoint: '{}'\n"
                 "links:\n  links:\n    c:\n      endpoint: '{}'\n    d:\n      endpoint: '{}'\n"
                 "    e:\n      endpoint: '{}'\n"
-                "ingest:\n  endpoint: '{}'\ntelemetry:\n  metrics_endpoint: '{}'\n")
+                "ingest:\n  endpoint: '{}'\ntelemetry:\n  metrics_endpoint: '{}'\nadmin:\n  tcp: '{}'\n")
         wrong = {  # key: (the endpoint as written, the form the error shows)
             "broker.listeners.a.endpoint": ("tcp:1883:interface=::1", r"interface=\:\:1"),
             "broker.listeners.b.endpoint": (r"ssl:8883:interface=[\:\:1]:privateKey=k:certKey=c", r"interface=\:\:1"),
@@ -960,7 +961,8 @@ class LoadCheckTests(SynchronousTestCase):
             "links.links.d.endpoint": ("tls:host=[::1]:port=8883", r"host=\:\:1"),
             "links.links.e.endpoint": ("tcp:fd00::5:1883", r"tcp:\:\:1:PORT"),
             "ingest.endpoint": ("tcp:8090:interface=::1", r"interface=\:\:1"),
-            "telemetry.metrics_endpoint": ("tcp:9883:interface=[::1]", r"interface=\:\:1")}
+            "telemetry.metrics_endpoint": ("tcp:9883:interface=[::1]", r"interface=\:\:1"),
+            "admin.tcp": ("tcp:8780:interface=::1", r"interface=\:\:1")}
         path, lines = self.errors(text.format(*(endpoint for endpoint, _ in wrong.values())))
         self.assertEqual(sorted(lines), sorted(
             f"{path}: {key}: {endpoint!r}: an IPv6 address in an endpoint string is written with its colons "
@@ -968,7 +970,7 @@ class LoadCheckTests(SynchronousTestCase):
         config.load(self.write(text.format(
             r"tcp:1883:interface=\:\:1", r"tcp:8883:interface=\:\:1", r"tcp:host=\:\:1:port=1883",
             r"tls:host=\:\:1:port=8883", r"tcp:fd00\:\:5:1883", r"tcp:8090:interface=\:\:1",
-            r"tcp:9883:interface=\:\:1")))
+            r"tcp:9883:interface=\:\:1", r"tcp:8780:interface=\:\:1")))
 
     def test_max_connections_negative(self) -> None:
         """``max_connections: -1`` is refused (0 means no limit)."""

@@ -10,6 +10,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -39,9 +40,11 @@ class ProxyConnection:
 
     def __init__(self) -> None:
         self.transport = StringTransport()
+        self.factory: Any = None
         self.protocol: Any = None
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        self.factory = factory
         self.protocol = factory.buildProtocol(None)
         self.protocol.makeConnection(self.transport)
         return succeed(self.protocol)
@@ -88,6 +91,19 @@ class TunnelTests(SynchronousTestCase):
         self.assertIsNotNone(self.received.lost)
         self.clock.advance(60)  # no timer left behind
         self.assertFalse(self.proxy.transport.disconnecting)
+
+    def test_quiet_factory(self) -> None:
+        """Connecting to the proxy logs nothing of its own: Twisted's ``Starting factory
+        <gateway.httpproxy._TunnelFactory object at 0x...>`` and ``Stopping factory`` lines
+        came twice for every request a proxied gateway sent (the request's own errors say what
+        failed)."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = self.proxy.factory
+        factory.doStart()
+        factory.doStop()
+        self.assertEqual(events, [])
 
     def test_authentication_required(self) -> None:
         """A 407 fails the connection with one line naming the proxy (never its password),

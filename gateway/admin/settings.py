@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from gateway.endpointstrings import server_endpoint_problem
+from gateway.endpointstrings import server_endpoint_problem, unescaped_ipv6_problem
 
 
 def loopback_tcp(endpoint: str) -> bool:
@@ -54,7 +54,10 @@ class AdminSettings:
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """TCP only on loopback; a socket mode that gives other users nothing (see
         ``gateway.config.ChecksItself``)."""
-        if self.tcp and not loopback_tcp(self.tcp):
+        unescaped = unescaped_ipv6_problem(self.tcp) if self.tcp else None
+        if unescaped:  # (::1 written as in a URL: say how to write it, as every endpoint key does)
+            yield ("tcp",), unescaped
+        elif self.tcp and not loopback_tcp(self.tcp):
             yield ("tcp",), f"must be a tcp: endpoint with interface=127.0.0.1 (or \\:\\:1), not {self.tcp!r}"
         elif self.tcp:
             problem = server_endpoint_problem(self.tcp)
