@@ -294,15 +294,17 @@ class ProxyRoutingAgent:
     :param direct: the agent without a proxy.
     :param tunnel: the agent of https:// requests, in CONNECT tunnels.
     :param forward: the agent of http:// requests (a ``ProxyAgent``).
+    :param shown: the proxy as errors name it (no credentials).
     """
 
     def __init__(self, no_proxy: tuple[str, ...], authorization: bytes | None, direct: IAgent, tunnel: IAgent,
-                 forward: IAgent) -> None:
+                 forward: IAgent, shown: str = "") -> None:
         self._no_proxy = no_proxy
         self._authorization = authorization
         self._direct = direct
         self._tunnel = tunnel
         self._forward = forward
+        self._shown = shown
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
                 bodyProducer: IBodyProducer | None = None) -> "Deferred[IResponse]":
@@ -315,7 +317,18 @@ class ProxyRoutingAgent:
         if self._authorization is not None:
             headers = headers.copy() if headers is not None else Headers()
             headers.setRawHeaders(b"proxy-authorization", [self._authorization])
-        return self._forward.request(method, uri, headers, bodyProducer)
+        return self._forward.request(method, uri, headers, bodyProducer).addCallback(self._proxy_refusal,
+                                                                                    parts.netloc)
+
+    def _proxy_refusal(self, response: IResponse, server: str) -> IResponse:
+        """A forwarded request's answer, or a :class:`~gateway.netfailures.ProxyError` for a
+        407: that is the proxy asking for its credentials, not the server's answer (a client
+        would take it for the server's refusal, fleet feedback for one for good)."""
+        if response.code != 407:
+            return response
+        response.deliverBody(Protocol())  # (its body is dropped: the connection is not reused)
+        raise ProxyError(f"the proxy {self._shown} refused to forward the request to {server}:"
+                         f" {describe_answer(407, response.phrase)}{_HINTS[407]}")
 
 
 def proxied_agent(reactor: Any, settings: ProxySettings, direct: IAgent, policy: IPolicyForHTTPS,
@@ -336,4 +349,5 @@ def proxied_agent(reactor: Any, settings: ProxySettings, direct: IAgent, policy:
 
     endpoint = _to_proxy(reactor, proxy)
     tunnel = Agent.usingEndpointFactory(reactor, _TunnelEndpoints(reactor, endpoint, proxy, policy), pool)
-    return ProxyRoutingAgent(settings.no_proxy, proxy.authorization, direct, tunnel, ProxyAgent(endpoint, reactor, pool))
+    return ProxyRoutingAgent(settings.no_proxy, proxy.authorization, direct, tunnel, ProxyAgent(endpoint, reactor, pool),
+                             proxy.shown)

@@ -204,6 +204,29 @@ class Agent:
         return Deferred()
 
 
+class _AnsweringAgent:
+    """An agent whose answers a test gives by hand (``answers``, one Deferred per request)."""
+
+    def __init__(self) -> None:
+        self.answers: list[Deferred[Any]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None) -> Any:
+        self.answers.append(Deferred())
+        return self.answers[-1]
+
+
+class _Response:
+    """An answer's status and phrase; notes whether its body was taken (and dropped)."""
+
+    def __init__(self, code: int, phrase: bytes) -> None:
+        self.code = code
+        self.phrase = phrase
+        self.body_dropped = False
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.body_dropped = True
+
+
 class RoutingTests(SynchronousTestCase):
     """:class:`ProxyRoutingAgent`: https:// in a tunnel, http:// forwarded, ``no_proxy`` direct."""
 
@@ -230,6 +253,25 @@ class RoutingTests(SynchronousTestCase):
         for _, _, sent in self.tunnel.requests + self.direct.requests:
             assert sent is not None
             self.assertIsNone(sent.getRawHeaders(b"proxy-authorization"))
+
+    def test_a_forwarded_407_is_the_proxys_refusal(self) -> None:
+        """A 407 to a forwarded http:// request is the proxy asking for its credentials: a
+        ProxyError naming the proxy, not an answer of the server (fleet feedback took such a
+        4xx for the server's refusal for good). Other answers pass as they are."""
+        forward = _AnsweringAgent()
+        agent = ProxyRoutingAgent((), None, Agent(), Agent(), forward, "http://proxy:3128")
+        d = agent.request(b"GET", b"http://files.example.com/a.bin")
+        response = _Response(407, b"Proxy Authentication Required")
+        forward.answers[0].callback(response)
+        failure = self.failureResultOf(d, ProxyError)
+        self.assertEqual(str(failure.value), "the proxy http://proxy:3128 refused to forward the request to"
+                         " files.example.com: HTTP 407: Proxy Authentication Required (the proxy wants a user and"
+                         " password: check them in gateway.proxy.url)")
+        self.assertTrue(response.body_dropped)
+        d = agent.request(b"GET", b"http://files.example.com/a.bin")
+        ok = _Response(404, b"Not Found")
+        forward.answers[1].callback(ok)
+        self.assertIs(self.successResultOf(d), ok)
 
     def test_no_proxy_set(self) -> None:
         """Without a proxy the client's agent is its plain one, with no layer added."""
