@@ -52,7 +52,7 @@ def proxy_address(url: str) -> ProxyAddress:
         raise ValueError(f"must be {_FORM}, with a port from 1 to 65535 and an IPv6 address in brackets") from None
     if parts.scheme.lower() != "http":
         raise ValueError(f"must be an http:// URL ({_FORM}): the gateway speaks plain HTTP to its proxy"
-                         f" (an {parts.scheme.lower()!r} proxy is not supported); https:// requests go through"
+                         f" (a proxy of scheme {parts.scheme.lower()!r} is not supported); https:// requests go through"
                          " it in a CONNECT tunnel, TLS from the gateway to the server")
     host = parts.hostname or ""
     if not host or any(char.isspace() for char in host):

@@ -29,7 +29,7 @@ class AddressTests(SynchronousTestCase):
         never quoting the URL (it may hold a password)."""
         for url, words in [("proxy.example:3128", "must be a URL, http://[user:password@]host:port (with its scheme)"),
                            ("https://u:pw@proxy:3128", "must be an http:// URL"),
-                           ("socks5://proxy:1080", "(an 'socks5' proxy is not supported)"),
+                           ("socks5://proxy:1080", "(a proxy of scheme 'socks5' is not supported)"),
                            ("http://u:pw@proxy", "must name the proxy's port"),
                            ("http://proxy:0", "must name the proxy's port"),
                            ("http://u:pw@proxy:99999", "with a port from 1 to 65535"),
