@@ -100,6 +100,10 @@ class GatewaySettings:
             problem = mqtt_level_problem(getattr(self, key))
             if problem:
                 yield (key,), problem
+            elif getattr(self, key) in (".", ".."):  # (a topic level, but a path segment that names another)
+                yield (key,), (f"must name this gateway, not {getattr(self, key)!r}: it is also a segment of URL"
+                               " paths (the fleet's controller id {device}) and file names, where '.' and '..'"
+                               " name another")
         state = Path(self.state_dir).expanduser()
         try:
             not_a_directory = state.exists() and not state.is_dir()

@@ -1328,6 +1328,9 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(f"{fleet}  {key}: {value}\n", f"fleet.{key}", "it is one segment of the DDI URL's path")
         loaded = config.load(self.write(f"{fleet}  controller_id: 'gw ..%/1'\n"))
         self.assertEqual(loaded.fleet.controller_id, "gw ..%/1")
+        for key in ("device_id", "tenant_id"):  # ({device} in the controller id: '..' there too)
+            for value in (".", ".."):
+                self.assertOneError(f"gateway:\n  {key}: '{value}'\n", f"gateway.{key}", "must name this gateway")
 
     def test_fleet_token_file(self) -> None:
         """An enabled fleet's token file is read at load as at start: an empty one passed
