@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -800,3 +800,48 @@ class CheckedPathViolationTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))
+
+
+class CheckedPathDurableWaitTests(SynchronousTestCase):
+    """docs/broker.md (A publisher that does not wait) on the checked path (topic plugins):
+    acknowledgements waiting for the journal stop reading there too, and nothing is lost
+    or reordered."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = make_broker(self, self.clock)
+        self.broker.fast_path = False  # as with a topic plugin configured
+        self.patch(self.broker.plugins, "topic_allowed", lambda view, topic, action: succeed(True))
+        self.journaled: list[str] = []
+        self.waiting: list[Any] = []
+        self.broker.durable_gate.install(self.persist_many, lambda topic: True)
+        self.handler, self.transport = attached(self.broker, "device", self.clock)
+        self.handler.connection.framer.feed(packets.connect("device", 30, True))
+
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+        """A journal whose appends the test makes durable (:meth:`durable`)."""
+        self.journaled.extend(topic for topic, _, _, _ in messages)
+        self.waiting.append(on_durable)
+        return True
+
+    def durable(self) -> None:
+        """Every append so far is durable; end the turn."""
+        waiting, self.waiting = self.waiting, []
+        for on_durable in waiting:
+            on_durable(None)
+        self.clock.advance(0)
+
+    def test_reading_stops_and_resumes_on_the_checked_path(self) -> None:
+        """More PUBLISHes than DURABLE_WAIT_LIMIT in one read, each checked by the plugins
+        and then appended: reading stops at the first past the limit, resumes once they are
+        durable, and every message is journaled and acknowledged once, in arrival order."""
+        total = DURABLE_WAIT_LIMIT + 10
+        self.handler.connection.dataReceived(b"".join(packets.publish(f"t/{i}", b"1", 1, False, i)
+                                                      for i in range(1, total + 1)))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(len(self.journaled), DURABLE_WAIT_LIMIT + 1)
+        self.durable()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.durable()
+        self.assertEqual(self.journaled, [f"t/{i}" for i in range(1, total + 1)])
+        self.assertEqual(self.transport.value(), b"".join(packets.ack(packets.PUBACK, i) for i in range(1, total + 1)))
