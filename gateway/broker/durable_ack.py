@@ -17,6 +17,13 @@ The broker's own state counts too: when routing a PUBLISH changed what the broke
 acknowledgement also waits until the broker's state log holds the change durably
 (:class:`~gateway.broker.statelog.StateLog`, the same journal group commit). A PUBLISH
 that only reaches connected subscribers waits for nothing more.
+
+A client that publishes without waiting for its acknowledgements would have the broker hold
+ever more of its PUBLISHes in memory while the disk is slow (and reading it all would make
+the reactor's turns long): while more than :data:`DURABLE_WAIT_LIMIT` of its
+acknowledgements, or more than :data:`DURABLE_WAIT_BYTES` of their payloads, wait, the
+broker stops reading from it (what it sends waits in the socket, and TCP slows it down),
+and reads again once they are down to half of both.
 """
 
 from __future__ import annotations
@@ -35,6 +42,22 @@ from gateway.broker.handler import SessionHandler
 from gateway.journal.errors import RecordTooLargeError
 from gateway.mqtt.packets import Packet
 from gateway.mqtt.topics import topic_for_log
+
+#: Acknowledgements of one client that may wait (for the journal, or behind one that does)
+#: before the broker stops reading from it: twice what a well-behaved client keeps in flight
+#: (paho's ``max_inflight`` up to 1000, mosquitto_pub's 20), so it never reaches it. (16
+#: clients that never wait, on a disk taking 100 ms an fsync: 2000 made about a third fewer
+#: durable a second than without a bound, 1000 fewer still, 4000 as many with longer
+#: reactor turns; docs/benchmarks.md.)
+DURABLE_WAIT_LIMIT = 2000
+#: Payload bytes of those acknowledgements' PUBLISHes past which it stops reading too (16 MiB:
+#: with the default ``max_packet_size``, 16 messages of 1 MiB; half of it per fsync is more
+#: than a slow disk writes in that time, so the disk, not the pause, sets the pace).
+DURABLE_WAIT_BYTES = 16 << 20
+#: The :meth:`~gateway.broker.connection.MQTTConnection.pause_reading` key of a client whose
+#: acknowledgements wait past those bounds.
+_DURABLE_WAIT = "its PUBLISHes wait to be durable"
+
 
 class _Persisting:
     """Client PUBLISHes on their way into the journal through the gate's hook: those of one
@@ -83,13 +106,15 @@ class DurableAckHandler(SessionHandler):
     """
 
     log = Logger()
-    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due", "_batch", "_batched",
-                 "_qos2_at_ack")
+    __slots__ = ("_durable", "_acks", "_acks_bytes", "_holding", "_state_mark", "_acl_tail", "_failed", "_flush_due",
+                 "_batch", "_batched", "_qos2_at_ack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._durable: dict[int, _Persisting] | None = None  # packet id -> persist of that PUBLISH
         self._acks: deque[list[Any]] | None = None  # [message, conditions still awaited] in arrival order
+        self._acks_bytes = 0  # payload bytes of the messages in _acks
+        self._holding = False  # reading is paused: too many acknowledgements wait (DURABLE_WAIT_LIMIT)
         self._state_mark = 0  # the broker's state log, as the PUBLISH being routed found it
         self._acl_tail: Deferred[Any] | None = None  # the checked path's chain, in arrival order
         self._failed = False
@@ -253,9 +278,15 @@ class DurableAckHandler(SessionHandler):
         if not entry[1] and not self._acks:
             self.acknowledge_all([message])  # nothing to wait for, nothing ahead of it
             return
-        if self._acks is None:
-            self._acks = deque()
-        self._acks.append(entry)
+        acks = self._acks
+        if acks is None:
+            acks = self._acks = deque()
+        acks.append(entry)
+        self._acks_bytes += len(message.payload)
+        if (len(acks) > DURABLE_WAIT_LIMIT or self._acks_bytes > DURABLE_WAIT_BYTES) and not self._holding:
+            self._holding = True
+            self.gate.holds += 1
+            self.connection.pause_reading(_DURABLE_WAIT)
         if not entry[1]:
             self._flush_acks()
             return
@@ -285,9 +316,20 @@ class DurableAckHandler(SessionHandler):
         acks, ready = self._acks, []
         while acks and not acks[0][1] and not self._failed:
             ready.append(acks.popleft()[0])
-        if ready and self.live:
-            self.acknowledge_all(ready)
+        if ready:
+            self._acks_bytes -= sum([len(message.payload) for message in ready])
+            if self.live:
+                self.acknowledge_all(ready)
+            if self._holding:
+                self._resume_below_half()
         self.answered()
+
+    def _resume_below_half(self) -> None:
+        """Read from the client again once its waiting acknowledgements are down to half of
+        both bounds (not at once below them: the reads would stop and start by the message)."""
+        if len(self._acks or ()) <= DURABLE_WAIT_LIMIT // 2 and self._acks_bytes <= DURABLE_WAIT_BYTES // 2:
+            self._holding = False
+            self.connection.resume_reading(_DURABLE_WAIT)
 
     def answers_owed(self) -> bool:
         """Whether an acknowledgement is still to be written: one waiting for the journal or
@@ -301,6 +343,7 @@ class DurableAckHandler(SessionHandler):
         self.gate.failures += 1
         if self._acks is not None:
             self._acks.clear()
+        self._acks_bytes = 0
         # (logged like a bad client's connection: a full disk fails every client's PUBLISH).
         # A message no stream can ever hold is not acknowledged either (a PUBACK says it is
         # durable; MQTT 3.1.1 has no refusal of a PUBLISH): the line says it is for good.

@@ -35,12 +35,16 @@ class DurableGate:
         links' hook refuses after they stopped.
     :ivar wants: whether a topic is persisted at all.
     :ivar failures: persist failures so far (each closed a connection unacknowledged).
+    :ivar holds: times the broker stopped reading from a client because too many of its
+        acknowledgements waited for their PUBLISHes to be durable
+        (:data:`~gateway.broker.durable_ack.DURABLE_WAIT_LIMIT`).
     """
 
     def __init__(self) -> None:
         self.persist_many: PersistHook | None = None
         self.wants: Callable[[str], bool] = _nothing
         self.failures = 0
+        self.holds = 0
 
     def install(self, persist_many: PersistHook, wants: Callable[[str], bool]) -> None:
         """Start persisting the topics ``wants`` accepts with ``persist_many``."""

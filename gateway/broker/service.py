@@ -349,7 +349,7 @@ class BrokerService(Service):
             sessions_evicted=broker.offline.evicted, dropping_clients=self._dropping_clients(broker),
             topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
             subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker),
-            checkpoint_failing=self._checkpoint.now)
+            checkpoint_failing=self._checkpoint.now, durable_holds=broker.durable_gate.holds)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

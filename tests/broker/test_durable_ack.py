@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -17,7 +17,7 @@ from gateway.broker.bus import LocalBus
 from gateway.broker.clientsession import ClientSession
 from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
-from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.durable_ack import DURABLE_WAIT_BYTES, DURABLE_WAIT_LIMIT, DurableAckHandler
 from gateway.broker.persistence import snapshot
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
@@ -307,6 +307,81 @@ class DurableAckTests(SynchronousTestCase):
         self.runner.step()  # both appends joined one batch on the stream
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1) + packets.ack(packets.PUBACK, 2))
+
+    def publishes(self, first: int, count: int, payload: bytes = b"21.5") -> bytes:
+        """``count`` QoS 1 PUBLISHes to a journaled topic, packet ids from ``first``, each
+        naming its id in the topic."""
+        return b"".join(packets.publish(f"telemetry/{i}", payload, 1, False, i) for i in range(first, first + count))
+
+    def journaled(self) -> list[str]:
+        """The topics handed to the journal so far, in order."""
+        return [topic for call in self.hook_calls for topic, _, _, _ in call]
+
+    def pubacks(self, first: int, count: int) -> bytes:
+        return b"".join(packets.ack(packets.PUBACK, i) for i in range(first, first + count))
+
+    def test_reading_stops_past_the_limit_of_waiting_acks_and_loses_nothing(self) -> None:
+        """docs/broker.md (A publisher that does not wait): a client sends more QoS 1
+        PUBLISHes than DURABLE_WAIT_LIMIT in one read, none durable yet: the broker stops
+        reading from it at the first past the limit (the rest of that read waits, unhandled),
+        reads again once their appends are durable, and every message is journaled and
+        acknowledged once, in arrival order."""
+        total = DURABLE_WAIT_LIMIT + 50
+        self.receive(self.publishes(1, total))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.journaled(), [f"telemetry/{i}" for i in range(1, DURABLE_WAIT_LIMIT + 2)])
+        self.assertEqual(self.handler.gate.holds, 1)
+        self.turn()
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.value(), self.pubacks(1, DURABLE_WAIT_LIMIT + 1))
+        self.assertEqual(self.journaled(), [f"telemetry/{i}" for i in range(1, total + 1)])
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.value(), self.pubacks(1, total))
+        self.assertEqual(self.stream.written_seq, total)
+        self.assertEqual(self.handler.gate.holds, 1)
+
+    def test_reading_resumes_only_at_half_the_limit(self) -> None:
+        """Reading stopped past DURABLE_WAIT_LIMIT waiting acknowledgements starts again only
+        once they are down to half of it, not as soon as one leaves (the reads would stop and
+        start by the message); a client below the limit is never stopped."""
+        early = DURABLE_WAIT_LIMIT // 2 - 1
+        self.receive(self.publishes(1, early))  # one append...
+        self.turn()
+        self.receive(self.publishes(early + 1, DURABLE_WAIT_LIMIT - early))  # ...and another: at the limit
+        self.assertEqual(self.transport.producerState, "producing")
+        self.receive(self.publishes(DURABLE_WAIT_LIMIT + 1, 1))  # one past it
+        self.assertEqual(self.transport.producerState, "paused")
+        self.receive(self.publishes(DURABLE_WAIT_LIMIT + 2, 1))  # (as the socket buffered it already)
+        self.turn()
+        self.runner.step()  # the first append is durable: DURABLE_WAIT_LIMIT // 2 + 2 still wait
+        self.turn()
+        self.assertEqual(self.transport.value(), self.pubacks(1, early))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.value(), self.pubacks(1, DURABLE_WAIT_LIMIT + 1))
+        self.assertEqual(self.journaled(), [f"telemetry/{i}" for i in range(1, DURABLE_WAIT_LIMIT + 3)])
+        self.all_durable()  # the PUBLISH that came while reading was stopped, handled once it resumed
+        self.turn()
+        self.assertEqual(self.transport.value(), self.pubacks(1, DURABLE_WAIT_LIMIT + 2))
+
+    def test_reading_stops_past_the_bytes_of_waiting_acks(self) -> None:
+        """Large messages stop reading sooner: past DURABLE_WAIT_BYTES of payload waiting,
+        whatever their number; reading starts again once they are durable."""
+        payload = b"x" * 1_000_000
+        count = DURABLE_WAIT_BYTES // len(payload) + 1
+        self.receive(self.publishes(1, count - 1, payload))
+        self.assertEqual(self.transport.producerState, "producing")
+        self.receive(self.publishes(count, 1, payload))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.transport.value(), self.pubacks(1, count))
 
     def reconnected(self, session: ClientSession) -> PacketFramer:
         """The client's connection drops; it connects again, resuming ``session``: the new
@@ -725,3 +800,48 @@ class CheckedPathViolationTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))
+
+
+class CheckedPathDurableWaitTests(SynchronousTestCase):
+    """docs/broker.md (A publisher that does not wait) on the checked path (topic plugins):
+    acknowledgements waiting for the journal stop reading there too, and nothing is lost
+    or reordered."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = make_broker(self, self.clock)
+        self.broker.fast_path = False  # as with a topic plugin configured
+        self.patch(self.broker.plugins, "topic_allowed", lambda view, topic, action: succeed(True))
+        self.journaled: list[str] = []
+        self.waiting: list[Any] = []
+        self.broker.durable_gate.install(self.persist_many, lambda topic: True)
+        self.handler, self.transport = attached(self.broker, "device", self.clock)
+        self.handler.connection.framer.feed(packets.connect("device", 30, True))
+
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+        """A journal whose appends the test makes durable (:meth:`durable`)."""
+        self.journaled.extend(topic for topic, _, _, _ in messages)
+        self.waiting.append(on_durable)
+        return True
+
+    def durable(self) -> None:
+        """Every append so far is durable; end the turn."""
+        waiting, self.waiting = self.waiting, []
+        for on_durable in waiting:
+            on_durable(None)
+        self.clock.advance(0)
+
+    def test_reading_stops_and_resumes_on_the_checked_path(self) -> None:
+        """More PUBLISHes than DURABLE_WAIT_LIMIT in one read, each checked by the plugins
+        and then appended: reading stops at the first past the limit, resumes once they are
+        durable, and every message is journaled and acknowledged once, in arrival order."""
+        total = DURABLE_WAIT_LIMIT + 10
+        self.handler.connection.dataReceived(b"".join(packets.publish(f"t/{i}", b"1", 1, False, i)
+                                                      for i in range(1, total + 1)))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(len(self.journaled), DURABLE_WAIT_LIMIT + 1)
+        self.durable()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.durable()
+        self.assertEqual(self.journaled, [f"t/{i}" for i in range(1, total + 1)])
+        self.assertEqual(self.transport.value(), b"".join(packets.ack(packets.PUBACK, i) for i in range(1, total + 1)))
