@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (bench/e2e.py: the gateway and mosquitto it runs)
 from broker import BIN, ROOT, free_port, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
-from slow_fsync import _connect, _length, _packet, _text, build_shim  # noqa: E402
+from slow_fsync import _connect, _length, _packet, _text, build_shim, pinger  # noqa: E402
 
 
 async def flooder(port: int, index: int, stop_at: float, counts: dict[str, int]) -> None:
@@ -58,18 +58,6 @@ async def flooder(port: int, index: int, stop_at: float, counts: dict[str, int])
             break
     writer.transport.abort()
     acks.cancel()
-
-
-async def pinger(port: int, stop_at: float, times: list[float]) -> None:
-    """PINGREQ 100 ms after each PINGRESP: how long the gateway takes to answer."""
-    reader, writer = await _connect(port, "never-wait-ping")
-    while time.perf_counter() < stop_at:
-        sent = time.perf_counter()
-        writer.write(b"\xc0\x00")
-        await _packet(reader)
-        times.append(time.perf_counter() - sent)
-        await asyncio.sleep(0.1)
-    writer.close()
 
 
 def resident_mib(pid: int) -> int:
