@@ -191,14 +191,21 @@ class LinksService(Service):
 
     def _tell_default_device_id(self) -> None:
         """Warn, once at start, of cloud links that run on the default ``gateway.device_id``:
-        every box left on it is the same device to the cloud (by default its links' MQTT
-        client id, and a level of their topics), so two of them take each other's cloud
-        session over at every reconnect. Nothing changes: it may be the only box."""
-        if self.links and self.identity[1] == DEFAULT_DEVICE_ID:
+        every box left on it is the same device to the cloud (an MQTT link's client id, an
+        Exosite link's serial, when they take ``{device}``, as by default), so two of them
+        take each other's cloud session over at every reconnect. Nothing changes: it may be
+        the only box."""
+        if self.identity[1] != DEFAULT_DEVICE_ID:
+            return
+        # (a link with a client id or serial of its own is its own device to the cloud)
+        named = sorted([name for name, mqtt in self.settings.links.items() if "{device}" in mqtt.client_id]
+                       + [name for name, http in self.http_settings.links.items()
+                          if http.mode == "exosite" and "{device}" in http.serial])
+        if named:
             self.log.warn("cloud links ({names}) run on the default gateway.device_id {device!r}: two gateways left"
                           " on it are one device to the cloud and take each other's cloud session over at every"
                           " reconnect; set gateway.device_id to this gateway's own id (configuration.md)",
-                          names=", ".join(sorted(self.links)), device=DEFAULT_DEVICE_ID)
+                          names=", ".join(named), device=DEFAULT_DEVICE_ID)
 
     def _tell_leftover_streams(self) -> None:
         """Warn of each stream ``link-<name>`` of a link no longer configured (removed, or

@@ -194,6 +194,15 @@ class DefaultDeviceIdTests(SynchronousTestCase):
         self.assertEqual(self.warnings(both, "box-17"), [])
         self.assertEqual(self.warnings({}, "gateway"), [])
 
+    def test_a_link_with_its_own_client_id_is_not_named(self) -> None:
+        """A link whose client id does not take {device} is its own device to the cloud: it
+        is left out of the warning (it named every link)."""
+        links = {"cloud": LinkSettings(loss_topic=None), "own": LinkSettings(loss_topic=None, client_id="box-17-own")}
+        warnings = self.warnings(links, "gateway")
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("cloud links (cloud) run on the default", warnings[0])
+        self.assertEqual(self.warnings({"own": links["own"]}, "gateway"), [])
+
 
 class LeftoverStreamTests(SynchronousTestCase):
     """The journal stream of a link no longer configured (removed, or renamed) keeps what that
