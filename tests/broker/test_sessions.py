@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker import persistence
+from gateway.broker import checkpointreader, persistence
 from gateway.broker.clientsession import PUBREC_SEEN
 from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.core import TAKEOVER_LOG_INTERVAL
@@ -325,7 +325,7 @@ class StateStoreTests(SynchronousTestCase):
         store = BrokerStateStore(Path(self.mktemp()))
         store.save(persistence.snapshot(broker))
         decoded = []
-        self.patch(persistence, "_unb64", lambda text: decoded.append(text) or b"payload")
+        self.patch(checkpointreader, "_unb64", lambda text: decoded.append(text) or b"payload")
         again = make_broker(self, Clock())
         persistence.restore(again, store.load() or {})
         queued = [again.sessions[f"c{n}"].outbox.peek() for n in range(3)]  # type: ignore[union-attr]

@@ -1,0 +1,107 @@
+"""The write side of the broker's checkpoint: the broker's persistent state taken as plain
+data on the reactor thread (:func:`snapshot`), and encoded as the checkpoint's JSON a part
+at a time (:func:`encoded_parts`), which
+:meth:`~gateway.broker.persistence.BrokerStateStore.save` writes atomically in a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any, Iterator
+
+from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
+from gateway.clockstep import CLOCK_SET_SINCE
+from gateway.mqtt.framing import PacketReader
+from gateway.mqtt.packets import decode_publish
+
+if TYPE_CHECKING:
+    from gateway.broker.core import GatewayBroker
+
+#: The checkpoint's format, its ``format`` member (:mod:`gateway.broker.checkpointreader` refuses another).
+FORMAT = 1
+#: Retained messages encoded together, as one part of a checkpoint (:func:`encoded_parts`).
+RETAINED_PER_PART = 1000
+
+
+def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
+    """The broker's persistent state as plain data (payloads still bytes).
+
+    A session whose client is offline has the wall-clock time it went offline
+    (``offline_since``): now less its idle time, which the steady clock counts, so a step of
+    the wall clock since it left does not move it; ``None`` for a connected client, and for
+    all while the wall clock is not set (:data:`~gateway.clockstep.CLOCK_SET_SINCE`).
+    """
+    sessions = []
+    now = broker.clock.seconds()
+    clock_set = now >= CLOCK_SET_SINCE
+    for client_id, session in broker.sessions.items():
+        if session.clean:
+            continue
+        idle = broker.offline.idle_for(client_id) if clock_set and client_id not in broker.live else None
+        sessions.append({
+            "client_id": client_id,
+            "username": session.username,
+            "offline_since": None if idle is None else now - idle,
+            "subscriptions": [[topic_filter, broker.subscriptions[topic_filter][client_id][1]]
+                              for topic_filter in session.filters
+                              if client_id in broker.subscriptions.get(topic_filter, {})],
+            "queue": session.outbox.messages if session.outbox is not None else [],
+            "inflight": [_inflight_entry(packet_id, sent) for packet_id, sent in session.inflight_out.items()],
+            "inflight_in": sorted(_held_qos2(broker, client_id, session)),
+        })
+    retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items()]
+    log = broker.state_log
+    return {"format": FORMAT, "sessions": sessions, "retained": retained,
+            "log_through": log.appended if log is not None else 0}
+
+
+def _held_qos2(broker: "GatewayBroker", client_id: str, session: ClientSession) -> set[int] | frozenset[int]:
+    """``session``'s held QoS 2 packet ids, less those whose PUBLISH is not stored yet: held
+    after a crash, such an id would make the client's resend look like a duplicate."""
+    handler = broker.live.get(client_id)
+    unstored = handler.qos2_ids_not_logged() if handler is not None else ()
+    return session.inflight_in.difference(unstored) if unstored else session.inflight_in
+
+
+def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:
+    """``[packet id, topic, payload, qos, retain, pubrec]`` for an ``inflight_out`` entry."""
+    if sent == PUBREC_SEEN:
+        return [packet_id, "", b"", 2, False, True]
+    message = decode_publish(PacketReader(max_packet_size=len(sent)).feed(sent)[0])
+    return [packet_id, message.topic, message.payload, message.qos, message.retain, False]
+
+
+def encoded_parts(state: dict[str, Any]) -> Iterator[bytes]:
+    """``state`` (from :func:`snapshot`) as the checkpoint's JSON, a part at a time: one per
+    session, one per :data:`RETAINED_PER_PART` retained messages.
+
+    Encoded whole, a large state (a thousand offline sessions with full queues) took as
+    much again as text several times over (the payloads as base64, the JSON, its bytes),
+    and ``json.dumps``, one C call, held the GIL for its whole length, which the reactor
+    thread waited out (a second and more). A part at a time, the writer holds one part and
+    the reactor thread gets the GIL back between parts.
+    """
+    head = {"format": FORMAT}
+    if "log_through" in state:
+        head["log_through"] = state["log_through"]
+    yield _dumps(head)[:-1].encode() + b',"sessions":['
+    for n, entry in enumerate(state["sessions"]):
+        encoded = {**entry,
+                   "queue": [[t, _b64(p), q, r] for t, p, q, r in entry["queue"]],
+                   "inflight": [[i, t, _b64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]}
+        yield (b"," if n else b"") + _dumps(encoded).encode()
+    yield b'],"retained":['
+    retained = state["retained"]
+    for start in range(0, len(retained), RETAINED_PER_PART):
+        rows = [[t, _b64(p), q] for t, p, q in retained[start:start + RETAINED_PER_PART]]
+        yield (b"," if start else b"") + _dumps(rows)[1:-1].encode()
+    yield b"]}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
