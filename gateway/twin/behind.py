@@ -1,6 +1,6 @@
 """The shadows the cloud is behind on, on disk: ``shadows-behind.json`` beside ``things.json``.
 
-A shadow request the journal refused leaves its shadow *behind* (:mod:`gateway.twin.sync`):
+A shadow request the journal refused leaves its shadow *behind* (:mod:`gateway.twin.catchup`):
 the twin holds the change, the cloud does not, and the sync reads and corrects the shadow
 later. The marks are written (atomically, off the reactor thread) whenever the set changes,
 and read at the sync's start, so that a restart still corrects them: a shadow whose

@@ -141,11 +141,11 @@ class MinistackShadowTests(TestCase):
         # after the line below: wait for the last of them (documents) to have reached the sync.
         yield eventually(reactor, lambda: 2 in versions_heard, timeout=20)
         sync.versions["pump"] = 1  # as if the desired change's messages had been missed
-        gets = sync._get_count
+        gets = sync.requests._get_count
         yield self.app.publish("e", modify("/features/pump/properties/rpm", 5), qos=1)
         yield self.until(lambda: self.reported("pump"), lambda r: r == {"rpm": 5})
         self.assertGreater(sync.versions["pump"], 2)
-        self.assertEqual(sync._get_count, gets + 1, "the 409 was answered by reading the shadow again")
+        self.assertEqual(sync.requests._get_count, gets + 1, "the 409 was answered by reading the shadow again")
 
     @inlineCallbacks
     def test_offline_edits_synced_after_reconnect(self) -> None:

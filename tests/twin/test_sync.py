@@ -115,7 +115,7 @@ class ShadowSyncTests(SynchronousTestCase):
         """Each accepted request whose cursor save the disk refused (full, read-only) was a
         critical log with a traceback. Now the first is one error line, the others in the next
         minute are counted into the next line, and the next save moves the cursor on."""
-        from gateway.twin.sync import CURSOR, CURSOR_FAILURE_LOG_INTERVAL
+        from gateway.twin.shadowstream import CURSOR, CURSOR_FAILURE_LOG_INTERVAL
         self.connect()
         for n in range(4):
             self.send(command("modify", f"/features/f{n}/properties/x", n))
@@ -180,7 +180,7 @@ class ShadowSyncTests(SynchronousTestCase):
         stayed up (and a later change of the shadow sent only its own difference). Once the
         stream takes appends again, the shadow is read again when every request of it journaled
         before is answered (here the one in flight), and what the cloud lacks is sent."""
-        from gateway.twin.sync import CATCH_UP_INTERVAL
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
         self.connect()
         self.send(command("modify", "/features/f/properties/x", 1))
         self.answer_gets()
@@ -199,7 +199,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
             "state": {"reported": {"y": 2}}, "clientToken": "2", "version": 1})])
         self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "2", "version": 2})
-        self.assertEqual(self.sync.behind, {})
+        self.assertEqual(self.sync.behind.marks, {})
         self.clock.advance(CATCH_UP_INTERVAL)
         self.assertEqual(self.connection.take(), [])
 
@@ -222,7 +222,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.connect({"f": {"state": {"reported": {"x": 1}}, "version": 1}})
         self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/delete", {"clientToken": "2"})])
         self.reply(f"{BASE}/name/f/delete/accepted", {"clientToken": "2", "version": 1})
-        self.assertEqual(self.sync.behind, {})
+        self.assertEqual(self.sync.behind.marks, {})
 
     def restart(self) -> None:
         """Stop the sync and the twin and start them again on the same state directory and
@@ -239,7 +239,7 @@ class ShadowSyncTests(SynchronousTestCase):
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
         (the twin's ``sync``) now counts them and says since when the first is behind; both
         go once the cloud is brought up to date."""
-        from gateway.twin.sync import CATCH_UP_INTERVAL
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
         self.clock.advance(1000)
         self.connect()
         self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (0, None))
@@ -278,7 +278,7 @@ class ShadowSyncTests(SynchronousTestCase):
         (topic, body), = self.connection.take()
         self.assertEqual((topic, body), (f"{BASE}/name/f/delete", {"clientToken": "2"}))
         self.reply(f"{topic}/accepted", {"clientToken": "2", "version": 1})
-        self.assertEqual(self.sync.behind, {})
+        self.assertEqual(self.sync.behind.marks, {})
         self.assertEqual(json.loads(path.read_bytes()), {"shadows": {}})
 
     def test_a_file_of_shadows_behind_that_cannot_be_used_is_set_aside(self) -> None:
@@ -291,14 +291,14 @@ class ShadowSyncTests(SynchronousTestCase):
             path.write_bytes(content)
             with capturedLogs() as events:
                 self.restart()
-            self.assertEqual(self.sync.behind, {})
+            self.assertEqual(self.sync.behind.marks, {})
             self.assertFalse(path.exists())
             self.assertEqual(path.with_name("shadows-behind.json.damaged").read_bytes(), content)
             self.assertEqual([formatEvent(e).split(" (")[0] for e in events if "unusable" in e["log_format"]],
                              [f"twin: unusable {path}"])
         path.write_bytes(b'{"shadows": {"f": {"thing": "acme:gw1", "since": 5, "new": 1}}, "other": 2}')
         self.restart()
-        self.assertEqual({shadow: (mark.thing, mark.since) for shadow, mark in self.sync.behind.items()},
+        self.assertEqual({shadow: (mark.thing, mark.since) for shadow, mark in self.sync.behind.marks.items()},
                          {"f": (ROOT, 5.0)})
 
     def test_a_failed_write_of_the_shadows_behind_is_logged_and_done_again(self) -> None:
@@ -306,7 +306,7 @@ class ShadowSyncTests(SynchronousTestCase):
         the request, often) is logged, not a traceback, and written again at the next
         catch-up."""
         from gateway.twin import behind
-        from gateway.twin.sync import CATCH_UP_INTERVAL
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
         self.connect()
         self.patch(behind, "write_json_atomically",
                    lambda path, value: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
@@ -327,7 +327,7 @@ class ShadowSyncTests(SynchronousTestCase):
         """A connect's correction of what the cloud reports differently, refused by the journal,
         was an unhandled error and never tried again: the cloud kept its stale state until
         another connect. It is read and corrected again after CATCH_UP_INTERVAL."""
-        from gateway.twin.sync import CATCH_UP_INTERVAL
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
         self.send(command("modify", "/features/f/properties/x", 1))
         self.connect()
         (topic, body), = self.connection.take()
@@ -336,7 +336,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.refuse_appends()
         self.connect({"f": {"state": {"reported": {"x": 5}}, "version": 3}})
         self.assertEqual(self.connection.take(), [])
-        self.assertEqual({shadow: mark.thing for shadow, mark in self.sync.behind.items()}, {"f": ROOT})
+        self.assertEqual({shadow: mark.thing for shadow, mark in self.sync.behind.marks.items()}, {"f": ROOT})
         self.take_appends()
         self.clock.advance(CATCH_UP_INTERVAL)
         self.answer_gets({"f": {"state": {"reported": {"x": 5}}, "version": 3}})
@@ -349,7 +349,7 @@ class ShadowSyncTests(SynchronousTestCase):
         the sync waiting for nothing: with no request in flight, no change reached the shadow
         until a restart, and the failure was a traceback. Now it is tried again after
         READ_RETRY_INTERVAL, logged as one error line."""
-        from gateway.twin.sync import READ_RETRY_INTERVAL
+        from gateway.links.readretry import READ_RETRY_INTERVAL
         self.connect()
         read = self.stream.read
         self.patch(self.stream, "read", lambda *args, **kwargs: fail(OSError(errno.EMFILE, "Too many open files")))
@@ -373,7 +373,7 @@ class ShadowSyncTests(SynchronousTestCase):
         later, is a new line at once, and the recovery is logged. Before, the throttle was
         never reset, so that next failure was counted into the old burst's minute and said
         nothing until then."""
-        from gateway.twin.sync import READ_RETRY_INTERVAL
+        from gateway.links.readretry import READ_RETRY_INTERVAL
         self.connect()
         read = self.stream.read
 
@@ -671,7 +671,7 @@ class ShadowSyncTests(SynchronousTestCase):
         when the stream takes appends again" (it never would), and read back and refused
         again every CATCH_UP_INTERVAL. It is refused with 413, final, naming the limit, and
         not made; a change that fits goes on (twin.md)."""
-        self.sync.max_record_bytes = 600
+        self.sync.appends.max_record_bytes = 600
         out = self.send(command("modify", "/features/big/properties/blob", "x" * 700))
         self.assertEqual(out[0][0], "command///req//errors-response")
         self.assertEqual(out[0][1]["value"]["status"], 413)
@@ -776,7 +776,7 @@ class ShadowSyncTests(SynchronousTestCase):
             (topic, body), = self.connection.take()
             self.reply(f"{topic}/rejected", {"code": 503, "message": "unavailable", "clientToken": "1"})
             self.clock.advance(120)
-        self.assertEqual(len(self.sync._timers), 0)
+        self.assertEqual(len(self.sync.requests._timers), 0)
 
     def test_throttled_get_is_read_again_before_the_update(self) -> None:
         """A get refused with 429 (or 5xx) tells nothing about the shadow: it is read again
@@ -829,7 +829,7 @@ class ShadowSyncTests(SynchronousTestCase):
     def test_default_retry_policy_is_a_backoff_with_jitter(self) -> None:
         """Without a policy given, the delays grow from 2 s to at most 60 s, plus up to 1 s of jitter."""
         sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
-        delays = [sync.retry_policy(attempt) for attempt in range(20)]
+        delays = [sync.requests.retry_policy(attempt) for attempt in range(20)]
         self.assertTrue(2.0 <= delays[0] < 3.0, delays)
         self.assertTrue(all(60.0 <= d < 61.0 for d in delays[12:]), delays)
         self.assertEqual(sorted(int(d) for d in delays), [int(d) for d in delays])

@@ -1,0 +1,137 @@
+"""The shadows the cloud is behind on, and bringing them up to date.
+
+A shadow request the journal refuses (the stream full under reject-new, a failed write)
+leaves its shadow *behind*: the twin holds the change, the cloud does not. The shadow is
+marked (the marks kept on disk by :mod:`gateway.twin.behind`), read again every
+:data:`CATCH_UP_INTERVAL` seconds while connected (and at each connect) once none of its
+requests is left to send, and corrected by the sync like at a connect; its mark goes once a
+correction is journaled with no request of it refused since.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.errors import JournalError
+from gateway.twin.behind import BehindFile, BehindMark
+
+#: Seconds between two attempts to bring up to date a shadow whose request the journal refused.
+CATCH_UP_INTERVAL = 5.0
+#: The end of the twin's answer to a change whose shadow request the journal refused.
+BEHIND = "the shadow is brought up to date when the stream takes appends again"
+
+
+class CatchUpSync(Protocol):
+    """What the catch-up uses of its shadow sync."""
+
+    def sending(self) -> bool:
+        """Whether the sync is connected and not stopped."""
+
+    def settled(self, shadow: str) -> bool:
+        """Whether every request of ``shadow`` journaled so far was sent and answered."""
+
+    def read_again(self, shadow: str) -> None:
+        """Queue a get of ``shadow``, unless one is queued or a request of it is in flight."""
+
+    def pump(self) -> None:
+        """Send what can be sent."""
+
+
+class ShadowCatchUp:
+    """The marks of the shadows one sync's cloud is behind on, and their catch-up timer.
+
+    :param sync: the shadow sync.
+    :param behind_file: where the marks are kept.
+    :param clock: the catch-up timer, and when a shadow fell behind.
+    :param log: the sync's logger (the lines keep the sync's namespace).
+    """
+
+    def __init__(self, sync: CatchUpSync, behind_file: BehindFile, clock: Any, log: Logger) -> None:
+        self.sync = sync
+        self.clock = clock
+        self.log = log
+        #: Shadows a request of which the journal refused -> their thing id and since when: the
+        #: cloud is behind on them until the sync journals what it lacks. Written to the
+        #: behind file whenever it changes, read at the start.
+        self.marks: dict[str, BehindMark] = {}
+        self._file = behind_file
+        self._refusals: dict[str, int] = {}  # shadow behind -> its requests the journal refused
+        self._timer: IDelayedCall | None = None
+
+    def load(self) -> Deferred[None]:
+        """Read the marks saved before the restart (fires once they are taken)."""
+        return self._file.load().addCallback(self._loaded)
+
+    def _loaded(self, saved: dict[str, BehindMark]) -> None:
+        """Take the marks saved before the restart (those made since the start stay, and then
+        the whole is written)."""
+        if saved:
+            self.log.info("shadows the cloud is behind on since before the start: {shadows}; read and corrected"
+                          " at the connect", shadows=", ".join(repr(s) for s in sorted(saved)))
+        made = bool(self.marks)
+        self.marks = {**saved, **self.marks}
+        for shadow in saved:
+            self._refusals.setdefault(shadow, 0)
+        if made and saved:
+            self._file.save(self.marks)
+
+    def refused(self, thing_id: str, shadow: str, failure: Failure) -> str:
+        """The journal refused a request of ``shadow`` (of the twin's ``thing_id``): mark the
+        shadow behind and read it again later; returns why the cloud is behind on the change."""
+        if not failure.check(OSError, JournalError):
+            self.log.failure("shadow {shadow}: request not journaled", failure, shadow=shadow or "(classic)")
+        elif shadow not in self.marks:
+            self.log.warn("shadow {shadow}: request not journaled ({error}): the cloud is behind on it until"
+                          " the stream takes appends again", shadow=shadow or "(classic)",
+                          error=failure.getErrorMessage())
+        if shadow not in self.marks:
+            self.marks[shadow] = BehindMark(thing_id, self.clock.seconds())
+            self._file.save(self.marks)
+        self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
+        self.later()
+        return f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
+
+    def corrected_by(self, shadow: str, correction: Deferred[str | None]) -> None:
+        """If the cloud is behind on ``shadow``: drop its mark once ``correction`` (the request
+        journaled to bring it up to date, or ``None``: none needed) is durable, unless a
+        request of it was refused since."""
+        if shadow not in self.marks:
+            return
+        refusals = self._refusals[shadow]
+
+        def caught_up(refusal: str | None) -> None:
+            if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
+                del self.marks[shadow], self._refusals[shadow]
+                self._file.save(self.marks)
+                self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadow or "(classic)")
+
+        correction.addCallback(caught_up)
+
+    def later(self) -> None:
+        """Read the shadows the cloud is behind on again after :data:`CATCH_UP_INTERVAL` (while
+        connected: a connect reads them anyway)."""
+        if self.sync.sending() and self._timer is None:
+            self._timer = self.clock.callLater(CATCH_UP_INTERVAL, self._catch_up)
+
+    def _catch_up(self) -> None:
+        """Read each shadow the cloud is behind on whose requests are all answered (the sync's
+        correction journals what the cloud lacks); the others are tried again later."""
+        self._timer = None
+        self._file.save()  # (again, if the last write of the marks failed)
+        for shadow in self.marks:
+            if not self.sync.settled(shadow):
+                self.later()
+            else:
+                self.sync.read_again(shadow)
+        self.sync.pump()
+
+    def cancel(self) -> None:
+        """Stop the catch-up timer (the connection is gone: the next connect reads them)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

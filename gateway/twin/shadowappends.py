@@ -1,0 +1,138 @@
+"""The twin's changes as shadow requests in the journal: a change checked against AWS IoT's
+limits before the twin takes it, and the requests a durable change needs appended to the
+stream ``shadow-<link>``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.python.failure import Failure
+
+from gateway.journal.record import Record, encode
+from gateway.links.stream import LinkStream
+from gateway.shown import shown_repr
+from gateway.twin import shadows
+from gateway.twin.catchup import ShadowCatchUp
+from gateway.twin.ditto import DittoError
+from gateway.twin.document import MISSING, diff
+from gateway.twin.settings import TwinSettings
+
+
+def shadow_request(thing: str, shadow: str, operation: str, body: dict[str, Any], received: float) -> Record:
+    """The journal record of one request to a shadow of the AWS thing ``thing``."""
+    return Record(shadows.shadow_topic(thing, shadow, operation), json.dumps(body).encode(), 1, False, received)
+
+
+def sendable_sections(root: str, thing_id: str, thing: Any) -> dict[str, dict[str, Any]]:
+    """The shadows of the twin's thing ``thing_id`` (``root``: the twin's root thing), but those
+    whose name AWS IoT does not take (a twin file from before :meth:`ShadowAppends.validate`
+    refused them, or from before the shadow link): no request to them can succeed, and one
+    whose name holds a wildcard would close the connection."""
+    sections = shadows.shadow_sections(root, thing_id, thing)
+    return {shadow: reported for shadow, reported in sections.items() if shadows.valid_name(shadow)}
+
+
+class ShadowAppends:
+    """Journals the shadow requests of the twin's changes for one shadow sync.
+
+    :param settings: the ``twin:`` section.
+    :param twin: the running :class:`~gateway.twin.service.TwinService`.
+    :param stream: the journal stream ``shadow-<link>``.
+    :param clock: when a request was made.
+    :param thing: the AWS thing name.
+    :param catch_up: told of each request the journal refuses.
+    :param max_record_bytes: the stream's ``max_bytes``: a change whose shadow's update
+        request, whole, would be a larger record is refused (413), since the stream could
+        never hold it; ``None``: not checked.
+    """
+
+    def __init__(self, settings: TwinSettings, twin: Any, stream: LinkStream, clock: Any, thing: str,
+                 catch_up: ShadowCatchUp, max_record_bytes: int | None = None) -> None:
+        self.settings = settings
+        self.twin = twin
+        self.stream = stream
+        self.clock = clock
+        self.thing = thing
+        self.catch_up = catch_up
+        self.max_record_bytes = max_record_bytes
+        self._appending: dict[str, int] = {}  # shadow -> its appends under way
+        #: shadow -> the seq of its last record journaled, until that record is answered
+        self._last_appended: dict[str, int] = {}
+
+    def validate(self, thing_id: str, before: Any, after: Any) -> None:
+        """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400), or
+        would have a name AWS IoT does not take (400), or whose update request, whole (as a
+        catch-up journals it), the shadow stream could never hold (413)."""
+        old = shadows.shadow_sections(self.twin.root, thing_id, before)
+        new = shadows.shadow_sections(self.twin.root, thing_id, after)
+        for shadow in new.keys() - old.keys():
+            if not shadows.valid_name(shadow):
+                raise DittoError(400, "things:shadow.name",
+                                 f"shadow {shown_repr(shadow)} is no AWS IoT shadow name "
+                                 f"({shadows.SHADOW_NAME_RULE}): rename the feature or child thing")
+        for shadow, reported in new.items():
+            if old.get(shadow) != reported:
+                problem = shadows.size_problem(shadow, reported, self.settings.max_document_bytes,
+                                               self.settings.max_depth)
+                if problem is not None:
+                    raise DittoError(problem[0], "things:shadow.toolarge" if problem[0] == 413
+                                     else "things:shadow.toodeep", problem[1])
+                limit = self.max_record_bytes
+                if limit is not None:
+                    request = shadow_request(self.thing, shadow, "update", {"state": {"reported": reported}}, 0.0)
+                    size = len(encode(request, 0))
+                    if size > limit:
+                        raise DittoError(413, "things:shadow.toolarge",
+                                         f"shadow {shadow or '(classic)'} would need a journal record of {size}"
+                                         f" bytes, larger than the max_bytes ({limit} bytes) of journal stream"
+                                         f" 'shadow-{self.settings.shadow_link}': it could never reach the cloud")
+
+    def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[str | None]:
+        """Journal the shadow requests a durable twin change needs; fires once they are durable,
+        with ``None``, or, when the journal refused one (the stream full, a failed write), with
+        why the cloud is behind on the change: its shadow is then brought up to date when the
+        stream takes appends again (the change stays in the twin, answered and announced)."""
+        old = sendable_sections(self.twin.root, thing_id, before)
+        new = sendable_sections(self.twin.root, thing_id, after)
+        appends = []
+        for shadow in list(old) + [s for s in new if s not in old]:
+            if shadow not in new:
+                appends.append(self.append(thing_id, shadow, "delete", {}))
+                continue
+            patch = diff(old.get(shadow, {}), new[shadow])
+            if patch is not MISSING and patch != {}:
+                appends.append(self.append(thing_id, shadow, "update", {"state": {"reported": patch}}))
+        if not appends:
+            return succeed(None)
+        return gatherResults(appends).addCallback(lambda refusals: next((r for r in refusals if r), None))
+
+    def append(self, thing_id: str, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[str | None]:
+        """Journal one request; fires with ``None`` once durable, or with why the cloud is behind
+        on ``shadow`` when the journal refused it (the shadow is then marked behind)."""
+        record = shadow_request(self.thing, shadow, operation, body, self.clock.seconds())
+        self._appending[shadow] = self._appending.get(shadow, 0) + 1
+
+        def journaled(seq: int) -> None:
+            self._last_appended[shadow] = max(seq, self._last_appended.get(shadow, 0))
+
+        def refused(failure: Failure) -> str:
+            return self.catch_up.refused(thing_id, shadow, failure)
+
+        def settled(result: str | None) -> str | None:
+            self._appending[shadow] -= 1
+            if not self._appending[shadow]:
+                del self._appending[shadow]
+            return result
+
+        return self.stream.append(record).addCallbacks(journaled, refused).addCallback(settled)
+
+    def journaling(self, shadow: str) -> bool:
+        """Whether a request of ``shadow`` is being journaled, or was and is not answered yet."""
+        return shadow in self._appending or shadow in self._last_appended
+
+    def answered(self, shadow: str, seq: int) -> None:
+        """The request of ``shadow`` in the record ``seq`` is answered."""
+        if self._last_appended.get(shadow) == seq:
+            del self._last_appended[shadow]

@@ -1,0 +1,117 @@
+"""The shadow sync's reading of its journal stream ``shadow-<link>``: records read ahead, and
+the cursor acknowledged as their requests are answered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.clockstep import steady_seconds
+from gateway.errors import JournalError
+from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
+from gateway.links.stream import LinkStream
+from gateway.logthrottle import LogThrottle
+
+#: The cursor the sync reads its stream with.
+CURSOR = "shadow"
+#: Seconds between two log lines about cursor saves the disk refused, at least.
+CURSOR_FAILURE_LOG_INTERVAL = 60.0
+#: Records read ahead from the stream at most.
+READ_AHEAD = 500
+
+
+class ShadowStreamReader:
+    """Reads one shadow sync's stream ahead into :attr:`pending` and acknowledges what is
+    answered.
+
+    :param stream: the journal stream ``shadow-<link>``.
+    :param clock: the retries of failed reads and the log's throttle.
+    :param log: the sync's logger (the lines keep the sync's namespace).
+    :param got: called once records read are added to :attr:`pending`.
+    """
+
+    def __init__(self, stream: LinkStream, clock: Any, log: Logger, got: Callable[[], None]) -> None:
+        self.stream = stream
+        self.log = log
+        self.got = got
+        self.pending: list[Any] = []  # records read, not yet answered, in seq order
+        self._last_read = 0
+        self._acked = 0
+        self._reading = False
+        self._cursor_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._read_retry = ReadRetry(clock, self.read, READ_RETRY_INTERVAL, READ_FAILURE_LOG_INTERVAL)
+        #: Whether :meth:`stop` was called: nothing more is read.
+        self.stopped = False
+
+    def start(self) -> Deferred[None]:
+        """Create the cursor and start reading (fires once the cursor exists)."""
+        return self.stream.cursor(CURSOR).addCallback(lambda _: self.read())
+
+    def stop(self) -> None:
+        """Stop reading (unanswered records stay in the stream)."""
+        self.stopped = True
+        self._read_retry.stop()
+
+    def read(self) -> None:
+        """Read more records, unless a read is under way or :data:`READ_AHEAD` are pending."""
+        if self._reading or self.stopped or len(self.pending) >= READ_AHEAD:
+            return
+        self._reading = True
+        self.stream.read(CURSOR, max_records=READ_AHEAD - len(self.pending)).addCallbacks(
+            self._got, self._read_failed)
+
+    def _read_failed(self, failure: Any) -> None:
+        """A read failed: tried again after :data:`READ_RETRY_INTERVAL`; logged at most once per
+        :data:`READ_FAILURE_LOG_INTERVAL`."""
+        self._reading = False
+        count = self._read_retry.failed()
+        if count is not None:
+            if failure.check(OSError, JournalError):
+                self.log.error("reading the shadow stream failed ({count} since the last such line; tried again every"
+                               " {interval:g} s, logged at most once a minute): {error}", count=count,
+                               interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
+            else:
+                self.log.failure("reading the shadow stream failed", failure)
+
+    def _got(self, records: list[Any]) -> None:
+        self._reading = False
+        failures = self._read_retry.succeeded()  # (the next failure is logged at once)
+        if failures:
+            self.log.info("the shadow stream is read again, after {count} failed reads", count=failures)
+        if self.stopped:
+            return
+        if records:
+            self.pending.extend(records)
+            self._last_read = records[-1].seq
+            self.got()
+            self.read()
+        else:
+            self.stream.wait(CURSOR).addCallback(lambda _: self.read())
+
+    def answered(self, record: Any) -> None:
+        """``record``'s request is answered: it is no longer pending, and the cursor is
+        acknowledged up to the first record still pending."""
+        if record in self.pending:
+            self.pending.remove(record)
+        floor = self.pending[0].seq - 1 if self.pending else self._last_read
+        if floor > self._acked:
+            self._acked = floor
+            self.stream.ack(CURSOR, floor).addErrback(self._cursor_not_saved)
+
+    def _cursor_not_saved(self, failure: Failure) -> None:
+        """A cursor save the disk refuses (full, read-only) is one error line at most once a
+        minute, counting the others: the next request accepted saves it again, and a restart
+        before that sends the requests since the last save again (at least once). Anything
+        else is a bug's traceback."""
+        if not failure.check(OSError, JournalError):
+            self.log.failure("shadow cursor not saved", failure)
+            return
+        count = self._cursor_failure_lines.note()
+        if count is not None:
+            self.log.error("shadow cursor not saved ({count} since the last such line; logged at most once a minute):"
+                           " {error}; saved with the next request accepted", count=count,
+                           error=failure.getErrorMessage())
