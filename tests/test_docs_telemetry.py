@@ -37,7 +37,7 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
 
 def rendered() -> dict[str, tuple[str, frozenset[str]]]:
     """Each ``gateway_*`` metric on a page where every family has samples (a client whose queue
-    dropped messages and one refused subscriptions, a journal stream refusing appends, a link
+    dropped messages and one refused subscriptions, a checkpoint saved, a journal stream refusing appends, a link
     whose cursor is not saved and one taken over, the twin's shadow sync, published reports):
     its type and label names, under the name a scrape shows (a counter's with ``_total``)."""
     readside = FakeReadSide()
@@ -45,7 +45,8 @@ def rendered() -> dict[str, tuple[str, frozenset[str]]]:
     failing = Degraded("min-free-disk", "1 bytes free on the disk, min_free_bytes is 2", 1796211823.0, 4)
     readside.broker = lambda: dataclasses.replace(  # type: ignore[method-assign]
         broker, dropping_clients=(ClientQueueSnapshot("slow", False, 1000, 4096, 3, 4),),
-        capped_clients=(CappedClientSnapshot("greedy", True, 100, 5),))
+        capped_clients=(CappedClientSnapshot("greedy", True, 100, 5),), checkpoint_save_s=0.5,
+        checkpoint_bytes=4096)
     readside.journal = lambda: dataclasses.replace(  # type: ignore[method-assign]
         journal, streams=tuple(dataclasses.replace(stream, refusing=failing, refused_appends=4)
                                for stream in journal.streams), refusing=failing)

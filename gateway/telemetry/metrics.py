@@ -97,6 +97,12 @@ class GatewayCollector(Collector):
                 ("gateway_broker_subscriptions", "Subscriptions held: every session's topic filters", b.subscriptions),
                 ("gateway_broker_retained_messages", "Retained messages held", b.retained)):
             yield GaugeMetricFamily(name, doc, value=value)
+        if b.checkpoint_save_s is not None and b.checkpoint_bytes is not None:  # (once one is saved)
+            yield GaugeMetricFamily("gateway_broker_checkpoint_seconds",
+                                    "The last checkpoint save: hand-over to its thread to durable",
+                                    value=b.checkpoint_save_s)
+            yield GaugeMetricFamily("gateway_broker_checkpoint_bytes", "The last checkpoint saved: its size",
+                                    value=b.checkpoint_bytes)
         received = _counter("gateway_broker_messages_received_total", "PUBLISHes received from clients", ["qos"])
         sent = _counter("gateway_broker_messages_sent_total", "PUBLISHes sent to clients", ["qos"])
         for qos in range(3):

@@ -173,6 +173,19 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_journal_cursor_save_seconds_count", (stream,))], 4)
         self.assertAlmostEqual(got[("gateway_journal_cursor_save_seconds_sum", (stream,))], 0.2064)
 
+    def test_the_brokers_last_checkpoint(self) -> None:
+        """The broker's last checkpoint save is gateway_broker_checkpoint_seconds and its size
+        gateway_broker_checkpoint_bytes, both absent before the first save."""
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertNotIn(("gateway_broker_checkpoint_seconds", ()), got)
+        self.assertNotIn(("gateway_broker_checkpoint_bytes", ()), got)
+        broker = self.readside.broker()
+        self.readside.broker = lambda: dataclasses.replace(  # type: ignore[method-assign]
+            broker, checkpoint_save_s=1.75, checkpoint_bytes=278_000_000)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual((got[("gateway_broker_checkpoint_seconds", ())], got[("gateway_broker_checkpoint_bytes", ())]),
+                         (1.75, 278_000_000))
+
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""
         before = samples(render_metrics("", self.registry)[0])
