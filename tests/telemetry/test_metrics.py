@@ -186,6 +186,17 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual((got[("gateway_broker_checkpoint_seconds", ())], got[("gateway_broker_checkpoint_bytes", ())]),
                          (1.75, 278_000_000))
 
+    def test_the_twins_last_write(self) -> None:
+        """The twin's last things.json write is gateway_twin_save_seconds and its size
+        gateway_twin_save_bytes, both absent before the first write."""
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertNotIn(("gateway_twin_save_seconds", ()), got)
+        twin = self.readside.twin_snapshot
+        assert twin is not None
+        self.readside.twin_snapshot = dataclasses.replace(twin, save_s=0.125, save_bytes=5120)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual((got[("gateway_twin_save_seconds", ())], got[("gateway_twin_save_bytes", ())]), (0.125, 5120))
+
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""
         before = samples(render_metrics("", self.registry)[0])
