@@ -45,7 +45,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     write_parts_atomically(path, (data,), mode)
 
 
-def write_parts_atomically(path: Path, parts: Iterable[bytes], mode: int = 0o644) -> None:
+def write_parts_atomically(path: Path, parts: Iterable[bytes], mode: int = 0o644) -> int:
     """:func:`write_atomically` for content made piece by piece (a large state encoded a
     part at a time, so that the whole of it as bytes never exists at once): the parts are
     written in order, gathered into writes of about :data:`~gateway.filelayer.WRITE_SIZE` bytes.
@@ -56,10 +56,11 @@ def write_parts_atomically(path: Path, parts: Iterable[bytes], mode: int = 0o644
     :param path: the file to replace (its directory is created if needed).
     :param parts: the new content, in order; taken one at a time, as they are written.
     :param mode: the new file's permissions, narrowed by the umask (:func:`write_atomically`).
+    :return: the new file's size in bytes.
     """
     files = OSFiles(mode)
     files.makedirs(str(path.parent))
-    filelayer.write_atomic(files, str(path), parts, str(path.with_name(f".{path.name}.tmp")))
+    return filelayer.write_atomic(files, str(path), parts, str(path.with_name(f".{path.name}.tmp")))
 
 
 def write_json_atomically(path: Path, value: Any, mode: int = 0o644, sort_keys: bool = True) -> None:

@@ -76,7 +76,7 @@ class FileLayer(Protocol):
         """Drop every handle kept open."""
 
 
-def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str | None = None) -> None:
+def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str | None = None) -> int:
     """Replace ``path`` with the bytes of ``parts`` so that a crash leaves the old or the new
     content: write a temporary file, fsync it, rename it over ``path``, fsync the directory.
 
@@ -90,13 +90,17 @@ def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str 
     :param path: the file to replace; its directory must exist.
     :param parts: the new content, in order.
     :param temp: the temporary file (default ``<path>.tmp``), beside ``path``.
+    :return: the new content's size in bytes.
     """
     temp = path + ".tmp" if temp is None else temp
     try:
         chunks = _gathered(parts)
-        files.write(temp, next(chunks))
+        first = next(chunks)
+        files.write(temp, first)
+        size = len(first)
         for chunk in chunks:
             files.append(temp, chunk)
+            size += len(chunk)
         files.fsync(temp)
         files.close(temp)
         files.replace(temp, path)
@@ -107,6 +111,7 @@ def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str 
             pass  # (a disk that refuses that too: the error raised is the one that counts)
         raise
     files.fsync_dir(os.path.dirname(path))
+    return size
 
 
 def _gathered(parts: Iterable[bytes]) -> Iterator[bytes]:

@@ -10,7 +10,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.atomic import read_json, write_atomically
+from gateway.atomic import read_json, write_atomically, write_parts_atomically
+from gateway.filelayer import WRITE_SIZE
 
 
 def refuse(number: int) -> Any:
@@ -36,6 +37,14 @@ class WriteAtomicallyTests(SynchronousTestCase):
         self.assertEqual(raised.exception.errno, number)
         self.assertEqual(self.path.read_bytes(), b"old")
         self.assertEqual(sorted(p.name for p in self.directory.iterdir()), ["desired.json"])
+
+    def test_the_size_written_is_returned(self) -> None:
+        """A write made of parts, more than one gathered write's worth, returns the new file's
+        size (the broker's checkpoint size on /metrics), and an empty one 0."""
+        parts = [b"x" * 1000] * (WRITE_SIZE // 1000 + 5) + [b"end"]
+        self.assertEqual(write_parts_atomically(self.path, parts), self.path.stat().st_size)
+        self.assertEqual(self.path.stat().st_size, sum(map(len, parts)))
+        self.assertEqual(write_parts_atomically(self.path, []), 0)
 
     def test_a_write_the_disk_refuses_leaves_no_temp_file(self) -> None:
         """A full disk during the write: .desired.json.tmp was left behind, half written."""

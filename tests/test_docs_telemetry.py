@@ -37,20 +37,23 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
 
 def rendered() -> dict[str, tuple[str, frozenset[str]]]:
     """Each ``gateway_*`` metric on a page where every family has samples (a client whose queue
-    dropped messages and one refused subscriptions, a journal stream refusing appends, a link
-    whose cursor is not saved and one taken over, the twin's shadow sync, published reports):
+    dropped messages and one refused subscriptions, a checkpoint saved, a journal stream refusing appends, a link
+    whose cursor is not saved and one taken over, the twin's shadow sync and a write of its things, published reports):
     its type and label names, under the name a scrape shows (a counter's with ``_total``)."""
     readside = FakeReadSide()
     broker, journal, links = readside.broker(), readside.journal(), readside.links()
     failing = Degraded("min-free-disk", "1 bytes free on the disk, min_free_bytes is 2", 1796211823.0, 4)
     readside.broker = lambda: dataclasses.replace(  # type: ignore[method-assign]
         broker, dropping_clients=(ClientQueueSnapshot("slow", False, 1000, 4096, 3, 4),),
-        capped_clients=(CappedClientSnapshot("greedy", True, 100, 5),))
+        capped_clients=(CappedClientSnapshot("greedy", True, 100, 5),), checkpoint_save_s=0.5,
+        checkpoint_bytes=4096)
     readside.journal = lambda: dataclasses.replace(  # type: ignore[method-assign]
         journal, streams=tuple(dataclasses.replace(stream, refusing=failing, refused_appends=4)
                                for stream in journal.streams), refusing=failing)
     readside.links = lambda: LinksSnapshot(tuple(  # type: ignore[method-assign]
         dataclasses.replace(link, cursor_failing=failing, taken_over=failing) for link in links.links), failing)
+    assert readside.twin_snapshot is not None
+    readside.twin_snapshot = dataclasses.replace(readside.twin_snapshot, save_s=0.25, save_bytes=2048)
     telemetry = SimpleNamespace(published={"device_info": 1}, incomplete={"device_info": 0})
     body, _ = render_metrics("", make_registry(readside, telemetry))  # type: ignore[arg-type]
     families: dict[str, tuple[str, frozenset[str]]] = {}

@@ -151,9 +151,12 @@ class BrokerStateStore:
                                 " messages and persistent sessions: make it a file the gateway's user may read,"
                                 " or move it away to start without them")
 
-    def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` (from :func:`snapshot`) atomically; blocking: call it from a thread."""
-        write_parts_atomically(self.path, encoded_parts(state))
+    def save(self, state: dict[str, Any]) -> int:
+        """Write ``state`` (from :func:`snapshot`) atomically; blocking: call it from a thread.
+
+        :return: the file's size in bytes.
+        """
+        return write_parts_atomically(self.path, encoded_parts(state))
 
 
 def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> int:

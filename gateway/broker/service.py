@@ -127,6 +127,8 @@ class BrokerService(Service):
         self._saving: Deferred[None] | None = None
         self._save_failures = 0  # checkpoint saves failed in a row
         self._checkpoint = Failing()  # the same, for the read side
+        #: the last checkpoint written: its seconds (hand-over to the thread to durable) and bytes
+        self._last_checkpoint: tuple[float, int] | None = None
         self._save_failure_lines = LogThrottle(SAVE_FAILURE_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self._changed_while_saving = False
         self._saves_pending = 0  # saves chained on _saving and not done yet
@@ -216,7 +218,7 @@ class BrokerService(Service):
         stream = self.state_stream
         covered = stream.written_seq if stream is not None else 0
         previous = self._saving if self._saving is not None else succeed(None)
-        saving = previous.addCallback(lambda _: in_reactor_threads(self.reactor)(store.save, state))
+        saving = previous.addCallback(lambda _: self._write_checkpoint(store, state))
         if stream is not None and covered:
             saving.addCallback(lambda _: stream.ack(STATE_CURSOR, covered))
         saving.addCallbacks(self._saved, self._not_saved)
@@ -224,6 +226,15 @@ class BrokerService(Service):
         self._saves_pending += 1
         saving.addCallback(self._save_done)
         return saving
+
+    def _write_checkpoint(self, store: BrokerStateStore, state: dict[str, Any]) -> Deferred[None]:
+        """Write ``state`` to ``store`` in a thread, timed on the steady clock from the hand-over
+        to the thread until it is durable (the snapshot's ``checkpoint_save_s``, with its size)."""
+        started = steady_seconds(self.reactor)
+        return in_reactor_threads(self.reactor)(store.save, state).addCallback(self._checkpoint_written, started)
+
+    def _checkpoint_written(self, size: int, started: float) -> None:
+        self._last_checkpoint = (steady_seconds(self.reactor) - started, size)
 
     def _saved(self, _: object) -> None:
         """A checkpoint is on disk: after failed saves, say it works again."""
@@ -334,10 +345,12 @@ class BrokerService(Service):
         now = self.reactor.seconds()
         certificates = tuple(at(info, now) for info in self.certificates)
         too_deep = sum(factory.topics_too_deep for factory in self.factories.values())
+        seconds, size = self._last_checkpoint if self._last_checkpoint is not None else (None, None)
         if broker is None:
             return BrokerSnapshot(False, sum(ls.connections for ls in listeners), 0, 0, 0, (0, 0, 0), (0, 0, 0), 0, 0,
                                   sum(ls.violations for ls in listeners), 0, 0, 0, tuple(listeners), certificates,
-                                  topics_too_deep=too_deep, checkpoint_failing=self._checkpoint.now)
+                                  topics_too_deep=too_deep, checkpoint_failing=self._checkpoint.now,
+                                  checkpoint_save_s=seconds, checkpoint_bytes=size)
         return BrokerSnapshot(
             True, sum(ls.connections for ls in listeners), broker.session_count, broker.subscription_count,
             broker.retained_count, tuple(broker.messages_in), tuple(broker.messages_out),  # type: ignore[arg-type]
@@ -349,7 +362,8 @@ class BrokerService(Service):
             sessions_evicted=broker.offline.evicted, dropping_clients=self._dropping_clients(broker),
             topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
             subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker),
-            checkpoint_failing=self._checkpoint.now, durable_holds=broker.durable_gate.holds)
+            checkpoint_failing=self._checkpoint.now, durable_holds=broker.durable_gate.holds,
+            checkpoint_save_s=seconds, checkpoint_bytes=size)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

@@ -108,6 +108,10 @@ class BrokerSnapshot:
     :param checkpoint_failing: while saves of the checkpoint fail (a full or read-only disk:
         its changes stay in the state log, which is not compacted meanwhile), reason
         ``checkpoint-not-saved``, the last error, since when and how many failed; else ``None``.
+    :param checkpoint_save_s: the last checkpoint saved (``state.json``: encoded, written,
+        fsynced and renamed in a thread), from its hand-over to the thread until it was
+        durable, in seconds; ``None`` until one is saved.
+    :param checkpoint_bytes: that checkpoint's size in bytes; ``None`` until one is saved.
     """
 
     running: bool
@@ -136,3 +140,5 @@ class BrokerSnapshot:
     capped_clients: tuple[CappedClientSnapshot, ...] = ()
     checkpoint_failing: Degraded | None = None
     durable_holds: int = 0
+    checkpoint_save_s: float | None = None
+    checkpoint_bytes: int | None = None

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.clockstep import WallClock, steady_seconds
 from gateway.journal.cursors import (Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges,
                                      runs_outside, union_runs)
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
@@ -17,6 +18,7 @@ from gateway.filelayer import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
 from gateway.journal.record import Record
 from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
+from gateway.journal.stats import Histogram
 from gateway.journal.tail import RecentTail
 
 
@@ -32,6 +34,10 @@ class ReaderStream(Protocol):
     written_seq: int
     tail: RecentTail
     ledger: LossLedger
+
+    @property
+    def clock(self) -> WallClock:
+        """The stream's clock (read only)."""
 
     @property
     def segments(self) -> list[Segment]:
@@ -57,6 +63,9 @@ class StreamReader:
         self.stream = stream
         self.cursors: dict[str, Cursor] = {}
         self._waiting: list[Deferred[None]] = []
+        #: Seconds per cursor save that worked, from its hand-over to the I/O thread (the wait
+        #: behind the batches queued there included) until it is durable, on the steady clock.
+        self.save_latency = Histogram()
 
     def load(self) -> Deferred[None]:
         """Load the stored cursors (on the I/O thread)."""
@@ -223,11 +232,13 @@ class StreamReader:
         # a crash in between would leave it behind the cursor, never read (nor counted) again.
         s.save_ledger_now()
         target = (c.acked, c.changes)
+        started = steady_seconds(s.clock)
         d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), (encode_cursor(c.acked, c.above),))
-        d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))
+        d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target, started), errbackArgs=(c,))
 
-    def _saved(self, _: None, c: Cursor, target: tuple[int, int]) -> None:
+    def _saved(self, _: object, c: Cursor, target: tuple[int, int], started: float) -> None:
         c.saving = False
+        self.save_latency.observe(steady_seconds(self.stream.clock) - started)
         c.saved, c.saved_changes = target
         ready = [d for changes, d in c.waiters if changes <= c.saved_changes]
         c.waiters = [(changes, d) for changes, d in c.waiters if changes > c.saved_changes]

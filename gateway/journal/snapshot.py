@@ -7,10 +7,10 @@ admin API read these, never the stream's fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.degraded import Degraded
-from gateway.journal.stats import HistogramSnapshot
+from gateway.journal.stats import Histogram, HistogramSnapshot
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,10 @@ class StreamSnapshot:
         disk: the loss counts are not durable, a restart would forget those since the last
         write), reason ``ledger-not-saved``, the last error, since when and how many writes
         failed; ``None`` again once a write works.
+    :param cursor_save_latency: seconds per cursor save that worked (a write and two fsyncs
+        on the I/O thread), from its hand-over to that thread (the wait behind the batches
+        queued there included) until it was durable, as a histogram with
+        ``fsync_latency``'s buckets.
     """
 
     name: str
@@ -107,6 +111,7 @@ class StreamSnapshot:
     refusing: Degraded | None = None
     refused_appends: int = 0
     ledger_failing: Degraded | None = None
+    cursor_save_latency: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
 
 
 @dataclass(frozen=True)

@@ -848,7 +848,7 @@ class Stream:
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
             tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())), self.refusing.now,
-            self.refusing.total, self.ledger_failing.now)
+            self.refusing.total, self.ledger_failing.now, self.reader.save_latency.snapshot())
 
     def _received(self, seq: int) -> tuple[int, float | None]:
         """Record ``seq`` (a cursor has not acknowledged it) and when it was received.

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from twisted.logger import Logger
 
 from gateway.certinfo import DAY
+from gateway.journal.stats import HistogramSnapshot
 from gateway.readside import ReadSide
 
 log = Logger()
@@ -36,6 +37,14 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
 def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
     # prometheus-client appends _total to a counter's samples (and wants the name without it)
     return CounterMetricFamily(name.removesuffix("_total"), doc, labels=labels or [])
+
+
+def _buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:
+    # prometheus-client's buckets: (upper bound, cumulative count), ending with +Inf's
+    buckets: list[tuple[str, float]] = [(repr(bound), count)
+                                        for bound, count in zip(histogram.bounds, histogram.cumulative)]
+    buckets.append(("+Inf", histogram.cumulative[-1]))
+    return buckets
 
 
 class GatewayCollector(Collector):
@@ -88,6 +97,12 @@ class GatewayCollector(Collector):
                 ("gateway_broker_subscriptions", "Subscriptions held: every session's topic filters", b.subscriptions),
                 ("gateway_broker_retained_messages", "Retained messages held", b.retained)):
             yield GaugeMetricFamily(name, doc, value=value)
+        if b.checkpoint_save_s is not None and b.checkpoint_bytes is not None:  # (once one is saved)
+            yield GaugeMetricFamily("gateway_broker_checkpoint_seconds",
+                                    "The last checkpoint save: hand-over to its thread to durable",
+                                    value=b.checkpoint_save_s)
+            yield GaugeMetricFamily("gateway_broker_checkpoint_bytes", "The last checkpoint saved: its size",
+                                    value=b.checkpoint_bytes)
         received = _counter("gateway_broker_messages_received_total", "PUBLISHes received from clients", ["qos"])
         sent = _counter("gateway_broker_messages_sent_total", "PUBLISHes sent to clients", ["qos"])
         for qos in range(3):
@@ -166,6 +181,9 @@ class GatewayCollector(Collector):
                                       "Append to acknowledgement (durable under sync)", labels=["stream"])
         fsync = HistogramMetricFamily("gateway_journal_fsync_seconds", "One batch's write and fsync",
                                       labels=["stream"])
+        cursor_save = HistogramMetricFamily("gateway_journal_cursor_save_seconds",
+                                            "One cursor save: hand-over to the I/O thread to durable",
+                                            labels=["stream"])
         unacked = _gauge("gateway_journal_cursor_unacked_records", "Records a cursor has not acknowledged",
                          ["stream", "cursor"])
         lost = _counter("gateway_journal_lost_records_total", "Records lost, by reason", ["stream", "reason"])
@@ -180,10 +198,8 @@ class GatewayCollector(Collector):
                 family.add_metric([s.name], getattr(s, field))
             appends.add_metric([s.name], s.appends)
             latency.add_metric([s.name], s.append_latency.count, s.append_latency.sum_s)
-            h = s.fsync_latency
-            buckets = [(repr(bound), count) for bound, count in zip(h.bounds, h.cumulative)]
-            buckets.append(("+Inf", h.cumulative[-1]))
-            fsync.add_metric([s.name], buckets, h.sum)
+            fsync.add_metric([s.name], _buckets(s.fsync_latency), s.fsync_latency.sum)
+            cursor_save.add_metric([s.name], _buckets(s.cursor_save_latency), s.cursor_save_latency.sum)
             for cursor in s.cursors:
                 unacked.add_metric([s.name, cursor.name], cursor.unacked)
             for loss in s.losses:
@@ -194,7 +210,7 @@ class GatewayCollector(Collector):
             refused.add_metric([s.name], s.refused_appends)
             ledger.add_metric([s.name], 0 if s.ledger_failing is None else 1)
         yield from gauges.values()
-        yield from (appends, latency, fsync, unacked, lost, refusing, refusing_since, refused, ledger)
+        yield from (appends, latency, fsync, cursor_save, unacked, lost, refusing, refusing_since, refused, ledger)
 
     def _links(self) -> Iterator[Metric]:
         links = self.readside.links().links
@@ -308,6 +324,11 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_twin_things", "Things the local twin holds (the gateway's and its children)",
                                 value=t.things)
         yield GaugeMetricFamily("gateway_twin_revision", "The revision of the gateway's thing", value=t.revision)
+        if t.save_s is not None and t.save_bytes is not None:  # (once one is written)
+            yield GaugeMetricFamily("gateway_twin_save_seconds",
+                                    "The last write of things.json: hand-over to its thread to durable", value=t.save_s)
+            yield GaugeMetricFamily("gateway_twin_save_bytes", "The last things.json written: its size",
+                                    value=t.save_bytes)
         if t.sync is None:
             return
         sync = t.sync

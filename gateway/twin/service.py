@@ -70,7 +70,7 @@ class TwinService(Service):
         self.reactor = reactor
         self.bus = bus
         self.root = settings.root_thing(*identity)
-        self.store = TwinStore(Path(state_dir) / "twin" / "things.json", run_blocking, reactor.seconds)
+        self.store = TwinStore(Path(state_dir) / "twin" / "things.json", run_blocking, reactor)
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []
         self._unsubscribe: list[Callable[[], None]] = []
@@ -125,8 +125,10 @@ class TwinService(Service):
 
     def snapshot(self) -> TwinSnapshot:
         """What the twin holds and how its shadow sync stands (no I/O)."""
+        seconds, size = self.store.last_write if self.store.last_write is not None else (None, None)
         return TwinSnapshot(self.root, len(self.store.things), self.store.revisions.get(self.root, 0),
-                            self.sync.snapshot() if self.sync is not None else None, self.store.failing.now)
+                            self.sync.snapshot() if self.sync is not None else None, self.store.failing.now,
+                            seconds, size)
 
     # -- commands -------------------------------------------------------------------------
 

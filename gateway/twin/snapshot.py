@@ -44,6 +44,10 @@ class TwinSnapshot:
     :ivar save_failing: while writes of ``things.json`` fail (a full or read-only disk: changes
         are answered 503), reason ``not-saved``, the last error, since when and how many
         failed; else ``None``.
+    :ivar save_s: how long the last write of ``things.json`` that worked took (encoded,
+        written, fsynced and renamed in a thread), in seconds from its hand-over to the thread
+        until it was durable; ``None`` until one is written.
+    :ivar save_bytes: that file's size in bytes; ``None`` until one is written.
     """
 
     root: str
@@ -51,3 +55,5 @@ class TwinSnapshot:
     revision: int
     sync: ShadowSyncSnapshot | None
     save_failing: Degraded | None = None
+    save_s: float | None = None
+    save_bytes: int | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import read_json, set_aside, write_parts_atomically
 from gateway.blocking import RunBlocking
+from gateway.clockstep import WallClock, steady_seconds
 from gateway.degraded import Failing
 
 #: Revisions of deleted things kept at most: a thing created again goes on from its revision
@@ -37,17 +38,20 @@ class TwinStore:
 
     :param path: the JSON file (``<state_dir>/twin/things.json``).
     :param run_blocking: runs the file writes (a thread pool in the gateway).
-    :param now: the wall clock (when writes began to fail).
+    :param clock: the clock: the time of day (when writes began to fail) and steady time
+        (how long a write took).
     """
 
     log = Logger()
 
-    def __init__(self, path: Path, run_blocking: RunBlocking, now: Callable[[], float]) -> None:
+    def __init__(self, path: Path, run_blocking: RunBlocking, clock: WallClock) -> None:
         self.path = path
         self.run_blocking = run_blocking
-        self.now = now
+        self.clock = clock
         #: While writes fail (a full or read-only disk): why, since when, how many.
         self.failing = Failing()
+        #: The last write that worked: its seconds (hand-over to the thread to durable) and bytes.
+        self.last_write: tuple[float, int] | None = None
         self.things: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, int] = {}
         self._deleted: dict[str, None] = {}  # deleted things whose revision is kept, oldest first
@@ -141,9 +145,10 @@ class TwinStore:
             self._writing = False
             self._unsaved = isinstance(result, Failure)
             if isinstance(result, Failure):
-                self.failing.failed("not-saved", result.getErrorMessage(), self.now())
+                self.failing.failed("not-saved", result.getErrorMessage(), self.clock.seconds())
             else:
                 self.failing.recovered()
+                self.last_write = (steady_seconds(self.clock) - started, result)
             for d in waiters:
                 if isinstance(result, Failure):
                     d.errback(result)
@@ -152,4 +157,5 @@ class TwinStore:
             if self._waiting:
                 self._write()
 
+        started = steady_seconds(self.clock)
         self.run_blocking(write_parts_atomically, self.path, parts).addBoth(done)

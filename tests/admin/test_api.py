@@ -220,7 +220,8 @@ class ReadRouteTests(SynchronousTestCase):
             "listening": True, "error": "", "writes": 7, "values": 9, "unrouted": 2, "refused": 1, "bad": 3,
             "aliases": 4, "waiting": 0})
         self.assertEqual(h.call("GET", "/twin").json(), {"root": "acme:gw1", "things": 2, "revision": 5,
-                                                         "sync": None, "save_failing": None})
+                                                         "sync": None, "save_failing": None, "save_s": None,
+                                                         "save_bytes": None})
         h.readside.twin_snapshot = None
         r = h.call("GET", "/twin")
         self.assertEqual((r.status, r.json()), (503, {"error": "the twin service is not part of this gateway"}))

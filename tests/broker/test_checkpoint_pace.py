@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.broker import service as service_module
 from gateway.broker.service import SAVE_DELAY, BrokerService
 from tests.broker.harness import ANONYMOUS, broker_settings
+from tests.broker.test_durable_ack import make_broker
 
 SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
 
@@ -56,8 +57,9 @@ class CountingStore:
     def __init__(self) -> None:
         self.saved: list[dict[str, Any]] = []
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: dict[str, Any]) -> int:
         self.saved.append(state)
+        return 1000 * len(self.saved)  # (a size of its own for each save)
 
 
 class CheckpointPaceTests(SynchronousTestCase):
@@ -114,3 +116,22 @@ class CheckpointPaceTests(SynchronousTestCase):
         self.clock.pool.finish_one()
         self.successResultOf(done)
         self.assertEqual(self.store.saved, [{"copy": 1}, {"copy": 2}])
+
+    def test_the_last_save_is_timed_and_sized(self) -> None:
+        """The broker's snapshot has the last checkpoint's save time, from its hand-over to the
+        thread until durable on the steady clock, and its size (none before the first save):
+        on a slow disk /metrics said nothing of how long a checkpoint took, nor how large it was."""
+        self.service.broker = make_broker(self, self.clock)
+        self.assertEqual((self.service.snapshot().checkpoint_save_s, self.service.snapshot().checkpoint_bytes),
+                         (None, None))
+        self.change_every_second(1)
+        self.clock.advance(2.5)  # a write of 2.5 s
+        self.clock.pool.finish_one()
+        self.change_every_second(1)
+        self.clock.advance(0.25)
+        self.clock.pool.finish_one()
+        snapshot = self.service.snapshot()
+        self.assertEqual((snapshot.checkpoint_save_s, snapshot.checkpoint_bytes), (0.25, 2000))
+        self.service.broker = None  # stopped: the last save is still shown
+        snapshot = self.service.snapshot()
+        self.assertEqual((snapshot.checkpoint_save_s, snapshot.checkpoint_bytes), (0.25, 2000))

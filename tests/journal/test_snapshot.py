@@ -18,7 +18,7 @@ from gateway.journal.stats import Histogram
 from gateway.journal.snapshot import (CursorSnapshot, LossCount, StreamSnapshot, streams_ledger_failing,
                                      streams_refusing)
 from gateway.journal.stream import WRITE_BACKOFF_S
-from tests.journal.helpers import DIR, appended, open_stream, read_all, record
+from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
 
 FRAME = len(encode(record(1), 1))
@@ -120,6 +120,30 @@ class StreamSnapshotTests(SynchronousTestCase):
         self.assertEqual([loss.reason for loss in snap.losses], ["rejected"])
         self.assertIsInstance(snap.losses[0], LossCount)
         self.assertEqual(snap.losses[0].records, s.stats().drops["rejected"])
+
+    def test_cursor_saves_timed_from_hand_over_to_durable(self) -> None:
+        """Each cursor save that works is timed on the clock from its hand-over to the I/O
+        thread (the wait there included) until durable, in a histogram; a failed one is not."""
+        clock = Clock()
+        s = open_stream(PowerCutFiles(), clock=clock)
+        self.successResultOf(s.cursor("a"))  # its creation: a save that took no time
+        for i in range(1, 4):
+            self.successResultOf(appended(s, record(i)))
+        read_all(s, "a")
+        s.run = runner = ManualRunner()
+        acked = s.ack("a", 2)
+        clock.advance(0.3)  # waiting behind other jobs, then writing
+        runner.drain()
+        self.successResultOf(acked)
+        failed = s.ack("a", 3)
+        clock.advance(2.0)
+        _, _, d = runner.jobs.pop(0)
+        d.errback(OSError(errno.ENOSPC, "No space left on device"))
+        self.failureResultOf(failed, JournalWriteError)
+        saves = s.snapshot().cursor_save_latency
+        self.assertEqual((saves.count, saves.sum), (2, 0.3))
+        by_bound = dict(zip(saves.bounds, saves.cumulative))
+        self.assertEqual((by_bound[0.0005], by_bound[0.25], by_bound[0.5]), (1, 1, 2))
 
 
 class RefusingTests(SynchronousTestCase):

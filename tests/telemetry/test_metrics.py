@@ -24,7 +24,7 @@ from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from tests.journal.helpers import refusing_journal
 from tests.ports import free_port
-from tests.telemetry.fakes import FakeBus, FakeReadSide
+from tests.telemetry.fakes import FakeBus, FakeReadSide, fsync_histogram
 
 PROMTOOL = shutil.which("promtool")
 
@@ -159,6 +159,43 @@ class RenderTests(SynchronousTestCase):
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual((got[("gateway_journal_ledger_save_failing", (("stream", stream.name),))],
                           got[("gateway_journal_ledger_save_failing", (("stream", "other"),))]), (1, 0))
+
+    def test_a_streams_cursor_saves(self) -> None:
+        """The stream's cursor save times are gateway_journal_cursor_save_seconds, a histogram
+        with the fsync's buckets: the page said how long a batch's fsync took, not a save."""
+        well = self.readside.journal()
+        self.readside.journal = lambda: dataclasses.replace(well, streams=(  # type: ignore[method-assign]
+            dataclasses.replace(well.streams[0], cursor_save_latency=fsync_histogram()),))
+        got = samples(render_metrics("", self.registry)[0])
+        stream = ("stream", "link-cloud")
+        self.assertEqual(got[("gateway_journal_cursor_save_seconds_bucket", (("le", "0.005"), stream))], 3)
+        self.assertEqual(got[("gateway_journal_cursor_save_seconds_bucket", (("le", "+Inf"), stream))], 4)
+        self.assertEqual(got[("gateway_journal_cursor_save_seconds_count", (stream,))], 4)
+        self.assertAlmostEqual(got[("gateway_journal_cursor_save_seconds_sum", (stream,))], 0.2064)
+
+    def test_the_brokers_last_checkpoint(self) -> None:
+        """The broker's last checkpoint save is gateway_broker_checkpoint_seconds and its size
+        gateway_broker_checkpoint_bytes, both absent before the first save."""
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertNotIn(("gateway_broker_checkpoint_seconds", ()), got)
+        self.assertNotIn(("gateway_broker_checkpoint_bytes", ()), got)
+        broker = self.readside.broker()
+        self.readside.broker = lambda: dataclasses.replace(  # type: ignore[method-assign]
+            broker, checkpoint_save_s=1.75, checkpoint_bytes=278_000_000)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual((got[("gateway_broker_checkpoint_seconds", ())], got[("gateway_broker_checkpoint_bytes", ())]),
+                         (1.75, 278_000_000))
+
+    def test_the_twins_last_write(self) -> None:
+        """The twin's last things.json write is gateway_twin_save_seconds and its size
+        gateway_twin_save_bytes, both absent before the first write."""
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertNotIn(("gateway_twin_save_seconds", ()), got)
+        twin = self.readside.twin_snapshot
+        assert twin is not None
+        self.readside.twin_snapshot = dataclasses.replace(twin, save_s=0.125, save_bytes=5120)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual((got[("gateway_twin_save_seconds", ())], got[("gateway_twin_save_bytes", ())]), (0.125, 5120))
 
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""

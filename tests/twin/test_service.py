@@ -503,6 +503,23 @@ class TwinServiceTests(SynchronousTestCase):
         self.successResultOf(d)
         return twin, runner
 
+    def test_the_snapshot_has_the_last_writes_time_and_size(self) -> None:
+        """The snapshot has how long the last write of things.json that worked took, from its
+        hand-over to the thread until durable on the clock, and the file's size; a failed
+        write leaves them: /metrics said nothing of how long a change waited for the disk."""
+        twin, runner = self.twin_on_held_writes()
+        self.assertEqual((twin.snapshot().save_s, twin.snapshot().save_bytes),
+                         (0.0, twin.store.path.stat().st_size))  # the root thing's first write
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        self.clock.advance(0.5)  # a slow card
+        runner.run_one()
+        size = twin.store.path.stat().st_size
+        self.assertEqual((twin.snapshot().save_s, twin.snapshot().save_bytes), (0.5, size))
+        self.bus.deliver("e", command("modify", "/attributes/a", 2))
+        self.clock.advance(3)
+        runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
+        self.assertEqual((twin.snapshot().save_s, twin.snapshot().save_bytes), (0.5, size))
+
     def test_the_snapshot_says_while_writes_fail(self) -> None:
         """While the disk refuses the twin's writes (every change answered 503), its snapshot
         says so (save_failing: the error, since when, how many; the status gives it as the
