@@ -203,16 +203,21 @@ class ShadowSyncTests(SynchronousTestCase):
         self.clock.advance(CATCH_UP_INTERVAL)
         self.assertEqual(self.connection.take(), [])
 
-    def test_a_refused_delete_reaches_the_cloud_at_the_next_connect(self) -> None:
-        """A delete of a feature whose shadow request the journal refused left its shadow in
-        the cloud for good: the reads of a connect cover the twin's shadows, which no longer
-        hold it. The shadow is read at the next connect too now, and deleted."""
+    def feature_in_the_cloud_then_refusing(self) -> None:
+        """Connect, make feature ``f`` and let the cloud accept its shadow; then the journal
+        refuses the shadow stream's appends."""
         self.connect()
         self.send(command("modify", "/features/f/properties/x", 1))
         self.answer_gets()
         (topic, body), = self.connection.take()
         self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
         self.refuse_appends()
+
+    def test_a_refused_delete_reaches_the_cloud_at_the_next_connect(self) -> None:
+        """A delete of a feature whose shadow request the journal refused left its shadow in
+        the cloud for good: the reads of a connect cover the twin's shadows, which no longer
+        hold it. The shadow is read at the next connect too now, and deleted."""
+        self.feature_in_the_cloud_then_refusing()
         out = self.send(command("delete", "/features/f"))
         self.assertEqual([(t, b.get("status")) for t, b in out],
                          [("command///req//deleted", None), ("command///req//delete-response", 204)])
@@ -260,12 +265,7 @@ class ShadowSyncTests(SynchronousTestCase):
         it, so no read of a connect covers it). The marks are written to
         twin/shadows-behind.json whenever they change and read at the start: the shadow is read
         at the first connect and deleted, and the file is empty again."""
-        self.connect()
-        self.send(command("modify", "/features/f/properties/x", 1))
-        self.answer_gets()
-        (topic, body), = self.connection.take()
-        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
-        self.refuse_appends()
+        self.feature_in_the_cloud_then_refusing()
         self.clock.advance(7)
         self.send(command("delete", "/features/f"))
         path = self.dir / "twin" / "shadows-behind.json"
