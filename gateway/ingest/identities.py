@@ -7,7 +7,6 @@ authenticate apps to this ingest, not to the cloud.
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import jsontext
-from gateway.atomic import set_aside, write_atomically
+from gateway.atomic import set_aside, write_json_atomically
 from gateway.ingest.form import valid_cik
 from gateway.blocking import RunBlocking
 
@@ -108,7 +107,7 @@ class LocalIdentities:
         once shared one temp file and each left the others out."""
         batch, self._pending = self._pending, {}
         self._writing = True
-        data = json.dumps({"devices": {**self.devices, **batch}}, indent=1, sort_keys=True).encode()
+        devices = {"devices": {**self.devices, **batch}}  # (encoded in the thread: a large file is not the reactor's)
 
         def saved(_: Any) -> None:
             self.devices.update(batch)
@@ -127,5 +126,5 @@ class LocalIdentities:
             if self._pending:
                 self._write()
 
-        d = self.run_blocking(write_atomically, self.path, data, 0o600)
+        d = self.run_blocking(write_json_atomically, self.path, devices, 0o600)
         d.addCallbacks(saved, failed).addBoth(next_batch)
