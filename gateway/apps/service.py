@@ -8,9 +8,6 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.inotify import INotify
-from twisted.internet.interfaces import IReactorFDSet
-from twisted.python.runtime import platform
 
 from gateway import __version__
 from gateway.apps.hosted import AppsControl, HostedKind
@@ -25,6 +22,7 @@ from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.apps.spool import SpoolWatcher
 from gateway.apps.supervisor import AppSupervisor
 from gateway.blocking import in_reactor_threads
+from gateway.namewatch import inotify_maker
 
 
 class AppsService(Service):
@@ -80,10 +78,8 @@ class AppsService(Service):
         self.control = AppsControl(self.operations)
         # Watched with inotify where there is one (Linux) and the reactor reads descriptors
         # (a test's fake reactor does not): else looked at every spool_interval.
-        notifier = ((lambda: INotify(reactor)) if platform.supportsINotify() and IReactorFDSet.providedBy(reactor)
-                    else None)
         self.spool = SpoolWatcher(state_dir / "incoming", self.operations.install, reactor,
-                                  blocking, settings.spool_interval, notifier)
+                                  blocking, settings.spool_interval, inotify_maker(reactor))
 
     @inlineCallbacks
     def startService(self) -> Any:

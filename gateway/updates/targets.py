@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.inotify import INotify
 from twisted.logger import Logger
 
 from gateway.apps.commands import run_command
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProcessLauncher
 from gateway.atomic import read_json, write_json_atomically
+from gateway.clockstep import steady_seconds
+from gateway.namewatch import NameWatch, inotify_maker
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
 from gateway.updates.rollback import ALIVE
@@ -36,6 +38,10 @@ SELFUPDATE_UNIT_FILES = tuple(Path(directory) / SELFUPDATE_UNIT
                               for directory in ("/lib/systemd/system", "/usr/lib/systemd/system"))
 #: Seconds that unit has to take a request before the install fails.
 UNIT_TAKE_LIMIT = 30.0
+
+#: Seconds between looks at an installer's files when nothing wakes the wait sooner: their change
+#: does where inotify watches them (:mod:`gateway.namewatch`); the helper's end, the time limits.
+LOOK_EVERY = 1.0
 
 #: How much of the installer's log (install.sh's output, the new version's log tail) a status carries.
 LOG_TAIL_CHARS = 800
@@ -123,6 +129,9 @@ class ModuleInstaller:
     :param launcher: spawns scripts; the hosted apps' launcher records each script's group in
         ``processes.json`` while it runs, so that the next start stops what a gateway killed
         with SIGKILL left of it (:mod:`gateway.apps.leftovers`); None: a launcher recording nothing.
+    :param notifier: makes the inotify instance that tells when the unit takes a request and when an
+        installer's result comes; None: inotify on ``reactor`` where it can be
+        (:func:`gateway.namewatch.inotify_maker`), else a look every :data:`LOOK_EVERY` seconds.
     """
 
     log = Logger()
@@ -136,8 +145,10 @@ class ModuleInstaller:
         run_blocking: Callable[..., Deferred[Any]] | None = None,
         launcher: ProcessLauncher | None = None,
         deb_request: Path | None = None,
+        notifier: Callable[[], INotify] | None = None,
     ) -> None:
         self.reactor = reactor
+        self._notifier = notifier or inotify_maker(reactor)
         self.deb_request = deb_request
         self.launcher = launcher or ProcessLauncher(reactor)
         self.run_blocking = run_blocking or (lambda f, *args: maybeDeferred(f, *args))
@@ -356,33 +367,42 @@ class ModuleInstaller:
                                                                  "correlation_id": operation.correlation_id})
         self.log.info("asked {unit} to install {deb} (request {request})", unit=SELFUPDATE_UNIT, deb=str(deb),
                       request=str(request))
-        waited = 0.0
-        while request.exists():
-            if waited >= UNIT_TAKE_LIMIT:
-                try:  # taken back atomically, unless the unit takes it at this very moment
-                    os.replace(request, request.with_name(request.name + ".withdrawn"))
-                except FileNotFoundError:
-                    break
-                raise InstallError(
-                    f"{SELFUPDATE_UNIT} did not take the request within {UNIT_TAKE_LIMIT:g}s: enable it as root "
-                    f"(systemctl enable --now {SELFUPDATE_UNIT}), and check that it watches {request}; the "
-                    "installed version stays")
-            yield deferLater(self.reactor, 1.0, lambda: None)
-            waited += 1.0
+        watch = NameWatch(self.reactor, request, self._notifier)
+        began = steady_seconds(self.reactor)
+        try:
+            while request.exists():
+                if steady_seconds(self.reactor) - began >= UNIT_TAKE_LIMIT:
+                    try:  # taken back atomically, unless the unit takes it at this very moment
+                        os.replace(request, request.with_name(request.name + ".withdrawn"))
+                    except FileNotFoundError:
+                        break
+                    raise InstallError(
+                        f"{SELFUPDATE_UNIT} did not take the request within {UNIT_TAKE_LIMIT:g}s: enable it as "
+                        f"root (systemctl enable --now {SELFUPDATE_UNIT}), and check that it watches {request}; "
+                        "the installed version stays")
+                yield watch.wait(LOOK_EVERY)
+        finally:
+            watch.close()
 
     @inlineCallbacks
     def _wait_for_result(self, result_dir: Path) -> Any:
-        waited = 0.0
-        while True:
-            result = read_json(result_dir / "result.json")
-            if isinstance(result, dict):
-                return result
-            if waited >= 5.0 and not _helper_alive(result_dir):
-                raise InstallError("the installer helper vanished without a result")
-            if waited >= self.settings.script_timeout:
-                raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")
-            yield deferLater(self.reactor, 1.0, lambda: None)
-            waited += 1.0
+        """Fire with the installer's result (``result.json`` in ``result_dir``) as soon as it is
+        written; fail when its helper is gone without one, or after ``script_timeout``."""
+        watch = NameWatch(self.reactor, result_dir / "result.json", self._notifier)
+        began = steady_seconds(self.reactor)
+        try:
+            while True:
+                result = read_json(result_dir / "result.json")
+                if isinstance(result, dict):
+                    return result
+                waited = steady_seconds(self.reactor) - began
+                if waited >= 5.0 and not _helper_alive(result_dir):
+                    raise InstallError("the installer helper vanished without a result")
+                if waited >= self.settings.script_timeout:
+                    raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")
+                yield watch.wait(LOOK_EVERY)
+        finally:
+            watch.close()
 
 
 def _installer_started(result_dir: Path) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.inotify import INotify
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
@@ -200,10 +201,11 @@ class GatewaySideTests(TestCase):
         self.download.mkdir(parents=True)
         self.request = self.state / "updates" / "deb-request.json"
 
-    def install(self, clock: Any = reactor, resumed: bool = False) -> Any:
+    def install(self, clock: Any = reactor, resumed: bool = False, **notifier: Any) -> Any:
         deb = build_deb(self.download, "gateway")
         module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
-        installer = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        installer = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request,
+                                    **notifier)
         return installer.install(Operation("op-1", "install", [module]), module, [deb], resumed)
 
     @inlineCallbacks
@@ -220,6 +222,20 @@ class GatewaySideTests(TestCase):
         self.assertEqual(code, 0)
         message = yield installing
         self.assertEqual(message, "gateway package 9.9 installed")
+
+    @inlineCallbacks
+    def test_the_take_and_the_result_are_seen_as_they_come(self) -> None:
+        """The unit's take of the request and the installer's result wake the install when they
+        happen (inotify, read by the reactor): the install looked for them once a second, so every
+        self-update ended up to a second late after its result, and a second more after the take.
+        Here the clock of the waits' time limits never moves: only the files' changes wake them."""
+        from tests.apps.realtime import wait_until
+
+        installing = self.install(Clock(), notifier=lambda: INotify(reactor))
+        self.request.rename(self.request.with_name("taken"))
+        (self.download / "helper" / "result.json").write_text(json.dumps({"exit_code": 0, "output": ""}))
+        yield wait_until(lambda: installing.called, 5, what="the install's end")
+        self.assertEqual(self.successResultOf(installing), "gateway package 9.9 installed")
 
     @inlineCallbacks
     def test_a_refusal_is_the_operations_error(self) -> None:
