@@ -160,6 +160,27 @@ class OperationsTests(SynchronousTestCase):
                              ["containers: app exited with 1 after 9.0s", "containers: app exited with 143 after 0.0s",
                               "containers: app exited with 1 after 1.0s"])
 
+    def test_a_delegated_crash_loop_is_logged_once_per_interval(self) -> None:
+        """With ``delegate: true`` a container that podman restarts after each quick end past
+        startsecs is a crash loop too: its first end, then one line every 10 minutes with the
+        count, whichever policy restarts it."""
+        for policy in ("on-failure", "unless-stopped"):
+            self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1,
+                                                   restart_policy=RestartPolicy(type=policy, delegate=True))})
+            cid = self.unit().container_id
+            with capturedLogs() as events:
+                for _ in range(80):  # about 11 minutes: 2 s up, then 6 s until podman restarts it
+                    self.clock.advance(2)
+                    self.assertIs(self.unit().state, ProgramState.RUNNING)
+                    self.runtime.exit(cid, 1)
+                    self.clock.advance(6)
+                    self.runtime.start(cid)  # podman's restart policy
+            ends = [formatEvent(e) for e in events if "exited" in formatEvent(e)]
+            self.assertEqual(ends, ["containers: app exited with 1 after 2.0s",
+                                    "containers: app exited with 1 after 2.0s (75 times since the last such line:"
+                                    " a crash loop, logged at most once every 10 minutes while it goes on)"], policy)
+            self.supervisor.forget("app")
+
     def test_a_step_of_the_wall_clock_moves_neither_uptime_nor_backoff(self) -> None:
         """NTP steps the clock forward by 56 years while a container runs: its uptime is the
         time it ran, and a quick death after it is still a crash loop, restarted after the
