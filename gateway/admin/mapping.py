@@ -6,7 +6,7 @@ from gateway import errors as gateway_errors
 from gateway.admin.errors import ApiError
 from gateway.apps.errors import (AmbiguousProgramError, DesiredStateError, HealthCheckError, InstallError,
                                  ManifestError, UnknownAppError, UnsafeArchiveError)
-from gateway.telemetry.errors import ReportNotPublished
+from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from gateway.updates.errors import InvalidOperation
 
 
@@ -21,6 +21,10 @@ def map_error(error: BaseException) -> ApiError | None:
         return ApiError(404, str(error))
     if isinstance(error, (UnsafeArchiveError, ManifestError, AmbiguousProgramError)):
         return ApiError(400, str(error))
+    if isinstance(error, ReportTooLarge):
+        # (the gateway works as configured: the configuration must change before it can be sent)
+        return ApiError(409, f"{error}; asking again does not help: give that journal stream a larger max_bytes"
+                             " (journal.streams in the configuration) first")
     if isinstance(error, (DesiredStateError, ReportNotPublished)):
         return ApiError(500, str(error))
     if isinstance(error, (InstallError, HealthCheckError, gateway_errors.AppError)):

@@ -29,7 +29,7 @@ from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
 from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.readside import ReadSide
-from gateway.telemetry.errors import ReportNotPublished
+from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
@@ -811,6 +811,21 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         r = h.call("POST", "/reports/usage_report")
         self.assertEqual((r.status, r.json()),
                          (500, {"error": "report usage_report was built but not published: full"}))
+
+    def test_a_report_too_large_for_its_stream_is_409_saying_what_to_do(self) -> None:
+        """A report larger than its journal stream's max_bytes (docs/admin.md) was 500, as for a
+        server at fault: the gateway works as configured, and asking again never helps until the
+        stream's max_bytes grows, which the answer says."""
+        h = Harness(self)
+        h.reports.request_report = lambda name: fail(ReportTooLarge(  # type: ignore[method-assign]
+            "report usage_report was built but not published: journal stream 'link-cloud' refused the append"
+            " (max-bytes): a record of 5000 bytes is larger than max_bytes (4096 bytes)"))
+        r = h.call("POST", "/reports/usage_report")
+        self.assertEqual((r.status, r.json()), (409, {
+            "error": "report usage_report was built but not published: journal stream 'link-cloud' refused the"
+                     " append (max-bytes): a record of 5000 bytes is larger than max_bytes (4096 bytes); asking"
+                     " again does not help: give that journal stream a larger max_bytes (journal.streams in the"
+                     " configuration) first"}))
 
     def test_report_body_must_be_a_json_object(self) -> None:
         """POST /reports/NAME with a body that is not JSON or not an object is 400, one over

@@ -583,6 +583,25 @@ class ReportNameTests(SynchronousTestCase):
                                  "/reports/usage%255Freport", "/reports/..%2Fstatus"])
 
 
+    def test_a_report_too_large_is_one_line_saying_what_to_do(self) -> None:
+        """The admin API's 409 for a report its journal stream can never hold (docs/admin.md) is
+        printed as its words, exit 1, no traceback."""
+        error = ("report usage_report was built but not published: journal stream 'link-cloud' refused the"
+                 " append (max-bytes): a record of 5000 bytes is larger than max_bytes (4096 bytes); asking"
+                 " again does not help: give that journal stream a larger max_bytes (journal.streams in the"
+                 " configuration) first")
+
+        def post(client: AdminClient, path: str, body: Any = None, timeout: Any = -1.0) -> Any:
+            raise ApiFailure(409, {"error": error})
+
+        self.patch(AdminClient, "post", post)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        socket_path = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+        self.assertEqual(main(["--socket", socket_path, "report", "usage_report"]), 1)
+        self.assertEqual(err.getvalue(), f"gatewayctl: {error}\n")
+
+
 class InstallOutcomeTests(SynchronousTestCase):
     """``gatewayctl apps install`` prints the outcome (docs/apps.md), also of a failed install."""
 
