@@ -13,14 +13,14 @@ import math
 from typing import IO, Any, Callable, Iterator
 
 from gateway import jsontext
-from gateway.broker.checkpointwriter import FORMAT
+from gateway.broker.checkpointwriter import FORMAT, CheckpointContent
 from gateway.mqtt.topics import valid_topic
 
 #: Why a checkpoint's retained messages are refused.
 _RETAINED_WRONG = "retained: not a list of 3-item entries of the right types"
 
 
-def read_checkpoint(file: IO[bytes]) -> dict[str, Any]:
+def read_checkpoint(file: IO[bytes]) -> CheckpointContent:
     """The checkpoint in ``file``, read a session (or a retained message) at a time, each
     checked and its payloads decoded as it comes, so that what is held at once is the state
     built so far and one session's text (it was the file's text and all the state parsed from
@@ -29,7 +29,7 @@ def read_checkpoint(file: IO[bytes]) -> dict[str, Any]:
     :raises ValueError: naming the first part that is wrong (:func:`_check_head`,
         :func:`_check_session`, :func:`gateway.jsontext.members`).
     """
-    state: dict[str, Any] = {}
+    state: CheckpointContent = {}
     payloads = _Payloads()
     for key, value in jsontext.members(file, arrays=("sessions", "retained")):
         if key == "format" and value != FORMAT:
@@ -98,7 +98,7 @@ def _unb64(text: str) -> bytes:
         raise ValueError(f"a payload is not base64: {text[:40]!r}") from exc
 
 
-def _check_head(state: dict[str, Any]) -> None:
+def _check_head(state: CheckpointContent) -> None:
     """Check a checkpoint's top-level members as read (:func:`read_checkpoint`; each session and
     retained message was checked as it came) for the shape
     :func:`~gateway.broker.checkpointwriter.encoded_parts` writes.

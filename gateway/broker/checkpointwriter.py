@@ -1,5 +1,5 @@
 """The write side of the broker's checkpoint: the broker's persistent state taken as plain
-data on the reactor thread (:func:`snapshot`), and encoded as the checkpoint's JSON a part
+data on the reactor thread (:func:`checkpoint_content`), and encoded as the checkpoint's JSON a part
 at a time (:func:`encoded_parts`), which
 :meth:`~gateway.broker.persistence.BrokerStateStore.save` writes atomically in a thread.
 """
@@ -23,8 +23,13 @@ FORMAT = 1
 #: Retained messages encoded together, as one part of a checkpoint (:func:`encoded_parts`).
 RETAINED_PER_PART = 1000
 
+#: What a checkpoint holds: the broker's persistent state as plain data (:func:`checkpoint_content`
+#: takes it, :func:`gateway.broker.checkpointreader.read_checkpoint` reads it back). Not the read
+#: side's :class:`gateway.broker.snapshot.BrokerSnapshot`, which only reports.
+CheckpointContent = dict[str, Any]
 
-def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
+
+def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
     """The broker's persistent state as plain data (payloads still bytes).
 
     A session whose client is offline has the wall-clock time it went offline
@@ -72,8 +77,8 @@ def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:
     return [packet_id, message.topic, message.payload, message.qos, message.retain, False]
 
 
-def encoded_parts(state: dict[str, Any]) -> Iterator[bytes]:
-    """``state`` (from :func:`snapshot`) as the checkpoint's JSON, a part at a time: one per
+def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
+    """``state`` (from :func:`checkpoint_content`) as the checkpoint's JSON, a part at a time: one per
     session, one per :data:`RETAINED_PER_PART` retained messages.
 
     Encoded whole, a large state (a thousand offline sessions with full queues) took as

@@ -14,7 +14,7 @@ Two parts, a checkpoint and a write-ahead log:
   loses none of them.
 - The checkpoint is one JSON file (``<state_dir>/broker/state.json``) written atomically:
   a temporary file is written and fsynced, renamed over the old one, and the directory is
-  fsynced. :func:`~gateway.broker.checkpointwriter.snapshot` takes the broker's state on
+  fsynced. :func:`~gateway.broker.checkpointwriter.checkpoint_content` takes the broker's state on
   the reactor thread (cheap: it only collects references) with the number of the last logged
   change it covers (``log_through``); :meth:`BrokerStateStore.save` encodes and writes it in
   a thread (:mod:`gateway.broker.checkpointwriter`). Then the log's cursor is acknowledged,
@@ -36,13 +36,13 @@ the last checkpoint (at most about a second) are delivered again (QoS 1: at leas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from twisted.logger import Logger
 
 from gateway.atomic import write_parts_atomically
 from gateway.broker.checkpointreader import read_checkpoint
-from gateway.broker.checkpointwriter import encoded_parts, snapshot
+from gateway.broker.checkpointwriter import CheckpointContent, checkpoint_content, encoded_parts
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import QueuedMessage
 from gateway.clockstep import CLOCK_SET_SINCE
@@ -55,7 +55,8 @@ from gateway.stateaccess import is_permission_error, refusal
 if TYPE_CHECKING:
     from gateway.broker.core import GatewayBroker
 
-__all__ = ["BrokerStateError", "BrokerStateStore", "offline_for", "replay", "restore", "snapshot"]
+__all__ = ["BrokerStateError", "BrokerStateStore", "CheckpointContent", "checkpoint_content", "offline_for", "replay",
+           "restore"]
 
 log = Logger()
 
@@ -74,7 +75,7 @@ def offline_for(since: float | None, now: float) -> float:
     return max(now - since, 0.0)
 
 
-def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
+def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
     """Recreate the sessions (offline) and retained messages of ``state`` in a started broker
     whose state log is not attached yet (what is restored is not logged again).
 
@@ -118,7 +119,7 @@ class BrokerStateStore:
         self.directory = directory
         self.path = directory / "state.json"
 
-    def load(self) -> dict[str, Any] | None:
+    def load(self) -> CheckpointContent | None:
         """The saved state with payloads decoded, or ``None`` when nothing was saved yet.
 
         The file is read as it is parsed, a session (or retained message) at a time, each
@@ -151,8 +152,8 @@ class BrokerStateStore:
                                 " messages and persistent sessions: make it a file the gateway's user may read,"
                                 " or move it away to start without them")
 
-    def save(self, state: dict[str, Any]) -> int:
-        """Write ``state`` (from :func:`snapshot`) atomically; blocking: call it from a thread.
+    def save(self, state: CheckpointContent) -> int:
+        """Write ``state`` (from :func:`checkpoint_content`) atomically; blocking: call it from a thread.
 
         :return: the file's size in bytes.
         """

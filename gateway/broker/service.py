@@ -23,7 +23,7 @@ from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
-from gateway.broker.persistence import BrokerStateStore, replay, restore, snapshot
+from gateway.broker.persistence import BrokerStateStore, CheckpointContent, checkpoint_content, replay, restore
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
@@ -146,7 +146,7 @@ class BrokerService(Service):
             self._loop = current_loop()
         return self._loop
 
-    def _read_log(self, state: dict[str, Any] | None) -> Deferred[tuple[dict[str, Any] | None, list[Record]]]:
+    def _read_log(self, state: CheckpointContent | None) -> Deferred[tuple[CheckpointContent | None, list[Record]]]:
         """Read every state-log record the last checkpoint has not acknowledged (none without a log)."""
         if self._state_stream_factory is None:
             return succeed((state, []))
@@ -161,7 +161,7 @@ class BrokerService(Service):
 
         return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
 
-    def _start_broker(self, loaded: tuple[dict[str, Any] | None, list[Record]]) -> Deferred[GatewayBroker]:
+    def _start_broker(self, loaded: tuple[CheckpointContent | None, list[Record]]) -> Deferred[GatewayBroker]:
         state, records = loaded
         settings = self.settings
         broker = GatewayBroker(AmqttPlugins(settings.amqtt, self.loop), self.bus, self.reactor,
@@ -177,7 +177,7 @@ class BrokerService(Service):
                                max_subscriptions=settings.max_subscriptions)
         return broker.start().addCallback(lambda _: self._restore(broker, state, records))
 
-    def _restore(self, broker: GatewayBroker, state: dict[str, Any] | None, records: list[Record]) -> GatewayBroker:
+    def _restore(self, broker: GatewayBroker, state: CheckpointContent | None, records: list[Record]) -> GatewayBroker:
         if state is not None:
             restore(broker, state)
             self.log.info("broker restored {sessions} sessions and {retained} retained messages",
@@ -208,11 +208,11 @@ class BrokerService(Service):
             self._save_call = self.reactor.callLater(SAVE_DELAY, self._save)
 
     def _save(self) -> Deferred[None]:
-        """Write a snapshot in a thread, after any save still running (saves never overlap)."""
+        """Write a checkpoint in a thread, after any save still running (saves never overlap)."""
         self._save_call = None
         if self.broker is None or self.store is None:
             return succeed(None)
-        state, store = snapshot(self.broker), self.store
+        state, store = checkpoint_content(self.broker), self.store
         # The checkpoint covers every change logged so far; the log records written so far
         # (none of them reused after a failed write) can go once it is on disk.
         stream = self.state_stream
@@ -227,7 +227,7 @@ class BrokerService(Service):
         saving.addCallback(self._save_done)
         return saving
 
-    def _write_checkpoint(self, store: BrokerStateStore, state: dict[str, Any]) -> Deferred[None]:
+    def _write_checkpoint(self, store: BrokerStateStore, state: CheckpointContent) -> Deferred[None]:
         """Write ``state`` to ``store`` in a thread, timed on the steady clock from the hand-over
         to the thread until it is durable (the snapshot's ``checkpoint_save_s``, with its size)."""
         started = steady_seconds(self.reactor)

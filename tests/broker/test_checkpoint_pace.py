@@ -73,11 +73,11 @@ class CheckpointPaceTests(SynchronousTestCase):
         self.service.running = True
         self.copies = 0
 
-        def snapshot(broker: Any) -> dict[str, Any]:
+        def checkpoint_content(broker: Any) -> dict[str, Any]:
             self.copies += 1
             return {"copy": self.copies}
 
-        self.patch(service_module, "snapshot", snapshot)
+        self.patch(service_module, "checkpoint_content", checkpoint_content)
 
     def change_every_second(self, seconds: int) -> None:
         """A state change every second for ``seconds`` seconds."""

@@ -18,7 +18,7 @@ from gateway.broker.clientsession import ClientSession
 from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.durable_ack import DURABLE_WAIT_BYTES, DURABLE_WAIT_LIMIT, DurableAckHandler
-from gateway.broker.persistence import snapshot
+from gateway.broker.persistence import checkpoint_content
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
 from gateway.journal.settings import StreamSettings
@@ -632,10 +632,10 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.persistent_device()
         self.publish("telemetry/q", 2, 4)
         self.turn()
-        self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [])
+        self.assertEqual(checkpoint_content(self.broker)["sessions"][0]["inflight_in"], [])
         self.runner.step()
         self.turn()
-        self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [4])
+        self.assertEqual(checkpoint_content(self.broker)["sessions"][0]["inflight_in"], [4])
 
     def test_qos2_id_is_logged_after_the_state_its_message_changed(self) -> None:
         """A persistent session's retained QoS 2 PUBLISH no link journals: its id follows the

@@ -244,7 +244,7 @@ class InflightBytesTests(SynchronousTestCase):
         session.inflight_out[7] = packets.publish("s/1", FORTY, 1, False, 7)
         session.inflight_out[8] = PUBREC_SEEN
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(self.broker))
+        store.save(persistence.checkpoint_content(self.broker))
         again = make_broker(self, Clock())
         persistence.restore(again, store.load() or {})
         self.assertEqual(again.sessions["p"].inflight_bytes, len(packets.publish("s/1", FORTY, 1, False, 7)))

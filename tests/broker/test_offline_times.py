@@ -112,7 +112,7 @@ class CheckpointTests(BrokerOnClockCase):
         broker.create_offline_session("young")
         clock.advance(10)
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(broker))
+        store.save(persistence.checkpoint_content(broker))
         self.assertEqual({e["client_id"]: e["offline_since"] for e in (store.load() or {})["sessions"]},
                          {"old": NOW, "young": NOW + 90})
 
@@ -131,7 +131,7 @@ class CheckpointTests(BrokerOnClockCase):
         clock = clock_at(NOW)
         broker = self.make_broker(clock)
         broker.create_offline_session("gone")
-        state = persistence.snapshot(broker)
+        state = persistence.checkpoint_content(broker)
         again = self.make_broker(clock_at(NOW + EXPIRATION + 1))
         persistence.restore(again, state)
         self.assertEqual(again.end_due_sessions(), ["gone"])
@@ -158,7 +158,7 @@ class CheckpointTests(BrokerOnClockCase):
         broker = self.make_broker(clock)
         session = broker.sessions["here"] = ClientSession("here", clean=False)
         attached(broker, "here", clock, session=session)
-        [entry] = persistence.snapshot(broker)["sessions"]
+        [entry] = persistence.checkpoint_content(broker)["sessions"]
         self.assertIsNone(entry["offline_since"])
         again = self.make_broker(clock_at(NOW + 10 * EXPIRATION))
         persistence.restore(again, {"sessions": [entry], "retained": []})
@@ -211,7 +211,7 @@ class ClockRuleTests(BrokerOnClockCase):
         broker = self.make_broker(clock)
         broker.create_offline_session("c")
         clock.advance(60)
-        self.assertIsNone(persistence.snapshot(broker)["sessions"][0]["offline_since"])
+        self.assertIsNone(persistence.checkpoint_content(broker)["sessions"][0]["offline_since"])
 
     def test_a_step_of_the_wall_clock_is_saved_at_once(self) -> None:
         """NTP steps the clock forward by 56 years after a boot at 1970: the broker asks for a
@@ -226,7 +226,7 @@ class ClockRuleTests(BrokerOnClockCase):
         broker.on_state_changed = lambda: changes.append(None)
         clock.step(NOW - clock.seconds())
         self.assertEqual(len(changes), 1)
-        [entry] = persistence.snapshot(broker)["sessions"]
+        [entry] = persistence.checkpoint_content(broker)["sessions"]
         self.assertEqual(entry["offline_since"], NOW - 60)
         self.stop_broker(broker)
         clock.step(10)

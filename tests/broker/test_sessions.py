@@ -323,7 +323,7 @@ class StateStoreTests(SynchronousTestCase):
         for n in range(3):
             broker.outbox_for(broker.create_offline_session(f"c{n}")).push(message)
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(broker))
+        store.save(persistence.checkpoint_content(broker))
         decoded = []
         self.patch(checkpointreader, "_unb64", lambda text: decoded.append(text) or b"payload")
         again = make_broker(self, Clock())
@@ -342,7 +342,7 @@ class StateStoreTests(SynchronousTestCase):
         for client_id, message in (("c0", shared), ("c1", other), ("c2", shared)):
             broker.outbox_for(broker.create_offline_session(client_id)).push(message)
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(broker))
+        store.save(persistence.checkpoint_content(broker))
         state = store.load()
         assert state is not None
         payloads = [entry["queue"][0][1] for entry in state["sessions"]]
@@ -358,7 +358,7 @@ class StateStoreTests(SynchronousTestCase):
         messages = [QueuedMessage(f"a/{n}", b"x", n % 3, False) for n in range(10)]
         for message in messages:
             outbox.push(message)
-        queue = persistence.snapshot(broker)["sessions"][0]["queue"]
+        queue = persistence.checkpoint_content(broker)["sessions"][0]["queue"]
         self.assertEqual(queue, messages)
         self.assertTrue(all(saved is message for saved, message in zip(queue, messages)))
 
@@ -462,7 +462,7 @@ class StateStoreTests(SynchronousTestCase):
         broker = make_broker(self, Clock())
         broker.create_offline_session("c").inflight_out[9] = PUBREC_SEEN
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(broker))
+        store.save(persistence.checkpoint_content(broker))
         again = make_broker(self, Clock())
         persistence.restore(again, store.load() or {})
         self.assertEqual(again.sessions["c"].inflight_out, {9: PUBREC_SEEN})
@@ -513,7 +513,7 @@ class StateStoreTests(SynchronousTestCase):
         self.assertEqual({f: list(e) for f, e in broker.subscriptions.items()}, {"ok/#": ["c"]})
         self.assertEqual(len([e for e in events if "a/#/b" in formatEvent(e)]), 1)
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(broker))
+        store.save(persistence.checkpoint_content(broker))
         self.assertIsNotNone(store.load())
 
     def test_a_logged_message_queued_for_many_sessions_is_replayed_once(self) -> None:
@@ -557,7 +557,7 @@ class StateStoreTests(SynchronousTestCase):
         broker = make_broker(self, clock)
         broker.create_offline_session("c").username = "alice"
         store = BrokerStateStore(Path(self.mktemp()))
-        store.save(persistence.snapshot(broker))
+        store.save(persistence.checkpoint_content(broker))
         again = make_broker(self, clock)
         persistence.restore(again, store.load() or {})
         self.assertEqual(again.sessions["c"].username, "alice")
@@ -578,7 +578,7 @@ class StateStoreTests(SynchronousTestCase):
         session.inflight_out[8] = mqtt_packets.publish("a/d", b"y", 2, False, 8)
         session.inflight_out[9] = PUBREC_SEEN
         session.inflight_out[10] = mqtt_packets.publish("big", b"z" * (2 << 20), 1, False, 10)  # over 1 MiB
-        state = persistence.snapshot(broker)
+        state = persistence.checkpoint_content(broker)
         self.assertEqual(state["sessions"][0]["inflight"],
                          [[7, "a/c", b"x", 1, True, False], [8, "a/d", b"y", 2, False, False], [9, "", b"", 2, False, True],
                           [10, "big", b"z" * (2 << 20), 1, False, False]])
