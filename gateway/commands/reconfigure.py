@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +36,7 @@ from gateway.atomic import read_json, set_aside, write_json_atomically
 from gateway.clockstep import CLOCK_SET_SINCE, STEP_TOLERANCE, BootClock, steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
+from gateway.deadlinecall import DeadlineCall
 from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError, ConfigRevertError
 from gateway.redaction import redact_error
 
@@ -207,7 +208,7 @@ class ConfigChanger(Service):
         self._idle_waiters: list[Deferred[None]] = []  # when_idle's, fired when _busy goes
         self._closed = False  # the gateway's stop has begun: no change is taken
         self._poll: LoopingCall | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: DeadlineCall | None = None
         self._looked_at_deadline: PendingChange | None = None  # the change its deadline last looked at the links for
         self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
         self._owed_lock = DeferredLock()  # one write of the owed reports at a time
@@ -534,8 +535,9 @@ class ConfigChanger(Service):
             return
         pending = self._pending
         assert pending is not None
-        self._timer = self.clock.callLater(_wait(pending, self.clock.seconds(), self._boot_clock),
-                                           self._deadline_passed)
+        # (judged once the reactor has read the sockets: a link's CONNACK that came by the
+        # deadline may wait unread behind a long turn, gateway.deadlinecall)
+        self._timer = DeadlineCall(self.clock, _wait(pending, self.clock.seconds(), self._boot_clock), self._expired)
         self._poll = LoopingCall(self._look)
         self._poll.clock = self.clock
         self._poll.start(self._poll_interval, now=look_now)
@@ -586,13 +588,6 @@ class ConfigChanger(Service):
             self._idle()
 
         d.addCallbacks(confirmed, failed)
-
-    def _deadline_passed(self) -> None:
-        """The deadline came: judged in the reactor's next turn (:meth:`_expired`), once it has
-        read the sockets. Its timers due by the end of a turn run after that turn's reads, and
-        a turn can be long (a slow CPU under a flood of PUBLISHes): a link's CONNACK that came
-        before the deadline may wait unread."""
-        self._timer = self.clock.callLater(0, self._expired)
 
     def _expired(self) -> Deferred[None] | None:
         self._timer = None

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.clockstep import steady_seconds
+from gateway.deadlinecall import DeadlineCall
 from gateway.directsend import DirectSender
 from gateway.links.causes import Peer, describe
 from gateway.mqtt import packets as codec
@@ -114,7 +115,7 @@ class MQTTClientProtocol(Protocol):
         self._qos2_in: set[int] = set()
         self._last_sent = 0.0
         self._last_heard = 0.0
-        self._deadline: IDelayedCall | None = None
+        self._deadline: DeadlineCall | None = None
         self._keepalive: IDelayedCall | None = None
         self._next_sub_id = 0
         self.bytes_sent = 0
@@ -138,7 +139,7 @@ class MQTTClientProtocol(Protocol):
         self._handshaking = ISSLTransport.providedBy(self.transport)
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
-        self._deadline = self.clock.callLater(o.connect_timeout, self._deadline_passed, "CONNACK")
+        self._deadline = DeadlineCall(self.clock, o.connect_timeout, self._timed_out, "CONNACK")
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done: CONNECT goes out now."""
@@ -167,15 +168,9 @@ class MQTTClientProtocol(Protocol):
                 self.write(codec.DISCONNECT_PACKET)
             self.sender.close()
 
-    def _deadline_passed(self, what: str) -> None:
-        """The server's ``what`` (CONNACK, PINGRESP) did not come in time, as far as the
-        reactor has read: the verdict waits for its next turn, once it has read the socket.
-        The reactor runs the timers due by the end of a turn after that turn's reads, and a
-        turn can be long (a slow CPU under a flood of PUBLISHes): the answer may have come
-        while it ran, and wait unread. :meth:`_heard` (or the CONNACK) cancels the verdict."""
-        self._deadline = self.clock.callLater(0, self._timed_out, what)
-
     def _timed_out(self, what: str) -> None:
+        """The server's ``what`` (CONNACK, PINGRESP) did not come in time, the socket read
+        (:mod:`gateway.deadlinecall`: :meth:`_heard`, or the CONNACK, cancels the verdict)."""
         self._deadline = None
         timeout = self.options.connect_timeout if what == "CONNACK" else self.options.ping_timeout
         if what == "CONNACK" and self._handshaking:
@@ -213,7 +208,7 @@ class MQTTClientProtocol(Protocol):
         if idle >= keepalive:
             self.write(codec.PINGREQ_PACKET)
             if self._deadline is None:
-                self._deadline = self.clock.callLater(self.options.ping_timeout, self._deadline_passed, "PINGRESP")
+                self._deadline = DeadlineCall(self.clock, self.options.ping_timeout, self._timed_out, "PINGRESP")
             idle = 0.0
         self._schedule_keepalive(keepalive - idle)
 
