@@ -6,16 +6,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-from gateway.atomic import remove_quietly
+from gateway.atomic import write_parts_atomically
 from gateway.redaction import redact
 
 BUNDLE_MODE = 0o600
@@ -36,43 +35,52 @@ def plain(value: Any) -> Any:
 
 
 def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path], max_log_bytes: int) -> Path:
-    """Write the bundle (blocking: run it in a thread).
+    """Write the bundle (blocking: run it in a thread), durably: an upload's record names it,
+    and a restart sends it again from the disk (:func:`gateway.atomic.write_parts_atomically`).
 
-    :param destination: the ``.tar.gz`` to write (atomically: a temp name, then a rename), mode 0600.
+    :param destination: the ``.tar.gz`` to write (atomically: a temp name, fsynced, then a
+        rename), mode 0600.
     :param documents: name -> JSON-able value, each stored as ``<name>.json``.
     :param logs: log files; the last ``max_log_bytes`` of each are stored under ``logs/``.
     :param max_log_bytes: the tail kept per log.
     """
+    write_parts_atomically(destination, _bundle_parts(documents, logs, max_log_bytes), BUNDLE_MODE)
+    return destination
+
+
+def _bundle_parts(documents: dict[str, Any], logs: list[Path], max_log_bytes: int) -> Iterator[bytes]:
+    """The bundle's bytes, a document or a log tail at a time (never the whole bundle at once)."""
     import tarfile  # not at import: an idle gateway writes no bundle
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = destination.with_name(f".{destination.name}.tmp")
-    now = time.time()
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, BUNDLE_MODE)
-        os.fchmod(fd, BUNDLE_MODE)  # even over a temp file a crash left behind
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            for name, value in documents.items():
-                data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
-                info = tarfile.TarInfo(f"{name}.json")
-                info.size, info.mtime = len(data), int(now)
-                tar.addfile(info, io.BytesIO(data))
-            for log in logs:
-                try:
-                    with open(log, "rb") as f:
-                        size = f.seek(0, io.SEEK_END)
-                        f.seek(max(0, size - max_log_bytes))
-                        data = f.read(max_log_bytes)
-                except OSError:
-                    continue  # rotated away meanwhile
-                info = tarfile.TarInfo("logs/" + "_".join(log.parts[-3:]))
-                info.size, info.mtime = len(data), int(now)
-                tar.addfile(info, io.BytesIO(data))
-        temp.replace(destination)
-    except BaseException:
-        remove_quietly(temp)  # a full disk keeps no half-written bundle
-        raise
-    return destination
+    now = int(time.time())
+    sink = io.BytesIO()
+
+    def taken() -> bytes:
+        data = sink.getvalue()
+        sink.seek(0)
+        sink.truncate()
+        return data
+
+    with tarfile.open(fileobj=sink, mode="w:gz") as tar:
+        for name, value in documents.items():
+            data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+            info = tarfile.TarInfo(f"{name}.json")
+            info.size, info.mtime = len(data), now
+            tar.addfile(info, io.BytesIO(data))
+            yield taken()
+        for log in logs:
+            try:
+                with open(log, "rb") as f:
+                    size = f.seek(0, io.SEEK_END)
+                    f.seek(max(0, size - max_log_bytes))
+                    data = f.read(max_log_bytes)
+            except OSError:
+                continue  # rotated away meanwhile
+            info = tarfile.TarInfo("logs/" + "_".join(log.parts[-3:]))
+            info.size, info.mtime = len(data), now
+            tar.addfile(info, io.BytesIO(data))
+            yield taken()
+    yield taken()
 
 
 class DiagnosticsBundle:

@@ -334,6 +334,27 @@ class DiagnosticsTests(SynchronousTestCase):
         self.assertIn("No space left", failure.getErrorMessage())
         self.assertEqual(list((state / "uploads" / "bundles").iterdir()), [])
 
+    def test_the_bundle_is_on_disk_before_it_is_named(self) -> None:
+        """An upload's record names the bundle, and a restart sends it again from the disk: its
+        content is fsynced before the rename and the rename after it (the project's atomic
+        writer). It was renamed unsynced: a power cut could leave an empty or partial bundle
+        under its name, which the resumed upload would have sent as the bundle."""
+        state = Path(self.mktemp())
+        bundles = state / "uploads" / "bundles"
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        bundle = DiagnosticsBundle(state, {"a": 1}, {}, (), lambda f, *a: maybeDeferred(f, *a))
+        path = self.successResultOf(bundle.build(bundles / "b.tar.gz"))
+        self.assertEqual(synced, [str((bundles / ".b.tar.gz.tmp").absolute()), str(bundles.absolute())])
+        with tarfile.open(path) as tar:
+            self.assertEqual(json.load(tar.extractfile("config.json")), {"a": 1})  # type: ignore[arg-type]
+
     def test_the_bundle_is_readable_by_the_gateway_only(self) -> None:
         """The bundle holds the configuration and the apps' logs: it is written 0600 whatever
         the umask, even over a temp file a crash left behind; it was 0644, readable by every
