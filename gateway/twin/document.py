@@ -1,4 +1,5 @@
-"""JSON documents addressed by Ditto paths: get, set, merge (RFC 7396), delete, diff."""
+"""JSON documents addressed by Ditto paths: get, set, merge (RFC 7396), delete, diff, and
+merge patches composed."""
 
 from __future__ import annotations
 
@@ -82,6 +83,29 @@ def merge_patch(target: Any, patch: Any) -> Any:
             result.pop(key, None)
         else:
             result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def compose(first: Any, second: Any) -> Any:
+    """One merge patch doing what ``first`` then ``second`` do, to any document (RFC 7396
+    composition: later wins, nested objects are composed, a ``null`` stays a ``null`` so that
+    it still deletes); :data:`MISSING` when no patch does (an object set where ``first`` set
+    a scalar or ``null``: applied after it, the object replaces whatever was there, while in
+    one patch it would be merged into it).
+    """
+    if not isinstance(second, dict):
+        return copy.deepcopy(second)
+    if not isinstance(first, dict):
+        return MISSING
+    result = dict(first)
+    for key, value in second.items():
+        if key in first:
+            value = compose(first[key], value)
+            if value is MISSING:
+                return MISSING
+        else:
+            value = copy.deepcopy(value)
+        result[key] = value
     return result
 
 

@@ -1,5 +1,6 @@
 """The shadow sync's requests in flight: their client tokens, the answers matched to them,
-their timeouts, and the waits after the cloud refused one with 429 or 5xx."""
+their timeouts, and the waits after the cloud refused one with 429 or 5xx; a shadow's
+consecutive updates waiting in the stream merged into one request."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gateway.clockstep import steady_seconds
 from gateway.logthrottle import LogThrottle
 from gateway.operations.retry import lazy_backoff
 from gateway.twin import shadows
+from gateway.twin.document import MISSING, compose
 from gateway.twin.settings import TwinSettings
 
 #: Seconds before a request refused with 429 or 5xx is first tried again; while its shadow's
@@ -32,8 +34,50 @@ class Request:
 
     kind: str  # "get" or "record"
     shadow: str
-    record: Any
+    records: list[Any]  # the records of the stream it stands for (none for a get)
     timer: IDelayedCall | None
+
+
+def _reported(body: Any) -> dict[str, Any] | None:
+    """The patch of an update request's body that is ``{"state": {"reported": <patch>}}`` and
+    nothing else (``None`` for any other body: it is sent as it is)."""
+    if not isinstance(body, dict) or list(body) != ["state"]:
+        return None
+    state = body["state"]
+    if not isinstance(state, dict) or list(state) != ["reported"] or not isinstance(state["reported"], dict):
+        return None
+    return state["reported"]
+
+
+def merged_run(shadow: str, records: list[Any], until: int | None, settings: TwinSettings) -> tuple[
+        list[Any], dict[str, Any]]:
+    """The records one request of ``shadow`` stands for, and its body: the first of
+    ``records`` (the shadow's records waiting in the stream, in order) and, when it is an
+    update, the updates right after it whose patches compose with it (RFC 7396) into one
+    document within ``max_document_bytes`` and ``max_depth``; a delete, or an update that
+    does not compose, ends the run (it goes in a request of its own, after).
+
+    :param until: the seq of the last record this shadow's request had when it was last
+        sent, unanswered: it is sent again as it was, with the same clientToken, so that an
+        answer later than ``request_timeout`` still matches it; ``None``: as many as fit.
+    """
+    first = records[0]
+    body = json.loads(first.payload)
+    reported = _reported(body)
+    taken = [first]
+    if reported is None or not first.topic.endswith("/update"):
+        return taken, body
+    for record in records[1:]:
+        if until is not None and record.seq > until:
+            break
+        patch = _reported(json.loads(record.payload)) if record.topic == first.topic else None
+        merged = MISSING if patch is None else compose(reported, patch)
+        if merged is MISSING or shadows.size_problem(shadow, merged, settings.max_document_bytes,
+                                                     settings.max_depth) is not None:
+            break
+        reported = merged
+        taken.append(record)
+    return taken, {"state": {"reported": reported}}
 
 
 class ShadowRequests:
@@ -65,6 +109,9 @@ class ShadowRequests:
         #: answer slower than request_timeout still reads the shadow (a new token at each timeout
         #: would drop every late answer, and a cloud always that slow would never be read)
         self._get_tokens: dict[str, str] = {}
+        #: shadow -> the seq of the last record its unanswered request stands for: it is sent
+        #: again as it was (same records, same clientToken) until it is answered
+        self._record_ends: dict[str, int] = {}
         #: clientTokens of requests unanswered within request_timeout (and sent again), on this
         #: connection: their answers, late, do not make the next unanswered request news
         self._overdue: set[str] = set()
@@ -80,16 +127,20 @@ class ShadowRequests:
             self._get_count += 1
             token = self._get_tokens[shadow] = f"get-{self._get_count}"
         self._send(protocol, shadows.shadow_topic(self.thing, shadow, "get"), {"clientToken": token},
-                   Request("get", shadow, None, None), token)
+                   Request("get", shadow, [], None), token)
 
-    def send_record(self, protocol: Any, shadow: str, record: Any, version: int | None) -> None:
-        """Send the request a record of the stream holds, its seq as clientToken; an update
-        with ``version``, the last seen of ``shadow`` (``None``: none known)."""
-        body = json.loads(record.payload)
-        body["clientToken"] = str(record.seq)
-        if record.topic.endswith("/update") and version is not None:
+    def send_records(self, protocol: Any, shadow: str, records: list[Any], version: int | None) -> None:
+        """Send the request of the first of ``records`` (``shadow``'s records waiting in the
+        stream, in order), the updates right after it merged in (:func:`merged_run`), with the
+        seq of the last record it stands for as clientToken; an update with ``version``, the
+        last seen of ``shadow`` (``None``: none known)."""
+        taken, body = merged_run(shadow, records, self._record_ends.get(shadow), self.settings)
+        token = str(taken[-1].seq)
+        self._record_ends[shadow] = taken[-1].seq
+        body["clientToken"] = token
+        if taken[0].topic.endswith("/update") and version is not None:
             body["version"] = version
-        self._send(protocol, record.topic, body, Request("record", shadow, record, None), str(record.seq))
+        self._send(protocol, taken[0].topic, body, Request("record", shadow, taken, None), token)
 
     def _send(self, protocol: Any, topic: str, body: dict[str, Any], request: Request, token: str) -> None:
         request.timer = self.clock.callLater(self.settings.request_timeout, self._timed_out, token)
@@ -137,6 +188,8 @@ class ShadowRequests:
             self.busy.discard(request.shadow)
             if request.kind == "get":
                 self._get_tokens.pop(request.shadow, None)  # (the next get of it is a new request)
+            else:
+                self._record_ends.pop(request.shadow, None)  # (the next may merge more records)
         return request
 
     def accepted(self, shadow: str) -> None:

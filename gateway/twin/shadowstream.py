@@ -92,11 +92,11 @@ class ShadowStreamReader:
         else:
             self.stream.wait(CURSOR).addCallback(lambda _: self.read())
 
-    def answered(self, record: Any) -> None:
-        """``record``'s request is answered: it is no longer pending, and the cursor is
-        acknowledged up to the first record still pending."""
-        if record in self.pending:
-            self.pending.remove(record)
+    def answered(self, records: list[Any]) -> None:
+        """The request ``records`` stood for is answered: they are no longer pending, and the
+        cursor is acknowledged up to the first record still pending."""
+        seqs = {record.seq for record in records}
+        self.pending = [record for record in self.pending if record.seq not in seqs]
         floor = self.pending[0].seq - 1 if self.pending else self._last_read
         if floor > self._acked:
             self._acked = floor

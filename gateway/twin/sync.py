@@ -5,7 +5,9 @@ on ``.../update``, or ``.../delete`` when a thing or feature is gone) appended t
 journal stream ``shadow-<link>``, so nothing is lost offline or across restarts. They are
 sent in order per shadow, one at a time per shadow and at most ``max_inflight`` in all,
 with ``clientToken`` = the record's seq and ``version`` = the last version seen; a record
-is done when ``/accepted`` answers its token.
+is done when ``/accepted`` answers its token. A shadow's updates waiting behind the one sent
+go together in its next request (their patches composed), so a shadow changing faster than
+the cloud answers keeps up.
 
 Down: ``/update/delta`` goes into the twin's desired state (``desiredProperties`` of a
 feature; for attributes, a Ditto live ``merge`` command to the apps).
@@ -209,8 +211,8 @@ class ShadowSync:
         """A record's request is answered for good: on to the next."""
         self.requests.finish(token)
         self.requests.accepted(request.shadow)
-        self.appends.answered(request.shadow, request.record.seq)
-        self.reader.answered(request.record)
+        self.appends.answered(request.shadow, request.records[-1].seq)
+        self.reader.answered(request.records)
         self.pump()
         self.reader.read()
 
@@ -227,7 +229,7 @@ class ShadowSync:
         elif code == 429 or (isinstance(code, int) and code >= 500):
             self.requests.finish(token)
             self.requests.retry_later(shadow)
-        elif code == 404 and request.record.topic.endswith("/delete"):
+        elif code == 404 and request.records[0].topic.endswith("/delete"):
             self._done(token, request)  # already gone
         else:
             self.log.error("shadow {shadow}: request {token} refused for good: {code} {message}", shadow=shadow,
@@ -316,7 +318,8 @@ class ShadowSync:
         return self.protocol is not None and not self.stopped
 
     def pump(self) -> None:
-        """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all."""
+        """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all;
+        a shadow's request takes in the updates of it waiting right behind its first record."""
         if not self.sending():
             return
         limit = self.settings.max_inflight
@@ -330,19 +333,14 @@ class ShadowSync:
             self.requests.send_get(self.protocol, shadow)
         if self.gets:
             return  # records wait until every shadow is read (its version known)
-        seen: set[str] = set()
-        in_flight = {id(r.record) for r in inflight.values()}
+        waiting: dict[str, list[Any]] = {}  # shadow -> its records pending, in order
         for record in self.reader.pending:
+            waiting.setdefault(self._shadow_of(record) or shadows.CLASSIC, []).append(record)
+        for shadow, records in waiting.items():
             if len(inflight) >= limit:
                 break
-            parsed = shadows.parse_shadow_topic(self.thing, record.topic)
-            shadow = parsed[0] if parsed else ""
-            if shadow in seen:
-                continue
-            seen.add(shadow)
-            if shadow in busy or id(record) in in_flight:
-                continue
-            self.requests.send_record(self.protocol, shadow, record, self.versions.get(shadow))
+            if shadow not in busy:
+                self.requests.send_records(self.protocol, shadow, records, self.versions.get(shadow))
 
     def _again(self, shadow: str, get: bool) -> None:
         """``shadow`` is free again after a timeout or a wait: send again (its get first when
