@@ -322,6 +322,9 @@ class AppOperations:
                       why=str(exc))
             return InstallResult(False, "rolled-back", name, version, previous, str(exc),
                                  prepared.install_output + tails)
+        # Forgotten before the old versions go: the next start after a gateway killed while they are
+        # deleted must not undo this healthy install (switching back to a version already deleted).
+        yield self._blocking(self._forget_install)
         yield self._blocking(lambda: self.registry.prune(name, self._settings.keep_versions))
         log.info("apps: {name} {version} installed", name=name, version=version)
         return InstallResult(True, "installed", name, version, previous,

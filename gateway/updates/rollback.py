@@ -3,8 +3,9 @@ back when the new one fails (:mod:`gateway.updates.selfupdate` runs it in
 ``gateway-selfupdate.service``).
 
 Before it installs, it makes sure it has the installed version's package: the copy it kept
-when that version was installed this way, or one ``dpkg-repack`` rebuilds from the
-installed files (a version installed by hand). Then it runs the installer. The new version
+when that version was installed this way, once ``dpkg-deb`` has read it through whole, or one
+``dpkg-repack`` rebuilds from the installed files (a version installed by hand, or whose kept
+copy is damaged). Then it runs the installer. The new version
 has failed when
 
 - the installer fails and has changed what is installed (a package left unpacked or
@@ -122,11 +123,18 @@ class Rollback:
             return None, f"{self.package} is not installed cleanly ({installed or 'not installed'})"
         version = installed.split()[0]
         kept = self.kept_path(version)
-        if kept.exists():
+        damage = self.damage(kept, version) if kept.exists() else None
+        if kept.exists() and damage is None:
             return kept, ""
+        if damage is not None:
+            # Never the one to roll back to: dpkg would stop in the middle of it, with neither
+            # version installed whole. The installed files are whole: rebuilt from them below.
+            log(f"the kept package {kept} is damaged ({damage}): removed")
+            kept.unlink()
         if shutil.which("dpkg-repack") is None:
-            return None, (f"no package of {version} is kept (it was not installed by gateway-selfupdate), "
-                          "and dpkg-repack, which would rebuild it, is not installed")
+            why = (f"the package of {version} kept was damaged ({damage}) and is removed" if damage is not None
+                   else f"no package of {version} is kept (it was not installed by gateway-selfupdate)")
+            return None, f"{why}, and dpkg-repack, which would rebuild it, is not installed"
         self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.keep_dir) as scratch:
             # (gzip, fast: the package only waits here in case of a rollback; xz on a gateway's
@@ -141,6 +149,19 @@ class Rollback:
             os.replace(built[0], kept)
             fsync_directory(self.keep_dir)
         return kept, ""
+
+    def damage(self, kept: Path, version: str) -> str | None:
+        """Why the kept package of ``version`` cannot be installed again (cut short, damaged on disk,
+        another package or version under its name), or None when it is whole: ``dpkg-deb`` reads it
+        through (every member decompressed, their checksums checked)."""
+        code, output = self.run(["sh", "-c", 'dpkg-deb --fsys-tarfile "$1" >/dev/null && '
+                                 "exec dpkg-deb --show --showformat='${Package} ${Version}' \"$1\"",
+                                 "-", str(kept)])
+        if code != 0:
+            return f"dpkg-deb cannot read it (exit {code}): {' '.join(output.split())[-300:]}"
+        if output.strip() != f"{self.package} {version}":
+            return f"it holds {output.strip()!r}, not {self.package} {version}"
+        return None
 
     def main_pid(self) -> int | None:
         """The gateway service's main pid (0: not running), or None without systemd."""

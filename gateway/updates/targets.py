@@ -85,6 +85,8 @@ def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
         "rolled-back": (f"did not start healthy and was rolled back to {result.previous}" if result.previous
                         else "did not start healthy and was removed (no previous version)"),
     }.get(result.outcome, result.outcome)
+    if None not in (result.name, result.version) and (result.name, result.version) != (module.name, module.version):
+        what += f" (its package is {result.name} {result.version})"  # (as an INSTALLED message says)
     reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
     return with_log_tail(f"app {module.name} {module.version} {what}: {reason}", result.log)
 

@@ -165,6 +165,32 @@ class InstallTests(TestCase):
         self.assertEqual(sorted(self.ops.registry.versions("hello")), ["2", "3"])
 
     @inlineCallbacks
+    def test_a_gateway_killed_while_old_versions_are_pruned_keeps_the_new_one(self) -> None:
+        """Once the new version passed its health gate its install record is gone before its old
+        versions are deleted: the next start after a SIGKILL in the middle of the deletion finds
+        no install to undo. It undid the healthy install, and with ``keep_versions: 1`` switched
+        ``current`` back to the version the deletion had just removed (the app no longer loaded)."""
+        yield self.service.stopService()
+        self.service = make_service(self.state, fast_settings(keep_versions=1))
+        self.ops = self.service.operations
+        yield self.service.startService()
+        self.addCleanup(self.service.stopService)
+        yield self.ops.install(self.hello("1"))
+        registry = self.ops.registry
+        prune = registry.prune
+        undone: list[Any] = []
+
+        def killed_midway(name: str, keep: int) -> list[str]:
+            doomed = prune(name, keep)
+            undone.append(registry.undo_cut_short_install())  # what the next start would do now
+            return doomed
+
+        self.patch(registry, "prune", killed_midway)
+        result = yield self.ops.install(self.hello("2"))
+        self.assertEqual((result.outcome, undone), ("installed", [None]))
+        self.assertEqual((registry.current("hello"), registry.versions("hello")), ("2", ["2"]))
+
+    @inlineCallbacks
     def test_failed_install_sh_leaves_running_version(self) -> None:
         """install.sh failing removes the new files; the running version is untouched."""
         yield self.ops.install(self.hello("1.0"))

@@ -33,11 +33,17 @@ class Machine:
         self.on_install: Any = None  # what the service does when the package's scripts restart it
         self.now = 0.0
         self.systemctl_calls: list[tuple[str, ...]] = []
+        self.kept_reads = (0, "gateway 1.0")  # what dpkg-deb says of the kept package it reads through
 
     def run(self, argv: list[str]) -> tuple[int, str]:
         self.commands.append(argv)
         if argv[0] == "dpkg-query":
             return (0, self.installed + " ") if self.installed else (1, "no packages found")
+        if argv[0] == "sh" and "dpkg-deb" in argv[2]:
+            return self.kept_reads
+        if argv[0] == "env":  # dpkg-repack, in its scratch directory
+            (Path(argv[-2]) / "gateway_1.0_all.deb").write_text("the installed version, repacked")
+            return 0, "dpkg-repack: created gateway_1.0_all.deb\n"
         if argv[-1].endswith("1.0.deb"):  # the rollback
             self.installed = "1.0 ii"
             self.main_pid += 1
@@ -203,6 +209,63 @@ class RollbackTests(TestCase):
                                             "of 1.0 is kept (it was not installed by gateway-selfupdate), and "
                                             "dpkg-repack, which would rebuild it, is not installed")
         self.assertTrue(self.logged[0].startswith("cannot roll back: no package of 1.0 is kept"), self.logged)
+
+    def test_a_damaged_kept_package_is_rebuilt_before_the_install(self) -> None:
+        """A kept package dpkg-deb cannot read through (cut short, damaged on disk) is never the one
+        rolled back to: it is removed and dpkg-repack rebuilds the installed version, and a new
+        version that does not start is rolled back to that. The damaged one was installed: dpkg
+        stopped in the middle of it, and neither version was installed whole."""
+        self.patch(rollback_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+        self.machine.kept_reads = (2, "dpkg-deb: error: unexpected end of file in archive member header")
+
+        def restarts_dead() -> None:
+            self.machine.main_pid = 0
+
+        self.machine.on_install = restarts_dead
+        result = self.install()
+        self.assertEqual(result["message"], "the new version did not take up the operation within 30s "
+                                            "(gateway.service: activating auto-restart); rolled back to 1.0")
+        self.assertEqual(self.installs(), [str(self.deb), str(self.keep / "gateway_1.0.deb")])
+        self.assertEqual((self.keep / "gateway_1.0.deb").read_text(), "the installed version, repacked")
+        self.assertIn("is damaged (dpkg-deb cannot read it (exit 2): dpkg-deb: error: unexpected end of file",
+                      self.logged[0])
+
+    def test_a_damaged_kept_package_and_no_dpkg_repack_is_said(self) -> None:
+        """Without dpkg-repack a damaged kept package cannot be replaced: the failure says the old
+        version could not be put back, and why; the damaged package is not installed."""
+        self.patch(rollback_module.shutil, "which", lambda name: None)
+        self.machine.kept_reads = (0, "gateway 0.9")
+        self.machine.install_code = 1
+        self.machine.failure_leaves = "2.0 iF"
+        result = self.install()
+        self.assertEqual(result["message"], "the installer exited with 1; could not roll back to 1.0: the "
+                                            "package of 1.0 kept was damaged (it holds 'gateway 0.9', not "
+                                            "gateway 1.0) and is removed, and dpkg-repack, which would rebuild "
+                                            "it, is not installed")
+        self.assertEqual(self.installs(), [str(self.deb)])
+        self.assertEqual(list(self.keep.iterdir()), [])
+
+    def test_dpkg_deb_finds_a_kept_package_cut_short(self) -> None:
+        """The check reads the package through with the real dpkg-deb: a whole one passes, one cut
+        short (a copy the disk lost the end of) does not."""
+        if shutil.which("dpkg-deb") is None:
+            raise SkipTest("dpkg-deb is not installed")
+        tree = self.dir / "tree"
+        (tree / "DEBIAN").mkdir(parents=True)
+        (tree / "DEBIAN" / "control").write_text("Package: gateway\nVersion: 1.0\nArchitecture: all\n"
+                                                 "Maintainer: t <t@example.com>\nDescription: t\n")
+        (tree / "usr").mkdir()
+        (tree / "usr" / "payload").write_bytes(os.urandom(64 * 1024))
+        kept = self.keep / "gateway_1.0.deb"
+        subprocess.run(["dpkg-deb", "-Zgzip", "--build", str(tree), str(kept)], capture_output=True, check=True)
+        real = Rollback("gateway", self.keep, "gateway.service", 30.0)
+        self.assertIsNone(real.damage(kept, "1.0"))
+        self.assertEqual(real.damage(kept, "1.1"), "it holds 'gateway 1.0', not gateway 1.1")
+        with kept.open("r+b") as package:
+            package.truncate(kept.stat().st_size - 4096)
+        damage = real.damage(kept, "1.0")
+        assert damage is not None
+        self.assertTrue(damage.startswith("dpkg-deb cannot read it (exit "), damage)
 
     def test_without_systemd_the_start_is_not_watched(self) -> None:
         """The unit runs under systemd; run by hand elsewhere (.ci/deb-smoke) there is no service

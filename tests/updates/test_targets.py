@@ -295,6 +295,26 @@ class TargetTests(TestCase):
             operation, module, [package], False)
         self.assertEqual(message, "app sensor-app 2.1.0 installed")
 
+    def test_an_app_rolled_back_from_a_package_named_otherwise_says_which(self) -> None:
+        """A failure names the package as a success does: a fleet chunk ``app 2`` holding hello 3,
+        rolled back, once said ``app app 2 did not start healthy and was rolled back to 1``, no
+        word of the version that failed (checked with a real gateway and DDI server: hello 2, then
+        hello 3, both so named, told apart only by their action ids)."""
+        from gateway.apps.operations import InstallResult
+        from gateway.updates.targets import app_install_failure
+
+        module = SoftwareModule("app", "2", "app", [Artifact("hello.v3.tar.gz", "https://x/hello.v3.tar.gz")])
+        failed = InstallResult(False, "rolled-back", "hello", "3", "1", "hello went EXITED (exit status 3)")
+        self.assertEqual(app_install_failure(module, failed), "app app 2 did not start healthy and was rolled "
+                                                              "back to 1 (its package is hello 3): hello went "
+                                                              "EXITED (exit status 3)")
+        named = InstallResult(False, "rolled-back", "app", "2", None, "app went EXITED (exit status 3)")
+        self.assertEqual(app_install_failure(module, named), "app app 2 did not start healthy and was removed "
+                                                             "(no previous version): app went EXITED (exit status 3)")
+        unnamed = InstallResult(False, "refused", None, None, None, "refused: not a readable tar archive")
+        self.assertEqual(app_install_failure(module, unnamed), "app app 2 refused by the app installer (nothing "
+                                                               "was installed): not a readable tar archive")
+
     @inlineCallbacks
     def test_a_module_of_several_artifacts_installs_the_one_of_its_kind(self) -> None:
         """An app module whose artifacts are a script and the package (or the package and its
