@@ -26,6 +26,7 @@ from gateway.uploads.commands import UPLOAD_COMMANDS, UploadCommands, command_ha
 from gateway.uploads.diagnostics import DiagnosticsBundle, redact
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.filebody import digest_file
+from gateway.uploads.messages import parse_time
 from gateway.uploads.choice import make_provider
 from gateway.uploads.providers import GenericHTTP
 from gateway.uploads.s3 import S3WithCredentials
@@ -37,6 +38,50 @@ from tests.test_netfailures import NGINX_502
 
 def at(hour: int, minute: int) -> time.struct_time:
     return time.struct_time((2027, 1, 1, hour, minute, 0, 0, 1, 0))
+
+
+class ActivateTimeTests(SynchronousTestCase):
+    """``activate``'s ``from``/``to``: RFC 3339 times, each the right instant or a clear 400."""
+
+    def test_rfc3339_forms_are_the_right_instant(self) -> None:
+        """``Z`` or an offset, a fraction of any length, RFC 3339's lower-case ``t``/``z`` and
+        its space, and a leap second (POSIX time has none: the instant after it, as the next
+        second's start). The lower-case forms and the leap second were refused as 'not an
+        RFC 3339 time'."""
+        utc = datetime.datetime(2027, 3, 1, 10, 0, tzinfo=datetime.timezone.utc).timestamp()
+        cases = {"2027-03-01T10:00:00Z": utc, "2027-03-01T11:00:00+01:00": utc,
+                 "2027-03-01T07:00:00-03:00": utc, "2027-03-01T10:00:00-00:00": utc,
+                 "2027-03-01t10:00:00z": utc, "2027-03-01 10:00:00Z": utc,
+                 "2027-03-01T10:00:00.5Z": utc + 0.5, "2027-03-01T10:00:00.123456789Z": utc + 0.123456,
+                 "2016-12-31T23:59:60Z": datetime.datetime(2017, 1, 1, tzinfo=datetime.timezone.utc).timestamp(),
+                 "2017-01-01T00:59:60+01:00": datetime.datetime(2017, 1, 1, tzinfo=datetime.timezone.utc).timestamp()}
+        self.assertEqual({text: parse_time(text, "from") for text in cases}, cases)
+        self.assertIsNone(parse_time(None, "from"))
+
+    def test_what_is_no_rfc3339_time_is_a_clear_400(self) -> None:
+        """No offset, a date alone, ISO 8601's other forms (week dates, the basic format, hours
+        alone), a number: each refused, naming the field. A time whose instant is outside
+        years 1-9999 in UTC was taken, then its ``autoUpload`` property could not be written
+        (``year 0 is out of range``): the answer was a 500 with a logged traceback, and the
+        activation was in force, saved, and published by nothing."""
+        refused = {"2027-03-01T10:00:00": "from: a time zone offset is required (Z or +HH:MM): "
+                                          "'2027-03-01T10:00:00'",
+                   "2027-03-01": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '2027-03-01'",
+                   "2027-W09-1T10:00:00Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '2027-W09-1T10:00:00Z'",
+                   "20270301T100000Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '20270301T100000Z'",
+                   "2027-03-01T10Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '2027-03-01T10Z'",
+                   "2027-02-30T10:00:00Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): "
+                                           "'2027-02-30T10:00:00Z'",
+                   "2027-03-01T10:00:00+24:00": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): "
+                                                "'2027-03-01T10:00:00+24:00'",
+                   1803895200: "from: not an RFC 3339 time (2027-03-01T10:00:00Z): 1803895200",
+                   "0001-01-01T00:00:00+01:00": "from: '0001-01-01T00:00:00+01:00' is before year 1 or after "
+                                                "year 9999 in UTC",
+                   "9999-12-31T23:59:59-01:00": "from: '9999-12-31T23:59:59-01:00' is before year 1 or after "
+                                                "year 9999 in UTC"}
+        for value, message in refused.items():
+            error = self.assertRaises(InvalidRequest, parse_time, value, "from")
+            self.assertEqual(str(error), f"invalid 'activate' operation parameters: {message}")
 
 
 class WindowTests(SynchronousTestCase):
