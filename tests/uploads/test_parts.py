@@ -13,6 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.defer import inlineCallbacks
@@ -30,7 +31,7 @@ from gateway.uploads.messages import parse_time
 from gateway.uploads.choice import make_provider
 from gateway.uploads.providers import GenericHTTP
 from gateway.uploads.s3 import S3WithCredentials
-from gateway.uploads.schedule import in_daily_window
+from gateway.uploads.schedule import Activation, PeriodicTrigger, in_daily_window
 from gateway.uploads.settings import PeriodicSettings
 from gateway.uploads.xmlerror import provider_reason
 from tests.test_netfailures import NGINX_502
@@ -95,6 +96,51 @@ class WindowTests(SynchronousTestCase):
                          [False, True, True, False])
         night = PeriodicSettings(window_from="22:00", window_to="06:00")
         self.assertEqual([in_daily_window(night, at(h, 0)) for h in (21, 23, 2, 6)], [False, True, True, False])
+
+    def test_equal_ends_are_the_whole_day(self) -> None:
+        """A window that opens when it closes spans a whole day from that time, as 00:00-00:00
+        always did; 02:00-02:00 was a window of no time, in which no trigger ever fired."""
+        for bound in ("00:00", "02:00", "23:59"):
+            same = PeriodicSettings(window_from=bound, window_to=bound)
+            self.assertEqual({in_daily_window(same, at(h, m)) for h in range(24) for m in range(60)}, {True}, bound)
+
+    def fired(self, zone: str, window: tuple[str, str], period: float, day: tuple[int, int, int]) -> list[str]:
+        """The local times (``HH:MM`` and the UTC offset) at which periodic triggers fire in
+        the 24 hours of real time from ``day``'s local midnight, a tick every ``period``."""
+        try:
+            tz = ZoneInfo(zone)
+        except ZoneInfoNotFoundError:
+            raise SkipTest(f"no time zone data for {zone}")
+        clock = Clock()
+        clock.advance(datetime.datetime(*day, tzinfo=tz).timestamp())
+        times: list[str] = []
+        trigger = PeriodicTrigger(PeriodicSettings(period=period, window_from=window[0], window_to=window[1]),
+                                  clock, lambda: times.append(datetime.datetime.fromtimestamp(
+                                      clock.seconds(), tz).strftime("%H:%M%z")),
+                                  localtime=lambda t: datetime.datetime.fromtimestamp(t, tz).timetuple())
+        trigger.apply(Activation(True))
+        clock.pump([period] * int(86400 // period))
+        trigger.stop()
+        return times
+
+    def test_daylight_saving_changes(self) -> None:
+        """The window is read off the local wall clock at each tick, which fires ``period``
+        seconds after the last: where clocks fall back, the repeated hour is in the window
+        twice (a tick in each fires, none twice); where they spring forward, a window in the
+        skipped hour does not happen that day (Europe/Berlin, and Australia/Lord_Howe's
+        30-minute change); a window spanning midnight keeps its ends across the change
+        (America/Sao_Paulo changed at midnight until 2019)."""
+        berlin_fall = self.fired("Europe/Berlin", ("02:00", "03:00"), 1800, (2027, 10, 31))
+        self.assertEqual(berlin_fall, ["02:00+0200", "02:30+0200", "02:00+0100", "02:30+0100"])
+        self.assertEqual(self.fired("Europe/Berlin", ("02:00", "03:00"), 1800, (2027, 3, 28)), [])
+        self.assertEqual(self.fired("Europe/Berlin", ("02:30", "04:00"), 1800, (2027, 3, 28)),
+                         ["03:00+0200", "03:30+0200"])
+        self.assertEqual(self.fired("Australia/Lord_Howe", ("02:00", "02:30"), 600, (2027, 10, 3)), [])
+        # Lord Howe falls back from 02:00 to 01:30: half an hour of the window happens twice
+        self.assertEqual(self.fired("Australia/Lord_Howe", ("01:30", "02:30"), 600, (2027, 4, 4)),
+                         ["01:30+1100", "01:40+1100", "01:50+1100", "01:30+1030", "01:40+1030", "01:50+1030", "02:00+1030", "02:10+1030", "02:20+1030"])
+        self.assertEqual(self.fired("America/Sao_Paulo", ("23:00", "01:00"), 3600, (2018, 11, 3)),
+                         ["23:00-0300"])  # (its 00:00 was 01:00, past the window's end)
 
     def test_bad_time_of_day(self) -> None:
         """A window bound that is not HH:MM is a config error, each one named with its file and
