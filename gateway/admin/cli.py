@@ -22,6 +22,7 @@ from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
 from gateway.admin.tables import ProgressBar, duration, link_problem, pending_change, size, stream_problem, table
 from gateway.apps.outcome import outcome_line
+from gateway.stdstreams import escape_unencodable
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
 #: Seconds ``ops --follow`` waits for a gateway that stopped answering to be back: it
@@ -476,19 +477,9 @@ def _say_waiting(message: str) -> None:
     print(f"gatewayctl: {message}", file=sys.stderr, flush=True)
 
 
-def _escape_what_stdout_cannot_encode() -> None:
-    """Have stdout write what its encoding cannot hold escaped (``\\xe9``), as Python's stderr
-    does: under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) a name or a
-    message from the gateway (an upload's, written by the cloud) ended the command with a
-    UnicodeEncodeError."""
-    reconfigure: Callable[..., None] | None = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(errors="backslashreplace")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gatewayctl``; returns the exit status."""
-    _escape_what_stdout_cannot_encode()
+    escape_unencodable()
     parser = build_parser()
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.parser  # the deepest subcommand's: its usage for errors
