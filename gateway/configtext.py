@@ -8,10 +8,19 @@ newline, a tab, ESC) has no place in a name, a path, a URL, a topic or an id: it
 header or a log line, MQTT says a topic should not hold one (§1.5.3), and one is most often
 a YAML escape written by mistake (``"C:\\temp"`` holds a tab). Argument words, environment
 values and payloads may hold them (their keys say so in their ``controls`` metadata).
+
+Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``, a Latin-1 ``LANG``)
+Python hands file names, process arguments and environment entries to the system in that
+locale's encoding: text it cannot encode fails there (``'ascii' codec can't encode``), at
+the start, at each start of a program, at each upload. It is refused in the configuration
+instead, saying what to do. (In Python's UTF-8 mode, the default under the C locale, every
+text can be encoded.)
 """
 
 from __future__ import annotations
 
+import codecs
+import sys
 import unicodedata
 from typing import Any, Iterator
 
@@ -27,6 +36,21 @@ def text_problem(value: str, controls: bool = False) -> str | None:
         for char in value:
             if unicodedata.category(char) == "Cc":
                 return f"must not hold a control character ({char!r}): {value!r}"
+    return unencodable_problem(value)
+
+
+def unencodable_problem(value: str) -> str | None:
+    """Why ``value`` cannot be handed to the system under this process's locale (Python's
+    file system encoding cannot encode it); ``None`` when it can, and always under UTF-8."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":
+        return None
+    try:
+        value.encode(encoding, sys.getfilesystemencodeerrors())
+    except UnicodeEncodeError as error:
+        return (f"holds {value[error.start]!r}: this system cannot pass it on: Python's file system encoding is "
+                f"{encoding} (the locale is not UTF-8, or PYTHONUTF8=0): run the gateway with PYTHONUTF8=1 or "
+                "under a UTF-8 locale (LANG=C.UTF-8)")
     return None
 
 

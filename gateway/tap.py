@@ -20,6 +20,7 @@ from gateway import acceptlog
 from gateway import config as gateway_config
 from gateway import gctuning
 from gateway import logbridge
+from gateway import stdstreams
 from gateway.errors import ConfigError, GatewayError, ReactorError
 from gateway.exitdeadline import ExitDeadline
 
@@ -88,6 +89,8 @@ def makeService(options: Options) -> IService:
     from gateway.tree import build_service
 
     loaded = options.loaded
+    # (before twistd hands stdout to its log observer, --logfile=-, the Debian unit's)
+    stdstreams.escape_unencodable()
     gctuning.prime_future_iterators(loop)
     gctuning.tune()
 

@@ -4,6 +4,7 @@ line naming the file."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,27 @@ class ConfigTextTests(SynchronousTestCase):
             " 'unix:/run/a\\n.sock'",
             f"{path}: broker.listeners.three.cafile: must not hold a control character ('\\t'): '\\tca.pem'",
             f"{path}: broker.listeners.two\\n: the key must not hold a control character ('\\n'): 'two\\n'"])
+
+    def test_text_the_file_system_encoding_cannot_hold(self) -> None:
+        """Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``, a Latin-1
+        ``LANG``), Python passes file names, process arguments and environment entries in that
+        encoding: a state dir, an admin socket, a program's command or an upload glob holding
+        text it cannot encode stopped the start with a traceback (``'ascii' codec can't encode
+        character``), failed each start of the program, or crashed each trigger. Each such
+        value is refused once, under its key, with what to do; the same text is taken under
+        UTF-8."""
+        self.patch(sys, "getfilesystemencoding", lambda: "ascii")
+        remedy = ("this system cannot pass it on: Python's file system encoding is ascii (the locale is not UTF-8, "
+                  "or PYTHONUTF8=0): run the gateway with PYTHONUTF8=1 or under a UTF-8 locale (LANG=C.UTF-8)")
+        data: dict[str, Any] = {"admin": {"socket": "/run/g\u00e9/admin.sock"},
+                                "apps": {"programs": {"p": {"command": "/bin/echo \u00b0C \u2713",
+                                                            "environment": {"UNIT": "\u00b0C"}}}},
+                                "uploads": {"files": ["/var/log/donn\u00e9es/*.log"]}}
+        path, lines = self.load_errors(dict(data))
+        self.assertEqual(sorted(lines), [
+            f"{path}: admin.socket: holds '\u00e9': {remedy}",
+            f"{path}: apps.programs.p.command: holds '\u00b0': {remedy}",
+            f"{path}: apps.programs.p.environment.UNIT: holds '\u00b0': {remedy}",
+            f"{path}: uploads.files.0: holds '\u00e9': {remedy}"])
+        self.patch(sys, "getfilesystemencoding", lambda: "utf-8")
+        self.assertEqual(self.loads(dict(data)).uploads.files, ("/var/log/donn\u00e9es/*.log",))

@@ -214,6 +214,31 @@ class TwistdTests(TestCase):
         self.assertIn("gateway shutdown completed", output)
 
     @inlineCallbacks
+    def test_a_log_line_the_locale_cannot_encode_is_written_escaped(self):
+        """Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``; a Latin-1
+        ``LANG`` in ``/etc/default/locale`` alike) twistd's ``--logfile=-`` (the Debian unit's)
+        writes to an ASCII stdout: a log line holding other text (an upload id the cloud sent,
+        ``annulé``) failed in the log observer and was lost without a trace, the lines around
+        it kept. It is written with that text escaped, as Python writes stderr."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        env = {name: value for name, value in os.environ.items() if not name.startswith(("LC_", "LANG", "PYTHON"))}
+        env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "--logfile=-", "gateway", "--config", str(config), env=env)
+        yield proc.ready.addTimeout(30, reactor)
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        self.assertEqual((yield client.connect(port)), 0)
+        for cid in ("annul\u00e9", "plain"):
+            yield client.publish("edge/gateway/uploads/cancel", json.dumps({"correlationId": cid}).encode(), 1)
+        yield wait_until(lambda: b"ID 'plain' not found" in proc.output, 10, what="the ASCII line logged")
+        self.assertIn(b"refused upload operation cancel: upload with correlation ID 'annul\\xe9' not found\n",
+                      proc.output)
+
+    @inlineCallbacks
     def test_a_pool_thread_stuck_for_ever_does_not_hold_the_exit(self):
         """A thread of the reactor's pool stuck in a blocking call that never returns (a read
         of a hung disk or of a named pipe nobody writes): on SIGTERM the services stop, and the

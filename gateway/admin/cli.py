@@ -22,6 +22,7 @@ from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
 from gateway.admin.tables import ProgressBar, duration, link_problem, pending_change, size, stream_problem, table
 from gateway.apps.outcome import outcome_line
+from gateway.stdstreams import escape_unencodable
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
 #: Seconds ``ops --follow`` waits for a gateway that stopped answering to be back: it
@@ -478,6 +479,7 @@ def _say_waiting(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gatewayctl``; returns the exit status."""
+    escape_unencodable()
     parser = build_parser()
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.parser  # the deepest subcommand's: its usage for errors

@@ -3,8 +3,9 @@ envelope), their answers (204, or a Ditto error body), and the outbox ``request`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gateway import jsontext
@@ -85,17 +86,40 @@ def correlation_id(value: dict[str, Any], where: str, required: bool = True) -> 
     return cid
 
 
+#: RFC 3339's date-time (its section 5.6): ``T`` between the date and the time (or, as its
+#: note allows, ``t`` or a space), seconds always, a fraction of any length, ``Z`` (``z``) or
+#: ``±HH:MM``; the offset is optional here only to be refused with its own words.
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)?", re.ASCII)
+
+
 def parse_time(value: Any, name: str) -> float | None:
-    """An RFC 3339 time (``activate``'s ``from``/``to``) as seconds since the epoch, or None."""
+    """An RFC 3339 time (``activate``'s ``from``/``to``) as seconds since the epoch, or None.
+
+    A leap second (``23:59:60Z``) is the instant after it, the next minute's start: POSIX time
+    has no leap seconds. A time outside years 1-9999 in UTC is refused: the ``autoUpload``
+    property could not say it.
+
+    :raise InvalidRequest: for anything else, naming ``name``.
+    """
     if value is None:
         return None
+    where = f"invalid 'activate' operation parameters: {name}"
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidRequest(f"{where}: not an RFC 3339 time (2027-03-01T10:00:00Z): {shown_repr(value)}")
+    date, minute, second, fraction, offset = match.groups()
+    if offset is None:
+        raise InvalidRequest(f"{where}: a time zone offset is required (Z or +HH:MM): {shown_repr(value)}")
+    leap = second == "60"
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(f"{date}T{minute}:{'59' if leap else second}{fraction or ''}"
+                                        f"{'+00:00' if offset in 'Zz' else offset}")
     except ValueError as error:
-        raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: not an RFC 3339 time: "
-                             f"{shown_repr(value)}") from error
-    if moment.tzinfo is None:
-        raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: a time zone is required")
+        raise InvalidRequest(f"{where}: not an RFC 3339 time (2027-03-01T10:00:00Z): {shown_repr(value)}") from error
+    try:
+        moment = moment.astimezone(timezone.utc) + timedelta(seconds=1 if leap else 0)
+    except OverflowError as error:
+        raise InvalidRequest(f"{where}: {shown_repr(value)} is before year 1 or after year 9999 in UTC") from error
     return moment.timestamp()
 
 

@@ -62,7 +62,8 @@ def _minutes(hhmm: str) -> int:
 
 
 def in_daily_window(settings: PeriodicSettings, local: time.struct_time) -> bool:
-    """Whether ``local`` (a local time) is inside the daily window (no window: always).
+    """Whether ``local`` (a local time, as the wall clock reads it) is inside the daily window
+    (no window: always). A window whose ends are equal spans the whole day from that time.
 
     :param settings: the periodic settings.
     :param local: the local time to check.
@@ -72,6 +73,8 @@ def in_daily_window(settings: PeriodicSettings, local: time.struct_time) -> bool
     now = local.tm_hour * 60 + local.tm_min
     start = _minutes(settings.window_from or "00:00")
     end = _minutes(settings.window_to or "24:00") if settings.window_to != "00:00" else 24 * 60
+    if start == end % (24 * 60):
+        return True
     if start <= end:
         return start <= now < end
     return now >= start or now < end  # spans midnight

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.atomic import write_json_atomically
 from gateway.clockstep import steady_seconds
+from gateway.configtext import unencodable_problem
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
@@ -402,6 +403,9 @@ class UploadService(Service):
         asked = options.get("upload.files")
         if asked is None:
             return self.settings.files
+        unencodable = unencodable_problem(asked)  # (as the configuration's globs are checked)
+        if unencodable is not None:
+            raise UploadError(f"upload.files {unencodable}")
         mode = self.settings.mode
         if mode == "lax" or (mode == "strict" and asked in self.settings.files) or (
                 mode == "scoped" and any(glob_covers(allowed, asked) for allowed in self.settings.files)):

@@ -17,7 +17,7 @@ _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 @dataclass(frozen=True)
 class PeriodicSettings:
     """Uploads triggered by the gateway itself: every ``period`` seconds, optionally only
-    inside a daily window (local time; ``from`` after ``to`` spans midnight)."""
+    inside a daily window (local time; ``from`` after ``to`` spans midnight; equal: the whole day)."""
 
     active: bool = field(default=False, metadata={"doc": "trigger uploads periodically from the start"})
     period: float = field(default=36000.0, metadata={"min": 1.0, "doc": "seconds between periodic triggers"})

@@ -1143,3 +1143,21 @@ class BrokenAnswerTests(SynchronousTestCase):
                 self.run_against(b"", *args)
             self.assertEqual(raised.exception.code, 2, args)
             self.assertRegex(self.err.getvalue(), r"error: b'[^']*\\xff[^']*' is not UTF-8 text")
+
+
+class LocaleTests(SynchronousTestCase):
+    """gatewayctl's output under a locale whose encoding cannot hold what it prints."""
+
+    def test_text_stdout_cannot_encode_is_escaped(self) -> None:
+        """Under ``LC_ALL=C`` with ``PYTHONUTF8=0`` stdout is ASCII, to a pipe or a terminal: an
+        upload whose message the cloud wrote in French (``annulé``) ended ``gatewayctl uploads``
+        with a UnicodeEncodeError traceback. What the stream's encoding cannot hold is now
+        written escaped, as Python writes stderr, and the exit status is 0."""
+        out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="surrogateescape")
+        self.patch(sys, "stdout", out)
+        snapshot = {"uploads": [{"correlationId": "u1", "state": "CANCELED", "progress": 0, "files": [],
+                                 "message": "annulé ✓"}], "autoUpload": {"active": False}}
+        self.patch(AdminClient, "get", lambda client, path, params=None: snapshot)
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "uploads"]), 0)
+        out.flush()
+        self.assertIn(b"u1      CANCELED  0%        0      annul\\xe9 \\u2713\n", out.buffer.getvalue())

@@ -13,6 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.defer import inlineCallbacks
@@ -26,10 +27,11 @@ from gateway.uploads.commands import UPLOAD_COMMANDS, UploadCommands, command_ha
 from gateway.uploads.diagnostics import DiagnosticsBundle, redact
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.filebody import digest_file
+from gateway.uploads.messages import parse_time
 from gateway.uploads.choice import make_provider
 from gateway.uploads.providers import GenericHTTP
 from gateway.uploads.s3 import S3WithCredentials
-from gateway.uploads.schedule import in_daily_window
+from gateway.uploads.schedule import Activation, PeriodicTrigger, in_daily_window
 from gateway.uploads.settings import PeriodicSettings
 from gateway.uploads.xmlerror import provider_reason
 from tests.test_netfailures import NGINX_502
@@ -37,6 +39,50 @@ from tests.test_netfailures import NGINX_502
 
 def at(hour: int, minute: int) -> time.struct_time:
     return time.struct_time((2027, 1, 1, hour, minute, 0, 0, 1, 0))
+
+
+class ActivateTimeTests(SynchronousTestCase):
+    """``activate``'s ``from``/``to``: RFC 3339 times, each the right instant or a clear 400."""
+
+    def test_rfc3339_forms_are_the_right_instant(self) -> None:
+        """``Z`` or an offset, a fraction of any length, RFC 3339's lower-case ``t``/``z`` and
+        its space, and a leap second (POSIX time has none: the instant after it, as the next
+        second's start). The lower-case forms and the leap second were refused as 'not an
+        RFC 3339 time'."""
+        utc = datetime.datetime(2027, 3, 1, 10, 0, tzinfo=datetime.timezone.utc).timestamp()
+        cases = {"2027-03-01T10:00:00Z": utc, "2027-03-01T11:00:00+01:00": utc,
+                 "2027-03-01T07:00:00-03:00": utc, "2027-03-01T10:00:00-00:00": utc,
+                 "2027-03-01t10:00:00z": utc, "2027-03-01 10:00:00Z": utc,
+                 "2027-03-01T10:00:00.5Z": utc + 0.5, "2027-03-01T10:00:00.123456789Z": utc + 0.123456,
+                 "2016-12-31T23:59:60Z": datetime.datetime(2017, 1, 1, tzinfo=datetime.timezone.utc).timestamp(),
+                 "2017-01-01T00:59:60+01:00": datetime.datetime(2017, 1, 1, tzinfo=datetime.timezone.utc).timestamp()}
+        self.assertEqual({text: parse_time(text, "from") for text in cases}, cases)
+        self.assertIsNone(parse_time(None, "from"))
+
+    def test_what_is_no_rfc3339_time_is_a_clear_400(self) -> None:
+        """No offset, a date alone, ISO 8601's other forms (week dates, the basic format, hours
+        alone), a number: each refused, naming the field. A time whose instant is outside
+        years 1-9999 in UTC was taken, then its ``autoUpload`` property could not be written
+        (``year 0 is out of range``): the answer was a 500 with a logged traceback, and the
+        activation was in force, saved, and published by nothing."""
+        refused = {"2027-03-01T10:00:00": "from: a time zone offset is required (Z or +HH:MM): "
+                                          "'2027-03-01T10:00:00'",
+                   "2027-03-01": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '2027-03-01'",
+                   "2027-W09-1T10:00:00Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '2027-W09-1T10:00:00Z'",
+                   "20270301T100000Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '20270301T100000Z'",
+                   "2027-03-01T10Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): '2027-03-01T10Z'",
+                   "2027-02-30T10:00:00Z": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): "
+                                           "'2027-02-30T10:00:00Z'",
+                   "2027-03-01T10:00:00+24:00": "from: not an RFC 3339 time (2027-03-01T10:00:00Z): "
+                                                "'2027-03-01T10:00:00+24:00'",
+                   1803895200: "from: not an RFC 3339 time (2027-03-01T10:00:00Z): 1803895200",
+                   "0001-01-01T00:00:00+01:00": "from: '0001-01-01T00:00:00+01:00' is before year 1 or after "
+                                                "year 9999 in UTC",
+                   "9999-12-31T23:59:59-01:00": "from: '9999-12-31T23:59:59-01:00' is before year 1 or after "
+                                                "year 9999 in UTC"}
+        for value, message in refused.items():
+            error = self.assertRaises(InvalidRequest, parse_time, value, "from")
+            self.assertEqual(str(error), f"invalid 'activate' operation parameters: {message}")
 
 
 class WindowTests(SynchronousTestCase):
@@ -50,6 +96,51 @@ class WindowTests(SynchronousTestCase):
                          [False, True, True, False])
         night = PeriodicSettings(window_from="22:00", window_to="06:00")
         self.assertEqual([in_daily_window(night, at(h, 0)) for h in (21, 23, 2, 6)], [False, True, True, False])
+
+    def test_equal_ends_are_the_whole_day(self) -> None:
+        """A window that opens when it closes spans a whole day from that time, as 00:00-00:00
+        always did; 02:00-02:00 was a window of no time, in which no trigger ever fired."""
+        for bound in ("00:00", "02:00", "23:59"):
+            same = PeriodicSettings(window_from=bound, window_to=bound)
+            self.assertEqual({in_daily_window(same, at(h, m)) for h in range(24) for m in range(60)}, {True}, bound)
+
+    def fired(self, zone: str, window: tuple[str, str], period: float, day: tuple[int, int, int]) -> list[str]:
+        """The local times (``HH:MM`` and the UTC offset) at which periodic triggers fire in
+        the 24 hours of real time from ``day``'s local midnight, a tick every ``period``."""
+        try:
+            tz = ZoneInfo(zone)
+        except ZoneInfoNotFoundError:
+            raise SkipTest(f"no time zone data for {zone}")
+        clock = Clock()
+        clock.advance(datetime.datetime(*day, tzinfo=tz).timestamp())
+        times: list[str] = []
+        trigger = PeriodicTrigger(PeriodicSettings(period=period, window_from=window[0], window_to=window[1]),
+                                  clock, lambda: times.append(datetime.datetime.fromtimestamp(
+                                      clock.seconds(), tz).strftime("%H:%M%z")),
+                                  localtime=lambda t: datetime.datetime.fromtimestamp(t, tz).timetuple())
+        trigger.apply(Activation(True))
+        clock.pump([period] * int(86400 // period))
+        trigger.stop()
+        return times
+
+    def test_daylight_saving_changes(self) -> None:
+        """The window is read off the local wall clock at each tick, which fires ``period``
+        seconds after the last: where clocks fall back, the repeated hour is in the window
+        twice (a tick in each fires, none twice); where they spring forward, a window in the
+        skipped hour does not happen that day (Europe/Berlin, and Australia/Lord_Howe's
+        30-minute change); a window spanning midnight keeps its ends across the change
+        (America/Sao_Paulo changed at midnight until 2019)."""
+        berlin_fall = self.fired("Europe/Berlin", ("02:00", "03:00"), 1800, (2027, 10, 31))
+        self.assertEqual(berlin_fall, ["02:00+0200", "02:30+0200", "02:00+0100", "02:30+0100"])
+        self.assertEqual(self.fired("Europe/Berlin", ("02:00", "03:00"), 1800, (2027, 3, 28)), [])
+        self.assertEqual(self.fired("Europe/Berlin", ("02:30", "04:00"), 1800, (2027, 3, 28)),
+                         ["03:00+0200", "03:30+0200"])
+        self.assertEqual(self.fired("Australia/Lord_Howe", ("02:00", "02:30"), 600, (2027, 10, 3)), [])
+        # Lord Howe falls back from 02:00 to 01:30: half an hour of the window happens twice
+        self.assertEqual(self.fired("Australia/Lord_Howe", ("01:30", "02:30"), 600, (2027, 4, 4)),
+                         ["01:30+1100", "01:40+1100", "01:50+1100", "01:30+1030", "01:40+1030", "01:50+1030", "02:00+1030", "02:10+1030", "02:20+1030"])
+        self.assertEqual(self.fired("America/Sao_Paulo", ("23:00", "01:00"), 3600, (2018, 11, 3)),
+                         ["23:00-0300"])  # (its 00:00 was 01:00, past the window's end)
 
     def test_bad_time_of_day(self) -> None:
         """A window bound that is not HH:MM is a config error, each one named with its file and

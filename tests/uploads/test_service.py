@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,6 +105,24 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("trigger", {"correlationId": "t2"})
         self.assertEqual((status, error["message"]),
                          (500, f"no file matches {self.dir}/*.log (1 left out: their names are not UTF-8)"))
+
+    def test_a_glob_the_locale_cannot_encode_is_a_clear_500(self) -> None:
+        """Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) a trigger's
+        ``upload.files`` holding text its encoding cannot hold crashed the trigger in the glob
+        (``'ascii' codec can't encode character``, logged with a traceback, and that as the
+        500's message). It is refused as the configuration refuses such text, saying what to do."""
+        self.successResultOf(self.service.stopService())
+        self.service, self.watcher, _, _ = fake_service(Path(self.mktemp()), UploadsSettings(mode="lax"))
+        self.successResultOf(self.service.startService())
+        self.addCleanup(self.service.stopService)
+        self.patch(sys, "getfilesystemencoding", lambda: "ascii")
+        events = capture_log_events(self)
+        status, error = self.handle("trigger", {"options": {"upload.files": f"{self.dir}/donn\u00e9es/*.log"}})
+        self.assertEqual((status, error["message"]), (500, (
+            "upload.files holds '\u00e9': this system cannot pass it on: Python's file system encoding is ascii (the "
+            "locale is not UTF-8, or PYTHONUTF8=0): run the gateway with PYTHONUTF8=1 or under a UTF-8 locale "
+            "(LANG=C.UTF-8)")))
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.critical], [])
 
     def test_a_file_name_with_a_newline_is_logged_on_one_line(self) -> None:
         """A file name may hold a newline: it is uploaded, and the log lines naming it show it
