@@ -24,8 +24,8 @@ the reactor's turns long): while more than :data:`DURABLE_WAIT_LIMIT` of its PUB
 more than :data:`DURABLE_WAIT_BYTES` of their payloads, wait, the broker stops reading from
 it (what it sends waits in the socket, and TCP slows it down), and reads again once they are
 down to half of both. Counted: acknowledgements waiting (for the disk, or behind one that
-does), and QoS 0 PUBLISHes waiting for the disk (nobody waits for them, but they are in
-memory until then).
+does), QoS 0 PUBLISHes waiting for the disk (nobody waits for them, but they are in memory
+until then), and PUBLISHes waiting for the topic plugins.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from gateway.journal.errors import RecordTooLargeError
 from gateway.mqtt.packets import Packet
 from gateway.mqtt.topics import topic_for_log
 
-#: PUBLISHes of one client that may wait (acknowledgements and QoS 0 messages for the journal)
-#: before the broker stops reading from it: twice what a well-behaved client keeps in flight
+#: PUBLISHes of one client that may wait (acknowledgements and QoS 0 messages for the journal,
+#: PUBLISHes for the topic plugins) before the broker stops reading from it: twice what a well-behaved client keeps in flight
 #: (paho's ``max_inflight`` up to 1000, mosquitto_pub's 20), so it never reaches it. (16
 #: clients that never wait, on a disk taking 100 ms an fsync: 2000 made about a third fewer
 #: durable a second than without a bound, 1000 fewer still, 4000 as many with longer
@@ -123,7 +123,7 @@ class DurableAckHandler(SessionHandler):
         self._durable: dict[int, _Persisting] | None = None  # packet id -> persist of that PUBLISH
         self._acks: deque[list[Any]] | None = None  # [message, conditions still awaited] in arrival order
         self._acks_bytes = 0  # payload bytes of the messages in _acks
-        self._held = 0  # PUBLISHes waiting without an acknowledgement in _acks: QoS 0 ones, for the disk
+        self._held = 0  # PUBLISHes waiting without an acknowledgement in _acks: QoS 0 for the disk, any for the plugins
         self._held_bytes = 0  # their payload bytes
         self._holding = False  # reading is paused: too many PUBLISHes wait (DURABLE_WAIT_LIMIT)
         self._state_mark = 0  # the broker's state log, as the PUBLISH being routed found it
@@ -371,6 +371,16 @@ class DurableAckHandler(SessionHandler):
         self._held_bytes -= size
         if self._holding:
             self._flush_soon()
+
+    def undecided(self, message: Incoming) -> None:
+        """``message`` waits for the topic plugins: counted until :meth:`decided`."""
+        self._held += 1
+        self._held_bytes += len(message.payload)
+        self._hold_if_past_bound()
+
+    def decided(self, message: Incoming) -> None:
+        """The topic plugins decided ``message``: no longer counted as waiting for them."""
+        self._no_longer_waiting(1, len(message.payload))
 
     def answers_owed(self) -> bool:
         """Whether an acknowledgement is still to be written: one waiting for the journal or

@@ -38,8 +38,8 @@ class DurableGate:
     :ivar wants: whether a topic is persisted at all.
     :ivar failures: persist failures so far (each closed a connection unacknowledged).
     :ivar holds: times the broker stopped reading from a client because too many of its
-        PUBLISHes waited for the disk: acknowledgements and QoS 0 messages
-        (:data:`~gateway.broker.durable_ack.DURABLE_WAIT_LIMIT`).
+        PUBLISHes waited: acknowledgements and QoS 0 messages for the disk, PUBLISHes for
+        the topic plugins (:data:`~gateway.broker.durable_ack.DURABLE_WAIT_LIMIT`).
     """
 
     def __init__(self) -> None:

@@ -1,18 +1,20 @@
 """docs/broker.md (A publisher that does not wait): the bound on what one client has waiting
-in the broker's memory counts its QoS 0 PUBLISHes waiting for the disk, as it counts its
-acknowledgements waiting for the disk.
+in the broker's memory counts its QoS 0 PUBLISHes waiting for the disk and its PUBLISHes
+waiting for the topic plugins, as it counts its acknowledgements waiting for the disk.
 
 On a StringTransport, with a journal stream whose batches the test releases by hand
-(:class:`~tests.journal.helpers.ManualRunner`), and task.Clock.
+(:class:`~tests.journal.helpers.ManualRunner`), plugin answers the test gives, and task.Clock.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.broker.bus import BusMessage
 from gateway.broker.durable_ack import DURABLE_WAIT_BYTES, DURABLE_WAIT_LIMIT
 from gateway.journal.record import Record
 from gateway.mqtt import packets
@@ -130,3 +132,76 @@ class QoS0DurableWaitTests(SynchronousTestCase):
         self.durable()
         self.assertEqual(other_transport.value(), packets.ack(packets.PUBACK, 5))
 
+
+class SlowTopicPluginTests(SynchronousTestCase):
+    """PUBLISHes waiting for a slow topic plugin (a user's own plugin may take long) wait in
+    memory undecided: past the bound the broker stops reading that client, reads it again at
+    half, and routes every PUBLISH once, in order."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = make_broker(self, self.clock)
+        self.broker.fast_path = False  # as with a topic plugin configured
+        self.decisions: list[Deferred[bool]] = []
+        self.patch(self.broker.plugins, "topic_allowed", self.topic_allowed)
+        self.routed: list[BusMessage] = []
+        self.broker.bus.subscribe("#", self.routed.append)
+        self.handler, self.transport = attached(self.broker, "device", self.clock)
+        self.handler.connection.framer.feed(packets.connect("device", 30, True))
+
+    def topic_allowed(self, view: Any, topic: str, action: Any) -> Deferred[bool]:
+        """The plugins' answer, decided by the test (:meth:`decide`)."""
+        self.decisions.append(Deferred())
+        return self.decisions[-1]
+
+    def decide(self, count: int | None = None) -> None:
+        """The plugin allows the oldest ``count`` PUBLISHes still undecided (``None``: all,
+        also those read meanwhile); end the turn."""
+        while self.decisions and (count is None or count > 0):
+            self.decisions.pop(0).callback(True)
+            count = None if count is None else count - 1
+        self.clock.advance(0)
+
+    def test_reading_stops_past_the_limit_of_undecided_publishes(self) -> None:
+        """More PUBLISHes than DURABLE_WAIT_LIMIT in one read, the plugin answering none: the
+        broker stops reading at the first past the limit (counted in durable_holds; the rest
+        of the read waits, unhandled), reads again once half are decided, and routes every
+        message once, in order (QoS 1 ones acknowledged in order)."""
+        total = DURABLE_WAIT_LIMIT + 10
+        self.handler.connection.dataReceived(packets.publish("local/0", b"q", 1, False, 1) + qos0(1, total - 1, prefix="local"))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.broker.durable_gate.holds, 1)
+        self.decide(DURABLE_WAIT_LIMIT // 2)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.decide(1)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.decide()
+        self.assertEqual([message.topic for message in self.routed], [f"local/{n}" for n in range(total)])
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1))
+        self.assertEqual(self.broker.durable_gate.holds, 1)
+
+    def test_reading_stops_past_the_bytes_of_undecided_publishes(self) -> None:
+        """Large PUBLISHes waiting for the plugin stop reading past DURABLE_WAIT_BYTES of
+        payload, whatever their number."""
+        payload = b"x" * 1_000_000
+        count = DURABLE_WAIT_BYTES // len(payload)
+        self.handler.connection.dataReceived(qos0(1, count, payload, prefix="local"))
+        self.assertEqual(self.transport.producerState, "producing")
+        self.handler.connection.dataReceived(qos0(count + 1, 1, payload, prefix="local"))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.decide()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(self.routed), count + 1)
+
+    def test_another_client_is_read_while_one_waits_for_the_plugin(self) -> None:
+        """One client held for its PUBLISHes waiting for the plugin does not hold another."""
+        self.handler.connection.dataReceived(qos0(1, DURABLE_WAIT_LIMIT + 1, prefix="local"))
+        self.assertEqual(self.transport.producerState, "paused")
+        other, other_transport = attached(self.broker, "other", self.clock)
+        other.connection.framer.feed(packets.connect("other", 30, True))
+        other.connection.dataReceived(packets.publish("local/other", b"1", 1, False, 3))
+        self.assertEqual(other_transport.producerState, "producing")
+        self.decisions.pop().callback(True)  # (the other's; each client's PUBLISHes are asked about in turn)
+        self.clock.advance(0)
+        self.assertEqual(other_transport.value(), packets.ack(packets.PUBACK, 3))
+        self.assertEqual(self.routed[-1].topic, "local/other")
