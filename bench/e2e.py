@@ -43,16 +43,18 @@ TWISTD: list[str] = [str(BIN / "twistd")]
 PHASE_HOOKS: list["callable"] = []  # type: ignore[valid-type]
 
 
-def gateway(work: Path, port: int, cloud_port: int | None, sync: str = "sync") -> subprocess.Popen[bytes]:
+def gateway(work: Path, port: int, cloud_port: int | None, sync: str = "sync",
+            plugin: str | None = None) -> subprocess.Popen[bytes]:
     """Our gateway on ``port``; with a link to ``cloud_port`` routing telemetry/# to up/#,
-    its journal streams on the ``sync`` policy."""
+    its journal streams on the ``sync`` policy; ``plugin``: one more amqtt plugin (dotted path)."""
     config = work / "gateway.yaml"
+    # (no queue bound, as mosquitto's config below: the broker-only run, its subscriber slower
+    # than 8 publishers, measures the broker, not its drops)
     text = (f"gateway:\n  state_dir: {work / 'state'}\n  log_level: warn\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            # as mosquitto's config below: no queue bound, so the broker-only run (its subscriber
-            # slower than 8 publishers) measures the broker, not its drops
-            "  max_queued_messages: 100000000\n  max_queued_bytes: 100000000000\n"
+            + (f"    {plugin}: {{}}\n" if plugin else "")
+            + "  max_queued_messages: 100000000\n  max_queued_bytes: 100000000000\n"
             "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n")
     if cloud_port is not None:
         text += (f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud_port}'\n"

@@ -20,10 +20,12 @@ that only reaches connected subscribers waits for nothing more.
 
 A client that publishes without waiting for its acknowledgements would have the broker hold
 ever more of its PUBLISHes in memory while the disk is slow (and reading it all would make
-the reactor's turns long): while more than :data:`DURABLE_WAIT_LIMIT` of its
-acknowledgements, or more than :data:`DURABLE_WAIT_BYTES` of their payloads, wait, the
-broker stops reading from it (what it sends waits in the socket, and TCP slows it down),
-and reads again once they are down to half of both.
+the reactor's turns long): while more than :data:`DURABLE_WAIT_LIMIT` of its PUBLISHes, or
+more than :data:`DURABLE_WAIT_BYTES` of their payloads, wait, the broker stops reading from
+it (what it sends waits in the socket, and TCP slows it down), and reads again once they are
+down to half of both. Counted: acknowledgements waiting (for the disk, or behind one that
+does), QoS 0 PUBLISHes waiting for the disk (nobody waits for them, but they are in memory
+until then), and PUBLISHes waiting for the topic plugins.
 """
 
 from __future__ import annotations
@@ -43,19 +45,19 @@ from gateway.journal.errors import RecordTooLargeError
 from gateway.mqtt.packets import Packet
 from gateway.mqtt.topics import topic_for_log
 
-#: Acknowledgements of one client that may wait (for the journal, or behind one that does)
-#: before the broker stops reading from it: twice what a well-behaved client keeps in flight
+#: PUBLISHes of one client that may wait (acknowledgements and QoS 0 messages for the journal,
+#: PUBLISHes for the topic plugins) before the broker stops reading from it: twice what a well-behaved client keeps in flight
 #: (paho's ``max_inflight`` up to 1000, mosquitto_pub's 20), so it never reaches it. (16
 #: clients that never wait, on a disk taking 100 ms an fsync: 2000 made about a third fewer
 #: durable a second than without a bound, 1000 fewer still, 4000 as many with longer
 #: reactor turns; docs/benchmarks.md.)
 DURABLE_WAIT_LIMIT = 2000
-#: Payload bytes of those acknowledgements' PUBLISHes past which it stops reading too (16 MiB:
+#: Payload bytes of those PUBLISHes past which it stops reading too (16 MiB:
 #: with the default ``max_packet_size``, 16 messages of 1 MiB; half of it per fsync is more
 #: than a slow disk writes in that time, so the disk, not the pause, sets the pace).
 DURABLE_WAIT_BYTES = 16 << 20
 #: The :meth:`~gateway.broker.connection.MQTTConnection.pause_reading` key of a client whose
-#: acknowledgements wait past those bounds.
+#: PUBLISHes wait past those bounds.
 _DURABLE_WAIT = "its PUBLISHes wait to be durable"
 
 
@@ -64,11 +66,12 @@ class _Persisting:
     socket read (the fast path), or one (checked by topic plugins first).
 
     Holds what a Deferred would: whether they are durable yet, and the acknowledgements
-    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one); and the
-    QoS 2 packet ids of a persistent session to log once they are durable.
+    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one); the
+    QoS 2 packet ids of a persistent session to log once they are durable; and how many QoS 0
+    messages (and their payload bytes) the handler counts as waiting until they are.
     """
 
-    __slots__ = ("handler", "topic", "durable", "waiting", "qos2_ids")
+    __slots__ = ("handler", "topic", "durable", "waiting", "qos2_ids", "qos0", "qos0_bytes")
 
     def __init__(self, handler: "DurableAckHandler", topic: str) -> None:
         self.handler = handler
@@ -76,9 +79,13 @@ class _Persisting:
         self.durable = False
         self.waiting: list[list[Any]] = []
         self.qos2_ids: list[int] | None = None
+        self.qos0 = 0
+        self.qos0_bytes = 0
 
     def on_durable(self, _: object) -> None:
         self.durable = True
+        if self.qos0:
+            self.handler._no_longer_waiting(self.qos0, self.qos0_bytes)
         waiting, self.waiting = self.waiting, []
         if self.qos2_ids:
             # The held ids follow their messages onto disk; the acknowledgements wait for them.
@@ -93,6 +100,8 @@ class _Persisting:
 
     def on_failed(self, failure: Failure) -> None:
         self.waiting = []
+        if self.qos0:
+            self.handler._no_longer_waiting(self.qos0, self.qos0_bytes)
         self.handler._persist_failed(failure, self.topic)
 
 
@@ -106,15 +115,17 @@ class DurableAckHandler(SessionHandler):
     """
 
     log = Logger()
-    __slots__ = ("_durable", "_acks", "_acks_bytes", "_holding", "_state_mark", "_acl_tail", "_failed", "_flush_due",
-                 "_batch", "_batched", "_qos2_at_ack")
+    __slots__ = ("_durable", "_acks", "_acks_bytes", "_held", "_held_bytes", "_holding", "_state_mark", "_acl_tail",
+                 "_failed", "_flush_due", "_batch", "_batched", "_qos2_at_ack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._durable: dict[int, _Persisting] | None = None  # packet id -> persist of that PUBLISH
         self._acks: deque[list[Any]] | None = None  # [message, conditions still awaited] in arrival order
         self._acks_bytes = 0  # payload bytes of the messages in _acks
-        self._holding = False  # reading is paused: too many acknowledgements wait (DURABLE_WAIT_LIMIT)
+        self._held = 0  # PUBLISHes waiting without an acknowledgement in _acks: QoS 0 for the disk, any for the plugins
+        self._held_bytes = 0  # their payload bytes
+        self._holding = False  # reading is paused: too many PUBLISHes wait (DURABLE_WAIT_LIMIT)
         self._state_mark = 0  # the broker's state log, as the PUBLISH being routed found it
         self._acl_tail: Deferred[Any] | None = None  # the checked path's chain, in arrival order
         self._failed = False
@@ -222,6 +233,9 @@ class DurableAckHandler(SessionHandler):
             if self._durable is None:
                 self._durable = {}
             self._durable[packet_id] = persisting
+        elif fast:  # (counted by _persist; on the checked path once the plugins allowed it)
+            persisting.qos0 += 1
+            persisting.qos0_bytes += len(payload)
         if fast:
             batch = self._batch
             if batch is None:
@@ -232,6 +246,10 @@ class DurableAckHandler(SessionHandler):
             self._persist_after_check(persisting, topic, payload, qos, retain)
 
     def _persist(self, persisting: _Persisting, messages: list[LocalMessage]) -> None:
+        if persisting.qos0:  # in memory until the hook says the journal is done with them
+            self._held += persisting.qos0
+            self._held_bytes += persisting.qos0_bytes
+            self._hold_if_past_bound()
         hook = self.gate.persist_many
         try:
             waits = hook is not None and hook(messages, persisting.on_durable, persisting.on_failed)
@@ -244,10 +262,17 @@ class DurableAckHandler(SessionHandler):
     def _persist_after_check(self, persisting: _Persisting, topic: str, payload: bytes, qos: int,
                              retain: bool) -> None:
         """Ask the topic plugins, then persist; one after another so the journal keeps arrival order."""
+        def allowed(ok: bool) -> None:
+            if not ok:
+                persisting.on_durable(None)  # refused: nothing to store
+                return
+            if not qos:
+                persisting.qos0, persisting.qos0_bytes = 1, len(payload)
+            self._persist(persisting, [(topic, payload, qos, retain)])
+
         def step(_: object) -> Deferred[Any]:
             asked = self.broker.plugins.topic_allowed(self.plugin_view(), topic, Action.PUBLISH)
-            return asked.addCallback(lambda ok: self._persist(persisting, [(topic, payload, qos, retain)]) if ok
-                                     else persisting.on_durable(None)).addErrback(persisting.on_failed)
+            return asked.addCallback(allowed).addErrback(persisting.on_failed)
 
         tail = self._acl_tail if self._acl_tail is not None else succeed(None)
         self._acl_tail = tail.addCallback(step)
@@ -283,10 +308,8 @@ class DurableAckHandler(SessionHandler):
             acks = self._acks = deque()
         acks.append(entry)
         self._acks_bytes += len(message.payload)
-        if (len(acks) > DURABLE_WAIT_LIMIT or self._acks_bytes > DURABLE_WAIT_BYTES) and not self._holding:
-            self._holding = True
-            self.gate.holds += 1
-            self.connection.pause_reading(_DURABLE_WAIT)
+        if len(acks) + self._held > DURABLE_WAIT_LIMIT or self._acks_bytes + self._held_bytes > DURABLE_WAIT_BYTES:
+            self._hold_if_past_bound()  # (its test first, inline: this runs once per PUBLISH)
         if not entry[1]:
             self._flush_acks()
             return
@@ -320,16 +343,44 @@ class DurableAckHandler(SessionHandler):
             self._acks_bytes -= sum([len(message.payload) for message in ready])
             if self.live:
                 self.acknowledge_all(ready)
-            if self._holding:
-                self._resume_below_half()
+        if self._holding:
+            self._resume_below_half()
         self.answered()
 
+    def _hold_if_past_bound(self) -> None:
+        """Stop reading from the client while more than :data:`DURABLE_WAIT_LIMIT` of its
+        PUBLISHes, or :data:`DURABLE_WAIT_BYTES` of their payloads, wait (see the module docstring)."""
+        if (len(self._acks or ()) + self._held > DURABLE_WAIT_LIMIT
+                or self._acks_bytes + self._held_bytes > DURABLE_WAIT_BYTES) and not self._holding:
+            self._holding = True
+            self.gate.holds += 1
+            self.connection.pause_reading(_DURABLE_WAIT)
+
     def _resume_below_half(self) -> None:
-        """Read from the client again once its waiting acknowledgements are down to half of
-        both bounds (not at once below them: the reads would stop and start by the message)."""
-        if len(self._acks or ()) <= DURABLE_WAIT_LIMIT // 2 and self._acks_bytes <= DURABLE_WAIT_BYTES // 2:
+        """Read from the client again once its waiting PUBLISHes are down to half of both
+        bounds (not at once below them: the reads would stop and start by the message)."""
+        if len(self._acks or ()) + self._held <= DURABLE_WAIT_LIMIT // 2 and \
+                self._acks_bytes + self._held_bytes <= DURABLE_WAIT_BYTES // 2:
             self._holding = False
             self.connection.resume_reading(_DURABLE_WAIT)
+
+    def _no_longer_waiting(self, count: int, size: int) -> None:
+        """``count`` PUBLISHes of ``size`` payload bytes counted in :attr:`_held` wait no more;
+        reading starts again at the end of the turn if that takes them down to half the bounds."""
+        self._held -= count
+        self._held_bytes -= size
+        if self._holding:
+            self._flush_soon()
+
+    def undecided(self, message: Incoming) -> None:
+        """``message`` waits for the topic plugins: counted until :meth:`decided`."""
+        self._held += 1
+        self._held_bytes += len(message.payload)
+        self._hold_if_past_bound()
+
+    def decided(self, message: Incoming) -> None:
+        """The topic plugins decided ``message``: no longer counted as waiting for them."""
+        self._no_longer_waiting(1, len(message.payload))
 
     def answers_owed(self) -> bool:
         """Whether an acknowledgement is still to be written: one waiting for the journal or

@@ -18,9 +18,11 @@ from twisted.python.failure import Failure
 LocalMessage = tuple[str, bytes, int, bool]
 
 #: ``(messages, on_durable, on_failed) -> bool``: start appending local publishes, in order,
-#: to the journal; ``False`` when there is nothing to wait for (all QoS 0, or routed
-#: nowhere), else exactly one of the two callbacks is called once, for all of them (perhaps
-#: before it returns).
+#: to the journal; ``False`` when nothing is appended (routed nowhere), else exactly one of
+#: the two callbacks is called once, for all of them (perhaps before it returns). Messages
+#: all of QoS 0 are waited for by nobody, but the broker counts them while they are in memory:
+#: ``on_durable`` is called for them once the journal is done with them, durable or refused
+#: (the hook logs a refusal; ``on_failed`` is for a batch with a QoS 1/2 message).
 PersistHook = Callable[[Sequence[LocalMessage], Callable[[object], object], Callable[[Failure], object]], bool]
 
 
@@ -36,8 +38,8 @@ class DurableGate:
     :ivar wants: whether a topic is persisted at all.
     :ivar failures: persist failures so far (each closed a connection unacknowledged).
     :ivar holds: times the broker stopped reading from a client because too many of its
-        acknowledgements waited for their PUBLISHes to be durable
-        (:data:`~gateway.broker.durable_ack.DURABLE_WAIT_LIMIT`).
+        PUBLISHes waited: acknowledgements and QoS 0 messages for the disk, PUBLISHes for
+        the topic plugins (:data:`~gateway.broker.durable_ack.DURABLE_WAIT_LIMIT`).
     """
 
     def __init__(self) -> None:
@@ -57,7 +59,7 @@ class DurableGate:
         if hook is None or not self.wants(topic):
             return None
         d: Deferred[Any] = Deferred()
-        return d if hook([(topic, payload, qos, retain)], d.callback, d.errback) else None
+        return d if hook([(topic, payload, qos, retain)], d.callback, d.errback) and qos else None
 
 
 def _nothing(topic: str) -> bool:

@@ -212,6 +212,13 @@ class SessionHandler:
         """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""
         self._write(_ack_for(message))
 
+    def undecided(self, message: Incoming) -> None:
+        """``message`` waits for the topic plugins, in :attr:`inbound` (nothing to do here: see
+        :meth:`gateway.broker.durable_ack.DurableAckHandler.undecided`)."""
+
+    def decided(self, message: Incoming) -> None:
+        """The topic plugins decided ``message``, which left :attr:`inbound` (nothing to do here)."""
+
     def when_answered(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once every acknowledgement owed for the packets handed over so far
         is written (at once when none is owed; never if the connection ends first): the

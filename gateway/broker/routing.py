@@ -79,6 +79,12 @@ class LiveClient(Protocol):
     def answered(self) -> None:
         """Its PUBLISHes waiting for the topic plugins are all handled."""
 
+    def undecided(self, message: Incoming) -> None:
+        """``message`` waits for the topic plugins (it joined ``inbound``)."""
+
+    def decided(self, message: Incoming) -> None:
+        """The topic plugins decided ``message`` (it left ``inbound``)."""
+
     def deliver(self, topic: str, payload: bytes, qos: int, retain: bool,
                 template: PublishTemplate | None = None) -> None:
         """Send (or queue) one message to the client (``template``: the message encoded once for all)."""
@@ -318,6 +324,7 @@ class Router(Generic[Client]):
         if handler.inbound is None:
             handler.inbound = deque()
         handler.inbound.append(message)
+        handler.undecided(message)
         if len(handler.inbound) == 1:
             self._next_inbound(handler)
 
@@ -341,6 +348,7 @@ class Router(Generic[Client]):
 
         def done(_: object) -> None:
             inbound.popleft()
+            handler.decided(message)
             if message.qos and handler.live:
                 handler.acknowledge(message)
             self._next_inbound(handler)

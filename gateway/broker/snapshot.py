@@ -103,8 +103,9 @@ class BrokerSnapshot:
         ``max_subscriptions``.
     :param capped_clients: the known sessions with the most ``subscriptions_refused``, most first (20 at most).
     :param durable_holds: times the broker stopped reading from a client because more than
-        2,000 of its acknowledgements (or 16 MiB of their payloads) waited for their PUBLISHes
-        to be durable (a publisher that does not wait, on a slow disk).
+        2,000 of its PUBLISHes (or 16 MiB of their payloads) waited: acknowledgements and
+        QoS 0 messages for the disk, PUBLISHes for the topic plugins (a publisher that does
+        not wait, on a slow disk or behind a slow plugin).
     :param checkpoint_failing: while saves of the checkpoint fail (a full or read-only disk:
         its changes stay in the state log, which is not compacted meanwhile), reason
         ``checkpoint-not-saved``, the last error, since when and how many failed; else ``None``.

@@ -267,7 +267,8 @@ class LinksService(Service):
             QoS 0 (appended without waiting) and for unrouted topics.
         """
         d: Deferred[Any] = Deferred()
-        return d if self.persist_many([(topic, payload, qos, retain)], d.callback, d.errback, timestamp) else None
+        return d if self.persist_many([(topic, payload, qos, retain)], d.callback, d.errback, timestamp) and qos \
+            else None
 
     def persist_many(self, messages: Sequence[LocalMessage], on_durable: Callable[[object], object],
                      on_failed: Callable[[Failure], object], timestamp: float | None = None) -> bool:
@@ -280,12 +281,15 @@ class LinksService(Service):
         completion is one call, not one per message.
 
         :param messages: ``(topic, payload, qos, retain)`` each, in arrival order.
-        :param on_durable: called once every append is durable, when one of the messages
-            is QoS 1/2.
-        :param on_failed: called with the first failure instead (likewise).
+        :param on_durable: called once every append is durable. For QoS 0 messages only,
+            also once the journal refused them (a refusal is logged here, as
+            :meth:`_qos0_not_journaled` says; nobody waits for a QoS 0 message, but the broker
+            counts those of a client still in memory: docs/broker.md, A publisher that does not wait).
+        :param on_failed: called with the first failure instead, when one of the messages is
+            QoS 1/2.
         :param timestamp: as for :meth:`persist`.
-        :return: ``True`` when one of the two will be called; ``False`` when every message
-            is QoS 0 (appended without waiting, failures logged) or routed to no link.
+        :return: ``True`` when one of the two will be called; ``False`` when the messages are
+            routed to no link (or, after the stop, are QoS 0 only: logged).
 
         Once the service has stopped (a shutdown, or a configuration change restarting the
         services: the broker's connections and the ingest's requests still in progress may
@@ -313,17 +317,11 @@ class LinksService(Service):
                 waits = waits or qos > 0
         if not per_link:
             return False
-        if not waits:
-            first_topic = messages[0][0]
-            for name, records in per_link.items():
-                links[name].stream.append_many(records, self._offer_if_behind(links[name], records, _ignore),
-                                               lambda f, t=first_topic, n=len(records): self._qos0_not_journaled(
-                                                   t, f.getErrorMessage(), n))
-            return False
         if len(per_link) == 1:
             name, records = next(iter(per_link.items()))
             links[name].stream.append_many(records, self._offer_if_behind(links[name], records, on_durable),
-                                           on_failed)
+                                           on_failed if waits else self._qos0_refused(messages[0][0], records,
+                                                                                      on_durable))
             return True
         waiting = [len(per_link)]
 
@@ -339,8 +337,19 @@ class LinksService(Service):
 
         for name, records in per_link.items():
             links[name].stream.append_many(records, self._offer_if_behind(links[name], records, one_durable),
-                                           one_failed)
+                                           one_failed if waits else self._qos0_refused(messages[0][0], records,
+                                                                                       one_durable))
         return True
+
+    def _qos0_refused(self, topic: str, records: list[Record], then: Callable[[object], object]
+                      ) -> Callable[[Failure], None]:
+        """What a stream's refusal of a batch of QoS 0 ``records`` (the first on ``topic``)
+        does: :meth:`_qos0_not_journaled`, then ``then(None)``: they no longer wait."""
+        def refused(failure: Failure) -> None:
+            self._qos0_not_journaled(topic, failure.getErrorMessage(), len(records))
+            then(None)
+
+        return refused
 
     def _qos0_not_journaled(self, topic: str, error: str, messages: int) -> None:
         """Warn that ``messages`` routed QoS 0 messages (the first on ``topic``) were not
@@ -460,7 +469,3 @@ class LinksService(Service):
         """Per link: connected, sent, acknowledged, pending in memory."""
         return {name: {"connected": link.is_connected, "sent": link.forwarder.sent, "acked": link.forwarder.acked,
                        "pending": link.forwarder.pending} for name, link in self.links.items()}
-
-
-def _ignore(_: object) -> None:
-    """A QoS 0 append's result: nobody waits for it."""

@@ -126,7 +126,7 @@ class GatewayCollector(Collector):
                 ("gateway_broker_persist_failures_total",
                  "Journal appends that failed (connection closed unacknowledged)", b.persist_failures),
                 ("gateway_broker_durable_holds_total",
-                 "Times reading from a client stopped: too many of its PUBLISHes waited to be durable",
+                 "Times reading from a client stopped: too many of its PUBLISHes waited (the disk, topic plugins)",
                  b.durable_holds),
                 ("gateway_broker_topics_too_deep_total",
                  "Connections closed for a PUBLISH or will topic over max_topic_levels", b.topics_too_deep),

@@ -286,18 +286,48 @@ class RefusedQoS0Tests(SynchronousTestCase):
         def lines() -> list[str]:
             return [formatEvent(e) for e in events if "not journaled" in e.get("log_format", "")]
 
+        done: list[object] = []
+
         def unseen(_: object) -> None:
-            self.fail("a QoS 0 message waits for nothing")
+            self.fail("a refused QoS 0 message is logged here, not the caller's to handle")
 
         for n in range(1000):
-            self.assertFalse(links.persist_many([(f"telemetry/{n}", b"x", 0, False)], unseen, unseen))
+            self.assertTrue(links.persist_many([(f"telemetry/{n}", b"x", 0, False)], done.append, unseen))
+        self.assertEqual(len(done), 1000)  # (no longer waiting: the broker stops counting them)
         self.assertEqual(lines(), ["QoS 0 messages on telemetry/0 not journaled: journal stream 'link-cloud' is full "
                                    "(min-free-disk); append rejected (refused since the last such line: 1)"])
         clock.advance(QOS0_REFUSED_LOG_INTERVAL)
-        links.persist_many([("telemetry/a", b"x", 0, False), ("telemetry/b", b"x", 0, False)], unseen, unseen)
+        links.persist_many([("telemetry/a", b"x", 0, False), ("telemetry/b", b"x", 0, False)], done.append, unseen)
         self.assertEqual(lines()[1:], ["QoS 0 messages on telemetry/a not journaled: journal stream 'link-cloud' is "
                                        "full (min-free-disk); append rejected (refused since the last such line: "
                                        "1001)"])
+
+
+class QoS0DurableTests(SynchronousTestCase):
+    """docs/broker.md (A publisher that does not wait): nobody waits for a QoS 0 message, but
+    the broker counts a client's QoS 0 messages waiting for the disk, so the links' hook says
+    when the journal is done with them, on every stream they go to."""
+
+    def test_a_qos0_batch_is_reported_once_durable_on_every_link(self) -> None:
+        """QoS 0 messages routed to two links: ``on_durable`` once both appends are durable,
+        not before; a topic no link routes is not appended (``False``)."""
+        journal = MemoryJournal()
+        links = LinksService(LinksSettings(links={"a": LinkSettings(loss_topic=None), "b": LinkSettings(loss_topic=None)}),
+                             Clock(), RecordingBus(), journal)
+        links.startService()
+        self.addCleanup(links.stopService)
+        for name in ("link-a", "link-b"):
+            journal.stream(name).hold = True
+        done: list[object] = []
+        self.assertTrue(links.persist_many([("telemetry/t", b"1", 0, False), ("telemetry/u", b"2", 0, False)],
+                                           done.append, lambda failure: self.fail(failure)))
+        journal.stream("link-a").release()
+        self.assertEqual(done, [])
+        journal.stream("link-b").release()
+        self.assertEqual(done, [None])
+        self.assertFalse(links.persist_many([("local/x", b"3", 0, False)], done.append, done.append))
+        self.assertIsNone(links.persist("telemetry/v", b"4", 0, False))  # (a single QoS 0 message: nothing to wait for)
+
 
 
 def accepted_silently(factory: Any) -> Any:
