@@ -304,6 +304,19 @@ class ExitTests(SynchronousTestCase):
             reactor.advance(1)
         self.assertEqual(gaps, [1, 2, 4, 8])
 
+    def test_a_crash_loop_of_days_is_still_restarted(self) -> None:
+        """The restart delay doubled without bound before it was capped: after 1025 quick
+        exits in a row (17 hours of a crash loop at a 60 s cap), 2 ** 1024 no longer made a
+        float, the exit's handling raised OverflowError and the program was never restarted
+        again. It is restarted every ``backoff_max`` seconds for as long as the loop lasts."""
+        process, reactor, _ = self.running(autorestart="true")
+        for _ in range(1100):
+            reactor.last.exit(1)
+            self.assertIs(process.state, S.EXITED)
+            reactor.advance(8)  # the delay, at its cap
+            reactor.advance(1)
+            self.assertIs(process.state, S.RUNNING)
+
     def test_steps_of_the_wall_clock_move_neither_uptime_nor_backoff(self) -> None:
         """NTP steps the clock of a gateway booted at 1970 forward by 56 years while a program
         runs: its uptime is the time it ran (it was 56 years), and a crash 3 s after the start
