@@ -165,7 +165,10 @@ _RWF_DSYNC: int | None = getattr(os, "RWF_DSYNC", None)
 
 
 class OSFiles:
-    """:class:`FileLayer` on the real filesystem; keeps one descriptor per file.
+    """:class:`FileLayer` on the real filesystem; keeps the descriptor of the file it appended
+    to last in each directory (a journal stream's tail segment) open, and no other: a segment
+    a stream has sealed is read through a descriptor of its own, closed after the read, so a
+    backlog of thousands of segments holds no descriptor each.
 
     :param mode: the permissions of the files it creates, narrowed by the process's umask as
         for any file it creates (the .deb's unit sets ``UMask=0027``): ``0o600`` for secrets.
@@ -180,6 +183,7 @@ class OSFiles:
 
     def __init__(self, mode: int = 0o640) -> None:
         self._fds: dict[str, int] = {}
+        self._kept: dict[str, str] = {}  # directory -> the file whose descriptor _fd keeps there
         self._dsync = _RWF_DSYNC
         self._mode = mode
 
@@ -188,6 +192,11 @@ class OSFiles:
         if fd is None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self._mode)
             self._fds[path] = fd
+            directory = os.path.dirname(path)
+            before = self._kept.get(directory)
+            self._kept[directory] = path
+            if before is not None and before != path:
+                self.close(before)
         return fd
 
     def makedirs(self, path: str) -> None:
@@ -299,6 +308,9 @@ class OSFiles:
     def close(self, path: str) -> None:
         """See :class:`FileLayer`."""
         fd = self._fds.pop(path, None)
+        directory = os.path.dirname(path)
+        if self._kept.get(directory) == path:
+            del self._kept[directory]
         if fd is not None:
             os.close(fd)
 
