@@ -13,12 +13,16 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from gateway.stateaccess import is_permission_error, refusal
 
 #: Bytes :func:`write_atomic` gathers into one write.
 WRITE_SIZE = 1 << 20
+
+#: Free inodes below which a filesystem takes no new file for the gateway: :meth:`OSFiles.free_bytes`
+#: says 0 bytes then (journal segments, cursors' and ledgers' temp files each need one).
+MIN_FREE_INODES = 64
 
 
 class FileLayer(Protocol):
@@ -67,7 +71,8 @@ class FileLayer(Protocol):
         """Make the entries of directory ``path`` durable."""
 
     def free_bytes(self, path: str) -> int:
-        """Bytes an unprivileged writer can still use on ``path``'s filesystem."""
+        """Bytes an unprivileged writer can still use on ``path``'s filesystem (0 when it can
+        create no more files there: out of inodes)."""
 
     def close(self, path: str) -> None:
         """Drop any handle kept open on ``path``."""
@@ -165,10 +170,14 @@ _RWF_DSYNC: int | None = getattr(os, "RWF_DSYNC", None)
 
 
 class OSFiles:
-    """:class:`FileLayer` on the real filesystem; keeps one descriptor per file.
+    """:class:`FileLayer` on the real filesystem; keeps the descriptor of the file it appended
+    to last in each directory (a journal stream's tail segment) open, and no other: a segment
+    a stream has sealed is read through a descriptor of its own, closed after the read, so a
+    backlog of thousands of segments holds no descriptor each.
 
     :param mode: the permissions of the files it creates, narrowed by the process's umask as
         for any file it creates (the .deb's unit sets ``UMask=0027``): ``0o600`` for secrets.
+    :param statvfs: ``os.statvfs`` (tests pass a stand-in), for :meth:`free_bytes`.
 
     :meth:`append_sync` writes with ``pwritev(RWF_DSYNC)``: one system call instead of
     ``write`` and ``fsync``. That matters beyond the saved call: the journal's I/O
@@ -178,8 +187,10 @@ class OSFiles:
     calls, and remembers.
     """
 
-    def __init__(self, mode: int = 0o640) -> None:
+    def __init__(self, mode: int = 0o640, statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> None:
+        self._statvfs = statvfs
         self._fds: dict[str, int] = {}
+        self._kept: dict[str, str] = {}  # directory -> the file whose descriptor _fd keeps there
         self._dsync = _RWF_DSYNC
         self._mode = mode
 
@@ -188,6 +199,11 @@ class OSFiles:
         if fd is None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self._mode)
             self._fds[path] = fd
+            directory = os.path.dirname(path)
+            before = self._kept.get(directory)
+            self._kept[directory] = path
+            if before is not None and before != path:
+                self.close(before)
         return fd
 
     def makedirs(self, path: str) -> None:
@@ -292,13 +308,20 @@ class OSFiles:
             os.close(fd)
 
     def free_bytes(self, path: str) -> int:
-        """See :class:`FileLayer`."""
-        st = os.statvfs(path)
+        """See :class:`FileLayer`: 0 while fewer than :data:`MIN_FREE_INODES` inodes are free
+        (a small flash filesystem full of small files), whatever the bytes; a filesystem that
+        does not count inodes (``f_files`` 0) is never out of them."""
+        st = self._statvfs(path)
+        if 0 < st.f_files and st.f_favail < MIN_FREE_INODES:
+            return 0
         return st.f_bavail * st.f_frsize
 
     def close(self, path: str) -> None:
         """See :class:`FileLayer`."""
         fd = self._fds.pop(path, None)
+        directory = os.path.dirname(path)
+        if self._kept.get(directory) == path:
+            del self._kept[directory]
         if fd is not None:
             os.close(fd)
 

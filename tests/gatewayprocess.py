@@ -47,12 +47,15 @@ class GatewayProcess(protocol.ProcessProtocol):
 
 
 def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started",
-                  env: dict[str, str] | None = None, uid: int | None = None) -> GatewayProcess:
+                  env: dict[str, str] | None = None, uid: int | None = None,
+                  open_files: int | None = None) -> GatewayProcess:
     """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup.
 
     :param env: its environment (default: this process's).
     :param uid: the user (and the group of that number) it runs as, through ``setpriv`` (see
         :func:`runs_as`); default: this process's.
+    :param open_files: its limit of open file descriptors (``prlimit --nofile``, as systemd's
+        ``LimitNOFILE``); default: this process's.
     """
     proc = GatewayProcess(ready_line)
     before, own = accounting_tables(), own_accounting_tables(args)
@@ -61,7 +64,8 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
     test.addCleanup(lambda: remove_accounting_leftovers((accounting_tables() - before) & own))
     # Through this interpreter: a venv's twistd script may name another one in its shebang
     # (the .deb's build venv lives elsewhere than where it is installed).
-    command = [*as_user(uid), sys.executable, TWISTD, *args]
+    limit = [] if open_files is None else [shutil.which("prlimit") or "prlimit", f"--nofile={open_files}:{open_files}"]
+    command = [*as_user(uid), *limit, sys.executable, TWISTD, *args]
     transport = reactor.spawnProcess(proc, command[0], command, env=os.environ.copy() if env is None else env)
     # Cleanups run last-in first-out: kill a process still running, then wait for its end.
     test.addCleanup(lambda: proc.ended)

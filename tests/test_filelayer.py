@@ -6,11 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.filelayer import OSFiles, set_aside, write_atomic
+from gateway.filelayer import MIN_FREE_INODES, OSFiles, set_aside, write_atomic
 from tests.journal.powercut import PowerCutFiles
 
 
@@ -142,3 +142,20 @@ class SetAsideTests(SynchronousTestCase):
         self.assertRaises(OSError, files.read, path, 0, 100)
         self.assertEqual(set_aside(files, path), f"moved to {path}.damaged")
         self.assertTrue(stat.S_ISFIFO(os.lstat(path + ".damaged").st_mode))
+
+
+class FreeBytesTests(SynchronousTestCase):
+    """:meth:`OSFiles.free_bytes` counts a filesystem out of inodes as full."""
+
+    def test_out_of_inodes_is_no_room(self) -> None:
+        """A filesystem with bytes to spare but fewer than MIN_FREE_INODES inodes takes no new
+        file (a journal segment, a cursor's temp file): it has 0 bytes free for the journal's
+        limits, as a full disk has (it said the bytes, and drop-oldest never made room). One
+        that does not count inodes (``f_files`` 0: btrfs) is never out of them."""
+        def statvfs(favail: int, files: int) -> Callable[[str], os.statvfs_result]:
+            return lambda path: os.statvfs_result((4096, 4096, 1000, 900, 800, files, favail, favail, 0, 255))
+
+        self.assertEqual(OSFiles(statvfs=statvfs(MIN_FREE_INODES, 200)).free_bytes("/j"), 800 * 4096)
+        self.assertEqual(OSFiles(statvfs=statvfs(MIN_FREE_INODES - 1, 200)).free_bytes("/j"), 0)
+        self.assertEqual(OSFiles(statvfs=statvfs(0, 0)).free_bytes("/j"), 800 * 4096)
+        self.assertGreater(OSFiles().free_bytes(os.getcwd()), 0)

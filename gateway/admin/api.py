@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Collection
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
 
 from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too_large, unavailable
 from gateway.admin.history import DepthHistory
@@ -27,6 +28,8 @@ from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import render_page
 from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
+
+log = Logger()
 
 #: What an uploaded package may be called: a GWE tarball name, no directories.
 PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.(?:tar\.gz|tgz)\Z")
@@ -258,15 +261,25 @@ class AdminApi:
 
         def place() -> Path:
             self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            target = Path(tempfile.mkdtemp(dir=self.spool_dir, prefix=".install-")) / filename
-            if source is not None:
-                os.link(source, target)  # the spooled body itself: no copy
-            else:
-                content.seek(0)
-                target.write_bytes(content.read())
+            directory = Path(tempfile.mkdtemp(dir=self.spool_dir, prefix=".install-"))
+            target = directory / filename
+            try:
+                if source is not None:
+                    os.link(source, target)  # the spooled body itself: no copy
+                else:
+                    content.seek(0)
+                    target.write_bytes(content.read())
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
             return target
 
-        target = yield self.blocking(place)
+        try:
+            target = yield self.blocking(place)
+        except OSError as error:  # (a full disk, or one out of inodes: the gateway's, not the client's)
+            log.error("admin API: could not store the package {filename} to install it: {error}",
+                      filename=filename, error=error)
+            raise ApiError(500, f"could not store the package: {error}") from None
         try:
             result = yield apps.install(target)
         finally:

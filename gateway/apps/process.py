@@ -22,9 +22,17 @@ from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.restarts import CrashLoopLog, RestartSchedule
 from gateway.clockstep import steady_seconds
+from gateway.logthrottle import LogThrottle
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
+
+#: What a spawn fails with when the gateway, not the program, is short of something: file
+#: descriptors (its own, or the system's), processes, memory. No failed start of the program.
+SPAWN_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+#: Seconds between two log lines about a program that cannot be spawned for such a shortage.
+SHORTAGE_LOG_INTERVAL = 60.0
 
 
 def exit_status(reason: Failure) -> int:
@@ -224,6 +232,8 @@ class ProgramProcess:
         # (a crash loop restarts it every backoff_max seconds, for ever: two lines each time)
         self._exit_lines = CrashLoopLog(self._schedule, lambda: steady_seconds(clock))
         self._quiet = False  # its last end on its own was held back, and so is its restart's line
+        self._shortages = 0  # spawns in a row that failed for one of SPAWN_SHORTAGES
+        self._shortage_lines = LogThrottle(SHORTAGE_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._on_change = on_change
         self._protocol: _ProgramProtocol | None = None
         self._started_at = 0.0
@@ -262,6 +272,7 @@ class ProgramProcess:
         self._schedule.reset()
         self._exit_lines.reset()
         self._quiet = False
+        self._shortages = 0
         self._spawn()
 
     def stop(self) -> Deferred[None]:
@@ -351,11 +362,17 @@ class ProgramProcess:
             transport = self._launcher.spawn(protocol, self.spec)
         except (OSError, KeyError) as exc:
             why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # (str() quotes it)
-            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=why)
             self._protocol = None
             self._open_pipes.discard(protocol)
+            if isinstance(exc, OSError) and exc.errno in SPAWN_SHORTAGES:
+                self._spawn_short(why)
+                return
+            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=why)
             self._start_failed(f"cannot spawn: {why}")
             return
+        if self._shortages:
+            self._shortages = 0
+            self._shortage_lines.reset()
         if self._protocol is not protocol:
             # Twisted reaps a child that is already gone inside spawnProcess, so its
             # exit has been handled before we get here.
@@ -424,6 +441,20 @@ class ProgramProcess:
             return
         self._set_state(ProgramState.BACKOFF)
         self._schedule.restart_later(delay, self._spawn)
+
+    def _spawn_short(self, why: str) -> None:
+        # The gateway out of descriptors says nothing of the program: it backs off until the
+        # shortage passes, however long, and goes on as if the failed spawns never happened.
+        self._shortages += 1
+        count = self._shortage_lines.note()
+        if count is not None:
+            since = "" if count == 1 else f"; {count} failed spawns since the last such line"
+            log.error("apps: cannot spawn {name}: {error} (the gateway's own shortage: tried again until it passes,"
+                      " every {most:g} s at most; logged at most once a minute{since})", name=self.spec.name,
+                      error=why, most=self._schedule.maximum, since=since)
+        self.error = f"cannot spawn: {why} (the gateway's own shortage: tried again until it passes)"
+        self._set_state(ProgramState.BACKOFF)
+        self._schedule.restart_later(self._schedule.delay(self._shortages), self._spawn)
 
     def _should_restart(self, status: int) -> bool:
         policy = self.spec.settings.autorestart

@@ -40,7 +40,8 @@ class RestartSchedule:
 
     def delay(self, attempt: int) -> float:
         """The delay before restart number ``attempt`` (1, 2, ...)."""
-        return float(min(self.initial * 2 ** (attempt - 1), self.maximum))
+        # (the exponent stops where a float still holds the power: a crash loop counts on for days)
+        return min(self.initial * 2.0 ** min(attempt - 1, 1023), self.maximum)
 
     def start_failed(self) -> float:
         """Count a failed start; the delay before the next try."""

@@ -183,6 +183,13 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         # setProtocolOptions refuses unless told (its allowNullOrigin defaults to False).
         self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, allowNullOrigin=True)
 
+    def buildProtocol(self, addr: Any) -> Any:
+        """A new connection, or ``None`` (Twisted closes it) while the gateway keeps its last
+        file descriptors (:meth:`MQTTListenerFactory.keeps_descriptors`)."""
+        if self.mqtt.keeps_descriptors(addr):
+            return None
+        return super().buildProtocol(addr)
+
     @property
     def connections(self) -> set[MQTTConnection]:
         """The MQTT connections of this listener."""

@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
@@ -34,6 +37,7 @@ from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
 from tests.journal.helpers import refusing_journal
+from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 
 TOKEN = b"t0ken-t0ken-t0ken-t0ken"
@@ -481,6 +485,34 @@ class AppRouteTests(SynchronousTestCase):
         self.assertIn("No space left on device", r.json()["error"])
         self.assertEqual(h.apps.calls, [])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1, "logged once")
+
+    def test_a_spool_out_of_inodes_is_500_with_the_reason(self) -> None:
+        """The body is stored, but the spool cannot take the package's directory (a
+        filesystem out of inodes: ENOSPC, bytes to spare): 500 ``could not store the package:
+        ...`` naming the path, one error line in the log and no traceback (it was ``internal
+        error: ...`` and a critical traceback); nothing installed. A link that fails after the
+        directory was made leaves no directory behind."""
+        from gateway.admin import api as api_module
+
+        def no_inode(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device", "/state/admin/spool/.install-x")
+        h = Harness(self)
+        self.patch(api_module.tempfile, "mkdtemp", no_inode)
+        events = capture_log_events(self)
+        r = h.call("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"x" * 1000)
+        self.assertEqual((r.status, r.json()), (500, {"error": "could not store the package: [Errno 28] No space"
+                                                               " left on device: '/state/admin/spool/.install-x'"}))
+        self.assertEqual(h.apps.calls, [])
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertEqual([formatEvent(e) for e in events if "could not store" in formatEvent(e)],
+                         ["admin API: could not store the package hello.v1.3.tar.gz to install it: [Errno 28] No"
+                          " space left on device: '/state/admin/spool/.install-x'"])
+        self.patch(api_module.tempfile, "mkdtemp", tempfile.mkdtemp)
+        self.patch(api_module.os, "link", no_inode)
+        self.patch(api_module.Path, "write_bytes", no_inode)
+        r = h.call("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"x" * 1000)
+        self.assertEqual(r.status, 500)
+        self.assertEqual(os.listdir(h.work / "admin" / "spool"), [])
 
     def test_upload_to_a_spool_that_cannot_be_written_is_500(self) -> None:
         """A spool file the disk refuses to create (read-only, say) is answered 500 with the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -144,6 +145,44 @@ class StartTests(SynchronousTestCase):
         self.assertIs(process.state, S.BACKOFF)
         reactor.advance(1)
         self.assertIs(process.state, S.FATAL)
+
+    def test_gateway_out_of_descriptors_never_makes_it_fatal(self) -> None:
+        """A spawn that fails for the gateway's own shortage (EMFILE: it is out of file
+        descriptors; ENFILE, EAGAIN, ENOMEM) is no failed start of the program: it backs off
+        (doubling up to ``backoff_max``) for as long as the shortage lasts, never FATAL, with
+        one log line for the first failure and then at most one a minute, and starts by itself
+        once the spawn works again, those spawns not counted against ``startretries``."""
+        events = capture_log_events(self)
+        process, reactor, states = make(startretries=1, startsecs=1)
+        reactor.spawn_error = OSError(errno.EMFILE, "Too many open files")
+        process.start()
+        self.assertEqual((process.state, process.status().error),
+                         (S.BACKOFF, "cannot spawn: [Errno 24] Too many open files (the gateway's own shortage:"
+                                     " tried again until it passes)"))
+        delays = []
+        for _ in range(90):  # ten minutes and more out of descriptors
+            before, tries = reactor.seconds(), states.count(S.STARTING)
+            while states.count(S.STARTING) == tries:
+                reactor.advance(0.5)
+            delays.append(reactor.seconds() - before)
+            self.assertIs(process.state, S.BACKOFF)
+        self.assertEqual(delays[:5], [1.0, 2.0, 4.0, 8.0, 8.0])
+        lines = [formatEvent(e) for e in events if "cannot spawn" in formatEvent(e)]
+        self.assertLessEqual(len(lines), 1 + reactor.seconds() // 60 + 1, lines)
+        self.assertEqual(lines[0], "apps: cannot spawn app: [Errno 24] Too many open files (the gateway's own shortage:"
+                                   " tried again until it passes, every 8 s at most; logged at most once a minute)")
+        self.assertIn("failed spawns since the last such line)", lines[1])
+        self.assertNotIn(S.FATAL, states)
+        reactor.spawn_error = None
+        reactor.advance(8)
+        self.assertEqual((process.state, process.status().error), (S.STARTING, "cannot spawn: [Errno 24] Too many"
+                                                                               " open files (the gateway's own shortage:"
+                                                                               " tried again until it passes)"))
+        reactor.last.exit(1)  # its own failed start after that: the first of startretries=1
+        self.assertIs(process.state, S.BACKOFF)
+        reactor.advance(1)
+        reactor.advance(1)
+        self.assertEqual((process.state, process.status().error), (S.RUNNING, ""))
 
 
 class ErrorTests(SynchronousTestCase):
@@ -303,6 +342,19 @@ class ExitTests(SynchronousTestCase):
             gaps.append(reactor.seconds() - before)
             reactor.advance(1)
         self.assertEqual(gaps, [1, 2, 4, 8])
+
+    def test_a_crash_loop_of_days_is_still_restarted(self) -> None:
+        """The restart delay doubled without bound before it was capped: after 1025 quick
+        exits in a row (17 hours of a crash loop at a 60 s cap), 2 ** 1024 no longer made a
+        float, the exit's handling raised OverflowError and the program was never restarted
+        again. It is restarted every ``backoff_max`` seconds for as long as the loop lasts."""
+        process, reactor, _ = self.running(autorestart="true")
+        for _ in range(1100):
+            reactor.last.exit(1)
+            self.assertIs(process.state, S.EXITED)
+            reactor.advance(8)  # the delay, at its cap
+            reactor.advance(1)
+            self.assertIs(process.state, S.RUNNING)
 
     def test_steps_of_the_wall_clock_move_neither_uptime_nor_backoff(self) -> None:
         """NTP steps the clock of a gateway booted at 1970 forward by 56 years while a program

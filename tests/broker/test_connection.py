@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -13,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.broker.connection import (FULL_LISTENER_WAITING, UNREAD_LIMIT, VIOLATION_LOG_INTERVAL, MQTTConnection,
                                        MQTTListenerFactory)
 from gateway.clockstep import CLOCK_SET_SINCE
+from gateway.fdreserve import DescriptorReserve
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
@@ -717,6 +719,39 @@ class MaxConnectionsTests(SynchronousTestCase):
             connection.makeConnection(StringTransport())
         self.assertEqual((len(factory.serving), factory.waiting, factory.refused_full),
                          (FULL_LISTENER_WAITING + 2, set(), 0))
+
+
+class DescriptorReserveTests(SynchronousTestCase):
+    """A listener closes new connections on accept while the gateway keeps its last file
+    descriptors for its own work (gateway.fdreserve): a flood of clients at the process's
+    limit left the journal none to open its next segment with, and no QoS 1 message was
+    acknowledged until clients left."""
+
+    def test_closed_on_accept_while_the_reserve_is_reached(self) -> None:
+        """While the lowest free descriptor is in the reserve, each new connection is closed on
+        accept (``buildProtocol`` returns None): logged at the first, then once a minute with
+        the count; connections are taken again once descriptors are free, and those served
+        go on all along."""
+        lowest = [20]
+        clock = SteppingClock()
+        factory = MQTTListenerFactory("default", RecordingAcceptor(), clock, 1 << 20, 5.0,
+                                      reserve=DescriptorReserve(lambda: 128, lambda: lowest[0]))
+        served = factory.buildProtocol(None)
+        self.assertIsNotNone(served)
+        lowest[0] = 112
+        with capturedLogs() as logs:
+            for _ in range(50):
+                self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40410)))
+                clock.advance(2)
+        self.assertEqual(factory.refused_reserve, 50)
+        lines = [formatEvent(e) for e in logs]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertEqual(lines[0], "listener default: closing 127.0.0.1:40410: the gateway has fewer than 16 of its 128 file"
+                                   " descriptors free (its limit, LimitNOFILE), kept for its journal, links and hosted"
+                                   " programs (1 closed so far; logged at most once a minute)")
+        self.assertIn("(31 closed so far;", lines[1])
+        lowest[0] = 111
+        self.assertIsNotNone(factory.buildProtocol(None))
 
 
 class ViolationLogTests(SynchronousTestCase):

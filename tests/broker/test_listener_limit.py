@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from tests.broker import packets
 from tests.broker.test_crash_state import NO_FIXED_PORTS, started_or_why
 from tests.gatewayprocess import spawn_gateway
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 
 LIMIT = 10
 ROUNDS = 50
@@ -90,3 +90,73 @@ class ReconnectAtTheLimitTests(TestCase):
         proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc)
         self.assertEqual((yield deferToThread(reconnect_rounds, port)), [])
+
+
+#: The gateway's limit of open file descriptors in :class:`DescriptorReserveTests` (its reserve: 16).
+OPEN_FILES = 128
+
+
+def flood_then_publish(port: int, messages: int) -> tuple[int, list[int]]:
+    """A publisher connects, then 2 * ``OPEN_FILES`` clients connect and stay; the publisher
+    sends ``messages`` QoS 1 messages, one at a time. How many clients got a CONNACK, and the
+    packet ids of the messages that got no PUBACK (the connection closed, or silence)."""
+    publisher, answer = connect(port, "reserve-publisher")
+    assert answer == packets.CONNACK_ACCEPTED, answer
+    flood = []
+    try:
+        for n in range(2 * OPEN_FILES):
+            try:
+                flood.append(connect(port, f"reserve-flood-{n}"))
+            except OSError:
+                pass
+        not_acked = []
+        for packet_id in range(1, messages + 1):
+            try:
+                publisher.sendall(packets.publish("telemetry/reserve", b"%05d" % packet_id + b"." * 100, 1, packet_id))
+                answer = publisher.recv(4)
+            except OSError:
+                answer = b""
+            if answer != b"\x40\x02" + packet_id.to_bytes(2, "big"):
+                not_acked.append(packet_id)
+                if not answer:
+                    not_acked.extend(range(packet_id + 1, messages + 1))
+                    break
+        return sum(1 for _, answer in flood if answer == packets.CONNACK_ACCEPTED), not_acked
+    finally:
+        publisher.close()
+        for sock, _ in flood:
+            sock.close()
+
+
+class DescriptorReserveTests(TestCase):
+    """A gateway whose MQTT clients take every file descriptor it may open still journals."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_a_flood_of_clients_leaves_the_journal_its_descriptors(self) -> Any:
+        """Under ``LimitNOFILE=128``, 256 clients connect and stay; a publisher's 300 QoS 1
+        messages, which fill 8 journal segments of 4 KiB, are each acknowledged. The flood
+        took every descriptor: the journal could not open its next segment, the publisher's
+        connection was closed unacknowledged at the first, and so was every publisher's until
+        clients left. Now the listener closes new connections while 16 are left."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        port = free_port()
+        config = work / "gateway.yaml"
+        config.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n"
+            "journal:\n  defaults:\n    segment_bytes: 4096\n"
+            + NO_FIXED_PORTS)
+        proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config),
+                             open_files=OPEN_FILES)
+        yield proc.ready.addTimeout(30, reactor).addErrback(started_or_why, proc)
+        served, not_acked = yield deferToThread(flood_then_publish, port, 300)
+        self.assertEqual(not_acked, [], proc.output.decode(errors="replace")[-3000:])
+        self.assertLess(served, OPEN_FILES - 16)
+        self.assertIn(b"file descriptors free (its limit, LimitNOFILE)", proc.output)
+        segments = list((work / "state" / "journal" / "link-cloud").glob("*.seg"))
+        self.assertGreaterEqual(len(segments), 8)

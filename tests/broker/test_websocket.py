@@ -3,7 +3,8 @@
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.internet.address import IPv4Address
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.broker.harness import ANONYMOUS, eventually, port_of, raw_connect, start_broker
 from tests.ports import free_port
@@ -212,3 +213,24 @@ class WebsocketQuietTests(TestCase):
         texts = [formatEvent(e) for e in events]
         self.assertFalse([t for t in texts if "dropping connection" in t or "Starting factory <gateway" in t], texts)
 
+
+
+class WebsocketReserveTests(SynchronousTestCase):
+    """A WebSocket listener keeps the gateway's reserve of file descriptors as a TCP one does
+    (``MQTTListenerFactory.keeps_descriptors``): autobahn's factory built every connection."""
+
+    def test_closed_on_accept_while_the_reserve_is_reached(self) -> None:
+        from gateway.broker.connection import MQTTListenerFactory
+        from gateway.broker.websocket import MQTTWebSocketFactory
+        from gateway.fdreserve import DescriptorReserve
+        from tests.steppingclock import SteppingClock
+
+        lowest = [112]
+        mqtt = MQTTListenerFactory("ws", None, SteppingClock(), 1 << 20, 5.0,  # type: ignore[arg-type]
+                                   reserve=DescriptorReserve(lambda: 128, lambda: lowest[0]))
+        factory = MQTTWebSocketFactory(mqtt)
+        address = IPv4Address("TCP", "127.0.0.1", 40410)
+        self.assertIsNone(factory.buildProtocol(address))
+        self.assertEqual(mqtt.refused_reserve, 1)
+        lowest[0] = 20
+        self.assertIsNotNone(factory.buildProtocol(address))

@@ -214,6 +214,58 @@ class DiskFullTests(TestCase):
         yield svc.stopService()
 
 
+class OutOfInodesTests(TestCase):
+    """A journal on a tmpfs with few inodes (a small flash filesystem full of small files)."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_drop_oldest_makes_room_as_on_a_full_disk(self) -> Any:
+        """Another writer takes every inode, with megabytes of bytes left: the next segment
+        cannot be created (ENOSPC). The journal counts the filesystem as full, so drop-oldest
+        drops its oldest segments and appends resume, those losses counted, as on a full disk.
+        It saw the bytes free, never dropped anything, and refused every append that needed
+        a segment for as long as the inodes were short."""
+        if os.geteuid() != 0:
+            raise self.skipTest("needs root to mount a tmpfs with few inodes")
+        mnt = os.path.abspath(self.mktemp())
+        os.makedirs(mnt)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=200", "tmpfs", mnt],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise self.skipTest(f"cannot mount a tmpfs here: {e}") from None
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt], check=False)
+        settings = _settings(min_free_bytes=4096, segment_bytes=4096, overflow="drop-oldest")
+        svc = JournalService(settings, Path(mnt), reactor)
+        yield svc.startService()
+        self.addCleanup(lambda: svc.stopService() if svc.running else None)
+        s = svc.stream("full")
+        yield s.cursor("c")
+        for _ in range(10):  # ten segments of one record
+            yield s.append(Record("t", bytes(3000)))
+        filler = Path(mnt, "filler")
+        filler.mkdir()
+        for n in range(200):
+            try:
+                (filler / str(n)).touch()
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+                break
+        seq = None
+        for _ in range(200):  # after the failed write, appends are refused for a moment (back-off)
+            try:
+                seq = yield s.append(Record("t", bytes(3000)))
+                break
+            except (JournalWriteError, StreamFullError):
+                yield deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNotNone(seq, "no append was taken while the inodes were short")
+        self.assertIn("min-free-disk", {e.reason for e in s.ledger.entries})
+        records = yield s.read("c", 10_000, 1 << 30)
+        self.assertEqual(records[-1].seq, seq)
+        yield svc.stopService()
+
+
 class LimitsCheckTests(SynchronousTestCase):
     """The periodic limits check (``retention_check_s``), with the I/O thread collapsed."""
 

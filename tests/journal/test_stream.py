@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -10,6 +11,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
+from gateway.filelayer import OSFiles
 from gateway.journal.errors import JournalWriteError, RecordTooLargeError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path, write_batch
@@ -332,6 +334,38 @@ class SegmentTests(SynchronousTestCase):
         self.successResultOf(s.ack("b", 20))
         self.assertEqual(_segments(files), [segment_path(DIR, 21)])
         self.assertEqual(s.stats().backlog, {"a": 0, "b": 5})
+
+    def test_a_backlog_holds_no_descriptor_per_segment(self) -> None:
+        """On the real filesystem, each segment the stream had written kept its file
+        descriptor open until the segment was deleted: a cloud link down for a day held one
+        per segment of its backlog (up to max_bytes / segment_bytes: 65,536 with 16 KiB
+        segments and 1 GiB), and the gateway met its LimitNOFILE. Only the tail's stays open,
+        and the sealed segments read back whole."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = OSFiles()
+        self.addCleanup(files.close_all)
+        s = open_stream(files, StreamSettings(segment_bytes=10 * FRAME), directory=directory)
+        self.successResultOf(s.cursor("a"))
+        for i in range(1, 201):
+            appended(s, record(i))
+        self.assertEqual(len([n for n in os.listdir(directory) if n.endswith(".seg")]), 20)
+        self.assertEqual(len(_open_under(directory)), 1)
+        self.assertEqual([r.seq for r in read_all(s, "a")], list(range(1, 201)))
+        self.assertEqual(_open_under(directory), [segment_path(directory, 191)])
+
+
+def _open_under(directory: str) -> list[str]:
+    """The files under ``directory`` this process holds a descriptor of."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(directory + os.sep):
+            held.append(target)
+    return held
 
 
 class CursorTests(SynchronousTestCase):
