@@ -83,13 +83,8 @@ class FileLayer(Protocol):
 
 def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str | None = None) -> int:
     """Replace ``path`` with the bytes of ``parts`` so that a crash leaves the old or the new
-    content: write a temporary file, fsync it, rename it over ``path``, fsync the directory.
-
-    The parts are taken one at a time, as they are written (a large state encoded a part at a
-    time, so that the whole of it as bytes never exists at once), gathered into writes of
-    about :data:`WRITE_SIZE` bytes. A write that fails (a full disk, a part that cannot be
-    encoded) removes the temporary file again, best effort, so that no empty or partial one
-    stays beside ``path``; the error raised is the write's.
+    content: write a temporary file, fsync it, rename it over ``path``, fsync the directory
+    (:func:`write_temporary`, then :func:`move_into_place`).
 
     :param files: the file layer (its files' mode is the new file's).
     :param path: the file to replace; its directory must exist.
@@ -98,6 +93,22 @@ def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str 
     :return: the new content's size in bytes.
     """
     temp = path + ".tmp" if temp is None else temp
+    size = write_temporary(files, temp, parts)
+    move_into_place(files, temp, path)
+    return size
+
+
+def write_temporary(files: FileLayer, temp: str, parts: Iterable[bytes]) -> int:
+    """The first half of :func:`write_atomic`: write ``temp`` and fsync it.
+
+    The parts are taken one at a time, as they are written (a large state encoded a part at a
+    time, so that the whole of it as bytes never exists at once), gathered into writes of
+    about :data:`WRITE_SIZE` bytes. A write that fails (a full disk, a part that cannot be
+    encoded) removes the temporary file again, best effort, so that no empty or partial one
+    stays; the error raised is the write's.
+
+    :return: the content's size in bytes.
+    """
     try:
         chunks = _gathered(parts)
         first = next(chunks)
@@ -108,15 +119,29 @@ def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str 
             size += len(chunk)
         files.fsync(temp)
         files.close(temp)
+    except BaseException:
+        _remove_temporary(files, temp)
+        raise
+    return size
+
+
+def move_into_place(files: FileLayer, temp: str, path: str) -> None:
+    """The second half of :func:`write_atomic`: rename ``temp`` (written and fsynced by
+    :func:`write_temporary`) over ``path`` and fsync the directory. A rename that fails
+    removes ``temp``, best effort."""
+    try:
         files.replace(temp, path)
     except BaseException:
-        try:
-            files.unlink(temp)
-        except OSError:
-            pass  # (a disk that refuses that too: the error raised is the one that counts)
+        _remove_temporary(files, temp)
         raise
     files.fsync_dir(os.path.dirname(path))
-    return size
+
+
+def _remove_temporary(files: FileLayer, temp: str) -> None:
+    try:
+        files.unlink(temp)
+    except OSError:
+        pass  # (a disk that refuses that too: the error raised is the one that counts)
 
 
 def _gathered(parts: Iterable[bytes]) -> Iterator[bytes]:

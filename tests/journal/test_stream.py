@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 
 from twisted.internet.defer import Deferred
@@ -11,7 +12,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
-from gateway.filelayer import OSFiles
+from gateway.filelayer import OSFiles, move_into_place, write_temporary
 from gateway.journal.errors import JournalWriteError, RecordTooLargeError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path, write_batch
@@ -410,16 +411,49 @@ class CursorTests(SynchronousTestCase):
         s.ack("link", 1).addCallback(next_ack)
         s.note_ack("link", 2)  # in memory only, while the save of 1 is in flight
         while runner.jobs:
-            saved.append(b"".join(runner.jobs[0][1][2]).decode())  # (write_atomic's parts)
+            if runner.jobs[0][0] is write_temporary:
+                saved.append(b"".join(runner.jobs[0][1][2]).decode())
             runner.step()
         self.assertEqual(saved, ['{"acked": 1}', '{"acked": 3}'])
         self.successResultOf(again[0])
         s.ack("link", 4)
         s.note_ack("link", 5)  # in memory only, while the save of 4 is in flight
         runner.step()
+        runner.step()
         self.assertEqual(runner.jobs, [])  # durable with the next ack, not on its own
         s.ack("link", 5)
         self.assertEqual(b"".join(runner.jobs[0][1][2]), b'{"acked": 5}')
+
+    def test_a_batch_ready_during_a_cursor_save_goes_before_its_rename(self) -> None:
+        """A cursor save is two jobs on the I/O thread, each an fsync (on a slow disk, 100 ms):
+        the temporary file's write, then its rename over the cursor file and the directory's
+        fsync, queued once the first is done. A batch of appends handed over meanwhile is
+        written between the two, so its appends wait for one of them, not both. The ack fires
+        only once the rename is durable, and a crash between the two keeps the old cursor."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        s.cursor("link")
+        runner.drain()
+        for i in range(1, 4):
+            s.append(record(i))
+        s.clock.advance(0)
+        runner.drain()
+        acked = s.ack("link", 2)
+        durable = s.append(record(4))
+        s.clock.advance(0)  # the batch is handed over while the cursor's temporary file is written
+        self.assertEqual([job[0] for job in runner.jobs], [write_temporary, write_batch])
+        runner.step()
+        self.assertEqual([job[0] for job in runner.jobs], [write_batch, move_into_place])
+        runner.step()
+        self.assertEqual(self.successResultOf(durable), 4)
+        self.assertNoResult(acked)
+        crashed = copy.deepcopy(files)
+        crashed.cut()
+        self.assertEqual(open_stream(crashed).reader.cursors["link"].acked, 0)  # the old cursor
+        runner.step()
+        self.successResultOf(acked)
+        self.assertEqual(open_stream(files).reader.cursors["link"].acked, 2)
 
     def test_ranges_acknowledged_above_the_cursor(self) -> None:
         """Ranges acknowledged out of order are durable: reads skip them, before and after a
