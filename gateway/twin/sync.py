@@ -185,8 +185,8 @@ class ShadowSync:
             if code == 404:
                 self._reconcile(shadow, {}, exists=False)
             else:
-                self.log.warn("shadow {shadow}: get refused: {code} {message}", shadow=shadow,
-                              code=body.get("code"), message=body.get("message"))
+                self.log.warn("shadow {shadow}: get refused: {code} {reason}", shadow=shadow,
+                              code=body.get("code"), reason=body.get("message"))
             self.pump()
         return True
 
@@ -231,9 +231,16 @@ class ShadowSync:
             self.requests.retry_later(shadow)
         elif code == 404 and request.records[0].topic.endswith("/delete"):
             self._done(token, request)  # already gone
+        elif len(request.records) > 1:  # (one of them may be bad, not all: each alone tells)
+            self.requests.finish(token)
+            self.log.info("shadow {shadow}: request {token}, {count} updates merged, refused for good: {code}"
+                          " {reason}; sending them again one at a time", shadow=shadow, token=token,
+                          count=len(request.records), code=code, reason=message)
+            self.requests.one_at_a_time(shadow, request.records[-1].seq)
+            self.pump()
         else:
-            self.log.error("shadow {shadow}: request {token} refused for good: {code} {message}", shadow=shadow,
-                           token=token, code=code, message=message)
+            self.log.error("shadow {shadow}: request {token} refused for good: {code} {reason}", shadow=shadow,
+                           token=token, code=code, reason=message)
             self.refused += 1
             self._done(token, request)
 
