@@ -39,7 +39,7 @@ class Request:
     timer: IDelayedCall | None
 
 
-def _reported(body: Any) -> dict[str, Any] | None:
+def reported_patch(body: Any) -> dict[str, Any] | None:
     """The patch of an update request's body that is ``{"state": {"reported": <patch>}}`` and
     nothing else (``None`` for any other body: it is sent as it is)."""
     if not isinstance(body, dict) or list(body) != ["state"]:
@@ -64,14 +64,14 @@ def merged_run(shadow: str, records: list[Any], until: int | None, settings: Twi
     """
     first = records[0]
     body = json.loads(first.payload)
-    reported = _reported(body)
+    reported = reported_patch(body)
     taken = [first]
     if reported is None or not first.topic.endswith("/update"):
         return taken, body
     for record in records[1:]:
         if until is not None and record.seq > until:
             break
-        patch = _reported(json.loads(record.payload)) if record.topic == first.topic else None
+        patch = reported_patch(json.loads(record.payload)) if record.topic == first.topic else None
         merged = MISSING if patch is None else compose(reported, patch)
         if merged is MISSING or shadows.size_problem(shadow, merged, settings.max_document_bytes,
                                                      settings.max_depth) is not None:

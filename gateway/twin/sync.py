@@ -46,10 +46,10 @@ from gateway.mqtt.packets import Publish
 from gateway.twin import shadows
 from gateway.twin.behind import BEHIND_FILE, BehindFile
 from gateway.twin.catchup import ShadowCatchUp
-from gateway.twin.document import MISSING, diff
+from gateway.twin.document import MISSING, diff, merge_patch
 from gateway.twin.settings import TwinSettings
 from gateway.twin.shadowappends import ShadowAppends, sendable_sections
-from gateway.twin.shadowrequests import Request, ShadowRequests
+from gateway.twin.shadowrequests import Request, ShadowRequests, reported_patch
 from gateway.twin.shadowstream import ShadowStreamReader
 from gateway.twin.snapshot import ShadowSyncSnapshot
 
@@ -219,9 +219,11 @@ class ShadowSync:
     def _rejected(self, token: str, request: Request, body: dict[str, Any]) -> None:
         code, message = body.get("code"), str(body.get("message", ""))
         shadow = request.shadow
-        if code == 409:  # someone else changed the shadow: read it, then send again
+        lost = code == 404 and request.records[0].topic.endswith("/update") and shadow in self.versions
+        if code == 409 or lost:  # someone else changed the shadow, or lost it: read it, then send again
             self.requests.finish(token)
-            self.log.info("shadow {shadow}: version conflict; reading it before sending again", shadow=shadow)
+            self.log.info("shadow {shadow}: {why}; reading it before sending again", shadow=shadow,
+                          why="the cloud has no such shadow any more" if lost else "version conflict")
             self.versions.pop(shadow, None)
             self.absent.discard(shadow)
             self.gets.insert(0, shadow)
@@ -264,8 +266,11 @@ class ShadowSync:
 
     def _reconcile(self, shadow: str, reported: dict[str, Any], exists: bool = True) -> None:
         """After a get: append an update correcting what the cloud reports, unless requests
-        for that shadow are still pending (they will bring it up to date). A shadow the cloud
-        is :attr:`behind` on (a request of it the journal refused: pending requests do not
+        for that shadow are still pending and the get found it (they will bring it up to
+        date). A shadow the get did not find (the cloud lost it: deleted by someone, an
+        emulator restarted) while updates of it are pending is corrected by what those
+        updates, applied to nothing, will leave it without. A shadow the cloud is
+        :attr:`behind` on (a request of it the journal refused: pending requests do not
         bring it up to date) is corrected once all its requests are answered, and deleted
         when the twin no longer has it.
 
@@ -277,9 +282,11 @@ class ShadowSync:
                 self.behind.later()
                 return
             thing_id = mark.thing
-        elif any(self._shadow_of(r) == shadow and r.topic.endswith("/update") for r in self.reader.pending):
-            return
         else:
+            if any(self._shadow_of(r) == shadow and r.topic.endswith("/update") for r in self.reader.pending):
+                if exists:
+                    return
+                reported = self._left_by_pending(shadow)
             thing_id = shadows.shadow_target(self.twin.root, shadow, self._children())[0]
         sections = sendable_sections(self.twin.root, thing_id, self.twin.store.things.get(thing_id))
         correction: Deferred[str | None] = succeed(None)
@@ -291,6 +298,21 @@ class ShadowSync:
             if patch is not MISSING and patch != {}:
                 correction = self.appends.append(thing_id, shadow, "update", {"state": {"reported": patch}})
         self.behind.corrected_by(shadow, correction)
+
+    def _left_by_pending(self, shadow: str) -> dict[str, Any]:
+        """The reported state ``shadow``'s pending requests, in turn, leave a shadow that does not
+        exist (a delete leaves none; an update's patch is applied)."""
+        left: dict[str, Any] = {}
+        for record in self.reader.pending:
+            if self._shadow_of(record) != shadow:
+                continue
+            if record.topic.endswith("/delete"):
+                left = {}
+                continue
+            patch = reported_patch(jsontext.loads(record.payload))
+            if patch is not None:
+                left = merge_patch(left, patch)
+        return left
 
     # -- the connection -------------------------------------------------------------------
 
