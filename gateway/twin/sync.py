@@ -154,7 +154,11 @@ class ShadowSync:
             if operation == "delete/accepted":
                 self.versions.pop(shadow, None)
                 self.delta_versions.pop(shadow, None)  # a shadow made again counts from 1
-                self.absent.add(shadow)
+                if request is None:  # someone else deleted it: read it, so that the twin's state goes again
+                    self.read_again(shadow)
+                    self.pump()
+                else:
+                    self.absent.add(shadow)
             else:
                 self._note_version(shadow, body)
             if request is not None and request.kind == "record":

@@ -3,10 +3,12 @@ wait in the journal: the cloud ends with the twin's whole state, not with those 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.logger import capturedLogs, formatEvent
 
+from gateway.mqtt.packets import Publish
 from gateway.twin.shadows import CLASSIC
 from tests.twin.test_service import ROOT, command
 from tests.twin.test_shadowrequests import SlowCloud
@@ -103,3 +105,22 @@ class LostShadowTests(ShadowSyncCase):
             self.assertEqual([body["clientToken"] for _, body in self.connection.take()], [token])
             self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists", "clientToken": token})
         self.assertEqual((self.connection.take(), self.sync.refused, self.sync.reader.pending), ([], 2, []))
+
+    def test_a_shadow_someone_deletes_while_connected_gets_the_whole_document(self) -> None:
+        """Someone deletes the shadow while the gateway is connected (AWS announces it on
+        delete/accepted): the sync forgot its version and sent the next change without one,
+        so the cloud made the shadow again from that change only, and a shadow with no change
+        stayed deleted. Now the shadow is read again, and the twin's whole state goes."""
+        cloud = self.synced()
+
+        def delete(shadow: str) -> None:
+            del cloud.reported[shadow], cloud.versions[shadow]
+            topic = f"{BASE}/name/{shadow}/delete/accepted" if shadow else f"{BASE}/delete/accepted"
+            self.sync.cloud_message(Publish(topic, json.dumps({"version": 2}).encode(), 1, False, 1, False))
+
+        delete("meter")
+        self.send(command("modify", "/features/meter/properties/kwh", 2))
+        delete(CLASSIC)  # (nothing of it waits)
+        self.clock.pump([0.0] * 6)
+        self.assertEqual(cloud.reported, {"meter": self.properties(), CLASSIC: {"site": "hall"}})
+        self.assertEqual(self.sync.reader.pending, [])
