@@ -280,9 +280,9 @@ class TwinService(Service):
         self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
 
     def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str) -> Deferred[None]:
-        self.log.info("twin command on {topic} {path} refused: {status} {message}",
+        self.log.info("twin command on {topic} {path} refused: {status} {reason}",
                       topic=escaped(shown(topic)), path=escaped(shown(str(path))), status=error.status,
-                      message=escaped(error.message))
+                      reason=escaped(error.message))
         if headers.get("response-required", True) in (False, "false"):
             return succeed(None)
         envelope = error_envelope(topic, str(path), dict(headers), error)

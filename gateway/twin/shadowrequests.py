@@ -1,6 +1,7 @@
 """The shadow sync's requests in flight: their client tokens, the answers matched to them,
 their timeouts, and the waits after the cloud refused one with 429 or 5xx; a shadow's
-consecutive updates waiting in the stream merged into one request."""
+consecutive updates waiting in the stream merged into one request, and sent again one at a
+time when the cloud refuses that request for good."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Request:
     timer: IDelayedCall | None
 
 
-def _reported(body: Any) -> dict[str, Any] | None:
+def reported_patch(body: Any) -> dict[str, Any] | None:
     """The patch of an update request's body that is ``{"state": {"reported": <patch>}}`` and
     nothing else (``None`` for any other body: it is sent as it is)."""
     if not isinstance(body, dict) or list(body) != ["state"]:
@@ -63,14 +64,14 @@ def merged_run(shadow: str, records: list[Any], until: int | None, settings: Twi
     """
     first = records[0]
     body = json.loads(first.payload)
-    reported = _reported(body)
+    reported = reported_patch(body)
     taken = [first]
     if reported is None or not first.topic.endswith("/update"):
         return taken, body
     for record in records[1:]:
         if until is not None and record.seq > until:
             break
-        patch = _reported(json.loads(record.payload)) if record.topic == first.topic else None
+        patch = reported_patch(json.loads(record.payload)) if record.topic == first.topic else None
         merged = MISSING if patch is None else compose(reported, patch)
         if merged is MISSING or shadows.size_problem(shadow, merged, settings.max_document_bytes,
                                                      settings.max_depth) is not None:
@@ -112,6 +113,9 @@ class ShadowRequests:
         #: shadow -> the seq of the last record its unanswered request stands for: it is sent
         #: again as it was (same records, same clientToken) until it is answered
         self._record_ends: dict[str, int] = {}
+        #: shadow -> the seq of the last record of its merged request the cloud refused for good:
+        #: its records up to there go one request each, so that only one refused alone is dropped
+        self._alone: dict[str, int] = {}
         #: clientTokens of requests unanswered within request_timeout (and sent again), on this
         #: connection: their answers, late, do not make the next unanswered request news
         self._overdue: set[str] = set()
@@ -133,8 +137,14 @@ class ShadowRequests:
         """Send the request of the first of ``records`` (``shadow``'s records waiting in the
         stream, in order), the updates right after it merged in (:func:`merged_run`), with the
         seq of the last record it stands for as clientToken; an update with ``version``, the
-        last seen of ``shadow`` (``None``: none known)."""
-        taken, body = merged_run(shadow, records, self._record_ends.get(shadow), self.settings)
+        last seen of ``shadow`` (``None``: none known). The records of a merged request the
+        cloud refused for good (:meth:`one_at_a_time`) go alone."""
+        alone = self._alone.get(shadow)
+        if alone is not None and records[0].seq > alone:  # (past them: merged again)
+            del self._alone[shadow]
+            alone = None
+        until = records[0].seq if alone is not None else self._record_ends.get(shadow)
+        taken, body = merged_run(shadow, records, until, self.settings)
         token = str(taken[-1].seq)
         self._record_ends[shadow] = taken[-1].seq
         body["clientToken"] = token
@@ -191,6 +201,12 @@ class ShadowRequests:
             else:
                 self._record_ends.pop(request.shadow, None)  # (the next may merge more records)
         return request
+
+    def one_at_a_time(self, shadow: str, last: int) -> None:
+        """The cloud refused for good a merged request of ``shadow`` standing for its records up
+        to the seq ``last``: send each of them in a request of its own (one of them may be
+        bad, not all), then merge again."""
+        self._alone[shadow] = last
 
     def accepted(self, shadow: str) -> None:
         """The cloud took a request of ``shadow``: its next refusal with 429 or 5xx is the first

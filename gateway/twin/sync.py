@@ -46,10 +46,10 @@ from gateway.mqtt.packets import Publish
 from gateway.twin import shadows
 from gateway.twin.behind import BEHIND_FILE, BehindFile
 from gateway.twin.catchup import ShadowCatchUp
-from gateway.twin.document import MISSING, diff
+from gateway.twin.document import MISSING, diff, merge_patch
 from gateway.twin.settings import TwinSettings
 from gateway.twin.shadowappends import ShadowAppends, sendable_sections
-from gateway.twin.shadowrequests import Request, ShadowRequests
+from gateway.twin.shadowrequests import Request, ShadowRequests, reported_patch
 from gateway.twin.shadowstream import ShadowStreamReader
 from gateway.twin.snapshot import ShadowSyncSnapshot
 
@@ -154,7 +154,11 @@ class ShadowSync:
             if operation == "delete/accepted":
                 self.versions.pop(shadow, None)
                 self.delta_versions.pop(shadow, None)  # a shadow made again counts from 1
-                self.absent.add(shadow)
+                if request is None:  # someone else deleted it: read it, so that the twin's state goes again
+                    self.read_again(shadow)
+                    self.pump()
+                else:
+                    self.absent.add(shadow)
             else:
                 self._note_version(shadow, body)
             if request is not None and request.kind == "record":
@@ -185,8 +189,8 @@ class ShadowSync:
             if code == 404:
                 self._reconcile(shadow, {}, exists=False)
             else:
-                self.log.warn("shadow {shadow}: get refused: {code} {message}", shadow=shadow,
-                              code=body.get("code"), message=body.get("message"))
+                self.log.warn("shadow {shadow}: get refused: {code} {reason}", shadow=shadow,
+                              code=body.get("code"), reason=body.get("message"))
             self.pump()
         return True
 
@@ -219,9 +223,11 @@ class ShadowSync:
     def _rejected(self, token: str, request: Request, body: dict[str, Any]) -> None:
         code, message = body.get("code"), str(body.get("message", ""))
         shadow = request.shadow
-        if code == 409:  # someone else changed the shadow: read it, then send again
+        lost = code == 404 and request.records[0].topic.endswith("/update") and shadow in self.versions
+        if code == 409 or lost:  # someone else changed the shadow, or lost it: read it, then send again
             self.requests.finish(token)
-            self.log.info("shadow {shadow}: version conflict; reading it before sending again", shadow=shadow)
+            self.log.info("shadow {shadow}: {why}; reading it before sending again", shadow=shadow,
+                          why="the cloud has no such shadow any more" if lost else "version conflict")
             self.versions.pop(shadow, None)
             self.absent.discard(shadow)
             self.gets.insert(0, shadow)
@@ -231,9 +237,16 @@ class ShadowSync:
             self.requests.retry_later(shadow)
         elif code == 404 and request.records[0].topic.endswith("/delete"):
             self._done(token, request)  # already gone
+        elif len(request.records) > 1:  # (one of them may be bad, not all: each alone tells)
+            self.requests.finish(token)
+            self.log.info("shadow {shadow}: request {token}, {count} updates merged, refused for good: {code}"
+                          " {reason}; sending them again one at a time", shadow=shadow, token=token,
+                          count=len(request.records), code=code, reason=message)
+            self.requests.one_at_a_time(shadow, request.records[-1].seq)
+            self.pump()
         else:
-            self.log.error("shadow {shadow}: request {token} refused for good: {code} {message}", shadow=shadow,
-                           token=token, code=code, message=message)
+            self.log.error("shadow {shadow}: request {token} refused for good: {code} {reason}", shadow=shadow,
+                           token=token, code=code, reason=message)
             self.refused += 1
             self._done(token, request)
 
@@ -257,8 +270,11 @@ class ShadowSync:
 
     def _reconcile(self, shadow: str, reported: dict[str, Any], exists: bool = True) -> None:
         """After a get: append an update correcting what the cloud reports, unless requests
-        for that shadow are still pending (they will bring it up to date). A shadow the cloud
-        is :attr:`behind` on (a request of it the journal refused: pending requests do not
+        for that shadow are still pending and the get found it (they will bring it up to
+        date). A shadow the get did not find (the cloud lost it: deleted by someone, an
+        emulator restarted) while updates of it are pending is corrected by what those
+        updates, applied to nothing, will leave it without. A shadow the cloud is
+        :attr:`behind` on (a request of it the journal refused: pending requests do not
         bring it up to date) is corrected once all its requests are answered, and deleted
         when the twin no longer has it.
 
@@ -270,9 +286,11 @@ class ShadowSync:
                 self.behind.later()
                 return
             thing_id = mark.thing
-        elif any(self._shadow_of(r) == shadow and r.topic.endswith("/update") for r in self.reader.pending):
-            return
         else:
+            if any(self._shadow_of(r) == shadow and r.topic.endswith("/update") for r in self.reader.pending):
+                if exists:
+                    return
+                reported = self._left_by_pending(shadow)
             thing_id = shadows.shadow_target(self.twin.root, shadow, self._children())[0]
         sections = sendable_sections(self.twin.root, thing_id, self.twin.store.things.get(thing_id))
         correction: Deferred[str | None] = succeed(None)
@@ -284,6 +302,21 @@ class ShadowSync:
             if patch is not MISSING and patch != {}:
                 correction = self.appends.append(thing_id, shadow, "update", {"state": {"reported": patch}})
         self.behind.corrected_by(shadow, correction)
+
+    def _left_by_pending(self, shadow: str) -> dict[str, Any]:
+        """The reported state ``shadow``'s pending requests, in turn, leave a shadow that does not
+        exist (a delete leaves none; an update's patch is applied)."""
+        left: dict[str, Any] = {}
+        for record in self.reader.pending:
+            if self._shadow_of(record) != shadow:
+                continue
+            if record.topic.endswith("/delete"):
+                left = {}
+                continue
+            patch = reported_patch(jsontext.loads(record.payload))
+            if patch is not None:
+                left = merge_patch(left, patch)
+        return left
 
     # -- the connection -------------------------------------------------------------------
 

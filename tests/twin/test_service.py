@@ -225,6 +225,8 @@ class TwinServiceTests(SynchronousTestCase):
         [line] = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
         self.assertNotIn("\n", line)
         self.assertIn("modify\\nforged too /nope\\n2026-12-06T19:00:00+0000 [gateway] forged refused: 400", line)
+        # (the refusal's message, not the () Twisted's legacy log bridge puts in a `message` field)
+        self.assertTrue(line.endswith("refused: 400 the local twin does not support 'modify\\nforged too'"), line)
 
     def test_paths_outside_the_model_refused(self) -> None:
         """Only the paths twin.md lists are served: nothing below /policyId or /definition (a

@@ -188,33 +188,64 @@ class MergedRequestTests(ShadowSyncCase):
         self.assertEqual(cloud.reported["lamp"], {"x": 2, "y": 3})
         self.assertEqual((self.stream.acked["shadow"], self.sync.reader.pending), (3, []))
 
-    def test_a_refusal_of_a_merged_request_applies_to_all_its_records(self) -> None:
-        """A merged request refused for good (400) is one error line and one refusal, and
-        every record it stands for is skipped (as the docs say of one); one refused with 429
-        goes again after the wait, taking in the change made meanwhile."""
+    def test_a_merged_request_refused_for_good_goes_again_one_record_at_a_time(self) -> None:
+        """A merged request refused for good (400) dropped every record it stood for, though
+        only one of them may be bad. Its records now go again one request each, as before the
+        merge: only the one refused alone is dropped (one error line, one refusal); the merge
+        resumes after them, and a record refused alone is not sent again."""
         self.connect()
         self.send(command("modify", "/features/f/properties/x", 1))
         self.answer_gets()
         (topic, body), = self.connection.take()
         self.send(command("modify", "/features/f/properties/x", 2))
         self.send(command("modify", "/features/f/properties/y", 3))
+        self.send(command("modify", "/features/f/properties/z", 4))
         self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
         (topic, body), = self.connection.take()
-        self.assertEqual((body["state"], body["clientToken"]), ({"reported": {"x": 2, "y": 3}}, "3"))
+        self.assertEqual((body["state"], body["clientToken"]), ({"reported": {"x": 2, "y": 3, "z": 4}}, "4"))
         with capturedLogs() as events:
-            self.reply(f"{topic}/rejected", {"code": 400, "message": "bad", "clientToken": "3"})
-        self.assertEqual([formatEvent(e)[:41] for e in events if "refused" in e["log_format"]],
-                         ["shadow f: request 3 refused for good: 400"])
-        self.assertEqual((self.sync.refused, self.stream.acked["shadow"], self.sync.reader.pending), (1, 3, []))
+            self.reply(f"{topic}/rejected", {"code": 400, "message": "bad y", "clientToken": "4"})
+            self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"x": 2}}, "clientToken": "2",
+                                                               "version": 1})])
+            self.reply(f"{topic}/accepted", {"clientToken": "2", "version": 2})
+            self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"y": 3}}, "clientToken": "3",
+                                                               "version": 2})])
+            self.send(command("modify", "/features/f/properties/x", 5))  # (after them: merged again)
+            self.reply(f"{topic}/rejected", {"code": 400, "message": "bad y", "clientToken": "3"})
+            self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"z": 4}}, "clientToken": "4",
+                                                               "version": 2})])
+        self.assertEqual([formatEvent(e) for e in events if "refused" in e["log_format"]], [
+            "shadow f: request 4, 3 updates merged, refused for good: 400 bad y; sending them again one at a time",
+            "shadow f: request 3 refused for good: 400 bad y"])
+        self.assertEqual((self.sync.refused, self.stream.acked["shadow"]), (1, 3))
+        self.send(command("modify", "/features/f/properties/y", 6))
+        self.reply(f"{topic}/accepted", {"clientToken": "4", "version": 3})
+        self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"x": 5, "y": 6}}, "clientToken": "6",
+                                                           "version": 3})])
+        # a merged request refused for good again: alone, each refused too, each dropped once
+        self.send(command("modify", "/features/f/properties/x", 7))
+        self.reply(f"{topic}/rejected", {"code": 400, "message": "bad", "clientToken": "6"})
+        for token in ("5", "6", "7"):
+            (_, body), = self.connection.take()
+            self.assertEqual(body["clientToken"], token)
+            self.reply(f"{topic}/rejected", {"code": 400, "message": "bad", "clientToken": token})
+        self.assertEqual((self.connection.take(), self.sync.refused), ([], 4))
+        self.assertEqual((self.stream.acked["shadow"], self.sync.reader.pending), (7, []))
+
+    def test_a_merged_request_refused_with_429_goes_again_with_the_changes_made_meanwhile(self) -> None:
+        """A merged request refused with 429 goes again after the wait, merged, taking in the
+        change made meanwhile; nothing is acknowledged before it is accepted."""
+        self.connect()
         self.send(command("modify", "/features/f/properties/x", 4))
+        self.answer_gets()
         (topic, body), = self.connection.take()
         self.send(command("modify", "/features/f/properties/x", 5))
         self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down", "clientToken": body["clientToken"]})
         self.send(command("modify", "/features/f/properties/y", 6))
         self.clock.advance(2.0)
         self.assertEqual([(b["state"], b["clientToken"]) for _, b in self.connection.take()],
-                         [({"reported": {"x": 5, "y": 6}}, "6")])
-        self.assertEqual(self.stream.acked["shadow"], 3)
+                         [({"reported": {"x": 5, "y": 6}}, "3")])
+        self.assertEqual(self.stream.acked["shadow"], 0)
 
     def test_an_unanswered_merged_request_goes_again_as_it_was(self) -> None:
         """A merged request unanswered within request_timeout goes again with the same records
