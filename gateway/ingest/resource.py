@@ -70,7 +70,7 @@ class IngestStats:
 
     :ivar writes: write and record requests answered 204.
     :ivar values: values stored by them.
-    :ivar unrouted: values no link routes (kept only as last values).
+    :ivar unrouted: of those, values no link routes (kept only as last values).
     :ivar refused: requests answered 503 (the journal refused).
     :ivar bad: requests answered 4xx.
     """
@@ -290,6 +290,7 @@ class DeviceAPIResource(Resource):
                stamped: bool) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         """Journal ``(alias, value, time)`` triples; ``stamped``: the times are the record's own
         (journaled as each value's timestamp), not the moment the write came (the journal's)."""
+        unrouted = 0  # (counted with the write's other values once it is answered 204)
         try:
             stores, stored_aliases = [], []
             for alias, value, when in values:
@@ -297,7 +298,7 @@ class DeviceAPIResource(Resource):
                 stored = self.persist(self._topic(alias, device), value.encode(), 1, False,
                                       timestamp=when if stamped else None)
                 if stored is None:
-                    self.stats.unrouted += 1
+                    unrouted += 1
                 else:
                     stores.append(stored)
                     stored_aliases.append(alias)
@@ -321,6 +322,7 @@ class DeviceAPIResource(Resource):
         def durable(_: Any) -> tuple[int, bytes, dict[str, str]]:
             self.stats.writes += 1
             self.stats.values += len(values)
+            self.stats.unrouted += unrouted
             for alias, value, when in values:
                 current = self.values.get(alias)
                 # a record's older value does not replace a newer one; a plain write is the

@@ -185,6 +185,19 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.call("GET", "/onep:v1/stack/alias?a", headers={"X-Exosite-CIK": CIK})[:2],
                          (200, b"a=1"))
 
+    def test_unrouted_values_of_a_refused_write_are_counted_once_it_is_204(self) -> None:
+        """``unrouted`` counts, of the values of writes answered 204, those no link routes
+        (readside.md): it counted them before the write's end, so a write refused (503) with an
+        unrouted value counted that value, and again when the app sent the write again and
+        it was 204: unrouted 2 beside values 2, one unrouted value in truth."""
+        self.router.routed = lambda topic: topic != "telemetry/a"
+        self.router.refusals["telemetry/b"] = StreamFullError("link-cloud", "max-bytes")
+        self.assertEqual(self.write(b"a=1&b=2")[0], 503)
+        self.assertEqual((self.resource.stats.unrouted, self.resource.stats.values), (0, 0))
+        del self.router.refusals["telemetry/b"]
+        self.assertEqual(self.write(b"a=1&b=2")[0], 204)
+        self.assertEqual((self.resource.stats.unrouted, self.resource.stats.values), (1, 2))
+
     def test_malformed_bodies_are_400_with_a_reason(self):
         """Not form-encoded, no pairs, a bad alias, too many aliases, not UTF-8: 400 each, nothing stored."""
         for body, reason in [(b"", b"empty"), (b"novalue", b"malformed"), (b"a%2Fb=1", b"'/'"),
