@@ -182,13 +182,14 @@ class SessionHandler:
         packet_id = packet.fields.get("packet_id")
         message = Incoming(packet_id, topic, payload, qos, bool(flags & 1))
         broker = self.broker
-        broker.messages_in[qos] += 1
-        broker.payload_bytes_in += len(payload)
         if qos == 2:
             if broker.qos2_received(self.session, packet_id or 0):
-                self.acknowledge(message)  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
+                # a resent QoS 2 PUBLISH: routed (and counted) already (§4.3.3 method B)
+                self.acknowledge(message)
                 return
             self.qos2_noted(packet_id or 0)
+        broker.messages_in[qos] += 1
+        broker.payload_bytes_in += len(payload)
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
             if not self._dollar_warned:
                 self._dollar_warned = True

@@ -79,7 +79,8 @@ class BrokerSnapshot:
     :param sessions: known sessions (connected, and persistent offline ones).
     :param subscriptions: subscriptions held, every session's topic filters (two sessions with one filter: two).
     :param retained: retained messages held.
-    :param messages_in: PUBLISHes received from clients, by QoS (index 0, 1, 2).
+    :param messages_in: PUBLISHes received from clients, by QoS (index 0, 1, 2); a QoS 2
+        PUBLISH sent again before its PUBREL (the same message, not routed again) counts once.
     :param messages_out: PUBLISHes sent to clients, by QoS.
     :param payload_bytes_in: payload bytes of ``messages_in``.
     :param payload_bytes_out: payload bytes of ``messages_out``.

@@ -69,8 +69,9 @@ class IngestStats:
     """Counters of the ingest since start.
 
     :ivar writes: write and record requests answered 204.
-    :ivar values: values stored by them.
-    :ivar unrouted: values no link routes (kept only as last values).
+    :ivar values: values stored by them, and the other values of those answered 413 for one
+        that never fits (stored all the same).
+    :ivar unrouted: of those, values no link routes (kept only as last values).
     :ivar refused: requests answered 503 (the journal refused).
     :ivar bad: requests answered 4xx.
     """
@@ -290,46 +291,52 @@ class DeviceAPIResource(Resource):
                stamped: bool) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         """Journal ``(alias, value, time)`` triples; ``stamped``: the times are the record's own
         (journaled as each value's timestamp), not the moment the write came (the journal's)."""
+        unrouted = 0  # (counted with the values stored, once every store has ended)
         try:
-            stores, stored_aliases = [], []
-            for alias, value, when in values:
+            stores, stored_at = [], []  # each store, and the index in ``values`` of its value
+            for index, (alias, value, when) in enumerate(values):
                 check_alias(alias)
                 stored = self.persist(self._topic(alias, device), value.encode(), 1, False,
                                       timestamp=when if stamped else None)
                 if stored is None:
-                    self.stats.unrouted += 1
+                    unrouted += 1
                 else:
                     stores.append(stored)
-                    stored_aliases.append(alias)
+                    stored_at.append(index)
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
 
-        def settled(results: list[tuple[bool, Any]]) -> Any:
-            """Every store has ended (none is left behind an answer): a refusal that a later
-            try may pass decides (503: the app sends the write again); else a value that can
-            never be stored is refused for good (413), the others being stored."""
-            refused = [(alias, result) for alias, (ok, result) in zip(stored_aliases, results) if not ok]
-            for _, failure in refused:
-                if not failure.check(RecordTooLargeError):
-                    return failure
-            if refused:
-                alias, failure = refused[0]
-                raise RequestError(413, f"the value of {alias!r} not stored: {failure.getErrorMessage()}; it never"
-                                        " fits: do not send it again (the write's other values are stored)")
-            return None
-
-        def durable(_: Any) -> tuple[int, bytes, dict[str, str]]:
-            self.stats.writes += 1
-            self.stats.values += len(values)
-            for alias, value, when in values:
+        def keep(never: set[int]) -> None:
+            """Count the values stored (all but those at the indexes ``never``) and make each
+            its alias's last value."""
+            self.stats.values += len(values) - len(never)
+            self.stats.unrouted += unrouted
+            for index, (alias, value, when) in enumerate(values):
+                if index in never:
+                    continue
                 current = self.values.get(alias)
                 # a record's older value does not replace a newer one; a plain write is the
                 # newest whatever the clock says (NTP may have stepped it back)
                 if not stamped or current is None or when >= current.modified:
                     self.values.set(alias, value, when)
+
+        def settled(results: list[tuple[bool, Any]]) -> tuple[int, bytes, dict[str, str]]:
+            """Every store has ended (none is left behind an answer): a refusal that a later
+            try may pass decides (503: the app sends the write again); else a value that can
+            never be stored is refused for good (413), the others being stored; else 204."""
+            refused = [(index, result) for index, (ok, result) in zip(stored_at, results) if not ok]
+            for _, failure in refused:
+                if not failure.check(RecordTooLargeError):
+                    failure.raiseException()
+            keep({index for index, _ in refused})
+            if refused:
+                index, failure = refused[0]
+                raise RequestError(413, f"the value of {values[index][0]!r} not stored: {failure.getErrorMessage()};"
+                                        " it never fits: do not send it again (the write's other values are stored)")
+            self.stats.writes += 1
             return 204, b"", {}
 
-        return DeferredList(stores, consumeErrors=True).addCallback(settled).addCallback(durable)
+        return DeferredList(stores, consumeErrors=True).addCallback(settled)
 
     def _read(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""

@@ -14,7 +14,8 @@ class IngestSnapshot:
     :ivar listening: the endpoint is bound.
     :ivar error: why it is not, if it is not (``""`` otherwise, and when the ingest is off).
     :ivar writes: write and record requests answered 204.
-    :ivar values: values stored by them.
+    :ivar values: values stored by them, and the other values of those answered 413 for one
+        that never fits (stored all the same).
     :ivar unrouted: of those, values no link routes (kept only as last values).
     :ivar refused: requests answered 503 (the journal refused the write).
     :ivar bad: requests answered 4xx.

@@ -103,7 +103,8 @@ class GatewayCollector(Collector):
                                     value=b.checkpoint_save_s)
             yield GaugeMetricFamily("gateway_broker_checkpoint_bytes", "The last checkpoint saved: its size",
                                     value=b.checkpoint_bytes)
-        received = _counter("gateway_broker_messages_received_total", "PUBLISHes received from clients", ["qos"])
+        received = _counter("gateway_broker_messages_received_total",
+                            "PUBLISHes received from clients (a QoS 2 one sent again before PUBREL: once)", ["qos"])
         sent = _counter("gateway_broker_messages_sent_total", "PUBLISHes sent to clients", ["qos"])
         for qos in range(3):
             received.add_metric([str(qos)], b.messages_in[qos])

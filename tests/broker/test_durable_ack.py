@@ -433,6 +433,25 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(len(self.hook_calls), 2)
         self.assertEqual(watched.value(), packets.publish("telemetry/t", b"21.5", 0) * 2)
 
+    def test_qos2_resent_before_pubrel_is_counted_once(self) -> None:
+        """A QoS 2 PUBLISH sent again before its PUBREL (the same message, §4.3.3: PUBREC'd
+        again, not routed again) was counted again in ``messages_in`` and
+        ``payload_bytes_in`` (``gateway_broker_messages_received_total{qos="2"}`` said 2 for
+        one message delivered once); a new message under the released id counts."""
+        session = self.persistent_device()
+        self.publish("telemetry/t", 2, 5)
+        self.all_durable()
+        self.turn()
+        self.reconnected(session)
+        self.read(packets.publish("telemetry/t", b"21.5", 2, False, 5, dup=True))
+        self.turn()
+        self.assertEqual((self.broker.messages_in, self.broker.payload_bytes_in), ([0, 0, 1], 4))
+        self.read(packets.ack(packets.PUBREL, 5))
+        self.all_durable()
+        self.publish("telemetry/t", 2, 5)  # a new message under the released id
+        self.turn()
+        self.assertEqual((self.broker.messages_in, self.broker.payload_bytes_in), ([0, 0, 2], 8))
+
     def test_qos2_pubrel_after_reconnect_completes(self) -> None:
         """The client had sent PUBREL before the drop went unanswered: it sends PUBREL again and
         gets PUBCOMP; the message was stored once."""

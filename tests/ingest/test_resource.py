@@ -148,6 +148,22 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual([topic for topic, _, _ in self.router.stored], ["telemetry/a"])
         self.assertEqual((self.resource.stats.refused, self.resource.stats.bad), (0, 1))
 
+    def test_the_values_stored_beside_one_that_never_fits_are_counted_and_read_back(self) -> None:
+        """The values of a write answered 413 for another of its values are stored (exosite.md)
+        but were neither counted (``values``, ``unrouted``) nor made their aliases' last values:
+        ``gateway_ingest_values_total`` missed values the cloud gets, and a read of such an
+        alias answered its older value. Now they are both; the write is not one answered 204."""
+        self.router.refusals["telemetry/big"] = RecordTooLargeError("link-cloud", 9000, 8192)
+        self.router.routed = lambda topic: topic != "telemetry/u"
+        self.assertEqual(self.write(b"a=1")[0], 204)
+        self.assertEqual(self.write(b"a=2&big=xyz&u=3")[0], 413)
+        stats = self.resource.stats
+        self.assertEqual((stats.writes, stats.values, stats.unrouted, stats.bad), (1, 3, 1, 1))
+        read = {"X-Exosite-CIK": CIK}
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?a", headers=read)[:2], (200, b"a=2"))
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?u", headers=read)[:2], (200, b"u=3"))
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?big", headers=read)[0], 204)
+
     def test_a_refusal_that_may_pass_later_wins_over_one_for_good(self) -> None:
         """A write with a value that can never fit and one refused by a full stream is 503 with
         Retry-After: sent again, the second may be stored."""
@@ -184,6 +200,19 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.resource.stats.unrouted, 1)
         self.assertEqual(self.call("GET", "/onep:v1/stack/alias?a", headers={"X-Exosite-CIK": CIK})[:2],
                          (200, b"a=1"))
+
+    def test_unrouted_values_of_a_refused_write_are_counted_once_it_is_204(self) -> None:
+        """``unrouted`` counts, of the values of writes answered 204, those no link routes
+        (readside.md): it counted them before the write's end, so a write refused (503) with an
+        unrouted value counted that value, and again when the app sent the write again and
+        it was 204: unrouted 2 beside values 2, one unrouted value in truth."""
+        self.router.routed = lambda topic: topic != "telemetry/a"
+        self.router.refusals["telemetry/b"] = StreamFullError("link-cloud", "max-bytes")
+        self.assertEqual(self.write(b"a=1&b=2")[0], 503)
+        self.assertEqual((self.resource.stats.unrouted, self.resource.stats.values), (0, 0))
+        del self.router.refusals["telemetry/b"]
+        self.assertEqual(self.write(b"a=1&b=2")[0], 204)
+        self.assertEqual((self.resource.stats.unrouted, self.resource.stats.values), (1, 2))
 
     def test_malformed_bodies_are_400_with_a_reason(self):
         """Not form-encoded, no pairs, a bad alias, too many aliases, not UTF-8: 400 each, nothing stored."""
