@@ -17,6 +17,14 @@ has failed when
 Then it installs the old package again (whose maintainer scripts restart the old gateway,
 which takes up the operation and reports it failed). After a success it keeps the new
 package, as the one to roll back to next time.
+
+Before each step that changes what is installed (the new package's install, the rollback) it
+records the step, with what finishing it needs, in :data:`STEP` in the keep directory (and a
+copy in the result directory, which tells the gateway that a step is under way). A power cut
+or a SIGKILL in the middle of it leaves the record: the next start of the helper (the path
+unit starts it for the record too, at boot) finishes the step with :meth:`Rollback.finish`
+(``dpkg --configure -a`` when ``dpkg --audit`` reports something, then the install or the
+rollback again, both idempotent), and the result is written as for a step that was not cut.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.atomic import fsync_directory, read_json, write_parts_atomically
+from gateway.atomic import fsync_directory, read_json, remove_quietly, write_json_atomically, \
+    write_parts_atomically
 from gateway.filelayer import WRITE_SIZE
 from gateway.updates.detached_run import execute
 
@@ -39,6 +48,8 @@ from gateway.updates.detached_run import execute
 ALIVE = "alive.json"
 #: ``exit_code`` in the result when the new version did not start (the installer itself succeeded).
 NOT_STARTED = 3
+#: The step under way, in the keep directory (and its copy in the result directory).
+STEP = "step.json"
 
 
 def log(line: str) -> None:
@@ -91,22 +102,77 @@ class Rollback:
         previous = self.installed()
         kept, why_not = self.previous_package(previous)
         log(f"rolls back to {kept}" if kept is not None else f"cannot roll back: {why_not}")
-        before = self.main_pid()
+        record = {"step": "install", "deb": str(deb), "result_dir": str(result_dir), "previous": previous,
+                  "kept": str(kept) if kept is not None else None, "why_not": why_not}
+        return self._install(command, deb, record, self.main_pid() or None)
+
+    def _install(self, command: list[str], deb: Path, record: dict[str, Any], before: int | None) -> dict[str, Any]:
+        """Record the install step, run it, watch the new version replace the gateway's process
+        ``before`` (None: not watched), roll back when it failed; the result (:meth:`install`)."""
+        result_dir = Path(record["result_dir"])
         (result_dir / ALIVE).unlink(missing_ok=True)
+        self.record(record)
         code, output = self.run([*command, str(deb)])
         if code != 0:
-            if self.installed() == previous:
+            if self.installed() == record["previous"]:
                 return {"exit_code": code, "output": output}  # nothing changed: nothing to undo
-            return {"exit_code": code, "output": output,
-                    "message": f"the installer exited with {code}; " + self.roll_back(command, previous, kept,
-                                                                                    why_not)}
-        if before:
+            return self.roll_back(command, record, code, output, f"the installer exited with {code}")
+        if before is not None:
             problem = self.watch(result_dir, before)
             if problem is not None:
-                return {"exit_code": NOT_STARTED, "output": output,
-                        "message": f"{problem}; " + self.roll_back(command, previous, kept, why_not)}
+                return self.roll_back(command, record, NOT_STARTED, output, problem)
         self.keep(deb)
         return {"exit_code": 0, "output": output}
+
+    def record(self, step: dict[str, Any]) -> None:
+        """Persist ``step`` (fsynced) before it changes what is installed: :data:`STEP` in the keep
+        directory, where the next start finds it, and a copy in its result directory, which tells
+        the gateway to wait for the result even while no helper runs."""
+        self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomically(self.keep_dir / STEP, step)
+        write_json_atomically(Path(step["result_dir"]) / STEP, step)
+
+    def pending(self) -> dict[str, Any] | None:
+        """The step a stop cut short (:meth:`record`), or None; an unreadable record is removed."""
+        try:
+            step = read_json(self.keep_dir / STEP)
+        except (OSError, ValueError) as error:
+            step = str(error)
+        if step is None or isinstance(step, dict) and step.get("step") in ("install", "rollback") \
+                and isinstance(step.get("result_dir"), str):
+            return step
+        log(f"the step record {self.keep_dir / STEP} is unreadable ({step}): removed")
+        self.clear(None)
+        return None
+
+    def clear(self, result_dir: Path | None) -> None:
+        """Remove the step's record once its result is written in ``result_dir``."""
+        if (self.keep_dir / STEP).exists():
+            (self.keep_dir / STEP).unlink()
+            fsync_directory(self.keep_dir)
+        if result_dir is not None:
+            remove_quietly(result_dir / STEP)
+
+    def finish(self, command: list[str], step: dict[str, Any], deb: Path | None, gone: str) -> dict[str, Any]:
+        """Finish the ``step`` a stop cut short: let dpkg finish what it had begun, then install the
+        new package again (``deb``; None when it is ``gone``, and why: then roll back) or roll back
+        again. The result, as :meth:`install`'s."""
+        log(f"finishing the {step['step']} of {step.get('deb')} that a stop cut short")
+        base = command[:-1] if command[-1:] in (["-i"], ["--install"]) else None
+        if base is not None:  # (another installer than dpkg -i: nothing to ask dpkg)
+            code, output = self.run([*base, "--audit"])
+            if code != 0 or output.strip():
+                log(f"dpkg --audit: {' '.join(output.split())[-300:]}; running dpkg --configure -a")
+                code, output = self.run([*base, "--configure", "-a"])
+                log(f"dpkg --configure -a exited with {code}: {' '.join(output.split())[-300:]}")
+        if step["step"] == "install" and deb is not None:
+            # The gateway may be down (a new version that does not start): watched all the same.
+            return self._install(command, deb, step, self.main_pid())
+        if step["step"] == "install":
+            return self.roll_back(command, step, 1, "", f"the install was cut short, and its package cannot be "
+                                                        f"installed again ({gone})")
+        return self.roll_back(command, step, step.get("exit_code", 1), step.get("output", ""),
+                              step.get("failure", "the new version failed"))
 
     def installed(self) -> str | None:
         """The installed version and its state (``0.1.0 ii``), or None when not installed."""
@@ -188,15 +254,20 @@ class Rollback:
                         f"({self.service}: {' '.join((state or 'unknown').split())})")
             self.sleep(1.0)
 
-    def roll_back(self, command: list[str], previous: str | None, kept: Path | None, why_not: str) -> str:
-        """Install the previous version again; what happened, for the message."""
-        version = previous.split()[0] if previous else "the previous version"
-        if kept is None:
-            return f"could not roll back to {version}: {why_not}"
-        code, output = self.run([*command, str(kept)])
-        if code != 0:
-            return f"rolling back to {version} failed too (exit {code}): {output.strip()[-300:]}"
-        return f"rolled back to {version}"
+    def roll_back(self, command: list[str], step: dict[str, Any], exit_code: int, output: str,
+                  failure: str) -> dict[str, Any]:
+        """Install the previous version again (recorded first, as the step ``rollback``) after the
+        new one's ``failure``; the result, whose message says both."""
+        version = step["previous"].split()[0] if step["previous"] else "the previous version"
+        result: dict[str, Any] = {"exit_code": exit_code, "output": output, "message": f"{failure}; "}
+        if step["kept"] is None:
+            result["message"] += f"could not roll back to {version}: {step['why_not']}"
+            return result
+        self.record({**step, "step": "rollback", "exit_code": exit_code, "output": output, "failure": failure})
+        code, done = self.run([*command, step["kept"]])
+        result["message"] += (f"rolling back to {version} failed too (exit {code}): {done.strip()[-300:]}"
+                              if code != 0 else f"rolled back to {version}")
+        return result
 
     def keep(self, deb: Path) -> None:
         """Keep ``deb`` (now installed) as the package to roll back to, and only it."""

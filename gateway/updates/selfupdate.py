@@ -16,7 +16,9 @@ package is the gateway's (``dpkg-deb --field``), writes ``helper.pid``, then has
 and roll back when the new version fails, and writes the outcome to ``result.json``, where
 the gateway, restarted by the package's maintainer scripts meanwhile, waits for it. A
 request it refuses gets a ``result.json`` saying why (exit code 2), when its result
-directory is one it may write.
+directory is one it may write. Before any request, it finishes the install or rollback that
+a power cut or a kill cut short (:func:`finish_pending`): the path unit starts it for that
+record too, at boot.
 
 These checks catch mistakes, not an attacker: whoever can write the request as user
 ``gateway`` can hand root a package named ``gateway`` whose maintainer scripts do anything.
@@ -32,6 +34,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway import jsontext
 from gateway.atomic import write_atomically, write_json_atomically
@@ -122,6 +125,57 @@ def package_name(deb: Path) -> str:
     return done.stdout.decode("utf-8", "replace").strip()
 
 
+def package_file(state_dir: Path, package: str, path_text: str) -> Path:
+    """``path_text`` as a package that may be installed: a file inside ``state_dir`` (:func:`inside`)
+    that is the package named ``package``.
+
+    :raises Refused: when it is not.
+    """
+    deb = inside(state_dir, path_text, "package", stat.S_ISREG)
+    name = package_name(deb)
+    if name != package:
+        raise Refused(f"{deb.name} is package {name!r}, not {package!r}: only the gateway's own "
+                      "package is installed this way")
+    return deb
+
+
+def finish_pending(state_dir: Path, package: str, command: list[str], rollback: Rollback) -> None:
+    """Finish the install or rollback that a power cut or a kill cut short (its record, which
+    :class:`Rollback` wrote before the step), and write its result, once, where the gateway waits.
+
+    :param state_dir: the gateway's state directory: the result directory and package must still be in it.
+    :param package: the only package name installed.
+    :param command: the installer.
+    :param rollback: the rollback, which holds the record.
+    """
+    step = rollback.pending()
+    if step is None:
+        return
+    try:
+        result_dir = inside(state_dir, step["result_dir"], "result directory", stat.S_ISDIR)
+    except Refused as refusal:
+        log(f"the {step['step']} cut short is not finished: {refusal}; `dpkg --audit` tells what dpkg left")
+        rollback.clear(None)
+        return
+    if not (result_dir / "result.json").exists():  # (else it was written just before the stop)
+        write_atomically(result_dir / "helper.pid", str(os.getpid()).encode())
+        deb, gone = None, ""
+        if step["step"] == "install":
+            try:
+                deb = package_file(state_dir, package, str(step.get("deb")))
+            except Refused as refusal:
+                gone = str(refusal)
+        write_result(result_dir, rollback.finish(command, step, deb, gone))
+    rollback.clear(result_dir)
+
+
+def write_result(result_dir: Path, result: dict[str, Any]) -> None:
+    """Write the outcome of an install where the gateway waits for it (and say it in the journal)."""
+    outcome = result.get("message") or f"the installer exited with {result['exit_code']}"
+    log(f"{outcome}; result in {result_dir / 'result.json'}")
+    write_json_atomically(result_dir / "result.json", result)
+
+
 def handle(state_dir: Path, package: str, request: Path, command: list[str], rollback: Rollback) -> int:
     """Take and carry out one request; the exit status of the service.
 
@@ -134,6 +188,7 @@ def handle(state_dir: Path, package: str, request: Path, command: list[str], rol
     :return: 0 when the outcome went to ``result.json`` (or there was no request), 1 when it
         could not be written anywhere the gateway reads.
     """
+    finish_pending(state_dir, package, command, rollback)
     taken = take(request)
     if taken is None:
         log(f"no request at {request}: nothing to do")
@@ -144,11 +199,7 @@ def handle(state_dir: Path, package: str, request: Path, command: list[str], rol
         result_dir = inside(state_dir, fields["result_dir"], "result directory", stat.S_ISDIR)
         # At once: the gateway gives a taken request a few seconds to show a living helper.
         write_atomically(result_dir / "helper.pid", str(os.getpid()).encode())
-        deb = inside(state_dir, fields["deb"], "package", stat.S_ISREG)
-        name = package_name(deb)
-        if name != package:
-            raise Refused(f"{deb.name} is package {name!r}, not {package!r}: only the gateway's own "
-                          "package is installed this way")
+        deb = package_file(state_dir, package, fields["deb"])
     except Refused as refusal:
         log(f"refused the request {request}: {refusal}")
         if result_dir is None:
@@ -159,10 +210,8 @@ def handle(state_dir: Path, package: str, request: Path, command: list[str], rol
     finally:
         taken.unlink(missing_ok=True)
     log(f"installing {deb} for {fields.get('correlation_id', '?')}: {' '.join(command)} {deb}")
-    result = rollback.install(command, deb, result_dir)
-    outcome = result.get("message") or f"the installer exited with {result['exit_code']}"
-    log(f"{outcome}; result in {result_dir / 'result.json'}")
-    write_json_atomically(result_dir / "result.json", result)
+    write_result(result_dir, rollback.install(command, deb, result_dir))
+    rollback.clear(result_dir)
     return 0
 
 

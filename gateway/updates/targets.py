@@ -24,7 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.namewatch import NameWatch, inotify_maker
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
-from gateway.updates.rollback import ALIVE
+from gateway.updates.rollback import ALIVE, STEP
 from gateway.updates.settings import UpdatesSettings
 
 
@@ -389,7 +389,8 @@ class ModuleInstaller:
     @inlineCallbacks
     def _wait_for_result(self, result_dir: Path) -> Any:
         """Fire with the installer's result (``result.json`` in ``result_dir``) as soon as it is
-        written; fail when its helper is gone without one, or after ``script_timeout``."""
+        written; fail when its helper is gone without one (unless the unit recorded a step there,
+        which its next start finishes: after a power cut, at boot), or after ``script_timeout``."""
         watch = NameWatch(self.reactor, result_dir / "result.json", self._notifier)
         began = steady_seconds(self.reactor)
         try:
@@ -398,7 +399,7 @@ class ModuleInstaller:
                 if isinstance(result, dict):
                     return result
                 waited = steady_seconds(self.reactor) - began
-                if waited >= 5.0 and not _helper_alive(result_dir):
+                if waited >= 5.0 and not _helper_alive(result_dir) and not (result_dir / STEP).exists():
                     raise InstallError("the installer helper vanished without a result")
                 if waited >= self.settings.script_timeout:
                     raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")

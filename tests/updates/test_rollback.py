@@ -15,7 +15,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.updates import rollback as rollback_module
-from gateway.updates.rollback import ALIVE, NOT_STARTED, Rollback
+from gateway.updates.rollback import ALIVE, NOT_STARTED, STEP, Rollback
 
 
 class Machine:
@@ -92,7 +92,11 @@ class RollbackTests(TestCase):
                                  systemctl=self.machine.systemctl)
 
     def install(self) -> dict[str, Any]:
-        return self.rollback.install(["dpkg", "-i"], self.deb, self.result_dir)
+        """Install as the helper does: the step's record stays until the result is written, then goes."""
+        result = self.rollback.install(["dpkg", "-i"], self.deb, self.result_dir)
+        self.assertTrue((self.keep / STEP).exists())
+        self.rollback.clear(self.result_dir)
+        return result
 
     def installs(self) -> list[str]:
         return [argv[-1] for argv in self.machine.commands if argv[0] == "dpkg"]

@@ -178,6 +178,7 @@ class RootSideTests(TestCase):
         self.assertEqual(request, state + "/updates/deb-request.json")
         keep = args[args.index("--keep-dir") + 1]
         self.assertIn(f"StateDirectory={Path(keep).name}\n", unit.read_text())
+        self.assertIn(f"PathExists={keep}/{rollback.STEP}\n", path_unit)  # a step cut short: finished at boot
         args[args.index("--state-dir") + 1], args[split - 1] = str(self.state), str(self.request)
         args[args.index("--keep-dir") + 1] = str(self.state / "kept")
         args[split + 1:] = FAKE_DPKG
