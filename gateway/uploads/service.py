@@ -28,7 +28,7 @@ from gateway.operations.store import RecordStore, StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
 from gateway.shown import escaped, shown
 from gateway.uploads import messages
-from gateway.uploads.diagnostics import DiagnosticsBundle
+from gateway.uploads.diagnostics import BUNDLES_DIR, DiagnosticsBundle, remove_unnamed_bundles
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
 from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
 from gateway.uploads.schedule import Activation, PeriodicTrigger, load_activation
@@ -163,8 +163,31 @@ class UploadService(Service):
             self._pool.start()
         d = self.run_blocking(self.store.load_all)
         d.addCallback(self._resume_all)
+        d.addCallback(lambda _: self._remove_unnamed_bundles())
         d.addCallback(lambda _: self.run_blocking(load_activation, self.root / ACTIVATION_FILE))
         d.addCallback(self._restore_activation)
+        return d
+
+    def _remove_unnamed_bundles(self) -> Deferred[None]:
+        """Remove the diagnostics bundles no upload names (a gateway killed while it wrote
+        one, or before its upload's record was written); a failure is a warning, the start
+        goes on."""
+        named = {os.path.basename(item.path) for upload in self.uploads.values() for item in upload.files
+                 if item.temporary}
+        directory = self.root / BUNDLES_DIR
+
+        def removed(names: list[str]) -> None:
+            if names:
+                self.log.info("uploads: removed {count} diagnostics bundle file(s) no upload names from {directory}",
+                              count=len(names), directory=str(directory))
+
+        def refused(failure: Any) -> None:
+            failure.trap(OSError)
+            self.log.warn("uploads: cannot remove the diagnostics bundles no upload names from {directory}: {error}",
+                          directory=str(directory), error=failure.value.strerror or failure.value)
+
+        d = self.run_blocking(remove_unnamed_bundles, directory, named)
+        d.addCallbacks(removed, refused)
         return d
 
     def _restore_activation(self, saved: Activation | str | None) -> None:
@@ -354,7 +377,7 @@ class UploadService(Service):
         if wants_bundle and self.diagnostics is not None:
             self._bundles += 1  # two triggers in one millisecond get a bundle each
             name = f"diagnostics-{int(self.reactor.seconds() * 1000)}-{self._bundles}.tar.gz"
-            bundle = yield self.diagnostics.build(self.root / "bundles" / name)
+            bundle = yield self.diagnostics.build(self.root / BUNDLES_DIR / name)
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:

@@ -345,6 +345,25 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
         self.assertEqual(list(bundles.iterdir()), [])
 
+    def test_bundles_no_upload_names_are_removed_at_start(self) -> None:
+        """docs/uploads.md: a bundle a gateway killed before its upload's record named it (or
+        while it wrote it: its temporary file) is removed at the next start; the bundle of an
+        upload resumed stays. Nothing ever removed them: one more on the disk with each such
+        kill, for good."""
+        bundles = self.upload_with_a_bundle()
+        [named] = [path.name for path in bundles.iterdir()]
+        self.successResultOf(self.service.stopService())
+        (bundles / "diagnostics-1-1.tar.gz").write_bytes(b"written, not recorded")
+        (bundles / ".diagnostics-2-1.tar.gz.tmp").write_bytes(b"half written")
+        service, watcher, clock, sends = fake_service(self.state, self.settings)
+        events = capture_log_events(self)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.assertEqual([path.name for path in bundles.iterdir()], [named])
+        self.assertIn(f"uploads: removed 2 diagnostics bundle file(s) no upload names from {bundles}",
+                      [formatEvent(event) for event in events])
+        self.assertEqual(len(sends), 2)  # the upload goes on, its bundle with it
+
     def test_an_old_record_that_cannot_be_removed_is_a_warning_and_tried_again(self) -> None:
         """docs/uploads.md: only the last 20 finished uploads are kept. An older one's record
         that a read-only disk refuses to remove is logged once as a warning naming the file,
