@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # the transfer machinery is imported by the first upload (idl
 
 #: Finished uploads kept on disk (their last statuses), newest first.
 KEEP_FINISHED = 20
+#: Uploads whose files all wait for the cloud's ``start`` (``PENDING``), at most: a trigger
+#: past it cancels the oldest of them. Without it a cloud that never answers made every
+#: periodic trigger one more upload kept for good, with its diagnostics bundle.
+MAX_UNANSWERED = 10
 #: The periodic uploads' activation in force (the last ``activate``/``deactivate``), under ``uploads/``.
 ACTIVATION_FILE = "activation.json"
 
@@ -396,6 +400,23 @@ class UploadService(Service):
         self._send(upload.status_payload())
         for item in upload.files:
             self._request(upload, item)
+        yield self._cancel_unanswered(cid)
+
+    @inlineCallbacks
+    def _cancel_unanswered(self, newest: str) -> Any:
+        """Cancel the uploads triggered longest ago among those still waiting for the cloud's
+        ``start`` (``PENDING``), so that :data:`MAX_UNANSWERED` remain, ``newest`` among them.
+        Never fails: the trigger that made ``newest`` is answered as it is."""
+        waiting = sorted((u for u in self.uploads.values() if u.state == UploadState.PENDING
+                          and u.correlation_id != newest), key=lambda u: u.triggered_at)
+        for upload in waiting[:max(0, len(waiting) - (MAX_UNANSWERED - 1))]:
+            upload.message = f"canceled: more than {MAX_UNANSWERED} uploads waited for the cloud's start"
+            self.log.warn("upload {id} canceled: more than {most} uploads waited for the cloud's start, the"
+                          " oldest go first", id=upload.correlation_id, most=MAX_UNANSWERED)
+            try:
+                yield self._finish(upload, UploadState.CANCELED)
+            except Exception:
+                self.log.failure("upload {id}: the cancel failed", id=upload.correlation_id)
 
     @inlineCallbacks
     def _new_upload(self, cid: str, paths: list[str], temporary: set[str], options: dict[str, str]) -> Any:

@@ -345,6 +345,30 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
         self.assertEqual(list(bundles.iterdir()), [])
 
+    def test_uploads_the_cloud_never_starts_are_canceled_past_a_bound(self) -> None:
+        """docs/uploads.md: at most MAX_UNANSWERED uploads wait for the cloud's start; a trigger
+        past it cancels the oldest (its bundle removed, its status published). A cloud that
+        never answered kept every periodic trigger's upload for good, each with its bundle."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+        from gateway.uploads.service import MAX_UNANSWERED
+
+        self.settings = UploadsSettings(files=(str(self.dir / "a.log"),), diagnostics=True)
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.service.diagnostics = DiagnosticsBundle(self.state, {}, {}, (), self.service.run_blocking)
+        self.successResultOf(self.service.startService())
+        ids = [f"t{n:02}" for n in range(MAX_UNANSWERED + 2)]
+        for cid in ids:
+            self.clock.advance(1)
+            self.trigger(cid)
+        states = {cid: upload.state.value for cid, upload in self.service.uploads.items()}
+        self.assertEqual(states, {cid: "CANCELED" if cid in ids[:2] else "PENDING" for cid in ids})
+        canceled = [s for s in self.watcher.statuses() if s["state"] == "CANCELED"]
+        self.assertEqual([(s["correlationId"], s["message"]) for s in canceled],
+                         [(cid, f"canceled: more than {MAX_UNANSWERED} uploads waited for the cloud's start")
+                          for cid in ids[:2]])
+        self.assertEqual(len(list((self.service.root / "bundles").iterdir())), MAX_UNANSWERED)
+        self.assertEqual(self.persisted("t00").state.value, "CANCELED")
+
     def test_bundles_no_upload_names_are_removed_at_start(self) -> None:
         """docs/uploads.md: a bundle a gateway killed before its upload's record named it (or
         while it wrote it: its temporary file) is removed at the next start; the bundle of an
