@@ -5,7 +5,8 @@ and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names ar
 (one that is not a regular file, a symbolic link, a directory or a pipe, is refused unread).
 Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 ``<file>.log`` beside it; one whose install raised an unexpected error goes to
-``failed/`` too, with the traceback in its log. One whose install the apps service's stop
+``failed/`` too, with the traceback in its log; each of them keeps the last :data:`KEEP_FILED`
+filed there (older ones are removed with their logs). One whose install the apps service's stop
 cut short stays for the next look. One the disk refuses to move (a full disk, a read-only
 remount) is not installed again: its move is tried again at each look until it is done.
 
@@ -21,6 +22,7 @@ or a look or a move the system refused is to be tried again.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -56,6 +58,10 @@ RECHECK_AFTER = 60.0
 #: Seconds a file created under its final name must stay unchanged before a look takes it
 #: without its close seen (its IN_CLOSE_WRITE lost with an overflow; a writer this quiet is gone).
 WRITER_QUIET = 600.0
+#: Packages (each with its log) kept in ``done/`` and in ``failed/`` each: filing one more
+#: removes the oldest filed there. Without a bound every package ever dropped (a whole
+#: tarball) stayed on the gateway's disk for good.
+KEEP_FILED = 10
 
 
 #: What is not a package file, by its ``lstat`` type: refused without being read.
@@ -128,6 +134,38 @@ def _file_away(archive: Path, result: InstallResult) -> None:
         # Moved even when the log cannot be written (a full disk): the next look must not
         # install the same file again.
         os.replace(archive, target / archive.name)
+    try:
+        _keep_newest_filed(target, archive.name)
+    except OSError as error:  # (filed all the same: the next filing tries again)
+        log.warn("apps: cannot remove old packages from {folder}: {error}", folder=str(target),
+                 error=error.strerror or str(error))
+
+
+def _keep_newest_filed(folder: Path, newest: str) -> None:
+    """Remove the packages filed in ``folder`` longest ago, each with its log (and the
+    temporary file of a log write a crash cut short), so that :data:`KEEP_FILED` remain,
+    ``newest`` (the one just filed) among them. Filed longest ago: the oldest change time,
+    which the rename that filed it set (a directory refused as it is goes the same way).
+
+    :param folder: ``done/`` or ``failed/``.
+    :param newest: the name of the package just filed there.
+    """
+    filed: dict[str, int] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # (a log's temporary file: removed with its package)
+            package = entry.name.removesuffix(".log")  # (a package's name ends .tar.gz or .tgz)
+            changed = entry.stat(follow_symlinks=False).st_ctime_ns
+            filed[package] = max(changed, filed.get(package, changed))
+    filed.pop(newest, None)
+    oldest_first = sorted(filed, key=lambda name: (filed[name], name))
+    for package in oldest_first[:max(0, len(oldest_first) - (KEEP_FILED - 1))]:
+        for path in (folder / package, folder / f"{package}.log", folder / f".{package}.log.tmp"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 #: A file's identity: inode, size and modification time (a package renamed over it differs).

@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from gateway.atomic import read_json, set_aside, write_json_atomically
+from gateway.atomic import read_json, remove_quietly, set_aside, write_json_atomically
 from gateway.stateaccess import is_permission_error, refusal
 
 
@@ -75,12 +75,13 @@ class RecordStore(Generic[R]):
         ``<name>.damaged``: the service starts without it, and never reads it again. A directory
         that cannot be listed (a file in its place, or its parent's) is logged as an error and
         left as it is: the service starts without the records, which the next start that can
-        list them reads.
+        list them reads. The temporary file of a save a crash cut short (``.<name>.json.tmp``)
+        is removed: a record forgotten since is never written again, and nothing else would.
 
         :raises StateAccessError: when the gateway's user may not list the directory, or read
             or move a record (:func:`~gateway.atomic.set_aside`): nothing is set aside."""
         try:
-            names = sorted(entry.name for entry in os.scandir(self.directory) if entry.name.endswith(".json"))
+            entries = [entry.name for entry in os.scandir(self.directory)]
         except FileNotFoundError:
             return []  # (never written to: the first start)
         except OSError as error:
@@ -91,8 +92,11 @@ class RecordStore(Generic[R]):
                            " they are read at the next start that can list them",
                            directory=str(self.directory), error=error.strerror or str(error))
             return []
+        for name in entries:
+            if name.startswith(".") and name.endswith(".json.tmp"):
+                remove_quietly(self.directory / name)  # (one it cannot remove is written over by that record's next save)
         records = []
-        for path in (self.directory / name for name in names):
+        for path in (self.directory / name for name in sorted(name for name in entries if name.endswith(".json"))):
             try:
                 record = self.from_json(read_json(path))
                 if not isinstance(record.correlation_id, str) or self.path_for(record.correlation_id) != path:

@@ -50,6 +50,8 @@ ALIVE = "alive.json"
 NOT_STARTED = 3
 #: The step under way, in the keep directory (and its copy in the result directory).
 STEP = "step.json"
+#: The prefix of dpkg-repack's scratch directories in the keep directory.
+REPACK_PREFIX = ".repack-"
 
 
 def log(line: str) -> None:
@@ -99,6 +101,7 @@ class Rollback:
         :return: the result for the gateway: ``exit_code``, ``output`` (the installer's), and on
             a failure after which something was done, ``message`` saying what.
         """
+        self.remove_leftovers()
         previous = self.installed()
         kept, why_not = self.previous_package(previous)
         log(f"rolls back to {kept}" if kept is not None else f"cannot roll back: {why_not}")
@@ -179,6 +182,17 @@ class Rollback:
         code, output = self.run(["dpkg-query", "-W", "-f=${Version} ${db:Status-Abbrev}", self.package])
         return output.strip() if code == 0 and output.strip() else None
 
+    def remove_leftovers(self) -> None:
+        """Remove what a run killed before its end left in the keep directory: a package's
+        temporary file (:meth:`keep` writes it atomically) and dpkg-repack's scratch directory,
+        each as large as the package, which nothing else would ever remove."""
+        if not self.keep_dir.is_dir():
+            return
+        for leftover in self.keep_dir.glob(f".{self.package}_*.deb.tmp"):
+            leftover.unlink(missing_ok=True)
+        for scratch in self.keep_dir.glob(f"{REPACK_PREFIX}*"):
+            shutil.rmtree(scratch, ignore_errors=True)
+
     def kept_path(self, version: str) -> Path:
         """Where the package of ``version`` is kept."""
         return self.keep_dir / f"{self.package}_{version.replace(':', '%3a')}.deb"
@@ -202,7 +216,7 @@ class Rollback:
                    else f"no package of {version} is kept (it was not installed by gateway-selfupdate)")
             return None, f"{why}, and dpkg-repack, which would rebuild it, is not installed"
         self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.keep_dir) as scratch:
+        with tempfile.TemporaryDirectory(dir=self.keep_dir, prefix=REPACK_PREFIX) as scratch:
             # (gzip, fast: the package only waits here in case of a rollback; xz on a gateway's
             # CPU would take minutes for the venv)
             code, output = self.run(["env", "DPKG_DEB_COMPRESSOR_TYPE=gzip", "DPKG_DEB_COMPRESSOR_LEVEL=1", "sh",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,6 +20,9 @@ from gateway.redaction import redact
 
 BUNDLE_MODE = 0o600
 """The bundle's permissions: it holds the configuration and the apps' logs, for the gateway's eyes only."""
+
+BUNDLES_DIR = "bundles"
+"""Where the bundles are written, under the uploads' directory (``<state_dir>/uploads/bundles``)."""
 
 
 def plain(value: Any) -> Any:
@@ -46,6 +50,29 @@ def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path],
     """
     write_parts_atomically(destination, _bundle_parts(documents, logs, max_log_bytes), BUNDLE_MODE)
     return destination
+
+
+def remove_unnamed_bundles(directory: Path, named: set[str]) -> list[str]:
+    """Remove what ``directory`` holds that no upload names (blocking: run it in a thread): a
+    bundle written, or half written under its temporary name, by a gateway killed before the
+    upload's record named it, or kept once the record that named it was forgotten. Nothing
+    else ever removes them.
+
+    :param directory: the bundles' directory (absent is fine).
+    :param named: the names of the bundles that uploads' records name.
+    :return: the names removed.
+    :raises OSError: when the directory cannot be listed or a file removed.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.name not in named:
+            os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
 
 
 def _bundle_parts(documents: dict[str, Any], logs: list[Path], max_log_bytes: int) -> Iterator[bytes]:

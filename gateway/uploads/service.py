@@ -29,7 +29,7 @@ from gateway.operations.store import RecordStore, StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
 from gateway.shown import escaped, shown
 from gateway.uploads import messages
-from gateway.uploads.diagnostics import DiagnosticsBundle
+from gateway.uploads.diagnostics import BUNDLES_DIR, DiagnosticsBundle, remove_unnamed_bundles
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
 from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
 from gateway.uploads.schedule import Activation, PeriodicTrigger, load_activation
@@ -42,6 +42,10 @@ if TYPE_CHECKING:  # the transfer machinery is imported by the first upload (idl
 
 #: Finished uploads kept on disk (their last statuses), newest first.
 KEEP_FINISHED = 20
+#: Uploads whose files all wait for the cloud's ``start`` (``PENDING``), at most: a trigger
+#: past it cancels the oldest of them. Without it a cloud that never answers made every
+#: periodic trigger one more upload kept for good, with its diagnostics bundle.
+MAX_UNANSWERED = 10
 #: The periodic uploads' activation in force (the last ``activate``/``deactivate``), under ``uploads/``.
 ACTIVATION_FILE = "activation.json"
 
@@ -164,8 +168,31 @@ class UploadService(Service):
             self._pool.start()
         d = self.run_blocking(self.store.load_all)
         d.addCallback(self._resume_all)
+        d.addCallback(lambda _: self._remove_unnamed_bundles())
         d.addCallback(lambda _: self.run_blocking(load_activation, self.root / ACTIVATION_FILE))
         d.addCallback(self._restore_activation)
+        return d
+
+    def _remove_unnamed_bundles(self) -> Deferred[None]:
+        """Remove the diagnostics bundles no upload names (a gateway killed while it wrote
+        one, or before its upload's record was written); a failure is a warning, the start
+        goes on."""
+        named = {os.path.basename(item.path) for upload in self.uploads.values() for item in upload.files
+                 if item.temporary}
+        directory = self.root / BUNDLES_DIR
+
+        def removed(names: list[str]) -> None:
+            if names:
+                self.log.info("uploads: removed {count} diagnostics bundle file(s) no upload names from {directory}",
+                              count=len(names), directory=str(directory))
+
+        def refused(failure: Any) -> None:
+            failure.trap(OSError)
+            self.log.warn("uploads: cannot remove the diagnostics bundles no upload names from {directory}: {error}",
+                          directory=str(directory), error=failure.value.strerror or failure.value)
+
+        d = self.run_blocking(remove_unnamed_bundles, directory, named)
+        d.addCallbacks(removed, refused)
         return d
 
     def _restore_activation(self, saved: Activation | str | None) -> None:
@@ -355,7 +382,7 @@ class UploadService(Service):
         if wants_bundle and self.diagnostics is not None:
             self._bundles += 1  # two triggers in one millisecond get a bundle each
             name = f"diagnostics-{int(self.reactor.seconds() * 1000)}-{self._bundles}.tar.gz"
-            bundle = yield self.diagnostics.build(self.root / "bundles" / name)
+            bundle = yield self.diagnostics.build(self.root / BUNDLES_DIR / name)
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:
@@ -374,6 +401,23 @@ class UploadService(Service):
         self._send(upload.status_payload())
         for item in upload.files:
             self._request(upload, item)
+        yield self._cancel_unanswered(cid)
+
+    @inlineCallbacks
+    def _cancel_unanswered(self, newest: str) -> Any:
+        """Cancel the uploads triggered longest ago among those still waiting for the cloud's
+        ``start`` (``PENDING``), so that :data:`MAX_UNANSWERED` remain, ``newest`` among them.
+        Never fails: the trigger that made ``newest`` is answered as it is."""
+        waiting = sorted((u for u in self.uploads.values() if u.state == UploadState.PENDING
+                          and u.correlation_id != newest), key=lambda u: u.triggered_at)
+        for upload in waiting[:max(0, len(waiting) - (MAX_UNANSWERED - 1))]:
+            upload.message = f"canceled: more than {MAX_UNANSWERED} uploads waited for the cloud's start"
+            self.log.warn("upload {id} canceled: more than {most} uploads waited for the cloud's start, the"
+                          " oldest go first", id=upload.correlation_id, most=MAX_UNANSWERED)
+            try:
+                yield self._finish(upload, UploadState.CANCELED)
+            except Exception:
+                self.log.failure("upload {id}: the cancel failed", id=upload.correlation_id)
 
     @inlineCallbacks
     def _new_upload(self, cid: str, paths: list[str], temporary: set[str], options: dict[str, str]) -> Any:

@@ -81,6 +81,27 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual((self.incoming / "failed" / "evil.v1.tar.gz.log").read_text().split("\n")[0],
                          "refused: link out")
 
+    def test_done_and_failed_keep_the_last_packages_filed(self) -> None:
+        """docs/apps.md: done/ and failed/ keep the last KEEP_FILED packages filed in each, with
+        their logs; filing one more removes the oldest (and a log write's leftover temporary
+        file). Every package ever dropped (a whole tarball each) stayed on the disk for good."""
+        from gateway.apps.spool import KEEP_FILED
+
+        self.watcher(lambda archive: succeed(
+            InstallResult(archive.name.startswith("ok"), "installed", "x", "1", None, "x 1")))
+        self.incoming.mkdir(exist_ok=True)
+        count = KEEP_FILED + 2
+        (self.incoming / "done").mkdir()
+        (self.incoming / "done" / ".ok00.v1.tar.gz.log.tmp").write_bytes(b"cut short")
+        for n in range(count):
+            (self.incoming / f"ok{n:02}.v1.tar.gz").write_bytes(b"x")
+            (self.incoming / f"no{n:02}.v1.tar.gz").write_bytes(b"x")
+            self.clock.advance(1.0)
+        for folder, prefix in (("done", "ok"), ("failed", "no")):
+            kept = [f"{prefix}{n:02}.v1.tar.gz" for n in range(count - KEEP_FILED, count)]
+            self.assertEqual(sorted(p.name for p in (self.incoming / folder).iterdir()),
+                             sorted(kept + [f"{name}.log" for name in kept]))
+
     def test_odd_file_names_are_logged_on_one_line(self) -> None:
         """A package named with a newline, or in Latin-1 on disk, is refused and filed away as
         any other; the spool's log lines show its name escaped (``nl\\nx``, ``caf\\udce9``): it

@@ -161,6 +161,16 @@ class UnreadableDirectoryTests(SynchronousTestCase):
         self.assertTrue(str(raised.exception).startswith(f"{record} (owner "), str(raised.exception))
         self.assertEqual(list(directory.iterdir()), [record])
 
+    def test_a_save_a_crash_cut_short_leaves_no_temporary_file_after_a_load(self) -> None:
+        """docs/updates.md, uploads.md: the temporary file of a save a SIGKILL cut short is
+        removed by the next start's load. A record's temporary file is named for the record,
+        and a record forgotten since is never saved again: it stayed for good."""
+        store = _store(Path(self.mktemp()))
+        leftover = store.path_for("forgotten").with_name(f".{store.path_for('forgotten').name}.tmp")
+        leftover.write_bytes(b'{"correlation_id": "forg')
+        self.assertEqual([r.correlation_id for r in store.load_all()], ["good"])
+        self.assertEqual(sorted(p.name for p in store.directory.iterdir()), [store.path_for("good").name])
+
     def test_a_missing_directory_holds_no_records(self) -> None:
         """A first start (no directory yet) finds no records and says nothing."""
         events = capture_log_events(self)

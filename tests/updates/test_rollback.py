@@ -111,6 +111,17 @@ class RollbackTests(TestCase):
         self.assertEqual([p.name for p in self.keep.iterdir()], ["gateway_2.0.deb"])
         self.assertEqual((self.keep / "gateway_2.0.deb").read_text(), "the new package")
 
+    def test_what_a_killed_run_left_in_the_keep_directory_is_removed(self) -> None:
+        """docs/install.md: a package's temporary file and a dpkg-repack scratch directory that a
+        run killed before its end left in the keep directory go at the next run. Each is as
+        large as the package, and nothing removed them: one more with every such kill."""
+        (self.keep / ".gateway_1.5.deb.tmp").write_text("half a package")
+        (self.keep / ".repack-x1y2").mkdir()
+        (self.keep / ".repack-x1y2" / "gateway_1.0.deb").write_text("half a rebuilt package")
+        self.machine.on_install = self.machine.restart_alive
+        self.assertEqual(self.install()["exit_code"], 0)
+        self.assertEqual(sorted(p.name for p in self.keep.iterdir()), ["gateway_2.0.deb"])
+
     def test_the_kept_package_is_durable_before_the_old_one_goes(self) -> None:
         """The new package is kept through a temp file that is fsynced before it is renamed in
         place (and the directory after): a plain copy and rename, then the old package deleted,

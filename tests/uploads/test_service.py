@@ -364,6 +364,49 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
         self.assertEqual(list(bundles.iterdir()), [])
 
+    def test_uploads_the_cloud_never_starts_are_canceled_past_a_bound(self) -> None:
+        """docs/uploads.md: at most MAX_UNANSWERED uploads wait for the cloud's start; a trigger
+        past it cancels the oldest (its bundle removed, its status published). A cloud that
+        never answered kept every periodic trigger's upload for good, each with its bundle."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+        from gateway.uploads.service import MAX_UNANSWERED
+
+        self.settings = UploadsSettings(files=(str(self.dir / "a.log"),), diagnostics=True)
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.service.diagnostics = DiagnosticsBundle(self.state, {}, {}, (), self.service.run_blocking)
+        self.successResultOf(self.service.startService())
+        ids = [f"t{n:02}" for n in range(MAX_UNANSWERED + 2)]
+        for cid in ids:
+            self.clock.advance(1)
+            self.trigger(cid)
+        states = {cid: upload.state.value for cid, upload in self.service.uploads.items()}
+        self.assertEqual(states, {cid: "CANCELED" if cid in ids[:2] else "PENDING" for cid in ids})
+        canceled = [s for s in self.watcher.statuses() if s["state"] == "CANCELED"]
+        self.assertEqual([(s["correlationId"], s["message"]) for s in canceled],
+                         [(cid, f"canceled: more than {MAX_UNANSWERED} uploads waited for the cloud's start")
+                          for cid in ids[:2]])
+        self.assertEqual(len(list((self.service.root / "bundles").iterdir())), MAX_UNANSWERED)
+        self.assertEqual(self.persisted("t00").state.value, "CANCELED")
+
+    def test_bundles_no_upload_names_are_removed_at_start(self) -> None:
+        """docs/uploads.md: a bundle a gateway killed before its upload's record named it (or
+        while it wrote it: its temporary file) is removed at the next start; the bundle of an
+        upload resumed stays. Nothing ever removed them: one more on the disk with each such
+        kill, for good."""
+        bundles = self.upload_with_a_bundle()
+        [named] = [path.name for path in bundles.iterdir()]
+        self.successResultOf(self.service.stopService())
+        (bundles / "diagnostics-1-1.tar.gz").write_bytes(b"written, not recorded")
+        (bundles / ".diagnostics-2-1.tar.gz.tmp").write_bytes(b"half written")
+        service, watcher, clock, sends = fake_service(self.state, self.settings)
+        events = capture_log_events(self)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.assertEqual([path.name for path in bundles.iterdir()], [named])
+        self.assertIn(f"uploads: removed 2 diagnostics bundle file(s) no upload names from {bundles}",
+                      [formatEvent(event) for event in events])
+        self.assertEqual(len(sends), 2)  # the upload goes on, its bundle with it
+
     def test_an_old_record_that_cannot_be_removed_is_a_warning_and_tried_again(self) -> None:
         """docs/uploads.md: only the last 20 finished uploads are kept. An older one's record
         that a read-only disk refuses to remove is logged once as a warning naming the file,
