@@ -26,7 +26,7 @@ class TwistedLogHandler(logging.Handler):
             message = record.getMessage()
         except Exception:  # a library's bad format string must not break logging
             message = str(record.msg)
-        Logger(namespace=record.name).emit(level, "{message}", message=message)
+        Logger(namespace=record.name).emit(level, "{text}", text=message)
 
 
 def install(level: str) -> None:

@@ -396,8 +396,8 @@ class SpoolWatcher:
                 if not result.ok and not self._running:
                     # The apps service stopped under it (the gateway stops, or restarts for a
                     # configuration change): it is installed at the next look, as after a restart.
-                    log.info("apps: spool {file}: {message}; left for the next look", file=escaped(archive.name),
-                             message=result.message)
+                    log.info("apps: spool {file}: {reason}; left for the next look", file=escaped(archive.name),
+                             reason=result.message)
                     break
             yield self._file(archive, result, None)
 

@@ -569,8 +569,8 @@ class UpdateService(Service):
 
     def _announce(self, operation: Operation, progress: int | None) -> None:
         """Log and publish the operation's status, and tell the watchers."""
-        self.log.info("operation {id}: {status} {message}", id=operation.correlation_id,
-                      status=operation.status.value, message=escaped(operation.message))
+        self.log.info("operation {id}: {status} {reason}", id=operation.correlation_id,
+                      status=operation.status.value, reason=escaped(operation.message))
         if progress is not None:  # a progress report too: the next one is a second away
             self._last_progress[operation.correlation_id] = steady_seconds(self.reactor)
         self._send(operation.status_payload(self.reactor.seconds(), progress))
