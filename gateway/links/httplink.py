@@ -595,13 +595,15 @@ class HTTPLink:
         refused and passed (see :mod:`gateway.links.httprefusals`); ``False``: back off and
         send it again.
 
-        A connection closed without an answer is the request's only if the cloud answers a
-        small request sent just after (``GET /timestamp``; an empty batch in ``json`` mode).
+        A connection closed without an answer is the request's only if its body is larger than
+        every one the cloud has taken (a network that resets connections closes small ones too)
+        and the cloud answers a small request sent just after (``GET /timestamp``; an empty
+        batch in ``json`` mode).
         """
         reason = refusal(self.settings.mode, exc.status) if exc.status else None
         why = str(exc)
         if reason is None:
-            if not exc.closed or not self._running:
+            if not exc.closed or not self._running or exc.sent <= self.api.largest_taken:
                 return False
             yield self._pace()
             try:
