@@ -54,14 +54,16 @@ class RequestFailed(LinkError):
     :ivar retry_after: seconds the cloud asked us to wait (429, 503), or ``None``.
     :ivar closed: no answer: the connection was closed (or reset) after the request went,
         as a proxy does to a body over its limit, but also a network that fails does.
+    :ivar sent: the bytes of the request's body.
     """
 
     def __init__(self, message: str, status: int = 0, retry_after: float | None = None,
-                 closed: bool = False) -> None:
+                 closed: bool = False, sent: int = 0) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
         self.closed = closed
+        self.sent = sent
 
 
 class CIKRejected(RequestFailed):
@@ -104,6 +106,8 @@ class CloudAPI:
     :param timeout: seconds per request, answer included.
     :ivar bytes_up: request body bytes sent (HTTP headers and TLS not counted).
     :ivar bytes_down: answer body bytes received.
+    :ivar largest_taken: the largest request body the cloud answered 2xx: a connection closed
+        unanswered on a body no larger is no refusal of its size (a network that resets it).
     """
 
     def __init__(self, client: Any, url: str, clock: Clock, timeout: float) -> None:
@@ -113,6 +117,7 @@ class CloudAPI:
         self.timeout = timeout
         self.bytes_up = 0
         self.bytes_down = 0
+        self.largest_taken = 0
 
     def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
                 timeout: float | None = None, answer_needed: bool = False) -> Deferred[tuple[int, Any, bytes]]:
@@ -148,6 +153,8 @@ class CloudAPI:
         def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
             status, headers_, body = result
             if 200 <= status < 300 or (status == 304 and get):
+                if 200 <= status < 300:
+                    self.largest_taken = max(self.largest_taken, len(data or b""))
                 return result
             message = describe_answer(status, b"", body)  # (no reason phrase: an empty answer is "HTTP 302")
             if status == 401:
@@ -160,7 +167,7 @@ class CloudAPI:
             if failure.check(RequestFailed, CancelledError):  # (cancelled: the link is stopping)
                 return failure
             raise RequestFailed(f"no answer: {describe(failure, self.clock.seconds())}",
-                                closed=closed_unanswered(failure))
+                                closed=closed_unanswered(failure), sent=len(data or b""))
 
         seconds = self.timeout if timeout is None else timeout
 

@@ -148,6 +148,8 @@ class HTTPLink:
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
         self._reactivated = False
+        #: the cloud took a request of the batch since the uplink's last failure: its backoff starts over
+        self._progressed = False
         #: a CIK the platform refused whose file could not be removed: never taken from the file again
         self._unremoved_cik: str | None = None
         self._last_request = float("-inf")
@@ -338,6 +340,8 @@ class HTTPLink:
                 if not self._running:
                     return
                 self._down(str(exc))
+                if self._progressed:  # (a lossy network fails a request now and then: the cloud answers)
+                    attempt, self._progressed = 0, False
                 attempt = yield self._back_off(attempt, exc.retry_after)
             except Exception as exc:  # a bug: say so, and try again later (a journal failure is retried where it is)
                 self.log.failure("link {link}: forwarding failed", link=self.name)
@@ -585,6 +589,7 @@ class HTTPLink:
             else:
                 del self.pieces[0]
                 self.refused.confirm()
+                self._progressed = True
                 self._up()  # (a refusal alone does not say the link works: see _send_batch)
             self._reactivated = False
 
@@ -595,13 +600,15 @@ class HTTPLink:
         refused and passed (see :mod:`gateway.links.httprefusals`); ``False``: back off and
         send it again.
 
-        A connection closed without an answer is the request's only if the cloud answers a
-        small request sent just after (``GET /timestamp``; an empty batch in ``json`` mode).
+        A connection closed without an answer is the request's only if its body is larger than
+        every one the cloud has taken (a network that resets connections closes small ones too)
+        and the cloud answers a small request sent just after (``GET /timestamp``; an empty
+        batch in ``json`` mode).
         """
         reason = refusal(self.settings.mode, exc.status) if exc.status else None
         why = str(exc)
         if reason is None:
-            if not exc.closed or not self._running:
+            if not exc.closed or not self._running or exc.sent <= self.api.largest_taken:
                 return False
             yield self._pace()
             try:

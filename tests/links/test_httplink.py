@@ -67,12 +67,13 @@ class HTTPLinkCase(SynchronousTestCase):
     def make(self, **changes: Any) -> HTTPLink:
         """The link, not started: ``changes`` to its settings, and its ``on_cloud_value``."""
         on_cloud_value = changes.pop("on_cloud_value", None)
+        retry_policy = changes.pop("retry_policy", lambda attempt: 3.0)
         options = dict(url="https://acme.example", vendor="acme", model="box", serial="gw1", batch_wait=0.5,
                        request_timeout=5.0)
         options.update(changes)
         return HTTPLink("cloud", HTTPLinkSettings(**options), self.stream, self.clock, ("t", "gw1"),
                         self.treq, self.local_publish, lambda name, up, cause: self.statuses.append((up, cause)),
-                        self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=lambda attempt: 3.0,
+                        self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=retry_policy,
                         on_cloud_value=on_cloud_value)
 
     def local_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
@@ -550,6 +551,35 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.server.sequence("temp"), [str(i) for i in range(10)])
         self.assertEqual(self.stream.acked["cloud"], 10)
         self.assertIn((False, "HTTP 500: planned failure"), self.statuses)
+
+    def test_the_backoff_starts_over_once_the_cloud_takes_part_of_a_batch(self) -> None:
+        """On a lossy network every few requests fails, and a batch of several aliases (one
+        request each) rarely went through whole: the backoff grew with every failure though
+        the cloud took the requests between them, up to ``backoff_max`` (300 s by default)
+        between retries of a cloud that answers. A request the cloud takes since the last
+        failure starts the backoff over, as a whole batch taken does."""
+        api = self.server
+        attempts: list[int] = []
+
+        class FirstOfEachAliasFails(Resource):
+            isLeaf = True
+            failed: set[bytes] = set()
+
+            def render(self, request: Any) -> Any:
+                if request.method == b"POST" and request.path.startswith(b"/onep:v1/stack/alias/") \
+                        and request.path not in self.failed:
+                    self.failed.add(request.path)
+                    request.setResponseCode(500)
+                    return b"lost on the way"
+                return api.render(request)
+
+        self.treq = StubTreq(FirstOfEachAliasFails())
+        for alias in ("a", "b", "c", "d"):
+            self.write(alias, "1")
+        self.start(retry_policy=lambda attempt: attempts.append(attempt) or 1.0)
+        self.pass_time(30)
+        self.assertEqual([self.server.sequence(alias) for alias in "abcd"], [["1"]] * 4)
+        self.assertEqual(attempts, [0, 0, 0, 0])
 
     def test_429_waits_as_retry_after_says(self):
         """429 with Retry-After: 20 -> no request for 20 s, then the batch goes."""
