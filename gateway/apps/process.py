@@ -17,6 +17,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.apps.execsize import check_exec_size
 from gateway.apps.launch import CgroupJoin, launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
@@ -129,8 +130,8 @@ class ProcessLauncher:
         self._prepare_cgroup = prepare_cgroup
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
-        """Start ``spec``'s command; raises OSError (its directory does not exist) or KeyError
-        (unknown user)."""
+        """Start ``spec``'s command; raises OSError (its directory does not exist, a command
+        line and environment larger than Linux takes: ``E2BIG``) or KeyError (unknown user)."""
         if not os.path.isdir(spec.cwd):  # (the child's chdir would fail, saying it with a traceback)
             raise NotADirectoryError(f"its directory {spec.cwd} does not exist")
         user = None
@@ -141,6 +142,7 @@ class ProcessLauncher:
         cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
         executable, args = launch_command(spec.argv, user, cgroup)
+        check_exec_size(executable, args, env)
         return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
 
     def with_run_id(self, env: dict[str, str]) -> dict[str, str]:

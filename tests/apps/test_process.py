@@ -212,6 +212,49 @@ class ErrorTests(SynchronousTestCase):
         process.start()
         self.assertEqual(process.status().error, "cannot spawn: getpwnam(): name not found: 'sensor'")
 
+    def test_an_environment_or_command_line_linux_would_refuse_is_never_spawned(self) -> None:
+        """A program whose environment variable, argument, or whole command line and
+        environment is larger than execve() takes (E2BIG) is not spawned: each start fails
+        with an error naming the part too large (not its megabytes), until FATAL. The spawn
+        succeeded instead and the forked child failed: Twisted's traceback, the whole argv in
+        it, went into the program's stderr log at each retry, and the error said only
+        'exited with 1'."""
+        from gateway.apps.execsize import exec_limit
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        for argv, env, why in [
+                (("app",), {"BIG": "A" * (32 * page)}, "cannot spawn: [Errno 7] its environment variable BIG is"
+                 f" {32 * page + 4} bytes, more than the {32 * page - 1} Linux takes in one"),
+                (("app", "A" * (32 * page)), {}, "cannot spawn: [Errno 7] an argument of its command is"
+                 f" {32 * page} bytes, more than the {32 * page - 1} Linux takes in one"),
+                (("app",) + ("x" * 1000,) * (exec_limit() // 1000), {},
+                 "cannot spawn: [Errno 7] its command line and environment are ")]:
+            reactor = FakeProcessReactor()
+            spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", startretries=1), argv,
+                               Path("/tmp"), env, None, None)
+            process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                     AppLogWriter(10**6), 1.0, 8.0)
+            with capturedLogs() as events:
+                process.start()
+                reactor.advance(1)
+            self.assertEqual(reactor.processes, [])
+            self.assertIs(process.state, S.FATAL)
+            self.assertTrue(process.status().error.startswith(why), process.status().error)
+            self.assertLess(len(process.status().error), 300)
+            self.assertIn("apps: cannot spawn app: " + why[len("cannot spawn: "):], formatEvent(events[0]))
+
+    def test_the_largest_environment_linux_takes_is_spawned(self) -> None:
+        """The check refuses only what Linux refuses: a variable of 32 pages less its NUL and
+        ``=`` is spawned."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        reactor = FakeProcessReactor()
+        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app"), ("app",), Path("/tmp"),
+                           {"BIG": "A" * (32 * page - 5)}, None, None)
+        process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                 AppLogWriter(10**6), 1.0, 8.0)
+        process.start()
+        self.assertEqual((process.state, len(reactor.processes)), (S.STARTING, 1))
+
     def test_cleared_once_running_or_stopped(self) -> None:
         """A start that reaches RUNNING, or an operator's stop, ends the failure."""
         process, reactor, _ = make(startretries=3, startsecs=1)
