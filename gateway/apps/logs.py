@@ -32,7 +32,8 @@ class RotatingLog:
     Only the log writer's thread touches it.
 
     :param path: the current log file.
-    :param maxbytes: rotate once the file reaches this size (0: never, supervisord's "no limit").
+    :param maxbytes: rotate once the file reaches this size (at least 1; the writer turns
+        supervisord's 0, "no limit", into its cap on all logs).
     :param backups: rotated files kept (0: the file is truncated instead).
     """
 
@@ -47,7 +48,7 @@ class RotatingLog:
         self._size = 0
 
     def write(self, data: bytes) -> bool:
-        """Append ``data``; rotate when the file has reached ``maxbytes`` (unless that is 0).
+        """Append ``data``; rotate when the file has reached ``maxbytes``.
 
         :return: whether the file was rotated.
         """
@@ -60,7 +61,7 @@ class RotatingLog:
             self._size += self._file.write(marker) or 0
             self.dropped = 0  # (once the marker is written: a failed write keeps counting)
         self._size += self._file.write(data) or 0
-        if self.maxbytes == 0 or self._size < self.maxbytes:
+        if self._size < self.maxbytes:
             return False
         self._rotate()
         return True
@@ -205,8 +206,10 @@ class AppLogWriter:
             self._thread.start()
 
     def open(self, path: Path, maxbytes: int, backups: int) -> RotatingLog:
-        """A log to write to; it counts toward the global cap."""
-        rotating = RotatingLog(path, maxbytes, backups)
+        """A log to write to; it counts toward the global cap. One with no limit of its own
+        (``maxbytes`` 0), or a limit over the cap, is rotated when it reaches the cap: the cap
+        deletes only rotated files, and such a file would grow past it (until the disk is full)."""
+        rotating = RotatingLog(path, min(maxbytes or self._cap, self._cap), backups)
         with self._lock:
             self._logs.add(rotating)
         return rotating
