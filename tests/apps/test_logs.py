@@ -81,6 +81,51 @@ class RotationTests(SynchronousTestCase):
             total = sum(p.stat().st_size for p in directory.iterdir())
             self.assertLessEqual(total, 5000 + 1000, (maxbytes, backups))
 
+    def test_a_log_path_that_is_no_regular_file_is_written_never_moved_nor_deleted(self) -> None:
+        """A ``stdout_logfile`` that names something other than a regular file of its own (a
+        link to ``/dev/null``, as ``/dev/stdout`` is one; a device; a named pipe) is written as
+        it is, never rotated, and an uninstall does not delete it. It was renamed to ``.1`` at
+        the first rotation and a regular file made in its place, then deleted with the app's
+        logs (seen on a real gateway with a device node: a ``stdout_logfile = /dev/null`` run
+        as root would have moved and deleted the system's /dev/null)."""
+        from gateway.apps.logs import remove_logs
+
+        self.dir.mkdir(parents=True)
+        link = self.dir / "null.log"
+        link.symlink_to(os.devnull)
+        writer = AppLogWriter(10**6)
+        target = writer.open(link, 1024, 2)
+        for _ in range(5):
+            writer.write(target, b"x" * 1000)
+        writer.release(target)
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["null.log"])
+        self.assertEqual(os.readlink(link), os.devnull)
+        remove_logs([link])
+        self.assertTrue(link.is_symlink())
+
+    def test_a_named_pipe_as_a_log_never_holds_the_writer(self) -> None:
+        """A named pipe at a log's path that nobody reads is not waited on (opening it for
+        writing waited for a reader, for ever, on the writer's only thread: every app's log
+        stopped): the output is dropped and counted; one being read gets the output, without
+        rotation; neither is deleted with the logs."""
+        from gateway.apps.logs import remove_logs
+
+        self.dir.mkdir(parents=True)
+        fifo = self.dir / "pipe.log"
+        os.mkfifo(fifo)
+        writer = AppLogWriter(10**6)
+        target = writer.open(fifo, 1024, 2)
+        writer.write(target, b"lost\n")
+        self.assertEqual(target.dropped, 5)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        for _ in range(3):
+            writer.write(target, b"y" * 1000)
+        writer.release(target)
+        self.assertEqual(os.read(reader, 10000), b"\n[gateway: 5 bytes of output dropped]\n" + b"y" * 3000)
+        remove_logs([fifo])
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["pipe.log"])
+
     def test_the_cap_goes_by_rotation_not_by_the_files_times(self) -> None:
         """The gateway's previous run (its clock set) left one.log.1; this run began at 1970
         (no real-time clock, NTP not there yet), and two.log then three.log rotate. Over the
