@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from gateway.apps.execsize import check_exec_size
 from gateway.apps.launch import launch_command
 from gateway.apps.process import ProcessLauncher, exit_status
 
@@ -98,8 +99,9 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     protocol = _Collect(done, launcher, name)
     try:
         executable, args = launch_command(argv)
-        transport = reactor.spawnProcess(protocol, executable, args, path=str(cwd),
-                                         env=launcher.with_run_id(env) if name is not None else env)
+        env = launcher.with_run_id(env) if name is not None else env
+        check_exec_size(executable, args, env)
+        transport = reactor.spawnProcess(protocol, executable, args, path=str(cwd), env=env)
     except OSError as exc:
         done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
         return done

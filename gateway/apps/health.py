@@ -39,8 +39,10 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
 
     def changed(process: ProgramProcess) -> None:
         if watched.get(process.spec.name) is process and process.state not in _ALIVE:
-            fail(f"{process.spec.name} went {process.state.value} "
-                 f"(exit status {process.exitstatus}) during the health window")
+            # (a spawn that failed has no exit status: its error says why)
+            why = process.error if process.exitstatus is None and process.error else (
+                f"exit status {process.exitstatus}")
+            fail(f"{process.spec.name} went {process.state.value} ({why}) during the health window")
 
     def finish() -> None:
         if changed in supervisor.observers:

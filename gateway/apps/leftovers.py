@@ -163,6 +163,13 @@ class GroupRecords:
             del self._groups[name]
             self._save()
 
+    def escaped(self, group: int | None, marks: list[bytes]) -> Deferred[set[int]]:
+        """The process groups, other than ``group``, of the live processes whose environment holds
+        every ``NAME=value`` of ``marks``: what a program started that left its group with
+        ``setsid()`` (a daemon). Read off the reactor thread."""
+        table = self.table
+        return self._blocking(lambda: escaped_groups(table, group, marks))
+
     def _save(self) -> None:
         if self._writing is not None:
             self._dirty = True
@@ -304,6 +311,14 @@ def leftover_groups(records: dict[str, GroupRecord], table: ProcessTable) -> dic
         if ours:
             found[name] = info.group
     return found
+
+
+def escaped_groups(table: ProcessTable, group: int | None, marks: list[bytes]) -> set[int]:
+    """See :meth:`GroupRecords.escaped` (blocking). An environment that cannot be read (another
+    user's, to a gateway that is not root) is not the gateway's."""
+    return {info.group for info in table.processes()
+            if info.group != group and not info.zombie
+            and all(table.has_variable(info.pid, mark) is True for mark in marks)}
 
 
 def _alive(groups: dict[str, int], table: ProcessTable) -> dict[str, int]:

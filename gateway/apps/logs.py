@@ -32,7 +32,8 @@ class RotatingLog:
     Only the log writer's thread touches it.
 
     :param path: the current log file.
-    :param maxbytes: rotate once the file reaches this size (0: never, supervisord's "no limit").
+    :param maxbytes: rotate once the file reaches this size (at least 1; the writer turns
+        supervisord's 0, "no limit", into its cap on all logs).
     :param backups: rotated files kept (0: the file is truncated instead).
     """
 
@@ -45,25 +46,47 @@ class RotatingLog:
         self.failing = False
         self._file: IO[bytes] | None = None
         self._size = 0
+        self._regular = True
 
     def write(self, data: bytes) -> bool:
-        """Append ``data``; rotate when the file has reached ``maxbytes`` (unless that is 0).
+        """Append ``data``; rotate when the file has reached ``maxbytes``.
+
+        What is not a regular file of its own at the path (``/dev/null``, ``/dev/stdout``, a
+        named pipe, a symbolic link: a ``stdout_logfile`` written so) is written as it is and
+        never rotated; a pipe that nobody reads, or that is full, takes what it can and the
+        rest is dropped and counted, never waited for.
 
         :return: whether the file was rotated.
         """
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)
-            self._size = self._file.tell()
+            self._open()
+        assert self._file is not None
         if self.dropped:
             marker = f"\n[gateway: {self.dropped} bytes of output dropped]\n".encode()
             self._size += self._file.write(marker) or 0
             self.dropped = 0  # (once the marker is written: a failed write keeps counting)
-        self._size += self._file.write(data) or 0
-        if self.maxbytes == 0 or self._size < self.maxbytes:
+        written = self._file.write(data) or 0
+        self.dropped += len(data) - written
+        self._size += written
+        if not self._regular or self._size < self.maxbytes:
             return False
         self._rotate()
         return True
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # (O_NONBLOCK: a named pipe at the path, with no reader or a slow one, must not hold the
+        # writer's thread for ever; a regular file ignores it)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        try:
+            # Renaming or truncating a link, a device or a pipe would move or empty what is not
+            # the gateway's: a /dev/null renamed to null.1 and replaced by a file, or deleted.
+            self._regular = stat.S_ISREG(os.lstat(self.path).st_mode)
+            self._size = os.lseek(fd, 0, os.SEEK_END) if self._regular else 0
+            self._file = os.fdopen(fd, "ab", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -156,15 +179,25 @@ def tail_file(path: Path, lines: int) -> list[str]:
 
 
 def remove_logs(paths: list[Path]) -> None:
-    """Delete log files and their rotated backups (``path.1``, ``path.2`` ...); blocks.
+    """Delete log files and their rotated backups (``path.1``, ``path.2`` ...), regular files
+    only (a ``/dev/null`` or a link named as a log stays); blocks.
 
     Release them from the :class:`AppLogWriter` and flush it first: a write still queued
     would create the file again.
     """
     for path in paths:
         for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
-            if old.name == path.name or old.name[len(path.name) + 1:].isdigit():
+            if (old.name == path.name or old.name[len(path.name) + 1:].isdigit()) and _regular(old):
                 old.unlink(missing_ok=True)
+
+
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a link to one, a device, a pipe): the only
+    kind of log the gateway rotates and deletes."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class AppLogWriter:
@@ -205,8 +238,10 @@ class AppLogWriter:
             self._thread.start()
 
     def open(self, path: Path, maxbytes: int, backups: int) -> RotatingLog:
-        """A log to write to; it counts toward the global cap."""
-        rotating = RotatingLog(path, maxbytes, backups)
+        """A log to write to; it counts toward the global cap. One with no limit of its own
+        (``maxbytes`` 0), or a limit over the cap, is rotated when it reaches the cap: the cap
+        deletes only rotated files, and such a file would grow past it (until the disk is full)."""
+        rotating = RotatingLog(path, min(maxbytes or self._cap, self._cap), backups)
         with self._lock:
             self._logs.add(rotating)
         return rotating
@@ -315,9 +350,12 @@ class AppLogWriter:
             for index in range(target.backups + 1):
                 path = target.backup_path(index) if index else target.path
                 try:
-                    size = path.stat().st_size
+                    info = path.lstat()
                 except FileNotFoundError:
                     continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # (a /dev/null written as a log holds nothing, and is not the gateway's)
+                size = info.st_size
                 total += size
                 if index:
                     key = (1, numbers[index - 1], "") if index <= len(numbers) else (0, -index, str(path))

@@ -17,6 +17,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.apps.execsize import check_exec_size
 from gateway.apps.launch import CgroupJoin, launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
@@ -129,8 +130,8 @@ class ProcessLauncher:
         self._prepare_cgroup = prepare_cgroup
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
-        """Start ``spec``'s command; raises OSError (its directory does not exist) or KeyError
-        (unknown user)."""
+        """Start ``spec``'s command; raises OSError (its directory does not exist, a command
+        line and environment larger than Linux takes: ``E2BIG``) or KeyError (unknown user)."""
         if not os.path.isdir(spec.cwd):  # (the child's chdir would fail, saying it with a traceback)
             raise NotADirectoryError(f"its directory {spec.cwd} does not exist")
         user = None
@@ -141,6 +142,7 @@ class ProcessLauncher:
         cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
         executable, args = launch_command(spec.argv, user, cgroup)
+        check_exec_size(executable, args, env)
         return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
 
     def with_run_id(self, env: dict[str, str]) -> dict[str, str]:
@@ -157,6 +159,31 @@ class ProcessLauncher:
         """Program ``name``'s group ``pid`` is gone (its main process exited, its group was killed)."""
         if self._records is not None:
             self._records.ended(name, pid)
+
+    def sweep(self, name: str, group: int | None, env: dict[str, str]) -> Deferred[None]:
+        """Kill (SIGKILL) what program ``name``, whose environment was ``env``, started in this
+        gateway run that left its process group ``group`` (a daemon that called ``setsid()``):
+        the processes whose environment still holds its ``GATEWAY_RUN_ID`` and
+        ``GATEWAY_PROGRAM_NAME``, each with its group. Fires once they are signalled (at once
+        when nothing is recorded)."""
+        if self._records is None:
+            return succeed(None)
+        program = env.get("GATEWAY_PROGRAM_NAME", name)
+        marks = [os.fsencode(f"{RUN_ID_VARIABLE}={self._records.run_id}"),
+                 os.fsencode(f"GATEWAY_PROGRAM_NAME={program}")]
+
+        def kill(groups: set[int]) -> None:
+            if groups:
+                log.warn("apps: {name} left {count} process group{s} outside its own (setsid(): a daemon);"
+                         " killing {them}", name=name, count=len(groups), s="" if len(groups) == 1 else "s",
+                         them="it" if len(groups) == 1 else "them")
+            for escaped in sorted(groups):
+                self.signal_group(escaped, signal.SIGKILL)
+
+        def failed(failure: Failure) -> None:
+            log.failure("apps: cannot look for what {name} left outside its process group", failure, name=name)
+
+        return self._records.escaped(group, marks).addCallback(kill).addErrback(failed)
 
     def signal_group(self, pid: int, signum: int) -> None:
         """Send ``signum`` to the process group led by ``pid``; a gone group is fine.
@@ -292,9 +319,13 @@ class ProgramProcess:
             self._stop_waiters.append(waiter)
             return waiter
         self._schedule.cancel()
-        if self.state is not ProgramState.STOPPED:
-            self._set_state(ProgramState.STOPPED)
-        return succeed(None)
+        if self.state is ProgramState.STOPPED:
+            return succeed(None)
+        # (its main process ended on its own, and its group with it: a daemon it started may
+        # still run; STOPPING keeps a start out until it is killed)
+        self._set_state(ProgramState.STOPPING)
+        self._sweep(None)
+        return self.stop()  # (fired already when nothing had to be looked for off the thread)
 
     def kill(self) -> None:
         """Stop the program at once: the gateway stops and can wait no longer for it (its
@@ -418,10 +449,7 @@ class ProgramProcess:
                          uptime=uptime, loop=loop)
         self._schedule.cancel()
         if self.state is ProgramState.STOPPING:
-            self._set_state(ProgramState.STOPPED)
-            waiters, self._stop_waiters = self._stop_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._sweep(protocol.pid)
         elif self.state is ProgramState.STARTING:
             status = self.exitstatus
             how = f"exited with {status}" if status >= 0 else f"killed by signal {-status}"
@@ -430,6 +458,16 @@ class ProgramProcess:
             self._set_state(ProgramState.EXITED)
             if self._should_restart(self.exitstatus):
                 self._schedule.restart_later(self._schedule.exited(uptime), self._spawn)
+
+    def _sweep(self, group: int | None) -> None:
+        """Kill what it started that left its group ``group``, then STOPPED: fire the stop's waiters."""
+        def stopped(_: object) -> None:
+            self._set_state(ProgramState.STOPPED)
+            waiters, self._stop_waiters = self._stop_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+        self._launcher.sweep(self.spec.name, group, self.spec.env).addCallback(stopped)
 
     def _start_failed(self, why: str) -> None:
         self.error = why

@@ -35,6 +35,7 @@ from gateway.errors import BrokerError, JournalError, ReactorError
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.journal.record import Record
 from gateway.logthrottle import LogThrottle
+from gateway.portholder import listen_refusal
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
 SAVE_DELAY = 1.0
@@ -326,7 +327,7 @@ class BrokerService(Service):
             self.ports[listener.name] = port
 
         def refused(failure: Any) -> None:
-            raise BrokerError(f"listener {listener.name} ({listener.endpoint}): {failure.getErrorMessage()}")
+            raise BrokerError(f"listener {listener.name} ({listener.endpoint}): {listen_refusal(failure)}")
 
         return d.addCallbacks(listening, refused)
 

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from gateway.apps.commands import run_command
 from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.process import ProcessLauncher
+from tests.apps.fakes import FakeProcessReactor
 from tests.apps.realtime import pid_alive, wait_until
 
 
@@ -70,6 +71,19 @@ class RunCommandTests(TestCase):
                                    Path("."), dict(os.environ), 5.0)
         self.assertNotEqual(result.exitstatus, 0)
 
+
+    def test_an_environment_linux_would_refuse_is_not_spawned(self) -> None:
+        """A command whose environment holds a variable larger than execve() takes ends at
+        once with status 127 and a line saying which (not Twisted's traceback from the forked
+        child, the whole argv in it, and status 1)."""
+        fake = FakeProcessReactor()
+        big = "A" * (32 * os.sysconf("SC_PAGE_SIZE"))
+        result = self.successResultOf(run_command(fake, ProcessLauncher(fake, fake.kill_group), ("sh", "install.sh"),
+                                                  Path("."), {"BIG": big}, 5.0))
+        self.assertEqual(fake.processes, [])
+        self.assertEqual(result.exitstatus, 127)
+        self.assertTrue(result.output.startswith(b"cannot run sh: [Errno 7] its environment variable BIG is "),
+                        result.output)
 
 class RecordedCommandTests(TestCase):
     """A named command's group is recorded while it runs, as a program's, so that the next start

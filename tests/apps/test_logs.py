@@ -42,11 +42,13 @@ class RotationTests(SynchronousTestCase):
 
     def test_zero_maxbytes_never_rotates(self) -> None:
         """``stdout_logfile_maxbytes = 0`` means no size limit, as under supervisord (a GWE
-        supervisor.conf runs unchanged); every write used to rotate the file."""
-        target = RotatingLog(self.dir / "c.log", 0, 2)
+        supervisor.conf runs unchanged); every write used to rotate the file. (Only the cap on
+        all logs rotates it: see the next test.)"""
+        writer = AppLogWriter(10**6)
+        target = writer.open(self.dir / "c.log", 0, 2)
         for line in (b"one\n", b"two\n", b"three\n"):
-            self.assertFalse(target.write(line))
-        target.close()
+            writer.write(target, line)
+        writer.release(target)
         self.assertEqual((self.dir / "c.log").read_bytes(), b"one\ntwo\nthree\n")
         self.assertEqual(sorted(self.dir.iterdir()), [self.dir / "c.log"])
 
@@ -63,6 +65,66 @@ class RotationTests(SynchronousTestCase):
         self.assertLessEqual(total, 5000)
         self.assertFalse((self.dir / "one.log.4").exists())
         self.assertTrue((self.dir / "two.log.1").exists())
+
+    def test_a_log_without_a_limit_of_its_own_is_held_by_the_cap(self) -> None:
+        """A program whose ``stdout_logfile_maxbytes`` is 0 (no limit of its own, supervisord's
+        meaning) that writes without end keeps its logs under ``apps.logs_max_total_bytes`` (and
+        one write): its file is rotated when it reaches the cap, and the cap deletes the
+        rotated file; so is one whose own limit is over the cap. The file grew without end (or
+        to its own limit): one flooding app filled the disk the journal needs."""
+        for maxbytes, backups in [(0, 2), (0, 0), (10**6, 1)]:
+            directory = self.dir / f"{maxbytes}-{backups}"
+            writer = AppLogWriter(5000)
+            flood = writer.open(directory / "flood.log", maxbytes, backups)
+            for _ in range(20):
+                writer.write(flood, b"x" * 1000)
+            total = sum(p.stat().st_size for p in directory.iterdir())
+            self.assertLessEqual(total, 5000 + 1000, (maxbytes, backups))
+
+    def test_a_log_path_that_is_no_regular_file_is_written_never_moved_nor_deleted(self) -> None:
+        """A ``stdout_logfile`` that names something other than a regular file of its own (a
+        link to ``/dev/null``, as ``/dev/stdout`` is one; a device; a named pipe) is written as
+        it is, never rotated, and an uninstall does not delete it. It was renamed to ``.1`` at
+        the first rotation and a regular file made in its place, then deleted with the app's
+        logs (seen on a real gateway with a device node: a ``stdout_logfile = /dev/null`` run
+        as root would have moved and deleted the system's /dev/null)."""
+        from gateway.apps.logs import remove_logs
+
+        self.dir.mkdir(parents=True)
+        link = self.dir / "null.log"
+        link.symlink_to(os.devnull)
+        writer = AppLogWriter(10**6)
+        target = writer.open(link, 1024, 2)
+        for _ in range(5):
+            writer.write(target, b"x" * 1000)
+        writer.release(target)
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["null.log"])
+        self.assertEqual(os.readlink(link), os.devnull)
+        remove_logs([link])
+        self.assertTrue(link.is_symlink())
+
+    def test_a_named_pipe_as_a_log_never_holds_the_writer(self) -> None:
+        """A named pipe at a log's path that nobody reads is not waited on (opening it for
+        writing waited for a reader, for ever, on the writer's only thread: every app's log
+        stopped): the output is dropped and counted; one being read gets the output, without
+        rotation; neither is deleted with the logs."""
+        from gateway.apps.logs import remove_logs
+
+        self.dir.mkdir(parents=True)
+        fifo = self.dir / "pipe.log"
+        os.mkfifo(fifo)
+        writer = AppLogWriter(10**6)
+        target = writer.open(fifo, 1024, 2)
+        writer.write(target, b"lost\n")
+        self.assertEqual(target.dropped, 5)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        for _ in range(3):
+            writer.write(target, b"y" * 1000)
+        writer.release(target)
+        self.assertEqual(os.read(reader, 10000), b"\n[gateway: 5 bytes of output dropped]\n" + b"y" * 3000)
+        remove_logs([fifo])
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["pipe.log"])
 
     def test_the_cap_goes_by_rotation_not_by_the_files_times(self) -> None:
         """The gateway's previous run (its clock set) left one.log.1; this run began at 1970

@@ -7,12 +7,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.apps.leftovers import GroupRecords
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.launch import LAUNCH
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState, describe_exit
@@ -211,6 +214,49 @@ class ErrorTests(SynchronousTestCase):
         reactor.spawn_error = KeyError("getpwnam(): name not found: 'sensor'")
         process.start()
         self.assertEqual(process.status().error, "cannot spawn: getpwnam(): name not found: 'sensor'")
+
+    def test_an_environment_or_command_line_linux_would_refuse_is_never_spawned(self) -> None:
+        """A program whose environment variable, argument, or whole command line and
+        environment is larger than execve() takes (E2BIG) is not spawned: each start fails
+        with an error naming the part too large (not its megabytes), until FATAL. The spawn
+        succeeded instead and the forked child failed: Twisted's traceback, the whole argv in
+        it, went into the program's stderr log at each retry, and the error said only
+        'exited with 1'."""
+        from gateway.apps.execsize import exec_limit
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        for argv, env, why in [
+                (("app",), {"BIG": "A" * (32 * page)}, "cannot spawn: [Errno 7] its environment variable BIG is"
+                 f" {32 * page + 4} bytes, more than the {32 * page - 1} Linux takes in one"),
+                (("app", "A" * (32 * page)), {}, "cannot spawn: [Errno 7] an argument of its command is"
+                 f" {32 * page} bytes, more than the {32 * page - 1} Linux takes in one"),
+                (("app",) + ("x" * 1000,) * (exec_limit() // 1000), {},
+                 "cannot spawn: [Errno 7] its command line and environment are ")]:
+            reactor = FakeProcessReactor()
+            spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", startretries=1), argv,
+                               Path("/tmp"), env, None, None)
+            process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                     AppLogWriter(10**6), 1.0, 8.0)
+            with capturedLogs() as events:
+                process.start()
+                reactor.advance(1)
+            self.assertEqual(reactor.processes, [])
+            self.assertIs(process.state, S.FATAL)
+            self.assertTrue(process.status().error.startswith(why), process.status().error)
+            self.assertLess(len(process.status().error), 300)
+            self.assertIn("apps: cannot spawn app: " + why[len("cannot spawn: "):], formatEvent(events[0]))
+
+    def test_the_largest_environment_linux_takes_is_spawned(self) -> None:
+        """The check refuses only what Linux refuses: a variable of 32 pages less its NUL and
+        ``=`` is spawned."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        reactor = FakeProcessReactor()
+        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app"), ("app",), Path("/tmp"),
+                           {"BIG": "A" * (32 * page - 5)}, None, None)
+        process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                 AppLogWriter(10**6), 1.0, 8.0)
+        process.start()
+        self.assertEqual((process.state, len(reactor.processes)), (S.STARTING, 1))
 
     def test_cleared_once_running_or_stopped(self) -> None:
         """A start that reaches RUNNING, or an operator's stop, ends the failure."""
@@ -484,6 +530,85 @@ class StopTests(SynchronousTestCase):
         process.stop()
         process.start()
         self.assertEqual(len(reactor.processes), 1)
+
+
+class EscapedDaemonTests(SynchronousTestCase):
+    """What a program started that left its process group with setsid() (a daemon) is killed
+    when the program is stopped: a stop, restart, uninstall or update left it running, its
+    group was all the gateway signalled (seen with a real gateway: ``sleep`` started after
+    ``setsid()`` outlived ``gatewayctl apps uninstall``)."""
+
+    def make(self, tmp: str) -> tuple[ProgramProcess, FakeProcessReactor, GroupRecords]:
+        reactor = FakeProcessReactor()
+        records = GroupRecords(Path(tmp), reactor.table, maybeDeferred)
+        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", startsecs=0), ("app",),
+                           Path("/tmp"), {"GATEWAY_PROGRAM_NAME": "app"}, None, None)
+        process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group, records=records),
+                                 reactor, AppLogWriter(10**6), 1.0, 8.0)
+        return process, reactor, records
+
+    def test_a_stop_kills_the_daemons_it_started(self) -> None:
+        """Processes whose environment holds this run's GATEWAY_RUN_ID and the program's
+        GATEWAY_PROGRAM_NAME get SIGKILL to their group once the program has exited, before
+        the stop fires; another program's, or another run's, are left alone."""
+        process, reactor, records = self.make(self.mktemp())
+        process.start()
+        main = reactor.last
+        ours = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
+        reactor.table.live.update({
+            5000: ours, 5001: {**ours, "GATEWAY_PROGRAM_NAME": "other"},
+            5002: {**ours, "GATEWAY_RUN_ID": "an earlier run"}, 5003: {}})
+        stopped = process.stop()
+        self.assertEqual(reactor.signals, [(main.pid, signal.SIGTERM)])
+        with capturedLogs() as events:
+            main.exit(None, signal.SIGTERM)
+        self.assertEqual(reactor.signals[1:], [(main.pid, signal.SIGKILL), (5000, signal.SIGKILL)])
+        self.successResultOf(stopped)
+        self.assertIs(process.state, S.STOPPED)
+        self.assertIn("apps: app left 1 process group outside its own (setsid(): a daemon); killing it",
+                      [formatEvent(e) for e in events])
+
+    def test_a_stop_after_it_ended_on_its_own_kills_them_too(self) -> None:
+        """A program whose main process ended by itself (EXITED, FATAL) may have left a daemon
+        running: stopping it (an uninstall does) kills that daemon; nothing starts it meanwhile."""
+        process, reactor, records = self.make(self.mktemp())
+        process.start()
+        reactor.table.live[5000] = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
+        reactor.last.exit(0)
+        self.assertIs(process.state, S.EXITED)
+        self.assertNotIn((5000, signal.SIGKILL), reactor.signals)
+        self.successResultOf(process.stop())
+        self.assertIn((5000, signal.SIGKILL), reactor.signals)
+        self.assertIs(process.state, S.STOPPED)
+
+    def test_the_stop_waits_for_the_look(self) -> None:
+        """The stop fires, and the program is STOPPED (a start waits), only once the look
+        through the processes, off the reactor thread, is done."""
+        reactor = FakeProcessReactor()
+        pending: list[Deferred[object]] = []
+
+        def later(work: Callable[[], object]) -> Deferred[object]:
+            done: Deferred[object] = Deferred()
+            pending.append(done)
+            return done.addCallback(lambda _: work())
+
+        records = GroupRecords(Path(self.mktemp()), reactor.table, later)  # type: ignore[arg-type]
+        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", startsecs=0), ("app",),
+                           Path("/tmp"), {}, None, None)
+        process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group, records=records),
+                                 reactor, AppLogWriter(10**6), 1.0, 8.0)
+        process.start()
+        while pending:  # (the record of its group)
+            pending.pop(0).callback(None)
+        stopped = process.stop()
+        reactor.last.exit(None, signal.SIGTERM)
+        self.assertNoResult(stopped)
+        process.start()
+        self.assertEqual((process.state, len(reactor.processes)), (S.STOPPING, 1))
+        while pending:
+            pending.pop(0).callback(None)
+        self.successResultOf(stopped)
+        self.assertIs(process.state, S.STOPPED)
 
 
 class LauncherTests(SynchronousTestCase):

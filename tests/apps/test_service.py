@@ -215,6 +215,30 @@ class ServiceTests(SynchronousTestCase):
         errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
         self.assertIn(f"apps: cannot spawn poller: its directory {missing} does not exist", errors)
 
+    def test_a_package_whose_environment_linux_refuses_is_rolled_back_saying_why(self) -> None:
+        """A package whose ``environment`` holds a variable larger than execve() takes is
+        rolled back with that reason, not ``(exit status None)``, and no process of its
+        program is spawned (install.sh is the only one)."""
+        import os
+
+        from tests.apps.packages import build_tarball
+
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        big = "A" * (32 * os.sysconf("SC_PAGE_SIZE"))
+        archive = build_tarball(packages / "q.v1.tar.gz", {
+            "install.sh": "exit 0\n",
+            "supervisor.conf": f'[program:q]\ncommand = serve\nenvironment = BIG="{big}"\n'})
+        spawned = len(reactor.processes)
+        done = service.operations.install(archive)
+        reactor.last.exit(0)  # install.sh
+        result = self.successResultOf(done)
+        self.assertEqual(len(reactor.processes), spawned + 1)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertIn(f"q went BACKOFF (cannot spawn: [Errno 7] its environment variable BIG is {len(big) + 4}"
+                      " bytes, more than the", result.message)
+
     def test_uninstalling_a_config_program_says_it_is_one(self) -> None:
         """A program declared in the config is listed like an app but cannot be uninstalled:
         the refusal says so and how to remove it (it once said ``no installed app 'web'`` of a

@@ -201,7 +201,8 @@ class ListenerTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_port_in_use_is_a_clear_error(self):
-        """A listener that cannot bind fails the start with the listener's name."""
+        """A listener that cannot bind fails the start with the listener's name, and the process
+        holding the port when it can be seen (here, this one)."""
         first = yield start_broker(self, reactor)
         # (the read side names where the first listens as an operator writes it, not a Python repr)
         self.assertEqual(first.snapshot().listeners[0].address, f"127.0.0.1:{port_of(first)}")
@@ -212,6 +213,7 @@ class ListenerTests(BrokerTestCase):
             service = yield start_broker(self, reactor, section)
         except BrokerError as exc:
             self.assertIn("listener busy", str(exc))
+            self.assertIn(f"Address already in use; held by pid {os.getpid()} (", str(exc))
         else:
             self.fail(f"second broker started on a busy port: {service}")
 

@@ -1,0 +1,51 @@
+"""Who holds a TCP port the gateway could not listen on, named in the error when the system says."""
+
+from __future__ import annotations
+
+import errno
+
+import psutil
+from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
+
+#: Most characters of the holder's command line quoted.
+COMMAND_CHARS = 100
+
+
+def port_holder(port: int) -> str:
+    """``pid 1234 (python3 run.py, hosted app sensor)``: the process listening on TCP ``port``,
+    its command line and, when its environment says so, the hosted app it belongs to; "" when
+    none can be seen (another user's process, to a gateway not running as root). Blocking
+    (reads ``/proc``): only for an error.
+    """
+    try:
+        pids = [c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+    except (psutil.Error, OSError):
+        return ""
+    if not pids:
+        return ""
+    pid = pids[0]
+    what = []
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline()) or process.name()
+        what.append(command if len(command) <= COMMAND_CHARS else command[:COMMAND_CHARS] + "...")
+        app = process.environ().get("GATEWAY_APP_NAME")
+        if app:
+            what.append(f"hosted app {app}")
+    except (psutil.Error, OSError):
+        pass
+    return f"pid {pid}" + (f" ({', '.join(what)})" if what else "")
+
+
+def listen_refusal(failure: Failure) -> str:
+    """A failed listen's message, naming the process that holds the port when the address is in
+    use and that process can be seen: ``Couldn't listen on 127.0.0.1:1883: [Errno 98] Address
+    already in use; held by pid 1234 (mosquitto -c /etc/mosquitto.conf).``"""
+    message = failure.getErrorMessage()
+    error = failure.value
+    if not isinstance(error, CannotListenError) or getattr(error.socketError, "errno", None) != errno.EADDRINUSE:
+        return message
+    holder = port_holder(error.port)
+    return f"{message.rstrip('.')}; held by {holder}." if holder else message
