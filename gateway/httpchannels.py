@@ -14,7 +14,9 @@ request's head (a byte every few seconds: slowloris) held its connection, and up
 headers, for as long as it liked. A :class:`ClosingChannel` gives a request's head (its
 request line and headers) :data:`HEAD_TIMEOUT` seconds from its first byte, then answers
 ``408`` and closes. A request line or header line over Twisted's limit (16 KiB) closed the
-connection without a word; it is answered ``414`` or ``431`` first.
+connection without a word; it is answered ``414`` or ``431`` first. So is a head over
+Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
+which Twisted answered with a bare ``400 Bad Request``.
 
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
@@ -60,12 +62,34 @@ class ClosingChannel(HTTPChannel):
         self._head_call: IDelayedCall | None = None  # while a request's head is arriving
         self._past_head = False  # a request's head is in; its body or its answer is under way
         self._refused = False  # answered 408, 414 or 431: nothing more is said on this connection
+        self._head_size = 0  # bytes of the request line and header lines of the head arriving
+        self._header_lines = 0  # its header lines (not their continuations)
 
     def dataReceived(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a request."""
         if data and self._head_call is None and not self._past_head:
             self._head_call = self.callLater(self.head_timeout, self._head_too_slow)
         super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        """Answer ``431`` to a head over ``totalHeadersSize`` bytes or ``maxHeaders`` header
+        lines, before Twisted's bare ``400``."""
+        if self._refused:
+            return
+        if not self.requests:  # (the request line, or a blank line before it)
+            self._head_size, self._header_lines = len(line), 0
+        else:
+            self._head_size += len(line)
+            if line[:1] not in (b"", b" ", b"\t"):
+                self._header_lines += 1
+            if self._head_size > self.totalHeadersSize:
+                self._refuse(b"431 Request Header Fields Too Large",
+                             f"the request line and headers are over {self.totalHeadersSize} bytes")
+                return
+            if self._header_lines > self.maxHeaders:
+                self._refuse(b"431 Request Header Fields Too Large", f"more than {self.maxHeaders} header lines")
+                return
+        super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:
         """The head is in time: its clock stops (the body is the idle timeout's)."""

@@ -175,3 +175,44 @@ class HeadTimeoutTests(SynchronousTestCase):
             self.assertTrue(transport.value().endswith(b" is longer than 16384 bytes\n"), transport.value())
             self.assertTrue(transport.disconnecting)
         self.assertEqual(self.resource.held, [])
+
+
+class HeadSizeTests(SynchronousTestCase):
+    """A request's head over twisted.web's limits in all (its request line and headers over
+    16 KiB together, or more than 500 header lines) is answered ``431``, saying which, and
+    closed: twisted.web answered a bare ``400 Bad Request`` with no word of why."""
+
+    setUp = ClosingSiteTests.setUp
+    connect = ClosingSiteTests.connect
+
+    def test_headers_over_16_kib_in_all_are_answered_431(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: gw\r\n"
+                             + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)) + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                        transport.value()[:100])
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertTrue(transport.value().endswith(b"the request line and headers are over 16384 bytes\n"),
+                        transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.held, [])
+
+    def test_over_500_headers_are_answered_431(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(600))
+                             + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                        transport.value()[:100])
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertTrue(transport.value().endswith(b"more than 500 header lines\n"), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_the_limits_are_per_request(self) -> None:
+        """Keep-alive requests each have the whole limit: 300 headers of 40 bytes, twice."""
+        channel, transport = self.connect()
+        head = b"GET / HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"X-%03d: %s\r\n" % (i, b"a" * 32) for i in range(300))
+        for _ in range(2):
+            channel.dataReceived(head + b"\r\n")
+            self.resource.answer()
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertFalse(transport.disconnecting)
