@@ -18,6 +18,11 @@ connection without a word; it is answered ``414`` or ``431`` first. So is a head
 Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
 which Twisted answered with a bare ``400 Bad Request``.
 
+A factory given a :class:`~gateway.fdreserve.DescriptorReserve` closes a new connection as
+soon as it is accepted while the gateway has too few descriptors left for its own work, as
+the MQTT listeners do: clients connecting to the ingest until the process met its limit left
+the journal, the broker and the links none.
+
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
 
@@ -33,10 +38,15 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from gateway.addresses import address_text
+from gateway.clockstep import steady_seconds
+from gateway.fdreserve import DescriptorReserve
+from gateway.logthrottle import LogThrottle
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
 #: The answer to a head that took longer (or a line of it that is too long), and closes.
+#: Seconds between two lines about connections closed to keep the descriptor reserve, at least.
+RESERVE_LOG_INTERVAL = 60.0
 _REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
 
@@ -165,16 +175,45 @@ class ClosingChannel(HTTPChannel):
 
 class ClosesChannels:
     """Mixin for an ``HTTPFactory`` (a ``Site``) whose connections can be closed when its
-    service stops; put it first among the bases."""
+    service stops, and that may keep the gateway's descriptor reserve; put it first among the
+    bases.
+
+    :param listener: what the log calls the listener (``ingest``, ``metrics``, ``admin API``).
+    :param reserve: the descriptors kept from clients: a new connection is closed on accept
+        while they are short; ``None``: connections may use them.
+    :param args: the factory's.
+    :param kwargs: the factory's.
+    """
 
     #: builds the connections: :class:`ClosingChannel` (typed loosely: a ``Site`` declares the
     #: HTTP/2-negotiating wrapper it makes by default)
     protocol: Any
+    reactor: Any  # (set by HTTPFactory)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, listener: str = "HTTP", reserve: DescriptorReserve | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_channels: set[ClosingChannel] = set()
         self.protocol = partial(ClosingChannel, self.open_channels)
+        self.listener = listener
+        self.reserve = reserve
+        self.refused_reserve = 0  # connections closed on accept to keep the reserve
+        self._reserve_lines = LogThrottle(RESERVE_LOG_INTERVAL, lambda: steady_seconds(self.reactor))
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A connection, or ``None`` (Twisted closes it) while the gateway keeps its last file
+        descriptors: logged at the first, then at most once a minute with a count."""
+        short = self.reserve.short() if self.reserve is not None else None
+        if short is None:
+            return super().buildProtocol(addr)  # type: ignore[misc]
+        self.refused_reserve += 1
+        if self._reserve_lines.note() is not None:
+            reserve, limit = short
+            log.warn("{listener}: closing {peer}: the gateway has fewer than {reserve} of its {limit} file descriptors"
+                     " free (its limit, LimitNOFILE), kept for its journal, links and hosted programs ({total} closed"
+                     " so far; logged at most once a minute)", listener=self.listener, peer=address_text(addr),
+                     reserve=reserve, limit=limit, total=self.refused_reserve)
+        return None
 
     def close_connections(self) -> None:
         """Close every open connection: at once when idle, else after its response in progress."""

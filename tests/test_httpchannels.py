@@ -216,3 +216,51 @@ class HeadSizeTests(SynchronousTestCase):
             self.resource.answer()
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
         self.assertFalse(transport.disconnecting)
+
+
+class DescriptorReserveTests(SynchronousTestCase):
+    """An HTTP listener that faces devices (the ingest, /metrics, the admin API on TCP) keeps
+    the gateway's reserve of file descriptors as the MQTT listeners do (gateway.fdreserve):
+    300 connections to the ingest of a gateway limited to 256 descriptors took them all
+    (Twisted's ``EMFILE encountered``), the journal's and the broker's with them."""
+
+    def setUp(self) -> None:
+        from gateway.fdreserve import DescriptorReserve
+
+        self.clock = Clock()
+        self.lowest = [112]
+        self.reserve = DescriptorReserve(lambda: 128, lambda: self.lowest[0])
+        self.site = ClosingSite(HeldResource(), reactor=self.clock, listener="ingest", reserve=self.reserve)
+
+    def test_closed_on_accept_while_the_reserve_is_reached(self) -> None:
+        address = IPv4Address("TCP", "127.0.0.1", 40410)
+        with capturedLogs() as logs:
+            self.assertIsNone(self.site.buildProtocol(address))
+            self.assertIsNone(self.site.buildProtocol(address))
+            self.clock.advance(60)
+            self.assertIsNone(self.site.buildProtocol(address))
+        self.assertEqual([formatEvent(e) for e in logs], [
+            "ingest: closing 127.0.0.1:40410: the gateway has fewer than 16 of its 128 file descriptors free (its"
+            " limit, LimitNOFILE), kept for its journal, links and hosted programs (1 closed so far; logged at most"
+            " once a minute)",
+            "ingest: closing 127.0.0.1:40410: the gateway has fewer than 16 of its 128 file descriptors free (its"
+            " limit, LimitNOFILE), kept for its journal, links and hosted programs (3 closed so far; logged at most"
+            " once a minute)"])
+        self.lowest[0] = 20
+        self.assertIsNotNone(self.site.buildProtocol(address))
+
+    def test_the_gateways_device_facing_sites_keep_it(self) -> None:
+        """The ingest's and the metrics' factories keep the reserve; a site made without one
+        (the admin API's on its unix socket, the operator's way in) may use it."""
+        from gateway.ingest.site import QuietSite
+        from gateway.telemetry.metricspage import MetricsFactory
+
+        address = IPv4Address("TCP", "127.0.0.1", 40410)
+        ingest = QuietSite(HeldResource(), 65536, 30.0, reserve=self.reserve)
+        metrics = MetricsFactory(lambda accept: (b"", "text/plain"), self.clock, reserve=self.reserve)
+        with capturedLogs():
+            self.assertIsNone(ingest.buildProtocol(address))
+            self.assertIsNone(metrics.buildProtocol(address))
+        self.assertIsNotNone(ClosingSite(HeldResource(), reactor=self.clock).buildProtocol(address))
+        self.assertIsNotNone(QuietSite(HeldResource(), 65536, 30.0).reserve)
+        self.assertIsNotNone(MetricsFactory(lambda accept: (b"", "text/plain"), self.clock).reserve)

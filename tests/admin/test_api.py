@@ -993,6 +993,15 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN).status, 200)
 
 
+    def test_the_tcp_site_keeps_the_descriptor_reserve(self) -> None:
+        """On TCP, where devices may reach it, the site closes new connections while the
+        gateway keeps its last file descriptors (gateway.fdreserve); on the unix socket, the
+        operator's way in, connections may use them."""
+        h = Harness(self)
+        self.assertIsNotNone(h.site(TOKEN).reserve)
+        self.assertIsNone(h.site(None).reserve)
+
+
 class StatusPageTests(SynchronousTestCase):
     """GET / renders the page from the snapshots and the depth history."""
 
