@@ -18,6 +18,12 @@ connection without a word; it is answered ``414`` or ``431`` first. So is a head
 Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
 which Twisted answered with a bare ``400 Bad Request``.
 
+A request that asks ``Expect: 100-continue`` for a body declared longer than its request
+class's ``max_body`` (the ingest's and the admin API's requests have one) is answered ``413``
+and closed instead of ``100 Continue``, after which the client sent the whole body to be
+dropped. (Without ``Expect`` the body is read and dropped as before: a client sending it
+whole before it reads would see the connection reset, not the 413, were it closed at once.)
+
 A factory given a :class:`~gateway.fdreserve.DescriptorReserve` closes a new connection as
 soon as it is accepted while the gateway has too few descriptors left for its own work, as
 the MQTT listeners do: clients connecting to the ingest until the process met its limit left
@@ -76,7 +82,9 @@ class ClosingChannel(HTTPChannel):
         self._header_lines = 0  # its header lines (not their continuations)
 
     def dataReceived(self, data: bytes) -> None:
-        """Start the head's clock at the first byte of a request."""
+        """Start the head's clock at the first byte of a request; drop what comes once refused."""
+        if self._refused:
+            return
         if data and self._head_call is None and not self._past_head:
             self._head_call = self.callLater(self.head_timeout, self._head_too_slow)
         super().dataReceived(data)
@@ -102,9 +110,17 @@ class ClosingChannel(HTTPChannel):
         super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:
-        """The head is in time: its clock stops (the body is the idle timeout's)."""
+        """The head is in time: its clock stops (the body is the idle timeout's). A body asked
+        to be continued that is declared over the request's ``max_body`` is refused (413)."""
         self._stop_head_clock()
         self._past_head = True
+        request = self.requests[-1]
+        limit: int | None = getattr(request, "max_body", None)
+        expect = request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower()
+        length = int(request.requestHeaders.getRawHeaders(b"content-length", [b"0"])[0])  # (checked by Twisted)
+        if limit is not None and expect == b"100-continue" and length > limit:
+            self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
+            return
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:

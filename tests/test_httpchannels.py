@@ -264,3 +264,35 @@ class DescriptorReserveTests(SynchronousTestCase):
         self.assertIsNotNone(ClosingSite(HeldResource(), reactor=self.clock).buildProtocol(address))
         self.assertIsNotNone(QuietSite(HeldResource(), 65536, 30.0).reserve)
         self.assertIsNotNone(MetricsFactory(lambda accept: (b"", "text/plain"), self.clock).reserve)
+
+
+class ExpectContinueTests(SynchronousTestCase):
+    """A request that declares a body over its site's ``max_body`` and asks ``Expect:
+    100-continue`` is answered 413 at once, instead of ``100 Continue`` (after which the
+    client sent the whole body, up to 256 MiB to the admin API, for a 413 at its end)."""
+
+    def setUp(self) -> None:
+        from twisted.web.server import Request as WebRequest
+
+        self.clock = Clock()
+        self.resource = HeldResource()
+        self.site = ClosingSite(self.resource, reactor=self.clock,
+                                requestFactory=type("Capped", (WebRequest,), {"max_body": 1000}))
+
+    connect = ClosingSiteTests.connect
+
+    def test_a_body_declared_too_long_is_refused_before_it_is_sent(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"), transport.value())
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertTrue(transport.value().endswith(b"the body would be 1001 bytes; at most 1000 are taken\n"))
+        self.assertTrue(transport.disconnecting)
+        channel.dataReceived(b"a" * 1001)  # sent all the same: dropped
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+
+    def test_a_body_within_the_limit_is_continued(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertFalse(transport.disconnecting)
