@@ -14,7 +14,20 @@ request's head (a byte every few seconds: slowloris) held its connection, and up
 headers, for as long as it liked. A :class:`ClosingChannel` gives a request's head (its
 request line and headers) :data:`HEAD_TIMEOUT` seconds from its first byte, then answers
 ``408`` and closes. A request line or header line over Twisted's limit (16 KiB) closed the
-connection without a word; it is answered ``414`` or ``431`` first.
+connection without a word; it is answered ``414`` or ``431`` first. So is a head over
+Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
+which Twisted answered with a bare ``400 Bad Request``.
+
+A request that asks ``Expect: 100-continue`` for a body declared longer than its request
+class's ``max_body`` (the ingest's and the admin API's requests have one) is answered ``413``
+and closed instead of ``100 Continue``, after which the client sent the whole body to be
+dropped. (Without ``Expect`` the body is read and dropped as before: a client sending it
+whole before it reads would see the connection reset, not the 413, were it closed at once.)
+
+A factory given a :class:`~gateway.fdreserve.DescriptorReserve` closes a new connection as
+soon as it is accepted while the gateway has too few descriptors left for its own work, as
+the MQTT listeners do: clients connecting to the ingest until the process met its limit left
+the journal, the broker and the links none.
 
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
@@ -31,10 +44,15 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from gateway.addresses import address_text
+from gateway.clockstep import steady_seconds
+from gateway.fdreserve import DescriptorReserve
+from gateway.logthrottle import LogThrottle
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
 #: The answer to a head that took longer (or a line of it that is too long), and closes.
+#: Seconds between two lines about connections closed to keep the descriptor reserve, at least.
+RESERVE_LOG_INTERVAL = 60.0
 _REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
 
@@ -60,17 +78,49 @@ class ClosingChannel(HTTPChannel):
         self._head_call: IDelayedCall | None = None  # while a request's head is arriving
         self._past_head = False  # a request's head is in; its body or its answer is under way
         self._refused = False  # answered 408, 414 or 431: nothing more is said on this connection
+        self._head_size = 0  # bytes of the request line and header lines of the head arriving
+        self._header_lines = 0  # its header lines (not their continuations)
 
     def dataReceived(self, data: bytes) -> None:
-        """Start the head's clock at the first byte of a request."""
+        """Start the head's clock at the first byte of a request; drop what comes once refused."""
+        if self._refused:
+            return
         if data and self._head_call is None and not self._past_head:
             self._head_call = self.callLater(self.head_timeout, self._head_too_slow)
         super().dataReceived(data)
 
+    def lineReceived(self, line: bytes) -> None:
+        """Answer ``431`` to a head over ``totalHeadersSize`` bytes or ``maxHeaders`` header
+        lines, before Twisted's bare ``400``."""
+        if self._refused:
+            return
+        if not self.requests:  # (the request line, or a blank line before it)
+            self._head_size, self._header_lines = len(line), 0
+        else:
+            self._head_size += len(line)
+            if line[:1] not in (b"", b" ", b"\t"):
+                self._header_lines += 1
+            if self._head_size > self.totalHeadersSize:
+                self._refuse(b"431 Request Header Fields Too Large",
+                             f"the request line and headers are over {self.totalHeadersSize} bytes")
+                return
+            if self._header_lines > self.maxHeaders:
+                self._refuse(b"431 Request Header Fields Too Large", f"more than {self.maxHeaders} header lines")
+                return
+        super().lineReceived(line)
+
     def allHeadersReceived(self) -> None:
-        """The head is in time: its clock stops (the body is the idle timeout's)."""
+        """The head is in time: its clock stops (the body is the idle timeout's). A body asked
+        to be continued that is declared over the request's ``max_body`` is refused (413)."""
         self._stop_head_clock()
         self._past_head = True
+        request = self.requests[-1]
+        limit: int | None = getattr(request, "max_body", None)
+        expect = request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower()
+        length = int(request.requestHeaders.getRawHeaders(b"content-length", [b"0"])[0])  # (checked by Twisted)
+        if limit is not None and expect == b"100-continue" and length > limit:
+            self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
+            return
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -141,16 +191,45 @@ class ClosingChannel(HTTPChannel):
 
 class ClosesChannels:
     """Mixin for an ``HTTPFactory`` (a ``Site``) whose connections can be closed when its
-    service stops; put it first among the bases."""
+    service stops, and that may keep the gateway's descriptor reserve; put it first among the
+    bases.
+
+    :param listener: what the log calls the listener (``ingest``, ``metrics``, ``admin API``).
+    :param reserve: the descriptors kept from clients: a new connection is closed on accept
+        while they are short; ``None``: connections may use them.
+    :param args: the factory's.
+    :param kwargs: the factory's.
+    """
 
     #: builds the connections: :class:`ClosingChannel` (typed loosely: a ``Site`` declares the
     #: HTTP/2-negotiating wrapper it makes by default)
     protocol: Any
+    reactor: Any  # (set by HTTPFactory)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, listener: str = "HTTP", reserve: DescriptorReserve | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_channels: set[ClosingChannel] = set()
         self.protocol = partial(ClosingChannel, self.open_channels)
+        self.listener = listener
+        self.reserve = reserve
+        self.refused_reserve = 0  # connections closed on accept to keep the reserve
+        self._reserve_lines = LogThrottle(RESERVE_LOG_INTERVAL, lambda: steady_seconds(self.reactor))
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A connection, or ``None`` (Twisted closes it) while the gateway keeps its last file
+        descriptors: logged at the first, then at most once a minute with a count."""
+        short = self.reserve.short() if self.reserve is not None else None
+        if short is None:
+            return super().buildProtocol(addr)  # type: ignore[misc]
+        self.refused_reserve += 1
+        if self._reserve_lines.note() is not None:
+            reserve, limit = short
+            log.warn("{listener}: closing {peer}: the gateway has fewer than {reserve} of its {limit} file descriptors"
+                     " free (its limit, LimitNOFILE), kept for its journal, links and hosted programs ({total} closed"
+                     " so far; logged at most once a minute)", listener=self.listener, peer=address_text(addr),
+                     reserve=reserve, limit=limit, total=self.refused_reserve)
+        return None
 
     def close_connections(self) -> None:
         """Close every open connection: at once when idle, else after its response in progress."""

@@ -175,3 +175,124 @@ class HeadTimeoutTests(SynchronousTestCase):
             self.assertTrue(transport.value().endswith(b" is longer than 16384 bytes\n"), transport.value())
             self.assertTrue(transport.disconnecting)
         self.assertEqual(self.resource.held, [])
+
+
+class HeadSizeTests(SynchronousTestCase):
+    """A request's head over twisted.web's limits in all (its request line and headers over
+    16 KiB together, or more than 500 header lines) is answered ``431``, saying which, and
+    closed: twisted.web answered a bare ``400 Bad Request`` with no word of why."""
+
+    setUp = ClosingSiteTests.setUp
+    connect = ClosingSiteTests.connect
+
+    def test_headers_over_16_kib_in_all_are_answered_431(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: gw\r\n"
+                             + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)) + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                        transport.value()[:100])
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertTrue(transport.value().endswith(b"the request line and headers are over 16384 bytes\n"),
+                        transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.held, [])
+
+    def test_over_500_headers_are_answered_431(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(600))
+                             + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                        transport.value()[:100])
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertTrue(transport.value().endswith(b"more than 500 header lines\n"), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_the_limits_are_per_request(self) -> None:
+        """Keep-alive requests each have the whole limit: 300 headers of 40 bytes, twice."""
+        channel, transport = self.connect()
+        head = b"GET / HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"X-%03d: %s\r\n" % (i, b"a" * 32) for i in range(300))
+        for _ in range(2):
+            channel.dataReceived(head + b"\r\n")
+            self.resource.answer()
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertFalse(transport.disconnecting)
+
+
+class DescriptorReserveTests(SynchronousTestCase):
+    """An HTTP listener that faces devices (the ingest, /metrics, the admin API on TCP) keeps
+    the gateway's reserve of file descriptors as the MQTT listeners do (gateway.fdreserve):
+    300 connections to the ingest of a gateway limited to 256 descriptors took them all
+    (Twisted's ``EMFILE encountered``), the journal's and the broker's with them."""
+
+    def setUp(self) -> None:
+        from gateway.fdreserve import DescriptorReserve
+
+        self.clock = Clock()
+        self.lowest = [112]
+        self.reserve = DescriptorReserve(lambda: 128, lambda: self.lowest[0])
+        self.site = ClosingSite(HeldResource(), reactor=self.clock, listener="ingest", reserve=self.reserve)
+
+    def test_closed_on_accept_while_the_reserve_is_reached(self) -> None:
+        address = IPv4Address("TCP", "127.0.0.1", 40410)
+        with capturedLogs() as logs:
+            self.assertIsNone(self.site.buildProtocol(address))
+            self.assertIsNone(self.site.buildProtocol(address))
+            self.clock.advance(60)
+            self.assertIsNone(self.site.buildProtocol(address))
+        self.assertEqual([formatEvent(e) for e in logs], [
+            "ingest: closing 127.0.0.1:40410: the gateway has fewer than 16 of its 128 file descriptors free (its"
+            " limit, LimitNOFILE), kept for its journal, links and hosted programs (1 closed so far; logged at most"
+            " once a minute)",
+            "ingest: closing 127.0.0.1:40410: the gateway has fewer than 16 of its 128 file descriptors free (its"
+            " limit, LimitNOFILE), kept for its journal, links and hosted programs (3 closed so far; logged at most"
+            " once a minute)"])
+        self.lowest[0] = 20
+        self.assertIsNotNone(self.site.buildProtocol(address))
+
+    def test_the_gateways_device_facing_sites_keep_it(self) -> None:
+        """The ingest's and the metrics' factories keep the reserve; a site made without one
+        (the admin API's on its unix socket, the operator's way in) may use it."""
+        from gateway.ingest.site import QuietSite
+        from gateway.telemetry.metricspage import MetricsFactory
+
+        address = IPv4Address("TCP", "127.0.0.1", 40410)
+        ingest = QuietSite(HeldResource(), 65536, 30.0, reserve=self.reserve)
+        metrics = MetricsFactory(lambda accept: (b"", "text/plain"), self.clock, reserve=self.reserve)
+        with capturedLogs():
+            self.assertIsNone(ingest.buildProtocol(address))
+            self.assertIsNone(metrics.buildProtocol(address))
+        self.assertIsNotNone(ClosingSite(HeldResource(), reactor=self.clock).buildProtocol(address))
+        self.assertIsNotNone(QuietSite(HeldResource(), 65536, 30.0).reserve)
+        self.assertIsNotNone(MetricsFactory(lambda accept: (b"", "text/plain"), self.clock).reserve)
+
+
+class ExpectContinueTests(SynchronousTestCase):
+    """A request that declares a body over its site's ``max_body`` and asks ``Expect:
+    100-continue`` is answered 413 at once, instead of ``100 Continue`` (after which the
+    client sent the whole body, up to 256 MiB to the admin API, for a 413 at its end)."""
+
+    def setUp(self) -> None:
+        from twisted.web.server import Request as WebRequest
+
+        self.clock = Clock()
+        self.resource = HeldResource()
+        self.site = ClosingSite(self.resource, reactor=self.clock,
+                                requestFactory=type("Capped", (WebRequest,), {"max_body": 1000}))
+
+    connect = ClosingSiteTests.connect
+
+    def test_a_body_declared_too_long_is_refused_before_it_is_sent(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"), transport.value())
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertTrue(transport.value().endswith(b"the body would be 1001 bytes; at most 1000 are taken\n"))
+        self.assertTrue(transport.disconnecting)
+        channel.dataReceived(b"a" * 1001)  # sent all the same: dropped
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+
+    def test_a_body_within_the_limit_is_continued(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertFalse(transport.disconnecting)

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gateway.apps.logs import open_log, tail_offset
 
@@ -59,8 +60,13 @@ def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:
     return data, offset + len(data)
 
 
+@implementer(IPushProducer)
 class LogFollower:
     """Writes what a log file grows by into an HTTP request until the client goes away.
+
+    It is the request's producer: while the connection's send buffer is full (a client that
+    does not read), it reads and writes nothing, and goes on from where it stopped once the
+    buffer drains; nothing is held in memory for a client that stopped reading.
 
     :param request: the twisted.web request (answered with headers before :meth:`start`).
     :param finished: the request's ``notifyFinish()``, asked for before anything was waited
@@ -84,6 +90,7 @@ class LogFollower:
         self._loop.clock = clock
         self._interval = interval
         self._stopped = False
+        self._paused = False
         finished.addBoth(lambda _: self._end(finish=False))
 
     @property
@@ -93,6 +100,7 @@ class LogFollower:
 
     def start(self) -> None:
         """Start polling the file."""
+        self.request.registerProducer(self, True)
         self._loop.start(self._interval, now=False).addErrback(
             lambda f: log.failure("admin API: following {path} failed", f, path=str(self.path)))
 
@@ -100,7 +108,21 @@ class LogFollower:
         """Stop following and end the response (the gateway is stopping)."""
         self._end(finish=True)
 
-    def _poll(self) -> Deferred[None]:
+    def pauseProducing(self) -> None:
+        """The client's send buffer is full: read nothing more until it drains."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The send buffer drained: the next poll reads on from where it stopped."""
+        self._paused = False
+
+    def stopProducing(self) -> None:
+        """The connection is going: stop following."""
+        self._end(finish=False)
+
+    def _poll(self) -> Deferred[None] | None:
+        if self._paused:
+            return None
         d = self._blocking(lambda: read_from(self.path, self.offset))
 
         def got(result: tuple[bytes, int]) -> None:
@@ -117,5 +139,6 @@ class LogFollower:
         if self._loop.running:
             self._loop.stop()
         if finish and not self.request.finished:
+            self.request.unregisterProducer()
             self.request.finish()
         self._on_done(self)

@@ -9,7 +9,9 @@ subprotocol is ``mqtt`` (or ``mqttv3.1``) when the client asks for one; a client
 only for others is refused with HTTP 406. Any ``Origin`` is accepted (a browser page's, from
 any site or a file). A text message breaks the MQTT-over-WebSocket
 rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
-lets an application send no other code below 3000).
+lets an application send no other code below 3000). An opening handshake (its HTTP request
+head) over :data:`MAX_HANDSHAKE` bytes is refused with HTTP 431: autobahn gathers a head with
+no limit, appending each chunk to it and searching the whole for its end.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
+from gateway.addresses import address_text
 from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
 
 #: WebSocket subprotocols MQTT 3.1.1 clients ask for, in our order of preference.
 SUBPROTOCOLS = ("mqtt", "mqttv3.1")
 #: The close reason a text message gets.
 BINARY_ONLY = "MQTT goes in binary messages"
+#: The most bytes an opening handshake may take (twisted.web's limit for a request's head).
+MAX_HANDSHAKE = 16384
 
 
 class WebSocketStream:
@@ -108,6 +113,27 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         super().__init__()
         self.mqtt: MQTTConnection | None = None
         self._binary = False  # the message being received is binary (MQTT bytes)
+        self._handshake_bytes = 0  # received while the opening handshake is not done
+        self._refused = False  # answered 431: what comes is dropped
+
+    def dataReceived(self, data: bytes) -> None:
+        """Refuse an opening handshake over :data:`MAX_HANDSHAKE` bytes (HTTP 431); what comes
+        once it is refused is dropped."""
+        if self._refused:
+            return
+        if self.state == self.STATE_CONNECTING:
+            self._handshake_bytes += len(data)
+        super().dataReceived(data)
+        if self.state == self.STATE_CONNECTING and self._handshake_bytes > MAX_HANDSHAKE:
+            # (not autobahn's failHandshake: it logs two lines per connection, and the broker's
+            # own line is logged at most once per interval however many clients do this)
+            self._refused = True
+            tcp = self.transport
+            assert tcp is not None
+            self.factory.mqtt.violation(f"closing {address_text(tcp.getPeer())}: a WebSocket opening handshake"
+                                        f" over {MAX_HANDSHAKE} bytes")
+            self.sendHttpErrorResponse(431, f"Request Header Fields Too Large (over {MAX_HANDSHAKE} bytes)")
+            tcp.loseConnection()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """Pick the MQTT subprotocol; refuse clients that want only others."""

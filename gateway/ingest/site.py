@@ -7,6 +7,7 @@ from typing import Any
 from twisted.web.server import Request
 
 from gateway.closingsite import ClosingSite
+from gateway.fdreserve import DescriptorReserve
 
 
 class CappedBodyRequest(Request):
@@ -49,15 +50,18 @@ class QuietSite(ClosingSite):
     :param resource: the device API.
     :param max_body: ``ingest.max_body``.
     :param timeout: seconds an idle connection stays open.
+    :param reserve: the gateway's descriptor reserve, kept from the apps and devices
+        (:class:`~gateway.httpchannels.ClosesChannels`); a :class:`DescriptorReserve` by default.
     """
 
     #: no "Starting factory <... object at 0x...>" / "Stopping factory ..." lines either (at
     #: the first request and at every stop): the ingest logs where it listens.
     noisy = False
 
-    def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
+    def __init__(self, resource: Any, max_body: int, timeout: float, reserve: DescriptorReserve | None = None) -> None:
         # The device API parses bodies itself (and answers 415 to any but a form): twisted.web
         # would parse a form into args again, and answer a multipart body it cannot parse with
         # a bare 400, closing the connection, before the resource saw it.
-        super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=False)
+        super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=False, listener="ingest",
+                         reserve=reserve or DescriptorReserve())
         self.requestFactory: type[Request] = type("IngestRequest", (CappedBodyRequest,), {"max_body": max_body})

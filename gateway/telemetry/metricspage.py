@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 
+from gateway.fdreserve import DescriptorReserve
 from gateway.httpaccesslog import DatedWhenLogged
 from gateway.httpchannels import ClosesChannels
 
@@ -65,23 +66,26 @@ class MetricsRequest(http.Request):
 class MetricsFactory(DatedWhenLogged, ClosesChannels, http.HTTPFactory):
     """HTTP connections whose requests are :class:`MetricsRequest`; no access log (a scrape
     every few seconds would fill it), and so no timer keeping its date; the telemetry service
-    closes them when it stops (:meth:`close_connections`).
+    closes them when it stops (:meth:`close_connections`). It keeps the gateway's descriptor
+    reserve from scrapers (:class:`~gateway.httpchannels.ClosesChannels`).
 
     :param render: builds the page.
     :param reactor: times out idle connections; default: the global reactor.
+    :param reserve: the descriptor reserve; a :class:`DescriptorReserve` by default.
     """
 
     noisy = False
 
-    def __init__(self, render: Renderer, reactor: IReactorTime | None = None) -> None:
-        super().__init__(reactor=reactor)
+    def __init__(self, render: Renderer, reactor: IReactorTime | None = None,
+                 reserve: DescriptorReserve | None = None) -> None:
+        super().__init__(reactor=reactor, listener="metrics", reserve=reserve or DescriptorReserve())
         self.request_class = type("BoundMetricsRequest", (MetricsRequest,), {"render_page": staticmethod(render)})
 
     def buildProtocol(self, addr: Any) -> Any:
-        """An HTTP channel making this factory's requests."""
+        """An HTTP channel making this factory's requests (``None`` to keep the descriptor reserve)."""
         channel = super().buildProtocol(addr)
-        assert channel is not None  # HTTPFactory always builds one
-        channel.requestFactory = self.request_class
+        if channel is not None:
+            channel.requestFactory = self.request_class
         return channel
 
 

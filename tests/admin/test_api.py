@@ -651,6 +651,29 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(len(h.service.api.followers), 0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
+    def test_a_client_that_does_not_read_pauses_the_follow(self) -> None:
+        """While the connection's send buffer is full (a client that stopped reading: the
+        transport pauses the channel), nothing more of the log is read nor written; once it
+        drains, following goes on from where it stopped, nothing missed. It wrote up to 64 KiB
+        a poll into a buffer that grew for as long as the app logged."""
+        h = Harness(self)
+        log = h.work / "logs" / "hello.log"
+        log.write_text("old 1\n")
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        exchange.protocol.pauseProducing()  # (what the TCP transport does when its buffer is full)
+        with log.open("a") as f:
+            f.write("new 2\n")
+        h.clock.advance(1.0)
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"old 1\n")
+        exchange.protocol.resumeProducing()
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"old 1\nnew 2\n")
+        exchange.close()
+        self.assertEqual(h.service.api.followers, set())
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
     def test_follow_neither_repeats_nor_misses(self) -> None:
         """The tail and the offset following starts from come from one look at the file: a
         partial last line is sent as it is and its rest follows, nothing twice."""
@@ -991,6 +1014,15 @@ class TokenTests(SynchronousTestCase):
         r = h.call("POST", "/apps/hello/stop", token=TOKEN, headers={"Authorization": "Bearer " + TOKEN.decode()})
         self.assertEqual(r.status, 200)
         self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN).status, 200)
+
+
+    def test_the_tcp_site_keeps_the_descriptor_reserve(self) -> None:
+        """On TCP, where devices may reach it, the site closes new connections while the
+        gateway keeps its last file descriptors (gateway.fdreserve); on the unix socket, the
+        operator's way in, connections may use them."""
+        h = Harness(self)
+        self.assertIsNotNone(h.site(TOKEN).reserve)
+        self.assertIsNone(h.site(None).reserve)
 
 
 class StatusPageTests(SynchronousTestCase):

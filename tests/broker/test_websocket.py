@@ -234,3 +234,53 @@ class WebsocketReserveTests(SynchronousTestCase):
         self.assertEqual(mqtt.refused_reserve, 1)
         lowest[0] = 20
         self.assertIsNotNone(factory.buildProtocol(address))
+
+
+class WebsocketHandshakeSizeTests(SynchronousTestCase):
+    """An opening handshake (an HTTP request head) has at most ``MAX_HANDSHAKE`` bytes: a client
+    sending an endless header got all of it gathered by autobahn (which has no limit) until the
+    CONNECT deadline, 32 MB in 10 s on one connection, each chunk appended to and searched
+    through the whole (the reactor busy for all of it)."""
+
+    def connection(self):
+        from twisted.internet.testing import StringTransport
+
+        from gateway.broker.connection import MQTTListenerFactory
+        from gateway.broker.websocket import MQTTWebSocketFactory
+        from gateway.fdreserve import DescriptorReserve
+        from tests.steppingclock import SteppingClock
+
+        mqtt = MQTTListenerFactory("ws", None, SteppingClock(), 1 << 20, 5.0,  # type: ignore[arg-type]
+                                   reserve=DescriptorReserve(lambda: -1))
+        protocol = MQTTWebSocketFactory(mqtt).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40410))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40410))
+        protocol.makeConnection(transport)
+        return mqtt, protocol, transport
+
+    def test_an_endless_head_is_refused_431(self) -> None:
+        from gateway.broker.websocket import MAX_HANDSHAKE
+
+        from tests.logevents import capture_log_events
+        from twisted.logger import formatEvent
+
+        events = capture_log_events(self)
+        mqtt, protocol, transport = self.connection()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+        for _ in range(MAX_HANDSHAKE // 4096 + 1):
+            protocol.dataReceived(b"a" * 4096)
+        self.assertEqual([formatEvent(e) for e in events], [
+            "listener ws: closing 127.0.0.1:40410: a WebSocket opening handshake over 16384 bytes"])
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value()[:80])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(mqtt.violations, 1)
+        protocol.dataReceived(b"a" * 4096)  # what comes after is dropped, with no error
+        self.assertEqual(mqtt.violations, 1)
+
+    def test_a_handshake_within_the_limit_is_answered(self) -> None:
+        from gateway.broker.websocket import MAX_HANDSHAKE
+
+        mqtt, protocol, transport = self.connection()
+        head = handshake(40410, "mqtt")
+        protocol.dataReceived(head[:-2] + b"X-Pad: " + b"a" * (MAX_HANDSHAKE - len(head) - 20) + b"\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80])
+        self.assertEqual(mqtt.violations, 0)
