@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 from twisted.internet import reactor
@@ -66,18 +67,21 @@ def answered(port: int, number: int) -> tuple[socket.socket, bool]:
         return client, False
 
 
-def http_answered(port: int, number: int) -> tuple[socket.socket, bool]:
-    """Connect and send an HTTP request (the ingest's): the socket (kept alive by HTTP/1.1),
-    and whether an answer came (else the gateway closed the connection unanswered)."""
-    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+def admin_answered(path: str, number: int) -> tuple[socket.socket, bool]:
+    """Connect to the admin API's unix socket ``path`` and send an HTTP request: the socket
+    (kept alive by HTTP/1.1), and whether an answer came (else the gateway closed the
+    connection unanswered)."""
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(5)
     try:
-        client.sendall(b"GET /onep:v1/stack/alias?n%d HTTP/1.1\r\nHost: gw\r\n\r\n" % number)
+        client.connect(path)
+        client.sendall(b"GET /status?n%d HTTP/1.1\r\nHost: gw\r\n\r\n" % number)
         return client, client.recv(5) == b"HTTP/"
     except ConnectionError:
         return client, False
 
 
-def served(port: int, within: float = 10.0, ask: Callable[[int, int], tuple[socket.socket, bool]] = answered) -> bool:
+def served(port: Any, within: float = 10.0, ask: Callable[[Any, int], tuple[socket.socket, bool]] = answered) -> bool:
     """Whether a client connecting to ``port`` gets its CONNACK (or ``ask``'s answer), trying
     again for ``within`` seconds: clients that just closed may still hold the gateway's
     descriptors until it has read their ends (a loaded machine: the first try was refused in a
@@ -91,11 +95,12 @@ def served(port: int, within: float = 10.0, ask: Callable[[int, int], tuple[sock
         time.sleep(0.1)
 
 
-def out_of_descriptors(pid: int, port: int, refusals: int) -> tuple[list[socket.socket], int]:
+def out_of_descriptors(pid: int, path: str, refusals: int) -> tuple[list[socket.socket], int]:
     """Lower the process ``pid``'s descriptor limit to what it has open and 3 more, take those
-    with HTTP clients of the ingest on ``port`` (holding them), then connect ``refusals`` times
-    more, a client at a time. (The ingest: its listener keeps no reserve of descriptors, as
-    the MQTT listeners do, which close new clients before the limit.)
+    with clients of the admin API's unix socket ``path`` (holding them), then connect
+    ``refusals`` times more, a client at a time. (The admin socket: the one listener that keeps
+    no reserve of descriptors, so that ``gatewayctl`` reaches a flooded gateway; the others close
+    new clients before the limit.)
 
     :return: the clients held, and how many of the others were closed unanswered.
     """
@@ -103,14 +108,14 @@ def out_of_descriptors(pid: int, port: int, refusals: int) -> tuple[list[socket.
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 3, hard))
     held: list[socket.socket] = []
     for number in range(20):
-        client, served = http_answered(port, number)
+        client, served = admin_answered(path, number)
         if not served:
             client.close()
             break
         held.append(client)
     refused = 0
     for number in range(refusals):
-        client, served = http_answered(port, 100 + number)
+        client, served = admin_answered(path, 100 + number)
         client.close()
         refused += not served
     return held, refused
@@ -607,25 +612,24 @@ class TwistdTests(TestCase):
     @inlineCallbacks
     def test_out_of_descriptors_logs_a_line_not_a_flood(self):
         """docs/configuration.md (Listeners): out of file descriptors, the gateway closes each
-        new connection at once (here the ingest's) and goes on; Twisted's lines about them
+        new connection at once (here the admin API's) and goes on; Twisted's lines about them
         (three per connection) are held back after the first: 30 refused connections make one
         line, not 90. With descriptors free again, clients are served."""
-        ingest = free_port()
         config = self.write_config(
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n")
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        admin = str(config.parent / "state" / "run" / "admin.sock")
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
-        held, refused = yield deferToThread(out_of_descriptors, proc.transport.pid, ingest, 30)
+        held, refused = yield deferToThread(out_of_descriptors, proc.transport.pid, admin, 30)
         for client in held:
             client.close()
         self.assertEqual(refused, 30)
-        again = yield deferToThread(served, ingest, ask=http_answered)
+        again = yield deferToThread(served, admin, ask=admin_answered)
         self.assertTrue(again, "a client served again")
         proc.transport.signalProcess("TERM")
         yield proc.ended.addTimeout(10, reactor)
         lines = [line for line in proc.output.decode().splitlines() if "EMFILE" in line or "Could not accept" in line]
         self.assertEqual(len(lines), 1, "\n".join(lines))
-        self.assertIn("[twisted.internet.tcp.Port#info] EMFILE encountered", lines[0])
+        self.assertIn("[twisted.internet.unix.Port#info] EMFILE encountered", lines[0])
