@@ -1,7 +1,8 @@
 """The HTTP side of hawkBit's Direct Device Integration (DDI) API: one small client.
 
 It knows the URLs, the ``Authorization`` header and how the server's answers map to
-errors; what to do with them is :mod:`gateway.fleet.service`'s business.
+errors, and sends its requests one at a time; what to do with them is
+:mod:`gateway.fleet.service`'s business.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 
 from gateway import jsontext
 from gateway.errors import GatewayError
@@ -93,7 +94,11 @@ def poll_answer(body: Any) -> tuple[float | None, dict[str, str]]:
 
 
 class DDIClient:
-    """Requests to one controller's DDI resources.
+    """Requests to one controller's DDI resources, one at a time, in the order asked: a request
+    starts once the one before it is answered (or failed). gooseBit loads the device at a
+    request's start and saves it whole at its end, so of two requests under way at once the later
+    save writes back what the other changed meanwhile (a ``configData`` beside the closed feedback
+    put ``Running`` back over ``Finished``); SWUpdate, its own client, never sends two at once.
 
     :param http: a treq ``HTTPClient`` (its agent verifies TLS hostnames).
     :param clock: the reactor's clock, for request timeouts.
@@ -113,6 +118,7 @@ class DDIClient:
         self.timeout = timeout
         #: ``(scheme, host:port)`` of the server (:func:`~gateway.updates.downloader.url_origin`).
         self.origin = url_origin(self.root)
+        self._turn = DeferredLock()  # (the requests' order: first asked, first sent)
 
     def _headers(self, body: bool) -> dict[str, list[str]]:
         headers = {"Accept": ["application/hal+json, application/json"]}
@@ -132,9 +138,9 @@ class DDIClient:
             raise DDIError(f"the server linked to {url!r}, outside {self.origin[0]}://{self.origin[1]}")
         return url
 
-    @inlineCallbacks
-    def request(self, method: str, url: str, body: Any = None) -> Any:
-        """Send one request; fire with the decoded JSON answer (None for an empty one).
+    def request(self, method: str, url: str, body: Any = None) -> Deferred[Any]:
+        """Send one request once the requests asked before it are answered (its timeout runs from
+        then); fire with the decoded JSON answer (None for an empty one).
 
         :param method: ``GET``, ``PUT`` or ``POST``.
         :param url: the full URL.
@@ -143,6 +149,10 @@ class DDIClient:
             answer over :data:`MAX_ANSWER` bytes (but a ``PUT`` or ``POST`` answered 2xx, whose
             body is not needed, fires with None), or one that is not JSON.
         """
+        return self._turn.run(self._send, method, url, body)
+
+    @inlineCallbacks
+    def _send(self, method: str, url: str, body: Any) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         timer = None
         try:

@@ -26,7 +26,7 @@ from gateway.updates import service as updates_service
 from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
-from tests.fleet.ddiserver import DDIServer, deployment
+from tests.fleet.ddiserver import ROOT, DDIServer, deployment
 from tests.test_netfailures import TWISTED_501
 from tests.logevents import capture_log_events
 from tests.updates.resources import RangeFile
@@ -961,6 +961,48 @@ class FleetServiceTests(SynchronousTestCase):
             ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
             ("proceeding", "none"), ("closed", "success")])
 
+    def test_ddi_requests_go_one_at_a_time_in_order(self) -> None:
+        """No DDI request starts while another is unanswered: the poll due while the closed
+        feedback is still under way, and the configData PUT it brings (the new sw_version), wait
+        for its answer and then go in order. They went beside it: gooseBit loads the device at
+        each request's start and saves it whole, so a configData PUT taken in beside the closed
+        feedback wrote its copy's ``Running`` back over ``Finished`` (a fleet test seen
+        ``Finished``, then ``('Running', '2.0.0')``)."""
+        self.server.deployment = deployment("22", FILES)
+        render = self.server.render
+        held: list[Any] = []
+        started: list[tuple[str, str, bool]] = []  # (method, path, whether another was unanswered)
+
+        def render_holding_the_closed_feedback(request: Any) -> Any:
+            path = request.path.decode()
+            if path.startswith("/artifacts/"):
+                return render(request)  # (downloads are not DDI control requests)
+            started.append((request.method.decode(), path[len(ROOT):], bool(held)))
+            body = request.content.read()
+            request.content.seek(0)
+            if request.method == b"POST" and b'"closed"' in body:
+                held.append(request)
+                return NOT_DONE_YET
+            return render(request)
+
+        self.server.render = render_holding_the_closed_feedback  # type: ignore[method-assign]
+        fleet = self.start()
+        self.run_for(8)
+        self.assertEqual((len(held), self.updates.operations["ddi-22"].status), (1, Status.FINISHED_SUCCESS))
+        fleet.poll_now()  # the next poll falls due while the server works on the feedback
+        self.stub.flush()
+        self.assertEqual([s[:2] for s in started if s[2]], [])
+        self.assertEqual(started[-1][:2], ("POST", "/deploymentBase/22/feedback"))
+        request = held.pop()
+        request.write(render(request))
+        request.finish()
+        self.stub.flush()
+        self.assertEqual([s[:2] for s in started[-3:]], [
+            ("POST", "/deploymentBase/22/feedback"), ("GET", ""), ("PUT", "/configData")])
+        self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.stop()
+
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
         """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
         (a 4xx other than 401, 403, 408, 429): one answered 307 (a proxy's redirect; DDI requests
@@ -1059,6 +1101,34 @@ class DDIClientTests(SynchronousTestCase):
         self.assertEqual(failure.getErrorMessage(),
                          "GET http://ddi.test/default/controller/v1/gw: no answer within 7 s (timed out)")
         self.assertEqual((failure.value.code, clock.getDelayedCalls()), (None, []))
+
+    def test_a_request_waits_for_the_one_before_and_times_out_from_its_own_start(self) -> None:
+        """A request asked while another is unanswered reaches the server only once that one has
+        ended (here failed by its timeout), and its own request_timeout runs from then: the wait
+        does not eat it. One given up while it waits (the service stopping) never goes out."""
+        seen: list[str] = []
+
+        class Stalled(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> int:
+                seen.append(request.method.decode())
+                return NOT_DONE_YET
+
+        clock = Clock()
+        client = DDIClient(StubTreq(Stalled()), clock, "http://ddi.test", "default", "gw", None, timeout=7)
+        first, second, third = client.poll(), client.put_config_data({"a": "1"}), client.poll()
+        self.assertEqual(seen, ["GET"])
+        third.cancel()
+        self.failureResultOf(third)
+        clock.advance(7)
+        self.failureResultOf(first, DDIError)
+        self.assertEqual(seen, ["GET", "PUT"])
+        clock.advance(6.9)
+        self.assertNoResult(second)
+        clock.advance(0.1)
+        self.assertIn("no answer within 7 s", self.failureResultOf(second, DDIError).getErrorMessage())
+        self.assertEqual((seen, clock.getDelayedCalls()), (["GET", "PUT"], []))
 
     def test_an_answer_whose_body_stalls_fails_after_request_timeout(self) -> None:
         """A server that sends an answer's headers and then trickles or stops its body fails the
