@@ -110,6 +110,7 @@ class AzureBlob:
                 transfer.on_bytes(length)
             else:
                 missing.append(index)
+        transfer.found = transfer.held = self.resumed_blocks
         pending = iter(missing)
 
         @inlineCallbacks
@@ -122,6 +123,7 @@ class AzureBlob:
                 # Azure checks the block against its MD5 (hashed before): no second hashing here
                 body = transfer.body(offset, length, transfer.on_bytes, hashing=False)
                 yield send_request(self.http, "PUT", url, headers, body)
+                transfer.held += 1  # staged: kept by Azure whatever happens to the attempt
 
         workers = [worker() for _ in range(min(self.parallel, len(missing)))]
         try:

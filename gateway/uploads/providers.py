@@ -78,6 +78,13 @@ class Transfer:
     key: str
     #: every body made for this attempt (the transfer checks and stops them).
     streamed: list[HashingFileBody] = field(default_factory=list)
+    #: blocks of the file the storage held when the attempt began, as the provider learned
+    #: it (Azure's Get Block List); None for a provider that keeps nothing of a failed
+    #: attempt (one PUT) or before it learned it.
+    found: int | None = None
+    #: blocks of the file the storage is known to hold: ``found``, then one more for each
+    #: block it takes (the transfer's measure of progress between failures).
+    held: int = 0
 
 
 class Provider(Protocol):

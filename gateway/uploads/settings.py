@@ -57,7 +57,7 @@ class UploadsSettings:
     delete: bool = field(default=False, metadata={"doc": "delete files once uploaded"})
     single_upload: bool = field(default=False, metadata={"doc": "refuse a trigger while an upload is UPLOADING (unless force)"})
     concurrency: int = field(default=2, metadata={"min": 1, "max": 16, "doc": "files transferred at once"})
-    max_attempts: int = field(default=5, metadata={"min": 1, "doc": "attempts per file before FAILED"})
+    max_attempts: int = field(default=5, metadata={"min": 1, "doc": "failed attempts in a row without progress before FAILED"})
     retry_initial_delay: float = field(default=1.0, metadata={"min": 0.0, "doc": "first retry delay in seconds"})
     retry_max_delay: float = field(default=120.0, metadata={"min": 0.0, "doc": "longest retry delay in seconds"})
     idle_timeout: float = field(default=120.0, metadata={

@@ -1,6 +1,7 @@
-"""Sending one file with retries: backoff with jitter, a file that changed while it was sent
-is sent again, an attempt with no byte moving for the idle timeout is aborted, a cancel stops
-the attempt in flight."""
+"""Sending one file with retries: backoff with jitter, up to a number of attempts in a row
+without progress (an attempt that leaves the storage more blocks does not count), a file that
+changed while it was sent is sent again, an attempt with no byte moving for the idle timeout
+is aborted, a cancel stops the attempt in flight."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class FileTransfer:
     :param clock: the reactor: schedules retries, takes the body's chunks from its reader thread.
     :param run_blocking: runs blocking work (stat, hashing, the body's reads) in a thread.
     :param retry_policy: ``attempt -> seconds`` (backoff with jitter).
-    :param max_attempts: attempts before giving up.
+    :param max_attempts: failed attempts in a row without progress before giving up (see
+        :meth:`_progressed`).
     :param chunk_size: bytes per body read.
     :param idle_timeout: seconds an attempt may go without a byte handed to the socket (or,
         once the body is sent, without the answer) before it is aborted as a failed attempt.
@@ -49,7 +51,14 @@ class FileTransfer:
         self.retry_policy, self.max_attempts, self.chunk_size = retry_policy, max_attempts, chunk_size
         self.idle_timeout = idle_timeout
         self.on_attempt, self.on_bytes = on_attempt, on_bytes
+        #: attempts made.
         self.attempts = 0
+        #: failed attempts in a row that made no progress.
+        self.fruitless = 0
+        #: the most blocks the storage was known to hold at a failure (None: none known yet).
+        self._most_held: int | None = None
+        #: what the attempt in flight (or the last one) hands the provider; None before it does.
+        self._transfer: Transfer | None = None
         self.canceled = False
         #: why the attempt in flight was aborted for want of progress (None: it was not).
         self._stalled: TransferFailed | None = None
@@ -100,15 +109,33 @@ class FileTransfer:
                     raise UploadError(f"cannot read the file: {error.strerror or error}") from error
                 if not isinstance(error, UploadError):
                     raise
-                if not error.retryable or self.attempts >= self.max_attempts:
+                if not error.retryable:
                     raise
-                delay = self.retry_policy(self.attempts)
-                self.log.warn("upload of {path} failed (attempt {n}): {error}; again in {delay:.1f}s",
-                              path=escaped(self.path), n=self.attempts, error=escaped(str(error)), delay=delay)
+                self.fruitless = 0 if self._progressed(error) else self.fruitless + 1
+                if self.fruitless >= self.max_attempts:
+                    raise
+                # as the journal's and the links' backoff, it starts over once something is taken
+                delay = self.retry_policy(self.fruitless or 1)
+                self.log.warn("upload of {path} failed (attempt {n}, {fruitless} in a row without progress): {error};"
+                              " again in {delay:.1f}s", path=escaped(self.path), n=self.attempts,
+                              fruitless=self.fruitless, error=escaped(str(error)), delay=delay)
             yield self._wait(deferLater(self.clock, delay, lambda: None))
+
+    def _progressed(self, error: UploadError) -> bool:
+        """Whether the attempt that failed with ``error`` made progress: the storage holds more
+        of the file's blocks than at every earlier failure (for the first failure the provider
+        learned it at: than when that attempt began). An attempt through a provider that keeps
+        nothing of a failed one (a single PUT), or that found the file changed, makes none."""
+        transfer, self._transfer = self._transfer, None
+        if transfer is None or transfer.found is None or isinstance(error, FileChanged):
+            return False
+        baseline = transfer.found if self._most_held is None else self._most_held
+        self._most_held = max(baseline, transfer.held)
+        return transfer.held > baseline
 
     @inlineCallbacks
     def _attempt(self) -> Any:
+        self._transfer = None
         before: FileIdentity = yield self.run_blocking(identify, self.path)
         self.on_attempt(before)
         first, block_size = self.provider.digests_first(before.size)
@@ -127,6 +154,7 @@ class FileTransfer:
             self.on_bytes(count)
 
         transfer = Transfer(self.path, before.size, digests, self._body, moved, self.run_blocking, key)
+        self._transfer = transfer
         self._streamed = transfer.streamed
         try:
             yield self._wait(self.provider.send(transfer))
