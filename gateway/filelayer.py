@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -66,6 +67,10 @@ class FileLayer(Protocol):
 
     def unlink(self, path: str) -> None:
         """Remove file ``path``; a missing file is not an error."""
+
+    def remove_tree(self, path: str) -> None:
+        """Remove directory ``path`` and everything in it, closing the handles kept open in
+        it first; a missing directory is not an error."""
 
     def fsync_dir(self, path: str) -> None:
         """Make the entries of directory ``path`` durable."""
@@ -321,6 +326,16 @@ class OSFiles:
         self.close(path)
         try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def remove_tree(self, path: str) -> None:
+        """See :class:`FileLayer`."""
+        inside = os.path.join(path, "")
+        for kept in [p for p in self._fds if p.startswith(inside)]:
+            self.close(kept)
+        try:
+            shutil.rmtree(path)
         except FileNotFoundError:
             pass
 

@@ -265,6 +265,18 @@ def link_states(root: GatewayTree) -> dict[str, tuple[bool, str]]:
     return {name: (link.is_connected, link.cause) for name, link in root.parts.links.links.items()}
 
 
+def journal_users(config: Config) -> dict[str, str]:
+    """The journal streams ``config`` uses, each with what uses it, in words: the broker's
+    state log, each link's stream and the twin's shadow sync's. The others (a link's, once it
+    is removed or renamed) may be dropped by the operator (``DELETE /journal/NAME``)."""
+    users = {STATE_STREAM: "the broker's state log"}
+    for name in [*config.links.links, *config.http_links.links]:
+        users[f"link-{name}"] = f"the link {name!r}"
+    if config.twin.enabled and config.twin.shadow_link:
+        users[f"shadow-{config.twin.shadow_link}"] = f"the twin's shadow sync over the link {config.twin.shadow_link!r}"
+    return users
+
+
 def add_services(root: GatewayTree, config: Config, reactor: Any, changer: ConfigChanger,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Add the services that a configuration change restarts, in dependency order, and
@@ -276,7 +288,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     streams the journal keeps); the links read those streams and publish downlinks on the
     broker's bus.
     """
-    journal = JournalService(config.journal, config.state_dir, reactor, loop=loop)
+    journal = JournalService(config.journal, config.state_dir, reactor, loop=loop, in_use=journal_users(config))
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,
                            state_stream=lambda: journal.stream(STATE_STREAM))
@@ -384,7 +396,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                          Backends(readside=readside, apps=apps.control, updates=updates,
                                   reports=telemetry,
                                   config=changer,
-                                  uploads=uploads),
+                                  uploads=uploads, journal=journal),
                          history=previous_admin.history if previous_admin is not None else None)
     admin.setServiceParent(root)
     root.parts = Parts(journal, broker, links, ingest, apps, updates, uploads, readside, telemetry, commands, admin,

@@ -493,3 +493,19 @@ class AboutTests(SynchronousTestCase):
         named by its absolute path, with the version."""
         self.assertEqual(tree.about(Config(path=Path("gateway.yaml"))),
                          f"version {__version__}, config {Path.cwd() / 'gateway.yaml'}")
+
+
+class JournalUsersTests(SynchronousTestCase):
+    """Which journal streams the configuration uses: the ones the operator may not drop."""
+
+    def test_links_and_broker(self) -> None:
+        """The broker's state log and each MQTT and HTTP link's stream, each with what uses it."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway:\n  state_dir: {work / 'state'}\n"
+                        "links:\n  links:\n    cloud: {endpoint: 'tcp:host=127.0.0.1:port=1'}\n"
+                        "http_links:\n  links:\n    exo: {mode: json, url: 'https://example.com'}\n")
+        users = tree.journal_users(gateway_config.load(str(path)))
+        self.assertEqual(users, {"broker-state": "the broker's state log", "link-cloud": "the link 'cloud'",
+                                 "link-exo": "the link 'exo'"})

@@ -110,6 +110,7 @@ class AdminApi:
             ("GET", "/broker", self.snapshot("broker", "broker"), ()),
             ("GET", "/links", self.snapshot("links", "links"), ()),
             ("GET", "/journal", self.snapshot("journal", "journal"), ()),
+            ("DELETE", "/journal/{name}", self.journal_drop, ("force",)),
             ("GET", "/apps", self.snapshot("apps", "apps"), ()),
             ("GET", "/operations", self.snapshot("updates", "updates"), ()),
             ("GET", "/ingest", self.snapshot("ingest", "ingest"), ()),
@@ -223,6 +224,19 @@ class AdminApi:
         # An unknown key raises ConfigKeyError, answered 404 with its reason, bounded, in the
         # words of the config.get command (gateway.admin.mapping).
         return {"key": key, "value": self._config().get(key)}
+
+    @inlineCallbacks
+    def journal_drop(self, request: Any, name: str) -> Any:
+        """``DELETE /journal/NAME[?force=true]``: delete a stream the configuration no longer
+        uses (404 unknown, 409 in use, or holding records not acknowledged without ``force``)."""
+        journal = self.backends.journal
+        if journal is None:
+            raise unavailable("the journal is not part of this gateway")
+        self._require("journal")
+        force = query_flag(request, "force")
+        self._body(request, ())  # a body, if any, must be an empty JSON object
+        dropped = yield journal.drop(name, force)
+        return {"name": name, "action": "drop", "ok": True, "lost": dropped.lost, "lost_bytes": dropped.lost_bytes}
 
     def _config(self) -> ConfigChangerLike:
         if self.backends.config is None:

@@ -199,15 +199,27 @@ def _queue_table(snapshot: Any) -> str:
         return max((c["unacked"] for c in stream["cursors"]), default=stream["records"])
     problems = [stream_problem(x) for x in snapshot["streams"]]
     extra = ("problem",) if any(problems) else ()
-    return table(("stream", "records", "size", "waiting", "oldest waiting", "free disk", *extra),
+    # (a stream no link uses any more: the operator may drop it, `journal drop NAME`)
+    unused = ("in use",) if not all(x.get("in_use", True) for x in snapshot["streams"]) else ()
+    return table(("stream", "records", "size", "waiting", "oldest waiting", "free disk", *unused, *extra),
                  [(x["name"], x["records"], size(x["bytes"]), depth(x), duration(x["oldest_unacked_age_s"]),
-                   size(x["free_bytes"]), *((problem,) if extra else ()))
+                   size(x["free_bytes"]), *(("yes" if x.get("in_use", True) else "no",) if unused else ()),
+                   *((problem,) if extra else ()))
                   for x, problem in zip(snapshot["streams"], problems)])
 
 
 def cmd_queue(client: AdminClient, args: argparse.Namespace) -> int:
     """The journal's streams: records, bytes, waiting, oldest unacknowledged, what keeps one from its job."""
     return _out(args, client.get("/journal"), _queue_table)
+
+
+def cmd_journal(client: AdminClient, args: argparse.Namespace) -> int:
+    """journal [list | drop NAME [--force]]: the streams (as ``queue``), or drop one no longer used."""
+    if (args.action or "list") == "list":
+        return cmd_queue(client, args)
+    result = client.delete(f"/journal/{quote(args.name)}", {"force": "true"} if args.force else None, timeout=None)
+    return _out(args, result, lambda r: f"{r['name']}: dropped" + (
+        f", {r['lost']} records not acknowledged counted lost (dropped)" if r["lost"] else ""))
 
 
 def _ops_table(snapshot: Any) -> str:
@@ -413,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     apps.set_defaults(run=cmd_apps)
     command(commands, "links", help="cloud links").set_defaults(run=cmd_links)
     command(commands, "queue", help="journal streams (the store-and-forward queue)").set_defaults(run=cmd_queue)
+    journal = command(commands, "journal", help="journal streams: list (as queue), drop one no longer used")
+    journal.add_argument("action", nargs="?", choices=("list", "drop"))
+    journal.add_argument("name", nargs="?", help="drop: the stream (link-<name> of a link removed or renamed)")
+    journal.add_argument("--force", action="store_true",
+                         help="drop: even with records not acknowledged (counted lost)")
+    journal.set_defaults(run=cmd_journal)
     ops = command(commands, "ops", help="update operations")
     ops.add_argument("--follow", action="store_true", help="until no operation is active")
     ops.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -492,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     # (a listing would otherwise take a stray word, a mistyped action's, and list everything)
     if args.command == "apps" and args.action in (None, "list") and args.name:
         command.error(f"apps list takes no NAME, not {args.name!r}")
+    if args.command == "journal" and args.action == "drop" and not args.name:
+        command.error("journal drop needs the stream's NAME")
+    if args.command == "journal" and args.action in (None, "list") and (args.name or args.force):
+        command.error(f"journal list takes no NAME nor --force{f', not {args.name!r}' if args.name else ''}")
     if args.command == "uploads" and args.action in (None, "list") and args.id:
         command.error(f"uploads list takes no ID, not {args.id!r}")
     word = _not_utf8(args)

@@ -318,6 +318,13 @@ class AdminClient:
         data = json.dumps(body if body is not None else {}).encode()
         return self._call("POST", path, data, self.timeout if timeout == -1.0 else timeout)
 
+    def delete(self, path: str, params: Mapping[str, Any] | None = None, timeout: float | None = -1.0) -> Any:
+        """DELETE ``path`` (with query ``params``) and decode the answer; never sent twice.
+
+        :param timeout: as for :meth:`post`.
+        """
+        return self._call("DELETE", path + query_string(params), None, self.timeout if timeout == -1.0 else timeout)
+
     def upload(self, path: str, source: IO[bytes], size: int,
                progress: Callable[[int, int], None] | None = None) -> Any:
         """POST the file ``source`` (``size`` bytes) to ``path`` in 64 KiB pieces; the answer

@@ -3,7 +3,8 @@
 The real objects are the read side (``gateway.readside.ReadSide``), the apps' operations
 (``gateway.apps.operations.AppOperations``), the update service
 (``gateway.updates.service.UpdateService``), the upload service
-(``gateway.uploads.service.UploadService``), the telemetry service's reports and metrics,
+(``gateway.uploads.service.UploadService``), the journal service
+(``gateway.journal.service.JournalService``), the telemetry service's reports and metrics,
 and the config changer (``gateway.commands.reconfigure.ConfigChanger``). Tests hand in
 fakes that are checked against these same Protocols.
 """
@@ -111,6 +112,20 @@ class UploadsLike(Protocol):
 
 
 @runtime_checkable
+class JournalLike(Protocol):
+    """The journal service's operation on whole streams."""
+
+    def drop(self, name: str, force: bool = False) -> Deferred[Any]:
+        """Delete a stream the configuration no longer uses; fires once its directory is gone.
+
+        :raises UnknownStreamError: no such stream (404).
+        :raises StreamInUseError: the configuration uses it (409).
+        :raises StreamNotDrainedError: (as the Deferred's failure) records not acknowledged,
+            without ``force`` (409).
+        """
+
+
+@runtime_checkable
 class ReportsLike(Protocol):
     """The telemetry service's reports and metrics page."""
 
@@ -155,6 +170,7 @@ class Backends:
     :param reports: the telemetry service (reports and metrics).
     :param config: the config changer (check, get, apply).
     :param uploads: the upload service.
+    :param journal: the journal service (dropping a stream no longer used).
     """
 
     readside: ReadSideLike | None = None
@@ -163,3 +179,4 @@ class Backends:
     reports: ReportsLike | None = None
     config: ConfigChangerLike | None = None
     uploads: UploadsLike | None = None
+    journal: JournalLike | None = None

@@ -6,6 +6,7 @@ from gateway import errors as gateway_errors
 from gateway.admin.errors import ApiError
 from gateway.apps.errors import (AmbiguousProgramError, DesiredStateError, HealthCheckError, InstallError,
                                  ManifestError, UnknownAppError, UnsafeArchiveError)
+from gateway.journal.errors import JournalClosedError, StreamInUseError, StreamNotDrainedError, UnknownStreamError
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from gateway.updates.errors import InvalidOperation
 
@@ -17,8 +18,12 @@ def map_error(error: BaseException) -> ApiError | None:
     """
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, UnknownAppError):
+    if isinstance(error, (UnknownAppError, UnknownStreamError)):
         return ApiError(404, str(error))
+    if isinstance(error, StreamInUseError):
+        return ApiError(409, str(error), stream=error.stream)
+    if isinstance(error, StreamNotDrainedError):
+        return ApiError(409, str(error), stream=error.stream, unacked=error.records)
     if isinstance(error, (UnsafeArchiveError, ManifestError, AmbiguousProgramError)):
         return ApiError(400, str(error))
     if isinstance(error, ReportTooLarge):
@@ -39,4 +44,8 @@ def map_error(error: BaseException) -> ApiError | None:
         return ApiError(500, str(error))
     if isinstance(error, gateway_errors.ConfigError):
         return ApiError(400, "invalid configuration", errors=list(error.errors))
+    if isinstance(error, JournalClosedError):
+        return ApiError(503, str(error))
+    if isinstance(error, gateway_errors.JournalError):  # (a stream's directory not deleted: said, no traceback)
+        return ApiError(500, str(error))
     return None

@@ -63,3 +63,36 @@ class JournalClosedError(JournalError):
 
 class UnknownCursorError(JournalError):
     """No cursor by that name exists on the stream (create it with ``stream.cursor``)."""
+
+
+class UnknownStreamError(JournalError):
+    """No journal stream by that name exists (answered 404 by the admin API)."""
+
+
+class StreamInUseError(JournalError):
+    """The stream cannot be dropped: the configuration still uses it.
+
+    :param stream: the stream's name.
+    :param user: what uses it, in words (``the link 'cloud'``).
+    """
+
+    def __init__(self, stream: str, user: str) -> None:
+        super().__init__(f"journal stream {stream!r} is in use by the configuration ({user}): only a stream the"
+                         " configuration no longer uses (a link's, once removed or renamed) can be dropped")
+        self.stream = stream
+        self.user = user
+
+
+class StreamNotDrainedError(JournalError):
+    """The stream was not dropped: it holds records its cursors have not acknowledged, and
+    the operator did not say to drop them anyway (``force``).
+
+    :param stream: the stream's name.
+    :param records: how many records not every cursor acknowledged.
+    """
+
+    def __init__(self, stream: str, records: int) -> None:
+        super().__init__(f"journal stream {stream!r} holds {records} records not acknowledged by its cursors"
+                         " (never sent): drop it with force to lose them, counted as lost (dropped)")
+        self.stream = stream
+        self.records = records

@@ -17,7 +17,7 @@ from gateway import jsontext
 from gateway.journal.cursors import runs_outside, union_runs
 
 LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed",
-                     "over-cloud-limit", "refused-by-cloud"]
+                     "over-cloud-limit", "refused-by-cloud", "dropped"]
 _REASONS = frozenset(get_args(LossReason))
 #: The reasons of losses a reader counts as it passes the records (a link skipping them, or
 #: counting what its cloud refused): its cursor moves past them only later, so a crash in
@@ -39,7 +39,9 @@ class LossEntry:
         (records a link did not send because its cloud would refuse them:
         :mod:`gateway.links.cloudlimits`; or that an HTTP link's cloud refused as too large),
         ``refused-by-cloud`` (records an HTTP link's cloud refused for good, with a status
-        that says sending them again cannot help: :mod:`gateway.links.httprefusals`).
+        that says sending them again cannot help: :mod:`gateway.links.httprefusals`),
+        ``dropped`` (records its cursors had not acknowledged when the operator dropped the
+        whole stream, with ``force``: :meth:`gateway.journal.service.JournalService.drop`).
     :param records: how many records.
     :param bytes: how many bytes of segment data.
     :param first_seq: first seq lost (0 when unknown, or when no record was lost: a

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,15 @@ from twisted.python.failure import Failure
 
 from gateway.errors import JournalError
 from gateway.journal.cursors import check_name
-from gateway.journal.errors import JournalClosedError
+from gateway.journal.dropping import drop_directory, is_aside
+from gateway.journal.errors import JournalClosedError, StreamInUseError, UnknownStreamError
 from gateway.filelayer import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
-from gateway.journal.snapshot import JournalSnapshot, streams_ledger_failing, streams_refusing
+from gateway.journal.losses import LossEntry
+from gateway.journal.snapshot import DroppedStream, JournalSnapshot, streams_ledger_failing, streams_refusing
 from gateway.journal.stream import SLOW_WRITE_S, Stream
+from gateway.shown import shown_repr
 from gateway.stateaccess import StateAccessError, is_permission_error, refusal
 
 
@@ -57,13 +62,16 @@ class JournalService(Service):
     :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), if any: its
         ``call_soon`` ends a turn's appends and its ``call_soon_threadsafe`` delivers the
         I/O thread's results, both cheaper than the reactor's portable calls used without it.
+    :param in_use: the streams the configuration uses, each with what uses it in words
+        (``the link 'cloud'``): the others may be dropped (:meth:`drop`); ``None``: every
+        stream is in use.
     """
 
     log = Logger()
 
     def __init__(self, settings: JournalSettings, state_dir: Path, reactor: Any,
                  files: FileLayer | None = None, run: Runner | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, in_use: Mapping[str, str] | None = None) -> None:
         self.setName("journal")
         self.settings = settings
         self.directory = str(Path(state_dir) / settings.directory)
@@ -75,6 +83,9 @@ class JournalService(Service):
         self._streams: dict[str, Stream] = {}
         self._opening: dict[str, Deferred[None]] = {}
         self._checker: LoopingCall | None = None
+        self.in_use = dict(in_use) if in_use is not None else None
+        self._dropping: set[str] = set()
+        self._dropped: list[DroppedStream] = []
 
     def run(self, f: Any, *args: Any) -> Deferred[Any]:
         """Run blocking ``f(*args)`` on the journal's I/O thread."""
@@ -97,6 +108,12 @@ class JournalService(Service):
             raise JournalError(f"the journal directory cannot be made: {exc}") from exc
         names = set(self.settings.streams)
         for entry in self.files.listdir(self.directory):
+            if is_aside(entry):  # (a drop a kill cut short: the stream was gone already)
+                self.run(self.files.remove_tree, os.path.join(self.directory, entry)).addCallbacks(
+                    lambda _, e=entry: self.log.info("journal: removed {entry}, left by a drop cut short", entry=e),
+                    lambda f, e=entry: self.log.error("journal: removing {entry}, left by a drop cut short, failed:"
+                                                      " {error}", entry=e, error=f.value))
+                continue
             try:
                 names.add(check_name(entry))
             except ValueError:
@@ -144,6 +161,65 @@ class JournalService(Service):
         self.log.failure("journal stream {stream} failed to open", failure, stream=name)
         return failure
 
+    def uses(self, name: str) -> bool:
+        """Whether the configuration uses stream ``name`` (see ``in_use``)."""
+        return self.in_use is None or name in self.in_use
+
+    def drop(self, name: str, force: bool = False) -> Deferred[DroppedStream]:
+        """Delete stream ``name``, which the configuration no longer uses (its link was removed
+        or renamed), and everything it keeps: segments, cursors, loss ledger.
+
+        The stream is closed first (what is pending written, its cursors saved), then its
+        directory is renamed aside and deleted on the I/O thread (:mod:`gateway.journal.dropping`).
+
+        :param force: drop it even though its cursors have not acknowledged every record:
+            those are counted lost (reason ``dropped``) and logged.
+        :returns: (a Deferred of) what was dropped, once its directory is gone.
+        :raises UnknownStreamError: no such stream (or one being dropped).
+        :raises StreamInUseError: the configuration uses it.
+        :raises StreamNotDrainedError: (as the Deferred's failure) it holds records not
+            acknowledged and ``force`` is false; nothing changed.
+        :raises JournalClosedError: the service is not running.
+        """
+        stream = self._streams.get(name)
+        if stream is None or name in self._dropping:
+            raise UnknownStreamError(f"no journal stream {shown_repr(name)}")
+        if self.uses(name):
+            raise StreamInUseError(name, self.in_use[name] if self.in_use is not None else
+                                   "this journal was given no list of the streams it uses")
+        if not self.running:
+            raise JournalClosedError("the journal is not running")
+        self._dropping.add(name)
+        d = stream.close_to_drop(force)
+        d.addCallback(self._delete_directory, stream)
+        return d.addBoth(self._drop_ended, name)
+
+    def _delete_directory(self, lost: LossEntry | None, stream: Stream) -> Deferred[DroppedStream]:
+        dropped = DroppedStream(stream.name, lost.records if lost else 0, lost.bytes if lost else 0,
+                                self.reactor.seconds())
+        d = self.run(drop_directory, self.files, stream.directory)
+
+        def gone(_: object) -> DroppedStream:
+            del self._streams[stream.name]
+            self._opening.pop(stream.name, None)
+            self._dropped.append(dropped)
+            self.log.info("journal {stream}: dropped; {directory} removed", stream=stream.name,
+                          directory=stream.directory)
+            return dropped
+
+        def failed(failure: Failure) -> Failure:
+            # (closed: it takes nothing more; what is left of it opens again at the next start, or
+            # is deleted then when it was renamed aside already)
+            error = JournalError(f"journal {stream.name}: removing {stream.directory} failed: {failure.value}")
+            self.log.error("{error}", error=str(error))
+            return Failure(error)
+
+        return d.addCallbacks(gone, failed)
+
+    def _drop_ended(self, result: Any, name: str) -> Any:
+        self._dropping.discard(name)
+        return result
+
     def streams(self) -> dict[str, Stream]:
         """Every stream by name."""
         return dict(self._streams)
@@ -151,8 +227,10 @@ class JournalService(Service):
     def snapshot(self) -> JournalSnapshot:
         """Every stream's :class:`~gateway.journal.snapshot.StreamSnapshot`, by name, and whether
         one refuses appends or fails to write its loss ledger (no I/O)."""
-        streams = tuple(s.snapshot() for _, s in sorted(self._streams.items()))
-        return JournalSnapshot(self.directory, streams, streams_refusing(streams), streams_ledger_failing(streams))
+        streams = tuple(s.snapshot() if self.uses(n) else replace(s.snapshot(), in_use=False)
+                        for n, s in sorted(self._streams.items()))
+        return JournalSnapshot(self.directory, streams, streams_refusing(streams), streams_ledger_failing(streams),
+                               tuple(self._dropped))
 
     def _check_limits(self) -> Deferred[None]:
         """Measure every stream's free disk in one job on the I/O thread (one hand-off, not

@@ -88,6 +88,9 @@ class StreamSnapshot:
         disk: the loss counts are not durable, a restart would forget those since the last
         write), reason ``ledger-not-saved``, the last error, since when and how many writes
         failed; ``None`` again once a write works.
+    :param in_use: whether the configuration uses the stream (a link's, the broker's state
+        log, the twin's shadow sync); one that is not (its link removed or renamed) stays on
+        disk until the operator drops it (``DELETE /journal/NAME``, ``gatewayctl journal drop``).
     :param cursor_save_latency: seconds per cursor save that worked (a write and two fsyncs
         on the I/O thread), from its hand-over to that thread (the wait behind the batches
         queued there included) until it was durable, as a histogram with
@@ -112,6 +115,23 @@ class StreamSnapshot:
     refused_appends: int = 0
     ledger_failing: Degraded | None = None
     cursor_save_latency: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
+    in_use: bool = True
+
+
+@dataclass(frozen=True)
+class DroppedStream:
+    """A stream the operator dropped since the journal service started (as for :class:`LossCount`).
+
+    :param name: the stream.
+    :param lost: records its cursors had not acknowledged, counted lost (reason ``dropped``).
+    :param lost_bytes: the bytes it held when they were (0 when nothing was lost).
+    :param at: when it was dropped (seconds since the epoch).
+    """
+
+    name: str
+    lost: int
+    lost_bytes: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -123,12 +143,15 @@ class JournalSnapshot:
     :param refusing: while a stream refuses appends (:func:`streams_refusing`), else ``None``.
     :param ledger_failing: while a stream's loss ledger is not written
         (:func:`streams_ledger_failing`), else ``None``.
+    :param dropped: the streams the operator dropped since the journal service started, in
+        the order dropped.
     """
 
     directory: str
     streams: tuple[StreamSnapshot, ...]
     refusing: Degraded | None = None
     ledger_failing: Degraded | None = None
+    dropped: tuple[DroppedStream, ...] = ()
 
 
 def streams_refusing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:

@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds, watch_steps
 from gateway.degraded import Failing
-from gateway.journal.errors import JournalClosedError, JournalWriteError, RecordTooLargeError, StreamFullError, too_large_words
+from gateway.journal.errors import (JournalClosedError, JournalWriteError, RecordTooLargeError, StreamFullError,
+                                    StreamNotDrainedError, too_large_words)
 from gateway.filelayer import FileLayer
 from gateway.journal.iothread import Runner
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
@@ -276,6 +277,56 @@ class Stream:
         d.addCallback(lambda _: self.reader.save_all())
         d.addCallback(self._log_totals)
         return d
+
+    def unacknowledged_records(self) -> int:
+        """Records kept (or waiting to be written) that not every cursor acknowledged, in
+        memory (all of them when the stream has no cursor); seqs already counted lost as a
+        reader passed them are not among them."""
+        first = self.segments[0].first_seq if self.segments else self.next_seq
+        return sum(last - low + 1 for low, last in self.reader.unacknowledged(first, self.next_seq - 1))
+
+    def close_to_drop(self, force: bool) -> Deferred[LossEntry | None]:
+        """Close the stream so that its directory can be deleted (the operator drops it:
+        :meth:`gateway.journal.service.JournalService.drop`), once it is open.
+
+        The records not every cursor acknowledged are counted lost, reason ``dropped``, in
+        :attr:`drops` (its ledger goes with the directory), and logged once.
+
+        :param force: drop records not acknowledged too; without it they refuse the drop.
+        :returns: (a Deferred of) the loss counted, or None when nothing was lost.
+        :raises StreamNotDrainedError: (as the Deferred's failure) records are not
+            acknowledged and ``force`` is false; the stream stays open, as it was.
+        :raises JournalClosedError: (likewise) the stream is closed already.
+        """
+        return self._when_open(self._close_to_drop, force)
+
+    def _close_to_drop(self, force: bool) -> Deferred[LossEntry | None]:
+        if self._closed:
+            raise JournalClosedError(f"journal stream {self.name!r} is closed")
+        waiting = self.unacknowledged_records()
+        if waiting and not force:
+            raise StreamNotDrainedError(self.name, waiting)
+        return self.close().addCallback(lambda _: self._count_dropped())
+
+    def _count_dropped(self) -> LossEntry | None:
+        """Count (and log, once) what the drop loses: the records, written by now, that not
+        every cursor acknowledged."""
+        first = self.segments[0].first_seq if self.segments else self.next_seq
+        lost = self.reader.unacknowledged(first, self.next_seq - 1)
+        if not lost:
+            self.log.info("journal {stream}: dropped by the operator; every record it kept was acknowledged",
+                          stream=self.name)
+            return None
+        records = sum(last - low + 1 for low, last in lost)
+        nbytes = self.retention.bytes
+        first_time = next((seg.first_time for seg in self.segments if seg.first_time), 0.0) or 0.0
+        entry = LossEntry("dropped", records, nbytes, lost[0][0], lost[-1][1], first_time,
+                          self.clock.seconds(), self.clock.seconds())
+        self.note_loss(entry.reason, records, nbytes, entry.first_seq, entry.last_seq, first_time, entry.last_time)
+        self.log.warn("journal {stream}: dropped by the operator with {records} records not acknowledged by its"
+                      " cursors (seq {first}-{last}, {bytes} bytes): counted lost (dropped)",
+                      stream=self.name, records=records, first=entry.first_seq, last=entry.last_seq, bytes=nbytes)
+        return entry
 
     def _log_totals(self, _: object) -> None:
         if self.batch_records.count:

@@ -218,7 +218,8 @@ class LinksService(Service):
             waiting = stream.unacked(CURSOR) if name != stream_name and name not in self.links else 0
             if waiting:
                 self.log.warn("journal {stream}: no link {name!r} is configured: its {waiting} records not sent yet "
-                              "stay in the journal and go up once a link of that name is configured again",
+                              "stay in the journal and go up once a link of that name is configured again (or drop them:"
+                              " gatewayctl journal drop {stream} --force)",
                               stream=stream_name, name=name, waiting=waiting)
 
     def _http_link(self, name: str, settings: HTTPLinkSettings) -> HTTPLink:

@@ -166,7 +166,8 @@ class GatewayCollector(Collector):
         yield read
 
     def _journal(self) -> Iterator[Metric]:
-        streams = self.readside.journal().streams
+        journal = self.readside.journal()
+        streams = journal.streams
         gauges = {
             "records": _gauge("gateway_journal_records", "Records retained", ["stream"]),
             "bytes": _gauge("gateway_journal_bytes", "Bytes on disk and pending", ["stream"]),
@@ -210,6 +211,12 @@ class GatewayCollector(Collector):
                 refusing_since.add_metric([s.name, s.refusing.reason], s.refusing.since)
             refused.add_metric([s.name], s.refused_appends)
             ledger.add_metric([s.name], 0 if s.ledger_failing is None else 1)
+        dropped: dict[str, int] = {}  # (a stream dropped with records not acknowledged: its loss stays counted)
+        for gone in journal.dropped:
+            if gone.lost:
+                dropped[gone.name] = dropped.get(gone.name, 0) + gone.lost
+        for name, records in dropped.items():
+            lost.add_metric([name, "dropped"], records)
         yield from gauges.values()
         yield from (appends, latency, fsync, cursor_save, unacked, lost, refusing, refusing_since, refused, ledger)
 

@@ -1137,7 +1137,7 @@ class QueryKeyTests(SynchronousTestCase):
         the keys the route takes (or that it takes none), and nothing is done."""
         h = Harness(self)
         routes = h.service.api.routes()
-        self.assertEqual(len(routes), 31)
+        self.assertEqual(len(routes), 32)
         for method, pattern, _, keys in routes:
             path = pattern.replace("{name}", "hello") + "?bogus=1"
             known = f"known: {', '.join(sorted(keys))}" if keys else "this route takes no query keys"
@@ -1194,3 +1194,71 @@ class QueryKeyTests(SynchronousTestCase):
         r = h.call("GET", "/?token=" + TOKEN.decode() + "&refresh=1", token=TOKEN)
         self.assertEqual((r.status, r.json()), (400, {"error": "unknown key 'refresh' (known: token)"}))
         self.assertEqual(h.call("GET", "/status?bogus=1", token=TOKEN).status, 401)
+
+
+class JournalDropRouteTests(SynchronousTestCase):
+    """``DELETE /journal/NAME`` drops a stream through the journal service itself (real files,
+    its I/O jobs run at once)."""
+
+    def setUp(self) -> None:
+        from gateway.filelayer import OSFiles
+        from gateway.journal.service import JournalService
+        from gateway.journal.settings import JournalSettings, StreamSettings
+        from tests.journal.helpers import appended, record, run_now as run_job
+
+        self.clock = Clock()
+        self.journal = JournalService(JournalSettings(defaults=StreamSettings(min_free_bytes=0)),
+                                      Path(self.mktemp()).absolute(), self.clock, files=OSFiles(), run=run_job,
+                                      in_use={"link-cloud": "the link 'cloud'"})
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.running and self.journal.stopService())
+        for name in ("link-cloud", "link-old"):
+            stream = self.journal.stream(name)
+            self.successResultOf(stream.cursor("cloud"))
+            for i in (1, 2, 3):
+                self.successResultOf(appended(stream, record(i)))
+            self.successResultOf(stream.ack("cloud", 1))
+        self.h = Harness(self)
+        self.h.backends.journal = self.journal
+
+    def test_refusals_say_why_and_change_nothing(self) -> None:
+        """404 for an unknown stream; 409 for one in use, with what uses it; 409 for one
+        holding records not acknowledged, with how many, unless forced; a bad force is 400."""
+        r = self.h.call("DELETE", "/journal/link-nope")
+        self.assertEqual((r.status, r.json()), (404, {"error": "no journal stream 'link-nope'"}))
+        r = self.h.call("DELETE", "/journal/link-cloud?force=true")
+        self.assertEqual(r.status, 409, r.body)
+        self.assertIn("in use by the configuration (the link 'cloud')", r.json()["error"])
+        r = self.h.call("DELETE", "/journal/link-old")
+        self.assertEqual((r.status, r.json()["unacked"], r.json()["stream"]), (409, 2, "link-old"))
+        self.assertIn("2 records not acknowledged", r.json()["error"])
+        self.assertEqual(self.h.call("DELETE", "/journal/link-old?force=maybe").status, 400)
+        self.assertEqual(self.h.call("DELETE", "/journal/link-old", {"x": 1}).status, 400)
+        self.assertEqual(sorted(self.journal.streams()), ["link-cloud", "link-old"])
+
+    def test_force_drops_counting_the_loss(self) -> None:
+        """With ``?force=true`` the stream goes; the answer counts the records lost."""
+        r = self.h.call("DELETE", "/journal/link-old?force=true")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual({k: v for k, v in r.json().items() if k != "lost_bytes"},
+                         {"name": "link-old", "action": "drop", "ok": True, "lost": 2})
+        self.assertEqual(sorted(self.journal.streams()), ["link-cloud"])
+        self.assertEqual(self.h.call("DELETE", "/journal/link-old").status, 404)
+
+    def test_a_directory_not_deleted_is_500_saying_why(self) -> None:
+        """A drop whose directory the disk refuses to delete answers 500 with the reason, not
+        an internal error with a traceback in the log."""
+        def refused(path: str) -> None:
+            raise PermissionError(13, "Permission denied", path)
+
+        self.patch(self.journal.files, "remove_tree", refused)
+        events = capture_log_events(self)
+        r = self.h.call("DELETE", "/journal/link-old?force=1")
+        self.assertEqual(r.status, 500, r.body)
+        self.assertRegex(r.json()["error"], r"^journal link-old: removing .*link-old failed: .*Permission denied")
+        self.assertFalse([e for e in events if e.get("log_failure") is not None])
+
+    def test_without_a_journal_it_is_503(self) -> None:
+        """A gateway whose admin API has no journal answers 503."""
+        self.h.backends.journal = None
+        self.assertEqual(self.h.call("DELETE", "/journal/link-old").status, 503)

@@ -1161,3 +1161,48 @@ class LocaleTests(SynchronousTestCase):
         self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "uploads"]), 0)
         out.flush()
         self.assertIn(b"u1      CANCELED  0%        0      annul\\xe9 \\u2713\n", out.buffer.getvalue())
+
+
+class JournalCommandTests(SynchronousTestCase):
+    """``gatewayctl journal``: the streams (as ``queue``, with an ``in use`` column when one is
+    not), and ``journal drop NAME [--force]`` as ``DELETE /journal/NAME[?force=true]``."""
+
+    def setUp(self) -> None:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.socket = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+
+    def test_the_listing_says_which_streams_are_not_in_use(self) -> None:
+        """A stream no configured link uses shows ``no`` in an ``in use`` column."""
+        stream = {"name": "link-cloud", "records": 3, "bytes": 2048, "free_bytes": 2**30,
+                  "oldest_unacked_age_s": 5.0, "cursors": [{"name": "cloud", "acked": 3, "unacked": 0}],
+                  "in_use": True}
+        old = {**stream, "name": "link-old", "in_use": False}
+        self.patch(AdminClient, "get", lambda client, path, params=None: {"directory": "/j", "streams": [stream, old]})
+        self.assertEqual(main(["--socket", self.socket, "journal"]), 0)
+        self.assertEqual(self.out.getvalue().splitlines(), [
+            "stream      records  size     waiting  oldest waiting  free disk  in use",
+            "link-cloud  3        2.0 KiB  0        5s              1.0 GiB    yes",
+            "link-old    3        2.0 KiB  0        5s              1.0 GiB    no"])
+
+    def test_drop(self) -> None:
+        """``journal drop NAME`` sends a DELETE of the quoted name, with ``force`` only when
+        asked; a refusal is its words and exit 1; no NAME is a usage error."""
+        asked: list[tuple[str, Any]] = []
+
+        def delete(client: AdminClient, path: str, params: Any = None, timeout: Any = -1.0) -> Any:
+            asked.append((path, params))
+            if not params:
+                raise ApiFailure(409, {"error": "journal stream 'link-old' holds 2 records not acknowledged"})
+            return {"name": "link-old", "action": "drop", "ok": True, "lost": 2, "lost_bytes": 100}
+
+        self.patch(AdminClient, "delete", delete)
+        self.assertEqual(main(["--socket", self.socket, "journal", "drop", "link-old"]), 1)
+        self.assertIn("gatewayctl: journal stream 'link-old' holds 2 records not acknowledged", self.err.getvalue())
+        self.assertEqual(main(["--socket", self.socket, "journal", "drop", "link-old", "--force"]), 0)
+        self.assertEqual(self.out.getvalue(), "link-old: dropped, 2 records not acknowledged counted lost (dropped)\n")
+        self.assertEqual(asked, [("/journal/link-old", None), ("/journal/link-old", {"force": "true"})])
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "journal", "drop"])
+        self.assertEqual(raised.exception.code, 2)

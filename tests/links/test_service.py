@@ -226,7 +226,8 @@ class LeftoverStreamTests(SynchronousTestCase):
         self.addCleanup(links.stopService)
         warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(warnings, ["journal link-old: no link 'old' is configured: its 2 records not sent yet "
-                                    "stay in the journal and go up once a link of that name is configured again"])
+                                    "stay in the journal and go up once a link of that name is configured again"
+                                    " (or drop them: gatewayctl journal drop link-old --force)"])
 
 
 class UnmappedDownlinkTests(SynchronousTestCase):

@@ -44,6 +44,20 @@ class RenderTests(SynchronousTestCase):
         self.readside = FakeReadSide()
         self.registry = make_registry(self.readside)  # type: ignore[arg-type]
 
+    def test_a_dropped_streams_loss_stays_counted(self) -> None:
+        """A stream the operator dropped with records not acknowledged keeps its
+        ``dropped`` loss in ``gateway_journal_lost_records_total`` (its own snapshot is gone)."""
+        from gateway.journal.snapshot import DroppedStream
+        journal = self.readside.journal()
+        dropped = (DroppedStream("link-old", 2, 100, 1.0), DroppedStream("link-old", 3, 90, 2.0),
+                   DroppedStream("link-empty", 0, 0, 3.0))
+        self.patch(self.readside, "journal", lambda: dataclasses.replace(journal, dropped=dropped))
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual(got[("gateway_journal_lost_records_total", (("reason", "dropped"), ("stream", "link-old")))],
+                         5)
+        self.assertNotIn(("gateway_journal_lost_records_total", (("reason", "dropped"), ("stream", "link-empty"))),
+                         got)
+
     def test_text_format_values(self) -> None:
         """Values come straight from the snapshots: counters end in _total, units in names."""
         body, content_type = render_metrics("", self.registry)
