@@ -184,14 +184,13 @@ class MQTTConnection(Protocol):
             return
         out = self._out
         if out is None:
-            self._out = [data]
-            self._out_bytes = len(data)
+            self._out = out = []
+            self._out_bytes = 0
             self.factory.written(self)
-        else:
-            out.append(data)
-            self._out_bytes += len(data)
-            if self._out_bytes > TURN_LIMIT and not self.sending_paused:
-                self.sending_paused = self._turn_full = True
+        out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > TURN_LIMIT and not self.sending_paused:
+            self.sending_paused = self._turn_full = True
 
     def flush(self) -> None:
         """Send what was written this turn; stop reading from a client that leaves more than

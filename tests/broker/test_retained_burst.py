@@ -78,3 +78,16 @@ class RetainedBurstTests(SynchronousTestCase):
                 self.handler.connection.dataReceived(packets.ack(packets.PUBACK, packet_id or 0))
         self.assertEqual(got, [f"q/{n:04d}" for n in range(3 * QUEUE)])
         self.assertEqual(self.broker.queue_policy.dropped, [0, 0, 0])
+
+    def test_one_large_write_fills_the_turn(self) -> None:
+        """A first write past TURN_LIMIT on its own makes the connection full for that turn:
+        the next delivery waits in the queue and goes in the next write."""
+        writes: list[int] = []
+        write = self.transport.write
+        self.transport.write = lambda data: (writes.append(len(data)), write(data))  # type: ignore[method-assign]
+        self.handler.deliver("big", b"b" * (TURN_LIMIT + 1), 0, False)
+        self.handler.deliver("small", b"s", 0, False)
+        self.assertEqual(len(self.handler.outbox), 1)
+        self.clock.advance(0)
+        self.assertEqual(writes, [len(packets.publish("big", b"b" * (TURN_LIMIT + 1), 0)),
+                                  len(packets.publish("small", b"s", 0))])
