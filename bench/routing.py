@@ -38,6 +38,7 @@ from gateway.broker.amqtt_adapter import AmqttPlugins  # noqa: E402
 from gateway.broker.bus import LocalBus  # noqa: E402
 from gateway.broker.clientsession import ClientSession  # noqa: E402
 from gateway.broker.core import GatewayBroker  # noqa: E402
+from gateway.broker.retainedburst import RetainedBurst  # noqa: E402
 from gateway.mqtt.topics import matches  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
@@ -62,6 +63,10 @@ class Discard:
     def deliver(self, topic: str, payload: bytes, qos: int, retain: bool, template: object = None) -> None:
         """Count the delivery."""
         self.count += 1
+
+    def deliver_retained(self, burst: RetainedBurst) -> None:
+        """Count the retained messages."""
+        self.count += len(burst.topics)
 
 
 def make_broker(size: int, loop: asyncio.AbstractEventLoop) -> GatewayBroker:

@@ -46,6 +46,12 @@ RESERVE_LOG_INTERVAL = 60.0
 #: a bound, a client that sends without ever reading grew the broker's memory by as much as
 #: the answers to what it sent.
 UNREAD_LIMIT = 64 << 10
+#: Bytes a connection may have written in one reactor turn (sent together at its end) before
+#: it counts as full, as if its send buffer were: deliveries then wait in the session's queue,
+#: and a new subscription's retained messages where they are, until that write is sent. Without
+#: it, the retained messages of a ``#`` subscription all went into one write, whatever their
+#: number and size (100,000 of 100 bytes: 11 MB, held while the client did not read).
+TURN_LIMIT = 1 << 20
 #: Connections a full listener (at its ``max_connections``) still takes, each counted only once
 #: its CONNECT finds a place (:meth:`MQTTListenerFactory.connect_arrived`): the event loop may
 #: report a new connection before the close of one its client has just left (a client that
@@ -158,6 +164,8 @@ class MQTTConnection(Protocol):
         self._pausers: set[Any] | None = None  # made by the first pause
         self._out: list[bytes] | None = None  # written this turn, not yet on the transport
         self._unsent = 0  # bytes written since the send buffer filled up (see UNREAD_LIMIT)
+        self._out_bytes = 0  # bytes in _out
+        self._turn_full = False  # sending_paused because _out passed TURN_LIMIT (see write)
 
     def connectionMade(self) -> None:
         """Start the CONNECT deadline; become the transport's producer (through its
@@ -170,28 +178,37 @@ class MQTTConnection(Protocol):
     # -- what the broker and the handler use ----------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Send bytes: with everything else written this turn, in one write at its end."""
+        """Send bytes: with everything else written this turn, in one write at its end; past
+        :data:`TURN_LIMIT` of them, :attr:`sending_paused` until that write."""
         if self.lost:
             return
         out = self._out
         if out is None:
-            self._out = [data]
+            self._out = out = []
+            self._out_bytes = 0
             self.factory.written(self)
-        else:
-            out.append(data)
+        out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > TURN_LIMIT and not self.sending_paused:
+            self.sending_paused = self._turn_full = True
 
     def flush(self) -> None:
         """Send what was written this turn; stop reading from a client that leaves more than
         :data:`UNREAD_LIMIT` bytes of it unread (until they are sent)."""
         out, self._out = self._out, None
+        turn_full, self._turn_full = self._turn_full, False
         if out and not self.lost:
             data = out[0] if len(out) == 1 else b"".join(out)
+            if turn_full:
+                self.sending_paused = False
             paused = self.sending_paused  # (then what it writes is answers: deliveries wait in its queue)
             self.sender.write(data)
             if paused:
                 self._unsent += len(data)
                 if self._unsent > UNREAD_LIMIT:
                     self.pause_reading(_UNREAD)
+            elif turn_full and not self.sending_paused:  # the socket took it all: what waited goes now
+                self.resumeProducing()
 
     def close(self) -> None:
         """Close after what was written has been sent; it no longer counts against the

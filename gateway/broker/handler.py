@@ -34,6 +34,7 @@ from gateway.broker.clientsession import PUBREC_SEEN, ClientSession, Incoming, W
 from gateway.broker.connection import MQTTConnection
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.outbox import Outbox, QueuedMessage
+from gateway.broker.retainedburst import RetainedBurst
 from gateway.broker.statelog import StateLog
 from gateway.mqtt.packets import (DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
                                   UNSUBSCRIBE, PINGRESP_PACKET, Packet, PublishTemplate, ack, publish)
@@ -102,7 +103,7 @@ class SessionHandler:
 
     log = Logger()
     __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view", "_dollar_warned",
-                 "_on_answered", "_owed")
+                 "_on_answered", "_owed", "_retained")
 
     def __init__(self, broker: HandlerBroker, session: ClientSession, connection: MQTTConnection,
                  will: Will | None = None, view: Any = None) -> None:
@@ -117,6 +118,8 @@ class SessionHandler:
         self._dollar_warned = False
         self._on_answered: Callable[[], None] | None = None  # see when_answered
         self._owed = 0  # answers that wait for the state log or the topic plugins (see owe_answer)
+        #: retained messages of new subscriptions not sent yet (see deliver_retained); None: none
+        self._retained: deque[RetainedBurst] | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -143,6 +146,7 @@ class SessionHandler:
     def stop(self) -> None:
         """No more deliveries or acknowledgements through this handler; the connection is detached."""
         self.live = False
+        self._retained = None
         self.connection.detach(self)
 
     def connection_lost(self) -> None:
@@ -274,7 +278,7 @@ class SessionHandler:
         """
         session = self.session
         outbox = session.outbox
-        if (outbox is not None and outbox) or self.connection.sending_paused or qos and (
+        if (outbox is not None and outbox) or self._retained is not None or self.connection.sending_paused or qos and (
                 len(session.inflight_out) >= self.broker.max_inflight
                 or session.inflight_bytes + len(payload) > self.broker.max_inflight_bytes and session.inflight_bytes):
             self.outbox.push(QueuedMessage(topic, payload, qos, retain))
@@ -310,7 +314,7 @@ class SessionHandler:
             del inflight[packet_id]
             session.inflight_bytes -= len(sent)
             outbox = session.outbox
-            if outbox is not None and outbox:
+            if outbox is not None and outbox or self._retained is not None:
                 self.flush_outbox()
         elif sent is not None:
             self._wrong_ack("PUBACK", packet_id, sent)
@@ -334,7 +338,7 @@ class SessionHandler:
             inflight[packet_id] = PUBREC_SEEN  # now waiting for PUBCOMP; PUBREL is what a resend repeats
             session.inflight_bytes -= len(sent)  # (the message itself is let go: its bytes leave the window)
         self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
-        if sent and session.outbox:  # (its bytes freed: what waited for them may go)
+        if sent and (session.outbox or self._retained is not None):  # (its bytes freed: what waited may go)
             self.flush_outbox()
 
     def _pubrel_received(self, packet_id: int) -> None:
@@ -372,15 +376,51 @@ class SessionHandler:
         for packet_id, sent in list(self.session.inflight_out.items()):
             self._write(ack(PUBREL, packet_id) if sent == PUBREC_SEEN else bytes((sent[0] | 0x08,)) + sent[1:])
 
+    def deliver_retained(self, burst: RetainedBurst) -> None:
+        """Send a new subscription's retained messages (in the order given) as the client takes
+        them: while its socket accepts them and its window has room, the rest when it has room
+        again (:meth:`flush_outbox`). Until all are sent, the messages routed to the client
+        wait in its queue behind them, so that a topic's retained message never comes after a
+        newer one. They are not copied into the queue: a burst of thousands (a ``#``
+        subscription) neither overflows it nor sits whole in the send buffer; the connection's
+        end drops what is left (a retained message is sent on SUBSCRIBE only)."""
+        if not burst.topics:
+            return
+        if self._retained is None:
+            self._retained = deque((burst,))
+        else:
+            self._retained.append(burst)
+        self.flush_outbox()
+
     def flush_outbox(self) -> None:
-        """Send queued messages while the socket accepts them and the window has room (in
-        messages and in bytes, as :meth:`deliver` counts them)."""
+        """Send the retained messages still owed (:meth:`deliver_retained`), then the queued
+        messages, while the socket accepts them and the window has room (in messages and in
+        bytes, as :meth:`deliver` counts them)."""
         session = self.session
-        outbox = session.outbox
-        if not self.live or not outbox:
+        if not self.live:
             return
         connection = self.connection
         inflight, window, window_bytes = session.inflight_out, self.broker.max_inflight, self.broker.max_inflight_bytes
+        retained = self._retained
+        while retained:
+            burst = retained[0]
+            topics, messages, granted, n = burst.topics, burst.messages, burst.granted, burst.sent
+            while n < len(topics) and not connection.sending_paused:
+                payload, qos = messages[n]
+                qos = min(qos, granted)
+                if qos and (len(inflight) >= window or session.inflight_bytes + len(payload) > window_bytes
+                            and session.inflight_bytes):
+                    break
+                self._send_publish(topics[n], payload, qos, True)
+                n += 1
+            burst.sent = n
+            if n < len(topics):
+                return
+            retained.popleft()
+        self._retained = None
+        outbox = session.outbox
+        if not outbox:
+            return
         while outbox and not connection.sending_paused:
             message = outbox.peek()
             if message.qos and (len(inflight) >= window or session.inflight_bytes + len(message.payload) > window_bytes

@@ -37,6 +37,7 @@ from gateway.broker.bus import BusMessage, LocalBus
 from gateway.broker.clientsession import ClientSession, Incoming
 from gateway.broker.limits import SubscriptionLimits
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
+from gateway.broker.retainedburst import RetainedBurst
 from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
 from gateway.logthrottle import LogThrottle
@@ -58,6 +59,11 @@ class Retained(NamedTuple):
 
 
 Target = tuple[ClientSession, int]
+
+
+def _levels(topic: str) -> list[str]:
+    """A topic's levels: the sort key that puts a topic before those under it, siblings by name."""
+    return topic.split("/")
 
 
 class LiveClient(Protocol):
@@ -88,6 +94,9 @@ class LiveClient(Protocol):
     def deliver(self, topic: str, payload: bytes, qos: int, retain: bool,
                 template: PublishTemplate | None = None) -> None:
         """Send (or queue) one message to the client (``template``: the message encoded once for all)."""
+
+    def deliver_retained(self, burst: RetainedBurst) -> None:
+        """Send a new subscription's retained messages, in order, as the client takes them."""
 
 
 Client = TypeVar("Client", bound=LiveClient)
@@ -470,24 +479,27 @@ class Router(Generic[Client]):
         those the topic plugins let the client receive, when there are topic plugins (a
         plugin that fails withholds them all, logged). A topic's message goes before those
         under it, as mosquitto sends them (siblings in the order of their names)."""
+        retained = self.retained
         if has_wildcard(topic_filter):
-            found = [(topic, self.retained[topic]) for topic in self._retained_topics.topics_matching(topic_filter)]
-            if len(found) > 1:  # the tree gives them in no particular order
-                found.sort(key=lambda item: item[0].split("/"))
+            topics = self._retained_topics.topics_matching(topic_filter)
+            if len(topics) > 1:  # the tree gives them in no particular order
+                topics.sort(key=_levels)
         else:
-            message = self.retained.get(topic_filter)
-            found = [] if message is None else [(topic_filter, message)]
+            topics = [topic_filter] if topic_filter in retained else []
+        if not topics:
+            return
+        messages: list[tuple[bytes, int]] = [retained[topic] for topic in topics]
         if not self.plugins.checks_topics:
-            for topic, message in found:
-                handler.deliver(topic, message.payload, min(granted, message.qos), True)
+            handler.deliver_retained(RetainedBurst(topics, messages, granted))
             return
         view = handler.plugin_view()
-        asked = [self.plugins.topic_allowed(view, topic, Action.RECEIVE) for topic, _ in found]
+        asked = [self.plugins.topic_allowed(view, topic, Action.RECEIVE) for topic in topics]
 
         def deliver(answers: list[bool]) -> None:
-            for (topic, message), ok in zip(found, answers):
-                if ok and handler.live:
-                    handler.deliver(topic, message.payload, min(granted, message.qos), True)
+            if handler.live:
+                allowed = [n for n, ok in enumerate(answers) if ok]
+                handler.deliver_retained(RetainedBurst([topics[n] for n in allowed], [messages[n] for n in allowed],
+                                                       granted))
 
         gatherResults(asked, consumeErrors=True).addCallback(deliver).addErrback(
             lambda f: self.log.failure("a topic plugin failed on the retained messages for {client_id!r} matching "

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.clientsession import ClientSession, Incoming
 from gateway.broker.core import GatewayBroker
+from gateway.broker.retainedburst import RetainedBurst
 from gateway.broker.persistence import restore
 from gateway.mqtt.packets import PublishTemplate
 from gateway.mqtt.topics import matches
@@ -49,6 +50,11 @@ class Recorder:
                 template: PublishTemplate | None = None) -> None:
         """Record the delivery."""
         self.sent.append((self.session.client_id, topic, payload, qos, retain))
+
+    def deliver_retained(self, burst: RetainedBurst) -> None:
+        """Record each retained message as a delivery."""
+        for topic, (payload, qos) in zip(burst.topics, burst.messages):
+            self.deliver(topic, payload, min(qos, burst.granted), True)
 
 
 def connected(broker: GatewayBroker, client_id: str, sent: list[Delivery]) -> Recorder:
