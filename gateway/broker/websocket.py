@@ -113,27 +113,39 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         super().__init__()
         self.mqtt: MQTTConnection | None = None
         self._binary = False  # the message being received is binary (MQTT bytes)
-        self._handshake_bytes = 0  # received while the opening handshake is not done
+        self._head: bytes | None = b""  # the opening handshake's head so far; None once it ended
         self._refused = False  # answered 431: what comes is dropped
 
     def dataReceived(self, data: bytes) -> None:
-        """Refuse an opening handshake over :data:`MAX_HANDSHAKE` bytes (HTTP 431); what comes
-        once it is refused is dropped."""
+        """Refuse an opening handshake whose head (up to its blank line; not the frames a client
+        may send right after it) is over :data:`MAX_HANDSHAKE` bytes, with HTTP 431, before
+        autobahn handles it, whether it comes whole or without end; what comes once it is
+        refused is dropped."""
         if self._refused:
             return
-        if self.state == self.STATE_CONNECTING:
-            self._handshake_bytes += len(data)
+        if self._head is not None and self.state == self.STATE_CONNECTING:
+            searched = max(0, len(self._head) - 3)  # (its end may straddle two reads)
+            self._head += data
+            end = self._head.find(b"\r\n\r\n", searched)
+            if (len(self._head) if end < 0 else end + 4) > MAX_HANDSHAKE:
+                self._refuse()
+                return
+            if end >= 0:
+                self._head = None
         super().dataReceived(data)
-        if self.state == self.STATE_CONNECTING and self._handshake_bytes > MAX_HANDSHAKE:
-            # (not autobahn's failHandshake: it logs two lines per connection, and the broker's
-            # own line is logged at most once per interval however many clients do this)
-            self._refused = True
-            tcp = self.transport
-            assert tcp is not None
-            self.factory.mqtt.violation(f"closing {address_text(tcp.getPeer())}: a WebSocket opening handshake"
-                                        f" over {MAX_HANDSHAKE} bytes")
-            self.sendHttpErrorResponse(431, f"Request Header Fields Too Large (over {MAX_HANDSHAKE} bytes)")
-            tcp.loseConnection()
+
+    def _refuse(self) -> None:
+        """Answer 431 to a head over :data:`MAX_HANDSHAKE` bytes and close, as a violation."""
+        # (not autobahn's failHandshake: it logs two lines per connection, and the broker's
+        # own line is logged at most once per interval however many clients do this)
+        self._refused = True
+        self._head = None
+        tcp = self.transport
+        assert tcp is not None
+        self.factory.mqtt.violation(f"closing {address_text(tcp.getPeer())}: a WebSocket opening handshake"
+                                    f" over {MAX_HANDSHAKE} bytes")
+        self.sendHttpErrorResponse(431, f"Request Header Fields Too Large (over {MAX_HANDSHAKE} bytes)")
+        tcp.loseConnection()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """Pick the MQTT subprotocol; refuse clients that want only others."""

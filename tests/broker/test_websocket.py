@@ -276,6 +276,28 @@ class WebsocketHandshakeSizeTests(SynchronousTestCase):
         protocol.dataReceived(b"a" * 4096)  # what comes after is dropped, with no error
         self.assertEqual(mqtt.violations, 1)
 
+    def test_a_whole_head_over_the_limit_in_one_read_is_refused_431(self) -> None:
+        """A head over the limit that arrives whole, its end in the same read, is refused too:
+        it was handled (101) since the handshake was over by the time its size was looked at."""
+        from gateway.broker.websocket import MAX_HANDSHAKE
+
+        mqtt, protocol, transport = self.connection()
+        head = handshake(40410, "mqtt")
+        protocol.dataReceived(head[:-2] + b"X-Pad: " + b"a" * MAX_HANDSHAKE + b"\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value()[:80])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(mqtt.violations, 1)
+
+    def test_frames_after_a_head_within_the_limit_do_not_count(self) -> None:
+        """Only the head counts: one within the limit, read with the client's first frame, is
+        answered whatever that frame's size."""
+        from gateway.broker.websocket import MAX_HANDSHAKE
+
+        mqtt, protocol, transport = self.connection()
+        head = handshake(40410, "mqtt")
+        protocol.dataReceived(head + masked_frame(2, b"\x10") * (MAX_HANDSHAKE // 7 + 1))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80])
+
     def test_a_handshake_within_the_limit_is_answered(self) -> None:
         from gateway.broker.websocket import MAX_HANDSHAKE
 
