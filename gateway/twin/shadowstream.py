@@ -1,12 +1,13 @@
-"""The shadow sync's reading of its journal stream ``shadow-<link>``: records read ahead, and
-the cursor acknowledged as their requests are answered."""
+"""The shadow sync's reading of its journal stream ``shadow-<link>``: records read ahead, when
+those written before a moment are all read, and the cursor acknowledged as their requests are
+answered."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,6 +43,11 @@ class ShadowStreamReader:
         self._last_read = 0
         self._acked = 0
         self._reading = False
+        self._reads = 0  # reads started
+        self._waiting = False  # for records to be written (the stream's wait)
+        #: :meth:`known` calls waiting: the stream's last seq then, the reads started by then, and
+        #: the Deferred to fire
+        self._known: list[tuple[int, int, Deferred[None]]] = []
         self._cursor_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._read_retry = ReadRetry(clock, self.read, READ_RETRY_INTERVAL, READ_FAILURE_LOG_INTERVAL)
         #: Whether :meth:`stop` was called: nothing more is read.
@@ -61,6 +67,7 @@ class ShadowStreamReader:
         if self._reading or self.stopped or len(self.pending) >= READ_AHEAD:
             return
         self._reading = True
+        self._reads += 1
         self.stream.read(CURSOR, max_records=READ_AHEAD - len(self.pending)).addCallbacks(
             self._got, self._read_failed)
 
@@ -87,10 +94,46 @@ class ShadowStreamReader:
         if records:
             self.pending.extend(records)
             self._last_read = records[-1].seq
+            self._release_known(at_end=False)  # (before got(): nothing of what was read is sent yet)
             self.got()
             self.read()
         else:
-            self.stream.wait(CURSOR).addCallback(lambda _: self.read())
+            self._release_known(at_end=True)
+            if self._known:  # (asked while this read was under way: a read begun after that tells)
+                self.read()
+            elif not self._waiting:  # (one wait at a time: reads found nothing again and again)
+                self._waiting = True
+                self.stream.wait(CURSOR).addCallback(self._written)
+
+    def _written(self, _: None) -> None:
+        """Records may be there to read."""
+        self._waiting = False
+        self.read()
+
+    def known(self) -> Deferred[None]:
+        """Fires once every record written to the stream before this call is known: read into
+        :attr:`pending` (or answered already). That is, once the records read reach the
+        stream's last seq at the call, or a read begun after the call finds nothing more (a
+        record still being appended then, or whose append failed, is not waited for); at once
+        when :data:`READ_AHEAD` records are pending, since no more are read before some are
+        answered. While reads fail, it waits for one that works."""
+        if self._last_read >= self.stream.next_seq - 1 or len(self.pending) >= READ_AHEAD:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._known.append((self.stream.next_seq - 1, self._reads, d))
+        self.read()
+        return d
+
+    def _release_known(self, at_end: bool) -> None:
+        """Fire the :meth:`known` calls a read just finished answers (``at_end``: it found
+        nothing more)."""
+        full = len(self.pending) >= READ_AHEAD
+        waiting, self._known = self._known, []
+        for last, reads, d in waiting:
+            if self._last_read >= last or full or at_end and self._reads > reads:
+                d.callback(None)
+            else:
+                self._known.append((last, reads, d))
 
     def answered(self, records: list[Any]) -> None:
         """The request ``records`` stood for is answered: they are no longer pending, and the

@@ -88,6 +88,10 @@ class ShadowSync:
         #: Shadows read on this connection that have no version to give (absent, deleted, or
         #: a get refused for good): their updates go without one.
         self.absent: set[str] = set()
+        #: Shadows read whose correction waits for the stream's records written before the get's
+        #: answer (:meth:`_correct_once_read`): their records are not sent meanwhile.
+        self.deciding: set[str] = set()
+        self._connection = 0  # counts connects and disconnects: a decision waiting across one is dropped
         self.refused = 0  # requests the cloud refused for good (each logged with its shadow, code and message)
         #: The shadows the cloud is behind on (a request of each the journal refused) until
         #: :meth:`_reconcile` journals what it lacks.
@@ -176,8 +180,7 @@ class ShadowSync:
             state = body.get("state") or {}
             if self._newer_delta(shadow, body.get("version")):
                 self._desired(shadow, state.get("delta"))
-            self._reconcile(shadow, state.get("reported") or {})
-            self.pump()
+            self._correct_once_read(shadow, state.get("reported") or {}, True)
         elif operation == "get/rejected" and request is not None:
             self.requests.finish(token)
             code = body.get("code")
@@ -187,11 +190,11 @@ class ShadowSync:
             self.versions.pop(shadow, None)
             self.absent.add(shadow)
             if code == 404:
-                self._reconcile(shadow, {}, exists=False)
+                self._correct_once_read(shadow, {}, False)
             else:
                 self.log.warn("shadow {shadow}: get refused: {code} {reason}", shadow=shadow,
                               code=body.get("code"), reason=body.get("message"))
-            self.pump()
+                self.pump()
         return True
 
     def _newer_delta(self, shadow: str, version: Any) -> bool:
@@ -268,6 +271,26 @@ class ShadowSync:
         else:
             self.twin.apply_desired(thing_id, feature, state)
 
+    def _correct_once_read(self, shadow: str, reported: dict[str, Any], exists: bool) -> None:
+        """:meth:`_reconcile` ``shadow`` once the stream's records written before now are read
+        (which of them wait, and what they leave the shadow, decides the correction: after a
+        start, the get's answer can come before the stream's first read), then send what is
+        next. The shadow's records are not sent meanwhile; a disconnect drops the decision (the
+        next connect's get reads the shadow again)."""
+        connection = self._connection
+        self.deciding.add(shadow)
+
+        def read(_: None) -> None:
+            if self._connection != connection:
+                return
+            self.deciding.discard(shadow)
+            self._reconcile(shadow, reported, exists)
+            self.pump()
+
+        self.reader.known().addCallback(read).addErrback(
+            lambda failure: self.log.failure("shadow {shadow}: correcting it after its get failed", failure,
+                                             shadow=shadow or "(classic)"))
+
     def _reconcile(self, shadow: str, reported: dict[str, Any], exists: bool = True) -> None:
         """After a get: append an update correcting what the cloud reports, unless requests
         for that shadow are still pending and the get found it (they will bring it up to
@@ -325,6 +348,7 @@ class ShadowSync:
         if self.stopped:
             return
         self.protocol = protocol
+        self._connection += 1
         protocol.subscribe([(f, 1) for f in shadows.subscriptions(self.thing)])
         wanted: list[str] = []
         for thing_id, thing in self.twin.store.things.items():
@@ -342,9 +366,11 @@ class ShadowSync:
     def link_disconnected(self) -> None:
         """Forget what was in flight: it is sent again (same clientToken) on the next connect."""
         self.protocol = None
+        self._connection += 1
         self.requests.forget()
         self.behind.cancel()
         self.gets = []
+        self.deciding = set()
 
     def sending(self) -> bool:
         """Whether connected and not stopped."""
@@ -372,7 +398,7 @@ class ShadowSync:
         for shadow, records in waiting.items():
             if len(inflight) >= limit:
                 break
-            if shadow not in busy:
+            if shadow not in busy and shadow not in self.deciding:
                 self.requests.send_records(self.protocol, shadow, records, self.versions.get(shadow))
 
     def _again(self, shadow: str, get: bool) -> None:

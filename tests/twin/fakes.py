@@ -62,3 +62,28 @@ class HeldRunner:
             d.errback(fail)
         else:
             d.callback(f(*args))
+
+
+class HeldReads:
+    """A journal stream's ``read`` whose records are taken when it is called (as the journal
+    takes its segments then) but handed over only when the test says so: a read from disk
+    still under way.
+
+    :param read: the stream's own ``read``.
+    """
+
+    def __init__(self, read: Callable[..., Deferred[list[Any]]]) -> None:
+        self.read = read
+        self.pending: list[tuple[Deferred[list[Any]], list[Any]]] = []
+
+    def __call__(self, cursor: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Any]]:
+        records: list[Any] = []
+        self.read(cursor, max_records, max_bytes).addCallback(records.extend)
+        d: Deferred[list[Any]] = Deferred()
+        self.pending.append((d, records))
+        return d
+
+    def release(self) -> None:
+        """Hand over the oldest read's records."""
+        d, records = self.pending.pop(0)
+        d.callback(records)

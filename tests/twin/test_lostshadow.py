@@ -10,6 +10,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from gateway.mqtt.packets import Publish
 from gateway.twin.shadows import CLASSIC
+from tests.twin.fakes import HeldReads
 from tests.twin.test_service import ROOT, command
 from tests.twin.test_shadowrequests import SlowCloud
 from tests.twin.test_sync import BASE, ShadowSyncCase
@@ -67,6 +68,84 @@ class LostShadowTests(ShadowSyncCase):
         self.sync.link_connected(cloud)
         self.clock.pump([0.0] * 4)
         self.assertEqual((len(self.stream.records), cloud.reported["fan"]), (records, {"rpm": 900}))
+
+    def test_a_get_answered_before_the_first_read_after_a_restart_adds_nothing(self) -> None:
+        """After a restart, the connect's gets can be answered before the shadow stream's first
+        read from disk is done. A child thing made offline then found no shadow (404) and, the
+        stream not read yet, no update of it pending: its whole state was journaled again and
+        sent a second time (with version 1); a feature changed offline, found as it was before,
+        got its change journaled again too. The correction after a get is now decided once the
+        records written before the answer are read: each change goes once, nothing is added."""
+        cloud = self.synced()
+        self.sync.link_disconnected()
+        self.send(command("create", "/", {"attributes": {"a": 1}}, thing=f"{ROOT}:sensor"))
+        self.send(command("modify", "/features/meter/properties/kwh", 2))
+        records, meter_updates = len(self.stream.records), len(cloud.updates("meter"))
+        reads = HeldReads(self.stream.read)
+        self.patch(self.stream, "read", reads)
+        self.restart()
+        cloud.sync = self.sync
+        self.sync.link_connected(cloud)
+        self.clock.advance(0)  # every get answered; the stream's first read still under way
+        self.stream.read = reads.read  # type: ignore[method-assign]
+        reads.release()
+        self.clock.pump([0.0] * 6)
+        self.assertEqual(cloud.reported, {"meter": self.properties(), CLASSIC: {"site": "hall"}, "sensor": {"a": 1}})
+        self.assertEqual(([body["state"] for body in cloud.updates("sensor")], len(cloud.updates("meter"))),
+                         ([{"reported": {"a": 1}}], meter_updates + 1))
+        self.assertEqual((len(self.stream.records), self.sync.reader.pending), (records, []))
+
+    def test_shadows_lost_during_a_restart_are_corrected_when_the_first_read_finds_nothing(self) -> None:
+        """The cloud forgot every shadow while the gateway restarted with nothing waiting in
+        the stream: the gets are answered 404 while the first read, which finds nothing, is
+        under way. The corrections wait for a read begun after the answers (one begun before
+        them cannot tell), and go: the cloud ends with the twin's state."""
+        cloud = self.synced()
+        self.sync.link_disconnected()
+        cloud.reported.clear()
+        cloud.versions.clear()
+        reads = HeldReads(self.stream.read)
+        self.patch(self.stream, "read", reads)
+        self.restart()
+        cloud.sync = self.sync
+        self.sync.link_connected(cloud)
+        self.clock.advance(0)
+        self.stream.read = reads.read  # type: ignore[method-assign]
+        reads.release()
+        self.clock.pump([0.0] * 4)
+        self.assertEqual(cloud.reported, {"meter": self.properties(), CLASSIC: {"site": "hall"}})
+
+    def test_a_shadows_updates_wait_until_its_correction_is_decided(self) -> None:
+        """A get answered while the stream is still being read has its correction decided
+        once the records written before the answer are read; the shadow's updates waiting meanwhile
+        are not sent before that: sent and accepted first, they would no longer be pending,
+        and the get's stale state would be corrected with their change again."""
+        self.send(command("modify", "/features/meter/properties/kwh", 1))
+        self.send(command("modify", "/attributes/site", "hall"))
+        reads = HeldReads(self.stream.read)
+        self.patch(self.stream, "read", reads)
+        self.restart()
+        reads.release()  # the first read: both updates; the next, finding nothing, is under way
+        self.sync.link_connected(self.connection)
+        tokens = {topic: body["clientToken"] for topic, body in self.connection.take()}
+        sent: list[tuple[str, dict[str, Any]]] = []
+
+        def accept() -> None:
+            for topic, body in self.connection.take():
+                sent.append((topic, body))
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 2})
+
+        self.reply(f"{BASE}/get/accepted", {"clientToken": tokens[f"{BASE}/get"], "state": {}, "version": 1})
+        self.send(command("modify", "/attributes/site", "yard"))  # (after the read under way began)
+        self.reply(f"{BASE}/name/meter/get/accepted", {"clientToken": tokens[f"{BASE}/name/meter/get"],
+                                                        "state": {}, "version": 1})
+        accept()  # the classic shadow's update
+        accept()
+        self.stream.read = reads.read  # type: ignore[method-assign]
+        reads.release()
+        accept()
+        self.assertEqual((len(self.stream.records), [body["state"] for topic, body in sent if "meter" in topic]),
+                         (3, [{"reported": {"kwh": 1}}]))
 
     def test_a_shadow_lost_while_connected_gets_the_whole_document(self) -> None:
         """The cloud lost the shadow while connected, no notice: the next update, with the version

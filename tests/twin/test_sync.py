@@ -92,6 +92,17 @@ class ShadowSyncCase(SynchronousTestCase):
                 else:
                     self.reply(f"{topic}/accepted", dict(document, clientToken=body["clientToken"]))
 
+    def restart(self) -> None:
+        """Stop the sync and the twin and start them again on the same state directory and
+        stream (as a restart of the gateway does; the stream's readers start from their saves)."""
+        self.sync.stop()
+        self.successResultOf(self.twin.stopService())
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.stream.positions = {}
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+
 
 class ShadowSyncTests(ShadowSyncCase):
     def test_mapping_root_and_child(self) -> None:
@@ -232,17 +243,6 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/delete", {"clientToken": "2"})])
         self.reply(f"{BASE}/name/f/delete/accepted", {"clientToken": "2", "version": 1})
         self.assertEqual(self.sync.behind.marks, {})
-
-    def restart(self) -> None:
-        """Stop the sync and the twin and start them again on the same state directory and
-        stream (as a restart of the gateway does; the stream's readers start from their saves)."""
-        self.sync.stop()
-        self.successResultOf(self.twin.stopService())
-        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
-        self.successResultOf(self.twin.startService())
-        self.stream.positions = {}
-        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
-        self.successResultOf(self.sync.start())
 
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
