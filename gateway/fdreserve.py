@@ -19,10 +19,18 @@ from __future__ import annotations
 import errno
 import os
 import resource
-from typing import Callable
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from gateway.addresses import address_text
+from gateway.logthrottle import LogThrottle
 
 #: Descriptors kept from clients at most; fewer under a low limit (an eighth of it).
 RESERVE_MAX = 1024
+
+#: Seconds between two log lines about the connections a listener closed to keep the reserve, at least.
+RESERVE_LOG_INTERVAL = 60.0
 
 
 def reserve_for(limit: int) -> int:
@@ -69,3 +77,40 @@ class DescriptorReserve:
                 return reserve, limit
             return None
         return (reserve, limit) if lowest >= limit - reserve else None
+
+
+class ReserveRefusals:
+    """One listener's side of the reserve: whether to close a new client connection on accept
+    (:meth:`DescriptorReserve.short`), each one closed counted, and logged at the first, then
+    at most once per :data:`RESERVE_LOG_INTERVAL` with the count so far.
+
+    :param listener: what the log calls the listener (``listener default``, ``ingest``).
+    :param log: the listener's logger (the lines go out in its namespace).
+    :param now: a steady clock (:func:`gateway.clockstep.steady_seconds`) for the log's interval.
+    :param reserve: the reserve; the process's own (:class:`DescriptorReserve`) by default.
+    :ivar refused: connections closed on accept to keep the reserve, so far.
+    """
+
+    def __init__(self, listener: str, log: Logger, now: Callable[[], float],
+                 reserve: DescriptorReserve | None = None) -> None:
+        self.listener = listener
+        self.reserve = reserve or DescriptorReserve()
+        self.refused = 0
+        self._log = log
+        self._lines = LogThrottle(RESERVE_LOG_INTERVAL, now)
+
+    def refuses(self, addr: Any) -> bool:
+        """Whether the new connection from ``addr`` is to be closed on accept: the gateway has
+        too few file descriptors left for its own work (counted, and logged as the class says)."""
+        short = self.reserve.short()
+        if short is None:
+            return False
+        self.refused += 1
+        if self._lines.note() is not None:
+            reserve, limit = short
+            self._log.warn("{listener}: closing {peer}: the gateway has fewer than {reserve} of its {limit} file"
+                           " descriptors free (its limit, LimitNOFILE), kept for its journal, links and hosted"
+                           " programs ({total} closed so far; logged at most once a minute)",
+                           listener=self.listener, peer=address_text(addr), reserve=reserve, limit=limit,
+                           total=self.refused)
+        return True

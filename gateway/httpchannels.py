@@ -45,14 +45,11 @@ from twisted.web.http import HTTPChannel
 
 from gateway.addresses import address_text
 from gateway.clockstep import steady_seconds
-from gateway.fdreserve import DescriptorReserve
-from gateway.logthrottle import LogThrottle
+from gateway.fdreserve import DescriptorReserve, ReserveRefusals
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
 #: The answer to a head that took longer (or a line of it that is too long), and closes.
-#: Seconds between two lines about connections closed to keep the descriptor reserve, at least.
-RESERVE_LOG_INTERVAL = 60.0
 _REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
 
@@ -211,25 +208,16 @@ class ClosesChannels:
         super().__init__(*args, **kwargs)
         self.open_channels: set[ClosingChannel] = set()
         self.protocol = partial(ClosingChannel, self.open_channels)
-        self.listener = listener
-        self.reserve = reserve
-        self.refused_reserve = 0  # connections closed on accept to keep the reserve
-        self._reserve_lines = LogThrottle(RESERVE_LOG_INTERVAL, lambda: steady_seconds(self.reactor))
+        #: closes new connections on accept while the gateway keeps its last file descriptors
+        self.reserve_refusals = (ReserveRefusals(listener, log, lambda: steady_seconds(self.reactor), reserve)
+                                 if reserve is not None else None)
 
     def buildProtocol(self, addr: Any) -> Any:
         """A connection, or ``None`` (Twisted closes it) while the gateway keeps its last file
-        descriptors: logged at the first, then at most once a minute with a count."""
-        short = self.reserve.short() if self.reserve is not None else None
-        if short is None:
-            return super().buildProtocol(addr)  # type: ignore[misc]
-        self.refused_reserve += 1
-        if self._reserve_lines.note() is not None:
-            reserve, limit = short
-            log.warn("{listener}: closing {peer}: the gateway has fewer than {reserve} of its {limit} file descriptors"
-                     " free (its limit, LimitNOFILE), kept for its journal, links and hosted programs ({total} closed"
-                     " so far; logged at most once a minute)", listener=self.listener, peer=address_text(addr),
-                     reserve=reserve, limit=limit, total=self.refused_reserve)
-        return None
+        descriptors (:attr:`reserve_refusals`)."""
+        if self.reserve_refusals is not None and self.reserve_refusals.refuses(addr):
+            return None
+        return super().buildProtocol(addr)  # type: ignore[misc]
 
     def close_connections(self) -> None:
         """Close every open connection: at once when idle, else after its response in progress."""

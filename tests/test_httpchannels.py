@@ -262,8 +262,8 @@ class DescriptorReserveTests(SynchronousTestCase):
             self.assertIsNone(ingest.buildProtocol(address))
             self.assertIsNone(metrics.buildProtocol(address))
         self.assertIsNotNone(ClosingSite(HeldResource(), reactor=self.clock).buildProtocol(address))
-        self.assertIsNotNone(QuietSite(HeldResource(), 65536, 30.0).reserve)
-        self.assertIsNotNone(MetricsFactory(lambda accept: (b"", "text/plain"), self.clock).reserve)
+        self.assertIsNotNone(QuietSite(HeldResource(), 65536, 30.0).reserve_refusals)
+        self.assertIsNotNone(MetricsFactory(lambda accept: (b"", "text/plain"), self.clock).reserve_refusals)
 
 
 class ExpectContinueTests(SynchronousTestCase):

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from gateway.addresses import address_parts, address_text
 from gateway.clockstep import steady_seconds, unset_clock
 from gateway.directsend import DirectSender
-from gateway.fdreserve import DescriptorReserve
+from gateway.fdreserve import DescriptorReserve, ReserveRefusals
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.errors import TopicTooDeep
@@ -36,10 +36,6 @@ from gateway.mqtt.packets import CONNECT, Packet, connack
 
 #: Seconds between two log lines about refused or broken connections of one listener.
 VIOLATION_LOG_INTERVAL = 10.0
-
-#: Seconds between two log lines about connections closed to keep the gateway's reserve of
-#: file descriptors (:mod:`gateway.fdreserve`), at least.
-RESERVE_LOG_INTERVAL = 60.0
 #: Bytes a connection may write while its send buffer is full (its client is not reading;
 #: deliveries then wait in the session's queue, so these are answers: acknowledgements,
 #: PINGRESPs, SUBACKs) before the broker stops reading from it until they are sent; without
@@ -535,7 +531,6 @@ class MQTTListenerFactory(Factory):
                  churn: ReleaseAfterChurn | None = None, max_topic_levels: int = 0,
                  reserve: DescriptorReserve | None = None) -> None:
         self.listener_name = listener_name
-        self.reserve = reserve or DescriptorReserve()
         self.churn = churn
         self.acceptor = acceptor
         self.clock = clock
@@ -553,7 +548,6 @@ class MQTTListenerFactory(Factory):
         self.violations = 0
         self.topics_too_deep = 0
         self.refused_full = 0  # connections closed (on accept, or at CONNECT) because the listener was full
-        self.refused_reserve = 0  # connections closed on accept to keep the descriptors' reserve
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
         self._written: list[MQTTConnection] = []
@@ -567,7 +561,8 @@ class MQTTListenerFactory(Factory):
         #: to keep what they sent (a full disk), apart so that neither kind hides the other
         self._violation_lines = LogThrottle(VIOLATION_LOG_INTERVAL, now)
         self._unacknowledged_lines = LogThrottle(VIOLATION_LOG_INTERVAL, now)
-        self._reserve_lines = LogThrottle(RESERVE_LOG_INTERVAL, now)
+        #: closes new connections on accept while the gateway keeps its last file descriptors
+        self.reserve_refusals = ReserveRefusals(f"listener {listener_name}", self.log, now, reserve)
 
     @property
     def sweep_interval(self) -> float:
@@ -695,31 +690,14 @@ class MQTTListenerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> MQTTConnection | None:
         """A new connection on this listener, or ``None`` (Twisted closes it) when the gateway
-        keeps its last file descriptors (:meth:`keeps_descriptors`), or when the listener is
+        keeps its last file descriptors (:attr:`reserve_refusals`), or when the listener is
         full and :data:`FULL_LISTENER_WAITING` connections already wait for their CONNECT."""
-        if self.keeps_descriptors(addr):
+        if self.reserve_refusals.refuses(addr):
             return None
         if self.full and len(self.waiting) >= FULL_LISTENER_WAITING:
             self._refused_full(address_text(addr))
             return None
         return MQTTConnection(self)
-
-    def keeps_descriptors(self, addr: Any) -> bool:
-        """Whether the new connection from ``addr`` is to be closed on accept: the gateway has
-        too few file descriptors left for its own work (:mod:`gateway.fdreserve`). Logged at
-        the first, then at most once a minute with a count."""
-        short = self.reserve.short()
-        if short is None:
-            return False
-        self.refused_reserve += 1
-        if self._reserve_lines.note() is not None:
-            reserve, limit = short
-            self.log.warn("listener {listener}: closing {peer}: the gateway has fewer than {reserve} of its {limit}"
-                          " file descriptors free (its limit, LimitNOFILE), kept for its journal, links and hosted"
-                          " programs ({total} closed so far; logged at most once a minute)",
-                          listener=self.listener_name, peer=address_text(addr), reserve=reserve, limit=limit,
-                          total=self.refused_reserve)
-        return True
 
     def connection_made(self, connection: MQTTConnection) -> None:
         """``connection`` is up: counted against ``max_connections``, or, the listener being

@@ -223,8 +223,8 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
 
     def buildProtocol(self, addr: Any) -> Any:
         """A new connection, or ``None`` (Twisted closes it) while the gateway keeps its last
-        file descriptors (:meth:`MQTTListenerFactory.keeps_descriptors`)."""
-        if self.mqtt.keeps_descriptors(addr):
+        file descriptors (:attr:`MQTTListenerFactory.reserve_refusals`)."""
+        if self.mqtt.reserve_refusals.refuses(addr):
             return None
         return super().buildProtocol(addr)
 

@@ -1021,8 +1021,8 @@ class TokenTests(SynchronousTestCase):
         gateway keeps its last file descriptors (gateway.fdreserve); on the unix socket, the
         operator's way in, connections may use them."""
         h = Harness(self)
-        self.assertIsNotNone(h.site(TOKEN).reserve)
-        self.assertIsNone(h.site(None).reserve)
+        self.assertIsNotNone(h.site(TOKEN).reserve_refusals)
+        self.assertIsNone(h.site(None).reserve_refusals)
 
 
 class StatusPageTests(SynchronousTestCase):

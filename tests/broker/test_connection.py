@@ -743,7 +743,7 @@ class DescriptorReserveTests(SynchronousTestCase):
             for _ in range(50):
                 self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40410)))
                 clock.advance(2)
-        self.assertEqual(factory.refused_reserve, 50)
+        self.assertEqual(factory.reserve_refusals.refused, 50)
         lines = [formatEvent(e) for e in logs]
         self.assertEqual(len(lines), 2, lines)
         self.assertEqual(lines[0], "listener default: closing 127.0.0.1:40410: the gateway has fewer than 16 of its 128 file"

@@ -217,7 +217,7 @@ class WebsocketQuietTests(TestCase):
 
 class WebsocketReserveTests(SynchronousTestCase):
     """A WebSocket listener keeps the gateway's reserve of file descriptors as a TCP one does
-    (``MQTTListenerFactory.keeps_descriptors``): autobahn's factory built every connection."""
+    (``MQTTListenerFactory.reserve_refusals``): autobahn's factory built every connection."""
 
     def test_closed_on_accept_while_the_reserve_is_reached(self) -> None:
         from gateway.broker.connection import MQTTListenerFactory
@@ -231,7 +231,7 @@ class WebsocketReserveTests(SynchronousTestCase):
         factory = MQTTWebSocketFactory(mqtt)
         address = IPv4Address("TCP", "127.0.0.1", 40410)
         self.assertIsNone(factory.buildProtocol(address))
-        self.assertEqual(mqtt.refused_reserve, 1)
+        self.assertEqual(mqtt.reserve_refusals.refused, 1)
         lowest[0] = 20
         self.assertIsNotNone(factory.buildProtocol(address))
 
