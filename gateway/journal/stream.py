@@ -282,8 +282,12 @@ class Stream:
         """Records kept (or waiting to be written) that not every cursor acknowledged, in
         memory (all of them when the stream has no cursor); seqs already counted lost as a
         reader passed them are not among them."""
+        return sum(last - low + 1 for low, last in self._unacknowledged_runs())
+
+    def _unacknowledged_runs(self) -> list[tuple[int, int]]:
+        """The runs of seqs of :meth:`unacknowledged_records`, in order."""
         first = self.segments[0].first_seq if self.segments else self.next_seq
-        return sum(last - low + 1 for low, last in self.reader.unacknowledged(first, self.next_seq - 1))
+        return self.reader.unacknowledged(first, self.next_seq - 1)
 
     def close_to_drop(self, force: bool) -> Deferred[LossEntry | None]:
         """Close the stream so that its directory can be deleted (the operator drops it:
@@ -311,8 +315,7 @@ class Stream:
     def _count_dropped(self) -> LossEntry | None:
         """Count (and log, once) what the drop loses: the records, written by now, that not
         every cursor acknowledged."""
-        first = self.segments[0].first_seq if self.segments else self.next_seq
-        lost = self.reader.unacknowledged(first, self.next_seq - 1)
+        lost = self._unacknowledged_runs()
         if not lost:
             self.log.info("journal {stream}: dropped by the operator; every record it kept was acknowledged",
                           stream=self.name)
