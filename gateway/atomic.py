@@ -60,7 +60,27 @@ def write_parts_atomically(path: Path, parts: Iterable[bytes], mode: int = 0o644
     """
     files = OSFiles(mode)
     files.makedirs(str(path.parent))
-    return filelayer.write_atomic(files, str(path), parts, str(path.with_name(f".{path.name}.tmp")))
+    return filelayer.write_atomic(files, str(path), parts, str(temporary_path(path)))
+
+
+def temporary_path(path: Path) -> Path:
+    """Where :func:`write_parts_atomically` (and so every writer here) writes ``path``'s new
+    content before the rename: ``.<name>.tmp`` beside it. A crash can leave it behind; the
+    next write of ``path`` makes it afresh, and a sweep of a directory whose files may never
+    be written again removes it (:func:`temporary_of`).
+
+    :param path: the file written.
+    """
+    return path.with_name(f".{path.name}.tmp")
+
+
+def temporary_of(name: str) -> str | None:
+    """The name of the file whose temporary file (:func:`temporary_path`) ``name`` is; None
+    when it is none.
+
+    :param name: a directory entry's name.
+    """
+    return name[1:-4] if len(name) > 5 and name.startswith(".") and name.endswith(".tmp") else None
 
 
 def write_json_atomically(path: Path, value: Any, mode: int = 0o644, sort_keys: bool = True) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.atomic import read_json, write_atomically, write_parts_atomically
+from gateway.atomic import read_json, temporary_of, temporary_path, write_atomically, write_parts_atomically
 from gateway.filelayer import WRITE_SIZE
 
 
@@ -84,6 +84,30 @@ class WriteAtomicallyTests(SynchronousTestCase):
             write_atomically(self.path, b"new")
         self.assertEqual(raised.exception.errno, errno.EROFS)
         self.assertEqual(self.path.read_bytes(), b"old")
+
+
+class TemporaryNameTests(SynchronousTestCase):
+    """The one name of a write's temporary file, which the sweeps of leftovers look for."""
+
+    def test_the_temporary_file_of_a_write_is_found_by_its_name(self) -> None:
+        """A write stopped before its rename leaves ``.<name>.tmp`` beside the file, at
+        :func:`temporary_path`; :func:`temporary_of` names the file it was for, and nothing
+        for any other name."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "abc.json"
+
+        def stopped(temp: str, target: str) -> None:
+            raise KeyboardInterrupt  # (a kill between the write and the rename; the temp file stays)
+
+        self.patch(os, "replace", stopped)
+        self.patch(os, "unlink", lambda *args, **kwargs: None)
+        with self.assertRaises(KeyboardInterrupt):
+            write_atomically(path, b"{}")
+        self.assertEqual([p.name for p in directory.iterdir()], [temporary_path(path).name])
+        self.assertEqual(temporary_of(temporary_path(path).name), "abc.json")
+        for other in ("abc.json", ".abc.json", "abc.json.tmp", ".tmp", "."):
+            self.assertIsNone(temporary_of(other), other)
 
 
 class ModeTests(SynchronousTestCase):

@@ -41,7 +41,7 @@ from twisted.python.filepath import FilePath
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.outcome import outcome_line
-from gateway.atomic import write_atomically
+from gateway.atomic import temporary_path, write_atomically
 from gateway.clockstep import steady_seconds
 from gateway.shown import escaped
 
@@ -161,7 +161,7 @@ def _keep_newest_filed(folder: Path, newest: str) -> None:
     filed.pop(newest, None)
     oldest_first = sorted(filed, key=lambda name: (filed[name], name))
     for package in oldest_first[:max(0, len(oldest_first) - (KEEP_FILED - 1))]:
-        for path in (folder / package, folder / f"{package}.log", folder / f".{package}.log.tmp"):
+        for path in (folder / package, folder / f"{package}.log", temporary_path(folder / f"{package}.log")):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from gateway.atomic import read_json, remove_quietly, set_aside, write_json_atomically
+from gateway.atomic import read_json, remove_quietly, set_aside, temporary_of, write_json_atomically
 from gateway.stateaccess import is_permission_error, refusal
 
 
@@ -93,7 +93,7 @@ class RecordStore(Generic[R]):
                            directory=str(self.directory), error=error.strerror or str(error))
             return []
         for name in entries:
-            if name.startswith(".") and name.endswith(".json.tmp"):
+            if (temporary_of(name) or "").endswith(".json"):
                 remove_quietly(self.directory / name)  # (one it cannot remove is written over by that record's next save)
         records = []
         for path in (self.directory / name for name in sorted(name for name in entries if name.endswith(".json"))):

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.atomic import fsync_directory, read_json, remove_quietly, write_json_atomically, \
+from gateway.atomic import fsync_directory, read_json, remove_quietly, temporary_path, write_json_atomically, \
     write_parts_atomically
 from gateway.filelayer import WRITE_SIZE
 from gateway.updates.detached_run import execute
@@ -188,7 +188,7 @@ class Rollback:
         each as large as the package, which nothing else would ever remove."""
         if not self.keep_dir.is_dir():
             return
-        for leftover in self.keep_dir.glob(f".{self.package}_*.deb.tmp"):
+        for leftover in self.keep_dir.glob(temporary_path(self.kept_path("*")).name):
             leftover.unlink(missing_ok=True)
         for scratch in self.keep_dir.glob(f"{REPACK_PREFIX}*"):
             shutil.rmtree(scratch, ignore_errors=True)
