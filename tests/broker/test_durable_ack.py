@@ -783,10 +783,10 @@ class GatewayBrokerStateTests(SynchronousTestCase):
         self.assertEqual(self.runner.jobs, [])
 
 
-class CheckedPathViolationTests(SynchronousTestCase):
-    """docs/configuration.md (Bad clients) on the checked path (topic plugins): a PUBLISH
-    still waiting for the plugins when a violation comes is acknowledged once they decide,
-    then the connection is closed."""
+class PluginsDecideCase(SynchronousTestCase):
+    """The base of tests on the checked path (topic plugins) whose plugins answer when the test
+    says: a broker as with a topic plugin configured, each answer a Deferred in
+    :attr:`decisions`, and a client ``device`` connected (:attr:`handler`, :attr:`transport`)."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -801,6 +801,12 @@ class CheckedPathViolationTests(SynchronousTestCase):
         """The plugins' answer, decided by the test."""
         self.decisions.append(Deferred())
         return self.decisions[-1]
+
+
+class CheckedPathViolationTests(PluginsDecideCase):
+    """docs/configuration.md (Bad clients) on the checked path (topic plugins): a PUBLISH
+    still waiting for the plugins when a violation comes is acknowledged once they decide,
+    then the connection is closed."""
 
     def test_a_violation_closes_after_the_plugins_decided_the_publishes_before_it(self) -> None:
         """QoS 1 and QoS 0 PUBLISHes, then a violation, in one read: nothing is sent and the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +17,7 @@ from gateway.broker.bus import BusMessage
 from gateway.broker.durable_ack import DURABLE_WAIT_BYTES, DURABLE_WAIT_LIMIT
 from gateway.journal.record import Record
 from gateway.mqtt import packets
-from tests.broker.test_durable_ack import attached, make_broker
+from tests.broker.test_durable_ack import PluginsDecideCase, attached, make_broker
 from tests.journal.helpers import ManualRunner, open_stream
 from tests.journal.powercut import PowerCutFiles
 
@@ -133,26 +132,15 @@ class QoS0DurableWaitTests(SynchronousTestCase):
         self.assertEqual(other_transport.value(), packets.ack(packets.PUBACK, 5))
 
 
-class SlowTopicPluginTests(SynchronousTestCase):
+class SlowTopicPluginTests(PluginsDecideCase):
     """PUBLISHes waiting for a slow topic plugin (a user's own plugin may take long) wait in
     memory undecided: past the bound the broker stops reading that client, reads it again at
     half, and routes every PUBLISH once, in order."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.broker = make_broker(self, self.clock)
-        self.broker.fast_path = False  # as with a topic plugin configured
-        self.decisions: list[Deferred[bool]] = []
-        self.patch(self.broker.plugins, "topic_allowed", self.topic_allowed)
+        super().setUp()
         self.routed: list[BusMessage] = []
         self.broker.bus.subscribe("#", self.routed.append)
-        self.handler, self.transport = attached(self.broker, "device", self.clock)
-        self.handler.connection.framer.feed(packets.connect("device", 30, True))
-
-    def topic_allowed(self, view: Any, topic: str, action: Any) -> Deferred[bool]:
-        """The plugins' answer, decided by the test (:meth:`decide`)."""
-        self.decisions.append(Deferred())
-        return self.decisions[-1]
 
     def decide(self, count: int | None = None) -> None:
         """The plugin allows the oldest ``count`` PUBLISHes still undecided (``None``: all,
