@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
@@ -164,8 +164,7 @@ class NftAccounting:
         from now on, with the reason."""
         if self.place is None:
             return succeed(None)
-        d = getProcessOutputAndValue(self.nft, [table_command(self.table)], env=dict(os.environ),
-                                     reactor=self.reactor)
+        d = self._nft(table_command(self.table))
 
         def made(result: tuple[bytes, bytes, int]) -> None:
             if result[2] == 0:
@@ -174,11 +173,16 @@ class NftAccounting:
             self._unavailable(f"nft cannot make table {self.table}: "
                               f"{result[1].decode(errors='replace').strip()}")
 
-        d.addCallbacks(made, lambda f: self._unavailable(f"nft cannot run: {f.getErrorMessage()}"))
-        return d
+        return d.addCallbacks(made, lambda f: self._unavailable(f"nft cannot run: {f.getErrorMessage()}"))
+
+    def _nft(self, *args: str) -> Deferred[tuple[bytes, bytes, int]]:
+        """Run ``nft args``: its output, errors and exit code; a spawn that fails (the process
+        out of descriptors: ``spawnProcess`` raises) fails the Deferred, as a run that fails does."""
+        return maybeDeferred(getProcessOutputAndValue, self.nft, args, env=dict(os.environ),
+                             reactor=self.reactor)
 
     def _unavailable(self, reason: str) -> None:
-        log.error("apps: bytes per app will not be counted: {reason}", reason=reason)
+        log.warn("app-accounting: bytes per app will not be counted: {reason}", reason=reason)
         self.place = None
         self.reason = reason
 
@@ -213,8 +217,7 @@ class NftAccounting:
         zero = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
         if not self._ready:
             return succeed({"supported": True, "reason": "", "apps": {app: dict(zero) for app in apps}})
-        d = getProcessOutputAndValue(self.nft, ["-j", "list", "table", "inet", self.table], env=dict(os.environ),
-                                     reactor=self.reactor)
+        d = self._nft("-j", "list", "table", "inet", self.table)
 
         def parsed(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
             out, err, code = result
@@ -232,8 +235,7 @@ class NftAccounting:
         removed: Deferred[Any] = succeed(None)
         if self._ready:
             self._ready = False
-            removed = getProcessOutputAndValue(self.nft, ["delete", "table", "inet", self.table],
-                                               env=dict(os.environ), reactor=self.reactor)
+            removed = self._nft("delete", "table", "inet", self.table)
 
             def checked(result: tuple[bytes, bytes, int]) -> None:
                 if result[2] != 0:

@@ -3,6 +3,7 @@ counted through its cgroup v2 and nftables where the kernel allows it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -11,14 +12,18 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
 from gateway import config as gateway_config
-from gateway.telemetry.appbytes import NftAccounting, detect, find_cgroup2, own_cgroup, parse_counters
+from gateway.telemetry.appbytes import (AccountingService, CgroupPlace, NftAccounting, detect, find_cgroup2,
+                                        own_cgroup, parse_counters)
 from gateway.tree import build_service
+from tests.apps.fakes import FakeProcessReactor
+from tests.logevents import capture_log_events
 from tests.ports import free_port
 
 BLOB = b"x" * 300_000
@@ -60,6 +65,44 @@ class DetectTests(SynchronousTestCase):
 
         self.patch(os, "geteuid", lambda: 1000)
         self.assertEqual(detect(nft="/usr/sbin/nft"), (None, "the gateway does not run as root"))
+
+
+class SpawnFailureTests(SynchronousTestCase):
+    """``nft`` that cannot even be spawned (the process out of descriptors: spawnProcess
+    raises) costs the gateway its bytes per app, not its start."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        place = CgroupPlace(Path(self.mktemp()).resolve(), "gateway-apps-test")
+        self.accounting = NftAccounting(self.reactor, place, nft="/usr/sbin/nft", table="gateway_apps_test")
+
+    def test_start_goes_on_without_accounting(self) -> None:
+        """The service starts; one warning names app-accounting and the error, and the
+        usage_report's ``apps.reason`` says it."""
+        self.reactor.spawn_error = OSError(errno.EBADF, "Bad file descriptor")
+        events = capture_log_events(self)
+        self.assertIsNone(self.successResultOf(AccountingService(self.accounting).startService()))
+        warnings = [e for e in events if e.get("log_level") in (LogLevel.warn, LogLevel.error)]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertEqual(formatEvent(warnings[0]),
+                         "app-accounting: bytes per app will not be counted: nft cannot run: "
+                         "[Errno 9] Bad file descriptor")
+        self.assertFalse(self.accounting.supported)
+        self.assertEqual(self.successResultOf(self.accounting.counters(("web",))),
+                         {"supported": False, "reason": "nft cannot run: [Errno 9] Bad file descriptor", "apps": {}})
+
+    def test_reading_and_removing_fail_as_deferreds(self) -> None:
+        """Once the table is made, a read of the counters whose ``nft`` cannot be spawned fails
+        its Deferred (the usage_report says why), and the stop goes on with a warning."""
+        started = self.accounting.start()
+        self.reactor.last.exit(0)
+        self.successResultOf(started)
+        self.reactor.spawn_error = OSError(errno.EMFILE, "Too many open files")
+        self.failureResultOf(self.accounting.counters(("web",)), OSError)
+        events = capture_log_events(self)
+        self.assertIsNone(self.successResultOf(self.accounting.stop()))
+        self.assertIn("apps accounting table not removed: [Errno 24] Too many open files",
+                      [formatEvent(e) for e in events])
 
 
 class RealAppTests(TestCase):
