@@ -25,6 +25,11 @@ import unicodedata
 from typing import Any, Iterator
 
 
+#: What to do when Python's file system encoding is not UTF-8, said after naming that encoding.
+NOT_UTF8_LOCALE = ("(the locale is not UTF-8, or PYTHONUTF8=0): run the gateway with PYTHONUTF8=1 or under a "
+                   "UTF-8 locale (LANG=C.UTF-8)")
+
+
 def text_problem(value: str, controls: bool = False) -> str | None:
     """Why ``value`` cannot be a configuration string (``None`` when it can).
 
@@ -49,8 +54,7 @@ def unencodable_problem(value: str) -> str | None:
         value.encode(encoding, sys.getfilesystemencodeerrors())
     except UnicodeEncodeError as error:
         return (f"holds {value[error.start]!r}: this system cannot pass it on: Python's file system encoding is "
-                f"{encoding} (the locale is not UTF-8, or PYTHONUTF8=0): run the gateway with PYTHONUTF8=1 or "
-                "under a UTF-8 locale (LANG=C.UTF-8)")
+                f"{encoding} {NOT_UTF8_LOCALE}")
     return None
 
 

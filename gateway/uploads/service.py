@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.atomic import write_json_atomically
 from gateway.clockstep import steady_seconds
-from gateway.configtext import unencodable_problem
+from gateway.configtext import NOT_UTF8_LOCALE, unencodable_problem
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
@@ -52,9 +53,10 @@ ACTIVATION_FILE = "activation.json"
 
 def select_files(patterns: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """The regular files the globs match, sorted, each once (blocking): those whose path is
-    UTF-8, and those whose path is not (a file named in Latin-1 on disk: its name reaches
-    Python with its bad bytes as lone surrogates, which the request to the cloud, the upload's
-    record and an S3 key or blob name cannot hold)."""
+    text, and those whose path is not: a file named in Latin-1 on disk, or one named in UTF-8
+    under a locale that is not UTF-8 (:func:`name_problem`). Its name reaches Python with the
+    bytes it cannot decode as lone surrogates, which the request to the cloud, the upload's
+    record and an S3 key or blob name cannot hold."""
     found = {os.path.abspath(p) for pattern in patterns for p in glob.glob(pattern, recursive=True)}
     files = sorted(p for p in found if os.path.isfile(p))
     unnamed = [p for p in files if not _utf8(p)]
@@ -62,12 +64,30 @@ def select_files(patterns: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 def _utf8(path: str) -> bool:
-    """Whether ``path`` (as :mod:`os` gives it) is text: its bytes on disk are UTF-8."""
+    """Whether ``path`` (as :mod:`os` gives it) is text: its bytes on disk decoded in Python's
+    file system encoding."""
     try:
         path.encode()
     except UnicodeEncodeError:
         return False
     return True
+
+
+def name_problem(path: str) -> tuple[str, str]:
+    """Why ``path``, one that :func:`select_files` leaves out, is not text, and what to do.
+
+    :return: what completes "its name is": ``not UTF-8`` (its bytes on disk are not), or UTF-8
+        that a file system encoding that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``:
+        ascii) cannot decode; and what to do, with its separator: rename the file, or change
+        the locale.
+    """
+    try:
+        os.fsencode(path).decode()
+    except UnicodeDecodeError:
+        return "not UTF-8", (", and the cloud's request, the upload's record and the storage name files in UTF-8 "
+                             "(rename it)")
+    encoding = sys.getfilesystemencoding()
+    return f"UTF-8 that Python's file system encoding ({encoding}) cannot decode", f" {NOT_UTF8_LOCALE}"
 
 
 def glob_covers(allowed: str, asked: str) -> bool:
@@ -373,9 +393,10 @@ class UploadService(Service):
         if self.settings.single_upload and options.get("force") != "true" and busy:
             raise UploadError("there is an ongoing upload - set the 'force' option to 'true' to force trigger the upload")
         paths, unnamed = yield self.run_blocking(select_files, patterns)
-        for path in unnamed:
-            self.log.warn("upload {id} leaves out {path}: its name is not UTF-8, and the cloud's request, the "
-                          "upload's record and the storage name files in UTF-8 (rename it)", id=cid, path=escaped(path))
+        problems = {path: name_problem(path) for path in unnamed}
+        for path, (problem, advice) in problems.items():
+            self.log.warn("upload {id} leaves out {path}: its name is {problem}{advice}",
+                          id=cid, path=escaped(path), problem=problem, advice=advice)
         temporary: set[str] = set()
         wants_bundle = options.get("upload.diagnostics", "").lower() == "true" or (
             self.settings.diagnostics and "upload.files" not in options)
@@ -386,7 +407,8 @@ class UploadService(Service):
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:
-            left_out = f" ({len(unnamed)} left out: their names are not UTF-8)" if unnamed else ""
+            kinds = " or ".join(sorted({problem for problem, _ in problems.values()}, key=str.lower))
+            left_out = f" ({len(unnamed)} left out: their names are {kinds})" if unnamed else ""
             raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}{left_out}")
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)

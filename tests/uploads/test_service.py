@@ -106,6 +106,39 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual((status, error["message"]),
                          (500, f"no file matches {self.dir}/*.log (1 left out: their names are not UTF-8)"))
 
+    def test_a_utf8_name_the_locale_cannot_decode_is_not_called_not_utf8(self) -> None:
+        """Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) a file named in
+        UTF-8 (``donn\xc3\xa9es.log``) reaches Python as ``donn\udcc3\udca9es.log`` and is
+        left out; the warning said "its name is not UTF-8", which is false: it says the locale
+        cannot decode it and what to do; a Latin-1 name is still "not UTF-8 (rename it)"."""
+        import glob
+
+        real_glob = glob.glob
+        # What os gives under an ascii file system encoding: each byte past ASCII escaped.
+        self.patch(glob, "glob", lambda pattern, recursive=False: [
+            os.fsencode(p).decode("ascii", "surrogateescape") for p in real_glob(pattern, recursive=recursive)])
+        self.patch(sys, "getfilesystemencoding", lambda: "ascii")
+        for name in ("a.log", "b.log", "c.log"):
+            (self.dir / name).unlink()
+        with open(os.fsencode(self.dir) + b"/donn\xc3\xa9es.log", "wb") as utf8:
+            utf8.write(b"utf-8")
+        events = capture_log_events(self)
+        status, error = self.handle("trigger", {"correlationId": "t1"})
+        [line] = [formatEvent(e) for e in events if "leaves out" in e.get("log_format", "")]
+        self.assertEqual(line, (
+            f"upload t1 leaves out {self.dir}/donn\\udcc3\\udca9es.log: its name is UTF-8 that Python's file "
+            "system encoding (ascii) cannot decode (the locale is not UTF-8, or PYTHONUTF8=0): run the gateway "
+            "with PYTHONUTF8=1 or under a UTF-8 locale (LANG=C.UTF-8)"))
+        self.assertEqual((status, error["message"]), (500, (
+            f"no file matches {self.dir}/*.log (1 left out: their names are UTF-8 that Python's file system "
+            "encoding (ascii) cannot decode)")))
+        with open(os.fsencode(self.dir) + b"/caf\xe9.log", "wb") as latin1:
+            latin1.write(b"latin-1")
+        status, error = self.handle("trigger", {"correlationId": "t2"})
+        self.assertEqual((status, error["message"]), (500, (
+            f"no file matches {self.dir}/*.log (2 left out: their names are not UTF-8 or UTF-8 that Python's file "
+            "system encoding (ascii) cannot decode)")))
+
     def test_a_glob_the_locale_cannot_encode_is_a_clear_500(self) -> None:
         """Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) a trigger's
         ``upload.files`` holding text its encoding cannot hold crashed the trigger in the glob
