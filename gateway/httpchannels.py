@@ -23,6 +23,10 @@ class's ``max_body`` (the ingest's and the admin API's requests have one) is ans
 and closed instead of ``100 Continue``, after which the client sent the whole body to be
 dropped. (Without ``Expect`` the body is read and dropped as before: a client sending it
 whole before it reads would see the connection reset, not the 413, were it closed at once.)
+A request asking ``Expect: 100-continue`` whose request says it does not want its body
+(``wants_body()``: the admin API's on TCP without the bearer token) is answered at once, by its
+resource as it would be after the body (401), and the connection closed: neither invited to
+send a body dropped unread nor told, by a 413, a limit it has no business knowing.
 
 A factory given a :class:`~gateway.fdreserve.DescriptorReserve` closes a new connection as
 soon as it is accepted while the gateway has too few descriptors left for its own work, as
@@ -74,13 +78,13 @@ class ClosingChannel(HTTPChannel):
         self.closing = False
         self._head_call: IDelayedCall | None = None  # while a request's head is arriving
         self._past_head = False  # a request's head is in; its body or its answer is under way
-        self._refused = False  # answered 408, 414 or 431: nothing more is said on this connection
+        self._unread = False  # answered (408, 413, 414, 431, or without its body): nothing more is read
         self._head_size = 0  # bytes of the request line and header lines of the head arriving
         self._header_lines = 0  # its header lines (not their continuations)
 
     def dataReceived(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a request; drop what comes once refused."""
-        if self._refused:
+        if self._unread:
             return
         if data and self._head_call is None and not self._past_head:
             self._head_call = self.callLater(self.head_timeout, self._head_too_slow)
@@ -89,7 +93,7 @@ class ClosingChannel(HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         """Answer ``431`` to a head over ``totalHeadersSize`` bytes or ``maxHeaders`` header
         lines, before Twisted's bare ``400``."""
-        if self._refused:
+        if self._unread:
             return
         if not self.requests:  # (the request line, or a blank line before it)
             self._head_size, self._header_lines = len(line), 0
@@ -108,17 +112,32 @@ class ClosingChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         """The head is in time: its clock stops (the body is the idle timeout's). A body asked
-        to be continued that is declared over the request's ``max_body`` is refused (413)."""
+        to be continued is not invited when the request does not want it (it is answered at
+        once), and is refused (413) when declared over the request's ``max_body``."""
         self._stop_head_clock()
         self._past_head = True
         request = self.requests[-1]
-        limit: int | None = getattr(request, "max_body", None)
-        expect = request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower()
-        length = int(request.requestHeaders.getRawHeaders(b"content-length", [b"0"])[0])  # (checked by Twisted)
-        if limit is not None and expect == b"100-continue" and length > limit:
-            self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
-            return
+        if request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower() == b"100-continue":
+            wants_body = getattr(request, "wants_body", None)
+            if wants_body is not None and not wants_body():
+                self._answer_without_body(request)
+                return
+            limit: int | None = getattr(request, "max_body", None)
+            length = int(request.requestHeaders.getRawHeaders(b"content-length", [b"0"])[0])  # (checked by Twisted)
+            if limit is not None and length > limit:
+                self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
+                return
         super().allHeadersReceived()
+
+    def _answer_without_body(self, request: Any) -> None:
+        # Not continued (no 100 Continue), processed now as with an empty body, and the last
+        # request of the connection: a body the client sends anyway is not read.
+        request.requestHeaders.removeHeader(b"expect")
+        super().allHeadersReceived()
+        self.persistent = False
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self.length = 0  # (HTTPChannel.lineReceived then processes the request: its body is in)
+        self._unread = True
 
     def requestDone(self, request: Any) -> None:
         """The answer is sent: the next bytes begin the next request's head."""
@@ -147,9 +166,9 @@ class ClosingChannel(HTTPChannel):
             self._refuse(b"414 URI Too Long", f"the request line is longer than {self.MAX_LENGTH} bytes")
 
     def _refuse(self, status: bytes, why: str) -> None:
-        if self._refused:  # (more of a too long line may come while the connection closes)
+        if self._unread:  # (more of a too long line may come while the connection closes)
             return
-        self._refused = True
+        self._unread = True
         body = f"{why}\n".encode()
         assert self.transport is not None
         self.transport.write(_REFUSED % (status, len(body), body))
