@@ -18,11 +18,21 @@ connection without a word; it is answered ``414`` or ``431`` first. So is a head
 Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
 which Twisted answered with a bare ``400 Bad Request``.
 
+A request's body, likewise, kept the connection for as long as a byte came within the idle
+timeout (a byte a second did). It has :data:`BODY_GRACE` seconds from the end of its head and
+one second more for each :data:`BODY_RATE` bytes that arrive, then is answered ``408`` and closed:
+a body must come at 1 KiB/s on average, which a slow cellular link (10 KiB/s and more) sending a
+10 MiB package to the admin API never comes near, and a client trickling it cheaply cannot.
+
 A request that asks ``Expect: 100-continue`` for a body declared longer than its request
 class's ``max_body`` (the ingest's and the admin API's requests have one) is answered ``413``
 and closed instead of ``100 Continue``, after which the client sent the whole body to be
 dropped. (Without ``Expect`` the body is read and dropped as before: a client sending it
 whole before it reads would see the connection reset, not the 413, were it closed at once.)
+A request asking ``Expect: 100-continue`` whose request says it does not want its body
+(``wants_body()``: the admin API's on TCP without the bearer token) is answered at once, by its
+resource as it would be after the body (401), and the connection closed: neither invited to
+send a body dropped unread nor told, by a 413, a limit it has no business knowing.
 
 A factory given a :class:`~gateway.fdreserve.DescriptorReserve` closes a new connection as
 soon as it is accepted while the gateway has too few descriptors left for its own work, as
@@ -49,6 +59,10 @@ from gateway.fdreserve import DescriptorReserve, ReserveRefusals
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
+#: Seconds a request's body may take from the end of its head, and more with every byte ...
+BODY_GRACE = 30.0
+#: ... one second more for each this many bytes that arrive (its slowest rate, on average).
+BODY_RATE = 1024
 #: The answer to a head that took longer (or a line of it that is too long), and closes.
 _REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
@@ -64,32 +78,41 @@ class ClosingChannel(HTTPChannel):
 
     :param open_channels: the factory's open connections; this one is in it while connected.
     :ivar head_timeout: seconds a request's head may take from its first byte (:data:`HEAD_TIMEOUT`).
+    :ivar body_grace: seconds a request's body may take from the end of its head (:data:`BODY_GRACE`) ...
+    :ivar body_rate: ... and one more for each this many bytes that arrive (:data:`BODY_RATE`).
     """
 
     head_timeout = HEAD_TIMEOUT
+    body_grace = BODY_GRACE
+    body_rate = BODY_RATE
 
     def __init__(self, open_channels: set[ClosingChannel]) -> None:
         super().__init__()
         self._open = open_channels
         self.closing = False
-        self._head_call: IDelayedCall | None = None  # while a request's head is arriving
+        self._deadline: IDelayedCall | None = None  # while a request's head, or its body, is arriving
+        self._body_bytes: int | None = None  # bytes received while its body is arriving
         self._past_head = False  # a request's head is in; its body or its answer is under way
-        self._refused = False  # answered 408, 414 or 431: nothing more is said on this connection
+        self._unread = False  # answered (408, 413, 414, 431, or without its body): nothing more is read
         self._head_size = 0  # bytes of the request line and header lines of the head arriving
         self._header_lines = 0  # its header lines (not their continuations)
 
     def dataReceived(self, data: bytes) -> None:
-        """Start the head's clock at the first byte of a request; drop what comes once refused."""
-        if self._refused:
+        """Start the head's clock at the first byte of a request, count its body's bytes; drop
+        what comes once refused."""
+        if self._unread:
             return
-        if data and self._head_call is None and not self._past_head:
-            self._head_call = self.callLater(self.head_timeout, self._head_too_slow)
+        if data and self._deadline is None and not self._past_head:
+            self._deadline = self.callLater(self.head_timeout, self._head_too_slow)
+        elif self._body_bytes is not None and self._deadline is not None:
+            self._body_bytes += len(data)
+            self._deadline.delay(len(data) / self.body_rate)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         """Answer ``431`` to a head over ``totalHeadersSize`` bytes or ``maxHeaders`` header
         lines, before Twisted's bare ``400``."""
-        if self._refused:
+        if self._unread:
             return
         if not self.requests:  # (the request line, or a blank line before it)
             self._head_size, self._header_lines = len(line), 0
@@ -107,37 +130,74 @@ class ClosingChannel(HTTPChannel):
         super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:
-        """The head is in time: its clock stops (the body is the idle timeout's). A body asked
-        to be continued that is declared over the request's ``max_body`` is refused (413)."""
-        self._stop_head_clock()
+        """The head is in time: its clock stops, and its body's starts. A body asked
+        to be continued is not invited when the request does not want it (it is answered at
+        once), and is refused (413) when declared over the request's ``max_body``."""
+        self._stop_clock()
         self._past_head = True
         request = self.requests[-1]
-        limit: int | None = getattr(request, "max_body", None)
-        expect = request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower()
-        length = int(request.requestHeaders.getRawHeaders(b"content-length", [b"0"])[0])  # (checked by Twisted)
-        if limit is not None and expect == b"100-continue" and length > limit:
-            self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
-            return
+        if request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower() == b"100-continue":
+            wants_body = getattr(request, "wants_body", None)
+            if wants_body is not None and not wants_body():
+                self._answer_without_body(request)
+                return
+            limit: int | None = getattr(request, "max_body", None)
+            length = int(request.requestHeaders.getRawHeaders(b"content-length", [b"0"])[0])  # (checked by Twisted)
+            if limit is not None and length > limit:
+                self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
+                return
         super().allHeadersReceived()
+        if self.length != 0:  # (a length, or None: chunked)
+            self._body_bytes = 0
+            self._deadline = self.callLater(self.body_grace, self._body_too_slow)
+
+    def allContentReceived(self) -> None:
+        """The body is in: its clock stops."""
+        self._stop_clock()
+        super().allContentReceived()
+
+    def _answer_without_body(self, request: Any) -> None:
+        # Not continued (no 100 Continue), processed now as with an empty body, and the last
+        # request of the connection: a body the client sends anyway is not read.
+        request.requestHeaders.removeHeader(b"expect")
+        super().allHeadersReceived()
+        self.persistent = False
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self.length = 0  # (HTTPChannel.lineReceived then processes the request: its body is in)
+        self._unread = True
 
     def requestDone(self, request: Any) -> None:
         """The answer is sent: the next bytes begin the next request's head."""
         self._past_head = False
         super().requestDone(request)
 
-    def _stop_head_clock(self) -> None:
-        if self._head_call is not None:
-            if self._head_call.active():
-                self._head_call.cancel()
-            self._head_call = None
+    def _stop_clock(self) -> None:
+        self._body_bytes = None
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
 
     def _head_too_slow(self) -> None:
-        self._head_call = None
+        self._deadline = None
         transport = self.transport
         assert transport is not None  # (the clock stops when the connection is lost)
         log.info("HTTP: a request head from {peer} took over {seconds:g} s: 408, closed",
                  peer=address_text(transport.getPeer()), seconds=self.head_timeout)
         self._refuse(b"408 Request Timeout", f"the request line and headers took over {self.head_timeout:g} s")
+
+    def _body_too_slow(self) -> None:
+        size = self._body_bytes
+        assert size is not None  # (the clock stops with the body)
+        seconds = self.body_grace + size / self.body_rate
+        self._deadline, self._body_bytes = None, None
+        transport = self.transport
+        assert transport is not None  # (the clock stops when the connection is lost)
+        log.info("HTTP: a request body from {peer} came too slowly ({size} bytes in {seconds:.0f} s): 408, closed",
+                 peer=address_text(transport.getPeer()), size=size, seconds=seconds)
+        self._refuse(b"408 Request Timeout",
+                     f"the request body came too slowly: {size} bytes in {seconds:.0f} s (it has {self.body_grace:g} s,"
+                     f" and 1 s more for each {self.body_rate} bytes that arrive)")
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line (414) or header line (431) longer than ``MAX_LENGTH``: say so, and close."""
@@ -147,9 +207,9 @@ class ClosingChannel(HTTPChannel):
             self._refuse(b"414 URI Too Long", f"the request line is longer than {self.MAX_LENGTH} bytes")
 
     def _refuse(self, status: bytes, why: str) -> None:
-        if self._refused:  # (more of a too long line may come while the connection closes)
+        if self._unread:  # (more of a too long line may come while the connection closes)
             return
-        self._refused = True
+        self._unread = True
         body = f"{why}\n".encode()
         assert self.transport is not None
         self.transport.write(_REFUSED % (status, len(body), body))
@@ -162,7 +222,7 @@ class ClosingChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """No longer open."""
-        self._stop_head_clock()
+        self._stop_clock()
         self._open.discard(self)
         super().connectionLost(reason)
 

@@ -232,3 +232,25 @@ class DocLinksTests(SynchronousTestCase):
                                          "```sh\n# not a heading\n```\n"),
                          {"links-gatewaylinkssnapshotpy-per-link", "the-default-contract-kanto--hono",
                           "keys", "keys-1"})
+
+
+class IdleTimeoutDocsTests(SynchronousTestCase):
+    """Each HTTP listener's page says after how long a connection on which nothing comes is
+    closed, and says what the code sets: the admin API's and /metrics' 60 s (twisted.web's
+    default, which they keep) were written nowhere, only the ingest's 75 s were."""
+
+    def test_each_listeners_idle_timeout_is_the_one_its_page_gives(self) -> None:
+        from twisted.internet.task import Clock
+
+        from gateway.ingest.service import IDLE_TIMEOUT
+        from gateway.telemetry.metricspage import MetricsFactory
+        from tests.admin.test_api import Harness
+
+        admin = Harness(self)
+        listeners = {"admin.md": {admin.site(None).timeOut, admin.site(b"t0ken" * 4).timeOut},
+                     "telemetry.md": {MetricsFactory(lambda accept: (b"", "text/plain"), Clock()).timeOut},
+                     "exosite.md": {IDLE_TIMEOUT}}
+        for page, timeouts in listeners.items():
+            text = " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split())
+            said = re.findall(r"A connection on which nothing comes for (\d+) s is closed", text)
+            self.assertEqual((page, said), (page, [f"{t:g}" for t in timeouts]))

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.closingsite import ClosingSite
-from gateway.httpchannels import HEAD_TIMEOUT
+from gateway.httpchannels import BODY_GRACE, BODY_RATE, HEAD_TIMEOUT
 
 GET = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"
 
@@ -31,6 +31,8 @@ class HeldResource(Resource):
     def render_GET(self, request: Request) -> Any:
         self.held.append(request)
         return NOT_DONE_YET
+
+    render_POST = render_GET
 
     def answer(self) -> None:
         request = self.held.pop(0)
@@ -134,8 +136,9 @@ class HeadTimeoutTests(SynchronousTestCase):
                       [formatEvent(e) for e in logs])
 
     def test_the_clock_runs_per_request_and_not_for_bodies_answers_or_idle_time(self) -> None:
-        """A head that comes in time stops its clock: a slow answer, a slow body and idle
-        time between keep-alive requests are not cut; the next request's head has its own."""
+        """A head that comes in time stops its clock: a slow answer, a body (which has its own,
+        BodyTimeoutTests) and idle time between keep-alive requests are not cut; the next
+        request's head has its own."""
         channel, transport = self.connect()
         channel.dataReceived(GET[:5])
         self.clock.advance(HEAD_TIMEOUT - 1)
@@ -150,8 +153,13 @@ class HeadTimeoutTests(SynchronousTestCase):
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
         self.assertFalse(transport.disconnecting)
         post = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\n"
-        channel.dataReceived(post)
-        self.clock.advance(HEAD_TIMEOUT + 1)  # the body is slow: the idle timeout's matter (60 s here)
+        channel.dataReceived(post[:5])
+        self.clock.advance(HEAD_TIMEOUT - 1)
+        channel.dataReceived(post[5:])
+        self.clock.advance(BODY_GRACE - 1)
+        channel.dataReceived(b"body")
+        self.resource.answer()
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
         self.assertFalse(transport.disconnecting)
         self.assertNotIn(b"408", transport.value())
 
@@ -175,6 +183,90 @@ class HeadTimeoutTests(SynchronousTestCase):
             self.assertTrue(transport.value().endswith(b" is longer than 16384 bytes\n"), transport.value())
             self.assertTrue(transport.disconnecting)
         self.assertEqual(self.resource.held, [])
+
+
+class BodyTimeoutTests(SynchronousTestCase):
+    """A request's body has BODY_GRACE seconds from the end of its head, and one second more
+    for each BODY_RATE bytes that arrive; then it is answered 408 and closed. The idle timeout
+    alone started again at every byte, so a body trickled a byte a second held its connection
+    for ever."""
+
+    setUp = ClosingSiteTests.setUp
+    connect = ClosingSiteTests.connect
+
+    def test_a_trickled_body_is_answered_408_and_closed(self) -> None:
+        """A byte a second, with a Content-Length or chunked: 408 once the body is late,
+        saying why, in plain text, and closed; the request never reaches the resource."""
+        for head in (b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"):
+            channel, transport = self.connect()
+            channel.dataReceived(head)
+            for second in range(int(BODY_GRACE)):
+                self.assertFalse(transport.disconnecting, second)
+                channel.dataReceived(b"a")
+                self.clock.advance(1)
+            self.assertFalse(transport.disconnecting)  # (the 30 bytes that came give it 30/1024 s more)
+            self.clock.advance(1)
+            response = transport.value()
+            self.assertTrue(response.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), response)
+            self.assertIn(b"Content-Type: text/plain; charset=utf-8\r\n", response)
+            self.assertIn(b"Connection: close\r\n", response)
+            self.assertTrue(response.endswith(b"the request body came too slowly: 30 bytes in 30 s (it has 30 s, and 1 s"
+                                              b" more for each 1024 bytes that arrive)\n"), response)
+            self.assertTrue(transport.disconnecting)
+            channel.dataReceived(b"a" * 10)  # more of it: not read
+            self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+            channel.connectionLost(None)
+        self.assertEqual(self.resource.held, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_the_408_line_names_the_client_and_what_came(self) -> None:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
+        channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000)))
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n")
+        channel.dataReceived(b"a=1")
+        with capturedLogs() as logs:
+            self.clock.advance(BODY_GRACE)
+            self.clock.advance(1)
+        self.assertIn("HTTP: a request body from 192.0.2.7:40000 came too slowly (3 bytes in 30 s): 408, closed",
+                      [formatEvent(e) for e in logs])
+
+    def test_a_slow_cellular_upload_of_10_mib_is_taken(self) -> None:
+        """10 MiB at 10 KiB/s (17 minutes), stalling 50 s twice on the way: taken whole."""
+        channel, transport = self.connect()
+        size = 10 * 1024 * 1024
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"a" * 10240
+        for second in range(size // len(chunk)):
+            if second in (10, 600):
+                self.clock.advance(50)  # (within the idle timeout, 60 s here)
+            channel.dataReceived(chunk)
+            self.clock.advance(1)
+        self.assertEqual(len(self.resource.held), 1)
+        self.assertEqual(self.resource.held[0].content.seek(0, 2), size)
+        self.assertNotIn(b"408", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_body_at_the_rate_is_taken_and_the_clock_runs_per_request(self) -> None:
+        """A body coming at BODY_RATE after a stall of BODY_GRACE - 1 s is taken; the clock
+        stops with it (a slow answer is not cut), and the next request's body has its own."""
+        channel, transport = self.connect()
+        for _ in range(2):
+            channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % (BODY_RATE * 40))
+            self.clock.advance(BODY_GRACE - 1)
+            for _ in range(40):
+                channel.dataReceived(b"a" * BODY_RATE)
+                self.clock.advance(1)
+            self.clock.advance(BODY_GRACE * 3)  # the answer takes long
+            self.resource.answer()
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_connection_lost_mid_body_stops_the_clock(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nab")
+        channel.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class HeadSizeTests(SynchronousTestCase):

@@ -72,8 +72,7 @@ class BoundedRequest(Request):
         """Choose where the body goes, once its declared length (if any) is known."""
         self.body_size = 0
         self.body_too_large = length is not None and length > self.max_body
-        given = bearer(self.requestHeaders.getRawHeaders(b"authorization", [None])[0])
-        self.body_dropped = self.token is not None and not (given and hmac.compare_digest(given, self.token))
+        self.body_dropped = not self.wants_body()
         self.body_error: str | None = None
         self._queue: list[Any] = []  # chunks of bytes, or _TRUNCATE
         self._waiting = 0  # bytes received and not yet written
@@ -91,6 +90,16 @@ class BoundedRequest(Request):
                 self.body_error = failure.getErrorMessage()
         self.content = content
         self._threaded = self.blocking is not None and not isinstance(content, io.BytesIO)
+
+    def wants_body(self) -> bool:
+        """Whether the body would be kept: not without the site's bearer token (its body is
+        read and dropped, and the router answers 401). The connection asks it of a request
+        that expects ``100 Continue`` (:class:`~gateway.httpchannels.ClosingChannel`): one
+        whose body is not wanted is answered without being invited to send it."""
+        if self.token is None:
+            return True
+        given = bearer(self.requestHeaders.getRawHeaders(b"authorization", [None])[0])
+        return bool(given) and hmac.compare_digest(given, self.token)
 
     def handleContentChunk(self, data: bytes) -> None:
         """Queue a chunk of the body for the disk, unless the body is already too large."""

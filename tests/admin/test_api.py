@@ -1008,6 +1008,41 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(h.apps.installed_bytes, b"c" * 100_000)
 
+    def test_a_body_without_token_is_never_invited(self) -> None:
+        """A request without the token that asks ``Expect: 100-continue`` is answered 401 at
+        once, as any other, whatever body it declares: it was answered 413 when its body was
+        over ``max_upload_bytes``, telling a client without the token that limit, and invited
+        (``100 Continue``) to send a body dropped unread when it was not. The connection
+        closes: what the client sends after the answer is not read."""
+        h = Harness(self, max_upload_bytes=1024)
+        for length in (10 ** 12, 100):
+            exchange = Exchange(h.site(TOKEN))
+            exchange.protocol.dataReceived(("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                                            f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode())
+            self.assertNotIn(b"100 Continue", exchange.transport.value())
+            response = exchange.response()
+            self.assertEqual((response.status, response.json()["error"]),
+                             (401, "a valid bearer token is needed on this endpoint"), length)
+            self.assertEqual(response.headers["www-authenticate"], 'Bearer realm="gateway"')
+            self.assertEqual(response.headers["connection"], "close")
+            self.assertTrue(exchange.transport.disconnecting)
+            exchange.protocol.dataReceived(b"a" * 100)  # sent all the same: not read
+            self.assertEqual(exchange.transport.value().count(b"HTTP/1.1"), 1)
+        self.assertIsNone(h.apps.installed_bytes)
+        spool = h.work / "admin" / "spool"
+        self.assertEqual(list(spool.iterdir()) if spool.exists() else [], [])
+
+    def test_a_body_with_token_is_invited_or_refused_by_its_size(self) -> None:
+        """With the token, ``Expect: 100-continue`` is answered ``100 Continue``, or 413 at once
+        for a body declared over ``max_upload_bytes``."""
+        h = Harness(self, max_upload_bytes=1024)
+        for length, answer in ((1024, b"HTTP/1.1 100 Continue\r\n"), (1025, b"HTTP/1.1 413 Content Too Large\r\n")):
+            exchange = Exchange(h.site(TOKEN))
+            exchange.protocol.dataReceived(("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                                            f"Authorization: Bearer {TOKEN.decode()}\r\nExpect: 100-continue\r\n"
+                                            f"Content-Length: {length}\r\n\r\n").encode())
+            self.assertTrue(exchange.transport.value().startswith(answer), exchange.transport.value())
+
     def test_accepted_with_token(self) -> None:
         """The bearer token opens every route; the page also takes it as ?token=."""
         h = Harness(self)
