@@ -11,7 +11,8 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlineCallbacks
+from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.errors import GatewayError
@@ -119,6 +120,7 @@ class DDIClient:
         #: ``(scheme, host:port)`` of the server (:func:`~gateway.updates.downloader.url_origin`).
         self.origin = url_origin(self.root)
         self._turn = DeferredLock()  # (the requests' order: first asked, first sent)
+        self._asked: list[Deferred[Any]] = []  # the requests asked and not ended, in order (for close)
 
     def _headers(self, body: bool) -> dict[str, list[str]]:
         headers = {"Accept": ["application/hal+json, application/json"]}
@@ -149,7 +151,28 @@ class DDIClient:
             answer over :data:`MAX_ANSWER` bytes (but a ``PUT`` or ``POST`` answered 2xx, whose
             body is not needed, fires with None), or one that is not JSON.
         """
-        return self._turn.run(self._send, method, url, body)
+        d = self._turn.run(self._send, method, url, body)
+
+        def ended(result: Any) -> Any:
+            if d in self._asked:
+                self._asked.remove(d)
+            if isinstance(result, Failure) and result.check(CancelledError):
+                # given up while it waited for its turn (close): never sent
+                raise DDIError(f"{method} {url}: given up before it was sent")
+            return result
+
+        self._asked.append(d)
+        return d.addBoth(ended)
+
+    def close(self) -> Deferred[None]:
+        """Give up every request asked and not ended: those waiting for their turn are never
+        sent, the one under way is cancelled (its connection closed); each fails with
+        :class:`DDIError`. Fires once none is under way, so that the client of a service started
+        in this one's place (a configuration change restarts the services) never sends beside it.
+        """
+        for d in reversed(self._asked):  # the last first: a cancelled one hands its turn to the next
+            d.cancel()
+        return self._turn.run(lambda: None)
 
     @inlineCallbacks
     def _send(self, method: str, url: str, body: Any) -> Any:

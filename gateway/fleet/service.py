@@ -124,7 +124,10 @@ class FleetService(Service):
         self._schedule(self.uniform(0.0, self.settings.min_poll_interval))
 
     def stopService(self) -> Deferred[None]:
-        """Stop polling; fires when a poll under way and the last state write are done."""
+        """Stop polling and give up the DDI requests asked (the one under way is cancelled: a
+        feedback stays in the saved outbox and is sent again after the start); fires when they, a
+        poll under way and the last state write are done. A configuration change starts the next
+        service only then: its first request never goes beside this one's last."""
         super().stopService()
         if self._unwatch is not None:
             self._unwatch()
@@ -132,11 +135,11 @@ class FleetService(Service):
             self._unhold()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        d: Deferred[Any] = self.ddi.close()  # (a feedback sent outside a poll is under way too)
         running = self._cycle_running
-        d: Deferred[Any] = succeed(None)
         if running is not None:
             running.cancel()
-            d = running.addErrback(lambda _: None)
+            d.addCallback(lambda _: running.addErrback(lambda _: None))
         return d.addCallback(lambda _: self._save_lock.run(lambda: succeed(None))).addCallback(lambda _: None)
 
     def _schedule(self, delay: float) -> None:
@@ -177,6 +180,8 @@ class FleetService(Service):
             self.failures, self.last_error = 0, ""
             delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
         except DDIError as error:
+            if not self.running:
+                return  # given up by the stop: no failure of the server's, and no next poll
             delay = self._failed(str(error))
             if error.retry_after is not None:
                 delay = max(delay, error.retry_after)
@@ -472,6 +477,8 @@ class FleetService(Service):
                 except DDIError as error:
                     if error.code is not None and 200 <= error.code < 300:
                         pass  # taken in; only the answer's body was not JSON
+                    elif not self.running:
+                        return  # given up by the stop; kept in the outbox for the next start
                     elif refused_for_good(error):
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:
@@ -485,8 +492,9 @@ class FleetService(Service):
                         return
                 self._feedback_lines.reset()  # (out of the outbox: the next one not taken is news)
                 if not self.running:
-                    # stopped meanwhile (stopService does not wait for the server): the next service
-                    # has the state file now, and sends this feedback again
+                    # stopped meanwhile, the answer come all the same (a request that did not end when
+                    # stopService gave it up): the next service has the state file now, and sends
+                    # this feedback again
                     return
                 if self.state.outbox and self.state.outbox[0] is feedback:
                     self.state.outbox.pop(0)

@@ -934,9 +934,9 @@ class FleetServiceTests(SynchronousTestCase):
 
     def test_a_stopped_service_writes_no_state_when_its_last_feedback_is_answered(self) -> None:
         """A feedback request still under way when the service stops (a configuration change
-        restarts the services in-process; stopService does not wait for the server) leaves the
-        state file alone once answered: the stopped service wrote its own, older state over the
-        file the next service had loaded and written since. The feedback stays in the outbox and
+        restarts the services in-process) and answered all the same (a request that did not end
+        when the stop gave it up) leaves the state file alone: the stopped service wrote its own,
+        older state over the file the next service had loaded and written since. The feedback stays in the outbox and
         is sent again by the next service (the server may get it twice, never not at all)."""
         self.server.deployment = deployment("17", FILES)
         fleet = self.start()
@@ -1001,6 +1001,57 @@ class FleetServiceTests(SynchronousTestCase):
             ("POST", "/deploymentBase/22/feedback"), ("GET", ""), ("PUT", "/configData")])
         self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.stop()
+
+    def test_a_request_under_way_at_a_stop_ends_before_the_next_services_first(self) -> None:
+        """A feedback the server still holds when the service stops (a configuration change
+        restarts the services in-process) is given up by the stop, its connection closed, before
+        the stop has ended; a poll waiting for its turn behind it is never sent. The next
+        service's first request so comes after the old one's end, never beside it (it went
+        beside it: each service has its own client; a stale ``proceeding`` taken in after the new
+        service's ``closed`` made gooseBit show ``Running`` again). What was given up stays in
+        the outbox and is sent again, in order; the stop logs no failure."""
+        events = capture_log_events(self)
+        self.server.deployment = deployment("24", FILES)
+        render = self.server.render
+        held: list[Any] = []
+        seen: list[str] = []  # the DDI requests the server got, and when the held one ended
+
+        def render_holding_the_downloaded_feedback(request: Any) -> Any:
+            path = request.path.decode()
+            if path.startswith("/artifacts/"):
+                return render(request)  # (downloads are not DDI control requests)
+            body = request.content.read()
+            request.content.seek(0)
+            execution = json.loads(body)["status"]["execution"] if path.endswith("/feedback") else ""
+            seen.append(f"{request.method.decode()} {path[len(ROOT):]} {execution}".rstrip())
+            if b'"downloaded"' in body and not held:
+                held.append(request)
+                request.notifyFinish().addBoth(lambda _: seen.append("held one ended"))
+                return NOT_DONE_YET
+            return render(request)
+
+        self.server.render = render_holding_the_downloaded_feedback  # type: ignore[method-assign]
+        fleet = self.start()
+        self.run_for(8)
+        self.assertEqual((len(held), self.updates.operations["ddi-24"].status), (1, Status.FINISHED_SUCCESS))
+        fleet.poll_now()  # a poll falls due: it waits for its turn
+        self.stub.flush()
+        self.assertEqual(seen[-1], "POST /deploymentBase/24/feedback downloaded")
+        stopped = fleet.stopService()
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.updates.stopService()
+        self.assertEqual(seen[-1], "held one ended")
+        self.start()
+        self.run_for(61)
+        self.assertEqual(seen[seen.index("held one ended") + 1:][:4], [
+            "POST /deploymentBase/24/feedback downloaded", "POST /deploymentBase/24/feedback proceeding",
+            "POST /deploymentBase/24/feedback proceeding", "POST /deploymentBase/24/feedback closed"])
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+        self.assertEqual([e for e in events if e.get("log_level").name in ("warn", "error", "critical")], [])
         self.stop()
 
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
@@ -1129,6 +1180,33 @@ class DDIClientTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertIn("no answer within 7 s", self.failureResultOf(second, DDIError).getErrorMessage())
         self.assertEqual((seen, clock.getDelayedCalls()), (["GET", "PUT"], []))
+
+    def test_close_gives_up_every_request_and_fires_once_none_is_under_way(self) -> None:
+        """close() (the service stopping) cancels the request under way, its connection closed,
+        and those waiting for their turn, which are never sent; each fails with DDIError and
+        close fires at once, no timer left."""
+        seen: list[str] = []
+        ended: list[str] = []
+
+        class Stalled(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> int:
+                seen.append(request.method.decode())
+                request.notifyFinish().addErrback(lambda _: ended.append(request.method.decode()))
+                return NOT_DONE_YET
+
+        clock = Clock()
+        stub = StubTreq(Stalled())
+        client = DDIClient(stub, clock, "http://ddi.test", "default", "gw", None, timeout=7)
+        first, second = client.feedback("deploymentBase", "5", {"execution": "proceeding"}), client.poll()
+        self.assertEqual(seen, ["POST"])
+        self.successResultOf(client.close())
+        stub.flush()
+        self.assertIn("no answer", self.failureResultOf(first, DDIError).getErrorMessage())
+        self.assertEqual(self.failureResultOf(second, DDIError).getErrorMessage(),
+                         "GET http://ddi.test/default/controller/v1/gw: given up before it was sent")
+        self.assertEqual((seen, ended, clock.getDelayedCalls()), (["POST"], ["POST"], []))
 
     def test_an_answer_whose_body_stalls_fails_after_request_timeout(self) -> None:
         """A server that sends an answer's headers and then trickles or stops its body fails the
