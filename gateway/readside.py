@@ -3,8 +3,8 @@ take the services' snapshots.
 
 Every service offers ``snapshot()`` returning a frozen dataclass (``gateway/<pkg>/snapshot.py``);
 :class:`ReadSide` holds the services and hands those out, plus the gateway's own status.
-The ingest and the twin are optional (the twin can be turned off): their methods return
-``None`` when the tree has no such service.
+The ingest, the twin and the per-app accounting are optional (the twin can be turned off):
+their methods return ``None`` when the tree has no such service.
 :func:`to_jsonable` turns any snapshot into plain JSON data.
 """
 
@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Iterable, Mapping, Protocol
 
@@ -29,6 +29,7 @@ from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
 from gateway.reactorlag import reactor_lag
+from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.snapshot import UpdatesSnapshot
 
@@ -82,6 +83,18 @@ class TwinSource(Protocol):
         """The twin now."""
 
 
+class AccountingSource(Protocol):
+    """Anything with the per-app accounting's snapshot (:class:`~gateway.telemetry.appbytes.AccountingService`)."""
+
+    def snapshot(self) -> AccountingSnapshot:
+        """The per-app accounting now."""
+
+
+#: In a dataclass field's metadata: :func:`to_jsonable` leaves the field out while it is ``""``
+#: (a key few entries of a list need, which leaves the others' shape as it was).
+OMIT_EMPTY = "omit_empty"
+
+
 class NamedService(Protocol):
     """What :meth:`ReadSide.status` reads of each service in the tree."""
 
@@ -98,14 +111,18 @@ class ServiceState:
     :param error: why a started service does not do its job, as its snapshot says (the
         ingest's ``not listening: <the bind failure>``; the journal's streams refusing appends
         or not writing their loss ledgers (both joined by ``; `` when both hold), the broker's
-        checkpoint, a link's cursor or the twin's things not saved,
-        :func:`~gateway.degraded.describe`),
+        checkpoint, a link's cursor or the twin's things not saved, the per-app accounting's
+        ``nft`` failing, :func:`~gateway.degraded.describe`),
         else ``""``.
+    :param off: why a service does not do its job for an ordinary reason, not a failure (the
+        per-app accounting's: not root, no ``nft``, ``app_accounting: off``), else ``""``
+        (and left out of its JSON).
     """
 
     name: str
     running: bool
     error: str = ""
+    off: str = field(default="", metadata={OMIT_EMPTY: True})
 
 
 @dataclass(frozen=True)
@@ -144,12 +161,13 @@ class ReadSide:
     :param pid: the process id (default: the process's at each :meth:`status`).
     :param ingest: the ingest service, or ``None`` when the tree has none.
     :param twin: the twin service, or ``None`` when it is off (``twin.enabled: false``).
+    :param accounting: the per-app accounting service, or ``None`` when the tree has none.
     """
 
     def __init__(self, clock: IReactorTime, broker: BrokerSource, journal: JournalSource, links: LinksSource,
                  apps: AppsSource, updates: UpdatesSource, services: Iterable[NamedService] = (),
                  pid: int | None = None, ingest: IngestSource | None = None,
-                 twin: TwinSource | None = None) -> None:
+                 twin: TwinSource | None = None, accounting: AccountingSource | None = None) -> None:
         self.clock = clock
         self._broker = broker
         self._journal = journal
@@ -158,6 +176,7 @@ class ReadSide:
         self._updates = updates
         self._ingest = ingest
         self._twin = twin
+        self._accounting = accounting
         self._services = services
         self.started_at = clock.seconds()
         self._steady_started_at = steady_seconds(clock)  # (the uptime: not moved by a step of the wall clock)
@@ -173,14 +192,15 @@ class ReadSide:
         uptime = steady_seconds(self.clock) - self._steady_started_at
         pid = self.pid if self.pid is not None else os.getpid()
         return GatewayStatus(__version__, self.started_at, max(uptime, 0.0), pid,
-                             tuple(ServiceState(s.name or "?", bool(s.running), self._error(s))
+                             tuple(ServiceState(s.name or "?", bool(s.running), self._error(s), self._off(s))
                                    for s in self._services), reactor_lag(self.clock))
 
     def _error(self, service: NamedService) -> str:
         """What a service's snapshot says keeps it from its job (the gateway starts without
         an ingest that cannot listen: its service is started, not listening; a journal on a
         full disk refuses appends and fails to write its loss ledgers, the broker's checkpoint,
-        a link's cursor and the twin's things are not saved)."""
+        a link's cursor and the twin's things are not saved, the per-app accounting's ``nft``
+        fails)."""
         if self._ingest is not None and service is self._ingest:
             error = self._ingest.snapshot().error
             return f"not listening: {error}" if error else ""
@@ -194,7 +214,16 @@ class ReadSide:
             failing = (self._links.snapshot().cursor_failing,)
         elif self._twin is not None and service is self._twin:
             failing = (self._twin.snapshot().save_failing,)
+        elif self._accounting is not None and service is self._accounting:
+            failing = (self._accounting.snapshot().failing,)
         return "; ".join(describe(f) for f in failing if f is not None)
+
+    def _off(self, service: NamedService) -> str:
+        """Why a service does nothing for an ordinary reason (the per-app accounting where the
+        platform or the configuration rules it out)."""
+        if self._accounting is not None and service is self._accounting:
+            return self._accounting.snapshot().off
+        return ""
 
     def broker(self) -> BrokerSnapshot:
         """The local broker's snapshot."""
@@ -224,10 +253,14 @@ class ReadSide:
         """The local twin's snapshot (``None``: the twin is off)."""
         return self._twin.snapshot() if self._twin is not None else None
 
+    def accounting(self) -> AccountingSnapshot | None:
+        """The per-app accounting's snapshot (``None``: no such service in this tree)."""
+        return self._accounting.snapshot() if self._accounting is not None else None
+
 
 def to_jsonable(obj: Any) -> Any:
-    """Plain JSON data from a snapshot: dataclasses become dicts (field order kept), tuples
-    and lists lists, enums their value, paths strings, mapping keys strings; a float that
+    """Plain JSON data from a snapshot: dataclasses become dicts (field order kept; a field
+    marked :data:`OMIT_EMPTY` left out while it is ``""``), tuples and lists lists, enums their value, paths strings, mapping keys strings; a float that
     JSON cannot carry (NaN, infinity) becomes ``None``.
 
     :param obj: a snapshot, or anything made of the types above and JSON's own.
@@ -240,7 +273,8 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return to_jsonable(obj.value)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(OMIT_EMPTY) and getattr(obj, f.name) == "")}
     if isinstance(obj, (tuple, list)):
         return [to_jsonable(item) for item in obj]
     if isinstance(obj, Mapping):

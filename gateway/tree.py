@@ -321,8 +321,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
             ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
-    if accounting.supported:
-        AccountingService(accounting).setServiceParent(root)
+    accounting_service = AccountingService(accounting)  # (there when off too: its status says why)
+    accounting_service.setServiceParent(root)
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
                        prepare_cgroup=accounting.prepare if accounting.supported else None,
                        watch_spool=False)  # started by tree_started, once the containers are loaded too
@@ -361,7 +361,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         "reports": lambda: telemetry.last_reports()})
     uploads.setServiceParent(root)
     UploadCommands(uploads, broker.bus, reactor).setServiceParent(root)
-    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin,
+                        accounting=accounting_service)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.goes_on_from(previous.readside)

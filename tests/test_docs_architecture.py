@@ -13,8 +13,6 @@ from gateway import config as gateway_config
 from gateway.tree import build_service
 
 ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
-#: The one service the platform decides on (nftables and cgroups as root), not the config.
-PLATFORM_DEPENDENT = "app-accounting"
 
 
 def documented_services() -> list[str]:
@@ -28,7 +26,7 @@ class ServiceTreeDocTests(SynchronousTestCase):
 
     def test_the_table_is_the_tree_with_everything_on(self) -> None:
         """With every optional service configured, the tree's children are the table's rows,
-        in order (the per-app accounting only where this machine allows it)."""
+        in order (the per-app accounting too, which is there where it is off as well)."""
         work = Path(self.mktemp())
         work.mkdir()
         (work / "token").write_text("a-token\n")
@@ -42,6 +40,4 @@ class ServiceTreeDocTests(SynchronousTestCase):
             f"fleet: {{enabled: true, base_url: 'http://127.0.0.1:1', allow_http: true, token_file: {work / 'token'}}}\n")
         root = build_service(gateway_config.load(path), reactor)
         self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
-        built = [service.name for service in root]
-        documented = [name for name in documented_services() if name in built or name != PLATFORM_DEPENDENT]
-        self.assertEqual(documented, built)
+        self.assertEqual(documented_services(), [service.name for service in root])

@@ -19,6 +19,7 @@ from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.links.snapshot import LinkSnapshot
+from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import ShadowSyncSnapshot, TwinSnapshot
 from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot
 
@@ -35,6 +36,7 @@ SECTIONS: dict[str, tuple[type | None, tuple[type, ...]]] = {
     "Updates": (None, (OperationSnapshot, ModuleSnapshot)),
     "Ingest": (IngestSnapshot, (IngestSnapshot,)),
     "Twin": (TwinSnapshot, (TwinSnapshot, ShadowSyncSnapshot, Degraded)),
+    "App": (AccountingSnapshot, (AccountingSnapshot, Degraded)),
 }
 
 

@@ -27,6 +27,7 @@ from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.record import Record
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
+from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.links.rate import RateMeter
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
@@ -220,6 +221,30 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("twin", True, "not-saved: [Errno 28] No space left on device"
                                        " (since 1970-01-01T00:00:00Z, 1 failed)")))
 
+
+    def test_app_accounting_off_or_failing_says_so_in_the_status(self) -> None:
+        """The per-app accounting whose nft failed at start counted nothing and said ``running``:
+        its state's error now says why (a failure, as the other services' are); one off for an
+        ordinary reason (not root, no nft, ``app_accounting: off``) is not in error, its ``off``
+        says why; one that counts has neither. ``off`` is in the JSON only when it says something."""
+        failed = Degraded("table-not-made", "nft cannot run: [Errno 9] Bad file descriptor", 0.0, 1)
+        accounting = FakeService("app-accounting", True, AccountingSnapshot(False, "", failed))
+        others = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(Clock(), *others, services=[accounting, *others], accounting=accounting)
+        self.assertEqual(side.accounting(), accounting.snap)
+        self.assertEqual(side.status().services[0], ServiceState(
+            "app-accounting", True, "table-not-made: nft cannot run: [Errno 9] Bad file descriptor"
+                                    " (since 1970-01-01T00:00:00Z, 1 failed)"))
+        accounting.snap = AccountingSnapshot(False, "the gateway does not run as root", None)
+        self.assertEqual(side.status().services[0],
+                         ServiceState("app-accounting", True, "", "the gateway does not run as root"))
+        self.assertEqual(to_jsonable(side.status().services[0]), {
+            "name": "app-accounting", "running": True, "error": "", "off": "the gateway does not run as root"})
+        self.assertEqual({(s.error, s.off) for s in side.status().services[1:]}, {("", "")})
+        self.assertEqual(to_jsonable(side.status().services[1]), {"name": "broker", "running": True, "error": ""})
+        accounting.snap = AccountingSnapshot(True, "", None)
+        self.assertEqual(side.status().services[0], ServiceState("app-accounting", True, ""))
+        self.assertIsNone(ReadSide(Clock(), *others).accounting())
 
     def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:
         """A journal whose stream's loss ledger the disk refuses gives its ``ledger_failing`` as

@@ -20,7 +20,8 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import ProgressBar, duration, link_problem, pending_change, size, stream_problem, table
+from gateway.admin.tables import (ProgressBar, duration, link_problem, pending_change, service_state, size,
+                                  stream_problem, table)
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
@@ -99,8 +100,7 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
     """The gateway: version, pid, uptime, services."""
     def human(s: Any) -> str:
         lines = [f"gateway {s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}",
-                 table(("service", "state"), [(x["name"], (x.get("error") or "running") if x["running"]
-                                               else "stopped") for x in s["services"]])]
+                 table(("service", "state"), [(x["name"], service_state(x)) for x in s["services"]])]
         if s.get("reactor_lag_s", 0.0) >= SLOW_REACTOR:
             lines.append(f"slow: the gateway ran its timers up to {s['reactor_lag_s']:.1f} s late in the last "
                          "minute or two (a CPU too slow for the load: every answer waits as long)")

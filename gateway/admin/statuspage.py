@@ -75,12 +75,16 @@ def _program_state(state: str, error: str) -> str:
 
 def _service(state: Any) -> str:
     """A service's name, up or down; one started but kept from its job (an ingest that could
-    not listen) is down, and says why in its title."""
+    not listen) is down, and says why in its title; one off for an ordinary reason (the per-app
+    accounting, not root) is muted, and says why in its title."""
     name = escape(str(pick(state, "name", default="?")))
     error = str(pick(state, "error", default="") or "")
+    off = str(pick(state, "off", default="") or "")
     if not pick(state, "running"):
         return f'<span class="down">{name}</span>'
-    return f'<span class="down" title="{escape(error)}">{name}</span>' if error else f'<span class="up">{name}</span>'
+    if error:
+        return f'<span class="down" title="{escape(error)}">{name}</span>'
+    return f'<span class="muted" title="off ({escape(off)})">{name}</span>' if off else f'<span class="up">{name}</span>'
 
 
 def _safe(call: Any) -> Any:

@@ -44,6 +44,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def service_state(service: Any) -> str:
+    """A service of ``GET /status`` in a word or a line: ``stopped``; why a started one does not
+    do its job, its ``error`` (a failure) or ``off (<its off>)`` (an ordinary reason); else ``running``."""
+    if not service.get("running"):
+        return "stopped"
+    if service.get("error"):
+        return str(service["error"])
+    return f"off ({service['off']})" if service.get("off") else "running"
+
+
 def link_problem(link: Any) -> str:
     """What keeps a cloud link (as ``GET /links`` gives it) from its job beyond its connection's
     ``last_error``: its cursor's failing saves (``cursor_failing``) and a session another client

@@ -8,7 +8,9 @@ the gateway running as root. :func:`detect` says which of these is missing. When
 service tree starts, :class:`AccountingService` makes the gateway's table afresh (``inet
 gateway_apps_<tag>``, chains ``out`` and ``in``) before the apps start: counters start at
 zero with each start of the tree (the gateway's, and each configuration change applied or
-reverted while it runs); the table is removed when the tree stops.
+reverted while it runs); the table is removed when the tree stops. The service is in the
+tree wherever accounting is off too, so that its snapshot (:meth:`NftAccounting.snapshot`) can
+say in the gateway's status why it counts nothing.
 
 Each app gets ``<cgroup2>/<gateway's cgroup>/gateway-apps-<tag>/<app>`` (the tag names
 the state directory, so two gateways on one machine keep apart); the apps' launcher calls
@@ -31,8 +33,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.apps.launch import CgroupJoin
+from gateway.degraded import Failing
+from gateway.telemetry.snapshot import AccountingSnapshot
 
 #: nft resolves ``socket cgroupv2`` paths under this directory.
 NFT_CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -137,9 +142,11 @@ def parse_counters(listing: bytes) -> dict[str, dict[str, int]]:
 class NftAccounting:
     """Per-app byte counters through cgroup v2 and nftables, or the reason there are none.
 
-    :param reactor: for the ``nft`` runs that read the counters and remove the table.
+    :param reactor: for the ``nft`` runs that read the counters and remove the table, and the
+        time of their failures.
     :param place: where the apps' cgroups go (from :func:`detect`), or ``None``.
-    :param reason: why accounting is unavailable, when ``place`` is ``None``.
+    :param reason: why accounting is unavailable, when ``place`` is ``None`` (an ordinary
+        reason: the platform or the configuration).
     :param nft: the nft command (an absolute path: the launcher runs it in the app's environment).
     :param table: the nftables table (``inet``) holding the rules.
     """
@@ -153,11 +160,19 @@ class NftAccounting:
         self.table = table
         self._ready = False
         self._apps: set[str] = set()
+        self._failing = Failing()
 
     @property
     def supported(self) -> bool:
         """Whether apps' bytes are counted."""
         return self.place is not None
+
+    def snapshot(self) -> AccountingSnapshot:
+        """Whether the apps' bytes are counted; if not, why: :attr:`reason` while that is an
+        ordinary one, else the failure of ``nft``."""
+        failing = self._failing.now
+        off = self.reason if self.place is None and failing is None else ""
+        return AccountingSnapshot(self._ready, off, failing)
 
     def start(self) -> Deferred[None]:
         """Make the table afresh (before any app starts); if ``nft`` cannot, accounting is off
@@ -185,6 +200,7 @@ class NftAccounting:
         log.warn("app-accounting: bytes per app will not be counted: {reason}", reason=reason)
         self.place = None
         self.reason = reason
+        self._failing.failed("table-not-made", reason, self.reactor.seconds())
 
     def prepare(self, app: str) -> CgroupJoin | None:
         """Before a program of ``app`` starts: its cgroup exists; what the launcher joins (its
@@ -224,10 +240,15 @@ class NftAccounting:
             if code != 0:
                 raise OSError(f"nft list table: {err.decode(errors='replace').strip()}")
             counted = parse_counters(out)
+            self._failing.recovered()
             return {"supported": True, "reason": "",
                     "apps": {app: counted.get(app, dict(zero)) for app in sorted(set(apps) | set(counted))}}
 
-        return d.addCallback(parsed)
+        def unread(failure: Failure) -> Failure:
+            self._failing.failed("counters-not-read", failure.getErrorMessage(), self.reactor.seconds())
+            return failure
+
+        return d.addCallback(parsed).addErrback(unread)
 
     def stop(self) -> Deferred[None]:
         """Remove the table (the counters end with the gateway) and the apps' empty cgroups
@@ -263,7 +284,8 @@ def _rmdir(path: Path) -> None:
 class AccountingService(Service):
     """Placed before the apps in the tree, so it starts before them (the table is made, and
     the tree waits for it) and stops after them: then the table goes and the emptied cgroups
-    with it.
+    with it. In the tree where accounting is off too (it does nothing then): its snapshot says
+    in the gateway's status why it counts nothing.
 
     :param accounting: the accounting to start and stop.
     """
@@ -272,6 +294,10 @@ class AccountingService(Service):
 
     def __init__(self, accounting: NftAccounting) -> None:
         self.accounting = accounting
+
+    def snapshot(self) -> AccountingSnapshot:
+        """The accounting's snapshot (for the read side)."""
+        return self.accounting.snapshot()
 
     def startService(self) -> Deferred[None]:
         """Make the accounting's table."""

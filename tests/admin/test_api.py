@@ -1091,6 +1091,17 @@ class StatusPageTests(SynchronousTestCase):
         self.assertIn('<span class="up">journal</span> <span class="down" title="not listening: Couldn&#x27;t listen'
                       ' on 127.0.0.1:8090: &lt;in use&gt;">ingest</span> <span class="down">apps</span>', html)
 
+    def test_a_service_that_is_off_is_muted_and_says_why(self) -> None:
+        """A service off for an ordinary reason (the per-app accounting, not root) is neither up
+        nor down: muted, with why as its title; GET /status gives the reason as its ``off``."""
+        h = Harness(self)
+        h.readside.gateway = gateway_status((ServiceState("app-accounting", True, "", "the gateway does not run"
+                                                                                    " as root"),))
+        html = h.call("GET", "/").body.decode()
+        self.assertIn('<span class="muted" title="off (the gateway does not run as root)">app-accounting</span>', html)
+        self.assertEqual(h.call("GET", "/status").json()["services"], [
+            {"name": "app-accounting", "running": True, "error": "", "off": "the gateway does not run as root"}])
+
     def test_a_link_kept_from_its_job_says_why(self) -> None:
         """A link whose cursor saves fail, or whose session another client keeps taking over,
         was a row with its state and last error only: its problem column says what, in red."""

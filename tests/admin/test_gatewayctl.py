@@ -661,6 +661,22 @@ class StatusTableTests(SynchronousTestCase):
             "ingest   not listening: Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.",
             "admin    stopped"])
 
+    def test_a_service_that_is_off_says_why(self) -> None:
+        """A service off for an ordinary reason (the per-app accounting where the gateway is not
+        root) is ``off (<why>)``; one that failed at its job shows its error."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        status = {"version": "0.1.0", "pid": 7, "uptime_s": 3.0, "started_at": 1.0, "config_pending": None,
+                  "services": [{"name": "app-accounting", "running": True, "error": "",
+                                "off": "the gateway does not run as root"},
+                               {"name": "apps", "running": True, "error": ""}]}
+        self.patch(AdminClient, "get", lambda client, path, params=None: status)
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "status"]), 0)
+        self.assertEqual(out.getvalue().splitlines()[1:], [
+            "service         state",
+            "app-accounting  off (the gateway does not run as root)",
+            "apps            running"])
+
 
 class AppsTableTests(SynchronousTestCase):
     """``gatewayctl apps``'s table of programs."""

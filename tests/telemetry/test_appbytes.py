@@ -19,8 +19,11 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from gateway import config as gateway_config
+from gateway.degraded import Degraded
+from gateway.readside import ServiceState
 from gateway.telemetry.appbytes import (AccountingService, CgroupPlace, NftAccounting, detect, find_cgroup2,
                                         own_cgroup, parse_counters)
+from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.tree import build_service
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
@@ -73,8 +76,8 @@ class SpawnFailureTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = FakeProcessReactor()
-        place = CgroupPlace(Path(self.mktemp()).resolve(), "gateway-apps-test")
-        self.accounting = NftAccounting(self.reactor, place, nft="/usr/sbin/nft", table="gateway_apps_test")
+        self.place = CgroupPlace(Path(self.mktemp()).resolve(), "gateway-apps-test")
+        self.accounting = NftAccounting(self.reactor, self.place, nft="/usr/sbin/nft", table="gateway_apps_test")
 
     def test_start_goes_on_without_accounting(self) -> None:
         """The service starts; one warning names app-accounting and the error, and the
@@ -91,6 +94,51 @@ class SpawnFailureTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.accounting.counters(("web",))),
                          {"supported": False, "reason": "nft cannot run: [Errno 9] Bad file descriptor", "apps": {}})
 
+    def test_a_table_not_made_is_a_failure_in_the_snapshot(self) -> None:
+        """The service that started without its table said ``running`` in the status while it
+        counted nothing: its snapshot says it does not count, and why, as a failure (not an
+        ordinary reason to be off): an nft that could not be spawned, or one that failed."""
+        self.reactor.advance(1796211823)
+        self.reactor.spawn_error = OSError(errno.EBADF, "Bad file descriptor")
+        service = AccountingService(self.accounting)
+        self.successResultOf(service.startService())
+        self.assertEqual(service.snapshot(), AccountingSnapshot(False, "", Degraded(
+            "table-not-made", "nft cannot run: [Errno 9] Bad file descriptor", 1796211823.0, 1)))
+
+        refused = NftAccounting(self.reactor, self.place, nft="/usr/sbin/nft", table="gateway_apps_test")
+        self.reactor.spawn_error = None
+        started = refused.start()
+        self.reactor.last.protocol.childDataReceived(2, b"Error: Could not process rule: Operation not permitted\n")
+        self.reactor.last.exit(1)
+        self.successResultOf(started)
+        self.assertEqual(refused.snapshot(), AccountingSnapshot(False, "", Degraded(
+            "table-not-made", "nft cannot make table gateway_apps_test: Error: Could not process rule: Operation"
+            " not permitted", 1796211823.0, 1)))
+
+    def test_counting_and_reads_that_fail_in_the_snapshot(self) -> None:
+        """Once the table is made the snapshot says it counts; a read of the counters whose
+        nft fails is a failure there until a read works again."""
+        self.assertEqual(self.accounting.snapshot(), AccountingSnapshot(False, "", None))  # (not started)
+        started = self.accounting.start()
+        self.reactor.last.exit(0)
+        self.successResultOf(started)
+        self.assertEqual(self.accounting.snapshot(), AccountingSnapshot(True, "", None))
+        self.reactor.advance(60)
+        self.reactor.spawn_error = OSError(errno.EMFILE, "Too many open files")
+        self.failureResultOf(self.accounting.counters(("web",)), OSError)
+        self.reactor.spawn_error = None
+        read = self.accounting.counters(("web",))
+        self.reactor.last.protocol.childDataReceived(2, b"Error: No such file or directory\n")
+        self.reactor.last.exit(1)
+        self.failureResultOf(read, OSError)
+        self.assertEqual(self.accounting.snapshot(), AccountingSnapshot(True, "", Degraded(
+            "counters-not-read", "nft list table: Error: No such file or directory", 60.0, 2)))
+        read = self.accounting.counters(("web",))
+        self.reactor.last.protocol.childDataReceived(1, b'{"nftables": []}')
+        self.reactor.last.exit(0)
+        self.successResultOf(read)
+        self.assertEqual(self.accounting.snapshot(), AccountingSnapshot(True, "", None))
+
     def test_reading_and_removing_fail_as_deferreds(self) -> None:
         """Once the table is made, a read of the counters whose ``nft`` cannot be spawned fails
         its Deferred (the usage_report says why), and the stop goes on with a warning."""
@@ -103,6 +151,35 @@ class SpawnFailureTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.accounting.stop()))
         self.assertIn("apps accounting table not removed: [Errno 24] Too many open files",
                       [formatEvent(e) for e in events])
+
+
+class OffTests(SynchronousTestCase):
+    """Accounting off for an ordinary reason (the platform, or the configuration) is said as
+    such: off, and why; not a failure."""
+
+    def test_not_root_is_off_with_the_reason(self) -> None:
+        """Not root: the service starts, counts nothing, and its snapshot says why."""
+        service = AccountingService(NftAccounting(FakeProcessReactor(), None, "the gateway does not run as root"))
+        self.assertIsNone(self.successResultOf(service.startService()))
+        self.assertEqual(service.snapshot(), AccountingSnapshot(False, "the gateway does not run as root", None))
+        self.assertIsNone(self.successResultOf(service.stopService()))
+
+    def test_the_tree_has_the_service_when_it_is_off(self) -> None:
+        """With ``app_accounting: off`` (and wherever the platform cannot count) the tree had no
+        app-accounting service: ``gatewayctl status`` did not list it at all. It is there, and
+        its state says it is off and why."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\n"
+                        "telemetry: {metrics_endpoint: '', app_accounting: 'off'}\n")
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        service = root.getServiceNamed("app-accounting")
+        self.assertEqual(service.snapshot(), AccountingSnapshot(
+            False, "per-app accounting is off (telemetry.app_accounting)", None))
+        self.assertIn(ServiceState("app-accounting", False, "", "per-app accounting is off (telemetry.app_accounting)"),
+                      root.parts.readside.status().services)
 
 
 class RealAppTests(TestCase):
