@@ -28,6 +28,7 @@ from gateway.degraded import Degraded, describe
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
+from gateway.offservice import OffService
 from gateway.reactorlag import reactor_lag
 from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import TwinSnapshot
@@ -115,8 +116,9 @@ class ServiceState:
         ``nft`` failing, :func:`~gateway.degraded.describe`),
         else ``""``.
     :param off: why a service does not do its job for an ordinary reason, not a failure (the
-        per-app accounting's: not root, no ``nft``, ``app_accounting: off``), else ``""``
-        (and left out of its JSON).
+        per-app accounting's: not root, no ``nft``, ``app_accounting: off``; the ingest's with
+        ``ingest.enabled: false``; an :class:`~gateway.offservice.OffService`'s, the twin's with
+        ``twin.enabled: false``), else ``""`` (and left out of its JSON).
     """
 
     name: str
@@ -220,10 +222,13 @@ class ReadSide:
 
     def _off(self, service: NamedService) -> str:
         """Why a service does nothing for an ordinary reason (the per-app accounting where the
-        platform or the configuration rules it out)."""
+        platform or the configuration rules it out, the ingest or a service the configuration
+        turned off)."""
         if self._accounting is not None and service is self._accounting:
             return self._accounting.snapshot().off
-        return ""
+        if self._ingest is not None and service is self._ingest:
+            return self._ingest.snapshot().off
+        return service.off if isinstance(service, OffService) else ""
 
     def broker(self) -> BrokerSnapshot:
         """The local broker's snapshot."""

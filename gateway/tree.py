@@ -34,6 +34,7 @@ from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
+from gateway.offservice import OffService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
 from gateway.telemetry.appbytes import TABLE, AccountingService, NftAccounting, detect
@@ -319,6 +320,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
             from gateway.twin.syncservice import ShadowSyncService
 
             ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
+    else:  # (there when off too: its status says so)
+        OffService("twin", "the twin is off (twin.enabled)").setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
     accounting_service = AccountingService(accounting)  # (there when off too: its status says why)

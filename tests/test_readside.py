@@ -30,6 +30,7 @@ from gateway.links.snapshot import LinksSnapshot
 from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.links.rate import RateMeter
+from gateway.offservice import OffService
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
 from gateway.tree import build_service
 from tests.ingest.test_integration import CIK, http_client
@@ -245,6 +246,42 @@ class ReadSideTests(SynchronousTestCase):
         accounting.snap = AccountingSnapshot(True, "", None)
         self.assertEqual(side.status().services[0], ServiceState("app-accounting", True, ""))
         self.assertIsNone(ReadSide(Clock(), *others).accounting())
+
+    def test_an_ingest_or_twin_off_by_configuration_says_so_in_the_status(self) -> None:
+        """With ``ingest.enabled: false`` the ingest said ``running`` while it listened nowhere:
+        its snapshot's ``off`` is its state's ``off``. A service the configuration turned off
+        and the tree has only as an :class:`OffService` (the twin) says so the same way."""
+        off = IngestSnapshot(False, "", 0, 0, 0, 0, 0, 0, 0, "the ingest is off (ingest.enabled)")
+        ingest = FakeService("ingest", True, off)
+        twin = OffService("twin", "the twin is off (twin.enabled)")
+        twin.startService()
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(Clock(), *services, services=[*services, ingest, twin], ingest=ingest)
+        self.assertEqual(side.status().services[-2:], (
+            ServiceState("ingest", True, "", "the ingest is off (ingest.enabled)"),
+            ServiceState("twin", True, "", "the twin is off (twin.enabled)")))
+        self.assertEqual({s.off for s in side.status().services[:-2]}, {""})
+        self.assertIsNone(side.twin())
+        ingest.snap = IngestSnapshot(True, "", 0, 0, 0, 0, 0, 0, 0)
+        self.assertEqual(side.status().services[-2], ServiceState("ingest", True, ""))
+
+    def test_the_tree_lists_an_ingest_and_twin_turned_off(self) -> None:
+        """Built with ``ingest.enabled: false`` and ``twin.enabled: false``, the tree's status
+        listed the ingest as ``running`` and the twin not at all: both are there, off, each
+        naming its configuration key; the twin's own module is still not imported for it."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\n"
+                        "telemetry: {metrics_endpoint: ''}\n"
+                        "ingest: {enabled: false}\ntwin: {enabled: false}\n")
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        states = {s.name: s for s in root.parts.readside.status().services}
+        self.assertEqual((states["ingest"].off, states["twin"].off),
+                         ("the ingest is off (ingest.enabled)", "the twin is off (twin.enabled)"))
+        self.assertEqual(root.parts.readside.ingest().off, "the ingest is off (ingest.enabled)")
+        self.assertIsNone(root.parts.twin)
 
     def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:
         """A journal whose stream's loss ledger the disk refuses gives its ``ledger_failing`` as

@@ -21,6 +21,8 @@ from gateway.ingest.values import LastValues
 
 #: Seconds an idle keep-alive connection stays open.
 IDLE_TIMEOUT = 75
+#: Why the ingest does nothing with ``ingest.enabled: false`` (its snapshot's ``off``).
+OFF = "the ingest is off (ingest.enabled)"
 
 
 def quiet_site(resource: Any, timeout: float) -> Any:
@@ -107,7 +109,9 @@ class IngestService(Service):
         return maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
     def snapshot(self) -> IngestSnapshot:
-        """The ingest's state: listening, counters, last values held, long-polls waiting."""
+        """The ingest's state: listening, counters, last values held, long-polls waiting, and
+        whether the configuration turned it off."""
         stats = self.resource.stats
         return IngestSnapshot(self.listening, self.error, stats.writes, stats.values, stats.unrouted, stats.refused,
-                              stats.bad, len(self.values.values), self.values.waiting)
+                              stats.bad, len(self.values.values), self.values.waiting,
+                              "" if self.settings.enabled else OFF)

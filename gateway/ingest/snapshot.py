@@ -21,6 +21,8 @@ class IngestSnapshot:
     :ivar bad: requests answered 4xx.
     :ivar aliases: last values held for reads.
     :ivar waiting: long-polls waiting now.
+    :ivar off: why it does not listen when that is the configuration's choice, not a failure
+        (``the ingest is off (ingest.enabled)``); else ``""``.
     """
 
     listening: bool
@@ -32,3 +34,4 @@ class IngestSnapshot:
     bad: int
     aliases: int
     waiting: int
+    off: str = ""
