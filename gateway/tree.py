@@ -341,6 +341,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         containers.setName("containers")
         containers.setServiceParent(root)
         apps.add_kind(containers.operations)
+    else:
+        OffService("containers", "containers are off (containers.enabled)").setServiceParent(root)
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             lazy_http_client(reactor, update_settings.download, config.fleet.server_ca_files(),
@@ -356,6 +358,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
                                    apps.snapshot, config.gateway.proxy)
         fleet.setServiceParent(root)
+    else:
+        OffService("fleet", "the fleet client is off (fleet.enabled)").setServiceParent(root)
     update_commands = UpdateCommands(updates, broker.bus)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {

@@ -283,6 +283,20 @@ class ReadSideTests(SynchronousTestCase):
         self.assertEqual(root.parts.readside.ingest().off, "the ingest is off (ingest.enabled)")
         self.assertIsNone(root.parts.twin)
 
+    def test_the_tree_lists_containers_and_fleet_turned_off(self) -> None:
+        """Containers and the fleet client are off unless configured, and the status did not
+        list them then: they are there, off, each naming its configuration key."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\ntelemetry: {{metrics_endpoint: ''}}\n")
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        states = {s.name: s for s in root.parts.readside.status().services}
+        self.assertEqual((states["containers"].off, states["fleet"].off),
+                         ("containers are off (containers.enabled)", "the fleet client is off (fleet.enabled)"))
+        self.assertEqual((root.parts.containers, root.parts.fleet), (None, None))
+
     def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:
         """A journal whose stream's loss ledger the disk refuses gives its ``ledger_failing`` as
         its state's error, after its ``refusing`` when both hold; it said only ``running``."""
