@@ -18,6 +18,9 @@ connection without a word; it is answered ``414`` or ``431`` first. So is a head
 Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
 which Twisted answered with a bare ``400 Bad Request``.
 
+Either ``408`` is logged, naming the listener (``ingest: a request head from 192.0.2.7:40000 took
+over 30 s: 408, closed``).
+
 A request's body, likewise, kept the connection for as long as a byte came within the idle
 timeout (a byte a second did). It has :data:`BODY_GRACE` seconds from the end of its head and
 one second more for each :data:`BODY_RATE` bytes that arrive, then is answered ``408`` and closed:
@@ -77,6 +80,8 @@ class ClosingChannel(HTTPChannel):
     listener of the gateway offers HTTP/2 through ALPN.)
 
     :param open_channels: the factory's open connections; this one is in it while connected.
+    :param listener: what its log lines call the listener (its factory's: ``ingest``,
+        ``metrics``, ``admin API``).
     :ivar head_timeout: seconds a request's head may take from its first byte (:data:`HEAD_TIMEOUT`).
     :ivar body_grace: seconds a request's body may take from the end of its head (:data:`BODY_GRACE`) ...
     :ivar body_rate: ... and one more for each this many bytes that arrive (:data:`BODY_RATE`).
@@ -86,9 +91,10 @@ class ClosingChannel(HTTPChannel):
     body_grace = BODY_GRACE
     body_rate = BODY_RATE
 
-    def __init__(self, open_channels: set[ClosingChannel]) -> None:
+    def __init__(self, open_channels: set[ClosingChannel], listener: str = "HTTP") -> None:
         super().__init__()
         self._open = open_channels
+        self.listener = listener
         self.closing = False
         self._deadline: IDelayedCall | None = None  # while a request's head, or its body, is arriving
         self._body_bytes: int | None = None  # bytes received while its body is arriving
@@ -182,8 +188,8 @@ class ClosingChannel(HTTPChannel):
         self._deadline = None
         transport = self.transport
         assert transport is not None  # (the clock stops when the connection is lost)
-        log.info("HTTP: a request head from {peer} took over {seconds:g} s: 408, closed",
-                 peer=address_text(transport.getPeer()), seconds=self.head_timeout)
+        log.info("{listener}: a request head from {peer} took over {seconds:g} s: 408, closed",
+                 listener=self.listener, peer=address_text(transport.getPeer()), seconds=self.head_timeout)
         self._refuse(b"408 Request Timeout", f"the request line and headers took over {self.head_timeout:g} s")
 
     def _body_too_slow(self) -> None:
@@ -193,8 +199,8 @@ class ClosingChannel(HTTPChannel):
         self._deadline, self._body_bytes = None, None
         transport = self.transport
         assert transport is not None  # (the clock stops when the connection is lost)
-        log.info("HTTP: a request body from {peer} came too slowly ({size} bytes in {seconds:.0f} s): 408, closed",
-                 peer=address_text(transport.getPeer()), size=size, seconds=seconds)
+        log.info("{listener}: a request body from {peer} came too slowly ({size} bytes in {seconds:.0f} s): 408,"
+                 " closed", listener=self.listener, peer=address_text(transport.getPeer()), size=size, seconds=seconds)
         self._refuse(b"408 Request Timeout",
                      f"the request body came too slowly: {size} bytes in {seconds:.0f} s (it has {self.body_grace:g} s,"
                      f" and 1 s more for each {self.body_rate} bytes that arrive)")
@@ -251,7 +257,8 @@ class ClosesChannels:
     service stops, and that may keep the gateway's descriptor reserve; put it first among the
     bases.
 
-    :param listener: what the log calls the listener (``ingest``, ``metrics``, ``admin API``).
+    :param listener: what the log calls the listener (``ingest``, ``metrics``, ``admin API``): its
+        lines of a connection refused for the descriptor reserve, and of a 408.
     :param reserve: the descriptors kept from clients: a new connection is closed on accept
         while they are short; ``None``: connections may use them.
     :param args: the factory's.
@@ -267,7 +274,7 @@ class ClosesChannels:
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_channels: set[ClosingChannel] = set()
-        self.protocol = partial(ClosingChannel, self.open_channels)
+        self.protocol = partial(ClosingChannel, self.open_channels, listener)
         #: closes new connections on accept while the gateway keeps its last file descriptors
         self.reserve_refusals = (ReserveRefusals(listener, log, lambda: steady_seconds(self.reactor), reserve)
                                  if reserve is not None else None)

@@ -231,6 +231,24 @@ class BodyTimeoutTests(SynchronousTestCase):
         self.assertIn("HTTP: a request body from 192.0.2.7:40000 came too slowly (3 bytes in 30 s): 408, closed",
                       [formatEvent(e) for e in logs])
 
+    def test_the_408_lines_name_the_listener(self) -> None:
+        """Both 408 lines began ``HTTP:`` whichever listener took the connection (the ingest,
+        the metrics or the admin API): they name the site's listener."""
+        site = ClosingSite(self.resource, reactor=self.clock, listener="ingest")
+        slow_head = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
+        slow_head.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000)))
+        slow_head.dataReceived(b"GET / HTTP/1.1\r\n")
+        slow_body = site.buildProtocol(IPv4Address("TCP", "192.0.2.8", 40000))
+        slow_body.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40000)))
+        slow_body.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n")
+        slow_body.dataReceived(b"a=1")
+        with capturedLogs() as logs:
+            self.clock.advance(BODY_GRACE)
+            self.clock.advance(1)
+        self.assertEqual([formatEvent(e) for e in logs if "408" in formatEvent(e)], [
+            "ingest: a request head from 192.0.2.7:40000 took over 30 s: 408, closed",
+            "ingest: a request body from 192.0.2.8:40000 came too slowly (3 bytes in 30 s): 408, closed"])
+
     def test_a_slow_cellular_upload_of_10_mib_is_taken(self) -> None:
         """10 MiB at 10 KiB/s (17 minutes), stalling 50 s twice on the way: taken whole."""
         channel, transport = self.connect()
