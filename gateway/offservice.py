@@ -11,7 +11,7 @@ class OffService(Service):
     what it runs), and its :attr:`off` is its state's ``off`` in the gateway's status.
 
     :param name: the name of the service it stands for (``twin``).
-    :param off: why it is off, naming the configuration key: ``the twin is off (twin.enabled)``.
+    :param off: why it is off, naming the configuration key: ``twin.enabled: false``.
     """
 
     def __init__(self, name: str, off: str) -> None:

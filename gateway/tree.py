@@ -321,7 +321,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
 
             ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     else:  # (there when off too: its status says so)
-        OffService("twin", "the twin is off (twin.enabled)").setServiceParent(root)
+        OffService("twin", "twin.enabled: false").setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
     accounting_service = AccountingService(accounting)  # (there when off too: its status says why)
@@ -342,7 +342,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         containers.setServiceParent(root)
         apps.add_kind(containers.operations)
     else:
-        OffService("containers", "containers are off (containers.enabled)").setServiceParent(root)
+        OffService("containers", "containers.enabled: false").setServiceParent(root)
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             lazy_http_client(reactor, update_settings.download, config.fleet.server_ca_files(),
@@ -359,7 +359,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                                    apps.snapshot, config.gateway.proxy)
         fleet.setServiceParent(root)
     else:
-        OffService("fleet", "the fleet client is off (fleet.enabled)").setServiceParent(root)
+        OffService("fleet", "fleet.enabled: false").setServiceParent(root)
     update_commands = UpdateCommands(updates, broker.bus)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {

@@ -251,15 +251,15 @@ class ReadSideTests(SynchronousTestCase):
         """With ``ingest.enabled: false`` the ingest said ``running`` while it listened nowhere:
         its snapshot's ``off`` is its state's ``off``. A service the configuration turned off
         and the tree has only as an :class:`OffService` (the twin) says so the same way."""
-        off = IngestSnapshot(False, "", 0, 0, 0, 0, 0, 0, 0, "the ingest is off (ingest.enabled)")
+        off = IngestSnapshot(False, "", 0, 0, 0, 0, 0, 0, 0, "ingest.enabled: false")
         ingest = FakeService("ingest", True, off)
-        twin = OffService("twin", "the twin is off (twin.enabled)")
+        twin = OffService("twin", "twin.enabled: false")
         twin.startService()
         services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(Clock(), *services, services=[*services, ingest, twin], ingest=ingest)
         self.assertEqual(side.status().services[-2:], (
-            ServiceState("ingest", True, "", "the ingest is off (ingest.enabled)"),
-            ServiceState("twin", True, "", "the twin is off (twin.enabled)")))
+            ServiceState("ingest", True, "", "ingest.enabled: false"),
+            ServiceState("twin", True, "", "twin.enabled: false")))
         self.assertEqual({s.off for s in side.status().services[:-2]}, {""})
         self.assertIsNone(side.twin())
         ingest.snap = IngestSnapshot(True, "", 0, 0, 0, 0, 0, 0, 0)
@@ -279,8 +279,8 @@ class ReadSideTests(SynchronousTestCase):
         self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
         states = {s.name: s for s in root.parts.readside.status().services}
         self.assertEqual((states["ingest"].off, states["twin"].off),
-                         ("the ingest is off (ingest.enabled)", "the twin is off (twin.enabled)"))
-        self.assertEqual(root.parts.readside.ingest().off, "the ingest is off (ingest.enabled)")
+                         ("ingest.enabled: false", "twin.enabled: false"))
+        self.assertEqual(root.parts.readside.ingest().off, "ingest.enabled: false")
         self.assertIsNone(root.parts.twin)
 
     def test_the_tree_lists_containers_and_fleet_turned_off(self) -> None:
@@ -294,7 +294,7 @@ class ReadSideTests(SynchronousTestCase):
         self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
         states = {s.name: s for s in root.parts.readside.status().services}
         self.assertEqual((states["containers"].off, states["fleet"].off),
-                         ("containers are off (containers.enabled)", "the fleet client is off (fleet.enabled)"))
+                         ("containers.enabled: false", "fleet.enabled: false"))
         self.assertEqual((root.parts.containers, root.parts.fleet), (None, None))
 
     def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:

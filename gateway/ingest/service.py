@@ -22,7 +22,7 @@ from gateway.ingest.values import LastValues
 #: Seconds an idle keep-alive connection stays open.
 IDLE_TIMEOUT = 75
 #: Why the ingest does nothing with ``ingest.enabled: false`` (its snapshot's ``off``).
-OFF = "the ingest is off (ingest.enabled)"
+OFF = "ingest.enabled: false"
 
 
 def quiet_site(resource: Any, timeout: float) -> Any:

@@ -22,7 +22,7 @@ class IngestSnapshot:
     :ivar aliases: last values held for reads.
     :ivar waiting: long-polls waiting now.
     :ivar off: why it does not listen when that is the configuration's choice, not a failure
-        (``the ingest is off (ingest.enabled)``); else ``""``.
+        (``ingest.enabled: false``); else ``""``.
     """
 
     listening: bool
