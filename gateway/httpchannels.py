@@ -104,16 +104,20 @@ class ClosingChannel(HTTPChannel):
         self._header_lines = 0  # its header lines (not their continuations)
 
     def dataReceived(self, data: bytes) -> None:
-        """Start the head's clock at the first byte of a request, count its body's bytes; drop
-        what comes once refused."""
+        """Start the head's clock at the first byte of a request; drop what comes once refused."""
         if self._unread:
             return
         if data and self._deadline is None and not self._past_head:
             self._deadline = self.callLater(self.head_timeout, self._head_too_slow)
-        elif self._body_bytes is not None and self._deadline is not None:
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """Count the body's bytes (those in the read that ended its head too), each giving its
+        clock ``1 / body_rate`` s more."""
+        if self._body_bytes is not None and self._deadline is not None:
             self._body_bytes += len(data)
             self._deadline.delay(len(data) / self.body_rate)
-        super().dataReceived(data)
+        super().rawDataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         """Answer ``431`` to a head over ``totalHeadersSize`` bytes or ``maxHeaders`` header

@@ -197,8 +197,9 @@ class BodyTimeoutTests(SynchronousTestCase):
     def test_a_trickled_body_is_answered_408_and_closed(self) -> None:
         """A byte a second, with a Content-Length or chunked: 408 once the body is late,
         saying why, in plain text, and closed; the request never reaches the resource."""
-        for head in (b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n",
-                     b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"):
+        for head, came in ((b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n", b"30"),
+                           # (the chunk's size line is the body's too, on the wire)
+                           (b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n", b"35")):
             channel, transport = self.connect()
             channel.dataReceived(head)
             for second in range(int(BODY_GRACE)):
@@ -211,14 +212,26 @@ class BodyTimeoutTests(SynchronousTestCase):
             self.assertTrue(response.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), response)
             self.assertIn(b"Content-Type: text/plain; charset=utf-8\r\n", response)
             self.assertIn(b"Connection: close\r\n", response)
-            self.assertTrue(response.endswith(b"the request body came too slowly: 30 bytes in 30 s (it has 30 s, and 1 s"
-                                              b" more for each 1024 bytes that arrive)\n"), response)
+            self.assertTrue(response.endswith(b"the request body came too slowly: " + came + b" bytes in 30 s (it has 30 s,"
+                                              b" and 1 s more for each 1024 bytes that arrive)\n"), response)
             self.assertTrue(transport.disconnecting)
             channel.dataReceived(b"a" * 10)  # more of it: not read
             self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
             channel.connectionLost(None)
         self.assertEqual(self.resource.held, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_body_bytes_in_the_read_that_ends_the_head_count(self) -> None:
+        """Bytes of the body that come in the same read as the end of its head count as any
+        (they went uncounted: the clock gave them no time, and the 408 said 0 bytes)."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 4096\r\n\r\n" + b"a" * 2048)
+        self.clock.advance(BODY_GRACE)
+        self.assertFalse(transport.disconnecting)  # (the 2048 bytes gave it 2 s more)
+        self.clock.advance(2)
+        self.assertTrue(transport.value().endswith(b"the request body came too slowly: 2048 bytes in 32 s (it has 30 s,"
+                                                   b" and 1 s more for each 1024 bytes that arrive)\n"), transport.value())
+        channel.connectionLost(None)
 
     def test_the_408_line_names_the_client_and_what_came(self) -> None:
         channel = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
