@@ -463,7 +463,8 @@ class ProgramProcess:
             self._start_failed(f"{how} before {self.spec.settings.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
-            if self._should_restart(self.exitstatus):
+            # (unless an observer of that change stopped it: the health gate's rollback does)
+            if self.state is ProgramState.EXITED and self._should_restart(self.exitstatus):
                 delay = self._schedule.exited(uptime)
                 self._when_looked(lambda: self._schedule.restart_later(delay, self._spawn))
 
@@ -510,7 +511,8 @@ class ProgramProcess:
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)
-        self._when_looked(lambda: self._schedule.restart_later(delay, self._spawn))
+        if self.state is ProgramState.BACKOFF:  # (not stopped by an observer of that change)
+            self._when_looked(lambda: self._schedule.restart_later(delay, self._spawn))
 
     def _spawn_short(self, why: str) -> None:
         # The gateway out of descriptors says nothing of the program: it backs off until the
@@ -524,7 +526,8 @@ class ProgramProcess:
                       error=why, most=self._schedule.maximum, since=since)
         self.error = f"cannot spawn: {why} (the gateway's own shortage: tried again until it passes)"
         self._set_state(ProgramState.BACKOFF)
-        self._schedule.restart_later(self._schedule.delay(self._shortages), self._spawn)
+        if self.state is ProgramState.BACKOFF:  # (not stopped by an observer of that change)
+            self._schedule.restart_later(self._schedule.delay(self._shortages), self._spawn)
 
     def _should_restart(self, status: int) -> bool:
         policy = self.spec.settings.autorestart

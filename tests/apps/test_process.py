@@ -517,6 +517,36 @@ class StopTests(SynchronousTestCase):
         reactor.advance(100)
         self.assertEqual(len(reactor.processes), 1)
 
+    def test_a_stop_by_an_observer_of_its_end_drops_the_restart(self) -> None:
+        """A stop from an observer of the change its end on its own makes (the install's health
+        gate fails on EXITED or BACKOFF and its rollback stops the program there and then) leaves
+        no restart behind: the restart was scheduled after the observers ran, and spawned the
+        stopped (removed) version's program again a second later."""
+        ends = {"exited after running": ({"autorestart": "true", "startsecs": 0}, None),
+                "exited before startsecs": ({"startsecs": 5}, None),
+                "no descriptors to spawn it": ({"startsecs": 5}, OSError(errno.EMFILE, "Too many open files"))}
+        for why, (knobs, spawn_error) in ends.items():
+            reactor = FakeProcessReactor()
+            spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", **knobs),  # type: ignore[arg-type]
+                               ("app",), Path("/tmp"), {}, None, None)
+            stops: list[Deferred[None]] = []
+
+            def stop_at_its_end(process: ProgramProcess) -> None:
+                if process.state in (S.EXITED, S.BACKOFF) and not stops:
+                    stops.append(process.stop())
+
+            process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                     AppLogWriter(10**6), 1.0, 8.0, stop_at_its_end)
+            if spawn_error is not None:
+                reactor.spawn_error = spawn_error
+            process.start()
+            if spawn_error is None:
+                reactor.advance(3)
+                reactor.last.exit(1)
+            self.successResultOf(stops[0])
+            reactor.advance(100)
+            self.assertEqual((process.state, len(reactor.processes)), (S.STOPPED, 0 if spawn_error else 1), why)
+
     def test_stop_when_stopped(self) -> None:
         """Stopping a stopped program succeeds at once and signals nothing."""
         process, reactor, _ = make()
