@@ -160,17 +160,18 @@ class ProcessLauncher:
         if self._records is not None:
             self._records.ended(name, pid)
 
-    def sweep(self, name: str, group: int | None, env: dict[str, str]) -> Deferred[None]:
+    def sweep(self, name: str, group: int | None, env: dict[str, str],
+              variable: str = "GATEWAY_PROGRAM_NAME") -> Deferred[None]:
         """Kill (SIGKILL) what program ``name``, whose environment was ``env``, started in this
         gateway run that left its process group ``group`` (a daemon that called ``setsid()``):
-        the processes whose environment still holds its ``GATEWAY_RUN_ID`` and
-        ``GATEWAY_PROGRAM_NAME``, each with its group. Fires once they are signalled (at once
-        when nothing is recorded)."""
+        the processes whose environment still holds its ``GATEWAY_RUN_ID`` and its
+        ``variable`` (``GATEWAY_PROGRAM_NAME``; a recorded command's
+        :data:`~gateway.apps.commands.COMMAND_ID_VARIABLE`), each with its group. Fires once
+        they are signalled (at once when nothing is recorded)."""
         if self._records is None:
             return succeed(None)
-        program = env.get("GATEWAY_PROGRAM_NAME", name)
         marks = [os.fsencode(f"{RUN_ID_VARIABLE}={self._records.run_id}"),
-                 os.fsencode(f"GATEWAY_PROGRAM_NAME={program}")]
+                 os.fsencode(f"{variable}={env.get(variable, name)}")]
 
         def kill(groups: set[int]) -> None:
             if groups:
