@@ -160,17 +160,18 @@ class ProcessLauncher:
         if self._records is not None:
             self._records.ended(name, pid)
 
-    def sweep(self, name: str, group: int | None, env: dict[str, str]) -> Deferred[None]:
+    def sweep(self, name: str, group: int | None, env: dict[str, str],
+              variable: str = "GATEWAY_PROGRAM_NAME") -> Deferred[None]:
         """Kill (SIGKILL) what program ``name``, whose environment was ``env``, started in this
         gateway run that left its process group ``group`` (a daemon that called ``setsid()``):
-        the processes whose environment still holds its ``GATEWAY_RUN_ID`` and
-        ``GATEWAY_PROGRAM_NAME``, each with its group. Fires once they are signalled (at once
-        when nothing is recorded)."""
+        the processes whose environment still holds its ``GATEWAY_RUN_ID`` and its
+        ``variable`` (``GATEWAY_PROGRAM_NAME``; a recorded command's
+        :data:`~gateway.apps.commands.COMMAND_ID_VARIABLE`), each with its group. Fires once
+        they are signalled (at once when nothing is recorded)."""
         if self._records is None:
             return succeed(None)
-        program = env.get("GATEWAY_PROGRAM_NAME", name)
         marks = [os.fsencode(f"{RUN_ID_VARIABLE}={self._records.run_id}"),
-                 os.fsencode(f"GATEWAY_PROGRAM_NAME={program}")]
+                 os.fsencode(f"{variable}={env.get(variable, name)}")]
 
         def kill(groups: set[int]) -> None:
             if groups:
@@ -267,6 +268,11 @@ class ProgramProcess:
         self._stop_waiters: list[Deferred[None]] = []
         self._open_pipes: set[_ProgramProtocol] = set()
         self._drain_waiters: list[Deferred[None]] = []
+        # The look for daemons its last run left, under way after an end on its own, and what
+        # waits for it (the restart, an operator's start, a stop's own look): a run started
+        # before it ends would be taken for such a daemon (same run id and name) and killed.
+        self._looking: Deferred[None] | None = None
+        self._after_look: Callable[[], None] | None = None
         settings = spec.settings
         self._stdout = self._open_log(spec.stdout_log)
         self._stderr = self._stdout if settings.redirect_stderr else self._open_log(
@@ -300,7 +306,7 @@ class ProgramProcess:
         self._exit_lines.reset()
         self._quiet = False
         self._shortages = 0
-        self._spawn()
+        self._when_looked(self._spawn)
 
     def stop(self) -> Deferred[None]:
         """Stop the program: stopsignal to its group, SIGKILL after stopwaitsecs.
@@ -324,7 +330,7 @@ class ProgramProcess:
         # (its main process ended on its own, and its group with it: a daemon it started may
         # still run; STOPPING keeps a start out until it is killed)
         self._set_state(ProgramState.STOPPING)
-        self._sweep(None)
+        self._when_looked(lambda: self._sweep(None))
         return self.stop()  # (fired already when nothing had to be looked for off the thread)
 
     def kill(self) -> None:
@@ -450,14 +456,18 @@ class ProgramProcess:
         self._schedule.cancel()
         if self.state is ProgramState.STOPPING:
             self._sweep(protocol.pid)
-        elif self.state is ProgramState.STARTING:
+            return
+        self._look_after_exit(protocol.pid)
+        if self.state is ProgramState.STARTING:
             status = self.exitstatus
             how = f"exited with {status}" if status >= 0 else f"killed by signal {-status}"
             self._start_failed(f"{how} before {self.spec.settings.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
-            if self._should_restart(self.exitstatus):
-                self._schedule.restart_later(self._schedule.exited(uptime), self._spawn)
+            # (unless an observer of that change stopped it: the health gate's rollback does)
+            if self.state is ProgramState.EXITED and self._should_restart(self.exitstatus):
+                delay = self._schedule.exited(uptime)
+                self._when_looked(lambda: self._schedule.restart_later(delay, self._spawn))
 
     def _sweep(self, group: int | None) -> None:
         """Kill what it started that left its group ``group``, then STOPPED: fire the stop's waiters."""
@@ -469,6 +479,30 @@ class ProgramProcess:
 
         self._launcher.sweep(self.spec.name, group, self.spec.env).addCallback(stopped)
 
+    def _look_after_exit(self, group: int | None) -> None:
+        """Its main process ended on its own (group ``group`` killed): kill what it started that
+        left the group, off the reactor thread; :meth:`_when_looked` holds what must wait."""
+        looking = self._launcher.sweep(self.spec.name, group, self.spec.env)
+        if looking.called:  # (nothing recorded, or looked through at once)
+            return
+        self._looking = looking
+
+        def looked(_: object) -> None:
+            self._looking = None
+            then, self._after_look = self._after_look, None
+            if then is not None:
+                then()
+
+        looking.addCallback(looked)
+
+    def _when_looked(self, then: Callable[[], None]) -> None:
+        """Call ``then`` now, or once the look after its end on its own is done (in place of
+        what waited for it before: a stop drops the restart, a start replaces it)."""
+        if self._looking is None:
+            then()
+        else:
+            self._after_look = then
+
     def _start_failed(self, why: str) -> None:
         self.error = why
         delay = self._schedule.start_failed()
@@ -478,7 +512,8 @@ class ProgramProcess:
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)
-        self._schedule.restart_later(delay, self._spawn)
+        if self.state is ProgramState.BACKOFF:  # (not stopped by an observer of that change)
+            self._when_looked(lambda: self._schedule.restart_later(delay, self._spawn))
 
     def _spawn_short(self, why: str) -> None:
         # The gateway out of descriptors says nothing of the program: it backs off until the
@@ -492,7 +527,8 @@ class ProgramProcess:
                       error=why, most=self._schedule.maximum, since=since)
         self.error = f"cannot spawn: {why} (the gateway's own shortage: tried again until it passes)"
         self._set_state(ProgramState.BACKOFF)
-        self._schedule.restart_later(self._schedule.delay(self._shortages), self._spawn)
+        if self.state is ProgramState.BACKOFF:  # (not stopped by an observer of that change)
+            self._schedule.restart_later(self._schedule.delay(self._shortages), self._spawn)
 
     def _should_restart(self, status: int) -> bool:
         policy = self.spec.settings.autorestart

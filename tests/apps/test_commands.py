@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
+from typing import Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
-from gateway.apps.commands import run_command
+from gateway.apps.commands import COMMAND_ID_VARIABLE, run_command
 from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.process import ProcessLauncher
 from tests.apps.fakes import FakeProcessReactor
@@ -106,3 +109,46 @@ class RecordedCommandTests(TestCase):
         yield done
         self.assertEqual(marker.read_text().strip(), records.run_id)
         self.assertEqual(json.loads(path.read_text()), {})
+
+    def test_its_daemons_are_killed_when_it_ends(self) -> None:
+        """What a named command (install.sh, a health check, an update script) started that left
+        its group with setsid() (a daemon) ran on after it ended, until the gateway's end: it is
+        found by the run's GATEWAY_RUN_ID and the command's own GATEWAY_COMMAND_ID and killed
+        with its group, with one warning, before the result is given; another command's, a
+        program's and another run's processes are left, and an unnamed command gets no mark."""
+        fake = FakeProcessReactor()
+        pending: list[Deferred[object]] = []
+
+        def later(work: Callable[[], object]) -> Deferred[object]:
+            done: Deferred[object] = Deferred()
+            pending.append(done)
+            return done.addCallback(lambda _: work())
+
+        records = GroupRecords(Path(self.mktemp()), fake.table, later)  # type: ignore[arg-type]
+        launcher = ProcessLauncher(fake, fake.kill_group, records=records)
+        done = run_command(fake, launcher, ("sh", "install.sh"), Path("."), {"A": "1"}, 5.0,
+                           name="q 1 install.sh")
+        command = fake.last
+        mark = command.env[COMMAND_ID_VARIABLE]
+        self.assertEqual((command.env["A"], command.env["GATEWAY_RUN_ID"]), ("1", records.run_id))
+        fake.table.live.update({
+            5000: {"GATEWAY_RUN_ID": records.run_id, COMMAND_ID_VARIABLE: mark},
+            5001: {"GATEWAY_RUN_ID": records.run_id, COMMAND_ID_VARIABLE: "another"},
+            5002: {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"},
+            5003: {"GATEWAY_RUN_ID": "an earlier run", COMMAND_ID_VARIABLE: mark}})
+        command.exit(0)
+        self.assertNoResult(done)
+        with capturedLogs() as events:
+            while pending:
+                pending.pop(0).callback(None)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.assertEqual([pid for pid, signum in fake.signals if signum == signal.SIGKILL],
+                         [command.pid, 5000])
+        self.assertIn("apps: q 1 install.sh left 1 process group outside its own (setsid(): a daemon); killing it",
+                      [formatEvent(e) for e in events])
+
+        unnamed = run_command(fake, launcher, ("true",), Path("."), {"A": "1"}, 5.0)
+        self.assertEqual(fake.last.env, {"A": "1"})
+        fake.last.exit(0)
+        self.assertEqual(pending, [])
+        self.assertTrue(self.successResultOf(unnamed).ok)

@@ -517,6 +517,36 @@ class StopTests(SynchronousTestCase):
         reactor.advance(100)
         self.assertEqual(len(reactor.processes), 1)
 
+    def test_a_stop_by_an_observer_of_its_end_drops_the_restart(self) -> None:
+        """A stop from an observer of the change its end on its own makes (the install's health
+        gate fails on EXITED or BACKOFF and its rollback stops the program there and then) leaves
+        no restart behind: the restart was scheduled after the observers ran, and spawned the
+        stopped (removed) version's program again a second later."""
+        ends = {"exited after running": ({"autorestart": "true", "startsecs": 0}, None),
+                "exited before startsecs": ({"startsecs": 5}, None),
+                "no descriptors to spawn it": ({"startsecs": 5}, OSError(errno.EMFILE, "Too many open files"))}
+        for why, (knobs, spawn_error) in ends.items():
+            reactor = FakeProcessReactor()
+            spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", **knobs),  # type: ignore[arg-type]
+                               ("app",), Path("/tmp"), {}, None, None)
+            stops: list[Deferred[None]] = []
+
+            def stop_at_its_end(process: ProgramProcess) -> None:
+                if process.state in (S.EXITED, S.BACKOFF) and not stops:
+                    stops.append(process.stop())
+
+            process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                     AppLogWriter(10**6), 1.0, 8.0, stop_at_its_end)
+            if spawn_error is not None:
+                reactor.spawn_error = spawn_error
+            process.start()
+            if spawn_error is None:
+                reactor.advance(3)
+                reactor.last.exit(1)
+            self.successResultOf(stops[0])
+            reactor.advance(100)
+            self.assertEqual((process.state, len(reactor.processes)), (S.STOPPED, 0 if spawn_error else 1), why)
+
     def test_stop_when_stopped(self) -> None:
         """Stopping a stopped program succeeds at once and signals nothing."""
         process, reactor, _ = make()
@@ -538,10 +568,12 @@ class EscapedDaemonTests(SynchronousTestCase):
     group was all the gateway signalled (seen with a real gateway: ``sleep`` started after
     ``setsid()`` outlived ``gatewayctl apps uninstall``)."""
 
-    def make(self, tmp: str) -> tuple[ProgramProcess, FakeProcessReactor, GroupRecords]:
+    def make(self, tmp: str, blocking: Callable[..., Deferred[object]] = maybeDeferred,
+             **settings: object) -> tuple[ProgramProcess, FakeProcessReactor, GroupRecords]:
         reactor = FakeProcessReactor()
-        records = GroupRecords(Path(tmp), reactor.table, maybeDeferred)
-        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", startsecs=0), ("app",),
+        records = GroupRecords(Path(tmp), reactor.table, blocking)  # type: ignore[arg-type]
+        knobs = ProgramSettings(command="app", **{"startsecs": 0, **settings})  # type: ignore[arg-type]
+        spec = ProgramSpec("app", "app", "1", knobs, ("app",),
                            Path("/tmp"), {"GATEWAY_PROGRAM_NAME": "app"}, None, None)
         process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group, records=records),
                                  reactor, AppLogWriter(10**6), 1.0, 8.0)
@@ -569,17 +601,82 @@ class EscapedDaemonTests(SynchronousTestCase):
                       [formatEvent(e) for e in events])
 
     def test_a_stop_after_it_ended_on_its_own_kills_them_too(self) -> None:
-        """A program whose main process ended by itself (EXITED, FATAL) may have left a daemon
-        running: stopping it (an uninstall does) kills that daemon; nothing starts it meanwhile."""
+        """A program whose main process ended by itself (EXITED, FATAL) is looked through again
+        when it is stopped (an uninstall does): a daemon the look at its end missed is killed
+        then; nothing starts it meanwhile."""
         process, reactor, records = self.make(self.mktemp())
         process.start()
-        reactor.table.live[5000] = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
         reactor.last.exit(0)
         self.assertIs(process.state, S.EXITED)
-        self.assertNotIn((5000, signal.SIGKILL), reactor.signals)
+        reactor.table.live[5000] = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
         self.successResultOf(process.stop())
         self.assertIn((5000, signal.SIGKILL), reactor.signals)
         self.assertIs(process.state, S.STOPPED)
+
+    def test_an_end_on_its_own_kills_them_before_the_restart(self) -> None:
+        """A program that crashes (or exits) on its own has what it started outside its group
+        killed at once, with one warning, not only at its stop: with autorestart each crash
+        left one more copy of its daemon running beside the next run's. The restart's delay is
+        unchanged; a quick exit before startsecs (BACKOFF) is looked through alike."""
+        process, reactor, records = self.make(self.mktemp(), autorestart="true")
+        process.start()
+        reactor.table.live[5000] = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
+        reactor.advance(3)
+        with capturedLogs() as events:
+            reactor.last.exit(1)
+        self.assertIn((5000, signal.SIGKILL), reactor.signals)
+        self.assertIn("apps: app left 1 process group outside its own (setsid(): a daemon); killing it",
+                      [formatEvent(e) for e in events])
+        self.assertIs(process.state, S.EXITED)
+        reactor.advance(0.99)
+        self.assertEqual(len(reactor.processes), 1)
+        reactor.advance(0.01)  # (1 s: a run shorter than backoff_max, as without the look)
+        self.assertEqual((process.state, len(reactor.processes)), (S.RUNNING, 2))
+
+        backoff, reactor, records = self.make(self.mktemp(), startsecs=5)
+        backoff.start()
+        reactor.table.live[5000] = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
+        reactor.last.exit(1)
+        self.assertIs(backoff.state, S.BACKOFF)
+        self.assertIn((5000, signal.SIGKILL), reactor.signals)
+
+    def test_the_restart_waits_for_the_look(self) -> None:
+        """The restart after an end on its own (and an operator's start meanwhile) waits for the
+        look off the reactor thread: started before it, the next run would be found by it (the
+        same run id and name, another group) and killed. A stop meanwhile drops the restart."""
+        pending: list[Deferred[object]] = []
+
+        def later(work: Callable[[], object]) -> Deferred[object]:
+            done: Deferred[object] = Deferred()
+            pending.append(done)
+            return done.addCallback(lambda _: work())
+
+        def finish_looks() -> None:
+            while pending:
+                pending.pop(0).callback(None)
+
+        process, reactor, records = self.make(self.mktemp(), later, autorestart="true")
+        process.start()
+        finish_looks()  # (the record of its group)
+        reactor.advance(3)
+        reactor.last.exit(1)
+        reactor.advance(10)
+        self.assertEqual((process.state, len(reactor.processes)), (S.EXITED, 1))
+        process.start()
+        self.assertEqual(len(reactor.processes), 1)
+        finish_looks()
+        self.assertEqual((process.state, len(reactor.processes)), (S.RUNNING, 2))
+        self.assertEqual([pid for pid, signum in reactor.signals if signum == signal.SIGKILL],
+                         [reactor.processes[0].pid])
+
+        reactor.advance(3)
+        reactor.last.exit(1)
+        stopped = process.stop()
+        self.assertNoResult(stopped)
+        finish_looks()
+        self.successResultOf(stopped)
+        reactor.advance(60)
+        self.assertEqual((process.state, len(reactor.processes)), (S.STOPPED, 2))
 
     def test_the_stop_waits_for_the_look(self) -> None:
         """The stop fires, and the program is STOPPED (a start waits), only once the look
