@@ -471,6 +471,7 @@ class TreeSnapshotTests(TestCase):
         self.assertEqual(broker.payload_bytes_in, 5 * 4)
         self.assertGreaterEqual(broker.connections, 1)
         self.assertGreater(broker.listeners[0].bytes_received, 0)
+        self.assertGreaterEqual(broker.listeners[0].bytes_sent, 2 + 5 * 4)  # its CONNACK and PUBACKs at least
         [server] = broker.certificates
         self.assertEqual((server.role, server.path), ("broker listener tls server", pki["server_cert"]))
         assert server.days_left is not None

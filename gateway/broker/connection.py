@@ -198,6 +198,7 @@ class MQTTConnection(Protocol):
             if turn_full:
                 self.sending_paused = False
             paused = self.sending_paused  # (then what it writes is answers: deliveries wait in its queue)
+            self.factory.bytes_sent += len(data)
             self.sender.write(data)
             if paused:
                 self._unsent += len(data)
@@ -549,6 +550,8 @@ class MQTTListenerFactory(Factory):
         self.topics_too_deep = 0
         self.refused_full = 0  # connections closed (on accept, or at CONNECT) because the listener was full
         self.bytes_received = 0
+        #: bytes handed to the clients' sockets: every packet, resends and acknowledgements too
+        self.bytes_sent = 0
         self._idle_waiters: list[Callable[[], None]] = []
         self._written: list[MQTTConnection] = []
         self._flush_call: IDelayedCall | None = None

@@ -48,6 +48,7 @@ class HandlerBroker(Protocol):
     max_inflight_bytes: int
     messages_in: list[int]
     messages_out: list[int]
+    messages_resent: int
     payload_bytes_in: int
     payload_bytes_out: int
     dollar_publishes_dropped: int
@@ -372,9 +373,15 @@ class SessionHandler:
         :meth:`gateway.broker.durable_ack.DurableAckHandler.packets_done`)."""
 
     def resend_inflight(self) -> None:
-        """§4.4: resend unacknowledged PUBLISH packets with DUP set, and PUBREL where PUBREC came."""
+        """§4.4: resend unacknowledged PUBLISH packets with DUP set (counted in the broker's
+        ``messages_resent``, not again in ``messages_out``), and PUBREL where PUBREC came."""
+        broker = self.broker
         for packet_id, sent in list(self.session.inflight_out.items()):
-            self._write(ack(PUBREL, packet_id) if sent == PUBREC_SEEN else bytes((sent[0] | 0x08,)) + sent[1:])
+            if sent == PUBREC_SEEN:
+                self._write(ack(PUBREL, packet_id))
+            else:
+                broker.messages_resent += 1
+                self._write(bytes((sent[0] | 0x08,)) + sent[1:])
 
     def deliver_retained(self, burst: RetainedBurst) -> None:
         """Send a new subscription's retained messages (in the order given) as the client takes

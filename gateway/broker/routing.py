@@ -144,9 +144,11 @@ class Router(Generic[Client]):
         self.live: dict[str, Client] = {}
         self.state_log: StateLog | None = None
         self.dollar_publishes_dropped = 0
-        #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
+        #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side);
+        #: deliveries sent again with DUP when their persistent session's client came back.
         self.messages_in = [0, 0, 0]
         self.messages_out = [0, 0, 0]
+        self.messages_resent = 0
         self.payload_bytes_in = 0
         self.payload_bytes_out = 0
         self._routes: dict[str, list[Target]] = {}

@@ -342,7 +342,8 @@ class BrokerService(Service):
                 listener.name, listener.endpoint, address_text(port.getHost()) if port is not None else "",
                 len(factory.connections) if factory is not None else 0,
                 factory.bytes_received if factory is not None else 0,
-                factory.violations if factory is not None else 0))
+                factory.violations if factory is not None else 0,
+                factory.bytes_sent if factory is not None else 0))
         now = self.reactor.seconds()
         certificates = tuple(at(info, now) for info in self.certificates)
         too_deep = sum(factory.topics_too_deep for factory in self.factories.values())
@@ -364,7 +365,7 @@ class BrokerService(Service):
             topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
             subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker),
             checkpoint_failing=self._checkpoint.now, durable_holds=broker.durable_gate.holds,
-            checkpoint_save_s=seconds, checkpoint_bytes=size)
+            checkpoint_save_s=seconds, checkpoint_bytes=size, messages_resent=broker.messages_resent)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

@@ -22,6 +22,8 @@ class ListenerSnapshot:
     :param connections: open client connections.
     :param bytes_received: bytes read from its clients (Twisted-owned listeners).
     :param violations: connections closed for breaking the protocol.
+    :param bytes_sent: bytes written to its clients: every packet, deliveries resent with DUP
+        and acknowledgements too (Twisted-owned listeners).
     """
 
     name: str
@@ -30,6 +32,7 @@ class ListenerSnapshot:
     connections: int
     bytes_received: int
     violations: int
+    bytes_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ class BrokerSnapshot:
     :param retained: retained messages held.
     :param messages_in: PUBLISHes received from clients, by QoS (index 0, 1, 2); a QoS 2
         PUBLISH sent again before its PUBREL (the same message, not routed again) counts once.
-    :param messages_out: PUBLISHes sent to clients, by QoS.
+    :param messages_out: PUBLISHes sent to clients, by QoS: each delivery once (its resends
+        with DUP are in ``messages_resent``).
     :param payload_bytes_in: payload bytes of ``messages_in``.
     :param payload_bytes_out: payload bytes of ``messages_out``.
     :param violations: connections closed for breaking the protocol.
@@ -114,6 +118,8 @@ class BrokerSnapshot:
         fsynced and renamed in a thread), from its hand-over to the thread until it was
         durable, in seconds; ``None`` until one is saved.
     :param checkpoint_bytes: that checkpoint's size in bytes; ``None`` until one is saved.
+    :param messages_resent: QoS 1 and 2 deliveries sent again with DUP (their persistent
+        session's client came back before acknowledging them).
     """
 
     running: bool
@@ -144,3 +150,4 @@ class BrokerSnapshot:
     durable_holds: int = 0
     checkpoint_save_s: float | None = None
     checkpoint_bytes: int | None = None
+    messages_resent: int = 0

@@ -105,7 +105,8 @@ class GatewayCollector(Collector):
                                     value=b.checkpoint_bytes)
         received = _counter("gateway_broker_messages_received_total",
                             "PUBLISHes received from clients (a QoS 2 one sent again before PUBREL: once)", ["qos"])
-        sent = _counter("gateway_broker_messages_sent_total", "PUBLISHes sent to clients", ["qos"])
+        sent = _counter("gateway_broker_messages_sent_total", "PUBLISHes sent to clients (each delivery once)",
+                        ["qos"])
         for qos in range(3):
             received.add_metric([str(qos)], b.messages_in[qos])
             sent.add_metric([str(qos)], b.messages_out[qos])
@@ -115,6 +116,8 @@ class GatewayCollector(Collector):
                 ("gateway_broker_payload_received_bytes_total", "Payload bytes received from clients",
                  b.payload_bytes_in),
                 ("gateway_broker_payload_sent_bytes_total", "Payload bytes sent to clients", b.payload_bytes_out),
+                ("gateway_broker_messages_resent_total", "Deliveries sent again with DUP after a reconnect",
+                 b.messages_resent),
                 ("gateway_broker_protocol_violations_total", "Connections closed for breaking MQTT", b.violations),
                 ("gateway_broker_queue_dropped_messages_total", "Messages dropped: a session's queue was full",
                  b.queue_drops),
@@ -159,11 +162,15 @@ class GatewayCollector(Collector):
         connections = _gauge("gateway_broker_listener_connections", "Open connections per listener", ["listener"])
         read = _counter("gateway_broker_listener_received_bytes_total", "Bytes read from clients per listener",
                         ["listener"])
+        written = _counter("gateway_broker_listener_sent_bytes_total",
+                           "Bytes written to clients per listener (every packet, resends too)", ["listener"])
         for listener in b.listeners:
             connections.add_metric([listener.name], listener.connections)
             read.add_metric([listener.name], listener.bytes_received)
+            written.add_metric([listener.name], listener.bytes_sent)
         yield connections
         yield read
+        yield written
 
     def _journal(self) -> Iterator[Metric]:
         journal = self.readside.journal()

@@ -142,6 +142,24 @@ class InflightTests(SynchronousTestCase):
         self.handler.resend_inflight()
         self.assertEqual(self.sent(), packets.publish("t", b"one", 1, True, 1, dup=True))
 
+    def test_resends_are_counted_apart_and_every_byte_written(self) -> None:
+        """A delivery resent with DUP counts once in ``messages_out`` and its payload once in
+        ``payload_bytes_out``, and in ``messages_resent`` (a PUBREL resent is not a message);
+        the listener's ``bytes_sent`` counts every byte written, resends and PUBRELs too."""
+        factory = self.handler.connection.factory
+        self.handler.deliver("t", b"one", 1, False)
+        self.handler.deliver("t", b"two", 2, False)
+        written = self.sent()
+        self.receive(packets.ack(packets.PUBREC, 2))
+        written += self.sent()
+        self.handler.resend_inflight()
+        resent = self.sent()
+        self.assertEqual(resent, packets.publish("t", b"one", 1, False, 1, dup=True) + packets.ack(packets.PUBREL, 2))
+        self.assertEqual(self.broker.messages_out, [0, 1, 1])
+        self.assertEqual(self.broker.payload_bytes_out, 6)
+        self.assertEqual(self.broker.messages_resent, 1)
+        self.assertEqual(factory.bytes_sent, len(written) + len(resent))
+
 
 #: ``max_inflight_bytes`` of :class:`InflightBytesTests`; a QoS 1/2 PUBLISH of :data:`FORTY`
 #: to ``t`` takes 47 bytes (2 of fixed header, 3 of topic, 2 of packet id), so two fit, not three.
