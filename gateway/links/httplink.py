@@ -237,7 +237,9 @@ class HTTPLink:
 
     def snapshot(self) -> LinkSnapshot:
         """This link's state and counters now (no I/O), in the MQTT links' shape: a link is
-        ``connected`` while the cloud answers; ``in_flight`` is the batch being sent, and
+        ``connected`` while the cloud answers; ``in_flight`` is what the cloud has not taken
+        yet of the batch being sent (``pending``: the whole batch, until its cursor is saved);
+        ``sent`` and ``acked`` count the records the cloud took, as it takes them; and
         ``bytes_up``/``bytes_down`` count request and answer bodies; ``certificates`` holds an
         https link's CA file and the server's certificate seen on the last connection."""
         now = self.reactor.seconds()
@@ -245,7 +247,7 @@ class HTTPLink:
         state = "stopped" if self.cause == STOPPING else "connected" if self.is_connected else "disconnected"
         return LinkSnapshot(
             self.name, self.settings.url, state, self.connected_since, self.last_error,
-            self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
+            self.connects, max(self.connects - 1, 0), sum(map(len, self.pieces)), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
             self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
             self.save_failing.now)
@@ -548,13 +550,8 @@ class HTTPLink:
             self.batch.extend(probe)
             self.pieces = self._pieces(probe)
             yield self._send_pieces()
-        batch = self.batch
-        taken = len(batch) - len(self.refused)
         self.refused.note()  # (in the ledger before the cursor passes them)
-        yield self._save_cursor(batch[-1].seq)
-        self.sent += taken
-        self.acked += taken
-        self.drain.add(taken, steady_seconds(self.reactor))
+        yield self._save_cursor(self.batch[-1].seq)
         self.batch = []
 
     def _probe(self) -> Deferred[list[Any]]:
@@ -587,7 +584,12 @@ class HTTPLink:
                 if not handled:
                     raise exc
             else:
+                # Counted as the cloud takes them, as an MQTT link counts a PUBACK: not at the
+                # cursor's save after the whole batch (which a full disk can hold for long).
                 del self.pieces[0]
+                self.sent += len(piece)
+                self.acked += len(piece)
+                self.drain.add(len(piece), steady_seconds(self.reactor))
                 self.refused.confirm()
                 self._progressed = True
                 self._up()  # (a refusal alone does not say the link works: see _send_batch)

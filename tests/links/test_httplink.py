@@ -581,6 +581,32 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual([self.server.sequence(alias) for alias in "abcd"], [["1"]] * 4)
         self.assertEqual(attempts, [0, 0, 0, 0])
 
+    def test_records_the_cloud_took_count_before_the_batch_ends(self) -> None:
+        """docs/readside.md: ``sent`` and ``acked`` count records as the cloud takes them. A
+        batch of two aliases whose second request keeps failing: the first alias's records
+        are counted (they were counted only once the whole batch's cursor was saved, so the
+        status showed nothing sent while the cloud had them), the second's are in flight."""
+        api = self.server
+
+        class SecondAliasFails(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                if request.method == b"POST" and request.path == b"/onep:v1/stack/alias/hum":
+                    request.setResponseCode(500)
+                    return b"down"
+                return api.render(request)
+
+        self.treq = StubTreq(SecondAliasFails())
+        self.write("temp", "20")
+        self.write("temp", "21")
+        self.write("hum", "40")
+        link = self.start()
+        self.pass_time(10)
+        self.assertEqual(self.server.sequence("temp"), ["20", "21"])
+        snap = link.snapshot()
+        self.assertEqual((snap.sent, snap.acked, snap.in_flight, snap.pending, snap.backlog), (2, 2, 1, 3, 3))
+
     def test_429_waits_as_retry_after_says(self):
         """429 with Retry-After: 20 -> no request for 20 s, then the batch goes."""
         self.write("temp", "1")
@@ -737,6 +763,10 @@ class HTTPLinkTests(HTTPLinkCase):
         assert failing is not None
         self.assertEqual((failing.reason, failing.error), ("cursor-not-saved", "[Errno 28] No space left on device"))
         self.assertGreaterEqual(failing.failures, 2)
+        # The cloud took the record: counted so while the save waits (not only once it works).
+        snap = link.snapshot()
+        self.assertEqual((snap.sent, snap.acked, snap.in_flight, snap.pending, snap.backlog), (1, 1, 0, 1, 1))
+        self.assertGreater(snap.drain_rate, 0)
         full[0] = False
         self.pass_time(7)
         self.assertEqual((self.stream.acked["cloud"], link.snapshot().cursor_failing), (1, None))
