@@ -339,6 +339,8 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_twin_things", "Things the local twin holds (the gateway's and its children)",
                                 value=t.things)
         yield GaugeMetricFamily("gateway_twin_revision", "The revision of the gateway's thing", value=t.revision)
+        yield CounterMetricFamily("gateway_twin_things_refused", "Commands refused: they would pass twin.max_things",
+                                  value=t.things_refused)
         if t.save_s is not None and t.save_bytes is not None:  # (once one is written)
             yield GaugeMetricFamily("gateway_twin_save_seconds",
                                     "The last write of things.json: hand-over to its thread to durable", value=t.save_s)

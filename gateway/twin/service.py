@@ -82,6 +82,9 @@ class TwinService(Service):
         self.sync: Any = None
         # (a stream full for hours refuses the events and responses of every command an app sends)
         self._refused_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        #: commands refused because they would have created a thing past ``max_things``
+        self.things_refused = 0
+        self._full_said = False  # the warning that the twin is full was logged (until it has room)
 
     def startService(self) -> Deferred[None]:
         """Load the things (the gateway's own exists from the first start), then listen."""
@@ -128,7 +131,7 @@ class TwinService(Service):
         seconds, size = self.store.last_write if self.store.last_write is not None else (None, None)
         return TwinSnapshot(self.root, len(self.store.things), self.store.revisions.get(self.root, 0),
                             self.sync.snapshot() if self.sync is not None else None, self.store.failing.now,
-                            seconds, size)
+                            seconds, size, self.settings.max_things, self.things_refused)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -171,6 +174,8 @@ class TwinService(Service):
                 raise DittoError(404, "things:thing.notfound",
                                  f"the local twin holds {self.root} and its children ({self.root}:<child>) only")
             outcome = commands.apply(self.store.things.get(thing_id), thing_id, command)
+            if outcome.changed and outcome.before is None:
+                self._check_room(thing_id)
             if outcome.changed:
                 for validate in self.validators:
                     validate(thing_id, outcome.before, outcome.after)
@@ -195,6 +200,25 @@ class TwinService(Service):
         d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
+
+    def _check_room(self, thing_id: str) -> None:
+        """Refuse (403) a command that would create ``thing_id`` while the twin holds
+        ``max_things`` (the gateway's own thing is never refused): counted, and a warning the
+        first time since the twin last had room (each refusal has its own info line)."""
+        things, limit = len(self.store.things), self.settings.max_things
+        if things < limit:
+            self._full_said = False
+            return
+        if thing_id == self.root:
+            return
+        self.things_refused += 1
+        if not self._full_said:
+            self._full_said = True
+            self.log.warn("twin: it holds {things} things, its max_things: commands creating more are refused"
+                          " (403) until things are deleted (or twin.max_things is raised)", things=things)
+        raise DittoError(403, "things:thing.notcreatable",
+                         f"the twin holds {things} things, its max_things ({limit}): delete things no longer"
+                         " used, or raise twin.max_things")
 
     def _refuse(self, command: Command, topic: str, error: DittoError) -> Deferred[None]:
         """Answer a refused command once the changes before it are durable: a refusal may

@@ -33,6 +33,8 @@ class TwinSettings:
                                                     "doc": "shadow requests awaiting an answer at most"})
     request_timeout: float = field(default=30.0, metadata={"min": 0.1,
                                                            "doc": "seconds before an unanswered request is sent again"})
+    max_things: int = field(default=1000, metadata={
+        "min": 1, "doc": "things the twin holds at most, the gateway's own included; more are refused (403)"})
 
     def root_thing(self, tenant_id: str, device_id: str) -> str:
         """The gateway's own thing id: :attr:`thing_id`, else ``<tenant_id>:<device_id>``."""

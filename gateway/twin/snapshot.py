@@ -48,6 +48,9 @@ class TwinSnapshot:
         written, fsynced and renamed in a thread), in seconds from its hand-over to the thread
         until it was durable; ``None`` until one is written.
     :ivar save_bytes: that file's size in bytes; ``None`` until one is written.
+    :ivar max_things: the things it holds at most (``twin.max_things``).
+    :ivar things_refused: commands refused (403) since the start because they would have
+        created a thing past ``max_things``.
     """
 
     root: str
@@ -57,3 +60,5 @@ class TwinSnapshot:
     save_failing: Degraded | None = None
     save_s: float | None = None
     save_bytes: int | None = None
+    max_things: int = 0
+    things_refused: int = 0

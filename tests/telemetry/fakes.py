@@ -38,7 +38,8 @@ class FakeReadSide:
         self.programs = [AppSnapshot("web", "web", "1.0", "RUNNING", 123, 30.0, None, 2)]
         self.ingest_snapshot: IngestSnapshot | None = IngestSnapshot(True, "", 7, 9, 2, 1, 3, 4, 1)
         self.twin_snapshot: TwinSnapshot | None = TwinSnapshot(
-            "acme:gw1", 3, 12, ShadowSyncSnapshot("gw1", True, 2, 1, 0, 3, 2, 900.0))
+            "acme:gw1", 3, 12, ShadowSyncSnapshot("gw1", True, 2, 1, 0, 3, 2, 900.0), max_things=1000,
+            things_refused=4)
 
     def status(self) -> GatewayStatus:
         return GatewayStatus(__version__, 1000.0, 60.0, 4321, (ServiceState("journal", True),

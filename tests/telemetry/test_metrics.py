@@ -100,6 +100,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_ingest_long_polls", ())], 1)
         self.assertEqual(got[("gateway_twin_things", ())], 3)
         self.assertEqual(got[("gateway_twin_revision", ())], 12)
+        self.assertEqual(got[("gateway_twin_things_refused_total", ())], 4)
         self.assertEqual(got[("gateway_twin_shadow_connected", ())], 1)
         self.assertEqual(got[("gateway_twin_shadow_pending_requests", ())], 2)
         self.assertEqual(got[("gateway_twin_shadow_inflight_requests", ())], 1)

@@ -505,6 +505,41 @@ class TwinServiceTests(SynchronousTestCase):
         self.successResultOf(d)
         return twin, runner
 
+    def test_things_past_max_things_are_refused_and_counted(self) -> None:
+        """docs/twin.md: the twin holds ``max_things`` things at most (the gateway's own
+        included). A command that would create one more is refused with 403 (nothing stored,
+        no event), counted in the snapshot's ``things_refused`` and said once in a warning;
+        the things held still change, and deleting one makes room again."""
+        self.successResultOf(self.twin.stopService())  # (one twin on the bus)
+        twin = TwinService(TwinSettings(max_things=3), self.dir / "capped", self.clock, self.bus, ("acme", "gw1"),
+                           run_now)
+        self.successResultOf(twin.startService())
+        self.bus.take()
+        for child in ("a", "b"):
+            self.send(command("create", "/", {}, thing=f"acme:gw1:{child}"))
+        with capturedLogs() as events:
+            for verb, child in (("create", "c"), ("modify", "d"), ("merge", "e")):
+                out = self.send(command(verb, "/", {}, thing=f"acme:gw1:{child}"))
+                self.assertEqual([topic for topic, _ in out], [f"command//acme:gw1:{child}/req//errors-response"])
+                self.assertEqual((out[0][1]["status"], out[0][1]["value"]["error"]),
+                                 (403, "things:thing.notcreatable"))
+                self.assertIn("max_things (3)", out[0][1]["value"]["message"])
+        warnings = [formatEvent(e) for e in events if "max_things" in formatEvent(e) and e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1, warnings)
+        snap = twin.snapshot()
+        self.assertEqual((snap.things, snap.max_things, snap.things_refused), (3, 3, 3))
+        self.assertNotIn("acme:gw1:c", json.loads((self.dir / "capped" / "twin" / "things.json").read_text())["things"])
+        out = self.send(command("modify", "/attributes/x", 1, thing="acme:gw1:a"))
+        self.assertEqual(out[-1][1]["status"], 201)
+        self.send(command("delete", "/", thing="acme:gw1:b"))
+        out = self.send(command("create", "/", {}, thing="acme:gw1:c"))
+        self.assertEqual(out[-1][1]["status"], 201)
+        # The gateway's own thing, deleted while the twin filled up, is never refused.
+        self.send(command("delete", "/"))
+        self.send(command("create", "/", {}, thing="acme:gw1:d"))
+        out = self.send(command("create", "/", {}))
+        self.assertEqual((out[-1][1]["status"], twin.snapshot().things), (201, 4))
+
     def test_the_snapshot_has_the_last_writes_time_and_size(self) -> None:
         """The snapshot has how long the last write of things.json that worked took, from its
         hand-over to the thread until durable on the clock, and the file's size; a failed
