@@ -161,20 +161,23 @@ class ProcessLauncher:
             self._records.ended(name, pid)
 
     def sweep(self, name: str, group: int | None, env: dict[str, str],
-              variable: str = "GATEWAY_PROGRAM_NAME") -> Deferred[None]:
+              variable: str = "GATEWAY_PROGRAM_NAME", quiet: bool = False) -> Deferred[None]:
         """Kill (SIGKILL) what program ``name``, whose environment was ``env``, started in this
         gateway run that left its process group ``group`` (a daemon that called ``setsid()``):
         the processes whose environment still holds its ``GATEWAY_RUN_ID`` and its
         ``variable`` (``GATEWAY_PROGRAM_NAME``; a recorded command's
         :data:`~gateway.apps.commands.COMMAND_ID_VARIABLE`), each with its group. Fires once
-        they are signalled (at once when nothing is recorded)."""
+        they are signalled (at once when nothing is recorded).
+
+        :param quiet: kill them without the warning that says so (a crash loop's end whose
+            own line is held back: one line per cause, not one per restart)."""
         if self._records is None:
             return succeed(None)
         marks = [os.fsencode(f"{RUN_ID_VARIABLE}={self._records.run_id}"),
                  os.fsencode(f"{variable}={env.get(variable, name)}")]
 
         def kill(groups: set[int]) -> None:
-            if groups:
+            if groups and not quiet:
                 log.warn("apps: {name} left {count} process group{s} outside its own (setsid(): a daemon);"
                          " killing {them}", name=name, count=len(groups), s="" if len(groups) == 1 else "s",
                          them="it" if len(groups) == 1 else "them")
@@ -482,7 +485,8 @@ class ProgramProcess:
     def _look_after_exit(self, group: int | None) -> None:
         """Its main process ended on its own (group ``group`` killed): kill what it started that
         left the group, off the reactor thread; :meth:`_when_looked` holds what must wait."""
-        looking = self._launcher.sweep(self.spec.name, group, self.spec.env)
+        # (in a crash loop, held back with the end's own line: :class:`CrashLoopLog`)
+        looking = self._launcher.sweep(self.spec.name, group, self.spec.env, quiet=self._quiet)
         if looking.called:  # (nothing recorded, or looked through at once)
             return
         self._looking = looking

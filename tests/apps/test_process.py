@@ -600,6 +600,27 @@ class EscapedDaemonTests(SynchronousTestCase):
         self.assertIn("apps: app left 1 process group outside its own (setsid(): a daemon); killing it",
                       [formatEvent(e) for e in events])
 
+    def test_a_crash_loop_leaving_daemons_is_said_with_its_ends_lines(self) -> None:
+        """A program that starts a daemon and ends on its own soon after, for ever (a crash
+        loop), has each daemon killed, but the warning that says so only with the end's own
+        line (the first, then at most one every 10 minutes): it was a warning at every
+        restart, every backoff_max, for ever."""
+        process, reactor, records = self.make(self.mktemp(), autorestart="true")
+        process.start()
+        with capturedLogs() as events:
+            for n in range(70):  # about 12 minutes at a backoff_max of 8 s
+                reactor.table.live[6000 + n] = {"GATEWAY_RUN_ID": records.run_id, "GATEWAY_PROGRAM_NAME": "app"}
+                reactor.advance(2)
+                reactor.last.exit(1)
+                reactor.table.live.pop(6000 + n)
+                reactor.advance(8)
+        self.assertEqual(len([n for n in range(70) if (6000 + n, signal.SIGKILL) in reactor.signals]), 70)
+        lines = [formatEvent(e) for e in events]
+        ends = [line for line in lines if "on its own" in line]
+        left = [line for line in lines if "outside its own" in line]
+        self.assertEqual(len(ends), 2, ends)
+        self.assertEqual(left, ["apps: app left 1 process group outside its own (setsid(): a daemon); killing it"] * 2)
+
     def test_a_stop_after_it_ended_on_its_own_kills_them_too(self) -> None:
         """A program whose main process ended by itself (EXITED, FATAL) is looked through again
         when it is stopped (an uninstall does): a daemon the look at its end missed is killed
