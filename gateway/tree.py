@@ -390,6 +390,12 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                                  usage=previous.telemetry.usage.carried(link_counters(previous.readside.links()))
                                  if previous is not None else None)
     telemetry.setServiceParent(root)
+    if config.telemetry.metrics_endpoint:  # (off, its modules are not even imported: idle footprint)
+        from gateway.telemetry.metricsservice import MetricsService
+
+        MetricsService(config.telemetry.metrics_endpoint, telemetry.render_metrics, reactor).setServiceParent(root)
+    else:
+        OffService("metrics", 'telemetry.metrics_endpoint: ""').setServiceParent(root)
     commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                changer, ProcessRestart(reactor),
                                reports=telemetry)

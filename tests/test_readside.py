@@ -297,6 +297,20 @@ class ReadSideTests(SynchronousTestCase):
                          ("containers.enabled: false", "fleet.enabled: false"))
         self.assertEqual((root.parts.containers, root.parts.fleet), (None, None))
 
+    def test_the_tree_lists_the_metrics_endpoint_turned_off(self) -> None:
+        """With ``telemetry.metrics_endpoint: ""`` the status said ``telemetry running`` and
+        nothing of /metrics: the ``metrics`` service is there, off, naming its key (the
+        telemetry service, whose reports go on, is running)."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\ntelemetry: {{metrics_endpoint: ''}}\n")
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        states = {s.name: s for s in root.parts.readside.status().services}
+        self.assertEqual((states["metrics"].off, states["telemetry"].off), ('telemetry.metrics_endpoint: ""', ""))
+        self.assertLess(list(states).index("telemetry"), list(states).index("metrics"))
+
     def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:
         """A journal whose stream's loss ledger the disk refuses gives its ``ledger_failing`` as
         its state's error, after its ``refusing`` when both hold; it said only ``running``."""

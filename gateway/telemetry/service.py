@@ -1,11 +1,12 @@
 """The telemetry service: builds the reports on their intervals and on request, publishes
-them on the local broker (retained, routed upstream like telemetry), serves ``/metrics``."""
+them on the local broker (retained, routed upstream like telemetry), and builds the
+``/metrics`` page that :mod:`gateway.telemetry.metricsservice` serves."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -14,7 +15,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import __version__, jsontext
-from gateway.addresses import address_text
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.journal.errors import RecordTooLargeError
@@ -28,18 +28,15 @@ from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
 from gateway.blocking import RunBlocking, in_reactor_threads
 
-if TYPE_CHECKING:  # imported when the metrics endpoint listens
-    from gateway.telemetry.metricspage import MetricsFactory
-
-
 
 class TelemetryService(Service):
-    """Reports (``device_info``, ``usage_report``, ``engine_report``) and the metrics page.
+    """Reports (``device_info``, ``usage_report``, ``engine_report``) and the metrics page
+    (served by the ``metrics`` service: :mod:`gateway.telemetry.metricsservice`).
 
     :param settings: the ``telemetry:`` section.
     :param readside: the services' snapshots (reports and metrics read nothing else).
     :param bus: the local bus: reports are published through it, requests arrive on it.
-    :param reactor: the reactor (clock, threads, the metrics endpoint).
+    :param reactor: the reactor (clock, threads).
     :param state_dir: the gateway's state directory (its free space is in ``device_info``).
     :param identity: ``(tenant_id, device_id)``, carried in every report.
     :param app_observers: the apps supervisor's observer list; an app state change
@@ -82,8 +79,6 @@ class TelemetryService(Service):
         self._engine_call: Any = None
         self._engine_last = float("-inf")
         self._registry: Any = None
-        self._port: Any = None
-        self._metrics: MetricsFactory | None = None  # its connections are closed at stop
 
     # -- the interface the admin API and remote commands use ------------------------------
 
@@ -125,29 +120,12 @@ class TelemetryService(Service):
     # -- life -----------------------------------------------------------------------------
 
     def startService(self) -> Deferred[None]:
-        """Listen for metrics (a failure to bind stops the gateway), subscribe to requests,
-        start the report timers (device_info and engine_report go out at once)."""
+        """Subscribe to requests, start the report timers (device_info and engine_report go
+        out at once)."""
         super().startService()
-        d = self._listen() if self.settings.metrics_endpoint else succeed(None)
-        d.addCallback(lambda _: self._baseline())
+        d = self._baseline()
         d.addCallback(lambda _: self._start_reports())
         return d
-
-    def _listen(self) -> Deferred[None]:
-        from gateway.telemetry.metricspage import MetricsFactory, listen_metrics
-
-        endpoint = self.settings.metrics_endpoint
-        self._metrics = MetricsFactory(self.render_metrics, self.reactor)
-
-        def listening(port: Any) -> None:
-            self._port = port
-            self.log.info("metrics on {address}", address=address_text(port.getHost()))
-
-        def refused(failure: Failure) -> Failure:
-            return Failure(TelemetryError(f"metrics endpoint {endpoint}: cannot listen: {failure.getErrorMessage()}"))
-
-        return maybeDeferred(listen_metrics, self.reactor, endpoint, self._metrics).addCallbacks(
-            listening, refused)
 
     def _baseline(self) -> Deferred[None]:
         """Interface counters at start: the first usage_report covers the time since. (The
@@ -175,9 +153,7 @@ class TelemetryService(Service):
             self._app_observers.append(self._app_changed)
 
     def stopService(self) -> Deferred[None]:
-        """Stop the timers, the request subscription and the metrics endpoint (its open
-        connections close, each once its response in progress is sent); wait for reports
-        being built."""
+        """Stop the timers and the request subscription; wait for reports being built."""
         super().stopService()
         for loop in self._loops:
             if loop.running:
@@ -194,12 +170,6 @@ class TelemetryService(Service):
         from twisted.internet.defer import DeferredList
 
         waits: list[Deferred[Any]] = [build for build, _ in self._building.values()]
-        port, self._port = self._port, None
-        metrics, self._metrics = self._metrics, None
-        if metrics is not None:  # a keep-alive scraper's next scrape reaches the new service
-            metrics.close_connections()
-        if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # -- triggers ---------------------------------------------------------------------------

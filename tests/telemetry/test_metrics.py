@@ -20,6 +20,7 @@ from gateway.links.snapshot import LinksSnapshot
 from gateway.readside import GatewayStatus, ServiceState
 from gateway.telemetry.errors import TelemetryError
 from gateway.telemetry.metrics import make_registry, render_metrics
+from gateway.telemetry.metricsservice import MetricsService
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from tests.journal.helpers import refusing_journal
@@ -314,14 +315,16 @@ class MetricsRequestTests(SynchronousTestCase):
 
 
 class EndpointTests(TestCase):
-    """/metrics on the configured Twisted endpoint."""
+    """/metrics on the configured Twisted endpoint: the ``metrics`` service, serving the
+    telemetry service's page."""
 
-    def service(self, endpoint: str) -> TelemetryService:
-        return TelemetryService(TelemetrySettings(metrics_endpoint=endpoint, device_info_interval=0,
-                                                  engine_report_interval=0, usage_report_interval=0),
-                                FakeReadSide(), FakeBus(), reactor, Path(self.mktemp()),  # type: ignore[arg-type]
-                                run_blocking=lambda f, *a: __import__("twisted.internet.defer").internet.defer
-                                .maybeDeferred(f, *a))
+    def service(self, endpoint: str) -> MetricsService:
+        telemetry = TelemetryService(TelemetrySettings(metrics_endpoint=endpoint, device_info_interval=0,
+                                                       engine_report_interval=0, usage_report_interval=0),
+                                     FakeReadSide(), FakeBus(), reactor, Path(self.mktemp()),  # type: ignore[arg-type]
+                                     run_blocking=lambda f, *a: __import__("twisted.internet.defer").internet.defer
+                                     .maybeDeferred(f, *a))
+        return MetricsService(endpoint, telemetry.render_metrics, reactor)
 
     @inlineCallbacks
     def test_served_with_content_negotiation(self) -> Any:
