@@ -122,6 +122,14 @@ def parse_command(payload: bytes) -> Command | None:
         raise DittoError(400, "things:value.missing", f"{action} needs a value")
     if jsontext.nesting(envelope) > jsontext.MAX_NESTING:
         raise DittoError(400, "things:value.invalid", f"the command's JSON nests deeper than {jsontext.MAX_NESTING} levels")
+    # A value goes where its path says, creating the objects on the way: a long path nested
+    # the thing past what the twin's recursive code takes, and every later command on that
+    # thing failed with no answer (a modify of /attributes/a/a/... 500 levels deep).
+    # (/attributes/a/b: the objects a and b, beside the value's own levels)
+    if action in ("create", "modify", "merge") and path.count("/") - 1 + jsontext.nesting(envelope.get("value")) > \
+            jsontext.MAX_NESTING:
+        raise DittoError(400, "things:value.invalid",
+                         f"the value at this path would nest deeper than {jsontext.MAX_NESTING} levels")
     return Command(namespace, name, action, path, envelope.get("value"), headers)
 
 

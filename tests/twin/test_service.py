@@ -300,6 +300,28 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("modify", "/attributes/x", nested(99)))  # with the envelope: 100
         self.assertEqual(out[-1][1]["status"], 201)
 
+    def test_a_path_nesting_the_thing_too_deeply_refused(self) -> None:
+        """A modify (or merge, create) whose path makes the objects on the way nests the thing
+        as deeply as a value would: 500 levels of path made the gateway's thing one that every
+        later command failed on (RecursionError: a traceback, no answer). Refused with 400,
+        the thing unchanged and still served; the objects of the path and the value's levels
+        count together, up to 100."""
+        def nested(levels: int) -> Any:
+            return 1 if not levels else {"a": nested(levels - 1)}
+
+        for action in ("modify", "merge"):
+            out = self.send(command(action, "/attributes" + "/a" * 500, 1))
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+            self.assertEqual((out[0][1]["status"], out[0][1]["value"]["message"]),
+                             (400, "the value at this path would nest deeper than 100 levels"))
+        out = self.send(command("modify", "/attributes" + "/a" * 50, nested(51)))
+        self.assertEqual(out[0][1]["status"], 400)
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        out = self.send(command("modify", "/attributes" + "/a" * 50, nested(50)))
+        self.assertEqual(out[-1][1]["status"], 201)
+        out = self.send(command("retrieve", "/attributes/a"))
+        self.assertEqual(out[-1][1]["status"], 200)
+
     def test_a_path_that_is_no_string_is_refused_as_such(self) -> None:
         """A command whose path is there but no string (a number, a list) is refused with 400
         saying so: before, it was told ``the envelope has no path``, which it had."""
