@@ -283,9 +283,12 @@ class ReadSideTests(SynchronousTestCase):
         self.assertEqual(root.parts.readside.ingest().off, "ingest.enabled: false")
         self.assertIsNone(root.parts.twin)
 
-    def test_the_tree_lists_containers_and_fleet_turned_off(self) -> None:
+    def test_the_tree_lists_containers_fleet_and_metrics_turned_off(self) -> None:
         """Containers and the fleet client are off unless configured, and the status did not
-        list them then: they are there, off, each naming its configuration key."""
+        list them then: they are there, off, each naming its configuration key. So is the
+        ``metrics`` service with ``telemetry.metrics_endpoint: ""`` (the status said
+        ``telemetry running`` and nothing of /metrics), after the telemetry service, which
+        runs (its reports go on)."""
         work = Path(self.mktemp())
         work.mkdir()
         path = work / "gateway.yaml"
@@ -296,18 +299,6 @@ class ReadSideTests(SynchronousTestCase):
         self.assertEqual((states["containers"].off, states["fleet"].off),
                          ("containers.enabled: false", "fleet.enabled: false"))
         self.assertEqual((root.parts.containers, root.parts.fleet), (None, None))
-
-    def test_the_tree_lists_the_metrics_endpoint_turned_off(self) -> None:
-        """With ``telemetry.metrics_endpoint: ""`` the status said ``telemetry running`` and
-        nothing of /metrics: the ``metrics`` service is there, off, naming its key (the
-        telemetry service, whose reports go on, is running)."""
-        work = Path(self.mktemp())
-        work.mkdir()
-        path = work / "gateway.yaml"
-        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\ntelemetry: {{metrics_endpoint: ''}}\n")
-        root = build_service(gateway_config.load(path), reactor)
-        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
-        states = {s.name: s for s in root.parts.readside.status().services}
         self.assertEqual((states["metrics"].off, states["telemetry"].off), ('telemetry.metrics_endpoint: ""', ""))
         self.assertLess(list(states).index("telemetry"), list(states).index("metrics"))
 
