@@ -82,7 +82,7 @@ class FakeReadSide:
         OperationSnapshot("op-1", "install", "DOWNLOADING", True, 42),
         OperationSnapshot("op-0", "install", "FINISHED_SUCCESS", False, None))
     ingest_snapshot: IngestSnapshot | None = IngestSnapshot(True, "", 7, 9, 2, 1, 3, 4, 0)
-    twin_snapshot: TwinSnapshot | None = TwinSnapshot("acme:gw1", 2, 5, None)
+    twin_snapshot: TwinSnapshot | None = TwinSnapshot("acme:gw1", 2, 5, None, max_things=1000)
 
     def status(self) -> Any:
         return self.gateway

@@ -225,7 +225,8 @@ class ReadRouteTests(SynchronousTestCase):
             "aliases": 4, "waiting": 0, "off": ""})
         self.assertEqual(h.call("GET", "/twin").json(), {"root": "acme:gw1", "things": 2, "revision": 5,
                                                          "sync": None, "save_failing": None, "save_s": None,
-                                                         "save_bytes": None})
+                                                         "save_bytes": None, "max_things": 1000,
+                                                         "things_refused": 0})
         h.readside.twin_snapshot = None
         r = h.call("GET", "/twin")
         self.assertEqual((r.status, r.json()), (503, {"error": "the twin service is not part of this gateway"}))
