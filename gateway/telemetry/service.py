@@ -206,7 +206,12 @@ class TelemetryService(Service):
             self.log.warn("report request refused: {error}", error=error)
             payload = json.dumps({"error": error, "request": shown(text), "known": list(REPORTS),
                                   "timestamp": self.reactor.seconds()}).encode()
-            return self.bus.publish(self.settings.error_topic, payload, 1, False)
+            topic = self.settings.error_topic
+            # (a journal stream a route takes it to may refuse it: a line, not a subscriber's traceback)
+            return maybeDeferred(self.bus.publish, topic, payload, 1, False).addErrback(
+                lambda failure: self.log.warn("report request refused: {error}; its answer on {topic} not published:"
+                                              " {reason}", error=error, topic=topic,
+                                              reason=failure.getErrorMessage()))
         return self._send(str(name)).addErrback(_warned)
 
     # -- building and publishing ----------------------------------------------------------

@@ -112,6 +112,20 @@ class TelemetryServiceTests(SynchronousTestCase):
         [(topic, payload, qos, retain)] = self.bus.published
         self.assertEqual(topic, "edge/gateway/reports/error")
 
+    def test_an_error_answer_the_journal_refuses_is_one_line(self) -> None:
+        """A bad request whose answer on the error topic the journal refuses (a route takes it
+        to a full stream) is said in a warning; the subscriber failed instead, a traceback for
+        every bad request a local client sent."""
+        self.start()
+        self.patch(self.bus, "publish", lambda *a, **k: fail(StreamFullError("link-c", "max-bytes")))
+        with capturedLogs() as events:
+            result = self.bus.receive("edge/gateway/reports/request", b"bogus")
+        self.assertIsNone(self.successResultOf(result))
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("report request refused: unknown report 'bogus' (known: device_info, usage_report,"
+                      " engine_report); its answer on edge/gateway/reports/error not published: journal stream"
+                      " 'link-c' is full (max-bytes); append rejected", lines)
+
     def test_a_huge_request_is_not_sent_back_whole(self) -> None:
         """A request of a megabyte (under the broker's 1 MiB packet limit) is answered with its
         first 100 characters and its length, in the error and as ``request``, and logged so:
