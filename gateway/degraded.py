@@ -18,7 +18,7 @@ from dataclasses import dataclass
 class Degraded:
     """Why a started service (or a part of it: a journal stream) fails at its job, and since when.
 
-    :param reason: what fails, a short word: a stream's ``disk-full``, ``write-error``,
+    :param reason: what fails, a short word: a stream's ``disk-full``, ``read-only``, ``write-error``,
         ``max-bytes`` or ``min-free-disk`` (appends refused), ``ledger-not-saved`` (its loss
         ledger); the broker's ``checkpoint-not-saved``; the twin's ``not-saved``.
     :param error: the last failure's words (the operating system's error), else ``""``.

@@ -69,6 +69,12 @@ class StateDirService(Service):
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GatewayError(_not_writable(self.path))
+        # The journal's own filesystem (a partition of its own, or journal.directory elsewhere)
+        # mounted read-only: every append would fail, and nothing could be acknowledged.
+        journal = _on_read_only_filesystem(self.journal)
+        if journal is not None:
+            raise GatewayError(f"the journal directory {self.journal} is on a read-only filesystem ({journal}):"
+                               " make it writable (remount it read-write) and start again")
         mode = stat.S_IMODE(self.path.stat().st_mode)
         # Anyone could rename what it holds (the apps' spool...) and put their own in its
         # place; the sticky bit (a tmpfs mounted there, 1777) keeps them from it.
@@ -158,6 +164,20 @@ class StateDirService(Service):
             self.log.warn("cannot write this gateway's pid in {path} ({error}): it holds the lock all the same"
                           " (a second gateway on this directory is refused, its pid unknown)",
                           path=str(self.path / LOCK_FILE), error=exc.strerror or str(exc))
+
+
+def _on_read_only_filesystem(path: Path) -> Path | None:
+    """The nearest directory that exists of ``path`` and the directories above it (what
+    making ``path`` would write in), when its filesystem is mounted read-only; else None."""
+    for directory in (path, *path.parents):
+        try:
+            flags = os.statvfs(directory).f_flag
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None  # (out of reach, not a directory: the journal says why it cannot use it)
+        return directory if flags & os.ST_RDONLY else None
+    return None
 
 
 def _not_writable(path: Path) -> str:

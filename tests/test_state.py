@@ -121,6 +121,39 @@ class StateDirNotWritableTests(SynchronousTestCase):
         self.assertEqual(str(raised.exception), f"the state directory {path} is on a read-only filesystem:"
                                                 " make it writable (remount it read-write) and start again")
 
+    def test_a_read_only_journal_filesystem_stops_the_start(self) -> None:
+        """The journal's directory on a filesystem of its own mounted read-only (a partition
+        for the journal, remounted read-only after errors) under a writable state directory:
+        the start fails saying so and what to do. The gateway started, and then refused every
+        QoS 1/2 message of every client (no PUBACK, the connection closed), the ingest's every
+        write, for as long as it ran."""
+        from tests.tmpfs import mount_tmpfs, remount_read_only
+
+        path = Path(self.mktemp()).absolute()
+        journal = path / "journal"
+        mount_tmpfs(self, journal, "1m")
+        remount_read_only(journal)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the journal directory {journal} is on a read-only filesystem"
+                                                f" ({journal}): make it writable (remount it read-write) and"
+                                                " start again")
+
+    def test_a_journal_elsewhere_yet_to_be_made_on_a_read_only_filesystem(self) -> None:
+        """``journal.directory`` outside the state directory, not made yet, under a directory
+        on a read-only filesystem: the start fails naming that directory."""
+        from tests.tmpfs import mount_tmpfs, remount_read_only
+
+        work = Path(self.mktemp()).absolute()
+        data = work / "data"
+        mount_tmpfs(self, data, "1m")
+        remount_read_only(data)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(work / "state", data / "gw" / "journal").startService()
+        self.assertEqual(str(raised.exception), f"the journal directory {data / 'gw' / 'journal'} is on a read-only"
+                                                f" filesystem ({data}): make it writable (remount it read-write)"
+                                                " and start again")
+
     def test_a_directory_the_user_may_not_write_names_the_user(self) -> None:
         """A state directory the gateway's user may not write (owned by another user): the start
         fails naming its owner and mode and the command that gives it back, as every refusal of

@@ -78,7 +78,7 @@ class StreamSnapshot:
     :param fsync_latency: seconds per batch write-and-fsync, as a histogram.
     :param cursors: its readers.
     :param losses: records lost since the journal service started, by reason.
-    :param refusing: while the stream refuses appends, why (``disk-full`` or ``write-error``:
+    :param refusing: while the stream refuses appends, why (``disk-full``, ``read-only`` or ``write-error``:
         a write failed, and the stream backs off; ``max-bytes`` or ``min-free-disk``: a limit
         under ``reject-new``, or a record that fits not even an empty stream), since when and
         how many it refused since then; ``None`` again once an append is written.

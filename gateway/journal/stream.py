@@ -80,6 +80,9 @@ WRITE_BACKOFF_S = 0.5
 WRITE_BACKOFF_MAX_S = 8.0
 #: The errors of a write that say the disk is full (else a failed write is a ``write-error``).
 DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
+#: Seconds between two log lines of failed segment writes: a disk that stays full or
+#: read-only fails one write per back-off (8 s), for hours.
+WRITE_FAILURE_LOG_INTERVAL = 60.0
 #: Seconds between two log lines of failed loss-ledger writes: on a full disk each refused
 #: append notes a loss, and each note's write fails.
 LEDGER_FAILURE_LOG_INTERVAL = 60.0
@@ -181,6 +184,8 @@ class Stream:
         self._retry_at = 0.0  # after a failed write: appends fail at once until then
         self._backoff = 0.0
         self._write_error: OSError | None = None
+        self._write_failures = 0  # failed writes in a row: logged when they end
+        self._write_lines = LogThrottle(WRITE_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
         self._timer: Any = None
         self._early: list[tuple[Record, OnDurable | None, OnFailed, bool]] | None = []
         self._on_open: list[Callable[[], object]] = []
@@ -692,6 +697,11 @@ class Stream:
         self._flush_ok = ledger_error is None
         if self._backoff:
             self._retry_at = self._backoff = 0.0
+        if self._write_failures:
+            self.log.info("journal {stream}: writes work again, after {count} failed writes",
+                          stream=self.name, count=self._write_failures)
+            self._write_failures = 0
+            self._write_lines.reset()
         if batch.plain:
             self.refusing.recovered()
         if ledger_error is not None:
@@ -752,8 +762,13 @@ class Stream:
         self._backoff = min(max(self._backoff * 2, WRITE_BACKOFF_S), WRITE_BACKOFF_MAX_S)
         self._retry_at = steady_seconds(self.clock) + self._backoff
         self._write_error = cause
-        self.log.error("journal {stream}: write failed: {error}; appends refused for {backoff} s",
-                       stream=self.name, error=cause, backoff=self._backoff)
+        self._write_failures += 1
+        # At the first failure, then at most once a minute: a disk that stays full or
+        # read-only fails one write per back-off for as long as it stays so.
+        if self._write_lines.note() is not None:
+            self.log.error("journal {stream}: write failed ({count} in a row; appends refused for {backoff} s, then"
+                           " tried again; logged at most once a minute): {error}",
+                           stream=self.name, count=self._write_failures, error=cause, backoff=self._backoff)
         lost = sum(len(b.written) for b in lost_batches) + len(self._pending)
         # (under sync: interval or none its appends were acknowledged: lost, not refused)
         self.refusing.failed(_write_reason(cause), str(cause), self.clock.seconds(),
@@ -951,8 +966,11 @@ class Stream:
 
 
 def _write_reason(error: OSError) -> str:
-    """A failed write's reason for the read side: ``disk-full`` (ENOSPC, EDQUOT) or ``write-error``."""
-    return "disk-full" if error.errno in DISK_FULL_ERRNOS else "write-error"
+    """A failed write's reason for the read side: ``disk-full`` (ENOSPC, EDQUOT), ``read-only``
+    (EROFS: the filesystem was remounted read-only, after an I/O error say) or ``write-error``."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return "disk-full"
+    return "read-only" if error.errno == errno.EROFS else "write-error"
 
 
 def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, stream: Stream) -> None:

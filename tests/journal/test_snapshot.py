@@ -190,6 +190,20 @@ class RefusingTests(SynchronousTestCase):
         self.assertEqual(s.snapshot().refusing, Degraded(
             "write-error", f"[Errno 5] Input/output error: '{segment_path(DIR, 1)}'", 0.0, 1))
 
+    def test_a_read_only_filesystem(self) -> None:
+        """A write that fails with EROFS (the kernel remounted the state directory's
+        filesystem read-only after an I/O error) is ``read-only``: it was a ``write-error``,
+        which did not tell the user that remounting it read-write is what ends it."""
+
+        class ReadOnlyDisk(PowerCutFiles):
+            def append(self, path: str, data: bytes) -> None:
+                raise OSError(errno.EROFS, "Read-only file system", path)
+
+        s = open_stream(ReadOnlyDisk(), StreamSettings(min_free_bytes=0), Clock())
+        self.failureResultOf(appended(s, record(1)), JournalWriteError)
+        self.assertEqual(s.snapshot().refusing, Degraded(
+            "read-only", f"[Errno 30] Read-only file system: '{segment_path(DIR, 1)}'", 0.0, 1))
+
     def test_a_limit_under_reject_new(self) -> None:
         """A stream at max_bytes under reject-new is ``max-bytes``; a loss report appended
         within the reserve (a link's, which must get through) does not end it, an append

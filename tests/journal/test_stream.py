@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import copy
 import os
 
@@ -896,6 +897,46 @@ class DiskFullTests(SynchronousTestCase):
         d = appended(s, record(5))
         runner.drain()
         self.assertEqual(self.successResultOf(d), 5)
+
+    def test_failed_writes_are_logged_once_a_minute(self) -> None:
+        """A filesystem remounted read-only fails one write per back-off (8 s) for as long as
+        it stays so: each failure was an error line, two a stream every 8 s for hours. The
+        first failure is logged, then at most once a minute with the failures in a row; the
+        first write that works again says so, and a failure after it is logged at once."""
+
+        class ReadOnlyDisk(PowerCutFiles):
+            read_only = False
+
+            def append(self, path: str, data: bytes) -> None:
+                if self.read_only:
+                    raise OSError(errno.EROFS, "Read-only file system", path)
+                super().append(path, data)
+
+            append_sync = append
+
+        files, clock = ReadOnlyDisk(), Clock()
+        s = open_stream(files, StreamSettings(min_free_bytes=0), clock)
+        self.successResultOf(appended(s, record(1)))
+        files.read_only = True
+
+        def run(seconds: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(seconds):
+                    s.append(record(2)).addErrback(lambda f: f.trap(JournalWriteError))
+                    clock.advance(1)
+            return [formatEvent(e) for e in events if e["log_format"].startswith("journal")]
+
+        error = f"[Errno 30] Read-only file system: '{segment_path(DIR, 1)}'"
+        self.assertEqual(run(60), [f"journal s: write failed (1 in a row; appends refused for 0.5 s, then tried"
+                                   f" again; logged at most once a minute): {error}"])
+        self.assertEqual(run(60), [f"journal s: write failed (11 in a row; appends refused for 8.0 s, then tried"
+                                   f" again; logged at most once a minute): {error}"])
+        files.read_only = False
+        self.assertEqual(run(8), ["journal s: writes work again, after 16 failed writes"])
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6, 7, 8, 9])
+        files.read_only = True
+        self.assertEqual(run(1), [f"journal s: write failed (1 in a row; appends refused for 0.5 s, then tried"
+                                  f" again; logged at most once a minute): {error}"])
 
     def test_the_back_off_across_a_step_back_of_the_wall_clock(self) -> None:
         """NTP steps the clock back an hour during the 0.5 s back-off after a failed write:
