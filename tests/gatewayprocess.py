@@ -48,7 +48,7 @@ class GatewayProcess(protocol.ProcessProtocol):
 
 def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started",
                   env: dict[str, str] | None = None, uid: int | None = None,
-                  open_files: int | None = None) -> GatewayProcess:
+                  open_files: int | None = None, prefix: tuple[str, ...] = ()) -> GatewayProcess:
     """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup.
 
     :param env: its environment (default: this process's).
@@ -56,6 +56,8 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
         :func:`runs_as`); default: this process's.
     :param open_files: its limit of open file descriptors (``prlimit --nofile``, as systemd's
         ``LimitNOFILE``); default: this process's.
+    :param prefix: a command that runs the interpreter (and twistd) given after it, as its
+        arguments (``unshare -m ... sh -c '...; exec "$@"' sh``: a mount namespace of its own).
     """
     proc = GatewayProcess(ready_line)
     before, own = accounting_tables(), own_accounting_tables(args)
@@ -65,7 +67,7 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
     # Through this interpreter: a venv's twistd script may name another one in its shebang
     # (the .deb's build venv lives elsewhere than where it is installed).
     limit = [] if open_files is None else [shutil.which("prlimit") or "prlimit", f"--nofile={open_files}:{open_files}"]
-    command = [*as_user(uid), *limit, sys.executable, TWISTD, *args]
+    command = [*prefix, *as_user(uid), *limit, sys.executable, TWISTD, *args]
     transport = reactor.spawnProcess(proc, command[0], command, env=os.environ.copy() if env is None else env)
     # Cleanups run last-in first-out: kill a process still running, then wait for its end.
     test.addCleanup(lambda: proc.ended)
