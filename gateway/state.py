@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from gateway.apps.registry import APPS_DIR, DATA_DIR, REMOVING_PREFIX
 from gateway.errors import GatewayError
 from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
+from gateway.readonlyfs import read_only_at
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE
 from gateway.updates.partfile import PART_SUFFIX
@@ -67,11 +68,15 @@ class StateDirService(Service):
             self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
+        if read_only_at(self.path) == self.path:
+            # (the kernel remounts a disk read-only after errors: no chmod or chown helps then)
+            raise GatewayError(f"the state directory {self.path} is on a read-only filesystem: make it writable"
+                               " (remount it read-write) and start again")
         if not os.access(self.path, os.W_OK | os.X_OK):
-            raise GatewayError(_not_writable(self.path))
+            raise GatewayError(str(refusal(self.path, self.path)))
         # The journal's own filesystem (a partition of its own, or journal.directory elsewhere)
         # mounted read-only: every append would fail, and nothing could be acknowledged.
-        journal = _on_read_only_filesystem(self.journal)
+        journal = read_only_at(self.journal)
         if journal is not None:
             raise GatewayError(f"the journal directory {self.journal} is on a read-only filesystem ({journal}):"
                                " make it writable (remount it read-write) and start again")
@@ -164,26 +169,3 @@ class StateDirService(Service):
             self.log.warn("cannot write this gateway's pid in {path} ({error}): it holds the lock all the same"
                           " (a second gateway on this directory is refused, its pid unknown)",
                           path=str(self.path / LOCK_FILE), error=exc.strerror or str(exc))
-
-
-def _on_read_only_filesystem(path: Path) -> Path | None:
-    """The nearest directory that exists of ``path`` and the directories above it (what
-    making ``path`` would write in), when its filesystem is mounted read-only; else None."""
-    for directory in (path, *path.parents):
-        try:
-            flags = os.statvfs(directory).f_flag
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None  # (out of reach, not a directory: the journal says why it cannot use it)
-        return directory if flags & os.ST_RDONLY else None
-    return None
-
-
-def _not_writable(path: Path) -> str:
-    """Why the gateway cannot write in the state directory ``path``, and what to do."""
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
-        # (the kernel remounts a disk read-only after errors: no chmod or chown helps then)
-        return f"the state directory {path} is on a read-only filesystem: make it writable (remount it read-write) and start again"
-    return str(refusal(path, path))
-

@@ -38,6 +38,7 @@ from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
 from gateway.deadlinecall import DeadlineCall
 from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError, ConfigRevertError
+from gateway.readonlyfs import read_only_at
 from gateway.redaction import redact_error
 
 #: Runs a blocking callable off the reactor thread.
@@ -189,7 +190,8 @@ class ConfigChanger(Service):
                  publish: Callable[[str, bytes, int, bool], Any], blocking: Blocking,
                  on_fatal: Callable[[Failure], None] | None = None, poll_interval: float = 0.5,
                  hosted_apps: Callable[[], Iterable[tuple[str, str, str]]] = lambda: (),
-                 boot_clock: BootClock | None = None) -> None:
+                 boot_clock: BootClock | None = None,
+                 read_only: Callable[[Path], Path | None] = read_only_at) -> None:
         self.config = config
         self.settings = settings
         self.clock = clock
@@ -201,6 +203,7 @@ class ConfigChanger(Service):
         self._poll_interval = poll_interval
         self._hosted_apps = hosted_apps
         self._boot_clock = boot_clock
+        self._read_only = read_only
         self._pending_file = config.state_dir / PENDING_FILE
         self._owed_report_file = config.state_dir / OWED_REPORT_FILE
         self._pending: PendingChange | None = None
@@ -281,7 +284,9 @@ class ConfigChanger(Service):
         """Why a change cannot begin now, or None when it can: the gateway's stop has begun
         (:meth:`close`), an apply or a revert is under way, a change waits for confirmation, or
         the file of a reverted one could not be removed yet (it would revert again at the next
-        start)."""
+        start), or the state directory (or the journal's) is on a read-only filesystem: the
+        services restarted for the change could not start there, nor could the previous
+        configuration's, and the gateway would stop."""
         if self._closed:
             return "the gateway is stopping: nothing changed; send the change again once it is back"
         if self._pending is not None:
@@ -291,6 +296,12 @@ class ConfigChanger(Service):
         if self._unremoved is not None:
             return (f"the change by {self._unremoved} was reverted, but {self._pending_file} cannot be"
                     " removed yet; it is tried again until it is")
+        state = self.config.state_dir
+        for directory in (state, state / self.config.journal.directory):
+            read_only = self._read_only(directory)
+            if read_only is not None:
+                return (f"{read_only} is on a read-only filesystem: nothing changed; make it writable (remount it"
+                        " read-write) and send the change again")
         return None
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ class Harness:
         self.reports: list[dict[str, Any]] = []
         self.hosted: list[tuple[str, str, str]] = []  # (program, app, version) of the installed apps
         self.boot = "boot-1"  # the machine's boot id: a test that reboots it sets another
+        self.read_only: Path | None = None  # the directory the changer finds on a read-only filesystem
         self.changer = self.make()
 
     def make(self) -> ConfigChanger:
@@ -62,7 +63,8 @@ class Harness:
         return ConfigChanger(config, config.commands, self.clock, self.restart, lambda: dict(self.links),
                              self.publish, lambda work: maybeDeferred(work), poll_interval=0.5,
                              hosted_apps=lambda: list(self.hosted),
-                             boot_clock=BootClock(self.boot, self.clock.steady_seconds))
+                             boot_clock=BootClock(self.boot, self.clock.steady_seconds),
+                             read_only=lambda path: self.read_only)
 
     def restart(self, config: gateway_config.Config) -> Deferred[tuple[str, ...]]:
         self.restarts.append(config)
@@ -100,6 +102,22 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(self.h.changer.get("links.links.a.keepalive"), 30)
         self.assertEqual(self.h.statuses, ["applied"])
         self.assertFalse(self.h.pending_file.exists())
+
+    def test_a_read_only_state_directory_refuses_the_change(self) -> None:
+        """The state directory's filesystem remounted read-only (after an I/O error): a change
+        is refused before anything is written (409 for the admin API and a remote config.set),
+        saying so. It was applied: the services restarted for it could not start on the
+        read-only disk (the apps' processes file), nor could the previous configuration's in
+        the revert, and the gateway stopped (exit 1, seen on a real gateway), where it had gone
+        on forwarding what its journal held and serving its local clients."""
+        self.h.read_only = self.h.work / "state"
+        failure = self.failureResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}), ConfigApplyConflict)
+        self.assertEqual(str(failure.value), f"{self.h.work / 'state'} is on a read-only filesystem: nothing changed;"
+                                             " make it writable (remount it read-write) and send the change again")
+        self.assertEqual((self.h.restarts, self.h.reports), ([], []))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.h.read_only = None  # remounted read-write
+        self.assertTrue(self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30})).applied)
 
     def test_the_dropin_is_not_world_readable(self) -> None:
         """The values set may be secrets (docs/commands.md: reports never name them; install.md:
