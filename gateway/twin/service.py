@@ -36,6 +36,9 @@ from gateway.twin.snapshot import TwinSnapshot
 from gateway.blocking import RunBlocking
 from gateway.twin.store import TwinStore
 
+#: Seconds between two log lines of commands refused because the disk refuses the twin's writes.
+NOT_STORED_LOG_INTERVAL = 60.0
+
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
 #: Deferred, which the event and the response wait for, firing with ``None`` or with why the
 #: cloud is behind on the change (the response's ``cloud-behind`` header).
@@ -85,6 +88,9 @@ class TwinService(Service):
         #: commands refused because they would have created a thing past ``max_things``
         self.things_refused = 0
         self._full_said = False  # the warning that the twin is full was logged (until it has room)
+        # (a disk full or read-only for hours refuses every change an app sends, ten a second maybe)
+        self._not_stored_lines = LogThrottle(NOT_STORED_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        self._not_stored_spell: float | None = None  # the failed writes' ``since`` the lines count in
 
     def startService(self) -> Deferred[None]:
         """Load the things (the gateway's own exists from the first start), then listen."""
@@ -303,10 +309,12 @@ class TwinService(Service):
             response["value"] = value
         self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
 
-    def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str) -> Deferred[None]:
-        self.log.info("twin command on {topic} {path} refused: {status} {reason}",
-                      topic=escaped(shown(topic)), path=escaped(shown(str(path))), status=error.status,
-                      reason=escaped(error.message))
+    def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str,
+                      log: bool = True) -> Deferred[None]:
+        if log:
+            self.log.info("twin command on {topic} {path} refused: {status} {reason}",
+                          topic=escaped(shown(topic)), path=escaped(shown(str(path))), status=error.status,
+                          reason=escaped(error.message))
         if headers.get("response-required", True) in (False, "false"):
             return succeed(None)
         envelope = error_envelope(topic, str(path), dict(headers), error)
@@ -319,11 +327,31 @@ class TwinService(Service):
         that refuses it (full, read-only) is logged as the refusal, one line; anything else is
         a bug's traceback besides. (The shadow sync's journal stream refusing a request is no
         failure here: the change is stored, and answered so, with the cloud behind on it.)"""
-        if not failure.check(OSError):
+        error = DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}")
+        disk = failure.check(OSError) is not None
+        if disk:
+            self._log_not_stored(topic, command.path, error)
+        else:
             self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
-        self._answer_error(topic, command.path, command.headers,
-                           DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),
-                           self._topic_thing(command.thing_id))
+        self._answer_error(topic, command.path, command.headers, error, self._topic_thing(command.thing_id),
+                           log=not disk)
+
+    def _log_not_stored(self, topic: str, path: Any, error: DittoError) -> None:
+        """Log a command refused because the disk refuses the twin's writes: the first of each
+        spell of failed writes, then at most once a minute with how many were refused since
+        (an app changing a property ten times a second on a read-only disk wrote 36,000 lines
+        an hour)."""
+        failing = self.store.failing.now
+        spell = failing.since if failing is not None else None
+        if spell != self._not_stored_spell:  # (a write worked since the last line)
+            self._not_stored_spell = spell
+            self._not_stored_lines.reset()
+        count = self._not_stored_lines.note()
+        if count is not None:
+            self.log.info("twin command on {topic} {path} refused: {status} {reason} ({count} refused so since the"
+                          " last such line; logged at most once a minute while the disk refuses the twin's writes)",
+                          topic=escaped(shown(topic)), path=escaped(shown(str(path))), status=error.status,
+                          reason=escaped(error.message), count=count)
 
     def _publish(self, topic: str, envelope: dict[str, Any]) -> None:
         """Publish a message (an event, a response) on the local bus; one the broker or the

@@ -623,6 +623,34 @@ class TwinServiceTests(SynchronousTestCase):
         answer = self.bus.take()[0][1]
         self.assertEqual(answer["value"]["message"], "the change was not stored: [Errno 28] No space left on device")
 
+    def test_changes_the_disk_refuses_are_logged_once_a_minute(self) -> None:
+        """docs/twin.md: on a read-only disk every change an app sends is refused (503); each
+        was a log line (an app changing a property ten times a second wrote 36,000 lines an
+        hour, seen on a real gateway whose ext4 the kernel remounted read-only). The first is
+        logged, then at most once a minute with how many were refused since; once a write
+        works, the next refusal is logged at once again."""
+        runner = self.started_on_held_writes()
+        read_only = OSError(errno.EROFS, "Read-only file system")
+        values = iter(range(1000))  # each change sets a new value: one the twin holds changes nothing
+
+        def changes(seconds: int, fail: OSError | None = read_only) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(seconds):
+                    self.bus.deliver("e", command("modify", "/attributes/a", next(values)))
+                    runner.run_one(fail=fail)
+                    self.clock.advance(1)
+            return [formatEvent(e) for e in events if e["log_format"].startswith("twin command")]
+
+        line = ("twin command on acme/gw1/things/twin/commands/modify /attributes/a refused: 503 the change was not"
+                " stored: [Errno 30] Read-only file"
+                " system ({count} refused so since the last such line; logged at most once a minute while the disk"
+                " refuses the twin's writes)")
+        self.assertEqual(changes(60), [line.format(count=1)])
+        self.assertEqual(changes(2), [line.format(count=60)])
+        self.assertEqual(changes(1, fail=None), [])  # remounted read-write: the write works
+        self.assertEqual(changes(1), [line.format(count=1)])
+        self.assertEqual(len([t for t, _ in self.bus.take() if t.endswith("errors-response")]), 63)
+
     def test_a_refusal_resting_on_a_change_not_durable_yet_waits_for_it(self) -> None:
         """A second create of a thing whose create is still being written is refused (409) only
         after that create is durable and announced: it answered at once, telling of a thing that a
