@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 
 from tests.gatewayprocess import spawn_gateway
 from tests.links.test_crash import NO_FIXED_PORTS, started_or_why
@@ -64,8 +66,9 @@ class ReadOnlyRemountTests(TestCase):
     def test_nothing_is_acknowledged_and_everything_says_why(self) -> None:
         """After the remount: a QoS 1 message on a routed topic gets no PUBACK (its connection
         is closed), QoS 0 between local clients goes on, the admin API answers and names the
-        journal ``read-only``, each stream's failed write is one log line (not one per retry),
-        and SIGTERM still stops the gateway cleanly."""
+        journal ``read-only``, a configuration change is refused (409) and the gateway runs on,
+        each stream's failed write is one log line (not one per retry), and SIGTERM still stops
+        the gateway cleanly."""
         work = Path(self.mktemp()).resolve()
         work.mkdir()
         image, state = work / "state.img", work / "state"
@@ -109,10 +112,18 @@ class ReadOnlyRemountTests(TestCase):
         message = yield subscriber.next_message(5)
         self.assertEqual(message.payload, b"local")
 
-        status = yield self.get(str(run / "admin.sock"), "/status")
+        code, status = yield self.request(str(run / "admin.sock"), "GET", "/status")
+        self.assertEqual(code, 200)
         errors = {service["name"]: service["error"] for service in status["services"]}
         self.assertTrue(errors["journal"].startswith("read-only: link-cloud refuses appends: [Errno 30]"),
                         errors["journal"])
+        # A configuration change is refused: it restarted the services, which could not start
+        # on the read-only disk, nor could the previous configuration's, and the gateway stopped.
+        code, refused = yield self.request(str(run / "admin.sock"), "POST", "/config/apply",
+                                           {"changes": {"gateway.log_level": "debug"}})
+        self.assertEqual((code, refused["error"]), (409, f"{state} is on a read-only filesystem: nothing changed;"
+                                                         " make it writable (remount it read-write) and send the"
+                                                         " change again"))
         for _ in range(8):  # routed QoS 0 messages: the stream tries the disk again after 0.5 s
             local.publish("telemetry/b", b"qos0", 0)
             yield deferLater(reactor, 0.1, lambda: None)
@@ -132,15 +143,17 @@ class ReadOnlyRemountTests(TestCase):
         return client
 
     @inlineCallbacks
-    def get(self, socket: str, path: str) -> Any:
-        """GET ``path`` from the admin API on the unix ``socket``: its JSON."""
+    def request(self, socket: str, method: str, path: str, body: object = None) -> Any:
+        """``method path`` (with ``body`` as JSON) to the admin API on the unix ``socket``:
+        ``(status, its JSON answer)``."""
 
         class OverTheSocket:
             def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
                 return UNIXClientEndpoint(reactor, socket)
 
+        producer = None if body is None else FileBodyProducer(BytesIO(json.dumps(body).encode()))
         response = yield Agent.usingEndpointFactory(reactor, OverTheSocket()).request(
-            b"GET", b"http://localhost" + path.encode())
-        body = yield readBody(response)
-        self.assertEqual(response.code, 200, body)
-        return json.loads(body)
+            method.encode(), b"http://localhost" + path.encode(),
+            Headers({b"content-type": [b"application/json"]}), producer)
+        answer = yield readBody(response)
+        return response.code, json.loads(answer)
