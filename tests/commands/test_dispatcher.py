@@ -436,12 +436,14 @@ class GatewayCommandsTests(SynchronousTestCase):
         """A key path through a secret-looking key (an item of ingest.ciks, a header under
         "credentials") is redacted like the mapping or list that key names."""
         self.changer.values = {"ingest.ciks.0": "c" * 40, "x.credentials.user": "admin",
-                               "x.headers.Accept": "text/plain", "ingest.ciks_note": ""}
+                               "x.headers.Accept": "text/plain", "ingest.ciks_note": "", "y.password": None}
         self.assertEqual(self.command("config.get", {"key": "ingest.ciks.0"}).body,
                          {"key": "ingest.ciks.0", "value": "<redacted>"})
         self.assertEqual(self.command("config.get", {"key": "x.credentials.user"}).body["value"], "<redacted>")
         self.assertEqual(self.command("config.get", {"key": "x.headers.Accept"}).body["value"], "text/plain")
         self.assertEqual(self.command("config.get", {"key": "ingest.ciks_note"}).body["value"], "")
+        # one not set is shown as it is (docs/commands.md): a link without a password answers null
+        self.assertIsNone(self.command("config.get", {"key": "y.password"}).body["value"])
 
     def test_config_set(self) -> None:
         """Checked first (400 with every error, and the change reported refused as an apply
