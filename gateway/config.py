@@ -34,7 +34,7 @@ from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_p
 from gateway.proxysettings import ProxySettings
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin import shadows
-from gateway.twin.settings import TwinSettings
+from gateway.twin.settings import TwinSettings, shadow_link_problem
 from gateway.updates.settings import UpdatesSettings
 from gateway.uploads.settings import UploadsSettings
 from gateway.yamlfile import read_yaml
@@ -597,6 +597,8 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
     if shadow_link is not None and shadow_link not in mqtt_links:
         known = ", ".join(sorted(mqtt_links)) or "none is configured"
         errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
+    elif shadow_link is not None and (problem := shadow_link_problem(shadow_link)):
+        errors.add(("twin", "shadow_link"), problem)
     elif shadow_link is not None:  # the AWS thing is a level of every shadow topic
         identity = sections["gateway"]
         thing = sections["twin"].shadow_thing

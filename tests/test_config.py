@@ -1517,6 +1517,18 @@ class LoadCheckTests(SynchronousTestCase):
                                  " (link names are shared)",
                                  f"{path}: twin.shadow_link: no MQTT link 'clowd' in links.links (cloud)"])
 
+    def test_a_shadow_link_too_long_to_name_its_stream_is_refused(self) -> None:
+        """twin.shadow_link may name a link of at most 93 characters: its journal stream is
+        shadow-<link>, at most 100. A longer one (95, which a link's name may have) passed the
+        check, and the gateway failed to start: bad name 'shadow-aaa...'."""
+        def text(name: str) -> str:
+            return f"links:\n  links:\n    {name}:\n      endpoint: 'tcp:host=h:port=1'\ntwin:\n  shadow_link: {name}\n"
+
+        self.assertEqual(config.load(self.write(text("a" * 93))).twin.shadow_link, "a" * 93)
+        path, lines = self.errors(text("a" * 94))
+        self.assertEqual(lines, [f"{path}: twin.shadow_link: the link's name has 94 characters: the shadow sync's"
+                                 " journal stream shadow-<link> takes a link name of at most 93"])
+
     def test_a_link_name_in_both_link_sections_is_refused(self) -> None:
         """An HTTP link named like an MQTT link is refused at load, not when the links start."""
         path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"

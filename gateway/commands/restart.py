@@ -22,7 +22,7 @@ log = Logger()
 class ProcessRestart:
     """Stops the gateway so that it starts again.
 
-    :param reactor: the running reactor (``stop``, ``callLater``).
+    :param reactor: the running reactor (``stop``, ``callLater``, ``addSystemEventTrigger``).
     :param environ: the process environment (systemd sets ``INVOCATION_ID`` for a unit).
     :param at_exit: registers a callable to run at interpreter exit (:func:`atexit.register`).
     :param execv: replaces the process (:func:`os.execv`).
@@ -51,15 +51,30 @@ class ProcessRestart:
         return "systemd" if self.under_systemd else "re-exec"
 
     def restart(self) -> str:
-        """Stop the gateway cleanly in ``delay`` seconds; return :meth:`how` it comes back."""
-        self.reactor.callLater(self.delay, self._stop)
+        """Stop the gateway cleanly in ``delay`` seconds; return :meth:`how` it comes back.
+
+        A stop that begins first (SIGTERM in that second) wins: the gateway stops and stays
+        stopped, and the log says so as the stop begins (a reactor that has stopped runs no
+        more timers, so the restart's own call would never say it)."""
+        call = self.reactor.callLater(self.delay, self._stop)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._overtaken, call)
         return self.how()
+
+    def _overtaken(self, call: Any) -> None:
+        """The gateway begins to stop: a restart still waiting for its second is not done."""
+        if call.active():
+            call.cancel()
+            self._not_restarting()
+
+    @staticmethod
+    def _not_restarting() -> None:
+        log.info("not restarting on the remote command: the gateway is stopping already")
 
     def _stop(self) -> None:
         try:
             self.reactor.stop()
-        except ReactorNotRunning:  # (SIGTERM came meanwhile: the gateway stops, and stays stopped)
-            log.info("not restarting on the remote command: the gateway is stopping already")
+        except ReactorNotRunning:  # (the stop began in this very turn, before its triggers ran)
+            self._not_restarting()
             return
         log.warn("restarting the gateway on a remote command ({how})", how=self.how())
         if not self.under_systemd:

@@ -487,6 +487,10 @@ class Stream:
             _call(on_failed, Failure(JournalClosedError(f"journal stream {self.name!r} is closed")))
             return
         if self._early is not None:
+            # Framed once now, so that a record the format cannot hold raises here, as on an
+            # open stream: raised when the open releases it, it failed the open and left the
+            # appends queued behind it waiting for ever.
+            encode(record, 0)
             self._early.append((record, on_durable, on_failed, reserved))
             return
         seq = self.next_seq

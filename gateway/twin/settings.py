@@ -12,6 +12,21 @@ from gateway.twin.ditto import own_topic_matched
 Problem = tuple[tuple[str, ...], str]
 
 
+def shadow_link_problem(link: str) -> str | None:
+    """Why the link ``link`` (a name a link may have) cannot carry the shadow sync (``None``
+    when it can): the sync's journal stream is ``shadow-<link>``, and a stream's name is at
+    most 100 characters, so its link's is at most 93 (a link's own stream, ``link-<name>``,
+    lets it have 95)."""
+    from gateway.journal.cursors import check_name
+
+    try:
+        check_name(f"shadow-{link}")
+    except ValueError:
+        return (f"the link's name has {len(link)} characters: the shadow sync's journal stream"
+                " shadow-<link> takes a link name of at most 93")
+    return None
+
+
 @dataclass(frozen=True)
 class TwinSettings:
     """The local digital twin (on by default) and, with ``shadow_link``, its shadow sync.

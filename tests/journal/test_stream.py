@@ -1223,6 +1223,23 @@ class OpeningTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in self.successResultOf(read)], [1, 2, 3])
 
 
+    def test_a_record_the_format_cannot_hold_raises_before_open_too(self) -> None:
+        """A record too big for the frame (a topic over 65535 bytes) raises ValueError at once
+        while the stream opens, as it does once it is open (docs/journal.md), and the appends
+        around it are stored. Queued, it raised when the open released it: the open failed
+        ("journal stream ... failed to open") and the append behind it never fired."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        first = s.append(record(1))
+        self.assertRaises(ValueError, s.append, record(2)._replace(topic="t" * 65536))
+        second = s.append(record(3))
+        runner.drain()
+        s.clock.advance(0)
+        runner.drain()
+        self.assertEqual([self.successResultOf(d) for d in (first, second)], [1, 2])
+        self.assertRaises(ValueError, s.append, record(4)._replace(topic="t" * 65536))
+
+
 class ClockStepAgeTests(SynchronousTestCase):
     """docs/journal.md "Ages and clock steps": ages (and ``max_age_s``) go by the wall clock as
     it reads now; a step of the clock seen while the gateway ran moves the older records'
