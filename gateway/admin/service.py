@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket as stdsocket
 import stat
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -20,6 +23,7 @@ from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import Backends
 from gateway.blocking import in_reactor_threads
 from gateway.clockstep import steady_seconds
+from gateway.errors import GatewayError
 from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
@@ -39,6 +43,9 @@ _TOKEN_QUERY = re.compile("([?&]" + "".join(f"(?:{c}|%{ord(c):x}|%{ord(c.upper()
                           + r'=)[^&#\s"]*', re.IGNORECASE)
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
+#: Seconds after its making during which a socket lock naming a live process is that
+#: process's, though nothing listens on the socket yet: a gateway binds it right after.
+FRESH_LOCK = 5.0
 #: The socket lock files this process holds (a second service here must not take one).
 _HELD_LOCKS: set[str] = set()
 #: The spool directories this process has cleared (once: a later tree may still be receiving
@@ -79,17 +86,26 @@ def clear_spool(spool: Path) -> int:
 
 def clear_stale_lock(socket: Path) -> bool:
     """Remove the lock file (``<socket>.lock``) and the socket a gateway left that is gone but
-    that Twisted's lock would take for a live one: a lock naming this very pid (a gateway that
-    ran as PID 1 in a container before this one) that this process does not hold, or naming a
-    zombie (killed, not reaped yet). (Twisted removes a stale socket only when it found the
-    lock stale itself.) Whether they were removed; a live gateway's stay.
+    that Twisted's lock would take for a live one, because the pid it names is alive: this very
+    pid (a gateway that ran as PID 1 in a container before this one) while this process does
+    not hold the lock; a zombie's (killed, not reaped yet); or another process's, which took
+    the dead gateway's pid since (after a reboot with the lock in a state directory on disk),
+    when nothing listens on the socket and the lock was not made just now (:data:`FRESH_LOCK`:
+    a gateway that has just made it binds the socket next). (Twisted removes a stale socket
+    only when it found the lock stale itself.) Whether they were removed; a live gateway's
+    stay.
     """
     lock = f"{socket}.lock"
     try:
         pid = int(os.readlink(lock))
+        made = os.lstat(lock).st_mtime
     except (OSError, ValueError):
         return False
-    if not ((pid == os.getpid() and lock not in _HELD_LOCKS) or _zombie(pid)):
+    if pid == os.getpid():
+        if lock in _HELD_LOCKS:
+            return False
+    elif not _zombie(pid) and (abs(time.time() - made) < FRESH_LOCK or _listened_on(socket)):
+        # (abs: a wall clock stepped back since the lock was made, at a boot without a real-time clock)
         return False
     for path, is_ours in ((lock, lambda mode: True), (str(socket), stat.S_ISSOCK)):
         try:
@@ -97,6 +113,39 @@ def clear_stale_lock(socket: Path) -> bool:
                 os.unlink(path)
         except FileNotFoundError:
             pass
+    return True
+
+
+def lock_holder(socket: Path) -> str:
+    """The pid the socket's lock file (``<socket>.lock``) names, as text (``unknown`` when it
+    cannot be read)."""
+    try:
+        return os.readlink(f"{socket}.lock")
+    except OSError:
+        return "unknown"
+
+
+def _listened_on(socket: Path) -> bool:
+    """Whether a process listens on the unix socket ``socket``: only a refused connection or no
+    socket file says no (a socket the gateway may not connect to, or whose listen queue is
+    full, is someone's)."""
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.setblocking(False)
+    directory = None
+    try:
+        target = str(socket)
+        if len(os.fsencode(target)) > MAX_SOCKET_PATH:  # (through the directory, as the service binds it)
+            directory = os.open(socket.parent, os.O_RDONLY | os.O_DIRECTORY)
+            target = f"/proc/self/fd/{directory}/{socket.name}"
+        probe.connect(target)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+        if directory is not None:
+            os.close(directory)
     return True
 
 
@@ -199,7 +248,13 @@ class AdminService(Service):
         if (yield self.blocking(lambda: clear_stale_lock(self.socket))):
             self.log.info("removed the stale lock {lock} (and socket) of a gateway that is gone", lock=lock)
         site = LazySite(lambda: self.site(None), "Site")
-        port = yield self._unix_endpoint().listen(site)
+        try:
+            port = yield self._unix_endpoint().listen(site)
+        except CannotListenError as exc:
+            if exc.socketError != "Cannot acquire lock":
+                raise
+            raise GatewayError(f"admin: the socket {self.socket} is used by another gateway (pid"
+                               f" {lock_holder(self.socket)}, {lock}): give each gateway its own admin.socket")
         self._sites.append(site)
         _HELD_LOCKS.add(lock)
         self._held = lock

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.admin.api import Backends
 from gateway.admin.client import AdminClient
-from gateway.admin.service import AdminService
+from gateway.admin.service import AdminService, clear_stale_lock
 from gateway.admin.settings import AdminSettings
 from gateway.admin.token import TokenFileError, load_or_create_token
 from gateway.config import ErrorList, build_dataclass
+from gateway.errors import GatewayError
 from tests.admin.fakes import FakeApps, FakeReadSide
 from tests.apps.realtime import wait_until
 from tests.ports import free_port
@@ -138,8 +140,10 @@ class AdminServiceTests(TestCase):
         state = Path(self.mktemp()).resolve()
         yield self.start(state)
         second = AdminService(AdminSettings(), state, reactor, Backends(FakeReadSide()))
-        failure = yield self.assertFailure(second.startService(), Exception)
-        self.assertIn("lock", str(failure))
+        failure = yield self.assertFailure(second.startService(), GatewayError)
+        path = state / "run" / "admin.sock"
+        self.assertEqual(str(failure), f"admin: the socket {path} is used by another gateway (pid {os.getpid()},"
+                                       f" {path}.lock): give each gateway its own admin.socket")
         status = yield deferToThread(AdminClient(str(state / "run" / "admin.sock")).get, "/status")
         self.assertEqual(status["pid"], 4242)
 
@@ -164,6 +168,49 @@ class AdminServiceTests(TestCase):
             status = yield deferToThread(AdminClient(str(service.socket)).get, "/status")
             self.assertEqual(status["pid"], 4242, pid)
             yield service.stopService()
+
+    @inlineCallbacks
+    def test_stale_lock_naming_a_pid_another_process_took_since(self) -> Any:
+        """A lock and socket left by a gateway that died (a power cut) whose pid another process
+        has taken since (after the reboot: pid 1 here) do not stop the start when nothing
+        listens on the socket; the gateway failed to start for good ('Couldn't listen on
+        ...admin.sock: Cannot acquire lock'), restarted in vain. The lock of a process that
+        listens on the socket stays, and so does one made just now (its gateway binds next)."""
+        for clock_step in (-3600.0, 3600.0):  # made an hour ago; or "later" (a clock set back since)
+            state = Path(self.mktemp()).resolve()
+            (state / "run").mkdir(parents=True)
+            lock = state / "run" / "admin.sock.lock"
+            os.symlink("1", lock)
+            left = socket.socket(socket.AF_UNIX)  # the dead gateway's socket file stays behind too
+            directory = os.open(state / "run", os.O_RDONLY | os.O_DIRECTORY)  # (the path is too long to bind)
+            left.bind(f"/proc/self/fd/{directory}/admin.sock")
+            left.close()
+            os.close(directory)
+            made = time.time() + clock_step
+            os.utime(lock, (made, made), follow_symlinks=False)
+            service = yield self.start(state)
+            status = yield deferToThread(AdminClient(str(service.socket)).get, "/status")
+            self.assertEqual(status["pid"], 4242, clock_step)
+            self.assertEqual(os.readlink(lock), str(os.getpid()))
+            yield service.stopService()
+
+    def test_lock_of_a_live_listener_or_made_just_now_stays(self) -> None:
+        """A socket lock naming a live process stays when a process listens on the socket (at
+        any age), or when nothing listens yet but it was made just now."""
+        state = Path(tempfile.mkdtemp(prefix="gwadm-"))  # short: the test binds the socket itself
+        self.addCleanup(shutil.rmtree, state, True)
+        path, lock = state / "admin.sock", state / "admin.sock.lock"
+        os.symlink("1", lock)
+        self.assertFalse(clear_stale_lock(path))  # nothing listens, but made just now
+        old = time.time() - 3600
+        os.utime(lock, (old, old), follow_symlinks=False)
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            listener.listen()
+            self.assertFalse(clear_stale_lock(path))
+            self.assertEqual((os.readlink(lock), stat.S_ISSOCK(os.stat(path).st_mode)), ("1", True))
+        self.assertTrue(clear_stale_lock(path))  # nothing listens any more: left behind
+        self.assertEqual((lock.exists() or lock.is_symlink(), path.exists()), (False, False))
 
     @inlineCallbacks
     def test_tcp_needs_the_token(self) -> Any:
