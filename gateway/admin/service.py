@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket as stdsocket
 import stat
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 from gateway.addresses import address_text
 from gateway.lazysite import LazySite
+from gateway.unixsocket import MAX_SOCKET_PATH, listened_on
 
 if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
     from gateway.admin.api import AdminApi
@@ -41,8 +41,6 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
 #: (``%74oken=`` is ``token=`` to the router).
 _TOKEN_QUERY = re.compile("([?&]" + "".join(f"(?:{c}|%{ord(c):x}|%{ord(c.upper()):x})" for c in "token")
                           + r'=)[^&#\s"]*', re.IGNORECASE)
-#: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
-MAX_SOCKET_PATH = 107
 #: Seconds after its making during which a socket lock naming a live process is that
 #: process's, though nothing listens on the socket yet: a gateway binds it right after.
 FRESH_LOCK = 5.0
@@ -104,7 +102,7 @@ def clear_stale_lock(socket: Path) -> bool:
     if pid == os.getpid():
         if lock in _HELD_LOCKS:
             return False
-    elif not _zombie(pid) and (abs(time.time() - made) < FRESH_LOCK or _listened_on(socket)):
+    elif not _zombie(pid) and (abs(time.time() - made) < FRESH_LOCK or listened_on(socket)):
         # (abs: a wall clock stepped back since the lock was made, at a boot without a real-time clock)
         return False
     for path, is_ours in ((lock, lambda mode: True), (str(socket), stat.S_ISSOCK)):
@@ -123,30 +121,6 @@ def lock_holder(socket: Path) -> str:
         return os.readlink(f"{socket}.lock")
     except OSError:
         return "unknown"
-
-
-def _listened_on(socket: Path) -> bool:
-    """Whether a process listens on the unix socket ``socket``: only a refused connection or no
-    socket file says no (a socket the gateway may not connect to, or whose listen queue is
-    full, is someone's)."""
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    probe.setblocking(False)
-    directory = None
-    try:
-        target = str(socket)
-        if len(os.fsencode(target)) > MAX_SOCKET_PATH:  # (through the directory, as the service binds it)
-            directory = os.open(socket.parent, os.O_RDONLY | os.O_DIRECTORY)
-            target = f"/proc/self/fd/{directory}/{socket.name}"
-        probe.connect(target)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError:
-        return True
-    finally:
-        probe.close()
-        if directory is not None:
-            os.close(directory)
-    return True
 
 
 def _zombie(pid: int) -> bool:
