@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
 from gateway.readonlyfs import read_only_at
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
-from gateway.statelock import LOCK_FILE
+from gateway.statelock import LOCK_FILE, lock_text, read_holder
 from gateway.updates.partfile import PART_SUFFIX
 
 __all__ = ["LOCK_FILE", "StateDirService"]
@@ -145,23 +145,30 @@ class StateDirService(Service):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
+            holder, stopping = read_holder(os.read(fd, 64).decode(errors="replace"))
             os.close(fd)
             raise GatewayError(f"the state directory {self.path} is used by another gateway"
-                               f" (pid {holder or 'unknown'}, {path})") from None
+                               f" (pid {holder or 'unknown'}, {path})"
+                               + (": it is stopping; start this one once it has ended" if stopping else "")) from None
         except OSError as exc:
             os.close(fd)
             raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
         self._write_pid(fd)
         return fd
 
-    def _write_pid(self, fd: int) -> None:
-        """Make the lock file open at ``fd`` name this process's pid. The pid only names the
-        holder for another gateway's refusal: a disk that refuses it (a first start on a full
-        disk) is logged, and the lock holds all the same."""
+    def stopping(self) -> None:
+        """The gateway begins to stop: its lock file says so after its pid, for ``gatewayctl``
+        (which then does not wait for the admin API) and for a second gateway's refusal."""
+        if self._lock is not None:
+            self._write_pid(self._lock, stopping=True)
+
+    def _write_pid(self, fd: int, stopping: bool = False) -> None:
+        """Make the lock file open at ``fd`` name this process's pid (and whether it is
+        ``stopping``). The pid only names the holder for another gateway's refusal: a disk that
+        refuses it (a first start on a full disk) is logged, and the lock holds all the same."""
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, lock_text(os.getpid(), stopping).encode(), 0)
         except OSError as exc:
             if self._pid_refused:
                 return

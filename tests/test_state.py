@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import GatewayError
 from gateway.state import LOCK_FILE, StateDirService
+from gateway.statelock import stopping_holder
 
 
 class StateDirLockTests(SynchronousTestCase):
@@ -33,6 +34,27 @@ class StateDirLockTests(SynchronousTestCase):
         third = StateDirService(path)
         third.startService()
         third.stopService()
+
+    def test_a_stopping_gateway_says_so_in_its_lock_file(self) -> None:
+        """Once its stop has begun, the gateway's lock file says so after its pid (gatewayctl
+        reads it), and a second gateway's refusal says the first is stopping and when to start
+        again; the next start writes its pid alone."""
+        path = Path(self.mktemp())
+        first = StateDirService(path)
+        first.startService()
+        first.stopping()
+        self.assertEqual((path / LOCK_FILE).read_text(), f"{os.getpid()} stopping\n")
+        self.assertEqual(stopping_holder(str(path)), str(os.getpid()))
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is used by another gateway"
+                                                f" (pid {os.getpid()}, {path / LOCK_FILE}): it is stopping;"
+                                                " start this one once it has ended")
+        first.stopService()
+        again = StateDirService(path)
+        again.startService()
+        self.addCleanup(again.stopService)
+        self.assertEqual(((path / LOCK_FILE).read_text(), stopping_holder(str(path))), (f"{os.getpid()}\n", None))
 
     def test_a_lock_file_left_behind_is_no_lock(self) -> None:
         """The lock file of a gateway that died (its pid still written) does not stop a start."""

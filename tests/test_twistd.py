@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from gateway.admin.client import AdminClient, NotRunning
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, runs_as, spawn_gateway
 from tests.ports import closed_port, free_port
@@ -537,9 +538,14 @@ class TwistdTests(TestCase):
         before it touches anything: the first one's hosted program runs on, the same
         process, still recorded in apps/processes.json. It started its journal, broker and
         apps on the first one's files, stopped the first one's program as left over from a
-        crash, and only its admin socket refused it."""
+        crash, and only its admin socket refused it. While the first one stops (a program
+        that ignores SIGTERM holds it for a second), its lock file says so, and the admin
+        client (gatewayctl) says it is stopping at once; it said a configuration change
+        restarted the admin API and waited for the stop's end."""
         port = free_port()
-        program = f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
+        program = (f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
+                   f"    stubborn:\n      command: /bin/sh -c \"trap '' TERM; exec /bin/sleep {port + 200000}\"\n"
+                   "      startsecs: 0\n      stopwaitsecs: 1\n")
         config = self.write_config(
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
@@ -563,6 +569,14 @@ class TwistdTests(TestCase):
         self.assertEqual(self.app_pid(port), app)
         self.assertEqual((state / "apps" / "processes.json").read_text(), records)
         self.assertFalse(first.ended.called)
+        first.transport.signalProcess("TERM")
+        yield wait_until(lambda: (state / "gateway.lock").read_text().endswith(" stopping\n"), 10)
+        client = AdminClient(str(state / "run" / "admin.sock"), state_dir=str(state))
+        refused = yield self.assertFailure(deferToThread(client.get, "/status"), NotRunning)
+        self.assertEqual(str(refused), f"the gateway is stopping (pid {first.transport.pid}): its admin API has closed")
+        status = yield first.ended.addTimeout(15, reactor)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), first.output.decode())
+        self.assertEqual(self.app_pid(port), None)
 
     @staticmethod
     def app_pid(port: int) -> int | None:
