@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,7 +27,7 @@ from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 from gateway.addresses import address_text
 from gateway.lazysite import LazySite
-from gateway.unixsocket import MAX_SOCKET_PATH, listened_on
+from gateway.unixsocket import MAX_SOCKET_PATH, clear_stale_lock, lock_holder
 
 if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
     from gateway.admin.api import AdminApi
@@ -41,9 +39,6 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
 #: (``%74oken=`` is ``token=`` to the router).
 _TOKEN_QUERY = re.compile("([?&]" + "".join(f"(?:{c}|%{ord(c):x}|%{ord(c.upper()):x})" for c in "token")
                           + r'=)[^&#\s"]*', re.IGNORECASE)
-#: Seconds after its making during which a socket lock naming a live process is that
-#: process's, though nothing listens on the socket yet: a gateway binds it right after.
-FRESH_LOCK = 5.0
 #: The socket lock files this process holds (a second service here must not take one).
 _HELD_LOCKS: set[str] = set()
 #: The spool directories this process has cleared (once: a later tree may still be receiving
@@ -80,56 +75,6 @@ def clear_spool(spool: Path) -> int:
         else:
             entry.unlink(missing_ok=True)
     return len(entries)
-
-
-def clear_stale_lock(socket: Path) -> bool:
-    """Remove the lock file (``<socket>.lock``) and the socket a gateway left that is gone but
-    that Twisted's lock would take for a live one, because the pid it names is alive: this very
-    pid (a gateway that ran as PID 1 in a container before this one) while this process does
-    not hold the lock; a zombie's (killed, not reaped yet); or another process's, which took
-    the dead gateway's pid since (after a reboot with the lock in a state directory on disk),
-    when nothing listens on the socket and the lock was not made just now (:data:`FRESH_LOCK`:
-    a gateway that has just made it binds the socket next). (Twisted removes a stale socket
-    only when it found the lock stale itself.) Whether they were removed; a live gateway's
-    stay.
-    """
-    lock = f"{socket}.lock"
-    try:
-        pid = int(os.readlink(lock))
-        made = os.lstat(lock).st_mtime
-    except (OSError, ValueError):
-        return False
-    if pid == os.getpid():
-        if lock in _HELD_LOCKS:
-            return False
-    elif not _zombie(pid) and (abs(time.time() - made) < FRESH_LOCK or listened_on(socket)):
-        # (abs: a wall clock stepped back since the lock was made, at a boot without a real-time clock)
-        return False
-    for path, is_ours in ((lock, lambda mode: True), (str(socket), stat.S_ISSOCK)):
-        try:
-            if is_ours(os.lstat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-    return True
-
-
-def lock_holder(socket: Path) -> str:
-    """The pid the socket's lock file (``<socket>.lock``) names, as text (``unknown`` when it
-    cannot be read)."""
-    try:
-        return os.readlink(f"{socket}.lock")
-    except OSError:
-        return "unknown"
-
-
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and waits to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def socket_path(settings: AdminSettings, state_dir: Path) -> Path:
@@ -219,7 +164,7 @@ class AdminService(Service):
             return
         yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
         lock = f"{self.socket}.lock"
-        if (yield self.blocking(lambda: clear_stale_lock(self.socket))):
+        if (yield self.blocking(lambda: clear_stale_lock(self.socket, _HELD_LOCKS))):
             self.log.info("removed the stale lock {lock} (and socket) of a gateway that is gone", lock=lock)
         site = LazySite(lambda: self.site(None), "Site")
         try:

@@ -25,7 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.admin.api import Backends
 from gateway.admin.client import AdminClient
-from gateway.admin.service import AdminService, clear_stale_lock
+from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
 from gateway.admin.token import TokenFileError, load_or_create_token
 from gateway.config import ErrorList, build_dataclass
@@ -193,24 +193,6 @@ class AdminServiceTests(TestCase):
             self.assertEqual(status["pid"], 4242, clock_step)
             self.assertEqual(os.readlink(lock), str(os.getpid()))
             yield service.stopService()
-
-    def test_lock_of_a_live_listener_or_made_just_now_stays(self) -> None:
-        """A socket lock naming a live process stays when a process listens on the socket (at
-        any age), or when nothing listens yet but it was made just now."""
-        state = Path(tempfile.mkdtemp(prefix="gwadm-"))  # short: the test binds the socket itself
-        self.addCleanup(shutil.rmtree, state, True)
-        path, lock = state / "admin.sock", state / "admin.sock.lock"
-        os.symlink("1", lock)
-        self.assertFalse(clear_stale_lock(path))  # nothing listens, but made just now
-        old = time.time() - 3600
-        os.utime(lock, (old, old), follow_symlinks=False)
-        with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(str(path))
-            listener.listen()
-            self.assertFalse(clear_stale_lock(path))
-            self.assertEqual((os.readlink(lock), stat.S_ISSOCK(os.stat(path).st_mode)), ("1", True))
-        self.assertTrue(clear_stale_lock(path))  # nothing listens any more: left behind
-        self.assertEqual((lock.exists() or lock.is_symlink(), path.exists()), (False, False))
 
     @inlineCallbacks
     def test_tcp_needs_the_token(self) -> Any:
