@@ -56,6 +56,32 @@ class StateDirLockTests(SynchronousTestCase):
         self.addCleanup(again.stopService)
         self.assertEqual(((path / LOCK_FILE).read_text(), stopping_holder(str(path))), (f"{os.getpid()}\n", None))
 
+    def test_a_journal_directory_elsewhere_is_locked_too(self) -> None:
+        """Two gateways with state directories of their own and the same journal.directory
+        outside them: the second one is refused, naming the journal directory and the first
+        one's pid, and the first one's state directory stays free of it; its journal lock is
+        released at its stop. Both ran on the one journal (segments and cursors)."""
+        base = Path(self.mktemp())
+        journal = base / "shared-journal"
+        first = StateDirService(base / "one", journal)
+        first.startService()
+        self.assertEqual((journal / LOCK_FILE).read_text(), f"{os.getpid()}\n")
+        second = StateDirService(base / "two", journal)
+        with self.assertRaises(GatewayError) as raised:
+            second.startService()
+        self.assertEqual(str(raised.exception), f"the journal directory {journal} is used by another gateway"
+                                                f" (pid {os.getpid()}, {journal / LOCK_FILE})")
+        second.stopService()
+        third = StateDirService(base / "two")  # (its state directory was not left locked)
+        third.startService()
+        third.stopService()
+        first.stopping()
+        self.assertEqual((journal / LOCK_FILE).read_text(), f"{os.getpid()} stopping\n")
+        first.stopService()
+        again = StateDirService(base / "two", journal)
+        again.startService()
+        again.stopService()
+
     def test_a_lock_file_left_behind_is_no_lock(self) -> None:
         """The lock file of a gateway that died (its pid still written) does not stop a start."""
         path = Path(self.mktemp())
