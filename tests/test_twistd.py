@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -541,7 +542,9 @@ class TwistdTests(TestCase):
         crash, and only its admin socket refused it. While the first one stops (a program
         that ignores SIGTERM holds it for a second), its lock file says so, and the admin
         client (gatewayctl) says it is stopping at once; it said a configuration change
-        restarted the admin API and waited for the stop's end."""
+        restarted the admin API and waited for the stop's end. The first one starts past a pid
+        file naming a live process that is no gateway (its pid taken since a gateway died):
+        twistd refused ('Another twistd server is running')."""
         port = free_port()
         program = (f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
                    f"    stubborn:\n      command: /bin/sh -c \"trap '' TERM; exec /bin/sleep {port + 200000}\"\n"
@@ -550,8 +553,14 @@ class TwistdTests(TestCase):
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             f"ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n{program}")
-        first = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        other = subprocess.Popen(["sleep", "60"])  # (holds the pid the stale pid file names)
+        self.addCleanup(other.wait)
+        self.addCleanup(other.kill)
+        pidfile = config.parent / "twistd.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        first = self.run_twistd("--nodaemon", f"--pidfile={pidfile}", "gateway", "--config", str(config))
         yield first.ready.addTimeout(30, reactor)
+        self.assertIn(f"removed the stale pid file {pidfile}: pid {other.pid} is no gateway".encode(), first.output)
         yield wait_until(lambda: self.app_pid(port) is not None, 10)
         app = self.app_pid(port)
         records = (config.parent / "state" / "apps" / "processes.json").read_text()
