@@ -15,6 +15,7 @@ from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import Backends
@@ -27,6 +28,7 @@ from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 from gateway.addresses import address_text
 from gateway.lazysite import LazySite
+from gateway.portholder import listen_refusal
 from gateway.unixsocket import MAX_SOCKET_PATH, clear_stale_lock, lock_holder
 
 if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
@@ -190,7 +192,11 @@ class AdminService(Service):
             self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
             token = self.token
             site = LazySite(lambda: self.site(token), "Site")
-            port = yield serverFromString(self.reactor, self.settings.tcp).listen(site)
+            try:
+                port = yield serverFromString(self.reactor, self.settings.tcp).listen(site)
+            except CannotListenError:
+                # (naming who holds the port: another gateway with the same admin.tcp, often)
+                raise GatewayError(f"admin: {self.settings.tcp}: {listen_refusal(Failure())}") from None
             self._sites.append(site)
             self._ports.append(port)
             self.log.info("admin API on {address} (bearer token in {file})", address=address_text(port.getHost()),

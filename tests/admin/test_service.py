@@ -148,6 +148,21 @@ class AdminServiceTests(TestCase):
         self.assertEqual(status["pid"], 4242)
 
     @inlineCallbacks
+    def test_a_tcp_port_in_use_is_named_with_its_holder(self) -> Any:
+        """A second gateway with another state directory and the same admin.tcp fails its start
+        naming the endpoint and the process that holds the port (here, this one); it said
+        'Couldn't listen on 127.0.0.1:PORT: [Errno 98] Address already in use.' alone."""
+        port = free_port()
+        yield self.start(Path(self.mktemp()).resolve(), tcp=f"tcp:{port}:interface=127.0.0.1")
+        second = AdminService(AdminSettings(tcp=f"tcp:{port}:interface=127.0.0.1"), Path(self.mktemp()).resolve(),
+                              reactor, Backends(FakeReadSide()))
+        failure = yield self.assertFailure(second.startService(), GatewayError)
+        self.assertTrue(str(failure).startswith(f"admin: tcp:{port}:interface=127.0.0.1: Couldn't listen on"
+                                                f" 127.0.0.1:{port}: [Errno 98] Address already in use; held by"
+                                                f" pid {os.getpid()} ("), str(failure))
+        yield second.stopService()
+
+    @inlineCallbacks
     def test_stale_lock_of_a_gateway_that_had_this_pid_or_is_a_zombie(self) -> Any:
         """A lock left by a gateway that is gone does not stop the start, though its pid is
         alive: this process's own pid (a gateway that ran as PID 1 in a container, restarted
