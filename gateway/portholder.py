@@ -1,4 +1,5 @@
-"""Who holds a TCP port the gateway could not listen on, named in the error when the system says."""
+"""Who holds a TCP port (or a unix socket's lock) the gateway could not listen on, named in the
+error when the system says."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import errno
 import psutil
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
+
+from gateway.unixsocket import lock_holder, lock_refused_path
 
 #: Most characters of the holder's command line quoted.
 COMMAND_CHARS = 100
@@ -42,9 +45,14 @@ def port_holder(port: int) -> str:
 def listen_refusal(failure: Failure) -> str:
     """A failed listen's message, naming the process that holds the port when the address is in
     use and that process can be seen: ``Couldn't listen on 127.0.0.1:1883: [Errno 98] Address
-    already in use; held by pid 1234 (mosquitto -c /etc/mosquitto.conf).``"""
+    already in use; held by pid 1234 (mosquitto -c /etc/mosquitto.conf).``; and, for a unix
+    socket whose lock names a live process, that pid."""
     message = failure.getErrorMessage()
     error = failure.value
+    socket = lock_refused_path(error)
+    if socket is not None:  # (a unix socket whose lock names a live process: not one left behind)
+        return (f"{message.rstrip('.')}: {socket}.lock names pid {lock_holder(socket)}, a live process"
+                " (another gateway on this socket?): give each gateway its own socket.")
     if not isinstance(error, CannotListenError) or getattr(error.socketError, "errno", None) != errno.EADDRINUSE:
         return message
     holder = port_holder(error.port)

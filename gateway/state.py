@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
 from gateway.readonlyfs import read_only_at
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
-from gateway.statelock import LOCK_FILE
+from gateway.statelock import LOCK_FILE, lock_text, read_holder
 from gateway.updates.partfile import PART_SUFFIX
 
 __all__ = ["LOCK_FILE", "StateDirService"]
@@ -41,7 +41,7 @@ class StateDirService(Service):
     def __init__(self, path: Path, journal: Path | None = None) -> None:
         self.path = path
         self.journal = Path(os.path.normpath(journal)) if journal is not None else path / "journal"
-        self._lock: int | None = None
+        self._locks: list[int] = []  # the state directory's lock file, then the journal's when it lies elsewhere
         self._pid_refused = False  # (said once: the tree locks before twistd starts the service)
 
     def startService(self) -> None:
@@ -61,8 +61,9 @@ class StateDirService(Service):
             gateway's user may not use (:func:`~gateway.stateaccess.check_state_tree`; the
             journal's directory too), or another process holds the lock.
         """
-        if self._lock is not None:
-            self._write_pid(self._lock)
+        if self._locks:
+            for fd in self._locks:
+                self._write_pid(fd)
             return
         try:
             self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -87,7 +88,19 @@ class StateDirService(Service):
             raise GatewayError(f"the state directory {self.path} may be written by every user"
                                f" (mode {mode:04o}): chmod o-w {self.path}")
         self._check_trees()
-        self._lock = self._take_lock()
+        self._locks = [self._take_lock(self.path, "state directory")]
+        if not self.journal.is_relative_to(self.path):
+            # Another gateway's state directory may name the same journal.directory: two journals
+            # would write the same segments and cursors.
+            try:
+                self.journal.mkdir(mode=0o750, parents=True, exist_ok=True)
+            except OSError:
+                return  # (the journal says why it cannot make it, or what is in its place)
+            try:
+                self._locks.append(self._take_lock(self.journal, "journal directory"))
+            except GatewayError:
+                os.close(self._locks.pop())
+                raise
 
     def _check_trees(self) -> None:
         """Refuse what the gateway's user may not use in the state directory, and in the
@@ -125,43 +138,51 @@ class StateDirService(Service):
     def stopService(self) -> None:
         """Release the lock (every other service has stopped: this one stops last)."""
         super().stopService()
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        while self._locks:
+            os.close(self._locks.pop())
 
-    def _take_lock(self) -> int:
-        """Lock :data:`LOCK_FILE` and write this process's pid in it.
+    def _take_lock(self, directory: Path, what: str) -> int:
+        """Lock ``directory``'s :data:`LOCK_FILE` and write this process's pid in it.
 
+        :param directory: the state directory, or the journal's when it lies elsewhere.
+        :param what: what ``directory`` is, for the refusal.
         :return: the lock file's descriptor, open while the lock is held.
         :raises GatewayError: when another process holds the lock, or the file cannot be used.
         """
-        path = self.path / LOCK_FILE
+        path = directory / LOCK_FILE
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)  # (never through a link)
         except OSError as exc:
             if is_permission_error(exc):
-                raise refusal(path, self.path) from exc
+                raise refusal(path, directory) from exc
             raise GatewayError(f"cannot open {path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
+            holder, stopping = read_holder(os.read(fd, 64).decode(errors="replace"))
             os.close(fd)
-            raise GatewayError(f"the state directory {self.path} is used by another gateway"
-                               f" (pid {holder or 'unknown'}, {path})") from None
+            raise GatewayError(f"the {what} {directory} is used by another gateway"
+                               f" (pid {holder or 'unknown'}, {path})"
+                               + (": it is stopping; start this one once it has ended" if stopping else "")) from None
         except OSError as exc:
             os.close(fd)
             raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
         self._write_pid(fd)
         return fd
 
-    def _write_pid(self, fd: int) -> None:
-        """Make the lock file open at ``fd`` name this process's pid. The pid only names the
-        holder for another gateway's refusal: a disk that refuses it (a first start on a full
-        disk) is logged, and the lock holds all the same."""
+    def stopping(self) -> None:
+        """The gateway begins to stop: its lock file says so after its pid, for ``gatewayctl``
+        (which then does not wait for the admin API) and for a second gateway's refusal."""
+        for fd in self._locks:
+            self._write_pid(fd, stopping=True)
+
+    def _write_pid(self, fd: int, stopping: bool = False) -> None:
+        """Make the lock file open at ``fd`` name this process's pid (and whether it is
+        ``stopping``). The pid only names the holder for another gateway's refusal: a disk that
+        refuses it (a first start on a full disk) is logged, and the lock holds all the same."""
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, lock_text(os.getpid(), stopping).encode(), 0)
         except OSError as exc:
             if self._pid_refused:
                 return

@@ -10,6 +10,36 @@ import os
 LOCK_FILE = "gateway.lock"
 #: Where Linux lists the locks held (``flock`` and POSIX), readable by every user.
 PROC_LOCKS = "/proc/locks"
+#: What follows the pid in :data:`LOCK_FILE` once its gateway has begun to stop (``4711 stopping``).
+STOPPING = "stopping"
+
+
+def lock_text(pid: int, stopping: bool = False) -> str:
+    """What :data:`LOCK_FILE` holds for the gateway of pid ``pid``: its pid, and
+    :data:`STOPPING` once it has begun to stop."""
+    return f"{pid} {STOPPING}\n" if stopping else f"{pid}\n"
+
+
+def read_holder(text: str) -> tuple[str, bool]:
+    """The pid :data:`LOCK_FILE`'s ``text`` names (``""`` for none), and whether it says that
+    gateway is stopping."""
+    pid, _, rest = text.strip().partition(" ")
+    return pid, rest.strip() == STOPPING
+
+
+def stopping_holder(state_dir: str) -> str | None:
+    """The pid of the gateway using ``state_dir`` when its lock file says it is stopping
+    (ask :func:`lock_held` whether it still holds the lock); ``None`` otherwise, or when the
+    file cannot be read.
+
+    :param state_dir: the gateway's state directory.
+    """
+    try:
+        with open(os.path.join(state_dir, LOCK_FILE), encoding="ascii", errors="replace") as handle:
+            pid, stopping = read_holder(handle.read(64))
+    except OSError:
+        return None
+    return pid if stopping else None
 
 
 def lock_held(state_dir: str, proc_locks: str = PROC_LOCKS) -> bool | None:

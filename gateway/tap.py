@@ -23,6 +23,7 @@ from gateway import logbridge
 from gateway import stdstreams
 from gateway.errors import ConfigError, GatewayError, ReactorError
 from gateway.exitdeadline import ExitDeadline
+from gateway.pidfile import clear_stale_pidfile
 
 
 class Options(usage.Options):
@@ -46,6 +47,12 @@ class Options(usage.Options):
         if self["check-config"]:
             sys.stdout.write(f"gateway: configuration OK: {self.loaded.path}\n")
             raise SystemExit(0)
+        # twistd looks at its pid file once the options are parsed: a stale one, whose pid
+        # another process has taken since, would stop every start.
+        parent = getattr(self, "parent", None)
+        said = clear_stale_pidfile(parent.get("pidfile") or "", self.loaded.state_dir) if parent is not None else None
+        if said:
+            sys.stderr.write(said)
 
 
 def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:

@@ -95,6 +95,7 @@ class GatewayTree(GatewayService):
         super().__init__(*args, **kwargs)
         self.changer: ConfigChanger | None = None
         self.parts: Parts | None = None
+        self.state: StateDirService | None = None
         self._collect_call: IDelayedCall | None = None
 
     def collect_replaced(self) -> None:
@@ -113,6 +114,8 @@ class GatewayTree(GatewayService):
         ``stop_limit``, the wait for the change included. No change begins from now on (a
         remote ``config.set`` still being checked is refused)."""
         self.stop_began()
+        if self.state is not None:  # (its lock file says so until the process has ended)
+            self.state.stopping()
         if self.changer is None:
             return self._stop_services()
         self.changer.close()
@@ -178,6 +181,7 @@ def build_service(config: Config, reactor: Any,
     root.about = about(config)
     state = StateDirService(config.state_dir, config.state_dir / config.journal.directory)
     state.setServiceParent(root)
+    root.state = state
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
         def started(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import GatewayError
 from gateway.state import LOCK_FILE, StateDirService
+from gateway.statelock import stopping_holder
 
 
 class StateDirLockTests(SynchronousTestCase):
@@ -33,6 +34,53 @@ class StateDirLockTests(SynchronousTestCase):
         third = StateDirService(path)
         third.startService()
         third.stopService()
+
+    def test_a_stopping_gateway_says_so_in_its_lock_file(self) -> None:
+        """Once its stop has begun, the gateway's lock file says so after its pid (gatewayctl
+        reads it), and a second gateway's refusal says the first is stopping and when to start
+        again; the next start writes its pid alone."""
+        path = Path(self.mktemp())
+        first = StateDirService(path)
+        first.startService()
+        first.stopping()
+        self.assertEqual((path / LOCK_FILE).read_text(), f"{os.getpid()} stopping\n")
+        self.assertEqual(stopping_holder(str(path)), str(os.getpid()))
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is used by another gateway"
+                                                f" (pid {os.getpid()}, {path / LOCK_FILE}): it is stopping;"
+                                                " start this one once it has ended")
+        first.stopService()
+        again = StateDirService(path)
+        again.startService()
+        self.addCleanup(again.stopService)
+        self.assertEqual(((path / LOCK_FILE).read_text(), stopping_holder(str(path))), (f"{os.getpid()}\n", None))
+
+    def test_a_journal_directory_elsewhere_is_locked_too(self) -> None:
+        """Two gateways with state directories of their own and the same journal.directory
+        outside them: the second one is refused, naming the journal directory and the first
+        one's pid, and the first one's state directory stays free of it; its journal lock is
+        released at its stop. Both ran on the one journal (segments and cursors)."""
+        base = Path(self.mktemp())
+        journal = base / "shared-journal"
+        first = StateDirService(base / "one", journal)
+        first.startService()
+        self.assertEqual((journal / LOCK_FILE).read_text(), f"{os.getpid()}\n")
+        second = StateDirService(base / "two", journal)
+        with self.assertRaises(GatewayError) as raised:
+            second.startService()
+        self.assertEqual(str(raised.exception), f"the journal directory {journal} is used by another gateway"
+                                                f" (pid {os.getpid()}, {journal / LOCK_FILE})")
+        second.stopService()
+        third = StateDirService(base / "two")  # (its state directory was not left locked)
+        third.startService()
+        third.stopService()
+        first.stopping()
+        self.assertEqual((journal / LOCK_FILE).read_text(), f"{os.getpid()} stopping\n")
+        first.stopService()
+        again = StateDirService(base / "two", journal)
+        again.startService()
+        again.stopService()
 
     def test_a_lock_file_left_behind_is_no_lock(self) -> None:
         """The lock file of a gateway that died (its pid still written) does not stop a start."""

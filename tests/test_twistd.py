@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from gateway.admin.client import AdminClient, NotRunning
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, runs_as, spawn_gateway
 from tests.ports import closed_port, free_port
@@ -537,15 +539,28 @@ class TwistdTests(TestCase):
         before it touches anything: the first one's hosted program runs on, the same
         process, still recorded in apps/processes.json. It started its journal, broker and
         apps on the first one's files, stopped the first one's program as left over from a
-        crash, and only its admin socket refused it."""
+        crash, and only its admin socket refused it. While the first one stops (a program
+        that ignores SIGTERM holds it for a second), its lock file says so, and the admin
+        client (gatewayctl) says it is stopping at once; it said a configuration change
+        restarted the admin API and waited for the stop's end. The first one starts past a pid
+        file naming a live process that is no gateway (its pid taken since a gateway died):
+        twistd refused ('Another twistd server is running')."""
         port = free_port()
-        program = f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
+        program = (f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
+                   f"    stubborn:\n      command: /bin/sh -c \"trap '' TERM; exec /bin/sleep {port + 200000}\"\n"
+                   "      startsecs: 0\n      stopwaitsecs: 1\n")
         config = self.write_config(
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             f"ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n{program}")
-        first = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        other = subprocess.Popen(["sleep", "60"])  # (holds the pid the stale pid file names)
+        self.addCleanup(other.wait)
+        self.addCleanup(other.kill)
+        pidfile = config.parent / "twistd.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        first = self.run_twistd("--nodaemon", f"--pidfile={pidfile}", "gateway", "--config", str(config))
         yield first.ready.addTimeout(30, reactor)
+        self.assertIn(f"removed the stale pid file {pidfile}: pid {other.pid} is no gateway".encode(), first.output)
         yield wait_until(lambda: self.app_pid(port) is not None, 10)
         app = self.app_pid(port)
         records = (config.parent / "state" / "apps" / "processes.json").read_text()
@@ -563,6 +578,14 @@ class TwistdTests(TestCase):
         self.assertEqual(self.app_pid(port), app)
         self.assertEqual((state / "apps" / "processes.json").read_text(), records)
         self.assertFalse(first.ended.called)
+        first.transport.signalProcess("TERM")
+        yield wait_until(lambda: (state / "gateway.lock").read_text().endswith(" stopping\n"), 10)
+        client = AdminClient(str(state / "run" / "admin.sock"), state_dir=str(state))
+        refused = yield self.assertFailure(deferToThread(client.get, "/status"), NotRunning)
+        self.assertEqual(str(refused), f"the gateway is stopping (pid {first.transport.pid}): its admin API has closed")
+        status = yield first.ended.addTimeout(15, reactor)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), first.output.decode())
+        self.assertEqual(self.app_pid(port), None)
 
     @staticmethod
     def app_pid(port: int) -> int | None:

@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
 if TYPE_CHECKING:
     from typing import IO, Any, Callable, Iterator, Mapping
 
-from gateway.statelock import LOCK_FILE, lock_held
+from gateway.statelock import LOCK_FILE, lock_held, stopping_holder
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -228,9 +228,13 @@ class AdminClient:
         the first look, told to :attr:`on_wait`).
 
         :raises AdminAway: :data:`RESTART_WAIT` seconds have passed since the wait began.
+        :raises NotRunning: the gateway that holds the lock is stopping (its lock file says so).
         """
         if self.state_dir is None or not lock_held(self.state_dir):
             return None
+        stopping = stopping_holder(self.state_dir)
+        if stopping is not None:  # (its admin API will not open again: nothing to wait for)
+            raise NotRunning(f"the gateway is stopping (pid {stopping}): its admin API has closed")
         now = time.monotonic()
         if since is None:
             since = now

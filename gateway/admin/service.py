@@ -6,26 +6,30 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import Backends
 from gateway.blocking import in_reactor_threads
 from gateway.clockstep import steady_seconds
+from gateway.errors import GatewayError
 from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 from gateway.addresses import address_text
 from gateway.lazysite import LazySite
+from gateway.portholder import listen_refusal
+from gateway.unixsocket import MAX_SOCKET_PATH, clear_stale_lock, lock_holder
 
 if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
     from gateway.admin.api import AdminApi
@@ -37,8 +41,6 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
 #: (``%74oken=`` is ``token=`` to the router).
 _TOKEN_QUERY = re.compile("([?&]" + "".join(f"(?:{c}|%{ord(c):x}|%{ord(c.upper()):x})" for c in "token")
                           + r'=)[^&#\s"]*', re.IGNORECASE)
-#: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
-MAX_SOCKET_PATH = 107
 #: The socket lock files this process holds (a second service here must not take one).
 _HELD_LOCKS: set[str] = set()
 #: The spool directories this process has cleared (once: a later tree may still be receiving
@@ -75,38 +77,6 @@ def clear_spool(spool: Path) -> int:
         else:
             entry.unlink(missing_ok=True)
     return len(entries)
-
-
-def clear_stale_lock(socket: Path) -> bool:
-    """Remove the lock file (``<socket>.lock``) and the socket a gateway left that is gone but
-    that Twisted's lock would take for a live one: a lock naming this very pid (a gateway that
-    ran as PID 1 in a container before this one) that this process does not hold, or naming a
-    zombie (killed, not reaped yet). (Twisted removes a stale socket only when it found the
-    lock stale itself.) Whether they were removed; a live gateway's stay.
-    """
-    lock = f"{socket}.lock"
-    try:
-        pid = int(os.readlink(lock))
-    except (OSError, ValueError):
-        return False
-    if not ((pid == os.getpid() and lock not in _HELD_LOCKS) or _zombie(pid)):
-        return False
-    for path, is_ours in ((lock, lambda mode: True), (str(socket), stat.S_ISSOCK)):
-        try:
-            if is_ours(os.lstat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-    return True
-
-
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and waits to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def socket_path(settings: AdminSettings, state_dir: Path) -> Path:
@@ -196,10 +166,16 @@ class AdminService(Service):
             return
         yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
         lock = f"{self.socket}.lock"
-        if (yield self.blocking(lambda: clear_stale_lock(self.socket))):
+        if (yield self.blocking(lambda: clear_stale_lock(self.socket, _HELD_LOCKS))):
             self.log.info("removed the stale lock {lock} (and socket) of a gateway that is gone", lock=lock)
         site = LazySite(lambda: self.site(None), "Site")
-        port = yield self._unix_endpoint().listen(site)
+        try:
+            port = yield self._unix_endpoint().listen(site)
+        except CannotListenError as exc:
+            if exc.socketError != "Cannot acquire lock":
+                raise
+            raise GatewayError(f"admin: the socket {self.socket} is used by another gateway (pid"
+                               f" {lock_holder(self.socket)}, {lock}): give each gateway its own admin.socket")
         self._sites.append(site)
         _HELD_LOCKS.add(lock)
         self._held = lock
@@ -216,7 +192,11 @@ class AdminService(Service):
             self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
             token = self.token
             site = LazySite(lambda: self.site(token), "Site")
-            port = yield serverFromString(self.reactor, self.settings.tcp).listen(site)
+            try:
+                port = yield serverFromString(self.reactor, self.settings.tcp).listen(site)
+            except CannotListenError:
+                # (naming who holds the port: another gateway with the same admin.tcp, often)
+                raise GatewayError(f"admin: {self.settings.tcp}: {listen_refusal(Failure())}") from None
             self._sites.append(site)
             self._ports.append(port)
             self.log.info("admin API on {address} (bearer token in {file})", address=address_text(port.getHost()),

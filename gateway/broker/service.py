@@ -36,6 +36,7 @@ from gateway.gctuning import ReleaseAfterChurn
 from gateway.journal.record import Record
 from gateway.logthrottle import LogThrottle
 from gateway.portholder import listen_refusal
+from gateway.unixsocket import listen_past_stale_lock
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
 SAVE_DELAY = 1.0
@@ -319,7 +320,7 @@ class BrokerService(Service):
             served = MQTTWebSocketFactory(factory)
         try:
             endpoint = parse_endpoint(listener)(self.reactor)
-            d = endpoint.listen(served)
+            d = listen_past_stale_lock(lambda: endpoint.listen(served))
         except Exception as exc:  # endpoint construction errors are the user's config
             return fail(BrokerError(f"listener {listener.name} ({listener.endpoint}): {exc}"))
 

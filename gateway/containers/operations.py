@@ -34,6 +34,9 @@ from gateway.shown import shown_repr
 log = Logger()
 LABEL_APP = "io.gateway.app"
 LABEL_VERSION = "io.gateway.version"
+#: The label naming the state directory of the gateway that made a container: a gateway acts
+#: only on its own containers (and on those made before the label, which have none).
+LABEL_OWNER = "io.gateway.state-dir"
 CONFIG_VERSION = "config"
 #: Why the operation asked for was not done (see :meth:`ContainerOperations.close`).
 STOPPING = "the containers service is stopping (the gateway stops, or restarts for a configuration change)"
@@ -171,7 +174,7 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _reconcile(self) -> Any:
-        listed: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
+        listed: list[ContainerState] = yield self._own_containers()
         found = []
         for state in listed:
             app = state.labels.get(LABEL_APP, "")
@@ -248,7 +251,17 @@ class ContainerOperations:
 
     def _create(self, deployed: Deployed) -> Deferred[str]:
         return self._runtime.create(deployed.container_name, deployed.image_id, deployed.description,
-                                    {LABEL_APP: deployed.name, LABEL_VERSION: deployed.version})
+                                    {LABEL_APP: deployed.name, LABEL_VERSION: deployed.version,
+                                     LABEL_OWNER: self._store.owner})
+
+    def _own_containers(self) -> Deferred[list[ContainerState]]:
+        """The gateway's containers in the runtime: labelled :data:`LABEL_APP`, and made by this
+        gateway (:data:`LABEL_OWNER`, or none: made by a version before the label). Another
+        gateway's (its own state directory, the same podman storage) are never touched."""
+        def own(listed: list[ContainerState]) -> list[ContainerState]:
+            return [s for s in listed if s.labels.get(LABEL_OWNER, self._store.owner) == self._store.owner]
+
+        return self._runtime.containers(LABEL_APP).addCallback(own)
 
     def _fail(self, deployed: Deployed, why: str, state: ProgramState = ProgramState.FATAL) -> None:
         """List ``deployed``, which has no unit (yet), as ``state`` (FATAL: it cannot be deployed, ``why``)."""
@@ -417,7 +430,7 @@ class ContainerOperations:
             finally:
                 self._watching = None
         if previous is not None:
-            old = yield self._runtime.containers(LABEL_APP)
+            old = yield self._own_containers()
             for state in old:
                 if state.labels.get(LABEL_APP) == name and state.id != container_id:
                     yield self._runtime.remove(state.id)
@@ -465,7 +478,7 @@ class ContainerOperations:
         self._supervisor.forget(new.name)
         yield self._runtime.remove(container_id)
         if new.previous is not None:
-            found = yield self._runtime.containers(LABEL_APP)
+            found = yield self._own_containers()
             existing = next((s for s in found if s.name == new.previous.container_name), None)
             yield self._ensure(new.previous, existing)
         if new.image_id not in {d.image_id for d in self._state.apps.values()}:
@@ -575,7 +588,7 @@ class ContainerOperations:
         self._failed.pop(name, None)
         left: RuntimeFailure | None = None
         try:
-            found = yield self._runtime.containers(LABEL_APP)
+            found = yield self._own_containers()
             for state in found:
                 if state.labels.get(LABEL_APP) == name:
                     yield self._runtime.remove(state.id)

@@ -22,6 +22,8 @@ from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec
 from gateway.apps.settings import ProgramSettings
 from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.runtime import ContainerRuntime
+from gateway.errors import AppError
+from gateway.unixsocket import listened_on
 
 log = Logger()
 
@@ -58,11 +60,19 @@ class PodmanService:
 
     @inlineCallbacks
     def start(self) -> Any:
-        """Start the service; fires once its socket answers.
+        """Start the service; fires once its socket answers. A socket file left in its place
+        (by a service that ended) is replaced; one that answers is another process's (another
+        gateway's podman service on the same ``containers.socket``, systemd's ``podman.socket``)
+        and stays as it is.
 
         :raises RuntimeUnavailable: when it does not answer in ``ready_timeout`` seconds.
+        :raises AppError: when a process listens on the socket already.
         """
         self._socket.parent.mkdir(parents=True, exist_ok=True)
+        if listened_on(self._socket):
+            raise AppError(f"containers: a process listens on podman's socket {self._socket} already (another"
+                           " gateway's podman service, or systemd's podman.socket): give each gateway its own"
+                           " containers.socket, or set containers.start_service: false to use the one that runs")
         self._socket.unlink(missing_ok=True)
         self.process.start()
         waited = 0.0

@@ -8,11 +8,7 @@ from typing import Iterator
 
 from gateway.apps.names import log_name_problem
 from gateway.containers.description import ContainerDescription, valid_name
-
-
-#: The longest unix socket path podman can bind and the gateway connect to (sun_path is 108
-#: bytes with its NUL).
-MAX_SOCKET_PATH = 107
+from gateway.unixsocket import MAX_SOCKET_PATH  # (podman binds no longer path, the gateway connects to none)
 
 
 def container_name_problem(name: str) -> str | None:

@@ -92,6 +92,10 @@ class ContainerStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "containers" / "state.json"
+        #: What marks the containers this gateway made (:data:`~gateway.containers.operations.LABEL_OWNER`):
+        #: its state directory, absolute (another gateway on the machine, with a state
+        #: directory of its own, may use the same podman storage).
+        self.owner = str(state_dir.absolute())
 
     def load(self) -> tuple[DesiredState, list[str]]:
         """The persisted state, and what could not be read of it: then the file is moved aside

@@ -12,6 +12,8 @@ from twisted.logger import Logger
 
 from gateway.addresses import address_text
 from gateway.lazysite import LazySite
+from gateway.portholder import listen_refusal
+from gateway.unixsocket import listen_past_stale_lock
 from gateway.blocking import RunBlocking, in_reactor_threads
 from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.resource import DeviceAPIResource, Persist
@@ -81,14 +83,15 @@ class IngestService(Service):
         if not self.settings.enabled:
             return succeed(None)
         self.identities.load()
-        d = serverFromString(self.reactor, self.settings.endpoint).listen(self.site)
+        endpoint = serverFromString(self.reactor, self.settings.endpoint)
+        d = listen_past_stale_lock(lambda: endpoint.listen(self.site))
 
         def bound(port: Any) -> None:
             self.port = port
             self.log.info("ingest: the device API listens on {address}", address=address_text(port.getHost()))
 
         def refused(failure: Any) -> None:
-            self.error = failure.getErrorMessage()
+            self.error = listen_refusal(failure)
             # (Twisted's CannotListenError ends its sentence with a dot: not before the ";")
             self.log.error("ingest: cannot listen on {endpoint}: {error}; GWE apps cannot write",
                            endpoint=self.settings.endpoint, error=self.error.rstrip("."))

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.errors import JournalError
 from gateway.journal.cursors import check_name
+from gateway.statelock import LOCK_FILE
 from gateway.journal.dropping import drop_directory, is_aside
 from gateway.journal.errors import JournalClosedError, StreamInUseError, UnknownStreamError
 from gateway.filelayer import FileLayer, OSFiles
@@ -108,6 +109,8 @@ class JournalService(Service):
             raise JournalError(f"the journal directory cannot be made: {exc}") from exc
         names = set(self.settings.streams)
         for entry in self.files.listdir(self.directory):
+            if entry == LOCK_FILE:  # (the gateway's lock, in a journal directory outside the state directory)
+                continue
             if is_aside(entry):  # (a drop a kill cut short: the stream was gone already)
                 self.run(self.files.remove_tree, os.path.join(self.directory, entry)).addCallbacks(
                     lambda _, e=entry: self.log.info("journal: removed {entry}, left by a drop cut short", entry=e),

@@ -97,4 +97,7 @@ def listen_metrics(reactor: Any, endpoint: str, factory: MetricsFactory) -> Any:
     """
     from twisted.internet.endpoints import serverFromString
 
-    return serverFromString(reactor, endpoint).listen(factory)
+    from gateway.unixsocket import listen_past_stale_lock
+
+    server = serverFromString(reactor, endpoint)
+    return listen_past_stale_lock(lambda: server.listen(factory))

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.addresses import address_text
+from gateway.portholder import listen_refusal
 from gateway.telemetry.errors import TelemetryError
 from gateway.telemetry.metricspage import MetricsFactory, listen_metrics
 
@@ -49,7 +50,7 @@ class MetricsService(Service):
             self.log.info("metrics on {address}", address=address_text(port.getHost()))
 
         def refused(failure: Failure) -> Failure:
-            return Failure(TelemetryError(f"metrics endpoint {endpoint}: cannot listen: {failure.getErrorMessage()}"))
+            return Failure(TelemetryError(f"metrics endpoint {endpoint}: cannot listen: {listen_refusal(failure)}"))
 
         return maybeDeferred(listen_metrics, self.reactor, endpoint, self._factory).addCallbacks(listening, refused)
 

@@ -961,6 +961,21 @@ class RestartWaitTests(FakeTimeCase):
         self.assertGreater(len(tries), 10)
         self.assertLess(self.now, 2.5)
 
+    def test_a_stopping_gateway_is_not_waited_for(self) -> None:
+        """The lock held by a gateway whose lock file says it is stopping (its admin API closed
+        first, its apps stop): gatewayctl says so at once and exits 3, for an absent socket and
+        for a GET cut mid-answer alike. It said that a configuration change restarted the admin
+        API, or that the gateway started, and waited until the stop's end (or 30 s)."""
+        self.hold_lock()
+        (self.state / "gateway.lock").write_text("4711 stopping\n")
+        tries = self.admin_api_back_after(60.0)
+        self.assertEqual(main(["--socket", self.socket, "status"]), 3)
+        self.assertEqual(self.err.getvalue(), "gatewayctl: the gateway is stopping (pid 4711): its admin API has closed\n")
+        self.assertEqual((len(tries), self.now), (1, 0.0))
+        tries = self.cut_then_answered(1)
+        self.assertRaises(NotRunning, AdminClient(self.socket, state_dir=str(self.state)).get, "/status")
+        self.assertEqual(len(tries), 1)
+
     def cut_then_answered(self, cuts: int) -> list[float]:
         """The first ``cuts`` connections are cut mid-answer (the old admin API stopping), the
         next answers ``GET /status``; the times of the connections tried."""

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
 from gateway.admin.token import TokenFileError, load_or_create_token
 from gateway.config import ErrorList, build_dataclass
+from gateway.errors import GatewayError
 from tests.admin.fakes import FakeApps, FakeReadSide
 from tests.apps.realtime import wait_until
 from tests.ports import free_port
@@ -138,10 +140,27 @@ class AdminServiceTests(TestCase):
         state = Path(self.mktemp()).resolve()
         yield self.start(state)
         second = AdminService(AdminSettings(), state, reactor, Backends(FakeReadSide()))
-        failure = yield self.assertFailure(second.startService(), Exception)
-        self.assertIn("lock", str(failure))
+        failure = yield self.assertFailure(second.startService(), GatewayError)
+        path = state / "run" / "admin.sock"
+        self.assertEqual(str(failure), f"admin: the socket {path} is used by another gateway (pid {os.getpid()},"
+                                       f" {path}.lock): give each gateway its own admin.socket")
         status = yield deferToThread(AdminClient(str(state / "run" / "admin.sock")).get, "/status")
         self.assertEqual(status["pid"], 4242)
+
+    @inlineCallbacks
+    def test_a_tcp_port_in_use_is_named_with_its_holder(self) -> Any:
+        """A second gateway with another state directory and the same admin.tcp fails its start
+        naming the endpoint and the process that holds the port (here, this one); it said
+        'Couldn't listen on 127.0.0.1:PORT: [Errno 98] Address already in use.' alone."""
+        port = free_port()
+        yield self.start(Path(self.mktemp()).resolve(), tcp=f"tcp:{port}:interface=127.0.0.1")
+        second = AdminService(AdminSettings(tcp=f"tcp:{port}:interface=127.0.0.1"), Path(self.mktemp()).resolve(),
+                              reactor, Backends(FakeReadSide()))
+        failure = yield self.assertFailure(second.startService(), GatewayError)
+        self.assertTrue(str(failure).startswith(f"admin: tcp:{port}:interface=127.0.0.1: Couldn't listen on"
+                                                f" 127.0.0.1:{port}: [Errno 98] Address already in use; held by"
+                                                f" pid {os.getpid()} ("), str(failure))
+        yield second.stopService()
 
     @inlineCallbacks
     def test_stale_lock_of_a_gateway_that_had_this_pid_or_is_a_zombie(self) -> Any:
@@ -163,6 +182,31 @@ class AdminServiceTests(TestCase):
             service = yield self.start(state)
             status = yield deferToThread(AdminClient(str(service.socket)).get, "/status")
             self.assertEqual(status["pid"], 4242, pid)
+            yield service.stopService()
+
+    @inlineCallbacks
+    def test_stale_lock_naming_a_pid_another_process_took_since(self) -> Any:
+        """A lock and socket left by a gateway that died (a power cut) whose pid another process
+        has taken since (after the reboot: pid 1 here) do not stop the start when nothing
+        listens on the socket; the gateway failed to start for good ('Couldn't listen on
+        ...admin.sock: Cannot acquire lock'), restarted in vain. The lock of a process that
+        listens on the socket stays, and so does one made just now (its gateway binds next)."""
+        for clock_step in (-3600.0, 3600.0):  # made an hour ago; or "later" (a clock set back since)
+            state = Path(self.mktemp()).resolve()
+            (state / "run").mkdir(parents=True)
+            lock = state / "run" / "admin.sock.lock"
+            os.symlink("1", lock)
+            left = socket.socket(socket.AF_UNIX)  # the dead gateway's socket file stays behind too
+            directory = os.open(state / "run", os.O_RDONLY | os.O_DIRECTORY)  # (the path is too long to bind)
+            left.bind(f"/proc/self/fd/{directory}/admin.sock")
+            left.close()
+            os.close(directory)
+            made = time.time() + clock_step
+            os.utime(lock, (made, made), follow_symlinks=False)
+            service = yield self.start(state)
+            status = yield deferToThread(AdminClient(str(service.socket)).get, "/status")
+            self.assertEqual(status["pid"], 4242, clock_step)
+            self.assertEqual(os.readlink(lock), str(os.getpid()))
             yield service.stopService()
 
     @inlineCallbacks

@@ -6,7 +6,9 @@ from typing import Any
 
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from pwdlib import PasswordHash
@@ -185,16 +187,24 @@ class ListenerTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_unix_socket(self):
-        """A unix-socket listener serves MQTT."""
+        """A unix-socket listener serves MQTT; the socket and lock a gateway killed long ago
+        left there, its pid taken by another process since (pid 1 here: a reboot, pids wrapped
+        around), do not stop it. The start failed for good ('Couldn't listen on ...mqtt.sock:
+        Cannot acquire lock')."""
         directory = tempfile.mkdtemp(prefix="gw-")  # AF_UNIX paths are short; trial's temp dirs are not
         self.addCleanup(shutil.rmtree, directory, True)
         path = os.path.join(directory, "mqtt.sock")
+        with socket.socket(socket.AF_UNIX) as left:
+            left.bind(path)
+        os.symlink("1", path + ".lock")
+        os.utime(path + ".lock", (time.time() - 3600,) * 2, follow_symlinks=False)
         service = yield start_broker(self, reactor, {
             "listeners": {"default": {"endpoint": f"unix:{path}:mode=600"}}, "plugins": ANONYMOUS})
         client = self.client(transport="unix")
         self.assertEqual((yield client.connect_unix(path)), 0)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         self.assertEqual(service.snapshot().listeners[0].address, f"unix:{path}")
+        self.assertEqual(os.readlink(path + ".lock"), str(os.getpid()))
         yield client.subscribe("u", 1)
         yield client.publish("u", b"local", 1)
         self.assertEqual((yield client.next_message()).payload, b"local")

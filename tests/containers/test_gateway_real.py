@@ -71,6 +71,7 @@ class GatewayContainersTests(TestCase):
         yield gateway.ready.addTimeout(60, reactor)
         yield wait_until(lambda: len(self.running(podman)) == 2, timeout=60, step=0.5)
         before = self.running(podman)
+        yield self.other_gateway_leaves_them_alone(work, podman, before)
         gateway.transport.signalProcess("KILL")
         yield gateway.ended
         alpha = podman.inspect(before["alpha"]["Id"])["State"]["Pid"]
@@ -84,6 +85,33 @@ class GatewayContainersTests(TestCase):
         self.assertEqual(len(podman.containers()), 2)
         state = json.loads((work / "state/containers/state.json").read_text())
         self.assertEqual({k: v["wish"] for k, v in state["apps"].items()}, {"alpha": "running", "beta": "running"})
+
+    @inlineCallbacks
+    def other_gateway_leaves_them_alone(self, work: Path, podman: PodmanCli, running: dict[str, Any]) -> Any:
+        """A second gateway on the machine, with a state directory and a podman socket of its
+        own but the same podman storage, and a container app of its own: its start leaves the
+        first one's containers running (it removed them as strays of its own: 'removing
+        alpha.<hash>, not a current version'), and so does its stop."""
+        other = work / "other"
+        other.mkdir()
+        text = json.loads((work / "gateway.yaml").read_text())
+        text["gateway"]["state_dir"] = str(other / "state")
+        text["broker"]["listeners"]["default"]["endpoint"] = f"tcp:{free_port()}:interface=127.0.0.1"
+        text["ingest"]["endpoint"] = f"tcp:{free_port()}:interface=127.0.0.1"
+        text["containers"]["socket"] = str(Path(text["containers"]["socket"]).with_name("other.sock"))
+        text["containers"]["containers"] = {"gamma": text["containers"]["containers"]["alpha"]}
+        (other / "gateway.yaml").write_text(json.dumps(text))
+        second = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config",
+                               str(other / "gateway.yaml"))
+        yield second.ready.addTimeout(60, reactor)
+        # (it takes its containers in hand after its start: strays are removed before gamma runs)
+        yield wait_until(lambda: "gamma" in self.running(podman), timeout=60, step=0.2)
+        self.assertNotIn(b"removing alpha", second.output)
+        second.transport.signalProcess("TERM")
+        yield second.ended
+        podman.run("rm", "--force", "--time=0", self.running(podman)["gamma"]["Id"])
+        self.assertEqual({k: v["Id"] for k, v in self.running(podman).items()},
+                         {k: v["Id"] for k, v in running.items()})
 
     @inlineCallbacks
     def test_an_update_killed_in_its_health_window_is_current_after_the_restart(self) -> None:

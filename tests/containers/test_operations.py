@@ -18,7 +18,7 @@ from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
 from gateway.containers.errors import RuntimeFailure, RuntimeUnavailable
 from gateway.containers.images import ImageFetcher
-from gateway.containers.operations import LABEL_APP, ContainerOperations
+from gateway.containers.operations import LABEL_APP, LABEL_OWNER, LABEL_VERSION, ContainerOperations
 from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
 from gateway.containers.store import ContainerStore, Deployed, DesiredState
 from gateway.containers.supervisor import ContainerSupervisor
@@ -294,6 +294,35 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(sorted(self.runtime.containers_by_id), ["cur"])
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
+
+    def test_another_gateways_containers_are_left_alone(self) -> None:
+        """Two gateways on one machine (each its own state directory) with the same podman
+        storage: this one's start, an update of an app and its uninstall leave the other
+        one's containers as they are, of apps of the same names too (label
+        io.gateway.state-dir); they were removed as strays ('removing app.0123, not a current
+        version'). A container made before the label (none) is still this gateway's: removed
+        as a stray. The containers this one makes name its state directory."""
+        elsewhere = {LABEL_OWNER: "/var/lib/gateway-b"}
+        self.runtime.containers_by_id["b-app"] = ContainerState("b-app", "app.b", {LABEL_APP: "app", **elsewhere},
+                                                                True, 5)
+        self.runtime.containers_by_id["b-solo"] = ContainerState("b-solo", "solo.b", {LABEL_APP: "solo", **elsewhere},
+                                                                 True, 6)
+        self.runtime.containers_by_id["unlabelled"] = ContainerState("unlabelled", "gone.1", {LABEL_APP: "gone"},
+                                                                     False)
+        operations = self.make()
+        self.assertEqual(sorted(self.runtime.containers_by_id), ["b-app", "b-solo"])
+        for version in ("1", "2"):
+            done = operations.install("app", version, ContainerDescription(image=f"reg:5000/app:{version}",
+                                                                           startsecs=0))
+            self.clock.advance(3)
+            self.assertTrue(self.successResultOf(done).ok)
+        own = self.unit("app").container_id
+        self.assertEqual(self.runtime.containers_by_id[own].labels,
+                         {LABEL_APP: "app", LABEL_VERSION: "2", LABEL_OWNER: str(self.state.absolute())})
+        self.assertEqual(sorted(self.runtime.containers_by_id), sorted(["b-app", "b-solo", own]))
+        self.successResultOf(operations.uninstall("app"))
+        self.assertEqual(sorted(self.runtime.containers_by_id), ["b-app", "b-solo"])
+        self.assertEqual([c.running for c in self.runtime.containers_by_id.values()], [True, True])
 
     def test_images_an_update_cut_short_left_unused_are_deleted_at_the_start(self) -> None:
         """An update cut short after it made its version current (a SIGKILL before its end, step

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.settings import AppsSettings
 from gateway.containers.errors import RuntimeUnavailable
+from gateway.containers.podman_service import PodmanService
 from gateway.containers.service import ContainersService
 from gateway.containers.settings import ContainersSettings
+from gateway.errors import AppError
+from tests.apps.fakes import FakeProcessReactor
+from tests.containers.fakes import FakeRuntime
 
 
 class SilentPodman:
@@ -58,3 +67,45 @@ class StartTests(SynchronousTestCase):
         self.assertEqual((podman.stopped, operations.loads), (False, 1))
         [logged] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
         self.assertIn("podman's service does not answer yet (podman's socket does not answer", logged)
+
+
+class PodmanServiceSocketTests(SynchronousTestCase):
+    """What ``PodmanService.start`` finds in its socket's place."""
+
+    def service(self, socket_path: Path) -> tuple[PodmanService, FakeProcessReactor]:
+        reactor = FakeProcessReactor()
+        return PodmanService(("podman",), socket_path, FakeRuntime(), reactor, AppLogWriter(1 << 20),
+                             socket_path.parent / "logs", 1.0, 8.0), reactor
+
+    def short_directory(self) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix="gwpod-"))  # short: the test binds the socket itself
+        self.addCleanup(shutil.rmtree, directory, True)
+        return directory
+
+    def test_a_socket_another_process_listens_on_stays(self) -> None:
+        """A socket a process listens on (another gateway's podman service on the same
+        containers.socket) is left as it is and the start fails saying so; it was unlinked, and
+        the other gateway's podman service, running on, could be reached no more."""
+        path = self.short_directory() / "podman.sock"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            listener.listen()
+            podman, reactor = self.service(path)
+            failure = self.failureResultOf(podman.start(), AppError)
+            self.assertEqual(str(failure.value),
+                             f"containers: a process listens on podman's socket {path} already (another gateway's"
+                             " podman service, or systemd's podman.socket): give each gateway its own"
+                             " containers.socket, or set containers.start_service: false to use the one that runs")
+            self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+            self.assertEqual(reactor.processes, [])
+
+    def test_a_socket_left_by_a_service_that_ended_is_replaced(self) -> None:
+        """A socket file nobody listens on (its service ended) is removed and the service started."""
+        path = self.short_directory() / "podman.sock"
+        with socket.socket(socket.AF_UNIX) as left:
+            left.bind(str(path))
+        podman, reactor = self.service(path)
+        self.successResultOf(podman.start())
+        self.assertFalse(path.exists())
+        [spawned] = reactor.processes
+        self.assertIn(f"unix://{path}", spawned.args)

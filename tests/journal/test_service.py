@@ -55,6 +55,20 @@ class ServiceTests(TestCase):
         self.assertRaises(JournalClosedError, svc.stream, "other")
 
     @inlineCallbacks
+    def test_the_gateways_lock_file_is_no_stream(self) -> None:
+        """The gateway's lock file in a journal directory outside the state directory
+        (gateway.lock, a name a stream could have) is neither a stream nor a warning; it
+        was opened as a stream, a file in a directory's place, and the start failed."""
+        state = Path(self.mktemp())
+        (state / "journal").mkdir(parents=True)
+        (state / "journal" / "gateway.lock").write_text("4711\n")
+        events = capture_log_events(self)
+        svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+        yield svc.startService()
+        self.addCleanup(svc.stopService)
+        self.assertEqual((dict(svc.streams()), [e for e in events if "ignoring" in e.get("log_format", "")]), ({}, []))
+
+    @inlineCallbacks
     def test_stream_and_cursor_names(self) -> None:
         """Stream and cursor names are 1-100 of A-Z a-z 0-9 _ . -, not starting with a dot
         (they name a directory and a file: ".." must not be one); others are a ValueError."""
