@@ -475,19 +475,27 @@ _PATH_ARGUMENTS = {"socket", "state_dir", "file", "path", "config"}
 
 
 def _not_utf8(args: argparse.Namespace) -> str | None:
-    """The first argument the gateway is sent that is not UTF-8 (Python holds the bytes of a
-    command-line word that is not as surrogate escapes, which JSON would carry on as lone
-    surrogates), or None. A package's file (``apps install FILE``) may be named anyhow.
+    """The first argument the gateway is sent that is not UTF-8, or None; the others are made
+    text. Python holds the bytes of a command-line word its locale cannot decode as surrogate
+    escapes (under ``LC_ALL=C`` with ``PYTHONUTF8=0``, the UTF-8 of ``annulé`` too), which
+    JSON would carry on as lone surrogates: such a word is its bytes read as UTF-8, if they
+    are. A package's file (``apps install FILE``) may be named anyhow.
     """
     for key, value in vars(args).items():
         if key in _PATH_ARGUMENTS or (key == "name" and getattr(args, "action", None) == "install"):
             continue
-        for word in value if isinstance(value, list) else [value]:
+        words = value if isinstance(value, list) else [value]
+        for index, word in enumerate(words):
             if isinstance(word, str):
                 try:
                     word.encode("utf-8")
                 except UnicodeEncodeError:
-                    return word
+                    try:
+                        words[index] = os.fsencode(word).decode("utf-8")
+                    except UnicodeError:
+                        return word
+        if not isinstance(value, list):
+            setattr(args, key, words[0])
     return None
 
 

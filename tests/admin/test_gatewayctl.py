@@ -12,8 +12,10 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -1192,6 +1194,43 @@ class LocaleTests(SynchronousTestCase):
         self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "uploads"]), 0)
         out.flush()
         self.assertIn(b"u1      CANCELED  0%        0      annul\\xe9 \\u2713\n", out.buffer.getvalue())
+
+
+    def test_a_word_in_utf8_under_an_ascii_locale_is_sent_as_text(self) -> None:
+        """Under ``LC_ALL=C`` with ``PYTHONUTF8=0`` Python holds a UTF-8 word (``annulé``, typed
+        in a UTF-8 terminal) as surrogate escapes: ``gatewayctl apps stop annulé`` was exit 2,
+        ``b'annul\\xc3\\xa9' is not UTF-8 text``, which it is. Now its bytes are read as
+        UTF-8: the request names ``annul%C3%A9`` and the gateway's answer is printed escaped."""
+        path = f"/tmp/gwctl-{os.getpid()}-locale.sock"
+        self.addCleanup(Path(path).unlink, True)
+        server = socket.socket(socket.AF_UNIX)
+        self.addCleanup(server.close)
+        server.bind(path)
+        server.listen(1)
+        server.settimeout(30)
+        body = json.dumps({"error": "no app or program 'annul\u00e9'"}).encode()
+        answer = (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        requests: list[bytes] = []
+
+        def serve() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.settimeout(30)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(4096)
+                requests.append(request)
+                connection.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+        done = subprocess.run([sys.executable, GATEWAYCTL, "--socket", path, "apps", "stop", "annulé"],
+                              env=env, capture_output=True, timeout=30)
+        thread.join(5)  # it answered before gatewayctl ended, if gatewayctl asked at all
+        self.assertEqual((done.returncode, done.stderr), (1, b"gatewayctl: no app or program 'annul\\xe9'\n"))
+        self.assertTrue(requests[0].startswith(b"POST /apps/annul%C3%A9/stop "), requests)
 
 
 class JournalCommandTests(SynchronousTestCase):
