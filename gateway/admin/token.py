@@ -22,7 +22,7 @@ def load_or_create_token(path: Path) -> bytes:
     call it off the reactor thread.
 
     :param path: the token file.
-    :raises TokenFileError: when it is empty, readable by group or others, or cannot be made.
+    :raises TokenFileError: when it is empty, its group or others have access to it, or it cannot be made.
     """
     try:
         info = path.stat()
@@ -30,8 +30,10 @@ def load_or_create_token(path: Path) -> bytes:
         return _create(path)
     except OSError as exc:
         raise TokenFileError(f"cannot read the admin token file {path}: {exc.strerror}") from exc
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise TokenFileError(f"the admin token file {path} is readable by others: chmod 600 it")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise TokenFileError(f"the admin token file {path} has mode {mode:04o}, which gives its group or other"
+                             " users access: chmod 600 it")
     try:
         token = path.read_bytes().strip()
     except OSError as exc:  # (a directory in its place)

@@ -332,15 +332,19 @@ class SettingsAndTokenTests(SynchronousTestCase):
             self.assertEqual(errors.lines, [], good)
 
     def test_token_file_rules(self) -> None:
-        """A token readable by others, or an empty one, is refused; a missing one is made."""
+        """A token its group or other users have access to, or an empty one, is refused; a missing
+        one is made."""
         directory = Path(self.mktemp())
         path = directory / "token"
         token = load_or_create_token(path)
         self.assertGreaterEqual(len(token), 32)
         self.assertEqual(load_or_create_token(path), token)
         self.assertEqual(list(directory.iterdir()), [path], "no temp file left")
-        os.chmod(path, 0o644)
-        self.assertRaises(TokenFileError, load_or_create_token, path)
+        for mode in (0o644, 0o640, 0o620):  # its group's access too: it said "readable by others"
+            os.chmod(path, mode)
+            error = self.assertRaises(TokenFileError, load_or_create_token, path)
+            self.assertEqual(str(error), f"the admin token file {path} has mode {mode:04o}, which gives its group or"
+                                         " other users access: chmod 600 it")
         os.chmod(path, 0o600)
         path.write_text("short")
         self.assertRaises(TokenFileError, load_or_create_token, path)
