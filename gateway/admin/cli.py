@@ -40,20 +40,31 @@ class UsageError(Exception):
     """The command line is wrong in a way argparse cannot see (exit status 2, as its own errors)."""
 
 
-def check_config(path: str | None) -> int:
-    """Validate the configuration at ``path``; print every problem. Returns the exit status."""
+def check_config(path: str | None, as_json: bool = False) -> int:
+    """Validate the configuration at ``path``; print every problem. Returns the exit status.
+
+    :param as_json: print ``{"valid", "errors", "path"}`` (``config check``'s answer, with the
+        file checked) on stdout instead of the lines for people.
+    """
     from gateway import config as gateway_config  # YAML and every section: only for this command
     from gateway.errors import ConfigError
 
+    checked = str(gateway_config.DEFAULT_CONFIG if path is None else path)
     try:
-        loaded = gateway_config.load(path)
+        checked = str(gateway_config.load(path).path)
     except ConfigError as exc:
+        errors = list(exc.errors)
+    else:
+        errors = []
+    if as_json:
+        print(json.dumps({"valid": not errors, "errors": errors, "path": checked}, indent=2, sort_keys=True))
+    elif errors:
         print("invalid configuration:", file=sys.stderr)
-        for line in exc.errors:
+        for line in errors:
             print(f"  {line}", file=sys.stderr)
-        return ERROR
-    print(f"configuration OK: {loaded.path}")
-    return OK
+    else:
+        print(f"configuration OK: {checked}")
+    return ERROR if errors else OK
 
 
 def _out(args: argparse.Namespace, value: Any, human: Callable[[Any], str]) -> int:
@@ -510,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.parser  # the deepest subcommand's: its usage for errors
     if args.command == "check-config":
-        return check_config(args.path or args.config)
+        return check_config(args.path or args.config, bool(args.json))
     if args.command == "uploads" and args.action == "cancel" and not args.id:
         command.error("uploads cancel needs the upload's ID")
     if args.command == "apps" and args.action not in (None, "list") and not args.name:

@@ -473,6 +473,22 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(out.getvalue(), f"configuration OK: {DEFAULT_CONFIG}\n")
         self.assertEqual(DEFAULT_CONFIG.parent.name, "conf")
 
+    def test_json_is_what_config_check_answers_with_the_file(self) -> None:
+        """``--json`` (before or after the command) prints ``{"valid", "errors", "path"}`` on
+        stdout, as ``config check --json`` prints the API's answer: it printed the lines for
+        people, on stderr for an invalid file, which a script reading JSON could not parse."""
+        bad = Path(self.mktemp())
+        bad.write_text("admin:\n  page_refresh: 0\n")
+        for argv, code, expected in (
+                (["--json", "check-config", str(bad)], 1,
+                 {"valid": False, "errors": [f"{bad}: admin.page_refresh: must be at least 1, not 0"], "path": str(bad)}),
+                (["check-config", "--json"], 0, {"valid": True, "errors": [], "path": str(DEFAULT_CONFIG)})):
+            out, err = io.StringIO(), io.StringIO()
+            self.patch(sys, "stdout", out)
+            self.patch(sys, "stderr", err)
+            self.assertEqual(main(argv), code, argv)
+            self.assertEqual((json.loads(out.getvalue()), err.getvalue()), (expected, ""), argv)
+
 
 class ArgumentOrderTests(SynchronousTestCase):
     """Every command takes its options anywhere: before, between or after its positionals,
