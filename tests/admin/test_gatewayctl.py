@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -1236,8 +1237,15 @@ class LocaleTests(SynchronousTestCase):
                 request = b""
                 while b"\r\n\r\n" not in request:
                     request += connection.recv(4096)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                while length and len(body) < int(length.group(1)):  # all of it: unread data closes with a reset
+                    body += connection.recv(4096)
                 requests.append(request)
                 connection.sendall(answer)
+                connection.shutdown(socket.SHUT_WR)
+                while connection.recv(4096):  # until gatewayctl has read the answer and closed
+                    pass
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
