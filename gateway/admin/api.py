@@ -28,6 +28,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import render_page
 from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
+from gateway.updates.operation import kanto_message
 
 log = Logger()
 
@@ -357,7 +358,7 @@ class AdminApi:
             updates = self._updates()
             body = self._body(request, None)  # (Kanto's SoftwareUpdatable request)
             try:
-                operation = updates.submit(action, body)
+                operation = updates.handle_request(action, body)
             except InvalidOperation as exc:
                 if " is already " in str(exc):
                     raise conflict(str(exc)) from None
@@ -369,11 +370,11 @@ class AdminApi:
     def update_cancel(self, request: Any) -> Any:
         """``POST /updates/cancel``: ``{"correlationId": ...}``, while it downloads."""
         updates = self._updates()
-        body = self._body(request, None)  # (Kanto's cancel request)
-        if not isinstance(body.get("correlationId"), str) or not body["correlationId"]:
+        body = kanto_message(self._body(request, None))  # (Kanto's cancel request, bare or in its envelope)
+        if not isinstance(body, dict) or not isinstance(body.get("correlationId"), str) or not body["correlationId"]:
             raise bad_request("give the operation's correlationId")
         try:
-            updates.cancel(body)
+            updates.handle_request("cancel", body)
         except InvalidOperation as exc:
             if "no longer" in str(exc):
                 raise conflict(str(exc)) from None

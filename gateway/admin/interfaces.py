@@ -90,11 +90,10 @@ class AppOperationsLike(Protocol):
 class UpdatesLike(Protocol):
     """The update service's requests, the same the MQTT topics reach."""
 
-    def submit(self, action: Any, request: Any) -> Any:
-        """Accept an ``install`` or ``download`` request; returns the operation."""
-
-    def cancel(self, request: Any) -> None:
-        """Cancel a running operation."""
+    def handle_request(self, command: str, request: Any) -> Any:
+        """Carry out an ``install``, ``download`` or ``cancel`` request (bare or in a Ditto
+        envelope) as the MQTT topics do, refusals reported alike; returns the operation
+        started (None for a cancel)."""
 
 
 @runtime_checkable

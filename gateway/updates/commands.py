@@ -27,6 +27,7 @@ from twisted.application.service import Service
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage, request_handler
+from gateway.updates.operation import kanto_message
 
 #: Local topic prefix of update requests (and of the status topic, by default).
 UPDATE_TOPIC = "edge/gateway/updates"
@@ -57,9 +58,8 @@ def unwrap(payload: bytes) -> bytes:
         message = jsontext.loads(payload)
     except ValueError:
         return payload  # the handler reports it
-    if isinstance(message, dict) and "value" in message and ("path" in message or "topic" in message):
-        return json.dumps(message["value"]).encode()
-    return payload
+    value = kanto_message(message)
+    return payload if value is message else json.dumps(value).encode()
 
 
 class UpdateCommands(Service):

@@ -253,6 +253,14 @@ def _artifact(where: str, raw: Any) -> Artifact:
     return parse_artifact(where, raw, _ditto_url, "download: an HTTPS (or HTTP) url is required", "checksums")
 
 
+def kanto_message(message: Any) -> Any:
+    """The Kanto message in a decoded request: the ``value`` of a Ditto envelope (``{"topic",
+    "path", "value"}``, as Kanto's backends send it), else the request as it is."""
+    if isinstance(message, dict) and "value" in message and ("path" in message or "topic" in message):
+        return message["value"]
+    return message
+
+
 def correlation_id_of(request: dict[str, Any]) -> str:
     """The ``correlationId`` of a request: a non-empty string.
 

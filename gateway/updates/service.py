@@ -26,7 +26,7 @@ from gateway.operations.threads import daemon_pool
 from gateway.shown import escaped, id_problem, shown_repr
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
-from gateway.updates.operation import Action, Operation, Status, correlation_id_of, parse_request
+from gateway.updates.operation import Action, Operation, Status, correlation_id_of, kanto_message, parse_request
 from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesSnapshot
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
@@ -182,43 +182,67 @@ class UpdateService(Service):
 
         :param command: ``install``, ``download`` or ``cancel``.
         :param payload: the JSON body.
+        :return: why it was refused (logged and reported as :meth:`handle_request` says), or None.
         """
-        request: Any = None
         try:
-            try:
-                request = jsontext.loads(payload)
-            except ValueError as error:
-                raise InvalidOperation(f"the request is not JSON: {error}") from error
-            if command == "cancel":
-                self.cancel(request)
-            elif command in ("install", "download"):
-                self.submit(command, request)  # type: ignore[arg-type]
-            else:
-                raise InvalidOperation(f"unknown command {shown_repr(command)}")
+            request = jsontext.loads(payload)
+        except ValueError as error:
+            refusal = InvalidOperation(f"the request is not JSON: {error}")
+            self._refused(command, None, refusal)
+            return str(refusal)
+        try:
+            self.handle_request(command, request)
         except (ValueError, UpdateError) as error:
-            self.log.warn("refused update command {command}: {error}", command=escaped(str(command)),
-                          error=escaped(str(error)))
-            cid = request.get("correlationId") if isinstance(request, dict) else None
-            if not isinstance(cid, str) or not cid or id_problem(cid) is not None:
-                return str(error)  # no id to report under: only logged (and answered, from the cloud)
-            known = self.operations.get(cid)
-            now = self.reactor.seconds()
-            if known is not None and not known.status.final:
-                # the operation goes on: repeat its status, saying what was refused (a status
-                # still being written is published once it is, and not before)
-                if cid not in self._recording:
-                    status = known.status_payload(now, self._download_percent(known))
-                    status["message"] = f"{command} refused: {error}"
-                    self._send(status)
-            elif command != "cancel":
-                # a refused install or download ends under its id. A cancel of an operation that
-                # has ended, or that the gateway does not know, publishes nothing (as Kanto's
-                # agent): lastOperation is one retained topic for all operations, and a status of
-                # that id would replace the one of the real last operation.
-                self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
-                            "timestamp": int(now * 1000)})
             return str(error)
         return None
+
+    def handle_request(self, command: str, request: Any) -> Operation | None:
+        """Carry out a decoded Kanto SoftwareUpdatable request (bare or in a Ditto envelope),
+        as every door does (the local topics, the cloud commands, the admin API). A refusal
+        is logged and reported before it is raised: the status of the operation of its id that
+        goes on is published again, its message ``<command> refused: <why>``; a refused
+        ``install`` or ``download`` with an id to report under ends ``FINISHED_ERROR`` under it.
+
+        :param command: ``install``, ``download`` or ``cancel``.
+        :param request: the decoded JSON body.
+        :return: the operation started (None for a cancel).
+        :raises InvalidOperation: (or another UpdateError, or ValueError) when refused.
+        """
+        request = kanto_message(request)
+        try:
+            if command == "cancel":
+                self.cancel(request)
+                return None
+            if command in ("install", "download"):
+                return self.submit(command, request)  # type: ignore[arg-type]
+            raise InvalidOperation(f"unknown command {shown_repr(command)}")
+        except (ValueError, UpdateError) as error:
+            self._refused(command, request, error)
+            raise
+
+    def _refused(self, command: str, request: Any, error: Exception) -> None:
+        """Log a refused request and report it under its id, if it has one (handle_request)."""
+        self.log.warn("refused update command {command}: {error}", command=escaped(str(command)),
+                      error=escaped(str(error)))
+        cid = request.get("correlationId") if isinstance(request, dict) else None
+        if not isinstance(cid, str) or not cid or id_problem(cid) is not None:
+            return  # no id to report under: only logged (and answered, from the cloud)
+        known = self.operations.get(cid)
+        now = self.reactor.seconds()
+        if known is not None and not known.status.final:
+            # the operation goes on: repeat its status, saying what was refused (a status
+            # still being written is published once it is, and not before)
+            if cid not in self._recording:
+                status = known.status_payload(now, self._download_percent(known))
+                status["message"] = f"{command} refused: {error}"
+                self._send(status)
+        elif command != "cancel":
+            # a refused install or download ends under its id. A cancel of an operation that
+            # has ended, or that the gateway does not know, publishes nothing (as Kanto's
+            # agent): lastOperation is one retained topic for all operations, and a status of
+            # that id would replace the one of the real last operation.
+            self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
+                        "timestamp": int(now * 1000)})
 
     def submit(self, action: Action, request: Any) -> Operation:
         """Accept an ``install`` or ``download`` request and start it.

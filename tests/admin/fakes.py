@@ -179,7 +179,7 @@ class FakeOperation:
 
 
 class FakeUpdates:
-    """UpdateService's submit/cancel with its refusals."""
+    """UpdateService's handle_request, with its refusals."""
 
     def __init__(self) -> None:
         self.running: dict[str, str] = {"op-1": "DOWNLOADING", "op-2": "INSTALLING"}
@@ -202,6 +202,12 @@ class FakeUpdates:
             raise InvalidOperation(f"no running operation {cid!r} to cancel")
         if self.running[cid] == "INSTALLING":
             raise InvalidOperation(f"operation {cid} is INSTALLING; it can no longer be canceled")
+
+    def handle_request(self, command: str, request: Any) -> Any:
+        if command == "cancel":
+            self.cancel(request)
+            return None
+        return self.submit(command, request)
 
 
 class FakeReports:

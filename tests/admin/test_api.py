@@ -11,10 +11,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway import config as gateway_config
 from gateway.admin import request as request_module
@@ -34,11 +37,15 @@ from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.readside import ReadSide
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from gateway.updates.service import UpdateService
+from gateway.updates.settings import UpdatesSettings
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
 from tests.journal.helpers import refusing_journal
 from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
+from tests.updates.test_downloader import run_inline
+from tests.updates.test_service import FakeInstaller
+from tests.updates.test_service import request as update_request
 
 TOKEN = b"t0ken-t0ken-t0ken-t0ken"
 
@@ -119,7 +126,7 @@ class FakesTests(SynchronousTestCase):
         for cls, protocol, names in ((AppOperations, AppOperationsLike,
                                       ("install", "uninstall", "start", "stop", "restart", "status", "tail",
                                        "log_path")),
-                                     (UpdateService, UpdatesLike, ("submit", "cancel"))):
+                                     (UpdateService, UpdatesLike, ("handle_request",))):
             for name in names:
                 want = list(inspect.signature(getattr(protocol, name)).parameters)
                 have = list(inspect.signature(getattr(cls, name)).parameters)
@@ -725,7 +732,7 @@ class AppRouteTests(SynchronousTestCase):
 
 
 class UpdateRouteTests(SynchronousTestCase):
-    """POST /updates/* reach the update service's submit and cancel, as MQTT requests do."""
+    """POST /updates/* reach the update service's handle_request, as MQTT requests do."""
 
     def test_install_and_download(self) -> None:
         """install and download submit the Kanto request and answer its id and status."""
@@ -754,6 +761,65 @@ class UpdateRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": "op-7"}).status, 404)
         self.assertEqual(h.call("POST", "/updates/cancel", {}).status, 400)
         self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": ""}).status, 400)
+
+
+class NeverAnswers(Resource):
+    """A download server that takes requests and never answers: operations stay DOWNLOADING."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> Any:
+        return NOT_DONE_YET
+
+
+class UpdateRoutesOverTheServiceTests(SynchronousTestCase):
+    """POST /updates/* over the real update service: a request is taken and reported as the
+    MQTT topics take and report it (docs/admin.md, Updates: "the same Kanto SoftwareUpdatable
+    requests the MQTT topics take ... their statuses go out on lastOperation as usual")."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.published: list[dict[str, Any]] = []
+        self.clock = SteppingClock()
+        self.service = UpdateService(
+            UpdatesSettings(), Path(self.mktemp()), self.clock, StubTreq(NeverAnswers()),
+            lambda topic, payload, qos, retain: self.published.append(json.loads(payload)), FakeInstaller(),
+            run_inline, lambda attempt: 1.0)
+        self.successResultOf(self.service.startService())
+        self.addCleanup(self.service.stopService)
+        self.h.backends.updates = self.service
+
+    def test_a_refused_request_is_reported_as_on_mqtt(self) -> None:
+        """A refused install (an id reserved for the fleet, a malformed request) ends
+        ``FINISHED_ERROR`` under its id, and one whose id runs repeats that operation's status
+        with ``install refused: ...``, as on the MQTT topics: through the admin API the
+        refusal was answered and published nothing."""
+        r = self.h.call("POST", "/updates/install", {"correlationId": "ddi-3", "softwareModules": []})
+        said = ("correlationId: 'ddi-3' begins with 'ddi-', which is reserved for the fleet's hawkBit"
+                " deployments; use another id")
+        self.assertEqual((r.status, r.json()), (400, {"error": said}))
+        self.assertEqual([(p["correlationId"], p["status"], p["message"]) for p in self.published],
+                         [("ddi-3", "FINISHED_ERROR", said)])
+        self.published.clear()
+        self.assertEqual(self.h.call("POST", "/updates/download", update_request("op-1")).status, 200)
+        self.published.clear()
+        r = self.h.call("POST", "/updates/install", update_request("op-1"))
+        self.assertEqual(r.status, 409)
+        self.assertEqual([(p["correlationId"], p["message"]) for p in self.published],
+                         [("op-1", f"install refused: {r.json()['error']}")])
+
+    def test_a_request_in_a_ditto_envelope_is_taken(self) -> None:
+        """Install and cancel in the Ditto envelope Kanto's backends send, as the MQTT topics
+        take them: it was 400 ``correlationId: a non-empty string is required``."""
+        def envelope(command: str, value: dict[str, Any]) -> dict[str, Any]:
+            return {"topic": f"acme/gw-1/things/live/messages/{command}",
+                    "path": f"/features/SoftwareUpdatable/inbox/messages/{command}", "value": value}
+
+        r = self.h.call("POST", "/updates/install", envelope("install", update_request("op-2")))
+        self.assertEqual((r.status, r.json()["correlationId"]), (200, "op-2"))
+        self.assertEqual(self.service.operations["op-2"].status.value, "DOWNLOADING")
+        r = self.h.call("POST", "/updates/cancel", envelope("cancel", {"correlationId": "op-2"}))
+        self.assertEqual((r.status, r.json()), (200, {"correlationId": "op-2", "canceling": True}))
 
 
 class UploadRouteTests(SynchronousTestCase):
