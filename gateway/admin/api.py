@@ -147,6 +147,15 @@ class AdminApi:
             raise unavailable("the read side is not part of this gateway")
         return self.backends.readside
 
+    def _off(self, service: str) -> str:
+        """Why the named service is off for an ordinary reason (``twin.enabled: false``), as
+        the read side's status says; ``""`` when it is not."""
+        readside = self.backends.readside
+        for state in getattr(readside.status(), "services", ()) if readside is not None else ():
+            if getattr(state, "name", None) == service:
+                return str(getattr(state, "off", "") or "")
+        return ""
+
     def _require(self, service: str) -> None:
         """503 unless the named service is running (per the read side's status)."""
         readside = self.backends.readside
@@ -184,7 +193,9 @@ class AdminApi:
             self._require(service)
             snapshot = getattr(readside, method)()
             if snapshot is None:  # an optional service (the twin, the ingest) this tree has not
-                raise unavailable(f"the {service} service is not part of this gateway")
+                off = self._off(service)
+                raise unavailable(f"the {service} service is off ({off})" if off else
+                                  f"the {service} service is not part of this gateway")
             return snapshot
         return handler
 

@@ -237,6 +237,10 @@ class ReadRouteTests(SynchronousTestCase):
         h.readside.twin_snapshot = None
         r = h.call("GET", "/twin")
         self.assertEqual((r.status, r.json()), (503, {"error": "the twin service is not part of this gateway"}))
+        # Off by the configuration: said so, as GET /status says it (it said "not part of this gateway").
+        h.readside.gateway = gateway_status((ServiceState("twin", True, off="twin.enabled: false"),))
+        r = h.call("GET", "/twin")
+        self.assertEqual((r.status, r.json()), (503, {"error": "the twin service is off (twin.enabled: false)"}))
 
     def test_one_app(self) -> None:
         """GET /apps/NAME: its programs; an unknown app is 404 with a JSON error."""
