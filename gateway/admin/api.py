@@ -337,7 +337,8 @@ class AdminApi:
         if not 0 <= lines <= self.settings.max_log_lines:
             raise bad_request(f"lines must be between 0 and {self.settings.max_log_lines}")
         follow, stderr = json_flag(options, "follow"), json_flag(options, "stderr")
-        if not follow:
+        # A HEAD has no body to go on with: its answer ends after the headers, as a tail's does.
+        if not follow or request.method == b"HEAD":
             tail = yield apps.tail(name, lines, stderr) if lines else []
             return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
         path = apps.log_path(name, stderr)

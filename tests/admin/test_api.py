@@ -708,6 +708,20 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(exchange.response().body, b"b\npartial\nc\n")
         exchange.close()
 
+    def test_head_of_a_followed_log_ends(self) -> None:
+        """``HEAD`` of a followed log answers its headers and ends, as every ``HEAD`` (docs/
+        admin.md: "every GET route also answers HEAD, without the body"): it started a
+        follower that sent nothing and never ended, and the client waited for ever."""
+        h = Harness(self)
+        (h.work / "logs" / "hello.log").write_bytes(b"a\nb\n")
+        exchange = Exchange(h.site())
+        exchange.send("HEAD", "/apps/hello/logs?lines=1&follow=1", headers={"Connection": "close"})
+        response = exchange.response()
+        self.assertEqual((response.status, response.headers["content-type"], response.body),
+                         (200, "text/plain; charset=utf-8", b""))
+        self.assertTrue(exchange.transport.disconnecting, "the answer ended")
+        self.assertEqual(h.service.api.followers, set(), "no follower left polling the file")
+
     def test_client_gone_while_the_tail_is_read_leaves_no_follower(self) -> None:
         """A client that hangs up while its log's tail is still being read (off the reactor
         thread) leaves nothing behind: no follower polling the file every second for ever,
