@@ -132,6 +132,21 @@ class InstallTests(TestCase):
         self.assertEqual(self.service.supervisor.get("helper").state, ProgramState.RUNNING)
 
     @inlineCallbacks
+    def test_a_program_named_as_its_app_is_that_program(self) -> None:
+        """docs/admin.md: ``NAME`` is a program's name, else an app's: of the app ``hello``
+        with the programs ``hello`` and ``helper``, ``hello`` is the one program to status and
+        stop (``helper`` runs on, reached by its own name), and uninstall takes the app."""
+        conf = GWE_CONF + GWE_CONF.replace("[program:hello]", "[program:helper]").replace("hello.out", "helper.out")
+        result = yield self.ops.install(gwe_package(self.packages, "hello", "1", SERVE, conf))
+        self.assertTrue(result.ok, result)
+        self.assertEqual([s.name for s in self.ops.status("hello")], ["hello"])
+        yield self.ops.stop("hello")
+        self.assertEqual((self.service.supervisor.get("hello").state, self.service.supervisor.get("helper").state),
+                         (ProgramState.STOPPED, ProgramState.RUNNING))
+        yield self.ops.uninstall("hello")
+        self.assertEqual(self.ops.status(), [])
+
+    @inlineCallbacks
     def test_upgrade_then_unhealthy_rolls_back(self) -> None:
         """A new version that crashes in its health window is rolled back; the old runs."""
         yield self.ops.install(self.hello("1.0"))
