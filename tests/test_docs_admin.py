@@ -24,7 +24,7 @@ from gateway.admin.api import LOG_OPTIONS, AdminApi, Backends
 from gateway.admin.cli import build_parser, main
 from gateway.admin.history import DepthHistory
 from gateway.admin.settings import AdminSettings
-from gateway.config import SECTIONS
+from tests.admin.test_gatewayctl import write_config
 from tests.gatewayprocess import spawn_gateway
 from tests.ports import closed_port, free_port
 
@@ -264,14 +264,9 @@ class RunningGatewayTests(TestCase):
         sock = f"/tmp/gwdocs-{os.getpid()}-{free_port()}.sock"
         for leftover in (sock, f"{sock}.lock"):
             self.addCleanup(Path(leftover).unlink, True)
-        quiet = "telemetry:\n  metrics_endpoint: ''\n" if "telemetry" in SECTIONS else ""
-        config = work / "gateway.yaml"
-        config.write_text(
-            f"gateway:\n  state_dir: '{work / 'state'}'\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n"
-            f"admin:\n  socket: '{sock}'\n{quiet}")
+        config = write_config(work, free_port(), closed_port(self))
+        with config.open("a") as f:
+            f.write(f"admin:\n  socket: '{sock}'\n")
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield gateway.ready.addTimeout(60, reactor)
         # The gateway is another process: blocking on its socket here holds up nothing.
