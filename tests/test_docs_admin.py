@@ -223,6 +223,8 @@ CALLS = (
     ("POST", "/updates/install", b'{"correlationId": "ddi-1", "softwareModules": []}', 400),
     ("POST", "/updates/download", b'{"correlationId": "op-1"}', 400),
     ("POST", "/updates/cancel", b'{"correlationId": "op-1"}', 404),
+    ("POST", "/updates/cancel", b'{"path": "/features/SoftwareUpdatable/inbox/messages/cancel",'
+                                b' "value": {"correlationId": "op-1"}}', 404),  # (Ditto's envelope, as on MQTT)
     ("POST", "/uploads/trigger", b"{}", 409), ("POST", "/uploads/cancel", b'{"correlationId": "u1"}', 404),
     ("POST", "/uploads/activate", b"{}", 200), ("POST", "/uploads/deactivate", b"{}", 200),
     ("POST", "/reports/device_info", None, 200), ("POST", "/reports/ghost", None, 404),
