@@ -127,6 +127,22 @@ class HTTPLinkTests(HTTPLinkCase):
         self.pass_time(3)
         self.assertEqual(self.server.values, {"temp": [(T0 - 3601, "20")]})
 
+    def test_values_received_before_a_step_of_the_clock_go_up_at_their_real_time(self) -> None:
+        """A gateway without a real-time clock that received values at 1970, before NTP stepped
+        its clock: the journal notes the step (its ``steps``), and the link sends those values
+        at the time they really came (they went up at 1970: Exosite kept them 56 years back);
+        a value received after the step, and one with a time of its own, as they are."""
+        from gateway.links.valuetime import timestamp_headers
+
+        boot = 60.0
+        self.write("temp", "20", boot)
+        self.stream.append(Record("temp", b"19", 1, False, boot, timestamp_headers(30.0)))  # (the app's own time)
+        self.stream.steps.append((3, T0 - boot - 10))  # NTP: 1970-01-01 00:01:00 was T0 - 10
+        self.write("temp", "21", T0)
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(self.server.values, {"temp": [(T0 - 10, "20"), (30, "19"), (T0, "21")]})
+
     def test_a_cik_the_disk_refuses_is_used_and_written_once_it_can_be(self) -> None:
         """A CIK whose file the disk refuses (full) is used from memory, said once in the log,
         and written as soon as the disk takes it: the platform issues a CIK once (a second
