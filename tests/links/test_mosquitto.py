@@ -10,6 +10,7 @@ from typing import Any, Callable
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.links.service import LinksService
@@ -156,6 +157,14 @@ class MosquittoTests(TestCase):
         yield self.setUpLinks(lambda port: LinkSettings(
             endpoint=f"tls:host=localhost:port={port}", ca_file=pki["ca"], cert_file=pki["client_cert"],
             key_file=pki["client_key"], routes=ROUTES, downlink=()), live)
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "cannot connect" in event.get("log_format", ""):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         yield self.cloud.start()
         yield self.device.publish("telemetry/early", b"kept", qos=1)  # (acknowledged: journaled)
         status = self.links.status
@@ -163,6 +172,8 @@ class MosquittoTests(TestCase):
             if "not valid yet" in status["cloud"]["cause"]:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.5, lambda: None)  # (attempts every 0.1 s: the same cause, no new line)
+        self.assertEqual(len([line for line in lines if "not valid yet" in line]), 1, lines)
         start = (now + datetime.timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S UTC")
         end = (now + datetime.timedelta(days=800)).strftime("%Y-%m-%d %H:%M:%S UTC")
         self.assertEqual(status["cloud"]["cause"], (
