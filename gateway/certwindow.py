@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from gateway.clockstep import unset_clock
+from gateway.shown import escaped, shown
 
 
 def utc_time(seconds: float) -> str:
@@ -64,7 +65,7 @@ class CertificateTimeError(Exception):
 
         :param server: how to name the server (``mqtt.example.com:8883``, ``the server``).
         """
-        subject = self.subject or "no subject"
+        subject = shown(escaped(self.subject)) or "no subject"  # (the server's words: kept on one line)
         which = (f"the certificate of {server} ({subject})" if self.depth == 0
                  else f"a CA certificate in the chain of {server} ({subject}, depth {self.depth})")
         state = "has expired" if self.expired else "is not valid yet"

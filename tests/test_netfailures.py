@@ -29,6 +29,12 @@ class CertificateWindowTests(SynchronousTestCase):
                          "00:00:00 UTC, and the clock reads 1970-01-07; the clock is not set yet (no real-time "
                          "clock, and NTP has not set it)")
 
+    def test_the_subject_stays_on_one_line(self) -> None:
+        """A server's certificate subject with a line break cannot break or forge a log line."""
+        refused = CertificateTimeError(0.0, 1798761600.0, 1830297600.0, "CN=a\nlink cloud connected", 0)
+        self.assertIn("(CN=a\\nlink cloud connected) is not valid yet", describe(refused))
+        self.assertNotIn("\n", describe(refused))
+
     def test_another_verify_failure(self) -> None:
         """Any other failed verification is the usual sentence, whatever the clock."""
         self.assertEqual(describe(UNVERIFIED), "the TLS connection failed (certificate verify failed: no CA "
