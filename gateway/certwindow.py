@@ -84,3 +84,21 @@ class CertificateTimeError(Exception):
 
     def __str__(self) -> str:
         return f"TLS certificate verification failed: {self.window('the server')}; {self.remedy()}"
+
+
+def waits_for_clock(problem: BaseException | None) -> bool:
+    """Whether ``problem`` (or what it was raised from, or a reason it wraps: the HTTP
+    client's ``ResponseNeverReceived``) is a server certificate not valid yet by a clock that
+    is not set yet: a failure that only NTP setting the clock cures, and that no retry should
+    count against its limit."""
+    seen: list[BaseException] = []
+    while problem is not None and problem not in seen:
+        seen.append(problem)
+        if isinstance(problem, CertificateTimeError):
+            return not problem.expired and unset_clock(problem.clock) is not None
+        for reason in getattr(problem, "reasons", None) or ():
+            if waits_for_clock(getattr(reason, "value", reason)):
+                return True
+        problem = problem.__cause__
+    return False
+
