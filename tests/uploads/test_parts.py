@@ -780,6 +780,52 @@ class S3SizeLimitTests(SynchronousTestCase):
         self.assertEqual(transfer.attempts, 1)
 
 
+class ClockNotSetTests(SynchronousTestCase):
+    """An upload resumed at boot on a gateway without a real-time clock (1970, before NTP):
+    the storage's certificate is not valid yet by the clock, which no attempt cures."""
+
+    def test_a_clock_not_set_yet_counts_no_attempt(self) -> None:
+        """Those failures count against no max_attempts (the upload failed after them); the
+        retries still back off, and once the clock is set the file goes. An expired
+        certificate still counts."""
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        from gateway.certwindow import CertificateTimeError
+        from gateway.uploads.errors import TransferFailed
+        from gateway.uploads.transfer import FileTransfer
+        from tests.uploads.fakes import FakeProvider
+        from tests.uploads.test_retry import ThreadlessClock
+
+        path = Path(self.mktemp())
+        path.write_bytes(b"log lines")
+        delays: list[int] = []
+
+        def transfer(refused: CertificateTimeError) -> Any:
+            del delays[:]
+            clock, sends = ThreadlessClock(), []  # type: ignore[var-annotated]
+            sending = FileTransfer(str(path), "u#1", FakeProvider(sends, {}), clock,
+                                   lambda f, *a, **k: maybeDeferred(f, *a, **k),
+                                   lambda n: delays.append(n) or 1.0, 3, 2**20, 120, lambda identity: None,
+                                   lambda count: None)
+            d = sending.run()
+            for _ in range(6):
+                if d.called:
+                    break
+                error = TransferFailed("PUT store.example: the TLS connection failed: ...")
+                error.__cause__ = ResponseNeverReceived([Failure(refused)])  # (as send_request raises it)
+                sends[-1][2].errback(error)
+                clock.advance(1.0)
+            if not d.called:
+                sends[-1][2].callback(None)
+            return d
+
+        self.successResultOf(transfer(CertificateTimeError(60.0, 1798761600.0, 1830297600.0, "CN=store", 0)))
+        self.assertEqual(delays, [1, 2, 3, 4, 5, 6])
+        self.failureResultOf(transfer(CertificateTimeError(2e9, 1e9, 1.5e9, "CN=store", 0)), TransferFailed)
+        self.assertEqual(delays, [1, 2])
+
+
 class NetworkErrorTests(SynchronousTestCase):
     """A request that never got an answer is told in a sentence (the server, then what went
     wrong), never a ``Failure`` repr: it is the FAILED message a user reads."""
