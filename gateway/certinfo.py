@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.clockstep import CLOCK_SET_SINCE
+
 #: Seconds in a day, for days-left figures.
 DAY = 86400.0
 
@@ -35,7 +37,8 @@ class CertificateSnapshot:
     :param path: the PEM file (``""`` for a peer's certificate seen on a connection).
     :param subject: its subject.
     :param not_after: when it expires (seconds since the epoch), or ``None`` when unknown.
-    :param days_left: days until then (negative once expired), or ``None`` when unknown.
+    :param days_left: days until then (negative once expired), or ``None`` when unknown (the
+        certificate unreadable, or the gateway's clock not set yet).
     :param error: why it could not be read, or ``""``.
     """
 
@@ -74,6 +77,8 @@ def certificate_from_x509(role: str, cert: object) -> CertificateInfo:
 
 
 def at(info: CertificateInfo, now: float) -> CertificateSnapshot:
-    """``info`` with the days left at ``now`` (seconds since the epoch)."""
-    days = (info.not_after - now) / DAY if info.not_after is not None else None
+    """``info`` with the days left at ``now`` (seconds since the epoch): none while the clock
+    is not set yet (before :data:`~gateway.clockstep.CLOCK_SET_SINCE`: a gateway without a
+    real-time clock at 1970, before NTP), when they would be decades too many."""
+    days = (info.not_after - now) / DAY if info.not_after is not None and now >= CLOCK_SET_SINCE else None
     return CertificateSnapshot(info.role, info.path, info.subject, info.not_after, days, info.error)

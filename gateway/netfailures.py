@@ -14,7 +14,7 @@ from twisted.internet import error as net
 from twisted.python.failure import Failure
 from twisted.web.http import PotentialDataLoss
 
-from gateway.clockstep import unset_clock
+from gateway.certwindow import CertificateTimeError
 from gateway.shown import escaped
 
 #: Twisted wraps what went wrong in a list of Failures (``ResponseFailed.reasons`` and its kin).
@@ -46,22 +46,22 @@ class ProxyError(net.ConnectError):
         return self.message
 
 
-def describe(problem: BaseException | Failure, now: float | None = None) -> str:
+def describe(problem: BaseException | Failure) -> str:
     """Say what went wrong on the network, briefly, without Python reprs.
 
     :param problem: an exception (or a Failure) from the HTTP client: ``ResponseFailed``,
         ``ResponseNeverReceived``, ``RequestTransmissionFailed`` (their wrapped reasons are
         told one by one), a connection error, a TLS error ...
-    :param now: the wall clock's time of the failure: a certificate that fails verification
-        while the clock is not set yet (:func:`~gateway.clockstep.unset_clock`) is said to be
-        the clock's doing (None: not known).
+
+    A server certificate refused for the clock (:class:`~gateway.certwindow.CertificateTimeError`)
+    is told with the clock's reading and the certificate's validity window.
     """
     value = problem.value if isinstance(problem, Failure) else problem
     reasons = getattr(value, _WRAPPED, None)
     if isinstance(reasons, list) and reasons:
         parts: list[str] = []
         for reason in reasons:
-            text = describe(reason, now)
+            text = describe(reason)
             if text not in parts:
                 parts.append(text)
         return "; ".join(parts)
@@ -85,13 +85,9 @@ def describe(problem: BaseException | Failure, now: float | None = None) -> str:
     if isinstance(value, VerificationError):
         return ("the TLS connection failed: the server's certificate is not valid for the host name asked for "
                 "(check the URL's host and the server's certificate)")
+    if isinstance(value, CertificateTimeError):
+        return f"the TLS connection failed: {value.window('the server')}; {value.remedy()}"
     if type(value).__module__.startswith("OpenSSL") or "SSL" in type(value).__name__:
-        year = (unset_clock(now) if now is not None and "certificate verify failed" in ", ".join(tls_reasons(value))
-                else None)
-        if year is not None:
-            return (f"the TLS connection failed (certificate verify failed): the gateway's clock says {year}, it is "
-                    "not set yet (no real-time clock, and NTP has not set it), so the server's certificate is not "
-                    "valid yet by it")
         return f"the TLS connection failed ({_tls_reasons(value)}); check the server's certificate and ca_file"
     return _plain(value)
 
@@ -107,7 +103,7 @@ def _tls_reasons(value: BaseException) -> str:
     """OpenSSL's reasons (``[('SSL routines', '', 'certificate verify failed')]``) in words."""
     text = ", ".join(tls_reasons(value) or [_plain(value)])
     if "certificate verify failed" in text:
-        text += ": no CA trusted vouches for it, or it has expired or is not valid yet"
+        text += ": no CA trusted vouches for it"
     return text
 
 

@@ -3,6 +3,7 @@ by ``make test-deps``) on 127.0.0.1, in front of an https server and a plain htt
 
 from __future__ import annotations
 
+import datetime
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource, server
 
 from gateway.httpproxy import ProxyError
+from gateway.netfailures import describe
 from gateway.operations.httpclient import close_connections, make_http_client
 from gateway.proxysettings import ProxySettings
 from tests.peerprocess import PeerProcess
 from tests.ports import free_port
-from tests.tlscerts import make_pki
+from tests.tlscerts import make_pki, make_server
 
 reactor: Any = global_reactor
 
@@ -48,15 +50,21 @@ class TinyproxyTests(TestCase):
         work = Path(self.mktemp()).resolve()
         self.pki = make_pki(work / "pki")
         site = server.Site(Echo())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expired = make_server(work / "expired", self.pki, "expired", now - datetime.timedelta(days=800),
+                              now - datetime.timedelta(days=400))
         self.https_port, self.http_port, self.closed_port = free_port(), free_port(), free_port()
+        self.expired_port = free_port()
         for description in (f"ssl:{self.https_port}:interface=127.0.0.1:privateKey={self.pki['server_key']}"
-                            f":certKey={self.pki['server_cert']}", f"tcp:{self.http_port}:interface=127.0.0.1"):
+                            f":certKey={self.pki['server_cert']}", f"tcp:{self.http_port}:interface=127.0.0.1",
+                            f"ssl:{self.expired_port}:interface=127.0.0.1:privateKey={expired['server_key']}"
+                            f":certKey={expired['server_cert']}"):
             port = yield serverFromString(reactor, description).listen(site)
             self.addCleanup(port.stopListening)
         proxy_port = free_port()
         conf = work / "tinyproxy.conf"
         conf.write_text(f"Port {proxy_port}\nListen 127.0.0.1\nTimeout 10\nAllow 127.0.0.1\nMaxClients 20\n"
-                        f"ConnectPort {self.https_port}\nBasicAuth gw s3cr3t\nLogLevel Info\n")
+                        f"ConnectPort {self.https_port}\nConnectPort {self.expired_port}\nBasicAuth gw s3cr3t\nLogLevel Info\n")
         self.proxy = PeerProcess(reactor, proxy_port)
         self.proxy.spawn(executable, [executable, "-d", "-c", str(conf)])
         self.addCleanup(self.proxy.stop)
@@ -88,6 +96,10 @@ class TinyproxyTests(TestCase):
         untrusting = self.client(self.url, ca_file=self.pki["client_cert"])
         error = yield self.assertFailure(untrusting.get(f"https://localhost:{self.https_port}/"), Exception)
         self.assertIn("certificate verify failed", repr(error))
+        # a server certificate expired by the clock: said so, through the tunnel too
+        error = yield self.assertFailure(http.get(f"https://localhost:{self.expired_port}/"), Exception)
+        self.assertIn("the certificate of the server (CN=localhost) has expired by the gateway's clock: it is "
+                      "valid from ", describe(error))
         # a wrong password: the proxy's 401 (tinyproxy's answer to a CONNECT; squid's is 407), one line naming the proxy without the password
         wrong = self.client(self.url.replace("s3cr3t", "nope"))
         error = yield self.assertFailure(wrong.get(f"https://localhost:{self.https_port}/"), ProxyError)

@@ -1,4 +1,4 @@
-"""Network failures told as sentences (gateway/netfailures.py): a TLS failure with the clock not set."""
+"""Network failures told as sentences (gateway/netfailures.py): a TLS failure for the clock."""
 
 from __future__ import annotations
 
@@ -7,31 +7,39 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
-from gateway.clockstep import CLOCK_SET_SINCE
+from gateway.certwindow import CertificateTimeError
 from gateway.netfailures import describe, describe_answer
 
 #: A TLS handshake that failed verification, as the HTTP client reports it.
 UNVERIFIED = ResponseNeverReceived([Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))])
 
 
-class ClockNotSetTests(SynchronousTestCase):
-    """A gateway without a real-time clock at 1970: every server certificate is not valid yet."""
+class CertificateWindowTests(SynchronousTestCase):
+    """A server certificate refused for the clock (gateway/tlsverify.py gives a
+    CertificateTimeError), and one refused otherwise."""
 
-    def test_a_verify_failure_with_the_clock_not_set_says_so(self) -> None:
-        """Before NTP sets the clock (1970), a failed verification is said to be the clock's
-        doing, not a CA that does not vouch for the server (a user would go and change it)."""
-        self.assertEqual(describe(UNVERIFIED, now=572136.0),
-                         "the TLS connection failed (certificate verify failed): the gateway's clock says 1970, it "
-                         "is not set yet (no real-time clock, and NTP has not set it), so the server's certificate "
-                         "is not valid yet by it")
+    def test_a_certificate_not_valid_yet_with_the_clock_not_set(self) -> None:
+        """Before NTP sets the clock (1970), the failure gives the clock's reading, the
+        certificate's window and says the clock is not set, not that a CA does not vouch for
+        the server (a user would go and change it)."""
+        refused = CertificateTimeError(572136.0, 1798761600.0, 1830297600.0, "CN=m2.exosite.io", 0)
+        self.assertEqual(describe(ResponseNeverReceived([Failure(refused)])),
+                         "the TLS connection failed: the certificate of the server (CN=m2.exosite.io) is not valid "
+                         "yet by the gateway's clock: it is valid from 2027-01-01 00:00:00 UTC to 2028-01-01 "
+                         "00:00:00 UTC, and the clock reads 1970-01-07; the clock is not set yet (no real-time "
+                         "clock, and NTP has not set it)")
 
-    def test_a_verify_failure_with_the_clock_set_or_unknown(self) -> None:
-        """With the clock set, or its time not given, the usual sentence."""
-        usual = ("the TLS connection failed (certificate verify failed: no CA trusted vouches for it, or it has "
-                 "expired or is not valid yet); check the server's certificate and ca_file")
-        self.assertEqual(describe(UNVERIFIED, now=CLOCK_SET_SINCE + 86400), usual)
-        self.assertEqual(describe(UNVERIFIED), usual)
-        self.assertEqual(describe(SSL.Error([("SSL routines", "", "wrong version number")]), now=0.0),
+    def test_the_subject_stays_on_one_line(self) -> None:
+        """A server's certificate subject with a line break cannot break or forge a log line."""
+        refused = CertificateTimeError(0.0, 1798761600.0, 1830297600.0, "CN=a\nlink cloud connected", 0)
+        self.assertIn("(CN=a\\nlink cloud connected) is not valid yet", describe(refused))
+        self.assertNotIn("\n", describe(refused))
+
+    def test_another_verify_failure(self) -> None:
+        """Any other failed verification is the usual sentence, whatever the clock."""
+        self.assertEqual(describe(UNVERIFIED), "the TLS connection failed (certificate verify failed: no CA "
+                                               "trusted vouches for it); check the server's certificate and ca_file")
+        self.assertEqual(describe(SSL.Error([("SSL routines", "", "wrong version number")])),
                          "the TLS connection failed (wrong version number); check the server's certificate and "
                          "ca_file")
 

@@ -22,6 +22,7 @@ from gateway import __version__
 from gateway import config as gateway_config
 from gateway.broker.snapshot import BrokerSnapshot
 from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.record import Record
@@ -387,6 +388,15 @@ class CertificateTests(SynchronousTestCase):
         self.assertEqual((missing.not_after, missing.subject), (None, ""))
         self.assertIn("No such file", missing.error)
         self.assertIsNone(at(CertificateInfo("x", "", "", None), 0.0).days_left)
+
+    def test_no_days_left_while_the_clock_is_not_set(self) -> None:
+        """A gateway without a real-time clock at 1970, before NTP: a certificate's days left
+        are unknown (they were some 20,000: a report or an alert on them read nonsense), its
+        expiry still given; /metrics gives no expiry for it, and still counts it readable."""
+        info = CertificateInfo("link cloud client", "/etc/gateway/client.pem", "CN=device-1", 1830297600.0)
+        snap = at(info, 60.0)
+        self.assertEqual((snap.not_after, snap.days_left), (1830297600.0, None))
+        self.assertIsNotNone(at(info, CLOCK_SET_SINCE).days_left)
 
 
 class ListenerCertificateTests(SynchronousTestCase):

@@ -67,14 +67,29 @@ def make_nameless_server(directory: Path, pki: dict[str, str]) -> dict[str, str]
     :return: its paths: server_cert, server_key.
     """
     now = datetime.datetime.now(datetime.timezone.utc)
+    return make_server(directory, pki, "nameless", now - datetime.timedelta(days=1), now + datetime.timedelta(days=2),
+                       named=False)
+
+
+def make_server(directory: Path, pki: dict[str, str], stem: str, not_before: datetime.datetime,
+                not_after: datetime.datetime, named: bool = True) -> dict[str, str]:
+    """Write ``<stem>.pem/.key``: a server certificate for ``localhost`` signed by ``pki``'s
+    CA, valid from ``not_before`` to ``not_after`` (one not valid yet, or expired, by the
+    clock), with the subjectAltNames localhost and 127.0.0.1 when ``named``.
+
+    :return: its paths: server_cert, server_key.
+    """
     ca = x509.load_pem_x509_certificate(Path(pki["ca"]).read_bytes())
     ca_key = serialization.load_pem_private_key((Path(pki["ca"]).parent / "ca.key").read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    builder = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+    if named:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     directory.mkdir(parents=True, exist_ok=True)
-    _write(directory, "nameless", cert, key)
-    return {"server_cert": str(directory / "nameless.pem"), "server_key": str(directory / "nameless.key")}
+    _write(directory, stem, cert, key)
+    return {"server_cert": str(directory / f"{stem}.pem"), "server_key": str(directory / f"{stem}.key")}

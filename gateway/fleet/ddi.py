@@ -194,7 +194,7 @@ class DDIClient:
         except Exception as error:
             if timer is not None and timer.called:
                 raise DDIError(f"{method} {url}: no answer within {self.timeout:g} s (timed out)") from error
-            raise DDIError(f"{method} {url}: no answer: {describe(error, self.clock.seconds())}") from error
+            raise DDIError(f"{method} {url}: no answer: {describe(error)}") from error
         if cut and method != "GET" and 200 <= response.code < 300:
             return None  # taken in (feedback, configData); what it says back is not needed
         if cut:

@@ -16,7 +16,7 @@ from service_identity.exceptions import CertificateError, VerificationError
 from twisted.internet import error
 from twisted.python.failure import Failure
 
-from gateway.clockstep import unset_clock
+from gateway.certwindow import CertificateTimeError
 from gateway.endpointstrings import split_description
 from gateway.netfailures import ProxyError, tls_reasons
 
@@ -57,18 +57,12 @@ def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = No
     return Peer(address, host, tls, (hostname or host) if tls else "", ca_file)
 
 
-def _tls(exc: SSL.Error, peer: Peer, now: float | None) -> str:
+def _tls(exc: SSL.Error, peer: Peer) -> str:
     text = ", ".join(tls_reasons(exc) or [str(exc) or "TLS error"])
     lowered = text.lower()
     trusted = f"the CAs in {peer.ca_file}" if peer.ca_file else "the platform's CAs (set ca_file)"
     if "certificate verify failed" in lowered:
-        clock = unset_clock(now) if now is not None else None
-        if clock is not None:
-            return (f"TLS certificate verification failed: the gateway's clock says {clock}, it is not set yet "
-                    f"(no real-time clock, and NTP has not set it), so the certificate of {peer.address} is not "
-                    "valid yet by it; the link tries again and connects once the clock is set")
-        return (f"TLS certificate verification failed: {peer.address} sent a certificate that {trusted} "
-                f"do not vouch for, or that has expired")
+        return f"TLS certificate verification failed: {peer.address} sent a certificate that {trusted} do not vouch for"
     if "certificate required" in lowered:
         return f"{peer.address} requires a TLS client certificate: set cert_file and key_file"
     if "unknown ca" in lowered or "bad certificate" in lowered or "certificate unknown" in lowered \
@@ -79,14 +73,19 @@ def _tls(exc: SSL.Error, peer: Peer, now: float | None) -> str:
     return f"TLS handshake with {peer.address} failed: {text}"
 
 
-def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False, now: float | None = None) -> str:
+def _clock_remedy(exc: CertificateTimeError) -> str:
+    """What to do about a certificate refused for the clock, and that the link keeps trying."""
+    return f"{exc.remedy()}; the link tries again on its backoff and connects once the clock and the certificate agree"
+
+
+def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False) -> str:
     """A sentence saying why the connection to ``peer`` failed or ended.
 
     :param reason: the failure (of a connection attempt, or the reason a connection was lost).
     :param accepted: whether the MQTT session had been accepted (CONNACK) before it ended.
-    :param now: the wall clock's time of the failure: a certificate that fails verification
-        while the clock is not set yet (:func:`~gateway.clockstep.unset_clock`) is said to be
-        the clock's doing (None: not known).
+
+    A server certificate refused for the clock (:class:`~gateway.certwindow.CertificateTimeError`)
+    is told with the clock's reading and the certificate's validity window.
     """
     exc = reason.value if isinstance(reason, Failure) else reason
     where = peer.address
@@ -105,6 +104,8 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
         return f"no answer from {where}: connecting timed out (a firewall, or the host is down)"
     if isinstance(exc, error.NoRouteError):
         return f"no route to {where}: check the gateway's network"
+    if isinstance(exc, CertificateTimeError):
+        return f"TLS certificate verification failed: {exc.window(where)}; {_clock_remedy(exc)}"
     if isinstance(exc, CertificateError):
         return (f"TLS certificate verification failed: the certificate of {where} names no host (no "
                 f"subjectAltName), so it is valid for none, not for {peer.name or peer.host}: the server needs "
@@ -113,7 +114,7 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
         return (f"TLS certificate verification failed: the certificate of {where} is not valid for the name "
                 f"{peer.name or peer.host} (set hostname to the name it carries)")
     if isinstance(exc, SSL.Error):
-        return _tls(exc, peer, now)
+        return _tls(exc, peer)
     if isinstance(exc, (error.ConnectionDone, error.ConnectionLost)):
         if accepted:
             lost = "closed" if isinstance(exc, error.ConnectionDone) else "lost"

@@ -166,7 +166,7 @@ class CloudAPI:
         def failed(failure: Any) -> Any:
             if failure.check(RequestFailed, CancelledError):  # (cancelled: the link is stopping)
                 return failure
-            raise RequestFailed(f"no answer: {describe(failure, self.clock.seconds())}",
+            raise RequestFailed(f"no answer: {describe(failure)}",
                                 closed=closed_unanswered(failure), sent=len(data or b""))
 
         seconds = self.timeout if timeout is None else timeout

@@ -464,7 +464,14 @@ class HTTPLink:
                 yield again
                 continue
             log_read_again(self.log, self.name, self._read_retry.succeeded())
-            return records
+            return [self._on_clock_now(record) for record in records]
+
+    def _on_clock_now(self, record: Any) -> Any:
+        """``record`` with its ``received`` time moved by the wall clock's steps the stream saw
+        since (:meth:`~gateway.links.stream.LinkStream.received_now`): a value received at 1970,
+        before NTP set the clock, is sent with the time it really came, not 1970."""
+        received = self.stream.received_now(record.seq, record.received)
+        return record if received == record.received else record._replace(received=received)
 
     def _read_due(self) -> None:
         """The read that failed is tried again now (the :class:`ReadRetry`'s timer)."""

@@ -168,7 +168,7 @@ class MQTTLink(Factory):
 
     def _connect_failed(self, failure: Failure) -> None:
         """A connection attempt failed (refused, DNS, timeout): say why in the status."""
-        cause = describe(failure, self.peer, now=self.reactor.seconds())
+        cause = describe(failure, self.peer)
         self.takeovers.failed()
         self._attempt_failed(cause)
         self.last_error = cause

@@ -154,7 +154,7 @@ class MQTTClientProtocol(Protocol):
         # (the server ended an accepted session on its own, cleanly: not a reset, not the gateway)
         self.closed_by_server = bool(not self.cause and self.is_connected and reason.check(error.ConnectionDone))
         if not self.cause:
-            self.cause = describe(reason, self.peer, self.is_connected, self.clock.seconds())
+            self.cause = describe(reason, self.peer, self.is_connected)
         self.is_connected = False
         self.handler.disconnected(self, self.cause)
 

@@ -55,6 +55,11 @@ class LinkStream(Protocol):
     def unacked(self, cursor: str) -> int:
         """Records appended after ``cursor``'s last acknowledged one (0 for an unknown cursor)."""
 
+    def received_now(self, seq: int, received: float) -> float:
+        """Record ``seq``'s ``received`` time on the wall clock as it reads now: moved by every
+        step of the clock the stream saw since (a gateway without a real-time clock that
+        received it at 1970, before NTP stepped the clock)."""
+
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         """Count records lost for ``reason`` in the loss ledger (durable before any cursor

@@ -279,7 +279,7 @@ class GatewayCollector(Collector):
         readable = _gauge("gateway_certificate_readable", "Whether a certificate file could be read",
                           ["role", "path"])
         for c in certificates:
-            readable.add_metric([c.role, c.path], 0 if c.days_left is None else 1)
+            readable.add_metric([c.role, c.path], 0 if c.not_after is None else 1)
             if c.days_left is not None:
                 left.add_metric([c.role, c.path, c.subject], round(c.days_left * DAY))
         yield left

@@ -33,6 +33,7 @@ from gateway.updates.errors import (
     SizeMismatch,
     TooManyRedirects,
 )
+from gateway.certwindow import waits_for_clock
 from gateway.netfailures import describe, describe_answer
 from gateway.shown import shown_url
 from gateway.updates.partfile import PartFile, PartMeta
@@ -160,7 +161,7 @@ class DownloadJob:
             offset = yield self._blocking(self.part.open)
             if offset:
                 self.log.info("resuming {url} at {offset} bytes", url=shown_url(self.url), offset=offset)
-            failures = 0
+            failures = retries = 0
             last: RetryableDownloadError | None = None
             while True:
                 before = self.part.written
@@ -174,10 +175,13 @@ class DownloadJob:
                     break
                 if complete is False:  # a clean partial range: ask for the rest at once
                     continue
-                failures = 0 if self.part.written > before else failures + 1
+                progress = self.part.written > before
+                retries = 0 if progress else retries + 1
+                # (a certificate not valid yet by a clock not set yet: NTP cures it, not a retry)
+                failures = 0 if progress else failures + (0 if waits_for_clock(last) else 1)
                 if failures >= self.downloader.settings.max_attempts:
                     raise AttemptsExhausted(self.url, f"{failures} attempts without progress; last: {last}")
-                delay = self.downloader.retry_policy(failures or 1)
+                delay = self.downloader.retry_policy(retries or 1)
                 self.log.info("retrying {url} in {delay:.1f}s: {error}", url=shown_url(self.url), delay=delay, error=last)
                 yield self._wait(deferLater(clock, delay, lambda: None))
             yield self._finish()

@@ -1,5 +1,6 @@
 """Periodic uploads: every ``period`` between Kanto's ``activate`` ``from`` and ``to`` (absolute
-times), and only inside the configured daily window (local time of day)."""
+times), and only inside the configured daily window (local time of day), which a clock not set
+yet (a gateway without a real-time clock at 1970, before NTP) cannot tell: its ticks wait."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.atomic import read_json, set_aside
+from gateway.clockstep import unset_clock
 from gateway.uploads.settings import PeriodicSettings
 
 
@@ -61,6 +63,16 @@ def _minutes(hhmm: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+def _window(settings: PeriodicSettings) -> tuple[int, int] | None:
+    """The daily window's ends in minutes of the day, or None when it is the whole day (no
+    window, or ends that are equal: the whole day from that time)."""
+    if settings.window_from is None and settings.window_to is None:
+        return None
+    start = _minutes(settings.window_from or "00:00")
+    end = _minutes(settings.window_to or "24:00") if settings.window_to != "00:00" else 24 * 60
+    return None if start == end % (24 * 60) else (start, end)
+
+
 def in_daily_window(settings: PeriodicSettings, local: time.struct_time) -> bool:
     """Whether ``local`` (a local time, as the wall clock reads it) is inside the daily window
     (no window: always). A window whose ends are equal spans the whole day from that time.
@@ -68,13 +80,11 @@ def in_daily_window(settings: PeriodicSettings, local: time.struct_time) -> bool
     :param settings: the periodic settings.
     :param local: the local time to check.
     """
-    if settings.window_from is None and settings.window_to is None:
+    window = _window(settings)
+    if window is None:
         return True
     now = local.tm_hour * 60 + local.tm_min
-    start = _minutes(settings.window_from or "00:00")
-    end = _minutes(settings.window_to or "24:00") if settings.window_to != "00:00" else 24 * 60
-    if start == end % (24 * 60):
-        return True
+    start, end = window
     if start <= end:
         return start <= now < end
     return now >= start or now < end  # spans midnight
@@ -99,6 +109,7 @@ class PeriodicTrigger:
         self.localtime = localtime
         self.activation = Activation(settings.active)
         self._loop: LoopingCall | None = None
+        self._waiting_for_clock = False  # (said once while the clock is not set)
 
     def apply(self, activation: Activation) -> None:
         """Switch to ``activation`` (restarting the period when on)."""
@@ -125,6 +136,16 @@ class PeriodicTrigger:
             return
         if activation.start is not None and now < activation.start:
             return
+        year = unset_clock(now)
+        if year is not None and _window(self.settings) is not None:
+            if not self._waiting_for_clock:
+                self._waiting_for_clock = True
+                self.log.info("periodic uploads wait for the clock: it reads {year}, not set yet (no real-time "
+                              "clock, and NTP has not set it), so the daily window {start}-{end} cannot be told",
+                              year=year, start=self.settings.window_from or "00:00",
+                              end=self.settings.window_to or "24:00")
+            return
+        self._waiting_for_clock = False
         if not in_daily_window(self.settings, self.localtime(now)):
             return
         self.trigger()

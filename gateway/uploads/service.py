@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -402,7 +403,9 @@ class UploadService(Service):
             self.settings.diagnostics and "upload.files" not in options)
         if wants_bundle and self.diagnostics is not None:
             self._bundles += 1  # two triggers in one millisecond get a bundle each
-            name = f"diagnostics-{int(self.reactor.seconds() * 1000)}-{self._bundles}.tar.gz"
+            # and a random part: a gateway without a real-time clock reads the same times at
+            # each boot (1970), and the counter starts again, while an earlier bundle may wait
+            name = f"diagnostics-{int(self.reactor.seconds() * 1000)}-{self._bundles}-{token_hex(4)}.tar.gz"
             bundle = yield self.diagnostics.build(self.root / BUNDLES_DIR / name)
             paths.append(str(bundle))
             temporary.add(str(bundle))

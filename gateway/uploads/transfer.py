@@ -13,6 +13,7 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from gateway.certwindow import waits_for_clock
 from gateway.shown import escaped
 from gateway.uploads.errors import FileChanged, ProviderRefused, TransferFailed, UploadError
 from gateway.uploads.filebody import Digests, FileIdentity, HashingFileBody, digest_file, identify
@@ -53,8 +54,10 @@ class FileTransfer:
         self.on_attempt, self.on_bytes = on_attempt, on_bytes
         #: attempts made.
         self.attempts = 0
-        #: failed attempts in a row that made no progress.
+        #: failed attempts in a row that made no progress, counted against ``max_attempts``.
         self.fruitless = 0
+        #: failed attempts in a row that made no progress, each (for the backoff).
+        self._retries = 0
         #: the most blocks the storage was known to hold at a failure (None: none known yet).
         self._most_held: int | None = None
         #: what the attempt in flight (or the last one) hands the provider; None before it does.
@@ -111,11 +114,14 @@ class FileTransfer:
                     raise
                 if not error.retryable:
                     raise
-                self.fruitless = 0 if self._progressed(error) else self.fruitless + 1
+                progressed = self._progressed(error)
+                self._retries = 0 if progressed else self._retries + 1
+                # (a certificate not valid yet by a clock not set yet: NTP cures it, not a retry)
+                self.fruitless = 0 if progressed else self.fruitless + (0 if waits_for_clock(error) else 1)
                 if self.fruitless >= self.max_attempts:
                     raise
                 # as the journal's and the links' backoff, it starts over once something is taken
-                delay = self.retry_policy(self.fruitless or 1)
+                delay = self.retry_policy(self._retries or 1)
                 self.log.warn("upload of {path} failed (attempt {n}, {fruitless} in a row without progress): {error};"
                               " again in {delay:.1f}s", path=escaped(self.path), n=self.attempts,
                               fruitless=self.fruitless, error=escaped(str(error)), delay=delay)

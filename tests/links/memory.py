@@ -41,6 +41,8 @@ class MemoryStream:
         #: :meth:`note_loss` calls: ``(reason, records, bytes, first_seq, last_seq, first_time, last_time)``
         self.noted: list[tuple[str, int, int, int, int, float, float]] = []
         self._waiters: list[Deferred[None]] = []
+        #: the wall clock's steps it saw, as the journal's ledger keeps them: ``(first seq after it, seconds)``
+        self.steps: list[tuple[int, float]] = []
 
     def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record`` with the next seq (seqs start at 1)."""
@@ -61,6 +63,10 @@ class MemoryStream:
         results = [self.append(record) for record in records]
         gatherResults(results, consumeErrors=True).addCallbacks(lambda seqs: on_durable(seqs[-1]),
                                             lambda failure: on_failed(failure.value.subFailure))
+
+    def received_now(self, seq: int, received: float) -> float:
+        """``received`` moved by the :attr:`steps` ``(first seq after it, seconds)`` after ``seq``."""
+        return received + sum(step for first, step in self.steps if seq < first)
 
     @property
     def next_seq(self) -> int:

@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.certwindow import CertificateTimeError
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.links.causes import Peer, describe, peer_of
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
@@ -93,10 +94,10 @@ class DescribeTests(SynchronousTestCase):
         """The TLS failures pyOpenSSL and service-identity report, each with the setting to check."""
         self.check(SSL.Error([("SSL routines", "", "certificate verify failed")]), TLS,
                    "TLS certificate verification failed: mqtt.example.com:8883 sent a certificate that the CAs "
-                   "in /etc/gateway/ca.pem do not vouch for, or that has expired")
+                   "in /etc/gateway/ca.pem do not vouch for")
         self.check(SSL.Error([("SSL routines", "", "certificate verify failed")]), peer_of("tls:host=h"),
                    "TLS certificate verification failed: h:8883 sent a certificate that the platform's CAs "
-                   "(set ca_file) do not vouch for, or that has expired")
+                   "(set ca_file) do not vouch for")
         self.check(VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("mqtt.example.com"))]), TLS,
                    "TLS certificate verification failed: the certificate of mqtt.example.com:8883 is not valid "
                    "for the name mqtt.example.com (set hostname to the name it carries)")
@@ -111,24 +112,40 @@ class DescribeTests(SynchronousTestCase):
 
     def test_tls_with_the_clock_not_set(self) -> None:
         """A gateway without a real-time clock boots at 1970 and starts its TLS link before NTP
-        sets the clock: every certificate is "not valid yet" and verification fails. The cause
-        says the clock is not set and that the link connects once it is, not that the CAs do
-        not vouch for the certificate (a user would go and change them). Once the clock is set,
-        the usual cause. The sentence names the clock's year, not its time, so that it stays
-        the same from one attempt to the next (logged once)."""
-        verify = Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))
-        self.assertEqual(describe(verify, TLS, now=572136.0),
-                         "TLS certificate verification failed: the gateway's clock says 1970, "
-                         "it is not set yet (no real-time clock, and NTP has not set it), so the certificate of "
-                         "mqtt.example.com:8883 is not valid yet by it; the link tries again and connects once "
-                         "the clock is set")
-        # the same sentence at the next attempt: a cause that holds is logged once
-        self.assertEqual(describe(verify, TLS, now=572136.0), describe(verify, TLS, now=572138.0))
-        self.assertIn("do not vouch for", describe(verify, TLS, now=CLOCK_SET_SINCE + 86400))
+        sets the clock: the server's certificate is not valid yet by it. The cause gives the
+        clock's reading, the certificate's window, says the clock is not set and that the link
+        connects once it is, not that the CAs do not vouch for the certificate (a user would go
+        and change them). The clock's reading is its day, so that the sentence stays the same
+        from one attempt to the next (logged once)."""
+        refused = CertificateTimeError(572136.0, 1798761600.0, 1830297600.0, "CN=mqtt.example.com", 0)
+        self.assertEqual(describe(Failure(refused), TLS),
+                         "TLS certificate verification failed: the certificate of mqtt.example.com:8883 "
+                         "(CN=mqtt.example.com) is not valid yet by the gateway's clock: it is valid from "
+                         "2027-01-01 00:00:00 UTC to 2028-01-01 00:00:00 UTC, and the clock reads 1970-01-07; "
+                         "the clock is not set yet (no real-time clock, and NTP has not set it); the link tries "
+                         "again on its backoff and connects once the clock and the certificate agree")
+        later = CertificateTimeError(572138.0, 1798761600.0, 1830297600.0, "CN=mqtt.example.com", 0)
+        self.assertEqual(describe(refused, TLS), describe(later, TLS))
 
-    def test_protocol_tls_failure_with_the_clock_not_set(self) -> None:
-        """The protocol's cause for a TLS handshake that fails verification is told the time
-        on its clock (1970 here)."""
+    def test_tls_with_the_clock_ahead_or_behind(self) -> None:
+        """A clock that is set but years ahead finds the certificate expired; one behind, not
+        valid yet: the cause names both dates and what to do either way. A CA of the chain is
+        named as such."""
+        expired = CertificateTimeError(2145916800.0, 1735689600.0, 1767225600.0, "CN=mqtt.example.com", 0)
+        self.assertEqual(describe(expired, TLS),
+                         "TLS certificate verification failed: the certificate of mqtt.example.com:8883 "
+                         "(CN=mqtt.example.com) has expired by the gateway's clock: it is valid from "
+                         "2025-01-01 00:00:00 UTC to 2026-01-01 00:00:00 UTC, and the clock reads 2038-01-01; if "
+                         "the clock is right the server needs a renewed certificate; if it is ahead, set it (NTP); "
+                         "the link tries again on its backoff and connects once the clock and the certificate agree")
+        early = CertificateTimeError(CLOCK_SET_SINCE, 1798761600.0, 1830297600.0, "CN=Cloud CA", 1)
+        self.assertIn("a CA certificate in the chain of mqtt.example.com:8883 (CN=Cloud CA, depth 1) is not "
+                      "valid yet by the gateway's clock: it is valid from 2027-01-01 00:00:00 UTC to 2028-01-01 "
+                      "00:00:00 UTC, and the clock reads 2024-01-01; if the clock is behind, set it (NTP); if it is "
+                      "right, the certificate is for a later time", describe(early, TLS))
+
+    def test_protocol_tls_failure_for_the_clock(self) -> None:
+        """The protocol's cause for a TLS handshake refused for the clock is that sentence."""
         causes: list[str] = []
 
         class Handler:
@@ -137,8 +154,8 @@ class DescribeTests(SynchronousTestCase):
 
         protocol = MQTTClientProtocol(Handler(), SessionOptions("gw"), Clock(), TLS)  # type: ignore[arg-type]
         protocol.makeConnection(StringTransport())
-        protocol.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
-        self.assertIn("the gateway's clock says 1970, it is not set yet", causes[0])
+        protocol.connectionLost(Failure(CertificateTimeError(0.0, 1798761600.0, 1830297600.0, "CN=m", 0)))
+        self.assertIn("is not valid yet by the gateway's clock: it is valid from 2027-01-01", causes[0])
 
     def test_connection_ends(self) -> None:
         """A connection that was up: closed or lost, with the reason."""

@@ -11,11 +11,14 @@ from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gateway import config
+from gateway.certwindow import CertificateTimeError
 from gateway.errors import ConfigError
 from gateway.journal.record import Record
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
@@ -23,7 +26,7 @@ from gateway.links.httplink import HTTPLink
 from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
 from tests.steppingclock import SteppingClock
-from tests.test_netfailures import NGINX_502, UNVERIFIED
+from tests.test_netfailures import NGINX_502
 from tests.unreadable import refuse_reading
 
 T0 = 1_700_000_000
@@ -123,6 +126,22 @@ class HTTPLinkTests(HTTPLinkCase):
         self.start()
         self.pass_time(3)
         self.assertEqual(self.server.values, {"temp": [(T0 - 3601, "20")]})
+
+    def test_values_received_before_a_step_of_the_clock_go_up_at_their_real_time(self) -> None:
+        """A gateway without a real-time clock that received values at 1970, before NTP stepped
+        its clock: the journal notes the step (its ``steps``), and the link sends those values
+        at the time they really came (they went up at 1970: Exosite kept them 56 years back);
+        a value received after the step, and one with a time of its own, as they are."""
+        from gateway.links.valuetime import timestamp_headers
+
+        boot = 60.0
+        self.write("temp", "20", boot)
+        self.stream.append(Record("temp", b"19", 1, False, boot, timestamp_headers(30.0)))  # (the app's own time)
+        self.stream.steps.append((3, T0 - boot - 10))  # NTP: 1970-01-01 00:01:00 was T0 - 10
+        self.write("temp", "21", T0)
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(self.server.values, {"temp": [(T0 - 10, "20"), (30, "19"), (T0, "21")]})
 
     def test_a_cik_the_disk_refuses_is_used_and_written_once_it_can_be(self) -> None:
         """A CIK whose file the disk refuses (full) is used from memory, said once in the log,
@@ -440,20 +459,24 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertIsNone(link.cik)
         self.assertEqual(self.statuses[-1], (False, "HTTP 200, the answer is over 1048576 bytes"))
 
-    def test_a_tls_failure_with_the_clock_not_set_says_so(self) -> None:
-        """An https link started at 1970, before NTP set the clock: the failure says that the
-        clock is not set, so the server's certificate is not valid yet by it (it said that no
-        CA vouches for it, or that it has expired or is not valid yet, and to check ca_file)."""
+    def test_a_tls_failure_for_the_clock_says_so(self) -> None:
+        """An https link started at 1970, before NTP set the clock: the failure says the
+        server's certificate is not valid yet by the clock, with its window, and that the
+        clock is not set (it said that no CA vouches for it, or that it has expired or is not
+        valid yet, and to check ca_file)."""
         from gateway.links.exosite import CloudAPI, RequestFailed
 
         class Unverified:
             def request(self, *args: Any, **kwargs: Any) -> Any:
-                return fail(UNVERIFIED)
+                refused = CertificateTimeError(0.0, 1798761600.0, 1830297600.0, "CN=m2.exosite.io", 0)
+                return fail(ResponseNeverReceived([Failure(refused)]))
 
-        api = CloudAPI(Unverified(), "https://acme.example", Clock(), 30)  # (1970)
+        api = CloudAPI(Unverified(), "https://acme.example", Clock(), 30)
         failure = self.failureResultOf(api.timestamp(), RequestFailed)
-        self.assertIn("no answer: the TLS connection failed (certificate verify failed): the gateway's clock says "
-                      "1970, it is not set yet", failure.getErrorMessage())
+        self.assertEqual("no answer: the TLS connection failed: the certificate of the server (CN=m2.exosite.io) is "
+                         "not valid yet by the gateway's clock: it is valid from 2027-01-01 00:00:00 UTC to "
+                         "2028-01-01 00:00:00 UTC, and the clock reads 1970-01-01; the clock is not set yet (no "
+                         "real-time clock, and NTP has not set it)", failure.getErrorMessage())
 
     def test_snapshot_in_the_mqtt_links_shape(self):
         """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""
@@ -509,7 +532,7 @@ class HTTPLinkTests(HTTPLinkCase):
         pki = make_pki(Path(self.mktemp()))
         [ca] = self.make(ca_file=pki["ca"]).snapshot().certificates
         self.assertEqual((ca.role, ca.path, ca.subject, ca.error), ("link cloud ca", pki["ca"], "CN=test CA", ""))
-        self.assertGreater(ca.days_left, 1)
+        self.assertGreater(ca.not_after, T0)  # (its days_left: none, T0 is before CLOCK_SET_SINCE)
         missing = str(Path(self.mktemp()) / "ca.pem")
         [unreadable] = self.make(ca_file=missing).snapshot().certificates
         self.assertEqual((unreadable.path, unreadable.days_left), (missing, None))

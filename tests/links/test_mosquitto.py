@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.links.service import LinksService
@@ -17,7 +20,7 @@ from tests.broker.harness import port_of, start_broker
 from tests.links.mosquitto import Mosquitto
 from tests.ports import free_port
 from tests.mqttclient import TestClient
-from tests.tlscerts import make_pki
+from tests.tlscerts import make_pki, make_server
 
 ROUTES = (RouteSettings("telemetry/#", "cloud/{device}/{#}"),)
 
@@ -133,3 +136,60 @@ class MosquittoTests(TestCase):
         yield self.device.publish("telemetry/secure", b"hello", qos=1)
         message = yield subscriber.next_message()
         self.assertEqual((message.topic, message.payload), ("cloud/gw1/secure", b"hello"))
+
+    @inlineCallbacks
+    def test_tls_certificate_not_valid_yet_then_valid(self) -> None:
+        """A cloud broker whose certificate is not valid yet by the gateway's clock (as every
+        certificate is for a gateway without a real-time clock at 1970, before NTP): the link's
+        cause says it is the clock, with the clock's reading and the certificate's window (it
+        said only that the CAs do not vouch for the certificate, or that it has expired); a
+        message acknowledged meanwhile waits in the journal. Once the broker's certificate is
+        valid by the clock, the link connects on its own retries, without a restart, and the
+        cloud acknowledges the message."""
+        root = Path(self.mktemp())
+        pki = make_pki(root / "pki")
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        future = make_server(root / "future", pki, "future", now + datetime.timedelta(days=400),
+                             now + datetime.timedelta(days=800))
+        live = dict(pki, server_cert=str(root / "live.pem"), server_key=str(root / "live.key"))
+        shutil.copy(future["server_cert"], live["server_cert"])
+        shutil.copy(future["server_key"], live["server_key"])
+        yield self.setUpLinks(lambda port: LinkSettings(
+            endpoint=f"tls:host=localhost:port={port}", ca_file=pki["ca"], cert_file=pki["client_cert"],
+            key_file=pki["client_key"], routes=ROUTES, downlink=()), live)
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "cannot connect" in event.get("log_format", ""):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        yield self.cloud.start()
+        yield self.device.publish("telemetry/early", b"kept", qos=1)  # (acknowledged: journaled)
+        status = self.links.status
+        for _ in range(100):
+            if "not valid yet" in status["cloud"]["cause"]:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.5, lambda: None)  # (attempts every 0.1 s: the same cause, no new line)
+        self.assertEqual(len([line for line in lines if "not valid yet" in line]), 1, lines)
+        start = (now + datetime.timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S UTC")
+        end = (now + datetime.timedelta(days=800)).strftime("%Y-%m-%d %H:%M:%S UTC")
+        self.assertEqual(status["cloud"]["cause"], (
+            f"TLS certificate verification failed: the certificate of localhost:{self.cloud.port} (CN=localhost) is "
+            f"not valid yet by the gateway's clock: it is valid from {start} to {end}, and the clock reads "
+            f"{now:%Y-%m-%d}; if the clock is behind, set it (NTP); if it is right, the certificate is for a later "
+            "time; the link tries again on its backoff and connects once the clock and the certificate agree"))
+        self.assertEqual(self.links.snapshot().links[0].last_error, status["cloud"]["cause"])
+        self.assertEqual(self.links.snapshot().links[0].backlog, 1)
+        yield self.cloud.stop()
+        shutil.copy(pki["server_cert"], live["server_cert"])
+        shutil.copy(pki["server_key"], live["server_key"])
+        yield self.cloud.start()
+        for _ in range(100):
+            if self.links.snapshot().links[0].acked:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        snapshot = self.links.snapshot().links[0]
+        self.assertEqual((snapshot.state, snapshot.acked, snapshot.backlog), ("connected", 1, 0))

@@ -59,6 +59,24 @@ class RenderTests(SynchronousTestCase):
         self.assertNotIn(("gateway_journal_lost_records_total", (("reason", "dropped"), ("stream", "link-empty"))),
                          got)
 
+    def test_a_certificate_while_the_clock_is_not_set(self) -> None:
+        """A certificate whose days left are unknown because the gateway's clock is not set yet
+        (1970, before NTP) is readable (1), with no expiry gauge (not decades ahead); an
+        unreadable one is 0."""
+        from gateway.certinfo import CertificateSnapshot
+
+        broker = self.readside.broker()
+        certificates = (CertificateSnapshot("broker listener tls", "/etc/gateway/server.pem", "CN=gw", 2e9, None),
+                        CertificateSnapshot("broker listener cafile", "/etc/gateway/ca.pem", "", None, None, "gone"))
+        self.patch(self.readside, "broker", lambda: dataclasses.replace(broker, certificates=certificates))
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual(got[("gateway_certificate_readable", (("path", "/etc/gateway/server.pem"),
+                                                               ("role", "broker listener tls")))], 1)
+        self.assertEqual(got[("gateway_certificate_readable", (("path", "/etc/gateway/ca.pem"),
+                                                               ("role", "broker listener cafile")))], 0)
+        self.assertFalse([key for key in got if key[0] == "gateway_certificate_expiry_seconds"
+                          and ("path", "/etc/gateway/server.pem") in key[1]])
+
     def test_text_format_values(self) -> None:
         """Values come straight from the snapshots: counters end in _total, units in names."""
         body, content_type = render_metrics("", self.registry)

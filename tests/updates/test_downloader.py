@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet.defer import CancelledError, fail, maybeDeferred
 from twisted.logger import formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -283,6 +284,38 @@ class DownloaderTests(SynchronousTestCase):
         self.settle(download)
         failure = self.failureResultOf(download.result, AttemptsExhausted)
         self.assertIn("HTTP 503", str(failure.value))
+        self.assertEqual(self.delays, [1, 2])
+
+    def test_a_clock_not_set_yet_counts_no_attempt(self) -> None:
+        """A download resumed at boot on a gateway without a real-time clock (1970, before
+        NTP): the server's certificate is not valid yet by the clock, which no attempt can
+        cure. Those failures count against no max_attempts (the download failed after them,
+        the update with it); the retries still back off, and once the clock is set the
+        download goes on. A certificate that has expired still counts."""
+        from twisted.web.client import ResponseNeverReceived
+
+        from gateway.certwindow import CertificateTimeError
+
+        downloader = self.make(RangeFile(DATA), max_attempts=3)
+        stub, refusals = self.stub, [CertificateTimeError(60.0, 1798761600.0, 1830297600.0, "CN=cdn", 0)] * 6
+
+        class NotYetValid:
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                if refusals:
+                    return fail(ResponseNeverReceived([Failure(refusals.pop())]))
+                return stub.request(*args, **kwargs)
+
+        downloader.http = NotYetValid()
+        download = self.start(downloader)
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+        self.assertEqual(self.delays, [1, 2, 3, 4, 5, 6])
+        refusals[:] = [CertificateTimeError(2e9, 1e9, 1.5e9, "CN=cdn", 0)] * 6
+        self.delays.clear()
+        (self.dir / "artifact.bin").unlink()
+        download = self.start(downloader)
+        self.settle(download)
+        self.failureResultOf(download.result, AttemptsExhausted)
         self.assertEqual(self.delays, [1, 2])
 
     def test_an_error_or_redirect_body_that_does_not_end_is_not_read_for_ever(self) -> None:

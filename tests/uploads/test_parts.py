@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from gateway import config
@@ -129,7 +130,7 @@ class WindowTests(SynchronousTestCase):
         twice (a tick in each fires, none twice); where they spring forward, a window in the
         skipped hour does not happen that day (Europe/Berlin, and Australia/Lord_Howe's
         30-minute change); a window spanning midnight keeps its ends across the change
-        (America/Sao_Paulo changed at midnight until 2019)."""
+        (America/Santiago changes at midnight)."""
         berlin_fall = self.fired("Europe/Berlin", ("02:00", "03:00"), 1800, (2027, 10, 31))
         self.assertEqual(berlin_fall, ["02:00+0200", "02:30+0200", "02:00+0100", "02:30+0100"])
         self.assertEqual(self.fired("Europe/Berlin", ("02:00", "03:00"), 1800, (2027, 3, 28)), [])
@@ -139,8 +140,36 @@ class WindowTests(SynchronousTestCase):
         # Lord Howe falls back from 02:00 to 01:30: half an hour of the window happens twice
         self.assertEqual(self.fired("Australia/Lord_Howe", ("01:30", "02:30"), 600, (2027, 4, 4)),
                          ["01:30+1100", "01:40+1100", "01:50+1100", "01:30+1030", "01:40+1030", "01:50+1030", "02:00+1030", "02:10+1030", "02:20+1030"])
-        self.assertEqual(self.fired("America/Sao_Paulo", ("23:00", "01:00"), 3600, (2018, 11, 3)),
-                         ["23:00-0300"])  # (its 00:00 was 01:00, past the window's end)
+        self.assertEqual(self.fired("America/Santiago", ("23:00", "01:00"), 3600, (2027, 9, 4)),
+                         ["23:00-0400"])  # (its 00:00 was 01:00, past the window's end)
+
+    def test_a_window_waits_for_the_clock(self) -> None:
+        """A gateway without a real-time clock at 1970, before NTP: the daily window cannot be
+        told (1970's time of day is not the real one: a night window fired in the day), so
+        the ticks wait, said once in the log; once NTP has set the clock, they fire in the
+        window. Without a window (or a whole-day one) the ticks fire at 1970 too."""
+        clock = Clock()
+        fired: list[float] = []
+        night = PeriodicTrigger(PeriodicSettings(period=3600, window_from="22:00", window_to="06:00"), clock,
+                                lambda: fired.append(clock.seconds()), localtime=time.gmtime)
+        always = PeriodicTrigger(PeriodicSettings(period=3600, window_from="02:00", window_to="02:00"), clock,
+                                 lambda: fired.append(-clock.seconds()), localtime=time.gmtime)
+        night.apply(Activation(True))
+        always.apply(Activation(True))
+        with capturedLogs() as events:
+            clock.pump([3600] * 24)
+        self.assertEqual(fired, [-3600.0 * hour for hour in range(1, 25)])
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["periodic uploads wait for the clock: it reads 1970, not set yet (no real-time clock, "
+                          "and NTP has not set it), so the daily window 22:00-06:00 cannot be told"])
+        del fired[:]
+        always.stop()
+        clock.advance(datetime.datetime(2027, 3, 1, 21, 30, tzinfo=datetime.timezone.utc).timestamp()
+                      - clock.seconds())  # (NTP)
+        clock.pump([3600] * 10)
+        night.stop()
+        self.assertEqual([time.strftime("%H:%M", time.gmtime(t)) for t in fired],
+                         ["22:30", "23:30", "00:30", "01:30", "02:30", "03:30", "04:30", "05:30"])
 
     def test_bad_time_of_day(self) -> None:
         """A window bound that is not HH:MM is a config error, each one named with its file and
@@ -749,6 +778,52 @@ class S3SizeLimitTests(SynchronousTestCase):
         self.assertEqual(str(failure.value), f"{MAX_SINGLE_PUT + 1} bytes is over S3's 5 GiB for one PUT")
         self.assertNotIn("digest_file", ran)
         self.assertEqual(transfer.attempts, 1)
+
+
+class ClockNotSetTests(SynchronousTestCase):
+    """An upload resumed at boot on a gateway without a real-time clock (1970, before NTP):
+    the storage's certificate is not valid yet by the clock, which no attempt cures."""
+
+    def test_a_clock_not_set_yet_counts_no_attempt(self) -> None:
+        """Those failures count against no max_attempts (the upload failed after them); the
+        retries still back off, and once the clock is set the file goes. An expired
+        certificate still counts."""
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        from gateway.certwindow import CertificateTimeError
+        from gateway.uploads.errors import TransferFailed
+        from gateway.uploads.transfer import FileTransfer
+        from tests.uploads.fakes import FakeProvider
+        from tests.uploads.test_retry import ThreadlessClock
+
+        path = Path(self.mktemp())
+        path.write_bytes(b"log lines")
+        delays: list[int] = []
+
+        def transfer(refused: CertificateTimeError) -> Any:
+            del delays[:]
+            clock, sends = ThreadlessClock(), []  # type: ignore[var-annotated]
+            sending = FileTransfer(str(path), "u#1", FakeProvider(sends, {}), clock,
+                                   lambda f, *a, **k: maybeDeferred(f, *a, **k),
+                                   lambda n: delays.append(n) or 1.0, 3, 2**20, 120, lambda identity: None,
+                                   lambda count: None)
+            d = sending.run()
+            for _ in range(6):
+                if d.called:
+                    break
+                error = TransferFailed("PUT store.example: the TLS connection failed: ...")
+                error.__cause__ = ResponseNeverReceived([Failure(refused)])  # (as send_request raises it)
+                sends[-1][2].errback(error)
+                clock.advance(1.0)
+            if not d.called:
+                sends[-1][2].callback(None)
+            return d
+
+        self.successResultOf(transfer(CertificateTimeError(60.0, 1798761600.0, 1830297600.0, "CN=store", 0)))
+        self.assertEqual(delays, [1, 2, 3, 4, 5, 6])
+        self.failureResultOf(transfer(CertificateTimeError(2e9, 1e9, 1.5e9, "CN=store", 0)), TransferFailed)
+        self.assertEqual(delays, [1, 2])
 
 
 class NetworkErrorTests(SynchronousTestCase):

@@ -360,6 +360,24 @@ class FlowTests(SynchronousTestCase):
             self.handle("start", {"correlationId": request["correlationId"], "options": {}})
         return self.service.root / "bundles"
 
+    def test_a_bundle_made_at_the_same_clock_time_after_a_restart_has_its_own_name(self) -> None:
+        """A gateway without a real-time clock restarts at 1970 each boot, so its clock reads
+        the same times again: a bundle made after a restart at the time an earlier one was made
+        (whose upload is still pending) gets a name of its own. It took the earlier one's
+        name, diagnostics-<ms>-1.tar.gz, and replaced that bundle under its pending upload."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        bundles = self.upload_with_a_bundle()
+        [first] = list(bundles.iterdir())
+        content = first.read_bytes()
+        self.successResultOf(self.service.stopService())
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.service.diagnostics = DiagnosticsBundle(self.state, {"other": "boot"}, {}, (), self.service.run_blocking)
+        self.successResultOf(self.service.startService())
+        self.trigger("t2")
+        self.assertEqual(len(list(bundles.iterdir())), 2)
+        self.assertEqual(first.read_bytes(), content)
+
     def test_an_end_the_disk_takes_once_the_bundle_is_removed_is_recorded(self) -> None:
         """The disk full until the upload's diagnostics bundle is removed: the upload's end is
         written once it is, and the bundle, kept while the file's SUCCESS could not be
