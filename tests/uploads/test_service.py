@@ -826,6 +826,25 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(watcher.statuses()[-1]["state"], "SUCCESS")
         self.assertFalse((self.dir / "a.log").exists())
 
+    def test_diagnostics_setting_adds_the_bundle_only_to_triggers_without_upload_files(self) -> None:
+        """``diagnostics: true`` adds the bundle to every trigger that names no ``upload.files``
+        (uploads.md, its configuration table); a trigger naming files gets the bundle only with
+        ``upload.diagnostics: "true"``."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        service, watcher, _, _ = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True, mode="lax"))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        named = {"upload.files": str(self.dir / "a.log")}
+        for cid, options, bundled in (("all", {}, True), ("named", named, False),
+                                      ("asked", {**named, "upload.diagnostics": "true"}, True)):
+            self.assertEqual(self.successResultOf(service.handle("trigger", body(
+                {"correlationId": cid, "options": options}))), (204, {}))
+            paths = [r["options"]["file.path"] for r in watcher.requests() if r["correlationId"].startswith(cid + "#")]
+            self.assertEqual(any("/bundles/diagnostics-" in path for path in paths), bundled, (cid, paths))
+
     def test_a_refused_trigger_leaves_no_bundle_behind(self) -> None:
         """A trigger refused once its bundle was written (a file rotated away between the glob
         and its stat) removes the bundle: it was left under uploads/bundles/ for good, one
