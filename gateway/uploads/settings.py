@@ -93,10 +93,14 @@ class UploadsSettings:
         return self.status_topic.rsplit("/", 1)[0] + "/autoUpload"
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topics statuses and requests are published on must be topic names, and not the
-        ``autoUpload`` topic beside ``status_topic``; the log globs are relative (to the state
+        """The feature id is one segment of the messages' path; the topics statuses and requests
+        are published on must be topic names, and not the ``autoUpload`` topic beside
+        ``status_topic``; the log globs are relative (to the state
         dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]``
         (``http`` with ``allow_http``); the retry delays are bounds of one backoff."""
+        if not self.feature_id.strip() or "/" in self.feature_id:
+            yield ("feature_id",), (f"must name the feature, not {self.feature_id!r}: it is one segment of the "
+                                    "messages' path (/features/<feature_id>/inbox/messages/<operation>)")
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):

@@ -1183,6 +1183,21 @@ class ConfigTests(SynchronousTestCase):
             path.write_text(f"uploads: {good}\n")
             config.load(path)
 
+    def test_feature_id_is_one_path_segment(self) -> None:
+        """feature_id is a segment of every message's path (``/features/<feature_id>/...``):
+        an empty one or one holding ``/`` was taken, and the gateway answered every Ditto
+        envelope the backend sent with a path mismatch and sent its requests on a path no
+        Kanto backend reads. It is a configuration error at its key."""
+        for value in ("''", "'Auto/Uploadable'", "' '"):
+            path = Path(self.mktemp())
+            path.write_text(f"uploads:\n  feature_id: {value}\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.feature_id"], errors)
+            self.assertIn("one segment of the messages' path", errors[0])
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  feature_id: Diagnostics.Upload-1\n")
+        self.assertEqual(config.load(path).uploads.feature_id, "Diagnostics.Upload-1")
+
     def test_idle_timeout_is_checked_at_load(self) -> None:
         """idle_timeout is a number of seconds, at least 1, named with its key when it is not."""
         path = Path(self.mktemp())
