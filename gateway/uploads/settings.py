@@ -119,7 +119,10 @@ class UploadsSettings:
                 parts.port  # out of range: ValueError
             except ValueError:
                 parts = urlsplit("")
-            if parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/") or parts.query:
+            if "@" in parts.netloc:  # (not repeated: it holds a password)
+                yield ("aws_endpoint",), "must be https://host[:port], without a user name or password"
+            elif (parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/")
+                  or parts.query or parts.fragment or self.aws_endpoint.rstrip().endswith(("?", "#"))):
                 yield ("aws_endpoint",), f"must be https://host[:port], not {self.aws_endpoint!r}"
             elif parts.scheme == "http" and not self.allow_http:
                 yield ("aws_endpoint",), "an http:// endpoint needs allow_http"

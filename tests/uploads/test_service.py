@@ -1171,13 +1171,19 @@ class ConfigTests(SynchronousTestCase):
                  "aws_endpoint: 'localhost:4566'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://s3.local/bucket'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://:4566'": "uploads.aws_endpoint: must be https://host[:port]",
-                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http"}
+                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http",
+                 # (these passed: the bucket and key went into the fragment, or the start was a 500)
+                 "aws_endpoint: 'https://s3.local#x'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://s3.local?'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://me:secret@s3.local'":
+                     "uploads.aws_endpoint: must be https://host[:port], without a user name or password"}
         for line, problem in cases.items():
             path = directory / "gateway.yaml"
             path.write_text(f"uploads:\n  {line}\n")
             errors = self.assertRaises(ConfigError, config.load, path).errors
             self.assertEqual(len(errors), 1, errors)
             self.assertIn(problem, errors[0])
+            self.assertNotIn("secret", errors[0])
         for good in ("{aws_endpoint: 'https://s3.local:4566/'}",
                      "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
             path.write_text(f"uploads: {good}\n")
