@@ -1332,6 +1332,26 @@ class LoadCheckTests(SynchronousTestCase):
             for value in (".", ".."):
                 self.assertOneError(f"gateway:\n  {key}: '{value}'\n", f"gateway.{key}", "must name this gateway")
 
+    def test_fleet_base_url(self) -> None:
+        """An enabled fleet's base_url is the root every DDI path goes after: one with a port out
+        of range, no host, a query or fragment (the paths went into it: a poll of
+        ``https://h?x=1/DEFAULT/controller/v1/gw``) or a user name and password (never sent: the
+        token is) passed --check-config and failed every poll; an unclosed IPv6 bracket was a
+        ``fleet: cannot be checked: ValueError``. Each is refused under ``fleet.base_url``,
+        without the URL's password; a path prefix and an IPv6 address in brackets are taken."""
+        fleet = "fleet:\n  enabled: true\n  auth: none\n  base_url: "
+        for url, says in (("'https://h:99999'", "not a usable URL (Port out of range 0-65535): 'https://h:99999'"),
+                          ("'https://[fd00::1'", "not a usable URL (Invalid IPv6 URL): 'https://[fd00::1'"),
+                          ("'https://:443'", "an https:// URL is required, not 'https://:443'"),
+                          ("'https://h/?x=1'", "must not hold a query or fragment"),
+                          ("'https://h/#top'", "must not hold a query or fragment"),
+                          ("'https://me:secret@h'", "must not hold a user name or password")):
+            self.assertOneError(f"{fleet}{url}\n", "fleet.base_url", says)
+        path, lines = self.errors(f"{fleet}'https://me:secret@h'\n")
+        self.assertNotIn("secret", lines[0])
+        for url in ("'https://[fd00::1]:8443'", "'https://h.example/hawkbit/'", "'HTTPS://h.example'"):
+            self.assertEqual(config.load(self.write(f"{fleet}{url}\n")).fleet.base_url, url.strip("'"))
+
     def test_fleet_token_file(self) -> None:
         """An enabled fleet's token file is read at load as at start: an empty one passed
         --check-config and ended the start in a ValueError traceback."""

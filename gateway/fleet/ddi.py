@@ -12,7 +12,9 @@ from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
+from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
 from gateway import jsontext
 from gateway.errors import GatewayError
@@ -45,6 +47,14 @@ def refused_for_good(error: DDIError) -> bool:
     """Whether the server refused the request as it is (a 4xx other than 401, 403, 408 and 429,
     which a new token, time or patience can mend): sending it again would change nothing."""
     return error.code is not None and 400 <= error.code < 500 and error.code not in (401, 403, 408, 429)
+
+
+def _closed_unanswered(failure: Failure) -> bool:
+    """Whether a request failed only because its connection closed before any answer (no
+    refusal, no timeout, no TLS error)."""
+    if not failure.check(ResponseNeverReceived, RequestTransmissionFailed):
+        return False
+    return all(reason.check(ConnectionDone, ConnectionLost) for reason in failure.value.reasons)
 
 
 def parse_sleep(value: Any) -> float | None:
@@ -174,13 +184,28 @@ class DDIClient:
             d.cancel()
         return self._turn.run(lambda: None)
 
+    def _request(self, method: str, url: str, data: bytes | None) -> Deferred[Any]:
+        """Send one request; a ``PUT`` or ``POST`` whose connection closed before any answer
+        is sent once more. A server that answers in HTTP/1.0 closes the connection after its
+        answer without saying ``Connection: close``, and Twisted's pool keeps it: the request
+        after a poll went on that dead connection. Twisted sends a ``GET`` again itself; a
+        configData or a feedback told twice is harmless (the server may get a step twice,
+        never not at all)."""
+        def once() -> Deferred[Any]:
+            return self.http.request(method, url, headers=self._headers(data is not None), data=data,
+                                     allow_redirects=False)
+
+        d = once()
+        if method != "GET":
+            d.addErrback(lambda failure: once() if _closed_unanswered(failure) else failure)
+        return d
+
     @inlineCallbacks
     def _send(self, method: str, url: str, body: Any) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         timer = None
         try:
-            d = self.http.request(method, url, headers=self._headers(data is not None), data=data,
-                                  allow_redirects=False)
+            d = self._request(method, url, data)
             # the timeout covers the answer's body too: a server that sends its headers and then
             # trickles the body (or stops) would hold the poll for ever
             d.addCallback(lambda response: read_body(response, MAX_ANSWER).addCallback(

@@ -93,10 +93,14 @@ class UploadsSettings:
         return self.status_topic.rsplit("/", 1)[0] + "/autoUpload"
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topics statuses and requests are published on must be topic names, and not the
-        ``autoUpload`` topic beside ``status_topic``; the log globs are relative (to the state
+        """The feature id is one segment of the messages' path; the topics statuses and requests
+        are published on must be topic names, and not the ``autoUpload`` topic beside
+        ``status_topic``; the log globs are relative (to the state
         dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]``
         (``http`` with ``allow_http``); the retry delays are bounds of one backoff."""
+        if not self.feature_id.strip() or "/" in self.feature_id:
+            yield ("feature_id",), (f"must name the feature, not {self.feature_id!r}: it is one segment of the "
+                                    "messages' path (/features/<feature_id>/inbox/messages/<operation>)")
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):
@@ -115,7 +119,10 @@ class UploadsSettings:
                 parts.port  # out of range: ValueError
             except ValueError:
                 parts = urlsplit("")
-            if parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/") or parts.query:
+            if "@" in parts.netloc:  # (not repeated: it holds a password)
+                yield ("aws_endpoint",), "must be https://host[:port], without a user name or password"
+            elif (parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/")
+                  or parts.query or parts.fragment or self.aws_endpoint.rstrip().endswith(("?", "#"))):
                 yield ("aws_endpoint",), f"must be https://host[:port], not {self.aws_endpoint!r}"
             elif parts.scheme == "http" and not self.allow_http:
                 yield ("aws_endpoint",), "an http:// endpoint needs allow_http"

@@ -844,6 +844,25 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(watcher.statuses()[-1]["state"], "SUCCESS")
         self.assertFalse((self.dir / "a.log").exists())
 
+    def test_diagnostics_setting_adds_the_bundle_only_to_triggers_without_upload_files(self) -> None:
+        """``diagnostics: true`` adds the bundle to every trigger that names no ``upload.files``
+        (uploads.md, its configuration table); a trigger naming files gets the bundle only with
+        ``upload.diagnostics: "true"``."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        service, watcher, _, _ = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True, mode="lax"))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        named = {"upload.files": str(self.dir / "a.log")}
+        for cid, options, bundled in (("all", {}, True), ("named", named, False),
+                                      ("asked", {**named, "upload.diagnostics": "true"}, True)):
+            self.assertEqual(self.successResultOf(service.handle("trigger", body(
+                {"correlationId": cid, "options": options}))), (204, {}))
+            paths = [r["options"]["file.path"] for r in watcher.requests() if r["correlationId"].startswith(cid + "#")]
+            self.assertEqual(any("/bundles/diagnostics-" in path for path in paths), bundled, (cid, paths))
+
     def test_a_refused_trigger_leaves_no_bundle_behind(self) -> None:
         """A trigger refused once its bundle was written (a file rotated away between the glob
         and its stat) removes the bundle: it was left under uploads/bundles/ for good, one
@@ -1170,17 +1189,38 @@ class ConfigTests(SynchronousTestCase):
                  "aws_endpoint: 'localhost:4566'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://s3.local/bucket'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://:4566'": "uploads.aws_endpoint: must be https://host[:port]",
-                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http"}
+                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http",
+                 # (these passed: the bucket and key went into the fragment, or the start was a 500)
+                 "aws_endpoint: 'https://s3.local#x'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://s3.local?'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://me:secret@s3.local'":
+                     "uploads.aws_endpoint: must be https://host[:port], without a user name or password"}
         for line, problem in cases.items():
             path = directory / "gateway.yaml"
             path.write_text(f"uploads:\n  {line}\n")
             errors = self.assertRaises(ConfigError, config.load, path).errors
             self.assertEqual(len(errors), 1, errors)
             self.assertIn(problem, errors[0])
+            self.assertNotIn("secret", errors[0])
         for good in ("{aws_endpoint: 'https://s3.local:4566/'}",
                      "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
             path.write_text(f"uploads: {good}\n")
             config.load(path)
+
+    def test_feature_id_is_one_path_segment(self) -> None:
+        """feature_id is a segment of every message's path (``/features/<feature_id>/...``):
+        an empty one or one holding ``/`` was taken, and the gateway answered every Ditto
+        envelope the backend sent with a path mismatch and sent its requests on a path no
+        Kanto backend reads. It is a configuration error at its key."""
+        for value in ("''", "'Auto/Uploadable'", "' '"):
+            path = Path(self.mktemp())
+            path.write_text(f"uploads:\n  feature_id: {value}\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.feature_id"], errors)
+            self.assertIn("one segment of the messages' path", errors[0])
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  feature_id: Diagnostics.Upload-1\n")
+        self.assertEqual(config.load(path).uploads.feature_id, "Diagnostics.Upload-1")
 
     def test_idle_timeout_is_checked_at_load(self) -> None:
         """idle_timeout is a number of seconds, at least 1, named with its key when it is not."""
