@@ -174,6 +174,13 @@ class CommandExamplesTests(TestCase):
                 # them: once the old broker has let the client go, a new one connects.
                 yield client.disconnected().addTimeout(10, reactor)
                 client = yield self.client(port)
+                # (the broker listens before the services after it have started again: a
+                # command sent in between has no subscriber yet; the change's last line says
+                # they all have)
+                deadline = reactor.seconds() + 10
+                while not re.search(rb"config change by \S+ applied: ", proc.output):
+                    self.assertLess(reactor.seconds(), deadline, "the change was not applied: " + self.output())
+                    yield deferLater(reactor, 0.05, lambda: None)
             where = f"{example.topic} {example.body.decode()}"
             yield client.publish(example.topic, example.body, qos=1)
             try:
