@@ -5,6 +5,7 @@ endpoint or URL) load, or are refused, as the text says."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,8 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
 from gateway.errors import ConfigError
+from gateway.ingest.settings import IngestSettings
+from gateway.links.http_settings import HTTPLinkSettings
 from gateway.links.router import Router, Rule
-from gateway.links.settings import KANTO_DOWNLINK, KANTO_ROUTES
+from gateway.links.settings import KANTO_DOWNLINK, KANTO_ROUTES, LinkSettings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: What the table's placeholders stand for in the examples made of it.
@@ -176,3 +179,39 @@ class InlineSettingsTests(SynchronousTestCase):
         self.assertIn("`https://[fd00::1]:8443`", (DOCS / "exosite.md").read_text(encoding="utf-8"))
         link = {"url": "https://[fd00::1]:8443", "vendor": "v", "model": "m"}
         load({"http_links": {"links": {"murano": link}}}, Path(self.mktemp()))
+
+
+def key_rows(text: str) -> dict[str, str]:
+    """The meaning cell of each key of the reference tables in ``text``, by key (a row of
+    several keys, ```a`, `b``, gives each the same cell)."""
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            for key in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows.setdefault(key, cells[2])
+    return rows
+
+
+def number(value: float) -> str:
+    """``value`` as the docs write it (``1000``, not ``1000.0``)."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class BoundsTests(SynchronousTestCase):
+    """Every setting with both a least and a largest value says its range where the page
+    describes it: a value out of it is refused at load, which a reader must be able to foresee."""
+
+    def test_ranges_are_documented(self) -> None:
+        """``<least>–<largest>`` (or ``at most <largest>``, when the least is 1) in the key's row."""
+        for settings, doc, heading in ((LinkSettings, "links.md", "Keys"),
+                                       (HTTPLinkSettings, "exosite.md", "The HTTP link"),
+                                       (IngestSettings, "exosite.md", "Configuration: `ingest:`")):
+            rows = key_rows(section(doc, heading))
+            for field in dataclasses.fields(settings):
+                least, largest = field.metadata.get("min"), field.metadata.get("max")
+                if least is None or largest is None:
+                    continue
+                row = rows.get(field.name, "")
+                forms = [f"{number(least)}–{number(largest)}"] + ([f"at most {number(largest)}"] if least <= 1 else [])
+                self.assertTrue(any(form in row for form in forms), f"{doc}: {field.name}: {forms[0]} not in {row!r}")
