@@ -1300,6 +1300,24 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write(f"http_links:\n  links:\n    a:\n{link}        - {{}}\n"))
         self.assertEqual(loaded.http_links.links["a"].downlink[0].alias, "command")
 
+    def test_http_link_keys_of_the_other_mode(self) -> None:
+        """docs/exosite.md: a ``json`` link has no downlink and an ``exosite`` link sends no
+        ``headers``; given to the other mode, they are refused at load, saying so (they were
+        ignored: a json link's commands never came, an exosite link's headers never went)."""
+        path, lines = self.errors("http_links:\n  links:\n"
+                                  "    j:\n      mode: json\n      url: 'https://ingest.example/in'\n"
+                                  "      downlink: [{alias: setpoint}]\n"
+                                  "    e:\n      url: 'https://p.m2.exosite.io'\n"
+                                  "      headers: {Authorization: 'Bearer x'}\n")
+        self.assertEqual(lines, [
+            f"{path}: http_links.links.j.downlink: a json link long-polls nothing: only mode: exosite has a downlink",
+            f"{path}: http_links.links.e.headers: an exosite link sends no extra headers: only mode: json does"])
+        config.load(self.write("http_links:\n  links:\n"
+                               "    j:\n      mode: json\n      url: 'https://ingest.example/in'\n"
+                               "      headers: {Authorization: 'Bearer x'}\n      downlink: []\n"
+                               "    e:\n      url: 'https://p.m2.exosite.io'\n      headers: {}\n"
+                               "      downlink: [{alias: setpoint}]\n"))
+
     def test_http_link_url(self) -> None:
         """An HTTP link's url that is not an http(s) URL with a host is refused at load (it
         passed --check-config, then every request failed and was retried forever)."""

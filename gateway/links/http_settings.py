@@ -111,8 +111,9 @@ class HTTPLinkSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """What the link would stumble on at start: its URL, its CA file (read and parsed now,
-        as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in, and
-        retry delays that depend on each other."""
+        as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in,
+        retry delays that depend on each other, and a key of the other mode (a json link's
+        ``downlink``, an exosite link's ``headers``)."""
         parts = urlsplit(self.url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             yield ("url",), f"must be an https:// (or http://) URL with a host, not {self.url!r}"
@@ -124,6 +125,12 @@ class HTTPLinkSettings:
             yield ("cik_file",), problem
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
+        # (each would be ignored: a json link's commands would never come, an exosite link's
+        # headers never go)
+        if self.mode == "json" and self.downlink:
+            yield ("downlink",), "a json link long-polls nothing: only mode: exosite has a downlink"
+        if self.mode == "exosite" and self.headers:
+            yield ("headers",), "an exosite link sends no extra headers: only mode: json does"
 
 
 @dataclass(frozen=True)
