@@ -50,3 +50,19 @@ def not_published_since(count: int) -> str:
     """
     return (f"{count} not published since the last such line; logged at most once every"
             f" {NOT_PUBLISHED_LOG_INTERVAL / 60:g} minutes until one is")
+
+
+#: Seconds between two log lines about what a local or cloud client sent that the gateway
+#: refused (a bad request, an unknown command), at least: a client in a loop sends thousands
+#: a second, and each was a line.
+REFUSED_LOG_INTERVAL = 10.0
+
+
+def refused_since(count: int) -> str:
+    """The end of a throttled "... refused ..." line about what clients sent: how many were
+    refused since the last such line (this one included), and how often the line comes.
+
+    :param count: what :meth:`LogThrottle.note` returned for the line.
+    """
+    return (f"{count} refused since the last such line; logged at most once every"
+            f" {REFUSED_LOG_INTERVAL:g} s while they go on")

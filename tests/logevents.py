@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,3 +14,20 @@ def capture_log_events(test: SynchronousTestCase) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(events.append)
     test.addCleanup(globalLogPublisher.removeObserver, events.append)
     return events
+
+
+def assert_one_line_then_summary(test: SynchronousTestCase, burst: Callable[[int], list[str]], line: str,
+                                 clock: Any) -> None:
+    """A cause logged through a 10 s :class:`~gateway.logthrottle.LogThrottle`: a burst of
+    1,000 is ``line`` once (``{count}`` 1), one more within 10 s is no line, the next after
+    them is ``line`` again counting all 1,001 held back and itself.
+
+    :param burst: sends that many of the cause at once, returns the lines logged about it.
+    :param line: the line, with ``{count}`` where its count goes.
+    :param clock: the clock the throttle counts on (``advance``).
+    """
+    test.assertEqual(burst(1000), [line.format(count=1)])
+    clock.advance(9)
+    test.assertEqual(burst(1), [])
+    clock.advance(1)
+    test.assertEqual(burst(1), [line.format(count=1001)])

@@ -116,6 +116,8 @@ class GatewayBroker(Router[SessionHandler]):
         #: when a connection taken over is logged (two clients that share a client id take
         #: each other's connection over, each time they reconnect, for ever).
         self._takeover_lines = LogThrottle(TAKEOVER_LOG_INTERVAL, partial(steady_seconds, clock))
+        #: when a message to a ``$`` topic dropped is logged (a client may send them in a loop).
+        self._dollar_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
         self._sweeper: LoopingCall | None = None
         self._unwatch_steps: Callable[[], None] | None = None
 
@@ -285,14 +287,27 @@ class GatewayBroker(Router[SessionHandler]):
             self.publish_will(session, will)
         self.plugins.fire(BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=handler.view)
 
+    def dollar_dropped(self, client_id: str, topic: str, what: str) -> None:
+        """Count a client's message (a PUBLISH, its will) to a ``$`` topic, which is dropped
+        (§4.7.2); logged at most once per :data:`REFUSAL_LOG_INTERVAL`, with how many were
+        dropped since the last such line.
+
+        :param what: the message, for the log (``a publish``, ``the will``).
+        """
+        self.dollar_publishes_dropped += 1
+        count = self._dollar_lines.note()
+        if count is not None:
+            self.log.warn("dropping {what} of {client_id!r} to {topic}: clients do not publish to $ topics ({count}"
+                          " dropped since the last such line; logged at most once every {interval:g} s while they"
+                          " go on)", what=what, client_id=client_id, topic=topic_for_log(topic), count=count,
+                          interval=REFUSAL_LOG_INTERVAL)
+
     def publish_will(self, session: ClientSession, will: Will) -> None:
         """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client:
         one to a ``$`` topic is dropped and counted, as its PUBLISH would be (§4.7.2); one on
         a topic the links route goes to their journal, as its PUBLISH would."""
         if will.topic[:1] == "$":
-            self.dollar_publishes_dropped += 1
-            self.log.warn("dropping the will of {client_id!r}: clients do not publish to $ topics such as {topic}",
-                          client_id=session.client_id, topic=topic_for_log(will.topic))
+            self.dollar_dropped(session.client_id, will.topic, "the will")
             return
         self.log.info("publishing the will of {client_id!r} to {topic}", client_id=session.client_id,
                       topic=topic_for_log(will.topic))

@@ -38,7 +38,6 @@ from gateway.broker.retainedburst import RetainedBurst
 from gateway.broker.statelog import StateLog
 from gateway.mqtt.packets import (DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
                                   UNSUBSCRIBE, PINGRESP_PACKET, Packet, PublishTemplate, ack, publish)
-from gateway.mqtt.topics import topic_for_log
 
 
 class HandlerBroker(Protocol):
@@ -63,6 +62,9 @@ class HandlerBroker(Protocol):
 
     def outbox_for(self, session: ClientSession) -> Outbox:
         """The session's queue of messages waiting to be sent."""
+
+    def dollar_dropped(self, client_id: str, topic: str, what: str) -> None:
+        """Count a client's message to a ``$`` topic, dropped (§4.7.2); log it at most once per interval."""
 
     def qos2_received(self, session: ClientSession, packet_id: int) -> bool:
         """Note a QoS 2 packet id (in memory); whether it was noted already."""
@@ -103,7 +105,7 @@ class SessionHandler:
     """
 
     log = Logger()
-    __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view", "_dollar_warned",
+    __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view",
                  "_on_answered", "_owed", "_retained")
 
     def __init__(self, broker: HandlerBroker, session: ClientSession, connection: MQTTConnection,
@@ -116,7 +118,6 @@ class SessionHandler:
         self.inbound: deque[Incoming] | None = None  # made by the first PUBLISH on the checked path
         #: the amqtt session view the topic plugins are asked with (made at CONNECT, or on first use).
         self.view = view
-        self._dollar_warned = False
         self._on_answered: Callable[[], None] | None = None  # see when_answered
         self._owed = 0  # answers that wait for the state log or the topic plugins (see owe_answer)
         #: retained messages of new subscriptions not sent yet (see deliver_retained); None: none
@@ -196,11 +197,7 @@ class SessionHandler:
         broker.messages_in[qos] += 1
         broker.payload_bytes_in += len(payload)
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
-            if not self._dollar_warned:
-                self._dollar_warned = True
-                self.log.warn("dropping publishes of {client_id!r} to $ topics such as {topic}",
-                              client_id=self.session.client_id, topic=topic_for_log(topic))
-            broker.dollar_publishes_dropped += 1
+            broker.dollar_dropped(self.session.client_id, topic, "a publish")
             if qos:
                 self.acknowledge(message)
             return

@@ -26,7 +26,8 @@ from gateway.broker.bus import BusMessage
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
 from gateway.journal.errors import RecordTooLargeError
-from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
+from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, not_published_since,
+                                 refused_since)
 from gateway.shown import escaped, shown, shown_repr
 
 
@@ -112,7 +113,8 @@ class CommandDispatcher(Service):
     :param bus: the local bus.
     :param device_id: this gateway's device id (commands to other devices are their apps').
     :param handlers: command name -> handler.
-    :param clock: counts the time between two lines about replies not published.
+    :param clock: counts the time between two lines about replies not published, or about
+        commands refused.
     """
 
     name = "commands"  # type: ignore[assignment]
@@ -124,6 +126,9 @@ class CommandDispatcher(Service):
         self.handlers = dict(handlers)
         # (a stream full for hours refuses the reply to every command the cloud sends)
         self._not_published_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(clock))
+        # (a client may send retained or bad commands in a loop: one line per interval for each)
+        self._retained_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._unsubscribe: Callable[[], None] | None = None
 
     def startService(self) -> None:
@@ -143,9 +148,12 @@ class CommandDispatcher(Service):
         levels = message.topic.split("/")
         request = CommandRequest("/".join(levels[5:]), levels[4], message.payload)
         if message.retain:  # a broker's stored copy: a live command never comes retained from the cloud
-            self.log.warn("command {name} ({request_id}) not run: it came retained, a copy the broker kept and"
-                          " sends again on every subscription (each reconnect); send commands without retain",
-                          name=escaped(shown(request.name)), request_id=escaped(request.request_id or "one-way"))
+            count = self._retained_lines.note()
+            if count is not None:
+                self.log.warn("command {name} ({request_id}) not run: it came retained, a copy the broker kept and"
+                              " sends again on every subscription (each reconnect); send commands without retain"
+                              " ({since})", name=escaped(shown(request.name)),
+                              request_id=escaped(request.request_id or "one-way"), since=refused_since(count))
             return None
         handler = self.handlers.get(request.name)
         if handler is None:
@@ -166,8 +174,17 @@ class CommandDispatcher(Service):
         return Reply(500, {"error": f"internal error: {failure.getErrorMessage()}"})
 
     def _reply(self, reply: Reply, request: CommandRequest) -> Any:
-        self.log.info("command {name} ({request_id}): {status}", name=escaped(shown(request.name)),
-                      request_id=escaped(request.request_id or "one-way"), status=reply.status)
+        """Log the reply (one refused, a 4xx, at most once per :data:`~gateway.logthrottle.REFUSED_LOG_INTERVAL`
+        with how many were refused since) and publish it, when the command wants one."""
+        name, request_id = escaped(shown(request.name)), escaped(request.request_id or "one-way")
+        if 400 <= reply.status < 500:
+            count = self._refused_lines.note()
+            if count is not None:
+                self.log.info("command {name} ({request_id}): {status} ({since})", name=name,
+                              request_id=request_id, status=reply.status, since=refused_since(count))
+        else:
+            self.log.info("command {name} ({request_id}): {status}", name=name, request_id=request_id,
+                          status=reply.status)
         if not request.request_id:
             return None
         topic = f"command//{self.device_id}/res/{request.request_id}/{reply.status}"

@@ -18,7 +18,7 @@ from gateway import __version__, jsontext
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.journal.errors import RecordTooLargeError
-from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, refused_since
 from gateway.readside import ReadSide
 from gateway.shown import shown
 from gateway.telemetry.engine import engine_report
@@ -72,6 +72,8 @@ class TelemetryService(Service):
         # (a stream full for hours refuses every report: the usage report every 5 minutes, the
         # engine report at each change of an app's state)
         self._not_published_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        # (a local client may send bad report requests in a loop: one line per interval)
+        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         # Each build under way: (fires with None once it is over, the callers waiting for it).
         self._building: dict[str, tuple[Deferred[None], list[Deferred[Mapping[str, Any]]]]] = {}
         self._loops: list[LoopingCall] = []
@@ -203,15 +205,21 @@ class TelemetryService(Service):
                 pass
         if name not in REPORTS:
             error = str(UnknownReport(shown(str(name)), REPORTS))
-            self.log.warn("report request refused: {error}", error=error)
+            count = self._refused_lines.note()
+            if count is not None:
+                self.log.warn("report request refused: {error} ({since})", error=error, since=refused_since(count))
             payload = json.dumps({"error": error, "request": shown(text), "known": list(REPORTS),
                                   "timestamp": self.reactor.seconds()}).encode()
             topic = self.settings.error_topic
-            # (a journal stream a route takes it to may refuse it: a line, not a subscriber's traceback)
-            return maybeDeferred(self.bus.publish, topic, payload, 1, False).addErrback(
-                lambda failure: self.log.warn("report request refused: {error}; its answer on {topic} not published:"
-                                              " {reason}", error=error, topic=topic,
-                                              reason=failure.getErrorMessage()))
+
+            def not_published(failure: Failure) -> None:
+                # (a journal stream a route takes it to may refuse it: a line with the
+                # refusal's, not a subscriber's traceback)
+                if count is not None:
+                    self.log.warn("report request refused: {error}; its answer on {topic} not published: {reason}",
+                                  error=error, topic=topic, reason=failure.getErrorMessage())
+
+            return maybeDeferred(self.bus.publish, topic, payload, 1, False).addErrback(not_published)
         return self._send(str(name)).addErrback(_warned)
 
     # -- building and publishing ----------------------------------------------------------

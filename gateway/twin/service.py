@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.clockstep import steady_seconds
-from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
+from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, not_published_since,
+                                 refused_since)
 from gateway.mqtt.topics import topic_for_log, valid_topic
 from gateway.shown import escaped, shown, shown_repr
 from gateway.twin import commands
@@ -91,6 +92,8 @@ class TwinService(Service):
         # (a disk full or read-only for hours refuses every change an app sends, ten a second maybe)
         self._not_stored_lines = LogThrottle(NOT_STORED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self._not_stored_spell: float | None = None  # the failed writes' ``since`` the lines count in
+        # (an app may send bad commands in a loop: one line per interval)
+        self._command_refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
 
     def startService(self) -> Deferred[None]:
         """Load the things (the gateway's own exists from the first start), then listen."""
@@ -210,7 +213,8 @@ class TwinService(Service):
     def _check_room(self, thing_id: str) -> None:
         """Refuse (403) a command that would create ``thing_id`` while the twin holds
         ``max_things`` (the gateway's own thing is never refused): counted, and a warning the
-        first time since the twin last had room (each refusal has its own info line)."""
+        first time since the twin last had room (each refusal counts in the refused commands'
+        info lines)."""
         things, limit = len(self.store.things), self.settings.max_things
         if things < limit:
             self._full_said = False
@@ -311,10 +315,11 @@ class TwinService(Service):
 
     def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str,
                       log: bool = True) -> Deferred[None]:
-        if log:
-            self.log.info("twin command on {topic} {path} refused: {status} {reason}",
+        count = self._command_refused_lines.note() if log else None
+        if count is not None:
+            self.log.info("twin command on {topic} {path} refused: {status} {reason} ({since})",
                           topic=escaped(shown(topic)), path=escaped(shown(str(path))), status=error.status,
-                          reason=escaped(error.message))
+                          reason=escaped(error.message), since=refused_since(count))
         if headers.get("response-required", True) in (False, "false"):
             return succeed(None)
         envelope = error_envelope(topic, str(path), dict(headers), error)

@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from gateway import jsontext
 from gateway.clockstep import steady_seconds
 from gateway.links.stream import LinkStream
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
 from gateway.mqtt.packets import Publish
 from gateway.twin import shadows
 from gateway.twin.behind import BEHIND_FILE, BehindFile
@@ -98,6 +99,8 @@ class ShadowSync:
         self.behind = ShadowCatchUp(self, BehindFile(twin.store.path.with_name(BEHIND_FILE), twin.store.run_blocking,
                                                      lambda: steady_seconds(clock)), clock, self.log)
         self.appends = ShadowAppends(settings, twin, stream, clock, thing, self.behind, max_record_bytes)
+        # (whoever can publish on the shadow topics may send messages that are not JSON in a loop)
+        self._not_json_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(clock))
         self.reader = ShadowStreamReader(stream, clock, self.log, self.pump)
         self.requests = ShadowRequests(settings, clock, thing, self.log, self._again, retry_policy)
 
@@ -141,7 +144,11 @@ class ShadowSync:
         try:
             body = jsontext.loads(publish.payload)
         except ValueError:
-            self.log.warn("shadow {shadow}: {operation} message is not JSON", shadow=shadow, operation=operation)
+            count = self._not_json_lines.note()
+            if count is not None:
+                self.log.warn("shadow {shadow}: {operation} message is not JSON, dropped ({since})",
+                              shadow=shadow or "(classic)",
+                              operation=operation, since=refused_since(count))
             return True
         if not isinstance(body, dict):
             return True

@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 from gateway import jsontext
 from gateway.apps.process import ProcessLauncher
 from gateway.clockstep import steady_seconds
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import StaleRecords, record_end_late
@@ -98,6 +99,8 @@ class UpdateService(Service):
         #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
         self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
         self._watchers: list[Callable[[Operation], None]] = []
+        # (a local client may send bad update commands in a loop: one line per interval)
+        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self._keepers: list[Callable[[Operation], bool]] = []
         #: removes the records of the operations :meth:`_prune` forgets.
         self._stale = StaleRecords(self.store, run_blocking, "ended operation", "the next operation ends")
@@ -222,8 +225,10 @@ class UpdateService(Service):
 
     def _refused(self, command: str, request: Any, error: Exception) -> None:
         """Log a refused request and report it under its id, if it has one (handle_request)."""
-        self.log.warn("refused update command {command}: {error}", command=escaped(str(command)),
-                      error=escaped(str(error)))
+        count = self._refused_lines.note()
+        if count is not None:
+            self.log.warn("refused update command {command}: {error} ({since})", command=escaped(str(command)),
+                          error=escaped(str(error)), since=refused_since(count))
         cid = request.get("correlationId") if isinstance(request, dict) else None
         if not isinstance(cid, str) or not cid or id_problem(cid) is not None:
             return  # no id to report under: only logged (and answered, from the cloud)

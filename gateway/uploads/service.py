@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from gateway.atomic import write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.configtext import NOT_UTF8_LOCALE, unencodable_problem
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
@@ -173,6 +174,8 @@ class UploadService(Service):
         #: the inbox messages being handled, each fired once it is answered (the stop waits for them).
         self._handling: set[Deferred[None]] = set()
         self._stopping = False
+        # (a local client may send bad inbox messages in a loop: one line per interval)
+        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self._serial = int(reactor.seconds())
         #: removes the records of the uploads :meth:`_prune` forgets.
         self._stale = StaleRecords(self.store, run_blocking, "finished upload", "the next upload ends")
@@ -327,8 +330,10 @@ class UploadService(Service):
                 status, code = 500, messages.EXECUTION_FAILED
                 if not isinstance(error, (UploadError, OSError)):
                     self.log.failure("upload operation {operation} crashed", failure, operation=operation)
-            self.log.warn("refused upload operation {operation}: {error}", operation=operation,
-                          error=escaped(str(error)))
+            count = self._refused_lines.note()
+            if count is not None:
+                self.log.warn("refused upload operation {operation}: {error} ({since})", operation=operation,
+                              error=escaped(str(error)), since=refused_since(count))
             return status, messages.response(inbox, status, messages.error_body(status, code, str(error)))
 
         answered: Deferred[None] = Deferred()

@@ -21,6 +21,7 @@ from tests.broker import packets
 from tests.broker.harness import start_broker
 from tests.broker.test_delivery import DeliveryTestCase
 from tests.broker.test_durable_ack import attached, make_broker
+from tests.logevents import assert_one_line_then_summary
 
 CONNACK_OK = (0x20, b"\x00\x00")
 SESSION_PRESENT = (0x20, b"\x01\x00")
@@ -148,6 +149,34 @@ class DollarWillTests(SynchronousTestCase):
         self.assertEqual(seen, [])
         self.assertEqual(broker.retained, {})
         self.assertEqual(broker.dollar_publishes_dropped, 1)
+
+    def test_a_burst_of_dollar_publishes_and_wills_is_one_line_then_one_summary(self) -> None:
+        """docs/configuration.md: a client publishing to $ topics was logged once per connection,
+        and each will to a $ topic once: clients connecting in a loop wrote a line each. The
+        first is logged at once, then at most one line per 10 s with how many were dropped since;
+        each is still acknowledged, dropped and counted."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+
+        def burst(messages: int) -> list[str]:
+            with capturedLogs() as events:
+                for n in range(messages):  # each from a new connection: a publish, then a will
+                    handler, transport = attached(broker, f"c{n}", clock)
+                    if n % 2:
+                        handler.will = Will("$SYS/will", b"gone", 0, False)
+                    else:
+                        handler.connection.framer.feed(packets.connect(f"c{n}"))  # (its CONNECT, read)
+                        handler.connection.dataReceived(packets.publish("$SYS/x", b"forged", qos=1, packet_id=7))
+                        clock.advance(0)
+                        self.assertEqual(transport.value(), b"\x40\x02\x00\x07")  # acknowledged all the same
+                    handler.connection.connectionLost()
+                    clock.advance(0)
+            return [formatEvent(e) for e in events if "dropping" in e.get("log_format", "")]
+
+        line = ("dropping a publish of 'c0' to $SYS/x: clients do not publish to $ topics ({count} dropped since the"
+                " last such line; logged at most once every 10 s while they go on)")
+        assert_one_line_then_summary(self, burst, line, clock)
+        self.assertEqual(broker.dollar_publishes_dropped, 1002)
 
     def test_a_will_topic_with_a_newline_is_logged_on_one_line(self) -> None:
         """A will topic may hold a newline (MQTT refuses only U+0000): the will's log line shows it

@@ -62,7 +62,36 @@ class DispatcherTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.bus.deliver("command//gw-1/req/4\n2/echo\n2026-12-06T19:00:00+0000 [gateway] forged", b"{}")
         [line] = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("gateway.commands")]
-        self.assertEqual(line, "command echo\\n2026-12-06T19:00:00+0000 [gateway] forged (4\\n2): 404")
+        self.assertEqual(line, "command echo\\n2026-12-06T19:00:00+0000 [gateway] forged (4\\n2): 404 (1 refused since"
+                               " the last such line; logged at most once every 10 s while they go on)")
+
+    def test_a_burst_of_refused_commands_is_one_line_then_one_summary(self) -> None:
+        """docs/commands.md: a client sending bad commands in a loop (unknown, or refused 4xx)
+        wrote a line for each, and one sending retained commands a warning for each. The first
+        of each is logged at once, then at most one line per 10 s saying how many since; each
+        bad command is still answered, and a command that runs is logged each time."""
+        def burst(commands: int, retain: bool = False) -> list[str]:
+            with capturedLogs() as events:
+                for n in range(commands):
+                    self.bus.deliver(f"command//gw-1/req/{n}/nope", b"{}", retain=retain)
+                    self.bus.deliver("command//gw-1/req/x/bad", b"{}", retain=retain)
+            return [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("gateway.commands")]
+
+        since = "({count} refused since the last such line; logged at most once every 10 s while they go on)"
+        self.assertEqual(burst(500), ["command nope (0): 404 " + since.format(count=1)])
+        self.assertEqual(len(self.bus.published), 1000)  # each answered
+        retained = ("command nope (0) not run: it came retained, a copy the broker kept and sends again on every"
+                    " subscription (each reconnect); send commands without retain " + since)
+        self.assertEqual(burst(500, retain=True), [retained.format(count=1)])
+        self.clock.advance(9)
+        self.assertEqual(burst(1) + burst(1, retain=True), [])
+        self.clock.advance(1)
+        self.assertEqual(burst(1), ["command nope (0): 404 " + since.format(count=1002)])
+        self.assertEqual(burst(1, retain=True), [retained.format(count=1002)])
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/42/echo", b"{}")
+            self.bus.deliver("command//gw-1/req/43/echo", b"{}")
+        self.assertEqual([formatEvent(e) for e in events], ["command echo (42): 200", "command echo (43): 200"])
 
     def test_replies_not_published_are_logged_once_per_interval(self) -> None:
         """While the journal refuses every reply (a stream full for hours, a cloud pinging the
@@ -214,7 +243,9 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(self.bus.published, [])
         [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual(warning, "command echo (42) not run: it came retained, a copy the broker kept and sends "
-                                  "again on every subscription (each reconnect); send commands without retain")
+                                  "again on every subscription (each reconnect); send commands without retain (1"
+                                  " refused since the last such line; logged at most once every 10 s while they go"
+                                  " on)")
         self.bus.deliver("command//gw-1/req/43/echo", b'{"a": 1}')  # the same sent live is run
         self.assertEqual(self.replies(), [("command//gw-1/res/43/200", {"a": 1})])
 

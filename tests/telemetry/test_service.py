@@ -15,6 +15,7 @@ from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge, UnknownReport
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
+from tests.logevents import assert_one_line_then_summary
 from tests.steppingclock import SteppingClock
 from tests.telemetry.fakes import FakeBus, FakeReadSide
 
@@ -125,6 +126,24 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.assertIn("report request refused: unknown report 'bogus' (known: device_info, usage_report,"
                       " engine_report); its answer on edge/gateway/reports/error not published: journal stream"
                       " 'link-c' is full (max-bytes); append rejected", lines)
+
+    def test_a_burst_of_bad_requests_is_one_line_then_one_summary(self) -> None:
+        """docs/telemetry.md: a local client sending bad report requests in a loop wrote a
+        warning for each (1,000 requests, 1,000 lines). The first is logged at once, then at
+        most one line per 10 s saying how many were refused since; each is still answered."""
+        self.start()
+        self.bus.published.clear()
+
+        def burst(requests: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(requests):
+                    self.bus.receive("edge/gateway/reports/request", b"bogus")
+            return [formatEvent(e) for e in events if "report request refused" in e.get("log_format", "")]
+
+        line = ("report request refused: unknown report 'bogus' (known: device_info, usage_report, engine_report)"
+                " ({count} refused since the last such line; logged at most once every 10 s while they go on)")
+        assert_one_line_then_summary(self, burst, line, self.clock)
+        self.assertEqual(len(self.bus.published), 1002)  # every one answered
 
     def test_a_huge_request_is_not_sent_back_whole(self) -> None:
         """A request of a megabyte (under the broker's 1 MiB packet limit) is answered with its

@@ -226,7 +226,30 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertNotIn("\n", line)
         self.assertIn("modify\\nforged too /nope\\n2026-12-06T19:00:00+0000 [gateway] forged refused: 400", line)
         # (the refusal's message, not the () Twisted's legacy log bridge puts in a `message` field)
-        self.assertTrue(line.endswith("refused: 400 the local twin does not support 'modify\\nforged too'"), line)
+        self.assertTrue(line.endswith("refused: 400 the local twin does not support 'modify\\nforged too' (1 refused"
+                                      " since the last such line; logged at most once every 10 s while they go on)"),
+                        line)
+
+    def test_a_burst_of_refused_commands_is_one_line_then_one_summary(self) -> None:
+        """docs/twin.md: an app sending bad commands in a loop wrote an info line for each. The
+        first is logged at once, then at most one line per 10 s saying how many were refused
+        since; each is still answered with its error."""
+        def burst(commands: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(commands):
+                    [(topic, answer)] = self.send(command("modify", "/nope", 1))
+                    self.assertEqual(answer["value"]["status"], 400)
+            return [formatEvent(e) for e in events if e.get("log_format", "").startswith("twin command")]
+
+        [first] = burst(1000)
+        self.assertTrue(first.startswith("twin command on acme/gw1/things/twin/commands/modify /nope refused: 400 "))
+        self.assertTrue(first.endswith(" (1 refused since the last such line; logged at most once every 10 s while"
+                                       " they go on)"), first)
+        self.clock.advance(9)
+        self.assertEqual(burst(1), [])
+        self.clock.advance(1)
+        [summary] = burst(1)
+        self.assertEqual(summary, first.replace("(1 refused", "(1001 refused"))
 
     def test_paths_outside_the_model_refused(self) -> None:
         """Only the paths twin.md lists are served: nothing below /policyId or /definition (a

@@ -20,6 +20,7 @@ from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings
 from gateway.twin.sync import ShadowSync
 from tests.links.memory import MemoryStream
+from tests.logevents import assert_one_line_then_summary
 from tests.twin.fakes import HeldRunner, RecordingBus, run_now
 from tests.twin.test_service import ROOT, command
 
@@ -839,6 +840,20 @@ class ShadowSyncTests(ShadowSyncCase):
         """A shadow message nested deeper than the parser goes is taken and logged as not JSON."""
         self.assertTrue(self.sync.cloud_message(Publish("$aws/things/gw1/shadow/update/delta", b"[" * 100000, 1,
                                                         False, 1, False)))
+
+    def test_a_burst_of_messages_not_json_is_one_line_then_one_summary(self) -> None:
+        """docs/aws.md: shadow messages that are not JSON, sent in a loop, wrote a warning each.
+        The first is logged at once, then at most one line per 10 s saying how many since."""
+        def burst(messages: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(messages):
+                    self.assertTrue(self.sync.cloud_message(Publish("$aws/things/gw1/shadow/update/delta", b"{",
+                                                                    1, False, 1, False)))
+            return [formatEvent(e) for e in events if "not JSON" in e.get("log_format", "")]
+
+        line = ("shadow (classic): update/delta message is not JSON, dropped ({count} refused since the last such"
+                " line; logged at most once every 10 s while they go on)")
+        assert_one_line_then_summary(self, burst, line, self.clock)
 
     def test_other_topics_not_taken(self) -> None:
         """Messages that are not this thing's shadow topics go to the downlink."""

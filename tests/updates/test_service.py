@@ -24,6 +24,7 @@ from gateway.updates import service as service_module
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
+from tests.logevents import assert_one_line_then_summary
 from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
@@ -118,7 +119,25 @@ class UpdateServiceTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("gateway.updates")]
         self.assertEqual([line for line in lines if "\n" in line], [])
         self.assertEqual(lines[-1], "refused update command install\\n2026-12-06T19:00:00+0000 [gateway] forged: "
-                                    "unknown command 'install\\n2026-12-06T19:00:00+0000 [gateway] forged'")
+                                    "unknown command 'install\\n2026-12-06T19:00:00+0000 [gateway] forged' (1 refused"
+                                    " since the last such line; logged at most once every 10 s while they go on)")
+
+    def test_a_burst_of_bad_commands_is_one_line_then_one_summary(self) -> None:
+        """docs/updates.md: a local client sending bad update commands in a loop wrote a warning
+        for each. The first is logged at once, then at most one line per 10 s saying how many
+        were refused since; each is still answered (refused) as before."""
+        service = self.service()
+
+        def burst(commands: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(commands):
+                    self.assertEqual(service.handle_command("install", b"nope"),
+                                     "the request is not JSON: Expecting value: line 1 column 1 (char 0)")
+            return [formatEvent(e) for e in events if "refused update command" in e.get("log_format", "")]
+
+        line = ("refused update command install: the request is not JSON: Expecting value: line 1 column 1 (char 0)"
+                " ({count} refused since the last such line; logged at most once every 10 s while they go on)")
+        assert_one_line_then_summary(self, burst, line, self.clock)
 
     def test_download_only_keeps_the_artifact(self) -> None:
         """A download request ends after DOWNLOADED and installs nothing."""

@@ -25,7 +25,7 @@ from gateway.uploads.operation import Upload
 from gateway.uploads.service import KEEP_FINISHED
 from gateway.operations.store import RecordStore
 from gateway.uploads.settings import PeriodicSettings, UploadsSettings
-from tests.logevents import capture_log_events
+from tests.logevents import assert_one_line_then_summary, capture_log_events
 from tests.uploads.fakes import body, fake_service
 
 
@@ -230,6 +230,23 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(self.sends), 1)
         self.sends[0][2].callback(None)
         self.assertEqual(len(self.sends), 2)
+
+    def test_a_burst_of_bad_messages_is_one_line_then_one_summary(self) -> None:
+        """docs/uploads.md: a local client sending bad inbox messages in a loop wrote a warning
+        for each. The first is logged at once, then at most one line per 10 s saying how many
+        were refused since; each is still answered as before."""
+        events = capture_log_events(self)
+
+        def burst(messages: int) -> list[str]:
+            del events[:]
+            for _ in range(messages):
+                status, error = self.handle("cancel", {"correlationId": "nope"})
+                self.assertEqual(status, 404)
+            return [formatEvent(e) for e in events if "refused upload operation" in e.get("log_format", "")]
+
+        line = ("refused upload operation cancel: upload with correlation ID 'nope' not found ({count} refused since"
+                " the last such line; logged at most once every 10 s while they go on)")
+        assert_one_line_then_summary(self, burst, line, self.clock)
 
     def test_answers_follow_kanto(self) -> None:
         """400 for a malformed message, 404 for an unknown id, 500 for a second start or a bad provider."""
