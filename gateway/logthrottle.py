@@ -53,8 +53,8 @@ def not_published_since(count: int) -> str:
 
 
 #: Seconds between two log lines about what a local or cloud client sent that the gateway
-#: refused (a bad request, an unknown command), at least: a client in a loop sends thousands
-#: a second, and each was a line.
+#: refused (a bad request, an unknown command, a CONNECT or SUBSCRIBE refused, a write the
+#: journal refused), at least: a client in a loop sends thousands a second, and each was a line.
 REFUSED_LOG_INTERVAL = 10.0
 
 

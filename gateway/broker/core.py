@@ -55,15 +55,13 @@ from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.clockstep import steady_seconds, watch_steps
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
 from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
 from gateway.mqtt.topics import topic_for_log
 from gateway.shown import shown_repr
 
 #: CONNACK return codes used here (§3.2.2.3).
 IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
-#: Seconds between two log lines about refused CONNECTs (they are counted in between).
-REFUSAL_LOG_INTERVAL = 10.0
 #: Seconds between two log lines about connections taken over (they are counted in between).
 TAKEOVER_LOG_INTERVAL = 60.0
 
@@ -112,12 +110,12 @@ class GatewayBroker(Router[SessionHandler]):
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.refused = 0
-        self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
+        self._refusal_lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
         #: when a connection taken over is logged (two clients that share a client id take
         #: each other's connection over, each time they reconnect, for ever).
         self._takeover_lines = LogThrottle(TAKEOVER_LOG_INTERVAL, partial(steady_seconds, clock))
         #: when a message to a ``$`` topic dropped is logged (a client may send them in a loop).
-        self._dollar_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
+        self._dollar_lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
         self._sweeper: LoopingCall | None = None
         self._unwatch_steps: Callable[[], None] | None = None
 
@@ -244,7 +242,7 @@ class GatewayBroker(Router[SessionHandler]):
 
     def _refuse(self, connection: MQTTConnection, code: int, client_id: str, reason: str,
                 username: str | None = None) -> None:
-        """CONNACK ``code`` and close; logged at most once per :data:`REFUSAL_LOG_INTERVAL`,
+        """CONNACK ``code`` and close; logged at most once per :data:`REFUSED_LOG_INTERVAL`,
         with the CONNECT's user name when it has one (never its password)."""
         self.refused += 1
         count = self._refusal_lines.note()
@@ -289,7 +287,7 @@ class GatewayBroker(Router[SessionHandler]):
 
     def dollar_dropped(self, client_id: str, topic: str, what: str) -> None:
         """Count a client's message (a PUBLISH, its will) to a ``$`` topic, which is dropped
-        (§4.7.2); logged at most once per :data:`REFUSAL_LOG_INTERVAL`, with how many were
+        (§4.7.2); logged at most once per :data:`REFUSED_LOG_INTERVAL`, with how many were
         dropped since the last such line.
 
         :param what: the message, for the log (``a publish``, ``the will``).
@@ -300,7 +298,7 @@ class GatewayBroker(Router[SessionHandler]):
             self.log.warn("dropping {what} of {client_id!r} to {topic}: clients do not publish to $ topics ({count}"
                           " dropped since the last such line; logged at most once every {interval:g} s while they"
                           " go on)", what=what, client_id=client_id, topic=topic_for_log(topic), count=count,
-                          interval=REFUSAL_LOG_INTERVAL)
+                          interval=REFUSED_LOG_INTERVAL)
 
     def publish_will(self, session: ClientSession, will: Will) -> None:
         """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client:

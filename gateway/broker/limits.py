@@ -16,15 +16,13 @@ from typing import Callable, Iterable, Mapping
 
 from twisted.logger import Logger
 
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
 from gateway.mqtt.topics import too_deep, topic_for_log
 
 #: ``max_topic_levels`` when the config names none (mosquitto's ``TOPIC_HIERARCHY_LIMIT``).
 DEFAULT_MAX_TOPIC_LEVELS = 200
 #: ``max_subscriptions`` when the config names none.
 DEFAULT_MAX_SUBSCRIPTIONS = 1000
-#: Seconds between two log lines about refused subscriptions (they are counted in between).
-REFUSAL_LOG_INTERVAL = 10.0
 
 
 class SubscriptionLimits:
@@ -46,7 +44,7 @@ class SubscriptionLimits:
         self.filters_too_deep = 0
         self.subscriptions_refused = 0
         self.refused_by_client: dict[str, int] = {}
-        self._lines = LogThrottle(REFUSAL_LOG_INTERVAL, clock)
+        self._lines = LogThrottle(REFUSED_LOG_INTERVAL, clock)
 
     def too_deep(self, topic: str) -> bool:
         """Whether ``topic`` (a name or a filter) has more than ``max_topic_levels`` levels."""
@@ -56,7 +54,7 @@ class SubscriptionLimits:
         """Whether a session with ``filters`` may subscribe to ``topic_filter``: a filter it
         has already is always allowed (a new QoS replaces the old one, §3.8.4); a new one when
         it has at most ``max_topic_levels`` levels and the session is under ``max_subscriptions``.
-        A refusal is counted and logged (at most once per :data:`REFUSAL_LOG_INTERVAL`)."""
+        A refusal is counted and logged (at most once per :data:`REFUSED_LOG_INTERVAL`)."""
         if topic_filter in filters:
             return True
         if too_deep(topic_filter, self.max_topic_levels):

@@ -31,7 +31,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
 from gateway.journal.errors import RecordTooLargeError
 from gateway.journal.stream import Clock
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
 
 if TYPE_CHECKING:  # the site that renders imports twisted.web.server, an idle gateway does not
     from twisted.web.server import Request
@@ -48,8 +48,6 @@ FORM = b"application/x-www-form-urlencoded"
 #: API names for it (a read asks ``Accept: application/x-www-form-urlencoded; charset=utf-8``);
 #: the values in it are percent-encoded UTF-8.
 READ_TYPE = FORM.decode() + "; charset=utf-8"
-#: Seconds between two log lines of writes the journal refused (apps write on to a full one).
-REFUSAL_LOG_INTERVAL = 10.0
 
 
 class RequestError(Exception):
@@ -107,7 +105,7 @@ class DeviceAPIResource(Resource):
         self.clock = clock
         self.device = device
         self.stats = IngestStats()
-        self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
+        self._refusal_lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
 
     # -- dispatch ---------------------------------------------------------------------------
 

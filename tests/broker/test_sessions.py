@@ -241,7 +241,7 @@ class RefusalLogTests(SynchronousTestCase):
             connection.makeConnection(transport)
             connection.dataReceived(connect)
             self.assertEqual(transport.value(), mqtt_packets.connack(False, 5))
-            clock.advance(20)  # (past REFUSAL_LOG_INTERVAL: each is a line)
+            clock.advance(20)  # (past REFUSED_LOG_INTERVAL: each is a line)
         lines = [str(formatEvent(e)) for e in events if "refusing client" in formatEvent(e)]
         self.assertEqual([line.split(": not authorized")[0] for line in lines],
                          ["refusing client 'dev1' (user 'alice') from 192.168.1.1:54321",
