@@ -41,6 +41,21 @@ class TailReadTests(SynchronousTestCase):
         runner.drain()
         self.assertEqual([r.seq for r in self.successResultOf(from_disk)], list(range(5, 11)))
 
+    def test_a_stream_that_keeps_no_tail_reads_from_disk(self) -> None:
+        """After ``keep_no_tail`` the records written are not kept in memory; a read still
+        gets all of them, from disk."""
+        s, runner, files = _written_stream(0)
+        s.keep_no_tail()
+        for i in range(1, 11):
+            s.append(record(i))
+            s.clock.advance(0)
+            runner.drain()
+        self.assertEqual(len(s.tail), 0)
+        d = s.read("c")
+        self.assertEqual(len(runner.jobs), 1)
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(d)], list(range(1, 11)))
+
     def test_across_segments(self) -> None:
         """A tail read that crosses a segment boundary leaves a position the disk reader continues from."""
         s, runner, _ = _written_stream(25, StreamSettings(segment_bytes=10 * FRAME))
