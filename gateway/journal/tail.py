@@ -67,7 +67,9 @@ class RecentTail:
             end, dropped = batches.popleft()
             self._bytes -= dropped
             start = max(start, end)
-        if start > self.max_records:  # compact
+        # Compact once a quarter of max_records is forgotten: forgotten records stay referenced
+        # until then (compacting only past max_records held up to twice that many).
+        if start > self.max_records // 4:
             del items[:start]
             self._batches = deque((end - start, b) for end, b in batches)
             start = 0

@@ -125,6 +125,17 @@ class RecentTailTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in tail.take(36, 1, 10, 1 << 20)[0]], [36, 37, 38, 39])  # type: ignore[index]
         self.assertLess(len(tail._items), 12)
 
+    def test_forgotten_records_are_let_go_soon(self) -> None:
+        """The window holds at most a quarter more than max_records, forgotten ones included
+        (compaction only past max_records held up to twice that: about 16 MB for a stream's
+        16384 records of a soak's small messages, not the 8 MB said)."""
+        tail = RecentTail(max_records=100, max_bytes=1 << 20)
+        for first in range(1, 1001):
+            tail.add(self._batch(first, 1), 10)
+            self.assertLessEqual(len(tail._items), 125)
+        self.assertEqual(len(tail), 100)
+        self.assertEqual([r.seq for r in tail.take(901, 1, 200, 1 << 20)[0]], list(range(901, 1001)))  # type: ignore[index]
+
     def test_limits_and_gaps(self) -> None:
         """A take stops at max_records and max_bytes; a batch after a gap empties the window."""
         tail = RecentTail()
