@@ -73,13 +73,17 @@ class Peer:
         self.kills = 0
 
     def kill(self) -> None:
+        """SIGKILL it (its whole process group) and wait; counted in :attr:`kills`."""
+        self.stop()
+        self.kills += 1
+
+    def stop(self) -> None:
         """SIGKILL it (its whole process group) and wait."""
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
-        self.kills += 1
 
     def restart(self) -> None:
         """Start it again and wait for its port."""
@@ -508,7 +512,7 @@ def main() -> int:
         gateway.terminate()
         gateway.wait(90)
         for peer in peers:
-            peer.kill()
+            peer.stop()
         goosebit.stop()
         upload.shutdown()
     result = report(samples, quarters, args.minutes)
