@@ -153,6 +153,9 @@ class BrokerService(Service):
         if self._state_stream_factory is None:
             return succeed((state, []))
         stream = self.state_stream = self._state_stream_factory()
+        # The log is read here, at start, and never again while the broker runs: records kept
+        # in memory for live readers would be copies of every queued message nobody asks for.
+        stream.keep_no_tail()
         records: list[Record] = []
 
         def more(batch: list[Record] | None) -> Any:

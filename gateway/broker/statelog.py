@@ -36,6 +36,9 @@ class StateStream(Protocol):
     def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> "Deferred[None]":
         """Acknowledge ``cursor`` through ``seq``."""
 
+    def keep_no_tail(self) -> None:
+        """Keep no written records in memory for readers that keep up (nobody reads the log as it is written)."""
+
 
 class StateLog:
     """The broker's state changes as records of a journal stream, durable by its group commit.

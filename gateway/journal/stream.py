@@ -270,6 +270,12 @@ class Stream:
         step of the clock seen since (see :meth:`_clock_stepped`)."""
         return received + self.ledger.stepped_since(seq) if self.ledger.steps else received
 
+    def keep_no_tail(self) -> None:
+        """Keep none of the records written from now on in memory for readers that keep up
+        (:attr:`tail`): for a stream nobody reads as it is written (the broker's state log,
+        read only at start), whose tail would hold up to 16384 records that no read asks for."""
+        self.tail = RecentTail(max_records=0, max_bytes=0)
+
     def close(self) -> Deferred[None]:
         """Stop taking appends; write and fsync everything pending, then close files."""
         self._closed = True

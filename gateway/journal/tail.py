@@ -31,7 +31,8 @@ class RecentTail:
     Kept batch by batch, so adding a batch costs the same whatever its size (it runs on
     the reactor for every write).
 
-    :param max_records: how many records to keep at most.
+    :param max_records: how many records to keep at most (0: none, for a stream that no
+        reader follows live).
     :param max_bytes: the frame bytes to keep at most; the newest batch always stays.
     """
 
@@ -51,7 +52,7 @@ class RecentTail:
 
         :param nbytes: the bytes of the batch's frames.
         """
-        if not written:
+        if not written or not self.max_records:
             return
         if len(self) and written[0][1] != self._items[-1][1] + 1:
             self.clear()  # never serve a window with a hole in it
@@ -66,7 +67,9 @@ class RecentTail:
             end, dropped = batches.popleft()
             self._bytes -= dropped
             start = max(start, end)
-        if start > self.max_records:  # compact
+        # Compact once a quarter of max_records is forgotten: forgotten records stay referenced
+        # until then (compacting only past max_records held up to twice that many).
+        if start > self.max_records // 4:
             del items[:start]
             self._batches = deque((end - start, b) for end, b in batches)
             start = 0

@@ -41,6 +41,21 @@ class TailReadTests(SynchronousTestCase):
         runner.drain()
         self.assertEqual([r.seq for r in self.successResultOf(from_disk)], list(range(5, 11)))
 
+    def test_a_stream_that_keeps_no_tail_reads_from_disk(self) -> None:
+        """After ``keep_no_tail`` the records written are not kept in memory; a read still
+        gets all of them, from disk."""
+        s, runner, files = _written_stream(0)
+        s.keep_no_tail()
+        for i in range(1, 11):
+            s.append(record(i))
+            s.clock.advance(0)
+            runner.drain()
+        self.assertEqual(len(s.tail), 0)
+        d = s.read("c")
+        self.assertEqual(len(runner.jobs), 1)
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(d)], list(range(1, 11)))
+
     def test_across_segments(self) -> None:
         """A tail read that crosses a segment boundary leaves a position the disk reader continues from."""
         s, runner, _ = _written_stream(25, StreamSettings(segment_bytes=10 * FRAME))
@@ -109,6 +124,17 @@ class RecentTailTests(SynchronousTestCase):
         self.assertEqual(len(tail), 4)
         self.assertEqual([r.seq for r in tail.take(36, 1, 10, 1 << 20)[0]], [36, 37, 38, 39])  # type: ignore[index]
         self.assertLess(len(tail._items), 12)
+
+    def test_forgotten_records_are_let_go_soon(self) -> None:
+        """The window holds at most a quarter more than max_records, forgotten ones included
+        (compaction only past max_records held up to twice that: about 16 MB for a stream's
+        16384 records of a soak's small messages, not the 8 MB said)."""
+        tail = RecentTail(max_records=100, max_bytes=1 << 20)
+        for first in range(1, 1001):
+            tail.add(self._batch(first, 1), 10)
+            self.assertLessEqual(len(tail._items), 125)
+        self.assertEqual(len(tail), 100)
+        self.assertEqual([r.seq for r in tail.take(901, 1, 200, 1 << 20)[0]], list(range(901, 1001)))  # type: ignore[index]
 
     def test_limits_and_gaps(self) -> None:
         """A take stops at max_records and max_bytes; a batch after a gap empties the window."""
