@@ -6,12 +6,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
-from urllib.parse import urlsplit
 
+from gateway.configurl import URLForm, url_problem
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
 
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+#: The bucket and key go after the S3-compatible endpoint, which takes neither a path nor a query.
+_AWS_ENDPOINT = URLForm("https://host[:port]", path=False, query=False, goes_after="the bucket and key go after it",
+                        authenticates="each upload is signed with the AWS credentials the cloud sends")
 
 
 @dataclass(frozen=True)
@@ -113,18 +117,9 @@ class UploadsSettings:
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem
-        if self.aws_endpoint is not None:
-            try:
-                parts = urlsplit(self.aws_endpoint)
-                parts.port  # out of range: ValueError
-            except ValueError:
-                parts = urlsplit("")
-            if "@" in parts.netloc:  # (not repeated: it holds a password)
-                yield ("aws_endpoint",), "must be https://host[:port], without a user name or password"
-            elif (parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/")
-                  or parts.query or parts.fragment or self.aws_endpoint.rstrip().endswith(("?", "#"))):
-                yield ("aws_endpoint",), f"must be https://host[:port], not {self.aws_endpoint!r}"
-            elif parts.scheme == "http" and not self.allow_http:
-                yield ("aws_endpoint",), "an http:// endpoint needs allow_http"
+        problem = (url_problem(self.aws_endpoint, _AWS_ENDPOINT, allow_http=self.allow_http)
+                   if self.aws_endpoint is not None else None)
+        if problem is not None:
+            yield ("aws_endpoint",), problem
         if self.retry_max_delay < self.retry_initial_delay:
             yield ("retry_max_delay",), f"must be at least retry_initial_delay ({self.retry_initial_delay})"
