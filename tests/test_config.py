@@ -793,8 +793,8 @@ class LoadCheckTests(SynchronousTestCase):
         of a million values took a minute to parse before the value count refused it)."""
         path, lines = self.errors("uploads:\n  files:\n" + "  - a\n" * (4 * 2**20 // 6 + 1))
         self.assertEqual(lines, [f"{path}: larger than 4194304 bytes: not read (a configuration is far smaller)"])
-        self.assertEqual(config.load(self.write("uploads:\n  files:\n" + "  - a\n" * 1000)).uploads.files,
-                         ("a",) * 1000)
+        self.assertEqual(config.load(self.write("uploads:\n  files:\n" + "  - /a\n" * 1000)).uploads.files,
+                         ("/a",) * 1000)
 
     def test_hostile_yaml_is_one_line(self) -> None:
         """Nesting too deep, aliases that expand to millions of values and a NUL character are
@@ -1367,6 +1367,16 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(f"uploads:\n  aws_endpoint: '{url}'\n", "uploads.aws_endpoint", says)
         path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.local:99999'\n")
         self.assertNotIn("secret", lines[0])
+
+    def test_uploads_files_are_absolute_globs(self) -> None:
+        """uploads.files took a relative glob (matched from the working directory: ``/`` under
+        systemd, so ``logs/*.log`` uploaded nothing, or a file of / by a name no one meant) and
+        ``""``; each is refused under uploads.files, naming the glob; absolute ones are taken."""
+        for glob in ("logs/*.log", "''", "' '"):
+            self.assertOneError(f"uploads:\n  files: [{glob}]\n", "uploads.files",
+                                "is not an absolute glob (/var/log/app/*.log)")
+        loaded = config.load(self.write("uploads:\n  files: [/var/log/app/*.log, '/data/**/*.csv']\n"))
+        self.assertEqual(loaded.uploads.files, ("/var/log/app/*.log", "/data/**/*.csv"))
 
     def test_fleet_ca_file(self) -> None:
         """An enabled fleet's CA file is read and parsed at load: a missing one passed

@@ -99,7 +99,7 @@ class UploadsSettings:
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """The feature id is one segment of the messages' path; the topics statuses and requests
         are published on must be topic names, and not the ``autoUpload`` topic beside
-        ``status_topic``; the log globs are relative (to the state
+        ``status_topic``; the ``files`` globs are absolute; the log globs are relative (to the state
         dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]``
         (``http`` with ``allow_http``); the retry delays are bounds of one backoff."""
         if not self.feature_id.strip() or "/" in self.feature_id:
@@ -111,6 +111,10 @@ class UploadsSettings:
                 yield (key,), f"not a valid topic name: {topic!r}"
             elif topic == self.auto_upload_topic:
                 yield (key,), f"{topic!r} is where the autoUpload property goes (beside status_topic)"
+        for pattern in self.files:  # (relative: against the working directory, / under systemd)
+            if not pattern.strip() or not Path(pattern).is_absolute():
+                yield ("files",), (f"{pattern!r} is not an absolute glob (/var/log/app/*.log): a relative one would be"
+                                   " matched from the gateway's working directory, / under systemd")
         for pattern in self.diagnostics_logs:  # pathlib's glob raises on both
             if not pattern or Path(pattern).is_absolute():
                 yield ("diagnostics_logs",), f"{pattern!r} is not a glob relative to the state dir"
