@@ -1347,7 +1347,8 @@ class LoadCheckTests(SynchronousTestCase):
                                                    " authenticates with its CIK"),
                 ("exosite", "https://h/?k=1", "without a query or fragment: the device API's paths go after it"),
                 ("exosite", "https://h?", "without a query or fragment"),
-                ("json", "https://h/in#x", "without a fragment (never sent): each batch is posted to the URL as it is")):
+                ("json", "https://h/in#x",
+                 "without a fragment (never sent): each batch is posted to the URL as it is")):
             self.assertOneError(link.format(mode=mode, url=url), "http_links.links.l.url", says)
         path, lines = self.errors(link.format(mode="json", url="https://me:secret@h:99999/in"))
         self.assertNotIn("secret", lines[0])

@@ -23,7 +23,8 @@ EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}")
 
 #: An exosite link's URL is the device API's root: its paths (``/onep:v1/stack/alias``) go after it.
 _EXOSITE_URL = URLForm("https://host[:port][/path]", path=True, query=False,
-                       goes_after="the device API's paths go after it", authenticates="the link authenticates with its CIK")
+                       goes_after="the device API's paths go after it",
+                       authenticates="the link authenticates with its CIK")
 #: A json link posts each batch to its URL as it is, a query included.
 _JSON_URL = URLForm("https://host[:port][/path][?query]", path=True, query=True,
                     goes_after="each batch is posted to the URL as it is",
