@@ -793,8 +793,8 @@ class LoadCheckTests(SynchronousTestCase):
         of a million values took a minute to parse before the value count refused it)."""
         path, lines = self.errors("uploads:\n  files:\n" + "  - a\n" * (4 * 2**20 // 6 + 1))
         self.assertEqual(lines, [f"{path}: larger than 4194304 bytes: not read (a configuration is far smaller)"])
-        self.assertEqual(config.load(self.write("uploads:\n  files:\n" + "  - a\n" * 1000)).uploads.files,
-                         ("a",) * 1000)
+        self.assertEqual(config.load(self.write("uploads:\n  files:\n" + "  - /a\n" * 1000)).uploads.files,
+                         ("/a",) * 1000)
 
     def test_hostile_yaml_is_one_line(self) -> None:
         """Nesting too deep, aliases that expand to millions of values and a NUL character are
@@ -1324,9 +1324,60 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors("http_links:\n  links:\n"
                                   "    b:\n      mode: json\n      url: 'ftp://files.example.com/in'\n"
                                   "    c:\n      mode: json\n      url: 'https:///in'\n")
-        refused = "must be an https:// (or http://) URL with a host, not"
+        refused = "must be https://host[:port][/path][?query], not"
         self.assertEqual(lines, [f"{path}: http_links.links.b.url: {refused} 'ftp://files.example.com/in'",
                                  f"{path}: http_links.links.c.url: {refused} 'https:///in'"])
+
+    def test_http_link_url_the_client_can_use(self) -> None:
+        """An HTTP link's url passed the check with a port out of range or 0, an unclosed IPv6
+        bracket, a space, a user name and password (never sent: every request got a 401 or a
+        CIK error, retried forever) or a query (an exosite link's paths went into it:
+        ``https://h?k=1/onep:v1/stack/alias``); each is refused under the link's url without
+        repeating the password. A json link posts to its URL as it is, so it keeps a query; a
+        fragment is never sent, on either."""
+        link = "http_links:\n  links:\n    l:\n      mode: {mode}\n      url: '{url}'\n"
+        for mode, url, says in (
+                ("json", "https://h:99999/in", "not a usable URL (Port out of range 0-65535): 'https://h:99999/in'"),
+                ("exosite", "https://h:0", "with a port from 1 to 65535, not 'https://h:0'"),
+                ("exosite", "https://[fd00::1", "not a usable URL (Invalid IPv6 URL): 'https://[fd00::1'"),
+                ("json", "https://h/a b", "without spaces or control characters, not 'https://h/a b'"),
+                ("json", "https://me:secret@h/in", "without a user name or password (never sent): give an"
+                                                   " Authorization header under headers"),
+                ("exosite", "https://me:secret@h", "without a user name or password (never sent): the link"
+                                                   " authenticates with its CIK"),
+                ("exosite", "https://h/?k=1", "without a query or fragment: the device API's paths go after it"),
+                ("exosite", "https://h?", "without a query or fragment"),
+                ("json", "https://h/in#x",
+                 "without a fragment (never sent): each batch is posted to the URL as it is")):
+            self.assertOneError(link.format(mode=mode, url=url), "http_links.links.l.url", says)
+        path, lines = self.errors(link.format(mode="json", url="https://me:secret@h:99999/in"))
+        self.assertNotIn("secret", lines[0])
+        for mode, url in (("json", "https://ingest.example/in?key=1"), ("exosite", "https://[fd00::1]:8443/"),
+                          ("exosite", "http://p.m2.exosite.io"), ("json", "HTTPS://ingest.example:443/in")):
+            self.assertEqual(config.load(self.write(link.format(mode=mode, url=url))).http_links.links["l"].url, url)
+
+    def test_uploads_aws_endpoint_the_client_can_use(self) -> None:
+        """uploads.aws_endpoint is checked as the other servers' URLs: a port out of range (it
+        passed as a 'must be' with no reason given), an unclosed IPv6 bracket, a space and a
+        user name and password are refused under the key, the password not repeated."""
+        for url, says in (("https://s3.local:99999", "not a usable URL (Port out of range 0-65535)"),
+                          ("https://[fd00::1", "not a usable URL (Invalid IPv6 URL)"),
+                          ("https://s3 local", "without spaces or control characters"),
+                          ("https://me:secret@s3.local:99999", "not a usable URL (Port out of range 0-65535)"),
+                          ("https://s3.local/b?x", "without a path, not 'https://s3.local/b'")):
+            self.assertOneError(f"uploads:\n  aws_endpoint: '{url}'\n", "uploads.aws_endpoint", says)
+        path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.local:99999'\n")
+        self.assertNotIn("secret", lines[0])
+
+    def test_uploads_files_are_absolute_globs(self) -> None:
+        """uploads.files took a relative glob (matched from the working directory: ``/`` under
+        systemd, so ``logs/*.log`` uploaded nothing, or a file of / by a name no one meant) and
+        ``""``; each is refused under uploads.files, naming the glob; absolute ones are taken."""
+        for glob in ("logs/*.log", "''", "' '"):
+            self.assertOneError(f"uploads:\n  files: [{glob}]\n", "uploads.files",
+                                "is not an absolute glob (/var/log/app/*.log)")
+        loaded = config.load(self.write("uploads:\n  files: [/var/log/app/*.log, '/data/**/*.csv']\n"))
+        self.assertEqual(loaded.uploads.files, ("/var/log/app/*.log", "/data/**/*.csv"))
 
     def test_fleet_ca_file(self) -> None:
         """An enabled fleet's CA file is read and parsed at load: a missing one passed
@@ -1360,10 +1411,11 @@ class LoadCheckTests(SynchronousTestCase):
         fleet = "fleet:\n  enabled: true\n  auth: none\n  base_url: "
         for url, says in (("'https://h:99999'", "not a usable URL (Port out of range 0-65535): 'https://h:99999'"),
                           ("'https://[fd00::1'", "not a usable URL (Invalid IPv6 URL): 'https://[fd00::1'"),
-                          ("'https://:443'", "an https:// URL is required, not 'https://:443'"),
-                          ("'https://h/?x=1'", "must not hold a query or fragment"),
-                          ("'https://h/#top'", "must not hold a query or fragment"),
-                          ("'https://me:secret@h'", "must not hold a user name or password")):
+                          ("'https://:443'", "must be https://host[:port][/path], not 'https://:443'"),
+                          ("'https://h/?x=1'", "without a query or fragment: the DDI paths go after it"),
+                          ("'https://h/#top'", "without a query or fragment: the DDI paths go after it"),
+                          ("'https://me:secret@h'", "without a user name or password (never sent): the gateway"
+                                                    " authenticates with token_file")):
             self.assertOneError(f"{fleet}{url}\n", "fleet.base_url", says)
         path, lines = self.errors(f"{fleet}'https://me:secret@h'\n")
         self.assertNotIn("secret", lines[0])

@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import Iterable, Literal
 from urllib.parse import urlsplit
 
+from gateway.configurl import URLForm, url_problem
 from gateway.pemfiles import ca_file_problem
-from gateway.shown import shown_url
+
+#: The DDI paths (``/{tenant}/controller/v1/...``) go after the base URL; a path prefix is kept.
+_BASE_URL = URLForm("https://host[:port][/path]", path=True, query=False,
+                    goes_after="the DDI paths go after it", authenticates="the gateway authenticates with token_file")
 
 
 @dataclass(frozen=True)
@@ -54,33 +58,12 @@ class FleetSettings:
             return {}
         return {(parts.hostname, port): self.ca_file}
 
-    def _base_url_problem(self) -> str | None:
-        """Why ``base_url`` cannot be the root of the DDI URLs (``None`` when it can): the paths
-        ``/{tenant}/controller/v1/...`` go after it, so a query or fragment would swallow them;
-        the token authenticates the gateway, so a user name and password would never be sent
-        (and are not repeated here)."""
-        url = shown_url(self.base_url)
-        try:
-            parts = urlsplit(self.base_url)
-            parts.port  # out of range: ValueError
-        except ValueError as error:
-            return f"not a usable URL ({error}): {url!r}"
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            return f"an https:// URL is required, not {url!r}"
-        if parts.scheme == "http" and not self.allow_http:
-            return "http:// is refused unless allow_http is set"
-        if parts.query or parts.fragment or self.base_url.rstrip().endswith(("?", "#")):
-            return f"must not hold a query or fragment: the DDI paths go after it, not {url!r}"
-        if "@" in parts.netloc:
-            return f"must not hold a user name or password ({url!r}): the gateway authenticates with token_file"
-        return None
-
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """An enabled fleet needs a usable URL and, unless anonymous, a token file; its CA
         file is read and parsed as its client will at start."""
         if not self.enabled:
             return
-        problem = self._base_url_problem()
+        problem = url_problem(self.base_url, _BASE_URL, allow_http=self.allow_http)
         if problem is not None:
             yield ("base_url",), problem
         for key in ("tenant", "controller_id"):  # each one segment of the DDI URL's path

@@ -11,15 +11,24 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Iterable, Literal
 
+from gateway.configurl import URLForm, url_problem
 from gateway.links.settings import RouteSettings
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
+
+#: An exosite link's URL is the device API's root: its paths (``/onep:v1/stack/alias``) go after it.
+_EXOSITE_URL = URLForm("https://host[:port][/path]", path=True, query=False,
+                       goes_after="the device API's paths go after it",
+                       authenticates="the link authenticates with its CIK")
+#: A json link posts each batch to its URL as it is, a query included.
+_JSON_URL = URLForm("https://host[:port][/path][?query]", path=True, query=True,
+                    goes_after="each batch is posted to the URL as it is",
+                    authenticates="give an Authorization header under headers")
 
 
 def cik_file_problem(cik_file: str) -> str | None:
@@ -114,9 +123,9 @@ class HTTPLinkSettings:
         as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in,
         retry delays that depend on each other, and a key of the other mode (a json link's
         ``downlink``, an exosite link's ``headers``)."""
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            yield ("url",), f"must be an https:// (or http://) URL with a host, not {self.url!r}"
+        problem = url_problem(self.url, _EXOSITE_URL if self.mode == "exosite" else _JSON_URL, allow_http=True)
+        if problem is not None:
+            yield ("url",), problem
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem

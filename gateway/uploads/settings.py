@@ -6,12 +6,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
-from urllib.parse import urlsplit
 
+from gateway.configurl import URLForm, url_problem
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
 
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+#: The bucket and key go after the S3-compatible endpoint, which takes neither a path nor a query.
+_AWS_ENDPOINT = URLForm("https://host[:port]", path=False, query=False, goes_after="the bucket and key go after it",
+                        authenticates="each upload is signed with the AWS credentials the cloud sends")
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class UploadsSettings:
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """The feature id is one segment of the messages' path; the topics statuses and requests
         are published on must be topic names, and not the ``autoUpload`` topic beside
-        ``status_topic``; the log globs are relative (to the state
+        ``status_topic``; the ``files`` globs are absolute; the log globs are relative (to the state
         dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]``
         (``http`` with ``allow_http``); the retry delays are bounds of one backoff."""
         if not self.feature_id.strip() or "/" in self.feature_id:
@@ -107,24 +111,19 @@ class UploadsSettings:
                 yield (key,), f"not a valid topic name: {topic!r}"
             elif topic == self.auto_upload_topic:
                 yield (key,), f"{topic!r} is where the autoUpload property goes (beside status_topic)"
+        for pattern in self.files:  # (relative: against the working directory, / under systemd)
+            if not pattern.strip() or not Path(pattern).is_absolute():
+                yield ("files",), (f"{pattern!r} is not an absolute glob (/var/log/app/*.log): a relative one would be"
+                                   " matched from the gateway's working directory, / under systemd")
         for pattern in self.diagnostics_logs:  # pathlib's glob raises on both
             if not pattern or Path(pattern).is_absolute():
                 yield ("diagnostics_logs",), f"{pattern!r} is not a glob relative to the state dir"
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem
-        if self.aws_endpoint is not None:
-            try:
-                parts = urlsplit(self.aws_endpoint)
-                parts.port  # out of range: ValueError
-            except ValueError:
-                parts = urlsplit("")
-            if "@" in parts.netloc:  # (not repeated: it holds a password)
-                yield ("aws_endpoint",), "must be https://host[:port], without a user name or password"
-            elif (parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/")
-                  or parts.query or parts.fragment or self.aws_endpoint.rstrip().endswith(("?", "#"))):
-                yield ("aws_endpoint",), f"must be https://host[:port], not {self.aws_endpoint!r}"
-            elif parts.scheme == "http" and not self.allow_http:
-                yield ("aws_endpoint",), "an http:// endpoint needs allow_http"
+        problem = (url_problem(self.aws_endpoint, _AWS_ENDPOINT, allow_http=self.allow_http)
+                   if self.aws_endpoint is not None else None)
+        if problem is not None:
+            yield ("aws_endpoint",), problem
         if self.retry_max_delay < self.retry_initial_delay:
             yield ("retry_max_delay",), f"must be at least retry_initial_delay ({self.retry_initial_delay})"

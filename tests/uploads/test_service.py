@@ -1206,7 +1206,8 @@ class ConfigTests(SynchronousTestCase):
                  "aws_endpoint: 'localhost:4566'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://s3.local/bucket'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://:4566'": "uploads.aws_endpoint: must be https://host[:port]",
-                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http",
+                 "aws_endpoint: 'http://s3.local:4566'":
+                     "uploads.aws_endpoint: http:// is refused unless allow_http is set",
                  # (these passed: the bucket and key went into the fragment, or the start was a 500)
                  "aws_endpoint: 'https://s3.local#x'": "uploads.aws_endpoint: must be https://host[:port]",
                  "aws_endpoint: 'https://s3.local?'": "uploads.aws_endpoint: must be https://host[:port]",
