@@ -46,6 +46,7 @@ from gateway.links.snapshot import CURSOR_NOT_SAVED, LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import value_time
 from gateway.logthrottle import LogThrottle
+from gateway.shown import shown_url
 
 
 def detached(d: Deferred[Any]) -> Deferred[Any]:
@@ -246,7 +247,7 @@ class HTTPLink:
         certificates = self.certificates + ((self.server_certificate,) if self.server_certificate else ())
         state = "stopped" if self.cause == STOPPING else "connected" if self.is_connected else "disconnected"
         return LinkSnapshot(
-            self.name, self.settings.url, state, self.connected_since, self.last_error,
+            self.name, shown_url(self.settings.url), state, self.connected_since, self.last_error,
             self.connects, max(self.connects - 1, 0), sum(map(len, self.pieces)), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
             self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
@@ -257,7 +258,7 @@ class HTTPLink:
             self.is_connected, self.cause = True, ""
             self.connects += 1
             self.connected_since = self.reactor.seconds()
-            self.log.info("link {link} reaches {url}", link=self.name, url=self.settings.url)
+            self.log.info("link {link} reaches {url}", link=self.name, url=shown_url(self.settings.url))
             self._tell_status(True, "")
             self.check_losses()
 

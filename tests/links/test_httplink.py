@@ -740,6 +740,29 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(body["records"][1]["timestamp"], T0 - 10.5)  # (a value's own time)
         self.assertEqual(self.stream.acked["cloud"], 2)
 
+    def test_a_json_url_s_query_is_sent_but_never_shown(self) -> None:
+        """A json link posts to its URL as it is, query and all (it may carry a key), but its
+        status and its ``reaches`` line show the URL without the query (exosite.md)."""
+        queries: list[bytes] = []
+
+        class Collector(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                queries.append(request.uri.partition(b"?")[2])
+                return b""
+
+        self.treq = StubTreq(Collector())
+        self.write("up/a", "1")
+        with capturedLogs() as events:
+            link = self.start(mode="json", url="https://ingest.example/v1?code=s3cret")
+            self.pass_time(3)
+        self.assertEqual(queries, [b"code=s3cret"])
+        self.assertEqual(link.snapshot().endpoint, "https://ingest.example/v1")
+        lines = [formatEvent(event) for event in events]
+        self.assertIn("link cloud reaches https://ingest.example/v1", lines)
+        self.assertFalse([line for line in lines if "s3cret" in line], lines)
+
     def test_json_mode_is_connected_from_its_first_accepted_batch(self) -> None:
         """JSON mode asks nothing of its URL while it has nothing to send (a generic ingestion
         URL has no ``/timestamp`` to probe): its status stays ``not connected yet`` until the
