@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from gateway.apps.names import log_name_problem
@@ -49,10 +50,23 @@ class ContainersSettings:
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """A socket path too long for a unix socket (podman's service would never answer on it),
         and a declared container naming an archive (only an update brings one: its image is pulled)."""
-        length = len(os.fsencode(self.socket))
-        if length > MAX_SOCKET_PATH:
-            yield ("socket",), f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
+        problem = socket_path_problem(self.socket)
+        if problem is not None:
+            yield ("socket",), problem
         for name, description in self.containers.items():
             if description.archive is not None:
                 yield ("containers", name, "archive"), ("only an update's description names an archive artifact; "
                                                         "a declared container's image is pulled")
+
+
+def podman_socket(settings: ContainersSettings, state_dir: Path) -> Path:
+    """podman's API socket: ``containers.socket``, or ``<state>/containers/podman.sock``."""
+    return Path(settings.socket) if settings.socket else state_dir / "containers" / "podman.sock"
+
+
+def socket_path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be podman's API socket (too long for a unix socket), or ``None``."""
+    length = len(os.fsencode(path))
+    if length > MAX_SOCKET_PATH:
+        return f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
+    return None
