@@ -12,7 +12,9 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
+from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.errors import ConfigError
+from gateway.telemetry.engine import engine_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -163,3 +165,22 @@ class AWSDocTests(ConfigCheck):
                                 f" credentials_file: '{bad}'}}}}}}}}\n")
         self.assertTrue(parse.endswith(": line 1 comes before any [profile] header"), parse)
         self.assertNotIn("s3cret", parse)
+
+
+class ContainerReportDocTests(SynchronousTestCase):
+    """containers.md's "Reports and control": the fields a container has in ``engine_report``."""
+
+    def test_engine_report_fields(self) -> None:
+        """A container's ``engine_report`` entry has every field the page lists, ``uptime``
+        in whole seconds (the snapshot's ``uptime_s``)."""
+        text = prose("containers.md")
+        listed = re.search(r"list containers after the hosted programs, with (.*?) and `error`", text)
+        assert listed is not None
+        fields = {"kind" if f == "kind: container" else f for f in re.findall(r"`([^`]+)`", listed.group(1))}
+        fields -= {"uptime_s", "GET /apps"}
+        snapshot = AppsSnapshot(version="0.1.0", apps=(AppSnapshot(
+            "sensor", "sensor", "1.2", "RUNNING", 4242, 61.6, None, 0, kind="container", image="img",
+            image_digest="sha256:0", error=""),))
+        [entry] = engine_report(snapshot)["apps"]
+        self.assertEqual((fields | {"error"}) - set(entry["sensor"]), set())
+        self.assertEqual(entry["sensor"]["uptime"], 62)
