@@ -80,6 +80,22 @@ class ContainersDocTests(ConfigCheck):
         self.assertEqual(self.problems("containers: {enabled: true, socket: /run/p.sock}\n", deep), [])
         self.assertEqual(self.problems("containers: {enabled: false}\n", deep), [])
 
+    def test_insecure_registries_are_host_port(self) -> None:
+        """An ``insecure_registries`` entry written as a URL would match no image's registry
+        (the pull would verify TLS after all): refused with the text the page quotes."""
+        self.assertEqual(self.problems("containers: {insecure_registries: [registry.local:5000, reg]}\n"), [])
+        [problem] = self.problems("containers: {insecure_registries: ['http://registry.local:5000']}\n")
+        self.assertQuoted(problem, "containers.md")
+
+    def test_empty_podman_command(self) -> None:
+        """An empty ``podman_command`` is a configuration error when the gateway starts the
+        service (it would run ``system service ...`` as a program), not when it does not."""
+        self.assertEqual(self.problems("containers: {enabled: true, podman_command: []}\n"),
+                         ["containers.podman_command: empty: the gateway needs it to run podman's service"
+                          " (start_service: true)"])
+        self.assertEqual(self.problems("containers: {enabled: true, podman_command: [], start_service: false}\n"),
+                         [])
+
     def test_timeouts_at_least_one_second(self) -> None:
         """``request_timeout`` and ``pull_timeout`` are "at least 1"."""
         for key in ("request_timeout", "pull_timeout"):

@@ -49,10 +49,18 @@ class ContainersSettings:
 
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """A socket path too long for a unix socket (podman's service would never answer on it),
-        and a declared container naming an archive (only an update brings one: its image is pulled)."""
+        an empty ``podman_command`` the service would need, an insecure registry written as a
+        URL (it would match no image's registry), and a declared container naming an archive
+        (only an update brings one: its image is pulled)."""
         problem = socket_path_problem(self.socket)
         if problem is not None:
             yield ("socket",), problem
+        if self.start_service and not self.podman_command:
+            yield ("podman_command",), "empty: the gateway needs it to run podman's service (start_service: true)"
+        for index, registry in enumerate(self.insecure_registries):
+            if not registry or "/" in registry:  # an image reference names its registry as host[:port]
+                yield ("insecure_registries", str(index)), (f"{registry!r} is no registry: give host:port as an"
+                                                             " image reference names it (registry.local:5000)")
         for name, description in self.containers.items():
             if description.archive is not None:
                 yield ("containers", name, "archive"), ("only an update's description names an archive artifact; "
