@@ -23,7 +23,7 @@ from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.configtext import key_problem, text_problem
-from gateway.containers.settings import ContainersSettings, container_name_problem
+from gateway.containers.settings import ContainersSettings, container_name_problem, podman_socket, socket_path_problem
 from gateway.errors import ConfigError
 from gateway.redaction import redact_quoted
 from gateway.fleet.settings import FleetSettings
@@ -571,7 +571,7 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
 def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,
                            failed: set[str]) -> None:
     """Checks that need two sections: a declared container named like a config program (one
-    name, one log file, for two apps); a link name in both link sections; a shadow link that
+    name, one log file, for two apps); podman's default socket too long under the state directory; a link name in both link sections; a shadow link that
     is no MQTT link.
 
     :param data: the merged configuration as read (the names in a section with problems of its
@@ -586,6 +586,15 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         for name in sorted(containers & programs):
             errors.add(("containers", "containers", name),
                        "the name of a program in apps.programs (a container app's name is not a hosted program's)")
+    containers_settings = sections["containers"]
+    if (containers_settings.enabled and not containers_settings.socket
+            and not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("containers",)))):
+        # podman's service could never bind the default socket under a deep state directory
+        state_dir = Path(sections["gateway"].state_dir).expanduser().resolve()
+        socket = podman_socket(containers_settings, state_dir)
+        if (problem := socket_path_problem(socket)) is not None:
+            errors.add(("containers", "socket"), f"empty: its default {str(socket)!r} is too long ({problem}): "
+                                                 "set a shorter containers.socket or gateway.state_dir")
     mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
     if mqtt_links is None or http_links is None:
         return

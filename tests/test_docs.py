@@ -38,6 +38,8 @@ links:
   links:
     hono: {{endpoint: "tcp:host=127.0.0.1:port=1"}}
     aws: {{endpoint: "tcp:host=127.0.0.1:port=1"}}
+containers:
+  socket: /run/gateway-docs/podman.sock  # its default under the test's deep state_dir is too long
 """
 AWS_CREDENTIALS = "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\n"
 

@@ -36,7 +36,7 @@ class ServiceTreeDocTests(SynchronousTestCase):
             "telemetry: {metrics_endpoint: ''}\n"
             "links:\n  links:\n    aws: {endpoint: 'tcp:host=127.0.0.1:port=1'}\n"
             "twin: {shadow_link: aws}\n"
-            "containers: {enabled: true}\n"
+            "containers: {enabled: true, socket: /run/gateway-test/podman.sock}\n"  # (the default is too deep here)
             f"fleet: {{enabled: true, base_url: 'http://127.0.0.1:1', allow_http: true, token_file: {work / 'token'}}}\n")
         root = build_service(gateway_config.load(path), reactor)
         self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)

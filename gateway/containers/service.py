@@ -18,7 +18,7 @@ from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import ContainerOperations
 from gateway.containers.podman import PodmanRuntime, unix_http_client
 from gateway.containers.podman_service import PodmanService
-from gateway.containers.settings import ContainersSettings
+from gateway.containers.settings import ContainersSettings, podman_socket
 from gateway.containers.store import ContainerStore
 from gateway.containers.supervisor import ContainerSupervisor
 
@@ -49,7 +49,7 @@ class ContainersService(Service):
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None) -> None:
         if blocking is None:
             blocking = in_reactor_threads(reactor)
-        socket = Path(settings.socket) if settings.socket else state_dir / "containers" / "podman.sock"
+        socket = podman_socket(settings, state_dir)
         self.runtime = PodmanRuntime(client or unix_http_client(reactor, str(socket)), reactor,
                                      settings.api_version, settings.request_timeout, settings.pull_timeout)
         logs_dir = state_dir / "logs" / "apps"

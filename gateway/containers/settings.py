@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from gateway.apps.names import log_name_problem
@@ -48,11 +49,32 @@ class ContainersSettings:
 
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """A socket path too long for a unix socket (podman's service would never answer on it),
-        and a declared container naming an archive (only an update brings one: its image is pulled)."""
-        length = len(os.fsencode(self.socket))
-        if length > MAX_SOCKET_PATH:
-            yield ("socket",), f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
+        an empty ``podman_command`` the service would need, an insecure registry written as a
+        URL (it would match no image's registry), and a declared container naming an archive
+        (only an update brings one: its image is pulled)."""
+        problem = socket_path_problem(self.socket)
+        if problem is not None:
+            yield ("socket",), problem
+        if self.start_service and not self.podman_command:
+            yield ("podman_command",), "empty: the gateway needs it to run podman's service (start_service: true)"
+        for index, registry in enumerate(self.insecure_registries):
+            if not registry or "/" in registry:  # an image reference names its registry as host[:port]
+                yield ("insecure_registries", str(index)), (f"{registry!r} is no registry: give host:port as an"
+                                                             " image reference names it (registry.local:5000)")
         for name, description in self.containers.items():
             if description.archive is not None:
                 yield ("containers", name, "archive"), ("only an update's description names an archive artifact; "
                                                         "a declared container's image is pulled")
+
+
+def podman_socket(settings: ContainersSettings, state_dir: Path) -> Path:
+    """podman's API socket: ``containers.socket``, or ``<state>/containers/podman.sock``."""
+    return Path(settings.socket) if settings.socket else state_dir / "containers" / "podman.sock"
+
+
+def socket_path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be podman's API socket (too long for a unix socket), or ``None``."""
+    length = len(os.fsencode(path))
+    if length > MAX_SOCKET_PATH:
+        return f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
+    return None
