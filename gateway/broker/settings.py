@@ -161,7 +161,8 @@ def parse_duration(value: Any) -> float:
             seconds = float(value)
             if not math.isfinite(seconds):
                 raise ValueError(f"must be a finite number of seconds (0: no expiry), not {value!r}")
-        elif isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isdigit():
+        elif (isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isascii()
+              and value[:-1].isdigit()):  # (str.isdigit takes any script's digits, and ² too)
             seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
         else:
             raise ValueError(f"not a duration (seconds, or a whole number followed by s, h, d, w, m or y): {value!r}")
