@@ -320,7 +320,7 @@ class SettingsTests(SynchronousTestCase):
 
     def test_topic_levels_and_subscriptions_errors(self) -> None:
         """A negative, fractional, boolean or text value is an error under its key, saying what
-        it takes; so is a depth over 32768, more than a topic of 65535 bytes can have."""
+        it takes; so is a depth over 32768, more than a filter of 65535 bytes (``+/+/...``) can have."""
         for levels, subscriptions in ((-1, 1.5), (True, "many"), (40000, -3)):
             _, errors = self.parse(max_topic_levels=levels, max_subscriptions=subscriptions)
             self.assertEqual(errors, [f"<defaults>: broker.max_topic_levels: must be a whole number from 0 to 32768, "
