@@ -15,9 +15,10 @@ from typing import IO, Any, Callable, Iterator
 from gateway import jsontext
 from gateway.broker.checkpointwriter import FORMAT, CheckpointContent
 from gateway.mqtt.topics import valid_topic
+from gateway.shown import shown_repr
 
-#: Why a checkpoint's retained messages are refused.
-_RETAINED_WRONG = "retained: not a list of 3-item entries of the right types"
+#: Why a checkpoint's retained messages are refused when they are no list.
+_RETAINED_WRONG = "retained: not a list"
 
 
 def read_checkpoint(file: IO[bytes]) -> CheckpointContent:
@@ -45,10 +46,10 @@ def read_checkpoint(file: IO[bytes]) -> CheckpointContent:
             value = sessions
         elif key == "retained" and isinstance(value, Iterator):
             retained = []
-            for row in value:  # (checked here, not by _check_rows: a hundred thousand rows take half the time)
+            for n, row in enumerate(value):  # (checked here, not by _check_rows: a hundred thousand rows take half the time)
                 if not (isinstance(row, list) and len(row) == 3 and _is_topic(row[0]) and _is_text(row[1])
                         and _is_qos(row[2])):
-                    raise ValueError(_RETAINED_WRONG)
+                    raise ValueError(f"retained[{n}]: {_row_problem(row, _RETAINED_KINDS)}")
                 topic, text, qos = row
                 retained.append([topic, _unb64(text), qos])
             value = retained
@@ -142,11 +143,21 @@ def _check_session(n: int, entry: Any) -> None:
 
 
 def _check_rows(value: Any, where: str, *kinds: Callable[[Any], bool]) -> None:
-    """:raises ValueError: ``value`` is not a list of rows whose items ``kinds`` take, in order."""
-    if not isinstance(value, list) or not all(
-            isinstance(row, list) and len(row) == len(kinds) and all(ok(v) for ok, v in zip(kinds, row))
-            for row in value):
-        raise ValueError(f"{where}: not a list of {len(kinds)}-item entries of the right types")
+    """:raises ValueError: ``value`` is not a list of rows whose items ``kinds`` take, in order;
+    naming the first row that is not (``sessions[0].queue[3]: ...``) and why."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: not a list")
+    for n, row in enumerate(value):
+        if not (isinstance(row, list) and len(row) == len(kinds) and all(ok(v) for ok, v in zip(kinds, row))):
+            raise ValueError(f"{where}[{n}]: {_row_problem(row, kinds)}")
+
+
+def _row_problem(row: Any, kinds: tuple[Callable[[Any], bool], ...]) -> str:
+    """Why ``row`` is no entry whose items ``kinds`` take: its length, or its first wrong item."""
+    if not isinstance(row, list) or len(row) != len(kinds):
+        return f"not a {len(kinds)}-item entry: {shown_repr(row)}"
+    n, ok, item = next((n, ok, item) for n, (ok, item) in enumerate(zip(kinds, row)) if not ok(item))
+    return f"item {n} is not {_WANTED[ok]}: {shown_repr(item)}"
 
 
 def _is_text(value: Any) -> bool:
@@ -180,3 +191,11 @@ def _is_qos(value: Any) -> bool:
 
 def _is_flag(value: Any) -> bool:
     return isinstance(value, bool) or value in (0, 1)
+
+
+#: What each check takes, for :func:`_row_problem`.
+_WANTED: dict[Callable[[Any], bool], str] = {
+    _is_text: "text", _is_topic: "a topic name a client could have published to (not empty, no wildcard)",
+    _is_int: "a whole number", _is_qos: "a QoS (0, 1 or 2)", _is_flag: "true or false"}
+#: The items of a retained message: topic, base64 payload, QoS.
+_RETAINED_KINDS = (_is_topic, _is_text, _is_qos)

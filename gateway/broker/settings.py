@@ -50,8 +50,8 @@ MQTT_MAX_PACKET_SIZE = 268_435_455
 MAX_PACKET_SIZE = MAX_MESSAGE
 #: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
 MIN_PACKET_SIZE = 64
-#: The largest ``max_topic_levels`` accepted: a topic of 65535 bytes (§1.5.3) has at most this
-#: many levels, so a larger bound would bound nothing (``0`` says so).
+#: The largest ``max_topic_levels`` accepted: the levels of a filter of 65535 bytes (§1.5.3),
+#: ``+/+/...`` (a topic of only ``/`` has twice as many; ``0`` is no bound).
 MAX_TOPIC_LEVELS = 32768
 #: Plugins when the section names none: clients without a user name are refused (amqtt's
 #: rule; it checks no password: FileAuthPlugin or client certificates do).
@@ -161,7 +161,8 @@ def parse_duration(value: Any) -> float:
             seconds = float(value)
             if not math.isfinite(seconds):
                 raise ValueError(f"must be a finite number of seconds (0: no expiry), not {value!r}")
-        elif isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isdigit():
+        elif (isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isascii()
+              and value[:-1].isdigit()):  # (str.isdigit takes any script's digits, and ² too)
             seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
         else:
             raise ValueError(f"not a duration (seconds, or a whole number followed by s, h, d, w, m or y): {value!r}")

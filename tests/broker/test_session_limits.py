@@ -82,8 +82,17 @@ class OfflineSessionsTests(SynchronousTestCase):
         """mosquitto's duration syntax (m is a month), or seconds."""
         self.assertEqual([parse_duration(v) for v in (90, 1.5, "30s", "2h", "7d", "1w", "1m", "1y", 0)],
                          [90, 1.5, 30, 7200, 7 * 86400, 7 * 86400, 30 * 86400, 365 * 86400, 0])
-        for bad in ("", "5x", "h", -1, True, "1.5h", None, float("nan"), float("inf")):
+        for bad in ("", "5x", "h", -1, True, "1.5h", None, float("nan"), float("inf"), " 2h", "+2h"):
             self.assertRaises(ValueError, parse_duration, bad)
+
+    def test_durations_of_ascii_digits(self) -> None:
+        """Only ASCII digits make a number: ``١h`` (an Arabic-Indic one) is no hour, and ``²h``
+        is refused with the rule, not with a message from ``int``."""
+        for bad in ("\u0661h", "\u00b2h", "\uff11d"):
+            with self.assertRaises(ValueError) as raised:
+                parse_duration(bad)
+            self.assertIn("not a duration (seconds, or a whole number followed by s, h, d, w, m or y)",
+                          str(raised.exception))
 
 
 class BrokerExpiryTests(TestCase):
@@ -311,7 +320,7 @@ class SettingsTests(SynchronousTestCase):
 
     def test_topic_levels_and_subscriptions_errors(self) -> None:
         """A negative, fractional, boolean or text value is an error under its key, saying what
-        it takes; so is a depth over 32768, more than a topic of 65535 bytes can have."""
+        it takes; so is a depth over 32768, more than a filter of 65535 bytes (``+/+/...``) can have."""
         for levels, subscriptions in ((-1, 1.5), (True, "many"), (40000, -3)):
             _, errors = self.parse(max_topic_levels=levels, max_subscriptions=subscriptions)
             self.assertEqual(errors, [f"<defaults>: broker.max_topic_levels: must be a whole number from 0 to 32768, "
