@@ -172,7 +172,7 @@ class ShadowRequests:
                           " ({count} unanswered since the last such line; logged at most once every {interval:g}"
                           " minutes until one is answered in time): does the cloud serve the shadows of {thing},"
                           " and does its policy let this client use their topics?",
-                          shadow=request.shadow or "(classic)", token=token, timeout=self.settings.request_timeout,
+                          shadow=shadows.shown_shadow(request.shadow), token=token, timeout=self.settings.request_timeout,
                           count=count, interval=UNANSWERED_LOG_INTERVAL / 60, thing=self.thing)
         self.busy.discard(request.shadow)
         self.again(request.shadow, request.kind == "get")
@@ -221,7 +221,7 @@ class ShadowRequests:
         self._throttled[shadow] = attempt + 1
         delay = self.retry_policy(attempt)
         self.log.info("shadow {shadow}: throttled or unavailable ({n} in a row); again in {delay:.1f}s",
-                      shadow=shadow, n=attempt + 1, delay=delay)
+                      shadow=shadows.shown_shadow(shadow), n=attempt + 1, delay=delay)
 
         def retry() -> None:
             self._timers.remove(timer)  # only pending timers are kept: a link up for long refused often
