@@ -216,7 +216,8 @@ class TwinService(Service):
         first time since the twin last had room (each refusal counts in the refused commands'
         info lines). The gateway's own thing counts while deleted too: its place is kept, so
         that creating it again never takes the twin past ``max_things``."""
-        things, limit = len(self.store.things | {self.root: None}), self.settings.max_things
+        things = len(self.store.things) + (self.root not in self.store.things)
+        limit = self.settings.max_things
         if things < limit:
             self._full_said = False
             return
