@@ -37,6 +37,7 @@ class Request:
     shadow: str
     records: list[Any]  # the records of the stream it stands for (none for a get)
     timer: IDelayedCall | None
+    versioned: bool = False  # an update sent with the shadow's version (a 404 then: the cloud lost it)
 
 
 def reported_patch(body: Any) -> dict[str, Any] | None:
@@ -148,9 +149,10 @@ class ShadowRequests:
         token = str(taken[-1].seq)
         self._record_ends[shadow] = taken[-1].seq
         body["clientToken"] = token
-        if taken[0].topic.endswith("/update") and version is not None:
+        versioned = taken[0].topic.endswith("/update") and version is not None
+        if versioned:
             body["version"] = version
-        self._send(protocol, taken[0].topic, body, Request("record", shadow, taken, None), token)
+        self._send(protocol, taken[0].topic, body, Request("record", shadow, taken, None, versioned), token)
 
     def _send(self, protocol: Any, topic: str, body: dict[str, Any], request: Request, token: str) -> None:
         request.timer = self.clock.callLater(self.settings.request_timeout, self._timed_out, token)

@@ -233,7 +233,7 @@ class ShadowSync:
     def _rejected(self, token: str, request: Request, body: dict[str, Any]) -> None:
         code, message = body.get("code"), str(body.get("message", ""))
         shadow = request.shadow
-        lost = code == 404 and request.records[0].topic.endswith("/update") and shadow in self.versions
+        lost = code == 404 and request.versioned  # (sent with a version: the shadow was there, then gone)
         if code == 409 or lost:  # someone else changed the shadow, or lost it: read it, then send again
             self.requests.finish(token)
             self.log.info("shadow {shadow}: {why}; reading it before sending again", shadow=shadows.shown_shadow(shadow),

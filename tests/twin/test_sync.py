@@ -784,6 +784,22 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual(len(lines), 4, lines)
         self.flushLoggedErrors()
 
+    def test_a_404_to_an_update_sent_with_a_version_reads_the_shadow_even_after_a_delete(self) -> None:
+        """aws.md: a `404` to an update sent with a version is read as after a `409`. Someone
+        else deleting the shadow while the update was on its way (its `delete/accepted` coming
+        first) made the 404 a refusal for good: the update was skipped, logged as an error."""
+        self.connect({"": {"state": {"reported": {}}, "version": 3}})
+        self.send(command("modify", "/attributes/a", 1))
+        topic, body = self.connection.take()[0]
+        self.assertEqual(body["version"], 3)
+        self.reply(f"{BASE}/delete/accepted", {"version": 3})
+        self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists", "clientToken": body["clientToken"]})
+        self.assertEqual(self.sync.refused, 0)
+        self.answer_gets()
+        sent = self.connection.take()
+        self.assertEqual([(t, b["state"]["reported"]) for t, b in sent], [(f"{BASE}/update", {"a": 1})])
+        self.assertNotIn("version", sent[0][1])
+
     def test_throttled_retried_later(self) -> None:
         """429 waits the retry policy's first delay, then the same request goes again."""
         self.connect()
