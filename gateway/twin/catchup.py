@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.errors import JournalError
+from gateway.twin import shadows
 from gateway.twin.behind import BehindFile, BehindMark
 
 #: Seconds between two attempts to bring up to date a shadow whose request the journal refused.
@@ -84,10 +85,10 @@ class ShadowCatchUp:
         """The journal refused a request of ``shadow`` (of the twin's ``thing_id``): mark the
         shadow behind and read it again later; returns why the cloud is behind on the change."""
         if not failure.check(OSError, JournalError):
-            self.log.failure("shadow {shadow}: request not journaled", failure, shadow=shadow or "(classic)")
+            self.log.failure("shadow {shadow}: request not journaled", failure, shadow=shadows.shown_shadow(shadow))
         elif shadow not in self.marks:
             self.log.warn("shadow {shadow}: request not journaled ({error}): the cloud is behind on it until"
-                          " the stream takes appends again", shadow=shadow or "(classic)",
+                          " the stream takes appends again", shadow=shadows.shown_shadow(shadow),
                           error=failure.getErrorMessage())
         if shadow not in self.marks:
             self.marks[shadow] = BehindMark(thing_id, self.clock.seconds())
@@ -108,7 +109,7 @@ class ShadowCatchUp:
             if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
                 self._file.save(self.marks)
-                self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadow or "(classic)")
+                self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 
         correction.addCallback(caught_up)
 

@@ -214,8 +214,10 @@ class TwinService(Service):
         """Refuse (403) a command that would create ``thing_id`` while the twin holds
         ``max_things`` (the gateway's own thing is never refused): counted, and a warning the
         first time since the twin last had room (each refusal counts in the refused commands'
-        info lines)."""
-        things, limit = len(self.store.things), self.settings.max_things
+        info lines). The gateway's own thing counts while deleted too: its place is kept, so
+        that creating it again never takes the twin past ``max_things``."""
+        things = len(self.store.things) + (self.root not in self.store.things)
+        limit = self.settings.max_things
         if things < limit:
             self._full_said = False
             return

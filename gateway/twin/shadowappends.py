@@ -85,7 +85,7 @@ class ShadowAppends:
                     size = len(encode(request, 0))
                     if size > limit:
                         raise DittoError(413, "things:shadow.toolarge",
-                                         f"shadow {shadow or '(classic)'} would need a journal record of {size}"
+                                         f"shadow {shadows.shown_shadow(shadow)} would need a journal record of {size}"
                                          f" bytes, larger than the max_bytes ({limit} bytes) of journal stream"
                                          f" 'shadow-{self.settings.shadow_link}': it could never reach the cloud")
 

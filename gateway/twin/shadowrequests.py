@@ -37,6 +37,7 @@ class Request:
     shadow: str
     records: list[Any]  # the records of the stream it stands for (none for a get)
     timer: IDelayedCall | None
+    versioned: bool = False  # an update sent with the shadow's version (a 404 then: the cloud lost it)
 
 
 def reported_patch(body: Any) -> dict[str, Any] | None:
@@ -148,9 +149,10 @@ class ShadowRequests:
         token = str(taken[-1].seq)
         self._record_ends[shadow] = taken[-1].seq
         body["clientToken"] = token
-        if taken[0].topic.endswith("/update") and version is not None:
+        versioned = taken[0].topic.endswith("/update") and version is not None
+        if versioned:
             body["version"] = version
-        self._send(protocol, taken[0].topic, body, Request("record", shadow, taken, None), token)
+        self._send(protocol, taken[0].topic, body, Request("record", shadow, taken, None, versioned), token)
 
     def _send(self, protocol: Any, topic: str, body: dict[str, Any], request: Request, token: str) -> None:
         request.timer = self.clock.callLater(self.settings.request_timeout, self._timed_out, token)
@@ -172,7 +174,7 @@ class ShadowRequests:
                           " ({count} unanswered since the last such line; logged at most once every {interval:g}"
                           " minutes until one is answered in time): does the cloud serve the shadows of {thing},"
                           " and does its policy let this client use their topics?",
-                          shadow=request.shadow or "(classic)", token=token, timeout=self.settings.request_timeout,
+                          shadow=shadows.shown_shadow(request.shadow), token=token, timeout=self.settings.request_timeout,
                           count=count, interval=UNANSWERED_LOG_INTERVAL / 60, thing=self.thing)
         self.busy.discard(request.shadow)
         self.again(request.shadow, request.kind == "get")
@@ -221,7 +223,7 @@ class ShadowRequests:
         self._throttled[shadow] = attempt + 1
         delay = self.retry_policy(attempt)
         self.log.info("shadow {shadow}: throttled or unavailable ({n} in a row); again in {delay:.1f}s",
-                      shadow=shadow, n=attempt + 1, delay=delay)
+                      shadow=shadows.shown_shadow(shadow), n=attempt + 1, delay=delay)
 
         def retry() -> None:
             self._timers.remove(timer)  # only pending timers are kept: a link up for long refused often

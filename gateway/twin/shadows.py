@@ -105,6 +105,12 @@ def subscriptions(thing: str) -> list[str]:
 _ENVELOPE_ROOM = len(json.dumps({"clientToken": "x" * 64, "version": 2 ** 63}))
 
 
+def shown_shadow(shadow: str) -> str:
+    """A shadow as log lines and messages name it: the named shadow's name, ``(classic)``
+    for the classic shadow (whose name is empty)."""
+    return shadow or "(classic)"
+
+
 def size_problem(shadow: str, reported: dict[str, Any], max_bytes: int, max_depth: int) -> tuple[int, str] | None:
     """Why ``reported`` cannot go to ``shadow`` (status, message), or ``None``.
 
@@ -112,7 +118,7 @@ def size_problem(shadow: str, reported: dict[str, Any], max_bytes: int, max_dept
     :param max_depth: AWS IoT refuses more than 6 levels of nesting (400).
     """
     size = len(json.dumps({"state": {"reported": reported}}, separators=(",", ":"))) + _ENVELOPE_ROOM
-    name = shadow or "(classic)"
+    name = shown_shadow(shadow)
     if size > max_bytes:
         return 413, f"shadow {name} would need a {size}-byte update, over the {max_bytes}-byte limit"
     if depth(reported) > max_depth:

@@ -147,7 +147,7 @@ class ShadowSync:
             count = self._not_json_lines.note()
             if count is not None:
                 self.log.warn("shadow {shadow}: {operation} message is not JSON, dropped ({since})",
-                              shadow=shadow or "(classic)",
+                              shadow=shadows.shown_shadow(shadow),
                               operation=operation, since=refused_since(count))
             return True
         if not isinstance(body, dict):
@@ -199,7 +199,7 @@ class ShadowSync:
             if code == 404:
                 self._correct_once_read(shadow, {}, False)
             else:
-                self.log.warn("shadow {shadow}: get refused: {code} {reason}", shadow=shadow,
+                self.log.warn("shadow {shadow}: get refused: {code} {reason}", shadow=shadows.shown_shadow(shadow),
                               code=body.get("code"), reason=body.get("message"))
                 self.pump()
         return True
@@ -211,7 +211,7 @@ class ShadowSync:
             return True
         if version <= self.delta_versions.get(shadow, -1):
             self.log.info("shadow {shadow}: delta of version {version} ignored: version {last} was taken already",
-                          shadow=shadow, version=version, last=self.delta_versions[shadow])
+                          shadow=shadows.shown_shadow(shadow), version=version, last=self.delta_versions[shadow])
             return False
         self.delta_versions[shadow] = version
         return True
@@ -233,10 +233,10 @@ class ShadowSync:
     def _rejected(self, token: str, request: Request, body: dict[str, Any]) -> None:
         code, message = body.get("code"), str(body.get("message", ""))
         shadow = request.shadow
-        lost = code == 404 and request.records[0].topic.endswith("/update") and shadow in self.versions
+        lost = code == 404 and request.versioned  # (sent with a version: the shadow was there, then gone)
         if code == 409 or lost:  # someone else changed the shadow, or lost it: read it, then send again
             self.requests.finish(token)
-            self.log.info("shadow {shadow}: {why}; reading it before sending again", shadow=shadow,
+            self.log.info("shadow {shadow}: {why}; reading it before sending again", shadow=shadows.shown_shadow(shadow),
                           why="the cloud has no such shadow any more" if lost else "version conflict")
             self.versions.pop(shadow, None)
             self.absent.discard(shadow)
@@ -250,12 +250,12 @@ class ShadowSync:
         elif len(request.records) > 1:  # (one of them may be bad, not all: each alone tells)
             self.requests.finish(token)
             self.log.info("shadow {shadow}: request {token}, {count} updates merged, refused for good: {code}"
-                          " {reason}; sending them again one at a time", shadow=shadow, token=token,
+                          " {reason}; sending them again one at a time", shadow=shadows.shown_shadow(shadow), token=token,
                           count=len(request.records), code=code, reason=message)
             self.requests.one_at_a_time(shadow, request.records[-1].seq)
             self.pump()
         else:
-            self.log.error("shadow {shadow}: request {token} refused for good: {code} {reason}", shadow=shadow,
+            self.log.error("shadow {shadow}: request {token} refused for good: {code} {reason}", shadow=shadows.shown_shadow(shadow),
                            token=token, code=code, reason=message)
             self.refused += 1
             self._done(token, request)
@@ -270,7 +270,7 @@ class ShadowSync:
             return
         thing_id, feature = shadows.shadow_target(self.twin.root, shadow, self._children())
         if thing_id not in self.twin.store.things:
-            self.log.info("shadow {shadow}: desired state for {thing}, which the twin does not hold", shadow=shadow,
+            self.log.info("shadow {shadow}: desired state for {thing}, which the twin does not hold", shadow=shadows.shown_shadow(shadow),
                           thing=thing_id)
             return
         if feature is None:
@@ -296,7 +296,7 @@ class ShadowSync:
 
         self.reader.known().addCallback(read).addErrback(
             lambda failure: self.log.failure("shadow {shadow}: correcting it after its get failed", failure,
-                                             shadow=shadow or "(classic)"))
+                                             shadow=shadows.shown_shadow(shadow)))
 
     def _reconcile(self, shadow: str, reported: dict[str, Any], exists: bool = True) -> None:
         """After a get: append an update correcting what the cloud reports, unless requests

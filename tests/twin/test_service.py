@@ -579,11 +579,14 @@ class TwinServiceTests(SynchronousTestCase):
         self.send(command("delete", "/", thing="acme:gw1:b"))
         out = self.send(command("create", "/", {}, thing="acme:gw1:c"))
         self.assertEqual(out[-1][1]["status"], 201)
-        # The gateway's own thing, deleted while the twin filled up, is never refused.
+        # The gateway's own thing is never refused, and keeps its place while deleted: a child
+        # created meanwhile took it, and the twin held 4 things past its max_things of 3.
         self.send(command("delete", "/"))
-        self.send(command("create", "/", {}, thing="acme:gw1:d"))
+        out = self.send(command("create", "/", {}, thing="acme:gw1:d"))
+        self.assertEqual((out[-1][1]["status"], out[-1][1]["value"]["message"][:29]),
+                         (403, "the twin holds 3 things, its "))
         out = self.send(command("create", "/", {}))
-        self.assertEqual((out[-1][1]["status"], twin.snapshot().things), (201, 4))
+        self.assertEqual((out[-1][1]["status"], twin.snapshot().things), (201, 3))
 
     def test_the_snapshot_has_the_last_writes_time_and_size(self) -> None:
         """The snapshot has how long the last write of things.json that worked took, from its

@@ -759,6 +759,47 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual(self.sync.snapshot().refused, 1)
         self.flushLoggedErrors()
 
+    def test_the_classic_shadow_is_named_in_refusal_lines(self) -> None:
+        """aws.md quotes `shadow <F>: request <token> refused for good: ...`, `(classic)` naming
+        the classic shadow: its refusals (for good, merged, 409, 429) were logged as `shadow :
+        request 1 ...`, which names no shadow."""
+        self.connect()
+        with capturedLogs() as events:
+            self.send(command("modify", "/attributes/a", 1))
+            self.send(command("modify", "/attributes/b", 2))
+            self.send(command("modify", "/attributes/c", 3))
+            topic, body = self.connection.take()[0]
+            self.reply(f"{topic}/rejected", {"code": 409, "message": "conflict", "clientToken": body["clientToken"]})
+            self.answer_gets({"": {"state": {}, "version": 1}})
+            topic, body = self.connection.take()[0]
+            self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down", "clientToken": body["clientToken"]})
+            self.clock.advance(2.0)
+            topic, body = self.connection.take()[0]
+            self.reply(f"{topic}/rejected", {"code": 400, "message": "bad", "clientToken": body["clientToken"]})
+            topic, body = self.connection.take()[0]
+            self.reply(f"{topic}/rejected", {"code": 400, "message": "bad", "clientToken": body["clientToken"]})
+        lines = [formatEvent(e) for e in events if formatEvent(e).startswith("shadow ")]
+        self.assertEqual([line.split(":")[0] for line in lines], ["shadow (classic)"] * len(lines))
+        self.assertIn("shadow (classic): request 1 refused for good: 400 bad", lines)
+        self.assertEqual(len(lines), 4, lines)
+        self.flushLoggedErrors()
+
+    def test_a_404_to_an_update_sent_with_a_version_reads_the_shadow_even_after_a_delete(self) -> None:
+        """aws.md: a `404` to an update sent with a version is read as after a `409`. Someone
+        else deleting the shadow while the update was on its way (its `delete/accepted` coming
+        first) made the 404 a refusal for good: the update was skipped, logged as an error."""
+        self.connect({"": {"state": {"reported": {}}, "version": 3}})
+        self.send(command("modify", "/attributes/a", 1))
+        topic, body = self.connection.take()[0]
+        self.assertEqual(body["version"], 3)
+        self.reply(f"{BASE}/delete/accepted", {"version": 3})
+        self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists", "clientToken": body["clientToken"]})
+        self.assertEqual(self.sync.refused, 0)
+        self.answer_gets()
+        sent = self.connection.take()
+        self.assertEqual([(t, b["state"]["reported"]) for t, b in sent], [(f"{BASE}/update", {"a": 1})])
+        self.assertNotIn("version", sent[0][1])
+
     def test_throttled_retried_later(self) -> None:
         """429 waits the retry policy's first delay, then the same request goes again."""
         self.connect()
