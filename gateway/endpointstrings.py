@@ -80,8 +80,10 @@ def server_endpoint_problem(description: str) -> str | None:
         serverFromString(object(), description)
     except (ValueError, TypeError, KeyError) as exc:
         return f"not a Twisted server endpoint: {description!r} ({exc})"
+    except OSError as exc:  # (an ssl: endpoint's certificate or key read at parse time)
+        return f"{description!r}: {exc.strerror or exc}{f': {exc.filename!r}' if exc.filename else ''}"
     args, kwargs = split_description(description)
-    if args[:1] in (["tcp"], ["ssl"]):  # parsed as any whole number; listen() would refuse it
+    if args[:1] in (["tcp"], ["tcp6"], ["ssl"]):  # parsed as any whole number; listen() would refuse it
         port = args[1] if len(args) > 1 else kwargs.get("port", "")
         if not port.isdigit() or int(port) > 65535:
             return f"{description!r}: the port must be from 0 to 65535, not {port!r}"

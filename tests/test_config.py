@@ -943,6 +943,18 @@ class LoadCheckTests(SynchronousTestCase):
                          ["admin.tcp", "ingest.endpoint", "telemetry.metrics_endpoint"], lines)
         self.assertIn("the port must be from 0 to 65535, not '70000'", "\n".join(lines))
 
+    def test_tcp6_port_out_of_range_and_missing_ssl_files(self) -> None:
+        """A ``tcp6:`` port over 65535 is refused at load as a ``tcp:`` one is (it passed, and
+        the gateway then failed to start: ``cannot listen: bind(): port must be 0-65535``);
+        an ``ssl:`` endpoint whose certificate cannot be read is an error under its key, not
+        ``telemetry: cannot be checked: FileNotFoundError: ...``."""
+        path, lines = self.errors("telemetry:\n  metrics_endpoint: 'tcp6:70000'\n")
+        self.assertEqual(lines, [f"{path}: telemetry.metrics_endpoint: 'tcp6:70000': "
+                                 "the port must be from 0 to 65535, not '70000'"])
+        path, lines = self.errors("telemetry:\n  metrics_endpoint: 'ssl:9883:privateKey=/nonexistent/k.pem'\n")
+        self.assertEqual(lines, [f"{path}: telemetry.metrics_endpoint: 'ssl:9883:privateKey=/nonexistent/k.pem': "
+                                 "No such file or directory: '/nonexistent/k.pem'"])
+
     def test_ipv6_addresses_written_as_in_a_url(self) -> None:
         """An IPv6 address in an endpoint string with bare colons or in brackets is refused with
         the form to write, on broker listeners, links, the ingest, /metrics and the admin API's
