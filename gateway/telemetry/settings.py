@@ -41,7 +41,8 @@ class TelemetrySettings:
 
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """A metrics endpoint Twisted cannot parse; report topics that are not topic names
-        (``<topic_prefix>/<name>`` included) or that clash (``gateway.config.ChecksItself``)."""
+        (``<topic_prefix>/<name>`` included) or that clash; a request topic no client can
+        publish to (``$``) (``gateway.config.ChecksItself``)."""
         problem = server_endpoint_problem(self.metrics_endpoint) if self.metrics_endpoint else None
         if problem:
             yield ("metrics_endpoint",), problem
@@ -49,6 +50,9 @@ class TelemetrySettings:
                            ("error_topic", self.error_topic)):
             if not valid_topic(topic):
                 yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
+        if self.request_topic.startswith("$"):
+            yield ("request_topic",), (f"{self.request_topic!r} is a $ topic: the broker drops what clients publish "
+                                       "there, so no request would ever arrive")
         if self.request_topic == self.error_topic:
             yield ("error_topic",), "must differ from request_topic"
         report_topics = {f"{self.topic_prefix}/{name}" for name in REPORTS}

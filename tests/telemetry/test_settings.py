@@ -45,6 +45,15 @@ class SettingsTests(SynchronousTestCase):
             "telemetry.error_topic: 'r/engine_report' is where a report is published"
             " (topic_prefix/<report>): each report would be taken for a request or an answer"])
 
+    def test_request_topic_clients_can_publish_to(self) -> None:
+        """A ``$`` request topic is refused at load: the broker drops every client's PUBLISH to
+        a ``$`` topic (counted in ``dollar_drops``), so the gateway waited for requests that
+        could never arrive and said nothing."""
+        error = self.load("telemetry:\n  request_topic: '$SYS/gateway/request'\n")
+        self.assertEqual([line.split(": ", 1)[1] for line in error.errors], [
+            "telemetry.request_topic: '$SYS/gateway/request' is a $ topic: the broker drops what clients publish"
+            " there, so no request would ever arrive"])
+
     def test_defaults_and_off(self) -> None:
         """No section: the defaults (9883 on 127.0.0.1); an empty endpoint turns /metrics off."""
         path = Path(self.mktemp())
