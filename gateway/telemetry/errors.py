@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.errors import GatewayError
+from gateway.shown import shown_repr
 
 
 class TelemetryError(GatewayError):
@@ -12,12 +13,13 @@ class TelemetryError(GatewayError):
 class UnknownReport(TelemetryError, KeyError):
     """A report was requested by a name the gateway does not build.
 
-    :param name: the name asked for.
+    :param name: the name asked for (a JSON request's ``report`` may be no string: ``5``,
+        ``None``, named as it is; a long one is cut as :func:`gateway.shown.shown` cuts it).
     :param known: the names it does build.
     """
 
-    def __init__(self, name: str, known: tuple[str, ...]) -> None:
-        super().__init__(f"unknown report {name!r} (known: {', '.join(known)})")
+    def __init__(self, name: object, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown report {shown_repr(name)} (known: {', '.join(known)})")
         self.name = name
         self.known = known
 

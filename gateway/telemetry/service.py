@@ -204,7 +204,7 @@ class TelemetryService(Service):
             except ValueError:
                 pass
         if name not in REPORTS:
-            error = str(UnknownReport(shown(str(name)), REPORTS))
+            error = str(UnknownReport(name, REPORTS))
             count = self._refused_lines.note()
             if count is not None:
                 self.log.warn("report request refused: {error} ({since})", error=error, since=refused_since(count))

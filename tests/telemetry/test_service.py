@@ -113,6 +113,19 @@ class TelemetryServiceTests(SynchronousTestCase):
         [(topic, payload, qos, retain)] = self.bus.published
         self.assertEqual(topic, "edge/gateway/reports/error")
 
+    def test_a_json_request_whose_report_is_no_string(self) -> None:
+        """``{"report": 5}`` or ``{"report": null}`` is answered naming the value sent, not a
+        string it never was (``unknown report '5'``, ``unknown report 'None'``)."""
+        self.start()
+        for payload, named in ((b'{"report": 5}', "5"), (b'{"report": null}', "None"), (b"{}", "''"),
+                               (b'{"report": ["usage_report"]}', "['usage_report']")):
+            self.bus.published.clear()
+            self.bus.receive("edge/gateway/reports/request", payload)
+            [(topic, answer, _, _)] = self.bus.published
+            self.assertEqual((topic, json.loads(answer)["error"]), (
+                "edge/gateway/reports/error",
+                f"unknown report {named} (known: device_info, usage_report, engine_report)"))
+
     def test_an_error_answer_the_journal_refuses_is_one_line(self) -> None:
         """A bad request whose answer on the error topic the journal refuses (a route takes it
         to a full stream) is said in a warning; the subscriber failed instead, a traceback for
