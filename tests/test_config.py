@@ -1226,6 +1226,13 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: links.links.x.loss_topic: unknown placeholder {{nope}}", joined)
         self.assertEqual(len(lines), 3, joined)
 
+    def test_a_dollar_thing_request_topic_is_refused(self) -> None:
+        """Identity requests on a ``$`` filter could never arrive (the broker drops what clients
+        publish to ``$`` topics): a configuration error, as telemetry's request_topic."""
+        path, lines = self.errors("links:\n  thing_request_topic: '$edge/thing/+'\n")
+        self.assertEqual(lines, [f"{path}: links.thing_request_topic: '$edge/thing/+' is a $ topic: the broker"
+                                 " drops what clients publish there, so no request would ever arrive"])
+
     def test_will_topic_placeholders(self) -> None:
         """A link's will_topic takes {tenant} and {device}, as its client_id and loss_topic do;
         another placeholder is an error naming the key."""

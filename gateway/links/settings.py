@@ -16,7 +16,7 @@ from gateway.links.cloudlimits import (AWS_MAX_PAYLOAD, MIN_PUBLISH, MQTT_MAX_PA
                                        aws_topic_problem)
 from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
-from gateway.mqtt.topics import valid_filter, valid_topic
+from gateway.mqtt.topics import unreachable_request_topic, valid_filter, valid_topic
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
@@ -271,10 +271,13 @@ class LinksSettings:
     policy_id: str = field(default="", metadata={"doc": "policyId given on edge/thing/response"})
 
     def config_problems(self) -> Iterable[Problem]:
-        """Local topics must be topics (the request topic may be a filter). Link names are
+        """Local topics must be topics (the request topic may be a filter, not a ``$`` one: clients
+        cannot publish there). Link names are
         checked beside the links' own problems, with the HTTP links' (gateway.config)."""
         for key in ("status_topic", "thing_response_topic"):
             if not valid_topic(getattr(self, key)):
                 yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
         if not valid_filter(self.thing_request_topic):
             yield ("thing_request_topic",), f"not a valid topic filter: {self.thing_request_topic!r}"
+        elif unreachable_request_topic(self.thing_request_topic):
+            yield ("thing_request_topic",), str(unreachable_request_topic(self.thing_request_topic))

@@ -32,6 +32,18 @@ def too_deep(topic: str, max_levels: int) -> bool:
     return bool(max_levels) and topic.count("/") >= max_levels
 
 
+def unreachable_request_topic(topic: str) -> str | None:
+    """Why clients could never send requests on ``topic`` (a topic, or a filter) the gateway
+    takes them on, or None: a ``$`` topic, since the broker drops what clients publish there
+    (MQTT 3.1.1 §4.7.2).
+
+    :param topic: a configured request topic.
+    """
+    if topic.startswith("$"):
+        return f"{topic!r} is a $ topic: the broker drops what clients publish there, so no request would ever arrive"
+    return None
+
+
 def topic_for_log(topic: str, limit: int = 200) -> str:
     """``topic`` (or a filter) for a log line: as it is up to ``limit`` characters, else its
     first ``limit`` characters, ``...`` and its length in bytes (a topic may be 64 KiB); its

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
 from gateway.endpointstrings import server_endpoint_problem
-from gateway.mqtt.topics import valid_topic
+from gateway.mqtt.topics import unreachable_request_topic, valid_topic
 
 #: The reports the gateway makes, in the order they are listed, each published on
 #: ``<topic_prefix>/<name>``.
@@ -50,9 +50,9 @@ class TelemetrySettings:
                            ("error_topic", self.error_topic)):
             if not valid_topic(topic):
                 yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
-        if self.request_topic.startswith("$"):
-            yield ("request_topic",), (f"{self.request_topic!r} is a $ topic: the broker drops what clients publish "
-                                       "there, so no request would ever arrive")
+        unreachable = unreachable_request_topic(self.request_topic)
+        if unreachable:
+            yield ("request_topic",), unreachable
         if self.request_topic == self.error_topic:
             yield ("error_topic",), "must differ from request_topic"
         report_topics = {f"{self.topic_prefix}/{name}" for name in REPORTS}
