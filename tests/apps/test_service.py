@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 from pathlib import Path
@@ -107,6 +108,9 @@ class ServiceTests(SynchronousTestCase):
         reactor.last.exit(None, signal.SIGTERM)
         self.successResultOf(stopped)
         self.successResultOf(service.operations.start("manual"))
+        # (the shape docs/apps.md gives, "On disk": an operator may write it by hand)
+        self.assertEqual(json.loads((self.state / "apps" / "desired.json").read_text()),
+                         {"programs": {"manual": "running", "web": "stopped"}})
         second, reactor2 = self.boot()
         self.assertEqual([p.command[0] for p in reactor2.processes], ["manual"])
         self.assertIs(second.supervisor.get("web").state, ProgramState.STOPPED)
