@@ -833,6 +833,14 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: apps.programs.ok.user: no user 'no-such-user-xyz'", joined)
         self.assertIn(f"{path}: apps.programs.ok.exitcodes.1: must be from 0 to 255", joined)
 
+    def test_a_program_named_like_a_file_the_apps_keep_is_refused(self) -> None:
+        """A program is an app: one named ``desired.json`` had its state directory made at
+        ``apps/desired.json/data``, and the apps service could not start once the wishes were
+        written (NotADirectoryError)."""
+        for name in ("desired.json", "processes.json", "installing.json"):
+            self.assertOneError(f"apps:\n  programs:\n    {name}:\n      command: /bin/true\n",
+                                f"apps.programs.{name}", "is a file the gateway keeps in apps/")
+
     def test_max_packet_size_not_whole(self) -> None:
         """``max_packet_size: 1.5`` is refused, not rounded down to 1."""
         self.assertOneError("broker:\n  max_packet_size: 1.5\n", "broker.max_packet_size", "whole number")

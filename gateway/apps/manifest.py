@@ -93,9 +93,9 @@ def parse_app_yaml(text: str) -> AppManifest:
     if not isinstance(doc, dict):
         raise ManifestError("app.yaml: must be a mapping")
     known = {"name", "version", "command", "env", "directory", "restart", "logs", "health"}
-    unknown = sorted(set(doc) - known - _PROGRAM_KEYS)
+    unknown = sorted(map(str, set(doc) - known - _PROGRAM_KEYS))  # (a key may be a number)
     if unknown:
-        raise ManifestError(f"app.yaml: unknown keys: {', '.join(map(str, unknown))}")
+        raise ManifestError(f"app.yaml: unknown keys: {', '.join(unknown)}")
     for key in ("name", "version", "command"):
         if key not in doc:
             raise ManifestError(f"app.yaml: {key} is required")
@@ -106,7 +106,7 @@ def parse_app_yaml(text: str) -> AppManifest:
         given["directory"] = (("directory",), doc["directory"])
     if isinstance(doc.get("stopsignal"), str):  # with or without SIG, as in a supervisor.conf
         given["stopsignal"] = (("stopsignal",), doc["stopsignal"].strip().upper().removeprefix("SIG"))
-    logs = doc.get("logs") or {}
+    logs = _mapping(doc, "logs")
     if not isinstance(logs, dict) or set(logs) - {"maxbytes", "backups"}:
         raise ManifestError("app.yaml: logs: a mapping of maxbytes, backups")
     if "maxbytes" in logs:
@@ -126,10 +126,13 @@ def parse_app_yaml(text: str) -> AppManifest:
         if problem is not None:  # (as a supervisor.conf and apps.programs refuse it)
             raise ManifestError(f"app.yaml: exitcodes.{i}: {problem}")
     fields["command"] = shlex.join(_argv(doc["command"], "command"))
-    env = doc.get("env") or {}
+    env = _mapping(doc, "env")
     if not isinstance(env, dict):
-        raise ManifestError("app.yaml: env: must be a mapping")
+        raise ManifestError(f"app.yaml: env: must be a mapping, not {jsontext.kind(env, yaml=True)}")
     for key, value in env.items():
+        if key is None or isinstance(key, bool):  # (it became the name 'None' or 'True')
+            raise ManifestError(f"app.yaml: env: a name must be a string or a number, "
+                                f"not {jsontext.kind(key, yaml=True)}")
         if value is None or isinstance(value, (bool, list, dict)):
             raise ManifestError(f"app.yaml: env.{key}: must be a string or a number, "
                                 f"not {jsontext.kind(value, yaml=True)}")
@@ -138,10 +141,17 @@ def parse_app_yaml(text: str) -> AppManifest:
         if not environment_entry_fits(key, value):  # the program's start would fail at exec
             raise ManifestError(f"app.yaml: env.{key}: {ENVIRONMENT_PROBLEM}")
     restart = doc.get("restart", "unexpected")
-    if restart not in _RESTART:
+    if not isinstance(restart, str) or restart not in _RESTART:
         raise ManifestError("app.yaml: restart: one of always, never, unexpected")
     fields["autorestart"] = _RESTART[restart]
     return AppManifest(name, version, {check_program_name(name): ProgramSettings(**fields)}, health, window)
+
+
+def _mapping(doc: dict[Any, Any], key: str) -> Any:
+    """``doc[key]``, an empty mapping when it is left out or null (``env:`` with nothing after
+    it); any other value as it is, for the caller to refuse when it is no mapping."""
+    value = doc.get(key)
+    return {} if value is None else value
 
 
 def _scalars_as_written(text: str) -> dict[str, str]:

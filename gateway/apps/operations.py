@@ -354,8 +354,10 @@ class AppOperations:
             def judge(result: CommandResult) -> None:
                 if not result.ok:
                     output = result.output.decode("utf-8", "replace").strip()
-                    raise HealthCheckError(
-                        f"health check failed ({result.exitstatus}): {output[-500:]}")
+                    # (a check killed at its timeout has no exit status: it said "failed (None)")
+                    why = (f"timed out after {health.timeout:g} s (health.timeout)" if result.exitstatus is None
+                           else f"failed ({result.exitstatus})")
+                    raise HealthCheckError(f"health check {why}: {output[-500:]}")
 
             return run_command(self._reactor, self._launcher, health.argv, home, env,
                                health.timeout, name=f"{name} {version} health check").addCallback(judge)

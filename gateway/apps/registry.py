@@ -29,6 +29,8 @@ PROCESSES_FILE = "processes.json"
 #: The install under way (name, version, previous version, wishes before it), there too, so that
 #: the next start undoes one the gateway's end (a SIGKILL, a power cut) cut short.
 INSTALLING_FILE = "installing.json"
+#: The files the gateway keeps in ``<state>/apps`` beside the apps' directories: no app's name.
+KEPT_FILES = (DESIRED_FILE, PROCESSES_FILE, INSTALLING_FILE)
 #: What an app's directory is renamed to before it is deleted (a hidden name no app can have).
 REMOVING_PREFIX = ".removing-"
 #: An app's versions in the order they were installed, oldest first, in ``apps/<name>`` (a
@@ -67,7 +69,7 @@ class AppRegistry:
         """Why ``apps/<name>/<version>`` would land on something the gateway keeps there (its
         files beside the apps, an app's ``current`` link, ``data`` directory or install logs),
         or None when it would not."""
-        if name in (DESIRED_FILE, PROCESSES_FILE, INSTALLING_FILE):
+        if name in KEPT_FILES:
             return f"name {name!r} is a file the gateway keeps in apps/"
         if version in ("current", DATA_DIR) or (version.startswith("install-") and version.endswith(".log")):
             return f"version {version!r} is a name the gateway keeps in apps/{name}/"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from gateway.apps.names import check_program_name
+from gateway.apps.registry import KEPT_FILES
 
 Autorestart = Literal["true", "false", "unexpected"]
 
@@ -119,6 +120,8 @@ def program_name_problem(name: str) -> str | None:
         check_program_name(name)
     except AppError as exc:
         return str(exc)
+    if name in KEPT_FILES:  # (its app's directory, apps/<name>/data, would be that file's)
+        return f"{name!r} is a file the gateway keeps in apps/: no app's name"
     return None
 
 @dataclass(frozen=True)

@@ -375,6 +375,13 @@ class InstallTests(TestCase):
                       [formatEvent(e) for e in events if e["log_level"] == LogLevel.error][0])
         self.assertFalse((self.state / "apps" / "sensor").exists())
         self.assertEqual(self.ops.status(), [])
+        # A check still running at its timeout is killed, and the message says so.
+        slow = build_tarball(self.packages / "slow.tar.gz", {
+            "app.yaml": manifest.replace("'exit {code}'", "'echo checking; exec sleep 30'").replace(
+                "window: 0.3", "window: 0, timeout: 0.2").format(py=PY), "run.py": SERVE})
+        result = yield self.ops.install(slow)
+        self.assertEqual((result.outcome, result.message),
+                         ("rolled-back", "health check timed out after 0.2 s (health.timeout): checking"))
 
     @inlineCallbacks
     def test_spool_installs_and_files_away(self) -> None:

@@ -115,12 +115,23 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("env: {A: true}", "env.A: must be a string or a number, not the boolean true"),
             ("env: {A: [a]}", "env.A: must be a string or a number, not a list"),
             ("env: {A: {b: c}}", "env.A: must be a string or a number, not a mapping"),
+            # (a TypeError from the parser: install errbacked instead of answering refused)
+            ("restart: [always]", "restart: one of always, never, unexpected"),
+            ("restart: {a: b}", "restart: one of always, never, unexpected"),
+            ("1: x\nfoo: y", "unknown keys: 1, foo"),
+            # (accepted as no environment, no log settings at all)
+            ("env: []", "env: must be a mapping, not a list"),
+            ("env: 0", "env: must be a mapping, not a number"),
+            ("logs: []", "logs: a mapping of maxbytes, backups"),
+            # (it became the variable named 'None')
+            ("env: {~: x}", r"env: a name must be a string or a number, not empty \(null\)"),
         ]:
             with self.assertRaisesRegex(ManifestError, "app.yaml: " + pattern, msg=extra):
                 parse_app_yaml(base + extra)
         self.assertEqual(parse_app_yaml(base + "stopsignal: SIGhup").programs["a"].stopsignal, "HUP")
         self.assertEqual(parse_app_yaml(base + "env: {A: 5, B: x}").programs["a"].environment,
                          {"A": "5", "B": "x"})
+        self.assertEqual(parse_app_yaml(base + "env:\nlogs:\n").programs["a"].environment, {})
 
     def test_gwe_file_names(self) -> None:
         """<name>.v<version>.tar.gz splits into name and version."""

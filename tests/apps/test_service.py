@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 from pathlib import Path
@@ -107,6 +108,9 @@ class ServiceTests(SynchronousTestCase):
         reactor.last.exit(None, signal.SIGTERM)
         self.successResultOf(stopped)
         self.successResultOf(service.operations.start("manual"))
+        # (the shape docs/apps.md gives, "On disk": an operator may write it by hand)
+        self.assertEqual(json.loads((self.state / "apps" / "desired.json").read_text()),
+                         {"programs": {"manual": "running", "web": "stopped"}})
         second, reactor2 = self.boot()
         self.assertEqual([p.command[0] for p in reactor2.processes], ["manual"])
         self.assertIs(second.supervisor.get("web").state, ProgramState.STOPPED)
@@ -319,12 +323,17 @@ class ServiceTests(SynchronousTestCase):
         service, _ = self.boot()
         packages = Path(self.mktemp())
         packages.mkdir()
-        archive = build_tarball(packages / "sensor.tar.gz", {
-            "app.yaml": "name: sensor\nversion: '1'\ncommand: run\nexitcodes: 5\n"})
-        result = self.successResultOf(service.operations.install(archive))
-        self.assertEqual((result.ok, result.outcome), (False, "refused"))
-        self.assertIn("exitcodes: must be a list", result.message)
-        self.assertEqual(service.operations.registry.installed(), {})
+        for i, (extra, why) in enumerate([
+                ("exitcodes: 5", "exitcodes: must be a list"),
+                # (the parser's TypeError: install errbacked)
+                ("restart: [always]", "restart: one of always, never, unexpected"),
+                ("1: x\nfoo: y", "unknown keys: 1, foo")]):
+            archive = build_tarball(packages / f"sensor{i}.tar.gz", {
+                "app.yaml": "name: sensor\nversion: '1'\ncommand: run\n" + extra + "\n"})
+            result = self.successResultOf(service.operations.install(archive))
+            self.assertEqual((result.ok, result.outcome), (False, "refused"))
+            self.assertIn(why, result.message)
+            self.assertEqual(service.operations.registry.installed(), {})
 
     def test_description_that_is_not_utf8_is_refused_not_an_error(self) -> None:
         """A supervisor.conf or app.yaml that is not UTF-8 (a Latin-1 comment) is a malformed
