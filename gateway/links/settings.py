@@ -277,7 +277,8 @@ class LinksSettings:
         for key in ("status_topic", "thing_response_topic"):
             if not valid_topic(getattr(self, key)):
                 yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
+        unreachable = unreachable_request_topic(self.thing_request_topic)
         if not valid_filter(self.thing_request_topic):
             yield ("thing_request_topic",), f"not a valid topic filter: {self.thing_request_topic!r}"
-        elif unreachable_request_topic(self.thing_request_topic):
-            yield ("thing_request_topic",), str(unreachable_request_topic(self.thing_request_topic))
+        elif unreachable:
+            yield ("thing_request_topic",), unreachable
