@@ -87,6 +87,31 @@ class ContainersDocTests(ConfigCheck):
         [problem] = self.problems("containers: {insecure_registries: ['http://registry.local:5000']}\n")
         self.assertQuoted(problem, "containers.md")
 
+    def test_api_version_as_podman_routes_take_it(self) -> None:
+        """An ``api_version`` podman's routes do not take (``/4.0.0/libpod/...`` is 404 there)
+        passed the check and failed every request at run time: refused with the quoted text."""
+        for version in ("v4.0.0", "v4", "v5.1.0-rc1"):
+            self.assertEqual(self.problems(f"containers: {{api_version: '{version}'}}\n"), [])
+        for version in ("4.0.0", "latest", "v", "v4/x", "vx"):
+            [problem] = self.problems(f"containers: {{api_version: '{version}'}}\n")
+            self.assertEqual(problem, f"containers.api_version: {version!r} is no libpod API version: v and a"
+                                      " version number, as in v4.0.0")
+        self.assertQuoted("containers.api_version: '4.0.0' is no libpod API version: v and a version number, as"
+                          " in v4.0.0", "containers.md")
+
+    def test_cpuset_cpus_is_a_cpu_list(self) -> None:
+        """A ``cpuset_cpus`` that is no CPU list passed the check and was refused by podman only
+        at install: refused by the check (and by the description's own check, at install)."""
+        for value in ("0", "0-1", "0,2", "0-1,4", "12-15"):
+            self.assertEqual(self.problems(f"containers: {{containers: {{abc: {{image: x, cpuset_cpus: '{value}'}}}}}}\n"),
+                             [])
+        for value in ("0-", "a", "1-0", "0,,2", "0;1", "1.5", " 0", "0-1,"):
+            [problem] = self.problems(f"containers: {{containers: {{abc: {{image: x, cpuset_cpus: '{value}'}}}}}}\n")
+            self.assertEqual(problem, f"containers.containers.abc.cpuset_cpus: {value!r} is not a list of CPUs"
+                                      " (numbers and ranges low-high, comma separated: 0-1 or 0,2)")
+        self.assertQuoted("cpuset_cpus: '0-' is not a list of CPUs (numbers and ranges low-high, comma separated:"
+                          " 0-1 or 0,2)", "containers.md")
+
     def test_empty_podman_command(self) -> None:
         """An empty ``podman_command`` is a configuration error when the gateway starts the
         service (it would run ``system service ...`` as a program), not when it does not."""

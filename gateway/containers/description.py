@@ -20,6 +20,7 @@ NetworkMode = Literal["bridge", "host", "none"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # (\Z: "$" takes a name before a trailing newline)
+_CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?\Z")
 
 
 def parse_size(text: str) -> int:
@@ -31,6 +32,18 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a size like 512K, 64M or 1G")
     return int(match.group(1)) * {"": 1, "k": 1024, "m": 2**20, "g": 2**30}[match.group(2).lower()]
+
+
+def cpuset_problem(text: str) -> str | None:
+    """Why ``text`` is no CPU list as the kernel's cpuset takes it (``0-1``, ``0,2``,
+    ``0-1,4``), or ``None``. Whether the CPUs exist is the install's to find: a description
+    may be written for another board."""
+    for part in text.split(","):
+        match = _CPU_RANGE.match(part)
+        if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            return (f"{text!r} is not a list of CPUs (numbers and ranges low-high, comma separated: "
+                    "0-1 or 0,2)")
+    return None
 
 
 def valid_name(name: str) -> bool:
@@ -114,6 +127,10 @@ class ContainerDescription:
                     found.append("memory: at least 6M (the runtime refuses less)")
             except ValueError as exc:
                 found.append(f"memory: {exc}")
+        if self.cpuset_cpus:
+            problem = cpuset_problem(self.cpuset_cpus)
+            if problem is not None:
+                found.append(f"cpuset_cpus: {problem}")
         try:
             parse_size(self.log.max_size)
         except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +11,10 @@ from typing import Iterator
 from gateway.apps.names import log_name_problem
 from gateway.containers.description import ContainerDescription, valid_name
 from gateway.unixsocket import MAX_SOCKET_PATH  # (podman binds no longer path, the gateway connects to none)
+
+#: The version podman's routes take in ``/v<version>/libpod/...`` (its ``VersionedPath``):
+#: any other answers 404 to every request.
+_API_VERSION = re.compile(r"v[0-9][0-9A-Za-z.-]*\Z")
 
 
 def container_name_problem(name: str) -> str | None:
@@ -49,12 +54,16 @@ class ContainersSettings:
 
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """A socket path too long for a unix socket (podman's service would never answer on it),
-        an empty ``podman_command`` the service would need, an insecure registry written as a
+        an ``api_version`` podman's routes would not take, an empty ``podman_command`` the service
+        would need, an insecure registry written as a
         URL (it would match no image's registry), and a declared container naming an archive
         (only an update brings one: its image is pulled)."""
         problem = socket_path_problem(self.socket)
         if problem is not None:
             yield ("socket",), problem
+        if not _API_VERSION.match(self.api_version):
+            yield ("api_version",), (f"{self.api_version!r} is no libpod API version: v and a version number, "
+                                     "as in v4.0.0")
         if self.start_service and not self.podman_command:
             yield ("podman_command",), "empty: the gateway needs it to run podman's service (start_service: true)"
         for index, registry in enumerate(self.insecure_registries):
