@@ -185,7 +185,8 @@ def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | 
         raise ManifestError("app.yaml: health: a mapping of command, timeout, window")
     check = None
     if "command" in value:
-        timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0})
+        # (a check given no time at all would always time out: the install would always roll back)
+        timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0.1})
         check = HealthCheck(_argv(value["command"], "health.command"),
                             10.0 if timeout is None else timeout)
     window = build(float, value["window"], ("health", "window"), errors, {"min": 0}) if "window" in value else None

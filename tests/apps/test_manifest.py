@@ -109,6 +109,8 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("logs: {maxbytes: lots}", "logs.maxbytes: must be a whole number"),
             ("logs: {backups: -1}", "logs.backups: must be at least 0"),
             ("health: {command: [x], timeout: abc}", "health.timeout: must be a number"),
+            # (a check given no time always timed out: every install of the app rolled back)
+            ("health: {command: [x], timeout: 0}", r"health.timeout: must be at least 0.1, not 0"),
             ("health: {window: soon}", "health.window: must be a number"),
             # (they became the strings 'None', 'True', "['a']" in the program's environment)
             ("env: {A: null}", r"env.A: must be a string or a number, not empty \(null\)"),
