@@ -1414,6 +1414,15 @@ class LoadCheckTests(SynchronousTestCase):
                             "cannot read '/nonexistent/ca.pem': No such file or directory")
         self.assertOneError(f"{fleet}  ca_file: {__file__}\n", "fleet.ca_file", "no PEM certificate in")
 
+    def test_fleet_min_poll_interval_above_poll_interval_disabled_or_not(self) -> None:
+        """``min_poll_interval`` above ``poll_interval`` (fleet.md: "at most poll_interval") was
+        refused only with the fleet enabled: a disabled fleet's pair passed the check, to fail
+        the day it was enabled. It is refused either way, as a value out of its range is."""
+        for enabled in ("true", "false"):
+            self.assertOneError(f"fleet:\n  enabled: {enabled}\n  base_url: 'https://h'\n  auth: none\n"
+                                "  poll_interval: 5\n  min_poll_interval: 6\n", "fleet.min_poll_interval",
+                                "must not be above poll_interval (5)")
+
     def test_fleet_tenant_and_controller_id_are_url_segments(self) -> None:
         """The tenant and controller id are segments of every DDI URL's path: an empty one, '.'
         or '..' was taken and sent: a poll of {base_url}/DEFAULT/controller/v1/.., which a server

@@ -60,7 +60,10 @@ class FleetSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """An enabled fleet needs a usable URL and, unless anonymous, a token file; its CA
-        file is read and parsed as its client will at start."""
+        file is read and parsed as its client will at start. ``min_poll_interval`` above
+        ``poll_interval`` is refused enabled or not, as every value out of its range is."""
+        if self.min_poll_interval > self.poll_interval:
+            yield ("min_poll_interval",), f"must not be above poll_interval ({self.poll_interval:g})"
         if not self.enabled:
             return
         problem = url_problem(self.base_url, _BASE_URL, allow_http=self.allow_http)
@@ -85,5 +88,3 @@ class FleetSettings:
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem
-        if self.min_poll_interval > self.poll_interval:
-            yield ("min_poll_interval",), f"must not be above poll_interval ({self.poll_interval:g})"
