@@ -1327,6 +1327,14 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write(f"http_links:\n  links:\n    a:\n{link}        - {{}}\n"))
         self.assertEqual(loaded.http_links.links["a"].downlink[0].alias, "command")
 
+    def test_http_link_header_named_twice(self) -> None:
+        """A json link's ``headers`` naming one header twice, in two cases, sent both values
+        (header names are case-insensitive): refused under the second name (exosite.md)."""
+        self.assertOneError("http_links:\n  links:\n    j:\n      mode: json\n      url: 'https://i.example/in'\n"
+                            "      headers: {Authorization: a, authorization: b}\n",
+                            "http_links.links.j.headers.authorization",
+                            "names the header 'Authorization' names again (case does not count)")
+
     def test_http_link_keys_of_the_other_mode(self) -> None:
         """docs/exosite.md: a ``json`` link has no downlink and an ``exosite`` link sends no
         ``headers``; given to the other mode, they are refused at load, saying so (they were

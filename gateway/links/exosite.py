@@ -247,7 +247,8 @@ class CloudAPI:
     # -- json -------------------------------------------------------------------------------
 
     def post_json(self, headers: dict[str, str], records: list[Any]) -> Deferred[Any]:
-        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq.
+        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq,
+        as ``application/json`` unless ``headers`` name a ``Content-Type`` (in any case) of their own.
 
         :raises RequestFailed: as :meth:`request`, for a 401 too (there is no CIK here: not :class:`CIKRejected`).
         """
@@ -262,7 +263,9 @@ class CloudAPI:
                 item["encoding"] = "base64"
             out.append(item)
         body = json.dumps({"records": out}, separators=(",", ":")).encode()
-        d = self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
+        if not any(name.lower() == "content-type" for name in headers):  # (a configured one wins, any case)
+            headers = dict(headers, **{"Content-Type": "application/json"})
+        d = self.request("POST", self.url, headers, body)
         return d.addErrback(no_cik)
 
 

@@ -121,8 +121,8 @@ class HTTPLinkSettings:
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """What the link would stumble on at start: its URL, its CA file (read and parsed now,
         as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in,
-        retry delays that depend on each other, and a key of the other mode (a json link's
-        ``downlink``, an exosite link's ``headers``)."""
+        retry delays that depend on each other, a key of the other mode (a json link's
+        ``downlink``, an exosite link's ``headers``) and one header named twice."""
         problem = url_problem(self.url, _EXOSITE_URL if self.mode == "exosite" else _JSON_URL, allow_http=True)
         if problem is not None:
             yield ("url",), problem
@@ -140,6 +140,11 @@ class HTTPLinkSettings:
             yield ("downlink",), "a json link long-polls nothing: only mode: exosite has a downlink"
         if self.mode == "exosite" and self.headers:
             yield ("headers",), "an exosite link sends no extra headers: only mode: json does"
+        seen: dict[str, str] = {}
+        for name in self.headers:  # (HTTP header names are case-insensitive: both would go)
+            if name.lower() in seen:
+                yield ("headers", name), f"names the header {seen[name.lower()]!r} names again (case does not count)"
+            seen.setdefault(name.lower(), name)
 
 
 @dataclass(frozen=True)

@@ -740,6 +740,31 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(body["records"][1]["timestamp"], T0 - 10.5)  # (a value's own time)
         self.assertEqual(self.stream.acked["cloud"], 2)
 
+    def test_a_configured_content_type_replaces_the_gateway_s(self) -> None:
+        """A json link's ``headers`` naming ``content-type`` in lower case went out beside the
+        gateway's own ``Content-Type: application/json``: two values of one header. The
+        configured one is sent alone (exosite.md), whatever its case; without one, ours."""
+        sent: list[list[bytes] | None] = []
+
+        class Collector(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                sent.append(request.requestHeaders.getRawHeaders(b"content-type"))
+                return b""
+
+        self.treq = StubTreq(Collector())
+        self.write("up/a", "1")
+        self.start(mode="json", url="https://ingest.example/v1",
+                   headers={"content-type": "application/vnd.acme+json"})
+        self.pass_time(3)
+        self.assertEqual(sent, [[b"application/vnd.acme+json"]])
+        from gateway.links.exosite import CloudAPI
+
+        api = CloudAPI(StubTreq(Collector()), "https://ingest.example/v1", self.clock, 30)
+        self.successResultOf(api.post_json({"Authorization": "Bearer x"}, []))
+        self.assertEqual(sent[1:], [[b"application/json"]])
+
     def test_a_json_url_s_query_is_sent_but_never_shown(self) -> None:
         """A json link posts to its URL as it is, query and all (it may carry a key), but its
         status and its ``reaches`` line show the URL without the query (exosite.md)."""
