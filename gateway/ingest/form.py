@@ -35,22 +35,37 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def parse_form(body: bytes) -> list[tuple[str, str]]:
+def parse_form(body: bytes, charset: str = "utf-8") -> list[tuple[str, str]]:
     """The ``name=value`` pairs of an ``application/x-www-form-urlencoded`` body, in order.
 
-    :raises FormError: for a body that is not UTF-8 or not form-encoded (a ``%`` that
+    :param charset: what the percent-escaped bytes are in (the request's declared charset,
+        checked by :func:`text_charset`).
+    :raises FormError: for a body that is not in ``charset`` or not form-encoded (a ``%`` that
         begins no escape too: ``a=%ZZ`` was stored as the text ``%ZZ``), or is empty.
     """
     try:
         text = _escaped(body.decode("ascii"))
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding=charset, errors="strict")
     except UnicodeDecodeError:
-        raise FormError("the body is not form-encoded UTF-8") from None
+        name = "UTF-8" if charset == "utf-8" else charset
+        raise FormError(f"the body is not form-encoded {name}") from None
     except ValueError as exc:
         raise FormError(f"malformed form body: {exc}") from None
     if not pairs:
         raise FormError("empty body: nothing to write")
     return pairs
+
+
+def text_charset(name: str) -> str | None:
+    """``name`` if Python decodes text in that charset (``latin-1``, ``windows-1252``,
+    ``UTF-8``), else ``None`` (an unknown name, or a codec that is no text encoding)."""
+    try:
+        b"\0\0\0\0".decode(name)  # (not b"": Python decodes that without looking the codec up)
+    except LookupError:
+        return None
+    except ValueError:  # (a text codec all the same)
+        pass
+    return name
 
 
 def _escaped(text: str) -> str:
@@ -64,12 +79,13 @@ def _escaped(text: str) -> str:
     return text
 
 
-def parse_write(body: bytes, max_aliases: int) -> list[tuple[str, str]]:
+def parse_write(body: bytes, max_aliases: int, charset: str = "utf-8") -> list[tuple[str, str]]:
     """The ``alias=value`` pairs of a write.
 
+    :param charset: as :func:`parse_form`'s.
     :raises FormError: for a malformed body, a bad alias or too many aliases.
     """
-    pairs = parse_form(body)
+    pairs = parse_form(body, charset)
     if len(pairs) > max_aliases:
         raise FormError(f"{len(pairs)} aliases in one write; at most {max_aliases}")
     for alias, _ in pairs:
@@ -77,13 +93,14 @@ def parse_write(body: bytes, max_aliases: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_record(body: bytes, max_values: int) -> list[tuple[float, str]]:
+def parse_record(body: bytes, max_values: int, charset: str = "utf-8") -> list[tuple[float, str]]:
     """The ``timestamp=value`` pairs of a record request (epoch seconds).
 
+    :param charset: as :func:`parse_form`'s.
     :raises FormError: for a malformed body, a timestamp that is not a non-negative number,
         or too many values.
     """
-    pairs = parse_form(body)
+    pairs = parse_form(body, charset)
     if len(pairs) > max_values:
         raise FormError(f"{len(pairs)} values in one record request; at most {max_values}")
     out = []

@@ -25,7 +25,8 @@ from gateway.mqtt.topics import has_wildcard, valid_topic
 from gateway.errors import JournalError
 from gateway.httpdate import parse_http_date
 from gateway.ingest.form import (
-    FormError, check_alias, encode_values, parse_form, parse_read_query, parse_record, parse_vms, parse_write, valid_cik)
+    FormError, check_alias, encode_values, parse_form, parse_read_query, parse_record, parse_vms, parse_write,
+    text_charset, valid_cik)
 from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
@@ -209,18 +210,27 @@ class DeviceAPIResource(Resource):
 
     # -- request parts ----------------------------------------------------------------------
 
-    def _body(self, request: Request) -> bytes:
+    def _body(self, request: Request) -> tuple[bytes, str]:
+        """The request's form body and the charset its escaped bytes are in: the one its
+        ``Content-Type`` declares (``; charset=latin-1``), UTF-8 when it names none."""
         content = request.content
         assert content is not None
         content.seek(0, 2)
         size = max(content.tell(), getattr(request, "body_size", 0))  # (the site's requests count what they drop)
         if size > self.settings.max_body:
             raise RequestError(413, f"request body of {size} bytes; at most {self.settings.max_body}")
-        kind = request.getHeader(b"content-type")
-        if kind is not None and kind.split(b";")[0].strip().lower() != FORM:
+        kind, *parameters = (request.getHeader(b"content-type") or FORM).decode("latin-1").split(";")
+        if kind.strip().lower().encode() != FORM:
             raise RequestError(415, "send application/x-www-form-urlencoded")
+        charset = "utf-8"
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "charset":
+                charset = value.strip().strip('"')
+                if text_charset(charset) is None:
+                    raise RequestError(415, f"unknown charset {charset!r}: send UTF-8 (or name the body's charset)")
         content.seek(0)
-        return bytes(content.read())
+        return bytes(content.read()), charset
 
     def _device(self, request: Request) -> Deferred[str]:
         """The serial a request writes as, from its CIK or VMS header."""
@@ -256,10 +266,10 @@ class DeviceAPIResource(Resource):
     def _write(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         """A write; with aliases in the query, Exosite's Hybrid Write/Read: the write, then the
         read of those aliases answered as a GET's (the values just written included)."""
-        body = self._body(request)
+        body, charset = self._body(request)
         query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
         try:
-            pairs = parse_write(body, self.settings.max_aliases)
+            pairs = parse_write(body, self.settings.max_aliases, charset)
             reads = parse_read_query(query) if query else []
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
@@ -276,8 +286,8 @@ class DeviceAPIResource(Resource):
                                     "POST /onep:v1/stack/alias writes")
         try:
             alias = check_alias(unquote(raw_alias.decode("ascii"), errors="strict"))
-            body = self._body(request)
-            values = parse_record(body, self.settings.max_aliases)
+            body, charset = self._body(request)
+            values = parse_record(body, self.settings.max_aliases, charset)
         except UnicodeDecodeError:
             raise RequestError(400, "the alias in the path is not UTF-8") from None
         except FormError as exc:
@@ -379,7 +389,7 @@ class DeviceAPIResource(Resource):
 
     def _activate(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         try:
-            fields = dict(parse_form(self._body(request)))
+            fields = dict(parse_form(*self._body(request)))
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
         missing = [name for name in ("vendor", "model", "sn") if not fields.get(name)]
