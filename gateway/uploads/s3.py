@@ -11,6 +11,7 @@ that does not match it) and the request carries ``Content-MD5`` and
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import quote, urlsplit
 from twisted.internet.defer import Deferred
 
 from gateway.links.sigv4 import Credentials, sign_request
+from gateway.shown import shown
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import HTTPClient, Transfer, require_options, send_request
 
@@ -30,6 +32,28 @@ AWS_BUCKET = "aws.s3.bucket"
 AWS_OBJECT_KEY = "aws.object.key"
 #: S3's limit for one PUT Object.
 MAX_SINGLE_PUT = 5 * 2**30
+#: S3's bucket naming rules: 3 to 63 lower-case letters, digits, dots and hyphens, a letter
+#: or digit at each end (the bucket is a label of the host name, or a path segment).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
+#: A region is one label of the host name (``eu-west-1``) and one segment of the signature's scope.
+_REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def bucket_problem(bucket: str) -> str | None:
+    """Why ``bucket`` is no S3 bucket name (it would make another host name or path), or ``None``."""
+    if not _BUCKET.match(bucket) or ".." in bucket or ".-" in bucket or "-." in bucket or _IPV4.match(bucket):
+        return (f"'{AWS_BUCKET}': {shown(bucket)!r} is not an S3 bucket name (3 to 63 lower-case letters,"
+                " digits, '.' and '-', a letter or digit at each end, not an IP address)")
+    return None
+
+
+def region_problem(region: str) -> str | None:
+    """Why ``region`` is no region name (it goes into the host name and the signature), or ``None``."""
+    if not _REGION.match(region):
+        return (f"'{AWS_REGION}': {shown(region)!r} is not a region name (letters, digits and '-', as in"
+                " eu-west-1)")
+    return None
 
 
 def object_key(path: str) -> str:
@@ -45,7 +69,8 @@ class S3WithCredentials:
     :param credentials: the access key, secret and session token.
     :param region: the bucket's region (signed in the credential scope).
     :param bucket: the bucket.
-    :param key: the object key, or None for the file's path (:func:`object_key`).
+    :param key: the object key (without a leading ``/``, as :func:`object_key`'s), or None for
+        the file's path.
     :param endpoint: an S3-compatible endpoint (path-style URLs), or None for AWS's
         (``https://<bucket>.s3.<region>.amazonaws.com``; path-style for a bucket with dots).
     :param now: the current POSIX time (the signature's date).
@@ -68,9 +93,14 @@ class S3WithCredentials:
                      now: Callable[[], float] = time.time) -> S3WithCredentials:
         """Build it from Kanto's ``start`` options.
 
-        :raises InvalidRequest: naming every required option missing (Kanto's order).
+        :raises InvalidRequest: naming every required option missing (Kanto's order), or a
+            bucket or region that is no name of one.
         """
         require_options(options, (AWS_BUCKET, AWS_ACCESS_KEY_ID, AWS_REGION, AWS_SECRET_ACCESS_KEY))
+        problems = [problem for problem in (bucket_problem(options[AWS_BUCKET]), region_problem(options[AWS_REGION]))
+                    if problem is not None]
+        if problems:
+            raise InvalidRequest("; ".join(problems))
         credentials = Credentials(options[AWS_ACCESS_KEY_ID], options[AWS_SECRET_ACCESS_KEY],
                                   options.get(AWS_SESSION_TOKEN) or None)
         return cls(http, credentials, options[AWS_REGION], options[AWS_BUCKET], options.get(AWS_OBJECT_KEY) or None,

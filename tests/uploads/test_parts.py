@@ -248,6 +248,36 @@ class ProviderOptionTests(SynchronousTestCase):
                                   100, 65536)
         self.assertIn("'ftp://h/x': an https or http URL is required", str(error))  # said "https" with http allowed
 
+    def test_s3_bucket_and_region_are_names(self) -> None:
+        """The bucket and region of the cloud's ``start`` went into the host name unchecked
+        (``aws.s3.bucket: "a/b"`` put a path into it, ``evil.example/x#`` another host):
+        each that is no name of one is refused before any request, both named at once
+        (uploads.md); a leading ``/`` of an explicit key is dropped, as the default key's."""
+        options = {"storage.provider": "aws", "aws.access.key.id": "AKID", "aws.secret.access.key": "s",
+                   "aws.region": "eu-west-1", "aws.s3.bucket": "logs"}
+        for bucket in ("abc", "my.logs-2", "a" * 63, "0-0"):
+            self.make({**options, "aws.s3.bucket": bucket})
+        for region in ("us-gov-west-1", "garage", "EU1"):
+            self.make({**options, "aws.region": region})
+        for bucket in ("My_Bucket", "ab", "a" * 64, "a/b", "evil.example/x#", "-ab", "ab-", "a..b", "a.-b",
+                       "192.168.1.1", "logs\n"):
+            error = self.assertRaises(InvalidRequest, self.make, {**options, "aws.s3.bucket": bucket})
+            self.assertEqual(str(error), f"'aws.s3.bucket': {bucket!r} is not an S3 bucket name (3 to 63"
+                                         " lower-case letters, digits, '.' and '-', a letter or digit at each"
+                                         " end, not an IP address)")
+        for region in ("eu west", "eu-west-1.evil.example", "-eu", "x/y", "a" * 64):
+            error = self.assertRaises(InvalidRequest, self.make, {**options, "aws.region": region})
+            self.assertEqual(str(error), f"'aws.region': {region!r} is not a region name (letters, digits and"
+                                         " '-', as in eu-west-1)")
+        error = self.assertRaises(InvalidRequest, self.make,
+                                  {**options, "aws.s3.bucket": "My_Bucket", "aws.region": "eu west"})
+        self.assertEqual(str(error), "'aws.s3.bucket': 'My_Bucket' is not an S3 bucket name (3 to 63 lower-case"
+                                     " letters, digits, '.' and '-', a letter or digit at each end, not an IP"
+                                     " address); 'aws.region': 'eu west' is not a region name (letters, digits"
+                                     " and '-', as in eu-west-1)")
+        keyed = self.make({**options, "aws.object.key": "/k/x"})
+        self.assertEqual(keyed.url("/y"), "https://logs.s3.eu-west-1.amazonaws.com/k/x")
+
     def test_a_refused_url_is_named_without_its_query_or_credentials(self) -> None:
         """The refusal is logged and answered: the URL it names leaves out the query (a presigned
         URL's signature, a SAS) and the user information (a token is often the user name, and
