@@ -78,6 +78,8 @@ class FleetService(Service):
         self.uniform = uniform
         self.state = FleetState()
         self.failures = 0
+        #: when the first of the failed polls in a row failed (None: the last poll went well)
+        self._failing_since: float | None = None
         self.polls = 0
         self.last_error = ""
         self._refused_config = ""  # the digest of attributes the server refused as they are
@@ -177,7 +179,11 @@ class FleetService(Service):
                 yield self._cancel(links["cancelAction"])
             if "deploymentBase" in links:
                 yield self._deploy(links["deploymentBase"])
-            self.failures, self.last_error = 0, ""
+            if self.failures:
+                down = self.clock.seconds() - (self._failing_since or self.clock.seconds())
+                self.log.info("fleet polls succeed again after {failures} failed in a row ({down:.0f}s down; the "
+                              "last: {error})", failures=self.failures, down=down, error=self.last_error)
+            self.failures, self.last_error, self._failing_since = 0, "", None
             delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
         except DDIError as error:
             if not self.running:
@@ -196,6 +202,8 @@ class FleetService(Service):
 
     def _failed(self, reason: str) -> float:
         """Count a failed poll; the delay before the next (half to all of the backoff's cap)."""
+        if not self.failures:
+            self._failing_since = self.clock.seconds()
         self.failures += 1
         self.last_error = reason
         cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))

@@ -870,7 +870,8 @@ class FleetServiceTests(SynchronousTestCase):
 
     def test_401_429_and_5xx_back_off(self) -> None:
         """Failed polls back off (doubling from min_poll_interval, midpoint of [cap/2, cap]); a 429's
-        Retry-After is honoured; polling goes on normally after."""
+        Retry-After is honoured; polling goes on normally after, which is logged once with how
+        long the polls failed (fleet.md)."""
         self.server.errors = [(401, {}), (503, {}), (429, {"Retry-After": "300"})]
         fleet = self.start()
         self.run_for(6)      # t=5: 401 -> next in 15 (cap 20)
@@ -882,8 +883,15 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(fleet.failures, 3)
         self.run_for(290)
         self.assertEqual(self.server.polls, 0)
+        events = capture_log_events(self)
         self.run_for(15)
         self.assertEqual((self.server.polls, fleet.failures), (1, 0))
+        # the recovery is told once (nothing was logged when polls went well again), with how long
+        lines = [formatEvent(e) for e in events if "succeed again" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(3\d\ds down; the last: .*429")
+        self.run_for(600)
+        self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
 
     def test_unaccepted_feedback_is_kept_and_sent_again_after_a_restart(self) -> None:
         """Feedback the server did not take stays in the persisted outbox; after a restart it is sent
