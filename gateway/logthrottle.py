@@ -10,6 +10,10 @@ class LogThrottle:
     first time, then at most once per ``interval`` seconds of ``now``; each line says how
     many events it stands for, so a flood neither floods the log nor goes unseen.
 
+    No timer logs a burst's tail: the events after its last line are counted in the next
+    line, whenever an event comes again (docs/install.md, "Logs"). A timer would need a
+    line of its own for each of the throttled kinds and a cancel at each owner's stop.
+
     :param interval: seconds between two lines, at least.
     :param now: the clock to count them on (a steady one: ``clockstep.steady_seconds``).
     """
