@@ -26,6 +26,7 @@ from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
 from gateway.admin.router import STREAMING, Handler, Raw, RouteSpec, query, read_object
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import render_page
+from gateway.apps.errors import UnknownAppError
 from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import kanto_message
@@ -225,8 +226,16 @@ class AdminApi:
         return Raw(html, "text/html; charset=utf-8")
 
     def app_status(self, request: Any, name: str) -> Any:
-        """``GET /apps/NAME``: the status of an app's programs (404 when unknown)."""
-        return {"name": name, "programs": programs(self._apps().status(name))}
+        """``GET /apps/NAME``: the status of an app's programs (404 when unknown). ``GET
+        /apps/install`` is so too (an app may be named ``install``): its 404 says where the
+        install route is, which takes ``POST`` only."""
+        try:
+            return {"name": name, "programs": programs(self._apps().status(name))}
+        except UnknownAppError as error:
+            if name != "install":
+                raise
+            raise not_found(f"{error} (GET /apps/NAME is an app's status; a package is installed with "
+                            "POST /apps/install?filename=F)") from None
 
     def config_get(self, request: Any) -> Any:
         """``GET /config?key=a.b.c``: one value of the running configuration."""

@@ -249,6 +249,18 @@ class ReadRouteTests(SynchronousTestCase):
         r = h.call("GET", "/apps/nope")
         self.assertEqual((r.status, r.json()), (404, {"error": "no app or program 'nope'"}))
 
+    def test_get_apps_install_is_the_status_of_an_app_so_named(self) -> None:
+        """``GET /apps/install`` was 404 "no app or program 'install'" while a ``DELETE`` there
+        was 405 with ``Allow: GET, HEAD, POST``: it is the status of an app named ``install``
+        (a name an app may have), whose 404 now says where the install route is (admin.md)."""
+        h = Harness(self)
+        r = h.call("GET", "/apps/install")
+        self.assertEqual((r.status, r.json()), (404, {"error": (
+            "no app or program 'install' (GET /apps/NAME is an app's status; a package is installed with"
+            " POST /apps/install?filename=F)")}))
+        r = h.call("DELETE", "/apps/install")
+        self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD, POST"))
+
     def test_reports_and_metrics(self) -> None:
         """GET /reports: names and last bodies; GET /metrics: the Prometheus page as is."""
         h = Harness(self)
