@@ -7,17 +7,38 @@ or not: on an idle gateway that timer was a wake-up a second for each HTTP serve
 (``/metrics`` from the start, the admin API and the ingest from their first request, then
 for good), the most frequent one left (docs/benchmarks.md, idle gateway).
 :class:`DatedWhenLogged` starts no timer; a line, when there is one, is dated as it is written.
+A routine read (a GET or HEAD answered below 400) is no line at all unless
+``gateway.log_level`` is ``debug`` (:func:`log_routine_reads`): polled, it filled the log.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.logger import Logger
 from twisted.python import log as legacy_log
 from twisted.web.http import datetimeToLogString
 
 #: Formats one access log line: ``(date as twisted.web writes it, request) -> line``.
 AccessLine = Callable[[str, Any], str]
+
+#: The routine reads' lines (a GET or HEAD answered below 400), at debug level.
+_reads_log = Logger(namespace=__name__)
+#: Whether routine reads are logged (``gateway.log_level: debug``): :func:`log_routine_reads`.
+_routine_reads = {"logged": False}
+
+
+def log_routine_reads(logged: bool) -> None:
+    """Log each routine read (a GET or HEAD answered below 400), at debug level, or none
+    (the default): ``gatewayctl`` and a Prometheus scraping ``/metrics`` poll the admin API,
+    and each request was an info line. Process-wide, as the libraries' log level is: set
+    from ``gateway.log_level`` (``debug``) at start and at each configuration change."""
+    _routine_reads["logged"] = logged
+
+
+def routine_read(request: Any) -> bool:
+    """Whether ``request`` read without changing anything and was answered without error."""
+    return request.method in (b"GET", b"HEAD") and request.code < 400
 
 
 class DatedWhenLogged:
@@ -37,6 +58,13 @@ class DatedWhenLogged:
         """No timer to stop and no file to close."""
 
     def log(self, request: Any) -> None:
-        """Log one line for ``request``, dated now (nothing without :attr:`access_line`)."""
-        if self.access_line is not None:
+        """Log one line for ``request``, dated now (nothing without :attr:`access_line`): a
+        change or an error at info level, as twisted.web does, a routine read only at debug
+        level, and only when :func:`log_routine_reads` says so."""
+        if self.access_line is None:
+            return
+        if not routine_read(request):
             legacy_log.logfile.write(self.access_line(datetimeToLogString(self.reactor.seconds()), request) + "\n")
+        elif _routine_reads["logged"]:
+            _reads_log.debug("{access_line}",
+                             access_line=self.access_line(datetimeToLogString(self.reactor.seconds()), request))

@@ -19,7 +19,7 @@ from twisted.python import usage
 from gateway import acceptlog
 from gateway import config as gateway_config
 from gateway import gctuning
-from gateway import logbridge
+from gateway import httpaccesslog, logbridge
 from gateway import stdstreams
 from gateway.errors import ConfigError, GatewayError, ReactorError
 from gateway.exitdeadline import ExitDeadline
@@ -120,6 +120,7 @@ def makeService(options: Options) -> IService:
     assert root.changer is not None, "build_service made it"
     # The configuration the tree runs: a change whose deadline passed while stopped is reverted.
     logbridge.install(root.changer.config.gateway.log_level)
+    httpaccesslog.log_routine_reads(root.changer.config.gateway.log_level == "debug")
     # Out of descriptors, Twisted logs three lines per connection its ports close: throttled.
     root.log_observer = acceptlog.twistd_observer(options.parent, reactor)
     # Starting leaves free memory in the C heap; hand it back once everything is up.

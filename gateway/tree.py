@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from gateway import __version__, gctuning, logbridge
+from gateway import __version__, gctuning, httpaccesslog, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.operations import CONFIG_VERSION
@@ -225,10 +225,12 @@ def use_process_settings(root: GatewayTree, config: Config) -> None:
     """Set what of ``config`` belongs to the process, not to one service, when a
     configuration change (or its revert) restarts the tree: the time each service has to
     stop (``gateway.shutdown_timeout``) and the level the libraries log at
-    (``gateway.log_level``). At start :func:`build_service` sets the first and ``tap.py``
-    the second, from the configuration :meth:`ConfigChanger.recover` leaves running."""
+    (``gateway.log_level``, which also says whether the admin API's routine reads are
+    logged). At start :func:`build_service` sets the first and ``tap.py`` the second, from
+    the configuration :meth:`ConfigChanger.recover` leaves running."""
     root.shutdown_timeout = config.gateway.shutdown_timeout
     logbridge.install(config.gateway.log_level)
+    httpaccesslog.log_routine_reads(config.gateway.log_level == "debug")
 
 
 def tree_started(root: GatewayTree) -> None:

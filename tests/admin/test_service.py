@@ -30,6 +30,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.admin.token import TokenFileError, load_or_create_token
 from gateway.config import ErrorList, build_dataclass
 from gateway.errors import GatewayError
+from gateway.httpaccesslog import log_routine_reads
 from tests.admin.fakes import FakeApps, FakeReadSide
 from tests.apps.realtime import wait_until
 from tests.ports import free_port
@@ -260,6 +261,14 @@ class AdminServiceTests(TestCase):
         is 0600 (docs/admin.md); the line logged the whole URI, token included."""
         port, token, lines, treq = yield self.start_tcp_logged()
         url = f"http://127.0.0.1:{port}/?token={token}"
+        # a routine read is no line (its line is logged at once as it is answered: none came)
+        response = yield treq.get(url, headers={"Referer": url})
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        self.assertEqual([line for line in lines if "GET /?token=" in line], [])
+        # with gateway.log_level: debug, it is a (debug) line, without the token
+        self.addCleanup(log_routine_reads, False)
+        log_routine_reads(True)
         response = yield treq.get(url, headers={"Referer": url})
         self.assertEqual(response.code, 200)
         yield response.content()
@@ -276,6 +285,8 @@ class AdminServiceTests(TestCase):
         were logged whole (the redaction matched ``token=`` only as written). (``x`` is a
         query key the page does not take: refused, its token not logged either.)"""
         port, token, lines, treq = yield self.start_tcp_logged()
+        self.addCleanup(log_routine_reads, False)
+        log_routine_reads(True)  # (the 200 is a routine read: logged with gateway.log_level: debug)
         for query, code in (("%74oken", 200), ("TOKEN", 401), ("x=1&to%6Ben", 400)):
             response = yield treq.get(f"http://127.0.0.1:{port}/?{query}={token}")
             self.assertEqual(response.code, code)
