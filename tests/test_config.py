@@ -1329,11 +1329,16 @@ class LoadCheckTests(SynchronousTestCase):
 
     def test_http_link_header_named_twice(self) -> None:
         """A json link's ``headers`` naming one header twice, in two cases, sent both values
-        (header names are case-insensitive): refused under the second name (exosite.md)."""
+        (header names are case-insensitive): refused under the second name (exosite.md); so
+        is a header that frames the body, which the HTTP client writes itself."""
         self.assertOneError("http_links:\n  links:\n    j:\n      mode: json\n      url: 'https://i.example/in'\n"
                             "      headers: {Authorization: a, authorization: b}\n",
                             "http_links.links.j.headers.authorization",
                             "names the header 'Authorization' names again (case does not count)")
+        for name in ("Content-Length", "transfer-encoding"):  # (Twisted's client wrote its own beside it)
+            self.assertOneError("http_links:\n  links:\n    j:\n      mode: json\n      url: 'https://i.example/in'\n"
+                                f"      headers: {{{name}: '5'}}\n", f"http_links.links.j.headers.{name}",
+                                "the gateway sets it from each batch's body: it is no header to configure")
 
     def test_http_link_keys_of_the_other_mode(self) -> None:
         """docs/exosite.md: a ``json`` link has no downlink and an ``exosite`` link sends no

@@ -122,7 +122,8 @@ class HTTPLinkSettings:
         """What the link would stumble on at start: its URL, its CA file (read and parsed now,
         as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in,
         retry delays that depend on each other, a key of the other mode (a json link's
-        ``downlink``, an exosite link's ``headers``) and one header named twice."""
+        ``downlink``, an exosite link's ``headers``), one header named twice and a header that
+        frames the body, which the HTTP client writes itself."""
         problem = url_problem(self.url, _EXOSITE_URL if self.mode == "exosite" else _JSON_URL, allow_http=True)
         if problem is not None:
             yield ("url",), problem
@@ -145,6 +146,8 @@ class HTTPLinkSettings:
             if name.lower() in seen:
                 yield ("headers", name), f"names the header {seen[name.lower()]!r} names again (case does not count)"
             seen.setdefault(name.lower(), name)
+            if name.lower() in ("content-length", "transfer-encoding"):  # (Twisted writes its own: two would go)
+                yield ("headers", name), "the gateway sets it from each batch's body: it is no header to configure"
 
 
 @dataclass(frozen=True)
