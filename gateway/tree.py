@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from gateway import __version__, gctuning, httpaccesslog, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
+from gateway.apps.oomkills import OomKillCounts
 from gateway.apps.operations import CONFIG_VERSION
 from gateway.apps.service import AppsService
 from gateway.blocking import in_reactor_threads
@@ -334,6 +335,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     accounting_service.setServiceParent(root)
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
                        prepare_cgroup=accounting.prepare if accounting.supported else None,
+                       oom_kills=OomKillCounts().count,
                        watch_spool=False)  # started by tree_started, once the containers are loaded too
     apps.setName("apps")
     apps.setServiceParent(root)

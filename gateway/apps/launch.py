@@ -12,16 +12,19 @@ This process then
    (per-app byte accounting, :mod:`gateway.telemetry.appbytes`; still as the gateway's
    user, who may do both; a failure only costs the accounting and is written to the
    program's stderr);
-3. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
+3. raises its ``oom_score_adj`` to :data:`OOM_SCORE_ADJ` (500) unless it is higher already, so
+   that under memory pressure the kernel's OOM killer takes a hosted program before the
+   gateway (any process may raise its own; a failure is written to the program's stderr);
+4. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
    not in Twisted, so that this script still runs as the gateway's user, who can read it;
    before that, the app's state directory is given to that user if the gateway's user
    still owns it (the first program of the app to run as someone else);
-4. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
-   (``prctl(PR_SET_PDEATHSIG)``; after step 3, which would clear it), so the command does
+5. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
+   (``prctl(PR_SET_PDEATHSIG)``; after step 4, which would clear it), so the command does
    not outlive a gateway killed with SIGKILL; where prctl does not exist (not Linux) this
    step is skipped;
-5. checks that the gateway is still its parent (it may have died before step 3);
-6. replaces itself with the command (``execvp``): same pid, no process left in between.
+6. checks that the gateway is still its parent (it may have died before step 4);
+7. replaces itself with the command (``execvp``): same pid, no process left in between.
 
 It is run with ``-I -S`` and imports nothing from the gateway, so it starts in a few ms.
 The gateway imports :func:`launch_command` from here to build that command line.
@@ -37,6 +40,17 @@ from typing import Any, NamedTuple, Sequence
 PR_SET_PDEATHSIG = 1
 #: This file, which the gateway runs.
 LAUNCH = os.path.abspath(__file__)
+#: The ``oom_score_adj`` every program (and ``install.sh``, health check, update script) runs
+#: with at least. The OOM killer takes the process with the highest ``badness``: its memory in
+#: pages plus ``oom_score_adj`` thousandths of the memory it may use (the machine's, or its
+#: memory cgroup's limit). 500 makes a program the kernel's choice over the gateway (0, or the
+#: unit's ``OOMScoreAdjust=``) unless the gateway holds half of that memory more than the
+#: program: a leaking program is killed and restarted, the broker and the journal stay up; a
+#: leaking gateway is still the one taken (1000 would have every program killed, again and
+#: again, before it).
+OOM_SCORE_ADJ = 500
+#: Where Linux keeps a process's own ``oom_score_adj``.
+OWN_OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 
 
 class CgroupJoin(NamedTuple):
@@ -107,6 +121,23 @@ def _join_cgroup(procs: str) -> None:
         pass  # only the per-app byte count is lost; the usage report says when it cannot count
 
 
+def raise_oom_score_adj(path: str = OWN_OOM_SCORE_ADJ, value: int = OOM_SCORE_ADJ) -> None:
+    """Raise the ``oom_score_adj`` in ``path`` to ``value`` unless it is that high already (one an
+    operator set higher stays). Where there is no such file (not Linux) nothing happens; a
+    failure is written to stderr, the program's log: it runs all the same."""
+    try:
+        with open(path) as file:
+            if int(file.read()) >= value:
+                return
+        with open(path, "w") as file:
+            file.write(str(value))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"gateway launcher: cannot raise its oom_score_adj to {value}"
+                         f" (the OOM killer may take the gateway before it): {exc}\n")
+
+
 def _give_state_dir(uid: int, gid: int) -> None:
     """Give the app's ``GATEWAY_APP_STATE_DIR`` and what it holds to the user the program runs
     as, the first time a program of the app runs as someone else than the gateway's user (who
@@ -152,6 +183,7 @@ def main(argv: list[str]) -> None:
         _add_rules(nft, rules)
     if procs:
         _join_cgroup(procs)
+    raise_oom_score_adj()
     prctl = _prctl()
     if user:
         _switch_user(user)

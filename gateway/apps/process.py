@@ -35,6 +35,10 @@ SPAWN_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENO
 #: Seconds between two log lines about a program that cannot be spawned for such a shortage.
 SHORTAGE_LOG_INTERVAL = 60.0
 
+#: What a failed start's ``error`` adds to ``killed by signal 9`` when the kernel's OOM killer
+#: took the program (:mod:`gateway.apps.oomkills`).
+OOM_KILLED = " (the kernel's OOM killer: out of memory)"
+
 
 def exit_status(reason: Failure) -> int:
     """A finished process's exit code, or minus the signal that killed it."""
@@ -117,17 +121,23 @@ class ProcessLauncher:
     :param prepare_cgroup: ``app -> CgroupJoin or None``, called before each spawn
         (per-app byte accounting, :mod:`gateway.telemetry.appbytes`): the launcher moves the
         program into that cgroup before it switches user and execs.
+    :param oom_kills: ``CgroupJoin or None -> count or None``: how many processes the kernel's
+        OOM killer took in the memory cgroup a program so spawned runs in
+        (:meth:`gateway.apps.oomkills.OomKillCounts.count`); None tells nothing.
     """
 
     def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
                  kill: Callable[[int, int], None] = os.kill,
                  records: GroupRecords | None = None,
-                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None) -> None:
+                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None,
+                 oom_kills: Callable[[CgroupJoin | None], int | None] | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         self._kill = kill
         self._records = records
         self._prepare_cgroup = prepare_cgroup
+        self._oom_kills = oom_kills
+        self._joins: dict[str, CgroupJoin | None] = {}  # app -> the cgroup its last spawn joined
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
         """Start ``spec``'s command; raises OSError (its directory does not exist, a command
@@ -140,10 +150,16 @@ class ProcessLauncher:
             user = spec.settings.user
         env = self.with_run_id(spec.env)
         cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
+        self._joins[spec.app] = cgroup
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
         executable, args = launch_command(spec.argv, user, cgroup)
         check_exec_size(executable, args, env)
         return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
+
+    def oom_kill_count(self, app: str) -> int | None:
+        """How many processes the kernel's OOM killer has taken in the memory cgroup the
+        programs of ``app`` run in (as of its last spawn), or None where that cannot be told."""
+        return None if self._oom_kills is None else self._oom_kills(self._joins.get(app))
 
     def with_run_id(self, env: dict[str, str]) -> dict[str, str]:
         """``env`` with this gateway run's ``GATEWAY_RUN_ID``, which marks what a program (or a
@@ -268,6 +284,7 @@ class ProgramProcess:
         self._on_change = on_change
         self._protocol: _ProgramProtocol | None = None
         self._started_at = 0.0
+        self._oom_kills: int | None = None  # its memory cgroup's OOM kill count at its spawn
         self._stop_waiters: list[Deferred[None]] = []
         self._open_pipes: set[_ProgramProtocol] = set()
         self._drain_waiters: list[Deferred[None]] = []
@@ -418,6 +435,7 @@ class ProgramProcess:
             # exit has been handled before we get here.
             return
         self.pid = transport.pid
+        self._oom_kills = self._launcher.oom_kill_count(self.spec.app)
         self._launcher.spawned(self.spec.name, transport.pid)
         if not self._quiet:
             log.info("apps: {name} spawned, pid {pid}", name=self.spec.name, pid=self.pid)
@@ -445,6 +463,7 @@ class ProgramProcess:
             self._launcher.signal_group(protocol.pid, signal.SIGKILL)
             self._launcher.ended(self.spec.name, protocol.pid)
         uptime = steady_seconds(self._clock) - self._started_at
+        oom = self.state is not ProgramState.STOPPING and self._taken_by_oom_killer()
         if self.state is ProgramState.STOPPING:
             self._quiet = False
             log.info("apps: {name} stopped after {uptime:.1f}s: {how}", name=self.spec.name,
@@ -452,7 +471,11 @@ class ProgramProcess:
         else:  # (a program that ends by itself: a crash, or a mistake the operator reads in its log)
             loop = self._exit_lines.note(uptime)
             self._quiet = loop is None
-            if loop is not None:
+            if loop is not None and oom:
+                log.warn("apps: {name} {how} after {uptime:.1f}s, not by the gateway: the kernel's OOM killer"
+                         " took it (out of memory: its memory cgroup counted an OOM kill meanwhile){loop}",
+                         name=self.spec.name, how=describe_exit(self.exitstatus), uptime=uptime, loop=loop)
+            elif loop is not None:
                 log.warn("apps: {name} {how} after {uptime:.1f}s, on its own: see why in its log (gatewayctl apps"
                          " logs {name}){loop}", name=self.spec.name, how=describe_exit(self.exitstatus),
                          uptime=uptime, loop=loop)
@@ -464,6 +487,7 @@ class ProgramProcess:
         if self.state is ProgramState.STARTING:
             status = self.exitstatus
             how = f"exited with {status}" if status >= 0 else f"killed by signal {-status}"
+            how += OOM_KILLED if oom else ""
             self._start_failed(f"{how} before {self.spec.settings.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
@@ -471,6 +495,15 @@ class ProgramProcess:
             if self.state is ProgramState.EXITED and self._should_restart(self.exitstatus):
                 delay = self._schedule.exited(uptime)
                 self._when_looked(lambda: self._schedule.restart_later(delay, self._spawn))
+
+    def _taken_by_oom_killer(self) -> bool:
+        """Whether its end on its own was the kernel's OOM killer's: SIGKILL (no stop was asked),
+        and the OOM kill count of its memory cgroup rose since its spawn."""
+        before, self._oom_kills = self._oom_kills, None
+        if self.exitstatus != -signal.SIGKILL or before is None:
+            return False
+        now = self._launcher.oom_kill_count(self.spec.app)
+        return now is not None and now > before
 
     def _sweep(self, group: int | None) -> None:
         """Kill what it started that left its group ``group``, then STOPPED: fire the stop's waiters."""

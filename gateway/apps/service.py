@@ -47,6 +47,9 @@ class AppsService(Service):
         (tests with a fake reactor pass one over a fake ``/proc``).
     :param prepare_cgroup: called with an app's name before each of its programs starts
         (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`).
+    :param oom_kills: reads the OOM kill count of a program's memory cgroup, so that an end
+        by the kernel's OOM killer is told as such (:class:`~gateway.apps.oomkills.OomKillCounts`;
+        None: not told).
     :param watch_spool: start watching the spool in ``startService``; the gateway's tree
         passes False and starts :attr:`spool` itself once every kind of app is loaded.
     """
@@ -57,6 +60,7 @@ class AppsService(Service):
                  threaded_logs: bool = True,
                  process_table: ProcessTable | None = None,
                  prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None,
+                 oom_kills: Callable[[CgroupJoin | None], int | None] | None = None,
                  watch_spool: bool = True) -> None:
         self._reactor = reactor
         self._watch_spool = watch_spool
@@ -70,7 +74,7 @@ class AppsService(Service):
         #: spawns every program and command in its own group and records it in ``processes.json``
         #: (the updates service runs its scripts through it too: the next start stops their leftovers).
         self.launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
-                                        prepare_cgroup=prepare_cgroup)
+                                        prepare_cgroup=prepare_cgroup, oom_kills=oom_kills)
         self.supervisor = AppSupervisor(self.launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 #: The checkpoint's format, its ``format`` member (:mod:`gateway.broker.checkpointreader` refuses another).
 FORMAT = 1
-#: Retained messages encoded together, as one part of a checkpoint (:func:`encoded_parts`).
+#: Retained messages encoded together, as one part of a checkpoint (:func:`encoded_parts`): at
+#: most this many, and with no more than :data:`RETAINED_PART_BYTES` of payloads.
 RETAINED_PER_PART = 1000
+#: The payload bytes of one part's retained messages (one message alone may have more).
+RETAINED_PART_BYTES = 2**20
 
 #: What a checkpoint holds: the broker's persistent state as plain data (:func:`checkpoint_content`
 #: takes it, :func:`gateway.broker.checkpointreader.read_checkpoint` reads it back). Not the read
@@ -79,7 +82,10 @@ def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:
 
 def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
     """``state`` (from :func:`checkpoint_content`) as the checkpoint's JSON, a part at a time: one per
-    session, one per :data:`RETAINED_PER_PART` retained messages.
+    session, one per :data:`RETAINED_PER_PART` retained messages or :data:`RETAINED_PART_BYTES`
+    of their payloads, whichever comes first (a thousand retained messages of 1 MB made one
+    part of 1.3 GB of text, held several times over: a gateway in a 160 MiB memory limit with
+    81 of them was taken by the OOM killer at each start, as it wrote its first checkpoint).
 
     Encoded whole, a large state (a thousand offline sessions with full queues) took as
     much again as text several times over (the payloads as base64, the JSON, its bytes),
@@ -97,11 +103,25 @@ def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
                    "inflight": [[i, t, _b64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]}
         yield (b"," if n else b"") + _dumps(encoded).encode()
     yield b'],"retained":['
-    retained = state["retained"]
-    for start in range(0, len(retained), RETAINED_PER_PART):
-        rows = [[t, _b64(p), q] for t, p, q in retained[start:start + RETAINED_PER_PART]]
-        yield (b"," if start else b"") + _dumps(rows)[1:-1].encode()
+    for n, part in enumerate(_retained_parts(state["retained"])):
+        rows = [[t, _b64(p), q] for t, p, q in part]
+        yield (b"," if n else b"") + _dumps(rows)[1:-1].encode()
     yield b"]}"
+
+
+def _retained_parts(retained: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """``retained`` (``[topic, payload, qos]`` rows) in parts of at most :data:`RETAINED_PER_PART`
+    rows and :data:`RETAINED_PART_BYTES` of payloads (a larger payload is a part of its own)."""
+    part: list[list[Any]] = []
+    size = 0
+    for row in retained:
+        if part and (len(part) >= RETAINED_PER_PART or size + len(row[1]) > RETAINED_PART_BYTES):
+            yield part
+            part, size = [], 0
+        part.append(row)
+        size += len(row[1])
+    if part:
+        yield part
 
 
 def _b64(data: bytes) -> str:

@@ -27,6 +27,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
+from gateway.apps.launch import OOM_SCORE_ADJ
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure, RuntimeUnavailable
 from gateway.containers.runtime import ContainerState, ImageInfo, RuntimeEvent
@@ -191,6 +192,8 @@ def _create_body(name: str, image_id: str, description: ContainerDescription,
         "name": name, "image": image_id, "labels": labels, "env": dict(description.env),
         "netns": {"nsmode": description.network_mode},
         "stop_timeout": whole_seconds(description.stop_timeout),
+        # (the OOM killer takes a container before the gateway, as it takes a hosted program)
+        "oom_score_adj": OOM_SCORE_ADJ,
         "mounts": [{"type": "bind", "source": m.source, "destination": m.destination,
                     "options": ["rbind", "ro" if m.read_only else "rw"]} for m in description.mounts],
         "portmappings": [{"container_port": p.container_port, "host_port": p.host_port,

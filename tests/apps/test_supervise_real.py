@@ -113,14 +113,15 @@ class RealProcessTests(TestCase):
 
     @inlineCallbacks
     def test_runs_as_user(self) -> None:
-        """user= switches to that user when the gateway runs as root."""
+        """user= switches to that user when the gateway runs as root; the program keeps the
+        oom_score_adj (500) the launcher gave it before, which the OOM killer reads."""
         if os.getuid() != 0:
             raise SkipTest("needs root")
         yield self.start(who=ProgramSettings(
-            command="sh -c 'id -u; echo $USER; sleep 30'", startsecs=0, user="nobody"))
+            command="sh -c 'id -u; echo $USER; cat /proc/self/oom_score_adj; sleep 30'", startsecs=0, user="nobody"))
         log = self.state / "logs" / "apps" / "who.log"
-        yield wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2)
-        self.assertEqual(log.read_text().split(), [str(pwd.getpwnam("nobody").pw_uid), "nobody"])
+        yield wait_until(lambda: log.exists() and log.read_text().count("\n") >= 3)
+        self.assertEqual(log.read_text().split(), [str(pwd.getpwnam("nobody").pw_uid), "nobody", "500"])
 
     @inlineCallbacks
     def test_a_program_run_as_a_user_may_write_its_state_dir(self) -> None:

@@ -183,7 +183,8 @@ class PodmanClientTests(SynchronousTestCase):
         self.assertEqual(frames, [(1, b"out"), (2, b"err\n")])
 
     def test_create_body(self) -> None:
-        """Limits, network, mounts, ports and a delegated restart policy map to podman's SpecGenerator."""
+        """Limits, network, mounts, ports and a delegated restart policy map to podman's
+        SpecGenerator; the container runs at the oom_score_adj of a hosted program."""
         description = from_mapping({
             "image": "r/x:1", "memory": "64M", "cpus": 0.5, "network_mode": "bridge", "env": {"A": "1"},
             "mounts": [{"source": "/data", "destination": "/d", "read_only": True}],
@@ -196,6 +197,7 @@ class PodmanClientTests(SynchronousTestCase):
                          ({"nsmode": "bridge"}, "on-failure", 2))
         self.assertEqual(body["mounts"][0]["options"], ["rbind", "ro"])
         self.assertEqual(body["portmappings"][0]["host_port"], 8080)
+        self.assertEqual(body["oom_score_adj"], 500)  # (the OOM killer's first choice, before the gateway)
 
     def test_exit_code_podman_does_not_give_is_unknown(self) -> None:
         """An exited container's state with no ExitCode (or a null one) has an unknown exit status

@@ -48,6 +48,21 @@ def description(tag: str = "1", **more: Any) -> ContainerDescription:
                                    "startsecs": 0.3, **more})
 
 
+def kernel_memory_limit(pid: int) -> int | None:
+    """The memory limit, in bytes, of the memory cgroup process ``pid`` runs in (cgroup v1
+    ``memory.limit_in_bytes``, v2 ``memory.max``); None for none (``max``)."""
+    v2 = None
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            limit = int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text())
+            return None if limit >= 2**62 else limit
+        if hierarchy == "0":
+            v2 = path
+    text = Path(f"/sys/fs/cgroup{v2}/memory.max").read_text().strip()
+    return None if text == "max" else int(text)
+
+
 class RealPodmanTests(TestCase):
     timeout = 120
 
@@ -85,13 +100,18 @@ class RealPodmanTests(TestCase):
     @inlineCallbacks
     def test_install_from_registry_runs_limited_logged_and_reported(self) -> None:
         """An install pulls the image from the registry, runs it RUNNING with the memory limit
-        applied, copies stdout and stderr into the app's logs, and engine_report shows it."""
+        applied (by the kernel too) and an oom_score_adj of 500, copies stdout and stderr into
+        the app's logs, and engine_report shows it."""
         yield self.start()
         result = yield self.containers.operations.install("hello", "1", description(memory="64M"))
         self.assertTrue(result.ok, result)
         self.assertTrue(self.running("hello"))
         inspected = self.podman.inspect(self.unit("hello").container_id)
         self.assertEqual(inspected["HostConfig"]["Memory"], 64 * 2**20)
+        # (and the kernel enforces it: the limit of the memory cgroup the container runs in)
+        self.assertEqual(kernel_memory_limit(self.unit("hello").pid), 64 * 2**20)
+        # (the OOM killer takes it before the gateway, as it takes a hosted program)
+        self.assertEqual(Path(f"/proc/{self.unit('hello').pid}/oom_score_adj").read_text(), "500\n")
         # stdout and stderr come as separate frames of podman's log stream, "oops" after "hello":
         # the stdout line being in its file says nothing about the stderr one, so wait for both.
         out, err = self.state / "logs/apps/hello.log", self.state / "logs/apps/hello.err.log"

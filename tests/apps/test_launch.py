@@ -1,0 +1,46 @@
+"""The launcher's steps that can be run in this process: the oom_score_adj it gives a program."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from unittest import mock
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.launch import OOM_SCORE_ADJ, raise_oom_score_adj
+
+
+class RaiseOomScoreAdjTests(SynchronousTestCase):
+    """A program runs with an oom_score_adj of at least 500, so the OOM killer takes it first."""
+
+    def adjusted(self, before: str) -> str:
+        path = Path(self.mktemp())
+        path.write_text(before)
+        raise_oom_score_adj(str(path))
+        return path.read_text()
+
+    def test_a_lower_value_is_raised(self) -> None:
+        """The gateway's 0 (or the unit's negative OOMScoreAdjust) becomes 500."""
+        self.assertEqual(OOM_SCORE_ADJ, 500)
+        self.assertEqual(self.adjusted("0\n"), "500")
+        self.assertEqual(self.adjusted("-100\n"), "500")
+
+    def test_a_higher_value_stays(self) -> None:
+        """One an operator set higher for the gateway, which the program inherits, is kept."""
+        self.assertEqual(self.adjusted("800\n"), "800\n")
+
+    def test_no_such_file_does_nothing(self) -> None:
+        """Where Linux's file does not exist (not Linux), nothing happens and nothing is said."""
+        with mock.patch("sys.stderr", io.StringIO()) as stderr:
+            raise_oom_score_adj(str(Path(self.mktemp()) / "missing"))
+        self.assertEqual(stderr.getvalue(), "")
+
+    def test_a_failure_is_written_to_the_programs_stderr(self) -> None:
+        """A file that cannot be read or written is said on stderr (the program's log); the
+        program runs all the same (no exception)."""
+        path = Path(self.mktemp())
+        path.mkdir()
+        with mock.patch("sys.stderr", io.StringIO()) as stderr:
+            raise_oom_score_adj(str(path))
+        self.assertIn("gateway launcher: cannot raise its oom_score_adj to 500", stderr.getvalue())
