@@ -17,6 +17,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from gateway import httpaccesslog, logbridge
 from tests.ports import closed_port, free_port
 from tests.test_tree import TreeHelpers
 
@@ -35,6 +36,9 @@ class ConnectionsAcrossAChangeTests(TreeHelpers, TestCase):
         MQTT clients on ``port``, and ``more`` sections."""
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
+        # the tests change gateway.log_level to debug: the next tests get the default's logging back
+        self.addCleanup(httpaccesslog.log_routine_reads, False)
+        self.addCleanup(logbridge.install, "info")
         return (yield self.start_tree(work, "\n", port or free_port(), ANONYMOUS + more + (
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n"),
             metrics=metrics))
