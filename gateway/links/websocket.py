@@ -62,6 +62,8 @@ class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
 class _Factory(WrappingWebSocketClientFactory):
     """Builds one adapter; ``opened`` fires with the stream protocol once the WebSocket is open."""
 
+    noisy = False  # (one factory per connection: Twisted's "Starting factory" line at each)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opened: Deferred[Any] = Deferred()

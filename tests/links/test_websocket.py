@@ -40,7 +40,8 @@ class HandshakeTimeoutTests(TestCase):
         """A server that accepts and stays silent fails the connection attempt after the
         given handshake timeout (here 0.5 s), with a reason that says so, and is counted. The
         endpoint logs nothing of it: the link's throttled "cannot connect" line says it (the
-        endpoint's own "WebSocket to URL failed: ..." came at every attempt besides)."""
+        endpoint's own "WebSocket to URL failed: ..." came at every attempt besides), nor of the
+        connection's start."""
         events = capture_log_events(self)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Silent))
         self.addCleanup(port.stopListening)
@@ -55,6 +56,9 @@ class HandshakeTimeoutTests(TestCase):
         self.assertEqual(endpoint.failures, 1)
         self.assertEqual([formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn
                           and e.get("log_namespace", "").startswith("gateway.")], [])
+        # nor Twisted's "Starting factory <gateway.links.websocket._Factory object at 0x...>",
+        # which every connection of an aws websocket link logged
+        self.assertEqual([formatEvent(e) for e in events if "gateway.links.websocket" in formatEvent(e)], [])
 
 
 class AWSWebSocketURLTests(SynchronousTestCase):
