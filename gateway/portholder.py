@@ -46,9 +46,13 @@ def listen_refusal(failure: Failure) -> str:
     """A failed listen's message, naming the process that holds the port when the address is in
     use and that process can be seen: ``Couldn't listen on 127.0.0.1:1883: [Errno 98] Address
     already in use; held by pid 1234 (mosquitto -c /etc/mosquitto.conf).``; and, for a unix
-    socket whose lock names a live process, that pid."""
+    socket whose lock names a live process, that pid. An IPv6 address is in brackets,
+    ``[::1]:1883``."""
     message = failure.getErrorMessage()
     error = failure.value
+    if isinstance(error, CannotListenError) and ":" in (error.interface or ""):
+        # Twisted's own message writes an IPv6 address bare, "::1:1883", ":::1883"
+        message = f"Couldn't listen on [{error.interface}]:{error.port}: {error.socketError}."
     socket = lock_refused_path(error)
     if socket is not None:  # (a unix socket whose lock names a live process: not one left behind)
         return (f"{message.rstrip('.')}: {socket}.lock names pid {lock_holder(socket)}, a live process"

@@ -57,3 +57,10 @@ class ListenRefusalTests(TestCase):
                              f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use.")
         denied = Failure(CannotListenError("127.0.0.1", 80, OSError(errno.EACCES, "Permission denied")))
         self.assertEqual(listen_refusal(denied), "Couldn't listen on 127.0.0.1:80: [Errno 13] Permission denied.")
+
+    def test_an_ipv6_address_is_in_brackets(self) -> None:
+        """An IPv6 address is written as in a URL: Twisted's message had ``::1:80`` and, for
+        every IPv6 address, ``:::80``."""
+        for interface, shown in (("::1", "[::1]:80"), ("::", "[::]:80")):
+            denied = Failure(CannotListenError(interface, 80, OSError(errno.EACCES, "Permission denied")))
+            self.assertEqual(listen_refusal(denied), f"Couldn't listen on {shown}: [Errno 13] Permission denied.")

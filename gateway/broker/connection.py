@@ -244,6 +244,11 @@ class MQTTConnection(Protocol):
         """The peer's address as ``(host, port)``; ``("unix:<path>", 0)`` for a unix socket."""
         return address_parts(self.transport.getPeer())
 
+    def peer_text(self) -> str:
+        """The peer's address as an operator writes it (``10.0.0.7:50412``, ``[::1]:50412``,
+        ``unix:<path>``), for log lines."""
+        return address_text(self.transport.getPeer())
+
     def peer_certificate(self) -> Any:
         """The peer's verified TLS certificate (pyOpenSSL), or ``None``."""
         getter = getattr(self.transport, "getPeerCertificate", None)
@@ -328,7 +333,7 @@ class MQTTConnection(Protocol):
         ``connect_timeout`` for those answers: the journal may be stuck, and a client that
         broke the protocol does not hold a connection open for longer."""
         if not self.violated:  # (one line a connection: a packet handed over after it may break the rules too)
-            self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what}")
+            self.factory.violation(f"closing {self.peer_text()}: {what}")
         self.violated = True
         self.factory.serving.discard(self)  # (closing: no longer counted against max_connections)
         handler = self.handler
@@ -396,11 +401,11 @@ class MQTTConnection(Protocol):
             self.undecided_bytes = -1
             self.pending = []
             what = "no CONNECT" if not self.framer.packets_complete else "its CONNECT not decided (authentication)"
-            self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what} within "
+            self.factory.violation(f"closing {self.peer_text()}: {what} within "
                                    f"{self.factory.connect_timeout} s", count=False)
         else:
             self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
-                          "[MQTT-3.1.2-24]", peer=address_text(self.transport.getPeer()), limit=self._keepalive,
+                          "[MQTT-3.1.2-24]", peer=self.peer_text(), limit=self._keepalive,
                           keep_alive=self._keepalive / 1.5)
         self.abort()
 
@@ -491,7 +496,7 @@ class MQTTConnection(Protocol):
         self.lost = True
         self.deadline = 0.0
         if _tls_failure(reason) and not self.violated:
-            self.factory.tls_failed(address_text(self.transport.getPeer()), reason.value)
+            self.factory.tls_failed(self.peer_text(), reason.value)
         handler, self.handler = self.handler, None
         if handler is not None:
             self.pending = []

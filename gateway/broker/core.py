@@ -247,11 +247,10 @@ class GatewayBroker(Router[SessionHandler]):
         self.refused += 1
         count = self._refusal_lines.note()
         if count is not None:
-            address = connection.peer_address()
             self.log.warn("refusing client {client_id!r}{user} from {address}: {reason} (CONNACK {code}; {count} "
                           "refused since the last such line)", client_id=client_id,
                           user="" if username is None else f" (user {shown_repr(username)})",
-                          address=f"{address[0]}:{address[1]}", reason=reason, code=code, count=count)
+                          address=connection.peer_text(), reason=reason, code=code, count=count)
         connection.refuse(code)
 
     # -- the end of a connection ---------------------------------------------------------------------

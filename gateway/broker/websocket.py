@@ -7,7 +7,8 @@ the CONNECT deadline, keep-alive and back-pressure are the same. The MQTT connec
 made with the TCP connection: the CONNECT deadline covers the WebSocket handshake too. The WebSocket
 subprotocol is ``mqtt`` (or ``mqttv3.1``) when the client asks for one; a client that asks
 only for others is refused with HTTP 406. Any ``Origin`` is accepted (a browser page's, from
-any site or a file). A text message breaks the MQTT-over-WebSocket
+any site or a file; one written in a form autobahn cannot parse, too: see
+:func:`without_origin`). A text message breaks the MQTT-over-WebSocket
 rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
 lets an application send no other code below 3000). An opening handshake (its HTTP request
 head) over :data:`MAX_HANDSHAKE` bytes is refused with HTTP 431: autobahn gathers a head with
@@ -32,6 +33,28 @@ SUBPROTOCOLS = ("mqtt", "mqttv3.1")
 BINARY_ONLY = "MQTT goes in binary messages"
 #: The most bytes an opening handshake may take (twisted.web's limit for a request's head).
 MAX_HANDSHAKE = 16384
+
+
+#: The headers that name a browser page's origin (RFC 6455's, and its drafts').
+ORIGIN_HEADERS = (b"origin", b"sec-websocket-origin")
+
+
+def without_origin(head: bytes) -> bytes:
+    """An opening handshake's head without its ``Origin`` headers (and their continuation
+    lines). Any origin is accepted, so autobahn need not read it; it refused with HTTP 400 one
+    it could not parse, as paho-mqtt writes for an IPv6 address (``http://::1:8083``), and one
+    sent twice."""
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if kept and line[:1] in (b" ", b"\t"):  # (a folded header's continuation)
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = bool(kept) and line.split(b":", 1)[0].strip().lower() in ORIGIN_HEADERS
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept)
 
 
 class WebSocketStream:
@@ -120,7 +143,8 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         """Refuse an opening handshake whose head (up to its blank line; not the frames a client
         may send right after it) is over :data:`MAX_HANDSHAKE` bytes, with HTTP 431, before
         autobahn handles it, whether it comes whole or without end; what comes once it is
-        refused is dropped."""
+        refused is dropped. The head goes to autobahn once whole (autobahn waits for its end
+        too), without its ``Origin`` headers (:func:`without_origin`)."""
         if self._refused:
             return
         if self._head is not None and self.state == self.STATE_CONNECTING:
@@ -130,8 +154,10 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
             if (len(self._head) if end < 0 else end + 4) > MAX_HANDSHAKE:
                 self._refuse()
                 return
-            if end >= 0:
-                self._head = None
+            if end < 0:
+                return
+            data = without_origin(self._head[:end + 4]) + self._head[end + 4:]
+            self._head = None
         super().dataReceived(data)
 
     def _refuse(self) -> None:
@@ -173,7 +199,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         text one closes the WebSocket."""
         self._binary = isBinary
         if self.mqtt is not None and not isBinary:
-            self.factory.mqtt.violation(f"closing {self.peer}: a text WebSocket message "
+            self.factory.mqtt.violation(f"closing {self.mqtt.peer_text()}: a text WebSocket message "
                                         "(MQTT goes in binary messages)")
             self.sendClose(1000, BINARY_ONLY)
 

@@ -202,11 +202,11 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
         raise LinkError(f"aws.credentials_file: {exc}") from None
     scheme = "wss" if settings.endpoint.startswith("tls:") else "ws"
     # An IPv6 address goes into the URL in brackets (autobahn refuses the URL without them),
-    # and is signed as autobahn writes the Host header, host:port without them.
+    # and is signed as the Host header is written, host:port with them.
     authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
     def url() -> str:
-        query = sigv4.presign(credentials, f"{name}:{port}", aws.path, region, "iotdevicegateway", reactor.seconds())
+        query = sigv4.presign(credentials, authority, aws.path, region, "iotdevicegateway", reactor.seconds())
         return f"{scheme}://{authority}{aws.path}?{query}"
 
     return WebSocketEndpoint(inner, url, reactor, settings.connect_timeout)

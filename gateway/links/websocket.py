@@ -62,9 +62,15 @@ class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
 class _Factory(WrappingWebSocketClientFactory):
     """Builds one adapter; ``opened`` fires with the stream protocol once the WebSocket is open."""
 
+    noisy = False  # (one factory per connection: Twisted's "Starting factory" line at each)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opened: Deferred[Any] = Deferred()
+        # autobahn writes the Host header as f"{host}:{port}" with the URL's host unbracketed:
+        # an IPv6 address needs its brackets there (RFC 7230), or nginx answers 400.
+        if ":" in self.host:
+            self.host = f"[{self.host}]"
 
     def buildProtocol(self, addr: Any) -> _MQTTOverWebSocket:
         proto = _MQTTOverWebSocket()
@@ -79,7 +85,8 @@ class WebSocketEndpoint:
 
     :param inner: the endpoint to the server.
     :param url: returns the ``ws://`` or ``wss://`` URL for a new connection (its host and
-        port are the Host header; autobahn always writes ``host:port``).
+        port are the Host header, always written ``host:port``; ``[::1]:port`` for an IPv6
+        address).
     :param reactor: the reactor.
     :param handshake_timeout: seconds the server has to answer the opening handshake once the
         connection is up (the link's ``connect_timeout``; autobahn's own default is 5 s).

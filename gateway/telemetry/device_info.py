@@ -45,7 +45,10 @@ def _interfaces(psutil: Any) -> dict[str, Any]:
             if address.family == psutil.AF_LINK:
                 entry["mac"] = address.address
             elif address.family in _FAMILIES:
-                entry["addresses"].append({"family": _FAMILIES[address.family], "address": address.address,
+                # a link-local IPv6 address without psutil's "%<interface>" zone: the interface
+                # is the entry's name, and an address with a zone is no address to most parsers
+                entry["addresses"].append({"family": _FAMILIES[address.family],
+                                           "address": address.address.split("%", 1)[0],
                                            "netmask": address.netmask, "broadcast": address.broadcast})
         stat = stats.get(name)
         if stat is not None:

@@ -25,12 +25,14 @@ def _check_url(url: str, allow_http: bool) -> str:
     :raises InvalidRequest: another scheme, no host, a port out of range, a URL treq cannot
         encode (its host refused by IDNA), or one with a user name or password.
     """
-    from hyperlink import EncodedURL  # what treq parses the URL with, and how it encodes it
+    # what the gateway's treq client parses the URL with, and how it encodes it (an IPv6
+    # address as it is: hyperlink's own to_uri() refused it, IDNA taking its colons for a name's)
+    from gateway.treqclient import AddressURL
 
     try:
         parts = urlsplit(url)
         scheme, _ = parts.scheme, parts.port  # reading the port raises for one out of range
-        host = EncodedURL.from_text(url).to_uri().host
+        host = AddressURL.from_text(url).to_uri().host
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
         raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: {shown(str(error))}") from error
     if not (scheme == "https" or (scheme == "http" and allow_http)):

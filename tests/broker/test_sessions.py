@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv6Address
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
@@ -227,17 +228,19 @@ class RefusalLogTests(SynchronousTestCase):
         """The ``refusing client`` line names the CONNECT's user name when it has one (quoted,
         like the client id), and never its password; without one it is as before. It named
         the client id alone: a wrong password of one user among many devices said nothing of
-        whose."""
+        whose. An IPv6 client's address is in brackets, ``[::1]:54321`` (it was ``::1:54321``,
+        which reads as the address ``::1:54321`` without a port)."""
         clock = Clock()
         broker = make_broker(self, clock)
         self.patch(broker.plugins, "authenticate", lambda view: succeed(False))
         factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
         events = capture_log_events(self)
-        for connect in (packets.connect("dev1", flags=0xC2, username="alice", password=b"s3cret"),
-                        packets.connect("dev2")):
+        for connect, peer in ((packets.connect("dev1", flags=0xC2, username="alice", password=b"s3cret"), None),
+                              (packets.connect("dev2"), None),
+                              (packets.connect("dev3"), IPv6Address("TCP", "::1", 54321))):
             connection = factory.buildProtocol(None)
             assert connection is not None
-            transport = StringTransport()
+            transport = StringTransport(peerAddress=peer)
             connection.makeConnection(transport)
             connection.dataReceived(connect)
             self.assertEqual(transport.value(), mqtt_packets.connack(False, 5))
@@ -245,7 +248,8 @@ class RefusalLogTests(SynchronousTestCase):
         lines = [str(formatEvent(e)) for e in events if "refusing client" in formatEvent(e)]
         self.assertEqual([line.split(": not authorized")[0] for line in lines],
                          ["refusing client 'dev1' (user 'alice') from 192.168.1.1:54321",
-                          "refusing client 'dev2' from 192.168.1.1:54321"])
+                          "refusing client 'dev2' from 192.168.1.1:54321",
+                          "refusing client 'dev3' from [::1]:54321"])
         self.assertFalse(any("s3cret" in line for line in lines))
 
 

@@ -4,8 +4,11 @@
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.address import IPv4Address
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.broker.websocket import without_origin
+from tests.logevents import capture_log_events
 from tests.broker.harness import ANONYMOUS, eventually, port_of, raw_connect, start_broker
 from tests.ports import free_port
 from tests.mqttclient import TestClient
@@ -45,6 +48,18 @@ def handshake(port: int, protocols: str, origin: str | None = None) -> bytes:
             f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode()
 
 
+class WithoutOriginTests(SynchronousTestCase):
+    """What of an opening handshake's head goes on to autobahn."""
+
+    def test_origin_headers_and_their_continuations_go(self) -> None:
+        """Every ``Origin`` (and ``Sec-WebSocket-Origin``) header is dropped, with the folded
+        lines that continue it, whatever its case; the other headers stay as they were."""
+        head = (b"GET /origin: HTTP/1.1\r\nHost: [::1]:8083\r\nORIGIN: http://::1:8083\r\n  more\r\n"
+                b"Sec-WebSocket-Origin: x\r\nUser-Agent: a\r\n b\r\n\r\n")
+        self.assertEqual(without_origin(head),
+                         b"GET /origin: HTTP/1.1\r\nHost: [::1]:8083\r\nUser-Agent: a\r\n b\r\n\r\n")
+
+
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     """A client's frame (clients mask, RFC 6455 §5.3), payload under 126 bytes."""
     mask = b"\x01\x02\x03\x04"
@@ -77,9 +92,12 @@ class WebsocketRulesTests(TestCase):
         """A browser page's WebSocket is accepted whatever its ``Origin``: a page served from
         anywhere, and one opened from a file (browsers send ``null``, some app WebViews
         ``file://``); the CONNECT's credentials decide, as for any client. (The null origin got
-        HTTP 400 from autobahn.)"""
+        HTTP 400 from autobahn.) So is one autobahn cannot parse: paho-mqtt writes an IPv6
+        address without brackets, ``http://::1:8083``, which got HTTP 400 ('HTTP Origin header
+        invalid'), as did an Origin sent twice."""
         service, port = yield self.start()
-        for origin in ("http://dashboard.example:8080", "null", "file://"):
+        for origin in ("http://dashboard.example:8080", "null", "file://", f"http://::1:{port}",
+                       "http://a.example\r\nOrigin: http://b.example"):
             client = yield raw_connect(reactor, port)
             client.transport.write(handshake(port, "mqtt", origin))
             yield eventually(reactor, lambda: b"\r\n\r\n" in client.received or client.lost.called)
@@ -99,10 +117,16 @@ class WebsocketRulesTests(TestCase):
         yield eventually(reactor, lambda: b"\r\n\r\n" in client.received)
         self.assertIn(b"Sec-WebSocket-Protocol: mqtt", client.received)
         client.received = b""
+        events = capture_log_events(self)
         client.transport.write(masked_frame(0x1, b"hello"))
         yield eventually(reactor, lambda: client.received[:1] == b"\x88")
         self.assertEqual(client.received[4:], b"MQTT goes in binary messages")
         self.assertEqual(service.snapshot().listeners[0].violations, 1)
+        # The client's address as an operator writes it (it was autobahn's "tcp:127.0.0.1:PORT",
+        # "tcp6:::1:PORT" for an IPv6 client).
+        peer = client.transport.getHost()
+        self.assertIn(f"closing {peer.host}:{peer.port}: a text WebSocket message",
+                      "\n".join(formatEvent(e) for e in events))
 
     @inlineCallbacks
     def test_connections_in_the_snapshot(self):

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.links import sigv4
 from gateway.links.aws_settings import AWSSettings
 from gateway.links.endpoint import link_endpoint
 from gateway.links.settings import LinkSettings
@@ -37,7 +40,8 @@ class HandshakeTimeoutTests(TestCase):
         """A server that accepts and stays silent fails the connection attempt after the
         given handshake timeout (here 0.5 s), with a reason that says so, and is counted. The
         endpoint logs nothing of it: the link's throttled "cannot connect" line says it (the
-        endpoint's own "WebSocket to URL failed: ..." came at every attempt besides)."""
+        endpoint's own "WebSocket to URL failed: ..." came at every attempt besides), nor of the
+        connection's start."""
         events = capture_log_events(self)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Silent))
         self.addCleanup(port.stopListening)
@@ -52,22 +56,51 @@ class HandshakeTimeoutTests(TestCase):
         self.assertEqual(endpoint.failures, 1)
         self.assertEqual([formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn
                           and e.get("log_namespace", "").startswith("gateway.")], [])
+        # nor Twisted's "Starting factory <gateway.links.websocket._Factory object at 0x...>",
+        # which every connection of an aws websocket link logged
+        self.assertEqual([formatEvent(e) for e in events if "gateway.links.websocket" in formatEvent(e)], [])
 
 
 class AWSWebSocketURLTests(SynchronousTestCase):
     """The URL an ``aws: {websocket: true}`` link opens."""
 
-    def test_an_ipv6_address_goes_in_brackets(self) -> None:
-        """``tls:host=\\:\\:1``: the URL is ``wss://[::1]:8443/mqtt?...``, which autobahn takes;
-        it was ``wss://::1:8443/...``, which autobahn refused at connect ('invalid WebSocket URL:
-        missing hostname') and the gateway failed to start."""
+    def endpoint(self, description: str) -> tuple[WebSocketEndpoint, MemoryReactorClock, Path]:
+        """The endpoint of an aws websocket link to ``description`` (region us-east-1), its
+        reactor, and its credentials file."""
         credentials = Path(self.mktemp())
         credentials.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\n")
-        settings = LinkSettings(endpoint="tls:host=\\:\\:1:port=8443", aws=AWSSettings(
+        settings = LinkSettings(endpoint=description, aws=AWSSettings(
             websocket=True, credentials_file=str(credentials), region="us-east-1"))
         reactor = MemoryReactorClock()
         endpoint = link_endpoint(reactor, settings)
         assert isinstance(endpoint, WebSocketEndpoint)
+        return endpoint, reactor, credentials
+
+    def test_an_ipv6_address_goes_in_brackets(self) -> None:
+        """``tls:host=\\:\\:1``: the URL is ``wss://[::1]:8443/mqtt?...``, which autobahn takes;
+        it was ``wss://::1:8443/...``, which autobahn refused at connect ('invalid WebSocket URL:
+        missing hostname') and the gateway failed to start."""
+        endpoint, reactor, _ = self.endpoint("tls:host=\\:\\:1:port=8443")
         self.assertTrue(endpoint.url().startswith("wss://[::1]:8443/mqtt?X-Amz-Algorithm="), endpoint.url())
         self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
         self.assertEqual(len(reactor.tcpClients), 1)
+
+    def test_an_ipv6_host_header_has_brackets_and_is_signed_so(self) -> None:
+        """``tcp:host=\\:\\:1`` (``ws://``): the opening handshake's Host header is ``[::1]:8080``,
+        and the URL is signed for that Host. It was ``Host: ::1:8080``, which nginx (a
+        WebSocket proxy in front of an emulator) answers with 400 Bad Request."""
+        endpoint, reactor, credentials = self.endpoint("tcp:host=\\:\\:1:port=8080")
+        connected = endpoint.connect(Factory.forProtocol(Protocol))
+        [(host, port, factory, _, _)] = reactor.tcpClients
+        self.assertEqual((host, port), ("::1", 8080))
+        transport = StringTransport()
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.connectionLost(Failure(ConnectionDone()))  # (cancels its handshake timer)
+        self.failureResultOf(connected, ConnectionError)  # (the handshake never completed)
+        request = transport.value().decode()
+        self.assertIn("\r\nHost: [::1]:8080\r\n", request)
+        query = request.split(" ")[1].split("?", 1)[1]
+        signed = sigv4.presign(sigv4.read_credentials(str(credentials), "default"), "[::1]:8080", "/mqtt",
+                               "us-east-1", "iotdevicegateway", reactor.seconds())
+        self.assertEqual(query, signed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import os
 import platform
 import socket
@@ -96,6 +97,15 @@ class DeviceInfoTests(SynchronousTestCase):
             address = Path(f"/sys/class/net/{name}/address")
             if entry["mac"] and address.exists():
                 self.assertEqual(entry["mac"], address.read_text().strip())
+
+    def test_ipv6_addresses_have_no_zone(self) -> None:
+        """Each IPv6 address is written as an address: a link-local one had psutil's zone after
+        it, ``fe80::1%eth0``, which most parsers of addresses refuse (the interface is the
+        entry's name). (Where the machine has a link-local address, as most do.)"""
+        for name, entry in self.facts["interfaces"].items():
+            for address in entry["addresses"]:
+                if address["family"] == "ipv6":
+                    self.assertIsNone(ipaddress.IPv6Address(address["address"]).scope_id, (name, address))
 
     def test_report_body(self) -> None:
         """The body adds uptime, the gateway and its certificates to the facts."""

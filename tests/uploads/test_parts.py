@@ -406,6 +406,18 @@ class ProviderOptionTests(SynchronousTestCase):
                 self.assertIn("not a usable URL", str(error))
         self.assertIsInstance(self.make({"https.url": "https://bücher.example/x"}), GenericHTTP)
 
+    def test_an_ipv6_address_is_a_usable_host(self) -> None:
+        """A URL with an IPv6 address in brackets is taken by every provider, as the HTTP client
+        sends to it: it was refused, 'Codepoint U+003A at position 1 of '::1' not allowed' (IDNA
+        reading the address as a name). One that is no address stays refused."""
+        for url in ("http://[::1]:8080/up/a.txt", "https://[fd00::1]/x?sig=1"):
+            for options in ({"https.url": url}, {"storage.provider": "aws", "https.url": url},
+                            {"storage.provider": "azure", "azure.storage.endpoint": url, "azure.blob.container": "c",
+                             "azure.shared.access.signature": "sig=x"}):
+                self.make(options, allow_http=True)  # (raised InvalidRequest)
+        error = self.assertRaises(InvalidRequest, self.make, {"https.url": "https://[::zz]/x"})
+        self.assertIn("not a usable URL", str(error))
+
 
 class FakeResponse:
     def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden", code: int = 403) -> None:
