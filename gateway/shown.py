@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Any
+from typing import Any, Iterator
 
 #: The most characters of a client's text that an answer or a log line repeats.
 SHOWN_CHARS = 100
@@ -19,11 +19,14 @@ SHOWN_CHARS = 100
 #: what :func:`shown_url` leaves out of it: a token is often the user name.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
-#: Other values (a list where a string belongs...) as Python writes them, a few items of each
-#: container and a few levels deep: bounded, and without recursing through deep JSON.
+#: A value of another kind than JSON's and Python's plain containers (a date YAML read...) as
+#: :func:`shown_repr` writes it when Python's ``repr`` cannot write the whole: cut short.
 _REPR = reprlib.Repr()
-_REPR.maxlevel = 3
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = SHOWN_CHARS
+#: The brackets Python writes a container in.
+_BRACKETS: dict[type, tuple[str, str]] = {list: ("[", "]"), tuple: ("(", ")"), dict: ("{", "}")}
+#: What :func:`_pieces` has on its stack: text to write, a value to write, a container left.
+_TEXT, _VALUE, _LEFT = range(3)
 
 
 def shown(text: str) -> str:
@@ -65,12 +68,80 @@ def id_problem(value: str) -> str | None:
 
 def shown_repr(value: Any) -> str:
     """``repr(value)`` as an error message quotes a client's value: a string as
-    :func:`shown` cuts it (quoted, control characters escaped), anything else with a few of
-    its items (``[1, 1, 1, 1, 1, 1, ...]``).
+    :func:`shown` cuts it (quoted, control characters escaped), anything else (a list where a
+    string belongs...) as Python writes it, whole up to :data:`SHOWN_CHARS` characters, else
+    its first ones and how long it is (``[1, 1, 1, ... (240 characters)``, 100 characters before
+    the dots).
 
-    :param value: a value decoded from a client's JSON.
+    A value nested deeper than Python's ``repr`` goes (JSON a thousand levels deep) is written
+    without recursion, as it would write it (a container inside itself as ``[...]``).
+
+    :param value: a value decoded from a client's JSON (or from YAML).
     """
-    return repr(shown(value)) if isinstance(value, str) else shown(_REPR.repr(value))
+    if isinstance(value, str):
+        return repr(shown(value))
+    try:
+        text = repr(value)  # (C's speed: a megabyte of JSON in milliseconds)
+    except (RecursionError, ValueError):  # (JSON nested deeper than it goes; an int too long)
+        return _walked_repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def _walked_repr(value: Any) -> str:
+    """:func:`shown_repr` of a value Python's ``repr`` does not write, written in pieces."""
+    head: list[str] = []
+    kept = length = 0
+    for piece in _pieces(value):
+        if kept <= SHOWN_CHARS:
+            head.append(piece[:SHOWN_CHARS + 1 - kept])
+            kept += len(head[-1])
+        length += len(piece)
+    text = "".join(head)
+    return text if length <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({length} characters)"
+
+
+def _pieces(value: Any) -> Iterator[str]:
+    """``repr(value)`` in pieces, in order, walked with a stack of its own."""
+    inside: set[int] = set()  # the containers being written (a path from the top)
+    stack: list[tuple[int, Any]] = [(_VALUE, value)]
+    while stack:
+        kind, item = stack.pop()
+        if kind == _TEXT:
+            yield item
+        elif kind == _LEFT:
+            inside.discard(item)
+        elif type(item) not in _BRACKETS:
+            yield _scalar(item)
+        elif id(item) in inside:
+            opening, closing = _BRACKETS[type(item)]
+            yield f"{opening}...{closing}"
+        else:
+            inside.add(id(item))
+            opening, closing = _BRACKETS[type(item)]
+            parts: list[tuple[int, Any]] = [(_TEXT, opening)]
+            for index, member in enumerate(item.items() if type(item) is dict else item):
+                if index:
+                    parts.append((_TEXT, ", "))
+                if type(item) is dict:
+                    parts += [(_VALUE, member[0]), (_TEXT, ": "), (_VALUE, member[1])]
+                else:
+                    parts.append((_VALUE, member))
+            if type(item) is tuple and len(item) == 1:
+                parts.append((_TEXT, ","))
+            parts += [(_TEXT, closing), (_LEFT, id(item))]
+            stack.extend(reversed(parts))
+
+
+def _scalar(value: Any) -> str:
+    """A value that is no list, tuple or dict, as Python writes it (another kind cut short)."""
+    if value is None or type(value) in (str, bool, float):
+        return repr(value)
+    if type(value) is int:
+        try:
+            return repr(value)
+        except ValueError:  # (more digits than Python writes: sys.set_int_max_str_digits)
+            return f"<an integer of {value.bit_length()} bits>"
+    return _REPR.repr(value)
 
 
 def shown_url(url: str) -> str:

@@ -1,6 +1,7 @@
 """docs/topics.md, as a client of the gateway's broker sees it: what the gateway publishes of
 its own comes at QoS 1, retained exactly on the topics the page marks "(retained)", and each
-request topic it listens on is answered where the page says."""
+request topic it listens on is answered where the page says, an error repeating a long part of the
+request as its first 100 characters and its length."""
 
 from __future__ import annotations
 
@@ -137,3 +138,33 @@ class TopicContractTests(TreeHelpers, TestCase):
         self.assertEqual(set(got) - requests, {"edge/gateway/uploads/deactivate/response",
                                                "edge/gateway/uploads/autoUpload"})
         self.assertEqual(len(got["edge/gateway/uploads/deactivate/response"]), 1)
+
+    @inlineCallbacks
+    def test_an_error_repeats_a_long_part_of_the_request_cut(self) -> None:
+        """An answer that repeats part of a bad request (a name, a path, a value of the wrong
+        type) repeats it as its first 100 characters and its length: a glob of 150 characters
+        came back whole, and a list where a string belongs as six of its items and no length."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        port = free_port()
+        yield self.start_tree(work, "\n  device_id: gw1\n", port, ANONYMOUS)
+        watcher = yield self.client(port)
+        yield watcher.subscribe("#", 1)
+        app = yield self.client(port)
+        long = "s" * 150
+        listed = [long]
+        requests = (
+            ("edge/gateway/reports/request", {"report": listed}, "edge/gateway/reports/error"),
+            ("edge/gateway/uploads/trigger", {"options": {"upload.files": "/" + long}},
+             "edge/gateway/uploads/trigger/response"),
+            ("e", {"topic": "default/gw1/things/twin/commands/retrieve", "path": listed},
+             "command///req//errors-response"),
+            ("command//gw1/req/r1/report", {"name": long}, "command//gw1/res/r1/404"),
+        )
+        for topic, body, _ in requests:
+            yield app.publish(topic, json.dumps(body).encode(), qos=1)
+        got = yield self.messages_until(watcher, {answer for _, _, answer in requests})
+        for _, _, answer in requests:
+            text = got[answer][-1].payload.decode()
+            self.assertNotIn("s" * 101, text, answer)
+            self.assertRegex(text, r"\.\.\. \(\d+ characters\)", answer)

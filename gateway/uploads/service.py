@@ -417,7 +417,9 @@ class UploadService(Service):
         if not paths:
             kinds = " or ".join(sorted({problem for problem, _ in problems.values()}, key=str.lower))
             left_out = f" ({len(unnamed)} left out: their names are {kinds})" if unnamed else ""
-            raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}{left_out}")
+            # (a glob the trigger named is repeated as an error repeats a request's words)
+            globs = shown(patterns[0]) if "upload.files" in options else ", ".join(patterns)
+            raise UploadError(f"no file matches {globs or 'the configured files (none)'}{left_out}")
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)
             # Kept once its record is on disk: a trigger the disk refuses leaves no upload
@@ -484,7 +486,7 @@ class UploadService(Service):
         if mode == "lax" or (mode == "strict" and asked in self.settings.files) or (
                 mode == "scoped" and any(glob_covers(allowed, asked) for allowed in self.settings.files)):
             return (asked,)
-        raise UploadError(f"uploading '{asked}' with mode '{mode}' is not permitted")
+        raise UploadError(f"uploading '{shown(asked)}' with mode '{mode}' is not permitted")
 
     def _request(self, upload: Upload, item: FileUpload) -> None:
         request = messages.outbox_request(self.device_id, self.tenant_id, self.settings.feature_id,

@@ -24,6 +24,7 @@ from gateway.uploads.messages import OPERATIONS
 from gateway.uploads.operation import Upload
 from gateway.uploads.service import KEEP_FINISHED
 from gateway.operations.store import RecordStore
+from gateway.shown import shown
 from gateway.uploads.settings import PeriodicSettings, UploadsSettings
 from tests.logevents import assert_one_line_then_summary, capture_log_events
 from tests.uploads.fakes import body, fake_service
@@ -1036,6 +1037,20 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status, 500)
         self.assertIn("with mode 'strict' is not permitted", error["message"])
 
+    def test_a_long_upload_files_is_repeated_cut(self) -> None:
+        """docs/topics.md: an error repeats a path whole up to 100 characters, else its first
+        100 and its length (a glob of 150 characters came back whole, refused or matching
+        nothing)."""
+        asked = "/" + "x" * 149
+        status, error = self.handle("trigger", {"options": {"upload.files": asked}})
+        self.assertEqual((status, error["message"]),
+                         (500, f"uploading '{asked[:100]}... (150 characters)' with mode 'strict' is not permitted"))
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(mode="lax"))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        status, error = self.successResultOf(service.handle("trigger", body({"options": {"upload.files": asked}})))
+        self.assertEqual((status, error["message"]), (500, f"no file matches {asked[:100]}... (150 characters)"))
+
     def test_scoped_mode_keeps_upload_files_within_the_globs(self) -> None:
         """scoped: upload.files must be a glob one of ``files`` matches as a path: its ``*``
         stays in one directory, and a ``..`` cannot climb out (fnmatch's ``*`` matched both)."""
@@ -1083,7 +1098,7 @@ class FlowTests(SynchronousTestCase):
         # linkdir/.. is the link's parent as written (self.dir), not elsewhere's parent
         status, error = self.successResultOf(service.handle("trigger", body({"options": {
             "upload.files": f"{self.dir}/linkdir/../x.log"}})))
-        self.assertEqual((status, error["message"]), (500, f"no file matches {self.dir}/linkdir/../x.log"))
+        self.assertEqual((status, error["message"]), (500, f"no file matches {shown(f'{self.dir}/linkdir/../x.log')}"))
 
     def test_activate_triggers_periodically_until_deactivated(self) -> None:
         """activate: a trigger every period (from/to honoured); deactivate stops them; persisted."""
