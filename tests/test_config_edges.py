@@ -1,0 +1,210 @@
+"""The configuration's keys checked as a user of the docs checks them, through the loader: every
+number finite; a value of the wrong kind named in YAML's words (docs/configuration.md), in
+every section, ``broker:`` too, whose keys the gateway parses itself.
+
+Each test loads a few configurations that set many keys at once (every problem is reported
+at once, under its key), not one configuration per key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterator, Literal, Union
+
+import yaml
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config
+from gateway.broker.settings import AMQTT_SECONDS, BrokerSettings
+from gateway.errors import ConfigError
+
+#: The name given to an entry of a mapping of named settings (``links.links.<name>``).
+ENTRY = "x1"
+
+
+def _inner(tp: Any) -> Any:
+    """``tp`` without its ``| None``."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _nested(tp: Any) -> Any:
+    """The settings dataclass a field of type ``tp`` holds (itself, a mapping's or a list's
+    items), or ``None`` when it holds values."""
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):
+        return args[1]
+    if typing.get_origin(tp) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _leaves(tp: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """``(key path, type)`` of every key under the dataclass ``tp`` that holds a value (not
+    settings); an entry of a mapping of settings is ``<name>``, an item of a list ``<n>``."""
+    hints = typing.get_type_hints(tp)
+    for f in dataclasses.fields(tp):
+        if not f.init:
+            continue
+        field_type = _inner(hints[f.name])
+        nested = _nested(field_type)
+        if nested is None:
+            yield f"{prefix}{f.name}", field_type
+            continue
+        origin = typing.get_origin(field_type)
+        step = ".<name>." if origin is dict else ".<n>." if origin is tuple else "."
+        yield from _leaves(nested, f"{prefix}{f.name}{step}")
+
+
+def leaves() -> dict[str, Any]:
+    """Every key of the configuration that holds a value -> its type: the dataclass sections',
+    and the ``broker:`` keys the gateway reads (amqtt's seconds among them)."""
+    found: dict[str, Any] = {}
+    for name, builder in config.SECTIONS.items():
+        if dataclasses.is_dataclass(builder):
+            found.update(_leaves(builder, f"{name}."))
+    hints = typing.get_type_hints(BrokerSettings)
+    found.update({f"broker.{f.name}": hints[f.name] for f in dataclasses.fields(BrokerSettings)
+                  if f.name not in ("listeners", "amqtt")})
+    found.update({f"broker.{key}": int for key in AMQTT_SECONDS})
+    found["broker.listeners.<name>.max_connections"] = int
+    return found
+
+
+def _put(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set the key ``path`` of ``tree`` to ``value`` (``<name>`` is the entry :data:`ENTRY`,
+    ``<n>`` the first item of a list)."""
+    parts = path.split(".")
+    node: Any = tree
+    for part, after in zip(parts, parts[1:] + [None]):
+        part = ENTRY if part == "<name>" else part
+        if after == "<n>":
+            node = node.setdefault(part, [{}])[0]
+        elif part == "<n>":
+            continue
+        elif after is None:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def _shown(path: str) -> str:
+    """The key path as an error line names it."""
+    return path.replace("<name>", ENTRY).replace(".<n>.", ".0.")
+
+
+class EdgeTestCase(SynchronousTestCase):
+    """Loads a configuration of many keys at once."""
+
+    def problems(self, values: dict[str, Any]) -> dict[str, list[str]]:
+        """Load a configuration setting each key path of ``values`` (beside a state directory
+        of the test's own) and return its problems by key path as the lines name it."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        tree: dict[str, Any] = {"gateway": {"state_dir": str(directory / "state")}}
+        for path, value in values.items():
+            _put(tree, path, value)
+        (directory / "gateway.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+        found: dict[str, list[str]] = {}
+        try:
+            config.load(directory / "gateway.yaml")
+        except ConfigError as error:
+            for line in error.errors:
+                key, _, message = line.split(": ", 1)[1].partition(": ")
+                found.setdefault(key, []).append(message)
+        return found
+
+
+class NumberKindTests(EdgeTestCase):
+    """Every key that takes a number takes a finite one, and a value of another kind is named
+    as YAML read it (docs/configuration.md)."""
+
+    def number_keys(self) -> list[str]:
+        """Every key that takes a number (whole or not)."""
+        return sorted(key for key, kind in leaves().items() if kind in (int, float))
+
+    def test_every_number_is_finite(self) -> None:
+        """YAML's ``.nan``, ``.inf`` and ``-.inf`` are refused under every key that takes a
+        number, durations included (``broker.connect_timeout: .inf`` was taken: a connection
+        that never sent its CONNECT was never closed)."""
+        keys = self.number_keys()
+        self.assertIn("broker.connect_timeout", keys)
+        self.assertIn("broker.persistent_client_expiration", keys)
+        for value in (math.nan, math.inf, -math.inf):
+            problems = self.problems({key: value for key in keys})
+            self.assertEqual([key for key in keys if _shown(key) not in problems], [], value)
+
+    def test_wrong_kinds_are_named_in_yamls_words(self) -> None:
+        """A list, a boolean or a quoted number where a key takes another kind of value is named
+        as YAML read it: ``a list``, ``the boolean true``, ``the text '7'`` (``broker.max_packet_size:
+        must be a whole number from 64 to 66977792, not the text '1024'``; the ``broker:`` keys
+        said ``not '1024'`` and ``not True``, and a choice such as ``gateway.log_level`` ``not
+        [1]``)."""
+        kinds = leaves()
+        for value, words in (([1], "a list"), (True, "the boolean true"), ("7", "the text '7'")):
+            keys = [key for key, kind in kinds.items() if self.takes_another_kind(kind, value)]
+            problems = self.problems({key: value for key in keys})
+            wrong = {key: problems.get(_shown(key)) for key in keys
+                     if not any(message.endswith(words) or f"{words}:" in message
+                                for message in problems.get(_shown(key), []))}
+            self.assertEqual(wrong, {}, value)
+
+    @staticmethod
+    def takes_another_kind(kind: Any, value: Any) -> bool:
+        """Whether ``value`` is of a kind a key of type ``kind`` does not take: a list where a
+        list or mapping goes is left out (it may be one), a boolean where a boolean or a choice
+        that YAML's ``true`` names goes, and a text where text goes."""
+        origin = typing.get_origin(kind)
+        if kind is Any or origin in (tuple, dict):
+            return False
+        if isinstance(value, bool):
+            return kind is not bool and not (origin is Literal and "true" in typing.get_args(kind))
+        if isinstance(value, str):
+            return kind in (int, float)
+        return True
+
+
+class BrokerKeyTests(EdgeTestCase):
+    """The ``broker:`` section refuses what every section refuses, under the same key paths."""
+
+    def test_unknown_keys_each_under_its_own_path(self) -> None:
+        """Each unknown key of the section is one error under its own path, naming the keys it
+        takes, as in every section (amqtt's check said ``broker: not a valid amqtt broker config:
+        can not match "flavour", "colour" to any data class field``)."""
+        problems = self.problems({"broker.colour": "red", "broker.flavour": 1, "broker.max-qos": 1})
+        self.assertEqual(sorted(problems), ["broker.colour", "broker.flavour", "broker.max-qos"])
+        for messages in problems.values():
+            self.assertEqual(len(messages), 1, messages)
+            self.assertTrue(messages[0].startswith("unknown key (known: auth, connect_timeout, listeners, "), messages)
+            self.assertIn("topic-check", messages[0])
+
+    def test_a_key_given_twice_is_named_as_in_every_section(self) -> None:
+        """Both spellings of a key in one mapping: ``given twice, as 'a' and 'b'``, as written,
+        under the second, as the dataclass sections say it."""
+        problems = self.problems({"broker.max_packet_size": 100, "broker.max-packet-size": 200,
+                                  "updates.script_timeout": 5, "updates.script-timeout": 6})
+        self.assertEqual(problems, {
+            "broker.max-packet-size": ["given twice, as 'max_packet_size' and 'max-packet-size'"],
+            "updates.script-timeout": ["given twice, as 'script_timeout' and 'script-timeout'"]})
+
+    def test_topic_check_spelt_as_amqtts_field(self) -> None:
+        """``topic_check`` is read as ``topic-check``: alone (no ``auth:``) amqtt dropped its ACL
+        without a word; both spellings are a key given twice."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "gateway.yaml").write_text(
+            f"gateway: {{state_dir: {directory / 'state'}}}\n"
+            "broker: {topic_check: {enabled: true, acl: {alice: ['a/#']}}}\n")
+        amqtt = config.load(directory / "gateway.yaml").broker.amqtt
+        self.assertEqual(amqtt["topic-check"], {"enabled": True, "acl": {"alice": ["a/#"]}})
+        self.assertNotIn("topic_check", amqtt)
+        self.assertEqual(amqtt["auth"], {"plugins": ["auth_anonymous"], "allow-anonymous": False})
+        problems = self.problems({"broker.topic_check": {"enabled": True}, "broker.topic-check": {"enabled": True}})
+        self.assertEqual(problems, {"broker.topic-check": ["given twice, as 'topic_check' and 'topic-check'"]})
