@@ -1,6 +1,7 @@
-"""The configuration's keys checked as a user of the docs checks them, through the loader: every
-number finite; a value of the wrong kind named in YAML's words (docs/configuration.md), in
-every section, ``broker:`` too, whose keys the gateway parses itself.
+"""The configuration's keys checked as a user of the docs checks them, through the loader: each
+range a docs table states, at its edges and just past them; every number finite; a value of
+the wrong kind named in YAML's words (docs/configuration.md), in every section, ``broker:``
+too, whose keys the gateway parses itself.
 
 Each test loads a few configurations that set many keys at once (every problem is reported
 at once, under its key), not one configuration per key.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import config
 from gateway.broker.settings import AMQTT_SECONDS, BrokerSettings
 from gateway.errors import ConfigError
+from tests.test_docs_config import TABLES, _row_keys, documented_bounds, table_rows
 
 #: The name given to an entry of a mapping of named settings (``links.links.<name>``).
 ENTRY = "x1"
@@ -120,6 +123,50 @@ class EdgeTestCase(SynchronousTestCase):
                 key, _, message = line.split(": ", 1)[1].partition(": ")
                 found.setdefault(key, []).append(message)
         return found
+
+
+class DocumentedRangeTests(EdgeTestCase):
+    """A range a docs table states for a number is the one the loader takes, at both ends."""
+
+    def bounds(self) -> list[tuple[str, Any, float | None, float | None]]:
+        """``(key path, int or float, low, high)`` of every number key a docs table gives a range."""
+        types_ = leaves()
+        return [(key, types_[key], low, high) for key, _, low, high in documented_bounds()
+                if types_.get(key) in (int, float)]
+
+    def test_edges_are_taken(self) -> None:
+        """The least and the most a row states are taken (each set beside the others: an
+        ``apps.backoff_max`` at its least is not below an ``apps.backoff_initial`` at its own)."""
+        for end in (0, 1):  # the least, the most
+            values = {key: kind(bounds[end]) for key, kind, *bounds in self.bounds() if bounds[end] is not None}
+            self.assertGreater(len(values), 20)
+            problems = self.problems(values)
+            self.assertEqual({key: problems[_shown(key)] for key in values if _shown(key) in problems}, {})
+
+    def test_past_the_edges_is_refused(self) -> None:
+        """A whole number one past either end, and a number the next float past it, is an
+        error under its key (``broker.max_topic_levels: 32769``, ``gateway.shutdown_timeout:
+        60.00000000000001``)."""
+        for end, step in ((0, -1), (1, 1)):  # below the least, above the most
+            values = {key: bounds[end] + step if kind is int else math.nextafter(bounds[end], step * math.inf)
+                      for key, kind, *bounds in self.bounds() if bounds[end] is not None}
+            problems = self.problems(values)
+            self.assertEqual(sorted(key for key in values if _shown(key) not in problems), [])
+
+    def test_zero_is_no_limit_where_a_row_says_so(self) -> None:
+        """A row saying ```0`: no limit`` (or ``0: never``, ``0: any``...) takes 0, and refuses
+        -1: ``broker.max_inflight_bytes``, ``broker.persistent_client_expiration``..."""
+        keys = set()
+        for (doc, heading, index), prefixes in TABLES.items():
+            for cells in table_rows(doc, heading, index):
+                row_keys = _row_keys(cells[0])
+                if len(row_keys) == 1 and len(cells) >= 3 and re.search(r"\(`?0`?: |[;,] `?0`?: ", cells[2]):
+                    keys |= {f"{prefix}.{row_keys[0]}" for prefix in prefixes}
+        self.assertIn("broker.max_subscriptions", keys)
+        problems = self.problems({key: 0 for key in keys})
+        self.assertEqual({key: problems[_shown(key)] for key in keys if _shown(key) in problems}, {})
+        problems = self.problems({key: -1 for key in keys})
+        self.assertEqual(sorted(key for key in keys if _shown(key) not in problems), [])
 
 
 class NumberKindTests(EdgeTestCase):
