@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import config
 from gateway.broker.settings import AMQTT_SECONDS, BrokerSettings
 from gateway.errors import ConfigError
-from tests.test_docs_config import TABLES, _row_keys, documented_bounds, table_rows
+from tests.test_docs_config import DOCS, TABLES, _row_keys, documented_bounds, table_rows
 
 #: The name given to an entry of a mapping of named settings (``links.links.<name>``).
 ENTRY = "x1"
@@ -49,21 +49,27 @@ def _nested(tp: Any) -> Any:
     return None
 
 
-def _leaves(tp: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    """``(key path, type)`` of every key under the dataclass ``tp`` that holds a value (not
-    settings); an entry of a mapping of settings is ``<name>``, an item of a list ``<n>``."""
+def _fields(tp: Any, prefix: str) -> Iterator[tuple[str, Any, bool]]:
+    """``(key path, type, whether it takes null)`` of every key under the dataclass ``tp``, a
+    group of settings (``updates.download``) before its keys; an entry of a mapping of settings
+    is ``<name>``, an item of a list ``<n>``."""
     hints = typing.get_type_hints(tp)
     for f in dataclasses.fields(tp):
         if not f.init:
             continue
         field_type = _inner(hints[f.name])
+        yield f"{prefix}{f.name}", field_type, field_type is not hints[f.name]
         nested = _nested(field_type)
-        if nested is None:
-            yield f"{prefix}{f.name}", field_type
-            continue
-        origin = typing.get_origin(field_type)
-        step = ".<name>." if origin is dict else ".<n>." if origin is tuple else "."
-        yield from _leaves(nested, f"{prefix}{f.name}{step}")
+        if nested is not None:
+            origin = typing.get_origin(field_type)
+            step = ".<name>." if origin is dict else ".<n>." if origin is tuple else "."
+            yield from _fields(nested, f"{prefix}{f.name}{step}")
+
+
+def _leaves(tp: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """``(key path, type)`` of every key under the dataclass ``tp`` that holds a value (not
+    settings)."""
+    return ((key, kind) for key, kind, _ in _fields(tp, prefix) if _nested(kind) is None)
 
 
 def leaves() -> dict[str, Any]:
@@ -255,3 +261,42 @@ class BrokerKeyTests(EdgeTestCase):
         self.assertEqual(amqtt["auth"], {"plugins": ["auth_anonymous"], "allow-anonymous": False})
         problems = self.problems({"broker.topic_check": {"enabled": True}, "broker.topic-check": {"enabled": True}})
         self.assertEqual(problems, {"broker.topic-check": ["given twice, as 'topic_check' and 'topic-check'"]})
+
+
+class NullTests(EdgeTestCase):
+    """YAML's null (a key with nothing after its colon) as docs/configuration.md says: a group
+    of settings back to its defaults, a value only where the key says what none means."""
+
+    def test_null_where_a_key_takes_it(self) -> None:
+        """A group of settings (``updates.download``), a key whose type takes none
+        (``gateway.proxy.url``, a link's ``loss_topic``) and every ``broker:`` key take null;
+        every other key refuses it, named ``empty (null)``, as the page's examples say."""
+        groups: dict[int, list[str]] = {}
+        values = [key for key in leaves() if key.startswith("broker.")]
+        refused: dict[bool, list[str]] = {True: [], False: []}  # in an entry, or not
+        for name, builder in config.SECTIONS.items():
+            if not dataclasses.is_dataclass(builder):
+                continue
+            for key, kind, takes_none in _fields(builder, f"{name}."):
+                if "<n>" in key:  # (an item's keys: its list is refused null, as every list)
+                    continue
+                if dataclasses.is_dataclass(kind):  # each depth in a file of its own: not beside its own keys
+                    groups.setdefault(key.count("."), []).append(key)
+                else:
+                    (values if takes_none else refused["<name>" in key]).append(key)
+        self.assertIn("gateway.proxy.url", values)
+        self.assertIn("links.links.<name>.loss_topic", values)
+        self.assertIn("updates.download", groups[1])
+        for keys in [values, *groups.values()]:
+            problems = self.problems({key: None for key in keys})
+            self.assertEqual({key: problems[_shown(key)] for key in keys if _shown(key) in problems}, {})
+        for keys in refused.values():
+            problems = self.problems({key: None for key in keys})
+            self.assertEqual({key: problems.get(_shown(key)) for key in keys
+                              if not any(m.endswith("not empty (null)") for m in problems.get(_shown(key), []))}, {})
+        lines = {"gateway.state_dir": "must be a path (a non-empty string), not empty (null)",
+                 "links.links": "must be a mapping, not empty (null)"}
+        self.assertEqual(self.problems(dict.fromkeys(lines)), {key: [line] for key, line in lines.items()})
+        page = " ".join((DOCS / "configuration.md").read_text().split())
+        for key, line in lines.items():  # (the page said a key with nothing after its colon was back to its default)
+            self.assertIn(f"`{key}: {line}`", page)
