@@ -300,3 +300,24 @@ class NullTests(EdgeTestCase):
         page = " ".join((DOCS / "configuration.md").read_text().split())
         for key, line in lines.items():  # (the page said a key with nothing after its colon was back to its default)
             self.assertIn(f"`{key}: {line}`", page)
+
+
+class OffServiceTests(EdgeTestCase):
+    """An ingest or fleet that is off has its keys checked for kind and range, and what only
+    its service would use once it is on (docs/configuration.md)."""
+
+    def test_an_off_service_is_checked_but_for_what_only_it_uses(self) -> None:
+        """Off: a range is checked, the ingest's endpoint and the fleet's server, token and CA
+        file are not; turned on, each is."""
+        keys = {"ingest.endpoint": "tcp:8090:interface=::1", "ingest.max_body": 0,
+                "fleet.base_url": "https://user:secret@hawkbit.example", "fleet.tenant": "..",
+                "fleet.token_file": "/nonexistent/token", "fleet.ca_file": "/nonexistent/ca.pem",
+                "fleet.request_timeout": 0}
+        only_when_on = ["fleet.base_url", "fleet.ca_file", "fleet.tenant", "fleet.token_file", "ingest.endpoint"]
+        problems = self.problems({**keys, "ingest.enabled": False, "fleet.enabled": False})
+        self.assertEqual(sorted(problems), ["fleet.request_timeout", "ingest.max_body"])
+        problems = self.problems({**keys, "ingest.enabled": True, "fleet.enabled": True})
+        self.assertEqual(sorted(problems), sorted(only_when_on + ["fleet.request_timeout", "ingest.max_body"]))
+        page = " ".join((DOCS / "configuration.md").read_text().split())
+        self.assertIn("not the ingest's `endpoint`, nor the fleet's `base_url`, `tenant`, `controller_id`, "
+                      "`token_file` and `ca_file`, which are checked once `enabled` is true", page)
