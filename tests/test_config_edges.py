@@ -321,3 +321,45 @@ class OffServiceTests(EdgeTestCase):
         page = " ".join((DOCS / "configuration.md").read_text().split())
         self.assertIn("not the ingest's `endpoint`, nor the fleet's `base_url`, `tenant`, `controller_id`, "
                       "`token_file` and `ca_file`, which are checked once `enabled` is true", page)
+
+
+#: Each problem line docs/configuration.md quotes (``key.path: what is wrong``; ``...`` elides)
+#: -> a drop-in that gets it from the loader.
+QUOTED_LINES: dict[str, str] = {
+    "gateway.state_dir: must be a path (a non-empty string), not empty (null)": "gateway:\n  state_dir:\n",
+    "links.links: must be a mapping, not empty (null)": "links:\n  links:\n",
+    "gateway.shutdown_timeout: must be a number, not the text '7'": "gateway:\n  shutdown_timeout: '7'\n",
+    "journal.streams: must be a mapping, not the boolean true": "journal:\n  streams: yes\n",
+    "links.links.hono.password: must not hold a NUL character: <redacted>":
+        "links:\n  links:\n    hono:\n      endpoint: 'tcp:host=127.0.0.1:port=1'\n      username: u\n"
+        "      password: \"a\\0b\"\n",
+    "gateway.state_dir: must not hold a control character ('\\t'): 'var\\tx'": "gateway:\n  state_dir: \"var\\tx\"\n",
+    "gateway.state_dir: '...' cannot be used: File name too long": f"gateway:\n  state_dir: /tmp/{'L' * 256}/x\n",
+    "broker.colour: unknown key (known: auth, connect_timeout, ...)": "broker:\n  colour: blue\n",
+    "broker.listeners.default.colour: unknown key (known: ...)":
+        "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n",
+}
+#: Quoted lines only another setting shows: the locale's (run under LC_ALL=C, PYTHONUTF8=0).
+ELSEWHERE = ("gateway.state_dir: holds 'é': this system cannot pass it on",)
+
+
+class QuotedLineTests(SynchronousTestCase):
+    """Each problem line the page quotes is the loader's, word for word."""
+
+    def test_each_quoted_line_is_the_loaders(self) -> None:
+        """Every ``key.path: message`` the page quotes is in :data:`QUOTED_LINES`, and the
+        configuration there gets that line (``...`` standing for what the page leaves out)."""
+        page = " ".join((DOCS / "configuration.md").read_text().split())
+        quoted = [line for line in re.findall(r"`([a-z_]+\.[a-z_.<>-]+: [^`]+)`", page)
+                  if not line.startswith(ELSEWHERE)]
+        self.assertEqual(sorted(set(quoted)), sorted(QUOTED_LINES))
+        for line, text in QUOTED_LINES.items():
+            directory = Path(self.mktemp())
+            (directory / "conf.d").mkdir(parents=True)
+            (directory / "gateway.yaml").write_text(f"gateway:\n  state_dir: {directory / 'state'}\n")
+            (directory / "conf.d" / "50-x.yaml").write_text(text)
+            with self.assertRaises(ConfigError) as raised:
+                config.load(directory / "gateway.yaml")
+            pattern = ".*".join(re.escape(part) for part in line.split("..."))
+            got = [found.split(": ", 1)[1] for found in raised.exception.errors]
+            self.assertTrue(any(re.fullmatch(pattern, found) for found in got), (line, got))
