@@ -363,3 +363,29 @@ class QuotedLineTests(SynchronousTestCase):
             pattern = ".*".join(re.escape(part) for part in line.split("..."))
             got = [found.split(": ", 1)[1] for found in raised.exception.errors]
             self.assertTrue(any(re.fullmatch(pattern, found) for found in got), (line, got))
+
+
+class ServerEndpointTests(EdgeTestCase):
+    """The ingest's and /metrics' endpoints are refused at load for what Twisted would refuse
+    only when listening, as a broker listener's are (docs/configuration.md)."""
+
+    def test_what_listen_would_refuse_is_refused_at_load(self) -> None:
+        """An interface that is no IP address (``nosuch.invalid``: the check passed and the
+        gateway then failed to start, ``metrics endpoint ...: cannot listen: Couldn't listen on
+        nosuch.invalid:0``), ``unix:`` without a path, and ``systemd:``, whose sockets exist only
+        under systemd (``telemetry: cannot be checked: IndexError``, under no key), are each one
+        error under the key; the forms the pages show are taken."""
+        refused = {"tcp:0:interface=nosuch.invalid": "interface must be an IP address, not 'nosuch.invalid'",
+                   "tcp6:0:interface=nosuch": "interface must be an IP address, not 'nosuch'",
+                   "unix:": "unix endpoint needs a path",
+                   "systemd:domain=INET:index=0": "socket activation (systemd:) is for the broker's listeners only"}
+        for key in ("ingest.endpoint", "telemetry.metrics_endpoint"):
+            for endpoint, says in refused.items():
+                problems = self.problems({key: endpoint})
+                self.assertEqual(list(problems), [key], endpoint)
+                self.assertIn(says, problems[key][0])
+            for endpoint in ("tcp:0:interface=127.0.0.1", "tcp:0:interface=\\:\\:1", "unix:/run/gateway/gmq.sock"):
+                self.assertEqual(self.problems({key: endpoint}), {}, endpoint)
+        self.assertEqual(self.problems({"broker.listeners.default.endpoint": "systemd:domain=INET:index=0"}), {})
+        self.assertEqual(self.problems({"broker.listeners.default.endpoint": "tcp6:70000"}), {
+            "broker.listeners.default.endpoint": ["tcp6 endpoint needs a port from 0 to 65535: 'tcp6:70000'"]})
