@@ -154,7 +154,7 @@ class DocumentedRangeTests(EdgeTestCase):
         error under its key (``broker.max_topic_levels: 32769``, ``gateway.shutdown_timeout:
         60.00000000000001``)."""
         for end, step in ((0, -1), (1, 1)):  # below the least, above the most
-            values = {key: bounds[end] + step if kind is int else math.nextafter(bounds[end], step * math.inf)
+            values = {key: int(bounds[end]) + step if kind is int else math.nextafter(bounds[end], step * math.inf)
                       for key, kind, *bounds in self.bounds() if bounds[end] is not None}
             problems = self.problems(values)
             self.assertEqual(sorted(key for key in values if _shown(key) not in problems), [])

@@ -53,6 +53,9 @@ MIN_PACKET_SIZE = 64
 #: The largest ``max_topic_levels`` accepted: the levels of a filter of 65535 bytes (§1.5.3),
 #: ``+/+/...`` (a topic of only ``/`` has twice as many; ``0`` is no bound).
 MAX_TOPIC_LEVELS = 32768
+#: The largest ``max_inflight_messages`` accepted: a QoS 1/2 delivery in flight holds one of the
+#: client's packet identifiers, 1 to 65535 (§2.3.1); with all of them taken the next could not go.
+MAX_INFLIGHT_MESSAGES = 65535
 #: Plugins when the section names none: clients without a user name are refused (amqtt's
 #: rule; it checks no password: FileAuthPlugin or client certificates do).
 DEFAULT_PLUGINS: dict[str, Any] = {
@@ -419,7 +422,11 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
     limits: dict[str, Any] = {}
-    for key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes"):
+    max_inflight = config.pop("max_inflight_messages", None)
+    if max_inflight is not None:  # each in flight holds one of a client's 65535 packet identifiers (§2.3.1)
+        limits["max_inflight_messages"] = _whole_number(max_inflight, ("broker", "max_inflight_messages"), errors, 1,
+                                                        MAX_INFLIGHT_MESSAGES, BrokerSettings.max_inflight_messages)
+    for key in ("max_queued_messages", "max_queued_bytes"):
         value = config.pop(key, None)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             errors.add(("broker", key), f"must be a positive whole number, not {jsontext.given(value)}")
