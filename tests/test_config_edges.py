@@ -21,7 +21,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
-from gateway.broker.settings import AMQTT_SECONDS, BrokerSettings
+from gateway.broker.settings import AMQTT_SECONDS, BROKER_KEYS, BrokerSettings
 from gateway.errors import ConfigError
 from tests.test_docs_config import DOCS, TABLES, _row_keys, documented_bounds, table_rows
 
@@ -237,6 +237,14 @@ class BrokerKeyTests(EdgeTestCase):
             self.assertEqual(len(messages), 1, messages)
             self.assertTrue(messages[0].startswith("unknown key (known: auth, connect_timeout, listeners, "), messages)
             self.assertIn("topic-check", messages[0])
+
+    def test_every_amqtt_key_is_known(self) -> None:
+        """Every key of amqtt's ``BrokerConfig`` is one the section takes (an amqtt upgrade that
+        adds one must say what becomes of it, not see it refused as unknown)."""
+        from amqtt.contexts import BrokerConfig
+
+        fields = {f.name.replace("topic_check", "topic-check") for f in dataclasses.fields(BrokerConfig)}
+        self.assertEqual(sorted(fields - set(BROKER_KEYS)), [])
 
     def test_a_key_given_twice_is_named_as_in_every_section(self) -> None:
         """Both spellings of a key in one mapping: ``given twice, as 'a' and 'b'``, as written,
