@@ -255,6 +255,23 @@ class BrokerKeyTests(EdgeTestCase):
             "broker.max-packet-size": ["given twice, as 'max_packet_size' and 'max-packet-size'"],
             "updates.script-timeout": ["given twice, as 'script_timeout' and 'script-timeout'"]})
 
+    def test_deprecated_sections_name_amqtts_plugins(self) -> None:
+        """The ``plugins`` of the deprecated ``auth:`` and ``topic-check:`` sections are amqtt's
+        plugin names: another is an error under its key (amqtt skipped it: a misspelt
+        ``topic_acl`` let every client use every topic), and so is a text (amqtt matched its
+        substrings); a ``plugins:`` section beside them makes amqtt ignore them."""
+        problems = self.problems({"broker.auth": {"plugins": ["auth_anonymous", "auth_fiel"]},
+                                  "broker.topic-check": {"enabled": True, "plugins": "topic_acl"}})
+        self.assertEqual(sorted(problems), ["broker.auth.plugins.1", "broker.topic-check.plugins"])
+        self.assertTrue(problems["broker.auth.plugins.1"][0].startswith(
+            "no amqtt plugin 'auth_fiel' (known: auth_anonymous, auth_file, "), problems)
+        self.assertEqual(problems["broker.topic-check.plugins"],
+                         ["must be a list of amqtt plugin names, not the text 'topic_acl'"])
+        self.assertEqual(self.problems({"broker.auth": {"plugins": ["auth_anonymous", "auth_file"]},
+                                        "broker.topic-check": {"enabled": True, "plugins": ["topic_acl"]}}), {})
+        self.assertEqual(self.problems({"broker.plugins": ["amqtt.plugins.authentication.AnonymousAuthPlugin"],
+                                        "broker.auth": {"plugins": ["nosuch"]}}), {})
+
     def test_topic_check_spelt_as_amqtts_field(self) -> None:
         """``topic_check`` is read as ``topic-check``: alone (no ``auth:``) amqtt dropped its ACL
         without a word; both spellings are a key given twice."""
@@ -344,6 +361,8 @@ QUOTED_LINES: dict[str, str] = {
     "gateway.state_dir: must not hold a control character ('\\t'): 'var\\tx'": "gateway:\n  state_dir: \"var\\tx\"\n",
     "gateway.state_dir: '...' cannot be used: File name too long": f"gateway:\n  state_dir: /tmp/{'L' * 256}/x\n",
     "broker.colour: unknown key (known: auth, connect_timeout, ...)": "broker:\n  colour: blue\n",
+    "broker.topic-check.plugins.0: no amqtt plugin 'topic_acll' (known: ...)":
+        "broker:\n  auth: {plugins: [auth_anonymous]}\n  topic-check: {enabled: true, plugins: [topic_acll]}\n",
     "broker.listeners.default.colour: unknown key (known: ...)":
         "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n",
 }
@@ -358,7 +377,7 @@ class QuotedLineTests(SynchronousTestCase):
         """Every ``key.path: message`` the page quotes is in :data:`QUOTED_LINES`, and the
         configuration there gets that line (``...`` standing for what the page leaves out)."""
         page = " ".join((DOCS / "configuration.md").read_text().split())
-        quoted = [line for line in re.findall(r"`([a-z_]+\.[a-z_.<>-]+: [^`]+)`", page)
+        quoted = [line for line in re.findall(r"`([a-z_]+\.[a-z0-9_.<>-]+: [^`]+)`", page)
                   if not line.startswith(ELSEWHERE)]
         self.assertEqual(sorted(set(quoted)), sorted(QUOTED_LINES))
         for line, text in QUOTED_LINES.items():

@@ -375,6 +375,28 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
 
 
+def _check_plugin_names(config: dict[str, Any], known: list[str], errors: ErrorSink) -> None:
+    """Report the names the deprecated ``auth:`` and ``topic-check:`` sections list under
+    ``plugins`` that are none of amqtt's entry-point plugins (``auth_file``, ``topic_acl``...):
+    amqtt skips such a name without a word, so a misspelt ``topic_acl`` left its ACL unapplied
+    (every client could use every topic) and a misspelt auth plugin refused every client.
+
+    :param known: the names of amqtt's entry-point plugins.
+    """
+    if config.get("plugins") is not None:
+        return  # (amqtt then ignores both sections)
+    for section in ("auth", "topic-check"):
+        names = config[section].get("plugins") if isinstance(config.get(section), dict) else None
+        path = ("broker", section, "plugins")
+        if names is not None and not isinstance(names, list):  # (amqtt would match a text's substrings)
+            errors.add(path, f"must be a list of amqtt plugin names, not {jsontext.given(names)}")
+            continue
+        for index, name in enumerate(names or ()):
+            if name not in known:
+                shown = repr(name) if isinstance(name, str) else jsontext.given(name)
+                errors.add(path + (str(index),), f"no amqtt plugin {shown} (known: {', '.join(known)})")
+
+
 def _refuse_anonymous_by_default(auth: dict[str, Any], errors: ErrorSink) -> None:
     """Make the deprecated ``auth:`` section refuse anonymous clients unless its
     ``allow-anonymous`` says true (in place): amqtt's ``AnonymousAuthPlugin`` lets them in when
@@ -393,7 +415,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     :param raw: the parsed YAML (``None`` when the section is absent).
     :param errors: where problems go, each with its key path.
     """
-    from gateway.broker.amqtt_adapter import check_config  # amqtt: loaded when a config is read
+    from gateway.broker.amqtt_adapter import check_config, entry_point_plugins  # amqtt: loaded when a config is read
 
     if raw is None:
         raw = {}
@@ -574,6 +596,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if not isinstance(config.get("plugins"), (dict, list, type(None))):
         del config["plugins"]  # refused above: not a second time by amqtt's check, under plain broker:
     _check_auth_files(config.get("auth"), errors)
+    _check_plugin_names(config, entry_point_plugins(), errors)
     try:
         check_config(config)
     except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here
