@@ -259,7 +259,8 @@ class BrokerKeyTests(EdgeTestCase):
         """The ``plugins`` of the deprecated ``auth:`` and ``topic-check:`` sections are amqtt's
         plugin names: another is an error under its key (amqtt skipped it: a misspelt
         ``topic_acl`` let every client use every topic), and so is a text (amqtt matched its
-        substrings); a ``plugins:`` section beside them makes amqtt ignore them."""
+        substrings). Beside a ``plugins:`` section amqtt ignores them, ACL and all: each is an
+        error then (the configuration loaded, and every client could use every topic)."""
         problems = self.problems({"broker.auth": {"plugins": ["auth_anonymous", "auth_fiel"]},
                                   "broker.topic-check": {"enabled": True, "plugins": "topic_acl"}})
         self.assertEqual(sorted(problems), ["broker.auth.plugins.1", "broker.topic-check.plugins"])
@@ -269,8 +270,14 @@ class BrokerKeyTests(EdgeTestCase):
                          ["must be a list of amqtt plugin names, not the text 'topic_acl'"])
         self.assertEqual(self.problems({"broker.auth": {"plugins": ["auth_anonymous", "auth_file"]},
                                         "broker.topic-check": {"enabled": True, "plugins": ["topic_acl"]}}), {})
-        self.assertEqual(self.problems({"broker.plugins": ["amqtt.plugins.authentication.AnonymousAuthPlugin"],
-                                        "broker.auth": {"plugins": ["nosuch"]}}), {})
+        problems = self.problems({"broker.plugins": ["amqtt.plugins.authentication.AnonymousAuthPlugin"],
+                                  "broker.auth": {"plugins": ["nosuch"]},
+                                  "broker.topic-check": {"enabled": True, "acl": {"anonymous": ["a/#"]}}})
+        self.assertEqual(sorted(problems), ["broker.auth", "broker.topic-check"])
+        for messages in problems.values():
+            self.assertEqual(len(messages), 1)
+            self.assertTrue(messages[0].startswith("ignored beside plugins: (amqtt reads the deprecated auth: and "
+                                                   "topic-check: sections only without it)"), messages)
 
     def test_topic_check_spelt_as_amqtts_field(self) -> None:
         """``topic_check`` is read as ``topic-check``: alone (no ``auth:``) amqtt dropped its ACL
@@ -363,6 +370,8 @@ QUOTED_LINES: dict[str, str] = {
     "broker.colour: unknown key (known: auth, connect_timeout, ...)": "broker:\n  colour: blue\n",
     "broker.topic-check.plugins.0: no amqtt plugin 'topic_acll' (known: ...)":
         "broker:\n  auth: {plugins: [auth_anonymous]}\n  topic-check: {enabled: true, plugins: [topic_acll]}\n",
+    "broker.topic-check: ignored beside plugins: ...":
+        "broker:\n  plugins: [amqtt.plugins.authentication.AnonymousAuthPlugin]\n  topic-check: {enabled: true}\n",
     "broker.listeners.default.colour: unknown key (known: ...)":
         "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n",
 }

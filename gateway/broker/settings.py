@@ -595,6 +595,13 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     _check_plugins(config.get("plugins"), errors)
     if not isinstance(config.get("plugins"), (dict, list, type(None))):
         del config["plugins"]  # refused above: not a second time by amqtt's check, under plain broker:
+    if config.get("plugins") is not None:  # amqtt then ignores the deprecated sections: their ACL too
+        for key in ("auth", "topic-check"):
+            if isinstance(config.get(key), dict):
+                errors.add(("broker", key), "ignored beside plugins: (amqtt reads the deprecated auth: and "
+                                            "topic-check: sections only without it): configure their plugins under "
+                                            "plugins: (FileAuthPlugin, TopicAccessControlListPlugin...), or remove "
+                                            "plugins:")
     _check_auth_files(config.get("auth"), errors)
     _check_plugin_names(config, entry_point_plugins(), errors)
     try:
