@@ -313,8 +313,9 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
             words = [w for w in (("true", "yes", "on") if value else ("false", "no", "off")) if w in args]
             if len(words) == 1:
                 value = words[0]
-        if value not in args:
-            errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {value!r}")
+        if value not in args:  # (another word as written; another kind of value in YAML's words)
+            shown = repr(value) if isinstance(value, str) else jsontext.given(value)
+            errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {shown}")
             return None
         return value
     if dataclasses.is_dataclass(tp):

@@ -1,8 +1,9 @@
 """Twisted endpoint strings (``tcp:1883:interface=127.0.0.1``, ``tls:host=h:port=8883``),
 split into their arguments: the one parser the broker's listeners and the links share;
 the check of an IPv6 address written as in a URL (``interface=::1``, ``host=[::1]``),
-which they share too; and the parse-only check of the server endpoints of the ingest, the
-admin API and /metrics."""
+which they share too; what ``listen`` would refuse of a server endpoint that Twisted's parser
+takes, which the broker's listeners share with the parse-only check of the server endpoints
+of the ingest, the admin API and /metrics."""
 
 from __future__ import annotations
 
@@ -66,8 +67,47 @@ def unescaped_ipv6_problem(description: str) -> str | None:
     return None
 
 
+def listen_problem(args: list[str], kwargs: dict[str, str], description: str) -> tuple[str, str | None] | None:
+    """What Twisted's parser lets through and ``listen`` would refuse: a port out of range,
+    an interface that is not an IP address (a name is resolved only then, and one that does not
+    resolve stops the start), a backlog that is not a number, no unix path, a ``systemd:``
+    endpoint naming no socket.
+
+    :param args: ``description``'s positional arguments, :func:`split_description`'s.
+    :param kwargs: its keyword arguments.
+    :return: what is wrong and the keyword it is in (``port``, ``interface``, ``backlog`` or
+        ``None``), or ``None`` when Twisted would listen on it.
+    """
+    kind = args[0] if args else ""
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = args[1] if len(args) > 1 else kwargs.get("port", "")
+        if not port.isdigit() or int(port) > 65535:
+            return f"{kind} endpoint needs a port from 0 to 65535: {description!r}", "port"
+        interface = kwargs.get("interface", "")
+        try:
+            if interface:
+                ipaddress.ip_address(interface)
+        except ValueError:
+            return f"interface must be an IP address, not {interface!r}: {description!r}", "interface"
+    if kind == "unix" and not (args[1:] and args[1]) and not kwargs.get("address"):
+        return f"unix endpoint needs a path: {description!r}", None
+    if "backlog" in kwargs and not kwargs["backlog"].isdigit():
+        return f"backlog must be a whole number, not {kwargs['backlog']!r}: {description!r}", "backlog"
+    if kind == "systemd":
+        if kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
+            return f"systemd endpoint needs domain=INET, INET6 or UNIX: {description!r}", None
+        index, name = kwargs.get("index"), kwargs.get("name")
+        if (index is None) == (name is None) or (index is not None and not index.isdigit()):
+            return f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}", None
+    return None
+
+
 def server_endpoint_problem(description: str) -> str | None:
-    """Why Twisted's ``serverFromString`` cannot parse ``description`` (``None`` when it can).
+    """Why ``description`` cannot be the endpoint of the ingest, the admin API or /metrics
+    (``None`` when it can): Twisted's ``serverFromString`` cannot parse it, or ``listen`` would
+    refuse it (:func:`listen_problem`). ``systemd:`` (socket activation) is the broker's
+    listeners' alone: its sockets exist only when systemd starts the gateway, and only the
+    broker keeps its own across a configuration change.
 
     Only parsed: no reactor is touched and nothing listens.
     """
@@ -76,15 +116,19 @@ def server_endpoint_problem(description: str) -> str | None:
     unescaped = unescaped_ipv6_problem(description)
     if unescaped:
         return unescaped
+    args, kwargs = split_description(description)
+    if args[:1] == ["systemd"]:
+        return (f"{description!r}: socket activation (systemd:) is for the broker's listeners only: give this one"
+                " a tcp: or unix: endpoint")
     try:
         serverFromString(object(), description)
     except (ValueError, TypeError, KeyError) as exc:
         return f"not a Twisted server endpoint: {description!r} ({exc})"
     except OSError as exc:  # (an ssl: endpoint's certificate or key read at parse time)
         return f"{description!r}: {exc.strerror or exc}{f': {exc.filename!r}' if exc.filename else ''}"
-    args, kwargs = split_description(description)
     if args[:1] in (["tcp"], ["tcp6"], ["ssl"]):  # parsed as any whole number; listen() would refuse it
         port = args[1] if len(args) > 1 else kwargs.get("port", "")
         if not port.isdigit() or int(port) > 65535:
             return f"{description!r}: the port must be from 0 to 65535, not {port!r}"
-    return None
+    problem = listen_problem(args, kwargs, description)
+    return problem[0] if problem else None

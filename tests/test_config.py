@@ -220,7 +220,7 @@ class ConfigTests(SynchronousTestCase):
                           f"    b:\n      bind: 127.0.0.1:8884\n      ssl: true\n      certfile: {cert}\n"
                           "    c:\n      bind: 127.0.0.1:8885\n      ssl: true\n")
         self.assertEqual(self.errors(path), [
-            f"{path}: broker.listeners.a.ssl: must be true or false, not 'no'",
+            f"{path}: broker.listeners.a.ssl: must be true or false, not the text 'no'",
             f"{path}: broker.listeners.b.keyfile: needed too: certfile and keyfile go together (amqtt requires both)",
             f"{path}: broker.listeners.c.certfile: an ssl listener needs certfile and keyfile",
         ])
@@ -245,9 +245,10 @@ class ConfigTests(SynchronousTestCase):
                           "      max-connections: 5\n      max_connections: 6\n"
                           "  timeout-disconnect-delay: 2\n  timeout_disconnect_delay: 3\n", "twice.yaml")
         self.assertEqual(self.errors(path), [
-            f"{path}: broker.timeout-disconnect-delay: given twice, as timeout-disconnect-delay and "
-            "timeout_disconnect_delay",
-            f"{path}: broker.listeners.default.max-connections: given twice, as max-connections and max_connections",
+            f"{path}: broker.timeout_disconnect_delay: given twice, as 'timeout-disconnect-delay' and "
+            "'timeout_disconnect_delay'",
+            f"{path}: broker.listeners.default.max_connections: given twice, as 'max-connections' and "
+            "'max_connections'",
         ])
 
     def test_a_dash_in_a_broker_key_is_read_as_underscore(self) -> None:
@@ -269,8 +270,8 @@ class ConfigTests(SynchronousTestCase):
                           broker.connect_timeout), (5, "drop_oldest", 3600, 3))
         self.assertTrue(broker.listeners[0].require_client_cert)
         path = self.write("broker:\n  max-queued-messages: 5\n  max_queued_messages: 6\n", "twice.yaml")
-        self.assertEqual(self.errors(path), [f"{path}: broker.max-queued-messages: given twice, as max-queued-messages"
-                                             " and max_queued_messages"])
+        self.assertEqual(self.errors(path), [f"{path}: broker.max_queued_messages: given twice, as "
+                                             "'max-queued-messages' and 'max_queued_messages'"])
 
     def test_amqtt_ipv6_bind(self) -> None:
         """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
@@ -407,9 +408,9 @@ class ConfigTests(SynchronousTestCase):
         path = self.write("broker:\n  sys_interval: abc\n  timeout_disconnect_delay: 1.5\n"
                           "  session_expiry_interval: xyz\n")
         self.assertEqual(self.errors(path), [
-            f"{path}: broker.sys_interval: must be a whole number of seconds, not 'abc'",
-            f"{path}: broker.timeout_disconnect_delay: must be a whole number of seconds, not 1.5",
-            f"{path}: broker.session_expiry_interval: must be a whole number of seconds, not 'xyz'"])
+            f"{path}: broker.sys_interval: must be a whole number of seconds, not the text 'abc'",
+            f"{path}: broker.timeout_disconnect_delay: must be a whole number of seconds, not the number 1.5",
+            f"{path}: broker.session_expiry_interval: must be a whole number of seconds, not the text 'xyz'"])
         path = self.write("broker:\n  auth: yes please\n  topic-check: [acl]\n  plugins: 5\n", "types.yaml")
         self.assertEqual(self.errors(path), [f"{path}: broker.auth: must be a mapping, not the text 'yes please'",
                                              f"{path}: broker.topic-check: must be a mapping, not a list",
@@ -783,7 +784,8 @@ class LoadCheckTests(SynchronousTestCase):
         for line in lines:
             self.assertNotIn("\n", line)
             self.assertIn("\\n", line)
-        self.assertEqual(lines[0], f"{path}: broker.sys_interval: must be a whole number of seconds, not 'ten\\n'")
+        self.assertEqual(lines[0], f"{path}: broker.sys_interval: must be a whole number of seconds, not the text"
+                                   " 'ten\\n'")
         self.assertEqual(lines[1:], [
             f"{path}: links.links.c.endpoint: must not hold a control character ('\\n'): 'tpc:host=h\\n'",
             f"{path}: ingest.endpoint: must not hold a control character ('\\n'): 'tpc:8090\\n'"])
@@ -1000,7 +1002,7 @@ class LoadCheckTests(SynchronousTestCase):
 
     def test_max_connections_not_whole_is_one_error(self) -> None:
         """``max_connections: 10.5`` (or a string) is one clear error, ours, not ours and amqtt's."""
-        for value, shown in (("10.5", "10.5"), ("lots", "'lots'")):
+        for value, shown in (("10.5", "the number 10.5"), ("lots", "the text 'lots'")):
             self.assertOneError("broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n"
                                 f"      max_connections: {value}\n",
                                 "broker.listeners.default.max_connections", f"whole number from 0 up, not {shown}")
@@ -1048,7 +1050,7 @@ class LoadCheckTests(SynchronousTestCase):
         ``"false"`` let anonymous clients in), and its plugins: spelling is named as wrong there
         (amqtt ignores it, and anonymous clients would be refused against the user's intent)."""
         self.assertOneError("broker:\n  auth:\n    allow-anonymous: 'false'\n",
-                            "broker.auth.allow-anonymous", "must be true or false, not 'false'")
+                            "broker.auth.allow-anonymous", "must be true or false, not the text 'false'")
         self.assertOneError("broker:\n  auth:\n    allow_anonymous: true\n",
                             "broker.auth.allow_anonymous", "spells it allow-anonymous")
 

@@ -247,7 +247,8 @@ def documented() -> tuple[dict[str, list[tuple[str, str | None]]], list[str]]:
 
 def documented_bounds() -> Iterator[tuple[str, str, float | None, float | None]]:
     """``(key path, where, min, max)`` of every table row for one key whose meaning states a
-    range: ``1–16``, ``(0-255)``, ``from 64 to 66977792``, ``at least 1``, ``at most 8``."""
+    range: ``1–16``, ``(0-255)``, ``from 64 to 66977792``, ```0` to `32768```, ``at least 1``,
+    ``at most 8``."""
     for (doc, heading, index), prefixes in TABLES.items():
         for cells in table_rows(doc, heading, index):
             keys = _row_keys(cells[0])
@@ -255,7 +256,8 @@ def documented_bounds() -> Iterator[tuple[str, str, float | None, float | None]]
                 continue
             number = r"(\d+(?:\.\d+)?)"
             both = (re.search(rf"{number} ?– ?{number}", cells[2]) or re.search(rf"\({number}-{number}\)", cells[2])
-                    or re.search(rf"from {number} to {number}", cells[2]))
+                    or re.search(rf"from {number} to {number}", cells[2]) or re.search(rf"`{number}` to `{number}`",
+                                                                                         cells[2]))
             low = re.search(rf"at least {number}", cells[2])
             high = re.search(rf"at most {number}", cells[2])
             if not (both or low or high):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from importlib.metadata import entry_points
 from typing import Any, Iterator, Protocol
 
 from amqtt.broker import BrokerContext, RetainedApplicationMessage
@@ -39,7 +40,14 @@ from gateway.mqtt.topics import valid_filter
 #: amqtt's plugin namespace for brokers (entry points, deprecated by amqtt but still read).
 NAMESPACE = "amqtt.broker.plugins"
 
-__all__ = ["Action", "AmqttPlugins", "BrokerEvents", "PeerCertificate", "PluginBroker", "check_config", "session_view"]
+__all__ = ["Action", "AmqttPlugins", "BrokerEvents", "PeerCertificate", "PluginBroker", "check_config",
+           "entry_point_plugins", "session_view"]
+
+
+def entry_point_plugins() -> list[str]:
+    """The names of amqtt's entry-point plugins (``auth_anonymous``, ``auth_file``, ``topic_acl``
+    ...), which the deprecated ``auth:`` and ``topic-check:`` sections list, sorted."""
+    return sorted({entry.name for entry in entry_points(group=NAMESPACE)})
 
 
 def check_config(config: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ file (``cafile``/``caCertsDir``) and require them (``requireClientCert=yes``).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -24,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from gateway.endpointstrings import split_description, unescaped_ipv6_problem
+from gateway.endpointstrings import listen_problem, split_description, unescaped_ipv6_problem
 from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
@@ -155,30 +154,13 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
 
 
 def _check_address(args: list[str], kwargs: dict[str, str], description: str) -> None:
-    """What Twisted's parser lets through and ``listen`` would refuse: a port out of range,
-    an interface that is not an IP address, a backlog that is not a number, no unix path."""
-    kind = args[0] if args else ""
-    if kind in ("tcp", "ssl"):
-        port = args[1] if len(args) > 1 else kwargs.get("port", "")
-        if not port.isdigit() or int(port) > 65535:
-            raise EndpointError(f"{kind} endpoint needs a port from 0 to 65535: {description!r}", "port")
-        interface = kwargs.get("interface", "")
-        try:
-            if interface:
-                ipaddress.ip_address(interface)
-        except ValueError:
-            raise EndpointError(f"interface must be an IP address, not {interface!r}: {description!r}",
-                                "interface") from None
-    if kind == "unix" and not (args[1:] and args[1]) and not kwargs.get("address"):
-        raise EndpointError(f"unix endpoint needs a path: {description!r}")
-    if "backlog" in kwargs and not kwargs["backlog"].isdigit():
-        raise EndpointError(f"backlog must be a whole number, not {kwargs['backlog']!r}: {description!r}", "backlog")
-    if kind == "systemd":
-        if kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
-            raise EndpointError(f"systemd endpoint needs domain=INET, INET6 or UNIX: {description!r}")
-        index, name = kwargs.get("index"), kwargs.get("name")
-        if (index is None) == (name is None) or (index is not None and not index.isdigit()):
-            raise EndpointError(f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}")
+    """What Twisted's parser lets through and ``listen`` would refuse (:func:`listen_problem`).
+
+    :raises EndpointError: naming the keyword the problem is in.
+    """
+    problem = listen_problem(args, kwargs, description)
+    if problem is not None:
+        raise EndpointError(*problem)
 
 
 @implementer(IStreamServerEndpoint)

@@ -53,6 +53,9 @@ MIN_PACKET_SIZE = 64
 #: The largest ``max_topic_levels`` accepted: the levels of a filter of 65535 bytes (§1.5.3),
 #: ``+/+/...`` (a topic of only ``/`` has twice as many; ``0`` is no bound).
 MAX_TOPIC_LEVELS = 32768
+#: The largest ``max_inflight_messages`` accepted: a QoS 1/2 delivery in flight holds one of the
+#: client's packet identifiers, 1 to 65535 (§2.3.1); with all of them taken the next could not go.
+MAX_INFLIGHT_MESSAGES = 65535
 #: Plugins when the section names none: clients without a user name are refused (amqtt's
 #: rule; it checks no password: FileAuthPlugin or client certificates do).
 DEFAULT_PLUGINS: dict[str, Any] = {
@@ -154,8 +157,9 @@ def parse_duration(value: Any) -> float:
     :raises ValueError: for anything else, a negative duration, or YAML's ``.nan`` and
         ``.inf`` (no expiry is ``0``).
     """
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
+    rule = "seconds, or a whole number followed by s, h, d, w, m or y"
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError(f"not a duration ({rule}): {jsontext.given(value)}")  # (in YAML's words)
     try:
         if isinstance(value, (int, float)):
             seconds = float(value)
@@ -165,7 +169,7 @@ def parse_duration(value: Any) -> float:
               and value[:-1].isdigit()):  # (str.isdigit takes any script's digits, and ² too)
             seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
         else:
-            raise ValueError(f"not a duration (seconds, or a whole number followed by s, h, d, w, m or y): {value!r}")
+            raise ValueError(f"not a duration ({rule}): {jsontext.given(value)}")
     except OverflowError:
         raise ValueError(f"not a duration: {value!r} is too large") from None
     if seconds < 0:
@@ -236,6 +240,10 @@ IGNORED_LISTENER_KEYS = ("capath", "cadata", "reader", "writer")
 #: Every key a listener takes: amqtt's (its ``ListenerConfig``) and the gateway's.
 LISTENER_KEYS = ("type", "bind", "max_connections", "ssl", "cafile", "certfile", "keyfile", "endpoint",
                  "require_client_cert") + IGNORED_LISTENER_KEYS
+#: Every key the section takes: the gateway's, and amqtt's (its ``BrokerConfig``; ``topic-check``
+#: as amqtt reads it, and ``topic_check``, its field's name, is read as that). Any other is one
+#: error under its own key (amqtt's check named them all in one line under plain ``broker:``).
+BROKER_KEYS = UNDERSCORED_KEYS + ("listeners", "plugins", "auth", "topic-check")
 #: The same as :data:`DASHED_KEYS` for a listener's keys (hbmqtt's ``max-connections``).
 DASHED_LISTENER_KEYS = {key.replace("_", "-"): key for key in LISTENER_KEYS if "_" in key}
 
@@ -256,13 +264,14 @@ def _readable(path: str | os.PathLike[str]) -> bool:
 
 def _underscored(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
                  errors: ErrorSink) -> None:
-    """Rename the keys spelt with ``-`` in ``mapping`` (in place) to their ``_`` spelling,
-    amqtt's; both given is an error."""
+    """Rename the keys of ``mapping`` (in place) that ``spellings`` maps (hbmqtt's ``-``
+    spellings) to the spelling read (amqtt's); both given is an error."""
     for old, new in spellings.items():
         if old not in mapping:
             continue
-        if new in mapping:
-            errors.add(path + (old,), f"given twice, as {old} and {new}")
+        if new in mapping:  # (as every section says it: the keys as written, under the second)
+            first, second = [key for key in mapping if key in (old, new)]
+            errors.add(path + (second,), f"given twice, as {first!r} and {second!r}")
             del mapping[old]
         else:
             mapping[new] = mapping.pop(old)
@@ -274,7 +283,7 @@ def _tls_keys_fit(listener: dict[str, Any], endpoint: Any, path: tuple[str, ...]
     and an ``ssl`` listener without ``endpoint:`` has them. Whether they fit; problems go to ``errors``."""
     ssl_on = listener.get("ssl", False)
     if not isinstance(ssl_on, bool):
-        errors.add(path + ("ssl",), f"must be true or false, not {ssl_on!r}")
+        errors.add(path + ("ssl",), f"must be true or false, not {jsontext.given(ssl_on)}")
         return False
     has_cert, has_key = listener.get("certfile") is not None, listener.get("keyfile") is not None
     if has_cert != has_key:
@@ -290,8 +299,14 @@ def _tls_keys_fit(listener: dict[str, Any], endpoint: Any, path: tuple[str, ...]
 def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:  # (nan is not > 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.add(path, f"must be a positive number, not {jsontext.given(value)}")
+        return default
+    if not value > 0:  # (nan is not > 0)
         errors.add(path, f"must be a positive number, not {value!r}")
+        return default
+    if isinstance(value, float) and math.isinf(value):  # YAML's .inf: no deadline, a silent client stays for ever
+        errors.add(path, f"must be a finite number, not {value!r}")
         return default
     try:
         return float(value)
@@ -304,9 +319,10 @@ def _whole_number(value: Any, path: tuple[str, ...], errors: ErrorSink, low: int
                   default: int) -> int:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    wrong_kind = isinstance(value, bool) or not isinstance(value, int)
+    if wrong_kind or value < low or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"from {low} up"
-        errors.add(path, f"must be a whole number {bounds}, not {value!r}")
+        errors.add(path, f"must be a whole number {bounds}, not {jsontext.given(value) if wrong_kind else value}")
         return default
     return value
 
@@ -359,6 +375,28 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
 
 
+def _check_plugin_names(config: dict[str, Any], known: list[str], errors: ErrorSink) -> None:
+    """Report the names the deprecated ``auth:`` and ``topic-check:`` sections list under
+    ``plugins`` that are none of amqtt's entry-point plugins (``auth_file``, ``topic_acl``...):
+    amqtt skips such a name without a word, so a misspelt ``topic_acl`` left its ACL unapplied
+    (every client could use every topic) and a misspelt auth plugin refused every client.
+
+    :param known: the names of amqtt's entry-point plugins.
+    """
+    if config.get("plugins") is not None:
+        return  # (amqtt then ignores both sections)
+    for section in ("auth", "topic-check"):
+        names = config[section].get("plugins") if isinstance(config.get(section), dict) else None
+        path = ("broker", section, "plugins")
+        if names is not None and not isinstance(names, list):  # (amqtt would match a text's substrings)
+            errors.add(path, f"must be a list of amqtt plugin names, not {jsontext.given(names)}")
+            continue
+        for index, name in enumerate(names or ()):
+            if name not in known:
+                shown = repr(name) if isinstance(name, str) else jsontext.given(name)
+                errors.add(path + (str(index),), f"no amqtt plugin {shown} (known: {', '.join(known)})")
+
+
 def _refuse_anonymous_by_default(auth: dict[str, Any], errors: ErrorSink) -> None:
     """Make the deprecated ``auth:`` section refuse anonymous clients unless its
     ``allow-anonymous`` says true (in place): amqtt's ``AnonymousAuthPlugin`` lets them in when
@@ -368,7 +406,7 @@ def _refuse_anonymous_by_default(auth: dict[str, Any], errors: ErrorSink) -> Non
                    "the auth: section spells it allow-anonymous (allow_anonymous is the plugins: spelling)")
     allow = auth.setdefault("allow-anonymous", False)
     if not isinstance(allow, bool):
-        errors.add(("broker", "auth", "allow-anonymous"), f"must be true or false, not {allow!r}")
+        errors.add(("broker", "auth", "allow-anonymous"), f"must be true or false, not {jsontext.given(allow)}")
 
 
 def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
@@ -377,7 +415,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     :param raw: the parsed YAML (``None`` when the section is absent).
     :param errors: where problems go, each with its key path.
     """
-    from gateway.broker.amqtt_adapter import check_config  # amqtt: loaded when a config is read
+    from gateway.broker.amqtt_adapter import check_config, entry_point_plugins  # amqtt: loaded when a config is read
 
     if raw is None:
         raw = {}
@@ -390,6 +428,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.refuse_text(where, problem)
     config = copy.deepcopy(raw)
     _underscored(config, DASHED_KEYS, ("broker",), errors)
+    _underscored(config, {"topic_check": "topic-check"}, ("broker",), errors)  # (else amqtt's alone: no ACL)
+    for key in [key for key in config if key not in BROKER_KEYS]:
+        errors.add(("broker", str(key)), f"unknown key (known: {', '.join(sorted(BROKER_KEYS))})")
+        del config[key]  # (not a second time by amqtt's check, under plain broker:)
     max_packet = config.pop("max_packet_size", None)
     if isinstance(max_packet, int) and not isinstance(max_packet, bool) and max_packet > MAX_PACKET_SIZE:
         errors.add(("broker", "max_packet_size"),
@@ -402,10 +444,16 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
     limits: dict[str, Any] = {}
-    for key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes"):
+    max_inflight = config.pop("max_inflight_messages", None)
+    if max_inflight is not None:  # each in flight holds one of a client's 65535 packet identifiers (§2.3.1)
+        limits["max_inflight_messages"] = _whole_number(max_inflight, ("broker", "max_inflight_messages"), errors, 1,
+                                                        MAX_INFLIGHT_MESSAGES, BrokerSettings.max_inflight_messages)
+    for key in ("max_queued_messages", "max_queued_bytes"):
         value = config.pop(key, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            errors.add(("broker", key), f"must be a positive whole number, not {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            errors.add(("broker", key), f"must be a positive whole number, not {jsontext.given(value)}")
+        elif value is not None and value < 1:
+            errors.add(("broker", key), f"must be a positive whole number, not {value}")
         elif value is not None:
             limits[key] = value
     max_inflight_bytes = config.pop("max_inflight_bytes", None)
@@ -414,13 +462,14 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                                                      0, None, BrokerSettings.max_inflight_bytes)
     overflow = config.pop("queue_overflow", None)
     if overflow is not None and overflow not in OVERFLOW_POLICIES:
-        errors.add(("broker", "queue_overflow"), f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+        shown = repr(overflow) if isinstance(overflow, str) else jsontext.given(overflow)
+        errors.add(("broker", "queue_overflow"), f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {shown}")
     elif overflow is not None:
         limits["queue_overflow"] = overflow
     for key in AMQTT_SECONDS:  # each under its own key, all at once (amqtt's check names only the first)
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            errors.add(("broker", key), f"must be a whole number of seconds, not {value!r}")
+            errors.add(("broker", key), f"must be a whole number of seconds, not {jsontext.given(value)}")
             del config[key]
     for key in ("auth", "topic-check"):  # (amqtt's check words it with the repr of a generator)
         if config.get(key) is not None and not isinstance(config[key], dict):
@@ -451,7 +500,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                                                     None, DEFAULT_MAX_SUBSCRIPTIONS)
     raw_listeners = config.get("listeners") or {"default": {"endpoint": DEFAULT_ENDPOINT}}
     if not isinstance(raw_listeners, dict):
-        errors.add(("broker", "listeners"), "must be a mapping of listener names to listeners")
+        errors.add(("broker", "listeners"),
+                   f"must be a mapping of listener names to listeners, not {jsontext.given(raw_listeners)}")
         raw_listeners = {}
     ours: list[ListenerSettings] = []
     keys_written: dict[str, str] = {}  # listener name -> "bind" or "endpoint", as written
@@ -463,7 +513,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.refuse_text(path, name_problem)
             continue
         if not isinstance(listener, dict):
-            errors.add(path, "must be a mapping")
+            errors.add(path, f"must be a mapping, not {jsontext.given(listener)}")
             continue
         for key, value in listener.items():  # the gateway's socket, files and address: one line each
             value_problem = text_problem(value) if isinstance(value, str) else None
@@ -497,7 +547,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path + (key,), f"must be a path (a non-empty string), not {jsontext.given(value)}")
         tls_fits = not bad_files and _tls_keys_fit(listener, endpoint, path, errors)
         if not isinstance(require, bool):
-            errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
+            errors.add(path + ("require_client_cert",), f"must be true or false, not {jsontext.given(require)}")
             require = False
         written = "bind" if endpoint is None else "endpoint"
         if endpoint is None:
@@ -511,7 +561,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                 _check_cafile(listener.get("cafile"), path, errors)
             continue
         if not isinstance(endpoint, str) or not endpoint:
-            errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
+            errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {jsontext.given(endpoint)}")
             continue
         cafile = listener.get("cafile")
         if require and split_description(endpoint)[0][:1] != ["ssl"]:
@@ -545,7 +595,15 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     _check_plugins(config.get("plugins"), errors)
     if not isinstance(config.get("plugins"), (dict, list, type(None))):
         del config["plugins"]  # refused above: not a second time by amqtt's check, under plain broker:
+    if config.get("plugins") is not None:  # amqtt then ignores the deprecated sections: their ACL too
+        for key in ("auth", "topic-check"):
+            if isinstance(config.get(key), dict):
+                errors.add(("broker", key), "ignored beside plugins: (amqtt reads the deprecated auth: and "
+                                            "topic-check: sections only without it): configure their plugins under "
+                                            "plugins: (FileAuthPlugin, TopicAccessControlListPlugin...), or remove "
+                                            "plugins:")
     _check_auth_files(config.get("auth"), errors)
+    _check_plugin_names(config, entry_point_plugins(), errors)
     try:
         check_config(config)
     except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here

@@ -302,10 +302,11 @@ class SettingsTests(SynchronousTestCase):
     def test_inflight_bytes_errors(self) -> None:
         """A negative, fractional, boolean or text ``max_inflight_bytes`` is an error under its
         key, saying what it takes, and the only one."""
-        for value in (-1, 1.5, True, "4MB"):
+        for value, shown in ((-1, "-1"), (1.5, "the number 1.5"), (True, "the boolean true"),
+                             ("4MB", "the text '4MB'")):
             _, errors = self.parse(max_inflight_bytes=value)
             self.assertEqual(errors, [f"<defaults>: broker.max_inflight_bytes: must be a whole number from 0 up, "
-                                      f"not {value!r}"])
+                                      f"not {shown}"])
 
     def test_topic_levels_and_subscriptions(self) -> None:
         """``max_topic_levels`` (mosquitto's 200) and ``max_subscriptions`` (1000 a session) by
@@ -321,8 +322,10 @@ class SettingsTests(SynchronousTestCase):
     def test_topic_levels_and_subscriptions_errors(self) -> None:
         """A negative, fractional, boolean or text value is an error under its key, saying what
         it takes; so is a depth over 32768, more than a filter of 65535 bytes (``+/+/...``) can have."""
-        for levels, subscriptions in ((-1, 1.5), (True, "many"), (40000, -3)):
+        for (levels, levels_shown), (subscriptions, shown) in (((-1, "-1"), (1.5, "the number 1.5")),
+                                                               ((True, "the boolean true"), ("many", "the text 'many'")),
+                                                               ((40000, "40000"), (-3, "-3"))):
             _, errors = self.parse(max_topic_levels=levels, max_subscriptions=subscriptions)
             self.assertEqual(errors, [f"<defaults>: broker.max_topic_levels: must be a whole number from 0 to 32768, "
-                                      f"not {levels!r}", "<defaults>: broker.max_subscriptions: must be a whole "
-                                      f"number from 0 up, not {subscriptions!r}"])
+                                      f"not {levels_shown}", "<defaults>: broker.max_subscriptions: must be a whole "
+                                      f"number from 0 up, not {shown}"])
