@@ -36,6 +36,7 @@ from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.offservice import OffService
+from gateway.lastrun import journal_recovery, unclean_line
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
 from gateway.telemetry.appbytes import TABLE, AccountingService, NftAccounting, detect
@@ -180,7 +181,7 @@ def build_service(config: Config, reactor: Any,
     """
     root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure, exit_deadline=exit_deadline)
     root.about = about(config)
-    state = StateDirService(config.state_dir, config.state_dir / config.journal.directory)
+    state = StateDirService(config.state_dir, config.state_dir / config.journal.directory, clock=reactor)
     state.setServiceParent(root)
     root.state = state
 
@@ -211,6 +212,7 @@ def build_service(config: Config, reactor: Any,
     root.shutdown_timeout = running.gateway.shutdown_timeout
     add_services(root, running, reactor, changer, loop)
     root.started.addCallback(lambda _: tree_started(root))
+    root.started.addCallback(lambda _: tell_previous_stop(root))
     root.started.addCallback(lambda _: changer.resume())
     return root
 
@@ -245,6 +247,16 @@ def tree_started(root: GatewayTree) -> None:
     assert root.parts is not None, "the tree has started"
     root.parts.apps.spool.start()
     root.parts.links.open_downlink()
+
+
+def tell_previous_stop(root: GatewayTree) -> None:
+    """Once the gateway has started (its journal recovered): log one line when the previous run
+    on the state directory ended without a clean stop, with what the journal's recovery cut
+    from its streams' tails (:mod:`gateway.lastrun`)."""
+    assert root.parts is not None and root.state is not None, "the tree has started"
+    line = unclean_line(root.state.previous_stop, journal_recovery(root.parts.readside.journal()))
+    if line is not None:
+        root.log.warn("{line}", line=line)
 
 
 def hold_downlink(root: GatewayTree) -> None:
@@ -376,8 +388,10 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         "reports": lambda: telemetry.last_reports()})
     uploads.setServiceParent(root)
     UploadCommands(uploads, broker.bus, reactor).setServiceParent(root)
+    state = root.state
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin,
-                        accounting=accounting_service)
+                        accounting=accounting_service,
+                        previous_stop=(lambda: state.previous_stop) if state is not None else None)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.goes_on_from(previous.readside)
