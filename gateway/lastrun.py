@@ -43,7 +43,8 @@ UNCLEAN = "unclean"
 NONE = "none"
 
 #: Why a run ended without a clean stop (:attr:`PreviousStop.cause`): its stop began (a SIGTERM)
-#: but did not end (systemd's SIGKILL after ``TimeoutStopSec``, the machine going down meanwhile).
+#: but did not end (its services hung and the gateway's exit deadline ended it, systemd's SIGKILL
+#: after ``TimeoutStopSec``, the machine going down meanwhile).
 STOP_CUT_SHORT = "stop-cut-short"
 #: The machine has started again since, while the gateway ran: a power cut, a kernel panic, a
 #: watchdog reset (or a reboot that did not stop the gateway first).
@@ -52,7 +53,7 @@ REBOOT = "reboot"
 KILLED = "killed"
 
 _CAUSES = {
-    STOP_CUT_SHORT: "its stop began but did not end (killed while stopping)",
+    STOP_CUT_SHORT: "its stop began but did not end (the process ended while stopping)",
     REBOOT: "the machine has started again since (a power cut, a kernel panic, a watchdog reset)",
     KILLED: "the machine ran on: the process was killed (SIGKILL, the OOM killer) or crashed",
 }

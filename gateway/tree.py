@@ -212,7 +212,12 @@ def build_service(config: Config, reactor: Any,
     root.shutdown_timeout = running.gateway.shutdown_timeout
     add_services(root, running, reactor, changer, loop)
     root.started.addCallback(lambda _: tree_started(root))
-    root.started.addCallback(lambda _: tell_previous_stop(root))
+
+    def failed(failure: Failure) -> Failure:
+        tell_previous_stop(root, started=False)
+        return failure
+
+    root.started.addCallbacks(lambda _: tell_previous_stop(root), failed)
     root.started.addCallback(lambda _: changer.resume())
     return root
 
@@ -249,12 +254,16 @@ def tree_started(root: GatewayTree) -> None:
     root.parts.links.open_downlink()
 
 
-def tell_previous_stop(root: GatewayTree) -> None:
-    """Once the gateway has started (its journal recovered): log one line when the previous run
-    on the state directory ended without a clean stop, with what the journal's recovery cut
-    from its streams' tails (:mod:`gateway.lastrun`)."""
-    assert root.parts is not None and root.state is not None, "the tree has started"
-    line = unclean_line(root.state.previous_stop, journal_recovery(root.parts.readside.journal()))
+def tell_previous_stop(root: GatewayTree, started: bool = True) -> None:
+    """Once the gateway has started (its journal recovered), or failed to start: log one line
+    when the previous run on the state directory ended without a clean stop, with what the
+    journal's recovery cut from its streams' tails when it has started (:mod:`gateway.lastrun`).
+    A start that failed says it too: the failed start stops cleanly, and the next one would
+    not tell it."""
+    if root.state is None:
+        return
+    recovery = journal_recovery(root.parts.readside.journal()) if started and root.parts is not None else ""
+    line = unclean_line(root.state.previous_stop, recovery)
     if line is not None:
         root.log.warn("{line}", line=line)
 
