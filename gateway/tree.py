@@ -33,10 +33,10 @@ from gateway.config import Config
 from gateway.exitdeadline import ExitDeadline
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
+from gateway.lastrun import journal_recovery, unclean_line
 from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.offservice import OffService
-from gateway.lastrun import journal_recovery, unclean_line
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
 from gateway.telemetry.appbytes import TABLE, AccountingService, NftAccounting, detect
