@@ -263,9 +263,10 @@ def tell_previous_stop(root: GatewayTree, started: bool = True) -> None:
     if root.state is None:
         return
     recovery = journal_recovery(root.parts.readside.journal()) if started and root.parts is not None else ""
-    line = unclean_line(root.state.previous_stop, recovery)
-    if line is not None:
-        root.log.warn("{line}", line=line)
+    previous = root.state.previous_stop
+    line = unclean_line(previous, recovery)
+    if line is not None:  # (with its facts as fields, for a structured log's reader)
+        root.log.warn("{line}", line=line, previous_stop=to_jsonable(previous), recovery=recovery)
 
 
 def hold_downlink(root: GatewayTree) -> None:

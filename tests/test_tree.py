@@ -447,6 +447,8 @@ class TreeTests(TreeHelpers, TestCase):
                          ["the previous run did not stop cleanly (pid 4107, started 2026-12-02T08:26:40Z, last known"
                           " alive 2026-12-02T11:43:43Z): the machine has started again since (a power cut, a kernel"
                           " panic, a watchdog reset); this state directory has seen that once"])
+        [event] = [e for e in events if "previous_stop" in e]
+        self.assertEqual((event["previous_stop"]["pid"], event["previous_stop"]["cause"]), (4107, "reboot"))
         record = json.loads((work / "state" / "run.json").read_text())
         self.assertEqual(record["unclean_stops"], 1)
         self.assertIsNotNone(record["stopped_at"])
