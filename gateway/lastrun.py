@@ -16,6 +16,7 @@ makes them as it starts and, last of all, as it stops.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -163,18 +164,18 @@ class RunRecord:
         if not isinstance(record, dict):
             return PreviousStop()
         pid, started = _number(record.get("pid")), _number(record.get("started_at"))
-        count, last = _number(record.get("unclean_stops")) or 0, _number(record.get("last_unclean_at"))
+        count, last = max(0, int(_number(record.get("unclean_stops")) or 0)), _number(record.get("last_unclean_at"))
         stopped = _number(record.get("stopped_at"))
         pid = int(pid) if pid is not None else None
         if stopped is not None:
-            return PreviousStop(CLEAN, stopped, pid, started, "", int(count), last)
+            return PreviousStop(CLEAN, stopped, pid, started, "", count, last)
         if stopping_pid is not None and stopping_pid == str(pid):
             cause = STOP_CUT_SHORT
         elif self.boot and record.get("boot_id") and record.get("boot_id") != self.boot:
             cause = REBOOT
         else:
             cause = KILLED
-        return PreviousStop(UNCLEAN, alive, pid, started, cause, int(count) + 1, alive)
+        return PreviousStop(UNCLEAN, alive, pid, started, cause, count + 1, alive)
 
 
 def unclean_line(previous: PreviousStop, recovery: str = "") -> str | None:
@@ -214,5 +215,9 @@ def journal_recovery(journal: JournalSnapshot) -> str:
 
 
 def _number(value: Any) -> float | None:
-    """``value`` when it is a number (not a boolean), else ``None``."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """``value`` when it is a finite number (not a boolean: JSON's ``Infinity`` and ``NaN`` are
+    read too), else ``None``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

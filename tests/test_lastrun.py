@@ -120,6 +120,15 @@ class RunRecordTests(SynchronousTestCase):
         self.assertEqual((self.state / f"{RUN_FILE}.damaged").read_text(), "{not json")
         self.assertIn("holds no run record", " ".join(formatEvent(e) for e in events))
 
+    def test_a_record_of_odd_values_is_read_as_far_as_it_goes(self) -> None:
+        """A record whose numbers are not numbers (a string, JSON's Infinity or NaN, a negative
+        count) stops no start: what cannot be read is unknown, the count starts from zero."""
+        (self.state / RUN_FILE).write_text('{"pid": "x", "started_at": Infinity, "stopped_at": NaN,'
+                                           ' "unclean_stops": -4, "last_unclean_at": true}')
+        previous = self.record().begin(4711)
+        self.assertEqual((previous.kind, previous.pid, previous.started_at, previous.unclean_stops,
+                          previous.last_unclean_at), (UNCLEAN, None, None, 1, previous.at))
+
     def test_a_record_not_written_leaves_no_wrong_one(self) -> None:
         """A disk that refuses this run's record (full) makes the start say so and remove the
         previous run's clean record: the next start knows no previous run rather than a clean
