@@ -100,7 +100,8 @@ class RunRecord:
         self.path = state_dir / RUN_FILE
         self.now = now
         self.boot = boot_id() if boot is None else boot
-        self._record: dict[str, Any] | None = None  # this run's, once written
+        self._record: dict[str, Any] | None = None  # this run's, once begun
+        self._written = False  # (the disk took it: there is a record to mark alive)
         self._alive_refused = False  # (said once)
 
     def begin(self, pid: int, stopping_pid: str | None = None) -> PreviousStop:
@@ -121,8 +122,8 @@ class RunRecord:
 
     def alive(self) -> None:
         """Mark the run as alive now: the record's modification time (no fsync)."""
-        if self._record is None:
-            return
+        if not self._written:
+            return  # (not begun, or its write refused: said then)
         try:
             os.utime(self.path)
         except OSError as exc:
@@ -137,14 +138,16 @@ class RunRecord:
             return
         self._record = {**self._record, "stopped_at": self.now()}
         self._write("this run's clean stop")
-        self._record = None
+        self._record, self._written = None, False
 
     def _write(self, what: str) -> None:
         """Replace the record with :attr:`_record`; when the disk refuses it, remove the old one
         (a next start then knows no previous run rather than tells a wrong one)."""
         try:
             write_json_atomically(self.path, self._record, mode=0o640)
+            self._written = True
         except OSError as exc:
+            self._written = False
             remove_quietly(self.path)
             log.warn("cannot record {what} in {path} ({error}): the next start cannot tell how this run ended",
                      what=what, path=str(self.path), error=exc.strerror or str(exc))
@@ -188,9 +191,11 @@ def unclean_line(previous: PreviousStop, recovery: str = "") -> str | None:
     """
     if previous.kind != UNCLEAN:
         return None
-    started, alive = utc_text(previous.started_at), utc_text(previous.at)
+    started, alive = (utc_text(seconds) if seconds is not None else "unknown"
+                      for seconds in (previous.started_at, previous.at))
     times = "once" if previous.unclean_stops == 1 else f"{previous.unclean_stops} times"
-    return (f"the previous run did not stop cleanly (pid {previous.pid}, started {started}, last known alive"
+    pid = previous.pid if previous.pid is not None else "unknown"
+    return (f"the previous run did not stop cleanly (pid {pid}, started {started}, last known alive"
             f" {alive}): {_CAUSES.get(previous.cause, previous.cause)}"
             + (f"; {recovery}" if recovery else "")
             + f"; this state directory has seen that {times}")

@@ -142,9 +142,13 @@ class RunRecordTests(SynchronousTestCase):
             raise OSError(28, "No space left on device")
 
         self.patch(lastrun, "write_json_atomically", full)
-        self.assertEqual(self.record().begin(4800).kind, CLEAN)
+        refused = self.record()
+        self.assertEqual(refused.begin(4800).kind, CLEAN)
         self.assertFalse((self.state / RUN_FILE).exists())
-        self.assertIn("cannot record this run's start", " ".join(formatEvent(e) for e in events))
+        refused.alive()  # (no record to mark: no second warning)
+        self.assertEqual([formatEvent(e) for e in events],
+                         [f"cannot record this run's start in {self.state / RUN_FILE} (No space left on device):"
+                          " the next start cannot tell how this run ended"])
 
 
 class UncleanLineTests(SynchronousTestCase):
@@ -157,6 +161,11 @@ class UncleanLineTests(SynchronousTestCase):
                          " alive 2027-01-15T08:01:00Z): the machine has started again since (a power cut, a kernel"
                          " panic, a watchdog reset); the journal cut a torn tail from link-cloud; this state directory"
                          " has seen that 3 times")
+
+    def test_a_record_without_a_pid_says_unknown(self) -> None:
+        line = unclean_line(PreviousStop(UNCLEAN, None, None, None, KILLED, 1))
+        self.assertTrue(line is not None and line.startswith(
+            "the previous run did not stop cleanly (pid unknown, started unknown, last known alive unknown)"), line)
 
     def test_no_line_after_a_clean_stop_or_none(self) -> None:
         self.assertIsNone(unclean_line(PreviousStop(CLEAN, 1.0, 1, 0.0)))
