@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -27,6 +27,7 @@ from gateway.clockstep import steady_seconds
 from gateway.degraded import Degraded, describe
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
+from gateway.lastrun import PreviousStop
 from gateway.links.snapshot import LinksSnapshot
 from gateway.offservice import OffService
 from gateway.reactorlag import reactor_lag
@@ -139,6 +140,8 @@ class GatewayStatus:
     :param reactor_lag_s: seconds the reactor ran a timer late at worst in the last minute or
         two (:mod:`gateway.reactorlag`): how long a busy turn held every answer up; 0.0 on a
         reactor that does not measure it.
+    :param previous_stop: how the previous run on the state directory ended, and how many runs
+        there ended without a clean stop (:mod:`gateway.lastrun`).
     """
 
     version: str
@@ -147,6 +150,7 @@ class GatewayStatus:
     pid: int
     services: tuple[ServiceState, ...]
     reactor_lag_s: float = 0.0
+    previous_stop: PreviousStop = PreviousStop()
 
 
 class ReadSide:
@@ -164,13 +168,17 @@ class ReadSide:
     :param ingest: the ingest service, or ``None`` when the tree has none.
     :param twin: the twin service, or ``None`` when it is off (``twin.enabled: false``).
     :param accounting: the per-app accounting service, or ``None`` when the tree has none.
+    :param previous_stop: how the previous run ended (the state directory's service knows it
+        once started); ``None``: unknown, :class:`~gateway.lastrun.PreviousStop`'s ``none``.
     """
 
     def __init__(self, clock: IReactorTime, broker: BrokerSource, journal: JournalSource, links: LinksSource,
                  apps: AppsSource, updates: UpdatesSource, services: Iterable[NamedService] = (),
                  pid: int | None = None, ingest: IngestSource | None = None,
-                 twin: TwinSource | None = None, accounting: AccountingSource | None = None) -> None:
+                 twin: TwinSource | None = None, accounting: AccountingSource | None = None,
+                 previous_stop: Callable[[], PreviousStop] | None = None) -> None:
         self.clock = clock
+        self._previous_stop = previous_stop
         self._broker = broker
         self._journal = journal
         self._links = links
@@ -190,12 +198,14 @@ class ReadSide:
         self.started_at, self._steady_started_at = previous.started_at, previous._steady_started_at
 
     def status(self) -> GatewayStatus:
-        """The gateway's version, uptime, pid, which services run, and the reactor's lag."""
+        """The gateway's version, uptime, pid, which services run, the reactor's lag, and how
+        the previous run ended."""
         uptime = steady_seconds(self.clock) - self._steady_started_at
         pid = self.pid if self.pid is not None else os.getpid()
+        previous = self._previous_stop() if self._previous_stop is not None else PreviousStop()
         return GatewayStatus(__version__, self.started_at, max(uptime, 0.0), pid,
                              tuple(ServiceState(s.name or "?", bool(s.running), self._error(s), self._off(s))
-                                   for s in self._services), reactor_lag(self.clock))
+                                   for s in self._services), reactor_lag(self.clock), previous)
 
     def _error(self, service: NamedService) -> str:
         """What a service's snapshot says keeps it from its job (the gateway starts without

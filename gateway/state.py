@@ -9,11 +9,14 @@ import stat
 from pathlib import Path
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.apps.registry import APPS_DIR, DATA_DIR, REMOVING_PREFIX
 from gateway.errors import GatewayError
 from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
+from gateway.lastrun import ALIVE_INTERVAL, PreviousStop, RunRecord
 from gateway.readonlyfs import read_only_at
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE, lock_text, read_holder
@@ -33,23 +36,38 @@ class StateDirService(Service):
     :param path: the state directory.
     :param journal: the journal's directory (``journal.directory``), looked through as the
         state directory is when it lies elsewhere (default: ``<path>/journal``).
+    :param clock: marks the run alive every :data:`~gateway.lastrun.ALIVE_INTERVAL` seconds in
+        its record (:mod:`gateway.lastrun`); ``None``: never (the record still says when it
+        started and whether it stopped cleanly).
     """
 
     name = "state"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, path: Path, journal: Path | None = None) -> None:
+    def __init__(self, path: Path, journal: Path | None = None, clock: IReactorTime | None = None) -> None:
         self.path = path
+        self.clock = clock
+        self.run_record = RunRecord(path)
+        #: how the previous run on this state directory ended (known once the service started)
+        self.previous_stop = PreviousStop()
+        self._stopping_pid: str | None = None  # the pid the lock file named as stopping before this run took it
+        self._alive: LoopingCall | None = None
         self.journal = Path(os.path.normpath(journal)) if journal is not None else path / "journal"
         self._locks: list[int] = []  # the state directory's lock file, then the journal's when it lies elsewhere
         self._pid_refused = False  # (said once: the tree locks before twistd starts the service)
 
     def startService(self) -> None:
         """Create the directory and lock it (unless :meth:`lock` has); fail clearly when that
-        is impossible."""
+        is impossible. Then read how the previous run ended and record this one
+        (:class:`~gateway.lastrun.RunRecord`)."""
         super().startService()
         self.lock()
         self.log.info("state under {path}", path=str(self.path))
+        self.previous_stop = self.run_record.begin(os.getpid(), self._stopping_pid)
+        if self.clock is not None:
+            self._alive = LoopingCall(self.run_record.alive)
+            self._alive.clock = self.clock
+            self._alive.start(ALIVE_INTERVAL, now=False)
 
     def lock(self) -> None:
         """Create the directory and lock it, at once: the tree calls it before anything reads
@@ -136,8 +154,13 @@ class StateDirService(Service):
         check_state_tree(self.journal, appended)
 
     def stopService(self) -> None:
-        """Release the lock (every other service has stopped: this one stops last)."""
+        """Record this run's clean stop and release the lock (every other service has stopped:
+        this one stops last)."""
         super().stopService()
+        if self._alive is not None and self._alive.running:
+            self._alive.stop()
+        if self._locks:
+            self.run_record.end()
         while self._locks:
             os.close(self._locks.pop())
 
@@ -167,6 +190,12 @@ class StateDirService(Service):
         except OSError as exc:
             os.close(fd)
             raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        if directory == self.path:  # (what the previous run left in it: it may have begun to stop)
+            try:
+                holder, stopping = read_holder(os.pread(fd, 64, 0).decode(errors="replace"))
+            except OSError:
+                holder, stopping = "", False
+            self._stopping_pid = holder if stopping else None
         self._write_pid(fd)
         return fd
 

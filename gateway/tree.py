@@ -33,6 +33,7 @@ from gateway.config import Config
 from gateway.exitdeadline import ExitDeadline
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
+from gateway.lastrun import journal_recovery, unclean_line
 from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.offservice import OffService
@@ -180,7 +181,7 @@ def build_service(config: Config, reactor: Any,
     """
     root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure, exit_deadline=exit_deadline)
     root.about = about(config)
-    state = StateDirService(config.state_dir, config.state_dir / config.journal.directory)
+    state = StateDirService(config.state_dir, config.state_dir / config.journal.directory, clock=reactor)
     state.setServiceParent(root)
     root.state = state
 
@@ -211,6 +212,12 @@ def build_service(config: Config, reactor: Any,
     root.shutdown_timeout = running.gateway.shutdown_timeout
     add_services(root, running, reactor, changer, loop)
     root.started.addCallback(lambda _: tree_started(root))
+
+    def failed(failure: Failure) -> Failure:
+        tell_previous_stop(root, started=False)
+        return failure
+
+    root.started.addCallbacks(lambda _: tell_previous_stop(root), failed)
     root.started.addCallback(lambda _: changer.resume())
     return root
 
@@ -245,6 +252,21 @@ def tree_started(root: GatewayTree) -> None:
     assert root.parts is not None, "the tree has started"
     root.parts.apps.spool.start()
     root.parts.links.open_downlink()
+
+
+def tell_previous_stop(root: GatewayTree, started: bool = True) -> None:
+    """Once the gateway has started (its journal recovered), or failed to start: log one line
+    when the previous run on the state directory ended without a clean stop, with what the
+    journal's recovery cut from its streams' tails when it has started (:mod:`gateway.lastrun`).
+    A start that failed says it too: the failed start stops cleanly, and the next one would
+    not tell it."""
+    if root.state is None:
+        return
+    recovery = journal_recovery(root.parts.readside.journal()) if started and root.parts is not None else ""
+    previous = root.state.previous_stop
+    line = unclean_line(previous, recovery)
+    if line is not None:  # (with its facts as fields, for a structured log's reader)
+        root.log.warn("{line}", line=line, previous_stop=to_jsonable(previous), recovery=recovery)
 
 
 def hold_downlink(root: GatewayTree) -> None:
@@ -376,8 +398,10 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         "reports": lambda: telemetry.last_reports()})
     uploads.setServiceParent(root)
     UploadCommands(uploads, broker.bus, reactor).setServiceParent(root)
+    state = root.state
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin,
-                        accounting=accounting_service)
+                        accounting=accounting_service,
+                        previous_stop=(lambda: state.previous_stop) if state is not None else None)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.goes_on_from(previous.readside)

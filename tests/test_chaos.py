@@ -170,6 +170,8 @@ class ChaosTests(TestCase):
             if not d.called:
                 yield d
         self.assertTrue((work / "conf.d" / "90-remote.yaml").exists(), "no configuration change was applied")
+        # Each kill is told by the next start, and counted (docs/install.md, after a power cut or a kill).
+        self.assertIn(b"this state directory has seen that %d times" % len(KILLS), proc.output)
         self.assertTrue(all(code == 200 for code in answers), f"the admin API answered {answers}")
         for name in PUBLISHERS:
             self.assertGreater(len(acked[name]), 100, f"too few {name} messages acknowledged to prove anything")

@@ -32,6 +32,7 @@ from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.links.rate import RateMeter
 from gateway.offservice import OffService
+from gateway.lastrun import PreviousStop
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
 from gateway.tree import build_service
 from tests.ingest.test_integration import CIK, http_client
@@ -118,6 +119,18 @@ class ReadSideTests(SynchronousTestCase):
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
                          (WELL["broker"], WELL["journal"], WELL["links"], "A", "U"))
         self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
+
+    def test_the_status_says_how_the_previous_run_ended(self) -> None:
+        """The status's previous_stop is what the state directory's service found as it started
+        (docs/readside.md, the previous run); without one, no previous run is known."""
+        services = [FakeService("journal", True), FakeService("broker", True), FakeService("links", True),
+                    FakeService("apps", True, "A"), FakeService("updates", True, "U")]
+        previous = PreviousStop("unclean", 900.0, 4000, 10.0, "reboot", 2, 900.0)
+        side = ReadSide(Clock(), services[1], services[0], services[2], services[3], services[4],
+                        previous_stop=lambda: previous)
+        self.assertEqual(side.status().previous_stop, previous)
+        without = ReadSide(Clock(), services[1], services[0], services[2], services[3], services[4])
+        self.assertEqual(without.status().previous_stop, PreviousStop("none"))
 
     def test_pid_is_the_process_that_runs(self) -> None:
         """Without a pid given, the status names the process it is asked in: twistd without

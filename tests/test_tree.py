@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.protocol import Factory
+from twisted.logger import formatEvent
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from treq.client import HTTPClient
@@ -27,6 +30,7 @@ from gateway.tree import build_service
 from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.packages import gwe_package
 from tests.apps.realtime import wait_until
+from tests.logevents import capture_log_events
 from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.ports import free_port
 from tests.mqttclient import TestClient
@@ -415,6 +419,39 @@ class TreeTests(TreeHelpers, TestCase):
         self.assertIn("INSTALLING", statuses)
         [program] = root.parts.apps.operations.status("sensor")
         self.assertEqual((program.version, program.state.name), ("1.0", "RUNNING"))
+
+    @inlineCallbacks
+    def test_a_failed_start_says_the_previous_run_did_not_stop_cleanly(self):
+        """A start after an unclean stop that fails (its broker's port in use) says in its log
+        that the previous run did not stop cleanly, as a start that works does once everything
+        runs (docs/install.md, after a power cut or a kill): its own stop is clean, so the next
+        start would not say it (only the count of unclean stops would)."""
+        work = Path(self.mktemp()).resolve()
+        (work / "state").mkdir(parents=True)
+        (work / "state" / "run.json").write_text(json.dumps({
+            "pid": 4107, "started_at": 1796200000.0, "boot_id": "an-earlier-boot", "stopped_at": None,
+            "unclean_stops": 0, "last_unclean_at": None}))
+        os.utime(work / "state" / "run.json", (1796211823, 1796211823))  # (its last mark of life)
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        path = work / "gateway.yaml"
+        path.write_text(
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n"
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{taken.getHost().port}:interface=127.0.0.1'\n")
+        events = capture_log_events(self)
+        root = build_service(gateway_config.load(path), reactor, on_start_failure=lambda failure: None)
+        root.startService()
+        yield self.assertFailure(root.started, Exception)
+        self.assertEqual([formatEvent(e) for e in events if "did not stop cleanly" in formatEvent(e)],
+                         ["the previous run did not stop cleanly (pid 4107, started 2026-12-02T08:26:40Z, last known"
+                          " alive 2026-12-02T11:43:43Z): the machine has started again since (a power cut, a kernel"
+                          " panic, a watchdog reset); this state directory has seen that once"])
+        [event] = [e for e in events if "previous_stop" in e]
+        self.assertEqual((event["previous_stop"]["pid"], event["previous_stop"]["cause"]), (4107, "reboot"))
+        record = json.loads((work / "state" / "run.json").read_text())
+        self.assertEqual(record["unclean_stops"], 1)
+        self.assertIsNotNone(record["stopped_at"])
 
     @inlineCallbacks
     def test_a_command_the_cloud_kept_while_the_gateway_was_down_is_run(self):

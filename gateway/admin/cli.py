@@ -20,8 +20,8 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import (ProgressBar, duration, link_problem, pending_change, service_state, size,
-                                  stream_problem, table)
+from gateway.admin.tables import (ProgressBar, duration, link_problem, pending_change, previous_stop, service_state,
+                                  size, stream_problem, table)
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
@@ -108,7 +108,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
 # -- commands -------------------------------------------------------------------------
 
 def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
-    """The gateway: version, pid, uptime, services."""
+    """The gateway: version, pid, uptime, services, how its previous run ended."""
     def human(s: Any) -> str:
         lines = [f"gateway {s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}",
                  table(("service", "state"), [(x["name"], service_state(x)) for x in s["services"]])]
@@ -117,6 +117,9 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
                          "minute or two (a CPU too slow for the load: every answer waits as long)")
         if s.get("config_pending"):
             lines.append("configuration: " + pending_change(s["config_pending"], time.time()))
+        previous = previous_stop(s.get("previous_stop"))
+        if previous:
+            lines.append(previous)
         return "\n".join(lines)
     return _out(args, client.get("/status"), human)
 

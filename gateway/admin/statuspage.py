@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import ReadSideLike
-from gateway.admin.tables import duration, link_problem, pending_change, stream_problem
+from gateway.admin.tables import duration, link_problem, pending_change, previous_stop, stream_problem
 from gateway.readside import to_jsonable
 
 STYLE = """
@@ -156,6 +156,11 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
     if pending:
         note = (f'<p id="pending" class="down">Configuration: '
                 f'{escape(pending_change(to_jsonable(pending), time.time()))}</p>')
+    previous = pick(status, "previous_stop", default=None)
+    line = previous_stop(previous)
+    if line:  # (unclean: in the colour of a problem)
+        css = "down" if pick(previous, "kind", default="") == "unclean" else "muted"
+        note += f'<p id="previous-stop" class="{css}">{escape(line[0].upper() + line[1:])}</p>'
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -7,6 +7,8 @@ TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
 if TYPE_CHECKING:
     from typing import IO, Any, Sequence
 
+from gateway.utctext import utc_text  # noqa: E402  (after the typing guard, as cli.py's imports)
+
 
 def duration(seconds: Any) -> str:
     """``seconds`` for a person: ``42s``, ``5m 3s``, ``2h 10m``, ``3d 4h``; ``-`` when unknown."""
@@ -131,3 +133,23 @@ def pending_change(pending: Any, now: float) -> str:
     if isinstance(deadline, (int, float)):
         text += f": reverted in {duration(max(0.0, deadline - now))} unless the cloud link is up"
     return text
+
+
+def previous_stop(previous: Any) -> str | None:
+    """One line about how the previous run on the state directory ended (``GET /status``'s
+    ``previous_stop``); ``None`` when no previous run is known."""
+    if not isinstance(previous, dict) or previous.get("kind") not in ("clean", "unclean"):
+        return None
+    count = previous.get("unclean_stops")
+    at = utc_text(previous.get("at"))
+    if previous["kind"] == "clean":
+        text = f"previous run: stopped cleanly at {at}"
+    else:
+        text = (f"previous run: did not stop cleanly ({previous.get('cause') or 'unknown cause'}): pid"
+                f" {previous.get('pid')}, last known alive {at}")
+    if isinstance(count, int) and count > 0:
+        text += f"; unclean stops on this state directory: {count}"
+        if previous["kind"] == "clean":
+            text += f", the last known alive {utc_text(previous.get('last_unclean_at'))}"
+    return text
+

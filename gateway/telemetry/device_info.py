@@ -105,6 +105,6 @@ def device_info(facts: dict[str, Any], status: GatewayStatus, certificates: tupl
     boot = facts.get("boot_time")
     body["uptime_s"] = round(now - boot, 3) if isinstance(boot, (int, float)) else None
     body["gateway"] = {"version": status.version, "pid": status.pid, "started_at": status.started_at,
-                       "uptime_s": round(status.uptime_s, 3)}
+                       "uptime_s": round(status.uptime_s, 3), "previous_stop": to_jsonable(status.previous_stop)}
     body["certificates"] = to_jsonable(certificates)
     return body

@@ -77,6 +77,10 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_reactor_lag_seconds",
                                 "Seconds the reactor ran a timer late at worst in the last minute or two",
                                 value=status.reactor_lag_s)
+        unclean = _counter("gateway_unclean_stops_total",
+                           "Runs on this state directory that ended without a clean stop (kept across restarts)")
+        unclean.add_metric([], status.previous_stop.unclean_stops)
+        yield unclean
         up = _gauge("gateway_service_up", "Whether a service of the tree is running", ["service"])
         degraded = _gauge("gateway_service_degraded",
                           "Whether a started service is kept from its job (its status error)", ["service"])

@@ -34,6 +34,7 @@ from gateway.degraded import Degraded
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
 from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
+from gateway.lastrun import PreviousStop
 from gateway.readside import ReadSide
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from gateway.updates.service import UpdateService
@@ -145,6 +146,19 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual((body["version"], body["pid"], body["uptime_s"]), ("0.1.0", 4242, 75.0))
         self.assertIn({"name": "apps", "running": True, "error": ""}, body["services"])
         self.assertIsNone(body["config_pending"])
+
+    def test_an_unclean_previous_stop_shows_in_status_and_the_page(self) -> None:
+        """GET /status gives how the previous run ended (docs/readside.md, the previous run),
+        and the status page says it in red when it did not stop cleanly."""
+        h = Harness(self)
+        h.readside.gateway = dataclasses.replace(h.readside.gateway, previous_stop=PreviousStop(
+            "unclean", 1796211823.0, 4107, 1796200000.0, "reboot", 3, 1796211823.0))
+        self.assertEqual(h.call("GET", "/status").json()["previous_stop"], {
+            "kind": "unclean", "at": 1796211823.0, "pid": 4107, "started_at": 1796200000.0, "cause": "reboot",
+            "unclean_stops": 3, "last_unclean_at": 1796211823.0})
+        self.assertIn('<p id="previous-stop" class="down">Previous run: did not stop cleanly (reboot): pid 4107,'
+                      ' last known alive 2026-12-02T11:43:43Z; unclean stops on this state directory: 3</p>',
+                      h.call("GET", "/").body.decode())
 
     def test_a_journal_refusing_appends_shows_in_status_and_journal(self) -> None:
         """A journal stream that a full disk makes refuse appends: GET /status gives the

@@ -7,7 +7,7 @@ import io
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gateway.admin.client import app_path, query_string, quote
-from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
+from gateway.admin.tables import ProgressBar, duration, pending_change, previous_stop, size, table
 
 
 class TerminalStream(io.StringIO):
@@ -61,6 +61,23 @@ class FormattingTests(SynchronousTestCase):
         """Keys, origin and time left, in one line."""
         self.assertEqual(pending_change({"keys": ["a.b", "c"], "origin": "cloud", "deadline": 190.0}, 100.0),
                          "a.b, c (by cloud) waits for confirmation: reverted in 1m 30s unless the cloud link is up")
+
+    def test_previous_stop(self) -> None:
+        """How the previous run ended, in one line: none for a first start; a clean stop's time,
+        with the count of unclean stops and the latest one when there were some; an unclean
+        one's cause, pid and last time alive."""
+        self.assertIsNone(previous_stop({"kind": "none", "unclean_stops": 0}))
+        self.assertIsNone(previous_stop(None))
+        self.assertEqual(previous_stop({"kind": "clean", "at": 1796211823.0, "unclean_stops": 0}),
+                         "previous run: stopped cleanly at 2026-12-02T11:43:43Z")
+        self.assertEqual(previous_stop({"kind": "clean", "at": 1796211823.0, "unclean_stops": 2,
+                                        "last_unclean_at": 1796200000.0}),
+                         "previous run: stopped cleanly at 2026-12-02T11:43:43Z; unclean stops on this state"
+                         " directory: 2, the last known alive 2026-12-02T08:26:40Z")
+        self.assertEqual(previous_stop({"kind": "unclean", "at": 1796211823.0, "pid": 4107, "cause": "killed",
+                                        "unclean_stops": 1}),
+                         "previous run: did not stop cleanly (killed): pid 4107, last known alive"
+                         " 2026-12-02T11:43:43Z; unclean stops on this state directory: 1")
 
     def test_quoting(self) -> None:
         """Names and query values are percent-encoded."""

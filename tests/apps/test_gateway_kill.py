@@ -74,8 +74,13 @@ class GatewayKillTests(TestCase):
     def test_sigkill_leaves_nothing_running_twice(self) -> None:
         """After a SIGKILL of the gateway its program dies at once (parent-death signal); the
         program's own child, left in its process group, is stopped by the next start before the
-        program starts again; exactly one copy of each runs then, and a clean stop ends them."""
+        program starts again; exactly one copy of each runs then, and a clean stop ends them.
+        The first start knows no previous run; the next says in one line that the killed run
+        did not stop cleanly (docs/install.md, after a power cut or a kill), and the SIGTERM is
+        recorded as a clean stop."""
         gateway: GatewayProcess = yield self.start()
+        self.assertNotIn(b"previous run", gateway.output)
+        killed = gateway.transport.pid
         [old_main], [old_grandchild] = sleepers(self.main), sleepers(self.grandchild)
         gateway.transport.signalProcess("KILL")
         yield gateway.ended
@@ -88,10 +93,18 @@ class GatewayKillTests(TestCase):
         self.assertNotIn(old_grandchild, sleepers(self.grandchild))
         self.assertNotIn(old_main, sleepers(self.main))
         self.assertIn(b"worker still runs from before the gateway's last stop", gateway.output)
+        unclean = b"the previous run did not stop cleanly (pid %d, started " % killed
+        yield wait_until(lambda: unclean in gateway.output, 5, what="the unclean stop's line")
+        self.assertIn(b"the machine ran on: the process was killed (SIGKILL, the OOM killer) or crashed;", gateway.output)
+        self.assertIn(b"this state directory has seen that once", gateway.output)
 
+        pid = gateway.transport.pid
         gateway.transport.signalProcess("TERM")
         status = yield gateway.ended.addTimeout(30, reactor)
         self.assertEqual(status.signal, signal.SIGTERM, gateway.output.decode())
+        record = json.loads((self.work / "state" / "run.json").read_text())
+        self.assertEqual((record["pid"], record["unclean_stops"]), (pid, 1))
+        self.assertIsNotNone(record["stopped_at"], "(a SIGTERM is a clean stop)")
         # (the grandchild gets SIGKILL as its group's last act; it dies when it is next scheduled)
         yield wait_until(lambda: sleepers(self.main) + sleepers(self.grandchild) == [], 5)
 

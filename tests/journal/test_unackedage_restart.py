@@ -68,10 +68,13 @@ class RestartTests(TestCase):
             f"telemetry:\n  metrics_endpoint: 'tcp:{metrics_port}:interface=127.0.0.1'\n")
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
+        pages = []
+
         @inlineCallbacks
         def unacked_age() -> Any:
             response = yield http.get(f"http://127.0.0.1:{metrics_port}/metrics")
             page = yield response.content()
+            pages.append(page)
             match = METRIC.search(page)
             self.assertIsNotNone(match, page.decode(errors="replace")[-2000:])
             return float(match.group(1))
@@ -94,5 +97,8 @@ class RestartTests(TestCase):
         age = yield unacked_age()
         self.assertGreaterEqual(age, 0.0)
         self.assertLess(age, time.time() - published + 5, f"aged as the segment ({SEGMENT_AGE} s)?")
+        # (a SIGTERM is a clean stop: docs/install.md, after a power cut or a kill)
+        self.assertIn(b"\ngateway_unclean_stops_total 0.0\n", pages[-1])
+        self.assertNotIn(b"did not stop cleanly", again.output)
         again.transport.signalProcess("TERM")
         yield again.ended.addTimeout(60, reactor)

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway import __version__
 from gateway.degraded import Degraded
 from gateway.links.snapshot import LinksSnapshot
+from gateway.lastrun import PreviousStop
 from gateway.readside import GatewayStatus, ServiceState
 from gateway.telemetry.errors import TelemetryError
 from gateway.telemetry.metrics import make_registry, render_metrics
@@ -162,6 +163,14 @@ class RenderTests(SynchronousTestCase):
             __version__, 1000.0, 60.0, 4321, (ServiceState("broker", True),), reactor_lag_s=5.4)
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual(got[("gateway_reactor_lag_seconds", ())], 5.4)
+
+    def test_unclean_stops(self) -> None:
+        """gateway_unclean_stops_total: the runs on the state directory that ended without a
+        clean stop, as the state directory's record counts them (across restarts)."""
+        self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
+            __version__, 1000.0, 60.0, 4321, (), previous_stop=PreviousStop("unclean", 900.0, 4000, 10.0, "killed", 3))
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual(got[("gateway_unclean_stops_total", ())], 3)
 
     def test_a_link_whose_cursor_is_not_saved_or_whose_session_is_taken_over(self) -> None:
         """A link whose cursor saves fail (a full disk) is 1 in gateway_link_cursor_save_failing,

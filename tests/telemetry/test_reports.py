@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.lastrun import PreviousStop
 from gateway.readside import GatewayStatus
 from gateway.telemetry.device_info import device_info, system_facts
 from gateway.telemetry.usage import UsageTracker, delta, interface_counters
@@ -108,11 +109,16 @@ class DeviceInfoTests(SynchronousTestCase):
                     self.assertIsNone(ipaddress.IPv6Address(address["address"]).scope_id, (name, address))
 
     def test_report_body(self) -> None:
-        """The body adds uptime, the gateway and its certificates to the facts."""
-        status = GatewayStatus("9.9", 100.0, 5.0, 77, ())
+        """The body adds uptime, the gateway (with how its previous run ended) and its
+        certificates to the facts."""
+        previous = PreviousStop("unclean", 90.0, 66, 10.0, "reboot", 2, 90.0)
+        status = GatewayStatus("9.9", 100.0, 5.0, 77, (), previous_stop=previous)
         body = device_info(self.facts, status, (), self.facts["boot_time"] + 60.0)
         self.assertEqual(body["uptime_s"], 60.0)
-        self.assertEqual(body["gateway"], {"version": "9.9", "pid": 77, "started_at": 100.0, "uptime_s": 5.0})
+        self.assertEqual(body["gateway"], {"version": "9.9", "pid": 77, "started_at": 100.0, "uptime_s": 5.0,
+                                           "previous_stop": {"kind": "unclean", "at": 90.0, "pid": 66,
+                                                             "started_at": 10.0, "cause": "reboot",
+                                                             "unclean_stops": 2, "last_unclean_at": 90.0}})
         self.assertEqual(body["certificates"], [])
         self.assertEqual(platform.machine(), body["os"]["architecture"])
 
