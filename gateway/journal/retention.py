@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
 from gateway.filelayer import FileLayer
+from gateway.journal.droplines import DropLines
 from gateway.journal.losses import LossReason
 from gateway.journal.segments import Segment
 from gateway.journal.settings import StreamSettings
@@ -111,6 +112,7 @@ class SegmentRetention:
         #: Dropped last segments, deleted once a later segment is on disk (until then they
         #: tell recovery where the seqs go on).
         self._dropped_last: list[str] = []
+        self._drop_lines = DropLines(name, self.log, lambda: steady_seconds(clock))
 
     @property
     def bytes(self) -> int:
@@ -280,10 +282,7 @@ class SegmentRetention:
             records = sum(high - low + 1 for low, high in lost)
             self.stream.note_loss(reason, records, seg.size, first_lost, last_lost,
                                   seg.first_time or 0.0, end_time)
-            self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason}){count}",
-                          stream=self.name, first=first_lost, last=last_lost, reason=reason,
-                          count="" if records == last_lost - first_lost + 1 else
-                          f": {records} records not acknowledged, the others were delivered (or counted lost already)")
+            self._drop_lines.dropped(reason, first_lost, last_lost, records)
             self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
         self.cursors.skip_to(end_seq)
         if unlink:
