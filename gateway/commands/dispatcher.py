@@ -103,8 +103,9 @@ class Bus(Protocol):
     def subscribe(self, topic_filter: str, callback: Callable[[BusMessage], Any]) -> Callable[[], None]:
         """Call ``callback`` with each message matching ``topic_filter``."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
-        """Publish on the local broker."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                reserved: bool = False) -> Any:
+        """Publish on the local broker (``reserved``: the journal's reserve may take it)."""
 
 
 class CommandDispatcher(Service):
@@ -189,7 +190,9 @@ class CommandDispatcher(Service):
             return None
         topic = f"command//{self.device_id}/res/{request.request_id}/{reply.status}"
         try:
-            d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False)
+            # (reserved: a stream full under reject-new, of a backlog draining or of a local
+            # flood, must not swallow the reply the cloud waits for)
+            d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False, reserved=True)
         except Exception as exc:  # noqa: BLE001 - e.g. the broker is stopping
             self._not_published(request, str(exc))
             return None
