@@ -136,6 +136,22 @@ class DispatcherTests(SynchronousTestCase):
             self.bus.deliver("command//gw-1/req/1/echo", b"{}")
         self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
 
+    def test_a_reply_refused_beyond_the_reserve_is_published_again_as_any(self) -> None:
+        """A reply the journal refuses even with its reserve (used up) goes again as any
+        message: under drop-oldest the stream then makes room for it (dropping its oldest
+        records), as it did before replies used the reserve; under reject-new it is refused
+        again, and only that is logged."""
+        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                    reserved: bool = False) -> Deferred[None]:
+            self.bus.published.append((topic, payload, qos, retain))
+            return fail(StreamFullError("link-cloud", "max-bytes")) if reserved else succeed(None)
+
+        self.patch(self.bus, "publish", publish)
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/9/echo", b'{"a": 1}')
+        self.assertEqual(self.replies(), [("command//gw-1/res/9/200", {"a": 1})] * 2)
+        self.assertFalse([e for e in events if "not published" in e.get("log_format", "")])
+
     def test_a_reply_no_stream_can_hold_is_replaced_by_a_413(self) -> None:
         """A reply larger than the max_bytes of the journal stream that carries it to the cloud
         was only logged: the cloud never got an answer, and waited or sent the command again.
