@@ -4,7 +4,8 @@ A cloud link down for days under a publisher flood makes drop-oldest drop a segm
 seconds (with 64 KiB segments, 30 a second): a line per segment filled the log for as long as
 the flood lasted. :class:`DropLines` logs the first drop of a reason at once, then at most one
 line per :data:`DROP_LOG_INTERVAL` seconds for it, covering every seq dropped since its last
-line; the loss ledger, the snapshot and ``/metrics`` count every drop meanwhile.
+line (those held back when the drops stop get theirs at the next periodic check once it is
+due); the loss ledger, the snapshot and ``/metrics`` count every drop meanwhile.
 """
 
 from __future__ import annotations
@@ -57,9 +58,20 @@ class DropLines:
         unlogged.last = last
         unlogged.records += records
         segments = throttle.note()
-        if segments is None:
-            return
-        del self._unlogged[reason]
+        if segments is not None:
+            self._log(reason, segments)
+
+    def flush(self) -> None:
+        """Log the drops held back of each reason whose line is due (the journal's periodic
+        limit check calls it): the last drops of a flood that stopped get their line too."""
+        for reason in list(self._unlogged):
+            segments = self._throttles[reason].note(0)
+            if segments:
+                self._log(reason, segments)
+
+    def _log(self, reason: LossReason, segments: int) -> None:
+        """The line for the drops of ``reason`` held back, ``segments`` segments in all."""
+        unlogged = self._unlogged.pop(reason)
         span = unlogged.last - unlogged.first + 1
         self.log.warn(
             "journal {stream}: dropped seq {first}-{last} ({reason}){count}{since}",

@@ -301,7 +301,8 @@ class SegmentRetention:
             self._unlink(seg.path)
 
     def enforce_limits(self) -> None:
-        """Expire records older than max_age_s and restore min free disk (call periodically).
+        """Expire records older than max_age_s and restore min free disk (call periodically);
+        log the drops held back whose line is due (:class:`~gateway.journal.droplines.DropLines`).
 
         A record received while the wall clock was not set yet (before
         :data:`~gateway.clockstep.CLOCK_SET_SINCE`: a gateway without a real-time clock at
@@ -323,6 +324,7 @@ class SegmentRetention:
         if self.settings.overflow == "drop-oldest":
             while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
                 pass
+        self._drop_lines.flush()
 
     def _unlink(self, path: str) -> None:
         d = self.run(self.files.unlink, path)

@@ -226,7 +226,9 @@ class AdmitTests(SynchronousTestCase):
     def test_a_flood_of_drops_is_one_line_a_minute(self) -> None:
         """Drop-oldest dropping a segment at each new one (a publisher flooding while the
         cloud is away) logs the first drop at once, then nothing for a minute, then one line
-        for every seq dropped since: not a line a segment. Every drop is counted all along."""
+        for every seq dropped since: not a line a segment; the drops held back when the flood
+        stops get their line at the periodic check once it is due. Every drop is counted all
+        along."""
         r, _, stream, files, clock = _retention(StreamSettings(max_bytes=1000), acked=4)
         events = capture_log_events(self)
         lines = lambda: [formatEvent(e) for e in events if "dropped seq" in formatEvent(e)]  # noqa: E731
@@ -242,6 +244,15 @@ class AdmitTests(SynchronousTestCase):
         self.assertEqual(lines()[1:], ["journal s: dropped seq 11-220 (max-bytes) (21 segments dropped since the"
                                        " last such line; logged at most once a minute while drops go on)"])
         self.assertEqual(len(stream.losses), 22)
+        _segments(r, files, 321, 331)  # the flood's last drops: held back
+        r.enforce_limits()
+        self.assertEqual(len(lines()), 2)
+        clock.advance(DROP_LOG_INTERVAL)
+        r.enforce_limits()  # (the periodic check) their line is due: they get it
+        self.assertEqual(lines()[2:], ["journal s: dropped seq 221-240 (max-bytes) (2 segments dropped since the"
+                                       " last such line; logged at most once a minute while drops go on)"])
+        r.enforce_limits()
+        self.assertEqual(len(lines()), 3)
 
     def test_acknowledged_drop_is_no_loss(self) -> None:
         """Dropping records every cursor acknowledged counts nothing."""
