@@ -21,7 +21,7 @@ from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
 from gateway.admin.tables import (ProgressBar, duration, link_problem, pending_change, previous_stop, service_state,
-                                  size, stream_problem, table)
+                                  size, stream_losses, stream_problem, table)
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
@@ -208,18 +208,22 @@ def cmd_links(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _queue_table(snapshot: Any) -> str:
-    """The streams; a ``problem`` column when one refuses appends or does not write its loss ledger."""
+    """The streams; a ``lost`` column when one lost records since the start (drop-oldest under a
+    flood, reject-new's refusals); a ``problem`` column when one refuses appends or does not write
+    its loss ledger."""
     def depth(stream: Any) -> int:
         return max((c["unacked"] for c in stream["cursors"]), default=stream["records"])
     problems = [stream_problem(x) for x in snapshot["streams"]]
     extra = ("problem",) if any(problems) else ()
+    losses = [stream_losses(x) for x in snapshot["streams"]]
+    lost = ("lost since start",) if any(losses) else ()
     # (a stream no link uses any more: the operator may drop it, `journal drop NAME`)
     unused = ("in use",) if not all(x.get("in_use", True) for x in snapshot["streams"]) else ()
-    return table(("stream", "records", "size", "waiting", "oldest waiting", "free disk", *unused, *extra),
+    return table(("stream", "records", "size", "waiting", "oldest waiting", "free disk", *lost, *unused, *extra),
                  [(x["name"], x["records"], size(x["bytes"]), depth(x), duration(x["oldest_unacked_age_s"]),
-                   size(x["free_bytes"]), *(("yes" if x.get("in_use", True) else "no",) if unused else ()),
-                   *((problem,) if extra else ()))
-                  for x, problem in zip(snapshot["streams"], problems)])
+                   size(x["free_bytes"]), *((loss or "0",) if lost else ()),
+                   *(("yes" if x.get("in_use", True) else "no",) if unused else ()), *((problem,) if extra else ()))
+                  for x, problem, loss in zip(snapshot["streams"], problems, losses)])
 
 
 def cmd_queue(client: AdminClient, args: argparse.Namespace) -> int:

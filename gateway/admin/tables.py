@@ -70,6 +70,14 @@ def stream_problem(stream: Any) -> str:
     return problem(stream, ("refusing", "ledger_failing"))
 
 
+def stream_losses(stream: Any) -> str:
+    """The records a journal stream (as ``GET /journal`` gives it) lost since the gateway
+    started, by reason (its ``losses``): ``195688 max-bytes``, several joined by ``, ``; ``""``
+    when it lost none (or the row has no such key: a gateway older than this gatewayctl)."""
+    losses = stream.get("losses") if isinstance(stream, dict) else None
+    return ", ".join(f"{x['records']} {x['reason']}" for x in losses or () if x.get("records"))
+
+
 def problem(row: Any, keys: Sequence[str]) -> str:
     """The failures of an API answer's ``row`` under ``keys`` (each ``null`` or a
     :class:`~gateway.degraded.Degraded` as JSON), each as the gateway's status words a failure

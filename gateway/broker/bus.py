@@ -15,8 +15,10 @@ from gateway.errors import BrokerError
 class BusGate(Protocol):
     """The broker's durable gate as the bus sees it (:class:`~gateway.broker.durablegate.DurableGate`)."""
 
-    def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Deferred[Any] | None":
-        """Append to the journal where the links route ``topic``; a Deferred for when it is durable."""
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool,
+                reserved: bool = False) -> "Deferred[Any] | None":
+        """Append to the journal where the links route ``topic`` (``reserved``: into the streams'
+        reserve if need be); a Deferred for when it is durable."""
 
 
 class BusBroker(Protocol):
@@ -127,12 +129,17 @@ class LocalBus:
             matching = self._matching[topic] = [entry for entry in self._subscriptions if matches(entry[0], topic)]
         return matching
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                reserved: bool = False) -> Deferred[None]:
         """Publish to local clients and bus subscribers, and to the cloud where routes say so.
 
         A message the links route (the durable gate wants it) is appended to their journal
         streams like a client's; for QoS 1 and 2 the result waits until that is durable.
 
+        :param reserved: its appends may use each stream's reserve, beyond ``max_bytes``
+            (``gateway.journal.retention.RESERVED_BYTES``): the command dispatcher's replies,
+            which the cloud waits for, get in while a stream is full under ``reject-new`` (a
+            local flood, a backlog still draining).
         :return: a Deferred that fires once the broker has queued the message (and the
             journal holds it, where it is routed).
         :raises BrokerError: (in the Deferred) when the broker is not running.
@@ -150,7 +157,7 @@ class LocalBus:
         if broker is None:
             return fail(BrokerError("the local broker is not running"))
         payload = bytes(payload)
-        stored = broker.durable_gate.persist(topic, payload, qos, retain)
+        stored = broker.durable_gate.persist(topic, payload, qos, retain, reserved)
         self.dispatch(BusMessage(topic, payload, qos, retain))
         if broker.has_client_subscribers or retain:
             broker.publish_internal(topic, payload, qos, retain)

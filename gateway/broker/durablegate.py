@@ -8,7 +8,7 @@ journal stream of every link it goes to and says when that is durable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -17,13 +17,19 @@ from twisted.python.failure import Failure
 #: A local publish on its way into the journal: ``(topic, payload, qos, retain)``.
 LocalMessage = tuple[str, bytes, int, bool]
 
-#: ``(messages, on_durable, on_failed) -> bool``: start appending local publishes, in order,
-#: to the journal; ``False`` when nothing is appended (routed nowhere), else exactly one of
-#: the two callbacks is called once, for all of them (perhaps before it returns). Messages
-#: all of QoS 0 are waited for by nobody, but the broker counts them while they are in memory:
-#: ``on_durable`` is called for them once the journal is done with them, durable or refused
-#: (the hook logs a refusal; ``on_failed`` is for a batch with a QoS 1/2 message).
-PersistHook = Callable[[Sequence[LocalMessage], Callable[[object], object], Callable[[Failure], object]], bool]
+class PersistHook(Protocol):
+    """``(messages, on_durable, on_failed) -> bool``: start appending local publishes, in order,
+    to the journal; ``False`` when nothing is appended (routed nowhere), else exactly one of
+    the two callbacks is called once, for all of them (perhaps before it returns). Messages
+    all of QoS 0 are waited for by nobody, but the broker counts them while they are in memory:
+    ``on_durable`` is called for them once the journal is done with them, durable or refused
+    (the hook logs a refusal; ``on_failed`` is for a batch with a QoS 1/2 message).
+    ``reserved=True`` (the gateway's command replies) lets the appends use each stream's
+    reserve (``gateway.journal.retention.RESERVED_BYTES``), as the links' loss reports do."""
+
+    def __call__(self, messages: Sequence[LocalMessage], on_durable: Callable[[object], object],
+                 on_failed: Callable[[Failure], object], *, reserved: bool = False) -> bool:
+        """Start appending ``messages``; see the class."""
 
 
 class DurableGate:
@@ -52,14 +58,20 @@ class DurableGate:
         """Start persisting the topics ``wants`` accepts with ``persist_many``."""
         self.persist_many, self.wants = persist_many, wants
 
-    def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any] | None:
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool,
+                reserved: bool = False) -> Deferred[Any] | None:
         """The hook for one message, as a Deferred: fires once it is durable; ``None`` when
-        nothing is persisted for it (no hook, a topic no link routes, or QoS 0)."""
+        nothing is persisted for it (no hook, a topic no link routes, or QoS 0).
+
+        :param reserved: the append may use each stream's reserve (:class:`PersistHook`)."""
         hook = self.persist_many
         if hook is None or not self.wants(topic):
             return None
         d: Deferred[Any] = Deferred()
-        return d if hook([(topic, payload, qos, retain)], d.callback, d.errback) and qos else None
+        message = [(topic, payload, qos, retain)]
+        appended = hook(message, d.callback, d.errback, reserved=True) if reserved else \
+            hook(message, d.callback, d.errback)
+        return d if appended and qos else None
 
 
 def _nothing(topic: str) -> bool:

@@ -25,7 +25,7 @@ from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
-from gateway.journal.errors import RecordTooLargeError
+from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, not_published_since,
                                  refused_since)
 from gateway.shown import escaped, shown, shown_repr
@@ -103,8 +103,9 @@ class Bus(Protocol):
     def subscribe(self, topic_filter: str, callback: Callable[[BusMessage], Any]) -> Callable[[], None]:
         """Call ``callback`` with each message matching ``topic_filter``."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
-        """Publish on the local broker."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                reserved: bool = False) -> Any:
+        """Publish on the local broker (``reserved``: the journal's reserve may take it)."""
 
 
 class CommandDispatcher(Service):
@@ -187,23 +188,33 @@ class CommandDispatcher(Service):
                           status=reply.status)
         if not request.request_id:
             return None
+        # (reserved: a stream full under reject-new, of a backlog draining or of a local
+        # flood, must not swallow the reply the cloud waits for)
+        return self._publish(reply, request, reserved=True)
+
+    def _publish(self, reply: Reply, request: CommandRequest, reserved: bool) -> Any:
+        """Publish ``reply`` on its topic, into the journal streams' reserve if ``reserved``."""
         topic = f"command//{self.device_id}/res/{request.request_id}/{reply.status}"
         try:
-            d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False)
+            d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False, reserved=reserved)
         except Exception as exc:  # noqa: BLE001 - e.g. the broker is stopping
             self._not_published(request, str(exc))
             return None
         if isinstance(d, Deferred):
             d.addCallbacks(lambda _: self._not_published_lines.reset(), self._refused,
-                           errbackArgs=(reply, request))
+                           errbackArgs=(reply, request, reserved))
         else:
             self._not_published_lines.reset()
         return d
 
-    def _refused(self, failure: Failure, reply: Reply, request: CommandRequest) -> Any:
-        """Log a reply the broker or the journal refused. One that no journal stream can ever
-        hold (larger than its ``max_bytes``) is replaced by a 413 saying so: the cloud would
-        otherwise wait for it for ever (its local subscribers have seen the reply itself)."""
+    def _refused(self, failure: Failure, reply: Reply, request: CommandRequest, reserved: bool) -> Any:
+        """Log a reply the broker or the journal refused. One refused beyond the reserve is
+        published again as any message (drop-oldest then makes room for it; reject-new refuses
+        it, counted). One that no journal stream can ever hold (larger than its ``max_bytes``)
+        is replaced by a 413 saying so: the cloud would otherwise wait for it for ever (its
+        local subscribers have seen the reply itself)."""
+        if reserved and failure.check(StreamFullError) and not failure.check(RecordTooLargeError):
+            return self._publish(reply, request, reserved=False)
         self._not_published(request, failure.getErrorMessage())
         if failure.check(RecordTooLargeError) and reply.status != 413:
             return self._reply(Reply(413, {"error": f"the reply ({reply.status}) can never be stored:"

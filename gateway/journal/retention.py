@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
 from gateway.filelayer import FileLayer
+from gateway.journal.droplines import DropLines
 from gateway.journal.losses import LossReason
 from gateway.journal.segments import Segment
 from gateway.journal.settings import StreamSettings
@@ -111,6 +112,7 @@ class SegmentRetention:
         #: Dropped last segments, deleted once a later segment is on disk (until then they
         #: tell recovery where the seqs go on).
         self._dropped_last: list[str] = []
+        self._drop_lines = DropLines(name, self.log, lambda: steady_seconds(clock))
 
     @property
     def bytes(self) -> int:
@@ -280,10 +282,7 @@ class SegmentRetention:
             records = sum(high - low + 1 for low, high in lost)
             self.stream.note_loss(reason, records, seg.size, first_lost, last_lost,
                                   seg.first_time or 0.0, end_time)
-            self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason}){count}",
-                          stream=self.name, first=first_lost, last=last_lost, reason=reason,
-                          count="" if records == last_lost - first_lost + 1 else
-                          f": {records} records not acknowledged, the others were delivered (or counted lost already)")
+            self._drop_lines.dropped(reason, first_lost, last_lost, records)
             self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
         self.cursors.skip_to(end_seq)
         if unlink:
@@ -302,7 +301,8 @@ class SegmentRetention:
             self._unlink(seg.path)
 
     def enforce_limits(self) -> None:
-        """Expire records older than max_age_s and restore min free disk (call periodically).
+        """Expire records older than max_age_s and restore min free disk (call periodically);
+        log the drops held back whose line is due (:class:`~gateway.journal.droplines.DropLines`).
 
         A record received while the wall clock was not set yet (before
         :data:`~gateway.clockstep.CLOCK_SET_SINCE`: a gateway without a real-time clock at
@@ -324,6 +324,7 @@ class SegmentRetention:
         if self.settings.overflow == "drop-oldest":
             while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
                 pass
+        self._drop_lines.flush()
 
     def _unlink(self, path: str) -> None:
         d = self.run(self.files.unlink, path)

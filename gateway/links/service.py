@@ -272,7 +272,8 @@ class LinksService(Service):
             else None
 
     def persist_many(self, messages: Sequence[LocalMessage], on_durable: Callable[[object], object],
-                     on_failed: Callable[[Failure], object], timestamp: float | None = None) -> bool:
+                     on_failed: Callable[[Failure], object], timestamp: float | None = None,
+                     reserved: bool = False) -> bool:
         """Append local publishes, in order, to every stream each routes to; call back once
         for all of them.
 
@@ -289,6 +290,10 @@ class LinksService(Service):
         :param on_failed: called with the first failure instead, when one of the messages is
             QoS 1/2.
         :param timestamp: as for :meth:`persist`.
+        :param reserved: the appends may use each stream's reserve
+            (:data:`~gateway.journal.retention.RESERVED_BYTES` beyond ``max_bytes``): the
+            gateway's command replies, which the cloud waits for, get in while a stream is full
+            under ``reject-new`` (the bus's :meth:`~gateway.broker.bus.LocalBus.publish`).
         :return: ``True`` when one of the two will be called; ``False`` when the messages are
             routed to no link (or, after the stop, are QoS 0 only: logged).
 
@@ -322,7 +327,7 @@ class LinksService(Service):
             name, records = next(iter(per_link.items()))
             links[name].stream.append_many(records, self._offer_if_behind(links[name], records, on_durable),
                                            on_failed if waits else self._qos0_refused(messages[0][0], records,
-                                                                                      on_durable))
+                                                                                      on_durable), reserved)
             return True
         waiting = [len(per_link)]
 
@@ -339,7 +344,7 @@ class LinksService(Service):
         for name, records in per_link.items():
             links[name].stream.append_many(records, self._offer_if_behind(links[name], records, one_durable),
                                            one_failed if waits else self._qos0_refused(messages[0][0], records,
-                                                                                       one_durable))
+                                                                                       one_durable), reserved)
         return True
 
     def _qos0_refused(self, topic: str, records: list[Record], then: Callable[[object], object]

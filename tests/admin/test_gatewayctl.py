@@ -796,6 +796,23 @@ class QueueTableTests(SynchronousTestCase):
             " (since 2026-12-02T11:43:43Z, 1 failed)"])
         self.assertEqual(json.loads(self.queue([refusing, both], "--json"))["streams"], [refusing, both])
 
+    def test_records_lost_since_the_start_show_by_reason(self) -> None:
+        """A stream whose drop-oldest dropped most of a flood while its cloud was away showed
+        only the records it kept, as a healthy one: what it lost was in ``--json`` and
+        ``/metrics`` only. A ``lost since start`` column now gives each stream's losses by
+        reason (``0`` for one that lost none), so records kept, sent and lost add up; with no
+        loss anywhere the table has no such column."""
+        kept = {"name": "link-cloud", "records": 4580, "bytes": 1024996, "free_bytes": 2**30,
+                "oldest_unacked_age_s": 6.0, "cursors": [{"name": "cloud", "acked": 195688, "unacked": 4580}],
+                "losses": [{"reason": "max-bytes", "records": 195688}, {"reason": "rejected", "records": 12}]}
+        none = {**kept, "name": "broker-state", "records": 2, "bytes": 1024, "losses": [],
+                "cursors": [{"name": "broker", "acked": 2, "unacked": 0}], "oldest_unacked_age_s": 0.0}
+        self.assertEqual(self.queue([none, kept]).splitlines(), [
+            "stream        records  size        waiting  oldest waiting  free disk  lost since start",
+            "broker-state  2        1.0 KiB     0        0s              1.0 GiB    0",
+            "link-cloud    4580     1001.0 KiB  4580     6s              1.0 GiB    195688 max-bytes, 12 rejected"])
+        self.assertNotIn("lost", self.queue([none]))
+
 
 class FollowEndTests(SynchronousTestCase):
     """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""

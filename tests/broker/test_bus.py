@@ -1,5 +1,7 @@
 """The in-process bus between the gateway's services and the local broker's clients."""
 
+from typing import Any
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -54,6 +56,38 @@ class LocalBusUnitTests(SynchronousTestCase):
         self.assertRaises(ValueError, bus.publish, "a/+", b"")
         self.assertRaises(ValueError, bus.publish, "a", b"", 3)
         self.failureResultOf(bus.publish("a", b""), BrokerError)
+
+
+class ReservedPublishTests(SynchronousTestCase):
+    """``publish(..., reserved=True)`` reaches the links' persist hook as a reserved append."""
+
+    def test_reserved_reaches_the_hook(self) -> None:
+        """The command dispatcher's replies may use the journal's reserve (docs/commands.md):
+        the bus hands ``reserved`` through the durable gate to the hook; other publishes are
+        not reserved."""
+        from gateway.broker.durablegate import DurableGate
+
+        class Broker:
+            durable_gate = DurableGate()
+            has_client_subscribers = False
+
+            def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+                pass
+
+        calls: list[tuple[str, bool]] = []
+
+        def hook(messages: Any, on_durable: Any, on_failed: Any, reserved: bool = False) -> bool:
+            calls.append((messages[0][0], reserved))
+            on_durable(None)
+            return True
+
+        broker = Broker()
+        broker.durable_gate.install(hook, lambda topic: True)
+        bus = LocalBus()
+        bus.attach(broker)
+        self.successResultOf(bus.publish("command//gw/res/1/200", b"{}", 1, reserved=True))
+        self.successResultOf(bus.publish("telemetry/x", b"{}", 1))
+        self.assertEqual(calls, [("command//gw/res/1/200", True), ("telemetry/x", False)])
 
 
 class LocalBusBrokerTests(TestCase):

@@ -49,11 +49,14 @@ class DispatcherTests(SynchronousTestCase):
         return [(topic, json.loads(payload)) for topic, payload, _, _ in self.bus.published]
 
     def test_reply_on_the_reply_topic(self) -> None:
-        """A command's reply goes to command//<device>/res/<req-id>/<status> with QoS 1."""
+        """A command's reply goes to command//<device>/res/<req-id>/<status> with QoS 1, into the
+        journal's reserve if need be (docs/commands.md: a stream full under reject-new, its
+        cloud just back, refused the reply and the cloud never got one)."""
         self.bus.deliver("command//gw-1/req/42/echo", b'{"a": 1}')
         self.bus.deliver("command//gw-1/req/43/later", b"")
         self.assertEqual(self.replies(), [("command//gw-1/res/42/200", {"a": 1}), ("command//gw-1/res/43/202", {})])
         self.assertEqual(self.bus.published[0][2], 1)
+        self.assertEqual(self.bus.reserved, ["command//gw-1/res/42/200", "command//gw-1/res/43/202"])
 
     def test_a_name_or_request_id_with_a_newline_is_logged_on_one_line(self) -> None:
         """A command's request id and name are levels of its topic, where MQTT allows a newline:
@@ -101,12 +104,13 @@ class DispatcherTests(SynchronousTestCase):
         refusing = [True]
         publish = self.bus.publish
 
-        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None] | None:
+        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                    reserved: bool = False) -> Deferred[None] | None:
             if refusing[0]:
                 return fail(StreamFullError("link-cloud", "max-bytes"))
             return publish(topic, payload, qos, retain)
 
-        def raising(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        def raising(topic: str, payload: bytes, qos: int = 0, retain: bool = False, reserved: bool = False) -> None:
             raise RuntimeError("the broker is stopping")
 
         self.patch(self.bus, "publish", refused)
@@ -132,13 +136,30 @@ class DispatcherTests(SynchronousTestCase):
             self.bus.deliver("command//gw-1/req/1/echo", b"{}")
         self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
 
+    def test_a_reply_refused_beyond_the_reserve_is_published_again_as_any(self) -> None:
+        """A reply the journal refuses even with its reserve (used up) goes again as any
+        message: under drop-oldest the stream then makes room for it (dropping its oldest
+        records), as it did before replies used the reserve; under reject-new it is refused
+        again, and only that is logged."""
+        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                    reserved: bool = False) -> Deferred[None]:
+            self.bus.published.append((topic, payload, qos, retain))
+            return fail(StreamFullError("link-cloud", "max-bytes")) if reserved else succeed(None)
+
+        self.patch(self.bus, "publish", publish)
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/9/echo", b'{"a": 1}')
+        self.assertEqual(self.replies(), [("command//gw-1/res/9/200", {"a": 1})] * 2)
+        self.assertFalse([e for e in events if "not published" in e.get("log_format", "")])
+
     def test_a_reply_no_stream_can_hold_is_replaced_by_a_413(self) -> None:
         """A reply larger than the max_bytes of the journal stream that carries it to the cloud
         was only logged: the cloud never got an answer, and waited or sent the command again.
         The cloud gets a 413 saying so now (docs/commands.md)."""
         too_large = RecordTooLargeError("link-cloud", 70000, 8192)
 
-        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
+        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                    reserved: bool = False) -> Deferred[None]:
             self.bus.published.append((topic, payload, qos, retain))
             return fail(too_large) if topic.endswith("/200") else succeed(None)
 

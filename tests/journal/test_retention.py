@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Literal
 
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.journal.losses import LossReason
+from gateway.journal.droplines import DROP_LOG_INTERVAL
 from gateway.journal.retention import FREE_CHECK_S, RESERVED_BYTES, SegmentRetention
 from gateway.journal.segments import Segment, segment_path
 from gateway.journal.settings import StreamSettings
 from tests.journal.helpers import DIR, ManualRunner, run_now
 from tests.journal.powercut import PowerCutFiles
+from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 
 
@@ -219,6 +222,37 @@ class AdmitTests(SynchronousTestCase):
         r.load(list(before.segments)[1:], 1 << 40)
         self.assertEqual(r.admit(100), "max-bytes")
         self.assertEqual(len(r.segments), 1)
+
+    def test_a_flood_of_drops_is_one_line_a_minute(self) -> None:
+        """Drop-oldest dropping a segment at each new one (a publisher flooding while the
+        cloud is away) logs the first drop at once, then nothing for a minute, then one line
+        for every seq dropped since: not a line a segment; the drops held back when the flood
+        stops get their line at the periodic check once it is due. Every drop is counted all
+        along."""
+        r, _, stream, files, clock = _retention(StreamSettings(max_bytes=1000), acked=4)
+        events = capture_log_events(self)
+        lines = lambda: [formatEvent(e) for e in events if "dropped seq" in formatEvent(e)]  # noqa: E731
+        _segments(r, files, *range(1, 101, 10))
+        _segments(r, files, 101)
+        self.assertEqual(lines(), ["journal s: dropped seq 5-10 (max-bytes)"])
+        _segments(r, files, *range(111, 301, 10))
+        clock.advance(DROP_LOG_INTERVAL - 1)
+        _segments(r, files, 301)
+        self.assertEqual((len(lines()), len(stream.losses)), (1, 21))
+        clock.advance(1)
+        _segments(r, files, 311)
+        self.assertEqual(lines()[1:], ["journal s: dropped seq 11-220 (max-bytes) (21 segments dropped since the"
+                                       " last such line; logged at most once a minute while drops go on)"])
+        self.assertEqual(len(stream.losses), 22)
+        _segments(r, files, 321, 331)  # the flood's last drops: held back
+        r.enforce_limits()
+        self.assertEqual(len(lines()), 2)
+        clock.advance(DROP_LOG_INTERVAL)
+        r.enforce_limits()  # (the periodic check) their line is due: they get it
+        self.assertEqual(lines()[2:], ["journal s: dropped seq 221-240 (max-bytes) (2 segments dropped since the"
+                                       " last such line; logged at most once a minute while drops go on)"])
+        r.enforce_limits()
+        self.assertEqual(len(lines()), 3)
 
     def test_acknowledged_drop_is_no_loss(self) -> None:
         """Dropping records every cursor acknowledged counts nothing."""

@@ -58,9 +58,9 @@ class MemoryStream:
         return succeed(seq)
 
     def append_many(self, records: Sequence[Any], on_durable: Callable[[int], object],
-                    on_failed: Callable[[Failure], object]) -> None:
+                    on_failed: Callable[[Failure], object], reserved: bool = False) -> None:
         """:meth:`append` of each record; ``on_durable(last seq)`` once all are durable."""
-        results = [self.append(record) for record in records]
+        results = [self.append(record, reserved) for record in records]
         gatherResults(results, consumeErrors=True).addCallbacks(lambda seqs: on_durable(seqs[-1]),
                                             lambda failure: on_failed(failure.value.subFailure))
 

@@ -281,7 +281,8 @@ class RefusedQoS0Tests(SynchronousTestCase):
         links.startService()
         self.addCleanup(links.stopService)
         refusal = StreamFullError("link-cloud", "min-free-disk")
-        journal.stream("link-cloud").append_many = lambda records, on_durable, on_failed: on_failed(Failure(refusal))
+        journal.stream("link-cloud").append_many = \
+            lambda records, on_durable, on_failed, reserved=False: on_failed(Failure(refusal))
         events = capture_log_events(self)
 
         def lines() -> list[str]:
@@ -302,6 +303,46 @@ class RefusedQoS0Tests(SynchronousTestCase):
         self.assertEqual(lines()[1:], ["QoS 0 messages on telemetry/a not journaled: journal stream 'link-cloud' is "
                                        "full (min-free-disk); append rejected (refused since the last such line: "
                                        "1001)"])
+
+
+class ReservedAppendTests(SynchronousTestCase):
+    """docs/commands.md: the gateway's command replies get in while a stream is full under
+    ``reject-new`` (a cloud just back with a backlog to drain, a local flood)."""
+
+    def test_a_reserved_message_gets_in_while_a_reject_new_stream_refuses_the_others(self) -> None:
+        """A stream full under reject-new refused the reply to a command the cloud sent as its
+        link came back (the backlog not drained yet): the cloud never got an answer. A
+        ``reserved`` publish (the command dispatcher's replies, through the bus) may use the
+        stream's reserve; other publishes are still refused, counted as ``rejected``."""
+        from gateway.journal.service import JournalService
+        from gateway.journal.settings import JournalSettings, StreamSettings
+        from tests.journal.helpers import run_now
+        from tests.journal.powercut import PowerCutFiles
+
+        clock = Clock()
+        journal = JournalService(JournalSettings(streams={"link-cloud": StreamSettings(
+            max_bytes=8192, segment_bytes=4096, overflow="reject-new", min_free_bytes=0)}), Path("/state"), clock,
+            files=PowerCutFiles(), run=run_now)
+        journal.startService()
+        self.addCleanup(journal.stopService)
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), clock, RecordingBus(),
+                             journal)
+        links.startService()
+        self.addCleanup(links.stopService)
+
+        def persist(topic: str, reserved: bool = False) -> list[object]:
+            result: list[object] = []
+            links.persist_many([(topic, b"x" * 200, 1, False)], result.append,
+                               lambda failure: result.append(failure.value), reserved=reserved)
+            clock.advance(0)  # (the end of the reactor turn: the batch is written)
+            return result
+
+        while not isinstance(persist("telemetry/flood")[0], StreamFullError):
+            pass
+        [durable] = persist("command//gw1/res/1/200", reserved=True)
+        self.assertIsInstance(durable, int)
+        self.assertIsInstance(persist("telemetry/flood")[0], StreamFullError)
+        self.assertEqual(journal.stream("link-cloud").snapshot().refused_appends, 2)
 
 
 class QoS0DurableTests(SynchronousTestCase):
@@ -655,7 +696,7 @@ class LinksServiceTests(TestCase):
     def test_failed_append_is_not_acked(self) -> None:
         """When the journal cannot store it, no PUBACK: the connection closes for a later resend."""
         stream = self.links.links["cloud"].stream
-        stream.append = lambda record: fail(JournalError("disk full"))  # type: ignore[method-assign]
+        stream.append = lambda record, reserved=False: fail(JournalError("disk full"))  # type: ignore[method-assign]
         acked = self.device.publish("telemetry/x", b"3", qos=1)
         yield self.device.disconnected()
         self.assertFalse(acked.called)
@@ -710,7 +751,7 @@ class LinksServiceTests(TestCase):
         yield published
         yield self.broker.bus.publish("edge/local/only", b"x", 1, False)  # unrouted: not journaled
         self.assertEqual(len(stream.records), 1)  # type: ignore[attr-defined]
-        stream.append = lambda record: fail(JournalError("disk full"))  # type: ignore[method-assign]
+        stream.append = lambda record, reserved=False: fail(JournalError("disk full"))  # type: ignore[method-assign]
         yield self.assertFailure(self.broker.bus.publish("telemetry/gateway/report", b"r", 1, False), JournalError)
 
     @inlineCallbacks

@@ -18,14 +18,18 @@ class FakeBus:
     def __init__(self) -> None:
         self.subscriptions: list[tuple[str, Callable[[BusMessage], Any]]] = []
         self.published: list[tuple[str, bytes, int, bool]] = []
+        #: The topics published with ``reserved=True`` (the journal's reserve may take them).
+        self.reserved: list[str] = []
 
     def subscribe(self, topic_filter: str, callback: Callable[[BusMessage], Any]) -> Callable[[], None]:
         entry = (topic_filter, callback)
         self.subscriptions.append(entry)
         return lambda: self.subscriptions.remove(entry)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, reserved: bool = False) -> None:
         self.published.append((topic, payload, qos, retain))
+        if reserved:
+            self.reserved.append(topic)
 
     def deliver(self, topic: str, payload: bytes, retain: bool = False) -> None:
         for topic_filter, callback in list(self.subscriptions):

@@ -569,7 +569,7 @@ class FakeBus:
         self.subscriptions[topic_filter] = callback
         return lambda: self.subscriptions.pop(topic_filter)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, reserved: bool = False) -> Any:
         self.published.append((topic, payload))
         return succeed(None)
 
