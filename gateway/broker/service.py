@@ -24,6 +24,7 @@ from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
 from gateway.broker.persistence import BrokerStateStore, CheckpointContent, checkpoint_content, replay, restore
+from gateway.broker.retainedlimits import BY_BYTES, BY_COUNT, RetainedBudget
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
@@ -166,7 +167,8 @@ class BrokerService(Service):
 
         return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
 
-    def _start_broker(self, loaded: tuple[CheckpointContent | None, list[Record]]) -> Deferred[GatewayBroker]:
+    def _start_broker(self, loaded: tuple[CheckpointContent | None, list[Record]],
+                      budget: RetainedBudget) -> Deferred[GatewayBroker]:
         state, records = loaded
         settings = self.settings
         broker = GatewayBroker(AmqttPlugins(settings.amqtt, self.loop), self.bus, self.reactor,
@@ -179,17 +181,22 @@ class BrokerService(Service):
                                persistent_client_expiration=settings.persistent_client_expiration,
                                max_offline_sessions=settings.max_offline_sessions,
                                max_topic_levels=settings.max_topic_levels,
-                               max_subscriptions=settings.max_subscriptions)
-        return broker.start().addCallback(lambda _: self._restore(broker, state, records))
+                               max_subscriptions=settings.max_subscriptions,
+                               max_retained_messages=settings.max_retained_messages,
+                               max_retained_bytes=settings.max_retained_bytes)
+        return broker.start().addCallback(lambda _: self._restore(broker, state, records, budget))
 
-    def _restore(self, broker: GatewayBroker, state: CheckpointContent | None, records: list[Record]) -> GatewayBroker:
+    def _restore(self, broker: GatewayBroker, state: CheckpointContent | None, records: list[Record],
+                 budget: RetainedBudget) -> GatewayBroker:
+        """Restore the saved state into the started ``broker``: the checkpoint (read within
+        ``budget``), then the state log's changes after it; say what was over the bounds."""
         if state is not None:
             restore(broker, state)
             self.log.info("broker restored {sessions} sessions and {retained} retained messages",
                           sessions=len(state["sessions"]), retained=len(state["retained"]))
         if self.state_stream is not None:
             through = state.get("log_through", 0) if state is not None else 0
-            last = replay(broker, records, through)
+            last = replay(broker, records, through, budget)
             if last > through:
                 self.log.info("broker replayed {count} state changes logged after its last checkpoint",
                               count=last - through)
@@ -197,6 +204,7 @@ class BrokerService(Service):
         if state is not None or records:
             broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
                                         broker.retained)
+            broker.retained_limits.warn_dropped(budget, broker.retained_count, broker.retained_bytes)
         broker.on_state_changed = self._state_changed
         broker.end_due_sessions()  # offline too long before the start (their end logged, then checkpointed)
         return broker
@@ -285,15 +293,19 @@ class BrokerService(Service):
         self.certificates = tuple(read_certificate(f"broker listener {listener.name} {kind}", path)
                                   for listener in self.settings.listeners
                                   for kind, path in listener_cert_files(listener))
-        d: Deferred[Any] = in_reactor_threads(self.reactor)(self.store.load) if self.store is not None else succeed(None)
+        # (saved retained messages past the bounds are dropped as the checkpoint is read: a
+        # state written under larger ones must not take the start past what the gateway may hold)
+        budget = RetainedBudget(self.settings.max_retained_messages, self.settings.max_retained_bytes)
+        d: Deferred[Any] = (in_reactor_threads(self.reactor)(self.store.load, budget) if self.store is not None
+                            else succeed(None))
         d.addCallback(self._read_log)
-        d.addCallback(self._start_broker)
+        d.addCallback(self._start_broker, budget)
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
             self.broker = broker
             self.bus.attach(broker)
-            if broker.state_log is not None and broker.state_log.appended:
-                self._state_changed()  # a fresh checkpoint compacts the log replayed
+            if broker.state_log is not None and broker.state_log.appended or broker.retained_limits.dropped_at_start:
+                self._state_changed()  # a fresh checkpoint compacts the log replayed (and holds no dropped message)
             return gatherResults([self._listen(listener) for listener in self.settings.listeners],
                                  consumeErrors=True)
 
@@ -369,7 +381,10 @@ class BrokerService(Service):
             topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
             subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker),
             checkpoint_failing=self._checkpoint.now, durable_holds=broker.durable_gate.holds,
-            checkpoint_save_s=seconds, checkpoint_bytes=size, messages_resent=broker.messages_resent)
+            checkpoint_save_s=seconds, checkpoint_bytes=size, messages_resent=broker.messages_resent,
+            retained_bytes=broker.retained_bytes, retained_over_messages=broker.retained_limits.refused[BY_COUNT],
+            retained_over_bytes=broker.retained_limits.refused[BY_BYTES],
+            retained_dropped_at_start=broker.retained_limits.dropped_at_start)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:
