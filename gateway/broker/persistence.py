@@ -164,11 +164,15 @@ class BrokerStateStore:
         return write_parts_atomically(self.path, encoded_parts(state))
 
 
-def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, budget: RetainedBudget) -> int:
-    """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker.
+def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, budget: RetainedBudget,
+           shared: dict[QueuedMessage, QueuedMessage] | None = None) -> int:
+    """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker:
+    all of them, or the next part when the log is replayed a read at a time.
 
     A retained message past the bounds (``max_retained_messages``, ``max_retained_bytes``)
     is dropped and counted in ``budget`` (:meth:`~gateway.broker.routing.Router.restore_retained`).
+    A message queued for many sessions is logged once per session: ``shared`` makes it one
+    object again (as :func:`restore` does), across the parts when the same dict is given to each.
 
     Like :func:`restore`, before the state log is attached. A session's client that went
     offline (``offline``) counts as offline since that record's ``received`` time
@@ -179,8 +183,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, bud
     """
     assert broker.state_log is None, "replay before the state log is attached"
     last = through
-    # A message queued for many sessions is logged once per session: one object again, as restore makes it.
-    shared: dict[QueuedMessage, QueuedMessage] = {}
+    if shared is None:
+        shared = {}
     now = broker.clock.seconds()
     for record in records:
         headers = dict(record.headers)

@@ -23,6 +23,7 @@ from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
+from gateway.broker.outbox import QueuedMessage
 from gateway.broker.persistence import BrokerStateStore, CheckpointContent, checkpoint_content, replay, restore
 from gateway.broker.retainedlimits import BY_BYTES, BY_COUNT, RetainedBudget
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
@@ -149,27 +150,35 @@ class BrokerService(Service):
             self._loop = current_loop()
         return self._loop
 
-    def _read_log(self, state: CheckpointContent | None) -> Deferred[tuple[CheckpointContent | None, list[Record]]]:
-        """Read every state-log record the last checkpoint has not acknowledged (none without a log)."""
-        if self._state_stream_factory is None:
-            return succeed((state, []))
-        stream = self.state_stream = self._state_stream_factory()
+    def _replay_log(self, broker: GatewayBroker, through: int, budget: RetainedBudget) -> Deferred[tuple[int, int]]:
+        """Replay the state-log records the last checkpoint has not acknowledged (those after
+        ``through``) into ``broker``, a read at a time (:data:`REPLAY_BATCH` records or 1 MiB
+        of payloads): the start holds one read of the log, never all of it.
+
+        :returns: the number of the last change found (``through`` if none is newer) and how
+            many records were read.
+        """
+        stream = self.state_stream = self._state_stream_factory() if self._state_stream_factory else None
+        if stream is None:
+            return succeed((through, 0))
         # The log is read here, at start, and never again while the broker runs: records kept
         # in memory for live readers would be copies of every queued message nobody asks for.
         stream.keep_no_tail()
-        records: list[Record] = []
+        last, read = through, 0
+        shared: dict[QueuedMessage, QueuedMessage] = {}  # (one object for a message queued for many sessions)
 
         def more(batch: list[Record] | None) -> Any:
+            nonlocal last, read
             if batch is None or batch:
-                records.extend(batch or ())
+                if batch:
+                    last = max(last, replay(broker, batch, through, budget, shared))
+                    read += len(batch)
                 return stream.read(STATE_CURSOR, REPLAY_BATCH).addCallback(more)
-            return state, records
+            return last, read
 
         return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
 
-    def _start_broker(self, loaded: tuple[CheckpointContent | None, list[Record]],
-                      budget: RetainedBudget) -> Deferred[GatewayBroker]:
-        state, records = loaded
+    def _start_broker(self, state: CheckpointContent | None, budget: RetainedBudget) -> Deferred[GatewayBroker]:
         settings = self.settings
         broker = GatewayBroker(AmqttPlugins(settings.amqtt, self.loop), self.bus, self.reactor,
                                handler_class=self.handler_class, durable_gate=self.durable_gate,
@@ -184,24 +193,35 @@ class BrokerService(Service):
                                max_subscriptions=settings.max_subscriptions,
                                max_retained_messages=settings.max_retained_messages,
                                max_retained_bytes=settings.max_retained_bytes)
-        return broker.start().addCallback(lambda _: self._restore(broker, state, records, budget))
+        through = state.get("log_through", 0) if state is not None else 0
 
-    def _restore(self, broker: GatewayBroker, state: CheckpointContent | None, records: list[Record],
-                 budget: RetainedBudget) -> GatewayBroker:
-        """Restore the saved state into the started ``broker``: the checkpoint (read within
-        ``budget``), then the state log's changes after it; say what was over the bounds."""
+        def not_restored(failure: Failure) -> Deferred[GatewayBroker]:
+            # (the broker is started, not the service's yet: its timers and plugins end here)
+            return broker.shutdown().addBoth(lambda _: failure)
+
+        restoring = broker.start().addCallback(lambda _: self._restore_checkpoint(broker, state)).addCallback(
+            lambda _: self._replay_log(broker, through, budget)).addCallback(
+            lambda replayed: self._restored(broker, state, through, replayed, budget))
+        return restoring.addErrback(not_restored)
+
+    def _restore_checkpoint(self, broker: GatewayBroker, state: CheckpointContent | None) -> None:
+        """Restore the checkpoint read (if any) into the started ``broker``."""
         if state is not None:
             restore(broker, state)
             self.log.info("broker restored {sessions} sessions and {retained} retained messages",
                           sessions=len(state["sessions"]), retained=len(state["retained"]))
+
+    def _restored(self, broker: GatewayBroker, state: CheckpointContent | None, through: int,
+                  replayed: tuple[int, int], budget: RetainedBudget) -> GatewayBroker:
+        """The checkpoint and the state log after it are restored: attach the state log, say
+        what was over the bounds (``budget``: what the bounds on retained messages dropped)."""
+        last, read = replayed
         if self.state_stream is not None:
-            through = state.get("log_through", 0) if state is not None else 0
-            last = replay(broker, records, through, budget)
             if last > through:
                 self.log.info("broker replayed {count} state changes logged after its last checkpoint",
                               count=last - through)
             broker.state_log = StateLog(self.state_stream, self.reactor, start=last)
-        if state is not None or records:
+        if state is not None or read:
             broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
                                         broker.retained)
             broker.retained_limits.warn_dropped(budget, broker.retained_count, broker.retained_bytes)
@@ -298,7 +318,6 @@ class BrokerService(Service):
         budget = RetainedBudget(self.settings.max_retained_messages, self.settings.max_retained_bytes)
         d: Deferred[Any] = (in_reactor_threads(self.reactor)(self.store.load, budget) if self.store is not None
                             else succeed(None))
-        d.addCallback(self._read_log)
         d.addCallback(self._start_broker, budget)
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
