@@ -57,8 +57,9 @@ def over_bound(max_messages: int, max_bytes: int, count: int, held: int, old: in
 
 class RetainedLimits:
     """The bounds on the retained messages a client's PUBLISH (or will) may leave, and what
-    they refused; the gateway's own retained messages (its statuses and reports) and an amqtt
-    plugin's ``retain_message`` are not refused, but count towards them.
+    they refused; what the gateway itself retains (its statuses and reports, the clouds'
+    messages the links bring down, an amqtt plugin's ``retain_message``) is not refused, but
+    counts towards them.
 
     :param max_messages: ``max_retained_messages`` (0: no limit).
     :param max_bytes: ``max_retained_bytes`` (0: no limit).
