@@ -35,13 +35,17 @@ from gateway.mqtt import packets  # noqa: E402  (the gateway's one MQTT codec)
 CONCURRENCY = 200
 
 
-def start_ours(port: int, work: Path) -> subprocess.Popen[bytes]:
-    """``twistd gateway``: the broker with anonymous local access, no telemetry, no ingest."""
+def start_ours(port: int, work: Path, broker_keys: str = "") -> subprocess.Popen[bytes]:
+    """``twistd gateway``: the broker with anonymous local access, no telemetry, no ingest.
+
+    :param broker_keys: more lines of its ``broker:`` section (YAML, indented by two spaces).
+    """
     config = work / "gateway.yaml"
     config.write_text(
         f"gateway:\n  state_dir: {work / 'state'}\n  log_level: warn\n"
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
         "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+        + broker_keys +
         "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
     return subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
                              "gateway", "--config", str(config)], cwd=work)

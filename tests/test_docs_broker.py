@@ -74,13 +74,16 @@ class BrokerKeysTests(SynchronousTestCase):
 
     def test_the_ranges_the_table_gives(self) -> None:
         """``max_topic_levels`` from 0 to 32768; ``0`` is no limit for it, for
-        ``max_subscriptions`` and for ``max_inflight_bytes``; both overflow policies."""
+        ``max_subscriptions``, ``max_inflight_bytes`` and the two bounds on retained messages;
+        both overflow policies."""
         rows = table()
         self.assertIn("from `0` to `32768`", rows["max_topic_levels"][1])
-        for key in ("max_topic_levels", "max_subscriptions", "max_inflight_bytes"):
+        for key in ("max_topic_levels", "max_subscriptions", "max_inflight_bytes", "max_retained_messages",
+                    "max_retained_bytes"):
             self.assertRegex(rows[key][1], r"`0`: (any|no limit)")
         for keys in ({"max_topic_levels": 0}, {"max_topic_levels": 32768}, {"max_subscriptions": 0},
-                     {"max_inflight_bytes": 0}, {"queue_overflow": "drop_new"}, {"queue_overflow": "drop_oldest"}):
+                     {"max_inflight_bytes": 0}, {"queue_overflow": "drop_new"}, {"queue_overflow": "drop_oldest"},
+                     {"max_retained_messages": 0}, {"max_retained_bytes": 0}):
             settings, errors = parse(**keys)
             key, value = next(iter(keys.items()))
             self.assertEqual((errors, getattr(settings, key)), ([], value))

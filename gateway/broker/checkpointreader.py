@@ -14,6 +14,7 @@ from typing import IO, Any, Callable, Iterator
 
 from gateway import jsontext
 from gateway.broker.checkpointwriter import FORMAT, CheckpointContent
+from gateway.broker.retainedlimits import RetainedBudget, retained_size
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown_repr
 
@@ -21,11 +22,15 @@ from gateway.shown import shown_repr
 _RETAINED_WRONG = "retained: not a list"
 
 
-def read_checkpoint(file: IO[bytes]) -> CheckpointContent:
+def read_checkpoint(file: IO[bytes], budget: RetainedBudget | None = None) -> CheckpointContent:
     """The checkpoint in ``file``, read a session (or a retained message) at a time, each
     checked and its payloads decoded as it comes, so that what is held at once is the state
     built so far and one session's text (it was the file's text and all the state parsed from
     it: about twice the file, on top of the gateway's own memory at start).
+
+    :param budget: the bounds on the retained messages kept: one that does not fit them is
+        checked and dropped as it is read, counted there (a file written under larger bounds
+        must not take the start past what the gateway may hold); ``None``: all are kept.
 
     :raises ValueError: naming the first part that is wrong (:func:`_check_head`,
         :func:`_check_session`, :func:`gateway.jsontext.members`).
@@ -51,7 +56,9 @@ def read_checkpoint(file: IO[bytes]) -> CheckpointContent:
                         and _is_qos(row[2])):
                     raise ValueError(f"retained[{n}]: {_row_problem(row, _RETAINED_KINDS)}")
                 topic, text, qos = row
-                retained.append([topic, _unb64(text), qos])
+                payload = _unb64(text)
+                if budget is None or budget.admit(topic, retained_size(topic, payload)):
+                    retained.append([topic, payload, qos])
             value = retained
         elif key not in ("format", "log_through"):
             continue  # (nothing restore reads)

@@ -52,6 +52,7 @@ from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
 from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS, SubscriptionLimits
 from gateway.broker.outbox import QueuePolicy
+from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES, RetainedLimits
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.clockstep import steady_seconds, watch_steps
@@ -87,6 +88,9 @@ class GatewayBroker(Router[SessionHandler]):
         plugin or the gateway publishes to (0: any; a client's PUBLISH and will topics are
         checked by its connection's framing).
     :param max_subscriptions: the most filters one session holds (0: any).
+    :param max_retained_messages: the most retained messages a client's PUBLISH may leave (0: any).
+    :param max_retained_bytes: the most bytes (topics and payloads) of retained messages a
+        client's PUBLISH may leave (0: any).
     :ivar refused: CONNECTs refused since the start (any return code).
     """
 
@@ -98,13 +102,16 @@ class GatewayBroker(Router[SessionHandler]):
                  max_queued_messages: int = 1000, max_queued_bytes: int = 16 << 20,
                  queue_overflow: str = "drop_new", persistent_client_expiration: float = DEFAULT_EXPIRATION,
                  max_offline_sessions: int = DEFAULT_MAX_OFFLINE, max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS,
-                 max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS) -> None:
+                 max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+                 max_retained_messages: int = DEFAULT_MAX_RETAINED_MESSAGES,
+                 max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES) -> None:
         super().__init__(bus, plugins, max_inflight, max_inflight_bytes,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
                                      partial(steady_seconds, clock)),
                          OfflineSessions(persistent_client_expiration, max_offline_sessions,
                                          partial(steady_seconds, clock)),
                          SubscriptionLimits(max_topic_levels, max_subscriptions, partial(steady_seconds, clock)),
+                         RetainedLimits(max_retained_messages, max_retained_bytes, partial(steady_seconds, clock)),
                          clock)
         plugins.bind(self)
         self.handler_class = handler_class

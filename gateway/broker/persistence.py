@@ -45,6 +45,7 @@ from gateway.broker.checkpointreader import read_checkpoint
 from gateway.broker.checkpointwriter import CheckpointContent, checkpoint_content, encoded_parts
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import QueuedMessage
+from gateway.broker.retainedlimits import RetainedBudget
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
@@ -119,8 +120,11 @@ class BrokerStateStore:
         self.directory = directory
         self.path = directory / "state.json"
 
-    def load(self) -> CheckpointContent | None:
+    def load(self, budget: RetainedBudget | None = None) -> CheckpointContent | None:
         """The saved state with payloads decoded, or ``None`` when nothing was saved yet.
+
+        :param budget: the bounds on the retained messages restored: those past them are
+            dropped as they are read, and counted there.
 
         The file is read as it is parsed, a session (or retained message) at a time, each
         checked and its payloads decoded before the next is read
@@ -137,7 +141,7 @@ class BrokerStateStore:
             raise self._unreadable(exc) from exc
         with file:
             try:
-                return read_checkpoint(file)
+                return read_checkpoint(file, budget)
             except OSError as exc:
                 raise self._unreadable(exc) from exc
             except ValueError as exc:
@@ -160,8 +164,15 @@ class BrokerStateStore:
         return write_parts_atomically(self.path, encoded_parts(state))
 
 
-def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> int:
-    """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker.
+def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, budget: RetainedBudget,
+           shared: dict[QueuedMessage, QueuedMessage] | None = None) -> int:
+    """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker:
+    all of them, or the next part when the log is replayed a read at a time.
+
+    A retained message past the bounds (``max_retained_messages``, ``max_retained_bytes``)
+    is dropped and counted in ``budget`` (:meth:`~gateway.broker.routing.Router.restore_retained`).
+    A message queued for many sessions is logged once per session: ``shared`` makes it one
+    object again (as :func:`restore` does), across the parts when the same dict is given to each.
 
     Like :func:`restore`, before the state log is attached. A session's client that went
     offline (``offline``) counts as offline since that record's ``received`` time
@@ -172,8 +183,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
     """
     assert broker.state_log is None, "replay before the state log is attached"
     last = through
-    # A message queued for many sessions is logged once per session: one object again, as restore makes it.
-    shared: dict[QueuedMessage, QueuedMessage] = {}
+    if shared is None:
+        shared = {}
     now = broker.clock.seconds()
     for record in records:
         headers = dict(record.headers)
@@ -186,7 +197,7 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
         if n <= through:
             continue
         if op == "retain":
-            broker.keep_retained(record.topic, bytes(record.payload), record.qos)
+            broker.restore_retained(record.topic, bytes(record.payload), record.qos, budget)
         elif op == "drop":
             broker.forget_session(client_id)
         elif op == "unsub":

@@ -38,6 +38,7 @@ from gateway.broker.clientsession import ClientSession, Incoming
 from gateway.broker.limits import SubscriptionLimits
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 from gateway.broker.retainedburst import RetainedBurst
+from gateway.broker.retainedlimits import RetainedBudget, RetainedLimits, retained_size
 from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
 from gateway.logthrottle import LogThrottle
@@ -113,12 +114,15 @@ class Router(Generic[Client]):
     :param queue_policy: bounds and overflow policy of every session's queue, and the drop counters.
     :param offline: the persistent sessions whose clients are offline (expiry and cap).
     :param limits: the bounds on a topic's levels and a session's subscriptions, and their counters.
+    :param retained_limits: the bounds on the retained messages, and their counters.
     :param clock: the reactor's time.
     :ivar sessions: client id -> session (connected ones, and persistent offline ones).
     :ivar subscriptions: topic filter -> client id -> (session, granted QoS); the filters with
         wildcards are also in a tree, by their levels, with the same client id -> target dicts.
     :ivar retained: topic -> its retained message (changed through :meth:`keep_retained` only,
-        which keeps the tree of retained topics with it).
+        which keeps the tree of retained topics and :attr:`retained_bytes` with it).
+    :ivar retained_bytes: the retained messages' bytes, topics and payloads (what
+        ``max_retained_bytes`` bounds).
     :ivar live: client id -> the handler of its live connection.
     :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
@@ -127,9 +131,10 @@ class Router(Generic[Client]):
 
     def __init__(self, bus: LocalBus, plugins: AmqttPlugins, max_inflight: int, max_inflight_bytes: int,
                  queue_policy: QueuePolicy, offline: OfflineSessions, limits: SubscriptionLimits,
-                 clock: IReactorTime) -> None:
+                 retained_limits: RetainedLimits, clock: IReactorTime) -> None:
         self.bus = bus
         self.limits = limits
+        self.retained_limits = retained_limits
         self.plugins = plugins
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes or sys.maxsize  # (one number to compare with, limit or not)
@@ -140,6 +145,7 @@ class Router(Generic[Client]):
         self.subscriptions: dict[str, dict[str, Target]] = {}
         self._wildcard_filters: TopicTree[dict[str, Target]] = TopicTree()
         self.retained: dict[str, Retained] = {}
+        self.retained_bytes = 0
         self._retained_topics: TopicTree[str] = TopicTree()
         self.live: dict[str, Client] = {}
         self.state_log: StateLog | None = None
@@ -378,7 +384,7 @@ class Router(Generic[Client]):
     def _targets(self, source: ClientSession | None, topic: str, payload: bytes, qos: int,
                  retain: bool) -> list[Target]:
         if retain:
-            self.retain_now(topic, payload, qos)
+            self.retain_now(topic, payload, qos, source.client_id if source is not None else None)
         if source is not None and self.bus.has_subscribers and self.bus.wants(topic):
             self.bus.dispatch(BusMessage(topic, payload, qos, retain))
         targets = self._routes.get(topic)
@@ -445,11 +451,23 @@ class Router(Generic[Client]):
 
     # -- retained messages ----------------------------------------------------------------
 
-    def retain_now(self, topic: str, payload: bytes, qos: int) -> None:
+    def retain_now(self, topic: str, payload: bytes, qos: int, client_id: str | None = None) -> None:
         """Keep ``payload`` as the topic's retained message; an empty payload removes it (§3.3.1.3).
 
-        The change is logged (the publisher's acknowledgement waits until it is durable).
+        A client's message past ``max_retained_messages`` or ``max_retained_bytes`` is not kept
+        (counted and logged; one that would replace the topic's older message removes that
+        one, which is no longer the topic's last). The change is logged (the publisher's
+        acknowledgement waits until it is durable).
+
+        :param client_id: the client whose PUBLISH or will it is; ``None``: the gateway's own
+            message or a plugin's, which the bounds do not refuse.
         """
+        if payload and client_id is not None:
+            cause, size = self._over_bounds(topic, payload)
+            if cause is not None:
+                self.retained_limits.refuse(cause, client_id, topic, size, len(self.retained), self.retained_bytes,
+                                            topic in self.retained)
+                payload = b""  # (removes an older one; changes nothing without)
         if not self.keep_retained(topic, payload, qos):
             return
         if self.state_log is not None:
@@ -467,14 +485,38 @@ class Router(Generic[Client]):
         """
         retained = self.retained
         if payload:
-            if topic not in retained:
+            old = retained.get(topic)
+            if old is None:
                 self._retained_topics.add(topic, topic)
+                self.retained_bytes += retained_size(topic, payload)
+            else:
+                self.retained_bytes += len(payload) - len(old.payload)
             retained[topic] = Retained(payload, qos)
             return True
-        if retained.pop(topic, None) is None:
+        old = retained.pop(topic, None)
+        if old is None:
             return False
+        self.retained_bytes -= retained_size(topic, old.payload)
         self._retained_topics.remove(topic)
         return True
+
+    def restore_retained(self, topic: str, payload: bytes, qos: int, budget: RetainedBudget) -> None:
+        """Set a saved retained message (an empty payload removes it) as :meth:`keep_retained`
+        does, within the bounds: one past them is dropped and counted in ``budget`` (an older
+        one on its topic is removed, no longer the topic's last)."""
+        if payload:
+            cause, size = self._over_bounds(topic, payload)
+            if cause is not None:
+                budget.drop(topic, size)
+                payload = b""
+        self.keep_retained(topic, payload, qos)
+
+    def _over_bounds(self, topic: str, payload: bytes) -> tuple[str | None, int]:
+        """The bound ``payload`` retained on ``topic`` would break (or ``None``), and its size."""
+        old = self.retained.get(topic)
+        size = retained_size(topic, payload)
+        return self.retained_limits.over(len(self.retained), self.retained_bytes,
+                                         None if old is None else retained_size(topic, old.payload), size), size
 
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):

@@ -23,7 +23,9 @@ from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
+from gateway.broker.outbox import QueuedMessage
 from gateway.broker.persistence import BrokerStateStore, CheckpointContent, checkpoint_content, replay, restore
+from gateway.broker.retainedlimits import BY_BYTES, BY_COUNT, RetainedBudget
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
@@ -148,26 +150,35 @@ class BrokerService(Service):
             self._loop = current_loop()
         return self._loop
 
-    def _read_log(self, state: CheckpointContent | None) -> Deferred[tuple[CheckpointContent | None, list[Record]]]:
-        """Read every state-log record the last checkpoint has not acknowledged (none without a log)."""
-        if self._state_stream_factory is None:
-            return succeed((state, []))
-        stream = self.state_stream = self._state_stream_factory()
+    def _replay_log(self, broker: GatewayBroker, through: int, budget: RetainedBudget) -> Deferred[tuple[int, int]]:
+        """Replay the state-log records the last checkpoint has not acknowledged (those after
+        ``through``) into ``broker``, a read at a time (:data:`REPLAY_BATCH` records or 1 MiB
+        of payloads): the start holds one read of the log, never all of it.
+
+        :returns: the number of the last change found (``through`` if none is newer) and how
+            many records were read.
+        """
+        stream = self.state_stream = self._state_stream_factory() if self._state_stream_factory else None
+        if stream is None:
+            return succeed((through, 0))
         # The log is read here, at start, and never again while the broker runs: records kept
         # in memory for live readers would be copies of every queued message nobody asks for.
         stream.keep_no_tail()
-        records: list[Record] = []
+        last, read = through, 0
+        shared: dict[QueuedMessage, QueuedMessage] = {}  # (one object for a message queued for many sessions)
 
         def more(batch: list[Record] | None) -> Any:
+            nonlocal last, read
             if batch is None or batch:
-                records.extend(batch or ())
+                if batch:
+                    last = max(last, replay(broker, batch, through, budget, shared))
+                    read += len(batch)
                 return stream.read(STATE_CURSOR, REPLAY_BATCH).addCallback(more)
-            return state, records
+            return last, read
 
         return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
 
-    def _start_broker(self, loaded: tuple[CheckpointContent | None, list[Record]]) -> Deferred[GatewayBroker]:
-        state, records = loaded
+    def _start_broker(self, state: CheckpointContent | None, budget: RetainedBudget) -> Deferred[GatewayBroker]:
         settings = self.settings
         broker = GatewayBroker(AmqttPlugins(settings.amqtt, self.loop), self.bus, self.reactor,
                                handler_class=self.handler_class, durable_gate=self.durable_gate,
@@ -179,24 +190,41 @@ class BrokerService(Service):
                                persistent_client_expiration=settings.persistent_client_expiration,
                                max_offline_sessions=settings.max_offline_sessions,
                                max_topic_levels=settings.max_topic_levels,
-                               max_subscriptions=settings.max_subscriptions)
-        return broker.start().addCallback(lambda _: self._restore(broker, state, records))
+                               max_subscriptions=settings.max_subscriptions,
+                               max_retained_messages=settings.max_retained_messages,
+                               max_retained_bytes=settings.max_retained_bytes)
+        through = state.get("log_through", 0) if state is not None else 0
 
-    def _restore(self, broker: GatewayBroker, state: CheckpointContent | None, records: list[Record]) -> GatewayBroker:
+        def not_restored(failure: Failure) -> Deferred[GatewayBroker]:
+            # (the broker is started, not the service's yet: its timers and plugins end here)
+            return broker.shutdown().addBoth(lambda _: failure)
+
+        restoring = broker.start().addCallback(lambda _: self._restore_checkpoint(broker, state)).addCallback(
+            lambda _: self._replay_log(broker, through, budget)).addCallback(
+            lambda replayed: self._restored(broker, state, through, replayed, budget))
+        return restoring.addErrback(not_restored)
+
+    def _restore_checkpoint(self, broker: GatewayBroker, state: CheckpointContent | None) -> None:
+        """Restore the checkpoint read (if any) into the started ``broker``."""
         if state is not None:
             restore(broker, state)
             self.log.info("broker restored {sessions} sessions and {retained} retained messages",
                           sessions=len(state["sessions"]), retained=len(state["retained"]))
+
+    def _restored(self, broker: GatewayBroker, state: CheckpointContent | None, through: int,
+                  replayed: tuple[int, int], budget: RetainedBudget) -> GatewayBroker:
+        """The checkpoint and the state log after it are restored: attach the state log, say
+        what was over the bounds (``budget``: what the bounds on retained messages dropped)."""
+        last, read = replayed
         if self.state_stream is not None:
-            through = state.get("log_through", 0) if state is not None else 0
-            last = replay(broker, records, through)
             if last > through:
                 self.log.info("broker replayed {count} state changes logged after its last checkpoint",
                               count=last - through)
             broker.state_log = StateLog(self.state_stream, self.reactor, start=last)
-        if state is not None or records:
+        if state is not None or read:
             broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
                                         broker.retained)
+            broker.retained_limits.warn_dropped(budget, broker.retained_count, broker.retained_bytes)
         broker.on_state_changed = self._state_changed
         broker.end_due_sessions()  # offline too long before the start (their end logged, then checkpointed)
         return broker
@@ -285,15 +313,18 @@ class BrokerService(Service):
         self.certificates = tuple(read_certificate(f"broker listener {listener.name} {kind}", path)
                                   for listener in self.settings.listeners
                                   for kind, path in listener_cert_files(listener))
-        d: Deferred[Any] = in_reactor_threads(self.reactor)(self.store.load) if self.store is not None else succeed(None)
-        d.addCallback(self._read_log)
-        d.addCallback(self._start_broker)
+        # (saved retained messages past the bounds are dropped as the checkpoint is read: a
+        # state written under larger ones must not take the start past what the gateway may hold)
+        budget = RetainedBudget(self.settings.max_retained_messages, self.settings.max_retained_bytes)
+        d: Deferred[Any] = (in_reactor_threads(self.reactor)(self.store.load, budget) if self.store is not None
+                            else succeed(None))
+        d.addCallback(self._start_broker, budget)
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
             self.broker = broker
             self.bus.attach(broker)
-            if broker.state_log is not None and broker.state_log.appended:
-                self._state_changed()  # a fresh checkpoint compacts the log replayed
+            if broker.state_log is not None and broker.state_log.appended or broker.retained_limits.dropped_at_start:
+                self._state_changed()  # a fresh checkpoint compacts the log replayed (and holds no dropped message)
             return gatherResults([self._listen(listener) for listener in self.settings.listeners],
                                  consumeErrors=True)
 
@@ -369,7 +400,10 @@ class BrokerService(Service):
             topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
             subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker),
             checkpoint_failing=self._checkpoint.now, durable_holds=broker.durable_gate.holds,
-            checkpoint_save_s=seconds, checkpoint_bytes=size, messages_resent=broker.messages_resent)
+            checkpoint_save_s=seconds, checkpoint_bytes=size, messages_resent=broker.messages_resent,
+            retained_bytes=broker.retained_bytes, retained_over_messages=broker.retained_limits.refused[BY_COUNT],
+            retained_over_bytes=broker.retained_limits.refused[BY_BYTES],
+            retained_dropped_at_start=broker.retained_limits.dropped_at_start)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

@@ -24,6 +24,7 @@ from gateway import jsontext
 from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS
 from gateway.broker.outbox import OVERFLOW_POLICIES
+from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.configtext import key_problem, nul_problems, text_problem
 from gateway.endpointstrings import split_description
@@ -130,6 +131,9 @@ class BrokerSettings:
     :ivar max_topic_levels: the most levels of a topic a client publishes to (PUBLISH, will) or
         subscribes to (0: any).
     :ivar max_subscriptions: the most topic filters one session holds (0: any).
+    :ivar max_retained_messages: the most retained messages a client's PUBLISH may leave (0: any).
+    :ivar max_retained_bytes: the most bytes (topics and payloads) of retained messages a
+        client's PUBLISH may leave (0: any).
     """
 
     listeners: tuple[ListenerSettings, ...] = (ListenerSettings("default", DEFAULT_ENDPOINT),)
@@ -145,6 +149,8 @@ class BrokerSettings:
     max_offline_sessions: int = DEFAULT_MAX_OFFLINE
     max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_retained_messages: int = DEFAULT_MAX_RETAINED_MESSAGES
+    max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
 
 #: Units of ``persistent_client_expiration`` (mosquitto's, plus seconds and minutes' absence:
 #: mosquitto's ``m`` is a month).
@@ -227,7 +233,8 @@ AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_int
 #: The ``broker:`` keys with a ``_``: the gateway's and amqtt's (not ``auth``'s or a plugin's).
 UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_inflight_bytes",
                     "max_queued_messages", "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
-                    "max_offline_sessions", "max_topic_levels", "max_subscriptions") + AMQTT_SECONDS
+                    "max_offline_sessions", "max_topic_levels", "max_subscriptions", "max_retained_messages",
+                    "max_retained_bytes") + AMQTT_SECONDS
 #: Their spellings with ``-`` (hbmqtt's, which amqtt's docs still use and amqtt 0.12's config
 #: check refuses, such as ``timeout-disconnect-delay``; a ``-`` in a key is read as ``_`` in
 #: every section, docs/configuration.md), and the keys they are read as.
@@ -498,6 +505,11 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if max_subscriptions is not None:
         limits["max_subscriptions"] = _whole_number(max_subscriptions, ("broker", "max_subscriptions"), errors, 0,
                                                     None, DEFAULT_MAX_SUBSCRIPTIONS)
+    for key, default in (("max_retained_messages", DEFAULT_MAX_RETAINED_MESSAGES),
+                         ("max_retained_bytes", DEFAULT_MAX_RETAINED_BYTES)):
+        value = config.pop(key, None)
+        if value is not None:  # (0: no limit, as EMQX's max_retained_messages)
+            limits[key] = _whole_number(value, ("broker", key), errors, 0, None, default)
     raw_listeners = config.get("listeners") or {"default": {"endpoint": DEFAULT_ENDPOINT}}
     if not isinstance(raw_listeners, dict):
         errors.add(("broker", "listeners"),

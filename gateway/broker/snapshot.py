@@ -120,6 +120,14 @@ class BrokerSnapshot:
     :param checkpoint_bytes: that checkpoint's size in bytes; ``None`` until one is saved.
     :param messages_resent: QoS 1 and 2 deliveries sent again with DUP (their persistent
         session's client came back before acknowledging them).
+    :param retained_bytes: the retained messages' bytes, topics and payloads (what
+        ``max_retained_bytes`` bounds).
+    :param retained_over_messages: clients' retained PUBLISHes (and wills) delivered and not
+        retained because the broker held ``max_retained_messages`` (each to a new topic).
+    :param retained_over_bytes: the same, because they would have taken the retained messages
+        past ``max_retained_bytes`` (a topic's older retained message was removed then).
+    :param retained_dropped_at_start: saved retained messages the start did not restore: the
+        state held more than the bounds allow (written before them, or under larger ones).
     """
 
     running: bool
@@ -151,3 +159,7 @@ class BrokerSnapshot:
     checkpoint_save_s: float | None = None
     checkpoint_bytes: int | None = None
     messages_resent: int = 0
+    retained_bytes: int = 0
+    retained_over_messages: int = 0
+    retained_over_bytes: int = 0
+    retained_dropped_at_start: int = 0

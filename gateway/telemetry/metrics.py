@@ -99,7 +99,9 @@ class GatewayCollector(Collector):
                 ("gateway_broker_offline_sessions", "Persistent sessions whose clients are offline",
                  b.offline_sessions),
                 ("gateway_broker_subscriptions", "Subscriptions held: every session's topic filters", b.subscriptions),
-                ("gateway_broker_retained_messages", "Retained messages held", b.retained)):
+                ("gateway_broker_retained_messages", "Retained messages held", b.retained),
+                ("gateway_broker_retained_bytes", "Bytes of the retained messages held: topics and payloads",
+                 b.retained_bytes)):
             yield GaugeMetricFamily(name, doc, value=value)
         if b.checkpoint_save_s is not None and b.checkpoint_bytes is not None:  # (once one is saved)
             yield GaugeMetricFamily("gateway_broker_checkpoint_seconds",
@@ -141,10 +143,18 @@ class GatewayCollector(Collector):
                 ("gateway_broker_filters_too_deep_total", "SUBSCRIBE filters refused: over max_topic_levels",
                  b.filters_too_deep),
                 ("gateway_broker_subscriptions_refused_total",
-                 "New SUBSCRIBE filters refused: the session held max_subscriptions", b.subscriptions_refused)):
+                 "New SUBSCRIBE filters refused: the session held max_subscriptions", b.subscriptions_refused),
+                ("gateway_broker_retained_dropped_at_start_total",
+                 "Saved retained messages the start dropped: over max_retained_messages or max_retained_bytes",
+                 b.retained_dropped_at_start)):
             family = _counter(name, doc)
             family.add_metric([], value)
             yield family
+        not_retained = _counter("gateway_broker_retained_refused_total",
+                                "Retained PUBLISHes delivered and not retained: past the limit named", ["limit"])
+        not_retained.add_metric(["max_retained_messages"], b.retained_over_messages)
+        not_retained.add_metric(["max_retained_bytes"], b.retained_over_bytes)
+        yield not_retained
         by_qos = _counter("gateway_broker_queue_dropped_messages_by_qos_total",
                           "Messages dropped because a session's queue was full, by their QoS", ["qos"])
         for qos in range(3):

@@ -23,6 +23,7 @@ from gateway.broker.bus import LocalBus
 from gateway.broker.clientsession import ClientSession
 from gateway.broker.core import GatewayBroker
 from gateway.broker.persistence import BrokerStateStore
+from gateway.broker.retainedlimits import RetainedBudget
 from gateway.broker.statelog import StateLog
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.journal.record import Record
@@ -271,7 +272,7 @@ class StateLogTimeTests(BrokerOnClockCase):
                    offline_record(3, "b", NOW + 50, "online"), offline_record(4, "c", NOW + 10),
                    offline_record(5, "c", NOW + 20, "online"), offline_record(6, "c", NOW + 30),
                    offline_record(7, "d", 1000.0)]  # logged at 1970
-        self.assertEqual(persistence.replay(broker, records, 0), 7)
+        self.assertEqual(persistence.replay(broker, records, 0, RetainedBudget(0, 0)), 7)
         self.assertEqual({c: broker.offline.idle_for(c) for c in "abcd"}, {"a": 100, "b": 0, "c": 70, "d": 0})
         self.assertEqual(list(broker.offline._since), ["a", "c", "b", "d"])
 
@@ -284,7 +285,8 @@ class StateLogTimeTests(BrokerOnClockCase):
                  "inflight": [], "inflight_in": []}
         persistence.restore(broker, {"sessions": [entry], "retained": []})
         self.assertEqual(broker.offline.idle_for("c"), 100)
-        persistence.replay(broker, [offline_record(1, "c", NOW + 40, "online"), offline_record(2, "c", NOW + 60)], 0)
+        persistence.replay(broker, [offline_record(1, "c", NOW + 40, "online"), offline_record(2, "c", NOW + 60)], 0,
+                           RetainedBudget(0, 0))
         self.assertEqual(broker.offline.idle_for("c"), 40)
 
 

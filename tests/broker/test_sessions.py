@@ -29,6 +29,7 @@ from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.core import TAKEOVER_LOG_INTERVAL
 from gateway.broker.outbox import QueuedMessage
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore
+from gateway.broker.retainedlimits import RetainedBudget
 from gateway.journal.record import Record
 from gateway.mqtt import packets as mqtt_packets
 from tests.broker import packets
@@ -520,7 +521,7 @@ class StateStoreTests(SynchronousTestCase):
         records = [Record(f, b"", 1, False, 0.0, (("op", "sub"), ("n", str(n)), ("client", "c")))
                    for n, f in ((1, "a/#/b"), (2, "ok/#"))]
         with capturedLogs() as events:
-            self.assertEqual(persistence.replay(broker, records, 0), 2)
+            self.assertEqual(persistence.replay(broker, records, 0, RetainedBudget(0, 0)), 2)
         self.assertEqual({f: list(e) for f, e in broker.subscriptions.items()}, {"ok/#": ["c"]})
         self.assertEqual(len([e for e in events if "a/#/b" in formatEvent(e)]), 1)
         store = BrokerStateStore(Path(self.mktemp()))
@@ -536,7 +537,7 @@ class StateStoreTests(SynchronousTestCase):
         records = [Record("fan/1", bytes(bytearray(b"p" * 1000)), 1, False, 0.0,
                           (("op", "queue"), ("n", str(n)), ("client", f"c{n}")))
                    for n in range(1, 4)]
-        self.assertEqual(persistence.replay(broker, records, 0), 3)
+        self.assertEqual(persistence.replay(broker, records, 0, RetainedBudget(0, 0)), 3)
         queued = [broker.sessions[f"c{n}"].outbox.peek() for n in range(1, 4)]  # type: ignore[union-attr]
         self.assertEqual(queued, [QueuedMessage("fan/1", b"p" * 1000, 1, False)] * 3)
         self.assertTrue(queued[0] is queued[1] is queued[2])

@@ -4,6 +4,7 @@ never happened, and compacted by the next checkpoint."""
 from __future__ import annotations
 
 import errno
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.broker.harness import ANONYMOUS, broker_settings, eventually, port_of
 from tests.broker.mqttraw import scripted_connect
 from tests.mqttclient import TestClient
 
+MIB = 1 << 20
 SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
 
 
@@ -38,13 +40,21 @@ class StateLogTests(TestCase):
                                         streams={STATE_STREAM: StreamSettings(segment_bytes=4096, min_free_bytes=0)})
 
     @inlineCallbacks
-    def start(self) -> Any:
+    def start(self, traced: list[int] | None = None) -> Any:
+        """Start a journal, then a broker service on it; with ``traced``, the broker's start
+        (not the journal's) is traced and its peak of traced memory appended to it."""
         journal = JournalService(self.settings, self.state_dir, reactor)
         yield journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
         broker = BrokerService(broker_settings(self.section), reactor, state_dir=self.state_dir,
                                state_stream=lambda: journal.stream(STATE_STREAM))
+        if traced is not None:
+            tracemalloc.start()
+            self.addCleanup(tracemalloc.stop)
         yield broker.startService()
-        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        if traced is not None:
+            traced.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
         self.addCleanup(lambda: broker.stopService() if broker.running else None)
         return journal, broker
 
@@ -237,6 +247,24 @@ class StateLogTests(TestCase):
         client.transport.write(packets.connect("pub", flags=0) + b"".join(sent))
         yield client.until(lambda: client.others, reactor)
         return client
+
+    @inlineCallbacks
+    def test_the_log_is_replayed_a_batch_at_a_time(self):
+        """24 retained messages of 1 MiB logged on one topic (a client replacing its message)
+        and no checkpoint after them: the start holds about one read of the log at a time (1
+        MiB of payloads) and the message it keeps, not the whole log. Before, it read every record first, then replayed
+        them: 24 MiB here, and a log as large as the memory limit (checkpoint saves failing for
+        a while, a crash before the checkpoint) killed every start."""
+        journal, broker = yield self.start()
+        state_log = broker.broker.state_log
+        for n in range(24):
+            state_log.retained("big", bytes([n]) * MIB, 1)
+        yield state_log.wait(state_log.appended)
+        yield self.stop(journal, broker, checkpoint=False)
+        peaks: list[int] = []
+        journal, broker = yield self.start(traced=peaks)
+        self.assertEqual(broker.broker.retained["big"].payload, bytes([23]) * MIB)
+        self.assertLess(peaks[0], 6 * MIB)
 
     @inlineCallbacks
     def test_checkpoint_compacts_the_log(self):

@@ -248,8 +248,8 @@ class SavedStateOverTheLimitsTests(TestCase):
 
 
 class GatewayTopicLimitsTests(TestCase):
-    """A real ``twistd gateway`` with ``max_topic_levels: 5`` and ``max_subscriptions: 2``,
-    driven over a socket on 127.0.0.1, read through its ``/metrics``."""
+    """A real ``twistd gateway`` with ``max_topic_levels: 5``, ``max_subscriptions: 2`` and
+    ``max_retained_messages: 2``, driven over a socket on 127.0.0.1, read through its ``/metrics``."""
 
     timeout = 120
 
@@ -259,16 +259,23 @@ class GatewayTopicLimitsTests(TestCase):
         (the fourth is past the cap); then a PUBLISH to a topic of 6 levels closes the
         connection, unacknowledged. The log names the client (one line for both refusals: they are
         throttled together); /metrics counts them;
-        another client is served all the while."""
+        another client is served all the while.
+
+        It starts on a saved state holding 3 retained messages, one more than it may keep: it
+        keeps the first two and says so (before, it restored them all, however many and large:
+        in a memory limit, a crash loop); a client's retained PUBLISH to a new topic is then
+        acknowledged and not retained, counted in /metrics."""
         work = Path(self.mktemp()).resolve()
-        work.mkdir()
+        (work / "state" / "broker").mkdir(parents=True)
+        (work / "state" / "broker" / "state.json").write_text(json.dumps({
+            "format": 1, "log_through": 0, "sessions": [], "retained": [[f"r/{n}", "YQ==", 1] for n in range(3)]}))
         port, metrics_port = free_port(), free_port()
         config = work / "gateway.yaml"
         config.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            "  max_topic_levels: 5\n  max_subscriptions: 2\n"
+            "  max_topic_levels: 5\n  max_subscriptions: 2\n  max_retained_messages: 2\n"
             f"ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: 'tcp:{metrics_port}:interface=127.0.0.1'\n")
         proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc)
@@ -295,9 +302,13 @@ class GatewayTopicLimitsTests(TestCase):
         yield other.subscribe("still/served", 1)
         yield other.publish("still/served", b"yes", 1)
         self.assertEqual((yield other.next_message()).payload, b"yes")
+        yield other.publish("r/new", b"not kept", 1, retain=True)  # (acknowledged: publish waits for the PUBACK)
         metrics = yield metrics_text(metrics_port)
         self.assertIn("\ngateway_broker_topics_too_deep_total 1.0\n", metrics)
+        self.assertIn("\ngateway_broker_retained_dropped_at_start_total 1.0\n", metrics)
+        self.assertIn('\ngateway_broker_retained_refused_total{limit="max_retained_messages"} 1.0\n', metrics)
         output = proc.output.decode(errors="replace")
+        self.assertIn("kept 2 (8 bytes), dropped 1 (4 bytes: r/2)", output)
         self.assertIn("refusing the subscription of 'greedy' to x/+/+/+/+/+: it has 6 levels", output)
         self.assertIn("client 'greedy': PUBLISH topic x/l/l/l/l/l has 6 levels, more than max_topic_levels (5)",
                       output)

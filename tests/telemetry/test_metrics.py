@@ -231,6 +231,19 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual((got[("gateway_broker_checkpoint_seconds", ())], got[("gateway_broker_checkpoint_bytes", ())]),
                          (1.75, 278_000_000))
 
+    def test_the_brokers_retained_bounds(self) -> None:
+        """The retained messages' bytes are a gauge; the retained PUBLISHes not retained are a
+        counter by the limit that refused them; the saved ones the start dropped, a counter."""
+        broker = self.readside.broker()
+        self.readside.broker = lambda: dataclasses.replace(  # type: ignore[method-assign]
+            broker, retained_bytes=16_000_086, retained_over_messages=3, retained_over_bytes=5,
+            retained_dropped_at_start=102)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual(got[("gateway_broker_retained_bytes", ())], 16_000_086)
+        self.assertEqual(got[("gateway_broker_retained_refused_total", (("limit", "max_retained_messages"),))], 3)
+        self.assertEqual(got[("gateway_broker_retained_refused_total", (("limit", "max_retained_bytes"),))], 5)
+        self.assertEqual(got[("gateway_broker_retained_dropped_at_start_total", ())], 102)
+
     def test_the_twins_last_write(self) -> None:
         """The twin's last things.json write is gateway_twin_save_seconds and its size
         gateway_twin_save_bytes, both absent before the first write."""
