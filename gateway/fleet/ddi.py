@@ -22,6 +22,7 @@ from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
 from gateway.netfailures import describe, describe_answer
+from gateway.operations.httpclient import close_connections
 
 #: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
 #: artifacts some hundreds; a larger one fails the request.
@@ -177,12 +178,13 @@ class DDIClient:
     def close(self) -> Deferred[None]:
         """Give up every request asked and not ended: those waiting for their turn are never
         sent, the one under way is cancelled (its connection closed); each fails with
-        :class:`DDIError`. Fires once none is under way, so that the client of a service started
-        in this one's place (a configuration change restarts the services) never sends beside it.
+        :class:`DDIError`. Fires once none is under way and the connections kept alive to the
+        server are closed, so that the client of a service started in this one's place (a
+        configuration change restarts the services) never sends beside it, nor leaves them open.
         """
         for d in reversed(self._asked):  # the last first: a cancelled one hands its turn to the next
             d.cancel()
-        return self._turn.run(lambda: None)
+        return self._turn.run(lambda: None).addCallback(lambda _: close_connections(self.http))
 
     def _request(self, method: str, url: str, data: bytes | None) -> Deferred[Any]:
         """Send one request; a ``PUT`` or ``POST`` whose connection closed before any answer

@@ -1216,6 +1216,23 @@ class DDIClientTests(SynchronousTestCase):
                          "GET http://ddi.test/default/controller/v1/gw: given up before it was sent")
         self.assertEqual((seen, ended, clock.getDelayedCalls()), (["POST"], ["POST"], []))
 
+    def test_close_closes_the_connections_kept_alive(self) -> None:
+        """close() closes the connections its client keeps alive to the server once no request
+        is under way: a stopped fleet service (a configuration change replaces it) left one open
+        until the server dropped it."""
+        closed: list[str] = []
+
+        class Pool:
+            def closeCachedConnections(self) -> Deferred[None]:
+                closed.append("closed")
+                return succeed(None)
+
+        stub = StubTreq(Resource())
+        stub.connection_pool = Pool()  # type: ignore[attr-defined]
+        client = DDIClient(stub, Clock(), "http://ddi.test", "default", "gw", None)
+        self.successResultOf(client.close())
+        self.assertEqual(closed, ["closed"])
+
     def test_an_answer_whose_body_stalls_fails_after_request_timeout(self) -> None:
         """A server that sends an answer's headers and then trickles or stops its body fails the
         request after request_timeout, as one that never answers does, and its connection is
