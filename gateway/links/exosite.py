@@ -55,7 +55,8 @@ class RequestFailed(LinkError):
     :ivar closed: no answer: the connection was closed (or reset) after the request went,
         as a proxy does to a body over its limit, but also a network that fails does.
     :ivar sent: the bytes of the request's body.
-    :ivar timed_out: no answer within the request's timeout.
+    :ivar timed_out: the request went on a connection (all or part of it) and no answer came
+        within its timeout (not one that timed out still connecting).
     """
 
     def __init__(self, message: str, status: int = 0, retry_after: float | None = None,
@@ -174,8 +175,12 @@ class CloudAPI:
         seconds = self.timeout if timeout is None else timeout
 
         def timed_out(result: Any, _: float) -> Any:
+            from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+
+            # (cancelled while it was still connecting, the request never went: no verdict on its body)
+            went = isinstance(getattr(result, "value", None), (RequestTransmissionFailed, ResponseNeverReceived))
             return Failure(RequestFailed(f"no answer within {seconds:g} s (timed out)", sent=len(data or b""),
-                                         timed_out=True))
+                                         timed_out=went))
 
         d.addCallback(answered)
         d.addTimeout(seconds, self.clock, onTimeoutCancel=timed_out)

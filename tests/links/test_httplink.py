@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -726,6 +726,33 @@ class HTTPLinkTests(HTTPLinkCase):
             self.pass_time(120)
         self.assertEqual(self.server.sequence("temp"), [f"{n}" + "x" * 100 for n in range(8)])
         self.assertEqual(self.link.pending, 0)
+
+    def test_a_request_that_timed_out_connecting_is_not_split(self) -> None:
+        """A cloud gone during an outage (no TCP connection within request_timeout) says
+        nothing of the batch's size: it is sent again whole, not split down to one value per
+        request for when the cloud is back."""
+
+        class Connecting:
+            """An HTTP client whose requests never get a connection."""
+
+            def __init__(self) -> None:
+                self.bodies: list[int] = []
+
+            def request(self, method: str, url: str, **kwargs: Any) -> Any:
+                self.bodies.append(len(kwargs.get("data") or b""))
+                return Deferred()  # (cancelled: a CancelledError, as a connection attempt's)
+
+            def flush(self) -> None:
+                """Nothing to serve (pass_time flushes the client)."""
+
+        self.treq = Connecting()  # type: ignore[assignment]
+        for n in range(8):
+            self.write("temp", f"{n}" + "x" * 100)
+        with capturedLogs():
+            self.start(mode="json", url="https://ingest.example/data", batch_records=100)
+            self.pass_time(60)
+        self.assertGreater(len(self.treq.bodies), 3)
+        self.assertEqual(len(set(self.treq.bodies)), 1, self.treq.bodies)
 
     def test_a_timeout_of_a_body_no_larger_than_one_taken_sends_it_again_whole(self) -> None:
         """The cloud took a body that large before: its timeout is the cloud's slowness (or a
