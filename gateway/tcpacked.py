@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from typing import Callable
 
 from twisted.internet import tcp
@@ -42,7 +43,7 @@ def bytes_acked(sock: socket.socket) -> int | None:
     """The bytes sent on ``sock`` that its peer has acknowledged (data bytes: the SYN the
     kernel counts too is left out); None where the kernel does not say (not Linux, a kernel before 4.1, a closed socket)."""
     option = getattr(socket, "TCP_INFO", None)
-    if option is None:
+    if option is None or not sys.platform.startswith("linux"):  # (another system's struct differs)
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
