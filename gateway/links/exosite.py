@@ -55,15 +55,18 @@ class RequestFailed(LinkError):
     :ivar closed: no answer: the connection was closed (or reset) after the request went,
         as a proxy does to a body over its limit, but also a network that fails does.
     :ivar sent: the bytes of the request's body.
+    :ivar timed_out: the request went on a connection (all or part of it) and no answer came
+        within its timeout (not one that timed out still connecting).
     """
 
     def __init__(self, message: str, status: int = 0, retry_after: float | None = None,
-                 closed: bool = False, sent: int = 0) -> None:
+                 closed: bool = False, sent: int = 0, timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
         self.closed = closed
         self.sent = sent
+        self.timed_out = timed_out
 
 
 class CIKRejected(RequestFailed):
@@ -172,7 +175,12 @@ class CloudAPI:
         seconds = self.timeout if timeout is None else timeout
 
         def timed_out(result: Any, _: float) -> Any:
-            return Failure(RequestFailed(f"no answer within {seconds:g} s (timed out)"))
+            from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+
+            # (cancelled while it was still connecting, the request never went: no verdict on its body)
+            went = isinstance(getattr(result, "value", None), (RequestTransmissionFailed, ResponseNeverReceived))
+            return Failure(RequestFailed(f"no answer within {seconds:g} s (timed out)", sent=len(data or b""),
+                                         timed_out=went))
 
         d.addCallback(answered)
         d.addTimeout(seconds, self.clock, onTimeoutCancel=timed_out)

@@ -610,6 +610,9 @@ class HTTPLink:
         refused and passed (see :mod:`gateway.links.httprefusals`); ``False``: back off and
         send it again.
 
+        A request unanswered within ``request_timeout`` whose body is larger than every one the
+        cloud has taken is split in two as well, and backed off (``False``): a slow link.
+
         A connection closed without an answer is the request's only if its body is larger than
         every one the cloud has taken (a network that resets connections closes small ones too)
         and the cloud answers a small request sent just after (``GET /timestamp``; an empty
@@ -617,6 +620,13 @@ class HTTPLink:
         """
         reason = refusal(self.settings.mode, exc.status) if exc.status else None
         why = str(exc)
+        if exc.timed_out and len(piece) > 1 and exc.sent > self.api.largest_taken:
+            # Over a slow link a large body takes longer than request_timeout to go (256 KiB:
+            # 105 s at 20 kbit/s): sent again whole it timed out for ever. Its halves go after
+            # the backoff; a body no larger than one the cloud took is the cloud's slowness.
+            half = len(piece) // 2
+            self.pieces[0:1] = [piece[:half], piece[half:]]
+            return False
         if reason is None:
             if not exc.closed or not self._running or exc.sent <= self.api.largest_taken:
                 return False

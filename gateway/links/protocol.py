@@ -7,7 +7,7 @@ belongs to its :class:`LinkHandler`, which outlives connections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol as TypingProtocol, cast
+from typing import Any, Callable, Protocol as TypingProtocol, cast
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -26,6 +26,7 @@ from gateway.mqtt.errors import MalformedPacket
 from gateway.mqtt.framing import PacketReader
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import topic_for_log
+from gateway.tcpacked import acked_counter
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,13 @@ class MQTTClientProtocol(Protocol):
         #: True once the server left a PINGREQ unanswered for ``ping_timeout``: the link
         #: warns of that loss (the server's own close, or the gateway's stop, is routine).
         self.peer_dead = False
+        #: The bytes the server's TCP has acknowledged on this connection (None: not known);
+        #: set by connectionMade for the socket under the transport.
+        self.acked_bytes: Callable[[], int | None] = lambda: None
+        self._ping_end = 0  # where that PINGREQ ends on the wire (the socket's bytes)
+        self._wire_extra = 0  # the socket's bytes before the CONNECT (a TLS or WebSocket handshake)
+        self._acked_mark: int | None = None  # acked_bytes() when that PINGREQ's deadline last began
+        self._ping_behind = False  # that PINGREQ was seen waiting behind bytes the server took
 
     @property
     def _transport(self) -> LinkTransport:
@@ -136,6 +144,7 @@ class MQTTClientProtocol(Protocol):
     def connectionMade(self) -> None:
         """Send CONNECT; give the server ``connect_timeout`` seconds to answer."""
         self.sender = DirectSender.attach(self.transport)  # (a send on a plain socket: gateway.directsend)
+        self.acked_bytes = acked_counter(self.transport)
         self._handshaking = ISSLTransport.providedBy(self.transport)
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
@@ -172,6 +181,9 @@ class MQTTClientProtocol(Protocol):
         """The server's ``what`` (CONNACK, PINGRESP) did not come in time, the socket read
         (:mod:`gateway.deadlinecall`: :meth:`_heard`, or the CONNACK, cancels the verdict)."""
         self._deadline = None
+        if what == "PINGRESP" and self._pingreq_on_its_way():
+            self._deadline = DeadlineCall(self.clock, self.options.ping_timeout, self._timed_out, "PINGRESP")
+            return
         timeout = self.options.connect_timeout if what == "CONNACK" else self.options.ping_timeout
         if what == "CONNACK" and self._handshaking:
             # the CONNECT never went: a server that takes the connection and stalls the handshake
@@ -209,8 +221,32 @@ class MQTTClientProtocol(Protocol):
             self.write(codec.PINGREQ_PACKET)
             if self._deadline is None:
                 self._deadline = DeadlineCall(self.clock, self.options.ping_timeout, self._timed_out, "PINGRESP")
+                self._ping_end, self._acked_mark = self.bytes_sent + self._wire_extra, self.acked_bytes()
+                self._ping_behind = False
             idle = 0.0
         self._schedule_keepalive(keepalive - idle)
+
+    def _pingreq_on_its_way(self) -> bool:
+        """Whether the server's TCP acknowledged more bytes since the last look while the
+        PINGREQ was still on its way: a large message crawling over a slow link holds the
+        PINGREQ behind it, and the server reading it is alive. A PINGREQ that got through
+        after such a wait gives the server one ``ping_timeout`` more for its PINGRESP; one
+        that was through at the first look (or a kernel that does not say) does not.
+
+        Over TLS or a WebSocket the socket carries more bytes than the MQTT ones: those of the
+        handshake, counted when the CONNACK came (by then the server's TCP had acknowledged
+        them and the CONNECT), and a few per record or frame, which take a PINGREQ counted
+        through a moment before it is.
+        """
+        acked = self.acked_bytes()
+        mark, self._acked_mark = self._acked_mark, acked
+        if acked is None or mark is None or acked <= mark:
+            return False
+        if acked < self._ping_end:
+            self._ping_behind = True
+            return True
+        behind, self._ping_behind = self._ping_behind, False
+        return behind
 
     # -- inbound --------------------------------------------------------------------
 
@@ -281,6 +317,8 @@ class MQTTClientProtocol(Protocol):
             self.close(f"{self.peer.address} refused the MQTT connection: {reason}{_REMEDIES.get(code, '')}")
             return
         self.is_connected = True
+        acked = self.acked_bytes()
+        self._wire_extra = max(0, acked - self.bytes_sent) if acked is not None else 0
         self._schedule_keepalive(self.options.keepalive)
         self.handler.connected(self, bool(packet.body[0] & 1))
 

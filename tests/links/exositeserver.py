@@ -51,6 +51,9 @@ class ExositeAPI(Resource):
         #: the largest body taken (0: any), and whether a larger one closes the connection unanswered
         self.max_body = 0
         self.close_on_large = False
+        #: a body over this many bytes takes longer than any request_timeout to arrive (a slow
+        #: link): it is never answered nor stored (0: any arrives at once)
+        self.crawl_over = 0
         #: the longest request URL (path and query) taken (0: any)
         self.max_url = 0
         self.refusals: dict[str, int] = {}  # value -> status
@@ -111,6 +114,8 @@ class ExositeAPI(Resource):
         if path == "/onep:v1/stack/alias" and request.method == b"GET":
             return self._read(request)
         body = request.content.read().decode()
+        if self.crawl_over and len(body.encode()) > self.crawl_over:
+            return NOT_DONE_YET
         if self.max_body and len(body.encode()) > self.max_body:
             if self.close_on_large:
                 request.channel.transport.abortConnection()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -711,6 +711,66 @@ class HTTPLinkTests(HTTPLinkCase):
         self.pass_time(30)
         self.assertEqual(self.server.sequence("temp"), ["1", "2"])
         self.assertIn("timed out", " ".join(cause for _, cause in self.statuses).lower())
+
+    def test_a_batch_too_large_for_a_slow_link_goes_in_halves(self) -> None:
+        """A backlog over a 20 kbit/s cellular link: a 256 KiB batch takes 105 s to go, past
+        the 30 s request_timeout. The link sent it again whole after each timeout, for ever,
+        and nothing after it went (measured: 780 kB sent in 2.5 minutes, nothing taken). Now a
+        body larger than every one the cloud has taken is split in two at each timeout, until
+        the pieces go in time: everything arrives, in order."""
+        self.server.crawl_over = 300  # bodies over 300 bytes never arrive within request_timeout
+        for n in range(8):
+            self.write("temp", f"{n}" + "x" * 100)
+        with capturedLogs():
+            self.start(batch_records=100)
+            self.pass_time(120)
+        self.assertEqual(self.server.sequence("temp"), [f"{n}" + "x" * 100 for n in range(8)])
+        self.assertEqual(self.link.pending, 0)
+
+    def test_a_request_that_timed_out_connecting_is_not_split(self) -> None:
+        """A cloud gone during an outage (no TCP connection within request_timeout) says
+        nothing of the batch's size: it is sent again whole, not split down to one value per
+        request for when the cloud is back."""
+
+        class Connecting:
+            """An HTTP client whose requests never get a connection."""
+
+            def __init__(self) -> None:
+                self.bodies: list[int] = []
+
+            def request(self, method: str, url: str, **kwargs: Any) -> Any:
+                self.bodies.append(len(kwargs.get("data") or b""))
+                return Deferred()  # (cancelled: a CancelledError, as a connection attempt's)
+
+            def flush(self) -> None:
+                """Nothing to serve (pass_time flushes the client)."""
+
+        self.treq = Connecting()  # type: ignore[assignment]
+        for n in range(8):
+            self.write("temp", f"{n}" + "x" * 100)
+        with capturedLogs():
+            self.start(mode="json", url="https://ingest.example/data", batch_records=100)
+            self.pass_time(60)
+        self.assertGreater(len(self.treq.bodies), 3)
+        self.assertEqual(len(set(self.treq.bodies)), 1, self.treq.bodies)
+
+    def test_a_timeout_of_a_body_no_larger_than_one_taken_sends_it_again_whole(self) -> None:
+        """The cloud took a body that large before: its timeout is the cloud's slowness (or a
+        network gone), not the body's size, and the batch is sent again as it was."""
+        self.write("temp", "a" * 200)
+        self.write("temp", "b" * 200)
+        self.start(batch_records=100)
+        self.pass_time(3)
+        self.assertEqual(self.server.sequence("temp"), ["a" * 200, "b" * 200])
+        bodies_before = len(self.server.requests)
+        self.server.fail("slow", 1, 60)
+        self.write("temp", "c" * 100)
+        self.write("temp", "d" * 100)
+        with capturedLogs():
+            self.pass_time(30)
+        posts = [r for r in self.server.requests[bodies_before:] if r[1] == "POST"]
+        self.assertEqual(len(posts), 2)  # the slow one, then the same batch again: not split in two
+        self.assertEqual(self.server.sequence("temp"), ["a" * 200, "b" * 200, "c" * 100, "d" * 100])
 
     def test_json_mode_posts_batches(self):
         """JSON mode: one POST per batch with topic, payload, timestamp, seq and the configured headers."""

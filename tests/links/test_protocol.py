@@ -319,6 +319,65 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertIn("no PINGRESP within 3 s", protocol.cause)
 
+    def test_a_pingreq_behind_a_message_the_server_is_still_receiving_waits_for_it(self) -> None:
+        """A 60 kB message over a 20 kbit/s cellular link takes 24 s to reach the server; its
+        PUBACK, and the PINGREQ written behind it once keepalive seconds passed without a word
+        from the server, come after that. The link called the server dead ping_timeout after
+        the PINGREQ while its TCP was acknowledging the message's bytes, reconnected, sent the
+        message again, and again: the message never got through (measured: keepalive 10 s,
+        ping_timeout 5 s, a connection closed every 15-18 s, each ending the 'seq sent and not
+        acknowledged' warning). Now the deadline starts over while the server's TCP
+        acknowledges more of the bytes before the PINGREQ, and once more when the PINGREQ
+        itself is through; the PINGRESP then has a whole ping_timeout."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        acked = [0]
+        protocol.acked_bytes = lambda: acked[0]
+        protocol.dataReceived(CONNACK_OK)
+        protocol.publish("big", b"x" * 60000, 1, False, 1, False)
+        acked[0] = len(transport.value()) - 60000  # the CONNECT and the message's first bytes
+        clock.advance(10)  # no word from the server: the PINGREQ goes behind the message
+        ping_end = len(transport.value())
+        for _ in range(7):
+            acked[0] += 7500  # 20 kbit/s: 7.5 kB in each 3 s
+            clock.advance(3.1)
+            self.assertFalse(transport.disconnecting)
+        acked[0] = ping_end  # the PINGREQ is through: ping_timeout more for its PINGRESP
+        clock.advance(3.1)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(puback(1) + codec.PINGRESP_PACKET)
+        clock.advance(3.1)
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_pingreq_the_server_took_without_answering_ends_the_connection(self) -> None:
+        """The PINGREQ reached the server (its TCP acknowledged it) and no PINGRESP follows: the
+        server is alive at the TCP level only, and ping_timeout after it is through the link
+        gives up, however many bytes the server's TCP goes on acknowledging after it."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        acked = [0]
+        protocol.acked_bytes = lambda: acked[0]
+        protocol.dataReceived(CONNACK_OK)
+        clock.advance(10)
+        acked[0] = len(transport.value())  # everything, the PINGREQ too, acknowledged at once
+        clock.advance(3.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no PINGRESP within 3 s", protocol.cause)
+
+    def test_a_stall_behind_a_message_ends_the_connection(self) -> None:
+        """The link stalls while a message crawls to the server: no byte more is acknowledged,
+        and ping_timeout after the last look the server counts as dead."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        acked = [0]
+        protocol.acked_bytes = lambda: acked[0]
+        protocol.dataReceived(CONNACK_OK)
+        protocol.publish("big", b"x" * 60000, 1, False, 1, False)
+        clock.advance(10)
+        acked[0] += 7500
+        clock.advance(3.1)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(3.1)  # nothing acknowledged in these 3 s
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no PINGRESP within 3 s", protocol.cause)
+
     def test_a_step_back_of_the_wall_clock_does_not_hold_the_pingreq(self) -> None:
         """NTP steps the clock back an hour while the link is idle: the PINGREQ still goes
         after keepalive idle seconds. Counted on the wall clock, the link looked idle for

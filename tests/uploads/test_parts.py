@@ -711,6 +711,23 @@ class FileBodyTests(TestCase):
         self.assertEqual((yield body.when_hashed()).md5, body.digests().md5)
 
     @inlineCallbacks
+    def test_a_large_chunk_goes_a_slice_at_a_time(self) -> Any:
+        """A 1 MiB chunk was handed to the transport in one write: the transport paused the
+        body until all of it had gone, and the upload's idle watchdog saw no byte move for
+        that long (1 MiB over a 20 kbit/s link: 7 minutes, past the 120 s idle_timeout: every
+        attempt was aborted, and the upload FAILED). Each write is now at most 64 KiB, each
+        told to on_bytes, and a pause after any of them is honoured."""
+        slice_ = 1 << 16  # (filebody.WRITE_SLICE: what Twisted's transports buffer before they pause)
+        path = Path(self.mktemp())
+        data = os.urandom(3 * slice_ + 1000)
+        path.write_bytes(data)
+        body, consumer, writes_while_paused = yield self.produce(path, 0, len(data), 1 << 20)
+        self.assertEqual(b"".join(consumer.data), data)
+        self.assertEqual([len(d) for d in consumer.data], [slice_] * 3 + [1000])
+        self.assertLessEqual(max(writes_while_paused), 1)
+        self.assertEqual(body.digests().sha256, hashlib.sha256(data).hexdigest())
+
+    @inlineCallbacks
     def test_a_file_that_shrinks_fails_the_body(self) -> Any:
         path = Path(self.mktemp())
         path.write_bytes(b"x" * 100)
