@@ -1432,6 +1432,10 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(f"uploads:\n  aws_endpoint: '{url}'\n", "uploads.aws_endpoint", says)
         path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.local:99999'\n")
         self.assertNotIn("secret", lines[0])
+        # urlsplit's own error quoted the netloc, password and all (a host NFKC normalization changes)
+        path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.\u2100.example'\n")
+        self.assertIn("not a usable URL (netloc 's3.\u2100.example' contains invalid characters", lines[0])
+        self.assertNotIn("secret", lines[0])
 
     def test_uploads_files_are_absolute_globs(self) -> None:
         """uploads.files took a relative glob (matched from the working directory: ``/`` under
