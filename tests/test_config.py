@@ -1036,9 +1036,9 @@ class LoadCheckTests(SynchronousTestCase):
         its line (and user), never its text: amqtt logged the first whole at every start (``Malformed
         line in password file: ...``) and failed every connection of the second with a traceback.
         Hashed lines, comments and empty lines pass; so does the deprecated ``auth:`` section's file."""
-        from pwdlib.hashers.argon2 import Argon2Hasher
+        hashed = "$argon2id$v=19$m=65536,t=3,p=4$NUAQb+sAkpsvKPn93/CYlw$lVybfd5Z5zh4qHc3TlE1cNmwbw713okHoMZKX01mxUU"
         passwd = Path(self.mktemp())
-        passwd.write_text(f"# users\n\nalice:{Argon2Hasher().hash('x')}\nSECRET-alone\nbob:SECRET-clear\n")
+        passwd.write_text(f"# users\n\nalice:{hashed}\nSECRET-alone\nbob:SECRET-clear\n")
         path, lines = self.errors("broker:\n  plugins:\n"
                                   f"    amqtt.plugins.authentication.FileAuthPlugin: {{password_file: {passwd}}}\n")
         where = f"{path}: broker.plugins.amqtt.plugins.authentication.FileAuthPlugin.password_file: {str(passwd)!r}:"
@@ -1049,7 +1049,7 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual([line.split(" line ")[0] for line in lines],
                          [f"{path}: broker.auth.password-file: {str(passwd)!r}:"] * 2)
         self.assertNotIn("SECRET", "\n".join(lines))
-        passwd.write_text(f"alice:{Argon2Hasher().hash('x')}\n")
+        passwd.write_text(f"alice:{hashed}\n")
         config.load(self.write("broker:\n  plugins:\n"
                                f"    amqtt.plugins.authentication.FileAuthPlugin: {{password_file: {passwd}}}\n"))
 
