@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from gateway.shown import shown_url
+from gateway.shown import shown_url, url_error_shown
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def url_problem(url: str, form: URLForm, *, allow_http: bool) -> str | None:
         parts = urlsplit(url)
         port = parts.port  # out of range: ValueError
     except ValueError as error:
-        return f"not a usable URL ({error}): {shown!r}; it must be {form.form}"
+        return f"not a usable URL ({url_error_shown(url, error)}): {shown!r}; it must be {form.form}"
     if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
         return f"must be {form.form}, not {shown!r}"
     if port == 0:

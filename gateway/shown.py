@@ -153,3 +153,19 @@ def shown_url(url: str) -> str:
     :param url: a URL the gateway was given (an upload's target, an artifact to download).
     """
     return shown(_USERINFO.sub(r"\1", re.split(r"[?#]", url, maxsplit=1)[0]))
+
+
+def url_error_shown(url: str, error: ValueError) -> str:
+    """Why ``url`` cannot be parsed (``urlsplit``'s, hyperlink's, idna's error), as a message
+    repeats it: without the URL's user information, which such an error may quote (``netloc
+    'user:password@host' contains invalid characters under NFKC normalization``), cut as
+    :func:`shown` cuts text.
+
+    :param url: the URL refused.
+    :param error: what refused it.
+    """
+    text = str(error)
+    userinfo = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@", url)
+    if userinfo is not None:
+        text = text.replace(userinfo.group(1) + "@", "")
+    return shown(text)

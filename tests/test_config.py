@@ -1031,6 +1031,28 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
                             "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
 
+    def test_password_file_lines_amqtt_cannot_use_are_named_not_quoted(self) -> None:
+        """A password file's line without ``user:`` or with a password in clear is an error naming
+        its line (and user), never its text: amqtt logged the first whole at every start (``Malformed
+        line in password file: ...``) and failed every connection of the second with a traceback.
+        Hashed lines, comments and empty lines pass; so does the deprecated ``auth:`` section's file."""
+        hashed = "$argon2id$v=19$m=65536,t=3,p=4$NUAQb+sAkpsvKPn93/CYlw$lVybfd5Z5zh4qHc3TlE1cNmwbw713okHoMZKX01mxUU"
+        passwd = Path(self.mktemp())
+        passwd.write_text(f"# users\n\nalice:{hashed}\nSECRET-alone\nbob:SECRET-clear\n")
+        path, lines = self.errors("broker:\n  plugins:\n"
+                                  f"    amqtt.plugins.authentication.FileAuthPlugin: {{password_file: {passwd}}}\n")
+        where = f"{path}: broker.plugins.amqtt.plugins.authentication.FileAuthPlugin.password_file: {str(passwd)!r}:"
+        self.assertEqual(lines, [f"{where} line 4 is not user:hash (it is not shown: it may be a password)",
+                                 f"{where} line 5 (user 'bob'): not an argon2 (or sha512-crypt) hash, which is all"
+                                 " amqtt verifies (a password written in clear?); it is not shown"])
+        path, lines = self.errors(f"broker:\n  auth:\n    plugins: [auth_file]\n    password-file: {passwd}\n")
+        self.assertEqual([line.split(" line ")[0] for line in lines],
+                         [f"{path}: broker.auth.password-file: {str(passwd)!r}:"] * 2)
+        self.assertNotIn("SECRET", "\n".join(lines))
+        passwd.write_text(f"alice:{hashed}\n")
+        config.load(self.write("broker:\n  plugins:\n"
+                               f"    amqtt.plugins.authentication.FileAuthPlugin: {{password_file: {passwd}}}\n"))
+
     def test_broker_files_holding_a_nul_are_refused(self) -> None:
         """A listener's ``cafile``, a plugin's ``*_file`` and the ``auth:`` section's
         ``password-file`` holding a NUL (``"a\\0b"`` in YAML) are each one error under their key,
@@ -1409,6 +1431,10 @@ class LoadCheckTests(SynchronousTestCase):
                           ("https://s3.local/b?x", "without a path, not 'https://s3.local/b'")):
             self.assertOneError(f"uploads:\n  aws_endpoint: '{url}'\n", "uploads.aws_endpoint", says)
         path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.local:99999'\n")
+        self.assertNotIn("secret", lines[0])
+        # urlsplit's own error quoted the netloc, password and all (a host NFKC normalization changes)
+        path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.\u2100.example'\n")
+        self.assertIn("not a usable URL (netloc 's3.\u2100.example' contains invalid characters", lines[0])
         self.assertNotIn("secret", lines[0])
 
     def test_uploads_files_are_absolute_globs(self) -> None:

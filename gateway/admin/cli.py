@@ -8,6 +8,7 @@ Twisted, no YAML on its path), so it starts in a few tens of milliseconds. Exit 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -80,12 +81,28 @@ def _value(text: str) -> Any:
         return text
 
 
+def _stdin_value(key: str) -> str:
+    """The value ``config set KEY -`` reads, so that a secret is not on the command line (which
+    every local user sees, ``ps``) nor in the shell's history: asked for without echo on a
+    terminal, else standard input, less the newline that ends it."""
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{key}: ")
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise SystemExit("gatewayctl: the value on standard input is not UTF-8") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if getattr(args, "file", None):
         try:
-            with open(args.file, "rb") as handle:
-                data = handle.read()
+            if args.file == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(args.file, "rb") as handle:
+                    data = handle.read()
         except OSError as exc:  # said as `apps install` says it of its package
             raise SystemExit(f"gatewayctl: cannot read {args.file}: {exc.strerror}") from None
         try:
@@ -346,7 +363,10 @@ def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
         _out(args, result, lambda r: "configuration OK" if r["valid"] else
              "invalid configuration:\n" + "\n".join(f"  {e}" for e in r["errors"]))
         return OK if result["valid"] else ERROR
-    changes = {args.key: _value(args.value)} if args.action == "set" else _changes(args)
+    if args.action == "set":
+        changes = {args.key: _value(_stdin_value(args.key) if args.value == "-" else args.value)}
+    else:
+        changes = _changes(args)
     body: dict[str, Any] = {"changes": changes, "confirm_within": args.confirm_within}
     result = client.post("/config/apply", body, timeout=None)
 
@@ -472,10 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("apply", "apply changes: config apply KEY=VALUE...")):
         sub = command(actions, name, help=text)
         sub.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="VALUE is JSON if it parses, else a string")
-        sub.add_argument("--file", help="a JSON object of key paths and values")
+        sub.add_argument("--file", help="a JSON object of key paths and values (-: standard input)")
     setter = command(actions, "set", help="apply one change: config set KEY VALUE")
     setter.add_argument("key")
-    setter.add_argument("value")
+    setter.add_argument("value", help="JSON if it parses, else a string; - reads it from standard input (a secret "
+                                      "kept off the command line)")
     for sub in (actions.choices["apply"], setter):
         sub.add_argument("--confirm-within", type=float, default=None, metavar="SECONDS",
                          help="revert unless the cloud link is up within SECONDS")

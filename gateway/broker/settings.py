@@ -370,6 +370,28 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
         for field_name, value in vars(settings).items():
             if field_name.endswith("_file") and isinstance(value, (str, os.PathLike)) and not _readable(value):
                 errors.add(path + (field_name,), f"cannot read {str(value)!r}")
+            elif field_name == "password_file" and isinstance(value, (str, os.PathLike)) and _reads_hashes(plugin):
+                _check_password_file(value, path + (field_name,), errors)
+
+
+def _reads_hashes(plugin: Any) -> bool:
+    """Whether ``plugin`` is amqtt's ``FileAuthPlugin`` (or one made from it), whose
+    ``password_file`` holds ``user:hash`` lines."""
+    from amqtt.plugins.authentication import FileAuthPlugin  # imported already: it is configured
+    return isinstance(plugin, type) and issubclass(plugin, FileAuthPlugin)
+
+
+def _check_password_file(file: str | os.PathLike[str], path: tuple[str, ...], errors: ErrorSink) -> None:
+    """Report the lines of a readable password file (``user:hash``) that amqtt cannot use, by
+    number: amqtt would log such a line whole, and it may be a password."""
+    from gateway.broker.passwordfile import password_file_problems  # amqtt's hashers: only with such a file
+    try:
+        text = open(file, encoding="utf-8", errors="replace").read()
+    except OSError as exc:
+        errors.add(path, f"cannot read {str(file)!r}: {exc.strerror}")
+        return
+    for problem in password_file_problems(text):
+        errors.add(path, f"{str(file)!r}: {problem}")
 
 
 def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
@@ -380,6 +402,8 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
     for key, value in auth.items():
         if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not _readable(value):
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
+        elif key == "password-file" and isinstance(value, str):
+            _check_password_file(value, ("broker", "auth", key), errors)
 
 
 def _check_plugin_names(config: dict[str, Any], known: list[str], errors: ErrorSink) -> None:

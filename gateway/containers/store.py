@@ -120,7 +120,8 @@ class ContainerStore:
         return state, problems + [set_aside(self.path)] if problems else problems
 
     def save(self, state: DesiredState) -> None:
-        """Persist ``state`` durably."""
+        """Persist ``state`` durably, the gateway user's alone (0600): the descriptions hold the
+        containers' ``env``, where secrets go (a database password, an API key)."""
         write_json_atomically(self.path, {
             "apps": {name: d.to_json() for name, d in sorted(state.apps.items())},
-            "images": sorted(state.images)})
+            "images": sorted(state.images)}, 0o600)

@@ -200,6 +200,11 @@ class CloudAPI:
 
         def cik(result: tuple[int, Any, bytes]) -> str:
             text = result[2].decode("ascii", "replace").strip()
+            if _plausible_cik(text) and len(text) != 40:
+                # a token of another length may be a credential all the same (the platform issues
+                # it once): not repeated in the log, the link's status and last_error
+                raise RequestFailed(f"activation answered a token of {len(text)} characters, not a CIK (40; the token "
+                                    "is not shown: it may be a credential)", result[0])
             if not _plausible_cik(text, 40):
                 raise RequestFailed(f"activation answered {text[:60]!r}, not a CIK", result[0])
             return text

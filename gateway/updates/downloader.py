@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.operations.retry import lazy_backoff
-from gateway.shown import shown_url
+from gateway.shown import shown_url, url_error_shown
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InsecureURL
 from gateway.updates.settings import DownloadSettings
@@ -150,9 +150,12 @@ class Downloader:
         :param url: the URL, or a redirect target.
         :raises InsecureURL: for http:// without ``allow_http``, for other schemes, and for a URL
             with a user name or password (the HTTP client cannot send them, and a retry's log
-            line would quote the user name, often a token).
+            line would quote the user name, often a token), or that cannot be parsed at all.
         """
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:  # (a netloc NFKC changes): the operation crashed, quoting the password
+            raise InsecureURL(url, f"not a usable URL: {url_error_shown(url, error)} (nothing was requested)") from error
         scheme = parts.scheme.lower()
         if "@" in parts.netloc:
             raise InsecureURL(url, "a user name or password in the URL is not supported (nothing was requested)")

@@ -164,7 +164,8 @@ class PartFile:
             self.meta.etag = saved.etag
             self.meta.last_modified = saved.last_modified
             self.meta.size = self.meta.size or saved.size
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        # the gateway user's alone: an artifact may hold secrets (a container description's env)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
         os.ftruncate(self._fd, keep)
         os.lseek(self._fd, keep, os.SEEK_SET)
         self.checker.rehash_file(self.path, keep)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from gateway.shown import shown, shown_url
+from gateway.shown import shown, shown_url, url_error_shown
 from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import (
@@ -34,7 +34,7 @@ def _check_url(url: str, allow_http: bool) -> str:
         scheme, _ = parts.scheme, parts.port  # reading the port raises for one out of range
         host = AddressURL.from_text(url).to_uri().host
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
-        raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: {shown(str(error))}") from error
+        raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: {url_error_shown(url, error)}") from error
     if not (scheme == "https" or (scheme == "http" and allow_http)):
         raise InvalidRequest(f"{shown_url(url)!r}: an https or http URL is required" if allow_http
                              else f"{shown_url(url)!r}: an https URL is required (allow_http is off)")

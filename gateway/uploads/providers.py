@@ -7,13 +7,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gateway.httpbody import read_body
+from gateway.shown import shown_url
 from gateway.uploads.errors import InvalidRequest, ProviderRefused, TransferFailed
 from gateway.uploads.filebody import Digests, HashingFileBody
 from gateway.uploads.xmlerror import provider_reason
@@ -172,8 +173,9 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
         reason = provider_reason(response, content)
         location = (response.headers.getRawHeaders(b"location") or [b""])[0].decode("latin-1")
         if 300 <= response.code < 400 and location:
-            # its host and path: a query may hold a signature, and the message goes to the cloud
-            reason += f" (redirected to {urlunsplit(urlsplit(location)[:3] + ('', ''))})"
+            # its host and path: a query may hold a signature, user information a password, and
+            # the message goes to the cloud
+            reason += f" (redirected to {shown_url(location)})"
         raise ProviderRefused(response.code, reason)
     if cut:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: HTTP {response.code} with an answer over "

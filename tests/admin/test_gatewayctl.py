@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import getpass
 import hashlib
 import io
 import json
@@ -460,6 +461,57 @@ class UsageTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as raised:
             main(["--socket", self.socket, "config", "apply", "--file", str(folder)])
         self.assertEqual(str(raised.exception.code), f"gatewayctl: cannot read {folder}: Is a directory")
+
+
+class SecretOffTheCommandLineTests(SynchronousTestCase):
+    """``config set KEY -`` and ``--file -`` read from standard input (docs/admin.md): a secret
+    given as a word was in the process's command line, which every local user reads (``ps``,
+    ``/proc/PID/cmdline``), and in the shell's history."""
+
+    def setUp(self) -> None:
+        self.sent: list[Any] = []
+
+        def post(client: AdminClient, path: str, body: Any = None, timeout: Any = -1.0) -> Any:
+            self.sent.append((path, body))
+            return {"valid": True, "applied": ["k"], "restarted": [], "confirm_deadline": None}
+
+        self.patch(AdminClient, "post", post)
+        self.patch(sys, "stdout", io.StringIO())
+        self.socket = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+
+    def stdin(self, data: bytes) -> None:
+        """Standard input that is not a terminal, holding ``data``."""
+        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    def test_set_reads_the_value_from_standard_input(self) -> None:
+        """The value is the input less its final newline, read as a word would be (a string
+        unless it is JSON)."""
+        self.stdin(b"SECRET-pw 1\n")
+        self.assertEqual(main(["--socket", self.socket, "config", "set", "links.links.c.password", "-"]), 0)
+        self.stdin(b'"-"')
+        self.assertEqual(main(["--socket", self.socket, "config", "set", "gateway.device_id", "-"]), 0)
+        self.assertEqual([body["changes"] for _, body in self.sent],
+                         [{"links.links.c.password": "SECRET-pw 1"}, {"gateway.device_id": "-"}])
+
+    def test_set_on_a_terminal_asks_without_echo(self) -> None:
+        """On a terminal the value is asked for as a password is (getpass), naming the key."""
+        self.patch(sys, "stdin", type("Terminal", (), {"isatty": lambda self: True})())
+        asked: list[str] = []
+        self.patch(getpass, "getpass", lambda prompt: asked.append(prompt) or "SECRET-typed")
+        self.assertEqual(main(["--socket", self.socket, "config", "set", "links.links.c.password", "-"]), 0)
+        self.assertEqual((asked, self.sent[0][1]["changes"]),
+                         (["links.links.c.password: "], {"links.links.c.password": "SECRET-typed"}))
+
+    def test_changes_file_from_standard_input(self) -> None:
+        """``--file -`` reads the JSON object of changes from standard input; a value that is
+        not UTF-8 is exit 1 saying so."""
+        self.stdin(b'{"links.links.c.password": "SECRET-pw"}')
+        self.assertEqual(main(["--socket", self.socket, "config", "check", "--file", "-"]), 0)
+        self.assertEqual(self.sent, [("/config/check", {"changes": {"links.links.c.password": "SECRET-pw"}})])
+        self.stdin(b"caf\xe9")
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "set", "gateway.device_id", "-"])
+        self.assertEqual(raised.exception.code, "gatewayctl: the value on standard input is not UTF-8")
 
 
 class CheckConfigTests(SynchronousTestCase):

@@ -497,6 +497,14 @@ class GatewayCommandsTests(SynchronousTestCase):
         # one not set is shown as it is (docs/commands.md): a link without a password answers null
         self.assertIsNone(self.command("config.get", {"key": "y.password"}).body["value"])
 
+    def test_config_get_redacts_the_secret_query_parameters_of_a_url(self) -> None:
+        """A json link's ``url`` may carry its key in the query (an Azure SAS's ``sig``, an Azure
+        Functions ``code``, an ``api_key``): config.get answers it with those values redacted, the
+        other parameters as they are (docs/commands.md); it answered the whole URL."""
+        self.changer.values = {"http_links.links.j.url": "https://in.example/api?code=SECRET-1&format=json&sig=S2"}
+        self.assertEqual(self.command("config.get", {"key": "http_links.links.j.url"}).body["value"],
+                         "https://in.example/api?code=<redacted>&format=json&sig=<redacted>")
+
     def test_config_set(self) -> None:
         """Checked first (400 with every error, and the change reported refused as an apply
         reports it: docs/commands.md, refused), 409 while busy, else 202 and applied next

@@ -341,6 +341,21 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(store.load()[0].images, {"img1", "img2"})
         self.assertEqual(self.unit().version, "2")
 
+    def test_the_state_holding_the_containers_env_is_the_gateway_users_alone(self) -> None:
+        """state.json holds each description, its env with it (a password): mode 0600 from
+        its first byte, whatever the umask lets through (docs/containers.md); it was 0644
+        under a umask of 022, for every local user to read."""
+        store = ContainerStore(self.state)
+        deployed = Deployed("app", "1", ContainerDescription(image="reg:5000/app:1", env={"DB_PASS": "SECRET-1"}),
+                            "img1", "sha256:d1")
+        before = os.umask(0o022)
+        try:
+            store.save(DesiredState({"app": deployed}, {"img1"}))
+        finally:
+            os.umask(before)
+        self.assertIn("SECRET-1", store.path.read_text())
+        self.assertEqual(store.path.stat().st_mode & 0o777, 0o600)
+
     def test_containers_whose_stop_was_cut_short_are_stopped_before_anything_else(self) -> None:
         """The gateway (and podman's service with it) died while podman stopped containers: podman
         4.3 keeps such a container 'stopping' for good, refuses to start it, and a forced removal

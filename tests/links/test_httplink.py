@@ -438,6 +438,19 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.statuses[-1][0], False)
         self.assertIn("not a CIK", self.statuses[-1][1])
 
+    def test_an_activation_token_of_another_length_is_not_repeated(self) -> None:
+        """An activation answered with one token that is no CIK by its length (a credential of
+        another kind, which the platform issues once) is a failure that gives its length, never
+        the token: it was quoted in the log, the link's last_error and its status on
+        edge/connection/remote/status."""
+        token = "SECRET" + "f" * 58
+        self.treq = StubTreq(Answering(self.clock, 200, token.encode() + b"\n"))
+        link = self.start()
+        self.pass_time(2)
+        self.assertIsNone(link.cik)
+        self.assertEqual(self.statuses[-1], (False, "activation answered a token of 64 characters, not a CIK (40; the"
+                                                    " token is not shown: it may be a credential)"))
+
     def test_an_answer_over_a_mebibyte_is_a_failure(self) -> None:
         """An answer larger than the device API ever gives (a CIK, a timestamp, a few values)
         is not read past 1 MiB (an endless answer filled the gateway's memory): a failure

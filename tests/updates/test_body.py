@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,17 @@ class BodySinkTests(SynchronousTestCase):
         """``<file>.part.json`` keeps the download URL, which may carry a credential (a
         presigned URL's signature): 0600, as the operation record that holds it (it was 0644)."""
         self.assertEqual(self.part.meta_path.stat().st_mode & 0o777, 0o600)
+
+    def test_the_artifact_is_not_world_readable(self) -> None:
+        """The part (renamed to the artifact once verified) is 0600 from its first byte: an
+        artifact may hold secrets, a container description's ``env`` (it was 0644)."""
+        before = os.umask(0o022)
+        try:
+            part = PartFile(Path(self.mktemp()), PartMeta("https://x/b"), checkpoint_bytes=1 << 20)
+            part.open()
+        finally:
+            os.umask(before)
+        self.assertEqual(part.path.stat().st_mode & 0o777, 0o600)
 
     def test_pauses_while_three_batches_are_unfinished(self) -> None:
         """Three unfinished batches pause the transport; finishing them resumes it."""

@@ -264,6 +264,16 @@ class DownloaderTests(SynchronousTestCase):
         self.assertNotIn("TOKEN", str(failure.value))
         self.assertEqual(len(hop.requests), 1)
 
+    def test_a_url_that_cannot_be_parsed_is_refused_without_its_password(self) -> None:
+        """A URL urlsplit refuses (a host that NFKC normalization changes) is refused before its
+        request, naming the URL and why without its user information: the operation crashed
+        (a critical traceback) with ``netloc 'u:SECRET@...' contains invalid characters``."""
+        site = RangeFile(DATA)
+        url = "https://u:SECRET-pw@\u2100.example/artifact.bin?sig=SECRET-sig"
+        failure = self.failureResultOf(self.start(self.make(site), url=url).result, InsecureURL)
+        self.assertEqual(str(failure.value), "https://\u2100.example/artifact.bin: not a usable URL: netloc"
+                         " '\u2100.example' contains invalid characters under NFKC normalization (nothing was requested)")
+
     def test_a_refusal_is_told_on_one_line(self) -> None:
         """A final status is told as ``HTTP <status>: <reason phrase>``, the phrase's control
         characters escaped: a server's phrase went raw into the log and the operation's

@@ -48,7 +48,7 @@ class Sink(resource.Resource):
         self.seen.append(path)
         if path.startswith("/moved/"):  # S3's answer to a bucket addressed in the wrong region
             request.setResponseCode(301)
-            request.setHeader("location", "http://elsewhere.example/bucket/key?sig=secret")
+            request.setHeader("location", "http://user:SECRET-pw@elsewhere.example/bucket/key?sig=secret")
             return (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>"
                     b"The bucket you are attempting to access must be addressed using the specified endpoint."
                     b"</Message></Error>")
@@ -201,7 +201,8 @@ class HTTPUploadTests(TestCase):
     def test_a_redirect_is_final_with_the_servers_reason(self) -> Any:
         """A 301 (S3's PermanentRedirect for a bucket in another region) is an answer like a 403:
         FAILED after one attempt with the server's code and message and where it pointed (its
-        host and path: its query may hold a signature), not retried as a cut connection."""
+        host and path: its query may hold a signature, its user information a password, which
+        the message repeated), not retried as a cut connection."""
         make_file(self.dir / "x.bin", 5000)
         service, watcher = yield start_service(self)
         status = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/moved/x.bin")})

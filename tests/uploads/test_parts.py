@@ -292,6 +292,9 @@ class ProviderOptionTests(SynchronousTestCase):
             # 'invalid hostname: SECRET7:@h' in its error and log
             ("https://SECRET7:SECRET8@h/x", "'https://h/x': a user name or password in the URL is not supported"),
             ("https://SECRET9@h/x", "'https://h/x': a user name or password in the URL is not supported"),
+            # urlsplit's own error quoted the netloc whole, the password with it
+            ("https://u:SECRET10@\u2100.example/x", "'https://\u2100.example/x' is not a usable URL: netloc"
+                                                    " '\u2100.example' contains invalid characters under NFKC"),
         ]
         for url, said in refusals:
             error = self.assertRaises(InvalidRequest, make_provider, {"https.url": url}, object(), False, True,
