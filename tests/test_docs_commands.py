@@ -150,6 +150,15 @@ class CommandExamplesTests(TestCase):
         return client
 
     @inlineCallbacks
+    def logged(self, log: Path, lines: list[str]) -> Any:
+        """Wait (10 s at most) until the program's ``log`` ends with ``lines``."""
+        deadline = reactor.seconds() + 10
+        end = "".join(line + "\n" for line in lines).encode()
+        while not (log.is_file() and log.read_bytes().endswith(end)):
+            self.assertLess(reactor.seconds(), deadline, f"{log} does not end with {lines}: " + self.output())
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    @inlineCallbacks
     def test_each_example_gets_the_reply_shown(self) -> Any:
         """Each example is answered with the status and body the page shows (a body the page
         elides, ``{"apps": ...}``, with the keys it names). The ``config.set`` answered ``202``
@@ -181,6 +190,12 @@ class CommandExamplesTests(TestCase):
                 while not re.search(rb"config change by \S+ applied: ", proc.output):
                     self.assertLess(reactor.seconds(), deadline, "the change was not applied: " + self.output())
                     yield deferLater(reactor, 0.05, lambda: None)
+            if example.topic.endswith("/app.logs"):
+                # The example asks once the program has logged the lines it shows (app.restart
+                # answers once it has started the program again, whose shell a loaded machine
+                # may not have run yet: the first run may have been stopped before it, too).
+                yield self.logged(work / "state" / "logs" / "apps" / "sensor.log",
+                                  json.loads(example.reply)["lines"])
             where = f"{example.topic} {example.body.decode()}"
             yield client.publish(example.topic, example.body, qos=1)
             try:
