@@ -128,7 +128,10 @@ class CommandExamplesTests(TestCase):
     @inlineCallbacks
     def client(self, port: int) -> Any:
         """A client of the gateway's broker that receives every reply to gw-7 (it tries again
-        while the broker's services restart, for 10 s)."""
+        while the broker's services restart, for 10 s). It stands for the cloud, to which a
+        reply is journaled: its session is persistent, so that a reply in flight when a
+        configuration change restarts the broker is kept with it and sent again once it is
+        back (a clean session's copy of a reply ends with its connection)."""
         deadline = reactor.seconds() + 10
         while True:
             try:  # (paho waits a second before it tries again a port that refused it)
@@ -138,7 +141,7 @@ class CommandExamplesTests(TestCase):
                 yield deferLater(reactor, 0.05, lambda: None)
                 continue
             probe.transport.loseConnection()
-            client = TestClient(reactor)
+            client = TestClient(reactor, client_id="docs-cloud", clean_session=False)
             self.addCleanup(client.stop)
             code = yield client.connect(port)
             if code == 0:
@@ -182,6 +185,7 @@ class CommandExamplesTests(TestCase):
                 # The configuration change before it restarted the services, the broker with
                 # them: once the old broker has let the client go, a new one connects.
                 yield client.disconnected().addTimeout(10, reactor)
+                client.stop(drop=True)  # (its reconnects would take the session over from the next one)
                 client = yield self.client(port)
                 # (the broker listens before the services after it have started again: a
                 # command sent in between has no subscriber yet; the change's last line says
