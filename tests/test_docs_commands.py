@@ -128,7 +128,10 @@ class CommandExamplesTests(TestCase):
     @inlineCallbacks
     def client(self, port: int) -> Any:
         """A client of the gateway's broker that receives every reply to gw-7 (it tries again
-        while the broker's services restart, for 10 s)."""
+        while the broker's services restart, for 10 s). It stands for the cloud, to which a
+        reply is journaled: its session is persistent, so that a reply in flight when a
+        configuration change restarts the broker is kept with it and sent again once it is
+        back (a clean session's copy of a reply ends with its connection)."""
         deadline = reactor.seconds() + 10
         while True:
             try:  # (paho waits a second before it tries again a port that refused it)
@@ -138,7 +141,7 @@ class CommandExamplesTests(TestCase):
                 yield deferLater(reactor, 0.05, lambda: None)
                 continue
             probe.transport.loseConnection()
-            client = TestClient(reactor)
+            client = TestClient(reactor, client_id="docs-cloud", clean_session=False)
             self.addCleanup(client.stop)
             code = yield client.connect(port)
             if code == 0:
@@ -148,6 +151,15 @@ class CommandExamplesTests(TestCase):
             yield deferLater(reactor, 0.1, lambda: None)
         yield client.subscribe(f"command//{DEVICE}/res/#", 1)
         return client
+
+    @inlineCallbacks
+    def logged(self, log: Path, lines: list[str]) -> Any:
+        """Wait (10 s at most) until the program's ``log`` ends with ``lines``."""
+        deadline = reactor.seconds() + 10
+        end = "".join(line + "\n" for line in lines).encode()
+        while not (log.is_file() and log.read_bytes().endswith(end)):
+            self.assertLess(reactor.seconds(), deadline, f"{log} does not end with {lines}: " + self.output())
+            yield deferLater(reactor, 0.05, lambda: None)
 
     @inlineCallbacks
     def test_each_example_gets_the_reply_shown(self) -> Any:
@@ -173,6 +185,7 @@ class CommandExamplesTests(TestCase):
                 # The configuration change before it restarted the services, the broker with
                 # them: once the old broker has let the client go, a new one connects.
                 yield client.disconnected().addTimeout(10, reactor)
+                client.stop(drop=True)  # (its reconnects would take the session over from the next one)
                 client = yield self.client(port)
                 # (the broker listens before the services after it have started again: a
                 # command sent in between has no subscriber yet; the change's last line says
@@ -181,6 +194,12 @@ class CommandExamplesTests(TestCase):
                 while not re.search(rb"config change by \S+ applied: ", proc.output):
                     self.assertLess(reactor.seconds(), deadline, "the change was not applied: " + self.output())
                     yield deferLater(reactor, 0.05, lambda: None)
+            if example.topic.endswith("/app.logs"):
+                # The example asks once the program has logged the lines it shows (app.restart
+                # answers once it has started the program again, whose shell a loaded machine
+                # may not have run yet: the first run may have been stopped before it, too).
+                yield self.logged(work / "state" / "logs" / "apps" / "sensor.log",
+                                  json.loads(example.reply)["lines"])
             where = f"{example.topic} {example.body.decode()}"
             yield client.publish(example.topic, example.body, qos=1)
             try:

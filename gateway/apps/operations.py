@@ -552,7 +552,9 @@ class AppOperations:
         return path
 
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of a program's stdout log (or stderr log).
+        """The last lines of a program's stdout log (or stderr log), with every line of its
+        output the gateway has received so far: what waits for the log writer's thread is
+        written first.
 
         :param name: a program, or an app with one program.
         :raises UnknownAppError: (as the Deferred's failure) when there is no such log.
@@ -562,4 +564,4 @@ class AppOperations:
             path = self.log_path(name, stderr)
         except (UnknownAppError, AmbiguousProgramError) as exc:
             return fail(exc)
-        return self._blocking(lambda: tail_file(path, lines))
+        return self._supervisor.flush_logs().addCallback(lambda _: self._blocking(lambda: tail_file(path, lines)))

@@ -281,6 +281,29 @@ class ServiceTests(SynchronousTestCase):
         with self.assertRaisesRegex(UnknownAppError, r"^'quiet' keeps no stdout log \(stdout_logfile is NONE\)$"):
             ops.log_path("quiet")
 
+    def test_a_tail_has_the_output_received_before_it(self) -> None:
+        """A program's last lines (``app.logs``, the admin API, ``gatewayctl apps logs``) hold
+        every line of its output the gateway has received before the request, also while
+        they wait for the log writer's thread: the tail read the file at once, and a program's
+        first lines, received but not written yet (a loaded machine), came back as none."""
+        service, reactor = self.boot()
+        writer = service.writer
+        write_now, queued, flushes = writer.write, [], []
+        self.patch(writer, "write", lambda target, data: queued.append((target, data)))
+
+        def flush() -> Deferred[None]:
+            flushes.append(Deferred())
+            return flushes[-1]
+
+        self.patch(writer, "flush", flush)
+        reactor.last.protocol.outReceived(b"sampling\nsent 12 values\n")
+        tail = service.operations.tail("web", 2)
+        self.assertNoResult(tail)
+        for target, data in queued:  # (the writer's thread gets to them)
+            write_now(target, data)
+        flushes[0].callback(None)
+        self.assertEqual(self.successResultOf(tail), ["sampling", "sent 12 values"])
+
     def test_engine_report(self) -> None:
         """engine_report has GWE's shape plus the gateway's own version."""
         service, reactor = self.boot()
