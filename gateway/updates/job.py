@@ -183,7 +183,7 @@ class DownloadJob:
                     raise AttemptsExhausted(self.url, f"{failures} attempts without progress; last: {last}")
                 delay = self.downloader.retry_policy(retries or 1)
                 self.log.info("retrying {url} in {delay:.1f}s: {error}", url=shown_url(self.url), delay=delay, error=last)
-                yield self._wait(deferLater(clock, delay, lambda: None))
+                yield self._wait(partial(deferLater, clock, delay, lambda: None))
             yield self._finish()
         except Exception as error:
             closed = self._blocking(self.part.close)
@@ -227,9 +227,12 @@ class DownloadJob:
         return result
 
     @inlineCallbacks
-    def _wait(self, d: Deferred[Any]) -> Any:
+    def _wait(self, start: Callable[[], Deferred[Any]]) -> Any:
+        """Start what ``start`` starts (a request, a retry's delay) unless the download was
+        stopped meanwhile (a stop can land while a disk call runs in its thread, where it has
+        nothing to cancel), and wait for it; :meth:`stop` cancels it."""
         self._check_stopped()
-        self._waiting = d
+        d = self._waiting = start()
         try:
             result = yield d
         except CancelledError:
@@ -272,10 +275,10 @@ class DownloadJob:
         for _ in range(self.downloader.settings.max_redirects + 1):
             self.downloader.check_url(url)
             try:
-                response = yield self._wait(
-                    self.downloader.http.request("GET", url, headers={**headers, **self.downloader.authorization(url)},
-                                                 unbuffered=True, allow_redirects=False)
-                )
+                response = yield self._wait(partial(
+                    self.downloader.http.request, "GET", url,
+                    headers={**headers, **self.downloader.authorization(url)}, unbuffered=True, allow_redirects=False,
+                ))
             except (DownloadError, CancelledError):
                 raise
             except Exception as error:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -489,3 +489,99 @@ class DownloaderTests(SynchronousTestCase):
         self.successResultOf(self.start(downloader).result)
         self.successResultOf(self.start(downloader).result)
         self.assertEqual(len(resource.requests), 1)
+
+
+class HeldDisk:
+    """The test double of a slow thread: each blocking call waits until :meth:`run_next`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def run_next(self) -> str:
+        """Run the oldest held call now and hand its result on; returns its name."""
+        d, f, args = self.calls.pop(0)
+        maybeDeferred(f, *args).chainDeferred(d)
+        return getattr(f, "__name__", repr(f))
+
+    def run_all(self) -> None:
+        """Run every held call, those the ones run start too."""
+        while self.calls:
+            self.run_next()
+
+
+class RecordingHTTP:
+    """An HTTP client whose requests never get an answer (a connection attempt under way):
+    records each request and whether it was canceled."""
+
+    def __init__(self) -> None:
+        self.requests: list[Deferred[Any]] = []
+        self.canceled: list[Deferred[Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        """Record the request; it stays pending until canceled."""
+        d: Deferred[Any] = Deferred(self.canceled.append)
+        self.requests.append(d)
+        return d
+
+
+class StopDuringDiskCallTests(SynchronousTestCase):
+    """A stop that lands while a disk call runs in its thread: no request (and no retry timer)
+    starts after it, and a request under way is canceled by it."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.clock = SteppingClock()
+        self.disk = HeldDisk()
+        self.http = RecordingHTTP()
+        settings = DownloadSettings(write_batch=8192, checkpoint_bytes=16384)
+        self.downloader = Downloader(self.http, self.clock, settings, self.disk, lambda attempt: 2.0)
+
+    def resumable(self) -> None:
+        """A part of 5000 durable bytes, as a download stopped earlier left it."""
+        (self.dir / "artifact.bin.part").write_bytes(DATA[:5000])
+        (self.dir / "artifact.bin.part.json").write_text(json.dumps(
+            {"url": URL, "size": None, "digests": {}, "etag": '"v1"', "last_modified": None, "durable": 5000}))
+
+    def test_a_stop_while_the_part_opens_sends_no_request(self) -> None:
+        """A resumed download stopped while its part file opens (a thread) sends no GET once
+        the open returns, and its result fires with the stop's reason."""
+        self.resumable()
+        download = self.downloader.download(URL, self.dir / "artifact.bin")
+        self.assertEqual(self.disk.run_next(), "destination_verified")
+        self.assertEqual(self.disk.calls[0][1].__name__, "open")
+        download.cancel()
+        self.disk.run_all()
+        self.assertEqual(self.http.requests, [])
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_stop_while_a_failed_attempt_checkpoints_starts_no_retry(self) -> None:
+        """A download stopped while the checkpoint after a failed attempt runs neither waits
+        for a retry nor sends one: its result fires with the stop's reason, no timer left."""
+        download = self.downloader.download(URL, self.dir / "artifact.bin")
+        self.disk.run_all()
+        self.assertEqual(len(self.http.requests), 1)
+        self.http.requests[0].errback(ConnectionRefusedError("refused"))
+        self.assertEqual(self.disk.calls[0][1].__name__, "checkpoint")
+        download.cancel()
+        self.disk.run_all()
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual(len(self.http.requests), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_stop_cancels_the_request_under_way(self) -> None:
+        """A stop while a request waits for its answer (a connection attempt) cancels it."""
+        download = self.downloader.download(URL, self.dir / "artifact.bin")
+        self.disk.run_all()
+        self.assertEqual(len(self.http.requests), 1)
+        download.cancel()
+        self.assertEqual(self.http.canceled, self.http.requests)
+        self.disk.run_all()
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
