@@ -108,6 +108,8 @@ class DownloadJob:
         self._slot: Deferred[Any] | None = None
         self._waiting: Deferred[Any] | None = None
         self._sink: BodySink | None = None
+        #: the unwanted bodies (redirects', errors') still being read and dropped.
+        self._discards: set[Deferred[None]] = set()
         self._in_attempt = False
         self._attempt_error: Exception | None = None
         self._attempt_start = 0
@@ -128,6 +130,8 @@ class DownloadJob:
         if self._stopped is not None or self.result.called:
             return
         self._stopped = reason
+        for dropping in list(self._discards):
+            dropping.cancel()
         if self._slot is not None and not self._slot.called:
             self._slot.cancel()
         elif self._sink is not None:
@@ -353,8 +357,12 @@ class DownloadJob:
         return False
 
     def _discard(self, response: IResponse) -> None:
-        """Drop a body not wanted (a redirect's, an error's), within ``idle_timeout``."""
-        discard(response, self.downloader.clock, self.downloader.settings.idle_timeout)
+        """Drop a body not wanted (a redirect's, an error's), within ``idle_timeout``; a stop
+        closes its connection at once."""
+        dropping = discard(response, self.downloader.clock, self.downloader.settings.idle_timeout)
+        if not dropping.called:
+            self._discards.add(dropping)
+            dropping.addBoth(lambda _: self._discards.discard(dropping))
 
     def _check_total(self, response: IResponse, total: int | None) -> None:
         if total is None:

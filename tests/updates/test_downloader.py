@@ -354,6 +354,30 @@ class DownloaderTests(SynchronousTestCase):
         self.stub.flush()
         self.assertEqual((lost, self.clock.getDelayedCalls()), ([b"/busy", b"/artifact.bin"], []))
 
+    def test_a_stop_closes_the_body_of_a_redirect_still_being_dropped(self) -> None:
+        """A stop ends the reading of a redirect's body too (one a server trickles): its
+        connection is closed at once and no timer is left, as for the request under way."""
+        lost: list[bytes] = []
+
+        class Trickling(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> int:
+                request.notifyFinish().addErrback(lambda _: lost.append(request.path))
+                if request.path == b"/artifact.bin":
+                    request.setResponseCode(302)
+                    request.setHeader(b"location", b"/next")
+                    request.setHeader(b"content-length", b"1000")
+                    request.write(b"x" * 10)
+                return NOT_DONE_YET  # /next: no answer yet
+
+        download = self.start(self.make(Trickling(), idle_timeout=5.0))
+        self.assertNoResult(download.result)
+        download.cancel()
+        self.stub.flush()
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual((sorted(lost), self.clock.getDelayedCalls()), ([b"/artifact.bin", b"/next"], []))
+
     def test_a_presigned_url_is_named_without_its_query_or_credentials(self) -> None:
         """The log lines (resuming, retrying, downloaded), a cancel's and a failure's message
         (which the operation's status carries to the cloud) name the URL without its query,
