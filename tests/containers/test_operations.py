@@ -25,7 +25,7 @@ from gateway.containers.supervisor import ContainerSupervisor
 from tests.containers.conformance import missing
 from tests.containers.fakes import FakeRuntime
 from tests.steppingclock import SteppingClock
-from tests.updates.test_downloader import HeldDisk
+from tests.heldthreads import HeldThreads
 
 
 def inline(work: Any) -> Any:
@@ -599,11 +599,11 @@ class OperationsTests(SynchronousTestCase):
                       "/images/pull: the connection was lost)"))
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
 
-    def held_fetcher(self, credentials: Path | None = None,
-                     declared: dict[str, ContainerDescription] | None = None) -> tuple[ContainerOperations, HeldDisk]:
+    def held_fetcher(self, credentials: Path | None = None, declared: dict[str, ContainerDescription] | None = None
+                     ) -> tuple[ContainerOperations, HeldThreads]:
         """Operations whose image fetcher's disk work (an archive's sha256, the credentials
         file's read) waits in its thread until the test runs it."""
-        disk = HeldDisk()
+        disk = HeldThreads()
         self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
                                               1.0, 8.0, 2, retry=lambda attempt: 5.0)
         operations = ContainerOperations(self.runtime, self.supervisor,
@@ -624,7 +624,7 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(len(disk.calls), 1)
         stopped = self.stop_service(operations)
         self.assertNoResult(stopped)
-        disk.run_all()
+        disk.release_all()
         self.successResultOf(stopped)
         result = self.successResultOf(update)
         self.assertEqual((result.outcome, result.message), (
@@ -642,7 +642,7 @@ class OperationsTests(SynchronousTestCase):
             operations, disk = self.held_fetcher(credentials, {"app": ContainerDescription(image="reg:5000/app:1")})
             self.assertEqual(len(disk.calls), 1)
             stopped = self.stop_service(operations)
-            disk.run_all()
+            disk.release_all()
             self.successResultOf(stopped)
         self.assertEqual([formatEvent(e) for e in events if e["log_level"].name in ("warn", "error", "critical")], [])
         self.assertEqual(self.runtime.calls, [])
@@ -665,7 +665,7 @@ class OperationsTests(SynchronousTestCase):
                                           {"app-1.oci.tar": {"sha256": digest}})
         self.assertEqual(len(disk.calls), 1)
         stopped = self.stop_service(operations)
-        disk.run_all()
+        disk.release_all()
         self.successResultOf(stopped)
         result = self.successResultOf(update)
         self.assertEqual(result.outcome, "failed")

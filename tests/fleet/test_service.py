@@ -30,7 +30,8 @@ from tests.fleet.ddiserver import ROOT, DDIServer, deployment
 from tests.test_netfailures import TWISTED_501
 from tests.logevents import capture_log_events
 from tests.updates.resources import RangeFile
-from tests.updates.test_downloader import HeldDisk, run_inline
+from tests.heldthreads import HeldThreads
+from tests.updates.test_downloader import run_inline
 from tests.updates.test_service import FakeInstaller, request as kanto_request
 
 ARCHIVE = b"app archive " * 5000
@@ -1068,7 +1069,7 @@ class FleetServiceTests(SynchronousTestCase):
         logs no failure. It ended at once, the write still running beside the next service's
         (a configuration change), and logged ``fleet poll failed`` with a CancelledError."""
         events = capture_log_events(self)
-        disk = HeldDisk()
+        disk = HeldThreads()
         self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
                                      self.installer, run_inline, lambda attempt: 1.0)
         self.successResultOf(self.updates.startService())
@@ -1082,7 +1083,7 @@ class FleetServiceTests(SynchronousTestCase):
         stopped = fleet.stopService()
         self.stub.flush()
         self.assertNoResult(stopped)
-        disk.run_all()
+        disk.release_all()
         self.stub.flush()
         self.successResultOf(stopped)
         self.successResultOf(self.updates.stopService())

@@ -28,6 +28,7 @@ from gateway.updates.errors import (
     TooManyRedirects,
 )
 from gateway.updates.settings import DownloadSettings
+from tests.heldthreads import HeldThreads
 from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile, Scripted
@@ -515,29 +516,6 @@ class DownloaderTests(SynchronousTestCase):
         self.assertEqual(len(resource.requests), 1)
 
 
-class HeldDisk:
-    """The test double of a slow thread: each blocking call waits until :meth:`run_next`."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((d, f, args))
-        return d
-
-    def run_next(self) -> str:
-        """Run the oldest held call now and hand its result on; returns its name."""
-        d, f, args = self.calls.pop(0)
-        maybeDeferred(f, *args).chainDeferred(d)
-        return getattr(f, "__name__", repr(f))
-
-    def run_all(self) -> None:
-        """Run every held call, those the ones run start too."""
-        while self.calls:
-            self.run_next()
-
-
 class RecordingHTTP:
     """An HTTP client whose requests never get an answer (a connection attempt under way):
     records each request and whether it was canceled."""
@@ -561,7 +539,7 @@ class StopDuringDiskCallTests(SynchronousTestCase):
         self.dir = Path(self.mktemp())
         self.dir.mkdir()
         self.clock = SteppingClock()
-        self.disk = HeldDisk()
+        self.disk = HeldThreads()
         self.http = RecordingHTTP()
         settings = DownloadSettings(write_batch=8192, checkpoint_bytes=16384)
         self.downloader = Downloader(self.http, self.clock, settings, self.disk, lambda attempt: 2.0)
@@ -578,9 +556,9 @@ class StopDuringDiskCallTests(SynchronousTestCase):
         self.resumable()
         download = self.downloader.download(URL, self.dir / "artifact.bin")
         self.assertEqual(self.disk.run_next(), "destination_verified")
-        self.assertEqual(self.disk.calls[0][1].__name__, "open")
+        self.assertEqual(self.disk.next_name(), "open")
         download.cancel()
-        self.disk.run_all()
+        self.disk.release_all()
         self.assertEqual(self.http.requests, [])
         self.failureResultOf(download.result, CancelledError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -589,12 +567,12 @@ class StopDuringDiskCallTests(SynchronousTestCase):
         """A download stopped while the checkpoint after a failed attempt runs neither waits
         for a retry nor sends one: its result fires with the stop's reason, no timer left."""
         download = self.downloader.download(URL, self.dir / "artifact.bin")
-        self.disk.run_all()
+        self.disk.release_all()
         self.assertEqual(len(self.http.requests), 1)
         self.http.requests[0].errback(ConnectionRefusedError("refused"))
-        self.assertEqual(self.disk.calls[0][1].__name__, "checkpoint")
+        self.assertEqual(self.disk.next_name(), "checkpoint")
         download.cancel()
-        self.disk.run_all()
+        self.disk.release_all()
         self.failureResultOf(download.result, CancelledError)
         self.assertEqual(len(self.http.requests), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -602,10 +580,10 @@ class StopDuringDiskCallTests(SynchronousTestCase):
     def test_a_stop_cancels_the_request_under_way(self) -> None:
         """A stop while a request waits for its answer (a connection attempt) cancels it."""
         download = self.downloader.download(URL, self.dir / "artifact.bin")
-        self.disk.run_all()
+        self.disk.release_all()
         self.assertEqual(len(self.http.requests), 1)
         download.cancel()
         self.assertEqual(self.http.canceled, self.http.requests)
-        self.disk.run_all()
+        self.disk.release_all()
         self.failureResultOf(download.result, CancelledError)
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -27,7 +27,8 @@ from gateway.updates.store import OperationStore
 from tests.logevents import assert_one_line_then_summary
 from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile
-from tests.updates.test_downloader import HeldDisk, run_inline
+from tests.heldthreads import HeldThreads
+from tests.updates.test_downloader import run_inline
 
 ARCHIVE = b"app archive " * 5000
 URL = "https://updates.example/app.v2.tar.gz"
@@ -492,18 +493,18 @@ class UpdateServiceTests(SynchronousTestCase):
         self.stub.flush()
         self.successResultOf(first.stopService())
         asked = len(self.resource.requests)
-        disk = HeldDisk()
+        disk = HeldThreads()
         second = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
                                self.installer, disk, lambda attempt: 1.0)
         started = second.startService()
         for _ in range(20):
-            if disk.calls and getattr(disk.calls[0][1], "__name__", "") == "open":
+            if disk.next_name() == "open":
                 break
             disk.run_next()
-        self.assertEqual(getattr(disk.calls[0][1], "__name__", ""), "open")  # the resumed download's part
+        self.assertEqual(disk.next_name(), "open")  # the resumed download's part
         self.successResultOf(started)
         stopped = second.stopService()
-        disk.run_all()
+        disk.release_all()
         self.stub.flush()
         self.successResultOf(stopped)
         self.assertEqual((len(self.resource.requests), self.clock.getDelayedCalls()), (asked, []))
