@@ -86,6 +86,14 @@ class ImageFetcher:
         self._blocking = blocking
         self._insecure = set(insecure_registries)
         self._credentials = credentials_file
+        self._closed = False
+
+    def close(self) -> None:
+        """The service stops: no pull or load is sent to the runtime after this, not even one whose
+        disk work (the credentials file's read, an archive's sha256: a thread) was under way; it
+        fails with :class:`ImageError` instead. (An image brought in after the stop would be
+        recorded by no desired state, so no prune would ever remove it.)"""
+        self._closed = True
 
     @inlineCallbacks
     def pull(self, reference: str) -> Any:
@@ -98,6 +106,8 @@ class ImageFetcher:
         path = self._credentials
         if path is not None:
             credentials = yield self._blocking(lambda: read_credentials(path, registry))
+        if self._closed:
+            raise ImageError(f"{reference} was not pulled")
         info = yield self._runtime.pull(reference, credentials, registry not in self._insecure)
         return info
 
@@ -117,6 +127,8 @@ class ImageFetcher:
         actual = yield self._blocking(lambda: sha256_file(archive))
         if actual != expected:
             raise ImageError(f"{archive.name}: sha256 is {actual}, not the announced {expected}")
+        if self._closed:
+            raise ImageError(f"{archive.name} was not loaded")
         names = yield self._runtime.load(archive)
         wanted = {reference, f"localhost/{reference}", f"docker.io/{reference}",
                   f"docker.io/library/{reference}"}

@@ -93,6 +93,7 @@ class ContainerOperations:
         next service (a configuration change) finds the desired state and the runtime as they
         were left, and nothing of this one acts on them any more."""
         self._closed = True
+        self._fetcher.close()
         if self._watching is not None:
             self._watching.cancel()
 
@@ -207,6 +208,8 @@ class ContainerOperations:
             try:
                 yield self._ensure(deployed, by_name.get(deployed.container_name))
             except (RuntimeFailure, ImageError) as exc:
+                if self._closed:  # (its pull given up by the stop: the next start pulls it)
+                    return
                 log.error("containers: cannot run {name}: {error}", name=name, error=str(exc))
                 self._fail(deployed, str(exc))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -194,7 +194,9 @@ class FleetService(Service):
             log = self.log.error if error.code in (401, 403) else self.log.warn
             log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
                 failures=self.failures, delay=delay, error=str(error))
-        except Exception:  # (a state write on a full disk, say): polling must go on
+        except Exception as error:  # (a state write on a full disk, say): polling must go on
+            if isinstance(error, CancelledError) and not self.running:
+                return  # given up by the stop while it waited for a state write: no next poll
             delay = self._failed("internal error (logged)")
             self.log.failure("fleet poll failed ({failures} in a row), next in {delay:.0f}s",
                              failures=self.failures, delay=delay)
@@ -467,7 +469,12 @@ class FleetService(Service):
         if self._loaded:  # (before, an action's operation is not known yet: nothing is forgotten)
             self.state.trim(ENDED_KEPT, self._remembered())
         snapshot = copy.deepcopy(self.state)  # the write runs in a thread; the state goes on changing
-        return self._save_lock.run(self.run_blocking, snapshot.save, self.path)
+        writing = self._save_lock.run(self.run_blocking, snapshot.save, self.path)
+        # A stop cancels the poll that waits here, not the write: the thread writes on, and the
+        # lock (which the stop waits for) is held until it has written.
+        waiting: Deferred[Any] = Deferred()
+        writing.chainDeferred(waiting)
+        return waiting
 
     @inlineCallbacks
     def flush(self) -> Any:

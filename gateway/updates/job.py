@@ -108,6 +108,8 @@ class DownloadJob:
         self._slot: Deferred[Any] | None = None
         self._waiting: Deferred[Any] | None = None
         self._sink: BodySink | None = None
+        #: the unwanted bodies (redirects', errors') still being read and dropped.
+        self._discards: set[Deferred[None]] = set()
         self._in_attempt = False
         self._attempt_error: Exception | None = None
         self._attempt_start = 0
@@ -128,6 +130,8 @@ class DownloadJob:
         if self._stopped is not None or self.result.called:
             return
         self._stopped = reason
+        for dropping in list(self._discards):
+            dropping.cancel()
         if self._slot is not None and not self._slot.called:
             self._slot.cancel()
         elif self._sink is not None:
@@ -183,7 +187,7 @@ class DownloadJob:
                     raise AttemptsExhausted(self.url, f"{failures} attempts without progress; last: {last}")
                 delay = self.downloader.retry_policy(retries or 1)
                 self.log.info("retrying {url} in {delay:.1f}s: {error}", url=shown_url(self.url), delay=delay, error=last)
-                yield self._wait(deferLater(clock, delay, lambda: None))
+                yield self._wait(partial(deferLater, clock, delay, lambda: None))
             yield self._finish()
         except Exception as error:
             closed = self._blocking(self.part.close)
@@ -227,9 +231,12 @@ class DownloadJob:
         return result
 
     @inlineCallbacks
-    def _wait(self, d: Deferred[Any]) -> Any:
+    def _wait(self, start: Callable[[], Deferred[Any]]) -> Any:
+        """Start what ``start`` starts (a request, a retry's delay) unless the download was
+        stopped meanwhile (a stop can land while a disk call runs in its thread, where it has
+        nothing to cancel), and wait for it; :meth:`stop` cancels it."""
         self._check_stopped()
-        self._waiting = d
+        d = self._waiting = start()
         try:
             result = yield d
         except CancelledError:
@@ -272,10 +279,10 @@ class DownloadJob:
         for _ in range(self.downloader.settings.max_redirects + 1):
             self.downloader.check_url(url)
             try:
-                response = yield self._wait(
-                    self.downloader.http.request("GET", url, headers={**headers, **self.downloader.authorization(url)},
-                                                 unbuffered=True, allow_redirects=False)
-                )
+                response = yield self._wait(partial(
+                    self.downloader.http.request, "GET", url,
+                    headers={**headers, **self.downloader.authorization(url)}, unbuffered=True, allow_redirects=False,
+                ))
             except (DownloadError, CancelledError):
                 raise
             except Exception as error:
@@ -350,8 +357,12 @@ class DownloadJob:
         return False
 
     def _discard(self, response: IResponse) -> None:
-        """Drop a body not wanted (a redirect's, an error's), within ``idle_timeout``."""
-        discard(response, self.downloader.clock, self.downloader.settings.idle_timeout)
+        """Drop a body not wanted (a redirect's, an error's), within ``idle_timeout``; a stop
+        closes its connection at once."""
+        dropping = discard(response, self.downloader.clock, self.downloader.settings.idle_timeout)
+        if not dropping.called:
+            self._discards.add(dropping)
+            dropping.addBoth(lambda _: self._discards.discard(dropping))
 
     def _check_total(self, response: IResponse, total: int | None) -> None:
         if total is None:

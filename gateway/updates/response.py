@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
@@ -93,7 +94,7 @@ def checked_range(url: str, content_range: str | None, offset: int) -> tuple[int
 DISCARD_LIMIT = 64 * 1024
 
 
-def discard(response: IResponse, clock: IReactorTime, timeout: float) -> None:
+def discard(response: IResponse, clock: IReactorTime, timeout: float) -> Deferred[None]:
     """Read and drop a small body (redirects, errors) so the connection can be reused. One
     over :data:`DISCARD_LIMIT` bytes, or not over after ``timeout`` seconds (a server that
     trickles it), is not read further and its connection is closed: the download goes on
@@ -102,10 +103,12 @@ def discard(response: IResponse, clock: IReactorTime, timeout: float) -> None:
     :param response: the answer whose body is not wanted.
     :param clock: the reactor's clock.
     :param timeout: the seconds its body may take (the downloads' ``idle_timeout``).
+    :return: fires (never fails) once the body is dropped; cancelling it closes the
+        connection at once (a stop).
     """
     reading = read_body(response, DISCARD_LIMIT)
     timer = clock.callLater(timeout, reading.cancel)
-    reading.addBoth(lambda _: timer.cancel() if timer.active() else None)
+    return reading.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
 
 def abort(response: IResponse) -> None:

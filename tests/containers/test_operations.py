@@ -25,6 +25,7 @@ from gateway.containers.supervisor import ContainerSupervisor
 from tests.containers.conformance import missing
 from tests.containers.fakes import FakeRuntime
 from tests.steppingclock import SteppingClock
+from tests.heldthreads import HeldThreads
 
 
 def inline(work: Any) -> Any:
@@ -612,6 +613,79 @@ class OperationsTests(SynchronousTestCase):
                       "change) before app 2 was created: nothing changed (podman does not answer: POST "
                       "/images/pull: the connection was lost)"))
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
+
+    def held_fetcher(self, credentials: Path | None = None, declared: dict[str, ContainerDescription] | None = None
+                     ) -> tuple[ContainerOperations, HeldThreads]:
+        """Operations whose image fetcher's disk work (an archive's sha256, the credentials
+        file's read) waits in its thread until the test runs it."""
+        disk = HeldThreads()
+        self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
+                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        operations = ContainerOperations(self.runtime, self.supervisor,
+                                         ImageFetcher(self.runtime, disk, ("reg:5000",), credentials),
+                                         ContainerStore(self.state), self.clock, inline, 3.0, declared or {})
+        self.successResultOf(operations.load())
+        return operations, disk
+
+    def test_a_stop_while_the_credentials_are_read_sends_no_pull(self) -> None:
+        """A stop that lands while an update's pull reads the credentials file (a thread) sends
+        no pull once the read returns: the update ends failed saying the service stops. The pull
+        went to podman after the stop (a podman not started by the gateway pulled the image, which
+        no desired state recorded, so no prune ever removed it)."""
+        credentials = self.state / "auth.json"
+        credentials.write_text('{"auths": {}}')
+        operations, disk = self.held_fetcher(credentials)
+        update = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.assertEqual(len(disk.calls), 1)
+        stopped = self.stop_service(operations)
+        self.assertNoResult(stopped)
+        disk.release_all()
+        self.successResultOf(stopped)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.message), (
+            "failed", "the containers service is stopping (the gateway stops, or restarts for a configuration "
+                      "change) before app 1 was created: nothing changed (reg:5000/app:1 was not pulled)"))
+        self.assertEqual(self.runtime.calls, [])
+
+    def test_a_stop_while_a_declared_containers_credentials_are_read_pulls_nothing_and_logs_no_error(
+            self) -> None:
+        """A stop that lands while the start's pull of a declared container's image reads the
+        credentials file sends no pull and logs no error: the next start pulls it."""
+        credentials = self.state / "auth.json"
+        credentials.write_text('{"auths": {}}')
+        with capturedLogs() as events:
+            operations, disk = self.held_fetcher(credentials, {"app": ContainerDescription(image="reg:5000/app:1")})
+            self.assertEqual(len(disk.calls), 1)
+            stopped = self.stop_service(operations)
+            disk.release_all()
+            self.successResultOf(stopped)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"].name in ("warn", "error", "critical")], [])
+        self.assertEqual(self.runtime.calls, [])
+
+    def test_a_stop_while_an_archive_is_hashed_loads_nothing(self) -> None:
+        """A stop that lands while an update's OCI archive is hashed (a thread, long for a big
+        archive) loads nothing into podman once the hash is done."""
+        import hashlib
+        import json
+
+        operations, disk = self.held_fetcher()
+        loads: list[Path] = []
+        self.runtime.load = lambda archive: loads.append(archive) or succeed([])  # type: ignore[method-assign]
+        work = self.state / "artifacts"
+        work.mkdir()
+        (work / "app.json").write_text(json.dumps({"image": "reg:5000/app:1", "archive": "app-1.oci.tar"}))
+        (work / "app-1.oci.tar").write_bytes(b"an OCI archive")
+        digest = hashlib.sha256(b"an OCI archive").hexdigest()
+        update = operations.install_files("app", "1", [work / "app.json", work / "app-1.oci.tar"],
+                                          {"app-1.oci.tar": {"sha256": digest}})
+        self.assertEqual(len(disk.calls), 1)
+        stopped = self.stop_service(operations)
+        disk.release_all()
+        self.successResultOf(stopped)
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("the containers service is stopping", result.message)
+        self.assertEqual(loads, [])
 
     def test_an_update_in_its_health_window_when_the_service_stops_stays_current(self) -> None:
         """A configuration change in a container update's health window: the new version stays

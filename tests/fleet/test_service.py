@@ -30,6 +30,7 @@ from tests.fleet.ddiserver import ROOT, DDIServer, deployment
 from tests.test_netfailures import TWISTED_501
 from tests.logevents import capture_log_events
 from tests.updates.resources import RangeFile
+from tests.heldthreads import HeldThreads
 from tests.updates.test_downloader import run_inline
 from tests.updates.test_service import FakeInstaller, request as kanto_request
 
@@ -1061,6 +1062,35 @@ class FleetServiceTests(SynchronousTestCase):
             ("proceeding", "none"), ("closed", "success")])
         self.assertEqual([e for e in events if e.get("log_level").name in ("warn", "error", "critical")], [])
         self.stop()
+
+    def test_a_stop_during_a_polls_state_write_waits_for_it_and_logs_no_failure(self) -> None:
+        """A stop that lands while a poll waits for its state write (a thread: here the write of
+        the configData sent) ends only once the file is written, sends no request after it, and
+        logs no failure. It ended at once, the write still running beside the next service's
+        (a configuration change), and logged ``fleet poll failed`` with a CancelledError."""
+        events = capture_log_events(self)
+        disk = HeldThreads()
+        self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
+                                     self.installer, run_inline, lambda attempt: 1.0)
+        self.successResultOf(self.updates.startService())
+        ddi = DDIClient(self.stub, self.clock, SETTINGS.base_url, SETTINGS.tenant, SETTINGS.controller_id, TOKEN)
+        fleet = FleetService(SETTINGS, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
+                             disk, uniform=lambda a, b: (a + b) / 2)
+        fleet.startService()
+        self.run_for(10)
+        self.assertEqual((len(self.server.config), len(disk.calls)), (1, 1))  # configData sent, its write held
+        polls = fleet.polls
+        stopped = fleet.stopService()
+        self.stub.flush()
+        self.assertNoResult(stopped)
+        disk.release_all()
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.successResultOf(self.updates.stopService())
+        self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").config_hash, fleet.state.config_hash)
+        self.assertEqual((fleet.polls, len(self.server.config), self.clock.getDelayedCalls()), (polls, 1, []))
+        self.assertEqual([formatEvent(e) for e in events if e.get("log_level").name in ("warn", "error", "critical")],
+                         [])
 
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
         """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,23 +14,7 @@ from twisted.web.client import ResponseDone
 from gateway.updates.body import BodySink
 from gateway.updates.errors import SizeExceeded
 from gateway.updates.partfile import PartFile, PartMeta
-
-
-class HeldThreads:
-    """A run_blocking whose calls wait until the test releases them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((d, f, args))
-        return d
-
-    def release_all(self) -> None:
-        while self.calls:
-            d, f, args = self.calls.pop(0)
-            d.callback(f(*args))
+from tests.heldthreads import HeldThreads
 
 
 class BodySinkTests(SynchronousTestCase):

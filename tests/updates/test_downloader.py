@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,6 +28,7 @@ from gateway.updates.errors import (
     TooManyRedirects,
 )
 from gateway.updates.settings import DownloadSettings
+from tests.heldthreads import HeldThreads
 from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile, Scripted
@@ -364,6 +365,30 @@ class DownloaderTests(SynchronousTestCase):
         self.stub.flush()
         self.assertEqual((lost, self.clock.getDelayedCalls()), ([b"/busy", b"/artifact.bin"], []))
 
+    def test_a_stop_closes_the_body_of_a_redirect_still_being_dropped(self) -> None:
+        """A stop ends the reading of a redirect's body too (one a server trickles): its
+        connection is closed at once and no timer is left, as for the request under way."""
+        lost: list[bytes] = []
+
+        class Trickling(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> int:
+                request.notifyFinish().addErrback(lambda _: lost.append(request.path))
+                if request.path == b"/artifact.bin":
+                    request.setResponseCode(302)
+                    request.setHeader(b"location", b"/next")
+                    request.setHeader(b"content-length", b"1000")
+                    request.write(b"x" * 10)
+                return NOT_DONE_YET  # /next: no answer yet
+
+        download = self.start(self.make(Trickling(), idle_timeout=5.0))
+        self.assertNoResult(download.result)
+        download.cancel()
+        self.stub.flush()
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual((sorted(lost), self.clock.getDelayedCalls()), ([b"/artifact.bin", b"/next"], []))
+
     def test_a_presigned_url_is_named_without_its_query_or_credentials(self) -> None:
         """The log lines (resuming, retrying, downloaded), a cancel's and a failure's message
         (which the operation's status carries to the cloud) name the URL without its query,
@@ -499,3 +524,76 @@ class DownloaderTests(SynchronousTestCase):
         self.successResultOf(self.start(downloader).result)
         self.successResultOf(self.start(downloader).result)
         self.assertEqual(len(resource.requests), 1)
+
+
+class RecordingHTTP:
+    """An HTTP client whose requests never get an answer (a connection attempt under way):
+    records each request and whether it was canceled."""
+
+    def __init__(self) -> None:
+        self.requests: list[Deferred[Any]] = []
+        self.canceled: list[Deferred[Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        """Record the request; it stays pending until canceled."""
+        d: Deferred[Any] = Deferred(self.canceled.append)
+        self.requests.append(d)
+        return d
+
+
+class StopDuringDiskCallTests(SynchronousTestCase):
+    """A stop that lands while a disk call runs in its thread: no request (and no retry timer)
+    starts after it, and a request under way is canceled by it."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.clock = SteppingClock()
+        self.disk = HeldThreads()
+        self.http = RecordingHTTP()
+        settings = DownloadSettings(write_batch=8192, checkpoint_bytes=16384)
+        self.downloader = Downloader(self.http, self.clock, settings, self.disk, lambda attempt: 2.0)
+
+    def resumable(self) -> None:
+        """A part of 5000 durable bytes, as a download stopped earlier left it."""
+        (self.dir / "artifact.bin.part").write_bytes(DATA[:5000])
+        (self.dir / "artifact.bin.part.json").write_text(json.dumps(
+            {"url": URL, "size": None, "digests": {}, "etag": '"v1"', "last_modified": None, "durable": 5000}))
+
+    def test_a_stop_while_the_part_opens_sends_no_request(self) -> None:
+        """A resumed download stopped while its part file opens (a thread) sends no GET once
+        the open returns, and its result fires with the stop's reason."""
+        self.resumable()
+        download = self.downloader.download(URL, self.dir / "artifact.bin")
+        self.assertEqual(self.disk.run_next(), "destination_verified")
+        self.assertEqual(self.disk.next_name(), "open")
+        download.cancel()
+        self.disk.release_all()
+        self.assertEqual(self.http.requests, [])
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_stop_while_a_failed_attempt_checkpoints_starts_no_retry(self) -> None:
+        """A download stopped while the checkpoint after a failed attempt runs neither waits
+        for a retry nor sends one: its result fires with the stop's reason, no timer left."""
+        download = self.downloader.download(URL, self.dir / "artifact.bin")
+        self.disk.release_all()
+        self.assertEqual(len(self.http.requests), 1)
+        self.http.requests[0].errback(ConnectionRefusedError("refused"))
+        self.assertEqual(self.disk.next_name(), "checkpoint")
+        download.cancel()
+        self.disk.release_all()
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual(len(self.http.requests), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_stop_cancels_the_request_under_way(self) -> None:
+        """A stop while a request waits for its answer (a connection attempt) cancels it."""
+        download = self.downloader.download(URL, self.dir / "artifact.bin")
+        self.disk.release_all()
+        self.assertEqual(len(self.http.requests), 1)
+        download.cancel()
+        self.assertEqual(self.http.canceled, self.http.requests)
+        self.disk.release_all()
+        self.failureResultOf(download.result, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

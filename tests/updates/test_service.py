@@ -27,6 +27,7 @@ from gateway.updates.store import OperationStore
 from tests.logevents import assert_one_line_then_summary
 from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile
+from tests.heldthreads import HeldThreads
 from tests.updates.test_downloader import run_inline
 
 ARCHIVE = b"app archive " * 5000
@@ -480,6 +481,35 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
         self.assertEqual(self.installer.archives, [ARCHIVE])
+
+    def test_a_stop_while_a_resumed_download_opens_its_part_sends_no_request(self) -> None:
+        """A service stopped right after it resumed a half download, while the part file opens
+        in its thread (a configuration change at start, say), sends no GET once the open returns,
+        and its stop leaves nothing pending: the download's request went out after the stop
+        (trial saw the connection attempt pending, a DirtyReactor)."""
+        self.resource.cuts = [30000]
+        first = self.service()
+        first.submit("install", request())
+        self.stub.flush()
+        self.successResultOf(first.stopService())
+        asked = len(self.resource.requests)
+        disk = HeldThreads()
+        second = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
+                               self.installer, disk, lambda attempt: 1.0)
+        started = second.startService()
+        for _ in range(20):
+            if disk.next_name() == "open":
+                break
+            disk.run_next()
+        self.assertEqual(disk.next_name(), "open")  # the resumed download's part
+        self.successResultOf(started)
+        stopped = second.stopService()
+        disk.release_all()
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.assertEqual((len(self.resource.requests), self.clock.getDelayedCalls()), (asked, []))
+        self.assertEqual(OperationStore(self.state / "updates" / "operations").load_all()[0].status,
+                         Status.DOWNLOADING)  # resumed by the next start
 
     def test_an_install_after_a_resumed_download_is_not_said_resumed(self) -> None:
         """An operation resumed mid-download says so at its DOWNLOADING (docs/updates.md); the
