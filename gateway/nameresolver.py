@@ -12,6 +12,7 @@ gateway with many links, uploads and downloads can fill that pool. :func:`instal
 from __future__ import annotations
 
 import socket
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,6 +25,7 @@ from twisted.internet.interfaces import (IAddress, IHostnameResolver, IHostResol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from gateway.operations.threads import daemon_pool
@@ -189,8 +191,8 @@ class PooledNameResolver:
 def install(reactor: Any, threads: int = DNS_THREADS,
             getaddrinfo: Callable[..., AddrInfo] = socket.getaddrinfo) -> PooledNameResolver:
     """Put a :class:`PooledNameResolver` in place of ``reactor``'s name resolver, on a pool of
-    ``threads`` daemon threads named ``dns`` that starts when the reactor runs and stops (its
-    threads joined) at its shutdown.
+    ``threads`` daemon threads named ``dns`` that starts when the reactor runs and stops at its
+    shutdown (:func:`_stop_pool`).
 
     :param getaddrinfo: the system's (``socket.getaddrinfo``).
     :return: the resolver.
@@ -198,6 +200,16 @@ def install(reactor: Any, threads: int = DNS_THREADS,
     pool = daemon_pool(0, threads, "dns")
     resolver = PooledNameResolver(reactor, partial(deferToThreadPool, reactor, pool), getaddrinfo)
     reactor.callWhenRunning(pool.start)
-    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    reactor.addSystemEventTrigger("during", "shutdown", _stop_pool, pool, resolver)
     reactor.installNameResolver(resolver)
     return resolver
+
+
+def _stop_pool(pool: ThreadPool, resolver: PooledNameResolver) -> None:
+    """Stop ``pool``: its idle threads are joined now; while a lookup still holds a thread (DNS
+    does not answer), they are joined by a daemon thread of its own (``dns-stop``), so that the
+    exit does not wait for the system's resolver (the threads are daemons)."""
+    if resolver.pending:
+        threading.Thread(target=pool.stop, name="dns-stop", daemon=True).start()
+    else:
+        pool.stop()

@@ -181,17 +181,19 @@ class ShutdownReactor(Clock):
     def __init__(self) -> None:
         super().__init__()
         self.when_running: list[Callable[[], Any]] = []
-        self.shutdown: list[Callable[[], Any]] = []
+        self.shutdown: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.from_threads: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.nameResolver: Any = None
         self._lock = threading.Lock()
+        #: set when a thread has handed the reactor something to call
+        self.called_from_thread = threading.Event()
 
     def callWhenRunning(self, f: Callable[[], Any]) -> None:
         self.when_running.append(f)
 
-    def addSystemEventTrigger(self, phase: str, event: str, f: Callable[[], Any]) -> None:
+    def addSystemEventTrigger(self, phase: str, event: str, f: Callable[..., Any], *args: Any) -> None:
         assert (phase, event) == ("during", "shutdown")
-        self.shutdown.append(f)
+        self.shutdown.append((f, args))
 
     def installNameResolver(self, resolver: Any) -> None:
         self.nameResolver = resolver
@@ -199,14 +201,15 @@ class ShutdownReactor(Clock):
     def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             self.from_threads.append((f, args))
+        self.called_from_thread.set()
 
 
 class InstallTests(SynchronousTestCase):
     """:func:`nameresolver.install` runs lookups on its own threads, stopped at the reactor's shutdown."""
 
     def test_pool_threads(self) -> None:
-        """A lookup runs on a thread named for the pool, while the reactor's pool is not used; at
-        shutdown the pool's threads end."""
+        """A lookup runs on a thread named for the pool (the reactor's own pool is not used: this
+        reactor has none); at shutdown the pool's threads end."""
         released = threading.Event()
         seen: list[str] = []
 
@@ -223,12 +226,37 @@ class InstallTests(SynchronousTestCase):
         receiver = Receiver()
         resolver.resolveHostName(receiver, "mqtt.example.com", 8883)  # type: ignore[arg-type]
         released.set()
-        for f in reactor.shutdown:  # (joins the pool's threads: the lookup has returned)
-            f()
-        self.assertEqual([t.name for t in threading.enumerate() if t.name.startswith("PoolThread-dns")], [])
-        self.assertEqual(len(seen), 1)
-        self.assertTrue(seen[0].startswith("PoolThread-dns-"), seen)
+        self.assertTrue(reactor.called_from_thread.wait(30))  # (the lookup has returned)
         for f, args in reactor.from_threads:
             f(*args)
+        self.assertEqual(resolver.pending, 0)
+        for f, args in reactor.shutdown:  # (no lookup under way: joins the pool's threads now)
+            f(*args)
+        self.assertEqual(pool_threads(), [])
+        self.assertEqual(len(seen), 1)
+        self.assertTrue(seen[0].startswith("PoolThread-dns-"), seen)
         self.assertEqual(receiver.addresses, [IPv4Address("TCP", "192.0.2.7", 8883)])
         self.assertTrue(receiver.complete)
+
+    def test_shutdown_with_a_hung_lookup(self) -> None:
+        """A lookup DNS holds at shutdown does not hold the shutdown: the pool's threads are joined
+        by a thread of their own once it returns."""
+        released = threading.Event()
+        reactor = ShutdownReactor()
+        resolver = nameresolver.install(reactor, getaddrinfo=lambda *args: released.wait(30) and V4)
+        for f in reactor.when_running:
+            f()
+        resolver.resolveHostName(Receiver(), "hung.example.com", 8883)  # type: ignore[arg-type]
+        for f, args in reactor.shutdown:
+            f(*args)  # (returns at once)
+        [stopper] = [t for t in threading.enumerate() if t.name == "dns-stop"]
+        self.assertTrue(stopper.daemon)
+        self.assertEqual(len(pool_threads()), 1)
+        released.set()
+        stopper.join(30)
+        self.assertEqual((stopper.is_alive(), pool_threads()), (False, []))
+
+
+def pool_threads() -> list[str]:
+    """The names of the resolver pool's threads alive."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("PoolThread-dns")]
