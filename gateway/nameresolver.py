@@ -11,6 +11,7 @@ gateway with many links, uploads and downloads can fill that pool. :func:`instal
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from collections import OrderedDict
@@ -103,9 +104,19 @@ class _Resolution:
         self._cancel()
 
 
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IP address (IPv6 with a ``%zone`` too): nothing to look up."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @implementer(IHostnameResolver)
 class PooledNameResolver:
-    """Resolves host names with ``getaddrinfo`` in a thread pool, within a timeout.
+    """Resolves host names with ``getaddrinfo`` in a thread pool, within a timeout (an IP address
+    at once, on the calling thread: it needs no lookup).
 
     :param clock: for the timeout.
     :param run_in_pool: runs ``getaddrinfo`` in the pool (``partial(deferToThreadPool, reactor, pool)``).
@@ -166,16 +177,22 @@ class PooledNameResolver:
         transport: Literal["TCP", "UDP"] = "UDP" if transportSemantics == "UDP" else "TCP"
         resolution = _Resolution(hostName, partial(finish, []))
         resolutionReceiver.resolutionBegan(resolution)
+        types = set(addressTypes) if addressTypes is not None else {IPv4Address, IPv6Address}
+        family = (socket.AF_INET if types == {IPv4Address} else socket.AF_INET6 if types == {IPv6Address}
+                  else socket.AF_UNSPEC)
+        socktype = socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM
+        if _is_address(hostName):  # (nothing to look up: not behind lookups DNS holds)
+            try:
+                finish(self._getaddrinfo(hostName, portNumber, family, socktype, 0, socket.AI_NUMERICHOST))
+            except OSError:
+                finish(Failure())
+            return resolution
         if self.pending >= self.max_pending:
             self.log.warn("DNS lookup for {host} refused: {count} lookups are already under way",
                           host=hostName, count=self.pending)
             finish(f"DNS lookup for {hostName} not started: {self.pending} lookups are already under way"
                    " (is DNS down?)")
             return resolution
-        types = set(addressTypes) if addressTypes is not None else {IPv4Address, IPv6Address}
-        family = (socket.AF_INET if types == {IPv4Address} else socket.AF_INET6 if types == {IPv6Address}
-                  else socket.AF_UNSPEC)
-        socktype = socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM
         timer = self._clock.callLater(
             self.timeout, finish, f"DNS lookup for {hostName} timed out after {self.timeout:g} s")
         self.pending += 1

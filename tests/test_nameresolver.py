@@ -140,6 +140,29 @@ class PooledNameResolverTests(SynchronousTestCase):
         self.resolve("other.example.com")
         self.assertEqual(len(self.pool.calls), 4)
 
+    def test_addresses_at_once(self) -> None:
+        """An IP address needs no lookup: it is told at once, without the pool, even when DNS holds
+        every lookup (a link to 127.0.0.1 waited behind them)."""
+        calls: list[tuple[Any, ...]] = []
+
+        def getaddrinfo(*args: Any) -> Any:
+            calls.append(args)
+            return socket.getaddrinfo(*args)
+
+        self.resolver = PooledNameResolver(self.clock, self.pool.run, getaddrinfo, max_pending=3,
+                                           failures=self.failures)
+        self.resolver.pending = 3  # (the cap: DNS holds them all)
+        receiver = self.resolve("127.0.0.1")
+        six = self.resolve("::1")
+        self.assertEqual((receiver.complete, receiver.addresses), (True, [IPv4Address("TCP", "127.0.0.1", 8883)]))
+        self.assertEqual(six.addresses, [IPv6Address("TCP", "::1", 8883, 0, 0)])
+        self.assertEqual(calls[0], ("127.0.0.1", 8883, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                    socket.AI_NUMERICHOST))
+        self.assertEqual(self.pool.calls, [])
+        wrong = self.resolve("::1", addressTypes=[IPv4Address])  # (an IPv6 address asked for as IPv4)
+        self.assertEqual((wrong.complete, wrong.addresses), (True, []))
+        self.assertIn("DNS lookup for ::1 failed: ", self.failures.reason("::1") or "")
+
     def test_cancel(self) -> None:
         """Cancelling a lookup ends it with no address."""
         receiver = self.resolve()
