@@ -29,6 +29,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from gateway.clockstep import steady_seconds
+from gateway.logthrottle import LogThrottle
 from gateway.operations.threads import daemon_pool
 
 #: Seconds a lookup may take, from when it is asked (waiting for a thread included): the
@@ -39,6 +41,8 @@ DNS_THREADS = 4
 #: Lookups under way at most (running, or waiting for a thread, or timed out but still holding
 #: their thread): one more fails at once.
 DNS_MAX_PENDING = 64
+#: Seconds between two log lines about lookups refused for the cap, at least.
+REFUSED_LOG_INTERVAL = 60.0
 #: Host names whose last lookup failed that are remembered (for the causes that name them).
 REMEMBERED_FAILURES = 64
 
@@ -139,6 +143,7 @@ class PooledNameResolver:
         self.failures = failures
         #: lookups whose thread work has not ended (timed out ones included)
         self.pending = 0
+        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
 
     def resolveHostName(self, resolutionReceiver: IResolutionReceiver, hostName: str, portNumber: int = 0,
                         addressTypes: Sequence[type[IAddress]] | None = None,
@@ -188,8 +193,11 @@ class PooledNameResolver:
                 finish(Failure())
             return resolution
         if self.pending >= self.max_pending:
-            self.log.warn("DNS lookup for {host} refused: {count} lookups are already under way",
-                          host=hostName, count=self.pending)
+            refused = self._refused_lines.note()
+            if refused is not None:
+                self.log.warn("DNS lookup for {host} refused: {pending} lookups are already under way (DNS"
+                              " does not answer?); {refused} refused since the last such line, logged at"
+                              " most once a minute", host=hostName, pending=self.pending, refused=refused)
             finish(f"DNS lookup for {hostName} not started: {self.pending} lookups are already under way"
                    " (is DNS down?)")
             return resolution

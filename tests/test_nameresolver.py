@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -23,6 +24,7 @@ from gateway import nameresolver
 from gateway.links.causes import Peer, describe
 from gateway.nameresolver import LookupFailures, PooledNameResolver
 from gateway.netfailures import describe as describe_http
+from tests.logevents import capture_log_events
 
 V4 = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 8883))]
 V6 = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::7", 8883, 0, 0))]
@@ -139,6 +141,26 @@ class PooledNameResolverTests(SynchronousTestCase):
         self.pool.end(0, V4)
         self.resolve("other.example.com")
         self.assertEqual(len(self.pool.calls), 4)
+
+    def test_refusals_logged_throttled(self) -> None:
+        """Lookups refused for the cap are logged once a minute at most, each line counting them."""
+        events = capture_log_events(self)
+        for _ in range(3):
+            self.resolve()
+
+        def lines() -> list[str]:
+            found = [formatEvent(event) for event in events if "refused" in event.get("log_format", "")]
+            events.clear()
+            return found
+
+        for _ in range(5):
+            self.resolve("other.example.com")
+        line = ("DNS lookup for other.example.com refused: 3 lookups are already under way (DNS does not answer?);"
+                " {count} refused since the last such line, logged at most once a minute")
+        self.assertEqual(lines(), [line.format(count=1)])
+        self.clock.advance(nameresolver.REFUSED_LOG_INTERVAL)  # (the 3 time out, and still hold their threads)
+        self.resolve("other.example.com")
+        self.assertEqual(lines(), [line.format(count=5)])
 
     def test_addresses_at_once(self) -> None:
         """An IP address needs no lookup: it is told at once, without the pool, even when DNS holds
