@@ -328,6 +328,18 @@ class ConfigTests(SynchronousTestCase):
         hosts.unlink()
         self.assertIn(f"({hosts} cannot be read: No such file or directory)", self.errors(path)[0])
 
+    def test_link_bind_address_is_an_ip_address(self) -> None:
+        """A link's ``bindAddress=`` takes an IP address: a name was accepted, and looked up at each
+        connection on the reactor thread (Twisted binds the socket there), which a DNS server that
+        does not answer stalled; it is an error under ``endpoint``."""
+        path = self.write("links:\n  links:\n    a:\n"
+                          "      endpoint: 'tcp:host=127.0.0.1:port=1883:bindAddress=gw.example'\n")
+        self.assertEqual(self.errors(path), [f"{path}: links.links.a.endpoint: bindAddress= takes an IP address of"
+                                             " the gateway, not 'gw.example'"])
+        loaded = config.load(self.write("links:\n  links:\n    a:\n"
+                                        "      endpoint: 'tcp:host=127.0.0.1:port=1883:bindAddress=127.0.0.1'\n"))
+        self.assertIn("bindAddress=127.0.0.1", loaded.links.links["a"].endpoint)
+
     def test_amqtt_listener_errors_under_the_keys_written(self) -> None:
         """The problems of an amqtt listener (``bind``, ``ssl``, ``certfile``, ``keyfile``, ``cafile``)
         are reported under the key the user wrote, not under ``endpoint``, a key they did not
