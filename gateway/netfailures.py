@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import PotentialDataLoss
 
 from gateway.certwindow import CertificateTimeError
+from gateway.nameresolver import FAILURES
 from gateway.shown import escaped
 
 #: Twisted wraps what went wrong in a list of Failures (``ResponseFailed.reasons`` and its kin).
@@ -72,7 +73,9 @@ def describe(problem: BaseException | Failure) -> str:
     if isinstance(value, net.ConnectionRefusedError):
         return "the server refused the connection (is it running, is the port right?)"
     if isinstance(value, net.DNSLookupError):
-        return "the server's name could not be resolved (check the URL and the gateway's DNS)"
+        why = FAILURES.explain(value)
+        return (f"{why} (check the URL and the gateway's DNS)" if why
+                else "the server's name could not be resolved (check the URL and the gateway's DNS)")
     if isinstance(value, (net.TimeoutError, net.TCPTimedOutError)):
         return "the connection timed out"
     if isinstance(value, net.NoRouteError):

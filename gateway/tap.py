@@ -20,6 +20,7 @@ from gateway import acceptlog
 from gateway import config as gateway_config
 from gateway import gctuning
 from gateway import httpaccesslog, logbridge
+from gateway import nameresolver
 from gateway import stdstreams
 from gateway.errors import ConfigError, GatewayError, ReactorError
 from gateway.exitdeadline import ExitDeadline
@@ -95,6 +96,8 @@ def makeService(options: Options) -> IService:
         raise SystemExit(f"gateway: {exc}") from None
     from gateway.tree import build_service
 
+    # Host names resolve on a pool of their own, each lookup bounded (docs/links.md).
+    nameresolver.install(reactor)
     loaded = options.loaded
     # (before twistd hands stdout to its log observer, --logfile=-, the Debian unit's)
     stdstreams.escape_unencodable()

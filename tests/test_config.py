@@ -1,6 +1,8 @@
 """Configuration: YAML + conf.d drop-ins into frozen objects, every error reported at once."""
 
+import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -285,18 +287,58 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(client_address(listener), "mqtt://[::1]:1884")
 
     def test_amqtt_bind_host_name(self) -> None:
-        """An amqtt listener's ``bind`` may name a host, as with amqtt: it is resolved at load
-        (``localhost`` is 127.0.0.1); it was refused because the interface must be an IP
-        address. A name that does not resolve is an error under ``bind``."""
+        """An amqtt listener's ``bind`` may name a host of /etc/hosts, as with amqtt: it listens on
+        the name's first IPv4 address there (``localhost`` is 127.0.0.1); it was refused because the
+        interface must be an IP address. A name that is not there is an error under ``bind``."""
         loaded = config.load(self.write("broker:\n  listeners:\n    default:\n      bind: localhost:1884\n"
                                         "    ws:\n      type: ws\n      bind: localhost:8080\n"))
         self.assertEqual([listener.endpoint for listener in loaded.broker.listeners],
                          ["tcp:1884:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1"])
         path = self.write("broker:\n  listeners:\n    default:\n      bind: no-such-host.invalid:1884\n")
         lines = self.errors(path)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertTrue(lines[0].startswith(f"{path}: broker.listeners.default.bind: cannot resolve host name "
-                                            "'no-such-host.invalid'"), lines)
+        self.assertEqual(lines, [f"{path}: broker.listeners.default.bind: 'no-such-host.invalid' is neither an IP"
+                                 " address nor a name in /etc/hosts: a listener's address is not looked up in DNS"
+                                 " (write the address)"])
+
+    def test_amqtt_bind_no_lookup(self) -> None:
+        """A ``bind`` host name is read from the hosts file, never looked up (getaddrinfo waited
+        on DNS, for as long as a DNS server that does not answer takes, in the loading of every
+        configuration change): the first IPv4 address of the name (any case), else its first IPv6
+        one; ``localhost`` is 127.0.0.1 when the file does not name it."""
+        from gateway.broker import settings
+
+        def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"looked up {args}")
+
+        self.patch(socket, "getaddrinfo", getaddrinfo)
+        hosts = Path(self.mktemp())
+        hosts.write_text("# 10.9.9.9 gw01\n::1 gw01 v6only\n10.0.0.5\tGW01 gw01.local # the gateway\n"
+                         "not-an-address other\n", encoding="utf-8")
+        self.patch(settings, "HOSTS_FILE", str(hosts))
+        loaded = config.load(self.write(
+            "broker:\n  listeners:\n    default:\n      bind: gw01:1884\n"
+            "    six:\n      bind: v6only:1885\n    local:\n      bind: localhost:1886\n"))
+        self.assertEqual([listener.endpoint for listener in loaded.broker.listeners],
+                         ["tcp:1884:interface=10.0.0.5", "tcp:1885:interface=\\:\\:1",
+                          "tcp:1886:interface=127.0.0.1"])
+        path = self.write("broker:\n  listeners:\n    default:\n      bind: other:1884\n")
+        self.assertEqual(self.errors(path), [f"{path}: broker.listeners.default.bind: 'other' is neither an IP"
+                                             f" address nor a name in {hosts}: a listener's address is not looked"
+                                             " up in DNS (write the address)"])
+        hosts.unlink()
+        self.assertIn(f"({hosts} cannot be read: No such file or directory)", self.errors(path)[0])
+
+    def test_link_bind_address_is_an_ip_address(self) -> None:
+        """A link's ``bindAddress=`` takes an IP address: a name was accepted, and looked up at each
+        connection on the reactor thread (Twisted binds the socket there), which a DNS server that
+        does not answer stalled; it is an error under ``endpoint``."""
+        path = self.write("links:\n  links:\n    a:\n"
+                          "      endpoint: 'tcp:host=127.0.0.1:port=1883:bindAddress=gw.example'\n")
+        self.assertEqual(self.errors(path), [f"{path}: links.links.a.endpoint: bindAddress= takes an IP address of"
+                                             " the gateway, not 'gw.example'"])
+        loaded = config.load(self.write("links:\n  links:\n    a:\n"
+                                        "      endpoint: 'tcp:host=127.0.0.1:port=1883:bindAddress=127.0.0.1'\n"))
+        self.assertIn("bindAddress=127.0.0.1", loaded.links.links["a"].endpoint)
 
     def test_amqtt_listener_errors_under_the_keys_written(self) -> None:
         """The problems of an amqtt listener (``bind``, ``ssl``, ``certfile``, ``keyfile``, ``cafile``)

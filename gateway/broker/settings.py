@@ -14,7 +14,6 @@ import importlib
 import ipaddress
 import math
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -187,7 +186,7 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     """Translate an amqtt ``tcp`` listener (``bind``, ``ssl``, cert files) to an endpoint string.
 
     :raises EndpointError: ``bind`` has no port from 0 to 65535 after its last colon, or names
-        a host that does not resolve (:func:`_bind_address`); quoting the ``bind`` as written.
+        a host that is not in the hosts file (:func:`_bind_address`); quoting the ``bind`` as written.
     """
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
@@ -204,23 +203,51 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
+#: Where the names an amqtt listener's ``bind`` may use are read from (never DNS, which can hang).
+HOSTS_FILE = "/etc/hosts"
+
+
 def _bind_address(host: str) -> str:
     """The address an amqtt listener's ``bind`` host listens on: the host itself when it is an IP
-    address, else the first IPv4 address its name resolves to (the first IPv6 one when it has
-    none; amqtt, through asyncio, listened on all of them): ``localhost`` is 127.0.0.1.
+    address, else the first IPv4 address :data:`HOSTS_FILE` gives the name (the first IPv6 one when
+    it gives none; amqtt, through asyncio, listened on all of them). ``localhost`` is 127.0.0.1
+    when the file does not name it. No lookup is made (it would wait on DNS): a name DNS alone
+    knows is refused.
 
-    :raises EndpointError: the name does not resolve.
+    :raises EndpointError: the name is not in the file.
     """
     try:
         ipaddress.ip_address(host)
         return host
     except ValueError:
         pass
+    found, unread = _hosts_file_addresses(host)
+    if not found and host.lower() == "localhost":
+        return "127.0.0.1"
+    if not found:
+        why = f" ({HOSTS_FILE} cannot be read: {unread})" if unread else ""
+        raise EndpointError(f"{host!r} is neither an IP address nor a name in {HOSTS_FILE}{why}: a listener's"
+                            " address is not looked up in DNS (write the address)", "interface")
+    return min(found, key=lambda address: ":" in address)
+
+
+def _hosts_file_addresses(name: str) -> tuple[list[str], str]:
+    """The addresses :data:`HOSTS_FILE` gives ``name`` (any case), in its order; and why the file
+    cannot be read ("" when it can)."""
     try:
-        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as exc:  # socket.gaierror
-        raise EndpointError(f"cannot resolve host name {host!r}: {exc.strerror or exc}", "interface") from exc
-    return str(min(found, key=lambda info: info[0] != socket.AF_INET)[4][0])
+        with open(HOSTS_FILE, encoding="utf-8", errors="replace") as hosts:
+            lines = hosts.readlines()
+    except OSError as exc:
+        return [], str(exc.strerror or exc)
+    found = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) > 1 and name.lower() in (field.lower() for field in fields[1:]):
+            try:
+                found.append(str(ipaddress.ip_address(fields[0])))
+            except ValueError:
+                continue  # (a line that is not an address and names: the resolver skips it too)
+    return found, ""
 
 
 #: Where an amqtt listener's endpoint problems are reported: the key the user wrote for the

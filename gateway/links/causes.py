@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.certwindow import CertificateTimeError
 from gateway.endpointstrings import split_description
+from gateway.nameresolver import FAILURES
 from gateway.netfailures import ProxyError, tls_reasons
 
 
@@ -99,7 +100,8 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
     if peer.unix and isinstance(exc, error.ConnectError) and exc.osError == errno.EACCES:
         return f"cannot connect to {where}: permission denied (may the gateway's user use that socket?)"
     if isinstance(exc, error.DNSLookupError):
-        return f"DNS lookup failed for {peer.host}: check the host name and the gateway's DNS"
+        why = FAILURES.reason(peer.host) or f"DNS lookup failed for {peer.host}"
+        return f"{why}: check the host name and the gateway's DNS"
     if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
         return f"no answer from {where}: connecting timed out (a firewall, or the host is down)"
     if isinstance(exc, error.NoRouteError):

@@ -250,7 +250,10 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
 def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int, int, tuple[str, int] | None]:
     """The host, port, ``timeout=`` (whole seconds) and ``bindAddress=`` of a ``tcp:`` (or
     ``ssl:``) client endpoint that Twisted parsed already, read as Twisted reads them:
-    ``tcp:HOST:PORT``, ``tcp:host=H:port=P``, ``tcp:host=H:P``."""
+    ``tcp:HOST:PORT``, ``tcp:host=H:port=P``, ``tcp:host=H:P``.
+
+    :raises LinkError: ``bindAddress=`` is not an IP address.
+    """
     host, port = fields.get("host", ""), fields.get("port", "")
     if len(positional) == 2:
         host, port = positional
@@ -259,6 +262,11 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
     elif len(positional) == 1:
         host = positional[0]
     bind = fields.get("bindAddress")
+    if bind is not None:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:  # (a name would be looked up on the reactor thread at each connection)
+            raise LinkError(f"bindAddress= takes an IP address of the gateway, not {bind!r}") from None
     return host, int(port), int(fields.get("timeout", "30")), (bind, 0) if bind is not None else None
 
 
