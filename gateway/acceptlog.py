@@ -20,13 +20,13 @@ goes through untouched.
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import (FilteringLogObserver, ILogFilterPredicate, ILogObserver, Logger, LogEvent, PredicateResult,
-                            textFileLogObserver)
+from twisted.logger import FilteringLogObserver, ILogFilterPredicate, ILogObserver, Logger, LogEvent, PredicateResult
 from zope.interface import implementer
+
+from gateway.twistdlog import twistd_log_target
 
 #: Seconds between two lines saying how many of Twisted's lines were held back, at least.
 ACCEPT_LOG_INTERVAL = 60.0
@@ -166,22 +166,22 @@ class AcceptErrorLines:
 
 def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTime) -> ILogObserver | None:
     """The observer twistd is to log to, for the application's ``ILogObserver`` component:
-    the one twistd makes itself when it logs to standard output (``--nodaemon`` without
-    ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`, without the lines
-    :func:`without_retry_lines`, :func:`without_port_lines` and
+    the one twistd would make itself for its log target
+    (:func:`gateway.twistdlog.twistd_log_target`: standard output, a ``--logfile`` path, a
+    daemon's ``twistd.log``, ``--syslog``), behind :class:`AcceptErrorLines`, without the
+    lines :func:`without_retry_lines`, :func:`without_port_lines` and
     :func:`without_http_client_lines` leave out.
 
     :param server_options: twistd's own options (the ``parent`` of the gateway's), or None
         when not run by twistd.
-    :param clock: the reactor.
-    :return: None where twistd logs elsewhere (a ``--logfile`` path, which it reopens on
-        SIGUSR1; ``--syslog``; ``--logger``; a daemon's ``twistd.log``): its own choice stands.
+    :param clock: the reactor (its timers; its thread rotates a log file on SIGUSR1).
+    :return: None where twistd's own choice stands (``--logger``; a daemon told to log to
+        standard output, which twistd refuses), or when not run by twistd.
     """
-    if server_options is None or server_options.get("logger") or server_options.get("syslog"):
+    if server_options is None:
         return None
-    logfile = server_options.get("logfile") or ""
-    if logfile != "-" and (logfile or not server_options.get("nodaemon")):
+    target = twistd_log_target(server_options, clock)
+    if target is None:
         return None
-    filtered = FilteringLogObserver(textFileLogObserver(sys.stdout),
-                                    [without_retry_lines, without_port_lines, without_http_client_lines])
+    filtered = FilteringLogObserver(target, [without_retry_lines, without_port_lines, without_http_client_lines])
     return AcceptErrorLines(filtered, clock)

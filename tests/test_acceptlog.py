@@ -4,11 +4,16 @@ in front of twistd's log: task.Clock, a list for the log (no sockets, no sleeps)
 from __future__ import annotations
 
 import io
+import os
+import signal
 import sys
+from pathlib import Path
+from typing import Callable
 
 from twisted.application.service import Application
 from twisted.internet.task import Clock
 from twisted.python import log as legacy_log
+from twisted.python.syslog import SyslogObserver
 from twisted.logger import ILogObserver, LogEvent, Logger, PredicateResult, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,6 +27,17 @@ def refused_connection(log: Logger, port: int) -> None:
     log.info("EMFILE encountered; releasing reserved file descriptor.")
     log.info("EMFILE recovery: Closed socket from {address}", address=("127.0.0.1", port))
     log.info("Re-reserving EMFILE recovery file descriptor.")
+
+
+class ThreadCalls(Clock):
+    """A clock that keeps what is handed to its thread (``callFromThread``), to run by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Callable[[], object]] = []
+
+    def callFromThread(self, f: Callable[[], object]) -> None:
+        self.calls.append(f)
 
 
 class AcceptErrorLinesTests(SynchronousTestCase):
@@ -85,18 +101,78 @@ class AcceptErrorLinesTests(SynchronousTestCase):
 
 
 class TwistdObserverTests(SynchronousTestCase):
-    """Which of twistd's logs the throttle stands in front of: standard output only."""
+    """The throttle and the filters stand in front of every log target twistd offers."""
 
     def test_standard_output(self) -> None:
         """``--nodaemon`` without ``--logfile`` and ``--logfile=-`` log to standard output: throttled."""
         for options in ({"nodaemon": True, "logfile": None}, {"nodaemon": True, "logfile": "-"}):
             self.assertIsInstance(twistd_observer(options, Clock()), AcceptErrorLines)
 
-    def test_elsewhere_twistd_decides(self) -> None:
-        """A log file, syslog, a custom logger, a daemon, or no twistd at all: no observer."""
-        for options in ({"nodaemon": True, "logfile": "/var/log/x.log"}, {"nodaemon": True, "syslog": True},
-                        {"nodaemon": True, "logger": "a.b"}, {"nodaemon": False, "logfile": None}, None):
+    def test_twistd_decides_for_a_logger_of_the_users_own(self) -> None:
+        """``--logger`` (twistd takes it over the application's observer), a daemon told to log
+        to standard output (twistd refuses it itself), or no twistd at all: no observer."""
+        for options in ({"nodaemon": True, "logger": "a.b"}, {"nodaemon": False, "logfile": "-"}, None):
             self.assertIsNone(twistd_observer(options, Clock()), options)
+
+    def sigusr1_restored(self) -> None:
+        """Put SIGUSR1's handler back as it was once the test ends."""
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    def test_a_log_file_is_filtered_too(self) -> None:
+        """docs/install.md (Logs): with ``--logfile PATH`` twistd wrote every ``Scheduling
+        retry`` and ``Starting factory _HTTP11ClientFactory`` line (one to three per reconnect
+        of each link while a cloud is down): the gateway filtered only standard output. Now
+        the file twistd would write gets the same filtered, throttled log, and is rotated on
+        SIGUSR1 as twistd rotates it."""
+        self.sigusr1_restored()
+        path = Path(self.mktemp())
+        reactor = ThreadCalls()
+        observer = twistd_observer({"nodaemon": True, "logfile": str(path)}, reactor)
+        self.assertIsInstance(observer, AcceptErrorLines)
+        assert observer is not None
+        Logger(namespace="twisted.application._client_service.ClientService", observer=observer).info(
+            "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.", attempt=3, endpoint="x", delay=1.5)
+        Logger(namespace="twisted.web.client._HTTP11ClientFactory", observer=observer).info(
+            "Starting factory {factory!r}", factory=object())
+        Logger(namespace="gateway.links.mqtt.MQTTLink", observer=observer).warn("link cloud cannot connect: refused")
+        text = path.read_text()
+        self.assertNotIn("Scheduling retry", text)
+        self.assertNotIn("Starting factory", text)
+        self.assertIn("[gateway.links.mqtt.MQTTLink#warn] link cloud cannot connect: refused", text)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        self.assertEqual(len(reactor.calls), 1)
+        reactor.calls[0]()
+        self.assertIn("link cloud cannot connect", Path(f"{path}.1").read_text())
+        Logger(namespace="gateway.tree", observer=observer).info("after the rotation")
+        self.assertEqual(path.read_text().count("\n"), 1)
+
+    def test_a_daemon_logs_to_twistd_log(self) -> None:
+        """A daemon without ``--logfile`` writes ``twistd.log`` in its directory, as twistd does."""
+        self.sigusr1_restored()
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(work)
+        observer = twistd_observer({"nodaemon": False, "logfile": None}, Clock())
+        assert observer is not None
+        Logger(namespace="gateway.tree", observer=observer).info("gateway started")
+        self.assertIn("gateway started", (work / "twistd.log").read_text())
+
+    def test_syslog_is_filtered_too(self) -> None:
+        """``--syslog`` gets the same filtered log, under twistd's ``--prefix``."""
+        opened: list[tuple[object, ...]] = []
+        lines: list[str] = []
+        self.patch(SyslogObserver, "openlog", staticmethod(lambda *args: opened.append(args)))
+        self.patch(SyslogObserver, "syslog", staticmethod(lambda priority, line: lines.append(line)))
+        observer = twistd_observer({"nodaemon": True, "syslog": True, "prefix": "gateway"}, Clock())
+        assert observer is not None
+        Logger(namespace="twisted.application._client_service.ClientService", observer=observer).info(
+            "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.", attempt=3, endpoint="x", delay=1.5)
+        Logger(namespace="gateway.links.mqtt.MQTTLink", observer=observer).warn("link cloud cannot connect: refused")
+        self.assertEqual(opened[0][0], "gateway")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("link cloud cannot connect: refused", lines[0])
 
     def test_no_line_per_reconnect_of_a_link(self) -> None:
         """ClientService's "Scheduling retry N to connect <... object at 0x...> in D seconds."
