@@ -1,4 +1,5 @@
-"""Route the standard library's logging (amqtt, asyncio) into ``twisted.logger``."""
+"""Route the standard library's logging (amqtt, asyncio) into ``twisted.logger``, and set the
+libraries' own levels (autobahn's, through txaio)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import logging
 from twisted.logger import Logger, LogLevel
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+#: autobahn's (txaio's) level for each of the gateway's: below ``debug``, its errors only.
+#: Its info and warn lines are per connection: two for each refused WebSocket handshake of
+#: a link (``failing WebSocket opening handshake ('... [403]: Forbidden')``, ``dropping
+#: connection to peer ... with abort=True: ...``), at every reconnect while the cloud refuses,
+#: beside the link's own line with the same cause (throttled), and one for each connection
+#: the broker's WebSocket listener aborts, beside the broker's.
+_AUTOBAHN_LEVELS = {"debug": "debug", "info": "error", "warn": "error", "error": "error"}
 
 
 class TwistedLogHandler(logging.Handler):
@@ -30,10 +39,16 @@ class TwistedLogHandler(logging.Handler):
 
 
 def install(level: str) -> None:
-    """Send stdlib logging at ``level`` and above to twisted.logger (idempotent)."""
+    """Send stdlib logging at ``level`` and above to twisted.logger, and autobahn's at the
+    level :data:`_AUTOBAHN_LEVELS` gives it (idempotent)."""
     root = logging.getLogger()
     if not any(isinstance(h, TwistedLogHandler) for h in root.handlers):
         root.addHandler(TwistedLogHandler())
     root.setLevel(_LEVELS[level])
     # transitions (amqtt's state machines) logs every state change at INFO.
     logging.getLogger("transitions").setLevel(max(_LEVELS[level], logging.WARNING))
+    # (txaio's Twisted half, which autobahn.twisted logs through: small; autobahn itself is
+    # imported where a WebSocket is first used)
+    from txaio import tx
+
+    tx.set_global_log_level(_AUTOBAHN_LEVELS[level])
