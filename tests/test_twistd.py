@@ -20,6 +20,8 @@ from typing import Any
 import psutil
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -658,3 +660,53 @@ class TwistdTests(TestCase):
         lines = [line for line in proc.output.decode().splitlines() if "EMFILE" in line or "Could not accept" in line]
         self.assertEqual(len(lines), 1, "\n".join(lines))
         self.assertIn("[twisted.internet.unix.Port#info] EMFILE encountered", lines[0])
+
+    @inlineCallbacks
+    def test_clouds_away_log_file_holds_causes_not_library_lines(self):
+        """docs/install.md (Logs): with ``--logfile PATH`` the file twistd wrote got Twisted's
+        ``Scheduling retry`` (one per reconnect of each link) and ``Starting factory`` /
+        ``Stopping factory`` (two per failed poll of the fleet channel) lines, and an AWS
+        WebSocket link whose cloud refuses the handshake autobahn's ``failing WebSocket opening
+        handshake`` and ``dropping connection`` lines at each attempt. Now each client writes its
+        own cause once, and nothing comes from the libraries per attempt."""
+        handshakes = []
+
+        class Refuses(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    handshakes.append(data)
+                    self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                    self.transport.loseConnection()
+
+        server = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Refuses))
+        self.addCleanup(server.stopListening)
+        fast = "      backoff_initial: 0.05\n      backoff_max: 0.1\n      min_connect_interval: 0\n"
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            "links:\n  links:\n"
+            f"    down:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n{fast}"
+            f"    refused:\n      endpoint: 'tcp:host=127.0.0.1:port={server.getHost().port}'\n{fast}"
+            "      aws: {websocket: true, credentials_file: '@CREDENTIALS@', region: eu-west-1}\n"
+            f"fleet:\n  enabled: true\n  base_url: 'http://127.0.0.1:{closed_port(self)}'\n  allow_http: true\n"
+            "  tenant: t\n  token_file: '@TOKEN@'\n  min_poll_interval: 0.1\n  poll_interval: 1\n"
+            "  retry_max_delay: 1\n")
+        credentials, token = config.parent / "credentials", config.parent / "token"
+        credentials.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\n")
+        token.write_text("token\n")
+        token.chmod(0o600)
+        config.write_text(config.read_text().replace("@CREDENTIALS@", str(credentials)).replace("@TOKEN@", str(token)))
+        log = config.parent / "gateway.log"
+        proc = self.run_twistd("--nodaemon", "--pidfile=", f"--logfile={log}", "gateway", "--config", str(config),
+                               ready_line=b"gateway started")
+        proc.ready.addErrback(lambda _: None)  # (its log goes to the file: nothing on standard output)
+        yield wait_until(lambda: len(handshakes) >= 3 and log.exists() and log.read_text().count("fleet poll failed") >= 2,
+                         20, what="3 refused handshakes and 2 failed polls")
+        proc.transport.signalProcess("TERM")
+        yield proc.ended.addTimeout(10, reactor)
+        text = log.read_text()
+        for library in ("Scheduling retry", "Starting factory", "Stopping factory", "[autobahn."):
+            self.assertNotIn(library, text)
+        self.assertEqual(text.count("link down cannot connect: connection refused"), 1, text)
+        self.assertEqual(text.count("link refused cannot connect:"), 1, text)
+        self.assertIn("WebSocket connection upgrade failed [403]: Forbidden", text)
