@@ -45,6 +45,9 @@ MAX_SLEEP = 86400.0
 #: Seconds between two log lines about feedback the server did not take, at least (it is sent
 #: again at every poll: a server refusing it for hours would write a line every poll).
 FEEDBACK_LOG_INTERVAL = 600.0
+#: Seconds between two log lines about failed polls for the same cause, at least (a short
+#: ``retry_max_delay`` polls a server that is away every minute, a day long).
+FAILING_LOG_INTERVAL = 600.0
 #: The statuses that end an operation, as reported.
 _FINAL = {status.value for status in Status if status.final}
 
@@ -88,6 +91,7 @@ class FleetService(Service):
         self._save_lock = DeferredLock()
         self._flushing = False
         self._feedback_lines = LogThrottle(FEEDBACK_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._failing_lines = LogThrottle(FAILING_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._unwatch: Callable[[], None] | None = None
         self._unhold: Callable[[], None] | None = None
         #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
@@ -180,6 +184,7 @@ class FleetService(Service):
             if "deploymentBase" in links:
                 yield self._deploy(links["deploymentBase"])
             if self.failures:
+                self._failing_lines.reset()  # (the next failed poll is logged at once)
                 down = self.clock.seconds() - (self._failing_since or self.clock.seconds())
                 self.log.info("fleet polls succeed again after {failures} failed in a row ({down:.0f}s down; the "
                               "last: {error})", failures=self.failures, down=down, error=self.last_error)
@@ -188,12 +193,14 @@ class FleetService(Service):
         except DDIError as error:
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
+            previous = self.last_error
             delay = self._failed(str(error))
             if error.retry_after is not None:
                 delay = max(delay, error.retry_after)
-            log = self.log.error if error.code in (401, 403) else self.log.warn
-            log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
-                failures=self.failures, delay=delay, error=str(error))
+            if self._failure_to_log(previous):
+                log = self.log.error if error.code in (401, 403) else self.log.warn
+                log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
+                    failures=self.failures, delay=delay, error=str(error))
         except Exception as error:  # (a state write on a full disk, say): polling must go on
             if isinstance(error, CancelledError) and not self.running:
                 return  # given up by the stop while it waited for a state write: no next poll
@@ -201,6 +208,14 @@ class FleetService(Service):
             self.log.failure("fleet poll failed ({failures} in a row), next in {delay:.0f}s",
                              failures=self.failures, delay=delay)
         self._schedule(delay)
+
+    def _failure_to_log(self, previous: str) -> bool:
+        """Whether the failed poll just counted is logged: the first of a run, one whose cause
+        differs from the one before (``previous``), else at most one per
+        :data:`FAILING_LOG_INTERVAL` (its count in a row says how many failed meanwhile)."""
+        if self.failures == 1 or self.last_error != previous:
+            self._failing_lines.reset()
+        return self._failing_lines.note() is not None
 
     def _failed(self, reason: str) -> float:
         """Count a failed poll; the delay before the next (half to all of the backoff's cap)."""

@@ -3,6 +3,8 @@ onto the real update service, modes, maintenance windows, cancel, errors, restar
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 from pathlib import Path
@@ -893,6 +895,36 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(3\d\ds down; the last: .*429")
         self.run_for(600)
         self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
+
+    def test_a_server_away_for_hours_is_a_line_per_cause_and_ten_minutes(self) -> None:
+        """docs/install.md (Logs): each failed poll was a line, one a minute for as long as the
+        server is away with ``retry_max_delay: 60``. Now the first failure is logged, a new cause
+        at once, and the same cause at most once every 10 minutes (its count in a row says how
+        many failed meanwhile); after polls went well, the next failure is logged at once."""
+        settings = dataclasses.replace(SETTINGS, retry_max_delay=60.0)
+        self.server.errors = [(503, {})] * 200
+        events = capture_log_events(self)
+        fleet = self.start(settings)
+
+        def failed_lines() -> list[str]:
+            return [formatEvent(e) for e in events if "poll failed" in e.get("log_format", "")]
+
+        self.run_for(2400)
+        self.assertGreater(fleet.failures, 45)
+        lines = failed_lines()
+        self.assertEqual(len(lines), 4, (fleet.failures, lines))  # the first, then one each 10 minutes
+        self.assertRegex(lines[1], r"^fleet poll failed \(1\d in a row\)")
+        self.server.errors[:] = [(401, {}), (503, {})]  # a new cause, then the first again
+        self.run_for(120)
+        self.assertEqual(len(self.server.errors), 0)
+        later = failed_lines()[4:]
+        self.assertEqual(len(later), 2, later)
+        self.assertIn("HTTP 401", later[0])
+        self.run_for(120)  # polls go well: the next failure is logged at once
+        self.assertEqual(fleet.failures, 0)
+        self.server.errors[:] = [(503, {})]
+        self.run_for(60)
+        self.assertEqual(len(failed_lines()), 7)
 
     def test_unaccepted_feedback_is_kept_and_sent_again_after_a_restart(self) -> None:
         """Feedback the server did not take stays in the persisted outbox; after a restart it is sent
