@@ -116,6 +116,17 @@ async def idle_wave(port: int, count: int, connected: Callable[[], Awaitable[Non
     return tally
 
 
+async def connections_closed(pid: int, descriptors: int, timeout: float = 60.0) -> None:
+    """Wait until ``pid`` holds no more than ``descriptors`` open file descriptors (a few more
+    allowed): the broker has closed its side of every connection that left, so the reading
+    after a wave does not count connections it has not yet ended."""
+    process = psutil.Process(pid)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while process.num_fds() > descriptors + 5 and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid``, MiB."""
     return psutil.Process(pid).memory_info().rss / (1 << 20)
@@ -129,6 +140,7 @@ async def run(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], 
         wait_for_port(port, 60)
         await asyncio.sleep(args.settle)
         result = {"start": rss_mb(process.pid)}
+        descriptors = psutil.Process(process.pid).num_fds()
         limit = asyncio.Semaphore(CONCURRENCY)
         cycles = Tally()
 
@@ -137,6 +149,7 @@ async def run(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], 
             result["idle_connected"] = rss_mb(process.pid)
 
         idle = await idle_wave(port, args.idle, connected)
+        await connections_closed(process.pid, descriptors)
         await asyncio.sleep(args.settle)
         result["idle_left"] = rss_mb(process.pid)
         await asyncio.gather(*(visit(port, f"cycle{index}", False, limit, cycles) for index in range(args.cycles)))

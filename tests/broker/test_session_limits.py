@@ -249,6 +249,62 @@ class NoGrowthTests(TestCase):
         self.assertEqual(len(service.broker.offline), 0)
 
 
+class CleanWaveTests(TestCase):
+    """A wave of clean-session clients that connect, stay together, subscribe past their limit,
+    overflow their queues and leave (half abruptly) leaves the broker holding nothing for any
+    of them: no per-client entry, no subscription, no topic-tree node, no cached route, no
+    connection, handler or session object (``bench/sessions.py`` measures the memory)."""
+
+    timeout = 120
+    CLIENTS = 150
+
+    @inlineCallbacks
+    def join(self, service: Any, client_id: str) -> Any:
+        """Connect with CleanSession=1 and subscribe to a filter of one's own with a wildcard, to one
+        without, and to one more than ``max_subscriptions`` allows (refused, counted per client)."""
+        client = yield scripted_connect(reactor, port_of(service), True)
+        client.transport.write(packets.connect(client_id, flags=0x02) + packets.subscribe(
+            (f"own/{client_id}/#", 1), (f"own/{client_id}/x", 1), (f"own/{client_id}/y", 1)))
+        yield client.until(lambda: len(client.others) >= 2, reactor)  # CONNACK, SUBACK
+        return client
+
+    @inlineCallbacks
+    def test_nothing_left_per_client(self) -> Any:
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS,
+            "max_subscriptions": 2, "max_inflight_messages": 1, "max_queued_messages": 1})
+        broker = service.broker
+        clients = []
+        for start in range(0, self.CLIENTS, 50):
+            clients += (yield gatherResults([self.join(service, f"wave{index}")
+                                             for index in range(start, start + 50)]))
+        self.assertEqual(len(broker.live), self.CLIENTS)
+        self.assertEqual(len(broker.limits.refused_by_client), self.CLIENTS)
+        # every client is sent more than its queue holds (it does not read): per-client drop counts
+        for index in range(self.CLIENTS):
+            for _ in range(3):
+                broker.route(None, f"own/wave{index}/x", b"m", 1, False)
+        self.assertTrue(broker.queue_policy.dropping)
+        for index, client in enumerate(clients):
+            if index % 2:
+                client.transport.write(packets.DISCONNECT)
+            else:
+                client.transport.abortConnection()
+        yield gatherResults([client.lost.addTimeout(10, reactor) for client in clients])
+        yield eventually(reactor, lambda: not broker.live and not any(
+            factory.connections for factory in service.factories.values()))
+        left = counts(service)
+        self.assertEqual({key: value for key, value in left.items() if value}, {})
+        self.assertEqual((broker.limits.refused_by_client, broker.queue_policy.dropping), ({}, {}))
+        self.assertTrue(broker._wildcard_filters.empty)
+        self.assertEqual(broker._routes, {})
+        for factory in service.factories.values():
+            self.assertEqual((factory.serving, factory.waiting, factory._written), (set(), set(), []))
+        snapshot = service.snapshot()
+        self.assertEqual((snapshot.sessions, snapshot.offline_sessions, snapshot.capped_clients,
+                          snapshot.dropping_clients), (0, 0, (), ()))
+
+
 class SettingsTests(SynchronousTestCase):
     """The ``broker:`` keys for queues and sessions: defaults, mosquitto's durations, errors by key."""
 
