@@ -1342,6 +1342,24 @@ class LoadCheckTests(SynchronousTestCase):
                                 f"      headers: {{{name}: '5'}}\n", f"http_links.links.j.headers.{name}",
                                 "the gateway sets it from each batch's body: it is no header to configure")
 
+    def test_http_link_header_no_request_can_carry(self) -> None:
+        """A json link's header name that is no RFC 9110 token (a space, a colon, ``ü``)
+        passed the check, and every batch then failed in Twisted with an internal error
+        (``InvalidHeaderName``), for ever; a non-ASCII value would have been sent as UTF-8,
+        which servers read as Latin-1 (``ZÃ¼rich``). Each is refused at load, naming the
+        header (exosite.md); a value of visible ASCII and spaces loads."""
+        link = "http_links:\n  links:\n    j:\n      mode: json\n      url: 'https://i.example/in'\n"
+        for name in ("X Bad", "X:Bad", "X-Städt", "X-日本"):
+            self.assertOneError(f"{link}      headers: {{'{name}': v}}\n", f"http_links.links.j.headers.{name}",
+                                "is no HTTP header name: a name is one or more letters, digits and "
+                                "!#$%&'*+-.^_`|~ (no space, colon, control or non-ASCII character)")
+        self.assertOneError(f"{link}      headers: {{X-Site: 'Zürich'}}\n", "http_links.links.j.headers.X-Site",
+                            "holds 'ü', which is not ASCII: an HTTP header value is ASCII")
+        self.assertOneError(f"{link}      headers: {{X-Mark: \"a\\u202eb\"}}\n", "http_links.links.j.headers.X-Mark",
+                            "holds '\\u202e', which is not ASCII")
+        loaded = config.load(self.write(f"{link}      headers: {{X-Ok_1~: 'Bearer a b !~'}}\n"))
+        self.assertEqual(loaded.http_links.links["j"].headers, {"X-Ok_1~": "Bearer a b !~"})
+
     def test_http_link_keys_of_the_other_mode(self) -> None:
         """docs/exosite.md: a ``json`` link has no downlink and an ``exosite`` link sends no
         ``headers``; given to the other mode, they are refused at load, saying so (they were
