@@ -38,7 +38,7 @@ def header_value_problem(value: str) -> str | None:
         return None
     odd = next(char for char in value if not _VALUE.match(char))
     if ord(odd) < 0x80:
-        return f"an HTTP header value holds no control character but the tab ({odd!r})"
+        return f"holds {odd!r}, a control character: an HTTP header value holds none but the tab"
     return (f"holds {odd!r}, which is not ASCII: an HTTP header value is ASCII (a server reads other bytes "
             "as Latin-1, where UTF-8 arrives garbled); encode it as the server expects (percent-encoding, "
             "RFC 8187)")

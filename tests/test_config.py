@@ -1502,6 +1502,24 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError(f"{fleet}  token_file: /nonexistent/token\n", "fleet.token_file",
                             "cannot read '/nonexistent/token': No such file or directory")
 
+    def test_fleet_token_that_no_header_can_carry(self) -> None:
+        """A token of non-ASCII text (``sécret``) or with a control character passed the check
+        and went in every poll's ``Authorization`` header as UTF-8, which a server reads as
+        Latin-1, another token than the one it issued: refused under ``fleet.token_file``,
+        naming the character, not the token (fleet.md)."""
+        fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n"
+        token = Path(self.mktemp())
+        token.write_text("s\u00e9cret\n")
+        self.assertOneError(f"{fleet}  token_file: {token}\n", "fleet.token_file",
+                            f"the token in '{token}' holds '\u00e9', which is not ASCII: an HTTP header value is ASCII")
+        token.write_text("a\x7fb\n")
+        self.assertOneError(f"{fleet}  token_file: {token}\n", "fleet.token_file",
+                            f"the token in '{token}' holds '\\x7f', a control character")
+        path, lines = self.errors(f"{fleet}  token_file: {token}\n")
+        self.assertNotIn("a\x7fb", lines[0])
+        token.write_text("0123abcDEF-_.~+/=\n")
+        self.assertEqual(config.load(self.write(f"{fleet}  token_file: {token}\n")).fleet.token_file, str(token))
+
     def test_link_ssl_endpoint_without_hostname(self) -> None:
         """Twisted's ssl: client endpoint checks the server's certificate only with hostname=:
         a link written ssl:host=H:port=P would talk TLS to any server, so it is refused and
