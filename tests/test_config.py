@@ -1342,6 +1342,26 @@ class LoadCheckTests(SynchronousTestCase):
                                 f"      headers: {{{name}: '5'}}\n", f"http_links.links.j.headers.{name}",
                                 "the gateway sets it from each batch's body: it is no header to configure")
 
+    def test_link_connect_fields_over_65535_bytes(self) -> None:
+        """A link's ``client_id``, ``username``, ``password``, ``will_topic`` or
+        ``will_payload`` of more than 65535 bytes of UTF-8 (40,000 ``é`` are 80,000) passed
+        the check, and the link then never connected (``an MQTT string is at most 65535
+        bytes``, at every attempt); the topic's refusal repeated all 40,000 characters. Each
+        is refused naming its byte count, never its value; 65535 bytes are taken."""
+        link = "links:\n  links:\n    c:\n      endpoint: 'tcp:host=h:port=1883'\n"
+        big = "\u00e9" * 40000
+        path, lines = self.errors(f"{link}      client_id: '{big}'\n      username: '{big}'\n"
+                                  f"      password: '{big}'\n      will_topic: 'w{big}'\n      will_payload: '{big}'\n")
+        says = "bytes of UTF-8: MQTT's CONNECT carries at most 65535 (a 16-bit length, 3.1.1 section 1.5.3)"
+        self.assertEqual(sorted(lines), sorted(
+            [f"{path}: links.links.c.{key}: is {size} {says}: the link could never connect"
+             for key, size in (("client_id", 80000), ("username", 80000), ("password", 80000),
+                               ("will_topic", 80001), ("will_payload", 80000))]
+            + [f"{path}: links.links.c.will_topic: not a valid topic name: 'w{big[:99]}... (40001 characters)'"]))
+        most = "\u00e9" * 32767 + "x"
+        loaded = config.load(self.write(f"{link}      client_id: '{most}'\n      username: '{most}'\n"))
+        self.assertEqual(loaded.links.links["c"].client_id, most)
+
     def test_http_link_header_no_request_can_carry(self) -> None:
         """A json link's header name that is no RFC 9110 token (a space, a colon, ``ü``)
         passed the check, and every batch then failed in Twisted with an internal error
