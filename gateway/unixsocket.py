@@ -127,7 +127,7 @@ def listen_past_stale_lock(listen: Callable[[], Deferred[Any]]) -> Deferred[Any]
 def _zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and waits to be reaped."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_bytes()  # (its command name is any bytes)
     except OSError:
         return False
-    return fields.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+    return fields.rsplit(b")", 1)[-1].split()[:1] == [b"Z"]

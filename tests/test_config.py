@@ -1406,6 +1406,44 @@ class LoadCheckTests(SynchronousTestCase):
                                 f"      headers: {{{name}: '5'}}\n", f"http_links.links.j.headers.{name}",
                                 "the gateway sets it from each batch's body: it is no header to configure")
 
+    def test_link_connect_fields_over_65535_bytes(self) -> None:
+        """A link's ``client_id``, ``username``, ``password``, ``will_topic`` or
+        ``will_payload`` of more than 65535 bytes of UTF-8 (40,000 ``é`` are 80,000) passed
+        the check, and the link then never connected (``an MQTT string is at most 65535
+        bytes``, at every attempt); the topic's refusal repeated all 40,000 characters. Each
+        is refused naming its byte count, never its value; 65535 bytes are taken."""
+        link = "links:\n  links:\n    c:\n      endpoint: 'tcp:host=h:port=1883'\n"
+        big = "\u00e9" * 40000
+        path, lines = self.errors(f"{link}      client_id: '{big}'\n      username: '{big}'\n"
+                                  f"      password: '{big}'\n      will_topic: 'w{big}'\n      will_payload: '{big}'\n")
+        says = "bytes of UTF-8: MQTT's CONNECT carries at most 65535 (a 16-bit length, 3.1.1 section 1.5.3)"
+        self.assertEqual(sorted(lines), sorted(
+            [f"{path}: links.links.c.{key}: is {size} {says}: the link could never connect"
+             for key, size in (("client_id", 80000), ("username", 80000), ("password", 80000),
+                               ("will_topic", 80001), ("will_payload", 80000))]
+            + [f"{path}: links.links.c.will_topic: not a valid topic name: 'w{big[:99]}... (40001 characters)'"]))
+        most = "\u00e9" * 32767 + "x"
+        loaded = config.load(self.write(f"{link}      client_id: '{most}'\n      username: '{most}'\n"))
+        self.assertEqual(loaded.links.links["c"].client_id, most)
+
+    def test_http_link_header_no_request_can_carry(self) -> None:
+        """A json link's header name that is no RFC 9110 token (a space, a colon, ``ü``)
+        passed the check, and every batch then failed in Twisted with an internal error
+        (``InvalidHeaderName``), for ever; a non-ASCII value would have been sent as UTF-8,
+        which servers read as Latin-1 (``ZÃ¼rich``). Each is refused at load, naming the
+        header (exosite.md); a value of visible ASCII and spaces loads."""
+        link = "http_links:\n  links:\n    j:\n      mode: json\n      url: 'https://i.example/in'\n"
+        for name in ("X Bad", "X:Bad", "X-Städt", "X-日本"):
+            self.assertOneError(f"{link}      headers: {{'{name}': v}}\n", f"http_links.links.j.headers.{name}",
+                                "is no HTTP header name: a name is one or more letters, digits and "
+                                "!#$%&'*+-.^_`|~ (no space, colon, control or non-ASCII character)")
+        self.assertOneError(f"{link}      headers: {{X-Site: 'Zürich'}}\n", "http_links.links.j.headers.X-Site",
+                            "holds 'ü', which is not ASCII: an HTTP header value is ASCII")
+        self.assertOneError(f"{link}      headers: {{X-Mark: \"a\\u202eb\"}}\n", "http_links.links.j.headers.X-Mark",
+                            "holds '\\u202e', which is not ASCII")
+        loaded = config.load(self.write(f"{link}      headers: {{X-Ok_1~: 'Bearer a b !~'}}\n"))
+        self.assertEqual(loaded.http_links.links["j"].headers, {"X-Ok_1~": "Bearer a b !~"})
+
     def test_http_link_keys_of_the_other_mode(self) -> None:
         """docs/exosite.md: a ``json`` link has no downlink and an ``exosite`` link sends no
         ``headers``; given to the other mode, they are refused at load, saying so (they were
@@ -1551,6 +1589,24 @@ class LoadCheckTests(SynchronousTestCase):
                             f"'{empty}' is empty (the token is its first line)")
         self.assertOneError(f"{fleet}  token_file: /nonexistent/token\n", "fleet.token_file",
                             "cannot read '/nonexistent/token': No such file or directory")
+
+    def test_fleet_token_that_no_header_can_carry(self) -> None:
+        """A token of non-ASCII text (``sécret``) or with a control character passed the check
+        and went in every poll's ``Authorization`` header as UTF-8, which a server reads as
+        Latin-1, another token than the one it issued: refused under ``fleet.token_file``,
+        naming the character, not the token (fleet.md)."""
+        fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n"
+        token = Path(self.mktemp())
+        token.write_text("s\u00e9cret\n")
+        self.assertOneError(f"{fleet}  token_file: {token}\n", "fleet.token_file",
+                            f"the token in '{token}' holds '\u00e9', which is not ASCII: an HTTP header value is ASCII")
+        token.write_text("a\x7fb\n")
+        self.assertOneError(f"{fleet}  token_file: {token}\n", "fleet.token_file",
+                            f"the token in '{token}' holds '\\x7f', a control character")
+        path, lines = self.errors(f"{fleet}  token_file: {token}\n")
+        self.assertNotIn("a\x7fb", lines[0])
+        token.write_text("0123abcDEF-_.~+/=\n")
+        self.assertEqual(config.load(self.write(f"{fleet}  token_file: {token}\n")).fleet.token_file, str(token))
 
     def test_link_ssl_endpoint_without_hostname(self) -> None:
         """Twisted's ssl: client endpoint checks the server's certificate only with hostname=:

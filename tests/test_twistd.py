@@ -265,6 +265,54 @@ class TwistdTests(TestCase):
                       b" since the last such line; logged at most once every 10 s while they go on)\n", proc.output)
 
     @inlineCallbacks
+    def test_non_ascii_names_under_the_units_environment(self):
+        """The Debian unit sets no locale (no LANG, no LC_*): Python then runs in its UTF-8 mode.
+        A config with a byte order mark in a directory whose name has a space and ``é``; the
+        state directory, ``journal.directory`` and an app's ``directory`` so named; a
+        non-ASCII ``device_id``, an app writing ``héllo`` and an RTL mark; an MQTT client
+        id, user name and topics of multi-byte UTF-8, U+FEFF and U+202E: each works and
+        shows as the UTF-8 it is, in the log, the app's log file, the admin API and MQTT."""
+        port = free_port()
+        top = Path(self.mktemp()).resolve() / "r\u00e9per toire"
+        top.mkdir(parents=True)
+        (top / "d\u00e9p\u00f4t").mkdir()
+        config = top / "gateway.yaml"
+        config.write_bytes(b"\xef\xbb\xbf" + (
+            f"gateway:\n  state_dir: '{top}/\u00e9tat dir'\n  device_id: passerelle-\u00e9\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            "journal:\n  directory: j\u00f6urnal dir\n"
+            "apps:\n  programs:\n    talker:\n"
+            f"      command: \"/bin/sh -c 'echo h\u00e9llo $GREETING \u202ertl; exec /bin/sleep {port + 100000}'\"\n"
+            f"      directory: '{top}/d\u00e9p\u00f4t'\n      environment: {{GREETING: gr\u00fc\u00df}}\n"
+            "      startsecs: 0\ntelemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n").encode())
+        env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "--logfile=-", "gateway", "--config", str(config), env=env)
+        yield proc.ready.addTimeout(30, reactor)
+        state = top / "\u00e9tat dir"
+        self.assertIn(f"state under {state}\n".encode(), proc.output)
+        client = TestClient(reactor, client_id="cl\u00efent-\u65e5\u672c")
+        self.addCleanup(client.stop)
+        client.client.username_pw_set("\u00fcser", "p\u00e4ss")
+        self.assertEqual((yield client.connect(port)), 0)
+        topic = "telemetry/\u00e9/\ufeff/\u202eabc/\u65e5"
+        yield client.subscribe("telemetry/#", 1)
+        yield client.publish(topic, "v\u00e2leur".encode(), 1)  # acknowledged once in the journal
+        message = yield client.next_matching(lambda m: m.topic == topic)
+        self.assertEqual(message.payload, "v\u00e2leur".encode())
+        self.assertTrue(any((state / "j\u00f6urnal dir").iterdir()))
+        log = state / "logs" / "apps" / "talker.log"
+        yield wait_until(lambda: log.exists() and log.read_bytes(), 10, what="the app's output")
+        self.assertEqual(log.read_bytes(), "h\u00e9llo gr\u00fc\u00df \u202ertl\n".encode())
+        admin = AdminClient(str(state / "run" / "admin.sock"), state_dir=str(state))
+        gateway = yield deferToThread(admin.get, "/config", {"key": "gateway.device_id"})
+        self.assertIn("passerelle-\u00e9", json.dumps(gateway, ensure_ascii=False))
+        proc.transport.signalProcess("TERM")
+        yield proc.ended.addTimeout(15, reactor)
+        self.assertNotIn(b"Traceback", proc.output)
+        proc.output.decode("utf-8")  # (strict: no mojibake, no lone surrogate written raw)
+
+    @inlineCallbacks
     def test_a_pool_thread_stuck_for_ever_does_not_hold_the_exit(self):
         """A thread of the reactor's pool stuck in a blocking call that never returns (a read
         of a hung disk or of a named pipe nobody writes): on SIGTERM the services stop, and the

@@ -39,6 +39,14 @@ class ArchiveContents:
     unpacked_bytes: int
 
 
+def _open_tar(path: Path) -> tarfile.TarFile:
+    """The tar archive at ``path``, its member names read as UTF-8, bytes that are not kept as
+    lone surrogates. A pax header's name is always UTF-8 (Python's tarfile, bsdtar and macOS
+    write non-ASCII names so); another header's was read in the locale's encoding, so one
+    package's names depended on the locale it was installed under."""
+    return tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape")
+
+
 def _clean(name: str, what: str) -> str:
     if name.startswith("/") or name.startswith("\\"):
         raise UnsafeArchiveError(f"{what} {name!r} is an absolute path")
@@ -68,7 +76,7 @@ def inspect_archive(path: Path, max_archive_bytes: int, max_unpacked_bytes: int,
         raise UnsafeArchiveError(f"package is {size} bytes, over the {max_archive_bytes} limit")
     members: list[tarfile.TarInfo] = []
     try:
-        tar = tarfile.open(path, "r:*")
+        tar = _open_tar(path)
     except tarfile.ReadError as exc:  # (its words: every method tried, as Python reprs, on five lines)
         raise UnsafeArchiveError(f"not a readable tar archive: {NOT_A_TARBALL}") from exc
     except (EOFError, OSError, ValueError) as exc:
@@ -207,7 +215,7 @@ def _single_top_dir(named: list[tuple[str, tarfile.TarInfo]]) -> str:
 
 
 def _read_member(path: Path, name: str) -> str:
-    with tarfile.open(path, "r:*") as tar:
+    with _open_tar(path) as tar:
         for member in tar.getmembers():
             if _clean(member.name, "member") == name and member.isreg():
                 if member.size > MAX_MANIFEST_BYTES:
@@ -229,7 +237,7 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
     :raises OSError: when writing fails (a full disk); ``dest`` may hold part of the package.
     """
     dest.mkdir(parents=True)
-    with tarfile.open(path, "r:*") as tar:
+    with _open_tar(path) as tar:
         selected = []
         for member in tar.getmembers():
             name = _clean(member.name, "member")
@@ -239,7 +247,7 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
             if member.islnk():
                 linkname = _clean(linkname, "link")[len(contents.prefix):]
             renamed = copy.copy(member)
-            renamed.name, renamed.linkname = name[len(contents.prefix):], linkname
+            renamed.name, renamed.linkname = _on_disk(name[len(contents.prefix):]), _on_disk(linkname)
             _tame(renamed)
             selected.append(renamed)
         # Every member was checked by inspect_archive. PEP 706's "data" filter adds a second line
@@ -257,6 +265,14 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
 
 _FILTER_ERRORS: tuple[type[Exception], ...] = tuple(
     error for error in (getattr(tarfile, "FilterError", None),) if error is not None)
+
+
+def _on_disk(name: str) -> str:
+    """``name`` (as :func:`_open_tar` reads it) as the text that names its very bytes on disk
+    under this process's file system encoding: a package's ``données.txt`` is written as the
+    UTF-8 it was packed as under any locale (under ``LC_ALL=C`` with ``PYTHONUTF8=0`` a pax
+    name raised ``UnicodeEncodeError``, and a Latin-1 locale wrote its Latin-1 bytes)."""
+    return os.fsdecode(name.encode("utf-8", "surrogateescape"))
 
 
 def _tame(member: tarfile.TarInfo) -> None:

@@ -74,13 +74,15 @@ class ProcessTable:
     def info(self, pid: int) -> ProcessInfo | None:
         """The process ``pid``, or None when there is none."""
         try:
-            stat = (self.proc / str(pid) / "stat").read_text()
-        except (OSError, ValueError):
+            # (bytes: the command name is any bytes, cut at 15 by the kernel, in the middle of
+            # a character too: as text, such a process was not there)
+            stat = (self.proc / str(pid) / "stat").read_bytes()
+        except OSError:
             return None
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-        fields = stat.rsplit(")", 1)[-1].split()
+        fields = stat.rsplit(b")", 1)[-1].split()
         try:
-            return ProcessInfo(pid, int(fields[2]), int(fields[19]), fields[0] == "Z")
+            return ProcessInfo(pid, int(fields[2]), int(fields[19]), fields[0] == b"Z")
         except (IndexError, ValueError):
             return None
 

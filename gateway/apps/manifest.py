@@ -218,11 +218,12 @@ def read_manifest(root: Path, name: str | None = None, version: str | None = Non
 
 
 def _read_text(path: Path) -> str:
-    """A package's description file, which must be UTF-8.
+    """A package's description file, which must be UTF-8: its text after a byte order mark
+    (Windows' Notepad writes one; configparser took it for text before the first section).
 
     :raises ManifestError: when it is not.
     """
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path.name}: not UTF-8: {exc}") from exc

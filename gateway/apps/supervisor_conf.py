@@ -181,8 +181,8 @@ def parse_supervisor_conf(text: str, here: str, source: str = "supervisor.conf")
     )
     try:
         parser.read_string(text, source=source)
-    except configparser.Error as exc:
-        raise ManifestError(f"{source}: {exc}") from exc
+    except configparser.Error as exc:  # (its words on up to three lines, each a log line's: one)
+        raise ManifestError(f"{source}: " + "; ".join(line.strip() for line in str(exc).splitlines())) from exc
     programs: dict[str, ProgramSettings] = {}
     for section in parser.sections():
         if section.startswith("program:"):

@@ -8,6 +8,7 @@ from typing import Iterable, Literal
 from urllib.parse import urlsplit
 
 from gateway.configurl import URLForm, url_problem
+from gateway.httpheaders import header_value_problem
 from gateway.pemfiles import ca_file_problem
 
 #: The DDI paths (``/{tenant}/controller/v1/...``) go after the base URL; a path prefix is kept.
@@ -85,6 +86,9 @@ class FleetSettings:
                 else:
                     if not lines or not lines[0].strip():
                         yield ("token_file",), f"{self.token_file!r} is empty (the token is its first line)"
+                    elif (problem := header_value_problem(lines[0].strip())) is not None:
+                        # (the token goes in the Authorization header: not repeated here)
+                        yield ("token_file",), f"the token in {self.token_file!r} {problem}"
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem

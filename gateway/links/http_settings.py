@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from gateway.configurl import URLForm, url_problem
+from gateway.httpheaders import header_name_problem, header_value_problem
 from gateway.links.settings import RouteSettings
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
@@ -122,8 +123,9 @@ class HTTPLinkSettings:
         """What the link would stumble on at start: its URL, its CA file (read and parsed now,
         as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in,
         retry delays that depend on each other, a key of the other mode (a json link's
-        ``downlink``, an exosite link's ``headers``), one header named twice and a header that
-        frames the body, which the HTTP client writes itself."""
+        ``downlink``, an exosite link's ``headers``), one header named twice, a header that
+        frames the body, which the HTTP client writes itself, and a header name or value no
+        request can carry (:mod:`gateway.httpheaders`)."""
         problem = url_problem(self.url, _EXOSITE_URL if self.mode == "exosite" else _JSON_URL, allow_http=True)
         if problem is not None:
             yield ("url",), problem
@@ -148,6 +150,9 @@ class HTTPLinkSettings:
             seen.setdefault(name.lower(), name)
             if name.lower() in ("content-length", "transfer-encoding"):  # (Twisted writes its own: two would go)
                 yield ("headers", name), "the gateway sets it from each batch's body: it is no header to configure"
+            problem = header_name_problem(name) or header_value_problem(self.headers[name])
+            if problem is not None:
+                yield ("headers", name), problem
 
 
 @dataclass(frozen=True)

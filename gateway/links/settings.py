@@ -17,10 +17,15 @@ from gateway.links.cloudlimits import (AWS_MAX_PAYLOAD, MIN_PUBLISH, MQTT_MAX_PA
 from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
 from gateway.mqtt.topics import unreachable_request_topic, valid_filter, valid_topic
+from gateway.shown import shown_repr
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+#: The CONNECT fields a link sends, each an MQTT string or binary data with a 16-bit length.
+_MQTT_STRINGS = ("client_id", "username", "password", "will_topic", "will_payload")
+#: The most bytes such a field holds.
+_MQTT_MAX_STRING = 65535
 #: The link keys that take the ``{tenant}`` and ``{device}`` placeholders (and no others).
 IDENTITY_TEMPLATES = ("client_id", "will_topic", "loss_topic")
 #: ``gateway.device_id``'s default: a link's client id and topics by default, so two boxes left
@@ -217,7 +222,13 @@ class LinkSettings:
                 for name in unknown:
                     yield (key,), f"unknown placeholder {{{name}}} (known: tenant, device)"
                 if key != "client_id" and not unknown and not valid_topic(_PLACEHOLDER.sub("x", template)):
-                    yield (key,), f"not a valid topic name: {template!r}"
+                    yield (key,), f"not a valid topic name: {shown_repr(template)}"
+        for key in _MQTT_STRINGS:  # (a placeholder counted as written: the device id is checked apart)
+            value = getattr(self, key)
+            length = len(value.encode("utf-8", "surrogatepass")) if value is not None else 0
+            if length > _MQTT_MAX_STRING:
+                yield (key,), (f"is {length} bytes of UTF-8: MQTT's CONNECT carries at most {_MQTT_MAX_STRING} "
+                               "(a 16-bit length, 3.1.1 section 1.5.3): the link could never connect")
         if not self.client_id and not self.clean_session:
             yield ("client_id",), "an empty client id needs clean_session: true (MQTT 3.1.1 §3.1.3-7)"
         if self.password is not None and self.username is None:
@@ -276,7 +287,7 @@ class LinksSettings:
         checked beside the links' own problems, with the HTTP links' (gateway.config)."""
         for key in ("status_topic", "thing_response_topic"):
             if not valid_topic(getattr(self, key)):
-                yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
+                yield (key,), f"not a valid topic name: {shown_repr(getattr(self, key))}"
         unreachable = unreachable_request_topic(self.thing_request_topic)
         if not valid_filter(self.thing_request_topic):
             yield ("thing_request_topic",), f"not a valid topic filter: {self.thing_request_topic!r}"

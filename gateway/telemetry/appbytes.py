@@ -96,18 +96,26 @@ def table_command(table: str) -> str:
             "chain in { type filter hook input priority 0; policy accept; }; }")
 
 
-def detect(base_name: str = "gateway-apps", nft: str | None = None) -> tuple[CgroupPlace | None, str]:
+def detect(base_name: str = "gateway-apps", nft: str | None = None,
+           proc: Path = Path("/proc")) -> tuple[CgroupPlace | None, str]:
     """Whether per-app accounting can work here: the place for the apps' cgroups, or ``None``
     and the reason (reads ``/proc`` and checks permissions; whether ``nft`` works is found
-    when :meth:`NftAccounting.start` makes the table)."""
+    when :meth:`NftAccounting.start` makes the table).
+
+    :param base_name: the apps' cgroups' directory name.
+    :param nft: the nft command (default: found on ``PATH``).
+    :param proc: where procfs is mounted.
+    """
     nft = nft or shutil.which("nft") or ""
     if not nft:
         return None, "the nft command is not installed (Debian package nftables)"
     if os.geteuid() != 0:
         return None, "the gateway does not run as root"  # (cgroups and nftables rules need root)
     try:
-        mount = find_cgroup2(Path("/proc/self/mounts").read_text())
-        own = own_cgroup(Path("/proc/self/cgroup").read_text())
+        # (as the file system encoding decodes names: a mount point in any bytes, /media/clé
+        # under LC_ALL=C with PYTHONUTF8=0 or one in Latin-1, raised UnicodeDecodeError here)
+        mount = find_cgroup2(os.fsdecode((proc / "self" / "mounts").read_bytes()))
+        own = own_cgroup(os.fsdecode((proc / "self" / "cgroup").read_bytes()))
     except OSError as exc:
         return None, f"cannot read /proc: {exc}"
     if mount is None:

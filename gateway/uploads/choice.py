@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from gateway.shown import shown, shown_url, url_error_shown
+from gateway.httpheaders import header_name_problem, header_value_problem
+from gateway.shown import shown, shown_repr, shown_url, url_error_shown
 from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import (
@@ -45,6 +46,24 @@ def _check_url(url: str, allow_http: bool) -> str:
     return url
 
 
+def _headers(options: dict[str, str]) -> dict[str, str]:
+    """The headers the ``https.header.<Name>`` options give.
+
+    :raises InvalidRequest: naming the first option whose name or value no request can carry
+        (:mod:`gateway.httpheaders`): Twisted refused the name when the request was made (the
+        upload failed with an internal error), or sent the value's UTF-8, read as Latin-1.
+    """
+    headers = {}
+    for key, value in options.items():
+        if key.startswith(HEADER_PREFIX):
+            name = key[len(HEADER_PREFIX):]
+            problem = header_name_problem(name) or header_value_problem(value)
+            if problem is not None:
+                raise InvalidRequest(f"{shown_repr(key)}: {problem}")
+            headers[name] = value
+    return headers
+
+
 def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, allow_http: bool,
                   azure_threshold: int, azure_block_size: int, azure_parallel: int = 1,
                   aws_endpoint: str | None = None, now: Callable[[], float] = time.time) -> Provider:
@@ -69,16 +88,14 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
         method = options.get(METHOD, "PUT").upper()
         if method not in ("PUT", "POST"):
             raise InvalidRequest(f"unsupported HTTP method: {shown(method)}")
-        headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
-        return GenericHTTP(http, _check_url(url, allow_http), method, headers, checksum)
+        return GenericHTTP(http, _check_url(url, allow_http), method, _headers(options), checksum)
     if provider == "aws":
         url = options.get(URL)
         if not url:  # Kanto's mode: the credentials, signed here
             if aws_endpoint is not None:
                 _check_url(aws_endpoint, allow_http)
             return S3WithCredentials.from_options(options, http, aws_endpoint, now)
-        headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
-        return GenericHTTP(http, _check_url(url, allow_http), "PUT", headers, True)
+        return GenericHTTP(http, _check_url(url, allow_http), "PUT", _headers(options), True)
     if provider == "azure":
         require_options(options, (AZURE_ENDPOINT, AZURE_SAS, AZURE_CONTAINER))
         endpoint = _check_url(options[AZURE_ENDPOINT], allow_http)

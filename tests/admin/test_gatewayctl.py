@@ -1325,6 +1325,21 @@ class LocaleTests(SynchronousTestCase):
         self.assertEqual((done.returncode, done.stderr), (1, b"gatewayctl: no app or program 'annul\\xe9'\n"))
         self.assertTrue(requests[0].startswith(b"POST /apps/annul%C3%A9/stop "), requests)
 
+    def test_a_path_the_locale_cannot_decode_shows_its_bytes(self) -> None:
+        """Under ``LC_ALL=C`` with ``PYTHONUTF8=0`` a path given in UTF-8
+        (``/…/répertoire/gateway.yaml``) reaches Python as surrogate escapes, and the output
+        showed them as such (``r\\udcc3\\udca9pertoire``, in ``check-config``'s line as in
+        twistd's ``gateway started`` line): they show as the bytes they are
+        (``r\\xc3\\xa9pertoire``), text the locale cannot hold as before (``\\xe9``)."""
+        directory = Path(self.mktemp()).resolve() / "r\u00e9pertoire"
+        directory.mkdir(parents=True)
+        (directory / "gateway.yaml").write_text("gateway:\n  device_id: gw\n")
+        env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+        done = subprocess.run([sys.executable, GATEWAYCTL, "check-config", "--config",
+                               os.fsencode(directory / "gateway.yaml")], env=env, capture_output=True, timeout=30)
+        shown = str(directory.parent).encode() + b"/r\\xc3\\xa9pertoire/gateway.yaml"
+        self.assertEqual((done.returncode, done.stdout), (0, b"configuration OK: " + shown + b"\n"), done.stderr)
+
 
 class JournalCommandTests(SynchronousTestCase):
     """``gatewayctl journal``: the streams (as ``queue``, with an ``in use`` column when one is

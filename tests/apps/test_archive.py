@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -218,3 +220,50 @@ class SafeTests(SynchronousTestCase):
         self.assertEqual((d / "out" / "link").read_text(), "A")
         self.assertEqual((d / "out" / "lib" / "back").read_text(), "echo")
         self.assertEqual((d / "out" / "hard").read_text(), "A")
+
+
+#: Builds a pax and a GNU package of non-ASCII names (one of them Latin-1 bytes, a symbolic
+#: link to a UTF-8 one), unpacks each with the gateway's functions, prints the bytes of what
+#: was written: run under the locale a test gives it.
+_UNPACK = r"""
+import io, os, sys, tarfile
+from pathlib import Path
+from gateway.apps.archive import extract_archive, inspect_archive
+top = Path(sys.argv[1])
+for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+    path = top / f"p{fmt}.v1.tar.gz"
+    with tarfile.open(path, "w:gz", format=fmt, encoding="utf-8", errors="surrogateescape") as tar:
+        for name, data in (("p/install.sh", b""), ("p/donn\u00e9es/\u6e29\u5ea6.txt", b"x"),
+                           ("p/caf\udce9", b"y")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("p/lien")
+        link.type, link.linkname = tarfile.SYMTYPE, "donn\u00e9es/\u6e29\u5ea6.txt"
+        tar.addfile(link)
+    out = top / f"out{fmt}"
+    extract_archive(path, inspect_archive(path, 10**6, 10**6, 100), out)
+    print(sorted(os.fsencode(p.relative_to(out)) for p in out.rglob("*")), os.readlink(out / "lien") ==
+          os.fsdecode("donn\u00e9es/\u6e29\u5ea6.txt".encode()), (out / "lien").read_text())
+"""
+
+
+class NameTests(SynchronousTestCase):
+    """Member names are written as the bytes they were packed as, under any locale."""
+
+    def test_non_ascii_names_unpack_as_packed_under_any_locale(self) -> None:
+        """A pax package (Python's tarfile, bsdtar and macOS write non-ASCII names so) holding
+        ``données/温度.txt`` failed to unpack under ``LC_ALL=C`` with ``PYTHONUTF8=0``
+        (``UnicodeEncodeError``, the install failed with a traceback; under a Latin-1 locale
+        a pax name went to disk in Latin-1, not as packed). Under that locale and under the
+        unit's (none: Python's UTF-8 mode), both formats unpack every name, a Latin-1
+        ``caf\\xe9`` and a link's target included, as the bytes they were packed as."""
+        base = {name: value for name, value in os.environ.items() if not name.startswith(("LC_", "LANG", "PYTHON"))}
+        base["PYTHONPATH"] = os.pathsep.join(sys.path)
+        expected = str([b"caf\xe9", b"donn\xc3\xa9es", "données/温度.txt".encode(), b"install.sh", b"lien"]) + " True x"
+        for locale in ({"LC_ALL": "C", "PYTHONUTF8": "0"}, {}):
+            top = Path(self.mktemp())
+            top.mkdir()
+            run = subprocess.run([sys.executable, "-c", _UNPACK, str(top)], env={**base, **locale},
+                                 capture_output=True, timeout=30)
+            self.assertEqual(run.stdout.decode().splitlines(), [expected, expected], (locale, run.stderr.decode()))

@@ -40,13 +40,14 @@ class FakeProc:
         (root / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
 
     def add(self, pid: int, group: int, start: int, env: dict[str, str] | None = None,
-            name: str = "sleep", state: str = "S") -> None:
+            name: str | bytes = "sleep", state: str = "S") -> None:
         directory = self.root / str(pid)
         directory.mkdir()
         # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
         # stime cutime cstime priority nice threads itrealvalue starttime ...
         fields = [state, "1", str(group), str(group)] + ["0"] * 15 + [str(start), "1000", "200"]
-        directory.joinpath("stat").write_text(f"{pid} ({name}) {' '.join(fields)}\n")
+        comm = name if isinstance(name, bytes) else name.encode()
+        directory.joinpath("stat").write_bytes(f"{pid} (".encode() + comm + f") {' '.join(fields)}\n".encode())
         environ = b"".join(f"{k}={v}".encode() + b"\0" for k, v in (env or {}).items())
         directory.joinpath("environ").write_bytes(environ)
 
@@ -72,6 +73,20 @@ class FindTests(SynchronousTestCase):
     def test_grandchild_of_a_dead_leader(self) -> None:
         """With the leader gone, a process of the group carrying the run id is a leftover."""
         self.proc.add(612, 500, 9100, {"GATEWAY_RUN_ID": RUN, "PATH": "/bin"}, name="sleep (x) y")
+        self.assertEqual(leftover_groups(self.records, self.table), {"worker": 500})
+
+    def test_a_command_name_that_is_not_text_is_a_process_like_any(self) -> None:
+        """The kernel keeps a command name's first 15 bytes, cutting a UTF-8 character
+        (``app_温度传感器`` is ``app_温度传\\xe6\\x84``; any name under ``LC_ALL=C`` with
+        ``PYTHONUTF8=0``): its ``stat`` did not decode, and the process was taken for gone, so
+        the leftovers of a program so named were not stopped at the next start (and its group
+        was not recorded at its spawn). Both the leader and a grandchild are found."""
+        comm = "app_\u6e29\u5ea6\u4f20\u611f\u5668".encode()[:15]
+        self.proc.add(500, 500, 9000, {"GATEWAY_RUN_ID": RUN}, name=comm)
+        self.assertEqual(self.table.info(500), leftovers.ProcessInfo(500, 500, 9000, False))
+        self.assertEqual(leftover_groups(self.records, self.table), {"worker": 500})
+        self.proc.remove(500)
+        self.proc.add(612, 500, 9100, {"GATEWAY_RUN_ID": RUN}, name=b"caf\xe9 ) (x")
         self.assertEqual(leftover_groups(self.records, self.table), {"worker": 500})
 
     def test_reused_pid_is_not_touched(self) -> None:

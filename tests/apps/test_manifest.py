@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.errors import ManifestError
-from gateway.apps.manifest import GWE_FILE, parse_app_yaml
+from gateway.apps.manifest import GWE_FILE, parse_app_yaml, read_manifest
 
 
 class AppYamlTests(SynchronousTestCase):
@@ -147,3 +150,23 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             self.assertEqual((m["name"], m["version"]), split, name)
         self.assertIsNone(GWE_FILE.match("hello.tar.gz"))
         self.assertIsNone(GWE_FILE.match("hello.v1.tar.gz\n"))  # a file name is whole, to its end
+
+
+class ReadManifestTests(SynchronousTestCase):
+    """read_manifest: the description files of an unpacked package."""
+
+    def test_a_byte_order_mark_is_not_part_of_the_text(self) -> None:
+        """A ``supervisor.conf`` saved with a UTF-8 byte order mark (Windows' Notepad) refused
+        the package, saying ``File contains no section headers`` on two lines; ``app.yaml``
+        with one was taken. Both are read as the text after the mark; non-ASCII values stay
+        as written."""
+        root = Path(self.mktemp())
+        root.mkdir()
+        (root / "supervisor.conf").write_bytes(
+            "\ufeff[program:a]\ncommand=/bin/echo h\u00e9\ndirectory=/srv/d\u00e9 x\n".encode())
+        programs = read_manifest(root, "app", "1").programs
+        self.assertEqual((programs["a"].command, programs["a"].directory), ("/bin/echo h\u00e9", "/srv/d\u00e9 x"))
+        (root / "app.yaml").write_bytes("\ufeffname: app\nversion: '2'\ncommand: /bin/echo \u00e9\n".encode())
+        manifest = read_manifest(root)
+        self.assertEqual((manifest.version, shlex.split(manifest.programs["app"].command)),
+                         ("2", ["/bin/echo", "\u00e9"]))

@@ -62,6 +62,19 @@ class ParseTests(SynchronousTestCase):
         with self.assertRaisesRegex(ManifestError, "command is required"):
             parse_supervisor_conf("[program:a]\nautostart=true\n", "/x")
 
+    def test_a_file_configparser_refuses_is_one_line(self) -> None:
+        """configparser says what is wrong on two or three lines (``File contains no section
+        headers.``, then the file and line, then the text; a line that is no option on a
+        tab-indented line of its own): the refusal, logged at start as ``apps: cannot load
+        ...``, split in as many log lines. It is one line, the same words."""
+        for text, said in (("junk\n[program:a]\ncommand=x\n", "supervisor.conf: File contains no section headers.;"
+                            " file: 'supervisor.conf', line: 1; 'junk\\n'"),
+                           ("[program:a]\ncommand=x\nbad line\n", "supervisor.conf: Source contains parsing errors:"
+                            " 'supervisor.conf'; [line  3]: 'bad line\\n'")):
+            with self.assertRaises(ManifestError) as caught:
+                parse_supervisor_conf(text, "/x")
+            self.assertEqual(str(caught.exception), said)
+
     def test_bad_values(self) -> None:
         """Bad booleans, sizes and expansions name the key."""
         for text, pattern in [

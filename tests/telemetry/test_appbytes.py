@@ -69,6 +69,23 @@ class DetectTests(SynchronousTestCase):
         self.patch(os, "geteuid", lambda: 1000)
         self.assertEqual(detect(nft="/usr/sbin/nft"), (None, "the gateway does not run as root"))
 
+    def test_a_mount_point_named_in_any_bytes(self) -> None:
+        """A mount point whose name is not text in the file system encoding (``/media/café``
+        in Latin-1 bytes; any non-ASCII one under ``LC_ALL=C`` with ``PYTHONUTF8=0``) made
+        ``/proc/self/mounts`` undecodable: the UnicodeDecodeError ended the gateway's start
+        (as root, with nft installed). The cgroup2 mount is found after it as usual."""
+        import os
+
+        self.patch(os, "geteuid", lambda: 0)
+        proc = Path(self.mktemp())
+        (proc / "self").mkdir(parents=True)
+        (proc / "self" / "mounts").write_bytes(
+            b"/dev/sdb1 /media/caf\xe9 vfat rw 0 0\n/dev/sdc1 /media/cl\xc3\xa9 vfat rw 0 0\n"
+            b"cgroup2 /nowhere/cgroup cgroup2 rw 0 0\n")
+        (proc / "self" / "cgroup").write_bytes(b"0::/system.slice/gateway.service\n")
+        self.assertEqual(detect(nft="/usr/sbin/nft", proc=proc),
+                         (None, "cgroup v2 is mounted at /nowhere/cgroup, not under /sys/fs/cgroup where nft looks"))
+
 
 class SpawnFailureTests(SynchronousTestCase):
     """``nft`` that cannot even be spawned (the process out of descriptors: spawnProcess

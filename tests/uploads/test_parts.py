@@ -381,6 +381,27 @@ class ProviderOptionTests(SynchronousTestCase):
             error = self.assertRaises(InvalidRequest, self.make, options)
             self.assertIn(message, str(error))
 
+    def test_a_header_no_request_can_carry_is_refused(self) -> None:
+        """A cloud's ``https.header.<Name>`` whose name is no HTTP token (``X Token``,
+        ``X-Städt``) was taken, and the upload then FAILED with the HTTP client's
+        ``InvalidHeaderName: b'X Token'`` and a traceback in the log; one whose value is not
+        ASCII (``Zürich``) went as UTF-8, which a server reads as Latin-1 (``ZÃ¼rich``). The
+        ``start`` is refused (its 500, uploads.md) naming the option and why, the value
+        itself left out (it may be a token); the presigned S3 form checks them too."""
+        said = "is no HTTP header name: a name is one or more letters, digits and !#$%&'*+-.^_`|~"
+        for name in ("X Token", "X:Token", "X-St\u00e4dt", ""):
+            for provider in ("generic", "aws"):
+                error = self.assertRaises(InvalidRequest, self.make, {
+                    "storage.provider": provider, "https.url": "https://h/x", f"https.header.{name}": "abc"})
+                self.assertTrue(str(error).startswith(f"{f'https.header.{name}'!r}: {said}"), str(error))
+        error = self.assertRaises(InvalidRequest, self.make,
+                                  {"https.url": "https://h/x", "https.header.X-Site": "Z\u00fcrich SECRET"})
+        self.assertEqual(str(error), "'https.header.X-Site': holds '\u00fc', which is not ASCII: an HTTP header"
+                                     " value is ASCII (a server reads other bytes as Latin-1, where UTF-8 arrives"
+                                     " garbled); encode it as the server expects (percent-encoding, RFC 8187)")
+        self.assertEqual(self.make({"https.url": "https://h/x", "https.header.X-A_b~1": "Bearer a\tb !~"}).headers,
+                         {"X-A_b~1": "Bearer a\tb !~"})
+
     def test_every_missing_option_is_named_at_once(self) -> None:
         """The credentials mode without any option named only ``aws.s3.bucket`` (the first,
         in Kanto's order): the cloud fixed it and was refused again for the next one, three
