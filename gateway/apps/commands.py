@@ -117,7 +117,7 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     done: Deferred[CommandResult] = Deferred(cancel)
     protocol = _Collect(done, launcher, name, env)
     try:
-        executable, args = launch_command(argv)
+        executable, args = launch_command(argv, max_processes=launcher.max_processes)
         check_exec_size(executable, args, env)
         transport = reactor.spawnProcess(protocol, executable, args, path=str(cwd), env=env)
     except OSError as exc:

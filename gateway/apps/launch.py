@@ -1,7 +1,7 @@
 """Runs one hosted program or command: its own session, death with the gateway, then exec.
 
-The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <cgroup.procs> <nft> <rules>
-<argv...>`` instead of the command itself (Twisted's ``spawnProcess`` has no pre-exec hook).
+The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <max-processes> <cgroup.procs>
+<nft> <rules> <argv...>`` instead of the command itself (Twisted's ``spawnProcess`` has no pre-exec hook).
 This process then
 
 1. calls ``setsid()``: the command leads its own session and process group, so the
@@ -12,19 +12,23 @@ This process then
    (per-app byte accounting, :mod:`gateway.telemetry.appbytes`; still as the gateway's
    user, who may do both; a failure only costs the accounting and is written to the
    program's stderr);
-3. raises its ``oom_score_adj`` to :data:`OOM_SCORE_ADJ` (500) unless it is higher already, so
+3. sets its ``RLIMIT_NPROC``, soft and hard, to ``<max-processes>`` unless it is empty, so that
+   the program's forks fail once its user has that many processes and threads, before the
+   gateway's own do (:mod:`gateway.apps.processlimit`; a failure is written to the
+   program's stderr);
+4. raises its ``oom_score_adj`` to :data:`OOM_SCORE_ADJ` (500) unless it is higher already, so
    that under memory pressure the kernel's OOM killer takes a hosted program before the
    gateway (any process may raise its own; a failure is written to the program's stderr);
-4. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
+5. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
    not in Twisted, so that this script still runs as the gateway's user, who can read it;
    before that, the app's state directory is given to that user if the gateway's user
    still owns it (the first program of the app to run as someone else);
-5. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
-   (``prctl(PR_SET_PDEATHSIG)``; after step 4, which would clear it), so the command does
+6. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
+   (``prctl(PR_SET_PDEATHSIG)``; after step 5, which would clear it), so the command does
    not outlive a gateway killed with SIGKILL; where prctl does not exist (not Linux) this
    step is skipped;
-6. checks that the gateway is still its parent (it may have died before step 4);
-7. replaces itself with the command (``execvp``): same pid, no process left in between.
+7. checks that the gateway is still its parent (it may have died before step 6);
+8. replaces itself with the command (``execvp``): same pid, no process left in between.
 
 It is run with ``-I -S`` and imports nothing from the gateway, so it starts in a few ms.
 The gateway imports :func:`launch_command` from here to build that command line.
@@ -32,6 +36,7 @@ The gateway imports :func:`launch_command` from here to build that command line.
 
 import os
 import pwd
+import resource
 import signal
 import sys
 import warnings  # noqa: F401  (os.execvp imports it; the switched-to user may not be able to)
@@ -67,16 +72,18 @@ class CgroupJoin(NamedTuple):
 
 
 def launch_command(argv: Sequence[str], user: str | None = None,
-                   cgroup: CgroupJoin | None = None) -> tuple[str, list[str]]:
+                   cgroup: CgroupJoin | None = None, max_processes: int | None = None) -> tuple[str, list[str]]:
     """The executable and argv that run ``argv`` in its own session and process group, killed
     when the gateway dies (Linux), with the same pid as the launcher.
 
     :param argv: the command.
     :param user: run it as this user (the gateway must be root); None: as the gateway's user.
     :param cgroup: the cgroup to run it in (and rules to add first); None: the gateway's own.
+    :param max_processes: its ``RLIMIT_NPROC``; None: the gateway's.
     """
     join = cgroup or CgroupJoin("")
-    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "",
+    limit = "" if max_processes is None else str(max_processes)
+    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "", limit,
                             join.procs, join.nft, join.rules, *argv]
 
 
@@ -138,6 +145,20 @@ def raise_oom_score_adj(path: str = OWN_OOM_SCORE_ADJ, value: int = OOM_SCORE_AD
                          f" (the OOM killer may take the gateway before it): {exc}\n")
 
 
+def limit_processes(limit: int) -> None:
+    """Set this process's ``RLIMIT_NPROC``, soft and hard, to ``limit`` (lowered only: a hard
+    limit below it stays). A failure is written to stderr, the program's log: it runs all the
+    same, with the gateway's limit."""
+    try:
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"gateway launcher: cannot set its process limit to {limit}"
+                         f" (a fork bomb may starve the gateway): {exc}\n")
+
+
 def _give_state_dir(uid: int, gid: int) -> None:
     """Give the app's ``GATEWAY_APP_STATE_DIR`` and what it holds to the user the program runs
     as, the first time a program of the app runs as someone else than the gateway's user (who
@@ -168,13 +189,14 @@ def _switch_user(name: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``launch.py <gateway-pid> <user or ""> <cgroup.procs or ""> <nft or ""> <rules or "">
-    <command> [args...]``: never returns."""
-    if len(argv) < 7:
-        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <cgroup.procs or ''> <nft or ''> "
-                         "<rules or ''> <command> [args...]\n")
+    """``launch.py <gateway-pid> <user or ""> <max-processes or ""> <cgroup.procs or ""> <nft or "">
+    <rules or ""> <command> [args...]``: never returns."""
+    if len(argv) < 8:
+        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <max-processes or ''> <cgroup.procs or ''>"
+                         " <nft or ''> <rules or ''> <command> [args...]\n")
         os._exit(2)
-    gateway, user, procs, nft, rules, command = int(argv[1]), argv[2], argv[3], argv[4], argv[5], argv[6:]
+    gateway, user, limit, procs, nft, rules, command = (int(argv[1]), argv[2], argv[3], argv[4], argv[5],
+                                                        argv[6], argv[7:])
     try:
         os.setsid()
     except OSError:
@@ -183,6 +205,8 @@ def main(argv: list[str]) -> None:
         _add_rules(nft, rules)
     if procs:
         _join_cgroup(procs)
+    if limit:
+        limit_processes(int(limit))
     raise_oom_score_adj()
     prctl = _prctl()
     if user:

@@ -124,14 +124,19 @@ class ProcessLauncher:
     :param oom_kills: ``CgroupJoin or None -> count or None``: how many processes the kernel's
         OOM killer took in the memory cgroup a program so spawned runs in
         (:meth:`gateway.apps.oomkills.OomKillCounts.count`); None tells nothing.
+    :param max_processes: the ``RLIMIT_NPROC`` every program and command runs with
+        (:mod:`gateway.apps.processlimit`); None: the gateway's.
     """
 
     def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
                  kill: Callable[[int, int], None] = os.kill,
                  records: GroupRecords | None = None,
                  prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None,
-                 oom_kills: Callable[[CgroupJoin | None], int | None] | None = None) -> None:
+                 oom_kills: Callable[[CgroupJoin | None], int | None] | None = None,
+                 max_processes: int | None = None) -> None:
         self._reactor = reactor
+        #: the ``RLIMIT_NPROC`` of what it spawns (None: the gateway's).
+        self.max_processes = max_processes
         self._kill_group = kill_group
         self._kill = kill
         self._records = records
@@ -152,7 +157,7 @@ class ProcessLauncher:
         cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
         self._joins[spec.app] = cgroup
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
-        executable, args = launch_command(spec.argv, user, cgroup)
+        executable, args = launch_command(spec.argv, user, cgroup, self.max_processes)
         check_exec_size(executable, args, env)
         return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
 

@@ -16,6 +16,7 @@ from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProcessLauncher
+from gateway.apps.processlimit import own_program_process_limit
 from gateway.apps.registry import PROCESSES_FILE
 from gateway.apps.settings import AppsSettings
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
@@ -74,7 +75,8 @@ class AppsService(Service):
         #: spawns every program and command in its own group and records it in ``processes.json``
         #: (the updates service runs its scripts through it too: the next start stops their leftovers).
         self.launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
-                                        prepare_cgroup=prepare_cgroup, oom_kills=oom_kills)
+                                        prepare_cgroup=prepare_cgroup, oom_kills=oom_kills,
+                                        max_processes=own_program_process_limit(settings.process_reserve))
         self.supervisor = AppSupervisor(self.launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,

@@ -161,6 +161,10 @@ class AppsSettings:
         default=256 * 2**20,
         metadata={"min": 4096, "doc": "cap on all app logs together (oldest backups go first)"},
     )
+    process_reserve: int = field(
+        default=256, metadata={"min": 16, "doc": "processes and threads of the gateway's user kept"
+                                                 " for the gateway: programs' forks fail before"}
+    )
     spool_interval: float = field(
         default=2.0, metadata={"min": 0.1, "doc": "seconds between looks at incoming/ while it is not"
                                                   " watched (inotify) or a retry waits"}

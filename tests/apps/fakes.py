@@ -14,8 +14,8 @@ from gateway.apps.leftovers import ProcessInfo, ProcessTable
 from gateway.apps.launch import LAUNCH
 
 #: How many arguments the launcher puts before the command
-#: (python -I -S launch.py <pid> <user> <cgroup.procs> <nft> <rules>).
-LAUNCHER_ARGS = 9
+#: (python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules>).
+LAUNCHER_ARGS = 10
 
 
 class FakeProcessTable(ProcessTable):

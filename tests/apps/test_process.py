@@ -11,6 +11,7 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -47,12 +48,22 @@ class StartTests(SynchronousTestCase):
         spec's env and directory."""
         process, reactor, states = make()
         process.start()
-        self.assertEqual(reactor.last.args, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), "", "", "", "", "app"])
+        self.assertEqual(reactor.last.args, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), "", "", "", "", "", "app"])
         self.assertEqual(reactor.last.env, {"A": "1"})
         self.assertEqual(reactor.last.path, "/tmp")
         self.assertTrue(reactor.last.stdin_closed)
         self.assertEqual(states, [S.STARTING])
         self.assertEqual(process.pid, reactor.last.pid)
+
+    def test_the_process_limit_goes_to_the_launcher(self) -> None:
+        """A launcher made with max_processes hands that RLIMIT_NPROC to the launcher script
+        (docs/apps.md: a fork bomb fails its forks before the gateway's)."""
+        reactor = FakeProcessReactor()
+        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app"), ("app",), Path("/tmp"), {},
+                           None, None)
+        ProcessLauncher(reactor, reactor.kill_group, max_processes=3840).spawn(ProcessProtocol(), spec)
+        self.assertEqual(reactor.last.args[4:7], [str(os.getpid()), "", "3840"])
+        self.assertEqual(reactor.last.args[-1], "app")
 
     def test_running_after_startsecs(self) -> None:
         """A process up for startsecs is RUNNING; uptime counts from the spawn."""
