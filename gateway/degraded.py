@@ -10,8 +10,9 @@ shows it (:func:`describe`) as the service's ``error``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+
+from gateway.utctext import utc_text
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,6 @@ class Failing:
 
 def describe(degraded: Degraded) -> str:
     """One line for the gateway's status: ``<reason>: <error> (since <UTC time>, <n> failed)``."""
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(degraded.since))
+    since = utc_text(degraded.since)
     error = f": {degraded.error}" if degraded.error else ""
     return f"{degraded.reason}{error} (since {since}, {degraded.failures} failed)"

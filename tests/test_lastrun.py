@@ -13,6 +13,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import lastrun
+from gateway.admin.tables import previous_stop
 from gateway.journal.snapshot import JournalSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram
 from gateway.lastrun import (CLEAN, KILLED, NONE, REBOOT, RUN_FILE, STOP_CUT_SHORT, UNCLEAN, PreviousStop,
@@ -128,6 +129,18 @@ class RunRecordTests(SynchronousTestCase):
         previous = self.record().begin(4711)
         self.assertEqual((previous.kind, previous.pid, previous.started_at, previous.unclean_stops,
                           previous.last_unclean_at), (UNCLEAN, None, None, 1, previous.at))
+
+    def test_a_record_of_times_out_of_range_stops_no_start(self) -> None:
+        """Times no clock can write (``1e20``, past time_t) are read; the start's line and the
+        status's say them unknown instead of failing the start with an OverflowError."""
+        (self.state / RUN_FILE).write_text('{"pid": 7, "started_at": 1e20, "stopped_at": null,'
+                                           ' "unclean_stops": 1, "last_unclean_at": 1e300}')
+        previous = self.record().begin(4711)
+        line = unclean_line(previous)
+        self.assertTrue(line is not None and line.startswith(
+            "the previous run did not stop cleanly (pid 7, started -, last known alive "), line)
+        self.assertIn("unclean stops on this state directory: 2, the last known alive -",
+                      previous_stop({"kind": "clean", "at": 1e20, "unclean_stops": 2, "last_unclean_at": 1e300}))
 
     def test_a_record_not_written_leaves_no_wrong_one(self) -> None:
         """A disk that refuses this run's record (full) makes the start say so and remove the
