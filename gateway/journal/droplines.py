@@ -1,7 +1,7 @@
 """The warnings a stream logs when its limits drop records: one a minute per reason, not one a segment.
 
 A cloud link down for days under a publisher flood makes drop-oldest drop a segment every few
-seconds (with 64 KiB segments, 30 a second): a line per segment filled the log for as long as
+seconds (with 64 KiB segments, 33 a second): a line per segment filled the log for as long as
 the flood lasted. :class:`DropLines` logs the first drop of a reason at once, then at most one
 line per :data:`DROP_LOG_INTERVAL` seconds for it, covering every seq dropped since its last
 line (those held back when the drops stop get theirs at the next periodic check once it is
