@@ -20,6 +20,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.atomic import set_aside
 from gateway.clockstep import steady_seconds
@@ -488,7 +489,15 @@ class FleetService(Service):
         # A stop cancels the poll that waits here, not the write: the thread writes on, and the
         # lock (which the stop waits for) is held until it has written.
         waiting: Deferred[Any] = Deferred()
-        writing.chainDeferred(waiting)
+
+        def unwaited(failure: Failure) -> Failure | None:
+            if not waiting.called:
+                return failure  # (the poll waiting for it logs it)
+            self.log.failure("fleet state write failed as the service stopped: the saved state is the one before",
+                             failure)
+            return None
+
+        writing.addErrback(unwaited).chainDeferred(waiting)
         return waiting
 
     @inlineCallbacks

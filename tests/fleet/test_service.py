@@ -1124,6 +1124,36 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual([formatEvent(e) for e in events if e.get("log_level").name in ("warn", "error", "critical")],
                          [])
 
+    def test_a_state_write_that_fails_after_the_stop_gave_up_its_poll_is_logged(self) -> None:
+        """A poll's state write that fails (a full disk) once the stop has given up the poll that
+        waited for it is still logged: nobody else is left to say the saved state is older (the
+        stop's cancel swallowed the write's error)."""
+        events = capture_log_events(self)
+        disk = HeldThreads()
+        self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
+                                     self.installer, run_inline, lambda attempt: 1.0)
+        self.successResultOf(self.updates.startService())
+        ddi = DDIClient(self.stub, self.clock, SETTINGS.base_url, SETTINGS.tenant, SETTINGS.controller_id, TOKEN)
+        fleet = FleetService(SETTINGS, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
+                             disk, uniform=lambda a, b: (a + b) / 2)
+        fleet.startService()
+        self.run_for(10)
+        self.assertEqual(len(disk.calls), 1)  # the configData's state write, held
+
+        def full(*args: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        held, _, args = disk.calls[0]
+        disk.calls[0] = (held, full, args)
+        stopped = fleet.stopService()
+        disk.release_all()
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.successResultOf(self.updates.stopService())
+        self.assertEqual([formatEvent(e) for e in events if e.get("log_level").name in ("warn", "error", "critical")],
+                         ["fleet state write failed as the service stopped: the saved state is the one before"])
+        self.flushLoggedErrors(OSError)
+
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
         """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
         (a 4xx other than 401, 403, 408, 429): one answered 307 (a proxy's redirect; DDI requests
