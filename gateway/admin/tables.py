@@ -153,8 +153,9 @@ def previous_stop(previous: Any) -> str | None:
     if previous["kind"] == "clean":
         text = f"previous run: stopped cleanly at {at}"
     else:
+        pid = previous.get("pid")
         text = (f"previous run: did not stop cleanly ({previous.get('cause') or 'unknown cause'}): pid"
-                f" {previous.get('pid')}, last known alive {at}")
+                f" {pid if pid is not None else 'unknown'}, last known alive {at}")
     if isinstance(count, int) and count > 0:
         text += f"; unclean stops on this state directory: {count}"
         if previous["kind"] == "clean":

@@ -78,6 +78,11 @@ class FormattingTests(SynchronousTestCase):
                                         "unclean_stops": 1}),
                          "previous run: did not stop cleanly (killed): pid 4107, last known alive"
                          " 2026-12-02T11:43:43Z; unclean stops on this state directory: 1")
+        # (a record without a pid, as the start's line says it: not Python's None)
+        self.assertEqual(previous_stop({"kind": "unclean", "at": None, "pid": None, "cause": "killed",
+                                        "unclean_stops": 1}),
+                         "previous run: did not stop cleanly (killed): pid unknown, last known alive -; unclean"
+                         " stops on this state directory: 1")
 
     def test_quoting(self) -> None:
         """Names and query values are percent-encoded."""
