@@ -164,8 +164,10 @@ class PartFile:
             self.meta.etag = saved.etag
             self.meta.last_modified = saved.last_modified
             self.meta.size = self.meta.size or saved.size
-        # the gateway user's alone: an artifact may hold secrets (a container description's env)
+        # the gateway user's alone: an artifact may hold secrets (a container description's env);
+        # a part an older version left 0644 is narrowed too (O_CREAT's mode is a new file's alone)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.fchmod(self._fd, 0o600)
         os.ftruncate(self._fd, keep)
         os.lseek(self._fd, keep, os.SEEK_SET)
         self.checker.rehash_file(self.path, keep)

@@ -47,6 +47,17 @@ class BodySinkTests(SynchronousTestCase):
             os.umask(before)
         self.assertEqual(part.path.stat().st_mode & 0o777, 0o600)
 
+    def test_a_part_an_older_version_left_readable_is_resumed_not_world_readable(self) -> None:
+        """A part an older version wrote 0644 (before the upgrade) is narrowed to 0600 as it is
+        resumed: the artifact it becomes is not world-readable either (O_CREAT's mode is the
+        new file's alone)."""
+        part = PartFile(Path(self.mktemp()), PartMeta("https://x/c"), checkpoint_bytes=1 << 20)
+        part.open()
+        part.close()
+        os.chmod(part.path, 0o644)
+        PartFile(part.destination, PartMeta("https://x/c"), checkpoint_bytes=1 << 20).open()
+        self.assertEqual(part.path.stat().st_mode & 0o777, 0o600)
+
     def test_pauses_while_three_batches_are_unfinished(self) -> None:
         """Three unfinished batches pause the transport; finishing them resumes it."""
         sink = self.sink()
