@@ -157,13 +157,18 @@ class PooledNameResolver:
         over = False
         timer: Any = None
 
-        def finish(result: AddrInfo | Failure | str) -> None:
+        def finish(result: AddrInfo | Failure | str | None) -> None:
+            """End the lookup with ``result``: addresses, why it failed, or None when it was
+            cancelled (which says nothing of the name: a failure's reason is kept)."""
             nonlocal over
             if over:
                 return
             over = True
             if timer is not None and timer.active():
                 timer.cancel()
+            if result is None:
+                resolutionReceiver.resolutionComplete()
+                return
             if isinstance(result, Failure):
                 exc = result.value
                 strerror = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -180,7 +185,7 @@ class PooledNameResolver:
             resolutionReceiver.resolutionComplete()
 
         transport: Literal["TCP", "UDP"] = "UDP" if transportSemantics == "UDP" else "TCP"
-        resolution = _Resolution(hostName, partial(finish, []))
+        resolution = _Resolution(hostName, partial(finish, None))
         resolutionReceiver.resolutionBegan(resolution)
         types = set(addressTypes) if addressTypes is not None else {IPv4Address, IPv6Address}
         family = (socket.AF_INET if types == {IPv4Address} else socket.AF_INET6 if types == {IPv6Address}

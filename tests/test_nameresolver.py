@@ -192,6 +192,15 @@ class PooledNameResolverTests(SynchronousTestCase):
         self.assertEqual((receiver.complete, receiver.addresses), (True, []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_cancel_keeps_the_last_failures_reason(self) -> None:
+        """A cancelled lookup says nothing of the name: the reason its last lookup failed stays
+        for the causes (it was forgotten as if the lookup had succeeded)."""
+        self.failures.record("mqtt.example.com", "DNS lookup for mqtt.example.com timed out after 10 s")
+        receiver = self.resolve()
+        receiver.began.cancel()
+        self.assertEqual(self.failures.reason("mqtt.example.com"),
+                         "DNS lookup for mqtt.example.com timed out after 10 s")
+
     def test_causes(self) -> None:
         """A link connecting through a HostnameEndpoint while DNS hangs fails after the timeout, and
         its cause, and an HTTP transfer's, says the lookup timed out."""

@@ -186,7 +186,7 @@ class FleetService(Service):
                 yield self._deploy(links["deploymentBase"])
             if self.failures:
                 self._failing_lines.reset()  # (the next failed poll is logged at once)
-                down = self.clock.seconds() - (self._failing_since or self.clock.seconds())
+                down = steady_seconds(self.clock) - (self._failing_since or steady_seconds(self.clock))
                 self.log.info("fleet polls succeed again after {failures} failed in a row ({down:.0f}s down; the "
                               "last: {error})", failures=self.failures, down=down, error=self.last_error)
             self.failures, self.last_error, self._failing_since = 0, "", None
@@ -221,7 +221,7 @@ class FleetService(Service):
     def _failed(self, reason: str) -> float:
         """Count a failed poll; the delay before the next (half to all of the backoff's cap)."""
         if not self.failures:
-            self._failing_since = self.clock.seconds()
+            self._failing_since = steady_seconds(self.clock)
         self.failures += 1
         self.last_error = reason
         cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))

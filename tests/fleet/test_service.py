@@ -31,6 +31,7 @@ from gateway.updates.settings import UpdatesSettings
 from tests.fleet.ddiserver import ROOT, DDIServer, deployment
 from tests.test_netfailures import TWISTED_501
 from tests.logevents import capture_log_events
+from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile
 from tests.heldthreads import HeldThreads
 from tests.updates.test_downloader import run_inline
@@ -895,6 +896,21 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(3\d\ds down; the last: .*429")
         self.run_for(600)
         self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
+
+    def test_the_time_down_is_steady_across_a_clock_step(self) -> None:
+        """The recovery line's time down is counted on the steady clock: NTP stepping the wall
+        clock back a day while the polls failed made it about -86,000 s."""
+        self.clock = SteppingClock()
+        self.server.errors = [(503, {})]
+        fleet = self.start()
+        self.run_for(6)      # t=5: 503 -> next in 15
+        self.assertEqual(fleet.failures, 1)
+        self.clock.step(-86400)
+        events = capture_log_events(self)
+        self.run_for(15)
+        lines = [formatEvent(e) for e in events if "succeed again" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], r"after 1 failed in a row \(1\ds down; ")
 
     def test_a_server_away_for_hours_is_a_line_per_cause_and_ten_minutes(self) -> None:
         """docs/install.md (Logs): each failed poll was a line, one a minute for as long as the
