@@ -34,6 +34,12 @@ class LogThrottle:
         count, self._unlogged, self._logged_at = self._unlogged, 0, now
         return count
 
+    def take(self) -> int:
+        """The events counted since the last line, for a line the caller writes now whether due
+        or not (the last one, at a stop); the interval starts again from now."""
+        count, self._unlogged, self._logged_at = self._unlogged, 0, self._now()
+        return count
+
     def reset(self) -> None:
         """Forget the events counted and the last line: the next event is logged at once (the
         failures it counted are over)."""

@@ -69,6 +69,12 @@ class DropLines:
             if segments:
                 self._log(reason, segments)
 
+    def close(self) -> None:
+        """Log the drops held back of every reason, due or not: the stream closes, and no
+        periodic check comes after it."""
+        for reason in list(self._unlogged):
+            self._log(reason, self._throttles[reason].take())
+
     def _log(self, reason: LossReason, segments: int) -> None:
         """The line for the drops of ``reason`` held back, ``segments`` segments in all."""
         unlogged = self._unlogged.pop(reason)

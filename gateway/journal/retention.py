@@ -326,6 +326,10 @@ class SegmentRetention:
                 pass
         self._drop_lines.flush()
 
+    def log_held_drops(self) -> None:
+        """Log the drops held back, due or not (the stream closes: no periodic check comes)."""
+        self._drop_lines.close()
+
     def _unlink(self, path: str) -> None:
         d = self.run(self.files.unlink, path)
         d.addErrback(lambda f: self.log.error("journal {stream}: deleting {path} failed: {error}",

@@ -284,6 +284,7 @@ class Stream:
             self._unwatch_steps = None
         if self._timer is not None and self._timer.running:
             self._timer.stop()
+        self.retention.log_held_drops()
         d = self._drain()
         d.addCallback(lambda _: self.reader.save_all())
         d.addCallback(self._log_totals)

@@ -254,6 +254,21 @@ class AdmitTests(SynchronousTestCase):
         r.enforce_limits()
         self.assertEqual(len(lines()), 3)
 
+    def test_the_drops_held_back_get_their_line_at_the_close(self) -> None:
+        """The drops a flood's end held back are logged when the stream closes, due or not (no
+        periodic check comes after it: they were never logged)."""
+        r, _, stream, files, clock = _retention(StreamSettings(max_bytes=1000), acked=4)
+        events = capture_log_events(self)
+        lines = lambda: [formatEvent(e) for e in events if "dropped seq" in formatEvent(e)]  # noqa: E731
+        _segments(r, files, *range(1, 101, 10))
+        _segments(r, files, 101, 111, 121)
+        self.assertEqual(len(lines()), 1)
+        r.log_held_drops()
+        self.assertEqual(lines()[1:], ["journal s: dropped seq 11-30 (max-bytes) (2 segments dropped since the"
+                                       " last such line; logged at most once a minute while drops go on)"])
+        r.log_held_drops()
+        self.assertEqual(len(lines()), 2)
+
     def test_acknowledged_drop_is_no_loss(self) -> None:
         """Dropping records every cursor acknowledged counts nothing."""
         r, _, stream, files, _ = _retention(StreamSettings(), acked=10)
