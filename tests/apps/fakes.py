@@ -35,9 +35,8 @@ class FakeProcessTable(ProcessTable):
         for pid in sorted(self.live):
             yield ProcessInfo(pid, pid, 10 * pid, False)
 
-    def has_variable(self, pid: int, assignment: bytes) -> bool | None:
-        name, _, value = assignment.decode().partition("=")
-        return self.live.get(pid, {}).get(name) == value
+    def variables(self, pid: int) -> frozenset[bytes] | None:
+        return frozenset(f"{name}={value}".encode() for name, value in self.live.get(pid, {}).items())
 
 
 class FakeProcess:
