@@ -29,9 +29,11 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -77,11 +79,43 @@ admin: {{tcp: "tcp:{ports['admin']}:interface=127.0.0.1"}}
 """
 
 
+class Pinger(threading.Thread):
+    """A client of the broker on ``port`` that sends a PINGREQ every 5 ms and notes the longest
+    round trip: how long the gateway's event loop was held up in one turn (connecting again
+    whenever its connection ends: a configuration change restarts the broker)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.done, self.longest, self.pings = port, threading.Event(), 0.0, 0
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                    sock.sendall(packets.connect("scale-pinger", 600, True))
+                    sock.recv(4)
+                    while not self.done.wait(0.005):
+                        began = time.monotonic()
+                        sock.sendall(b"\xc0\x00")
+                        if len(sock.recv(2)) < 2:
+                            break
+                        self.longest = max(self.longest, time.monotonic() - began)
+                        self.pings += 1
+            except OSError:
+                self.done.wait(0.01)
+
+    def stop(self) -> dict[str, float]:
+        """End it; the longest round trip (ms) and the pings answered."""
+        self.done.set()
+        self.join(60)
+        return {"longest_ping_ms": self.longest * 1000, "pings": self.pings}
+
+
 class Gateway:
     """The ``twistd gateway`` process, started and stopped with timings."""
 
-    def __init__(self, work: Path, args: argparse.Namespace) -> None:
-        self.work, self.args = work, args
+    def __init__(self, work: Path, args: argparse.Namespace, mqtt_port: int) -> None:
+        self.work, self.args, self.mqtt_port = work, args, mqtt_port
         self.log = work / "gateway.log"
         self.runs = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -97,15 +131,20 @@ class Gateway:
                        f"--profile={Path(self.args.profile).resolve() / f'run{self.runs}.pstats'}"]
         env = dict(os.environ, PYTHONPATH=str(Path(self.args.checkout).resolve()))
         began = time.monotonic()
+        pinger = Pinger(self.mqtt_port)
+        pinger.start()
         self.process = subprocess.Popen(
             [sys.executable, str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={self.log}", *profile,
              "gateway", "--config", str(self.work / "gateway.yaml")], cwd=self.work, env=env)
         while True:
             text = self.log.read_bytes()[offset:] if self.log.exists() else b""
             if b"gateway started" in text:
-                return {"seconds": time.monotonic() - began, "cpu_s": cpu_seconds(self.process.pid, self.work / "state"),
-                        "log_lines": text.count(b"\n")}
+                seconds = time.monotonic() - began
+                time.sleep(1)  # (what the start left to do once it says so)
+                return {"seconds": seconds, "cpu_s": cpu_seconds(self.process.pid, self.work / "state"),
+                        "log_lines": text.count(b"\n"), **pinger.stop()}
             if self.process.poll() is not None or time.monotonic() - began > 300:
+                pinger.stop()
                 raise RuntimeError(f"the gateway did not start: {text[-2000:].decode(errors='replace')}")
             time.sleep(0.02)
 
@@ -235,7 +274,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     ports = {name: free_port() for name in ("mqtt", "cloud", "ingest", "metrics", "admin")}
     (work / "gateway.yaml").write_text(gateway_config(work, ports, args))
     cloud = start_mosquitto(ports["cloud"], work)
-    gateway = Gateway(work, args)
+    gateway = Gateway(work, args, ports["mqtt"])
     result: dict[str, object] = {}
     try:
         wait_for_port(ports["cloud"])
@@ -247,15 +286,21 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         time.sleep(args.settle)
         result["footprint"] = footprint(pid)
         result["held"] = held(ports["admin"], token)
+        result["reactor_lag_s after the load"] = json.loads(admin(ports["admin"], token, "/status")[2])["reactor_lag_s"]
         result["reads"] = reads(pid, ports, token, state)
         result["quiet"] = quiet(pid, state, args.idle)
         logs = list((state / "logs" / "apps").glob("*.log*"))
         result["app log files"] = len(logs)
         cpu = cpu_seconds(pid, state)
+        pinger = Pinger(ports["mqtt"])
+        pinger.start()
         seconds, status, body = admin(ports["admin"], token, "/config/apply",
                                       {"changes": {"telemetry.usage_report_interval": 1234}, "confirm_within": None})
         result["config change"] = {"seconds": seconds, "cpu_s": cpu_seconds(pid, state) - cpu, "status": status,
-                                   "outcome": json.loads(body).get("outcome")}
+                                   "outcome": json.loads(body).get("outcome"),
+                                   "reactor_lag_s": json.loads(admin(ports["admin"], token, "/status")[2])["reactor_lag_s"]}
+        time.sleep(1)
+        result["config change"].update(pinger.stop())
         time.sleep(args.settle)
         result["stop"] = {"seconds": gateway.stop(), "shutdown_timeout": args.shutdown_timeout}
         result["start (kept state)"] = gateway.start()
