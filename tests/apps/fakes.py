@@ -14,8 +14,8 @@ from gateway.apps.leftovers import ProcessInfo, ProcessTable
 from gateway.apps.launch import LAUNCH
 
 #: How many arguments the launcher puts before the command
-#: (python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules>).
-LAUNCHER_ARGS = 10
+#: (python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules> <directory>).
+LAUNCHER_ARGS = 11
 
 
 class FakeProcessTable(ProcessTable):
@@ -42,7 +42,7 @@ class FakeProcessTable(ProcessTable):
 class FakeProcess:
     """What spawnProcess returns: a pid, a protocol, and a way to end it."""
 
-    def __init__(self, protocol: Any, args: list[str], env: dict[str, str], path: str,
+    def __init__(self, protocol: Any, args: list[str], env: dict[str, str], path: str | None,
                  uid: int | None, pid: int) -> None:
         self.protocol = protocol
         self.args = args
@@ -55,7 +55,7 @@ class FakeProcess:
 
     @property
     def command(self) -> list[str]:
-        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <cgroup.procs> <nft> <rules>``)."""
+        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules> <directory>``)."""
         if len(self.args) >= LAUNCHER_ARGS and self.args[3] == LAUNCH:
             return self.args[LAUNCHER_ARGS:]
         return self.args
@@ -94,7 +94,7 @@ class FakeProcessReactor(MemoryReactor, Clock):
         if self.spawn_error is not None:
             raise self.spawn_error
         self._next_pid += 1
-        process = FakeProcess(protocol, list(args), dict(env or {}), path or "", uid,
+        process = FakeProcess(protocol, list(args), dict(env or {}), path, uid,
                               self._next_pid)
         process.table = self.table
         self.table.live[process.pid] = process.env
