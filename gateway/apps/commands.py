@@ -117,9 +117,9 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     done: Deferred[CommandResult] = Deferred(cancel)
     protocol = _Collect(done, launcher, name, env)
     try:
-        executable, args = launch_command(argv, max_processes=launcher.max_processes)
+        executable, args = launch_command(argv, max_processes=launcher.max_processes, directory=str(cwd))
         check_exec_size(executable, args, env)
-        transport = reactor.spawnProcess(protocol, executable, args, path=str(cwd), env=env)
+        transport = reactor.spawnProcess(protocol, executable, args, env=env)
     except OSError as exc:
         done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
         return done

@@ -100,13 +100,19 @@ class ProcessTable:
 
     def has_variable(self, pid: int, assignment: bytes) -> bool | None:
         """Whether process ``pid``'s environment holds ``NAME=value``; None when it cannot be read."""
+        variables = self.variables(pid)
+        return None if variables is None else assignment in variables
+
+    def variables(self, pid: int) -> frozenset[bytes] | None:
+        """Process ``pid``'s environment (its ``NAME=value`` entries); None when it cannot be
+        read (another user's), empty when the process is gone."""
         try:
             environ = (self.proc / str(pid) / "environ").read_bytes()
         except PermissionError:
             return None
         except OSError:
-            return False
-        return assignment in environ.split(b"\0")
+            return frozenset()
+        return frozenset(environ.split(b"\0"))
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,9 @@ class GroupRecords:
         self._dirty = False
         self._failures = 0  # writes failed in a row
         self._idle: list[Deferred[None]] = []
+        #: :meth:`escaped` questions for the next look at the processes, and whether one is under way
+        self._asked: list[tuple[int | None, list[bytes], Deferred[set[int]]]] = []
+        self._looking = False
 
     def spawned(self, name: str, pid: int) -> None:
         """Record that program ``name`` now runs as group ``pid`` (call right after the spawn,
@@ -168,9 +177,37 @@ class GroupRecords:
     def escaped(self, group: int | None, marks: list[bytes]) -> Deferred[set[int]]:
         """The process groups, other than ``group``, of the live processes whose environment holds
         every ``NAME=value`` of ``marks``: what a program started that left its group with
-        ``setsid()`` (a daemon). Read off the reactor thread."""
-        table = self.table
-        return self._blocking(lambda: escaped_groups(table, group, marks))
+        ``setsid()`` (a daemon). Read off the reactor thread, in one look at every process for
+        all the questions asked until it begins (the programs that stop together: a stop, a
+        configuration change); a question asked while a look is under way waits for the next.
+        A look for each program read every process's environment once per program: with
+        many programs, work growing with their square."""
+        answer: Deferred[set[int]] = Deferred()
+        self._asked.append((group, marks, answer))
+        if not self._looking:
+            self._look()
+        return answer
+
+    def _look(self) -> None:
+        asked, self._asked = self._asked, []
+        self._looking = True
+        table, questions = self.table, [(group, marks) for group, marks, _ in asked]
+        looked = self._blocking(lambda: escaped_groups(table, questions))
+
+        def answer(found: list[set[int]]) -> None:
+            for (_, _, waiting), groups in zip(asked, found):
+                waiting.callback(groups)
+
+        def failed(failure: Failure) -> None:
+            for _, _, waiting in asked:
+                waiting.errback(failure)
+
+        def next_look(_: object) -> None:
+            self._looking = False
+            if self._asked:
+                self._look()
+
+        looked.addCallbacks(answer, failed).addBoth(next_look)
 
     def _save(self) -> None:
         if self._writing is not None:
@@ -315,12 +352,23 @@ def leftover_groups(records: dict[str, GroupRecord], table: ProcessTable) -> dic
     return found
 
 
-def escaped_groups(table: ProcessTable, group: int | None, marks: list[bytes]) -> set[int]:
-    """See :meth:`GroupRecords.escaped` (blocking). An environment that cannot be read (another
-    user's, to a gateway that is not root) is not the gateway's."""
-    return {info.group for info in table.processes()
-            if info.group != group and not info.zombie
-            and all(table.has_variable(info.pid, mark) is True for mark in marks)}
+def escaped_groups(table: ProcessTable, questions: list[tuple[int | None, list[bytes]]]) -> list[set[int]]:
+    """See :meth:`GroupRecords.escaped` (blocking): for each ``(group, marks)``, the groups
+    found; each process's environment is read once. An environment that cannot be read
+    (another user's, to a gateway that is not root) is not the gateway's."""
+    found: list[set[int]] = [set() for _ in questions]
+    for info in table.processes():
+        if info.zombie:
+            continue
+        variables: frozenset[bytes] | None = None
+        for (group, marks), groups in zip(questions, found):
+            if info.group == group:
+                continue
+            if variables is None:
+                variables = table.variables(info.pid) or frozenset()
+            if all(mark in variables for mark in marks):
+                groups.add(info.group)
+    return found
 
 
 def _alive(groups: dict[str, int], table: ProcessTable) -> dict[str, int]:

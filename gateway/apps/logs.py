@@ -47,6 +47,9 @@ class RotatingLog:
         self._file: IO[bytes] | None = None
         self._size = 0
         self._regular = True
+        #: sizes of ``path.1`` ... ``path.<backups>`` as last looked at and rotated since
+        #: (0: none there); None until the writer has looked (:meth:`looked_at`)
+        self._backup_sizes: list[int] | None = None
 
     def write(self, data: bytes) -> bool:
         """Append ``data``; rotate when the file has reached ``maxbytes``.
@@ -92,14 +95,42 @@ class RotatingLog:
         assert self._file is not None
         self._file.close()
         self._file = None
+        rotated, self._size = self._size, 0
         if self.backups == 0:
             os.truncate(self.path, 0)
             return
+        # (None while it rotates: a rotation that fails half-way leaves the files to be looked at)
+        known, self._backup_sizes = self._backup_sizes, None
+        sizes = known if known is not None else [0] * self.backups
         for index in range(self.backups - 1, 0, -1):
             older = self.backup_path(index)
             if older.exists():
                 os.replace(older, self.backup_path(index + 1))
+                sizes[index] = sizes[index - 1]
+            sizes[index - 1] = 0
         os.replace(self.path, self.backup_path(1))
+        sizes[0] = rotated
+        if known is not None:
+            self._backup_sizes = sizes
+
+    def counted_bytes(self) -> int | None:
+        """The bytes in its files (the current one and the rotated ones) as counted from
+        what it wrote and rotated since :meth:`looked_at`; None before that. Only regular
+        files count."""
+        if self._backup_sizes is None:
+            return None
+        return (self._size if self._regular else 0) + sum(self._backup_sizes)
+
+    def looked_at(self, current: int, backups: list[int]) -> None:
+        """What a look at its files found, which :meth:`counted_bytes` goes on from.
+
+        :param current: the bytes in the current file (0: none, or not a regular file); an
+            open file's count is its own (the bytes written to it).
+        :param backups: the bytes in ``path.1`` ... ``path.<backups>`` (0: none there).
+        """
+        self._backup_sizes = list(backups)
+        if self._file is None:
+            self._size = current
 
     def backup_path(self, index: int) -> Path:
         """Where the rotated file ``index`` is (``path.<index>``; 1 is the newest)."""
@@ -340,13 +371,21 @@ class AppLogWriter:
             self._enforce_cap()
 
     def _enforce_cap(self) -> None:
-        # (key: files rotated before the writer began first, greatest index first; then by rotation)
-        rotated: list[tuple[tuple[int, int, str], int, Path]] = []
-        total = 0
         with self._lock:
             targets = list(self._logs)
+        counted = [target.counted_bytes() for target in targets]
+        if None not in counted and sum(c or 0 for c in counted) <= self._cap:
+            # Under the cap by the logs' own counts: no file is looked at. A rotation looked
+            # at every file of every log, O(logs) stat calls each, O(logs²) for them all.
+            return
+        # (key: files rotated before the writer began first, greatest index first; then by rotation)
+        rotated: list[tuple[tuple[int, int, str], int, Path, list[int], int]] = []
+        found: list[tuple[RotatingLog, list[int]]] = []
+        total = 0
         for target in targets:
             numbers = self._rotated.get(target.path, [])
+            sizes = [0] * (target.backups + 1)
+            found.append((target, sizes))
             for index in range(target.backups + 1):
                 path = target.backup_path(index) if index else target.path
                 try:
@@ -355,16 +394,19 @@ class AppLogWriter:
                     continue
                 if not stat.S_ISREG(info.st_mode):
                     continue  # (a /dev/null written as a log holds nothing, and is not the gateway's)
-                size = info.st_size
-                total += size
+                sizes[index] = info.st_size
+                total += info.st_size
                 if index:
                     key = (1, numbers[index - 1], "") if index <= len(numbers) else (0, -index, str(path))
-                    rotated.append((key, size, path))
-        for _key, size, path in sorted(rotated):
+                    rotated.append((key, info.st_size, path, sizes, index))
+        for _key, size, path, sizes, index in sorted(rotated, key=lambda item: item[0]):
             if total <= self._cap:
                 break
             path.unlink(missing_ok=True)
+            sizes[index] = 0
             total -= size
+        for target, sizes in found:
+            target.looked_at(sizes[0], sizes[1:])
 
 
 def _why(error: OSError, path: Path) -> str:

@@ -157,9 +157,9 @@ class ProcessLauncher:
         cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
         self._joins[spec.app] = cgroup
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
-        executable, args = launch_command(spec.argv, user, cgroup, self.max_processes)
+        executable, args = launch_command(spec.argv, user, cgroup, self.max_processes, str(spec.cwd))
         check_exec_size(executable, args, env)
-        return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
+        return self._reactor.spawnProcess(protocol, executable, args, env=env)
 
     def oom_kill_count(self, app: str) -> int | None:
         """How many processes the kernel's OOM killer has taken in the memory cgroup the

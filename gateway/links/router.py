@@ -9,6 +9,7 @@ from typing import Iterable
 from twisted.logger import Logger
 
 from gateway.mqtt.topics import matches, topic_for_log, valid_filter, valid_topic
+from gateway.mqtt.topictree import TopicTree
 
 _log = Logger()
 
@@ -151,6 +152,15 @@ class Router:
         self.every_rule = every_rule
         self._cache: dict[str, tuple[Destination, ...]] = {}
         self._invalid: dict[Rule, int] = {}  # topics each rule made no valid topic of
+        # The rules by their filters, their places in order: a topic is tried against the
+        # rules whose filters match it, not against every rule of every link (20 links of 3
+        # routes each took 71 µs a topic not in the cache, and 1 link 2.3 µs).
+        self._by_filter: TopicTree[tuple[int, ...]] = TopicTree()
+        places: dict[str, list[int]] = {}
+        for place, rule in enumerate(self.rules):
+            places.setdefault(rule.filter, []).append(place)
+        for topic_filter, indexes in places.items():
+            self._by_filter.add(topic_filter, tuple(indexes))
 
     @property
     def filters(self) -> tuple[str, ...]:
@@ -169,7 +179,11 @@ class Router:
             return cached
         found: dict[str, Destination] = {}  # by link, or by topic with every_rule
         every_rule = self.every_rule
-        for rule in self.rules:
+        rules = self.rules
+        matched = self._by_filter.filters_matching(topic)
+        places = matched[0] if len(matched) == 1 else sorted(place for some in matched for place in some)
+        for place in places:
+            rule = rules[place]
             if not every_rule and rule.link in found:
                 continue
             captured = capture(rule.filter, topic)

@@ -14,8 +14,8 @@ from gateway.apps.leftovers import ProcessInfo, ProcessTable
 from gateway.apps.launch import LAUNCH
 
 #: How many arguments the launcher puts before the command
-#: (python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules>).
-LAUNCHER_ARGS = 10
+#: (python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules> <directory>).
+LAUNCHER_ARGS = 11
 
 
 class FakeProcessTable(ProcessTable):
@@ -35,15 +35,14 @@ class FakeProcessTable(ProcessTable):
         for pid in sorted(self.live):
             yield ProcessInfo(pid, pid, 10 * pid, False)
 
-    def has_variable(self, pid: int, assignment: bytes) -> bool | None:
-        name, _, value = assignment.decode().partition("=")
-        return self.live.get(pid, {}).get(name) == value
+    def variables(self, pid: int) -> frozenset[bytes] | None:
+        return frozenset(f"{name}={value}".encode() for name, value in self.live.get(pid, {}).items())
 
 
 class FakeProcess:
     """What spawnProcess returns: a pid, a protocol, and a way to end it."""
 
-    def __init__(self, protocol: Any, args: list[str], env: dict[str, str], path: str,
+    def __init__(self, protocol: Any, args: list[str], env: dict[str, str], path: str | None,
                  uid: int | None, pid: int) -> None:
         self.protocol = protocol
         self.args = args
@@ -56,7 +55,7 @@ class FakeProcess:
 
     @property
     def command(self) -> list[str]:
-        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <cgroup.procs> <nft> <rules>``)."""
+        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <max-processes> <cgroup.procs> <nft> <rules> <directory>``)."""
         if len(self.args) >= LAUNCHER_ARGS and self.args[3] == LAUNCH:
             return self.args[LAUNCHER_ARGS:]
         return self.args
@@ -95,7 +94,7 @@ class FakeProcessReactor(MemoryReactor, Clock):
         if self.spawn_error is not None:
             raise self.spawn_error
         self._next_pid += 1
-        process = FakeProcess(protocol, list(args), dict(env or {}), path or "", uid,
+        process = FakeProcess(protocol, list(args), dict(env or {}), path, uid,
                               self._next_pid)
         process.table = self.table
         self.table.live[process.pid] = process.env

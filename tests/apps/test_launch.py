@@ -1,14 +1,16 @@
-"""The launcher's steps that can be run in this process: the oom_score_adj it gives a program."""
+"""The launcher's steps: the oom_score_adj it gives a program, the directory it changes to."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 from pathlib import Path
 from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.apps.launch import OOM_SCORE_ADJ, raise_oom_score_adj
+from gateway.apps.launch import OOM_SCORE_ADJ, launch_command, raise_oom_score_adj
 
 
 class RaiseOomScoreAdjTests(SynchronousTestCase):
@@ -44,3 +46,29 @@ class RaiseOomScoreAdjTests(SynchronousTestCase):
         with mock.patch("sys.stderr", io.StringIO()) as stderr:
             raise_oom_score_adj(str(path))
         self.assertIn("gateway launcher: cannot raise its oom_score_adj to 500", stderr.getvalue())
+
+
+class DirectoryTests(SynchronousTestCase):
+    """The launcher changes to the program's directory itself (Twisted is given none, so that
+    it starts the launcher with posix_spawn rather than a fork() of the gateway)."""
+
+    def launch(self, directory: str, *command: str) -> subprocess.CompletedProcess[str]:
+        executable, args = launch_command(list(command), directory=directory)
+        self.assertEqual(args[4], str(os.getpid()))
+        return subprocess.run(args, executable=executable, capture_output=True, text=True, timeout=30,
+                              cwd=os.getcwd(), env={"PATH": os.environ["PATH"]})
+
+    def test_the_command_runs_in_its_directory(self) -> None:
+        """The command runs in the directory given, whatever the gateway's is."""
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        done = self.launch(str(directory), "pwd")
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, str(directory)))
+
+    def test_a_directory_it_cannot_change_to_is_said_and_nothing_runs(self) -> None:
+        """A directory that went away since the gateway looked: the launcher says so on the
+        program's stderr and exits 126, running nothing."""
+        missing = str(Path(self.mktemp()).resolve() / "gone")
+        done = self.launch(missing, "echo", "ran")
+        self.assertEqual((done.returncode, done.stdout), (126, ""))
+        self.assertEqual(done.stderr, f"cannot change to the directory {missing}: No such file or directory\n")

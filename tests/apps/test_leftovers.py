@@ -262,3 +262,42 @@ class RecordFailureTests(SynchronousTestCase):
         self.assertEqual([formatEvent(e) for e in events],
                          [f"apps: the running programs are recorded in {path} again, after 11 failed writes"])
         self.assertEqual(list(json.loads(path.read_text())), ["web"])
+
+
+class EscapedTests(SynchronousTestCase):
+    """What programs left outside their process groups, looked for in /proc."""
+
+    def test_programs_that_stop_together_are_looked_for_in_one_pass(self) -> None:
+        """The questions asked while a look at the processes is under way are answered together
+        by the next look, each process's environment read once for all of them: a look for each
+        program read every process's environment (twice) for each, so 100 programs stopping
+        together (a stop, a configuration change) read 100 times every process on the machine.
+        Each question still gets its own answer: the groups, other than its own, of the
+        processes with its marks."""
+        proc = FakeProc(Path(self.mktemp()))
+        for index in range(20):
+            proc.add(600 + index, 600 + index, 9000, {"GATEWAY_RUN_ID": RUN, "GATEWAY_PROGRAM_NAME": f"p{index}"})
+        proc.add(700, 700, 9000, {"GATEWAY_RUN_ID": RUN, "GATEWAY_PROGRAM_NAME": "p3"})  # p3's daemon
+        looks: list[Deferred[Any]] = []
+
+        def later(work: Callable[[], Any]) -> Deferred[Any]:
+            looks.append(Deferred())
+            return looks[-1].addCallback(lambda _: work())
+
+        read: list[Path] = []
+        read_bytes = Path.read_bytes
+        self.patch(Path, "read_bytes", lambda path: (read.append(path) if path.name == "environ" else None)
+                   or read_bytes(path))
+        records = GroupRecords(Path(self.mktemp()), ProcessTable(proc.root), later)
+        answers = [records.escaped(600 + index, [f"GATEWAY_RUN_ID={RUN}".encode(),
+                                                 f"GATEWAY_PROGRAM_NAME=p{index}".encode()])
+                   for index in range(20)]
+        self.assertEqual(len(looks), 1)  # the first question's look began at once
+        looks[0].callback(None)
+        self.assertEqual(self.successResultOf(answers[0]), set())
+        self.assertEqual(len(looks), 2)  # the other 19 in one more look
+        looks[1].callback(None)
+        self.assertEqual([self.successResultOf(answer) for answer in answers[1:]],
+                         [{700} if index == 3 else set() for index in range(1, 20)])
+        self.assertEqual(len(looks), 2)
+        self.assertEqual(len(read), 20 + 21)  # each process once a look (the first: all but the asker's own)

@@ -155,6 +155,57 @@ class RotationTests(SynchronousTestCase):
         writer.write(two, b"x" * 100)
         self.assertEqual(self.backups(), ["one.log.1", "two.log.1"])
 
+    def test_a_rotation_under_the_cap_looks_at_no_other_logs_files(self) -> None:
+        """Under the cap, a rotation looks at the files of no log (the writer counts what it
+        writes and rotates): each rotation looked at every file of every log to add them up,
+        so with many programs rotating the writer's thread did work growing with the square of
+        the logs (200 logs with one backup: 400 stat calls a rotation)."""
+        writer = AppLogWriter(10**9)
+        logs = [writer.open(self.dir / f"p{index}.log", 1024, 1) for index in range(200)]
+        for target in logs:
+            writer.write(target, b"x" * 100)
+        looked: list[Path] = []
+        lstat = Path.lstat
+        self.patch(Path, "lstat", lambda path: looked.append(path) or lstat(path))
+        for _ in range(2):  # the first rotation looks once at every log's files
+            for target in logs:
+                writer.write(target, b"y" * 1024)
+        self.assertLessEqual(len(looked), 400)  # (before: 160,000)
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), sorted(f"p{index}.log.1" for index in range(200)))
+
+    def test_the_writers_counts_follow_the_files(self) -> None:
+        """Through rotations, the cap's deletions (a log's ``.1`` gone, its ``.2`` kept) and
+        rotated files from before, each log's count is what its files hold: the cap that goes
+        by the counts holds the logs under it."""
+        import random
+
+        self.dir.mkdir(parents=True)
+        self.forged("l0.log.2", b"0" * 700, SET)
+        draw = random.Random(7)
+        writer = AppLogWriter(9000)
+        logs = [writer.open(self.dir / f"l{index}.log", 1024, 3) for index in range(4)]
+        for _ in range(300):
+            writer.write(draw.choice(logs), b"z" * draw.randrange(1, 900))
+            for target in logs:
+                files = [target.path, *(target.backup_path(index) for index in range(1, 4))]
+                held = sum(path.stat().st_size for path in files if path.exists())
+                self.assertIn(target.counted_bytes(), (None, held))
+            self.assertLessEqual(sum(p.stat().st_size for p in self.dir.iterdir()), 9000 + 4 * 1024)
+
+    def test_the_cap_counts_files_deleted_behind_the_writers_back(self) -> None:
+        """A rotated file deleted by someone else is counted no more once the cap is reached:
+        the writer's own counts say over, it looks at the files, and deletes only what the cap
+        needs (here nothing: the deleted file made room)."""
+        writer = AppLogWriter(4500)
+        one, two = (writer.open(self.dir / f"{name}.log", 1024, 2) for name in ("one", "two"))
+        for _ in range(2):
+            writer.write(one, b"1" * 1024)
+        (self.dir / "one.log.1").unlink()
+        (self.dir / "one.log.2").unlink()
+        for _ in range(3):
+            writer.write(two, b"2" * 1024)
+        self.assertEqual(self.backups(), ["two.log.1", "two.log.2"])
+
     def forged(self, name: str, data: bytes, mtime: float) -> None:
         """A rotated file a previous run left, modified at ``mtime``."""
         (self.dir / name).write_bytes(data)

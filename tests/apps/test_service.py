@@ -65,6 +65,48 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(env["GATEWAY_STATE_DIR"], str(self.state))
         self.assertIn("PATH", env)
 
+    def test_many_programs_start_a_few_in_a_turn(self) -> None:
+        """At the start, the programs are spawned a few in a turn of the reactor
+        (``STARTS_PER_TURN``), not all in one: each spawn costs the reactor's thread a few ms
+        (a fork, its cgroup made), and 50 in one turn held every client, link and timer for
+        0.5 s (2 s on a loaded machine; bench/scale.py's ``reactor_lag_s``). All of them start,
+        in name order, and the service is started once they have."""
+        from gateway.apps.operations import STARTS_PER_TURN
+
+        self.settings = AppsSettings(programs={f"p{index:02}": ProgramSettings(command=f"p{index:02}")
+                                               for index in range(2 * STARTS_PER_TURN + 3)})
+        reactor = FakeProcessReactor()
+        service = AppsService(self.settings, self.state, reactor, "tcp:127.0.0.1:1883",
+                              kill_group=reactor.kill_group, blocking=inline,
+                              threaded_logs=False, process_table=reactor.table)
+        started = maybeDeferred(service.startService)
+        self.addCleanup(lambda: (service.spool.stop(), reactor.advance(0)))
+        self.assertEqual(len(reactor.processes), STARTS_PER_TURN)
+        self.assertNoResult(started)
+        reactor.advance(0)  # (the next turns: a task.Clock runs them all)
+        self.successResultOf(started)
+        self.assertEqual([p.command[0] for p in reactor.processes], sorted(self.settings.programs))
+
+    def test_a_stop_while_the_programs_start_starts_no_more(self) -> None:
+        """A stop that comes while the programs are being started (between two turns) starts
+        none of those not started yet: each would outlive the service's stop (a configuration
+        change's next service would start it a second time)."""
+        from gateway.apps.operations import STARTS_PER_TURN
+
+        self.settings = AppsSettings(programs={f"p{index:02}": ProgramSettings(command=f"p{index:02}")
+                                               for index in range(2 * STARTS_PER_TURN)})
+        reactor = FakeProcessReactor()
+        service = AppsService(self.settings, self.state, reactor, "tcp:127.0.0.1:1883",
+                              kill_group=reactor.kill_group, blocking=inline,
+                              threaded_logs=False, process_table=reactor.table)
+        maybeDeferred(service.startService)
+        stopped = maybeDeferred(service.stopService)
+        for process in reactor.processes:
+            process.exit(signal=signal.SIGTERM)
+        reactor.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(len(reactor.processes), STARTS_PER_TURN)
+
     def test_systemd_process_variables_are_not_inherited(self) -> None:
         """A program and install.sh get the gateway's environment but for what systemd tells
         the gateway's own process: socket activation's LISTEN_FDS, LISTEN_PID and

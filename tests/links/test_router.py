@@ -4,6 +4,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import ErrorList, build_dataclass
+from gateway.links import router as router_module
 from gateway.links.router import Destination, Router, Rule, TopicTemplate, capture
 from gateway.links.settings import KANTO_ROUTES, LinksSettings
 from gateway.mqtt.topics import valid_topic
@@ -106,6 +107,47 @@ class RouterTests(SynchronousTestCase):
                          Rule.compile("b", "x/y", "aws/{topic}", 0)], "t", "d")
         self.assertEqual(router.route("x/y"), (Destination("a", "one/y", 1), Destination("b", "aws/x/y", 0)))
         self.assertEqual(router.filters, ("x/#", "x/y"))
+
+    def test_a_topic_is_tried_only_against_the_rules_whose_filters_match_it(self) -> None:
+        """With many links, a topic not in the cache is tried against the rules whose filters
+        match it, not against each rule of each link in turn (20 links of 3 routes: 60 tries of
+        a topic, 71 µs, where 1 link took 2.3 µs; bench/scale.py's big gateway)."""
+        rules = [Rule.compile(f"l{i}", f, "{topic}", 1)
+                 for i in range(20) for f in (f"telemetry/l{i}/#", "event/#", f"t/+/l{i}/#")]
+        router = Router(rules, "t1", "gw1")
+        tried: list[str] = []
+        self.patch(router_module, "capture", lambda f, t: tried.append(f) or capture(f, t))
+        self.assertEqual(router.route("telemetry/l7/dev/temp"), (Destination("l7", "telemetry/l7/dev/temp", 1),))
+        self.assertEqual(tried, ["telemetry/l7/#"])
+        self.assertEqual(router.route("retained/1"), ())
+        self.assertEqual(len(tried), 1)
+
+    def test_routes_as_trying_every_rule_in_order(self) -> None:
+        """Over many filters with wildcards (and ``$`` topics, which a leading wildcard does
+        not match), each topic goes where trying every rule in configuration order sends it:
+        a link's first matching rule, or with ``every_rule`` each distinct topic."""
+        import random
+
+        draw = random.Random(3)
+        levels = ["a", "b", "$c", ""]
+
+        def some_filter() -> str:
+            parts = [draw.choice(levels + ["+"]) for _ in range(draw.randrange(1, 4))]
+            return "/".join(parts + (["#"] if draw.random() < 0.4 else [])) or "#"
+
+        topics = ["/".join(draw.choice(levels) for _ in range(draw.randrange(1, 5))) for _ in range(400)]
+        for every_rule in (False, True):
+            rules = [Rule.compile(f"l{draw.randrange(4)}", some_filter(), "x/{topic}", draw.randrange(2))
+                     for _ in range(40)]
+            router = Router(rules, "t1", "gw1", every_rule=every_rule)
+            for topic in topics:
+                expected: dict[str, Destination] = {}
+                for rule in rules:
+                    if (every_rule or rule.link not in expected) and capture(rule.filter, topic) is not None:
+                        target = "x/" + topic
+                        if not (every_rule and target in expected):
+                            expected[target if every_rule else rule.link] = Destination(rule.link, target, rule.qos)
+                self.assertEqual(router.route(topic), tuple(expected.values()), (topic, every_rule))
 
     def test_compile_names_every_problem(self) -> None:
         """A route with a bad filter and a template with two bad placeholders names all three."""
