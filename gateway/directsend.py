@@ -90,6 +90,20 @@ class DirectSender:
         self.detach()
         self.transport.loseConnection()
 
+    def close_sending(self) -> None:
+        """On a plain socket, close the sending side once what was sent has left (a TCP
+        half-close, ``shutdown(SHUT_WR)``) and go on reading: the client reads the end of the
+        stream and closes its side, and then the connection ends. A socket closed while bytes
+        of the client's wait unread in it (a PINGREQ, a PUBACK sent while the broker was not
+        reading) is reset by the kernel, which throws away what it still holds for the
+        client. On any other transport, :meth:`close` (TLS and the WebSocket adapter read the
+        client's answer to their close themselves)."""
+        if self.socket is None:
+            self.close()
+            return
+        self.detach()
+        self.transport.loseWriteConnection()
+
     def detach(self) -> None:
         """Stop being the transport's producer: Twisted does not close a connection whose
         pull producer is registered. What is written afterwards goes through the transport."""

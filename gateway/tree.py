@@ -21,6 +21,7 @@ from gateway.apps.oomkills import OomKillCounts
 from gateway.apps.operations import CONFIG_VERSION
 from gateway.apps.service import AppsService
 from gateway.blocking import in_reactor_threads
+from gateway.broker.connection import STOP_GRACE
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.broker.statelog import STATE_STREAM
@@ -321,7 +322,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     journal = JournalService(config.journal, config.state_dir, reactor, loop=loop, in_use=journal_users(config))
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,
-                           state_stream=lambda: journal.stream(STATE_STREAM))
+                           state_stream=lambda: journal.stream(STATE_STREAM),
+                           stop_grace=min(STOP_GRACE, config.gateway.shutdown_timeout / 2))
     broker.setServiceParent(root)
     links = LinksService(config.links, reactor, broker.bus, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),

@@ -182,6 +182,7 @@ class TreeTests(TreeHelpers, TestCase):
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
         root = yield self.start_tree(work, "\n  shutdown_timeout: 0.1\n", free_port(), "")
+        self.assertEqual(root.parts.broker.stop_grace, 0.05)  # (its stop's grace fits in the timeout: broker.md)
         old = root.parts.journal
         events: list[str] = []
         held: Deferred[None] = Deferred()

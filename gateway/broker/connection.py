@@ -54,6 +54,11 @@ TURN_LIMIT = 1 << 20
 #: closes and connects again at once), and by the time the new one's CONNECT is read that close
 #: has been. More than these at once are closed as soon as they are accepted.
 FULL_LISTENER_WAITING = 16
+#: Seconds a connection the broker's stop closes in order (:meth:`MQTTConnection.close_at_stop`)
+#: has to send what Twisted still holds of its bytes, and its client to close its side, before
+#: it is aborted: a client that reads does both in milliseconds, one that does not read cannot
+#: hold the stop up for longer.
+STOP_GRACE = 1.0
 #: The :meth:`MQTTConnection.pause_reading` key of a client that does not read its answers.
 _UNREAD = "the client does not read"
 #: The :meth:`MQTTConnection.pause_reading` key of a client that sent more than
@@ -223,6 +228,30 @@ class MQTTConnection(Protocol):
         self.close()
         self.lost = True
         self._set_deadline(steady_seconds(self.factory.clock) + self.factory.connect_timeout)
+
+    def close_at_stop(self, grace: float = STOP_GRACE) -> None:
+        """The broker stops: close in order (what was written, and what the kernel holds,
+        reaches the client before the end of the stream; a reset would throw it away, and
+        clients report a reset as an error); nothing more is handled. On a plain socket the
+        sending side is closed and the client's close awaited
+        (:meth:`~gateway.directsend.DirectSender.close_sending`). A connection not closed
+        within ``grace`` seconds (Twisted still holds bytes a client does not read, or a client
+        does not close its side or answer the TLS or WebSocket close) is aborted by the
+        listener's sweep (:meth:`expired`); one closing already for another reason is given no
+        longer than that either.
+
+        Reading resumes, what is read is dropped: a pause (the broker's final save) would leave
+        the client's close, and bytes a socket must not be closed with, unread."""
+        at = steady_seconds(self.factory.clock) + grace
+        if not self.lost:
+            self.factory.serving.discard(self)
+            self.flush()
+            self.transport.resumeProducing()  # (what it reads comes in a later turn: dropped)
+            self.sender.close_sending()
+            self.lost = True
+        elif 0.0 < self.deadline <= at:
+            return
+        self._set_deadline(at)
 
     def abort(self) -> None:
         """Close now, dropping what was not sent yet; nothing more is read or written."""

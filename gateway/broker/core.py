@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from gateway.broker.amqtt_adapter import Action, AmqttPlugins, BrokerEvents, session_view
 from gateway.broker.bus import LocalBus
 from gateway.broker.clientsession import ClientSession, Will
-from gateway.broker.connection import MQTTConnection
+from gateway.broker.connection import STOP_GRACE, MQTTConnection
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
@@ -145,8 +145,13 @@ class GatewayBroker(Router[SessionHandler]):
         if len(self.offline):
             self.state_changed()
 
-    def shutdown(self) -> Deferred[None]:
-        """Close every connection (no wills: the clients did nothing wrong), close the plugins."""
+    def shutdown(self, grace: float = STOP_GRACE) -> Deferred[None]:
+        """Close every connection in order (no wills: the clients did nothing wrong), close the
+        plugins.
+
+        :param grace: seconds a connection has to send what it holds before it is aborted
+            (:meth:`~gateway.broker.connection.MQTTConnection.close_at_stop`).
+        """
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
@@ -155,7 +160,7 @@ class GatewayBroker(Router[SessionHandler]):
             self._unwatch_steps = None
         for handler in list(self.live.values()):
             handler.will = None
-            handler.connection.abort()
+            handler.connection.close_at_stop(grace)
         return self.plugins.close()
 
     # -- CONNECT --------------------------------------------------------------------------------

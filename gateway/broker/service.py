@@ -17,7 +17,7 @@ from gateway.addresses import address_text
 from gateway.blocking import in_reactor_threads
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
-from gateway.broker.connection import MQTTListenerFactory
+from gateway.broker.connection import STOP_GRACE, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler
@@ -102,6 +102,9 @@ class BrokerService(Service):
         With it (and ``state_dir``), what the broker acknowledges is durable before the
         acknowledgement (see :mod:`gateway.broker.persistence`); without it the state
         file alone is saved up to :data:`SAVE_DELAY` after a change.
+    :param stop_grace: seconds the stop gives each connection, closed in order, to send what
+        it holds before it is aborted (:meth:`~gateway.broker.connection.MQTTConnection.close_at_stop`);
+        ``tree.py`` keeps it within ``gateway.shutdown_timeout``.
     """
 
     name = "broker"  # type: ignore[assignment]
@@ -111,8 +114,9 @@ class BrokerService(Service):
                  state_dir: Path | None = None,
                  handler_class: type[SessionHandler] = DurableAckHandler,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 state_stream: Callable[[], StateStream] | None = None) -> None:
+                 state_stream: Callable[[], StateStream] | None = None, stop_grace: float = STOP_GRACE) -> None:
         self.settings = settings
+        self.stop_grace = stop_grace
         self._loop = loop
         #: Where the durable acknowledgement's persist hook is installed (``tree.py`` hands it
         #: to the links service); it outlives broker restarts.
@@ -454,17 +458,19 @@ class BrokerService(Service):
         if broker is not None:
             broker.on_state_changed = None
             broker.state_log = None  # what the shutdown clears from memory stays on disk
-            d.addCallback(lambda _: broker.shutdown())
+            d.addCallback(lambda _: broker.shutdown(self.stop_grace))
             d.addErrback(lambda f: self.log.failure("broker shutdown failed", f))
         d.addCallback(lambda _: self._close_connections())
         return d
 
     def _close_connections(self) -> Deferred[None]:
+        """Close every connection in order (those without a session yet too), and fire once all
+        have closed: within :attr:`stop_grace`, the stragglers aborted."""
         waits = []
         for factory in self.factories.values():
             factory.flush()
             for connection in list(factory.connections):
-                connection.abort()
+                connection.close_at_stop(self.stop_grace)
             waiting: Deferred[None] = Deferred()
             factory.when_idle(partial(waiting.callback, None))
             waits.append(waiting)

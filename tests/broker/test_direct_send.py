@@ -168,6 +168,34 @@ class DirectSendOrderTests(SynchronousTestCase):
         self.assertIsInstance(ended, ConnectionDone)
         self.assertEqual(got, b"a" * 1_000_000)
 
+    def test_the_stop_half_closes_and_reads_what_the_client_sent(self) -> None:
+        """The broker's stop (``close_at_stop``) closes a plain socket's sending side once
+        Twisted has sent what it holds (the client reads every byte, then the end of the
+        stream) and reads on until the client closes: bytes of the client's left unread (a
+        PINGREQ sent while the final save paused reading) would make the kernel reset the
+        socket at its close, throwing away what it still held for the client."""
+        self.connection.pause_reading("the final save")
+        self.peer.send(packets.PINGREQ)
+        self.send(b"a" * 1_000_000)
+        self.connection.close_at_stop(1.0)
+        self.assertIn(self.transport, self.reactor.readers)
+        got = b""
+        for _ in range(10_000):
+            if self.transport not in self.reactor.writers:
+                break
+            self.assertIsNone(self.transport.doWrite())
+            got += self.peer.recv(1 << 20)
+        while chunk := self.peer.recv(1 << 20):  # then the end of the stream (b""), not a reset
+            got += chunk
+        self.assertEqual(got, b"a" * 1_000_000)
+        self.peer.shutdown(socket.SHUT_WR)  # the client closes its side
+        ended = None
+        for _ in range(10):
+            ended = self.transport.doRead()
+            if ended is not None:
+                break
+        self.assertIsInstance(ended, ConnectionDone)
+
     def test_other_transports_are_written_as_before(self) -> None:
         """TLS, the WebSocket adapter or a test's transport get every byte through their write."""
         self.assertIsNone(plain_socket(StringTransport()))

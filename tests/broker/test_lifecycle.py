@@ -3,10 +3,12 @@ and the memory hand-back after a wave of clients."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -123,6 +125,31 @@ class WillTests(DeliveryTestCase):
         yield service.stopService()
         yield client.lost.addTimeout(5, reactor)
         self.assertEqual(published, [])
+
+
+class StopTests(DeliveryTestCase):
+    """What clients see when the broker stops (gateway stop, configuration change)."""
+
+    @inlineCallbacks
+    def test_deliveries_written_just_before_the_stop_reach_a_clean_session(self):
+        """Deliveries written in the reactor turn the stop begins in (a small one, then one
+        larger than the socket buffers, which Twisted still holds when the connections are
+        closed) all reach a clean-session client, which then reads the end of the stream
+        (ConnectionDone), not a reset: the stop closes connections in order. Before, it
+        aborted them, and the kernel threw away what it still held."""
+        state_dir = Path(self.mktemp())
+        state_dir.mkdir()
+        service = yield start_broker(self, reactor, state_dir=state_dir)
+        client = yield self.subscribed(service, "clean", ("t/#", 0))
+        big = b"x" * (4 << 20)
+        service.broker.publish_internal("t/small", b"first", 0, False)
+        service.broker.publish_internal("t/big", big, 0, False)
+        client.transport.write(packets.PINGREQ)  # (left unread: the stop stops reading)
+        stopped = service.stopService()
+        yield client.lost.addTimeout(10, reactor)
+        yield stopped
+        self.assertEqual([p[:2] for p in client.publishes], [("t/small", b"first"), ("t/big", big)])
+        client.reason.trap(ConnectionDone)
 
 
 class DollarWillTests(SynchronousTestCase):
