@@ -1,9 +1,10 @@
 """Route the standard library's logging (amqtt, asyncio) into ``twisted.logger``, and set the
-libraries' own levels (autobahn's, through txaio)."""
+libraries' own levels (autobahn's, through txaio, once a WebSocket module imports it)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from twisted.logger import Logger, LogLevel
 
@@ -16,6 +17,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
 #: beside the link's own line with the same cause (throttled), and one for each connection
 #: the broker's WebSocket listener aborts, beside the broker's.
 _AUTOBAHN_LEVELS = {"debug": "debug", "info": "error", "warn": "error", "error": "error"}
+#: The level :func:`install` chose for autobahn, given to txaio by :func:`set_autobahn_level`.
+_autobahn_level = _AUTOBAHN_LEVELS["info"]
 
 
 class TwistedLogHandler(logging.Handler):
@@ -47,8 +50,17 @@ def install(level: str) -> None:
     root.setLevel(_LEVELS[level])
     # transitions (amqtt's state machines) logs every state change at INFO.
     logging.getLogger("transitions").setLevel(max(_LEVELS[level], logging.WARNING))
-    # (txaio's Twisted half, which autobahn.twisted logs through: small; autobahn itself is
-    # imported where a WebSocket is first used)
+    global _autobahn_level
+    _autobahn_level = _AUTOBAHN_LEVELS[level]
+    # autobahn (and txaio's Twisted half, which it logs through) is imported where a WebSocket
+    # is first used, and that module calls set_autobahn_level(): an idle gateway loads neither.
+    if "txaio.tx" in sys.modules:
+        set_autobahn_level()
+
+
+def set_autobahn_level() -> None:
+    """Give autobahn's loggers (txaio's) the level :func:`install` chose last: by every module
+    that imports autobahn, as it is imported, and by :func:`install` once txaio is loaded."""
     from txaio import tx
 
-    tx.set_global_log_level(_AUTOBAHN_LEVELS[level])
+    tx.set_global_log_level(_autobahn_level)

@@ -21,14 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = """
 import json, sys
 from pathlib import Path
-from gateway import config as gateway_config
+from gateway import config as gateway_config, logbridge
 from gateway.tap import install_reactor
 reactor, loop = install_reactor()
 from gateway.tree import build_service
 text = (Path(sys.argv[2]) / "conf" / "gateway.yaml").read_text()
 path = Path(sys.argv[1]) / "gateway.yaml"
 path.write_text(text.replace("state_dir: ./var", f"state_dir: {Path(sys.argv[1]) / 'state'}"))
-build_service(gateway_config.load(path), reactor, loop=loop)
+config = gateway_config.load(path)
+build_service(config, reactor, loop=loop)
+logbridge.install(config.gateway.log_level)  # (as tap.py does once the tree is built)
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -42,6 +44,10 @@ LAZY = (
     "twisted.application.internet", "xml.etree.ElementTree",  # retries, S3/Azure answers
     "gateway.twin.syncservice",  # no shadow link
     "tarfile", "gateway.apps.installer", "gateway.updates.job", "gateway.updates.swu.install",  # installs, bundles
+    "gateway.updates.rollback", "gateway.updates.detached_run",  # the self-update unit's side
+    "gateway.admin.statuspage", "gateway.admin.tables",  # the status page's first request
+    "gateway.links.endpoint", "gateway.tlsverify",  # no link; the first HTTPS connection
+    "txaio", "autobahn",  # no WebSocket listener or link
 )
 
 

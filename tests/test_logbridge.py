@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from twisted.logger import LogEvent
 from twisted.trial.unittest import SynchronousTestCase
 from txaio import tx
 
 from gateway import logbridge
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class AutobahnLevelTests(SynchronousTestCase):
@@ -39,3 +45,30 @@ class AutobahnLevelTests(SynchronousTestCase):
         """At ``debug`` every line autobahn logs at debug and above is written."""
         logbridge.install("debug")
         self.assertEqual(self.levels_logged(), ["info", "warn", "error"])
+
+
+#: In a fresh interpreter: the level set before autobahn is loaded, then each module that
+#: imports autobahn; prints txaio's level after each.
+LATE_IMPORT = """
+import sys
+from gateway import logbridge
+logbridge.install(sys.argv[1])
+print("txaio" in sys.modules)
+import gateway.broker.websocket
+from txaio import tx
+print(tx.get_global_log_level())
+logbridge.install("debug")
+print(tx.get_global_log_level())
+"""
+
+
+class AutobahnImportedLaterTests(SynchronousTestCase):
+    """An idle gateway does not load autobahn (tests/test_idle_imports.py); the level set at
+    start still holds once a WebSocket listener or link imports it."""
+
+    def test_level_applied_when_autobahn_is_imported(self) -> None:
+        """``install("warn")`` leaves txaio unloaded; importing the broker's WebSocket module
+        gives autobahn the ``error`` level, and a later ``install`` still changes it."""
+        out = subprocess.run([sys.executable, "-c", LATE_IMPORT, "warn"], check=True, capture_output=True,
+                             text=True, timeout=50, cwd=ROOT)
+        self.assertEqual(out.stdout.split(), ["False", "error", "debug"])

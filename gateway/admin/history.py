@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from typing import Any, Iterable
 
 #: Streams remembered at most (a new stream beyond this is not sampled).
 MAX_STREAMS = 64
+
+
+def pick(item: Any, *names: str, default: Any = None) -> Any:
+    """The first of ``names`` present in the mapping ``item`` (snapshots' field names)."""
+    if isinstance(item, dict):
+        for name in names:
+            if name in item and item[name] is not None:
+                return item[name]
+    return default
+
+
+def stream_depth(stream: Any) -> int:
+    """Records of a journal stream not yet acknowledged by its slowest cursor (all of its
+    records when it has no cursor)."""
+    cursors = pick(stream, "cursors", default=[])
+    if cursors:
+        return max(int(pick(c, "unacked", default=0)) for c in cursors)
+    return int(pick(stream, "records", default=0))
 
 
 class DepthHistory:

@@ -17,14 +17,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.admin.history import DepthHistory
+from gateway.admin.history import DepthHistory, pick, stream_depth
 from gateway.admin.interfaces import Backends
 from gateway.blocking import in_reactor_threads
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
 from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
-from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 from gateway.addresses import address_text
 from gateway.lazysite import LazySite

@@ -8,7 +8,7 @@ import time
 from html import escape
 from typing import Any, Iterable
 
-from gateway.admin.history import DepthHistory
+from gateway.admin.history import DepthHistory, pick, stream_depth
 from gateway.admin.interfaces import ReadSideLike
 from gateway.admin.tables import duration, link_problem, pending_change, previous_stop, stream_problem
 from gateway.readside import to_jsonable
@@ -21,24 +21,6 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f0
 .up{color:#186a1e;font-weight:600}.down{color:#a11;font-weight:600}.muted{color:#777}
 svg.spark{vertical-align:middle}progress{width:10em}
 """
-
-
-def pick(item: Any, *names: str, default: Any = None) -> Any:
-    """The first of ``names`` present in the mapping ``item`` (snapshots' field names)."""
-    if isinstance(item, dict):
-        for name in names:
-            if name in item and item[name] is not None:
-                return item[name]
-    return default
-
-
-def stream_depth(stream: Any) -> int:
-    """Records of a journal stream not yet acknowledged by its slowest cursor (all of its
-    records when it has no cursor)."""
-    cursors = pick(stream, "cursors", default=[])
-    if cursors:
-        return max(int(pick(c, "unacked", default=0)) for c in cursors)
-    return int(pick(stream, "records", default=0))
 
 
 def sparkline(series: list[tuple[float, int]], now: float, window: float,

@@ -26,6 +26,9 @@ from twisted.python.failure import Failure
 
 from gateway.addresses import address_text
 from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+from gateway.logbridge import set_autobahn_level
+
+set_autobahn_level()  # (autobahn is imported here, with a ws listener: its lines at the gateway's level)
 
 #: WebSocket subprotocols MQTT 3.1.1 clients ask for, in our order of preference.
 SUBPROTOCOLS = ("mqtt", "mqttv3.1")

@@ -14,7 +14,6 @@ from typing import Iterable, Literal
 from gateway.links.aws_settings import AWSSettings
 from gateway.links.cloudlimits import (AWS_MAX_PAYLOAD, MIN_PUBLISH, MQTT_MAX_PACKET, MQTT_MAX_PAYLOAD, CloudLimits,
                                        aws_topic_problem)
-from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
 from gateway.mqtt.topics import unreachable_request_topic, valid_filter, valid_topic
 from gateway.shown import shown_repr
@@ -214,6 +213,9 @@ class LinkSettings:
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,
         the TLS files (read and parsed now), the MQTT session's fields, the cloud's limits."""
+        # (the endpoint's module brings TLS verification and proxies: only a configured link needs it)
+        from gateway.links.endpoint import endpoint_problems
+
         yield from endpoint_problems(self)
         for key in IDENTITY_TEMPLATES:
             template = getattr(self, key)

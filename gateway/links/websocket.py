@@ -14,6 +14,9 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClie
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.logbridge import set_autobahn_level
+
+set_autobahn_level()  # (autobahn is imported here, with a WebSocket link: its lines at the gateway's level)
 
 class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
     """autobahn's adapter, with what the link's protocol also calls on its transport."""

@@ -17,7 +17,6 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from gateway.proxysettings import ProxySettings
-from gateway.tlsverify import NameCheckingCreator
 
 if TYPE_CHECKING:
     from treq.client import HTTPClient
@@ -52,6 +51,8 @@ class _PolicyPerServer:
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         """The connection creator of the server's own policy, else the default one's, refusing
         a certificate valid for no name (:mod:`gateway.tlsverify`)."""
+        from gateway.tlsverify import NameCheckingCreator  # (the first HTTPS connection)
+
         policy = self.servers.get((hostname.decode("ascii", "replace").lower(), port), self.default)
         return NameCheckingCreator(policy.creatorForNetloc(hostname, port), hostname.decode("ascii"))
 

@@ -24,7 +24,6 @@ from gateway.clockstep import steady_seconds
 from gateway.namewatch import NameWatch, inotify_maker
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
-from gateway.updates.rollback import ALIVE, STEP
 from gateway.updates.settings import UpdatesSettings
 
 
@@ -222,6 +221,8 @@ class ModuleInstaller:
             # so the lock is not waited for: another package's install, resumed beside this one,
             # may hold it, waiting for this installer's result before it launches its own.
             if deb_installer(self.settings) == "unit":
+                from gateway.updates.rollback import ALIVE  # (the unit's side: only a resumed install)
+
                 # Tell the unit, which watches the new version start (and rolls back when it
                 # does not: gateway.updates.rollback).
                 yield self.run_blocking(write_json_atomically, result_dir / ALIVE, {"pid": os.getpid()})
@@ -391,6 +392,8 @@ class ModuleInstaller:
         """Fire with the installer's result (``result.json`` in ``result_dir``) as soon as it is
         written; fail when its helper is gone without one (unless the unit recorded a step there,
         which its next start finishes: after a power cut, at boot), or after ``script_timeout``."""
+        from gateway.updates.rollback import STEP  # (the unit's side: only while a package installs)
+
         watch = NameWatch(self.reactor, result_dir / "result.json", self._notifier)
         began = steady_seconds(self.reactor)
         try:
