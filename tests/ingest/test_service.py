@@ -17,6 +17,7 @@ from gateway.errors import ConfigError
 from gateway.ingest.service import IngestService
 from gateway.ingest.settings import IngestSettings
 from tests.logevents import capture_log_events
+from tests.ports import free_port
 
 
 class IngestServiceTests(SynchronousTestCase):
@@ -54,15 +55,17 @@ class IngestServiceTests(SynchronousTestCase):
             def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
                 raise CannotListenError(interface, port, OSError(98, "Address already in use"))
 
-        service = IngestService(IngestSettings(), self.mktemp(), TakenReactor(),  # type: ignore[arg-type]
+        port = free_port()  # (the default 8090 may be a gateway's of this machine: its holder would be named)
+        service = IngestService(IngestSettings(endpoint=f"tcp:{port}:interface=127.0.0.1"), self.mktemp(),
+                                TakenReactor(),  # type: ignore[arg-type]
                                 lambda *a, **k: None, "gw", run_blocking=lambda f, *a: succeed(f(*a)))
         with capturedLogs() as logs:
             self.successResultOf(service.startService())
         self.assertEqual([formatEvent(e) for e in logs],
-                         ["ingest: cannot listen on tcp:8090:interface=127.0.0.1: Couldn't listen on"
-                          " 127.0.0.1:8090: [Errno 98] Address already in use; GWE apps cannot write"])
+                         [f"ingest: cannot listen on tcp:{port}:interface=127.0.0.1: Couldn't listen on"
+                          f" 127.0.0.1:{port}: [Errno 98] Address already in use; GWE apps cannot write"])
         self.assertEqual(service.snapshot().error,
-                         "Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.")
+                         f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use.")
 
     def test_the_site_starting_and_stopping_logs_nothing(self):
         """The site built at the first connection and stopped with the service logs no
