@@ -69,8 +69,7 @@ class DurableGate:
             return None
         d: Deferred[Any] = Deferred()
         message = [(topic, payload, qos, retain)]
-        appended = hook(message, d.callback, d.errback, reserved=True) if reserved else \
-            hook(message, d.callback, d.errback)
+        appended = hook(message, d.callback, d.errback, reserved=reserved)
         return d if appended and qos else None
 
 

@@ -85,7 +85,7 @@ class DurableAckTests(SynchronousTestCase):
         # let it count one, as after a real CONNECT (for :meth:`receive`).
         self.handler.connection.framer.feed(packets.connect("device", 30, True))
 
-    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any, *, reserved: bool = False) -> bool:
         self.hook_calls.append(list(messages))
         self.stream.append_many([Record(topic, payload, qos, retain, self.clock.seconds())
                                  for topic, payload, qos, retain in messages], on_durable, on_failed)
@@ -845,7 +845,7 @@ class CheckedPathDurableWaitTests(SynchronousTestCase):
         self.handler, self.transport = attached(self.broker, "device", self.clock)
         self.handler.connection.framer.feed(packets.connect("device", 30, True))
 
-    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any, *, reserved: bool = False) -> bool:
         """A journal whose appends the test makes durable (:meth:`durable`)."""
         self.journaled.extend(topic for topic, _, _, _ in messages)
         self.waiting.append(on_durable)

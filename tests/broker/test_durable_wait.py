@@ -43,7 +43,7 @@ class QoS0DurableWaitTests(SynchronousTestCase):
         self.handler, self.transport = attached(self.broker, "device", self.clock)
         self.handler.connection.framer.feed(packets.connect("device", 30, True))
 
-    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any, *, reserved: bool = False) -> bool:
         """The links' hook on one stream: QoS 0 batches are told when they are durable too."""
         self.journaled.extend(topic for topic, _, _, _ in messages)
         self.stream.append_many([Record(topic, payload, qos, retain, self.clock.seconds())

@@ -233,7 +233,7 @@ class JournaledWillTests(SynchronousTestCase):
         self.durable: list[Any] = []
         self.broker.durable_gate.install(self.persist_many, lambda topic: topic.startswith("telemetry/"))
 
-    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any, *, reserved: bool = False) -> bool:
         """The links' hook: record what is appended, say when it is durable (by hand)."""
         self.persisted.extend(messages)
         self.durable.append((on_durable, on_failed))

@@ -124,7 +124,7 @@ class TopicLimitsTests(SynchronousTestCase):
         the connection is closed, as for any invalid topic (mosquitto: "malformed packet");
         counted as a violation and as a topic too deep, logged with the client id."""
         persisted: list[Any] = []  # (the links journal x/...: the deep topic would be appended first)
-        self.broker.durable_gate.install(lambda messages, ok, failed: persisted.extend(messages) and False,
+        self.broker.durable_gate.install(lambda messages, ok, failed, *, reserved=False: persisted.extend(messages) and False,
                                          lambda topic: topic.startswith("x/"))
         topic = deep(4, "l")
         answer = self.receive(raw.publish("a/b/c", b"ok", 1, packet_id=1)
