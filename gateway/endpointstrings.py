@@ -80,8 +80,8 @@ def listen_problem(args: list[str], kwargs: dict[str, str], description: str) ->
     """
     kind = args[0] if args else ""
     if kind in ("tcp", "tcp6", "ssl"):
-        port = args[1] if len(args) > 1 else kwargs.get("port", "")
-        if not port.isdigit() or int(port) > 65535:
+        port = _written_port(args, kwargs)
+        if not port.isdigit() or int(port) > 65535:  # (Twisted's parser takes any whole number)
             return f"{kind} endpoint needs a port from 0 to 65535: {description!r}", "port"
         interface = kwargs.get("interface", "")
         try:
@@ -126,9 +126,14 @@ def server_endpoint_problem(description: str) -> str | None:
         return f"not a Twisted server endpoint: {description!r} ({exc})"
     except OSError as exc:  # (an ssl: endpoint's certificate or key read at parse time)
         return f"{description!r}: {exc.strerror or exc}{f': {exc.filename!r}' if exc.filename else ''}"
-    if args[:1] in (["tcp"], ["tcp6"], ["ssl"]):  # parsed as any whole number; listen() would refuse it
-        port = args[1] if len(args) > 1 else kwargs.get("port", "")
-        if not port.isdigit() or int(port) > 65535:
-            return f"{description!r}: the port must be from 0 to 65535, not {port!r}"
     problem = listen_problem(args, kwargs, description)
-    return problem[0] if problem else None
+    if problem is None:
+        return None
+    if problem[1] == "port":  # (worded as this section's other endpoint errors: the string first)
+        return f"{description!r}: the port must be from 0 to 65535, not {_written_port(args, kwargs)!r}"
+    return problem[0]
+
+
+def _written_port(args: list[str], kwargs: dict[str, str]) -> str:
+    """A ``tcp:``, ``tcp6:`` or ``ssl:`` server endpoint's port as written (``""`` when none)."""
+    return args[1] if len(args) > 1 else kwargs.get("port", "")
