@@ -42,7 +42,7 @@ DNS_THREADS = 4
 #: their thread): one more fails at once.
 DNS_MAX_PENDING = 64
 #: Seconds between two log lines about lookups refused for the cap, at least.
-REFUSED_LOG_INTERVAL = 60.0
+LOOKUP_REFUSED_LOG_INTERVAL = 60.0
 #: Host names whose last lookup failed that are remembered (for the causes that name them).
 REMEMBERED_FAILURES = 64
 
@@ -143,7 +143,7 @@ class PooledNameResolver:
         self.failures = failures
         #: lookups whose thread work has not ended (timed out ones included)
         self.pending = 0
-        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
+        self._refused_lines = LogThrottle(LOOKUP_REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
 
     def resolveHostName(self, resolutionReceiver: IResolutionReceiver, hostName: str, portNumber: int = 0,
                         addressTypes: Sequence[type[IAddress]] | None = None,

@@ -158,7 +158,7 @@ class PooledNameResolverTests(SynchronousTestCase):
         line = ("DNS lookup for other.example.com refused: 3 lookups are already under way (DNS does not answer?);"
                 " {count} refused since the last such line, logged at most once a minute")
         self.assertEqual(lines(), [line.format(count=1)])
-        self.clock.advance(nameresolver.REFUSED_LOG_INTERVAL)  # (the 3 time out, and still hold their threads)
+        self.clock.advance(nameresolver.LOOKUP_REFUSED_LOG_INTERVAL)  # (the 3 time out, and still hold their threads)
         self.resolve("other.example.com")
         self.assertEqual(lines(), [line.format(count=5)])
 
