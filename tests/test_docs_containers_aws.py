@@ -101,11 +101,12 @@ class ContainersDocTests(ConfigCheck):
 
     def test_cpuset_cpus_is_a_cpu_list(self) -> None:
         """A ``cpuset_cpus`` that is no CPU list passed the check and was refused by podman only
-        at install: refused by the check (and by the description's own check, at install)."""
+        at install: refused by the check (and by the description's own check, at install). Its
+        digits are ASCII ones: the kernel reads no other (an Arabic-Indic ``٣`` passed)."""
         for value in ("0", "0-1", "0,2", "0-1,4", "12-15"):
             self.assertEqual(self.problems(f"containers: {{containers: {{abc: {{image: x, cpuset_cpus: '{value}'}}}}}}\n"),
                              [])
-        for value in ("0-", "a", "1-0", "0,,2", "0;1", "1.5", " 0", "0-1,"):
+        for value in ("0-", "a", "1-0", "0,,2", "0;1", "1.5", " 0", "0-1,", "\u0663", "0-\u0663", "\uff11"):
             [problem] = self.problems(f"containers: {{containers: {{abc: {{image: x, cpuset_cpus: '{value}'}}}}}}\n")
             self.assertEqual(problem, f"containers.containers.abc.cpuset_cpus: {value!r} is not a list of CPUs"
                                       " (numbers and ranges low-high, comma separated: 0-1 or 0,2)")

@@ -20,7 +20,7 @@ NetworkMode = Literal["bridge", "host", "none"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # (\Z: "$" takes a name before a trailing newline)
-_CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?\Z")
+_CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")  # ([0-9]: \d takes any Unicode digit, as ٣)
 
 
 def parse_size(text: str) -> int:
