@@ -15,9 +15,10 @@ from typing import Any, Iterator
 #: The most characters of a client's text that an answer or a log line repeats.
 SHOWN_CHARS = 100
 
-#: A URL's user information (``scheme://user:password@``, up to the authority's last ``@``),
-#: what :func:`shown_url` leaves out of it: a token is often the user name.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+#: A URL's scheme (group 1, ``scheme://``) and user information (group 2, ``user:password``,
+#: up to the authority's last ``@``), which :func:`shown_url` and :func:`url_error_shown` leave
+#: out: a token is often the user name.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 
 #: A value of another kind than JSON's and Python's plain containers (a date YAML read...) as
 #: :func:`shown_repr` writes it when Python's ``repr`` cannot write the whole: cut short.
@@ -165,7 +166,7 @@ def url_error_shown(url: str, error: ValueError) -> str:
     :param error: what refused it.
     """
     text = str(error)
-    userinfo = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@", url)
+    userinfo = _USERINFO.match(url)
     if userinfo is not None:
-        text = text.replace(userinfo.group(1) + "@", "")
+        text = text.replace(userinfo.group(2) + "@", "")
     return shown(text)
