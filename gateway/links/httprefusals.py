@@ -24,7 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.journal.losses import LossReason
 from gateway.links.exosite import RequestFailed
 from gateway.links.stream import LinkStream, note_losses
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
 from gateway.mqtt.topics import topic_for_log
 
 #: Statuses by which a cloud refuses what one request carries, so that sending it again
@@ -42,8 +42,6 @@ URL_REFUSALS = frozenset({404, 414})
 #: as over its limits (a proxy refusing a body too large does that; a network that fails
 #: does not answer the next request either).
 CLOSES_TO_REFUSE = 2
-#: Seconds between two warnings about refused records, at least.
-REFUSED_LOG_INTERVAL = 10.0
 
 
 def refusal(mode: Literal["exosite", "json"], status: int) -> LossReason | None:
