@@ -54,7 +54,7 @@ TURN_LIMIT = 1 << 20
 #: closes and connects again at once), and by the time the new one's CONNECT is read that close
 #: has been. More than these at once are closed as soon as they are accepted.
 FULL_LISTENER_WAITING = 16
-#: Seconds a connection the broker's stop closes in order (:meth:`MQTTConnection.close_at_stop`)
+#: Seconds a connection the broker's stop closes in order (:meth:`MQTTConnection.close_in_order`)
 #: has to send what Twisted still holds of its bytes, and its client to close its side, before
 #: it is aborted: a client that reads does both in milliseconds, one that does not read cannot
 #: hold the stop up for longer.
@@ -220,29 +220,24 @@ class MQTTConnection(Protocol):
             self.flush()
             self.sender.close()
 
-    def close_and_stop_reading(self) -> None:
-        """Close in order, as mosquitto does, and read nothing more: what was written is sent,
-        then the client reads the end of the stream (a reset would lose it, and clients report
-        a reset as an error). A client that does not take those last bytes within
-        ``connect_timeout`` is cut off by the listener's sweep (:meth:`expired`)."""
-        self.close()
-        self.lost = True
-        self._set_deadline(steady_seconds(self.factory.clock) + self.factory.connect_timeout)
+    def close_in_order(self, grace: float | None = None) -> None:
+        """Close in order, as mosquitto does, and handle nothing more: what was written, and
+        what the kernel holds, reaches the client before the end of the stream (a reset would
+        throw it away, and clients report a reset as an error). On a plain socket the sending
+        side is closed and the client's close awaited
+        (:meth:`~gateway.directsend.DirectSender.close_sending`); TLS sends its close alert, the
+        WebSocket adapter its close frame. Reading resumes and what is read is dropped: a socket
+        closed with bytes of the client's unread in it (a PINGREQ sent after its CONNECT, a
+        packet after a bad one, one sent while reading was paused) is reset by the kernel.
 
-    def close_at_stop(self, grace: float = STOP_GRACE) -> None:
-        """The broker stops: close in order (what was written, and what the kernel holds,
-        reaches the client before the end of the stream; a reset would throw it away, and
-        clients report a reset as an error); nothing more is handled. On a plain socket the
-        sending side is closed and the client's close awaited
-        (:meth:`~gateway.directsend.DirectSender.close_sending`). A connection not closed
-        within ``grace`` seconds (Twisted still holds bytes a client does not read, or a client
-        does not close its side or answer the TLS or WebSocket close) is aborted by the
-        listener's sweep (:meth:`expired`); one closing already for another reason is given no
-        longer than that either.
-
-        Reading resumes, what is read is dropped: a pause (the broker's final save) would leave
-        the client's close, and bytes a socket must not be closed with, unread."""
-        at = steady_seconds(self.factory.clock) + grace
+        The broker closes so at its stop, after a refused CONNECT (its CONNACK goes first), a
+        protocol violation (the answers to the packets before it go first, nothing after it),
+        a takeover and a keep-alive expiry. A connection not closed within ``grace`` seconds
+        (``connect_timeout`` by default; Twisted still holds bytes a client does not read, or a
+        client does not close its side or answer the TLS or WebSocket close) is aborted by the
+        listener's sweep (:meth:`expired`); one closing already is given no longer than that
+        either."""
+        at = steady_seconds(self.factory.clock) + (self.factory.connect_timeout if grace is None else grace)
         if not self.lost:
             self.factory.serving.discard(self)
             self.flush()
@@ -267,7 +262,7 @@ class MQTTConnection(Protocol):
         self.pending = []
         self.resume_reading(_UNDECIDED)
         self.write(connack(False, code))
-        self.close()
+        self.close_in_order()
 
     def peer_address(self) -> tuple[str, int]:
         """The peer's address as ``(host, port)``; ``("unix:<path>", 0)`` for a unix socket."""
@@ -358,7 +353,7 @@ class MQTTConnection(Protocol):
     def _close_violating(self, what: str) -> None:
         """Close for a violation, in order [MQTT-4.8.0-1]: read and handle nothing more, let
         the handler write the answers to the packets before the violation (a PUBACK waits for
-        the journal), then close as :meth:`close_and_stop_reading` does. The handler gets
+        the journal), then close as :meth:`close_in_order` does. The handler gets
         ``connect_timeout`` for those answers: the journal may be stuck, and a client that
         broke the protocol does not hold a connection open for longer."""
         if not self.violated:  # (one line a connection: a packet handed over after it may break the rules too)
@@ -368,7 +363,7 @@ class MQTTConnection(Protocol):
         handler = self.handler
         if handler is None:
             if self.undecided_bytes < 0:  # no CONNECT yet (or refused already): no answer is owed
-                self.close_and_stop_reading()
+                self.close_in_order()
             else:  # the CONNECT is being decided: nothing more is read; the packets before the
                 # violation wait for its handler (:meth:`attach`), which answers them, then it closes
                 self.pause_reading(_UNDECIDED)
@@ -385,7 +380,7 @@ class MQTTConnection(Protocol):
     def _answered(self) -> None:
         """The answers to the packets before the violation are written: close in order."""
         if not self.lost:
-            self.close_and_stop_reading()
+            self.close_in_order()
 
     def _connect_received(self, packet: Packet) -> None:
         # The CONNECT deadline holds until the broker has decided (authentication may take
@@ -412,10 +407,13 @@ class MQTTConnection(Protocol):
             self.factory.sweep_by(deadline)
 
     def expired(self, now: float) -> None:
-        """The deadline passed: no CONNECT (or no decision on it) in time, or no packet within 1.5 keep-alives
-        [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will). Or a
-        connection closed in order (:meth:`close_and_stop_reading`) still has bytes its client
-        does not read: it is aborted. Or a connection closed for a violation still waits for
+        """The deadline passed: no CONNECT (or no decision on it) in time: the connection is
+        aborted (nothing is owed to the client). Or no packet within 1.5 keep-alives
+        [MQTT-3.1.2-24]: the session ends at once, as when the network fails (the broker
+        publishes the will), and the connection is closed in order (:meth:`close_in_order`:
+        what was written to a client that is still there reaches it). Or a connection closed
+        in order still has bytes its client does not read, or its client did not close its
+        side: it is aborted. Or a connection closed for a violation still waits for
         the answers to the packets before it (the journal did not make a PUBLISH durable): it
         is closed in order without them."""
         self.deadline = 0.0
@@ -423,7 +421,7 @@ class MQTTConnection(Protocol):
             self.abort()
             return
         if self.violated and self.handler is not None:  # the answers owed before the violation came too late
-            self.close_and_stop_reading()
+            self.close_in_order()
             return
         if self.handler is None:
             self.abandoned = True
@@ -432,11 +430,15 @@ class MQTTConnection(Protocol):
             what = "no CONNECT" if not self.framer.packets_complete else "its CONNECT not decided (authentication)"
             self.factory.violation(f"closing {self.peer_text()}: {what} within "
                                    f"{self.factory.connect_timeout} s", count=False)
-        else:
-            self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
-                          "[MQTT-3.1.2-24]", peer=self.peer_text(), limit=self._keepalive,
-                          keep_alive=self._keepalive / 1.5)
-        self.abort()
+            self.abort()
+            return
+        self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
+                      "[MQTT-3.1.2-24]", peer=self.peer_text(), limit=self._keepalive,
+                      keep_alive=self._keepalive / 1.5)
+        handler, self.handler = self.handler, None
+        self.pending = []
+        self.close_in_order()
+        handler.connection_lost()  # (told once: connectionLost, when it comes, finds no handler)
 
     def attach(self, handler: PacketSink) -> None:
         """Send the packets after CONNECT to ``handler`` (those already here first); the
@@ -756,7 +758,7 @@ class MQTTListenerFactory(Factory):
         self.waiting.discard(connection)
         if self.full and self.acceptor.connection_of(client_id) not in self.serving:
             self._refused_full(address_text(connection.transport.getPeer()))
-            connection.close_and_stop_reading()
+            connection.close_in_order()
             return False
         self.serving.add(connection)
         return True

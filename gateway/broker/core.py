@@ -150,7 +150,7 @@ class GatewayBroker(Router[SessionHandler]):
         plugins.
 
         :param grace: seconds a connection has to send what it holds before it is aborted
-            (:meth:`~gateway.broker.connection.MQTTConnection.close_at_stop`).
+            (:meth:`~gateway.broker.connection.MQTTConnection.close_in_order`).
         """
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
@@ -160,7 +160,7 @@ class GatewayBroker(Router[SessionHandler]):
             self._unwatch_steps = None
         for handler in list(self.live.values()):
             handler.will = None
-            handler.connection.close_at_stop(grace)
+            handler.connection.close_in_order(grace)
         return self.plugins.close()
 
     # -- CONNECT --------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ class GatewayBroker(Router[SessionHandler]):
         if old is not None:
             self._log_takeover(client_id)
             self._end_connection(old, taken_over=True)
-            old.connection.close_and_stop_reading()
+            old.connection.close_in_order()
         existing = self.sessions.get(client_id)
         present = existing is not None and not existing.clean and not fresh.clean
         if present:

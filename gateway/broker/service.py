@@ -103,7 +103,7 @@ class BrokerService(Service):
         acknowledgement (see :mod:`gateway.broker.persistence`); without it the state
         file alone is saved up to :data:`SAVE_DELAY` after a change.
     :param stop_grace: seconds the stop gives each connection, closed in order, to send what
-        it holds before it is aborted (:meth:`~gateway.broker.connection.MQTTConnection.close_at_stop`);
+        it holds before it is aborted (:meth:`~gateway.broker.connection.MQTTConnection.close_in_order`);
         ``tree.py`` keeps it within ``gateway.shutdown_timeout``.
     """
 
@@ -470,7 +470,7 @@ class BrokerService(Service):
         for factory in self.factories.values():
             factory.flush()
             for connection in list(factory.connections):
-                connection.close_at_stop(self.stop_grace)
+                connection.close_in_order(self.stop_grace)
             waiting: Deferred[None] = Deferred()
             factory.when_idle(partial(waiting.callback, None))
             waits.append(waiting)

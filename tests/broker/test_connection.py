@@ -104,12 +104,14 @@ class KeepAliveTests(ConnectionTestCase):
     """[MQTT-3.1.2-24] counts only time the broker was reading the client."""
 
     def test_silence_closes(self) -> None:
-        """No packet for 1.5 times the keep-alive closes the connection."""
-        self.connected()
+        """No packet for 1.5 times the keep-alive closes the connection, in order (what was
+        written to a client still there reaches it), and ends its session at once."""
+        sink = self.connected()
         self.clock.advance(14.9)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(0.2)
-        self.assertTrue(self.transport.disconnected, "aborted")
+        self.assertEqual((self.transport.disconnecting, self.transport.disconnected), (True, False), "closed in order")
+        self.assertTrue(sink.lost)
 
     def test_a_step_of_the_wall_clock_moves_no_deadline(self) -> None:
         """NTP steps the clock of a gateway without a real-time clock by 56 years: the client
@@ -124,7 +126,7 @@ class KeepAliveTests(ConnectionTestCase):
         self.clock.advance(8.9)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(0.2)
-        self.assertTrue(self.transport.disconnected, "aborted")
+        self.assertTrue(self.transport.disconnecting, "closed")
 
     def test_packets_keep_it_open(self) -> None:
         """Every packet starts the keep-alive over."""
@@ -159,7 +161,7 @@ class KeepAliveTests(ConnectionTestCase):
         self.clock.advance(14.9)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(0.2)
-        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.transport.disconnecting)
 
     def test_packets_held_while_paused_go_out_on_resume(self) -> None:
         """Packets that arrived while paused are handed on, in order, when the pause ends."""
@@ -384,7 +386,7 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.clock.advance(1.6)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(3.1)  # silent since 3.5 s
-        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.transport.disconnecting)
 
     def test_no_deadline_no_timer(self) -> None:
         """A client with keep-alive 0 has no deadline once connected: the listener has no timer."""
@@ -610,7 +612,7 @@ class MaxConnectionsTests(SynchronousTestCase):
         served, and taken as soon as the first is closing (closed by the broker, or aborted),
         before its transport reports it lost (it may wait for its client to read its last
         bytes)."""
-        for end in (MQTTConnection.close, MQTTConnection.close_and_stop_reading, MQTTConnection.abort):
+        for end in (MQTTConnection.close, MQTTConnection.close_in_order, MQTTConnection.abort):
             first, transport = self.open()
             refused, _ = self.open()
             refused.dataReceived(packets.CONNECT_OK)
@@ -681,7 +683,7 @@ class MaxConnectionsTests(SynchronousTestCase):
         self.assertEqual([c for c, _ in self.acceptor.connects], [old, new])
         self.assertEqual((other_transport.disconnecting, transport.disconnecting), (True, False))
         self.assertEqual((self.factory.serving, self.factory.refused_full), ({old, new}, 1))
-        old.close_and_stop_reading()  # as the broker closes a connection taken over
+        old.close_in_order()  # as the broker closes a connection taken over
         self.assertEqual(self.factory.serving, {new})
 
     def test_a_client_served_on_another_listener_does_not_pass(self) -> None:

@@ -241,7 +241,7 @@ class DurableAckTests(SynchronousTestCase):
                          + packets.ack(packets.PUBREC, 8) + packets.ack(packets.PUBACK, 9))
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.disconnected, "reset")
-        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(transport.producerState, "producing")  # (reads on, drops: no reset for unread bytes)
         self.assertEqual([message[0] for message in self.hook_calls[0]], ["telemetry/t"])
 
     def test_a_violation_while_the_connect_is_refused_gets_the_refusal_only(self) -> None:

@@ -35,7 +35,7 @@ class EndRecordingTransport(StringTransport):
 
 
 class StopCloseTests(SynchronousTestCase):
-    """:meth:`GatewayBroker.shutdown` and :meth:`MQTTConnection.close_at_stop` (what the broker
+    """:meth:`GatewayBroker.shutdown` and :meth:`MQTTConnection.close_in_order` (what the broker
     service's stop calls for every connection of its listeners)."""
 
     def setUp(self) -> None:
@@ -84,7 +84,7 @@ class StopCloseTests(SynchronousTestCase):
         silent, silent_transport = self.open(None)
         grace = 0.5
         self.broker.shutdown(grace)
-        silent.close_at_stop(grace)  # as the service does for every connection left
+        silent.close_in_order(grace)  # as the service does for every connection left
         self.clock.advance(grace - 0.01)
         self.assertEqual((transport.ends, silent_transport.ends), (["close"], ["close"]))
         self.clock.advance(0.01)
@@ -96,15 +96,46 @@ class StopCloseTests(SynchronousTestCase):
         has ``connect_timeout`` to read its last bytes) is aborted once the stop's grace is up,
         not ``connect_timeout`` later; one whose own deadline comes first keeps it."""
         connection, transport = self.open(None)
-        connection.close_and_stop_reading()
-        connection.close_at_stop(1.0)
+        connection.close_in_order()
+        connection.close_in_order(1.0)
         self.clock.advance(1.0)
         self.clock.advance(0)
         self.assertEqual(transport.ends, ["close", "abort"])
         soon, soon_transport = self.open(None)
-        soon.close_and_stop_reading()
+        soon.close_in_order()
         self.clock.advance(CONNECT_TIMEOUT - 0.5)
-        soon.close_at_stop(1.0)
+        soon.close_in_order(1.0)
         self.clock.advance(0.5)
         self.clock.advance(0)
         self.assertEqual(soon_transport.ends, ["close", "abort"])
+
+    def test_a_keepalive_expiry_ends_the_session_at_once_and_closes_in_order(self) -> None:
+        """No packet within 1.5 keep-alives [MQTT-3.1.2-24]: the session ends at once (its will
+        is published, as when the network fails), and the connection is closed in order,
+        reading on: a delivery written to it just before goes out first, then the end of the
+        stream, and what the client sends from then on is dropped. It is aborted only if it is
+        not closed within ``connect_timeout``. Before, it was aborted at once, and the kernel
+        threw away what it still held for the client."""
+        watcher, watcher_transport = self.open("watcher")
+        watcher.dataReceived(packets.subscribe(("wills/#", 0)))
+        self.clock.advance(0)
+        watcher_transport.clear()
+        doomed, transport = self.open(None)
+        doomed.dataReceived(packets.connect("doomed", flags=0x06, keep_alive=2, will=("wills/doomed", b"gone")))
+        self.clock.advance(0)
+        transport.clear()
+        self.clock.advance(2.9)
+        doomed.write(publish("t", b"the last one", 0))
+        self.clock.advance(0.1)
+        self.clock.advance(0)  # (the sweep closes it in the turn after it found it due)
+        self.assertEqual((transport.value(), transport.ends), (publish("t", b"the last one", 0), ["close"]))
+        self.assertEqual(transport.producerState, "producing")
+        self.assertNotIn("doomed", self.broker.live)
+        self.clock.advance(0)
+        self.assertEqual(watcher_transport.value(), publish("wills/doomed", b"gone", 0))
+        doomed.dataReceived(packets.PINGREQ)  # dropped
+        self.clock.advance(CONNECT_TIMEOUT)
+        self.clock.advance(0)
+        self.assertEqual((transport.value(), transport.ends), (publish("t", b"the last one", 0), ["close", "abort"]))
+        doomed.connectionLost()
+        self.assertEqual(watcher_transport.value(), publish("wills/doomed", b"gone", 0))  # (once)
