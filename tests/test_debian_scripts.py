@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 DEBIAN = Path(__file__).resolve().parent.parent / "debian"
 #: The commands the scripts call, stubbed: each records its arguments and succeeds.
@@ -23,6 +23,8 @@ class ConfigFileModeTests(SynchronousTestCase):
 
         :param overridden: whether ``dpkg-statoverride --list`` finds an override already.
         """
+        if not (DEBIAN / name).exists():
+            raise SkipTest("no debian/ here (the .deb build runs the suite on a copy without it)")
         work = Path(self.mktemp())
         stubs, calls = work / "bin", work / "calls"
         (work / "venv" / "bin").mkdir(parents=True)
