@@ -57,10 +57,12 @@ class FleetServiceTests(SynchronousTestCase):
         self.attributes = {"version": "1.0", "apps": "app 1"}
         self.fleet: FleetService | None = None
 
-    def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None) -> FleetService:
+    def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None,
+              disk: Any = run_inline) -> FleetService:
         """Start the update service and the fleet service; ``load_after`` lets the update service's
         blocking work (loading its operations first) end that many seconds later, as its thread
-        does in a running gateway, after the fleet service has started."""
+        does in a running gateway, after the fleet service has started; ``disk`` runs the fleet
+        service's blocking work (a :class:`HeldThreads` holds it for the test to release)."""
         def later(f: Any, *args: Any) -> Any:
             assert load_after is not None
             return deferLater(self.clock, load_after, f, *args)
@@ -70,7 +72,7 @@ class FleetServiceTests(SynchronousTestCase):
         loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
-                                  run_inline, uniform=lambda a, b: (a + b) / 2)
+                                  disk, uniform=lambda a, b: (a + b) / 2)
         self.fleet.startService()
         if load_after is None:
             self.successResultOf(loaded)
@@ -1118,13 +1120,7 @@ class FleetServiceTests(SynchronousTestCase):
         (a configuration change), and logged ``fleet poll failed`` with a CancelledError."""
         events = capture_log_events(self)
         disk = HeldThreads()
-        self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
-                                     self.installer, run_inline, lambda attempt: 1.0)
-        self.successResultOf(self.updates.startService())
-        ddi = DDIClient(self.stub, self.clock, SETTINGS.base_url, SETTINGS.tenant, SETTINGS.controller_id, TOKEN)
-        fleet = FleetService(SETTINGS, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
-                             disk, uniform=lambda a, b: (a + b) / 2)
-        fleet.startService()
+        fleet = self.start(disk=disk)
         self.run_for(10)
         self.assertEqual((len(self.server.config), len(disk.calls)), (1, 1))  # configData sent, its write held
         polls = fleet.polls
@@ -1146,13 +1142,7 @@ class FleetServiceTests(SynchronousTestCase):
         stop's cancel swallowed the write's error)."""
         events = capture_log_events(self)
         disk = HeldThreads()
-        self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
-                                     self.installer, run_inline, lambda attempt: 1.0)
-        self.successResultOf(self.updates.startService())
-        ddi = DDIClient(self.stub, self.clock, SETTINGS.base_url, SETTINGS.tenant, SETTINGS.controller_id, TOKEN)
-        fleet = FleetService(SETTINGS, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
-                             disk, uniform=lambda a, b: (a + b) / 2)
-        fleet.startService()
+        fleet = self.start(disk=disk)
         self.run_for(10)
         self.assertEqual(len(disk.calls), 1)  # the configData's state write, held
 
