@@ -99,19 +99,33 @@ def served(port: Any, within: float = 10.0, ask: Callable[[Any, int], tuple[sock
         time.sleep(0.1)
 
 
+def settled_descriptors(pid: int, within: float = 10.0) -> int:
+    """How many descriptors the process ``pid`` has open once that number has stayed the same
+    for half a second (or after ``within`` seconds): just started, a gateway still holds some
+    for a moment (its ``nft`` runs' pipes, files being read); a limit set on such a count left
+    it room for every client of a full suite run's test, none refused."""
+    deadline = time.monotonic() + within
+    counts: list[int] = []
+    while True:
+        counts = [*counts[-4:], len(os.listdir(f"/proc/{pid}/fd"))]
+        if (len(counts) == 5 and len(set(counts)) == 1) or time.monotonic() > deadline:
+            return counts[-1]
+        time.sleep(0.1)
+
+
 def out_of_descriptors(pid: int, path: str, refusals: int) -> tuple[list[socket.socket], int]:
     """Lower the process ``pid``'s descriptor limit to what it has open and 3 more, take those
-    with clients of the admin API's unix socket ``path`` (holding them), then connect
-    ``refusals`` times more, a client at a time. (The admin socket: the one listener that keeps
+    with clients of the admin API's unix socket ``path`` (holding them, however many the limit
+    leaves room for), then connect ``refusals`` times more, a client at a time. (The admin socket: the one listener that keeps
     no reserve of descriptors, so that ``gatewayctl`` reaches a flooded gateway; the others close
     new clients before the limit.)
 
     :return: the clients held, and how many of the others were closed unanswered.
     """
     _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 3, hard))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (settled_descriptors(pid) + 3, hard))
     held: list[socket.socket] = []
-    for number in range(20):
+    for number in range(200):
         client, served = admin_answered(path, number)
         if not served:
             client.close()
@@ -119,7 +133,7 @@ def out_of_descriptors(pid: int, path: str, refusals: int) -> tuple[list[socket.
         held.append(client)
     refused = 0
     for number in range(refusals):
-        client, served = admin_answered(path, 100 + number)
+        client, served = admin_answered(path, 1000 + number)
         client.close()
         refused += not served
     return held, refused
