@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Protocol
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gateway.mqtt.topics import matches, valid_filter, valid_topic
@@ -32,8 +32,16 @@ class BusBroker(Protocol):
     def has_client_subscribers(self) -> bool:
         """Whether any client subscription exists."""
 
-    def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Deliver a message published on the bus to the broker's clients (and retain it if asked)."""
+    @property
+    def retained_links(self) -> dict[str, str]:
+        """Topic -> the cloud link whose downlink brought its retained message."""
+
+    def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> None:
+        """Deliver a message published on the bus to the broker's clients (and retain it if
+        asked, as ``link``'s when a cloud link brought it)."""
+
+    def state_durable(self) -> "Deferred[None] | None":
+        """A Deferred for when every state change logged so far is durable (``None``: it is)."""
 
 
 class BusMessage(NamedTuple):
@@ -129,8 +137,14 @@ class LocalBus:
             matching = self._matching[topic] = [entry for entry in self._subscriptions if matches(entry[0], topic)]
         return matching
 
+    def retained_link(self, topic: str) -> str:
+        """The cloud link whose downlink brought the topic's retained message (``""``: it has
+        none, or a local client, a plugin or the gateway itself retained it)."""
+        broker = self._broker
+        return broker.retained_links.get(topic, "") if broker is not None else ""
+
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                reserved: bool = False) -> Deferred[None]:
+                reserved: bool = False, link: str = "") -> Deferred[None]:
         """Publish to local clients and bus subscribers, and to the cloud where routes say so.
 
         A message the links route (the durable gate wants it) is appended to their journal
@@ -140,6 +154,9 @@ class LocalBus:
             (``gateway.journal.retention.RESERVED_BYTES``): the command dispatcher's replies,
             which the cloud waits for, get in while a stream is full under ``reject-new`` (a
             local flood, a backlog still draining).
+        :param link: the cloud link whose downlink brought it (a cloud's message): retained,
+            it is kept as that link's (:meth:`retained_link`), and the result also waits until
+            the broker's state holds the change durably (the link acknowledges the cloud then).
         :return: a Deferred that fires once the broker has queued the message (and the
             journal holds it, where it is routed).
         :raises BrokerError: (in the Deferred) when the broker is not running.
@@ -160,7 +177,11 @@ class LocalBus:
         stored = broker.durable_gate.persist(topic, payload, qos, retain, reserved)
         self.dispatch(BusMessage(topic, payload, qos, retain))
         if broker.has_client_subscribers or retain:
-            broker.publish_internal(topic, payload, qos, retain)
-        if stored is None:
+            broker.publish_internal(topic, payload, qos, retain, link)
+        state = broker.state_durable() if retain and link else None
+        waits = [d for d in (stored, state) if d is not None]
+        if not waits:
             return succeed(None)
-        return stored.addCallback(lambda _: None)
+        if len(waits) == 1:
+            return waits[0].addCallback(lambda _: None)
+        return gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)

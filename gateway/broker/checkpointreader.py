@@ -60,6 +60,10 @@ def read_checkpoint(file: IO[bytes], budget: RetainedBudget | None = None) -> Ch
                 if budget is None or budget.admit(topic, retained_size(topic, payload)):
                     retained.append([topic, payload, qos])
             value = retained
+        elif key == "retained_links":
+            if not (isinstance(value, list) and all(isinstance(row, list) and len(row) == 2 and _is_topic(row[0])
+                                                    and _is_text(row[1]) and row[1] for row in value)):
+                raise ValueError("retained_links: not a list of [topic, link name] pairs")
         elif key not in ("format", "log_through"):
             continue  # (nothing restore reads)
         state[key] = value

@@ -61,6 +61,7 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
     retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items()]
     log = broker.state_log
     return {"format": FORMAT, "sessions": sessions, "retained": retained,
+            "retained_links": sorted(map(list, broker.retained_links.items())),
             "log_through": log.appended if log is not None else 0}
 
 
@@ -106,7 +107,8 @@ def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
     for n, part in enumerate(_retained_parts(state["retained"])):
         rows = [[t, _b64(p), q] for t, p, q in part]
         yield (b"," if n else b"") + _dumps(rows)[1:-1].encode()
-    yield b"]}"
+    links = state.get("retained_links")  # (a member versions before it skip)
+    yield b'],"retained_links":' + _dumps(links).encode() + b"}" if links else b"]}"
 
 
 def _retained_parts(retained: list[list[Any]]) -> Iterator[list[list[Any]]]:

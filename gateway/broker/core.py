@@ -417,13 +417,27 @@ class GatewayBroker(Router[SessionHandler]):
             raise ValueError(f"topic {topic_for_log(topic)} has {topic.count('/') + 1} levels, more than the "
                              f"broker's max_topic_levels ({self.limits.max_topic_levels})")
 
-    def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> None:
         """Publish from inside the gateway to local MQTT clients (and retain it if asked); the
         topic plugins, if any, are asked for each delivery, as for a client's PUBLISH (one that
-        fails withholds the message, logged)."""
-        self.route_checked(None, topic, payload, qos, retain).addErrback(
+        fails withholds the message, logged).
+
+        :param link: the cloud link whose downlink brought it: a retained one is kept as that
+            link's (:attr:`~gateway.broker.routing.Router.retained_links`).
+        """
+        if retain:
+            self.retain_now(topic, payload, qos, link=link)
+        self.route_checked(None, topic, payload, qos, False).addErrback(
             lambda f: self.log.failure("a topic plugin failed on a delivery of {topic}; not delivered", f,
                                        topic=topic_for_log(topic)))
+
+    def state_durable(self) -> Deferred[None] | None:
+        """A Deferred for when every state change logged so far is durable (``None``: it is,
+        or nothing is logged)."""
+        log = self.state_log
+        if log is None or log.durable >= log.appended:
+            return None
+        return log.wait(log.appended)
 
     # -- amqtt's BrokerContext (gateway.broker.amqtt_adapter.PluginBroker) ----------------------
 

@@ -4,7 +4,8 @@ Two parts, a checkpoint and a write-ahead log:
 
 - :class:`~gateway.broker.statelog.StateLog` appends every change the broker acknowledges
   to a journal stream (:data:`~gateway.broker.statelog.STATE_STREAM`), through the
-  journal's group commit: a retained message (or its removal), a QoS 1/2 message queued
+  journal's group commit: a retained message (or its removal; with the cloud link whose
+  downlink brought it, if one did), a QoS 1/2 message queued
   for an offline persistent session, a subscription or unsubscription of a persistent
   session, a persistent session cleared, a QoS 2 packet id a persistent session's client
   sent and its release, and the user name a persistent session was made or resumed with
@@ -105,8 +106,9 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
         session.inflight_bytes = sum(map(len, session.inflight_out.values()))
         if entry["inflight_in"]:
             session.inflight_in = set(entry["inflight_in"])
+    links = dict(state.get("retained_links", ()))  # (absent from checkpoints before it was kept)
     for topic, payload, qos in state.get("retained", []):
-        broker.keep_retained(topic, payload, qos)  # not retain_now: no plugin event for old news
+        broker.keep_retained(topic, payload, qos, links.get(topic, ""))  # not retain_now: no plugin event for old news
     broker.offline.reorder()
 
 
@@ -197,7 +199,7 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, bud
         if n <= through:
             continue
         if op == "retain":
-            broker.restore_retained(record.topic, bytes(record.payload), record.qos, budget)
+            broker.restore_retained(record.topic, bytes(record.payload), record.qos, budget, headers.get("link", ""))
         elif op == "drop":
             broker.forget_session(client_id)
         elif op == "unsub":

@@ -123,6 +123,8 @@ class Router(Generic[Client]):
         which keeps the tree of retained topics and :attr:`retained_bytes` with it).
     :ivar retained_bytes: the retained messages' bytes, topics and payloads (what
         ``max_retained_bytes`` bounds).
+    :ivar retained_links: topic -> the cloud link whose downlink brought its retained message
+        (a copy its cloud kept); a client's, a plugin's or the gateway's own are not in it.
     :ivar live: client id -> the handler of its live connection.
     :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
@@ -146,6 +148,7 @@ class Router(Generic[Client]):
         self._wildcard_filters: TopicTree[dict[str, Target]] = TopicTree()
         self.retained: dict[str, Retained] = {}
         self.retained_bytes = 0
+        self.retained_links: dict[str, str] = {}
         self._retained_topics: TopicTree[str] = TopicTree()
         self.live: dict[str, Client] = {}
         self.state_log: StateLog | None = None
@@ -451,7 +454,7 @@ class Router(Generic[Client]):
 
     # -- retained messages ----------------------------------------------------------------
 
-    def retain_now(self, topic: str, payload: bytes, qos: int, client_id: str | None = None) -> None:
+    def retain_now(self, topic: str, payload: bytes, qos: int, client_id: str | None = None, link: str = "") -> None:
         """Keep ``payload`` as the topic's retained message; an empty payload removes it (§3.3.1.3).
 
         A client's message past ``max_retained_messages`` or ``max_retained_bytes`` is not kept
@@ -461,6 +464,7 @@ class Router(Generic[Client]):
 
         :param client_id: the client whose PUBLISH or will it is; ``None``: the gateway's own
             message or a plugin's, which the bounds do not refuse.
+        :param link: the cloud link whose downlink brought it (:attr:`retained_links`).
         """
         if payload and client_id is not None:
             cause, size = self._over_bounds(topic, payload)
@@ -468,18 +472,21 @@ class Router(Generic[Client]):
                 self.retained_limits.refuse(cause, client_id, topic, size, len(self.retained), self.retained_bytes,
                                             topic in self.retained)
                 payload = b""  # (removes an older one; changes nothing without)
-        if not self.keep_retained(topic, payload, qos):
+        if not self.keep_retained(topic, payload, qos, link):
             return
         if self.state_log is not None:
-            self.state_log.retained(topic, payload, qos)
+            self.state_log.retained(topic, payload, qos, link)
         self.state_changed()
         if self.plugins.wants(BrokerEvents.RETAINED_MESSAGE):
             self.plugins.fire(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                               retained_message=self.plugins.retained(topic, payload, qos))
 
-    def keep_retained(self, topic: str, payload: bytes, qos: int) -> bool:
+    def keep_retained(self, topic: str, payload: bytes, qos: int, link: str = "") -> bool:
         """Set the topic's retained message (an empty payload removes it), and do nothing else:
         no log, no event (:meth:`retain_now` does both; a restore does neither).
+
+        :param link: the cloud link whose downlink brought it (:attr:`retained_links`); ``""``:
+            none (a message from anyone else replaces a link's as the topic's).
 
         :returns: whether anything changed (not for an empty payload to a topic without one).
         """
@@ -492,7 +499,12 @@ class Router(Generic[Client]):
             else:
                 self.retained_bytes += len(payload) - len(old.payload)
             retained[topic] = Retained(payload, qos)
+            if link:
+                self.retained_links[topic] = link
+            else:
+                self.retained_links.pop(topic, None)
             return True
+        self.retained_links.pop(topic, None)
         old = retained.pop(topic, None)
         if old is None:
             return False
@@ -500,7 +512,7 @@ class Router(Generic[Client]):
         self._retained_topics.remove(topic)
         return True
 
-    def restore_retained(self, topic: str, payload: bytes, qos: int, budget: RetainedBudget) -> None:
+    def restore_retained(self, topic: str, payload: bytes, qos: int, budget: RetainedBudget, link: str = "") -> None:
         """Set a saved retained message (an empty payload removes it) as :meth:`keep_retained`
         does, within the bounds: one past them is dropped and counted in ``budget`` (an older
         one on its topic is removed, no longer the topic's last)."""
@@ -509,7 +521,7 @@ class Router(Generic[Client]):
             if cause is not None:
                 budget.drop(topic, size)
                 payload = b""
-        self.keep_retained(topic, payload, qos)
+        self.keep_retained(topic, payload, qos, link)
 
     def _over_bounds(self, topic: str, payload: bytes) -> tuple[str | None, int]:
         """The bound ``payload`` retained on ``topic`` would break (or ``None``), and its size."""

@@ -49,7 +49,8 @@ class StateLog:
 
     A record is ``Record(topic, payload, qos, retain, received, headers)`` with headers
     ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``, ``rec``, ``rel``, ``user``,
-    ``offline``, ``online``), ``n`` and ``client``; ``rec`` and ``rel`` carry a QoS 2 packet id as
+    ``offline``, ``online``), ``n`` and ``client``; a ``retain`` a cloud link brought down has a
+    ``link`` header naming it (versions before it skip the header); ``rec`` and ``rel`` carry a QoS 2 packet id as
     their two-byte payload, and ``user`` the session's user name as a ``user`` header (none: no
     user name). Logs written before ``user`` existed have none; their sessions keep the
     checkpoint's user name. ``offline`` says a persistent session's client went offline, at
@@ -82,9 +83,10 @@ class StateLog:
         self.stream.append_then(record, lambda _seq: self._durable(n), lambda failure: self._failed(n, failure))
         return n
 
-    def retained(self, topic: str, payload: bytes, qos: int) -> int:
-        """Log a topic's new retained message (an empty payload: removed)."""
-        return self._append("retain", "", topic, payload, qos)
+    def retained(self, topic: str, payload: bytes, qos: int, link: str = "") -> int:
+        """Log a topic's new retained message (an empty payload: removed); ``link``: the cloud
+        link whose downlink brought it (its ``link`` header)."""
+        return self._append("retain", "", topic, payload, qos, extra=(("link", link),) if link else ())
 
     def subscribed(self, client_id: str, topic_filter: str, qos: int) -> int:
         """Log a persistent session's subscription (granted ``qos``)."""

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import jsontext
-from gateway.broker.bus import BusMessage
+from gateway.broker.bus import BusMessage, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
 from gateway.journal.errors import RecordTooLargeError, StreamFullError
@@ -135,8 +135,9 @@ class CommandDispatcher(Service):
     def startService(self) -> None:
         """Start taking commands."""
         super().startService()
-        # (+/+/# takes deeper topics too, so that they are answered 404 rather than never)
-        self._unsubscribe = self.bus.subscribe(f"command//{self.device_id}/req/+/+/#", self._received)
+        # (+/+/# takes deeper topics too, so that they are answered 404 rather than never; the
+        # removal of a retained command, which its link's cloud withdrew, is no command)
+        self._unsubscribe = self.bus.subscribe(f"command//{self.device_id}/req/+/+/#", request_handler(self._received))
 
     def stopService(self) -> None:
         """Stop taking commands (those under way still reply)."""

@@ -9,6 +9,7 @@ answers ``edge/thing/request``.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
@@ -58,8 +59,12 @@ class LinksBus(TypingProtocol):
     def subscribe(self, topic_filter: str, callback: Callable[[Any], Any]) -> Callable[[], None]:
         """Call ``callback`` with each local message matching ``topic_filter``; returns the unsubscribe."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> "Deferred[None]":
-        """Publish to local clients (a downlink, a status)."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, *,
+                link: str = "") -> "Deferred[None]":
+        """Publish to local clients (a downlink, from ``link``'s cloud; a status)."""
+
+    def retained_link(self, topic: str) -> str:
+        """The link whose downlink brought the topic's retained message (``""``: none did)."""
 
 
 class LinkStreams(TypingProtocol):
@@ -141,7 +146,7 @@ class LinksService(Service):
         self.status: dict[str, dict[str, Any]] = {}
         self._unsubscribe: Callable[[], None] | None = None
         #: Cloud messages waiting for :meth:`open_downlink`, in arrival order (``None``: open).
-        self._held: list[tuple[tuple[str, bytes, int, bool], Deferred[Any]]] | None = [] if hold_downlink else None
+        self._held: list[tuple[tuple[str, bytes, int, bool, str], Deferred[Any]]] | None = [] if hold_downlink else None
         #: when routed QoS 0 messages the journal refused are logged: a full disk, or a cloud down
         #: for hours under reject-new, refuses every one, and devices go on publishing.
         self._qos0_refused_lines = LogThrottle(QOS0_REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
@@ -173,7 +178,8 @@ class LinksService(Service):
             from gateway.links.mqtt import MQTTLink
         for name, link_settings in self.settings.links.items():
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
-                                        self._publish_local, self._link_status, self.retry_policy, self.proxy)
+                                        partial(self._publish_local, link=name), self._link_status,
+                                        self.retry_policy, self.proxy)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         for name, http_settings in self.http_settings.links.items():
             self.links[name] = self._http_link(name, http_settings)
@@ -397,7 +403,7 @@ class LinksService(Service):
         acknowledges them to the cloud once the broker took them), and every later one at once."""
         held, self._held = self._held, None
         for message, done in held or ():
-            maybeDeferred(self._bus().publish, *message).chainDeferred(done)
+            maybeDeferred(self._from_cloud, *message).chainDeferred(done)
 
     def hold_downlink(self) -> None:
         """Hold what the clouds send from now on, unacknowledged, as before :meth:`open_downlink`:
@@ -409,12 +415,26 @@ class LinksService(Service):
         if self._held is None:
             self._held = []
 
-    def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
+    def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> Deferred[Any]:
         if self._held is not None:
             done: Deferred[Any] = Deferred()
-            self._held.append(((topic, payload, qos, retain), done))
+            self._held.append(((topic, payload, qos, retain, link), done))
             return done
-        return self._bus().publish(topic, payload, qos, retain)
+        return self._from_cloud(topic, payload, qos, retain, link)
+
+    def _from_cloud(self, topic: str, payload: bytes, qos: int, retain: bool, link: str) -> Deferred[Any]:
+        """Publish what ``link``'s cloud sent on the local ``topic``. An empty message without
+        the retain flag on a topic whose retained message that link brought is its cloud
+        removing its copy (MQTT 3.1.1 delivers the removal live, without the flag): it is
+        published as an empty retained message, which removes the local copy too (durably:
+        the link acknowledges the cloud once the broker's state holds it) and is no request
+        to the gateway's services. A local client's retained message is never removed so."""
+        bus = self._bus()
+        if link and not payload and not retain and bus.retained_link(topic) == link:
+            self.log.info("link {link}: the cloud removed its retained message on {topic}; so does the local broker",
+                          link=link, topic=topic_for_log(topic))
+            retain = True
+        return bus.publish(topic, payload, qos, retain, link=link)
 
     def _link_status(self, name: str, connected: bool, cause: str) -> None:
         previous = self.status.get(name, {})

@@ -71,7 +71,7 @@ class ReservedPublishTests(SynchronousTestCase):
             durable_gate = DurableGate()
             has_client_subscribers = False
 
-            def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+            def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> None:
                 pass
 
         calls: list[tuple[str, bool]] = []
@@ -112,3 +112,42 @@ class LocalBusBrokerTests(TestCase):
         received = yield client.next_message()
         self.assertEqual((received.topic, received.payload), ("edge/connection/remote/status",
                                                                b'{"connected": false}'))
+
+
+class CloudRetainedPublishTests(SynchronousTestCase):
+    """``publish(..., link=...)``: a cloud's retained message, or its removal, on the bus."""
+
+    def test_a_links_retained_change_waits_for_the_broker_state(self) -> None:
+        """A retained message a link brings down (or removes, docs/topics.md) fires only once
+        the broker's state log holds it: the link acknowledges the cloud then, and a removal
+        acknowledged but lost in a crash would bring the withdrawn command back at the next
+        start, the cloud never sending the removal again. Other publishes do not wait."""
+        from gateway.broker.durablegate import DurableGate
+
+        class Broker:
+            durable_gate = DurableGate()
+            has_client_subscribers = False
+            retained_links = {"command//d/req/1/x": "cloud"}
+
+            def __init__(self) -> None:
+                self.logged: Deferred[None] = Deferred()
+                self.published: list[tuple[str, bytes, bool, str]] = []
+
+            def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> None:
+                self.published.append((topic, payload, retain, link))
+
+            def state_durable(self) -> "Deferred[None] | None":
+                return self.logged if self.published[-1][2] else None
+
+        broker = Broker()
+        bus = LocalBus()
+        bus.attach(broker)
+        self.assertEqual((bus.retained_link("command//d/req/1/x"), bus.retained_link("command//d/req/2/x")),
+                         ("cloud", ""))
+        removed = bus.publish("command//d/req/1/x", b"", 1, True, link="cloud")
+        self.assertNoResult(removed)
+        self.successResultOf(bus.publish("edge/gateway/reports/x", b"r", 1, True))  # the gateway's own: no wait
+        self.successResultOf(bus.publish("command//d/req/2/x", b"live", 1, False, link="cloud"))
+        broker.logged.callback(None)
+        self.successResultOf(removed)
+        self.assertEqual(broker.published[0], ("command//d/req/1/x", b"", True, "cloud"))

@@ -44,3 +44,21 @@ class RetainedPartsTests(SynchronousTestCase):
         self.assertEqual(len(parts), 2 + 4 + 1, [len(p) for p in parts])
         self.assertEqual(RETAINED_PER_PART, 1000)
         self.assertEqual(read_checkpoint(io.BytesIO(b"".join(parts)))["retained"], retained)
+
+
+class RetainedLinksTests(SynchronousTestCase):
+    """``retained_links``: which cloud link brought which retained message (docs/topics.md)."""
+
+    def test_read_back_and_checked(self) -> None:
+        """The member reads back as written; a checkpoint without it (no link's retained message,
+        or written before it was kept) reads as before, and a wrong one is refused by name."""
+        content = {**state([["c//d/q/1/x", b"on", 1], ["local", b"mine", 0]]),
+                   "retained_links": [["c//d/q/1/x", "cloud"]]}
+        text = b"".join(encoded_parts(content))
+        self.assertEqual(read_checkpoint(io.BytesIO(text))["retained_links"], [["c//d/q/1/x", "cloud"]])
+        self.assertNotIn("retained_links", read_checkpoint(io.BytesIO(b"".join(encoded_parts(state([]))))))
+        for wrong in ([["c//d/q/1/x", ""]], [["c//d/#", "cloud"]], {"c//d/q/1/x": "cloud"}):
+            text = b"".join(encoded_parts({**content, "retained_links": wrong}))
+            with self.assertRaises(ValueError) as refused:
+                read_checkpoint(io.BytesIO(text))
+            self.assertEqual(str(refused.exception), "retained_links: not a list of [topic, link name] pairs")

@@ -68,6 +68,17 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(line, "command echo\\n2026-12-06T19:00:00+0000 [gateway] forged (4\\n2): 404 (1 refused since"
                                " the last such line; logged at most once every 10 s while they go on)")
 
+    def test_a_withdrawn_retained_command_is_no_command(self) -> None:
+        """docs/commands.md: when a link's cloud withdraws a retained command, the link publishes
+        the removal as an empty retained message (docs/topics.md): it is neither run (an empty
+        body is a command without arguments: a withdrawn ``restart`` ran once more) nor
+        refused with a warning; the same empty message live is a command."""
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/42/echo", b"", retain=True)
+        self.assertEqual((self.bus.published, [e for e in events if e["log_level"] >= LogLevel.info]), ([], []))
+        self.bus.deliver("command//gw-1/req/43/echo", b"")
+        self.assertEqual(self.replies(), [("command//gw-1/res/43/200", {})])
+
     def test_a_burst_of_refused_commands_is_one_line_then_one_summary(self) -> None:
         """docs/commands.md: a client sending bad commands in a loop (unknown, or refused 4xx)
         wrote a line for each, and one sending retained commands a warning for each. The first

@@ -40,11 +40,21 @@ class RecordingBus:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes, int, bool]] = []
+        #: topic -> the link a retained message was published for (what :meth:`retained_link` says)
+        self.retained_links: dict[str, str] = {}
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> Deferred[None]:
         """Record the message; it is taken at once."""
         self.published.append((topic, payload, qos, retain))
+        if retain and payload and link:
+            self.retained_links[topic] = link
+        elif retain:
+            self.retained_links.pop(topic, None)
         return succeed(None)
+
+    def retained_link(self, topic: str) -> str:
+        """The link whose retained message the topic holds, as the broker's bus says."""
+        return self.retained_links.get(topic, "")
 
     def subscribe(self, topic_filter: str, callback: Any) -> Any:
         """Take the subscription; nothing is ever delivered to it."""
@@ -574,6 +584,23 @@ class HeldDownlinkTests(SynchronousTestCase):
         self.assertNoResult(late)
         self.assertEqual([topic for topic, _, _, _ in bus.published], ["command//gw/req/1/ping"])
 
+    def test_a_held_removal_is_judged_when_it_is_published(self) -> None:
+        """docs/topics.md: an empty cloud message on a topic whose retained message that link
+        brought removes it (published retained, empty); held, it is judged when the downlink
+        opens, by the retained messages then. Another link's empty message, or one on a topic
+        without that link's copy, goes as it came."""
+        bus = RecordingBus()
+        links = LinksService(LinksSettings(), Clock(), bus, None, hold_downlink=True)
+        links._publish_local("command//gw/req/1/x", b"on", 1, True, link="cloud")
+        links._publish_local("command//gw/req/1/x", b"", 1, False, link="backup")
+        links._publish_local("command//gw/req/1/x", b"", 1, False, link="cloud")
+        links._publish_local("command//gw/req/1/x", b"", 1, False, link="cloud")
+        self.assertEqual(bus.published, [])
+        links.open_downlink()
+        self.assertEqual([(payload, retain) for _, payload, _, retain in bus.published],
+                         [(b"on", True), (b"", False), (b"", True), (b"", False)])
+
+
 class ShortCommandTopicTests(TestCase):
     """Which local topics a cloud command is published on, by the default downlink."""
 
@@ -799,3 +826,48 @@ class LinksServiceTests(TestCase):
         c//+/q/#: an app subscribed to Hono's short form gets each command on it."""
         message = yield self.command_as_received("c//+/q/#")
         self.assertEqual((message.topic, message.payload, message.qos), ("c//dev1/q/7/switch", b"on", 1))
+
+    @inlineCallbacks
+    def reconnected(self, link: Any) -> Any:
+        """Drop ``link``'s connection (when it has one) and wait until it is connected again,
+        its SUBSCRIBE at the cloud."""
+        before = link.connects
+        if link.is_connected:
+            link.protocol.transport.abortConnection()
+        while link.connects == before or not link.is_connected:
+            yield sleep(0.05)
+        yield sleep(0.2)  # the link's SUBSCRIBE reaches mosquitto
+
+    @inlineCallbacks
+    def test_a_command_the_cloud_withdraws_is_no_longer_retained_locally(self) -> None:
+        """docs/topics.md, against mosquitto: a command kept retained in the cloud comes down
+        retained when the link subscribes (each connect) and the local broker keeps it; when
+        the cloud's copy is removed (an empty retained PUBLISH there), mosquitto sends the
+        link an empty message without the flag (MQTT 3.1.1), and the local copies go too:
+        after the link's next connect an app that subscribes gets no command. Before, the
+        local copy stayed for ever."""
+        cloud, retained = self.links.links["cloud"], self.broker.broker.retained
+        yield self.cloud.start()
+        yield self.reconnected(cloud)
+        backend = TestClient(reactor)
+        yield backend.connect(self.cloud.port)
+        self.addCleanup(backend.stop)
+        yield backend.publish("command//dev1/req/9/reboot", b"now", qos=1, retain=True)
+        yield self.reconnected(cloud)  # (it came live, without the flag: now it comes retained)
+        self.assertEqual([retained[t].payload for t in ("command//dev1/req/9/reboot", "c//dev1/q/9/reboot")],
+                         [b"now", b"now"])
+        app = yield self.client()
+        yield app.subscribe("command//+/req/#", 1)
+        message = yield app.next_message()
+        self.assertEqual((message.topic, message.payload, message.retain), ("command//dev1/req/9/reboot", b"now", 1))
+        yield backend.publish("command//dev1/req/9/reboot", b"", qos=1, retain=True)
+        message = yield app.next_message()
+        self.assertEqual((message.topic, message.payload, message.retain), ("command//dev1/req/9/reboot", b"", 0))
+        yield self.reconnected(cloud)
+        later = yield self.client()
+        yield later.subscribe("command//+/req/#", 1)
+        yield later.subscribe("c//+/q/#", 1)
+        yield backend.publish("command//dev1/req/10/ping", b"{}", qos=1)
+        message = yield later.next_message()
+        self.assertEqual((message.topic, message.payload), ("command//dev1/req/10/ping", b"{}"))
+        self.assertEqual([t for t in retained if t.startswith("c")], [])
