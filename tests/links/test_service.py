@@ -854,6 +854,8 @@ class LinksServiceTests(TestCase):
         self.addCleanup(backend.stop)
         yield backend.publish("command//dev1/req/9/reboot", b"now", qos=1, retain=True)
         yield self.reconnected(cloud)  # (it came live, without the flag: now it comes retained)
+        while "c//dev1/q/9/reboot" not in retained:
+            yield sleep(0.05)
         self.assertEqual([retained[t].payload for t in ("command//dev1/req/9/reboot", "c//dev1/q/9/reboot")],
                          [b"now", b"now"])
         app = yield self.client()
