@@ -33,7 +33,9 @@ has no pre-exec hook). This process then
    not outlive a gateway killed with SIGKILL; where prctl does not exist (not Linux) this
    step is skipped;
 7. checks that the gateway is still its parent (it may have died before step 6);
-8. replaces itself with the command (``execvp``): same pid, no process left in between.
+8. gives ``SIGPIPE`` and ``SIGXFSZ`` back their default action (:func:`restore_signals`):
+   Python ignores them from its start, and an ignored signal stays ignored across ``exec``;
+9. replaces itself with the command (``execvp``): same pid, no process left in between.
 
 It is run with ``-I -S`` and imports nothing from the gateway, so it starts in a few ms.
 The gateway imports :func:`launch_command` from here to build that command line.
@@ -167,6 +169,19 @@ def limit_processes(limit: int) -> None:
                          f" (a fork bomb may starve the gateway): {exc}\n")
 
 
+#: The signals Python ignores from its start (``SIGPIPE``, and ``SIGXFSZ`` where there is one), which
+#: an ``exec`` keeps ignored: a program given them so would write on to a closed pipe (``yes |
+#: head`` in a ``sh -c``) instead of ending as it does from a shell.
+PYTHON_IGNORED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+def restore_signals() -> None:
+    """Give the signals of :data:`PYTHON_IGNORED_SIGNALS` their default action again, as a shell
+    starts a command with them (and as ``subprocess``'s ``restore_signals`` does)."""
+    for number in PYTHON_IGNORED_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
+
+
 def _give_state_dir(uid: int, gid: int) -> None:
     """Give the app's ``GATEWAY_APP_STATE_DIR`` and what it holds to the user the program runs
     as, the first time a program of the app runs as someone else than the gateway's user (who
@@ -229,6 +244,7 @@ def main(argv: list[str]) -> None:
     if os.getppid() != gateway:
         os._exit(1)  # the gateway died before prctl took effect
     sys.stdout.flush()
+    restore_signals()
     try:
         os.execvp(command[0], command)
     except OSError as exc:

@@ -1,9 +1,11 @@
-"""The launcher's steps: the oom_score_adj it gives a program, the directory it changes to."""
+"""The launcher's steps: the oom_score_adj it gives a program, the directory it changes to, the
+signals it starts with."""
 
 from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 from pathlib import Path
 from unittest import mock
@@ -72,3 +74,25 @@ class DirectoryTests(SynchronousTestCase):
         done = self.launch(missing, "echo", "ran")
         self.assertEqual((done.returncode, done.stdout), (126, ""))
         self.assertEqual(done.stderr, f"cannot change to the directory {missing}: No such file or directory\n")
+
+
+class SignalTests(SynchronousTestCase):
+    """A program starts with SIGPIPE and SIGXFSZ at their default action, as from a shell: the launcher is
+    Python, which ignores SIGPIPE and SIGXFSZ from its start, and an ignored signal would stay
+    ignored across its exec (a non-interactive sh cannot even reset it)."""
+
+    def test_sigpipe_and_sigxfsz_end_the_program(self) -> None:
+        """A shell that sends itself SIGPIPE (a closed pipe's write) or SIGXFSZ ends by it."""
+        for name in ("PIPE", "XFSZ"):
+            executable, args = launch_command(["sh", "-c", f"kill -{name} $$; echo ignored"])
+            done = subprocess.run(args, executable=executable, capture_output=True, text=True, timeout=30,
+                                  env={"PATH": os.environ["PATH"]})
+            self.assertEqual((name, done.returncode, done.stdout), (name, -getattr(signal, f"SIG{name}"), ""))
+
+    def test_a_pipeline_ends_when_its_reader_has_read_enough(self) -> None:
+        """``sh -c "yes | head -1"`` (apps.md's way to run a pipeline) ends: ``yes`` dies of
+        SIGPIPE, with no ``Broken pipe`` error in the program's stderr log."""
+        executable, args = launch_command(["sh", "-c", "yes | head -n 1"])
+        done = subprocess.run(args, executable=executable, capture_output=True, text=True, timeout=30,
+                              env={"PATH": os.environ["PATH"]})
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "y\n", ""))

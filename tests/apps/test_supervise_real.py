@@ -46,6 +46,15 @@ class RealProcessTests(TestCase):
         self.assertEqual((status.restarts, status.exitstatus), (3, 3))
 
     @inlineCallbacks
+    def test_a_program_starts_with_sigpipe_at_its_default_action(self) -> None:
+        """A program's write to a closed pipe ends it, as from a shell: the Python launcher
+        left SIGPIPE ignored, which a non-interactive sh cannot even reset."""
+        yield self.start(piped=ProgramSettings(command="sh -c 'kill -PIPE $$; exit 3'", startsecs=0,
+                                               autorestart="false"))
+        yield wait_until(lambda: self.program("piped").state is ProgramState.EXITED)
+        self.assertEqual(self.program("piped").exitstatus, -13)
+
+    @inlineCallbacks
     def test_stop_kills_grandchildren(self) -> None:
         """Stopping a program kills its whole process group, grandchildren included."""
         pidfile = Path(self.mktemp()).absolute()
