@@ -79,6 +79,17 @@ def mqtt_level_problem(value: str) -> str | None:
     return None
 
 
+#: Why ``gateway.device_id`` and ``gateway.tenant_id`` may not be ``.`` or ``..``, each in its
+#: own words (the tenant is in no controller id).
+_DOT_NAMES = {
+    "device_id": ("this gateway", "it is also a segment of URL paths (the fleet's controller id {device}) and file"
+                                  " names, where '.' and '..' name another"),
+    "tenant_id": ("this gateway's tenant", "it is also a level of the cloud topics ({tenant}), which clouds such"
+                                           " as Hono read as URL paths (telemetry/<tenant>/<device>), where '.' and"
+                                           " '..' name another"),
+}
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """The ``gateway:`` section: what the process as a whole needs."""
@@ -101,9 +112,8 @@ class GatewaySettings:
             if problem:
                 yield (key,), problem
             elif getattr(self, key) in (".", ".."):  # (a topic level, but a path segment that names another)
-                yield (key,), (f"must name this gateway, not {getattr(self, key)!r}: it is also a segment of URL"
-                               " paths (the fleet's controller id {device}) and file names, where '.' and '..'"
-                               " name another")
+                what, why = _DOT_NAMES[key]
+                yield (key,), f"must name {what}, not {getattr(self, key)!r}: {why}"
         state = Path(self.state_dir).expanduser()
         try:
             not_a_directory = state.exists() and not state.is_dir()

@@ -1548,15 +1548,19 @@ class LoadCheckTests(SynchronousTestCase):
         """The tenant and controller id are segments of every DDI URL's path: an empty one, '.'
         or '..' was taken and sent: a poll of {base_url}/DEFAULT/controller/v1/.., which a server
         that normalizes paths (nginx) takes as /DEFAULT/controller. They are refused under their
-        keys; any other text is quoted into its segment, as before."""
+        keys; any other text is quoted into its segment, as before. gateway.tenant_id's refusal
+        spoke of the controller id, which holds the device id only: it names the tenant."""
         fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n  auth: none\n"
         for key, value in (("controller_id", ".."), ("controller_id", "."), ("tenant", "''"), ("tenant", "' '")):
             self.assertOneError(f"{fleet}  {key}: {value}\n", f"fleet.{key}", "it is one segment of the DDI URL's path")
         loaded = config.load(self.write(f"{fleet}  controller_id: 'gw ..%/1'\n"))
         self.assertEqual(loaded.fleet.controller_id, "gw ..%/1")
-        for key in ("device_id", "tenant_id"):  # ({device} in the controller id: '..' there too)
+        for key, says in (("device_id", "must name this gateway, not '{value}': it is also a segment of URL paths"
+                                        " (the fleet's controller id {{device}})"),
+                          ("tenant_id", "must name this gateway's tenant, not '{value}': it is also a level of the"
+                                        " cloud topics ({{tenant}})")):
             for value in (".", ".."):
-                self.assertOneError(f"gateway:\n  {key}: '{value}'\n", f"gateway.{key}", "must name this gateway")
+                self.assertOneError(f"gateway:\n  {key}: '{value}'\n", f"gateway.{key}", says.format(value=value))
 
     def test_fleet_base_url(self) -> None:
         """An enabled fleet's base_url is the root every DDI path goes after: one with a port out
