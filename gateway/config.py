@@ -26,6 +26,7 @@ from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem, podman_socket, socket_path_problem
 from gateway.errors import ConfigError
 from gateway.redaction import redact_quoted
+from gateway.shown import shown_key_path
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
@@ -267,7 +268,8 @@ class ErrorList:
         normal = _normal(path)
         if any(normal[:len(bad)] == bad for bad in self._bad_text):
             return
-        where = ".".join(path) if path else "<top>"
+        # (a YAML key may be a megabyte: a path is whole up to the longest real one, else cut)
+        where = shown_key_path(".".join(path)) if path else "<top>"
         message = redact_quoted(path, _written_at(self._written, normal), message)
         # one line per problem, whatever it quotes (a key, a value or an error's text with a
         # newline or a NUL)
@@ -324,8 +326,8 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
             if len(words) == 1:
                 value = words[0]
         if value not in args:  # (another word as written; another kind of value in YAML's words)
-            shown = repr(value) if isinstance(value, str) else jsontext.given(value)
-            errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {shown}")
+            given = repr(value) if isinstance(value, str) else jsontext.given(value)
+            errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {given}")
             return None
         return value
     if dataclasses.is_dataclass(tp):

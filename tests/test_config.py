@@ -1327,6 +1327,16 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertEqual(lines, [f"{path}: links.links.{key}: a link name is 1-95 of A-Z a-z 0-9 _ . -"
                                      " (it names the journal stream link-<name>)"])
 
+    def test_a_key_path_longer_than_any_real_one_is_cut(self) -> None:
+        """docs/configuration.md: a key path is named whole up to 256 characters (a link name of
+        95 makes real ones over 100), a longer one by its first 100 and
+        its length: the line repeated it whole."""
+        key = "k" * 1000  # (YAML's longest plain key: 1024)
+        path, lines = self.errors(f"broker:\n  {key}: 1\n")
+        self.assertEqual(len(lines), 1, [line[:200] for line in lines])
+        self.assertTrue(lines[0].startswith(f"{path}: broker.{'k' * 93}... ({len(key) + 7} characters): unknown key"),
+                        lines[0][:300])
+
     def test_link_names_beside_other_problems_and_http_links(self) -> None:
         """A bad link name is reported beside the link's other problems (docs/configuration.md:
         every problem is reported at once; it waited for them to be fixed), and an HTTP link's
