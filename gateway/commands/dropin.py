@@ -333,7 +333,8 @@ def _typed_value(config: gateway_config.Config, path: str) -> Any:
     keys = split_path(path)
     sections = _sections(config)
     if keys[0] not in sections:
-        raise ConfigKeyError(f"{shown_key_path(path)}: no section {shown_repr(keys[0])} (known: {', '.join(sorted(sections))})")
+        raise ConfigKeyError(f"{shown_key_path(path)}: no section {shown_repr(keys[0])}"
+                             f" (known: {', '.join(sorted(sections))})")
     node: Any = sections[keys[0]]
     for depth, key in enumerate(keys[1:], start=1):
         node = _step(node, key, path, ".".join(keys[:depth]))
@@ -371,7 +372,8 @@ def _step(node: Any, key: str, path: str, where: str) -> Any:
         if key.isascii() and key.isdigit() and int(key) < len(node):
             return node[int(key)]
         known = ", ".join(repr(name) for name in names if isinstance(name, str))
-        raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} has {len(node)} items, no item {shown_repr(key)}"
+        raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} has {len(node)} items,"
+                             f" no item {shown_repr(key)}"
                              + (f" (by name: {known}; or by number from 0)" if known else ""))
     raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} is a value, not a mapping")
 

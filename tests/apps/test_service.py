@@ -221,7 +221,8 @@ class ServiceTests(SynchronousTestCase):
         reactor.last.exit(None, signal.SIGTERM)
         self.successResultOf(done)
         web = service.supervisor.get("web")
-        self.assertEqual((web.state, web.error), (ProgramState.BACKOFF, "cannot spawn: [Errno 2] No such file or directory"))
+        self.assertEqual((web.state, web.error),
+                         (ProgramState.BACKOFF, "cannot spawn: [Errno 2] No such file or directory"))
 
     def test_a_wish_the_disk_refuses_changes_nothing(self) -> None:
         """A stop, start or restart whose desired.json the disk refuses (full, read-only) fails
