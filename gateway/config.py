@@ -26,6 +26,7 @@ from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem, podman_socket, socket_path_problem
 from gateway.errors import ConfigError
 from gateway.redaction import redact_quoted
+from gateway.shown import shown_key_path
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
@@ -79,6 +80,17 @@ def mqtt_level_problem(value: str) -> str | None:
     return None
 
 
+#: Why ``gateway.device_id`` and ``gateway.tenant_id`` may not be ``.`` or ``..``, each in its
+#: own words (the tenant is in no controller id).
+_DOT_NAMES = {
+    "device_id": ("this gateway", "it is also a segment of URL paths (the fleet's controller id {device}) and file"
+                                  " names, where '.' and '..' name another"),
+    "tenant_id": ("this gateway's tenant", "it is also a level of the cloud topics ({tenant}), which clouds such"
+                                           " as Hono read as URL paths (telemetry/<tenant>/<device>), where '.' and"
+                                           " '..' name another"),
+}
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """The ``gateway:`` section: what the process as a whole needs."""
@@ -101,9 +113,8 @@ class GatewaySettings:
             if problem:
                 yield (key,), problem
             elif getattr(self, key) in (".", ".."):  # (a topic level, but a path segment that names another)
-                yield (key,), (f"must name this gateway, not {getattr(self, key)!r}: it is also a segment of URL"
-                               " paths (the fleet's controller id {device}) and file names, where '.' and '..'"
-                               " name another")
+                what, why = _DOT_NAMES[key]
+                yield (key,), f"must name {what}, not {getattr(self, key)!r}: {why}"
         state = Path(self.state_dir).expanduser()
         try:
             not_a_directory = state.exists() and not state.is_dir()
@@ -257,7 +268,8 @@ class ErrorList:
         normal = _normal(path)
         if any(normal[:len(bad)] == bad for bad in self._bad_text):
             return
-        where = ".".join(path) if path else "<top>"
+        # (a YAML key may be a megabyte: a path is whole up to the longest real one, else cut)
+        where = shown_key_path(".".join(path)) if path else "<top>"
         message = redact_quoted(path, _written_at(self._written, normal), message)
         # one line per problem, whatever it quotes (a key, a value or an error's text with a
         # newline or a NUL)
@@ -314,8 +326,8 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
             if len(words) == 1:
                 value = words[0]
         if value not in args:  # (another word as written; another kind of value in YAML's words)
-            shown = repr(value) if isinstance(value, str) else jsontext.given(value)
-            errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {shown}")
+            given = repr(value) if isinstance(value, str) else jsontext.given(value)
+            errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {given}")
             return None
         return value
     if dataclasses.is_dataclass(tp):

@@ -14,6 +14,10 @@ from typing import Any, Iterator
 
 #: The most characters of a client's text that an answer or a log line repeats.
 SHOWN_CHARS = 100
+#: The most characters of a dotted key path of the configuration that an answer or a log line
+#: repeats whole (:func:`shown_key_path`), and the longest a configuration change may name: far
+#: above any real one, of which many pass 100 (a link's name alone may have 95 characters).
+KEY_PATH_CHARS = 256
 
 #: A URL's scheme (group 1, ``scheme://``) and user information (group 2, ``user:password``,
 #: up to the authority's last ``@``), which :func:`shown_url` and :func:`url_error_shown` leave
@@ -39,6 +43,16 @@ def shown(text: str) -> str:
     if len(text) <= SHOWN_CHARS:
         return text
     return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def shown_key_path(path: str) -> str:
+    """A dotted key path of the configuration (``links.links.hono.endpoint``) as an error or a
+    report names it: whole up to :data:`KEY_PATH_CHARS` characters, so that the key at its end
+    is seen, else cut as :func:`shown` cuts text.
+
+    :param path: a key path a client or a configuration file gave.
+    """
+    return path if len(path) <= KEY_PATH_CHARS else shown(path)
 
 
 def escaped(text: str) -> str:

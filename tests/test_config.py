@@ -1327,6 +1327,16 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertEqual(lines, [f"{path}: links.links.{key}: a link name is 1-95 of A-Z a-z 0-9 _ . -"
                                      " (it names the journal stream link-<name>)"])
 
+    def test_a_key_path_longer_than_any_real_one_is_cut(self) -> None:
+        """docs/configuration.md: a key path is named whole up to 256 characters (a link name of
+        95 makes real ones over 100), a longer one by its first 100 and
+        its length: the line repeated it whole."""
+        key = "k" * 1000  # (YAML's longest plain key: 1024)
+        path, lines = self.errors(f"broker:\n  {key}: 1\n")
+        self.assertEqual(len(lines), 1, [line[:200] for line in lines])
+        self.assertTrue(lines[0].startswith(f"{path}: broker.{'k' * 93}... ({len(key) + 7} characters): unknown key"),
+                        lines[0][:300])
+
     def test_link_names_beside_other_problems_and_http_links(self) -> None:
         """A bad link name is reported beside the link's other problems (docs/configuration.md:
         every problem is reported at once; it waited for them to be fixed), and an HTTP link's
@@ -1548,15 +1558,19 @@ class LoadCheckTests(SynchronousTestCase):
         """The tenant and controller id are segments of every DDI URL's path: an empty one, '.'
         or '..' was taken and sent: a poll of {base_url}/DEFAULT/controller/v1/.., which a server
         that normalizes paths (nginx) takes as /DEFAULT/controller. They are refused under their
-        keys; any other text is quoted into its segment, as before."""
+        keys; any other text is quoted into its segment, as before. gateway.tenant_id's refusal
+        spoke of the controller id, which holds the device id only: it names the tenant."""
         fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n  auth: none\n"
         for key, value in (("controller_id", ".."), ("controller_id", "."), ("tenant", "''"), ("tenant", "' '")):
             self.assertOneError(f"{fleet}  {key}: {value}\n", f"fleet.{key}", "it is one segment of the DDI URL's path")
         loaded = config.load(self.write(f"{fleet}  controller_id: 'gw ..%/1'\n"))
         self.assertEqual(loaded.fleet.controller_id, "gw ..%/1")
-        for key in ("device_id", "tenant_id"):  # ({device} in the controller id: '..' there too)
+        for key, says in (("device_id", "must name this gateway, not '{value}': it is also a segment of URL paths"
+                                        " (the fleet's controller id {{device}})"),
+                          ("tenant_id", "must name this gateway's tenant, not '{value}': it is also a level of the"
+                                        " cloud topics ({{tenant}})")):
             for value in (".", ".."):
-                self.assertOneError(f"gateway:\n  {key}: '{value}'\n", f"gateway.{key}", "must name this gateway")
+                self.assertOneError(f"gateway:\n  {key}: '{value}'\n", f"gateway.{key}", says.format(value=value))
 
     def test_fleet_base_url(self) -> None:
         """An enabled fleet's base_url is the root every DDI path goes after: one with a port out

@@ -23,6 +23,7 @@ from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
 from gateway.admin.tables import (ProgressBar, duration, link_problem, pending_change, previous_stop, service_state,
                                   size, stream_losses, stream_problem, table)
+from gateway.admin.terminaltext import TerminalText
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
@@ -197,12 +198,18 @@ def _with_outcome(failure: ApiFailure) -> ApiFailure:
 def _logs(client: AdminClient, args: argparse.Namespace) -> int:
     params = {"lines": args.lines, "follow": "1" if args.follow else "0", "stderr": "1" if args.stderr else "0"}
     out = sys.stdout.buffer
+    # (to a terminal, control characters escaped; to a pipe or a file, the bytes as they are)
+    shown = TerminalText(sys.stdout.encoding or "utf-8") if sys.stdout.isatty() else None
     try:
         for chunk in client.stream(app_path(args.name, "logs"), params):
-            out.write(chunk)
+            out.write(chunk if shown is None else shown.feed(chunk))
             out.flush()
     except KeyboardInterrupt:
         return OK
+    finally:
+        if shown is not None:
+            out.write(shown.end())
+            out.flush()
     if args.follow:  # only the gateway ends a followed log: say so, or it looks like a quiet program
         print("gatewayctl: the gateway ended the followed log (it is stopping, or a configuration change"
               " restarted its services): follow again", file=sys.stderr)

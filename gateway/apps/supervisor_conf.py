@@ -19,7 +19,7 @@ log = Logger()
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_SIZE = re.compile(r"^\s*(\d+)\s*(KB|MB|GB)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+)\s*(KB|MB|GB)?\s*\Z", re.IGNORECASE | re.ASCII)  # (ASCII: int() reads ٣ too)
 _UNITS = {None: 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 # Keys supervisord knows that change nothing here (we log and go on, so a GWE app's
 # supervisor.conf runs unchanged).

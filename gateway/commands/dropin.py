@@ -19,7 +19,7 @@ from gateway import config as gateway_config
 from gateway.atomic import fsync_directory, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway import yamlfile
-from gateway.shown import shown, shown_repr
+from gateway.shown import KEY_PATH_CHARS, shown, shown_key_path, shown_repr
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
 DROPIN_NAME = "90-remote.yaml"
@@ -27,10 +27,10 @@ DROPIN_NAME = "90-remote.yaml"
 #: state directory, and a journal opened in another directory would leave every record the
 #: old one holds behind, never sent.
 FIXED_KEYS = ("gateway.state_dir", "journal.directory")
-#: The longest key path a change may name, in characters: far above any key the
-#: configuration has, and what keeps a refusal and its report (which leaves the gateway)
-#: from carrying a client's megabyte back.
-MAX_KEY_PATH = 256
+#: The longest key path a change may name, in characters (what keeps a refusal and its report,
+#: which leaves the gateway, from carrying a client's megabyte back): the longest an error
+#: repeats whole.
+MAX_KEY_PATH = KEY_PATH_CHARS
 HEADER = ("# Written by the gateway (remote or admin configuration changes); replaced as a whole\n"
           "# on every change. Your own changes belong in another drop-in.\n")
 
@@ -57,12 +57,6 @@ def split_path(path: str) -> tuple[str, ...]:
     return keys
 
 
-def key_for_report(path: str) -> str:
-    """``path`` as a change's report names it: whole, unless longer than any key path may be
-    (:data:`MAX_KEY_PATH`; a refused change's report leaves the gateway), then cut by :func:`shown`."""
-    return path if len(path) <= MAX_KEY_PATH else shown(path)
-
-
 def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted key paths and their values as one nested mapping (the shape of a drop-in).
 
@@ -76,10 +70,10 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ConfigKeyError(f"{shown(path)}: another change sets {shown(key)} as a whole")
+                raise ConfigKeyError(f"{shown_key_path(path)}: another change sets {shown(key)} as a whole")
             node = child
         if keys[-1] in node:
-            raise ConfigKeyError(f"{shown(path)}: set twice (or inside another change)")
+            raise ConfigKeyError(f"{shown_key_path(path)}: set twice (or inside another change)")
         node[keys[-1]] = value
     return tree
 
@@ -339,7 +333,8 @@ def _typed_value(config: gateway_config.Config, path: str) -> Any:
     keys = split_path(path)
     sections = _sections(config)
     if keys[0] not in sections:
-        raise ConfigKeyError(f"{shown(path)}: no section {shown_repr(keys[0])} (known: {', '.join(sorted(sections))})")
+        raise ConfigKeyError(f"{shown_key_path(path)}: no section {shown_repr(keys[0])}"
+                             f" (known: {', '.join(sorted(sections))})")
     node: Any = sections[keys[0]]
     for depth, key in enumerate(keys[1:], start=1):
         node = _step(node, key, path, ".".join(keys[:depth]))
@@ -364,11 +359,11 @@ def _step(node: Any, key: str, path: str, where: str) -> Any:
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         name = key.replace("-", "_")
         if name not in {f.name for f in dataclasses.fields(node)}:
-            raise ConfigKeyError(f"{shown(path)}: {shown(where)} has no key {shown_repr(key)}")
+            raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} has no key {shown_repr(key)}")
         return getattr(node, name)
     if isinstance(node, Mapping):
         if key not in node:
-            raise ConfigKeyError(f"{shown(path)}: {shown(where)} has no key {shown_repr(key)}")
+            raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} has no key {shown_repr(key)}")
         return node[key]
     if isinstance(node, (list, tuple)):
         names = _names(node)
@@ -377,9 +372,10 @@ def _step(node: Any, key: str, path: str, where: str) -> Any:
         if key.isascii() and key.isdigit() and int(key) < len(node):
             return node[int(key)]
         known = ", ".join(repr(name) for name in names if isinstance(name, str))
-        raise ConfigKeyError(f"{shown(path)}: {shown(where)} has {len(node)} items, no item {shown_repr(key)}"
+        raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} has {len(node)} items,"
+                             f" no item {shown_repr(key)}"
                              + (f" (by name: {known}; or by number from 0)" if known else ""))
-    raise ConfigKeyError(f"{shown(path)}: {shown(where)} is a value, not a mapping")
+    raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} is a value, not a mapping")
 
 
 def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> list[str]:

@@ -40,6 +40,7 @@ from gateway.deadlinecall import DeadlineCall
 from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError, ConfigRevertError
 from gateway.readonlyfs import read_only_at
 from gateway.redaction import redact_error
+from gateway.shown import shown_key_path
 
 #: Runs a blocking callable off the reactor thread.
 Blocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -759,7 +760,7 @@ class ConfigChanger(Service):
 
     def _report_body(self, status: str, origin: str, keys: tuple[str, ...], reason: str,
                      restarted: tuple[str, ...] = (), deadline: float | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": status, "origin": origin, "keys": [dropin.key_for_report(key) for key in keys],
+        body: dict[str, Any] = {"status": status, "origin": origin, "keys": [shown_key_path(key) for key in keys],
                                 "reason": reason,
                                 "timestamp": self.clock.seconds()}
         if restarted:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Literal
 RestartType = Literal["no", "always", "on-failure", "unless-stopped"]
 NetworkMode = Literal["bridge", "host", "none"]
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*\Z", re.ASCII)  # (ASCII: int() reads ٣ and ３ too)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # (\Z: "$" takes a name before a trailing newline)
 _CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")  # ([0-9]: \d takes any Unicode digit, as ٣)
 

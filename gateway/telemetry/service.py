@@ -196,15 +196,21 @@ class TelemetryService(Service):
         """A request on the request topic: its payload is a report's name (or JSON
         ``{"report": name}``); an unknown one is answered on the error topic."""
         text = message.payload.decode("utf-8", "replace").strip()
-        name = text
+        name: object = text
+        error: str | None = None
         if text.startswith(("{", '"')):
             try:
                 value = jsontext.loads(text)
-                name = value.get("report", "") if isinstance(value, dict) else str(value)
             except ValueError:
                 pass
-        if name not in REPORTS:
-            error = str(UnknownReport(name, REPORTS))
+            else:
+                if isinstance(value, dict) and "report" not in value:
+                    # (the remote command's {"name": ...} asked here: say what was sent and what is asked)
+                    error = (f"no report named: {shown(text)} has no \"report\" (a JSON request is"
+                             f" {{\"report\": \"<name>\"}}; known: {', '.join(REPORTS)})")
+                name = value.get("report") if isinstance(value, dict) else str(value)
+        if error is not None or name not in REPORTS:
+            error = error or str(UnknownReport(name, REPORTS))
             count = self._refused_lines.note()
             if count is not None:
                 self.log.warn("report request refused: {error} ({since})", error=error, since=refused_since(count))

@@ -9,6 +9,7 @@ events for the gateway's own thing on ``command///req//<action>`` and for other 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +45,16 @@ class DittoError(Exception):
     :param status: the HTTP-like status (400, 404, 413...).
     :param error: Ditto's error code (``things:attribute.notfound``...).
     :param message: what is wrong, for people.
+    :param envelope: the command's envelope as its answer may repeat it, when the payload is
+        one :func:`jsontext.loads` refuses (:func:`parse_command`); else ``None``.
     """
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, status: int, error: str, message: str, envelope: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.envelope = envelope
 
     def value(self) -> dict[str, Any]:
         """The error response's ``value``."""
@@ -93,17 +97,19 @@ def parse_command(payload: bytes) -> Command | None:
     (other events on ``e/#`` are none of the twin's business).
 
     :raises DittoError: for a twin command that is malformed (bad JSON in the value, an
-        unknown action, a missing path).
+        unknown action, a missing path; a string that is not Unicode text: a lone surrogate
+        ``"\\ud800"``, bytes that are not UTF-8, Ditto's ``json.invalid``).
     """
     try:
         envelope = jsontext.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("topic"), str):
+    except ValueError as exc:  # (UnicodeDecodeError is one)
+        mended = _mended_envelope(payload)
+        if mended is None:
+            return None
+        raise DittoError(400, "json.invalid", f"the command is not Unicode text: {exc}", mended) from None
+    if not _is_command(envelope):
         return None
     parts = envelope["topic"].split("/")
-    if len(parts) != 6 or parts[2:5] != ["things", "twin", "commands"]:
-        return None
     namespace, name, action = parts[0], parts[1], parts[5]
     if action not in ACTIONS:
         raise DittoError(400, "things:command.unsupported", f"the local twin does not support {shown_repr(action)}")
@@ -131,6 +137,47 @@ def parse_command(payload: bytes) -> Command | None:
         raise DittoError(400, "things:value.invalid",
                          f"the value at this path would nest deeper than {jsontext.MAX_NESTING} levels")
     return Command(namespace, name, action, path, envelope.get("value"), headers)
+
+
+def _is_command(envelope: Any) -> bool:
+    """Whether a parsed payload is a twin command's envelope (its topic says so)."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("topic"), str):
+        return False
+    parts = envelope["topic"].split("/")
+    return len(parts) == 6 and parts[2:5] == ["things", "twin", "commands"]
+
+
+def _mended_envelope(payload: bytes) -> dict[str, Any] | None:
+    """The topic, path and headers of a twin command whose JSON :func:`jsontext.loads` refuses
+    for holding what is not Unicode text, with that mended (U+FFFD), for its error answer (which
+    could not be encoded else); ``None`` when the payload is no twin command's JSON at all."""
+    try:
+        envelope = json.loads(payload.decode(json.detect_encoding(payload), "replace"))
+    except (ValueError, RecursionError):
+        return None
+    if not _is_command(envelope):
+        return None
+    headers = envelope.get("headers")
+    kept = {_mended(key): _mended(value) if isinstance(value, str) else value
+            for key, value in (headers.items() if isinstance(headers, dict) else ())
+            if isinstance(value, str) or _is_text(value)}
+    path = envelope.get("path", "/")
+    return {"topic": _mended(envelope["topic"]), "path": _mended(path) if isinstance(path, str) else path,
+            "headers": kept}
+
+
+def _mended(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD."""
+    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+
+
+def _is_text(value: Any) -> bool:
+    """Whether a parsed JSON value holds Unicode text only (no lone surrogate anywhere)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def error_envelope(topic: str, path: str, headers: dict[str, Any], error: DittoError) -> dict[str, Any]:

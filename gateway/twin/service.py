@@ -157,10 +157,13 @@ class TwinService(Service):
         try:
             command = parse_command(message.payload)
         except DittoError as exc:
-            try:
-                envelope = jsontext.loads(message.payload)
-            except ValueError:  # parse_command only raises for JSON envelopes
-                return None
+            if exc.envelope is not None:  # (its JSON is not Unicode text: the envelope mended)
+                envelope = exc.envelope
+            else:
+                try:
+                    envelope = jsontext.loads(message.payload)
+                except ValueError:  # parse_command only raises for JSON envelopes
+                    return None
             topic = str(envelope.get("topic", ""))
             namespace, name = (topic.split("/") + ["", ""])[:2]
             thing_id = self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root)

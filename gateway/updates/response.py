@@ -12,7 +12,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from gateway.httpbody import read_body
 from gateway.updates.errors import ContentRangeMismatch
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*\Z", re.IGNORECASE | re.ASCII)
 
 
 def header(response: IResponse, name: str) -> str | None:

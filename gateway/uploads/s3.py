@@ -35,7 +35,7 @@ MAX_SINGLE_PUT = 5 * 2**30
 #: S3's bucket naming rules: 3 to 63 lower-case letters, digits, dots and hyphens, a letter
 #: or digit at each end (the bucket is a label of the host name, or a path segment).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
-_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+\Z", re.ASCII)
 #: A region is one label of the host name (``eu-west-1``) and one segment of the signature's scope.
 _REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 

@@ -866,6 +866,13 @@ class QueueTableTests(SynchronousTestCase):
         self.assertNotIn("lost", self.queue([none]))
 
 
+class _Terminal(io.TextIOWrapper):
+    """A stdout that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 class FollowEndTests(SynchronousTestCase):
     """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
 
@@ -895,6 +902,26 @@ class FollowEndTests(SynchronousTestCase):
         self.assertEqual(self.out.buffer.getvalue(), b"tick 1\ntick 2\n")
         self.assertEqual(self.err.getvalue(), "gatewayctl: the gateway ended the followed log (it is stopping, or"
                                               " a configuration change restarted its services): follow again\n")
+
+    def test_a_terminal_is_shown_control_characters_escaped(self) -> None:
+        """docs/admin.md: an app's log went to the terminal as its bytes, so an app could move
+        the cursor, clear the screen or turn text around (ESC sequences, a right-to-left override
+        U+202E) on the operator's terminal. To a terminal they are shown escaped, as systemctl
+        status shows a unit's log lines (a character split between chunks whole; a byte that is no
+        UTF-8 as ``\\xNN``); newlines and tabs stay. To a pipe the bytes go as they are."""
+        chunks = [b"a\x1b[2Jb\tc\r\n\xe2\x80", b"\xaeevil\x07 caf\xc3\xa9 \xff\n\xc3"]
+
+        def stream(client: AdminClient, path: str, params: Any = None) -> Any:
+            yield from chunks
+
+        self.patch(AdminClient, "stream", stream)
+        for tty, expected in ((True, b"a\\x1b[2Jb\tc\\r\n\\u202eevil\\x07 caf\xc3\xa9 \\xff\n\\xc3"),
+                              (False, b"".join(chunks))):
+            self.out = _Terminal(io.BytesIO(), encoding="utf-8") if tty else io.TextIOWrapper(io.BytesIO())
+            self.patch(sys, "stdout", self.out)
+            self.assertEqual(main(["--socket", self.socket, "apps", "logs", "hello"]), 0)
+            self.out.flush()
+            self.assertEqual(self.out.buffer.getvalue(), expected)
 
     def test_ctrl_c_and_a_plain_tail_are_exit_0(self) -> None:
         """Ctrl-C ends a followed log as the operator asked; without -f the tail just ends."""

@@ -207,6 +207,23 @@ class ServiceTests(SynchronousTestCase):
         self.assertIsNot(reactor.last, first)
         self.assertIs(service.supervisor.get("web").state, ProgramState.STARTING)
 
+    def test_a_restart_is_answered_once_spawned_not_running(self) -> None:
+        """docs/commands.md (app.start, app.restart): the answer comes once the new process is
+        spawned, STARTING, not after startsecs; one that cannot be spawned is answered all the
+        same, the program in BACKOFF saying why (what ``apps`` shows)."""
+        service, reactor = self.boot()
+        done = service.operations.restart("web")
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(done)
+        self.assertIs(service.supervisor.get("web").state, ProgramState.STARTING)
+        reactor.spawn_error = OSError(errno.ENOENT, "No such file or directory")
+        done = service.operations.restart("web")
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(done)
+        web = service.supervisor.get("web")
+        self.assertEqual((web.state, web.error),
+                         (ProgramState.BACKOFF, "cannot spawn: [Errno 2] No such file or directory"))
+
     def test_a_wish_the_disk_refuses_changes_nothing(self) -> None:
         """A stop, start or restart whose desired.json the disk refuses (full, read-only) fails
         with DesiredStateError saying why (500 through the admin API and the commands), and

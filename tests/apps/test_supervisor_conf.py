@@ -115,6 +115,13 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse_size("10MB", "k"), 10 * 2**20)
         self.assertEqual(parse_size("1gb", "k"), 2**30)
 
+    def test_sizes_are_ascii_digits(self) -> None:
+        """A size in Arabic-Indic or fullwidth digits (``١٠MB``, ``１０MB``) was read by ``int()``
+        as 10 MB: only ASCII digits are a size, as for supervisord."""
+        for text in ("\u0661\u0660MB", "\uff11\uff10MB"):
+            with self.assertRaisesRegex(ManifestError, "not a size"):
+                parse_size(text, "stdout_logfile_maxbytes")
+
     def test_environment_syntax(self) -> None:
         """Unquoted and single-quoted values work; a dangling pair is an error."""
         self.assertEqual(parse_environment("A=1,B='two words',C=/x/y"),

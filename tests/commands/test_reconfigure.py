@@ -450,6 +450,26 @@ class GetByNameTests(SynchronousTestCase):
         [error] = self.successResultOf(self.h.changer.check({path: 1}))
         self.assertNotIn("a key path is at most", error)
 
+    def test_a_key_path_is_repeated_whole_up_to_the_longest_a_change_may_name(self) -> None:
+        """docs/commands.md: an error repeats a key path whole up to 256 characters (MAX_KEY_PATH,
+        the longest a change may name; a link's name alone may have 95), else its first 100 and
+        its length. config.get's error cut a path of 101 to 256 characters at 100, hiding the key
+        at its end, while config.set's errors and its report repeated it whole."""
+        from gateway.commands.dropin import MAX_KEY_PATH
+
+        for path in ("broker." + "k" * 94, "broker." + "k" * (MAX_KEY_PATH - len("broker."))):
+            [error] = self.successResultOf(self.h.changer.check({path: 1}))
+            self.assertIn(f": {path}: unknown key (known: ", error)
+            self.h.changer.report_refused({path: 1}, [error], "remote:r9")
+            self.assertEqual(self.h.reports[-1]["keys"], [path])
+            with self.assertRaises(ConfigKeyError) as caught:
+                self.h.changer.get(path)
+            self.assertTrue(str(caught.exception).startswith(f"{path}: broker has no key "), str(caught.exception))
+        path = "broker." + "k" * MAX_KEY_PATH
+        with self.assertRaises(ConfigKeyError) as caught:
+            self.h.changer.get(path)
+        self.assertIn(f"{path[:100]}... ({len(path)} characters)'", str(caught.exception))
+
     def test_the_keys_amqtt_takes_as_written(self) -> None:
         """The broker section's keys the gateway hands to amqtt (docs/commands.md: config.get's keys
         are the config file's) read as the files write them: they were "has no key"."""

@@ -287,6 +287,8 @@ class DescriptionTests(SynchronousTestCase):
         self.assertIn("nested too deeply", str(self.assertRaises(ImageError, read_credentials, work / "auth.json", "r")))
         self.assertEqual(parse_size("512K"), 524288)
         self.assertRaises(ValueError, parse_size, "lots")
+        for digits in ("\u0663M", "\uff13M", "1\u00a0M"):  # (Arabic-Indic, fullwidth: int() read them; NBSP)
+            self.assertRaises(ValueError, parse_size, digits)
 
     def test_credentials_and_registries(self) -> None:
         """auth.json entries (auth or username/password) are found by registry host, and Docker

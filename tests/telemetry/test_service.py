@@ -117,7 +117,7 @@ class TelemetryServiceTests(SynchronousTestCase):
         """``{"report": 5}`` or ``{"report": null}`` is answered naming the value sent, not a
         string it never was (``unknown report '5'``, ``unknown report 'None'``)."""
         self.start()
-        for payload, named in ((b'{"report": 5}', "5"), (b'{"report": null}', "None"), (b"{}", "''"),
+        for payload, named in ((b'{"report": 5}', "5"), (b'{"report": null}', "None"),
                                (b'{"report": ["usage_report"]}', "['usage_report']")):
             self.bus.published.clear()
             self.bus.receive("edge/gateway/reports/request", payload)
@@ -125,6 +125,22 @@ class TelemetryServiceTests(SynchronousTestCase):
             self.assertEqual((topic, json.loads(answer)["error"]), (
                 "edge/gateway/reports/error",
                 f"unknown report {named} (known: device_info, usage_report, engine_report)"))
+
+    def test_a_json_request_without_report_names_what_was_sent(self) -> None:
+        """docs/telemetry.md: ``{"name": "engine_report"}`` (the remote ``report`` command's
+        shape, docs/commands.md) sent to the request topic was answered ``unknown report ''``,
+        naming neither what was sent nor how to ask: the answer repeats the request, says a JSON
+        request names its report in ``report`` and lists the known ones; no report is built."""
+        self.start()
+        for payload in (b'{"name": "engine_report"}', b"{}"):
+            self.bus.published.clear()
+            self.bus.receive("edge/gateway/reports/request", payload)
+            [(topic, answer, _, _)] = self.bus.published
+            self.assertEqual((topic, json.loads(answer)["error"]), (
+                "edge/gateway/reports/error",
+                f'no report named: {payload.decode()} has no "report" (a JSON request is {{"report": "<name>"}};'
+                " known: device_info, usage_report, engine_report)"))
+            self.assertEqual(json.loads(answer)["request"], payload.decode())
 
     def test_an_error_answer_the_journal_refuses_is_one_line(self) -> None:
         """A bad request whose answer on the error topic the journal refuses (a route takes it

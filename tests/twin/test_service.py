@@ -372,6 +372,37 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send({"topic": "acme/gw1/things/twin/commands/retrieve", "path": "/", "headers": None})
         self.assertEqual([(t, m["status"]) for t, m in out], [("command///req//retrieve-response", 200)])
 
+    def test_a_command_that_is_not_unicode_text_is_answered(self) -> None:
+        """docs/twin.md: a command whose JSON holds a lone surrogate (``"\\ud800"``, or its
+        three UTF-8-like bytes) or bytes that are not UTF-8 got no answer at all (its JSON is
+        refused as not text, and it was taken for no twin command). It is answered 400
+        ``json.invalid`` on the thing's errors topic, its correlation id kept, what cannot be
+        encoded mended (U+FFFD); one log line; nothing changes, and the next command runs."""
+        topic = b'"topic": "acme/gw1:sensor/things/twin/commands/modify"'
+        for payload in (b'{' + topic + b', "path": "/attributes/a", "value": "\\ud800",'
+                        b' "headers": {"correlation-id": "c9"}}',
+                        b'{' + topic + b', "path": "/attributes/\xed\xa0\x80", "value": 1,'
+                        b' "headers": {"correlation-id": "c9", "x": "\\udc00", "y": ["\\ud800"]}}'):
+            self.clock.advance(11)  # (past the refused lines' 10 s)
+            with capturedLogs() as events:
+                out = self.send(payload)
+            self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//errors-response"], payload)
+            answer = out[0][1]
+            self.assertEqual((answer["status"], answer["value"]["error"]), (400, "json.invalid"))
+            self.assertIn("the command is not Unicode text: ", answer["value"]["message"])
+            self.assertEqual(answer["headers"]["correlation-id"], "c9")
+            self.assertEqual(answer["topic"], "acme/gw1:sensor/things/twin/errors")
+            json.dumps(answer, ensure_ascii=False).encode("utf-8")  # (Unicode text: it could be sent)
+            lines = [formatEvent(e) for e in events]
+            self.assertEqual(len(lines), 1, lines)
+            self.assertIn("refused: 400 the command is not Unicode text", lines[0])
+        self.assertEqual(out[0][1]["headers"].get("x"), "\ufffd")
+        self.assertNotIn("y", out[0][1]["headers"])
+        self.assertNotIn("acme:gw1:sensor", self.twin.store.things)
+        self.assertEqual(self.send(b'{"topic": "a/b/things/other", "x": "\\ud800"}'), [])  # (no twin command)
+        out = self.send(command("modify", "/attributes/a", 1))
+        self.assertEqual([t for t, _ in out], ["command///req//created", "command///req//modify-response"])
+
     def test_response_not_required(self) -> None:
         """response-required: false gives the event only (errors are only logged)."""
         out = self.send(command("modify", "/attributes/a", 1, **{"response-required": False}))

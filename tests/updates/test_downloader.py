@@ -192,6 +192,15 @@ class DownloaderTests(SynchronousTestCase):
         self.assertIn("asked for bytes 1000-", str(failure.value))
         self.assertEqual((self.dir / "artifact.bin.part").read_bytes(), DATA[:1000])
 
+    def test_content_range_is_ascii(self) -> None:
+        """A Content-Range is ASCII digits and spaces (RFC 9110): digits of other scripts, which
+        int() reads, and a no-break space (U+00A0, one byte in the header's Latin-1) were taken."""
+        from gateway.updates.response import parse_content_range
+
+        self.assertEqual(parse_content_range("bytes 0-99/100"), (0, 99, 100))
+        for value in ("bytes \u0660-\u0669/\u0661\u0660", "bytes \uff10-\uff19/100", "bytes\xa00-99/100"):
+            self.assertRaises(ValueError, parse_content_range, value)
+
     def test_changed_file_restarts_through_if_range(self) -> None:
         """When the file changes between attempts, If-Range brings the new file whole."""
         new = DATA[::-1]

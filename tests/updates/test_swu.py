@@ -56,6 +56,12 @@ class LibconfigTests(SynchronousTestCase):
         self.assertRaises(LibconfigError, loads, "a = 1; a = 2;")
         self.assertRaises(LibconfigError, loads, "a = { b = 1;")
 
+    def test_numbers_are_ascii_digits(self) -> None:
+        """A number in Arabic-Indic or fullwidth digits (``size = ١٦;``) was read by ``int()``
+        and ``float()`` as 16: libconfig's numbers are ASCII digits, anything else is refused."""
+        for text in ("a = \u0661\u0666;", "a = \uff11\uff16;", "a = \u0661.\u0665;"):
+            self.assertRaises(LibconfigError, loads, text)
+
     def test_what_the_parser_cannot_hold_is_a_libconfig_error(self) -> None:
         """Nesting deeper than 64 levels (the parser recursed until Python's stack ran out) and
         integers of more digits than int() takes (ValueError) are LibconfigErrors saying where."""

@@ -182,6 +182,13 @@ class WindowTests(SynchronousTestCase):
         errors = self.assertRaises(ConfigError, gateway_config.load, path).errors
         self.assertEqual(errors, [f"{path}: uploads.periodic.window_from: '25:00' is not a time of day HH:MM",
                                   f"{path}: uploads.periodic.window_to: '6' is not a time of day HH:MM"])
+        # Arabic-Indic and fullwidth digits were taken (int() reads them): ASCII digits only
+        path.write_text("uploads:\n  periodic:\n    window_from: '1\u0662:\u0663\u0660'\n"
+                        "    window_to: '0\uff17:00'\n", encoding="utf-8")
+        errors = self.assertRaises(ConfigError, gateway_config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.periodic.window_from: '1\u0662:\u0663\u0660' is not a"
+                                  " time of day HH:MM",
+                                  f"{path}: uploads.periodic.window_to: '0\uff17:00' is not a time of day HH:MM"])
 
     def test_retry_delays_are_ordered(self) -> None:
         """retry_max_delay below retry_initial_delay is refused at load, as for downloads

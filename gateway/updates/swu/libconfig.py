@@ -31,7 +31,7 @@ _TOKEN = re.compile(r"""
   | (?P<bool>(?i:true|false)\b)
   | (?P<name>[A-Za-z*][-A-Za-z0-9_*]*)
   | (?P<punct>[=:;,{}()\[\]])
-""", re.VERBOSE | re.DOTALL)
+""", re.VERBOSE | re.DOTALL | re.ASCII)  # (ASCII: libconfig's numbers; int() reads ٣ too)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "\\": "\\", '"': '"'}
 #: The deepest nesting of groups, lists and arrays read (the parser recurses: a bundle's
 #: description nested thousands deep would exhaust its stack; SWUpdate's need a handful).
