@@ -95,6 +95,9 @@ class FleetService(Service):
         #: a feedback answer asking the gateway to slow down (429, a Retry-After) in this poll's flush
         self._slow_down: DDIError | None = None
         self._in_cycle = False
+        #: feedback not taken in a row (no answer, 5xx...), and the steady time before which none is sent again
+        self._feedback_failures = 0
+        self._feedback_retry_at = 0.0
         self.polls = 0
         self.last_error = ""
         self._refused_config = ""  # the digest of attributes the server refused as they are
@@ -550,12 +553,14 @@ class FleetService(Service):
     @inlineCallbacks
     def flush(self, due: bool = False) -> Any:
         """Send the outbox in order; stop at the first feedback the server does not take (it is
-        sent again at the next poll). Only a 2xx takes it out, or a refusal for good (4xx other
+        sent again by the first poll after a backoff: half to all of ``min_poll_interval`` x
+        2^failures, at most ``retry_max_delay``). Only a 2xx takes it out, or a refusal for good (4xx other
         than 401, 403, 408, 429), logged and dropped: it would block the rest forever. A ``429``
         or a ``Retry-After`` holds every request back (:meth:`_note_wait`) and fails the poll
         that sent it; nothing is sent while so held but by the poll that falls due then (``due``)."""
-        if self._flushing or (not due and steady_seconds(self.clock) < self._held_until):
-            return  # (held back as the server asked: the next poll sends it)
+        now = steady_seconds(self.clock)
+        if self._flushing or now < self._feedback_retry_at or (not due and now < self._held_until):
+            return  # (backing off, or held back as the server asked: a later poll sends it)
         self._flushing = True
         try:
             while self.state.outbox and self.running:
@@ -574,6 +579,10 @@ class FleetService(Service):
                         self._note_wait(error)
                         if error.code == 429 or error.retry_after is not None:
                             self._slow_down = error
+                        self._feedback_failures += 1
+                        cap = min(self.settings.retry_max_delay,
+                                  self.settings.min_poll_interval * 2 ** min(self._feedback_failures, 30))
+                        self._feedback_retry_at = steady_seconds(self.clock) + self.uniform(cap / 2, cap)
                         count = self._feedback_lines.note()
                         if count is not None:
                             self.log.warn("fleet feedback not accepted, kept for later ({count} since the last such"
@@ -582,6 +591,7 @@ class FleetService(Service):
                                           error=str(error))
                         return
                 self._feedback_lines.reset()  # (out of the outbox: the next one not taken is news)
+                self._feedback_failures, self._feedback_retry_at = 0, 0.0
                 if not self.running:
                     # stopped meanwhile, the answer come all the same (a request that did not end when
                     # stopService gave it up): the next service has the state file now, and sends

@@ -296,11 +296,13 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual((len(self.server.auth), self.server.polls), (4, 1))
         self.run_for(2)   # t=155: the poll's feedback is answered 429: no GET, a failed poll
         self.assertEqual((len(self.server.auth), self.server.polls, fleet.failures), (5, 1, 1))
-        self.run_for(16)  # t=170 (15 s: the backoff): every step told, in order, then the poll
+        self.run_for(16)  # t=170 (15 s: the poll's backoff): the poll; the feedback backs off (30 s)
+        self.assertEqual((self.server.polls, fleet.failures, self.server.feedback), (2, 0, []))
+        self.run_for(60)  # t=230: the next poll tells every step, in order
         self.assertEqual(self.server.executions(), [
             ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
             ("proceeding", "none"), ("closed", "success")])
-        self.assertEqual((self.server.polls, fleet.failures), (2, 0))
+        self.assertEqual(self.server.polls, 3)
 
     def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
         """An app the health gate rolled back ends closed/failure, the installer's reason in details."""
@@ -1025,26 +1027,30 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
-    def test_feedback_the_server_keeps_refusing_is_one_line_per_ten_minutes(self) -> None:
+    def test_feedback_the_server_keeps_refusing_backs_off_and_is_one_line_per_ten_minutes(self) -> None:
         """A server that polls well but keeps refusing feedback (503 for an hour: its feedback
-        endpoint down behind a proxy) had a warning at every poll and at every step, for as long
-        as it lasted; now the first, then one every 10 minutes with the count since the last,
-        and the first refusal after feedback was taken again is news at once."""
+        endpoint down behind a proxy) got it again at every poll, every 11 s here (over 300 POSTs
+        an hour), and had a warning at every poll and at every step; now the feedback backs off
+        as failed polls do (15, 30, then 45 s: half to all of retry_max_delay, 60 s here) while the
+        polls go on, the first refusal is logged, then one every 10 minutes with the count since
+        the last, and the first refusal after feedback was taken again is news at once."""
         events = capture_log_events(self)
         self.server.sleep = "00:00:10"
         self.server.deployment = deployment("19", FILES)
         self.server.feedback_errors = [503] * 10000
-        self.start()
+        self.start(dataclasses.replace(SETTINGS, retry_max_delay=60.0))
         self.run_for(3600)
+        self.assertGreater(self.server.polls, 300)
+        # 67 POSTs in the hour: 15 s, 30 s, then every 45 s, each at the first poll after it
+        self.assertEqual(10000 - len(self.server.feedback_errors), 67)
         lines = [formatEvent(e) for e in events if "feedback not accepted" in e.get("log_format", "")]
         self.assertEqual(len(lines), 6, lines)  # at t=5, then every 10 minutes
         self.assertTrue(lines[0].startswith("fleet feedback not accepted, kept for later (1 since the last such"
                                             " line; logged at most once every 10 minutes until one is"
                                             " accepted): POST https://ddi.example/"), lines[0])
-        # 54 polls (the first wait after the start 15 s, then every 11 s: 10 s raised to 10-12 s), 5 more steps
-        self.assertIn("(60 since the last such line", lines[1])
+        self.assertIn("(13 since the last such line", lines[1])  # (before: 60, one at every poll and step)
         self.server.feedback_errors = []
-        self.run_for(20)
+        self.run_for(60)
         self.assertEqual(len(self.server.feedback), 6)  # each step once, in order
         self.server.deployment = deployment("20", FILES)
         self.server.feedback_errors = [503]
