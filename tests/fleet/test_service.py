@@ -304,6 +304,36 @@ class FleetServiceTests(SynchronousTestCase):
             ("proceeding", "none"), ("closed", "success")])
         self.assertEqual(self.server.polls, 3)
 
+    def test_a_server_that_never_answers_has_one_poll_at_a_time(self) -> None:
+        """A server that takes every poll and never answers: each fails after request_timeout
+        (30 s), logged as timed out, and the next waits its backoff; a poll falling due while one
+        is under way (poll_now) joins it: never two requests at once, however long."""
+        seen: list[float] = []
+        clock = self.clock
+
+        class Stalled(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> int:
+                seen.append(clock.seconds())
+                return NOT_DONE_YET
+
+        self.stub = StubTreq(Stalled())
+        events = capture_log_events(self)
+        fleet = self.start()
+        self.run_for(34)
+        self.assertEqual(self.successResultOf(self.updates.when_loaded()), None)
+        self.assertIs(fleet.poll_now(), fleet.poll_now())  # due again meanwhile: the same poll
+        self.assertEqual((seen, fleet.failures), ([5.0], 0))
+        self.run_for(1)      # t=35: timed out, next in 15 s
+        self.assertEqual(fleet.failures, 1)
+        self.assertIn("no answer within 30 s (timed out)", fleet.last_error)
+        self.run_for(70)     # t=50: the next, timed out at t=80, next in 30 s (at t=110)
+        self.assertEqual((seen, fleet.failures), ([5.0, 50.0], 2))
+        lines = [formatEvent(e) for e in events if "poll failed" in e.get("log_format", "")]
+        self.assertRegex(lines[0], r"^fleet poll failed \(1 in a row\), next in 15s: GET https://ddi.example/"
+                                   r".*: no answer within 30 s \(timed out\)$")
+
     def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
         """An app the health gate rolled back ends closed/failure, the installer's reason in details."""
         self.installer.answers.append(succeed(InstallResult(
@@ -960,6 +990,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(42\ds down; the last: .*429")
         self.run_for(600)
         self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
+
+    def test_an_absurd_retry_after_holds_the_gateway_a_day_at_most(self) -> None:
+        """A Retry-After of a trillion seconds (a lie, a typo) is taken as a day, plus the random
+        part of up to retry_max_delay (600 s): the gateway polls again then, not never."""
+        self.server.errors = [(429, {"Retry-After": "1000000000000"})]
+        fleet = self.start()
+        self.run_for(6)      # t=5: 429 -> next in 86,700 s (a day + 300, the midpoint)
+        self.assertEqual(fleet.failures, 1)
+        self.clock.advance(86690)
+        self.run_for(8)
+        self.assertEqual(self.server.polls, 0)
+        self.run_for(2)
+        self.assertEqual((self.server.polls, fleet.failures), (1, 0))
 
     def test_the_time_down_is_steady_across_a_clock_step(self) -> None:
         """The recovery line's time down is counted on the steady clock: NTP stepping the wall
