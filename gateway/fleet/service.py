@@ -48,7 +48,7 @@ MAX_SLEEP = 86400.0
 #: site) or back together (the server's outage ended) spreads over a whole interval from then on.
 RESPREAD = 0.5
 #: Seconds between two log lines about feedback the server did not take, at least (it is sent
-#: again at every poll: a server refusing it for hours would write a line every poll).
+#: again after every backoff: a server refusing it for hours would write a line at each try).
 FEEDBACK_LOG_INTERVAL = 600.0
 #: Seconds between two log lines about failed polls for the same cause, at least (a short
 #: ``retry_max_delay`` polls a server that is away every minute, a day long).
@@ -245,7 +245,8 @@ class FleetService(Service):
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
             previous = self.last_error
-            self._note_wait(error)
+            if error is not self._slow_down:  # (that one was noted as the feedback failed)
+                self._note_wait(error)
             delay = max(self._failed(str(error)), self._held_until - steady_seconds(self.clock))
             if self._failure_to_log(previous):
                 log = self.log.error if error.code in (401, 403) else self.log.warn
@@ -274,7 +275,12 @@ class FleetService(Service):
         self.failures += 1
         self._settled = False
         self.last_error = reason
-        cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))
+        return self._backoff(self.failures)
+
+    def _backoff(self, failures: int) -> float:
+        """The wait after ``failures`` in a row: half to all of ``min_poll_interval × 2^failures``,
+        at most ``retry_max_delay``."""
+        cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(failures, 30))
         return float(self.uniform(cap / 2, cap))
 
     @inlineCallbacks
@@ -580,9 +586,7 @@ class FleetService(Service):
                         if error.code == 429 or error.retry_after is not None:
                             self._slow_down = error
                         self._feedback_failures += 1
-                        cap = min(self.settings.retry_max_delay,
-                                  self.settings.min_poll_interval * 2 ** min(self._feedback_failures, 30))
-                        self._feedback_retry_at = steady_seconds(self.clock) + self.uniform(cap / 2, cap)
+                        self._feedback_retry_at = steady_seconds(self.clock) + self._backoff(self._feedback_failures)
                         count = self._feedback_lines.note()
                         if count is not None:
                             self.log.warn("fleet feedback not accepted, kept for later ({count} since the last such"
