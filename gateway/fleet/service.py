@@ -43,8 +43,12 @@ ENDED_KEPT = 1000
 #: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
 #: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
 MAX_SLEEP = 86400.0
+#: The spread of the wait after the first poll that goes well after a start or after failed polls
+#: (a factor in 1 ± this, whatever ``poll_jitter``): a fleet restarted together (a power cut at a
+#: site) or back together (the server's outage ended) spreads over a whole interval from then on.
+RESPREAD = 0.5
 #: Seconds between two log lines about feedback the server did not take, at least (it is sent
-#: again at every poll: a server refusing it for hours would write a line every poll).
+#: again after every backoff: a server refusing it for hours would write a line at each try).
 FEEDBACK_LOG_INTERVAL = 600.0
 #: Seconds between two log lines about failed polls for the same cause, at least (a short
 #: ``retry_max_delay`` polls a server that is away every minute, a day long).
@@ -84,6 +88,16 @@ class FleetService(Service):
         self.failures = 0
         #: when the first of the failed polls in a row failed (None: the last poll went well)
         self._failing_since: float | None = None
+        #: whether a poll went well since the start and the last failed one (the next wait is respread)
+        self._settled = False
+        #: the steady time before which no request goes to the server (its Retry-After, spread)
+        self._held_until = 0.0
+        #: a feedback answer asking the gateway to slow down (429, a Retry-After) in this poll's flush
+        self._slow_down: DDIError | None = None
+        self._in_cycle = False
+        #: feedback not taken in a row (no answer, 5xx...), and the steady time before which none is sent again
+        self._feedback_failures = 0
+        self._feedback_retry_at = 0.0
         self.polls = 0
         self.last_error = ""
         self._refused_config = ""  # the digest of attributes the server refused as they are
@@ -151,7 +165,32 @@ class FleetService(Service):
 
     def _schedule(self, delay: float) -> None:
         if self.running:
-            self._timer = self.clock.callLater(delay, self.poll_now)
+            self._timer = self.clock.callLater(max(delay, self._held_until - steady_seconds(self.clock)),
+                                               self.poll_now)
+
+    def _poll_wait(self, sleep: float, jitter: float) -> float:
+        """The wait before the next poll: ``sleep`` (at least ``min_poll_interval``) times a random
+        factor in 1 ± ``jitter``, the range moved up where it would start below ``min_poll_interval``
+        (never sooner than that)."""
+        base = max(sleep, self.settings.min_poll_interval)
+        low = max(self.settings.min_poll_interval, base * (1 - jitter))
+        return float(self.uniform(low, low + 2 * jitter * base))
+
+    def _note_wait(self, error: DDIError) -> None:
+        """Hold every request back as the server's ``Retry-After`` asks (at least that, plus a random
+        part of up to half of it, at most ``retry_max_delay`` more: a fleet told to wait together
+        comes back spread); a poll scheduled sooner is put off."""
+        if error.retry_after is None:
+            return
+        wait = error.retry_after
+        wait = float(self.uniform(wait, wait + min(wait / 2, self.settings.retry_max_delay)))
+        now = steady_seconds(self.clock)
+        if now + wait <= self._held_until:
+            return
+        self._held_until = now + wait
+        if not self._in_cycle and self._timer is not None and self._timer.active() \
+                and self._timer.getTime() - self.clock.seconds() < wait:
+            self._timer.reset(wait)
 
     def poll_now(self) -> Deferred[Any]:
         """Poll once now (unless a poll is under way), then schedule the next."""
@@ -171,14 +210,24 @@ class FleetService(Service):
 
     @inlineCallbacks
     def _cycle(self) -> Any:
+        self._in_cycle = True
+        try:
+            yield self._cycle_once()
+        finally:
+            self._in_cycle = False
+
+    @inlineCallbacks
+    def _cycle_once(self) -> Any:
         delay = self.settings.poll_interval
         try:
-            yield self.flush()
+            self._slow_down = None
+            yield self.flush(due=True)
+            if self._slow_down is not None:
+                raise self._slow_down  # the server asked to slow down: no poll now, a failed one
             body = yield self.ddi.poll()
             self.polls += 1
             sleep, links = poll_answer(body)
-            delay = max(self.settings.min_poll_interval,
-                        min(sleep, MAX_SLEEP) if sleep is not None else self.settings.poll_interval)
+            sleep = min(sleep, MAX_SLEEP) if sleep is not None else self.settings.poll_interval
             yield self._config_data("configData" in links)
             if "cancelAction" in links:
                 yield self._cancel(links["cancelAction"])
@@ -190,14 +239,15 @@ class FleetService(Service):
                 self.log.info("fleet polls succeed again after {failures} failed in a row ({down:.0f}s down; the "
                               "last: {error})", failures=self.failures, down=down, error=self.last_error)
             self.failures, self.last_error, self._failing_since = 0, "", None
-            delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
+            delay = self._poll_wait(sleep, self.settings.poll_jitter if self._settled else RESPREAD)
+            self._settled = True
         except DDIError as error:
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
             previous = self.last_error
-            delay = self._failed(str(error))
-            if error.retry_after is not None:
-                delay = max(delay, error.retry_after)
+            if error is not self._slow_down:  # (that one was noted as the feedback failed)
+                self._note_wait(error)
+            delay = max(self._failed(str(error)), self._held_until - steady_seconds(self.clock))
             if self._failure_to_log(previous):
                 log = self.log.error if error.code in (401, 403) else self.log.warn
                 log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
@@ -223,8 +273,14 @@ class FleetService(Service):
         if not self.failures:
             self._failing_since = steady_seconds(self.clock)
         self.failures += 1
+        self._settled = False
         self.last_error = reason
-        cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))
+        return self._backoff(self.failures)
+
+    def _backoff(self, failures: int) -> float:
+        """The wait after ``failures`` in a row: half to all of ``min_poll_interval × 2^failures``,
+        at most ``retry_max_delay``."""
+        cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(failures, 30))
         return float(self.uniform(cap / 2, cap))
 
     @inlineCallbacks
@@ -501,12 +557,16 @@ class FleetService(Service):
         return waiting
 
     @inlineCallbacks
-    def flush(self) -> Any:
+    def flush(self, due: bool = False) -> Any:
         """Send the outbox in order; stop at the first feedback the server does not take (it is
-        sent again at the next poll). Only a 2xx takes it out, or a refusal for good (4xx other
-        than 401, 403, 408, 429), logged and dropped: it would block the rest forever."""
-        if self._flushing:
-            return
+        sent again by the first poll after a backoff: half to all of ``min_poll_interval`` x
+        2^failures, at most ``retry_max_delay``). Only a 2xx takes it out, or a refusal for good (4xx other
+        than 401, 403, 408, 429), logged and dropped: it would block the rest forever. A ``429``
+        or a ``Retry-After`` holds every request back (:meth:`_note_wait`) and fails the poll
+        that sent it; nothing is sent while so held but by the poll that falls due then (``due``)."""
+        now = steady_seconds(self.clock)
+        if self._flushing or now < self._feedback_retry_at or (not due and now < self._held_until):
+            return  # (backing off, or held back as the server asked: a later poll sends it)
         self._flushing = True
         try:
             while self.state.outbox and self.running:
@@ -522,6 +582,11 @@ class FleetService(Service):
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:
                         self.last_error = str(error)
+                        self._note_wait(error)
+                        if error.code == 429 or error.retry_after is not None:
+                            self._slow_down = error
+                        self._feedback_failures += 1
+                        self._feedback_retry_at = steady_seconds(self.clock) + self._backoff(self._feedback_failures)
                         count = self._feedback_lines.note()
                         if count is not None:
                             self.log.warn("fleet feedback not accepted, kept for later ({count} since the last such"
@@ -530,6 +595,7 @@ class FleetService(Service):
                                           error=str(error))
                         return
                 self._feedback_lines.reset()  # (out of the outbox: the next one not taken is news)
+                self._feedback_failures, self._feedback_retry_at = 0, 0.0
                 if not self.running:
                     # stopped meanwhile, the answer come all the same (a request that did not end when
                     # stopService gave it up): the next service has the state file now, and sends

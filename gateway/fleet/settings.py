@@ -36,9 +36,12 @@ class FleetSettings:
         default=300.0, metadata={"min": 1.0, "max": 86400.0,
                                  "doc": "seconds between polls until the server says (config.polling.sleep)"})
     min_poll_interval: float = field(
-        default=10.0, metadata={"min": 0.1, "max": 86400.0, "doc": "the server cannot make the gateway poll faster"})
+        default=10.0, metadata={"min": 0.1, "max": 86400.0,
+                                "doc": "the soonest poll after a good one, whatever the server's sleep and the jitter"})
     poll_jitter: float = field(
-        default=0.1, metadata={"min": 0.0, "max": 0.5, "doc": "each sleep is spread by +/- this fraction"})
+        default=0.1, metadata={"min": 0.0, "max": 0.5,
+                               "doc": "each sleep is spread by +/- this fraction (the one after the first good poll "
+                                      "after a start or failed polls: +/- 0.5)"})
     retry_max_delay: float = field(
         default=600.0, metadata={"min": 1.0, "doc": "longest wait after failed polls (401, 429, 5xx, no answer)"})
     request_timeout: float = field(

@@ -28,6 +28,8 @@ class DDIServer(Resource):
     :ivar ask_config: offer ``_links.configData``.
     :ivar errors: ``(code, headers)`` answered to the next requests instead of the real answer.
     :ivar feedback: every feedback received: ``(kind, action id, body)``.
+    :ivar feedback_errors: statuses (or ``(status, headers)``) answered to the next feedback POSTs
+        instead of taking them.
     :ivar config: every configData body received.
     :ivar config_errors: statuses answered to the next configData PUTs instead of taking them.
     :ivar auth: every Authorization header seen.
@@ -47,7 +49,7 @@ class DDIServer(Resource):
         self.ask_config = False
         self.errors: list[tuple[int, dict[str, str]]] = []
         self.feedback: list[tuple[str, str, dict[str, Any]]] = []
-        self.feedback_errors: list[int] = []
+        self.feedback_errors: list[int | tuple[int, dict[str, str]]] = []
         self.config: list[dict[str, Any]] = []
         self.config_errors: list[int] = []
         self.auth: list[str | None] = []
@@ -84,7 +86,11 @@ class DDIServer(Resource):
             return json.dumps(self.cancel).encode()
         if method == "POST" and rest.endswith("/feedback"):
             if self.feedback_errors:
-                request.setResponseCode(self.feedback_errors.pop(0))
+                error = self.feedback_errors.pop(0)
+                code, headers = error if isinstance(error, tuple) else (error, {})
+                request.setResponseCode(code)
+                for name, value in headers.items():
+                    request.setHeader(name, value)
                 return b""
             _, kind, action_id, _ = rest.split("/")
             body = json.loads(request.content.read())

@@ -58,7 +58,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.fleet: FleetService | None = None
 
     def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None,
-              disk: Any = run_inline) -> FleetService:
+              disk: Any = run_inline, uniform: Any = lambda a, b: (a + b) / 2) -> FleetService:
         """Start the update service and the fleet service; ``load_after`` lets the update service's
         blocking work (loading its operations first) end that many seconds later, as its thread
         does in a running gateway, after the fleet service has started; ``disk`` runs the fleet
@@ -72,7 +72,7 @@ class FleetServiceTests(SynchronousTestCase):
         loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
-                                  disk, uniform=lambda a, b: (a + b) / 2)
+                                  disk, uniform=uniform)
         self.fleet.startService()
         if load_after is None:
             self.successResultOf(loaded)
@@ -230,17 +230,109 @@ class FleetServiceTests(SynchronousTestCase):
         self.start()
         self.run_for(6)
         self.assertEqual(self.server.polls, 1)
-        self.run_for(10)
-        self.assertEqual(self.server.polls, 2)  # min_poll_interval (10 s), not 2 s
+        self.run_for(15)     # t=20: the first wait after the start, min_poll_interval x 1-2 (below)
+        self.assertEqual(self.server.polls, 2)
+        self.run_for(9)
+        self.assertEqual(self.server.polls, 2)
+        self.run_for(1)      # t=31: min_poll_interval (10 s) x 1-1.2, not 2 s
+        self.assertEqual(self.server.polls, 3)
         # a sleep longer than a day (hawkBit's own limit, 23:59:59) waits a day: a server's
         # mistake (or a lie) must not stop the gateway polling until it restarts
         self.server.sleep = "99999:00:00"
-        self.run_for(10)
-        self.assertEqual(self.server.polls, 3)
-        self.clock.advance(86300)
-        self.assertEqual(self.server.polls, 3)
-        self.run_for(200)
+        self.run_for(11)
         self.assertEqual(self.server.polls, 4)
+        self.clock.advance(86300)
+        self.assertEqual(self.server.polls, 4)
+        self.run_for(200)
+        self.assertEqual(self.server.polls, 5)
+
+    def test_min_poll_interval_is_a_floor_whatever_the_jitter(self) -> None:
+        """A server's sleep of 00:00:00 polls every min_poll_interval at the soonest: the jitter's
+        range starts there (10-12 s with the defaults). It was 1 +/- poll_jitter around it, so the
+        gateway polled every 9 s at the low end of the draw."""
+        self.server.sleep = "00:00:00"
+        self.start(uniform=lambda a, b: a)  # the soonest of every range
+        self.run_for(1)
+        self.assertEqual(self.server.polls, 1)
+        for _ in range(3):
+            self.run_for(9)
+            polls = self.server.polls
+            self.run_for(1)
+            self.assertEqual(self.server.polls, polls + 1)
+
+    def test_the_wait_after_a_start_or_failed_polls_is_spread_over_the_interval(self) -> None:
+        """The wait after the first poll that goes well after a start, or after failed polls, is
+        drawn from 50-150 % of the sleep (later ones 1 +/- poll_jitter): a fleet started together
+        (a power cut at a site) or back together (the server's outage ended) is spread over a whole
+        interval from its next poll on, where +/- 10 % kept it bunched within a fifth of it for hours."""
+        draws: list[tuple[float, float]] = []
+
+        def uniform(a: float, b: float) -> float:
+            draws.append((a, b))
+            return (a + b) / 2
+
+        self.start(uniform=uniform)
+        self.run_for(6)
+        self.assertEqual(draws, [(0.0, 10.0), (30.0, 90.0)])  # the first poll, then the wait after it
+        self.run_for(60)
+        self.assertEqual(draws[2:], [(54.0, 66.0)])
+        self.server.errors = [(503, {})]
+        self.run_for(60)
+        self.run_for(15)
+        self.assertEqual(draws[3:], [(10.0, 20.0), (30.0, 90.0)])  # the backoff, then spread again
+
+    def test_feedback_answered_retry_after_holds_every_request_back(self) -> None:
+        """A feedback answered 503 with Retry-After (an overloaded server) holds every request
+        back for that long and up to half of it more: the steps that follow are not sent (they
+        were, at each step, and the polls went on every minute). A feedback answered 429 at the
+        poll's start fails that poll, which backs off instead of going on to its GET."""
+        self.server.deployment = deployment("30", FILES)
+        self.server.feedback_errors = [(503, {"Retry-After": "120"}), (429, {})]
+        fleet = self.start()
+        self.run_for(6)   # t=5: poll, configData, deploymentBase, the first step's feedback: 503, wait 150 s
+        self.assertEqual((len(self.server.auth), self.server.polls), (4, 1))
+        self.run_for(148)
+        self.assertEqual(self.installer.archives, [ARCHIVE])  # installed meanwhile, nothing told
+        self.assertEqual((len(self.server.auth), self.server.polls), (4, 1))
+        self.run_for(2)   # t=155: the poll's feedback is answered 429: no GET, a failed poll
+        self.assertEqual((len(self.server.auth), self.server.polls, fleet.failures), (5, 1, 1))
+        self.run_for(16)  # t=170 (15 s: the poll's backoff): the poll; the feedback backs off (30 s)
+        self.assertEqual((self.server.polls, fleet.failures, self.server.feedback), (2, 0, []))
+        self.run_for(60)  # t=230: the next poll tells every step, in order
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+        self.assertEqual(self.server.polls, 3)
+
+    def test_a_server_that_never_answers_has_one_poll_at_a_time(self) -> None:
+        """A server that takes every poll and never answers: each fails after request_timeout
+        (30 s), logged as timed out, and the next waits its backoff; a poll falling due while one
+        is under way (poll_now) joins it: never two requests at once, however long."""
+        seen: list[float] = []
+        clock = self.clock
+
+        class Stalled(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> int:
+                seen.append(clock.seconds())
+                return NOT_DONE_YET
+
+        self.stub = StubTreq(Stalled())
+        events = capture_log_events(self)
+        fleet = self.start()
+        self.run_for(34)
+        self.assertEqual(self.successResultOf(self.updates.when_loaded()), None)
+        self.assertIs(fleet.poll_now(), fleet.poll_now())  # due again meanwhile: the same poll
+        self.assertEqual((seen, fleet.failures), ([5.0], 0))
+        self.run_for(1)      # t=35: timed out, next in 15 s
+        self.assertEqual(fleet.failures, 1)
+        self.assertIn("no answer within 30 s (timed out)", fleet.last_error)
+        self.run_for(70)     # t=50: the next, timed out at t=80, next in 30 s (at t=110)
+        self.assertEqual((seen, fleet.failures), ([5.0, 50.0], 2))
+        lines = [formatEvent(e) for e in events if "poll failed" in e.get("log_format", "")]
+        self.assertRegex(lines[0], r"^fleet poll failed \(1 in a row\), next in 15s: GET https://ddi.example/"
+                                   r".*: no answer within 30 s \(timed out\)$")
 
     def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
         """An app the health gate rolled back ends closed/failure, the installer's reason in details."""
@@ -885,9 +977,9 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(15)     # t=20: 503 -> next in 30 (cap 40)
         self.assertEqual(fleet.failures, 2)
         self.assertIn("HTTP 503", fleet.last_error)
-        self.run_for(30)     # t=50: 429, Retry-After 300
+        self.run_for(30)     # t=50: 429, Retry-After 300 -> next in 375 (300 + up to half of it more)
         self.assertEqual(fleet.failures, 3)
-        self.run_for(290)
+        self.run_for(365)    # t=415: a fleet told to wait 300 s came back in the same second
         self.assertEqual(self.server.polls, 0)
         events = capture_log_events(self)
         self.run_for(15)
@@ -895,9 +987,22 @@ class FleetServiceTests(SynchronousTestCase):
         # the recovery is told once (nothing was logged when polls went well again), with how long
         lines = [formatEvent(e) for e in events if "succeed again" in e.get("log_format", "")]
         self.assertEqual(len(lines), 1)
-        self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(3\d\ds down; the last: .*429")
+        self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(42\ds down; the last: .*429")
         self.run_for(600)
         self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
+
+    def test_an_absurd_retry_after_holds_the_gateway_a_day_at_most(self) -> None:
+        """A Retry-After of a trillion seconds (a lie, a typo) is taken as a day, plus the random
+        part of up to retry_max_delay (600 s): the gateway polls again then, not never."""
+        self.server.errors = [(429, {"Retry-After": "1000000000000"})]
+        fleet = self.start()
+        self.run_for(6)      # t=5: 429 -> next in 86,700 s (a day + 300, the midpoint)
+        self.assertEqual(fleet.failures, 1)
+        self.clock.advance(86690)
+        self.run_for(8)
+        self.assertEqual(self.server.polls, 0)
+        self.run_for(2)
+        self.assertEqual((self.server.polls, fleet.failures), (1, 0))
 
     def test_the_time_down_is_steady_across_a_clock_step(self) -> None:
         """The recovery line's time down is counted on the steady clock: NTP stepping the wall
@@ -965,25 +1070,30 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
-    def test_feedback_the_server_keeps_refusing_is_one_line_per_ten_minutes(self) -> None:
+    def test_feedback_the_server_keeps_refusing_backs_off_and_is_one_line_per_ten_minutes(self) -> None:
         """A server that polls well but keeps refusing feedback (503 for an hour: its feedback
-        endpoint down behind a proxy) had a warning at every poll and at every step, for as long
-        as it lasted; now the first, then one every 10 minutes with the count since the last,
-        and the first refusal after feedback was taken again is news at once."""
+        endpoint down behind a proxy) got it again at every poll, every 11 s here (over 300 POSTs
+        an hour), and had a warning at every poll and at every step; now the feedback backs off
+        as failed polls do (15, 30, then 45 s: half to all of retry_max_delay, 60 s here) while the
+        polls go on, the first refusal is logged, then one every 10 minutes with the count since
+        the last, and the first refusal after feedback was taken again is news at once."""
         events = capture_log_events(self)
         self.server.sleep = "00:00:10"
         self.server.deployment = deployment("19", FILES)
         self.server.feedback_errors = [503] * 10000
-        self.start()
+        self.start(dataclasses.replace(SETTINGS, retry_max_delay=60.0))
         self.run_for(3600)
+        self.assertGreater(self.server.polls, 300)
+        # 67 POSTs in the hour: 15 s, 30 s, then every 45 s, each at the first poll after it
+        self.assertEqual(10000 - len(self.server.feedback_errors), 67)
         lines = [formatEvent(e) for e in events if "feedback not accepted" in e.get("log_format", "")]
         self.assertEqual(len(lines), 6, lines)  # at t=5, then every 10 minutes
         self.assertTrue(lines[0].startswith("fleet feedback not accepted, kept for later (1 since the last such"
                                             " line; logged at most once every 10 minutes until one is"
                                             " accepted): POST https://ddi.example/"), lines[0])
-        self.assertIn("(65 since the last such line", lines[1])  # 60 polls, 5 more steps
+        self.assertIn("(13 since the last such line", lines[1])  # (before: 60, one at every poll and step)
         self.server.feedback_errors = []
-        self.run_for(20)
+        self.run_for(60)
         self.assertEqual(len(self.server.feedback), 6)  # each step once, in order
         self.server.deployment = deployment("20", FILES)
         self.server.feedback_errors = [503]
