@@ -51,7 +51,7 @@ from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
 from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS, SubscriptionLimits
-from gateway.broker.outbox import QueuePolicy
+from gateway.broker.outbox import DEFAULT_MAX_QUEUED_TOTAL, QueuePolicy
 from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES, RetainedLimits
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
@@ -82,6 +82,8 @@ class GatewayBroker(Router[SessionHandler]):
     :param max_queued_bytes: bound of each session's queue, in payload bytes.
     :param queue_overflow: what a full queue drops of QoS 1/2 messages (``drop_new`` or
         ``drop_oldest``; see :mod:`gateway.broker.outbox`).
+    :param max_queued_bytes_total: bound of the persistent sessions' queues together, in
+        :func:`~gateway.broker.outbox.queued_cost` (0: none).
     :param persistent_client_expiration: seconds an offline persistent session is kept (0: no expiry).
     :param max_offline_sessions: most persistent sessions kept for offline clients.
     :param max_topic_levels: the most levels of a filter a client subscribes to, of a topic a
@@ -100,14 +102,15 @@ class GatewayBroker(Router[SessionHandler]):
                  handler_class: type[SessionHandler] = DurableAckHandler,
                  durable_gate: DurableGate | None = None, max_inflight: int = 100, max_inflight_bytes: int = 4 << 20,
                  max_queued_messages: int = 1000, max_queued_bytes: int = 16 << 20,
-                 queue_overflow: str = "drop_new", persistent_client_expiration: float = DEFAULT_EXPIRATION,
+                 queue_overflow: str = "drop_new", max_queued_bytes_total: int = DEFAULT_MAX_QUEUED_TOTAL,
+                 persistent_client_expiration: float = DEFAULT_EXPIRATION,
                  max_offline_sessions: int = DEFAULT_MAX_OFFLINE, max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS,
                  max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
                  max_retained_messages: int = DEFAULT_MAX_RETAINED_MESSAGES,
                  max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES) -> None:
         super().__init__(bus, plugins, max_inflight, max_inflight_bytes,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
-                                     partial(steady_seconds, clock)),
+                                     partial(steady_seconds, clock), max_total=max_queued_bytes_total),
                          OfflineSessions(persistent_client_expiration, max_offline_sessions,
                                          partial(steady_seconds, clock)),
                          SubscriptionLimits(max_topic_levels, max_subscriptions, partial(steady_seconds, clock)),

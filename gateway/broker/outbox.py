@@ -18,10 +18,23 @@ session (:attr:`Outbox.dropped_qos0`, :attr:`Outbox.dropped_qos12`) and per brok
 (:attr:`QueuePolicy.dropped`), and logged at most once per ``log_interval`` per session:
 once when an overflow starts, then a summary while it goes on, and a total when the
 queue has room again (below half of both bounds).
+
+The persistent sessions' queues are also bounded together (``max_queued_bytes_total``,
+:attr:`QueuePolicy.max_total`): each of their messages counts :func:`queued_cost` (its payload
+and topic plus :data:`QUEUED_MESSAGE_COST`), so that a fleet of offline subscribers cannot
+hold more than the gateway has. A message that would take the total past it makes room
+first: the session holding the oldest queued message (arrival numbers are the policy's, so
+they compare across sessions) drops its oldest QoS 0 message, or its oldest QoS 1/2
+message when it has none, until the new one fits. That session is found through a heap of
+each queue's head, updated lazily: an entry's number is never above its queue's head (a
+queue only ever loses its head), so an entry found stale is put back with its head's number,
+and the accounting stays O(1) per message. Those drops are counted as the others (and in
+:attr:`QueuePolicy.total_drops`) and logged by the policy, at most once per ``log_interval``.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from operator import itemgetter
@@ -30,6 +43,7 @@ from typing import Callable, Iterator
 from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
+from gateway.logthrottle import LogThrottle
 
 #: One message waiting for its subscriber (its QoS is the delivery QoS).
 QueuedMessage = BusMessage
@@ -39,6 +53,19 @@ _MESSAGE = itemgetter(1)
 OVERFLOW_POLICIES = ("drop_new", "drop_oldest")
 #: Seconds between two overflow log lines of one session.
 LOG_INTERVAL = 60.0
+#: ``max_queued_bytes_total`` when the config names none (64 MiB: fits a 512 MiB gateway).
+DEFAULT_MAX_QUEUED_TOTAL = 64 << 20
+#: Bytes a queued message counts in ``max_queued_bytes_total`` besides its payload and topic:
+#: about what the broker holds for it (its entry, the message tuple; measured 290 to 390).
+QUEUED_MESSAGE_COST = 330
+#: The heap of queue heads is rebuilt without the emptied queues once it holds this many more
+#: entries than when it was last rebuilt (and twice as many).
+_HEAP_SLACK = 64
+
+
+def queued_cost(message: QueuedMessage) -> int:
+    """What ``message`` counts in a persistent session's queue towards ``max_queued_bytes_total``."""
+    return len(message.payload) + len(message.topic) + QUEUED_MESSAGE_COST
 
 
 class QueuePolicy:
@@ -49,12 +76,22 @@ class QueuePolicy:
     :param overflow: what goes when a QoS 1/2 message does not fit: ``drop_new`` or ``drop_oldest``.
     :param clock: seconds now (for the rate limit of overflow logs).
     :param log_interval: seconds between two overflow log lines of one session.
+    :param max_total: most :func:`queued_cost` the persistent sessions' queues hold together (0: no bound).
     :ivar dropped: messages dropped over every session, by their QoS (index 0, 1, 2); never decreases.
     :ivar dropping: the queues that dropped messages, by client id, while their session is known.
+    :ivar total: the :func:`queued_cost` of the messages the persistent sessions' queues hold now.
+    :ivar total_drops: messages dropped to keep :attr:`total` within ``max_total`` (also in :attr:`dropped`).
+    :ivar dropped_at_start: those of them :meth:`apply_total` dropped (a start's restored queues).
+    :ivar holding: while true (a start restoring saved queues), ``max_total`` is not applied;
+        :meth:`apply_total` applies it once everything is restored.
+    :ivar on_total_drop: called (without arguments) after messages were dropped for ``max_total``.
     """
 
+    log = Logger()
+
     def __init__(self, max_messages: int, max_bytes: int, overflow: str = "drop_new",
-                 clock: Callable[[], float] = time.monotonic, log_interval: float = LOG_INTERVAL) -> None:
+                 clock: Callable[[], float] = time.monotonic, log_interval: float = LOG_INTERVAL,
+                 max_total: int = 0) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
         self.max_messages = max_messages
@@ -62,12 +99,106 @@ class QueuePolicy:
         self.overflow = overflow
         self.clock = clock
         self.log_interval = log_interval
+        self.max_total = max_total
         self.dropped = [0, 0, 0]
         self.dropping: dict[str, Outbox] = {}
+        self.total = 0
+        self.total_drops = 0
+        self.dropped_at_start = 0
+        self.holding = False
+        self.on_total_drop: Callable[[], None] | None = None
+        self.arrivals = 0  # the last arrival number given, over every queue
+        # (arrival number of a queue's head at most, queue): one entry per persistent queue listed
+        self._heads: list[tuple[int, Outbox]] = []
+        self._heads_rebuilt = 0
+        self._total_lines = LogThrottle(log_interval, clock)
 
     def forget(self, client_id: str) -> None:
         """The session of ``client_id`` is gone: its queue is no longer listed in :attr:`dropping`."""
         self.dropping.pop(client_id, None)
+
+    def listed(self, outbox: Outbox, arrival: int) -> None:
+        """A persistent session's queue holds a message again, its head numbered ``arrival``."""
+        heads = self._heads
+        heapq.heappush(heads, (arrival, outbox))
+        if len(heads) > 2 * self._heads_rebuilt + _HEAP_SLACK:  # queues emptied (ended sessions) pile up
+            kept = []
+            for entry in heads:
+                if entry[1]:
+                    kept.append(entry)
+                else:
+                    entry[1].listed = False
+            heapq.heapify(kept)
+            self._heads = kept
+            self._heads_rebuilt = len(kept)
+
+    def room_for(self, cost: int) -> bool:
+        """Drop the oldest messages of the persistent sessions' queues until ``cost`` more fits
+        in ``max_total`` (nothing while :attr:`holding`); ``False`` (nothing dropped) when it
+        cannot fit even in empty queues."""
+        if not self.max_total or self.holding or self.total + cost <= self.max_total:
+            return True
+        if cost > self.max_total:
+            return False
+        dropped = 0
+        victim = None
+        while self.total + cost > self.max_total:
+            victim = self._oldest()
+            if victim is None:  # (cannot happen: total counts only listed queues' messages)
+                break
+            victim.drop_oldest()
+            dropped += 1
+        self.note_total_drops(dropped, victim)
+        return True
+
+    def apply_total(self) -> tuple[int, int]:
+        """Stop :attr:`holding` and drop what is over ``max_total``, oldest first.
+
+        :returns: how many messages were dropped, and how many queues they came from.
+        """
+        self.holding = False
+        dropped, victims = 0, set()
+        while self.max_total and self.total > self.max_total:
+            victim = self._oldest()
+            if victim is None:
+                break
+            victim.drop_oldest()
+            dropped += 1
+            victims.add(victim.client_id)
+        self.total_drops += dropped
+        self.dropped_at_start += dropped
+        return dropped, len(victims)
+
+    def _oldest(self) -> Outbox | None:
+        """The persistent session's queue holding the oldest message (by arrival), or ``None``."""
+        heads = self._heads
+        while heads:
+            arrival, outbox = heads[0]
+            if not outbox:
+                heapq.heappop(heads)
+                outbox.listed = False
+                continue
+            head = outbox.head_arrival()
+            if head == arrival:
+                return outbox
+            heapq.heapreplace(heads, (head, outbox))  # stale: put back with its head now
+        return None
+
+    def note_total_drops(self, count: int, victim: Outbox | None) -> None:
+        """Count ``count`` messages dropped for ``max_total`` (the last from ``victim``) and log,
+        at most once per ``log_interval``."""
+        if not count:
+            return
+        self.total_drops += count
+        if self.on_total_drop is not None:
+            self.on_total_drop()
+        lines = self._total_lines.note(count)
+        if lines is not None and victim is not None:
+            self.log.warn("the persistent sessions' queues hold {total} bytes, max_queued_bytes_total is {max_total}:"
+                          " dropping their oldest messages (now from {client_id!r}; {count} dropped since the last "
+                          "such line, {all} in all; logged at most once every {interval:.0f} s while they go on)",
+                          total=self.total, max_total=self.max_total, client_id=victim.client_id, count=lines,
+                          all=self.total_drops, interval=self.log_interval)
 
 
 class Outbox:
@@ -75,23 +206,28 @@ class Outbox:
 
     :param client_id: the session's client id (for logs and :attr:`QueuePolicy.dropping`).
     :param policy: the bounds, overflow policy and broker-wide counters.
+    :param persistent: whether the queue is a persistent session's: counted in
+        ``max_queued_bytes_total`` (:attr:`QueuePolicy.total`).
     :ivar bytes: payload bytes queued now.
     :ivar dropped_qos0: QoS 0 messages dropped because the queue was full, over the session's life.
     :ivar dropped_qos12: QoS 1 and 2 messages dropped so.
+    :ivar listed: whether the policy's heap of queue heads has an entry for this queue.
     """
 
     log = Logger()
 
-    def __init__(self, client_id: str, policy: QueuePolicy) -> None:
+    def __init__(self, client_id: str, policy: QueuePolicy, persistent: bool = False) -> None:
         self.client_id = client_id
         self.policy = policy
+        self.persistent = persistent
+        self.listed = False
         # Two lanes, each (arrival number, message): the oldest QoS 0 message is always at
         # the head of its lane, and the next message out is the lower number of the heads.
         self._qos0: deque[tuple[int, QueuedMessage]] = deque()
         self._acked: deque[tuple[int, QueuedMessage]] = deque()
-        self._next = 0
         self.bytes = 0
         self._acked_bytes = 0
+        self.cost = 0  # the queue's share of QueuePolicy.total (persistent queues only)
         self.dropped_qos0 = 0
         self.dropped_qos12 = 0
         self._overflowing = False
@@ -130,8 +266,19 @@ class Outbox:
             if not self._make_room(message, size):
                 self._drop(message.qos)
                 return False
-        entry = (self._next, message)
-        self._next += 1
+        if self.persistent:
+            cost = queued_cost(message)
+            if not policy.room_for(cost):
+                self._count_drop(message.qos)
+                policy.note_total_drops(1, self)
+                return False
+            policy.total += cost
+            self.cost += cost
+        policy.arrivals = arrival = policy.arrivals + 1
+        entry = (arrival, message)
+        if self.persistent and not self.listed:
+            self.listed = True
+            policy.listed(self, arrival)
         if message.qos:
             self._acked.append(entry)
             self._acked_bytes += size
@@ -151,18 +298,48 @@ class Outbox:
         # each drop is counted (and logged) before its message leaves: the log shows the full queue
         while self._qos0 and (len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes):
             self._drop(0)
-            _, old = self._qos0.popleft()
-            self.bytes -= len(old.payload)
+            self._take_qos0()
         while len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes:
-            _, old = self._acked[0]  # drop_oldest, QoS 1/2: there is one, or it would fit
-            self._drop(old.qos)
-            self._acked.popleft()
-            self.bytes -= len(old.payload)
-            self._acked_bytes -= len(old.payload)
+            self._drop(self._acked[0][1].qos)  # drop_oldest, QoS 1/2: there is one, or it would fit
+            self._take_acked()
         return True
 
-    def _drop(self, qos: int) -> None:
-        """Count one dropped message and log, at most once per ``log_interval``."""
+    def _take_qos0(self) -> QueuedMessage:
+        """Take the oldest QoS 0 message out, and its bytes."""
+        _, message = self._qos0.popleft()
+        self._taken(message)
+        return message
+
+    def _take_acked(self) -> QueuedMessage:
+        """Take the oldest QoS 1/2 message out, and its bytes."""
+        _, message = self._acked.popleft()
+        self._acked_bytes -= len(message.payload)
+        self._taken(message)
+        return message
+
+    def _taken(self, message: QueuedMessage) -> None:
+        self.bytes -= len(message.payload)
+        if self.persistent:
+            cost = queued_cost(message)
+            self.cost -= cost
+            self.policy.total -= cost
+
+    def head_arrival(self) -> int:
+        """The arrival number of the oldest message (the queue is not empty)."""
+        qos0, acked = self._qos0, self._acked
+        if qos0 and acked:
+            return min(qos0[0][0], acked[0][0])
+        return (qos0 or acked)[0][0]
+
+    def drop_oldest(self) -> None:
+        """Drop a message for ``max_queued_bytes_total`` (the queue is not empty), as a full
+        queue would: the oldest QoS 0 message, or the oldest QoS 1/2 message when there is none.
+        Counted; the policy logs it (:meth:`QueuePolicy.note_total_drops`)."""
+        message = self._take_qos0() if self._qos0 else self._take_acked()
+        self._count_drop(message.qos)
+
+    def _count_drop(self, qos: int) -> None:
+        """Count one dropped message, in the queue's and the policy's counters."""
         policy = self.policy
         policy.dropped[qos] += 1
         if qos:
@@ -170,6 +347,11 @@ class Outbox:
         else:
             self.dropped_qos0 += 1
         policy.dropping[self.client_id] = self
+
+    def _drop(self, qos: int) -> None:
+        """Count one message the queue's own bounds dropped and log, at most once per ``log_interval``."""
+        self._count_drop(qos)
+        policy = self.policy
         self._overflow_drops += 1
         now = policy.clock()
         if not self._overflowing:
@@ -195,11 +377,9 @@ class Outbox:
         """
         qos0, acked = self._qos0, self._acked
         if acked and (not qos0 or acked[0][0] < qos0[0][0]):
-            _, message = acked.popleft()
-            self._acked_bytes -= len(message.payload)
+            message = self._take_acked()
         else:
-            _, message = qos0.popleft()
-        self.bytes -= len(message.payload)
+            message = self._take_qos0()
         if self._overflowing and len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:
             self._end_overflow()
         return message
@@ -228,4 +408,6 @@ class Outbox:
         self._qos0.clear()
         self._acked.clear()
         self.bytes = self._acked_bytes = 0
+        self.policy.total -= self.cost
+        self.cost = 0
         self._end_overflow()

@@ -84,16 +84,24 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
     Each session counts as offline since its ``offline_since`` (:func:`offline_for`); one
     without (a checkpoint written before it was kept, a client connected then) since now.
     The broker's next look for due sessions ends those that have been offline too long.
+
+    The sessions are restored longest offline first: the checkpoint does not keep the order
+    messages came in across sessions, and ``max_queued_bytes_total`` drops the oldest first
+    (:meth:`~gateway.broker.outbox.QueuePolicy.apply_total`), so those of the sessions offline
+    the longest count as the oldest.
     """
     assert broker.state_log is None, "restore before the state log is attached"
     now = broker.clock.seconds()
     # One object for a message queued for many sessions, as it was before the restart (one
     # per session took three times the memory): the payloads are shared already (load).
     shared: dict[QueuedMessage, QueuedMessage] = {}
-    for entry in state.get("sessions", []):
+    entries = state.get("sessions", [])
+    idle = [offline_for(entry.get("offline_since"), now) for entry in entries]
+    for n in sorted(range(len(entries)), key=lambda n: -idle[n]):  # (stable: ties keep their order)
+        entry = entries[n]
         session = broker.create_offline_session(entry["client_id"])
         session.username = entry.get("username")  # (absent from checkpoints before it was kept)
-        broker.offline.restored(session.client_id, offline_for(entry.get("offline_since"), now))
+        broker.offline.restored(session.client_id, idle[n])
         for topic_filter, qos in entry["subscriptions"]:
             _subscribe_saved(broker, session, topic_filter, qos)
         outbox = broker.outbox_for(session)

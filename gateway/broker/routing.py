@@ -141,6 +141,8 @@ class Router(Generic[Client]):
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes or sys.maxsize  # (one number to compare with, limit or not)
         self.queue_policy = queue_policy
+        # (a drop for max_queued_bytes_total may come from an offline session's queue: checkpoint it)
+        queue_policy.on_total_drop = self.state_changed
         self.offline = offline
         self.clock = clock
         self.sessions: dict[str, ClientSession] = {}
@@ -186,7 +188,7 @@ class Router(Generic[Client]):
         """The session's queue, created on first use."""
         outbox = session.outbox
         if outbox is None:
-            outbox = session.outbox = Outbox(session.client_id, self.queue_policy)
+            outbox = session.outbox = Outbox(session.client_id, self.queue_policy, persistent=not session.clean)
         return outbox
 
     @property

@@ -191,6 +191,7 @@ class BrokerService(Service):
                                max_queued_messages=settings.max_queued_messages,
                                max_queued_bytes=settings.max_queued_bytes,
                                queue_overflow=settings.queue_overflow,
+                               max_queued_bytes_total=settings.max_queued_bytes_total,
                                persistent_client_expiration=settings.persistent_client_expiration,
                                max_offline_sessions=settings.max_offline_sessions,
                                max_topic_levels=settings.max_topic_levels,
@@ -198,6 +199,7 @@ class BrokerService(Service):
                                max_retained_messages=settings.max_retained_messages,
                                max_retained_bytes=settings.max_retained_bytes)
         through = state.get("log_through", 0) if state is not None else 0
+        broker.queue_policy.holding = True  # (max_queued_bytes_total is applied once all is restored, oldest first)
 
         def not_restored(failure: Failure) -> Deferred[GatewayBroker]:
             # (the broker is started, not the service's yet: its timers and plugins end here)
@@ -229,9 +231,22 @@ class BrokerService(Service):
             broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
                                         broker.retained)
             broker.retained_limits.warn_dropped(budget, broker.retained_count, broker.retained_bytes)
+        self._apply_queued_total(broker)
         broker.on_state_changed = self._state_changed
         broker.end_due_sessions()  # offline too long before the start (their end logged, then checkpointed)
         return broker
+
+    def _apply_queued_total(self, broker: GatewayBroker) -> None:
+        """Drop what the restored queues hold over ``max_queued_bytes_total`` (a state saved
+        under a larger bound, or by a version without it), oldest first, and say so."""
+        policy = broker.queue_policy
+        dropped, sessions = policy.apply_total()
+        if dropped:
+            self.log.warn("broker: the saved persistent sessions' queues hold more than max_queued_bytes_total"
+                          " ({max_total}) lets them keep: dropped their {count} oldest messages (from {sessions}"
+                          " session{s}), kept {total} bytes; the next checkpoint holds them no more",
+                          max_total=policy.max_total, count=dropped, sessions=sessions,
+                          s="" if sessions == 1 else "s", total=policy.total)
 
     def _state_changed(self) -> None:
         # (once stopping, the final save takes the state; a timer then would outlive the broker)
@@ -327,7 +342,8 @@ class BrokerService(Service):
         def started(broker: GatewayBroker) -> Deferred[Any]:
             self.broker = broker
             self.bus.attach(broker)
-            if broker.state_log is not None and broker.state_log.appended or broker.retained_limits.dropped_at_start:
+            if (broker.state_log is not None and broker.state_log.appended or broker.retained_limits.dropped_at_start
+                    or broker.queue_policy.dropped_at_start):
                 self._state_changed()  # a fresh checkpoint compacts the log replayed (and holds no dropped message)
             return gatherResults([self._listen(listener) for listener in self.settings.listeners],
                                  consumeErrors=True)
@@ -407,7 +423,8 @@ class BrokerService(Service):
             checkpoint_save_s=seconds, checkpoint_bytes=size, messages_resent=broker.messages_resent,
             retained_bytes=broker.retained_bytes, retained_over_messages=broker.retained_limits.refused[BY_COUNT],
             retained_over_bytes=broker.retained_limits.refused[BY_BYTES],
-            retained_dropped_at_start=broker.retained_limits.dropped_at_start)
+            retained_dropped_at_start=broker.retained_limits.dropped_at_start,
+            queued_total=broker.queue_policy.total, queue_drops_over_total=broker.queue_policy.total_drops)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

@@ -22,7 +22,7 @@ import dacite
 from gateway import jsontext
 from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS
-from gateway.broker.outbox import OVERFLOW_POLICIES
+from gateway.broker.outbox import DEFAULT_MAX_QUEUED_TOTAL, OVERFLOW_POLICIES
 from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.configtext import key_problem, nul_problems, text_problem
@@ -123,6 +123,9 @@ class BrokerSettings:
     :ivar max_queued_bytes: payload bytes a session's queue holds.
     :ivar queue_overflow: which QoS 1/2 messages a full queue drops: ``drop_new`` or ``drop_oldest``
         (QoS 0 messages always go first).
+    :ivar max_queued_bytes_total: what the persistent sessions' queues hold together, at most,
+        each message counting its payload and topic plus 330 bytes (0: no bound); past it the
+        oldest queued messages go (:mod:`gateway.broker.outbox`).
     :ivar persistent_client_expiration: seconds a persistent session is kept after its client
         went offline (0: until ``max_offline_sessions`` pushes it out).
     :ivar max_offline_sessions: persistent sessions kept for offline clients, at most (the
@@ -144,6 +147,7 @@ class BrokerSettings:
     max_queued_messages: int = 1000
     max_queued_bytes: int = 16 << 20
     queue_overflow: str = "drop_new"
+    max_queued_bytes_total: int = DEFAULT_MAX_QUEUED_TOTAL
     persistent_client_expiration: float = DEFAULT_EXPIRATION
     max_offline_sessions: int = DEFAULT_MAX_OFFLINE
     max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS
@@ -259,7 +263,8 @@ BIND_KEYS = {"privateKey": "keyfile", "certKey": "certfile", "cafile": "cafile"}
 AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_interval")
 #: The ``broker:`` keys with a ``_``: the gateway's and amqtt's (not ``auth``'s or a plugin's).
 UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_inflight_bytes",
-                    "max_queued_messages", "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
+                    "max_queued_messages", "max_queued_bytes", "max_queued_bytes_total", "queue_overflow",
+                    "persistent_client_expiration",
                     "max_offline_sessions", "max_topic_levels", "max_subscriptions", "max_retained_messages",
                     "max_retained_bytes") + AMQTT_SECONDS
 #: Their spellings with ``-`` (hbmqtt's, which amqtt's docs still use and amqtt 0.12's config
@@ -514,6 +519,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(("broker", key), f"must be a positive whole number, not {value}")
         elif value is not None:
             limits[key] = value
+    max_total = config.pop("max_queued_bytes_total", None)
+    if max_total is not None:  # (0: no total bound)
+        limits["max_queued_bytes_total"] = _whole_number(max_total, ("broker", "max_queued_bytes_total"), errors, 0,
+                                                         None, DEFAULT_MAX_QUEUED_TOTAL)
     max_inflight_bytes = config.pop("max_inflight_bytes", None)
     if max_inflight_bytes is not None:  # (mosquitto's key: 0 is no limit there too)
         limits["max_inflight_bytes"] = _whole_number(max_inflight_bytes, ("broker", "max_inflight_bytes"), errors,

@@ -128,6 +128,10 @@ class BrokerSnapshot:
         past ``max_retained_bytes`` (a topic's older retained message was removed then).
     :param retained_dropped_at_start: saved retained messages the start did not restore: the
         state held more than the bounds allow (written before them, or under larger ones).
+    :param queued_total: what the persistent sessions' queues hold together, as
+        ``max_queued_bytes_total`` counts it (payloads and topics, plus 330 bytes a message).
+    :param queue_drops_over_total: messages dropped to keep ``queued_total`` within
+        ``max_queued_bytes_total`` (also in ``queue_drops``), the start's included.
     """
 
     running: bool
@@ -163,3 +167,5 @@ class BrokerSnapshot:
     retained_over_messages: int = 0
     retained_over_bytes: int = 0
     retained_dropped_at_start: int = 0
+    queued_total: int = 0
+    queue_drops_over_total: int = 0

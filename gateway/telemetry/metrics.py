@@ -101,7 +101,9 @@ class GatewayCollector(Collector):
                 ("gateway_broker_subscriptions", "Subscriptions held: every session's topic filters", b.subscriptions),
                 ("gateway_broker_retained_messages", "Retained messages held", b.retained),
                 ("gateway_broker_retained_bytes", "Bytes of the retained messages held: topics and payloads",
-                 b.retained_bytes)):
+                 b.retained_bytes),
+                ("gateway_broker_persistent_queued_bytes",
+                 "What the persistent sessions' queues hold, as max_queued_bytes_total counts it", b.queued_total)):
             yield GaugeMetricFamily(name, doc, value=value)
         if b.checkpoint_save_s is not None and b.checkpoint_bytes is not None:  # (once one is saved)
             yield GaugeMetricFamily("gateway_broker_checkpoint_seconds",
@@ -127,6 +129,9 @@ class GatewayCollector(Collector):
                 ("gateway_broker_protocol_violations_total", "Connections closed for breaking MQTT", b.violations),
                 ("gateway_broker_queue_dropped_messages_total", "Messages dropped: a session's queue was full",
                  b.queue_drops),
+                ("gateway_broker_queue_total_dropped_messages_total",
+                 "Messages dropped: the persistent sessions' queues held max_queued_bytes_total",
+                 b.queue_drops_over_total),
                 ("gateway_broker_sessions_expired_total",
                  "Offline persistent sessions ended by persistent_client_expiration", b.sessions_expired),
                 ("gateway_broker_sessions_evicted_total",

@@ -26,7 +26,7 @@ MIB = 1 << 20
 SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
 
 
-class StateLogTests(TestCase):
+class StateLogCase(TestCase):
     """A journal and a broker service with the state log, as ``tree.py`` wires them."""
 
     timeout = 60
@@ -71,6 +71,10 @@ class StateLogTests(TestCase):
         client = TestClient(reactor, **kwargs)
         self.addCleanup(client.stop)
         return client
+
+
+class StateLogTests(StateLogCase):
+    """The state log replayed, compacted and kept out of memory."""
 
     @inlineCallbacks
     def test_changes_after_the_checkpoint_are_replayed(self):

@@ -1,0 +1,269 @@
+"""``max_queued_bytes_total``: the persistent sessions' queues bounded together (the oldest
+message goes first), counted and logged as the per-session drops, durable across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.broker.amqtt_adapter import AmqttPlugins
+from gateway.broker.bus import LocalBus
+from gateway.broker.core import GatewayBroker
+from gateway.broker.outbox import (DEFAULT_MAX_QUEUED_TOTAL, QUEUED_MESSAGE_COST, Outbox, QueuedMessage,
+                                   QueuePolicy, queued_cost)
+from gateway.broker.settings import BrokerSettings
+from gateway.config import ConfigError
+from gateway.telemetry.metrics import make_registry, render_metrics
+from tests.broker.harness import broker_settings, eventually, port_of
+from tests.broker.test_durable_ack import CONFIG, attached
+from tests.broker.test_state_log import SECTION, StateLogCase
+from tests.logevents import capture_log_events
+from tests.telemetry.fakes import FakeReadSide
+
+#: The payload size of the tests' messages: with topic ``t`` each counts 1,000 bytes in the total.
+SIZE = 1000 - 1 - QUEUED_MESSAGE_COST
+
+
+def message(name: str, qos: int = 1) -> QueuedMessage:
+    """A message on topic ``t`` that counts 1,000 bytes in the total: ``name`` padded."""
+    return QueuedMessage("t", name.encode().ljust(SIZE, b"."), qos, False)
+
+
+def names(outbox: Outbox) -> list[str]:
+    """The queued payloads, oldest first, without padding."""
+    return [m.payload.rstrip(b".").decode() for m in outbox.messages]
+
+
+class TotalBoundTests(SynchronousTestCase):
+    """Queues of one policy: each session within its own bounds, the persistent ones within the total."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.policy = QueuePolicy(max_messages=100, max_bytes=1 << 20, clock=self.clock.seconds, max_total=4000)
+        self.a = Outbox("a", self.policy, persistent=True)
+        self.b = Outbox("b", self.policy, persistent=True)
+
+    def test_cost_is_payload_topic_and_the_entry(self) -> None:
+        self.assertEqual(queued_cost(message("x")), 1000)
+        self.assertEqual(queued_cost(QueuedMessage("a/b", b"12", 1, False)), 5 + QUEUED_MESSAGE_COST)
+
+    def test_the_session_holding_the_oldest_message_loses_it(self) -> None:
+        """Past the total, the oldest message of all goes, from whichever session holds it;
+        the counters are the per-session drops' (per client, by QoS) plus the total's."""
+        self.a.push(message("a1"))
+        self.b.push(message("b1"))
+        self.a.push(message("a2"))
+        self.b.push(message("b2"))
+        self.assertEqual(self.policy.total, 4000)
+        self.assertTrue(self.b.push(message("b3")))
+        self.assertTrue(self.b.push(message("b4")))
+        self.assertEqual((names(self.a), names(self.b)), (["a2"], ["b2", "b3", "b4"]))
+        self.assertEqual(self.policy.total, 4000)
+        self.assertEqual((self.a.dropped_qos12, self.b.dropped_qos12), (1, 1))
+        self.assertEqual((self.policy.dropped, self.policy.total_drops), ([0, 2, 0], 2))
+        self.assertEqual(set(self.policy.dropping), {"a", "b"})
+
+    def test_qos0_of_that_session_goes_first(self) -> None:
+        """The session with the oldest message drops its own oldest QoS 0 message first, as a
+        full queue does."""
+        self.a.push(message("a1", 1))
+        self.a.push(message("a2", 0))
+        self.b.push(message("b1", 1))
+        self.b.push(message("b2", 0))
+        self.b.push(message("b3", 1))
+        self.assertEqual((names(self.a), names(self.b)), (["a1"], ["b1", "b2", "b3"]))
+        self.assertEqual(self.a.dropped_qos0, 1)
+        self.assertEqual(self.policy.dropped, [1, 0, 0])
+
+    def test_clean_sessions_are_not_counted(self) -> None:
+        """A clean session's queue (a connected slow subscriber) is bounded by its own bounds only."""
+        clean = Outbox("c", self.policy)
+        for n in range(10):
+            clean.push(message(f"c{n}"))
+        self.assertEqual((self.policy.total, len(clean), self.policy.total_drops), (0, 10, 0))
+
+    def test_taking_and_clearing_give_the_room_back(self) -> None:
+        for n in range(4):
+            self.a.push(message(f"a{n}"))
+        self.a.pop()
+        self.assertEqual(self.policy.total, 3000)
+        self.a.clear()
+        self.assertEqual(self.policy.total, 0)
+        self.b.push(message("b"))
+        self.assertEqual((self.policy.total, self.policy.total_drops), (1000, 0))
+
+    def test_a_message_larger_than_the_total_is_dropped_itself(self) -> None:
+        self.a.push(message("a1"))
+        big = QueuedMessage("t", b"x" * 5000, 1, False)
+        self.assertFalse(self.b.push(big))
+        self.assertEqual((names(self.a), len(self.b), self.policy.total_drops, self.b.dropped_qos12), (["a1"], 0, 1, 1))
+
+    def test_zero_is_no_total_bound(self) -> None:
+        self.policy.max_total = 0
+        for n in range(50):
+            self.a.push(message(f"a{n}"))
+        self.assertEqual((len(self.a), self.policy.total_drops), (50, 0))
+
+    def test_ended_sessions_do_not_pile_up_in_the_heap_of_heads(self) -> None:
+        """Thousands of persistent sessions that queued and ended leave a bounded heap."""
+        for n in range(5000):
+            outbox = Outbox(f"s{n}", self.policy, persistent=True)
+            outbox.push(message("x"))
+            outbox.clear()
+        self.assertLess(len(self.policy._heads), 200)
+
+    def test_one_line_then_a_count_per_interval(self) -> None:
+        """Drops for the total are one warning, then at most one a minute with their count."""
+        events = capture_log_events(self)
+        for n in range(4):
+            self.a.push(message(f"a{n}"))
+        for n in range(3):
+            self.b.push(message(f"b{n}"))
+        self.clock.advance(60)
+        self.b.push(message("b3"))
+        lines = [formatEvent(e) for e in events if "max_queued_bytes_total" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "the persistent sessions' queues hold 3000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
+            "messages (now from 'a'; 1 dropped since the last such line, 1 in all; logged at most once every 60 s "
+            "while they go on)",
+            "the persistent sessions' queues hold 3000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
+            "messages (now from 'a'; 3 dropped since the last such line, 4 in all; logged at most once every 60 s "
+            "while they go on)"])
+        self.assertFalse([e for e in events if "is full" in formatEvent(e)])  # (no per-session overflow line)
+
+    def test_held_while_restoring_then_applied_oldest_first(self) -> None:
+        """A start restores the queues whole, then drops what is over, oldest first."""
+        self.policy.holding = True
+        for n in range(3):
+            self.a.push(message(f"a{n}"))
+        for n in range(3):
+            self.b.push(message(f"b{n}"))
+        self.assertEqual(self.policy.total, 6000)
+        self.assertEqual(self.policy.apply_total(), (2, 1))
+        self.assertEqual((names(self.a), names(self.b)), (["a2"], ["b0", "b1", "b2"]))
+        self.assertEqual((self.policy.total_drops, self.policy.dropped_at_start, self.policy.dropped), (2, 2, [0, 2, 0]))
+        self.b.push(message("b3"))  # applied again from now on
+        self.assertEqual(names(self.a), [])
+
+
+class BrokerTotalTests(SynchronousTestCase):
+    """The broker's persistent sessions, offline and connected, share the total."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        self.broker = GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), self.clock, max_queued_bytes_total=3000)
+        self.changed: list[None] = []
+        self.broker.on_state_changed = lambda: self.changed.append(None)
+
+    def test_a_connected_slow_subscriber_pushes_out_an_offline_sessions_oldest(self) -> None:
+        """An offline session's oldest message goes for a persistent client's queue that grows
+        (its socket full), and the broker's state is checkpointed for it."""
+        broker = self.broker
+        offline = broker.create_offline_session("away")
+        for n in range(3):
+            broker.queue_offline(offline, message(f"o{n}"))
+        slow, _ = attached(broker, "slow", self.clock, session=broker.create_offline_session("slow"))
+        broker.offline.came_back("slow")
+        slow.session.clean = False
+        broker.outbox_for(slow.session).push(message("s0"))  # (what deliver does when it cannot send)
+        self.changed.clear()
+        broker.outbox_for(slow.session).push(message("s1"))
+        self.assertEqual(names(offline.outbox), ["o2"])
+        self.assertEqual(broker.queue_policy.total_drops, 2)
+        self.assertTrue(self.changed)
+        broker.forget_session("away")
+        self.assertEqual(broker.queue_policy.total, 2000)
+
+
+class SettingsTests(SynchronousTestCase):
+    """The ``broker.max_queued_bytes_total`` key."""
+
+    def test_default_fits_a_small_gateway(self) -> None:
+        self.assertEqual((BrokerSettings().max_queued_bytes_total, DEFAULT_MAX_QUEUED_TOTAL), (64 << 20, 64 << 20))
+
+    def test_zero_is_taken_and_anything_else_but_a_whole_number_is_an_error(self) -> None:
+        self.assertEqual(broker_settings({"max_queued_bytes_total": 0}).max_queued_bytes_total, 0)
+        self.assertEqual(broker_settings({"max-queued-bytes-total": 1000}).max_queued_bytes_total, 1000)
+        with self.assertRaises(ConfigError) as caught:
+            broker_settings({"max_queued_bytes_total": -1})
+        self.assertIn("broker.max_queued_bytes_total: must be a whole number from 0 up, not -1", str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            broker_settings({"max_queued_bytes_total": "64M"})
+        self.assertIn("broker.max_queued_bytes_total: must be a whole number from 0 up, not", str(caught.exception))
+
+
+class RestartTests(StateLogCase):
+    """A real journal and broker service: drops for the total are not undone by a restart,
+    whether the state comes from the state log alone or from the checkpoint, and a start with
+    a lower bound drops the oldest, says so and checkpoints without them."""
+
+    section = {**SECTION, "max_queued_bytes_total": 4000}
+
+    @inlineCallbacks
+    def offline(self, port: int, client_id: str, topic_filter: str) -> Any:
+        client = self.client(client_id=client_id, clean_session=False)
+        yield client.connect(port)
+        yield client.subscribe(topic_filter, 1)
+        client.stop()
+        yield client.disconnected()
+
+    @staticmethod
+    def queues(service: Any) -> dict[str, list[str]]:
+        return {client_id: names(session.outbox) if session.outbox is not None else []
+                for client_id, session in service.broker.sessions.items() if not session.clean}
+
+    @inlineCallbacks
+    def test_drops_survive_a_crash_and_a_restart_and_a_lower_bound_drops_the_oldest(self):
+        journal, broker = yield self.start()
+        port = port_of(broker)
+        yield self.offline(port, "s1", "a")
+        yield self.offline(port, "s2", "b")
+        publisher = self.client()
+        yield publisher.connect(port)
+        for topic, name in (("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2"), ("a", "a3"), ("b", "b3")):
+            yield publisher.publish(topic, name.encode().ljust(SIZE, b"."), 1)
+        live = self.queues(broker)
+        self.assertEqual(live, {"s1": ["a2", "a3"], "s2": ["b2", "b3"]})  # (topics "a", "b": 1,000 bytes each)
+        self.assertEqual(broker.snapshot().queue_drops_over_total, 2)
+        publisher.stop()
+        yield publisher.disconnected()
+        yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
+
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), live)
+        self.assertEqual(broker.broker.queue_policy.total, 4000)
+        yield self.stop(journal, broker)  # the checkpoint holds them
+
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), live)
+        self.assertEqual(broker.snapshot().queue_drops_over_total, 0)
+        yield self.stop(journal, broker)
+
+        self.section = {**SECTION, "max_queued_bytes_total": 2500}
+        events = capture_log_events(self)
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), {"s1": [], "s2": ["b2", "b3"]})  # s1 was offline the longest
+        [line] = [formatEvent(e) for e in events if "max_queued_bytes_total (2500)" in formatEvent(e)]
+        self.assertEqual(line, "broker: the saved persistent sessions' queues hold more than max_queued_bytes_total "
+                               "(2500) lets them keep: dropped their 2 oldest messages (from 1 session), kept 2000 "
+                               "bytes; the next checkpoint holds them no more")
+        snapshot = broker.snapshot()
+        self.assertEqual((snapshot.queue_drops_over_total, snapshot.queued_total), (2, 2000))
+        readside = FakeReadSide()
+        self.patch(readside, "broker", lambda: snapshot)
+        metrics = render_metrics("", make_registry(readside))[0].decode()  # type: ignore[arg-type]
+        self.assertIn("\ngateway_broker_queue_total_dropped_messages_total 2.0\n", metrics)
+        self.assertIn("\ngateway_broker_persistent_queued_bytes 2000.0\n", metrics)
+        yield eventually(reactor, lambda: (self.state_dir / "broker" / "state.json").exists() and [
+            s["queue"] for s in json.loads((self.state_dir / "broker" / "state.json").read_text())["sessions"]
+            if s["client_id"] == "s1"] == [[]])
+
