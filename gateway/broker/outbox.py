@@ -124,7 +124,7 @@ class QueuePolicy:
         if len(heads) > 2 * self._heads_rebuilt + _HEAP_SLACK:  # queues emptied (ended sessions) pile up
             kept = []
             for entry in heads:
-                if entry[1]:
+                if entry[1] or entry[1] is outbox:  # (the one listed now gets its message next)
                     kept.append(entry)
                 else:
                     entry[1].listed = False
@@ -267,11 +267,12 @@ class Outbox:
                 self._drop(message.qos)
                 return False
         if self.persistent:
-            cost = queued_cost(message)
-            if not policy.room_for(cost):
-                self._count_drop(message.qos)
-                policy.note_total_drops(1, self)
-                return False
+            cost = size + len(message.topic) + QUEUED_MESSAGE_COST  # (queued_cost, inline: once a message)
+            if policy.total + cost > policy.max_total and policy.max_total and not policy.holding:
+                if not policy.room_for(cost):
+                    self._count_drop(message.qos)
+                    policy.note_total_drops(1, self)
+                    return False
             policy.total += cost
             self.cost += cost
         policy.arrivals = arrival = policy.arrivals + 1
@@ -377,9 +378,17 @@ class Outbox:
         """
         qos0, acked = self._qos0, self._acked
         if acked and (not qos0 or acked[0][0] < qos0[0][0]):
-            message = self._take_acked()
+            _, message = acked.popleft()
+            size = len(message.payload)
+            self._acked_bytes -= size
         else:
-            message = self._take_qos0()
+            _, message = qos0.popleft()
+            size = len(message.payload)
+        self.bytes -= size
+        if self.persistent:  # (_taken, inline: once a message)
+            cost = size + len(message.topic) + QUEUED_MESSAGE_COST
+            self.cost -= cost
+            self.policy.total -= cost
         if self._overflowing and len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:
             self._end_overflow()
         return message
