@@ -143,6 +143,10 @@ def _check_session(n: int, entry: Any) -> None:
     # (a filter that is no valid one is dropped by restore, not refused here: persistence._subscribe_saved)
     _check_rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
     _check_rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
+    arrivals = entry.get("queue_arrivals")  # (absent from checkpoints before it was kept)
+    if arrivals is not None and not (isinstance(arrivals, list) and len(arrivals) == len(entry["queue"])
+                                     and all(_is_int(a) for a in arrivals)):
+        raise ValueError(f"{where}.queue_arrivals: not a list of arrival numbers, one for each queued message")
     _check_rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_text, _is_text, _is_qos, _is_flag, _is_flag)
     # (a delivery its client has PUBREC'd keeps no message: saved with the topic "",
     # checkpointwriter._inflight_entry)

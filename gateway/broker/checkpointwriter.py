@@ -42,11 +42,13 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
     """
     sessions = []
     now = broker.clock.seconds()
+    nothing: tuple[list[int], list[Any]] = ([], [])
     clock_set = now >= CLOCK_SET_SINCE
     for client_id, session in broker.sessions.items():
         if session.clean:
             continue
         idle = broker.offline.idle_for(client_id) if clock_set and client_id not in broker.live else None
+        arrivals, queue = session.outbox.numbered() if session.outbox is not None else nothing
         sessions.append({
             "client_id": client_id,
             "username": session.username,
@@ -54,7 +56,9 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
             "subscriptions": [[topic_filter, broker.subscriptions[topic_filter][client_id][1]]
                               for topic_filter in session.filters
                               if client_id in broker.subscriptions.get(topic_filter, {})],
-            "queue": session.outbox.messages if session.outbox is not None else [],
+            "queue": queue,
+            # (their order among every session's: max_queued_bytes_total drops the oldest first)
+            "queue_arrivals": arrivals,
             "inflight": [_inflight_entry(packet_id, sent) for packet_id, sent in session.inflight_out.items()],
             "inflight_in": sorted(_held_qos2(broker, client_id, session)),
         })

@@ -36,8 +36,11 @@ the last checkpoint (at most about a second) are delivered again (QoS 1: at leas
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from twisted.logger import Logger
 
@@ -45,7 +48,7 @@ from gateway.atomic import write_parts_atomically
 from gateway.broker.checkpointreader import read_checkpoint
 from gateway.broker.checkpointwriter import CheckpointContent, checkpoint_content, encoded_parts
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
-from gateway.broker.outbox import QueuedMessage
+from gateway.broker.outbox import Outbox, QueuedMessage
 from gateway.broker.retainedlimits import RetainedBudget
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.errors import BrokerError
@@ -85,10 +88,11 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
     without (a checkpoint written before it was kept, a client connected then) since now.
     The broker's next look for due sessions ends those that have been offline too long.
 
-    The sessions are restored longest offline first: the checkpoint does not keep the order
-    messages came in across sessions, and ``max_queued_bytes_total`` drops the oldest first
-    (:meth:`~gateway.broker.outbox.QueuePolicy.apply_total`), so those of the sessions offline
-    the longest count as the oldest.
+    The queued messages of all sessions are queued again in the order they came
+    (``queue_arrivals``), which ``max_queued_bytes_total`` drops the oldest first by
+    (:meth:`~gateway.broker.outbox.QueuePolicy.apply_total`). A checkpoint written before that
+    order was kept has the sessions restored longest offline first instead, so that their
+    messages count as the oldest.
     """
     assert broker.state_log is None, "restore before the state log is attached"
     now = broker.clock.seconds()
@@ -97,7 +101,10 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
     shared: dict[QueuedMessage, QueuedMessage] = {}
     entries = state.get("sessions", [])
     idle = [offline_for(entry.get("offline_since"), now) for entry in entries]
-    for n in sorted(range(len(entries)), key=lambda n: -idle[n]):  # (stable: ties keep their order)
+    numbered = all("queue_arrivals" in entry for entry in entries)
+    order = range(len(entries)) if numbered else sorted(range(len(entries)), key=lambda n: -idle[n])  # (stable)
+    queues: list[Iterator[tuple[int, Outbox, list[Any]]]] = []
+    for n in order:
         entry = entries[n]
         session = broker.create_offline_session(entry["client_id"])
         session.username = entry.get("username")  # (absent from checkpoints before it was kept)
@@ -105,15 +112,18 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
         for topic_filter, qos in entry["subscriptions"]:
             _subscribe_saved(broker, session, topic_filter, qos)
         outbox = broker.outbox_for(session)
-        for topic, payload, qos, retain in entry["queue"]:
-            message = QueuedMessage(topic, payload, qos, retain)
-            outbox.push(shared.setdefault(message, message))
+        # (without arrival numbers, each session's messages after those of the sessions before it)
+        arrivals = entry["queue_arrivals"] if numbered else itertools.count(len(queues) << 32)
+        queues.append(zip(arrivals, itertools.repeat(outbox), entry["queue"]))
         for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
             session.inflight_out[packet_id] = PUBREC_SEEN if pubrec else publish(topic, payload, qos, bool(retain),
                                                                                  packet_id)
         session.inflight_bytes = sum(map(len, session.inflight_out.values()))
         if entry["inflight_in"]:
             session.inflight_in = set(entry["inflight_in"])
+    for _, outbox, (topic, payload, qos, retain) in heapq.merge(*queues, key=itemgetter(0)):
+        message = QueuedMessage(topic, payload, qos, retain)
+        outbox.push(shared.setdefault(message, message))
     links = dict(state.get("retained_links", ()))  # (absent from checkpoints before it was kept)
     for topic, payload, qos in state.get("retained", []):
         broker.keep_retained(topic, payload, qos, links.get(topic, ""))  # not retain_now: no plugin event for old news

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,6 +19,7 @@ from gateway.broker.bus import LocalBus
 from gateway.broker.core import GatewayBroker
 from gateway.broker.outbox import (DEFAULT_MAX_QUEUED_TOTAL, QUEUED_MESSAGE_COST, Outbox, QueuedMessage,
                                    QueuePolicy, queued_cost)
+from gateway.broker.persistence import BrokerStateError, BrokerStateStore, checkpoint_content, restore
 from gateway.broker.settings import BrokerSettings
 from gateway.config import ConfigError
 from gateway.telemetry.metrics import make_registry, render_metrics
@@ -185,6 +187,61 @@ class BrokerTotalTests(SynchronousTestCase):
         self.assertEqual(broker.queue_policy.total, 2000)
 
 
+class RestoreOrderTests(SynchronousTestCase):
+    """A checkpoint keeps the order messages came in across sessions, so a start under a lower
+    bound drops the oldest of all; one written before it was kept counts the sessions offline
+    the longest as holding the oldest."""
+
+    def broker(self, max_total: int) -> GatewayBroker:
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        clock = Clock()
+        clock.advance(2_000_000_100)  # (a wall clock that is set: saved offline times are believed)
+        return GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), clock, max_queued_bytes_total=max_total)
+
+    def saved(self) -> Any:
+        """Two offline sessions, ``early`` offline first, fed ``l1``, ``e1``, ``l2``, ``e2``:
+        the checkpoint, written and read back."""
+        broker = self.broker(10_000)
+        early, late = broker.create_offline_session("early"), broker.create_offline_session("late")
+        for session, name in ((late, "l1"), (early, "e1"), (late, "l2"), (early, "e2")):
+            broker.queue_offline(session, message(name))
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(checkpoint_content(broker))
+        return store.load()
+
+    def restored(self, state: Any, max_total: int) -> dict[str, list[str]]:
+        broker = self.broker(max_total)
+        broker.queue_policy.holding = True
+        restore(broker, state)
+        broker.queue_policy.apply_total()
+        return {client_id: names(session.outbox) for client_id, session in broker.sessions.items()
+                if session.outbox is not None}
+
+    def test_the_oldest_of_all_sessions_go_first(self) -> None:
+        state = self.saved()
+        self.assertEqual([entry["queue_arrivals"] for entry in state["sessions"]], [[2, 4], [1, 3]])
+        self.assertEqual(self.restored(state, 2000), {"early": ["e2"], "late": ["l2"]})
+
+    def test_without_arrival_numbers_the_longest_offline_count_oldest(self) -> None:
+        state = self.saved()
+        for entry in state["sessions"]:
+            del entry["queue_arrivals"]
+        state["sessions"][0]["offline_since"] = 2_000_000_000.0  # (early, whose messages are the oldest)
+        state["sessions"][1]["offline_since"] = 1_800_000_000.0  # (late, offline the longest all the same)
+        self.assertEqual(self.restored(state, 2000), {"early": ["e1", "e2"], "late": []})
+
+    def test_arrival_numbers_of_the_wrong_shape_are_refused(self) -> None:
+        state = self.saved()
+        state["sessions"][0]["queue_arrivals"] = [1]
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(state)
+        with self.assertRaises(BrokerStateError) as caught:
+            store.load()
+        self.assertIn("sessions[0].queue_arrivals: not a list of arrival numbers, one for each queued message",
+                      str(caught.exception))
+
+
 class SettingsTests(SynchronousTestCase):
     """The ``broker.max_queued_bytes_total`` key."""
 
@@ -252,10 +309,10 @@ class RestartTests(StateLogCase):
         self.section = {**SECTION, "max_queued_bytes_total": 2500}
         events = capture_log_events(self)
         journal, broker = yield self.start()
-        self.assertEqual(self.queues(broker), {"s1": [], "s2": ["b2", "b3"]})  # s1 was offline the longest
+        self.assertEqual(self.queues(broker), {"s1": ["a3"], "s2": ["b3"]})  # (the oldest of all: a2, then b2)
         [line] = [formatEvent(e) for e in events if "max_queued_bytes_total (2500)" in formatEvent(e)]
         self.assertEqual(line, "broker: the saved persistent sessions' queues hold more than max_queued_bytes_total "
-                               "(2500) lets them keep: dropped their 2 oldest messages (from 1 session), kept 2000 "
+                               "(2500) lets them keep: dropped their 2 oldest messages (from 2 sessions), kept 2000 "
                                "bytes; the next checkpoint holds them no more")
         snapshot = broker.snapshot()
         self.assertEqual((snapshot.queue_drops_over_total, snapshot.queued_total), (2, 2000))
@@ -264,7 +321,10 @@ class RestartTests(StateLogCase):
         metrics = render_metrics("", make_registry(readside))[0].decode()  # type: ignore[arg-type]
         self.assertIn("\ngateway_broker_queue_total_dropped_messages_total 2.0\n", metrics)
         self.assertIn("\ngateway_broker_persistent_queued_bytes 2000.0\n", metrics)
-        yield eventually(reactor, lambda: (self.state_dir / "broker" / "state.json").exists() and [
-            s["queue"] for s in json.loads((self.state_dir / "broker" / "state.json").read_text())["sessions"]
-            if s["client_id"] == "s1"] == [[]])
+        yield eventually(reactor, lambda: self.saved_queue_lengths() == {"s1": 1, "s2": 1})
+
+    def saved_queue_lengths(self) -> dict[str, int]:
+        """How many messages the checkpoint holds for each session."""
+        path = self.state_dir / "broker" / "state.json"
+        return {s["client_id"]: len(s["queue"]) for s in json.loads(path.read_text())["sessions"]} if path.exists() else {}
 
