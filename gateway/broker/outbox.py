@@ -25,7 +25,8 @@ and topic plus :data:`QUEUED_MESSAGE_COST`), so that a fleet of offline subscrib
 hold more than the gateway has. A message that would take the total past it makes room
 first: the session holding the oldest queued message (arrival numbers are the policy's, so
 they compare across sessions) drops its oldest QoS 0 message, or its oldest QoS 1/2
-message when it has none, until the new one fits. That session is found through a heap of
+message when it has none, until the new one fits; a new QoS 0 message that would push a
+QoS 1/2 message out is dropped itself (only a connected client's queue holds QoS 0 ones). That session is found through a heap of
 each queue's head, updated lazily: an entry's number is never above its queue's head (a
 queue only ever loses its head), so an entry found stale is put back with its head's number,
 and the accounting stays O(1) per message. Those drops are counted as the others (and in
@@ -132,24 +133,30 @@ class QueuePolicy:
             self._heads = kept
             self._heads_rebuilt = len(kept)
 
-    def room_for(self, cost: int) -> bool:
-        """Drop the oldest messages of the persistent sessions' queues until ``cost`` more fits
-        in ``max_total`` (nothing while :attr:`holding`); ``False`` (nothing dropped) when it
-        cannot fit even in empty queues."""
+    def room_for(self, cost: int, qos: int) -> bool:
+        """Drop the oldest messages of the persistent sessions' queues until a new message of
+        ``cost`` and ``qos`` fits in ``max_total`` (nothing while :attr:`holding`); ``False``
+        when it does not: it is larger than ``max_total`` (nothing dropped), or it is QoS 0
+        and the session holding the oldest message has only QoS 1/2 messages left (those
+        outrank it; the older QoS 0 messages dropped until then stay dropped)."""
         if not self.max_total or self.holding or self.total + cost <= self.max_total:
             return True
         if cost > self.max_total:
             return False
         dropped = 0
         victim = None
+        fits = True
         while self.total + cost > self.max_total:
             victim = self._oldest()
             if victim is None:  # (cannot happen: total counts only listed queues' messages)
                 break
+            if not qos and not victim.has_qos0:
+                fits = False
+                break
             victim.drop_oldest()
             dropped += 1
         self.note_total_drops(dropped, victim)
-        return True
+        return fits
 
     def apply_total(self) -> tuple[int, int]:
         """Stop :attr:`holding` and drop what is over ``max_total``, oldest first.
@@ -274,7 +281,7 @@ class Outbox:
         if self.persistent:
             cost = size + len(message.topic) + QUEUED_MESSAGE_COST  # (queued_cost, inline: once a message)
             if policy.total + cost > policy.max_total and policy.max_total and not policy.holding:
-                if not policy.room_for(cost):
+                if not policy.room_for(cost, message.qos):
                     self._count_drop(message.qos)
                     policy.note_total_drops(1, self)
                     return False
@@ -329,6 +336,11 @@ class Outbox:
             cost = queued_cost(message)
             self.cost -= cost
             self.policy.total -= cost
+
+    @property
+    def has_qos0(self) -> bool:
+        """Whether a QoS 0 message is queued."""
+        return bool(self._qos0)
 
     def head_arrival(self) -> int:
         """The arrival number of the oldest message (the queue is not empty)."""

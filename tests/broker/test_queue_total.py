@@ -84,6 +84,18 @@ class TotalBoundTests(SynchronousTestCase):
         self.assertEqual(self.a.dropped_qos0, 1)
         self.assertEqual(self.policy.dropped, [1, 0, 0])
 
+    def test_a_new_qos0_message_pushes_out_no_qos12_one(self) -> None:
+        """QoS 1/2 messages outrank a new QoS 0 one: it pushes out older QoS 0 messages of the
+        session holding the oldest, and is dropped itself where that would take a QoS 1/2 one."""
+        self.a.push(message("a1", 0))
+        for name in ("a2", "b1", "b2"):
+            (self.a if name[0] == "a" else self.b).push(message(name, 1))
+        self.assertTrue(self.b.push(message("b3", 0)))
+        self.assertEqual((names(self.a), names(self.b)), (["a2"], ["b1", "b2", "b3"]))
+        self.assertFalse(self.b.push(message("b4", 0)))
+        self.assertEqual((names(self.a), names(self.b)), (["a2"], ["b1", "b2", "b3"]))
+        self.assertEqual((self.a.dropped_qos0, self.b.dropped_qos0, self.policy.total_drops), (1, 1, 2))
+
     def test_clean_sessions_are_not_counted(self) -> None:
         """A clean session's queue (a connected slow subscriber) is bounded by its own bounds only."""
         clean = Outbox("c", self.policy)
