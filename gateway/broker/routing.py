@@ -193,7 +193,7 @@ class Router(Generic[Client]):
 
     @property
     def messages_dropped(self) -> int:
-        """Messages dropped because a session's queue was full, since the broker started."""
+        """Messages dropped because a session's queue was full (or all persistent ones were), since the start."""
         return sum(self.queue_policy.dropped)
 
     @property

@@ -89,8 +89,8 @@ class BrokerSnapshot:
     :param payload_bytes_in: payload bytes of ``messages_in``.
     :param payload_bytes_out: payload bytes of ``messages_out``.
     :param violations: connections closed for breaking the protocol.
-    :param queue_drops: messages dropped because a session's queue was full (sum of
-        ``queue_drops_by_qos``).
+    :param queue_drops: messages dropped because a session's queue was full, or the persistent
+        sessions' queues held ``max_queued_bytes_total`` (sum of ``queue_drops_by_qos``).
     :param dollar_drops: client publishes to ``$`` topics, dropped.
     :param persist_failures: journal appends that failed, each closing a connection
         without acknowledgement.
