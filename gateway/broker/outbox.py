@@ -26,10 +26,11 @@ hold more than the gateway has. A message that would take the total past it make
 first: the session holding the oldest queued message (arrival numbers are the policy's, so
 they compare across sessions) drops its oldest QoS 0 message, or its oldest QoS 1/2
 message when it has none, until the new one fits; a new QoS 0 message that would push a
-QoS 1/2 message out is dropped itself (only a connected client's queue holds QoS 0 ones). That session is found through a heap of
-each queue's head, updated lazily: an entry's number is never above its queue's head (a
-queue only ever loses its head), so an entry found stale is put back with its head's number,
-and the accounting stays O(1) per message. Those drops are counted as the others (and in
+QoS 1/2 message out is dropped itself (only a connected client's queue holds QoS 0 ones).
+The session holding the oldest is found through a heap of each queue's head, updated
+lazily: an entry's number is never above its queue's head (a queue only ever loses its
+head), so an entry found stale is put back with its head's number, and the accounting stays
+O(1) per message. Those drops are counted as the others (and in
 :attr:`QueuePolicy.total_drops`) and logged by the policy, at most once per ``log_interval``.
 """
 
