@@ -27,6 +27,7 @@ from twisted.application.service import Service
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage, request_handler
+from gateway.payloadlimits import too_large
 from gateway.updates.operation import kanto_message
 
 #: Local topic prefix of update requests (and of the status topic, by default).
@@ -53,7 +54,10 @@ class Bus(Protocol):
 
 
 def unwrap(payload: bytes) -> bytes:
-    """The Kanto message in ``payload``: the ``value`` of a Ditto envelope, else ``payload`` as is."""
+    """The Kanto message in ``payload``: the ``value`` of a Ditto envelope, else ``payload`` as is
+    (also when it is too large to read: the handler refuses it)."""
+    if too_large(payload) is not None:
+        return payload
     try:
         message = jsontext.loads(payload)
     except ValueError:

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.degraded import Degraded
 from gateway.journal.errors import StreamFullError
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.twin.ditto import DittoError
 from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings
@@ -132,6 +133,25 @@ class TwinServiceTests(SynchronousTestCase):
             [(topic, answer)] = self.send(envelope)
             self.assertLess(len(json.dumps(answer)) + len(topic), 1000, (topic[:40], json.dumps(answer)[:300]))
             self.assertIn("... (9000", json.dumps(answer))
+
+    def test_a_command_over_the_request_limit_is_a_413_unparsed(self) -> None:
+        """A twin command of REQUEST_BYTES is carried out; one byte more is not parsed: answered
+        413 on the errors topic of the thing its topic names (without its headers, unread), and a
+        message that large naming no twin command is an event, left to the links."""
+        text = json.dumps(command("retrieve", "/")).encode().ljust(REQUEST_BYTES)
+        [(topic, answer)] = self.send(text)
+        self.assertEqual((topic, answer["status"]), ("command///req//retrieve-response", 200))
+        [(topic, answer)] = self.send(text + b" ")
+        self.assertEqual(topic, "command///req//errors-response")
+        self.assertEqual((answer["topic"], answer["status"], answer["value"]["error"], answer["value"]["message"]),
+                         ("acme/gw1/things/twin/errors", 413, "things:command.toolarge",
+                          f"the message is {REQUEST_BYTES + 1} bytes, more than the {REQUEST_BYTES} bytes"
+                          " a request may have"))
+        child = json.dumps(command("modify", "/attributes/a", 1, thing=ROOT + ":c")).encode().ljust(REQUEST_BYTES + 1)
+        [(topic, answer)] = self.send(child)
+        self.assertEqual((topic, answer["status"]), ("command//acme:gw1:c/req//errors-response", 413))
+        self.assertEqual(self.send(b'{"x": 1}'.ljust(REQUEST_BYTES + 1)), [])
+        self.assertNotIn(ROOT + ":c", self.twin.store.things)
 
     def test_modify_existing_is_204(self) -> None:
         """Replacing what exists answers 204 without a value; replacing it with the same value

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.bus import BusMessage
 from gateway.mqtt.topics import matches
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.updates.commands import UpdateCommands, unwrap
 
 
@@ -116,3 +117,7 @@ class UpdateCommandsTests(SynchronousTestCase):
         self.assertEqual(unwrap(b"not json"), b"not json")
         self.assertEqual(unwrap(b"[" * 100000), b"[" * 100000)  # nested too deeply: not JSON either
         self.assertEqual(unwrap(b'{"path": "/x", "value": [1]}'), b"[1]")
+        # (one larger than a request may be is not parsed: the handler refuses it by its size)
+        oversized = b'{"path": "/x", "value": [1]}'.ljust(REQUEST_BYTES + 1)
+        self.assertEqual(unwrap(oversized), oversized)
+        self.assertEqual(unwrap(oversized[:-1]), b"[1]")
