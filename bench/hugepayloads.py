@@ -15,7 +15,9 @@ of them at QoS 1 as fast as it can (every PUBLISH written at once), up to ``--si
 - a listener subscribed to every answer topic counts the gateway's answers;
 
 and the gateway's peak resident set (``VmHWM``, reset before each case through
-``/proc/<pid>/clear_refs``), its CPU seconds, and the lines its log grew by.
+``/proc/<pid>/clear_refs``), its CPU seconds, and the lines its log grew by. Then ``--grow``
+twin ``modify`` commands of values of about 1 MiB, each at a path of its own on the gateway's
+thing: how large ``things.json`` grows.
 
     .venv/bin/python bench/hugepayloads.py [--messages 100] [--size 1048576] [--cases string,keys]
 """
@@ -178,6 +180,29 @@ def run_case(port: int, pid: int, log: Path, listener: Listener, topic: str, pay
             "max_ms": max(pinger.trips, default=0.0) * 1000, "lost": pinger.lost}
 
 
+def twin_growth(port: int, pid: int, work: Path, listener: Listener, messages: int, size: int) -> dict[str, float]:
+    """``messages`` twin ``modify`` commands, each of a value of about ``size`` bytes at a
+    path of its own on the gateway's thing, at once: how large the thing and ``things.json``
+    grow, and the gateway's peak resident set."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    listener.reset()
+    started = time.monotonic()
+    with connected(port, "grower") as sock:
+        sock.settimeout(120)
+        for n in range(1, messages + 1):
+            envelope = (b'{"topic": "acme/gw1/things/twin/commands/modify", "path": "/attributes/a%d", "value": "' % n
+                        + b"v" * size + b'"}')
+            sock.sendall(packets.publish("e/acme/gw1", envelope, 1, False, n))
+        acked, rest = 0, b""
+        while acked < messages:
+            parsed, rest = split(rest + sock.recv(1 << 16))
+            acked += sum(1 for first, _ in parsed if first >> 4 == 4)
+    time.sleep(2.0)  # (the writes and answers of the last ones)
+    return {"seconds": time.monotonic() - started, "peak_rss_mib": status_mib(pid, "VmHWM"),
+            "things_json_mib": (work / "state" / "twin" / "things.json").stat().st_size / (1 << 20),
+            "answers": listener.answers}
+
+
 def start(port: int, work: Path, max_packet: int) -> subprocess.Popen[bytes]:
     """``twistd gateway`` with its services on their defaults and no cloud link."""
     config = work / "gateway.yaml"
@@ -197,6 +222,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1 << 20, help="the broker's max_packet_size")
     parser.add_argument("--topics", default=",".join(TOPICS))
     parser.add_argument("--cases", default="small,string,keys,nested,bytes")
+    parser.add_argument("--grow", type=int, default=50, help="twin modifies of values of about 1 MiB")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "hugepayloads.json"))
     args = parser.parse_args()
     results: list[dict[str, object]] = []
@@ -218,11 +244,15 @@ def main() -> int:
                     print(f"{name:8} {case:7} {row['seconds']:6.2f} {row['peak_rss_mib']:8.0f} {row['cpu_s']:6.2f}"
                           f" {row['log_lines']:6d} {row['answers']:7d} {row['p50_ms']:7.1f} {row['p99_ms']:7.1f}"
                           f" {row['max_ms']:7.0f} {row['lost']:4d}", flush=True)
+            growth = twin_growth(port, process.pid, work, listener, args.grow, min(args.size, 1 << 20) - 1024)
+            print(f"twin: {args.grow} modifies of {min(args.size, 1 << 20) >> 10} KiB values at paths of their own:"
+                  f" things.json {growth['things_json_mib']:.1f} MiB, peak {growth['peak_rss_mib']:.0f} MiB,"
+                  f" {growth['answers']} answers, {growth['seconds']:.1f} s")
             listener.stop.set()
         finally:
             process.terminate()
             process.wait()
-    write_json(args.json, {"args": vars(args), "results": results})
+    write_json(args.json, {"args": vars(args), "results": results, "twin_growth": growth})
     return 0
 
 

@@ -205,6 +205,8 @@ class TwinService(Service):
             outcome = commands.apply(self.store.things.get(thing_id), thing_id, command)
             if outcome.changed and outcome.before is None:
                 self._check_room(thing_id)
+            if outcome.changed and outcome.after is not None:
+                self._check_size(thing_id, outcome.before, outcome.after)
             if outcome.changed:
                 for validate in self.validators:
                     validate(thing_id, outcome.before, outcome.after)
@@ -229,6 +231,17 @@ class TwinService(Service):
         d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
+
+    def _check_size(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+        """Refuse (413) a change that makes ``thing_id`` larger than ``max_thing_bytes`` (its JSON
+        as ``things.json`` holds it): every thing stays in memory and is written whole after each
+        change. A change that shrinks a thing already larger (a lowered limit) is taken."""
+        # (json.dumps is ASCII: its characters are the bytes things.json holds, in any key order)
+        size, limit = len(json.dumps(after)), self.settings.max_thing_bytes
+        if size > limit and (before is None or size > len(json.dumps(before))):
+            raise DittoError(413, "things:thing.toolarge",
+                             f"the thing {shown_repr(thing_id)} would be {size} bytes, more than its max_thing_bytes"
+                             f" ({limit}): store less in it, or raise twin.max_thing_bytes")
 
     def _check_room(self, thing_id: str) -> None:
         """Refuse (403) a command that would create ``thing_id`` while the twin holds
