@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.payloadlimits import REQUEST_BYTES
 from tests.gatewayprocess import spawn_gateway
 from tests.links.test_crash import NO_FIXED_PORTS, started_or_why
 from tests.mqttclient import TestClient
@@ -112,12 +113,14 @@ class CommandExamplesTests(TestCase):
 
     def config(self, work: Path, port: int) -> Path:
         """A gateway as the page's examples assume: device id gw-7, a link ``hono`` (to a port
-        nothing listens on), a program ``sensor`` that logged two lines."""
+        nothing listens on), a program ``sensor`` that logged two lines; its broker takes
+        messages of 2 MiB, more than a request may have."""
         path = work / "gateway.yaml"
         path.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n  device_id: {DEVICE}\n  tenant_id: acme\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            "  max_packet_size: 2097152\n"
             "links:\n  links:\n    hono:\n"
             f"      endpoint: 'tcp:host=127.0.0.1:port={free_port()}'\n"
             "apps:\n  programs:\n    sensor:\n"
@@ -177,6 +180,13 @@ class CommandExamplesTests(TestCase):
                              str(self.config(work, port)), env={**os.environ, "INVOCATION_ID": "test"})
         yield proc.ready.addTimeout(30, reactor).addErrback(started_or_why, proc)
         client = yield self.client(port)
+        # (a command over the 1 MiB a request may have, which this broker takes, is answered
+        # 413 by its size, docs/topics.md)
+        yield client.publish(f"command//{DEVICE}/req/big/ping", b" " * (REQUEST_BYTES + 1), qos=1)
+        reply = yield client.next_matching(lambda m: m.topic.split("/")[4] == "big", timeout=10)
+        self.assertEqual((reply.topic, json.loads(reply.payload)["error"]), (
+            f"command//{DEVICE}/res/big/413",
+            f"the message is {REQUEST_BYTES + 1} bytes, more than the {REQUEST_BYTES} bytes a request may have"))
         found = sorted(examples(PAGE.read_text()), key=lambda e: (e.reply_topic.endswith("/202"),
                                                                    e.topic.endswith("/restart")))
         self.assertEqual([e.topic.split("/")[-1] for e in found[-2:]], ["config.set", "restart"])

@@ -28,6 +28,7 @@ from gateway.errors import GatewayError
 from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, not_published_since,
                                  refused_since)
+from gateway.payloadlimits import too_large
 from gateway.shown import escaped, shown, shown_repr
 
 
@@ -158,10 +159,13 @@ class CommandDispatcher(Service):
                               request_id=escaped(request.request_id or "one-way"), since=refused_since(count))
             return None
         handler = self.handlers.get(request.name)
-        if handler is None:
+        oversized = too_large(message.payload)
+        if oversized is not None:  # (refused unread: parsing it could hold the reactor for seconds)
+            d: Deferred[Any] = maybeDeferred(lambda: Reply(413, {"error": oversized}))
+        elif handler is None:
             known = ", ".join(sorted(self.handlers))
             unknown = f"unknown command {shown_repr(request.name)} (known: {known})"
-            d: Deferred[Any] = maybeDeferred(lambda: Reply(404, {"error": unknown}))
+            d = maybeDeferred(lambda: Reply(404, {"error": unknown}))
         else:
             d = maybeDeferred(handler, request)
         d.addErrback(self._error, request)

@@ -19,8 +19,9 @@ from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.journal.errors import RecordTooLargeError
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, refused_since
+from gateway.payloadlimits import REQUEST_BYTES, too_large
 from gateway.readside import ReadSide
-from gateway.shown import shown
+from gateway.shown import SHOWN_CHARS, shown
 from gateway.telemetry.engine import engine_report
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge, TelemetryError, UnknownReport
 from gateway.telemetry.facts import Sections
@@ -194,11 +195,13 @@ class TelemetryService(Service):
 
     def _requested(self, message: BusMessage) -> Deferred[Any] | None:
         """A request on the request topic: its payload is a report's name (or JSON
-        ``{"report": name}``); an unknown one is answered on the error topic."""
-        text = message.payload.decode("utf-8", "replace").strip()
+        ``{"report": name}``); an unknown one, or one larger than
+        :data:`~gateway.payloadlimits.REQUEST_BYTES` (not read), is answered on the error topic."""
+        oversized = too_large(message.payload)
+        text = message.payload[:REQUEST_BYTES].decode("utf-8", "replace").strip()
         name: object = text
-        error: str | None = None
-        if text.startswith(("{", '"')):
+        error: str | None = oversized
+        if oversized is None and text.startswith(("{", '"')):
             try:
                 value = jsontext.loads(text)
             except ValueError:
@@ -214,7 +217,8 @@ class TelemetryService(Service):
             count = self._refused_lines.note()
             if count is not None:
                 self.log.warn("report request refused: {error} ({since})", error=error, since=refused_since(count))
-            payload = json.dumps({"error": error, "request": shown(text), "known": list(REPORTS),
+            request = shown(text) if oversized is None else f"{text[:SHOWN_CHARS]}... ({len(message.payload)} bytes)"
+            payload = json.dumps({"error": error, "request": request, "known": list(REPORTS),
                                   "timestamp": self.reactor.seconds()}).encode()
             topic = self.settings.error_topic
 

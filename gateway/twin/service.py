@@ -12,6 +12,7 @@ gateway is offline: it never waits for a cloud.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from gateway.clockstep import steady_seconds
 from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, not_published_since,
                                  refused_since)
 from gateway.mqtt.topics import topic_for_log, valid_topic
+from gateway.payloadlimits import too_large
 from gateway.shown import escaped, shown, shown_repr
 from gateway.twin import commands
 from gateway.twin.ditto import (Command, DittoError, error_envelope, event_action, local_topic, parse_command,
@@ -39,6 +41,9 @@ from gateway.twin.store import TwinStore
 
 #: Seconds between two log lines of commands refused because the disk refuses the twin's writes.
 NOT_STORED_LOG_INTERVAL = 60.0
+#: A twin command's ``topic`` member (``"topic": "<namespace>/<name>/things/twin/commands/<action>"``),
+#: as found in the text of a message too large to parse.
+_COMMAND_TOPIC = re.compile(rb'"topic"\s*:\s*"[^"\\/]+/[^"\\/]+/things/twin/commands/[^"\\/]*')
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
 #: Deferred, which the event and the response wait for, firing with ``None`` or with why the
@@ -154,6 +159,9 @@ class TwinService(Service):
         return thing_id if valid_topic(thing_id) else self.root
 
     def _message(self, message: BusMessage) -> Deferred[None] | None:
+        oversized = too_large(message.payload)
+        if oversized is not None:
+            return self._oversized(message.payload, oversized)
         try:
             command = parse_command(message.payload)
         except DittoError as exc:
@@ -174,6 +182,18 @@ class TwinService(Service):
             return None
         return self.handle(command)
 
+    def _oversized(self, payload: bytes, oversized: str) -> Deferred[None] | None:
+        """A message over :data:`~gateway.payloadlimits.REQUEST_BYTES` is not parsed: an
+        event, unless its text names a twin command's topic, which is refused (413) on the
+        errors topic of the thing it names (its headers unread: the answer has none)."""
+        found = _COMMAND_TOPIC.search(payload)
+        if found is None:
+            return None
+        topic = found.group(0).decode("utf-8", "replace").rsplit('"', 1)[1]
+        namespace, name = topic.split("/")[:2]
+        return self._answer_error(topic, "/", {}, DittoError(413, "things:command.toolarge", oversized),
+                                  self._topic_thing(f"{namespace}:{name}"))
+
     def handle(self, command: Command) -> Deferred[None]:
         """Carry out one command: change, persist, announce, respond (errors are responses)."""
         thing_id = command.thing_id
@@ -188,6 +208,8 @@ class TwinService(Service):
             outcome = commands.apply(self.store.things.get(thing_id), thing_id, command)
             if outcome.changed and outcome.before is None:
                 self._check_room(thing_id)
+            if outcome.changed and outcome.after is not None:
+                self._check_size(thing_id, outcome.before, outcome.after)
             if outcome.changed:
                 for validate in self.validators:
                     validate(thing_id, outcome.before, outcome.after)
@@ -212,6 +234,17 @@ class TwinService(Service):
         d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
+
+    def _check_size(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+        """Refuse (413) a change that makes ``thing_id`` larger than ``max_thing_bytes`` (its JSON
+        as ``things.json`` holds it): every thing stays in memory and is written whole after each
+        change. A change that shrinks a thing already larger (a lowered limit) is taken."""
+        # (json.dumps is ASCII: its characters are the bytes things.json holds, in any key order)
+        size, limit = len(json.dumps(after)), self.settings.max_thing_bytes
+        if size > limit and (before is None or size > len(json.dumps(before))):
+            raise DittoError(413, "things:thing.toolarge",
+                             f"the thing {shown_repr(thing_id)} would be {size} bytes, more than its max_thing_bytes"
+                             f" ({limit}): store less in it, or raise twin.max_thing_bytes")
 
     def _check_room(self, thing_id: str) -> None:
         """Refuse (403) a command that would create ``thing_id`` while the twin holds

@@ -50,6 +50,8 @@ class TwinSettings:
                                                            "doc": "seconds before an unanswered request is sent again"})
     max_things: int = field(default=1000, metadata={
         "min": 1, "doc": "things the twin holds at most, the gateway's own included; more are refused (403)"})
+    max_thing_bytes: int = field(default=102400, metadata={
+        "min": 1024, "doc": "largest thing (its JSON, in bytes); a change growing one past it is refused (413)"})
 
     def root_thing(self, tenant_id: str, device_id: str) -> str:
         """The gateway's own thing id: :attr:`thing_id`, else ``<tenant_id>:<device_id>``."""

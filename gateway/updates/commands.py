@@ -12,22 +12,20 @@ Two ways in, one handler (:meth:`gateway.updates.service.UpdateService.handle_co
   and the operation's progress follows on the status topic.
 
 Either way the body is the Kanto SoftwareUpdatable message, bare or wrapped in a Ditto
-envelope (``{"topic", "path", "value"}``).
+envelope (``{"topic", "path", "value"}``), handed over as it came: the handler parses it once
+and takes the envelope off.
 
 ``<name>`` is ``install``, ``download`` or ``cancel``.
 """
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
 
-from gateway import jsontext
 from gateway.broker.bus import BusMessage, request_handler
-from gateway.updates.operation import kanto_message
 
 #: Local topic prefix of update requests (and of the status topic, by default).
 UPDATE_TOPIC = "edge/gateway/updates"
@@ -39,7 +37,8 @@ class Handler(Protocol):
     """What takes a request: the update service."""
 
     def handle_command(self, command: str, payload: bytes) -> str | None:
-        """Handle one request; the reason it was refused, or ``None`` once accepted."""
+        """Handle one request (the Kanto message, bare or in a Ditto envelope, as it came); the
+        reason it was refused, or ``None`` once accepted."""
 
 
 class Bus(Protocol):
@@ -50,16 +49,6 @@ class Bus(Protocol):
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
         """Publish on the local broker."""
-
-
-def unwrap(payload: bytes) -> bytes:
-    """The Kanto message in ``payload``: the ``value`` of a Ditto envelope, else ``payload`` as is."""
-    try:
-        message = jsontext.loads(payload)
-    except ValueError:
-        return payload  # the handler reports it
-    value = kanto_message(message)
-    return payload if value is message else json.dumps(value).encode()
 
 
 class UpdateCommands(Service):
@@ -101,8 +90,8 @@ class UpdateCommands(Service):
         :param name: ``install``, ``download`` or ``cancel``.
         :param payload: the Kanto message, bare or in a Ditto envelope.
         """
-        refused = self.handler.handle_command(name, unwrap(payload))
+        refused = self.handler.handle_command(name, payload)
         return (400, {"error": refused}) if refused else (204, {})
 
     def _local(self, name: str, message: BusMessage) -> str | None:
-        return self.handler.handle_command(name, unwrap(message.payload))
+        return self.handler.handle_command(name, message.payload)

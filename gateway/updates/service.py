@@ -24,6 +24,7 @@ from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
+from gateway.payloadlimits import too_large
 from gateway.shown import escaped, id_problem, shown_repr
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
@@ -185,8 +186,14 @@ class UpdateService(Service):
 
         :param command: ``install``, ``download`` or ``cancel``.
         :param payload: the JSON body.
-        :return: why it was refused (logged and reported as :meth:`handle_request` says), or None.
+        :return: why it was refused (logged and reported as :meth:`handle_request` says), or None;
+            one larger than :data:`~gateway.payloadlimits.REQUEST_BYTES` is refused unread.
         """
+        oversized = too_large(payload)
+        if oversized is not None:
+            refusal = InvalidOperation(oversized)
+            self._refused(command, None, refusal)
+            return str(refusal)
         try:
             request = jsontext.loads(payload)
         except ValueError as error:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gateway import jsontext
+from gateway.payloadlimits import too_large
 from gateway.shown import id_problem, shown_repr
 from gateway.uploads.errors import InvalidRequest
 
@@ -41,10 +42,15 @@ def parse_inbox(operation: str, payload: bytes, feature_id: str) -> Inbox:
     :param payload: the bare JSON value, or a Ditto envelope whose ``path`` is
         ``/features/<feature_id>/inbox/messages/<operation>``.
     :param feature_id: the feature's id.
-    :raises InvalidRequest: on bad JSON, another feature or operation, or a non-object value.
+    :raises InvalidRequest: on a payload larger than
+        :data:`~gateway.payloadlimits.REQUEST_BYTES` (not read), bad JSON, another feature
+        or operation, or a non-object value.
     """
     if operation not in OPERATIONS:
         raise InvalidRequest(f"Unsupported operation: {operation}")
+    oversized = too_large(payload)
+    if oversized is not None:
+        raise InvalidRequest(f"invalid '{operation}' operation parameters: {oversized}")
     try:
         message = jsontext.loads(payload) if payload.strip() else {}
     except ValueError as error:

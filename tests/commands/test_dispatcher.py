@@ -21,6 +21,7 @@ from gateway.commands.settings import CommandsSettings
 from gateway import config
 from gateway.errors import ConfigError, ConfigKeyError
 from gateway.journal.errors import RecordTooLargeError, StreamFullError
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.redaction import WITHHELD, redact
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from tests.updates.test_commands import FakeBus
@@ -57,6 +58,18 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(self.replies(), [("command//gw-1/res/42/200", {"a": 1}), ("command//gw-1/res/43/202", {})])
         self.assertEqual(self.bus.published[0][2], 1)
         self.assertEqual(self.bus.reserved, ["command//gw-1/res/42/200", "command//gw-1/res/43/202"])
+
+    def test_a_command_over_the_request_limit_is_a_413_unread(self) -> None:
+        """A command body of REQUEST_BYTES reaches its handler; one byte more is answered 413 by
+        its size, its handler never called (nor the body parsed), and an unknown name likewise."""
+        body = b'{"a": 1}'.ljust(REQUEST_BYTES)
+        self.bus.deliver("command//gw-1/req/1/echo", body)
+        self.bus.deliver("command//gw-1/req/2/echo", body + b" ")
+        self.bus.deliver("command//gw-1/req/3/nope", body + b" ")
+        error = f"the message is {REQUEST_BYTES + 1} bytes, more than the {REQUEST_BYTES} bytes a request may have"
+        self.assertEqual(self.replies(), [("command//gw-1/res/1/200", {"a": 1}),
+                                          ("command//gw-1/res/2/413", {"error": error}),
+                                          ("command//gw-1/res/3/413", {"error": error})])
 
     def test_a_name_or_request_id_with_a_newline_is_logged_on_one_line(self) -> None:
         """A command's request id and name are levels of its topic, where MQTT allows a newline:

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.snapshot import AppSnapshot
 from gateway.journal.errors import RecordTooLargeError, StreamFullError
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge, UnknownReport
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
@@ -189,6 +190,22 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.assertEqual(answer["error"], "unknown report '" + "x" * 100 + "... (1000000 characters)'"
                          " (known: device_info, usage_report, engine_report)")
         self.assertLess(max(len(formatEvent(event)) for event in events), 1000)
+
+    def test_a_request_over_the_request_limit_is_refused_unread(self) -> None:
+        """A request of REQUEST_BYTES (a name and spaces) is taken; one byte more is refused by
+        its size, on the error topic, quoting its start and its length in bytes."""
+        self.start()
+        self.bus.published.clear()
+        self.bus.receive("edge/gateway/reports/request", b"device_info".ljust(REQUEST_BYTES))
+        self.assertEqual([name for name, _ in self.reports()], ["device_info"])
+        self.bus.published.clear()
+        self.bus.receive("edge/gateway/reports/request", b"device_info".ljust(REQUEST_BYTES + 1))
+        [(topic, payload, _, _)] = self.bus.published
+        answer = json.loads(payload)
+        self.assertEqual(topic, "edge/gateway/reports/error")
+        self.assertEqual(answer["error"], f"the message is {REQUEST_BYTES + 1} bytes, more than the"
+                                          f" {REQUEST_BYTES} bytes a request may have")
+        self.assertEqual(answer["request"], f"device_info... ({REQUEST_BYTES + 1} bytes)")
 
     def test_engine_report_on_app_changes_at_most_every_10_s(self) -> None:
         """App state changes schedule one engine_report, no sooner than 10 s after the last."""

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.degraded import Degraded
 from gateway.journal.errors import StreamFullError
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.twin.ditto import DittoError
 from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings
@@ -132,6 +133,52 @@ class TwinServiceTests(SynchronousTestCase):
             [(topic, answer)] = self.send(envelope)
             self.assertLess(len(json.dumps(answer)) + len(topic), 1000, (topic[:40], json.dumps(answer)[:300]))
             self.assertIn("... (9000", json.dumps(answer))
+
+    def test_a_command_over_the_request_limit_is_a_413_unparsed(self) -> None:
+        """A twin command of REQUEST_BYTES is carried out; one byte more is not parsed: answered
+        413 on the errors topic of the thing its topic names (without its headers, unread), and a
+        message that large naming no twin command is an event, left to the links."""
+        text = json.dumps(command("retrieve", "/")).encode().ljust(REQUEST_BYTES)
+        [(topic, answer)] = self.send(text)
+        self.assertEqual((topic, answer["status"]), ("command///req//retrieve-response", 200))
+        [(topic, answer)] = self.send(text + b" ")
+        self.assertEqual(topic, "command///req//errors-response")
+        self.assertEqual((answer["topic"], answer["status"], answer["value"]["error"], answer["value"]["message"]),
+                         ("acme/gw1/things/twin/errors", 413, "things:command.toolarge",
+                          f"the message is {REQUEST_BYTES + 1} bytes, more than the {REQUEST_BYTES} bytes"
+                          " a request may have"))
+        child = json.dumps(command("modify", "/attributes/a", 1, thing=ROOT + ":c")).encode().ljust(REQUEST_BYTES + 1)
+        [(topic, answer)] = self.send(child)
+        self.assertEqual((topic, answer["status"]), ("command//acme:gw1:c/req//errors-response", 413))
+        self.assertEqual(self.send(b'{"x": 1}'.ljust(REQUEST_BYTES + 1)), [])
+        self.assertNotIn(ROOT + ":c", self.twin.store.things)
+
+    def test_a_thing_is_at_most_max_thing_bytes(self) -> None:
+        """A change that makes a thing's JSON exactly max_thing_bytes is taken; one byte more is
+        refused 413 things:thing.toolarge, nothing stored (50 modifies of 1 MB values made one
+        thing of 50 MB, written whole after each change). Under a lowered limit, a change that
+        shrinks a thing already larger is taken, one that grows it is not."""
+        child = ROOT + ":c"
+        self.send(command("create", "/", {"attributes": {"s": ""}}, thing=child))
+        room = TwinSettings().max_thing_bytes - len(json.dumps(self.twin.store.things[child]))
+        out = self.send(command("modify", "/attributes/s", "x" * room, thing=child))
+        self.assertEqual(out[-1][1]["status"], 204)
+        self.assertEqual(len(json.dumps(self.twin.store.things[child])), TwinSettings().max_thing_bytes)
+        [(topic, answer)] = self.send(command("modify", "/attributes/t", 1, thing=child))
+        self.assertEqual((topic, answer["status"], answer["value"]["error"]),
+                         ("command//acme:gw1:c/req//errors-response", 413, "things:thing.toolarge"))
+        self.assertEqual(answer["value"]["message"],
+                         f"the thing 'acme:gw1:c' would be {TwinSettings().max_thing_bytes + 8} bytes, more than its"
+                         " max_thing_bytes (102400): store less in it, or raise twin.max_thing_bytes")
+        self.assertNotIn("t", self.twin.store.things[child]["attributes"])
+        self.successResultOf(self.twin.stopService())
+        self.twin = TwinService(TwinSettings(max_thing_bytes=1024), self.dir, self.clock, self.bus, ("acme", "gw1"),
+                                run_now)
+        self.successResultOf(self.twin.startService())
+        self.bus.take()
+        self.assertEqual(self.send(command("modify", "/attributes/s", "x" * (room + 1), thing=child))[-1][1]["status"],
+                         413)
+        self.assertEqual(self.send(command("modify", "/attributes/s", "x" * 2000, thing=child))[-1][1]["status"], 204)
 
     def test_modify_existing_is_204(self) -> None:
         """Replacing what exists answers 204 without a value; replacing it with the same value

@@ -18,6 +18,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import Operation, Status
 from gateway.updates import service as service_module
@@ -744,6 +745,33 @@ class UpdateServiceTests(SynchronousTestCase):
             self.assertEqual(refused, "correlationId: must be a string, not 5", command)
         refused = service.handle_command("install", json.dumps({**request(), "correlationId": ""}).encode())
         self.assertEqual(refused, "correlationId: a non-empty string is required")
+
+    def test_a_request_in_a_ditto_envelope_is_its_value(self) -> None:
+        """Kanto's install message in the Ditto envelope its backends send (topic
+        .../things/live/messages/install, path /features/SoftwareUpdatable/inbox/messages/install)
+        is handled as its value: parsed once, here (the local topics and the cloud commands
+        hand it over as it came)."""
+        service = self.service()
+        envelope = {"topic": "acme/gw-1/things/live/messages/install",
+                    "headers": {"content-type": "application/json", "correlation-id": "demo-id-123"},
+                    "path": "/features/SoftwareUpdatable/inbox/messages/install", "value": request("y" * 70_000)}
+        self.assertEqual(service.handle_command("install", json.dumps(envelope).encode()),
+                         "correlationId: at most 100 characters, not 70000")
+        self.assertEqual(service.handle_command("cancel", json.dumps({**envelope, "value": {}}).encode()),
+                         "correlationId: a non-empty string is required")
+
+    def test_a_request_over_the_request_limit_is_refused_unread(self) -> None:
+        """A request of REQUEST_BYTES is read (its over-long id refused as such); one byte more
+        is refused by its size before it is parsed: no id of it is known, so nothing is published."""
+        service = self.service()
+        text = json.dumps(request("y" * 70_000)).encode()
+        at_limit = text.ljust(REQUEST_BYTES)
+        self.assertEqual(service.handle_command("install", at_limit), "correlationId: at most 100 characters, not 70000")
+        refused = service.handle_command("install", at_limit + b" ")
+        self.assertEqual(refused, f"the message is {REQUEST_BYTES + 1} bytes, more than the {REQUEST_BYTES}"
+                                  " bytes a request may have")
+        self.settle()
+        self.assertEqual((dict(service.operations), self.published), ({}, []))
 
     def test_an_id_that_cannot_be_shown_whole_names_no_operation(self) -> None:
         """A ``correlationId`` of over 100 characters, or with a character that is not

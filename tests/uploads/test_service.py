@@ -24,6 +24,7 @@ from gateway.uploads.messages import OPERATIONS
 from gateway.uploads.operation import Upload
 from gateway.uploads.service import KEEP_FINISHED
 from gateway.operations.store import RecordStore
+from gateway.payloadlimits import REQUEST_BYTES
 from gateway.shown import shown
 from gateway.uploads.settings import PeriodicSettings, UploadsSettings
 from tests.logevents import assert_one_line_then_summary, capture_log_events
@@ -537,6 +538,19 @@ class FlowTests(SynchronousTestCase):
                              (400, f"invalid 'trigger' operation parameters: correlationId: {problem}"))
         self.assertEqual((self.service.uploads, self.watcher.requests()), ({}, []))
         self.assertEqual(RecordStore(self.state / "uploads" / "operations", Upload.from_json).load_all(), [])
+
+    def test_a_message_over_the_request_limit_is_a_400_unread(self) -> None:
+        """A trigger of REQUEST_BYTES is read (its over-long id refused as such); one byte more
+        is a 400 by its size, before it is parsed, and nothing is selected or stored."""
+        text = json.dumps({"correlationId": "y" * 70_000}).encode().ljust(REQUEST_BYTES)
+        status, error = self.successResultOf(self.service.handle("trigger", text))
+        self.assertEqual((status, error["message"]), (400, "invalid 'trigger' operation parameters: correlationId:"
+                                                           " at most 100 characters, not 70000"))
+        status, error = self.successResultOf(self.service.handle("trigger", text + b" "))
+        self.assertEqual((status, error["message"]), (400, f"invalid 'trigger' operation parameters: the message is"
+                                                           f" {REQUEST_BYTES + 1} bytes, more than the {REQUEST_BYTES}"
+                                                           " bytes a request may have"))
+        self.assertEqual((self.service.uploads, self.watcher.requests()), ({}, []))
 
     @settings(derandomize=True, max_examples=60, deadline=None)
     @given(st.sampled_from(OPERATIONS), st.sampled_from(["correlationId", "from", "path", "https.url",
