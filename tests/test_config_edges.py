@@ -372,6 +372,7 @@ QUOTED_LINES: dict[str, str] = {
         "broker:\n  auth: {plugins: [auth_anonymous]}\n  topic-check: {enabled: true, plugins: [topic_acll]}\n",
     "broker.topic-check: ignored beside plugins: ...":
         "broker:\n  plugins: [amqtt.plugins.authentication.AnonymousAuthPlugin]\n  topic-check: {enabled: true}\n",
+    "gateway.tenant_id: must name this gateway's tenant, not '..': ...": "gateway:\n  tenant_id: '..'\n",
     "broker.listeners.default.colour: unknown key (known: ...)":
         "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n",
 }
