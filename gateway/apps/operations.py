@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first instal
 
 log = Logger()
 CONFIG_VERSION = "config"
-#: Programs started in one turn of the reactor at the gateway's start: each costs a few ms of
-#: the reactor's thread (a fork, its cgroup made), and 50 in one turn held every MQTT client,
-#: link and timer for 0.5 s (2 s on a loaded machine).
+#: Programs started in one turn of the reactor at the gateway's start: each spawn costs a few ms
+#: of the reactor's thread (its cgroup is made off it), and 50 in one turn held every MQTT
+#: client, link and timer for 0.5 s (2 s on a loaded machine).
 STARTS_PER_TURN = 8
 #: Why an install whose health window the apps service's stop cut short was rolled back.
 _STOPPED_IN_WINDOW = ("the apps service stopped during the health window (the gateway stops, or restarts "
