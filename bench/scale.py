@@ -305,6 +305,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         result["stop"] = {"seconds": gateway.stop(), "shutdown_timeout": args.shutdown_timeout}
         result["start (kept state)"] = gateway.start()
         pid = gateway.process.pid
+        result["reactor_lag_s after the restart"] = json.loads(admin(ports["admin"], token, "/status")[2])["reactor_lag_s"]
         time.sleep(args.settle)
         result["footprint after restart"] = footprint(pid)
         result["reads after restart"] = reads(pid, ports, token, state)

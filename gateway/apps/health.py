@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 from gateway.apps.errors import HealthCheckError
 from gateway.apps.process import ProgramProcess, ProgramState
@@ -19,7 +19,8 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
     """Fire once every program has been RUNNING for ``window`` seconds and ``check`` passed.
 
     Each program's window starts when it may first become RUNNING (its ``startsecs``),
-    so the gate closes ``max(startsecs) + window`` seconds after the start.
+    so the gate closes ``max(startsecs) + window`` seconds after the last of them is spawned
+    (:meth:`~gateway.apps.process.ProgramProcess.launched`).
 
     :param supervisor: whose state changes are watched.
     :param programs: the new version's started programs.
@@ -47,8 +48,8 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
     def finish() -> None:
         if changed in supervisor.observers:
             supervisor.observers.remove(changed)
-        if timer.active():
-            timer.cancel()
+        if timers and timers[0].active():
+            timers[0].cancel()
 
     def deadline() -> None:
         for process in watched.values():
@@ -67,9 +68,14 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
             finish()
             result.callback(None)
 
+    def arm(_: object) -> None:
+        if not result.called:
+            timers.append(clock.callLater(startsecs + window, deadline))
+
     startsecs = max((p.spec.settings.startsecs for p in programs), default=0.0)
+    timers: list[Any] = []  # the deadline's, once every program is spawned
     supervisor.observers.append(changed)
-    timer = clock.callLater(startsecs + window, deadline)
     for process in programs:
         changed(process)
+    gatherResults([p.launched() for p in programs]).addCallback(arm)
     return result

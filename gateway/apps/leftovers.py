@@ -134,8 +134,9 @@ class GroupRecord:
 class GroupRecords:
     """The groups of the programs running now, persisted atomically after every change.
 
-    Changes come from the reactor thread; the writes go through ``blocking`` one at a time
-    (a change during a write is written right after it).
+    Changes come from the reactor thread; the reads of a spawned program's start time go
+    through ``blocking``, and so do the writes, one at a time (a change during a write is
+    written right after it).
 
     :param path: the record file.
     :param table: the process table.
@@ -150,6 +151,8 @@ class GroupRecords:
         self._blocking = blocking
         self._boot = table.boot_id()
         self._groups: dict[str, GroupRecord] = {}
+        self._reading: dict[str, int] = {}  # program -> the group whose start time is being read
+        self._reads = 0  # start times being read
         self._writing: Deferred[None] | None = None
         self._dirty = False
         self._failures = 0  # writes failed in a row
@@ -160,15 +163,34 @@ class GroupRecords:
 
     def spawned(self, name: str, pid: int) -> None:
         """Record that program ``name`` now runs as group ``pid`` (call right after the spawn,
-        before its exit can be handled, so the pid is still its own)."""
-        info = self.table.info(pid)
-        if info is None:
+        before its exit can be handled, so the pid is still its own).
+
+        Its start time is read off the reactor thread; an :meth:`ended` (or another spawn of
+        ``name``) that comes first drops the record: the reactor reaps a child and calls
+        :meth:`ended` in one turn, so a read that was not dropped read the program itself."""
+        self._reading[name] = pid
+        self._reads += 1
+        table = self.table
+        reading = self._blocking(lambda: table.info(pid)).addCallback(self._read, name, pid)
+        reading.addErrback(lambda failure: log.failure("apps: cannot record {name}'s group", failure, name=name))
+        reading.addBoth(self._read_done)
+
+    def _read(self, info: ProcessInfo | None, name: str, pid: int) -> None:
+        if self._reading.get(name) != pid:
             return
-        self._groups[name] = GroupRecord(pid, info.start, self._boot, self.run_id)
-        self._save()
+        del self._reading[name]
+        if info is not None:
+            self._groups[name] = GroupRecord(pid, info.start, self._boot, self.run_id)
+            self._save()
+
+    def _read_done(self, _: object) -> None:
+        self._reads -= 1
+        self._when_idle()
 
     def ended(self, name: str, pid: int) -> None:
         """Forget program ``name``'s group ``pid`` (its group has been killed)."""
+        if self._reading.get(name) == pid:
+            del self._reading[name]
         record = self._groups.get(name)
         if record is not None and record.group == pid:
             del self._groups[name]
@@ -243,17 +265,21 @@ class GroupRecords:
         if self._dirty:
             self._save()
         else:
+            self._when_idle()
+
+    def _when_idle(self) -> None:
+        """Fire :meth:`flush`'s waiters once nothing is being read or written."""
+        if self._writing is None and not self._reads:
             waiters, self._idle = self._idle, []
             for waiter in waiters:
                 waiter.callback(None)
 
     def flush(self) -> Deferred[None]:
-        """Fires once every change so far is on disk."""
+        """Fires once every change so far is on disk (a spawn's too, whose start time is
+        being read)."""
         waiter: Deferred[None] = Deferred()
-        if self._writing is None:
-            waiter.callback(None)
-        else:
-            self._idle.append(waiter)
+        self._idle.append(waiter)
+        self._when_idle()
         return waiter
 
     def load(self) -> dict[str, GroupRecord]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first instal
 
 log = Logger()
 CONFIG_VERSION = "config"
-#: Programs started in one turn of the reactor at the gateway's start: each costs a few ms of
-#: the reactor's thread (a fork, its cgroup made), and 50 in one turn held every MQTT client,
-#: link and timer for 0.5 s (2 s on a loaded machine).
+#: Programs started in one turn of the reactor at the gateway's start: each spawn costs a few ms
+#: of the reactor's thread (its cgroup is made off it), and 50 in one turn held every MQTT
+#: client, link and timer for 0.5 s (2 s on a loaded machine).
 STARTS_PER_TURN = 8
 #: Why an install whose health window the apps service's stop cut short was rolled back.
 _STOPPED_IN_WINDOW = ("the apps service stopped during the health window (the gateway stops, or restarts "
@@ -159,12 +159,15 @@ class AppOperations:
 
     @inlineCallbacks
     def _run_all(self, processes: list[ProgramProcess]) -> Any:
-        """:meth:`_run` each, :data:`STARTS_PER_TURN` in a turn of the reactor."""
+        """:meth:`_run` each, :data:`STARTS_PER_TURN` in a turn of the reactor; fires once
+        every one started is spawned (its spawn is prepared off the reactor thread)."""
         for first in range(0, len(processes), STARTS_PER_TURN):
             if first:
                 yield deferLater(self._reactor, 0, lambda: None)
-            for process in processes[first:first + STARTS_PER_TURN]:
+            batch = processes[first:first + STARTS_PER_TURN]
+            for process in batch:
                 self._run(process)
+            yield gatherResults([process.launched() for process in batch])
 
     @inlineCallbacks
     def _undo_cut_short_install(self) -> Any:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from gateway.apps.restarts import CrashLoopLog, RestartSchedule
 from gateway.clockstep import steady_seconds
 from gateway.logthrottle import LogThrottle
 from gateway.apps.settings import ProgramSettings
+from gateway.blocking import RunBlocking
 
 log = Logger()
 
@@ -106,6 +107,35 @@ class ProgramStatus:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class SpawnPlan:
+    """What a program's spawn needs that its :meth:`ProcessLauncher.prepare` found off the
+    reactor thread.
+
+    :param user: the user it runs as (None: the gateway's).
+    :param cgroup: the cgroup it joins, made (None: the gateway's own).
+    """
+
+    user: str | None
+    cgroup: CgroupJoin | None
+
+
+def spawn_checks(spec: ProgramSpec) -> str | None:
+    """The user ``spec`` runs as (None: the gateway's), once its directory is found (blocking:
+    a ``stat``, and the user database, which may be a network service).
+
+    :raises NotADirectoryError: its directory does not exist (the child's chdir would fail,
+        saying it with a traceback).
+    :raises KeyError: its user is unknown (only root switches users: otherwise ignored).
+    """
+    if not os.path.isdir(spec.cwd):
+        raise NotADirectoryError(f"its directory {spec.cwd} does not exist")
+    if spec.settings.user and os.getuid() == 0:
+        pwd.getpwnam(spec.settings.user)
+        return spec.settings.user
+    return None
+
+
 class ProcessLauncher:
     """Spawns each program in its own session and process group and signals the group.
 
@@ -118,23 +148,31 @@ class ProcessLauncher:
     :param kill: ``os.kill``, for a child that has no group of its own yet.
     :param records: where running programs' groups are recorded (so that the next start
         can stop what a crashed gateway left); None records nothing.
-    :param prepare_cgroup: ``app -> CgroupJoin or None``, called before each spawn
-        (per-app byte accounting, :mod:`gateway.telemetry.appbytes`): the launcher moves the
-        program into that cgroup before it switches user and execs.
+    :param prepare_cgroup: ``app -> Deferred of CgroupJoin or None``, called before each spawn
+        (per-app byte accounting, :mod:`gateway.telemetry.appbytes`: it makes the cgroup off
+        the reactor thread): the launcher moves the program into that cgroup before it
+        switches user and execs.
     :param oom_kills: ``CgroupJoin or None -> count or None``: how many processes the kernel's
         OOM killer took in the memory cgroup a program so spawned runs in
         (:meth:`gateway.apps.oomkills.OomKillCounts.count`); None tells nothing.
     :param max_processes: the ``RLIMIT_NPROC`` every program and command runs with
         (:mod:`gateway.apps.processlimit`); None: the gateway's.
+    :param blocking: runs :func:`spawn_checks` off the reactor thread (the apps service passes
+        the reactor's thread pool); None: inline (a fake reactor's tests; a launcher of one
+        process).
     """
 
     def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
                  kill: Callable[[int, int], None] = os.kill,
                  records: GroupRecords | None = None,
-                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None,
+                 prepare_cgroup: Callable[[str], Deferred[CgroupJoin | None]] | None = None,
                  oom_kills: Callable[[CgroupJoin | None], int | None] | None = None,
-                 max_processes: int | None = None) -> None:
+                 max_processes: int | None = None,
+                 blocking: RunBlocking | None = None) -> None:
         self._reactor = reactor
+        self._blocking: RunBlocking = blocking if blocking is not None else maybeDeferred
+        # (one preparation at a time, in the order asked: programs spawn in the order started)
+        self._preparing = DeferredLock()
         #: the ``RLIMIT_NPROC`` of what it spawns (None: the gateway's).
         self.max_processes = max_processes
         self._kill_group = kill_group
@@ -144,20 +182,32 @@ class ProcessLauncher:
         self._oom_kills = oom_kills
         self._joins: dict[str, CgroupJoin | None] = {}  # app -> the cgroup its last spawn joined
 
-    def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
-        """Start ``spec``'s command; raises OSError (its directory does not exist, a command
-        line and environment larger than Linux takes: ``E2BIG``) or KeyError (unknown user)."""
-        if not os.path.isdir(spec.cwd):  # (the child's chdir would fail, saying it with a traceback)
-            raise NotADirectoryError(f"its directory {spec.cwd} does not exist")
-        user = None
-        if spec.settings.user and os.getuid() == 0:
-            pwd.getpwnam(spec.settings.user)  # an unknown user fails the start here (KeyError)
-            user = spec.settings.user
+    def prepare(self, spec: ProgramSpec) -> Deferred[SpawnPlan]:
+        """Find what ``spec``'s spawn needs, off the reactor thread: its directory and user
+        (:func:`spawn_checks`), its app's cgroup made. Preparations run one at a time, in the
+        order asked, so programs spawn in the order they are started.
+
+        :return: fires with the plan for :meth:`spawn`, or fails with what
+            :func:`spawn_checks` raises.
+        """
+        return self._preparing.run(self._prepare, spec)
+
+    @inlineCallbacks
+    def _prepare(self, spec: ProgramSpec) -> Any:
+        user = yield self._blocking(lambda: spawn_checks(spec))
+        cgroup = None
+        if self._prepare_cgroup is not None:
+            cgroup = yield self._prepare_cgroup(spec.app)
+        return SpawnPlan(user, cgroup)
+
+    def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec, plan: SpawnPlan) -> IProcessTransport:
+        """Start ``spec``'s command as ``plan`` (from :meth:`prepare`) says; raises OSError (a
+        command line and environment larger than Linux takes: ``E2BIG``; the gateway short of
+        descriptors or processes)."""
         env = self.with_run_id(spec.env)
-        cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
-        self._joins[spec.app] = cgroup
+        self._joins[spec.app] = plan.cgroup
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
-        executable, args = launch_command(spec.argv, user, cgroup, self.max_processes, str(spec.cwd))
+        executable, args = launch_command(spec.argv, plan.user, plan.cgroup, self.max_processes, str(spec.cwd))
         check_exec_size(executable, args, env)
         return self._reactor.spawnProcess(protocol, executable, args, env=env)
 
@@ -298,6 +348,8 @@ class ProgramProcess:
         # before it ends would be taken for such a daemon (same run id and name) and killed.
         self._looking: Deferred[None] | None = None
         self._after_look: Callable[[], None] | None = None
+        self._preparing: Deferred[Any] | None = None  # its spawn's preparation, under way
+        self._launch_waiters: list[Deferred[None]] = []
         settings = spec.settings
         self._stdout = self._open_log(spec.stdout_log)
         self._stderr = self._stdout if settings.redirect_stderr else self._open_log(
@@ -338,6 +390,14 @@ class ProgramProcess:
 
         :return: fires once the process has exited (at once when none runs).
         """
+        if self.state is ProgramState.STARTING and self.pid is None and self._protocol is not None:
+            # Its spawn is being prepared (off the reactor thread): nothing runs, nothing was
+            # left, and the preparation's end spawns nothing.
+            protocol, self._protocol = self._protocol, None
+            self._ended(protocol)
+            self._schedule.cancel()
+            self._set_state(ProgramState.STOPPED)
+            return succeed(None)
         if self.state in (ProgramState.STARTING, ProgramState.RUNNING):
             self._schedule.cancel()
             self._set_state(ProgramState.STOPPING)
@@ -420,17 +480,36 @@ class ProgramProcess:
         self._open_pipes.add(protocol)
         self._started_at = steady_seconds(self._clock)
         self._set_state(ProgramState.STARTING)
+        # STARTING with no pid until the preparation is done (off the reactor thread)
+        preparing: Deferred[Any] = self._launcher.prepare(self.spec)
+        preparing.addCallbacks(self._launch, self._not_launched, callbackArgs=(protocol,), errbackArgs=(protocol,))
+        preparing.addErrback(lambda failure: log.failure("apps: {name}: its start failed", failure, name=self.spec.name))
+        self._preparing = preparing
+        preparing.addBoth(self._prepared, preparing)  # (at once when it was prepared inline)
+
+    def _prepared(self, _: object, preparing: Deferred[Any]) -> None:
+        if self._preparing is preparing:
+            self._preparing = None
+            waiters, self._launch_waiters = self._launch_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def launched(self) -> Deferred[None]:
+        """Fires once the spawn under way is made, or has failed or was given up (a stop came
+        first): its preparation runs off the reactor thread (at once when none is under way)."""
+        if self._preparing is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._launch_waiters.append(waiter)
+        return waiter
+
+    def _launch(self, plan: SpawnPlan, protocol: _ProgramProtocol) -> None:
+        if self._protocol is not protocol:  # (stopped while its spawn was prepared)
+            return
         try:
-            transport = self._launcher.spawn(protocol, self.spec)
-        except (OSError, KeyError) as exc:
-            why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # (str() quotes it)
-            self._protocol = None
-            self._open_pipes.discard(protocol)
-            if isinstance(exc, OSError) and exc.errno in SPAWN_SHORTAGES:
-                self._spawn_short(why)
-                return
-            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=why)
-            self._start_failed(f"cannot spawn: {why}")
+            transport = self._launcher.spawn(protocol, self.spec, plan)
+        except Exception:
+            self._not_launched(Failure(), protocol)
             return
         if self._shortages:
             self._shortages = 0
@@ -448,6 +527,24 @@ class ProgramProcess:
             self._running()
         else:
             self._schedule.later(self.spec.settings.startsecs, self._running)
+
+    def _not_launched(self, failure: Failure, protocol: _ProgramProtocol) -> None:
+        """Its spawn failed: its preparation (no directory, an unknown user: KeyError) or the
+        spawn itself (OSError); anything else is a bug's traceback, and a failed start too."""
+        if self._protocol is not protocol:  # (stopped while its spawn was prepared)
+            return
+        exc = failure.value
+        why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # (str() quotes it)
+        self._protocol = None
+        self._ended(protocol)
+        if isinstance(exc, OSError) and exc.errno in SPAWN_SHORTAGES:
+            self._spawn_short(why)
+            return
+        if isinstance(exc, (OSError, KeyError)):
+            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=why)
+        else:
+            log.failure("apps: cannot spawn {name}", failure, name=self.spec.name)
+        self._start_failed(f"cannot spawn: {why}")
 
     def _running(self) -> None:
         self._schedule.fired()

@@ -47,7 +47,8 @@ class AppsService(Service):
     :param process_table: reads ``/proc`` to find what a crashed gateway left running
         (tests with a fake reactor pass one over a fake ``/proc``).
     :param prepare_cgroup: called with an app's name before each of its programs starts
-        (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`).
+        (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`); fires
+        with the cgroup to join.
     :param oom_kills: reads the OOM kill count of a program's memory cgroup, so that an end
         by the kernel's OOM killer is told as such (:class:`~gateway.apps.oomkills.OomKillCounts`;
         None: not told).
@@ -60,7 +61,7 @@ class AppsService(Service):
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  threaded_logs: bool = True,
                  process_table: ProcessTable | None = None,
-                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None,
+                 prepare_cgroup: Callable[[str], Deferred[CgroupJoin | None]] | None = None,
                  oom_kills: Callable[[CgroupJoin | None], int | None] | None = None,
                  watch_spool: bool = True) -> None:
         self._reactor = reactor
@@ -68,6 +69,7 @@ class AppsService(Service):
         self._kill_group = kill_group
         if blocking is None:
             blocking = in_reactor_threads(reactor)
+        self._blocking = blocking
         self.writer = AppLogWriter(settings.logs_max_total_bytes,
                                    reactor if threaded_logs else None)
         self.groups = GroupRecords(state_dir / "apps" / PROCESSES_FILE,
@@ -76,7 +78,8 @@ class AppsService(Service):
         #: (the updates service runs its scripts through it too: the next start stops their leftovers).
         self.launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
                                         prepare_cgroup=prepare_cgroup, oom_kills=oom_kills,
-                                        max_processes=own_program_process_limit(settings.process_reserve))
+                                        max_processes=own_program_process_limit(settings.process_reserve),
+                                        blocking=blocking)
         self.supervisor = AppSupervisor(self.launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,
@@ -97,7 +100,8 @@ class AppsService(Service):
         yield self.operations.load()
         # The folder is there once the service is up, watched or not yet: a package dropped as
         # soon as the gateway says it started waits there for the first look.
-        self.spool.directory.mkdir(parents=True, exist_ok=True)
+        spool = self.spool.directory
+        yield self._blocking(lambda: spool.mkdir(parents=True, exist_ok=True))
         if self._watch_spool:
             self.spool.start()
 

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.launch import CgroupJoin
+from gateway.blocking import RunBlocking, in_reactor_threads
 from gateway.degraded import Failing
 from gateway.telemetry.snapshot import AccountingSnapshot
 
@@ -157,11 +158,14 @@ class NftAccounting:
         reason: the platform or the configuration).
     :param nft: the nft command (an absolute path: the launcher runs it in the app's environment).
     :param table: the nftables table (``inet``) holding the rules.
+    :param blocking: makes and removes the apps' cgroups off the reactor thread (cgroupfs may
+        take tens of ms for a ``mkdir``); default: the reactor's thread pool.
     """
 
     def __init__(self, reactor: Any, place: CgroupPlace | None, reason: str = "", nft: str | None = None,
-                 table: str = TABLE) -> None:
+                 table: str = TABLE, blocking: RunBlocking | None = None) -> None:
         self.reactor = reactor
+        self._blocking = blocking if blocking is not None else in_reactor_threads(reactor)
         self.place = place
         self.reason = reason
         self.nft = nft or shutil.which("nft") or "/usr/sbin/nft"
@@ -210,28 +214,36 @@ class NftAccounting:
         self.reason = reason
         self._failing.failed("table-not-made", reason, self.reactor.seconds())
 
-    def prepare(self, app: str) -> CgroupJoin | None:
-        """Before a program of ``app`` starts: its cgroup exists; what the launcher joins (its
-        ``cgroup.procs`` file) and, the first time in this gateway's life, the app's rules it
-        adds first (``None`` when accounting is unavailable).
+    def prepare(self, app: str) -> Deferred[CgroupJoin | None]:
+        """Before a program of ``app`` starts: make its cgroup (off the reactor thread); fires
+        with what the launcher joins (its ``cgroup.procs`` file) and, the first time in this
+        gateway's life, the app's rules it adds first (``None`` when accounting is unavailable,
+        or the cgroup cannot be made: logged, and the program runs uncounted).
 
         Only a ``mkdir`` here: the ``nft`` run is the launcher's, in the child process.
         """
         place = self.place
         if place is None or not self._ready:
-            return None
-        try:
-            place.directory(app).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.error("apps: bytes of {app} will not be counted: {error}", app=app, error=str(exc))
-            return None
-        rules = ""
-        if app not in self._apps:
-            match = f'socket cgroupv2 level {place.level(app)} "{place.nft_path(app)}"'
-            rules = "".join(f'add rule inet {self.table} {chain} {match} counter comment "app={app}"\n'
-                            for chain in ("out", "in"))
-            self._apps.add(app)
-        return CgroupJoin(str(place.directory(app) / "cgroup.procs"), self.nft if rules else "", rules)
+            return succeed(None)
+        directory = place.directory(app)
+
+        def made(_: object) -> CgroupJoin | None:
+            if not self._ready:  # (the accounting stopped meanwhile: its table is gone)
+                return None
+            rules = ""
+            if app not in self._apps:  # (decided here, on the reactor thread, by the first spawn made)
+                match = f'socket cgroupv2 level {place.level(app)} "{place.nft_path(app)}"'
+                rules = "".join(f'add rule inet {self.table} {chain} {match} counter comment "app={app}"\n'
+                                for chain in ("out", "in"))
+                self._apps.add(app)
+            return CgroupJoin(str(directory / "cgroup.procs"), self.nft if rules else "", rules)
+
+        def not_made(failure: Failure) -> None:
+            failure.trap(OSError)
+            log.error("apps: bytes of {app} will not be counted: {error}", app=app, error=failure.getErrorMessage())
+
+        making = self._blocking(lambda: directory.mkdir(parents=True, exist_ok=True))
+        return making.addCallbacks(made, not_made)
 
     def counters(self, apps: tuple[str, ...]) -> Deferred[dict[str, Any]]:
         """``{"supported", "reason", "apps": {app: {bytes_in, bytes_out, packets_in, packets_out}}}``
@@ -273,20 +285,22 @@ class NftAccounting:
 
             removed.addCallbacks(checked, lambda f: log.warn("apps accounting table not removed: {error}",
                                                               error=f.getErrorMessage()))
+        emptied: Deferred[Any] = succeed(None)
         if self.place is not None:
-            for app in sorted(self._apps):
-                _rmdir(self.place.directory(app))
-            _rmdir(self.place.mount / self.place.base)
+            cgroups = [self.place.directory(app) for app in sorted(self._apps)]
+            cgroups.append(self.place.mount / self.place.base)
+            emptied = self._blocking(lambda: _remove_empty(cgroups))
         self._apps.clear()
-        return removed.addCallback(lambda _: None)
+        return gatherResults([removed, emptied], consumeErrors=True).addCallback(lambda _: None)
 
 
-def _rmdir(path: Path) -> None:
-    """Remove an empty cgroup (one that still holds a process stays)."""
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+def _remove_empty(cgroups: list[Path]) -> None:
+    """Remove the cgroups that are empty (one that still holds a process stays; blocking)."""
+    for cgroup in cgroups:
+        try:
+            cgroup.rmdir()
+        except OSError:
+            pass
 
 
 class AccountingService(Service):

@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.apps.leftovers import GroupRecords
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.launch import LAUNCH
-from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState, describe_exit
+from gateway.apps.process import (ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState, SpawnPlan,
+                                   describe_exit)
 from gateway.apps.settings import ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
@@ -65,7 +66,7 @@ class StartTests(SynchronousTestCase):
         reactor = FakeProcessReactor()
         spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app"), ("app",), Path("/tmp"), {},
                            None, None)
-        ProcessLauncher(reactor, reactor.kill_group, max_processes=3840).spawn(ProcessProtocol(), spec)
+        ProcessLauncher(reactor, reactor.kill_group, max_processes=3840).spawn(ProcessProtocol(), spec, SpawnPlan(None, None))
         self.assertEqual(reactor.last.args[4:7], [str(os.getpid()), "", "3840"])
         self.assertEqual(reactor.last.args[-1], "app")
 

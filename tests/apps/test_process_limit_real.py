@@ -84,7 +84,8 @@ class ForkBombTests(TestCase):
         spec = ProgramSpec("bomb", "bomb", "1", ProgramSettings(command="python3", user=USER),
                            (PYTHON, "-I", "-S", "-c", BOMB), Path("/"), {}, None, None)
         collect = _Collect()
-        group = launcher.spawn(collect, spec).pid
+        plan = yield launcher.prepare(spec)
+        group = launcher.spawn(collect, spec, plan).pid
         self.addCleanup(launcher.signal_group, group, 9)
         yield collect.ended
         self.assertRegex(collect.output, rb"^[0-9]+ [0-9]+\n$")

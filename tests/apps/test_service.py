@@ -68,7 +68,7 @@ class ServiceTests(SynchronousTestCase):
     def test_many_programs_start_a_few_in_a_turn(self) -> None:
         """At the start, the programs are spawned a few in a turn of the reactor
         (``STARTS_PER_TURN``), not all in one: each spawn costs the reactor's thread a few ms
-        (a fork, its cgroup made), and 50 in one turn held every client, link and timer for
+        (its cgroup is made off it), and 50 in one turn held every client, link and timer for
         0.5 s (2 s on a loaded machine; bench/scale.py's ``reactor_lag_s``). All of them start,
         in name order, and the service is started once they have."""
         from gateway.apps.operations import STARTS_PER_TURN

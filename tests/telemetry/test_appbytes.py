@@ -20,12 +20,15 @@ from twisted.web.static import Data
 
 from gateway import config as gateway_config
 from gateway.degraded import Degraded
+from gateway.apps.launch import CgroupJoin
 from gateway.readside import ServiceState
+from gateway.telemetry import appbytes
 from gateway.telemetry.appbytes import (AccountingService, CgroupPlace, NftAccounting, detect, find_cgroup2,
                                         own_cgroup, parse_counters)
 from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.tree import build_service
 from tests.apps.fakes import FakeProcessReactor
+from tests.journal.helpers import ManualRunner
 from tests.logevents import capture_log_events
 from tests.ports import free_port
 
@@ -94,7 +97,9 @@ class SpawnFailureTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = FakeProcessReactor()
         self.place = CgroupPlace(Path(self.mktemp()).resolve(), "gateway-apps-test")
-        self.accounting = NftAccounting(self.reactor, self.place, nft="/usr/sbin/nft", table="gateway_apps_test")
+        self.runner = ManualRunner()
+        self.accounting = NftAccounting(self.reactor, self.place, nft="/usr/sbin/nft", table="gateway_apps_test",
+                                        blocking=self.runner)
 
     def test_start_goes_on_without_accounting(self) -> None:
         """The service starts; one warning names app-accounting and the error, and the
@@ -165,9 +170,64 @@ class SpawnFailureTests(SynchronousTestCase):
         self.reactor.spawn_error = OSError(errno.EMFILE, "Too many open files")
         self.failureResultOf(self.accounting.counters(("web",)), OSError)
         events = capture_log_events(self)
-        self.assertIsNone(self.successResultOf(self.accounting.stop()))
+        stopped = self.accounting.stop()
+        self.runner.step()  # (the cgroups removed)
+        self.assertIsNone(self.successResultOf(stopped))
         self.assertIn("apps accounting table not removed: [Errno 24] Too many open files",
                       [formatEvent(e) for e in events])
+
+    def ready(self) -> None:
+        self.patch(appbytes, "NFT_CGROUP_ROOT", self.place.mount)
+        started = self.accounting.start()
+        self.reactor.last.exit(0)
+        self.successResultOf(started)
+
+    def test_a_cgroup_is_made_off_the_reactor_thread(self) -> None:
+        """Before a program spawns, its app's cgroup is made through the blocking runner (a
+        ``mkdir`` on cgroupfs may take tens of ms, which held every client before): nothing
+        is made until the runner runs it; then the join names its ``cgroup.procs``, with the
+        app's rules the first time only. The stop removes the cgroups through it too."""
+        self.ready()
+        first = self.accounting.prepare("web")
+        self.assertNoResult(first)
+        directory = self.place.directory("web")
+        self.assertFalse(directory.exists())
+        self.runner.step()
+        self.assertTrue(directory.is_dir())
+        join = self.successResultOf(first)
+        assert join is not None
+        self.assertEqual((join.procs, join.nft), (str(directory / "cgroup.procs"), "/usr/sbin/nft"))
+        self.assertIn('comment "app=web"', join.rules)
+        again = self.accounting.prepare("web")
+        self.runner.step()
+        self.assertEqual(self.successResultOf(again), CgroupJoin(str(directory / "cgroup.procs")))
+        stopped = self.accounting.stop()
+        self.reactor.last.exit(0)
+        self.assertNoResult(stopped)
+        self.assertTrue(directory.exists())
+        self.runner.step()
+        self.successResultOf(stopped)
+        self.assertFalse(directory.exists())
+
+    def test_a_cgroup_not_made_is_logged_and_the_program_runs_uncounted(self) -> None:
+        """A ``mkdir`` that fails (off the reactor thread) is one error line, as before, and
+        the program runs in the gateway's own cgroup (no join); a later start tries again."""
+        self.ready()
+        self.place.directory("web").parent.mkdir(parents=True)
+        self.place.directory("web").write_text("not a directory")
+        events = capture_log_events(self)
+        prepared = self.accounting.prepare("web")
+        self.runner.step()
+        self.assertIsNone(self.successResultOf(prepared))
+        self.assertEqual([formatEvent(e) for e in events if e.get("log_level") == LogLevel.error],
+                         [f"apps: bytes of web will not be counted: [Errno 17] File exists: "
+                          f"'{self.place.directory('web')}'"])
+        self.place.directory("web").unlink()
+        prepared = self.accounting.prepare("web")
+        self.runner.step()
+        join = self.successResultOf(prepared)
+        assert join is not None
+        self.assertIn('comment "app=web"', join.rules)  # (the first join made: with its rules)
 
 
 class OffTests(SynchronousTestCase):
