@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from gateway.asciidigits import ascii_digits
+
 
 def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     """Split an endpoint string into positional and keyword arguments (``\\:`` escapes a colon)."""
@@ -81,7 +83,7 @@ def listen_problem(args: list[str], kwargs: dict[str, str], description: str) ->
     kind = args[0] if args else ""
     if kind in ("tcp", "tcp6", "ssl"):
         port = _written_port(args, kwargs)
-        if not port.isdigit() or int(port) > 65535:  # (Twisted's parser takes any whole number)
+        if not ascii_digits(port) or int(port) > 65535:  # (Twisted's parser takes any whole number, ٣ too)
             return f"{kind} endpoint needs a port from 0 to 65535: {description!r}", "port"
         interface = kwargs.get("interface", "")
         try:
@@ -91,23 +93,24 @@ def listen_problem(args: list[str], kwargs: dict[str, str], description: str) ->
             return f"interface must be an IP address, not {interface!r}: {description!r}", "interface"
     if kind == "unix" and not (args[1:] and args[1]) and not kwargs.get("address"):
         return f"unix endpoint needs a path: {description!r}", None
-    if "backlog" in kwargs and not kwargs["backlog"].isdigit():
+    if "backlog" in kwargs and not ascii_digits(kwargs["backlog"]):
         return f"backlog must be a whole number, not {kwargs['backlog']!r}: {description!r}", "backlog"
     if kind == "systemd":
         if kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
             return f"systemd endpoint needs domain=INET, INET6 or UNIX: {description!r}", None
         index, name = kwargs.get("index"), kwargs.get("name")
-        if (index is None) == (name is None) or (index is not None and not index.isdigit()):
+        if (index is None) == (name is None) or (index is not None and not ascii_digits(index)):
             return f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}", None
     return None
 
 
 def server_endpoint_problem(description: str) -> str | None:
     """Why ``description`` cannot be the endpoint of the ingest, the admin API or /metrics
-    (``None`` when it can): Twisted's ``serverFromString`` cannot parse it, or ``listen`` would
-    refuse it (:func:`listen_problem`). ``systemd:`` (socket activation) is the broker's
-    listeners' alone: its sockets exist only when systemd starts the gateway, and only the
-    broker keeps its own across a configuration change.
+    (``None`` when it can): ``listen`` would refuse it (:func:`listen_problem`: a port or a
+    backlog not in ASCII digits too), or Twisted's ``serverFromString`` cannot parse it.
+    ``systemd:`` (socket activation) is the broker's listeners' alone: its sockets exist only
+    when systemd starts the gateway, and only the broker keeps its own across a configuration
+    change.
 
     Only parsed: no reactor is touched and nothing listens.
     """
@@ -120,18 +123,20 @@ def server_endpoint_problem(description: str) -> str | None:
     if args[:1] == ["systemd"]:
         return (f"{description!r}: socket activation (systemd:) is for the broker's listeners only: give this one"
                 " a tcp: or unix: endpoint")
+    # (before Twisted's parser, whose int() takes ٩٨٨٣ as 9883 and fails on ² or a word with
+    # its own words: a port or a backlog is refused in the config's)
+    problem = listen_problem(args, kwargs, description)
+    if problem is not None:
+        if problem[1] == "port":  # (worded as this section's other endpoint errors: the string first)
+            return f"{description!r}: the port must be from 0 to 65535, not {_written_port(args, kwargs)!r}"
+        return problem[0]
     try:
         serverFromString(object(), description)
     except (ValueError, TypeError, KeyError) as exc:
         return f"not a Twisted server endpoint: {description!r} ({exc})"
     except OSError as exc:  # (an ssl: endpoint's certificate or key read at parse time)
         return f"{description!r}: {exc.strerror or exc}{f': {exc.filename!r}' if exc.filename else ''}"
-    problem = listen_problem(args, kwargs, description)
-    if problem is None:
-        return None
-    if problem[1] == "port":  # (worded as this section's other endpoint errors: the string first)
-        return f"{description!r}: the port must be from 0 to 65535, not {_written_port(args, kwargs)!r}"
-    return problem[0]
+    return None
 
 
 def _written_port(args: list[str], kwargs: dict[str, str]) -> str:

@@ -995,6 +995,45 @@ class LoadCheckTests(SynchronousTestCase):
                          ["admin.tcp", "ingest.endpoint", "telemetry.metrics_endpoint"], lines)
         self.assertIn("the port must be from 0 to 65535, not '70000'", "\n".join(lines))
 
+    def test_endpoint_numbers_in_ascii_digits_only(self) -> None:
+        """A port, a backlog or a socket index written in another script's digits or as a
+        superscript is refused at load, quoted as written, in every section that takes an
+        endpoint string: Twisted's parser read ``٩٨٨٣`` (Arabic-Indic) as 9883 and listened or
+        connected there, and failed on ``²`` (a digit to ``str.isdigit``) with ``invalid
+        literal for int()``."""
+        arabic = "\u0669\u0668\u0668\u0663"  # 9883
+        path, lines = self.errors(
+            "broker:\n  listeners:\n"
+            f"    a:\n      endpoint: 'tcp:{arabic}:interface=127.0.0.1'\n"
+            "    b:\n      endpoint: 'tcp:\u00b2:interface=127.0.0.1'\n"
+            "    c:\n      endpoint: 'tcp:1883:interface=127.0.0.1:backlog=\u0663'\n"
+            "    d:\n      endpoint: 'systemd:domain=INET:index=\u0660'\n"
+            "links:\n  links:\n"
+            f"    e:\n      endpoint: 'tcp:host=127.0.0.1:port={arabic}'\n"
+            "    f:\n      endpoint: 'tls:host=h:port=\u00b2'\n"
+            "    g:\n      endpoint: 'tcp:h:\uff18\uff18\uff18\uff13'\n"  # (fullwidth)
+            "ingest:\n  endpoint: 'tcp:\u00b2:interface=127.0.0.1'\n"
+            f"telemetry:\n  metrics_endpoint: 'tcp:{arabic}:interface=127.0.0.1'\n"
+            f"admin:\n  tcp: 'tcp:port={arabic}:interface=127.0.0.1'\n")
+        self.assertEqual(lines, [
+            f"{path}: broker.listeners.a.endpoint: tcp endpoint needs a port from 0 to 65535: "
+            f"'tcp:{arabic}:interface=127.0.0.1'",
+            f"{path}: broker.listeners.b.endpoint: tcp endpoint needs a port from 0 to 65535: "
+            "'tcp:\u00b2:interface=127.0.0.1'",
+            f"{path}: broker.listeners.c.endpoint: backlog must be a whole number, not '\u0663': "
+            "'tcp:1883:interface=127.0.0.1:backlog=\u0663'",
+            f"{path}: broker.listeners.d.endpoint: systemd endpoint needs index=NUMBER or name=NAME: "
+            "'systemd:domain=INET:index=\u0660'",
+            f"{path}: links.links.e.endpoint: 'tcp:host=127.0.0.1:port={arabic}': port '{arabic}' is not a number",
+            f"{path}: links.links.f.endpoint: 'tls:host=h:port=\u00b2': port '\u00b2' is not a number",
+            f"{path}: links.links.g.endpoint: 'tcp:h:\uff18\uff18\uff18\uff13': "
+            "port '\uff18\uff18\uff18\uff13' is not a number",
+            f"{path}: ingest.endpoint: 'tcp:\u00b2:interface=127.0.0.1': the port must be from 0 to 65535, not '\u00b2'",
+            f"{path}: telemetry.metrics_endpoint: 'tcp:{arabic}:interface=127.0.0.1': "
+            f"the port must be from 0 to 65535, not '{arabic}'",
+            f"{path}: admin.tcp: 'tcp:port={arabic}:interface=127.0.0.1': "
+            f"the port must be from 0 to 65535, not '{arabic}'"])
+
     def test_tcp6_port_out_of_range_and_missing_ssl_files(self) -> None:
         """A ``tcp6:`` port over 65535 is refused at load as a ``tcp:`` one is (it passed, and
         the gateway then failed to start: ``cannot listen: bind(): port must be 0-65535``);
@@ -1280,7 +1319,7 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: links.links.a.cert_file: ", joined)
         self.assertIn(f"{path}: links.links.b.key_file: needs cert_file", joined)
         self.assertIn(f"{path}: links.links.c.ca_file: only a tls: endpoint uses it", joined)
-        self.assertIn(f"{path}: links.links.d.endpoint: 'tcp:host=h:port=notaport' is not a Twisted client endpoint", joined)
+        self.assertIn(f"{path}: links.links.d.endpoint: 'tcp:host=h:port=notaport': port 'notaport' is not a number", joined)
         self.assertIn(f"{path}: links.links.e.endpoint: ", joined)
         self.assertIn(f"{path}: links.links.f.password: needs username", joined)
         self.assertIn(f"{path}: links.links.f.client_id: unknown placeholder {{devise}}", joined)

@@ -21,6 +21,7 @@ from typing import IO, Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from gateway.asciidigits import ascii_digits
 from gateway.stateaccess import is_permission_error, refusal
 
 log = Logger()
@@ -218,7 +219,7 @@ def remove_logs(paths: list[Path]) -> None:
     """
     for path in paths:
         for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
-            if (old.name == path.name or old.name[len(path.name) + 1:].isdigit()) and _regular(old):
+            if (old.name == path.name or ascii_digits(old.name[len(path.name) + 1:])) and _regular(old):
                 old.unlink(missing_ok=True)
 
 

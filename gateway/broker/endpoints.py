@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from gateway.asciidigits import ascii_digits
 from gateway.endpointstrings import listen_problem, split_description, unescaped_ipv6_problem
 from gateway.errors import BrokerError
 
@@ -220,7 +221,7 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
     args, kwargs = split_description(listener.endpoint)
     _check_address(args, kwargs, listener.endpoint)
     if args and args[0] == "ssl":
-        if len(args) < 2 or not args[1].isdigit():
+        if len(args) < 2 or not ascii_digits(args[1]):
             raise EndpointError(f"ssl endpoint needs a port: {listener.endpoint!r}", "port")
         unknown = sorted(set(kwargs) - SSL_KEYWORDS)
         if unknown or len(args) > 2:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import dacite
 
 from gateway import jsontext
+from gateway.asciidigits import ascii_digits
 from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS
 from gateway.broker.outbox import DEFAULT_MAX_QUEUED_TOTAL, OVERFLOW_POLICIES
@@ -174,8 +175,7 @@ def parse_duration(value: Any) -> float:
             seconds = float(value)
             if not math.isfinite(seconds):
                 raise ValueError(f"must be a finite number of seconds (0: no expiry), not {value!r}")
-        elif (isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isascii()
-              and value[:-1].isdigit()):  # (str.isdigit takes any script's digits, and ² too)
+        elif (isinstance(value, str) and value[-1:] in DURATION_UNITS and ascii_digits(value[:-1])):
             seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
         else:
             raise ValueError(f"not a duration ({rule}): {jsontext.given(value)}")
@@ -194,7 +194,7 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     """
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
-    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+    if not (ascii_digits(port) and int(port) <= 65535):
         raise EndpointError(f"needs host:port with a port from 0 to 65535, not {bind!r}", "port")
     host = _bind_address(host.strip("[]") or "0.0.0.0")
 

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from gateway import config as gateway_config
+from gateway.asciidigits import ascii_digits
 from gateway.atomic import fsync_directory, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway import yamlfile
@@ -369,7 +370,7 @@ def _step(node: Any, key: str, path: str, where: str) -> Any:
         names = _names(node)
         if key in names:
             return node[names.index(key)]
-        if key.isascii() and key.isdigit() and int(key) < len(node):
+        if ascii_digits(key) and int(key) < len(node):
             return node[int(key)]
         known = ", ".join(repr(name) for name in names if isinstance(name, str))
         raise ConfigKeyError(f"{shown_key_path(path)}: {shown_key_path(where)} has {len(node)} items,"
@@ -395,7 +396,7 @@ def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> 
         for depth, key in enumerate(keys[1:], start=1):
             where = ".".join(keys[:depth])
             names = _names(node) if isinstance(node, (list, tuple)) else []
-            if isinstance(node, (list, tuple)) and key not in names and key.isascii() and key.isdigit():
+            if isinstance(node, (list, tuple)) and key not in names and ascii_digits(key):
                 named = [name for name in names if isinstance(name, str)]
                 how = f"an item of it by its name ({', '.join(named)})" if named else f"{where} as a whole"
                 errors.append(f"{path}: {where} numbers its items from 0 only to read them (config.get): set {how}")

@@ -14,6 +14,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.asciidigits import ascii_digits
 from gateway.filelayer import FileLayer, set_aside, write_atomic
 from gateway.journal.record import Damage, Frame, Record, scan
 
@@ -118,7 +119,7 @@ def recover(files: FileLayer, directory: str) -> Recovered:
     for name in files.listdir(directory):
         if name.endswith(".tmp"):
             files.unlink(os.path.join(directory, name))
-        elif name.endswith(SUFFIX) and name[: -len(SUFFIX)].isdigit():
+        elif name.endswith(SUFFIX) and ascii_digits(name[: -len(SUFFIX)]):
             first = int(name[: -len(SUFFIX)])
             # Only the names segment_path gives: another (a copy named 12.seg) is not one.
             if os.path.basename(segment_path(directory, first)) == name:

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import (IProtocol, IProtocolFactory, IReactorPl
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.asciidigits import ascii_digits
 from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
@@ -217,6 +218,9 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     unescaped = unescaped_ipv6_problem(description)
     if unescaped:
         raise LinkError(unescaped)
+    written = _written_port(description)
+    if written and not ascii_digits(written):  # (Twisted's int() reads ٨٨٨٣ as 8883, 8_883 too, and fails on ²)
+        raise LinkError(f"{description!r}: port {written!r} is not a number")
     if description.startswith("tls:"):
         fields = _tls_fields(description)
         try:
@@ -254,13 +258,7 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
 
     :raises LinkError: ``bindAddress=`` is not an IP address.
     """
-    host, port = fields.get("host", ""), fields.get("port", "")
-    if len(positional) == 2:
-        host, port = positional
-    elif len(positional) == 1 and "host" in fields:
-        port = positional[0]
-    elif len(positional) == 1:
-        host = positional[0]
+    host, port = _tcp_host_port(positional, fields)
     bind = fields.get("bindAddress")
     if bind is not None:
         try:
@@ -268,6 +266,31 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
         except ValueError:  # (a name would be looked up on the reactor thread at each connection)
             raise LinkError(f"bindAddress= takes an IP address of the gateway, not {bind!r}") from None
     return host, int(port), int(fields.get("timeout", "30")), (bind, 0) if bind is not None else None
+
+
+def _tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
+    """The host and port of a ``tcp:`` (or ``ssl:``) client endpoint as written (``""`` where
+    none is), where Twisted's parser reads them: ``tcp:HOST:PORT``, ``tcp:host=H:port=P``,
+    ``tcp:host=H:P``."""
+    host, port = fields.get("host", ""), fields.get("port", "")
+    if len(positional) == 2:
+        host, port = positional
+    elif len(positional) == 1 and "host" in fields:
+        port = positional[0]
+    elif len(positional) == 1:
+        host = positional[0]
+    return host, port
+
+
+def _written_port(description: str) -> str:
+    """The port of a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint string as written (``""``
+    where none is, or for another kind)."""
+    args, fields = split_description(description)
+    if args[:1] == ["tls"]:
+        return fields.get("port", "")
+    if args[:1] in (["tcp"], ["ssl"]):
+        return _tcp_host_port(args[1:], fields)[1]
+    return ""
 
 
 def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[str],

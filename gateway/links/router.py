@@ -8,6 +8,7 @@ from typing import Iterable
 
 from twisted.logger import Logger
 
+from gateway.asciidigits import ascii_digits
 from gateway.mqtt.topics import matches, topic_for_log, valid_filter, valid_topic
 from gateway.mqtt.topictree import TopicTree
 
@@ -45,7 +46,7 @@ def template_problems(template: str, topic_filter: str) -> list[str]:
     problems = []
     wildcards = topic_filter.split("/").count("+")
     for name in _PLACEHOLDER.findall(template):
-        if name.isdecimal() and name.isascii():  # ({²} is a digit, not a number)
+        if ascii_digits(name):
             if not 1 <= int(name) <= wildcards:
                 plural = "" if wildcards == 1 else "s"
                 problems.append(f"{{{name}}} but {topic_filter!r} has {wildcards} '+' wildcard{plural}")
@@ -84,7 +85,7 @@ class TopicTemplate:
 
         def value(match: re.Match[str]) -> str:
             name = match.group(1)
-            if name.isdecimal() and name.isascii():
+            if ascii_digits(name):
                 return plus[int(name) - 1]
             return {"tenant": tenant, "device": device, "topic": topic, "#": rest}[name]
 

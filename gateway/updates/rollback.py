@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.asciidigits import ascii_digits
 from gateway.atomic import fsync_directory, read_json, remove_quietly, temporary_path, write_json_atomically, \
     write_parts_atomically
 from gateway.filelayer import WRITE_SIZE
@@ -246,7 +247,7 @@ class Rollback:
     def main_pid(self) -> int | None:
         """The gateway service's main pid (0: not running), or None without systemd."""
         shown = self.systemctl("show", "-p", "MainPID", "--value", self.service)
-        return int(shown) if shown is not None and shown.isdigit() else None
+        return int(shown) if shown is not None and ascii_digits(shown) else None
 
     def watch(self, result_dir: Path, before: int) -> str | None:
         """Wait until a new gateway process takes up the operation; None when it did, else why not."""

@@ -103,6 +103,20 @@ class RotationTests(SynchronousTestCase):
         remove_logs([link])
         self.assertTrue(link.is_symlink())
 
+    def test_only_numbered_backups_are_deleted_with_the_logs(self) -> None:
+        """An uninstall deletes a log and its backups ``.1``, ``.2`` ..., numbered in ASCII
+        digits as the gateway numbers them; a file named like one in another script's digits
+        or a superscript (``app.log.٣``, ``app.log.²``: digits to ``str.isdigit``) is not the
+        gateway's and stays (it was deleted with the logs)."""
+        from gateway.apps.logs import remove_logs
+
+        self.dir.mkdir(parents=True)
+        log = self.dir / "app.log"
+        for name in ("app.log", "app.log.1", "app.log.12", "app.log.\u0663", "app.log.\u00b2", "app.log.old"):
+            (self.dir / name).write_text("x")
+        remove_logs([log])
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log.old", "app.log.\u00b2", "app.log.\u0663"])
+
     def test_a_named_pipe_as_a_log_never_holds_the_writer(self) -> None:
         """A named pipe at a log's path that nobody reads is not waited on (opening it for
         writing waited for a reader, for ever, on the writer's only thread: every app's log

@@ -173,9 +173,10 @@ class BitRotTests(SynchronousTestCase):
     def test_files_not_named_as_segments_are_left_alone(self) -> None:
         """A file whose name is digits and ``.seg`` but not a segment's (twenty digits: a copy
         named ``12.seg``) is no segment: the stream opens with its records. It failed to open,
-        looking for ``00000000000000000012.seg``."""
+        looking for ``00000000000000000012.seg``; one named ``².seg`` (a digit to
+        ``str.isdigit``, no number to ``int``) stopped the open with a ValueError."""
         files = _journal(5)
-        for name in ("12.seg", "\u0661\u0662.seg", "copy.seg"):
+        for name in ("12.seg", "\u0661\u0662.seg", "copy.seg", "\u00b2.seg"):
             files.names[f"{DIR}/{name}"] = Inode(bytearray(b"x"))
         s = open_stream(files)
         self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3, 4, 5])

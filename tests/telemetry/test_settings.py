@@ -21,11 +21,11 @@ class SettingsTests(SynchronousTestCase):
         return self.assertRaises(ConfigError, gateway_config.load, path)
 
     def test_bad_metrics_endpoint_and_unknown_key(self) -> None:
-        """An endpoint Twisted cannot parse and an unknown key are named with their file and path."""
+        """An endpoint with no port and an unknown key are named with their file and path."""
         error = self.load("telemetry:\n  metrics_endpoint: 'tcp:notaport'\n  colour: red\n")
         text = "\n".join(error.errors)
         self.assertIn("telemetry.colour: unknown key", text)
-        self.assertIn("telemetry.metrics_endpoint: not a Twisted server endpoint: 'tcp:notaport'", text)
+        self.assertIn("telemetry.metrics_endpoint: 'tcp:notaport': the port must be from 0 to 65535, not 'notaport'", text)
 
     def test_report_topics_are_topic_names(self) -> None:
         """Reports go out on <topic_prefix>/<name> and answers on error_topic, requests come on

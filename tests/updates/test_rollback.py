@@ -289,6 +289,14 @@ class RollbackTests(TestCase):
         self.assertEqual(self.install()["exit_code"], 0)
         self.assertEqual([p.name for p in self.keep.iterdir()], ["gateway_2.0.deb"])
 
+    def test_a_main_pid_that_is_no_number_is_no_pid(self) -> None:
+        """A ``MainPID`` that is not ASCII digits (``²``: a digit to ``str.isdigit``, for which
+        ``int`` raises) is read as no pid, as no systemd is, rather than a ValueError that
+        stopped the helper in the middle of the install."""
+        for shown in ("\u00b2", "\u0661\u0660\u0660", "-1"):
+            self.rollback.systemctl = lambda *args, shown=shown: shown
+            self.assertIsNone(self.rollback.main_pid(), shown)
+
     def test_dpkg_repack_rebuilds_the_installed_version(self) -> None:
         """A version installed by hand has no kept package: dpkg-repack rebuilds it from the
         installed files (here dpkg-repack's own package, which the test dependencies install)."""
