@@ -3,7 +3,8 @@ take the services' snapshots.
 
 Every service offers ``snapshot()`` returning a frozen dataclass (``gateway/<pkg>/snapshot.py``);
 :class:`ReadSide` holds the services and hands those out, plus the gateway's own status.
-The ingest, the twin and the per-app accounting are optional (the twin can be turned off):
+The ingest, the twin, the fleet channel and the per-app accounting are optional (the twin and
+the fleet can be turned off):
 their methods return ``None`` when the tree has no such service.
 :func:`to_jsonable` turns any snapshot into plain JSON data.
 """
@@ -25,6 +26,7 @@ from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
 from gateway.clockstep import steady_seconds
 from gateway.degraded import Degraded, describe
+from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.lastrun import PreviousStop
@@ -83,6 +85,13 @@ class TwinSource(Protocol):
 
     def snapshot(self) -> TwinSnapshot:
         """The twin now."""
+
+
+class FleetSource(Protocol):
+    """Anything with the fleet channel's snapshot (:class:`~gateway.fleet.service.FleetService`)."""
+
+    def snapshot(self) -> FleetSnapshot:
+        """The fleet channel now."""
 
 
 class AccountingSource(Protocol):
@@ -168,6 +177,7 @@ class ReadSide:
     :param ingest: the ingest service, or ``None`` when the tree has none.
     :param twin: the twin service, or ``None`` when it is off (``twin.enabled: false``).
     :param accounting: the per-app accounting service, or ``None`` when the tree has none.
+    :param fleet: the fleet service, or ``None`` when it is off (``fleet.enabled: false``).
     :param previous_stop: how the previous run ended (the state directory's service knows it
         once started); ``None``: unknown, :class:`~gateway.lastrun.PreviousStop`'s ``none``.
     """
@@ -176,7 +186,8 @@ class ReadSide:
                  apps: AppsSource, updates: UpdatesSource, services: Iterable[NamedService] = (),
                  pid: int | None = None, ingest: IngestSource | None = None,
                  twin: TwinSource | None = None, accounting: AccountingSource | None = None,
-                 previous_stop: Callable[[], PreviousStop] | None = None) -> None:
+                 previous_stop: Callable[[], PreviousStop] | None = None,
+                 fleet: FleetSource | None = None) -> None:
         self.clock = clock
         self._previous_stop = previous_stop
         self._broker = broker
@@ -187,6 +198,7 @@ class ReadSide:
         self._ingest = ingest
         self._twin = twin
         self._accounting = accounting
+        self._fleet = fleet
         self._services = services
         self.started_at = clock.seconds()
         self._steady_started_at = steady_seconds(clock)  # (the uptime: not moved by a step of the wall clock)
@@ -267,6 +279,10 @@ class ReadSide:
     def twin(self) -> TwinSnapshot | None:
         """The local twin's snapshot (``None``: the twin is off)."""
         return self._twin.snapshot() if self._twin is not None else None
+
+    def fleet(self) -> FleetSnapshot | None:
+        """The fleet channel's snapshot (``None``: the fleet is off)."""
+        return self._fleet.snapshot() if self._fleet is not None else None
 
     def accounting(self) -> AccountingSnapshot | None:
         """The per-app accounting's snapshot (``None``: no such service in this tree)."""

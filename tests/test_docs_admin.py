@@ -211,7 +211,8 @@ CALLS = (
     ("GET", "/", None, 200),
     ("GET", "/status", None, 200), ("GET", "/broker", None, 200), ("GET", "/links", None, 200),
     ("GET", "/journal", None, 200), ("GET", "/apps", None, 200), ("GET", "/operations", None, 200),
-    ("GET", "/ingest", None, 200), ("GET", "/twin", None, 200), ("GET", "/reports", None, 200),
+    ("GET", "/ingest", None, 200), ("GET", "/twin", None, 200), ("GET", "/fleet", None, 503),
+    ("GET", "/reports", None, 200),
     ("GET", "/metrics", None, 200), ("GET", "/config?key=gateway.device_id", None, 200),
     ("GET", "/uploads", None, 200),
     ("GET", "/apps/ghost", None, 404), ("GET", "/apps/ghost/logs", None, 404),
@@ -330,3 +331,10 @@ class RunningGatewayTests(TestCase):
             for argv in (command, [*command, "--json"]):
                 self.assertEqual(main(["--socket", sock, *argv]), 0, (argv, out.getvalue()[-500:]))
         self.assertIn("gateway 0.1.0 (pid", out.getvalue())
+        # The fleet off (the default): `fleet` exits 1 saying so, as the command table says.
+        said = re.search(r"exit 1 when the fleet is off \(`(gatewayctl: [^`]+)`\)", section("`gatewayctl`"))
+        assert said is not None
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(main(["--socket", sock, "fleet"]), 1)
+        self.assertEqual(err.getvalue().strip(), said.group(1))

@@ -16,6 +16,7 @@ from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateSnapshot
 from gateway.degraded import Degraded
+from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.links.snapshot import LinkSnapshot
@@ -36,6 +37,7 @@ SECTIONS: dict[str, tuple[type | None, tuple[type, ...]]] = {
     "Updates": (None, (OperationSnapshot, ModuleSnapshot)),
     "Ingest": (IngestSnapshot, (IngestSnapshot,)),
     "Twin": (TwinSnapshot, (TwinSnapshot, ShadowSyncSnapshot, Degraded)),
+    "Fleet": (FleetSnapshot, (FleetSnapshot,)),
     "App": (AccountingSnapshot, (AccountingSnapshot, Degraded)),
 }
 

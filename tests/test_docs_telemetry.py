@@ -17,6 +17,7 @@ from gateway.broker.snapshot import CappedClientSnapshot, ClientQueueSnapshot
 from gateway.degraded import Degraded
 from gateway.links.snapshot import LinksSnapshot
 from gateway.telemetry.metrics import make_registry, render_metrics
+from tests.fleet.samples import FAILING_FLEET
 from tests.telemetry.fakes import FakeReadSide
 
 TELEMETRY = Path(__file__).resolve().parent.parent / "docs" / "telemetry.md"
@@ -38,7 +39,8 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
 def rendered() -> dict[str, tuple[str, frozenset[str]]]:
     """Each ``gateway_*`` metric on a page where every family has samples (a client whose queue
     dropped messages and one refused subscriptions, a checkpoint saved, a journal stream refusing appends, a link
-    whose cursor is not saved and one taken over, the twin's shadow sync and a write of its things, published reports):
+    whose cursor is not saved and one taken over, the twin's shadow sync and a write of its things, the fleet, published
+    reports):
     its type and label names, under the name a scrape shows (a counter's with ``_total``)."""
     readside = FakeReadSide()
     broker, journal, links = readside.broker(), readside.journal(), readside.links()
@@ -54,6 +56,7 @@ def rendered() -> dict[str, tuple[str, frozenset[str]]]:
         dataclasses.replace(link, cursor_failing=failing, taken_over=failing) for link in links.links), failing)
     assert readside.twin_snapshot is not None
     readside.twin_snapshot = dataclasses.replace(readside.twin_snapshot, save_s=0.25, save_bytes=2048)
+    readside.fleet_snapshot = FAILING_FLEET
     telemetry = SimpleNamespace(published={"device_info": 1}, incomplete={"device_info": 0})
     body, _ = render_metrics("", make_registry(readside, telemetry))  # type: ignore[arg-type]
     families: dict[str, tuple[str, frozenset[str]]] = {}

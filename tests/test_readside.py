@@ -118,7 +118,7 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("apps", True), ServiceState("updates", True))))
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
                          (WELL["broker"], WELL["journal"], WELL["links"], "A", "U"))
-        self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
+        self.assertEqual((side.ingest(), side.twin(), side.fleet()), (None, None, None))  # no ingest, twin, fleet
 
     def test_the_status_says_how_the_previous_run_ended(self) -> None:
         """The status's previous_stop is what the state directory's service found as it started
@@ -173,12 +173,13 @@ class ReadSideTests(SynchronousTestCase):
 
         self.assertEqual(ReadSide(LateClock(), *services, services=services, pid=42).status().reactor_lag_s, 5.4)
 
-    def test_ingest_and_twin(self) -> None:
-        """The ingest's and the twin's snapshots, when the tree has those services."""
+    def test_ingest_twin_and_fleet(self) -> None:
+        """The ingest's, the twin's and the fleet's snapshots, when the tree has those services."""
         services = [FakeService(name, True, name.upper()) for name in ("broker", "journal", "links", "apps",
-                                                                        "updates", "ingest", "twin")]
-        side = ReadSide(Clock(), *services[:5], services=services, ingest=services[5], twin=services[6])
-        self.assertEqual((side.ingest(), side.twin()), ("INGEST", "TWIN"))
+                                                                        "updates", "ingest", "twin", "fleet")]
+        side = ReadSide(Clock(), *services[:5], services=services, ingest=services[5], twin=services[6],
+                        fleet=services[7])
+        self.assertEqual((side.ingest(), side.twin(), side.fleet()), ("INGEST", "TWIN", "FLEET"))
 
     def test_an_ingest_that_could_not_listen_says_so_in_the_status(self) -> None:
         """The ingest's port was in use: the gateway goes on without it (docs/exosite.md), and

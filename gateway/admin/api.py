@@ -117,6 +117,7 @@ class AdminApi:
             ("GET", "/operations", self.snapshot("updates", "updates"), ()),
             ("GET", "/ingest", self.snapshot("ingest", "ingest"), ()),
             ("GET", "/twin", self.snapshot("twin", "twin"), ()),
+            ("GET", "/fleet", self.snapshot("fleet", "fleet"), ()),
             ("GET", "/reports", self.reports, ()),
             ("GET", "/metrics", self.metrics, ()),
             ("GET", "/config", self.config_get, ("key",)),
@@ -195,7 +196,7 @@ class AdminApi:
             readside = self._readside()
             self._require(service)
             snapshot = getattr(readside, method)()
-            if snapshot is None:  # an optional service (the twin, the ingest) this tree has not
+            if snapshot is None:  # an optional service (the twin, the fleet, the ingest) this tree has not
                 off = self._off(service)
                 raise unavailable(f"the {service} service is off ({off})" if off else
                                   f"the {service} service is not part of this gateway")

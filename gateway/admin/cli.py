@@ -21,8 +21,8 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import (ProgressBar, duration, link_problem, pending_change, previous_stop, service_state,
-                                  size, stream_losses, stream_problem, table)
+from gateway.admin.tables import (ProgressBar, duration, fleet_rows, link_problem, pending_change, previous_stop,
+                                  service_state, size, stream_losses, stream_problem, table)
 from gateway.admin.terminaltext import TerminalText
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
@@ -229,6 +229,12 @@ def _links_table(snapshot: Any) -> str:
 def cmd_links(client: AdminClient, args: argparse.Namespace) -> int:
     """The cloud links: state, backlog, in flight, drain rate, last error, what keeps one from its job."""
     return _out(args, client.get("/links"), _links_table)
+
+
+def cmd_fleet(client: AdminClient, args: argparse.Namespace) -> int:
+    """The fleet channel (hawkBit DDI): the server, state, polls, last success and error, next
+    poll, the action under way, the feedback waiting."""
+    return _out(args, client.get("/fleet"), lambda fleet: table(("fleet", ""), fleet_rows(fleet)))
 
 
 def _queue_table(snapshot: Any) -> str:
@@ -469,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     apps.add_argument("-v", "--verbose", action="store_true", help="install: print install.sh's output")
     apps.set_defaults(run=cmd_apps)
     command(commands, "links", help="cloud links").set_defaults(run=cmd_links)
+    command(commands, "fleet", help="the fleet channel (hawkBit DDI): polls, errors, action, feedback"
+            ).set_defaults(run=cmd_fleet)
     command(commands, "queue", help="journal streams (the store-and-forward queue)").set_defaults(run=cmd_queue)
     journal = command(commands, "journal", help="journal streams: list (as queue), drop one no longer used")
     journal.add_argument("action", nargs="?", choices=("list", "drop"))

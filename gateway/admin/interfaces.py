@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
+from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
@@ -55,6 +56,9 @@ class ReadSideLike(Protocol):
 
     def twin(self) -> TwinSnapshot | None:
         """The local twin's snapshot (``None``: the twin is off)."""
+
+    def fleet(self) -> FleetSnapshot | None:
+        """The fleet channel's snapshot (``None``: the fleet is off)."""
 
 
 @runtime_checkable

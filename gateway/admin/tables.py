@@ -92,6 +92,38 @@ def problem(row: Any, keys: Sequence[str]) -> str:
                                        float(f.get("since") or 0), int(f.get("failures") or 0))) for f in failing)
 
 
+def fleet_rows(fleet: Any) -> list[tuple[str, str]]:
+    """``GET /fleet`` as ``(what, value)`` rows for a person: the server, what the channel does
+    (failing since when, held by the server's ``Retry-After`` until when), its polls, the last
+    one, the last success and error, the next poll, the server's sleep, the action under way,
+    the software installed, the feedback waiting."""
+    state = str(fleet.get("state", "-"))
+    if state == "failing":
+        state += f" ({fleet.get('failures_in_row')} in a row since {utc_text(fleet.get('failing_since'))})"
+    elif state == "held":
+        state += f" by the server's Retry-After until {utc_text(fleet.get('held_until'))}"
+    error = fleet.get("last_error") or ""
+    sleep = fleet.get("server_sleep_s")
+    waiting = fleet.get("feedback_waiting") or 0
+    last = fleet.get("last_poll_outcome") or ""
+    return [
+        ("server", f"{fleet.get('server')} (tenant {fleet.get('tenant')}, controller {fleet.get('controller_id')})"),
+        ("state", state),
+        ("polls", f"{fleet.get('polls')} ({fleet.get('failures')} failed)"),
+        ("last poll", f"{utc_text(fleet.get('last_poll_at'))} {last}" if last else "none yet"),
+        ("last success", utc_text(fleet.get("last_success_at")) if fleet.get("last_success_at") is not None
+         else "none yet"),
+        ("last error", f"{error} (at {utc_text(fleet.get('last_error_at'))})" if error else "none"),
+        ("next poll", f"in {duration(fleet.get('next_poll_in_s'))}" if fleet.get("next_poll_in_s") is not None
+         else "-"),
+        ("server sleep", duration(sleep) if sleep is not None else "none said (fleet.poll_interval)"),
+        ("action", f"{fleet.get('action_id')} {fleet.get('action_status')}" if fleet.get("action_id") else "none"),
+        ("installed", fleet.get("sw_version") or "-"),
+        ("feedback waiting", f"{waiting} (the oldest {duration(fleet.get('feedback_oldest_age_s'))})" if waiting
+         else "0"),
+    ]
+
+
 def _one_line(text: str) -> str:
     """``text``'s first line, `` ...`` after it when more follow."""
     lines = text.splitlines() or [""]

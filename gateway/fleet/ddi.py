@@ -125,6 +125,7 @@ class DDIClient:
                  authorization: str | None, timeout: float = 30.0) -> None:
         self.http = http
         self.clock = clock
+        self.controller_id = controller_id
         self.root = f"{base_url.rstrip('/')}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
         self.authorization = authorization
         self.timeout = timeout

@@ -28,11 +28,13 @@ from gateway.fleet.ddi import DDIClient, DDIError, poll_answer, refused_for_good
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.settings import FleetSettings
+from gateway.fleet.snapshot import FleetActivity, FleetSnapshot
 from gateway.fleet.state import Feedback, FleetState
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 from gateway.blocking import RunBlocking
 from gateway.logthrottle import LogThrottle
+from gateway.redaction import hide_inline_secrets
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
@@ -85,7 +87,8 @@ class FleetService(Service):
         self.run_blocking = run_blocking
         self.uniform = uniform
         self.state = FleetState()
-        self.failures = 0
+        #: polls failed in a row (0: the last poll went well)
+        self._in_row = 0
         #: when the first of the failed polls in a row failed (None: the last poll went well)
         self._failing_since: float | None = None
         #: whether a poll went well since the start and the last failed one (the next wait is respread)
@@ -98,8 +101,22 @@ class FleetService(Service):
         #: feedback not taken in a row (no answer, 5xx...), and the steady time before which none is sent again
         self._feedback_failures = 0
         self._feedback_retry_at = 0.0
-        self.polls = 0
-        self.last_error = ""
+        #: polls tried and, of those, failed, since the start
+        self._polls = 0
+        self._poll_failures = 0
+        #: the cause of the last failure (a poll's, a feedback's), cleared once a poll goes well
+        self._last_error = ""
+        #: for the snapshot: the last failure's cause and time (kept after a poll went well again)
+        self._shown_error = ""
+        self._shown_error_at: float | None = None
+        #: when the last poll ended, how, and when a poll last went well (wall clock)
+        self._last_poll_at: float | None = None
+        self._last_outcome: Literal["ok", "failed", ""] = ""
+        self._last_success_at: float | None = None
+        #: the server's ``config.polling.sleep`` in force (None: it said none)
+        self._sleep: float | None = None
+        #: the action the last poll offered (its deploymentBase), "" when it offered none
+        self._offered = ""
         self._refused_config = ""  # the digest of attributes the server refused as they are
         self._timer: IDelayedCall | None = None
         self._cycle_running: Deferred[Any] | None = None
@@ -129,6 +146,9 @@ class FleetService(Service):
             self.log.error("fleet state unreadable ({error}), {kept}; starting afresh", error=str(error),
                            kept=set_aside(self.path))
             self.state = FleetState()
+        for feedback in self.state.outbox:  # (a state from before queued_at was recorded: from now)
+            if feedback.queued_at is None:
+                feedback.queued_at = self.clock.seconds()
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self._operation_changed)
@@ -162,6 +182,52 @@ class FleetService(Service):
             running.cancel()
             d.addCallback(lambda _: running.addErrback(lambda _: None))
         return d.addCallback(lambda _: self._save_lock.run(lambda: succeed(None))).addCallback(lambda _: None)
+
+    def snapshot(self) -> FleetSnapshot:
+        """The fleet channel now: the server, the polls and their failures, the next poll, a
+        ``Retry-After`` in force, the deployment under way, the feedback waiting."""
+        now, steady = self.clock.seconds(), steady_seconds(self.clock)
+        state: FleetActivity
+        if not self.running:
+            state = "stopped"
+        elif self._cycle_running is not None:
+            state = "polling"
+        elif self._held_until > steady:
+            state = "held"
+        elif not self._loaded:
+            state = "starting"
+        else:
+            state = "failing" if self._in_row else "waiting"
+        timer = self._timer
+        next_poll = max(0.0, timer.getTime() - now) if self.running and timer is not None and timer.active() else None
+        action_id, action_status = self._action_now()
+        queued = [f.queued_at for f in self.state.outbox if f.queued_at is not None]
+        return FleetSnapshot(
+            hide_inline_secrets(self.settings.base_url), self.settings.tenant, self.ddi.controller_id, state,
+            self._polls, self._poll_failures, self._in_row, self._last_poll_at, self._last_outcome,
+            self._last_success_at, self._shown_error, self._shown_error_at,
+            now - (steady - self._failing_since) if self._failing_since is not None else None, next_poll,
+            now + self._held_until - steady if self._held_until > steady else None, self._sleep,
+            action_id, action_status, self.state.sw_version,
+            len(self.state.outbox), max(0.0, now - min(queued)) if queued else None)
+
+    def _action_now(self) -> tuple[str, str]:
+        """The action under way and its step: the one whose operation runs, else the one the last
+        poll offered (``DOWNLOADED`` once downloaded to wait for its maintenance window or the
+        server's go, its operation's final status while the server has not taken that in,
+        ``waiting`` before it starts: another deployment runs, or the server lets it not
+        download yet); ``("", "")`` for none."""
+        operation = self._running_deployment()
+        if operation is not None:
+            return operation.correlation_id[len(FLEET_PREFIX):], operation.status.value
+        if not self._offered:
+            return "", ""
+        operation = self.updates.operations.get(correlation_id(self._offered))
+        if operation is None:
+            return self._offered, "waiting"
+        if operation.action == "download" and operation.status == Status.FINISHED_SUCCESS:
+            return self._offered, Status.DOWNLOADED.value
+        return self._offered, operation.status.value
 
     def _schedule(self, delay: float) -> None:
         if self.running:
@@ -225,57 +291,70 @@ class FleetService(Service):
             if self._slow_down is not None:
                 raise self._slow_down  # the server asked to slow down: no poll now, a failed one
             body = yield self.ddi.poll()
-            self.polls += 1
             sleep, links = poll_answer(body)
-            sleep = min(sleep, MAX_SLEEP) if sleep is not None else self.settings.poll_interval
+            self._sleep = min(sleep, MAX_SLEEP) if sleep is not None else None
+            sleep = self._sleep if self._sleep is not None else self.settings.poll_interval
             yield self._config_data("configData" in links)
             if "cancelAction" in links:
                 yield self._cancel(links["cancelAction"])
             if "deploymentBase" in links:
                 yield self._deploy(links["deploymentBase"])
-            if self.failures:
+            else:
+                self._offered = ""
+            if self._in_row:
                 self._failing_lines.reset()  # (the next failed poll is logged at once)
                 down = steady_seconds(self.clock) - (self._failing_since or steady_seconds(self.clock))
                 self.log.info("fleet polls succeed again after {failures} failed in a row ({down:.0f}s down; the "
-                              "last: {error})", failures=self.failures, down=down, error=self.last_error)
-            self.failures, self.last_error, self._failing_since = 0, "", None
+                              "last: {error})", failures=self._in_row, down=down, error=self._last_error)
+            self._in_row, self._last_error, self._failing_since = 0, "", None
+            self._polls += 1
+            self._last_poll_at = self._last_success_at = self.clock.seconds()
+            self._last_outcome = "ok"
             delay = self._poll_wait(sleep, self.settings.poll_jitter if self._settled else RESPREAD)
             self._settled = True
         except DDIError as error:
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
-            previous = self.last_error
+            previous = self._last_error
             if error is not self._slow_down:  # (that one was noted as the feedback failed)
                 self._note_wait(error)
             delay = max(self._failed(str(error)), self._held_until - steady_seconds(self.clock))
             if self._failure_to_log(previous):
                 log = self.log.error if error.code in (401, 403) else self.log.warn
                 log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
-                    failures=self.failures, delay=delay, error=str(error))
+                    failures=self._in_row, delay=delay, error=str(error))
         except Exception as error:  # (a state write on a full disk, say): polling must go on
             if isinstance(error, CancelledError) and not self.running:
                 return  # given up by the stop while it waited for a state write: no next poll
             delay = self._failed("internal error (logged)")
             self.log.failure("fleet poll failed ({failures} in a row), next in {delay:.0f}s",
-                             failures=self.failures, delay=delay)
+                             failures=self._in_row, delay=delay)
         self._schedule(delay)
 
     def _failure_to_log(self, previous: str) -> bool:
         """Whether the failed poll just counted is logged: the first of a run, one whose cause
         differs from the one before (``previous``), else at most one per
         :data:`FAILING_LOG_INTERVAL` (its count in a row says how many failed meanwhile)."""
-        if self.failures == 1 or self.last_error != previous:
+        if self._in_row == 1 or self._last_error != previous:
             self._failing_lines.reset()
         return self._failing_lines.note() is not None
 
     def _failed(self, reason: str) -> float:
         """Count a failed poll; the delay before the next (half to all of the backoff's cap)."""
-        if not self.failures:
+        if not self._in_row:
             self._failing_since = steady_seconds(self.clock)
-        self.failures += 1
+        self._in_row += 1
+        self._polls += 1
+        self._poll_failures += 1
         self._settled = False
-        self.last_error = reason
-        return self._backoff(self.failures)
+        self._error(reason)
+        self._last_poll_at, self._last_outcome = self.clock.seconds(), "failed"
+        return self._backoff(self._in_row)
+
+    def _error(self, reason: str) -> None:
+        """Note the cause of a failure (a poll's, a feedback's) and its time."""
+        self._last_error = self._shown_error = reason
+        self._shown_error_at = self.clock.seconds()
 
     def _backoff(self, failures: int) -> float:
         """The wait after ``failures`` in a row: half to all of ``min_poll_interval × 2^failures``,
@@ -315,6 +394,7 @@ class FleetService(Service):
             deployment = parse_deployment(body)
         except UpdateError as error:
             action_id = str(body.get("id")) if isinstance(body, dict) and body.get("id") is not None else None
+            self._offered = ""  # (refused: nothing under way)
             self.log.warn("fleet deployment refused: {error}", error=str(error))
             # Told once per process, as any action that ended (the server offers it until it has
             # taken the feedback in).
@@ -322,6 +402,7 @@ class FleetService(Service):
                 yield self._say_again(action_id, ddi_status(
                     "closed", "failure", [f"deployment refused by the gateway: {error}"]), "refused")
             return
+        self._offered = deployment.action_id
         yield self._start(deployment)
 
     @inlineCallbacks
@@ -391,8 +472,8 @@ class FleetService(Service):
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
 
-    def _running_deployment(self, correlation_id: str) -> Operation | None:
-        """Another deployment's operation that has not ended, if there is one."""
+    def _running_deployment(self, correlation_id: str = "") -> Operation | None:
+        """A deployment's operation that has not ended (another than ``correlation_id``'s), if there is one."""
         return next((op for cid, op in self.updates.operations.items()
                      if cid.startswith(FLEET_PREFIX) and cid != correlation_id and not op.status.final), None)
 
@@ -528,6 +609,8 @@ class FleetService(Service):
     def _queue(self, feedback: Feedback, action_id: str | None = None, reported: str | None = None
                ) -> Deferred[Any]:
         """Persist ``feedback`` in the outbox (and what it reports), then send what is due."""
+        if feedback.queued_at is None:
+            feedback.queued_at = self.clock.seconds()
         self.state.outbox.append(feedback)
         if action_id is not None and reported is not None:
             if reported in _FINAL:
@@ -581,7 +664,7 @@ class FleetService(Service):
                     elif refused_for_good(error):
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:
-                        self.last_error = str(error)
+                        self._error(str(error))
                         self._note_wait(error)
                         if error.code == 429 or error.retry_after is not None:
                             self._slow_down = error

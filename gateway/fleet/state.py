@@ -33,11 +33,14 @@ class Feedback:
     :param kind: ``deploymentBase`` or ``cancelAction``.
     :param action_id: the action (or cancel action) it is about.
     :param status: the DDI ``status`` object.
+    :param queued_at: when it was put in the outbox (seconds since the epoch); ``None`` in a
+        state written by a version before it was recorded.
     """
 
     kind: str
     action_id: str
     status: dict[str, Any]
+    queued_at: float | None = None
 
 
 @dataclass
@@ -81,7 +84,7 @@ class FleetState:
         for key in ("config_hash", "sw_version", "installed_action"):
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
-        return cls([Feedback(f["kind"], f["action_id"], f["status"]) for f in outbox], dict(raw.get("reported", {})),
+        return cls([Feedback(f["kind"], f["action_id"], f["status"], _queued_at(f)) for f in outbox], dict(raw.get("reported", {})),
                    dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
                    raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
 
@@ -109,6 +112,13 @@ class FleetState:
 def _beyond(actions: list[str], keep: int) -> list[str]:
     """The ``actions`` before the last ``keep``."""
     return actions[:max(0, len(actions) - keep)]
+
+
+def _queued_at(raw: dict[str, Any]) -> float | None:
+    """A persisted feedback's ``queued_at``; ``None`` when absent or not a number (only its age
+    in the snapshot depends on it: no reason to set the state aside)."""
+    value = raw.get("queued_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _is_feedback(raw: Any) -> bool:

@@ -61,7 +61,7 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The metrics now; a snapshot that fails is logged and its metrics left out."""
         for part in (self._gateway, self._broker, self._journal, self._links, self._certificates, self._apps,
-                     self._updates, self._ingest, self._twin, self._reports):
+                     self._updates, self._ingest, self._twin, self._fleet, self._reports):
             try:
                 yield from part()
             except Exception:  # one broken snapshot must not take the whole page down
@@ -379,6 +379,27 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_twin_shadows_behind",
                                 "Shadows the cloud is behind on (a request of theirs the journal refused)",
                                 value=sync.behind)
+
+    def _fleet(self) -> Iterator[Metric]:
+        f = self.readside.fleet()
+        if f is None:
+            return
+        yield CounterMetricFamily("gateway_fleet_polls", "Polls of the fleet's DDI server tried (failed ones too)",
+                                  value=f.polls)
+        yield CounterMetricFamily("gateway_fleet_poll_failures", "Polls of the fleet's DDI server that failed",
+                                  value=f.failures)
+        yield GaugeMetricFamily("gateway_fleet_poll_failures_in_row", "Fleet polls failed since the last good one",
+                                value=f.failures_in_row)
+        if f.last_success_at is not None:  # (once a poll went well)
+            yield GaugeMetricFamily("gateway_fleet_last_success_timestamp_seconds",
+                                    "When a fleet poll last went well (Unix time)", value=f.last_success_at)
+        yield GaugeMetricFamily("gateway_fleet_held", "Whether the fleet server's Retry-After holds requests back",
+                                value=1 if f.held_until is not None else 0)
+        yield GaugeMetricFamily("gateway_fleet_feedback_waiting", "Fleet feedback messages not yet taken by the server",
+                                value=f.feedback_waiting)
+        yield GaugeMetricFamily("gateway_fleet_feedback_oldest_age_seconds",
+                                "Seconds the oldest fleet feedback waiting has waited (0: none waits)",
+                                value=f.feedback_oldest_age_s or 0.0)
 
     def _reports(self) -> Iterator[Metric]:
         if self.telemetry is None:

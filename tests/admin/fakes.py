@@ -19,11 +19,13 @@ from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.errors import ConfigKeyError
+from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.readside import GatewayStatus, ServiceState
 from gateway.shown import shown
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.errors import InvalidOperation
+from tests.fleet.samples import FAILING_FLEET
 
 
 def gateway_status(services: tuple[ServiceState, ...] | None = None) -> GatewayStatus:
@@ -83,6 +85,7 @@ class FakeReadSide:
         OperationSnapshot("op-0", "install", "FINISHED_SUCCESS", False, None))
     ingest_snapshot: IngestSnapshot | None = IngestSnapshot(True, "", 7, 9, 2, 1, 3, 4, 0)
     twin_snapshot: TwinSnapshot | None = TwinSnapshot("acme:gw1", 2, 5, None, max_things=1000)
+    fleet_snapshot: FleetSnapshot | None = FAILING_FLEET
 
     def status(self) -> Any:
         return self.gateway
@@ -107,6 +110,9 @@ class FakeReadSide:
 
     def twin(self) -> Any:
         return self.twin_snapshot
+
+    def fleet(self) -> Any:
+        return self.fleet_snapshot
 
 
 class FakeApps:

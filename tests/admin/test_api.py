@@ -35,12 +35,13 @@ from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
 from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.lastrun import PreviousStop
-from gateway.readside import ReadSide
+from gateway.readside import ReadSide, to_jsonable
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
+from tests.fleet.samples import FAILING_FLEET
 from tests.journal.helpers import refusing_journal
 from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
@@ -255,6 +256,19 @@ class ReadRouteTests(SynchronousTestCase):
         h.readside.gateway = gateway_status((ServiceState("twin", True, off="twin.enabled: false"),))
         r = h.call("GET", "/twin")
         self.assertEqual((r.status, r.json()), (503, {"error": "the twin service is off (twin.enabled: false)"}))
+
+    def test_fleet_snapshot(self) -> None:
+        """GET /fleet answers the fleet channel's snapshot as JSON (an operator learned only from
+        the logs whether the gateway reaches its server); off by the configuration, 503 saying so."""
+        h = Harness(self)
+        body = h.call("GET", "/fleet").json()
+        self.assertEqual(body, to_jsonable(FAILING_FLEET))
+        self.assertEqual((body["state"], body["held_until"], body["feedback_waiting"], body["action_status"]),
+                         ("held", 1796627400.0, 2, "DOWNLOADING"))
+        h.readside.fleet_snapshot = None
+        h.readside.gateway = gateway_status((ServiceState("fleet", True, off="fleet.enabled: false"),))
+        r = h.call("GET", "/fleet")
+        self.assertEqual((r.status, r.json()), (503, {"error": "the fleet service is off (fleet.enabled: false)"}))
 
     def test_one_app(self) -> None:
         """GET /apps/NAME: its programs; an unknown app is 404 with a JSON error."""
@@ -1297,7 +1311,7 @@ class QueryKeyTests(SynchronousTestCase):
         the keys the route takes (or that it takes none), and nothing is done."""
         h = Harness(self)
         routes = h.service.api.routes()
-        self.assertEqual(len(routes), 32)
+        self.assertEqual(len(routes), 33)
         for method, pattern, _, keys in routes:
             path = pattern.replace("{name}", "hello") + "?bogus=1"
             known = f"known: {', '.join(sorted(keys))}" if keys else "this route takes no query keys"

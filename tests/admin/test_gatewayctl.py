@@ -33,9 +33,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway.admin.cli import build_parser, cmd_status, main
 from gateway.admin.client import AdminClient, ApiFailure, ConnectionCut, NotRunning
 from gateway.admin.paths import state_dir_of
+from gateway.admin.tables import fleet_rows
 from gateway.config import DEFAULT_CONFIG, SECTIONS
+from gateway.fleet.snapshot import FleetSnapshot
+from gateway.readside import to_jsonable
 from tests.apps.packages import gwe_package
 from tests.apps.realtime import wait_until
+from tests.fleet.samples import FAILING_FLEET
 from tests.gatewayprocess import spawn_gateway
 from tests.ports import closed_port, free_port
 
@@ -806,6 +810,52 @@ class LinksTableTests(SynchronousTestCase):
             " No space left (since 2026-12-02T11:43:43Z, 2 failed)",
             "backup  disconnected  0        0          5      0.5      connection closed  session-taken-over: another"
             " client is probably connecting with the same client id 'gw1' (since 2026-12-02T11:43:43Z, 3 failed)"])
+
+
+class FleetTableTests(SynchronousTestCase):
+    """``gatewayctl fleet``: the fleet channel, one line each, or the API's JSON."""
+
+    def fleet(self, *options: str) -> str:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        asked: list[str] = []
+        self.patch(AdminClient, "get", lambda client, path, params=None: asked.append(path) or
+                   to_jsonable(FAILING_FLEET))
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), *options, "fleet"]), 0)
+        self.assertEqual(asked, ["/fleet"])
+        return out.getvalue()
+
+    def test_a_failing_fleet_says_why_since_when_and_what_waits(self) -> None:
+        """Whether the gateway reaches its server, since when not, why, when it polls next,
+        that the server's Retry-After holds it, the action under way and the feedback waiting
+        (an operator learned all of it only from the logs)."""
+        self.assertEqual(self.fleet().splitlines(), [
+            "fleet",
+            "server            https://hawkbit.example.com (tenant DEFAULT, controller gw-1)",
+            "state             held by the server's Retry-After until 2026-12-07T07:10:00Z",
+            "polls             12 (3 failed)",
+            "last poll         2026-12-07T07:05:00Z failed",
+            "last success      2026-12-07T06:55:00Z",
+            "last error        GET https://hawkbit.example.com/DEFAULT/controller/v1/gw-1: HTTP 429"
+            " (at 2026-12-07T07:05:00Z)",
+            "next poll         in 4m 40s",
+            "server sleep      5m 0s",
+            "action            7 DOWNLOADING",
+            "installed         1.4.2",
+            "feedback waiting  2 (the oldest 5m 3s)"])
+        self.assertEqual(json.loads(self.fleet("--json")), to_jsonable(FAILING_FLEET))
+
+    def test_a_fleet_failing_without_a_hold_says_since_when(self) -> None:
+        """Failing polls without a Retry-After: how many in a row since when; nothing before
+        the first poll, and no feedback waiting, say so."""
+        rows = dict(fleet_rows({**to_jsonable(FAILING_FLEET), "state": "failing"}))
+        self.assertEqual(rows["state"], "failing (2 in a row since 2026-12-07T07:00:00Z)")
+        rows = dict(fleet_rows(to_jsonable(FleetSnapshot(
+            "https://h", "DEFAULT", "gw", "waiting", 0, 0, 0, None, "", None, "", None, None, 5.0, None, None, "", "",
+            "", 0, None))))
+        self.assertEqual([rows[k] for k in ("last poll", "last success", "last error", "server sleep", "action",
+                                            "feedback waiting")],
+                         ["none yet", "none yet", "none", "none said (fleet.poll_interval)", "none", "0"])
 
 
 class QueueTableTests(SynchronousTestCase):

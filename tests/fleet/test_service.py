@@ -43,8 +43,9 @@ TOKEN = "TargetToken s3cret"
 SETTINGS = FleetSettings(enabled=True, base_url="https://ddi.example", controller_id="gw-1", auth="none")
 
 
-class FleetServiceTests(SynchronousTestCase):
-    """One gateway, the DDI server in memory, a fake clock (the midpoint of every random range)."""
+class FleetHarness(SynchronousTestCase):
+    """One gateway, the DDI server in memory, a fake clock (the midpoint of every random range):
+    no tests of its own, those of the modules that share it."""
 
     def setUp(self) -> None:
         self.state = Path(self.mktemp())
@@ -88,6 +89,10 @@ class FleetServiceTests(SynchronousTestCase):
             self.stub.flush()
             self.clock.advance(1)
             self.stub.flush()
+
+
+class FleetServiceTests(FleetHarness):
+    """The fleet service's polls, deployments, cancels, feedback and restarts."""
 
     def install_in_turn(self, *actions: tuple[str, str]) -> None:
         """Offer each ``(action id, version)`` in turn (starting the services at the first) and
@@ -191,7 +196,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.attributes["apps"] = "app 2"
         self.server.config_errors = [503]
         self.run_for(61)
-        self.assertEqual(fleet.failures, 1)
+        self.assertEqual(fleet.snapshot().failures_in_row, 1)
         self.run_for(120)
         self.assertEqual(self.server.config[-1]["data"]["apps"], "app 2")
         self.stop()
@@ -216,10 +221,10 @@ class FleetServiceTests(SynchronousTestCase):
         self.attributes = FailsOnce()  # type: ignore[assignment]
         fleet = self.start()
         self.run_for(8)
-        self.assertEqual((fleet.failures, fleet.last_error), (1, "internal error (logged)"))
+        self.assertEqual((fleet.snapshot().failures_in_row, fleet.snapshot().last_error), (1, "internal error (logged)"))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.run_for(30)
-        self.assertEqual(fleet.failures, 0)
+        self.assertEqual(fleet.snapshot().failures_in_row, 0)
         self.assertEqual(self.server.config[-1]["data"], {"version": "1.0"})
         self.stop()
 
@@ -295,9 +300,9 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [ARCHIVE])  # installed meanwhile, nothing told
         self.assertEqual((len(self.server.auth), self.server.polls), (4, 1))
         self.run_for(2)   # t=155: the poll's feedback is answered 429: no GET, a failed poll
-        self.assertEqual((len(self.server.auth), self.server.polls, fleet.failures), (5, 1, 1))
+        self.assertEqual((len(self.server.auth), self.server.polls, fleet.snapshot().failures_in_row), (5, 1, 1))
         self.run_for(16)  # t=170 (15 s: the poll's backoff): the poll; the feedback backs off (30 s)
-        self.assertEqual((self.server.polls, fleet.failures, self.server.feedback), (2, 0, []))
+        self.assertEqual((self.server.polls, fleet.snapshot().failures_in_row, self.server.feedback), (2, 0, []))
         self.run_for(60)  # t=230: the next poll tells every step, in order
         self.assertEqual(self.server.executions(), [
             ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
@@ -324,12 +329,12 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(34)
         self.assertEqual(self.successResultOf(self.updates.when_loaded()), None)
         self.assertIs(fleet.poll_now(), fleet.poll_now())  # due again meanwhile: the same poll
-        self.assertEqual((seen, fleet.failures), ([5.0], 0))
+        self.assertEqual((seen, fleet.snapshot().failures_in_row), ([5.0], 0))
         self.run_for(1)      # t=35: timed out, next in 15 s
-        self.assertEqual(fleet.failures, 1)
-        self.assertIn("no answer within 30 s (timed out)", fleet.last_error)
+        self.assertEqual(fleet.snapshot().failures_in_row, 1)
+        self.assertIn("no answer within 30 s (timed out)", fleet.snapshot().last_error)
         self.run_for(70)     # t=50: the next, timed out at t=80, next in 30 s (at t=110)
-        self.assertEqual((seen, fleet.failures), ([5.0, 50.0], 2))
+        self.assertEqual((seen, fleet.snapshot().failures_in_row), ([5.0, 50.0], 2))
         lines = [formatEvent(e) for e in events if "poll failed" in e.get("log_format", "")]
         self.assertRegex(lines[0], r"^fleet poll failed \(1 in a row\), next in 15s: GET https://ddi.example/"
                                    r".*: no answer within 30 s \(timed out\)$")
@@ -529,16 +534,16 @@ class FleetServiceTests(SynchronousTestCase):
         poll = self.server._poll
         self.server._poll = lambda: b'{"config": {}, "_links": {"deploymentBase": {}}}'  # type: ignore[method-assign]
         self.run_for(6)
-        self.assertEqual(fleet.failures, 1)
-        self.assertIn("deploymentBase", fleet.last_error)
+        self.assertEqual(fleet.snapshot().failures_in_row, 1)
+        self.assertIn("deploymentBase", fleet.snapshot().last_error)
         self.server._poll = poll  # type: ignore[method-assign]
         self.server.deployment = deployment("23", FILES)
         self.run_for(16)
-        self.assertEqual((fleet.failures, self.server.polls), (0, 1))
+        self.assertEqual((fleet.snapshot().failures_in_row, self.server.polls), (0, 1))
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
         self.server._poll = lambda: b'{"config": {"polling": []}, "_links": []}'  # type: ignore[method-assign]
         self.run_for(61)
-        self.assertEqual(fleet.failures, 0)  # nothing linked, the default sleep: a poll like any other
+        self.assertEqual(fleet.snapshot().failures_in_row, 0)  # nothing linked, the default sleep: a poll like any other
 
     def test_an_answer_that_is_not_ddi_is_a_failed_poll(self) -> None:
         """A 200 whose body is not a DDI controller resource (a wrong base_url or tenant, a proxy's
@@ -549,15 +554,15 @@ class FleetServiceTests(SynchronousTestCase):
         for failures, body in enumerate((b"", b"[]", b'{"status": "ok"}', b'{"config": null}'), start=1):
             self.server._poll = lambda body=body: body  # type: ignore[method-assign]
             for _ in range(int(SETTINGS.retry_max_delay)):
-                if fleet.failures == failures:
+                if fleet.snapshot().failures_in_row == failures:
                     break
                 self.run_for(1)
-            self.assertEqual(fleet.failures, failures, body)
+            self.assertEqual(fleet.snapshot().failures_in_row, failures, body)
             self.assertIn("not a DDI controller resource (no config object): check base_url and tenant",
-                          fleet.last_error)
+                          fleet.snapshot().last_error)
         self.server._poll = poll  # type: ignore[method-assign]
         self.run_for(int(SETTINGS.retry_max_delay))
-        self.assertEqual(fleet.failures, 0)
+        self.assertEqual(fleet.snapshot().failures_in_row, 0)
         self.assertGreater(self.server.polls, 0)
 
     def test_a_damaged_state_file_is_set_aside(self) -> None:
@@ -973,17 +978,17 @@ class FleetServiceTests(SynchronousTestCase):
         self.server.errors = [(401, {}), (503, {}), (429, {"Retry-After": "300"})]
         fleet = self.start()
         self.run_for(6)      # t=5: 401 -> next in 15 (cap 20)
-        self.assertEqual((fleet.failures, len(self.server.auth)), (1, 1))
+        self.assertEqual((fleet.snapshot().failures_in_row, len(self.server.auth)), (1, 1))
         self.run_for(15)     # t=20: 503 -> next in 30 (cap 40)
-        self.assertEqual(fleet.failures, 2)
-        self.assertIn("HTTP 503", fleet.last_error)
+        self.assertEqual(fleet.snapshot().failures_in_row, 2)
+        self.assertIn("HTTP 503", fleet.snapshot().last_error)
         self.run_for(30)     # t=50: 429, Retry-After 300 -> next in 375 (300 + up to half of it more)
-        self.assertEqual(fleet.failures, 3)
+        self.assertEqual(fleet.snapshot().failures_in_row, 3)
         self.run_for(365)    # t=415: a fleet told to wait 300 s came back in the same second
         self.assertEqual(self.server.polls, 0)
         events = capture_log_events(self)
         self.run_for(15)
-        self.assertEqual((self.server.polls, fleet.failures), (1, 0))
+        self.assertEqual((self.server.polls, fleet.snapshot().failures_in_row), (1, 0))
         # the recovery is told once (nothing was logged when polls went well again), with how long
         lines = [formatEvent(e) for e in events if "succeed again" in e.get("log_format", "")]
         self.assertEqual(len(lines), 1)
@@ -997,12 +1002,12 @@ class FleetServiceTests(SynchronousTestCase):
         self.server.errors = [(429, {"Retry-After": "1000000000000"})]
         fleet = self.start()
         self.run_for(6)      # t=5: 429 -> next in 86,700 s (a day + 300, the midpoint)
-        self.assertEqual(fleet.failures, 1)
+        self.assertEqual(fleet.snapshot().failures_in_row, 1)
         self.clock.advance(86690)
         self.run_for(8)
         self.assertEqual(self.server.polls, 0)
         self.run_for(2)
-        self.assertEqual((self.server.polls, fleet.failures), (1, 0))
+        self.assertEqual((self.server.polls, fleet.snapshot().failures_in_row), (1, 0))
 
     def test_the_time_down_is_steady_across_a_clock_step(self) -> None:
         """The recovery line's time down is counted on the steady clock: NTP stepping the wall
@@ -1011,7 +1016,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.server.errors = [(503, {})]
         fleet = self.start()
         self.run_for(6)      # t=5: 503 -> next in 15
-        self.assertEqual(fleet.failures, 1)
+        self.assertEqual(fleet.snapshot().failures_in_row, 1)
         self.clock.step(-86400)
         events = capture_log_events(self)
         self.run_for(15)
@@ -1033,9 +1038,9 @@ class FleetServiceTests(SynchronousTestCase):
             return [formatEvent(e) for e in events if "poll failed" in e.get("log_format", "")]
 
         self.run_for(2400)
-        self.assertGreater(fleet.failures, 45)
+        self.assertGreater(fleet.snapshot().failures_in_row, 45)
         lines = failed_lines()
-        self.assertEqual(len(lines), 4, (fleet.failures, lines))  # the first, then one each 10 minutes
+        self.assertEqual(len(lines), 4, (fleet.snapshot().failures_in_row, lines))  # the first, then one each 10 minutes
         self.assertRegex(lines[1], r"^fleet poll failed \(1\d in a row\)")
         self.server.errors[:] = [(401, {}), (503, {})]  # a new cause, then the first again
         self.run_for(120)
@@ -1044,7 +1049,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(later), 2, later)
         self.assertIn("HTTP 401", later[0])
         self.run_for(120)  # polls go well: the next failure is logged at once
-        self.assertEqual(fleet.failures, 0)
+        self.assertEqual(fleet.snapshot().failures_in_row, 0)
         self.server.errors[:] = [(503, {})]
         self.run_for(60)
         self.assertEqual(len(failed_lines()), 7)
@@ -1233,7 +1238,7 @@ class FleetServiceTests(SynchronousTestCase):
         fleet = self.start(disk=disk)
         self.run_for(10)
         self.assertEqual((len(self.server.config), len(disk.calls)), (1, 1))  # configData sent, its write held
-        polls = fleet.polls
+        polls = fleet.snapshot().polls
         stopped = fleet.stopService()
         self.stub.flush()
         self.assertNoResult(stopped)
@@ -1242,7 +1247,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.successResultOf(self.updates.stopService())
         self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").config_hash, fleet.state.config_hash)
-        self.assertEqual((fleet.polls, len(self.server.config), self.clock.getDelayedCalls()), (polls, 1, []))
+        self.assertEqual((fleet.snapshot().polls, len(self.server.config), self.clock.getDelayedCalls()), (polls, 1, []))
         self.assertEqual([formatEvent(e) for e in events if e.get("log_level").name in ("warn", "error", "critical")],
                          [])
 

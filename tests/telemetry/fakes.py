@@ -13,6 +13,7 @@ from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateSnapshot
 from gateway.journal.snapshot import CursorSnapshot, JournalSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram
+from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.readside import GatewayStatus, ServiceState
@@ -40,6 +41,7 @@ class FakeReadSide:
         self.twin_snapshot: TwinSnapshot | None = TwinSnapshot(
             "acme:gw1", 3, 12, ShadowSyncSnapshot("gw1", True, 2, 1, 0, 3, 2, 900.0), max_things=1000,
             things_refused=4)
+        self.fleet_snapshot: FleetSnapshot | None = None
 
     def status(self) -> GatewayStatus:
         return GatewayStatus(__version__, 1000.0, 60.0, 4321, (ServiceState("journal", True),
@@ -71,6 +73,9 @@ class FakeReadSide:
 
     def twin(self) -> TwinSnapshot | None:
         return self.twin_snapshot
+
+    def fleet(self) -> FleetSnapshot | None:
+        return self.fleet_snapshot
 
 
 class FakeBus:

@@ -24,6 +24,7 @@ from gateway.telemetry.metrics import make_registry, render_metrics
 from gateway.telemetry.metricsservice import MetricsService
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
+from tests.fleet.samples import FAILING_FLEET
 from tests.journal.helpers import refusing_journal
 from tests.ports import free_port
 from tests.telemetry.fakes import FakeBus, FakeReadSide, fsync_histogram
@@ -131,6 +132,26 @@ class RenderTests(SynchronousTestCase):
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual([key for key in got if key[0].startswith(("gateway_ingest", "gateway_twin"))], [])
         self.assertIn(("gateway_broker_connections", ()), got)
+
+    def test_the_fleet(self) -> None:
+        """The fleet channel's polls, failures, last success, Retry-After hold and feedback
+        waiting are metrics (the page had nothing of the fleet); none while the fleet is off,
+        and no last success before one."""
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual([key for key in got if key[0].startswith("gateway_fleet")], [])
+        self.readside.fleet_snapshot = FAILING_FLEET
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual({key[0]: value for key, value in got.items() if key[0].startswith("gateway_fleet")}, {
+            "gateway_fleet_polls_total": 12, "gateway_fleet_poll_failures_total": 3,
+            "gateway_fleet_poll_failures_in_row": 2, "gateway_fleet_last_success_timestamp_seconds": 1796626500.0,
+            "gateway_fleet_held": 1, "gateway_fleet_feedback_waiting": 2,
+            "gateway_fleet_feedback_oldest_age_seconds": 303.0})
+        self.readside.fleet_snapshot = dataclasses.replace(FAILING_FLEET, last_success_at=None, held_until=None,
+                                                           feedback_waiting=0, feedback_oldest_age_s=None)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertNotIn(("gateway_fleet_last_success_timestamp_seconds", ()), got)
+        self.assertEqual((got[("gateway_fleet_held", ())], got[("gateway_fleet_feedback_oldest_age_seconds", ())]),
+                         (0, 0))
 
     def test_a_stream_refusing_appends(self) -> None:
         """A journal stream that a full disk makes refuse appends: 1 in

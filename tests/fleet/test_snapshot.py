@@ -1,0 +1,138 @@
+"""The fleet service's read-side snapshot: what an operator learns of its polls, failures,
+the server's Retry-After, the action under way and the feedback waiting, without the logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from gateway.fleet.snapshot import FleetSnapshot
+from gateway.fleet.state import FleetState
+from gateway.readside import to_jsonable
+from tests.fleet.ddiserver import deployment
+from tests.fleet.test_service import ARCHIVE, FILES, SETTINGS, FleetHarness
+
+
+class FleetSnapshotTests(FleetHarness):
+    """``FleetService.snapshot()`` against the in-memory DDI server on a fake clock (first poll
+    at t=5, the midpoint of ``min_poll_interval``; the server's sleep 60 s)."""
+
+    def test_after_a_good_poll(self) -> None:
+        """Before the first poll it waits for it (due in 5 s); after it: one poll, ok, when, the
+        server's sleep in force, the next poll due in it, nothing failing or waiting; stopped after
+        the stop. The counters and times are JSON as the admin API serves them."""
+        fleet = self.start()
+        before = fleet.snapshot()
+        self.assertEqual((before.state, before.polls, before.next_poll_in_s, before.last_poll_outcome,
+                          before.last_success_at), ("waiting", 0, 5.0, "", None))
+        self.run_for(6)
+        self.assertEqual(fleet.snapshot(), FleetSnapshot(
+            server="https://ddi.example", tenant="DEFAULT", controller_id="gw-1", state="waiting", polls=1,
+            failures=0, failures_in_row=0, last_poll_at=5.0, last_poll_outcome="ok", last_success_at=5.0,
+            last_error="", last_error_at=None, failing_since=None, next_poll_in_s=59.0, held_until=None,
+            server_sleep_s=60.0, action_id="", action_status="", sw_version="", feedback_waiting=0,
+            feedback_oldest_age_s=None))
+        json.dumps(to_jsonable(fleet.snapshot()))
+        self.stop()
+        self.assertEqual((fleet.snapshot().state, fleet.snapshot().next_poll_in_s), ("stopped", None))
+
+    def test_starting_until_the_update_service_has_loaded(self) -> None:
+        """While the update service loads its operations the fleet does not poll: ``starting``,
+        no poll due yet."""
+        fleet = self.start(load_after=3)
+        self.assertEqual((fleet.snapshot().state, fleet.snapshot().next_poll_in_s), ("starting", None))
+        self.run_for(4)
+        self.assertEqual(fleet.snapshot().state, "waiting")
+
+    def test_after_failed_polls(self) -> None:
+        """Failed polls are counted (in all and in a row), with the last one's cause and time and
+        since when they fail, ``failing`` until a poll goes well; then the count in a row is 0 and
+        the last error stays (with its time) for the operator to see why it failed."""
+        self.server.errors = [(503, {}), (503, {})]
+        fleet = self.start()
+        self.run_for(6)  # t=5: 503 -> next in 15
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.state, snapshot.polls, snapshot.failures, snapshot.failures_in_row,
+                          snapshot.last_poll_outcome, snapshot.last_poll_at, snapshot.last_success_at,
+                          snapshot.last_error_at, snapshot.failing_since, snapshot.next_poll_in_s),
+                         ("failing", 1, 1, 1, "failed", 5.0, None, 5.0, 5.0, 14.0))
+        self.assertIn("HTTP 503", snapshot.last_error)
+        self.run_for(15)  # t=20: 503 -> next in 30
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.polls, snapshot.failures_in_row, snapshot.last_error_at, snapshot.failing_since),
+                         (2, 2, 20.0, 5.0))
+        self.run_for(30)  # t=50: the poll goes well
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.state, snapshot.polls, snapshot.failures, snapshot.failures_in_row,
+                          snapshot.last_poll_outcome, snapshot.last_success_at, snapshot.failing_since,
+                          snapshot.last_error_at), ("waiting", 3, 2, 0, "ok", 50.0, None, 20.0))
+        self.assertIn("HTTP 503", snapshot.last_error)
+
+    def test_under_retry_after(self) -> None:
+        """A 429 with Retry-After holds every request back: ``held`` until when (300 s and the
+        spread, midpoint: 375 s after the poll), the next poll due then; ``failing`` is what
+        follows once the hold has passed and a poll fails again."""
+        self.server.errors = [(429, {"Retry-After": "300"}), (503, {})]
+        fleet = self.start()
+        self.run_for(6)
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.state, snapshot.held_until, snapshot.next_poll_in_s, snapshot.failures_in_row),
+                         ("held", 380.0, 374.0, 1))
+        self.assertIn("429", snapshot.last_error)
+        self.run_for(375)  # t=380: 503
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.state, snapshot.held_until, snapshot.failures_in_row), ("failing", None, 2))
+
+    def test_with_feedback_waiting(self) -> None:
+        """Feedback the server does not take waits in the outbox: how many, how long the oldest
+        has waited (from when it was queued, across a restart); none once taken."""
+        self.server.deployment = deployment("14", FILES)
+        self.server.feedback_errors = [503] * 100
+        fleet = self.start()
+        self.run_for(8)  # t=5: installed, its 6 steps not taken
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.feedback_waiting, snapshot.feedback_oldest_age_s, snapshot.sw_version),
+                         (6, 3.0, "2"))
+        self.assertIn("feedback: HTTP 503", snapshot.last_error)
+        self.stop()
+        self.clock.advance(100)
+        fleet = self.start()
+        self.assertEqual((fleet.snapshot().feedback_waiting, fleet.snapshot().feedback_oldest_age_s), (6, 103.0))
+        self.server.feedback_errors = []
+        self.run_for(6)
+        self.assertEqual((fleet.snapshot().feedback_waiting, fleet.snapshot().feedback_oldest_age_s), (0, None))
+
+    def test_feedback_from_an_older_state_waits_from_the_start(self) -> None:
+        """A state written before feedback carried when it was queued: its feedback counts as
+        waiting from the start that found it."""
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"outbox": [{"kind": "cancelAction", "action_id": "4", "status": {}}]}))
+        self.clock.advance(1000)
+        self.server.feedback_errors = [503] * 100
+        fleet = self.start()
+        self.run_for(2)
+        self.assertEqual((fleet.snapshot().feedback_waiting, fleet.snapshot().feedback_oldest_age_s), (1, 2.0))
+        self.assertEqual(FleetState.load(path).outbox[0].queued_at, None)  # (written again only with a change)
+
+    def test_the_action_under_way(self) -> None:
+        """The action the server offers and its step: ``DOWNLOADED`` while it waits for its
+        maintenance window, ``waiting`` while the server does not let it download; none once
+        it is closed."""
+        self.server.deployment = deployment("10", FILES, window="unavailable")
+        fleet = self.start()
+        self.run_for(8)
+        self.assertEqual((fleet.snapshot().action_id, fleet.snapshot().action_status), ("10", "DOWNLOADED"))
+        self.server.deployment = deployment("11", FILES, download="skip")
+        self.run_for(61)
+        self.assertEqual((fleet.snapshot().action_id, fleet.snapshot().action_status), ("11", "waiting"))
+        self.server.deployment = None
+        self.run_for(61)
+        self.assertEqual((fleet.snapshot().action_id, fleet.snapshot().action_status), ("", ""))
+
+    def test_the_server_url_is_shown_without_credentials(self) -> None:
+        """The server's URL is shown with a password or a secret query value redacted (the
+        configuration refuses both; the snapshot never shows one however it got there)."""
+        fleet = self.start(dataclasses.replace(SETTINGS, base_url="https://user:pw@ddi.example/x?token=t"))
+        self.assertEqual(fleet.snapshot().server, "https://user:<redacted>@ddi.example/x?token=<redacted>")
