@@ -30,7 +30,7 @@ class FileLayer(Protocol):
     """Blocking file operations on paths (``str``)."""
 
     def makedirs(self, path: str) -> None:
-        """Create ``path`` and its parents if missing."""
+        """Create ``path`` and its parents if missing, each one durably (its parent fsynced)."""
 
     def listdir(self, path: str) -> list[str]:
         """Names in directory ``path``."""
@@ -238,7 +238,7 @@ class OSFiles:
 
     def makedirs(self, path: str) -> None:
         """See :class:`FileLayer`."""
-        os.makedirs(path, exist_ok=True)
+        makedirs_durably(path)
 
     def listdir(self, path: str) -> list[str]:
         """See :class:`FileLayer`."""
@@ -369,6 +369,34 @@ class OSFiles:
         """Close every descriptor kept open."""
         for path in list(self._fds):
             self.close(path)
+
+
+def makedirs_durably(path: str, mode: int = 0o777) -> None:
+    """Create directory ``path`` and its missing parents, and fsync the parent of each one
+    made, so that a power cut cannot take a directory (and every file in it, fsynced or not)
+    that the gateway went on to use. Blocks.
+
+    :param path: the directory.
+    :param mode: the permissions of ``path`` if made (its parents get the default), narrowed
+        by the umask.
+    :raises OSError: as :func:`os.makedirs` (a file in its place: ``FileExistsError``; one
+        in a parent's place: ``NotADirectoryError``).
+    """
+    made: list[str] = []
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        made.append(here)
+        here = os.path.dirname(here)
+    if not made and not os.path.isdir(here):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    for directory in reversed(made):
+        try:
+            os.mkdir(directory, mode if directory == made[0] else 0o777)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+    for directory in made:
+        OSFiles().fsync_dir(os.path.dirname(directory))
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
