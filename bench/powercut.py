@@ -32,8 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, str(Path(sys.executable).parent / "twistd")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e  # noqa: E402  (bench/e2e.py: the gateway with its link, as the end-to-end bench runs it)
+from broker import ROOT, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
+
 FS = [str(ROOT / ".venv-tools" / "bin" / "python"), str(Path(__file__).with_name("powercutfs.py"))]
 PORT, CLOUD = 24361, 24362
 
@@ -177,40 +179,6 @@ def publisher(index: int, acked: Acknowledged, stop: threading.Event, round_: in
         client.close()
 
 
-#: The checkout whose gateway runs (``--checkout``: another one, to measure before a fix).
-CHECKOUT = [str(ROOT)]
-
-
-def start_gateway(work: Path, state: Path) -> subprocess.Popen[bytes]:
-    """The gateway, its state on the mount, its config and log beside it (not on the mount)."""
-    config = work / "gateway.yaml"
-    config.write_text(
-        f"gateway:\n  state_dir: {state}\n  log_level: info\n"
-        f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{PORT}:interface=127.0.0.1'\n"
-        "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-        "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n"
-        f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={CLOUD}'\n"
-        "      backoff_initial: 0.2\n      backoff_max: 1.0\n"
-        "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
-    return subprocess.Popen([*TWISTD, "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
-                             "gateway", "--config", str(config)], cwd=work,
-                            env={**os.environ, "PYTHONPATH": CHECKOUT[0]})
-
-
-def wait_listening(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
-    """Seconds until the gateway's broker accepts a connection; raises if it exits first."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
-            return time.monotonic() - started
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("gateway did not listen")
-
-
 def mount(backing: Path, mnt: Path, stats: Path) -> subprocess.Popen[bytes]:
     """Start the FUSE file system and wait for the mount."""
     fs = subprocess.Popen([*FS, str(backing), str(mnt), "--cut", "--stats", str(stats)],
@@ -253,8 +221,10 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
     try:
         for round_ in range(cuts):
             fs = mount(backing, mnt, work / f"fs{round_}.json")
-            gateway = start_gateway(work, mnt / "state")
-            start_s = wait_listening(gateway)
+            started = time.monotonic()
+            gateway = e2e.gateway(work, PORT, CLOUD, state=mnt / "state")
+            wait_for_port(PORT, timeout=60)
+            start_s = time.monotonic() - started
             stop = threading.Event()
             threads = [threading.Thread(target=publisher, args=(i, acked, stop, round_)) for i in range(publishers)]
             for thread in threads:
@@ -272,8 +242,8 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
                   f"{len(acked.messages)} messages acknowledged so far", flush=True)
         # The last start: everything acknowledged must be there.
         fs = mount(backing, mnt, work / "final.json")
-        gateway = start_gateway(work, mnt / "state")
-        wait_listening(gateway)
+        gateway = e2e.gateway(work, PORT, CLOUD, state=mnt / "state")
+        wait_for_port(PORT, timeout=60)
         checker = Client("powercut-check")
         retained = checker.retained("state/#")
         checker.close()
@@ -318,7 +288,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--checkout", default=str(ROOT), help="run the gateway of this checkout")
     args = parser.parse_args()
-    CHECKOUT[0] = args.checkout
+    os.environ["PYTHONPATH"] = args.checkout  # (the gateway's: the venv's editable install may be another)
+    e2e.TWISTD = [sys.executable, str(Path(sys.executable).parent / "twistd")]  # this interpreter's
     work = Path(tempfile.mkdtemp(prefix="powercut-"))
     try:
         result = run(args.cuts, args.publishers, args.seed, work)
@@ -332,8 +303,7 @@ def main() -> int:
     print(f"| {result['cuts']} | {result['acked_messages']} | {result['lost_messages']} | "
           f"{result['acked_retained_topics']} | {result['lost_retained_count']} | "
           f"{result['acked_sessions']} | {result['lost_sessions_count']} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     lost = result["lost_messages"] or result["lost_retained_count"] or result["lost_sessions_count"]
     return 1 if lost else 0
 
