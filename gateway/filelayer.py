@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -397,6 +398,29 @@ def makedirs_durably(path: str, mode: int = 0o777) -> None:
                 raise
     for directory in made:
         OSFiles().fsync_dir(os.path.dirname(directory))
+
+
+def sync_tree(path: str) -> None:
+    """fsync every regular file and directory under ``path`` (``path`` too) and ``path``'s
+    parent, so that a tree written without fsyncs (an unpacked package) survives a power cut
+    whole before anything points at it. Symbolic links are not followed (their entries are
+    made durable by their directory's fsync). Blocks.
+
+    :param path: the directory.
+    :raises OSError: when a file cannot be opened or fsynced.
+    """
+    files = OSFiles()
+    for here, _, names in os.walk(path, topdown=False):
+        for name in names:
+            full = os.path.join(here, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        files.fsync_dir(here)
+    files.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
