@@ -10,9 +10,9 @@ STAMP := $(VENV)/.installed
 # to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
 # busybox-static for container apps, dpkg-repack for the self-update's rollback, tinyproxy as
 # the HTTP proxy of gateway.proxy (started by the test on its own port), node/npm for
-# Azurite and MQTT.js when node is not there yet).
+# Azurite and MQTT.js when node is not there yet, fuse3 for bench/powercut.py's file system).
 TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
-	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs dpkg-repack tinyproxy \
+	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs fuse3 dpkg-repack tinyproxy \
 	$(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -23,12 +23,13 @@ venv: $(STAMP)
 
 # A separate venv for test peers that pin their own dependencies (ministack pins botocore):
 # tests/twin/ministack.py and tests/uploads/realservers.py start ministack from it on
-# 127.0.0.1. The Azure Blob emulator Azurite (npm) goes in the same directory.
+# 127.0.0.1. The Azure Blob emulator Azurite (npm) goes in the same directory. mfusepy (ctypes
+# bindings for libfuse 3) runs bench/powercutfs.py, the file system that forgets at a power cut.
 TOOLS := .venv-tools
 # gooseBit (a hawkBit DDI server for tests/fleet) in a virtualenv of its own under it, pinned.
 GOOSEBIT_VERSION := 0.2.12
 GOOSEBIT_STAMP := $(TOOLS)/goosebit/.installed-$(GOOSEBIT_VERSION)
-TOOLS_REQUIREMENTS := ministack==1.5.33 boto3==1.43.106
+TOOLS_REQUIREMENTS := ministack==1.5.33 boto3==1.43.106 mfusepy==3.1.1
 AZURITE_VERSION := 3.35.0
 tools-venv: $(TOOLS)/.installed $(TOOLS)/.azurite-$(AZURITE_VERSION) $(GOOSEBIT_STAMP)
 

@@ -44,13 +44,14 @@ PHASE_HOOKS: list["callable"] = []  # type: ignore[valid-type]
 
 
 def gateway(work: Path, port: int, cloud_port: int | None, sync: str = "sync",
-            plugin: str | None = None) -> subprocess.Popen[bytes]:
+            plugin: str | None = None, state: Path | None = None) -> subprocess.Popen[bytes]:
     """Our gateway on ``port``; with a link to ``cloud_port`` routing telemetry/# to up/#,
-    its journal streams on the ``sync`` policy; ``plugin``: one more amqtt plugin (dotted path)."""
+    its journal streams on the ``sync`` policy; ``plugin``: one more amqtt plugin (dotted path);
+    ``state``: its state directory (default ``<work>/state``)."""
     config = work / "gateway.yaml"
     # (no queue bound, as mosquitto's config below: the broker-only run, its subscriber slower
     # than 8 publishers, measures the broker, not its drops)
-    text = (f"gateway:\n  state_dir: {work / 'state'}\n  log_level: warn\n"
+    text = (f"gateway:\n  state_dir: {state or work / 'state'}\n  log_level: warn\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             + (f"    {plugin}: {{}}\n" if plugin else "")

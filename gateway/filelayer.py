@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -30,7 +31,7 @@ class FileLayer(Protocol):
     """Blocking file operations on paths (``str``)."""
 
     def makedirs(self, path: str) -> None:
-        """Create ``path`` and its parents if missing."""
+        """Create ``path`` and its parents if missing, each one durably (its parent fsynced)."""
 
     def listdir(self, path: str) -> list[str]:
         """Names in directory ``path``."""
@@ -238,7 +239,7 @@ class OSFiles:
 
     def makedirs(self, path: str) -> None:
         """See :class:`FileLayer`."""
-        os.makedirs(path, exist_ok=True)
+        makedirs_durably(path)
 
     def listdir(self, path: str) -> list[str]:
         """See :class:`FileLayer`."""
@@ -369,6 +370,57 @@ class OSFiles:
         """Close every descriptor kept open."""
         for path in list(self._fds):
             self.close(path)
+
+
+def makedirs_durably(path: str, mode: int = 0o777) -> None:
+    """Create directory ``path`` and its missing parents, and fsync the parent of each one
+    made, so that a power cut cannot take a directory (and every file in it, fsynced or not)
+    that the gateway went on to use. Blocks.
+
+    :param path: the directory.
+    :param mode: the permissions of ``path`` if made (its parents get the default), narrowed
+        by the umask.
+    :raises OSError: as :func:`os.makedirs` (a file in its place: ``FileExistsError``; one
+        in a parent's place: ``NotADirectoryError``).
+    """
+    made: list[str] = []
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        made.append(here)
+        here = os.path.dirname(here)
+    if not made and not os.path.isdir(here):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    for directory in reversed(made):
+        try:
+            os.mkdir(directory, mode if directory == made[0] else 0o777)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+    for directory in made:
+        OSFiles().fsync_dir(os.path.dirname(directory))
+
+
+def sync_tree(path: str) -> None:
+    """fsync every regular file and directory under ``path`` (``path`` too) and ``path``'s
+    parent, so that a tree written without fsyncs (an unpacked package) survives a power cut
+    whole before anything points at it. Symbolic links are not followed (their entries are
+    made durable by their directory's fsync). Blocks.
+
+    :param path: the directory.
+    :raises OSError: when a file cannot be opened or fsynced.
+    """
+    files = OSFiles()
+    for here, _, names in os.walk(path, topdown=False):
+        for name in names:
+            full = os.path.join(here, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        files.fsync_dir(here)
+    files.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _open_nonblocking(path: str, flags: int) -> int:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from gateway.apps.registry import APPS_DIR, DATA_DIR, REMOVING_PREFIX
 from gateway.errors import GatewayError
+from gateway.filelayer import makedirs_durably
 from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
 from gateway.lastrun import ALIVE_INTERVAL, PreviousStop, RunRecord
 from gateway.readonlyfs import read_only_at
@@ -84,7 +85,7 @@ class StateDirService(Service):
                 self._write_pid(fd)
             return
         try:
-            self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
+            makedirs_durably(str(self.path), 0o750)
         except OSError as exc:
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
         if read_only_at(self.path) == self.path:
@@ -111,7 +112,7 @@ class StateDirService(Service):
             # Another gateway's state directory may name the same journal.directory: two journals
             # would write the same segments and cursors.
             try:
-                self.journal.mkdir(mode=0o750, parents=True, exist_ok=True)
+                makedirs_durably(str(self.journal), 0o750)
             except OSError:
                 return  # (the journal says why it cannot make it, or what is in its place)
             try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.apps.errors import UnsafeArchiveError
+from gateway.filelayer import sync_tree
 
 MAX_MANIFEST_BYTES = 64 * 1024
 #: Why a file that no tar reader opens (plain tar, gzip, bzip2, xz) is refused.
@@ -236,7 +237,7 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
     :raises UnsafeArchiveError: when that second guard refuses a member (``dest`` is removed).
     :raises OSError: when writing fails (a full disk); ``dest`` may hold part of the package.
     """
-    dest.mkdir(parents=True)
+    dest.mkdir(parents=True)  # (fsynced with its contents below)
     with _open_tar(path) as tar:
         selected = []
         for member in tar.getmembers():
@@ -261,6 +262,9 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
         except _FILTER_ERRORS as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise UnsafeArchiveError(f"refused while unpacking: {exc}") from exc
+    # Durable before ``current`` may point at it: a power cut after the switch must not
+    # leave the new version's files empty or missing.
+    sync_tree(str(dest))
 
 
 _FILTER_ERRORS: tuple[type[Exception], ...] = tuple(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.atomic import read_json, write_json_atomically
+from gateway.filelayer import makedirs_durably
 
 
 @dataclass
@@ -105,7 +106,7 @@ class FleetState:
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor), ``reported`` in its
         order (sorted, a restart took the actions for ended in the order of their ids)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        makedirs_durably(str(path.parent))  # (a power cut must not take it with the state)
         write_json_atomically(path, asdict(self), sort_keys=False)
 
 

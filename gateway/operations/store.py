@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.atomic import read_json, remove_quietly, set_aside, temporary_of, write_json_atomically
+from gateway.filelayer import makedirs_durably
 from gateway.stateaccess import is_permission_error, refusal
 
 
@@ -58,7 +59,7 @@ class RecordStore(Generic[R]):
         :param record: the record in its new state.
         """
         with self._writing:  # (the record as it is when this save's turn comes)
-            self.directory.mkdir(parents=True, exist_ok=True)
+            makedirs_durably(str(self.directory))  # (a power cut must not take it with the record)
             write_json_atomically(self.path_for(record.correlation_id), record.to_json(), 0o600)
 
     def remove(self, correlation_id: str) -> None:

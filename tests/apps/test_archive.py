@@ -16,6 +16,7 @@ from gateway.apps import archive
 from gateway.apps.archive import extract_archive, inspect_archive
 from gateway.apps.errors import UnsafeArchiveError
 from tests.apps.packages import build_tarball, member
+from tests.test_filelayer import record_fsyncs
 
 
 def inspect(path: Path, **limits: int):  # type: ignore[no-untyped-def]
@@ -182,6 +183,19 @@ class SafeTests(SynchronousTestCase):
         self.assertEqual((d / "out" / "link").read_text(), "A")
         self.assertEqual((d / "out" / "hard").read_text(), "A")
         self.assertTrue((d / "out" / "install.sh").is_file())
+
+    def test_the_unpacked_tree_is_durable(self) -> None:
+        """Every unpacked file and directory, and the directory it was unpacked in, is fsynced
+        before the install goes on to point ``current`` at it: nothing was, so a power cut
+        after an install could leave the current version's files empty or missing."""
+        d = Path(self.mktemp()).absolute()
+        d.mkdir()
+        path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "echo", "p/lib/a.py": "A"},
+                             extra=[member("p/link", tarfile.SYMTYPE, "lib/a.py")])
+        fsynced = record_fsyncs(self)
+        extract_archive(path, inspect(path), d / "out")
+        self.assertEqual(sorted(set(fsynced)), sorted(str(p) for p in (
+            d, d / "out", d / "out" / "install.sh", d / "out" / "lib", d / "out" / "lib" / "a.py")))
 
     def test_manifest_is_read(self) -> None:
         """app.yaml's text is read without unpacking."""

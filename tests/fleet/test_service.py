@@ -24,6 +24,7 @@ from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
 from gateway.fleet.state import Feedback, FleetState
+from tests.test_filelayer import record_fsyncs
 from gateway.updates import service as updates_service
 from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
@@ -41,6 +42,20 @@ ARCHIVE = b"app archive " * 5000
 FILES = {"app.v2.tar.gz": (ARCHIVE, hashlib.sha256(ARCHIVE).hexdigest())}
 TOKEN = "TargetToken s3cret"
 SETTINGS = FleetSettings(enabled=True, base_url="https://ddi.example", controller_id="gw-1", auth="none")
+
+
+class FleetStateDurableTests(SynchronousTestCase):
+    """The fleet state's directory survives a power cut with the state."""
+
+    def test_the_directory_made_for_the_state_is_fsynced_in_its_parent(self) -> None:
+        """``FleetState.save`` makes ``fleet/`` and fsyncs its parent: it was made with
+        ``Path.mkdir`` and never fsynced, so a power cut could take the state (the actions
+        reported, the outbox of feedback) with it."""
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        fsynced = record_fsyncs(self)
+        FleetState().save(base / "fleet" / "state.json")
+        self.assertIn(str(base), fsynced)
 
 
 class FleetHarness(SynchronousTestCase):

@@ -19,6 +19,7 @@ from gateway.operations.store import RecordStore
 from gateway.stateaccess import StateAccessError
 from gateway.updates.operation import Operation, Status
 from tests.logevents import capture_log_events
+from tests.test_filelayer import record_fsyncs
 from tests.unreadable import refuse_reading
 
 #: Any JSON value (what a file of the right syntax and the wrong shape may hold).
@@ -31,6 +32,20 @@ def _store(directory: Path) -> RecordStore[Operation]:
     store: RecordStore[Operation] = RecordStore(directory, Operation.from_json)
     store.save(Operation("good", "install", [], Status.STARTED))
     return store
+
+
+class DurableDirectoryTests(SynchronousTestCase):
+    """The first record's directory survives a power cut with the record."""
+
+    def test_the_directory_made_for_the_first_record_is_fsynced_in_its_parent(self) -> None:
+        """The store's directory, made at the first save, is fsynced in its parent (and its
+        parent's, made too): it was made with ``Path.mkdir`` and never fsynced, so a power
+        cut could take the directory with a record the gateway had acted on."""
+        base = Path(self.mktemp()).absolute()
+        fsynced = record_fsyncs(self)
+        _store(base / "operations")
+        self.assertIn(str(base), fsynced)
+        self.assertIn(str(base.parent), fsynced)
 
 
 class DamagedRecordTests(SynchronousTestCase):

@@ -1,0 +1,312 @@
+"""Power cuts, not just SIGKILL: does the gateway keep what it acknowledged?
+
+The gateway's state_dir lies on ``bench/powercutfs.py``, a FUSE passthrough that forgets at
+unmount every write, create, rename and unlink that was not made durable (fsync of the file,
+of the directory). Each round: mount, start the gateway (its journal streams to a cloud
+mosquitto), publish QoS 1 telemetry, QoS 1 retained messages and persistent sessions'
+subscriptions from several clients and count what was acknowledged, and at a random time
+cut the power: SIGKILL the gateway, then unmount keeping only the durable state. The next
+round's gateway must start on what is left (a file set aside is logged and counted). At the
+end a last gateway runs until the cloud has every acknowledged message, and every
+acknowledged retained message and persistent session is checked.
+
+Needs mosquitto (``make test-deps``), ``/dev/fuse`` with ``fusermount3`` (fuse3), and
+``mfusepy`` in ``.venv-tools`` (``make tools-venv``). Run as root (FUSE mounts)::
+
+    .venv/bin/python bench/powercut.py --cuts 10      # JSON: bench/results/powercut.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e  # noqa: E402  (bench/e2e.py: the gateway with its link, as the end-to-end bench runs it)
+from broker import ROOT, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
+
+FS = [str(ROOT / ".venv-tools" / "bin" / "python"), str(Path(__file__).with_name("powercutfs.py"))]
+PORT, CLOUD = 24361, 24362
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    length, encoded = len(body), b""
+    while True:
+        digit, length = length % 128, length // 128
+        encoded += bytes([digit | (128 if length else 0)])
+        if not length:
+            return bytes([kind]) + encoded + body
+
+
+def _string(text: str) -> bytes:
+    return struct.pack("!H", len(text)) + text.encode()
+
+
+class Client:
+    """A blocking MQTT 3.1.1 client: just enough to count acknowledgements."""
+
+    def __init__(self, client_id: str, clean: bool = True, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", PORT), timeout=timeout)
+        flags = 0x02 if clean else 0
+        self.sock.sendall(_packet(0x10, _string("MQTT") + bytes([4, flags]) + struct.pack("!H", 600)
+                                  + _string(client_id)))
+        kind, body = self.read()
+        if kind != 0x20 or body[1] != 0:
+            raise ConnectionError(f"CONNACK {body!r}")
+        self.session_present = bool(body[0] & 1)
+        self.next_id = 0
+
+    def read(self) -> tuple[int, bytes]:
+        """One packet: its first byte's type and its body."""
+        head = self._exact(1)[0]
+        length, shift = 0, 0
+        while True:
+            digit = self._exact(1)[0]
+            length += (digit & 127) << shift
+            shift += 7
+            if not digit & 128:
+                break
+        return head & 0xF0, self._exact(length)
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    def _id(self) -> int:
+        self.next_id = self.next_id % 65535 + 1
+        return self.next_id
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """QoS 1 PUBLISH; returns once PUBACKed (raises when the connection drops first)."""
+        pid = self._id()
+        self.sock.sendall(_packet(0x32 | int(retain), _string(topic) + struct.pack("!H", pid) + payload))
+        while True:
+            kind, body = self.read()
+            if kind == 0x40 and struct.unpack("!H", body)[0] == pid:
+                return
+
+    def subscribe(self, topic: str) -> None:
+        """QoS 1 SUBSCRIBE; returns once SUBACKed."""
+        pid = self._id()
+        self.sock.sendall(_packet(0x82, struct.pack("!H", pid) + _string(topic) + b"\x01"))
+        while True:
+            kind, body = self.read()
+            if kind == 0x90 and body[:2] == struct.pack("!H", pid):
+                if body[2] == 0x80:
+                    raise ConnectionError("SUBACK failure")
+                return
+
+    def retained(self, topic: str, quiet: float = 1.0) -> dict[str, bytes]:
+        """Subscribe to ``topic`` and collect the retained messages sent until ``quiet`` s pass."""
+        self.subscribe(topic)
+        found: dict[str, bytes] = {}
+        self.sock.settimeout(quiet)
+        try:
+            while True:
+                kind, body = self.read()
+                if kind == 0x30:
+                    size = struct.unpack("!H", body[:2])[0]
+                    found[body[2:2 + size].decode()] = body[2 + size + 2:]
+        except (socket.timeout, TimeoutError):
+            return found
+
+    def close(self) -> None:
+        """Drop the connection (no DISCONNECT: as at a power cut)."""
+        self.sock.close()
+
+
+class Acknowledged:
+    """What the gateway acknowledged, over all rounds."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: set[str] = set()
+        #: Per topic, the retained payloads sent, in order, and the last acknowledged one:
+        #: after a cut the topic may hold that one or one sent after it (stored, not yet acked).
+        self.retained: dict[str, tuple[list[str], str]] = {}
+        self.sessions: set[str] = set()
+
+
+def publisher(index: int, acked: Acknowledged, stop: threading.Event, round_: int) -> None:
+    """Publish QoS 1 telemetry, a retained message every tenth, a persistent session's
+    subscription every 200th, until ``stop`` or the connection drops."""
+    try:
+        client = Client(f"pub-{index}")
+    except OSError:
+        return
+    n = 0
+    try:
+        while not stop.is_set():
+            n += 1
+            payload = f"r{round_}-p{index}-{n}"
+            client.publish(f"telemetry/p{index}", payload.encode())
+            with acked.lock:
+                acked.messages.add(payload)
+            if n % 10 == 0:
+                topic = f"state/p{index}/{n % 30}"
+                with acked.lock:
+                    sent, last = acked.retained.get(topic, ([], ""))
+                    acked.retained[topic] = (sent + [payload], last)
+                client.publish(topic, payload.encode(), retain=True)
+                with acked.lock:
+                    acked.retained[topic] = (acked.retained[topic][0], payload)
+            if n % 200 == 0:  # (fewer than max_offline_sessions, 1000, over ten rounds)
+                session = f"sess-r{round_}-p{index}-{n}"
+                sub = Client(session, clean=False)
+                sub.subscribe(f"keep/{session}")
+                with acked.lock:
+                    acked.sessions.add(session)
+                sub.close()
+    except OSError:
+        pass
+    finally:
+        client.close()
+
+
+def mount(backing: Path, mnt: Path, stats: Path) -> subprocess.Popen[bytes]:
+    """Start the FUSE file system and wait for the mount."""
+    fs = subprocess.Popen([*FS, str(backing), str(mnt), "--cut", "--stats", str(stats)],
+                          stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.ismount(mnt):
+            return fs
+        time.sleep(0.02)
+    raise RuntimeError("FUSE mount did not appear")
+
+
+def cut(gateway: subprocess.Popen[bytes], fs: subprocess.Popen[bytes]) -> None:
+    """The power cut: SIGKILL the gateway, then unmount keeping only the durable state."""
+    gateway.kill()
+    gateway.wait()
+    unmount(fs)
+
+
+def unmount(fs: subprocess.Popen[bytes]) -> None:
+    """Unmount: the file system's loop ends and it writes the durable state to the backing
+    directory (libfuse, not Python, has the signals while it serves: unmount is the way)."""
+    subprocess.run(["fusermount3", "-u", fs.args[-4]], check=True)
+    fs.wait(timeout=60)
+
+
+def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
+    """All rounds and the final check; returns the results."""
+    rng = random.Random(seed)
+    backing, mnt = work / "backing", work / "mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    (backing / "state").mkdir(mode=0o750)  # as the .deb makes it: there, and durable, before the first start
+    cloud_log = work / "cloud.txt"
+    cloud = subprocess.Popen(["mosquitto", "-p", str(CLOUD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(CLOUD), "-t", "up/#", "-q", "1",
+                            "-i", "powercut-cloud", "-c"], stdout=open(cloud_log, "wb"))
+    acked = Acknowledged()
+    rounds: list[dict[str, object]] = []
+    try:
+        for round_ in range(cuts):
+            fs = mount(backing, mnt, work / f"fs{round_}.json")
+            started = time.monotonic()
+            gateway = e2e.gateway(work, PORT, CLOUD, state=mnt / "state")
+            wait_for_port(PORT, timeout=60)
+            start_s = time.monotonic() - started
+            stop = threading.Event()
+            threads = [threading.Thread(target=publisher, args=(i, acked, stop, round_)) for i in range(publishers)]
+            for thread in threads:
+                thread.start()
+            after = rng.uniform(0.2, 3.0)
+            time.sleep(after)
+            cut(gateway, fs)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            ops = json.loads((work / f"fs{round_}.json").read_text())
+            rounds.append({"round": round_, "cut_after_s": round(after, 2), "start_s": round(start_s, 2),
+                           "acked_total": len(acked.messages), **ops})
+            print(f"round {round_}: started in {start_s:.2f} s, cut after {after:.2f} s, "
+                  f"{len(acked.messages)} messages acknowledged so far", flush=True)
+        # The last start: everything acknowledged must be there.
+        fs = mount(backing, mnt, work / "final.json")
+        gateway = e2e.gateway(work, PORT, CLOUD, state=mnt / "state")
+        wait_for_port(PORT, timeout=60)
+        checker = Client("powercut-check")
+        retained = checker.retained("state/#")
+        checker.close()
+        lost_retained = sorted(t for t, (sent, last) in acked.retained.items() if last and (
+            retained.get(t, b"").decode() not in sent[sent.index(last):]))
+        lost_sessions = sorted(s for s in acked.sessions if not Client(s, clean=False).session_present)
+        deadline = time.monotonic() + 120
+        while True:
+            received = set(cloud_log.read_bytes().decode(errors="replace").split())
+            lost = acked.messages - received
+            if not lost or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        log = (work / "gw.log").read_text(errors="replace")
+        gateway.terminate()
+        gateway.wait(timeout=60)
+        unmount(fs)
+    finally:
+        for proc in (sub, cloud):
+            proc.terminate()
+            proc.wait()
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    return {
+        "cuts": cuts, "publishers": publishers, "seed": seed, "rounds": rounds,
+        "acked_messages": len(acked.messages), "lost_messages": len(lost), "lost_examples": sorted(lost)[:10],
+        "acked_retained_topics": len(acked.retained), "lost_retained": lost_retained[:10],
+        "lost_retained_count": len(lost_retained),
+        "acked_sessions": len(acked.sessions), "lost_sessions": lost_sessions[:10],
+        "lost_sessions_count": len(lost_sessions),
+        "set_aside_logged": log.count(".damaged"),
+    }
+
+
+def main() -> int:
+    """Run, print a table, write JSON; exit 1 when anything acknowledged was lost."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cuts", type=int, default=10)
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "powercut.json"))
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--checkout", default=str(ROOT), help="run the gateway of this checkout")
+    args = parser.parse_args()
+    os.environ["PYTHONPATH"] = args.checkout  # (the gateway's: the venv's editable install may be another)
+    e2e.TWISTD = [sys.executable, str(Path(sys.executable).parent / "twistd")]  # this interpreter's
+    work = Path(tempfile.mkdtemp(prefix="powercut-"))
+    try:
+        result = run(args.cuts, args.publishers, args.seed, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work directory: {work}")
+    print("| cuts | messages acknowledged | lost | retained topics | lost | persistent sessions | lost |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {result['cuts']} | {result['acked_messages']} | {result['lost_messages']} | "
+          f"{result['acked_retained_topics']} | {result['lost_retained_count']} | "
+          f"{result['acked_sessions']} | {result['lost_sessions_count']} |")
+    write_json(args.json, result)
+    lost = result["lost_messages"] or result["lost_retained_count"] or result["lost_sessions_count"]
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
