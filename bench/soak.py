@@ -10,9 +10,12 @@ and ``gatewayctl status`` run, a hosted program that exits every 20 s and is res
 come every 5-20 s. Every ``--chaos-every`` seconds one cloud peer in turn is killed
 (SIGKILL) and started again ``--down`` seconds later on the same port.
 
-Every ``--sample-every`` seconds it records the gateway's RSS, open descriptors, threads,
-bytes and files under its state dir (per top-level folder), and the admin API's numbers
-(flattened; a list counts as its length). At the end: a table of each resource at start
+Every ``--sample-every`` seconds it records the gateway's RSS, open descriptors (in all and
+by kind: socket, pipe, each anon_inode, a file by its state dir folder), threads, the lines
+of its log so far (and how many start a traceback or say ``Unhandled``), bytes and files
+under its state dir (per top-level folder), and the admin API's numbers (flattened; a list
+counts as its length). A ``PYTHONPATH`` given to the bench comes after the checkout's in the
+gateway's (a probe's ``sitecustomize``, say). At the end: a table of each resource at start
 and end with its growth per hour (from the second sample on: the first is start-up), the
 progress of each activity in each quarter of the run (one at 0 in the last quarter has
 stopped working), and JSON with every sample. The gateway runs from this checkout.
@@ -244,12 +247,50 @@ def disk(state: Path) -> dict[str, float]:
     return out
 
 
+def descriptors(pid: int) -> dict[str, float]:
+    """Open descriptors in all and by kind (what ``/proc/PID/fd`` points at: socket, pipe, anon_inode:[eventpoll],
+    a file by its folder under the state dir or else ``file``)."""
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("socket:", "pipe:")):
+            kinds[target.split(":")[0]] += 1
+        elif target.startswith("anon_inode:"):
+            kinds[target] += 1
+        elif "/state/" in target:
+            kinds["file state/" + target.split("/state/", 1)[1].split("/")[0]] += 1
+        else:
+            kinds["file"] += 1
+    out: dict[str, float] = {"fds": sum(kinds.values())}
+    out.update({f"fds {kind}": n for kind, n in kinds.items()})
+    return out
+
+
+def log_lines(work: Path) -> dict[str, float]:
+    """Lines the gateway has logged so far (``gw.log`` and its rotated files) and those among them that start a
+    traceback or say ``Unhandled`` (an error nobody handled)."""
+    lines = tracebacks = unhandled = 0
+    for path in work.glob("gw.log*"):
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue
+        lines += text.count(b"\n")
+        tracebacks += text.count(b"Traceback (most recent call last)")
+        unhandled += text.count(b"Unhandled")
+    return {"log lines": lines, "log tracebacks": tracebacks, "log unhandled": unhandled}
+
+
 def sample(pid: int, state: Path, ports: dict[str, int], token: str) -> dict[str, float]:
     """One sample of the process, its state dir and its admin API."""
     status = Path(f"/proc/{pid}/status").read_text()
     rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    out: dict[str, float] = {"rss KiB": rss, "fds": len(os.listdir(f"/proc/{pid}/fd")),
-                             "threads": len(os.listdir(f"/proc/{pid}/task"))}
+    out: dict[str, float] = {"rss KiB": rss, "threads": len(os.listdir(f"/proc/{pid}/task"))}
+    out.update(descriptors(pid))
+    out.update(log_lines(state.parent))
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     out["child processes"] = len(children)
     out.update(disk(state))
@@ -476,7 +517,8 @@ def main() -> int:
     for peer in peers:
         wait_for_port(peer.port, 60)
     (work / "gateway.yaml").write_text(gateway_config(work, ports, goosebit.url))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # (a PYTHONPATH given to the bench comes after the checkout: a probe's sitecustomize, say)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     gateway = subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
                                 "gateway", "--config", str(work / "gateway.yaml")], cwd=work, env=env)
     samples: list[tuple[float, dict[str, float]]] = []
@@ -496,8 +538,9 @@ def main() -> int:
             access = nginx_conf.parent / "access.log"
             progress["fleet requests (nginx)"] = len(access.read_bytes().splitlines()) if access.exists() else 0
             samples.append((now - began, sample(gateway.pid, state, ports, token)))
-            print(f"t={now - began:6.0f}s rss={samples[-1][1]['rss KiB']:.0f}KiB fds={samples[-1][1]['fds']:.0f}"
-                  f" threads={samples[-1][1]['threads']:.0f} disk={samples[-1][1]['disk total bytes']:.0f}",
+            last = samples[-1][1]
+            print(f"t={now - began:6.0f}s rss={last['rss KiB']:.0f}KiB fds={last['fds']:.0f}"
+                  f" threads={last['threads']:.0f} log={last['log lines']:.0f} disk={last['disk total bytes']:.0f}",
                   flush=True)
             if quarter_ends and now >= quarter_ends[0]:
                 quarter_ends.pop(0)
