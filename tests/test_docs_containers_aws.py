@@ -135,6 +135,27 @@ class ContainersDocTests(ConfigCheck):
             found = self.problems(f"containers: {{enabled: true, containers: {{abc: {{image: x, memory: {value}}}}}}}\n")
             self.assertEqual(bool(found), refused, (value, found))
 
+    def test_log_max_files_counts_rotated_files(self) -> None:
+        """``log``: with the defaults (1M, 3) a container's output rotates into ``<name>.log.1`` to
+        ``.3``, 1 MiB each, beside the file written to; ``max_files: 0`` keeps no rotated file."""
+        from gateway.apps.logs import AppLogWriter
+        from gateway.containers.descfile import from_mapping
+        from gateway.containers.description import parse_size
+        from gateway.containers.unit import log_paths
+
+        logs = Path(self.mktemp())
+        writer = AppLogWriter(256 * 2**20)  # (no reactor: written inline)
+        for name, log in (("sensor", {}), ("bare", {"max_size": "10K", "max_files": 0})):
+            limits = from_mapping({"image": "x", "log": log}).log
+            stdout, _ = log_paths(logs, name)
+            target = writer.open(stdout, parse_size(limits.max_size), limits.max_files)
+            for _ in range(3 if log else 10):  # (bare: 12000 bytes emptied it, then 6000)
+                writer.write(target, b"x" * 6000 if log else b"x" * 2**20)
+            target.close()
+        self.assertEqual(sorted((p.name, p.stat().st_size) for p in logs.iterdir()),
+                         [("bare.log", 6000)] + [(f"sensor.log.{i}", 2**20) for i in (1, 2, 3)])
+        self.assertIn("keeps `max_files` rotated files of each beside it", prose("containers.md"))
+
     def test_names(self) -> None:
         """A name: letters, digits and ``_.-``, at most 63; not ending in ``.err``; not
         ``podman-service``."""

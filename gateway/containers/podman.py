@@ -27,7 +27,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from gateway.apps.launch import OOM_SCORE_ADJ
+from gateway.apps.launch import OOM_SCORE_ADJ, OWN_OOM_SCORE_ADJ
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure, RuntimeUnavailable
 from gateway.containers.runtime import ContainerState, ImageInfo, RuntimeEvent
@@ -186,14 +186,29 @@ def whole_seconds(seconds: float) -> int:
     return math.ceil(seconds)
 
 
+def container_oom_score_adj(path: str = OWN_OOM_SCORE_ADJ) -> int:
+    """The ``oom_score_adj`` the gateway gives its containers: :data:`OOM_SCORE_ADJ` (500), or the
+    gateway's own when that is higher (one an operator set higher), as a hosted program keeps it,
+    so that the OOM killer still takes a container before the gateway. Where ``path`` cannot be
+    read (not Linux), 500.
+
+    :param path: the gateway's own ``oom_score_adj`` file.
+    """
+    try:
+        with open(path) as file:
+            return max(OOM_SCORE_ADJ, int(file.read()))
+    except (OSError, ValueError):
+        return OOM_SCORE_ADJ
+
+
 def _create_body(name: str, image_id: str, description: ContainerDescription,
-                 labels: dict[str, str]) -> dict[str, Any]:
+                 labels: dict[str, str], oom_score_adj: int = OOM_SCORE_ADJ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": name, "image": image_id, "labels": labels, "env": dict(description.env),
         "netns": {"nsmode": description.network_mode},
         "stop_timeout": whole_seconds(description.stop_timeout),
         # (the OOM killer takes a container before the gateway, as it takes a hosted program)
-        "oom_score_adj": OOM_SCORE_ADJ,
+        "oom_score_adj": oom_score_adj,
         "mounts": [{"type": "bind", "source": m.source, "destination": m.destination,
                     "options": ["rbind", "ro" if m.read_only else "rw"]} for m in description.mounts],
         "portmappings": [{"container_port": p.container_port, "host_port": p.host_port,
@@ -253,11 +268,15 @@ class PodmanRuntime:
     :param timeout: seconds an ordinary request may take, its whole answer read.
     :param pull_timeout: seconds a pull or load may take, its whole answer read (podman
         answers a pull at once and streams its progress: the wait is for the end).
+    :param oom_score_adj: the ``oom_score_adj`` of the containers it creates
+        (:func:`container_oom_score_adj`).
     """
 
     def __init__(self, client: HTTPClient, clock: IReactorTime, api_version: str = "v4.0.0",
-                 timeout: float = 60.0, pull_timeout: float = 600.0) -> None:
+                 timeout: float = 60.0, pull_timeout: float = 600.0,
+                 oom_score_adj: int = OOM_SCORE_ADJ) -> None:
         self._clock = clock
+        self._oom_score_adj = oom_score_adj
         self._client = client
         self._base = f"http://podman/{api_version}/libpod"
         self._timeout = timeout
@@ -375,7 +394,7 @@ class PodmanRuntime:
                labels: dict[str, str]) -> Any:
         """Create a container from a SpecGenerator body."""
         data = yield self._call("POST", "/containers/create",
-                                body=_create_body(name, image_id, description, labels))
+                                body=_create_body(name, image_id, description, labels, self._oom_score_adj))
         return str(data["Id"])
 
     def start(self, container_id: str) -> Deferred[None]:

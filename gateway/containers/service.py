@@ -16,7 +16,7 @@ from gateway.blocking import in_reactor_threads
 from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import ContainerOperations
-from gateway.containers.podman import PodmanRuntime, unix_http_client
+from gateway.containers.podman import PodmanRuntime, container_oom_score_adj, unix_http_client
 from gateway.containers.podman_service import PodmanService
 from gateway.containers.settings import ContainersSettings, podman_socket
 from gateway.containers.store import ContainerStore
@@ -51,7 +51,8 @@ class ContainersService(Service):
             blocking = in_reactor_threads(reactor)
         socket = podman_socket(settings, state_dir)
         self.runtime = PodmanRuntime(client or unix_http_client(reactor, str(socket)), reactor,
-                                     settings.api_version, settings.request_timeout, settings.pull_timeout)
+                                     settings.api_version, settings.request_timeout, settings.pull_timeout,
+                                     container_oom_score_adj())
         logs_dir = state_dir / "logs" / "apps"
         self.podman = None if not settings.start_service else PodmanService(
             settings.podman_command, socket, self.runtime, reactor, writer, logs_dir,

@@ -19,7 +19,8 @@ from gateway.containers.descfile import from_mapping, read_description
 from gateway.containers.description import ContainerDescription, parse_size
 from gateway.containers.errors import DescriptionError, ImageError, RuntimeUnavailable
 from gateway.containers.images import read_credentials, registry_of
-from gateway.containers.podman import JsonLines, LogFrames, PodmanRuntime, _create_body, _state
+from gateway.containers.podman import (JsonLines, LogFrames, PodmanRuntime, _create_body, _state,
+                                      container_oom_score_adj)
 from gateway.containers.runtime import ContainerRuntime
 from gateway.updates.operation import parse_request
 from tests.containers.conformance import missing
@@ -198,6 +199,34 @@ class PodmanClientTests(SynchronousTestCase):
         self.assertEqual(body["mounts"][0]["options"], ["rbind", "ro"])
         self.assertEqual(body["portmappings"][0]["host_port"], 8080)
         self.assertEqual(body["oom_score_adj"], 500)  # (the OOM killer's first choice, before the gateway)
+
+    def test_a_gateway_with_a_higher_oom_score_adj_gives_its_containers_its_own(self) -> None:
+        """A gateway an operator gave an ``oom_score_adj`` above 500 (800) creates its containers
+        with that score, as its hosted programs keep it: with 500 the OOM killer would take the
+        gateway before them. A lower one (0, -1000), or none to read (not Linux), gives 500."""
+        own = Path(self.mktemp())
+        scores = []
+        for text in ("800\n", "0\n", "-1000\n"):
+            own.write_text(text)
+            scores.append(container_oom_score_adj(str(own)))
+        own.unlink()
+        scores.append(container_oom_score_adj(str(own)))
+        self.assertEqual(scores, [800, 500, 500, 500])
+
+        class Creates(Resource):
+            isLeaf = True
+            bodies: list[Any] = []
+
+            def render(self, request: Any) -> bytes:
+                self.bodies.append(json.loads(request.content.read()))
+                request.setResponseCode(201)
+                return b'{"Id": "c1"}'
+
+        resource = Creates()
+        runtime = self.runtime(resource, oom_score_adj=800)
+        created = runtime.create("x.1", "abc", from_mapping({"image": "r/x:1"}), {"io.gateway.app": "x"})
+        self.assertEqual(self.successResultOf(created), "c1")
+        self.assertEqual(resource.bodies[0]["oom_score_adj"], 800)
 
     def test_exit_code_podman_does_not_give_is_unknown(self) -> None:
         """An exited container's state with no ExitCode (or a null one) has an unknown exit status
