@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError as PingTimeout, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -75,18 +75,24 @@ class PodmanService:
                            " containers.socket, or set containers.start_service: false to use the one that runs")
         self._socket.unlink(missing_ok=True)
         self.process.start()
-        waited = 0.0
+        # The whole wait is bounded, each ping's time included: a service that accepts but
+        # answers slowly (a ping waits up to the runtime's request timeout) held the start
+        # past ready_timeout when only the pauses between pings were counted.
+        deadline = self._reactor.seconds() + self._ready_timeout
         while True:
+            left = deadline - self._reactor.seconds()
             try:
-                yield self._runtime.ping()
+                yield self._runtime.ping().addTimeout(max(left, 0.0), self._reactor)
                 log.info("containers: podman service answers on {socket}", socket=str(self._socket))
                 return
             except RuntimeUnavailable:
-                if waited >= self._ready_timeout:
+                if self._reactor.seconds() >= deadline:
                     raise
+            except PingTimeout:
+                raise RuntimeUnavailable(f"podman's service did not answer on {self._socket} within"
+                                         f" {self._ready_timeout:g} s") from None
             # Waiting for a service to come up, once at start: not polling for state.
             yield deferLater(self._reactor, 0.1, lambda: None)
-            waited += 0.1
 
     def stop(self) -> Deferred[None]:
         """Stop the service (containers keep running); fires once it has exited."""

@@ -109,3 +109,35 @@ class PodmanServiceSocketTests(SynchronousTestCase):
         self.assertFalse(path.exists())
         [spawned] = reactor.processes
         self.assertIn(f"unix://{path}", spawned.args)
+
+
+class PodmanServiceReadyTests(SynchronousTestCase):
+    """``PodmanService.start`` waits ``ready_timeout`` seconds in all for the service to answer."""
+
+    def test_a_service_that_answers_slowly_fails_the_start_in_time(self) -> None:
+        """docs/containers.md: the gateway waits up to 30 s at its start. A ping that hangs (a
+        service that accepts and does not answer) is given up when the 30 s are over: only the
+        pauses between pings were counted, and each ping could wait the runtime's request
+        timeout (60 s) more."""
+        reactor = FakeProcessReactor()
+        runtime = FakeRuntime()
+        pings: list[Deferred[None]] = []
+
+        def ping() -> Deferred[None]:
+            pings.append(Deferred())
+            return pings[-1]
+
+        runtime.ping = ping  # type: ignore[method-assign]
+        directory = Path(tempfile.mkdtemp(prefix="gwpod-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        socket_path = directory / "podman.sock"
+        podman = PodmanService(("podman",), socket_path, runtime, reactor, AppLogWriter(1 << 20),
+                               directory / "logs", 1.0, 8.0)
+        started = podman.start()
+        self.assertNoResult(started)
+        reactor.advance(29.9)
+        self.assertNoResult(started)
+        reactor.advance(0.1)
+        failure = self.failureResultOf(started, RuntimeUnavailable)
+        self.assertEqual(str(failure.value), f"podman's service did not answer on {socket_path} within 30 s")
+        self.assertEqual(len(pings), 1)
