@@ -34,6 +34,20 @@ def remove_quietly(path: Path) -> None:
         pass
 
 
+def remove_durably(path: Path) -> None:
+    """Remove ``path`` if it is there and fsync its directory, so that a power cut cannot bring
+    it back (a confirmed config change's pending record, which the next start would revert).
+
+    :param path: the file to remove; a missing one is not an error.
+    :raises OSError: when it cannot be removed, or its directory not fsynced.
+    """
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_directory(path.parent)
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
 

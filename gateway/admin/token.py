@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.atomic import write_atomically
 from gateway.errors import GatewayError
+from gateway.filelayer import makedirs_durably
 
 
 class TokenFileError(GatewayError):
@@ -46,7 +47,7 @@ def load_or_create_token(path: Path) -> bytes:
 def _create(path: Path) -> bytes:
     token = secrets.token_urlsafe(32).encode()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        makedirs_durably(str(path.parent), 0o700)
         write_atomically(path, token + b"\n", 0o600)
     except OSError as exc:
         raise TokenFileError(f"cannot write the admin token file {path}: {exc.strerror}") from exc

@@ -25,6 +25,7 @@ from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
 from gateway.apps.settings import AppsSettings
 from gateway.apps.supervisor import AppSupervisor, app_environment, build_spec
+from gateway.filelayer import makedirs_durably
 from gateway.shown import shown, shown_repr
 
 if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first install
@@ -121,11 +122,11 @@ class AppOperations:
         is persisted and ``autostart`` is set. An app that cannot be loaded is logged
         and skipped; the others still start.
         """
-        yield self._blocking(lambda: self._state_dir.mkdir(parents=True, exist_ok=True))
+        yield self._blocking(lambda: makedirs_durably(str(self._state_dir)))
 
         def make_data_dirs() -> None:  # each config program's GATEWAY_APP_STATE_DIR, as for a package
             for name in self._settings.programs:
-                self.registry.data_dir(name).mkdir(parents=True, exist_ok=True)
+                makedirs_durably(str(self.registry.data_dir(name)))
 
         yield self._blocking(make_data_dirs)
         yield self._blocking(self.registry.remove_leftovers)

@@ -23,6 +23,7 @@ from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.apps.spool import SpoolWatcher
 from gateway.apps.supervisor import AppSupervisor
 from gateway.blocking import in_reactor_threads
+from gateway.filelayer import makedirs_durably
 from gateway.namewatch import inotify_maker
 
 
@@ -101,7 +102,7 @@ class AppsService(Service):
         # The folder is there once the service is up, watched or not yet: a package dropped as
         # soon as the gateway says it started waits there for the first look.
         spool = self.spool.directory
-        yield self._blocking(lambda: spool.mkdir(parents=True, exist_ok=True))
+        yield self._blocking(lambda: makedirs_durably(str(spool)))
         if self._watch_spool:
             self.spool.start()
 

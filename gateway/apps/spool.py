@@ -41,8 +41,9 @@ from twisted.python.filepath import FilePath
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.outcome import outcome_line
-from gateway.atomic import temporary_path, write_atomically
+from gateway.atomic import fsync_directory, temporary_path, write_atomically
 from gateway.clockstep import steady_seconds
+from gateway.filelayer import makedirs_durably
 from gateway.shown import escaped
 
 if TYPE_CHECKING:
@@ -125,15 +126,17 @@ def _not_a_file_refused(archive: Path, what: str) -> InstallResult:
 
 def _file_away(archive: Path, result: InstallResult) -> None:
     target = archive.parent / ("done" if result.ok else "failed")
-    target.mkdir(exist_ok=True)
+    makedirs_durably(str(target))
     report = f"{outcome_line(result.outcome, result.message)}\n\n{result.log}"
     try:
         # The log first, so that whoever sees the file moved finds its log beside it.
         write_atomically(target / f"{archive.name}.log", report.encode())
     finally:
         # Moved even when the log cannot be written (a full disk): the next look must not
-        # install the same file again.
+        # install the same file again; durably, nor the next start after a power cut.
         os.replace(archive, target / archive.name)
+        fsync_directory(archive.parent)
+        fsync_directory(target)
     try:
         _keep_newest_filed(target, archive.name)
     except OSError as error:  # (filed all the same: the next filing tries again)
@@ -230,7 +233,7 @@ class SpoolWatcher:
 
     def start(self) -> None:
         """Make the folder, watch it and look at it once."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        makedirs_durably(str(self.directory))
         self._running = True
         self._look()
 

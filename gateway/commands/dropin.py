@@ -17,7 +17,7 @@ import yaml
 
 from gateway import config as gateway_config
 from gateway.asciidigits import ascii_digits
-from gateway.atomic import fsync_directory, write_atomically
+from gateway.atomic import remove_durably, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway import yamlfile
 from gateway.shown import KEY_PATH_CHARS, shown, shown_key_path, shown_repr
@@ -278,11 +278,7 @@ def write_dropin(main: Path, text: str | None) -> None:
     world-readable; the gateway's group still reads it (``gatewayctl check-config``)."""
     path = dropin_path(main)
     if text is None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        fsync_directory(path.parent)
+        remove_durably(path)
     else:
         write_atomically(path, text.encode("utf-8"), mode=0o640)
 

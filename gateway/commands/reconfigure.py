@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import config as gateway_config
-from gateway.atomic import read_json, set_aside, write_json_atomically
+from gateway.atomic import read_json, remove_durably, set_aside, write_json_atomically
 from gateway.clockstep import CLOCK_SET_SINCE, STEP_TOLERANCE, BootClock, steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
@@ -744,17 +744,16 @@ class ConfigChanger(Service):
         if owed:
             write_json_atomically(self._owed_report_file, owed)
         else:
-            self._owed_report_file.unlink(missing_ok=True)
+            remove_durably(self._owed_report_file)
 
     def _use(self, config: gateway_config.Config) -> None:
         self.config = config
         self.settings = config.commands
 
     def _forget_pending(self) -> None:
-        try:
-            self._pending_file.unlink()
-        except FileNotFoundError:
-            return
+        # (durably: a power cut must not bring back the file of a change confirmed, which the
+        # next start would revert)
+        remove_durably(self._pending_file)
 
     # -- reports --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from gateway.atomic import write_atomically, write_json_atomically
+from gateway.filelayer import makedirs_durably
 
 _TAIL = 4096
 
@@ -39,7 +40,7 @@ def run(result_dir: Path, command: list[str]) -> int:
     :param command: the installer command.
     :return: the command's exit status.
     """
-    result_dir.mkdir(parents=True, exist_ok=True)
+    makedirs_durably(str(result_dir))
     write_atomically(result_dir / "helper.pid", str(os.getpid()).encode())
     code, output = execute(command)
     write_json_atomically(result_dir / "result.json", {"exit_code": code, "output": output})

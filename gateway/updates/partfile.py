@@ -15,6 +15,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gateway.atomic import fsync_directory, read_json, set_aside, write_json_atomically
+from gateway.filelayer import makedirs_durably
 from gateway.shown import shown_repr
 from gateway.updates.digests import DigestChecker
 
@@ -150,7 +151,7 @@ class PartFile:
 
         :return: the offset to resume from.
         """
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        makedirs_durably(str(self.destination.parent))
         saved = _saved_meta(self.meta_path)
         keep = 0
         if (

@@ -42,7 +42,7 @@ from typing import Any
 from gateway.asciidigits import ascii_digits
 from gateway.atomic import fsync_directory, read_json, remove_quietly, temporary_path, write_json_atomically, \
     write_parts_atomically
-from gateway.filelayer import WRITE_SIZE
+from gateway.filelayer import WRITE_SIZE, makedirs_durably
 from gateway.updates.detached_run import execute
 
 #: What the restarted gateway writes into the result directory when it takes up the operation.
@@ -132,7 +132,7 @@ class Rollback:
         """Persist ``step`` (fsynced) before it changes what is installed: :data:`STEP` in the keep
         directory, where the next start finds it, and a copy in its result directory, which tells
         the gateway to wait for the result even while no helper runs."""
-        self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        makedirs_durably(str(self.keep_dir), 0o700)
         write_json_atomically(self.keep_dir / STEP, step)
         write_json_atomically(Path(step["result_dir"]) / STEP, step)
 
@@ -216,7 +216,7 @@ class Rollback:
             why = (f"the package of {version} kept was damaged ({damage}) and is removed" if damage is not None
                    else f"no package of {version} is kept (it was not installed by gateway-selfupdate)")
             return None, f"{why}, and dpkg-repack, which would rebuild it, is not installed"
-        self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        makedirs_durably(str(self.keep_dir), 0o700)
         with tempfile.TemporaryDirectory(dir=self.keep_dir, prefix=REPACK_PREFIX) as scratch:
             # (gzip, fast: the package only waits here in case of a rollback; xz on a gateway's
             # CPU would take minutes for the venv)
@@ -289,7 +289,7 @@ class Rollback:
         installed = self.installed()
         if installed is None:
             return
-        self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        makedirs_durably(str(self.keep_dir), 0o700)
         target = self.kept_path(installed.split()[0])
         if target.exists() and target.samefile(deb):
             return

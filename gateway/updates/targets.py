@@ -21,6 +21,7 @@ from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProcessLauncher
 from gateway.atomic import read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
+from gateway.filelayer import makedirs_durably
 from gateway.namewatch import NameWatch, inotify_maker
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
@@ -293,7 +294,7 @@ class ModuleInstaller:
         if last is not None:
             yield self._after_earlier_installer(read_json(last), result_dir)
         shutil.rmtree(result_dir, ignore_errors=True)
-        result_dir.mkdir(parents=True)
+        makedirs_durably(str(result_dir))
         if last is not None:
             yield self.run_blocking(write_json_atomically, last, {"result_dir": str(result_dir)})
         if deb_installer(self.settings) == "unit":

@@ -34,6 +34,7 @@ from gateway.httpaccesslog import log_routine_reads
 from tests.admin.fakes import FakeApps, FakeReadSide
 from tests.apps.realtime import wait_until
 from tests.ports import free_port
+from tests.test_filelayer import record_fsyncs
 
 
 class AdminListenLogTests(SynchronousTestCase):
@@ -359,6 +360,16 @@ class SettingsAndTokenTests(SynchronousTestCase):
         os.chmod(path, 0o600)
         path.write_text("short")
         self.assertRaises(TokenFileError, load_or_create_token, path)
+
+    def test_the_token_directory_made_is_fsynced_in_its_parent(self) -> None:
+        """The token's directory, made with the token, is fsynced in its parent: it was made with
+        ``Path.mkdir`` and never fsynced, so a power cut could take it and the token a client
+        was already given (a new one was made at the next start)."""
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        fsynced = record_fsyncs(self)
+        load_or_create_token(base / "admin" / "token")
+        self.assertIn(str(base), fsynced)
 
     def test_a_token_file_the_disk_refuses_leaves_no_temp_file(self) -> None:
         """A full disk when the token is made: a TokenFileError naming the file and why, and

@@ -24,6 +24,7 @@ from gateway.apps.settings import AppsSettings, ProgramSettings
 from gateway.apps.supervisor import app_environment
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
+from tests.test_filelayer import record_fsyncs
 
 
 def inline(work: Callable[[], Any]) -> Deferred[Any]:
@@ -141,6 +142,17 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(service.operations.start("manual"))
         self.assertEqual(seen, [("web", str(self.state / "apps" / "web" / "data"), True),
                                 ("manual", str(self.state / "apps" / "manual" / "data"), True)])
+
+    def test_the_directories_made_at_start_are_fsynced_in_their_parents(self) -> None:
+        """The spool and each config program's data directory, made at start, are fsynced in
+        their parents: they were made with ``Path.mkdir`` and never fsynced, so a power cut could
+        take a data directory with what its program had fsynced there, or the spool with a
+        package the gateway had said was waiting."""
+        self.state = self.state.absolute()
+        fsynced = record_fsyncs(self)
+        self.boot()
+        for made in ("incoming", "apps/web/data", "apps/manual/data"):
+            self.assertIn(str((self.state / made).parent), fsynced, made)
 
     def test_operator_stop_survives_restart(self) -> None:
         """An app the operator stopped stays stopped after a gateway restart."""

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.spool import SpoolWatcher
+from tests.test_filelayer import record_fsyncs
 
 
 def inline(work: Callable[[], Any]) -> Deferred[Any]:
@@ -65,6 +66,18 @@ class SpoolTests(SynchronousTestCase):
         self.assertTrue(report.startswith("failed: unexpected error: the installer tripped"), report)
         self.assertIn("Traceback", report)
         self.assertIn("RuntimeError", report)
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_the_directory_a_result_is_filed_in_is_fsynced_in_its_parent(self) -> None:
+        """failed/ (and done/), made for the first file it takes, is fsynced in the spool: a
+        power cut could take it with the package moved there and its log."""
+        self.incoming = self.incoming.absolute()
+        self.watcher(lambda archive: fail(RuntimeError("the installer tripped")))
+        self.incoming.joinpath("bad.v1.tar.gz").write_bytes(b"x")
+        fsynced = record_fsyncs(self)
+        self.clock.advance(1.0)
+        self.assertTrue((self.incoming / "failed" / "bad.v1.tar.gz").exists())
+        self.assertEqual(fsynced.count(str(self.incoming)), 2, fsynced)  # failed/ made, the package moved
         self.flushLoggedErrors(RuntimeError)
 
     def test_results_are_filed_by_outcome(self) -> None:
@@ -187,14 +200,14 @@ class SpoolTests(SynchronousTestCase):
         self.watcher(lambda archive: succeed(InstallResult(True, "installed", "p", "1", None, "p 1 installed")))
         self.incoming.mkdir(exist_ok=True)
         (self.incoming / "p.v1.tar.gz").write_bytes(b"x")
-        mkdir = Path.mkdir
+        makedirs = spool_module.makedirs_durably
         full = [True]
 
-        def refuse(path: Path, *args: Any, **kwargs: Any) -> None:
+        def refuse(path: str, *args: Any, **kwargs: Any) -> None:
             if full[0]:
-                raise OSError(errno.ENOSPC, "No space left on device", str(path))
-            mkdir(path, *args, **kwargs)
-        self.patch(spool_module.Path, "mkdir", refuse)
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            makedirs(path, *args, **kwargs)
+        self.patch(spool_module, "makedirs_durably", refuse)
         self.clock.advance(1.0)
         self.clock.advance(1.0)
         self.clock.advance(1.0)

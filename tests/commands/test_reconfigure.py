@@ -6,7 +6,7 @@ import errno
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger, LogLevel, formatEvent
@@ -21,6 +21,7 @@ from gateway.errors import ConfigApplyConflict, ConfigKeyError, ConfigRevertErro
 from gateway.shown import shown_repr
 from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
+from tests.test_filelayer import record_fsyncs
 
 MAIN = """\
 gateway:
@@ -36,6 +37,18 @@ links:
 
 
 CIK = "c0ffee" * 6 + "beef"
+
+
+class _NotedReports(list[dict[str, Any]]):
+    """The reports published, calling ``note`` as each comes (before it is kept)."""
+
+    def __init__(self, reports: list[dict[str, Any]], note: Callable[[], None]) -> None:
+        super().__init__(reports)
+        self._note = note
+
+    def append(self, report: dict[str, Any]) -> None:
+        self._note()
+        super().append(report)
 
 
 class Harness:
@@ -534,6 +547,19 @@ class ConfirmTests(SynchronousTestCase):
         self.assertEqual(len(self.h.restarts), 1)
         self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
 
+    def test_a_confirmation_is_durable_before_it_is_reported(self) -> None:
+        """The pending change's file, removed when the change is confirmed, is removed durably
+        (its directory fsynced) before "confirmed" is reported: it was only unlinked, so a power
+        cut could bring it back and the next start revert a change the cloud was told was
+        confirmed."""
+        directory = str(self.h.pending_file.parent.absolute())
+        fsynced = record_fsyncs(self)
+        reported: list[bool] = []
+        self.h.reports = _NotedReports(self.h.reports, lambda: reported.append(directory in fsynced))
+        self.h.clock.advance(0.5)
+        self.assertFalse(self.h.pending_file.exists())
+        self.assertEqual((self.h.statuses, reported), (["applied", "confirmed"], [True]))
+
     def test_the_confirmation_line_names_the_links_that_came_back(self) -> None:
         """The log line of a confirmation names the links that confirmed it: with an MQTT link
         down before and after the change and an HTTP link up, "the cloud link is up" read as
@@ -984,11 +1010,13 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         again = self.h.make()
         self.assertEqual(again.recover().gateway.log_level, "warn")
         again.startService()
+        fsynced = record_fsyncs(self)
         again.resume()
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
         self.assertEqual(self.h.reports[-1]["origin"], "remote:r-1")
         self.assertIn("not running when the confirm deadline passed", self.h.reports[-1]["reason"])
         self.assertFalse(owed.exists())
+        self.assertIn(str(owed.parent), fsynced)  # removed durably: a power cut must not send it twice
         later = self.h.make()
         later.recover()
         later.resume()

@@ -15,6 +15,7 @@ from gateway.updates import partfile
 from gateway.updates.partfile import PartFile, PartMeta
 from tests.logevents import capture_log_events
 from tests.unreadable import refuse_reading
+from tests.test_filelayer import record_fsyncs
 
 
 class PartFileTests(SynchronousTestCase):
@@ -122,3 +123,18 @@ class DamagedMetadataTests(SynchronousTestCase):
         offset, errors, part = self.resume(self.saved(url="https://example.com/other.bin"))
         self.assertEqual((offset, errors), (0, []))
         self.assertFalse(os.path.lexists(f"{part.meta_path}.damaged"))
+
+
+class DurableDirectoryTests(SynchronousTestCase):
+    """The directory a part is made in survives a power cut."""
+
+    def test_the_directory_made_for_a_part_is_fsynced_in_its_parent(self) -> None:
+        """The download's directory, made when its part is opened, is fsynced in its parent: a
+        power cut could take it with the part's fsynced bytes and their resume point."""
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        fsynced = record_fsyncs(self)
+        part = PartFile(base / "op" / "a.bin", PartMeta(url="https://example.com/a.bin"), 4096)
+        part.open()
+        self.addCleanup(part.close)
+        self.assertIn(str(base), fsynced)

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.updates import rollback as rollback_module
 from gateway.updates.rollback import ALIVE, NOT_STARTED, STEP, Rollback
+from tests.test_filelayer import record_fsyncs
 
 
 class Machine:
@@ -97,6 +98,36 @@ class RollbackTests(TestCase):
         self.assertTrue((self.keep / STEP).exists())
         self.rollback.clear(self.result_dir)
         return result
+
+    def test_the_keep_directory_made_for_a_step_is_fsynced_in_its_parent(self) -> None:
+        """The keep directory, made for the first step's record, is fsynced in its parent (and
+        its parent's, made too): a power cut could take it with the record of a step under way,
+        which the next start then never finished or rolled back."""
+        keep = self.dir / "new" / "kept"
+        fsynced = record_fsyncs(self)
+        Rollback("gateway", keep, "gateway.service", 30.0).record({"result_dir": str(self.result_dir)})
+        self.assertTrue((keep / STEP).exists())
+        self.assertIn(str(self.dir), fsynced)
+        self.assertIn(str(self.dir / "new"), fsynced)
+
+    def test_the_keep_directory_made_for_a_package_is_fsynced_in_its_parent(self) -> None:
+        """The keep directory, made to keep the installed package, is fsynced in its parent: a
+        power cut could take it with the only package to roll back to."""
+        keep = self.dir / "kept-anew"
+        fsynced = record_fsyncs(self)
+        Rollback("gateway", keep, "gateway.service", 30.0, run=self.machine.run).keep(self.deb)
+        self.assertEqual([p.name for p in keep.iterdir()], [f"gateway_{self.machine.installed.split()[0]}.deb"])
+        self.assertIn(str(self.dir), fsynced)
+
+    def test_the_keep_directory_made_for_a_rebuilt_package_is_fsynced_in_its_parent(self) -> None:
+        """The keep directory, made for a package dpkg-repack rebuilds, is fsynced in its
+        parent: a power cut could take it with the only package to roll back to."""
+        keep = self.dir / "kept-anew"
+        self.patch(rollback_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+        fsynced = record_fsyncs(self)
+        kept, why_not = Rollback("gateway", keep, "gateway.service", 30.0, run=self.machine.run).previous_package("1.0 ii")
+        self.assertEqual((kept, why_not), (keep / "gateway_1.0.deb", ""))
+        self.assertIn(str(self.dir), fsynced)
 
     def installs(self) -> list[str]:
         return [argv[-1] for argv in self.machine.commands if argv[0] == "dpkg"]

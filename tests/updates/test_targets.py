@@ -9,14 +9,16 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings
+from gateway.updates import detached_run
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Artifact, Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.targets import ModuleInstaller
+from tests.test_filelayer import record_fsyncs
 
 
 class TargetTests(TestCase):
@@ -126,8 +128,12 @@ class TargetTests(TestCase):
     def test_gateway_package_installs_through_a_detached_helper(self) -> None:
         """The .deb command runs in a detached helper (its own session) that reports a result file."""
         command = ("/bin/sh", "-c", 'echo "installing $0 in session $(cut -d" " -f6 /proc/$$/stat)"')
+        fsynced = record_fsyncs(self)
         message = yield self.install("gateway", "deb", deb_install_command=command)
         self.assertIn("gateway package 3 installed", message)
+        # (its result directory, made for it, is fsynced in its parent: a power cut could take it
+        # with the helper's record of a step under way)
+        self.assertIn(str(self.dir.absolute()), fsynced)
         result = (self.dir / "helper" / "result.json").read_text()
         self.assertIn("pkg.deb", result)
         helper_session = int(result.split("in session")[1].split('"')[0].strip().split("\\n")[0])
@@ -442,3 +448,17 @@ class TargetTests(TestCase):
         self.assertIn("health window was not watched again", message)
         with self.assertRaises(InstallError):  # (not after a restart: installing it again is an error)
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
+
+
+class DetachedRunTests(SynchronousTestCase):
+    """The detached helper's own result directory survives a power cut."""
+
+    def test_the_result_directory_made_is_fsynced_in_its_parent(self) -> None:
+        """The result directory, when the helper makes it, is fsynced in its parent: a power
+        cut could take it with the result of an install the gateway then never learnt."""
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        fsynced = record_fsyncs(self)
+        self.assertEqual(detached_run.run(base / "helper", ["true"]), 0)
+        self.assertIn(str(base), fsynced)
+        self.assertIn("exit_code", (base / "helper" / "result.json").read_text())
