@@ -22,6 +22,7 @@ from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import AppRegistry
 from gateway.atomic import write_atomically
 from gateway.apps.settings import AppsSettings
+from gateway.filelayer import sync_tree
 
 T = TypeVar("T")
 Blocking = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -160,6 +161,10 @@ class PackageInstaller:
                     why = (f"timed out after {settings.install_timeout:g} s (install_timeout)"
                            if result.exitstatus is None else f"exited with {result.exitstatus}")
                     raise InstallError(f"{name} {version}: install.sh {why}", name, version, output)
+                # What install.sh wrote there (compiled files, a generated config) survives a
+                # power cut before anything points at this version (the unpacked files were
+                # made durable as they were unpacked).
+                yield self._blocking(lambda: sync_tree(str(home)))
         except BaseException as exc:
             yield self._blocking(lambda: self.discard(name, version))
             if isinstance(exc, OSError):

@@ -19,6 +19,7 @@ from gateway.apps.process import ProgramState
 from tests.apps.packages import build_tarball, gwe_package, member
 from tests.apps.realtime import fast_settings, make_service, wait_until
 from tests.logevents import capture_log_events
+from tests.test_filelayer import record_fsyncs
 
 PY = sys.executable
 SERVE = "import os, time\nprint('hello', os.environ.get('GREETING'), os.environ['GATEWAY_APP_VERSION'], flush=True)\ntime.sleep(60)\n"
@@ -81,6 +82,18 @@ class InstallTests(TestCase):
         self.assertEqual(os.readlink(self.state / "apps" / "hello" / "current"), "1")
         self.assertEqual(sorted(p.name for p in (self.state / "apps" / "hello").iterdir()),
                          [".install-order.json", "1", "current", "data", "install-1.log"])
+
+    @inlineCallbacks
+    def test_what_install_sh_writes_is_durable_before_the_version_is_current(self) -> None:
+        """docs/apps.md: what install.sh writes in the version's directory is fsynced (with the
+        directory) before ``current`` points at it: it was not, so a power cut after an install
+        could leave install.sh's files empty or missing in the current version."""
+        fsynced = record_fsyncs(self)
+        result = yield self.ops.install(self.hello("1.0"))
+        self.assertTrue(result.ok, result)
+        home = self.state / "apps" / "hello" / "1.0"
+        self.assertIn(str(home / "installed"), fsynced)
+        self.assertIn(str(home), fsynced[fsynced.index(str(home / "installed")):])  # (its entry too)
 
     @inlineCallbacks
     def test_gwe_tarball_runs_unchanged(self) -> None:
