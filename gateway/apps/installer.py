@@ -22,7 +22,7 @@ from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import AppRegistry
 from gateway.atomic import write_atomically
 from gateway.apps.settings import AppsSettings
-from gateway.filelayer import sync_tree
+from gateway.filelayer import makedirs_durably, sync_tree
 
 T = TypeVar("T")
 Blocking = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -139,7 +139,7 @@ class PackageInstaller:
             self._before_unpack(name, version)
             self._registry.remove_version(name, version)
             extract_archive(archive, contents, home)
-            self._registry.data_dir(name).mkdir(exist_ok=True)
+            makedirs_durably(str(self._registry.data_dir(name)))  # (the app's state kept across versions)
             return read_manifest(home, name, version)
 
         try:

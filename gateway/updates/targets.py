@@ -293,8 +293,12 @@ class ModuleInstaller:
         last = self.deb_request.with_name(LAST_INSTALLER) if self.deb_request is not None else None
         if last is not None:
             yield self._after_earlier_installer(read_json(last), result_dir)
-        shutil.rmtree(result_dir, ignore_errors=True)
-        makedirs_durably(str(result_dir))
+
+        def fresh_result_dir() -> None:
+            shutil.rmtree(result_dir, ignore_errors=True)
+            makedirs_durably(str(result_dir))
+
+        yield self.run_blocking(fresh_result_dir)  # (an fsync of its parent: not on the reactor thread)
         if last is not None:
             yield self.run_blocking(write_json_atomically, last, {"result_dir": str(result_dir)})
         if deb_installer(self.settings) == "unit":
