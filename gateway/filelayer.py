@@ -396,8 +396,9 @@ def makedirs_durably(path: str, mode: int = 0o777) -> None:
         except FileExistsError:
             if not os.path.isdir(directory):
                 raise
+    files = OSFiles()
     for directory in made:
-        OSFiles().fsync_dir(os.path.dirname(directory))
+        files.fsync_dir(os.path.dirname(directory))
 
 
 def sync_tree(path: str) -> None:

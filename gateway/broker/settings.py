@@ -15,6 +15,7 @@ import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import dacite
@@ -418,7 +419,7 @@ def _check_password_file(file: str | os.PathLike[str], path: tuple[str, ...], er
     number: amqtt would log such a line whole, and it may be a password."""
     from gateway.broker.passwordfile import password_file_problems  # amqtt's hashers: only with such a file
     try:
-        text = open(file, encoding="utf-8", errors="replace").read()
+        text = Path(file).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         errors.add(path, f"cannot read {str(file)!r}: {exc.strerror}")
         return

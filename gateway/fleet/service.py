@@ -91,8 +91,6 @@ class FleetService(Service):
         self._in_row = 0
         #: when the first of the failed polls in a row failed (None: the last poll went well)
         self._failing_since: float | None = None
-        #: whether a poll went well since the start and the last failed one (the next wait is respread)
-        self._settled = False
         #: the steady time before which no request goes to the server (its Retry-After, spread)
         self._held_until = 0.0
         #: a feedback answer asking the gateway to slow down (429, a Retry-After) in this poll's flush
@@ -308,10 +306,11 @@ class FleetService(Service):
                               "last: {error})", failures=self._in_row, down=down, error=self._last_error)
             self._in_row, self._last_error, self._failing_since = 0, "", None
             self._polls += 1
+            # (after the start or failed polls, the wait is respread over the interval)
+            settled = self._last_outcome == "ok"
             self._last_poll_at = self._last_success_at = self.clock.seconds()
             self._last_outcome = "ok"
-            delay = self._poll_wait(sleep, self.settings.poll_jitter if self._settled else RESPREAD)
-            self._settled = True
+            delay = self._poll_wait(sleep, self.settings.poll_jitter if settled else RESPREAD)
         except DDIError as error:
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
@@ -346,7 +345,6 @@ class FleetService(Service):
         self._in_row += 1
         self._polls += 1
         self._poll_failures += 1
-        self._settled = False
         self._error(reason)
         self._last_poll_at, self._last_outcome = self.clock.seconds(), "failed"
         return self._backoff(self._in_row)

@@ -33,8 +33,8 @@ class FleetSnapshot:
     :param last_poll_at: when the last poll ended (seconds since the epoch), ``None`` before one.
     :param last_poll_outcome: ``ok``, ``failed``, or ``""`` before the first poll ended.
     :param last_success_at: when a poll last went well, ``None`` before one did.
-    :param last_error: why the last poll failed (or feedback was not taken), ``""`` once a poll
-        goes well again.
+    :param last_error: why the last poll failed (or feedback was not taken), kept after a poll
+        goes well again (``""`` before any failure).
     :param last_error_at: when that was, ``None`` while there is none.
     :param failing_since: when the first of the polls failed in a row failed, ``None`` while none has.
     :param next_poll_in_s: seconds until the next poll, ``None`` while one is under way (or before

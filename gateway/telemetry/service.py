@@ -198,7 +198,8 @@ class TelemetryService(Service):
         ``{"report": name}``); an unknown one, or one larger than
         :data:`~gateway.payloadlimits.REQUEST_BYTES` (not read), is answered on the error topic."""
         oversized = too_large(message.payload)
-        text = message.payload[:REQUEST_BYTES].decode("utf-8", "replace").strip()
+        # (a refused one is shown by its first characters only: at most 4 bytes each)
+        text = message.payload[:REQUEST_BYTES if oversized is None else 4 * SHOWN_CHARS].decode("utf-8", "replace").strip()
         name: object = text
         error: str | None = oversized
         if oversized is None and text.startswith(("{", '"')):

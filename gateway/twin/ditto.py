@@ -45,8 +45,8 @@ class DittoError(Exception):
     :param status: the HTTP-like status (400, 404, 413...).
     :param error: Ditto's error code (``things:attribute.notfound``...).
     :param message: what is wrong, for people.
-    :param envelope: the command's envelope as its answer may repeat it, when the payload is
-        one :func:`jsontext.loads` refuses (:func:`parse_command`); else ``None``.
+    :param envelope: the command's envelope as its answer repeats it (:func:`parse_command`
+        sets it: mended when the payload is one :func:`jsontext.loads` refuses); else ``None``.
     """
 
     def __init__(self, status: int, error: str, message: str, envelope: dict[str, Any] | None = None) -> None:
@@ -109,6 +109,18 @@ def parse_command(payload: bytes) -> Command | None:
         raise DittoError(400, "json.invalid", f"the command is not Unicode text: {exc}", mended) from None
     if not _is_command(envelope):
         return None
+    try:
+        return _command(envelope)
+    except DittoError as exc:
+        exc.envelope = envelope  # (its answer repeats the envelope's topic, path and headers)
+        raise
+
+
+def _command(envelope: dict[str, Any]) -> Command:
+    """The twin command a twin command's ``envelope`` holds (:func:`parse_command`).
+
+    :raises DittoError: for one that is malformed.
+    """
     parts = envelope["topic"].split("/")
     namespace, name, action = parts[0], parts[1], parts[5]
     if action not in ACTIONS:

@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDef
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.clockstep import steady_seconds
 from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, not_published_since,
@@ -165,13 +164,9 @@ class TwinService(Service):
         try:
             command = parse_command(message.payload)
         except DittoError as exc:
-            if exc.envelope is not None:  # (its JSON is not Unicode text: the envelope mended)
-                envelope = exc.envelope
-            else:
-                try:
-                    envelope = jsontext.loads(message.payload)
-                except ValueError:  # parse_command only raises for JSON envelopes
-                    return None
+            envelope = exc.envelope  # (parse_command's, parsed once)
+            if envelope is None:
+                return None
             topic = str(envelope.get("topic", ""))
             namespace, name = (topic.split("/") + ["", ""])[:2]
             thing_id = self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root)
