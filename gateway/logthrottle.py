@@ -31,13 +31,15 @@ class LogThrottle:
         now = self._now()
         if now - self._logged_at < self.interval:
             return None
-        count, self._unlogged, self._logged_at = self._unlogged, 0, now
-        return count
+        return self._taken(now)
 
     def take(self) -> int:
         """The events counted since the last line, for a line the caller writes now whether due
         or not (the last one, at a stop); the interval starts again from now."""
-        count, self._unlogged, self._logged_at = self._unlogged, 0, self._now()
+        return self._taken(self._now())
+
+    def _taken(self, now: float) -> int:
+        count, self._unlogged, self._logged_at = self._unlogged, 0, now
         return count
 
     def reset(self) -> None:

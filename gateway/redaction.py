@@ -39,10 +39,14 @@ _SECRET_QUERY_NAME = re.compile(r"sig|code|auth|pwd", re.IGNORECASE)
 _CONNECTION_PART = re.compile(r"((?:^|;)\s*([A-Za-z][A-Za-z0-9 _.-]*)=)([^;\"'\n]*)")
 
 
+def _secret_name(name: str) -> bool:
+    """Whether a query parameter's or a connection string part's ``name`` marks its value a secret."""
+    return bool(SECRET_KEY.search(name) or _SECRET_QUERY_NAME.fullmatch(name))
+
+
 def _query_secret(name: str) -> bool:
     """Whether the query parameter ``name`` (``sig=``, ``X-Amz-Signature=``) holds a secret."""
-    name = urllib.parse.unquote(name[:-1])
-    return bool(SECRET_KEY.search(name) or _SECRET_QUERY_NAME.fullmatch(name))
+    return _secret_name(urllib.parse.unquote(name[:-1]))
 
 
 def _hide_query(match: re.Match[str]) -> str:
@@ -51,7 +55,7 @@ def _hide_query(match: re.Match[str]) -> str:
 
 
 def _hide_connection_part(match: re.Match[str]) -> str:
-    secret = match.group(3) and (SECRET_KEY.search(match.group(2)) or _SECRET_QUERY_NAME.fullmatch(match.group(2)))
+    secret = match.group(3) and _secret_name(match.group(2))
     return match.group(1) + (REDACTED if secret else match.group(3))
 
 
