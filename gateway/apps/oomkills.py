@@ -12,31 +12,26 @@ sent the SIGKILL; where no such count can be read nothing is told.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from gateway.apps.launch import CgroupJoin
-
-#: Where the cgroup file systems are mounted.
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from gateway.cgroupmembership import CGROUP_ROOT, CgroupMembership, own_cgroups
 
 
-def count_file(proc_cgroup: str, root: Path = CGROUP_ROOT) -> Path | None:
-    """The file holding the OOM kill count of the memory cgroup of a process whose
-    ``/proc/<pid>/cgroup`` text is ``proc_cgroup``, or None where there is none (no memory
-    controller; the root cgroup of cgroup v2, which counts nothing).
+def count_file(cgroups: Sequence[CgroupMembership], root: Path = CGROUP_ROOT) -> Path | None:
+    """The file holding the OOM kill count of the memory cgroup of a process in ``cgroups`` (its
+    ``/proc/<pid>/cgroup``, :mod:`gateway.cgroupmembership`), or None where there is none (no
+    memory controller; the root cgroup of cgroup v2, which counts nothing).
 
     :param root: where the cgroup file systems are mounted.
     """
     unified = None
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        path = parts[2].strip().lstrip("/")
-        if "memory" in parts[1].split(","):  # (v1: its own hierarchy, memory's limits and counts)
-            found = root / "memory" / path / "memory.oom_control"
+    for cgroup in cgroups:
+        if "memory" in cgroup.controllers:  # (v1: its own hierarchy, memory's limits and counts)
+            found = root / "memory" / cgroup.path / "memory.oom_control"
             return found if found.is_file() else None
-        if parts[0] == "0" and parts[1] == "":
-            unified = path
+        if cgroup.unified:
+            unified = cgroup.path
     return None if unified is None else events_file(root / unified)
 
 
@@ -70,17 +65,12 @@ class OomKillCounts:
     """Reads the OOM kill count of the memory cgroup a program runs in: the gateway's own, or
     the cgroup v2 of its app it joins (per-app byte accounting, :mod:`gateway.telemetry.appbytes`).
 
-    :param proc_cgroup: the gateway's ``/proc/self/cgroup`` text (None: read it now).
+    :param cgroups: the gateway's cgroups (None: read its ``/proc/self/cgroup`` now).
     :param root: where the cgroup file systems are mounted.
     """
 
-    def __init__(self, proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) -> None:
-        if proc_cgroup is None:
-            try:
-                proc_cgroup = Path("/proc/self/cgroup").read_text()
-            except OSError:
-                proc_cgroup = ""
-        self._own = count_file(proc_cgroup, root)
+    def __init__(self, cgroups: Sequence[CgroupMembership] | None = None, root: Path = CGROUP_ROOT) -> None:
+        self._own = count_file(own_cgroups() if cgroups is None else cgroups, root)
         # (memory on cgroup v1: joining an app's cgroup v2 changes nothing of its memory)
         self._v1 = self._own is not None and self._own.name == "memory.oom_control"
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import resource
 from pathlib import Path
+from typing import Sequence
 
-from gateway.apps.oomkills import CGROUP_ROOT
+from gateway.cgroupmembership import CGROUP_ROOT, CgroupMembership, own_cgroups
 
 
 def _pids_max(cgroup: Path, top: Path) -> int | None:
@@ -36,24 +37,20 @@ def _pids_max(cgroup: Path, top: Path) -> int | None:
         cgroup = cgroup.parent
 
 
-def cgroup_pids_max(proc_cgroup: str, root: Path = CGROUP_ROOT) -> int | None:
-    """The most processes and threads the pids cgroup of a process whose ``/proc/<pid>/cgroup``
-    text is ``proc_cgroup`` allows (its own ``pids.max`` or a parent's, whichever is lower), or
-    None where none is set or can be read.
+def cgroup_pids_max(cgroups: Sequence[CgroupMembership], root: Path = CGROUP_ROOT) -> int | None:
+    """The most processes and threads the pids cgroup of a process in ``cgroups`` (its
+    ``/proc/<pid>/cgroup``, :mod:`gateway.cgroupmembership`) allows (its own ``pids.max`` or a
+    parent's, whichever is lower), or None where none is set or can be read.
 
     :param root: where the cgroup file systems are mounted (cgroup v1's ``pids`` under it; cgroup
         v2 at it, or at its ``unified``).
     """
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        path = parts[2].strip().lstrip("/")
-        if "pids" in parts[1].split(","):
-            return _pids_max(root / "pids" / path, root / "pids")
-        if parts[0] == "0" and parts[1] == "":
+    for cgroup in cgroups:
+        if "pids" in cgroup.controllers:
+            return _pids_max(root / "pids" / cgroup.path, root / "pids")
+        if cgroup.unified:
             top = root if (root / "cgroup.controllers").is_file() else root / "unified"
-            limit = _pids_max(top / path, top)
+            limit = _pids_max(top / cgroup.path, top)
             if limit is not None:
                 return limit
     return None
@@ -79,8 +76,4 @@ def program_process_limit(reserve: int, nproc: int | None = None, pids_max: int 
 def own_program_process_limit(reserve: int) -> int | None:
     """:func:`program_process_limit` for this process (reads ``/proc/self/cgroup`` and its pids
     cgroup: once, when the apps service is made)."""
-    try:
-        proc_cgroup = Path("/proc/self/cgroup").read_text()
-    except OSError:
-        proc_cgroup = ""
-    return program_process_limit(reserve, pids_max=cgroup_pids_max(proc_cgroup))
+    return program_process_limit(reserve, pids_max=cgroup_pids_max(own_cgroups()))

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from gateway.apps.launch import CgroupJoin
 from gateway.blocking import RunBlocking, in_reactor_threads
+from gateway.cgroupmembership import read_cgroups, unified_path
 from gateway.degraded import Failing
 from gateway.telemetry.snapshot import AccountingSnapshot
 
@@ -81,15 +82,6 @@ def find_cgroup2(mounts: str) -> Path | None:
     return None
 
 
-def own_cgroup(proc_cgroup: str) -> str:
-    """This process's cgroup v2 path from ``/proc/self/cgroup`` text (``0::/path``), without
-    the leading slash."""
-    for line in proc_cgroup.splitlines():
-        if line.startswith("0::"):
-            return line[3:].strip().lstrip("/")
-    return ""
-
-
 def table_command(table: str) -> str:
     """One nft command line that makes ``table`` afresh with its empty ``out`` and ``in`` chains."""
     return (f"table inet {table} {{}}; delete table inet {table}; table inet {table} {{ "
@@ -116,7 +108,7 @@ def detect(base_name: str = "gateway-apps", nft: str | None = None,
         # (as the file system encoding decodes names: a mount point in any bytes, /media/clé
         # under LC_ALL=C with PYTHONUTF8=0 or one in Latin-1, raised UnicodeDecodeError here)
         mount = find_cgroup2(os.fsdecode((proc / "self" / "mounts").read_bytes()))
-        own = own_cgroup(os.fsdecode((proc / "self" / "cgroup").read_bytes()))
+        own = unified_path(read_cgroups(proc / "self" / "cgroup")) or ""
     except OSError as exc:
         return None, f"cannot read /proc: {exc}"
     if mount is None:

@@ -14,11 +14,12 @@ from gateway.apps.logs import AppLogWriter
 from gateway.apps.oomkills import OomKillCounts, count_file, read_count
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
 from gateway.apps.settings import ProgramSettings
+from gateway.cgroupmembership import parse_cgroups
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
 
-V1 = "9:name=systemd:/\n4:memory:/box/gw\n3:cpuset:/\n0::/\n"
-V2 = "0::/system.slice/gateway.service\n"
+V1 = parse_cgroups("9:name=systemd:/\n4:memory:/box/gw\n3:cpuset:/\n0::/\n")
+V2 = parse_cgroups("0::/system.slice/gateway.service\n")
 EVENTS = "low 0\nhigh 0\nmax 3\noom 1\noom_kill {}\noom_group_kill 0\n"
 
 
@@ -54,7 +55,7 @@ class CountFileTests(SynchronousTestCase):
         self.cgroup("system.slice/gateway.service", memory_events=EVENTS.format(7))
         counts = OomKillCounts(V2, self.root)
         self.assertEqual(counts.count(None), 7)
-        self.assertIsNone(count_file("0::/\n", self.root))
+        self.assertIsNone(count_file(parse_cgroups("0::/\n"), self.root))
 
     def test_an_apps_own_cgroup_v2(self) -> None:
         """A program that joins its app's cgroup (per-app accounting) is counted there."""
@@ -67,8 +68,8 @@ class CountFileTests(SynchronousTestCase):
     def test_nothing_to_read(self) -> None:
         """No memory controller, a kernel without the count (before 4.13), a file that is gone:
         None, never a guess."""
-        self.assertIsNone(count_file("4:memory:/gone\n", self.root))
-        self.assertIsNone(OomKillCounts("1:cpu:/\n", self.root).count(None))
+        self.assertIsNone(count_file(parse_cgroups("4:memory:/gone\n"), self.root))
+        self.assertIsNone(OomKillCounts(parse_cgroups("1:cpu:/\n"), self.root).count(None))
         old = self.cgroup("memory/old", memory_oom_control="oom_kill_disable 0\nunder_oom 0\n")
         self.assertIsNone(read_count(old / "memory.oom_control"))
         self.assertIsNone(read_count(old / "missing"))

@@ -15,6 +15,7 @@ from gateway.apps.launch import limit_processes
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.processlimit import cgroup_pids_max, program_process_limit
 from gateway.apps.settings import AppsSettings
+from gateway.cgroupmembership import parse_cgroups
 from tests.apps.fakes import FakeProcessReactor
 
 INFINITY = resource.RLIM_INFINITY
@@ -53,7 +54,7 @@ class CgroupPidsMaxTests(SynchronousTestCase):
         """The pids hierarchy of cgroup v1; the lower of the cgroup's and its parents'."""
         root = self.cgroups({"pids/system.slice/gateway.service/pids.max": "4915\n",
                              "pids/system.slice/pids.max": "max\n"})
-        proc = "12:pids:/system.slice/gateway.service\n4:memory:/system.slice/gateway.service\n0::/x\n"
+        proc = parse_cgroups("12:pids:/system.slice/gateway.service\n4:memory:/system.slice/gateway.service\n0::/x\n")
         self.assertEqual(cgroup_pids_max(proc, root), 4915)
         (root / "pids/system.slice/pids.max").write_text("1000\n")
         self.assertEqual(cgroup_pids_max(proc, root), 1000)
@@ -62,16 +63,17 @@ class CgroupPidsMaxTests(SynchronousTestCase):
         """Pure cgroup v2 (a cgroup.controllers at the root), and the hybrid's unified."""
         root = self.cgroups({"cgroup.controllers": "cpu pids\n",
                              "system.slice/gateway.service/pids.max": "4915\n"})
-        self.assertEqual(cgroup_pids_max("0::/system.slice/gateway.service\n", root), 4915)
+        self.assertEqual(cgroup_pids_max(parse_cgroups("0::/system.slice/gateway.service\n"), root), 4915)
         hybrid = self.cgroups({"unified/system.slice/gateway.service/pids.max": "77\n"})
-        self.assertEqual(cgroup_pids_max("1:name=systemd:/x\n0::/system.slice/gateway.service\n", hybrid), 77)
+        proc = parse_cgroups("1:name=systemd:/x\n0::/system.slice/gateway.service\n")
+        self.assertEqual(cgroup_pids_max(proc, hybrid), 77)
 
     def test_none_set_or_readable(self) -> None:
         """max everywhere, no pids files, or no /proc/self/cgroup text: no limit."""
         root = self.cgroups({"cgroup.controllers": "", "a/pids.max": "max\n"})
-        self.assertIsNone(cgroup_pids_max("0::/a\n", root))
-        self.assertIsNone(cgroup_pids_max("0::/b\n", root))
-        self.assertIsNone(cgroup_pids_max("", root))
+        self.assertIsNone(cgroup_pids_max(parse_cgroups("0::/a\n"), root))
+        self.assertIsNone(cgroup_pids_max(parse_cgroups("0::/b\n"), root))
+        self.assertIsNone(cgroup_pids_max(parse_cgroups(""), root))
 
 
 class LimitProcessesTests(SynchronousTestCase):

@@ -22,6 +22,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gateway.apps.process import ProgramState
+from gateway.cgroupmembership import CGROUP_ROOT, read_cgroups, unified_path
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import RuntimeFailure
 from gateway.containers.service import ContainersService
@@ -51,15 +52,12 @@ def description(tag: str = "1", **more: Any) -> ContainerDescription:
 def kernel_memory_limit(pid: int) -> int | None:
     """The memory limit, in bytes, of the memory cgroup process ``pid`` runs in (cgroup v1
     ``memory.limit_in_bytes``, v2 ``memory.max``); None for none (``max``)."""
-    v2 = None
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        hierarchy, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            limit = int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text())
+    cgroups = read_cgroups(Path(f"/proc/{pid}/cgroup"))
+    for cgroup in cgroups:
+        if "memory" in cgroup.controllers:
+            limit = int((CGROUP_ROOT / "memory" / cgroup.path / "memory.limit_in_bytes").read_text())
             return None if limit >= 2**62 else limit
-        if hierarchy == "0":
-            v2 = path
-    text = Path(f"/sys/fs/cgroup{v2}/memory.max").read_text().strip()
+    text = (CGROUP_ROOT / (unified_path(cgroups) or "") / "memory.max").read_text().strip()
     return None if text == "max" else int(text)
 
 

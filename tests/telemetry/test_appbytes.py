@@ -21,10 +21,11 @@ from twisted.web.static import Data
 from gateway import config as gateway_config
 from gateway.degraded import Degraded
 from gateway.apps.launch import CgroupJoin
+from gateway.cgroupmembership import parse_cgroups, unified_path
 from gateway.readside import ServiceState
 from gateway.telemetry import appbytes
 from gateway.telemetry.appbytes import (AccountingService, CgroupPlace, NftAccounting, detect, find_cgroup2,
-                                        own_cgroup, parse_counters)
+                                        parse_counters)
 from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.tree import build_service
 from tests.apps.fakes import FakeProcessReactor
@@ -44,8 +45,9 @@ class ParsingTests(SynchronousTestCase):
                   "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n")
         self.assertEqual(find_cgroup2(mounts), Path("/sys/fs/cgroup/unified"))
         self.assertIsNone(find_cgroup2("proc /proc proc rw 0 0\n"))
-        self.assertEqual(own_cgroup("1:cpu:/\n0::/system.slice/gateway.service\n"), "system.slice/gateway.service")
-        self.assertEqual(own_cgroup("0::/\n"), "")
+        self.assertEqual(unified_path(parse_cgroups("1:cpu:/\n0::/system.slice/gateway.service\n")),
+                         "system.slice/gateway.service")
+        self.assertEqual(unified_path(parse_cgroups("0::/\n")), "")
 
     def test_counters_from_nft_json(self) -> None:
         """Each app's out and in rules give its bytes and packets each way; other rules are ignored."""
