@@ -138,14 +138,24 @@ def _join_cgroup(procs: str) -> None:
         pass  # only the per-app byte count is lost; the usage report says when it cannot count
 
 
+def read_oom_score_adj(path: str = OWN_OOM_SCORE_ADJ) -> int:
+    """The ``oom_score_adj`` in ``path`` (the gateway's own, read by its containers' service too:
+    :func:`gateway.containers.podman.container_oom_score_adj`).
+
+    :raises OSError: when it cannot be read (``FileNotFoundError``: not Linux).
+    :raises ValueError: when it holds no number.
+    """
+    with open(path) as file:
+        return int(file.read())
+
+
 def raise_oom_score_adj(path: str = OWN_OOM_SCORE_ADJ, value: int = OOM_SCORE_ADJ) -> None:
     """Raise the ``oom_score_adj`` in ``path`` to ``value`` unless it is that high already (one an
     operator set higher stays). Where there is no such file (not Linux) nothing happens; a
     failure is written to stderr, the program's log: it runs all the same."""
     try:
-        with open(path) as file:
-            if int(file.read()) >= value:
-                return
+        if read_oom_score_adj(path) >= value:
+            return
         with open(path, "w") as file:
             file.write(str(value))
     except FileNotFoundError:

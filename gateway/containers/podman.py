@@ -27,7 +27,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from gateway.apps.launch import OOM_SCORE_ADJ, OWN_OOM_SCORE_ADJ
+from gateway.apps.launch import OOM_SCORE_ADJ, OWN_OOM_SCORE_ADJ, read_oom_score_adj
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure, RuntimeUnavailable
 from gateway.containers.runtime import ContainerState, ImageInfo, RuntimeEvent
@@ -195,8 +195,7 @@ def container_oom_score_adj(path: str = OWN_OOM_SCORE_ADJ) -> int:
     :param path: the gateway's own ``oom_score_adj`` file.
     """
     try:
-        with open(path) as file:
-            return max(OOM_SCORE_ADJ, int(file.read()))
+        return max(OOM_SCORE_ADJ, read_oom_score_adj(path))
     except (OSError, ValueError):
         return OOM_SCORE_ADJ
 

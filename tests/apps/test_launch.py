@@ -12,7 +12,7 @@ from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.apps.launch import OOM_SCORE_ADJ, launch_command, raise_oom_score_adj
+from gateway.apps.launch import OOM_SCORE_ADJ, launch_command, raise_oom_score_adj, read_oom_score_adj
 
 
 class RaiseOomScoreAdjTests(SynchronousTestCase):
@@ -33,6 +33,16 @@ class RaiseOomScoreAdjTests(SynchronousTestCase):
     def test_a_higher_value_stays(self) -> None:
         """One an operator set higher for the gateway, which the program inherits, is kept."""
         self.assertEqual(self.adjusted("800\n"), "800\n")
+
+    def test_the_one_reader(self) -> None:
+        """read_oom_score_adj (also the containers' reader) gives the number, or raises: no file
+        (not Linux), or no number in it."""
+        path = Path(self.mktemp())
+        path.write_text("-100\n")
+        self.assertEqual(read_oom_score_adj(str(path)), -100)
+        path.write_text("")
+        self.assertRaises(ValueError, read_oom_score_adj, str(path))
+        self.assertRaises(FileNotFoundError, read_oom_score_adj, str(Path(self.mktemp()) / "missing"))
 
     def test_no_such_file_does_nothing(self) -> None:
         """Where Linux's file does not exist (not Linux), nothing happens and nothing is said."""
