@@ -193,7 +193,9 @@ def _unexpected(failure: Failure) -> InstallResult:
 class SpoolWatcher:
     """Looks at the spool at start and when a package arrives, and installs what it finds, in order.
 
-    :param directory: the spool folder (created if missing).
+    :param directory: the spool folder, made before :meth:`start` (durably, off the reactor
+        thread: :meth:`gateway.apps.service.AppsService.startService`); while it is missing,
+        it is looked at every ``interval`` until it is there.
     :param install: the operations' ``install``.
     :param clock: an IReactorTime.
     :param blocking: runs a blocking callable off the reactor thread.
@@ -232,8 +234,7 @@ class SpoolWatcher:
         self._recheck: IDelayedCall | None = None
 
     def start(self) -> None:
-        """Make the folder, watch it and look at it once."""
-        makedirs_durably(str(self.directory))
+        """Watch the folder and look at it once (the apps service made it at its start)."""
         self._running = True
         self._look()
 

@@ -15,6 +15,8 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import __version__
+from gateway.apps import service as service_module
+from gateway.apps import spool as spool_module
 from gateway.apps.errors import DesiredStateError, UnknownAppError
 from gateway.telemetry.engine import engine_report
 from gateway.apps.process import ProgramState
@@ -22,6 +24,7 @@ from gateway.apps.registry import AppRegistry
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
 from gateway.apps.supervisor import app_environment
+from gateway.filelayer import makedirs_durably
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
 from tests.test_filelayer import record_fsyncs
@@ -529,6 +532,38 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(maybeDeferred(service.startService))
         self.addCleanup(service.stopService)
         self.assertTrue((self.state / "incoming").is_dir())
+
+    def test_the_spool_folder_is_made_once_off_the_reactor_thread(self) -> None:
+        """The spool folder is made (durably) once, in the work handed to ``blocking``: the
+        watcher's start made it again inline on the reactor thread (two stats, or a mkdir and
+        its parent's fsync when it had gone)."""
+        self.state = self.state.absolute()
+        spool = str(self.state / "incoming")
+        made: list[tuple[str, bool]] = []
+        off_reactor = [False]
+
+        def blocking(work: Callable[[], Any]) -> Deferred[Any]:
+            off_reactor[0] = True
+            try:
+                return maybeDeferred(work)
+            finally:
+                off_reactor[0] = False
+
+        def recording(path: str, mode: int = 0o777) -> None:
+            made.append((path, off_reactor[0]))
+            makedirs_durably(path, mode)
+
+        for module in (service_module, spool_module):
+            self.patch(module, "makedirs_durably", recording)
+        reactor = FakeProcessReactor()
+        service = AppsService(self.settings, self.state, reactor, "tcp:127.0.0.1:1883",
+                              blocking=blocking, threaded_logs=False, watch_spool=False)
+        self.successResultOf(maybeDeferred(service.startService))
+        self.addCleanup(service.stopService)
+        service.spool.start()  # (as the tree does once every service is up)
+        self.addCleanup(reactor.advance, 0)  # (the spool's inotify descriptor is closed then)
+        self.addCleanup(service.spool.stop)
+        self.assertEqual([entry for entry in made if entry[0] == spool], [(spool, True)])
 
     def q_package(self, version: str) -> Path:
         """A package of the app q at ``version`` (its install.sh succeeds, its program ``serve``)."""

@@ -39,6 +39,7 @@ def refuse_looks(test: SynchronousTestCase) -> list[bool]:
 class SpoolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.incoming = Path(self.mktemp())
+        self.incoming.mkdir()  # (as the apps service makes it before it starts the watcher)
         self.clock = Clock()
         self.calls: list[str] = []
 

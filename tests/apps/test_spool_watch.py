@@ -62,6 +62,7 @@ class FakeNotifier:
 class SpoolWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.incoming = Path(self.mktemp())
+        self.incoming.mkdir()  # (as the apps service makes it before it starts the watcher)
         self.clock = Clock()
         self.calls: list[str] = []
         self.notifiers: list[FakeNotifier] = []
@@ -85,7 +86,6 @@ class SpoolWatchTests(SynchronousTestCase):
         """Watched, the spool is looked at once at start (what arrived while the gateway was
         down), then when a package is renamed into it: on the clock only once, RECHECK_AFTER
         the last event."""
-        self.incoming.mkdir()
         (self.incoming / "early.v1.tar.gz").write_bytes(b"x")
         self.watcher()
         self.assertEqual(self.calls, ["early.v1.tar.gz"])
@@ -272,6 +272,7 @@ class RealINotifyTests(TestCase):
                 installed.callback(names)
             return succeed(INSTALLED)
 
+        incoming.mkdir()
         spool = SpoolWatcher(incoming, install, global_reactor, inline, 300.0,
                              lambda: INotify(global_reactor))
         spool.start()
@@ -302,6 +303,7 @@ class RealINotifyTests(TestCase):
             names.append(archive.name)
             return succeed(INSTALLED)
 
+        incoming.mkdir()
         spool = SpoolWatcher(incoming, install, global_reactor, inline, 0.1, lambda: INotify(global_reactor))
         spool.start()
         self.addCleanup(spool.stop)
