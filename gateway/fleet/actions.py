@@ -52,7 +52,7 @@ class FleetActions:
         #: the actions left waiting for another deployment (logged once each): action -> its operation's id
         self._waiting: dict[str, str] = {}
 
-    def now(self) -> tuple[str, str]:
+    def under_way(self) -> tuple[str, str]:
         """The action under way and its step: the one whose operation runs, else the one the last
         poll offered (``DOWNLOADED`` once downloaded to wait for its maintenance window or the
         server's go, its operation's final status while the server has not taken that in,

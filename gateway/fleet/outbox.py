@@ -68,14 +68,14 @@ class FeedbackOutbox:
         self._retry_at = 0.0
         self._lines = LogThrottle(FEEDBACK_LOG_INTERVAL, lambda: steady_seconds(clock))
 
-    def queue(self, kind: str, action_id: str, status: dict[str, Any], reported_id: str | None = None,
-              reported: str | None = None) -> Deferred[Any]:
+    def queue(self, kind: str, action_id: str, status: dict[str, Any], reported_id: str | None,
+              reported: str | None) -> Deferred[Any]:
         """Persist a feedback in the outbox (queued now) and what it reports, then send what is due.
 
         :param kind: ``deploymentBase`` or ``cancelAction``.
         :param action_id: the action (or cancel action) it is about.
         :param status: the DDI ``status`` object.
-        :param reported_id: the action whose step it reports, if any.
+        :param reported_id: the action whose step it reports (None: a cancel's answer that reports none).
         :param reported: that step (an operation status, ``refused``...), recorded as reported.
         """
         state = self.state()

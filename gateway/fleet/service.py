@@ -149,7 +149,7 @@ class FleetService(Service):
             state = "failing" if record.in_row else "waiting"
         timer = self._timer
         next_poll = max(0.0, timer.getTime() - now) if self.running and timer is not None and timer.active() else None
-        action_id, action_status = self.actions.now()
+        action_id, action_status = self.actions.under_way()
         queued = [f.queued_at for f in self.state.outbox if f.queued_at is not None]
         return FleetSnapshot(
             hide_inline_secrets(self.settings.base_url), self.settings.tenant, self.ddi.controller_id, state,
