@@ -146,11 +146,11 @@ def simulate(scenario: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     else:
         for service in fleet:
             service.startService()
-    waiting, all_polled = [(service, service.polls) for service in fleet], None
+    waiting, all_polled = [(service, service.record.polls) for service in fleet], None
     while clock.seconds() < start + args.horizon:
         clock.advance(1.0)
         if waiting:
-            waiting = [(service, polls) for service, polls in waiting if service.polls == polls]
+            waiting = [(service, polls) for service, polls in waiting if service.record.polls == polls]
             if not waiting:
                 all_polled = clock.seconds() - start
     polls = {second - int(start): count for second, count in server.polls.items()}

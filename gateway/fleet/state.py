@@ -35,7 +35,8 @@ class Feedback:
     :param action_id: the action (or cancel action) it is about.
     :param status: the DDI ``status`` object.
     :param queued_at: when it was put in the outbox (seconds since the epoch); ``None`` in a
-        state written by a version before it was recorded.
+        state written by a version before it was recorded, read without a ``now``
+        (:meth:`FleetState.load`).
     """
 
     kind: str
@@ -58,9 +59,13 @@ class FleetState:
     installed_action: str = ""
 
     @classmethod
-    def load(cls, path: Path) -> FleetState:
+    def load(cls, path: Path, now: float | None = None) -> FleetState:
         """Read the state file; an absent one is an empty state. Keys it does not know are
         ignored (a newer version's, after a rollback).
+
+        :param now: when a feedback without ``queued_at`` (or with one that is not a number:
+            a state written before it was recorded) counts as queued: the start that read it;
+            ``None`` leaves it unknown.
 
         :raises ValueError: when the file is there but unreadable, or not of this shape (a
             feedback whose kind, action id or status is of another kind, a map of other than
@@ -85,7 +90,8 @@ class FleetState:
         for key in ("config_hash", "sw_version", "installed_action"):
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
-        return cls([Feedback(f["kind"], f["action_id"], f["status"], _queued_at(f)) for f in outbox], dict(raw.get("reported", {})),
+        return cls([Feedback(f["kind"], f["action_id"], f["status"], _queued_at(f, now)) for f in outbox],
+                   dict(raw.get("reported", {})),
                    dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
                    raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
 
@@ -115,11 +121,11 @@ def _beyond(actions: list[str], keep: int) -> list[str]:
     return actions[:max(0, len(actions) - keep)]
 
 
-def _queued_at(raw: dict[str, Any]) -> float | None:
-    """A persisted feedback's ``queued_at``; ``None`` when absent or not a number (only its age
+def _queued_at(raw: dict[str, Any], now: float | None) -> float | None:
+    """A persisted feedback's ``queued_at``; ``now`` when absent or not a number (only its age
     in the snapshot depends on it: no reason to set the state aside)."""
     value = raw.get("queued_at")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else now
 
 
 def _is_feedback(raw: Any) -> bool:

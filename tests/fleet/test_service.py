@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from gateway.apps.operations import InstallResult
 from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
+from gateway.fleet import actions as fleet_actions
 from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
@@ -324,6 +325,27 @@ class FleetServiceTests(FleetHarness):
             ("proceeding", "none"), ("closed", "success")])
         self.assertEqual(self.server.polls, 3)
 
+    def test_feedback_between_polls_answered_retry_after_puts_the_next_poll_off(self) -> None:
+        """A feedback sent between two polls (a step of an operation, here a cancel on the gateway)
+        answered with Retry-After puts off the poll that was due sooner: it goes once the hold is
+        over, not at its time (where it would have sent that feedback and polled while held). (The
+        same answer to a feedback a poll sends leaves the next poll to that poll's end: the test
+        above.)"""
+        self.file.stall = True
+        self.server.deployment = deployment("33", FILES)
+        fleet = self.start()
+        self.run_for(8)  # t=5: the poll; downloading; the next poll due at t=65
+        self.assertEqual((self.server.polls, fleet.snapshot().next_poll_in_s), (1, 57.0))
+        self.server.feedback_errors = [(503, {"Retry-After": "100"})]
+        self.assertIsNone(self.updates.handle_command("cancel", b'{"correlationId": "ddi-33"}'))
+        self.stub.flush()  # t=8: CANCELED's feedback, answered 503 Retry-After: 100 (held 125 s)
+        self.assertEqual((fleet.snapshot().state, fleet.snapshot().next_poll_in_s), ("held", 125.0))
+        self.run_for(124)
+        self.assertEqual(self.server.polls, 1)
+        self.run_for(2)  # t=134: the poll, which sends the feedback
+        self.assertEqual(self.server.polls, 2)
+        self.assertEqual(self.server.executions()[-1], ("closed", "failure"))
+
     def test_a_server_that_never_answers_has_one_poll_at_a_time(self) -> None:
         """A server that takes every poll and never answers: each fails after request_timeout
         (30 s), logged as timed out, and the next waits its backoff; a poll falling due while one
@@ -504,14 +526,14 @@ class FleetServiceTests(FleetHarness):
     def test_the_actions_said_again_are_remembered_the_last_ones_only(self) -> None:
         """The actions whose end was said again are remembered once each, the last RESENT_KEPT of
         them (one id per action forever before): an action offered again and again is told once."""
-        self.patch(fleet_service, "RESENT_KEPT", 2)
+        self.patch(fleet_actions, "RESENT_KEPT", 2)
         self.server.offer_until_closed = False
         fleet = self.start()
         for action_id in ["19", "20", "21", "21"]:
             self.server.deployment = {"id": action_id, "deployment": {"download": "forced", "chunks": []}}
             self.run_for(61)
         self.assertEqual([action_id for _, action_id, _ in self.server.feedback], ["19", "20", "21"])
-        self.assertEqual(list(fleet._resent), ["20", "21"])
+        self.assertEqual(list(fleet.actions.resent), ["20", "21"])
         self.stop()
 
     def test_deployment_with_unreadable_metadata_is_closed_failure(self) -> None:

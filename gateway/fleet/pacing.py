@@ -1,0 +1,71 @@
+"""When the fleet service's next DDI request may go: the wait between polls and its jitter, the
+backoff after failures, and the hold a server's ``Retry-After`` puts on every request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.clockstep import steady_seconds
+from gateway.fleet.ddi import DDIError
+from gateway.fleet.settings import FleetSettings
+
+#: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
+#: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
+MAX_SLEEP = 86400.0
+#: The spread of the wait after the first poll that goes well after a start or after failed polls
+#: (a factor in 1 ± this, whatever ``poll_jitter``): a fleet restarted together (a power cut at a
+#: site) or back together (the server's outage ended) spreads over a whole interval from then on.
+RESPREAD = 0.5
+
+
+class RequestPacing:
+    """The waits of one fleet service, each drawn at random in its range so that a fleet spreads.
+
+    :param settings: the ``fleet`` section (``min_poll_interval``, ``retry_max_delay``).
+    :param clock: the reactor's clock.
+    :param uniform: ``random.uniform`` (tests pass a fixed one).
+    """
+
+    def __init__(self, settings: FleetSettings, clock: Any, uniform: Callable[[float, float], float]) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.uniform = uniform
+        #: the steady time before which no request goes to the server (its Retry-After, spread)
+        self.held_until = 0.0
+
+    def poll_wait(self, sleep: float, jitter: float) -> float:
+        """The wait before the next poll: ``sleep`` (at least ``min_poll_interval``) times a random
+        factor in 1 ± ``jitter``, the range moved up where it would start below ``min_poll_interval``
+        (never sooner than that)."""
+        base = max(sleep, self.settings.min_poll_interval)
+        low = max(self.settings.min_poll_interval, base * (1 - jitter))
+        return float(self.uniform(low, low + 2 * jitter * base))
+
+    def backoff(self, failures: int) -> float:
+        """The wait after ``failures`` in a row: half to all of ``min_poll_interval × 2^failures``,
+        at most ``retry_max_delay``."""
+        cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(failures, 30))
+        return float(self.uniform(cap / 2, cap))
+
+    def hold(self, error: DDIError) -> float | None:
+        """Hold every request back as the server's ``Retry-After`` asks: at least that, plus a random
+        part of up to half of it, at most ``retry_max_delay`` more (a fleet told to wait together
+        comes back spread).
+
+        :returns: the seconds from now the hold lasts when ``error`` made it longer, else None (no
+            ``Retry-After``, or a hold in force already lasts as long).
+        """
+        if error.retry_after is None:
+            return None
+        wait = error.retry_after
+        wait = float(self.uniform(wait, wait + min(wait / 2, self.settings.retry_max_delay)))
+        now = steady_seconds(self.clock)
+        if now + wait <= self.held_until:
+            return None
+        self.held_until = now + wait
+        return wait
+
+    def held_for(self) -> float:
+        """The seconds the hold lasts from now (0 or less when none is in force)."""
+        return self.held_until - steady_seconds(self.clock)
