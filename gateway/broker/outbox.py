@@ -83,7 +83,7 @@ class QueuePolicy:
     :ivar dropping: the queues that dropped messages, by client id, while their session is known.
     :ivar total: the :func:`queued_cost` of the messages the persistent sessions' queues hold now.
     :ivar total_drops: messages dropped to keep :attr:`total` within ``max_total`` (also in :attr:`dropped`).
-    :ivar dropped_at_start: those of them :meth:`apply_total` dropped (a start's restored queues).
+    :ivar dropped_at_start: those of them a start dropped (:meth:`apply_total`, :meth:`catch_up`).
     :ivar holding: while true (a start restoring saved queues), ``max_total`` is not applied;
         :meth:`apply_total` applies it once everything is restored.
     :ivar on_total_drop: called (without arguments) after messages were dropped for ``max_total``.
@@ -108,6 +108,7 @@ class QueuePolicy:
         self.total_drops = 0
         self.dropped_at_start = 0
         self.holding = False
+        self._start_victims: set[str] = set()  # the queues the start dropped messages from (apply_total)
         self.on_total_drop: Callable[[], None] | None = None
         self.arrivals = 0  # the last arrival number given, over every queue
         # (arrival number of a queue's head at most, queue): one entry per persistent queue listed
@@ -162,20 +163,27 @@ class QueuePolicy:
     def apply_total(self) -> tuple[int, int]:
         """Stop :attr:`holding` and drop what is over ``max_total``, oldest first.
 
-        :returns: how many messages were dropped, and how many queues they came from.
+        :returns: how many messages the start dropped for ``max_total`` (here and in
+            :meth:`catch_up`), and how many queues they came from.
         """
+        self.catch_up()
         self.holding = False
-        dropped, victims = 0, set()
+        victims, self._start_victims = self._start_victims, set()
+        return self.dropped_at_start, len(victims)
+
+    def catch_up(self) -> None:
+        """Drop what is over ``max_total`` now, oldest first, while :attr:`holding`: a queue
+        being restored is at its own bounds, and the running broker decided on that message
+        with what the total had left in it (a start would otherwise drop the newest message,
+        ``drop_new``, and keep an older one the total had dropped)."""
         while self.max_total and self.total > self.max_total:
             victim = self._oldest()
             if victim is None:
                 break
             victim.drop_oldest()
-            dropped += 1
-            victims.add(victim.client_id)
-        self.total_drops += dropped
-        self.dropped_at_start += dropped
-        return dropped, len(victims)
+            self.total_drops += 1
+            self.dropped_at_start += 1
+            self._start_victims.add(victim.client_id)
 
     def _oldest(self) -> Outbox | None:
         """The persistent session's queue holding the oldest message (by arrival), or ``None``."""
@@ -276,7 +284,10 @@ class Outbox:
         policy = self.policy
         size = len(message.payload)
         if len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes:
-            if not self._make_room(message, size):
+            if policy.holding and self.persistent and policy.max_total and policy.total > policy.max_total:
+                policy.catch_up()
+            if (len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes) and \
+                    not self._make_room(message, size):
                 self._drop(message.qos)
                 return False
         if self.persistent:

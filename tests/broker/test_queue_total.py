@@ -286,6 +286,22 @@ class RestartTests(StateLogCase):
         client.stop()
         yield client.disconnected()
 
+    @inlineCallbacks
+    def fed(self, filters: dict[str, str], messages: list[tuple[str, bytes]]) -> Any:
+        """Start, leave offline sessions (client id -> its filter), publish ``messages`` (topic,
+        payload) at QoS 1 and disconnect; fires with the journal and the broker service."""
+        journal, broker = yield self.start()
+        port = port_of(broker)
+        for client_id, topic_filter in filters.items():
+            yield self.offline(port, client_id, topic_filter)
+        publisher = self.client()
+        yield publisher.connect(port)
+        for topic, payload in messages:
+            yield publisher.publish(topic, payload, 1)
+        publisher.stop()
+        yield publisher.disconnected()
+        return journal, broker
+
     @staticmethod
     def queues(service: Any) -> dict[str, list[str]]:
         return {client_id: names(session.outbox) if session.outbox is not None else []
@@ -293,19 +309,11 @@ class RestartTests(StateLogCase):
 
     @inlineCallbacks
     def test_drops_survive_a_crash_and_a_restart_and_a_lower_bound_drops_the_oldest(self):
-        journal, broker = yield self.start()
-        port = port_of(broker)
-        yield self.offline(port, "s1", "a")
-        yield self.offline(port, "s2", "b")
-        publisher = self.client()
-        yield publisher.connect(port)
-        for topic, name in (("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2"), ("a", "a3"), ("b", "b3")):
-            yield publisher.publish(topic, name.encode().ljust(SIZE, b"."), 1)
+        journal, broker = yield self.fed({"s1": "a", "s2": "b"}, [
+            (name[0], name.encode().ljust(SIZE, b".")) for name in ("a1", "b1", "a2", "b2", "a3", "b3")])
         live = self.queues(broker)
         self.assertEqual(live, {"s1": ["a2", "a3"], "s2": ["b2", "b3"]})  # (topics "a", "b": 1,000 bytes each)
         self.assertEqual(broker.snapshot().queue_drops_over_total, 2)
-        publisher.stop()
-        yield publisher.disconnected()
         yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
 
         journal, broker = yield self.start()
@@ -340,3 +348,37 @@ class RestartTests(StateLogCase):
         path = self.state_dir / "broker" / "state.json"
         return {s["client_id"]: len(s["queue"]) for s in json.loads(path.read_text())["sessions"]} if path.exists() else {}
 
+
+    @inlineCallbacks
+    def test_a_message_larger_than_the_total_stays_dropped_after_a_crash(self):
+        """A message larger than the total on its own is dropped itself, and a start after a
+        crash replays the state log as the running broker did: with the other queued messages
+        and without it. Before, the log held it, and the start dropped every older message of
+        every session to make room for it, then it too."""
+        journal, broker = yield self.fed({"s1": "a", "s2": "b"}, [
+            ("a", b"a1".ljust(SIZE, b".")), ("b", b"b1".ljust(SIZE, b".")), ("b", b"huge".ljust(5000, b"."))])
+        live = self.queues(broker)
+        self.assertEqual(live, {"s1": ["a1"], "s2": ["b1"]})
+        yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
+
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), live)
+        self.assertEqual(broker.snapshot().queue_drops_over_total, 0)
+        yield self.stop(journal, broker)
+
+    @inlineCallbacks
+    def test_a_queue_at_its_own_bounds_comes_back_as_it_was_after_a_crash(self):
+        """A queue at ``max_queued_messages`` takes a new message when the total dropped its
+        oldest first; a start after a crash replays it so: the client gets the newest message,
+        as it would have without the crash. Before, the replay held the total until the end, the
+        queue was full when the newest came back (``drop_new``: dropped), and an older one the
+        total had dropped came back instead."""
+        self.section = {**SECTION, "max_queued_bytes_total": 1500, "max_queued_messages": 2}
+        journal, broker = yield self.fed({"s1": "a"}, [("a", name.encode().ljust(SIZE, b"."))
+                                                      for name in ("a1", "a2", "a3")])
+        self.assertEqual(self.queues(broker), {"s1": ["a3"]})
+        yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
+
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), {"s1": ["a3"]})
+        yield self.stop(journal, broker)
