@@ -66,8 +66,14 @@ _HEAP_SLACK = 64
 
 
 def queued_cost(message: QueuedMessage) -> int:
-    """What ``message`` counts in a persistent session's queue towards ``max_queued_bytes_total``."""
-    return len(message.payload) + len(message.topic) + QUEUED_MESSAGE_COST
+    """What ``message`` counts in a persistent session's queue towards ``max_queued_bytes_total``:
+    its payload's bytes, its topic's (UTF-8) and :data:`QUEUED_MESSAGE_COST`."""
+    return len(message.payload) + topic_bytes(message.topic) + QUEUED_MESSAGE_COST
+
+
+def topic_bytes(topic: str) -> int:
+    """The UTF-8 bytes of ``topic`` (its characters when it is ASCII, which a string knows at once)."""
+    return len(topic) if topic.isascii() else len(topic.encode("utf-8", "surrogatepass"))
 
 
 class QueuePolicy:
@@ -291,7 +297,8 @@ class Outbox:
                 self._drop(message.qos)
                 return False
         if self.persistent:
-            cost = size + len(message.topic) + QUEUED_MESSAGE_COST  # (queued_cost, inline: once a message)
+            topic = message.topic  # (queued_cost, inline: once a message)
+            cost = size + (len(topic) if topic.isascii() else topic_bytes(topic)) + QUEUED_MESSAGE_COST
             if policy.total + cost > policy.max_total and policy.max_total and not policy.holding:
                 if not policy.room_for(cost, message.qos):
                     self._count_drop(message.qos)
@@ -415,7 +422,8 @@ class Outbox:
             size = len(message.payload)
         self.bytes -= size
         if self.persistent:  # (_taken, inline: once a message)
-            cost = size + len(message.topic) + QUEUED_MESSAGE_COST
+            topic = message.topic
+            cost = size + (len(topic) if topic.isascii() else topic_bytes(topic)) + QUEUED_MESSAGE_COST
             self.cost -= cost
             self.policy.total -= cost
         if self._overflowing and len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:

@@ -56,6 +56,19 @@ class TotalBoundTests(SynchronousTestCase):
         self.assertEqual(queued_cost(message("x")), 1000)
         self.assertEqual(queued_cost(QueuedMessage("a/b", b"12", 1, False)), 5 + QUEUED_MESSAGE_COST)
 
+    def test_a_topic_counts_its_utf8_bytes(self) -> None:
+        """"Its payload and topic bytes": a topic outside ASCII counts its UTF-8 bytes, not its
+        characters, in the cost, in the total and out of it again. Before, its characters."""
+        topic = "sensors/température/温度"  # (22 characters, 27 bytes)
+        queued = QueuedMessage(topic, b"12", 1, False)
+        self.assertEqual(queued_cost(queued), 2 + 27 + QUEUED_MESSAGE_COST)
+        self.a.push(queued)
+        self.assertEqual(self.policy.total, queued_cost(queued))
+        self.a.pop()
+        self.a.push(queued)
+        self.a.drop_oldest()
+        self.assertEqual(self.policy.total, 0)
+
     def test_the_session_holding_the_oldest_message_loses_it(self) -> None:
         """Past the total, the oldest message of all goes, from whichever session holds it;
         the counters are the per-session drops' (per client, by QoS) plus the total's."""
