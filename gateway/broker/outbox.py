@@ -17,7 +17,10 @@ Queued messages keep their arrival order across QoS levels. Every drop is counte
 session (:attr:`Outbox.dropped_qos0`, :attr:`Outbox.dropped_qos12`) and per broker
 (:attr:`QueuePolicy.dropped`), and logged at most once per ``log_interval`` per session:
 once when an overflow starts, then a summary while it goes on, and a total when the
-queue has room again (below half of both bounds).
+queue has room again (below half of both bounds). A line not due yet is not lost: an
+overflow that starts within the interval is told by the next "still full" line, and a
+"room again" line is said at the first :meth:`Outbox.pop` once due (a queue that fills and
+drains every second logged two lines a second).
 
 The persistent sessions' queues are also bounded together (``max_queued_bytes_total``,
 :attr:`QueuePolicy.max_total`): each of their messages counts :func:`queued_cost` (its payload
@@ -253,9 +256,10 @@ class Outbox:
         self.dropped_qos0 = 0
         self.dropped_qos12 = 0
         self._overflowing = False
-        self._overflow_drops = 0  # drops in the current overflow episode
+        self._room_unsaid = False  # an overflow ended within log_interval of the last line: its line is owed
+        self._overflow_drops = 0  # drops since the last "has room again" line
         self._unlogged = 0  # drops since the last log line
-        self._logged_at = 0.0
+        self._logged_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._qos0) + len(self._acked)
@@ -386,21 +390,27 @@ class Outbox:
         policy.dropping[self.client_id] = self
 
     def _drop(self, qos: int) -> None:
-        """Count one message the queue's own bounds dropped and log, at most once per ``log_interval``."""
+        """Count one message the queue's own bounds dropped and log, at most once per ``log_interval``
+        (an overflow that starts within it of the queue's last line starts unlogged: its drops
+        are in the next line)."""
         self._count_drop(qos)
         policy = self.policy
         self._overflow_drops += 1
         now = policy.clock()
+        due = now - self._logged_at >= policy.log_interval
         if not self._overflowing:
             self._overflowing = True
-            self._logged_at = now
-            self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
-                          "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
-                          count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
-                          overflow=policy.overflow)
-            return
+            self._room_unsaid = False  # (this line, or the next, says where it stands)
+            if due:
+                self._logged_at = now
+                self._unlogged = 0
+                self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
+                              "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
+                              count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
+                              overflow=policy.overflow)
+                return
         self._unlogged += 1
-        if now - self._logged_at >= policy.log_interval:
+        if due:
             self.log.warn("queue for {client_id!r} is still full: {count} more message{s} dropped in {seconds:.0f} s "
                           "({total} in all)", client_id=self.client_id, count=self._unlogged,
                           s="" if self._unlogged == 1 else "s", seconds=now - self._logged_at, total=self.dropped)
@@ -426,7 +436,10 @@ class Outbox:
             cost = size + (len(topic) if topic.isascii() else topic_bytes(topic)) + QUEUED_MESSAGE_COST
             self.cost -= cost
             self.policy.total -= cost
-        if self._overflowing and len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:
+        if self._overflowing:
+            if len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:
+                self._end_overflow()
+        elif self._room_unsaid:
             self._end_overflow()
         return message
 
@@ -440,13 +453,21 @@ class Outbox:
             return acked[0][1]
         return qos0[0][1]
 
-    def _end_overflow(self) -> None:
-        """The queue has room: end an overflow episode, logging its drops."""
-        if self._overflowing:
-            self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
-                          client_id=self.client_id, count=self._overflow_drops,
-                          s=" was" if self._overflow_drops == 1 else "s were")
+    def _end_overflow(self, now_or_never: bool = False) -> None:
+        """The queue has room (below half of both bounds): end an overflow episode, logging the
+        drops since the last such line, at most once per ``log_interval`` of the queue's last
+        line (until then the line is owed, and said at a later :meth:`pop`), or now if
+        ``now_or_never`` (the queue is cleared)."""
         self._overflowing = False
+        now = self.policy.clock()
+        if not now_or_never and now - self._logged_at < self.policy.log_interval:
+            self._room_unsaid = True
+            return
+        self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
+                      client_id=self.client_id, count=self._overflow_drops,
+                      s=" was" if self._overflow_drops == 1 else "s were")
+        self._logged_at = now
+        self._room_unsaid = False
         self._overflow_drops = self._unlogged = 0
 
     def clear(self) -> None:
@@ -456,4 +477,5 @@ class Outbox:
         self.bytes = self._acked_bytes = 0
         self.policy.total -= self.cost
         self.cost = 0
-        self._end_overflow()
+        if self._overflowing or self._room_unsaid:
+            self._end_overflow(now_or_never=True)
