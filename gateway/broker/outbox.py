@@ -166,7 +166,7 @@ class QueuePolicy:
                 break
             victim.drop_oldest()
             dropped += 1
-        self.note_total_drops(dropped, victim)
+        self.note_total_drops(dropped, victim, cost if fits else 0)
         return fits
 
     def apply_total(self) -> tuple[int, int]:
@@ -209,9 +209,13 @@ class QueuePolicy:
             heapq.heapreplace(heads, (head, outbox))  # stale: put back with its head now
         return None
 
-    def note_total_drops(self, count: int, victim: Outbox | None) -> None:
+    def note_total_drops(self, count: int, victim: Outbox | None, incoming: int = 0) -> None:
         """Count ``count`` messages dropped for ``max_total`` (the last from ``victim``) and log,
-        at most once per ``log_interval``."""
+        at most once per ``log_interval``.
+
+        :param incoming: the cost of the new message they made room for, about to be queued:
+            the line says what the queues hold with it (``0``: it was dropped itself).
+        """
         if not count:
             return
         self.total_drops += count
@@ -222,8 +226,8 @@ class QueuePolicy:
             self.log.warn("the persistent sessions' queues hold {total} bytes, max_queued_bytes_total is {max_total}:"
                           " dropping their oldest messages (now from {client_id!r}; {count} dropped since the last "
                           "such line, {all} in all; logged at most once every {interval:.0f} s while they go on)",
-                          total=self.total, max_total=self.max_total, client_id=victim.client_id, count=lines,
-                          all=self.total_drops, interval=self.log_interval)
+                          total=self.total + incoming, max_total=self.max_total, client_id=victim.client_id,
+                          count=lines, all=self.total_drops, interval=self.log_interval)
 
 
 class Outbox:

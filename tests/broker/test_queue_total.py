@@ -149,7 +149,9 @@ class TotalBoundTests(SynchronousTestCase):
         self.assertLess(len(self.policy._heads), 200)
 
     def test_one_line_then_a_count_per_interval(self) -> None:
-        """Drops for the total are one warning, then at most one a minute with their count."""
+        """Drops for the total are one warning, then at most one a minute with their count; each
+        says what the queues hold with the message they made room for (it said 3,000 bytes of
+        4,000 here: the total before that message, which left the reader asking why any went)."""
         events = capture_log_events(self)
         for n in range(4):
             self.a.push(message(f"a{n}"))
@@ -159,10 +161,10 @@ class TotalBoundTests(SynchronousTestCase):
         self.b.push(message("b3"))
         lines = [formatEvent(e) for e in events if "max_queued_bytes_total" in formatEvent(e)]
         self.assertEqual(lines, [
-            "the persistent sessions' queues hold 3000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
+            "the persistent sessions' queues hold 4000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
             "messages (now from 'a'; 1 dropped since the last such line, 1 in all; logged at most once every 60 s "
             "while they go on)",
-            "the persistent sessions' queues hold 3000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
+            "the persistent sessions' queues hold 4000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
             "messages (now from 'a'; 3 dropped since the last such line, 4 in all; logged at most once every 60 s "
             "while they go on)"])
         self.assertFalse([e for e in events if "is full" in formatEvent(e)])  # (no per-session overflow line)
