@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -20,6 +21,7 @@ from gateway.broker.core import GatewayBroker
 from gateway.broker.outbox import (DEFAULT_MAX_QUEUED_TOTAL, QUEUED_MESSAGE_COST, Outbox, QueuedMessage,
                                    QueuePolicy, queued_cost)
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore, checkpoint_content, restore
+from gateway.broker.service import BrokerService
 from gateway.broker.settings import BrokerSettings
 from gateway.config import ConfigError
 from gateway.telemetry.metrics import make_registry, render_metrics
@@ -137,6 +139,17 @@ class TotalBoundTests(SynchronousTestCase):
         for n in range(50):
             self.a.push(message(f"a{n}"))
         self.assertEqual((len(self.a), self.policy.total_drops), (50, 0))
+
+    def test_the_start_says_one_message_in_the_singular(self) -> None:
+        """The start's warning of one message dropped says "message" (it said "1 oldest messages")."""
+        events = capture_log_events(self)
+        self.policy.holding = True
+        for name in ("a1", "a2", "a3", "a4", "a5"):
+            self.a.push(message(name))
+        service = BrokerService(BrokerSettings(), self.clock)
+        service._apply_queued_total(Mock(queue_policy=self.policy))  # type: ignore[arg-type]
+        [line] = [formatEvent(e) for e in events if "max_queued_bytes_total (4000)" in formatEvent(e)]
+        self.assertIn("dropped their 1 oldest message (from 1 session), kept 4000 bytes", line)
 
     def test_ended_sessions_do_not_pile_up_in_the_heap_of_heads(self) -> None:
         """Thousands of persistent sessions that queued and ended leave a bounded heap, and
@@ -394,6 +407,9 @@ class RestartTests(StateLogCase):
         self.assertEqual(self.queues(broker), {"s1": ["a3"]})
         yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
 
+        events = capture_log_events(self)
         journal, broker = yield self.start()
         self.assertEqual(self.queues(broker), {"s1": ["a3"]})
+        [line] = [formatEvent(e) for e in events if "max_queued_bytes_total (1500)" in formatEvent(e)]
+        self.assertIn("dropped their 2 oldest messages (from 1 session), kept 1000 bytes", line)  # (a1, a2: one line)
         yield self.stop(journal, broker)
