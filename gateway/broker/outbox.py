@@ -17,7 +17,10 @@ Queued messages keep their arrival order across QoS levels. Every drop is counte
 session (:attr:`Outbox.dropped_qos0`, :attr:`Outbox.dropped_qos12`) and per broker
 (:attr:`QueuePolicy.dropped`), and logged at most once per ``log_interval`` per session:
 once when an overflow starts, then a summary while it goes on, and a total when the
-queue has room again (below half of both bounds).
+queue has room again (below half of both bounds). A line not due yet is not lost: an
+overflow that starts within the interval is told by the next "still full" line, and a
+"room again" line is said at the first :meth:`Outbox.pop` once due (a queue that fills and
+drains every second logged two lines a second).
 
 The persistent sessions' queues are also bounded together (``max_queued_bytes_total``,
 :attr:`QueuePolicy.max_total`): each of their messages counts :func:`queued_cost` (its payload
@@ -66,8 +69,14 @@ _HEAP_SLACK = 64
 
 
 def queued_cost(message: QueuedMessage) -> int:
-    """What ``message`` counts in a persistent session's queue towards ``max_queued_bytes_total``."""
-    return len(message.payload) + len(message.topic) + QUEUED_MESSAGE_COST
+    """What ``message`` counts in a persistent session's queue towards ``max_queued_bytes_total``:
+    its payload's bytes, its topic's (UTF-8) and :data:`QUEUED_MESSAGE_COST`."""
+    return len(message.payload) + topic_bytes(message.topic) + QUEUED_MESSAGE_COST
+
+
+def topic_bytes(topic: str) -> int:
+    """The UTF-8 bytes of ``topic`` (its characters when it is ASCII, which a string knows at once)."""
+    return len(topic) if topic.isascii() else len(topic.encode("utf-8", "surrogatepass"))
 
 
 class QueuePolicy:
@@ -83,7 +92,7 @@ class QueuePolicy:
     :ivar dropping: the queues that dropped messages, by client id, while their session is known.
     :ivar total: the :func:`queued_cost` of the messages the persistent sessions' queues hold now.
     :ivar total_drops: messages dropped to keep :attr:`total` within ``max_total`` (also in :attr:`dropped`).
-    :ivar dropped_at_start: those of them :meth:`apply_total` dropped (a start's restored queues).
+    :ivar dropped_at_start: those of them a start dropped (:meth:`apply_total`, :meth:`catch_up`).
     :ivar holding: while true (a start restoring saved queues), ``max_total`` is not applied;
         :meth:`apply_total` applies it once everything is restored.
     :ivar on_total_drop: called (without arguments) after messages were dropped for ``max_total``.
@@ -108,6 +117,7 @@ class QueuePolicy:
         self.total_drops = 0
         self.dropped_at_start = 0
         self.holding = False
+        self._start_victims: set[str] = set()  # the queues the start dropped messages from (apply_total)
         self.on_total_drop: Callable[[], None] | None = None
         self.arrivals = 0  # the last arrival number given, over every queue
         # (arrival number of a queue's head at most, queue): one entry per persistent queue listed
@@ -156,26 +166,33 @@ class QueuePolicy:
                 break
             victim.drop_oldest()
             dropped += 1
-        self.note_total_drops(dropped, victim)
+        self.note_total_drops(dropped, victim, cost if fits else 0)
         return fits
 
     def apply_total(self) -> tuple[int, int]:
         """Stop :attr:`holding` and drop what is over ``max_total``, oldest first.
 
-        :returns: how many messages were dropped, and how many queues they came from.
+        :returns: how many messages the start dropped for ``max_total`` (here and in
+            :meth:`catch_up`), and how many queues they came from.
         """
+        self.catch_up()
         self.holding = False
-        dropped, victims = 0, set()
+        victims, self._start_victims = self._start_victims, set()
+        return self.dropped_at_start, len(victims)
+
+    def catch_up(self) -> None:
+        """Drop what is over ``max_total`` now, oldest first, while :attr:`holding`: a queue
+        being restored is at its own bounds, and the running broker decided on that message
+        with what the total had left in it (a start would otherwise drop the newest message,
+        ``drop_new``, and keep an older one the total had dropped)."""
         while self.max_total and self.total > self.max_total:
             victim = self._oldest()
             if victim is None:
                 break
             victim.drop_oldest()
-            dropped += 1
-            victims.add(victim.client_id)
-        self.total_drops += dropped
-        self.dropped_at_start += dropped
-        return dropped, len(victims)
+            self.total_drops += 1
+            self.dropped_at_start += 1
+            self._start_victims.add(victim.client_id)
 
     def _oldest(self) -> Outbox | None:
         """The persistent session's queue holding the oldest message (by arrival), or ``None``."""
@@ -192,9 +209,13 @@ class QueuePolicy:
             heapq.heapreplace(heads, (head, outbox))  # stale: put back with its head now
         return None
 
-    def note_total_drops(self, count: int, victim: Outbox | None) -> None:
+    def note_total_drops(self, count: int, victim: Outbox | None, incoming: int = 0) -> None:
         """Count ``count`` messages dropped for ``max_total`` (the last from ``victim``) and log,
-        at most once per ``log_interval``."""
+        at most once per ``log_interval``.
+
+        :param incoming: the cost of the new message they made room for, about to be queued:
+            the line says what the queues hold with it (``0``: it was dropped itself).
+        """
         if not count:
             return
         self.total_drops += count
@@ -205,8 +226,8 @@ class QueuePolicy:
             self.log.warn("the persistent sessions' queues hold {total} bytes, max_queued_bytes_total is {max_total}:"
                           " dropping their oldest messages (now from {client_id!r}; {count} dropped since the last "
                           "such line, {all} in all; logged at most once every {interval:.0f} s while they go on)",
-                          total=self.total, max_total=self.max_total, client_id=victim.client_id, count=lines,
-                          all=self.total_drops, interval=self.log_interval)
+                          total=self.total + incoming, max_total=self.max_total, client_id=victim.client_id,
+                          count=lines, all=self.total_drops, interval=self.log_interval)
 
 
 class Outbox:
@@ -239,9 +260,10 @@ class Outbox:
         self.dropped_qos0 = 0
         self.dropped_qos12 = 0
         self._overflowing = False
-        self._overflow_drops = 0  # drops in the current overflow episode
+        self._room_unsaid = False  # an overflow ended within log_interval of the last line: its line is owed
+        self._overflow_drops = 0  # drops since the last "has room again" line
         self._unlogged = 0  # drops since the last log line
-        self._logged_at = 0.0
+        self._logged_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._qos0) + len(self._acked)
@@ -276,11 +298,15 @@ class Outbox:
         policy = self.policy
         size = len(message.payload)
         if len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes:
-            if not self._make_room(message, size):
+            if policy.holding and self.persistent and policy.max_total and policy.total > policy.max_total:
+                policy.catch_up()
+            if (len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes) and \
+                    not self._make_room(message, size):
                 self._drop(message.qos)
                 return False
         if self.persistent:
-            cost = size + len(message.topic) + QUEUED_MESSAGE_COST  # (queued_cost, inline: once a message)
+            topic = message.topic  # (queued_cost, inline: once a message)
+            cost = size + (len(topic) if topic.isascii() else topic_bytes(topic)) + QUEUED_MESSAGE_COST
             if policy.total + cost > policy.max_total and policy.max_total and not policy.holding:
                 if not policy.room_for(cost, message.qos):
                     self._count_drop(message.qos)
@@ -368,21 +394,27 @@ class Outbox:
         policy.dropping[self.client_id] = self
 
     def _drop(self, qos: int) -> None:
-        """Count one message the queue's own bounds dropped and log, at most once per ``log_interval``."""
+        """Count one message the queue's own bounds dropped and log, at most once per ``log_interval``
+        (an overflow that starts within it of the queue's last line starts unlogged: its drops
+        are in the next line)."""
         self._count_drop(qos)
         policy = self.policy
         self._overflow_drops += 1
         now = policy.clock()
+        due = now - self._logged_at >= policy.log_interval
         if not self._overflowing:
             self._overflowing = True
-            self._logged_at = now
-            self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
-                          "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
-                          count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
-                          overflow=policy.overflow)
-            return
+            self._room_unsaid = False  # (this line, or the next, says where it stands)
+            if due:
+                self._logged_at = now
+                self._unlogged = 0
+                self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
+                              "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
+                              count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
+                              overflow=policy.overflow)
+                return
         self._unlogged += 1
-        if now - self._logged_at >= policy.log_interval:
+        if due:
             self.log.warn("queue for {client_id!r} is still full: {count} more message{s} dropped in {seconds:.0f} s "
                           "({total} in all)", client_id=self.client_id, count=self._unlogged,
                           s="" if self._unlogged == 1 else "s", seconds=now - self._logged_at, total=self.dropped)
@@ -404,10 +436,14 @@ class Outbox:
             size = len(message.payload)
         self.bytes -= size
         if self.persistent:  # (_taken, inline: once a message)
-            cost = size + len(message.topic) + QUEUED_MESSAGE_COST
+            topic = message.topic
+            cost = size + (len(topic) if topic.isascii() else topic_bytes(topic)) + QUEUED_MESSAGE_COST
             self.cost -= cost
             self.policy.total -= cost
-        if self._overflowing and len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:
+        if self._overflowing:
+            if len(self) * 2 <= self.policy.max_messages and self.bytes * 2 <= self.policy.max_bytes:
+                self._end_overflow()
+        elif self._room_unsaid:
             self._end_overflow()
         return message
 
@@ -421,13 +457,21 @@ class Outbox:
             return acked[0][1]
         return qos0[0][1]
 
-    def _end_overflow(self) -> None:
-        """The queue has room: end an overflow episode, logging its drops."""
-        if self._overflowing:
-            self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
-                          client_id=self.client_id, count=self._overflow_drops,
-                          s=" was" if self._overflow_drops == 1 else "s were")
+    def _end_overflow(self, now_or_never: bool = False) -> None:
+        """The queue has room (below half of both bounds): end an overflow episode, logging the
+        drops since the last such line, at most once per ``log_interval`` of the queue's last
+        line (until then the line is owed, and said at a later :meth:`pop`), or now if
+        ``now_or_never`` (the queue is cleared)."""
         self._overflowing = False
+        now = self.policy.clock()
+        if not now_or_never and now - self._logged_at < self.policy.log_interval:
+            self._room_unsaid = True
+            return
+        self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
+                      client_id=self.client_id, count=self._overflow_drops,
+                      s=" was" if self._overflow_drops == 1 else "s were")
+        self._logged_at = now
+        self._room_unsaid = False
         self._overflow_drops = self._unlogged = 0
 
     def clear(self) -> None:
@@ -437,4 +481,5 @@ class Outbox:
         self.bytes = self._acked_bytes = 0
         self.policy.total -= self.cost
         self.cost = 0
-        self._end_overflow()
+        if self._overflowing or self._room_unsaid:
+            self._end_overflow(now_or_never=True)

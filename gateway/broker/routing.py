@@ -448,8 +448,14 @@ class Router(Generic[Client]):
                 self.queue_offline(session, QueuedMessage(topic, payload, level, False))
 
     def queue_offline(self, session: ClientSession, message: QueuedMessage) -> None:
-        """Queue ``message`` for ``session``, a persistent session whose client is offline; logged."""
-        self.outbox_for(session).push(message)
+        """Queue ``message`` for ``session``, a persistent session whose client is offline; logged.
+
+        One its queue drops itself (over its own bounds, or larger than ``max_queued_bytes_total``)
+        changed nothing and is not logged: a start replaying the log would take it again, and a
+        message larger than the total would then push out every older message of every session.
+        """
+        if not self.outbox_for(session).push(message):
+            return
         if self.state_log is not None:
             self.state_log.queued(session.client_id, message)
         self.state_changed()

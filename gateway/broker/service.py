@@ -243,9 +243,9 @@ class BrokerService(Service):
         dropped, sessions = policy.apply_total()
         if dropped:
             self.log.warn("broker: the saved persistent sessions' queues hold more than max_queued_bytes_total"
-                          " ({max_total}) lets them keep: dropped their {count} oldest messages (from {sessions}"
+                          " ({max_total}) lets them keep: dropped their {count} oldest message{ms} (from {sessions}"
                           " session{s}), kept {total} bytes; the next checkpoint holds them no more",
-                          max_total=policy.max_total, count=dropped, sessions=sessions,
+                          max_total=policy.max_total, count=dropped, ms="" if dropped == 1 else "s", sessions=sessions,
                           s="" if sessions == 1 else "s", total=policy.total)
 
     def _state_changed(self) -> None:

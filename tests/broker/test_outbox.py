@@ -146,9 +146,15 @@ class OverflowLogTests(SynchronousTestCase):
         self.assertEqual(logged[0], "queue for 'sub' is full (1 message, 10 bytes): dropping its messages (QoS 0"
                                     " first, then QoS 1/2: drop_new)")
         self.assertEqual(logged[1], "queue for 'sub' is still full: 1 more message dropped in 60 s (2 in all)")
+        self.clock.advance(60)
+        outbox.push(message("c", 1))
+        outbox.pop()
+        logged = [formatEvent(e) for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
         self.assertEqual(logged[2], "queue for 'sub' has room again; 2 messages were dropped")
+        self.clock.advance(60)
         outbox.push(message("d", 1))
         outbox.push(message("e", 1))
+        self.clock.advance(60)
         outbox.pop()
         logged = [formatEvent(e) for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
         self.assertEqual(logged[-1], "queue for 'sub' has room again; 1 message was dropped")
@@ -166,9 +172,34 @@ class OverflowLogTests(SynchronousTestCase):
         self.outbox.pop()
         self.assertEqual(len(self.lines()), 2)  # 3 of 4: no room yet
         self.outbox.pop()
+        self.assertEqual(len(self.lines()), 2)  # room, but the last line was just now: owed
+        self.clock.advance(60)
+        self.outbox.pop()
         self.assertEqual(len(self.lines()), 3)
         self.assertEqual(self.events[-1]["count"], 1001)
+        for _ in range(4):
+            self.outbox.push(message("y", 1))
+        self.assertEqual(len(self.lines()), 3)  # a new overflow starts within the interval: unlogged
+        self.clock.advance(60)
         self.outbox.push(message("y", 1))
-        self.outbox.push(message("y", 1))
-        self.outbox.push(message("y", 1))
-        self.assertEqual(len(self.lines()), 4)  # a new overflow starts
+        self.assertEqual(len(self.lines()), 4)
+        self.assertEqual(self.lines()[-1], self.lines()[1])  # ("still full": 2 more dropped in 60 s)
+        self.assertEqual(self.events[-1]["count"], 2)
+
+    def test_an_overflow_that_comes_and_goes_is_logged_at_most_once_an_interval(self) -> None:
+        """A queue that fills, drains to half and fills again, over and over, logs no more than
+        one line per interval (before, two lines a cycle: "is full", then "has room again"), and
+        its drops are all told: the owed "has room again" line comes at a pop once due."""
+        for _ in range(100):  # 100 cycles in 50 s
+            for _ in range(6):
+                self.outbox.push(message("x", 1))  # (4 kept, 2 dropped)
+            while self.outbox:
+                self.outbox.pop()
+            self.clock.advance(0.5)
+        self.assertEqual(len(self.lines()), 1)  # the first "is full"
+        self.clock.advance(10)
+        self.outbox.push(message("x", 1))
+        self.outbox.pop()
+        self.assertEqual(len(self.lines()), 2)
+        self.assertEqual(self.lines()[-1], "queue for {client_id!r} has room again; {count} message{s} dropped")
+        self.assertEqual(self.events[-1]["count"], 200)

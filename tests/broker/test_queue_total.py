@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -20,6 +21,7 @@ from gateway.broker.core import GatewayBroker
 from gateway.broker.outbox import (DEFAULT_MAX_QUEUED_TOTAL, QUEUED_MESSAGE_COST, Outbox, QueuedMessage,
                                    QueuePolicy, queued_cost)
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore, checkpoint_content, restore
+from gateway.broker.service import BrokerService
 from gateway.broker.settings import BrokerSettings
 from gateway.config import ConfigError
 from gateway.telemetry.metrics import make_registry, render_metrics
@@ -55,6 +57,19 @@ class TotalBoundTests(SynchronousTestCase):
     def test_cost_is_payload_topic_and_the_entry(self) -> None:
         self.assertEqual(queued_cost(message("x")), 1000)
         self.assertEqual(queued_cost(QueuedMessage("a/b", b"12", 1, False)), 5 + QUEUED_MESSAGE_COST)
+
+    def test_a_topic_counts_its_utf8_bytes(self) -> None:
+        """"Its payload and topic bytes": a topic outside ASCII counts its UTF-8 bytes, not its
+        characters, in the cost, in the total and out of it again. Before, its characters."""
+        topic = "sensors/température/温度"  # (22 characters, 27 bytes)
+        queued = QueuedMessage(topic, b"12", 1, False)
+        self.assertEqual(queued_cost(queued), 2 + 27 + QUEUED_MESSAGE_COST)
+        self.a.push(queued)
+        self.assertEqual(self.policy.total, queued_cost(queued))
+        self.a.pop()
+        self.a.push(queued)
+        self.a.drop_oldest()
+        self.assertEqual(self.policy.total, 0)
 
     def test_the_session_holding_the_oldest_message_loses_it(self) -> None:
         """Past the total, the oldest message of all goes, from whichever session holds it;
@@ -125,6 +140,17 @@ class TotalBoundTests(SynchronousTestCase):
             self.a.push(message(f"a{n}"))
         self.assertEqual((len(self.a), self.policy.total_drops), (50, 0))
 
+    def test_the_start_says_one_message_in_the_singular(self) -> None:
+        """The start's warning of one message dropped says "message" (it said "1 oldest messages")."""
+        events = capture_log_events(self)
+        self.policy.holding = True
+        for name in ("a1", "a2", "a3", "a4", "a5"):
+            self.a.push(message(name))
+        service = BrokerService(BrokerSettings(), self.clock)
+        service._apply_queued_total(Mock(queue_policy=self.policy))  # type: ignore[arg-type]
+        [line] = [formatEvent(e) for e in events if "max_queued_bytes_total (4000)" in formatEvent(e)]
+        self.assertIn("dropped their 1 oldest message (from 1 session), kept 4000 bytes", line)
+
     def test_ended_sessions_do_not_pile_up_in_the_heap_of_heads(self) -> None:
         """Thousands of persistent sessions that queued and ended leave a bounded heap, and
         the queue that holds a message is always in it (the rebuild comes as one is listed)."""
@@ -136,7 +162,9 @@ class TotalBoundTests(SynchronousTestCase):
         self.assertLess(len(self.policy._heads), 200)
 
     def test_one_line_then_a_count_per_interval(self) -> None:
-        """Drops for the total are one warning, then at most one a minute with their count."""
+        """Drops for the total are one warning, then at most one a minute with their count; each
+        says what the queues hold with the message they made room for (it said 3,000 bytes of
+        4,000 here: the total before that message, which left the reader asking why any went)."""
         events = capture_log_events(self)
         for n in range(4):
             self.a.push(message(f"a{n}"))
@@ -146,10 +174,10 @@ class TotalBoundTests(SynchronousTestCase):
         self.b.push(message("b3"))
         lines = [formatEvent(e) for e in events if "max_queued_bytes_total" in formatEvent(e)]
         self.assertEqual(lines, [
-            "the persistent sessions' queues hold 3000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
+            "the persistent sessions' queues hold 4000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
             "messages (now from 'a'; 1 dropped since the last such line, 1 in all; logged at most once every 60 s "
             "while they go on)",
-            "the persistent sessions' queues hold 3000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
+            "the persistent sessions' queues hold 4000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
             "messages (now from 'a'; 3 dropped since the last such line, 4 in all; logged at most once every 60 s "
             "while they go on)"])
         self.assertFalse([e for e in events if "is full" in formatEvent(e)])  # (no per-session overflow line)
@@ -286,6 +314,22 @@ class RestartTests(StateLogCase):
         client.stop()
         yield client.disconnected()
 
+    @inlineCallbacks
+    def fed(self, filters: dict[str, str], messages: list[tuple[str, bytes]]) -> Any:
+        """Start, leave offline sessions (client id -> its filter), publish ``messages`` (topic,
+        payload) at QoS 1 and disconnect; fires with the journal and the broker service."""
+        journal, broker = yield self.start()
+        port = port_of(broker)
+        for client_id, topic_filter in filters.items():
+            yield self.offline(port, client_id, topic_filter)
+        publisher = self.client()
+        yield publisher.connect(port)
+        for topic, payload in messages:
+            yield publisher.publish(topic, payload, 1)
+        publisher.stop()
+        yield publisher.disconnected()
+        return journal, broker
+
     @staticmethod
     def queues(service: Any) -> dict[str, list[str]]:
         return {client_id: names(session.outbox) if session.outbox is not None else []
@@ -293,19 +337,11 @@ class RestartTests(StateLogCase):
 
     @inlineCallbacks
     def test_drops_survive_a_crash_and_a_restart_and_a_lower_bound_drops_the_oldest(self):
-        journal, broker = yield self.start()
-        port = port_of(broker)
-        yield self.offline(port, "s1", "a")
-        yield self.offline(port, "s2", "b")
-        publisher = self.client()
-        yield publisher.connect(port)
-        for topic, name in (("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2"), ("a", "a3"), ("b", "b3")):
-            yield publisher.publish(topic, name.encode().ljust(SIZE, b"."), 1)
+        journal, broker = yield self.fed({"s1": "a", "s2": "b"}, [
+            (name[0], name.encode().ljust(SIZE, b".")) for name in ("a1", "b1", "a2", "b2", "a3", "b3")])
         live = self.queues(broker)
         self.assertEqual(live, {"s1": ["a2", "a3"], "s2": ["b2", "b3"]})  # (topics "a", "b": 1,000 bytes each)
         self.assertEqual(broker.snapshot().queue_drops_over_total, 2)
-        publisher.stop()
-        yield publisher.disconnected()
         yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
 
         journal, broker = yield self.start()
@@ -340,3 +376,40 @@ class RestartTests(StateLogCase):
         path = self.state_dir / "broker" / "state.json"
         return {s["client_id"]: len(s["queue"]) for s in json.loads(path.read_text())["sessions"]} if path.exists() else {}
 
+
+    @inlineCallbacks
+    def test_a_message_larger_than_the_total_stays_dropped_after_a_crash(self):
+        """A message larger than the total on its own is dropped itself, and a start after a
+        crash replays the state log as the running broker did: with the other queued messages
+        and without it. Before, the log held it, and the start dropped every older message of
+        every session to make room for it, then it too."""
+        journal, broker = yield self.fed({"s1": "a", "s2": "b"}, [
+            ("a", b"a1".ljust(SIZE, b".")), ("b", b"b1".ljust(SIZE, b".")), ("b", b"huge".ljust(5000, b"."))])
+        live = self.queues(broker)
+        self.assertEqual(live, {"s1": ["a1"], "s2": ["b1"]})
+        yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
+
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), live)
+        self.assertEqual(broker.snapshot().queue_drops_over_total, 0)
+        yield self.stop(journal, broker)
+
+    @inlineCallbacks
+    def test_a_queue_at_its_own_bounds_comes_back_as_it_was_after_a_crash(self):
+        """A queue at ``max_queued_messages`` takes a new message when the total dropped its
+        oldest first; a start after a crash replays it so: the client gets the newest message,
+        as it would have without the crash. Before, the replay held the total until the end, the
+        queue was full when the newest came back (``drop_new``: dropped), and an older one the
+        total had dropped came back instead."""
+        self.section = {**SECTION, "max_queued_bytes_total": 1500, "max_queued_messages": 2}
+        journal, broker = yield self.fed({"s1": "a"}, [("a", name.encode().ljust(SIZE, b"."))
+                                                      for name in ("a1", "a2", "a3")])
+        self.assertEqual(self.queues(broker), {"s1": ["a3"]})
+        yield self.stop(journal, broker, checkpoint=False)  # killed: only the state log has them
+
+        events = capture_log_events(self)
+        journal, broker = yield self.start()
+        self.assertEqual(self.queues(broker), {"s1": ["a3"]})
+        [line] = [formatEvent(e) for e in events if "max_queued_bytes_total (1500)" in formatEvent(e)]
+        self.assertIn("dropped their 2 oldest messages (from 1 session), kept 1000 bytes", line)  # (a1, a2: one line)
+        yield self.stop(journal, broker)
