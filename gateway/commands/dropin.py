@@ -67,6 +67,7 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
         all at once, as a configuration's).
     """
     tree: dict[str, Any] = {}
+    made = {id(tree)}  # the mappings made here (a change's own mapping value is set whole)
     problems: list[str] = []
     for path, value in changes.items():
         try:
@@ -76,8 +77,11 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
             continue
         node = tree
         for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+                made.add(id(child))
+            elif id(child) not in made:
                 problems.append(f"{shown_key_path(path)}: another change sets {shown(key)} as a whole")
                 break
             node = child

@@ -484,6 +484,12 @@ class GetByNameTests(SynchronousTestCase):
                 "links.links.a: set twice (or inside another change)",
                 "gateway.state_dir: cannot be changed while the gateway runs"])
         self.assertFalse(dropin_path(self.h.main).exists())
+        # The other way round: a key inside a mapping an earlier change sets whole was put into
+        # that mapping (the request's own), whichever came first is refused the same.
+        changes = {"links.links.a": {}, "links.links.a.keepalive": 5}
+        self.assertEqual(self.successResultOf(self.h.changer.check(changes)),
+                         ["links.links.a.keepalive: another change sets a as a whole"])
+        self.assertEqual(changes["links.links.a"], {})
 
     def test_a_key_path_is_repeated_whole_up_to_the_longest_a_change_may_name(self) -> None:
         """docs/commands.md: an error repeats a key path whole up to 256 characters (MAX_KEY_PATH,
