@@ -84,7 +84,7 @@ def listen_problem(args: list[str], kwargs: dict[str, str], description: str) ->
     if kind in ("tcp", "tcp6", "ssl"):
         port = _written_port(args, kwargs)
         if not ascii_digits(port) or int(port) > 65535:  # (Twisted's parser takes any whole number, ٣ too)
-            return f"{kind} endpoint needs a port from 0 to 65535: {description!r}", "port"
+            return f"{description!r}: the port must be from 0 to 65535, not {port!r}", "port"
         interface = kwargs.get("interface", "")
         try:
             if interface:
@@ -127,8 +127,6 @@ def server_endpoint_problem(description: str) -> str | None:
     # its own words: a port or a backlog is refused in the config's)
     problem = listen_problem(args, kwargs, description)
     if problem is not None:
-        if problem[1] == "port":  # (worded as this section's other endpoint errors: the string first)
-            return f"{description!r}: the port must be from 0 to 65535, not {_written_port(args, kwargs)!r}"
         return problem[0]
     try:
         serverFromString(object(), description)

@@ -517,7 +517,8 @@ class ConfigTests(SynchronousTestCase):
             f"    {name}:\n      endpoint: '{endpoint}'\n" for name, endpoint in endpoints.items())
         lines = self.errors(self.write(text))
         joined = "\n".join(lines)
-        for name, says in (("a", "tcp endpoint needs a port from 0 to 65535"), ("b", "interface must be an IP address"),
+        for name, says in (("a", "'tcp:99999': the port must be from 0 to 65535, not '99999'"),
+                           ("b", "interface must be an IP address"),
                            ("c", "unix endpoint needs a path"), ("d", "backlog must be a whole number"),
                            ("e", "cannot read DH parameters file '/nonexistent'"),
                            ("f", "systemd endpoint needs index=NUMBER or name=NAME"),
@@ -1016,10 +1017,10 @@ class LoadCheckTests(SynchronousTestCase):
             f"telemetry:\n  metrics_endpoint: 'tcp:{arabic}:interface=127.0.0.1'\n"
             f"admin:\n  tcp: 'tcp:port={arabic}:interface=127.0.0.1'\n")
         self.assertEqual(lines, [
-            f"{path}: broker.listeners.a.endpoint: tcp endpoint needs a port from 0 to 65535: "
-            f"'tcp:{arabic}:interface=127.0.0.1'",
-            f"{path}: broker.listeners.b.endpoint: tcp endpoint needs a port from 0 to 65535: "
-            "'tcp:\u00b2:interface=127.0.0.1'",
+            f"{path}: broker.listeners.a.endpoint: 'tcp:{arabic}:interface=127.0.0.1': "
+            f"the port must be from 0 to 65535, not '{arabic}'",
+            f"{path}: broker.listeners.b.endpoint: 'tcp:\u00b2:interface=127.0.0.1': "
+            "the port must be from 0 to 65535, not '\u00b2'",
             f"{path}: broker.listeners.c.endpoint: backlog must be a whole number, not '\u0663': "
             "'tcp:1883:interface=127.0.0.1:backlog=\u0663'",
             f"{path}: broker.listeners.d.endpoint: systemd endpoint needs index=NUMBER or name=NAME: "

@@ -426,4 +426,4 @@ class ServerEndpointTests(EdgeTestCase):
             self.assertEqual(self.problems(dict.fromkeys(keys, endpoint)), {}, endpoint)
         self.assertEqual(self.problems({"broker.listeners.default.endpoint": "systemd:domain=INET:index=0"}), {})
         self.assertEqual(self.problems({"broker.listeners.default.endpoint": "tcp6:70000"}), {
-            "broker.listeners.default.endpoint": ["tcp6 endpoint needs a port from 0 to 65535: 'tcp6:70000'"]})
+            "broker.listeners.default.endpoint": ["'tcp6:70000': the port must be from 0 to 65535, not '70000'"]})

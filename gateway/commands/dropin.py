@@ -62,20 +62,42 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted key paths and their values as one nested mapping (the shape of a drop-in).
 
     :param changes: e.g. ``{"links.links.cloud.endpoint": "tcp:host=h:port=1883"}``.
-    :raises ConfigKeyError: for a malformed path, or two paths where one is inside the other.
+    :raises ConfigError: listing every malformed path, every path that another one is inside
+        of, and every key that cannot change while the gateway runs (one request's problems
+        all at once, as a configuration's).
     """
     tree: dict[str, Any] = {}
+    made = {id(tree)}  # the mappings made here (a change's own mapping value is set whole)
+    problems: list[str] = []
     for path, value in changes.items():
-        keys = split_path(path)
+        try:
+            keys = split_path(path)
+        except ConfigKeyError as exc:
+            problems.append(str(exc))
+            continue
         node = tree
         for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigKeyError(f"{shown_key_path(path)}: another change sets {shown(key)} as a whole")
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+                made.add(id(child))
+            elif id(child) not in made:
+                problems.append(f"{shown_key_path(path)}: another change sets {shown(key)} as a whole")
+                break
             node = child
-        if keys[-1] in node:
-            raise ConfigKeyError(f"{shown_key_path(path)}: set twice (or inside another change)")
-        node[keys[-1]] = value
+        else:
+            if keys[-1] in node:
+                problems.append(f"{shown_key_path(path)}: set twice (or inside another change)")
+            else:
+                node[keys[-1]] = value
+    for fixed in FIXED_KEYS:
+        found: Any = tree
+        for key in fixed.split("."):
+            found = found.get(key) if isinstance(found, dict) else None
+        if found is not None:
+            problems.append(f"{fixed}: cannot be changed while the gateway runs")
+    if problems:
+        raise ConfigError(problems)
     return tree
 
 
@@ -103,16 +125,10 @@ def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
     mapping as a whole (what earlier changes set under it goes; see :func:`kept_keys` for
     what the other configuration files set there).
 
-    :raises ConfigKeyError: for a malformed key path, or a key that cannot change.
-    :raises ConfigError: when the current drop-in is not a YAML mapping.
+    :raises ConfigError: for malformed key paths or keys that cannot change (every one,
+        :func:`changes_to_tree`), or when the current drop-in is not a YAML mapping.
     """
-    tree = changes_to_tree(changes)
-    for fixed in FIXED_KEYS:
-        node: Any = tree
-        for key in fixed.split("."):
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            raise ConfigKeyError(f"{fixed}: cannot be changed while the gateway runs")
+    changes_to_tree(changes)
     data: Any = yamlfile.load(current) if current else {}
     if data is None:
         data = {}

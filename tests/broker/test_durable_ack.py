@@ -13,7 +13,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.amqtt_adapter import AmqttPlugins
-from gateway.broker.bus import LocalBus
+from gateway.broker.bus import BusMessage, LocalBus
 from gateway.broker.clientsession import ClientSession
 from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
@@ -510,6 +510,23 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.handler.gate.failures, 1)
+        self.flushLoggedErrors()
+
+    def test_bus_subscribers_get_a_publish_the_journal_refuses(self) -> None:
+        """The gateway's services on the bus (the twin) get a client's PUBLISH as it arrives, as
+        its other subscribers do: only the PUBACK waits for the journal. A refused append leaves
+        the publisher unacknowledged and closed, and the twin has run its command all the same
+        (docs/twin.md: the publisher sends it again and finds it made)."""
+        seen: list[BusMessage] = []
+        self.broker.bus.subscribe("telemetry/#", seen.append)
+        self.publish("telemetry/t", 1, 9)
+        self.turn()
+        self.files.capacity = self.files.used()
+        self.runner.step()
+        self.turn()
+        self.assertEqual(seen, [BusMessage("telemetry/t", b"21.5", 1, False)])
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
         self.flushLoggedErrors()
 
     def test_a_publish_no_stream_can_hold_is_refused_for_good_in_the_log(self) -> None:

@@ -463,6 +463,34 @@ class GetByNameTests(SynchronousTestCase):
         [error] = self.successResultOf(self.h.changer.check({path: 1}))
         self.assertNotIn("a key path is at most", error)
 
+    def test_every_problem_of_the_key_paths_is_listed_at_once(self) -> None:
+        """docs/commands.md: a refused change lists every error. A change naming a key path too
+        long, an empty key and a key that cannot change listed only the first of them, so each
+        was found only once the one before it was mended."""
+        from gateway.commands.dropin import MAX_KEY_PATH
+
+        long_path = "broker." + "k" * MAX_KEY_PATH
+        changes = {long_path: 1, "x..y": 1, "gateway.state_dir": "/elsewhere",
+                   "links.links.a.keepalive": 5, "links.links.a": {}}
+        for check in (True, False):
+            if check:
+                errors = self.successResultOf(self.h.changer.check(changes))
+            else:
+                errors = list(self.successResultOf(self.h.changer.apply(changes)).errors)
+            self.assertEqual(errors, [
+                f"'broker.{'k' * 93}... ({len(long_path)} characters)': a key path is at most {MAX_KEY_PATH}"
+                " characters",
+                "'x..y': not a dotted key path (section.key.subkey)",
+                "links.links.a: set twice (or inside another change)",
+                "gateway.state_dir: cannot be changed while the gateway runs"])
+        self.assertFalse(dropin_path(self.h.main).exists())
+        # The other way round: a key inside a mapping an earlier change sets whole was put into
+        # that mapping (the request's own), whichever came first is refused the same.
+        changes = {"links.links.a": {}, "links.links.a.keepalive": 5}
+        self.assertEqual(self.successResultOf(self.h.changer.check(changes)),
+                         ["links.links.a.keepalive: another change sets a as a whole"])
+        self.assertEqual(changes["links.links.a"], {})
+
     def test_a_key_path_is_repeated_whole_up_to_the_longest_a_change_may_name(self) -> None:
         """docs/commands.md: an error repeats a key path whole up to 256 characters (MAX_KEY_PATH,
         the longest a change may name; a link's name alone may have 95), else its first 100 and
