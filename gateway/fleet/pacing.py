@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.clockstep import steady_seconds
 from gateway.fleet.ddi import DDIError
+from gateway.httpdate import MAX_RETRY_AFTER
 from gateway.fleet.settings import FleetSettings
 
 #: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
@@ -17,6 +18,9 @@ MAX_SLEEP = 86400.0
 #: (a factor in 1 ± this, whatever ``poll_jitter``): a fleet restarted together (a power cut at a
 #: site) or back together (the server's outage ended) spreads over a whole interval from then on.
 RESPREAD = 0.5
+#: The longest hold by the server's ``Retry-After`` a start keeps to, in seconds: the longest one
+#: taken (a day) and half of it more; a wall clock stepped back since it was saved makes it no longer.
+MAX_HOLD = 1.5 * MAX_RETRY_AFTER
 
 
 class RequestPacing:
@@ -65,6 +69,13 @@ class RequestPacing:
             return None
         self.held_until = now + wait
         return wait
+
+    def resume(self, until: float) -> None:
+        """Keep to a hold saved before a restart (a configuration change, a reboot): until
+        ``until`` (seconds since the epoch, the wall clock), :data:`MAX_HOLD` from now at most."""
+        held = min(until - self.clock.seconds(), MAX_HOLD)
+        if held > 0:
+            self.held_until = steady_seconds(self.clock) + held
 
     def held_for(self) -> float:
         """The seconds the hold lasts from now (0 or less when none is in force)."""

@@ -97,6 +97,7 @@ class FleetService(Service):
         restarted together spreads out)."""
         super().startService()
         self.state = self.file.load(self.clock.seconds())
+        self.pacing.resume(self.state.held_until)  # (the server's Retry-After, before a restart)
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self.actions.operation_changed)
@@ -175,8 +176,12 @@ class FleetService(Service):
     def _note_wait(self, error: DDIError) -> None:
         """Hold every request back as the server's ``Retry-After`` asks
         (:meth:`~gateway.fleet.pacing.RequestPacing.hold`); a poll scheduled sooner is put off (one
-        under way schedules the next itself, at its end)."""
+        under way schedules the next itself, at its end). The hold is saved: the service started
+        after a restart keeps to it."""
         wait = self.pacing.hold(error)
+        if wait is not None:
+            self.state.held_until = self.clock.seconds() + wait
+            self._save().addErrback(lambda f: self.log.failure("could not save the fleet's Retry-After hold", f))
         if wait is not None and self._timer is not None and self._timer.active() \
                 and self._timer.getTime() - self.clock.seconds() < wait:
             self._timer.reset(wait)

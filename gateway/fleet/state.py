@@ -13,7 +13,9 @@
   before it was recorded, whose downloaded actions all stay held;
 - ``config_hash``: the attributes last accepted by ``configData``;
 - ``sw_version``: the version of the last deployment installed (reported as ``sw_version``);
-- ``installed_action``: the action that installed it.
+- ``installed_action``: the action that installed it;
+- ``held_until``: until when (seconds since the epoch) the server's ``Retry-After`` holds every
+  request back, 0 for no hold (a restart keeps to it).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class FleetState:
     config_hash: str = ""
     sw_version: str = ""
     installed_action: str = ""
+    held_until: float = 0.0
 
     @classmethod
     def load(cls, path: Path, now: float | None = None) -> FleetState:
@@ -90,10 +93,11 @@ class FleetState:
         for key in ("config_hash", "sw_version", "installed_action"):
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
-        return cls([Feedback(f["kind"], f["action_id"], f["status"], _queued_at(f, now)) for f in outbox],
+        return cls([Feedback(f["kind"], f["action_id"], f["status"], _number(f, "queued_at", now)) for f in outbox],
                    dict(raw.get("reported", {})),
                    dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
-                   raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
+                   raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""),
+                   _number(raw, "held_until", None) or 0.0)
 
     def trim(self, keep: int, needed: Callable[[str], bool]) -> None:
         """Forget the actions that ended beyond the last ``keep`` in ``reported`` (in the order they
@@ -121,11 +125,12 @@ def _beyond(actions: list[str], keep: int) -> list[str]:
     return actions[:max(0, len(actions) - keep)]
 
 
-def _queued_at(raw: dict[str, Any], now: float | None) -> float | None:
-    """A persisted feedback's ``queued_at``; ``now`` when absent or not a number (only its age
-    in the snapshot depends on it: no reason to set the state aside)."""
-    value = raw.get("queued_at")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else now
+def _number(raw: dict[str, Any], key: str, default: float | None) -> float | None:
+    """A persisted time, a feedback's ``queued_at`` or the state's ``held_until``; ``default``
+    when absent or not a number (only a feedback's age in the snapshot, or how long the server's
+    ``Retry-After`` is kept to, depends on it: no reason to set the state aside)."""
+    value = raw.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def _is_feedback(raw: Any) -> bool:

@@ -22,6 +22,7 @@ from gateway.apps.operations import InstallResult
 from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
 from gateway.fleet import actions as fleet_actions
 from gateway.fleet import service as fleet_service
+from gateway.fleet.pacing import MAX_HOLD
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
 from gateway.fleet.state import Feedback, FleetState
@@ -1032,6 +1033,38 @@ class FleetServiceTests(FleetHarness):
         self.assertRegex(lines[0], r"^fleet polls succeed again after 3 failed in a row \(42\ds down; the last: .*429")
         self.run_for(600)
         self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
+
+    def test_a_retry_after_holds_the_requests_back_across_a_restart(self) -> None:
+        """The server's Retry-After holds every request back across a restart of the service (a
+        configuration change restarts it in-process; a reboot): it was kept in memory only, and
+        the new service sent its feedback and polled within ``min_poll_interval`` (seen on a
+        real gateway: Retry-After 120, a ``config set`` 4 s later, a feedback and a poll 5 s
+        after). The hold is read back from ``state.json`` as a time of day, a day and a half
+        at most from the start (a clock stepped back does not make it longer)."""
+        self.server.errors = [(503, {"Retry-After": "120"})]
+        fleet = self.start()
+        self.run_for(6)   # t=5: 503, every request held until t=155 (120 + the midpoint of 60 more)
+        self.assertEqual((len(self.server.auth), fleet.snapshot().state), (1, "held"))
+        self.assertEqual(fleet.snapshot().held_until, 155.0)
+        self.stop()
+        fleet = self.start()
+        self.assertEqual((fleet.snapshot().state, fleet.snapshot().held_until), ("held", 155.0))
+        self.run_for(148)  # t=154: nothing sent
+        self.assertEqual(len(self.server.auth), 1)
+        self.run_for(2)
+        self.assertEqual((self.server.polls, fleet.snapshot().held_until), (1, None))
+        self.stop()
+        state = json.loads((self.state / "fleet" / "state.json").read_text())
+        state["held_until"] = self.clock.seconds() + 10 * 86400  # a wall clock stepped back days
+        (self.state / "fleet" / "state.json").write_text(json.dumps(state))
+        fleet = self.start()
+        self.assertEqual(fleet.snapshot().held_until, self.clock.seconds() + MAX_HOLD)
+        self.stop()
+        self.assertTrue(state["config_hash"])
+        state["held_until"] = "soon"  # not a number: no hold, and the rest of the state is kept
+        (self.state / "fleet" / "state.json").write_text(json.dumps(state))
+        fleet = self.start()
+        self.assertEqual((fleet.snapshot().held_until, fleet.state.config_hash), (None, state["config_hash"]))
 
     def test_an_absurd_retry_after_holds_the_gateway_a_day_at_most(self) -> None:
         """A Retry-After of a trillion seconds (a lie, a typo) is taken as a day, plus the random
