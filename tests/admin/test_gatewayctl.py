@@ -836,8 +836,8 @@ class FleetTableTests(SynchronousTestCase):
             "polls             12 (3 failed)",
             "last poll         2026-12-07T07:05:00Z failed",
             "last success      2026-12-07T06:55:00Z",
-            "last error        GET https://hawkbit.example.com/DEFAULT/controller/v1/gw-1: HTTP 429"
-            " (at 2026-12-07T07:05:00Z)",
+            "last error        GET https://hawkbit.example.com/DEFAULT/controller/v1/gw-1: HTTP 429: Too Many"
+            " Requests (at 2026-12-07T07:05:00Z)",
             "next poll         in 4m 40s",
             "server sleep      5m 0s",
             "action            7 DOWNLOADING",
