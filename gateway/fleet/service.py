@@ -227,7 +227,7 @@ class FleetService(Service):
         except DDIError as error:
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
-            previous = self.record.last_error
+            previous = self.record.poll_cause
             if error is not self.outbox.slow_down:  # (that one was noted as the feedback failed)
                 self._note_wait(error)
             delay = max(self.pacing.backoff(self.record.failed(str(error))), self.pacing.held_for())

@@ -1094,6 +1094,22 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(len(lines), 1)
         self.assertRegex(lines[0], r"after 1 failed in a row \(1\ds down; ")
 
+    def test_feedback_waiting_does_not_make_every_failed_poll_a_new_cause(self) -> None:
+        """A server away for 40 minutes with feedback waiting is still a line for the first failed
+        poll and one each 10 minutes (fleet.md): the feedback's own failure (its POST's 503) was
+        taken for the poll's cause before it, so each poll that tried the feedback first was
+        logged at once as a new cause (14 lines here instead of 4)."""
+        settings = dataclasses.replace(SETTINGS, retry_max_delay=60.0)
+        FleetState([Feedback("deploymentBase", "3", {"execution": "closed"}, 0.0)]).save(
+            self.state / "fleet" / "state.json")
+        self.server.errors = [(503, {})] * 400
+        events = capture_log_events(self)
+        fleet = self.start(settings)
+        self.run_for(2400)
+        self.assertGreater(fleet.snapshot().failures_in_row, 45)
+        lines = [formatEvent(e) for e in events if "poll failed" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 4, lines)
+
     def test_a_server_away_for_hours_is_a_line_per_cause_and_ten_minutes(self) -> None:
         """docs/install.md (Logs): each failed poll was a line, one a minute for as long as the
         server is away with ``retry_max_delay: 60``. Now the first failure is logged, a new cause
