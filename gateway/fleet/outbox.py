@@ -43,7 +43,7 @@ class FeedbackOutbox:
     :param pacing: the service's backoff and ``Retry-After`` hold.
     :param save: persists the state; fires once written.
     :param note_wait: takes a ``Retry-After`` in (holds every request back, puts a poll off).
-    :param noted_error: notes the cause of a feedback not taken (the snapshot's last error).
+    :param noted_error: notes the cause of a feedback not taken, kept or dropped (the snapshot's last error).
     :param running: whether the service runs.
     :param log: the service's logger (its lines keep the service's namespace).
     """
@@ -112,6 +112,7 @@ class FeedbackOutbox:
                     elif not self.running():
                         return  # given up by the stop; kept in the outbox for the next start
                     elif refused_for_good(error):
+                        self.noted_error(str(error))  # (not taken: on the read side too)
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:
                         self._not_taken(error)

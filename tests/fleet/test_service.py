@@ -1034,6 +1034,24 @@ class FleetServiceTests(FleetHarness):
         self.run_for(600)
         self.assertEqual(len([e for e in events if "succeed again" in e.get("log_format", "")]), 1)
 
+    def test_feedback_refused_for_good_is_dropped_and_shown(self) -> None:
+        """A feedback the server refuses as it is (a 4xx other than 401, 403, 408 and 429) is
+        logged and dropped, and the steps after it go on (fleet.md, Restarts); it is the
+        snapshot's ``last_error`` too, a feedback the server did not take (readside.md): it was
+        in the log only, and ``gatewayctl fleet`` said ``last error none``."""
+        self.server.deployment = deployment("31", FILES)
+        self.server.feedback_errors = [422]
+        events = capture_log_events(self)
+        fleet = self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions(), [
+            ("download", "none"), ("downloaded", "none"), ("proceeding", "none"), ("proceeding", "none"),
+            ("closed", "success")])
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.feedback_waiting, snapshot.failures), (0, 0))
+        self.assertRegex(snapshot.last_error, r"^POST https://ddi.example/.*/deploymentBase/31/feedback: HTTP 422")
+        self.assertEqual(len([e for e in events if "refused by the server, dropped" in e.get("log_format", "")]), 1)
+
     def test_a_retry_after_holds_the_requests_back_across_a_restart(self) -> None:
         """The server's Retry-After holds every request back across a restart of the service (a
         configuration change restarts it in-process; a reboot): it was kept in memory only, and
