@@ -324,8 +324,9 @@ class Outbox:
         persistent = self.persistent
         cost = size + len(message.topic) + QUEUED_MESSAGE_COST if persistent else 0  # (queued_cost, inline)
         full = len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes
-        if full or persistent and policy.total + cost > policy.max_total and policy.max_total and not policy.holding:
-            if not self._make_room(message, size, cost, full):
+        over = persistent and not policy.holding and policy.max_total > 0 and policy.total + cost > policy.max_total
+        if full or over:
+            if not self._make_room(message, size, cost, full, over):
                 return False
         if persistent:
             policy.total += cost
@@ -343,10 +344,11 @@ class Outbox:
         self.bytes += size
         return True
 
-    def _make_room(self, message: QueuedMessage, size: int, cost: int, full: bool) -> bool:
-        """Drop what the queue's own bounds (``full``: it has no room) and then
-        ``max_queued_bytes_total`` (a persistent queue, ``cost``) drop for ``message``; or
-        ``False``, when it is dropped itself (counted and logged) and nothing else is."""
+    def _make_room(self, message: QueuedMessage, size: int, cost: int, full: bool, over: bool) -> bool:
+        """Drop what the queue's own bounds (``full``: it has no room for ``message``) and then
+        ``max_queued_bytes_total`` (``over``: ``cost`` takes the total past it) drop for
+        ``message``; or ``False``, when it is dropped itself (counted and logged) and nothing
+        else is."""
         policy = self.policy
         own = _NO_DROPS
         if full:
@@ -357,7 +359,7 @@ class Outbox:
             own = room
         victims: list[Outbox] | None = []
         need = policy.total - own[2] + cost - policy.max_total  # (what the total lacks once those are gone)
-        if self.persistent and policy.max_total and not policy.holding and need > 0:
+        if over and need > 0:
             victims = policy.victims(need, not message.qos, self, own[:2]) if cost <= policy.max_total else None
             if victims is None:  # (larger than the total, or QoS 0 that would push a QoS 1/2 one out)
                 self._count_drop(message.qos)

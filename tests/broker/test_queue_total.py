@@ -108,7 +108,8 @@ class TotalBoundTests(SynchronousTestCase):
         late = Outbox("c", self.policy, persistent=True)
         self.assertFalse(late.push(QueuedMessage("t", b"c1".ljust(SIZE + 1000, b"."), 0, False)))  # (2,000 bytes)
         self.assertEqual((names(self.a), names(self.b), len(late)), (["a1"], ["b1", "b2", "b3"], 0))
-        self.assertEqual((self.a.dropped, late.dropped_qos0, self.policy.total_drops, self.policy.total), (0, 1, 1, 4000))
+        self.assertEqual((self.a.dropped, late.dropped_qos0, self.policy.total_drops), (0, 1, 1))
+        self.assertEqual(self.policy.total, 4000)
         self.assertEqual((self.policy.dropped, len(noted)), ([1, 0, 0], 1))
 
     def test_a_refused_message_costs_nothing_of_its_own_queue(self) -> None:
