@@ -104,6 +104,10 @@ class AccountingSource(Protocol):
 #: In a dataclass field's metadata: :func:`to_jsonable` leaves the field out while it is ``""``
 #: (a key few entries of a list need, which leaves the others' shape as it was).
 OMIT_EMPTY = "omit_empty"
+#: In a dataclass field's metadata: :func:`to_jsonable` always leaves the field out (a value
+#: kept for the gateway's own use that no reader may see, as the text of a drop-in that may
+#: hold secrets), so that no endpoint, report or command has to remember to drop it.
+NEVER_SHOWN = "never_shown"
 
 
 class NamedService(Protocol):
@@ -291,7 +295,8 @@ class ReadSide:
 
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON data from a snapshot: dataclasses become dicts (field order kept; a field
-    marked :data:`OMIT_EMPTY` left out while it is ``""``), tuples and lists lists, enums their value, paths strings, mapping keys strings; a float that
+    marked :data:`OMIT_EMPTY` left out while it is ``""``, one marked :data:`NEVER_SHOWN`
+    always), tuples and lists lists, enums their value, paths strings, mapping keys strings; a float that
     JSON cannot carry (NaN, infinity) becomes ``None``.
 
     :param obj: a snapshot, or anything made of the types above and JSON's own.
@@ -305,7 +310,7 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.value)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get(OMIT_EMPTY) and getattr(obj, f.name) == "")}
+                if not (f.metadata.get(NEVER_SHOWN) or f.metadata.get(OMIT_EMPTY) and getattr(obj, f.name) == "")}
     if isinstance(obj, (tuple, list)):
         return [to_jsonable(item) for item in obj]
     if isinstance(obj, Mapping):

@@ -23,6 +23,7 @@ from gateway import config as gateway_config
 from gateway.broker.snapshot import BrokerSnapshot
 from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
 from gateway.clockstep import CLOCK_SET_SINCE
+from gateway.commands.reconfigure import PendingChange
 from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.record import Record
@@ -74,6 +75,15 @@ class ToJsonableTests(SynchronousTestCase):
                                 "extra": {"1": None, "2": 0.5}})
         self.assertEqual(list(data), ["name", "ratio", "items", "extra"])
         json.dumps(data, allow_nan=False)
+
+    def test_a_field_marked_never_shown_is_left_out(self) -> None:
+        """A field marked NEVER_SHOWN (a pending change's previous drop-in, which may hold
+        secrets) is never in the data, whatever its value; the others are, in order."""
+        pending = PendingChange("admin", ("a.b",), "a: {password: SECRET}\n", 10.0, ("cloud",), 5.0)
+        self.assertEqual(to_jsonable(pending), {"origin": "admin", "keys": ["a.b"], "deadline": 10.0,
+                                                "required_links": ["cloud"], "applied_at": 5.0, "boot": "",
+                                                "boot_deadline": 0.0})
+        self.assertNotIn("SECRET", json.dumps(to_jsonable({"pending": pending, "all": [pending]})))
 
     def test_unknown_types_are_refused(self) -> None:
         """A value that is not data (an object) is a bug: TypeError names its type."""

@@ -185,9 +185,7 @@ class AdminApi:
         value = to_jsonable(self._readside().status())
         config = self.backends.config
         if config is not None:
-            pending = to_jsonable(config.pending())
-            # without the drop-in it would restore: its text may hold secrets set earlier
-            value["config_pending"] = None if pending is None else {k: v for k, v in pending.items() if k != "previous"}
+            value["config_pending"] = to_jsonable(config.pending())  # (without the drop-in it would restore)
         return value
 
     def snapshot(self, method: str, service: str) -> Handler:

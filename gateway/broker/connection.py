@@ -435,10 +435,7 @@ class MQTTConnection(Protocol):
         self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
                       "[MQTT-3.1.2-24]", peer=self.peer_text(), limit=self._keepalive,
                       keep_alive=self._keepalive / 1.5)
-        handler, self.handler = self.handler, None
-        self.pending = []
-        self.close_in_order()
-        handler.connection_lost()  # (told once: connectionLost, when it comes, finds no handler)
+        self._end_handler(closing=True)
 
     def attach(self, handler: PacketSink) -> None:
         """Send the packets after CONNECT to ``handler`` (those already here first); the
@@ -450,9 +447,7 @@ class MQTTConnection(Protocol):
         self._start_keepalive()
         self._release_pending()
         if self.lost:  # (the client hung up while its CONNECT was decided)
-            self.handler = None  # told once: connectionLost, if still to come, finds no handler
-            self.pending = []
-            handler.connection_lost()
+            self._end_handler()
         elif self.violated and self.handler is handler and _VIOLATED not in (self._pausers or ()):
             # It broke the protocol while its CONNECT was decided: the CONNACK and the answers
             # to the packets before the violation (just handed over) go out, then it closes.
@@ -528,11 +523,23 @@ class MQTTConnection(Protocol):
         self.deadline = 0.0
         if _tls_failure(reason) and not self.violated:
             self.factory.tls_failed(self.peer_text(), reason.value)
-        handler, self.handler = self.handler, None
-        if handler is not None:
-            self.pending = []
-            handler.connection_lost()
+        self._end_handler()
         self.factory.connection_closed(self)
+
+    def _end_handler(self, closing: bool = False) -> None:
+        """Tell the handler, if any, that the stream ended, once: it is taken off first (so that
+        :meth:`connectionLost`, when it comes, finds none), with the packets still waiting for it.
+
+        :param closing: close the connection in order (:meth:`close_in_order`) before the
+            handler is told, so that nothing it does then is written to this client.
+        """
+        handler, self.handler = self.handler, None
+        if handler is None:
+            return
+        self.pending = []
+        if closing:
+            self.close_in_order()
+        handler.connection_lost()
 
 
 class MQTTListenerFactory(Factory):

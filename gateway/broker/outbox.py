@@ -6,8 +6,8 @@ absent subscriber only ever loses its own messages: the broker never stops readi
 a publisher because a subscriber's queue is full. When a message does not fit:
 
 1. the queue's oldest QoS 0 messages are dropped first, as many as it takes;
-2. a new QoS 0 message that still does not fit is dropped itself (every queued message is
-   QoS 1 or 2 then, and those outrank it);
+2. a new QoS 0 message that would not fit even without them is dropped itself, and they stay
+   (the queue's QoS 1 and 2 messages outrank it);
 3. a QoS 1 or 2 message that still does not fit is handled by the policy's ``overflow``:
    ``drop_new`` (the default, as mosquitto) drops the new message, ``drop_oldest`` drops
    the oldest queued QoS 1/2 messages until it fits (the subscriber then gets the newest
@@ -29,7 +29,13 @@ hold more than the gateway has. A message that would take the total past it make
 first: the session holding the oldest queued message (arrival numbers are the policy's, so
 they compare across sessions) drops its oldest QoS 0 message, or its oldest QoS 1/2
 message when it has none, until the new one fits; a new QoS 0 message that would push a
-QoS 1/2 message out is dropped itself (only a connected client's queue holds QoS 0 ones).
+QoS 1/2 message out is dropped itself (only a connected client's queue holds QoS 0 ones),
+as is a message larger than ``max_total``. A message dropped itself costs no other: what
+its own queue's bounds and the total would drop for it is planned first
+(:meth:`QueuePolicy.victims`), and dropped only once it is known to fit. While a start
+restores the saved queues (:attr:`QueuePolicy.holding`), the total is applied through the same
+planner once they are all back (:meth:`QueuePolicy.apply_total`), and before a queue at its own
+bounds takes its next one (:meth:`QueuePolicy.catch_up`), as the running broker had applied it.
 The session holding the oldest is found through a heap of each queue's head, updated
 lazily: an entry's number is never above its queue's head (a queue only ever loses its
 head), so an entry found stale is put back with its head's number, and the accounting stays
@@ -43,7 +49,7 @@ import heapq
 import time
 from collections import deque
 from operator import itemgetter
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from twisted.logger import Logger
 
@@ -66,6 +72,10 @@ QUEUED_MESSAGE_COST = 330
 #: The heap of queue heads is rebuilt without the emptied queues once it holds this many more
 #: entries than when it was last rebuilt (and twice as many).
 _HEAP_SLACK = 64
+#: What a queue's own bounds drop for a message that fits: no QoS 0, no QoS 1/2 message, no cost.
+_NO_DROPS = (0, 0, 0)
+#: A queue none of whose messages a plan of :meth:`QueuePolicy.victims` took yet: (QoS 0, QoS 1/2).
+_NONE_TAKEN = (0, 0)
 
 
 def queued_cost(message: QueuedMessage) -> int:
@@ -144,30 +154,70 @@ class QueuePolicy:
             self._heads = kept
             self._heads_rebuilt = len(kept)
 
-    def room_for(self, cost: int, qos: int) -> bool:
-        """Drop the oldest messages of the persistent sessions' queues until a new message of
-        ``cost`` and ``qos`` fits in ``max_total`` (nothing while :attr:`holding`); ``False``
-        when it does not: it is larger than ``max_total`` (nothing dropped), or it is QoS 0
-        and the session holding the oldest message has only QoS 1/2 messages left (those
-        outrank it; the older QoS 0 messages dropped until then stay dropped)."""
-        if not self.max_total or self.holding or self.total + cost <= self.max_total:
-            return True
-        if cost > self.max_total:
-            return False
-        dropped = 0
-        victim = None
-        fits = True
-        while self.total + cost > self.max_total:
-            victim = self._oldest()
-            if victim is None:  # (cannot happen: total counts only listed queues' messages)
-                break
-            if not qos and not victim.has_qos0:
-                fits = False
-                break
-            victim.drop_oldest()
-            dropped += 1
-        self.note_total_drops(dropped, victim, cost if fits else 0)
-        return fits
+    def victims(self, need: int, keep_acked: bool, outbox: Outbox | None = None,
+                taken: tuple[int, int] = (0, 0)) -> list[Outbox] | None:
+        """Which persistent sessions' queues drop their oldest message (:meth:`Outbox.drop_oldest`)
+        so that :attr:`total` goes down by at least ``need``, in turn, one entry a message:
+        each time, the queue holding the oldest message of all drops its oldest QoS 0 message,
+        or its oldest QoS 1/2 message when it has none. Nothing is dropped here: the caller
+        drops them (all, in this order), so that a message refused costs no other.
+
+        :param need: the :func:`queued_cost` to free (nothing when it is 0 or less).
+        :param keep_acked: ``None`` rather than a QoS 1/2 message (for a new QoS 0 one: those outrank it).
+        :param outbox: a queue to count without its ``taken`` oldest QoS 0 and QoS 1/2 messages
+            (those its own bounds drop for the new message, first).
+        :returns: the queues, or ``None`` when ``keep_acked`` and a QoS 1/2 message would go.
+        """
+        heads = self._heads
+        # The queue on top of the heap of heads stays there while it holds the oldest message
+        # once its planned drops are gone (the common case: one queue, one drop); one that no
+        # longer does is taken off to ``ahead``, by its head after its planned drops, and goes
+        # back as it was (nothing is dropped yet) when the plan is done.
+        ahead: list[tuple[int, Outbox]] = []
+        moved: list[tuple[int, Outbox]] = []
+        planned: dict[Outbox, list[int]] = {} if outbox is None or not any(taken) else {outbox: list(taken)}
+        victims: list[Outbox] = []
+        try:
+            while need > 0:
+                entry = self._oldest()
+                first = ahead[0][0] if ahead else None
+                if entry is not None:
+                    queue = entry[1]
+                    head = queue.head_arrival(planned.get(queue, _NONE_TAKEN))
+                    # the top's children bound the rest of the heap from below
+                    bound = first
+                    for index in (1, 2):
+                        if index < len(heads) and (bound is None or heads[index][0] < bound):
+                            bound = heads[index][0]
+                    if head is not None and (bound is None or head < bound):
+                        victim = queue
+                    elif first is None or entry[0] < first:
+                        moved.append(heapq.heappop(heads))
+                        if head is not None:
+                            heapq.heappush(ahead, (head, queue))
+                        continue
+                    else:
+                        victim = ahead[0][1]
+                elif ahead:
+                    victim = ahead[0][1]
+                else:  # (cannot happen: total counts only listed queues' messages)
+                    break
+                counts = planned.setdefault(victim, [0, 0])
+                cost = victim.plan_drop(counts, keep_acked)
+                if cost is None:
+                    return None
+                need -= cost
+                victims.append(victim)
+                if ahead and victim is ahead[0][1]:
+                    head = victim.head_arrival(counts)
+                    if head is None:
+                        heapq.heappop(ahead)
+                    else:
+                        heapq.heapreplace(ahead, (head, victim))
+            return victims
+        finally:
+            for entry in moved:
+                heapq.heappush(heads, entry)
 
     def apply_total(self) -> tuple[int, int]:
         """Stop :attr:`holding` and drop what is over ``max_total``, oldest first.
@@ -181,35 +231,38 @@ class QueuePolicy:
         return self.dropped_at_start, len(victims)
 
     def catch_up(self) -> None:
-        """Drop what is over ``max_total`` now, oldest first, while :attr:`holding`: a queue
-        being restored is at its own bounds, and the running broker decided on that message
-        with what the total had left in it (a start would otherwise drop the newest message,
-        ``drop_new``, and keep an older one the total had dropped)."""
-        while self.max_total and self.total > self.max_total:
-            victim = self._oldest()
-            if victim is None:
-                break
+        """Drop what is over ``max_total`` now, oldest first (planned by :meth:`victims`), while
+        :attr:`holding`: a queue being restored is at its own bounds, and the running broker
+        decided on that message with what the total had left in it (a start would otherwise
+        drop the newest message, ``drop_new``, and keep an older one the total had dropped)."""
+        if not self.max_total or self.total <= self.max_total:
+            return
+        victims = self.victims(self.total - self.max_total, keep_acked=False) or []
+        for victim in victims:
             victim.drop_oldest()
-            self.total_drops += 1
-            self.dropped_at_start += 1
             self._start_victims.add(victim.client_id)
+        self.total_drops += len(victims)
+        self.dropped_at_start += len(victims)
 
-    def _oldest(self) -> Outbox | None:
-        """The persistent session's queue holding the oldest message (by arrival), or ``None``."""
+    def _oldest(self) -> tuple[int, Outbox] | None:
+        """The heap's entry of the persistent session's queue holding the oldest message (by
+        arrival), on top and made exact (emptied queues' entries go, stale ones are put back
+        with their head's number), or ``None``."""
         heads = self._heads
         while heads:
-            arrival, outbox = heads[0]
-            if not outbox:
-                heapq.heappop(heads)
-                outbox.listed = False
-                continue
+            entry = heads[0]
+            arrival, outbox = entry
             head = outbox.head_arrival()
             if head == arrival:
-                return outbox
-            heapq.heapreplace(heads, (head, outbox))  # stale: put back with its head now
+                return entry
+            if head is None:
+                heapq.heappop(heads)
+                outbox.listed = False
+            else:
+                heapq.heapreplace(heads, (head, outbox))  # stale: put back with its head now
         return None
 
-    def note_total_drops(self, count: int, victim: Outbox | None, incoming: int = 0) -> None:
+    def note_total_drops(self, count: int, victim: Outbox, incoming: int = 0) -> None:
         """Count ``count`` messages dropped for ``max_total`` (the last from ``victim``) and log,
         at most once per ``log_interval``.
 
@@ -222,7 +275,7 @@ class QueuePolicy:
         if self.on_total_drop is not None:
             self.on_total_drop()
         lines = self._total_lines.note(count)
-        if lines is not None and victim is not None:
+        if lines is not None:
             self.log.warn("the persistent sessions' queues hold {total} bytes, max_queued_bytes_total is {max_total}:"
                           " dropping their oldest messages (now from {client_id!r}; {count} dropped since the last "
                           "such line, {all} in all; logged at most once every {interval:.0f} s while they go on)",
@@ -294,31 +347,28 @@ class Outbox:
         return self.dropped_qos0 + self.dropped_qos12
 
     def push(self, message: QueuedMessage) -> bool:
-        """Queue ``message``, making room by the overflow rules; ``False`` when it was dropped itself."""
+        """Queue ``message``, making room by the overflow rules; ``False`` when it was dropped
+        itself (then nothing else was: the room is found first, then made)."""
         policy = self.policy
         size = len(message.payload)
-        if len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes:
-            if policy.holding and self.persistent and policy.max_total and policy.total > policy.max_total:
-                policy.catch_up()
-            if (len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes) and \
-                    not self._make_room(message, size):
-                self._drop(message.qos)
-                return False
-        if self.persistent:
+        persistent = self.persistent
+        if persistent:
             topic = message.topic  # (queued_cost, inline: once a message)
             cost = size + (len(topic) if topic.isascii() else topic_bytes(topic)) + QUEUED_MESSAGE_COST
-            if policy.total + cost > policy.max_total and policy.max_total and not policy.holding:
-                if not policy.room_for(cost, message.qos):
-                    self._count_drop(message.qos)
-                    policy.note_total_drops(1, self)
-                    return False
-            policy.total += cost
-            self.cost += cost
+            over = policy.total + cost > policy.max_total and policy.max_total > 0 and not policy.holding
+        else:
+            cost, over = 0, False
+        full = len(self._qos0) + len(self._acked) >= policy.max_messages or self.bytes + size > policy.max_bytes
+        if (full or over) and not self._make_room(message, size, cost, full, over):
+            return False
         policy.arrivals = arrival = policy.arrivals + 1
         entry = (arrival, message)
-        if self.persistent and not self.listed:
-            self.listed = True
-            policy.listed(self, arrival)
+        if persistent:
+            policy.total += cost
+            self.cost += cost
+            if not self.listed:
+                self.listed = True
+                policy.listed(self, arrival)
         if message.qos:
             self._acked.append(entry)
             self._acked_bytes += size
@@ -327,22 +377,71 @@ class Outbox:
         self.bytes += size
         return True
 
-    def _make_room(self, message: QueuedMessage, size: int) -> bool:
-        """Drop queued messages so that ``message`` fits, or ``False`` (nothing dropped) if it cannot."""
+    def _make_room(self, message: QueuedMessage, size: int, cost: int, full: bool, over: bool) -> bool:
+        """Drop what the queue's own bounds (``full``: it has no room for ``message``) and then
+        ``max_queued_bytes_total`` (``over``: ``cost`` takes the total past it) drop for
+        ``message``; or ``False``, when it is dropped itself (counted and logged) and nothing
+        else is. While a start restores the queues (:attr:`QueuePolicy.holding`), what is over
+        the total goes first (:meth:`QueuePolicy.catch_up`), as it went before ``message`` came."""
+        policy = self.policy
+        if full and policy.holding and self.persistent and policy.max_total and policy.total > policy.max_total:
+            policy.catch_up()
+            full = len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes
+        own = _NO_DROPS
+        if full:
+            room = self._room(message, size)
+            if room is None:
+                self._drop(message.qos)
+                return False
+            own = room
+        victims: list[Outbox] | None = []
+        need = policy.total - own[2] + cost - policy.max_total  # (what the total lacks once those are gone)
+        if over and need > 0:
+            victims = policy.victims(need, not message.qos, self, own[:2]) if cost <= policy.max_total else None
+            if victims is None:  # (larger than the total, or QoS 0 that would push a QoS 1/2 one out)
+                self._count_drop(message.qos)
+                policy.note_total_drops(1, self)
+                return False
+        if own is not _NO_DROPS:
+            self._drop_own(own[0], own[1])
+        if victims:
+            for victim in victims:
+                victim.drop_oldest()
+            policy.note_total_drops(len(victims), victims[-1], cost)
+        return True
+
+    def _room(self, message: QueuedMessage, size: int) -> tuple[int, int, int] | None:
+        """What the queue's own bounds drop so that ``message`` fits (see the module docstring):
+        how many of its oldest QoS 0 and oldest QoS 1/2 messages, and the :func:`queued_cost` they
+        free; ``None`` when it cannot fit (then nothing goes for it)."""
         policy = self.policy
         if size > policy.max_bytes:
-            return False
+            return None
         keeps_acked = not message.qos or policy.overflow == "drop_new"
         if keeps_acked and (len(self._acked) + 1 > policy.max_messages or self._acked_bytes + size > policy.max_bytes):
-            return False  # even without any QoS 0 message it would not fit
-        # each drop is counted (and logged) before its message leaves: the log shows the full queue
-        while self._qos0 and (len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes):
+            return None  # even without any QoS 0 message it would not fit
+        count, held, freed = len(self) + 1, self.bytes + size, 0
+        taken = [0, 0]
+        for lane, index in ((self._qos0, 0), (self._acked, 1)):  # (QoS 1/2 ones only for drop_oldest then)
+            for _, queued in lane:
+                if count <= policy.max_messages and held <= policy.max_bytes:
+                    break
+                count -= 1
+                held -= len(queued.payload)
+                freed += queued_cost(queued)
+                taken[index] += 1
+        return taken[0], taken[1], freed
+
+    def _drop_own(self, qos0: int, acked: int) -> None:
+        """Drop the ``qos0`` oldest QoS 0 and the ``acked`` oldest QoS 1/2 messages for the
+        queue's own bounds (:meth:`_room`); each drop is counted (and logged) before its message
+        leaves: the log shows the full queue."""
+        for _ in range(qos0):
             self._drop(0)
             self._take_qos0()
-        while len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes:
-            self._drop(self._acked[0][1].qos)  # drop_oldest, QoS 1/2: there is one, or it would fit
+        for _ in range(acked):
+            self._drop(self._acked[0][1].qos)
             self._take_acked()
-        return True
 
     def _take_qos0(self) -> QueuedMessage:
         """Take the oldest QoS 0 message out, and its bytes."""
@@ -364,17 +463,32 @@ class Outbox:
             self.cost -= cost
             self.policy.total -= cost
 
-    @property
-    def has_qos0(self) -> bool:
-        """Whether a QoS 0 message is queued."""
-        return bool(self._qos0)
-
-    def head_arrival(self) -> int:
-        """The arrival number of the oldest message (the queue is not empty)."""
+    def head_arrival(self, taken: Sequence[int] = _NONE_TAKEN) -> int | None:
+        """The arrival number of the oldest message (``None``: there is none), or of the oldest
+        once the ``taken`` (QoS 0, QoS 1/2) oldest of each lane are gone."""
+        skip0, skip12 = taken
         qos0, acked = self._qos0, self._acked
-        if qos0 and acked:
-            return min(qos0[0][0], acked[0][0])
-        return (qos0 or acked)[0][0]
+        if len(qos0) > skip0:
+            first = qos0[skip0][0]
+            if len(acked) > skip12:
+                other = acked[skip12][0]
+                return other if other < first else first
+            return first
+        return acked[skip12][0] if len(acked) > skip12 else None
+
+    def plan_drop(self, taken: list[int], keep_acked: bool) -> int | None:
+        """Plan the next :meth:`drop_oldest` once the ``taken`` (QoS 0, QoS 1/2) oldest messages
+        of each lane are gone: count it in ``taken`` and return its :func:`queued_cost`; ``None``
+        (nothing counted) when it would be a QoS 1/2 message and ``keep_acked``."""
+        if taken[0] < len(self._qos0):
+            _, message = self._qos0[taken[0]]
+            taken[0] += 1
+        elif keep_acked:
+            return None
+        else:
+            _, message = self._acked[taken[1]]
+            taken[1] += 1
+        return queued_cost(message)
 
     def drop_oldest(self) -> None:
         """Drop a message for ``max_queued_bytes_total`` (the queue is not empty), as a full

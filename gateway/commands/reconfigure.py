@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -39,6 +39,7 @@ from gateway.commands.settings import CommandsSettings
 from gateway.deadlinecall import DeadlineCall
 from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError, ConfigRevertError
 from gateway.readonlyfs import read_only_at
+from gateway.readside import NEVER_SHOWN
 from gateway.redaction import redact_error
 from gateway.shown import shown_key_path
 
@@ -94,7 +95,8 @@ class PendingChange:
 
     :ivar origin: who asked (``remote:<request-id>``, ``admin``...).
     :ivar keys: the key paths it changed (values are left out: they may be secrets).
-    :ivar previous: the remote drop-in before it (None: there was none).
+    :ivar previous: the remote drop-in before it (None: there was none); never shown
+        (:data:`~gateway.readside.NEVER_SHOWN`): its text may hold secrets set earlier.
     :ivar deadline: clock seconds by which it must be confirmed.
     :ivar required_links: the links that must be up again (empty: any one link).
     :ivar applied_at: clock seconds when it was applied.
@@ -105,7 +107,7 @@ class PendingChange:
 
     origin: str
     keys: tuple[str, ...]
-    previous: str | None
+    previous: str | None = field(metadata={NEVER_SHOWN: True})
     deadline: float
     required_links: tuple[str, ...]
     applied_at: float

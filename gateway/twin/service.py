@@ -36,7 +36,7 @@ from gateway.twin.document import MISSING
 from gateway.twin.settings import TwinSettings
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.blocking import RunBlocking
-from gateway.twin.store import TwinStore
+from gateway.twin.store import TwinStore, encode_thing
 
 #: Seconds between two log lines of commands refused because the disk refuses the twin's writes.
 NOT_STORED_LOG_INTERVAL = 60.0
@@ -203,8 +203,9 @@ class TwinService(Service):
             outcome = commands.apply(self.store.things.get(thing_id), thing_id, command)
             if outcome.changed and outcome.before is None:
                 self._check_room(thing_id)
+            encoded = None
             if outcome.changed and outcome.after is not None:
-                self._check_size(thing_id, outcome.before, outcome.after)
+                encoded = self._check_size(thing_id, outcome.before, outcome.after)
             if outcome.changed:
                 for validate in self.validators:
                     validate(thing_id, outcome.before, outcome.after)
@@ -221,7 +222,7 @@ class TwinService(Service):
             del self.store.things[thing_id]
         else:
             self.store.things[thing_id] = outcome.after
-        revision = self.store.bump(thing_id)
+        revision = self.store.bump(thing_id, encoded)
         d = self.store.save()
         d.addErrback(self._refused_write, thing_id, outcome.before)
         d.addCallback(lambda _: self._tell_untold(untold))
@@ -230,16 +231,20 @@ class TwinService(Service):
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
 
-    def _check_size(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+    def _check_size(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any]) -> bytes:
         """Refuse (413) a change that makes ``thing_id`` larger than ``max_thing_bytes`` (its JSON
         as ``things.json`` holds it): every thing stays in memory and is written whole after each
-        change. A change that shrinks a thing already larger (a lowered limit) is taken."""
-        # (json.dumps is ASCII: its characters are the bytes things.json holds, in any key order)
-        size, limit = len(json.dumps(after)), self.settings.max_thing_bytes
-        if size > limit and (before is None or size > len(json.dumps(before))):
+        change. A change that shrinks a thing already larger (a lowered limit) is taken.
+
+        :returns: ``after``'s JSON (:func:`~gateway.twin.store.encode_thing`), for the store's next write.
+        """
+        encoded = encode_thing(after)
+        size, limit = len(encoded), self.settings.max_thing_bytes
+        if size > limit and (before is None or size > len(encode_thing(before))):
             raise DittoError(413, "things:thing.toolarge",
                              f"the thing {shown_repr(thing_id)} would be {size} bytes, more than its max_thing_bytes"
                              f" ({limit}): store less in it, or raise twin.max_thing_bytes")
+        return encoded
 
     def _check_room(self, thing_id: str) -> None:
         """Refuse (403) a command that would create ``thing_id`` while the twin holds

@@ -28,9 +28,15 @@ from gateway.degraded import Failing
 MAX_DELETED_REVISIONS = 10_000
 
 
-def _encode_thing(thing: dict[str, Any]) -> bytes:
-    """One thing's JSON in ``things.json``."""
+def encode_thing(thing: dict[str, Any]) -> bytes:
+    """One thing's JSON as ``things.json`` holds it (ASCII: its length is the thing's size,
+    which ``twin.max_thing_bytes`` bounds)."""
     return json.dumps(thing, sort_keys=True).encode()
+
+
+def _entry(thing_id: str, encoded: bytes) -> bytes:
+    """One thing's ``"<id>": {...}`` in ``things.json``, from its :func:`encode_thing` bytes."""
+    return json.dumps(thing_id).encode() + b": " + encoded
 
 
 class TwinStore:
@@ -94,12 +100,19 @@ class TwinStore:
             self._deleted = dict.fromkeys(t for t in self.revisions if t not in self.things)
             self._forget_deleted()
 
-    def bump(self, thing_id: str) -> int:
+    def bump(self, thing_id: str, encoded: bytes | None = None) -> int:
         """The thing's next revision (counted on past deletes too, so events stay ordered; of
-        deleted things only the last :data:`MAX_DELETED_REVISIONS` are remembered)."""
+        deleted things only the last :data:`MAX_DELETED_REVISIONS` are remembered).
+
+        :param encoded: the changed thing's :func:`encode_thing` bytes, when the caller has
+            them already (its size was checked): the next write takes them as they are.
+        """
         revision = self.revisions.get(thing_id, 0) + 1
         self.revisions[thing_id] = revision
-        self._encoded.pop(thing_id, None)
+        if encoded is None:
+            self._encoded.pop(thing_id, None)
+        else:
+            self._encoded[thing_id] = _entry(thing_id, encoded)
         self._deleted.pop(thing_id, None)
         if thing_id not in self.things:  # deleted: its revision is kept, within the bound
             self._deleted[thing_id] = None
@@ -136,7 +149,7 @@ class TwinStore:
         for thing_id in sorted(things):
             entry = encoded.get(thing_id)
             if entry is None:
-                entry = encoded[thing_id] = json.dumps(thing_id).encode() + b": " + _encode_thing(things[thing_id])
+                entry = encoded[thing_id] = _entry(thing_id, encode_thing(things[thing_id]))
             entries.append(entry)
         parts = [b'{"revisions": ', json.dumps(self.revisions, sort_keys=True).encode(), b', "things": {',
                  b", ".join(entries), b"}}"]

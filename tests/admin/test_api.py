@@ -30,6 +30,7 @@ from gateway.apps.snapshot import AppSnapshot
 from gateway.apps.operations import AppOperations
 from gateway.apps.errors import DesiredStateError
 from gateway.commands import dropin
+from gateway.commands.reconfigure import PendingChange
 from gateway.degraded import Degraded
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
@@ -1276,11 +1277,12 @@ class StatusPageTests(SynchronousTestCase):
         without the drop-in a revert would restore (docs/admin.md): its text, which may hold a
         password set by an earlier change, was in every /status answer."""
         h = Harness(self)
-        pending = {"keys": ["links.links.cloud.endpoint"], "origin": "admin", "deadline": 10**10,
-                   "previous": "links: {links: {cloud: {password: SECRET-1}}}\n"}
+        pending = PendingChange("admin", ("links.links.cloud.endpoint",),
+                                "links: {links: {cloud: {password: SECRET-1}}}\n", 10**10, (), 5.0)
         h.config.pending = lambda: pending  # type: ignore[method-assign]
         self.assertEqual(h.call("GET", "/status").json()["config_pending"],
-                         {"keys": ["links.links.cloud.endpoint"], "origin": "admin", "deadline": 10**10})
+                         {"keys": ["links.links.cloud.endpoint"], "origin": "admin", "deadline": 10**10,
+                          "required_links": [], "applied_at": 5.0, "boot": "", "boot_deadline": 0.0})
         html = h.call("GET", "/").body.decode()
         self.assertIn('<p id="pending" class="down">Configuration: links.links.cloud.endpoint (by admin)'
                       ' waits for confirmation: reverted in', html)

@@ -111,6 +111,38 @@ class TotalBoundTests(SynchronousTestCase):
         self.assertEqual((names(self.a), names(self.b)), (["a2"], ["b1", "b2", "b3"]))
         self.assertEqual((self.a.dropped_qos0, self.b.dropped_qos0, self.policy.total_drops), (1, 1, 2))
 
+    def test_a_refused_qos0_message_costs_no_other_session(self) -> None:
+        """A new QoS 0 message refused because a QoS 1/2 message would go is refused before
+        anything goes for it: the older QoS 0 message ahead of that one stays (it used to go),
+        and the refusal is noted once (it was twice: two checkpoints asked, two log counts)."""
+        noted: list[None] = []
+        self.policy.on_total_drop = lambda: noted.append(None)
+        self.a.push(message("a1", 0))
+        for name in ("b1", "b2", "b3"):
+            self.b.push(message(name, 1))
+        late = Outbox("c", self.policy, persistent=True)
+        self.assertFalse(late.push(QueuedMessage("t", b"c1".ljust(SIZE + 1000, b"."), 0, False)))  # (2,000 bytes)
+        self.assertEqual((names(self.a), names(self.b), len(late)), (["a1"], ["b1", "b2", "b3"], 0))
+        self.assertEqual((self.a.dropped, late.dropped_qos0, self.policy.total_drops), (0, 1, 1))
+        self.assertEqual(self.policy.total, 4000)
+        self.assertEqual((self.policy.dropped, len(noted)), ([1, 0, 0], 1))
+
+    def test_a_refused_message_costs_nothing_of_its_own_queue(self) -> None:
+        """A message the total refuses (a QoS 0 one that would push a QoS 1/2 one out, or one
+        larger than the total) takes nothing out of its own full queue either: the QoS 0
+        message its queue's bounds would have dropped for it stays."""
+        events = capture_log_events(self)
+        policy = QueuePolicy(max_messages=2, max_bytes=1 << 20, clock=self.clock.seconds, max_total=3000)
+        full, other = Outbox("full", policy, persistent=True), Outbox("other", policy, persistent=True)
+        full.push(message("f1", 0))
+        full.push(message("f2", 1))
+        other.push(message("o1", 1))
+        self.assertFalse(full.push(QueuedMessage("t", b"f3".ljust(SIZE + 500, b"."), 0, False)))  # (1,500 bytes)
+        self.assertFalse(full.push(QueuedMessage("t", b"f4".ljust(SIZE + 3000, b"."), 1, False)))  # (4,000 bytes)
+        self.assertEqual((names(full), names(other)), (["f1", "f2"], ["o1"]))
+        self.assertEqual((full.dropped_qos0, full.dropped_qos12, policy.total_drops, policy.total), (1, 1, 2, 3000))
+        self.assertFalse([e for e in events if "is full" in formatEvent(e)])  # (nothing left it for its bounds)
+
     def test_clean_sessions_are_not_counted(self) -> None:
         """A clean session's queue (a connected slow subscriber) is bounded by its own bounds only."""
         clean = Outbox("c", self.policy)
@@ -196,6 +228,22 @@ class TotalBoundTests(SynchronousTestCase):
         self.b.push(message("b3"))  # applied again from now on
         self.assertEqual(names(self.a), [])
 
+
+    def test_a_start_drops_what_is_over_before_a_full_queue_takes_its_next_message(self) -> None:
+        """While a start restores the queues, a queue at its own bounds takes its next message
+        only once what is over the total is gone, oldest of all sessions first (the running
+        broker had dropped those before it came), so that message is kept, not dropped as new;
+        the start's count has those drops and the ones applied at the end, and their sessions."""
+        policy = QueuePolicy(max_messages=3, max_bytes=1 << 20, clock=self.clock.seconds, max_total=3000)
+        a, b = Outbox("a", policy, persistent=True), Outbox("b", policy, persistent=True)
+        policy.holding = True
+        for outbox, name in ((a, "a0"), (b, "b0"), (b, "b1"), (a, "a1"), (b, "b2")):
+            outbox.push(message(name))
+        self.assertTrue(b.push(message("b3")))  # (b held 3, the total 5,000: a0 and b0 went first)
+        self.assertEqual((names(a), names(b), policy.total), (["a1"], ["b1", "b2", "b3"], 4000))
+        self.assertEqual(policy.apply_total(), (3, 2))
+        self.assertEqual((names(a), names(b), policy.total), (["a1"], ["b2", "b3"], 3000))
+        self.assertEqual((policy.total_drops, policy.dropped_at_start, a.dropped, b.dropped), (3, 3, 1, 2))
 
 class BrokerTotalTests(SynchronousTestCase):
     """The broker's persistent sessions, offline and connected, share the total."""
