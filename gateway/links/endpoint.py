@@ -170,11 +170,12 @@ def link_endpoint(reactor: Any, settings: LinkEndpointSettings,
 
 
 def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
-    """The host and port a ``tls:`` or ``tcp:`` endpoint string names."""
+    """The host and port a ``tls:`` or ``tcp:`` endpoint string names (a ``tls:`` one's port is
+    8883 unless written, as :func:`_stream_endpoint` connects)."""
     args, fields = split_description(settings.endpoint)
     positional = args[1:]
     host = fields.get("host") or (positional[0] if positional else "")
-    port = fields.get("port") or (positional[1] if len(positional) > 1 else "443")
+    port = fields.get("port") or (positional[1] if len(positional) > 1 else "8883")
     try:
         return host, int(port)
     except ValueError:
