@@ -1679,12 +1679,19 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n",
                                 "links.links.c.endpoint", "is not from 1 to 65535")
 
-    def test_link_tls_timeout_is_positive(self) -> None:
-        """A ``tls:`` endpoint's ``timeout=`` is a positive number of seconds: with 0 or less
-        every connection attempt would time out at once, forever."""
-        for timeout in ("0", "-1", "nan"):
-            self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout={timeout}'\n",
-                                "links.links.c.endpoint", "timeout= takes a positive number of seconds")
+    def test_link_timeout_is_positive(self) -> None:
+        """A link endpoint's ``timeout=`` is a positive number of seconds in ASCII digits (whole
+        on ``tcp:`` and ``ssl:``, as Twisted reads theirs): with 0 or less every connection attempt
+        would time out at once, forever. A ``tcp:`` or ``ssl:`` one of 0 or less passed the check
+        and the link never connected ('no answer from ...: connecting timed out')."""
+        for endpoint in ("tls:host=h:port=8883", "tcp:host=h:port=1883", "ssl:host=h:port=8883:hostname=h"):
+            whole = "" if endpoint.startswith("tls:") else "whole "
+            for timeout in ("0", "-1", "nan", "inf", "٣", "x"):
+                self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}:timeout={timeout}'\n",
+                                    "links.links.c.endpoint",
+                                    f"timeout= takes a positive {whole}number of seconds, not {timeout!r}")
+            loaded = config.load(self.write(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}:timeout=7'\n"))
+            self.assertEqual(loaded.links.links["c"].endpoint, f"{endpoint}:timeout=7")
         loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=2.5'\n"))
         self.assertEqual(loaded.links.links["c"].endpoint, "tls:host=h:port=8883:timeout=2.5")
 
@@ -1698,7 +1705,7 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [
             f"{path}: links.links.c.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory",
             f"{path}: links.links.c.endpoint: 'tls:host=h:port=8883:timeout=0': timeout= takes a positive"
-            " number of seconds, not 0.0",
+            " number of seconds, not '0'",
             f"{path}: links.links.d.key_file: needs cert_file (the client certificate it belongs to)",
             f"{path}: links.links.d.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
         path, lines = self.errors("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=99999'\n"

@@ -12,6 +12,7 @@ is in ``no_proxy``; TLS, and a WebSocket, run in the tunnel as they would on TCP
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,11 +170,12 @@ def link_endpoint(reactor: Any, settings: LinkEndpointSettings,
 
 
 def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
-    """The host and port a ``tls:`` or ``tcp:`` endpoint string names."""
+    """The host and port a ``tls:`` or ``tcp:`` endpoint string names (a ``tls:`` one's port is
+    8883 unless written, as :func:`_stream_endpoint` connects)."""
     args, fields = split_description(settings.endpoint)
     positional = args[1:]
     host = fields.get("host") or (positional[0] if positional else "")
-    port = fields.get("port") or (positional[1] if len(positional) > 1 else "443")
+    port = fields.get("port") or (positional[1] if len(positional) > 1 else "8883")
     try:
         return host, int(port)
     except ValueError:
@@ -221,15 +223,16 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     written = _written_port(description)
     if written and not ascii_digits(written):  # (Twisted's int() reads ٨٨٨٣ as 8883, 8_883 too, and fails on ²)
         raise LinkError(f"{description!r}: port {written!r} is not a number")
+    timeout_problem = _timeout_problem(description)
+    if timeout_problem:
+        raise LinkError(f"{description!r}: {timeout_problem}")
     if description.startswith("tls:"):
         fields = _tls_fields(description)
         try:
             port = int(fields.get("port", "8883"))
-            timeout = float(fields.get("timeout", "30"))
         except ValueError as exc:
             raise LinkError(f"{description!r}: {exc}") from None
-        if not timeout > 0:  # (none would time out at once: every attempt would fail)
-            raise LinkError(f"{description!r}: timeout= takes a positive number of seconds, not {timeout}")
+        timeout = float(fields.get("timeout", "30"))
         tcp = _through_proxy(reactor, proxy, fields["host"], port, timeout)
         if tcp is None:
             tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
@@ -249,6 +252,29 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     except (ValueError, TypeError, KeyError, crypto.Error) as exc:  # (crypto: a caCertsDir .pem that is no certificate)
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
     return endpoint
+
+
+def _timeout_problem(description: str) -> str | None:
+    """Why the ``timeout=`` of a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint string cannot be
+    one (``None`` when it can, or is not written): it is a positive, finite number of seconds in
+    ASCII digits, whole for ``tcp:`` and ``ssl:`` (Twisted reads theirs with ``int()``). With 0 or less
+    every connection attempt would time out at once, for ever, said as a host that does not
+    answer; ``int()`` and ``float()`` read other scripts' digits (``٣``) as numbers."""
+    args, fields = split_description(description)
+    written = fields.get("timeout")
+    if written is None or args[:1] not in (["tls"], ["tcp"], ["ssl"]):
+        return None
+    if args[:1] == ["tls"]:
+        try:
+            seconds = float(written) if written.isascii() else None
+        except ValueError:
+            seconds = None
+        if seconds is not None and 0 < seconds < math.inf:  # (NaN is not)
+            return None
+        return f"timeout= takes a positive number of seconds, not {written!r}"
+    if ascii_digits(written) and int(written) > 0:
+        return None
+    return f"timeout= takes a positive whole number of seconds, not {written!r}"
 
 
 def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int, int, tuple[str, int] | None]:

@@ -114,6 +114,8 @@ class MQTTLink(Factory):
         self.protocol: MQTTClientProtocol | None = None  # type: ignore[assignment]
         self.is_connected = False
         self.cause = "not connected yet"
+        #: the cause of the last "cannot connect" line since the link was last connected (None: none yet)
+        self._failing_cause: str | None = None
         self.stopped = False
         # The read side's counters (see snapshot()).
         self.connects = 0
@@ -177,11 +179,13 @@ class MQTTLink(Factory):
     def _attempt_failed(self, cause: str) -> None:
         """A connection attempt failed, or its connection ended before the cloud accepted it,
         for ``cause``: logged at once when the cause is new, else at most once per
-        :data:`FAILING_LOG_INTERVAL` with the number of attempts it stands for."""
-        if cause != self.cause:
+        :data:`FAILING_LOG_INTERVAL` with the number of attempts it stands for. (Compared with the
+        last such line's cause, not the link's: a lost connection's cause is no such line.)"""
+        if cause != self._failing_cause:
             self._failing_lines.reset()
             self._failing_lines.note()
             self.log.warn("link {link} cannot connect: {cause}", link=self.name, cause=cause)
+            self._failing_cause = cause
         else:
             count = self._failing_lines.note()
             if count is not None:
@@ -199,7 +203,8 @@ class MQTTLink(Factory):
         self.takeovers.accepted()
         self.is_connected = True
         self.cause = ""
-        self._failing_lines.reset()  # (the next failed attempt is logged at once, whatever its cause)
+        self._failing_cause = None  # (the next failed attempt is logged at once, whatever its cause)
+        self._failing_lines.reset()
         self.connects += 1
         self.connected_since = self.reactor.seconds()
         peer = getattr(protocol.transport, "getPeerCertificate", None)

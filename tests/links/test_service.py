@@ -464,6 +464,32 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         self.assertEqual(len(warnings()), 4)
         self.assertIn("link cloud cannot connect: ", warnings()[3])
 
+    def test_the_first_failure_after_a_connection_is_a_cannot_connect_line(self) -> None:
+        """The first attempt that fails after the link was connected is logged at once as
+        ``cannot connect: <cause>``, even when its cause is the one the lost connection ended
+        with. A cloud that resends a packet over ``max_packet_size`` at every CONNACK logged
+        ``still cannot connect (1 failed attempts since the last such line): ...``, a line
+        that no line came before (seen on a real gateway with mosquitto)."""
+        reactor = MemoryReactorClock()
+        settings = LinkSettings(loss_topic=None, backoff_initial=1.0, backoff_max=1.0, min_connect_interval=0.0,
+                                max_packet_size=100, downlink=())
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal(),
+                             identity=("default", "gw1"))
+        events = capture_log_events(self)
+        links.startService()
+        self.addCleanup(links.stopService)
+        connack, big = b"\x20\x02\x01\x00", b"\x30\xcb\x01\x00\x01c" + b"x" * 200  # (203 bytes remaining)
+        for answer in ([connack, big], [connack + big], [connack + big]):  # accepted then lost; twice never accepted
+            connection = accepted_silently(reactor.tcpClients.pop()[2])
+            for data in answer:
+                connection.dataReceived(data)
+            connection.connectionLost(Failure(error.ConnectionAborted()))
+            reactor.advance(1.0)
+        cause = "malformed packet from 127.0.0.1:1883: packet of 203 bytes is over the 100 limit"
+        self.assertEqual([str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn
+                          and str(formatEvent(e)).startswith("link cloud ")],
+                         [f"link cloud cannot connect: {cause}"])
+
     def attempts_answered(self, answer: bytes) -> list[str]:
         """The warnings of two FAILING_LOG_INTERVALs of attempts, each TCP connection taken
         by a cloud that answers CONNECT with ``answer`` (and then nothing)."""

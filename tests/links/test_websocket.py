@@ -85,6 +85,15 @@ class AWSWebSocketURLTests(SynchronousTestCase):
         self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
         self.assertEqual(len(reactor.tcpClients), 1)
 
+    def test_a_tls_endpoint_without_a_port_is_signed_for_the_port_it_connects_to(self) -> None:
+        """``tls:host=H`` connects to port 8883 (docs/links.md), and the URL (its Host header,
+        and what is signed) names 8883 too: it named 443, so the signature was for another
+        host than the one the request reached."""
+        endpoint, reactor, _ = self.endpoint("tls:host=cloud.example")
+        self.assertTrue(endpoint.url().startswith("wss://cloud.example:8883/mqtt?X-Amz-Algorithm="), endpoint.url())
+        self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
+        self.assertEqual(reactor.tcpClients[0][1], 8883)
+
     def test_an_ipv6_host_header_has_brackets_and_is_signed_so(self) -> None:
         """``tcp:host=\\:\\:1`` (``ws://``): the opening handshake's Host header is ``[::1]:8080``,
         and the URL is signed for that Host. It was ``Host: ::1:8080``, which nginx (a
