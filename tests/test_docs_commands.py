@@ -9,7 +9,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError, inlineCallbacks
@@ -156,13 +156,25 @@ class CommandExamplesTests(TestCase):
         return client
 
     @inlineCallbacks
-    def logged(self, log: Path, lines: list[str]) -> Any:
-        """Wait (10 s at most) until the program's ``log`` ends with ``lines``."""
+    def logged(self, log: Path, lines: list[str], output: Callable[[], bytes]) -> Any:
+        """Wait (10 s at most) until the program's ``log`` ends with ``lines`` and its last
+        spawn (the last pid the gateway's ``output`` names) has written all it writes: its
+        shell has run ``exec sleep``. A log that ends with the lines of the run before a
+        restart would otherwise do, and the new run's first line come just after it."""
         deadline = reactor.seconds() + 10
         end = "".join(line + "\n" for line in lines).encode()
-        while not (log.is_file() and log.read_bytes().endswith(end)):
-            self.assertLess(reactor.seconds(), deadline, f"{log} does not end with {lines}: " + self.output())
+        while True:
+            # (first a turn of the reactor: the spawn's line, written before the answer that
+            # brought us here, may still be in the pipe)
             yield deferLater(reactor, 0.05, lambda: None)
+            pids = re.findall(rb"apps: sensor spawned, pid (\d+)", output())
+            try:
+                done = bool(pids) and Path(f"/proc/{int(pids[-1])}/cmdline").read_bytes().startswith(b"sleep\0")
+            except OSError:  # (gone: stopped)
+                done = True
+            if done and log.is_file() and log.read_bytes().endswith(end):
+                return
+            self.assertLess(reactor.seconds(), deadline, f"{log} does not end with {lines}: " + self.output())
 
     @inlineCallbacks
     def test_each_example_gets_the_reply_shown(self) -> Any:
@@ -209,7 +221,7 @@ class CommandExamplesTests(TestCase):
                 # answers once it has started the program again, whose shell a loaded machine
                 # may not have run yet: the first run may have been stopped before it, too).
                 yield self.logged(work / "state" / "logs" / "apps" / "sensor.log",
-                                  json.loads(example.reply)["lines"])
+                                  json.loads(example.reply)["lines"], lambda: proc.output)
             where = f"{example.topic} {example.body.decode()}"
             yield client.publish(example.topic, example.body, qos=1)
             try:
