@@ -573,12 +573,14 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
     if shadow_known and shadow_link is not None:
         streams.add(f"shadow-{shadow_link}")
     for name in sections["journal"].streams:
-        if not shadow_known and name.startswith("shadow-"):
-            continue
+        if (not shadow_known and name.startswith("shadow-")) or ("journal", "streams", name) in errors.paths:
+            continue  # (a name no stream can have is told so already)
         if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
             known = ", ".join(sorted(streams)) or "none: no link is configured"
+            shadow = ("; a shadow-<link> stream is the twin's shadow sync's, while twin.shadow_link names that link"
+                      if name.startswith("shadow-") else "")
             errors.add(("journal", "streams", name),
-                       f"no such stream (streams are broker-state and link-<name> of a link: {known})")
+                       f"no such stream (streams are broker-state and link-<name> of a link: {known}){shadow}")
 
 
 def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,

@@ -1756,6 +1756,25 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are broker-state and link-<name>"
                                  " of a link: link-cloud)"])
 
+    def test_a_shadow_stream_without_its_shadow_link_says_what_makes_it(self) -> None:
+        """Settings for ``shadow-<link>`` (journal.md: the twin's shadow updates when
+        ``twin.shadow_link`` names that link) on a gateway whose twin syncs no shadows are
+        refused saying what makes that stream: the error listed only broker-state and the
+        links' streams, as if shadow-<link> were no stream at all."""
+        path, lines = self.errors("links:\n  links:\n    aws:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "journal:\n  streams:\n    shadow-aws: {}\n")
+        self.assertEqual(lines, [f"{path}: journal.streams.shadow-aws: no such stream (streams are broker-state and "
+                                 "link-<name> of a link: link-aws); a shadow-<link> stream is the twin's shadow sync's,"
+                                 " while twin.shadow_link names that link"])
+        config.load(self.write("links:\n  links:\n    aws:\n      endpoint: 'tcp:host=h:port=1'\n"
+                               "twin: {shadow_link: aws}\njournal:\n  streams:\n    shadow-aws: {}\n"))
+
+    def test_a_stream_name_no_stream_can_have_is_one_error(self) -> None:
+        """A stream name that is no name at all (a space) is told once, as such: it was also
+        told that no such stream exists."""
+        self.assertOneError("journal:\n  streams:\n    'bad name': {}\n", "journal.streams.bad name",
+                            "bad name 'bad name': use 1-100 of A-Z a-z 0-9 _ . - (no leading dot)")
+
     def test_a_misspelt_broker_state_stream_is_told_the_right_name(self) -> None:
         """The broker's state log is a stream ``journal.streams`` may name: the error for a
         stream of no link names it beside the links' streams (it said only that streams are

@@ -14,6 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import config
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.errors import ConfigError
+from gateway.links.aws_settings import AWSSettings
+from gateway.links.settings import LinkSettings
 from gateway.telemetry.engine import engine_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -178,6 +180,15 @@ class ContainersDocTests(ConfigCheck):
 
 class AWSDocTests(ConfigCheck):
     """aws.md's limits and error texts."""
+
+    def test_a_command_from_aws_comes_down_on_both_local_forms(self) -> None:
+        """An ``aws:`` link without ``downlink`` of its own republishes AWS's
+        ``command//+/req/#`` locally unchanged and on Hono's short form, as the topics table
+        says (it said "unchanged" only; a gateway showed both)."""
+        link = LinkSettings(endpoint="tcp:host=127.0.0.1:port=1", aws=AWSSettings())
+        self.assertEqual({(d.filter, d.topic) for d in link.downlink},
+                         {("command//+/req/#", "{topic}"), ("command//+/req/#", "c//{1}/q/{#}")})
+        self.assertIn("| local, unchanged, and on its short form `c//<dev>/q/<id>/<name>`", prose("aws.md"))
 
     def test_max_message_bytes_1_to_131072(self) -> None:
         """``max_message_bytes`` of an ``aws:`` link: 1 to 131072, not higher nor 0."""

@@ -541,6 +541,8 @@ class UploadService(Service):
     def _cancel(self, value: dict[str, Any]) -> Any:
         cid = messages.correlation_id(value, "cancel")
         code, message = value.get("statusCode", ""), value.get("message", "")
+        if cid in self._triggering:  # still selecting (hashing) its files: canceled once it has them
+            yield self._triggering[cid]
         upload, _ = self._find(cid)
         upload.status_code, upload.message = str(code or ""), str(message or "canceled")
         yield self._finish(upload, UploadState.CANCELED)

@@ -47,6 +47,19 @@ class DurableDirectoryTests(SynchronousTestCase):
         self.assertIn(str(base), fsynced)
         self.assertIn(str(base.parent), fsynced)
 
+    def test_a_removed_record_stays_removed_after_a_power_cut(self) -> None:
+        """Removing a record fsyncs its directory: the record of an upload whose end the disk
+        refused is removed so that the next start does not resume an upload the cloud was told
+        had ended (uploads.md), and a power cut must not bring it back. It was unlinked
+        without the fsync."""
+        base = Path(self.mktemp()).absolute()
+        store = _store(base)
+        fsynced = record_fsyncs(self)
+        store.remove("good")
+        self.assertFalse(store.path_for("good").exists())
+        self.assertIn(str(base), fsynced)
+        store.remove("good")  # (absent is fine)
+
 
 class DamagedRecordTests(SynchronousTestCase):
     """The records of updates and uploads are written atomically: only damage from outside

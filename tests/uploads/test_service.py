@@ -620,6 +620,34 @@ class FlowTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual((self.persisted("t1").state.value, self.persisted("t1").status_code), ("CANCELED", "499"))
 
+    def test_a_cancel_of_a_trigger_still_selecting_its_files_cancels_it(self) -> None:
+        """A cancel that comes while its trigger still selects (and hashes) its files waits for
+        them, then ends the upload CANCELED: it was answered 404 "not found", and the upload went
+        on PENDING, its requests sent, as if the cancel had never come (with ``checksum`` a large
+        file is hashed for seconds before the trigger is answered)."""
+        self.service.run_blocking = lambda f, *a, **k: deferLater(self.clock, 0.1, f, *a, **k)  # as a thread
+        triggered = self.service.handle("trigger", body({"correlationId": "t1"}))
+        canceled = self.service.handle("cancel", body({"correlationId": "t1", "statusCode": "499"}))
+        self.assertNoResult(canceled)
+        self.clock.pump([0.1] * 100)
+        self.assertEqual(self.successResultOf(triggered), (204, {}))
+        self.assertEqual(self.successResultOf(canceled), (204, {}))
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["statusCode"]), ("CANCELED", "499"))
+        self.assertEqual(self.persisted("t1").state.value, "CANCELED")
+
+    def test_a_cancel_of_a_trigger_that_selects_nothing_is_not_found(self) -> None:
+        """A cancel waiting for a trigger that then fails (no file matches) is answered 404, as
+        for any upload that does not exist."""
+        for name in ("a.log", "b.log", "c.log"):
+            (self.dir / name).unlink()
+        self.service.run_blocking = lambda f, *a, **k: deferLater(self.clock, 0.1, f, *a, **k)  # as a thread
+        triggered = self.service.handle("trigger", body({"correlationId": "t1"}))
+        canceled = self.service.handle("cancel", body({"correlationId": "t1"}))
+        self.clock.pump([0.1] * 100)
+        self.assertEqual(self.successResultOf(triggered)[0], 500)
+        self.assertEqual(self.successResultOf(canceled)[0], 404)
+
     def test_a_message_once_the_service_stops_is_answered_that_it_stops(self) -> None:
         """A cancel that comes once the service's stop has begun is answered 500 saying the service
         is stopping (nothing done: the upload goes on after the restart), not left unanswered."""
