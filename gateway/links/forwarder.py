@@ -569,6 +569,12 @@ class Forwarder:
         self._ack_cursor()
 
     @property
+    def topics_cached(self) -> int:
+        """Topics whose part of the cloud's limits is cached now (at most :data:`TOPIC_CACHE_SIZE`:
+        then the cache starts again empty; none when no limit looks at the topic)."""
+        return len(self._topics) if self._topics is not None else 0
+
+    @property
     def pending(self) -> int:
         """Records in memory not yet acknowledged by the cloud."""
         return len(self.inflight) + len(self.backlog) + len(self.live)
