@@ -125,6 +125,12 @@ class LocalBus:
             maybeDeferred(callback, message).addErrback(
                 lambda f, flt: self.log.failure("bus subscriber for {filter} failed", f, filter=flt), topic_filter)
 
+    @property
+    def topics_cached(self) -> int:
+        """Topics whose matching subscribers are cached now (at most :data:`MATCH_CACHE_SIZE`:
+        then the cache starts again empty)."""
+        return len(self._matching)
+
     def wants(self, topic: str) -> bool:
         """Whether any subscriber matches ``topic`` (a dict lookup for topics seen before)."""
         return bool(self._lookup(topic))

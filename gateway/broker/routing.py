@@ -197,6 +197,12 @@ class Router(Generic[Client]):
         return sum(self.queue_policy.dropped)
 
     @property
+    def routes_cached(self) -> int:
+        """Topics whose subscribers are cached now (at most :data:`ROUTE_CACHE_SIZE`: then the
+        cache starts again empty)."""
+        return len(self._routes)
+
+    @property
     def session_count(self) -> int:
         """Sessions known (connected, and persistent offline ones)."""
         return len(self.sessions)

@@ -424,7 +424,8 @@ class BrokerService(Service):
             retained_bytes=broker.retained_bytes, retained_over_messages=broker.retained_limits.refused[BY_COUNT],
             retained_over_bytes=broker.retained_limits.refused[BY_BYTES],
             retained_dropped_at_start=broker.retained_limits.dropped_at_start,
-            queued_total=broker.queue_policy.total, queue_drops_over_total=broker.queue_policy.total_drops)
+            queued_total=broker.queue_policy.total, queue_drops_over_total=broker.queue_policy.total_drops,
+            route_cache=broker.routes_cached, bus_cache=broker.bus.topics_cached)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

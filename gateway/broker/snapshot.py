@@ -132,6 +132,10 @@ class BrokerSnapshot:
         ``max_queued_bytes_total`` counts it (payloads and topics, plus 330 bytes a message).
     :param queue_drops_over_total: messages dropped to keep ``queued_total`` within
         ``max_queued_bytes_total`` (also in ``queue_drops``), the start's included.
+    :param route_cache: topics whose subscribers the broker caches now (at most 10,000: then
+        the cache starts again empty).
+    :param bus_cache: topics whose subscribers on the in-process bus are cached now (at most
+        10,000, the same way).
     """
 
     running: bool
@@ -169,3 +173,5 @@ class BrokerSnapshot:
     retained_dropped_at_start: int = 0
     queued_total: int = 0
     queue_drops_over_total: int = 0
+    route_cache: int = 0
+    bus_cache: int = 0

@@ -11,15 +11,22 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.atomic import set_aside, write_json_atomically
+from gateway.errors import GatewayError
 from gateway.ingest.form import valid_cik
 from gateway.blocking import RunBlocking
 
+#: ``ingest.max_devices`` when the config names none.
+DEFAULT_MAX_DEVICES = 10_000
+
+
+class TooManyDevices(GatewayError):
+    """A new serial would take the devices activated locally past ``max_devices``."""
 
 
 def parse_devices(data: Any) -> dict[str, dict[str, str]]:
@@ -48,12 +55,17 @@ class LocalIdentities:
     :param path: the JSON file (``{"devices": {serial: {"cik", "vendor", "model"}}}``).
     :param run_blocking: runs the atomic write off the reactor thread.
     :param extra_ciks: CIKs accepted without an activation (from config).
+    :param max_devices: serials activated at most: an app naming a new serial each time (a
+        counter, a timestamp) made the file, and the memory holding it, grow without end, and
+        each new serial wrote the whole file again.
     """
 
     log = Logger()
 
-    def __init__(self, path: Path, run_blocking: RunBlocking, extra_ciks: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: Path, run_blocking: RunBlocking, extra_ciks: tuple[str, ...] = (),
+                 max_devices: int = DEFAULT_MAX_DEVICES) -> None:
         self.path = path
+        self.max_devices = max_devices
         self.run_blocking = run_blocking
         self.devices: dict[str, dict[str, str]] = {}
         self.extra = {cik.lower() for cik in extra_ciks}
@@ -86,7 +98,9 @@ class LocalIdentities:
         return cik.lower() in self._by_cik or cik.lower() in self.extra
 
     def activate(self, vendor: str, model: str, serial: str) -> Deferred[str]:
-        """The CIK of ``serial``: the one issued before, or a new one once it is on disk."""
+        """The CIK of ``serial``: the one issued before, or a new one once it is on disk; a
+        new serial fails with :class:`TooManyDevices` while ``max_devices`` are activated (or
+        being saved). A file loaded with more keeps them all; only new serials are refused."""
         device = self.devices.get(serial)
         if device is not None:
             return succeed(device["cik"])
@@ -94,6 +108,11 @@ class LocalIdentities:
         if serial in self._saving:  # two first requests at once get the same CIK
             self._saving[serial].append(waiting)
             return waiting
+        held = len(self.devices) + len(self._saving)
+        if held >= self.max_devices:
+            return fail(TooManyDevices(
+                f"the ingest holds {held} activated devices, its max_devices ({self.max_devices}): remove devices no"
+                " longer used from devices.json while the gateway is stopped, or raise ingest.max_devices"))
         self._saving[serial] = [waiting]
         self._pending[serial] = {"cik": secrets.token_hex(20), "vendor": vendor, "model": model}
         if not self._writing:

@@ -27,7 +27,7 @@ from gateway.httpdate import parse_http_date
 from gateway.ingest.form import (
     FormError, check_alias, encode_values, parse_form, parse_read_query, parse_record, parse_vms, parse_write,
     text_charset, valid_cik)
-from gateway.ingest.identities import LocalIdentities
+from gateway.ingest.identities import LocalIdentities, TooManyDevices
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
 from gateway.journal.errors import RecordTooLargeError
@@ -167,6 +167,8 @@ class DeviceAPIResource(Resource):
                 return  # (a long-poll whose client hung up, or a write whose client will resend)
             if failure.check(RequestError):
                 result = self._error_result(failure.value)
+            elif failure.check(TooManyDevices):
+                result = self._error_result(RequestError(403, str(failure.value)))
             elif failure.check(JournalError, OSError):  # (OSError: devices.json on a full disk)
                 self.stats.refused += 1
                 count = self._refusal_lines.note()

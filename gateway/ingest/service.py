@@ -66,7 +66,7 @@ class IngestService(Service):
         if run_blocking is None:
             run_blocking = in_reactor_threads(reactor)
         self.identities = LocalIdentities(Path(state_dir) / "ingest" / "devices.json", run_blocking,
-                                          settings.ciks)
+                                          settings.ciks, settings.max_devices)
         self.resource = DeviceAPIResource(settings, persist, self.values, self.identities, reactor, device)
         self.site = LazySite(lambda: quiet_site(self.resource, IDLE_TIMEOUT), "QuietSite")
         self.port: Any = None
@@ -112,9 +112,9 @@ class IngestService(Service):
         return maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
     def snapshot(self) -> IngestSnapshot:
-        """The ingest's state: listening, counters, last values held, long-polls waiting, and
-        whether the configuration turned it off."""
+        """The ingest's state: listening, counters, last values held, long-polls waiting,
+        whether the configuration turned it off, and the devices activated locally."""
         stats = self.resource.stats
         return IngestSnapshot(self.listening, self.error, stats.writes, stats.values, stats.unrouted, stats.refused,
                               stats.bad, len(self.values.values), self.values.waiting,
-                              "" if self.settings.enabled else OFF)
+                              "" if self.settings.enabled else OFF, len(self.identities.devices))

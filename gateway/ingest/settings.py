@@ -8,6 +8,7 @@ from typing import Iterable, Literal
 
 from gateway.endpointstrings import server_endpoint_problem
 from gateway.ingest.form import valid_cik
+from gateway.ingest.identities import DEFAULT_MAX_DEVICES
 from gateway.journal.record import MAX_MESSAGE
 from gateway.mqtt.topics import valid_topic
 
@@ -47,6 +48,8 @@ class IngestSettings:
     retry_after: int = field(default=5, metadata={"min": 1, "doc": "Retry-After (s) on 503"})
     max_poll_ms: int = field(default=300000, metadata={"min": 0, "max": 300000,
                                                         "doc": "longest Request-Timeout honoured (ms)"})
+    max_devices: int = field(default=DEFAULT_MAX_DEVICES, metadata={
+        "min": 1, "doc": "devices activated locally at most; a new serial past it is refused (403)"})
 
     def config_problems(self) -> Iterable[Problem]:
         """The endpoint parses (when the ingest is on); the topic template makes a topic of every

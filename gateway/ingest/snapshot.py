@@ -23,6 +23,7 @@ class IngestSnapshot:
     :ivar waiting: long-polls waiting now.
     :ivar off: why it does not listen when that is the configuration's choice, not a failure
         (``ingest.enabled: false``); else ``""``.
+    :ivar devices: devices activated locally (serials whose CIK is kept), at most ``max_devices``.
     """
 
     listening: bool
@@ -35,3 +36,4 @@ class IngestSnapshot:
     aliases: int
     waiting: int
     off: str = ""
+    devices: int = 0

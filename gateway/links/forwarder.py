@@ -44,7 +44,8 @@ from gateway.mqtt.topics import topic_for_log
 
 #: Packet ids for publishes; the protocol uses the ids above this for SUBSCRIBE.
 MAX_PACKET_ID = 64535
-#: Live records kept beside a backlog; beyond this they are read from the stream later.
+#: Live records kept in memory (offered, or read), at most; beyond this they are read from
+#: the stream later.
 LIVE_LIMIT = 10000
 
 
@@ -298,6 +299,11 @@ class Forwarder:
     def _read(self) -> None:
         if self._reading or self._waiting or self.stopped:
             return  # (while waiting, the stream has nothing new: it wakes us when it has)
+        if len(self.live) >= LIVE_LIMIT:
+            # A cloud slower than the publishers: the rest waits in the journal, not in memory
+            # (reads took every record appended into ``live``, up to the whole stream); the
+            # next pass that sends one reads on.
+            return
         self._reading = True
         d = self.stream.read(self.cursor, max_records=max(256, self.window * 4), max_bytes=4 << 20)
         d.addCallbacks(self._got, self._read_failed)
@@ -567,6 +573,12 @@ class Forwarder:
     def _ack_later(self) -> None:
         self._ack_timer = None
         self._ack_cursor()
+
+    @property
+    def topics_cached(self) -> int:
+        """Topics whose part of the cloud's limits is cached now (at most :data:`TOPIC_CACHE_SIZE`:
+        then the cache starts again empty; none when no limit looks at the topic)."""
+        return len(self._topics) if self._topics is not None else 0
 
     @property
     def pending(self) -> int:

@@ -305,7 +305,7 @@ class MQTTLink(Factory):
             self.bytes_down + (protocol.bytes_received if protocol is not None else 0),
             self.stream.unacked(forwarder.cursor), forwarder.pending,
             self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
-            forwarder.save_failing.now, self.takeovers.taken_over)
+            forwarder.save_failing.now, self.takeovers.taken_over, forwarder.topics_cached)
 
     # -- loss reports ---------------------------------------------------------------------
 

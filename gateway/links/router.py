@@ -16,6 +16,8 @@ _log = Logger()
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _NAMED = {"tenant", "device", "topic", "#"}
+#: Topics whose destinations a router caches at most: device topics are many, but few are hot.
+ROUTE_CACHE_SIZE = 4096
 
 
 def capture(topic_filter: str, topic: str) -> tuple[list[str], str] | None:
@@ -164,6 +166,12 @@ class Router:
             self._by_filter.add(topic_filter, tuple(indexes))
 
     @property
+    def cached(self) -> int:
+        """Topics whose destinations are cached now (at most :data:`ROUTE_CACHE_SIZE`: then the
+        cache starts again empty)."""
+        return len(self._cache)
+
+    @property
     def filters(self) -> tuple[str, ...]:
         """Every filter, without repeats, in order."""
         return tuple(dict.fromkeys(rule.filter for rule in self.rules))
@@ -197,7 +205,7 @@ class Router:
             if not (every_rule and target in found):
                 found[target if every_rule else rule.link] = Destination(rule.link, target, rule.qos)
         result = tuple(found.values())
-        if len(self._cache) >= 4096:  # bounded: device topics are many but few are hot
+        if len(self._cache) >= ROUTE_CACHE_SIZE:
             self._cache.clear()
         self._cache[topic] = result
         return result

@@ -489,7 +489,7 @@ class LinksService(Service):
         once the service has stopped, the links it stopped (``stopped``, with their counters
         at the end: a configuration change carries them into the next ``usage_report``)."""
         links = tuple(link.snapshot() for link in self.links.values() or self._stopped_links)
-        return LinksSnapshot(links, links_cursor_failing(links))
+        return LinksSnapshot(links, links_cursor_failing(links), self.router.cached)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per link: connected, sent, acknowledged, pending in memory."""

@@ -46,6 +46,9 @@ class LinkSnapshot:
         connection (the same client id: :mod:`gateway.links.takeover`): reason
         ``session-taken-over``, what to do, since the first of the cloud's early closes in a
         row, how many; ``None`` once a connection lasts ``stable_after`` (always for an HTTP link).
+    :param topic_cache: topics whose part of the cloud's limits an MQTT link caches now (at most
+        4,096: then the cache starts again empty; 0 when no limit looks at the topic, and for an
+        HTTP link).
     """
 
     name: str
@@ -67,6 +70,7 @@ class LinkSnapshot:
     certificates: tuple[CertificateSnapshot, ...]
     cursor_failing: Degraded | None = None
     taken_over: Degraded | None = None
+    topic_cache: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,13 @@ class LinksSnapshot:
     :param links: the links, in config order.
     :param cursor_failing: while a link's cursor saves fail (:func:`links_cursor_failing`),
         else ``None``.
+    :param route_cache: local topics whose destinations the uplink routing caches now (at most
+        4,096: then the cache starts again empty).
     """
 
     links: tuple[LinkSnapshot, ...]
     cursor_failing: Degraded | None = None
+    route_cache: int = 0
 
 
 def links_cursor_failing(links: tuple[LinkSnapshot, ...]) -> Degraded | None:

@@ -350,6 +350,8 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("gateway_ingest_aliases", "Last values the ingest holds for reads", value=i.aliases)
         yield GaugeMetricFamily("gateway_ingest_long_polls", "Ingest long-polls waiting now", value=i.waiting)
+        yield GaugeMetricFamily("gateway_ingest_devices", "Devices activated locally through the ingest (at most"
+                                " ingest.max_devices)", value=i.devices)
 
     def _twin(self) -> Iterator[Metric]:
         t = self.readside.twin()

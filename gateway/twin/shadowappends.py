@@ -5,7 +5,7 @@ stream ``shadow-<link>``."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
@@ -58,7 +58,8 @@ class ShadowAppends:
         self.catch_up = catch_up
         self.max_record_bytes = max_record_bytes
         self._appending: dict[str, int] = {}  # shadow -> its appends under way
-        #: shadow -> the seq of its last record journaled, until that record is answered
+        #: shadow -> the seq of its last record journaled, until that record is answered or the
+        #: stream's reader passes it (:meth:`passed`); in the order they were journaled
         self._last_appended: dict[str, int] = {}
 
     def validate(self, thing_id: str, before: Any, after: Any) -> None:
@@ -115,7 +116,8 @@ class ShadowAppends:
         self._appending[shadow] = self._appending.get(shadow, 0) + 1
 
         def journaled(seq: int) -> None:
-            self._last_appended[shadow] = max(seq, self._last_appended.get(shadow, 0))
+            last = max(seq, self._last_appended.pop(shadow, 0))
+            self._last_appended[shadow] = last  # (last in the order: :meth:`passed` walks the oldest first)
 
         def refused(failure: Failure) -> str:
             return self.catch_up.refused(thing_id, shadow, failure)
@@ -135,4 +137,25 @@ class ShadowAppends:
     def answered(self, shadow: str, seq: int) -> None:
         """The request of ``shadow`` in the record ``seq`` is answered."""
         if self._last_appended.get(shadow) == seq:
+            del self._last_appended[shadow]
+
+    def passed(self, last_read: int, pending: Iterable[Record]) -> None:
+        """The stream's reader has read every record up to ``last_read`` and holds ``pending``
+        unanswered: a shadow whose last record journaled is at or before ``last_read`` and not
+        pending is journaling no more. Its record was answered, or the journal dropped it unread
+        (``drop-oldest``, the cloud away for long) and no answer to it will come: kept, it made
+        its shadow wait for ever for a catch-up (:meth:`journaling`), and every shadow so
+        dropped (an app naming a new thing each time) stayed in memory until a restart.
+
+        :param last_read: the seq of the last record the reader read.
+        :param pending: the records read and not answered yet.
+        """
+        held = {record.seq for record in pending}
+        gone = []
+        for shadow, seq in self._last_appended.items():  # (oldest first: the walk ends at the first not read)
+            if seq > last_read:
+                break
+            if seq not in held:
+                gone.append(shadow)
+        for shadow in gone:
             del self._last_appended[shadow]

@@ -105,6 +105,11 @@ class ShadowStreamReader:
                 self._waiting = True
                 self.stream.wait(CURSOR).addCallback(self._written)
 
+    @property
+    def last_read(self) -> int:
+        """The seq of the last record read (0 before the first)."""
+        return self._last_read
+
     def _written(self, _: None) -> None:
         """Records may be there to read."""
         self._waiting = False

@@ -101,7 +101,7 @@ class ShadowSync:
         self.appends = ShadowAppends(settings, twin, stream, clock, thing, self.behind, max_record_bytes)
         # (whoever can publish on the shadow topics may send messages that are not JSON in a loop)
         self._not_json_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(clock))
-        self.reader = ShadowStreamReader(stream, clock, self.log, self.pump)
+        self.reader = ShadowStreamReader(stream, clock, self.log, self._read)
         self.requests = ShadowRequests(settings, clock, thing, self.log, self._again, retry_policy)
 
     @property
@@ -382,6 +382,12 @@ class ShadowSync:
     def sending(self) -> bool:
         """Whether connected and not stopped."""
         return self.protocol is not None and not self.stopped
+
+    def _read(self) -> None:
+        """Records were read: the shadows whose last record the reader passed are journaling no
+        more (:meth:`ShadowAppends.passed`); then send."""
+        self.appends.passed(self.reader.last_read, self.reader.pending)
+        self.pump()
 
     def pump(self) -> None:
         """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all;

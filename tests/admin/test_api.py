@@ -245,7 +245,7 @@ class ReadRouteTests(SynchronousTestCase):
         h = Harness(self)
         self.assertEqual(h.call("GET", "/ingest").json(), {
             "listening": True, "error": "", "writes": 7, "values": 9, "unrouted": 2, "refused": 1, "bad": 3,
-            "aliases": 4, "waiting": 0, "off": ""})
+            "aliases": 4, "waiting": 0, "off": "", "devices": 0})
         self.assertEqual(h.call("GET", "/twin").json(), {"root": "acme:gw1", "things": 2, "revision": 5,
                                                          "sync": None, "save_failing": None, "save_s": None,
                                                          "save_bytes": None, "max_things": 1000,

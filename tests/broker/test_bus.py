@@ -40,6 +40,16 @@ class LocalBusUnitTests(SynchronousTestCase):
         bus.dispatch(BusMessage("edge/x", b"2", 0, False))
         self.assertEqual([m.payload for m in seen], [b"1"])
 
+    def test_the_match_cache_is_bounded(self) -> None:
+        """Each new topic's matches are cached, MATCH_CACHE_SIZE topics at most: the cache then
+        starts again empty, and matches stay right (readside.md: the broker's ``bus_cache``)."""
+        from gateway.broker.bus import MATCH_CACHE_SIZE
+        bus = LocalBus()
+        bus.subscribe("d/+", print)
+        self.assertTrue(all(bus.wants(f"d/{n}") for n in range(MATCH_CACHE_SIZE + 3)))
+        self.assertEqual(bus.topics_cached, 3)
+        self.assertFalse(bus.wants("e/0"))
+
     def test_failing_subscriber_does_not_stop_others(self) -> None:
         """An exception in one callback is logged; the next callback still runs."""
         bus, seen = LocalBus(), []

@@ -132,6 +132,18 @@ class RouteTests(SynchronousTestCase):
         self.broker.unsubscribe_session(b.session, "s/#")
         self.assertEqual(self.routed("s"), {"a": 1})
 
+    def test_the_route_cache_is_bounded(self) -> None:
+        """Each new topic's subscribers are cached, ROUTE_CACHE_SIZE topics at most: the cache
+        then starts again empty, and routes stay right (readside.md: ``route_cache``)."""
+        from gateway.broker.routing import ROUTE_CACHE_SIZE
+        a = connected(self.broker, "a", self.sent)
+        self.broker.subscribe_session(a.session, "d/+/t", 1)
+        for n in range(ROUTE_CACHE_SIZE + 5):
+            self.broker.route(None, f"d/{n}/t", b"m", 0, False)
+        self.assertEqual(self.broker.routes_cached, 5)
+        self.assertEqual(len(self.sent), ROUTE_CACHE_SIZE + 5)
+        self.assertEqual(self.routed("d/0/t"), {"a": 1})
+
     def test_dollar_topics_and_empty_levels(self) -> None:
         """``#`` and ``+/...`` do not match ``$SYS`` topics (§4.7.2); ``+`` matches an empty level."""
         a = connected(self.broker, "a", self.sent)

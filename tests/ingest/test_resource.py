@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
-from gateway.ingest.identities import LocalIdentities
+from gateway.ingest.identities import LocalIdentities, TooManyDevices
 from gateway.ingest.resource import DeviceAPIResource
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues
@@ -345,6 +345,26 @@ class DeviceAPITests(SynchronousTestCase):
         again = self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)[1]
         self.assertEqual(first, again)
         self.assertEqual(len(first), 40)
+
+    def test_a_new_serial_past_max_devices_is_403(self) -> None:
+        """The devices activated locally are bounded by ``max_devices``: an app naming a new
+        serial each time made devices.json (and the memory holding it) grow without end. Past
+        it, a new serial's activation, and a write whose VMS names one, are 403 saying so, nothing
+        stored; serials activated before go on, by VMS and by CIK; the snapshot's ``devices``
+        counts them (exosite.md)."""
+        self.identities.max_devices = 2
+        first = self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)[1]
+        self.assertEqual(self.write(b"a=1", dict(FORM, **{"X-Exosite-VMS": "acme box sn2"}))[0], 204)
+        message = (b"the ingest holds 2 activated devices, its max_devices (2): remove devices no longer used from"
+                   b" devices.json while the gateway is stopped, or raise ingest.max_devices\n")
+        self.assertEqual(self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=3", FORM)[:2], (403, message))
+        self.assertEqual(self.write(b"a=2", dict(FORM, **{"X-Exosite-VMS": "acme box sn3"}))[:2], (403, message))
+        self.assertEqual(len(self.router.stored), 1)
+        self.assertNotIn("sn3", (self.state / "devices.json").read_text())
+        self.assertEqual(self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)[:2], (200, first))
+        self.assertEqual(self.write(b"a=3", dict(FORM, **{"X-Exosite-VMS": "acme box sn2"}))[0], 204)
+        self.assertEqual(self.write(b"a=4", dict(FORM, **{"X-Exosite-CIK": first.decode()}))[0], 204)
+        self.assertEqual(len(self.identities.devices), 2)
 
     def test_record_keeps_the_given_timestamps(self):
         """POST .../alias/<alias> with ts=value pairs: one record per value, carrying ts."""
@@ -706,6 +726,26 @@ class LocalIdentitiesTests(SynchronousTestCase):
         again.load()
         self.assertEqual({serial: device["cik"] for serial, device in again.devices.items()}, ciks)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+    def test_activations_being_saved_count_toward_max_devices(self) -> None:
+        """Serials waiting for their write count toward ``max_devices`` (a burst of new serials
+        cannot pass it while the file is being written); a file loaded with more than
+        ``max_devices`` keeps them all and only refuses new serials."""
+        path = Path(self.mktemp()) / "devices.json"
+        queued, run_blocking = held_writes()
+        identities = LocalIdentities(path, run_blocking, max_devices=3)
+        results = [identities.activate("acme", "box", f"sn{n}") for n in range(5)]
+        self.failureResultOf(results[3], TooManyDevices)
+        self.failureResultOf(results[4], TooManyDevices)
+        while queued:
+            f, args, d = queued.pop(0)
+            d.callback(f(*args))
+        self.assertEqual(sorted(identities.devices), ["sn0", "sn1", "sn2"])
+        smaller = LocalIdentities(path, run_blocking, max_devices=1)
+        smaller.load()
+        self.assertEqual(len(smaller.devices), 3)
+        self.assertEqual(self.successResultOf(smaller.activate("acme", "box", "sn2")), identities.devices["sn2"]["cik"])
+        self.failureResultOf(smaller.activate("acme", "box", "sn9"), TooManyDevices)
 
     def test_a_burst_of_activations_is_one_write(self):
         """First activations that arrive while a write runs are saved together by the next

@@ -39,6 +39,17 @@ class IngestServiceTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertFalse(service.listening)
 
+    def test_max_devices_from_the_config_bounds_the_activations(self) -> None:
+        """``ingest.max_devices`` reaches the activations: past it a new serial is refused; the
+        snapshot's ``devices`` counts those activated."""
+        from gateway.ingest.identities import TooManyDevices
+        service, _ = self.service(max_devices=1)
+        self.successResultOf(service.startService())
+        self.successResultOf(service.identities.activate("acme", "box", "sn1"))
+        self.failureResultOf(service.identities.activate("acme", "box", "sn2"), TooManyDevices)
+        self.assertEqual(service.snapshot().devices, 1)
+        self.successResultOf(service.stopService())
+
     def test_where_it_listens_is_logged_as_an_address(self) -> None:
         """The log names the address it listens on as an operator writes it (``[::1]:8090``),
         not the endpoint string with its escaped colons (``tcp:8090:interface=\\:\\:1``)."""

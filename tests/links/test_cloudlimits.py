@@ -200,6 +200,22 @@ class SkipTests(SynchronousTestCase):
         self.assertEqual([(s[0], len(s[1])) for s in wire.sent], [("a/b", 50), ("a/b", 51)])
         self.assertEqual([n[3] for n in stream.noted], [2, 4])
 
+    def test_the_topic_cache_is_bounded(self) -> None:
+        """Under a limit that looks at the topic, each new topic's part is cached,
+        TOPIC_CACHE_SIZE topics at most: the cache then starts again empty (readside.md: a link's
+        ``topic_cache``); without such a limit nothing is cached."""
+        from gateway.links.forwarder import TOPIC_CACHE_SIZE
+        stream = MemoryStream()
+        stream.cursor("cloud")
+        for n in range(TOPIC_CACHE_SIZE + 4):
+            stream.append(Record(f"t/{n}", b"x", 0))
+        forwarder = Forwarder(stream, "cloud", 8, Clock(), limits=CloudLimits(max_packet=1000))
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), TOPIC_CACHE_SIZE + 4)
+        self.assertEqual(forwarder.topics_cached, 4)
+        self.assertEqual(Forwarder(stream_of(b"x"), "cloud", 8, Clock()).topics_cached, 0)
+
     def test_aws_topics(self) -> None:
         """An aws link's limits: a topic with 8 slashes is skipped, a shadow topic goes, a
         payload over 128 KiB is skipped."""

@@ -61,6 +61,15 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(router.route("command//dev1/res/42/200")[0].topic, "command//dev1/res/42/200")
         self.assertEqual(router.route("c//dev1/s/42/200")[0].topic, "command//dev1/res/42/200")
 
+    def test_the_route_cache_is_bounded(self) -> None:
+        """Each new topic's destinations are cached, ROUTE_CACHE_SIZE topics at most: the cache
+        then starts again empty, and routes stay right (readside.md: the links' ``route_cache``)."""
+        router = kanto()
+        for n in range(router_module.ROUTE_CACHE_SIZE + 2):
+            router.route(f"telemetry/d{n}")
+        self.assertEqual(router.cached, 2)
+        self.assertEqual(router.route("telemetry/d0"), (Destination("hono", "telemetry/t1/gw1/d0", 1),))
+
     def test_unrouted(self) -> None:
         """Commands coming down and other topics are not sent up."""
         router = kanto()

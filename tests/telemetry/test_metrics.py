@@ -119,6 +119,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_ingest_bad_requests_total", ())], 3)
         self.assertEqual(got[("gateway_ingest_aliases", ())], 4)
         self.assertEqual(got[("gateway_ingest_long_polls", ())], 1)
+        self.assertEqual(got[("gateway_ingest_devices", ())], 0)
         self.assertEqual(got[("gateway_twin_things", ())], 3)
         self.assertEqual(got[("gateway_twin_revision", ())], 12)
         self.assertEqual(got[("gateway_twin_things_refused_total", ())], 4)

@@ -448,6 +448,31 @@ class ShadowSyncTests(ShadowSyncCase):
                                                                 "command///req//modify-response"])
         self.assertEqual((twin.listeners, twin.validators), ([], []))
 
+    def test_a_shadow_whose_record_the_journal_dropped_unread_is_settled(self) -> None:
+        """Offline, the reader holds READ_AHEAD records; the journal drops (drop-oldest) records
+        after them unread. Once every record read is answered, the shadows whose last record was
+        dropped are settled: they stayed "journaling" for ever (a catch-up of theirs never came)
+        and each stayed in memory until a restart, so an app making and deleting a new feature or
+        child thing each time, offline, grew the gateway's memory without end."""
+        from gateway.twin import shadowstream
+        self.patch(shadowstream, "READ_AHEAD", 5)
+        for n in range(10):  # an update and a delete of shadow f<n>: records 2n+1 and 2n+2
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+            self.send(command("delete", f"/features/f{n}"))
+        self.stream.positions[shadowstream.CURSOR] = 15  # the journal dropped records 6 to 15 unread
+        self.connect()
+        while True:
+            self.answer_gets()
+            sent = self.connection.take()
+            if not sent:
+                break
+            for topic, body in sent:
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.assertEqual(self.stream.acked[shadowstream.CURSOR], len(self.stream.records))
+        for n in range(10):
+            self.assertTrue(self.sync.settled(f"f{n}"), n)
+            self.assertFalse(self.sync.appends.journaling(f"f{n}"), n)
+
     def test_at_most_ten_in_flight(self) -> None:
         """Twelve shadows' updates: ten go out; each answer lets one more go."""
         for i in range(12):
