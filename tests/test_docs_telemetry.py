@@ -100,3 +100,25 @@ class LabelValuesTests(SynchronousTestCase):
         row = next(line for line in TELEMETRY.read_text(encoding="utf-8").splitlines()
                    if line.startswith("| `gateway_journal_lost_records_total` |"))
         self.assertEqual(sorted(set(get_args(LossReason)) - set(re.findall(r"`([a-z-]+)`", row))), [])
+
+
+class ServiceAccessTests(SynchronousTestCase):
+    """The docs reach a running gateway's services where the tree keeps them."""
+
+    def test_every_root_parts_name_is_a_part(self) -> None:
+        """Each ``root.parts.<name>`` the docs give (telemetry.md's ``TelemetryService``,
+        readside.md's ``ReadSide``) is a field of :class:`gateway.tree.Parts`, and no page
+        reaches a service as ``root.<name>`` (the tree has no such attributes: ``root.telemetry``
+        was an AttributeError)."""
+        from gateway.tree import Parts
+
+        fields = {field.name for field in dataclasses.fields(Parts)}
+        named: set[str] = set()
+        direct: set[str] = set()
+        for page in sorted(TELEMETRY.parent.glob("*.md")):
+            text = page.read_text(encoding="utf-8")
+            named.update(re.findall(r"`root\.parts\.([a-z_]+)", text))
+            direct.update(f"{page.name}: root.{name}" for name in re.findall(r"`root\.([a-z_]+)`", text))
+        self.assertIn("telemetry", named)
+        self.assertEqual(sorted(named - fields), [])
+        self.assertEqual(sorted(direct), [])
