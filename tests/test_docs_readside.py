@@ -13,13 +13,14 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
-from gateway.broker.snapshot import BrokerSnapshot, ClientQueueSnapshot, ListenerSnapshot
+from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateSnapshot
 from gateway.degraded import Degraded
 from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
-from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
-from gateway.links.snapshot import LinkSnapshot
+from gateway.journal.snapshot import (CursorSnapshot, DroppedStream, JournalSnapshot, LatencySnapshot, LossCount,
+                                     StreamSnapshot)
+from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.telemetry.snapshot import AccountingSnapshot
 from gateway.twin.snapshot import ShadowSyncSnapshot, TwinSnapshot
 from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot
@@ -29,10 +30,11 @@ READSIDE = Path(__file__).resolve().parent.parent / "docs" / "readside.md"
 #: Each section of the page (by its heading's first word), the snapshot whose fields its
 #: table rows are (``None``: a section without a table), and every record whose fields it names.
 SECTIONS: dict[str, tuple[type | None, tuple[type, ...]]] = {
-    "Broker": (BrokerSnapshot, (BrokerSnapshot, ListenerSnapshot, ClientQueueSnapshot, CertificateSnapshot,
-                                Degraded)),
-    "Journal": (StreamSnapshot, (StreamSnapshot, LatencySnapshot, CursorSnapshot, LossCount, Degraded)),
-    "Links": (LinkSnapshot, (LinkSnapshot,)),
+    "Broker": (BrokerSnapshot, (BrokerSnapshot, ListenerSnapshot, ClientQueueSnapshot, CappedClientSnapshot,
+                                CertificateSnapshot, Degraded)),
+    "Journal": (StreamSnapshot, (StreamSnapshot, LatencySnapshot, CursorSnapshot, LossCount, Degraded,
+                                 JournalSnapshot, DroppedStream)),
+    "Links": (LinkSnapshot, (LinkSnapshot, LinksSnapshot, CertificateSnapshot, Degraded)),
     "Apps": (None, (AppsSnapshot, AppSnapshot)),
     "Updates": (None, (OperationSnapshot, ModuleSnapshot)),
     "Ingest": (IngestSnapshot, (IngestSnapshot,)),
@@ -93,3 +95,17 @@ class ReadsideDocTests(SynchronousTestCase):
         unknown = {f"{section}: {name}" for section, (snapshot, listed) in tables.items()
                    for name in listed if name not in field_names(snapshot)}
         self.assertEqual(sorted(unknown), [], "readside.md lists fields the snapshots do not have")
+
+    def test_the_status_and_the_previous_run(self) -> None:
+        """``side.status()``'s line names every field of ``GatewayStatus`` and ``ServiceState``,
+        and "The previous run"'s table is ``PreviousStop``'s fields, in order."""
+        from gateway.lastrun import PreviousStop
+        from gateway.readside import GatewayStatus, ServiceState
+
+        text = READSIDE.read_text(encoding="utf-8")
+        line = next(row for row in text.splitlines() if row.startswith("side.status()"))
+        called = set(re.findall(r"[(,=]\s*([a-z_]+)", line))
+        self.assertEqual(sorted(set(field_names(GatewayStatus) + field_names(ServiceState)) - called), [])
+        previous = re.split(r"^## ", text, flags=re.M)
+        run = next(part for part in previous if part.startswith("The previous run"))
+        self.assertEqual(table_fields(run), field_names(PreviousStop))

@@ -9,12 +9,14 @@ import dataclasses
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import get_args
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.snapshot import CappedClientSnapshot, ClientQueueSnapshot
 from gateway.degraded import Degraded
+from gateway.journal.losses import LossReason
 from gateway.links.snapshot import LinksSnapshot
 from gateway.telemetry.metrics import make_registry, render_metrics
 from tests.fleet.samples import FAILING_FLEET
@@ -87,3 +89,36 @@ class MetricsTableTests(SynchronousTestCase):
         self.assertEqual(rows["gateway_service_degraded"], ("gauge", frozenset({"service"})))
         self.assertEqual(rows["gateway_journal_fsync_seconds"], ("histogram", frozenset({"stream"})))
         self.assertEqual(rows["gateway_start_time_seconds"], ("gauge", frozenset()))
+
+
+class LabelValuesTests(SynchronousTestCase):
+    """The table names every value a label takes where it lists them."""
+
+    def test_every_loss_reason_is_named(self) -> None:
+        """``gateway_journal_lost_records_total``'s row names each reason a loss is counted under
+        (``dropped`` too: a stream the operator dropped with ``force`` keeps its loss on the page)."""
+        row = next(line for line in TELEMETRY.read_text(encoding="utf-8").splitlines()
+                   if line.startswith("| `gateway_journal_lost_records_total` |"))
+        self.assertEqual(sorted(set(get_args(LossReason)) - set(re.findall(r"`([a-z-]+)`", row))), [])
+
+
+class ServiceAccessTests(SynchronousTestCase):
+    """The docs reach a running gateway's services where the tree keeps them."""
+
+    def test_every_root_parts_name_is_a_part(self) -> None:
+        """Each ``root.parts.<name>`` the docs give (telemetry.md's ``TelemetryService``,
+        readside.md's ``ReadSide``) is a field of :class:`gateway.tree.Parts`, and no page
+        reaches a service as ``root.<name>`` (the tree has no such attributes: ``root.telemetry``
+        was an AttributeError)."""
+        from gateway.tree import Parts
+
+        fields = {field.name for field in dataclasses.fields(Parts)}
+        named: set[str] = set()
+        direct: set[str] = set()
+        for page in sorted(TELEMETRY.parent.glob("*.md")):
+            text = page.read_text(encoding="utf-8")
+            named.update(re.findall(r"`root\.parts\.([a-z_]+)", text))
+            direct.update(f"{page.name}: root.{name}" for name in re.findall(r"`root\.([a-z_]+)`", text))
+        self.assertIn("telemetry", named)
+        self.assertEqual(sorted(named - fields), [])
+        self.assertEqual(sorted(direct), [])

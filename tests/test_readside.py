@@ -85,6 +85,10 @@ class ToJsonableTests(SynchronousTestCase):
                                                 "boot_deadline": 0.0})
         self.assertNotIn("SECRET", json.dumps(to_jsonable({"pending": pending, "all": [pending]})))
 
+    def test_bytes_become_text(self) -> None:
+        """Bytes become text (readside.md): UTF-8, a byte that is not UTF-8 as U+FFFD."""
+        self.assertEqual(to_jsonable({"a": b"caf\xc3\xa9", "b": bytearray(b"\xff")}), {"a": "caf\u00e9", "b": "\ufffd"})
+
     def test_unknown_types_are_refused(self) -> None:
         """A value that is not data (an object) is a bug: TypeError names its type."""
         error = self.assertRaises(TypeError, to_jsonable, {"x": object()})

@@ -491,11 +491,15 @@ class AppOperations:
         processes = self._targets(name)
         if persist:
             yield self._persist_wish(processes, wish)
+        started = []
         for process in processes:
             if wish != RUNNING:
                 yield process.stop()
             elif not self._closed:  # (a restart whose stop outlived the service: the next one starts it)
                 process.start()
+                started.append(process)
+        # answered once spawned (its spawn is prepared off the reactor thread), with its pid
+        yield gatherResults([process.launched() for process in started])
 
     def _unless_closed(self, operation: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
         """Run ``operation(*args)``, unless the service has stopped meanwhile (:meth:`close`).

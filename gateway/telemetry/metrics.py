@@ -127,7 +127,8 @@ class GatewayCollector(Collector):
                 ("gateway_broker_messages_resent_total", "Deliveries sent again with DUP after a reconnect",
                  b.messages_resent),
                 ("gateway_broker_protocol_violations_total", "Connections closed for breaking MQTT", b.violations),
-                ("gateway_broker_queue_dropped_messages_total", "Messages dropped: a session's queue was full",
+                ("gateway_broker_queue_dropped_messages_total",
+                 "Messages dropped: a session's queue was full, or the persistent ones held max_queued_bytes_total",
                  b.queue_drops),
                 ("gateway_broker_queue_total_dropped_messages_total",
                  "Messages dropped: the persistent sessions' queues held max_queued_bytes_total",
@@ -161,12 +162,14 @@ class GatewayCollector(Collector):
         not_retained.add_metric(["max_retained_bytes"], b.retained_over_bytes)
         yield not_retained
         by_qos = _counter("gateway_broker_queue_dropped_messages_by_qos_total",
-                          "Messages dropped because a session's queue was full, by their QoS", ["qos"])
+                          "Messages dropped (a full queue, max_queued_bytes_total), by their QoS as queued",
+                          ["qos"])
         for qos in range(3):
             by_qos.add_metric([str(qos)], b.queue_drops_by_qos[qos])
         yield by_qos
         dropping = _counter("gateway_broker_client_queue_dropped_messages_total",
-                            "Messages a client's full queue dropped (the clients that dropped most)",
+                            "Messages dropped from a client's queue: full, or max_queued_bytes_total"
+                            " (the clients that dropped most)",
                             ["client_id", "qos"])
         for client in b.dropping_clients:
             dropping.add_metric([client.client_id, "0"], client.dropped_qos0)

@@ -239,6 +239,30 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((web.state, web.error),
                          (ProgramState.BACKOFF, "cannot spawn: [Errno 2] No such file or directory"))
 
+    def test_a_start_waits_for_the_spawn_its_preparation_makes(self) -> None:
+        """docs/admin.md and docs/commands.md: start and restart are answered once the process
+        is spawned, with its pid. Its spawn is prepared off the reactor thread (its directory,
+        user and cgroup looked at): the answer came before that preparation ended, STARTING
+        with no pid (``"pid": null`` in ``POST /apps/NAME/start``'s answer)."""
+        from tests.journal.helpers import ManualRunner
+
+        service, reactor = self.boot()
+        stopped = service.operations.stop("web")
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+        runner = ManualRunner()
+        self.patch(service.launcher, "_blocking", runner)
+        for operation in (service.operations.start, service.operations.restart):
+            running = reactor.last
+            done = operation("web")
+            if service.supervisor.get("web").state is ProgramState.STOPPING:  # (the restart's stop)
+                running.exit(None, signal.SIGTERM)
+            self.assertNoResult(done)
+            runner.drain()
+            self.successResultOf(done)
+            web = service.supervisor.get("web")
+            self.assertEqual((web.state, web.pid), (ProgramState.STARTING, reactor.last.pid))
+
     def test_a_wish_the_disk_refuses_changes_nothing(self) -> None:
         """A stop, start or restart whose desired.json the disk refuses (full, read-only) fails
         with DesiredStateError saying why (500 through the admin API and the commands), and

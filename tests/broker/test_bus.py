@@ -100,6 +100,44 @@ class ReservedPublishTests(SynchronousTestCase):
         self.assertEqual(calls, [("command//gw/res/1/200", True), ("telemetry/x", False)])
 
 
+class RefusedAppendTests(SynchronousTestCase):
+    """A publish the journal refuses still reaches the local broker."""
+
+    def test_a_refused_append_fails_the_publish_but_is_delivered_and_retained_locally(self) -> None:
+        """A stream full under ``reject-new`` refuses the gateway's own report: the publish
+        fails (the report is not counted, the admin API answers 500), yet the broker's clients
+        and the bus subscribers got it, retained as asked: docs/telemetry.md's Reports says the
+        local broker has it all the same, only the cloud does not."""
+        from gateway.broker.durablegate import DurableGate
+        from gateway.errors import JournalError
+
+        class Broker:
+            durable_gate = DurableGate()
+            has_client_subscribers = True
+
+            def __init__(self) -> None:
+                self.published: list[tuple[str, bytes, int, bool]] = []
+
+            def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool, link: str = "") -> None:
+                self.published.append((topic, payload, qos, retain))
+
+            def state_durable(self) -> "Deferred[None] | None":
+                return None
+
+        def refuse(messages: Any, on_durable: Any, on_failed: Any, reserved: bool = False) -> bool:
+            on_failed(JournalError("journal stream 'link-cloud' is full (max-bytes); append rejected"))
+            return True
+
+        broker = Broker()
+        broker.durable_gate.install(refuse, lambda topic: True)
+        bus, seen = LocalBus(), []
+        bus.attach(broker)
+        bus.subscribe("edge/gateway/reports/#", seen.append)
+        self.failureResultOf(bus.publish("edge/gateway/reports/device_info", b"{}", 1, True), JournalError)
+        self.assertEqual(broker.published, [("edge/gateway/reports/device_info", b"{}", 1, True)])
+        self.assertEqual(seen, [BusMessage("edge/gateway/reports/device_info", b"{}", 1, True)])
+
+
 class LocalBusBrokerTests(TestCase):
     """The bus against a running broker and a real MQTT client."""
 

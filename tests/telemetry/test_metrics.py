@@ -266,6 +266,16 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_broker_retained_refused_total", (("limit", "max_retained_bytes"),))], 5)
         self.assertEqual(got[("gateway_broker_retained_dropped_at_start_total", ())], 102)
 
+    def test_the_queue_drop_counters_help_names_the_total_bound(self) -> None:
+        """The HELP of the queue drop counters (every drop, by QoS, by client) says they count
+        the drops for ``max_queued_bytes_total`` too, as they do: a scrape's reader is not told
+        "a session's queue was full" of a drop made for the persistent sessions' total."""
+        helps = {family.name: family.documentation
+                 for family in text_string_to_metric_families(render_metrics("", self.registry)[0].decode())}
+        for name in ("gateway_broker_queue_dropped_messages", "gateway_broker_queue_dropped_messages_by_qos",
+                     "gateway_broker_client_queue_dropped_messages"):
+            self.assertIn("max_queued_bytes_total", helps[name], name)
+
     def test_the_twins_last_write(self) -> None:
         """The twin's last things.json write is gateway_twin_save_seconds and its size
         gateway_twin_save_bytes, both absent before the first write."""
