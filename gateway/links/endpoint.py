@@ -284,7 +284,7 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
 
     :raises LinkError: ``bindAddress=`` is not an IP address.
     """
-    host, port = _tcp_host_port(positional, fields)
+    host, port = tcp_host_port(positional, fields)
     bind = fields.get("bindAddress")
     if bind is not None:
         try:
@@ -294,7 +294,7 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
     return host, int(port), int(fields.get("timeout", "30")), (bind, 0) if bind is not None else None
 
 
-def _tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
+def tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
     """The host and port of a ``tcp:`` (or ``ssl:``) client endpoint as written (``""`` where
     none is), where Twisted's parser reads them: ``tcp:HOST:PORT``, ``tcp:host=H:port=P``,
     ``tcp:host=H:P``."""
@@ -315,7 +315,7 @@ def _written_port(description: str) -> str:
     if args[:1] == ["tls"]:
         return fields.get("port", "")
     if args[:1] in (["tcp"], ["ssl"]):
-        return _tcp_host_port(args[1:], fields)[1]
+        return tcp_host_port(args[1:], fields)[1]
     return ""
 
 
