@@ -160,6 +160,15 @@ class Config:
         directory, as a command-line user expects)."""
         return Path(self.gateway.state_dir).expanduser().resolve()
 
+    def warnings(self) -> list[str]:
+        """What the configuration asks for that it may not mean, one line each, without refusing it
+        (``--check-config`` prints them; the services concerned log them as they start): MQTT links
+        that share one cloud session (:mod:`gateway.links.sharedsessions`)."""
+        from gateway.links.sharedsessions import shared_sessions  # (only when asked: it brings the endpoints)
+
+        return [shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
+                                                          self.gateway.device_id)]
+
 
 #: A section with its own parser: ``(raw YAML or None, errors) -> settings``.
 SectionParser = Callable[[Any, "ErrorList"], Any]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from gateway.portnumbers import url_port_problem
 from gateway.shown import shown_url, url_error_shown
 
 
@@ -35,7 +36,8 @@ class URLForm:
 
 def url_problem(url: str, form: URLForm, *, allow_http: bool) -> str | None:
     """Why ``url`` cannot be a server's URL of the shape ``form`` (``None`` when it can): it
-    must parse (an IPv6 address in closed brackets, a port from 1 to 65535), be ``https://``
+    must parse (an IPv6 address in closed brackets, a port from 1 to 65535 in ASCII digits:
+    :func:`~gateway.portnumbers.url_port_problem`), be ``https://``
     (``http://`` with ``allow_http``) with a host, hold no space or control character, no
     user name or password, and no fragment (never sent); a path and a query only where
     ``form`` takes them. The message never repeats the URL's user information nor its query.
@@ -49,13 +51,13 @@ def url_problem(url: str, form: URLForm, *, allow_http: bool) -> str | None:
         return f"must be {form.form}, without spaces or control characters, not {shown!r}"
     try:
         parts = urlsplit(url)
-        port = parts.port  # out of range: ValueError
-    except ValueError as error:
+    except ValueError as error:  # (an IPv6 bracket left open)
         return f"not a usable URL ({url_error_shown(url, error)}): {shown!r}; it must be {form.form}"
+    port = url_port_problem(parts.netloc)
+    if port is not None:
+        return f"{shown!r}: {port}"
     if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
         return f"must be {form.form}, not {shown!r}"
-    if port == 0:
-        return f"must be {form.form} with a port from 1 to 65535, not {shown!r}"
     if "@" in parts.netloc:
         return f"must be {form.form}, without a user name or password (never sent): {form.authenticates}"
     if not form.path and parts.path.strip("/"):

@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from gateway.asciidigits import ascii_digits
+from gateway.portnumbers import port_problem
 
 
 def split_description(description: str) -> tuple[list[str], dict[str, str]]:
@@ -82,9 +83,10 @@ def listen_problem(args: list[str], kwargs: dict[str, str], description: str) ->
     """
     kind = args[0] if args else ""
     if kind in ("tcp", "tcp6", "ssl"):
-        port = _written_port(args, kwargs)
-        if not ascii_digits(port) or int(port) > 65535:  # (Twisted's parser takes any whole number, ٣ too)
-            return f"{description!r}: the port must be from 0 to 65535, not {port!r}", "port"
+        # (Twisted's parser takes any whole number, ٣ too)
+        port = port_problem(_written_port(args, kwargs), lowest=0)  # (0: any free port)
+        if port is not None:
+            return f"{description!r}: {port}", "port"
         interface = kwargs.get("interface", "")
         try:
             if interface:

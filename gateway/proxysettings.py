@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 from urllib.parse import unquote, urlsplit
 
+from gateway.portnumbers import url_port_problem
+
 #: A host name of ``no_proxy`` (``example.com``) or a domain (``.example.com``).
 _NAME = re.compile(r"\.?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?", re.IGNORECASE)
 
@@ -47,9 +49,12 @@ def proxy_address(url: str) -> ProxyAddress:
         raise ValueError(f"must be a URL, {_FORM} (with its scheme)")
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
-        raise ValueError(f"must be {_FORM}, with a port from 1 to 65535 and an IPv6 address in brackets") from None
+        raise ValueError(f"must be {_FORM}, with an IPv6 address in closed brackets") from None
+    written_port = url_port_problem(parts.netloc)
+    if written_port is not None:  # (the URL is not quoted: it may hold a password)
+        raise ValueError(f"{written_port} ({_FORM})")
+    port = parts.port
     if parts.scheme.lower() != "http":
         raise ValueError(f"must be an http:// URL ({_FORM}): the gateway speaks plain HTTP to its proxy"
                          f" (a proxy of scheme {parts.scheme.lower()!r} is not supported); https:// requests go through"
@@ -57,7 +62,7 @@ def proxy_address(url: str) -> ProxyAddress:
     host = parts.hostname or ""
     if not host or any(char.isspace() for char in host):
         raise ValueError(f"must name the proxy's host: {_FORM}")
-    if port is None or port == 0:
+    if port is None:
         raise ValueError(f"must name the proxy's port, from 1 to 65535: {_FORM} (squid listens on 3128,"
                          " tinyproxy on 8888)")
     if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):

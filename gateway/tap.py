@@ -46,6 +46,7 @@ class Options(usage.Options):
             sys.stderr.write("gateway: invalid configuration:\n" + "".join(f"  {e}\n" for e in exc.errors))
             raise SystemExit(1) from None
         if self["check-config"]:
+            sys.stderr.write("".join(f"gateway: warning: {line}\n" for line in self.loaded.warnings()))
             sys.stdout.write(f"gateway: configuration OK: {self.loaded.path}\n")
             raise SystemExit(0)
         # twistd looks at its pid file once the options are parsed: a stale one, whose pid

@@ -362,12 +362,12 @@ class ConfigTests(SynchronousTestCase):
             "    f:\n      type: ws\n      bind: 127.0.0.1:x\n")
         lines = self.errors(path)
         joined = "\n".join(lines)
-        for where, says in (("a.bind", "needs host:port with a port from 0 to 65535, not '127.0.0.1:99999'"),
+        for where, says in (("a.bind", "needs host:port, '127.0.0.1:99999': the port must be from 0 to 65535, not '99999'"),
                             ("b.keyfile", "cannot read private key '/nonexistent/key.pem'"),
                             ("c.certfile", "cannot read certificate '/nonexistent/cert.pem'"),
                             ("d.cafile", "cannot read CA file '/nonexistent/ca.pem'"),
                             ("e.cafile", "cannot read CA file '/nonexistent/ca.pem'"),
-                            ("f.bind", "needs host:port with a port from 0 to 65535, not '127.0.0.1:x'")):
+                            ("f.bind", "needs host:port, '127.0.0.1:x': the port must be from 0 to 65535, not 'x'")):
             self.assertIn(f"{path}: broker.listeners.{where}: {says}", joined)
         self.assertEqual(len([line for line in lines if ": broker.listeners." in line]), 6, joined)
 
@@ -378,8 +378,8 @@ class ConfigTests(SynchronousTestCase):
                           "    tls:\n      bind: '[::1]:'\n      ssl: true\n      certfile: c.pem\n      keyfile: k.pem\n")
         lines = [line for line in self.errors(path) if ".bind:" in line]
         self.assertEqual(lines, [
-            f"{path}: broker.listeners.default.bind: needs host:port with a port from 0 to 65535, not '[::1]:99999'",
-            f"{path}: broker.listeners.tls.bind: needs host:port with a port from 0 to 65535, not '[::1]:'"])
+            f"{path}: broker.listeners.default.bind: needs host:port, '[::1]:99999': the port must be from 0 to 65535, not '99999'",
+            f"{path}: broker.listeners.tls.bind: needs host:port, '[::1]:': the port must be from 0 to 65535, not ''"])
 
     def test_a_missing_listener_cafile_is_reported_once(self) -> None:
         """A listener's ``cafile`` that does not exist is one error, under the listener's key
@@ -430,10 +430,10 @@ class ConfigTests(SynchronousTestCase):
             "      keyfile: /nonexistent/key.pem\n      cafile: /nonexistent/ca.pem\n")
         no_ca = "cannot read CA file '/nonexistent/ca.pem': No such file or directory"
         self.assertEqual([line.split(": ", 1)[1] for line in self.errors(path)], [
-            "broker.listeners.a.bind: needs host:port with a port from 0 to 65535, not '127.0.0.1:99999'",
+            "broker.listeners.a.bind: needs host:port, '127.0.0.1:99999': the port must be from 0 to 65535, not '99999'",
             f"broker.listeners.a.cafile: {no_ca}",
             "broker.listeners.b.keyfile: needed too: certfile and keyfile go together (amqtt requires both)",
-            "broker.listeners.b.bind: needs host:port with a port from 0 to 65535, not '127.0.0.1:99998'",
+            "broker.listeners.b.bind: needs host:port, '127.0.0.1:99998': the port must be from 0 to 65535, not '99998'",
             f"broker.listeners.b.cafile: {no_ca}",
             "broker.listeners.c.keyfile: cannot read private key '/nonexistent/key.pem': No such file or directory",
             "broker.listeners.c.certfile: cannot read certificate '/nonexistent/cert.pem': No such file or directory",
@@ -1025,10 +1025,10 @@ class LoadCheckTests(SynchronousTestCase):
             "'tcp:1883:interface=127.0.0.1:backlog=\u0663'",
             f"{path}: broker.listeners.d.endpoint: systemd endpoint needs index=NUMBER or name=NAME: "
             "'systemd:domain=INET:index=\u0660'",
-            f"{path}: links.links.e.endpoint: 'tcp:host=127.0.0.1:port={arabic}': port '{arabic}' is not a number",
-            f"{path}: links.links.f.endpoint: 'tls:host=h:port=\u00b2': port '\u00b2' is not a number",
+            f"{path}: links.links.e.endpoint: 'tcp:host=127.0.0.1:port={arabic}': the port must be from 1 to 65535, not '{arabic}'",
+            f"{path}: links.links.f.endpoint: 'tls:host=h:port=\u00b2': the port must be from 1 to 65535, not '\u00b2'",
             f"{path}: links.links.g.endpoint: 'tcp:h:\uff18\uff18\uff18\uff13': "
-            "port '\uff18\uff18\uff18\uff13' is not a number",
+            "the port must be from 1 to 65535, not '\uff18\uff18\uff18\uff13'",
             f"{path}: ingest.endpoint: 'tcp:\u00b2:interface=127.0.0.1': the port must be from 0 to 65535, not '\u00b2'",
             f"{path}: telemetry.metrics_endpoint: 'tcp:{arabic}:interface=127.0.0.1': "
             f"the port must be from 0 to 65535, not '{arabic}'",
@@ -1320,7 +1320,7 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: links.links.a.cert_file: ", joined)
         self.assertIn(f"{path}: links.links.b.key_file: needs cert_file", joined)
         self.assertIn(f"{path}: links.links.c.ca_file: only a tls: endpoint uses it", joined)
-        self.assertIn(f"{path}: links.links.d.endpoint: 'tcp:host=h:port=notaport': port 'notaport' is not a number", joined)
+        self.assertIn(f"{path}: links.links.d.endpoint: 'tcp:host=h:port=notaport': the port must be from 1 to 65535, not 'notaport'", joined)
         self.assertIn(f"{path}: links.links.e.endpoint: ", joined)
         self.assertIn(f"{path}: links.links.f.password: needs username", joined)
         self.assertIn(f"{path}: links.links.f.client_id: unknown placeholder {{devise}}", joined)
@@ -1531,8 +1531,8 @@ class LoadCheckTests(SynchronousTestCase):
         fragment is never sent, on either."""
         link = "http_links:\n  links:\n    l:\n      mode: {mode}\n      url: '{url}'\n"
         for mode, url, says in (
-                ("json", "https://h:99999/in", "not a usable URL (Port out of range 0-65535): 'https://h:99999/in'"),
-                ("exosite", "https://h:0", "with a port from 1 to 65535, not 'https://h:0'"),
+                ("json", "https://h:99999/in", "'https://h:99999/in': the port must be from 1 to 65535, not '99999'"),
+                ("exosite", "https://h:0", "'https://h:0': the port must be from 1 to 65535, not '0'"),
                 ("exosite", "https://[fd00::1", "not a usable URL (Invalid IPv6 URL): 'https://[fd00::1'"),
                 ("json", "https://h/a b", "without spaces or control characters, not 'https://h/a b'"),
                 ("json", "https://me:secret@h/in", "without a user name or password (never sent): give an"
@@ -1554,10 +1554,10 @@ class LoadCheckTests(SynchronousTestCase):
         """uploads.aws_endpoint is checked as the other servers' URLs: a port out of range (it
         passed as a 'must be' with no reason given), an unclosed IPv6 bracket, a space and a
         user name and password are refused under the key, the password not repeated."""
-        for url, says in (("https://s3.local:99999", "not a usable URL (Port out of range 0-65535)"),
+        for url, says in (("https://s3.local:99999", "the port must be from 1 to 65535, not '99999'"),
                           ("https://[fd00::1", "not a usable URL (Invalid IPv6 URL)"),
                           ("https://s3 local", "without spaces or control characters"),
-                          ("https://me:secret@s3.local:99999", "not a usable URL (Port out of range 0-65535)"),
+                          ("https://me:secret@s3.local:99999", "the port must be from 1 to 65535, not '99999'"),
                           ("https://s3.local/b?x", "without a path, not 'https://s3.local/b'")):
             self.assertOneError(f"uploads:\n  aws_endpoint: '{url}'\n", "uploads.aws_endpoint", says)
         path, lines = self.errors("uploads:\n  aws_endpoint: 'https://me:secret@s3.local:99999'\n")
@@ -1620,7 +1620,7 @@ class LoadCheckTests(SynchronousTestCase):
         ``fleet: cannot be checked: ValueError``. Each is refused under ``fleet.base_url``,
         without the URL's password; a path prefix and an IPv6 address in brackets are taken."""
         fleet = "fleet:\n  enabled: true\n  auth: none\n  base_url: "
-        for url, says in (("'https://h:99999'", "not a usable URL (Port out of range 0-65535): 'https://h:99999'"),
+        for url, says in (("'https://h:99999'", "'https://h:99999': the port must be from 1 to 65535, not '99999'"),
                           ("'https://[fd00::1'", "not a usable URL (Invalid IPv6 URL): 'https://[fd00::1'"),
                           ("'https://:443'", "must be https://host[:port][/path], not 'https://:443'"),
                           ("'https://h/?x=1'", "without a query or fragment: the DDI paths go after it"),
@@ -1677,7 +1677,7 @@ class LoadCheckTests(SynchronousTestCase):
         would fail at every connect."""
         for endpoint in ("tcp:host=h:port=99999", "tcp:h:0", "tls:host=h:port=70000"):
             self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n",
-                                "links.links.c.endpoint", "is not from 1 to 65535")
+                                "links.links.c.endpoint", "the port must be from 1 to 65535, not ")
 
     def test_link_timeout_is_positive(self) -> None:
         """A link endpoint's ``timeout=`` is a positive number of seconds in ASCII digits (whole
@@ -1707,22 +1707,22 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: links.links.c.endpoint: 'tls:host=h:port=8883:timeout=0': timeout= takes a positive"
             " number of seconds, not '0'",
             f"{path}: links.links.d.key_file: needs cert_file (the client certificate it belongs to)",
-            f"{path}: links.links.d.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
+            f"{path}: links.links.d.endpoint: 'tls:host=h:port=99999': the port must be from 1 to 65535, not '99999'"])
         path, lines = self.errors("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=99999'\n"
                                   "      aws: {websocket: true}\n")
         self.assertEqual(lines, [
             f"{path}: links.links.c.aws.credentials_file: websocket: true signs its URL with these credentials",
-            f"{path}: links.links.c.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
+            f"{path}: links.links.c.endpoint: 'tls:host=h:port=99999': the port must be from 1 to 65535, not '99999'"])
 
     def test_link_endpoint_ipv6_address(self) -> None:
         """A link to an IPv6 address, its colons escaped as Twisted's parser wants them, named
         or positional, is taken, with its port checked; the positional one was refused
-        ("port '\\\\' is not a number") though Twisted connects to it."""
+        ("the port must be from 1 to 65535, not '\\\\'") though Twisted connects to it."""
         for endpoint in (r"tcp:\:\:1:1883", r"tcp:host=\:\:1:port=1883", r"tls:host=\:\:1:port=8883"):
             loaded = config.load(self.write(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n"))
             self.assertEqual(loaded.links.links["c"].endpoint, endpoint)
         self.assertOneError("links:\n  links:\n    c:\n      endpoint: 'tcp:\\:\\:1:99999'\n",
-                            "links.links.c.endpoint", "port 99999 is not from 1 to 65535")
+                            "links.links.c.endpoint", "the port must be from 1 to 65535, not '99999'")
 
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""

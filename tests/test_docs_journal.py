@@ -117,7 +117,7 @@ class JournalExamplesTests(TestCase):
         path = work / "gateway.yaml"
         path.write_text(f"gateway:\n  state_dir: {work / 'state'}\nlinks:\n  links:\n"
                         "    hono: {endpoint: 'tcp:host=127.0.0.1:port=1'}\n"
-                        "    aws: {endpoint: 'tcp:host=127.0.0.1:port=1'}\n" + example)
+                        "    aws: {endpoint: 'tcp:host=127.0.0.1:port=2'}\n" + example)
         journal = gateway_config.load(path).journal
         self.assertEqual(journal.defaults.max_bytes, 536870912)
         hono, aws = journal.streams["link-hono"], journal.streams["link-aws"]

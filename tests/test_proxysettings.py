@@ -31,9 +31,9 @@ class AddressTests(SynchronousTestCase):
                            ("https://u:pw@proxy:3128", "must be an http:// URL"),
                            ("socks5://proxy:1080", "(a proxy of scheme 'socks5' is not supported)"),
                            ("http://u:pw@proxy", "must name the proxy's port"),
-                           ("http://proxy:0", "must name the proxy's port"),
-                           ("http://u:pw@proxy:99999", "with a port from 1 to 65535"),
-                           ("http://u:pw@proxy:31x8", "with a port from 1 to 65535"),
+                           ("http://proxy:0", "the port must be from 1 to 65535, not '0'"),
+                           ("http://u:pw@proxy:99999", "the port must be from 1 to 65535, not '99999' (http://"),
+                           ("http://u:pw@proxy:31x8", "the port must be from 1 to 65535, not '31x8'"),
                            ("http://u:pw@:3128", "must name the proxy's host"),
                            ("http://u:pw@proxy:3128/path", "without a path, a query or a fragment"),
                            ("http://proxy:3128?x", "without a path, a query or a fragment")]:

@@ -52,12 +52,13 @@ def check_config(path: str | None, as_json: bool = False) -> int:
     from gateway.errors import ConfigError
 
     checked = str(gateway_config.DEFAULT_CONFIG if path is None else path)
+    warnings: list[str] = []
     try:
-        checked = str(gateway_config.load(path).path)
+        loaded = gateway_config.load(path)
     except ConfigError as exc:
         errors = list(exc.errors)
     else:
-        errors = []
+        errors, checked, warnings = [], str(loaded.path), loaded.warnings()
     if as_json:
         print(json.dumps({"valid": not errors, "errors": errors, "path": checked}, indent=2, sort_keys=True))
     elif errors:
@@ -65,6 +66,8 @@ def check_config(path: str | None, as_json: bool = False) -> int:
         for line in errors:
             print(f"  {line}", file=sys.stderr)
     else:
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
         print(f"configuration OK: {checked}")
     return ERROR if errors else OK
 

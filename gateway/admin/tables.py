@@ -121,6 +121,8 @@ def fleet_rows(fleet: Any) -> list[tuple[str, str]]:
         ("installed", fleet.get("sw_version") or "-"),
         ("feedback waiting", f"{waiting} (the oldest {duration(fleet.get('feedback_oldest_age_s'))})" if waiting
          else "0"),
+        ("feedback dropped", f"{fleet.get('feedback_dropped') or 0} (refused for good by the server)"
+         if fleet.get("feedback_dropped") else "0"),
     ]
 
 

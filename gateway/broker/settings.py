@@ -30,6 +30,7 @@ from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.configtext import key_problem, nul_problems, text_problem
 from gateway.endpointstrings import split_description
 from gateway.journal.record import MAX_BODY, MAX_MESSAGE
+from gateway.portnumbers import port_problem
 
 
 
@@ -195,8 +196,9 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     """
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
-    if not (ascii_digits(port) and int(port) <= 65535):
-        raise EndpointError(f"needs host:port with a port from 0 to 65535, not {bind!r}", "port")
+    problem = port_problem(port, lowest=0)
+    if problem is not None:
+        raise EndpointError(f"needs host:port, {bind!r}: {problem}", "port")
     host = _bind_address(host.strip("[]") or "0.0.0.0")
 
     def quote(value: Any) -> str:  # endpoint syntax: a backslash escapes the next character

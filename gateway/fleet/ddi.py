@@ -23,6 +23,14 @@ from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
 from gateway.netfailures import describe, describe_answer
 from gateway.operations.httpclient import close_connections
+from gateway.shown import shown_url
+
+#: The start of hawkBit's ``errorCode`` when a request would exceed one of its quotas (the status
+#: entries of an action, the messages of one, a target's attributes...): its DDI answers ``403``
+#: (``429`` in later versions) with ``{"errorCode": "hawkbit.server.error.quota.tooManyEntries",
+#: "exceptionClass": "...AssignmentQuotaExceededException", "message": ...}``. Sending the request
+#: again exceeds it again: no token, time or patience mends it.
+QUOTA_ERROR_PREFIX = "hawkbit.server.error.quota."
 
 #: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
 #: artifacts some hundreds; a larger one fails the request.
@@ -36,18 +44,35 @@ class DDIError(GatewayError):
     :param code: the HTTP status, or None when no answer came.
     :param retry_after: the seconds the server's ``Retry-After`` asks for (given as seconds or
         as an HTTP date), when it sent one.
+    :param error_code: hawkBit's ``errorCode`` in the answer's JSON body, when it has one.
     """
 
-    def __init__(self, message: str, code: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, retry_after: float | None = None,
+                 error_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after
+        self.error_code = error_code
 
 
 def refused_for_good(error: DDIError) -> bool:
-    """Whether the server refused the request as it is (a 4xx other than 401, 403, 408 and 429,
-    which a new token, time or patience can mend): sending it again would change nothing."""
-    return error.code is not None and 400 <= error.code < 500 and error.code not in (401, 403, 408, 429)
+    """Whether the server refused the request as it is: a 4xx other than 401, 403, 408 and 429
+    (which a new token, time or patience can mend), or a 403 or 429 saying a quota is exceeded
+    (:data:`QUOTA_ERROR_PREFIX`): sending it again would change nothing."""
+    if error.code in (403, 429):
+        return (error.error_code or "").startswith(QUOTA_ERROR_PREFIX)
+    return error.code is not None and 400 <= error.code < 500 and error.code not in (401, 408)
+
+
+def _error_code(content: bytes) -> str | None:
+    """hawkBit's ``errorCode`` in an error answer's body (``None`` when the body is not a JSON
+    object with a string ``errorCode``: a proxy's page, an empty body)."""
+    try:
+        body = jsontext.loads(content)
+    except ValueError:
+        return None
+    code = body.get("errorCode") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _closed_unanswered(failure: Failure) -> bool:
@@ -229,9 +254,14 @@ class DDIClient:
             raise DDIError(f"{method} {url}: HTTP {response.code}, the answer is over {MAX_ANSWER} bytes",
                            response.code)
         if not 200 <= response.code < 300:
-            raise DDIError(f"{method} {url}: {describe_answer(response.code, response.phrase, content)}", response.code,
+            words = describe_answer(response.code, response.phrase, content)
+            if 300 <= response.code < 400:  # (not followed: the token would go where base_url does not say)
+                location = (response.headers.getRawHeaders(b"location") or [b""])[0].decode("latin-1")
+                to = f" to {shown_url(location)!r}" if location else ""
+                words += f" (redirected{to}: requests are not redirected; set fleet.base_url to the server's address)"
+            raise DDIError(f"{method} {url}: {words}", response.code,
                            retry_after((response.headers.getRawHeaders(b"retry-after") or [None])[0],
-                                       self.clock.seconds()))
+                                       self.clock.seconds()), _error_code(content))
         if not content.strip():
             return None
         try:

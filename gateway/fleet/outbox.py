@@ -63,6 +63,8 @@ class FeedbackOutbox:
         #: a feedback answer asking the gateway to slow down (429, a Retry-After) since the poll cleared it
         self.slow_down: DDIError | None = None
         self._flushing = False
+        #: feedback the server refused for good, dropped, since the start
+        self.dropped = 0
         #: feedback not taken in a row (no answer, 5xx...), and the steady time before which none is sent again
         self._failures = 0
         self._retry_at = 0.0
@@ -93,7 +95,9 @@ class FeedbackOutbox:
         """Send the outbox in order; stop at the first feedback the server does not take (it is
         sent again by the first poll after a backoff: half to all of ``min_poll_interval`` x
         2^failures, at most ``retry_max_delay``). Only a 2xx takes it out, or a refusal for good (4xx other
-        than 401, 403, 408, 429), logged and dropped: it would block the rest forever. A ``429``
+        than 401, 403, 408, 429, or a quota exceeded: :func:`~gateway.fleet.ddi.refused_for_good`), logged
+        and dropped: it would block the rest forever. A ``3xx`` is kept (a ``base_url`` put right
+        delivers it). A ``429``
         or a ``Retry-After`` holds every request back (``note_wait``) and is kept in
         :attr:`slow_down` for the poll that sent it; nothing is sent while so held but by the
         poll that falls due then (``due``)."""
@@ -112,6 +116,7 @@ class FeedbackOutbox:
                     elif not self.running():
                         return  # given up by the stop; kept in the outbox for the next start
                     elif refused_for_good(error):
+                        self.dropped += 1
                         self.noted_error(str(error))  # (not taken: on the read side too)
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:

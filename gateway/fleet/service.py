@@ -159,7 +159,7 @@ class FleetService(Service):
             now - (steady - record.failing_since) if record.failing_since is not None else None, next_poll,
             now + held_until - steady if held_until > steady else None, self._sleep,
             action_id, action_status, self.state.sw_version,
-            len(self.state.outbox), max(0.0, now - min(queued)) if queued else None)
+            len(self.state.outbox), max(0.0, now - min(queued)) if queued else None, self.outbox.dropped)
 
     def _save(self) -> Deferred[Any]:
         """Persist the state (trimmed to what must be remembered once the operations are known)."""

@@ -48,6 +48,8 @@ class FleetSnapshot:
     :param sw_version: the version of the last deployment installed, ``""`` before one.
     :param feedback_waiting: feedback messages in the outbox, not yet taken by the server.
     :param feedback_oldest_age_s: seconds the oldest of them has waited, ``None`` when none waits.
+    :param feedback_dropped: feedback messages the server refused for good, dropped (a 4xx other than
+        401, 403, 408 and 429, a quota exceeded), since the service started.
     """
 
     server: str
@@ -71,3 +73,4 @@ class FleetSnapshot:
     sw_version: str
     feedback_waiting: int
     feedback_oldest_age_s: float | None
+    feedback_dropped: int = 0

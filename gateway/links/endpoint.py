@@ -33,6 +33,7 @@ from gateway.asciidigits import ascii_digits
 from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
+from gateway.portnumbers import port_problem
 from gateway.proxysettings import ProxySettings, bypasses
 from gateway.tlsverify import NameCheckingCreator
 
@@ -176,10 +177,10 @@ def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
     positional = args[1:]
     host = fields.get("host") or (positional[0] if positional else "")
     port = fields.get("port") or (positional[1] if len(positional) > 1 else "8883")
-    try:
-        return host, int(port)
-    except ValueError:
-        raise LinkError(f"{settings.endpoint!r}: port {port!r} is not a number") from None
+    problem = port_problem(port)
+    if problem is not None:
+        raise LinkError(f"{settings.endpoint!r}: {problem}")
+    return host, int(port)
 
 
 def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: IStreamClientEndpoint) -> IStreamClientEndpoint:
@@ -221,8 +222,11 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     if unescaped:
         raise LinkError(unescaped)
     written = _written_port(description)
-    if written and not ascii_digits(written):  # (Twisted's int() reads ٨٨٨٣ as 8883, 8_883 too, and fails on ²)
-        raise LinkError(f"{description!r}: port {written!r} is not a number")
+    # (Twisted's int() reads ٨٨٨٣ as 8883, 8_883 too, and fails on ²; it takes any whole number, and
+    # the connection fails at connect)
+    port_wrong = port_problem(written) if written else None
+    if port_wrong is not None:
+        raise LinkError(f"{description!r}: {port_wrong}")
     timeout_problem = _timeout_problem(description)
     if timeout_problem:
         raise LinkError(f"{description!r}: {timeout_problem}")
@@ -284,7 +288,7 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
 
     :raises LinkError: ``bindAddress=`` is not an IP address.
     """
-    host, port = _tcp_host_port(positional, fields)
+    host, port = tcp_host_port(positional, fields)
     bind = fields.get("bindAddress")
     if bind is not None:
         try:
@@ -294,7 +298,7 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
     return host, int(port), int(fields.get("timeout", "30")), (bind, 0) if bind is not None else None
 
 
-def _tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
+def tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
     """The host and port of a ``tcp:`` (or ``ssl:``) client endpoint as written (``""`` where
     none is), where Twisted's parser reads them: ``tcp:HOST:PORT``, ``tcp:host=H:port=P``,
     ``tcp:host=H:P``."""
@@ -315,7 +319,7 @@ def _written_port(description: str) -> str:
     if args[:1] == ["tls"]:
         return fields.get("port", "")
     if args[:1] in (["tcp"], ["ssl"]):
-        return _tcp_host_port(args[1:], fields)[1]
+        return tcp_host_port(args[1:], fields)[1]
     return ""
 
 
@@ -468,15 +472,6 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         message = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
         yield ("endpoint",), message
-        return
-    if settings.endpoint.startswith(("tcp:", "tls:")):  # (Twisted takes any number, and fails at connect)
-        try:
-            _, port = _endpoint_host_port(settings)
-        except LinkError as exc:
-            yield ("endpoint",), str(exc)
-            return
-        if not 0 < port < 65536:
-            yield ("endpoint",), f"{settings.endpoint!r}: port {port} is not from 1 to 65535"
 
 
 def full_jitter_backoff(initial: float, factor: float, cap: float,

@@ -54,6 +54,8 @@ class MQTTLink(Factory):
     :param retry_policy: reconnect delays (default: the fleet-safe ReconnectPolicy from the settings).
     :param proxy: ``gateway.proxy``: the link connects through its proxy when it has one
         (:func:`~gateway.links.endpoint.link_endpoint`).
+    :param shares_with: this gateway's other links that connect to the same broker with the same
+        client id, named by the warning of a session taken over.
     """
 
     log = Logger()
@@ -64,7 +66,8 @@ class MQTTLink(Factory):
 
     def __init__(self, name: str, settings: LinkSettings, stream: LinkStream, reactor: Any,
                  identity: tuple[str, str], local_publish: LocalPublish, on_status: StatusListener,
-                 retry_policy: Callable[[int], float] | None = None, proxy: ProxySettings = ProxySettings()) -> None:
+                 retry_policy: Callable[[int], float] | None = None, proxy: ProxySettings = ProxySettings(),
+                 shares_with: tuple[str, ...] = ()) -> None:
         self.name = name
         self.settings = settings
         self.stream = stream
@@ -100,7 +103,7 @@ class MQTTLink(Factory):
             settings.ping_timeout, settings.max_packet_size)
         #: tells a session taken over by another client with the same id (a cloned gateway).
         self.takeovers = TakeoverWatch(name, self.options.client_id, settings.stable_after,
-                                       lambda: steady_seconds(reactor), reactor)
+                                       lambda: steady_seconds(reactor), reactor, shares_with)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,

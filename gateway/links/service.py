@@ -176,10 +176,11 @@ class LinksService(Service):
         now = self._timestamp()
         if self.settings.links:
             from gateway.links.mqtt import MQTTLink
+        shared = self._tell_shared_sessions()
         for name, link_settings in self.settings.links.items():
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
                                         partial(self._publish_local, link=name), self._link_status,
-                                        self.retry_policy, self.proxy)
+                                        self.retry_policy, self.proxy, shared.get(name, ()))
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         for name, http_settings in self.http_settings.links.items():
             self.links[name] = self._http_link(name, http_settings)
@@ -212,6 +213,25 @@ class LinksService(Service):
                           " on it are one device to the cloud and take each other's cloud session over at every"
                           " reconnect; set gateway.device_id to this gateway's own id (configuration.md)",
                           names=", ".join(named), device=DEFAULT_DEVICE_ID)
+
+    def _tell_shared_sessions(self) -> dict[str, tuple[str, ...]]:
+        """Warn, once at start, of MQTT links that connect to one broker with one client id: each
+        one's connection closes the other's, for ever (:mod:`gateway.links.sharedsessions`).
+        Nothing changes: a second route to one cloud may be meant.
+
+        :return: for each link that shares its session, the other links it shares it with.
+        """
+        if len(self.settings.links) < 2:
+            return {}
+        from gateway.links.sharedsessions import shared_sessions  # (it brings the endpoints: only with links)
+
+        others: dict[str, tuple[str, ...]] = {}
+        for shared in shared_sessions(self.settings.links, *self.identity):
+            self.log.warn("{problem}", problem=shared.text, links=shared.links, broker=shared.broker,
+                          client_id=shared.client_id)
+            for name in shared.links:
+                others[name] = tuple(other for other in shared.links if other != name)
+        return others
 
     def _tell_leftover_streams(self) -> None:
         """Warn of each stream ``link-<name>`` of a link no longer configured (removed, or

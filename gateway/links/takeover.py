@@ -47,13 +47,17 @@ class TakeoverWatch:
     :param now: a steady clock (``clockstep.steady_seconds`` of the reactor).
     :param clock: the reactor: its wall clock says when the takeovers began, its timer when
         a connection has lasted ``stable_after``.
+    :param shares_with: the other links of this gateway that connect to the same broker with the
+        same client id (:mod:`gateway.links.sharedsessions`): the warning names them as the
+        likely cause, not another gateway.
     """
 
     log = Logger()
 
     def __init__(self, link: str, client_id: str, stable_after: float, now: Callable[[], float],
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, shares_with: tuple[str, ...] = ()) -> None:
         self.link = link
+        self.shares_with = shares_with
         self.client_id = client_id
         self.stable_after = stable_after
         self._now = now
@@ -130,15 +134,27 @@ class TakeoverWatch:
             return
         self._failing.failed(
             TAKEN_OVER, f"the cloud closes each connection within {self.stable_after:g} s of accepting it: another "
-            f"client is probably connecting with the same client id {self.client_id!r} (two gateways with the same "
-            "gateway.device_id?): give each gateway its own device_id, or the link its own client_id",
-            self._row_began, self.in_row if self._failing.now is None else 1)
+            f"client is probably connecting with the same client id {self.client_id!r} ({self._suspect()}): "
+            f"{self._remedy()}", self._row_began, self.in_row if self._failing.now is None else 1)
         if self._lines.note() is not None:
             self.log.warn(
                 "link {link}: the cloud closed {in_row} connections in a row within {stable:g} s of accepting "
                 "them: another client is probably connecting with the same "
-                "client id {client_id!r}, each taking the session over from the other (two gateways with the "
-                "same gateway.device_id?): give each gateway its own device_id, or the link its own client_id "
+                "client id {client_id!r}, each taking the session over from the other ({suspect}): {remedy} "
                 "(links.md); if not, the cloud broker's log says why it closes them",
                 link=self.link, in_row=self.in_row, stable=self.stable_after,
-                client_id=self.client_id)
+                client_id=self.client_id, suspect=self._suspect(), remedy=self._remedy())
+
+    def _suspect(self) -> str:
+        """Who probably takes the session over: this gateway's links that share it, or another gateway."""
+        if not self.shares_with:
+            return "two gateways with the same gateway.device_id?"
+        names = ", ".join(self.shares_with)
+        return (f"this gateway's link {names} connects to the same broker with it" if len(self.shares_with) == 1
+                else f"this gateway's links {names} connect to the same broker with it")
+
+    def _remedy(self) -> str:
+        """What to do about it."""
+        if self.shares_with:
+            return "give each link its own client_id"
+        return "give each gateway its own device_id, or the link its own client_id"

@@ -405,6 +405,9 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_fleet_feedback_oldest_age_seconds",
                                 "Seconds the oldest fleet feedback waiting has waited (0: none waits)",
                                 value=f.feedback_oldest_age_s or 0.0)
+        yield CounterMetricFamily("gateway_fleet_feedback_dropped",
+                                  "Fleet feedback messages the server refused for good, dropped",
+                                  value=f.feedback_dropped)
 
     def _reports(self) -> Iterator[Metric]:
         if self.telemetry is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from gateway.httpheaders import header_name_problem, header_value_problem
+from gateway.portnumbers import url_port_problem
 from gateway.shown import shown, shown_repr, shown_url, url_error_shown
 from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
@@ -23,7 +24,7 @@ from gateway.uploads.s3 import S3WithCredentials
 def _check_url(url: str, allow_http: bool) -> str:
     """``url`` when it is an https (or, allowed, http) URL the HTTP client can send to.
 
-    :raises InvalidRequest: another scheme, no host, a port out of range, a URL treq cannot
+    :raises InvalidRequest: another scheme, no host, a port that is not from 1 to 65535, a URL treq cannot
         encode (its host refused by IDNA), or one with a user name or password.
     """
     # what the gateway's treq client parses the URL with, and how it encodes it (an IPv6
@@ -32,10 +33,13 @@ def _check_url(url: str, allow_http: bool) -> str:
 
     try:
         parts = urlsplit(url)
-        scheme, _ = parts.scheme, parts.port  # reading the port raises for one out of range
+        port = url_port_problem(parts.netloc)
+        if port is not None:  # (urlsplit's words, Port out of range 0-65535, would not be the configuration's)
+            raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: {port}")
         host = AddressURL.from_text(url).to_uri().host
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
         raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: {url_error_shown(url, error)}") from error
+    scheme = parts.scheme
     if not (scheme == "https" or (scheme == "http" and allow_http)):
         raise InvalidRequest(f"{shown_url(url)!r}: an https or http URL is required" if allow_http
                              else f"{shown_url(url)!r}: an https URL is required (allow_http is off)")

@@ -842,7 +842,8 @@ class FleetTableTests(SynchronousTestCase):
             "server sleep      5m 0s",
             "action            7 DOWNLOADING",
             "installed         1.4.2",
-            "feedback waiting  2 (the oldest 5m 3s)"])
+            "feedback waiting  2 (the oldest 5m 3s)",
+            "feedback dropped  1 (refused for good by the server)"])
         self.assertEqual(json.loads(self.fleet("--json")), to_jsonable(FAILING_FLEET))
 
     def test_a_fleet_failing_without_a_hold_says_since_when(self) -> None:
@@ -854,8 +855,8 @@ class FleetTableTests(SynchronousTestCase):
             "https://h", "DEFAULT", "gw", "waiting", 0, 0, 0, None, "", None, "", None, None, 5.0, None, None, "", "",
             "", 0, None))))
         self.assertEqual([rows[k] for k in ("last poll", "last success", "last error", "server sleep", "action",
-                                            "feedback waiting")],
-                         ["none yet", "none yet", "none", "none said (fleet.poll_interval)", "none", "0"])
+                                            "feedback waiting", "feedback dropped")],
+                         ["none yet", "none yet", "none", "none said (fleet.poll_interval)", "none", "0", "0"])
 
 
 class QueueTableTests(SynchronousTestCase):

@@ -28,8 +28,8 @@ class DDIServer(Resource):
     :ivar ask_config: offer ``_links.configData``.
     :ivar errors: ``(code, headers)`` answered to the next requests instead of the real answer.
     :ivar feedback: every feedback received: ``(kind, action id, body)``.
-    :ivar feedback_errors: statuses (or ``(status, headers)``) answered to the next feedback POSTs
-        instead of taking them.
+    :ivar feedback_errors: statuses (or ``(status, headers)``, or ``(status, headers, body)``)
+        answered to the next feedback POSTs instead of taking them.
     :ivar config: every configData body received.
     :ivar config_errors: statuses answered to the next configData PUTs instead of taking them.
     :ivar auth: every Authorization header seen.
@@ -49,7 +49,7 @@ class DDIServer(Resource):
         self.ask_config = False
         self.errors: list[tuple[int, dict[str, str]]] = []
         self.feedback: list[tuple[str, str, dict[str, Any]]] = []
-        self.feedback_errors: list[int | tuple[int, dict[str, str]]] = []
+        self.feedback_errors: list[int | tuple[int, dict[str, str]] | tuple[int, dict[str, str], bytes]] = []
         self.config: list[dict[str, Any]] = []
         self.config_errors: list[int] = []
         self.auth: list[str | None] = []
@@ -87,11 +87,11 @@ class DDIServer(Resource):
         if method == "POST" and rest.endswith("/feedback"):
             if self.feedback_errors:
                 error = self.feedback_errors.pop(0)
-                code, headers = error if isinstance(error, tuple) else (error, {})
+                code, headers, body = (*error, b"")[:3] if isinstance(error, tuple) else (error, {}, b"")
                 request.setResponseCode(code)
                 for name, value in headers.items():
                     request.setHeader(name, value)
-                return b""
+                return body
             _, kind, action_id, _ = rest.split("/")
             body = json.loads(request.content.read())
             self.feedback.append((kind, action_id, body))

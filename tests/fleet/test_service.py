@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gateway.apps.operations import InstallResult
-from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
+from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep, refused_for_good
 from gateway.fleet import actions as fleet_actions
 from gateway.fleet import service as fleet_service
 from gateway.fleet.pacing import MAX_HOLD
@@ -1039,8 +1039,15 @@ class FleetServiceTests(FleetHarness):
         logged and dropped, and the steps after it go on (fleet.md, Restarts); it is the
         snapshot's ``last_error`` too, a feedback the server did not take (readside.md): it was
         in the log only, and ``gatewayctl fleet`` said ``last error none``."""
-        self.server.deployment = deployment("31", FILES)
-        self.server.feedback_errors = [422]
+        last_error = self.assert_first_feedback_dropped("31", 422)
+        self.assertRegex(last_error, r"^POST https://ddi.example/.*/deploymentBase/31/feedback: HTTP 422")
+
+    def assert_first_feedback_dropped(self, action: str,
+                                      error: int | tuple[int, dict[str, str], bytes]) -> str:
+        """Run a deployment whose first feedback the server answers ``error``: that one is dropped
+        (logged once, counted), the steps after it go on, none waits; the snapshot's ``last_error``."""
+        self.server.deployment = deployment(action, FILES)
+        self.server.feedback_errors = [error]
         events = capture_log_events(self)
         fleet = self.start()
         self.run_for(8)
@@ -1048,9 +1055,9 @@ class FleetServiceTests(FleetHarness):
             ("download", "none"), ("downloaded", "none"), ("proceeding", "none"), ("proceeding", "none"),
             ("closed", "success")])
         snapshot = fleet.snapshot()
-        self.assertEqual((snapshot.feedback_waiting, snapshot.failures), (0, 0))
-        self.assertRegex(snapshot.last_error, r"^POST https://ddi.example/.*/deploymentBase/31/feedback: HTTP 422")
+        self.assertEqual((snapshot.feedback_waiting, snapshot.failures, snapshot.feedback_dropped), (0, 0, 1))
         self.assertEqual(len([e for e in events if "refused by the server, dropped" in e.get("log_format", "")]), 1)
+        return snapshot.last_error
 
     def test_a_retry_after_holds_the_requests_back_across_a_restart(self) -> None:
         """The server's Retry-After holds every request back across a restart of the service (a
@@ -1382,14 +1389,41 @@ class FleetServiceTests(FleetHarness):
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
         """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
         (a 4xx other than 401, 403, 408, 429): one answered 307 (a proxy's redirect; DDI requests
-        follow none) is sent again, in order (it was dropped)."""
+        follow none) is sent again, in order (it was dropped): a base_url put right delivers it.
+        Its error says where the redirect pointed and what to do (it said ``HTTP 307: Temporary
+        Redirect`` only, as a 5xx is told)."""
         self.server.deployment = deployment("16", FILES)
-        self.server.feedback_errors = [307]
+        self.server.feedback_errors = [(307, {"Location": "https://other.example/ddi?token=SECRET"})]
+        events = capture_log_events(self)
         self.start()
         self.run_for(69)
+        [line] = [formatEvent(e) for e in events if "not accepted, kept for later" in e.get("log_format", "")]
+        self.assertRegex(line, r"feedback: HTTP 307: Temporary Redirect \(redirected to 'https://other.example/ddi': "
+                               r"requests are not redirected; set fleet.base_url to the server's address\)$")
         self.assertEqual(self.server.executions(), [
             ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
             ("proceeding", "none"), ("closed", "success")])
+
+    def test_feedback_over_a_quota_is_dropped_and_shown(self) -> None:
+        """hawkBit answers 403 (429 in later versions) with errorCode
+        ``hawkbit.server.error.quota.tooManyEntries`` to a feedback over one of its quotas (an
+        action's status entries, a status's messages): sending it again exceeds it again. It is
+        dropped as a 4xx refused for good is, logged and shown as ``last_error``, and the steps
+        after it go on; it was taken for a token problem and sent again for ever, holding up
+        every feedback behind it. A 403 that says no quota (a token) is still sent again."""
+        quota = json.dumps({"exceptionClass": "org.eclipse.hawkbit.repository.exception.AssignmentQuotaExceededException",
+                            "errorCode": "hawkbit.server.error.quota.tooManyEntries",
+                            "message": "Quota exceeded: Cannot assign 1 more ActionStatus entities to Action '32'. "
+                                       "The maximum is 1000."}).encode()
+        last_error = self.assert_first_feedback_dropped("32", (403, {"Content-Type": "application/json"}, quota))
+        self.assertRegex(last_error, r"^POST https://ddi.example/.*/deploymentBase/32/feedback: HTTP 403: "
+                                     r".*hawkbit.server.error.quota.tooManyEntries")
+        for code, error_code in ((403, "hawkbit.server.error.quota.tooManyEntries"), (429, "hawkbit.server.error.quota.x"),
+                                 (422, None)):
+            self.assertTrue(refused_for_good(DDIError("", code, error_code=error_code)), code)
+        for code, error_code in ((403, None), (403, "hawkbit.server.error.insufficientpermission"), (429, None),
+                                 (401, "hawkbit.server.error.quota.x"), (503, "hawkbit.server.error.quota.x")):
+            self.assertFalse(refused_for_good(DDIError("", code, error_code=error_code)), code)
 
     def test_feedback_taken_with_an_answer_that_is_not_json_is_not_sent_again(self) -> None:
         """A 2xx takes feedback out of the outbox even when its body is not JSON."""

@@ -196,7 +196,8 @@ class DefaultDeviceIdTests(SynchronousTestCase):
         """One warning names the links, the risk (two boxes on the default id take each other's
         cloud session over) and the remedy; a box with its own id, or without a cloud link, has
         none. Before, the takeover warning came only once two boxes were fighting."""
-        both = {"cloud": LinkSettings(loss_topic=None), "backup": LinkSettings(loss_topic=None)}
+        both = {"cloud": LinkSettings(loss_topic=None),
+                "backup": LinkSettings(loss_topic=None, endpoint="tcp:host=127.0.0.1:port=1884")}  # (two clouds)
         self.assertEqual(self.warnings(both, "gateway"), [
             "cloud links (backup, cloud) run on the default gateway.device_id 'gateway': two gateways left on it are"
             " one device to the cloud and take each other's cloud session over at every reconnect; set"

@@ -71,6 +71,20 @@ class TakeoverTests(TakeoverCase):
         self.assertEqual(len(lines), 2, lines)
         self.assertIn("the cloud closed 23 connections in a row", lines[1])
 
+    def test_a_link_sharing_its_session_with_another_of_this_gateway_names_it(self) -> None:
+        """A link that shares broker and client id with another link of this gateway names that
+        link as the likely cause, in its warning and its status, not two gateways (it blamed them)."""
+        self.link.takeovers.shares_with = ("backup",)
+        for _ in range(3):
+            self.connection(3)
+        [line] = self.warnings()
+        self.assertIn("each taking the session over from the other (this gateway's link backup connects to the "
+                      "same broker with it): give each link its own client_id (links.md)", line)
+        taken = self.link.takeovers.taken_over
+        assert taken is not None
+        self.assertIn("(this gateway's link backup connects to the same broker with it): give each link its own "
+                      "client_id", taken.error)
+
     def test_a_lasting_connection_failed_attempt_or_reset_breaks_the_row(self) -> None:
         """Closes that are not a row of clean early closes say nothing: a connection that
         lasted stable_after, a failed attempt or a connection reset in between starts the

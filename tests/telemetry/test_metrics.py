@@ -135,8 +135,8 @@ class RenderTests(SynchronousTestCase):
         self.assertIn(("gateway_broker_connections", ()), got)
 
     def test_the_fleet(self) -> None:
-        """The fleet channel's polls, failures, last success, Retry-After hold and feedback
-        waiting are metrics (the page had nothing of the fleet); none while the fleet is off,
+        """The fleet channel's polls, failures, last success, Retry-After hold, feedback
+        waiting and feedback dropped are metrics (the page had nothing of the fleet); none while the fleet is off,
         and no last success before one."""
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual([key for key in got if key[0].startswith("gateway_fleet")], [])
@@ -146,7 +146,7 @@ class RenderTests(SynchronousTestCase):
             "gateway_fleet_polls_total": 12, "gateway_fleet_poll_failures_total": 3,
             "gateway_fleet_poll_failures_in_row": 2, "gateway_fleet_last_success_timestamp_seconds": 1796626500.0,
             "gateway_fleet_held": 1, "gateway_fleet_feedback_waiting": 2,
-            "gateway_fleet_feedback_oldest_age_seconds": 303.0})
+            "gateway_fleet_feedback_oldest_age_seconds": 303.0, "gateway_fleet_feedback_dropped_total": 1})
         self.readside.fleet_snapshot = dataclasses.replace(FAILING_FLEET, last_success_at=None, held_until=None,
                                                            feedback_waiting=0, feedback_oldest_age_s=None)
         got = samples(render_metrics("", self.registry)[0])

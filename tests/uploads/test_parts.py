@@ -294,7 +294,11 @@ class ProviderOptionTests(SynchronousTestCase):
             ("ftp://h/x?X-Amz-Signature=SECRET1", "'ftp://h/x': an https or http URL is required"),
             ("https://u:SECRET2@/x?sig=SECRET3#SECRET4", "'https:///x' is not a usable URL: it names no host"),
             ("ftp://SECRET6@h/x", "'ftp://h/x': an https or http URL is required"),
-            ("https://h:99999/x?X-Amz-Signature=SECRET5", "'https://h:99999/x' is not a usable URL: "),
+            ("https://h:99999/x?X-Amz-Signature=SECRET5", "'https://h:99999/x' is not a usable URL: the port"
+                                                           " must be from 1 to 65535, not '99999'"),
+            ("https://h:\u0668\u0660/x", "'https://h:\u0668\u0660/x' is not a usable URL: the port must be from 1 to 65535,"
+                                        " not '\u0668\u0660'"),
+            ("https://h:0/x", "'https://h:0/x' is not a usable URL: the port must be from 1 to 65535, not '0'"),
             # the HTTP client cannot send user information: the upload failed at its request,
             # 'invalid hostname: SECRET7:@h' in its error and log
             ("https://SECRET7:SECRET8@h/x", "'https://h/x': a user name or password in the URL is not supported"),
