@@ -38,9 +38,11 @@ class RealProcessTests(TestCase):
 
     @inlineCallbacks
     def test_crash_loop_backs_off_to_fatal(self) -> None:
-        """A program that exits at once is retried startretries times, then FATAL."""
+        """A program that exits at once is retried startretries times, then FATAL. (Its
+        ``startsecs`` is long: an exit within it is a failed start, and ``sh`` taking over
+        one second to exit on a loaded machine was a start that held, 7 restarts, not 3.)"""
         yield self.start(crash=ProgramSettings(
-            command="sh -c 'exit 3'", startsecs=1, startretries=3))
+            command="sh -c 'exit 3'", startsecs=10, startretries=3))
         yield wait_until(lambda: self.program("crash").state is ProgramState.FATAL)
         status = self.program("crash").status()
         self.assertEqual((status.restarts, status.exitstatus), (3, 3))
