@@ -209,6 +209,17 @@ def unmount(fs: subprocess.Popen[bytes]) -> None:
     fs.wait(timeout=60)
 
 
+def wait_for_cloud(cloud_log: Path, acked: Acknowledged, timeout: float = 120.0) -> set[str]:
+    """Wait until the cloud's subscriber (writing each payload to ``cloud_log``) has every
+    acknowledged message, for ``timeout`` s at most; the messages it still lacks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lost = acked.messages - set(cloud_log.read_bytes().decode(errors="replace").split())
+        if not lost or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.5)
+
+
 def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
     """All rounds and the final check; returns the results."""
     rng = random.Random(seed)
@@ -255,13 +266,7 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
         lost_retained = sorted(t for t, (sent, last) in acked.retained.items() if last and (
             retained.get(t, b"").decode() not in sent[sent.index(last):]))
         lost_sessions = sorted(s for s in acked.sessions if not Client(s, clean=False).session_present)
-        deadline = time.monotonic() + 120
-        while True:
-            received = set(cloud_log.read_bytes().decode(errors="replace").split())
-            lost = acked.messages - received
-            if not lost or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        lost = wait_for_cloud(cloud_log, acked)
         log = (work / "gw.log").read_text(errors="replace")
         gateway.terminate()
         gateway.wait(timeout=60)

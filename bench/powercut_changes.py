@@ -26,13 +26,15 @@ survive is confirmed, and every change reported ``applied`` ends ``confirmed`` o
 artifact on a local HTTP server), an update operation's ``script`` module (it notes its run
 outside the mount and sleeps 0.5 s) and a ``gateway`` module (the ``.deb`` installer's
 detached helper, with a stand-in for dpkg that notes its start and its end and sleeps 1 s in
-between; the cut kills the helper too). Checked at each start: ``current`` names the
+between; the cut kills the helper too), and a package dropped into the spool (written whole
+and fsynced, then renamed in and its directory fsynced, as a careful writer does). Checked at each start: ``current`` names the
 previous version or the new one, its directory is whole (every file of its ``MANIFEST``,
 ``installed.txt``), the program runs that version, an install answered ``installed`` (or an
 operation seen ``FINISHED_SUCCESS``) stayed installed, an operation accepted before the cut
 ends ``FINISHED_SUCCESS`` or ``FINISHED_ERROR`` with the app's version agreeing, a script ran
 at most once (once when its operation was seen ``FINISHED_SUCCESS``), a ``gateway`` module
-ends ``FINISHED_SUCCESS`` only when its installer ran to its end; and no other version
+ends ``FINISHED_SUCCESS`` only when its installer ran to its end, a package dropped into the
+spool is installed (filed in ``done/``) whatever the cut met; and no other version
 directory is left half there. The most version directories seen at once is counted
 (``apps.keep_versions`` is 2).
 
@@ -72,7 +74,7 @@ from broker import ROOT, wait_for_port, write_json  # noqa: E402  (bench/broker.
 HTTP_PORT, DEAD_PORT = 25363, 25399  # the artifacts' server; a port where nothing listens
 DEVICE = "pc-gw"
 #: How each round of the apps scenario sends its change, in turn.
-VIAS = ("admin", "update", "script", "deb")
+VIAS = ("admin", "update", "script", "deb", "spool")
 KEEPALIVE = 30  # + the round: each change's own value
 
 
@@ -291,6 +293,18 @@ def send_install(work: Path, pkgs: Path, round_: int, record: dict[str, Any]) ->
         path.write_text(f"echo {record['op']} >> {pkgs.parent / 'script-runs.txt'}\nsleep 0.5\n")
     elif record["via"] == "deb":
         path.write_bytes(b"not a real package: the fake dpkg only records its run\n")
+    if record["via"] == "spool":  # (as a careful writer drops it: whole and durable, then renamed in)
+        incoming = pkgs.parent / "mnt" / "state" / "incoming"
+        part = incoming / f".{path.name}.part"
+        with open(part, "wb") as f:
+            f.write(path.read_bytes())
+            os.fsync(f.fileno())
+        os.rename(part, incoming / path.name)
+        fd = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+        record["answer"] = [0, "dropped"]
+        return
     if record["via"] == "admin":
         status, body = admin(work, "POST", f"/apps/install?filename={path.name}", path.read_bytes(), timeout=120)
         record["answer"] = [status, body.get("outcome") if isinstance(body, dict) else body]
@@ -320,7 +334,8 @@ def settle_apps(work: Path, state: Path, record: dict[str, Any] | None, timeout:
     what the gateway runs then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ended = True
+        ended = not (record and record["via"] == "spool" and any(
+            p.name.startswith("pc.v") for p in (state / "incoming").iterdir()))
         if record and record["via"] in ("update", "script", "deb"):
             status, ops = admin(work, "GET", "/operations", timeout=5)
             mine = [op for op in ops["operations"] if op["correlation_id"] == record["op"]] if status == 200 else []
@@ -372,6 +387,11 @@ def judge_install(record: dict[str, Any], state: Path, before: str | None) -> li
             if why:
                 problems.append(f"{where}: version directory {version} (not current) is half there: {why}")
     answer = record.get("answer") or [0, None]
+    if record["via"] == "spool":
+        done = sorted(p.name for p in (state / "incoming" / "done").glob("pc.v*.tar.gz"))
+        failed = sorted(p.name for p in (state / "incoming" / "failed").glob("pc.v*.tar.gz"))
+        if current != new or f"pc.v{new}.tar.gz" not in done or failed:
+            problems.append(f"{where}: a package dropped whole: current {current}, done/ {done}, failed/ {failed}")
     if record["via"] == "admin" and answer[1] == "installed" and current != new:
         problems.append(f"{where}: answered installed, but current is {current}")
     if record["via"] == "script":
@@ -479,13 +499,7 @@ def run(scenario: str, cuts: int, publishers: int, seed: int, max_delay: float, 
             print(f"round {round_}: started in {start_s:.2f} s, settled in {settled_s:.2f} s, cut {after_s:.2f} s "
                   f"into the change: {json.dumps({k: v for k, v in records[-1].items() if k != 'after'})}",
                   flush=True)
-        deadline = time.monotonic() + 120
-        while True:
-            received = set(cloud_log.read_bytes().decode(errors="replace").split())
-            lost = acked.messages - received
-            if not lost or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        lost = pc.wait_for_cloud(cloud_log, acked)
         time.sleep(2)  # (the last reports)
         gateway.terminate()
         gateway.wait(timeout=60)
