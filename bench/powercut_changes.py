@@ -8,16 +8,17 @@ gateway on what the last cut left, wait until it has settled what that cut inter
 (a pending change confirmed or reverted, an update operation ended), check it, start the
 next change, and cut the power after a random delay.
 
-``--scenario config``: a remote ``config.set`` sent on the local command topic
-(``command//<device>/req/cs<round>/config.set``), in turn one the link survives (the link's
-``keepalive``: confirmed once it is back) and one it does not (also its endpoint, to a port
-where nothing listens: reverted when ``commands.confirm_window``, 4 s here, passes). Each
-change sets ``keepalive`` to a value of its own, so ``GET /config`` tells which
-configuration runs. Checked, per change: the running configuration agrees with the last
-report of the change (``confirmed``: the new one; ``reverted``, or no report: the previous
-one), no change is reported both ``confirmed`` and ``reverted``, no change the link cannot
-survive is confirmed, and every change reported ``applied`` ends ``confirmed`` or
-``reverted``.
+``--scenario config``: in turn, a remote ``config.set`` sent on the local command topic
+(``command//<device>/req/cs<round>/config.set``) that the link survives (the link's
+``keepalive``: confirmed once it is back), one it does not (also its endpoint, to a port
+where nothing listens: reverted when ``commands.confirm_window``, 4 s here, passes), and a
+local change through the admin API (``POST /config/apply``, no confirm window). Each change
+sets ``keepalive`` to a value of its own, so ``GET /config`` tells which configuration runs.
+Checked, per remote change: the running configuration agrees with the last report of the
+change (``confirmed``: the new one; ``reverted``, or no report: the previous one), no change
+is reported both ``confirmed`` and ``reverted``, no change the link cannot survive is
+confirmed, and every change reported ``applied`` ends ``confirmed`` or ``reverted``; per
+local change: one answered ``applied`` runs after the cut, one not answered runs or not.
 
 ``--scenario apps``: in turn, version ``round + 1`` of an app ``pc`` (a GWE tarball:
 ``install.sh`` writes ``installed.txt``, 16 files of 32 KiB with their SHA-256 in
@@ -179,14 +180,16 @@ def power_off(gateway: subprocess.Popen[bytes], fs: subprocess.Popen[bytes], mnt
     pc.unmount(fs)
 
 
-def send_change(round_: int) -> dict[str, Any]:
-    """Send round ``round_``'s ``config.set`` on the local command topic; its record."""
-    bad = round_ % 2 == 1
-    changes: dict[str, Any] = {"links.links.cloud.keepalive": KEEPALIVE + 1 + round_}
-    if bad:
+def send_change(work: Path, record: dict[str, Any]) -> None:
+    """Send the change of ``record`` (its round, its kind); what it was answered goes into it."""
+    round_ = record["round"]
+    changes: dict[str, Any] = {"links.links.cloud.keepalive": record["value"]}
+    if record["via"] == "admin":  # (no confirm window: answered once the services run it)
+        status, body = admin(work, "POST", "/config/apply", json.dumps({"changes": changes}).encode())
+        record["answer"] = [status, body.get("outcome") if isinstance(body, dict) else body]
+        return
+    if record["bad"]:
         changes["links.links.cloud.endpoint"] = f"tcp:host=127.0.0.1:port={DEAD_PORT}"
-    record = {"round": round_, "req": f"cs{round_}", "bad": bad, "value": KEEPALIVE + 1 + round_,
-              "acked": False}
     try:
         client = pc.Client(f"pc-config-{round_}")
         client.publish(f"command//{DEVICE}/req/cs{round_}/config.set", json.dumps({"changes": changes}).encode())
@@ -194,7 +197,6 @@ def send_change(round_: int) -> dict[str, Any]:
         client.close()
     except OSError:
         pass
-    return record
 
 
 def settle_config(work: Path, timeout: float = 30.0) -> int:
@@ -214,6 +216,13 @@ def judge_config(changes: list[dict[str, Any]], reports: list[tuple[str, dict[st
     """What broke a promise, one line each."""
     problems = []
     for change in changes:
+        if change["via"] == "admin":
+            if change.get("answer") == [200, "applied"] and change.get("running_after") != change["value"]:
+                problems.append(f"round {change['round']}: answered applied, but keepalive "
+                                f"{change.get('running_after')} runs, not {change['value']}")
+            if change.get("running_after") not in (change["value"], change["before"]):
+                problems.append(f"round {change['round']}: keepalive {change.get('running_after')} runs")
+            continue
         origin = f"remote:{change['req']}"
         seen = [r["status"] for t, r in reports if t == "gw/config/lastChange" and r.get("origin") == origin]
         change["reports"] = seen
@@ -483,17 +492,19 @@ def run(scenario: str, cuts: int, publishers: int, seed: int, max_delay: float, 
                 break
             after_s = rng.uniform(0.05, max_delay)
             if scenario == "config":
-                records.append(send_change(round_))
-                time.sleep(after_s)
+                via = ("remote", "remote", "admin")[round_ % 3]
+                record = {"round": round_, "via": via, "req": f"cs{round_}", "bad": round_ % 3 == 1,
+                          "value": KEEPALIVE + 1 + round_, "before": running, "acked": False}
+                sender = threading.Thread(target=send_change, args=(work, record))
             else:
                 record = {"round": round_, "via": VIAS[round_ % len(VIAS)], "op": f"op{round_}"}
-                records.append(record)
                 sender = threading.Thread(target=send_install, args=(work, pkgs, round_, record))
-                sender.start()
-                time.sleep(after_s)
+            records.append(record)
+            sender.start()
+            time.sleep(after_s)
             power_off(gateway, fs, mnt)
             stop.set()
-            for thread in threads + ([] if scenario == "config" else [sender]):
+            for thread in threads + [sender]:
                 thread.join()
             records[-1].update(start_s=round(start_s, 2), settled_s=round(settled_s, 2), cut_after_s=round(after_s, 2))
             print(f"round {round_}: started in {start_s:.2f} s, settled in {settled_s:.2f} s, cut {after_s:.2f} s "
