@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from gateway.atomic import read_json, remove_quietly, set_aside, temporary_of, write_json_atomically
+from gateway.atomic import read_json, remove_durably, remove_quietly, set_aside, temporary_of, write_json_atomically
 from gateway.filelayer import makedirs_durably
 from gateway.stateaccess import is_permission_error, refusal
 
@@ -63,11 +63,12 @@ class RecordStore(Generic[R]):
             write_json_atomically(self.path_for(record.correlation_id), record.to_json(), 0o600)
 
     def remove(self, correlation_id: str) -> None:
-        """Forget one record (absent is fine).
+        """Forget one record (absent is fine), durably: a power cut does not bring it back (the
+        record of a step before an end the disk refused, which the next start would resume).
 
         :param correlation_id: the record's id.
         """
-        self.path_for(correlation_id).unlink(missing_ok=True)
+        remove_durably(self.path_for(correlation_id))
 
     def load_all(self) -> list[R]:
         """Every persisted record. A file that holds none (unreadable, a directory or a loop of

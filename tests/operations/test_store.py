@@ -48,6 +48,23 @@ class DurableDirectoryTests(SynchronousTestCase):
         self.assertIn(str(base.parent), fsynced)
 
 
+class DurableRemovalTests(SynchronousTestCase):
+    """A removed record stays removed after a power cut."""
+
+    def test_a_removed_record_s_directory_is_fsynced(self) -> None:
+        """Removing a record fsyncs its directory: the record of an operation whose end the
+        disk refused is removed so that the next start does not resume an operation reported
+        ended (docs/updates.md), and without the fsync a power cut brought it back."""
+        directory = Path(self.mktemp()).absolute() / "operations"
+        store = _store(directory)
+        fsynced = record_fsyncs(self)
+        store.remove("good")
+        self.assertFalse(store.path_for("good").exists())
+        self.assertEqual(fsynced, [str(directory)])
+        store.remove("good")  # (absent is fine, and nothing to make durable)
+        self.assertEqual(fsynced, [str(directory)])
+
+
 class DamagedRecordTests(SynchronousTestCase):
     """The records of updates and uploads are written atomically: only damage from outside
     (or a person) makes one unusable. Such a file must not keep the service, and so the whole
