@@ -37,7 +37,7 @@ import e2e  # noqa: E402  (bench/e2e.py: the gateway with its link, as the end-t
 from broker import ROOT, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
 
 FS = [str(ROOT / ".venv-tools" / "bin" / "python"), str(Path(__file__).with_name("powercutfs.py"))]
-PORT, CLOUD = 24361, 24362
+PORT, CLOUD = 25361, 25362  # (in 25300-25399: the range the project keeps for fixed ports)
 
 
 def _packet(kind: int, body: bytes) -> bytes:
@@ -200,8 +200,24 @@ def cut(gateway: subprocess.Popen[bytes], fs: subprocess.Popen[bytes]) -> None:
 def unmount(fs: subprocess.Popen[bytes]) -> None:
     """Unmount: the file system's loop ends and it writes the durable state to the backing
     directory (libfuse, not Python, has the signals while it serves: unmount is the way)."""
-    subprocess.run(["fusermount3", "-u", fs.args[-4]], check=True)
+    for _ in range(100):  # (the gateway's children, killed with it, may still hold the mount a moment)
+        if subprocess.run(["fusermount3", "-u", fs.args[-4]], stderr=subprocess.DEVNULL).returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        subprocess.run(["fusermount3", "-u", fs.args[-4]], check=True)
     fs.wait(timeout=60)
+
+
+def wait_for_cloud(cloud_log: Path, acked: Acknowledged, timeout: float = 120.0) -> set[str]:
+    """Wait until the cloud's subscriber (writing each payload to ``cloud_log``) has every
+    acknowledged message, for ``timeout`` s at most; the messages it still lacks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lost = acked.messages - set(cloud_log.read_bytes().decode(errors="replace").split())
+        if not lost or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.5)
 
 
 def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
@@ -212,7 +228,7 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
     mnt.mkdir()
     (backing / "state").mkdir(mode=0o750)  # as the .deb makes it: there, and durable, before the first start
     cloud_log = work / "cloud.txt"
-    cloud = subprocess.Popen(["mosquitto", "-p", str(CLOUD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cloud = e2e.mosquitto(work, "cloud", CLOUD)  # (no queue limit: mosquitto's default 1000 drops a backlog)
     time.sleep(0.3)
     sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(CLOUD), "-t", "up/#", "-q", "1",
                             "-i", "powercut-cloud", "-c"], stdout=open(cloud_log, "wb"))
@@ -250,13 +266,7 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
         lost_retained = sorted(t for t, (sent, last) in acked.retained.items() if last and (
             retained.get(t, b"").decode() not in sent[sent.index(last):]))
         lost_sessions = sorted(s for s in acked.sessions if not Client(s, clean=False).session_present)
-        deadline = time.monotonic() + 120
-        while True:
-            received = set(cloud_log.read_bytes().decode(errors="replace").split())
-            lost = acked.messages - received
-            if not lost or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        lost = wait_for_cloud(cloud_log, acked)
         log = (work / "gw.log").read_text(errors="replace")
         gateway.terminate()
         gateway.wait(timeout=60)

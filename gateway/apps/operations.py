@@ -348,7 +348,11 @@ class AppOperations:
         # Forgotten before the old versions go: the next start after a gateway killed while they are
         # deleted must not undo this healthy install (switching back to a version already deleted).
         yield self._blocking(self._forget_install)
-        yield self._blocking(lambda: self.registry.prune(name, self._settings.keep_versions))
+        try:
+            yield self._blocking(lambda: self.registry.prune(name, self._settings.keep_versions))
+        except OSError as exc:  # (installed all the same: the next install's prune finds them)
+            log.error("apps: {name} {version} installed, but its old versions could not all be deleted ({error}):"
+                      " the next install deletes them", name=name, version=version, error=exc.strerror or exc)
         log.info("apps: {name} {version} installed", name=name, version=version)
         return InstallResult(True, "installed", name, version, previous,
                              f"{name} {version} installed", prepared.install_output)

@@ -147,9 +147,13 @@ class AppRegistry:
         return doomed
 
     def remove_version(self, name: str, version: str) -> None:
-        """Delete one unpacked version and its install log."""
+        """Delete one unpacked version and its install log, durably: a power cut afterwards
+        does not bring them back (a pruned version beyond ``keep_versions``, one undone or
+        rolled back beside the current one)."""
         shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
         self.install_log(name, version).unlink(missing_ok=True)
+        if self.app_dir(name).is_dir():
+            fsync_directory(self.app_dir(name))
 
     def remove_app(self, name: str, logs: list[Path] | None = None) -> None:
         """Delete every version of ``name``, its data, and its log files (with backups).

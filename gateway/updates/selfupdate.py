@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import jsontext
-from gateway.atomic import write_atomically, write_json_atomically
+from gateway.atomic import fsync_directory, write_atomically, write_json_atomically
 from gateway.updates.rollback import Rollback, log
 
 #: Largest request read (it holds two paths and an id).
@@ -51,7 +51,8 @@ class Refused(Exception):
 
 
 def take(request: Path) -> Path | None:
-    """Rename ``request`` aside, so that the path unit does not start the service again for it.
+    """Rename ``request`` aside, so that the path unit does not start the service again for it,
+    durably: a request back after a power cut would be installed a second time at boot.
 
     :return: the taken file, or None when there was no request (a spurious start).
     """
@@ -60,6 +61,7 @@ def take(request: Path) -> Path | None:
         os.replace(request, taken)
     except FileNotFoundError:
         return None
+    fsync_directory(request.parent)
     return taken
 
 

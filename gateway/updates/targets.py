@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from gateway.apps.commands import run_command
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProcessLauncher
-from gateway.atomic import read_json, write_json_atomically
+from gateway.atomic import fsync_directory, read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.filelayer import makedirs_durably
 from gateway.namewatch import NameWatch, inotify_maker
@@ -384,6 +384,9 @@ class ModuleInstaller:
                         os.replace(request, request.with_name(request.name + ".withdrawn"))
                     except FileNotFoundError:
                         break
+                    # (durably: a request back after a power cut would be installed at boot, by the
+                    # unit enabled meanwhile, for an operation reported failed)
+                    yield self.run_blocking(fsync_directory, request.parent)
                     raise InstallError(
                         f"{SELFUPDATE_UNIT} did not take the request within {UNIT_TAKE_LIMIT:g}s: enable it as "
                         f"root (systemctl enable --now {SELFUPDATE_UNIT}), and check that it watches {request}; "

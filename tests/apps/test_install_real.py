@@ -219,6 +219,25 @@ class InstallTests(TestCase):
         self.assertEqual((registry.current("hello"), registry.versions("hello")), ("2", ["2"]))
 
     @inlineCallbacks
+    def test_old_versions_the_disk_does_not_delete_leave_the_install_installed(self) -> None:
+        """A healthy install whose old versions cannot be deleted (or their deletion not made
+        durable: an I/O error) is installed all the same, and an error line says so; the next
+        install deletes them. The install's Deferred failed with the error instead, after the
+        new version had taken over."""
+        yield self.ops.install(self.hello("1"))
+
+        def refused(name: str, keep: int) -> list[str]:
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(self.ops.registry, "prune", refused)
+        events = capture_log_events(self)
+        result = yield self.ops.install(self.hello("2"))
+        self.assertEqual((result.outcome, self.ops.registry.current("hello")), ("installed", "2"))
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(errors, ["apps: hello 2 installed, but its old versions could not all be deleted"
+                                  " (Input/output error): the next install deletes them"])
+
+    @inlineCallbacks
     def test_failed_install_sh_leaves_running_version(self) -> None:
         """install.sh failing removes the new files; the running version is untouched."""
         yield self.ops.install(self.hello("1.0"))

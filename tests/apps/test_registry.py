@@ -10,6 +10,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.registry import AppRegistry
+from tests.test_filelayer import record_fsyncs
 
 
 class CutShortInstallTests(SynchronousTestCase):
@@ -41,6 +42,20 @@ class CutShortInstallTests(SynchronousTestCase):
         self.assertEqual(self.registry.load_desired(), {"sensor": "stopped"})
         self.assertFalse(self.registry.version_dir("sensor", "2").exists())
         self.assertFalse(self.registry.installing_path.exists())
+
+    def test_an_undone_install_s_files_are_gone_for_good_before_its_record(self) -> None:
+        """The undone version's deletion is made durable (its app's directory fsynced) before
+        its record goes: the removal was not fsynced, so a power cut after the start that undid
+        it brought the version's directory back beside the previous one, never to be removed
+        (bench/powercut_changes.py)."""
+        self.unpack("sensor", "1")
+        self.registry.set_current("sensor", "1")
+        self.registry.begin_install("sensor", "2", {})
+        self.unpack("sensor", "2")
+        fsynced = record_fsyncs(self)
+        self.registry.undo_cut_short_install()
+        app, root = (os.path.abspath(p) for p in (self.registry.app_dir("sensor"), self.registry.root))
+        self.assertEqual(fsynced[-2:], [app, root])
 
     def test_a_first_install_cut_short_before_its_switch_leaves_nothing(self) -> None:
         """A first install cut short while unpacking (or in install.sh) leaves no app behind."""
@@ -138,6 +153,18 @@ class VersionOrderTests(SynchronousTestCase):
         self.assertEqual(self.registry.versions("sensor"), ["1", "2", "3"])
         self.assertEqual(self.registry.prune("sensor", 2), ["1"])
         self.assertEqual(self.registry.versions("sensor"), ["2", "3"])
+
+    def test_pruned_versions_stay_deleted(self) -> None:
+        """The versions ``prune`` deletes are gone for good: their app's directory is fsynced
+        after the deletion. It was not: after every power cut the versions pruned since the
+        last install came back, beyond ``apps.keep_versions``, and piled up (15 of them after 30
+        cuts, one after each install, in bench/powercut_changes.py)."""
+        self.install("1", SET)
+        self.install("2", SET + 60)
+        self.install("3", SET + 120)
+        fsynced = record_fsyncs(self)
+        self.assertEqual(self.registry.prune("sensor", 2), ["1"])
+        self.assertEqual(fsynced, [os.path.abspath(self.registry.app_dir("sensor"))])
 
     def test_a_version_installed_again_is_the_latest(self) -> None:
         """1, 2, then 1 again: 2 is the oldest, whatever the directories' times."""

@@ -47,18 +47,22 @@ class DurableDirectoryTests(SynchronousTestCase):
         self.assertIn(str(base), fsynced)
         self.assertIn(str(base.parent), fsynced)
 
-    def test_a_removed_record_stays_removed_after_a_power_cut(self) -> None:
-        """Removing a record fsyncs its directory: the record of an upload whose end the disk
-        refused is removed so that the next start does not resume an upload the cloud was told
-        had ended (uploads.md), and a power cut must not bring it back. It was unlinked
-        without the fsync."""
-        base = Path(self.mktemp()).absolute()
-        store = _store(base)
+
+class DurableRemovalTests(SynchronousTestCase):
+    """A removed record stays removed after a power cut."""
+
+    def test_a_removed_record_s_directory_is_fsynced(self) -> None:
+        """Removing a record fsyncs its directory: the record of an operation whose end the
+        disk refused is removed so that the next start does not resume an operation reported
+        ended (docs/updates.md, uploads.md), and without the fsync a power cut brought it back."""
+        directory = Path(self.mktemp()).absolute() / "operations"
+        store = _store(directory)
         fsynced = record_fsyncs(self)
         store.remove("good")
         self.assertFalse(store.path_for("good").exists())
-        self.assertIn(str(base), fsynced)
-        store.remove("good")  # (absent is fine)
+        self.assertEqual(fsynced, [str(directory)])
+        store.remove("good")  # (absent is fine, and nothing to make durable)
+        self.assertEqual(fsynced, [str(directory)])
 
 
 class DamagedRecordTests(SynchronousTestCase):

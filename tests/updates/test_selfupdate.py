@@ -25,6 +25,7 @@ from gateway.updates.operation import Artifact, Operation, SoftwareModule
 from gateway.updates.rollback import Rollback
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.targets import UNIT_TAKE_LIMIT, ModuleInstaller
+from tests.test_filelayer import record_fsyncs
 
 #: The installer the tests run in place of dpkg: it names the package it was given.
 FAKE_DPKG = ["/bin/sh", "-c", 'echo "installed $0"']
@@ -249,13 +250,16 @@ class GatewaySideTests(TestCase):
 
     def test_not_taken_in_time(self) -> None:
         """Without the path unit enabled nothing takes the request: after UNIT_TAKE_LIMIT the install
-        fails saying how to enable it, and the request is withdrawn, so that enabling the unit
-        later does not install a package of an operation that has ended."""
+        fails saying how to enable it, and the request is withdrawn, durably (its directory fsynced:
+        a power cut brought the request back, for the unit to install at boot), so that enabling
+        the unit later does not install a package of an operation that has ended."""
         clock = Clock()
         installing = self.install(clock)
         clock.pump([1.0] * int(UNIT_TAKE_LIMIT - 1))
         self.assertNoResult(installing)
+        fsynced = record_fsyncs(self)
         clock.advance(1.0)
+        self.assertEqual(fsynced, [str(self.request.parent.absolute())])
         failure = self.failureResultOf(installing, InstallError)
         self.assertIn("gateway-selfupdate.path did not take the request within 30s: enable it as root "
                       "(systemctl enable --now gateway-selfupdate.path)", failure.getErrorMessage())

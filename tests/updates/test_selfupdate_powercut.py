@@ -26,6 +26,7 @@ from gateway.updates.rollback import STEP, Rollback
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.targets import ModuleInstaller
 from tests.updates.test_rollback import Machine
+from tests.test_filelayer import record_fsyncs
 from tests.updates.test_selfupdate import build_deb
 
 
@@ -148,6 +149,17 @@ class PowerCutTests(TestCase):
             real(rollback, deb)
 
         return keep
+
+    def test_the_request_is_taken_durably_before_anything_runs(self) -> None:
+        """The request is renamed aside and its directory fsynced before anything else: the
+        rename was not made durable, so a power cut in the install could bring the request back,
+        for the start at boot to take again once it had finished the step: a second install."""
+        self.request.write_text(json.dumps({"deb": str(self.deb), "result_dir": str(self.result_dir)}))
+        self.machine.on_install = self.machine.restart_alive
+        fsynced = record_fsyncs(self)
+        self.assertEqual(self.start(), 0)
+        self.assertEqual(fsynced[0], str(self.request.parent))
+        self.assertFalse(self.request.exists())
 
     def test_a_half_configured_install_is_configured_first(self) -> None:
         """dpkg says the package is half configured: dpkg --configure -a runs before the install
