@@ -1695,6 +1695,29 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=2.5'\n"))
         self.assertEqual(loaded.links.links["c"].endpoint, "tls:host=h:port=8883:timeout=2.5")
 
+    def test_link_timeout_in_ascii_digits_only(self) -> None:
+        """A link endpoint's ``timeout=`` written in another script's digits, as ``nan``, ``inf``,
+        with an exponent, an underscore or a space is refused at load, quoted as written in one
+        wording, as a port is: ``float()`` read ``３`` (fullwidth) as 3 seconds on a ``tls:``
+        endpoint, ``1e3`` as 1000 and `` 3`` as 3, and Twisted's ``int()`` read ``٣`` as 3 on a
+        ``unix:`` one, which was not checked at all; a ``unix:`` endpoint's is whole seconds above
+        0 as a ``tcp:`` one's is."""
+        arabic = "\u0663"  # 3
+        written = [("tls:host=h:port=8883:timeout=" + t) for t in (arabic, "\uff13", "inf", "nan", "1e3", "1_0", " 3")]
+        written += [f"tcp:host=h:port=1883:timeout={arabic}", f"tcp:h:1883:timeout={arabic}",
+                    f"unix:path=/run/c.sock:timeout={arabic}"]
+        text = "links:\n  links:\n" + "".join(f"    l{i}:\n      endpoint: '{e}'\n" for i, e in enumerate(written))
+        path, lines = self.errors(text)
+        whole = ["" if e.startswith("tls:") else "whole " for e in written]
+        self.assertEqual(lines, [f"{path}: links.links.l{i}.endpoint: {e!r}: timeout= takes a positive {whole[i]}number"
+                                 f" of seconds, not {e.rsplit('=', 1)[1]!r}" for i, e in enumerate(written)])
+        for endpoint in ("tcp:host=h:port=1883:timeout=2.5", "unix:path=/run/c.sock:timeout=0"):
+            self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n", "links.links.c.endpoint",
+                                f"timeout= takes a positive whole number of seconds, not {endpoint.rsplit('=', 1)[1]!r}")
+        loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=.5'\n"
+                                        "    d:\n      endpoint: 'unix:path=/run/c.sock:timeout=7'\n"))
+        self.assertEqual(sorted(loaded.links.links), ["c", "d"])
+
     def test_link_endpoint_checked_beside_its_tls_files(self) -> None:
         """Every problem at once (docs/configuration.md): a bad ``tls:`` endpoint string is
         reported beside an unreadable TLS file of its link or a problem of its ``aws:`` (it

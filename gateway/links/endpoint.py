@@ -12,7 +12,6 @@ is in ``no_proxy``; TLS, and a WebSocket, run in the tunnel as they would on TCP
 from __future__ import annotations
 
 import ipaddress
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from twisted.internet.interfaces import (IProtocol, IProtocolFactory, IReactorPl
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.asciidigits import ascii_digits
+from gateway.asciidigits import ascii_decimal, ascii_digits
 from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
@@ -259,26 +258,20 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
 
 
 def _timeout_problem(description: str) -> str | None:
-    """Why the ``timeout=`` of a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint string cannot be
-    one (``None`` when it can, or is not written): it is a positive, finite number of seconds in
-    ASCII digits, whole for ``tcp:`` and ``ssl:`` (Twisted reads theirs with ``int()``). With 0 or less
-    every connection attempt would time out at once, for ever, said as a host that does not
-    answer; ``int()`` and ``float()`` read other scripts' digits (``٣``) as numbers."""
+    """Why the ``timeout=`` of a ``tls:``, ``tcp:``, ``ssl:`` or ``unix:`` client endpoint string
+    cannot be one (``None`` when it can, or is not written), in one wording whatever is wrong, as a
+    port's: it is a positive number of seconds written in ASCII digits, whole but for ``tls:``
+    (Twisted reads the others with ``int()``). ``float()`` and ``int()`` read other scripts' digits
+    (``٣``) as numbers, and ``float()`` ``nan``, ``inf``, ``1e3`` and ``1_0`` too; with 0 or less every
+    connection attempt would time out at once, for ever, said as a host that does not answer."""
     args, fields = split_description(description)
     written = fields.get("timeout")
-    if written is None or args[:1] not in (["tls"], ["tcp"], ["ssl"]):
+    if written is None or args[:1] not in (["tls"], ["tcp"], ["ssl"], ["unix"]):
         return None
-    if args[:1] == ["tls"]:
-        try:
-            seconds = float(written) if written.isascii() else None
-        except ValueError:
-            seconds = None
-        if seconds is not None and 0 < seconds < math.inf:  # (NaN is not)
-            return None
-        return f"timeout= takes a positive number of seconds, not {written!r}"
-    if ascii_digits(written) and int(written) > 0:
+    tls = args[:1] == ["tls"]
+    if (ascii_decimal(written) if tls else ascii_digits(written)) and float(written) > 0:
         return None
-    return f"timeout= takes a positive whole number of seconds, not {written!r}"
+    return f"timeout= takes a positive {'' if tls else 'whole '}number of seconds, not {written!r}"
 
 
 def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int, int, tuple[str, int] | None]:
