@@ -101,7 +101,7 @@ class ProgramStatus:
     version: str
     state: ProgramState
     pid: int | None
-    uptime: float
+    uptime: int
     exitstatus: int | None
     restarts: int
     error: str = ""
@@ -370,7 +370,8 @@ class ProgramProcess:
     def status(self) -> ProgramStatus:
         """A snapshot of the program's state."""
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
-        uptime = steady_seconds(self._clock) - self._started_at if running else 0.0
+        # (whole seconds, as GET /apps and the engine_report show it: an operator reads 2, not 1.95)
+        uptime = round(steady_seconds(self._clock) - self._started_at) if running else 0
         return ProgramStatus(self.spec.name, self.spec.app, self.spec.version, self.state,
                              self.pid, uptime, self.exitstatus, self.restarts, self.error)
 

@@ -19,7 +19,7 @@ class AppSnapshot:
     :param status: supervisord's state name: ``STOPPED``, ``STARTING``, ``RUNNING``,
         ``BACKOFF``, ``STOPPING``, ``EXITED`` or ``FATAL``.
     :param pid: its process id while it runs.
-    :param uptime_s: seconds since it started (0 when not running).
+    :param uptime_s: whole seconds since it started, to the nearest (0 when not running).
     :param exitstatus: how it last exited, or ``None``.
     :param restarts: automatic restarts since the apps service started (from zero after a
         configuration change).
@@ -36,7 +36,7 @@ class AppSnapshot:
     version: str
     status: str
     pid: int | None
-    uptime_s: float
+    uptime_s: int
     exitstatus: int | None
     restarts: int
     kind: str = "process"

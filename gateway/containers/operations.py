@@ -269,7 +269,7 @@ class ContainerOperations:
     def _fail(self, deployed: Deployed, why: str, state: ProgramState = ProgramState.FATAL) -> None:
         """List ``deployed``, which has no unit (yet), as ``state`` (FATAL: it cannot be deployed, ``why``)."""
         self._failed[deployed.name] = ContainerStatus(
-            deployed.name, deployed.name, deployed.version, state, None, 0.0, None, 0,
+            deployed.name, deployed.name, deployed.version, state, None, 0, None, 0,
             deployed.description.image, deployed.image_digest, why)
 
     @inlineCallbacks

@@ -36,7 +36,7 @@ class ContainerStatus:
     :param version: its version (``config`` when declared in the gateway's config).
     :param state: one of the hosted programs' states.
     :param pid: its main process (in the host's pid namespace) while it runs.
-    :param uptime: seconds since it started (0 when not running).
+    :param uptime: whole seconds since it started, to the nearest (0 when not running).
     :param exitstatus: how it last ended (128 + signal when killed), or None.
     :param restarts: automatic restarts since the containers service started.
     :param image: the image reference.
@@ -50,7 +50,7 @@ class ContainerStatus:
     version: str
     state: ProgramState
     pid: int | None
-    uptime: float
+    uptime: int
     exitstatus: int | None
     restarts: int
     image: str
@@ -123,7 +123,8 @@ class ContainerUnit:
     def status(self) -> ContainerStatus:
         """A snapshot of the unit."""
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
-        uptime = steady_seconds(self._clock) - self._started_at if running else 0.0
+        # (whole seconds, as GET /apps and the engine_report show it: an operator reads 2, not 1.95)
+        uptime = round(steady_seconds(self._clock) - self._started_at) if running else 0
         return ContainerStatus(self.name, self.name, self.version, self.state, self.pid, uptime,
                                self.exitstatus, self.restarts, self.description.image,
                                self.image_digest, self.error)

@@ -162,7 +162,7 @@ class FakeApps:
     def status(self, name: str | None = None) -> list[Any]:
         if name is not None:
             self._known(name)
-        return [ProgramStatus(n, n, "1.2", s, 99 if s == ProgramState.RUNNING else None, 5.0, None, 0)
+        return [ProgramStatus(n, n, "1.2", s, 99 if s == ProgramState.RUNNING else None, 5, None, 0)
                 for n, s in self.states.items() if name in (None, n)]
 
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:

@@ -369,7 +369,7 @@ class AppRouteTests(SynchronousTestCase):
 
     def test_programs_say_why_they_failed(self) -> None:
         """The programs an action answers carry a process's error as GET /apps does."""
-        [program] = programs([ProgramStatus("web", "web", "1", ProgramState.FATAL, None, 0.0, 1, 0,
+        [program] = programs([ProgramStatus("web", "web", "1", ProgramState.FATAL, None, 0, 1, 0,
                                             "exited with 1 before 1s")])
         self.assertEqual((program.kind, program.status, program.error), ("process", "FATAL", "exited with 1 before 1s"))
 

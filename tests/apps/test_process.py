@@ -81,6 +81,18 @@ class StartTests(SynchronousTestCase):
         reactor.advance(5)
         self.assertEqual(process.status().uptime, 7)
 
+    def test_uptime_is_whole_seconds(self) -> None:
+        """A program's uptime is the whole seconds it has run, as ``GET /apps``' ``uptime_s`` and
+        the engine_report's ``uptime`` say it (docs/containers.md, docs/admin.md): it was
+        fractional (``1.95``) in the snapshot and the admin API, and rounded only in the report."""
+        process, reactor, states = make(startsecs=1)
+        process.start()
+        reactor.advance(7.4)
+        uptime = process.status().uptime
+        self.assertEqual((uptime, type(uptime)), (7, int))
+        reactor.advance(0.2)
+        self.assertEqual(process.status().uptime, 8)  # (to the nearest, as the engine_report rounded it)
+
     def test_startsecs_zero_is_running_at_once(self) -> None:
         """startsecs=0 counts a start as RUNNING immediately."""
         process, reactor, states = make(startsecs=0)

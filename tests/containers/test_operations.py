@@ -199,6 +199,14 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertIs(self.unit().state, ProgramState.STARTING)
 
+    def test_uptime_is_whole_seconds(self) -> None:
+        """A container's uptime is the whole seconds it has run, as a process app's (``GET /apps``'
+        ``uptime_s``, docs/containers.md): it was fractional in the snapshot and the admin API."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+        self.clock.advance(3.4)
+        uptime = self.unit().status().uptime
+        self.assertEqual((uptime, type(uptime)), (3, int))
+
     def test_restart_policies(self) -> None:
         """``no`` never restarts, ``on-failure`` only after a non-zero exit and at most max_retries."""
         self.make({"never": ContainerDescription(image="reg:5000/app:1", startsecs=0,
