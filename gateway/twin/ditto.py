@@ -153,9 +153,13 @@ def _command(envelope: dict[str, Any]) -> Command:
 
 def _is_command(envelope: Any) -> bool:
     """Whether a parsed payload is a twin command's envelope (its topic says so)."""
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("topic"), str):
-        return False
-    parts = envelope["topic"].split("/")
+    return isinstance(envelope, dict) and isinstance(envelope.get("topic"), str) and is_command_topic(envelope["topic"])
+
+
+def is_command_topic(topic: str) -> bool:
+    """Whether an envelope's ``topic`` names a twin command:
+    ``<namespace>/<name>/things/twin/commands/<action>``."""
+    parts = topic.split("/")
     return len(parts) == 6 and parts[2:5] == ["things", "twin", "commands"]
 
 

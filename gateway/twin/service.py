@@ -12,7 +12,6 @@ gateway is offline: it never waits for a cloud.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,12 +36,10 @@ from gateway.twin.settings import TwinSettings
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.blocking import RunBlocking
 from gateway.twin.store import TwinStore, encode_thing
+from gateway.twin.unparsed import command_topic
 
 #: Seconds between two log lines of commands refused because the disk refuses the twin's writes.
 NOT_STORED_LOG_INTERVAL = 60.0
-#: A twin command's ``topic`` member (``"topic": "<namespace>/<name>/things/twin/commands/<action>"``),
-#: as found in the text of a message too large to parse.
-_COMMAND_TOPIC = re.compile(rb'"topic"\s*:\s*"[^"\\/]+/[^"\\/]+/things/twin/commands/[^"\\/]*')
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
 #: Deferred, which the event and the response wait for, firing with ``None`` or with why the
@@ -179,15 +176,15 @@ class TwinService(Service):
 
     def _oversized(self, payload: bytes, oversized: str) -> Deferred[None] | None:
         """A message over :data:`~gateway.payloadlimits.REQUEST_BYTES` is not parsed: an
-        event, unless its text names a twin command's topic, which is refused (413) on the
-        errors topic of the thing it names (its headers unread: the answer has none)."""
-        found = _COMMAND_TOPIC.search(payload)
-        if found is None:
+        event, unless its top-level object's ``topic`` names a twin command
+        (:func:`~gateway.twin.unparsed.command_topic`), which is refused (413) on the errors
+        topic of the thing it names (its headers unread: the answer has none)."""
+        topic = command_topic(payload)
+        if topic is None:
             return None
-        topic = found.group(0).decode("utf-8", "replace").rsplit('"', 1)[1]
         namespace, name = topic.split("/")[:2]
         return self._answer_error(topic, "/", {}, DittoError(413, "things:command.toolarge", oversized),
-                                  self._topic_thing(f"{namespace}:{name}"))
+                                  self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root))
 
     def handle(self, command: Command) -> Deferred[None]:
         """Carry out one command: change, persist, announce, respond (errors are responses)."""

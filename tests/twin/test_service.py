@@ -153,6 +153,26 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(self.send(b'{"x": 1}'.ljust(REQUEST_BYTES + 1)), [])
         self.assertNotIn(ROOT + ":c", self.twin.store.things)
 
+    def test_a_large_event_holding_a_command_deeper_is_an_event(self) -> None:
+        """A message over the request limit is a twin command only when its top-level object's
+        ``topic`` names one: a large event carrying a command's text deeper (a log of commands,
+        a batch in an array) was answered 413 on the errors topic of the thing it named, though no
+        one had sent that thing a command; it is an event, left to the links (docs/topics.md)."""
+        logged = command("modify", "/attributes/a", 1, thing=ROOT + ":c")
+        pad = "x" * REQUEST_BYTES
+        for event in ({"log": [logged], "pad": pad}, {"pad": pad, "last": {"topic": logged["topic"]}},
+                      [logged, pad], {"text": json.dumps(logged), "pad": pad}):
+            self.assertEqual(self.send(json.dumps(event).encode()), [], event if isinstance(event, list) else list(event))
+        # a command whose members come in another order (sorted: headers, path, topic, value) is one
+        ordered = json.dumps({**logged, "value": pad}, sort_keys=True).encode()
+        [(topic, answer)] = self.send(ordered)
+        self.assertEqual((topic, answer["status"], answer["value"]["error"]),
+                         ("command//acme:gw1:c/req//errors-response", 413, "things:command.toolarge"))
+        # and one whose topic comes after its first REQUEST_BYTES (its headers that large) is not read so far
+        late = json.dumps({"headers": {"h": pad}, "topic": logged["topic"], "path": "/", "value": {}}).encode()
+        self.assertEqual(self.send(late), [])
+        self.assertNotIn(ROOT + ":c", self.twin.store.things)
+
     def test_a_thing_is_at_most_max_thing_bytes(self) -> None:
         """A change that makes a thing's JSON exactly max_thing_bytes is taken; one byte more is
         refused 413 things:thing.toolarge, nothing stored (50 modifies of 1 MB values made one
