@@ -407,6 +407,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.goes_on_from(previous.readside)
+        if fleet is not None and previous.fleet is not None:
+            fleet.goes_on_from(previous.fleet)
     app_observers: list[Callable[[Any], None]] = apps.supervisor.observers
     if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
         app_observers = []

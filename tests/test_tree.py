@@ -98,16 +98,24 @@ class TreeTests(TreeHelpers, TestCase):
         at, and gateway.shutdown_timeout the time each service has to stop, once the tree has
         restarted (docs/configuration.md; docs/commands.md: the tree restarts with the new
         configuration); the process kept those twistd started with, though config.get
-        answered the new ones."""
+        answered the new ones. The new fleet service goes on at the pace of the one it replaced
+        (docs/fleet.md)."""
+        from gateway.fleet.service import FleetService
+
+        followed: list[tuple[FleetService, FleetService]] = []
+        self.patch(FleetService, "goes_on_from", lambda new, old: followed.append((new, old)))
         root_logger = logging.getLogger()
         level, handlers = root_logger.level, list(root_logger.handlers)
         self.addCleanup(lambda: (root_logger.setLevel(level), setattr(root_logger, "handlers", handlers)))
         logbridge.install("info")  # as tap.py does at start
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
-        root = yield self.start_tree(work, "\n", free_port(), "")
+        root = yield self.start_tree(work, "\n", free_port(), "fleet:\n  enabled: true\n  auth: none\n  allow_http: true\n"
+                                     f"  base_url: 'http://127.0.0.1:{free_port()}'\n  min_poll_interval: 60\n")
+        fleet = root.parts.fleet
         result = yield root.changer.apply({"gateway.log_level": "debug", "gateway.shutdown_timeout": 9.5})
         self.assertTrue(result.applied, result)
+        self.assertEqual(followed, [(root.parts.fleet, fleet)])
         self.assertEqual(root_logger.getEffectiveLevel(), logging.DEBUG)
         self.assertTrue(logging.getLogger("amqtt").isEnabledFor(logging.DEBUG))
         self.assertEqual(root.shutdown_timeout, 9.5)

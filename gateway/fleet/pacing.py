@@ -37,6 +37,20 @@ class RequestPacing:
         self.uniform = uniform
         #: the steady time before which no request goes to the server (its Retry-After, spread)
         self.held_until = 0.0
+        #: the steady time before which the first poll does not go (:meth:`first_poll_after`)
+        self.first_poll_at = 0.0
+
+    def first_poll_wait(self) -> float:
+        """The wait before the first poll: a random part of ``min_poll_interval`` (a fleet restarted
+        together spreads out), at least until :attr:`first_poll_at`."""
+        return max(float(self.uniform(0.0, self.settings.min_poll_interval)),
+                   self.first_poll_at - steady_seconds(self.clock))
+
+    def first_poll_after(self, last_success: float) -> None:
+        """Keep to the pace of the service a configuration change replaced, on the same server: the
+        first poll comes ``min_poll_interval`` after its last poll that went well (``last_success``,
+        on the steady clock) at the soonest."""
+        self.first_poll_at = last_success + self.settings.min_poll_interval
 
     def poll_wait(self, sleep: float, jitter: float) -> float:
         """The wait before the next poll: ``sleep`` (at least ``min_poll_interval``) times a random

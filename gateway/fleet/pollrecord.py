@@ -43,6 +43,8 @@ class PollRecord:
         self.last_poll_at: float | None = None
         self.last_outcome: Literal["ok", "failed", ""] = ""
         self.last_success_at: float | None = None
+        #: when a poll last went well on the steady clock (a configuration change's restart keeps to its pace)
+        self.last_success_steady: float | None = None
         self._failing_lines = LogThrottle(FAILING_LOG_INTERVAL, lambda: steady_seconds(clock))
 
     def error(self, reason: str) -> None:
@@ -83,5 +85,6 @@ class PollRecord:
         self.polls += 1
         settled = self.last_outcome == "ok"
         self.last_poll_at = self.last_success_at = self.clock.seconds()
+        self.last_success_steady = steady_seconds(self.clock)
         self.last_outcome = "ok"
         return settled

@@ -94,7 +94,7 @@ class FleetService(Service):
     def startService(self) -> None:
         """Load the state; once the update service has loaded its operations, report the steps it
         took unseen and poll soon (after a random part of ``min_poll_interval``, so a fleet
-        restarted together spreads out)."""
+        restarted together spreads out; after a configuration change, :meth:`goes_on_from`)."""
         super().startService()
         self.state = self.file.load(self.clock.seconds())
         self.pacing.resume(self.state.held_until)  # (the server's Retry-After, before a restart)
@@ -111,7 +111,17 @@ class FleetService(Service):
         for operation in list(self.updates.operations.values()):
             if operation.correlation_id.startswith(FLEET_PREFIX):
                 self.actions.operation_changed(operation)
-        self._schedule(self.pacing.uniform(0.0, self.settings.min_poll_interval))
+        self._schedule(self.pacing.first_poll_wait())
+
+    def goes_on_from(self, previous: FleetService) -> None:
+        """A configuration change restarted the tree, not the process: when ``previous`` (stopped)
+        polled the same server (``base_url`` and ``tenant``), the first poll comes no sooner than
+        ``min_poll_interval`` after its last poll that went well; otherwise it is a start's (a
+        ``Retry-After`` in force is kept in the state file, whatever the server)."""
+        last_success = previous.record.last_success_steady
+        if last_success is not None and (previous.settings.base_url, previous.settings.tenant) == (
+                self.settings.base_url, self.settings.tenant):
+            self.pacing.first_poll_after(last_success)
 
     def stopService(self) -> Deferred[None]:
         """Stop polling and give up the DDI requests asked (the one under way is cancelled: a

@@ -76,11 +76,13 @@ class FleetHarness(SynchronousTestCase):
         self.fleet: FleetService | None = None
 
     def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None,
-              disk: Any = run_inline, uniform: Any = lambda a, b: (a + b) / 2) -> FleetService:
+              disk: Any = run_inline, uniform: Any = lambda a, b: (a + b) / 2,
+              previous: FleetService | None = None) -> FleetService:
         """Start the update service and the fleet service; ``load_after`` lets the update service's
         blocking work (loading its operations first) end that many seconds later, as its thread
         does in a running gateway, after the fleet service has started; ``disk`` runs the fleet
-        service's blocking work (a :class:`HeldThreads` holds it for the test to release)."""
+        service's blocking work (a :class:`HeldThreads` holds it for the test to release);
+        ``previous``: the stopped service a configuration change replaces."""
         def later(f: Any, *args: Any) -> Any:
             assert load_after is not None
             return deferLater(self.clock, load_after, f, *args)
@@ -91,6 +93,8 @@ class FleetHarness(SynchronousTestCase):
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
                                   disk, uniform=uniform)
+        if previous is not None:
+            self.fleet.goes_on_from(previous)
         self.fleet.startService()
         if load_after is None:
             self.successResultOf(loaded)
@@ -281,6 +285,27 @@ class FleetServiceTests(FleetHarness):
             polls = self.server.polls
             self.run_for(1)
             self.assertEqual(self.server.polls, polls + 1)
+
+    def test_a_configuration_change_keeps_to_the_pace_of_the_polls(self) -> None:
+        """A configuration change restarts the fleet service: its first poll came after a random
+        part of min_poll_interval as at a start, so a change (or its revert) just after a poll that
+        went well polled the server again within seconds. On the same server the first poll now
+        comes min_poll_interval after the last one that went well at the soonest; on another
+        server (base_url or tenant changed), as at a start."""
+        old = self.start()
+        self.run_for(6)  # the first poll at t=5 (the middle of 0-10 s)
+        self.assertEqual(self.server.polls, 1)
+        self.stop()
+        new = self.start(previous=old)
+        self.run_for(8)  # t=14: a start's poll would have come at t=11
+        self.assertEqual(self.server.polls, 1)
+        self.run_for(1)
+        self.assertEqual(self.server.polls, 2)
+        self.stop()
+        moved = dataclasses.replace(SETTINGS, base_url="https://ddi2.example")
+        self.start(moved, previous=new)
+        self.run_for(6)  # at once after the poll at t=15: a start's first poll, 5 s on
+        self.assertEqual(self.server.polls, 3)
 
     def test_the_wait_after_a_start_or_failed_polls_is_spread_over_the_interval(self) -> None:
         """The wait after the first poll that goes well after a start, or after failed polls, is
