@@ -8,9 +8,10 @@ import json
 
 from gateway.fleet.snapshot import FleetSnapshot
 from gateway.fleet.state import FleetState
-from gateway.readside import to_jsonable
+from gateway.readside import ReadSide, ServiceState, to_jsonable
 from tests.fleet.ddiserver import deployment
 from tests.fleet.test_service import ARCHIVE, FILES, SETTINGS, FleetHarness
+from tests.test_readside import FakeService
 
 
 class FleetSnapshotTests(FleetHarness):
@@ -35,6 +36,17 @@ class FleetSnapshotTests(FleetHarness):
         json.dumps(to_jsonable(fleet.snapshot()))
         self.stop()
         self.assertEqual((fleet.snapshot().state, fleet.snapshot().next_poll_in_s), ("stopped", None))
+
+    def test_failing_polls_leave_the_status_running(self) -> None:
+        """While its polls fail the fleet service is ``running`` in ``GET /status`` with no
+        ``error``, as a link whose cloud is down is (docs/admin.md, docs/fleet.md): the server, or
+        the way to it, fails, not the service; this snapshot says so."""
+        self.server.errors = [(503, {})]
+        fleet = self.start()
+        self.run_for(6)
+        others = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(self.clock, *others, services=[*others, fleet], fleet=fleet)
+        self.assertEqual((fleet.snapshot().state, side.status().services[-1]), ("failing", ServiceState("fleet", True)))
 
     def test_starting_until_the_update_service_has_loaded(self) -> None:
         """While the update service loads its operations the fleet does not poll: ``starting``,
