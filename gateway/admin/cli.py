@@ -24,6 +24,7 @@ from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, d
 from gateway.admin.tables import (ProgressBar, duration, fleet_rows, link_problem, pending_change, previous_stop,
                                   service_state, size, stream_losses, stream_problem, table)
 from gateway.admin.terminaltext import TerminalText
+from gateway.asciidigits import ascii_decimal
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
@@ -83,6 +84,17 @@ def _value(text: str) -> Any:
         return jsontext.loads(text)
     except ValueError:
         return text
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds on the command line, in ASCII digits (``120``, ``2.5``): ``float()``
+    read ``١٢٠`` (Arabic-Indic) as 120, and ``inf``, ``1e3`` or ``1_0`` as numbers too.
+
+    :raises argparse.ArgumentTypeError: for anything else (a usage error naming it).
+    """
+    if not ascii_decimal(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return float(text)
 
 
 def _stdin_value(key: str) -> str:
@@ -489,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     journal.set_defaults(run=cmd_journal)
     ops = command(commands, "ops", help="update operations")
     ops.add_argument("--follow", action="store_true", help="until no operation is active")
-    ops.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    ops.add_argument("--interval", type=_seconds, default=1.0, help=argparse.SUPPRESS)
     ops.set_defaults(run=cmd_ops)
     uploads = command(commands, "uploads", help="file uploads: list, trigger, cancel")
     uploads.add_argument("action", nargs="?", choices=("list", "trigger", "cancel"))
@@ -516,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     setter.add_argument("value", help="JSON if it parses, else a string; - reads it from standard input (a secret "
                                       "kept off the command line)")
     for sub in (actions.choices["apply"], setter):
-        sub.add_argument("--confirm-within", type=float, default=None, metavar="SECONDS",
+        sub.add_argument("--confirm-within", type=_seconds, default=None, metavar="SECONDS",
                          help="revert unless the cloud link is up within SECONDS")
     config.set_defaults(run=cmd_config)
 

@@ -430,6 +430,16 @@ class UsageTests(SynchronousTestCase):
         self.assertIn("gatewayctl config check: error: 'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
         self.assertNotIn("COMMAND ...", self.err.getvalue())
 
+    def test_confirm_within_in_ascii_digits_only(self) -> None:
+        """``--confirm-within`` takes seconds in ASCII digits (``120``, ``2.5``): in another script's
+        digits, ``inf`` or with an exponent it is a usage error naming it (exit 2); ``float()`` read
+        ``١٢٠`` as 120 and sent it."""
+        for within in ("\u0661\u0662\u0660", "inf", "nan", "1e3", "-5"):
+            with self.assertRaises(SystemExit) as raised:
+                main(["--socket", self.socket, "config", "set", "gateway.device_id", "gw", "--confirm-within", within])
+            self.assertEqual(raised.exception.code, 2, within)
+            self.assertIn(f"argument --confirm-within: {within!r} is not a number of seconds", self.err.getvalue())
+
     def test_a_listing_with_a_stray_word_is_usage(self) -> None:
         """``apps list hello`` and ``uploads list u1`` are usage errors (exit 2) naming the word,
         as ``links extra`` is: before, the word was dropped and everything listed, exit 0."""
