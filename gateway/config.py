@@ -32,6 +32,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
+from gateway.links.sharedsessions import shared_sessions
 from gateway.proxysettings import ProxySettings
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin import shadows
@@ -164,8 +165,6 @@ class Config:
         """What the configuration asks for that it may not mean, one line each, without refusing it
         (``--check-config`` prints them; the services concerned log them as they start): MQTT links
         that share one cloud session (:mod:`gateway.links.sharedsessions`)."""
-        from gateway.links.sharedsessions import shared_sessions  # (only when asked: it brings the endpoints)
-
         return [shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
                                                           self.gateway.device_id)]
 

@@ -1,5 +1,6 @@
 """Twisted endpoint strings (``tcp:1883:interface=127.0.0.1``, ``tls:host=h:port=8883``),
-split into their arguments: the one parser the broker's listeners and the links share;
+split into their arguments: the one parser the broker's listeners and the links share, and
+the one reading of the host and port a link's client endpoint names;
 the check of an IPv6 address written as in a URL (``interface=::1``, ``host=[::1]``),
 which they share too; what ``listen`` would refuse of a server endpoint that Twisted's parser
 takes, which the broker's listeners share with the parse-only check of the server endpoints
@@ -12,6 +13,9 @@ import re
 
 from gateway.asciidigits import ascii_digits
 from gateway.portnumbers import port_problem
+
+#: The port a ``tls:`` client endpoint without ``port=`` connects to (MQTT over TLS).
+TLS_DEFAULT_PORT = "8883"
 
 
 def split_description(description: str) -> tuple[list[str], dict[str, str]]:
@@ -84,7 +88,7 @@ def listen_problem(args: list[str], kwargs: dict[str, str], description: str) ->
     kind = args[0] if args else ""
     if kind in ("tcp", "tcp6", "ssl"):
         # (Twisted's parser takes any whole number, ٣ too)
-        port = port_problem(_written_port(args, kwargs), lowest=0)  # (0: any free port)
+        port = port_problem(_written_server_port(args, kwargs), lowest=0)  # (0: any free port)
         if port is not None:
             return f"{description!r}: {port}", "port"
         interface = kwargs.get("interface", "")
@@ -139,6 +143,52 @@ def server_endpoint_problem(description: str) -> str | None:
     return None
 
 
-def _written_port(args: list[str], kwargs: dict[str, str]) -> str:
+def _written_server_port(args: list[str], kwargs: dict[str, str]) -> str:
     """A ``tcp:``, ``tcp6:`` or ``ssl:`` server endpoint's port as written (``""`` when none)."""
     return args[1] if len(args) > 1 else kwargs.get("port", "")
+
+
+def tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
+    """The host and port of a ``tcp:`` (or ``ssl:``) client endpoint as written (``""`` where
+    none is), where Twisted's parser reads them: ``tcp:HOST:PORT``, ``tcp:host=H:port=P``,
+    ``tcp:host=H:P``.
+
+    :param positional: the endpoint's positional arguments after its kind
+        (:func:`split_description`'s, without the first).
+    :param fields: its keyword arguments.
+    """
+    host, port = fields.get("host", ""), fields.get("port", "")
+    if len(positional) == 2:
+        host, port = positional
+    elif len(positional) == 1 and "host" in fields:
+        port = positional[0]
+    elif len(positional) == 1:
+        host = positional[0]
+    return host, port
+
+
+def client_host_port(args: list[str], fields: dict[str, str]) -> tuple[str, str] | None:
+    """The host and port a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint connects to, as written
+    (``""`` where none is; a ``tls:`` one's port :data:`TLS_DEFAULT_PORT` unless written), or
+    ``None`` for another kind (``unix:``).
+
+    :param args: the endpoint's positional arguments, :func:`split_description`'s.
+    :param fields: its keyword arguments.
+    """
+    kind = args[:1]
+    if kind == ["tls"]:
+        return fields.get("host", ""), fields.get("port", TLS_DEFAULT_PORT)
+    if kind in (["tcp"], ["ssl"]):
+        return tcp_host_port(args[1:], fields)
+    return None
+
+
+def written_client_port(description: str) -> str:
+    """The port of a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint string as written (``""``
+    where none is, or for another kind)."""
+    args, fields = split_description(description)
+    if args[:1] == ["tls"]:
+        return fields.get("port", "")
+    if args[:1] in (["tcp"], ["ssl"]):
+        return tcp_host_port(args[1:], fields)[1]
+    return ""

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from twisted.web.http_headers import Headers
 
 #: The most characters of a client's text that an answer or a log line repeats.
 SHOWN_CHARS = 100
@@ -168,6 +171,17 @@ def shown_url(url: str) -> str:
     :param url: a URL the gateway was given (an upload's target, an artifact to download).
     """
     return shown(_USERINFO.sub(r"\1", re.split(r"[?#]", url, maxsplit=1)[0]))
+
+
+def shown_location(headers: Headers) -> str | None:
+    """The ``Location`` of an HTTP answer (a redirect's, which the gateway does not follow) as a
+    message names it (:func:`shown_url`: a redirect to a presigned URL carries its signature);
+    ``None`` when the answer has none.
+
+    :param headers: the answer's headers.
+    """
+    location = (headers.getRawHeaders(b"location") or [b""])[0].decode("latin-1")
+    return shown_url(location) if location else None
 
 
 def url_error_shown(url: str, error: ValueError) -> str:

@@ -105,6 +105,7 @@ def fleet_rows(fleet: Any) -> list[tuple[str, str]]:
     error = fleet.get("last_error") or ""
     sleep = fleet.get("server_sleep_s")
     waiting = fleet.get("feedback_waiting") or 0
+    dropped = fleet.get("feedback_dropped")
     last = fleet.get("last_poll_outcome") or ""
     return [
         ("server", f"{fleet.get('server')} (tenant {fleet.get('tenant')}, controller {fleet.get('controller_id')})"),
@@ -121,8 +122,7 @@ def fleet_rows(fleet: Any) -> list[tuple[str, str]]:
         ("installed", fleet.get("sw_version") or "-"),
         ("feedback waiting", f"{waiting} (the oldest {duration(fleet.get('feedback_oldest_age_s'))})" if waiting
          else "0"),
-        ("feedback dropped", f"{fleet.get('feedback_dropped') or 0} (refused for good by the server)"
-         if fleet.get("feedback_dropped") else "0"),
+        ("feedback dropped", f"{dropped} (refused for good by the server)" if dropped else "0"),
     ]
 
 

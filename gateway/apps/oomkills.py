@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gateway.apps.launch import CgroupJoin
-from gateway.cgroupmembership import CGROUP_ROOT, CgroupMembership, own_cgroups
+from gateway.cgroupmembership import CGROUP_ROOT, CgroupMembership, own_cgroups, unified_path
 
 
 def count_file(cgroups: Sequence[CgroupMembership], root: Path = CGROUP_ROOT) -> Path | None:
@@ -25,13 +25,11 @@ def count_file(cgroups: Sequence[CgroupMembership], root: Path = CGROUP_ROOT) ->
 
     :param root: where the cgroup file systems are mounted.
     """
-    unified = None
     for cgroup in cgroups:
         if "memory" in cgroup.controllers:  # (v1: its own hierarchy, memory's limits and counts)
             found = root / "memory" / cgroup.path / "memory.oom_control"
             return found if found.is_file() else None
-        if cgroup.unified:
-            unified = cgroup.path
+    unified = unified_path(cgroups)
     return None if unified is None else events_file(root / unified)
 
 

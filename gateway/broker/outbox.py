@@ -48,6 +48,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from itertools import islice
 from operator import itemgetter
 from typing import Callable, Iterator, Sequence
 
@@ -72,8 +73,6 @@ QUEUED_MESSAGE_COST = 330
 #: The heap of queue heads is rebuilt without the emptied queues once it holds this many more
 #: entries than when it was last rebuilt (and twice as many).
 _HEAP_SLACK = 64
-#: What a queue's own bounds drop for a message that fits: no QoS 0, no QoS 1/2 message, no cost.
-_NO_DROPS = (0, 0, 0)
 #: A queue none of whose messages a plan of :meth:`QueuePolicy.victims` took yet: (QoS 0, QoS 1/2).
 _NONE_TAKEN = (0, 0)
 
@@ -384,10 +383,10 @@ class Outbox:
         else is. While a start restores the queues (:attr:`QueuePolicy.holding`), what is over
         the total goes first (:meth:`QueuePolicy.catch_up`), as it went before ``message`` came."""
         policy = self.policy
-        if full and policy.holding and self.persistent and policy.max_total and policy.total > policy.max_total:
+        if full and policy.holding and self.persistent:  # (catch_up: nothing while the total is within max_total)
             policy.catch_up()
             full = len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes
-        own = _NO_DROPS
+        own = _NONE_TAKEN
         if full:
             room = self._room(message, size)
             if room is None:
@@ -395,32 +394,34 @@ class Outbox:
                 return False
             own = room
         victims: list[Outbox] | None = []
-        need = policy.total - own[2] + cost - policy.max_total  # (what the total lacks once those are gone)
-        if over and need > 0:
-            victims = policy.victims(need, not message.qos, self, own[:2]) if cost <= policy.max_total else None
-            if victims is None:  # (larger than the total, or QoS 0 that would push a QoS 1/2 one out)
-                self._count_drop(message.qos)
-                policy.note_total_drops(1, self)
-                return False
-        if own is not _NO_DROPS:
-            self._drop_own(own[0], own[1])
+        if over:  # (persistent: only its messages have a cost)
+            # (what the total lacks once those are gone)
+            need = policy.total - self._oldest_cost(*own) + cost - policy.max_total
+            if need > 0:
+                victims = policy.victims(need, not message.qos, self, own) if cost <= policy.max_total else None
+                if victims is None:  # (larger than the total, or QoS 0 that would push a QoS 1/2 one out)
+                    self._count_drop(message.qos)
+                    policy.note_total_drops(1, self)
+                    return False
+        if own is not _NONE_TAKEN:
+            self._drop_own(*own)
         if victims:
             for victim in victims:
                 victim.drop_oldest()
             policy.note_total_drops(len(victims), victims[-1], cost)
         return True
 
-    def _room(self, message: QueuedMessage, size: int) -> tuple[int, int, int] | None:
+    def _room(self, message: QueuedMessage, size: int) -> tuple[int, int] | None:
         """What the queue's own bounds drop so that ``message`` fits (see the module docstring):
-        how many of its oldest QoS 0 and oldest QoS 1/2 messages, and the :func:`queued_cost` they
-        free; ``None`` when it cannot fit (then nothing goes for it)."""
+        how many of its oldest QoS 0 and oldest QoS 1/2 messages; ``None`` when it cannot fit (then
+        nothing goes for it)."""
         policy = self.policy
         if size > policy.max_bytes:
             return None
         keeps_acked = not message.qos or policy.overflow == "drop_new"
         if keeps_acked and (len(self._acked) + 1 > policy.max_messages or self._acked_bytes + size > policy.max_bytes):
             return None  # even without any QoS 0 message it would not fit
-        count, held, freed = len(self) + 1, self.bytes + size, 0
+        count, held = len(self) + 1, self.bytes + size
         taken = [0, 0]
         for lane, index in ((self._qos0, 0), (self._acked, 1)):  # (QoS 1/2 ones only for drop_oldest then)
             for _, queued in lane:
@@ -428,9 +429,14 @@ class Outbox:
                     break
                 count -= 1
                 held -= len(queued.payload)
-                freed += queued_cost(queued)
                 taken[index] += 1
-        return taken[0], taken[1], freed
+        return taken[0], taken[1]
+
+    def _oldest_cost(self, qos0: int, acked: int) -> int:
+        """The :func:`queued_cost` of the ``qos0`` oldest QoS 0 and the ``acked`` oldest QoS 1/2
+        messages (what :meth:`_room` drops frees of the total)."""
+        return sum(queued_cost(queued) for lane, count in ((self._qos0, qos0), (self._acked, acked))
+                   for _, queued in islice(lane, count))
 
     def _drop_own(self, qos0: int, acked: int) -> None:
         """Drop the ``qos0`` oldest QoS 0 and the ``acked`` oldest QoS 1/2 messages for the

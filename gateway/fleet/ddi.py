@@ -23,7 +23,7 @@ from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
 from gateway.netfailures import describe, describe_answer
 from gateway.operations.httpclient import close_connections
-from gateway.shown import shown_url
+from gateway.shown import shown_location
 
 #: The start of hawkBit's ``errorCode`` when a request would exceed one of its quotas (the status
 #: entries of an action, the messages of one, a target's attributes...): its DDI answers ``403``
@@ -256,8 +256,8 @@ class DDIClient:
         if not 200 <= response.code < 300:
             words = describe_answer(response.code, response.phrase, content)
             if 300 <= response.code < 400:  # (not followed: the token would go where base_url does not say)
-                location = (response.headers.getRawHeaders(b"location") or [b""])[0].decode("latin-1")
-                to = f" to {shown_url(location)!r}" if location else ""
+                location = shown_location(response.headers)
+                to = f" to {location!r}" if location is not None else ""
                 words += f" (redirected{to}: requests are not redirected; set fleet.base_url to the server's address)"
             raise DDIError(f"{method} {url}: {words}", response.code,
                            retry_after((response.headers.getRawHeaders(b"retry-after") or [None])[0],

@@ -35,7 +35,9 @@ class PollRecord:
         #: the cause of the last failure (a poll's, a feedback's), cleared once a poll goes well
         self.last_error = ""
         #: the cause of the last failed poll (a feedback's failure since is no new cause of the polls')
-        self.poll_cause = ""
+        self._poll_cause = ""
+        #: whether the last failed poll's cause differs from the failed poll's before it
+        self._new_cause = False
         #: for the snapshot: the last failure's cause and time (kept after a poll went well again)
         self.shown_error = ""
         self.shown_error_at: float | None = None
@@ -60,16 +62,17 @@ class PollRecord:
         self.polls += 1
         self.failures += 1
         self.error(reason)
-        self.poll_cause = reason
+        self._new_cause = reason != self._poll_cause
+        self._poll_cause = reason
         self.last_poll_at, self.last_outcome = self.clock.seconds(), "failed"
         return self.in_row
 
-    def failure_to_log(self, previous: str) -> bool:
-        """Whether the failed poll just counted is logged: the first of a run, one whose cause
-        differs from the failed poll's before it (``previous``, its :attr:`poll_cause`; a feedback's
-        failure between them is none), else at most one per :data:`FAILING_LOG_INTERVAL` (its
-        count in a row says how many failed meanwhile)."""
-        if self.in_row == 1 or self.poll_cause != previous:
+    def failure_to_log(self) -> bool:
+        """Whether the failed poll just counted (:meth:`failed`) is logged: the first of a run, one
+        whose cause differs from the failed poll's before it (a feedback's failure between them is
+        none), else at most one per :data:`FAILING_LOG_INTERVAL` (its count in a row says how many
+        failed meanwhile)."""
+        if self.in_row == 1 or self._new_cause:
             self._failing_lines.reset()
         return self._failing_lines.note() is not None
 

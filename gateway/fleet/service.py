@@ -237,11 +237,10 @@ class FleetService(Service):
         except DDIError as error:
             if not self.running:
                 return  # given up by the stop: no failure of the server's, and no next poll
-            previous = self.record.poll_cause
             if error is not self.outbox.slow_down:  # (that one was noted as the feedback failed)
                 self._note_wait(error)
             delay = max(self.pacing.backoff(self.record.failed(str(error))), self.pacing.held_for())
-            if self.record.failure_to_log(previous):
+            if self.record.failure_to_log():
                 log = self.log.error if error.code in (401, 403) else self.log.warn
                 log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
                     failures=self.record.in_row, delay=delay, error=str(error))

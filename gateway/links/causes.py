@@ -17,7 +17,7 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 
 from gateway.certwindow import CertificateTimeError
-from gateway.endpointstrings import split_description
+from gateway.endpointstrings import client_host_port, split_description
 from gateway.nameresolver import FAILURES
 from gateway.netfailures import ProxyError, tls_reasons
 
@@ -44,15 +44,16 @@ class Peer:
 
 def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = None) -> Peer:
     """The :class:`Peer` of a link's endpoint string (``tls:host=H:port=P``, ``tcp:H:P``,
-    ``tcp:host=H:port=P``, ``unix:path=P``...); an IPv6 address (its colons escaped,
-    ``tcp:host=\\:\\:1:port=P``) is shown as ``[::1]:P``."""
+    ``tcp:host=H:port=P``, ``unix:path=P``...), its host and port read as the link connects to
+    them (:func:`~gateway.endpointstrings.client_host_port`; ``?`` for one not written); an IPv6
+    address (its colons escaped, ``tcp:host=\\:\\:1:port=P``) is shown as ``[::1]:P``."""
     args, named = split_description(endpoint)
     kind, positional = (args[0], args[1:]) if args else ("", [])
     if kind == "unix":
         path = named.get("path") or (positional[0] if positional else endpoint)
         return Peer(path, path, unix=True)
-    host = named.get("host") or (positional[0] if positional else "?")
-    port = named.get("port") or (positional[1] if len(positional) > 1 else ("8883" if kind == "tls" else "?"))
+    host, port = client_host_port(args, named) or (named.get("host", ""), named.get("port", ""))
+    host, port = host or "?", port or "?"
     tls = kind == "tls"
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return Peer(address, host, tls, (hostname or host) if tls else "", ca_file)

@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.asciidigits import ascii_decimal, ascii_digits
-from gateway.endpointstrings import split_description, unescaped_ipv6_problem
+from gateway.endpointstrings import (TLS_DEFAULT_PORT, split_description, tcp_host_port, unescaped_ipv6_problem,
+                                     written_client_port)
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
 from gateway.portnumbers import port_problem
@@ -171,11 +172,14 @@ def link_endpoint(reactor: Any, settings: LinkEndpointSettings,
 
 def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
     """The host and port a ``tls:`` or ``tcp:`` endpoint string names (a ``tls:`` one's port is
-    8883 unless written, as :func:`_stream_endpoint` connects)."""
+    :data:`~gateway.endpointstrings.TLS_DEFAULT_PORT` unless written, as :func:`_stream_endpoint`
+    connects)."""
+    # (keywords first, as it always read them: so a tcp:host=H:P one, which connects to P, gets
+    # TLS_DEFAULT_PORT here, where client_host_port would read P)
     args, fields = split_description(settings.endpoint)
     positional = args[1:]
     host = fields.get("host") or (positional[0] if positional else "")
-    port = fields.get("port") or (positional[1] if len(positional) > 1 else "8883")
+    port = fields.get("port") or (positional[1] if len(positional) > 1 else TLS_DEFAULT_PORT)
     problem = port_problem(port)
     if problem is not None:
         raise LinkError(f"{settings.endpoint!r}: {problem}")
@@ -220,7 +224,7 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     unescaped = unescaped_ipv6_problem(description)
     if unescaped:
         raise LinkError(unescaped)
-    written = _written_port(description)
+    written = written_client_port(description)
     # (Twisted's int() reads ٨٨٨٣ as 8883, 8_883 too, and fails on ²; it takes any whole number, and
     # the connection fails at connect)
     port_wrong = port_problem(written) if written else None
@@ -232,7 +236,7 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     if description.startswith("tls:"):
         fields = _tls_fields(description)
         try:
-            port = int(fields.get("port", "8883"))
+            port = int(fields.get("port", TLS_DEFAULT_PORT))
         except ValueError as exc:
             raise LinkError(f"{description!r}: {exc}") from None
         timeout = float(fields.get("timeout", "30"))
@@ -289,31 +293,6 @@ def _tcp_target(positional: list[str], fields: dict[str, str]) -> tuple[str, int
         except ValueError:  # (a name would be looked up on the reactor thread at each connection)
             raise LinkError(f"bindAddress= takes an IP address of the gateway, not {bind!r}") from None
     return host, int(port), int(fields.get("timeout", "30")), (bind, 0) if bind is not None else None
-
-
-def tcp_host_port(positional: list[str], fields: dict[str, str]) -> tuple[str, str]:
-    """The host and port of a ``tcp:`` (or ``ssl:``) client endpoint as written (``""`` where
-    none is), where Twisted's parser reads them: ``tcp:HOST:PORT``, ``tcp:host=H:port=P``,
-    ``tcp:host=H:P``."""
-    host, port = fields.get("host", ""), fields.get("port", "")
-    if len(positional) == 2:
-        host, port = positional
-    elif len(positional) == 1 and "host" in fields:
-        port = positional[0]
-    elif len(positional) == 1:
-        host = positional[0]
-    return host, port
-
-
-def _written_port(description: str) -> str:
-    """The port of a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint string as written (``""``
-    where none is, or for another kind)."""
-    args, fields = split_description(description)
-    if args[:1] == ["tls"]:
-        return fields.get("port", "")
-    if args[:1] in (["tcp"], ["ssl"]):
-        return tcp_host_port(args[1:], fields)[1]
-    return ""
 
 
 def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[str],

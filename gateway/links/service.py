@@ -26,6 +26,7 @@ from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings
+from gateway.links.sharedsessions import shared_sessions
 from gateway.links.snapshot import LinksSnapshot, links_cursor_failing
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
@@ -223,8 +224,6 @@ class LinksService(Service):
         """
         if len(self.settings.links) < 2:
             return {}
-        from gateway.links.sharedsessions import shared_sessions  # (it brings the endpoints: only with links)
-
         others: dict[str, tuple[str, ...]] = {}
         for shared in shared_sessions(self.settings.links, *self.identity):
             self.log.warn("{problem}", problem=shared.text, links=shared.links, broker=shared.broker,

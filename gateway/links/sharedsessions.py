@@ -13,26 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.endpointstrings import split_description
-from gateway.links.endpoint import tcp_host_port
+from gateway.endpointstrings import client_host_port, split_description
 from gateway.links.settings import LinkSettings
-
-#: The port a ``tls:`` endpoint without one connects to (:mod:`gateway.links.endpoint`).
-TLS_DEFAULT_PORT = "8883"
 
 
 def broker_address(endpoint: str) -> str:
     """The broker an endpoint string connects to, as ``host:port`` for a ``tcp:``, ``tls:`` or
     ``ssl:`` one (the host lower-cased, without a final dot), else the string as written
     (``unix:path=...``): two spellings of one broker compare equal."""
-    args, fields = split_description(endpoint)
-    kind = args[:1]
-    if kind == ["tls"]:
-        host, port = fields.get("host", ""), fields.get("port", TLS_DEFAULT_PORT)
-    elif kind in (["tcp"], ["ssl"]):
-        host, port = tcp_host_port(args[1:], fields)
-    else:
+    written = client_host_port(*split_description(endpoint))
+    if written is None:
         return endpoint
+    host, port = written
     host = host.strip("[]").lower().rstrip(".")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

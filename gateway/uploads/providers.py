@@ -14,7 +14,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gateway.httpbody import read_body
-from gateway.shown import shown_url
+from gateway.shown import shown_location
 from gateway.uploads.errors import InvalidRequest, ProviderRefused, TransferFailed
 from gateway.uploads.filebody import Digests, HashingFileBody
 from gateway.uploads.xmlerror import provider_reason
@@ -171,11 +171,11 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
         raise
     if not 200 <= response.code < 300:
         reason = provider_reason(response, content)
-        location = (response.headers.getRawHeaders(b"location") or [b""])[0].decode("latin-1")
-        if 300 <= response.code < 400 and location:
+        location = shown_location(response.headers) if 300 <= response.code < 400 else None
+        if location is not None:
             # its host and path: a query may hold a signature, user information a password, and
             # the message goes to the cloud
-            reason += f" (redirected to {shown_url(location)})"
+            reason += f" (redirected to {location})"
         raise ProviderRefused(response.code, reason)
     if cut:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: HTTP {response.code} with an answer over "

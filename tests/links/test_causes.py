@@ -44,6 +44,13 @@ class PeerTests(SynchronousTestCase):
         self.assertEqual(peer_of("unix:path=/run/m.sock"), Peer("/run/m.sock", "/run/m.sock", unix=True))
         self.assertEqual(peer_of("unix:/run/m.sock"), Peer("/run/m.sock", "/run/m.sock", unix=True))
 
+    def test_port_read_as_twisted_reads_it(self) -> None:
+        """``tcp:host=H:P`` connects to port P (Twisted reads the one positional as the port when
+        ``host=`` is written): its peer is ``H:P``, where a link's status said ``H:?``; so is an
+        ``ssl:`` one's."""
+        self.assertEqual(peer_of("tcp:host=h:1"), Peer("h:1", "h"))
+        self.assertEqual(peer_of("ssl:host=h:1:hostname=h"), Peer("h:1", "h"))
+
     def test_ipv6_addresses(self) -> None:
         """An IPv6 address written with Twisted's escaped colons (``\\:``) is read whole and
         shown as ``[address]:port``; the peer was ``\\:18830``, host ``\\``, so a link's status
