@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.asciidigits import ascii_decimal, ascii_digits
-from gateway.endpointstrings import (TLS_DEFAULT_PORT, split_description, tcp_host_port, unescaped_ipv6_problem,
+from gateway.endpointstrings import (TLS_DEFAULT_PORT, client_host_port, split_description, tcp_host_port, unescaped_ipv6_problem,
                                      written_client_port)
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
@@ -171,15 +171,16 @@ def link_endpoint(reactor: Any, settings: LinkEndpointSettings,
 
 
 def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
-    """The host and port a ``tls:`` or ``tcp:`` endpoint string names (a ``tls:`` one's port is
-    :data:`~gateway.endpointstrings.TLS_DEFAULT_PORT` unless written, as :func:`_stream_endpoint`
-    connects)."""
-    # (keywords first, as it always read them: so a tcp:host=H:P one, which connects to P, gets
-    # TLS_DEFAULT_PORT here, where client_host_port would read P)
-    args, fields = split_description(settings.endpoint)
-    positional = args[1:]
-    host = fields.get("host") or (positional[0] if positional else "")
-    port = fields.get("port") or (positional[1] if len(positional) > 1 else TLS_DEFAULT_PORT)
+    """The host and port a ``tls:``, ``tcp:`` or ``ssl:`` endpoint string connects to, read as
+    :func:`_stream_endpoint` connects (a ``tls:`` one's port is
+    :data:`~gateway.endpointstrings.TLS_DEFAULT_PORT` unless written; ``tcp:host=H:P`` is P).
+
+    :raises LinkError: for another kind, or a port that is not one.
+    """
+    found = client_host_port(*split_description(settings.endpoint))
+    if found is None:
+        raise LinkError(f"{settings.endpoint!r}: an AWS WebSocket link needs a tls: or tcp: endpoint")
+    host, port = found
     problem = port_problem(port)
     if problem is not None:
         raise LinkError(f"{settings.endpoint!r}: {problem}")

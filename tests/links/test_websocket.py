@@ -94,6 +94,14 @@ class AWSWebSocketURLTests(SynchronousTestCase):
         self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
         self.assertEqual(reactor.tcpClients[0][1], 8883)
 
+    def test_a_tcp_endpoint_with_its_port_after_host_is_signed_for_that_port(self) -> None:
+        """``tcp:host=H:P`` connects to port P, and the URL (``ws://``, what is signed) names P:
+        it named 8883, read keywords first, so the signature was for another Host."""
+        endpoint, reactor, _ = self.endpoint("tcp:host=127.0.0.1:8080")
+        self.assertTrue(endpoint.url().startswith("ws://127.0.0.1:8080/mqtt?X-Amz-Algorithm="), endpoint.url())
+        self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
+        self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 8080))
+
     def test_an_ipv6_host_header_has_brackets_and_is_signed_so(self) -> None:
         """``tcp:host=\\:\\:1`` (``ws://``): the opening handshake's Host header is ``[::1]:8080``,
         and the URL is signed for that Host. It was ``Host: ::1:8080``, which nginx (a
