@@ -7,6 +7,8 @@ for a :class:`~pathlib.Path`. These calls block: run them off the reactor thread
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -46,6 +48,23 @@ def remove_durably(path: Path) -> None:
     except FileNotFoundError:
         return
     fsync_directory(path.parent)
+
+
+def remove_tree_durably(path: Path) -> None:
+    """Remove directory ``path`` with all it holds and fsync its parent, so that a power cut
+    cannot bring it back (an ended operation's artifacts, left on the disk for good once its
+    record is forgotten). Best effort, as ``shutil.rmtree(path, ignore_errors=True)``: what
+    cannot be removed stays, and a parent that cannot be fsynced is let be.
+
+    :param path: the directory; a missing one is not an error (nothing is fsynced then).
+    """
+    if not os.path.lexists(path):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        fsync_directory(path.parent)
+    except OSError:
+        pass  # (as rmtree's own errors)
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -99,6 +99,18 @@ def record_fsyncs(test: SynchronousTestCase) -> list[str]:
     return fsynced
 
 
+def record_calls(test: SynchronousTestCase, events: list[str], owner: Any, name: str) -> None:
+    """Patch ``owner.name`` (``os.unlink``, ``shutil.rmtree``) to note ``"<name> <first argument>"``
+    in ``events`` (the list :func:`record_fsyncs` fills: what was fsynced after what), then call it."""
+    real = getattr(owner, name)
+
+    def call(first: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(f"{name} {first}")
+        return real(first, *args, **kwargs)
+
+    test.patch(owner, name, call)
+
+
 class MakedirsDurablyTests(SynchronousTestCase):
     """A directory the gateway makes survives a power cut: its parent is fsynced."""
 

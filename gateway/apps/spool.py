@@ -147,8 +147,9 @@ def _file_away(archive: Path, result: InstallResult) -> None:
 def _keep_newest_filed(folder: Path, newest: str) -> None:
     """Remove the packages filed in ``folder`` longest ago, each with its log (and the
     temporary file of a log write a crash cut short), so that :data:`KEEP_FILED` remain,
-    ``newest`` (the one just filed) among them. Filed longest ago: the oldest change time,
-    which the rename that filed it set (a directory refused as it is goes the same way).
+    ``newest`` (the one just filed) among them; then fsync ``folder``, so that a power cut does
+    not bring them back. Filed longest ago: the oldest change time, which the rename that filed
+    it set (a directory refused as it is goes the same way).
 
     :param folder: ``done/`` or ``failed/``.
     :param newest: the name of the package just filed there.
@@ -163,12 +164,15 @@ def _keep_newest_filed(folder: Path, newest: str) -> None:
             filed[package] = max(changed, filed.get(package, changed))
     filed.pop(newest, None)
     oldest_first = sorted(filed, key=lambda name: (filed[name], name))
-    for package in oldest_first[:max(0, len(oldest_first) - (KEEP_FILED - 1))]:
+    doomed = oldest_first[:max(0, len(oldest_first) - (KEEP_FILED - 1))]
+    for package in doomed:
         for path in (folder / package, folder / f"{package}.log", temporary_path(folder / f"{package}.log")):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+    if doomed:  # (not durably removed, they came back with each cut, more after each filing)
+        fsync_directory(folder)
 
 
 #: A file's identity: inode, size and modification time (a package renamed over it differs).

@@ -297,6 +297,8 @@ class Rollback:
         # could leave an empty package as the only version to roll back to.
         with deb.open("rb") as source:
             write_parts_atomically(target, iter(lambda: source.read(WRITE_SIZE), b""))
-        for old in self.keep_dir.glob(f"{self.package}_*.deb"):
-            if old != target:
-                old.unlink()
+        olds = [old for old in self.keep_dir.glob(f"{self.package}_*.deb") if old != target]
+        for old in olds:
+            old.unlink()
+        if olds:  # (durably: a power cut brought it back, two packages kept until the next install)
+            fsync_directory(self.keep_dir)

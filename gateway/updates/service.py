@@ -4,7 +4,6 @@ operation through download and install, persists every step and resumes after a 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -17,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gateway import jsontext
+from gateway.atomic import remove_tree_durably
 from gateway.apps.process import ProcessLauncher
 from gateway.clockstep import steady_seconds
 from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
@@ -131,7 +131,7 @@ class UpdateService(Service):
         for operation in operations:
             directory = self._artifacts_directory(operation)
             if operation.status.final and not _keeps_files(operation) and directory.exists():
-                shutil.rmtree(directory, True)
+                remove_tree_durably(directory)
         return operations
 
     def _loaded_now(self, result: Any) -> Any:
@@ -486,7 +486,7 @@ class UpdateService(Service):
         return self._artifact_path(operation, 0, "x").parent.parent
 
     def _remove_artifacts(self, operation: Operation) -> Deferred[Any]:
-        return self.run_blocking(shutil.rmtree, self._artifacts_directory(operation), True)
+        return self.run_blocking(remove_tree_durably, self._artifacts_directory(operation))
 
     @inlineCallbacks
     def _download_all(self, operation: Operation) -> Any:

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway.atomic import write_json_atomically
+from gateway.atomic import fsync_directory, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.configtext import NOT_UTF8_LOCALE, unencodable_problem
 from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # the transfer machinery is imported by the first upload (idl
     from gateway.uploads.filebody import FileIdentity
     from gateway.uploads.providers import HTTPClient, Provider
     from gateway.uploads.transfer import FileTransfer
+
+log = Logger()
 
 #: Finished uploads kept on disk (their last statuses), newest first.
 KEEP_FINISHED = 20
@@ -724,11 +726,21 @@ def _unrecorded(error: OSError) -> str:
 
 
 def _remove(path: str) -> str | None:
-    """Delete ``path`` (blocking); returns why it could not be, or None (also when it was gone)."""
+    """Delete ``path`` and fsync its directory (blocking), so that a power cut cannot bring back
+    a file ``delete: true`` removed (the next trigger would send it again) or a bundle; returns
+    why it could not be deleted, or None (also when it was gone). A directory that cannot be
+    fsynced once the file is gone (one the gateway may write but not read) is a warning only.
+    """
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return None
     except OSError as error:
         return error.strerror or str(error)
+    directory = os.path.dirname(path)
+    try:
+        fsync_directory(Path(directory))
+    except OSError as error:
+        log.warn("deleted {path}, but cannot fsync its directory {directory} ({error}): a power cut may bring it"
+                 " back", path=escaped(path), directory=escaped(directory), error=error.strerror or str(error))
     return None

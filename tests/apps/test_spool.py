@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.spool import SpoolWatcher
-from tests.test_filelayer import record_fsyncs
+from tests.test_filelayer import record_calls, record_fsyncs
 
 
 def inline(work: Callable[[], Any]) -> Deferred[Any]:
@@ -115,6 +116,26 @@ class SpoolTests(SynchronousTestCase):
             kept = [f"{prefix}{n:02}.v1.tar.gz" for n in range(count - KEEP_FILED, count)]
             self.assertEqual(sorted(p.name for p in (self.incoming / folder).iterdir()),
                              sorted(kept + [f"{name}.log" for name in kept]))
+
+    def test_packages_removed_from_done_stay_removed_after_a_power_cut(self) -> None:
+        """Filing a package past KEEP_FILED removes the oldest from done/ and then fsyncs done/.
+        It did not: a power cut brought them back, and with a cut after each filing done/
+        grew by one package (a whole tarball) each time."""
+        from gateway.apps.spool import KEEP_FILED
+
+        self.incoming = self.incoming.absolute()
+        self.watcher(lambda archive: succeed(InstallResult(True, "installed", "x", "1", None, "x 1")))
+        for n in range(KEEP_FILED):
+            (self.incoming / f"ok{n:02}.v1.tar.gz").write_bytes(b"x")
+            self.clock.advance(1.0)
+        events = record_fsyncs(self)
+        record_calls(self, events, os, "unlink")
+        (self.incoming / "ok99.v1.tar.gz").write_bytes(b"x")
+        self.clock.advance(1.0)
+        done = self.incoming / "done"
+        self.assertFalse((done / "ok00.v1.tar.gz").exists())
+        removed = max(events.index(f"unlink {done / name}") for name in ("ok00.v1.tar.gz", "ok00.v1.tar.gz.log"))
+        self.assertIn(str(done), events[removed + 1:])
 
     def test_odd_file_names_are_logged_on_one_line(self) -> None:
         """A package named with a newline, or in Latin-1 on disk, is refused and filed away as

@@ -15,7 +15,7 @@ from gateway.updates import partfile
 from gateway.updates.partfile import PartFile, PartMeta
 from tests.logevents import capture_log_events
 from tests.unreadable import refuse_reading
-from tests.test_filelayer import record_fsyncs
+from tests.test_filelayer import record_calls, record_fsyncs
 
 
 class PartFileTests(SynchronousTestCase):
@@ -138,3 +138,21 @@ class DurableDirectoryTests(SynchronousTestCase):
         part.open()
         self.addCleanup(part.close)
         self.assertIn(str(base), fsynced)
+
+    def test_a_finished_download_stays_finished_after_a_power_cut(self) -> None:
+        """A verified part is renamed to its destination, its metadata removed, then their
+        directory fsynced (pins it: a power cut must not bring back the part, to be downloaded
+        again, in place of the file an install may already use)."""
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        part = PartFile(base / "a.bin", PartMeta(url="https://example.com/a.bin"), 4096)
+        part.open()
+        part.write_chunks([b"x" * 100])
+        events = record_fsyncs(self)
+        record_calls(self, events, os, "replace")
+        self.assertTrue(part.finish())
+        self.assertEqual((base / "a.bin").read_bytes(), b"x" * 100)
+        self.assertFalse(part.path.exists() or part.meta_path.exists())
+        moved = events.index(f"replace {part.path}")
+        self.assertEqual(events[-1], str(base))
+        self.assertGreater(len(events) - 1, moved)

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.updates import rollback as rollback_module
 from gateway.updates.rollback import ALIVE, NOT_STARTED, STEP, Rollback
-from tests.test_filelayer import record_fsyncs
+from tests.test_filelayer import record_calls, record_fsyncs
 
 
 class Machine:
@@ -128,6 +128,18 @@ class RollbackTests(TestCase):
         kept, why_not = Rollback("gateway", keep, "gateway.service", 30.0, run=self.machine.run).previous_package("1.0 ii")
         self.assertEqual((kept, why_not), (keep / "gateway_1.0.deb", ""))
         self.assertIn(str(self.dir), fsynced)
+
+    def test_the_package_kept_before_stays_removed_after_a_power_cut(self) -> None:
+        """Keeping the new package removes the one kept before, then fsyncs the keep directory
+        (docs/install.md: it holds one package and no more). It did not: a power cut brought
+        the old package back, two kept until the next install."""
+        events = record_fsyncs(self)
+        record_calls(self, events, os, "unlink")
+        self.machine.installed = "2.0 ii"
+        self.rollback.keep(self.deb)
+        self.assertEqual(sorted(p.name for p in self.keep.iterdir()), ["gateway_2.0.deb"])
+        removed = events.index(f"unlink {self.keep / 'gateway_1.0.deb'}")
+        self.assertIn(str(self.keep), events[removed + 1:])
 
     def installs(self) -> list[str]:
         return [argv[-1] for argv in self.machine.commands if argv[0] == "dpkg"]

@@ -30,6 +30,7 @@ from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile
 from tests.heldthreads import HeldThreads
 from tests.updates.test_downloader import run_inline
+from tests.test_filelayer import record_calls, record_fsyncs
 
 ARCHIVE = b"app archive " * 5000
 URL = "https://updates.example/app.v2.tar.gz"
@@ -108,6 +109,20 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
         self.assertFalse((self.state / "updates" / "artifacts").exists() and
                          any((self.state / "updates" / "artifacts").iterdir()))
+
+    def test_the_artifacts_removed_at_the_end_stay_removed_after_a_power_cut(self) -> None:
+        """An ended install's artifacts directory is removed, then its parent fsynced. It was
+        not: a power cut brought the artifacts back, left on the disk for good once the
+        operation's record was forgotten (a start removes only those of a record it reads)."""
+        service = self.service()
+        events = record_fsyncs(self)
+        record_calls(self, events, shutil, "rmtree")
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        artifacts = self.state / "updates" / "artifacts"
+        [removed] = [n for n, event in enumerate(events) if event.startswith(f"rmtree {artifacts}")]
+        self.assertIn(str(artifacts.absolute()), events[removed + 1:])
 
     def test_a_command_name_with_a_newline_is_logged_on_one_line(self) -> None:
         """A command's name is the last level of a cloud command's topic and may hold a newline:
@@ -409,7 +424,7 @@ class UpdateServiceTests(SynchronousTestCase):
         removals: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
 
         def holds_removals(f: Any, *args: Any) -> Any:
-            if f is shutil.rmtree:
+            if f is service_module.remove_tree_durably:
                 removals.append((f, args, Deferred()))
                 return removals[-1][2]
             return run_inline(f, *args)
@@ -442,7 +457,7 @@ class UpdateServiceTests(SynchronousTestCase):
         never: Deferred[Any] = Deferred()
 
         def dies_before_removing(f: Any, *args: Any) -> Any:
-            return never if f is shutil.rmtree else run_inline(f, *args)
+            return never if f is service_module.remove_tree_durably else run_inline(f, *args)
 
         stub = StubTreq(self.resource)
         first = UpdateService(UpdatesSettings(), self.state, self.clock, stub, lambda *a: None,

@@ -22,13 +22,15 @@ from gateway.errors import ConfigError
 from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.messages import OPERATIONS
 from gateway.uploads.operation import Upload
-from gateway.uploads.service import KEEP_FINISHED
+from gateway.uploads.service import KEEP_FINISHED, UploadService
 from gateway.operations.store import RecordStore
 from gateway.payloadlimits import REQUEST_BYTES
 from gateway.shown import shown
 from gateway.uploads.settings import PeriodicSettings, UploadsSettings
 from tests.logevents import assert_one_line_then_summary, capture_log_events
+from tests.test_filelayer import record_calls, record_fsyncs
 from tests.uploads.fakes import body, fake_service
+from tests.uploads.realservers import StatusWatcher
 
 
 class FlowTests(SynchronousTestCase):
@@ -324,16 +326,22 @@ class FlowTests(SynchronousTestCase):
         self.addCleanup(again.stopService)
         self.assertEqual((sends, watcher.statuses(), watcher.requests()), ([], [], []))
 
-    def test_a_file_to_delete_whose_success_cannot_be_recorded_is_kept(self) -> None:
-        """delete: true, and the file's SUCCESS meets a full disk: the upload ends SUCCESS,
-        published, but the file is not deleted (a restart sends it again, as its record says),
-        its message says why."""
+    def started_deleting_upload(self) -> tuple[UploadService, StatusWatcher, list[Any]]:
+        """A service with ``delete: true`` whose upload ``d`` of ``a.log`` is started, its file
+        being sent: the service, its watcher and its sends (fire ``sends[0][2]`` to store it)."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
             files=(str(self.dir / "a.log"),), delete=True))
         self.successResultOf(service.startService())
         self.addCleanup(service.stopService)
         self.successResultOf(service.handle("trigger", body({"correlationId": "d"})))
         self.successResultOf(service.handle("start", body({"correlationId": "d#1", "options": {}})))
+        return service, watcher, sends
+
+    def test_a_file_to_delete_whose_success_cannot_be_recorded_is_kept(self) -> None:
+        """delete: true, and the file's SUCCESS meets a full disk: the upload ends SUCCESS,
+        published, but the file is not deleted (a restart sends it again, as its record says),
+        its message says why."""
+        service, watcher, sends = self.started_deleting_upload()
         self.refuse_records(service)
         sends[0][2].callback(None)
         status = watcher.statuses()[-1]
@@ -859,6 +867,40 @@ class FlowTests(SynchronousTestCase):
         [upload] = RecordStore(service.store.directory, Upload.from_json).load_all()
         self.assertEqual(upload.state.value, "SUCCESS")
         self.assertTrue((self.dir / "a.log").exists())
+
+    def test_a_deleted_file_stays_deleted_after_a_power_cut(self) -> None:
+        """delete: true removes the stored file durably: its directory is fsynced after the
+        removal. It was not, and a power cut brought the file back, for the next trigger (a
+        periodic one) to send it again."""
+        service, watcher, sends = self.started_deleting_upload()
+        events = record_fsyncs(self)
+        record_calls(self, events, os, "unlink")
+        sends[0][2].callback(None)
+        self.assertEqual(watcher.statuses()[-1]["state"], "SUCCESS")
+        self.assertFalse((self.dir / "a.log").exists())
+        removed = events.index(f"unlink {self.dir / 'a.log'}")
+        self.assertIn(str(self.dir), events[removed + 1:])
+
+    def test_a_deleted_file_whose_directory_cannot_be_fsynced_is_a_warning(self) -> None:
+        """delete: true in a directory the gateway may write but not read: the file is gone, so
+        the upload ends SUCCESS with no "not deleted" message; that a power cut may bring it
+        back is a warning."""
+        from gateway.uploads import service as service_module
+
+        service, watcher, sends = self.started_deleting_upload()
+
+        def refused(directory: Path) -> None:
+            raise PermissionError(13, "Permission denied", str(directory))
+
+        self.patch(service_module, "fsync_directory", refused)
+        events = capture_log_events(self)
+        sends[0][2].callback(None)
+        status = watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["files"][0].get("message", "")), ("SUCCESS", ""))
+        self.assertFalse((self.dir / "a.log").exists())
+        self.assertIn(f"deleted {self.dir / 'a.log'}, but cannot fsync its directory {self.dir} (Permission denied):"
+                      " a power cut may bring it back",
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn])
 
     def test_a_crash_after_a_file_was_deleted_does_not_fail_its_upload(self) -> None:
         """delete: true (docs/uploads.md: each file is removed once the storage has it): the file's
