@@ -21,7 +21,7 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import (ProgressBar, duration, fleet_rows, link_problem, pending_change, previous_stop,
+from gateway.admin.tables import (ProgressBar, confirming_links, duration, fleet_rows, link_problem, pending_change, previous_stop,
                                   service_state, size, stream_losses, stream_problem, table)
 from gateway.admin.terminaltext import TerminalText
 from gateway.asciidigits import ascii_decimal
@@ -401,7 +401,7 @@ def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
     def human(r: Any) -> str:
         text = "applied; restarted: " + (", ".join(r.get("restarted") or ()) or "nothing")
         if r.get("confirm_deadline") is not None:
-            text += f"\nreverted unless the cloud link is up within {args.confirm_within:g} s"
+            text += f"\nreverted unless {confirming_links(r)} within {args.confirm_within:g} s"
         return text
     return _out(args, result, human)
 
