@@ -282,7 +282,8 @@ def cmd_journal(client: AdminClient, args: argparse.Namespace) -> int:
         return cmd_queue(client, args)
     result = client.delete(f"/journal/{quote(args.name)}", {"force": "true"} if args.force else None, timeout=None)
     return _out(args, result, lambda r: f"{r['name']}: dropped" + (
-        f", {r['lost']} records not acknowledged counted lost (dropped)" if r["lost"] else ""))
+        f", {r['lost']} record{'' if r['lost'] == 1 else 's'} not acknowledged counted lost (dropped)"
+        if r["lost"] else ""))
 
 
 def _ops_table(snapshot: Any) -> str:

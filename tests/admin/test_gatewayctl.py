@@ -1470,6 +1470,11 @@ class JournalCommandTests(SynchronousTestCase):
         self.assertEqual(main(["--socket", self.socket, "journal", "drop", "link-old", "--force"]), 0)
         self.assertEqual(self.out.getvalue(), "link-old: dropped, 2 records not acknowledged counted lost (dropped)\n")
         self.assertEqual(asked, [("/journal/link-old", None), ("/journal/link-old", {"force": "true"})])
+        self.patch(AdminClient, "delete", lambda *_, **__: {"name": "link-1", "action": "drop", "ok": True,
+                                                            "lost": 1, "lost_bytes": 50})
+        self.assertEqual(main(["--socket", self.socket, "journal", "drop", "link-1", "--force"]), 0)
+        self.assertEqual(self.out.getvalue().splitlines()[-1],
+                         "link-1: dropped, 1 record not acknowledged counted lost (dropped)", "not '1 records'")
         with self.assertRaises(SystemExit) as raised:
             main(["--socket", self.socket, "journal", "drop"])
         self.assertEqual(raised.exception.code, 2)
