@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gateway.asciidigits import ascii_digits
 from gateway.atomic import write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.configtext import NOT_UTF8_LOCALE, unencodable_problem
@@ -231,7 +232,7 @@ class UploadService(Service):
         for upload in uploads:
             self.uploads[upload.correlation_id] = upload
             made = upload.correlation_id.removeprefix("upload-id-")
-            if made.isdecimal():
+            if ascii_digits(made):  # (isdecimal() is true for ١٢ too)
                 self._serial = max(self._serial, int(made))
         for upload in list(self.uploads.values()):
             if upload.state.final:

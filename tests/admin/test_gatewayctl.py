@@ -431,6 +431,15 @@ class UsageTests(SynchronousTestCase):
         self.assertIn("gatewayctl config check: error: 'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
         self.assertNotIn("COMMAND ...", self.err.getvalue())
 
+    def test_lines_in_ascii_digits_only(self) -> None:
+        """``apps logs -n`` takes a number of lines in ASCII digits: ``int()`` read ``١٠`` as 10
+        and ``1_0`` too; they are a usage error naming it (exit 2)."""
+        for lines in ("\u0661\u0660", "1_0", "-5"):
+            with self.assertRaises(SystemExit) as raised:
+                main(["--socket", self.socket, "apps", "logs", "hello", "-n", lines])
+            self.assertEqual(raised.exception.code, 2, lines)
+            self.assertIn(f"argument -n/--lines: {lines!r} is not a number of lines", self.err.getvalue())
+
     def test_confirm_within_in_ascii_digits_only(self) -> None:
         """``--confirm-within`` takes seconds in ASCII digits (``120``, ``2.5``): in another script's
         digits, ``inf`` or with an exponent it is a usage error naming it (exit 2); ``float()`` read

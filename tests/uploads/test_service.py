@@ -810,6 +810,20 @@ class FlowTests(SynchronousTestCase):
         self.assertIn(first, ids)
         self.assertNotEqual(service.new_correlation_id(), first)
 
+    def test_ids_of_other_scripts_digits_do_not_move_the_ids_it_makes(self) -> None:
+        """Only an id ``upload-id-<ASCII digits>`` is one the gateway made: a cloud's
+        ``upload-id-٩٩٩٩٩٩٩٩٩٩٩٩`` (Arabic-Indic), which ``isdecimal()`` and ``int()`` took for
+        999999999999,
+        made the next ids count on from it after a restart."""
+        eastern = "upload-id-" + "\u0669" * 12
+        self.assertEqual(self.handle("trigger", {"correlationId": eastern}), (204, {}))
+        self.successResultOf(self.service.stopService())
+        service, _, clock, _ = fake_service(self.state, self.settings)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.assertIn(eastern, {u["correlationId"] for u in service.snapshot()["uploads"]})
+        self.assertEqual(service.new_correlation_id(), f"upload-id-{int(clock.seconds()) + 1}")
+
     def test_snapshot_is_newest_first_across_restarts_and_retriggers(self) -> None:
         """GET /uploads' list (docs/admin.md): newest first, also once the service was rebuilt
         from disk (a restart, a configuration change) and for a finished id triggered again."""
