@@ -276,7 +276,10 @@ class FlowTests(SynchronousTestCase):
         self.service.store.save = full  # type: ignore[method-assign]
         status, error = self.handle("start", {"correlationId": "t1#1", "options": {"info.k": "v"}})
         self.assertEqual(status, 500)
-        self.assertIn("No space left on device", error["message"])
+        # (it said only "[Errno 28] No space left on device": not what, nor where)
+        self.assertEqual(error["message"], f"upload 't1#1' not started: its record {self.service.store.path_for('t1')}"
+                                           " cannot be written: No space left on device; it is still PENDING: send"
+                                           " the start again once the disk takes it")
         self.assertEqual(self.sends, [])
         self.assertEqual(self.service.uploads["t1"].status_payload()["state"], "PENDING")
         self.service.store.save = save  # type: ignore[method-assign]
@@ -983,7 +986,9 @@ class FlowTests(SynchronousTestCase):
         service.store.save = full  # type: ignore[method-assign]
         status, error = self.successResultOf(service.handle("trigger", body({"correlationId": "r"})))
         self.assertEqual(status, 500)
-        self.assertIn("No space left on device", error["message"])
+        self.assertEqual(error["message"], f"upload 'r' not made: its record {service.store.path_for('r')} cannot be"
+                                           " written: No space left on device; nothing was kept: send the trigger"
+                                           " again once the disk takes it")
         self.assertEqual(watcher.requests(), [])
         self.assertEqual(list((service.root / "bundles").iterdir()), [])
         service.store.save = save  # type: ignore[method-assign]
