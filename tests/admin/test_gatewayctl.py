@@ -225,9 +225,10 @@ class GatewayctlTests(TestCase):
         # A change to wait for: the link never comes up, so it stays pending (600 s here).
         text = yield self.ok("config", "apply", "links.links.cloud.backoff_max=30", "--confirm-within", "600")
         self.assertIn("reverted unless a cloud link is up within 600 s", text, "none was up: any one confirms it")
+        status = yield self.ok("status")
         self.assertIn("configuration: links.links.cloud.backoff_max (by admin) waits for confirmation: reverted in",
-                      (yield self.ok("status")))
-        self.assertIn("unless a cloud link is up\n", (yield self.ok("status")))
+                      status)
+        self.assertIn("unless a cloud link is up\n", status)
         self.assertEqual(json.loads((yield self.ok("--json", "status")))["config_pending"]["keys"],
                          ["links.links.cloud.backoff_max"])
         out, err, code = yield self.ctl("config", "set", "gateway.device_id", "gw-3")
