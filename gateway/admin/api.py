@@ -18,6 +18,7 @@ from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike, UploadsLike)
+from gateway.asciidigits import ascii_digits
 from gateway.clockstep import steady_seconds
 from gateway.commands.settings import CONFIRM_WINDOW_RANGE
 from gateway.readside import to_jsonable
@@ -338,7 +339,8 @@ class AdminApi:
             options = {"lines": query(request, "lines", "100"), "follow": query_flag(request, "follow"),
                        "stderr": query_flag(request, "stderr")}
         lines = options.get("lines", 100)
-        if isinstance(lines, bool) or (isinstance(lines, float) and not lines.is_integer()):
+        if isinstance(lines, bool) or (isinstance(lines, float) and not lines.is_integer()) \
+                or (isinstance(lines, str) and not ascii_digits(lines.strip().removeprefix("-"))):  # (int() read ١٠)
             raise bad_request("lines must be an integer")
         try:
             lines = int(lines)

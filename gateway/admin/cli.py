@@ -21,10 +21,10 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import (ProgressBar, duration, fleet_rows, link_problem, pending_change, previous_stop,
+from gateway.admin.tables import (ProgressBar, confirming_links, duration, fleet_rows, link_problem, pending_change, previous_stop,
                                   service_state, size, stream_losses, stream_problem, table)
 from gateway.admin.terminaltext import TerminalText
-from gateway.asciidigits import ascii_decimal
+from gateway.asciidigits import ascii_decimal, ascii_digits
 from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
@@ -95,6 +95,16 @@ def _seconds(text: str) -> float:
     if not ascii_decimal(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
     return float(text)
+
+
+def _line_count(text: str) -> int:
+    """A number of lines on the command line, in ASCII digits (``int()`` read ``١٠`` as 10).
+
+    :raises argparse.ArgumentTypeError: for anything else (a usage error naming it).
+    """
+    if not ascii_digits(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lines")
+    return int(text)
 
 
 def _stdin_value(key: str) -> str:
@@ -282,7 +292,8 @@ def cmd_journal(client: AdminClient, args: argparse.Namespace) -> int:
         return cmd_queue(client, args)
     result = client.delete(f"/journal/{quote(args.name)}", {"force": "true"} if args.force else None, timeout=None)
     return _out(args, result, lambda r: f"{r['name']}: dropped" + (
-        f", {r['lost']} records not acknowledged counted lost (dropped)" if r["lost"] else ""))
+        f", {r['lost']} record{'' if r['lost'] == 1 else 's'} not acknowledged counted lost (dropped)"
+        if r["lost"] else ""))
 
 
 def _ops_table(snapshot: Any) -> str:
@@ -401,7 +412,7 @@ def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
     def human(r: Any) -> str:
         text = "applied; restarted: " + (", ".join(r.get("restarted") or ()) or "nothing")
         if r.get("confirm_deadline") is not None:
-            text += f"\nreverted unless the cloud link is up within {args.confirm_within:g} s"
+            text += f"\nreverted unless {confirming_links(r)} within {args.confirm_within:g} s"
         return text
     return _out(args, result, human)
 
@@ -485,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "logs"))
     apps.add_argument("name", nargs="?", help="the app or program (install: the package FILE)")
     apps.add_argument("-f", "--follow", action="store_true", help="logs: go on printing as the log grows")
-    apps.add_argument("-n", "--lines", type=int, default=100, help="logs: how many last lines (100)")
+    apps.add_argument("-n", "--lines", type=_line_count, default=100, help="logs: how many last lines (100)")
     apps.add_argument("--stderr", action="store_true", help="logs: the program's stderr log")
     apps.add_argument("-v", "--verbose", action="store_true", help="install: print install.sh's output")
     apps.set_defaults(run=cmd_apps)

@@ -173,8 +173,21 @@ def pending_change(pending: Any, now: float) -> str:
     text = f"{keys} (by {pending.get('origin', '?')}) waits for confirmation"
     deadline = pending.get("deadline")
     if isinstance(deadline, (int, float)):
-        text += f": reverted in {duration(max(0.0, deadline - now))} unless the cloud link is up"
+        text += f": reverted in {duration(max(0.0, deadline - now))} unless {confirming_links(pending)}"
     return text
+
+
+def confirming_links(change: Any) -> str:
+    """What confirms a change (``config_pending`` or ``POST /config/apply``'s answer) by its
+    ``required_links``: ``link cloud is up again``, ``links a, b are up again`` (every one),
+    or, when it names none (none was up when it was made), ``a cloud link is up`` (any one)."""
+    names = change.get("required_links") if isinstance(change, dict) else None
+    names = [str(name) for name in names] if isinstance(names, list) else []
+    if not names:
+        return "a cloud link is up"
+    if len(names) == 1:
+        return f"link {names[0]} is up again"
+    return f"links {', '.join(names)} are all up again"
 
 
 def previous_stop(previous: Any) -> str | None:

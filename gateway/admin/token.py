@@ -10,6 +10,9 @@ from gateway.atomic import write_atomically
 from gateway.errors import GatewayError
 from gateway.filelayer import makedirs_durably
 
+#: The fewest characters a token file's token may have (one made here has 43).
+MIN_TOKEN_CHARACTERS = 16
+
 
 class TokenFileError(GatewayError):
     """The token file cannot be read or made, or others may read it."""
@@ -39,8 +42,11 @@ def load_or_create_token(path: Path) -> bytes:
         token = path.read_bytes().strip()
     except OSError as exc:  # (a directory in its place)
         raise TokenFileError(f"cannot read the admin token file {path}: {exc.strerror}") from exc
-    if len(token) < 16:
-        raise TokenFileError(f"the admin token file {path} holds no token (16 characters at least)")
+    if len(token) < MIN_TOKEN_CHARACTERS:
+        held = "no token (it is empty)" if not token else \
+            f"a token of {len(token)} character{'' if len(token) == 1 else 's'}, too short"
+        raise TokenFileError(f"the admin token file {path} holds {held}: a token takes {MIN_TOKEN_CHARACTERS}"
+                             " characters at least (delete the file and restart to have one made)")
     return token
 
 

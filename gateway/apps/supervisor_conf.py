@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_program_name
 from gateway.apps.settings import ProgramSettings, exit_code_problem
+from gateway.asciidigits import ascii_digits
 
 log = Logger()
 
@@ -43,6 +44,19 @@ def parse_bool(value: str, key: str) -> bool:
     if text in _FALSE:
         return False
     raise ManifestError(f"{key}: not a boolean: {value!r}")
+
+
+def parse_int(value: str, key: str) -> int:
+    """supervisord's integer, in ASCII digits with an optional sign (``int()`` read ``٣``,
+    ``1_0`` and ``３`` too).
+
+    :param value: the raw text.
+    :param key: the key, for the error message.
+    """
+    text = value.strip()
+    if not ascii_digits(text[1:] if text[:1] in ("+", "-") else text):
+        raise ManifestError(f"{key}: not an integer: {value!r}")
+    return int(text)
 
 
 def parse_size(value: str, key: str) -> int:
@@ -131,19 +145,15 @@ def _program(name: str, section: configparser.SectionProxy, here: str) -> Progra
         elif key == "autorestart":
             fields[key] = _autorestart(value, path)
         elif key == "exitcodes":
-            try:
-                fields[key] = tuple(int(v) for v in value.split(",") if v.strip())
-            except ValueError as exc:
-                raise ManifestError(f"{path}: not a list of integers: {value!r}") from exc
+            if not all(ascii_digits(v.strip().removeprefix("-")) for v in value.split(",") if v.strip()):
+                raise ManifestError(f"{path}: not a list of integers: {value!r}")
+            fields[key] = tuple(int(v) for v in value.split(",") if v.strip())
             for code in fields[key]:  # (as app.yaml and apps.programs refuse it)
                 problem = exit_code_problem(code)
                 if problem is not None:
                     raise ManifestError(f"{path}: {problem}")
         elif key in ("startsecs", "startretries", "stopwaitsecs", "stdout_logfile_backups"):
-            try:
-                fields[key] = int(value)
-            except ValueError as exc:
-                raise ManifestError(f"{path}: not an integer: {value!r}") from exc
+            fields[key] = parse_int(value, path)
             if fields[key] < 0:  # (as app.yaml and apps.programs refuse it)
                 raise ManifestError(f"{path}: must be at least 0, not {fields[key]}")
         elif key == "stdout_logfile_maxbytes":

@@ -80,6 +80,8 @@ class ApplyResult:
         changed); ``not_checked`` (its check could not be run, see
         :class:`~gateway.errors.ConfigCheckError`: nothing written); ``not_started`` (valid,
         but the services did not start with it: the previous configuration was restored).
+    :ivar required_links: with a ``confirm_deadline``, the links that confirm it once all are
+        up again (those connected when it was made); empty: any one link up confirms it.
     """
 
     applied: bool
@@ -87,6 +89,7 @@ class ApplyResult:
     restarted: tuple[str, ...]
     confirm_deadline: float | None
     outcome: Literal["applied", "invalid", "not_written", "not_checked", "not_started"]
+    required_links: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ class PendingChange:
     :ivar previous: the remote drop-in before it (None: there was none); never shown
         (:data:`~gateway.readside.NEVER_SHOWN`): its text may hold secrets set earlier.
     :ivar deadline: clock seconds by which it must be confirmed.
-    :ivar required_links: the links that must be up again (empty: any one link).
+    :ivar required_links: the links that were connected when it was made: it is confirmed once
+        all of those still configured are up again (none: any one link up).
     :ivar applied_at: clock seconds when it was applied.
     :ivar boot: the id of the boot whose clock ``boot_deadline`` is on ("": none, as in a
         change kept by an earlier version of the gateway).
@@ -532,7 +536,8 @@ class ConfigChanger(Service):
         self._send(self._report_body("applied", origin, keys, "", restarted=restarted, deadline=deadline))
         if pending is not None:
             self._watch()
-        return ApplyResult(True, (), tuple(restarted), deadline, "applied")
+        return ApplyResult(True, (), tuple(restarted), deadline, "applied",
+                           pending.required_links if pending else ())
 
     def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
         """Report a change refused for the errors its whole configuration would have: what

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
 from gateway import jsontext
+from gateway.asciidigits import ascii_digits
 from gateway.errors import GatewayError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
@@ -91,12 +92,9 @@ def parse_sleep(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
     parts = value.split(":")
-    if len(parts) != 3:
+    if len(parts) != 3 or not all(ascii_digits(p) for p in parts):  # (int() read ٠١, +1 and " 1" too)
         return None
-    try:
-        hours, minutes, seconds = (int(p) for p in parts)
-    except ValueError:
-        return None
+    hours, minutes, seconds = (int(p) for p in parts)
     if min(hours, minutes, seconds) < 0 or minutes > 59 or seconds > 59:
         return None
     return float(hours * 3600 + minutes * 60 + seconds)

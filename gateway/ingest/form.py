@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, quote, urlencode
 
+from gateway.asciidigits import ascii_decimal
 from gateway.errors import GatewayError
 
 #: A CIK is 40 hexadecimal characters.
@@ -105,10 +106,9 @@ def parse_record(body: bytes, max_values: int, charset: str = "utf-8") -> list[t
         raise FormError(f"{len(pairs)} values in one record request; at most {max_values}")
     out = []
     for stamp, value in pairs:
-        try:
-            when = float(stamp)
-        except ValueError:
-            raise FormError(f"timestamp {stamp!r} is not a number") from None
+        if not ascii_decimal(stamp):  # (float() read ١٧٠٠, 1e9, 1_0 and " 5" too)
+            raise FormError(f"timestamp {stamp!r} is not a number")
+        when = float(stamp)
         if not 0 <= when < 1e11:
             raise FormError(f"timestamp {stamp!r} is out of range")
         out.append((when, value))

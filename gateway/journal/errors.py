@@ -92,7 +92,8 @@ class StreamNotDrainedError(JournalError):
     """
 
     def __init__(self, stream: str, records: int) -> None:
-        super().__init__(f"journal stream {stream!r} holds {records} records not acknowledged by its cursors"
+        super().__init__(f"journal stream {stream!r} holds {records} record{'' if records == 1 else 's'}"
+                         " not acknowledged by its cursors"
                          " (never sent): drop it with force to lose them, counted as lost (dropped)")
         self.stream = stream
         self.records = records

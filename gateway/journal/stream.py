@@ -338,9 +338,9 @@ class Stream:
         entry = LossEntry("dropped", records, nbytes, lost[0][0], lost[-1][1], first_time,
                           self.clock.seconds(), self.clock.seconds())
         self.note_loss(entry.reason, records, nbytes, entry.first_seq, entry.last_seq, first_time, entry.last_time)
-        self.log.warn("journal {stream}: dropped by the operator with {records} records not acknowledged by its"
+        self.log.warn("journal {stream}: dropped by the operator with {records} record{s} not acknowledged by its"
                       " cursors (seq {first}-{last}, {bytes} bytes): counted lost (dropped)",
-                      stream=self.name, records=records, first=entry.first_seq, last=entry.last_seq, bytes=nbytes)
+                      stream=self.name, records=records, s="" if records == 1 else "s", first=entry.first_seq, last=entry.last_seq, bytes=nbytes)
         return entry
 
     def _log_totals(self, _: object) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, FirstError, inlineCallbacks
 
+from gateway.asciidigits import ascii_digits
 from gateway.uploads.errors import FileChanged, ProviderRefused, TransferFailed
 from gateway.uploads.providers import HTTPClient, Transfer, blob_name, send_request
 
@@ -85,7 +86,7 @@ class AzureBlob:
 
         try:
             root = ElementTree.fromstring(content.lstrip(b"\xef\xbb\xbf"))
-            return {block.findtext("Name"): int(block.findtext("Size") or -1)
+            return {block.findtext("Name"): _block_size(block.findtext("Size"))
                     for block in root.iterfind("UncommittedBlocks/Block")}
         except (ElementTree.ParseError, ValueError) as error:
             # no storage's answer (a proxy's page, a cut or garbled list): tried again as a cut is
@@ -137,3 +138,16 @@ class AzureBlob:
         headers = {"x-ms-version": API_VERSION, "x-ms-blob-content-md5": digests.md5,
                    "Content-Type": "application/xml"}
         yield send_request(self.http, "PUT", self.blob_url(transfer.path, "comp=blocklist"), headers, data)
+
+
+def _block_size(text: str | None) -> int:
+    """A staged block's ``Size`` in the block list: ``-1`` when it has none (the block is sent
+    again).
+
+    :raises ValueError: when it is not a number in ASCII digits (``int()`` read ``٣`` too).
+    """
+    if not text:
+        return -1
+    if not ascii_digits(text.strip()):
+        raise ValueError(f"a block's Size is not a number: {text[:40]!r}")
+    return int(text)

@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gateway.asciidigits import ascii_digits
 from gateway.atomic import fsync_directory, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.configtext import NOT_UTF8_LOCALE, unencodable_problem
@@ -233,7 +234,7 @@ class UploadService(Service):
         for upload in uploads:
             self.uploads[upload.correlation_id] = upload
             made = upload.correlation_id.removeprefix("upload-id-")
-            if made.isdecimal():
+            if ascii_digits(made):  # (isdecimal() is true for ١٢ too)
                 self._serial = max(self._serial, int(made))
         for upload in list(self.uploads.values()):
             if upload.state.final:
@@ -422,14 +423,18 @@ class UploadService(Service):
             # (a glob the trigger named is repeated as an error repeats a request's words)
             globs = shown(patterns[0]) if "upload.files" in options else ", ".join(patterns)
             raise UploadError(f"no file matches {globs or 'the configured files (none)'}{left_out}")
+        upload: Upload | None = None
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)
             # Kept once its record is on disk: a trigger the disk refuses leaves no upload
             # behind (a retry of it would be refused as already PENDING).
             yield self.run_blocking(self.store.save, upload)
-        except Exception:
+        except Exception as error:
             for path in temporary:  # the bundle of a refused trigger
                 yield self.run_blocking(_remove, path)
+            if isinstance(error, OSError) and upload is not None:  # (its record, not its files)
+                raise UploadError(f"upload '{cid}' not made: {self._record_not_written(upload, error)}; nothing"
+                                  " was kept: send the trigger again once the disk takes it") from error
             raise
         self.uploads[cid] = upload
         self._send(upload.status_payload())
@@ -533,10 +538,11 @@ class UploadService(Service):
             upload.info = {k[len("info."):]: v for k, v in options.items() if k.startswith("info.")}
         try:
             yield self._save(upload)
-        except OSError:  # not on disk (a full disk): the file is still PENDING, the start may come again
+        except OSError as error:  # not on disk (a full disk): the file is still PENDING, the start may come again
             if not upload.state.final:  # (unless a cancel ended the upload meanwhile)
                 item.options, item.state, upload.state, upload.start_time, upload.message, upload.info = before
-            raise
+            raise UploadError(f"upload '{cid}' not started: {self._record_not_written(upload, error)}; it is"
+                              " still PENDING: send the start again once the disk takes it") from error
         self._run_file(upload, item, provider)
 
     @inlineCallbacks
@@ -681,6 +687,12 @@ class UploadService(Service):
         """
         yield self.run_blocking(self.store.save, upload)
         self._send(upload.status_payload())
+
+    def _record_not_written(self, upload: Upload, error: OSError) -> str:
+        """Why ``upload``'s record is not on disk, naming its file (``[Errno 28] No space left on
+        device`` said neither what nor where)."""
+        where = error.filename or self.store.path_for(upload.correlation_id)
+        return f"its record {where} cannot be written: {error.strerror or error}"
 
     @inlineCallbacks
     def _record(self, upload: Upload) -> Any:

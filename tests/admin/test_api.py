@@ -679,6 +679,8 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual((r.status, json.loads(r.body)),
                          (400, {"error": "unknown key 'line' (known: follow, lines, stderr)"}))
         self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&folow=1").status, 400)
+        r = h.call("GET", "/apps/hello/logs?lines=%D9%A1")  # (int() read the Arabic-Indic 1 as 1)
+        self.assertEqual((r.status, json.loads(r.body)), (400, {"error": "lines must be an integer"}))
         self.assertEqual(h.service.api.followers, set())
         self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&follow=0&stderr=0").body, b"line 9\n")
 

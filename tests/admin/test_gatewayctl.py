@@ -224,9 +224,11 @@ class GatewayctlTests(TestCase):
         self.assertIn("hello", (yield self.ok("apps")), "the apps came back after the restart")
         # A change to wait for: the link never comes up, so it stays pending (600 s here).
         text = yield self.ok("config", "apply", "links.links.cloud.backoff_max=30", "--confirm-within", "600")
-        self.assertIn("reverted unless the cloud link is up within 600 s", text)
-        self.assertIn("configuration: links.links.cloud.backoff_max (by admin) waits for confirmation",
-                      (yield self.ok("status")))
+        self.assertIn("reverted unless a cloud link is up within 600 s", text, "none was up: any one confirms it")
+        status = yield self.ok("status")
+        self.assertIn("configuration: links.links.cloud.backoff_max (by admin) waits for confirmation: reverted in",
+                      status)
+        self.assertIn("unless a cloud link is up\n", status)
         self.assertEqual(json.loads((yield self.ok("--json", "status")))["config_pending"]["keys"],
                          ["links.links.cloud.backoff_max"])
         out, err, code = yield self.ctl("config", "set", "gateway.device_id", "gw-3")
@@ -429,6 +431,15 @@ class UsageTests(SynchronousTestCase):
         self.assertIn("usage: gatewayctl config check", self.err.getvalue())
         self.assertIn("gatewayctl config check: error: 'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
         self.assertNotIn("COMMAND ...", self.err.getvalue())
+
+    def test_lines_in_ascii_digits_only(self) -> None:
+        """``apps logs -n`` takes a number of lines in ASCII digits: ``int()`` read ``١٠`` as 10
+        and ``1_0`` too; they are a usage error naming it (exit 2)."""
+        for lines in ("\u0661\u0660", "1_0", "-5"):
+            with self.assertRaises(SystemExit) as raised:
+                main(["--socket", self.socket, "apps", "logs", "hello", "-n", lines])
+            self.assertEqual(raised.exception.code, 2, lines)
+            self.assertIn(f"argument -n/--lines: {lines!r} is not a number of lines", self.err.getvalue())
 
     def test_confirm_within_in_ascii_digits_only(self) -> None:
         """``--confirm-within`` takes seconds in ASCII digits (``120``, ``2.5``): in another script's
@@ -1469,6 +1480,11 @@ class JournalCommandTests(SynchronousTestCase):
         self.assertEqual(main(["--socket", self.socket, "journal", "drop", "link-old", "--force"]), 0)
         self.assertEqual(self.out.getvalue(), "link-old: dropped, 2 records not acknowledged counted lost (dropped)\n")
         self.assertEqual(asked, [("/journal/link-old", None), ("/journal/link-old", {"force": "true"})])
+        self.patch(AdminClient, "delete", lambda *_, **__: {"name": "link-1", "action": "drop", "ok": True,
+                                                            "lost": 1, "lost_bytes": 50})
+        self.assertEqual(main(["--socket", self.socket, "journal", "drop", "link-1", "--force"]), 0)
+        self.assertEqual(self.out.getvalue().splitlines()[-1],
+                         "link-1: dropped, 1 record not acknowledged counted lost (dropped)", "not '1 records'")
         with self.assertRaises(SystemExit) as raised:
             main(["--socket", self.socket, "journal", "drop"])
         self.assertEqual(raised.exception.code, 2)

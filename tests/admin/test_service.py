@@ -344,8 +344,8 @@ class SettingsAndTokenTests(SynchronousTestCase):
             self.assertEqual(errors.lines, [], good)
 
     def test_token_file_rules(self) -> None:
-        """A token its group or other users have access to, or an empty one, is refused; a missing
-        one is made."""
+        """A token its group or other users have access to, or a short or empty one, is refused
+        saying which (a 5-character token was said to be "no token"); a missing one is made."""
         directory = Path(self.mktemp())
         path = directory / "token"
         token = load_or_create_token(path)
@@ -358,8 +358,14 @@ class SettingsAndTokenTests(SynchronousTestCase):
             self.assertEqual(str(error), f"the admin token file {path} has mode {mode:04o}, which gives its group or"
                                          " other users access: chmod 600 it")
         os.chmod(path, 0o600)
-        path.write_text("short")
-        self.assertRaises(TokenFileError, load_or_create_token, path)
+        path.write_text("short\n")
+        error = self.assertRaises(TokenFileError, load_or_create_token, path)
+        self.assertEqual(str(error), f"the admin token file {path} holds a token of 5 characters, too short: a token"
+                                     " takes 16 characters at least (delete the file and restart to have one made)")
+        path.write_text(" \n")
+        error = self.assertRaises(TokenFileError, load_or_create_token, path)
+        self.assertEqual(str(error), f"the admin token file {path} holds no token (it is empty): a token takes 16"
+                                     " characters at least (delete the file and restart to have one made)")
 
     def test_the_token_directory_made_is_fsynced_in_its_parent(self) -> None:
         """The token's directory, made with the token, is fsynced in its parent: it was made with

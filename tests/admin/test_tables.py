@@ -58,9 +58,19 @@ class FormattingTests(SynchronousTestCase):
         self.assertEqual(plain.getvalue(), "")
 
     def test_pending_change(self) -> None:
-        """Keys, origin and time left, in one line."""
-        self.assertEqual(pending_change({"keys": ["a.b", "c"], "origin": "cloud", "deadline": 190.0}, 100.0),
-                         "a.b, c (by cloud) waits for confirmation: reverted in 1m 30s unless the cloud link is up")
+        """Keys, origin, time left and what confirms it, in one line: the links that were up
+        when it was made (``required_links``), every one up again; none named (none was up):
+        any one link up."""
+        self.assertEqual(pending_change({"keys": ["a.b", "c"], "origin": "cloud", "deadline": 190.0,
+                                         "required_links": []}, 100.0),
+                         "a.b, c (by cloud) waits for confirmation: reverted in 1m 30s unless a cloud link is up")
+        self.assertEqual(pending_change({"keys": ["a"], "origin": "admin", "deadline": 190.0,
+                                         "required_links": ["hono"]}, 100.0),
+                         "a (by admin) waits for confirmation: reverted in 1m 30s unless link hono is up again")
+        self.assertEqual(pending_change({"keys": ["a"], "origin": "admin", "deadline": 190.0,
+                                         "required_links": ["aws", "hono"]}, 100.0),
+                         "a (by admin) waits for confirmation: reverted in 1m 30s"
+                         " unless links aws, hono are all up again")
 
     def test_previous_stop(self) -> None:
         """How the previous run ended, in one line: none for a first start; a clean stop's time,

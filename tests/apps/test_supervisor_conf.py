@@ -109,6 +109,20 @@ class ParseTests(SynchronousTestCase):
             with self.assertRaisesRegex(ManifestError, f"bad program name: .*{why}"):
                 parse_supervisor_conf(f"[program:{name}]\ncommand=x\n", "/x")
 
+    def test_integers_are_ascii_digits(self) -> None:
+        """``startsecs=٣`` (Arabic-Indic), ``startretries=１0`` (fullwidth) or ``stopwaitsecs=1_0``
+        was read by ``int()`` as a number; an exit code in another script too: only ASCII digits
+        (with a sign) are an integer, as for supervisord."""
+        for text, pattern in [("startsecs=\u0663", r"startsecs: not an integer: '\u0663'"),
+                              ("startretries=\uff110", "startretries: not an integer"),
+                              ("stopwaitsecs=1_0", "stopwaitsecs: not an integer: '1_0'"),
+                              ("stdout_logfile_backups=\u0662", "stdout_logfile_backups: not an integer"),
+                              ("exitcodes=0,\u0662", "exitcodes: not a list of integers")]:
+            with self.assertRaisesRegex(ManifestError, pattern):
+                parse_supervisor_conf(f"[program:a]\ncommand=x\n{text}\n", "/x")
+        program = parse_supervisor_conf("[program:a]\ncommand=x\nstartsecs= 3 \nexitcodes=0, 2\n", "/x")["a"]
+        self.assertEqual((program.startsecs, program.exitcodes), (3, (0, 2)))
+
     def test_sizes(self) -> None:
         """Sizes take supervisord's KB/MB/GB suffixes."""
         self.assertEqual(parse_size("1024", "k"), 1024)

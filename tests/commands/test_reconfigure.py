@@ -553,6 +553,7 @@ class ConfirmTests(SynchronousTestCase):
         self.h.links = {"a": (True, ""), "b": (False, "connection refused")}  # b was down already
         result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
         self.assertEqual(result.confirm_deadline, 1010)
+        self.assertEqual(result.required_links, ("a",), "the answer names the links that confirm it")
         self.h.changer.startService()
 
     def test_pending_is_on_disk_before_the_dropin(self) -> None:

@@ -128,9 +128,11 @@ class FleetServiceTests(FleetHarness):
             self.assertEqual(self.server.executions()[-1], ("closed", "success"))
 
     def test_sleep_format(self) -> None:
-        """config.polling.sleep is HH:MM:SS; anything else is ignored (None)."""
+        """config.polling.sleep is HH:MM:SS in ASCII digits; anything else is ignored (None):
+        ``int()`` read ``٠٠:٠١:٠٠`` (Arabic-Indic), ``+0:01:00`` and `` 0:01:00`` as a minute."""
         self.assertEqual(parse_sleep("01:02:03"), 3723.0)
-        for bad in ("1:2", "00:61:00", "a:b:c", 5, None):
+        for bad in ("1:2", "00:61:00", "a:b:c", 5, None, "\u0660\u0660:\u0660\u0661:\u0660\u0660",
+                    "+0:01:00", " 0:01:00", "0:01:0_0"):
             self.assertIsNone(parse_sleep(bad))
 
     def test_forced_deployment_installs_and_reports_every_step(self) -> None:

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -376,6 +377,13 @@ class DeviceAPITests(SynchronousTestCase):
         code, text, _ = self.call("POST", "/onep:v1/stack/alias/temp", b"yesterday=20",
                                   dict(FORM, **{"X-Exosite-CIK": CIK}))
         self.assertEqual((code, text), (400, b"timestamp 'yesterday' is not a number\n"))
+        # float() read another script's digits, an exponent, an underscore and spaces as a time
+        for stamp in ("\u0661\u0666\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0660", "1.6e9", "1_600_000_000",
+                      " 1600000000"):
+            code, text, _ = self.call("POST", "/onep:v1/stack/alias/temp", quote(stamp).encode() + b"=20",
+                                      dict(FORM, **{"X-Exosite-CIK": CIK}))
+            self.assertEqual((code, text), (400, f"timestamp {stamp!r} is not a number\n".encode()), stamp)
+        self.assertEqual(len(self.router.stored), 2, "nothing of them stored")
 
     def test_read_answers_last_values_or_204(self):
         """GET ?a&b: 200 with the values known, form-encoded; 204 when none is."""

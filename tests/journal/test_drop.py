@@ -127,6 +127,7 @@ class DropTests(SynchronousTestCase):
         failure = self.failureResultOf(self.journal.drop("link-old"), StreamNotDrainedError)
         self.assertEqual(failure.value.records, 3)
         self.assertIn("3 records not acknowledged", str(failure.value))
+        self.assertIn("holds 1 record not acknowledged", str(StreamNotDrainedError("link-old", 1)), "not '1 records'")
         self.assertTrue(os.path.exists(directory))
         self.successResultOf(appended(self.journal.stream("link-old"), record(6)))
         self.assertEqual(self.journal.snapshot().dropped, ())

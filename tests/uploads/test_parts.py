@@ -369,7 +369,10 @@ class ProviderOptionTests(SynchronousTestCase):
         blob = AzureBlob(StubTreq(answer), "https://acct.blob/", "c", "sv=1&sig=x", 1, 65536)
         for body in (b"<html><body>Sign in to the hotel Wi-Fi</body></html", b"",
                      b"<BlockList><UncommittedBlocks><Block><Name>a</Name><Size>x</Size></Block>"
-                     b"</UncommittedBlocks></BlockList>"):
+                     b"</UncommittedBlocks></BlockList>",
+                     # (int() read another script's digits as the size of a block the service holds)
+                     "<BlockList><UncommittedBlocks><Block><Name>a</Name><Size>\u0665</Size></Block>"
+                     "</UncommittedBlocks></BlockList>".encode()):
             answer.body = body
             failure = self.failureResultOf(blob.staged_blocks("/var/log/a.log"), TransferFailed)
             self.assertTrue(failure.value.retryable)

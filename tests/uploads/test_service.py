@@ -278,7 +278,10 @@ class FlowTests(SynchronousTestCase):
         self.service.store.save = full  # type: ignore[method-assign]
         status, error = self.handle("start", {"correlationId": "t1#1", "options": {"info.k": "v"}})
         self.assertEqual(status, 500)
-        self.assertIn("No space left on device", error["message"])
+        # (it said only "[Errno 28] No space left on device": not what, nor where)
+        self.assertEqual(error["message"], f"upload 't1#1' not started: its record {self.service.store.path_for('t1')}"
+                                           " cannot be written: No space left on device; it is still PENDING: send"
+                                           " the start again once the disk takes it")
         self.assertEqual(self.sends, [])
         self.assertEqual(self.service.uploads["t1"].status_payload()["state"], "PENDING")
         self.service.store.save = save  # type: ignore[method-assign]
@@ -818,6 +821,20 @@ class FlowTests(SynchronousTestCase):
         self.assertIn(first, ids)
         self.assertNotEqual(service.new_correlation_id(), first)
 
+    def test_ids_of_other_scripts_digits_do_not_move_the_ids_it_makes(self) -> None:
+        """Only an id ``upload-id-<ASCII digits>`` is one the gateway made: a cloud's
+        ``upload-id-٩٩٩٩٩٩٩٩٩٩٩٩`` (Arabic-Indic), which ``isdecimal()`` and ``int()`` took for
+        999999999999,
+        made the next ids count on from it after a restart."""
+        eastern = "upload-id-" + "\u0669" * 12
+        self.assertEqual(self.handle("trigger", {"correlationId": eastern}), (204, {}))
+        self.successResultOf(self.service.stopService())
+        service, _, clock, _ = fake_service(self.state, self.settings)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.assertIn(eastern, {u["correlationId"] for u in service.snapshot()["uploads"]})
+        self.assertEqual(service.new_correlation_id(), f"upload-id-{int(clock.seconds()) + 1}")
+
     def test_snapshot_is_newest_first_across_restarts_and_retriggers(self) -> None:
         """GET /uploads' list (docs/admin.md): newest first, also once the service was rebuilt
         from disk (a restart, a configuration change) and for a finished id triggered again."""
@@ -1011,7 +1028,9 @@ class FlowTests(SynchronousTestCase):
         service.store.save = full  # type: ignore[method-assign]
         status, error = self.successResultOf(service.handle("trigger", body({"correlationId": "r"})))
         self.assertEqual(status, 500)
-        self.assertIn("No space left on device", error["message"])
+        self.assertEqual(error["message"], f"upload 'r' not made: its record {service.store.path_for('r')} cannot be"
+                                           " written: No space left on device; nothing was kept: send the trigger"
+                                           " again once the disk takes it")
         self.assertEqual(watcher.requests(), [])
         self.assertEqual(list((service.root / "bundles").iterdir()), [])
         service.store.save = save  # type: ignore[method-assign]
