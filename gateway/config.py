@@ -39,7 +39,7 @@ from gateway.twin import shadows
 from gateway.twin.settings import TwinSettings, shadow_link_problem
 from gateway.updates.settings import UpdatesSettings
 from gateway.uploads.settings import UploadsSettings
-from gateway.yamlfile import read_yaml
+from gateway.yamlfile import WrittenFloat, WrittenInt, read_yaml, written_text
 
 #: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
 #: package installs under ``sys.prefix`` (a venv, the .deb's /opt/venvs/gateway).
@@ -97,8 +97,8 @@ class GatewaySettings:
     """The ``gateway:`` section: what the process as a whole needs."""
 
     state_dir: str = field(default="./var", metadata={"path": True, "doc": "where state lives (created on start)"})
-    device_id: str = field(default=DEFAULT_DEVICE_ID, metadata={"text_only": True, "doc": "this gateway's device id"})
-    tenant_id: str = field(default="default", metadata={"text_only": True, "doc": "tenant the device belongs to"})
+    device_id: str = field(default=DEFAULT_DEVICE_ID, metadata={"doc": "this gateway's device id"})
+    tenant_id: str = field(default="default", metadata={"doc": "tenant the device belongs to"})
     log_level: Literal["debug", "info", "warn", "error"] = field(
         default="info", metadata={"doc": "lowest level logged"}
     )
@@ -303,9 +303,7 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
     Supports str, int, float, bool, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``,
     ``Literal[...]``, ``Any`` and nested frozen dataclasses; ``meta`` may carry ``min``/``max``,
     ``path`` (a string naming a file or directory: not empty, never a number turned into a
-    string; with ``empty_is_default``, ``""`` is accepted too and means the default),
-    ``text_only`` (a YAML number is refused, not read as its text: an identity or a
-    credential whose text YAML may not keep as written) and
+    string; with ``empty_is_default``, ``""`` is accepted too and means the default) and
     ``controls`` (its strings, a list's words or a mapping's values, may hold control
     characters). Every string, and every key of a mapping, is refused under its key when it
     holds a NUL, or a control character where ``controls`` does not allow one
@@ -381,13 +379,11 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
                          " (YAML reads an unquoted 0660 as 432)")
         return None
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if meta.get("text_only"):
-            # An identity or a credential: YAML reads an unquoted 0123 as 83 and 1.10 as 1.1,
-            # so its text would not be the one written (another device, a wrong password)
-            errors.add(path, f"must be a string, not {jsontext.given(value)}: quote it as written"
-                             " (YAML reads an unquoted 0123 as the number 83, 1.10 as 1.1)")
-            return None
-        value = str(value)
+        # (as written: YAML reads an unquoted 0123 as 83 and 1.10 as 1.1, another device id, a
+        # wrong password)
+        value = written_text(value) or str(value)
+    elif type(value) in (WrittenInt, WrittenFloat):
+        value = float(value) if isinstance(value, float) else int(value)  # (the plain number)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         errors.add(path, f"must be {_type_name(tp)}, not {jsontext.given(value)}")
         return None

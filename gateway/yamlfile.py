@@ -4,7 +4,8 @@ The file must be UTF-8 YAML whose top is a mapping, of at most :data:`MAX_BYTES`
 what YAML itself refuses, a key given twice in one mapping is an error (YAML would silently
 keep the last one), and so is a document that nests too deeply or grows too large once its
 aliases are expanded. Keys are names: a key is read as the text written (``ON:`` is the key
-``"ON"``, not YAML 1.1's boolean true, and ``01:`` is ``"01"``); values are typed as usual.
+``"ON"``, not YAML 1.1's boolean true, and ``01:`` is ``"01"``); values are typed as usual, a
+number keeping the text written for it, which a key that takes text reads (``0123``, not 83).
 """
 
 from __future__ import annotations
@@ -22,6 +23,26 @@ MAX_VALUES = 1_000_000
 #: The largest file read, in bytes: a hundred times a large configuration; a bigger one is
 #: refused before it is parsed (PyYAML takes about a minute per ten megabytes of values).
 MAX_BYTES = 4 * 2**20
+
+
+class WrittenInt(int):
+    """An integer read from a configuration file, with the text written for it (``0123`` for
+    YAML 1.1's octal 83): a key that takes text reads what was written (:func:`written_text`)."""
+
+    written: str
+
+
+class WrittenFloat(float):
+    """A number with a fraction read from a configuration file, with the text written for it
+    (``1.10`` for 1.1): a key that takes text reads what was written (:func:`written_text`)."""
+
+    written: str
+
+
+def written_text(value: object) -> str | None:
+    """The text a number of a configuration file was written as, or ``None`` for any other
+    value (a number from elsewhere, JSON's, has no other text than its own)."""
+    return value.written if isinstance(value, (WrittenInt, WrittenFloat)) else None
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -53,14 +74,22 @@ class _StrictLoader(yaml.SafeLoader):
                        if isinstance(key, yaml.ScalarNode) else key, value) for key, value in node.value]
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        """An integer; one longer than Python converts from text (4300 digits) is a YAML
-        error at its line, not a ValueError."""
+        """An integer, with the text written for it (:class:`WrittenInt`); one longer than
+        Python converts from text (4300 digits) is a YAML error at its line, not a ValueError."""
         try:
-            return super().construct_yaml_int(node)
+            number = WrittenInt(super().construct_yaml_int(node))
         except ValueError:
             digits = sum(char.isdigit() for char in str(node.value))
             raise yaml.constructor.ConstructorError(
                 None, None, f"an integer of {digits} digits is too long", node.start_mark) from None
+        number.written = str(node.value)
+        return number
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        """A number with a fraction, with the text written for it (:class:`WrittenFloat`)."""
+        number = WrittenFloat(super().construct_yaml_float(node))
+        number.written = str(node.value)
+        return number
 
     def construct_yaml_str(self, node: yaml.ScalarNode) -> str:
         """A string; one holding half of a UTF-16 surrogate pair (``"\\uD800"``: YAML's
@@ -95,6 +124,7 @@ def _duplicate_key(first: yaml.ScalarNode, again: yaml.ScalarNode) -> str:
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
 _StrictLoader.add_constructor("tag:yaml.org,2002:str", _StrictLoader.construct_yaml_str)
 
 

@@ -948,32 +948,30 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>"])
         self.assertEqual(redact_quoted(("links", "c", "password"), "t", "must not hold 't' or t"), WITHHELD)
 
-    def test_identities_and_credentials_take_no_yaml_number(self) -> None:
-        """``gateway.device_id: 0123`` (YAML's octal 83) was the device ``83``, in its topics,
-        client id and Exosite serial; an identity or a credential given as a YAML number is
-        refused, saying to quote it (a password's value is not quoted back). A YAML boolean
-        (``yes``, ``on``) is refused as for every text key; other text keys read a number as
-        its text (a program's environment)."""
-        path, lines = self.errors(
-            "gateway:\n  device_id: 0123\n  tenant_id: yes\n"
+    def test_a_number_where_text_is_meant_is_read_as_written(self) -> None:
+        """``gateway.device_id: 0123`` (YAML 1.1's octal 83) was the device ``83``, in its
+        topics, client id and Exosite serial, and ``password: 1.10`` the password ``1.1``: a key
+        that takes text reads a number as it was written. A number key still gets the number;
+        a YAML boolean (``yes``, ``on``) is refused by a text key."""
+        loaded = config.load(self.write(
+            "gateway:\n  device_id: 0123\n  tenant_id: 1_000\n  shutdown_timeout: 0x10\n"
             "links:\n  links:\n    c:\n      endpoint: 'tcp:127.0.0.1:1'\n      client_id: 1.10\n"
-            "      username: 5\n      password: 1234\n"
-            "fleet:\n  tenant: 7\n  controller_id: 8\n"
-            "twin:\n  thing_id: 9\n"
-            "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment: {PORT: 8080}\n")
-        quote = "quote it as written (YAML reads an unquoted 0123 as the number 83, 1.10 as 1.1)"
-        self.assertEqual(sorted(lines), sorted([
-            f"{path}: gateway.device_id: must be a string, not the number 83: {quote}",
-            f"{path}: gateway.tenant_id: must be a string, not the boolean true",
-            f"{path}: links.links.c.client_id: must be a string, not the number 1.1: {quote}",
-            f"{path}: links.links.c.username: must be a string, not the number 5: {quote}",
-            f"{path}: links.links.c.password: must be a string, not the number <redacted>: {quote}",
-            f"{path}: fleet.tenant: must be a string, not the number 7: {quote}",
-            f"{path}: fleet.controller_id: must be a string, not the number 8: {quote}",
-            f"{path}: twin.thing_id: must be a string, not the number 9: {quote}"]))
-        loaded = config.load(self.write("apps:\n  programs:\n    p:\n      command: /bin/true\n"
-                                        "      environment: {PORT: 8080}\n"))
-        self.assertEqual(loaded.apps.programs["p"].environment, {"PORT": "8080"})
+            "      username: 5\n      password: 00012\n      keepalive: 030\n"
+            "fleet:\n  tenant: 7.0\n  controller_id: 1e3\n"
+            "twin:\n  thing_id: 12:30\n"
+            "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment: {PORT: 08080}\n"))
+        self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("0123", "1_000"))
+        link = loaded.links.links["c"]
+        self.assertEqual((link.client_id, link.username, link.password), ("1.10", "5", "00012"))
+        self.assertEqual((loaded.fleet.tenant, loaded.fleet.controller_id), ("7.0", "1e3"))
+        self.assertEqual(loaded.twin.thing_id, "12:30")  # (YAML 1.1: the number 750)
+        self.assertEqual(loaded.apps.programs["p"].environment, {"PORT": "08080"})
+        # number keys: the plain number YAML read
+        self.assertEqual((loaded.gateway.shutdown_timeout, link.keepalive), (16.0, 24))
+        self.assertIs(type(link.keepalive), int)
+        self.assertIs(type(loaded.gateway.shutdown_timeout), float)
+        path, lines = self.errors("gateway:\n  tenant_id: yes\n")
+        self.assertEqual(lines, [f"{path}: gateway.tenant_id: must be a string, not the boolean true"])
 
     def test_errors_do_not_quote_secrets_yaml_read_as_dates(self) -> None:
         """A secret-looking key whose value YAML reads as a date (an unquoted ``2026-12-05``)

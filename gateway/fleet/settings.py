@@ -22,9 +22,9 @@ class FleetSettings:
 
     enabled: bool = field(default=False, metadata={"doc": "poll a hawkBit DDI server for deployments"})
     base_url: str = field(default="", metadata={"doc": "the server's root URL (https://hawkbit.example.com)"})
-    tenant: str = field(default="DEFAULT", metadata={"text_only": True, "doc": "the hawkBit tenant"})
+    tenant: str = field(default="DEFAULT", metadata={"doc": "the hawkBit tenant"})
     controller_id: str = field(
-        default="{device}", metadata={"text_only": True, "doc": "this gateway's controller id; {device} is gateway.device_id"})
+        default="{device}", metadata={"doc": "this gateway's controller id; {device} is gateway.device_id"})
     auth: Literal["TargetToken", "GatewayToken", "none"] = field(
         default="TargetToken", metadata={"doc": "the Authorization scheme; none for anonymous servers"})
     token_file: str | None = field(

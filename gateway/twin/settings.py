@@ -35,7 +35,7 @@ class TwinSettings:
     """
 
     enabled: bool = field(default=True, metadata={"doc": "serve the local twin"})
-    thing_id: str = field(default="", metadata={"text_only": True, "doc": "the gateway's thing id (empty: <tenant>:<device>)"})
+    thing_id: str = field(default="", metadata={"doc": "the gateway's thing id (empty: <tenant>:<device>)"})
     command_topics: tuple[str, ...] = field(default=("e/#", "event/#"),
                                             metadata={"doc": "local topics carrying Ditto twin commands"})
     shadow_link: str | None = field(default=None, metadata={
