@@ -182,13 +182,3 @@ def client_host_port(args: list[str], fields: dict[str, str]) -> tuple[str, str]
         return tcp_host_port(args[1:], fields)
     return None
 
-
-def written_client_port(description: str) -> str:
-    """The port of a ``tls:``, ``tcp:`` or ``ssl:`` client endpoint string as written (``""``
-    where none is, or for another kind)."""
-    args, fields = split_description(description)
-    if args[:1] == ["tls"]:
-        return fields.get("port", "")
-    if args[:1] in (["tcp"], ["ssl"]):
-        return tcp_host_port(args[1:], fields)[1]
-    return ""

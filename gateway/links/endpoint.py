@@ -29,8 +29,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.asciidigits import ascii_decimal, ascii_digits
-from gateway.endpointstrings import (TLS_DEFAULT_PORT, client_host_port, split_description, tcp_host_port, unescaped_ipv6_problem,
-                                     written_client_port)
+from gateway.endpointstrings import (TLS_DEFAULT_PORT, client_host_port, split_description, tcp_host_port,
+                                     unescaped_ipv6_problem)
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
 from gateway.portnumbers import port_problem
@@ -70,8 +70,7 @@ class LinkEndpointSettings(Protocol):
         """Seconds a connection may take to come up (a WebSocket's opening handshake included)."""
 
 
-def _tls_fields(description: str) -> dict[str, str]:
-    args, fields = split_description(description)
+def _tls_fields(description: str, args: list[str], fields: dict[str, str]) -> dict[str, str]:
     if args != ["tls"]:
         raise LinkError(f"{description!r}: write tls:host=NAME:port=NUMBER")
     unknown = set(fields) - {"host", "port", "timeout"}
@@ -225,17 +224,18 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     unescaped = unescaped_ipv6_problem(description)
     if unescaped:
         raise LinkError(unescaped)
-    written = written_client_port(description)
+    args, fields = split_description(description)
+    found = client_host_port(args, fields)
     # (Twisted's int() reads ٨٨٨٣ as 8883, 8_883 too, and fails on ²; it takes any whole number, and
     # the connection fails at connect)
-    port_wrong = port_problem(written) if written else None
+    port_wrong = port_problem(found[1]) if found and found[1] else None
     if port_wrong is not None:
         raise LinkError(f"{description!r}: {port_wrong}")
-    timeout_problem = _timeout_problem(description)
+    timeout_problem = _timeout_problem(args, fields)
     if timeout_problem:
         raise LinkError(f"{description!r}: {timeout_problem}")
     if description.startswith("tls:"):
-        fields = _tls_fields(description)
+        fields = _tls_fields(description, args, fields)
         try:
             port = int(fields.get("port", TLS_DEFAULT_PORT))
         except ValueError as exc:
@@ -245,7 +245,6 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
         if tcp is None:
             tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
         return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
-    args, fields = split_description(description)
     if args[:1] == ["ssl"] and "hostname" not in fields:
         # Twisted's ssl: client checks the server's certificate only for a hostname=: without
         # one it would talk TLS to anyone (docs/links.md: tls: verifies for H).
@@ -262,14 +261,13 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings, proxy: ProxyS
     return endpoint
 
 
-def _timeout_problem(description: str) -> str | None:
-    """Why the ``timeout=`` of a ``tls:``, ``tcp:``, ``ssl:`` or ``unix:`` client endpoint string
-    cannot be one (``None`` when it can, or is not written), in one wording whatever is wrong, as a
-    port's: it is a positive number of seconds written in ASCII digits, whole but for ``tls:``
+def _timeout_problem(args: list[str], fields: dict[str, str]) -> str | None:
+    """Why the ``timeout=`` of a ``tls:``, ``tcp:``, ``ssl:`` or ``unix:`` client endpoint (its
+    positional and keyword arguments, :func:`split_description`'s) cannot be one (``None`` when it
+    can, or is not written), in one wording whatever is wrong, as a port's: it is a positive number of seconds written in ASCII digits, whole but for ``tls:``
     (Twisted reads the others with ``int()``). ``float()`` and ``int()`` read other scripts' digits
     (``٣``) as numbers, and ``float()`` ``nan``, ``inf``, ``1e3`` and ``1_0`` too; with 0 or less every
     connection attempt would time out at once, for ever, said as a host that does not answer."""
-    args, fields = split_description(description)
     written = fields.get("timeout")
     if written is None or args[:1] not in (["tls"], ["tcp"], ["ssl"], ["unix"]):
         return None
