@@ -19,6 +19,10 @@ def address_text(address: object) -> str:
     """A Twisted address as an operator writes it: ``127.0.0.1:1883``, ``[::1]:1883``,
     ``unix:/run/gateway/mqtt.sock``."""
     host, port = address_parts(address)
-    if isinstance(address, IPv6Address):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}" if isinstance(address, IPv4Address) else host
+    return host_port_text(host, port) if isinstance(address, (IPv4Address, IPv6Address)) else host
+
+
+def host_port_text(host: str, port: object) -> str:
+    """``host:port`` as an operator writes it, an IPv6 address in brackets: ``127.0.0.1:1883``,
+    ``[::1]:1883``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -26,6 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from gateway.addresses import host_port_text
 from gateway.netfailures import ProxyError, describe, describe_answer, one_line
 from gateway.proxysettings import ProxyAddress, ProxySettings, bypasses
 
@@ -227,7 +228,7 @@ class TunnelEndpoint:
         self.proxy_endpoint = proxy_endpoint
         self.proxy = proxy
         #: ``host:port`` as the CONNECT names it (an IPv6 address in brackets).
-        self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.target = host_port_text(host, port)
         self.timeout = timeout
 
     def connect(self, protocolFactory: IProtocolFactory) -> "Deferred[IProtocol]":

@@ -17,6 +17,7 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 
 from gateway.certwindow import CertificateTimeError
+from gateway.addresses import host_port_text
 from gateway.endpointstrings import client_host_port, split_description
 from gateway.nameresolver import FAILURES
 from gateway.netfailures import ProxyError, tls_reasons
@@ -55,7 +56,7 @@ def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = No
     host, port = client_host_port(args, named) or (named.get("host", ""), named.get("port", ""))
     host, port = host or "?", port or "?"
     tls = kind == "tls"
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = host_port_text(host, port)
     return Peer(address, host, tls, (hostname or host) if tls else "", ca_file)
 
 

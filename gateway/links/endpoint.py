@@ -28,6 +28,7 @@ from twisted.internet.interfaces import (IProtocol, IProtocolFactory, IReactorPl
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.addresses import host_port_text
 from gateway.asciidigits import ascii_decimal, ascii_digits
 from gateway.endpointstrings import (TLS_DEFAULT_PORT, client_host_port, split_description, tcp_host_port,
                                      unescaped_ipv6_problem)
@@ -210,7 +211,7 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
     scheme = "wss" if settings.endpoint.startswith("tls:") else "ws"
     # An IPv6 address goes into the URL in brackets (autobahn refuses the URL without them),
     # and is signed as the Host header is written, host:port with them.
-    authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+    authority = host_port_text(name, port)
 
     def url() -> str:
         query = sigv4.presign(credentials, authority, aws.path, region, "iotdevicegateway", reactor.seconds())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.addresses import host_port_text
 from gateway.endpointstrings import client_host_port, split_description
 from gateway.links.settings import LinkSettings
 
@@ -26,7 +27,7 @@ def broker_address(endpoint: str) -> str:
         return endpoint
     host, port = written
     host = host.strip("[]").lower().rstrip(".")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port_text(host, port)
 
 
 @dataclass(frozen=True)
