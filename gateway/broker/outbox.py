@@ -330,15 +330,19 @@ class Outbox:
     @property
     def messages(self) -> list[QueuedMessage]:
         """The queued messages in arrival order (a copy)."""
-        return self.numbered()[1]
+        return list(map(_MESSAGE, self._merged()))
 
     def numbered(self) -> tuple[list[int], list[QueuedMessage]]:
         """The queued messages in arrival order and their arrival numbers (which order the
         messages of all queues: what ``max_queued_bytes_total`` drops first), as two lists."""
+        merged = self._merged()
+        return list(map(_ARRIVAL, merged)), list(map(_MESSAGE, merged))
+
+    def _merged(self) -> list[tuple[int, QueuedMessage]]:
+        """The queue's entries, both QoS, in arrival order."""
         # Sorted by arrival number alone (numbers are unique, so messages are never compared),
         # and taken out of their entries in C: a checkpoint lists every queue on the reactor thread.
-        merged = sorted([*self._qos0, *self._acked], key=_ARRIVAL)
-        return list(map(_ARRIVAL, merged)), list(map(_MESSAGE, merged))
+        return sorted([*self._qos0, *self._acked], key=_ARRIVAL)
 
     @property
     def dropped(self) -> int:
