@@ -19,7 +19,7 @@ from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.journal.errors import RecordTooLargeError
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, refused_since
-from gateway.payloadlimits import REQUEST_BYTES, too_large
+from gateway.payloadlimits import too_large
 from gateway.readside import ReadSide
 from gateway.shown import SHOWN_CHARS, shown
 from gateway.telemetry.engine import engine_report
@@ -199,7 +199,8 @@ class TelemetryService(Service):
         :data:`~gateway.payloadlimits.REQUEST_BYTES` (not read), is answered on the error topic."""
         oversized = too_large(message.payload)
         # (a refused one is shown by its first characters only: at most 4 bytes each)
-        text = message.payload[:REQUEST_BYTES if oversized is None else 4 * SHOWN_CHARS].decode("utf-8", "replace").strip()
+        read = message.payload if oversized is None else message.payload[:4 * SHOWN_CHARS]
+        text = read.decode("utf-8", "replace").strip()
         name: object = text
         error: str | None = oversized
         if oversized is None and text.startswith(("{", '"')):
