@@ -165,11 +165,9 @@ class TwinService(Service):
             if envelope is None:
                 return None
             topic = str(envelope.get("topic", ""))
-            namespace, name = (topic.split("/") + ["", ""])[:2]
-            thing_id = self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root)
             headers = envelope.get("headers")
             return self._answer_error(topic, envelope.get("path", "/"), headers if isinstance(headers, dict) else {},
-                                      exc, thing_id)
+                                      exc, self._thing_of_topic(topic))
         if command is None:
             return None
         return self.handle(command)
@@ -182,9 +180,15 @@ class TwinService(Service):
         topic = command_topic(payload)
         if topic is None:
             return None
-        namespace, name = topic.split("/")[:2]
         return self._answer_error(topic, "/", {}, DittoError(413, "things:command.toolarge", oversized),
-                                  self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root))
+                                  self._thing_of_topic(topic))
+
+    def _thing_of_topic(self, topic: str) -> str:
+        """The thing whose errors topic answers a command written for ``topic``
+        (``<namespace>/<name>/things/...``): ``<namespace>:<name>``, or the gateway's thing when
+        the topic names none or a thing whose id cannot be a topic level."""
+        namespace, name = (topic.split("/") + ["", ""])[:2]
+        return self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root)
 
     def handle(self, command: Command) -> Deferred[None]:
         """Carry out one command: change, persist, announce, respond (errors are responses)."""
