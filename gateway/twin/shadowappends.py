@@ -150,6 +150,8 @@ class ShadowAppends:
         :param last_read: the seq of the last record the reader read.
         :param pending: the records read and not answered yet.
         """
+        if not self._last_appended or next(iter(self._last_appended.values())) > last_read:
+            return  # (nothing passed: the pending records are not walked, as at every read)
         held = {record.seq for record in pending}
         gone = []
         for shadow, seq in self._last_appended.items():  # (oldest first: the walk ends at the first not read)

@@ -473,6 +473,23 @@ class ShadowSyncTests(ShadowSyncCase):
             self.assertTrue(self.sync.settled(f"f{n}"), n)
             self.assertFalse(self.sync.appends.journaling(f"f{n}"), n)
 
+    def test_a_read_that_passes_no_last_record_does_not_walk_the_pending_ones(self) -> None:
+        """At every read the reader tells which records it passed: when it passed no shadow's
+        last record journaled (none journaled, or the oldest after what was read), the records
+        it holds unanswered (up to READ_AHEAD) are not walked."""
+        class Unwalkable:
+            def __iter__(self) -> Any:
+                raise AssertionError("the pending records were walked")
+
+        appends = self.sync.appends
+        appends.passed(0, Unwalkable())  # (nothing journaled)
+        self.send(command("modify", "/features/f/properties/x", 1))  # record 1, unread
+        self.assertTrue(appends.journaling("f"))
+        appends.passed(0, Unwalkable())
+        self.assertTrue(appends.journaling("f"))
+        appends.passed(1, [])  # (read and answered)
+        self.assertFalse(appends.journaling("f"))
+
     def test_at_most_ten_in_flight(self) -> None:
         """Twelve shadows' updates: ten go out; each answer lets one more go."""
         for i in range(12):
