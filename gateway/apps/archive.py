@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.apps.errors import UnsafeArchiveError
-from gateway.filelayer import sync_tree
+from gateway.filelayer import makedirs_durably, sync_tree
 
 MAX_MANIFEST_BYTES = 64 * 1024
 #: Why a file that no tar reader opens (plain tar, gzip, bzip2, xz) is refused.
@@ -227,17 +227,22 @@ def _read_member(path: Path, name: str) -> str:
     raise UnsafeArchiveError("app.yaml is not a regular file")
 
 
-def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
+def extract_archive(path: Path, contents: ArchiveContents, dest: Path, sync: bool = True) -> None:
     """Unpack an archive that :func:`inspect_archive` accepted into ``dest``.
 
     Members are written under their stripped names, owned by the gateway's user, without
     setuid, setgid, sticky or group/other write bits (what Python's ``data`` filter does, done
     here so it holds on every Python). Where the filter exists it runs too, as a second guard.
 
+    :param sync: fsync the unpacked tree (:func:`gateway.filelayer.sync_tree`) before returning;
+        False for a caller that writes more there first and syncs the whole tree once itself.
     :raises UnsafeArchiveError: when that second guard refuses a member (``dest`` is removed).
     :raises OSError: when writing fails (a full disk); ``dest`` may hold part of the package.
     """
-    dest.mkdir(parents=True)  # (fsynced with its contents below)
+    # (an app's first version makes ``apps/<name>`` too: fsynced in ``apps`` at once; ``dest``
+    # is fsynced with its contents below, or by the caller)
+    makedirs_durably(str(dest.parent))
+    dest.mkdir()
     with _open_tar(path) as tar:
         selected = []
         for member in tar.getmembers():
@@ -264,7 +269,8 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
             raise UnsafeArchiveError(f"refused while unpacking: {exc}") from exc
     # Durable before ``current`` may point at it: a power cut after the switch must not
     # leave the new version's files empty or missing.
-    sync_tree(str(dest))
+    if sync:
+        sync_tree(str(dest))
 
 
 _FILTER_ERRORS: tuple[type[Exception], ...] = tuple(

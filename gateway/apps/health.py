@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall
 
 from gateway.apps.errors import HealthCheckError
 from gateway.apps.process import ProgramProcess, ProgramState
@@ -32,6 +33,7 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
     """
     result: Deferred[None] = Deferred()
     watched = {p.spec.name: p for p in programs}
+    timer: IDelayedCall | None = None  # the deadline's, once every program is spawned
 
     def fail(why: str) -> None:
         if not result.called:
@@ -48,8 +50,8 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
     def finish() -> None:
         if changed in supervisor.observers:
             supervisor.observers.remove(changed)
-        if timers and timers[0].active():
-            timers[0].cancel()
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def deadline() -> None:
         for process in watched.values():
@@ -69,11 +71,11 @@ def watch_health(supervisor: AppSupervisor, programs: list[ProgramProcess], wind
             result.callback(None)
 
     def arm(_: object) -> None:
+        nonlocal timer
         if not result.called:
-            timers.append(clock.callLater(startsecs + window, deadline))
+            timer = clock.callLater(startsecs + window, deadline)
 
     startsecs = max((p.spec.settings.startsecs for p in programs), default=0.0)
-    timers: list[Any] = []  # the deadline's, once every program is spawned
     supervisor.observers.append(changed)
     for process in programs:
         changed(process)

@@ -138,7 +138,7 @@ class PackageInstaller:
         def unpack() -> AppManifest:
             self._before_unpack(name, version)
             self._registry.remove_version(name, version)
-            extract_archive(archive, contents, home)
+            extract_archive(archive, contents, home, sync=False)  # (synced once, below)
             makedirs_durably(str(self._registry.data_dir(name)))  # (the app's state kept across versions)
             return read_manifest(home, name, version)
 
@@ -161,10 +161,10 @@ class PackageInstaller:
                     why = (f"timed out after {settings.install_timeout:g} s (install_timeout)"
                            if result.exitstatus is None else f"exited with {result.exitstatus}")
                     raise InstallError(f"{name} {version}: install.sh {why}", name, version, output)
-                # What install.sh wrote there (compiled files, a generated config) survives a
-                # power cut before anything points at this version (the unpacked files were
-                # made durable as they were unpacked).
-                yield self._blocking(lambda: sync_tree(str(home)))
+            # The unpacked files and what install.sh wrote there (compiled files, a generated
+            # config) survive a power cut before anything points at this version: one pass
+            # fsyncs each file once.
+            yield self._blocking(lambda: sync_tree(str(home)))
         except BaseException as exc:
             yield self._blocking(lambda: self.discard(name, version))
             if isinstance(exc, OSError):

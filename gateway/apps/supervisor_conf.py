@@ -145,9 +145,10 @@ def _program(name: str, section: configparser.SectionProxy, here: str) -> Progra
         elif key == "autorestart":
             fields[key] = _autorestart(value, path)
         elif key == "exitcodes":
-            if not all(ascii_digits(v.strip().removeprefix("-")) for v in value.split(",") if v.strip()):
+            codes = [v.strip() for v in value.split(",") if v.strip()]
+            if not all(ascii_digits(v.removeprefix("-")) for v in codes):
                 raise ManifestError(f"{path}: not a list of integers: {value!r}")
-            fields[key] = tuple(int(v) for v in value.split(",") if v.strip())
+            fields[key] = tuple(int(v) for v in codes)
             for code in fields[key]:  # (as app.yaml and apps.programs refuse it)
                 problem = exit_code_problem(code)
                 if problem is not None:

@@ -292,7 +292,8 @@ class ModuleInstaller:
         result_dir = deb.parent / "helper"
         last = self.deb_request.with_name(LAST_INSTALLER) if self.deb_request is not None else None
         if last is not None:
-            yield self._after_earlier_installer(read_json(last), result_dir)
+            earlier = yield self.run_blocking(read_json, last)
+            yield self._after_earlier_installer(earlier, result_dir)
 
         def fresh_result_dir() -> None:
             shutil.rmtree(result_dir, ignore_errors=True)
@@ -316,7 +317,10 @@ class ModuleInstaller:
         further: its own operation says so, and dpkg refuses to run beside it."""
         earlier = Path(last["result_dir"]) if isinstance(last, dict) and isinstance(last.get("result_dir"), str) \
             else None
-        if earlier is None or earlier == result_dir or not _installer_started(earlier):
+        if earlier is None or earlier == result_dir:
+            return
+        started = yield self.run_blocking(_installer_started, earlier)
+        if not started:
             return
         self.log.info("waiting for the gateway package installer of {earlier} to end first", earlier=str(earlier))
         try:

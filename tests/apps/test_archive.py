@@ -197,6 +197,19 @@ class SafeTests(SynchronousTestCase):
         self.assertEqual(sorted(set(fsynced)), sorted(str(p) for p in (
             d, d / "out", d / "out" / "install.sh", d / "out" / "lib", d / "out" / "lib" / "a.py")))
 
+    def test_an_apps_first_version_is_durable_in_the_apps_folder(self) -> None:
+        """An app's first version makes ``apps/<name>`` too, and that directory's entry in
+        ``apps`` is fsynced: only the version's parent was, so a power cut after the first
+        install could take the whole app, its ``current`` with it."""
+        d = Path(self.mktemp()).absolute()
+        root = d / "apps"
+        root.mkdir(parents=True)
+        path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "echo"})
+        fsynced = record_fsyncs(self)
+        extract_archive(path, inspect(path), root / "p" / "1")
+        self.assertIn(str(root), fsynced)
+        self.assertTrue((root / "p" / "1" / "install.sh").is_file())
+
     def test_manifest_is_read(self) -> None:
         """app.yaml's text is read without unpacking."""
         d = Path(self.mktemp())

@@ -94,6 +94,9 @@ class InstallTests(TestCase):
         home = self.state / "apps" / "hello" / "1.0"
         self.assertIn(str(home / "installed"), fsynced)
         self.assertIn(str(home), fsynced[fsynced.index(str(home / "installed")):])  # (its entry too)
+        # (one pass over the tree: each unpacked file was fsynced twice, once unpacked and
+        # again after install.sh)
+        self.assertEqual(fsynced.count(str(home / "install.sh")), 1, fsynced)
 
     @inlineCallbacks
     def test_gwe_tarball_runs_unchanged(self) -> None:
@@ -391,8 +394,11 @@ class InstallTests(TestCase):
                     "health: {{command: [sh, -c, 'exit {code}'], window: 0.3}}\n")
         good = build_tarball(self.packages / "good.tar.gz", {
             "app.yaml": manifest.format(py=PY, code=0), "run.py": SERVE})
+        fsynced = record_fsyncs(self)
         result = yield self.ops.install(good)
         self.assertTrue(result.ok, result)
+        # (a package without install.sh is durable all the same, each file fsynced once)
+        self.assertEqual(fsynced.count(str(self.state / "apps" / "sensor" / "1" / "run.py")), 1, fsynced)
         yield self.ops.uninstall("sensor")
         self.assertFalse((self.state / "apps" / "sensor").exists())
         self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])

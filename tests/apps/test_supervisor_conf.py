@@ -117,7 +117,8 @@ class ParseTests(SynchronousTestCase):
                               ("startretries=\uff110", "startretries: not an integer"),
                               ("stopwaitsecs=1_0", "stopwaitsecs: not an integer: '1_0'"),
                               ("stdout_logfile_backups=\u0662", "stdout_logfile_backups: not an integer"),
-                              ("exitcodes=0,\u0662", "exitcodes: not a list of integers")]:
+                              ("exitcodes=0,\u0662", "exitcodes: not a list of integers"),
+                              ("exitcodes=0, +1", r"exitcodes: not a list of integers: '0, \+1'")]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_supervisor_conf(f"[program:a]\ncommand=x\n{text}\n", "/x")
         program = parse_supervisor_conf("[program:a]\ncommand=x\nstartsecs= 3 \nexitcodes=0, 2\n", "/x")["a"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,49 @@ class TargetTests(TestCase):
             message = yield installing
             self.assertEqual(message, "gateway package 3 installed")
         self.assertEqual(order.read_text().splitlines(), ["start a.deb", "end a.deb", "start b.deb", "end b.deb"])
+
+    @inlineCallbacks
+    def test_the_earlier_installers_record_is_read_off_the_reactor_thread(self) -> None:
+        """The record of the installer launched before a restart, and its result directory's
+        files, are read through ``run_blocking`` (a thread in the gateway), not on the reactor
+        thread, where a slow SD card would stall every connection."""
+        from twisted.internet.defer import maybeDeferred
+
+        from gateway.updates import targets
+
+        request = self.dir / "updates" / "deb-request.json"
+        earlier = self.dir / "old" / "helper"
+        earlier.mkdir(parents=True)
+        (earlier / "result.json").write_text('{"exit_code": 0, "output": ""}')
+        request.parent.mkdir()
+        request.with_name(targets.LAST_INSTALLER).write_text(json.dumps({"result_dir": str(earlier)}))
+        blocking = [False]
+        seen: list[tuple[str, bool]] = []
+
+        def run_blocking(f: Any, *args: Any) -> Any:
+            blocking[0] = True
+            try:
+                return maybeDeferred(f, *args)
+            finally:
+                blocking[0] = False
+
+        def recorded(name: str, f: Any) -> Any:
+            def call(*args: Any) -> Any:
+                seen.append((name, blocking[0]))
+                return f(*args)
+            return call
+
+        self.patch(targets, "read_json", recorded("read_json", targets.read_json))
+        self.patch(targets, "_installer_started", recorded("_installer_started", targets._installer_started))
+        deb = self.dir / "new" / "pkg.deb"
+        deb.parent.mkdir()
+        deb.write_text("deb")
+        module = SoftwareModule("gateway", "3", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+        installer = ModuleInstaller(reactor, UpdatesSettings(deb_installer="helper", deb_install_command=("true",)),
+                                    None, systemd=lambda: False, run_blocking=run_blocking, deb_request=request)
+        message = yield installer.install(Operation("op", "install", [module]), module, [deb], False)
+        self.assertEqual(message, "gateway package 3 installed")
+        self.assertEqual(seen[:2], [("read_json", True), ("_installer_started", True)])
 
     @inlineCallbacks
     def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
