@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -128,15 +129,36 @@ def write_json_atomically(path: Path, value: Any, mode: int = 0o644, sort_keys: 
     write_atomically(path, json.dumps(value, indent=1, sort_keys=sort_keys).encode(), mode)
 
 
-def set_aside(path: Path) -> str:
+def set_aside(path: Path, secret: bool = False) -> str:
     """Move a state file the gateway cannot use to ``<name>.damaged`` beside it, or stop the
     caller when it is only out of the gateway's user's reach: :func:`gateway.filelayer.set_aside`.
 
     :param path: the unusable file.
+    :param secret: whether it may hold a secret (a CIK): the file moved aside is made mode 0600,
+        whatever mode an operator who put it there gave it (a regular file only; best effort).
     :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
     :raises StateAccessError: when the gateway's user may not read or move it.
     """
-    return filelayer.set_aside(OSFiles(), str(path))
+    said = filelayer.set_aside(OSFiles(), str(path))
+    if secret and said.startswith("moved to "):
+        _make_private(Path(f"{path}.damaged"))
+    return said
+
+
+def _make_private(path: Path) -> None:
+    """Make the regular file at ``path`` mode 0600 (a link in its place is not followed, a
+    named pipe not waited on); a failure is ignored: the file is set aside all the same."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> Any:

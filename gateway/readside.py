@@ -147,7 +147,8 @@ class GatewayStatus:
 
     :param version: the gateway's version.
     :param started_at: when the service tree was built (seconds since the epoch).
-    :param uptime_s: seconds since then.
+    :param uptime_s: whole seconds since then, to the nearest (the programs' and containers'
+        ``uptime_s`` are whole seconds too).
     :param pid: the process id.
     :param services: the services of the tree, in start order.
     :param reactor_lag_s: seconds the reactor ran a timer late at worst in the last minute or
@@ -159,7 +160,7 @@ class GatewayStatus:
 
     version: str
     started_at: float
-    uptime_s: float
+    uptime_s: int
     pid: int
     services: tuple[ServiceState, ...]
     reactor_lag_s: float = 0.0
@@ -219,7 +220,7 @@ class ReadSide:
         uptime = steady_seconds(self.clock) - self._steady_started_at
         pid = self.pid if self.pid is not None else os.getpid()
         previous = self._previous_stop() if self._previous_stop is not None else PreviousStop()
-        return GatewayStatus(__version__, self.started_at, max(uptime, 0.0), pid,
+        return GatewayStatus(__version__, self.started_at, max(round(uptime), 0), pid,
                              tuple(ServiceState(s.name or "?", bool(s.running), self._error(s), self._off(s))
                                    for s in self._services), reactor_lag(self.clock), previous)
 

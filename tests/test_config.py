@@ -1010,6 +1010,18 @@ class LoadCheckTests(SynchronousTestCase):
         config.load(self.write(link.format(mode="exosite", path=writable)))
         config.load(self.write(link.format(mode="json", path=readonly / "murano.cik")))
 
+    def test_a_cik_file_on_a_virtual_file_system_is_refused(self) -> None:
+        """An exosite link's ``cik_file`` under /proc or /sys (or any of the kernel's virtual file
+        systems) is refused, naming it: run as root, the gateway passed the writability check
+        there, and the CIK the platform issues once per serial could never be saved."""
+        link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      mode: exosite\n      cik_file: {path}\n"
+        for cik_file, directory, kind in (("/proc/gateway/murano.cik", "/proc", "proc"),
+                                          ("/sys/kernel/murano.cik", "/sys/kernel", "sysfs")):
+            self.assertOneError(link.format(path=cik_file), "http_links.links.m.cik_file",
+                                f"{directory} is on {kind} (mounted on /{directory.split('/')[1]}), one of the"
+                                " kernel's virtual file systems, which keeps no file: the CIK activated for this"
+                                " link (once per serial) could not be saved")
+
     def test_server_ports_out_of_range(self) -> None:
         """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on
         a broker listener (Twisted parses any number; the service then started without

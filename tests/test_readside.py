@@ -126,13 +126,23 @@ class ReadSideTests(SynchronousTestCase):
                     FakeService("links", False), FakeService("apps", True, "A"), FakeService("updates", True, "U")]
         side = ReadSide(clock, services[1], services[0], services[2], services[3], services[4],
                         services=services, pid=42)
-        clock.advance(12.5)
-        self.assertEqual(side.status(), GatewayStatus(__version__, 1000.0, 12.5, 42, (
+        clock.advance(12.25)
+        self.assertEqual(side.status(), GatewayStatus(__version__, 1000.0, 12, 42, (
             ServiceState("journal", True), ServiceState("broker", True), ServiceState("links", False),
             ServiceState("apps", True), ServiceState("updates", True))))
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
                          (WELL["broker"], WELL["journal"], WELL["links"], "A", "U"))
         self.assertEqual((side.ingest(), side.twin(), side.fleet()), (None, None, None))  # no ingest, twin, fleet
+
+    def test_uptime_is_whole_seconds(self) -> None:
+        """docs/admin.md: the gateway's ``uptime_s`` is whole seconds, to the nearest, as its
+        programs' and containers' are (it was 6.7 in GET /status and 7 in GET /apps)."""
+        clock = Clock()
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(clock, *services, services=services, pid=42)
+        clock.advance(6.7)
+        uptime = side.status().uptime_s
+        self.assertEqual((uptime, type(uptime)), (7, int))
 
     def test_the_status_says_how_the_previous_run_ended(self) -> None:
         """The status's previous_stop is what the state directory's service found as it started

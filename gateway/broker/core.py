@@ -150,7 +150,7 @@ class GatewayBroker(Router[SessionHandler]):
 
     def shutdown(self, grace: float = STOP_GRACE) -> Deferred[None]:
         """Close every connection in order (no wills: the clients did nothing wrong), close the
-        plugins.
+        plugins; log the queue overflows summed up since the last summary.
 
         :param grace: seconds a connection has to send what it holds before it is aborted
             (:meth:`~gateway.broker.connection.MQTTConnection.close_in_order`).
@@ -161,6 +161,7 @@ class GatewayBroker(Router[SessionHandler]):
         if self._unwatch_steps is not None:
             self._unwatch_steps()
             self._unwatch_steps = None
+        self.queue_policy.lines.flush()  # (the sessions summed up since the last summary)
         for handler in list(self.live.values()):
             handler.will = None
             handler.connection.close_in_order(grace)

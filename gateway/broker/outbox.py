@@ -20,7 +20,8 @@ once when an overflow starts, then a summary while it goes on, and a total when 
 queue has room again (below half of both bounds). A line not due yet is not lost: an
 overflow that starts within the interval is told by the next "still full" line, and a
 "room again" line is said at the first :meth:`Outbox.pop` once due (a queue that fills and
-drains every second logged two lines a second).
+drains every second logged two lines a second). Only a few sessions' lines are logged each
+interval; the others' are summed up in one line (:mod:`gateway.broker.overflowlines`).
 
 The persistent sessions' queues are also bounded together (``max_queued_bytes_total``,
 :attr:`QueuePolicy.max_total`): each of their messages counts :func:`queued_cost` (its payload
@@ -55,6 +56,7 @@ from typing import Callable, Iterator, Sequence
 from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
+from gateway.broker.overflowlines import QOS0_FULL, QOS12_FULL, TOO_LARGE, OverflowLines
 from gateway.logthrottle import LogThrottle
 
 #: One message waiting for its subscriber (its QoS is the delivery QoS).
@@ -105,6 +107,7 @@ class QueuePolicy:
     :ivar holding: while true (a start restoring saved queues), ``max_total`` is not applied;
         :meth:`apply_total` applies it once everything is restored.
     :ivar on_total_drop: called (without arguments) after messages were dropped for ``max_total``.
+    :ivar lines: which sessions' overflow lines are logged, and the summary of the others'.
     """
 
     log = Logger()
@@ -133,6 +136,7 @@ class QueuePolicy:
         self._heads: list[tuple[int, Outbox]] = []
         self._heads_rebuilt = 0
         self._total_lines = LogThrottle(log_interval, clock)
+        self.lines = OverflowLines(log_interval, clock, lambda: self.overflow)
 
     def forget(self, client_id: str) -> None:
         """The session of ``client_id`` is gone: its queue is no longer listed in :attr:`dropping`."""
@@ -314,7 +318,7 @@ class Outbox:
         self._overflowing = False
         self._room_unsaid = False  # an overflow ended within log_interval of the last line: its line is owed
         self._overflow_drops = 0  # drops since the last "has room again" line
-        self._unlogged = 0  # drops since the last log line
+        self._unlogged = [0, 0, 0]  # drops since the last log line, by reason (overflowlines.QOS0_FULL ...)
         self._logged_at = float("-inf")
 
     def __len__(self) -> int:
@@ -394,7 +398,7 @@ class Outbox:
         if full:
             room = self._room(message, size)
             if room is None:
-                self._drop(message.qos)
+                self._drop(message.qos, TOO_LARGE if size > policy.max_bytes else None)
                 return False
             own = room
         victims: list[Outbox] | None = []
@@ -517,33 +521,37 @@ class Outbox:
             self.dropped_qos0 += 1
         policy.dropping[self.client_id] = self
 
-    def _drop(self, qos: int) -> None:
-        """Count one message the queue's own bounds dropped and log, at most once per ``log_interval``
+    def _drop(self, qos: int, reason: int | None = None) -> None:
+        """Count one message the queue's own bounds dropped (``reason``: by its QoS unless
+        :data:`~gateway.broker.overflowlines.TOO_LARGE`) and log, at most once per ``log_interval``
         (an overflow that starts within it of the queue's last line starts unlogged: its drops
-        are in the next line)."""
+        are in the next line), if the policy's :attr:`~QueuePolicy.lines` name this session."""
         self._count_drop(qos)
         policy = self.policy
         self._overflow_drops += 1
+        self._unlogged[(QOS12_FULL if qos else QOS0_FULL) if reason is None else reason] += 1
         now = policy.clock()
-        due = now - self._logged_at >= policy.log_interval
+        if now - self._logged_at < policy.log_interval:
+            if not self._overflowing:
+                self._overflowing = True
+                self._room_unsaid = False  # (the next line says where it stands)
+            return
+        told = policy.lines.told(self.client_id, self._unlogged)
+        count, since = sum(self._unlogged), self._logged_at
+        self._logged_at = now
+        self._unlogged = [0, 0, 0]
         if not self._overflowing:
             self._overflowing = True
-            self._room_unsaid = False  # (this line, or the next, says where it stands)
-            if due:
-                self._logged_at = now
-                self._unlogged = 0
+            self._room_unsaid = False
+            if told:
                 self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
                               "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
                               count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
                               overflow=policy.overflow)
-                return
-        self._unlogged += 1
-        if due:
+        elif told:
             self.log.warn("queue for {client_id!r} is still full: {count} more message{s} dropped in {seconds:.0f} s "
-                          "({total} in all)", client_id=self.client_id, count=self._unlogged,
-                          s="" if self._unlogged == 1 else "s", seconds=now - self._logged_at, total=self.dropped)
-            self._logged_at = now
-            self._unlogged = 0
+                          "({total} in all)", client_id=self.client_id, count=count,
+                          s="" if count == 1 else "s", seconds=now - since, total=self.dropped)
 
     def pop(self) -> QueuedMessage:
         """Take the oldest message.
@@ -591,12 +599,14 @@ class Outbox:
         if not now_or_never and now - self._logged_at < self.policy.log_interval:
             self._room_unsaid = True
             return
-        self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
-                      client_id=self.client_id, count=self._overflow_drops,
-                      s=" was" if self._overflow_drops == 1 else "s were")
+        if self.policy.lines.told(self.client_id, self._unlogged):
+            self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
+                          client_id=self.client_id, count=self._overflow_drops,
+                          s=" was" if self._overflow_drops == 1 else "s were")
         self._logged_at = now
         self._room_unsaid = False
-        self._overflow_drops = self._unlogged = 0
+        self._overflow_drops = 0
+        self._unlogged = [0, 0, 0]
 
     def clear(self) -> None:
         """Forget every message (the session starts over or ends)."""

@@ -23,17 +23,19 @@ class ConfigDataSender:
     :param attributes: the gateway's attributes (strings only).
     :param ddi: the DDI client.
     :param save: persists the state; fires once written.
+    :param noted_error: notes the cause of attributes refused for good (the snapshot's last error).
     :param log: the service's logger (its lines keep the service's namespace).
     """
 
     def __init__(self, state: Callable[[], FleetState], extra: dict[str, str],
                  attributes: Callable[[], dict[str, str]], ddi: DDIClient, save: Callable[[], Deferred[Any]],
-                 log: Logger) -> None:
+                 noted_error: Callable[[str], None], log: Logger) -> None:
         self.state = state
         self.extra = extra
         self.attributes = attributes
         self.ddi = ddi
         self.save = save
+        self.noted_error = noted_error
         self.log = log
         self._refused = ""  # the digest of attributes the server refused as they are
 
@@ -59,6 +61,7 @@ class ConfigDataSender:
             # refused as it is (hawkBit: a value over 128 characters): sending it again changes
             # nothing, and failing the poll would keep every deployment from this device
             self._refused = digest
+            self.noted_error(str(error))  # (on the read side too, as feedback refused for good)
             self.log.warn("fleet configData refused, not sent again until the attributes change or the "
                           "server asks: {error}", error=str(error))
             return

@@ -18,6 +18,7 @@ from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
 from gateway import jsontext
 from gateway.asciidigits import ascii_digits
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.errors import GatewayError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
@@ -279,12 +280,22 @@ class DDIClient:
         """``PUT configData``: the gateway's attributes, merged into what the server has."""
         return self.request("PUT", f"{self.root}/configData", {"mode": "merge", "data": data})
 
-    def feedback(self, kind: str, action_id: str, status: dict[str, Any]) -> Deferred[Any]:
+    def feedback(self, kind: str, action_id: str, status: dict[str, Any], happened_at: float | None = None
+                 ) -> Deferred[Any]:
         """``POST`` feedback on an action.
 
         :param kind: ``deploymentBase`` or ``cancelAction``.
         :param action_id: the action's id.
         :param status: the ``status`` object (execution, result, details).
+        :param happened_at: when the step it reports happened (seconds since the epoch), sent as
+            DDI's ``timestamp`` (milliseconds since the epoch), which hawkBit records the step at
+            (without it, at the feedback's arrival: a step sent after a backoff or a restart
+            would be recorded late); not sent when unknown, or before
+            :data:`~gateway.clockstep.CLOCK_SET_SINCE` (the clock was not set yet: the server's
+            time of arrival is nearer the truth than 1970).
         """
         url = f"{self.root}/{kind}/{quote(action_id, safe='')}/feedback"
-        return self.request("POST", url, {"id": action_id, "status": status})
+        body: dict[str, Any] = {"id": action_id, "status": status}
+        if happened_at is not None and happened_at >= CLOCK_SET_SINCE:
+            body["timestamp"] = round(happened_at * 1000)
+        return self.request("POST", url, body)

@@ -109,7 +109,7 @@ class FeedbackOutbox:
             while self.state().outbox and self.running():
                 feedback = self.state().outbox[0]
                 try:
-                    yield self.ddi.feedback(feedback.kind, feedback.action_id, feedback.status)
+                    yield self.ddi.feedback(feedback.kind, feedback.action_id, feedback.status, feedback.queued_at)
                 except DDIError as error:
                     if error.code is not None and 200 <= error.code < 300:
                         pass  # taken in; only the answer's body was not JSON

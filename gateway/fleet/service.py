@@ -76,7 +76,7 @@ class FleetService(Service):
                                      self.record.error, lambda: bool(self.running), self.log)
         self.actions = FleetActions(lambda: self.state, updates, ddi, self.outbox.queue, self._save, self.log)
         self.config_data = ConfigDataSender(lambda: self.state, settings.attributes, attributes, ddi, self._save,
-                                            self.log)
+                                            self.record.error, self.log)
         #: the server's ``config.polling.sleep`` in force (None: it said none)
         self._sleep: float | None = None
         # The next poll's timer. It is never active while a poll runs (poll_now cancels it, the
@@ -152,10 +152,10 @@ class FleetService(Service):
             state = "stopped"
         elif self._cycle_running is not None:
             state = "polling"
+        elif not self._loaded:
+            state = "starting"  # (a Retry-After kept from before the restart shows in held_until)
         elif held_until > steady:
             state = "held"
-        elif not self._loaded:
-            state = "starting"
         else:
             state = "failing" if record.in_row else "waiting"
         timer = self._timer

@@ -84,7 +84,8 @@ class LocalIdentities:
             return
         except (OSError, ValueError) as exc:
             self.log.error("ingest: unusable {path} ({error}; {kept}); devices will activate again",
-                           path=str(self.path), error=str(exc) or type(exc).__name__, kept=set_aside(self.path))
+                           path=str(self.path), error=str(exc) or type(exc).__name__,
+                           kept=set_aside(self.path, secret=True))  # (their CIKs: 0600 where it is put)
             return
         self.devices = devices
         self._by_cik = {device["cik"].lower(): serial for serial, device in devices.items()}

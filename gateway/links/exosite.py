@@ -365,9 +365,10 @@ class CIKFile:
                 except FileNotFoundError:
                     return None, "", switched
                 except (OSError, UnicodeDecodeError) as exc:
-                    return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}", ""
+                    return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path, secret=True)}", ""
                 if text and not _plausible_cik(text):
-                    return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}", switched
+                    aside = set_aside(self.path, secret=True)
+                    return None, f"it holds no CIK (visible ASCII without spaces); {aside}", switched
                 if text:  # (read, and a CIK: the configured device's from now on)
                     switched = "; ".join(filter(None, (switched, self._claim())))
                 return text or None, "", switched

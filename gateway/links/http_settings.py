@@ -18,6 +18,7 @@ from gateway.httpheaders import header_name_problem, header_value_problem
 from gateway.links.settings import RouteSettings
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
+from gateway.virtualfs import virtual_fs_at
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
@@ -37,13 +38,20 @@ def cik_file_problem(cik_file: str) -> str | None:
     platform activates a serial once, so a CIK it cannot keep loses the device at the next
     start. Its directory, or the nearest one that exists (the others are made), must be one
     the process may write in, as it runs now: under the .deb's unit (``ProtectSystem=full``),
-    ``/etc`` is read-only but for ``/etc/gateway/conf.d``.
+    ``/etc`` is read-only but for ``/etc/gateway/conf.d``; and not on one of the kernel's virtual
+    file systems (``/proc``, ``/sys``: root passes the writability check there).
 
     :param cik_file: the configured path (relative: to the working directory).
     """
     directory = Path(cik_file).parent
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent
+    virtual = virtual_fs_at(directory)
+    if virtual is not None:  # (root may write in /proc and /sys, and nothing written there is kept)
+        return (f"{directory} is on {virtual[0]} (mounted on {virtual[1]}), one of the kernel's virtual file"
+                " systems, which keeps no file: the CIK activated for this link (once per serial) could not"
+                " be saved: leave cik_file out (<state_dir>/links/<name>.cik) or name a file under the state"
+                " directory")
     if not directory.is_dir():
         return f"{directory} is not a directory: the CIK activated for this link could not be saved"
     if not os.access(directory, os.W_OK | os.X_OK):

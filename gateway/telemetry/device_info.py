@@ -103,8 +103,9 @@ def device_info(facts: dict[str, Any], status: GatewayStatus, certificates: tupl
     """
     body = dict(facts)
     boot = facts.get("boot_time")
-    body["uptime_s"] = round(now - boot, 3) if isinstance(boot, (int, float)) else None
+    # (uptimes in whole seconds, to the nearest, as the gateway's and its programs' everywhere)
+    body["uptime_s"] = round(now - boot) if isinstance(boot, (int, float)) else None
     body["gateway"] = {"version": status.version, "pid": status.pid, "started_at": status.started_at,
-                       "uptime_s": round(status.uptime_s, 3), "previous_stop": to_jsonable(status.previous_stop)}
+                       "uptime_s": status.uptime_s, "previous_stop": to_jsonable(status.previous_stop)}
     body["certificates"] = to_jsonable(certificates)
     return body

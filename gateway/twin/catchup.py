@@ -3,7 +3,8 @@
 A shadow request the journal refuses (the stream full under reject-new, a failed write)
 leaves its shadow *behind*: the twin holds the change, the cloud does not. The shadow is
 marked (the marks kept on disk by :mod:`gateway.twin.behind`), read again every
-:data:`CATCH_UP_INTERVAL` seconds while connected (and at each connect) once none of its
+:data:`CATCH_UP_INTERVAL` seconds while connected (and at each connect, and as soon as its
+last request is answered: :meth:`gateway.twin.sync.ShadowSync._done`) once none of its
 requests is left to send, and corrected by the sync like at a connect; its mark goes once a
 correction is journaled with no request of it refused since.
 """

@@ -19,8 +19,9 @@ version: nothing is written over a version the gateway has not seen.
 
 A request the journal refuses (the stream full under reject-new, a failed write) leaves its
 shadow *behind*: the twin holds the change, the cloud does not. Such a shadow is read again
-(every :data:`~gateway.twin.catchup.CATCH_UP_INTERVAL` seconds while connected, and at each
-connect) once none of its requests is left to send, and corrected like at a connect: so the
+(at each connect, as soon as its last request journaled before is answered, and every
+:data:`~gateway.twin.catchup.CATCH_UP_INTERVAL` seconds while connected) once none of its
+requests is left to send, and corrected like at a connect: so the
 change reaches the cloud when the stream takes appends again. Which shadows are behind is kept on disk too
 (:mod:`gateway.twin.behind`), so that a restart still corrects them.
 
@@ -222,11 +223,16 @@ class ShadowSync:
             self.versions[shadow] = version
 
     def _done(self, token: str, request: Request) -> None:
-        """A record's request is answered for good: on to the next."""
+        """A record's request is answered for good: on to the next. A shadow the cloud is
+        behind on whose requests are all answered now is read again at once (its correction
+        waited for the next catch-up, up to :data:`~gateway.twin.catchup.CATCH_UP_INTERVAL`)."""
+        shadow = request.shadow
         self.requests.finish(token)
-        self.requests.accepted(request.shadow)
-        self.appends.answered(request.shadow, request.records[-1].seq)
+        self.requests.accepted(shadow)
+        self.appends.answered(shadow, request.records[-1].seq)
         self.reader.answered(request.records)
+        if shadow in self.behind.marks and self.settled(shadow):
+            self.read_again(shadow)
         self.pump()
         self.reader.read()
 

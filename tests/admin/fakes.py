@@ -30,7 +30,7 @@ from tests.fleet.samples import FAILING_FLEET
 
 def gateway_status(services: tuple[ServiceState, ...] | None = None) -> GatewayStatus:
     """A gateway status with the given services (default: all running)."""
-    return GatewayStatus("0.1.0", 1000.0, 75.0, 4242, services if services is not None else (
+    return GatewayStatus("0.1.0", 1000.0, 75, 4242, services if services is not None else (
         ServiceState("journal", True), ServiceState("apps", True), ServiceState("updates", True),
         ServiceState("telemetry", True)))
 

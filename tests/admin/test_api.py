@@ -145,7 +145,7 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.headers["content-type"], "application/json")
         body = r.json()
-        self.assertEqual((body["version"], body["pid"], body["uptime_s"]), ("0.1.0", 4242, 75.0))
+        self.assertEqual((body["version"], body["pid"], body["uptime_s"]), ("0.1.0", 4242, 75))
         self.assertIn({"name": "apps", "running": True, "error": ""}, body["services"])
         self.assertIsNone(body["config_pending"])
 

@@ -203,3 +203,54 @@ class OverflowLogTests(SynchronousTestCase):
         self.assertEqual(len(self.lines()), 2)
         self.assertEqual(self.lines()[-1], "queue for {client_id!r} has room again; {count} message{s} dropped")
         self.assertEqual(self.events[-1]["count"], 200)
+
+
+class ManySessionsOverflowLogTests(SynchronousTestCase):
+    """A thousand persistent sessions overflowing log a few sessions' lines and one summary an
+    interval, not a line each; the per-client counts stay where they were."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.policy = QueuePolicy(max_messages=2, max_bytes=100, clock=self.clock.seconds, log_interval=60)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def outbox_lines(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("log_namespace", "").endswith("OverflowLines")]
+
+    def test_a_few_sessions_in_detail_and_one_summary_an_interval(self) -> None:
+        """1,000 sessions each drop 3 messages (2 QoS 1, 1 too large) in a minute, and 5 (4 and 1)
+        the next: each minute logs 5 sessions' lines and, at the next minute or the broker's stop,
+        one summary of the 995 others, with the drops their lines stood for, by reason (before:
+        1,000 lines a minute)."""
+        from twisted.logger import formatEvent
+        from gateway.broker.overflowlines import DETAILED_SESSIONS
+        outboxes = [Outbox(f"dev{index}", self.policy, persistent=True) for index in range(1000)]
+        for minute in range(2):
+            for outbox in outboxes:
+                for _ in range(4):
+                    outbox.push(message("x", 1))
+                outbox.push(message("big", 1, size=101))
+            self.clock.advance(60)
+        self.assertEqual(len(self.outbox_lines()), 2 * DETAILED_SESSIONS)
+        self.assertEqual({e["client_id"] for e in self.outbox_lines()}, {f"dev{index}" for index in range(5)})
+        [summary] = self.summaries()  # (the first minute's, said when the second began)
+        self.assertEqual((summary["sessions"], summary["count"], summary["qos0"], summary["qos12"],
+                          summary["too_large"]), (995, 995, 0, 995, 0))
+        self.policy.lines.flush()  # (the broker stops)
+        summary = self.summaries()[-1]
+        # the second minute's: each session's line stood for the first minute's drops after its
+        # first line, and its own first drop (the rest wait for the session's next line)
+        self.assertEqual((summary["sessions"], summary["count"], summary["qos12"], summary["too_large"]),
+                         (995, 995 * 3, 995 * 2, 995))
+        self.assertEqual(formatEvent(summary),
+                         "queues of 995 more sessions overflowed since 60 s ago (at most 5 sessions are named each"
+                         " 60 s): 2985 messages dropped (0 QoS 0 and 1990 QoS 1/2 (drop_new) for full queues,"
+                         " 995 larger than max_queued_bytes)")
+        self.assertEqual(sum(outbox.dropped for outbox in outboxes), 1000 * 8)
+        self.assertEqual(self.policy.dropped, [0, 8000, 0])
+        self.assertEqual(len(self.policy.dropping), 1000)

@@ -201,14 +201,19 @@ class FleetServiceTests(FleetHarness):
         self.stop()
 
     def test_refused_config_data_does_not_stop_deployments(self) -> None:
-        """configData the server refuses as it is (hawkBit: a value over 128 characters) is logged
-        and not sent again until the attributes change; the poll goes on to its deployment (it
+        """configData the server refuses as it is (hawkBit: a value over 128 characters) is logged,
+        is the snapshot's ``last_error`` (as feedback refused for good is; it was only in the log),
+        and is not sent again until the attributes change; the poll goes on to its deployment (it
         failed the whole poll, every poll: no deployment could ever reach the device). A 5xx
         still fails the poll."""
         self.server.config_errors = [400, 400]
         self.server.deployment = deployment("21", FILES)
         fleet = self.start()
         self.run_for(8)
+        shown = fleet.snapshot()
+        self.assertTrue(shown.last_error.startswith("PUT https://ddi.example/"), shown.last_error)
+        self.assertIn("/configData", shown.last_error)
+        self.assertEqual((shown.last_error_at, shown.failures), (5.0, 0))
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
         self.assertEqual(self.installer.archives, [ARCHIVE])
         self.run_for(61)  # sw_version is new: sent, and refused again
@@ -1194,7 +1199,10 @@ class FleetServiceTests(FleetHarness):
 
     def test_unaccepted_feedback_is_kept_and_sent_again_after_a_restart(self) -> None:
         """Feedback the server did not take stays in the persisted outbox; after a restart it is sent
-        (once), the finished action is not installed again."""
+        (once), the finished action is not installed again, and each says when its step happened
+        (DDI's ``timestamp``, milliseconds since the epoch: hawkBit recorded the steps at their
+        arrival, after the restart)."""
+        self.clock.advance(1796211823.25)  # (a clock that is set: before 2024, no timestamp is sent)
         self.server.deployment = deployment("14", FILES)
         self.server.feedback_errors = [503] * 100
         self.start()
@@ -1212,6 +1220,20 @@ class FleetServiceTests(FleetHarness):
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
+        stamps = [body["timestamp"] for _, _, body in self.server.feedback]
+        self.assertEqual(stamps, [round(f.queued_at * 1000) for f in saved.outbox if f.queued_at is not None])
+        self.assertLess(stamps[-1], (1796211823.25 + 8) * 1000)  # (sent after the restart, at 8 s or later)
+        self.assertGreaterEqual(stamps[0], 1796211823250)
+
+    def test_feedback_of_a_clock_not_set_has_no_timestamp(self) -> None:
+        """A step that happened while the gateway's clock was not set (before 2024: no real-time
+        clock, no NTP yet; the fake clock starts at 1970) is sent without DDI's ``timestamp``:
+        the server records its arrival rather than 1970."""
+        self.server.deployment = deployment("15", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual([body for _, _, body in self.server.feedback if "timestamp" in body], [])
 
     def test_feedback_the_server_keeps_refusing_backs_off_and_is_one_line_per_ten_minutes(self) -> None:
         """A server that polls well but keeps refusing feedback (503 for an hour: its feedback
@@ -1254,7 +1276,7 @@ class FleetServiceTests(FleetHarness):
         fleet = self.start()
         answers: list[Deferred[Any]] = []
 
-        def feedback(kind: str, action_id: str, status: dict[str, Any]) -> Deferred[Any]:
+        def feedback(kind: str, action_id: str, status: dict[str, Any], happened_at: float | None) -> Deferred[Any]:
             answers.append(Deferred())
             return answers[-1]
 

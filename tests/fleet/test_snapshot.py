@@ -56,6 +56,19 @@ class FleetSnapshotTests(FleetHarness):
         self.run_for(4)
         self.assertEqual(fleet.snapshot().state, "waiting")
 
+    def test_starting_after_a_restart_under_a_retry_after(self) -> None:
+        """A restart under the server's Retry-After (kept in the state file) is ``starting`` while
+        the update service loads its operations, as docs/fleet.md says, the hold in ``held_until``
+        (it said ``held``), then ``held`` until the hold ends."""
+        self.server.errors = [(503, {"Retry-After": "120"})]
+        self.start()
+        self.run_for(6)  # t=5: 503, every request held until t=155
+        self.stop()
+        fleet = self.start(load_after=3)
+        self.assertEqual((fleet.snapshot().state, fleet.snapshot().held_until), ("starting", 155.0))
+        self.run_for(4)
+        self.assertEqual((fleet.snapshot().state, fleet.snapshot().held_until), ("held", 155.0))
+
     def test_after_failed_polls(self) -> None:
         """Failed polls are counted (in all and in a row), with the last one's cause and time and
         since when they fail, ``failing`` until a poll goes well; then the count in a row is 0 and

@@ -827,17 +827,19 @@ class LocalIdentitiesTests(SynchronousTestCase):
     def test_an_unusable_file_is_set_aside_and_the_ingest_starts(self):
         """A devices.json that is not JSON, or whose entry lacks its CIK or holds one that is no
         CIK (a number: its activation answered 500), is moved aside to devices.json.damaged
-        (kept, not overwritten by the next activation) and the ingest starts with no device; the
-        next activation writes a fresh file."""
+        (kept, not overwritten by the next activation; mode 0600 whatever its mode was, as it
+        may hold CIKs) and the ingest starts with no device; the next activation writes a fresh file."""
         for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}', "[" * 5000,
                      '{"devices": {"sn1": {"cik": 5}}}', '{"devices": {"sn1": {"cik": "not a cik"}}}'):
             path = Path(self.mktemp()) / "devices.json"
             path.parent.mkdir()
             path.write_text(text)
+            path.chmod(0o644)
             identities = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
             identities.load()
             self.assertEqual(identities.devices, {})
             self.assertEqual((path.parent / "devices.json.damaged").read_text(), text)
+            self.assertEqual((path.parent / "devices.json.damaged").stat().st_mode & 0o777, 0o600)
             cik = self.successResultOf(identities.activate("acme", "box", "sn2"))
             again = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
             again.load()

@@ -378,14 +378,18 @@ class HTTPLinkTests(HTTPLinkCase):
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
         holds what no CIK holds (spaces: a wrong file put there in the migration),
-        is moved aside to cloud.cik.damaged as it was; the link activates and sends."""
+        is moved aside to cloud.cik.damaged as it was, mode 0600 whatever its mode was (it may
+        hold a CIK still); the link activates and sends."""
         self.cik_path.parent.mkdir(parents=True)
         self.write("temp", "1")
         for content in (b"\xff\xfe garbage\n", b'{"cik": "not this way"}\n'):
             self.cik_path.write_bytes(content)
+            self.cik_path.chmod(0o644)  # (an operator's copy, readable by all)
             link = self.start()
             self.pass_time(3)
-            self.assertEqual((self.cik_path.parent / "cloud.cik.damaged").read_bytes(), content)
+            damaged = self.cik_path.parent / "cloud.cik.damaged"
+            self.assertEqual(damaged.read_bytes(), content)
+            self.assertEqual(damaged.stat().st_mode & 0o777, 0o600)  # (it may be a CIK: it kept 0644)
             self.assertEqual(self.cik_path.read_text().strip(), link.cik)
             self.successResultOf(link.stop())
         self.assertEqual(self.server.activations, 2)

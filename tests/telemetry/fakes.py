@@ -44,7 +44,7 @@ class FakeReadSide:
         self.fleet_snapshot: FleetSnapshot | None = None
 
     def status(self) -> GatewayStatus:
-        return GatewayStatus(__version__, 1000.0, 60.0, 4321, (ServiceState("journal", True),
+        return GatewayStatus(__version__, 1000.0, 60, 4321, (ServiceState("journal", True),
                                                                ServiceState("broker", True)))
 
     def broker(self) -> BrokerSnapshot:

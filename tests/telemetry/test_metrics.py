@@ -164,7 +164,7 @@ class RenderTests(SynchronousTestCase):
         journal = refusing_journal(clock)
         self.readside.journal = journal.snapshot  # type: ignore[method-assign]
         self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
-            __version__, 1000.0, 60.0, 4321, (ServiceState("journal", True, "min-free-disk: ..."),
+            __version__, 1000.0, 60, 4321, (ServiceState("journal", True, "min-free-disk: ..."),
                                               ServiceState("broker", True)))
         got = samples(render_metrics("", self.registry)[0])
         cloud, state = (("stream", "link-cloud"),), (("stream", "broker-state"),)
@@ -182,7 +182,7 @@ class RenderTests(SynchronousTestCase):
     def test_the_reactors_lag(self) -> None:
         """gateway_reactor_lag_seconds: how late the reactor ran a timer at worst lately."""
         self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
-            __version__, 1000.0, 60.0, 4321, (ServiceState("broker", True),), reactor_lag_s=5.4)
+            __version__, 1000.0, 60, 4321, (ServiceState("broker", True),), reactor_lag_s=5.4)
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual(got[("gateway_reactor_lag_seconds", ())], 5.4)
 
@@ -190,7 +190,7 @@ class RenderTests(SynchronousTestCase):
         """gateway_unclean_stops_total: the runs on the state directory that ended without a
         clean stop, as the state directory's record counts them (across restarts)."""
         self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
-            __version__, 1000.0, 60.0, 4321, (), previous_stop=PreviousStop("unclean", 900.0, 4000, 10.0, "killed", 3))
+            __version__, 1000.0, 60, 4321, (), previous_stop=PreviousStop("unclean", 900.0, 4000, 10.0, "killed", 3))
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual(got[("gateway_unclean_stops_total", ())], 3)
 
@@ -206,7 +206,7 @@ class RenderTests(SynchronousTestCase):
             dataclasses.replace(well, name="backup", taken_over=dataclasses.replace(
                 failing, reason="session-taken-over", error="another client ..."))), failing)
         self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
-            __version__, 1000.0, 60.0, 4321, (ServiceState("links", True, "cursor-not-saved: ..."),))
+            __version__, 1000.0, 60, 4321, (ServiceState("links", True, "cursor-not-saved: ..."),))
         got = samples(render_metrics("", self.registry)[0])
         cloud, backup = (("link", "cloud"),), (("link", "backup"),)
         self.assertEqual((got[("gateway_link_cursor_save_failing", cloud)],

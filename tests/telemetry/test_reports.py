@@ -46,7 +46,7 @@ class DeviceInfoTests(SynchronousTestCase):
         self.assertEqual({key: facts[key] for key in ("cpu", "memory", "filesystems", "interfaces", "boot_time")},
                          {"cpu": None, "memory": None, "filesystems": [], "interfaces": {}, "boot_time": None})
         self.assertEqual(errors, ["psutil: ImportError: No module named 'psutil'"])
-        self.assertIsNone(device_info(facts, GatewayStatus("9.9", 100.0, 5.0, 77, ()), (), 1000.0)["uptime_s"])
+        self.assertIsNone(device_info(facts, GatewayStatus("9.9", 100.0, 5, 77, ()), (), 1000.0)["uptime_s"])
 
     def setUp(self) -> None:
         self.state = Path(self.mktemp())
@@ -112,10 +112,10 @@ class DeviceInfoTests(SynchronousTestCase):
         """The body adds uptime, the gateway (with how its previous run ended) and its
         certificates to the facts."""
         previous = PreviousStop("unclean", 90.0, 66, 10.0, "reboot", 2, 90.0)
-        status = GatewayStatus("9.9", 100.0, 5.0, 77, (), previous_stop=previous)
-        body = device_info(self.facts, status, (), self.facts["boot_time"] + 60.0)
-        self.assertEqual(body["uptime_s"], 60.0)
-        self.assertEqual(body["gateway"], {"version": "9.9", "pid": 77, "started_at": 100.0, "uptime_s": 5.0,
+        status = GatewayStatus("9.9", 100.0, 5, 77, (), previous_stop=previous)
+        body = device_info(self.facts, status, (), self.facts["boot_time"] + 60.4)
+        self.assertEqual((body["uptime_s"], type(body["uptime_s"])), (60, int))  # (whole seconds, as the gateway's)
+        self.assertEqual(body["gateway"], {"version": "9.9", "pid": 77, "started_at": 100.0, "uptime_s": 5,
                                            "previous_stop": {"kind": "unclean", "at": 90.0, "pid": 66,
                                                              "started_at": 10.0, "cause": "reboot",
                                                              "unclean_stops": 2, "last_unclean_at": 90.0}})

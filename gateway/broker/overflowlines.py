@@ -1,0 +1,77 @@
+"""Which sessions' queue-overflow lines are logged in detail each interval, and one summary for the rest.
+
+Each session's queue logs its overflow at most once per interval (:class:`gateway.broker.outbox.Outbox`);
+with a thousand persistent sessions overflowing, that was a thousand lines a minute. Here the
+first :data:`DETAILED_SESSIONS` sessions whose line falls due in an interval are logged as
+before; every other session's line is folded into one summary line for the interval: how many
+sessions, how many messages they dropped since their last line, by reason. The summary is said
+when the next interval starts (at the next session line due: no timer, as
+:class:`gateway.logthrottle.LogThrottle`), or at :meth:`OverflowLines.flush` (the broker stops).
+The per-client counts stay in the broker's snapshot and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from twisted.logger import Logger
+
+#: Sessions whose overflow lines are logged in detail per interval; the others are summed up.
+DETAILED_SESSIONS = 5
+#: Why a queue dropped a message, as :meth:`OverflowLines.told` counts them (index: reason).
+QOS0_FULL, QOS12_FULL, TOO_LARGE = range(3)
+
+
+class OverflowLines:
+    """Decides, for each session's overflow line due, whether it is logged or summed up.
+
+    :param interval: seconds of one interval (the sessions' ``log_interval``).
+    :param clock: seconds now (a steady clock).
+    :param overflow: the QoS 1/2 overflow policy now (``drop_new`` or ``drop_oldest``), named in the summary.
+    """
+
+    log = Logger()
+
+    def __init__(self, interval: float, clock: Callable[[], float], overflow: Callable[[], str]) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.overflow = overflow
+        self._started = float("-inf")
+        self._named: set[str] = set()
+        self._folded: set[str] = set()
+        self._drops = [0, 0, 0]
+
+    def told(self, client_id: str, drops: Sequence[int]) -> bool:
+        """A line of ``client_id``'s queue is due, for its ``drops`` since its last line (by
+        reason: :data:`QOS0_FULL`, :data:`QOS12_FULL`, :data:`TOO_LARGE`): ``True`` when the
+        caller logs it; ``False`` when it is summed up in this interval's summary (the caller
+        then counts it said)."""
+        now = self.clock()
+        if now - self._started >= self.interval:
+            self.flush()
+            self._started = now
+            self._named.clear()
+        named = self._named
+        if client_id in named or len(named) < DETAILED_SESSIONS:
+            named.add(client_id)
+            return True
+        self._folded.add(client_id)
+        for reason, count in enumerate(drops):
+            self._drops[reason] += count
+        return False
+
+    def flush(self) -> None:
+        """Log the summary of the sessions summed up since the last one, if any."""
+        if not self._folded:
+            return
+        qos0, qos12, too_large = self._drops
+        sessions = len(self._folded)
+        self.log.warn("queues of {sessions} more session{s} overflowed since {seconds:.0f} s ago (at most {named} "
+                      "sessions are named each {interval:.0f} s): {count} message{ms} dropped ({qos0} QoS 0 and "
+                      "{qos12} QoS 1/2 ({overflow}) for full queues, {too_large} larger than max_queued_bytes)",
+                      sessions=sessions, s="" if sessions == 1 else "s", seconds=self.clock() - self._started,
+                      named=DETAILED_SESSIONS, interval=self.interval, count=qos0 + qos12 + too_large,
+                      ms="" if qos0 + qos12 + too_large == 1 else "s", qos0=qos0, qos12=qos12,
+                      too_large=too_large, overflow=self.overflow())
+        self._folded = set()
+        self._drops = [0, 0, 0]

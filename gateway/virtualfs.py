@@ -1,0 +1,56 @@
+"""Whether a path lies on one of the kernel's virtual file systems (``/proc``, ``/sys``...),
+which keep no file written there: a state file named there would be lost, or refused, at once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The file systems the kernel makes up as it is asked (none keeps a file written in it).
+VIRTUAL_TYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "efivarfs", "fusectl", "mqueue", "binfmt_misc", "selinuxfs", "nsfs",
+    "rpc_pipefs", "autofs",
+})
+#: Where the kernel lists the mounts the process sees, with their devices and types.
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def virtual_fs_at(path: Path, mountinfo: str = MOUNTINFO) -> tuple[str, str] | None:
+    """The virtual file system that ``path`` (or the nearest directory above it that exists:
+    what making it would write in) lies on, as ``(type, mount point)``; ``None`` when it lies
+    on another, or when that cannot be told (no ``mountinfo``: not Linux).
+
+    Matched by device number, not by name: a symbolic link or a bind mount into ``/proc`` is
+    found too.
+
+    :param path: the file to be written.
+    :param mountinfo: the mount table to read (tests pass their own).
+    """
+    for candidate in (path, *path.parents):
+        try:
+            device = os.stat(candidate).st_dev
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        break
+    else:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                # <id> <parent> <major:minor> <root> <mount point> <options> [<optional>...] - <type> ...
+                fields = line.split()
+                if len(fields) < 5 or fields[2] != wanted:
+                    continue
+                try:
+                    kind = fields[fields.index("-", 5) + 1]
+                except (ValueError, IndexError):
+                    continue  # (a line cut short)
+                if kind in VIRTUAL_TYPES:
+                    return kind, fields[4].replace("\\040", " ")
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,28 @@
+"""Which paths lie on the kernel's virtual file systems (a state file there is never kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.virtualfs import virtual_fs_at
+
+
+class VirtualFSTests(SynchronousTestCase):
+    """``virtual_fs_at`` against this machine's mounts (Linux: /proc and /sys are always there)."""
+
+    def test_proc_and_sys_and_a_link_into_them(self) -> None:
+        """A file to be made under /proc or /sys, or under a symbolic link to /sys, is on a
+        virtual file system; one under a test's directory is not."""
+        link = Path(self.mktemp()).absolute()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("/sys/kernel")
+        self.assertEqual(virtual_fs_at(Path("/proc/gateway/x.cik")), ("proc", "/proc"))
+        self.assertEqual(virtual_fs_at(Path("/sys/kernel/x.cik")), ("sysfs", "/sys"))
+        self.assertEqual(virtual_fs_at(link / "new" / "x.cik"), ("sysfs", "/sys"))
+        self.assertIsNone(virtual_fs_at(link.parent / "new" / "x.cik"))
+
+    def test_unknown_without_a_mount_table(self) -> None:
+        """Without a mount table to read (not Linux), nothing is said to be virtual."""
+        self.assertIsNone(virtual_fs_at(Path("/proc/x.cik"), mountinfo=self.mktemp()))
