@@ -201,6 +201,13 @@ class Stream:
         """The segments, oldest first (read only: :attr:`retention` owns them)."""
         return self.retention.segments
 
+    @property
+    def first_kept_seq(self) -> int:
+        """The seq of the oldest record the stream still holds (:attr:`next_seq` when it holds
+        none): the records below it are gone, acknowledged by every cursor (their segments
+        deleted) or dropped by the stream's limits."""
+        return self.segments[0].first_seq if self.segments else self.next_seq
+
     # -- opening and closing ------------------------------------------------------
 
     def open(self) -> Deferred[None]:
@@ -298,8 +305,7 @@ class Stream:
 
     def _unacknowledged_runs(self) -> list[tuple[int, int]]:
         """The runs of seqs of :meth:`unacknowledged_records`, in order."""
-        first = self.segments[0].first_seq if self.segments else self.next_seq
-        return self.reader.unacknowledged(first, self.next_seq - 1)
+        return self.reader.unacknowledged(self.first_kept_seq, self.next_seq - 1)
 
     def close_to_drop(self, force: bool) -> Deferred[LossEntry | None]:
         """Close the stream so that its directory can be deleted (the operator drops it:

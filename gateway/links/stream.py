@@ -25,6 +25,12 @@ class LinkStream(Protocol):
     #: The seq the next record appended will get.
     next_seq: int
 
+    @property
+    def first_kept_seq(self) -> int:
+        """The seq of the oldest record the stream still holds (:attr:`next_seq` when it holds
+        none): the records below it are gone, acknowledged by every cursor or dropped by the
+        stream's limits, and no read returns them."""
+
     def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record``; fires with its seq once durable (per the stream's sync policy).
 

@@ -18,6 +18,7 @@ from gateway.twin.catchup import ShadowCatchUp
 from gateway.twin.ditto import DittoError
 from gateway.twin.document import MISSING, diff
 from gateway.twin.settings import TwinSettings
+from gateway.twin.shadowstream import CURSOR
 
 
 def shadow_request(thing: str, shadow: str, operation: str, body: dict[str, Any], received: float) -> Record:
@@ -58,9 +59,15 @@ class ShadowAppends:
         self.catch_up = catch_up
         self.max_record_bytes = max_record_bytes
         self._appending: dict[str, int] = {}  # shadow -> its appends under way
-        #: shadow -> the seq of its last record journaled, until that record is answered or the
-        #: stream's reader passes it (:meth:`passed`); in the order they were journaled
+        #: shadow -> the seq of its last record journaled, until that record is answered, the
+        #: stream's reader passes it (:meth:`passed`) or the journal drops it unread; in the order
+        #: they were journaled; ``max_things`` shadows at most, the latest (:meth:`_bound`)
         self._last_appended: dict[str, int] = {}
+        #: The last seq of the records of shadows :meth:`_bound` forgot (0: none): until the reader
+        #: passes it, a shadow not in :attr:`_last_appended` may have a record not read yet.
+        self._forgotten = 0
+        self._last_read = 0  # the reader's, at the last :meth:`passed`
+        self._first_kept = 1  # the stream's oldest record kept, at the last :meth:`_bound`
 
     def validate(self, thing_id: str, before: Any, after: Any) -> None:
         """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400), or
@@ -118,6 +125,7 @@ class ShadowAppends:
         def journaled(seq: int) -> None:
             last = max(seq, self._last_appended.pop(shadow, 0))
             self._last_appended[shadow] = last  # (last in the order: :meth:`passed` walks the oldest first)
+            self._bound()
 
         def refused(failure: Failure) -> str:
             return self.catch_up.refused(thing_id, shadow, failure)
@@ -130,9 +138,40 @@ class ShadowAppends:
 
         return self.stream.append(record).addCallbacks(journaled, refused).addCallback(settled)
 
+    def started(self) -> None:
+        """The sync's cursor exists, its reader not started: the requests the stream holds from
+        before the start, not acknowledged, are for shadows not known until the reader passes
+        them (it reads :data:`~gateway.twin.shadowstream.READ_AHEAD` at most), so until then a
+        shadow not remembered counts as journaling (:meth:`journaling`), as after
+        :meth:`_bound` forgot one."""
+        if self.stream.unacked(CURSOR):
+            self._forgotten = max(self._forgotten, self.stream.next_seq - 1)
+
     def journaling(self, shadow: str) -> bool:
-        """Whether a request of ``shadow`` is being journaled, or was and is not answered yet."""
-        return shadow in self._appending or shadow in self._last_appended
+        """Whether a request of ``shadow`` is being journaled, or was and is not answered yet (nor
+        dropped by the journal unread). A shadow whose last request was forgotten
+        (:meth:`_bound`) counts as journaling while a forgotten request may be unread."""
+        if shadow in self._appending:
+            return True
+        last = self._last_appended.get(shadow, self._forgotten)
+        return last > 0 and not self._last_read < last < self.stream.first_kept_seq
+
+    def _bound(self) -> None:
+        """Let go of the shadows whose last request the journal dropped unread (below the stream's
+        oldest record kept, after the last the reader read: no answer to it will come), then of
+        the oldest beyond ``max_things``, noting the last seq forgotten (:meth:`journaling`).
+        Offline the reader stops at :data:`~gateway.twin.shadowstream.READ_AHEAD` records, so
+        without this the sync would remember every shadow journaled after them (an app naming a
+        new thing every second, for a week: 600,000) until a reconnect."""
+        first_kept = self.stream.first_kept_seq
+        if first_kept != self._first_kept:  # (the journal dropped or deleted records since)
+            self._first_kept = first_kept
+            dropped = [shadow for shadow, seq in self._last_appended.items() if self._last_read < seq < first_kept]
+            for shadow in dropped:
+                del self._last_appended[shadow]
+        while len(self._last_appended) > self.settings.max_things:
+            shadow = next(iter(self._last_appended))  # (the oldest)
+            self._forgotten = max(self._forgotten, self._last_appended.pop(shadow))
 
     def answered(self, shadow: str, seq: int) -> None:
         """The request of ``shadow`` in the record ``seq`` is answered."""
@@ -150,6 +189,9 @@ class ShadowAppends:
         :param last_read: the seq of the last record the reader read.
         :param pending: the records read and not answered yet.
         """
+        self._last_read = last_read
+        if self._forgotten <= last_read:
+            self._forgotten = 0
         if not self._last_appended or next(iter(self._last_appended.values())) > last_read:
             return  # (nothing passed: the pending records are not walked, as at every read)
         held = {record.seq for record in pending}

@@ -53,9 +53,13 @@ class ShadowStreamReader:
         #: Whether :meth:`stop` was called: nothing more is read.
         self.stopped = False
 
-    def start(self) -> Deferred[None]:
-        """Create the cursor and start reading (fires once the cursor exists)."""
-        return self.stream.cursor(CURSOR).addCallback(lambda _: self.read())
+    def start(self, first: Callable[[], None]) -> Deferred[None]:
+        """Create the cursor, call ``first``, then start reading (fires once the cursor exists)."""
+        def made(_: None) -> None:
+            first()
+            self.read()
+
+        return self.stream.cursor(CURSOR).addCallback(made)
 
     def stop(self) -> None:
         """Stop reading (unanswered records stay in the stream)."""

@@ -117,7 +117,7 @@ class ShadowSync:
         once the cursor exists)."""
         self.twin.listeners.append(self.appends.twin_changed)
         self.twin.validators.append(self.appends.validate)
-        return self.behind.load().addCallback(lambda _: self.reader.start())
+        return self.behind.load().addCallback(lambda _: self.reader.start(self.appends.started))
 
     def stop(self) -> None:
         """Stop sending and reading (unanswered records stay in the stream). The twin's changes

@@ -322,9 +322,11 @@ class SegmentTests(SynchronousTestCase):
     """Segments roll over at segment_bytes and are deleted once every cursor passed them."""
 
     def test_roll_over_and_delete_acked(self) -> None:
-        """Ten records per segment; acking past a segment deletes it, the tail stays."""
+        """Ten records per segment; acking past a segment deletes it, the tail stays; the oldest
+        record kept (``first_kept_seq``) is the first of the oldest segment left."""
         files = PowerCutFiles()
         s = open_stream(files, StreamSettings(segment_bytes=10 * FRAME))
+        self.assertEqual(s.first_kept_seq, 1)  # (none kept: next_seq)
         self.successResultOf(s.cursor("a"))
         self.successResultOf(s.cursor("b"))
         for i in range(1, 26):
@@ -333,8 +335,10 @@ class SegmentTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(s, "a")], list(range(1, 26)))
         self.successResultOf(s.ack("a", 25))
         self.assertEqual(len(_segments(files)), 3)
+        self.assertEqual(s.first_kept_seq, 1)
         self.successResultOf(s.ack("b", 20))
         self.assertEqual(_segments(files), [segment_path(DIR, 21)])
+        self.assertEqual(s.first_kept_seq, 21)
         self.assertEqual(s.stats().backlog, {"a": 0, "b": 5})
 
     def test_a_backlog_holds_no_descriptor_per_segment(self) -> None:
@@ -612,6 +616,7 @@ class OverflowTests(SynchronousTestCase):
                          ("max-bytes", 10, 1, 10))
         self.assertEqual((entry.first_time, entry.last_time), (1.0, 11.0))
         self.assertEqual(self.successResultOf(s.read("link", 1))[0].seq, 11)
+        self.assertEqual(s.first_kept_seq, 11)
         self.assertEqual(open_stream(files, settings).loss_report().entries, (entry,))
         report = s.loss_report()
         self.successResultOf(s.clear_losses(report))

@@ -43,6 +43,7 @@ class MemoryStream:
         self._waiters: list[Deferred[None]] = []
         #: the wall clock's steps it saw, as the journal's ledger keeps them: ``(first seq after it, seconds)``
         self.steps: list[tuple[int, float]] = []
+        self.dropped = 0  # the last seq :meth:`drop` dropped
 
     def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record`` with the next seq (seqs start at 1)."""
@@ -73,6 +74,18 @@ class MemoryStream:
         """The seq the next record appended will get."""
         return len(self.records) + 1
 
+    @property
+    def first_kept_seq(self) -> int:
+        """The seq after the last one :meth:`drop` dropped (the records acknowledged stay)."""
+        return self.dropped + 1
+
+    def drop(self, last: int) -> None:
+        """Drop the records up to ``last`` as the journal's limits do (``drop-oldest``): reads
+        skip them (their objects stay in :attr:`records`, which seqs index)."""
+        self.dropped = max(self.dropped, last)
+        for cursor, position in self.positions.items():
+            self.positions[cursor] = max(position, last)
+
     def release(self) -> None:
         """Make every held append durable."""
         held, self.held = self.held, []
@@ -80,9 +93,9 @@ class MemoryStream:
             d.callback(seq)
 
     def cursor(self, name: str) -> Deferred[None]:
-        """Create ``name`` at the start unless it exists."""
+        """Create ``name`` at the oldest record kept unless it exists."""
         self.acked.setdefault(name, 0)
-        self.positions.setdefault(name, self.acked[name])
+        self.positions.setdefault(name, max(self.acked[name], self.dropped))
         return succeed(None)
 
     def read(self, cursor: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Any]]:
@@ -110,8 +123,8 @@ class MemoryStream:
         self.acked[cursor] = max(self.acked[cursor], seq)
 
     def rewind(self, cursor: str) -> None:
-        """Read again from the record after the last acknowledged one (as after a restart)."""
-        self.positions[cursor] = self.acked[cursor]
+        """Read again from the record after the last acknowledged one, or the oldest kept (as after a restart)."""
+        self.positions[cursor] = max(self.acked[cursor], self.dropped)
 
     def wait(self, cursor: str) -> Deferred[None]:
         """Fire when a record is appended (at once when unread ones exist)."""

@@ -497,6 +497,108 @@ class ShadowSyncTests(ShadowSyncCase):
             self.assertTrue(self.sync.settled(f"f{n}"), n)
             self.assertFalse(self.sync.appends.journaling(f"f{n}"), n)
 
+    def answer_all(self) -> list[int]:
+        """Accept every request sent (version 1), and every one that follows, until nothing more
+        is sent (404 to every get); returns the clientTokens of the updates and deletes sent."""
+        tokens = []
+        while True:
+            self.answer_gets()
+            sent = self.connection.take()
+            if not sent:
+                return tokens
+            for topic, body in sent:
+                tokens.append(int(body["clientToken"]))
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+
+    def test_offline_the_shadows_whose_last_record_the_journal_dropped_are_let_go(self) -> None:
+        """Offline, the reader holds READ_AHEAD records and reads no further; the sync kept the
+        last record journaled of every shadow after them until a reconnect, the journal's drops
+        (drop-oldest) notwithstanding, so an app naming a new feature or child thing every second
+        for a week offline held some 600,000 of them. Now a shadow whose last record is below
+        the stream's oldest kept one (dropped unread: no answer will come) is let go at the next
+        append; what the journal keeps is sent, in order, when the link is back."""
+        from gateway.twin import shadowstream
+        self.patch(shadowstream, "READ_AHEAD", 5)
+        for n in range(20):  # an update and a delete of shadow f<n>: records 2n+1 and 2n+2
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+            self.send(command("delete", f"/features/f{n}"))
+        self.stream.drop(30)  # records 1 to 5 are read (held), 6 to 30 dropped unread
+        self.send(command("modify", "/features/g/properties/x", 1))  # record 41
+        self.assertEqual(sorted(self.sync.appends._last_appended),
+                         ["f0", "f1", "f15", "f16", "f17", "f18", "f19", "g"])  # (f2's last, 6, was dropped)
+        self.assertFalse(self.sync.appends.journaling("f2"))
+        self.assertTrue(self.sync.appends.journaling("f1"))
+        self.assertTrue(self.sync.appends.journaling("f15"))
+        self.connect()
+        tokens = self.answer_all()
+        self.assertEqual(sorted(t for t in tokens if t <= 41), [1, 2, 3, 4, 5] + list(range(31, 42)))
+        self.assertEqual(len(tokens), len(set(tokens)))
+        self.assertEqual(self.stream.acked[shadowstream.CURSOR], len(self.stream.records))
+        self.assertEqual(self.sync.appends._last_appended, {})
+
+    def test_offline_the_shadows_remembered_are_at_most_max_things(self) -> None:
+        """The journal keeps a week of records by default (max_age_s), so its drops alone do not
+        bound what the sync remembers offline: it remembers the last record journaled of
+        ``twin.max_things`` shadows at most, the latest. A shadow it forgot may have a record
+        the reader has not reached: until the reader passes the last forgotten record, every
+        shadow not remembered counts as journaling, so a catch-up of one the cloud is behind on
+        never reads it before its requests are answered; then it is caught up."""
+        from gateway.twin import shadowstream
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
+        self.patch(shadowstream, "READ_AHEAD", 5)
+        self.settings = TwinSettings(shadow_link="aws", max_document_bytes=1024, max_things=3)
+        self.restart()
+        for n in range(20):  # records 1 to 20, the reader holds 1 to 5
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+        self.assertEqual(list(self.sync.appends._last_appended), ["f17", "f18", "f19"])
+        self.assertTrue(self.sync.appends.journaling("f10"))  # (its record 11 is not read)
+        self.refuse_appends()
+        self.send(command("modify", "/features/f10/properties/y", 1))
+        self.take_appends()
+        self.assertFalse(self.sync.settled("f10"))
+        self.connect()
+        tokens = self.answer_all()
+        self.assertEqual(sorted(t for t in tokens if t <= 20), list(range(1, 21)))
+        self.assertIn("f10", self.sync.behind.marks)
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.answer_gets()  # (the cloud lost it: 404; the whole of it goes)
+        last = str(len(self.stream.records))
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f10/update", {
+            "state": {"reported": {"x": 10, "y": 1}}, "clientToken": last})])
+        self.reply(f"{BASE}/name/f10/update/accepted", {"clientToken": last, "version": 2})
+        self.assertEqual(self.sync.behind.marks, {})
+        self.assertEqual(self.stream.acked[shadowstream.CURSOR], len(self.stream.records))
+        self.assertEqual(self.sync.appends._last_appended, {})
+
+    def test_after_a_restart_a_shadow_behind_waits_for_its_requests_journaled_before(self) -> None:
+        """A restart forgets which shadows the requests left in the stream are for, and the
+        reader reads READ_AHEAD of them at most: a shadow the cloud is behind on whose request
+        was beyond them counted as settled, so its catch-up could read it before that request
+        was sent (a correction from a state the request then changes). Until the reader passes
+        the requests journaled before the start, a shadow behind now waits, as one whose last
+        request the sync forgot does."""
+        from gateway.twin import shadowstream
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
+        self.patch(shadowstream, "READ_AHEAD", 5)
+        for n in range(10):  # records 1 to 10
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+        self.refuse_appends()
+        self.send(command("modify", "/features/f7/properties/y", 1))
+        self.take_appends()
+        self.restart()
+        self.assertFalse(self.sync.settled("f7"))  # (its record 8 is not read)
+        self.connect()
+        self.assertEqual(sorted(t for t in self.answer_all() if t <= 10), list(range(1, 11)))
+        self.assertIn("f7", self.sync.behind.marks)
+        self.assertTrue(self.sync.settled("f7"))
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.answer_gets()
+        last = str(len(self.stream.records))
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f7/update", {
+            "state": {"reported": {"x": 7, "y": 1}}, "clientToken": last})])
+        self.reply(f"{BASE}/name/f7/update/accepted", {"clientToken": last, "version": 2})
+        self.assertEqual(self.sync.behind.marks, {})
+
     def test_a_read_that_passes_no_last_record_does_not_walk_the_pending_ones(self) -> None:
         """At every read the reader tells which records it passed: when it passed no shadow's
         last record journaled (none journaled, or the oldest after what was read), the records
