@@ -1204,6 +1204,21 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{path}: gateway.device_id: must be usable as one MQTT topic level, without '/'",
                                  f"{path}: gateway.state_dir: '/tmp/{'L' * 300}' cannot be used: File name too long"])
 
+    def test_state_dir_the_system_refuses_to_look_at(self) -> None:
+        """A state_dir that is a loop of symbolic links, or lies under a file, is one error under
+        its key in words: both passed the check (``Path.exists`` called them absent), and the
+        start then ended in a ``RuntimeError: Symlink loop`` traceback, or could not make it."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        (work / "a").symlink_to(work / "b")
+        (work / "b").symlink_to(work / "a")
+        (work / "file").write_text("")
+        for state, why in ((work / "a", "Too many levels of symbolic links"), (work / "file" / "sub", "Not a directory")):
+            path, lines = self.errors(f"gateway:\n  state_dir: '{state}'\n")
+            self.assertEqual(lines, [f"{path}: gateway.state_dir: '{state}' cannot be used: {why}"])
+        fresh = config.load(self.write(f"gateway:\n  state_dir: '{work / 'new' / 'sub'}'\n"))  # (made at start)
+        self.assertEqual(fresh.state_dir, work / "new" / "sub")
+
     def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
         """A value of the wrong kind is named as the YAML was written (the text, the number,
         empty, a list, a date), never by Python's type names (``str``, ``int``, ``NoneType``,
