@@ -948,6 +948,18 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>"])
         self.assertEqual(redact_quoted(("links", "c", "password"), "t", "must not hold 't' or t"), WITHHELD)
 
+    def test_errors_do_not_quote_a_character_of_a_secret(self) -> None:
+        """A secret's character quoted alone is redacted too: a password with an ``é`` under a
+        locale that cannot pass it on was told ``holds 'é': ...`` (run under ``LC_ALL=C
+        PYTHONUTF8=0``), and a CIK with a tab ``must not hold a control character ('\\t')``:
+        what is wrong is still said."""
+        locale = "holds 'é': this system cannot pass it on: Python's file system encoding is ascii"
+        self.assertEqual(redact_quoted(("links", "links", "c", "password"), "pé-s3cret", locale),
+                         "holds <redacted>: this system cannot pass it on: Python's file system encoding is ascii")
+        self.assertEqual(redact_quoted(("gateway", "state_dir"), "é", locale), locale)
+        path, lines = self.errors("ingest:\n  ciks: [\"0123456789abcdef\\t0123456789abcdef012345\"]\n")
+        self.assertEqual(lines, [f"{path}: ingest.ciks.0: must not hold a control character (<redacted>): <redacted>"])
+
     def test_a_number_where_text_is_meant_is_read_as_written(self) -> None:
         """``gateway.device_id: 0123`` (YAML 1.1's octal 83) was the device ``83``, in its
         topics, client id and Exosite serial, and ``password: 1.10`` the password ``1.1``: a key
