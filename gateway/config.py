@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import stat
 import sys
 import types
 import typing
@@ -118,8 +119,13 @@ class GatewaySettings:
                 yield (key,), f"must name {what}, not {getattr(self, key)!r}: {why}"
         state = Path(self.state_dir).expanduser()
         try:
-            not_a_directory = state.exists() and not state.is_dir()
-        except OSError as exc:  # a name over the file system's 255 bytes (ENAMETOOLONG), a loop of links
+            not_a_directory = not stat.S_ISDIR(state.stat().st_mode)
+        except FileNotFoundError:  # (made at start)
+            return
+        except OSError as exc:
+            # A name over the file system's 255 bytes (ENAMETOOLONG), a loop of links (ELOOP), a
+            # file where a directory above it belongs (ENOTDIR): ``Path.exists`` called the last
+            # two absent, and the start ended in a traceback or a directory it could not make.
             yield ("state_dir",), f"{str(state)!r} cannot be used: {exc.strerror or exc}"
             return
         if not_a_directory:

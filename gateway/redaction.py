@@ -111,7 +111,8 @@ def redact_error(line: str) -> str:
 def redact_quoted(keys: Sequence[str], value: Any, message: str) -> str:
     """``message``, what is wrong with ``value`` found at the key path ``keys``, with the value
     it quotes as ``<redacted>`` when a key of the path looks like a secret (the words stay:
-    ``must not hold a NUL character: <redacted>``); a message that would still show the value
+    ``must not hold a NUL character: <redacted>``), and so does each of its characters quoted
+    alone (``holds <redacted>: this system cannot pass it on``); a message that would still show the value
     some other way says :data:`WITHHELD` instead. Other messages are returned as they are
     (but for the secrets held inline in what they quote, :func:`hide_inline_secrets`), and so
     are those
@@ -129,6 +130,8 @@ def redact_quoted(keys: Sequence[str], value: Any, message: str) -> str:
     quotes = [shown_repr(value), repr(value)]
     if isinstance(value, datetime.date):  # a YAML timestamp, named as gateway.jsontext.given does
         quotes.append(value.isoformat())
+    # (and each of its characters quoted alone: "holds 'é': this system cannot pass it on")
+    quotes += [quoted for char in set(text) for quoted in (shown_repr(char), repr(char))]
     for quoted in quotes:
         message = message.replace(quoted, REDACTED)
     if text in message or repr(text)[1:-1] in message:

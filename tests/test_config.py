@@ -948,6 +948,18 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>"])
         self.assertEqual(redact_quoted(("links", "c", "password"), "t", "must not hold 't' or t"), WITHHELD)
 
+    def test_errors_do_not_quote_a_character_of_a_secret(self) -> None:
+        """A secret's character quoted alone is redacted too: a password with an ``é`` under a
+        locale that cannot pass it on was told ``holds 'é': ...`` (run under ``LC_ALL=C
+        PYTHONUTF8=0``), and a CIK with a tab ``must not hold a control character ('\\t')``:
+        what is wrong is still said."""
+        locale = "holds 'é': this system cannot pass it on: Python's file system encoding is ascii"
+        self.assertEqual(redact_quoted(("links", "links", "c", "password"), "pé-s3cret", locale),
+                         "holds <redacted>: this system cannot pass it on: Python's file system encoding is ascii")
+        self.assertEqual(redact_quoted(("gateway", "state_dir"), "é", locale), locale)
+        path, lines = self.errors("ingest:\n  ciks: [\"0123456789abcdef\\t0123456789abcdef012345\"]\n")
+        self.assertEqual(lines, [f"{path}: ingest.ciks.0: must not hold a control character (<redacted>): <redacted>"])
+
     def test_a_number_where_text_is_meant_is_read_as_written(self) -> None:
         """``gateway.device_id: 0123`` (YAML 1.1's octal 83) was the device ``83``, in its
         topics, client id and Exosite serial, and ``password: 1.10`` the password ``1.1``: a key
@@ -1215,6 +1227,21 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors(f"gateway:\n  state_dir: /tmp/{'L' * 300}\n  device_id: a/b\n")
         self.assertEqual(lines, [f"{path}: gateway.device_id: must be usable as one MQTT topic level, without '/'",
                                  f"{path}: gateway.state_dir: '/tmp/{'L' * 300}' cannot be used: File name too long"])
+
+    def test_state_dir_the_system_refuses_to_look_at(self) -> None:
+        """A state_dir that is a loop of symbolic links, or lies under a file, is one error under
+        its key in words: both passed the check (``Path.exists`` called them absent), and the
+        start then ended in a ``RuntimeError: Symlink loop`` traceback, or could not make it."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        (work / "a").symlink_to(work / "b")
+        (work / "b").symlink_to(work / "a")
+        (work / "file").write_text("")
+        for state, why in ((work / "a", "Too many levels of symbolic links"), (work / "file" / "sub", "Not a directory")):
+            path, lines = self.errors(f"gateway:\n  state_dir: '{state}'\n")
+            self.assertEqual(lines, [f"{path}: gateway.state_dir: '{state}' cannot be used: {why}"])
+        fresh = config.load(self.write(f"gateway:\n  state_dir: '{work / 'new' / 'sub'}'\n"))  # (made at start)
+        self.assertEqual(fresh.state_dir, work / "new" / "sub")
 
     def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
         """A value of the wrong kind is named as the YAML was written (the text, the number,

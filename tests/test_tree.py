@@ -339,7 +339,7 @@ class TreeTests(TreeHelpers, TestCase):
             gwe_package(work, "sensor", "1", "import time\ntime.sleep(300)\n", conf))
         self.assertTrue(installed.ok, installed)
         change = {"apps.programs.sensor": {"command": "sleep 300"}}
-        errors = yield root.changer.check(change)
+        errors = (yield root.changer.check(change)).errors
         self.assertEqual(len(errors), 1, errors)
         self.assertTrue(errors[0].startswith("apps.programs.sensor: 'sensor' is a program of the installed"
                                              " app sensor 1"), errors)

@@ -458,7 +458,8 @@ class TwistdTests(TestCase):
         """docs/configuration.md: a state directory that cannot be created makes the gateway
         log the reason and exit 1. Under a file it ended in a traceback (the pending config
         change was looked for first); wherever it failed, the gateway logged the reason
-        and then ran on without its services, never exiting."""
+        and then ran on without its services, never exiting. (Under a file is now found by the
+        configuration's check, before anything starts: a configuration error, exit 1.)"""
         config = self.write_config("ingest:\n  enabled: false\n")
         blocker = config.parent.resolve() / "a-file"
         blocker.write_text("not a directory\n")
@@ -466,11 +467,14 @@ class TwistdTests(TestCase):
             config.write_text(f"gateway:\n  state_dir: '{state}'\ningest:\n  enabled: false\n"
                               "telemetry:\n  metrics_endpoint: ''\n"
                               f"broker:\n  listeners:\n    default:\n      endpoint: 'unix:{config.parent}/mqtt.sock'\n")
+            under_a_file = state.parent == blocker
             proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config),
-                                   ready_line=b"failed to start")
+                                   ready_line=b"Not a directory" if under_a_file else b"failed to start")
             status = yield proc.ended.addTimeout(30, reactor)
             self.assertEqual(status.exitCode, 1, proc.output.decode())
-            self.assertIn(f"gateway failed to start: cannot create the state directory {state}".encode(), proc.output)
+            said = (f"gateway.state_dir: '{state}' cannot be used: Not a directory" if under_a_file else
+                    f"gateway failed to start: cannot create the state directory {state}")
+            self.assertIn(said.encode(), proc.output)
             self.assertNotIn(b"Traceback", proc.output)
 
     @inlineCallbacks

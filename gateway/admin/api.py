@@ -464,9 +464,11 @@ class AdminApi:
         return changes
 
     def config_check(self, request: Any) -> Any:
-        """``POST /config/check``: every error the changes would give (none: valid)."""
+        """``POST /config/check``: every error the changes would give (none: valid), and the
+        warnings of a valid result (``--check-config``'s)."""
         d = self._config().check(self._changes(self._body(request, ("changes",))))
-        return d.addCallback(lambda errors: {"valid": not errors, "errors": list(errors)})
+        return d.addCallback(lambda outcome: {"valid": not outcome.errors, "errors": list(outcome.errors),
+                                              "warnings": list(outcome.warnings)})
 
     @inlineCallbacks
     def config_apply(self, request: Any) -> Any:

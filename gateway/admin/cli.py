@@ -46,8 +46,8 @@ class UsageError(Exception):
 def check_config(path: str | None, as_json: bool = False) -> int:
     """Validate the configuration at ``path``; print every problem. Returns the exit status.
 
-    :param as_json: print ``{"valid", "errors", "path"}`` (``config check``'s answer, with the
-        file checked) on stdout instead of the lines for people.
+    :param as_json: print ``{"valid", "errors", "warnings", "path"}`` (``config check``'s answer,
+        with the file checked) on stdout instead of the lines for people.
     """
     from gateway import config as gateway_config  # YAML and every section: only for this command
     from gateway.errors import ConfigError
@@ -61,7 +61,8 @@ def check_config(path: str | None, as_json: bool = False) -> int:
     else:
         errors, checked, warnings = [], str(loaded.path), loaded.warnings()
     if as_json:
-        print(json.dumps({"valid": not errors, "errors": errors, "path": checked}, indent=2, sort_keys=True))
+        print(json.dumps({"valid": not errors, "errors": errors, "warnings": warnings, "path": checked}, indent=2,
+                         sort_keys=True))
     elif errors:
         print("invalid configuration:", file=sys.stderr)
         for line in errors:
@@ -399,6 +400,9 @@ def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
                     lambda r: json.dumps(r["value"]) if not isinstance(r["value"], str) else r["value"])
     if args.action == "check":
         result = client.post("/config/check", {"changes": _changes(args)})
+        if not args.json:
+            for line in result.get("warnings", ()):  # (a gateway older than the key sends none)
+                print(f"warning: {line}", file=sys.stderr)
         _out(args, result, lambda r: "configuration OK" if r["valid"] else
              "invalid configuration:\n" + "\n".join(f"  {e}" for e in r["errors"]))
         return OK if result["valid"] else ERROR

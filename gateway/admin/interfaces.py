@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
@@ -26,6 +26,9 @@ from gateway.links.snapshot import LinksSnapshot
 from gateway.readside import GatewayStatus
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.snapshot import UpdatesSnapshot
+
+if TYPE_CHECKING:  # (the check's loader and YAML are not needed to describe it)
+    from gateway.commands.dropin import CheckOutcome
 
 
 @runtime_checkable
@@ -152,8 +155,9 @@ class ConfigChangerLike(Protocol):
     def get(self, path: str) -> Any:
         """The value at a dotted key path; ``ConfigKeyError`` when absent."""
 
-    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
-        """Fires with every error of the configuration the changes would give; [] when valid."""
+    def check(self, changes: Mapping[str, Any]) -> Deferred[CheckOutcome]:
+        """Fires with every error of the configuration the changes would give (none when
+        valid), and then its warnings."""
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
               origin: str) -> Deferred[Any]:

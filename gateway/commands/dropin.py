@@ -454,15 +454,34 @@ def hosted_names_taken(changes: Mapping[str, Any], hosted: Iterable[tuple[str, s
     return errors
 
 
-def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class CheckOutcome:
+    """What checking a change found.
+
+    :ivar errors: every error of the resulting configuration; empty when it is valid.
+    :ivar warnings: when it is valid, what it asks for that it may not mean
+        (:meth:`gateway.config.Config.warnings`, as ``--check-config`` prints them); else empty.
+    """
+
+    errors: list[str]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def with_errors(self, more: list[str]) -> CheckOutcome:
+        """This outcome with ``more`` errors after its own (and then no warnings)."""
+        errors = self.errors + more
+        return CheckOutcome(errors, [] if errors else self.warnings)
+
+
+def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> CheckOutcome:
     """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in
     they make: :func:`check` (and :func:`fixed_keys_moved` when it finds none),
-    :func:`kept_keys`, :func:`numbered_keys` and :func:`overridden_keys`. Blocking (it reads
-    and loads files).
+    :func:`kept_keys`, :func:`numbered_keys` and :func:`overridden_keys`; with none, the
+    resulting configuration's warnings. Blocking (it reads and loads files).
 
     :raises ConfigCheckError: when the check cannot be run (see :func:`check`).
     """
     errors, candidate = check(config.path, text)
     if candidate is not None:
         errors += fixed_keys_moved(config, candidate)
-    return errors + kept_keys(config.path, changes) + numbered_keys(config, changes) + overridden_keys(config.path, changes)
+    errors += kept_keys(config.path, changes) + numbered_keys(config, changes) + overridden_keys(config.path, changes)
+    return CheckOutcome(errors, candidate.warnings() if candidate is not None and not errors else [])

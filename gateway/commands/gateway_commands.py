@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from gateway import __version__
 from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, UnknownAppError
 from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, Reply
+from gateway.commands.dropin import CheckOutcome
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigCheckError, ConfigKeyError
@@ -71,8 +72,8 @@ class Changer(Protocol):
     def get(self, path: str) -> Any:
         """The value at a dotted key path."""
 
-    def check(self, changes: Mapping[str, Any]) -> "Deferred[list[str]]":
-        """Every error of the resulting configuration."""
+    def check(self, changes: Mapping[str, Any]) -> "Deferred[CheckOutcome]":
+        """Every error of the resulting configuration (and its warnings when it has none)."""
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
               origin: str, next_turn: bool = False) -> Deferred[ApplyResult]:
@@ -255,7 +256,8 @@ class GatewayCommands:
         window = self.settings.confirm_window
         origin = f"remote:{request.request_id or 'one-way'}"
 
-        def checked(errors: list[str]) -> Reply:
+        def checked(outcome: CheckOutcome) -> Reply:
+            errors = outcome.errors
             if errors:
                 self._changer.report_refused(changes, errors, origin)
                 raise CommandError(400, "the configuration would be invalid",

@@ -236,8 +236,9 @@ class ConfigChanger(Service):
         """
         return dropin.get_value(self.config, path)
 
-    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
-        """Every error the whole configuration would have with ``changes``; [] when valid.
+    def check(self, changes: Mapping[str, Any]) -> Deferred[dropin.CheckOutcome]:
+        """Every error the whole configuration would have with ``changes`` (none when valid), and
+        then its warnings.
 
         Fires once the check (file reads, a trial load in a temporary directory) has run off
         the reactor thread; fails with :class:`~gateway.errors.ConfigCheckError` when that trial
@@ -246,15 +247,15 @@ class ConfigChanger(Service):
         config = self.config
         hosted = list(self._hosted_apps())  # (a snapshot: on the reactor thread)
 
-        def check() -> list[str]:
+        def check() -> dropin.CheckOutcome:
             try:
                 text = dropin.dropin_text(changes, dropin.read_dropin(config.path))
                 taken = dropin.hosted_names_taken(changes, hosted)
             except ConfigKeyError as exc:
-                return [str(exc)]
+                return dropin.CheckOutcome([str(exc)])
             except ConfigError as exc:
-                return list(exc.errors)
-            return dropin.whole_check(config, text, changes) + taken
+                return dropin.CheckOutcome(list(exc.errors))
+            return dropin.whole_check(config, text, changes).with_errors(taken)
 
         return self._blocking(check)
 
@@ -486,8 +487,8 @@ class ConfigChanger(Service):
             text = dropin.dropin_text(changes, previous)
             config = self.config
             taken = dropin.hosted_names_taken(changes, self._hosted_apps())
-            errors = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
-            errors += taken
+            outcome = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
+            errors = outcome.errors + taken
         except ConfigKeyError as exc:
             errors = [str(exc)]
         except ConfigError as exc:

@@ -18,6 +18,7 @@ from gateway.apps.errors import UnknownAppError
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
+from gateway.commands.dropin import CheckOutcome
 from gateway.errors import ConfigKeyError
 from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
@@ -259,8 +260,10 @@ class FakeConfigChanger:
             raise ConfigKeyError(f"{shown(path)}: not among the fake's keys")
         return self.values[path]
 
-    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
-        return succeed(self._errors(changes))
+    def check(self, changes: Mapping[str, Any]) -> Deferred[CheckOutcome]:
+        errors = self._errors(changes)
+        return succeed(CheckOutcome(errors, [] if errors else [f"{k}: {v!r} may not be meant" for k, v in
+                                                              changes.items() if v == "doubtful"]))
 
     def _errors(self, changes: Mapping[str, Any]) -> list[str]:
         return [f"<remote>: {k}: unknown key" for k in changes if k not in self.values]

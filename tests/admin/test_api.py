@@ -602,7 +602,7 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.apps.installed_bytes, package)
         self.assertEqual(seen[0].args, {b"filename": [b"hello.v1.3.tar.gz"]}, "the body was not read as a form")
         r = h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}}, headers=form)
-        self.assertEqual(r.json(), {"valid": True, "errors": []})
+        self.assertEqual(r.json(), {"valid": True, "errors": [], "warnings": []})
 
     def test_install_refused_and_rolled_back(self) -> None:
         """A refused package is 400, a rolled-back install 409; both carry the result."""
@@ -1022,13 +1022,16 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/reports/usage_report", b"{}").status, 200)
 
     def test_config_check(self) -> None:
-        """check answers every error, or valid."""
+        """check answers every error, or valid, with the warnings of a valid result (as
+        ``--check-config`` prints them; the answer had no ``warnings``)."""
         h = Harness(self)
         self.assertEqual(h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}}).json(),
-                         {"valid": True, "errors": []})
+                         {"valid": True, "errors": [], "warnings": []})
+        self.assertEqual(h.call("POST", "/config/check", {"changes": {"gateway.device_id": "doubtful"}}).json(),
+                         {"valid": True, "errors": [], "warnings": ["gateway.device_id: 'doubtful' may not be meant"]})
         r = h.call("POST", "/config/check", {"changes": {"a.b": 1, "c": 2}})
         self.assertEqual(r.json(), {"valid": False, "errors": ["<remote>: a.b: unknown key",
-                                                              "<remote>: c: unknown key"]})
+                                                              "<remote>: c: unknown key"], "warnings": []})
         self.assertEqual(h.call("POST", "/config/check", {"changes": []}).status, 400)
 
     def test_config_check_that_cannot_run(self) -> None:

@@ -30,7 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.admin.cli import build_parser, cmd_status, main
+from gateway.admin.cli import build_parser, cmd_config, cmd_status, main
 from gateway.admin.client import AdminClient, ApiFailure, ConnectionCut, NotRunning
 from gateway.admin.paths import state_dir_of
 from gateway.admin.tables import fleet_rows
@@ -552,20 +552,53 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(DEFAULT_CONFIG.parent.name, "conf")
 
     def test_json_is_what_config_check_answers_with_the_file(self) -> None:
-        """``--json`` (before or after the command) prints ``{"valid", "errors", "path"}`` on
+        """``--json`` (before or after the command) prints ``{"valid", "errors", "warnings", "path"}`` on
         stdout, as ``config check --json`` prints the API's answer: it printed the lines for
         people, on stderr for an invalid file, which a script reading JSON could not parse."""
         bad = Path(self.mktemp())
         bad.write_text("admin:\n  page_refresh: 0\n")
         for argv, code, expected in (
                 (["--json", "check-config", str(bad)], 1,
-                 {"valid": False, "errors": [f"{bad}: admin.page_refresh: must be at least 1, not 0"], "path": str(bad)}),
-                (["check-config", "--json"], 0, {"valid": True, "errors": [], "path": str(DEFAULT_CONFIG)})):
+                 {"valid": False, "errors": [f"{bad}: admin.page_refresh: must be at least 1, not 0"], "warnings": [],
+                  "path": str(bad)}),
+                (["check-config", "--json"], 0, {"valid": True, "errors": [], "warnings": [],
+                                                 "path": str(DEFAULT_CONFIG)})):
             out, err = io.StringIO(), io.StringIO()
             self.patch(sys, "stdout", out)
             self.patch(sys, "stderr", err)
             self.assertEqual(main(argv), code, argv)
             self.assertEqual((json.loads(out.getvalue()), err.getvalue()), (expected, ""), argv)
+
+
+class ConfigCheckWarningTests(SynchronousTestCase):
+    """``gatewayctl config check``: the warnings of a valid change, as ``check-config`` prints them."""
+
+    def test_warnings_go_to_stderr_before_ok(self) -> None:
+        """The API's ``warnings`` are printed as ``warning: ...`` lines on stderr, then
+        ``configuration OK`` (exit 0: the change is valid); with ``--json`` the answer as it is;
+        an answer without the key (a gateway from before it) prints none."""
+        answers = [{"valid": True, "errors": [], "warnings": ["links a and b share a session"]},
+                   {"valid": True, "errors": [], "warnings": ["links a and b share a session"]},
+                   {"valid": True, "errors": []}]
+
+        class Client:
+            def post(self, path: str, body: Any) -> Any:
+                assert path == "/config/check", path
+                return answers.pop(0)
+
+        for argv, out_text, err_text in (
+                (["config", "check", "a=1"], "configuration OK\n", "warning: links a and b share a session\n"),
+                (["--json", "config", "check", "a=1"], None, ""),
+                (["config", "check", "a=1"], "configuration OK\n", "")):
+            out, err = io.StringIO(), io.StringIO()
+            self.patch(sys, "stdout", out)
+            self.patch(sys, "stderr", err)
+            self.assertEqual(cmd_config(Client(), build_parser().parse_args(argv)), 0)  # type: ignore[arg-type]
+            self.assertEqual(err.getvalue(), err_text, argv)
+            if out_text is None:
+                self.assertEqual(json.loads(out.getvalue())["warnings"], ["links a and b share a session"])
+            else:
+                self.assertEqual(out.getvalue(), out_text, argv)
 
 
 class ArgumentOrderTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, InstallError, UnknownAppError
 from gateway.commands.dispatcher import CommandDispatcher, CommandError, CommandRequest, Reply
+from gateway.commands.dropin import CheckOutcome
 from gateway.commands.gateway_commands import GatewayCommands, tail_within
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.restart import ProcessRestart
@@ -347,9 +348,10 @@ class FakeChanger:
             raise ConfigKeyError(f"{path}: no such key")
         return self.values[path]
 
-    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
-        return succeed([f"{k}: bad" for k, v in changes.items() if v == "bad"]
-                       + [f"f.yaml: {k}: must be a string, not {v!r}" for k, v in changes.items() if isinstance(v, list)])
+    def check(self, changes: Mapping[str, Any]) -> Deferred[CheckOutcome]:
+        return succeed(CheckOutcome([f"{k}: bad" for k, v in changes.items() if v == "bad"]
+                                    + [f"f.yaml: {k}: must be a string, not {v!r}" for k, v in changes.items()
+                                       if isinstance(v, list)]))
 
     def refusal(self) -> str | None:
         return self.refused

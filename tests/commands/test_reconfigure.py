@@ -179,7 +179,7 @@ class ApplyTests(SynchronousTestCase):
         site.parent.mkdir()
         site.write_text("links:\n  links:\n    a:\n      keepalive: 45\n")
         changes = {"links.links": {"a": {"endpoint": "tcp:host=127.0.0.1:port=3"}}}
-        errors = self.successResultOf(self.h.changer.check(changes))
+        errors = self.successResultOf(self.h.changer.check(changes)).errors
         self.assertEqual(len(errors), 2, errors)
         self.assertIn(f"links.links: {self.h.main} sets links.links.b, which would stay", errors[0])
         self.assertIn(f"links.links: {site} sets links.links.a.keepalive, which would stay", errors[1])
@@ -192,6 +192,19 @@ class ApplyTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.h.changer.apply(
             {"links.links.a.endpoint": "tcp:host=127.0.0.1:port=3"})).applied)
 
+    def test_a_valid_change_says_what_it_may_not_mean(self) -> None:
+        """A change after which two links share one cloud session is valid, and its check carries
+        the warning ``--check-config`` prints for that configuration (it carried none: only the
+        links' start logged it, after the change was applied); an invalid one carries none."""
+        changes = {"links.links.b.endpoint": "tcp:host=127.0.0.1:port=1"}
+        outcome = self.successResultOf(self.h.changer.check(changes))
+        self.assertEqual(outcome.errors, [])
+        [warning] = outcome.warnings
+        self.assertIn("links a and b connect to the same broker 127.0.0.1:1 with the same client id 'gw-1'", warning)
+        invalid = self.successResultOf(self.h.changer.check({**changes, "gateway.log_level": "loud"}))
+        self.assertEqual((len(invalid.errors), invalid.warnings), (1, []))
+        self.assertEqual(self.successResultOf(self.h.changer.check({"gateway.log_level": "warn"})).warnings, [])
+
     def test_a_key_a_later_dropin_sets_is_refused(self) -> None:
         """A drop-in that sorts after 90-remote.yaml (95-site.yaml) is merged last and wins: a
         change of a key it sets, or of a key under a section it sets to null (back to the defaults), would be written and every service
@@ -203,7 +216,7 @@ class ApplyTests(SynchronousTestCase):
                         "telemetry:\n  usage_report_interval: 900\nuploads:\n")
         changes = {"links.links.a.keepalive": 30, "telemetry.usage_report_interval": 600,
                    "uploads.max_attempts": 3}
-        errors = self.successResultOf(self.h.changer.check(changes))
+        errors = self.successResultOf(self.h.changer.check(changes)).errors
         self.assertEqual([e.split(":")[0] for e in errors], sorted(changes), errors)
         for error in errors:
             self.assertIn(f"{late} sets it too, and that drop-in sorts after 90-remote.yaml", error)
@@ -213,7 +226,7 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
         # beside another error of the change (every error is listed)
         errors = self.successResultOf(self.h.changer.check({"links.links.a.keepalive": 30,
-                                                            "links.links.b.ping_timeout": 1e400}))
+                                                            "links.links.b.ping_timeout": 1e400})).errors
         self.assertEqual(len(errors), 2, errors)
         self.assertIn("links.links.b.ping_timeout: ", errors[0])
         self.assertTrue(errors[1].startswith(f"links.links.a.keepalive: {late} sets it too"), errors)
@@ -230,7 +243,7 @@ class ApplyTests(SynchronousTestCase):
         for changes in ({"apps.programs.sensor.command": "sleep 1"},
                         {"apps.programs": {"sensor": {"command": "sleep 1"}}},
                         {"apps": {"programs": {"sensor": {"command": "sleep 1"}}}}):
-            errors = self.successResultOf(self.h.changer.check(changes))
+            errors = self.successResultOf(self.h.changer.check(changes)).errors
             self.assertEqual(errors, ["apps.programs.sensor: 'sensor' is a program of the installed app sensor 2.1:"
                                       " declared in the configuration it would take that app's place, and the"
                                       " app would no longer run: uninstall the app first, or give the program"
@@ -247,7 +260,7 @@ class ApplyTests(SynchronousTestCase):
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
         changes = {"links.links.a.keepalive": 0, "gateway.log_level": "loud", "links.links.a.colour": "red"}
-        self.assertEqual(len(self.successResultOf(self.h.changer.check(changes))), 3)
+        self.assertEqual(len(self.successResultOf(self.h.changer.check(changes)).errors), 3)
         result = self.successResultOf(self.h.changer.apply(changes))
         self.assertFalse(result.applied)
         self.assertEqual(len(result.errors), 3, result.errors)
@@ -273,7 +286,7 @@ class ApplyTests(SynchronousTestCase):
         """report_refused (a remote config.set answered 400 before any apply) sends the refused
         report: its keys sorted, every error, a secret's withheld."""
         changes = {"links.links.a.password": "hunter2\0", "links.links.a.keepalive": 0}  # (its error quotes it)
-        errors = self.successResultOf(self.h.changer.check(changes))
+        errors = self.successResultOf(self.h.changer.check(changes)).errors
         self.h.changer.report_refused(changes, errors, "remote:r8")
         [report] = self.h.reports
         self.assertEqual((report["status"], report["origin"], report["keys"]),
@@ -286,7 +299,7 @@ class ApplyTests(SynchronousTestCase):
     def test_state_dir_cannot_change(self) -> None:
         """gateway.state_dir is refused: the pending change lives under it."""
         for changes in ({"gateway.state_dir": "/elsewhere"}, {"gateway": {"state_dir": "/elsewhere"}}):
-            [error] = self.successResultOf(self.h.changer.check(changes))
+            [error] = self.successResultOf(self.h.changer.check(changes)).errors
             self.assertEqual(error, "gateway.state_dir: cannot be changed while the gateway runs")
 
     def test_journal_directory_cannot_change(self) -> None:
@@ -294,7 +307,7 @@ class ApplyTests(SynchronousTestCase):
         directory would leave what the old one holds (acknowledged, not yet sent) behind for good
         (docs/commands.md: nothing the journal holds is lost)."""
         for changes in ({"journal.directory": "/elsewhere"}, {"journal": {"directory": "journal2"}}):
-            [error] = self.successResultOf(self.h.changer.check(changes))
+            [error] = self.successResultOf(self.h.changer.check(changes)).errors
             self.assertEqual(error, "journal.directory: cannot be changed while the gateway runs")
         result = self.successResultOf(self.h.changer.apply({"journal.directory": "journal2"}))
         self.assertEqual(result.errors, ("journal.directory: cannot be changed while the gateway runs",))
@@ -313,7 +326,7 @@ class ApplyTests(SynchronousTestCase):
         self.h.main.write_text(self.h.main.read_text() + "journal:\n  directory: /var/tmp/gw-journal\n")
         self.h.changer = self.h.make()
         state = str(self.h.work / "state")
-        errors = self.successResultOf(self.h.changer.check({"gateway": None, "journal": None}))
+        errors = self.successResultOf(self.h.changer.check({"gateway": None, "journal": None})).errors
         self.assertEqual(errors, [
             f"gateway.state_dir: cannot be changed while the gateway runs, and the change would make it './var'"
             f" (it is {shown_repr(state)}): a section or key set to null is back to its defaults",
@@ -339,7 +352,7 @@ class ApplyTests(SynchronousTestCase):
                            (b"gateway:\n  device_id: a\n  device_id: b\n", "duplicate key 'device_id'"),
                            (b"- a\n", "<top>: must be a mapping of sections")):
             path.write_bytes(text)
-            [error] = self.successResultOf(self.h.changer.check({"gateway.log_level": "debug"}))
+            [error] = self.successResultOf(self.h.changer.check({"gateway.log_level": "debug"})).errors
             self.assertTrue(error.startswith(f"{path}: "), error)
             self.assertIn(says, error)
             result = self.successResultOf(self.h.changer.apply({"gateway.log_level": "debug"}))
@@ -357,7 +370,7 @@ class ApplyTests(SynchronousTestCase):
         self.h.changer = self.h.make()
         self.assertEqual(self.h.changer.get("links.links")["eu.cloud"]["keepalive"], 60)
         self.assertRaises(ConfigKeyError, self.h.changer.get, "links.links.eu.cloud.keepalive")
-        [error] = self.successResultOf(self.h.changer.check({"links.links.eu.cloud.keepalive": 30}))
+        [error] = self.successResultOf(self.h.changer.check({"links.links.eu.cloud.keepalive": 30})).errors
         self.assertIn("links.links.eu.cloud: unknown key", error)
         self.assertFalse(self.successResultOf(self.h.changer.apply({"links.links.eu.cloud.keepalive": 30})).applied)
 
@@ -397,7 +410,7 @@ class GetByNameTests(SynchronousTestCase):
         """broker.listeners.<name> (the key config.set writes) finds that listener; the index
         form still works; an unknown name is a key error naming the names there are."""
         get = self.h.changer.get
-        self.assertEqual(self.successResultOf(self.h.changer.check({"broker.listeners.lan.max_connections": 5})), [])
+        self.assertEqual(self.successResultOf(self.h.changer.check({"broker.listeners.lan.max_connections": 5})).errors, [])
         self.assertEqual(get("broker.listeners.lan.endpoint"), "tcp:19202:interface=127.0.0.1")
         self.assertEqual(get("broker.listeners.default")["endpoint"], "tcp:19201:interface=127.0.0.1")
         self.assertEqual(get("broker.listeners.1.endpoint"), "tcp:19202:interface=127.0.0.1")
@@ -417,16 +430,16 @@ class GetByNameTests(SynchronousTestCase):
                  " from 0 only to read them (config.get): set an item of it by its name (default, lan)"),
                 ("links.links.a.routes.0.filter", "links.links.a.routes.0.filter: links.links.a.routes numbers its"
                  " items from 0 only to read them (config.get): set links.links.a.routes as a whole")):
-            errors = self.successResultOf(self.h.changer.check({path: "tcp:19203:interface=127.0.0.1"}))
+            errors = self.successResultOf(self.h.changer.check({path: "tcp:19203:interface=127.0.0.1"})).errors
             self.assertIn(error, errors)
             result = self.successResultOf(self.h.changer.apply({path: "tcp:19203:interface=127.0.0.1"}))
             self.assertEqual((result.applied, result.outcome), (False, "invalid"))
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual(self.successResultOf(self.h.changer.check({"broker.listeners.wan.endpoint":
-                                                                     "tcp:19203:interface=127.0.0.1"})), [])
+                                                                     "tcp:19203:interface=127.0.0.1"})).errors, [])
         self.h.main.write_text(self.h.main.read_text().replace("    lan:\n", "    '1':\n"))
         changer = self.h.make()
-        self.assertEqual(self.successResultOf(changer.check({"broker.listeners.1.max_connections": 5})), [])
+        self.assertEqual(self.successResultOf(changer.check({"broker.listeners.1.max_connections": 5})).errors, [])
 
     def test_a_long_key_is_quoted_by_its_start(self) -> None:
         """A key path of a megabyte (config.get's 404) is quoted by its first 100 characters and
@@ -448,7 +461,7 @@ class GetByNameTests(SynchronousTestCase):
         long_path = "broker." + "k" * 1_000_000
         for check in (True, False):
             if check:
-                errors = self.successResultOf(self.h.changer.check({long_path: 1}))
+                errors = self.successResultOf(self.h.changer.check({long_path: 1})).errors
                 self.h.changer.report_refused({long_path: 1}, errors, "remote:r9")
             else:
                 errors = list(self.successResultOf(self.h.changer.apply({long_path: 1})).errors)
@@ -460,7 +473,7 @@ class GetByNameTests(SynchronousTestCase):
             self.assertLess(len(json.dumps(report)), 1000)
         self.assertFalse(dropin_path(self.h.main).exists())
         path = "broker." + "k" * (MAX_KEY_PATH - len("broker."))
-        [error] = self.successResultOf(self.h.changer.check({path: 1}))
+        [error] = self.successResultOf(self.h.changer.check({path: 1})).errors
         self.assertNotIn("a key path is at most", error)
 
     def test_every_problem_of_the_key_paths_is_listed_at_once(self) -> None:
@@ -474,7 +487,7 @@ class GetByNameTests(SynchronousTestCase):
                    "links.links.a.keepalive": 5, "links.links.a": {}}
         for check in (True, False):
             if check:
-                errors = self.successResultOf(self.h.changer.check(changes))
+                errors = self.successResultOf(self.h.changer.check(changes)).errors
             else:
                 errors = list(self.successResultOf(self.h.changer.apply(changes)).errors)
             self.assertEqual(errors, [
@@ -487,7 +500,7 @@ class GetByNameTests(SynchronousTestCase):
         # The other way round: a key inside a mapping an earlier change sets whole was put into
         # that mapping (the request's own), whichever came first is refused the same.
         changes = {"links.links.a": {}, "links.links.a.keepalive": 5}
-        self.assertEqual(self.successResultOf(self.h.changer.check(changes)),
+        self.assertEqual(self.successResultOf(self.h.changer.check(changes)).errors,
                          ["links.links.a.keepalive: another change sets a as a whole"])
         self.assertEqual(changes["links.links.a"], {})
 
@@ -499,7 +512,7 @@ class GetByNameTests(SynchronousTestCase):
         from gateway.commands.dropin import MAX_KEY_PATH
 
         for path in ("broker." + "k" * 94, "broker." + "k" * (MAX_KEY_PATH - len("broker."))):
-            [error] = self.successResultOf(self.h.changer.check({path: 1}))
+            [error] = self.successResultOf(self.h.changer.check({path: 1})).errors
             self.assertIn(f": {path}: unknown key (known: ", error)
             self.h.changer.report_refused({path: 1}, [error], "remote:r9")
             self.assertEqual(self.h.reports[-1]["keys"], [path])

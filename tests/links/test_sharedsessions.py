@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -87,3 +88,16 @@ class SharedSessionTests(SynchronousTestCase):
         self.assertEqual(check_config(str(path)), 0)
         self.assertEqual(err.getvalue().splitlines()[1:], [f"warning: {DEFAULT_PAIR}"])
         self.assertIn("configuration OK", out.getvalue())
+
+    def test_check_config_json_carries_the_warning(self) -> None:
+        """``gatewayctl check-config --json`` gives the warnings as ``POST /config/check`` does,
+        ``"warnings": [...]`` beside ``valid`` and ``errors``; it printed neither them nor the
+        lines, so a script reading its JSON never learnt of them."""
+        path = Path(self.mktemp())
+        path.write_text(TWO_LINKS_YAML)
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.assertEqual(check_config(str(path), as_json=True), 0)
+        self.assertEqual((json.loads(out.getvalue()), err.getvalue()),
+                         ({"valid": True, "errors": [], "warnings": [DEFAULT_PAIR], "path": str(path)}, ""))
