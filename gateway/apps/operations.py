@@ -175,7 +175,7 @@ class AppOperations:
         """Before any program starts: an install the gateway's end cut short (a SIGKILL, a power
         cut: in its health window, or before) is undone on disk, as a stop in it would be."""
         try:
-            undone = yield self._blocking(self.registry.undo_cut_short_install)
+            undone = yield self._blocking(lambda: self.registry.undo_cut_short_install(self._version_logs))
         except (OSError, ValueError) as exc:
             log.error("apps: cannot undo the install the gateway's end cut short: {error}", error=str(exc))
             return
@@ -196,6 +196,15 @@ class AppOperations:
         """The programs of ``manifest``'s version in ``home``, resolved, in name order."""
         return [build_spec(name, manifest.name, manifest.version, settings, home, self._state_dir, self._broker)
                 for name, settings in sorted(manifest.programs.items())]
+
+    def _version_logs(self, name: str, version: str) -> list[Path]:
+        """The log files of the programs of ``version`` of ``name``; none when its manifest
+        cannot be read (an install cut short while it unpacked). Blocks."""
+        home = self.registry.version_dir(name, version)
+        try:
+            return [path for spec in self._specs(read_manifest(home, name, version), home) for path in spec.logs]
+        except (AppError, OSError):
+            return []
 
     def _add_programs(self, manifest: AppManifest, home: Path,
                       specs: list[ProgramSpec] | None = None) -> list[ProgramProcess]:
