@@ -251,9 +251,10 @@ class AppRegistry:
                 and all(NAME.match(n) and n not in (".", "..") for n in (name, version))):
             self.end_install()
             raise ValueError(f"{self.installing_path} holds no install record: {text[:200]!r}")
-        kept = set(logs_of(name, previous)) if previous is not None else set()
-        logs = [path for path in logs_of(name, version) if path not in kept]
-        if self.current(name) == version:
+        logs: list[Path] = []
+        if self.current(name) == version:  # (switched: its programs were checked, and may have run)
+            kept = set(logs_of(name, previous)) if previous is not None else set()
+            logs = [path for path in logs_of(name, version) if path not in kept]
             self.set_current(name, previous)
         self.save_desired({str(k): str(v) for k, v in desired.items()})
         if self.current(name) is None:

@@ -69,7 +69,8 @@ class CutShortInstallTests(SynchronousTestCase):
         """An install cut short in its health window, when its programs had written their logs, is
         undone as a rollback is: the logs of the programs only it had are deleted (of a first
         install: all of them, with their rotated backups), those the previous version writes in
-        stay; a version whose programs cannot be told (its manifest unreadable) deletes none."""
+        stay. One cut short before its switch deletes none: its programs never ran, and a name
+        another app's program has (its install would have failed at the switch) names that one's log."""
         logs = self.registry.root.parent / "logs" / "apps"
         logs.mkdir(parents=True)
         for file in ("sensor.log", "sensor.log.1", "helper.log", "helper.err.log", "other.log"):
@@ -90,6 +91,11 @@ class CutShortInstallTests(SynchronousTestCase):
         self.unpack("first", "1")
         self.registry.set_current("first", "1")
         programs[("first", "1")] = ["sensor.log"]  # (a stand-in: its program's log)
+        self.registry.undo_cut_short_install(logs_of)
+        self.assertEqual(sorted(path.name for path in logs.iterdir()), ["other.log"])
+        self.registry.begin_install("clash", "1", {})
+        self.unpack("clash", "1")
+        programs[("clash", "1")] = ["other.log"]
         self.registry.undo_cut_short_install(logs_of)
         self.assertEqual(sorted(path.name for path in logs.iterdir()), ["other.log"])
 
