@@ -1,5 +1,6 @@
 """The Python interface apps.md shows is the code's: the operations' signatures, the fields of
-their results, and the function that builds the ``engine_report`` shape it shows."""
+their results, the function that builds the ``engine_report`` shape it shows, and the
+service's constructor."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import AppOperations, InstallResult
 from gateway.apps.process import ProgramStatus
+from gateway.apps.service import AppsService
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,3 +81,16 @@ class AppsInterfaceTests(SynchronousTestCase):
             pid=program["pid"], uptime_s=float(program["uptime"]), exitstatus=program["exitstatus"],
             restarts=program["restarts"]),))
         self.assertEqual(resolve(names[0])(snapshot), example)
+
+    def test_the_services_parameters_are_the_codes(self) -> None:
+        """"The service" shows AppsService's parameters, each of them, in order, with its default
+        (a parameter added to the code and not to the page, oom_kills, went unseen)."""
+        shown = " ".join(block(section("The service"), "python").split())
+        match = re.fullmatch(r"AppsService\((.*)\)", shown)
+        assert match is not None, shown
+        parameters = [part.strip() for part in match.group(1).split(",")]
+        code = list(inspect.signature(AppsService.__init__).parameters.values())[1:]
+        self.assertEqual([part.split(":")[0].split("=")[0] for part in parameters], [p.name for p in code])
+        defaults = {part.split("=")[0]: part.split("=")[1] for part in parameters if "=" in part}
+        self.assertEqual(defaults, {p.name: "os.killpg" if p.default is os.killpg else repr(p.default)
+                                    for p in code if p.default is not inspect.Parameter.empty})

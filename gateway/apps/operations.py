@@ -19,9 +19,9 @@ from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, App
                                  DesiredStateError, HealthCheckError, InstallError, ManifestError,
                                  PackageError, UnknownAppError)
 from gateway.apps.health import watch_health
-from gateway.apps.logs import tail_file
+from gateway.apps.logs import remove_logs, tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
-from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramStatus
+from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
 from gateway.apps.settings import AppsSettings
 from gateway.apps.supervisor import AppSupervisor, app_environment, build_spec
@@ -175,7 +175,7 @@ class AppOperations:
         """Before any program starts: an install the gateway's end cut short (a SIGKILL, a power
         cut: in its health window, or before) is undone on disk, as a stop in it would be."""
         try:
-            undone = yield self._blocking(self.registry.undo_cut_short_install)
+            undone = yield self._blocking(lambda: self.registry.undo_cut_short_install(self._version_logs))
         except (OSError, ValueError) as exc:
             log.error("apps: cannot undo the install the gateway's end cut short: {error}", error=str(exc))
             return
@@ -192,10 +192,23 @@ class AppOperations:
         if wish == RUNNING or (wish is None and process.spec.settings.autostart):
             process.start()
 
-    def _add_programs(self, manifest: AppManifest, home: Path) -> list[ProgramProcess]:
-        specs = [build_spec(name, manifest.name, manifest.version, settings, home,
-                            self._state_dir, self._broker)
-                 for name, settings in sorted(manifest.programs.items())]
+    def _specs(self, manifest: AppManifest, home: Path) -> list[ProgramSpec]:
+        """The programs of ``manifest``'s version in ``home``, resolved, in name order."""
+        return [build_spec(name, manifest.name, manifest.version, settings, home, self._state_dir, self._broker)
+                for name, settings in sorted(manifest.programs.items())]
+
+    def _version_logs(self, name: str, version: str) -> list[Path]:
+        """The log files of the programs of ``version`` of ``name``; none when its manifest
+        cannot be read (an install cut short while it unpacked). Blocks."""
+        home = self.registry.version_dir(name, version)
+        try:
+            return [path for spec in self._specs(read_manifest(home, name, version), home) for path in spec.logs]
+        except (AppError, OSError):
+            return []
+
+    def _add_programs(self, manifest: AppManifest, home: Path,
+                      specs: list[ProgramSpec] | None = None) -> list[ProgramProcess]:
+        specs = self._specs(manifest, home) if specs is None else specs
         for spec in specs:
             owner = self._supervisor.programs.get(spec.name)
             if owner is not None and (owner.spec.app != manifest.name
@@ -401,15 +414,17 @@ class AppOperations:
         yield self._supervisor.flush_logs()
         text = ""
         for process in processes:
-            for path in (process.spec.stdout_log, process.spec.stderr_log):
-                if path is not None:
-                    lines = yield self._blocking(lambda: tail_file(path, 50))
-                    text += f"\n--- {path.name} ---\n" + "\n".join(lines)
+            for path in process.spec.logs:
+                lines = yield self._blocking(lambda: tail_file(path, 50))
+                text += f"\n--- {path.name} ---\n" + "\n".join(lines)
         return text
 
     @inlineCallbacks
     def _rollback(self, name: str, version: str, previous: str | None,
                   before: dict[str, str]) -> Any:
+        # The logs of its programs go with it, as an uninstall's do (the result holds their ends),
+        # but for those the version it goes back to writes in.
+        logs = [path for process in self._supervisor.of_app(name) for path in process.spec.logs]
         yield self._supervisor.remove_app(name)
         yield self._blocking(lambda: self.registry.set_current(name, previous))
         try:
@@ -419,15 +434,20 @@ class AppOperations:
                       name=name, path=str(self.registry.desired_path), version=version,
                       error=exc.strerror or exc)
         self._desired = before
+        yield self._supervisor.flush_logs()
+        kept = {path for process in self._supervisor.programs.values() for path in process.spec.logs}
         if previous is None:
-            yield self._blocking(lambda: self.registry.remove_app(name))
+            yield self._blocking(lambda: self.registry.remove_app(name, [p for p in logs if p not in kept]))
             return
         yield self._blocking(lambda: self.registry.remove_version(name, version))
-        if self._closed:  # the next apps service starts the previous version's programs
-            return
         home = self.registry.version_dir(name, previous)
         manifest = yield self._blocking(lambda: read_manifest(home, name, previous))
-        for process in self._add_programs(manifest, home):
+        specs = self._specs(manifest, home)
+        kept.update(path for spec in specs for path in spec.logs)
+        yield self._blocking(lambda: remove_logs([path for path in logs if path not in kept]))
+        if self._closed:  # the next apps service starts the previous version's programs
+            return
+        for process in self._add_programs(manifest, home, specs):
             self._run(process)
 
     def _save_desired(self, desired: dict[str, str] | None = None) -> Deferred[None]:
@@ -542,8 +562,7 @@ class AppOperations:
         # persist, then act: its wishes are gone from desired.json before it is
         kept = {program: wish for program, wish in self._desired.items() if program not in names}
         yield self._replace_desired(kept, f"forget the wishes of {name}")
-        logs = [path for process in processes
-                for path in (process.spec.stdout_log, process.spec.stderr_log) if path]
+        logs = [path for process in processes for path in process.spec.logs]
         yield self._supervisor.remove_app(name)
         yield self._supervisor.flush_logs()
         yield self._blocking(lambda: self.registry.remove_app(name, logs))

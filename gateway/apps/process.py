@@ -86,6 +86,11 @@ class ProgramSpec:
     stdout_log: Path | None
     stderr_log: Path | None
 
+    @property
+    def logs(self) -> list[Path]:
+        """The log files it writes: its stdout's, then its stderr's (those it keeps)."""
+        return [path for path in (self.stdout_log, self.stderr_log) if path is not None]
+
 
 @dataclass(frozen=True)
 class ProgramStatus:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from gateway import jsontext
 from gateway.apps.logs import remove_logs
@@ -222,11 +223,15 @@ class AppRegistry:
         self.installing_path.unlink(missing_ok=True)
         fsync_directory(self.root)
 
-    def undo_cut_short_install(self) -> tuple[str, str, str | None] | None:
+    def undo_cut_short_install(self, logs_of: Callable[[str, str], list[Path]] = lambda name, version: []
+                               ) -> tuple[str, str, str | None] | None:
         """Undo on disk the install the gateway's end cut short, as a rollback would: switch
         ``current`` back, restore the wishes from before it, remove its files (the whole app
-        when it had no previous version), then forget its record.
+        when it had no previous version) and the logs of the programs only it had, then forget
+        its record.
 
+        :param logs_of: the log files of the programs of an app's version (none when it cannot
+            tell); blocks.
         :return: its name, version and previous version, or None when no install was under way.
         """
         try:
@@ -246,12 +251,16 @@ class AppRegistry:
                 and all(NAME.match(n) and n not in (".", "..") for n in (name, version))):
             self.end_install()
             raise ValueError(f"{self.installing_path} holds no install record: {text[:200]!r}")
-        if self.current(name) == version:
+        logs: list[Path] = []
+        if self.current(name) == version:  # (switched: its programs were checked, and may have run)
+            kept = set(logs_of(name, previous)) if previous is not None else set()
+            logs = [path for path in logs_of(name, version) if path not in kept]
             self.set_current(name, previous)
         self.save_desired({str(k): str(v) for k, v in desired.items()})
         if self.current(name) is None:
-            self.remove_app(name)
+            self.remove_app(name, logs)
         else:
             self.remove_version(name, version)
+            remove_logs(logs)
         self.end_install()
         return name, version, previous

@@ -169,12 +169,16 @@ class InstallTests(TestCase):
         result = yield self.ops.install(self.hello("2.0"))
         self.assertTrue(result.ok)
         self.assertEqual(result.previous, "1.0")
-        bad = yield self.ops.install(self.hello("3.0", CRASH, "echo preparing v3\n"))
+        # (version 3 adds a program that crashes: its log goes with the version, as an uninstall's would)
+        helper = f"[program:helper]\ncommand = {PY} -c \"print('boom', flush=True); raise SystemExit(4)\"\n"
+        bad = yield self.ops.install(gwe_package(self.packages, "hello", "3.0", SERVE, GWE_CONF + helper,
+                                                 "echo preparing v3\n"))
         self.assertEqual((bad.ok, bad.outcome, bad.previous), (False, "rolled-back", "2.0"))
         self.assertIn("preparing v3", bad.log)
-        self.assertIn("boom", bad.log)
+        self.assertIn("--- helper.log ---\nboom", bad.log)
         self.assertEqual(self.ops.registry.current("hello"), "2.0")
         self.assertFalse((self.state / "apps" / "hello" / "3.0").exists())
+        self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])
         [status] = self.ops.status("hello")
         self.assertEqual((status.version, status.state), ("2.0", ProgramState.RUNNING))
 
@@ -399,6 +403,12 @@ class InstallTests(TestCase):
         self.assertTrue(result.ok, result)
         # (a package without install.sh is durable all the same, each file fsynced once)
         self.assertEqual(fsynced.count(str(self.state / "apps" / "sensor" / "1" / "run.py")), 1, fsynced)
+        # An update rolled back keeps the log the version it goes back to writes in.
+        result = yield self.ops.install(build_tarball(self.packages / "worse.tar.gz", {
+            "app.yaml": manifest.format(py=PY, code=1).replace("'1'", "'2'"), "run.py": SERVE}))
+        self.assertEqual((result.outcome, self.ops.registry.current("sensor")), ("rolled-back", "1"))
+        logs = self.state / "logs" / "apps"
+        self.assertIn("hello None 2", (logs / "sensor.log").read_text())
         yield self.ops.uninstall("sensor")
         self.assertFalse((self.state / "apps" / "sensor").exists())
         self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])
@@ -412,6 +422,9 @@ class InstallTests(TestCase):
         self.assertIn("apps: sensor 1 unhealthy, removed (no previous version): health check failed",
                       [formatEvent(e) for e in events if e["log_level"] == LogLevel.error][0])
         self.assertFalse((self.state / "apps" / "sensor").exists())
+        # (nor its program's log: the app is gone as after an uninstall; the result holds the log's end)
+        self.assertIn("hello None 1", result.log)
+        self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])
         self.assertEqual(self.ops.status(), [])
         # A check still running at its timeout is killed, and the message says so.
         slow = build_tarball(self.packages / "slow.tar.gz", {

@@ -65,6 +65,40 @@ class CutShortInstallTests(SynchronousTestCase):
         self.assertEqual(self.registry.undo_cut_short_install(), ("sensor", "1", None))
         self.assertFalse(self.registry.app_dir("sensor").exists())
 
+    def test_the_logs_of_programs_only_the_undone_version_had_go_with_it(self) -> None:
+        """An install cut short in its health window, when its programs had written their logs, is
+        undone as a rollback is: the logs of the programs only it had are deleted (of a first
+        install: all of them, with their rotated backups), those the previous version writes in
+        stay. One cut short before its switch deletes none: its programs never ran, and a name
+        another app's program has (its install would have failed at the switch) names that one's log."""
+        logs = self.registry.root.parent / "logs" / "apps"
+        logs.mkdir(parents=True)
+        for file in ("sensor.log", "sensor.log.1", "helper.log", "helper.err.log", "other.log"):
+            (logs / file).write_text("x\n")
+        programs = {("sensor", "1"): ["sensor.log"], ("sensor", "2"): ["sensor.log", "helper.log", "helper.err.log"]}
+
+        def logs_of(name: str, version: str) -> list[Path]:
+            return [logs / file for file in programs.get((name, version), [])]
+
+        self.unpack("sensor", "1")
+        self.registry.set_current("sensor", "1")
+        self.registry.begin_install("sensor", "2", {})
+        self.unpack("sensor", "2")
+        self.registry.set_current("sensor", "2")
+        self.registry.undo_cut_short_install(logs_of)
+        self.assertEqual(sorted(path.name for path in logs.iterdir()), ["other.log", "sensor.log", "sensor.log.1"])
+        self.registry.begin_install("first", "1", {})
+        self.unpack("first", "1")
+        self.registry.set_current("first", "1")
+        programs[("first", "1")] = ["sensor.log"]  # (a stand-in: its program's log)
+        self.registry.undo_cut_short_install(logs_of)
+        self.assertEqual(sorted(path.name for path in logs.iterdir()), ["other.log"])
+        self.registry.begin_install("clash", "1", {})
+        self.unpack("clash", "1")
+        programs[("clash", "1")] = ["other.log"]
+        self.registry.undo_cut_short_install(logs_of)
+        self.assertEqual(sorted(path.name for path in logs.iterdir()), ["other.log"])
+
     def test_a_damaged_record_is_refused_and_removed(self) -> None:
         """A record that does not name a safe app and version (damage from outside) undoes
         nothing, is removed, and the error says so."""

@@ -157,6 +157,23 @@ class ServiceTests(SynchronousTestCase):
         for made in ("incoming", "apps/web/data", "apps/manual/data"):
             self.assertIn(str((self.state / made).parent), fsynced, made)
 
+    def test_a_first_install_cut_short_goes_with_its_programs_logs(self) -> None:
+        """A start that undoes a first install the gateway's end cut short in its health window
+        deletes the logs its program had written, as the rollback of a first install does, and
+        leaves the config programs' logs alone."""
+        registry = AppRegistry(self.state)
+        registry.begin_install("sensor", "1", {})
+        registry.version_dir("sensor", "1").mkdir(parents=True)
+        (registry.version_dir("sensor", "1") / "app.yaml").write_text("name: sensor\nversion: '1'\ncommand: [run]\n")
+        registry.set_current("sensor", "1")
+        logs = self.state / "logs" / "apps"
+        logs.mkdir(parents=True)
+        for file in ("sensor.log", "sensor.err.log", "web.log"):
+            (logs / file).write_text("x\n")
+        service, _ = self.boot()
+        self.assertEqual(sorted(path.name for path in logs.iterdir()), ["web.log"])
+        self.assertFalse(registry.app_dir("sensor").exists())
+
     def test_operator_stop_survives_restart(self) -> None:
         """An app the operator stopped stays stopped after a gateway restart."""
         service, reactor = self.boot()
