@@ -54,7 +54,7 @@ class PodmanService:
         argv = ("setpriv", "--pdeathsig", "TERM", *podman_command, "system", "service", "--time=0",
                 f"unix://{socket}")
         spec = ProgramSpec(PODMAN_SERVICE, "containers", "runtime", settings, argv, socket.parent,
-                           dict(os.environ), logs_dir / f"{PODMAN_SERVICE}.log", None)
+                           dict(os.environ), logs_dir / f"{PODMAN_SERVICE}.log", None, listed=False)
         self.process = ProgramProcess(spec, ProcessLauncher(reactor), reactor, writer, backoff_initial,
                                       backoff_max)
 
