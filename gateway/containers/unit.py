@@ -292,8 +292,8 @@ class ContainerUnit:
                 if retries and self._schedule.quick_exits > retries:
                     log.error("containers: {name} exited {count} times in a row: FATAL",
                               name=self.name, count=self._schedule.quick_exits)
-                    self.error = (f"exited {how} {self._schedule.quick_exits} times in a row "
-                                  f"(restart_policy.max_retries: {retries})")
+                    self.error = (f"exited {how}: {self._schedule.quick_exits} ends in a row, each within "
+                                  f"{self._schedule.maximum:g}s of its start (restart_policy.max_retries: {retries})")
                     self._set_state(ProgramState.FATAL)
                     return
                 self._schedule.restart_later(delay, self._launch)

@@ -256,6 +256,28 @@ class OperationsTests(SynchronousTestCase):
         self.assertIn("exited with 3", status.error)
         self.assertIn("max_retries", status.error)
 
+    def test_max_retries_counts_quick_ends_in_a_row(self) -> None:
+        """docs/containers.md: ``max_retries`` (the gateway's policy) counts the ends in a row
+        that each came less than ``apps.backoff_max`` (8 s here) after their start: ends after
+        longer runs are restarted however many they are; the second quick end in a row is
+        ``FATAL`` with ``max_retries: 1``, saying so (it said 'exited with 3 2 times in a
+        row', the exit code and the count side by side)."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                               restart_policy=RestartPolicy(type="on-failure", max_retries=1))})
+        for _ in range(3):
+            self.clock.advance(10)
+            self.runtime.exit(self.unit().container_id, 3)
+            self.clock.advance(0)
+            self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.runtime.exit(self.unit().container_id, 3)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.runtime.exit(self.unit().container_id, 3)
+        status = self.unit().status()
+        self.assertEqual((status.state, status.error),
+                         (ProgramState.FATAL, "exited with 3: 2 ends in a row, each within 8s of its start"
+                                             " (restart_policy.max_retries: 1)"))
+
     def test_refused_start_backs_off_then_fatal_with_the_reason(self) -> None:
         """A start the runtime refuses (a limit the kernel refuses) is retried, then FATAL with its error."""
         self.runtime.refuse_start = "OCI runtime error: memory limit too low"
