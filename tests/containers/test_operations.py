@@ -454,6 +454,28 @@ class OperationsTests(SynchronousTestCase):
             self.assertEqual(list(self.runtime.containers_by_id), ["cur"], damage)
             operations.close()
 
+    def test_an_adopted_declared_container_whose_image_was_unrecorded_reports_its_digest(self) -> None:
+        """A declared container whose entry names no image (its state file was unusable at a
+        start, or the write after its pull refused) is adopted running, and its image is learnt
+        from the container: ``image_digest`` is reported again, and the image is one the gateway
+        brought in (pruned once no version uses it). It was reported "" for as long as the
+        container ran, and the image was left in podman's store for good."""
+        description = ContainerDescription(image="reg:5000/app:1")
+        unrecorded = Deployed("app", "config", description, "", "", "running", "config")
+        self.runtime.images["img1"] = self.runtime.registry["reg:5000/app:1"]
+        self.runtime.containers_by_id["cur"] = ContainerState("cur", unrecorded.container_name, {LABEL_APP: "app"},
+                                                              True, 6, image_id="img1")
+        store = ContainerStore(self.state)
+        store.save(DesiredState({"app": unrecorded}, set()))
+        operations = self.make({"app": description})
+        self.assertEqual(list(self.runtime.containers_by_id), ["cur"])
+        [status] = operations.statuses()
+        self.assertEqual((status.state, status.image_digest), (ProgramState.RUNNING, "sha256:d1"))
+        saved, _ = store.load()
+        self.assertEqual((saved.apps["app"].image_id, saved.apps["app"].image_digest, saved.images),
+                         ("img1", "sha256:d1", {"img1"}))
+        self.assertNotIn(("pull", "reg:5000/app:1"), [call[:2] for call in self.runtime.calls])
+
     def test_apps_stay_listed_while_the_runtime_does_not_answer_at_the_start(self) -> None:
         """When podman does not answer at the gateway's start, every container app is still
         listed (FATAL, saying podman does not answer), and a stop is kept and answered; they
