@@ -207,6 +207,29 @@ class OperationsTests(SynchronousTestCase):
         uptime = self.unit().status().uptime
         self.assertEqual((uptime, type(uptime)), (3, int))
 
+    def test_a_restart_records_and_logs_the_end_of_the_run_it_stopped(self) -> None:
+        """docs/containers.md: an info line for each end, and ``exitstatus`` the last exit code.
+        podman answers a stop before its event stream says the container died; a restart then
+        starts it at once, and that ``died`` event, read after the new start, was dropped: the
+        end was neither logged nor recorded (``exitstatus`` stayed null, seen on a real gateway
+        after ``POST /apps/NAME/restart``)."""
+        from tests.logevents import capture_log_events
+
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.clock.advance(5)
+        first = self.unit().pid
+        events = capture_log_events(self)
+        self.runtime.hold_events()
+        self.successResultOf(operations.restart("app"))
+        self.runtime.release_events()
+        unit = self.unit()
+        self.assertEqual((unit.state, unit.exitstatus, unit.restarts), (ProgramState.RUNNING, 143, 0))
+        self.assertNotEqual(unit.pid, first)
+        self.assertEqual([formatEvent(e) for e in events if "exited" in formatEvent(e)],
+                         ["containers: app exited with 143 after 5.0s"])
+        self.runtime.exit(unit.container_id, 3)  # (the new run's end is its own, as before)
+        self.assertEqual((unit.state, unit.exitstatus), (ProgramState.EXITED, 3))
+
     def test_restart_policies(self) -> None:
         """``no`` never restarts, ``on-failure`` only after a non-zero exit and at most max_retries."""
         self.make({"never": ContainerDescription(image="reg:5000/app:1", startsecs=0,
