@@ -275,8 +275,7 @@ class ContainerUnit:
         """The ``died`` event of a stop answered before it came, after a restart's start: the
         end is recorded and logged, as a stop's always was; the new run is not touched."""
         self.exitstatus = code
-        how = "with an unknown exit status" if code is None else f"with {code}"
-        log.info("containers: {name} exited {how} after {uptime:.1f}s", name=self.name, how=how,
+        log.info("containers: {name} exited {how} after {uptime:.1f}s", name=self.name, how=_how_ended(code),
                  uptime=self._stop_uptime)
 
     def _exited(self, code: int | None) -> None:
@@ -287,7 +286,7 @@ class ContainerUnit:
         self.pid = None
         self._schedule.cancel()
         uptime = steady_seconds(self._clock) - self._started_at
-        how = "with an unknown exit status" if code is None else f"with {code}"
+        how = _how_ended(code)
         # An end on its own that its policy restarts may be one of a crash loop: throttled.
         restarted = self.state is ProgramState.RUNNING and self._should_restart(code)
         delegated = self.description.restart_policy.delegate
@@ -472,6 +471,12 @@ class ContainerUnit:
             self.error = ""
         self.state = state
         self._on_change(self)
+
+
+def _how_ended(code: int | None) -> str:
+    """How a container ended, as its log line and ``error`` say it: ``with 3``, or ``with an
+    unknown exit status`` (a ``died`` event without a code)."""
+    return "with an unknown exit status" if code is None else f"with {code}"
 
 
 def _rfc3339(seconds: float) -> str:
