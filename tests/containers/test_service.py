@@ -130,6 +130,23 @@ class PodmanServiceSocketTests(SynchronousTestCase):
                                f" in its log ({path.parent / 'logs' / 'podman-service.log'})")
 
 
+    def test_a_service_that_keeps_failing_to_start_is_tried_for_ever(self) -> None:
+        """docs/containers.md: the podman service is restarted for as long as it stays down.
+        One that kept ending before its startsecs (a broken podman) was FATAL after 1000 tries
+        (about 17 hours at the 60 s cap), never tried again until the gateway restarted: its
+        containers were left unsupervised."""
+        from gateway.apps.process import ProgramState
+
+        path = self.short_directory() / "podman.sock"
+        podman, reactor = self.service(path)
+        self.successResultOf(podman.start())
+        for _ in range(1500):
+            reactor.last.exit(1)
+            reactor.advance(8)  # (the restart delay's cap here)
+        self.assertIs(podman.process.state, ProgramState.STARTING)
+        self.assertEqual(len(reactor.processes), 1501)
+
+
 class PodmanServiceReadyTests(SynchronousTestCase):
     """``PodmanService.start`` waits ``ready_timeout`` seconds in all for the service to answer."""
 
