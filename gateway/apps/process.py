@@ -74,6 +74,8 @@ class ProgramSpec:
     :param env: the complete environment.
     :param stdout_log: where stdout goes (None: discarded).
     :param stderr_log: where stderr goes (None: discarded or redirected).
+    :param listed: whether the admin API lists it, so that ``gatewayctl apps logs <name>`` reads its
+        log (False for the podman service the gateway runs for its containers, which is no app).
     """
 
     name: str
@@ -85,6 +87,12 @@ class ProgramSpec:
     env: dict[str, str]
     stdout_log: Path | None
     stderr_log: Path | None
+    listed: bool = True
+
+    def where_logged(self) -> str:
+        """Where an operator reads its output: ``gatewayctl apps logs <name>``, or the file of
+        one the admin API does not list."""
+        return f"gatewayctl apps logs {self.name}" if self.listed or self.stdout_log is None else str(self.stdout_log)
 
     @property
     def logs(self) -> list[Path]:
@@ -584,9 +592,9 @@ class ProgramProcess:
                          " took it (out of memory: its memory cgroup counted an OOM kill meanwhile){loop}",
                          name=self.spec.name, how=describe_exit(self.exitstatus), uptime=uptime, loop=loop)
             elif loop is not None:
-                log.warn("apps: {name} {how} after {uptime:.1f}s, on its own: see why in its log (gatewayctl apps"
-                         " logs {name}){loop}", name=self.spec.name, how=describe_exit(self.exitstatus),
-                         uptime=uptime, loop=loop)
+                log.warn("apps: {name} {how} after {uptime:.1f}s, on its own: see why in its log ({where}){loop}",
+                         name=self.spec.name, how=describe_exit(self.exitstatus), uptime=uptime,
+                         where=self.spec.where_logged(), loop=loop)
         self._schedule.cancel()
         if self.state is ProgramState.STOPPING:
             self._sweep(protocol.pid)

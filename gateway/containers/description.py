@@ -77,7 +77,8 @@ class RestartPolicy:
     type: RestartType = field(default="unless-stopped", metadata={
         "doc": "no | always | on-failure (non-zero exit) | unless-stopped (always, unless an operator stopped it)"})
     max_retries: int = field(default=0, metadata={
-        "min": 0, "doc": "restarts in a row before FATAL (0: no limit; on-failure and failed starts)"})
+        "min": 0, "doc": "quick restarts in a row (each end within apps.backoff_max of its start) before "
+                         "FATAL (0: no limit); delegated: podman's on-failure restart tries"})
     delegate: bool = field(default=False, metadata={
         "doc": "let the runtime restart it (its own policy) instead of the gateway's backoff"})
 

@@ -51,8 +51,10 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
                          "an 'auths' mapping)")
     keys = [registry, f"https://{registry}"] + (DOCKER_HUB_KEYS if registry == "docker.io" else [])
     entry = next((auths[key] for key in keys if auths.get(key)), None)
-    if not isinstance(entry, dict):
+    if entry is None:
         return None
+    if not isinstance(entry, dict):
+        raise ImageError(f"credentials file {path}: {registry}: not a mapping with auth, or username and password")
     if entry.get("username") is not None:
         return str(entry["username"]), str(entry.get("password", ""))
     try:

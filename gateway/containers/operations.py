@@ -22,10 +22,10 @@ from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, valid_name
 from gateway.containers.descfile import read_description
-from gateway.containers.errors import DescriptionError, ImageError, RuntimeFailure
+from gateway.containers.errors import DescriptionError, ImageError, NotFound, RuntimeFailure
 from gateway.containers.health import watch_unit
 from gateway.containers.images import Blocking, ImageFetcher
-from gateway.containers.runtime import ContainerState, ContainerRuntime
+from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
 from gateway.containers.store import ContainerStore, DesiredState, Deployed
 from gateway.containers.supervisor import ContainerSupervisor
 from gateway.containers.unit import ContainerStatus
@@ -233,16 +233,21 @@ class ContainerOperations:
             if not deployed.image_id:
                 self._fail(deployed, "", ProgramState.STARTING)  # listed while its image comes
                 info = yield self._fetcher.pull(deployed.description.image)
-                deployed = Deployed(deployed.name, deployed.version, deployed.description, info.id,
-                                    info.digest, deployed.wish, deployed.source)
-                self._state.apps[deployed.name] = deployed
-                self._state.images.add(info.id)
-                yield self._save_taken_in()
+                deployed = yield self._with_image(deployed, info)
                 if self._closed:  # stopped meanwhile: the next start creates it
                     return
             container_id = yield self._create(deployed)
         else:
             container_id = existing.id
+            if not deployed.image_id and existing.image_id:
+                # Adopted, its image unrecorded (the state file was unusable, or the write after
+                # its pull refused): learnt from the container, its digest is reported again.
+                try:
+                    info = yield self._runtime.image(existing.image_id)
+                except NotFound:
+                    pass  # (podman lists no such image: adopted all the same, its image unknown)
+                else:
+                    deployed = yield self._with_image(deployed, info)
         self._failed.pop(deployed.name, None)
         unit = self._supervisor.add(deployed, container_id)
         if existing is not None:
@@ -251,6 +256,19 @@ class ContainerOperations:
             unit.start()
         elif existing is not None and existing.running:
             yield unit.stop().addErrback(_stop_cut_short)
+
+    @inlineCallbacks
+    def _with_image(self, deployed: Deployed, info: ImageInfo) -> Any:
+        """Record ``info`` as the image of declared ``deployed`` (pulled for it, or the one its
+        adopted container runs), among the images the gateway brought in, and write it.
+
+        :return: the new :class:`Deployed`.
+        """
+        deployed = replace(deployed, image_id=info.id, image_digest=info.digest)
+        self._state.apps[deployed.name] = deployed
+        self._state.images.add(info.id)
+        yield self._save_taken_in()
+        return deployed
 
     def _create(self, deployed: Deployed) -> Deferred[str]:
         return self._runtime.create(deployed.container_name, deployed.image_id, deployed.description,

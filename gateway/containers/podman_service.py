@@ -9,6 +9,7 @@ each one running in its own session, and the gateway reattaches when the service
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,14 @@ class PodmanService:
         self._runtime = runtime
         self._reactor = reactor
         self._ready_timeout = ready_timeout
-        settings = ProgramSettings(command="", autorestart="true", startsecs=0.5, startretries=1000,
+        # (startretries: no end to its tries, for as long as it stays down: a FATAL service would
+        # leave the containers unsupervised until the gateway restarts)
+        settings = ProgramSettings(command="", autorestart="true", startsecs=0.5, startretries=sys.maxsize,
                                    stopwaitsecs=10.0, redirect_stderr=True)
         argv = ("setpriv", "--pdeathsig", "TERM", *podman_command, "system", "service", "--time=0",
                 f"unix://{socket}")
         spec = ProgramSpec(PODMAN_SERVICE, "containers", "runtime", settings, argv, socket.parent,
-                           dict(os.environ), logs_dir / f"{PODMAN_SERVICE}.log", None)
+                           dict(os.environ), logs_dir / f"{PODMAN_SERVICE}.log", None, listed=False)
         self.process = ProgramProcess(spec, ProcessLauncher(reactor), reactor, writer, backoff_initial,
                                       backoff_max)
 

@@ -105,6 +105,9 @@ class ContainerUnit:
         self._started_at = 0.0
         self._run = 0
         self._seen_start = False
+        #: a stop was answered before its ``died`` event came (it comes after a restart's start).
+        self._stop_end_due = False
+        self._stop_uptime = 0.0  # (how long the run that stop ended ran)
         self._log_stream: Any = None
         self._log_request: Deferred[Any] | None = None
         self._since = ""
@@ -157,6 +160,10 @@ class ContainerUnit:
                     log.error("containers: cannot stop {name}: {error}", name=self.name,
                               error=result.getErrorMessage())
                 if run == self._run and self.state is ProgramState.STOPPING:
+                    # (its end is recorded and logged when its died event comes, also after a
+                    # restart's start: a died before that start's own start event is this stop's)
+                    self._stop_end_due = self._seen_start and not isinstance(result, Failure)
+                    self._stop_uptime = steady_seconds(self._clock) - self._started_at
                     self._stopped(result if isinstance(result, Failure) else None)
 
             self._runtime.stop(self.container_id, self.description.stop_timeout).addBoth(stopped)
@@ -241,6 +248,7 @@ class ContainerUnit:
         """Follow one of the runtime's events about this container."""
         if event.action == "start":
             self._seen_start = True
+            self._stop_end_due = False
             if self.state in (ProgramState.EXITED, ProgramState.BACKOFF, ProgramState.STOPPED, ProgramState.FATAL) \
                     and self.description.restart_policy.delegate:
                 # The runtime restarted it by its own policy (also when the gateway thought it would not).
@@ -251,6 +259,9 @@ class ContainerUnit:
         elif event.action == "died" and self._seen_start:
             self._seen_start = False
             self._exited(event.exit_code)
+        elif event.action == "died" and self._stop_end_due:
+            self._stop_end_due = False
+            self._stop_ended(event.exit_code)
 
     def missed_exit(self, code: int | None) -> None:
         """The container ended while no event stream was open (found by a reconcile): what its
@@ -260,14 +271,22 @@ class ContainerUnit:
         self._seen_start = False
         self._exited(code)
 
+    def _stop_ended(self, code: int | None) -> None:
+        """The ``died`` event of a stop answered before it came, after a restart's start: the
+        end is recorded and logged, as a stop's always was; the new run is not touched."""
+        self.exitstatus = code
+        log.info("containers: {name} exited {how} after {uptime:.1f}s", name=self.name, how=_how_ended(code),
+                 uptime=self._stop_uptime)
+
     def _exited(self, code: int | None) -> None:
         """It ended with exit code ``code`` (None: unknown, a ``died`` event without one, which
         is recorded as such, not as a code it did not have)."""
+        self._stop_end_due = False
         self.exitstatus = code
         self.pid = None
         self._schedule.cancel()
         uptime = steady_seconds(self._clock) - self._started_at
-        how = "with an unknown exit status" if code is None else f"with {code}"
+        how = _how_ended(code)
         # An end on its own that its policy restarts may be one of a crash loop: throttled.
         restarted = self.state is ProgramState.RUNNING and self._should_restart(code)
         delegated = self.description.restart_policy.delegate
@@ -292,8 +311,8 @@ class ContainerUnit:
                 if retries and self._schedule.quick_exits > retries:
                     log.error("containers: {name} exited {count} times in a row: FATAL",
                               name=self.name, count=self._schedule.quick_exits)
-                    self.error = (f"exited {how} {self._schedule.quick_exits} times in a row "
-                                  f"(restart_policy.max_retries: {retries})")
+                    self.error = (f"exited {how}: {self._schedule.quick_exits} ends in a row, each within "
+                                  f"{self._schedule.maximum:g}s of its start (restart_policy.max_retries: {retries})")
                     self._set_state(ProgramState.FATAL)
                     return
                 self._schedule.restart_later(delay, self._launch)
@@ -452,6 +471,12 @@ class ContainerUnit:
             self.error = ""
         self.state = state
         self._on_change(self)
+
+
+def _how_ended(code: int | None) -> str:
+    """How a container ended, as its log line and ``error`` say it: ``with 3``, or ``with an
+    unknown exit status`` (a ``died`` event without a code)."""
+    return "with an unknown exit status" if code is None else f"with {code}"
 
 
 def _rfc3339(seconds: float) -> str:

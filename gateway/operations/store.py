@@ -106,8 +106,10 @@ class RecordStore(Generic[R]):
                 if not isinstance(record.correlation_id, str) or self.path_for(record.correlation_id) != path:
                     raise ValueError("not the record of the correlation id its file is named for")
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                why = f"it has no {error.args[0]!r}" if isinstance(error, KeyError) and error.args else (
+                    str(error) or type(error).__name__)
                 self.log.error("skipping unreadable operation {path}: {error}; {kept}", path=str(path),
-                               error=str(error) or type(error).__name__, kept=set_aside(path))
+                               error=why, kept=set_aside(path))
                 continue
             records.append(record)
         return records

@@ -41,6 +41,7 @@ class FakeRuntime:
         self.printed: dict[str, list[tuple[int, bytes]]] = {}
         self.held_inspects: list[tuple[Deferred[ContainerState], str]] | None = None
         self.orphans: list[str] = []  # containers removed while stuck stopping: their processes run on
+        self.held_events: list[RuntimeEvent] | None = None  # (hold_events)
         self._next = 0
 
     def print(self, container_id: str, stream: int, data: bytes) -> None:
@@ -64,8 +65,23 @@ class FakeRuntime:
             else:
                 d.callback(state)
 
+    def hold_events(self) -> None:
+        """Stream no event until :meth:`release_events`, as podman's event stream lags behind
+        its answers (a stop answered before its ``died`` event is read)."""
+        self.held_events = []
+
+    def release_events(self) -> None:
+        """Stream the events held so far, in order, and the later ones at once."""
+        held, self.held_events = self.held_events or [], None
+        for event in held:
+            for listener in list(self.listeners):
+                listener(event)
+
     def _emit(self, action: str, state: ContainerState, code: int | None = None) -> None:
         event = RuntimeEvent(action, state.id, state.name, dict(state.labels), code)
+        if self.held_events is not None:
+            self.held_events.append(event)
+            return
         for listener in list(self.listeners):
             listener(event)
 

@@ -207,6 +207,29 @@ class OperationsTests(SynchronousTestCase):
         uptime = self.unit().status().uptime
         self.assertEqual((uptime, type(uptime)), (3, int))
 
+    def test_a_restart_records_and_logs_the_end_of_the_run_it_stopped(self) -> None:
+        """docs/containers.md: an info line for each end, and ``exitstatus`` the last exit code.
+        podman answers a stop before its event stream says the container died; a restart then
+        starts it at once, and that ``died`` event, read after the new start, was dropped: the
+        end was neither logged nor recorded (``exitstatus`` stayed null, seen on a real gateway
+        after ``POST /apps/NAME/restart``)."""
+        from tests.logevents import capture_log_events
+
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.clock.advance(5)
+        first = self.unit().pid
+        events = capture_log_events(self)
+        self.runtime.hold_events()
+        self.successResultOf(operations.restart("app"))
+        self.runtime.release_events()
+        unit = self.unit()
+        self.assertEqual((unit.state, unit.exitstatus, unit.restarts), (ProgramState.RUNNING, 143, 0))
+        self.assertNotEqual(unit.pid, first)
+        self.assertEqual([formatEvent(e) for e in events if "exited" in formatEvent(e)],
+                         ["containers: app exited with 143 after 5.0s"])
+        self.runtime.exit(unit.container_id, 3)  # (the new run's end is its own, as before)
+        self.assertEqual((unit.state, unit.exitstatus), (ProgramState.EXITED, 3))
+
     def test_restart_policies(self) -> None:
         """``no`` never restarts, ``on-failure`` only after a non-zero exit and at most max_retries."""
         self.make({"never": ContainerDescription(image="reg:5000/app:1", startsecs=0,
@@ -255,6 +278,28 @@ class OperationsTests(SynchronousTestCase):
         self.assertIs(status.state, ProgramState.FATAL)
         self.assertIn("exited with 3", status.error)
         self.assertIn("max_retries", status.error)
+
+    def test_max_retries_counts_quick_ends_in_a_row(self) -> None:
+        """docs/containers.md: ``max_retries`` (the gateway's policy) counts the ends in a row
+        that each came less than ``apps.backoff_max`` (8 s here) after their start: ends after
+        longer runs are restarted however many they are; the second quick end in a row is
+        ``FATAL`` with ``max_retries: 1``, saying so (it said 'exited with 3 2 times in a
+        row', the exit code and the count side by side)."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                               restart_policy=RestartPolicy(type="on-failure", max_retries=1))})
+        for _ in range(3):
+            self.clock.advance(10)
+            self.runtime.exit(self.unit().container_id, 3)
+            self.clock.advance(0)
+            self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.runtime.exit(self.unit().container_id, 3)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.runtime.exit(self.unit().container_id, 3)
+        status = self.unit().status()
+        self.assertEqual((status.state, status.error),
+                         (ProgramState.FATAL, "exited with 3: 2 ends in a row, each within 8s of its start"
+                                             " (restart_policy.max_retries: 1)"))
 
     def test_refused_start_backs_off_then_fatal_with_the_reason(self) -> None:
         """A start the runtime refuses (a limit the kernel refuses) is retried, then FATAL with its error."""
@@ -431,6 +476,28 @@ class OperationsTests(SynchronousTestCase):
             self.successResultOf(operations.reconcile())  # (again: the event stream reopened, say)
             self.assertEqual(list(self.runtime.containers_by_id), ["cur"], damage)
             operations.close()
+
+    def test_an_adopted_declared_container_whose_image_was_unrecorded_reports_its_digest(self) -> None:
+        """A declared container whose entry names no image (its state file was unusable at a
+        start, or the write after its pull refused) is adopted running, and its image is learnt
+        from the container: ``image_digest`` is reported again, and the image is one the gateway
+        brought in (pruned once no version uses it). It was reported "" for as long as the
+        container ran, and the image was left in podman's store for good."""
+        description = ContainerDescription(image="reg:5000/app:1")
+        unrecorded = Deployed("app", "config", description, "", "", "running", "config")
+        self.runtime.images["img1"] = self.runtime.registry["reg:5000/app:1"]
+        self.runtime.containers_by_id["cur"] = ContainerState("cur", unrecorded.container_name, {LABEL_APP: "app"},
+                                                              True, 6, image_id="img1")
+        store = ContainerStore(self.state)
+        store.save(DesiredState({"app": unrecorded}, set()))
+        operations = self.make({"app": description})
+        self.assertEqual(list(self.runtime.containers_by_id), ["cur"])
+        [status] = operations.statuses()
+        self.assertEqual((status.state, status.image_digest), (ProgramState.RUNNING, "sha256:d1"))
+        saved, _ = store.load()
+        self.assertEqual((saved.apps["app"].image_id, saved.apps["app"].image_digest, saved.images),
+                         ("img1", "sha256:d1", {"img1"}))
+        self.assertNotIn(("pull", "reg:5000/app:1"), [call[:2] for call in self.runtime.calls])
 
     def test_apps_stay_listed_while_the_runtime_does_not_answer_at_the_start(self) -> None:
         """When podman does not answer at the gateway's start, every container app is still

@@ -340,6 +340,12 @@ class DescriptionTests(SynchronousTestCase):
             (work / "config.json").write_text(text)
             self.assertIn("not in the auth.json / config.json format", str(
                 self.assertRaises(ImageError, read_credentials, work / "config.json", "reg:5000")))
+        # An entry for the registry that holds no credentials in that format: an error too (it
+        # was taken as none, and the registry's 401 came without a word about the file).
+        for entry in ("me:secret", ["me", "secret"], {"auth": "not base64!"}):
+            (work / "config.json").write_text(json.dumps({"auths": {"reg:5000": entry}}))
+            self.assertIn(f"credentials file {work / 'config.json'}: reg:5000: ", str(
+                self.assertRaises(ImageError, read_credentials, work / "config.json", "reg:5000")))
         (work / "config.json").write_text('{"credsStore": "desktop"}')
         self.assertIsNone(read_credentials(work / "config.json", "reg:5000"))
         self.assertEqual([registry_of(r) for r in ("reg:5000/a:1", "busybox", "library/busybox", "q.io/x")],

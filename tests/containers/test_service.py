@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import tempfile
@@ -109,6 +110,41 @@ class PodmanServiceSocketTests(SynchronousTestCase):
         self.assertFalse(path.exists())
         [spawned] = reactor.processes
         self.assertIn(f"unix://{path}", spawned.args)
+
+
+    def test_an_end_on_its_own_names_the_log_file(self) -> None:
+        """The warning of a podman service that died names podman-service.log, where its output
+        is (docs/containers.md). It said 'see why in its log (gatewayctl apps logs
+        podman-service)', which answers "no app or program 'podman-service'": the service is
+        no app the admin API lists."""
+        path = self.short_directory() / "podman.sock"
+        podman, reactor = self.service(path)
+        self.successResultOf(podman.start())
+        reactor.advance(1)  # (up past its startsecs)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor.last.exit(None, signal.SIGKILL)
+        [line] = [formatEvent(e) for e in events if "on its own" in formatEvent(e)]
+        self.assertEqual(line, "apps: podman-service killed by signal 9 (SIGKILL) after 1.0s, on its own: see why"
+                               f" in its log ({path.parent / 'logs' / 'podman-service.log'})")
+
+
+    def test_a_service_that_keeps_failing_to_start_is_tried_for_ever(self) -> None:
+        """docs/containers.md: the podman service is restarted for as long as it stays down.
+        One that kept ending before its startsecs (a broken podman) was FATAL after 1000 tries
+        (about 17 hours at the 60 s cap), never tried again until the gateway restarted: its
+        containers were left unsupervised."""
+        from gateway.apps.process import ProgramState
+
+        path = self.short_directory() / "podman.sock"
+        podman, reactor = self.service(path)
+        self.successResultOf(podman.start())
+        for _ in range(1500):
+            reactor.last.exit(1)
+            reactor.advance(8)  # (the restart delay's cap here)
+        self.assertIs(podman.process.state, ProgramState.STARTING)
+        self.assertEqual(len(reactor.processes), 1501)
 
 
 class PodmanServiceReadyTests(SynchronousTestCase):

@@ -107,6 +107,17 @@ class DamagedRecordTests(SynchronousTestCase):
             bad.write_text(content)
             self.check_set_aside(store, bad)
 
+    def test_a_missing_key_is_said_in_words(self) -> None:
+        """A record without one of its keys is set aside saying which key it lacks; the line
+        said only "'modules'" (a KeyError's text), as seen on a real gateway."""
+        store = _store(Path(self.mktemp()))
+        bad = store.path_for("other")
+        bad.write_text('{"correlation_id": "other", "action": "install", "status": "STARTED"}')
+        events = capture_log_events(self)
+        store.load_all()
+        [error] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(error, f"skipping unreadable operation {bad}: it has no 'modules'; moved to {bad}.damaged")
+
     def test_an_order_that_is_no_whole_number(self) -> None:
         """An operation's ``received`` or ``ended`` that is not a whole number: the service
         sorts its operations on them, which would raise comparing it with another's."""
