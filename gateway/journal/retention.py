@@ -55,6 +55,10 @@ class RetentionStream(Protocol):
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         """Count a loss in the stats and the durable loss ledger."""
 
+    def note_dropped_below(self, seq: int) -> None:
+        """Note in the loss ledger that every record below ``seq`` is dropped (saved with its
+        next write: :meth:`save_ledger_now` when the drop counted a loss)."""
+
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write ahead of the I/O jobs queued after this call."""
 
@@ -129,10 +133,25 @@ class SegmentRetention:
 
     # -- the write path's bookkeeping --------------------------------------------
 
-    def load(self, segments: list[Segment], free: int) -> None:
-        """Take the segments recovery found and the free disk it measured."""
-        self.segments, self._free = segments, free
-        self._bytes = sum(s.size for s in segments)
+    def load(self, segments: list[Segment], free: int, dropped_below: int = 0) -> None:
+        """Take the segments recovery found and the free disk it measured.
+
+        :param dropped_below: the loss ledger's seq below which every record was dropped: a
+            sealed segment wholly below it was dropped before a crash or power cut that came
+            before its deletion was durable; its file is deleted now (its drop is counted).
+        """
+        gone = 0
+        while gone + 1 < len(segments) and segments[gone + 1].first_seq <= dropped_below:
+            gone += 1
+        if gone:
+            self.log.warn("journal {stream}: deleting {count} segments (seqs {first}-{last}) that a crash or power"
+                          " cut left after they were dropped (counted in the loss report already)",
+                          stream=self.name, count=gone, first=segments[0].first_seq,
+                          last=segments[gone].first_seq - 1)
+            self._doomed += [s.path for s in segments[:gone]]
+            self._delete_doomed()
+        self.segments, self._free = segments[gone:], free
+        self._bytes = sum(s.size for s in self.segments)
 
     def admit(self, size: int, reserved: bool = False) -> LossReason | None:
         """Let an append of ``size`` bytes in, and count it, if the limits allow.
@@ -284,6 +303,7 @@ class SegmentRetention:
         self._bytes -= seg.size
         self._free += seg.size
         lost = self.cursors.unacknowledged(seg.first_seq, end_seq - 1)
+        self.stream.note_dropped_below(end_seq)  # (a start deletes the file if a crash leaves it)
         if lost:
             first_lost, last_lost = lost[0][0], lost[-1][1]
             records = sum(high - low + 1 for low, high in lost)

@@ -50,6 +50,9 @@ class FakeStream:
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         self.losses.append((reason, records, nbytes, first_seq, last_seq, first_time, last_time))
 
+    def note_dropped_below(self, seq: int) -> None:
+        """(The stream's ledger keeps it: tests/journal/test_stream.py.)"""
+
     def save_ledger_now(self) -> None:
         """(The stream's write of its ledger: tests/journal/test_stream.py checks the order.)"""
 
