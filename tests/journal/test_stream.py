@@ -717,12 +717,14 @@ class OverflowTests(SynchronousTestCase):
         no dropped record (they were sent again), and its own drops at the bound count each seq
         once (they counted the segment that came back twice)."""
         files, settings, runner, d = self._dropping_at_the_bound()
-        cuts = 0
+        cuts, said = 0, []
         while True:
             cut = copy.deepcopy(files)
             cut.cut()
             cuts += 1
-            reopened = open_stream(cut, settings)
+            with capturedLogs() as events:
+                reopened = open_stream(cut, settings)
+            said += [formatEvent(e) for e in events if "that a crash or power cut left" in formatEvent(e)]
             first = self.successResultOf(reopened.read("link", max_records=1))[0].seq
             self.assertNotIn(first, _dropped(reopened), cuts)
             for _ in range(10):  # at the bound: each append drops again
@@ -733,6 +735,8 @@ class OverflowTests(SynchronousTestCase):
             if not runner.step():
                 break
         self.assertEqual(self.successResultOf(d), 26)
+        self.assertEqual(set(said), {"journal s: deleting 1 segments (seqs 1-10) that a crash or power cut left after"
+                                     " they were dropped (counted in the loss report already)"})  # (a cut or two)
 
     def test_a_drop_mark_beyond_the_segments_deletes_none(self) -> None:
         """A ledger whose ``dropped_below`` is past the stream's next seq belongs to segments
