@@ -10,10 +10,22 @@ round's gateway must start on what is left (a file set aside is logged and count
 end a last gateway runs until the cloud has every acknowledged message, and every
 acknowledged retained message and persistent session is checked.
 
+With ``--bounded`` the link's stream is kept at its size bound while the cuts happen: its
+cloud is away during the rounds (the link points at a port nothing listens on), its
+``max_bytes`` is 256 KiB in segments of 64 KiB under drop-oldest with ``max_age_s`` 5, so
+segments roll and are dropped (max-bytes, and max-age at each start) all along (a persistent
+session every 2000th message, not 200th: forty rounds stay within ``max_offline_sessions``,
+beyond which the broker lets the oldest go). After each cut
+the durable state is checked: the drops the loss ledger counts (none counted twice) and the
+segments still on disk whose records it counts dropped (left by the cut). The last gateway
+sends what is kept to the cloud, and every acknowledged message the cloud lacks must be
+counted in the ledger.
+
 Needs mosquitto (``make test-deps``), ``/dev/fuse`` with ``fusermount3`` (fuse3), and
 ``mfusepy`` in ``.venv-tools`` (``make tools-venv``). Run as root (FUSE mounts)::
 
     .venv/bin/python bench/powercut.py --cuts 10      # JSON: bench/results/powercut.json
+    .venv/bin/python bench/powercut.py --cuts 30 --bounded --port 26841 --cloud-port 26842
 """
 
 from __future__ import annotations
@@ -38,6 +50,30 @@ from broker import ROOT, wait_for_port, write_json  # noqa: E402  (bench/broker.
 
 FS = [str(ROOT / ".venv-tools" / "bin" / "python"), str(Path(__file__).with_name("powercutfs.py"))]
 PORT, CLOUD = 25361, 25362  # (in 25300-25399: the range the project keeps for fixed ports)
+#: --bounded: the link's stream at its size bound, its segments rolling and dropped.
+BOUNDED = ("journal:\n  retention_check_s: 0.5\n  streams:\n    link-cloud: {max_bytes: 262144, segment_bytes: 65536,"
+           " max_age_s: 5, overflow: drop-oldest}\n")
+#: The loss reasons of drop-oldest's drops.
+DROPS = ("max-bytes", "max-age", "min-free-disk")
+
+
+def dropped_state(stream_dir: Path) -> dict[str, int]:
+    """What a cut left of a stream: the records its loss ledger counts dropped, how many of
+    those it counts more than once, and its sealed segments whose every record it counts
+    dropped (their deletion was not durable)."""
+    try:
+        entries = json.loads((stream_dir / "losses.json").read_bytes())["entries"]
+    except FileNotFoundError:
+        entries = []
+    drops = [e for e in entries if e["reason"] in DROPS and e["records"]]
+    runs = sorted((e["first_seq"], e["last_seq"]) for e in drops)
+    counted, distinct, end = sum(e["records"] for e in drops), 0, 0
+    for first, last in runs:
+        distinct += max(0, last - max(first, end + 1) + 1)
+        end = max(end, last)
+    firsts = sorted(int(p.name[:-4]) for p in stream_dir.glob("*.seg"))
+    left = sum(1 for first, nxt in zip(firsts, firsts[1:]) if any(a <= first and nxt - 1 <= b for a, b in runs))
+    return {"dropped": counted, "counted_twice": counted - distinct, "dropped_segments_on_disk": left}
 
 
 def _packet(kind: int, body: bytes) -> bytes:
@@ -143,9 +179,9 @@ class Acknowledged:
         self.sessions: set[str] = set()
 
 
-def publisher(index: int, acked: Acknowledged, stop: threading.Event, round_: int) -> None:
+def publisher(index: int, acked: Acknowledged, stop: threading.Event, round_: int, sessions: int = 200) -> None:
     """Publish QoS 1 telemetry, a retained message every tenth, a persistent session's
-    subscription every 200th, until ``stop`` or the connection drops."""
+    subscription every ``sessions``-th, until ``stop`` or the connection drops."""
     try:
         client = Client(f"pub-{index}")
     except OSError:
@@ -166,7 +202,7 @@ def publisher(index: int, acked: Acknowledged, stop: threading.Event, round_: in
                 client.publish(topic, payload.encode(), retain=True)
                 with acked.lock:
                     acked.retained[topic] = (acked.retained[topic][0], payload)
-            if n % 200 == 0:  # (fewer than max_offline_sessions, 1000, over ten rounds)
+            if n % sessions == 0:  # (fewer than max_offline_sessions, 1000: the oldest would go)
                 session = f"sess-r{round_}-p{index}-{n}"
                 sub = Client(session, clean=False)
                 sub.subscribe(f"keep/{session}")
@@ -209,23 +245,33 @@ def unmount(fs: subprocess.Popen[bytes]) -> None:
     fs.wait(timeout=60)
 
 
-def wait_for_cloud(cloud_log: Path, acked: Acknowledged, timeout: float = 120.0) -> set[str]:
+def wait_for_cloud(cloud_log: Path, acked: Acknowledged, timeout: float = 120.0, dropped: int = 0) -> set[str]:
     """Wait until the cloud's subscriber (writing each payload to ``cloud_log``) has every
-    acknowledged message, for ``timeout`` s at most; the messages it still lacks."""
+    acknowledged message but at most ``dropped`` (counted lost), for ``timeout`` s at most;
+    the messages it still lacks."""
     deadline = time.monotonic() + timeout
     while True:
         lost = acked.messages - set(cloud_log.read_bytes().decode(errors="replace").split())
-        if not lost or time.monotonic() > deadline:
+        if len(lost) <= dropped or time.monotonic() > deadline:
             return lost
         time.sleep(0.5)
 
 
-def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
-    """All rounds and the final check; returns the results."""
+def run(cuts: int, publishers: int, seed: int, work: Path, bounded: bool = False) -> dict[str, object]:
+    """All rounds and the final check; returns the results.
+
+    :param bounded: keep the link's stream at its size bound (:data:`BOUNDED`), its cloud away
+        until the last start, and check its drops after each cut.
+    """
     rng = random.Random(seed)
     backing, mnt = work / "backing", work / "mnt"
     backing.mkdir()
     mnt.mkdir()
+    if bounded:
+        (work / "conf.d").mkdir()
+        (work / "conf.d" / "bounded.yaml").write_text(BOUNDED)
+    stream_dir = backing / "state" / "journal" / "link-cloud"
+    away = CLOUD + 1 if bounded else CLOUD  # (nothing listens there)
     (backing / "state").mkdir(mode=0o750)  # as the .deb makes it: there, and durable, before the first start
     cloud_log = work / "cloud.txt"
     cloud = e2e.mosquitto(work, "cloud", CLOUD)  # (no queue limit: mosquitto's default 1000 drops a backlog)
@@ -238,11 +284,12 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
         for round_ in range(cuts):
             fs = mount(backing, mnt, work / f"fs{round_}.json")
             started = time.monotonic()
-            gateway = e2e.gateway(work, PORT, CLOUD, state=mnt / "state")
+            gateway = e2e.gateway(work, PORT, away, state=mnt / "state")
             wait_for_port(PORT, timeout=60)
             start_s = time.monotonic() - started
             stop = threading.Event()
-            threads = [threading.Thread(target=publisher, args=(i, acked, stop, round_)) for i in range(publishers)]
+            threads = [threading.Thread(target=publisher, args=(i, acked, stop, round_, 2000 if bounded else 200))
+                       for i in range(publishers)]
             for thread in threads:
                 thread.start()
             after = rng.uniform(0.2, 3.0)
@@ -252,10 +299,12 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
             for thread in threads:
                 thread.join()
             ops = json.loads((work / f"fs{round_}.json").read_text())
+            state = dropped_state(stream_dir) if bounded else {}
             rounds.append({"round": round_, "cut_after_s": round(after, 2), "start_s": round(start_s, 2),
-                           "acked_total": len(acked.messages), **ops})
+                           "acked_total": len(acked.messages), **ops, **state})
             print(f"round {round_}: started in {start_s:.2f} s, cut after {after:.2f} s, "
-                  f"{len(acked.messages)} messages acknowledged so far", flush=True)
+                  f"{len(acked.messages)} messages acknowledged so far {state or ''}", flush=True)
+        final_state = dropped_state(stream_dir) if bounded else {}
         # The last start: everything acknowledged must be there.
         fs = mount(backing, mnt, work / "final.json")
         gateway = e2e.gateway(work, PORT, CLOUD, state=mnt / "state")
@@ -266,8 +315,9 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
         lost_retained = sorted(t for t, (sent, last) in acked.retained.items() if last and (
             retained.get(t, b"").decode() not in sent[sent.index(last):]))
         lost_sessions = sorted(s for s in acked.sessions if not Client(s, clean=False).session_present)
-        lost = wait_for_cloud(cloud_log, acked)
-        log = (work / "gw.log").read_text(errors="replace")
+        distinct = final_state["dropped"] - final_state["counted_twice"] if bounded else 0
+        lost = wait_for_cloud(cloud_log, acked, dropped=distinct)
+        log = "".join(p.read_text(errors="replace") for p in work.glob("gw.log*"))  # (twistd rotates it at 1 MB)
         gateway.terminate()
         gateway.wait(timeout=60)
         unmount(fs)
@@ -285,24 +335,37 @@ def run(cuts: int, publishers: int, seed: int, work: Path) -> dict[str, object]:
         "acked_sessions": len(acked.sessions), "lost_sessions": lost_sessions[:10],
         "lost_sessions_count": len(lost_sessions),
         "set_aside_logged": log.count(".damaged"),
+        **({"bounded": True, **final_state,
+            "unaccounted": max(0, len(lost) - distinct),
+            "segments_deleted_at_start": log.count("that a crash or power cut left after they were dropped"),
+            "cuts_leaving_dropped_segments": sum(1 for r in rounds if r["dropped_segments_on_disk"]),
+            "max_counted_twice": max((int(r["counted_twice"]) for r in rounds), default=0),
+            "failed_starts": log.count("failed to start")} if bounded else {}),
     }
 
 
 def main() -> int:
     """Run, print a table, write JSON; exit 1 when anything acknowledged was lost."""
+    global PORT, CLOUD
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", type=int, default=10)
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "powercut.json"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--bounded", action="store_true",
+                        help="keep the link's stream at its size bound (drop-oldest, max-age), its cloud away")
+    parser.add_argument("--port", type=int, default=PORT, help="the gateway's MQTT port")
+    parser.add_argument("--cloud-port", type=int, default=CLOUD,
+                        help="the cloud mosquitto's port (--bounded: the next one, which nothing listens on, too)")
     parser.add_argument("--checkout", default=str(ROOT), help="run the gateway of this checkout")
     args = parser.parse_args()
+    PORT, CLOUD = args.port, args.cloud_port
     os.environ["PYTHONPATH"] = args.checkout  # (the gateway's: the venv's editable install may be another)
     e2e.TWISTD = [sys.executable, str(Path(sys.executable).parent / "twistd")]  # this interpreter's
     work = Path(tempfile.mkdtemp(prefix="powercut-"))
     try:
-        result = run(args.cuts, args.publishers, args.seed, work)
+        result = run(args.cuts, args.publishers, args.seed, work, args.bounded)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -313,7 +376,17 @@ def main() -> int:
     print(f"| {result['cuts']} | {result['acked_messages']} | {result['lost_messages']} | "
           f"{result['acked_retained_topics']} | {result['lost_retained_count']} | "
           f"{result['acked_sessions']} | {result['lost_sessions_count']} |")
+    if args.bounded:
+        print("| cuts | dropped (ledger) | counted twice (most after a cut) | cuts leaving dropped segments |"
+              " deleted at a start | acknowledged, not delivered | not counted | failed starts |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| {result['cuts']} | {result['dropped']} | {result['counted_twice']} ({result['max_counted_twice']}) | "
+              f"{result['cuts_leaving_dropped_segments']} | {result['segments_deleted_at_start']} | "
+              f"{result['lost_messages']} | {result['unaccounted']} | {result['failed_starts']} |")
     write_json(args.json, result)
+    if args.bounded:
+        return 1 if (result["unaccounted"] or result["counted_twice"] or result["lost_retained_count"]
+                     or result["lost_sessions_count"] or result["failed_starts"]) else 0
     lost = result["lost_messages"] or result["lost_retained_count"] or result["lost_sessions_count"]
     return 1 if lost else 0
 

@@ -100,12 +100,13 @@ class LossLedger:
     :param steps: the wall clock's steps, ``(first seq received after it, seconds)`` each,
         oldest first (see :meth:`stepped_since`).
     :param passed: the runs of seqs counted lost as a reader passed them (see :attr:`passed`).
+    :param dropped_below: every seq below it was dropped by the limits (see :attr:`dropped_below`).
     """
 
     def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None,
                  damage: set[tuple[int, int]] | None = None,
                  steps: list[tuple[int, float]] | None = None,
-                 passed: list[tuple[int, int]] | None = None) -> None:
+                 passed: list[tuple[int, int]] | None = None, dropped_below: int = 0) -> None:
         self.entries: list[LossEntry] = entries or []
         self.reported = reported
         #: ``(segment's first seq, offset)`` of each damaged stretch counted, kept (also once
@@ -119,6 +120,11 @@ class LossLedger:
         #: cursor's save has passed them (:meth:`forget_passed_to`): a crash before that save
         #: makes the reader meet them again, and they are not counted twice.
         self.passed: list[tuple[int, int]] = passed or []
+        #: The seq below which the limits dropped every record, written (with the drop's loss
+        #: entry) before a dropped segment's file is deleted: a crash or power cut before that
+        #: deletion is durable leaves the file, which the next open deletes instead of sending
+        #: its records again or counting its drop twice (0: none dropped).
+        self.dropped_below = dropped_below
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
         #: Why the saved ledger this one replaces could not be read (``None``: it could, or
@@ -141,8 +147,9 @@ class LossLedger:
             damage = {(int(segment), int(offset)) for segment, offset in saved.get("damage", ())}  # (not before)
             steps = [(int(seq), float(step)) for seq, step in saved.get("steps", ())]  # (not before either)
             passed = union_runs((int(first), int(last)) for first, last in saved.get("passed", ()))  # (nor this)
+            dropped_below = int(saved.get("dropped_below", 0))  # (nor this)
             return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
-                       damage, steps, passed)
+                       damage, steps, passed, dropped_below)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
             return cls._unreadable(f"{type(exc).__name__}: {exc}")
 
@@ -166,7 +173,15 @@ class LossLedger:
             saved["steps"] = self.steps
         if self.passed:
             saved["passed"] = self.passed
+        if self.dropped_below:
+            saved["dropped_below"] = self.dropped_below
         return json.dumps(saved).encode()
+
+    def note_dropped_below(self, seq: int) -> None:
+        """The limits dropped every record below ``seq`` (:attr:`dropped_below`): kept with the
+        ledger's next write. (Not a write of its own: a drop that counts a loss writes the
+        ledger at once, and a segment every cursor had acknowledged that comes back loses nothing.)"""
+        self.dropped_below = max(self.dropped_below, seq)
 
     def note_step(self, next_seq: int, step: float) -> None:
         """The wall clock stepped by ``step`` seconds before record ``next_seq`` was received:

@@ -21,7 +21,7 @@ from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
 from gateway.filelayer import FileLayer
 from gateway.journal.droplines import DropLines
 from gateway.journal.losses import LossReason
-from gateway.journal.segments import Segment
+from gateway.journal.segments import Segment, delete_segments
 from gateway.journal.settings import StreamSettings
 
 
@@ -54,6 +54,10 @@ class RetentionStream(Protocol):
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         """Count a loss in the stats and the durable loss ledger."""
+
+    def note_dropped_below(self, seq: int) -> None:
+        """Note in the loss ledger that every record below ``seq`` is dropped (saved with its
+        next write: :meth:`save_ledger_now` when the drop counted a loss)."""
 
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write ahead of the I/O jobs queued after this call."""
@@ -112,6 +116,9 @@ class SegmentRetention:
         #: Dropped last segments, deleted once a later segment is on disk (until then they
         #: tell recovery where the seqs go on).
         self._dropped_last: list[str] = []
+        #: Segments dropped or acknowledged whose files are not deleted yet: one job deletes them
+        #: (:meth:`_delete_doomed`), after the ledger's write that counts them.
+        self._doomed: list[str] = []
         self._drop_lines = DropLines(name, self.log, lambda: steady_seconds(clock))
 
     @property
@@ -126,10 +133,25 @@ class SegmentRetention:
 
     # -- the write path's bookkeeping --------------------------------------------
 
-    def load(self, segments: list[Segment], free: int) -> None:
-        """Take the segments recovery found and the free disk it measured."""
-        self.segments, self._free = segments, free
-        self._bytes = sum(s.size for s in segments)
+    def load(self, segments: list[Segment], free: int, dropped_below: int = 0) -> None:
+        """Take the segments recovery found and the free disk it measured.
+
+        :param dropped_below: the loss ledger's seq below which every record was dropped: a
+            sealed segment wholly below it was dropped before a crash or power cut that came
+            before its deletion was durable; its file is deleted now (its drop is counted).
+        """
+        gone = 0
+        while gone + 1 < len(segments) and segments[gone + 1].first_seq <= dropped_below:
+            gone += 1
+        if gone:
+            self.log.warn("journal {stream}: deleting {count} segments (seqs {first}-{last}) that a crash or power"
+                          " cut left after they were dropped (counted in the loss report already)",
+                          stream=self.name, count=gone, first=segments[0].first_seq,
+                          last=segments[gone].first_seq - 1)
+            self._doomed += [s.path for s in segments[:gone]]
+            self._delete_doomed()
+        self.segments, self._free = segments[gone:], free
+        self._bytes = sum(s.size for s in self.segments)
 
     def admit(self, size: int, reserved: bool = False) -> LossReason | None:
         """Let an append of ``size`` bytes in, and count it, if the limits allow.
@@ -150,7 +172,9 @@ class SegmentRetention:
         assert limit is not None
         if not (reserved and self._in_reserve(size)):
             # (reject-new's room is what every cursor acknowledged: no loss, a reserved append may use it)
-            if (reserved and self.settings.overflow == "drop-oldest") or not self._make_room(size, limit):
+            made = not (reserved and self.settings.overflow == "drop-oldest") and self._make_room(size, limit)
+            self._delete_doomed()
+            if not made:
                 return limit
         self._bytes += size  # room was made, or the reserve has it
         self._free -= size
@@ -192,9 +216,9 @@ class SegmentRetention:
                 s.size += sizes[s.path]
                 self._unborn.discard(s.first_seq)
         if self._dropped_last and any(s.first_seq not in self._unborn for s in self.segments):
-            dropped, self._dropped_last = self._dropped_last, []
-            for path in dropped:
-                self._unlink(path)
+            self._doomed += self._dropped_last
+            self._dropped_last = []
+            self._delete_doomed()
         if free is not None:
             self._free = free - self.stream.unwritten_bytes()
 
@@ -238,13 +262,14 @@ class SegmentRetention:
             return floor is not None and floor >= self.stream.next_seq - 1 and self._drop_last(size, limit)
         reason: LossReason | None = limit
         while reason is not None:
-            if not self.drop_oldest(reason) and not self._drop_last(size, reason):
+            if not self._drop_oldest(reason) and not self._drop_last(size, reason):
                 return False
             reason = self._over_limit(size)
         return True
 
-    def drop_oldest(self, reason: LossReason) -> bool:
-        """Delete the oldest sealed segment, counting what no cursor had acknowledged."""
+    def _drop_oldest(self, reason: LossReason) -> bool:
+        """Drop the oldest sealed segment, counting what no cursor had acknowledged (its file
+        goes with :meth:`_delete_doomed`)."""
         segments = self.segments
         if len(segments) < 2 or segments[1].first_seq in self._unborn:
             return False
@@ -271,12 +296,14 @@ class SegmentRetention:
         """Drop the first segment, whose records end before ``end_seq`` and were received
         by ``end_time``, counting what no cursor had acknowledged; cursors skip past it.
 
-        :param unlink: delete its file now; else once a later segment is on disk.
+        :param unlink: delete its file with the next :meth:`_delete_doomed`; else once a later
+            segment is on disk.
         """
         seg = self.segments.pop(0)
         self._bytes -= seg.size
         self._free += seg.size
         lost = self.cursors.unacknowledged(seg.first_seq, end_seq - 1)
+        self.stream.note_dropped_below(end_seq)  # (a start deletes the file if a crash leaves it)
         if lost:
             first_lost, last_lost = lost[0][0], lost[-1][1]
             records = sum(high - low + 1 for low, high in lost)
@@ -286,7 +313,7 @@ class SegmentRetention:
             self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
         self.cursors.skip_to(end_seq)
         if unlink:
-            self._unlink(seg.path)
+            self._doomed.append(seg.path)
         else:
             self._dropped_last.append(seg.path)
 
@@ -298,7 +325,8 @@ class SegmentRetention:
             seg = segments.pop(0)
             self._bytes -= seg.size
             self._free += seg.size
-            self._unlink(seg.path)
+            self._doomed.append(seg.path)
+        self._delete_doomed()
 
     def enforce_limits(self) -> None:
         """Expire records older than max_age_s and restore min free disk (call periodically);
@@ -319,21 +347,33 @@ class SegmentRetention:
                 if not nxt.first_time:
                     break
                 received = received_now(nxt.first_seq, nxt.first_time)
-                if received >= horizon or received < unset_before or not self.drop_oldest("max-age"):
+                if received >= horizon or received < unset_before or not self._drop_oldest("max-age"):
                     break
         if self.settings.overflow == "drop-oldest":
-            while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
+            while self._over_limit(0) == "min-free-disk" and self._drop_oldest("min-free-disk"):
                 pass
+        self._delete_doomed()
         self._drop_lines.flush()
 
     def log_held_drops(self) -> None:
         """Log the drops held back, due or not (the stream closes: no periodic check comes)."""
         self._drop_lines.close()
 
-    def _unlink(self, path: str) -> None:
-        d = self.run(self.files.unlink, path)
-        d.addErrback(lambda f: self.log.error("journal {stream}: deleting {path} failed: {error}",
-                                              stream=self.name, path=path, error=f.value))
+    def _delete_doomed(self) -> None:
+        """Delete the files of the segments dropped or acknowledged since the last call, in one
+        job on the I/O thread with one fsync of the directory (:func:`~gateway.journal.segments.delete_segments`).
+
+        The job is queued after the loss ledger's write that counts what they lose
+        (:meth:`RetentionStream.save_ledger_now`) and after the cursors' saves that passed
+        them (:meth:`delete_acked` takes the saved floor), so once it is done a power cut can
+        bring none of them back: its records forwarded again, or a drop counted twice.
+        """
+        if not self._doomed:
+            return
+        paths, self._doomed = self._doomed, []
+        d = self.run(delete_segments, self.files, self.directory, paths)
+        d.addErrback(lambda f: self.log.error("journal {stream}: deleting {paths} failed: {error}",
+                                              stream=self.name, paths=", ".join(paths), error=f.value))
 
     # -- free disk -----------------------------------------------------------------
 

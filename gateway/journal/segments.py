@@ -288,6 +288,25 @@ class BatchRefusedError(OSError):
     """The batch was not written: one queued before it failed (see :class:`WriteGate`)."""
 
 
+def delete_segments(files: FileLayer, directory: str, paths: list[str]) -> None:
+    """Delete segment files of ``directory`` durably (blocking): unlink each, then fsync the
+    directory once, so that a power cut cannot bring one back.
+
+    :param paths: the segments' files (a missing one is not an error).
+    :raises OSError: the first unlink that failed (the others are done, and the directory is
+        fsynced all the same), or the directory's fsync.
+    """
+    error: OSError | None = None
+    for path in paths:
+        try:
+            files.unlink(path)
+        except OSError as e:
+            error = error or e
+    files.fsync_dir(directory)
+    if error is not None:
+        raise error
+
+
 #: The loss ledger's file in a stream directory (:class:`gateway.journal.losses.LossLedger`).
 LEDGER_FILE = "losses.json"
 

@@ -218,20 +218,23 @@ class Stream:
 
     def _opened(self, result: tuple[Recovered, bytes | str | None, int]) -> Deferred[None]:
         rec, ledger, free = result
-        self.retention.load(rec.segments, free)
-        self.next_seq = rec.next_seq
-        self._pending_first = self.next_seq
-        self.written_seq = self.next_seq - 1
-        self._tail_bytes = rec.segments[-1].size if rec.segments else 0
         self.ledger = LossLedger.load(ledger)
         if self.ledger.unreadable is not None:
             self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
-        self.ledger.keep_damage_in(segment.first_seq for segment in rec.segments)
+        if self.ledger.dropped_below > rec.next_seq:  # (not these segments': they were removed from outside)
+            self.ledger.dropped_below, self.ledger.dirty = 0, True
+        self.retention.load(rec.segments, free, self.ledger.dropped_below)
+        self.next_seq = rec.next_seq
+        self._pending_first = self.next_seq
+        self.written_seq = self.next_seq - 1
+        self._tail_bytes = rec.segments[-1].size if rec.segments else 0
+        segments = self.retention.segments
+        self.ledger.keep_damage_in(segment.first_seq for segment in segments)
         self.ledger.keep_passed_below(self.next_seq)
-        if rec.segments:
-            self.ledger.keep_steps_from(rec.segments[0].first_seq)
+        if segments:
+            self.ledger.keep_steps_from(segments[0].first_seq)
         self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
         for dmg in rec.damage:
             # A corrupt stretch stays in the tail: counted at the open that found it first only.
@@ -671,6 +674,10 @@ class Stream:
             self.drops[reason] = self.drops.get(reason, 0) + counted
         if not self._inflight and not self._closed and self._early is None:
             self.clock.callLater(0, self._flush)
+
+    def note_dropped_below(self, seq: int) -> None:
+        """See :meth:`~gateway.journal.retention.RetentionStream.note_dropped_below`."""
+        self.ledger.note_dropped_below(seq)
 
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write on the I/O thread now, ahead of every job queued after

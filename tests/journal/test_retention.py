@@ -50,6 +50,9 @@ class FakeStream:
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         self.losses.append((reason, records, nbytes, first_seq, last_seq, first_time, last_time))
 
+    def note_dropped_below(self, seq: int) -> None:
+        """(The stream's ledger keeps it: tests/journal/test_stream.py.)"""
+
     def save_ledger_now(self) -> None:
         """(The stream's write of its ledger: tests/journal/test_stream.py checks the order.)"""
 
@@ -184,9 +187,9 @@ class AdmitTests(SynchronousTestCase):
         disk yet (a failed write would need it back)."""
         r, _, _, files, _ = _retention(StreamSettings())
         _segments(r, files, 1)
-        self.assertFalse(r.drop_oldest("max-bytes"))
+        self.assertFalse(r._drop_oldest("max-bytes"))
         r.start_segment(11, segment_path(DIR, 11), 0.0)
-        self.assertFalse(r.drop_oldest("max-bytes"))
+        self.assertFalse(r._drop_oldest("max-bytes"))
         self.assertEqual(len(r.segments), 2)
 
     def test_drop_oldest_drops_the_last_segment_when_it_alone_is_in_the_way(self) -> None:
@@ -273,7 +276,7 @@ class AdmitTests(SynchronousTestCase):
         """Dropping records every cursor acknowledged counts nothing."""
         r, _, stream, files, _ = _retention(StreamSettings(), acked=10)
         _segments(r, files, 1, 11)
-        self.assertTrue(r.drop_oldest("max-bytes"))
+        self.assertTrue(r._drop_oldest("max-bytes"))
         self.assertEqual(stream.losses, [])
 
 
@@ -329,6 +332,85 @@ class DeletionAndExpiryTests(SynchronousTestCase):
             r.load(list(r.segments), 850)  # the disk filled up: two segments must go
             r.enforce_limits()
             self.assertEqual([s.first_seq for s in r.segments], left)
+
+
+class CountingFiles(PowerCutFiles):
+    """:class:`PowerCutFiles` that counts the directory fsyncs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir_syncs: list[str] = []
+
+    def fsync_dir(self, path: str) -> None:
+        self.dir_syncs.append(path)
+        super().fsync_dir(path)
+
+
+class DurableDeletionTests(SynchronousTestCase):
+    """Deleted segments stay deleted through a power cut: one directory fsync per batch."""
+
+    def _durable(self, settings: StreamSettings, *firsts: int, free: int = 1 << 40,
+                 acked: int | None = None) -> tuple[SegmentRetention, FakeStream, CountingFiles,
+                                                    ManualRunner, SteppingClock]:
+        """Retention over sealed segments starting at ``firsts``, their names durable; jobs
+        run when the test says."""
+        files, clock, runner, stream = CountingFiles(), SteppingClock(), ManualRunner(), FakeStream()
+        files.makedirs(DIR)
+        r = SegmentRetention("s", DIR, settings, files, runner, clock, FakeCursors(acked), stream)
+        r.load([], free)
+        _segments(r, files, *firsts)
+        files.fsync_dir(DIR)
+        files.dir_syncs.clear()
+        return r, stream, files, runner, clock
+
+    def _after_cut(self, files: CountingFiles) -> list[str]:
+        files.cut()
+        return files.listdir(DIR)
+
+    def test_drops_for_room_are_one_durable_job(self) -> None:
+        """drop-oldest dropping two segments for one append deletes both in one job on the I/O
+        thread (nothing before it runs), with one fsync of the stream directory: after a power
+        cut neither comes back (it did: their records were sent again, or counted lost twice)."""
+        r, stream, files, runner, _ = self._durable(StreamSettings(max_bytes=400), 1, 11, 21, 31)
+        self.assertIsNone(r.admit(200))
+        self.assertEqual([s.first_seq for s in r.segments], [21, 31])
+        self.assertEqual(len(stream.losses), 2)
+        self.assertEqual(len(runner.jobs), 1)
+        self.assertEqual(files.listdir(DIR), [f"{n:020d}.seg" for n in (1, 11, 21, 31)])
+        runner.drain()
+        self.assertEqual(files.dir_syncs, [DIR])
+        self.assertEqual(self._after_cut(files), [f"{n:020d}.seg" for n in (21, 31)])
+
+    def test_acknowledged_segments_stay_deleted(self) -> None:
+        """Segments every cursor acknowledged (its save done) go in one job, one directory fsync."""
+        r, _, files, runner, _ = self._durable(StreamSettings(), 1, 11, 21)
+        r.delete_acked(25)
+        runner.drain()
+        self.assertEqual((files.dir_syncs, self._after_cut(files)), ([DIR], [f"{21:020d}.seg"]))
+
+    def test_expired_and_space_starved_segments_stay_deleted(self) -> None:
+        """max-age and min-free-disk drops of one periodic check are one job, one directory fsync."""
+        r, stream, files, runner, clock = self._durable(
+            StreamSettings(max_age_s=100, min_free_bytes=1000), 1, 11, 21, 31)
+        clock.advance(113)  # segment 1 expires (the next starts at 11); then min free disk drops 11 and 21
+        r.load(list(r.segments), 750)
+        r.enforce_limits()
+        self.assertEqual([loss[0] for loss in stream.losses], ["max-age", "min-free-disk", "min-free-disk"])
+        self.assertEqual(len(runner.jobs), 1)
+        runner.drain()
+        self.assertEqual((files.dir_syncs, self._after_cut(files)), ([DIR], [f"{31:020d}.seg"]))
+
+    def test_a_dropped_last_segment_stays_deleted(self) -> None:
+        """The last segment dropped for an append goes once the new one is on disk, durably."""
+        r, _, files, runner, _ = self._durable(StreamSettings(max_bytes=150), 1)
+        self.assertIsNone(r.admit(100))
+        new = r.start_segment(2, segment_path(DIR, 2), 0.0)
+        self.assertEqual(runner.jobs, [])
+        files.append(new.path, b"x" * 100)
+        files.fsync_dir(DIR)  # (write_batch: a new segment's directory is fsynced)
+        r.written({new.path: 100}, None)
+        runner.drain()
+        self.assertEqual(self._after_cut(files), [f"{2:020d}.seg"])
 
 
 class FreeDiskTests(SynchronousTestCase):

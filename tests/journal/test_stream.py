@@ -16,7 +16,7 @@ from gateway.clockstep import SteadyTimersReactor
 from gateway.filelayer import OSFiles, move_into_place, write_temporary
 from gateway.journal.errors import JournalWriteError, RecordTooLargeError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
-from gateway.journal.segments import segment_path, write_batch
+from gateway.journal.segments import segment_path, write_batch, write_ledger
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import SLOW_WRITE_S, WRITE_BACKOFF_MAX_S, WRITE_BACKOFF_S, Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record, run_now
@@ -28,6 +28,12 @@ FRAME = len(encode(record(1), 1))
 
 def _segments(files: PowerCutFiles) -> list[str]:
     return sorted(p for p in files.names if p.endswith(".seg"))
+
+
+def _dropped(stream: Stream) -> list[int]:
+    """The seqs of ``stream``'s max-bytes losses, each as often as an entry counts it."""
+    return [seq for e in stream.loss_report().entries if e.reason == "max-bytes"
+            for seq in range(e.first_seq, e.last_seq + 1)]
 
 
 class GroupCommitTests(SynchronousTestCase):
@@ -680,10 +686,9 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 31)
         self.assertEqual(_segments(files), [segment_path(DIR, 31)])
 
-    def test_records_dropped_for_room_are_counted_whenever_they_are_gone(self) -> None:
-        """drop-oldest's loss is on disk before the cursors move past the dropped segment and
-        before its file goes: killed after any I/O job, every record the reopened stream no
-        longer gives its cursor is in its loss report."""
+    def _dropping_at_the_bound(self) -> tuple[PowerCutFiles, StreamSettings, ManualRunner, Deferred[int]]:
+        """A stream of records 1-25 at its max_bytes with a cursor that acknowledged none,
+        reopened with its I/O jobs run one by one, and the append of 26 that drops segment 1."""
         files = PowerCutFiles()
         settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=25 * FRAME)
         s = open_stream(files, settings)
@@ -694,7 +699,13 @@ class OverflowTests(SynchronousTestCase):
         s = Stream("s", DIR, settings, files, runner, Clock())
         s.open()
         runner.drain()
-        d = appended(s, record(26))
+        return files, settings, runner, appended(s, record(26))
+
+    def test_records_dropped_for_room_are_counted_whenever_they_are_gone(self) -> None:
+        """drop-oldest's loss is on disk before the cursors move past the dropped segment and
+        before its file goes: killed after any I/O job, every record the reopened stream no
+        longer gives its cursor is in its loss report."""
+        files, settings, runner, d = self._dropping_at_the_bound()
         while True:
             reopened = open_stream(files, settings)  # killed here
             first = self.successResultOf(reopened.read("link", max_records=1))[0].seq
@@ -703,6 +714,49 @@ class OverflowTests(SynchronousTestCase):
             if not runner.step():
                 break
         self.assertEqual(self.successResultOf(d), 26)
+
+    def test_a_power_cut_never_brings_a_dropped_segment_back(self) -> None:
+        """docs/journal.md: a segment drop-oldest drops is deleted durably, and one a power cut
+        leaves behind (cut after its drop was counted, before its deletion was durable) is
+        deleted by the next open. Cut after any I/O job: the reopened stream gives its cursor
+        no dropped record (they were sent again), and its own drops at the bound count each seq
+        once (they counted the segment that came back twice)."""
+        files, settings, runner, d = self._dropping_at_the_bound()
+        cuts, said = 0, []
+        while True:
+            cut = copy.deepcopy(files)
+            cut.cut()
+            cuts += 1
+            with capturedLogs() as events:
+                reopened = open_stream(cut, settings)
+            said += [formatEvent(e) for e in events if "that a crash or power cut left" in formatEvent(e)]
+            first = self.successResultOf(reopened.read("link", max_records=1))[0].seq
+            self.assertNotIn(first, _dropped(reopened), cuts)
+            for _ in range(10):  # at the bound: each append drops again
+                self.successResultOf(appended(reopened, record(reopened.next_seq)))
+            entries = [e for e in reopened.loss_report().entries if e.reason == "max-bytes"]
+            seqs = _dropped(reopened)
+            self.assertEqual((sum(e.records for e in entries), len(set(seqs))), (len(seqs), len(seqs)), cuts)
+            if not runner.step():
+                break
+        self.assertEqual(self.successResultOf(d), 26)
+        self.assertEqual(set(said), {"journal s: deleting 1 segments (seqs 1-10) that a crash or power cut left after"
+                                     " they were dropped (counted in the loss report already)"})  # (a cut or two)
+
+    def test_a_drop_mark_beyond_the_segments_deletes_none(self) -> None:
+        """A ledger whose ``dropped_below`` is past the stream's next seq belongs to segments
+        removed from outside (the stream numbers from 1 again): the open deletes nothing (it
+        would delete records acknowledged to their publishers) and forgets the mark."""
+        files = PowerCutFiles()
+        settings = StreamSettings(segment_bytes=10 * FRAME)
+        s = open_stream(files, settings)
+        for i in range(1, 26):
+            self.successResultOf(appended(s, record(i)))
+        write_ledger(files, DIR, b'{"entries": [], "dropped_below": 1000}')
+        reopened = open_stream(files, settings)
+        self.assertEqual([seg.first_seq for seg in reopened.segments], [1, 11, 21])
+        self.assertEqual(reopened.ledger.dropped_below, 0)
+        self.assertEqual(len(read_all(reopened)), 25)
 
     def test_losses_reported_is_kept_with_the_ledger(self) -> None:
         """mark_losses_reported: written with the append made in the same turn, read back after
