@@ -7,6 +7,8 @@ import errno
 import os
 from pathlib import Path
 
+from gateway.nearestpath import nearest_existing
+
 #: The file :func:`read_only_at` makes and removes at once to learn whether a directory takes writes.
 PROBE_PREFIX = ".gateway-write-probe-"
 
@@ -22,17 +24,13 @@ def read_only_at(path: Path) -> Path | None:
     is made in the directory and removed at once (no fsync: a few microseconds, cheap enough
     for the reactor thread); EROFS says it is read-only.
     """
-    for directory in (path, *path.parents):
-        try:
-            flags = os.statvfs(directory).f_flag
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-        if flags & os.ST_RDONLY:
-            return directory
-        return directory if _refuses_writes(directory) else None
-    return None
+    found = nearest_existing(path, os.statvfs)
+    if found is None:
+        return None
+    directory, stats = found
+    if stats.f_flag & os.ST_RDONLY:
+        return directory
+    return directory if _refuses_writes(directory) else None
 
 
 def _refuses_writes(directory: Path) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gateway.nearestpath import nearest_existing
+
 #: The file systems the kernel makes up as it is asked (none keeps a file written in it).
 VIRTUAL_TYPES = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -27,16 +29,10 @@ def virtual_fs_at(path: Path, mountinfo: str = MOUNTINFO) -> tuple[str, str] | N
     :param path: the file to be written.
     :param mountinfo: the mount table to read (tests pass their own).
     """
-    for candidate in (path, *path.parents):
-        try:
-            device = os.stat(candidate).st_dev
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-        break
-    else:
+    found = nearest_existing(path, os.stat)
+    if found is None:
         return None
+    device = found[1].st_dev
     wanted = f"{os.major(device)}:{os.minor(device)}"
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as lines:

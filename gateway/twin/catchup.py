@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 
 from gateway.errors import JournalError
 from gateway.twin import shadows
-from gateway.twin.behind import BehindFile, BehindMark
+from gateway.twin.behind import BehindFile
+from gateway.twin.behindlog import BehindMark
 
 #: Seconds between two attempts to bring up to date a shadow whose request the journal refused.
 CATCH_UP_INTERVAL = 5.0
@@ -70,21 +71,20 @@ class ShadowCatchUp:
         return self._file.load().addCallback(self._loaded)
 
     def _loaded(self, saved: dict[str, BehindMark]) -> None:
-        """Take the marks saved before the restart (those made since the start stay, and then
-        the whole is written)."""
+        """Take the marks saved before the restart (those made since the start stay, and are
+        written now)."""
         if saved:
             self.log.info("shadows the cloud is behind on since before the start: {shadows}; read and corrected"
                           " at the connect", shadows=", ".join(repr(s) for s in sorted(saved)))
-        made = bool(self.marks)
-        self.marks = {**saved, **self.marks}
-        for shadow in saved:
+        for shadow, mark in saved.items():
+            self.marks.setdefault(shadow, mark)
             self._refusals.setdefault(shadow, 0)
-        if made and saved:
-            self._file.save(self.marks)
+        self._file.save()  # (the marks made meanwhile)
 
-    def refused(self, thing_id: str, shadow: str, failure: Failure) -> str:
+    def refused(self, thing_id: str, shadow: str, failure: Failure) -> Deferred[str]:
         """The journal refused a request of ``shadow`` (of the twin's ``thing_id``): mark the
-        shadow behind and read it again later; returns why the cloud is behind on the change."""
+        shadow behind and read it again later; fires, once the mark is durable (or its write
+        failed: logged, and written again later), with why the cloud is behind on the change."""
         if not failure.check(OSError, JournalError):
             self.log.failure("shadow {shadow}: request not journaled", failure, shadow=shadows.shown_shadow(shadow))
         elif shadow not in self.marks:
@@ -93,10 +93,13 @@ class ShadowCatchUp:
                           error=failure.getErrorMessage())
         if shadow not in self.marks:
             self.marks[shadow] = BehindMark(thing_id, self.clock.seconds())
-            self._file.save(self.marks)
+            written = self._file.changed(shadow, self.marks)
+        else:
+            written = self._file.save()  # (its mark may be on its way to the disk)
         self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
         self.later()
-        return f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
+        why = f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
+        return written.addCallback(lambda _: why)
 
     def corrected_by(self, shadow: str, correction: Deferred[str | None]) -> None:
         """If the cloud is behind on ``shadow``: drop its mark once ``correction`` (the request
@@ -109,7 +112,7 @@ class ShadowCatchUp:
         def caught_up(refusal: str | None) -> None:
             if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
-                self._file.save(self.marks)
+                self._file.changed(shadow, self.marks)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 
         correction.addCallback(caught_up)

@@ -5,7 +5,7 @@ stream ``shadow-<link>``."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
@@ -122,13 +122,15 @@ class ShadowAppends:
         record = shadow_request(self.thing, shadow, operation, body, self.clock.seconds())
         self._appending[shadow] = self._appending.get(shadow, 0) + 1
 
-        def journaled(seq: int) -> None:
+        def journaled(seq: int) -> str | None:
             last = max(seq, self._last_appended.pop(shadow, 0))
             self._last_appended[shadow] = last  # (last in the order: :meth:`passed` walks the oldest first)
             self._bound()
+            return None
 
-        def refused(failure: Failure) -> str:
-            return self.catch_up.refused(thing_id, shadow, failure)
+        def refused(failure: Failure) -> Deferred[str | None]:
+            # (the reason, once the shadow's mark is durable: Deferred is invariant, its result is not)
+            return cast("Deferred[str | None]", self.catch_up.refused(thing_id, shadow, failure))
 
         def settled(result: str | None) -> str | None:
             self._appending[shadow] -= 1
