@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import stat
 import sys
 import types
 import typing
@@ -23,6 +22,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
+from gateway.configdirectory import directory_problem
 from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem, podman_socket, socket_path_problem
 from gateway.errors import ConfigError
@@ -117,19 +117,9 @@ class GatewaySettings:
             elif getattr(self, key) in (".", ".."):  # (a topic level, but a path segment that names another)
                 what, why = _DOT_NAMES[key]
                 yield (key,), f"must name {what}, not {getattr(self, key)!r}: {why}"
-        state = Path(self.state_dir).expanduser()
-        try:
-            not_a_directory = not stat.S_ISDIR(state.stat().st_mode)
-        except FileNotFoundError:  # (made at start)
-            return
-        except OSError as exc:
-            # A name over the file system's 255 bytes (ENAMETOOLONG), a loop of links (ELOOP), a
-            # file where a directory above it belongs (ENOTDIR): ``Path.exists`` called the last
-            # two absent, and the start ended in a traceback or a directory it could not make.
-            yield ("state_dir",), f"{str(state)!r} cannot be used: {exc.strerror or exc}"
-            return
-        if not_a_directory:
-            yield ("state_dir",), f"{str(state)!r} exists and is not a directory"
+        problem = directory_problem(Path(self.state_dir).expanduser())
+        if problem is not None:
+            yield ("state_dir",), problem
 
 
 @dataclass(frozen=True)
@@ -604,8 +594,9 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
 def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,
                            failed: set[str]) -> None:
     """Checks that need two sections: a declared container named like a config program (one
-    name, one log file, for two apps); podman's default socket too long under the state directory; a link name in both link sections; a shadow link that
-    is no MQTT link.
+    name, one log file, for two apps); podman's default socket too long under the state directory;
+    a journal directory that cannot be one (relative: under the state directory); a link name in
+    both link sections; a shadow link that is no MQTT link.
 
     :param data: the merged configuration as read (the names in a section with problems of its
         own: links, programs, containers).
@@ -628,6 +619,11 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         if (problem := socket_path_problem(socket)) is not None:
             errors.add(("containers", "socket"), f"empty: its default {str(socket)!r} is too long ({problem}): "
                                                  "set a shorter containers.socket or gateway.state_dir")
+    if not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("journal", "directory"))):
+        # (relative: under the state directory, as the start takes it)
+        journal = Path(sections["gateway"].state_dir).expanduser().resolve() / sections["journal"].directory
+        if (problem := directory_problem(journal)) is not None:
+            errors.add(("journal", "directory"), problem)
     mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
     if mqtt_links is None or http_links is None:
         return

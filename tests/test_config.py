@@ -1237,11 +1237,40 @@ class LoadCheckTests(SynchronousTestCase):
         (work / "a").symlink_to(work / "b")
         (work / "b").symlink_to(work / "a")
         (work / "file").write_text("")
-        for state, why in ((work / "a", "Too many levels of symbolic links"), (work / "file" / "sub", "Not a directory")):
+        (work / "gone").symlink_to(work / "nowhere")  # (mkdir does not follow it: File exists)
+        for state, why in ((work / "a", "Too many levels of symbolic links"), (work / "file" / "sub", "Not a directory"),
+                           (work / "gone", f"it is a symbolic link to {str(work / 'nowhere')!r}, which does not exist")):
             path, lines = self.errors(f"gateway:\n  state_dir: '{state}'\n")
             self.assertEqual(lines, [f"{path}: gateway.state_dir: '{state}' cannot be used: {why}"])
         fresh = config.load(self.write(f"gateway:\n  state_dir: '{work / 'new' / 'sub'}'\n"))  # (made at start)
         self.assertEqual(fresh.state_dir, work / "new" / "sub")
+
+    def test_journal_directory_the_system_refuses_to_look_at(self) -> None:
+        """A journal.directory that is a loop of symbolic links, lies under a file, or is a
+        symbolic link to nothing is one error under its key, as the state_dir is (through the
+        same check; a relative one is under the state directory): each passed the check, and the
+        start then said only "the journal directory cannot be made: [Errno 17] File exists"."""
+        work = Path(self.mktemp()).resolve()
+        (work / "state").mkdir(parents=True)
+        (work / "a").symlink_to(work / "b")
+        (work / "b").symlink_to(work / "a")
+        (work / "file").write_text("")
+        (work / "state" / "gone").symlink_to(work / "nowhere")
+        (work / "state" / "loop").symlink_to(work / "a")
+        for directory, shown, why in (
+                (work / "a", work / "a", "cannot be used: Too many levels of symbolic links"),
+                (work / "file" / "sub", work / "file" / "sub", "cannot be used: Not a directory"),
+                ("loop", work / "state" / "loop", "cannot be used: Too many levels of symbolic links"),
+                ("gone", work / "state" / "gone",
+                 f"cannot be used: it is a symbolic link to {str(work / 'nowhere')!r}, which does not exist"),
+                (work / "file", work / "file", "exists and is not a directory")):
+            path, lines = self.errors(f"gateway:\n  state_dir: '{work / 'state'}'\njournal:\n  directory: '{directory}'\n")
+            self.assertEqual(lines, [f"{path}: journal.directory: '{shown}' {why}"])
+        fresh = config.load(self.write(f"gateway:\n  state_dir: '{work / 'state'}'\njournal:\n  directory: new/sub\n"))
+        self.assertEqual(fresh.journal.directory, "new/sub")  # (made at start)
+        path, lines = self.errors(f"gateway:\n  state_dir: '{work / 'a'}'\njournal:\n  directory: sub\n")
+        self.assertEqual(lines, [f"{path}: gateway.state_dir: '{work / 'a'}' cannot be used: Too many levels of"
+                                 " symbolic links"])  # (its journal is not looked for under it)
 
     def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
         """A value of the wrong kind is named as the YAML was written (the text, the number,
