@@ -31,6 +31,7 @@ from gateway.shown import shown_key_path
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
+from gateway.links.cikplace import volatile_cik_warnings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
 from gateway.links.sharedsessions import shared_sessions
@@ -160,9 +161,11 @@ class Config:
     def warnings(self) -> list[str]:
         """What the configuration asks for that it may not mean, one line each, without refusing it
         (``--check-config`` prints them; the services concerned log them as they start): MQTT links
-        that share one cloud session (:mod:`gateway.links.sharedsessions`)."""
-        return [shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
-                                                          self.gateway.device_id)]
+        that share one cloud session (:mod:`gateway.links.sharedsessions`), Exosite links whose CIK
+        file a reboot loses (:mod:`gateway.links.cikplace`)."""
+        return ([shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
+                                                           self.gateway.device_id)]
+                + volatile_cik_warnings(self.http_links.links, self.state_dir))
 
 
 #: A section with its own parser: ``(raw YAML or None, errors) -> settings``.
