@@ -31,8 +31,8 @@ from gateway.shown import shown_key_path
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
-from gateway.links.cikplace import volatile_cik_warnings
-from gateway.links.http_settings import HTTPLinksSettings
+from gateway.links.cikplace import cik_path, volatile_cik_warnings
+from gateway.links.http_settings import HTTPLinksSettings, cik_file_problem
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
 from gateway.links.sharedsessions import shared_sessions
 from gateway.proxysettings import ProxySettings
@@ -598,7 +598,8 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
                            failed: set[str]) -> None:
     """Checks that need two sections: a declared container named like a config program (one
     name, one log file, for two apps); podman's default socket too long under the state directory;
-    a journal directory that cannot be one (relative: under the state directory); a link name in
+    a journal directory that cannot be one (relative: under the state directory); a relative
+    ``cik_file`` (under the state directory) where the CIK could not be saved; a link name in
     both link sections; a shadow link that is no MQTT link.
 
     :param data: the merged configuration as read (the names in a section with problems of its
@@ -627,6 +628,13 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         journal = Path(sections["gateway"].state_dir).expanduser().resolve() / sections["journal"].directory
         if (problem := directory_problem(journal)) is not None:
             errors.add(("journal", "directory"), problem)
+    if not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("http_links",))):
+        state_dir = Path(sections["gateway"].state_dir).expanduser().resolve()
+        for name, link in sections["http_links"].links.items():
+            # (an absolute one is checked with its link; a relative one is under the state directory)
+            if link.mode == "exosite" and link.cik_file and not Path(link.cik_file).is_absolute():
+                if (problem := cik_file_problem(str(cik_path(name, link, state_dir)))) is not None:
+                    errors.add(("http_links", "links", name, "cik_file"), problem)
     mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
     if mqtt_links is None or http_links is None:
         return

@@ -1016,11 +1016,28 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(link.format(mode="exosite", path=cik_file), "http_links.links.m.cik_file",
                                 f"the gateway cannot write in {directory}, so the CIK activated for this link"
                                 " (once per serial) could not be saved")
-        self.assertOneError(link.format(mode="exosite", path=Path(self.write("")) / "x.cik"),
+        self.assertOneError(link.format(mode="exosite", path=Path(self.write("")).absolute() / "x.cik"),
                             "http_links.links.m.cik_file", "is not a directory")
         writable = Path(self.mktemp()).absolute() / "new" / "murano.cik"
         config.load(self.write(link.format(mode="exosite", path=writable)))
         config.load(self.write(link.format(mode="json", path=readonly / "murano.cik")))
+
+    def test_a_relative_cik_file_is_checked_where_the_link_keeps_it(self) -> None:
+        """A relative ``cik_file`` is under the state directory, where the link writes it: it is
+        checked there (it was checked from the current directory, so one in a state directory the
+        gateway cannot write passed, and one in a writable state directory was refused when the
+        current directory was not)."""
+        from tests.tmpfs import mount_tmpfs, remount_read_only
+
+        readonly = Path(self.mktemp()).absolute()
+        mount_tmpfs(self, readonly, "1m")
+        remount_read_only(readonly)
+        link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      cik_file: {path}\n"
+        self.assertOneError(f"gateway:\n  state_dir: '{readonly}'\n" + link.format(path="murano.cik"),
+                            "http_links.links.m.cik_file",
+                            f"the gateway cannot write in {readonly}, so the CIK activated for this link")
+        writable = Path(self.mktemp()).absolute()
+        config.load(self.write(f"gateway:\n  state_dir: '{writable}'\n" + link.format(path="links/murano.cik")))
 
     def test_a_cik_file_on_a_virtual_file_system_is_refused(self) -> None:
         """An exosite link's ``cik_file`` under /proc or /sys (or any of the kernel's virtual file
