@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import stat
 import sys
 import types
 import typing
@@ -23,6 +22,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
+from gateway.configdirectory import directory_problem
 from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem, podman_socket, socket_path_problem
 from gateway.errors import ConfigError
@@ -31,7 +31,8 @@ from gateway.shown import shown_key_path
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
-from gateway.links.http_settings import HTTPLinksSettings
+from gateway.links.cikplace import cik_path, volatile_cik_warnings
+from gateway.links.http_settings import HTTPLinksSettings, cik_file_problem
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
 from gateway.links.sharedsessions import shared_sessions
 from gateway.proxysettings import ProxySettings
@@ -117,19 +118,9 @@ class GatewaySettings:
             elif getattr(self, key) in (".", ".."):  # (a topic level, but a path segment that names another)
                 what, why = _DOT_NAMES[key]
                 yield (key,), f"must name {what}, not {getattr(self, key)!r}: {why}"
-        state = Path(self.state_dir).expanduser()
-        try:
-            not_a_directory = not stat.S_ISDIR(state.stat().st_mode)
-        except FileNotFoundError:  # (made at start)
-            return
-        except OSError as exc:
-            # A name over the file system's 255 bytes (ENAMETOOLONG), a loop of links (ELOOP), a
-            # file where a directory above it belongs (ENOTDIR): ``Path.exists`` called the last
-            # two absent, and the start ended in a traceback or a directory it could not make.
-            yield ("state_dir",), f"{str(state)!r} cannot be used: {exc.strerror or exc}"
-            return
-        if not_a_directory:
-            yield ("state_dir",), f"{str(state)!r} exists and is not a directory"
+        problem = directory_problem(Path(self.state_dir).expanduser())
+        if problem is not None:
+            yield ("state_dir",), problem
 
 
 @dataclass(frozen=True)
@@ -170,9 +161,11 @@ class Config:
     def warnings(self) -> list[str]:
         """What the configuration asks for that it may not mean, one line each, without refusing it
         (``--check-config`` prints them; the services concerned log them as they start): MQTT links
-        that share one cloud session (:mod:`gateway.links.sharedsessions`)."""
-        return [shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
-                                                          self.gateway.device_id)]
+        that share one cloud session (:mod:`gateway.links.sharedsessions`), Exosite links whose CIK
+        file a reboot loses (:mod:`gateway.links.cikplace`)."""
+        return ([shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
+                                                           self.gateway.device_id)]
+                + volatile_cik_warnings(self.http_links.links, self.state_dir))
 
 
 #: A section with its own parser: ``(raw YAML or None, errors) -> settings``.
@@ -604,8 +597,10 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
 def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,
                            failed: set[str]) -> None:
     """Checks that need two sections: a declared container named like a config program (one
-    name, one log file, for two apps); podman's default socket too long under the state directory; a link name in both link sections; a shadow link that
-    is no MQTT link.
+    name, one log file, for two apps); podman's default socket too long under the state directory;
+    a journal directory that cannot be one (relative: under the state directory); a relative
+    ``cik_file`` (under the state directory) where the CIK could not be saved; a link name in
+    both link sections; a shadow link that is no MQTT link.
 
     :param data: the merged configuration as read (the names in a section with problems of its
         own: links, programs, containers).
@@ -628,6 +623,18 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         if (problem := socket_path_problem(socket)) is not None:
             errors.add(("containers", "socket"), f"empty: its default {str(socket)!r} is too long ({problem}): "
                                                  "set a shorter containers.socket or gateway.state_dir")
+    if not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("journal", "directory"))):
+        # (relative: under the state directory, as the start takes it)
+        journal = Path(sections["gateway"].state_dir).expanduser().resolve() / sections["journal"].directory
+        if (problem := directory_problem(journal)) is not None:
+            errors.add(("journal", "directory"), problem)
+    if not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("http_links",))):
+        state_dir = Path(sections["gateway"].state_dir).expanduser().resolve()
+        for name, link in sections["http_links"].links.items():
+            # (an absolute one is checked with its link; a relative one is under the state directory)
+            if link.mode == "exosite" and link.cik_file and not Path(link.cik_file).is_absolute():
+                if (problem := cik_file_problem(str(cik_path(name, link, state_dir)))) is not None:
+                    errors.add(("http_links", "links", name, "cik_file"), problem)
     mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
     if mqtt_links is None or http_links is None:
         return

@@ -1016,11 +1016,28 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(link.format(mode="exosite", path=cik_file), "http_links.links.m.cik_file",
                                 f"the gateway cannot write in {directory}, so the CIK activated for this link"
                                 " (once per serial) could not be saved")
-        self.assertOneError(link.format(mode="exosite", path=Path(self.write("")) / "x.cik"),
+        self.assertOneError(link.format(mode="exosite", path=Path(self.write("")).absolute() / "x.cik"),
                             "http_links.links.m.cik_file", "is not a directory")
         writable = Path(self.mktemp()).absolute() / "new" / "murano.cik"
         config.load(self.write(link.format(mode="exosite", path=writable)))
         config.load(self.write(link.format(mode="json", path=readonly / "murano.cik")))
+
+    def test_a_relative_cik_file_is_checked_where_the_link_keeps_it(self) -> None:
+        """A relative ``cik_file`` is under the state directory, where the link writes it: it is
+        checked there (it was checked from the current directory, so one in a state directory the
+        gateway cannot write passed, and one in a writable state directory was refused when the
+        current directory was not)."""
+        from tests.tmpfs import mount_tmpfs, remount_read_only
+
+        readonly = Path(self.mktemp()).absolute()
+        mount_tmpfs(self, readonly, "1m")
+        remount_read_only(readonly)
+        link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      cik_file: {path}\n"
+        self.assertOneError(f"gateway:\n  state_dir: '{readonly}'\n" + link.format(path="murano.cik"),
+                            "http_links.links.m.cik_file",
+                            f"the gateway cannot write in {readonly}, so the CIK activated for this link")
+        writable = Path(self.mktemp()).absolute()
+        config.load(self.write(f"gateway:\n  state_dir: '{writable}'\n" + link.format(path="links/murano.cik")))
 
     def test_a_cik_file_on_a_virtual_file_system_is_refused(self) -> None:
         """An exosite link's ``cik_file`` under /proc or /sys (or any of the kernel's virtual file
@@ -1237,11 +1254,40 @@ class LoadCheckTests(SynchronousTestCase):
         (work / "a").symlink_to(work / "b")
         (work / "b").symlink_to(work / "a")
         (work / "file").write_text("")
-        for state, why in ((work / "a", "Too many levels of symbolic links"), (work / "file" / "sub", "Not a directory")):
+        (work / "gone").symlink_to(work / "nowhere")  # (mkdir does not follow it: File exists)
+        for state, why in ((work / "a", "Too many levels of symbolic links"), (work / "file" / "sub", "Not a directory"),
+                           (work / "gone", f"it is a symbolic link to {str(work / 'nowhere')!r}, which does not exist")):
             path, lines = self.errors(f"gateway:\n  state_dir: '{state}'\n")
             self.assertEqual(lines, [f"{path}: gateway.state_dir: '{state}' cannot be used: {why}"])
         fresh = config.load(self.write(f"gateway:\n  state_dir: '{work / 'new' / 'sub'}'\n"))  # (made at start)
         self.assertEqual(fresh.state_dir, work / "new" / "sub")
+
+    def test_journal_directory_the_system_refuses_to_look_at(self) -> None:
+        """A journal.directory that is a loop of symbolic links, lies under a file, or is a
+        symbolic link to nothing is one error under its key, as the state_dir is (through the
+        same check; a relative one is under the state directory): each passed the check, and the
+        start then said only "the journal directory cannot be made: [Errno 17] File exists"."""
+        work = Path(self.mktemp()).resolve()
+        (work / "state").mkdir(parents=True)
+        (work / "a").symlink_to(work / "b")
+        (work / "b").symlink_to(work / "a")
+        (work / "file").write_text("")
+        (work / "state" / "gone").symlink_to(work / "nowhere")
+        (work / "state" / "loop").symlink_to(work / "a")
+        for directory, shown, why in (
+                (work / "a", work / "a", "cannot be used: Too many levels of symbolic links"),
+                (work / "file" / "sub", work / "file" / "sub", "cannot be used: Not a directory"),
+                ("loop", work / "state" / "loop", "cannot be used: Too many levels of symbolic links"),
+                ("gone", work / "state" / "gone",
+                 f"cannot be used: it is a symbolic link to {str(work / 'nowhere')!r}, which does not exist"),
+                (work / "file", work / "file", "exists and is not a directory")):
+            path, lines = self.errors(f"gateway:\n  state_dir: '{work / 'state'}'\njournal:\n  directory: '{directory}'\n")
+            self.assertEqual(lines, [f"{path}: journal.directory: '{shown}' {why}"])
+        fresh = config.load(self.write(f"gateway:\n  state_dir: '{work / 'state'}'\njournal:\n  directory: new/sub\n"))
+        self.assertEqual(fresh.journal.directory, "new/sub")  # (made at start)
+        path, lines = self.errors(f"gateway:\n  state_dir: '{work / 'a'}'\njournal:\n  directory: sub\n")
+        self.assertEqual(lines, [f"{path}: gateway.state_dir: '{work / 'a'}' cannot be used: Too many levels of"
+                                 " symbolic links"])  # (its journal is not looked for under it)
 
     def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
         """A value of the wrong kind is named as the YAML was written (the text, the number,

@@ -78,7 +78,7 @@ class AppsInterfaceTests(SynchronousTestCase):
         [(name, program)] = example["apps"][0].items()
         snapshot = AppsSnapshot(example["version"], (AppSnapshot(
             name=name, app=program["app"], version=program["version"], status=program["status"],
-            pid=program["pid"], uptime_s=float(program["uptime"]), exitstatus=program["exitstatus"],
+            pid=program["pid"], uptime_s=program["uptime"], exitstatus=program["exitstatus"],
             restarts=program["restarts"]),))
         self.assertEqual(resolve(names[0])(snapshot), example)
 

@@ -65,6 +65,21 @@ class BrokerKeysTests(SynchronousTestCase):
             settings, errors = parse(persistent_client_expiration=value)
             self.assertEqual((errors, settings.persistent_client_expiration), ([], seconds), value)
 
+    def test_the_forms_both_pages_refuse(self) -> None:
+        """broker.md and configuration.md name the same forms (configuration.md did not name
+        ``<n>s``, which the parser takes), and the ones they say are refused are: a quoted number,
+        an upper-case unit, a space, a fraction with a unit; fractions of seconds are taken."""
+        config_md = PAGE.with_name("configuration.md").read_text()
+        [row] = [line for line in config_md.splitlines() if line.startswith("| `persistent_client_expiration` |")]
+        forms = ("`<n>h`", "`d`", "`w`", "`m` (30 days)", "`y` (365 days)", "`<n>s`", "`0`: no expiry",
+                 "a quoted `\"90\"` is refused", "`7D`, `7 d`, `1.5h` are refused")
+        for meaning in (row, table()["persistent_client_expiration"][1]):
+            for form in forms:
+                self.assertIn(form, meaning)
+        for value in ("90", "7D", "7 d", "1.5h", "-1h", "+1h", "h"):
+            self.assertEqual(len(parse(persistent_client_expiration=value)[1]), 1, value)
+        self.assertEqual(parse(persistent_client_expiration=1.5)[0].persistent_client_expiration, 1.5)
+
     def test_amqtts_session_expiry_interval_only_when_the_key_is_absent(self) -> None:
         self.assertIn("amqtt's `session_expiry_interval` (seconds) is used when this key is absent",
                       table()["persistent_client_expiration"][1])

@@ -253,8 +253,8 @@ class ContainerReportDocTests(SynchronousTestCase):
         fields = {"kind" if f == "kind: container" else f for f in re.findall(r"`([^`]+)`", listed.group(1))}
         fields -= {"uptime_s", "GET /apps"}
         snapshot = AppsSnapshot(version="0.1.0", apps=(AppSnapshot(
-            "sensor", "sensor", "1.2", "RUNNING", 4242, 61.6, None, 0, kind="container", image="img",
+            "sensor", "sensor", "1.2", "RUNNING", 4242, 62, None, 0, kind="container", image="img",
             image_digest="sha256:0", error=""),))
         [entry] = engine_report(snapshot)["apps"]
         self.assertEqual((fields | {"error"}) - set(entry["sensor"]), set())
-        self.assertEqual(entry["sensor"]["uptime"], 62)
+        self.assertEqual(entry["sensor"]["uptime"], 62)  # (whole seconds already: ContainerStatus.uptime)

@@ -15,7 +15,7 @@ import sys
 import time
 TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable, Mapping
 
 from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
@@ -393,6 +393,14 @@ def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
     return OK
 
 
+def _print_warnings(args: argparse.Namespace, result: Mapping[str, Any]) -> None:
+    """Without ``--json``, the ``warnings`` of a config check's or apply's answer, each a
+    ``warning: ...`` line on stderr (``check-config``'s); a gateway older than the key sends none."""
+    if not args.json:
+        for line in result.get("warnings", ()):
+            print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
     """config get KEY | check KEY=VALUE... | set KEY VALUE | apply KEY=VALUE..."""
     if args.action == "get":
@@ -400,9 +408,7 @@ def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
                     lambda r: json.dumps(r["value"]) if not isinstance(r["value"], str) else r["value"])
     if args.action == "check":
         result = client.post("/config/check", {"changes": _changes(args)})
-        if not args.json:
-            for line in result.get("warnings", ()):  # (a gateway older than the key sends none)
-                print(f"warning: {line}", file=sys.stderr)
+        _print_warnings(args, result)
         _out(args, result, lambda r: "configuration OK" if r["valid"] else
              "invalid configuration:\n" + "\n".join(f"  {e}" for e in r["errors"]))
         return OK if result["valid"] else ERROR
@@ -412,6 +418,7 @@ def cmd_config(client: AdminClient, args: argparse.Namespace) -> int:
         changes = _changes(args)
     body: dict[str, Any] = {"changes": changes, "confirm_within": args.confirm_within}
     result = client.post("/config/apply", body, timeout=None)
+    _print_warnings(args, result)
 
     def human(r: Any) -> str:
         text = "applied; restarted: " + (", ".join(r.get("restarted") or ()) or "nothing")

@@ -238,7 +238,7 @@ class GatewayCommands:
     def config_set(self, request: CommandRequest) -> "Deferred[Reply]":
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
         change is applied next and confirmed or reverted within ``confirm_window`` (reported
-        on ``report_topic``). 400 lists every configuration error (the change is reported
+        on ``report_topic``); the reply carries the new configuration's ``warnings``. 400 lists every configuration error (the change is reported
         refused); 409 while another change is under way, or once the gateway's stop has begun;
         500 saying why when the check cannot be run (reported refused too)."""
         args = request.args(("key", "value", "changes"))
@@ -272,7 +272,7 @@ class GatewayCommands:
             applied.addErrback(lambda f: self.log.failure("config change by {origin} not applied", f,
                                                           origin=origin))
             return Reply(202, {"keys": sorted(changes), "confirmWithin": window,
-                               "reportTopic": self.settings.report_topic})
+                               "reportTopic": self.settings.report_topic, "warnings": list(outcome.warnings)})
 
         def not_checked(failure: Failure) -> NoReturn:
             failure.trap(ConfigCheckError)

@@ -82,6 +82,9 @@ class ApplyResult:
         but the services did not start with it: the previous configuration was restored).
     :ivar required_links: with a ``confirm_deadline``, the links that confirm it once all are
         up again (those connected when it was made); empty: any one link up confirms it.
+    :ivar warnings: when applied, what the new configuration asks for that it may not mean (its
+        check's :attr:`~gateway.commands.dropin.CheckOutcome.warnings`, as ``--check-config``
+        prints them); else empty.
     """
 
     applied: bool
@@ -90,6 +93,7 @@ class ApplyResult:
     confirm_deadline: float | None
     outcome: Literal["applied", "invalid", "not_written", "not_checked", "not_started"]
     required_links: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -487,8 +491,9 @@ class ConfigChanger(Service):
             text = dropin.dropin_text(changes, previous)
             config = self.config
             taken = dropin.hosted_names_taken(changes, self._hosted_apps())
-            outcome = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
-            errors = outcome.errors + taken
+            checked = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
+            outcome = checked.with_errors(taken)
+            errors = outcome.errors
         except ConfigKeyError as exc:
             errors = [str(exc)]
         except ConfigError as exc:
@@ -538,7 +543,7 @@ class ConfigChanger(Service):
         if pending is not None:
             self._watch()
         return ApplyResult(True, (), tuple(restarted), deadline, "applied",
-                           pending.required_links if pending else ())
+                           pending.required_links if pending else (), tuple(outcome.warnings))
 
     def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
         """Report a change refused for the errors its whole configuration would have: what

@@ -41,7 +41,8 @@ def cik_file_problem(cik_file: str) -> str | None:
     ``/etc`` is read-only but for ``/etc/gateway/conf.d``; and not on one of the kernel's virtual
     file systems (``/proc``, ``/sys``: root passes the writability check there).
 
-    :param cik_file: the configured path (relative: to the working directory).
+    :param cik_file: the path the link writes (a configured relative one is taken from the state
+        directory: :func:`gateway.links.cikplace.cik_path`).
     """
     directory = Path(cik_file).parent
     while not directory.exists() and directory != directory.parent:
@@ -140,7 +141,10 @@ class HTTPLinkSettings:
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem
-        problem = cik_file_problem(self.cik_file) if self.mode == "exosite" and self.cik_file else None
+        # (a relative one is under the state directory, as the link takes it: checked with it, in
+        # gateway.config)
+        problem = (cik_file_problem(self.cik_file) if self.mode == "exosite" and Path(self.cik_file).is_absolute()
+                   else None)
         if problem is not None:
             yield ("cik_file",), problem
         if self.backoff_max < self.backoff_initial:

@@ -26,6 +26,7 @@ from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings
+from gateway.links.cikplace import cik_path, volatile_cik_warnings
 from gateway.links.sharedsessions import shared_sessions
 from gateway.links.snapshot import LinksSnapshot, links_cursor_failing
 from gateway.journal.errors import JournalClosedError
@@ -188,6 +189,8 @@ class LinksService(Service):
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         self._tell_leftover_streams()
         self._tell_default_device_id()
+        for warning in volatile_cik_warnings(self.http_settings.links, self.state_dir):
+            self.log.warn("{problem}", problem=warning)
         if self.links and self.durable_gate is not None:
             self.durable_gate.install(self.persist_many, self.router.routes)
         self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, request_handler(self._thing_request))
@@ -250,14 +253,12 @@ class LinksService(Service):
     def _http_link(self, name: str, settings: HTTPLinkSettings) -> HTTPLink:
         if self.http_client is None:
             raise ValueError(f"link {name}: no HTTP client given for HTTP links")
-        cik_path = Path(settings.cik_file) if settings.cik_file else self.state_dir / "links" / f"{name}.cik"
-        if not cik_path.is_absolute():
-            cik_path = self.state_dir / cik_path
 
         from gateway.links.httplink import HTTPLink
 
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
-                        self._publish_local, self._link_status, cik_path, in_reactor_threads(self.reactor),
+                        self._publish_local, self._link_status, cik_path(name, settings, self.state_dir),
+                        in_reactor_threads(self.reactor),
                         self.retry_policy,
                         self._cloud_value)
 

@@ -17,7 +17,7 @@ def engine_report(apps: AppsSnapshot) -> dict[str, Any]:
     """
     return {
         "version": apps.version,
-        "apps": [{a.name: {"app": a.app, "version": a.version, "status": a.status, "uptime": round(a.uptime_s),
+        "apps": [{a.name: {"app": a.app, "version": a.version, "status": a.status, "uptime": a.uptime_s,
                            "exitstatus": a.exitstatus, "pid": a.pid, "restarts": a.restarts,
                            **_extra(a)}}
                  for a in apps.apps],

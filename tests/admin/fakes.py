@@ -244,6 +244,7 @@ class ApplyResult:
     restarted: tuple[str, ...]
     confirm_deadline: float | None
     outcome: str
+    warnings: tuple[str, ...] = ()
 
 
 class FakeConfigChanger:
@@ -262,8 +263,11 @@ class FakeConfigChanger:
 
     def check(self, changes: Mapping[str, Any]) -> Deferred[CheckOutcome]:
         errors = self._errors(changes)
-        return succeed(CheckOutcome(errors, [] if errors else [f"{k}: {v!r} may not be meant" for k, v in
-                                                              changes.items() if v == "doubtful"]))
+        return succeed(CheckOutcome(errors, [] if errors else self._warnings(changes)))
+
+    @staticmethod
+    def _warnings(changes: Mapping[str, Any]) -> list[str]:
+        return [f"{k}: {v!r} may not be meant" for k, v in changes.items() if v == "doubtful"]
 
     def _errors(self, changes: Mapping[str, Any]) -> list[str]:
         return [f"<remote>: {k}: unknown key" for k in changes if k not in self.values]
@@ -279,7 +283,8 @@ class FakeConfigChanger:
             return succeed(self.fails)
         self.applied.append((dict(changes), confirm_within, origin))
         self.values.update(changes)
-        return succeed(ApplyResult(True, (), ("links",), 1120.0 if confirm_within else None, "applied"))
+        return succeed(ApplyResult(True, (), ("links",), 1120.0 if confirm_within else None, "applied",
+                                   warnings=tuple(self._warnings(changes))))
 
     def pending(self) -> Any:
         return None

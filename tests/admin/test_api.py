@@ -1048,8 +1048,14 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         h = Harness(self)
         r = h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "gw2"}, "confirm_within": 30})
         self.assertEqual(r.status, 200)
-        self.assertEqual(r.json()["restarted"], ["links"])
+        self.assertEqual((r.json()["restarted"], r.json()["warnings"]), (["links"], []))
         self.assertEqual(h.config.applied, [({"gateway.device_id": "gw2"}, 30.0, "admin")])
+
+    def test_config_apply_says_what_the_change_may_not_mean(self) -> None:
+        """An applied change's answer carries the warnings of its check, as ``/config/check``'s
+        does (docs/admin.md; it had none)."""
+        r = Harness(self).call("POST", "/config/apply", {"changes": {"gateway.device_id": "doubtful"}})
+        self.assertEqual((r.status, r.json()["warnings"]), (200, ["gateway.device_id: 'doubtful' may not be meant"]))
 
     def test_config_apply_refusals(self) -> None:
         """Invalid changes are 400 listing every error; a pending change 409; a bad window 400."""

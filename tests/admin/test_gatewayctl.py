@@ -600,6 +600,25 @@ class ConfigCheckWarningTests(SynchronousTestCase):
             else:
                 self.assertEqual(out.getvalue(), out_text, argv)
 
+    def test_an_applied_change_prints_its_warnings_too(self) -> None:
+        """``config set`` and ``config apply`` print the apply's ``warnings`` as ``config check``
+        does (``warning: ...`` on stderr before the result); they printed none."""
+        answer = {"applied": True, "errors": [], "restarted": ["links"], "confirm_deadline": None,
+                  "outcome": "applied", "required_links": [], "warnings": ["links a and b share a session"]}
+
+        class Client:
+            def post(self, path: str, body: Any, timeout: Any = None) -> Any:
+                assert path == "/config/apply", path
+                return answer
+
+        for argv in (["config", "set", "a", "1"], ["config", "apply", "a=1"]):
+            out, err = io.StringIO(), io.StringIO()
+            self.patch(sys, "stdout", out)
+            self.patch(sys, "stderr", err)
+            self.assertEqual(cmd_config(Client(), build_parser().parse_args(argv)), 0)  # type: ignore[arg-type]
+            self.assertEqual((out.getvalue(), err.getvalue()),
+                             ("applied; restarted: links\n", "warning: links a and b share a session\n"), argv)
+
 
 class ArgumentOrderTests(SynchronousTestCase):
     """Every command takes its options anywhere: before, between or after its positionals,

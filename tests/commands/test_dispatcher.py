@@ -351,7 +351,8 @@ class FakeChanger:
     def check(self, changes: Mapping[str, Any]) -> Deferred[CheckOutcome]:
         return succeed(CheckOutcome([f"{k}: bad" for k, v in changes.items() if v == "bad"]
                                     + [f"f.yaml: {k}: must be a string, not {v!r}" for k, v in changes.items()
-                                       if isinstance(v, list)]))
+                                       if isinstance(v, list)],
+                                    [f"{k} shares a session" for k, v in changes.items() if v == "shared"]))
 
     def refusal(self) -> str | None:
         return self.refused
@@ -547,11 +548,18 @@ class GatewayCommandsTests(SynchronousTestCase):
                                      "f.yaml: x.port: must be a string, not ['80']"], "remote:r")])
         reply = self.command("config.set", {"key": "a.b", "value": 5}, request_id="r-9")
         self.assertEqual(reply, Reply(202, {"keys": ["a.b"], "confirmWithin": 60.0,
-                                            "reportTopic": "edge/gateway/config/lastChange"}))
+                                            "reportTopic": "edge/gateway/config/lastChange", "warnings": []}))
         # under way at once, begun on the next turn (after the reply): ConfigChanger.apply's next_turn
         self.assertEqual(self.changer.applied, [({"a.b": 5}, 60.0, "remote:r-9", True)])
         reply = self.command("config.set", {"key": "a.b", "value": 6})
         self.assertEqual(reply, Reply(409, {"error": "a change is being applied"}))
+
+    def test_config_set_says_what_the_change_may_not_mean(self) -> None:
+        """The 202 of a change its check warns about carries the check's ``warnings`` (two links
+        sharing one cloud session), as ``POST /config/check`` does: it carried none, and the
+        cloud learnt of them only from the links' log, on the gateway (docs/commands.md)."""
+        reply = self.command("config.set", {"changes": {"links.links.b.endpoint": "shared", "a.c": 1}})
+        self.assertEqual((reply.status, reply.body["warnings"]), (202, ["links.links.b.endpoint shares a session"]))
 
     def test_restart(self) -> None:
         """restart is accepted with 202 and says how the gateway comes back."""

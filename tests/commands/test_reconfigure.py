@@ -204,6 +204,12 @@ class ApplyTests(SynchronousTestCase):
         invalid = self.successResultOf(self.h.changer.check({**changes, "gateway.log_level": "loud"}))
         self.assertEqual((len(invalid.errors), invalid.warnings), (1, []))
         self.assertEqual(self.successResultOf(self.h.changer.check({"gateway.log_level": "warn"})).warnings, [])
+        # the apply's result carries them too (POST /config/apply answers it): it carried none
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.outcome, list(result.warnings)), ("applied", outcome.warnings))
+        # (of the resulting configuration: a later change that leaves the links sharing still says so)
+        result = self.successResultOf(self.h.changer.apply({"gateway.log_level": "warn"}))
+        self.assertEqual((result.outcome, list(result.warnings)), ("applied", outcome.warnings))
 
     def test_a_key_a_later_dropin_sets_is_refused(self) -> None:
         """A drop-in that sorts after 90-remote.yaml (95-site.yaml) is merged last and wins: a
