@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from gateway import jsontext
+from gateway.browserguard import BrowserGuard
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
 from gateway.shown import shown, shown_repr
@@ -174,23 +175,29 @@ class Router(Resource):
     :param token: when set (the TCP endpoint), every request must carry
         ``Authorization: Bearer <token>``; a GET of ``/`` may give it as ``?token=``
         instead, so a browser can open the status page.
+    :param guard: refuses cross-site browser requests (403), before the token is looked at.
     """
 
     isLeaf = True
 
-    def __init__(self, routes: list[RouteSpec], token: bytes | None = None) -> None:
+    def __init__(self, routes: list[RouteSpec], token: bytes | None, guard: BrowserGuard) -> None:
         super().__init__()
         self.routes = [Route(m.encode(), tuple(p.strip("/").split("/")) if p != "/" else ("",), h, frozenset(q))
                        for m, p, h, q in routes]
         self.token = token
+        self.guard = guard
 
     def render(self, request: Any) -> Any:
-        """Authenticate, find the route, run it and answer (errors as JSON)."""
+        """Refuse a cross-site browser request, authenticate, find the route, run it and
+        answer (errors as JSON)."""
         # Not at import: the site that renders has imported twisted.web.server already,
         # an idle gateway has not (gateway.lazysite).
         from twisted.web.server import NOT_DONE_YET
 
         try:
+            refusal = self.guard.refusal(request)
+            if refusal is not None:
+                raise ApiError(403, refusal)
             self._authenticate(request)
             route, params = self._find(request)
             problem = refused_query(request, route.query_keys)
