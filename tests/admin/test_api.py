@@ -1232,6 +1232,33 @@ class BrowserTests(SynchronousTestCase):
                                 headers={"Authorization": "Bearer " + TOKEN.decode(), "Origin": "http://localhost",
                                          "Sec-Fetch-Site": "same-origin"}).status, 200)
 
+    def test_every_answer_forbids_framing_sniffing_and_referers(self) -> None:
+        """The status page, JSON answers and errors carry X-Frame-Options: DENY, nosniff,
+        Referrer-Policy: no-referrer (the page's URL holds its token) and a policy loading
+        nothing; the page's allows its own <style> alone, by hash."""
+        import base64
+        import hashlib
+
+        from gateway.admin.statuspage import STYLE
+
+        h = Harness(self)
+        for path, token in (("/?token=" + TOKEN.decode(), TOKEN), ("/status", None), ("/nowhere", None),
+                            ("/status", TOKEN)):
+            r = h.call("GET", path, token=token)
+            self.assertEqual((r.headers["x-frame-options"], r.headers["x-content-type-options"],
+                              r.headers["referrer-policy"]), ("DENY", "nosniff", "no-referrer"), path)
+            policy = r.headers["content-security-policy"]
+            self.assertIn("default-src 'none'", policy)
+            self.assertIn("frame-ancestors 'none'", policy)
+        page = h.call("GET", "/")
+        style = "'sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode() + "'"
+        self.assertEqual(page.headers["content-security-policy"],
+                         f"default-src 'none'; style-src {style}; frame-ancestors 'none'; base-uri 'none';"
+                         " form-action 'none'")
+        self.assertIn(f"<style>{STYLE}</style>".encode(), page.body)
+        self.assertNotIn(b"<script", page.body)
+        self.assertNotIn(b"style=", page.body)
+
 
 class StatusPageTests(SynchronousTestCase):
     """GET / renders the page from the snapshots and the depth history."""
