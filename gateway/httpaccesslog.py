@@ -19,6 +19,8 @@ from twisted.logger import Logger
 from twisted.python import log as legacy_log
 from twisted.web.http import datetimeToLogString
 
+from gateway.browserguard import refused_here
+
 #: Formats one access log line: ``(date as twisted.web writes it, request) -> line``.
 AccessLine = Callable[[str, Any], str]
 
@@ -60,8 +62,10 @@ class DatedWhenLogged:
     def log(self, request: Any) -> None:
         """Log one line for ``request``, dated now (nothing without :attr:`access_line`): a
         change or an error at info level, as twisted.web does, a routine read only at debug
-        level, and only when :func:`log_routine_reads` says so."""
-        if self.access_line is None:
+        level, and only when :func:`log_routine_reads` says so; a cross-site browser request
+        refused is no line either: its guard's line, at most one per interval, stands for it
+        (:class:`~gateway.browserguard.BrowserGuard`)."""
+        if self.access_line is None or refused_here(request):
             return
         if not routine_read(request):
             legacy_log.logfile.write(self.access_line(datetimeToLogString(self.reactor.seconds()), request) + "\n")

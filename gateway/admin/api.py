@@ -26,7 +26,7 @@ from gateway.shown import shown_repr
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
 from gateway.admin.router import STREAMING, Handler, Raw, RouteSpec, query, read_object
 from gateway.admin.settings import AdminSettings
-from gateway.admin.statuspage import render_page
+from gateway.admin.statuspage import PAGE_POLICY, render_page
 from gateway.apps.errors import UnknownAppError
 from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
@@ -225,7 +225,7 @@ class AdminApi:
         pending = self.backends.config.pending() if self.backends.config is not None else None
         html = render_page(readside, self.history, steady_seconds(self.clock), self.settings.page_refresh,
                            pending)
-        return Raw(html, "text/html; charset=utf-8")
+        return Raw(html, "text/html; charset=utf-8", policy=PAGE_POLICY)
 
     def app_status(self, request: Any, name: str) -> Any:
         """``GET /apps/NAME``: the status of an app's programs (404 when unknown). ``GET

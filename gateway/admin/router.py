@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from gateway import jsontext
+from gateway.browserguard import BrowserGuard
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
 from gateway.shown import shown, shown_repr
@@ -37,6 +38,15 @@ Handler = Callable[..., Any]
 RouteSpec = tuple[str, str, Handler, Collection[str]]
 #: Why a query key a route that takes none is refused (after the key's name).
 NO_QUERY_KEYS = "this route takes no query keys"
+#: The headers of every answer, against a page of another site that frames or reads it: no
+#: framing, no content but what its type says, no Referer (the status page's URL holds its
+#: token), and a policy that loads nothing (the status page has one of its own, :class:`Raw`).
+BROWSER_HEADERS = {
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"no-referrer",
+    b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+}
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,13 @@ class Raw:
     :param body: the bytes to send.
     :param content_type: its media type.
     :param status: the HTTP status.
+    :param policy: its ``Content-Security-Policy``, when it loads more than nothing (an HTML page).
     """
 
     body: bytes
     content_type: str
     status: int = 200
+    policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,23 +186,31 @@ class Router(Resource):
     :param token: when set (the TCP endpoint), every request must carry
         ``Authorization: Bearer <token>``; a GET of ``/`` may give it as ``?token=``
         instead, so a browser can open the status page.
+    :param guard: refuses cross-site browser requests (403), before the token is looked at.
     """
 
     isLeaf = True
 
-    def __init__(self, routes: list[RouteSpec], token: bytes | None = None) -> None:
+    def __init__(self, routes: list[RouteSpec], token: bytes | None, guard: BrowserGuard) -> None:
         super().__init__()
         self.routes = [Route(m.encode(), tuple(p.strip("/").split("/")) if p != "/" else ("",), h, frozenset(q))
                        for m, p, h, q in routes]
         self.token = token
+        self.guard = guard
 
     def render(self, request: Any) -> Any:
-        """Authenticate, find the route, run it and answer (errors as JSON)."""
+        """Refuse a cross-site browser request, authenticate, find the route, run it and
+        answer (errors as JSON); every answer carries :data:`BROWSER_HEADERS`."""
         # Not at import: the site that renders has imported twisted.web.server already,
         # an idle gateway has not (gateway.lazysite).
         from twisted.web.server import NOT_DONE_YET
 
+        for name, value in BROWSER_HEADERS.items():
+            request.setHeader(name, value)
         try:
+            refusal = self.guard.refusal(request)
+            if refusal is not None:
+                raise ApiError(403, refusal)
             self._authenticate(request)
             route, params = self._find(request)
             problem = refused_query(request, route.query_keys)
@@ -249,6 +269,8 @@ class Router(Resource):
             request.setResponseCode(result.status)
             request.setHeader(b"content-type", result.content_type.encode())
             request.setHeader(b"cache-control", b"no-store")
+            if result.policy is not None:
+                request.setHeader(b"content-security-policy", result.policy.encode())
             request.write(result.body)
             request.finish()
             return

@@ -144,13 +144,15 @@ class AdminService(Service):
         """
         from gateway.admin.request import bounded_request_factory
         from gateway.admin.router import Router
+        from gateway.browserguard import BrowserGuard
         from gateway.closingsite import ClosingSite
         from gateway.fdreserve import DescriptorReserve
 
         request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking, token)
         # On TCP (token), devices may reach it: it keeps the descriptor reserve from them; the unix
         # socket, the operator's way in, may use the reserve.
-        site = ClosingSite(Router(self.api.routes(), token), access_log_line, requestFactory=request_factory,
+        guard = BrowserGuard("admin API", lambda: steady_seconds(self.reactor))
+        site = ClosingSite(Router(self.api.routes(), token, guard), access_log_line, requestFactory=request_factory,
                            listener="admin API", reserve=DescriptorReserve() if token is not None else None)
         site.displayTracebacks = False
         site.noisy = False

@@ -4,6 +4,8 @@ reloads itself."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from html import escape
 from typing import Any, Iterable
@@ -21,6 +23,12 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f0
 .up{color:#186a1e;font-weight:600}.down{color:#a11;font-weight:600}.muted{color:#777}
 svg.spark{vertical-align:middle}progress{width:10em}
 """
+#: The page's ``Content-Security-Policy``: its one ``<style>`` element (by its hash), nothing
+#: else: no scripts, images, fonts, frames, forms or connections; it is framed by no page.
+#: (Its inline SVG is markup, its refresh a ``<meta>``: neither needs a source.)
+PAGE_POLICY = ("default-src 'none'; style-src 'sha256-"
+               + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+               + "'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
 def sparkline(series: list[tuple[float, int]], now: float, window: float,

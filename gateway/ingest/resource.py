@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 
+from gateway.browserguard import BrowserGuard
 from gateway.clockstep import steady_seconds
 from gateway.mqtt.topics import has_wildcard, valid_topic
 from gateway.errors import JournalError
@@ -107,15 +108,21 @@ class DeviceAPIResource(Resource):
         self.device = device
         self.stats = IngestStats()
         self._refusal_lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
+        self.guard = BrowserGuard("ingest", partial(steady_seconds, clock))
 
     # -- dispatch ---------------------------------------------------------------------------
 
     def render(self, request: Request) -> Any:
         """Route by path and method; every answer is sent from :meth:`_answer`. HEAD is served
-        where GET is, as GET (Twisted's request sends the headers of the answer, not its body)."""
+        where GET is, as GET (Twisted's request sends the headers of the answer, not its body).
+        A cross-site browser request is answered 403 before anything else
+        (:mod:`gateway.browserguard`)."""
         path = request.path
         method = b"GET" if request.method == b"HEAD" else request.method
         try:
+            refusal = self.guard.refusal(request)
+            if refusal is not None:
+                raise RequestError(403, refusal)
             # (".../alias/" read as ".../alias"; POSTed, it is a record without its alias: 400)
             if path == STACK or (path == STACK + b"/" and method != b"POST"):
                 if method == b"POST":

@@ -12,6 +12,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 
+from gateway.browserguard import BrowserGuard
+from gateway.clockstep import steady_seconds
 from gateway.fdreserve import DescriptorReserve
 from gateway.httpaccesslog import DatedWhenLogged
 from gateway.httpchannels import ClosesChannels
@@ -23,9 +25,11 @@ log = Logger()
 
 class MetricsRequest(http.Request):
     """One request: ``GET``/``HEAD /metrics`` gets the page for its ``Accept`` header;
-    another path 404, another method 405."""
+    another path 404, another method 405; a cross-site browser request, whatever its path
+    and method, 403 (:mod:`gateway.browserguard`)."""
 
     render_page: Renderer  # set on the subclass :class:`MetricsFactory` makes
+    guard: BrowserGuard  # ... and the guard of its listener
 
     def gotLength(self, length: int | None) -> None:
         """The page takes no body: hold none (an empty in-memory one)."""
@@ -37,6 +41,10 @@ class MetricsRequest(http.Request):
 
     def process(self) -> None:
         """Answer the request and finish it."""
+        refusal = self.guard.refusal(self)
+        if refusal is not None:
+            self._answer(http.FORBIDDEN, f"{refusal}\n".encode(), "text/plain; charset=utf-8")
+            return
         path = self.path.split(b"?", 1)[0]
         if path != b"/metrics":
             self._answer(http.NOT_FOUND, b"not found: try /metrics\n", "text/plain; charset=utf-8")
@@ -79,7 +87,9 @@ class MetricsFactory(DatedWhenLogged, ClosesChannels, http.HTTPFactory):
     def __init__(self, render: Renderer, reactor: IReactorTime | None = None,
                  reserve: DescriptorReserve | None = None) -> None:
         super().__init__(reactor=reactor, listener="metrics", reserve=reserve or DescriptorReserve())
-        self.request_class = type("BoundMetricsRequest", (MetricsRequest,), {"render_page": staticmethod(render)})
+        guard = BrowserGuard("metrics", lambda: steady_seconds(self.reactor))
+        self.request_class = type("BoundMetricsRequest", (MetricsRequest,),
+                                  {"render_page": staticmethod(render), "guard": guard})
 
     def buildProtocol(self, addr: Any) -> Any:
         """An HTTP channel making this factory's requests (``None`` to keep the descriptor reserve)."""

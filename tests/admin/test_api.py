@@ -1197,6 +1197,75 @@ class TokenTests(SynchronousTestCase):
         self.assertIsNone(h.site(None).reserve_refusals)
 
 
+class BrowserTests(SynchronousTestCase):
+    """A web page the operator opens cannot drive the admin API through the browser, nor frame
+    the status page or read its token from a Referer."""
+
+    def test_cross_site_browser_requests_are_403_and_do_nothing(self) -> None:
+        """A request whose Origin is not the API's own, or whose Sec-Fetch-Site is cross-site
+        or same-site, is 403 saying why (before the token is looked at: with it or without),
+        nothing done; one access log line does not come per request, but the guard's warning
+        at most once per 10 s."""
+        h = Harness(self)
+        events = capture_log_events(self)
+        bearer = {"Authorization": "Bearer " + TOKEN.decode()}
+        tcp, unix = h.site(TOKEN), h.site(None)  # (each listener's site, and its guard, made once)
+        for site, headers in ((tcp, {"Origin": "http://evil.example"}), (tcp, dict(bearer, Origin="http://127.0.0.1:3000")),
+                              (tcp, {"Sec-Fetch-Site": "cross-site"}), (unix, {"Sec-Fetch-Site": "same-site"})):
+            r = request(site, "POST", "/apps/hello/stop", b"", headers)
+            self.assertEqual(r.status, 403, headers)
+            self.assertTrue(r.json()["error"].startswith("cross-site browser requests are refused: "), r.body)
+        r = request(tcp, "GET", "/?token=" + TOKEN.decode(), b"", {"Sec-Fetch-Site": "cross-site"})
+        self.assertEqual((r.status, r.json()), (403, {"error": "cross-site browser requests are refused:"
+                                                                " Sec-Fetch-Site: cross-site"}))
+        self.assertEqual(h.apps.calls, [])
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual([line for line in lines if "POST /apps/hello/stop" in line and "403" in line], [])
+        self.assertEqual([line for line in lines if "cross-site browser request refused" in line],
+                         [f"admin API: cross-site browser request refused: POST /apps/hello/stop: {why} (1 refused"
+                          " since the last such line; logged at most once every 10 s while they go on)"
+                          for why in ("Origin http://evil.example is not this listener's (http://localhost)",
+                                      "Sec-Fetch-Site: same-site")])
+
+    def test_the_operators_own_requests_pass(self) -> None:
+        """gatewayctl and curl send no Origin; the page the API serves itself, opened by its
+        address, sends its own origin (or Sec-Fetch-Site: none): all served as before."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/apps/hello/stop").status, 200)
+        self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN,
+                                headers={"Sec-Fetch-Site": "none"}).status, 200)
+        self.assertEqual(h.call("POST", "/apps/hello/stop", token=TOKEN,
+                                headers={"Authorization": "Bearer " + TOKEN.decode(), "Origin": "http://localhost",
+                                         "Sec-Fetch-Site": "same-origin"}).status, 200)
+
+    def test_every_answer_forbids_framing_sniffing_and_referers(self) -> None:
+        """The status page, JSON answers and errors carry X-Frame-Options: DENY, nosniff,
+        Referrer-Policy: no-referrer (the page's URL holds its token) and a policy loading
+        nothing; the page's allows its own <style> alone, by hash."""
+        import base64
+        import hashlib
+
+        from gateway.admin.statuspage import STYLE
+
+        h = Harness(self)
+        for path, token in (("/?token=" + TOKEN.decode(), TOKEN), ("/status", None), ("/nowhere", None),
+                            ("/status", TOKEN)):
+            r = h.call("GET", path, token=token)
+            self.assertEqual((r.headers["x-frame-options"], r.headers["x-content-type-options"],
+                              r.headers["referrer-policy"]), ("DENY", "nosniff", "no-referrer"), path)
+            policy = r.headers["content-security-policy"]
+            self.assertIn("default-src 'none'", policy)
+            self.assertIn("frame-ancestors 'none'", policy)
+        page = h.call("GET", "/")
+        style = "'sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode() + "'"
+        self.assertEqual(page.headers["content-security-policy"],
+                         f"default-src 'none'; style-src {style}; frame-ancestors 'none'; base-uri 'none';"
+                         " form-action 'none'")
+        self.assertIn(f"<style>{STYLE}</style>".encode(), page.body)
+        self.assertNotIn(b"<script", page.body)
+        self.assertNotIn(b"style=", page.body)
+
+
 class StatusPageTests(SynchronousTestCase):
     """GET / renders the page from the snapshots and the depth history."""
 

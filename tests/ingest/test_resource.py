@@ -302,6 +302,45 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.write(b"c=3", dict(FORM, **{"X-Exosite-VMS": "acme box sn43"}))[0], 204)
         self.assertEqual(self.router.stored[-1][0], "telemetry/sn43/c")
 
+    def test_a_web_pages_form_post_activates_nothing(self) -> None:
+        """A page the operator opened could make the browser POST a form (no CORS preflight)
+        to /provision/activate, activating serials until max_devices refused the real devices.
+        A request whose Origin is not the ingest's own, or whose Sec-Fetch-Site is cross-site
+        or same-site, is 403 saying why, and nothing is activated, stored or read."""
+        activate = b"vendor=acme&model=box&sn=sn42"
+        for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                        {"Origin": "http://localhost:3000", "Sec-Fetch-Site": "same-site"},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            code, body, _ = self.call("POST", "/provision/activate", activate, dict(FORM, **headers))
+            self.assertEqual((code, body.split(b":")[0]), (403, b"cross-site browser requests are refused"), headers)
+            self.assertEqual(body.count(b"\n"), 1)
+            code, body, _ = self.write(b"a=1", dict(FORM, **{"X-Exosite-CIK": CIK}, **headers))
+            self.assertEqual(code, 403, headers)
+        self.assertEqual((self.identities.devices, self.router.stored, self.resource.stats.bad), ({}, [], 8))
+        code, body, _ = self.call("POST", "/provision/activate", activate, dict(FORM, Origin="http://evil.example"))
+        self.assertEqual(body, b"cross-site browser requests are refused: Origin http://evil.example is not this"
+                               b" listener's (http://localhost:8090)\n")
+
+    def test_a_page_of_the_ingests_own_origin_and_clients_without_browser_headers_pass(self) -> None:
+        """Clients send no Origin (gmq clients, apps, containers naming the host as they
+        will): unchanged; a browser request whose Origin is the ingest's own passes too."""
+        self.assertEqual(self.write(b"a=1", dict(FORM, **{"X-Exosite-CIK": CIK, "Host": "host.containers.internal"}))[0],
+                         204)
+        self.assertEqual(self.write(b"a=2", dict(FORM, **{"X-Exosite-CIK": CIK, "Origin": "http://localhost:8090",
+                                                          "Sec-Fetch-Site": "same-origin"}))[0], 204)
+        self.assertEqual(len(self.router.stored), 2)
+
+    def test_a_cors_preflight_gets_no_allow_headers(self) -> None:
+        """A browser's preflight (OPTIONS, with its Origin) is 403 like the request it asks
+        for; without an Origin, OPTIONS is 405 as before; neither says Access-Control-Allow-*."""
+        preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "x-exosite-cik"}
+        for headers, status in ((preflight, 403), ({}, 405)):
+            code, _, answer = self.call("OPTIONS", "/onep:v1/stack/alias", None, headers)
+            self.assertEqual(code, status)
+            self.assertEqual([name for name, _ in answer.getAllRawHeaders() if name.lower().startswith(b"access-control")],
+                             [])
+
     def test_a_serial_that_is_no_topic_level_is_refused(self) -> None:
         """{device} is one level of the topic: a serial holding '/' wrote as another device
         (``a/b`` under telemetry/{device}/{alias} is device ``a``'s alias ``b/t``), one holding

@@ -386,6 +386,40 @@ class MetricsRequestTests(SynchronousTestCase):
         channel.connectionLost(None)
 
 
+    def test_a_cross_site_browser_request_is_403(self) -> None:
+        """A page the operator opened could read the metrics through the browser: a request
+        whose Origin is not the endpoint's own, or that says Sec-Fetch-Site: cross-site or
+        same-site, is 403 saying why, the page not rendered; a scraper's (no Origin), or one of
+        the endpoint's own origin, is served."""
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from gateway.telemetry.metricspage import MetricsFactory
+
+        rendered: list[str] = []
+        factory = MetricsFactory(lambda accept: (rendered.append(accept), (b"page\n", "text/plain"))[1], Clock())
+        channel = factory.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+
+        def get(*headers: bytes) -> bytes:
+            transport.clear()
+            channel.dataReceived(b"\r\n".join((b"GET /metrics HTTP/1.1", b"Host: 127.0.0.1:9883") + headers)
+                                 + b"\r\n\r\n")
+            return transport.value()
+
+        answer = get(b"Origin: http://evil.example")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer[:60])
+        self.assertTrue(answer.endswith(b"\r\n\r\ncross-site browser requests are refused: Origin http://evil.example"
+                                        b" is not this listener's (http://127.0.0.1:9883)\n"), answer)
+        self.assertTrue(get(b"Sec-Fetch-Site: same-site").startswith(b"HTTP/1.1 403 "))
+        self.assertEqual(rendered, [])
+        self.assertTrue(get().startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(get(b"Origin: http://127.0.0.1:9883", b"Sec-Fetch-Site: same-origin").startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(len(rendered), 2)
+        channel.connectionLost(None)
+
+
 class EndpointTests(TestCase):
     """/metrics on the configured Twisted endpoint: the ``metrics`` service, serving the
     telemetry service's page."""
