@@ -91,6 +91,15 @@ class StreamReader:
                            " {start}-{end} were deleted after its last save (acknowledged but not saved yet,"
                            " or dropped: a drop is in the loss report)",
                            stream=s.name, cursor=name, first=first, start=start + 1, end=first - 1)
+            dropped_below = s.ledger.dropped_below
+            if start + 1 < dropped_below:
+                # (a crash or power cut after the limits dropped the last segment, before its
+                # file went, as it does once the next one is on disk: counted lost, never read)
+                s.log.warn("journal {stream}: cursor {cursor} resumes at seq {next}: seqs {start}-{end} were"
+                           " dropped before a crash or power cut (counted in the loss report already)",
+                           stream=s.name, cursor=name, next=dropped_below, start=start + 1, end=dropped_below - 1)
+                start, ranges = merge_ranges(dropped_below - 1, [], ranges, last)
+                self.cursors[name] = Cursor(name, start, ranges, saved=acked)
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` at the oldest retained record unless it exists. A file the
@@ -292,7 +301,9 @@ class StreamReader:
         """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
         memory, above its acknowledged seq too), in order: all of them when there is no cursor.
         Seqs a reader counted lost as it passed them (the ledger's
-        :attr:`~gateway.journal.losses.LossLedger.passed`) are in none: they are counted."""
+        :attr:`~gateway.journal.losses.LossLedger.passed`), and those the limits dropped (below
+        its :attr:`~gateway.journal.losses.LossLedger.dropped_below`), are in none: they are counted."""
+        first = max(first, self.stream.ledger.dropped_below)  # (those below were dropped, and counted)
         if not self.cursors:
             runs = [(first, last)] if first <= last else []
         else:

@@ -205,8 +205,9 @@ class Stream:
     def first_kept_seq(self) -> int:
         """The seq of the oldest record the stream still holds (:attr:`next_seq` when it holds
         none): the records below it are gone, acknowledged by every cursor (their segments
-        deleted) or dropped by the stream's limits."""
-        return self.segments[0].first_seq if self.segments else self.next_seq
+        deleted) or dropped by the stream's limits (a last segment dropped whole, whose file a
+        crash left, included: :attr:`~gateway.journal.losses.LossLedger.dropped_below`)."""
+        return max(self.segments[0].first_seq if self.segments else self.next_seq, self.ledger.dropped_below)
 
     # -- opening and closing ------------------------------------------------------
 

@@ -743,6 +743,47 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(set(said), {"journal s: deleting 1 segments (seqs 1-10) that a crash or power cut left after"
                                      " they were dropped (counted in the loss report already)"})  # (a cut or two)
 
+    def test_a_power_cut_never_brings_a_dropped_last_segment_back(self) -> None:
+        """docs/journal.md: the last segment, dropped whole to make room under a lowered
+        max_bytes, goes once the next one is on disk; a power cut before that leaves it, its
+        drop counted. Cut after any I/O job, with a cursor or none: the reopened stream gives
+        its cursor none of its records, and counts none of them again."""
+        for cursor in (True, False):
+            files = PowerCutFiles()
+            s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME))
+            if cursor:
+                self.successResultOf(s.cursor("link"))
+            for i in range(1, 26):
+                self.successResultOf(appended(s, record(i)))
+            settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
+            runner = ManualRunner()
+            s = Stream("s", DIR, settings, files, runner, Clock())
+            s.open()
+            runner.drain()
+            d = appended(s, record(26))
+            cuts, said = 0, []
+            while True:
+                cut = copy.deepcopy(files)
+                cut.cut()
+                cuts += 1
+                with capturedLogs() as events:
+                    reopened = open_stream(cut, settings)
+                said += [formatEvent(e) for e in events if "dropped before a crash" in formatEvent(e)]
+                self.assertNotIn(reopened.first_kept_seq, _dropped(reopened), cuts)  # (the twin reads it)
+                if cursor:
+                    got = self.successResultOf(reopened.read("link", max_records=1))
+                    self.assertNotIn(got[0].seq if got else None, _dropped(reopened), cuts)
+                for _ in range(10):  # at the bound: each append drops again
+                    self.successResultOf(appended(reopened, record(reopened.next_seq)))
+                seqs = _dropped(reopened)
+                self.assertEqual(len(seqs), len(set(seqs)), (cursor, cuts))
+                if not runner.step():
+                    break
+            self.assertEqual(self.successResultOf(d), 26)
+            self.assertEqual(set(said), {"journal s: cursor link resumes at seq 26: seqs 1-25 were dropped before"
+                                         " a crash or power cut (counted in the loss report already)"}
+                             if cursor else set())
+
     def test_a_drop_mark_beyond_the_segments_deletes_none(self) -> None:
         """A ledger whose ``dropped_below`` is past the stream's next seq belongs to segments
         removed from outside (the stream numbers from 1 again): the open deletes nothing (it
