@@ -6,6 +6,7 @@ import asyncio
 import errno
 import copy
 import os
+from typing import Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -34,6 +35,22 @@ def _dropped(stream: Stream) -> list[int]:
     """The seqs of ``stream``'s max-bytes losses, each as often as an entry counts it."""
     return [seq for e in stream.loss_report().entries if e.reason == "max-bytes"
             for seq in range(e.first_seq, e.last_seq + 1)]
+
+
+def _reopened_after_each_job(files: PowerCutFiles, settings: StreamSettings, runner: ManualRunner,
+                             said: list[str], phrase: str) -> Iterator[Stream]:
+    """The stream in ``files`` reopened after a power cut before ``runner``'s next I/O job, then
+    after each job it runs, until none is left; the lines each open logs holding ``phrase`` are
+    added to ``said``."""
+    while True:
+        cut = copy.deepcopy(files)
+        cut.cut()
+        with capturedLogs() as events:
+            reopened = open_stream(cut, settings)
+        said += [formatEvent(e) for e in events if phrase in formatEvent(e)]
+        yield reopened
+        if not runner.step():
+            return
 
 
 class GroupCommitTests(SynchronousTestCase):
@@ -722,14 +739,9 @@ class OverflowTests(SynchronousTestCase):
         no dropped record (they were sent again), and its own drops at the bound count each seq
         once (they counted the segment that came back twice)."""
         files, settings, runner, d = self._dropping_at_the_bound()
-        cuts, said = 0, []
-        while True:
-            cut = copy.deepcopy(files)
-            cut.cut()
-            cuts += 1
-            with capturedLogs() as events:
-                reopened = open_stream(cut, settings)
-            said += [formatEvent(e) for e in events if "that a crash or power cut left" in formatEvent(e)]
+        said: list[str] = []
+        for cuts, reopened in enumerate(_reopened_after_each_job(files, settings, runner, said,
+                                                                 "that a crash or power cut left")):
             first = self.successResultOf(reopened.read("link", max_records=1))[0].seq
             self.assertNotIn(first, _dropped(reopened), cuts)
             for _ in range(10):  # at the bound: each append drops again
@@ -737,8 +749,6 @@ class OverflowTests(SynchronousTestCase):
             entries = [e for e in reopened.loss_report().entries if e.reason == "max-bytes"]
             seqs = _dropped(reopened)
             self.assertEqual((sum(e.records for e in entries), len(set(seqs))), (len(seqs), len(seqs)), cuts)
-            if not runner.step():
-                break
         self.assertEqual(self.successResultOf(d), 26)
         self.assertEqual(set(said), {"journal s: deleting 1 segments (seqs 1-10) that a crash or power cut left after"
                                      " they were dropped (counted in the loss report already)"})  # (a cut or two)
@@ -761,14 +771,9 @@ class OverflowTests(SynchronousTestCase):
             s.open()
             runner.drain()
             d = appended(s, record(26))
-            cuts, said = 0, []
-            while True:
-                cut = copy.deepcopy(files)
-                cut.cut()
-                cuts += 1
-                with capturedLogs() as events:
-                    reopened = open_stream(cut, settings)
-                said += [formatEvent(e) for e in events if "dropped before a crash" in formatEvent(e)]
+            said: list[str] = []
+            for cuts, reopened in enumerate(_reopened_after_each_job(files, settings, runner, said,
+                                                                     "dropped before a crash")):
                 self.assertNotIn(reopened.first_kept_seq, _dropped(reopened), cuts)  # (the twin reads it)
                 if cursor:
                     got = self.successResultOf(reopened.read("link", max_records=1))
@@ -777,8 +782,6 @@ class OverflowTests(SynchronousTestCase):
                     self.successResultOf(appended(reopened, record(reopened.next_seq)))
                 seqs = _dropped(reopened)
                 self.assertEqual(len(seqs), len(set(seqs)), (cursor, cuts))
-                if not runner.step():
-                    break
             self.assertEqual(self.successResultOf(d), 26)
             self.assertEqual(set(said), {"journal s: cursor link resumes at seq 26: seqs 1-25 were dropped before"
                                          " a crash or power cut (counted in the loss report already)"}
