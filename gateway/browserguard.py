@@ -33,7 +33,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MARK = "cross_site_refused"
 
 
-def _origin(text: str) -> tuple[str, str, int] | None:
+def origin_parts(text: str) -> tuple[str, str, int] | None:
     """``(scheme, host, port)`` of ``scheme://host[:port]`` (host in lower case, an IPv6
     address without its brackets), or None for anything else (``null``, a path, a bad port)."""
     try:
@@ -62,10 +62,10 @@ def cross_site(request: Any) -> str | None:
         return None
     scheme = "https" if request.isSecure() else "http"
     host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
-    own = _origin(f"{scheme}://{host}") if host else None
+    own = origin_parts(f"{scheme}://{host}") if host else None
     for raw in origins:
         text = raw.decode("latin-1").strip()
-        if own is None or _origin(text) != own:
+        if own is None or origin_parts(text) != own:
             where = f"{scheme}://{host}" if host else "a request without Host"
             return f"Origin {shown(text)} is not this listener's ({shown(where)})"
     return None
@@ -101,9 +101,17 @@ class BrowserGuard:
         if why is None:
             return None
         setattr(request, _MARK, True)
+        return self.refused(f"{request.method.decode('latin-1')} {shown(request.path.decode('latin-1'))}", why)
+
+    def refused(self, what: str, why: str) -> str:
+        """Note that ``what`` was refused for ``why`` (logged, throttled) and return the one-line
+        reason to answer it with.
+
+        :param what: what was refused, as the log line names it (``POST /apps/NAME/stop``).
+        :param why: why, as :func:`cross_site` says it.
+        """
         count = self._lines.note()
         if count is not None:
-            self.log.warn("{listener}: cross-site browser request refused: {method} {path}: {why} ({since})",
-                          listener=self.listener, method=request.method.decode("latin-1"),
-                          path=shown(request.path.decode("latin-1")), why=why, since=refused_since(count))
+            self.log.warn("{listener}: cross-site browser request refused: {what}: {why} ({since})",
+                          listener=self.listener, what=what, why=why, since=refused_since(count))
         return f"{REFUSED}: {why}"

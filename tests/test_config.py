@@ -489,10 +489,39 @@ class ConfigTests(SynchronousTestCase):
                           "    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n"
                           "    other:\n      bind: 127.0.0.1:1884\n      max-connections: 5\n      bnid: x\n")
         self.assertEqual(self.errors(path), [
-            f"{path}: broker.listeners.default.colour: unknown key (known: bind, cadata, cafile, capath, certfile, "
-            "endpoint, keyfile, max_connections, reader, require_client_cert, ssl, type, writer)",
-            f"{path}: broker.listeners.other.bnid: unknown key (known: bind, cadata, cafile, capath, certfile, "
-            "endpoint, keyfile, max_connections, reader, require_client_cert, ssl, type, writer)"])
+            f"{path}: broker.listeners.default.colour: unknown key (known: "
+            "allowed_origins, bind, cadata, cafile, capath, certfile, endpoint, keyfile, max_connections, reader, "
+            "require_client_cert, ssl, type, writer)",
+            f"{path}: broker.listeners.other.bnid: unknown key (known: "
+            "allowed_origins, bind, cadata, cafile, capath, certfile, endpoint, keyfile, max_connections, reader, "
+            "require_client_cert, ssl, type, writer)"])
+
+    def test_allowed_origins_of_a_websocket_listener(self) -> None:
+        """A ``type: ws`` listener takes ``allowed_origins`` (``allowed-origins`` too): a list of
+        ``scheme://host[:port]``, ``*`` or ``null``; each wrong entry is an error under its index
+        (a path, a missing scheme, a bad port, a newline, a number), a value that is not a list is
+        one, and so is the key on a listener that is not a WebSocket one (no browser sends it an
+        Origin)."""
+        loaded = config.load(self.write(
+            "broker:\n  listeners:\n    ws:\n      type: ws\n      bind: 127.0.0.1:9001\n"
+            "      allowed_origins: ['https://dash.example', 'http://[::1]:8080', 'null']\n"
+            "    any:\n      type: ws\n      bind: 127.0.0.1:9002\n      allowed-origins: ['*']\n"))
+        self.assertEqual([listener.allowed_origins for listener in loaded.broker.listeners],
+                         [("https://dash.example", "http://[::1]:8080", "null"), ("*",)])
+        path = self.write(
+            "broker:\n  listeners:\n    ws:\n      type: ws\n      bind: 127.0.0.1:9001\n"
+            "      allowed_origins: ['http://dash.example/', 'dash.example', 'http://a:99999', \"http://a\\nb\", 8080,"
+            " 'ftp://a', 'http://dash.example:8080']\n"
+            "    other:\n      type: ws\n      bind: 127.0.0.1:9002\n      allowed_origins: '*'\n"
+            "    default:\n      bind: 127.0.0.1:1883\n      allowed_origins: ['*']\n")
+        errors = self.errors(path)
+        where = f"{path}: broker.listeners"
+        self.assertEqual([line.split(": must")[0].split(": only")[0] for line in errors],
+                         [f"{where}.ws.allowed_origins.{index}" for index in range(6)]
+                         + [f"{where}.other.allowed_origins", f"{where}.default.allowed_origins"])
+        self.assertTrue(errors[0].endswith("(pages opened from files), not the text 'http://dash.example/'"), errors[0])
+        self.assertIn("must be a list of origins (scheme://host[:port]), or ['*'] for any, not the text '*'", errors[6])
+        self.assertIn("only a websocket listener (type: ws) checks the Origin of browser pages", errors[7])
 
     def test_bad_endpoint_string(self) -> None:
         """An endpoint string Twisted cannot parse is an error at load time."""

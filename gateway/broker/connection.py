@@ -592,6 +592,8 @@ class MQTTListenerFactory(Factory):
         self.violations = 0
         self.topics_too_deep = 0
         self.refused_full = 0  # connections closed (on accept, or at CONNECT) because the listener was full
+        #: WebSocket handshakes refused (403) for their Origin (gateway.broker.wsorigin)
+        self.origins_refused = 0
         self.bytes_received = 0
         #: bytes handed to the clients' sockets: every packet, resends and acknowledgements too
         self.bytes_sent = 0

@@ -371,7 +371,7 @@ class BrokerService(Service):
         served: Any = factory
         if listener.websocket:
             from gateway.broker.websocket import MQTTWebSocketFactory  # autobahn: only for ws listeners
-            served = MQTTWebSocketFactory(factory)
+            served = MQTTWebSocketFactory(factory, listener.allowed_origins)
         try:
             endpoint = parse_endpoint(listener)(self.reactor)
             d = listen_past_stale_lock(lambda: endpoint.listen(served))
@@ -398,7 +398,8 @@ class BrokerService(Service):
                 len(factory.connections) if factory is not None else 0,
                 factory.bytes_received if factory is not None else 0,
                 factory.violations if factory is not None else 0,
-                factory.bytes_sent if factory is not None else 0))
+                factory.bytes_sent if factory is not None else 0,
+                factory.origins_refused if factory is not None else 0))
         now = self.reactor.seconds()
         certificates = tuple(at(info, now) for info in self.certificates)
         too_deep = sum(factory.topics_too_deep for factory in self.factories.values())

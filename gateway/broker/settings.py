@@ -27,6 +27,7 @@ from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_L
 from gateway.broker.outbox import DEFAULT_MAX_QUEUED_TOTAL, OVERFLOW_POLICIES
 from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
+from gateway.broker.wsorigin import entry_problem
 from gateway.configtext import key_problem, nul_problems, text_problem
 from gateway.endpointstrings import split_description
 from gateway.journal.record import MAX_BODY, MAX_MESSAGE
@@ -80,6 +81,9 @@ class ListenerSettings:
     :ivar require_client_cert: refuse TLS clients that present no valid certificate.
     :ivar max_connections: connections served at once; more are closed on accept (0: no limit).
     :ivar websocket: MQTT over WebSocket (``type: ws``) rather than over the bare stream.
+    :ivar allowed_origins: the browser pages' origins a WebSocket listener takes besides its
+        own host's (:mod:`gateway.broker.wsorigin`): ``scheme://host[:port]``, ``*`` (any) or
+        ``null`` (pages opened from files).
     """
 
     name: str
@@ -88,6 +92,7 @@ class ListenerSettings:
     require_client_cert: bool = False
     max_connections: int = 0
     websocket: bool = False
+    allowed_origins: tuple[str, ...] = ()
 
 
 def client_address(listener: ListenerSettings) -> str:
@@ -281,13 +286,33 @@ LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
 IGNORED_LISTENER_KEYS = ("capath", "cadata", "reader", "writer")
 #: Every key a listener takes: amqtt's (its ``ListenerConfig``) and the gateway's.
 LISTENER_KEYS = ("type", "bind", "max_connections", "ssl", "cafile", "certfile", "keyfile", "endpoint",
-                 "require_client_cert") + IGNORED_LISTENER_KEYS
+                 "require_client_cert", "allowed_origins") + IGNORED_LISTENER_KEYS
 #: Every key the section takes: the gateway's, and amqtt's (its ``BrokerConfig``; ``topic-check``
 #: as amqtt reads it, and ``topic_check``, its field's name, is read as that). Any other is one
 #: error under its own key (amqtt's check named them all in one line under plain ``broker:``).
 BROKER_KEYS = UNDERSCORED_KEYS + ("listeners", "plugins", "auth", "topic-check")
 #: The same as :data:`DASHED_KEYS` for a listener's keys (hbmqtt's ``max-connections``).
 DASHED_LISTENER_KEYS = {key.replace("_", "-"): key for key in LISTENER_KEYS if "_" in key}
+
+
+def _allowed_origins(value: Any, websocket: bool, path: tuple[str, ...], errors: ErrorSink) -> tuple[str, ...]:
+    """A listener's ``allowed_origins`` (``value``; None when not given), each wrong entry an
+    error under its index; only a WebSocket listener takes it (browsers send an ``Origin``)."""
+    if value is None:
+        return ()
+    path = path + ("allowed_origins",)
+    if not websocket:
+        errors.add(path, "only a websocket listener (type: ws) checks the Origin of browser pages")
+        return ()
+    if not isinstance(value, list):
+        errors.add(path, f"must be a list of origins (scheme://host[:port]), or ['*'] for any, not "
+                         f"{jsontext.given(value)}")
+        return ()
+    problems = [(index, entry_problem(entry)) for index, entry in enumerate(value)]
+    for index, problem in problems:
+        if problem is not None:
+            errors.add(path + (str(index),), f"{problem}, not {jsontext.given(value[index])}")
+    return tuple(str(entry) for entry in value)
 
 
 def _is_path(value: Any) -> bool:
@@ -604,6 +629,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         endpoint = listener.pop("endpoint", None)
         require = listener.pop("require_client_cert", False)
         websocket = listener.get("type", "tcp") == "ws"
+        allowed_origins = _allowed_origins(listener.pop("allowed_origins", None), websocket, path, errors)
         if websocket and endpoint is None and "bind" not in listener:
             errors.add(path + ("bind",), "a websocket listener needs bind (host:port) or endpoint")
             continue
@@ -646,7 +672,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         if require and not cafile and "caCertsDir=" not in endpoint and "cafile=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
         ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
-                                     websocket))
+                                     websocket, allowed_origins))
         keys_written[str(name)] = written
         # (the TLS files are checked by _check_endpoint, under the keys written: amqtt's check
         # would name a missing one a second time, under plain ``broker:``)

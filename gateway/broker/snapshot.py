@@ -24,6 +24,8 @@ class ListenerSnapshot:
     :param violations: connections closed for breaking the protocol.
     :param bytes_sent: bytes written to its clients: every packet, deliveries resent with DUP
         and acknowledgements too (Twisted-owned listeners).
+    :param origins_refused: WebSocket handshakes of browser pages refused (HTTP 403) for their
+        ``Origin`` (``type: ws`` listeners: ``allowed_origins``).
     """
 
     name: str
@@ -33,6 +35,7 @@ class ListenerSnapshot:
     bytes_received: int
     violations: int
     bytes_sent: int = 0
+    origins_refused: int = 0
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ stream (a packet may span messages, a message may hold several packets), fed to 
 the CONNECT deadline, keep-alive and back-pressure are the same. The MQTT connection is
 made with the TCP connection: the CONNECT deadline covers the WebSocket handshake too. The WebSocket
 subprotocol is ``mqtt`` (or ``mqttv3.1``) when the client asks for one; a client that asks
-only for others is refused with HTTP 406. Any ``Origin`` is accepted (a browser page's, from
-any site or a file; one written in a form autobahn cannot parse, too: see
+only for others is refused with HTTP 406. A browser page's handshake whose ``Origin`` the
+listener's ``allowed_origins`` does not take is refused with HTTP 403
+(:mod:`gateway.broker.wsorigin`), logged as the HTTP listeners log theirs
+(:class:`~gateway.browserguard.BrowserGuard`); autobahn never reads ``Origin`` (see
 :func:`without_origin`). A text message breaks the MQTT-over-WebSocket
 rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
 lets an application send no other code below 3000). An opening handshake (its HTTP request
@@ -17,6 +19,7 @@ no limit, appending each chunk to it and searching the whole for its end.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -26,7 +29,11 @@ from twisted.python.failure import Failure
 
 from gateway.addresses import address_text
 from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+from gateway.broker.wsorigin import ORIGIN_HEADERS, AllowedOrigins
+from gateway.browserguard import BrowserGuard
+from gateway.clockstep import steady_seconds
 from gateway.logbridge import set_autobahn_level
+from gateway.shown import shown
 
 set_autobahn_level()  # (autobahn is imported here, with a ws listener: its lines at the gateway's level)
 
@@ -38,15 +45,11 @@ BINARY_ONLY = "MQTT goes in binary messages"
 MAX_HANDSHAKE = 16384
 
 
-#: The headers that name a browser page's origin (RFC 6455's, and its drafts').
-ORIGIN_HEADERS = (b"origin", b"sec-websocket-origin")
-
-
 def without_origin(head: bytes) -> bytes:
     """An opening handshake's head without its ``Origin`` headers (and their continuation
-    lines). Any origin is accepted, so autobahn need not read it; it refused with HTTP 400 one
-    it could not parse, as paho-mqtt writes for an IPv6 address (``http://::1:8083``), and one
-    sent twice."""
+    lines). The listener checks the origin itself (:class:`~gateway.broker.wsorigin.AllowedOrigins`),
+    so autobahn need not read it; it refused with HTTP 400 one it could not parse, as paho-mqtt
+    writes for an IPv6 address (``http://::1:8083``), and one sent twice."""
     kept: list[bytes] = []
     dropping = False
     for line in head.split(b"\r\n"):
@@ -58,6 +61,13 @@ def without_origin(head: bytes) -> bytes:
         if not dropping:
             kept.append(line)
     return b"\r\n".join(kept)
+
+
+def status_text(text: str) -> str:
+    """``text`` as an HTTP status line may carry it: printable ASCII, anything else escaped
+    (``\\x0b``, ``\\xe9``), so that what a client sent cannot break the line."""
+    return "".join(ch if " " <= ch <= "~" else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
+                   for ch in text)
 
 
 class WebSocketStream:
@@ -147,7 +157,8 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         may send right after it) is over :data:`MAX_HANDSHAKE` bytes, with HTTP 431, before
         autobahn handles it, whether it comes whole or without end; what comes once it is
         refused is dropped. The head goes to autobahn once whole (autobahn waits for its end
-        too), without its ``Origin`` headers (:func:`without_origin`)."""
+        too), without its ``Origin`` headers (:func:`without_origin`), unless its ``Origin`` is
+        refused (HTTP 403)."""
         if self._refused:
             return
         if self._head is not None and self.state == self.STATE_CONNECTING:
@@ -159,8 +170,13 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
                 return
             if end < 0:
                 return
-            data = without_origin(self._head[:end + 4]) + self._head[end + 4:]
-            self._head = None
+            whole, self._head = self._head, None
+            head, rest = whole[:end + 4], whole[end + 4:]
+            why = self.factory.origins.refusal(head)
+            if why is not None:
+                self._refuse_origin(head, why)
+                return
+            data = without_origin(head) + rest
         super().dataReceived(data)
 
     def _refuse(self) -> None:
@@ -174,6 +190,19 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         self.factory.mqtt.violation(f"closing {address_text(tcp.getPeer())}: a WebSocket opening handshake"
                                     f" over {MAX_HANDSHAKE} bytes")
         self.sendHttpErrorResponse(431, f"Request Header Fields Too Large (over {MAX_HANDSHAKE} bytes)")
+        tcp.loseConnection()
+
+    def _refuse_origin(self, head: bytes, why: str) -> None:
+        """Answer 403 to a browser page's handshake whose ``Origin`` is refused, and close:
+        counted in the listener's ``origins_refused``, logged by its guard (throttled)."""
+        self._refused = True
+        tcp = self.transport
+        assert tcp is not None
+        self.factory.mqtt.origins_refused += 1
+        target = head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[0].decode("latin-1")  # ("GET /mqtt")
+        reason = self.factory.guard.refused(f"WebSocket {status_text(shown(target))} from "
+                                            f"{address_text(tcp.getPeer())}", status_text(why))
+        self.sendHttpErrorResponse(403, reason)
         tcp.loseConnection()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
@@ -237,17 +266,21 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     protocol = MQTTWebSocketProtocol  # type: ignore[assignment]
     noisy = False  # (no "Starting factory <... object at 0x...>" line: the listener's own line says it)
 
-    def __init__(self, mqtt: MQTTListenerFactory) -> None:
+    def __init__(self, mqtt: MQTTListenerFactory, allowed_origins: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.mqtt = mqtt
+        #: which browser pages' handshakes are taken (the listener's ``allowed_origins``)
+        self.origins = AllowedOrigins(allowed_origins)
+        #: logs the handshakes refused for their ``Origin``, at most once per interval
+        self.guard = BrowserGuard(f"listener {mqtt.listener_name}", partial(steady_seconds, mqtt.clock))
         # Messages are not gathered (MQTTWebSocketProtocol feeds their bytes on as they come),
         # so autobahn's size limits stay off: a message may hold several packets (MQTT 3.1.1
         # §6), and the MQTT framer refuses one over max_packet_size, counted as over TCP.
         # autobahn's own timers are off: the MQTT connection's CONNECT deadline and keep-alive
         # cover the handshake and the silence, and a close ends in an abort at worst.
-        # Any Origin is accepted: the CONNECT's credentials decide, as for any client. A page
-        # opened from a file has the origin "null" (autobahn takes "file://" for it), which
-        # setProtocolOptions refuses unless told (its allowNullOrigin defaults to False).
+        # autobahn never sees an Origin (without_origin): the listener checks it itself. Told
+        # nothing, autobahn would refuse a page opened from a file (allowNullOrigin defaults to
+        # False; it takes "file://" for the origin "null") whatever allowed_origins says.
         self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, allowNullOrigin=True)
 
     def buildProtocol(self, addr: Any) -> Any:

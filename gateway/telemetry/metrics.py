@@ -186,13 +186,17 @@ class GatewayCollector(Collector):
                         ["listener"])
         written = _counter("gateway_broker_listener_sent_bytes_total",
                            "Bytes written to clients per listener (every packet, resends too)", ["listener"])
+        refused = _counter("gateway_broker_listener_origins_refused_total",
+                           "WebSocket handshakes refused for their Origin per listener", ["listener"])
         for listener in b.listeners:
             connections.add_metric([listener.name], listener.connections)
             read.add_metric([listener.name], listener.bytes_received)
             written.add_metric([listener.name], listener.bytes_sent)
+            refused.add_metric([listener.name], listener.origins_refused)
         yield connections
         yield read
         yield written
+        yield refused
 
     def _journal(self) -> Iterator[Metric]:
         journal = self.readside.journal()

@@ -1,6 +1,6 @@
 """MQTT.js, the client browser dashboards and Node services use, against a real ``twistd
 gateway``: a dashboard over WebSocket (``type: ws`` listener, as a page opened from a file,
-``Origin: null``) and a device over TCP (tests/broker/mqttjs_interop.js; docs/broker.md,
+``Origin: null``, which its ``allowed_origins`` lists) and a device over TCP (tests/broker/mqttjs_interop.js; docs/broker.md,
 "Client libraries")."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class MQTTjsTests(TestCase):
         config.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{tcp}:interface=127.0.0.1'\n"
-            f"    ws:\n      type: ws\n      bind: 127.0.0.1:{ws}\n"
+            f"    ws:\n      type: ws\n      bind: 127.0.0.1:{ws}\n      allowed_origins: ['null']\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"    amqtt.plugins.authentication.FileAuthPlugin: {{password_file: {work / 'passwd'}}}\n"
             "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n")

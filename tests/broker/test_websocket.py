@@ -1,6 +1,8 @@
 """MQTT over WebSocket (``type: ws`` listeners) beside TCP ones, on autobahn."""
 
 
+from typing import Any
+
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.address import IPv4Address
@@ -39,10 +41,11 @@ class WebsocketListenerTests(TestCase):
         self.assertEqual((yield browser.next_message()).payload, b"22")
 
 
-def handshake(port: int, protocols: str, origin: str | None = None) -> bytes:
+def handshake(port: int, protocols: str, origin: str | None = None, host: str = "127.0.0.1") -> bytes:
     """A WebSocket opening handshake asking for ``protocols``, from a browser page of
-    ``origin`` (the ``Origin`` header; none, as non-browser clients send it, when ``None``)."""
-    return (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    ``origin`` (the ``Origin`` header; none, as non-browser clients send it, when ``None``), to
+    ``host:port`` (its ``Host`` header)."""
+    return (f"GET /mqtt HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + (f"Origin: {origin}\r\n" if origin is not None else "")
             + f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode()
@@ -88,18 +91,19 @@ class WebsocketRulesTests(TestCase):
         self.assertTrue(client.received.startswith(b"HTTP/1.1 406"), client.received[:60])
 
     @inlineCallbacks
-    def test_any_origin_is_accepted(self):
-        """A browser page's WebSocket is accepted whatever its ``Origin``: a page served from
-        anywhere, and one opened from a file (browsers send ``null``, some app WebViews
-        ``file://``); the CONNECT's credentials decide, as for any client. (The null origin got
-        HTTP 400 from autobahn.) So is one autobahn cannot parse: paho-mqtt writes an IPv6
-        address without brackets, ``http://::1:8083``, which got HTTP 400 ('HTTP Origin header
-        invalid'), as did an Origin sent twice."""
-        service, port = yield self.start()
-        for origin in ("http://dashboard.example:8080", "null", "file://", f"http://::1:{port}",
-                       "http://a.example\r\nOrigin: http://b.example"):
-            client = yield raw_connect(reactor, port)
-            client.transport.write(handshake(port, "mqtt", origin))
+    def test_a_page_of_another_site_is_refused_an_allowed_one_is_served(self):
+        """A browser page's WebSocket whose ``Origin`` is neither the listener's host nor in its
+        ``allowed_origins`` gets HTTP 403 with the reason and is closed, counted in the snapshot
+        (it was served: any web page the operator opened could publish on the local topics that
+        drive the gateway); a listed one is served, whatever autobahn made of it (one sent twice
+        got HTTP 400 from autobahn)."""
+        ws_port = free_port()
+        service = yield start_broker(self, reactor, {
+            "listeners": {"ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}",
+                                 "allowed_origins": ["http://dashboard.example:8080"]}}, "plugins": ANONYMOUS})
+        for origin in ("http://dashboard.example:8080", "http://dashboard.example:8080\r\nOrigin: http://127.0.0.1"):
+            client = yield raw_connect(reactor, ws_port)
+            client.transport.write(handshake(ws_port, "mqtt", origin))
             yield eventually(reactor, lambda: b"\r\n\r\n" in client.received or client.lost.called)
             self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), (origin, client.received[:80]))
             client.received = b""
@@ -107,6 +111,15 @@ class WebsocketRulesTests(TestCase):
             yield eventually(reactor, lambda: client.received.endswith(b"\x20\x02\x00\x00"))
             client.transport.loseConnection()
             yield client.lost
+        client = yield raw_connect(reactor, ws_port)
+        client.transport.write(handshake(ws_port, "mqtt", "http://evil.example"))
+        yield client.lost.addTimeout(10, reactor)
+        self.assertEqual(client.received, b"HTTP/1.1 403 cross-site browser requests are refused: Origin "
+                                          b"http://evil.example is not this listener's (host 127.0.0.1:%d) nor in "
+                                          b"its allowed_origins\r\n\r\n" % ws_port)
+        [listener] = service.snapshot().listeners
+        self.assertEqual((listener.origins_refused, listener.violations), (1, 0))
+        yield eventually(reactor, lambda: not service.snapshot().listeners[0].connections)
 
     @inlineCallbacks
     def test_text_message_closes(self):
@@ -260,6 +273,115 @@ class WebsocketReserveTests(SynchronousTestCase):
         self.assertIsNotNone(factory.buildProtocol(address))
 
 
+def ws_factory(allowed_origins: tuple[str, ...] = (), clock: Any = None) -> Any:
+    """A ws listener's WebSocket factory (its MQTT factory: ``.mqtt``), on ``clock`` (else a
+    stepping one)."""
+    from gateway.broker.connection import MQTTListenerFactory
+    from gateway.broker.websocket import MQTTWebSocketFactory
+    from gateway.fdreserve import DescriptorReserve
+    from tests.steppingclock import SteppingClock
+
+    mqtt = MQTTListenerFactory("ws", None, clock or SteppingClock(), 1 << 20, 5.0,  # type: ignore[arg-type]
+                               reserve=DescriptorReserve(lambda: -1))
+    return MQTTWebSocketFactory(mqtt, allowed_origins)
+
+
+def ws_connect(factory: Any) -> tuple[Any, Any]:
+    """A WebSocket connection to ``factory`` on a ``StringTransport``, from 127.0.0.1:40410."""
+    from twisted.internet.testing import StringTransport
+
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40410))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40410))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+class WebsocketOriginTests(SynchronousTestCase):
+    """Which browser pages a ws listener serves: by default those of its own host (as the
+    request's ``Host`` names it, any port), and the clients that send no ``Origin``; others get
+    HTTP 403 (any page the operator opened could publish on the local topics that drive the
+    gateway: installs, app commands, its configuration)."""
+
+    def answer(self, head: bytes, allowed_origins: tuple[str, ...] = ()) -> bytes:
+        """The status line a handshake of ``head`` gets."""
+        protocol, transport = ws_connect(ws_factory(allowed_origins))
+        protocol.dataReceived(head)
+        return transport.value().split(b"\r\n", 1)[0]
+
+    def test_the_listeners_own_host_and_clients_without_origin_are_served(self) -> None:
+        """No ``Origin`` (paho-mqtt without one, aiomqtt, Node clients), and one whose host is the
+        ``Host`` the request names, on any port and scheme (a dashboard on 127.0.0.1:8080 next to
+        ws://127.0.0.1:9001); paho-mqtt's IPv6 form without brackets in both headers too."""
+        for origin, host in ((None, "127.0.0.1"), ("http://127.0.0.1:8080", "127.0.0.1"),
+                             ("https://127.0.0.1", "127.0.0.1"), ("http://GW.local:80", "gw.local"),
+                             ("http://[::1]:8080", "[::1]"), ("http://::1:9001", "::1")):
+            self.assertTrue(self.answer(handshake(9001, "mqtt", origin, host)).startswith(b"HTTP/1.1 101 "),
+                            (origin, host))
+
+    def test_other_origins_are_refused_403(self) -> None:
+        """Another site's page (one that ends like or starts with the host too), a page opened from
+        a file (``null``; ``file://`` from some WebViews), an origin sent in the drafts' header,
+        a second origin of another site, and an origin without ``Host`` to compare it to are
+        refused, with the reason on the status line."""
+        for origin, host in (("http://evil.example", "127.0.0.1"), ("http://127.0.0.1.evil.example", "127.0.0.1"),
+                             ("null", "127.0.0.1"), ("file://", "127.0.0.1"),
+                             ("http://127.0.0.1\r\nSec-WebSocket-Origin: http://evil.example", "127.0.0.1"),
+                             ("http://::1:8080", "::1")):
+            answer = self.answer(handshake(9001, "mqtt", origin, host))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 403 cross-site browser requests are refused: Origin "),
+                            (origin, answer))
+        head = handshake(9001, "mqtt", "http://127.0.0.1").replace(b"Host: 127.0.0.1:9001\r\n", b"")
+        self.assertEqual(self.answer(head), b"HTTP/1.1 403 cross-site browser requests are refused: Origin "
+                                            b"http://127.0.0.1 is not this listener's (a request without Host) "
+                                            b"nor in its allowed_origins")
+
+    def test_listed_origins_and_any(self) -> None:
+        """``allowed_origins`` adds origins (scheme, host and port as listed; ``null`` for pages
+        opened from files); ``*`` takes any."""
+        listed = ("https://dash.example", "null")
+        for origin in ("https://dash.example", "https://DASH.example:443", "null"):
+            self.assertTrue(self.answer(handshake(9001, "mqtt", origin), listed).startswith(b"HTTP/1.1 101 "),
+                            origin)
+        for origin in ("http://dash.example", "https://dash.example:8443"):
+            self.assertTrue(self.answer(handshake(9001, "mqtt", origin), listed).startswith(b"HTTP/1.1 403 "),
+                            origin)
+        for origin in ("http://evil.example", "null", "file://"):
+            self.assertTrue(self.answer(handshake(9001, "mqtt", origin), ("*",)).startswith(b"HTTP/1.1 101 "),
+                            origin)
+
+    def test_a_refusal_is_closed_counted_and_logged_once_per_interval(self) -> None:
+        """A refused handshake closes the connection (nothing it sent after is read), counts in
+        ``origins_refused`` (not as a violation), and is logged as the HTTP listeners' guards log
+        theirs: at most once per 10 s, with how many since; what the page sent is escaped in the
+        status line and the log."""
+        from twisted.internet.task import Clock
+
+        events = capture_log_events(self)
+        clock = Clock()
+        clock.advance(1000)
+        factory = ws_factory(clock=clock)
+        protocol, transport = ws_connect(factory)
+        protocol.dataReceived(handshake(9001, "mqtt", "http://e\x0bvil.example") + masked_frame(2, b"\x10"))
+        self.assertEqual(transport.value(), b"HTTP/1.1 403 cross-site browser requests are refused: Origin "
+                                            b"http://e\\x0bvil.example is not this listener's (host "
+                                            b"127.0.0.1:9001) nor in its allowed_origins\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(masked_frame(2, b"\x10"))  # dropped
+        for _ in range(2):
+            ws_connect(factory)[0].dataReceived(handshake(9001, "mqtt", "http://evil.example"))
+        self.assertEqual((factory.mqtt.origins_refused, factory.mqtt.violations), (3, 0))
+        clock.advance(10)
+        ws_connect(factory)[0].dataReceived(handshake(9001, "mqtt", "http://evil.example"))
+        # (the StringTransports stay open: their CONNECT deadlines pass, in lines of their own)
+        self.assertEqual([formatEvent(e) for e in events if "cross-site" in formatEvent(e)], [
+            "listener ws: cross-site browser request refused: WebSocket GET /mqtt from 127.0.0.1:40410: Origin "
+            "http://e\\x0bvil.example is not this listener's (host 127.0.0.1:9001) nor in its allowed_origins "
+            "(1 refused since the last such line; logged at most once every 10 s while they go on)",
+            "listener ws: cross-site browser request refused: WebSocket GET /mqtt from 127.0.0.1:40410: Origin "
+            "http://evil.example is not this listener's (host 127.0.0.1:9001) nor in its allowed_origins "
+            "(3 refused since the last such line; logged at most once every 10 s while they go on)"])
+
+
 class WebsocketHandshakeSizeTests(SynchronousTestCase):
     """An opening handshake (an HTTP request head) has at most ``MAX_HANDSHAKE`` bytes: a client
     sending an endless header got all of it gathered by autobahn (which has no limit) until the
@@ -267,19 +389,9 @@ class WebsocketHandshakeSizeTests(SynchronousTestCase):
     through the whole (the reactor busy for all of it)."""
 
     def connection(self):
-        from twisted.internet.testing import StringTransport
-
-        from gateway.broker.connection import MQTTListenerFactory
-        from gateway.broker.websocket import MQTTWebSocketFactory
-        from gateway.fdreserve import DescriptorReserve
-        from tests.steppingclock import SteppingClock
-
-        mqtt = MQTTListenerFactory("ws", None, SteppingClock(), 1 << 20, 5.0,  # type: ignore[arg-type]
-                                   reserve=DescriptorReserve(lambda: -1))
-        protocol = MQTTWebSocketFactory(mqtt).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40410))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40410))
-        protocol.makeConnection(transport)
-        return mqtt, protocol, transport
+        factory = ws_factory()
+        protocol, transport = ws_connect(factory)
+        return factory.mqtt, protocol, transport
 
     def test_an_endless_head_is_refused_431(self) -> None:
         from gateway.broker.websocket import MAX_HANDSHAKE

@@ -49,7 +49,7 @@ class FakeReadSide:
 
     def broker(self) -> BrokerSnapshot:
         return BrokerSnapshot(True, 2, 3, 4, 1, (5, 6, 7), (8, 9, 0), 100, 200, 1, 0, 0, 0,
-                              (ListenerSnapshot("default", "tcp:1883", "127.0.0.1:1883", 2, 5000, 1, 7000),), (),
+                              (ListenerSnapshot("default", "tcp:1883", "127.0.0.1:1883", 2, 5000, 1, 7000, 4),), (),
                               messages_resent=3)
 
     def journal(self) -> JournalSnapshot:

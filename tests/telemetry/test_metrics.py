@@ -88,6 +88,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_broker_connections", ())], 2)
         self.assertEqual(got[("gateway_broker_messages_resent_total", ())], 3)
         self.assertEqual(got[("gateway_broker_listener_sent_bytes_total", (("listener", "default"),))], 7000)
+        self.assertEqual(got[("gateway_broker_listener_origins_refused_total", (("listener", "default"),))], 4)
         self.assertEqual(got[("gateway_journal_oldest_unacked_age_seconds", (("stream", "link-cloud"),))], 12.5)
         self.assertEqual(got[("gateway_journal_fsync_seconds_bucket", (("le", "0.005"), ("stream", "link-cloud")))], 3)
         self.assertEqual(got[("gateway_journal_fsync_seconds_bucket", (("le", "+Inf"), ("stream", "link-cloud")))], 4)
