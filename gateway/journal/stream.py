@@ -223,8 +223,7 @@ class Stream:
             self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
-        if self.ledger.dropped_below > rec.next_seq:  # (not these segments': they were removed from outside)
-            self.ledger.dropped_below, self.ledger.dirty = 0, True
+        self.ledger.keep_dropped_below(rec.next_seq)
         self.retention.load(rec.segments, free, self.ledger.dropped_below)
         self.next_seq = rec.next_seq
         self._pending_first = self.next_seq
