@@ -139,9 +139,9 @@ def set_aside(path: Path, secret: bool = False) -> str:
     :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
     :raises StateAccessError: when the gateway's user may not read or move it.
     """
-    said = filelayer.set_aside(OSFiles(), str(path))
-    if secret and said.startswith("moved to "):
-        _make_private(Path(f"{path}.damaged"))
+    aside, said = filelayer.move_aside(OSFiles(), str(path))
+    if secret and aside is not None:
+        _make_private(Path(aside))
     return said
 
 

@@ -181,6 +181,16 @@ def set_aside(files: FileLayer, path: str) -> str:
     :raises StateAccessError: when the gateway's user may not read or move it (it says to
         give it back: :func:`~gateway.stateaccess.refusal`).
     """
+    return move_aside(files, path)[1]
+
+
+def move_aside(files: FileLayer, path: str) -> tuple[str | None, str]:
+    """:func:`set_aside`, saying also where the file went.
+
+    :return: ``<path>.damaged`` (``None``: the file was left where it is), and what
+        :func:`set_aside` returns.
+    :raises StateAccessError: as :func:`set_aside`.
+    """
     try:
         files.read(path, 0, 0)
     except OSError as why:
@@ -192,8 +202,8 @@ def set_aside(files: FileLayer, path: str) -> str:
     except OSError as why:
         if is_permission_error(why):  # (its directory's mode or owner)
             raise refusal(Path(path).parent) from why
-        return f"left where it is: {why.strerror or why}"
-    return f"moved to {aside}"
+        return None, f"left where it is: {why.strerror or why}"
+    return aside, f"moved to {aside}"
 
 
 #: ``pwritev`` flag for a write that returns once its data is durable (Linux 4.7+).

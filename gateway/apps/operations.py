@@ -206,9 +206,8 @@ class AppOperations:
         except (AppError, OSError):
             return []
 
-    def _add_programs(self, manifest: AppManifest, home: Path,
-                      specs: list[ProgramSpec] | None = None) -> list[ProgramProcess]:
-        specs = self._specs(manifest, home) if specs is None else specs
+    def _add_programs(self, manifest: AppManifest, home: Path) -> list[ProgramProcess]:
+        specs = self._specs(manifest, home)
         for spec in specs:
             owner = self._supervisor.programs.get(spec.name)
             if owner is not None and (owner.spec.app != manifest.name
@@ -442,12 +441,11 @@ class AppOperations:
         yield self._blocking(lambda: self.registry.remove_version(name, version))
         home = self.registry.version_dir(name, previous)
         manifest = yield self._blocking(lambda: read_manifest(home, name, previous))
-        specs = self._specs(manifest, home)
-        kept.update(path for spec in specs for path in spec.logs)
+        kept.update(path for spec in self._specs(manifest, home) for path in spec.logs)
         yield self._blocking(lambda: remove_logs([path for path in logs if path not in kept]))
         if self._closed:  # the next apps service starts the previous version's programs
             return
-        for process in self._add_programs(manifest, home, specs):
+        for process in self._add_programs(manifest, home):
             self._run(process)
 
     def _save_desired(self, desired: dict[str, str] | None = None) -> Deferred[None]:

@@ -530,25 +530,25 @@ class Outbox:
         policy = self.policy
         self._overflow_drops += 1
         self._unlogged[(QOS12_FULL if qos else QOS0_FULL) if reason is None else reason] += 1
+        starts = not self._overflowing
+        if starts:
+            self._overflowing = True
+            self._room_unsaid = False  # (the next line says where it stands)
         now = policy.clock()
         if now - self._logged_at < policy.log_interval:
-            if not self._overflowing:
-                self._overflowing = True
-                self._room_unsaid = False  # (the next line says where it stands)
             return
         told = policy.lines.told(self.client_id, self._unlogged)
         count, since = sum(self._unlogged), self._logged_at
         self._logged_at = now
         self._unlogged = [0, 0, 0]
-        if not self._overflowing:
-            self._overflowing = True
-            self._room_unsaid = False
-            if told:
-                self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
-                              "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
-                              count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
-                              overflow=policy.overflow)
-        elif told:
+        if not told:
+            return
+        if starts:
+            self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
+                          "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
+                          count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
+                          overflow=policy.overflow)
+        else:
             self.log.warn("queue for {client_id!r} is still full: {count} more message{s} dropped in {seconds:.0f} s "
                           "({total} in all)", client_id=self.client_id, count=count,
                           s="" if count == 1 else "s", seconds=now - since, total=self.dropped)

@@ -275,8 +275,13 @@ class ContainerUnit:
         """The ``died`` event of a stop answered before it came, after a restart's start: the
         end is recorded and logged, as a stop's always was; the new run is not touched."""
         self.exitstatus = code
-        log.info("containers: {name} exited {how} after {uptime:.1f}s", name=self.name, how=_how_ended(code),
-                 uptime=self._stop_uptime)
+        self._log_end(code, self._stop_uptime)
+
+    def _log_end(self, code: int | None, uptime: float, loop: str = "") -> None:
+        """Log its end with exit code ``code`` after ``uptime`` seconds (``loop``: what the crash
+        loop's throttle adds)."""
+        log.info("containers: {name} exited {how} after {uptime:.1f}s{loop}", name=self.name, how=_how_ended(code),
+                 uptime=uptime, loop=loop)
 
     def _exited(self, code: int | None) -> None:
         """It ended with exit code ``code`` (None: unknown, a ``died`` event without one, which
@@ -294,8 +299,7 @@ class ContainerUnit:
         loop = self._exit_lines.note(uptime) if restarted or (
             runtime_restarts and self.state in (ProgramState.RUNNING, ProgramState.STARTING)) else ""
         if loop is not None:
-            log.info("containers: {name} exited {how} after {uptime:.1f}s{loop}", name=self.name, how=how,
-                     uptime=uptime, loop=loop)
+            self._log_end(code, uptime, loop)
         if self.state is ProgramState.STOPPING:
             self._stopped()
         elif self.state is ProgramState.STARTING and delegated:

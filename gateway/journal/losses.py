@@ -269,6 +269,13 @@ class LossLedger:
         if self.passed and self.passed[-1][1] >= next_seq:
             self.passed = [(first, min(last, next_seq - 1)) for first, last in self.passed if first < next_seq]
 
+    def keep_dropped_below(self, next_seq: int) -> None:
+        """Forget :attr:`dropped_below` when it is above ``next_seq``, the stream's next seq at
+        its open: the segments it spoke of were removed from outside, and the seqs from
+        ``next_seq`` on go to new records. Written with the next write."""
+        if self.dropped_below > next_seq:
+            self.dropped_below, self.dirty = 0, True
+
     def _add(self, entry: LossEntry) -> None:
         """Append ``entry`` (merged with the last entry when both are ``rejected``)."""
         last = self.entries[-1] if self.entries else None

@@ -43,6 +43,10 @@ class ReaderStream(Protocol):
     def segments(self) -> list[Segment]:
         """The stream's segments, oldest first (read only)."""
 
+    @property
+    def first_kept_seq(self) -> int:
+        """The seq of the oldest record the stream still holds (``next_seq`` when none)."""
+
     def delete_acked(self, floor: int) -> None:
         """Every cursor's save has acknowledged up to ``floor``: delete the sealed segments
         that holds, and forget the loss ledger's seqs passed up to it."""
@@ -78,7 +82,7 @@ class StreamReader:
         s = self.stream
         found, unreadable = loaded
         last = s.next_seq - 1
-        first = s.segments[0].first_seq if s.segments else s.next_seq
+        first = s.first_kept_seq
         for name, (acked, above) in found.items():
             start, ranges = merge_ranges(min(acked, last), [], above, last)
             self.cursors[name] = Cursor(name, start, ranges, saved=acked)
@@ -109,7 +113,7 @@ class StreamReader:
         if name in self.cursors:
             return succeed(None)
         s = self.stream
-        first = s.segments[0].first_seq if s.segments else s.next_seq
+        first = s.first_kept_seq
         c = self.cursors[check_name(name)] = Cursor(name, first - 1, changes=1)
         return self._persist(c).addErrback(self._made_in_memory, c)
 

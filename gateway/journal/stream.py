@@ -224,8 +224,7 @@ class Stream:
             self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
-        if self.ledger.dropped_below > rec.next_seq:  # (not these segments': they were removed from outside)
-            self.ledger.dropped_below, self.ledger.dirty = 0, True
+        self.ledger.keep_dropped_below(rec.next_seq)
         self.retention.load(rec.segments, free, self.ledger.dropped_below)
         self.next_seq = rec.next_seq
         self._pending_first = self.next_seq
@@ -927,7 +926,6 @@ class Stream:
         thread, though it may queue one read on the I/O thread: see :meth:`_received`)."""
         now = self.clock.seconds()
         age = self._oldest_age(now)
-        first = self.segments[0] if self.segments else None
         cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
@@ -937,7 +935,7 @@ class Stream:
             unacked_age = max(now - self.received_now(seq, received), 0.0) if received else 0.0
         latency = self.append_latency
         return StreamSnapshot(
-            self.name, self.next_seq - (first.first_seq if first else self.next_seq), self.retention.bytes,
+            self.name, self.next_seq - self.first_kept_seq, self.retention.bytes,
             len(self.segments), max(self.retention.free, 0), age, unacked_age, self.next_seq, latency.count,
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
@@ -981,10 +979,9 @@ class Stream:
 
     def stats(self) -> StreamStats:
         """A snapshot of depth, age, latencies and drops."""
-        first = self.segments[0] if self.segments else None
         age = self._oldest_age(self.clock.seconds())
         return StreamStats(
-            self.name, self.next_seq - (first.first_seq if first else self.next_seq),
+            self.name, self.next_seq - self.first_kept_seq,
             self.retention.bytes, len(self.segments), age, self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))

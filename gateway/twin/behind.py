@@ -72,7 +72,7 @@ def _append_then_compact(snapshot_path: Path, log_path: Path, data: bytes, size:
     ``snapshot``, write it and empty the log (the log's last record of each shadow is the
     snapshot's state then, so a crash between the two leaves them agreeing). Returns the log's
     size and why the compaction failed (the records are durable all the same)."""
-    size = behindlog.append(log_path, data, size) if data else size
+    size = behindlog.append(log_path, data, size)
     if snapshot is None:
         return size, None
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import jsontext
-from gateway.atomic import fsync_directory
+from gateway.filelayer import OSFiles
 
 #: The log's name, in the twin's directory (beside ``shadows-behind.json``).
 LOG_FILE = "shadows-behind.log"
@@ -103,19 +103,17 @@ def read(path: Path) -> bytes:
 def append(path: Path, data: bytes, size: int) -> int:
     """Append ``data`` to the log whose whole records end at ``size`` (what is after, a torn
     tail or a failed append's part, is cut off first), and fsync it; returns the new size."""
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    files = OSFiles(0o644)
+    name = str(path)
+    created = not files.exists(name)
     try:
-        if os.fstat(fd).st_size != size:
-            os.ftruncate(fd, size)
-        written = 0
-        while written < len(data):
-            written += os.pwrite(fd, data[written:], size + written)
-        os.fsync(fd)
+        if not created and files.size(name) != size:
+            files.truncate(name, size)
+        files.append_sync(name, data)
     finally:
-        os.close(fd)
+        files.close(name)
     if created:
-        fsync_directory(path.parent)
+        files.fsync_dir(str(path.parent))
     return size + len(data)
 
 

@@ -4,7 +4,7 @@ A shadow request the journal refuses (the stream full under reject-new, a failed
 leaves its shadow *behind*: the twin holds the change, the cloud does not. The shadow is
 marked (the marks kept on disk by :mod:`gateway.twin.behind`), read again every
 :data:`CATCH_UP_INTERVAL` seconds while connected (and at each connect, and as soon as its
-last request is answered: :meth:`gateway.twin.sync.ShadowSync._done`) once none of its
+last request is answered: :meth:`ShadowCatchUp.answered`) once none of its
 requests is left to send, and corrected by the sync like at a connect; its mark goes once a
 correction is journaled with no request of it refused since.
 """
@@ -129,11 +129,24 @@ class ShadowCatchUp:
         self._timer = None
         self._file.save()  # (again, if the last write of the marks failed)
         for shadow in self.marks:
-            if not self.sync.settled(shadow):
+            if self.answered(shadow):
                 self.later()
-            else:
-                self.sync.read_again(shadow)
         self.sync.pump()
+
+    def answered(self, shadow: str) -> bool:
+        """Read ``shadow`` again at once if the cloud is behind on it and every request of it
+        is answered (the sync's correction journals what the cloud lacks): as a request of it
+        is answered, and at each catch-up.
+
+        :return: whether the cloud is behind on it and a request of it is still unanswered
+            (it is tried again later).
+        """
+        if shadow not in self.marks:
+            return False
+        if not self.sync.settled(shadow):
+            return True
+        self.sync.read_again(shadow)
+        return False
 
     def cancel(self) -> None:
         """Stop the catch-up timer (the connection is gone: the next connect reads them)."""

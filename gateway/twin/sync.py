@@ -231,8 +231,7 @@ class ShadowSync:
         self.requests.accepted(shadow)
         self.appends.answered(shadow, request.records[-1].seq)
         self.reader.answered(request.records)
-        if shadow in self.behind.marks and self.settled(shadow):
-            self.read_again(shadow)
+        self.behind.answered(shadow)
         self.pump()
         self.reader.read()
 

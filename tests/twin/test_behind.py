@@ -48,16 +48,28 @@ class BehindFileTests(SynchronousTestCase):
         self.dir.mkdir()
         self.clock = Clock()
         self.written = 0
-        for name in ("write", "pwrite"):
-            self.count_writes(name)
+        self.real_pwritev = os.pwritev
+        self.count_writes("write")
         self.fsyncs = 0
         self.patch(os, "fsync", self.fsync)  # (counted, not done: the test would take seconds)
+        self.patch(os, "pwritev", self.pwritev)
 
     def fsync(self, fd: int) -> None:
         self.fsyncs += 1
 
+    def pwritev(self, fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        """``os.pwritev``, its bytes counted; a durable one (``RWF_DSYNC``) counted as an fsync,
+        and not made durable (as :meth:`fsync`)."""
+        dsync = getattr(os, "RWF_DSYNC", 0)
+        if flags & dsync:
+            self.fsyncs += 1
+        written: int = self.real_pwritev(fd, buffers, offset, flags & ~dsync)
+        self.written += written
+        return written
+
     def count_writes(self, name: str) -> None:
-        """Count the bytes ``os.<name>`` writes (every write of a file goes through one)."""
+        """Count the bytes ``os.<name>`` writes (every write of a file goes through it or
+        :meth:`pwritev`)."""
         original = getattr(os, name)
 
         def counted(fd: int, data: Any, *args: Any) -> int:
