@@ -8,7 +8,11 @@ browser says where such a request comes from: ``Origin`` (the page's scheme://ho
 every POST and every cross-origin fetch) and ``Sec-Fetch-Site``. A request whose ``Origin``
 is not the listener's own (the scheme it is served on and the request's ``Host``), or whose
 ``Sec-Fetch-Site`` is ``cross-site`` or ``same-site`` (another port of ``127.0.0.1`` is the
-same site), is refused before anything is done. A request without those headers (curl,
+same site), is refused before anything is done. A top-level navigation (``GET`` or ``HEAD``
+with ``Sec-Fetch-Mode: navigate``: a link followed, an address typed) passes whatever site it
+comes from: a ``GET`` changes nothing here, the page it leaves cannot read the answer, and
+framing is refused by ``X-Frame-Options``, so a link to the status page on another site's page
+(a local Grafana on another port) opens it. A request without those headers (curl,
 gmq clients, apps, a Prometheus) is not a browser's and passes: ``Host`` is not checked
 against a list (containers reach the host by names such as ``host.containers.internal``).
 """
@@ -27,6 +31,8 @@ from gateway.shown import shown
 REFUSED = "cross-site browser requests are refused"
 #: The ``Sec-Fetch-Site`` values of a request a page of another origin made.
 _OTHER_SITES = ("cross-site", "same-site")
+#: The methods of a top-level navigation that changes nothing (a form's ``POST`` navigates too).
+_NAVIGATING_METHODS = (b"GET", b"HEAD")
 #: The port of an origin that names none, by scheme.
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: The attribute marking a request this guard refused (its access log line is the guard's).
@@ -54,6 +60,9 @@ def cross_site(request: Any) -> str | None:
 
     :param request: the request, with its headers and ``isSecure()``.
     """
+    if request.method in _NAVIGATING_METHODS and \
+            (request.getHeader(b"sec-fetch-mode") or b"").decode("latin-1").strip().lower() == "navigate":
+        return None  # (a link followed: the page it leaves reads nothing, and a GET changes nothing)
     fetch_site = (request.getHeader(b"sec-fetch-site") or b"").decode("latin-1").strip().lower()
     if fetch_site in _OTHER_SITES:
         return f"Sec-Fetch-Site: {fetch_site}"

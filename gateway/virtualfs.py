@@ -35,9 +35,16 @@ def filesystem_at(path: Path, mountinfo: str | None = None) -> tuple[str, str] |
     :param mountinfo: the mount table to read (default: :data:`MOUNTINFO`, read when called).
     """
     found = nearest_existing(path, os.stat)
-    if found is None:
-        return None
-    device = found[1].st_dev
+    return None if found is None else filesystem_of(found[1].st_dev, mountinfo)
+
+
+def filesystem_of(device: int, mountinfo: str | None = None) -> tuple[str, str] | None:
+    """The file system whose device number is ``device`` (a stat's ``st_dev``), as ``(type,
+    mount point)``; ``None`` when the mount table does not list it, or cannot be read.
+
+    :param device: the device number of a file on it.
+    :param mountinfo: the mount table to read (default: :data:`MOUNTINFO`, read when called).
+    """
     wanted = f"{os.major(device)}:{os.minor(device)}"
     try:
         with open(mountinfo or MOUNTINFO, encoding="utf-8", errors="replace") as lines:

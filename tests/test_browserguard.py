@@ -15,14 +15,15 @@ from gateway.browserguard import BrowserGuard, cross_site, refused_here
 from tests.logevents import assert_one_line_then_summary
 
 
-def browser_request(host: str | None = "127.0.0.1:8090", secure: bool = False, **headers: str) -> http.Request:
-    """A ``POST /provision/activate`` with ``Host: host`` and ``headers`` (``sec_fetch_site=``
-    for ``Sec-Fetch-Site``), on a TLS connection when ``secure``."""
+def browser_request(host: str | None = "127.0.0.1:8090", secure: bool = False, method: bytes = b"POST",
+                    **headers: str) -> http.Request:
+    """A ``POST /provision/activate`` (or another ``method``) with ``Host: host`` and ``headers``
+    (``sec_fetch_site=`` for ``Sec-Fetch-Site``), on a TLS connection when ``secure``."""
     channel = DummyChannel()
     if secure:
         channel.transport = DummyChannel.SSL()
     request = http.Request(channel)
-    request.method, request.path = b"POST", b"/provision/activate"
+    request.method, request.path = method, b"/provision/activate"
     if host is not None:
         request.requestHeaders.setRawHeaders(b"host", [host.encode()])
     for name, value in headers.items():
@@ -66,6 +67,22 @@ class CrossSiteTests(SynchronousTestCase):
         site) is refused, even with no Origin (a GET a page made)."""
         for site in ("cross-site", "same-site", "Cross-Site"):
             self.assertEqual(cross_site(browser_request(sec_fetch_site=site)), f"Sec-Fetch-Site: {site.lower()}")
+
+    def test_a_link_from_another_site_opens_a_page(self) -> None:
+        """A link followed from another site's page (a local Grafana on another port of
+        127.0.0.1) is a top-level navigation, ``GET`` or ``HEAD`` with ``Sec-Fetch-Mode:
+        navigate``: it passes, whatever ``Sec-Fetch-Site`` says (it was refused, so the status page
+        could not be linked to). A form posted from there navigates too, and is refused, as is a
+        page's fetch."""
+        for method in (b"GET", b"HEAD"):
+            for site in ("cross-site", "same-site", "none"):
+                self.assertIsNone(cross_site(browser_request(method=method, sec_fetch_site=site,
+                                                             sec_fetch_mode="Navigate")), (method, site))
+        self.assertEqual(cross_site(browser_request(sec_fetch_site="cross-site", sec_fetch_mode="navigate",
+                                                    origin="http://127.0.0.1:3000")), "Sec-Fetch-Site: cross-site")
+        for mode in ("cors", "no-cors", "same-origin"):
+            self.assertEqual(cross_site(browser_request(method=b"GET", sec_fetch_site="same-site", sec_fetch_mode=mode)),
+                             "Sec-Fetch-Site: same-site", mode)
 
 
 class BrowserGuardTests(SynchronousTestCase):

@@ -1045,8 +1045,9 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(link.format(mode="exosite", path=cik_file), "http_links.links.m.cik_file",
                                 f"the gateway cannot write in {directory}, so the CIK activated for this link"
                                 " (once per serial) could not be saved")
-        self.assertOneError(link.format(mode="exosite", path=Path(self.write("")).absolute() / "x.cik"),
-                            "http_links.links.m.cik_file", "is not a directory")
+        for under_a_file in ("x.cik", "sub/x.cik"):  # (a path under a file is not there: its file is looked at)
+            self.assertOneError(link.format(mode="exosite", path=Path(self.write("")).absolute() / under_a_file),
+                                "http_links.links.m.cik_file", "is not a directory")
         writable = Path(self.mktemp()).absolute() / "new" / "murano.cik"
         config.load(self.write(link.format(mode="exosite", path=writable)))
         config.load(self.write(link.format(mode="json", path=readonly / "murano.cik")))
@@ -1067,6 +1068,32 @@ class LoadCheckTests(SynchronousTestCase):
                             f"the gateway cannot write in {readonly}, so the CIK activated for this link")
         writable = Path(self.mktemp()).absolute()
         config.load(self.write(f"gateway:\n  state_dir: '{writable}'\n" + link.format(path="links/murano.cik")))
+
+    def test_a_cik_file_the_gateway_cannot_look_at_is_refused(self) -> None:
+        """A ``cik_file`` under a directory the gateway may not look into (EACCES, as a user other
+        than root meets under another user's 0700 directory) is refused with a line saying so: the
+        check raised, so a relative one stopped the load with a traceback and an absolute one read
+        ``cannot be checked: PermissionError``."""
+        import errno
+        import os
+
+        state = Path(self.mktemp()).absolute()
+        closed = state / "closed"
+        closed.mkdir(parents=True)
+        real_stat = os.stat
+
+        def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            if str(path).startswith(f"{closed}/"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", stat)
+        link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      cik_file: {path}\n"
+        for text in (link.format(path=closed / "new" / "murano.cik"),
+                     f"gateway:\n  state_dir: '{state}'\n" + link.format(path="closed/new/murano.cik")):
+            self.assertOneError(text, "http_links.links.m.cik_file",
+                                f"the gateway cannot look at {closed / 'new'} or the directories above it, so"
+                                " the CIK activated for this link (once per serial) could not be saved")
 
     def test_a_cik_file_on_a_virtual_file_system_is_refused(self) -> None:
         """An exosite link's ``cik_file`` under /proc or /sys (or any of the kernel's virtual file

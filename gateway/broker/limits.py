@@ -4,9 +4,9 @@ The broker keeps one node per level of every retained topic and of every filter 
 wildcard (:mod:`gateway.mqtt.topictree`), and every filter of every session (a persistent
 one while its client is offline too). Without bounds one local client could make it keep
 millions of nodes: a 64 KiB filter ``x/+/+/...`` has 32,767 levels. :class:`SubscriptionLimits`
-holds the two bounds, ``max_topic_levels`` (mosquitto's fixed ``TOPIC_HIERARCHY_LIMIT``) and
-``max_subscriptions`` (EMQX's name), decides each new subscription and counts what it refuses,
-per client too. A PUBLISH or will topic over ``max_topic_levels`` is refused before it gets
+holds the two bounds, ``max_topic_levels`` (mosquitto has a fixed ``TOPIC_HIERARCHY_LIMIT``:
+200 ``/``, 201 levels) and ``max_subscriptions`` (EMQX's name), decides each new subscription
+and counts what it refuses, per client too. A PUBLISH or will topic over ``max_topic_levels`` is refused before it gets
 here, by the framing layer, as any invalid topic is (:mod:`gateway.mqtt.validation`).
 """
 
@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
 from gateway.mqtt.topics import too_deep, topic_for_log
 
-#: ``max_topic_levels`` when the config names none (mosquitto's ``TOPIC_HIERARCHY_LIMIT``).
+#: ``max_topic_levels`` when the config names none (one level under mosquitto's fixed
+#: ``TOPIC_HIERARCHY_LIMIT``, which counts 200 ``/``: 201 levels).
 DEFAULT_MAX_TOPIC_LEVELS = 200
 #: ``max_subscriptions`` when the config names none.
 DEFAULT_MAX_SUBSCRIPTIONS = 1000

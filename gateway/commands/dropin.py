@@ -466,22 +466,21 @@ class CheckOutcome:
     errors: list[str]
     warnings: list[str] = dataclasses.field(default_factory=list)
 
-    def with_errors(self, more: list[str]) -> CheckOutcome:
-        """This outcome with ``more`` errors after its own (and then no warnings)."""
-        errors = self.errors + more
-        return CheckOutcome(errors, [] if errors else self.warnings)
 
 
-def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> CheckOutcome:
+def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any],
+                taken: Sequence[str] = ()) -> CheckOutcome:
     """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in
     they make: :func:`check` (and :func:`fixed_keys_moved` when it finds none),
-    :func:`kept_keys`, :func:`numbered_keys` and :func:`overridden_keys`; with none, the
-    resulting configuration's warnings. Blocking (it reads and loads files).
+    :func:`kept_keys`, :func:`numbered_keys`, :func:`overridden_keys` and then ``taken``; with
+    none, the resulting configuration's warnings. Blocking (it reads and loads files).
 
+    :param taken: the names the change would take from hosted apps (:func:`hosted_names_taken`).
     :raises ConfigCheckError: when the check cannot be run (see :func:`check`).
     """
     errors, candidate = check(config.path, text)
     if candidate is not None:
         errors += fixed_keys_moved(config, candidate)
     errors += kept_keys(config.path, changes) + numbered_keys(config, changes) + overridden_keys(config.path, changes)
+    errors += taken
     return CheckOutcome(errors, candidate.warnings() if candidate is not None and not errors else [])

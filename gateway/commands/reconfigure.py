@@ -259,7 +259,7 @@ class ConfigChanger(Service):
                 return dropin.CheckOutcome([str(exc)])
             except ConfigError as exc:
                 return dropin.CheckOutcome(list(exc.errors))
-            return dropin.whole_check(config, text, changes).with_errors(taken)
+            return dropin.whole_check(config, text, changes, taken)
 
         return self._blocking(check)
 
@@ -491,8 +491,7 @@ class ConfigChanger(Service):
             text = dropin.dropin_text(changes, previous)
             config = self.config
             taken = dropin.hosted_names_taken(changes, self._hosted_apps())
-            checked = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
-            outcome = checked.with_errors(taken)
+            outcome = yield self._blocking(lambda: dropin.whole_check(config, text, changes, taken))
             errors = outcome.errors
         except ConfigKeyError as exc:
             errors = [str(exc)]

@@ -7,8 +7,10 @@ routes use the MQTT links' syntax; the cloud topic a route gives is the Exosite 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
@@ -18,7 +20,8 @@ from gateway.httpheaders import header_name_problem, header_value_problem
 from gateway.links.settings import RouteSettings
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
-from gateway.virtualfs import virtual_fs_at
+from gateway.nearestpath import nearest_existing
+from gateway.virtualfs import VIRTUAL_TYPES, filesystem_of
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
@@ -44,22 +47,36 @@ def cik_file_problem(cik_file: str) -> str | None:
     :param cik_file: the path the link writes (a configured relative one is taken from the state
         directory: :func:`gateway.links.cikplace.cik_path`).
     """
-    directory = Path(cik_file).parent
-    while not directory.exists() and directory != directory.parent:
-        directory = directory.parent
-    virtual = virtual_fs_at(directory)
-    if virtual is not None:  # (root may write in /proc and /sys, and nothing written there is kept)
+    found = nearest_existing(Path(cik_file).parent, _stat_or_absent)
+    if found is None:
+        return (f"the gateway cannot look at {Path(cik_file).parent} or the directories above it, so the CIK"
+                " activated for this link (once per serial) could not be saved")
+    directory, stats = found
+    virtual = filesystem_of(stats.st_dev)
+    if virtual is not None and virtual[0] in VIRTUAL_TYPES:
+        # (root may write in /proc and /sys, and nothing written there is kept)
         return (f"{directory} is on {virtual[0]} (mounted on {virtual[1]}), one of the kernel's virtual file"
                 " systems, which keeps no file: the CIK activated for this link (once per serial) could not"
                 " be saved: leave cik_file out (<state_dir>/links/<name>.cik) or name a file under the state"
                 " directory")
-    if not directory.is_dir():
+    if not stat.S_ISDIR(stats.st_mode):
         return f"{directory} is not a directory: the CIK activated for this link could not be saved"
     if not os.access(directory, os.W_OK | os.X_OK):
         return (f"the gateway cannot write in {directory}, so the CIK activated for this link (once"
                 " per serial) could not be saved: leave cik_file out (<state_dir>/links/<name>.cik)"
                 " or name a file under the state directory")
     return None
+
+
+def _stat_or_absent(path: Path) -> os.stat_result:
+    """``os.stat(path)``, a path under a file or under a loop of symbolic links taken as absent
+    (:exc:`FileNotFoundError`, as :meth:`pathlib.Path.exists` takes it): the directory above is looked at."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
 rules need (and keeps it in ``packet.fields`` for the broker to use): CONNECT (§3.1),
 PUBLISH (§3.3), SUBSCRIBE (§3.8), UNSUBSCRIBE (§3.10), the fixed-length packets, and the
 UTF-8 strings in all of them (§1.5.3). A broker may bound the levels of the topics it is
-sent (``max_topic_levels``, as mosquitto's fixed ``TOPIC_HIERARCHY_LIMIT``): a PUBLISH topic or a
-will topic with more is refused as an invalid topic is (:class:`~gateway.mqtt.errors.TopicTooDeep`).
+sent (``max_topic_levels``, as mosquitto does with its fixed ``TOPIC_HIERARCHY_LIMIT``, which
+counts 200 ``/``: 201 levels): a PUBLISH topic or a will topic with more is refused as an
+invalid topic is (:class:`~gateway.mqtt.errors.TopicTooDeep`).
 """
 
 from __future__ import annotations

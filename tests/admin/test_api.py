@@ -1229,11 +1229,13 @@ class BrowserTests(SynchronousTestCase):
 
     def test_the_operators_own_requests_pass(self) -> None:
         """gatewayctl and curl send no Origin; the page the API serves itself, opened by its
-        address, sends its own origin (or Sec-Fetch-Site: none): all served as before."""
+        address, sends its own origin (or Sec-Fetch-Site: none): all served as before; so is the
+        status page opened by a link on another site's page (a top-level navigation)."""
         h = Harness(self)
         self.assertEqual(h.call("POST", "/apps/hello/stop").status, 200)
-        self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN,
-                                headers={"Sec-Fetch-Site": "none"}).status, 200)
+        for site in ("none", "cross-site", "same-site"):
+            self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN,
+                                    headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate"}).status, 200, site)
         self.assertEqual(h.call("POST", "/apps/hello/stop", token=TOKEN,
                                 headers={"Authorization": "Bearer " + TOKEN.decode(), "Origin": "http://localhost",
                                          "Sec-Fetch-Site": "same-origin"}).status, 200)
