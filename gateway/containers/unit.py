@@ -177,12 +177,14 @@ class ContainerUnit:
         return succeed(None)
 
     def attach(self, found: ContainerState) -> None:
-        """Adopt the runtime's container as it is now (after a gateway restart)."""
+        """Adopt the runtime's container as it is now (after a gateway restart): a running one
+        keeps its uptime, counted from the runtime's ``started_at`` (from the adoption when the
+        runtime does not say, or says a time after now: the wall clock stepped back)."""
         if found.running:
             self._run += 1
             self._seen_start = True
             self.pid = found.pid
-            self._started_at = steady_seconds(self._clock)
+            self._started_at = steady_seconds(self._clock) - _seconds_since(found.started_at, self._clock.seconds())
             self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
             self._set_state(ProgramState.RUNNING)
         else:
@@ -486,3 +488,15 @@ def _how_ended(code: int | None) -> str:
 def _rfc3339(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _seconds_since(started_at: str, now: float) -> float:
+    """How long ago ``started_at`` (the runtime's RFC 3339 time, nanoseconds and all) was, on
+    the wall clock that reads ``now``; 0 when it is not a time or is after ``now``."""
+    try:
+        moment = datetime.datetime.fromisoformat(started_at)
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        return 0.0  # (podman always gives its offset: a time without one is not podman's)
+    return max(0.0, now - moment.timestamp())

@@ -342,10 +342,14 @@ def write_batch(
     except BaseException:
         gate.failed_epoch = epoch
         for path, _, before, new in ops:
-            if new:
-                files.unlink(path)
-            elif files.exists(path):
+            if not new and files.exists(path):
                 files.truncate(path, before)
+        # (durably: a segment this batch created may already be in the directory on disk, when
+        # its fsync or the directory's got that far, and would come back after a power cut
+        # with records its appenders were told failed)
+        created = [path for path, _, _, new in ops if new]
+        if created:
+            delete_segments(files, directory, created)
         raise
     ledger_error = None
     if ledger is not None:

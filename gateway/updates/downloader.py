@@ -161,4 +161,5 @@ class Downloader:
             raise InsecureURL(url, "a user name or password in the URL is not supported (nothing was requested)")
         if scheme == "https" or (scheme == "http" and self.settings.allow_http):
             return
-        raise InsecureURL(url, f"{scheme or 'no'} scheme is not allowed (https only unless allow_http)")
+        allowed = "http and https only" if self.settings.allow_http else "https only unless allow_http"
+        raise InsecureURL(url, f"{scheme or 'no'} scheme is not allowed ({allowed})")

@@ -403,18 +403,17 @@ class ModuleInstaller:
     def _wait_for_result(self, result_dir: Path) -> Any:
         """Fire with the installer's result (``result.json`` in ``result_dir``) as soon as it is
         written; fail when its helper is gone without one (unless the unit recorded a step there,
-        which its next start finishes: after a power cut, at boot), or after ``script_timeout``."""
-        from gateway.updates.rollback import STEP  # (the unit's side: only while a package installs)
-
+        which its next start finishes: after a power cut, at boot), or after ``script_timeout``.
+        Each look reads the directory through ``run_blocking``, off the reactor thread."""
         watch = NameWatch(self.reactor, result_dir / "result.json", self._notifier)
         began = steady_seconds(self.reactor)
         try:
             while True:
-                result = read_json(result_dir / "result.json")
+                result, going = yield self.run_blocking(_installer_progress, result_dir)
                 if isinstance(result, dict):
                     return result
                 waited = steady_seconds(self.reactor) - began
-                if waited >= 5.0 and not _helper_alive(result_dir) and not (result_dir / STEP).exists():
+                if waited >= 5.0 and not going:
                     raise InstallError("the installer helper vanished without a result")
                 if waited >= self.settings.script_timeout:
                     raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")
@@ -426,6 +425,15 @@ class ModuleInstaller:
 def _installer_started(result_dir: Path) -> bool:
     """Whether the installer of ``result_dir`` (the helper, or the unit's service) has started."""
     return (result_dir / "helper.pid").exists() or (result_dir / "result.json").exists()
+
+
+def _installer_progress(result_dir: Path) -> tuple[Any, bool]:
+    """The installer's result in ``result_dir`` (``result.json``'s content, None before it is
+    written), and whether it is still going: its helper alive, or a step the unit recorded
+    there, which its next start finishes (blocking: reads the disk)."""
+    from gateway.updates.rollback import STEP  # (the unit's side: only while a package installs)
+
+    return read_json(result_dir / "result.json"), _helper_alive(result_dir) or (result_dir / STEP).exists()
 
 
 def _helper_alive(result_dir: Path) -> bool:

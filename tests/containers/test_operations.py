@@ -349,6 +349,25 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
 
+    def test_an_adopted_container_keeps_its_own_uptime(self) -> None:
+        """After a gateway restart, a running container it adopts shows the uptime of its own
+        run, from podman's ``State.StartedAt`` (nanoseconds, a local offset), not the time since
+        the gateway adopted it (docs/containers.md): it started from zero. A StartedAt after
+        now (the wall clock stepped back) or none counts from the adoption."""
+        description = ContainerDescription(image="reg:5000/app:1")
+        deployed = {name: Deployed(name, "1", description, "img1", "sha256:d1") for name in ("app", "ahead", "none")}
+        ContainerStore(self.state).save(DesiredState(deployed, {"img1"}))
+        self.runtime.images["img1"] = self.runtime.registry["reg:5000/app:1"]
+        self.clock.advance(1_800_000_000.0)  # 2027-01-15T08:00:00Z
+        started = {"app": "2027-01-15T08:59:40.987654321+02:00", "ahead": "2027-01-15T08:00:30Z", "none": ""}
+        for name, at in started.items():
+            self.runtime.containers_by_id[name] = ContainerState(name, deployed[name].container_name,
+                                                                 {LABEL_APP: name}, True, 6, started_at=at)
+        self.make()
+        self.clock.advance(5)
+        self.assertEqual({name: self.unit(name).status().uptime for name in started},
+                         {"app": 3624, "ahead": 5, "none": 5})
+
     def test_another_gateways_containers_are_left_alone(self) -> None:
         """Two gateways on one machine (each its own state directory) with the same podman
         storage: this one's start, an update of an app and its uninstall leave the other

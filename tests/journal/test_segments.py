@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.segments import Segment, has_segment, segment_holding
+from gateway.journal.segments import Segment, WriteGate, has_segment, segment_holding, write_batch
+from tests.journal.powercut import PowerCutFiles
 
 
 def _segments(*firsts: int) -> list[Segment]:
@@ -35,3 +38,32 @@ class HasSegmentTests(SynchronousTestCase):
         self.assertEqual([has_segment(segments, first) for first in (1, 5, 7, 9, 12)],
                          [False, True, False, True, False])
         self.assertFalse(has_segment([], 1))
+
+
+class CommittedThenFailed(PowerCutFiles):
+    """A directory fsync that reaches the disk and then reports EIO, once."""
+
+    failed = False
+
+    def fsync_dir(self, path: str) -> None:
+        super().fsync_dir(path)
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EIO, "Input/output error", path)
+
+
+class WriteBatchUndoTests(SynchronousTestCase):
+    """A failed batch's undo is durable."""
+
+    def test_a_new_segment_undone_stays_gone_after_a_power_cut(self) -> None:
+        """The batch that created a segment fails after the segment's name reached the disk:
+        its undo removes the segment durably (the directory fsynced, as retention's deletions
+        are), so a power cut does not bring back records whose appenders were told failed.
+        It was unlinked without the directory's fsync, and came back."""
+        files = CommittedThenFailed()
+        files.dirs.add("s")
+        with self.assertRaises(OSError):
+            write_batch(files, "s", [("s/5.seg", b"refused", 0, True)], True, None, False, WriteGate(), 1)
+        self.assertNotIn("s/5.seg", files.names)
+        files.cut()
+        self.assertNotIn("s/5.seg", files.names)

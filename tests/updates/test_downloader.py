@@ -259,6 +259,16 @@ class DownloaderTests(SynchronousTestCase):
         allowed = self.start(self.make(RangeFile(DATA), allow_http=True), url=plain)
         self.successResultOf(allowed.result)
 
+    def test_a_refused_scheme_says_what_is_allowed(self) -> None:
+        """An ``ftp://`` URL is refused saying what the settings allow: http and https with
+        ``allow_http``, else https only; with ``allow_http`` on it said ``https only unless
+        allow_http``, sending the operator to a setting already set."""
+        url = URL.replace("https", "ftp")
+        for allow_http, allowed in ((True, "http and https only"), (False, "https only unless allow_http")):
+            failure = self.failureResultOf(self.start(self.make(RangeFile(DATA), allow_http=allow_http),
+                                                      url=url).result, InsecureURL)
+            self.assertEqual(str(failure.value), f"{url}: ftp scheme is not allowed ({allowed})")
+
     def test_a_url_with_user_information_is_refused_without_naming_it(self) -> None:
         """updates.md: a URL with a user name or password (a token, often), given or redirected
         to, is refused at once, before its request, and the error names the URL without them;

@@ -274,8 +274,9 @@ class TargetTests(TestCase):
 
     @inlineCallbacks
     def test_the_earlier_installers_record_is_read_off_the_reactor_thread(self) -> None:
-        """The record of the installer launched before a restart, and its result directory's
-        files, are read through ``run_blocking`` (a thread in the gateway), not on the reactor
+        """The record of the installer launched before a restart, its result directory's files,
+        and the result and helper of the installer launched now (looked at once a second while
+        it runs) are read through ``run_blocking`` (a thread in the gateway), not on the reactor
         thread, where a slow SD card would stall every connection."""
         from twisted.internet.defer import maybeDeferred
 
@@ -305,6 +306,7 @@ class TargetTests(TestCase):
 
         self.patch(targets, "read_json", recorded("read_json", targets.read_json))
         self.patch(targets, "_installer_started", recorded("_installer_started", targets._installer_started))
+        self.patch(targets, "_helper_alive", recorded("_helper_alive", targets._helper_alive))
         deb = self.dir / "new" / "pkg.deb"
         deb.parent.mkdir()
         deb.write_text("deb")
@@ -314,6 +316,11 @@ class TargetTests(TestCase):
         message = yield installer.install(Operation("op", "install", [module]), module, [deb], False)
         self.assertEqual(message, "gateway package 3 installed")
         self.assertEqual(seen[:2], [("read_json", True), ("_installer_started", True)])
+        # The waits for the earlier installer's result and for this one's read result.json
+        # (and looked for the helper) on the reactor thread, once a second while dpkg ran
+        # (this one's result may come after a first look: a look more).
+        self.assertGreaterEqual([name for name, _ in seen].count("read_json"), 3)
+        self.assertEqual([name for name, off in seen if not off], [])
 
     @inlineCallbacks
     def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
