@@ -373,24 +373,20 @@ class ModuleInstaller:
         request = self.deb_request
         if request is None:
             raise InstallError("the .deb goes to gateway-selfupdate, but this installer was given no request path")
-        request.parent.mkdir(parents=True, exist_ok=True)
-        # (off the reactor thread: an atomic write fsyncs)
-        yield self.run_blocking(write_json_atomically, request, {"deb": str(deb), "result_dir": str(result_dir),
-                                                                 "correlation_id": operation.correlation_id})
+        # (each look at the disk off the reactor thread, through run_blocking: an atomic write
+        # fsyncs, and a slow SD card would stall every connection)
+        yield self.run_blocking(_write_request, request, {"deb": str(deb), "result_dir": str(result_dir),
+                                                          "correlation_id": operation.correlation_id})
         self.log.info("asked {unit} to install {deb} (request {request})", unit=SELFUPDATE_UNIT, deb=str(deb),
                       request=str(request))
         watch = NameWatch(self.reactor, request, self._notifier)
         began = steady_seconds(self.reactor)
         try:
-            while request.exists():
+            while (yield self.run_blocking(request.exists)):
                 if steady_seconds(self.reactor) - began >= UNIT_TAKE_LIMIT:
-                    try:  # taken back atomically, unless the unit takes it at this very moment
-                        os.replace(request, request.with_name(request.name + ".withdrawn"))
-                    except FileNotFoundError:
+                    withdrawn = yield self.run_blocking(_withdraw_request, request)
+                    if not withdrawn:
                         break
-                    # (durably: a request back after a power cut would be installed at boot, by the
-                    # unit enabled meanwhile, for an operation reported failed)
-                    yield self.run_blocking(fsync_directory, request.parent)
                     raise InstallError(
                         f"{SELFUPDATE_UNIT} did not take the request within {UNIT_TAKE_LIMIT:g}s: enable it as "
                         f"root (systemctl enable --now {SELFUPDATE_UNIT}), and check that it watches {request}; "
@@ -420,6 +416,25 @@ class ModuleInstaller:
                 yield watch.wait(LOOK_EVERY)
         finally:
             watch.close()
+
+
+def _write_request(request: Path, content: dict[str, Any]) -> None:
+    """Write the request ``gateway-selfupdate.path`` watches, its folder made first (blocking)."""
+    request.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(request, content)
+
+
+def _withdraw_request(request: Path) -> bool:
+    """Take the request nothing took back, atomically and durably; False when the unit took it at
+    this very moment (blocking: renames and fsyncs)."""
+    try:
+        os.replace(request, request.with_name(request.name + ".withdrawn"))
+    except FileNotFoundError:
+        return False
+    # (durably: a request back after a power cut would be installed at boot, by the unit enabled
+    # meanwhile, for an operation reported failed)
+    fsync_directory(request.parent)
+    return True
 
 
 def _installer_started(result_dir: Path) -> bool:

@@ -322,6 +322,42 @@ class TargetTests(TestCase):
         self.assertGreaterEqual([name for name, _ in seen].count("read_json"), 3)
         self.assertEqual([name for name, off in seen if not off], [])
 
+        # Handed to the unit (deb_installer: unit), the request's folder is made, the request
+        # looked for once a second (up to UNIT_TAKE_LIMIT) and withdrawn when nothing took it,
+        # through run_blocking too: they once ran on the reactor thread.
+        from twisted.internet.task import Clock
+
+        unit_request = self.dir / "unit" / "deb-request.json"
+        touched: list[tuple[str, bool]] = []
+
+        def watched(name: str, f: Any) -> Any:
+            def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+                if Path(path) in (unit_request, unit_request.parent):
+                    touched.append((name, blocking[0]))
+                return f(path, *args, **kwargs)
+            return call
+
+        self.patch(Path, "exists", watched("exists", Path.exists))
+        self.patch(Path, "mkdir", watched("mkdir", Path.mkdir))
+        self.patch(os, "replace", watched("replace", os.replace))
+        clock = Clock()
+        unit = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, run_blocking=run_blocking,
+                               deb_request=unit_request)
+        taken = unit.install(Operation("op-2", "install", [module]), module, [deb], False)
+        clock.advance(targets.LOOK_EVERY)
+        self.assertNoResult(taken)
+        unit_request.rename(unit_request.with_name("taken"))
+        (deb.parent / "helper" / "result.json").write_text('{"exit_code": 0, "output": ""}')
+        clock.advance(targets.LOOK_EVERY)
+        self.assertEqual(self.successResultOf(taken), "gateway package 3 installed")
+        untaken = unit.install(Operation("op-3", "install", [module]), module, [deb], False)
+        clock.pump([targets.LOOK_EVERY] * int(targets.UNIT_TAKE_LIMIT / targets.LOOK_EVERY))
+        self.failureResultOf(untaken, InstallError)
+        self.assertTrue(unit_request.with_name("deb-request.json.withdrawn").exists())
+        self.assertEqual({name for name, _ in touched}, {"mkdir", "exists", "replace"})
+        self.assertGreaterEqual([name for name, _ in touched].count("exists"), 3)
+        self.assertEqual([name for name, off in touched if not off], [])
+
     @inlineCallbacks
     def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
         """The package names the app it installs (its file name or app.yaml), not the module: a
