@@ -1,5 +1,6 @@
 """The check every directory key of the configuration goes through (``gateway.state_dir``,
-``journal.directory``): a directory the gateway makes at start, or uses as it is."""
+``journal.directory``): a directory the gateway makes at start, or uses as it is; and its words,
+which the check of a file's directory (an exosite link's ``cik_file``) uses too."""
 
 from __future__ import annotations
 
@@ -23,11 +24,32 @@ def directory_problem(path: Path) -> str | None:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        if os.path.islink(path):
-            return f"{str(path)!r} cannot be used: it is a symbolic link to {os.readlink(path)!r}, which does not exist"
-        return None  # (made at start)
+        return dangling_link(path)  # (None: made at start)
     except OSError as exc:
-        return f"{str(path)!r} cannot be used: {exc.strerror or exc}"
+        return cannot_be_used(path, exc)
     if not stat.S_ISDIR(mode):
-        return f"{str(path)!r} exists and is not a directory"
+        return not_a_directory(path)
     return None
+
+
+def cannot_be_used(path: Path, error: OSError) -> str:
+    """How a path the gateway cannot look at is told: ``'<path>' cannot be used: <why>`` (a loop
+    of symbolic links, a file on the way, a name too long).
+
+    :param path: the path looked at.
+    :param error: what looking at it raised.
+    """
+    return f"{str(path)!r} cannot be used: {error.strerror or error}"
+
+
+def dangling_link(path: Path) -> str | None:
+    """How a symbolic link to nothing at ``path`` is told (``mkdir`` does not follow it); None
+    when ``path`` is no such link."""
+    if os.path.islink(path):
+        return f"{str(path)!r} cannot be used: it is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
+def not_a_directory(path: Path) -> str:
+    """How a path that is there but is no directory is told: ``'<path>' exists and is not a directory``."""
+    return f"{str(path)!r} exists and is not a directory"

@@ -1045,12 +1045,37 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(link.format(mode="exosite", path=cik_file), "http_links.links.m.cik_file",
                                 f"the gateway cannot write in {directory}, so the CIK activated for this link"
                                 " (once per serial) could not be saved")
-        for under_a_file in ("x.cik", "sub/x.cik"):  # (a path under a file is not there: its file is looked at)
-            self.assertOneError(link.format(mode="exosite", path=Path(self.write("")).absolute() / under_a_file),
-                                "http_links.links.m.cik_file", "is not a directory")
+        a_file = Path(self.write("")).absolute()
+        self.assertOneError(link.format(mode="exosite", path=a_file / "x.cik"), "http_links.links.m.cik_file",
+                            f"{str(a_file)!r} exists and is not a directory: the CIK activated for this link")
         writable = Path(self.mktemp()).absolute() / "new" / "murano.cik"
         config.load(self.write(link.format(mode="exosite", path=writable)))
         config.load(self.write(link.format(mode="json", path=readonly / "murano.cik")))
+
+    def test_a_cik_file_under_a_loop_of_links_or_a_file_is_refused(self) -> None:
+        """A ``cik_file`` under a symbolic link pointing at itself (ELOOP), deeper under a regular
+        file (ENOTDIR), under a name longer than the file system takes (ENAMETOOLONG), or in or under
+        a symbolic link to nothing (the save's ``mkdir`` does not follow it) is refused
+        in the words of the directory keys (gateway.configdirectory): the check took such a path
+        as not there yet and looked at the directory above, so a loop passed (the link then
+        could not save the CIK the platform issues once per serial) and a file on the way was
+        named instead of the path."""
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        (base / "loop").symlink_to("loop")
+        (base / "file").write_text("")
+        (base / "gone").symlink_to("nowhere")
+        link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      mode: exosite\n      cik_file: {path}\n"
+        dangling = "it is a symbolic link to 'nowhere', which does not exist"
+        for directory, named, why in ((base / "loop", base / "loop", "Too many levels of symbolic links"),
+                                      (base / "loop" / "a", base / "loop" / "a", "Too many levels of symbolic links"),
+                                      (base / "file" / "sub", base / "file" / "sub", "Not a directory"),
+                                      (base / ("x" * 300), base / ("x" * 300), "File name too long"),
+                                      (base / "gone", base / "gone", dangling),
+                                      (base / "gone" / "sub", base / "gone", dangling)):
+            self.assertOneError(link.format(path=directory / "murano.cik"), "http_links.links.m.cik_file",
+                                f"{str(named)!r} cannot be used: {why}: the CIK activated for this link"
+                                " (once per serial) could not be saved")
 
     def test_a_relative_cik_file_is_checked_where_the_link_keeps_it(self) -> None:
         """A relative ``cik_file`` is under the state directory, where the link writes it: it is

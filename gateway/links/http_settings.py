@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
+from gateway.configdirectory import cannot_be_used, dangling_link, not_a_directory
 from gateway.configurl import URLForm, url_problem
 from gateway.httpheaders import header_name_problem, header_value_problem
 from gateway.links.settings import RouteSettings
@@ -47,11 +48,13 @@ def cik_file_problem(cik_file: str) -> str | None:
     :param cik_file: the path the link writes (a configured relative one is taken from the state
         directory: :func:`gateway.links.cikplace.cik_path`).
     """
-    found = nearest_existing(Path(cik_file).parent, _stat_or_absent)
+    found = nearest_existing(Path(cik_file).parent, _stat_or_unusable)
     if found is None:
         return (f"the gateway cannot look at {Path(cik_file).parent} or the directories above it, so the CIK"
                 " activated for this link (once per serial) could not be saved")
     directory, stats = found
+    if isinstance(stats, str):
+        return f"{stats}: the CIK activated for this link (once per serial) could not be saved"
     virtual = filesystem_of(stats.st_dev)
     if virtual is not None and virtual[0] in VIRTUAL_TYPES:
         # (root may write in /proc and /sys, and nothing written there is kept)
@@ -60,7 +63,7 @@ def cik_file_problem(cik_file: str) -> str | None:
                 " be saved: leave cik_file out (<state_dir>/links/<name>.cik) or name a file under the state"
                 " directory")
     if not stat.S_ISDIR(stats.st_mode):
-        return f"{directory} is not a directory: the CIK activated for this link could not be saved"
+        return f"{not_a_directory(directory)}: the CIK activated for this link (once per serial) could not be saved"
     if not os.access(directory, os.W_OK | os.X_OK):
         return (f"the gateway cannot write in {directory}, so the CIK activated for this link (once"
                 " per serial) could not be saved: leave cik_file out (<state_dir>/links/<name>.cik)"
@@ -68,14 +71,21 @@ def cik_file_problem(cik_file: str) -> str | None:
     return None
 
 
-def _stat_or_absent(path: Path) -> os.stat_result:
-    """``os.stat(path)``, a path under a file or under a loop of symbolic links taken as absent
-    (:exc:`FileNotFoundError`, as :meth:`pathlib.Path.exists` takes it): the directory above is looked at."""
+def _stat_or_unusable(path: Path) -> os.stat_result | str:
+    """``os.stat(path)``; for a path no directory can be made at (under a loop of symbolic links,
+    under a file, a name too long: ELOOP, ENOTDIR, ENAMETOOLONG; a symbolic link to nothing), why,
+    in the words of the directory keys (:mod:`gateway.configdirectory`). :meth:`pathlib.Path.exists` took such a
+    path as absent, so the check looked at the directory above, and a loop passed."""
     try:
         return os.stat(path)
+    except FileNotFoundError:
+        dangling = dangling_link(path)
+        if dangling is None:
+            raise  # (not there yet: made when the CIK is saved)
+        return dangling
     except OSError as exc:
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-            raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from exc
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
+            return cannot_be_used(path, exc)
         raise
 
 
