@@ -320,6 +320,7 @@ class Outbox:
         self._overflow_drops = 0  # drops since the last "has room again" line
         self._unlogged = [0, 0, 0]  # drops since the last log line, by reason (overflowlines.QOS0_FULL ...)
         self._logged_at = float("-inf")
+        self._counted_at = float("-inf")  # when _unlogged started: the last line, or a summary's take
 
     def __len__(self) -> int:
         return len(self._qos0) + len(self._acked)
@@ -537,12 +538,12 @@ class Outbox:
         now = policy.clock()
         if now - self._logged_at < policy.log_interval:
             return
-        told = policy.lines.told(self.client_id, self._unlogged)
-        count, since = sum(self._unlogged), self._logged_at
+        since = self._counted_at
+        drops = self.take_unlogged()
         self._logged_at = now
-        self._unlogged = [0, 0, 0]
-        if not told:
+        if not policy.lines.told(self, drops):
             return
+        count = sum(drops)
         if starts:
             self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
                           "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
@@ -599,14 +600,22 @@ class Outbox:
         if not now_or_never and now - self._logged_at < self.policy.log_interval:
             self._room_unsaid = True
             return
-        if self.policy.lines.told(self.client_id, self._unlogged):
+        if self.policy.lines.told(self, self.take_unlogged()):
             self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
                           client_id=self.client_id, count=self._overflow_drops,
                           s=" was" if self._overflow_drops == 1 else "s were")
         self._logged_at = now
         self._room_unsaid = False
         self._overflow_drops = 0
-        self._unlogged = [0, 0, 0]
+
+    def take_unlogged(self) -> list[int]:
+        """The drops since the queue's last line (or a summary's last take), by reason
+        (:data:`~gateway.broker.overflowlines.QOS0_FULL` ...), counted said from now on: by the
+        line due, or by the summary of the sessions summed up
+        (:class:`gateway.broker.overflowlines.OverflowLines`)."""
+        drops, self._unlogged = self._unlogged, [0, 0, 0]
+        self._counted_at = self.policy.clock()
+        return drops
 
     def clear(self) -> None:
         """Forget every message (the session starts over or ends)."""

@@ -4,7 +4,9 @@ Each session's queue logs its overflow at most once per interval (:class:`gatewa
 with a thousand persistent sessions overflowing, that was a thousand lines a minute. Here the
 first :data:`DETAILED_SESSIONS` sessions whose line falls due in an interval are logged as
 before; every other session's line is folded into one summary line for the interval: how many
-sessions, how many messages they dropped since their last line, by reason. The summary is said
+sessions, and every message they dropped since their last line (or the last summary) until the
+summary is said, by reason: their drops after their folded line are taken from their queues when
+it is said (:meth:`FoldedQueue.take_unlogged`; nothing more is done per drop). The summary is said
 when the next interval starts (at the next session line due: no timer, as
 :class:`gateway.logthrottle.LogThrottle`), or at :meth:`OverflowLines.flush` (the broker stops).
 The per-client counts stay in the broker's snapshot and ``/metrics``.
@@ -12,7 +14,7 @@ The per-client counts stay in the broker's snapshot and ``/metrics``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -20,6 +22,16 @@ from twisted.logger import Logger
 DETAILED_SESSIONS = 5
 #: Why a queue dropped a message, as :meth:`OverflowLines.told` counts them (index: reason).
 QOS0_FULL, QOS12_FULL, TOO_LARGE = range(3)
+
+
+class FoldedQueue(Protocol):
+    """A session's queue, as a summary sees it (:class:`gateway.broker.outbox.Outbox`)."""
+
+    client_id: str
+
+    def take_unlogged(self) -> Sequence[int]:
+        """The queue's drops since its last line or the last take, by reason (:data:`QOS0_FULL`,
+        :data:`QOS12_FULL`, :data:`TOO_LARGE`), counted said from now on."""
 
 
 class OverflowLines:
@@ -38,14 +50,16 @@ class OverflowLines:
         self.overflow = overflow
         self._started = float("-inf")
         self._named: set[str] = set()
-        self._folded: set[str] = set()
+        self._folded: set[FoldedQueue] = set()
         self._drops = [0, 0, 0]
 
-    def told(self, client_id: str, drops: Sequence[int]) -> bool:
-        """A line of ``client_id``'s queue is due, for its ``drops`` since its last line (by
-        reason: :data:`QOS0_FULL`, :data:`QOS12_FULL`, :data:`TOO_LARGE`): ``True`` when the
-        caller logs it; ``False`` when it is summed up in this interval's summary (the caller
-        then counts it said)."""
+    def told(self, queue: FoldedQueue, drops: Sequence[int]) -> bool:
+        """A line of ``queue`` is due, for its ``drops`` since its last line (by reason:
+        :data:`QOS0_FULL`, :data:`QOS12_FULL`, :data:`TOO_LARGE`), which the caller took
+        (:meth:`FoldedQueue.take_unlogged`) before: ``True`` when the caller logs it; ``False``
+        when it is summed up in this interval's summary, with the drops the queue makes until
+        the summary is said."""
+        client_id = queue.client_id
         now = self.clock()
         if now - self._started >= self.interval:
             self.flush()
@@ -55,17 +69,21 @@ class OverflowLines:
         if client_id in named or len(named) < DETAILED_SESSIONS:
             named.add(client_id)
             return True
-        self._folded.add(client_id)
+        self._folded.add(queue)
         for reason, count in enumerate(drops):
             self._drops[reason] += count
         return False
 
     def flush(self) -> None:
-        """Log the summary of the sessions summed up since the last one, if any."""
+        """Log the summary of the sessions summed up since the last one, if any, with their drops
+        since their folded lines."""
         if not self._folded:
             return
+        for queue in self._folded:
+            for reason, count in enumerate(queue.take_unlogged()):
+                self._drops[reason] += count
         qos0, qos12, too_large = self._drops
-        sessions = len(self._folded)
+        sessions = len({queue.client_id for queue in self._folded})
         self.log.warn("queues of {sessions} more session{s} overflowed since {seconds:.0f} s ago (at most {named} "
                       "sessions are named each {interval:.0f} s): {count} message{ms} dropped ({qos0} QoS 0 and "
                       "{qos12} QoS 1/2 ({overflow}) for full queues, {too_large} larger than max_queued_bytes)",

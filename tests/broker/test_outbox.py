@@ -222,11 +222,34 @@ class ManySessionsOverflowLogTests(SynchronousTestCase):
     def summaries(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("log_namespace", "").endswith("OverflowLines")]
 
+    def test_the_summary_counts_every_drop_of_the_sessions_it_stands_for(self) -> None:
+        """Two sessions summed up that drop 5 messages each in a minute: the summary says 10, not
+        the 2 their first drops made due (a real run: 2 sessions dropped 8, the summary said 2);
+        a session summed up and then named says the drops since the summary, over the time since it."""
+        from twisted.logger import formatEvent
+        outboxes = [Outbox(f"dev{index}", self.policy, persistent=True) for index in range(7)]
+        for outbox in outboxes:
+            for _ in range(6):
+                outbox.push(message("x", 1))
+        self.clock.advance(30)
+        for outbox in outboxes[5:]:  # (more drops, half a minute later)
+            outbox.push(message("x", 1))
+        self.clock.advance(30)
+        outboxes[0].push(message("x", 1))  # (its line due: a new minute, the summary said first)
+        [summary] = self.summaries()
+        outboxes[6].push(message("x", 1))  # (named this minute)
+        self.assertEqual((summary["sessions"], summary["count"], summary["qos12"]), (2, 10, 10))
+        last = self.outbox_lines()[-1]
+        self.assertEqual(formatEvent(last), "queue for 'dev6' is still full: 1 more message dropped in 0 s (6 in all)")
+        self.policy.lines.flush()
+        self.assertEqual(len(self.summaries()), 1)  # (nothing more summed up)
+        self.assertEqual(summary["count"] + 1, sum(outbox.dropped for outbox in outboxes[5:]))
+
     def test_a_few_sessions_in_detail_and_one_summary_an_interval(self) -> None:
         """1,000 sessions each drop 3 messages (2 QoS 1, 1 too large) in a minute, and 5 (4 and 1)
         the next: each minute logs 5 sessions' lines and, at the next minute or the broker's stop,
-        one summary of the 995 others, with the drops their lines stood for, by reason (before:
-        1,000 lines a minute)."""
+        one summary of the 995 others, with every drop of theirs since their last line, by reason
+        (before: 1,000 lines a minute)."""
         from twisted.logger import formatEvent
         from gateway.broker.overflowlines import DETAILED_SESSIONS
         outboxes = [Outbox(f"dev{index}", self.policy, persistent=True) for index in range(1000)]
@@ -240,17 +263,18 @@ class ManySessionsOverflowLogTests(SynchronousTestCase):
         self.assertEqual({e["client_id"] for e in self.outbox_lines()}, {f"dev{index}" for index in range(5)})
         [summary] = self.summaries()  # (the first minute's, said when the second began)
         self.assertEqual((summary["sessions"], summary["count"], summary["qos0"], summary["qos12"],
-                          summary["too_large"]), (995, 995, 0, 995, 0))
-        self.policy.lines.flush()  # (the broker stops)
-        summary = self.summaries()[-1]
-        # the second minute's: each session's line stood for the first minute's drops after its
-        # first line, and its own first drop (the rest wait for the session's next line)
-        self.assertEqual((summary["sessions"], summary["count"], summary["qos12"], summary["too_large"]),
-                         (995, 995 * 3, 995 * 2, 995))
+                          summary["too_large"]), (995, 995 * 3, 0, 995 * 2, 995))
         self.assertEqual(formatEvent(summary),
                          "queues of 995 more sessions overflowed since 60 s ago (at most 5 sessions are named each"
                          " 60 s): 2985 messages dropped (0 QoS 0 and 1990 QoS 1/2 (drop_new) for full queues,"
                          " 995 larger than max_queued_bytes)")
+        self.policy.lines.flush()  # (the broker stops)
+        summary = self.summaries()[-1]
+        # the second minute's: each session's drops since the first summary (4 QoS 1, 1 too large)
+        self.assertEqual((summary["sessions"], summary["count"], summary["qos12"], summary["too_large"]),
+                         (995, 995 * 5, 995 * 4, 995))
+        # (every drop of the sessions summed up is in a summary, once)
+        self.assertEqual(sum(e["count"] for e in self.summaries()), sum(o.dropped for o in outboxes[5:]))
         self.assertEqual(sum(outbox.dropped for outbox in outboxes), 1000 * 8)
         self.assertEqual(self.policy.dropped, [0, 8000, 0])
         self.assertEqual(len(self.policy.dropping), 1000)
