@@ -608,6 +608,8 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         one of them refused is left out (a value that could not be built is its default:
         false reports).
     """
+    state_dir = (None if _refused(errors, ("gateway", "state_dir"))
+                 else Path(sections["gateway"].state_dir).expanduser().resolve())
     programs = _names(sections, data, "apps", "programs", failed)
     containers = _names(sections, data, "containers", "containers", failed)
     if programs is not None and containers is not None:
@@ -615,21 +617,19 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
             errors.add(("containers", "containers", name),
                        "the name of a program in apps.programs (a container app's name is not a hosted program's)")
     containers_settings = sections["containers"]
-    if (containers_settings.enabled and not containers_settings.socket
-            and not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("containers",)))):
+    if (state_dir is not None and containers_settings.enabled and not containers_settings.socket
+            and not _refused(errors, ("containers",))):
         # podman's service could never bind the default socket under a deep state directory
-        state_dir = Path(sections["gateway"].state_dir).expanduser().resolve()
         socket = podman_socket(containers_settings, state_dir)
         if (problem := socket_path_problem(socket)) is not None:
             errors.add(("containers", "socket"), f"empty: its default {str(socket)!r} is too long ({problem}): "
                                                  "set a shorter containers.socket or gateway.state_dir")
-    if not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("journal", "directory"))):
+    if state_dir is not None and not _refused(errors, ("journal", "directory")):
         # (relative: under the state directory, as the start takes it)
-        journal = Path(sections["gateway"].state_dir).expanduser().resolve() / sections["journal"].directory
+        journal = state_dir / sections["journal"].directory
         if (problem := directory_problem(journal)) is not None:
             errors.add(("journal", "directory"), problem)
-    if not any(_refused(errors, path) for path in (("gateway", "state_dir"), ("http_links",))):
-        state_dir = Path(sections["gateway"].state_dir).expanduser().resolve()
+    if state_dir is not None and not _refused(errors, ("http_links",)):
         for name, link in sections["http_links"].links.items():
             # (an absolute one is checked with its link; a relative one is under the state directory)
             if link.mode == "exosite" and link.cik_file and not Path(link.cik_file).is_absolute():

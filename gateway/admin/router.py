@@ -38,6 +38,9 @@ Handler = Callable[..., Any]
 RouteSpec = tuple[str, str, Handler, Collection[str]]
 #: Why a query key a route that takes none is refused (after the key's name).
 NO_QUERY_KEYS = "this route takes no query keys"
+#: The ``Content-Security-Policy`` directives every answer's policy ends with (an HTML page's
+#: too: :class:`Raw`): framed by no page, no ``<base>``, no form sent anywhere.
+NO_FRAMES_BASE_OR_FORMS = "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 #: The headers of every answer, against a page of another site that frames or reads it: no
 #: framing, no content but what its type says, no Referer (the status page's URL holds its
 #: token), and a policy that loads nothing (the status page has one of its own, :class:`Raw`).
@@ -45,7 +48,7 @@ BROWSER_HEADERS = {
     b"x-frame-options": b"DENY",
     b"x-content-type-options": b"nosniff",
     b"referrer-policy": b"no-referrer",
-    b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    b"content-security-policy": f"default-src 'none'; {NO_FRAMES_BASE_OR_FORMS}".encode(),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory, pick, stream_depth
 from gateway.admin.interfaces import ReadSideLike
+from gateway.admin.router import NO_FRAMES_BASE_OR_FORMS
 from gateway.admin.tables import duration, link_problem, pending_change, previous_stop, stream_problem
 from gateway.readside import to_jsonable
 
@@ -28,7 +29,7 @@ svg.spark{vertical-align:middle}progress{width:10em}
 #: (Its inline SVG is markup, its refresh a ``<meta>``: neither needs a source.)
 PAGE_POLICY = ("default-src 'none'; style-src 'sha256-"
                + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
-               + "'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+               + "'; " + NO_FRAMES_BASE_OR_FORMS)
 
 
 def sparkline(series: list[tuple[float, int]], now: float, window: float,

@@ -308,10 +308,10 @@ def _allowed_origins(value: Any, websocket: bool, path: tuple[str, ...], errors:
         errors.add(path, f"must be a list of origins (scheme://host[:port]), or ['*'] for any, not "
                          f"{jsontext.given(value)}")
         return ()
-    problems = [(index, entry_problem(entry)) for index, entry in enumerate(value)]
-    for index, problem in problems:
+    for index, entry in enumerate(value):
+        problem = entry_problem(entry)
         if problem is not None:
-            errors.add(path + (str(index),), f"{problem}, not {jsontext.given(value[index])}")
+            errors.add(path + (str(index),), f"{problem}, not {jsontext.given(entry)}")
     return tuple(str(entry) for entry in value)
 
 

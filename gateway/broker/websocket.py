@@ -10,7 +10,7 @@ only for others is refused with HTTP 406. A browser page's handshake whose ``Ori
 listener's ``allowed_origins`` does not take is refused with HTTP 403
 (:mod:`gateway.broker.wsorigin`), logged as the HTTP listeners log theirs
 (:class:`~gateway.browserguard.BrowserGuard`); autobahn never reads ``Origin`` (see
-:func:`without_origin`). A text message breaks the MQTT-over-WebSocket
+:func:`~gateway.broker.wsorigin.without_origin`). A text message breaks the MQTT-over-WebSocket
 rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
 lets an application send no other code below 3000). An opening handshake (its HTTP request
 head) over :data:`MAX_HANDSHAKE` bytes is refused with HTTP 431: autobahn gathers a head with
@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from gateway.addresses import address_text
 from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
-from gateway.broker.wsorigin import ORIGIN_HEADERS, AllowedOrigins
+from gateway.broker.wsorigin import AllowedOrigins, without_origin
 from gateway.browserguard import BrowserGuard
 from gateway.clockstep import steady_seconds
 from gateway.logbridge import set_autobahn_level
@@ -43,24 +43,6 @@ SUBPROTOCOLS = ("mqtt", "mqttv3.1")
 BINARY_ONLY = "MQTT goes in binary messages"
 #: The most bytes an opening handshake may take (twisted.web's limit for a request's head).
 MAX_HANDSHAKE = 16384
-
-
-def without_origin(head: bytes) -> bytes:
-    """An opening handshake's head without its ``Origin`` headers (and their continuation
-    lines). The listener checks the origin itself (:class:`~gateway.broker.wsorigin.AllowedOrigins`),
-    so autobahn need not read it; it refused with HTTP 400 one it could not parse, as paho-mqtt
-    writes for an IPv6 address (``http://::1:8083``), and one sent twice."""
-    kept: list[bytes] = []
-    dropping = False
-    for line in head.split(b"\r\n"):
-        if kept and line[:1] in (b" ", b"\t"):  # (a folded header's continuation)
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = bool(kept) and line.split(b":", 1)[0].strip().lower() in ORIGIN_HEADERS
-        if not dropping:
-            kept.append(line)
-    return b"\r\n".join(kept)
 
 
 def status_text(text: str) -> str:
@@ -157,8 +139,8 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         may send right after it) is over :data:`MAX_HANDSHAKE` bytes, with HTTP 431, before
         autobahn handles it, whether it comes whole or without end; what comes once it is
         refused is dropped. The head goes to autobahn once whole (autobahn waits for its end
-        too), without its ``Origin`` headers (:func:`without_origin`), unless its ``Origin`` is
-        refused (HTTP 403)."""
+        too), without its ``Origin`` headers (:func:`~gateway.broker.wsorigin.without_origin`),
+        unless its ``Origin`` is refused (HTTP 403)."""
         if self._refused:
             return
         if self._head is not None and self.state == self.STATE_CONNECTING:
@@ -183,26 +165,31 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         """Answer 431 to a head over :data:`MAX_HANDSHAKE` bytes and close, as a violation."""
         # (not autobahn's failHandshake: it logs two lines per connection, and the broker's
         # own line is logged at most once per interval however many clients do this)
-        self._refused = True
-        self._head = None
         tcp = self.transport
         assert tcp is not None
         self.factory.mqtt.violation(f"closing {address_text(tcp.getPeer())}: a WebSocket opening handshake"
                                     f" over {MAX_HANDSHAKE} bytes")
-        self.sendHttpErrorResponse(431, f"Request Header Fields Too Large (over {MAX_HANDSHAKE} bytes)")
-        tcp.loseConnection()
+        self._close_with(431, f"Request Header Fields Too Large (over {MAX_HANDSHAKE} bytes)")
 
     def _refuse_origin(self, head: bytes, why: str) -> None:
         """Answer 403 to a browser page's handshake whose ``Origin`` is refused, and close:
         counted in the listener's ``origins_refused``, logged by its guard (throttled)."""
-        self._refused = True
         tcp = self.transport
         assert tcp is not None
         self.factory.mqtt.origins_refused += 1
         target = head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[0].decode("latin-1")  # ("GET /mqtt")
         reason = self.factory.guard.refused(f"WebSocket {status_text(shown(target))} from "
                                             f"{address_text(tcp.getPeer())}", status_text(why))
-        self.sendHttpErrorResponse(403, reason)
+        self._close_with(403, reason)
+
+    def _close_with(self, status: int, reason: str) -> None:
+        """Answer the opening handshake with HTTP ``status`` (``reason``) and close; what comes
+        after is dropped."""
+        self._refused = True
+        self._head = None
+        self.sendHttpErrorResponse(status, reason)
+        tcp = self.transport
+        assert tcp is not None
         tcp.loseConnection()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:

@@ -467,7 +467,6 @@ class CheckOutcome:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-
 def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any],
                 taken: Sequence[str] = ()) -> CheckOutcome:
     """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in

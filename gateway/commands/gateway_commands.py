@@ -238,9 +238,10 @@ class GatewayCommands:
     def config_set(self, request: CommandRequest) -> "Deferred[Reply]":
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
         change is applied next and confirmed or reverted within ``confirm_window`` (reported
-        on ``report_topic``); the reply carries the new configuration's ``warnings``. 400 lists every configuration error (the change is reported
-        refused); 409 while another change is under way, or once the gateway's stop has begun;
-        500 saying why when the check cannot be run (reported refused too)."""
+        on ``report_topic``); the reply carries the new configuration's ``warnings``. 400 lists
+        every configuration error (the change is reported refused); 409 while another change
+        is under way, or once the gateway's stop has begun; 500 saying why when the check
+        cannot be run (reported refused too)."""
         args = request.args(("key", "value", "changes"))
         if "changes" in args:
             changes = args["changes"]

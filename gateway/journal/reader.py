@@ -83,8 +83,16 @@ class StreamReader:
         found, unreadable = loaded
         last = s.next_seq - 1
         first = s.first_kept_seq
+        dropped_below = s.ledger.dropped_below
         for name, (acked, above) in found.items():
             start, ranges = merge_ranges(min(acked, last), [], above, last)
+            if start + 1 < dropped_below:
+                # (a crash or power cut after the limits dropped the last segment, before its
+                # file went, as it does once the next one is on disk: counted lost, never read)
+                s.log.warn("journal {stream}: cursor {cursor} resumes at seq {next}: seqs {start}-{end} were"
+                           " dropped before a crash or power cut (counted in the loss report already)",
+                           stream=s.name, cursor=name, next=dropped_below, start=start + 1, end=dropped_below - 1)
+                start, ranges = merge_ranges(dropped_below - 1, ranges, (), last)
             self.cursors[name] = Cursor(name, start, ranges, saved=acked)
             if name in unreadable:
                 s.log.warn("journal {stream}: cursor {cursor} is unreadable ({error}): it starts again at"
@@ -95,15 +103,6 @@ class StreamReader:
                            " {start}-{end} were deleted after its last save (acknowledged but not saved yet,"
                            " or dropped: a drop is in the loss report)",
                            stream=s.name, cursor=name, first=first, start=start + 1, end=first - 1)
-            dropped_below = s.ledger.dropped_below
-            if start + 1 < dropped_below:
-                # (a crash or power cut after the limits dropped the last segment, before its
-                # file went, as it does once the next one is on disk: counted lost, never read)
-                s.log.warn("journal {stream}: cursor {cursor} resumes at seq {next}: seqs {start}-{end} were"
-                           " dropped before a crash or power cut (counted in the loss report already)",
-                           stream=s.name, cursor=name, next=dropped_below, start=start + 1, end=dropped_below - 1)
-                start, ranges = merge_ranges(dropped_below - 1, [], ranges, last)
-                self.cursors[name] = Cursor(name, start, ranges, saved=acked)
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` at the oldest retained record unless it exists. A file the

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherRes
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.blocking import in_reactor_threads
+from gateway.blocking import RunBlocking, in_reactor_threads
 from gateway.clockstep import steady_seconds
 from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
@@ -102,6 +102,8 @@ class LinksService(Service):
         broker service's): client publishes the links route are acknowledged only once
         durable in every link's stream, and not at all once the links have stopped (the
         hook stays, refusing: :meth:`persist_many`). ``None``: no such hook.
+    :param run_blocking: runs blocking work off the reactor thread (the HTTP links' CIK files,
+        the check of where they lie); default: the reactor's thread pool.
     :param hold_downlink: hold what the clouds send (commands, values) until
         :meth:`open_downlink`, unacknowledged: the gateway's tree opens it once every service
         has started, so that a command the cloud kept for the gateway while it was offline,
@@ -119,8 +121,10 @@ class LinksService(Service):
                  http_links: HTTPLinksSettings | None = None,
                  http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
                  durable_gate: DurableHookGate | None = None, thing_id: str = "",
-                 hold_downlink: bool = False, proxy: ProxySettings = ProxySettings()) -> None:
+                 hold_downlink: bool = False, proxy: ProxySettings = ProxySettings(),
+                 run_blocking: RunBlocking | None = None) -> None:
         self.settings = settings
+        self.run_blocking = run_blocking or in_reactor_threads(reactor)
         self.proxy = proxy
         self.durable_gate = durable_gate
         self.http_settings = http_links or HTTPLinksSettings()
@@ -189,8 +193,10 @@ class LinksService(Service):
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         self._tell_leftover_streams()
         self._tell_default_device_id()
-        for warning in volatile_cik_warnings(self.http_settings.links, self.state_dir):
-            self.log.warn("{problem}", problem=warning)
+        if self.http_settings.links:  # (it stats up from each CIK file and reads the mount table)
+            self.run_blocking(volatile_cik_warnings, self.http_settings.links, self.state_dir).addCallbacks(
+                self._tell_volatile_ciks,
+                lambda failure: self.log.failure("where the CIK files lie could not be checked", failure))
         if self.links and self.durable_gate is not None:
             self.durable_gate.install(self.persist_many, self.router.routes)
         self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, request_handler(self._thing_request))
@@ -199,6 +205,13 @@ class LinksService(Service):
         # (a link that cannot start says why itself: a CIK file its user may not read)
         d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
         return d.addCallback(lambda _: None)
+
+    def _tell_volatile_ciks(self, warnings: list[str]) -> None:
+        """Warn, once at start, of each Exosite link whose CIK a reboot would lose
+        (:func:`~gateway.links.cikplace.volatile_cik_warnings`). Nothing changes: a box may be
+        meant to start afresh."""
+        for warning in warnings:
+            self.log.warn("{problem}", problem=warning)
 
     def _tell_default_device_id(self) -> None:
         """Warn, once at start, of cloud links that run on the default ``gateway.device_id``:
@@ -258,8 +271,7 @@ class LinksService(Service):
 
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
                         self._publish_local, self._link_status, cik_path(name, settings, self.state_dir),
-                        in_reactor_threads(self.reactor),
-                        self.retry_policy,
+                        self.run_blocking, self.retry_policy,
                         self._cloud_value)
 
     def _cloud_value(self, alias: str, value: str, when: float) -> None:

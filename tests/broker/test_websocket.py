@@ -9,7 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.broker.websocket import without_origin
+from gateway.broker.wsorigin import without_origin
 from tests.logevents import capture_log_events
 from tests.broker.harness import ANONYMOUS, eventually, port_of, raw_connect, start_broker
 from tests.ports import free_port

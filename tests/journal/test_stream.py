@@ -757,7 +757,7 @@ class OverflowTests(SynchronousTestCase):
         """docs/journal.md: the last segment, dropped whole to make room under a lowered
         max_bytes, goes once the next one is on disk; a power cut before that leaves it, its
         drop counted. Cut after any I/O job, with a cursor or none: the reopened stream gives
-        its cursor none of its records, and counts none of them again."""
+        its cursor none of its records, counts none of them again, and says so in one line."""
         for cursor in (True, False):
             files = PowerCutFiles()
             s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME))
@@ -772,8 +772,11 @@ class OverflowTests(SynchronousTestCase):
             runner.drain()
             d = appended(s, record(26))
             said: list[str] = []
+            heard = 0
             for cuts, reopened in enumerate(_reopened_after_each_job(files, settings, runner, said,
-                                                                     "dropped before a crash")):
+                                                                     "resumes at seq")):
+                self.assertLessEqual(len(said) - heard, 1, said[heard:])  # one line for one gap
+                heard = len(said)
                 self.assertNotIn(reopened.first_kept_seq, _dropped(reopened), cuts)  # (the twin reads it)
                 if cursor:
                     got = self.successResultOf(reopened.read("link", max_records=1))

@@ -5,9 +5,9 @@ serial once (docs/exosite.md)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -71,7 +71,8 @@ class VolatileCIKTests(SynchronousTestCase):
                          [f"link a: its CIK file {state / 'links' / 'a.cik'}", f"link b: its CIK file {state / 'b.cik'}"])
 
     def test_the_start_warns_once(self) -> None:
-        """The links' start logs the check's warning once (the link runs all the same)."""
+        """The links' start logs the check's warning once (the link runs all the same), the
+        check run off the reactor thread (it stats the file system and reads the mount table)."""
         from gateway.links.httplink import HTTPLink
 
         self.patch(HTTPLink, "start", lambda link: succeed(None))
@@ -79,11 +80,20 @@ class VolatileCIKTests(SynchronousTestCase):
         cik = self.work / "run" / "murano.cik"
         http = HTTPLinksSettings(links={"murano": HTTPLinkSettings(url="https://h", cik_file=str(cik))})
         events = capture_log_events(self)
+        jobs: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+        def in_a_thread(work: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            jobs.append((Deferred(), work, args))
+            return jobs[-1][0]
         service = LinksService(LinksSettings(), MemoryReactorClock(), RecordingBus(), MemoryJournal(),
                                identity=("default", "box-17"), http_links=http, http_client=lambda s: object(),
-                               state_dir=self.work / "state")
+                               state_dir=self.work / "state", run_blocking=in_a_thread)
         self.successResultOf(service.startService())
         self.addCleanup(service.stopService)
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+        self.assertEqual([work for _, work, _ in jobs], [cikplace.volatile_cik_warnings])
+        for done, work, args in jobs:
+            done.callback(work(*args))
         warnings: list[Any] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(len(warnings), 1, warnings)
         self.assertTrue(warnings[0].startswith(f"link murano: its CIK file {cik} is on tmpfs"), warnings)
