@@ -373,6 +373,9 @@ QUOTED_LINES: dict[str, str] = {
     "broker.topic-check: ignored beside plugins: ...":
         "broker:\n  plugins: [amqtt.plugins.authentication.AnonymousAuthPlugin]\n  topic-check: {enabled: true}\n",
     "gateway.tenant_id: must name this gateway's tenant, not '..': ...": "gateway:\n  tenant_id: '..'\n",
+    "broker.listeners.ws.allowed_origins.0: must be scheme://host[:port] ...":
+        "broker:\n  listeners:\n    ws:\n      type: ws\n      bind: 127.0.0.1:0\n"
+        "      allowed_origins: ['http://dash.example/']\n",
     "broker.listeners.default.colour: unknown key (known: ...)":
         "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n",
 }
