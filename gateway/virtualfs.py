@@ -63,10 +63,15 @@ def filesystem_of(device: int, mountinfo: str | None = None) -> tuple[str, str] 
     return None
 
 
-def virtual_fs_at(path: Path, mountinfo: str | None = None) -> tuple[str, str] | None:
-    """The virtual file system (:data:`VIRTUAL_TYPES`) that ``path`` lies on, as
-    :func:`filesystem_at` tells it; ``None`` when it lies on another, or when that cannot be told."""
-    found = filesystem_at(path, mountinfo)
+def virtual_fs_of(device: int, mountinfo: str | None = None) -> tuple[str, str] | None:
+    """The virtual file system (:data:`VIRTUAL_TYPES`) whose device number is ``device`` (a
+    stat's ``st_dev``), as :func:`filesystem_of` tells it; ``None`` when it is another, or when
+    that cannot be told.
+
+    :param device: the device number of a file on it.
+    :param mountinfo: the mount table to read (default: :data:`MOUNTINFO`, read when called).
+    """
+    found = filesystem_of(device, mountinfo)
     return found if found is not None and found[0] in VIRTUAL_TYPES else None
 
 

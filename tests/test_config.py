@@ -1131,6 +1131,12 @@ class LoadCheckTests(SynchronousTestCase):
                                 f"{directory} is on {kind} (mounted on /{directory.split('/')[1]}), one of the"
                                 " kernel's virtual file systems, which keeps no file: the CIK activated for this"
                                 " link (once per serial) could not be saved")
+        # (a directory to be made under a symbolic link into /sys: found by its device, not its name)
+        into_sys = Path(self.mktemp()).absolute()
+        into_sys.parent.mkdir(parents=True, exist_ok=True)
+        into_sys.symlink_to("/sys/kernel")
+        self.assertOneError(link.format(path=f"'{into_sys}/new/murano.cik'"), "http_links.links.m.cik_file",
+                            f"{into_sys} is on sysfs (mounted on /sys), one of the kernel's virtual file systems")
 
     def test_server_ports_out_of_range(self) -> None:
         """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on

@@ -7,26 +7,27 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.virtualfs import memory_fs_at, virtual_fs_at
+from gateway.virtualfs import memory_fs_at, virtual_fs_of
 
 
 class VirtualFSTests(SynchronousTestCase):
-    """``virtual_fs_at`` against this machine's mounts (Linux: /proc and /sys are always there)."""
+    """``virtual_fs_of`` and ``memory_fs_at`` against this machine's mounts (Linux: /proc and
+    /sys are always there)."""
 
     def test_proc_and_sys_and_a_link_into_them(self) -> None:
-        """A file to be made under /proc or /sys, or under a symbolic link to /sys, is on a
-        virtual file system; one under a test's directory is not."""
+        """A file under /proc or /sys, or a symbolic link to /sys, is on a virtual file system
+        (by its device); a test's directory is not."""
         link = Path(self.mktemp()).absolute()
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to("/sys/kernel")
-        self.assertEqual(virtual_fs_at(Path("/proc/gateway/x.cik")), ("proc", "/proc"))
-        self.assertEqual(virtual_fs_at(Path("/sys/kernel/x.cik")), ("sysfs", "/sys"))
-        self.assertEqual(virtual_fs_at(link / "new" / "x.cik"), ("sysfs", "/sys"))
-        self.assertIsNone(virtual_fs_at(link.parent / "new" / "x.cik"))
+        self.assertEqual(virtual_fs_of(os.stat("/proc/self").st_dev), ("proc", "/proc"))
+        self.assertEqual(virtual_fs_of(os.stat("/sys/kernel").st_dev), ("sysfs", "/sys"))
+        self.assertEqual(virtual_fs_of(os.stat(link).st_dev), ("sysfs", "/sys"))
+        self.assertIsNone(virtual_fs_of(os.stat(link.parent).st_dev))
 
     def test_unknown_without_a_mount_table(self) -> None:
         """Without a mount table to read (not Linux), nothing is said to be virtual."""
-        self.assertIsNone(virtual_fs_at(Path("/proc/x.cik"), mountinfo=self.mktemp()))
+        self.assertIsNone(virtual_fs_of(os.stat("/proc/self").st_dev, mountinfo=self.mktemp()))
 
     def test_a_file_system_in_memory(self) -> None:
         """A path on a tmpfs (or ramfs) is on a file system in memory, by its device in the mount

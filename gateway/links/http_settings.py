@@ -22,7 +22,7 @@ from gateway.links.settings import RouteSettings
 from gateway.mqtt.topics import valid_topic
 from gateway.pemfiles import ca_file_problem
 from gateway.nearestpath import nearest_existing
-from gateway.virtualfs import VIRTUAL_TYPES, filesystem_of
+from gateway.virtualfs import virtual_fs_of
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
@@ -55,8 +55,8 @@ def cik_file_problem(cik_file: str) -> str | None:
     directory, stats = found
     if isinstance(stats, str):
         return f"{stats}: the CIK activated for this link (once per serial) could not be saved"
-    virtual = filesystem_of(stats.st_dev)
-    if virtual is not None and virtual[0] in VIRTUAL_TYPES:
+    virtual = virtual_fs_of(stats.st_dev)
+    if virtual is not None:
         # (root may write in /proc and /sys, and nothing written there is kept)
         return (f"{directory} is on {virtual[0]} (mounted on {virtual[1]}), one of the kernel's virtual file"
                 " systems, which keeps no file: the CIK activated for this link (once per serial) could not"

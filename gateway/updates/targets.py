@@ -217,7 +217,7 @@ class ModuleInstaller:
             return message
         deb = files[0]
         result_dir = deb.parent / "helper"
-        if resumed and _installer_started(result_dir):
+        if resumed and (yield self.run_blocking(_installer_started, result_dir)):
             # Taken up after a restart: its installer runs, or ran, already. Nothing is launched,
             # so the lock is not waited for: another package's install, resumed beside this one,
             # may hold it, waiting for this installer's result before it launches its own.
@@ -445,10 +445,14 @@ def _installer_started(result_dir: Path) -> bool:
 def _installer_progress(result_dir: Path) -> tuple[Any, bool]:
     """The installer's result in ``result_dir`` (``result.json``'s content, None before it is
     written), and whether it is still going: its helper alive, or a step the unit recorded
-    there, which its next start finishes (blocking: reads the disk)."""
+    there, which its next start finishes (blocking: reads the disk). With its result there, the
+    helper and the step are not looked at."""
     from gateway.updates.rollback import STEP  # (the unit's side: only while a package installs)
 
-    return read_json(result_dir / "result.json"), _helper_alive(result_dir) or (result_dir / STEP).exists()
+    result = read_json(result_dir / "result.json")
+    if isinstance(result, dict):
+        return result, True
+    return result, _helper_alive(result_dir) or (result_dir / STEP).exists()
 
 
 def _helper_alive(result_dir: Path) -> bool:

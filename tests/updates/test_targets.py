@@ -321,6 +321,12 @@ class TargetTests(TestCase):
         # (this one's result may come after a first look: a look more).
         self.assertGreaterEqual([name for name, _ in seen].count("read_json"), 3)
         self.assertEqual([name for name, off in seen if not off], [])
+        # Taken up after a restart, whether its installer started is looked at off the reactor
+        # thread too (it once was not); with its result there, its helper is not looked for.
+        del seen[:]
+        message = yield installer.install(Operation("op", "install", [module]), module, [deb], True)
+        self.assertEqual(message, "gateway package 3 installed")
+        self.assertEqual(seen, [("_installer_started", True), ("read_json", True)])
 
         # Handed to the unit (deb_installer: unit), the request's folder is made, the request
         # looked for once a second (up to UNIT_TAKE_LIMIT) and withdrawn when nothing took it,
