@@ -102,19 +102,24 @@ def read(path: Path) -> bytes:
 
 def append(path: Path, data: bytes, size: int) -> int:
     """Append ``data`` to the log whose whole records end at ``size`` (what is after, a torn
-    tail or a failed append's part, is cut off first), and fsync it; returns the new size."""
+    tail or a failed append's part, is cut off first), and fsync it; returns the new size. A
+    log shorter than ``size`` (emptied by a compaction whose fsync failed, or removed) is
+    appended to where it ends: lengthened to ``size``, its gap of zeros would hide every
+    record after it."""
     files = OSFiles(0o644)
     name = str(path)
     created = not files.exists(name)
     try:
-        if not created and files.size(name) != size:
+        end = 0 if created else files.size(name)
+        if end > size:
             files.truncate(name, size)
+            end = size
         files.append_sync(name, data)
     finally:
         files.close(name)
     if created:
         files.fsync_dir(str(path.parent))
-    return size + len(data)
+    return end + len(data)
 
 
 def empty(path: Path) -> None:

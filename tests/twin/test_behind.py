@@ -152,6 +152,33 @@ class BehindFileTests(SynchronousTestCase):
         self.assertEqual((self.dir / behindlog.LOG_FILE).read_bytes(), b"")
         self.assertEqual(self.saved(), {"c": (THING, 0.0)})
 
+    def test_a_log_shorter_than_written_is_appended_to_where_it_ends(self) -> None:
+        """A compaction that cut the log to nothing but could not make it durable (its fsync
+        failed), or a log removed by hand, left the log shorter than the gateway counted: the
+        next append lengthened it back to that count with zeros before its record, and a
+        restart read no record past the zeros, losing every mark made or dropped since. The
+        log is appended to where it ends."""
+        self.patch(behind, "COMPACT_MIN_RECORDS", 2)
+        catch_up = self.catch_up()
+        self.refuse(catch_up, "a")
+        self.refuse(catch_up, "b")
+        empty = behindlog.empty
+
+        def cut_then_fail(path: Path) -> None:
+            os.truncate(path, 0)
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(behindlog, "empty", cut_then_fail)
+        with capturedLogs():
+            catch_up.corrected_by("a", succeed(None))  # (compacted: the snapshot holds b)
+        self.patch(behindlog, "empty", empty)
+        self.refuse(catch_up, "c")
+        self.assertEqual(self.saved(), {"b": (THING, 0.0), "c": (THING, 0.0)})
+        (self.dir / behindlog.LOG_FILE).unlink()
+        self.refuse(catch_up, "d")
+        self.refuse(catch_up, "e")
+        self.assertEqual(self.saved(), {"b": (THING, 0.0), "d": (THING, 0.0), "e": (THING, 0.0)})
+
     def test_a_torn_last_record_is_ignored_and_cut_off(self) -> None:
         """A crash while a record was appended leaves part of it, or a record whose CRC does not
         match: the marks before it are read, it is ignored (a warning says how many bytes), and
