@@ -63,8 +63,9 @@ class ShadowAppends:
         #: stream's reader passes it (:meth:`passed`) or the journal drops it unread; in the order
         #: they were journaled; ``max_things`` shadows at most, the latest (:meth:`_bound`)
         self._last_appended: dict[str, int] = {}
-        #: The last seq of the records of shadows :meth:`_bound` forgot (0: none): until the reader
-        #: passes it, a shadow not in :attr:`_last_appended` may have a record not read yet.
+        #: The last seq of the records of shadows :meth:`_bound` forgot before the reader read them
+        #: (0: none): until the reader passes it, a shadow not in :attr:`_last_appended` may have a
+        #: record not read yet. (Always above :attr:`_last_read` when not 0: :meth:`passed` clears it.)
         self._forgotten = 0
         self._last_read = 0  # the reader's, at the last :meth:`passed`
         self._first_kept = 1  # the stream's oldest record kept, at the last :meth:`_bound`
@@ -173,7 +174,9 @@ class ShadowAppends:
                 del self._last_appended[shadow]
         while len(self._last_appended) > self.settings.max_things:
             shadow = next(iter(self._last_appended))  # (the oldest)
-            self._forgotten = max(self._forgotten, self._last_appended.pop(shadow))
+            seq = self._last_appended.pop(shadow)
+            if seq > self._last_read:  # (one read is in the reader's pending records until answered)
+                self._forgotten = max(self._forgotten, seq)
 
     def answered(self, shadow: str, seq: int) -> None:
         """The request of ``shadow`` in the record ``seq`` is answered."""

@@ -575,6 +575,32 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual(self.stream.acked[shadowstream.CURSOR], len(self.stream.records))
         self.assertEqual(self.sync.appends._last_appended, {})
 
+    def test_a_shadow_behind_is_caught_up_once_the_shadows_forgotten_are_answered(self) -> None:
+        """Connected, the sync forgot the oldest of more than ``max_things`` shadows with requests
+        journaled (here read already, held unanswered) and noted its last request as one the
+        reader might not have reached; nothing but a record read let go of that note, so once
+        the cloud had answered everything and the twin was quiet, every shadow not remembered
+        counted as journaling for ever: one the cloud is behind on was never read again nor
+        corrected. A forgotten request the reader has read is held in its pending records, which
+        the catch-up waits for already: only one not read yet is noted."""
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
+        self.settings = TwinSettings(shadow_link="aws", max_document_bytes=1024, max_things=3)
+        self.restart()
+        self.connect()
+        for n in range(4):  # records 1 to 4, read at once: f0 is forgotten
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+        self.answer_all()
+        self.assertEqual(self.sync.appends._last_appended, {})
+        self.refuse_appends()
+        self.send(command("modify", "/features/f0/properties/y", 1))
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.answer_gets()  # (404: the whole of it goes)
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f0/update", {
+            "state": {"reported": {"x": 0, "y": 1}}, "clientToken": "5"})])
+        self.reply(f"{BASE}/name/f0/update/accepted", {"clientToken": "5", "version": 2})
+        self.assertEqual(self.sync.behind.marks, {})
+
     def test_after_a_restart_a_shadow_behind_waits_for_its_requests_journaled_before(self) -> None:
         """A restart forgets which shadows the requests left in the stream are for, and the
         reader reads READ_AHEAD of them at most: a shadow the cloud is behind on whose request
