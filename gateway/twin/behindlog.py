@@ -12,6 +12,7 @@ The functions here that touch the disk block: they run off the reactor thread.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -40,8 +41,13 @@ class BehindMark:
 
 def valid_mark(mark: Any) -> bool:
     """Whether ``mark`` (decoded JSON) is a mark as the files hold it: ``{"thing": <str>,
-    "since": <number>}`` (other keys are ignored)."""
-    return isinstance(mark, dict) and isinstance(mark.get("thing"), str) and type(mark.get("since")) in (int, float)
+    "since": <number>}``, a finite number a float holds (other keys are ignored)."""
+    if not (isinstance(mark, dict) and isinstance(mark.get("thing"), str) and type(mark.get("since")) in (int, float)):
+        return False
+    try:
+        return math.isfinite(mark["since"])
+    except OverflowError:  # (an integer too large for a float)
+        return False
 
 
 def encode(shadow: str, mark: BehindMark | None) -> bytes:

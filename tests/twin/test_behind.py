@@ -213,6 +213,21 @@ class BehindFileTests(SynchronousTestCase):
         self.refuse(catch_up, "g")
         self.assertEqual(self.saved(), {"": (THING, 3.0), "g": (THING, 0.0)})
 
+    def test_a_snapshot_whose_since_is_no_time_is_set_aside(self) -> None:
+        """A shadows-behind.json whose ``since`` is a number no clock gives (an integer too large
+        for a float, NaN, infinity: a file damaged or edited by hand) is set aside as any file
+        that is not such a file: the integer made the load fail (OverflowError), and with it the
+        sync's start; infinity and NaN went on to the snapshot's ``behind_since``."""
+        path = self.dir / BEHIND_FILE
+        for since in (b"1" + b"0" * 400, b"NaN", b"Infinity", b"-1e999"):
+            content = b'{"shadows": {"f": {"thing": "acme:gw1", "since": %s}}}' % since
+            path.write_bytes(content)
+            with capturedLogs() as events:
+                self.assertEqual(self.saved(), {})
+            self.assertEqual(path.with_name(BEHIND_FILE + ".damaged").read_bytes(), content)
+            self.assertEqual([formatEvent(e).split(" (")[0] for e in events if "unusable" in e["log_format"]],
+                             [f"twin: unusable {path}"])
+
     def test_the_answer_waits_for_the_mark_to_be_durable(self) -> None:
         """Persist, then answer: the reason a change's response gives for the cloud being behind
         comes once the shadow's mark is on disk (a crash before it would lose the only record that
