@@ -224,6 +224,40 @@ class ShadowSyncTests(ShadowSyncCase):
         self.clock.advance(CATCH_UP_INTERVAL)
         self.assertEqual(self.connection.take(), [])
 
+    def test_a_request_answered_while_its_shadows_mark_is_written(self) -> None:
+        """The cloud answers a shadow's request in flight while the mark of a later change of
+        it, which the journal refused, is still on its way to the disk: the change is answered
+        once, when the mark is durable, and the shadow is not read before that (its refused
+        change is not settled yet) but by the next catch-up, then corrected."""
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
+        runner = HeldRunner()
+        self.patch(self.sync.behind._file, "run_blocking", runner)
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.refuse_appends()
+        answered = self.bus.deliver("e", command("modify", "/features/f/properties/y", 2))
+        self.assertEqual(self.bus.take(), [])
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.assertEqual(self.connection.take(), [])  # (not settled: its mark is being written)
+        self.assertEqual(self.bus.take(), [])
+        runner.run_one()
+        self.successResultOf(answered)
+        (_, event), (_, response) = self.bus.take()
+        self.assertEqual((response["status"], "cloud-behind" in response["headers"]), (201, True))
+        self.assertEqual(self.saved_marks(), {"f": (ROOT, 0.0)})
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        (get_topic, get_body), = self.connection.take()
+        self.reply(f"{get_topic}/accepted", {"state": {"reported": {"x": 1}}, "version": 1,
+                                             "clientToken": get_body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
+            "state": {"reported": {"y": 2}}, "clientToken": "2", "version": 1})])
+        runner.run_one()  # (its mark dropped)
+        self.assertEqual(self.saved_marks(), {})
+        self.assertEqual(self.bus.take(), [])
+
     def test_a_shadow_behind_is_read_as_soon_as_its_requests_are_answered_after_a_reconnect(self) -> None:
         """A shadow behind whose request from before the outage is still to be answered at the
         reconnect is read again as soon as that answer comes, and corrected: it waited for the
