@@ -4,7 +4,8 @@ A shadow request the journal refuses (the stream full under reject-new, a failed
 leaves its shadow *behind*: the twin holds the change, the cloud does not. The shadow is
 marked (the marks kept on disk by :mod:`gateway.twin.behind`), read again every
 :data:`CATCH_UP_INTERVAL` seconds while connected (and at each connect, and as soon as its
-last request is answered: :meth:`ShadowCatchUp.answered`) once none of its
+last request is answered: :meth:`ShadowCatchUp.answered`, or the sync reads past requests it
+could not tell the shadow of: :meth:`ShadowCatchUp.recheck`) once none of its
 requests is left to send, and corrected by the sync like at a connect; its mark goes once a
 correction is journaled with no request of it refused since.
 """
@@ -147,6 +148,14 @@ class ShadowCatchUp:
             return True
         self.sync.read_again(shadow)
         return False
+
+    def recheck(self) -> None:
+        """While connected, read again at once each shadow the cloud is behind on whose requests
+        are all answered now (:meth:`answered`): the sync no longer counts requests it could not
+        tell the shadow of (left from before a start, or forgotten) as still to send."""
+        if self.sync.sending():
+            for shadow in self.marks:
+                self.answered(shadow)
 
     def cancel(self) -> None:
         """Stop the catch-up timer (the connection is gone: the next connect reads them)."""

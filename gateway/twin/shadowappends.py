@@ -183,7 +183,7 @@ class ShadowAppends:
         if self._last_appended.get(shadow) == seq:
             del self._last_appended[shadow]
 
-    def passed(self, last_read: int, pending: Iterable[Record]) -> None:
+    def passed(self, last_read: int, pending: Iterable[Record]) -> bool:
         """The stream's reader has read every record up to ``last_read`` and holds ``pending``
         unanswered: a shadow whose last record journaled is at or before ``last_read`` and not
         pending is journaling no more. Its record was answered, or the journal dropped it unread
@@ -193,12 +193,15 @@ class ShadowAppends:
 
         :param last_read: the seq of the last record the reader read.
         :param pending: the records read and not answered yet.
+        :return: whether shadows journal no more now for that: the last forgotten record
+            (:meth:`_bound`, :meth:`started`) was passed, or a shadow's last one dropped unread.
         """
         self._last_read = last_read
-        if self._forgotten <= last_read:
+        passed_forgotten = 0 < self._forgotten <= last_read
+        if passed_forgotten:
             self._forgotten = 0
         if not self._last_appended or next(iter(self._last_appended.values())) > last_read:
-            return  # (nothing passed: the pending records are not walked, as at every read)
+            return passed_forgotten  # (no last record passed: the pending records are not walked, as at every read)
         held = {record.seq for record in pending}
         gone = []
         for shadow, seq in self._last_appended.items():  # (oldest first: the walk ends at the first not read)
@@ -208,3 +211,4 @@ class ShadowAppends:
                 gone.append(shadow)
         for shadow in gone:
             del self._last_appended[shadow]
+        return passed_forgotten or bool(gone)

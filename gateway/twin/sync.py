@@ -390,8 +390,10 @@ class ShadowSync:
 
     def _read(self) -> None:
         """Records were read: the shadows whose last record the reader passed are journaling no
-        more (:meth:`ShadowAppends.passed`); then send."""
-        self.appends.passed(self.reader.last_read, self.reader.pending)
+        more (:meth:`ShadowAppends.passed`), and those the cloud is behind on among them are read
+        again at once (after a restart, once the requests left from before are read); then send."""
+        if self.appends.passed(self.reader.last_read, self.reader.pending):
+            self.behind.recheck()
         self.pump()
 
     def pump(self) -> None:
