@@ -631,6 +631,19 @@ class ShadowSyncTests(ShadowSyncCase):
         self.reply(f"{BASE}/name/f0/update/accepted", {"clientToken": "5", "version": 2})
         self.assertEqual(self.sync.behind.marks, {})
 
+    def restart_with_backlog_and_behind(self, shadow: str) -> None:
+        """Journal updates of shadows f0 to f9 (records 1 to 10; the reader reads 5 ahead at
+        most), set ``y`` in ``shadow``, which the journal refuses (the cloud is behind on it),
+        and restart."""
+        from gateway.twin import shadowstream
+        self.patch(shadowstream, "READ_AHEAD", 5)
+        for n in range(10):
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+        self.refuse_appends()
+        self.send(command("modify", f"/features/{shadow}/properties/y", 1))
+        self.take_appends()
+        self.restart()
+
     def test_after_a_restart_a_shadow_behind_waits_for_its_requests_journaled_before(self) -> None:
         """A restart forgets which shadows the requests left in the stream are for, and the
         reader reads READ_AHEAD of them at most: a shadow the cloud is behind on whose request
@@ -638,14 +651,7 @@ class ShadowSyncTests(ShadowSyncCase):
         was sent (a correction from a state the request then changes). Until the reader passes
         the requests journaled before the start, a shadow behind now waits, as one whose last
         request the sync forgot does."""
-        from gateway.twin import shadowstream
-        self.patch(shadowstream, "READ_AHEAD", 5)
-        for n in range(10):  # records 1 to 10
-            self.send(command("modify", f"/features/f{n}/properties/x", n))
-        self.refuse_appends()
-        self.send(command("modify", "/features/f7/properties/y", 1))
-        self.take_appends()
-        self.restart()
+        self.restart_with_backlog_and_behind("f7")
         self.assertFalse(self.sync.settled("f7"))  # (its record 8 is not read)
         self.connect()
         tokens = self.answer_all()  # (f7 is read again as soon as its record 8 is answered)
@@ -662,14 +668,7 @@ class ShadowSyncTests(ShadowSyncCase):
         until the reader has read the requests left from before it (any of them might be its);
         it then waited for the next catch-up, CATCH_UP_INTERVAL (5 s) later, though aws.md
         says the shadows are caught up with no 5 s wait. It is read as soon as those are read."""
-        from gateway.twin import shadowstream
-        self.patch(shadowstream, "READ_AHEAD", 5)
-        for n in range(10):  # records 1 to 10
-            self.send(command("modify", f"/features/f{n}/properties/x", n))
-        self.refuse_appends()
-        self.send(command("modify", "/features/g/properties/y", 1))
-        self.take_appends()
-        self.restart()
+        self.restart_with_backlog_and_behind("g")
         self.connect()
         tokens = self.answer_all()  # (no clock advanced)
         last = len(self.stream.records)
