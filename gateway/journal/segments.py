@@ -343,9 +343,13 @@ def write_batch(
         gate.failed_epoch = epoch
         for path, _, before, new in ops:
             if not new and files.exists(path):
+                # (fsynced: this batch's part of it may be durable already, and its seqs go to
+                # the next batch, maybe in a new segment: a power cut must not bring back the
+                # refused records, which would hide the acknowledged ones of the same seqs)
                 files.truncate(path, before)
-        # (durably: a segment this batch created may already be in the directory on disk, when
-        # its fsync or the directory's got that far, and would come back after a power cut
+                files.fsync(path)
+        # (durably too: a segment this batch created may already be in the directory on disk,
+        # when its fsync or the directory's got that far, and would come back after a power cut
         # with records its appenders were told failed)
         created = [path for path, _, _, new in ops if new]
         if created:

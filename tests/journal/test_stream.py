@@ -53,6 +53,20 @@ def _reopened_after_each_job(files: PowerCutFiles, settings: StreamSettings, run
             return
 
 
+class _RefusesOnce(PowerCutFiles):
+    """A disk that refuses the first write to ``path`` (ENOSPC)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def append_sync(self, path: str, data: bytes) -> None:
+        if path == self.path:
+            self.path = ""
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        super().append_sync(path, data)
+
+
 class GroupCommitTests(SynchronousTestCase):
     """Appends arriving while a write is in flight share the next write and fsync."""
 
@@ -932,6 +946,31 @@ class DiskFullTests(SynchronousTestCase):
         s.clock.advance(WRITE_BACKOFF_S)
         self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
+
+    def test_a_failed_batch_truncated_back_stays_so_after_a_power_cut(self) -> None:
+        """A batch that filled the last segment (that part durable) and started a new one,
+        which the disk refused: the undo cuts the old segment back, durably. The seqs are used
+        again by the next write, which goes to a new segment (a bigger record that does not
+        fit); after a power cut every acknowledged record is read back, once, in order. The
+        cut-back was not fsynced: the refused record came back in the old segment, under the
+        seq of the acknowledged one in the new segment, which the reader then skipped."""
+        files = _RefusesOnce(segment_path(DIR, 11))
+        settings = StreamSettings(segment_bytes=10 * FRAME, min_free_bytes=0)
+        s = open_stream(files, settings)
+        for i in range(1, 10):
+            self.successResultOf(appended(s, record(i)))
+        d10, d11 = s.append(record(10)), s.append(record(11))
+        s.clock.advance(0)
+        self.failureResultOf(d10, JournalWriteError)
+        self.failureResultOf(d11, JournalWriteError)
+        s.clock.advance(WRITE_BACKOFF_S)
+        big = record(10, size=2 * FRAME)
+        self.assertEqual(self.successResultOf(appended(s, big)), 10)
+        self.assertEqual(self.successResultOf(appended(s, record(11))), 11)
+        files.cut()
+        got = read_all(open_stream(files, settings))
+        self.assertEqual([(r.seq, r.payload) for r in got],
+                         [(i, record(i).payload) for i in range(1, 10)] + [(10, big.payload), (11, record(11).payload)])
 
 
     def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
