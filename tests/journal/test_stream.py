@@ -67,6 +67,23 @@ class _RefusesOnce(PowerCutFiles):
         super().append_sync(path, data)
 
 
+class _DirSyncFailsAfterUnlink(PowerCutFiles):
+    """A disk whose first directory fsync after an unlink fails (EIO), the unlink not durable."""
+
+    unlinked = False
+    failed = False
+
+    def unlink(self, path: str) -> None:
+        super().unlink(path)
+        self.unlinked = True
+
+    def fsync_dir(self, path: str) -> None:
+        if self.unlinked and not self.failed:
+            self.failed = True
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().fsync_dir(path)
+
+
 class GroupCommitTests(SynchronousTestCase):
     """Appends arriving while a write is in flight share the next write and fsync."""
 
@@ -803,6 +820,29 @@ class OverflowTests(SynchronousTestCase):
             self.assertEqual(set(said), {"journal s: cursor link resumes at seq 26: seqs 1-25 were dropped before"
                                          " a crash or power cut (counted in the loss report already)"}
                              if cursor else set())
+
+    def test_a_deletion_whose_directory_fsync_fails_loses_nothing(self) -> None:
+        """The directory's fsync after a dropped segment's unlink fails (EIO): one error line
+        names the segment, and after a power cut (the file back) nothing is lost, sent again or
+        counted twice: the next open deletes it, the ledger's ``dropped_below`` being durable
+        before the unlink."""
+        files = _DirSyncFailsAfterUnlink()
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=25 * FRAME)
+        s = open_stream(files, settings)
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 26):
+            self.successResultOf(appended(s, record(i)))
+        with capturedLogs() as events:
+            self.assertEqual(self.successResultOf(appended(s, record(26))), 26)
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(errors, [f"journal s: deleting {segment_path(DIR, 1)} failed: [Errno 5] Input/output error:"
+                                  f" '{DIR}'"])
+        files.cut()
+        self.assertIn(segment_path(DIR, 1), files.names)  # (the unlink was not durable)
+        reopened = open_stream(files, settings)
+        self.assertNotIn(segment_path(DIR, 1), files.names)
+        self.assertEqual([r.seq for r in read_all(reopened, "link")], list(range(11, 27)))
+        self.assertEqual(_dropped(reopened), list(range(1, 11)))
 
     def test_a_drop_mark_beyond_the_segments_deletes_none(self) -> None:
         """A ledger whose ``dropped_below`` is past the stream's next seq belongs to segments
