@@ -7,10 +7,10 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.record import Frame, encode, scan
+from gateway.journal.record import Frame, Record, encode, scan
 from gateway.journal.segments import SUFFIX
 from gateway.journal.settings import StreamSettings
-from gateway.journal.stream import WRITE_BACKOFF_MAX_S
+from gateway.journal.stream import WRITE_BACKOFF_MAX_S, Stream
 from tests.journal.helpers import ManualRunner, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles, PowerLost
 
@@ -26,6 +26,21 @@ def _on_disk(files: PowerCutFiles) -> list[tuple[int, bytes]]:
     return out
 
 
+def _opened_with_cursor(files: PowerCutFiles, settings: StreamSettings) -> tuple[ManualRunner, Stream]:
+    """The stream in ``files`` opened, with its cursor ``link``, its I/O jobs run one by one."""
+    runner = ManualRunner()
+    stream = open_stream(files, settings, run=runner)
+    runner.drain()
+    stream.cursor("link")
+    runner.drain()
+    return runner, stream
+
+
+def _append(stream: Stream, rec: Record, fired: dict[bytes, int]) -> None:
+    """Append ``rec``; once its Deferred fires, ``fired`` maps its payload to its seq."""
+    stream.append(rec).addCallbacks(lambda seq: fired.__setitem__(rec.payload, seq), lambda f: None)
+
+
 class PowerCutTests(SynchronousTestCase):
     """Random appends, reads and acks, cut at a random file operation, many times over."""
 
@@ -36,11 +51,7 @@ class PowerCutTests(SynchronousTestCase):
         fired: dict[bytes, int] = {}
         counter = 0
         for _cut in range(3):
-            runner = ManualRunner()
-            stream = open_stream(files, settings, run=runner)
-            runner.drain()
-            stream.cursor("link")
-            runner.drain()
+            runner, stream = _opened_with_cursor(files, settings)
             files.fail_after = rng.randint(0, 80)
             try:
                 for _ in range(rng.randint(1, 120)):
@@ -48,8 +59,7 @@ class PowerCutTests(SynchronousTestCase):
                     if action < 0.45:
                         counter += 1
                         rec = record(counter)
-                        stream.append(rec).addCallbacks(
-                            lambda seq, p=rec.payload: fired.__setitem__(p, seq), lambda f: None)
+                        _append(stream, rec, fired)
                     elif action < 0.55:
                         stream.clock.advance(0)  # the reactor turn ends: pending appends are handed over
                     elif action < 0.9:
@@ -126,11 +136,7 @@ class BoundedPowerCutTests(SynchronousTestCase):
         for _cut in range(4):
             settings = StreamSettings(segment_bytes=rng.choice([4, 8]) * FRAME,
                                       max_bytes=rng.choice([10, 16, 40]) * FRAME, min_free_bytes=0)
-            runner = ManualRunner()
-            stream = open_stream(files, settings, run=runner)
-            runner.drain()
-            stream.cursor("link")
-            runner.drain()
+            runner, stream = _opened_with_cursor(files, settings)
             files.fail_after = rng.randint(0, 120)
             try:
                 for _ in range(rng.randint(1, 160)):
@@ -138,8 +144,7 @@ class BoundedPowerCutTests(SynchronousTestCase):
                     if action < 0.45:
                         counter += 1
                         rec = record(counter, rng.choice([32, 32, 32, 120]))
-                        stream.append(rec).addCallbacks(
-                            lambda seq, p=rec.payload: fired.__setitem__(p, seq), lambda f: None)
+                        _append(stream, rec, fired)
                     elif action < 0.55:
                         stream.clock.advance(0)
                     elif action < 0.85:

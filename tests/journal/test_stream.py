@@ -734,15 +734,21 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 31)
         self.assertEqual(_segments(files), [segment_path(DIR, 31)])
 
-    def _dropping_at_the_bound(self) -> tuple[PowerCutFiles, StreamSettings, ManualRunner, Deferred[int]]:
-        """A stream of records 1-25 at its max_bytes with a cursor that acknowledged none,
-        reopened with its I/O jobs run one by one, and the append of 26 that drops segment 1."""
-        files = PowerCutFiles()
+    def _filled_to_the_bound(self, files: PowerCutFiles) -> StreamSettings:
+        """Records 1-25 in ``files``, ten a segment, at the max_bytes of the settings returned,
+        with a cursor ``link`` that acknowledged none."""
         settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=25 * FRAME)
         s = open_stream(files, settings)
         self.successResultOf(s.cursor("link"))
         for i in range(1, 26):
             self.successResultOf(appended(s, record(i)))
+        return settings
+
+    def _dropping_at_the_bound(self) -> tuple[PowerCutFiles, StreamSettings, ManualRunner, Deferred[int]]:
+        """A stream of records 1-25 at its max_bytes with a cursor that acknowledged none,
+        reopened with its I/O jobs run one by one, and the append of 26 that drops segment 1."""
+        files = PowerCutFiles()
+        settings = self._filled_to_the_bound(files)
         runner = ManualRunner()
         s = Stream("s", DIR, settings, files, runner, Clock())
         s.open()
@@ -827,11 +833,8 @@ class OverflowTests(SynchronousTestCase):
         counted twice: the next open deletes it, the ledger's ``dropped_below`` being durable
         before the unlink."""
         files = _DirSyncFailsAfterUnlink()
-        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=25 * FRAME)
+        settings = self._filled_to_the_bound(files)
         s = open_stream(files, settings)
-        self.successResultOf(s.cursor("link"))
-        for i in range(1, 26):
-            self.successResultOf(appended(s, record(i)))
         with capturedLogs() as events:
             self.assertEqual(self.successResultOf(appended(s, record(26))), 26)
         errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
