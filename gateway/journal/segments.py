@@ -341,15 +341,7 @@ def write_batch(
             files.fsync_dir(directory)
     except BaseException:
         gate.failed_epoch = epoch
-        for path, _, before, new in ops:
-            if not new and files.exists(path):
-                files.truncate(path, before)
-        # (durably: a segment this batch created may already be in the directory on disk, when
-        # its fsync or the directory's got that far, and would come back after a power cut
-        # with records its appenders were told failed)
-        created = [path for path, _, _, new in ops if new]
-        if created:
-            delete_segments(files, directory, created)
+        _undo_batch(files, directory, ops)
         raise
     ledger_error = None
     if ledger is not None:
@@ -358,6 +350,38 @@ def write_batch(
         except OSError as e:
             ledger_error = e
     return time.monotonic() - t0, files.free_bytes(directory) if check_free else None, ledger_error
+
+
+def _undo_batch(files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]]) -> None:
+    """Undo a failed batch of :func:`write_batch` durably (blocking): its seqs go to the next
+    batch, maybe in a new segment, so a power cut must not bring back its refused records
+    (read in place of the acknowledged ones of the same seqs).
+
+    Every step is tried, the others failing or not (a segment this batch created and left in
+    place would take the next batch's records after its own).
+
+    :raises OSError: the first step that failed.
+    """
+    error: OSError | None = None
+    for path, _, before, new in ops:
+        if not new:
+            try:
+                if files.exists(path):
+                    # (fsynced: this batch's part of it may be durable already)
+                    files.truncate(path, before)
+                    files.fsync(path)
+            except OSError as e:
+                error = error or e
+    # (a segment this batch created may already be in the directory on disk, when its fsync or
+    # the directory's got that far: deleted with the directory fsynced)
+    created = [path for path, _, _, new in ops if new]
+    try:
+        if created:
+            delete_segments(files, directory, created)
+    except OSError as e:
+        error = error or e
+    if error is not None:
+        raise error
 
 
 def write_ledger(files: FileLayer, directory: str, ledger: bytes) -> None:

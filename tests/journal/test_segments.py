@@ -67,3 +67,45 @@ class WriteBatchUndoTests(SynchronousTestCase):
         self.assertNotIn("s/5.seg", files.names)
         files.cut()
         self.assertNotIn("s/5.seg", files.names)
+
+    def test_a_failed_cut_back_still_deletes_the_new_segment(self) -> None:
+        """The undo of a batch that appended to one segment and created the next: the old
+        segment's cut-back fails (its fsync: EIO), and the new segment is deleted all the same
+        (durably), the error raised. It was left in place: the next batch, given the same
+        seqs, would have appended its records behind the refused ones."""
+        files = _FailsFsyncOf("s/1.seg")
+        files.dirs.add("s")
+        files.write("s/1.seg", b"old")
+        files.fsync("s/1.seg")
+        files.fsync_dir("s")
+        files.fail = True
+        ops = [("s/1.seg", b"refused", 3, False), ("s/5.seg", b"refused", 0, True)]
+        with self.assertRaises(OSError) as raised:
+            write_batch(files, "s", ops, True, None, False, WriteGate(), 1)
+        self.assertEqual(raised.exception.errno, errno.EIO)
+        self.assertNotIn("s/5.seg", files.names)
+        files.cut()
+        self.assertNotIn("s/5.seg", files.names)
+
+
+class _FailsFsyncOf(PowerCutFiles):
+    """A disk whose fsyncs of ``path`` fail (EIO) once :attr:`fail` is set; ``s/5.seg`` refuses
+    its data (ENOSPC)."""
+
+    fail = False
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def append_sync(self, path: str, data: bytes) -> None:
+        if path == "s/5.seg":
+            self.append(path, data)
+            self.fsync_dir("s")  # (its name reached the disk)
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        super().append_sync(path, data)
+
+    def fsync(self, path: str) -> None:
+        if self.fail and path == self.path and len(self.names[path].data) == 3:
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().fsync(path)

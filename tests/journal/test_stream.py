@@ -53,6 +53,37 @@ def _reopened_after_each_job(files: PowerCutFiles, settings: StreamSettings, run
             return
 
 
+class _RefusesOnce(PowerCutFiles):
+    """A disk that refuses the first write to ``path`` (ENOSPC)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def append_sync(self, path: str, data: bytes) -> None:
+        if path == self.path:
+            self.path = ""
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        super().append_sync(path, data)
+
+
+class _DirSyncFailsAfterUnlink(PowerCutFiles):
+    """A disk whose first directory fsync after an unlink fails (EIO), the unlink not durable."""
+
+    unlinked = False
+    failed = False
+
+    def unlink(self, path: str) -> None:
+        super().unlink(path)
+        self.unlinked = True
+
+    def fsync_dir(self, path: str) -> None:
+        if self.unlinked and not self.failed:
+            self.failed = True
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().fsync_dir(path)
+
+
 class GroupCommitTests(SynchronousTestCase):
     """Appends arriving while a write is in flight share the next write and fsync."""
 
@@ -703,15 +734,21 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 31)
         self.assertEqual(_segments(files), [segment_path(DIR, 31)])
 
-    def _dropping_at_the_bound(self) -> tuple[PowerCutFiles, StreamSettings, ManualRunner, Deferred[int]]:
-        """A stream of records 1-25 at its max_bytes with a cursor that acknowledged none,
-        reopened with its I/O jobs run one by one, and the append of 26 that drops segment 1."""
-        files = PowerCutFiles()
+    def _filled_to_the_bound(self, files: PowerCutFiles) -> StreamSettings:
+        """Records 1-25 in ``files``, ten a segment, at the max_bytes of the settings returned,
+        with a cursor ``link`` that acknowledged none."""
         settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=25 * FRAME)
         s = open_stream(files, settings)
         self.successResultOf(s.cursor("link"))
         for i in range(1, 26):
             self.successResultOf(appended(s, record(i)))
+        return settings
+
+    def _dropping_at_the_bound(self) -> tuple[PowerCutFiles, StreamSettings, ManualRunner, Deferred[int]]:
+        """A stream of records 1-25 at its max_bytes with a cursor that acknowledged none,
+        reopened with its I/O jobs run one by one, and the append of 26 that drops segment 1."""
+        files = PowerCutFiles()
+        settings = self._filled_to_the_bound(files)
         runner = ManualRunner()
         s = Stream("s", DIR, settings, files, runner, Clock())
         s.open()
@@ -789,6 +826,26 @@ class OverflowTests(SynchronousTestCase):
             self.assertEqual(set(said), {"journal s: cursor link resumes at seq 26: seqs 1-25 were dropped before"
                                          " a crash or power cut (counted in the loss report already)"}
                              if cursor else set())
+
+    def test_a_deletion_whose_directory_fsync_fails_loses_nothing(self) -> None:
+        """The directory's fsync after a dropped segment's unlink fails (EIO): one error line
+        names the segment, and after a power cut (the file back) nothing is lost, sent again or
+        counted twice: the next open deletes it, the ledger's ``dropped_below`` being durable
+        before the unlink."""
+        files = _DirSyncFailsAfterUnlink()
+        settings = self._filled_to_the_bound(files)
+        s = open_stream(files, settings)
+        with capturedLogs() as events:
+            self.assertEqual(self.successResultOf(appended(s, record(26))), 26)
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(errors, [f"journal s: deleting {segment_path(DIR, 1)} failed: [Errno 5] Input/output error:"
+                                  f" '{DIR}'"])
+        files.cut()
+        self.assertIn(segment_path(DIR, 1), files.names)  # (the unlink was not durable)
+        reopened = open_stream(files, settings)
+        self.assertNotIn(segment_path(DIR, 1), files.names)
+        self.assertEqual([r.seq for r in read_all(reopened, "link")], list(range(11, 27)))
+        self.assertEqual(_dropped(reopened), list(range(1, 11)))
 
     def test_a_drop_mark_beyond_the_segments_deletes_none(self) -> None:
         """A ledger whose ``dropped_below`` is past the stream's next seq belongs to segments
@@ -932,6 +989,31 @@ class DiskFullTests(SynchronousTestCase):
         s.clock.advance(WRITE_BACKOFF_S)
         self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
+
+    def test_a_failed_batch_truncated_back_stays_so_after_a_power_cut(self) -> None:
+        """A batch that filled the last segment (that part durable) and started a new one,
+        which the disk refused: the undo cuts the old segment back, durably. The seqs are used
+        again by the next write, which goes to a new segment (a bigger record that does not
+        fit); after a power cut every acknowledged record is read back, once, in order. The
+        cut-back was not fsynced: the refused record came back in the old segment, under the
+        seq of the acknowledged one in the new segment, which the reader then skipped."""
+        files = _RefusesOnce(segment_path(DIR, 11))
+        settings = StreamSettings(segment_bytes=10 * FRAME, min_free_bytes=0)
+        s = open_stream(files, settings)
+        for i in range(1, 10):
+            self.successResultOf(appended(s, record(i)))
+        d10, d11 = s.append(record(10)), s.append(record(11))
+        s.clock.advance(0)
+        self.failureResultOf(d10, JournalWriteError)
+        self.failureResultOf(d11, JournalWriteError)
+        s.clock.advance(WRITE_BACKOFF_S)
+        big = record(10, size=2 * FRAME)
+        self.assertEqual(self.successResultOf(appended(s, big)), 10)
+        self.assertEqual(self.successResultOf(appended(s, record(11))), 11)
+        files.cut()
+        got = read_all(open_stream(files, settings))
+        self.assertEqual([(r.seq, r.payload) for r in got],
+                         [(i, record(i).payload) for i in range(1, 10)] + [(10, big.payload), (11, record(11).payload)])
 
 
     def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
