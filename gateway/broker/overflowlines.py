@@ -59,7 +59,8 @@ class OverflowLines:
         :data:`QOS0_FULL`, :data:`QOS12_FULL`, :data:`TOO_LARGE`), which the caller took
         (:meth:`FoldedQueue.take_unlogged`) before: ``True`` when the caller logs it; ``False``
         when it is summed up in this interval's summary, with the drops the queue makes until
-        the summary is said."""
+        the summary is said (or, without drops, not even counted there: a "has room again" line
+        that tells none has nothing to sum up)."""
         client_id = queue.client_id
         now = self.clock()
         if now - self._started >= self.interval:
@@ -70,6 +71,8 @@ class OverflowLines:
         if client_id in named or len(named) < DETAILED_SESSIONS:
             named.add(client_id)
             return True
+        if not any(drops) and queue not in self._folded:
+            return False  # (a queue with room again that dropped nothing untold: nothing to sum up)
         self._folded.add(queue)
         for reason, count in enumerate(drops):
             self._drops[reason] += count

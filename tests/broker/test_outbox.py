@@ -301,3 +301,19 @@ class ManySessionsOverflowLogTests(SynchronousTestCase):
         self.policy.lines.flush()
         [summary] = self.summaries()
         self.assertEqual((summary["sessions"], summary["count"]), (2, 5))
+
+    def test_a_queue_with_room_again_and_no_drops_untold_makes_no_summary(self) -> None:
+        """A session summed up whose queue has room again a minute later, having dropped nothing
+        since the summary told its drops, while 5 others are named: no summary of "1 more
+        session overflowed ...: 0 messages dropped" (before: one such line)."""
+        outboxes = [Outbox(f"dev{index}", self.policy) for index in range(6)]
+        for outbox in outboxes:
+            for _ in range(3):
+                outbox.push(message("x", 1))  # (dev5 summed up)
+        self.clock.advance(61)
+        for outbox in outboxes[:5]:
+            outbox.push(message("x", 1))  # (a new minute: dev5's summary said; 5 named again)
+        outboxes[5].pop()
+        outboxes[5].pop()  # (room again: its line due, nothing dropped since the summary)
+        self.policy.lines.flush()
+        self.assertEqual([(e["sessions"], e["count"]) for e in self.summaries()], [(1, 1)])
