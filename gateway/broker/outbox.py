@@ -618,7 +618,8 @@ class Outbox:
         return drops
 
     def clear(self) -> None:
-        """Forget every message (the session starts over or ends)."""
+        """Forget every message: the session ends (a summary of overflows lets its queue go,
+        :meth:`OverflowLines.ended <gateway.broker.overflowlines.OverflowLines.ended>`)."""
         self._qos0.clear()
         self._acked.clear()
         self.bytes = self._acked_bytes = 0
@@ -626,3 +627,4 @@ class Outbox:
         self.cost = 0
         if self._overflowing or self._room_unsaid:
             self._end_overflow(now_or_never=True)
+        self.policy.lines.ended(self)

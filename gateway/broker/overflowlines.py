@@ -51,6 +51,7 @@ class OverflowLines:
         self._started = float("-inf")
         self._named: set[str] = set()
         self._folded: set[FoldedQueue] = set()
+        self._ended: set[str] = set()  # the client ids of sessions summed up that ended since
         self._drops = [0, 0, 0]
 
     def told(self, queue: FoldedQueue, drops: Sequence[int]) -> bool:
@@ -58,7 +59,8 @@ class OverflowLines:
         :data:`QOS0_FULL`, :data:`QOS12_FULL`, :data:`TOO_LARGE`), which the caller took
         (:meth:`FoldedQueue.take_unlogged`) before: ``True`` when the caller logs it; ``False``
         when it is summed up in this interval's summary, with the drops the queue makes until
-        the summary is said."""
+        the summary is said (or, without drops, not even counted there: a "has room again" line
+        that tells none has nothing to sum up)."""
         client_id = queue.client_id
         now = self.clock()
         if now - self._started >= self.interval:
@@ -69,21 +71,33 @@ class OverflowLines:
         if client_id in named or len(named) < DETAILED_SESSIONS:
             named.add(client_id)
             return True
+        if not any(drops) and queue not in self._folded:
+            return False  # (a queue with room again that dropped nothing untold: nothing to sum up)
         self._folded.add(queue)
         for reason, count in enumerate(drops):
             self._drops[reason] += count
         return False
 
+    def ended(self, queue: FoldedQueue) -> None:
+        """``queue``'s session ended (its queue was cleared): when it is summed up, its drops
+        are counted now and the queue is let go (only its client id is kept, for the count of
+        sessions), so that the sessions that ended are not held until the summary."""
+        if queue in self._folded:
+            self._folded.discard(queue)
+            self._ended.add(queue.client_id)
+            for reason, count in enumerate(queue.take_unlogged()):
+                self._drops[reason] += count
+
     def flush(self) -> None:
         """Log the summary of the sessions summed up since the last one, if any, with their drops
         since their folded lines."""
-        if not self._folded:
+        if not self._folded and not self._ended:
             return
         for queue in self._folded:
             for reason, count in enumerate(queue.take_unlogged()):
                 self._drops[reason] += count
         qos0, qos12, too_large = self._drops
-        sessions = len({queue.client_id for queue in self._folded})
+        sessions = len(self._ended.union(queue.client_id for queue in self._folded))
         self.log.warn("queues of {sessions} more session{s} overflowed since {seconds:.0f} s ago (at most {named} "
                       "sessions are named each {interval:.0f} s): {count} message{ms} dropped ({qos0} QoS 0 and "
                       "{qos12} QoS 1/2 ({overflow}) for full queues, {too_large} larger than max_queued_bytes)",
@@ -92,4 +106,5 @@ class OverflowLines:
                       ms="" if qos0 + qos12 + too_large == 1 else "s", qos0=qos0, qos12=qos12,
                       too_large=too_large, overflow=self.overflow())
         self._folded = set()
+        self._ended = set()
         self._drops = [0, 0, 0]

@@ -278,3 +278,42 @@ class ManySessionsOverflowLogTests(SynchronousTestCase):
         self.assertEqual(sum(outbox.dropped for outbox in outboxes), 1000 * 8)
         self.assertEqual(self.policy.dropped, [0, 8000, 0])
         self.assertEqual(len(self.policy.dropping), 1000)
+
+    def test_an_ended_session_summed_up_is_let_go_its_drops_counted_once(self) -> None:
+        """A session summed up that ends before the summary (its queue cleared): the summary
+        still counts it and its drops, once, but holds no more its queue (before: every ended
+        session's queue was kept until the next summary, which waits for the next line due:
+        10,000 clean sessions that overflowed and left kept 24 MB, for as long as no queue
+        overflowed again)."""
+        import gc
+        import weakref
+        outboxes = [Outbox(f"dev{index}", self.policy) for index in range(7)]
+        for outbox in outboxes:
+            for _ in range(4):
+                outbox.push(message("x", 1))  # (2 dropped each; dev5 and dev6 summed up)
+        outboxes[6].push(message("x", 1))  # (dropped later, before the session ends)
+        gone = weakref.ref(outboxes[6])
+        del outbox
+        outboxes.pop().clear()  # (its session ends, as RoutingState.forget_session ends it)
+        self.policy.forget("dev6")
+        gc.collect()
+        self.assertIsNone(gone())
+        self.policy.lines.flush()
+        [summary] = self.summaries()
+        self.assertEqual((summary["sessions"], summary["count"]), (2, 5))
+
+    def test_a_queue_with_room_again_and_no_drops_untold_makes_no_summary(self) -> None:
+        """A session summed up whose queue has room again a minute later, having dropped nothing
+        since the summary told its drops, while 5 others are named: no summary of "1 more
+        session overflowed ...: 0 messages dropped" (before: one such line)."""
+        outboxes = [Outbox(f"dev{index}", self.policy) for index in range(6)]
+        for outbox in outboxes:
+            for _ in range(3):
+                outbox.push(message("x", 1))  # (dev5 summed up)
+        self.clock.advance(61)
+        for outbox in outboxes[:5]:
+            outbox.push(message("x", 1))  # (a new minute: dev5's summary said; 5 named again)
+        outboxes[5].pop()
+        outboxes[5].pop()  # (room again: its line due, nothing dropped since the summary)
+        self.policy.lines.flush()
+        self.assertEqual([(e["sessions"], e["count"]) for e in self.summaries()], [(1, 1)])

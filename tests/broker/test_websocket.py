@@ -442,3 +442,23 @@ class WebsocketHandshakeSizeTests(SynchronousTestCase):
         protocol.dataReceived(head[:-2] + b"X-Pad: " + b"a" * (MAX_HANDSHAKE - len(head) - 20) + b"\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80])
         self.assertEqual(mqtt.violations, 0)
+
+
+class WebsocketHeadReadsTests(SynchronousTestCase):
+    """The head the listener gathers before autobahn sees it: however the reads split it, what
+    comes after it in the same read goes on to the MQTT connection."""
+
+    def test_a_head_in_single_bytes_then_a_pipelined_connect_is_handed_on(self) -> None:
+        """A head with its own ``Origin`` sent a byte a read, its end (across reads) in the read
+        that also holds the client's first frame (an MQTT CONNECT sent before the 101): answered
+        101, and the frame's bytes reach the MQTT connection once, whole."""
+        protocol, transport = ws_connect(ws_factory())
+        received: list[bytes] = []
+        assert protocol.mqtt is not None
+        protocol.mqtt.dataReceived = received.append
+        head = handshake(9001, "mqtt", "http://127.0.0.1:8080")
+        for index in range(len(head) - 2):
+            protocol.dataReceived(head[index:index + 1])
+        protocol.dataReceived(head[-2:] + masked_frame(2, connect_packet("c1")))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80])
+        self.assertEqual(b"".join(received), connect_packet("c1"))
