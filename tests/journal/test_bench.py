@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.journal.settings import JournalSettings
 
@@ -20,6 +21,8 @@ class WindowedRunTests(TestCase):
         (no drop can make room for them): the windowed run counts them as ended and reports
         them, stored and refused adding up to the run's total. The run never ended: it waited
         for the refused ones to be stored."""
+        if not (Path(__file__).resolve().parent.parent.parent / "bench" / "journal.py").exists():
+            raise SkipTest("no bench/ here (the .deb build runs the suite on a copy without it)")
         from bench import journal
 
         self.patch(journal, "SETTINGS", JournalSettings(defaults=dataclasses.replace(
