@@ -12,7 +12,9 @@ and fsynced, off the reactor thread, the changes made meanwhile in one write: a 
 its own record's bytes, not the whole set's. When the log holds more than
 :data:`COMPACT_FACTOR` records per mark (and at least :data:`COMPACT_MIN_RECORDS`), the marks
 are written whole to the snapshot, ``shadows-behind.json`` (atomically), and the log emptied.
-The marks are the snapshot's, then the log's changes in turn.
+The marks are the snapshot's, then the log's changes in turn. The sync's stop compacts too
+(:meth:`BehindFile.compact`): after a clean stop the snapshot holds every mark, which is what a
+gateway older than the log reads (a rollback started on this state directory).
 
 The snapshot is ``{"shadows": {"<shadow>": {"thing": "<thing id>", "since": <seconds>}}}`` (the
 classic shadow's name is ``""``), as the whole file was before the log; a reader ignores keys
@@ -103,6 +105,7 @@ class BehindFile:
         self._waiting: list[Deferred[None]] = []  # for the pending changes to be written
         self._writing: list[Deferred[None]] | None = None  # while a write runs: waiting for it
         self._size: int | None = None  # the log's whole records' bytes (None: not read yet)
+        self._compact = False  # whether the next write compacts, whatever the log's length
         self._records = 0  # ... and how many they are
         self._failure_lines = LogThrottle(WRITE_FAILURE_LOG_INTERVAL, steady)
 
@@ -153,7 +156,7 @@ class BehindFile:
     def save(self) -> Deferred[None]:
         """Write the changes not written yet (those of a write that failed), if any; fires once
         every change given so far is written, or its write failed."""
-        if not self._pending:
+        if not self._pending and not self._compact:
             if self._writing is None:
                 return succeed(None)
             waiter: Deferred[None] = Deferred()
@@ -165,12 +168,24 @@ class BehindFile:
             self._write(self._size)
         return waiter
 
+    def compact(self) -> Deferred[None]:
+        """Write the marks whole to the snapshot and empty the log (after the write under way,
+        with the changes not written yet), unless the log is empty already; fires once done, or
+        failed (logged). At the sync's stop: an older gateway, which reads the snapshot alone,
+        then has every mark (not those marked after, nor those of a crash: still in the log)."""
+        if self._size is None:  # (never read: the files stay as they are)
+            return succeed(None)
+        if self._records or self._pending or self._writing is not None:
+            self._compact = True
+        return self.save()
+
     def _write(self, size: int) -> None:
         shadows, self._pending = list(self._pending), {}
         self._writing, self._waiting = self._waiting, []
         data = b"".join(behindlog.encode(shadow, self._marks.get(shadow)) for shadow in shadows)
         records = self._records + len(shadows)
-        compact = records > max(COMPACT_MIN_RECORDS, COMPACT_FACTOR * len(self._marks))
+        compact = self._compact or records > max(COMPACT_MIN_RECORDS, COMPACT_FACTOR * len(self._marks))
+        self._compact = False
         snapshot = _snapshot(self._marks) if compact else None
 
         def done(result: tuple[int, str | None] | Failure) -> None:
@@ -179,6 +194,7 @@ class BehindFile:
                 for shadow in shadows:
                     self._pending.setdefault(shadow, None)
                 waiting, self._waiting = waiting + self._waiting, []
+                self._compact = self._compact or snapshot is not None
                 self._failed(self.log_path, result.getErrorMessage())
             else:
                 self._size, problem = result
@@ -187,7 +203,7 @@ class BehindFile:
                     self._failed(self.path, problem)
                 elif not self._pending:
                     self._failure_lines.reset()
-                if self._pending:  # changed while it was written
+                if self._pending or self._compact:  # changed (or compacted) while it was written
                     self._write(self._size)
             for waiter in waiting:
                 waiter.callback(None)

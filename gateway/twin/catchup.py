@@ -82,6 +82,11 @@ class ShadowCatchUp:
             self._refusals.setdefault(shadow, 0)
         self._file.save()  # (the marks made meanwhile)
 
+    def compact(self) -> Deferred[None]:
+        """Write the marks whole to ``shadows-behind.json`` (at the sync's stop, for an older
+        gateway started on the state: it reads that file alone); fires once done or failed."""
+        return self._file.compact()
+
     def refused(self, thing_id: str, shadow: str, failure: Failure) -> Deferred[str]:
         """The journal refused a request of ``shadow`` (of the twin's ``thing_id``): mark the
         shadow behind and read it again later; fires, once the mark is durable (or its write

@@ -119,13 +119,16 @@ class ShadowSync:
         self.twin.validators.append(self.appends.validate)
         return self.behind.load().addCallback(lambda _: self.reader.start(self.appends.started))
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """Stop sending and reading (unanswered records stay in the stream). The twin's changes
         are still journaled until the twin stops, which lets go of this sync's hooks: the sync
         stops first, and a change whose write is under way then, or that the twin takes after,
-        must reach the stream before its response, for the next start to send it."""
+        must reach the stream before its response, for the next start to send it. Fires once
+        the marks of the shadows behind are written whole to ``shadows-behind.json`` (what an
+        older gateway, a rollback, reads), or that failed (logged)."""
         self.reader.stop()
         self.link_disconnected()
+        return self.behind.compact()
 
     def snapshot(self) -> ShadowSyncSnapshot:
         """Counters for the read side (no I/O)."""

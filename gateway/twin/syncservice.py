@@ -58,12 +58,14 @@ class ShadowSyncService(Service):
         return sync.start().addCallback(attach)
 
     def stopService(self) -> Deferred[None]:
-        """Detach from the link and stop."""
+        """Detach from the link and stop; fires once the marks of the shadows behind are
+        written whole (:meth:`ShadowSync.stop`)."""
         super().stopService()
-        if self.sync is not None:
-            self.sync.stop()
-            if self.twin.sync is self.sync:
-                self.twin.sync = None
-            if self._link is not None and self.sync in self._link.extensions:
-                self._link.extensions.remove(self.sync)
-        return succeed(None)
+        if self.sync is None:
+            return succeed(None)
+        stopped = self.sync.stop()
+        if self.twin.sync is self.sync:
+            self.twin.sync = None
+        if self._link is not None and self.sync in self._link.extensions:
+            self._link.extensions.remove(self.sync)
+        return stopped

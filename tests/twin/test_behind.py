@@ -131,6 +131,41 @@ class BehindFileTests(SynchronousTestCase):
         self.refuse(catch_up, "d")
         self.assertEqual(self.saved(), {"c": (THING, 0.0), "d": (THING, 0.0)})
 
+    def test_a_stop_leaves_every_mark_in_the_snapshot_an_older_gateway_reads(self) -> None:
+        """A gateway older than the log (4a15851d and before: a rollback, a downgrade) reads
+        shadows-behind.json alone, in this shape, and ignored the log: each mark made since
+        the last compaction was lost to it. The sync's stop compacts: the snapshot holds every
+        mark and the log is empty; a stop with an empty log writes nothing."""
+        catch_up = self.catch_up()
+        for shadow in ("", "a", "b"):
+            self.clock.advance(1)
+            self.refuse(catch_up, shadow)
+        catch_up.corrected_by("a", succeed(None))
+        self.assertEqual(self.successResultOf(catch_up.compact()), None)
+        self.assertEqual(json.loads((self.dir / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"": {"thing": THING, "since": 1.0}, "b": {"thing": THING, "since": 3.0}}})
+        self.assertEqual((self.dir / behindlog.LOG_FILE).read_bytes(), b"")
+        self.written = 0
+        self.successResultOf(self.catch_up().compact())
+        self.assertEqual(self.written, 0)
+        self.assertEqual(self.saved(), {"": (THING, 1.0), "b": (THING, 3.0)})
+
+    def test_a_stop_compacts_after_the_write_under_way(self) -> None:
+        """A stop while a mark is being written compacts once that write is done (the mark in
+        the snapshot), and fires only then."""
+        held = HeldRunner()
+        catch_up = self.catch_up(held)
+        held.run_one()
+        self.refuse(catch_up, "a")
+        stopped = catch_up.compact()
+        self.assertNoResult(stopped)
+        held.run_one()
+        self.assertNoResult(stopped)
+        held.run_one()
+        self.successResultOf(stopped)
+        self.assertEqual(json.loads((self.dir / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"a": {"thing": THING, "since": 0.0}}})
+
     def test_a_compaction_cut_short_keeps_every_mark(self) -> None:
         """A compaction whose log is not emptied (a crash, a failed write) leaves the snapshot
         and the log agreeing: the log's last records are what the snapshot holds. The failure is

@@ -308,6 +308,19 @@ class ShadowSyncTests(ShadowSyncCase):
         self.reply(f"{BASE}/name/f/delete/accepted", {"clientToken": "2", "version": 1})
         self.assertEqual(self.sync.behind.marks, {})
 
+    def test_a_stop_leaves_the_shadows_behind_in_the_file_an_older_gateway_reads(self) -> None:
+        """A gateway rolled back to a version older than shadows-behind.log reads
+        shadows-behind.json alone: after a clean stop it held none of the marks (they were in
+        the log) and the older twin never corrected those shadows. The sync's stop fires once
+        the marks are in shadows-behind.json, in the shape older readers take."""
+        self.connect()
+        self.refuse_appends()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.successResultOf(self.sync.stop())
+        self.assertEqual(json.loads((self.dir / "twin" / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
+        self.assertEqual((self.dir / "twin" / "shadows-behind.log").read_bytes(), b"")
+
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
         (the twin's ``sync``) now counts them and says since when the first is behind; both
