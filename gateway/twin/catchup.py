@@ -7,12 +7,14 @@ marked (the marks kept on disk by :mod:`gateway.twin.behind`), read again every
 last request is answered: :meth:`ShadowCatchUp.answered`, or the sync reads past requests it
 could not tell the shadow of: :meth:`ShadowCatchUp.recheck`) once none of its
 requests is left to send, and corrected by the sync like at a connect; its mark goes once a
-correction is journaled with no request of it refused since.
+correction is journaled with no request of it refused since. A shadow behind whose get the
+cloud refuses for good (403, 400: :meth:`ShadowCatchUp.get_refused`) keeps its mark and is
+read again on a backoff, from :data:`CATCH_UP_INTERVAL` to :data:`GET_RETRY_MAX_DELAY`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -20,12 +22,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.errors import JournalError
+from gateway.operations.retry import lazy_backoff
 from gateway.twin import shadows
 from gateway.twin.behind import BehindFile
 from gateway.twin.behindlog import BehindMark
 
 #: Seconds between two attempts to bring up to date a shadow whose request the journal refused.
 CATCH_UP_INTERVAL = 5.0
+#: Seconds at most between two gets of a shadow behind that the cloud refuses for good (a
+#: policy denying it: fixed by an operator, the shadow is caught up within this).
+GET_RETRY_MAX_DELAY = 300.0
 #: The end of the twin's answer to a change whose shadow request the journal refused.
 BEHIND = "the shadow is brought up to date when the stream takes appends again"
 
@@ -66,6 +72,15 @@ class ShadowCatchUp:
         self._file = behind_file
         self._refusals: dict[str, int] = {}  # shadow behind -> its requests the journal refused
         self._timer: IDelayedCall | None = None
+        #: shadow behind -> the gets of it the cloud refused for good in a row (until one is answered)
+        self._unreadable: dict[str, int] = {}
+        self._held: dict[str, IDelayedCall] = {}  # shadow behind whose get was refused -> its next read
+        #: gets of shadows behind the cloud refused for good, since the start
+        self.gets_refused = 0
+        #: ``attempt -> seconds`` before a shadow behind whose get the cloud refused for good is
+        #: read again (``attempt``: its refusals in a row, from 0)
+        self.get_retry_policy: Callable[[int], float] = lazy_backoff(initialDelay=CATCH_UP_INTERVAL,
+                                                                     maxDelay=GET_RETRY_MAX_DELAY)
 
     def load(self) -> Deferred[None]:
         """Read the marks saved before the restart (fires once they are taken)."""
@@ -113,6 +128,7 @@ class ShadowCatchUp:
         def caught_up(refusal: str | None) -> None:
             if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
+                self._unreadable.pop(shadow, None)
                 self._file.changed(shadow, self.marks)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 
@@ -142,7 +158,7 @@ class ShadowCatchUp:
         :return: whether the cloud is behind on it and a request of it is still unanswered
             (it is tried again later).
         """
-        if shadow not in self.marks:
+        if shadow not in self.marks or shadow in self._held:  # (held: its own timer reads it)
             return False
         if not self.sync.settled(shadow):
             return True
@@ -157,8 +173,60 @@ class ShadowCatchUp:
             for shadow in self.marks:
                 self.answered(shadow)
 
+    @property
+    def unreadable(self) -> int:
+        """How many shadows behind the cloud refused the last get of (for good)."""
+        return len(self._unreadable)
+
+    def get_refused(self, shadow: str, code: Any, reason: Any) -> bool:
+        """The cloud refused a get of ``shadow`` for good (an answer other than 404, 429 or
+        5xx: a policy denying it, 403, or a bad request, 400). A shadow behind keeps its mark
+        (only a read can tell what the cloud lacks) and is read again after
+        :attr:`get_retry_policy`'s delay, longer at each refusal in a row, up to
+        :data:`GET_RETRY_MAX_DELAY`: not at once as its requests are answered, nor at every
+        catch-up (a line and a get every few seconds, for ever), nor never again until the
+        next connect. Counted, and logged the first time in a row.
+
+        :return: whether ``shadow`` is behind (the refusal is then logged here).
+        """
+        if shadow not in self.marks:
+            return False
+        self.gets_refused += 1
+        attempt = self._unreadable.get(shadow, 0)
+        self._unreadable[shadow] = attempt + 1
+        delay = self.get_retry_policy(attempt)
+        if not attempt:
+            self.log.warn("shadow {shadow}: get refused for good: {code} {reason}; the cloud stays behind on it,"
+                          " read again in {delay:.0f} s, then at most every {most:.0f} s until a read is answered"
+                          " (does the cloud's policy let this client get it?)", shadow=shadows.shown_shadow(shadow),
+                          code=code, reason=reason, delay=delay, most=GET_RETRY_MAX_DELAY)
+        held = self._held.pop(shadow, None)
+        if held is not None and held.active():
+            held.cancel()
+        if self.sync.sending():
+            self._held[shadow] = self.clock.callLater(delay, self._read_held, shadow)
+        return True
+
+    def _read_held(self, shadow: str) -> None:
+        """Read again a shadow behind whose get the cloud refused (or wait for its requests)."""
+        del self._held[shadow]
+        if self.answered(shadow):
+            self.later()
+        self.sync.pump()
+
+    def read(self, shadow: str) -> None:
+        """A get of ``shadow`` was answered (found or not): its gets are refused no more."""
+        refusals = self._unreadable.pop(shadow, None)
+        if refusals is not None:
+            self.log.info("shadow {shadow}: read again after {count} gets refused", shadow=shadows.shown_shadow(shadow),
+                          count=refusals)
+
     def cancel(self) -> None:
-        """Stop the catch-up timer (the connection is gone: the next connect reads them)."""
+        """Stop the catch-up timers (the connection is gone: the next connect reads them)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for held in self._held.values():
+            if held.active():
+                held.cancel()
+        self._held.clear()

@@ -308,6 +308,40 @@ class ShadowSyncTests(ShadowSyncCase):
         self.reply(f"{BASE}/name/f/delete/accepted", {"clientToken": "2", "version": 1})
         self.assertEqual(self.sync.behind.marks, {})
 
+    def test_a_shadow_behind_whose_get_is_refused_for_good_is_read_again_on_a_backoff(self) -> None:
+        """A shadow behind whose catch-up get the cloud refused for good (403: its policy
+        denied it) kept its mark and was never read again until the next journal refusal or
+        connect: the cloud stayed behind on it. It is read again on a backoff now, the first
+        refusal logged (not the next), counted in the snapshot (``unreadable``,
+        ``gets_refused``), and caught up once a get is answered."""
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
+        self.sync.behind.get_retry_policy = lambda attempt: 10.0 * 2 ** attempt
+        self.feature_in_the_cloud_then_refusing()
+        self.send(command("modify", "/features/f/properties/x", 2))  # (refused: f is behind)
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        with capturedLogs() as events:
+            for delay in (10, 20, 40):
+                (topic, body), = self.connection.take()
+                self.assertEqual(topic, f"{BASE}/name/f/get")
+                self.reply(f"{topic}/rejected", {"code": 403, "message": "Forbidden",
+                                                 "clientToken": body["clientToken"]})
+                self.clock.advance(delay - 0.1)
+                self.assertEqual(self.connection.take(), [])  # (not before its delay, nor at each catch-up)
+                self.clock.advance(0.1)
+        lines = [formatEvent(e) for e in events if "get refused" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("shadow f: get refused for good: 403 Forbidden; the cloud stays behind on it", lines[0])
+        snapshot = self.sync.snapshot()
+        self.assertEqual((snapshot.behind, snapshot.unreadable, snapshot.gets_refused), (1, 1, 3))
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"state": {"reported": {"x": 1}}, "version": 1,
+                                         "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
+            "state": {"reported": {"x": 2}}, "clientToken": "2", "version": 1})])
+        snapshot = self.sync.snapshot()
+        self.assertEqual((snapshot.behind, snapshot.unreadable, snapshot.gets_refused), (0, 0, 3))
+
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
         (the twin's ``sync``) now counts them and says since when the first is behind; both
