@@ -71,6 +71,9 @@ class ShadowCatchUp:
         self.marks: dict[str, BehindMark] = {}
         self._file = behind_file
         self._refusals: dict[str, int] = {}  # shadow behind -> its requests the journal refused
+        #: Shadows marked before a change deleting them is written (:meth:`deleting`), their delete
+        #: not journaled yet: not behind unless a crash or a refusal comes first
+        self._deleting: set[str] = set()
         self._timer: IDelayedCall | None = None
         #: shadow behind -> the gets of it the cloud refused for good in a row (until one is answered)
         self._unreadable: dict[str, int] = {}
@@ -103,7 +106,7 @@ class ShadowCatchUp:
         failed: logged, and written again later), with why the cloud is behind on the change."""
         if not failure.check(OSError, JournalError):
             self.log.failure("shadow {shadow}: request not journaled", failure, shadow=shadows.shown_shadow(shadow))
-        elif shadow not in self.marks:
+        elif shadow not in self.marks or shadow in self._deleting:
             self.log.warn("shadow {shadow}: request not journaled ({error}): the cloud is behind on it until"
                           " the stream takes appends again", shadow=shadows.shown_shadow(shadow),
                           error=failure.getErrorMessage())
@@ -112,10 +115,39 @@ class ShadowCatchUp:
             written = self._file.changed(shadow, self.marks)
         else:
             written = self._file.save()  # (its mark may be on its way to the disk)
+        self._deleting.discard(shadow)  # (behind now)
         self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
         self.later()
         why = f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
         return written.addCallback(lambda _: why)
+
+    def deleting(self, thing_id: str, shadow: str) -> Deferred[None]:
+        """A change of the twin's ``thing_id`` deletes ``shadow``: mark it before the change is
+        written (fires once the mark is durable, or its write failed), so that a crash between
+        the write of ``things.json`` and the journaling of its delete still deletes it (the mark,
+        read at the start, says to; the twin no longer holds it). The mark goes once the delete
+        is journaled (:meth:`delete_journaled`); it is not counted as behind meanwhile."""
+        if shadow in self.marks:  # (behind already: its mark stays until it is corrected)
+            return self._file.save()
+        self.marks[shadow] = BehindMark(thing_id, self.clock.seconds())
+        self._refusals.setdefault(shadow, 0)
+        self._deleting.add(shadow)
+        return self._file.changed(shadow, self.marks)
+
+    def delete_journaled(self, shadow: str) -> None:
+        """The delete of ``shadow`` is durable in the journal: drop the mark :meth:`deleting`
+        made (not one of a shadow behind: a request of it the journal refused)."""
+        if shadow in self._deleting:
+            self._deleting.discard(shadow)
+            del self.marks[shadow], self._refusals[shadow]
+            self._unreadable.pop(shadow, None)
+            self._file.changed(shadow, self.marks)
+
+    @property
+    def behind(self) -> dict[str, BehindMark]:
+        """The shadows the cloud is behind on (but those marked only while their delete is
+        journaled: :meth:`deleting`)."""
+        return {shadow: mark for shadow, mark in self.marks.items() if shadow not in self._deleting}
 
     def corrected_by(self, shadow: str, correction: Deferred[str | None]) -> None:
         """If the cloud is behind on ``shadow``: drop its mark once ``correction`` (the request
@@ -129,6 +161,7 @@ class ShadowCatchUp:
             if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
                 self._unreadable.pop(shadow, None)
+                self._deleting.discard(shadow)
                 self._file.changed(shadow, self.marks)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 

@@ -48,6 +48,10 @@ ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"
                           "Deferred[str | None] | None"]
 #: ``(thing_id, before, after)`` -> raises :class:`DittoError` to refuse a change.
 Validator = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+#: ``(thing_id, before, after)`` of a change taken, before it is written: may return a
+#: Deferred, which the write of ``things.json`` holding the change waits for (the shadow sync's
+#: mark of a shadow the change deletes, durable first: a crash after the write still deletes it).
+Preparer = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], "Deferred[None] | None"]
 
 
 def iso_time(seconds: float) -> str:
@@ -78,6 +82,7 @@ class TwinService(Service):
         self.store = TwinStore(Path(state_dir) / "twin" / "things.json", run_blocking, reactor)
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []
+        self.preparers: list[Preparer] = []
         self._unsubscribe: list[Callable[[], None]] = []
         #: Things a change of which the disk refused (answered 503; it stays in memory and goes
         #: to disk with the next write that succeeds) -> the thing as the listeners last knew it
@@ -130,6 +135,7 @@ class TwinService(Service):
         def let_go(result: Any) -> Any:
             self.listeners.clear()
             self.validators.clear()
+            self.preparers.clear()
             return result
 
         untold = self._untold_now()
@@ -224,6 +230,10 @@ class TwinService(Service):
         else:
             self.store.things[thing_id] = outcome.after
         revision = self.store.bump(thing_id, encoded)
+        for prepare in self.preparers:
+            ready = prepare(thing_id, outcome.before, outcome.after)
+            if ready is not None:
+                self.store.write_after(ready)
         d = self.store.save()
         d.addErrback(self._refused_write, thing_id, outcome.before)
         d.addCallback(lambda _: self._tell_untold(untold))

@@ -117,6 +117,7 @@ class ShadowSync:
         once the cursor exists)."""
         self.twin.listeners.append(self.appends.twin_changed)
         self.twin.validators.append(self.appends.validate)
+        self.twin.preparers.append(self.appends.prepare)
         return self.behind.load().addCallback(lambda _: self.reader.start(self.appends.started))
 
     def stop(self) -> None:
@@ -129,7 +130,7 @@ class ShadowSync:
 
     def snapshot(self) -> ShadowSyncSnapshot:
         """Counters for the read side (no I/O)."""
-        marks = self.behind.marks
+        marks = self.behind.behind
         return ShadowSyncSnapshot(self.thing, self.protocol is not None, len(self.reader.pending),
                                   len(self.requests.inflight), self.refused, len(self.versions), len(marks),
                                   min((mark.since for mark in marks.values()), default=None),

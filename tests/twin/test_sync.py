@@ -342,6 +342,55 @@ class ShadowSyncTests(ShadowSyncCase):
         snapshot = self.sync.snapshot()
         self.assertEqual((snapshot.behind, snapshot.unreadable, snapshot.gets_refused), (0, 0, 3))
 
+    def test_a_crash_after_a_delete_is_written_before_it_is_journaled_still_deletes_the_shadow(self) -> None:
+        """A delete whose things.json write was durable but whose shadow request was not yet (a
+        SIGKILL in between, one fsync wide) left the cloud's shadow for good: after the restart
+        the twin no longer held it and nothing said to delete it. The shadow is marked in
+        shadows-behind.log before things.json is written now: the restart reads the mark, the
+        connect deletes the shadow. With the delete journaled, the mark goes, and a delete never
+        counts as behind."""
+        from twisted.internet.defer import Deferred
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.send(command("modify", "/features/g/properties/x", 1))
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.send(command("delete", "/features/g"))  # (journaled: its mark goes at once)
+        self.assertEqual((self.saved_marks(), self.sync.snapshot().behind), ({}, 0))
+        self.connection.take()
+        self.patch(self.stream, "append", lambda record: Deferred())  # (killed before it is durable)
+        runner = HeldRunner()  # (the disk: the mark's append, then things.json's write, in turn)
+        self.patch(self.sync.behind._file, "run_blocking", runner)
+        self.patch(self.twin.store, "run_blocking", runner)
+        self.clock.advance(7)
+        self.assertNoResult(self.bus.deliver("e", command("delete", "/features/f")))  # (not answered yet)
+        (work, _, _), = runner.pending  # (things.json is not written before the mark is durable)
+        self.assertEqual(work.__name__, "_append_then_compact")
+        runner.run_one()
+        (work, _, _), = runner.pending
+        self.assertEqual(work.__name__, "write_parts_atomically")
+        runner.run_one()
+        self.assertNotIn("f", self.twin.store.things[ROOT]["features"])
+        self.assertEqual(self.sync.snapshot().behind, 0)  # (being journaled: not behind)
+        # SIGKILL: nothing stops; a new twin and sync start on the same directory and stream
+        del self.stream.append
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.assertNotIn("f", self.twin.store.things[ROOT]["features"])
+        self.stream.positions = {}
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+        self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (1, 7.0))
+        self.sync.link_connected(self.connection)
+        self.answer_gets({"f": {"state": {"reported": {"x": 1}}, "version": 1}})
+        (topic, body), = [(t, b) for t, b in self.connection.take() if t.startswith(f"{BASE}/name/f/")]
+        self.assertEqual(topic, f"{BASE}/name/f/delete")
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.assertEqual((self.sync.behind.marks, self.saved_marks()), ({}, {}))
+
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
         (the twin's ``sync``) now counts them and says since when the first is behind; both
