@@ -254,6 +254,10 @@ class ShadowCatchUp:
             self.log.info("shadow {shadow}: read again after {count} gets refused", shadow=shadows.shown_shadow(shadow),
                           count=refusals)
 
+    def flushed(self) -> Deferred[None]:
+        """Fires once every change of the marks made so far is written (or its write failed)."""
+        return self._file.save()
+
     def cancel(self) -> None:
         """Stop the catch-up timers (the connection is gone: the next connect reads them)."""
         if self._timer is not None:

@@ -118,6 +118,7 @@ class ShadowSync:
         self.twin.listeners.append(self.appends.twin_changed)
         self.twin.validators.append(self.appends.validate)
         self.twin.preparers.append(self.appends.prepare)
+        self.twin.flushers.append(self.behind.flushed)
         return self.behind.load().addCallback(lambda _: self.reader.start(self.appends.started))
 
     def stop(self) -> None:

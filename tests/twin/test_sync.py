@@ -564,6 +564,31 @@ class ShadowSyncTests(ShadowSyncCase):
         self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "2", "version": 1})
         self.assertEqual(self.stream.acked["shadow"], 2)
 
+    def test_the_twin_stops_once_the_marks_of_a_refusal_after_its_flush_are_durable(self) -> None:
+        """A change written before the twin's stop whose shadow request the journal refused only
+        after the stop's flush (its group commit slower than the write) had its mark written
+        after the stop had returned: the gateway went on stopping, and the mark (and the change's
+        answer, which waits for it) could be lost. The stop waits for it now, and for the
+        marks' writes under way."""
+        from twisted.internet.defer import Deferred
+        from gateway.journal.errors import StreamFullError
+        self.feature_in_the_cloud_then_refusing()
+        self.take_appends()
+        appended: Deferred[int] = Deferred()
+        self.patch(self.stream, "append", lambda record: appended)  # (its group commit under way)
+        runner = HeldRunner()
+        self.patch(self.sync.behind._file, "run_blocking", runner)
+        self.bus.deliver("e", command("modify", "/features/f/properties/x", 2))
+        self.sync.stop()
+        stopped = self.twin.stopService()
+        self.assertNoResult(stopped)  # (its shadow request not journaled yet)
+        appended.errback(StreamFullError("shadow-aws", "max-bytes"))
+        self.assertNoResult(stopped)  # (the mark being written: behind now)
+        runner.run_one()
+        self.successResultOf(stopped)
+        self.assertEqual(self.saved_marks(), {"f": (ROOT, 0.0)})
+        self.assertEqual(runner.pending, [])
+
     def test_changes_until_the_twin_stops_are_journaled_after_the_sync_stopped(self) -> None:
         """The sync stops before the twin (a configuration change, a gateway stop): a change whose
         write was under way then, and one the twin takes after, are still journaled before their
