@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,6 +48,10 @@ ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"
                           "Deferred[str | None] | None"]
 #: ``(thing_id, before, after)`` -> raises :class:`DittoError` to refuse a change.
 Validator = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+#: ``(thing_id, before, after)`` of a change taken, before it is written: may return a
+#: Deferred, which the write of ``things.json`` holding the change waits for (the shadow sync's
+#: mark of a shadow the change deletes, durable first: a crash after the write still deletes it).
+Preparer = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], "Deferred[None] | None"]
 
 
 def iso_time(seconds: float) -> str:
@@ -78,6 +82,11 @@ class TwinService(Service):
         self.store = TwinStore(Path(state_dir) / "twin" / "things.json", run_blocking, reactor)
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []
+        self.preparers: list[Preparer] = []
+        #: What a stop waits for once every change is told to the listeners (the shadow sync's
+        #: marks of the shadows behind, durable): fires once it is done.
+        self.flushers: list[Callable[[], Deferred[None]]] = []
+        self._telling: set[Deferred[None]] = set()  # fire as the listeners' work on a change is done
         self._unsubscribe: list[Callable[[], None]] = []
         #: Things a change of which the disk refused (answered 503; it stays in memory and goes
         #: to disk with the next write that succeeds) -> the thing as the listeners last knew it
@@ -121,7 +130,9 @@ class TwinService(Service):
 
     def stopService(self) -> Deferred[None]:
         """Stop listening; fires once every change made is durable and told to the change
-        listeners (the shadow sync, stopped before, journals it), which are then let go."""
+        listeners (the shadow sync, stopped before, journals it), what they do with it done
+        (a shadow request journaled, or refused and its shadow's mark written), and the
+        :attr:`flushers` done, which are then let go."""
         super().stopService()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -130,11 +141,18 @@ class TwinService(Service):
         def let_go(result: Any) -> Any:
             self.listeners.clear()
             self.validators.clear()
+            self.preparers.clear()
+            self.flushers.clear()
             return result
+
+        def told(_: Any) -> Deferred[Any]:
+            # (a change told before the flush may still be journaling: a refusal writes its mark then)
+            return DeferredList(list(self._telling)).addCallback(
+                lambda _: DeferredList([flush() for flush in self.flushers]))
 
         untold = self._untold_now()
         return self.store.flushed().addCallback(lambda _: self._tell_untold(untold)).addErrback(
-            self._not_written, "the changes it refused (answered 503) are not kept").addBoth(let_go)
+            self._not_written, "the changes it refused (answered 503) are not kept").addCallback(told).addBoth(let_go)
 
     def snapshot(self) -> TwinSnapshot:
         """What the twin holds and how its shadow sync stands (no I/O)."""
@@ -224,6 +242,10 @@ class TwinService(Service):
         else:
             self.store.things[thing_id] = outcome.after
         revision = self.store.bump(thing_id, encoded)
+        for prepare in self.preparers:
+            ready = prepare(thing_id, outcome.before, outcome.after)
+            if ready is not None:
+                self.store.write_after(ready)
         d = self.store.save()
         d.addErrback(self._refused_write, thing_id, outcome.before)
         d.addCallback(lambda _: self._tell_untold(untold))
@@ -294,8 +316,18 @@ class TwinService(Service):
         a listener said so."""
         waits = [maybeDeferred(listener, thing_id, before, after) for listener in self.listeners]
         d: Deferred[Any] = gatherResults(waits, consumeErrors=True) if waits else succeed([])
+        if not d.called:  # (a stop waits for it)
+            telling: Deferred[None] = Deferred()
+            self._telling.add(telling)
+            d.addBoth(self._told, telling)
         d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
         return d.addCallback(lambda behind: next((why for why in behind if why), None))
+
+    def _told(self, result: Any, telling: Deferred[None]) -> Any:
+        """The listeners are done with a change (``result``, passed on): a stop waits no more."""
+        self._telling.discard(telling)
+        telling.callback(None)
+        return result
 
     def _refused_write(self, failure: Failure, thing_id: str, before: dict[str, Any] | None) -> Failure:
         """A change's write failed: the change stays in memory, and goes to disk with the next

@@ -98,6 +98,15 @@ class ShadowAppends:
                                          f" bytes, larger than the max_bytes ({limit} bytes) of journal stream"
                                          f" 'shadow-{self.settings.shadow_link}': it could never reach the cloud")
 
+    def prepare(self, thing_id: str, before: Any, after: Any) -> Deferred[None] | None:
+        """Before a twin change is written: mark each shadow it deletes (a thing or feature
+        gone), so that a crash before the delete is journaled still deletes it; fires once the
+        marks are durable (``None``: it deletes none)."""
+        new = sendable_sections(self.twin.root, thing_id, after)
+        marks = [self.catch_up.deleting(thing_id, shadow)
+                 for shadow in sendable_sections(self.twin.root, thing_id, before) if shadow not in new]
+        return gatherResults(marks).addCallback(lambda _: None) if marks else None
+
     def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[str | None]:
         """Journal the shadow requests a durable twin change needs; fires once they are durable,
         with ``None``, or, when the journal refused one (the stream full, a failed write), with
@@ -108,7 +117,7 @@ class ShadowAppends:
         appends = []
         for shadow in list(old) + [s for s in new if s not in old]:
             if shadow not in new:
-                appends.append(self.append(thing_id, shadow, "delete", {}))
+                appends.append(self.append(thing_id, shadow, "delete", {}).addCallback(self._deleted, shadow))
                 continue
             patch = diff(old.get(shadow, {}), new[shadow])
             if patch is not MISSING and patch != {}:
@@ -116,6 +125,13 @@ class ShadowAppends:
         if not appends:
             return succeed(None)
         return gatherResults(appends).addCallback(lambda refusals: next((r for r in refusals if r), None))
+
+    def _deleted(self, refusal: str | None, shadow: str) -> str | None:
+        """The delete of ``shadow`` was journaled (``refusal`` ``None``; else the journal refused
+        it, and its mark stays): its mark made before the change was written goes."""
+        if refusal is None:
+            self.catch_up.delete_journaled(shadow)
+        return refusal
 
     def append(self, thing_id: str, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[str | None]:
         """Journal one request; fires with ``None`` once durable, or with why the cloud is behind

@@ -21,6 +21,9 @@ class ShadowSyncSnapshot:
         twin holds the change and the sync corrects the shadow later), kept across restarts.
     :ivar behind_since: when the first of those fell behind (seconds since the epoch), or
         ``None`` when none is.
+    :ivar unreadable: shadows behind whose last get the cloud refused for good (403, 400...):
+        they stay behind, read again on a backoff of at most five minutes.
+    :ivar gets_refused: gets of shadows behind the cloud refused for good, since the start.
     """
 
     thing: str
@@ -31,6 +34,8 @@ class ShadowSyncSnapshot:
     versions: int
     behind: int = 0
     behind_since: float | None = None
+    unreadable: int = 0
+    gets_refused: int = 0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -66,6 +66,7 @@ class TwinStore:
         self._encoded: dict[str, bytes] = {}
         self._writing = False
         self._waiting: list[Deferred[None]] = []
+        self._before_next: list[Deferred[None]] = []  # what the next write waits for (:meth:`write_after`)
         #: whether the last write failed: changes in memory that are not on disk yet
         self._unsaved = False
 
@@ -125,6 +126,11 @@ class TwinStore:
             del self._deleted[oldest]
             del self.revisions[oldest]
 
+    def write_after(self, ready: Deferred[None]) -> None:
+        """Make the next write (which holds the changes made so far) wait for ``ready``: what
+        must be durable before those changes are (it fires, with anything, once it is)."""
+        self._before_next.append(ready)
+
     def save(self) -> Deferred[None]:
         """Write everything as it is now; fires once that is durable."""
         d: Deferred[None] = Deferred()
@@ -154,7 +160,9 @@ class TwinStore:
         parts = [b'{"revisions": ', json.dumps(self.revisions, sort_keys=True).encode(), b', "things": {',
                  b", ".join(entries), b"}}"]
 
-        def done(result: Any) -> None:
+        before, self._before_next = self._before_next, []
+
+        def done(result: Any, started: float) -> None:
             self._writing = False
             self._unsaved = isinstance(result, Failure)
             if isinstance(result, Failure):
@@ -170,5 +178,11 @@ class TwinStore:
             if self._waiting:
                 self._write()
 
-        started = steady_seconds(self.clock)
-        self.run_blocking(write_parts_atomically, self.path, parts).addBoth(done)
+        def write(_: Any) -> None:
+            started = steady_seconds(self.clock)
+            self.run_blocking(write_parts_atomically, self.path, parts).addBoth(done, started)
+
+        if before:
+            DeferredList(before, consumeErrors=True).addCallback(write)
+        else:
+            write(None)

@@ -117,6 +117,8 @@ class ShadowSync:
         once the cursor exists)."""
         self.twin.listeners.append(self.appends.twin_changed)
         self.twin.validators.append(self.appends.validate)
+        self.twin.preparers.append(self.appends.prepare)
+        self.twin.flushers.append(self.behind.flushed)
         return self.behind.load().addCallback(lambda _: self.reader.start(self.appends.started))
 
     def stop(self) -> Deferred[None]:
@@ -132,10 +134,11 @@ class ShadowSync:
 
     def snapshot(self) -> ShadowSyncSnapshot:
         """Counters for the read side (no I/O)."""
-        marks = self.behind.marks
+        marks = self.behind.behind
         return ShadowSyncSnapshot(self.thing, self.protocol is not None, len(self.reader.pending),
                                   len(self.requests.inflight), self.refused, len(self.versions), len(marks),
-                                  min((mark.since for mark in marks.values()), default=None))
+                                  min((mark.since for mark in marks.values()), default=None),
+                                  self.behind.unreadable, self.behind.gets_refused)
 
     # -- replies --------------------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class ShadowSync:
                 self.absent.discard(shadow)
             else:
                 self.absent.add(shadow)
+            self.behind.read(shadow)
             state = body.get("state") or {}
             if self._newer_delta(shadow, body.get("version")):
                 self._desired(shadow, state.get("delta"))
@@ -201,10 +205,12 @@ class ShadowSync:
             self.versions.pop(shadow, None)
             self.absent.add(shadow)
             if code == 404:
+                self.behind.read(shadow)
                 self._correct_once_read(shadow, {}, False)
             else:
-                self.log.warn("shadow {shadow}: get refused: {code} {reason}", shadow=shadows.shown_shadow(shadow),
-                              code=body.get("code"), reason=body.get("message"))
+                if not self.behind.get_refused(shadow, code, body.get("message")):
+                    self.log.warn("shadow {shadow}: get refused: {code} {reason}",
+                                  shadow=shadows.shown_shadow(shadow), code=code, reason=body.get("message"))
                 self.pump()
         return True
 

@@ -321,6 +321,89 @@ class ShadowSyncTests(ShadowSyncCase):
                          {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
         self.assertEqual((self.dir / "twin" / "shadows-behind.log").read_bytes(), b"")
 
+    def test_a_shadow_behind_whose_get_is_refused_for_good_is_read_again_on_a_backoff(self) -> None:
+        """A shadow behind whose catch-up get the cloud refused for good (403: its policy
+        denied it) kept its mark and was never read again until the next journal refusal or
+        connect: the cloud stayed behind on it. It is read again on a backoff now, the first
+        refusal logged (not the next), counted in the snapshot (``unreadable``,
+        ``gets_refused``), and caught up once a get is answered."""
+        from gateway.twin.catchup import CATCH_UP_INTERVAL
+        self.sync.behind.get_retry_policy = lambda attempt: 10.0 * 2 ** attempt
+        self.feature_in_the_cloud_then_refusing()
+        self.send(command("modify", "/features/f/properties/x", 2))  # (refused: f is behind)
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        with capturedLogs() as events:
+            for delay in (10, 20, 40):
+                (topic, body), = self.connection.take()
+                self.assertEqual(topic, f"{BASE}/name/f/get")
+                self.reply(f"{topic}/rejected", {"code": 403, "message": "Forbidden",
+                                                 "clientToken": body["clientToken"]})
+                self.clock.advance(delay - 0.1)
+                self.assertEqual(self.connection.take(), [])  # (not before its delay, nor at each catch-up)
+                self.clock.advance(0.1)
+        lines = [formatEvent(e) for e in events if "get refused" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("shadow f: get refused for good: 403 Forbidden; the cloud stays behind on it", lines[0])
+        snapshot = self.sync.snapshot()
+        self.assertEqual((snapshot.behind, snapshot.unreadable, snapshot.gets_refused), (1, 1, 3))
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"state": {"reported": {"x": 1}}, "version": 1,
+                                         "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
+            "state": {"reported": {"x": 2}}, "clientToken": "2", "version": 1})])
+        snapshot = self.sync.snapshot()
+        self.assertEqual((snapshot.behind, snapshot.unreadable, snapshot.gets_refused), (0, 0, 3))
+
+    def test_a_crash_after_a_delete_is_written_before_it_is_journaled_still_deletes_the_shadow(self) -> None:
+        """A delete whose things.json write was durable but whose shadow request was not yet (a
+        SIGKILL in between, one fsync wide) left the cloud's shadow for good: after the restart
+        the twin no longer held it and nothing said to delete it. The shadow is marked in
+        shadows-behind.log before things.json is written now: the restart reads the mark, the
+        connect deletes the shadow. With the delete journaled, the mark goes, and a delete never
+        counts as behind."""
+        from twisted.internet.defer import Deferred
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.send(command("modify", "/features/g/properties/x", 1))
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.send(command("delete", "/features/g"))  # (journaled: its mark goes at once)
+        self.assertEqual((self.saved_marks(), self.sync.snapshot().behind), ({}, 0))
+        self.connection.take()
+        self.patch(self.stream, "append", lambda record: Deferred())  # (killed before it is durable)
+        runner = HeldRunner()  # (the disk: the mark's append, then things.json's write, in turn)
+        self.patch(self.sync.behind._file, "run_blocking", runner)
+        self.patch(self.twin.store, "run_blocking", runner)
+        self.clock.advance(7)
+        self.assertNoResult(self.bus.deliver("e", command("delete", "/features/f")))  # (not answered yet)
+        (work, _, _), = runner.pending  # (things.json is not written before the mark is durable)
+        self.assertEqual(work.__name__, "_append_then_compact")
+        runner.run_one()
+        (work, _, _), = runner.pending
+        self.assertEqual(work.__name__, "write_parts_atomically")
+        runner.run_one()
+        self.assertNotIn("f", self.twin.store.things[ROOT]["features"])
+        self.assertEqual(self.sync.snapshot().behind, 0)  # (being journaled: not behind)
+        # SIGKILL: nothing stops; a new twin and sync start on the same directory and stream
+        del self.stream.append
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.assertNotIn("f", self.twin.store.things[ROOT]["features"])
+        self.stream.positions = {}
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+        self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (1, 7.0))
+        self.sync.link_connected(self.connection)
+        self.answer_gets({"f": {"state": {"reported": {"x": 1}}, "version": 1}})
+        (topic, body), = [(t, b) for t, b in self.connection.take() if t.startswith(f"{BASE}/name/f/")]
+        self.assertEqual(topic, f"{BASE}/name/f/delete")
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.assertEqual((self.sync.behind.marks, self.saved_marks()), ({}, {}))
+
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
         (the twin's ``sync``) now counts them and says since when the first is behind; both
@@ -493,6 +576,31 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual(self.stream.acked["shadow"], 0)
         self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "2", "version": 1})
         self.assertEqual(self.stream.acked["shadow"], 2)
+
+    def test_the_twin_stops_once_the_marks_of_a_refusal_after_its_flush_are_durable(self) -> None:
+        """A change written before the twin's stop whose shadow request the journal refused only
+        after the stop's flush (its group commit slower than the write) had its mark written
+        after the stop had returned: the gateway went on stopping, and the mark (and the change's
+        answer, which waits for it) could be lost. The stop waits for it now, and for the
+        marks' writes under way."""
+        from twisted.internet.defer import Deferred
+        from gateway.journal.errors import StreamFullError
+        self.feature_in_the_cloud_then_refusing()
+        self.take_appends()
+        appended: Deferred[int] = Deferred()
+        self.patch(self.stream, "append", lambda record: appended)  # (its group commit under way)
+        runner = HeldRunner()
+        self.patch(self.sync.behind._file, "run_blocking", runner)
+        self.bus.deliver("e", command("modify", "/features/f/properties/x", 2))
+        self.sync.stop()
+        stopped = self.twin.stopService()
+        self.assertNoResult(stopped)  # (its shadow request not journaled yet)
+        appended.errback(StreamFullError("shadow-aws", "max-bytes"))
+        self.assertNoResult(stopped)  # (the mark being written: behind now)
+        runner.run_one()
+        self.successResultOf(stopped)
+        self.assertEqual(self.saved_marks(), {"f": (ROOT, 0.0)})
+        self.assertEqual(runner.pending, [])
 
     def test_changes_until_the_twin_stops_are_journaled_after_the_sync_stopped(self) -> None:
         """The sync stops before the twin (a configuration change, a gateway stop): a change whose
