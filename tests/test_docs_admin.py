@@ -4,12 +4,14 @@ never hear of; one the page names that the API lacks is a 404 they were promised
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin.api import AdminApi
+from gateway.admin.cli import build_parser
 
 ADMIN = Path(__file__).resolve().parent.parent / "docs" / "admin.md"
 
@@ -48,3 +50,91 @@ class RoutesTests(SynchronousTestCase):
         """The parsing finds the routes (a reformatted page fails here, not silently)."""
         self.assertLessEqual({("GET", "/status"), ("DELETE", "/journal/{name}"), ("GET", "/apps/{name}/logs"),
                               ("POST", "/apps/{name}/logs"), ("POST", "/reports/{name}")}, documented())
+
+
+#: The options every command takes (and gatewayctl before its command), named in the section's text.
+COMMON_OPTIONS = frozenset({"--socket", "--state-dir", "--json", "-h", "--help"})
+
+
+def gatewayctl_section() -> str:
+    """The page's ``gatewayctl`` section."""
+    text = ADMIN.read_text(encoding="utf-8")
+    return text[text.index("## `gatewayctl`"):text.index("\n## Code")]
+
+
+def documented_commands() -> dict[str, set[str]]:
+    """Each command of the section's table (``config get``: a command of ``config``'s) with the
+    words its rows give it: the actions (``start\\|stop``) and the options (``-n``, ``--force``),
+    those of the row's text too (``-n`` is ``--lines``)."""
+    commands: dict[str, set[str]] = {}
+    for line in gatewayctl_section().splitlines():
+        if not line.startswith("| `"):
+            continue
+        first, rest = line.split(" | ", 1)
+        for shown in re.findall(r"`([^`]+)`", first):
+            words = shown.replace("\\|", "|").split()
+            name = " ".join(words[:2]) if words[0] == "config" else words[0]
+            taken = commands.setdefault(name, set())
+            for word in words[len(name.split()):]:
+                taken.update(part for part in word.strip("[]").split("|") if part)
+            taken.update(re.findall(r"`(--?[a-z][a-z-]*)", rest.split(" | ")[0]))
+    return commands
+
+
+def parser_commands() -> dict[str, tuple[set[str], set[str]]]:
+    """Each command of gatewayctl's parser (``config get`` too), with the choices of its
+    positionals and the option strings it shows in its help (a hidden one, ``help=SUPPRESS``,
+    is not promised), the common ones left out."""
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for name, sub in action.choices.items()}
+
+    found: dict[str, tuple[set[str], set[str]]] = {}
+    for name, sub in subcommands(build_parser()).items():
+        for key, parser in [(name, sub)] + [(f"{name} {inner}", deeper) for inner, deeper in subcommands(sub).items()]:
+            if subcommands(parser) and key == name:
+                continue  # (``config``: its commands are its own rows)
+            actions = {str(choice) for action in parser._actions if action.choices and not action.option_strings
+                       and not isinstance(action, argparse._SubParsersAction) for choice in action.choices}
+            options = {option for action in parser._actions if action.help != argparse.SUPPRESS
+                       for option in action.option_strings} - COMMON_OPTIONS
+            found[key] = (actions, options)
+    return found
+
+
+class GatewayctlTableTests(SynchronousTestCase):
+    """The section's table names every command of gatewayctl, with its actions and options, and
+    nothing gatewayctl does not take. A command, action or option in the parser alone is one
+    operators never hear of; one the table names that gatewayctl lacks exits 2."""
+
+    def test_every_command_is_a_row(self) -> None:
+        """Each command (and each of ``config``'s) has a row, and each row is a command."""
+        self.assertEqual(sorted(documented_commands()), sorted(parser_commands()))
+
+    def test_every_action_and_option_is_documented(self) -> None:
+        """Each action and each option string a command shows in its help is in its rows."""
+        documented = documented_commands()
+        missing = {f"{name}: {word}" for name, (actions, options) in parser_commands().items()
+                   for word in actions | options if word not in documented.get(name, set())}
+        self.assertEqual(sorted(missing), [])
+
+    def test_every_documented_option_is_taken(self) -> None:
+        """Each option and action word a row gives its command is one the command takes."""
+        commands = parser_commands()
+        unknown = {f"{name}: {word}" for name, words in documented_commands().items() if name in commands
+                   for word in words - COMMON_OPTIONS if (word.startswith("-") or word.islower() and word.isalpha())
+                   and word not in commands[name][0] | commands[name][1]}
+        self.assertEqual(sorted(unknown), [])
+
+    def test_the_common_options_and_exit_statuses(self) -> None:
+        """``--socket``, ``--state-dir``, ``--json`` and ``--version`` are named, and the section's
+        exit statuses are gatewayctl's (its ``--help`` says the same)."""
+        from gateway.admin import cli
+
+        section = gatewayctl_section()
+        words = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
+        self.assertEqual(sorted({"--socket", "--state-dir", "--json", "--version"} - words), [])
+        statuses = section[section.index("**Exit status**"):section.index("| command | does |")]
+        for status in (cli.OK, cli.ERROR, cli.USAGE, cli.NOT_RUNNING, cli.INTERRUPTED):
+            self.assertRegex(statuses, rf"\b{status} ")
+            self.assertRegex(build_parser().epilog or "", rf"\b{status} ")
