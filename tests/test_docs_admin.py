@@ -5,6 +5,7 @@ never hear of; one the page names that the API lacks is a 404 they were promised
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -138,3 +139,32 @@ class GatewayctlTableTests(SynchronousTestCase):
         for status in (cli.OK, cli.ERROR, cli.USAGE, cli.NOT_RUNNING, cli.INTERRUPTED):
             self.assertRegex(statuses, rf"\b{status} ")
             self.assertRegex(build_parser().epilog or "", rf"\b{status} ")
+
+
+def read_rows() -> dict[str, str]:
+    """The text of each row of the page's Reads table, by its route (``GET /fleet``)."""
+    return {match.group(1): match.group(0)
+            for match in re.finditer(r"^\| `(GET /[a-z]+)(?:\?[^`]*)?` \|.*$", ADMIN.read_text(encoding="utf-8"), re.M)}
+
+
+class ReadsTableTests(SynchronousTestCase):
+    """The Reads rows that list their answer's fields list every one: the admin API serves the
+    snapshots as they are (:func:`gateway.readside.to_jsonable`), so a field the row leaves out
+    is one a script finds without a word about it."""
+
+    def test_every_field_of_the_answer_is_named(self) -> None:
+        """Each field of the snapshot a row's route answers with is named in that row (``GET /links``,
+        ``GET /journal`` and ``GET /broker`` name theirs on readside.md, which its tests check)."""
+        from gateway.fleet.snapshot import FleetSnapshot
+        from gateway.ingest.snapshot import IngestSnapshot
+        from gateway.readside import GatewayStatus, ServiceState
+        from gateway.twin.snapshot import TwinSnapshot
+        from gateway.updates.snapshot import OperationSnapshot
+
+        answers: dict[str, tuple[type, ...]] = {
+            "GET /status": (GatewayStatus, ServiceState), "GET /operations": (OperationSnapshot,),
+            "GET /ingest": (IngestSnapshot,), "GET /twin": (TwinSnapshot,), "GET /fleet": (FleetSnapshot,)}
+        rows = read_rows()
+        missing = {f"{route}: {field.name}" for route, records in answers.items() for record in records
+                   for field in dataclasses.fields(record) if f"`{field.name}`" not in rows[route]}
+        self.assertEqual(sorted(missing), [])
