@@ -5,8 +5,11 @@ never hear of; one the page names that the API lacks is a 404 they were promised
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import re
+import shlex
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -168,3 +171,69 @@ class ReadsTableTests(SynchronousTestCase):
         missing = {f"{route}: {field.name}" for route, records in answers.items() for record in records
                    for field in dataclasses.fields(record) if f"`{field.name}`" not in rows[route]}
         self.assertEqual(sorted(missing), [])
+
+
+def shown_commands() -> list[tuple[str, list[str], bool]]:
+    """Every ``gatewayctl`` command line a page shows, in a shell block (``$ `` and ``sudo ``
+    dropped, up to a pipe, ``;``, ``&&`` or a redirection) or inline in backticks (``True``), with
+    where it is; not a synopsis (``[-f]``, ``NAME|...``, ``set/apply``), a message
+    (``gatewayctl: ...``) or the bare name."""
+    found = []
+    for page in [ADMIN.parent.parent / "README.md", *sorted(ADMIN.parent.glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        candidates: list[tuple[int, str, bool]] = []
+        for block in re.finditer(r"^ *```(\w*)\n(.*?)^ *```", text, re.S | re.M):
+            if block.group(1) not in ("sh", "console", ""):
+                continue
+            offset = block.start(2)
+            for line in block.group(2).splitlines(keepends=True):
+                command = line.strip().removeprefix("$ ").split(" #", 1)[0]
+                if re.match(r"(sudo )?\S*gatewayctl ", command):
+                    candidates.append((offset, command, False))
+                offset += len(line)
+        # Inline spans: blocks and ``double`` spans blanked (the same length), then every other piece.
+        prose = re.sub(r"^ *```.*?^ *```|``.*?``", lambda span: re.sub(r"[^\n]", " ", span.group(0)), text,
+                       flags=re.S | re.M)
+        offset = 0
+        for index, piece in enumerate(prose.split("`")):
+            if index % 2 and re.match(r"(sudo )?gatewayctl ", piece):
+                candidates.append((offset, " ".join(piece.split()), True))
+            offset += len(piece) + 1
+        for at, command, inline in candidates:
+            command = re.split(r"\s*(?:\||;|&&)\s*|\s(?:<|>|2>)", command, maxsplit=1)[0]
+            if re.search(r"[\[\]|]|\.\.\.|gatewayctl:|(?<![/\w])[a-z]+/[a-z]+(?![/\w.])", command):
+                continue
+            words = shlex.split(command)
+            words = words[1:] if words[0] == "sudo" else words
+            found.append((f"{page.name}:{text.count(chr(10), 0, at) + 1}", words[1:], inline))
+    return found
+
+
+class ShownCommandsTests(SynchronousTestCase):
+    """Every ``gatewayctl`` command a page shows is one gatewayctl takes: a renamed command or
+    option would make the page's line exit 2."""
+
+    def test_every_shown_command_parses(self) -> None:
+        """Each shown command line parses (usage errors are exit 2, argparse's SystemExit); an
+        inline one may leave out the arguments, naming the command in a sentence."""
+        parser = build_parser()
+        refused = []
+        for where, words, inline in shown_commands():
+            said = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+                    parser.parse_args(words)
+            except SystemExit as exit:
+                # (``--version`` exits 0; prose may name a command without its arguments:
+                # ``gatewayctl report`` builds one now)
+                if exit.code and not (inline and "the following arguments are required" in said.getvalue()):
+                    refused.append(f"{where}: gatewayctl {' '.join(words)}")
+        self.assertEqual(refused, [])
+
+    def test_the_pages_are_read(self) -> None:
+        """The search finds the commands: over a hundred, inline and in blocks."""
+        shown = shown_commands()
+        self.assertGreater(len(shown), 100)
+        self.assertIn(["apps", "logs", "hello", "-f"], [words for _, words, inline in shown if inline])
+        self.assertIn(["check-config", "--config", "/etc/gateway/gateway.yaml"],
+                      [words for _, words, inline in shown if not inline])
