@@ -41,3 +41,33 @@ class ServiceTreeDocTests(SynchronousTestCase):
         root = build_service(gateway_config.load(path), reactor)
         self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
         self.assertEqual(documented_services(), [service.name for service in root])
+
+
+class SourcePathsTests(SynchronousTestCase):
+    """The source files the pages name are there: a reader sent to ``gateway/journal/x.py``
+    after a module was renamed or split finds nothing."""
+
+    def test_every_named_source_file_exists(self) -> None:
+        """Each ``gateway/...``, ``tests/...``, ``bench/...``, ``debian/...``, ``conf/...`` or
+        ``twisted/...`` path a page of the docs (README.md, docs/*.md; not benchmarks.md, whose
+        sessions tell of modules since gone, nor ``bench/results/``, which benchmarks write) writes
+        in backticks exists, and so does each file named after one in the same cell
+        (``gateway/admin/token.py``, ``settings.py``: ``gateway/admin/settings.py``)."""
+        root = ARCHITECTURE.parent.parent
+        pages = [root / "README.md",
+                 *sorted(page for page in ARCHITECTURE.parent.glob("*.md") if page.name != "benchmarks.md")]
+        missing, named = [], 0
+        for page in pages:
+            text = page.read_text(encoding="utf-8")
+            for group in re.finditer(r"`((?:gateway|tests|bench|debian|conf|twisted)/[\w./-]+)`((?:, `[\w.]+\.py`)*)",
+                                     text):
+                path = group.group(1)
+                siblings = [str(Path(path).parent / name) for name in re.findall(r"`([\w.]+\.py)`", group.group(2))]
+                for each in [path, *siblings]:
+                    if each.startswith("bench/results/"):
+                        continue
+                    named += 1
+                    if not (root / each).exists():
+                        missing.append(f"{page.name}: {each}")
+        self.assertGreater(named, 150)
+        self.assertEqual(missing, [])

@@ -122,3 +122,29 @@ class ServiceAccessTests(SynchronousTestCase):
         self.assertIn("telemetry", named)
         self.assertEqual(sorted(named - fields), [])
         self.assertEqual(sorted(direct), [])
+
+
+#: ``gateway_*`` words of the docs that are not metrics: the fleet's attribute of the gateway's version.
+NOT_METRICS = frozenset({"gateway_version"})
+
+
+class OtherPagesTests(SynchronousTestCase):
+    """The metric names every page gives are the table's: a page that names a metric the gateway
+    does not have (renamed, or never made) sends a dashboard or an alert after nothing."""
+
+    def test_every_metric_named_anywhere_is_in_the_table(self) -> None:
+        """Each ``gateway_*`` name of README.md and docs/*.md is a metric of the table, one of a
+        histogram's or summary's series (``_bucket``, ``_count``, ``_sum``), or the start of
+        the table's names (``gateway_fleet_*``, ``grep '^gateway_broker'``); not a file's name
+        (``gateway_0.1.0_amd64.deb``, ``gateway_commands.py``, ``gateway_apps_<tag>``)."""
+        table = set(documented())
+        unknown = set()
+        for page in [TELEMETRY.parent.parent / "README.md", *sorted(TELEMETRY.parent.glob("*.md"))]:
+            text = page.read_text(encoding="utf-8")
+            for match in re.finditer(r"\bgateway_[a-z][a-z0-9_]*(?![a-z0-9_.<])", text):
+                name = match.group(0)
+                series = re.sub(r"_(bucket|count|sum)$", "", name)
+                if not ({name, series} & table or any(metric.startswith(name) for metric in table)
+                        or name in NOT_METRICS):
+                    unknown.add(f"{page.name}: {name}")
+        self.assertEqual(sorted(unknown), [])

@@ -29,6 +29,8 @@ from gateway.apps.outcome import outcome_line
 from gateway.stdstreams import escape_unencodable
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
+#: The exit status of a command interrupted by Ctrl-C (SIGINT), as a shell gives it (128 + 2).
+INTERRUPTED = 130
 #: Seconds ``ops --follow`` waits for a gateway that stopped answering to be back: it
 #: restarts (a gateway package the followed operation installs, a remote ``restart``,
 #: ``systemctl restart``) and its operations go on after it.
@@ -488,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = CommandParser(
         prog="gatewayctl", description="Operate the IoT gateway through its admin API.",
-        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 gateway not running.")
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 gateway not running, 130 interrupted (Ctrl-C).")
     parser.add_argument("--version", action="version", version=f"gatewayctl {__version__}")
     _common_options(parser, None, False)
     # Every command takes them too; there they set a value only when given (SUPPRESS).
@@ -556,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command(commands, "check-config", help="validate a configuration file (no gateway needed)")
     check.add_argument("path", nargs="?", default=None, help="the YAML config (default: the embedded one)")
-    check.add_argument("--config", "-c", default=None, help=argparse.SUPPRESS)
+    check.add_argument("--config", "-c", default=None, metavar="PATH", help="the YAML config, as PATH")
     command(commands, "version", help="gatewayctl's and the gateway's versions").set_defaults(run=cmd_version)
     return parser
 
@@ -590,6 +592,13 @@ def _not_utf8(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _stdout_gone() -> int:
+    """Stdout's reader went away (``gatewayctl apps | head``): say nothing more, and keep
+    Python's flush at exit from raising again. Returns the exit status."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return ERROR
+
+
 def _say_waiting(message: str) -> None:
     print(f"gatewayctl: {message}", file=sys.stderr, flush=True)
 
@@ -601,7 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.parser  # the deepest subcommand's: its usage for errors
     if args.command == "check-config":
-        return check_config(args.path or args.config, bool(args.json))
+        try:
+            return check_config(args.path or args.config, bool(args.json))
+        except BrokenPipeError:
+            return _stdout_gone()
     if args.command == "uploads" and args.action == "cancel" and not args.id:
         command.error("uploads cancel needs the upload's ID")
     if args.command == "apps" and args.action not in (None, "list") and not args.name:
@@ -640,9 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(exc.body, indent=2, sort_keys=True))
         return ERROR
     except BrokenPipeError:
-        # stdout's reader went away (`gatewayctl apps | head`): say nothing more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ERROR
+        return _stdout_gone()
     except TimeoutError:
         waited = f" within {client.timeout:g} s" if client.timeout else ""
         print(f"gatewayctl: the gateway did not answer{waited} (on {client.path})", file=sys.stderr)
@@ -657,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
               f" {exc}); is the gateway the same version ({__version__})?", file=sys.stderr)
         return ERROR
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -569,6 +569,25 @@ class CheckConfigTests(SynchronousTestCase):
             self.assertEqual(main(argv), code, argv)
             self.assertEqual((json.loads(out.getvalue()), err.getvalue()), (expected, ""), argv)
 
+    def test_a_reader_gone_is_no_traceback(self) -> None:
+        """``gatewayctl check-config --json | head -3``: stdout's reader gone is exit 1 saying
+        nothing more, as for the commands that ask the gateway (it was a BrokenPipeError
+        traceback), and ``--config PATH`` names the file as ``PATH`` does (the docs show it)."""
+        sink = os.open(self.mktemp(), os.O_WRONLY | os.O_CREAT)
+        self.addCleanup(os.close, sink)
+
+        class Gone(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+            def fileno(self) -> int:
+                return sink
+
+        err = io.StringIO()
+        self.patch(sys, "stdout", Gone())
+        self.patch(sys, "stderr", err)
+        self.assertEqual((main(["check-config", "--json", "--config", str(DEFAULT_CONFIG)]), err.getvalue()), (1, ""))
+
 
 class ConfigCheckWarningTests(SynchronousTestCase):
     """``gatewayctl config check``: the warnings of a valid change, as ``check-config`` prints them."""
