@@ -288,6 +288,26 @@ class BatchRefusedError(OSError):
     """The batch was not written: one queued before it failed (see :class:`WriteGate`)."""
 
 
+#: One segment a batch touches: ``(segment path, data, size before, new file)``.
+BatchOp = tuple[str, bytes, int, bool]
+
+
+class UndoFailedError(OSError):
+    """A failed batch could not be undone (the disk failed the cut-back or the deletion too):
+    its refused records may still be in the segment, past the size the stream knows, or in a
+    segment it created. Their seqs must not be given to other records until :attr:`undo` is
+    done: the stream hands it to its next batch of records, which does it before writing
+    anything (:func:`write_batch`), and fails without writing if it fails again.
+
+    :param undo: the ops of the batch whose undo is still to do.
+    """
+
+    def __init__(self, undo: list[BatchOp], error: OSError, what: str) -> None:
+        super().__init__(error.errno, f"{what}, and undoing it failed: {error.strerror or error}"
+                                      " (appends are refused until it is undone)", error.filename)
+        self.undo = undo
+
+
 def delete_segments(files: FileLayer, directory: str, paths: list[str]) -> None:
     """Delete segment files of ``directory`` durably (blocking): unlink each, then fsync the
     directory once, so that a power cut cannot bring one back.
@@ -312,12 +332,14 @@ LEDGER_FILE = "losses.json"
 
 
 def write_batch(
-    files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
-    ledger: bytes | None, check_free: bool, gate: WriteGate, epoch: int,
+    files: FileLayer, directory: str, ops: list[BatchOp], sync: bool,
+    ledger: bytes | None, check_free: bool, gate: WriteGate, epoch: int, undo: list[BatchOp] | None = None,
 ) -> tuple[float, int | None, OSError | None]:
     """Write (and fsync) one batch; on failure undo it so stored data stays whole.
 
     :param ops: ``(segment path, data, size before, new file)`` per segment touched.
+    :param undo: the ops of an earlier failed batch whose undo failed (:class:`UndoFailedError`):
+        undone first; nothing is written unless that works.
     :param ledger: the loss ledger to replace ``losses.json`` with, if it changed.
     :param check_free: also measure the filesystem's free space.
     :param gate: the stream's gate; ``epoch`` is the stream's epoch for this batch.
@@ -325,10 +347,18 @@ def write_batch(
         the error that kept the ledger from being written (the records are durable then:
         the stream keeps the ledger to write with a later batch).
     :raises BatchRefusedError: a batch queued before this one failed; nothing written.
+    :raises UndoFailedError: the write failed and so did its undo, or ``undo`` failed again
+        (then nothing was written).
     """
     if epoch <= gate.failed_epoch:
         raise BatchRefusedError("not written: a batch queued before it failed")
     t0 = time.monotonic()
+    if undo is not None:
+        try:
+            _undo_batch(files, directory, undo)
+        except OSError as e:
+            gate.failed_epoch = epoch
+            raise UndoFailedError(undo, e, "not written: a write failed earlier") from e
     try:
         for path, data, _, _ in ops:
             if sync and data:
@@ -339,9 +369,12 @@ def write_batch(
                 files.fsync(path)
         if sync and any(new for _, _, _, new in ops):
             files.fsync_dir(directory)
-    except BaseException:
+    except BaseException as failed:
         gate.failed_epoch = epoch
-        _undo_batch(files, directory, ops)
+        try:
+            _undo_batch(files, directory, ops)
+        except OSError as e:
+            raise UndoFailedError(ops, e, f"the write failed ({failed})") from e
         raise
     ledger_error = None
     if ledger is not None:
@@ -352,36 +385,32 @@ def write_batch(
     return time.monotonic() - t0, files.free_bytes(directory) if check_free else None, ledger_error
 
 
-def _undo_batch(files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]]) -> None:
+def _undo_batch(files: FileLayer, directory: str, ops: list[BatchOp]) -> None:
     """Undo a failed batch of :func:`write_batch` durably (blocking): its seqs go to the next
     batch, maybe in a new segment, so a power cut must not bring back its refused records
-    (read in place of the acknowledged ones of the same seqs).
+    (read in place of the acknowledged ones of the same seqs). Done again until it works
+    (:class:`UndoFailedError`): every step may be done already.
 
-    Every step is tried, the others failing or not (a segment this batch created and left in
-    place would take the next batch's records after its own).
+    The segments it created go first, newest first, and only once they are gone (the
+    directory fsynced) are the segments it appended to cut back: a step that fails stops
+    it, so what stays on disk holds the refused records with their seqs in order, no gap
+    among them (a start after a crash reads them as records, never acknowledged, rather
+    than counting the seqs of a deleted segment between them as lost).
 
-    :raises OSError: the first step that failed.
+    :raises OSError: the step that failed.
     """
-    error: OSError | None = None
+    created = [path for path, _, _, new in reversed(ops) if new]
+    for path in created:
+        files.unlink(path)
+    if created:
+        # (a segment this batch created may already be in the directory on disk, when its fsync
+        # or the directory's got that far)
+        files.fsync_dir(directory)
     for path, _, before, new in ops:
-        if not new:
-            try:
-                if files.exists(path):
-                    # (fsynced: this batch's part of it may be durable already)
-                    files.truncate(path, before)
-                    files.fsync(path)
-            except OSError as e:
-                error = error or e
-    # (a segment this batch created may already be in the directory on disk, when its fsync or
-    # the directory's got that far: deleted with the directory fsynced)
-    created = [path for path, _, _, new in ops if new]
-    try:
-        if created:
-            delete_segments(files, directory, created)
-    except OSError as e:
-        error = error or e
-    if error is not None:
-        raise error
+        if not new and files.exists(path):
+            # (fsynced: this batch's part of it may be durable already)
+            files.truncate(path, before)
+            files.fsync(path)
 
 
 def write_ledger(files: FileLayer, directory: str, ledger: bytes) -> None:

@@ -35,8 +35,8 @@ from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import (LEDGER_FILE, Recovered, Segment, WriteGate, open_directory, segment_holding,
-                                      segment_path, write_batch, write_ledger)
+from gateway.journal.segments import (LEDGER_FILE, BatchOp, Recovered, Segment, UndoFailedError, WriteGate,
+                                      open_directory, segment_holding, segment_path, write_batch, write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
@@ -93,11 +93,11 @@ LEDGER_NOT_SAVED = "ledger-not-saved"
 class _Batch:
     """One batch handed to the I/O thread, with what its completion needs."""
 
-    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes", "plain")
+    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes", "plain", "undo")
 
-    def __init__(self, ops: list[tuple[str, bytes, int, bool]], done: list[OnDurable | None], failed: list[OnFailed],
+    def __init__(self, ops: list[BatchOp], done: list[OnDurable | None], failed: list[OnFailed],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
-                 ledger: bytes | None, plain: bool) -> None:
+                 ledger: bytes | None, plain: bool, undo: list[BatchOp] | None) -> None:
         self.ops = ops
         self.done = done  # one per sync append, in seq order from ``first``
         self.failed = failed  # one per sync append, or per append_many (each called if it fails)
@@ -107,6 +107,7 @@ class _Batch:
         self.ledger = ledger
         self.nbytes = sum(len(data) for _, data, _, _ in ops)
         self.plain = plain  # it holds an append that needed no reserve: written, the stream takes appends again
+        self.undo = undo  # the failed batch's undo it does first (Stream._undo)
 
 
 class Stream:
@@ -179,6 +180,10 @@ class Stream:
         self._planned: dict[str, int] = {}
         self._gate = WriteGate()
         self._epoch = 0  # bumped after each failed write (see WriteGate)
+        #: A failed batch whose undo failed too (UndoFailedError): its refused records may be on
+        #: disk under the seqs the stream gives next. The next batch of records undoes it first
+        #: and is written only if that works, so no record is stored under their seqs before.
+        self._undo: list[BatchOp] | None = None
         self._flush_soon = False
         self._flush_ok = True
         self._retry_at = 0.0  # after a failed write: appends fail at once until then
@@ -649,10 +654,14 @@ class Stream:
             planned[path] = start + len(data)
         ledger = self.ledger.dump() if self.ledger.dirty else None
         check_free = retention.free_check_due()
-        batch = _Batch(ops, done, failed, since, first, written, ledger, self._pending_plain)
+        undo = None
+        if self._undo is not None and written and not any(b.undo for b in self._inflight):
+            undo = self._undo
+        batch = _Batch(ops, done, failed, since, first, written, ledger, self._pending_plain, undo)
         self._pending_plain = False
         self._inflight.append(batch)
-        d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
+        d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch,
+                     undo)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
@@ -717,6 +726,8 @@ class Stream:
     def _written(self, result: tuple[float, int | None, OSError | None], batch: _Batch) -> None:
         del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
         seconds, free, ledger_error = result
+        if batch.undo is not None:
+            self._undo = None
         # (a ledger the disk refused is a failed write too: a drain tries it once, not for ever)
         self._flush_ok = ledger_error is None
         if self._backoff:
@@ -778,6 +789,10 @@ class Stream:
         self._epoch += 1  # batches from now on pass the gate again
         self._flush_ok = False
         cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
+        if isinstance(cause, UndoFailedError):
+            self._undo = cause.undo
+        elif batch.undo is not None:  # undone first, then this batch failed and was undone
+            self._undo = None
         error = JournalWriteError(self.name, cause)
         # Back off: every append refused now saves a write that would fail the same way
         # (a full disk stays full until something frees space). The free-space estimate is

@@ -6,7 +6,8 @@ import errno
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.segments import Segment, WriteGate, has_segment, segment_holding, write_batch
+from gateway.journal.segments import (Segment, UndoFailedError, WriteGate, has_segment, segment_holding,
+                                      write_batch)
 from tests.journal.powercut import PowerCutFiles
 
 
@@ -86,6 +87,54 @@ class WriteBatchUndoTests(SynchronousTestCase):
         self.assertNotIn("s/5.seg", files.names)
         files.cut()
         self.assertNotIn("s/5.seg", files.names)
+
+    def test_a_failed_deletion_leaves_the_refused_records_in_order(self) -> None:
+        """The undo of a batch that appended to one segment and created the next, whose new
+        segment cannot be deleted (EIO): the old segment is not cut back either, so what stays
+        holds the refused records with no seq missing between them (a start reads them as
+        records, never acknowledged, rather than counting the seqs cut away as lost). The error
+        carries the undo still to do; the next batch does it first, then writes."""
+        files = _FailsUnlink()
+        files.dirs.add("s")
+        files.write("s/1.seg", b"old")
+        files.fsync("s/1.seg")
+        files.fsync_dir("s")
+        ops = [("s/1.seg", b"refused", 3, False), ("s/5.seg", b"refused", 0, True)]
+        with self.assertRaises(UndoFailedError) as raised:
+            write_batch(files, "s", ops, True, None, False, WriteGate(), 1)
+        self.assertEqual(raised.exception.errno, errno.EIO)
+        self.assertEqual(raised.exception.undo, ops)
+        self.assertEqual(bytes(files.names["s/1.seg"].data), b"oldrefused")
+        self.assertIn("s/5.seg", files.names)
+        gate = WriteGate()
+        with self.assertRaises(UndoFailedError) as again:  # (still failing: nothing written)
+            write_batch(files, "s", [("s/1.seg", b"next", 3, False)], True, None, False, gate, 2, ops)
+        self.assertEqual(again.exception.undo, ops)
+        self.assertEqual(gate.failed_epoch, 2)
+        self.assertEqual(bytes(files.names["s/1.seg"].data), b"oldrefused")
+        files.fail = False
+        write_batch(files, "s", [("s/1.seg", b"next", 3, False)], True, None, False, WriteGate(), 3, ops)
+        files.cut()
+        self.assertEqual(bytes(files.names["s/1.seg"].data), b"oldnext")
+        self.assertNotIn("s/5.seg", files.names)
+
+
+class _FailsUnlink(PowerCutFiles):
+    """A disk whose unlinks fail (EIO) while :attr:`fail` is set; ``s/5.seg`` refuses its data
+    (ENOSPC) once it reached the file."""
+
+    fail = True
+
+    def append_sync(self, path: str, data: bytes) -> None:
+        if path == "s/5.seg":
+            self.append(path, data)
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        super().append_sync(path, data)
+
+    def unlink(self, path: str) -> None:
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().unlink(path)
 
 
 class _FailsFsyncOf(PowerCutFiles):

@@ -972,6 +972,24 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(s.stats().records, 15)
 
 
+class _DyingDisk(PowerCutFiles):
+    """While :attr:`dying` is set, a segment write fails (EIO) once its bytes reached the file
+    (not fsynced), and so does every truncate."""
+
+    dying = False
+
+    def append_sync(self, path: str, data: bytes) -> None:
+        if self.dying:
+            self.append(path, data)
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().append_sync(path, data)
+
+    def truncate(self, path: str, size: int) -> None:
+        if self.dying:
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().truncate(path, size)
+
+
 class DiskFullTests(SynchronousTestCase):
     """A failed write fails its appends cleanly and damages nothing stored."""
 
@@ -1015,6 +1033,46 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual([(r.seq, r.payload) for r in got],
                          [(i, record(i).payload) for i in range(1, 10)] + [(10, big.payload), (11, record(11).payload)])
 
+
+    def test_a_failed_undo_keeps_the_refused_seqs_from_other_records(self) -> None:
+        """A write that failed (EIO, its record in the file all the same) and whose undo failed
+        too (the cut-back: EIO): appends are refused, without a record written, until the undo
+        works; then the next record takes the refused one's seq and is read back, before and
+        after a power cut. The next write took the seq at once: its record went into the
+        file behind the refused one, which readers then read in its place."""
+        files = _DyingDisk()
+        runner = ManualRunner()
+        s = open_stream(files, StreamSettings(min_free_bytes=0), run=runner)
+        runner.drain()
+        for i in (1, 2):
+            d = appended(s, record(i))
+            runner.drain()
+            self.successResultOf(d)
+        files.dying = True
+        d = appended(s, record(3))
+        runner.drain()
+        error = self.failureResultOf(d, JournalWriteError).value.cause
+        self.assertEqual(error.errno, errno.EIO)
+        self.assertIn("undoing it failed", str(error))
+        size = len(files.names[segment_path(DIR, 1)].data)
+        for backoff in (WRITE_BACKOFF_S, 2 * WRITE_BACKOFF_S):
+            s.clock.advance(backoff)
+            d = appended(s, record(30))
+            runner.drain()
+            self.assertIn("appends are refused until it is undone",
+                          str(self.failureResultOf(d, JournalWriteError).value.cause))
+            self.assertEqual(len(files.names[segment_path(DIR, 1)].data), size)  # nothing written
+        self.assertEqual(s.snapshot().refusing.reason, "write-error")
+        files.dying = False
+        s.clock.advance(4 * WRITE_BACKOFF_S)
+        d = appended(s, record(30))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertIsNone(s.snapshot().refusing)
+        expected = [(1, record(1).payload), (2, record(2).payload), (3, record(30).payload)]
+        self.assertEqual([(r.seq, r.payload) for r in read_all(s)], expected)
+        files.cut()
+        self.assertEqual([(r.seq, r.payload) for r in read_all(open_stream(files))], expected)
 
     def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
         """A new cursor (a link added to the configuration) whose file the disk refuses (a
