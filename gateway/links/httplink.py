@@ -685,6 +685,8 @@ class HTTPLink:
                 self._reactivated = False
                 if not self.batch:  # (while a batch is being sent, its answers say whether the link works)
                     self._up()
+                if value is not None and modified is not None and modified == since:
+                    value = None  # the one published before, again (a server that ignores If-Modified-Since)
                 if value is not None:
                     if self.on_cloud_value is not None:
                         self._listeners.tell("a value from the cloud", self.on_cloud_value, downlink.alias, value,
