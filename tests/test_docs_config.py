@@ -86,7 +86,7 @@ DESCRIBED_DEFAULTS: dict[str, str] = {
     # the default routes and downlink are long lists: the rows name them, the contract table shows them
     "links.links.<name>.routes": "the Kanto/Hono contract (below)",
     "links.links.<name>.downlink": "`command//+/req/#` unchanged and as `c//{1}/q/{#}`",
-    "http_links.links.<name>.routes": "`telemetry/#` -> `{#}`",
+    "http_links.links.<name>.routes": "`telemetry/#` -> `{#}`, and the reports `edge/gateway/reports/<name>` -> `<name>`",
 }
 
 _UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "days": 86400, "d": 86400}

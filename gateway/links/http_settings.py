@@ -24,8 +24,14 @@ from gateway.pemfiles import ca_file_problem
 from gateway.nearestpath import nearest_existing
 from gateway.virtualfs import virtual_fs_of
 
-#: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
-EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
+#: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``), and
+#: the gateway's reports under Gateway Engine's aliases of their names, as GWE sends them.
+EXOSITE_ROUTES: tuple[RouteSettings, ...] = (
+    RouteSettings("telemetry/#", "{#}"),
+    RouteSettings("edge/gateway/reports/device_info", "device_info"),
+    RouteSettings("edge/gateway/reports/usage_report", "usage_report"),
+    RouteSettings("edge/gateway/reports/engine_report", "engine_report"),
+)
 
 #: An exosite link's URL is the device API's root: its paths (``/onep:v1/stack/alias``) go after it.
 _EXOSITE_URL = URLForm("https://host[:port][/path]", path=True, query=False,

@@ -38,6 +38,7 @@ from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.listeners import ListenerCalls
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
+from gateway.links.pollmarks import PollMarks
 from gateway.links.rate import RateMeter
 from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry, log_read_again, \
     log_read_failed
@@ -124,6 +125,9 @@ class HTTPLink:
         tenant, device = identity
         self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
         self.cik_file = CIKFile(name, cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
+        #: the Last-Modified of each long-polled alias's last value published, kept across restarts
+        self.poll_marks = PollMarks(name, cik_path.with_name(cik_path.name + ".polls"), self.cik_file.device,
+                                    run_blocking)
         self.forwarder = self
         self.cik: str | None = None
         #: the CIK in use could not be written to its file yet (a full disk): tried again
@@ -194,6 +198,7 @@ class HTTPLink:
         if self.settings.mode == "exosite":
             d.addCallback(lambda _: self.cik_file.load())
             d.addCallback(self._loaded)
+            d.addCallback(lambda _: self.poll_marks.load())
         return d.addCallback(lambda _: self._go())
 
     def _server_certificate_seen(self, certificate: Any) -> None:
@@ -663,7 +668,7 @@ class HTTPLink:
         tenant, device = self.identity
         topic = downlink.topic.replace("{alias}", downlink.alias).replace("{device}", device).replace(
             "{tenant}", tenant)
-        since: bytes | None = None
+        since = self.poll_marks.since(downlink.alias)  # (a value published before a restart is not run again)
         attempt = 0
         used: str | None = None
         loop = f"long-poll of {downlink.alias}"
@@ -680,6 +685,8 @@ class HTTPLink:
                 self._reactivated = False
                 if not self.batch:  # (while a batch is being sent, its answers say whether the link works)
                     self._up()
+                if value is not None and modified is not None and modified == since:
+                    value = None  # the one published before, again (a server that ignores If-Modified-Since)
                 if value is not None:
                     if self.on_cloud_value is not None:
                         self._listeners.tell("a value from the cloud", self.on_cloud_value, downlink.alias, value,
@@ -688,6 +695,8 @@ class HTTPLink:
                 pause = max(self.settings.min_interval, 1.0)
                 if modified is not None:
                     since = modified
+                    if value is not None:
+                        yield detached(self.poll_marks.mark(downlink.alias, modified))
                 if modified is None and status != 304:  # no Last-Modified (or 204: no value yet): poll again later
                     yield self._sleep(pause)
                 else:  # a server that answers at once (holds no long-poll) is not polled in a loop

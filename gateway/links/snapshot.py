@@ -33,8 +33,8 @@ class LinkSnapshot:
     :param sent: publishes sent.
     :param acked: publishes the cloud acknowledged.
     :param resent: publishes sent again after a reconnect.
-    :param bytes_up: MQTT bytes sent to the cloud (before TLS).
-    :param bytes_down: MQTT bytes received from the cloud (before TLS).
+    :param bytes_up: MQTT bytes sent to the cloud (before TLS; an HTTP link's: request bodies).
+    :param bytes_down: MQTT bytes received from the cloud (before TLS; an HTTP link's: answer bodies).
     :param backlog: records in the link's journal stream not yet acknowledged by the cloud.
     :param pending: of those, records held in memory (read, offered or in flight).
     :param drain_rate: records the cloud acknowledged per second, over the last 10 s.

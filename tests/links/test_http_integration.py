@@ -3,6 +3,7 @@ forwards to an Exosite-like server that drops, fails, throttles, stalls and revo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,9 @@ class GWEAppEndToEndTests(TestCase):
         cloud.set_value("reboot", "now")
         yield until(lambda: commands)
         self.assertEqual(commands[0].payload, b"now")
+        # The device_info report sent at start went up on Gateway Engine's alias.
+        yield until(lambda: cloud.sequence("device_info"))
+        self.assertEqual(json.loads(cloud.sequence("device_info")[0])["report"], "device_info")
         # The ingest's reads see what the cloud wrote.
         client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         response = yield client.get(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias?reboot",
@@ -138,7 +142,9 @@ class RefusedRecordsTests(TestCase):
         cloud.aliases = {"temp"}
         cloud.max_body = 2000
         cloud.close_on_large = True
-        root, ingest = yield start_gateway(self, cloud, "      batch_wait: 0.5\n      request_timeout: 2.0\n")
+        # Telemetry only: the gateway's reports, over max_body, would be refused too.
+        root, ingest = yield start_gateway(self, cloud, "      batch_wait: 0.5\n      request_timeout: 2.0\n"
+                                           "      routes: [{filter: 'telemetry/#', topic: '{#}'}]\n")
         yield write_values(self, ingest, ("temp=1", "bogus=x", "temp=" + "z" * 3000, "temp=2"))
         stream = root.parts.journal.stream("link-murano")
         yield until(lambda: stream.unacked("cloud") == 0)

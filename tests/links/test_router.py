@@ -48,6 +48,18 @@ class TemplateTests(SynchronousTestCase):
 class RouterTests(SynchronousTestCase):
     """The Kanto/Hono default contract and multi-link routing."""
 
+    def test_exosite_default_routes_send_the_reports_on_gateway_engines_aliases(self) -> None:
+        """An HTTP link's default routes take telemetry up under its alias and the gateway's
+        reports under Gateway Engine's aliases of their names (they took telemetry only, so
+        the reports telemetry.md promises every cloud never reached Exosite)."""
+        from gateway.links.http_settings import EXOSITE_ROUTES
+
+        router = Router([Rule.compile("murano", r.filter, r.topic, r.qos) for r in EXOSITE_ROUTES], "t1", "gw1")
+        self.assertEqual(router.route("telemetry/temp"), (Destination("murano", "temp", 1),))
+        for name in ("device_info", "usage_report", "engine_report"):
+            self.assertEqual(router.route(f"edge/gateway/reports/{name}"), (Destination("murano", name, 1),))
+        self.assertEqual(router.route("edge/gateway/reports/request"), ())
+
     def test_kanto_telemetry_and_events(self) -> None:
         """Long and short forms go up under tenant and device."""
         router = kanto()

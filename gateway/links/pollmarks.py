@@ -1,0 +1,71 @@
+"""The ``Last-Modified`` of each alias an HTTP link long-polls, kept on disk beside its CIK.
+
+A long-poll without ``If-Modified-Since`` may be answered at once with the alias's current
+value, one the gateway already ran: after a restart (or a configuration change, which
+restarts the links) a ``restart`` command would run again, and again. The link polls from
+the mark of the last value it published instead, so a value comes down once, and one the
+cloud wrote while the gateway was away still comes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from gateway.atomic import read_json, write_json_atomically
+
+
+class PollMarks:
+    """The marks of one link's long-polled aliases, for the device its CIK is for.
+
+    :param link: the link's name, which its log lines start with.
+    :param path: the file (``<cik_file>.polls``).
+    :param device: the configured device (``vendor=...&model=...&sn=...``): marks of another
+        device's aliases are not used.
+    :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
+    """
+
+    log = Logger()
+
+    def __init__(self, link: str, path: Path, device: str, run_blocking: Callable[..., Deferred[Any]]) -> None:
+        self.link = link
+        self.path = path
+        self.device = device
+        self.run_blocking = run_blocking
+        self._marks: dict[str, str] = {}
+
+    @inlineCallbacks
+    def load(self) -> Any:
+        """Read the marks (none when the file is absent, damaged, or for another device)."""
+        try:
+            kept = yield self.run_blocking(read_json, self.path)
+        except (OSError, ValueError) as exc:
+            self.log.warn("link {link}: {path} not read ({error}): the long-polls start without If-Modified-Since",
+                          link=self.link, path=str(self.path), error=str(exc))
+            return
+        if isinstance(kept, dict) and kept.get("device") == self.device and isinstance(kept.get("since"), dict):
+            self._marks = {alias: since for alias, since in kept["since"].items() if isinstance(since, str)}
+
+    def since(self, alias: str) -> bytes | None:
+        """The ``Last-Modified`` of the last value of ``alias`` published (None: none yet)."""
+        mark = self._marks.get(alias)
+        return None if mark is None else mark.encode("latin-1")
+
+    @inlineCallbacks
+    def mark(self, alias: str, modified: bytes) -> Any:
+        """Keep ``modified`` as the mark of ``alias``, on disk; a failed write is logged (the
+        link goes on with the mark in memory)."""
+        text = modified.decode("latin-1")
+        if self._marks.get(alias) == text:
+            return
+        self._marks[alias] = text
+        try:
+            yield self.run_blocking(write_json_atomically, self.path,
+                                    {"device": self.device, "since": dict(self._marks)})
+        except OSError as exc:
+            self.log.warn("link {link}: {path} not written ({error}): after a restart, the long-poll of {alias} "
+                          "may bring its last value again", link=self.link, path=str(self.path), error=str(exc),
+                          alias=alias)
