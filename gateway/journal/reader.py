@@ -257,6 +257,10 @@ class StreamReader:
         c.saving = False
         self.save_latency.observe(steady_seconds(self.stream.clock) - started)
         c.saved, c.saved_changes = target
+        # The segments the save frees are deleted before its ack() fires: a writer told that
+        # its acknowledgement is durable finds the room it made (under reject-new, an append).
+        floor = min(c.saved for c in self.cursors.values())
+        self.stream.delete_acked(floor)
         ready = [d for changes, d in c.waiters if changes <= c.saved_changes]
         c.waiters = [(changes, d) for changes, d in c.waiters if changes > c.saved_changes]
         for d in ready:
@@ -266,8 +270,6 @@ class StreamReader:
         # save is a write and two fsyncs on the thread the appends share (on a slow disk, 200 ms).
         if c.waiters and not c.saving:
             self._save(c)
-        floor = min(c.saved for c in self.cursors.values())
-        self.stream.delete_acked(floor)
 
     def _save_failed(self, failure: Failure, c: Cursor) -> None:
         c.saving = False

@@ -881,7 +881,9 @@ class Stream:
         return d
 
     def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
-        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable.
+        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable, the sealed
+        segments every cursor has acknowledged whole deleted by then (under reject-new, the room
+        they held takes appends).
 
         :param above: ``(first, last)`` ranges of seqs above ``seq`` acknowledged too
             (out of order): reads, after a restart too, skip them.

@@ -5,7 +5,8 @@ leaves its shadow *behind*: the twin holds the change, the cloud does not. The s
 marked (the marks kept on disk by :mod:`gateway.twin.behind`), read again every
 :data:`CATCH_UP_INTERVAL` seconds while connected (and at each connect, and as soon as its
 last request is answered: :meth:`ShadowCatchUp.answered`, or the sync reads past requests it
-could not tell the shadow of: :meth:`ShadowCatchUp.recheck`) once none of its
+could not tell the shadow of: :meth:`ShadowCatchUp.recheck`, or the stream frees room after
+refusing its correction: :meth:`ShadowCatchUp.room`) once none of its
 requests is left to send, and corrected by the sync like at a connect; its mark goes once a
 correction is journaled with no request of it refused since. A shadow behind whose get the
 cloud refuses for good (403, 400: :meth:`ShadowCatchUp.get_refused`) keeps its mark and is
@@ -74,6 +75,9 @@ class ShadowCatchUp:
         #: Shadows marked before a change deleting them is written (:meth:`deleting`), their delete
         #: not journaled yet: not behind unless a crash or a refusal comes first
         self._deleting: set[str] = set()
+        #: Shadows behind whose last correction the journal refused: read again when the stream
+        #: frees room (:meth:`room`), besides the catch-up every CATCH_UP_INTERVAL.
+        self._want_room: set[str] = set()
         self._timer: IDelayedCall | None = None
         #: shadow behind -> the gets of it the cloud refused for good in a row (until one is answered)
         self._unreadable: dict[str, int] = {}
@@ -163,10 +167,13 @@ class ShadowCatchUp:
         refusals = self._refusals[shadow]
 
         def caught_up(refusal: str | None) -> None:
-            if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
+            if refusal is not None and shadow in self.marks:
+                self._want_room.add(shadow)
+            elif refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
                 self._unreadable.pop(shadow, None)
                 self._deleting.discard(shadow)
+                self._want_room.discard(shadow)
                 self._file.changed(shadow, self.marks)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 
@@ -202,6 +209,17 @@ class ShadowCatchUp:
             return True
         self.sync.read_again(shadow)
         return False
+
+    def room(self) -> None:
+        """The stream freed room (a cursor save deleted segments): read again at once each
+        shadow behind whose last correction the journal refused and whose requests are all
+        answered (:meth:`answered`), not at the next catch-up. Each such refusal is tried so
+        once: a stream that refuses again waits for the next room or catch-up."""
+        if self.sync.sending() and self._want_room:
+            waiting, self._want_room = self._want_room, set()
+            for shadow in waiting:
+                self.answered(shadow)
+            self.sync.pump()
 
     def recheck(self) -> None:
         """While connected, read again at once each shadow the cloud is behind on whose requests

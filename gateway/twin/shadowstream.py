@@ -33,12 +33,15 @@ class ShadowStreamReader:
     :param clock: the retries of failed reads and the log's throttle.
     :param log: the sync's logger (the lines keep the sync's namespace).
     :param got: called once records read are added to :attr:`pending`.
+    :param saved: called once an acknowledgement is durable (the segments it freed deleted).
     """
 
-    def __init__(self, stream: LinkStream, clock: Any, log: Logger, got: Callable[[], None]) -> None:
+    def __init__(self, stream: LinkStream, clock: Any, log: Logger, got: Callable[[], None],
+                 saved: Callable[[], None]) -> None:
         self.stream = stream
         self.log = log
         self.got = got
+        self.saved = saved
         self.pending: list[Any] = []  # records read, not yet answered, in seq order
         self._last_read = 0
         self._acked = 0
@@ -152,7 +155,7 @@ class ShadowStreamReader:
         floor = self.pending[0].seq - 1 if self.pending else self._last_read
         if floor > self._acked:
             self._acked = floor
-            self.stream.ack(CURSOR, floor).addErrback(self._cursor_not_saved)
+            self.stream.ack(CURSOR, floor).addCallbacks(lambda _: self.saved(), self._cursor_not_saved)
 
     def _cursor_not_saved(self, failure: Failure) -> None:
         """A cursor save the disk refuses (full, read-only) is one error line at most once a

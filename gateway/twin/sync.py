@@ -102,7 +102,8 @@ class ShadowSync:
         self.appends = ShadowAppends(settings, twin, stream, clock, thing, self.behind, max_record_bytes)
         # (whoever can publish on the shadow topics may send messages that are not JSON in a loop)
         self._not_json_lines = LogThrottle(REFUSED_LOG_INTERVAL, lambda: steady_seconds(clock))
-        self.reader = ShadowStreamReader(stream, clock, self.log, self._read)
+        self.reader = ShadowStreamReader(stream, clock, self.log, self._read, self._cursor_saved)
+        self._first_kept = 0  # the stream's first record kept at the last cursor save
         self.requests = ShadowRequests(settings, clock, thing, self.log, self._again, retry_policy)
 
     @property
@@ -404,6 +405,16 @@ class ShadowSync:
         if self.appends.passed(self.reader.last_read, self.reader.pending):
             self.behind.recheck()
         self.pump()
+
+    def _cursor_saved(self) -> None:
+        """The cursor's save is durable: when it freed segments of the stream, the shadows whose
+        correction the stream refused are read again at once (:meth:`ShadowCatchUp.room`), not
+        at the next catch-up: under reject-new, the answers to the requests that filled it make
+        the room for their corrections."""
+        first_kept = self.reader.stream.first_kept_seq
+        if first_kept != self._first_kept:
+            self._first_kept = first_kept
+            self.behind.room()
 
     def pump(self) -> None:
         """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all;

@@ -886,6 +886,26 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(s.next_seq, 21)
         self.assertFalse(err.check(RecordTooLargeError))  # (room may come: sending again may work)
 
+    def test_an_ack_fires_once_the_segments_it_freed_are_deleted(self) -> None:
+        """The segments an acknowledgement frees are deleted before its ack() fires, so a
+        consumer told the ack is durable sees the room it made (``first_kept_seq``: the twin's
+        shadow sync reads again then the shadows whose correction a full stream refused). They
+        were deleted after, and ``first_kept_seq`` still named the first record."""
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME, overflow="reject-new")
+        s = open_stream(PowerCutFiles(), settings)
+        self.successResultOf(s.cursor("a"))
+        for i in range(1, 21):
+            self.successResultOf(appended(s, record(i)))
+        self.failureResultOf(appended(s, record(21)), StreamFullError)
+        runner = ManualRunner()
+        self.patch(s, "run", runner)  # (the cursor's save on a thread: its ack fires after it)
+        seen: list[int] = []
+        acked = s.ack("a", 20).addCallback(lambda _: seen.append(s.first_kept_seq))
+        while runner.step():
+            pass
+        self.successResultOf(acked)
+        self.assertEqual(seen, [11])
+
     def test_a_record_larger_than_max_bytes_is_refused_for_good(self) -> None:
         """A record larger than max_bytes on its own fails with RecordTooLargeError (a
         StreamFullError), naming its size and the limit: the writers answer it as final, not

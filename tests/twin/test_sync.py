@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -263,24 +263,56 @@ class ShadowSyncTests(ShadowSyncCase):
         reconnect is read again as soon as that answer comes, and corrected: it waited for the
         next catch-up, CATCH_UP_INTERVAL (5 s) later, so the catch-up after a reconnect took
         5 s and its round trips (measured 5.0 s against aws.md's "within 5 s")."""
-        self.connect()
-        self.send(command("modify", "/features/f/properties/x", 1))
-        self.answer_gets()
-        self.connection.take()  # (record 1 in flight: the link goes down before its answer)
-        self.refuse_appends()
-        self.send(command("modify", "/features/f/properties/y", 2))  # (refused: f is behind)
+        self.behind_with_a_request_in_flight()  # (the link goes down before its answer)
         self.sync.link_disconnected()
         self.take_appends()
         self.connect()  # (f read: record 1 unanswered, so no correction yet)
         (topic, body), = self.connection.take()  # record 1 again
         self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
-        (get_topic, get_body), = self.connection.take()  # at once, not CATCH_UP_INTERVAL later
+        self.read_at_once_and_corrected()
+
+    def behind_with_a_request_in_flight(self) -> tuple[str, dict[str, Any]]:
+        """Connect and make feature ``f`` (record 1, sent and not answered yet), then change it
+        while the journal refuses the shadow stream's appends: ``f`` is behind. Record 1's
+        request."""
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.refuse_appends()
+        self.send(command("modify", "/features/f/properties/y", 2))  # (refused: f is behind)
+        return topic, body
+
+    def read_at_once_and_corrected(self) -> None:
+        """``f`` (of :meth:`behind_with_a_request_in_flight`) is read now, not CATCH_UP_INTERVAL
+        later; the cloud has record 1: the correction sends what it lacks, and f is caught up."""
+        (get_topic, get_body), = self.connection.take()
         self.assertEqual(get_topic, f"{BASE}/name/f/get")
         self.reply(f"{get_topic}/accepted", {"state": {"reported": {"x": 1}}, "version": 1,
                                              "clientToken": get_body["clientToken"]})
         self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
             "state": {"reported": {"y": 2}}, "clientToken": "2", "version": 1})])
         self.assertEqual(self.sync.behind.marks, {})
+
+    def test_a_shadow_behind_is_read_as_soon_as_the_stream_frees_room(self) -> None:
+        """Under reject-new, the correction of a shadow behind is journaled as soon as the answers
+        that empty the stream are durable (its cursor saved, its segments deleted). The read that
+        follows the last answer came back before that save ended (two fsyncs on the journal's
+        thread; a round trip to the cloud is quicker), the stream still refused the correction,
+        and it waited for the next catch-up: measured 5 s after a reconnect with a full stream,
+        against aws.md's "no 5 s wait"."""
+        topic, body = self.behind_with_a_request_in_flight()
+        saves: list[Any] = []
+        self.patch(self.stream, "ack", lambda cursor, seq, above=(): saves.append(Deferred()) or saves[-1])
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        (get_topic, get_body), = self.connection.take()  # read again at once: record 1 answered
+        self.reply(f"{get_topic}/accepted", {"state": {"reported": {"x": 1}}, "version": 1,
+                                             "clientToken": get_body["clientToken"]})
+        self.assertEqual(self.connection.take(), [])  # the correction refused: the save is under way
+        self.take_appends()
+        self.stream.drop(1)  # (the journal deletes the segment the save freed, then fires it)
+        saves[0].callback(None)
+        self.read_at_once_and_corrected()
 
     def feature_in_the_cloud_then_refusing(self) -> None:
         """Connect, make feature ``f`` and let the cloud accept its shadow; then the journal
