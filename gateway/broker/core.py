@@ -110,7 +110,7 @@ class GatewayBroker(Router[SessionHandler]):
                  max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES) -> None:
         super().__init__(bus, plugins, max_inflight, max_inflight_bytes,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
-                                     partial(steady_seconds, clock), max_total=max_queued_bytes_total),
+                                     partial(steady_seconds, clock), max_total=max_queued_bytes_total, timers=clock),
                          OfflineSessions(persistent_client_expiration, max_offline_sessions,
                                          partial(steady_seconds, clock)),
                          SubscriptionLimits(max_topic_levels, max_subscriptions, partial(steady_seconds, clock)),
@@ -161,7 +161,7 @@ class GatewayBroker(Router[SessionHandler]):
         if self._unwatch_steps is not None:
             self._unwatch_steps()
             self._unwatch_steps = None
-        self.queue_policy.lines.flush()  # (the sessions summed up since the last summary)
+        self.queue_policy.lines.stop()  # (the sessions summed up since the last summary; no timer left)
         for handler in list(self.live.values()):
             handler.will = None
             handler.connection.close_in_order(grace)

@@ -53,6 +53,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Callable, Iterator, Sequence
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
@@ -99,6 +100,8 @@ class QueuePolicy:
     :param clock: seconds now (for the rate limit of overflow logs).
     :param log_interval: seconds between two overflow log lines of one session.
     :param max_total: most :func:`queued_cost` the persistent sessions' queues hold together (0: no bound).
+    :param timers: the reactor's timers, for the overflow summary at the end of its interval
+        (:class:`~gateway.broker.overflowlines.OverflowLines`).
     :ivar dropped: messages dropped over every session, by their QoS (index 0, 1, 2); never decreases.
     :ivar dropping: the queues that dropped messages, by client id, while their session is known.
     :ivar total: the :func:`queued_cost` of the messages the persistent sessions' queues hold now.
@@ -114,7 +117,7 @@ class QueuePolicy:
 
     def __init__(self, max_messages: int, max_bytes: int, overflow: str = "drop_new",
                  clock: Callable[[], float] = time.monotonic, log_interval: float = LOG_INTERVAL,
-                 max_total: int = 0) -> None:
+                 max_total: int = 0, timers: IReactorTime | None = None) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
         self.max_messages = max_messages
@@ -136,7 +139,7 @@ class QueuePolicy:
         self._heads: list[tuple[int, Outbox]] = []
         self._heads_rebuilt = 0
         self._total_lines = LogThrottle(log_interval, clock)
-        self.lines = OverflowLines(log_interval, clock, lambda: self.overflow)
+        self.lines = OverflowLines(log_interval, clock, lambda: self.overflow, timers)
 
     def forget(self, client_id: str) -> None:
         """The session of ``client_id`` is gone: its queue is no longer listed in :attr:`dropping`."""

@@ -7,15 +7,18 @@ before; every other session's line is folded into one summary line for the inter
 sessions, and every message they dropped since their last line (or the last summary) until the
 summary is said, by reason: their drops after their folded line are taken from their queues when
 it is said (:meth:`FoldedQueue.take_unlogged`; nothing more is done per drop). The summary is said
-when the next interval starts (at the next session line due: no timer, as
-:class:`gateway.logthrottle.LogThrottle`), or at :meth:`OverflowLines.flush` (the broker stops).
-The per-client counts stay in the broker's snapshot and ``/metrics``.
+when the interval ends: by a timer the first session summed up in an interval sets (one per
+interval, not per line or drop; without it a summary waited for the next session's line due,
+hours later when the overflows had stopped), or at the next session line due if that comes
+first, or at :meth:`OverflowLines.stop` (the broker stops, which cancels the timer). The
+per-client counts stay in the broker's snapshot and ``/metrics``.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 #: Sessions whose overflow lines are logged in detail per interval; the others are summed up.
@@ -40,14 +43,19 @@ class OverflowLines:
     :param interval: seconds of one interval (the sessions' ``log_interval``).
     :param clock: seconds now (a steady clock).
     :param overflow: the QoS 1/2 overflow policy now (``drop_new`` or ``drop_oldest``), named in the summary.
+    :param timers: what says the summary when its interval ends (``callLater``); without it
+        (tests of the counting), the summary waits for the next line due or :meth:`flush`.
     """
 
     log = Logger()
 
-    def __init__(self, interval: float, clock: Callable[[], float], overflow: Callable[[], str]) -> None:
+    def __init__(self, interval: float, clock: Callable[[], float], overflow: Callable[[], str],
+                 timers: IReactorTime | None = None) -> None:
         self.interval = interval
         self.clock = clock
         self.overflow = overflow
+        self._timers = timers
+        self._due: IDelayedCall | None = None  # the timer of this interval's summary, once one is folded
         self._started = float("-inf")
         self._named: set[str] = set()
         self._folded: set[FoldedQueue] = set()
@@ -76,7 +84,16 @@ class OverflowLines:
         self._folded.add(queue)
         for reason, count in enumerate(drops):
             self._drops[reason] += count
+        if self._due is None and self._timers is not None:
+            self._due = self._timers.callLater(max(0.0, self._started + self.interval - now), self._interval_ended)
         return False
+
+    def _interval_ended(self) -> None:
+        """The interval of the sessions summed up ended: their summary is said now, and the next
+        line due starts the next interval."""
+        self._due = None
+        self.flush()
+        self._started = float("-inf")
 
     def ended(self, queue: FoldedQueue) -> None:
         """``queue``'s session ended (its queue was cleared): when it is summed up, its drops
@@ -91,6 +108,9 @@ class OverflowLines:
     def flush(self) -> None:
         """Log the summary of the sessions summed up since the last one, if any, with their drops
         since their folded lines."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
         if not self._folded and not self._ended:
             return
         for queue in self._folded:
@@ -108,3 +128,9 @@ class OverflowLines:
         self._folded = set()
         self._ended = set()
         self._drops = [0, 0, 0]
+
+    def stop(self) -> None:
+        """The broker stops: log the summary due (:meth:`flush`) and set no timer from now on
+        (the sessions summed up after this are said by the next line due or :meth:`flush`)."""
+        self._timers = None
+        self.flush()

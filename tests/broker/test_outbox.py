@@ -302,6 +302,35 @@ class ManySessionsOverflowLogTests(SynchronousTestCase):
         [summary] = self.summaries()
         self.assertEqual((summary["sessions"], summary["count"]), (2, 5))
 
+    def test_the_summary_comes_when_its_interval_ends_without_a_later_line(self) -> None:
+        """Seven sessions overflow once and then nothing more: the summary of the two summed up
+        comes when their minute ends, "since 60 s ago", by the policy's timer (before: only at
+        the next session's line due or the broker's stop, "since 7200 s ago" two hours later);
+        a session summed up in the next minute sets the timer again, and the stop cancels it."""
+        policy = QueuePolicy(max_messages=2, max_bytes=100, clock=self.clock.seconds, log_interval=60,
+                             timers=self.clock)
+        outboxes = [Outbox(f"dev{index}", policy, persistent=True) for index in range(7)]
+        self.clock.advance(10)
+        for outbox in outboxes:
+            for _ in range(3):
+                outbox.push(message("x", 1))  # (dev5 and dev6 summed up)
+        self.clock.advance(59)
+        self.assertEqual(self.summaries(), [])
+        self.clock.advance(1)
+        [summary] = self.summaries()
+        self.assertEqual((summary["sessions"], summary["count"], summary["seconds"]), (2, 2, 60))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(7200)
+        self.assertEqual(len(self.summaries()), 1)
+        for outbox in outboxes:
+            outbox.push(message("x", 1))  # (a new minute, 5 named again, dev5 and dev6 summed up)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        policy.lines.stop()  # (the broker stops: the summary at once, no timer left)
+        self.assertEqual([(e["sessions"], e["count"], e["seconds"]) for e in self.summaries()], [(2, 2, 60), (2, 2, 0)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        outboxes[6].push(message("x", 1))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_a_queue_with_room_again_and_no_drops_untold_makes_no_summary(self) -> None:
         """A session summed up whose queue has room again a minute later, having dropped nothing
         since the summary told its drops, while 5 others are named: no summary of "1 more
