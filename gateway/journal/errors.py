@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
 from gateway.errors import JournalError
+
+#: The errors of a write that say the disk is full (else a failed write is a ``write-error``).
+DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 
 class StreamFullError(JournalError):

@@ -52,7 +52,11 @@ class ReaderStream(Protocol):
         that holds, and forget the loss ledger's seqs passed up to it."""
 
     def save_ledger_now(self) -> None:
-        """Queue the loss ledger's write ahead of the jobs queued after it, if it changed."""
+        """Write the loss ledger now, for a loss the cursors pass (a damaged stretch)."""
+
+    def ledger_on_disk(self) -> Deferred[None]:
+        """Fires once the ledger that counts the losses the cursors passed is on disk (a
+        ledger that changed is written now); fails when the disk refused it."""
 
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0,
@@ -183,6 +187,7 @@ class StreamReader:
                                      stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
             self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
                                   dmg.end - dmg.start, dmg.first_lost, dmg.last_lost, where=where)
+            self.stream.save_ledger_now()  # (on disk before a cursor's save passes it)
         return _unacked(c.above, result.records) if c.above else result.records
 
     def wait(self, name: str) -> Deferred[None]:
@@ -240,16 +245,18 @@ class StreamReader:
     def _save(self, c: Cursor) -> None:
         s = self.stream
         c.saving = True
-        # The damage this cursor read past is counted on disk before the cursor moves past it:
-        # a crash in between would leave it behind the cursor, never read (nor counted) again.
-        s.save_ledger_now()
+        # The damage this cursor read past, and the drops it was moved past, are counted on
+        # disk before the cursor moves past them: a crash in between would leave them behind
+        # the cursor, never read (nor counted) again. A ledger the disk refuses fails the save.
         target = (c.acked, c.changes)
         started = steady_seconds(s.clock)
         # Two jobs, not one write_atomic: each half waits for an fsync (on a slow disk,
         # 100 ms each), and a batch of appends handed over while the first runs is written
         # before the second, so it waits for one of them, not both.
         path = cursor_path(s.directory, c.name)
-        d = s.run(write_temporary, s.files, path + ".tmp", (encode_cursor(c.acked, c.above),))
+        data = encode_cursor(c.acked, c.above)
+        d = s.ledger_on_disk()
+        d.addCallback(lambda _: s.run(write_temporary, s.files, path + ".tmp", (data,)))
         d.addCallback(lambda _: s.run(move_into_place, s.files, path + ".tmp", path))
         d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target, started), errbackArgs=(c,))
 

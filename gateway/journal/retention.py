@@ -16,10 +16,12 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
 from gateway.filelayer import FileLayer
 from gateway.journal.droplines import DropLines
+from gateway.journal.errors import DISK_FULL_ERRNOS
 from gateway.journal.losses import LossReason
 from gateway.journal.segments import Segment, delete_segments
 from gateway.journal.settings import StreamSettings
@@ -61,6 +63,9 @@ class RetentionStream(Protocol):
 
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write ahead of the I/O jobs queued after this call."""
+
+    def ledger_on_disk(self) -> Deferred[None]:
+        """Fires once the loss ledger as it is now is on disk; fails when the disk refuses it."""
 
     def received_now(self, seq: int, received: float) -> float:
         """Record ``seq``'s ``received`` time on the wall clock as it reads now."""
@@ -119,6 +124,12 @@ class SegmentRetention:
         #: Segments dropped or acknowledged whose files are not deleted yet: one job deletes them
         #: (:meth:`_delete_doomed`), after the ledger's write that counts them.
         self._doomed: list[str] = []
+        #: The files of segments whose drop the ledger counts (path: bytes), until they are deleted:
+        #: only once a ledger that counts them is on disk (:meth:`_delete_doomed`).
+        self._counted: dict[str, int] = {}
+        self._waiting_for_ledger: list[str] = []  # of them, those doomed, not yet handed to the ledger's wait
+        self._awaiting_ledger = False
+        self._made_room = False  # a dropped segment was deleted to make room for the ledger, not yet written
         self._drop_lines = DropLines(name, self.log, lambda: steady_seconds(clock))
 
     @property
@@ -220,7 +231,7 @@ class SegmentRetention:
             self._dropped_last = []
             self._delete_doomed()
         if free is not None:
-            self._free = free - self.stream.unwritten_bytes()
+            self._free = free - self.stream.unwritten_bytes() + self._held_bytes()
 
     def unwritten_lost(self, nbytes: int) -> None:
         """A write failed: ``nbytes`` appended bytes are gone, with the segments never created."""
@@ -311,6 +322,7 @@ class SegmentRetention:
                                   seg.first_time or 0.0, end_time)
             self._drop_lines.dropped(reason, first_lost, last_lost, records)
             self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
+            self._counted[seg.path] = seg.size
         self.cursors.skip_to(end_seq)
         if unlink:
             self._doomed.append(seg.path)
@@ -363,17 +375,65 @@ class SegmentRetention:
         """Delete the files of the segments dropped or acknowledged since the last call, in one
         job on the I/O thread with one fsync of the directory (:func:`~gateway.journal.segments.delete_segments`).
 
-        The job is queued after the loss ledger's write that counts what they lose
-        (:meth:`RetentionStream.save_ledger_now`) and after the cursors' saves that passed
-        them (:meth:`delete_acked` takes the saved floor), so once it is done a power cut can
-        bring none of them back: its records forwarded again, or a drop counted twice.
+        The job is queued after the cursors' saves that passed them (:meth:`delete_acked` takes
+        the saved floor), so once it is done a power cut can bring none of them back: its records
+        forwarded again, or a drop counted twice. The segments whose drop counted a loss go only
+        once a loss ledger that counts it is on disk (:meth:`RetentionStream.ledger_on_disk`):
+        while the disk refuses it (full), they stay, and are tried again at the next call (the
+        next drop, acknowledgement or periodic check); their bytes count as free meanwhile, so
+        that they make no more drops. Deleted before, a power cut lost them uncounted.
         """
-        if not self._doomed:
+        paths = [path for path in self._doomed if path not in self._counted]
+        counted = [path for path in self._doomed if path in self._counted]
+        self._doomed = []
+        if paths:
+            self._delete(paths)
+        if counted:
+            self._waiting_for_ledger += counted
+        if self._waiting_for_ledger and not self._awaiting_ledger:
+            waiting, self._waiting_for_ledger = self._waiting_for_ledger, []
+            self._awaiting_ledger = True
+            self.stream.ledger_on_disk().addCallbacks(self._counted_on_disk, self._not_counted_on_disk,
+                                                      callbackArgs=(waiting,), errbackArgs=(waiting,))
+
+    def _counted_on_disk(self, _: object, paths: list[str]) -> None:
+        """The ledger that counts the drops of ``paths`` is on disk: they go."""
+        self._awaiting_ledger = self._made_room = False
+        if paths:
+            self._delete(paths).addBoth(lambda _: self._forget_counted(paths))
+        if self._waiting_for_ledger:
+            self._delete_doomed()
+
+    def _not_counted_on_disk(self, failure: Failure, paths: list[str]) -> None:
+        """The disk refused the ledger (the stream logs it): ``paths`` wait for its next write.
+
+        A disk too full to take the ledger would stay full for good, the ledger waiting for
+        the deletions and they for it: the oldest of them is deleted first, and the ledger
+        written again behind it (a power cut in that moment loses its records uncounted);
+        once, until a ledger is written: a disk that refuses it still keeps the others."""
+        self._awaiting_ledger = False
+        error = failure.value
+        full = isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS and not self._made_room
+        if not full:
+            self._waiting_for_ledger[:0] = paths
             return
-        paths, self._doomed = self._doomed, []
+        self._made_room = self._awaiting_ledger = True
+        first, paths = paths[:1], paths[1:]
+        self._delete(first).addBoth(lambda _: self._forget_counted(first))
+        # (the ledger is written again behind the deletion, in the room it makes)
+        self.stream.ledger_on_disk().addCallbacks(self._counted_on_disk, self._not_counted_on_disk,
+                                                  callbackArgs=(paths,), errbackArgs=(paths,))
+
+    def _forget_counted(self, paths: list[str]) -> None:
+        for path in paths:
+            del self._counted[path]
+
+    def _delete(self, paths: list[str]) -> Deferred[None]:
+        """Delete ``paths`` on the I/O thread (a failure is logged)."""
         d = self.run(delete_segments, self.files, self.directory, paths)
         d.addErrback(lambda f: self.log.error("journal {stream}: deleting {paths} failed: {error}",
                                               stream=self.name, paths=", ".join(paths), error=f.value))
+        return d
 
     # -- free disk -----------------------------------------------------------------
 
@@ -386,7 +446,11 @@ class SegmentRetention:
     def measured(self, free: int) -> None:
         """Take ``free``, the free space of the stream's filesystem just measured (by
         :meth:`refresh_free`, or with other streams' in one job)."""
-        self._free = free - self.stream.unwritten_bytes()
+        self._free = free - self.stream.unwritten_bytes() + self._held_bytes()
+
+    def _held_bytes(self) -> int:
+        """Bytes of dropped segments still on disk, waiting for the ledger that counts them."""
+        return sum(self._counted.values()) if self._counted else 0
 
     def free_check_due(self) -> bool:
         """Whether the next write should measure free disk (then it counts as measured).

@@ -27,10 +27,11 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds, watch_steps
 from gateway.degraded import Failing
-from gateway.journal.errors import (JournalClosedError, JournalWriteError, RecordTooLargeError, StreamFullError,
-                                    StreamNotDrainedError, too_large_words)
+from gateway.journal.errors import (DISK_FULL_ERRNOS, JournalClosedError, JournalWriteError, RecordTooLargeError,
+                                    StreamFullError, StreamNotDrainedError, too_large_words)
 from gateway.filelayer import FileLayer
 from gateway.journal.iothread import Runner
+from gateway.journal.ledgerwrites import LedgerWrites
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
@@ -78,8 +79,6 @@ SLOW_LINGER_MAX_S = 0.01
 #: and a successful write ends it.
 WRITE_BACKOFF_S = 0.5
 WRITE_BACKOFF_MAX_S = 8.0
-#: The errors of a write that say the disk is full (else a failed write is a ``write-error``).
-DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
 #: Seconds between two log lines of failed segment writes: a disk that stays full or
 #: read-only fails one write per back-off (8 s), for hours.
 WRITE_FAILURE_LOG_INTERVAL = 60.0
@@ -93,11 +92,12 @@ LEDGER_NOT_SAVED = "ledger-not-saved"
 class _Batch:
     """One batch handed to the I/O thread, with what its completion needs."""
 
-    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes", "plain", "undo")
+    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "ledger_write", "nbytes", "plain",
+                 "undo")
 
     def __init__(self, ops: list[BatchOp], done: list[OnDurable | None], failed: list[OnFailed],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
-                 ledger: bytes | None, plain: bool, undo: list[BatchOp] | None) -> None:
+                 ledger: bytes | None, ledger_write: int, plain: bool, undo: list[BatchOp] | None) -> None:
         self.ops = ops
         self.done = done  # one per sync append, in seq order from ``first``
         self.failed = failed  # one per sync append, or per append_many (each called if it fails)
@@ -105,6 +105,7 @@ class _Batch:
         self.first = first  # its first seq
         self.written = written  # one entry per append
         self.ledger = ledger
+        self.ledger_write = ledger_write  # its number (:class:`LedgerWrites`), when it holds the ledger
         self.nbytes = sum(len(data) for _, data, _, _ in ops)
         self.plain = plain  # it holds an append that needed no reserve: written, the stream takes appends again
         self.undo = undo  # the failed batch's undo it does first (Stream._undo)
@@ -150,6 +151,8 @@ class Stream:
         self.ledger = LossLedger()
         #: While writes of the loss ledger fail (a full disk): its counts are not durable.
         self.ledger_failing = Failing()
+        #: Which of the ledger's writes are on disk (:meth:`ledger_on_disk`).
+        self.ledger_writes = LedgerWrites()
         self._ledger_lines = LogThrottle(LEDGER_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
         self._unwatch_steps: Callable[[], None] | None = None  # while open: stops hearing of clock steps
         self.reader = StreamReader(self)
@@ -657,7 +660,8 @@ class Stream:
         undo = None
         if self._undo is not None and written and not any(b.undo for b in self._inflight):
             undo = self._undo
-        batch = _Batch(ops, done, failed, since, first, written, ledger, self._pending_plain, undo)
+        batch = _Batch(ops, done, failed, since, first, written, ledger,
+                       0 if ledger is None else self.ledger_writes.handed_over(), self._pending_plain, undo)
         self._pending_plain = False
         self._inflight.append(batch)
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch,
@@ -689,29 +693,47 @@ class Stream:
         self.ledger.note_dropped_below(seq)
 
     def save_ledger_now(self) -> None:
-        """Queue the loss ledger's write on the I/O thread now, ahead of every job queued after
-        this call: retention moves the cursors past dropped records and deletes their segment
-        only after it, so a crash never loses records that no ledger counts. A failed write
-        is logged and the ledger goes with the next batch."""
+        """Queue the loss ledger's write on the I/O thread now, if it changed, ahead of every
+        job queued after this call, for a loss the cursors are moved past (a drop, a damaged
+        stretch): :meth:`ledger_on_disk` waits for it. A failed write is logged and the ledger
+        goes with the next batch (or the next call)."""
+        self._write_ledger()
+        self.ledger_writes.need()
+
+    def ledger_on_disk(self) -> Deferred[None]:
+        """Fires once the ledger that counts the losses the cursors were moved past
+        (:meth:`save_ledger_now`) is on disk (at once, when it is; a ledger that changed is
+        written now); fails when the disk refused it. Retention deletes the segments of a
+        drop that counted a loss, and a cursor's save moves past such losses, only after it:
+        a power cut never loses records that no ledger counts."""
+        self._write_ledger()
+        return self.ledger_writes.on_disk()
+
+    def _write_ledger(self) -> None:
+        """Queue the loss ledger's write on the I/O thread, if it changed."""
         if not self.ledger.dirty:
             return
+        number = self.ledger_writes.handed_over()
         d = self.run(write_ledger, self.files, self.directory, self.ledger.dump())
-        d.addCallbacks(lambda _: self._ledger_written(), lambda failure: self._ledger_not_written(failure.value))
+        d.addCallbacks(lambda _: self._ledger_written(number),
+                       lambda failure: self._ledger_not_written(failure.value, number))
 
-    def _ledger_not_written(self, error: BaseException) -> None:
+    def _ledger_not_written(self, error: BaseException, number: int) -> None:
         """The ledger's write failed: it stays to write (with the next batch), the snapshot's
         ``ledger_failing`` says why, and so does the log: at the first failure, then at most
         once a minute (a full disk fails one write per refused append, and publishers retry
         at once)."""
         self.ledger.dirty = True
+        self.ledger_writes.refused(number, error)
         failing = self.ledger_failing.failed(LEDGER_NOT_SAVED, str(error), self.clock.seconds())
         if self._ledger_lines.note() is not None:
             self.log.error("journal {stream}: writing the loss ledger failed ({count} in a row; kept, written later;"
                            " logged at most once a minute): {error}", stream=self.name, count=failing.failures,
                            error=error)
 
-    def _ledger_written(self) -> None:
+    def _ledger_written(self, number: int) -> None:
         """The ledger is on disk: after failed writes, say it works again."""
+        self.ledger_writes.written(number)
         failing = self.ledger_failing.now
         if failing is not None:
             self.log.info("journal {stream}: the loss ledger is written again, after {count} failed writes",
@@ -740,9 +762,9 @@ class Stream:
         if batch.plain:
             self.refusing.recovered()
         if ledger_error is not None:
-            self._ledger_not_written(ledger_error)
+            self._ledger_not_written(ledger_error, batch.ledger_write)
         elif batch.ledger is not None:
-            self._ledger_written()
+            self._ledger_written(batch.ledger_write)
         self.fsync_latency.add(seconds)
         self.fsync_histogram.observe(seconds)
         written, done, first = batch.written, batch.done, batch.first
@@ -825,8 +847,11 @@ class Stream:
         self.retention.unwritten_lost(lost_bytes)
         segments = self.retention.segments
         self._tail_bytes = segments[-1].size if segments else 0
-        if any(b.ledger is not None for b in lost_batches) and not self._closed:
-            self.ledger.dirty = True
+        for b in lost_batches:
+            if b.ledger is not None:
+                self.ledger_writes.refused(b.ledger_write, cause)
+                if not self._closed:
+                    self.ledger.dirty = True
         if self.settings.sync != "sync" and lost:
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed

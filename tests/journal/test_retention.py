@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -55,6 +56,10 @@ class FakeStream:
 
     def save_ledger_now(self) -> None:
         """(The stream's write of its ledger: tests/journal/test_stream.py checks the order.)"""
+
+    def ledger_on_disk(self) -> Deferred[None]:
+        """(On disk at once: tests/journal/test_stream.py has refused writes.)"""
+        return succeed(None)
 
     def received_now(self, seq: int, received: float) -> float:
         """(No step of the clock here: tests/journal/test_stream.py has those.)"""

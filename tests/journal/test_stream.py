@@ -1013,6 +1013,68 @@ class _DyingDisk(PowerCutFiles):
 class DiskFullTests(SynchronousTestCase):
     """A failed write fails its appends cleanly and damages nothing stored."""
 
+    def _dropped_with_the_ledger_refused(self, files: PowerCutFiles) -> Stream:
+        """Segments 1-4, 5-8 and 9-12 stored, cursor ``link`` at none, and the disk short of
+        free space (``min_free_disk``) with the ledger's writes failing: the first two dropped."""
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME, min_free_bytes=500))
+        s.cursor("link")
+        for i in range(1, 13):
+            self.successResultOf(appended(s, record(i)))
+        files.capacity = files.used() + 20
+        s.retention.measure_free(now=True)
+        s.enforce_limits()
+        self.assertEqual(s.stats().drops, {"min-free-disk": 8})
+        return s
+
+    def _after_a_cut(self, files: PowerCutFiles) -> tuple[list[int], list[int]]:
+        """The seqs the loss ledger counts and those cursor ``link`` reads, after a power cut now."""
+        files.cut()
+        files.capacity = 1 << 30
+        reopened = open_stream(files)
+        counted = [seq for e in reopened.loss_report().entries for seq in range(e.first_seq, e.last_seq + 1)]
+        read = [r.seq for r in read_all(reopened, "link")]
+        reopened.close()
+        return counted, read
+
+    def test_a_drop_on_a_full_disk_is_counted_before_its_segments_go(self) -> None:
+        """docs/journal.md: min_free_disk drops two segments on a disk too full for the loss
+        ledger that counts them: the oldest is deleted to make room for it, the ledger is
+        written, and only then the other; a power cut after that finds all 8 counted (the
+        ledger's refused write did not hold the deletions back: 8 records gone and counted
+        nowhere)."""
+        files = PowerCutFiles()
+        self._dropped_with_the_ledger_refused(files)
+        self.assertNotIn(segment_path(DIR, 5), files.names)
+        self.assertEqual(self._after_a_cut(files), (list(range(1, 9)), [9, 10, 11, 12]))
+        self.flushLoggedErrors(OSError)
+
+    def test_dropped_segments_wait_for_a_ledger_the_disk_refuses(self) -> None:
+        """docs/journal.md: the disk refuses the loss ledger for another reason than space (EIO):
+        the dropped segments stay on disk, counted as free; a power cut brings their records
+        back, to be sent (nothing lost uncounted); once the ledger is written (the next
+        periodic check), they go."""
+
+        class RefusingLedger(PowerCutFiles):
+            refuse = True
+
+            def write(self, path: str, data: bytes) -> None:
+                if self.refuse and path.endswith("losses.json.tmp"):
+                    raise OSError(errno.EIO, "Input/output error", path)
+                super().write(path, data)
+
+        files = RefusingLedger()
+        s = self._dropped_with_the_ledger_refused(files)
+        self.assertIn(segment_path(DIR, 1), files.names)
+        self.assertGreaterEqual(s.retention.free, 500)  # (no more drops for want of their room)
+        snapshot = copy.deepcopy((files.names, files.durable))
+        files.refuse = False
+        s.enforce_limits()
+        self.assertEqual(sorted(p for p in files.names if p.endswith(".seg")), [segment_path(DIR, 9)])
+        self.assertEqual(self._after_a_cut(files), (list(range(1, 9)), [9, 10, 11, 12]))
+        files.names, files.durable = snapshot  # (the power cut before the ledger was written)
+        self.assertEqual(self._after_a_cut(files), ([], list(range(1, 13))))
+        self.flushLoggedErrors(OSError)
+
     def test_enospc_then_resume(self) -> None:
         """ENOSPC: appends fail with JournalWriteError, stored records intact, appends resume with freed space."""
         files = PowerCutFiles(capacity=5 * FRAME + 10)
@@ -1240,7 +1302,9 @@ class DiskFullTests(SynchronousTestCase):
     def test_failed_write_refreshes_free_space(self) -> None:
         """A write fails for want of space while the free-space estimate is stale: the
         estimate is measured again at once, so the overflow policy (here drop-oldest)
-        makes room on the next append instead of writing into a full disk again."""
+        makes room on the next append instead of writing into a full disk again. (On this
+        tiny disk the loss ledger that counts the first drop takes the room it made: the
+        ledger goes first, so the append after it makes room once more.)"""
         files = PowerCutFiles(capacity=9 * FRAME + 10)
         files.reported_free = 1 << 30  # measured at open: plenty
         s = open_stream(files, StreamSettings(segment_bytes=3 * FRAME, min_free_bytes=2 * FRAME))
@@ -1249,10 +1313,16 @@ class DiskFullTests(SynchronousTestCase):
         files.reported_free = None  # from now on statvfs tells the truth: the disk is full
         self.failureResultOf(appended(s, record(10)), JournalWriteError)
         s.clock.advance(WRITE_BACKOFF_S)
+        self.failureResultOf(appended(s, record(10)), JournalWriteError)
+        self.assertIn(DIR + "/losses.json", files.names)
+        s.clock.advance(2 * WRITE_BACKOFF_S)
         self.assertEqual(self.successResultOf(appended(s, record(10))), 10)
-        self.assertEqual(s.stats().drops, {"min-free-disk": 3})
-        files.capacity = 1 << 20  # (room for the reading cursor)
-        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(4, 11)))
+        self.assertEqual(s.stats().drops, {"min-free-disk": 6})
+        files.capacity = 1 << 20  # (room for the reading cursor, and the ledger at the close)
+        self.successResultOf(s.close())
+        reopened = open_stream(files)
+        self.assertEqual([r.seq for r in read_all(reopened)], list(range(7, 11)))
+        self.assertEqual(sum(e.records for e in reopened.loss_report().entries), 6)
 
     def _two_in_flight(self, capacity_frames: int, settings: StreamSettings | None = None,
                        stored: int = 3, first: int = 3, second: int = 2
