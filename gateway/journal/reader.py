@@ -93,8 +93,10 @@ class StreamReader:
             if start + 1 < dropped_below:
                 # (a crash or power cut after the limits dropped the last segment, before its
                 # file went, as it does once the next one is on disk: counted lost, never read)
+                # (what it had acknowledged in memory, unsaved, was delivered: no drop counted it)
                 s.log.warn("journal {stream}: cursor {cursor} resumes at seq {next}: seqs {start}-{end} were"
-                           " dropped before a crash or power cut (counted in the loss report already)",
+                           " dropped before a crash or power cut (those it had not acknowledged were counted in"
+                           " the loss report then; those it had, in memory, were delivered)",
                            stream=s.name, cursor=name, next=dropped_below, start=start + 1, end=dropped_below - 1)
                 start, ranges = merge_ranges(dropped_below - 1, ranges, (), last)
             self.cursors[name] = Cursor(name, start, ranges, saved=acked)

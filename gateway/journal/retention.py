@@ -155,8 +155,10 @@ class SegmentRetention:
         while gone + 1 < len(segments) and segments[gone + 1].first_seq <= dropped_below:
             gone += 1
         if gone:
+            # (a drop counts what some cursor had not acknowledged, in memory: the rest was delivered)
             self.log.warn("journal {stream}: deleting {count} segments (seqs {first}-{last}) that a crash or power"
-                          " cut left after they were dropped (counted in the loss report already)",
+                          " cut left after they were dropped (those a cursor had not acknowledged were counted in"
+                          " the loss report then; the others were delivered)",
                           stream=self.name, count=gone, first=segments[0].first_seq,
                           last=segments[gone].first_seq - 1)
             self._doomed += [s.path for s in segments[:gone]]

@@ -788,7 +788,8 @@ class OverflowTests(SynchronousTestCase):
             self.assertEqual((sum(e.records for e in entries), len(set(seqs))), (len(seqs), len(seqs)), cuts)
         self.assertEqual(self.successResultOf(d), 26)
         self.assertEqual(set(said), {"journal s: deleting 1 segments (seqs 1-10) that a crash or power cut left after"
-                                     " they were dropped (counted in the loss report already)"})  # (a cut or two)
+                                     " they were dropped (those a cursor had not acknowledged were counted in the"
+                                     " loss report then; the others were delivered)"})  # (a cut or two)
 
     def test_a_power_cut_never_brings_a_dropped_last_segment_back(self) -> None:
         """docs/journal.md: the last segment, dropped whole to make room under a lowered
@@ -824,8 +825,35 @@ class OverflowTests(SynchronousTestCase):
                 self.assertEqual(len(seqs), len(set(seqs)), (cursor, cuts))
             self.assertEqual(self.successResultOf(d), 26)
             self.assertEqual(set(said), {"journal s: cursor link resumes at seq 26: seqs 1-25 were dropped before"
-                                         " a crash or power cut (counted in the loss report already)"}
+                                         " a crash or power cut (those it had not acknowledged were counted in the"
+                                         " loss report then; those it had, in memory, were delivered)"}
                              if cursor else set())
+
+    def test_records_acknowledged_in_memory_then_dropped_are_not_said_to_be_counted(self) -> None:
+        """docs/journal.md: the cursor acknowledged records 1-20 in memory (``note_ack``, not saved)
+        when the last segment, 1-25, is dropped whole: the drop counts 21-25 only (1-20 were
+        delivered), and a power cut after its ledger makes the next open say so, not that
+        seqs 1-25 were all "counted in the loss report already"."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 26):
+            self.successResultOf(appended(s, record(i)))
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
+        runner = ManualRunner()
+        s = Stream("s", DIR, settings, files, runner, Clock())
+        s.open()
+        runner.drain()
+        s.note_ack("link", 20)
+        d = appended(s, record(26))
+        said: list[str] = []
+        for reopened in _reopened_after_each_job(files, settings, runner, said, "were dropped"):
+            self.assertIn(_dropped(reopened), ([], list(range(21, 26))))
+        self.assertEqual(self.successResultOf(d), 26)
+        self.assertIn("journal s: cursor link resumes at seq 26: seqs 1-25 were dropped before a crash or power cut"
+                      " (those it had not acknowledged were counted in the loss report then; those it had, in memory,"
+                      " were delivered)", said)
+        self.assertFalse([line for line in said if "already" in line], said)
 
     def test_a_deletion_whose_directory_fsync_fails_loses_nothing(self) -> None:
         """The directory's fsync after a dropped segment's unlink fails (EIO): one error line
