@@ -791,6 +791,22 @@ class OverflowTests(SynchronousTestCase):
                                      " they were dropped (those a cursor had not acknowledged were counted in the"
                                      " loss report then; the others were delivered)"})  # (a cut or two)
 
+    def _one_segment_over_a_lowered_bound(self, files: PowerCutFiles,
+                                          cursor: bool) -> tuple[StreamSettings, ManualRunner, Stream]:
+        """Records 1-25 in one segment (with cursor ``link`` at none, if ``cursor``), the stream
+        reopened under a max_bytes they exceed, its I/O jobs run one by one."""
+        s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME))
+        if cursor:
+            self.successResultOf(s.cursor("link"))
+        for i in range(1, 26):
+            self.successResultOf(appended(s, record(i)))
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
+        runner = ManualRunner()
+        s = Stream("s", DIR, settings, files, runner, Clock())
+        s.open()
+        runner.drain()
+        return settings, runner, s
+
     def test_a_power_cut_never_brings_a_dropped_last_segment_back(self) -> None:
         """docs/journal.md: the last segment, dropped whole to make room under a lowered
         max_bytes, goes once the next one is on disk; a power cut before that leaves it, its
@@ -798,16 +814,7 @@ class OverflowTests(SynchronousTestCase):
         its cursor none of its records, counts none of them again, and says so in one line."""
         for cursor in (True, False):
             files = PowerCutFiles()
-            s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME))
-            if cursor:
-                self.successResultOf(s.cursor("link"))
-            for i in range(1, 26):
-                self.successResultOf(appended(s, record(i)))
-            settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
-            runner = ManualRunner()
-            s = Stream("s", DIR, settings, files, runner, Clock())
-            s.open()
-            runner.drain()
+            settings, runner, s = self._one_segment_over_a_lowered_bound(files, cursor)
             d = appended(s, record(26))
             said: list[str] = []
             heard = 0
@@ -835,15 +842,7 @@ class OverflowTests(SynchronousTestCase):
         delivered), and a power cut after its ledger makes the next open say so, not that
         seqs 1-25 were all "counted in the loss report already"."""
         files = PowerCutFiles()
-        s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME))
-        self.successResultOf(s.cursor("link"))
-        for i in range(1, 26):
-            self.successResultOf(appended(s, record(i)))
-        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
-        runner = ManualRunner()
-        s = Stream("s", DIR, settings, files, runner, Clock())
-        s.open()
-        runner.drain()
+        settings, runner, s = self._one_segment_over_a_lowered_bound(files, cursor=True)
         s.note_ack("link", 20)
         d = appended(s, record(26))
         said: list[str] = []
