@@ -633,6 +633,41 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(seen, ["1"])
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
 
+    def test_an_update_killed_in_its_rollback_ends_rolled_back_without_a_second_try(self) -> None:
+        """The gateway is killed while it rolls back an update that failed its health gate (the
+        old version persisted current again, the new container not yet removed): the next start
+        runs the old version and removes the new container, and the update run again after the
+        restart ends ``rolled-back`` with the health gate's reason at once. It pulled, created and
+        started the failed version again, stopping the old one for a second health window."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0.0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = self.unit().container_id
+        operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        new = self.unit().container_id
+        remove = self.runtime.remove
+        self.runtime.remove = lambda container_id: Deferred()  # type: ignore[method-assign]  # killed here
+        self.runtime.exit(new, 1)
+        self.runtime.remove = remove  # type: ignore[method-assign]
+        self.runtime.calls.clear()
+        self.clock = Clock()  # the next start (the killed gateway's timers are gone with it)
+        operations = self.make()
+        self.assertEqual((self.unit().container_id, self.unit().state), (old, ProgramState.RUNNING))
+        self.assertNotIn(new, self.runtime.containers_by_id)
+        again = self.successResultOf(operations.install(
+            "app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0)))
+        self.assertEqual((again.outcome, again.previous), ("rolled-back", "1"))
+        self.assertIn("app went EXITED (exit status 1) during the health window", again.message)
+        self.assertIn("restarted during the rollback", again.message)
+        self.assertEqual([c for c in self.runtime.calls if c[0] in ("pull", "create")], [])
+        self.assertEqual((self.unit().container_id, self.unit().state), (old, ProgramState.RUNNING))
+        self.assertNotIn("img2", self.runtime.images)
+        self.assertEqual(ContainerStore(self.state).load()[0].rollbacks, {})
+        later = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        self.clock.advance(3)  # an operator's later try of the same version is run, once more gated
+        self.assertTrue(self.successResultOf(later).ok)
+
     def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
         """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
         install ends at once, no health window is watched, the old container is stopped and
