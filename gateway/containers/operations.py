@@ -121,6 +121,7 @@ class ContainerOperations:
             log.error("containers: unusable {path} ({problems}); the containers of the apps it"
                       " no longer names are left as they are until the next start",
                       path=self._store.path, problems="; ".join(problems))
+        yield self._finish_uninstalls()
         for name, deployed in list(self._state.apps.items()):
             if deployed.source == "config" and name not in self._declared:
                 del self._state.apps[name]  # removed from the config: reconcile removes it
@@ -152,6 +153,19 @@ class ContainerOperations:
         self.reconcile().addCallback(lambda _: self._lock.run(self._prune_unused)).addErrback(
             lambda failure: log.error("containers: cannot take the containers in hand: {error}",
                                       error=failure.getErrorMessage()))
+
+    @inlineCallbacks
+    def _finish_uninstalls(self) -> Any:
+        """Delete the log files of the apps whose uninstall a crash cut short (their containers
+        are removed by :meth:`reconcile`, their images by the prune after it), unless the name is
+        another app's or program's now (declared in the config, a hosted program)."""
+        for name in sorted(self._state.uninstalling):
+            if name not in self._state.apps and name not in self._declared and not self.taken(name):
+                logs = self._supervisor.log_files(name)
+                yield self._blocking(lambda: remove_logs(logs))
+                log.info("containers: {name}'s uninstall, cut short by a restart, is finished: its logs are"
+                         " deleted", name=name)
+        self._state.uninstalling.clear()  # (written with the config's containers taken in, next)
 
     @inlineCallbacks
     def _prune_unused(self) -> Any:
@@ -634,8 +648,10 @@ class ContainerOperations:
         if deployed is None:
             raise UnknownAppError(f"no installed container app {shown_repr(name)}")
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
+        forgotten = self._state.changed(apps=apps)
+        forgotten.uninstalling.add(name)  # (a crash from here on: the next start finishes the uninstall)
         try:  # persist, then act: it is gone from the state file before it is stopped
-            yield self._save(self._state.changed(apps=apps))
+            yield self._save(forgotten)
         except OSError as exc:
             raise DesiredStateError(f"cannot forget {name} ({self._store.path}: {exc.strerror or exc}):"
                                     " nothing changed") from exc
@@ -644,6 +660,7 @@ class ContainerOperations:
             yield unit.stop().addErrback(_stop_cut_short)
             self._supervisor.forget(name)
         del self._state.apps[name]
+        self._state.uninstalling.add(name)
         self._failed.pop(name, None)
         left: RuntimeFailure | None = None
         try:
@@ -659,6 +676,7 @@ class ContainerOperations:
         yield self._blocking(lambda: remove_logs(logs))
         deleted = yield self._fetcher.prune(self._state.images, self._keep())
         images = self._state.images - set(deleted)
+        self._state.uninstalling.discard(name)  # (done: a write the disk refuses here, the next one says so)
         try:  # (memory follows the file: images it still lists are forgotten by the next prune)
             yield self._save(self._state.changed(images=images))
         except OSError as exc:
