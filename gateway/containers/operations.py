@@ -121,6 +121,7 @@ class ContainerOperations:
             log.error("containers: unusable {path} ({problems}); the containers of the apps it"
                       " no longer names are left as they are until the next start",
                       path=self._store.path, problems="; ".join(problems))
+        yield self._finish_uninstalls()
         for name, deployed in list(self._state.apps.items()):
             if deployed.source == "config" and name not in self._declared:
                 del self._state.apps[name]  # removed from the config: reconcile removes it
@@ -152,6 +153,19 @@ class ContainerOperations:
         self.reconcile().addCallback(lambda _: self._lock.run(self._prune_unused)).addErrback(
             lambda failure: log.error("containers: cannot take the containers in hand: {error}",
                                       error=failure.getErrorMessage()))
+
+    @inlineCallbacks
+    def _finish_uninstalls(self) -> Any:
+        """Delete the log files of the apps whose uninstall a crash cut short (their containers
+        are removed by :meth:`reconcile`, their images by the prune after it), unless the name is
+        another app's or program's now (declared in the config, a hosted program)."""
+        for name in sorted(self._state.uninstalling):
+            if name not in self._state.apps and name not in self._declared and not self.taken(name):
+                logs = self._supervisor.log_files(name)
+                yield self._blocking(lambda: remove_logs(logs))
+                log.info("containers: {name}'s uninstall, cut short by a restart, is finished: its logs are"
+                         " deleted", name=name)
+        self._state.uninstalling.clear()  # (written with the config's containers taken in, next)
 
     @inlineCallbacks
     def _prune_unused(self) -> Any:
@@ -305,7 +319,7 @@ class ContainerOperations:
                       path=self._store.path, error=exc.strerror or str(exc))
 
     def _save(self, state: DesiredState | None = None) -> Deferred[None]:
-        snapshot = DesiredState(dict(self._state.apps), set(self._state.images)) if state is None else state
+        snapshot = self._state.changed() if state is None else state
         return self._blocking(lambda: self._store.save(snapshot))
 
     # -- install and update ----------------------------------------------------------------
@@ -382,6 +396,12 @@ class ContainerOperations:
             return failed("refused", f"refused: {name!r} is a container declared in the gateway config")
         if previous is not None and previous.version == version:
             return failed("failed", f"{name} {version} is already the current version")
+        rolled_back = yield self._rollback_cut_short(name)
+        if rolled_back is not None and rolled_back[0] == version:
+            # The update run again after a restart (a crash) in its rollback: it ends as that rollback would.
+            tails = yield self._read_tails(name)
+            return failed("rolled-back", f"{rolled_back[1]} (the gateway restarted during the rollback; "
+                          f"{version} is not tried again)", tails)
         self._installing = name
         try:
             if archive is not None:
@@ -411,7 +431,7 @@ class ContainerOperations:
             return failed("failed", f"{STOPPING} before {name} {version} was made current: nothing changed")
         # Persist, then act: from here a crash leaves the new version current.
         try:
-            yield self._save(DesiredState({**self._state.apps, name: new}, set(self._state.images)))
+            yield self._save(self._state.changed(apps={**self._state.apps, name: new}))
         except OSError as exc:
             yield self._runtime.remove(container_id).addErrback(lambda _: None)
             deleted = yield self._fetcher.prune(self._state.images, self._keep())  # (unwritten: the disk refuses)
@@ -442,11 +462,19 @@ class ContainerOperations:
                 restored = {other: kept for other, kept in self._state.apps.items() if other != name}
                 if new.previous is not None:
                     restored[name] = new.previous
-                yield self._save(DesiredState(restored, set(self._state.images)))
+                # The rollback is recorded too: the update run again after such a crash ends as one.
+                rolling = self._state.changed(apps=restored)
+                rolling.rollbacks[name] = (version, str(exc))
+                yield self._save(rolling)
                 self._state.apps.pop(name)
                 self._state.apps.update(restored)
+                self._state.rollbacks[name] = (version, str(exc))
                 tails = yield self._tails(name)
-                yield self._rollback(new, container_id)
+                try:
+                    yield self._rollback(new, container_id)
+                finally:
+                    self._state.rollbacks.pop(name, None)
+                yield self._save()  # (the images deleted; no rollback under way)
                 return failed("rolled-back", str(exc), tails)
             finally:
                 self._watching = None
@@ -485,17 +513,42 @@ class ContainerOperations:
             return ""
         yield unit.stop().addErrback(_stop_cut_short)
         yield unit.drained()
+        text = yield self._read_tails(name)
+        return text
+
+    @inlineCallbacks
+    def _read_tails(self, name: str) -> Any:
+        """The last 50 lines of the app's stdout and stderr logs, for a rollback's report."""
         yield self._supervisor.flush_logs()
         text = ""
-        for path in (unit.stdout_log, unit.stderr_log):
+        for path in self._supervisor.log_files(name):
             lines = yield self._blocking(lambda: tail_file(path, 50))
             text += f"\n--- {path.name} ---\n" + "\n".join(lines)
         return text
 
     @inlineCallbacks
+    def _rollback_cut_short(self, name: str) -> Any:
+        """Take out the record of ``name``'s rollback that a crash cut short (an install begins:
+        it is that update's, run again after the restart, or a later one's), written at once
+        (a disk that refuses it is logged: the next write forgets it).
+
+        :return: the version rolled back and why, or None.
+        """
+        rolled_back = self._state.rollbacks.pop(name, None)
+        if rolled_back is not None:
+            try:
+                yield self._save()
+            except OSError as exc:
+                log.warn("containers: cannot write {path} ({error}): it says {name} {version}'s rollback is"
+                         " under way until the next write", path=self._store.path,
+                         error=exc.strerror or str(exc), name=name, version=rolled_back[0])
+        return rolled_back
+
+    @inlineCallbacks
     def _rollback(self, new: Deployed, container_id: str) -> Any:
         """Remove ``new``'s container, run the previous version's again and delete ``new``'s
-        image if no version uses it (the desired state says the previous version already)."""
+        image if no version uses it (the desired state says the previous version already; the
+        caller writes it with the images deleted)."""
         self._supervisor.forget(new.name)
         yield self._runtime.remove(container_id)
         if new.previous is not None:
@@ -505,7 +558,6 @@ class ContainerOperations:
         if new.image_id not in {d.image_id for d in self._state.apps.values()}:
             deleted = yield self._fetcher.prune({new.image_id} & self._state.images, set())
             self._state.images -= set(deleted)
-            yield self._save()
 
     # -- control ----------------------------------------------------------------------------
     def owns(self, name: str) -> bool:
@@ -548,7 +600,7 @@ class ContainerOperations:
             raise UnknownAppError(f"no app or program {shown_repr(name)}")
         wished = deployed.with_wish("running" if wish == "running" else "stopped")
         try:
-            yield self._save(DesiredState({**self._state.apps, name: wished}, set(self._state.images)))
+            yield self._save(self._state.changed(apps={**self._state.apps, name: wished}))
         except OSError as exc:
             what = "start" if wish == "running" else "stop"
             raise DesiredStateError(f"cannot keep the wish to {what} {name} ({self._store.path}:"
@@ -596,8 +648,10 @@ class ContainerOperations:
         if deployed is None:
             raise UnknownAppError(f"no installed container app {shown_repr(name)}")
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
+        forgotten = self._state.changed(apps=apps)
+        forgotten.uninstalling.add(name)  # (a crash from here on: the next start finishes the uninstall)
         try:  # persist, then act: it is gone from the state file before it is stopped
-            yield self._save(DesiredState(apps, set(self._state.images)))
+            yield self._save(forgotten)
         except OSError as exc:
             raise DesiredStateError(f"cannot forget {name} ({self._store.path}: {exc.strerror or exc}):"
                                     " nothing changed") from exc
@@ -606,6 +660,7 @@ class ContainerOperations:
             yield unit.stop().addErrback(_stop_cut_short)
             self._supervisor.forget(name)
         del self._state.apps[name]
+        self._state.uninstalling.add(name)
         self._failed.pop(name, None)
         left: RuntimeFailure | None = None
         try:
@@ -621,8 +676,9 @@ class ContainerOperations:
         yield self._blocking(lambda: remove_logs(logs))
         deleted = yield self._fetcher.prune(self._state.images, self._keep())
         images = self._state.images - set(deleted)
+        self._state.uninstalling.discard(name)  # (done: a write the disk refuses here, the next one says so)
         try:  # (memory follows the file: images it still lists are forgotten by the next prune)
-            yield self._save(DesiredState(dict(self._state.apps), images))
+            yield self._save(self._state.changed(images=images))
         except OSError as exc:
             raise DesiredStateError(f"{name} uninstalled, but cannot record that its images were deleted "
                                     f"({self._store.path}: {exc.strerror or exc}): the next prune forgets them"

@@ -41,11 +41,13 @@ class PodmanService:
     :param backoff_initial: first restart delay.
     :param backoff_max: restart delay cap.
     :param ready_timeout: seconds to wait for the socket to answer.
+    :param launcher: spawns it and signals its process group (tests pass one whose signals a
+        fake reactor records: the real one would signal the real process groups of fake pids).
     """
 
     def __init__(self, podman_command: tuple[str, ...], socket: Path, runtime: ContainerRuntime,
                  reactor: Any, writer: AppLogWriter, logs_dir: Path, backoff_initial: float,
-                 backoff_max: float, ready_timeout: float = 30.0) -> None:
+                 backoff_max: float, ready_timeout: float = 30.0, launcher: ProcessLauncher | None = None) -> None:
         self._socket = socket
         self._runtime = runtime
         self._reactor = reactor
@@ -58,7 +60,7 @@ class PodmanService:
                 f"unix://{socket}")
         spec = ProgramSpec(PODMAN_SERVICE, "containers", "runtime", settings, argv, socket.parent,
                            dict(os.environ), logs_dir / f"{PODMAN_SERVICE}.log", None, listed=False)
-        self.process = ProgramProcess(spec, ProcessLauncher(reactor), reactor, writer, backoff_initial,
+        self.process = ProgramProcess(spec, launcher or ProcessLauncher(reactor), reactor, writer, backoff_initial,
                                       backoff_max)
 
     @inlineCallbacks

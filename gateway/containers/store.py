@@ -78,10 +78,22 @@ class Deployed:
 
 @dataclass
 class DesiredState:
-    """Every container app and the images the gateway brought in (the only ones it prunes)."""
+    """Every container app, the images the gateway brought in (the only ones it prunes), the
+    updates whose rollback is under way (by app, the version rolled back and why: the update run
+    again after a crash in its rollback ends as a rollback, not as a second try), and the apps
+    whose uninstall is under way (the next start finishes one a crash cut short).
+    """
 
     apps: dict[str, Deployed] = field(default_factory=dict)
     images: set[str] = field(default_factory=set)
+    rollbacks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    uninstalling: set[str] = field(default_factory=set)
+
+    def changed(self, apps: dict[str, Deployed] | None = None, images: set[str] | None = None) -> DesiredState:
+        """A copy with other ``apps`` or ``images`` (the operations under way copied as they are)."""
+        return DesiredState(dict(self.apps) if apps is None else apps,
+                            set(self.images) if images is None else images, dict(self.rollbacks),
+                            set(self.uninstalling))
 
 
 class ContainerStore:
@@ -117,6 +129,12 @@ class ContainerStore:
             except DescriptionError as exc:
                 problems.append(f"{name}: {exc}")
         state.images = {str(i) for i in images}
+        rollbacks = data.get("rollbacks") or {}  # (none in a file an older gateway wrote)
+        for name, value in rollbacks.items() if isinstance(rollbacks, dict) else ():
+            if isinstance(value, dict) and isinstance(value.get("version"), str):
+                state.rollbacks[str(name)] = (value["version"], str(value.get("reason", "")))
+        uninstalling = data.get("uninstalling") or []
+        state.uninstalling = {str(n) for n in uninstalling} if isinstance(uninstalling, list) else set()
         return state, problems + [set_aside(self.path)] if problems else problems
 
     def save(self, state: DesiredState) -> None:
@@ -124,4 +142,7 @@ class ContainerStore:
         containers' ``env``, where secrets go (a database password, an API key)."""
         write_json_atomically(self.path, {
             "apps": {name: d.to_json() for name, d in sorted(state.apps.items())},
-            "images": sorted(state.images)}, 0o600)
+            "images": sorted(state.images),
+            "rollbacks": {name: {"version": version, "reason": reason}
+                          for name, (version, reason) in sorted(state.rollbacks.items())},
+            "uninstalling": sorted(state.uninstalling)}, 0o600)

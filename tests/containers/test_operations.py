@@ -633,6 +633,41 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(seen, ["1"])
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
 
+    def test_an_update_killed_in_its_rollback_ends_rolled_back_without_a_second_try(self) -> None:
+        """The gateway is killed while it rolls back an update that failed its health gate (the
+        old version persisted current again, the new container not yet removed): the next start
+        runs the old version and removes the new container, and the update run again after the
+        restart ends ``rolled-back`` with the health gate's reason at once. It pulled, created and
+        started the failed version again, stopping the old one for a second health window."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0.0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = self.unit().container_id
+        operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        new = self.unit().container_id
+        remove = self.runtime.remove
+        self.runtime.remove = lambda container_id: Deferred()  # type: ignore[method-assign]  # killed here
+        self.runtime.exit(new, 1)
+        self.runtime.remove = remove  # type: ignore[method-assign]
+        self.runtime.calls.clear()
+        self.clock = Clock()  # the next start (the killed gateway's timers are gone with it)
+        operations = self.make()
+        self.assertEqual((self.unit().container_id, self.unit().state), (old, ProgramState.RUNNING))
+        self.assertNotIn(new, self.runtime.containers_by_id)
+        again = self.successResultOf(operations.install(
+            "app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0)))
+        self.assertEqual((again.outcome, again.previous), ("rolled-back", "1"))
+        self.assertIn("app went EXITED (exit status 1) during the health window", again.message)
+        self.assertIn("restarted during the rollback", again.message)
+        self.assertEqual([c for c in self.runtime.calls if c[0] in ("pull", "create")], [])
+        self.assertEqual((self.unit().container_id, self.unit().state), (old, ProgramState.RUNNING))
+        self.assertNotIn("img2", self.runtime.images)
+        self.assertEqual(ContainerStore(self.state).load()[0].rollbacks, {})
+        later = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        self.clock.advance(3)  # an operator's later try of the same version is run, once more gated
+        self.assertTrue(self.successResultOf(later).ok)
+
     def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
         """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
         install ends at once, no health window is watched, the old container is stopped and
@@ -1003,6 +1038,36 @@ class OperationsTests(SynchronousTestCase):
         self.successResultOf(operations.uninstall("app"))
         self.assertEqual(sorted(p.name for p in logs.iterdir()), ["other.err.log", "other.log"])
 
+    def test_an_uninstall_killed_half_way_is_finished_by_the_next_start(self) -> None:
+        """The gateway is killed in the middle of an uninstall (the app gone from the state file,
+        its container being removed): the next start removes the container, deletes the app's
+        log files and the images only it used. The log files were left for good, and the next
+        app of that name appended to them."""
+        operations = self.make()
+        for name in ("app", "other"):
+            done = operations.install(name, "1" if name == "app" else "2",
+                                      ContainerDescription(image=f"reg:5000/app:{1 if name == 'app' else 2}",
+                                                           startsecs=0.0))
+            self.clock.advance(3)
+            self.assertTrue(self.successResultOf(done).ok)
+            self.runtime.print(self.unit(name).container_id, 1, b"out\n")
+        logs = self.state / "logs"
+        remove = self.runtime.remove
+        self.runtime.remove = lambda container_id: Deferred()  # type: ignore[method-assign]  # killed here
+        operations.uninstall("app")
+        self.runtime.remove = remove  # type: ignore[method-assign]
+        self.assertIn("app.log", [p.name for p in logs.iterdir()])
+        self.clock = Clock()  # the next start (the killed gateway's timers are gone with it)
+        with capturedLogs() as events:
+            self.make()
+        self.assertEqual(sorted(p.name for p in logs.iterdir()), ["other.log"])
+        self.assertEqual([c.labels[LABEL_APP] for c in self.runtime.containers_by_id.values()], ["other"])
+        self.assertEqual(sorted(self.runtime.images), ["img2"])
+        saved = ContainerStore(self.state).load()[0]
+        self.assertEqual((sorted(saved.apps), saved.images, saved.uninstalling), (["other"], {"img2"}, set()))
+        self.assertIn("containers: app's uninstall, cut short by a restart, is finished: its logs are deleted",
+                      [formatEvent(e) for e in events])
+
     def test_an_uninstall_the_disk_refuses_changes_nothing(self) -> None:
         """An uninstall whose state.json the disk refuses (read-only) fails with
         DesiredStateError saying why and changes nothing: the container runs on and stays in
@@ -1040,12 +1105,14 @@ class OperationsTests(SynchronousTestCase):
                          f"({self.state / 'containers' / 'state.json'}: No space left on device): "
                          "the next prune forgets them")
         self.assertNotIn("img1", self.runtime.images)
-        self.assertEqual(ContainerStore(self.state).load()[0], DesiredState({}, {"img1"}))
+        # (the file says its uninstall is under way: a restart now would delete its logs again)
+        self.assertEqual(ContainerStore(self.state).load()[0], DesiredState({}, {"img1"}, uninstalling={"app"}))
         refused.restore()
         done = operations.install("other", "1", ContainerDescription(image="reg:5000/app:2", startsecs=0))
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
-        self.assertEqual(ContainerStore(self.state).load()[0].images, {"img2"})
+        self.assertEqual((ContainerStore(self.state).load()[0].images,
+                          ContainerStore(self.state).load()[0].uninstalling), ({"img2"}, set()))
 
     def test_an_uninstall_podman_cannot_finish_says_so(self) -> None:
         """When podman does not remove the container (it answers an error), the uninstall still

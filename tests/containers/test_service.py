@@ -17,6 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.logs import AppLogWriter
+from gateway.apps.process import ProcessLauncher
 from gateway.apps.settings import AppsSettings
 from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.podman_service import PodmanService
@@ -25,6 +26,12 @@ from gateway.containers.settings import ContainersSettings
 from gateway.errors import AppError
 from tests.apps.fakes import FakeProcessReactor
 from tests.containers.fakes import FakeRuntime
+
+
+def recording_launcher(reactor: FakeProcessReactor) -> ProcessLauncher:
+    """A launcher for the fake reactor whose signals to process groups the reactor records
+    (the fake processes' pids are no real processes' to signal)."""
+    return ProcessLauncher(reactor, kill_group=reactor.kill_group, kill=reactor.kill_group)
 
 
 class SilentPodman:
@@ -76,7 +83,7 @@ class PodmanServiceSocketTests(SynchronousTestCase):
     def service(self, socket_path: Path) -> tuple[PodmanService, FakeProcessReactor]:
         reactor = FakeProcessReactor()
         return PodmanService(("podman",), socket_path, FakeRuntime(), reactor, AppLogWriter(1 << 20),
-                             socket_path.parent / "logs", 1.0, 8.0), reactor
+                             socket_path.parent / "logs", 1.0, 8.0, launcher=recording_launcher(reactor)), reactor
 
     def short_directory(self) -> Path:
         directory = Path(tempfile.mkdtemp(prefix="gwpod-"))  # short: the test binds the socket itself
@@ -145,6 +152,9 @@ class PodmanServiceSocketTests(SynchronousTestCase):
             reactor.advance(8)  # (the restart delay's cap here)
         self.assertIs(podman.process.state, ProgramState.STARTING)
         self.assertEqual(len(reactor.processes), 1501)
+        # Each end's group is killed in the fake alone: the real os.killpg on the fake pids 1001
+        # to 2500 SIGKILLed whatever real process groups had those ids (the test run's shell).
+        self.assertEqual(reactor.signals, [(pid, signal.SIGKILL) for pid in range(1001, 2501)])
 
 
 class PodmanServiceReadyTests(SynchronousTestCase):
@@ -168,7 +178,7 @@ class PodmanServiceReadyTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         socket_path = directory / "podman.sock"
         podman = PodmanService(("podman",), socket_path, runtime, reactor, AppLogWriter(1 << 20),
-                               directory / "logs", 1.0, 8.0)
+                               directory / "logs", 1.0, 8.0, launcher=recording_launcher(reactor))
         started = podman.start()
         self.assertNoResult(started)
         reactor.advance(29.9)
