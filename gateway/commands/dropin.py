@@ -159,7 +159,8 @@ def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
 
 def names_an_entry(keys: tuple[str, ...]) -> bool:
     """Whether ``keys`` name one entry of a mapping of named settings (a link
-    ``links.links.eu``, a program ``apps.programs.q``, a stream's ``journal.streams.x``),
+    ``links.links.eu``, a program ``apps.programs.q``, a stream's ``journal.streams.x``, a
+    listener ``broker.listeners.ws``),
     which a change's null removes: null is back to the defaults for a group of settings, but
     an entry with every default (a link to 127.0.0.1:1883, a program without a command) is
     never what removing one means."""
@@ -171,7 +172,11 @@ def names_an_entry(keys: tuple[str, ...]) -> bool:
             tp = typing.get_args(tp)[1]
         else:
             return False
-    return typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1])
+    if typing.get_origin(tp) is dict:
+        return dataclasses.is_dataclass(typing.get_args(tp)[1])
+    # a list of named settings, written as a mapping by name (the broker's listeners)
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+    return dataclasses.is_dataclass(item) and "name" in {f.name for f in dataclasses.fields(item)}
 
 
 def _remove_path(data: dict[str, Any], keys: tuple[str, ...]) -> None:

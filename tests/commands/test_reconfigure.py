@@ -204,6 +204,15 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(sorted(self.h.changer.get("links.links")), ["a", "b"])
         self.assertNotIn("c:", dropin_path(self.h.main).read_text())
 
+    def test_null_removes_a_listener_an_earlier_change_added(self) -> None:
+        """``broker.listeners.ws: null`` removes the listener an earlier change added (it was
+        refused: ``must be a mapping, not empty (null)``)."""
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"broker.listeners.ws": {"endpoint": "tcp:29950:interface=127.0.0.1"}})).applied)
+        result = self.successResultOf(self.h.changer.apply({"broker.listeners.ws": None}))
+        self.assertTrue(result.applied, result.errors)
+        self.assertEqual([listener.name for listener in self.h.restarts[-1].broker.listeners], ["default"])
+
     def test_null_at_an_entry_the_files_set_is_refused(self) -> None:
         """``links.links.a: null`` for a link the main file sets cannot remove it (the files
         are merged under the change): refused, naming the file, nothing written. It made the
