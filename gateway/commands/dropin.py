@@ -483,7 +483,8 @@ def hosted_names_taken(changes: Mapping[str, Any], hosted: Iterable[tuple[str, s
         if keys[0] != "apps":
             continue
         if len(keys) >= 3 and keys[1] == "programs":
-            names.add(keys[2])
+            if len(keys) > 3 or value is not None:  # (a null removes the program: it takes no name)
+                names.add(keys[2])
             continue
         programs = value.get("programs") if len(keys) == 1 and isinstance(value, dict) else \
             value if keys[1:] == ("programs",) else None

@@ -295,6 +295,8 @@ class ApplyTests(SynchronousTestCase):
         self.assertIn("'worker' is a program of the installed app pump 1.0", result.errors[2])
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
         self.assertTrue(self.successResultOf(self.h.changer.apply({"apps.programs.poller.command": "sleep 1"})).applied)
+        # a null removes a program (none here): it takes no installed app's name
+        self.assertEqual(self.successResultOf(self.h.changer.check({"apps.programs.sensor": None})).errors, [])
 
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
