@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -123,7 +124,8 @@ def read_dropin(main: Path) -> str | None:
 def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
     """The new drop-in: the ``current`` drop-in's keys with each of ``changes`` set, a
     mapping as a whole (what earlier changes set under it goes; see :func:`kept_keys` for
-    what the other configuration files set there).
+    what the other configuration files set there); a null at a named entry removes it
+    (:func:`names_an_entry`).
 
     :raises ConfigError: for malformed key paths or keys that cannot change (every one,
         :func:`changes_to_tree`), or when the current drop-in is not a YAML mapping.
@@ -135,7 +137,11 @@ def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
     if not isinstance(data, dict):
         raise ConfigError([f"{DROPIN_NAME}: <top>: must be a mapping of sections"])
     for path, value in changes.items():
-        _set_path(data, split_path(path), value)
+        keys = split_path(path)
+        if value is None and names_an_entry(keys):
+            _remove_path(data, keys)
+        else:
+            _set_path(data, keys, value)
     return HEADER + yaml.safe_dump(data, default_flow_style=False, sort_keys=True)
 
 
@@ -151,16 +157,49 @@ def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def names_an_entry(keys: tuple[str, ...]) -> bool:
+    """Whether ``keys`` name one entry of a mapping of named settings (a link
+    ``links.links.eu``, a program ``apps.programs.q``, a stream's ``journal.streams.x``, a
+    listener ``broker.listeners.ws``),
+    which a change's null removes: null is back to the defaults for a group of settings, but
+    an entry with every default (a link to 127.0.0.1:1883, a program without a command) is
+    never what removing one means."""
+    tp: Any = gateway_config.Config
+    for key in keys[:-1]:
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(key.replace("-", "_"))
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return False
+    if typing.get_origin(tp) is dict:
+        return dataclasses.is_dataclass(typing.get_args(tp)[1])
+    # a list of named settings, written as a mapping by name (the broker's listeners)
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+    return dataclasses.is_dataclass(item) and "name" in {f.name for f in dataclasses.fields(item)}
+
+
+def _remove_path(data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Remove the entry at ``keys`` from the drop-in's ``data`` (nothing when it has none)."""
+    node: Any = data
+    for key in keys[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(keys[-1], None)
+
+
 def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
     """An error for each mapping in ``changes`` that would not be what the configuration
     holds at its key: the loader merges the drop-in's mapping with what the main file and
-    the other drop-ins set there, so their keys missing from the new mapping would stay.
+    the other drop-ins set there, so their keys missing from the new mapping would stay; and
+    for each null removing an entry (:func:`names_an_entry`) that those files set.
 
     :param main: the main configuration file.
     :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
     """
     mappings = [(path, value) for path, value in changes.items() if isinstance(value, dict)]
-    if not mappings:
+    removed = [path for path, value in changes.items() if value is None and names_an_entry(split_path(path))]
+    if not mappings and not removed:
         return []
     files = [main, *(path for path in gateway_config.dropin_files(main, []) if path.name != DROPIN_NAME)]
     errors = []
@@ -175,6 +214,14 @@ def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
                 errors.append(f"{path}: {file} sets {', '.join(missing)}, which would stay (a change is"
                               " merged over the configuration files and cannot remove what they set):"
                               " remove it there, or change single keys")
+        for path in removed:
+            keys = split_path(path)
+            node = data
+            for key in keys[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict) and keys[-1] in node:
+                errors.append(f"{path}: {file} sets it, which would stay (a change is merged over the"
+                              " configuration files and cannot remove what they set): remove it there")
     return errors
 
 
@@ -436,7 +483,8 @@ def hosted_names_taken(changes: Mapping[str, Any], hosted: Iterable[tuple[str, s
         if keys[0] != "apps":
             continue
         if len(keys) >= 3 and keys[1] == "programs":
-            names.add(keys[2])
+            if len(keys) > 3 or value is not None:  # (a null removes the program: it takes no name)
+                names.add(keys[2])
             continue
         programs = value.get("programs") if len(keys) == 1 and isinstance(value, dict) else \
             value if keys[1:] == ("programs",) else None

@@ -192,6 +192,39 @@ class ApplyTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.h.changer.apply(
             {"links.links.a.endpoint": "tcp:host=127.0.0.1:port=3"})).applied)
 
+    def test_null_removes_a_link_an_earlier_change_added(self) -> None:
+        """``links.links.c: null`` removes the link ``c`` an earlier change added, as a user
+        removing it means. It was written as ``c: null``, which the loader reads as a link
+        with every default (to 127.0.0.1:1883), so the link stayed and went on reconnecting."""
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"links.links.c": {"endpoint": "tcp:host=127.0.0.1:port=5"}})).applied)
+        result = self.successResultOf(self.h.changer.apply({"links.links.c": None}))
+        self.assertTrue(result.applied, result.errors)
+        self.assertEqual(sorted(self.h.restarts[-1].links.links), ["a", "b"])
+        self.assertEqual(sorted(self.h.changer.get("links.links")), ["a", "b"])
+        self.assertNotIn("c:", dropin_path(self.h.main).read_text())
+
+    def test_null_removes_a_listener_an_earlier_change_added(self) -> None:
+        """``broker.listeners.ws: null`` removes the listener an earlier change added (it was
+        refused: ``must be a mapping, not empty (null)``)."""
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"broker.listeners.ws": {"endpoint": "tcp:29950:interface=127.0.0.1"}})).applied)
+        result = self.successResultOf(self.h.changer.apply({"broker.listeners.ws": None}))
+        self.assertTrue(result.applied, result.errors)
+        self.assertEqual([listener.name for listener in self.h.restarts[-1].broker.listeners], ["default"])
+
+    def test_null_at_an_entry_the_files_set_is_refused(self) -> None:
+        """``links.links.a: null`` for a link the main file sets cannot remove it (the files
+        are merged under the change): refused, naming the file, nothing written. It made the
+        link ``a`` one with every default, to 127.0.0.1:1883."""
+        changes = {"links.links.a": None, "apps.programs.zzz": None}
+        errors = self.successResultOf(self.h.changer.check(changes)).errors
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn(f"links.links.a: {self.h.main} sets it, which would stay", errors[0])
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.outcome), (False, "invalid"))
+        self.assertFalse(dropin_path(self.h.main).exists())
+
     def test_a_valid_change_says_what_it_may_not_mean(self) -> None:
         """A change after which two links share one cloud session is valid, and its check carries
         the warning ``--check-config`` prints for that configuration (it carried none: only the
@@ -262,6 +295,8 @@ class ApplyTests(SynchronousTestCase):
         self.assertIn("'worker' is a program of the installed app pump 1.0", result.errors[2])
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
         self.assertTrue(self.successResultOf(self.h.changer.apply({"apps.programs.poller.command": "sleep 1"})).applied)
+        # a null removes a program (none here): it takes no installed app's name
+        self.assertEqual(self.successResultOf(self.h.changer.check({"apps.programs.sensor": None})).errors, [])
 
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
