@@ -9,10 +9,12 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.clockstep import steady_seconds
 from gateway.journal.record import Record, with_seq
 from gateway.links.cloudlimits import CloudLimits
 from gateway.links.settings import fill_identity
 from gateway.links.stream import LinkStream
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 
 #: Seconds between checks of the journal's loss report.
 LOSS_CHECK_INTERVAL = 30.0
@@ -65,6 +67,8 @@ class LossReporter:
         self.identity = identity
         self.clock = clock
         self.offer = offer
+        # (a disk that stays full refuses every check's report, every 30 s, for hours)
+        self._refused_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(clock))
 
     def check(self) -> None:
         """Queue the report if it changed (call only while connected: the report made at the
@@ -96,13 +100,17 @@ class LossReporter:
         record = Record(topic, payload, 1, False, self.clock.seconds())
 
         def queued(seq: int) -> None:
+            self._refused_lines.reset()
             self.offer(with_seq(record, seq))  # (taken only while a backlog drains)
 
         def refused(failure: Failure) -> None:
             if self.stream.losses_reported == summary:
                 self.stream.mark_losses_reported(None)  # the next check tries again
-            self.log.error("link {link}: the journal loss report could not be queued, tried again in {interval} s: "
-                           "{error}", link=self.link, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
+            count = self._refused_lines.note()
+            if count is not None:
+                self.log.error("link {link}: the journal loss report could not be queued ({error}): the next check "
+                               "tries again ({since})", link=self.link, error=failure.getErrorMessage(),
+                               since=not_published_since(count))
 
         self.stream.append(record, reserved=True).addCallbacks(queued, refused)
 

@@ -152,6 +152,29 @@ class CheckpointTests(BrokerOnClockCase):
         self.assertEqual(sorted(broker.sessions), ["c", "d"])
         self.assertEqual(broker.offline.evicted, 2)
 
+    def test_the_ends_are_logged_as_broker_md_says(self) -> None:
+        """Sessions that end are logged at once, then at most once a minute: one that ends
+        within a minute of the last line is told by the next line, with the totals since the
+        start in parentheses, in the very words docs/broker.md quotes (Sessions)."""
+        clock = clock_at(NOW)
+        broker = self.make_broker(clock)
+        with capturedLogs() as events:
+            broker.create_offline_session("a")
+            clock.advance(30)
+            broker.create_offline_session("b")
+            for _ in range(int(EXPIRATION)):  # the sweeper's looks (once a second at most)
+                clock.advance(1)
+            lines = [formatEvent(e) for e in events if "offline persistent sessions" in formatEvent(e)]
+            self.assertEqual(lines, ["ended 1 offline persistent sessions (1 expired, 0 over the cap since the start)"])
+            broker.create_offline_session("c")
+            for _ in range(int(EXPIRATION) + 1):
+                clock.advance(1)
+        lines = [formatEvent(e) for e in events if "offline persistent sessions" in formatEvent(e)]
+        told = "ended 2 offline persistent sessions (3 expired, 0 over the cap since the start)"
+        self.assertEqual(lines[1:], [told])
+        page = " ".join((Path(__file__).resolve().parents[2] / "docs" / "broker.md").read_text().split())
+        self.assertTrue(f"`{told}`" in page, "docs/broker.md (Sessions) does not quote the line")
+
     def test_a_connected_client_has_no_offline_time(self) -> None:
         """A session whose client is connected at the checkpoint is saved without a time, and
         counts as offline from the restore (as any session of an older checkpoint does)."""

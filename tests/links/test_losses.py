@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.errors import StreamFullError
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.record import Record
 from gateway.journal.settings import StreamSettings
-from gateway.links.losses import LossReporter
+from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import MQTTLink
 from gateway.links.settings import LinkSettings, RouteSettings
 from tests.journal.helpers import appended, open_stream, read_all
@@ -180,3 +182,53 @@ class ReportSizeTests(SynchronousTestCase):
         report, _ = self.report_of(10)
         self.assertEqual(len(report["entries"]), 10)
         self.assertNotIn("omitted", report)
+
+
+class RefusingLedgerStream(LedgerStream):
+    """A stream whose appends, reserved ones too, are refused while ``full`` (a disk below
+    ``min_free_bytes`` by more than the reserve's half of it)."""
+
+    full = True
+
+    def append(self, record: Record, reserved: bool = False) -> Any:
+        if self.full:
+            return fail(StreamFullError("link-cloud", "min-free-disk"))
+        return super().append(record, reserved)
+
+
+class RefusedReportTests(SynchronousTestCase):
+    """links.md (Loss reports): a report the stream refuses even from its reserve is logged at
+    once, then at most once every 10 minutes while the checks (every 30 s) go on failing."""
+
+    def test_a_refused_report_is_logged_at_most_once_every_10_minutes(self) -> None:
+        """A disk that stays full logs 2 lines in 10 minutes of checks (it logged 21), the
+        second counting the refusals since the first; once a report is queued, the next
+        refusal is logged at once."""
+        clock = Clock()
+        stream = RefusingLedgerStream(3)
+        reporter = LossReporter("cloud", "losses/{device}", stream, ("t", "gw"),  # type: ignore[arg-type]
+                                clock, lambda record: None)
+
+        def lines_of_checks(count: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(count):
+                    reporter.check()
+                    clock.advance(LOSS_CHECK_INTERVAL)
+            return [formatEvent(e) for e in events if "loss report" in formatEvent(e)]
+
+        lines = lines_of_checks(21)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertEqual(lines[0], "link cloud: the journal loss report could not be queued (journal stream"
+                         " 'link-cloud' is full (min-free-disk); append rejected): the next check tries again"
+                         " (1 not published since the last such line; logged at most once every 10 minutes"
+                         " until one is)")
+        told = lines[0].replace("(1 not published", "(20 not published")
+        self.assertEqual(lines[1], told)
+        page = " ".join((Path(__file__).resolve().parents[2] / "docs" / "links.md").read_text().split())
+        self.assertTrue(f"`{told}`" in page, "links.md (Loss reports) does not quote the line")
+        stream.full = False
+        self.assertEqual(lines_of_checks(1), [])
+        self.assertEqual(len(stream.appended), 1)
+        stream.full = True
+        stream.report = LossLedger([LossEntry("rejected", 9, 9, 0, 0, 0.0, 0.0, 0.0)]).report("link-cloud")
+        self.assertEqual(len(lines_of_checks(1)), 1)
