@@ -71,9 +71,10 @@ class ShadowCatchUp:
         self.marks: dict[str, BehindMark] = {}
         self._file = behind_file
         self._refusals: dict[str, int] = {}  # shadow behind -> its requests the journal refused
-        #: Shadows marked before a change deleting them is written (:meth:`deleting`), their delete
-        #: not journaled yet: not behind unless a crash or a refusal comes first
-        self._deleting: set[str] = set()
+        #: Shadows marked before a change deleting them is written (:meth:`deleting`) -> their
+        #: deletes not journaled yet (one may be made again and deleted again meanwhile): not
+        #: behind unless a crash or a refusal comes first
+        self._deleting: dict[str, int] = {}
         self._timer: IDelayedCall | None = None
         #: shadow behind -> the gets of it the cloud refused for good in a row (until one is answered)
         self._unreadable: dict[str, int] = {}
@@ -120,7 +121,7 @@ class ShadowCatchUp:
             written = self._file.changed(shadow, self.marks)
         else:
             written = self._file.save()  # (its mark may be on its way to the disk)
-        self._deleting.discard(shadow)  # (behind now)
+        self._deleting.pop(shadow, None)  # (behind now)
         self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
         self.later()
         why = f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
@@ -131,20 +132,26 @@ class ShadowCatchUp:
         written (fires once the mark is durable, or its write failed), so that a crash between
         the write of ``things.json`` and the journaling of its delete still deletes it (the mark,
         read at the start, says to; the twin no longer holds it). The mark goes once the delete
-        is journaled (:meth:`delete_journaled`); it is not counted as behind meanwhile."""
+        is journaled (:meth:`delete_journaled`: the last, when it is deleted again before the
+        first is); it is not counted as behind meanwhile."""
+        if shadow in self._deleting:  # (a delete of it still being journaled: it waits for this one too)
+            self._deleting[shadow] += 1
         if shadow in self.marks:  # (behind already: its mark stays until it is corrected)
             return self._file.save()
         self.marks[shadow] = BehindMark(thing_id, self.clock.seconds())
         self._refusals.setdefault(shadow, 0)
-        self._deleting.add(shadow)
+        self._deleting[shadow] = 1
         return self._file.changed(shadow, self.marks)
 
     def delete_journaled(self, shadow: str) -> None:
         """The delete of ``shadow`` is durable in the journal: drop the mark :meth:`deleting`
-        made (not one of a shadow behind: a request of it the journal refused)."""
+        made (not one of a shadow behind: a request of it the journal refused), once no other
+        delete of it is being journaled."""
         if shadow in self._deleting:
-            self._deleting.discard(shadow)
-            del self.marks[shadow], self._refusals[shadow]
+            self._deleting[shadow] -= 1
+            if self._deleting[shadow]:
+                return
+            del self._deleting[shadow], self.marks[shadow], self._refusals[shadow]
             self._unreadable.pop(shadow, None)
             self._file.changed(shadow, self.marks)
 
@@ -166,7 +173,7 @@ class ShadowCatchUp:
             if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
                 self._unreadable.pop(shadow, None)
-                self._deleting.discard(shadow)
+                self._deleting.pop(shadow, None)
                 self._file.changed(shadow, self.marks)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 

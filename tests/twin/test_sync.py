@@ -404,6 +404,47 @@ class ShadowSyncTests(ShadowSyncCase):
         self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
         self.assertEqual((self.sync.behind.marks, self.saved_marks()), ({}, {}))
 
+    def test_a_shadow_deleted_again_before_its_first_delete_is_journaled_keeps_its_mark(self) -> None:
+        """A feature deleted, made again and deleted again while the first delete was being
+        journaled: the second delete found the first one's mark and made none, and the first
+        delete, once journaled, dropped that mark. A crash before the second delete was
+        journaled (the update between them was) left the shadow in the cloud for good: the twin
+        no longer held it and no mark said to delete it. Each delete being journaled now
+        holds the mark: it goes once the last of them is."""
+        self.feature_in_the_cloud_then_refusing()
+        self.take_appends()
+        self.stream.hold = True  # (each append durable when the test says so)
+        for change in (command("delete", "/features/f"), command("modify", "/features/f/properties/x", 2),
+                       command("delete", "/features/f")):
+            self.bus.deliver("e", change)  # (answered once journaled)
+        (delete1, _), (update, _), _ = self.stream.held
+        delete1.callback(2)
+        update.callback(3)
+        self.assertEqual(self.sync.snapshot().behind, 0)  # (being journaled: not behind)
+        self.assertEqual(list(self.saved_marks()), ["f"])  # (the second delete is not journaled yet)
+        # SIGKILL before the second delete is durable: a restart reads the mark, the connect deletes it
+        del self.stream.records[3:]
+        self.stream.hold = False
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.stream.positions = {}
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+        self.assertEqual(self.sync.snapshot().behind, 1)
+
+    def test_a_shadow_deleted_again_loses_its_mark_once_its_last_delete_is_journaled(self) -> None:
+        """The mark of a shadow deleted twice while the first delete is journaled goes once the
+        second is journaled too, and is not counted as behind meanwhile."""
+        self.feature_in_the_cloud_then_refusing()
+        self.take_appends()
+        self.stream.hold = True
+        for change in (command("delete", "/features/f"), command("modify", "/features/f/properties/x", 2),
+                       command("delete", "/features/f")):
+            self.bus.deliver("e", change)  # (answered once journaled)
+        for d, seq in self.stream.held:
+            d.callback(seq)
+        self.assertEqual((self.sync.behind.marks, self.saved_marks(), self.sync.snapshot().behind), ({}, {}, 0))
+
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
         (the twin's ``sync``) now counts them and says since when the first is behind; both
