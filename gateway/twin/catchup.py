@@ -102,8 +102,9 @@ class ShadowCatchUp:
         self._file.save()  # (the marks made meanwhile)
 
     def compact(self) -> Deferred[None]:
-        """Write the marks whole to ``shadows-behind.json`` (at the sync's stop, for an older
-        gateway started on the state: it reads that file alone); fires once done or failed."""
+        """Write the marks whole to ``shadows-behind.json`` (at the sync's stop, and at the
+        twin's, after it, for the marks made since: an older gateway started on the state reads
+        that file alone); fires once done or failed."""
         return self._file.compact()
 
     def refused(self, thing_id: str, shadow: str, failure: Failure) -> Deferred[str]:
@@ -265,10 +266,6 @@ class ShadowCatchUp:
         if refusals is not None:
             self.log.info("shadow {shadow}: read again after {count} gets refused", shadow=shadows.shown_shadow(shadow),
                           count=refusals)
-
-    def flushed(self) -> Deferred[None]:
-        """Fires once every change of the marks made so far is written (or its write failed)."""
-        return self._file.save()
 
     def cancel(self) -> None:
         """Stop the catch-up timers (the connection is gone: the next connect reads them)."""

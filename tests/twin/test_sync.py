@@ -321,6 +321,21 @@ class ShadowSyncTests(ShadowSyncCase):
                          {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
         self.assertEqual((self.dir / "twin" / "shadows-behind.log").read_bytes(), b"")
 
+    def test_a_mark_made_after_the_syncs_stop_is_in_the_file_an_older_gateway_reads(self) -> None:
+        """A change the twin took after the sync's stop (the twin stops after it) whose request
+        the journal refused had its mark written to shadows-behind.log only, after the stop's
+        compaction: a clean stop left it out of shadows-behind.json, which a gateway rolled
+        back to a version older than the log reads alone. The twin's stop compacts the marks
+        made since too."""
+        self.connect()
+        self.refuse_appends()
+        self.successResultOf(self.sync.stop())
+        self.send(command("modify", "/features/f/properties/x", 1))  # (taken until the twin stops)
+        self.successResultOf(self.twin.stopService())
+        self.assertEqual(json.loads((self.dir / "twin" / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
+        self.assertEqual((self.dir / "twin" / "shadows-behind.log").read_bytes(), b"")
+
     def test_a_shadow_behind_whose_get_is_refused_for_good_is_read_again_on_a_backoff(self) -> None:
         """A shadow behind whose catch-up get the cloud refused for good (403: its policy
         denied it) kept its mark and was never read again until the next journal refusal or
@@ -639,8 +654,12 @@ class ShadowSyncTests(ShadowSyncCase):
         appended.errback(StreamFullError("shadow-aws", "max-bytes"))
         self.assertNoResult(stopped)  # (the mark being written: behind now)
         runner.run_one()
+        self.assertNoResult(stopped)  # (the marks being written whole to shadows-behind.json)
+        runner.run_one()
         self.successResultOf(stopped)
         self.assertEqual(self.saved_marks(), {"f": (ROOT, 0.0)})
+        self.assertEqual(json.loads((self.dir / "twin" / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
         self.assertEqual(runner.pending, [])
 
     def test_changes_until_the_twin_stops_are_journaled_after_the_sync_stopped(self) -> None:
