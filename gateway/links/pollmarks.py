@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from gateway.atomic import read_json, write_json_atomically
@@ -36,6 +36,9 @@ class PollMarks:
         self.device = device
         self.run_blocking = run_blocking
         self._marks: dict[str, str] = {}
+        #: one write at a time (each alias's long-poll marks on its own; the file's temporary
+        #: file is one): a write holding fewer marks never lands after one holding more
+        self._writing = DeferredLock()
 
     @inlineCallbacks
     def load(self) -> Any:
@@ -54,14 +57,19 @@ class PollMarks:
         mark = self._marks.get(alias)
         return None if mark is None else mark.encode("latin-1")
 
-    @inlineCallbacks
-    def mark(self, alias: str, modified: bytes) -> Any:
-        """Keep ``modified`` as the mark of ``alias``, on disk; a failed write is logged (the
-        link goes on with the mark in memory)."""
+    def mark(self, alias: str, modified: bytes) -> Deferred[None]:
+        """Keep ``modified`` as the mark of ``alias``, on disk (after the write under way, with
+        every mark made so far); a failed write is logged (the link goes on with the mark in
+        memory). Fires once written, or failed (at once when it is the mark already)."""
         text = modified.decode("latin-1")
         if self._marks.get(alias) == text:
-            return
+            return succeed(None)
         self._marks[alias] = text
+        return self._writing.run(self._write, alias)
+
+    @inlineCallbacks
+    def _write(self, alias: str) -> Any:
+        """Write every mark as it is now (one write at a time: :attr:`_writing`)."""
         try:
             yield self.run_blocking(write_json_atomically, self.path,
                                     {"device": self.device, "since": dict(self._marks)})
