@@ -50,7 +50,12 @@ class PollMarks:
                           link=self.link, path=str(self.path), error=str(exc))
             return
         if isinstance(kept, dict) and kept.get("device") == self.device and isinstance(kept.get("since"), dict):
-            self._marks = {alias: since for alias, since in kept["since"].items() if isinstance(since, str)}
+            self._marks = {alias: since for alias, since in kept["since"].items() if _header_value(since)}
+            unusable = sorted(alias for alias in kept["since"] if alias not in self._marks)
+            if unusable:
+                self.log.warn("link {link}: {path}: the marks of {aliases} are no Last-Modified: their long-polls"
+                              " start without If-Modified-Since", link=self.link, path=str(self.path),
+                              aliases=", ".join(unusable))
 
     def since(self, alias: str) -> bytes | None:
         """The ``Last-Modified`` of the last value of ``alias`` published (None: none yet)."""
@@ -77,3 +82,9 @@ class PollMarks:
             self.log.warn("link {link}: {path} not written ({error}): after a restart, the long-poll of {alias} "
                           "may bring its last value again", link=self.link, path=str(self.path), error=str(exc),
                           alias=alias)
+
+
+def _header_value(since: Any) -> bool:
+    """Whether ``since`` can be sent as ``If-Modified-Since`` (a string of printable Latin-1, as
+    a ``Last-Modified`` the link kept is): a file edited or damaged may hold anything."""
+    return isinstance(since, str) and since.isprintable() and all(ord(c) < 256 for c in since)
