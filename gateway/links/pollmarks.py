@@ -72,6 +72,11 @@ class PollMarks:
         self._marks[alias] = text
         return self._writing.run(self._write, alias)
 
+    def written(self) -> Deferred[None]:
+        """Fires once the writes of the marks made so far are done (or failed): at the link's
+        stop, so that the next start reads them."""
+        return self._writing.run(succeed, None)
+
     @inlineCallbacks
     def _write(self, alias: str) -> Any:
         """Write every mark as it is now (one write at a time: :attr:`_writing`)."""
