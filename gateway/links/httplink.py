@@ -221,7 +221,8 @@ class HTTPLink:
     def stop(self) -> Deferred[None]:
         """Stop sending and polling (the unacknowledged batch stays in the stream); an
         activation whose request is out is not cancelled: the stop fires once its answer is
-        in and its CIK saved (or once it failed)."""
+        in and its CIK saved (or once it failed), and the long-polls' marks being written are
+        (a link started next reads them)."""
         self._running = False
         self.cause = STOPPING
         if self._loss_check.running:
@@ -234,10 +235,12 @@ class HTTPLink:
         if activation is not None and self._activation_out:
             # The platform may have issued the CIK already, and issues one only once: the answer
             # is waited for (request_timeout at most) and saved, not thrown away.
-            return activation.addBoth(lambda _: close_connections(self.client))
-        if activation is not None:
-            activation.cancel()
-        return close_connections(self.client)
+            closed = activation.addBoth(lambda _: close_connections(self.client))
+        else:
+            if activation is not None:
+                activation.cancel()
+            closed = close_connections(self.client)
+        return closed.addCallback(lambda _: self.poll_marks.written())
 
     # -- state ----------------------------------------------------------------------------
 

@@ -72,9 +72,10 @@ class ShadowCatchUp:
         self.marks: dict[str, BehindMark] = {}
         self._file = behind_file
         self._refusals: dict[str, int] = {}  # shadow behind -> its requests the journal refused
-        #: Shadows marked before a change deleting them is written (:meth:`deleting`), their delete
-        #: not journaled yet: not behind unless a crash or a refusal comes first
-        self._deleting: set[str] = set()
+        #: Shadows marked before a change deleting them is written (:meth:`deleting`) -> their
+        #: deletes not journaled yet (one may be made again and deleted again meanwhile): not
+        #: behind unless a crash or a refusal comes first
+        self._deleting: dict[str, int] = {}
         #: Shadows behind whose last correction the journal refused: read again when the stream
         #: frees room (:meth:`room`), besides the catch-up every CATCH_UP_INTERVAL.
         self._want_room: set[str] = set()
@@ -105,8 +106,9 @@ class ShadowCatchUp:
         self._file.save()  # (the marks made meanwhile)
 
     def compact(self) -> Deferred[None]:
-        """Write the marks whole to ``shadows-behind.json`` (at the sync's stop, for an older
-        gateway started on the state: it reads that file alone); fires once done or failed."""
+        """Write the marks whole to ``shadows-behind.json`` (at the sync's stop, and at the
+        twin's, after it, for the marks made since: an older gateway started on the state reads
+        that file alone); fires once done or failed."""
         return self._file.compact()
 
     def refused(self, thing_id: str, shadow: str, failure: Failure) -> Deferred[str]:
@@ -124,7 +126,7 @@ class ShadowCatchUp:
             written = self._file.changed(shadow, self.marks)
         else:
             written = self._file.save()  # (its mark may be on its way to the disk)
-        self._deleting.discard(shadow)  # (behind now)
+        self._deleting.pop(shadow, None)  # (behind now)
         self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
         self.later()
         why = f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
@@ -135,20 +137,26 @@ class ShadowCatchUp:
         written (fires once the mark is durable, or its write failed), so that a crash between
         the write of ``things.json`` and the journaling of its delete still deletes it (the mark,
         read at the start, says to; the twin no longer holds it). The mark goes once the delete
-        is journaled (:meth:`delete_journaled`); it is not counted as behind meanwhile."""
+        is journaled (:meth:`delete_journaled`: the last, when it is deleted again before the
+        first is); it is not counted as behind meanwhile."""
+        if shadow in self._deleting:  # (a delete of it still being journaled: it waits for this one too)
+            self._deleting[shadow] += 1
         if shadow in self.marks:  # (behind already: its mark stays until it is corrected)
             return self._file.save()
         self.marks[shadow] = BehindMark(thing_id, self.clock.seconds())
         self._refusals.setdefault(shadow, 0)
-        self._deleting.add(shadow)
+        self._deleting[shadow] = 1
         return self._file.changed(shadow, self.marks)
 
     def delete_journaled(self, shadow: str) -> None:
         """The delete of ``shadow`` is durable in the journal: drop the mark :meth:`deleting`
-        made (not one of a shadow behind: a request of it the journal refused)."""
+        made (not one of a shadow behind: a request of it the journal refused), once no other
+        delete of it is being journaled."""
         if shadow in self._deleting:
-            self._deleting.discard(shadow)
-            del self.marks[shadow], self._refusals[shadow]
+            self._deleting[shadow] -= 1
+            if self._deleting[shadow]:
+                return
+            del self._deleting[shadow], self.marks[shadow], self._refusals[shadow]
             self._unreadable.pop(shadow, None)
             self._file.changed(shadow, self.marks)
 
@@ -172,7 +180,7 @@ class ShadowCatchUp:
             elif refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                 del self.marks[shadow], self._refusals[shadow]
                 self._unreadable.pop(shadow, None)
-                self._deleting.discard(shadow)
+                self._deleting.pop(shadow, None)
                 self._want_room.discard(shadow)
                 self._file.changed(shadow, self.marks)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
@@ -276,10 +284,6 @@ class ShadowCatchUp:
         if refusals is not None:
             self.log.info("shadow {shadow}: read again after {count} gets refused", shadow=shadows.shown_shadow(shadow),
                           count=refusals)
-
-    def flushed(self) -> Deferred[None]:
-        """Fires once every change of the marks made so far is written (or its write failed)."""
-        return self._file.save()
 
     def cancel(self) -> None:
         """Stop the catch-up timers (the connection is gone: the next connect reads them)."""

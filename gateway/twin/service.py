@@ -84,7 +84,7 @@ class TwinService(Service):
         self.validators: list[Validator] = []
         self.preparers: list[Preparer] = []
         #: What a stop waits for once every change is told to the listeners (the shadow sync's
-        #: marks of the shadows behind, durable): fires once it is done.
+        #: marks of the shadows behind, written whole to shadows-behind.json): fires once it is done.
         self.flushers: list[Callable[[], Deferred[None]]] = []
         self._telling: set[Deferred[None]] = set()  # fire as the listeners' work on a change is done
         self._unsubscribe: list[Callable[[], None]] = []

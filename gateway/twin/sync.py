@@ -119,7 +119,7 @@ class ShadowSync:
         self.twin.listeners.append(self.appends.twin_changed)
         self.twin.validators.append(self.appends.validate)
         self.twin.preparers.append(self.appends.prepare)
-        self.twin.flushers.append(self.behind.flushed)
+        self.twin.flushers.append(self.behind.compact)  # (the marks made after this sync's stop)
         return self.behind.load().addCallback(lambda _: self.reader.start(self.appends.started))
 
     def stop(self) -> Deferred[None]:

@@ -1047,6 +1047,49 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.published, [("command//gw1/req//restart", b"{}")])
         self.assertEqual(list(json.loads(marks.read_text())["since"]), ["restart"])
 
+    def test_a_stop_waits_for_the_poll_mark_being_written(self):
+        """A link stopped while the mark of a value it published was being written (a
+        configuration change restarts the links) returned at once: the next link's start could
+        read the file before that write landed, poll from the mark before, and publish (run)
+        the value again. The stop fires once the mark is written."""
+        import json
+
+        from tests.twin.fakes import HeldRunner
+
+        link = self.start(downlink=(AliasDownlinkSettings("restart"),), poll_timeout_ms=5000)
+        runner = HeldRunner()
+        self.patch(link.poll_marks, "run_blocking", runner)
+        self.pass_time(2)
+        self.server.set_value("restart", "{}")
+        self.pass_time(2)
+        self.assertEqual(self.published, [("command//gw1/req//restart", b"{}")])
+        stopped = link.stop()
+        self.assertNoResult(stopped)
+        runner.run_one()
+        self.successResultOf(stopped)
+        self.assertEqual(list(json.loads(self.cik_path.with_name("cloud.cik.polls").read_text())["since"]),
+                         ["restart"])
+
+    def test_a_poll_mark_that_is_no_header_value_is_not_used(self):
+        """A ``<cik_file>.polls`` that is JSON but whose mark cannot be an HTTP header (a
+        character beyond Latin-1: the file edited, or written by something else) stopped the
+        alias's long-poll for good (the mark's encoding raised before the poll loop, with
+        nothing in the log). Such a mark is not used: the long-poll starts without it."""
+        import json
+
+        self.cik_path.parent.mkdir(parents=True)
+        marks = self.cik_path.with_name("cloud.cik.polls")
+        device = "vendor=acme&model=box&sn=gw1"
+        marks.write_text(json.dumps({"device": device, "since": {"restart": "Mon, 07 Dec 2026 \u20ac"}}))
+        self.server.set_value("restart", "{}")
+        with capturedLogs() as events:
+            self.start(downlink=(AliasDownlinkSettings("restart"),), poll_timeout_ms=5000)
+            self.pass_time(2)
+        self.assertEqual(self.link.poll_marks.device, device)
+        self.assertIn(f"link cloud: {marks}: the marks of restart are no Last-Modified: their long-polls start"
+                      " without If-Modified-Since", [formatEvent(e) for e in events])
+        self.assertEqual(self.published, [("command//gw1/req//restart", b"{}")])
+
     def test_loss_reports_go_up_like_the_mqtt_links(self):
         """Journal losses: the MQTT link's report, on the configured loss alias, once per change."""
         import json

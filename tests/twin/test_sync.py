@@ -353,6 +353,21 @@ class ShadowSyncTests(ShadowSyncCase):
                          {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
         self.assertEqual((self.dir / "twin" / "shadows-behind.log").read_bytes(), b"")
 
+    def test_a_mark_made_after_the_syncs_stop_is_in_the_file_an_older_gateway_reads(self) -> None:
+        """A change the twin took after the sync's stop (the twin stops after it) whose request
+        the journal refused had its mark written to shadows-behind.log only, after the stop's
+        compaction: a clean stop left it out of shadows-behind.json, which a gateway rolled
+        back to a version older than the log reads alone. The twin's stop compacts the marks
+        made since too."""
+        self.connect()
+        self.refuse_appends()
+        self.successResultOf(self.sync.stop())
+        self.send(command("modify", "/features/f/properties/x", 1))  # (taken until the twin stops)
+        self.successResultOf(self.twin.stopService())
+        self.assertEqual(json.loads((self.dir / "twin" / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
+        self.assertEqual((self.dir / "twin" / "shadows-behind.log").read_bytes(), b"")
+
     def test_a_shadow_behind_whose_get_is_refused_for_good_is_read_again_on_a_backoff(self) -> None:
         """A shadow behind whose catch-up get the cloud refused for good (403: its policy
         denied it) kept its mark and was never read again until the next journal refusal or
@@ -435,6 +450,47 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual(topic, f"{BASE}/name/f/delete")
         self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
         self.assertEqual((self.sync.behind.marks, self.saved_marks()), ({}, {}))
+
+    def test_a_shadow_deleted_again_before_its_first_delete_is_journaled_keeps_its_mark(self) -> None:
+        """A feature deleted, made again and deleted again while the first delete was being
+        journaled: the second delete found the first one's mark and made none, and the first
+        delete, once journaled, dropped that mark. A crash before the second delete was
+        journaled (the update between them was) left the shadow in the cloud for good: the twin
+        no longer held it and no mark said to delete it. Each delete being journaled now
+        holds the mark: it goes once the last of them is."""
+        self.feature_in_the_cloud_then_refusing()
+        self.take_appends()
+        self.stream.hold = True  # (each append durable when the test says so)
+        for change in (command("delete", "/features/f"), command("modify", "/features/f/properties/x", 2),
+                       command("delete", "/features/f")):
+            self.bus.deliver("e", change)  # (answered once journaled)
+        (delete1, _), (update, _), _ = self.stream.held
+        delete1.callback(2)
+        update.callback(3)
+        self.assertEqual(self.sync.snapshot().behind, 0)  # (being journaled: not behind)
+        self.assertEqual(list(self.saved_marks()), ["f"])  # (the second delete is not journaled yet)
+        # SIGKILL before the second delete is durable: a restart reads the mark, the connect deletes it
+        del self.stream.records[3:]
+        self.stream.hold = False
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.stream.positions = {}
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+        self.assertEqual(self.sync.snapshot().behind, 1)
+
+    def test_a_shadow_deleted_again_loses_its_mark_once_its_last_delete_is_journaled(self) -> None:
+        """The mark of a shadow deleted twice while the first delete is journaled goes once the
+        second is journaled too, and is not counted as behind meanwhile."""
+        self.feature_in_the_cloud_then_refusing()
+        self.take_appends()
+        self.stream.hold = True
+        for change in (command("delete", "/features/f"), command("modify", "/features/f/properties/x", 2),
+                       command("delete", "/features/f")):
+            self.bus.deliver("e", change)  # (answered once journaled)
+        for d, seq in self.stream.held:
+            d.callback(seq)
+        self.assertEqual((self.sync.behind.marks, self.saved_marks(), self.sync.snapshot().behind), ({}, {}, 0))
 
     def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
         """The shadows the cloud is behind on were known only to the log: the sync's snapshot
@@ -630,8 +686,12 @@ class ShadowSyncTests(ShadowSyncCase):
         appended.errback(StreamFullError("shadow-aws", "max-bytes"))
         self.assertNoResult(stopped)  # (the mark being written: behind now)
         runner.run_one()
+        self.assertNoResult(stopped)  # (the marks being written whole to shadows-behind.json)
+        runner.run_one()
         self.successResultOf(stopped)
         self.assertEqual(self.saved_marks(), {"f": (ROOT, 0.0)})
+        self.assertEqual(json.loads((self.dir / "twin" / BEHIND_FILE).read_bytes()),
+                         {"shadows": {"f": {"thing": ROOT, "since": 0.0}}})
         self.assertEqual(runner.pending, [])
 
     def test_changes_until_the_twin_stops_are_journaled_after_the_sync_stopped(self) -> None:
