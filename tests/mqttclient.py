@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import uuid
 from collections.abc import Callable
@@ -20,16 +21,23 @@ class TestClient:
     :param reactor: the running reactor (results are delivered with ``callFromThread``).
     :param client_id: the MQTT client id (random when ``None``).
     :param clean_session: MQTT CleanSession.
+    :param reconnect: the least and the most seconds between paho's attempts to connect again
+        after a connection it made was lost; ``None`` (the default): its network thread ends
+        there instead, so a later :meth:`stop` does not block the reactor for the rest of a
+        reconnect wait (paho sleeps it in chunks of up to 1 s). (A first connection is retried
+        either way.)
     """
 
     def __init__(self, reactor: Any, client_id: str | None = None, clean_session: bool = True,
                  username: str | None = None, password: str | None = None,
-                 transport: str = "tcp") -> None:
+                 transport: str = "tcp", reconnect: tuple[float, float] | None = None) -> None:
         self.reactor = reactor
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
                                   clean_session=clean_session, transport=transport,
-                                  protocol=paho.MQTTv311)
+                                  protocol=paho.MQTTv311, reconnect_on_failure=reconnect is not None)
+        if reconnect is not None:
+            self.client.reconnect_delay_set(*reconnect)  # type: ignore[arg-type]  # (typed int; floats work)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.messages: DeferredQueue[paho.MQTTMessage] = DeferredQueue()
@@ -120,6 +128,12 @@ class TestClient:
         if drop:
             sock = self.client.socket()
             if sock is not None:
+                try:
+                    # Wakes the network thread's select() at once (a close alone does not:
+                    # loop_stop() then waited out its 1 s timeout).
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected any more
                 sock.close()
         else:
             self.client.disconnect()

@@ -74,7 +74,7 @@ class ConnectionsAcrossAChangeTests(TreeHelpers, TestCase):
         broker acknowledged it at once, the links' hook gone, and it was never journaled."""
         port = free_port()
         root = yield self.start_with_link(port)
-        device = yield self.client(port)
+        device = yield self.client(port, reconnect=(1, 120))  # (paho's own delays)
         yield device.publish("telemetry/x", b"before", 1)
         links = root.parts.links
         stop = links.stopService

@@ -73,8 +73,7 @@ class ChaosTests(TestCase):
         cloud = Mosquitto(reactor, work / "cloud", free_port())
         yield cloud.start()
         self.addCleanup(cloud.stop)
-        upstream = self.client(client_id="cloud-sub", clean_session=False)
-        upstream.client.reconnect_delay_set(0.05, 0.2)
+        upstream = self.client(client_id="cloud-sub", clean_session=False, reconnect=(0.05, 0.2))
         yield upstream.connect(cloud.port)
         yield upstream.subscribe("up/#", 2)
         run = Path(tempfile.mkdtemp(prefix="gwchaos-"))  # short: a unix socket path is at most 107 bytes
@@ -101,8 +100,7 @@ class ChaosTests(TestCase):
         yield offline.disconnected()
         publishers = {}
         for name, (_, _, persistent) in PUBLISHERS.items():
-            publisher = self.client(client_id=name, clean_session=not persistent)
-            publisher.client.reconnect_delay_set(0.05, 0.2)
+            publisher = self.client(client_id=name, clean_session=not persistent, reconnect=(0.05, 0.2))
             publisher.client.max_inflight_messages_set(100)
             publisher.client.max_queued_messages_set(0)
             publishers[name] = publisher

@@ -180,13 +180,18 @@ def mutate(mutations: list[tuple[str, int, Any]]) -> tuple[dict[str, Any], list[
     return data, dropins
 
 
+#: libyaml's emitter where PyYAML has it: the same YAML as its pure-Python one, in a
+#: fraction of the time (500 examples are written here).
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def write_config(directory: Path, data: dict[str, Any], dropins: list[dict[str, Any]]) -> Path:
     """Write the main file and its drop-ins in ``directory``; return the main file's path."""
     path = directory / "gateway.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=False))
+    path.write_text(yaml.dump(data, Dumper=DUMPER, allow_unicode=False))
     (directory / "conf.d").mkdir()
     for number, dropin in enumerate(dropins):
-        (directory / "conf.d" / f"{number:02d}.yaml").write_text(yaml.safe_dump(dropin, allow_unicode=False))
+        (directory / "conf.d" / f"{number:02d}.yaml").write_text(yaml.dump(dropin, Dumper=DUMPER, allow_unicode=False))
     return path
 
 

@@ -61,9 +61,10 @@ class TreeHelpers:
         return root
 
     @inlineCallbacks
-    def client(self, port: int) -> Any:
-        """An MQTT test client connected to ``port``, stopped on cleanup."""
-        client = TestClient(reactor)
+    def client(self, port: int, reconnect: tuple[float, float] | None = None) -> Any:
+        """An MQTT test client connected to ``port``, stopped on cleanup (``reconnect``: as
+        :class:`TestClient` takes it)."""
+        client = TestClient(reactor, reconnect=reconnect)
         self.addCleanup(client.stop)
         yield client.connect(port)
         return client

@@ -49,8 +49,9 @@ class MosquittoTests(TestCase):
 
     @inlineCallbacks
     def cloud_subscriber(self, pki: dict[str, str] | None = None) -> Any:
-        """A persistent subscriber on the cloud side, made while mosquitto runs, then mosquitto stops."""
-        subscriber = TestClient(reactor, client_id="cloud-sub", clean_session=False)
+        """A persistent subscriber on the cloud side (it connects again by itself after each
+        restart of mosquitto), made while mosquitto runs."""
+        subscriber = TestClient(reactor, client_id="cloud-sub", clean_session=False, reconnect=(0.05, 0.2))
         if pki:
             subscriber.tls(pki["ca"], pki["client_cert"], pki["client_key"])
         yield self.cloud.start()

@@ -318,8 +318,7 @@ class BusySelfUpdateTests(TestCase):
     def local_client(self, **kwargs: Any) -> Any:
         """A client of the gateway's broker that reconnects by itself, subscribed to the update
         statuses."""
-        client = self.client(**kwargs)
-        client.client.reconnect_delay_set(0.05, 0.2)
+        client = self.client(reconnect=(0.05, 0.2), **kwargs)
         client.client.max_queued_messages_set(0)
         yield client.connect(self.port)
         yield client.subscribe(f"{UPDATE_TOPIC}/lastOperation", 1)
