@@ -18,10 +18,10 @@ from twisted.logger import Logger
 
 from gateway.links.router import Router, Rule
 from gateway.links.settings import RouteSettings
-from gateway.telemetry.settings import REPORTS
+from gateway.telemetry.settings import REPORTS, TelemetrySettings
 
 #: Where the telemetry service publishes its reports by default (``telemetry.topic_prefix``).
-DEFAULT_REPORT_PREFIX = "edge/gateway/reports"
+DEFAULT_REPORT_PREFIX: str = TelemetrySettings.topic_prefix
 
 
 def report_aliases(routes: Iterable[RouteSettings], identity: tuple[str, str],
