@@ -331,6 +331,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                          http_client=lambda settings: make_link_client(reactor, settings, config.gateway.proxy),
                          state_dir=config.state_dir,
                          durable_gate=broker.durable_gate, hold_downlink=True, proxy=config.gateway.proxy,
+                         report_prefix=config.telemetry.topic_prefix,
                          thing_id=config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
     # The last values go on from the tree a configuration change replaces: a long-poll the old

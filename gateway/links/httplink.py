@@ -42,6 +42,7 @@ from gateway.links.pollmarks import PollMarks
 from gateway.links.rate import RateMeter
 from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry, log_read_again, \
     log_read_failed
+from gateway.links.reportaliases import DEFAULT_REPORT_PREFIX, ReportAliases, report_aliases
 from gateway.links.settings import fill_identity
 from gateway.links.snapshot import CURSOR_NOT_SAVED, LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
@@ -93,6 +94,9 @@ class HTTPLink:
     :param retry_policy: delays after failures (default: full jitter from the settings).
     :param on_cloud_value: ``(alias, value, when)`` for each downlink value (the ingest's
         last values, so local reads see what the cloud wrote).
+    :param report_prefix: the local topic the gateway's reports are published under
+        (``telemetry.topic_prefix``): the aliases its routes send them on are known to be
+        theirs (:mod:`gateway.links.reportaliases`).
     """
 
     log = Logger()
@@ -102,7 +106,8 @@ class HTTPLink:
                  identity: tuple[str, str], client: Any, local_publish: LocalPublish, on_status: StatusListener,
                  cik_path: Path, run_blocking: Callable[..., Deferred[Any]],
                  retry_policy: Callable[[int], float] | None = None,
-                 on_cloud_value: Callable[[str, str, float], None] | None = None) -> None:
+                 on_cloud_value: Callable[[str, str, float], None] | None = None,
+                 report_prefix: str = DEFAULT_REPORT_PREFIX) -> None:
         self.name = name
         self.on_cloud_value = on_cloud_value
         self.settings = settings
@@ -150,6 +155,9 @@ class HTTPLink:
         self.pieces: list[list[Any]] = []
         self.refused = RefusedRecords(name, stream, fill_identity(settings.loss_topic, tenant, device)
                                       if settings.loss_topic else None, reactor)
+        #: the aliases the gateway's reports go up on, and those the product does not have
+        self.reports = ReportAliases(name, report_aliases(settings.routes, identity, report_prefix)
+                                     if settings.mode == "exosite" else {})
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
         self._reactivated = False
@@ -576,9 +584,11 @@ class HTTPLink:
         send at once: the cloud taking one shows the refused ones at fault. Read on from the
         reader's position, just after the batch: the cursor stays before the batch. Empty
         when the batch can grow or was probed already (at most twice ``batch_records`` records
-        wait so, whatever the cloud refuses), or nothing came after it yet."""
+        wait so, whatever the cloud refuses), or nothing came after it yet. The gateway's
+        reports on aliases the product does not have count for neither: they are not sent, so
+        they show nothing, and the link reads on past them."""
         records = self.settings.batch_records
-        if len(self.batch) != records:
+        if sum(record.topic not in self.reports.missing for record in self.batch) != records:
             return succeed([])
         return self._read(records)
 
@@ -588,6 +598,11 @@ class HTTPLink:
         while self.pieces:
             piece = self.pieces[0]
             exosite = self.settings.mode == "exosite"
+            if exosite and piece[0].topic in self.reports.missing:  # (said once: not sent again)
+                for record in piece:
+                    self.refused.drop(record)
+                del self.pieces[0]
+                continue
             cik = yield self._pace(with_cik=exosite)  # (a long-poll's 401 may forget the CIK while this waits)
             try:
                 if not exosite:
@@ -628,6 +643,17 @@ class HTTPLink:
         """
         reason = refusal(self.settings.mode, exc.status) if exc.status else None
         why = str(exc)
+        alias = piece[0].topic
+        if exc.status == 404 and self.settings.mode == "exosite" and self.reports.carries_reports(alias):
+            # The gateway's reports on an alias the product does not have (not Gateway Engine's):
+            # a definite answer about the alias, so they are lost at once, not held until the
+            # platform takes another value (which holds the link down while the apps send none).
+            self.reports.not_found(alias, why)
+            for record in piece:
+                self.refused.drop(record)
+            del self.pieces[0]
+            self._up()  # (the platform answers)
+            return True
         if exc.timed_out and len(piece) > 1 and exc.sent > self.api.largest_taken:
             # Over a slow link a large body takes longer than request_timeout to go (256 KiB:
             # 105 s at 20 kbit/s): sent again whole it timed out for ever. Its halves go after

@@ -9,7 +9,8 @@ cursor, and the rest goes on, provided the cloud took another request of the bat
 the records after a full batch sent as its probe (else no record is shown to be at fault:
 the link backs off and sends the batch again, grown by what came meanwhile). A refusal that
 no record can avoid (credentials, the URL, the content type) is not a record's: it is
-retried with backoff, and nothing is dropped.
+retried with backoff, and nothing is dropped. The gateway's own reports refused with 404 (an
+alias the product does not have) are lost at once instead (:mod:`gateway.links.reportaliases`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class RefusedRecords:
         self.records: list[tuple[Any, LossReason, str]] = []
         #: refused by a status, counted only once the cloud took another request of the batch
         self.held: list[tuple[Any, LossReason, str]] = []
+        #: refused with their alias, which the link logged once (the gateway's reports): no warning each
+        self.unsent: list[Any] = []
         #: every request of the last batch was refused: it is to be sent again whole
         self.whole = False
         self._taken = False  # the cloud took one of the batch's requests
@@ -91,11 +94,17 @@ class RefusedRecords:
         self._lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
 
     def __len__(self) -> int:
-        return len(self.records) + len(self.held)
+        return len(self.records) + len(self.held) + len(self.unsent)
 
     def add(self, record: Any, reason: LossReason, why: str) -> None:
         """The cloud refused ``record`` (read from the stream) for good, for ``why`` (words for the log)."""
         self.records.append((record, reason, why))
+
+    def drop(self, record: Any) -> None:
+        """``record`` (read from the stream) is lost with its alias, which the product does not
+        have (``refused-by-cloud``): counted as :meth:`add` says, without a warning of its own
+        (the link said it once for the alias: :class:`~gateway.links.reportaliases.ReportAliases`)."""
+        self.unsent.append(record)
 
     def hold(self, record: Any, reason: LossReason, why: str, refusal: RequestFailed) -> None:
         """The cloud refused ``record`` with a status (``refusal``): counted as :meth:`add`
@@ -119,7 +128,7 @@ class RefusedRecords:
     def forget(self, whole: bool = False) -> None:
         """Forget the records refused so far, counted or held, uncounted: the batch is to be
         read again (``whole``: because the cloud refused every request of it, see :attr:`whole`)."""
-        self.records, self.held = [], []
+        self.records, self.held, self.unsent = [], [], []
         self._taken, self._refusal = False, None
         self.whole = whole
 
@@ -128,7 +137,7 @@ class RefusedRecords:
         seqs), log the first (at most once per interval, with a count of the others), and
         forget them. The held ones must be confirmed (:meth:`unconfirmed` is ``None``)."""
         assert self.unconfirmed() is None
-        records = self.records + self.held
+        records, unsent = self.records + self.held, self.unsent
         self.forget()
         for record, _, why in records:
             if record.topic == self.loss_topic:
@@ -136,8 +145,10 @@ class RefusedRecords:
                                " is not sent (does loss_topic name an alias of the product?)", link=self.link,
                                topic=topic_for_log(record.topic), why=why)
         lost = [entry for entry in records if entry[0].topic != self.loss_topic]
-        for reason in dict.fromkeys(reason for _, reason, _ in lost):
-            note_losses(self.stream, reason, [record for record, why_lost, _ in lost if why_lost == reason])
+        unsent_reason: LossReason = "refused-by-cloud"
+        counted = lost + [(record, unsent_reason, "") for record in unsent]
+        for reason in dict.fromkeys(reason for _, reason, _ in counted):
+            note_losses(self.stream, reason, [record for record, why_lost, _ in counted if why_lost == reason])
         count = self._lines.note(len(lost)) if lost else None
         if count is not None:
             record, reason, why = lost[0]

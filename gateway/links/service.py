@@ -24,6 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
+from gateway.links.reportaliases import DEFAULT_REPORT_PREFIX
 from gateway.links.router import Router, Rule
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings
 from gateway.links.cikplace import cik_path, volatile_cik_warnings
@@ -104,6 +105,8 @@ class LinksService(Service):
         hook stays, refusing: :meth:`persist_many`). ``None``: no such hook.
     :param run_blocking: runs blocking work off the reactor thread (the HTTP links' CIK files,
         the check of where they lie); default: the reactor's thread pool.
+    :param report_prefix: where the gateway's reports are published (``telemetry.topic_prefix``):
+        an HTTP link knows the aliases its routes send them on (:mod:`gateway.links.reportaliases`).
     :param hold_downlink: hold what the clouds send (commands, values) until
         :meth:`open_downlink`, unacknowledged: the gateway's tree opens it once every service
         has started, so that a command the cloud kept for the gateway while it was offline,
@@ -122,8 +125,9 @@ class LinksService(Service):
                  http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
                  durable_gate: DurableHookGate | None = None, thing_id: str = "",
                  hold_downlink: bool = False, proxy: ProxySettings = ProxySettings(),
-                 run_blocking: RunBlocking | None = None) -> None:
+                 run_blocking: RunBlocking | None = None, report_prefix: str = DEFAULT_REPORT_PREFIX) -> None:
         self.settings = settings
+        self.report_prefix = report_prefix
         self.run_blocking = run_blocking or in_reactor_threads(reactor)
         self.proxy = proxy
         self.durable_gate = durable_gate
@@ -272,7 +276,7 @@ class LinksService(Service):
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
                         self._publish_local, self._link_status, cik_path(name, settings, self.state_dir),
                         self.run_blocking, self.retry_policy,
-                        self._cloud_value)
+                        self._cloud_value, self.report_prefix)
 
     def _cloud_value(self, alias: str, value: str, when: float) -> None:
         for listener in self.cloud_values:
