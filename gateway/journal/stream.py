@@ -847,15 +847,15 @@ class Stream:
         self.retention.unwritten_lost(lost_bytes)
         segments = self.retention.segments
         self._tail_bytes = segments[-1].size if segments else 0
-        for b in lost_batches:
-            if b.ledger is not None:
-                # (the disk did not refuse the ledger: it never got it. It is written on its own
-                # now, and what waited for it waits for that write: a segment write a full disk
-                # refuses is no sign that the small ledger will not fit)
-                if not self._closed:
-                    self.ledger.dirty = True
-                    self._write_ledger()
-                self.ledger_writes.not_run(b.ledger_write, cause)
+        # (the disk did not refuse the ledger these batches carried: it never got it. It is
+        # written on its own now, and what waited for theirs waits for that write: a segment
+        # write a full disk refuses is no sign that the small ledger will not fit)
+        carried = [b.ledger_write for b in lost_batches if b.ledger is not None]
+        if carried and not self._closed:
+            self.ledger.dirty = True
+            self._write_ledger()
+        for number in carried:
+            self.ledger_writes.not_run(number, cause)
         if self.settings.sync != "sync" and lost:
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
