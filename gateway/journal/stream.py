@@ -911,8 +911,8 @@ class Stream:
 
     def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
         """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable, the sealed
-        segments every cursor has acknowledged whole deleted by then (under reject-new, the room
-        they held takes appends).
+        segments every cursor has acknowledged whole let go by then (under reject-new, the room
+        they held takes appends; their files are deleted on the I/O thread right behind).
 
         :param above: ``(first, last)`` ranges of seqs above ``seq`` acknowledged too
             (out of order): reads, after a restart too, skip them.
