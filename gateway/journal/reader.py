@@ -266,8 +266,9 @@ class StreamReader:
         c.saving = False
         self.save_latency.observe(steady_seconds(self.stream.clock) - started)
         c.saved, c.saved_changes = target
-        # The segments the save frees are deleted before its ack() fires: a writer told that
-        # its acknowledgement is durable finds the room it made (under reject-new, an append).
+        # The segments the save frees are let go before its ack() fires (their files' deletion
+        # queued, not waited for): a writer told that its acknowledgement is durable finds the
+        # room it made (under reject-new, an append).
         floor = min(c.saved for c in self.cursors.values())
         self.stream.delete_acked(floor)
         ready = [d for changes, d in c.waiters if changes <= c.saved_changes]

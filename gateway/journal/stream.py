@@ -847,11 +847,15 @@ class Stream:
         self.retention.unwritten_lost(lost_bytes)
         segments = self.retention.segments
         self._tail_bytes = segments[-1].size if segments else 0
-        for b in lost_batches:
-            if b.ledger is not None:
-                self.ledger_writes.refused(b.ledger_write, cause)
-                if not self._closed:
-                    self.ledger.dirty = True
+        # (the disk did not refuse the ledger these batches carried: it never got it. It is
+        # written on its own now, and what waited for theirs waits for that write: a segment
+        # write a full disk refuses is no sign that the small ledger will not fit)
+        carried = [b.ledger_write for b in lost_batches if b.ledger is not None]
+        if carried and not self._closed:
+            self.ledger.dirty = True
+            self._write_ledger()
+        for number in carried:
+            self.ledger_writes.not_run(number, cause)
         if self.settings.sync != "sync" and lost:
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
@@ -907,8 +911,8 @@ class Stream:
 
     def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
         """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable, the sealed
-        segments every cursor has acknowledged whole deleted by then (under reject-new, the room
-        they held takes appends).
+        segments every cursor has acknowledged whole let go by then (under reject-new, the room
+        they held takes appends; their files are deleted on the I/O thread right behind).
 
         :param above: ``(first, last)`` ranges of seqs above ``seq`` acknowledged too
             (out of order): reads, after a restart too, skip them.

@@ -1102,6 +1102,56 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(self._after_a_cut(files), ([], list(range(1, 13))))
         self.flushLoggedErrors(OSError)
 
+    def test_a_segment_write_a_full_disk_refuses_deletes_no_dropped_segment_before_the_ledger(self) -> None:
+        """docs/journal.md: dropped segments held while the disk refused their ledger (EIO); a
+        batch carrying the ledger fails on its segment write (ENOSPC) before the ledger's turn:
+        the ledger, never refused itself, is written on its own at once, and the held segments
+        go only once it is on disk; a power cut after any of it loses nothing uncounted. (The
+        batch's ENOSPC was taken for the ledger's: the oldest held segment was deleted "to make
+        room", with no ledger write queued behind it, and a power cut lost its 4 records
+        uncounted.)"""
+
+        class Refusing(PowerCutFiles):
+            ledger = segments = False
+
+            def write(self, path: str, data: bytes) -> None:
+                if self.ledger and path.endswith("losses.json.tmp"):
+                    raise OSError(errno.EIO, "Input/output error", path)
+                super().write(path, data)
+
+            def append_sync(self, path: str, data: bytes) -> None:
+                if self.segments and path.endswith(".seg"):
+                    raise OSError(errno.ENOSPC, "No space left on device", path)
+                super().append_sync(path, data)
+
+        files, runner = Refusing(), ManualRunner()
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME, min_free_bytes=500), run=runner)
+        runner.drain()
+        s.cursor("link")
+        for i in range(1, 13):
+            d = appended(s, record(i))
+            runner.drain()
+            self.successResultOf(d)
+        files.ledger = True
+        files.reported_free = 20  # (min_free_disk drops; the small ledger would fit)
+        s.retention.measure_free(now=True)
+        runner.drain()
+        s.enforce_limits()
+        runner.drain()
+        self.assertEqual(s.stats().drops, {"min-free-disk": 8})
+        self.assertIn(segment_path(DIR, 1), files.names)  # (held: the ledger was refused)
+        files.ledger, files.segments = False, True
+        refused = appended(s, record(13))  # (its batch holds the ledger)
+        s.enforce_limits()  # (the held segments wait for that batch's ledger write)
+        jobs = 0
+        while runner.step():
+            jobs += 1
+            counted, read = self._after_a_cut(copy.deepcopy(files))
+            self.assertEqual(sorted(counted + read), list(range(1, 13)), f"a power cut after job {jobs}")
+        self.failureResultOf(refused, JournalWriteError)
+        self.assertEqual(sorted(p for p in files.names if p.endswith(".seg")), [segment_path(DIR, 9)])
+        self.flushLoggedErrors(OSError)
+
     def test_enospc_then_resume(self) -> None:
         """ENOSPC: appends fail with JournalWriteError, stored records intact, appends resume with freed space."""
         files = PowerCutFiles(capacity=5 * FRAME + 10)
