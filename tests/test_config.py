@@ -523,6 +523,23 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("must be a list of origins (scheme://host[:port]), or ['*'] for any, not the text '*'", errors[6])
         self.assertIn("only a websocket listener (type: ws) checks the Origin of browser pages", errors[7])
 
+    def test_allowed_origins_port_zero_and_an_empty_list(self) -> None:
+        """An entry with port 0 (``http://dash.example:0``: no browser sends it) is an error
+        under its index, as another bad port is; it was taken, matching nothing. An empty list
+        is no error and loads as no ``allowed_origins`` at all (the default: the listener's own
+        host and clients without an Origin, docs/configuration.md)."""
+        path = self.write("broker:\n  listeners:\n    ws:\n      type: ws\n      bind: 127.0.0.1:9001\n"
+                          "      allowed_origins: ['http://dash.example:8080', 'http://dash.example:0',"
+                          " 'https://[::1]:0']\n")
+        errors = self.errors(path)
+        self.assertEqual([line.split(": must")[0] for line in errors],
+                         [f"{path}: broker.listeners.ws.allowed_origins.{index}" for index in (1, 2)])
+        self.assertIn("a port from 1 to 65535", errors[0])
+        self.assertTrue(errors[0].endswith("not the text 'http://dash.example:0'"), errors[0])
+        loaded = config.load(self.write("broker:\n  listeners:\n    ws:\n      type: ws\n"
+                                        "      bind: 127.0.0.1:9001\n      allowed_origins: []\n"))
+        self.assertEqual([listener.allowed_origins for listener in loaded.broker.listeners], [()])
+
     def test_bad_endpoint_string(self) -> None:
         """An endpoint string Twisted cannot parse is an error at load time."""
         joined = "\n".join(self.errors(self.write(

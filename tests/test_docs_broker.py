@@ -105,6 +105,19 @@ class BrokerKeysTests(SynchronousTestCase):
         self.assertEqual(parse(max_topic_levels=32769)[1],
                          ["<defaults>: broker.max_topic_levels: must be a whole number from 0 to 32768, not 32769"])
 
+    def test_max_topic_levels_below_the_gateways_own_topics_is_refused(self) -> None:
+        """``max_topic_levels`` from 1 to 5 is refused, naming the minimum: a command's reply
+        (``command//<device>/res/<req-id>/<status>``) has 6 levels, and an app's reply closed its
+        connection (``edge/gateway/reports/request`` too under 4); 6 is taken. It was accepted."""
+        self.assertEqual(parse(max_topic_levels=4)[1],
+                         ["<defaults>: broker.max_topic_levels: must be 0 (any) or at least 6, the levels of the"
+                          " gateway's own topics (a command's reply, command//<device>/res/<req-id>/<status>, has 6),"
+                          " not 4"])
+        self.assertEqual(parse(max_topic_levels=1)[1][0][-6:], " not 1")
+        settings, errors = parse(max_topic_levels=6)
+        self.assertEqual((errors, settings.max_topic_levels), ([], 6))
+        self.assertIn("`1` to `5` are refused", table()["max_topic_levels"][1])
+
     def test_the_ignored_keys_are_accepted_and_not_used(self) -> None:
         """The broker keys and listener keys the page says are ignored pass the check (a
         ``capath`` that does not exist among them, which amqtt's own check would refuse)."""

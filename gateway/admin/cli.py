@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
-from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
+from gateway.admin.paths import (CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, socket_of_state_dir,
+                                 state_dir_of)
 from gateway.admin.tables import (ProgressBar, confirming_links, duration, fleet_rows, link_problem, pending_change, previous_stop,
                                   service_state, size, stream_losses, stream_problem, table)
 from gateway.admin.terminaltext import TerminalText
@@ -477,8 +478,8 @@ class CommandParser(argparse.ArgumentParser):
 def _common_options(parser: argparse.ArgumentParser, default: Any, json_default: Any) -> None:
     """``--socket``, ``--state-dir`` and ``--json``, which gatewayctl takes before its command or after it."""
     parser.add_argument("--socket", default=default,
-                        help=f"the admin socket (default: ${ENVIRONMENT}; else {PACKAGED_SOCKET} for the"
-                             f" packaged gatewayctl, else {CHECKOUT_SOCKET})")
+                        help=f"the admin socket (default: ${ENVIRONMENT}; else DIR/run/admin.sock with --state-dir"
+                             f" DIR; else {PACKAGED_SOCKET} for the packaged gatewayctl, else {CHECKOUT_SOCKET})")
     parser.add_argument("--state-dir", default=default,
                         help="the gateway's state directory, whose lock tells a gateway restarting its admin API"
                              " from one not running (default: the socket's DIR when it is DIR/run/admin.sock;"
@@ -631,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     if word is not None:
         command.error(f"{word.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text: the gateway takes names,"
                       " keys and values as UTF-8")
-    path = args.socket or default_socket()
+    path = args.socket or os.environ.get(ENVIRONMENT) or (
+        socket_of_state_dir(args.state_dir) if args.state_dir else default_socket())
     client = AdminClient(path, state_dir=args.state_dir or state_dir_of(path), on_wait=_say_waiting)
     try:
         return int(args.run(client, args))

@@ -40,3 +40,15 @@ def state_dir_of(socket: str) -> str | None:
     if (folder, name) != DEFAULT_SOCKET_UNDER_STATE:
         return None
     return state_dir or "."
+
+
+def socket_of_state_dir(state_dir: str) -> str:
+    """The admin socket of the gateway whose state directory is ``state_dir`` (``--state-dir``
+    without ``--socket`` nor ``$GATEWAY_ADMIN_SOCKET``): the default socket when it is that
+    directory's (the .deb's ``/var/lib/gateway``: ``/run/gateway/admin.sock``), else
+    ``DIR/run/admin.sock``, where an empty ``admin.socket`` puts it."""
+    default = default_socket()
+    named = state_dir_of(default)
+    if named is not None and os.path.realpath(named) == os.path.realpath(state_dir):
+        return default
+    return os.path.join(state_dir, *DEFAULT_SOCKET_UNDER_STATE)

@@ -28,15 +28,20 @@ def read_checkpoint(file: IO[bytes], budget: RetainedBudget | None = None) -> Ch
     built so far and one session's text (it was the file's text and all the state parsed from
     it: about twice the file, on top of the gateway's own memory at start).
 
-    :param budget: the bounds on the retained messages kept: one that does not fit them is
-        checked and dropped as it is read, counted there (a file written under larger bounds
-        must not take the start past what the gateway may hold); ``None``: all are kept.
+    :param budget: the bounds on the clients' retained messages kept: one that does not fit
+        them is checked and dropped as it is read, counted there (a file written under larger
+        bounds must not take the start past what the gateway may hold); a link's or the
+        gateway's own (``retained_links``, ``retained_own``, ahead of them) is kept, as the
+        running broker kept it; ``None``: all are kept.
 
     :raises ValueError: naming the first part that is wrong (:func:`_check_head`,
         :func:`_check_session`, :func:`gateway.jsontext.members`).
     """
     state: CheckpointContent = {}
     payloads = _Payloads()
+    # (the topics whose retained message is a link's or the gateway's own: written before the
+    # messages, they are kept whatever the bounds, which count the clients' only)
+    not_clients: set[str] = set()
     for key, value in jsontext.members(file, arrays=("sessions", "retained")):
         if key == "format" and value != FORMAT:
             raise ValueError(f"unknown format {value!r}")  # (at once: not a file of another format read through)
@@ -57,13 +62,19 @@ def read_checkpoint(file: IO[bytes], budget: RetainedBudget | None = None) -> Ch
                     raise ValueError(f"retained[{n}]: {_row_problem(row, _RETAINED_KINDS)}")
                 topic, text, qos = row
                 payload = _unb64(text)
-                if budget is None or budget.admit(topic, retained_size(topic, payload)):
+                if (budget is None or topic in not_clients
+                        or budget.admit(topic, retained_size(topic, payload))):
                     retained.append([topic, payload, qos])
             value = retained
         elif key == "retained_links":
             if not (isinstance(value, list) and all(isinstance(row, list) and len(row) == 2 and _is_topic(row[0])
                                                     and _is_text(row[1]) and row[1] for row in value)):
                 raise ValueError("retained_links: not a list of [topic, link name] pairs")
+            not_clients.update(topic for topic, _ in value)
+        elif key == "retained_own":
+            if not (isinstance(value, list) and all(_is_topic(topic) for topic in value)):
+                raise ValueError("retained_own: not a list of topics")
+            not_clients.update(value)
         elif key not in ("format", "log_through"):
             continue  # (nothing restore reads)
         state[key] = value

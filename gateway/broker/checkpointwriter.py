@@ -66,6 +66,7 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
     log = broker.state_log
     return {"format": FORMAT, "sessions": sessions, "retained": retained,
             "retained_links": sorted(map(list, broker.retained_links.items())),
+            "retained_own": sorted(broker.retained_own),
             "log_through": log.appended if log is not None else 0}
 
 
@@ -101,6 +102,11 @@ def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
     head = {"format": FORMAT}
     if "log_through" in state:
         head["log_through"] = state["log_through"]
+    # (whose the retained messages are, before them: the reader bounds the clients' as it reads
+    # them; members versions before them skip, or read after the messages)
+    for key in ("retained_links", "retained_own"):
+        if state.get(key):
+            head[key] = state[key]
     yield _dumps(head)[:-1].encode() + b',"sessions":['
     for n, entry in enumerate(state["sessions"]):
         encoded = {**entry,
@@ -111,8 +117,7 @@ def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
     for n, part in enumerate(_retained_parts(state["retained"])):
         rows = [[t, _b64(p), q] for t, p, q in part]
         yield (b"," if n else b"") + _dumps(rows)[1:-1].encode()
-    links = state.get("retained_links")  # (a member versions before it skip)
-    yield b'],"retained_links":' + _dumps(links).encode() + b"}" if links else b"]}"
+    yield b"]}"
 
 
 def _retained_parts(retained: list[list[Any]]) -> Iterator[list[list[Any]]]:

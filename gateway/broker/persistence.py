@@ -125,8 +125,10 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
         message = QueuedMessage(topic, payload, qos, retain)
         outbox.push(shared.setdefault(message, message))
     links = dict(state.get("retained_links", ()))  # (absent from checkpoints before it was kept)
+    own = set(state.get("retained_own", ()))  # (absent from checkpoints before it was kept)
     for topic, payload, qos in state.get("retained", []):
-        broker.keep_retained(topic, payload, qos, links.get(topic, ""))  # not retain_now: no plugin event for old news
+        # (not retain_now: no plugin event for old news)
+        broker.keep_retained(topic, payload, qos, links.get(topic, ""), topic in own)
     broker.offline.reorder()
 
 
@@ -217,7 +219,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, bud
         if n <= through:
             continue
         if op == "retain":
-            broker.restore_retained(record.topic, bytes(record.payload), record.qos, budget, headers.get("link", ""))
+            broker.restore_retained(record.topic, bytes(record.payload), record.qos, budget, headers.get("link", ""),
+                                    headers.get("own") == "1")
         elif op == "drop":
             broker.forget_session(client_id)
         elif op == "unsub":

@@ -56,10 +56,11 @@ def over_bound(max_messages: int, max_bytes: int, count: int, held: int, old: in
 
 
 class RetainedLimits:
-    """The bounds on the retained messages a client's PUBLISH (or will) may leave, and what
+    """The bounds on the retained messages clients' PUBLISHes (and wills) leave, and what
     they refused; what the gateway itself retains (its statuses and reports, the clouds'
-    messages the links bring down, an amqtt plugin's ``retain_message``) is not refused, but
-    counts towards them.
+    messages the links bring down, an amqtt plugin's ``retain_message``) is neither refused
+    nor counted, at run time and at start alike, so that a start keeps what the running
+    broker kept.
 
     :param max_messages: ``max_retained_messages`` (0: no limit).
     :param max_bytes: ``max_retained_bytes`` (0: no limit).
@@ -88,7 +89,7 @@ class RetainedLimits:
         cause every :data:`~gateway.logthrottle.REFUSED_LOG_INTERVAL`).
 
         :param size: its size (:func:`retained_size`).
-        :param count: the retained messages held.
+        :param count: the clients' retained messages held.
         :param held: their bytes.
         :param replaced: whether the topic had an older retained message (removed then: it is
             no longer the topic's last).
@@ -113,7 +114,7 @@ class RetainedLimits:
         written by a version without the bounds, or under larger ones).
 
         :param budget: what the checkpoint's reading and the replay of the state log dropped.
-        :param kept: the retained messages restored.
+        :param kept: the clients' retained messages restored.
         :param held: their bytes.
         """
         self.dropped_at_start += budget.dropped
@@ -129,7 +130,7 @@ class RetainedLimits:
 
 
 class RetainedBudget:
-    """The saved retained messages a start restores: each kept while it fits the bounds (in
+    """The clients' saved retained messages a start restores: each kept while it fits the bounds (in
     the order saved; one that does not is dropped, and a smaller one after it may still fit),
     the others counted. Used as the checkpoint is read, before the broker exists
     (:func:`gateway.broker.checkpointreader.read_checkpoint`), and by the replay of the state

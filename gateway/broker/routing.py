@@ -121,10 +121,14 @@ class Router(Generic[Client]):
         wildcards are also in a tree, by their levels, with the same client id -> target dicts.
     :ivar retained: topic -> its retained message (changed through :meth:`keep_retained` only,
         which keeps the tree of retained topics and :attr:`retained_bytes` with it).
-    :ivar retained_bytes: the retained messages' bytes, topics and payloads (what
-        ``max_retained_bytes`` bounds).
+    :ivar retained_bytes: the retained messages' bytes, topics and payloads.
     :ivar retained_links: topic -> the cloud link whose downlink brought its retained message
         (a copy its cloud kept); a client's, a plugin's or the gateway's own are not in it.
+    :ivar retained_own: the topics whose retained message the gateway itself (or a plugin)
+        left, not a client and not a link's cloud.
+    :ivar clients_retained_bytes: the bytes of the retained messages clients left (neither a
+        link's nor in :attr:`retained_own`): what ``max_retained_bytes`` bounds, as their
+        number is what ``max_retained_messages`` bounds (:attr:`clients_retained_count`).
     :ivar live: client id -> the handler of its live connection.
     :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
@@ -151,6 +155,8 @@ class Router(Generic[Client]):
         self.retained: dict[str, Retained] = {}
         self.retained_bytes = 0
         self.retained_links: dict[str, str] = {}
+        self.retained_own: set[str] = set()
+        self.clients_retained_bytes = 0
         self._retained_topics: TopicTree[str] = TopicTree()
         self.live: dict[str, Client] = {}
         self.state_log: StateLog | None = None
@@ -216,6 +222,11 @@ class Router(Generic[Client]):
     def retained_count(self) -> int:
         """Retained messages held."""
         return len(self.retained)
+
+    @property
+    def clients_retained_count(self) -> int:
+        """Retained messages held that clients left (what ``max_retained_messages`` bounds)."""
+        return len(self.retained) - len(self.retained_links) - len(self.retained_own)
 
     @property
     def subscription_count(self) -> int:
@@ -471,42 +482,50 @@ class Router(Generic[Client]):
     def retain_now(self, topic: str, payload: bytes, qos: int, client_id: str | None = None, link: str = "") -> None:
         """Keep ``payload`` as the topic's retained message; an empty payload removes it (§3.3.1.3).
 
-        A client's message past ``max_retained_messages`` or ``max_retained_bytes`` is not kept
-        (counted and logged; one that would replace the topic's older message removes that
-        one, which is no longer the topic's last). The change is logged (the publisher's
-        acknowledgement waits until it is durable).
+        A client's message past ``max_retained_messages`` or ``max_retained_bytes`` (which
+        bound the clients' retained messages only) is not kept (counted and logged; one that
+        would replace the topic's older message removes that one, which is no longer the
+        topic's last). The change is logged (the publisher's acknowledgement waits until it is
+        durable), with whose it is, so that a restart bounds the same messages.
 
         :param client_id: the client whose PUBLISH or will it is; ``None``: the gateway's own
-            message or a plugin's, which the bounds do not refuse.
+            message or a plugin's, which the bounds neither refuse nor count.
         :param link: the cloud link whose downlink brought it (:attr:`retained_links`).
         """
+        own = client_id is None and not link
         if payload and client_id is not None:
             cause, size = self._over_bounds(topic, payload)
             if cause is not None:
-                self.retained_limits.refuse(cause, client_id, topic, size, len(self.retained), self.retained_bytes,
-                                            topic in self.retained)
+                self.retained_limits.refuse(cause, client_id, topic, size, self.clients_retained_count,
+                                            self.clients_retained_bytes, topic in self.retained)
                 payload = b""  # (removes an older one; changes nothing without)
-        if not self.keep_retained(topic, payload, qos, link):
+        if not self.keep_retained(topic, payload, qos, link, own):
             return
         if self.state_log is not None:
-            self.state_log.retained(topic, payload, qos, link)
+            self.state_log.retained(topic, payload, qos, link, own)
         self.state_changed()
         if self.plugins.wants(BrokerEvents.RETAINED_MESSAGE):
             self.plugins.fire(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                               retained_message=self.plugins.retained(topic, payload, qos))
 
-    def keep_retained(self, topic: str, payload: bytes, qos: int, link: str = "") -> bool:
+    def keep_retained(self, topic: str, payload: bytes, qos: int, link: str = "", own: bool = False) -> bool:
         """Set the topic's retained message (an empty payload removes it), and do nothing else:
         no log, no event (:meth:`retain_now` does both; a restore does neither).
 
         :param link: the cloud link whose downlink brought it (:attr:`retained_links`); ``""``:
             none (a message from anyone else replaces a link's as the topic's).
+        :param own: whether the gateway itself (or a plugin) left it (:attr:`retained_own`);
+            a message neither a link's nor the gateway's own is a client's.
 
         :returns: whether anything changed (not for an empty payload to a topic without one).
         """
         retained = self.retained
+        old = retained.get(topic)
+        if old is not None and self._is_clients(topic):
+            self.clients_retained_bytes -= retained_size(topic, old.payload)
+        self.retained_links.pop(topic, None)
+        self.retained_own.discard(topic)
         if payload:
-            old = retained.get(topic)
             if old is None:
                 self._retained_topics.add(topic, topic)
                 self.retained_bytes += retained_size(topic, payload)
@@ -515,34 +534,44 @@ class Router(Generic[Client]):
             retained[topic] = Retained(payload, qos)
             if link:
                 self.retained_links[topic] = link
+            elif own:
+                self.retained_own.add(topic)
             else:
-                self.retained_links.pop(topic, None)
+                self.clients_retained_bytes += retained_size(topic, payload)
             return True
-        self.retained_links.pop(topic, None)
-        old = retained.pop(topic, None)
         if old is None:
             return False
+        del retained[topic]
         self.retained_bytes -= retained_size(topic, old.payload)
         self._retained_topics.remove(topic)
         return True
 
-    def restore_retained(self, topic: str, payload: bytes, qos: int, budget: RetainedBudget, link: str = "") -> None:
+    def restore_retained(self, topic: str, payload: bytes, qos: int, budget: RetainedBudget, link: str = "",
+                         own: bool = False) -> None:
         """Set a saved retained message (an empty payload removes it) as :meth:`keep_retained`
-        does, within the bounds: one past them is dropped and counted in ``budget`` (an older
-        one on its topic is removed, no longer the topic's last)."""
-        if payload:
+        does, within the bounds as :meth:`retain_now` keeps them: a client's past them is
+        dropped and counted in ``budget`` (an older one on its topic is removed, no longer the
+        topic's last); a link's or the gateway's own is kept, as it was when it came."""
+        if payload and not link and not own:
             cause, size = self._over_bounds(topic, payload)
             if cause is not None:
                 budget.drop(topic, size)
                 payload = b""
-        self.keep_retained(topic, payload, qos, link)
+        self.keep_retained(topic, payload, qos, link, own)
+
+    def _is_clients(self, topic: str) -> bool:
+        """Whether the topic's retained message (it has one) is a client's: counted in the bounds."""
+        return topic not in self.retained_links and topic not in self.retained_own
 
     def _over_bounds(self, topic: str, payload: bytes) -> tuple[str | None, int]:
-        """The bound ``payload`` retained on ``topic`` would break (or ``None``), and its size."""
+        """The bound a client's ``payload`` retained on ``topic`` would break (or ``None``), and
+        its size; a message of the gateway's own or a link's on the topic is not the client's to
+        replace: the client's needs room as on a new topic."""
         old = self.retained.get(topic)
         size = retained_size(topic, payload)
-        return self.retained_limits.over(len(self.retained), self.retained_bytes,
-                                         None if old is None else retained_size(topic, old.payload), size), size
+        old_size = None if old is None or not self._is_clients(topic) else retained_size(topic, old.payload)
+        return self.retained_limits.over(self.clients_retained_count, self.clients_retained_bytes, old_size,
+                                         size), size
 
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):

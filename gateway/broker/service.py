@@ -230,7 +230,8 @@ class BrokerService(Service):
         if state is not None or read:
             broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
                                         broker.retained)
-            broker.retained_limits.warn_dropped(budget, broker.retained_count, broker.retained_bytes)
+            broker.retained_limits.warn_dropped(budget, broker.clients_retained_count,
+                                                 broker.clients_retained_bytes)
         broker.on_state_changed = self._state_changed
         broker.end_due_sessions()  # offline too long before the start (their end logged, then checkpointed)
         self._apply_queued_total(broker)  # (after: an expired session's messages are no reason to drop others)

@@ -57,6 +57,11 @@ MIN_PACKET_SIZE = 64
 #: The largest ``max_topic_levels`` accepted: the levels of a filter of 65535 bytes (§1.5.3),
 #: ``+/+/...`` (a topic of only ``/`` has twice as many; ``0`` is no bound).
 MAX_TOPIC_LEVELS = 32768
+#: The smallest ``max_topic_levels`` accepted but ``0``: the levels of the longest topic the
+#: gateway's local contract has its apps publish, a command's reply
+#: ``command//<device>/res/<req-id>/<status>`` (below it the gateway's own topics break: an app's
+#: reply closes its connection, ``edge/gateway/reports/request`` too under 4).
+MIN_TOPIC_LEVELS = 6
 #: The largest ``max_inflight_messages`` accepted: a QoS 1/2 delivery in flight holds one of the
 #: client's packet identifiers, 1 to 65535 (§2.3.1); with all of them taken the next could not go.
 MAX_INFLIGHT_MESSAGES = 65535
@@ -587,8 +592,14 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                                                        None, DEFAULT_MAX_OFFLINE)
     max_levels = config.pop("max_topic_levels", None)
     if max_levels is not None:
-        limits["max_topic_levels"] = _whole_number(max_levels, ("broker", "max_topic_levels"), errors, 0,
-                                                   MAX_TOPIC_LEVELS, DEFAULT_MAX_TOPIC_LEVELS)
+        limits["max_topic_levels"] = levels = _whole_number(max_levels, ("broker", "max_topic_levels"), errors, 0,
+                                                            MAX_TOPIC_LEVELS, DEFAULT_MAX_TOPIC_LEVELS)
+        if 0 < levels < MIN_TOPIC_LEVELS:
+            errors.add(("broker", "max_topic_levels"),
+                       f"must be 0 (any) or at least {MIN_TOPIC_LEVELS}, the levels of the gateway's own topics"
+                       f" (a command's reply, command//<device>/res/<req-id>/<status>, has {MIN_TOPIC_LEVELS}),"
+                       f" not {levels}")
+            limits["max_topic_levels"] = DEFAULT_MAX_TOPIC_LEVELS
     max_subscriptions = config.pop("max_subscriptions", None)
     if max_subscriptions is not None:
         limits["max_subscriptions"] = _whole_number(max_subscriptions, ("broker", "max_subscriptions"), errors, 0,

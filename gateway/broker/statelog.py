@@ -83,10 +83,13 @@ class StateLog:
         self.stream.append_then(record, lambda _seq: self._durable(n), lambda failure: self._failed(n, failure))
         return n
 
-    def retained(self, topic: str, payload: bytes, qos: int, link: str = "") -> int:
+    def retained(self, topic: str, payload: bytes, qos: int, link: str = "", own: bool = False) -> int:
         """Log a topic's new retained message (an empty payload: removed); ``link``: the cloud
-        link whose downlink brought it (its ``link`` header)."""
-        return self._append("retain", "", topic, payload, qos, extra=(("link", link),) if link else ())
+        link whose downlink brought it (its ``link`` header); ``own``: the gateway itself (or a
+        plugin) left it (an ``own`` header: the bounds on the clients' retained messages do not
+        count it)."""
+        extra = (("link", link),) if link else (("own", "1"),) if own else ()
+        return self._append("retain", "", topic, payload, qos, extra=extra)
 
     def subscribed(self, client_id: str, topic_filter: str, qos: int) -> int:
         """Log a persistent session's subscription (granted ``qos``)."""

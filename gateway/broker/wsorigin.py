@@ -34,11 +34,13 @@ def entry_problem(entry: Any) -> str | None:
     if entry in (ANY_ORIGIN, NULL_ORIGIN):
         return None
     # (urlsplit drops tabs and newlines: "http://a\nb" would parse as http://ab)
-    if isinstance(entry, str) and entry.isascii() and entry.isprintable() and " " not in entry \
-            and origin_parts(entry) is not None:
+    parts = (origin_parts(entry) if isinstance(entry, str) and entry.isascii() and entry.isprintable()
+             and " " not in entry else None)
+    if parts is not None and parts[2] != 0:  # (no page is served from port 0: no browser sends it)
         return None
-    return (f"must be scheme://host[:port] (http or https, no path: the Origin a browser sends, such as "
-            f"http://dashboard.example:8080), {ANY_ORIGIN!r} (any) or {NULL_ORIGIN!r} (pages opened from files)")
+    return (f"must be scheme://host[:port] (http or https, a port from 1 to 65535, no path: the Origin a browser "
+            f"sends, such as http://dashboard.example:8080), {ANY_ORIGIN!r} (any) or {NULL_ORIGIN!r} (pages opened "
+            f"from files)")
 
 
 def head_fields(head: bytes) -> list[tuple[bytes | None, list[bytes]]]:

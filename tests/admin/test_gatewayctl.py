@@ -32,7 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.cli import build_parser, cmd_config, cmd_status, main
 from gateway.admin.client import AdminClient, ApiFailure, ConnectionCut, NotRunning
-from gateway.admin.paths import state_dir_of
+from gateway.admin.paths import ENVIRONMENT, state_dir_of
 from gateway.admin.tables import fleet_rows
 from gateway.config import DEFAULT_CONFIG, SECTIONS
 from gateway.fleet.snapshot import FleetSnapshot
@@ -1306,6 +1306,37 @@ class RestartWaitTests(FakeTimeCase):
         self.assertEqual(last, f"gatewayctl: the gateway runs (a process holds {self.state / 'gateway.lock'}) but"
                                f" its admin API did not answer on {self.socket} within 30 s (admin.enabled false,"
                                " or another admin.socket?)")
+
+    def test_the_state_dir_option_finds_the_socket_under_it(self) -> None:
+        """``--state-dir DIR`` alone talks to ``DIR/run/admin.sock``; with no gateway on
+        ``DIR`` it is exit 3 at once, naming that socket. It used ``var/run/admin.sock`` of the
+        current directory, and waited 30 s there while a gateway ran on ``DIR``."""
+        saved = os.environ.pop(ENVIRONMENT, None)
+        if saved is not None:
+            self.addCleanup(os.environ.__setitem__, ENVIRONMENT, saved)
+        self.state = Path(tempfile.mkdtemp(prefix="gwctl-"))  # (a trial path is over bind()'s 107 bytes)
+        self.addCleanup(shutil.rmtree, self.state)
+        self.socket = str(self.state / "run" / "admin.sock")
+        addresses: list[Any] = []
+        answer = STATUS_ANSWER
+
+        class Recorded(CannedSocket):
+            def connect(self, address: Any) -> None:
+                addresses.append(address)
+                if address != test_socket:
+                    raise FileNotFoundError(2, "No such file or directory")
+                self._left = answer
+
+        test_socket = self.socket
+        self.patch(socket, "socket", Recorded)
+        self.hold_lock()
+        self.assertEqual(main(["status", "--state-dir", str(self.state)]), 0)
+        self.assertEqual((addresses, self.now), ([self.socket], 0.0))
+        other = self.state / "other"
+        self.assertEqual(main(["--state-dir", str(other), "status"]), 3)
+        self.assertEqual(self.now, 0.0)
+        self.assertEqual(self.err.getvalue(), f"gatewayctl: the gateway is not running (no admin socket at"
+                                              f" {other / 'run' / 'admin.sock'}: No such file or directory)\n")
 
     def test_the_state_directory_a_socket_names(self) -> None:
         """``DIR/run/admin.sock`` (an empty ``admin.socket``) is ``DIR``'s, the .deb's socket is

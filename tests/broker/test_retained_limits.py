@@ -24,7 +24,8 @@ from gateway.broker.core import GatewayBroker
 from gateway.broker.retainedlimits import (BY_BYTES, BY_COUNT, DEFAULT_MAX_RETAINED_BYTES,
                                            DEFAULT_MAX_RETAINED_MESSAGES, RetainedBudget, over_bound, retained_size)
 from gateway.broker.settings import BrokerSettings
-from gateway.broker.persistence import replay
+from gateway.broker.checkpointwriter import checkpoint_content, encoded_parts
+from gateway.broker.persistence import replay, restore
 from gateway.errors import ConfigError
 from gateway.journal.record import Record
 from gateway.mqtt import packets
@@ -176,6 +177,64 @@ class RetainedLimitsTests(SynchronousTestCase):
         self.broker.plugin_publish("plugin/t", b"p", 0, True)
         self.assertEqual(len(self.broker.retained), COUNT + 2)
         self.assertEqual(self.broker.retained_limits.refused, {BY_COUNT: 0, BY_BYTES: 0})
+
+    def test_the_gateways_own_retained_messages_do_not_count(self) -> None:
+        """The gateway's status, a plugin's ``retain_message`` and a link's cloud command kept
+        first, the clients still have all of ``max_retained_messages``; a fourth client topic
+        is refused. Before, the gateway's own counted: the clients got one topic, and a
+        restart dropped what the running broker had accepted."""
+        self.broker.bus.attach(self.broker)
+        self.successResultOf(self.broker.bus.publish("edge/connection/remote/status", b"{}", 1, True))
+        self.broker.plugin_publish("plugin/t", b"p", 0, True)
+        self.broker.publish_internal("command//d/req/1/x", b"c", 1, True, link="cloud")
+        for n in range(COUNT + 1):
+            self.publish(f"t/{n}", b"x", n + 1)
+        self.assertEqual(sorted(self.broker.retained), ["command//d/req/1/x", "edge/connection/remote/status",
+                                                        "plugin/t", "t/0", "t/1", "t/2"])
+        self.assertEqual(self.broker.retained_limits.refused, {BY_COUNT: 1, BY_BYTES: 0})
+        self.assertEqual((self.broker.clients_retained_count, self.broker.clients_retained_bytes), (3, 12))
+
+    def test_a_client_replacing_the_gateways_own_needs_room(self) -> None:
+        """A client's message to a topic the gateway retained on is a new client topic: at the
+        count it is refused (and the older one removed, no longer the topic's last); the
+        gateway's own message replacing a client's frees the client's room."""
+        self.broker.plugin_publish("own", b"p", 0, True)
+        for n in range(COUNT):
+            self.publish(f"t/{n}", b"x", n + 1)
+        self.publish("own", b"c", 7)
+        self.assertNotIn("own", self.broker.retained)
+        self.broker.plugin_publish("t/0", b"p", 0, True)
+        self.publish("t/9", b"y", 8)
+        self.assertEqual(sorted(self.broker.retained), ["t/0", "t/1", "t/2", "t/9"])
+        self.assertEqual(self.broker.retained_own, {"t/0"})
+        self.assertEqual(self.broker.retained_limits.refused, {BY_COUNT: 1, BY_BYTES: 0})
+
+    def test_a_restart_keeps_what_the_running_broker_kept(self) -> None:
+        """The store full of the clients' messages and the gateway's own (one in the checkpoint,
+        one logged after it): the checkpoint read and the log replayed under the same bounds
+        drop nothing, and the restored broker bounds the clients' messages as before. Before,
+        every restart dropped some and logged 'saved state holds more retained messages'."""
+        self.broker.plugin_publish("plugin/t", b"p", 0, True)
+        self.broker.publish_internal("command//d/req/1/x", b"c", 1, True, link="cloud")
+        for n in range(COUNT):
+            self.publish(f"t/{n}", b"x", n + 1)
+        text = b"".join(encoded_parts(checkpoint_content(self.broker)))
+        budget = RetainedBudget(COUNT, BYTES)
+        state = read_checkpoint(io.BytesIO(text), budget)
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        restored = GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), Clock(), max_retained_messages=COUNT,
+                                 max_retained_bytes=BYTES)
+        restore(restored, state)
+        records = [Record("edge/gateway/reports/x", b"r", qos=1,
+                          headers=(("op", "retain"), ("n", "1"), ("client", ""), ("own", "1")))]
+        replay(restored, records, 0, budget)
+        self.assertEqual(budget.dropped, 0)
+        self.assertEqual(sorted(restored.retained), ["command//d/req/1/x", "edge/gateway/reports/x", "plugin/t",
+                                                     "t/0", "t/1", "t/2"])
+        self.assertEqual((restored.retained_own, restored.retained_links),
+                         ({"plugin/t", "edge/gateway/reports/x"}, {"command//d/req/1/x": "cloud"}))
+        self.assertEqual(restored.clients_retained_count, COUNT)
 
 
 def checkpoint(retained: list[tuple[str, bytes]]) -> bytes:

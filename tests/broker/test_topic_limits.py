@@ -217,26 +217,26 @@ class SavedStateOverTheLimitsTests(TestCase):
 
     @inlineCallbacks
     def test_an_old_checkpoint_over_the_limits_loads_whole(self):
-        """The checkpoint's session holds 4 subscriptions (one of them 4 levels deep) and a
-        retained topic of 4 levels, over ``max_subscriptions: 2`` and ``max_topic_levels: 3``:
+        """The checkpoint's session holds 4 subscriptions (one of them 7 levels deep) and a
+        retained topic of 7 levels, over ``max_subscriptions: 2`` and ``max_topic_levels: 6``:
         all of it comes back, with one warning; its client, back, is granted a filter it has
         (§3.8.4) and refused a new one (0x80), which the snapshot counts, for it too."""
         state_dir = Path(self.mktemp())
         (state_dir / "broker").mkdir(parents=True)
-        saved = ["a", "b", "c", deep(4)]
+        saved = ["a", "b", "c", deep(7)]
         (state_dir / "broker" / "state.json").write_text(json.dumps({
-            "format": 1, "log_through": 0, "retained": [[deep(4, "r"), "YQ==", 1]],
+            "format": 1, "log_through": 0, "retained": [[deep(7, "r"), "YQ==", 1]],
             "sessions": [{"client_id": "old", "username": None, "subscriptions": [[f, 1] for f in saved],
                           "queue": [], "inflight": [], "inflight_in": []}]}))
         events = capture_log_events(self)
         service = yield start_broker(self, reactor, {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
                                                      "plugins": ANONYMOUS, "max_subscriptions": 2,
-                                                     "max_topic_levels": LEVELS}, state_dir=state_dir)
+                                                     "max_topic_levels": 6}, state_dir=state_dir)
         self.assertEqual(list(service.broker.sessions["old"].filters), saved)
-        self.assertEqual(list(service.broker.retained), [deep(4, "r")])
+        self.assertEqual(list(service.broker.retained), [deep(7, "r")])
         [warning] = [formatEvent(e) for e in events if "kept as saved" in formatEvent(e)]
         self.assertIn("1 sessions with more than max_subscriptions (2) subscriptions (the most: 'old' with 4", warning)
-        self.assertIn("1 subscriptions and 1 retained topics with more than max_topic_levels (3) levels", warning)
+        self.assertIn("1 subscriptions and 1 retained topics with more than max_topic_levels (6) levels", warning)
         client = yield scripted_connect(reactor, port_of(service))
         self.addCleanup(client.transport.abortConnection)
         client.transport.write(raw.connect("old", flags=0x00) + raw.subscribe(("b", 0), ("new", 0), packet_id=4))
@@ -248,15 +248,15 @@ class SavedStateOverTheLimitsTests(TestCase):
 
 
 class GatewayTopicLimitsTests(TestCase):
-    """A real ``twistd gateway`` with ``max_topic_levels: 5``, ``max_subscriptions: 2`` and
+    """A real ``twistd gateway`` with ``max_topic_levels: 6``, ``max_subscriptions: 2`` and
     ``max_retained_messages: 2``, driven over a socket on 127.0.0.1, read through its ``/metrics``."""
 
     timeout = 120
 
     @inlineCallbacks
     def test_what_one_client_may_make_the_gateway_keep(self):
-        """One SUBSCRIBE of four new filters, the second 6 levels deep: SUBACK 0, 0x80, 1, 0x80
-        (the fourth is past the cap); then a PUBLISH to a topic of 6 levels closes the
+        """One SUBSCRIBE of four new filters, the second 7 levels deep: SUBACK 0, 0x80, 1, 0x80
+        (the fourth is past the cap); then a PUBLISH to a topic of 7 levels closes the
         connection, unacknowledged. The log names the client (one line for both refusals: they are
         throttled together); /metrics counts them;
         another client is served all the while.
@@ -275,13 +275,13 @@ class GatewayTopicLimitsTests(TestCase):
             f"gateway:\n  state_dir: {work / 'state'}\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            "  max_topic_levels: 5\n  max_subscriptions: 2\n  max_retained_messages: 2\n"
+            "  max_topic_levels: 6\n  max_subscriptions: 2\n  max_retained_messages: 2\n"
             f"ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: 'tcp:{metrics_port}:interface=127.0.0.1'\n")
         proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc)
         client = yield scripted_connect(reactor, port)
         self.addCleanup(client.transport.abortConnection)
-        client.transport.write(raw.connect("greedy") + raw.subscribe(("a/#", 0), (deep(6), 1), ("b/+", 1),
+        client.transport.write(raw.connect("greedy") + raw.subscribe(("a/#", 0), (deep(7), 1), ("b/+", 1),
                                                                       ("c", 0), packet_id=3))
         yield client.until(lambda: len(client.others) == 2, reactor)
         self.assertEqual(client.others[1], (0x90, b"\x00\x03\x00\x80\x01\x80"))
@@ -292,7 +292,7 @@ class GatewayTopicLimitsTests(TestCase):
             self.assertIn(f"\n{name} {value}.0\n", metrics)
         client.transport.write(raw.publish("a/1", b"kept", 1, packet_id=1))
         yield client.until(lambda: len(client.others) == 3, reactor)
-        client.transport.write(raw.publish(deep(6, "l"), b"x", 1, packet_id=2))
+        client.transport.write(raw.publish(deep(7, "l"), b"x", 1, packet_id=2))
         yield client.lost
         self.assertEqual([p[:2] for p in client.publishes], [("a/1", b"kept")])
         self.assertEqual(client.others[2:], [(0x40, b"\x00\x01")])
@@ -309,8 +309,8 @@ class GatewayTopicLimitsTests(TestCase):
         self.assertIn('\ngateway_broker_retained_refused_total{limit="max_retained_messages"} 1.0\n', metrics)
         output = proc.output.decode(errors="replace")
         self.assertIn("kept 2 (8 bytes), dropped 1 (4 bytes: r/2)", output)
-        self.assertIn("refusing the subscription of 'greedy' to x/+/+/+/+/+: it has 6 levels", output)
-        self.assertIn("client 'greedy': PUBLISH topic x/l/l/l/l/l has 6 levels, more than max_topic_levels (5)",
+        self.assertIn("refusing the subscription of 'greedy' to x/+/+/+/+/+/+: it has 7 levels", output)
+        self.assertIn("client 'greedy': PUBLISH topic x/l/l/l/l/l/l has 7 levels, more than max_topic_levels (6)",
                       output)
 
 
