@@ -16,7 +16,9 @@ request line and headers) :data:`HEAD_TIMEOUT` seconds from its first byte, then
 ``408`` and closes. A request line or header line over Twisted's limit (16 KiB) closed the
 connection without a word; it is answered ``414`` or ``431`` first. So is a head over
 Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
-which Twisted answered with a bare ``400 Bad Request``.
+which Twisted answered with a bare ``400 Bad Request``. A malformed request line or header line
+(:mod:`gateway.httpheadcheck`) is answered ``400`` (``505`` for an HTTP version other than 1.0
+and 1.1), saying what is wrong, where Twisted's ``400`` said nothing.
 
 Either ``408`` is logged, naming the listener (``ingest: a request head from 192.0.2.7:40000 took
 over 30 s: 408, closed``).
@@ -59,6 +61,7 @@ from twisted.web.http import HTTPChannel
 from gateway.addresses import address_text
 from gateway.clockstep import steady_seconds
 from gateway.fdreserve import DescriptorReserve, ReserveRefusals
+from gateway.httpheadcheck import HeadCheck
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
@@ -102,6 +105,7 @@ class ClosingChannel(HTTPChannel):
         self._unread = False  # answered (408, 413, 414, 431, or without its body): nothing more is read
         self._head_size = 0  # bytes of the request line and header lines of the head arriving
         self._header_lines = 0  # its header lines (not their continuations)
+        self._check = HeadCheck()  # what is wrong with a line of the head arriving, in words
 
     def dataReceived(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a request; drop what comes once refused."""
@@ -121,15 +125,19 @@ class ClosingChannel(HTTPChannel):
 
     def lineReceived(self, line: bytes) -> None:
         """Answer ``431`` to a head over ``totalHeadersSize`` bytes or ``maxHeaders`` header
-        lines, before Twisted's bare ``400``."""
+        lines, and ``400`` or ``505`` to a malformed line (:mod:`gateway.httpheadcheck`), saying
+        why, before Twisted's bare ``400``."""
         if self._unread:
             return
         if not self.requests:  # (the request line, or a blank line before it)
             self._head_size, self._header_lines = len(line), 0
+            problem = self._check.request_line(line) if line else None
         else:
             self._head_size += len(line)
+            problem = None
             if line[:1] not in (b"", b" ", b"\t"):
                 self._header_lines += 1
+                problem = self._check.header_line(line)
             if self._head_size > self.totalHeadersSize:
                 self._refuse(b"431 Request Header Fields Too Large",
                              f"the request line and headers are over {self.totalHeadersSize} bytes")
@@ -137,6 +145,9 @@ class ClosingChannel(HTTPChannel):
             if self._header_lines > self.maxHeaders:
                 self._refuse(b"431 Request Header Fields Too Large", f"more than {self.maxHeaders} header lines")
                 return
+        if problem is not None:
+            self._refuse(*problem)
+            return
         super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:

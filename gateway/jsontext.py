@@ -5,7 +5,9 @@ from __future__ import annotations
 import codecs
 import datetime
 import json
+import math
 import re
+import sys
 from typing import IO, Any, Collection, Iterator
 
 from gateway.shown import shown_repr
@@ -22,9 +24,11 @@ READ_SIZE = 1 << 16
 _SPACE = " \t\n\r"
 _SPACES = re.compile(f"[{_SPACE}]*")
 _DECODER = json.JSONDecoder()
+#: The most digits Python converts to an integer (``sys.get_int_max_str_digits``; 0: no limit).
+_INT_DIGITS = sys.get_int_max_str_digits() or 1 << 62
 
 
-def loads(data: str | bytes) -> Any:
+def loads(data: str | bytes, *, strict: bool = False) -> Any:
     """``json.loads(data)``, with JSON nested deeper than Python's recursion limit refused
     as the :class:`ValueError` every other malformed text is (``json.loads`` raises
     :class:`RecursionError` for it), so a caller's ``except ValueError`` covers all bad input.
@@ -34,16 +38,52 @@ def loads(data: str | bytes) -> Any:
     ``surrogatepass``). It cannot be encoded again, so it failed far from here (a configuration
     change by the admin API was taken, and the gateway's reports then could not be published).
 
+    With ``strict``, what ``json.loads`` takes beyond RFC 8259 is refused too: ``NaN``,
+    ``Infinity`` and ``-Infinity``, a number too large for a float (``1e400``, which Python
+    reads as infinity) or an integer of more digits than Python converts (it said ``use
+    sys.set_int_max_str_digits()``), and a key given twice in one object (Python kept the last
+    silently): a request's author learns of it, where the gateway would have acted on a value
+    it could not write back as JSON, or on one of two it was given.
+
     :param data: the JSON text (bytes: UTF-8, UTF-16 or UTF-32, as ``json.loads`` detects).
+    :param strict: refuse what RFC 8259 does not allow, as said above.
     :raises ValueError: ``data`` is not valid JSON, not text, or nested too deeply.
     """
     text = data.decode(json.detect_encoding(data)) if isinstance(data, bytes) else data
+    hooks: dict[str, Any] = ({"parse_constant": _no_constant, "parse_float": _finite_float,
+                              "parse_int": _convertible_int, "object_pairs_hook": _unique_keys} if strict else {})
     try:
-        value = json.loads(text)
+        value = json.loads(text, **hooks)
     except RecursionError:
         raise ValueError("JSON nested too deeply to parse") from None
     if _SURROGATE_ESCAPE.search(text) is not None or not isinstance(data, bytes) and _has_surrogate(text):
         _check_text(value)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON: a number is finite")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):
+        raise ValueError(f"the number {text[:40]} is too large (at most about 1.8e308)")
+    return number
+
+
+def _convertible_int(text: str) -> int:
+    if len(text.lstrip("-")) > _INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long (at most {_INT_DIGITS})")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"key {shown_repr(key)} given twice in one object")
+        value[key] = item
     return value
 
 

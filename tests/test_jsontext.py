@@ -51,6 +51,22 @@ class LoadsTests(SynchronousTestCase):
             self.assertRaises(ValueError, jsontext.loads, data)
         self.assertEqual(jsontext.loads(b'["\\ud83d\\ude00", "\\\\ud800"]'), ["\U0001f600", "\\ud800"])
 
+    def test_strict_refuses_what_rfc_8259_does_not_allow(self) -> None:
+        """With ``strict``: NaN and the infinities, a number too large for a float, an integer
+        Python will not convert, and a key twice in one object are ValueErrors saying which;
+        without it they parse as before (a stored state written so still reads)."""
+        cases = {b'{"a": NaN}': "NaN is not JSON: a number is finite",
+                 b'[1, -Infinity]': "-Infinity is not JSON: a number is finite",
+                 b'{"x": 1e400}': "the number 1e400 is too large (at most about 1.8e308)",
+                 b'{"x": ' + b"9" * 5000 + b'}': "an integer of 5000 digits is too long (at most 4300)",
+                 b'{"a": {"force": true, "force": false}}': "key 'force' given twice in one object"}
+        for data, error in cases.items():
+            with self.subTest(data=data[:30]):
+                self.assertEqual(str(self.assertRaises(ValueError, jsontext.loads, data, strict=True)), error)
+        self.assertEqual(jsontext.loads(b'{"a": [1.5, {"b": 2}], "x": 1e308, "i": -12}', strict=True),
+                         {"a": [1.5, {"b": 2}], "x": 1e308, "i": -12})
+        self.assertEqual(jsontext.loads(b'{"f": 1, "f": 2}'), {"f": 2})
+
     def test_kind_names_a_value_in_jsons_words(self) -> None:
         """What was sent instead of an object is named as JSON names it, for errors."""
         self.assertEqual([jsontext.kind(jsontext.loads(text)) for text in

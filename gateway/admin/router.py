@@ -124,7 +124,7 @@ def read_json(request: Any, limit: int) -> Any:
     if not data.strip():
         return {}
     try:
-        value = jsontext.loads(data)
+        value = jsontext.loads(data, strict=True)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from None
     if jsontext.nesting(value) > jsontext.MAX_NESTING:

@@ -14,7 +14,9 @@ listener's ``allowed_origins`` does not take is refused with HTTP 403
 rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
 lets an application send no other code below 3000). An opening handshake (its HTTP request
 head) over :data:`MAX_HANDSHAKE` bytes is refused with HTTP 431: autobahn gathers a head with
-no limit, appending each chunk to it and searching the whole for its end.
+no limit, appending each chunk to it and searching the whole for its end. Every refused
+handshake is answered with its reason as a one-line plain-text body too, and a request
+without ``Upgrade`` (a browser opening the URL) with HTTP 426, not autobahn's status page.
 """
 
 from __future__ import annotations
@@ -192,6 +194,19 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         assert tcp is not None
         tcp.loseConnection()
 
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """Answer a refused opening handshake (autobahn's refusals: a malformed request line or
+        header, a method other than GET, HTTP/1.0, no ``Upgrade``, a bad key; and this
+        listener's 403 and 431) with its reason on the status line, its control and non-ASCII
+        characters escaped, and as a one-line plain-text body: autobahn sent the status line
+        alone."""
+        line = status_text(reason)
+        body = (line + "\n").encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                   ("Connection", "close"), *(responseHeaders or ())]
+        super().sendHttpErrorResponse(code, line, headers)
+        self.sendData(body)
+
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """Pick the MQTT subprotocol; refuse clients that want only others."""
         if not request.protocols:
@@ -268,7 +283,10 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         # autobahn never sees an Origin (without_origin): the listener checks it itself. Told
         # nothing, autobahn would refuse a page opened from a file (allowNullOrigin defaults to
         # False; it takes "file://" for the origin "null") whatever allowed_origins says.
-        self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, allowNullOrigin=True)
+        # A request without Upgrade (a browser or curl opening the URL) is refused 426, not
+        # served autobahn's HTML status page (200, naming autobahn and its version).
+        self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, allowNullOrigin=True,
+                                webStatus=False)
 
     def buildProtocol(self, addr: Any) -> Any:
         """A new connection, or ``None`` (Twisted closes it) while the gateway keeps its last

@@ -454,6 +454,19 @@ class AppRouteTests(SynchronousTestCase):
         r = h.call("POST", "/config/apply", b'{"changes": {"gateway.device_id": "\\ud83d\\ude00"}}')
         self.assertEqual((r.status, h.config.applied), (200, [({"gateway.device_id": "\U0001f600"}, None, "admin")]))
 
+    def test_json_beyond_rfc_8259_is_400(self) -> None:
+        """NaN, a number too large for a float and a key given twice are not taken as JSON: a 400
+        saying which, nothing applied (Python took them: the last of two keys silently, and a
+        NaN the gateway could not write back as JSON)."""
+        h = Harness(self)
+        for body, error in ((b'{"changes": {"telemetry.usage_report_interval": NaN}}', "NaN is not JSON"),
+                            (b'{"changes": {"telemetry.usage_report_interval": 1e999}}', "the number 1e999 is too"),
+                            (b'{"changes": {}, "changes": {"gateway.device_id": "x"}}', "key 'changes' given twice")):
+            r = h.call("POST", "/config/apply", body)
+            self.assertEqual(r.status, 400, body)
+            self.assertTrue(r.json()["error"].startswith("body is not valid JSON: " + error), r.json())
+        self.assertEqual(h.config.applied, [])
+
     def test_json_nested_too_deeply_is_400(self) -> None:
         """A body nested deeper than Python's parser recurses, or deeper than the handlers take
         (jsontext.MAX_NESTING: copying and YAML's emitter recurse), is a 400 saying so; the

@@ -114,9 +114,9 @@ class WebsocketRulesTests(TestCase):
         client = yield raw_connect(reactor, ws_port)
         client.transport.write(handshake(ws_port, "mqtt", "http://evil.example"))
         yield client.lost.addTimeout(10, reactor)
-        self.assertEqual(client.received, b"HTTP/1.1 403 cross-site browser requests are refused: Origin "
-                                          b"http://evil.example is not this listener's (host 127.0.0.1:%d) nor in "
-                                          b"its allowed_origins\r\n\r\n" % ws_port)
+        self.assertEqual(client.received, refused(b"403", b"cross-site browser requests are refused: Origin "
+                                                  b"http://evil.example is not this listener's (host 127.0.0.1:%d) "
+                                                  b"nor in its allowed_origins" % ws_port))
         [listener] = service.snapshot().listeners
         self.assertEqual((listener.origins_refused, listener.violations), (1, 0))
         yield eventually(reactor, lambda: not service.snapshot().listeners[0].connections)
@@ -286,6 +286,13 @@ def ws_factory(allowed_origins: tuple[str, ...] = (), clock: Any = None) -> Any:
     return MQTTWebSocketFactory(mqtt, allowed_origins)
 
 
+def refused(status: bytes, reason: bytes) -> bytes:
+    """What a refused opening handshake is answered: ``reason`` on the status line and as a
+    one-line plain-text body."""
+    return (b"HTTP/1.1 %s %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s\n" % (status, reason, len(reason) + 1, reason))
+
+
 def ws_connect(factory: Any) -> tuple[Any, Any]:
     """A WebSocket connection to ``factory`` on a ``StringTransport``, from 127.0.0.1:40410."""
     from twisted.internet.testing import StringTransport
@@ -362,9 +369,9 @@ class WebsocketOriginTests(SynchronousTestCase):
         factory = ws_factory(clock=clock)
         protocol, transport = ws_connect(factory)
         protocol.dataReceived(handshake(9001, "mqtt", "http://e\x0bvil.example") + masked_frame(2, b"\x10"))
-        self.assertEqual(transport.value(), b"HTTP/1.1 403 cross-site browser requests are refused: Origin "
-                                            b"http://e\\x0bvil.example is not this listener's (host "
-                                            b"127.0.0.1:9001) nor in its allowed_origins\r\n\r\n")
+        self.assertEqual(transport.value(), refused(b"403", b"cross-site browser requests are refused: Origin "
+                                                    b"http://e\\x0bvil.example is not this listener's (host "
+                                                    b"127.0.0.1:9001) nor in its allowed_origins"))
         self.assertTrue(transport.disconnecting)
         protocol.dataReceived(masked_frame(2, b"\x10"))  # dropped
         for _ in range(2):
@@ -442,6 +449,35 @@ class WebsocketHandshakeSizeTests(SynchronousTestCase):
         protocol.dataReceived(head[:-2] + b"X-Pad: " + b"a" * (MAX_HANDSHAKE - len(head) - 20) + b"\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80])
         self.assertEqual(mqtt.violations, 0)
+
+
+class WebsocketRefusalTests(SynchronousTestCase):
+    """A handshake the listener refuses is answered with a status line and a one-line
+    plain-text body saying why, and closed; a plain GET (a browser opening the URL) got
+    autobahn's HTML status page with 200, and other refusals a status line alone."""
+
+    def answer(self, head: bytes) -> tuple[bytes, bytes]:
+        protocol, transport = ws_connect(ws_factory())
+        protocol.dataReceived(head)
+        status, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(transport.disconnecting, transport.value())
+        self.assertIn(b"\r\nContent-Type: text/plain; charset=utf-8\r\n", status)
+        return status.split(b"\r\n", 1)[0], body
+
+    def test_a_request_without_upgrade_is_426(self) -> None:
+        protocol, transport = ws_connect(ws_factory())
+        protocol.dataReceived(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value(), refused(b"426", b"HTTP Upgrade header missing"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_malformed_handshakes_say_why_in_one_line(self) -> None:
+        for head, status in ((b"GARBAGE\r\n\r\n", b"HTTP/1.1 400 "), (b"POST / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 405 "),
+                             (handshake(9001, "mqtt").replace(b"HTTP/1.1", b"HTTP/9.9"), b"HTTP/1.1 505 "),
+                             (b"GET / HTTP/1.1\r\n" + b"X-A: a\r\n" * 5000, b"HTTP/1.1 431 ")):
+            with self.subTest(head=head[:20]):
+                line, body = self.answer(head)
+                self.assertTrue(line.startswith(status), line)
+                self.assertEqual(body, line.split(b" ", 2)[2] + b"\n")
 
 
 class WebsocketHeadReadsTests(SynchronousTestCase):

@@ -1,0 +1,71 @@
+"""A malformed request head is answered ``400`` (``505`` for an HTTP version other than 1.0
+and 1.1) saying what is wrong, on every listener built on gateway.closingsite (the ingest, the
+admin API, /metrics): twisted.web answered a bare ``400 Bad Request`` with no body."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import test_httpchannels
+
+HOST = b"Host: gw\r\n"
+
+#: A malformed head -> the status line and the reason its body gives.
+MALFORMED = {
+    b"GARBAGE\r\n\r\n": (b"400 Bad Request", b"malformed request line 'GARBAGE': it is METHOD TARGET HTTP/1.1"),
+    b"GET / / HTTP/1.1\r\n\r\n": (b"400 Bad Request", b"malformed request line"),
+    b"GET /\r\n\r\n": (b"505 HTTP Version Not Supported", b"no HTTP version in the request line (HTTP/0.9"),
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": (b"505 HTTP Version Not Supported", b"HTTP/2 is not served here: send HTTP/1.1"),
+    b"GET / HTTP/9.9\r\n" + HOST + b"\r\n": (b"505 HTTP Version Not Supported", b"'HTTP/9.9' is not served here"),
+    b"GET /a\x00 HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the request target '/a\\x00' holds"),
+    b"GET / http/1.1\r\n\r\n": (b"400 Bad Request", b"malformed request line 'GET / http/1.1': it ends with HTTP/1.1"),
+    b"GET * HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the target * is for OPTIONS only, not 'GET'"),
+    b"G(T / HTTP/1.1\r\n\r\n": (b"400 Bad Request", b"'G(T' is no HTTP method"),
+    b"GET / HTTP/1.1\r\nNoColon\r\n\r\n": (b"400 Bad Request", b"the header line 'NoColon' has no colon"),
+    b"GET / HTTP/1.1\r\nX-A : 1\r\n\r\n": (b"400 Bad Request", b"'X-A ' is no header name"),
+    b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n": (b"400 Bad Request", b"the header X-A holds a NUL byte"),
+    b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nabcde": (
+        b"400 Bad Request", b"Content-Length given twice, or with Transfer-Encoding"),
+    b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n": (b"400 Bad Request", b"Content-Length '-1' is not a number"),
+    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n": (
+        b"400 Bad Request", b"Transfer-Encoding given twice, or with Content-Length"),
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n": (
+        b"400 Bad Request", b"Transfer-Encoding 'gzip' is not taken: only chunked is"),
+}
+
+
+class MalformedHeadTests(SynchronousTestCase):
+    """Each malformed head is answered once, in plain text saying why, and closed; the
+    resource never sees it."""
+
+    setUp = test_httpchannels.ClosingSiteTests.setUp
+    connect = test_httpchannels.ClosingSiteTests.connect
+
+    def test_each_is_answered_with_its_reason(self) -> None:
+        for head, (status, reason) in MALFORMED.items():
+            with self.subTest(head=head):
+                channel, transport = self.connect()
+                channel.dataReceived(head)
+                answer = transport.value()
+                self.assertTrue(answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer)
+                self.assertEqual(answer.count(b"\r\n\r\n"), 1, answer)  # one answer
+                self.assertIn(b"\r\nContent-Type: text/plain; charset=utf-8\r\n", answer)
+                body = answer.split(b"\r\n\r\n", 1)[1]
+                self.assertTrue(body.startswith(reason), body)
+                self.assertEqual(body.count(b"\n"), 1, body)  # one line
+                self.assertTrue(transport.disconnecting)
+                self.assertEqual(self.resource.held, [])
+
+    def test_well_formed_heads_are_served_as_before(self) -> None:
+        """What Twisted takes is still taken: HTTP/1.0, a folded header, a blank line before
+        the request line, a chunked body, a length."""
+        heads = [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                 b"\r\nGET /%ff HTTP/1.1\r\nX-A: 1\r\n  more\r\n\r\n",
+                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc"]
+        for head in heads:
+            with self.subTest(head=head):
+                channel, transport = self.connect()
+                channel.dataReceived(head)
+                self.resource.answer()
+                self.assertIn(b" 200 OK\r\n", transport.value())
