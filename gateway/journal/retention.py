@@ -62,10 +62,13 @@ class RetentionStream(Protocol):
         next write: :meth:`save_ledger_now` when the drop counted a loss)."""
 
     def save_ledger_now(self) -> None:
-        """Queue the loss ledger's write ahead of the I/O jobs queued after this call."""
+        """Write the loss ledger now, for a loss the cursors are moved past (a drop):
+        :meth:`ledger_on_disk` waits for that write."""
 
     def ledger_on_disk(self) -> Deferred[None]:
-        """Fires once the loss ledger as it is now is on disk; fails when the disk refuses it."""
+        """Fires once the ledger that counts the losses the cursors were moved past
+        (:meth:`save_ledger_now`) is on disk (a ledger that changed is written now); fails
+        when the disk refused it."""
 
     def received_now(self, seq: int, received: float) -> float:
         """Record ``seq``'s ``received`` time on the wall clock as it reads now."""
@@ -395,14 +398,19 @@ class SegmentRetention:
         if self._waiting_for_ledger and not self._awaiting_ledger:
             waiting, self._waiting_for_ledger = self._waiting_for_ledger, []
             self._awaiting_ledger = True
-            self.stream.ledger_on_disk().addCallbacks(self._counted_on_disk, self._not_counted_on_disk,
-                                                      callbackArgs=(waiting,), errbackArgs=(waiting,))
+            self._await_ledger(waiting)
+
+    def _await_ledger(self, paths: list[str]) -> None:
+        """Delete ``paths`` once the ledger that counts their drops is on disk
+        (:meth:`_counted_on_disk`); else see :meth:`_not_counted_on_disk`."""
+        self.stream.ledger_on_disk().addCallbacks(self._counted_on_disk, self._not_counted_on_disk,
+                                                  callbackArgs=(paths,), errbackArgs=(paths,))
 
     def _counted_on_disk(self, _: object, paths: list[str]) -> None:
         """The ledger that counts the drops of ``paths`` is on disk: they go."""
         self._awaiting_ledger = self._made_room = False
         if paths:
-            self._delete(paths).addBoth(lambda _: self._forget_counted(paths))
+            self._delete_counted(paths)
         if self._waiting_for_ledger:
             self._delete_doomed()
 
@@ -421,10 +429,14 @@ class SegmentRetention:
             return
         self._made_room = self._awaiting_ledger = True
         first, paths = paths[:1], paths[1:]
-        self._delete(first).addBoth(lambda _: self._forget_counted(first))
+        self._delete_counted(first)
         # (the ledger is written again behind the deletion, in the room it makes)
-        self.stream.ledger_on_disk().addCallbacks(self._counted_on_disk, self._not_counted_on_disk,
-                                                  callbackArgs=(paths,), errbackArgs=(paths,))
+        self._await_ledger(paths)
+
+    def _delete_counted(self, paths: list[str]) -> None:
+        """Delete ``paths``, segments whose drop the ledger counts; their bytes stop counting
+        as free once the deletion is done (or failed: logged)."""
+        self._delete(paths).addBoth(lambda _: self._forget_counted(paths))
 
     def _forget_counted(self, paths: list[str]) -> None:
         for path in paths:
@@ -452,7 +464,7 @@ class SegmentRetention:
 
     def _held_bytes(self) -> int:
         """Bytes of dropped segments still on disk, waiting for the ledger that counts them."""
-        return sum(self._counted.values()) if self._counted else 0
+        return sum(self._counted.values())
 
     def free_check_due(self) -> bool:
         """Whether the next write should measure free disk (then it counts as measured).

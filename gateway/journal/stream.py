@@ -960,9 +960,9 @@ class Stream:
     def clear_losses(self, report: LossReport) -> Deferred[None]:
         """Forget the entries of ``report``; fires once that is durable."""
         self.ledger.clear(report)
-        return self._drain().addCallback(self._ledger_on_disk)
+        return self._drain().addCallback(self._raise_if_ledger_unwritten)
 
-    def _ledger_on_disk(self, _: object) -> None:
+    def _raise_if_ledger_unwritten(self, _: object) -> None:
         """:raises JournalWriteError: the drain ended with the ledger not written (the disk refused it)."""
         if self.ledger.dirty:
             raise JournalWriteError(self.name, OSError("the loss ledger could not be written"))

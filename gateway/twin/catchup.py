@@ -156,9 +156,7 @@ class ShadowCatchUp:
             self._deleting[shadow] -= 1
             if self._deleting[shadow]:
                 return
-            del self._deleting[shadow], self.marks[shadow], self._refusals[shadow]
-            self._unreadable.pop(shadow, None)
-            self._file.changed(shadow, self.marks)
+            self._drop(shadow)
 
     @property
     def behind(self) -> dict[str, BehindMark]:
@@ -178,14 +176,18 @@ class ShadowCatchUp:
             if refusal is not None and shadow in self.marks:
                 self._want_room.add(shadow)
             elif refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
-                del self.marks[shadow], self._refusals[shadow]
-                self._unreadable.pop(shadow, None)
-                self._deleting.pop(shadow, None)
-                self._want_room.discard(shadow)
-                self._file.changed(shadow, self.marks)
+                self._drop(shadow)
                 self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadows.shown_shadow(shadow))
 
         correction.addCallback(caught_up)
+
+    def _drop(self, shadow: str) -> None:
+        """Drop the mark of ``shadow`` and all this keeps of it, and write the marks."""
+        del self.marks[shadow], self._refusals[shadow]
+        self._unreadable.pop(shadow, None)
+        self._deleting.pop(shadow, None)
+        self._want_room.discard(shadow)
+        self._file.changed(shadow, self.marks)
 
     def later(self) -> None:
         """Read the shadows the cloud is behind on again after :data:`CATCH_UP_INTERVAL` (while

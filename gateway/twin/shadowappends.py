@@ -101,10 +101,11 @@ class ShadowAppends:
     def prepare(self, thing_id: str, before: Any, after: Any) -> Deferred[None] | None:
         """Before a twin change is written: mark each shadow it deletes (a thing or feature
         gone), so that a crash before the delete is journaled still deletes it; fires once the
-        marks are durable (``None``: it deletes none)."""
-        new = sendable_sections(self.twin.root, thing_id, after)
+        marks are durable (``None``: it deletes none). (The names alone: no copy of the states.)"""
+        new = set(shadows.shadow_names(self.twin.root, thing_id, after))
         marks = [self.catch_up.deleting(thing_id, shadow)
-                 for shadow in sendable_sections(self.twin.root, thing_id, before) if shadow not in new]
+                 for shadow in shadows.shadow_names(self.twin.root, thing_id, before)
+                 if shadow not in new and shadows.valid_name(shadow)]
         return gatherResults(marks).addCallback(lambda _: None) if marks else None
 
     def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[str | None]:

@@ -27,12 +27,32 @@ def shadow_sections(root: str, thing_id: str, thing: dict[str, Any] | None) -> d
     """
     if thing is None:
         return {}
-    prefix = "" if thing_id == root else thing_id[len(root) + 1:]
+    prefix = _child_prefix(root, thing_id)
     sections: dict[str, dict[str, Any]] = {prefix or CLASSIC: dict(thing.get("attributes") or {})}
     for name, feature in (thing.get("features") or {}).items():
         properties = feature.get("properties") if isinstance(feature, dict) else None
-        sections[f"{prefix}:{name}" if prefix else name] = dict(properties or {})
+        sections[_feature_shadow(prefix, name)] = dict(properties or {})
     return sections
+
+
+def shadow_names(root: str, thing_id: str, thing: dict[str, Any] | None) -> list[str]:
+    """The shadows of ``thing``, the keys of :func:`shadow_sections` in its order, without
+    copying their states (none when the thing is absent)."""
+    if thing is None:
+        return []
+    prefix = _child_prefix(root, thing_id)
+    names = [prefix or CLASSIC] + [_feature_shadow(prefix, name) for name in thing.get("features") or {}]
+    return list(dict.fromkeys(names))
+
+
+def _child_prefix(root: str, thing_id: str) -> str:
+    """The prefix of the shadows of ``thing_id``: ``C`` for the child ``<root>:C``, ``""`` for ``root``."""
+    return "" if thing_id == root else thing_id[len(root) + 1:]
+
+
+def _feature_shadow(prefix: str, feature: str) -> str:
+    """The shadow of ``feature``'s properties (``prefix``: :func:`_child_prefix`)."""
+    return f"{prefix}:{feature}" if prefix else feature
 
 
 #: AWS IoT's rule for a named shadow's name (GetThingShadow's ``shadowName``: 1 to 64 of these;

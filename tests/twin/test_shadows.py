@@ -19,6 +19,14 @@ class MappingTests(SynchronousTestCase):
         self.assertEqual(shadows.shadow_sections(ROOT, "ex:root:child", thing),
                          {"child": {"location": {"lat": 44.6}}, "child:accelerometer": {"x": 3.1}})
 
+    def test_names(self) -> None:
+        """The shadows' names alone are the sections' keys, in their order (none for no thing)."""
+        thing = {"attributes": {"a": 1}, "features": {"f": {"properties": {"x": 1}}, "g": {}, "": None}}
+        for thing_id in (ROOT, "ex:root:child"):
+            for shown in (thing, {}, {"features": {"h": 3}}, None):
+                self.assertEqual(shadows.shadow_names(ROOT, thing_id, shown),
+                                 list(shadows.shadow_sections(ROOT, thing_id, shown)))
+
     def test_targets(self) -> None:
         """A named shadow is a child's attributes when that child exists, else a feature."""
         children = {"ex:root:child"}
