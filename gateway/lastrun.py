@@ -157,10 +157,10 @@ class RunRecord:
         """How the run that left the record ended (blocking)."""
         try:
             record = read_json(self.path)
+            if record is None:
+                return PreviousStop()
             if not isinstance(record, dict):
-                if record is None and not os.path.exists(self.path):
-                    return PreviousStop()
-                # (valid JSON of another kind: a list, a number, null is no record either)
+                # (valid JSON of another kind: a list, a number is no record either)
                 raise ValueError(f"it holds {jsontext.kind(record)}, not an object")
             alive = os.stat(self.path).st_mtime
         except (ValueError, OSError) as exc:
