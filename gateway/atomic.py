@@ -166,9 +166,17 @@ def read_json(path: Path) -> Any:
     (or cannot be there: a directory on its path is a file).
 
     :param path: the file to read.
-    :raises ValueError: when the file holds no valid JSON (it was not written by us).
+    :raises ValueError: when the file holds no valid JSON, or JSON's ``null`` (the gateway
+        writes no such state), or is a symbolic link to nothing: it was not written by us.
     """
     try:
-        return jsontext.loads(path.read_bytes())
+        data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise ValueError(f"it is a symbolic link to {os.readlink(path)!r}, which does not exist") from None
         return None
+    value = jsontext.loads(data)
+    if value is None:
+        # (None is what an absent file reads as: a caller would pass it over in silence)
+        raise ValueError("it holds null, not the gateway's state")
+    return value

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from gateway import jsontext
 from gateway.atomic import read_json, remove_quietly, set_aside, write_json_atomically
 from gateway.clockstep import boot_id
 from gateway.journal.snapshot import JournalSnapshot
@@ -156,15 +157,18 @@ class RunRecord:
         """How the run that left the record ended (blocking)."""
         try:
             record = read_json(self.path)
-            alive = os.stat(self.path).st_mtime if isinstance(record, dict) else 0.0
+            if record is None:
+                return PreviousStop()
+            if not isinstance(record, dict):
+                # (valid JSON of another kind: a list, a number is no record either)
+                raise ValueError(f"it holds {jsontext.kind(record)}, not an object")
+            alive = os.stat(self.path).st_mtime
         except (ValueError, OSError) as exc:
             if isinstance(exc, FileNotFoundError):
                 return PreviousStop()  # (gone between the read and the stat)
             where = set_aside(self.path)  # (raises StateAccessError: the user may not read it)
             log.warn("{path} holds no run record ({error}): {where}; how the previous run ended is unknown,"
                      " and the count of unclean stops starts again", path=str(self.path), error=str(exc), where=where)
-            return PreviousStop()
-        if not isinstance(record, dict):
             return PreviousStop()
         pid, started = _number(record.get("pid")), _number(record.get("started_at"))
         count, last = max(0, int(_number(record.get("unclean_stops")) or 0)), _number(record.get("last_unclean_at"))

@@ -150,3 +150,29 @@ class ReadJsonTests(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_bytes(b"[" * 100000)
         self.assertRaises(ValueError, read_json, path)
+
+    def test_an_absent_file_is_none(self) -> None:
+        """No file (or a file where a directory on its path belongs) reads as None: nothing saved."""
+        path = Path(self.mktemp())
+        self.assertIsNone(read_json(path))
+        path.write_bytes(b"{}")
+        self.assertIsNone(read_json(path / "state.json"))
+
+    def test_null_is_no_state_written(self) -> None:
+        """A file holding JSON's null was not written by the gateway (it writes objects): a
+        ValueError that says so, which callers set aside and tell, not None, which they take
+        for no file and pass over in silence."""
+        path = Path(self.mktemp())
+        path.write_bytes(b" null\n")
+        with self.assertRaises(ValueError) as raised:
+            read_json(path)
+        self.assertEqual(str(raised.exception), "it holds null, not the gateway's state")
+
+    def test_a_symbolic_link_to_nothing_is_a_value_error(self) -> None:
+        """A symbolic link to nothing in the file's place is damage from outside, told as such
+        (with its target), not taken for a file never written."""
+        path = Path(self.mktemp())
+        path.symlink_to("nowhere")
+        with self.assertRaises(ValueError) as raised:
+            read_json(path)
+        self.assertEqual(str(raised.exception), "it is a symbolic link to 'nowhere', which does not exist")

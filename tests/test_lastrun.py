@@ -121,6 +121,20 @@ class RunRecordTests(SynchronousTestCase):
         self.assertEqual((self.state / f"{RUN_FILE}.damaged").read_text(), "{not json")
         self.assertIn("holds no run record", " ".join(formatEvent(e) for e in events))
 
+    def test_a_record_of_another_json_kind_is_set_aside(self) -> None:
+        """JSON that is no object (a list, a number, null) is no run record either: moved aside
+        with a warning naming the file, as one that is no JSON (not read past in silence)."""
+        for text in ("[1, 2]", "42", "null"):
+            events = capture_log_events(self)
+            (self.state / RUN_FILE).write_text(text)
+            self.assertEqual(self.record().begin(4711), PreviousStop(NONE))
+            self.assertEqual((self.state / f"{RUN_FILE}.damaged").read_text(), text)
+            told = [formatEvent(e) for e in events if "holds no run record" in formatEvent(e)]
+            self.assertEqual(len(told), 1)
+            self.assertIn(str(self.state / RUN_FILE), told[0])
+            (self.state / f"{RUN_FILE}.damaged").unlink()
+            self.record().end()
+
     def test_a_record_of_odd_values_is_read_as_far_as_it_goes(self) -> None:
         """A record whose numbers are not numbers (a string, JSON's Infinity or NaN, a negative
         count) stops no start: what cannot be read is unknown, the count starts from zero."""

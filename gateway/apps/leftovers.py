@@ -30,7 +30,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.atomic import read_json, write_json_atomically
+from gateway import jsontext
+from gateway.atomic import read_json, set_aside, write_json_atomically
 from gateway.clockstep import boot_id, steady_seconds
 
 log = Logger()
@@ -286,11 +287,15 @@ class GroupRecords:
         """The groups recorded by the previous run (blocking)."""
         try:
             raw = read_json(self.path)
+            if raw is None:
+                return {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"it holds {jsontext.kind(raw)}, not an object")
         except (OSError, ValueError) as exc:
-            log.warn("apps: cannot read {path} ({error}); not looking for leftovers",
-                     path=str(self.path), error=str(exc))
-            return {}
-        if not isinstance(raw, dict):
+            # (set aside: a directory in its place would refuse every write of the record)
+            where = set_aside(self.path)  # (raises StateAccessError: the user may not read it)
+            log.warn("apps: cannot read {path} ({error}): {where}; not looking for leftovers",
+                     path=str(self.path), error=str(exc), where=where)
             return {}
         found = {}
         for name, value in raw.items():

@@ -11,10 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from twisted.logger import Logger
+
 from gateway import jsontext
 from gateway.apps.logs import remove_logs
 from gateway.apps.names import NAME
 from gateway.atomic import fsync_directory, read_json, set_aside, write_atomically, write_json_atomically
+
+log = Logger(namespace="gateway.apps.registry")
 
 #: The apps' directory in the state directory.
 APPS_DIR = "apps"
@@ -126,12 +130,21 @@ class AppRegistry:
 
     def _install_order(self, name: str) -> list[str]:
         """The versions of ``name`` as :data:`ORDER_FILE` lists them, oldest first; none when
-        it is absent or unusable (damaged from outside: the next install writes it again)."""
+        it is absent or unusable (damaged from outside: moved aside, with a warning, so that
+        the next install writes it again, a directory in its place too)."""
+        path = self.app_dir(name) / ORDER_FILE
         try:
-            order = read_json(self.app_dir(name) / ORDER_FILE)
-        except (OSError, ValueError):
-            return []
-        if not isinstance(order, list) or not all(isinstance(version, str) for version in order):
+            order = read_json(path)
+            if order is None:
+                return []
+            if not isinstance(order, list) or not all(isinstance(version, str) for version in order):
+                raise ValueError(f"it holds {jsontext.kind(order)}, not a list of versions")
+        except (OSError, ValueError) as exc:
+            where = set_aside(path)  # (raises StateAccessError: the user may not read it)
+            log.warn("apps: {name}: the order of its installs in {path} is unusable ({error}): {where};"
+                     " its versions count as installed in the order of their directories' modification"
+                     " times, and the next install writes it again",
+                     name=name, path=str(path), error=str(exc), where=where)
             return []
         return order
 

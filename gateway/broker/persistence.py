@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -157,8 +158,13 @@ class BrokerStateStore:
         """
         try:
             file = self.path.open("rb")
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError as exc:
+            if not os.path.islink(self.path):
+                return None
+            # (a link to nothing is damage, not a first start: starting empty would lose, at the
+            # next save, the sessions and retained messages it stood for)
+            exc.strerror = f"it is a symbolic link to {os.readlink(self.path)!r}, which does not exist"
+            raise self._unreadable(exc) from exc
         except OSError as exc:
             raise self._unreadable(exc) from exc
         with file:

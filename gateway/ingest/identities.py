@@ -15,8 +15,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import jsontext
-from gateway.atomic import set_aside, write_json_atomically
+from gateway.atomic import read_json, set_aside, write_json_atomically
 from gateway.errors import GatewayError
 from gateway.ingest.form import valid_cik
 from gateway.blocking import RunBlocking
@@ -79,9 +78,10 @@ class LocalIdentities:
         shape, an entry without its CIK or with one that is no CIK, or unreadable) is logged and, where it can be, moved
         aside to ``devices.json.damaged``; its devices activate again."""
         try:
-            devices = parse_devices(jsontext.loads(self.path.read_text()))
-        except FileNotFoundError:
-            return
+            raw = read_json(self.path)  # (a symbolic link to nothing is damage: not taken for no file)
+            if raw is None:
+                return
+            devices = parse_devices(raw)
         except (OSError, ValueError) as exc:
             self.log.error("ingest: unusable {path} ({error}; {kept}); devices will activate again",
                            path=str(self.path), error=str(exc) or type(exc).__name__,

@@ -89,6 +89,14 @@ class StreamReader:
         first = s.first_kept_seq
         dropped_below = s.ledger.dropped_below
         for name, (acked, above) in found.items():
+            if acked > last:
+                # (records are appended durably before any cursor may pass them: only damage
+                # from outside, an emptied or removed tail segment, takes them away)
+                s.log.warn("journal {stream}: cursor {cursor} had acknowledged up to seq {acked}, past the last"
+                           " record on disk (seq {last}): the records at the stream's end are gone (its tail"
+                           " segment emptied or removed from outside, or not yet on disk at a power cut under"
+                           " sync none or interval); it goes on with new records",
+                           stream=s.name, cursor=name, acked=acked, last=last)
             start, ranges = merge_ranges(min(acked, last), [], above, last)
             if start + 1 < dropped_below:
                 # (a crash or power cut after the limits dropped the last segment, before its

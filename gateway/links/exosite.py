@@ -363,6 +363,9 @@ class CIKFile:
                     switched = self._switch_device()
                     text = self.path.read_text().strip()
                 except FileNotFoundError:
+                    if os.path.islink(self.path):  # (a link to nothing: damage, told, not a first start)
+                        return None, (f"it is a symbolic link to {os.readlink(self.path)!r}, which does not exist;"
+                                      f" {set_aside(self.path, secret=True)}"), switched
                     return None, "", switched
                 except (OSError, UnicodeDecodeError) as exc:
                     return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path, secret=True)}", ""

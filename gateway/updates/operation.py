@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, TypeGuard, cast
+from typing import Any, Callable, Literal, TypeGuard, cast, get_args
 
+from gateway import jsontext
 from gateway.shown import id_problem, shown, shown_repr
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
@@ -123,6 +124,11 @@ class Operation:
         for key in ("ended", "received"):
             if type(value.get(key, 0)) is not int:  # (they are sorted on: bool is no order either)
                 raise ValueError(f"{key}: a whole number is required")
+        if value.get("action") not in get_args(Action):
+            # (another would be resumed as a download and reported with it)
+            raise ValueError(f"action: 'download' or 'install' is required, not {jsontext.given(value.get('action'))}")
+        if not isinstance(value.get("message", ""), str):
+            raise ValueError(f"message: text is required, not {jsontext.given(value.get('message'))}")
         modules = [
             SoftwareModule(m["name"], m["version"], m["target"], [Artifact(**a) for a in m["artifacts"]])
             for m in value["modules"]

@@ -174,6 +174,26 @@ class StopTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertEqual(self.signals, [(500, signal.SIGTERM)])
 
+    def test_an_unusable_record_is_set_aside_and_told(self) -> None:
+        """A record that is no JSON, JSON of another kind (an array, a number, null) or a
+        directory in its place: one warning naming it, moved aside (so this run's record can
+        be written), no signal sent."""
+        for damage in (b"{", b"[1, 2]", b"42", b"null", None):
+            if damage is None:
+                self.path.mkdir()
+            else:
+                self.path.write_bytes(damage)
+            with capturedLogs() as events:
+                self.assertEqual(self.successResultOf(self.records.stop_leftovers(self.clock, self.kill_group)), [])
+            [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+            self.assertIn(f"apps: cannot read {self.path} (", warning)
+            self.assertIn(f"moved to {self.path}.damaged; not looking for leftovers", warning)
+            aside = self.path.with_name(self.path.name + ".damaged")
+            self.assertTrue(aside.exists(), damage)
+            (aside.rmdir if aside.is_dir() else aside.unlink)()
+            self.assertFalse(self.path.is_dir())
+        self.assertEqual(self.signals, [])
+
     def test_nothing_left(self) -> None:
         """No leftovers: no signal, no wait."""
         self.proc.add(500, 500, 1234, {})

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.registry import AppRegistry
+from tests.logevents import capture_log_events
 from tests.test_filelayer import record_fsyncs
 
 
@@ -243,8 +245,27 @@ class VersionOrderTests(SynchronousTestCase):
         self.install("1", SET)
         self.install("2", SET + 60)
         order = self.registry.app_dir("sensor") / ".install-order.json"
-        for damage in (b"\xff[", b'{"1": 0}', b'[1, 2]'):
+        for damage in (b"\xff[", b'{"1": 0}', b'[1, 2]', b"null"):
             order.write_bytes(damage)
             self.assertEqual(self.registry.versions("sensor"), ["1", "2"])
+        self.install("3", UNSET)
+        self.assertEqual(self.registry.versions("sensor"), ["1", "2", "3"])
+
+    def test_an_unusable_order_is_set_aside_and_told_once(self) -> None:
+        """An order file damaged from outside, a directory in its place too, is moved aside
+        with one warning naming it, so the next install can write it again (a directory left
+        there failed every install of the app: it cannot be replaced)."""
+        self.install("1", SET)
+        self.install("2", SET + 60)
+        order = self.registry.app_dir("sensor") / ".install-order.json"
+        order.unlink()
+        order.mkdir()
+        events = capture_log_events(self)
+        self.assertEqual(self.registry.versions("sensor"), ["1", "2"])
+        self.assertEqual(self.registry.versions("sensor"), ["1", "2"])
+        [warning] = [formatEvent(e) for e in events]
+        self.assertIn(f"apps: sensor: the order of its installs in {order} is unusable (", warning)
+        self.assertIn(f"moved to {order}.damaged", warning)
+        self.assertTrue(order.with_name(order.name + ".damaged").is_dir())
         self.install("3", UNSET)
         self.assertEqual(self.registry.versions("sensor"), ["1", "2", "3"])

@@ -394,6 +394,18 @@ class StateStoreTests(SynchronousTestCase):
                          " persistent sessions: make it a file the gateway's user may read, or move it away to"
                          " start without them")
 
+    def test_a_symbolic_link_to_nothing_is_refused_not_taken_for_a_first_start(self) -> None:
+        """A checkpoint that is a symbolic link to nothing stops the start as an unreadable one
+        does: the broker started empty in silence, and its next save lost the sessions and
+        retained messages the checkpoint held for good."""
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.path.parent.mkdir(parents=True)
+        store.path.symlink_to("gone.json")
+        self.assertEqual(str(self.assertRaises(BrokerStateError, store.load)),
+                         f"cannot read {store.path}: it is a symbolic link to 'gone.json', which does not exist;"
+                         " it holds the broker's retained messages and persistent sessions: make it a file the"
+                         " gateway's user may read, or move it away to start without them")
+
     def test_a_file_the_gateways_user_may_not_read_is_refused_as_every_state_file_is(self) -> None:
         """A checkpoint the gateway's user may not read (its own file of mode 0) stops the start
         with the line configuration.md promises for every such state file: its owner and mode

@@ -884,6 +884,27 @@ class LocalIdentitiesTests(SynchronousTestCase):
             again.load()
             self.assertEqual(again.serial_of(cik), "sn2")
 
+    def test_a_symbolic_link_to_nothing_is_set_aside_and_told(self):
+        """A devices.json that is a symbolic link to nothing (or holds null) is damage, told and
+        moved aside as any unusable file: it was taken for no file, in silence, and the next
+        activation wrote through the link."""
+        for make in ("link", "null"):
+            path = Path(self.mktemp()) / "devices.json"
+            path.parent.mkdir()
+            if make == "link":
+                path.symlink_to("elsewhere.json")
+            else:
+                path.write_text("null")
+            events = capture_log_events(self)
+            identities = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
+            identities.load()
+            [error] = [e for e in events if "unusable" in e.get("log_format", "")]
+            self.assertIn("symbolic link to 'elsewhere.json'" if make == "link" else "null", error["error"])
+            aside = path.parent / "devices.json.damaged"
+            self.assertTrue(aside.is_symlink() if make == "link" else aside.exists())
+            self.successResultOf(identities.activate("acme", "box", "sn2"))
+            self.assertFalse((path.parent / "elsewhere.json").exists())
+
     def test_the_log_says_what_is_wrong_with_an_unusable_file(self):
         """The error names what is wrong with the file, in words: it said ``('cik'; moved to
         ...)`` for an entry without its CIK (a KeyError's text) and quoted Python's messages

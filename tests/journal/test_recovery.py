@@ -450,6 +450,26 @@ class DamagedStateFileTests(SynchronousTestCase):
             self.assertIn("): it starts again at the oldest record kept, seq 1 (what it had acknowledged"
                           " is delivered again)", warning)
 
+    def test_a_tail_emptied_from_outside_is_told(self) -> None:
+        """A tail segment emptied (or filled with garbage) from outside took records a cursor
+        had acknowledged, and those after them: the start says so, naming the cursor and the
+        seqs, rather than go on in silence; new records are read (docs/journal.md, Recovery)."""
+        files = _journal(5)
+        s = open_stream(files)
+        s.cursor("link")
+        s.ack("link", 3)
+        s.close()
+        files.write(segment_path(DIR, 1), b"")
+        events = capture_log_events(self)
+        s = open_stream(files)
+        [warning] = warnings(events)
+        self.assertEqual(warning, "journal s: cursor link had acknowledged up to seq 3, past the last record"
+                                  " on disk (seq 0): the records at the stream's end are gone (its tail"
+                                  " segment emptied or removed from outside, or not yet on disk at a power cut"
+                                  " under sync none or interval); it goes on with new records")
+        appended(s, record(1))
+        self.assertEqual([r.seq for r in read_all(s, "link")], [1])
+
     def test_an_unreadable_ledger_says_so_and_is_replaced(self) -> None:
         """A losses.json that holds no ledger (emptied, garbage) reads as an empty ledger, a
         warning says that the losses it counted are gone, and a readable ledger replaces it

@@ -395,6 +395,24 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.server.activations, 2)
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
+    def test_a_cik_file_that_is_a_link_to_nothing_is_set_aside_and_told(self) -> None:
+        """A CIK file that is a symbolic link to nothing (a migration's link to a GWE file
+        since removed) is told as unusable and moved aside: it was taken for no file in
+        silence, and the activation's CIK written through it; the link activates and sends."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.symlink_to("gwe.cik")
+        self.write("temp", "1")
+        with capturedLogs() as events:
+            link = self.start()
+            self.pass_time(3)
+        [line] = [formatEvent(e) for e in events if "unusable CIK file" in formatEvent(e)]
+        self.assertIn("it is a symbolic link to 'gwe.cik', which does not exist; moved to", line)
+        self.assertTrue((self.cik_path.parent / "cloud.cik.damaged").is_symlink())
+        self.assertFalse((self.cik_path.parent / "gwe.cik").exists())
+        self.assertEqual(self.cik_path.read_text().strip(), link.cik)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.successResultOf(link.stop())
+
     def test_the_cik_file_s_log_lines_name_the_link(self) -> None:
         """What the CIK file's load says (a damaged file set aside, another device's CIK kept
         aside) starts with ``link <name>:`` as every line of a link does: it named only the

@@ -1059,6 +1059,18 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(Operation.from_json(json.loads(json.dumps(operation.to_json()))), operation)
         self.assertEqual(operation.modules[0].target, "script")
 
+    def test_a_record_of_an_unknown_action_is_no_operation(self) -> None:
+        """A persisted operation whose action is not download or install (a list, a huge
+        text: damaged from outside) or whose message is no text is refused as unreadable
+        (its store sets it aside and says so), not resumed as a download."""
+        service = self.service()
+        saved = service.submit("download", request()).to_json()
+        for key, bad in (("action", ["download"]), ("action", "x" * 100000), ("action", None), ("message", 7)):
+            with self.assertRaises(ValueError) as raised:
+                Operation.from_json({**saved, key: bad})
+            self.assertTrue(str(raised.exception).startswith(f"{key}: "), raised.exception)
+            self.assertLess(len(str(raised.exception)), 200)
+
     def full_disk(self, service: UpdateService, after: int = 0) -> list[bool]:
         """Make the operation record's writes fail after ``after`` of them; the list holds
         whether the disk is full (clear it to give the space back)."""
