@@ -644,14 +644,12 @@ class HTTPLink:
         reason = refusal(self.settings.mode, exc.status) if exc.status else None
         why = str(exc)
         alias = piece[0].topic
-        if exc.status == 404 and self.settings.mode == "exosite" and self.reports.carries_reports(alias):
+        if exc.status == 404 and self.reports.carries_reports(alias):  # (none but exosite links')
             # The gateway's reports on an alias the product does not have (not Gateway Engine's):
-            # a definite answer about the alias, so they are lost at once, not held until the
-            # platform takes another value (which holds the link down while the apps send none).
+            # a definite answer about the alias, so they are lost at once (by the loop of
+            # _send_pieces, as missing), not held until the platform takes another value (which
+            # holds the link down while the apps send none).
             self.reports.not_found(alias, why)
-            for record in piece:
-                self.refused.drop(record)
-            del self.pieces[0]
             self._up()  # (the platform answers)
             return True
         if exc.timed_out and len(piece) > 1 and exc.sent > self.api.largest_taken:
