@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
-from gateway.admin.paths import (CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, socket_of_state_dir,
-                                 state_dir_of)
+from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
 from gateway.admin.tables import (ProgressBar, confirming_links, duration, fleet_rows, link_problem, pending_change, previous_stop,
                                   service_state, size, stream_losses, stream_problem, table)
 from gateway.admin.terminaltext import TerminalText
@@ -632,8 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     if word is not None:
         command.error(f"{word.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text: the gateway takes names,"
                       " keys and values as UTF-8")
-    path = args.socket or os.environ.get(ENVIRONMENT) or (
-        socket_of_state_dir(args.state_dir) if args.state_dir else default_socket())
+    path = args.socket or default_socket(args.state_dir)
     client = AdminClient(path, state_dir=args.state_dir or state_dir_of(path), on_wait=_say_waiting)
     try:
         return int(args.run(client, args))

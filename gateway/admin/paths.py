@@ -18,11 +18,22 @@ ENVIRONMENT = "GATEWAY_ADMIN_SOCKET"
 DEFAULT_SOCKET_UNDER_STATE = ("run", "admin.sock")
 
 
-def default_socket() -> str:
-    """``$GATEWAY_ADMIN_SOCKET``; else the packaged socket when this is the .deb's
-    ``gatewayctl``; else ``var/run/admin.sock`` (a checkout's ``make run``)."""
+def default_socket(state_dir: str | None = None) -> str:
+    """Where ``gatewayctl`` looks without ``--socket``: ``$GATEWAY_ADMIN_SOCKET``; else, given
+    ``state_dir`` (``--state-dir``), :func:`socket_of_state_dir`; else the packaged socket when
+    this is the .deb's ``gatewayctl``; else ``var/run/admin.sock`` (a checkout's ``make run``).
+
+    :param state_dir: the state directory named on the command line, if any.
+    """
     if os.environ.get(ENVIRONMENT):
         return os.environ[ENVIRONMENT]
+    if state_dir:
+        return socket_of_state_dir(state_dir)
+    return _installation_socket()
+
+
+def _installation_socket() -> str:
+    """The packaged socket when this is the .deb's ``gatewayctl``, else the checkout's."""
     if os.path.realpath(sys.prefix) == PACKAGED_VENV:
         return PACKAGED_SOCKET
     return CHECKOUT_SOCKET
@@ -44,10 +55,10 @@ def state_dir_of(socket: str) -> str | None:
 
 def socket_of_state_dir(state_dir: str) -> str:
     """The admin socket of the gateway whose state directory is ``state_dir`` (``--state-dir``
-    without ``--socket`` nor ``$GATEWAY_ADMIN_SOCKET``): the default socket when it is that
-    directory's (the .deb's ``/var/lib/gateway``: ``/run/gateway/admin.sock``), else
+    without ``--socket`` nor ``$GATEWAY_ADMIN_SOCKET``): the installation's socket when it is
+    that directory's (the .deb's ``/var/lib/gateway``: ``/run/gateway/admin.sock``), else
     ``DIR/run/admin.sock``, where an empty ``admin.socket`` puts it."""
-    default = default_socket()
+    default = _installation_socket()
     named = state_dir_of(default)
     if named is not None and os.path.realpath(named) == os.path.realpath(state_dir):
         return default

@@ -521,28 +521,28 @@ class Router(Generic[Client]):
         """
         retained = self.retained
         old = retained.get(topic)
+        old_size = 0 if old is None else retained_size(topic, old.payload)
         if old is not None and self._is_clients(topic):
-            self.clients_retained_bytes -= retained_size(topic, old.payload)
+            self.clients_retained_bytes -= old_size
         self.retained_links.pop(topic, None)
         self.retained_own.discard(topic)
         if payload:
+            size = retained_size(topic, payload)
             if old is None:
                 self._retained_topics.add(topic, topic)
-                self.retained_bytes += retained_size(topic, payload)
-            else:
-                self.retained_bytes += len(payload) - len(old.payload)
+            self.retained_bytes += size - old_size
             retained[topic] = Retained(payload, qos)
             if link:
                 self.retained_links[topic] = link
             elif own:
                 self.retained_own.add(topic)
             else:
-                self.clients_retained_bytes += retained_size(topic, payload)
+                self.clients_retained_bytes += size
             return True
         if old is None:
             return False
         del retained[topic]
-        self.retained_bytes -= retained_size(topic, old.payload)
+        self.retained_bytes -= old_size
         self._retained_topics.remove(topic)
         return True
 

@@ -179,11 +179,17 @@ def names_an_entry(keys: tuple[str, ...]) -> bool:
     return dataclasses.is_dataclass(item) and "name" in {f.name for f in dataclasses.fields(item)}
 
 
+def _at(data: Any, keys: tuple[str, ...]) -> Any:
+    """What YAML ``data`` holds at ``keys`` (``None`` where it has nothing there)."""
+    node = data
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def _remove_path(data: dict[str, Any], keys: tuple[str, ...]) -> None:
     """Remove the entry at ``keys`` from the drop-in's ``data`` (nothing when it has none)."""
-    node: Any = data
-    for key in keys[:-1]:
-        node = node.get(key) if isinstance(node, dict) else None
+    node = _at(data, keys[:-1])
     if isinstance(node, dict):
         node.pop(keys[-1], None)
 
@@ -197,8 +203,9 @@ def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
     :param main: the main configuration file.
     :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
     """
+    keys_of = {path: split_path(path) for path in changes}
     mappings = [(path, value) for path, value in changes.items() if isinstance(value, dict)]
-    removed = [path for path, value in changes.items() if value is None and names_an_entry(split_path(path))]
+    removed = [path for path, value in changes.items() if value is None and names_an_entry(keys_of[path])]
     if not mappings and not removed:
         return []
     files = [main, *(path for path in gateway_config.dropin_files(main, []) if path.name != DROPIN_NAME)]
@@ -206,20 +213,15 @@ def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
     for file in files:
         data = yamlfile.read_yaml(file, [])  # (a file that cannot be read is the loader's error)
         for path, value in mappings:
-            node: Any = data
-            for key in split_path(path):
-                node = node.get(key) if isinstance(node, dict) else None
+            node = _at(data, keys_of[path])
             missing = _missing(node, value, path) if isinstance(node, dict) else []
             if missing:
                 errors.append(f"{path}: {file} sets {', '.join(missing)}, which would stay (a change is"
                               " merged over the configuration files and cannot remove what they set):"
                               " remove it there, or change single keys")
         for path in removed:
-            keys = split_path(path)
-            node = data
-            for key in keys[:-1]:
-                node = node.get(key) if isinstance(node, dict) else None
-            if isinstance(node, dict) and keys[-1] in node:
+            node = _at(data, keys_of[path][:-1])
+            if isinstance(node, dict) and keys_of[path][-1] in node:
                 errors.append(f"{path}: {file} sets it, which would stay (a change is merged over the"
                               " configuration files and cannot remove what they set): remove it there")
     return errors

@@ -466,9 +466,7 @@ class ContainerOperations:
                 rolling = self._state.changed(apps=restored)
                 rolling.rollbacks[name] = (version, str(exc))
                 yield self._save(rolling)
-                self._state.apps.pop(name)
-                self._state.apps.update(restored)
-                self._state.rollbacks[name] = (version, str(exc))
+                self._state = rolling  # (the lock held: nothing else changed the state meanwhile)
                 tails = yield self._tails(name)
                 try:
                     yield self._rollback(new, container_id)

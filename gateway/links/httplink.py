@@ -42,7 +42,7 @@ from gateway.links.pollmarks import PollMarks
 from gateway.links.rate import RateMeter
 from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry, log_read_again, \
     log_read_failed
-from gateway.links.reportaliases import DEFAULT_REPORT_PREFIX, ReportAliases, report_aliases
+from gateway.links.reportaliases import ReportAliases
 from gateway.links.settings import fill_identity
 from gateway.links.snapshot import CURSOR_NOT_SAVED, LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
@@ -94,9 +94,10 @@ class HTTPLink:
     :param retry_policy: delays after failures (default: full jitter from the settings).
     :param on_cloud_value: ``(alias, value, when)`` for each downlink value (the ingest's
         last values, so local reads see what the cloud wrote).
-    :param report_prefix: the local topic the gateway's reports are published under
-        (``telemetry.topic_prefix``): the aliases its routes send them on are known to be
-        theirs (:mod:`gateway.links.reportaliases`).
+    :param report_aliases: the aliases its routes send the gateway's reports on, each with
+        the reports' names (:func:`gateway.links.reportaliases.report_aliases`; none given:
+        none); an exosite link's own, answered 404, are not written to again
+        (:mod:`gateway.links.reportaliases`).
     """
 
     log = Logger()
@@ -107,7 +108,7 @@ class HTTPLink:
                  cik_path: Path, run_blocking: Callable[..., Deferred[Any]],
                  retry_policy: Callable[[int], float] | None = None,
                  on_cloud_value: Callable[[str, str, float], None] | None = None,
-                 report_prefix: str = DEFAULT_REPORT_PREFIX) -> None:
+                 report_aliases: dict[str, tuple[str, ...]] | None = None) -> None:
         self.name = name
         self.on_cloud_value = on_cloud_value
         self.settings = settings
@@ -156,8 +157,7 @@ class HTTPLink:
         self.refused = RefusedRecords(name, stream, fill_identity(settings.loss_topic, tenant, device)
                                       if settings.loss_topic else None, reactor)
         #: the aliases the gateway's reports go up on, and those the product does not have
-        self.reports = ReportAliases(name, report_aliases(settings.routes, identity, report_prefix)
-                                     if settings.mode == "exosite" else {})
+        self.reports = ReportAliases(name, (report_aliases or {}) if settings.mode == "exosite" else {})
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
         self._reactivated = False
@@ -644,14 +644,12 @@ class HTTPLink:
         reason = refusal(self.settings.mode, exc.status) if exc.status else None
         why = str(exc)
         alias = piece[0].topic
-        if exc.status == 404 and self.settings.mode == "exosite" and self.reports.carries_reports(alias):
+        if exc.status == 404 and self.reports.carries_reports(alias):  # (none but exosite links')
             # The gateway's reports on an alias the product does not have (not Gateway Engine's):
-            # a definite answer about the alias, so they are lost at once, not held until the
-            # platform takes another value (which holds the link down while the apps send none).
+            # a definite answer about the alias, so they are lost at once (by the loop of
+            # _send_pieces, as missing), not held until the platform takes another value (which
+            # holds the link down while the apps send none).
             self.reports.not_found(alias, why)
-            for record in piece:
-                self.refused.drop(record)
-            del self.pieces[0]
             self._up()  # (the platform answers)
             return True
         if exc.timed_out and len(piece) > 1 and exc.sent > self.api.largest_taken:

@@ -86,7 +86,7 @@ class RefusedRecords:
         #: refused by a status, counted only once the cloud took another request of the batch
         self.held: list[tuple[Any, LossReason, str]] = []
         #: refused with their alias, which the link logged once (the gateway's reports): no warning each
-        self.unsent: list[Any] = []
+        self.unsent: list[tuple[Any, LossReason, str]] = []
         #: every request of the last batch was refused: it is to be sent again whole
         self.whole = False
         self._taken = False  # the cloud took one of the batch's requests
@@ -104,7 +104,7 @@ class RefusedRecords:
         """``record`` (read from the stream) is lost with its alias, which the product does not
         have (``refused-by-cloud``): counted as :meth:`add` says, without a warning of its own
         (the link said it once for the alias: :class:`~gateway.links.reportaliases.ReportAliases`)."""
-        self.unsent.append(record)
+        self.unsent.append((record, "refused-by-cloud", ""))
 
     def hold(self, record: Any, reason: LossReason, why: str, refusal: RequestFailed) -> None:
         """The cloud refused ``record`` with a status (``refusal``): counted as :meth:`add`
@@ -145,8 +145,7 @@ class RefusedRecords:
                                " is not sent (does loss_topic name an alias of the product?)", link=self.link,
                                topic=topic_for_log(record.topic), why=why)
         lost = [entry for entry in records if entry[0].topic != self.loss_topic]
-        unsent_reason: LossReason = "refused-by-cloud"
-        counted = lost + [(record, unsent_reason, "") for record in unsent]
+        counted = lost + unsent
         for reason in dict.fromkeys(reason for _, reason, _ in counted):
             note_losses(self.stream, reason, [record for record, why_lost, _ in counted if why_lost == reason])
         count = self._lines.note(len(lost)) if lost else None

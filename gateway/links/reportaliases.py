@@ -12,33 +12,29 @@ warning per alias, not one per report.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 from twisted.logger import Logger
 
-from gateway.links.router import Router, Rule
-from gateway.links.settings import RouteSettings
+from gateway.links.router import Router
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 
 #: Where the telemetry service publishes its reports by default (``telemetry.topic_prefix``).
 DEFAULT_REPORT_PREFIX: str = TelemetrySettings.topic_prefix
 
 
-def report_aliases(routes: Iterable[RouteSettings], identity: tuple[str, str],
-                   prefix: str = DEFAULT_REPORT_PREFIX) -> dict[str, tuple[str, ...]]:
-    """The aliases ``routes`` send the gateway's reports on, each with the names of the
+def report_aliases(router: Router, link: str, prefix: str = DEFAULT_REPORT_PREFIX) -> dict[str, tuple[str, ...]]:
+    """The aliases ``link``'s routes send the gateway's reports on, each with the names of the
     reports that go there.
 
-    :param routes: the link's routes.
-    :param identity: ``(tenant, device)``, for the routes' placeholders.
+    :param router: the links' router, which holds ``link``'s routes (a topic goes to a link
+        by the first of its routes that matches, whatever the other links' routes).
+    :param link: the link's name.
     :param prefix: the local topic the reports are published under (``<prefix>/<name>``).
     """
-    tenant, device = identity
-    router = Router([Rule.compile("link", r.filter, r.topic, r.qos) for r in routes], tenant, device)
     found: dict[str, tuple[str, ...]] = {}
     for name in REPORTS:
         for destination in router.route(f"{prefix}/{name}"):
-            found[destination.topic] = found.get(destination.topic, ()) + (name,)
+            if destination.link == link:
+                found[destination.topic] = found.get(destination.topic, ()) + (name,)
     return found
 
 
@@ -47,7 +43,7 @@ class ReportAliases:
     the product answered it does not have (``404``).
 
     :param link: the link's name, for the log.
-    :param aliases: :func:`report_aliases` of the link's routes.
+    :param aliases: the link's :func:`report_aliases`.
     """
 
     log = Logger()

@@ -24,7 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
-from gateway.links.reportaliases import DEFAULT_REPORT_PREFIX
+from gateway.links.reportaliases import DEFAULT_REPORT_PREFIX, report_aliases
 from gateway.links.router import Router, Rule
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings
 from gateway.links.cikplace import cik_path, volatile_cik_warnings
@@ -276,7 +276,7 @@ class LinksService(Service):
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
                         self._publish_local, self._link_status, cik_path(name, settings, self.state_dir),
                         self.run_blocking, self.retry_policy,
-                        self._cloud_value, self.report_prefix)
+                        self._cloud_value, report_aliases(self.router, name, self.report_prefix))
 
     def _cloud_value(self, alias: str, value: str, when: float) -> None:
         for listener in self.cloud_values:

@@ -106,8 +106,9 @@ class DefaultSocketTests(SynchronousTestCase):
     """Where gatewayctl looks without --socket."""
 
     def test_environment_then_package_then_checkout(self) -> None:
-        """$GATEWAY_ADMIN_SOCKET first; the .deb's venv means /run/gateway/admin.sock (the
-        packaged config's admin.socket); anything else is a checkout's var/run/admin.sock."""
+        """$GATEWAY_ADMIN_SOCKET first, then --state-dir's socket; the .deb's venv means
+        /run/gateway/admin.sock (the packaged config's admin.socket); anything else is a
+        checkout's var/run/admin.sock."""
         import os
         import sys
 
@@ -117,8 +118,10 @@ class DefaultSocketTests(SynchronousTestCase):
         self.assertEqual(paths.default_socket(), "/run/gateway/admin.sock")
         self.patch(sys, "prefix", "/home/me/gateway/.venv")
         self.assertEqual(paths.default_socket(), "var/run/admin.sock")
+        self.assertEqual(paths.default_socket("/srv/gw"), "/srv/gw/run/admin.sock")
         self.patch(os, "environ", {"GATEWAY_ADMIN_SOCKET": "/tmp/x.sock"})
         self.assertEqual(paths.default_socket(), "/tmp/x.sock")
+        self.assertEqual(paths.default_socket("/srv/gw"), "/tmp/x.sock")
 
     def test_packaged_config_names_the_same_socket(self) -> None:
         """debian/etc-config writes admin.socket as the packaged gatewayctl expects it."""

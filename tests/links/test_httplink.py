@@ -23,6 +23,8 @@ from gateway.errors import ConfigError
 from gateway.journal.record import Record
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.httplink import HTTPLink
+from gateway.links.reportaliases import report_aliases
+from gateway.links.router import Router, Rule
 from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
 from tests.steppingclock import SteppingClock
@@ -74,10 +76,12 @@ class HTTPLinkCase(SynchronousTestCase):
         options = dict(url="https://acme.example", vendor="acme", model="box", serial="gw1", batch_wait=0.5,
                        request_timeout=5.0)
         options.update(changes)
-        return HTTPLink("cloud", HTTPLinkSettings(**options), self.stream, self.clock, ("t", "gw1"),
+        settings = HTTPLinkSettings(**options)
+        router = Router([Rule.compile("cloud", r.filter, r.topic, r.qos) for r in settings.routes], "t", "gw1")
+        return HTTPLink("cloud", settings, self.stream, self.clock, ("t", "gw1"),
                         self.treq, self.local_publish, lambda name, up, cause: self.statuses.append((up, cause)),
                         self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=retry_policy,
-                        on_cloud_value=on_cloud_value)
+                        on_cloud_value=on_cloud_value, report_aliases=report_aliases(router, "cloud"))
 
     def local_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
         self.published.append((topic, payload))

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
+from twisted.internet.defer import succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.links.http_settings import EXOSITE_ROUTES
+from gateway.links.http_settings import EXOSITE_ROUTES, HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.reportaliases import report_aliases
+from gateway.links.router import Router, Rule
 from gateway.links.settings import RouteSettings
+from tests.links.memory import MemoryJournal
 from tests.links.test_httplink import HTTPLinkCase
+from tests.links.test_service import RecordingBus
 
 REPORTS = ("device_info", "usage_report", "engine_report")
+
+
+def aliases(routes: Iterable[RouteSettings], *prefix: str) -> dict[str, tuple[str, ...]]:
+    """:func:`report_aliases` of a link ``murano`` with ``routes``, alone in its router."""
+    router = Router([Rule.compile("murano", r.filter, r.topic, r.qos) for r in routes], "t", "gw1")
+    return report_aliases(router, "murano", *prefix)
 
 
 class ReportAliasesTests(SynchronousTestCase):
@@ -20,18 +32,48 @@ class ReportAliasesTests(SynchronousTestCase):
 
     def test_the_default_routes_send_them_on_gateway_engine_s_aliases(self) -> None:
         """The default routes: each report on the alias of its name."""
-        self.assertEqual(report_aliases(EXOSITE_ROUTES, ("t", "gw1")), {name: (name,) for name in REPORTS})
+        self.assertEqual(aliases(EXOSITE_ROUTES), {name: (name,) for name in REPORTS})
 
     def test_routes_of_telemetry_alone_send_none(self) -> None:
         """``telemetry/#`` alone: no alias carries reports; another ``topic_prefix`` than the
         routes name: none either."""
-        self.assertEqual(report_aliases((RouteSettings("telemetry/#", "{#}"),), ("t", "gw1")), {})
-        self.assertEqual(report_aliases(EXOSITE_ROUTES, ("t", "gw1"), "site/reports"), {})
+        self.assertEqual(aliases((RouteSettings("telemetry/#", "{#}"),)), {})
+        self.assertEqual(aliases(EXOSITE_ROUTES, "site/reports"), {})
 
     def test_reports_routed_to_one_alias(self) -> None:
         """A route of every report to one alias of the operator's: that alias, with every report's name."""
         routes = (RouteSettings("site/reports/+", "gw_{device}"),)
-        self.assertEqual(report_aliases(routes, ("t", "gw1"), "site/reports"), {"gw_gw1": REPORTS})
+        self.assertEqual(aliases(routes, "site/reports"), {"gw_gw1": REPORTS})
+
+    def test_the_links_router_gives_each_link_its_own_routes_aliases(self) -> None:
+        """The links' service computes each HTTP link's report aliases from its router, which
+        holds every link's routes: each link gets what its routes alone give (its first
+        matching route, placeholders filled in), whatever the other links route there."""
+        from gateway.links.httplink import HTTPLink
+        from gateway.links.service import LinksService
+        from gateway.links.settings import LinksSettings, LinkSettings
+
+        self.patch(HTTPLink, "start", lambda link: succeed(None))
+        self.patch(HTTPLink, "stop", lambda link: succeed(None))
+        own = (RouteSettings("telemetry/#", "{#}"), RouteSettings("edge/gateway/reports/+", "{tenant}_{device}"),
+               RouteSettings("edge/gateway/reports/device_info", "shadowed"))
+        several = (RouteSettings("edge/gateway/reports/usage_report", "usage"), *EXOSITE_ROUTES)
+        http = HTTPLinksSettings(links={
+            "a": HTTPLinkSettings(url="https://h"), "b": HTTPLinkSettings(url="https://h", routes=own),
+            "c": HTTPLinkSettings(url="https://h", routes=several),
+            "d": HTTPLinkSettings(url="https://h", routes=(RouteSettings("telemetry/#", "{#}"),))})
+        mqtt = LinksSettings(links={"cloud": LinkSettings(loss_topic=None)})
+        work = Path(self.mktemp())
+        service = LinksService(mqtt, MemoryReactorClock(), RecordingBus(), MemoryJournal(), identity=("t", "gw1"),
+                               http_links=http, http_client=lambda s: object(), state_dir=work,
+                               run_blocking=lambda f, *a: succeed(f(*a)))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        found = {name: service.links[name].reports.aliases for name in "abcd"}
+        self.assertEqual(found, {name: aliases(http.links[name].routes) for name in "abcd"})
+        self.assertEqual(found, {"a": {name: (name,) for name in REPORTS}, "b": {"t_gw1": REPORTS},
+                                 "c": {"device_info": ("device_info",), "usage": ("usage_report",),
+                                       "engine_report": ("engine_report",)}, "d": {}})
 
 
 class ReportsOnAProductWithoutTheirAliasesTests(HTTPLinkCase):
