@@ -35,6 +35,7 @@ from gateway.links.cikplace import cik_path, volatile_cik_warnings
 from gateway.links.http_settings import HTTPLinksSettings, cik_file_problem
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
 from gateway.links.sharedsessions import shared_sessions
+from gateway.nullentries import null_entry_warnings
 from gateway.proxysettings import ProxySettings
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin import shadows
@@ -162,10 +163,11 @@ class Config:
         """What the configuration asks for that it may not mean, one line each, without refusing it
         (``--check-config`` prints them; the services concerned log them as they start): MQTT links
         that share one cloud session (:mod:`gateway.links.sharedsessions`), Exosite links whose CIK
-        file a reboot loses (:mod:`gateway.links.cikplace`)."""
+        file a reboot loses (:mod:`gateway.links.cikplace`), named entries a file sets to null
+        (:mod:`gateway.nullentries`)."""
         return ([shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
                                                            self.gateway.device_id)]
-                + volatile_cik_warnings(self.http_links.links, self.state_dir))
+                + volatile_cik_warnings(self.http_links.links, self.state_dir) + null_entry_warnings(self.written))
 
 
 #: A section with its own parser: ``(raw YAML or None, errors) -> settings``.

@@ -49,6 +49,21 @@ class LogThrottle:
         self._logged_at = float("-inf")
 
 
+def more_of_a_batch(count: int, batch: int) -> str:
+    """The end of a throttled line that names the first of ``batch`` events noted together:
+    how many more it stands for, those since the last such line (before the batch) apart from
+    the batch's others, which come after the one it names (``" (and 3 more since the last such
+    line, and 1 more after it)"``; ``""`` for none).
+
+    :param count: what :meth:`LogThrottle.note` returned for the line (the batch included).
+    :param batch: the events noted with it, the one named included.
+    """
+    before, after = count - batch, batch - 1
+    parts = ([f"{before} more since the last such line"] if before > 0 else []) + \
+        ([f"{after} more after it"] if after > 0 else [])
+    return f" (and {', and '.join(parts)})" if parts else ""
+
+
 #: Seconds between two log lines about the gateway's own messages the broker or the journal
 #: refused (a stream full for hours, a stopped broker), at least.
 NOT_PUBLISHED_LOG_INTERVAL = 600.0

@@ -37,6 +37,7 @@ from gateway.journal.service import JournalService
 from gateway.lastrun import journal_recovery, unclean_line
 from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
+from gateway.nullentries import null_entry_warnings
 from gateway.offservice import OffService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
@@ -317,8 +318,11 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     broker's :class:`~gateway.broker.durablegate.DurableGate`, which the links service fills
     with its ``persist_many`` (where every local append starts: its router picks the link
     streams the journal keeps); the links read those streams and publish downlinks on the
-    broker's bus.
+    broker's bus. A link the files set to null is one warning line each time
+    (:mod:`gateway.nullentries`).
     """
+    for line in null_entry_warnings(config.written):  # (a link with every default, which the files meant gone)
+        root.log.warn("{problem}", problem=line)
     journal = JournalService(config.journal, config.state_dir, reactor, loop=loop, in_use=journal_users(config))
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,

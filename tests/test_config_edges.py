@@ -334,6 +334,31 @@ class NullTests(EdgeTestCase):
             self.assertIn(f"`{key}: {line}`", page)
 
 
+    def test_a_named_entry_at_null_in_a_file_is_a_warning(self) -> None:
+        """docs/configuration.md: a link (MQTT or HTTP) set to null in a drop-in, over the one the
+        main file sets, is kept with every default: the configuration loads, and its warnings
+        (``--check-config``, ``gatewayctl check-config``, the start) name the key and say what
+        it does and how to remove it."""
+        directory = Path(self.mktemp())
+        (directory / "conf.d").mkdir(parents=True)
+        main = directory / "gateway.yaml"
+        main.write_text(yaml.safe_dump({"gateway": {"state_dir": str(directory / "state")},
+                                        "links": {"links": {"eu": {"endpoint": "tcp:host=127.0.0.1:port=30101"}}}}))
+        dropin = directory / "conf.d" / "50-off.yaml"
+        dropin.write_text("links:\n  links:\n    eu:\nhttp_links:\n  links:\n    h: ~\n")
+        loaded = config.load(main)
+        self.assertEqual(loaded.links.links["eu"].endpoint, "tcp:host=127.0.0.1:port=1883")
+        tail = " (null does not remove an entry): to remove it, delete its key from every file that sets it"
+        self.assertEqual(loaded.warnings(), [
+            "links.links.eu: set to null in a file, which keeps it as an MQTT link with every default (to"
+            f" tcp:host=127.0.0.1:port=1883, which may be the gateway's own broker){tail}",
+            "http_links.links.h: set to null in a file, which keeps it as an HTTP link with every default"
+            f" (an Exosite link to https://localhost){tail}"])
+        page = " ".join((DOCS / "configuration.md").read_text().split())
+        self.assertIn("`warning: links.links.eu: set to null in a file, which keeps it as an MQTT link with every"
+                      " default", page)
+
+
 class OffServiceTests(EdgeTestCase):
     """An ingest or fleet that is off has its keys checked for kind and range, and what only
     its service would use once it is on (docs/configuration.md)."""

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.protocol import Factory
-from twisted.logger import formatEvent
+from twisted.logger import LogLevel, formatEvent
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from treq.client import HTTPClient
@@ -556,3 +556,25 @@ class JournalUsersTests(SynchronousTestCase):
         users = tree.journal_users(gateway_config.load(str(path)))
         self.assertEqual(users, {"broker-state": "the broker's state log", "link-cloud": "the link 'cloud'",
                                  "link-exo": "the link 'exo'"})
+
+
+class NullEntryTests(SynchronousTestCase):
+    """docs/configuration.md: the start warns of a link a file sets to null."""
+
+    def test_a_link_set_to_null_is_a_warning_at_start(self) -> None:
+        """A drop-in's ``eu:`` with nothing after it keeps the main file's link ``eu`` with every
+        default (tcp:host=127.0.0.1:port=1883): building the services logs it, one warning."""
+        work = Path(self.mktemp())
+        (work / "conf.d").mkdir(parents=True)
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway:\n  state_dir: {work / 'state'}\n"
+                        "links:\n  links:\n    eu: {endpoint: 'tcp:host=127.0.0.1:port=30101'}\n")
+        (work / "conf.d" / "50-off.yaml").write_text("links:\n  links:\n    eu:\n")
+        events = capture_log_events(self)
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.state.stopService)  # (releases the lock build_service took)
+        said = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual([line for line in said if "links.links.eu" in line], [
+            "links.links.eu: set to null in a file, which keeps it as an MQTT link with every default (to"
+            " tcp:host=127.0.0.1:port=1883, which may be the gateway's own broker) (null does not remove an"
+            " entry): to remove it, delete its key from every file that sets it"])

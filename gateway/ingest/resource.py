@@ -34,6 +34,7 @@ from gateway.ingest.values import LastValues, Value
 from gateway.journal.errors import RecordTooLargeError
 from gateway.journal.stream import Clock
 from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
+from gateway.shown import shown_repr
 
 if TYPE_CHECKING:  # the site that renders imports twisted.web.server, an idle gateway does not
     from twisted.web.server import Request
@@ -374,7 +375,9 @@ class DeviceAPIResource(Resource):
             raise RequestError(400, "a long-poll (Request-Timeout) reads exactly one alias")
         digits = wait.strip()
         if not digits.isdigit():  # (ASCII digits only: no sign, point or underscore)
-            raise RequestError(400, "Request-Timeout is milliseconds")
+            longest = self.settings.max_poll_ms
+            raise RequestError(400, f"Request-Timeout {shown_repr(wait.decode('latin-1'))} is not a whole number of"
+                                    f" milliseconds (0 to {longest}; a longer one waits {longest})")
         # (no int() of thousands of digits: Python refuses it)
         timeout = (self.settings.max_poll_ms if len(digits) > 12 else min(int(digits), self.settings.max_poll_ms)) / 1000
         since_header = request.getHeader(b"if-modified-since")

@@ -269,12 +269,22 @@ class LossLedger:
         if self.passed and self.passed[-1][1] >= next_seq:
             self.passed = [(first, min(last, next_seq - 1)) for first, last in self.passed if first < next_seq]
 
-    def keep_dropped_below(self, next_seq: int) -> None:
-        """Forget :attr:`dropped_below` when it is above ``next_seq``, the stream's next seq at
-        its open: the segments it spoke of were removed from outside, and the seqs from
-        ``next_seq`` on go to new records. Written with the next write."""
-        if self.dropped_below > next_seq:
-            self.dropped_below, self.dirty = 0, True
+    def keep_dropped_below(self, next_seq: int) -> int:
+        """The stream's next seq at its open, ``next_seq`` being the one its segments give.
+
+        When :attr:`dropped_below` is above ``next_seq`` and an entry counts seqs from
+        ``next_seq`` on, a power cut took dropped records that were written but not fsynced
+        (``sync: interval`` or ``none``): the mark stays and the stream numbers on from it,
+        so that no new record takes a seq the ledger counts dropped. With no such entry the
+        segments it spoke of were removed from outside: the mark is forgotten (written with
+        the next write), and the seqs from ``next_seq`` on go to new records.
+        """
+        if self.dropped_below <= next_seq:
+            return next_seq
+        if any(e.last_seq >= next_seq for e in self.entries if e.reason not in PASSED_REASONS):
+            return self.dropped_below
+        self.dropped_below, self.dirty = 0, True
+        return next_seq
 
     def _add(self, entry: LossEntry) -> None:
         """Append ``entry`` (merged with the last entry when both are ``rejected``)."""

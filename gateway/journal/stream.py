@@ -232,9 +232,8 @@ class Stream:
             self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
-        self.ledger.keep_dropped_below(rec.next_seq)
+        self.next_seq = self.ledger.keep_dropped_below(rec.next_seq)
         self.retention.load(rec.segments, free, self.ledger.dropped_below)
-        self.next_seq = rec.next_seq
         self._pending_first = self.next_seq
         self.written_seq = self.next_seq - 1
         self._tail_bytes = rec.segments[-1].size if rec.segments else 0

@@ -39,7 +39,7 @@ from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERV
     log_read_failed
 from gateway.links.snapshot import CURSOR_NOT_SAVED
 from gateway.links.stream import LinkStream, note_losses
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, more_of_a_batch
 from gateway.mqtt.topics import topic_for_log
 
 #: Packet ids for publishes; the protocol uses the ids above this for SUBSCRIBE.
@@ -467,12 +467,11 @@ class Forwarder:
         if count is not None:
             first = records[0]
             assert self.limits is not None
-            more = count - 1
             self.log.warn("link {link}: seq {seq} on {topic} not sent, the cloud would refuse it: {why}; counted as "
                           "lost (over-cloud-limit){more}", link=self.link, seq=first.seq,
                           topic=topic_for_log(first.topic),
                           why=self.limits.problem(first.topic, len(first.payload), first.qos),
-                          more=f" (and {more} more since the last such line)" if more else "")
+                          more=more_of_a_batch(count, len(records)))
         self._mark_done([record.seq for record in records])
 
     def _packet_id(self) -> int:

@@ -25,7 +25,7 @@ from gateway.clockstep import steady_seconds
 from gateway.journal.losses import LossReason
 from gateway.links.exosite import RequestFailed
 from gateway.links.stream import LinkStream, note_losses
-from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, more_of_a_batch
 from gateway.mqtt.topics import topic_for_log
 
 #: Statuses by which a cloud refuses what one request carries, so that sending it again
@@ -151,7 +151,6 @@ class RefusedRecords:
         count = self._lines.note(len(lost)) if lost else None
         if count is not None:
             record, reason, why = lost[0]
-            more = count - 1
             self.log.warn("link {link}: seq {seq} on {topic} refused by the cloud: {why}; counted as lost ({reason})"
                           "{more}", link=self.link, seq=record.seq, topic=topic_for_log(record.topic), why=why,
-                          reason=reason, more=f" (and {more} more since the last such line)" if more else "")
+                          reason=reason, more=more_of_a_batch(count, len(lost)))

@@ -23,6 +23,7 @@ from gateway.atomic import fsync_directory, read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.filelayer import makedirs_durably
 from gateway.namewatch import NameWatch, inotify_maker
+from gateway.shown import shown_repr
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
@@ -72,6 +73,16 @@ def target_file(target: str, files: list[Path]) -> Path:
     return next((f for f in files if f.name.endswith(TARGET_FILE_ENDINGS[target])), files[0])
 
 
+def module_named(kind: str, module: SoftwareModule) -> str:
+    """How a message names the module it installed: ``app 'sensor' 2.1``, its kind, its name
+    quoted (a hawkBit chunk named ``app`` read ``app app 2``; a name of spaces or of a
+    number would not read as one either) and its version.
+
+    :param kind: ``app`` or ``container``.
+    """
+    return f"{kind} {shown_repr(module.name)} {module.version}"
+
+
 def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
     """The status message for an app install that did not succeed: what happened, the installer's
     reason, and the tail of its log.
@@ -88,7 +99,7 @@ def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
     if None not in (result.name, result.version) and (result.name, result.version) != (module.name, module.version):
         what += f" (its package is {result.name} {result.version})"  # (as an INSTALLED message says)
     reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
-    return with_log_tail(f"app {module.name} {module.version} {what}: {reason}", result.log)
+    return with_log_tail(f"{module_named('app', module)} {what}: {reason}", result.log)
 
 
 def with_log_tail(message: str, log: str) -> str:
@@ -199,10 +210,10 @@ class ModuleInstaller:
                 if resumed and result.outcome == "failed" and result.version is not None \
                         and result.previous == result.version:
                     # The install that the restart interrupted got as far as switching versions.
-                    return (f"app {module.name} {module.version} installed (it was already current when "
+                    return (f"{module_named('app', module)} installed (it was already current when "
                             "the gateway came back after a restart; its health window was not watched again)")
                 raise InstallError(app_install_failure(module, result))
-            message = f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+            message = f"{module_named('app', module)} installed" + (" (again, after a restart)" if resumed else "")
             if (result.name, result.version) != (module.name, module.version):  # the package names what it is
                 message += f": its package is {result.name} {result.version}"
             return message
@@ -246,12 +257,12 @@ class ModuleInstaller:
         if not result.ok:
             if resumed and result.outcome == "failed" and result.previous == module.version:
                 # The install that the restart interrupted got as far as switching versions.
-                return (f"container {module.name} {module.version} installed (it was already current when "
+                return (f"{module_named('container', module)} installed (it was already current when "
                         "the gateway came back after a restart; its health window was not watched again)")
             reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
             raise InstallError(with_log_tail(
-                f"container {module.name} {module.version} {result.outcome}: {reason}", result.log))
-        return f"container {module.name} {module.version} installed"
+                f"{module_named('container', module)} {result.outcome}: {reason}", result.log))
+        return f"{module_named('container', module)} installed"
 
     @inlineCallbacks
     def _run_script(self, operation: Operation, module: SoftwareModule, script: Path) -> Any:

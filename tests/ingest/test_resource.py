@@ -531,15 +531,20 @@ class DeviceAPITests(SynchronousTestCase):
     def test_malformed_reads_are_400_with_a_reason(self):
         """exosite.md's 400s of the read side: no alias named, a long-poll of more than one, a
         Request-Timeout that is no whole number of milliseconds (a negative one waited not at
-        all, and 1_000 was taken as int() reads it), an If-Modified-Since that is no HTTP date;
+        all, and 1_000 was taken as int() reads it; the reason quotes it, bounded and escaped, and
+        says what is taken: it said only "Request-Timeout is milliseconds"), an If-Modified-Since that is no HTTP date;
         each with a one-line reason, and no long-poll left waiting."""
         poll = {"X-Exosite-CIK": CIK, "Request-Timeout": "1000"}
+        NOT_MS = b"is not a whole number of milliseconds (0 to 300000; a longer one waits 300000)"
         for path, headers, reason in (
                 ("?", {"X-Exosite-CIK": CIK}, b"name at least one alias to read: ?alias1&alias2"),
                 ("?a&b", poll, b"a long-poll (Request-Timeout) reads exactly one alias"),
-                ("?a", dict(poll, **{"Request-Timeout": "1.5"}), b"Request-Timeout is milliseconds"),
-                ("?a", dict(poll, **{"Request-Timeout": "-5"}), b"Request-Timeout is milliseconds"),
-                ("?a", dict(poll, **{"Request-Timeout": "1_000"}), b"Request-Timeout is milliseconds"),
+                ("?a", dict(poll, **{"Request-Timeout": "1.5"}), b"Request-Timeout '1.5' " + NOT_MS),
+                ("?a", dict(poll, **{"Request-Timeout": "-5"}), b"Request-Timeout '-5' " + NOT_MS),
+                ("?a", dict(poll, **{"Request-Timeout": "1_000"}), b"Request-Timeout '1_000' " + NOT_MS),
+                # (repeated bounded, on one line: its first 100 characters and its length)
+                ("?a", dict(poll, **{"Request-Timeout": "x\x1b" + "9" * 200}),
+                 b"Request-Timeout 'x\\x1b" + b"9" * 98 + b"... (202 characters)' " + NOT_MS),
                 ("?a", dict(poll, **{"If-Modified-Since": "yesterday"}), b"If-Modified-Since is not an HTTP date"),
                 ("?a", dict(poll, **{"If-Modified-Since": ""}), b"If-Modified-Since is not an HTTP date")):
             self.assertEqual(self.call("GET", "/onep:v1/stack/alias" + path, headers=headers)[:2],

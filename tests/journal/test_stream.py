@@ -874,6 +874,33 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(reopened, "link")], list(range(11, 27)))
         self.assertEqual(_dropped(reopened), list(range(1, 11)))
 
+    def test_a_power_cut_under_a_lazy_sync_gives_no_dropped_seq_to_a_new_record(self) -> None:
+        """docs/journal.md: under ``sync: interval`` or ``none`` the last segment (records 1-25,
+        written, not fsynced) is dropped whole, its drop counted in the ledger; a power cut after
+        any I/O job leaves less on disk than the ledger's ``dropped_below``. The reopened stream
+        numbers on past every seq the ledger counts dropped: no seq names a dropped record and a
+        delivered one, and the cursor reads every new record."""
+        for sync in ("interval", "none"):
+            files = PowerCutFiles()
+            s = open_stream(files, StreamSettings(segment_bytes=100 * FRAME, sync=sync))
+            self.successResultOf(s.cursor("link"))
+            for i in range(1, 26):
+                appended(s, record(i))
+            settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME, sync=sync)
+            runner = ManualRunner()
+            s = Stream("s", DIR, settings, files, runner, Clock())
+            s.open()
+            runner.drain()
+            appended(s, record(26))
+            for cuts, reopened in enumerate(_reopened_after_each_job(files, settings, runner, [], "resumes")):
+                dropped = _dropped(reopened)
+                first = reopened.next_seq
+                for i in range(5):
+                    appended(reopened, record(100 + i))
+                read = [r.seq for r in read_all(reopened, "link")]
+                self.assertEqual(read, list(range(first, first + 5)), (sync, cuts))
+                self.assertFalse(set(read) & set(dropped), (sync, cuts, dropped))
+
     def test_a_drop_mark_beyond_the_segments_deletes_none(self) -> None:
         """A ledger whose ``dropped_below`` is past the stream's next seq belongs to segments
         removed from outside (the stream numbers from 1 again): the open deletes nothing (it

@@ -171,6 +171,32 @@ class SkipTests(SynchronousTestCase):
         self.assertTrue(lines[1].endswith("(over-cloud-limit) (and 3 more since the last such line)"), lines[1])
         self.assertEqual(len(stream.noted), 5)
 
+    def test_a_lines_count_tells_the_batch_from_those_since_the_last_line(self) -> None:
+        """docs/links.md: big records read together, the first line names the first of them and
+        counts the others as after it, none since a line before it (it said ``(and 1 more since
+        the last such line)`` with no line before); the next line, past 10 s, counts those noted
+        since the last line apart from those read with the one it names."""
+        stream = stream_of(BIG, BIG)
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 8, clock, limits=LIMITS, link="up")
+        with capturedLogs() as logs:
+            forwarder.attach(Wire())  # type: ignore[arg-type]
+            clock.advance(1)
+            stream.append(Record("t", BIG, 1))
+            clock.advance(0)  # (read alone, within 10 s of the line: counted by the next one)
+            clock.advance(OVER_LIMIT_LOG_INTERVAL)
+            stream.append(Record("t", BIG, 1))
+            stream.append(Record("t", BIG, 1))
+            clock.advance(0)
+        lines = warnings(logs)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith("link up: seq 1 on t not sent"), lines[0])
+        self.assertTrue(lines[0].endswith("(over-cloud-limit) (and 1 more after it)"), lines[0])
+        self.assertTrue(lines[1].startswith("link up: seq 4 on t not sent"), lines[1])
+        self.assertTrue(lines[1].endswith("(over-cloud-limit) (and 1 more since the last such line, and 1 more"
+                                          " after it)"), lines[1])
+        self.assertEqual(len(stream.noted), 3)
+
     def test_long_topic_is_shortened_in_the_log(self) -> None:
         """The warning shows a long topic as other log lines do: its start and its length."""
         topic = "t/" + "x" * 300

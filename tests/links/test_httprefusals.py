@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from treq.testing import StubTreq
@@ -42,7 +43,7 @@ class ExositeRefusalTests(HTTPLinkCase):
         self.assertEqual(self.stream.noted, [("refused-by-cloud", 2, sizes[1] + sizes[2], 2, 3, T0, T0)])
         self.assertEqual(self.sent_lines(events), [
             "link cloud: seq 2 on bogus refused by the cloud: HTTP 404: unknown alias; counted as lost"
-            " (refused-by-cloud) (and 1 more since the last such line)"])
+            " (refused-by-cloud) (and 1 more after it)"])  # (no line before it: 1 more since it, once)
         self.assertEqual([path for _, _, path in self.server.requests].count("/onep:v1/stack/alias/bogus"), 1)
         self.assertEqual((link.snapshot().acked, link.snapshot().backlog), (3, 0))
         self.assertEqual(self.statuses[-1], (True, ""))
@@ -245,7 +246,8 @@ class ExositeRefusalTests(HTTPLinkCase):
         lines = self.sent_lines(events)
         self.assertLess(len(lines), 6, lines)
         self.assertEqual(sum(n[1] for n in self.stream.noted), 6)
-        self.assertTrue(any("more since the last such line" in line for line in lines), lines)
+        self.assertTrue(any(re.search(r"\(and \d+ more (since the last such line|after it)", line) for line in lines),
+                        lines)
 
 
 class RefusedWholeTests(HTTPLinkCase):

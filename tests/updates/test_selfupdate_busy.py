@@ -276,7 +276,7 @@ class BusySelfUpdateTests(TestCase):
         self.assertEqual(self.statuses("app-1"), [
             ("STARTED", "accepted"), ("DOWNLOADING", ""), ("DOWNLOADED", "all artifacts verified"),
             ("INSTALLING", "ticker 2.0"), ("INSTALLING", "ticker 2.0 resumed after restart"),
-            ("INSTALLED", "app ticker 2.0 installed (again, after a restart)"), ("FINISHED_SUCCESS", "done")])
+            ("INSTALLED", "app 'ticker' 2.0 installed (again, after a restart)"), ("FINISHED_SUCCESS", "done")])
         yield deferLater(reactor, 0.5, lambda: None)  # (some messages after the update too)
         publishing[0] = False
         yield publisher

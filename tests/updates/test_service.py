@@ -275,7 +275,7 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
         self.assertNotIn("INSTALLED", self.statuses())
         message = self.published[-1][1]["message"]
-        self.assertIn("app app 2 did not start healthy and was rolled back to 1", message)
+        self.assertIn("app 'app' 2 did not start healthy and was rolled back to 1", message)
         self.assertIn("exited with 4 in its health window", message)
         self.assertIn("boom: no config", message)
         [saved] = OperationStore(self.state / "updates" / "operations").load_all()
@@ -706,7 +706,7 @@ class UpdateServiceTests(SynchronousTestCase):
         service.submit("install", request())
         self.settle()
         self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
-        self.assertIn("app app 2 install failed", self.published[-1][1]["message"])
+        self.assertIn("app 'app' 2 install failed", self.published[-1][1]["message"])
         self.assertIn("already the current version", self.published[-1][1]["message"])
 
     def test_install_interrupted_by_restart_is_announced_before_its_result(self) -> None:

@@ -389,10 +389,10 @@ class TargetTests(TestCase):
         operation = Operation("op", "install", [module])
         message = yield ModuleInstaller(reactor, UpdatesSettings(), Apps("hello", "1.4")).install(
             operation, module, [package], False)
-        self.assertEqual(message, "app sensor-app 2.1.0 installed: its package is hello 1.4")
+        self.assertEqual(message, "app 'sensor-app' 2.1.0 installed: its package is hello 1.4")
         message = yield ModuleInstaller(reactor, UpdatesSettings(), Apps("sensor-app", "2.1.0")).install(
             operation, module, [package], False)
-        self.assertEqual(message, "app sensor-app 2.1.0 installed")
+        self.assertEqual(message, "app 'sensor-app' 2.1.0 installed")
 
     def test_an_app_rolled_back_from_a_package_named_otherwise_says_which(self) -> None:
         """A failure names the package as a success does: a fleet chunk ``app 2`` holding hello 3,
@@ -404,14 +404,14 @@ class TargetTests(TestCase):
 
         module = SoftwareModule("app", "2", "app", [Artifact("hello.v3.tar.gz", "https://x/hello.v3.tar.gz")])
         failed = InstallResult(False, "rolled-back", "hello", "3", "1", "hello went EXITED (exit status 3)")
-        self.assertEqual(app_install_failure(module, failed), "app app 2 did not start healthy and was rolled "
+        self.assertEqual(app_install_failure(module, failed), "app 'app' 2 did not start healthy and was rolled "
                                                               "back to 1 (its package is hello 3): hello went "
                                                               "EXITED (exit status 3)")
         named = InstallResult(False, "rolled-back", "app", "2", None, "app went EXITED (exit status 3)")
-        self.assertEqual(app_install_failure(module, named), "app app 2 did not start healthy and was removed "
+        self.assertEqual(app_install_failure(module, named), "app 'app' 2 did not start healthy and was removed "
                                                              "(no previous version): app went EXITED (exit status 3)")
         unnamed = InstallResult(False, "refused", None, None, None, "refused: not a readable tar archive")
-        self.assertEqual(app_install_failure(module, unnamed), "app app 2 refused by the app installer (nothing "
+        self.assertEqual(app_install_failure(module, unnamed), "app 'app' 2 refused by the app installer (nothing "
                                                                "was installed): not a readable tar archive")
 
     @inlineCallbacks
@@ -472,7 +472,7 @@ class TargetTests(TestCase):
         with self.assertRaises(InstallError) as caught:
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
         message = str(caught.exception)
-        self.assertTrue(message.startswith("container sensor 2 rolled-back: sensor went BACKOFF"), message)
+        self.assertTrue(message.startswith("container 'sensor' 2 rolled-back: sensor went BACKOFF"), message)
         self.assertIn("--- sensor.log ---\ndying", message)
 
     @inlineCallbacks
@@ -512,7 +512,7 @@ class TargetTests(TestCase):
         with self.assertRaises(InstallError) as caught:
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
         self.assertEqual(str(caught.exception),
-                         "container thing 3 refused: 'thing' is the name of a hosted process app or program")
+                         "container 'thing' 3 refused: 'thing' is the name of a hosted process app or program")
 
     @inlineCallbacks
     def test_container_install_resumed_after_its_switch_is_installed(self) -> None:
@@ -537,7 +537,7 @@ class TargetTests(TestCase):
         module = SoftwareModule("sensor", "2", "container", [Artifact(description.name, "https://x/sensor.json")])
         installer = ModuleInstaller(reactor, UpdatesSettings(), Containers())
         message = yield installer.install(Operation("op", "install", [module]), module, [description], True)
-        self.assertIn("container sensor 2 installed", message)
+        self.assertIn("container 'sensor' 2 installed", message)
         self.assertIn("health window was not watched again", message)
         with self.assertRaises(InstallError):  # (not after a restart: installing it again is an error)
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
