@@ -650,6 +650,7 @@ class ContainerOperations:
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
         forgotten = self._state.changed(apps=apps)
         forgotten.uninstalling.add(name)  # (a crash from here on: the next start finishes the uninstall)
+        forgotten.rollbacks.pop(name, None)  # (a rollback a crash cut short is no later install's)
         try:  # persist, then act: it is gone from the state file before it is stopped
             yield self._save(forgotten)
         except OSError as exc:
@@ -661,6 +662,7 @@ class ContainerOperations:
             self._supervisor.forget(name)
         del self._state.apps[name]
         self._state.uninstalling.add(name)
+        self._state.rollbacks.pop(name, None)
         self._failed.pop(name, None)
         left: RuntimeFailure | None = None
         try:

@@ -668,6 +668,29 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(3)  # an operator's later try of the same version is run, once more gated
         self.assertTrue(self.successResultOf(later).ok)
 
+    def test_an_uninstall_forgets_a_rollback_a_kill_cut_short(self) -> None:
+        """Killed in the rollback of ``app`` 2, then the app uninstalled (the update not run
+        again): a fresh install of ``app`` 2 is run and gated as any other. The rollback's record
+        outlived the app, and that install ended ``rolled-back`` at once, '2 is not tried again'."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0.0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        new = self.unit().container_id
+        remove = self.runtime.remove
+        self.runtime.remove = lambda container_id: Deferred()  # type: ignore[method-assign]  # killed here
+        self.runtime.exit(new, 1)
+        self.runtime.remove = remove  # type: ignore[method-assign]
+        self.clock = Clock()  # the next start
+        operations = self.make()
+        self.successResultOf(operations.uninstall("app"))
+        self.assertEqual(ContainerStore(self.state).load()[0].rollbacks, {})
+        fresh = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        self.clock.advance(3)
+        result = self.successResultOf(fresh)
+        self.assertEqual((result.outcome, result.ok), ("installed", True), result.message)
+
     def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
         """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
         install ends at once, no health window is watched, the old container is stopped and
