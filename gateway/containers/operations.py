@@ -474,7 +474,13 @@ class ContainerOperations:
                     yield self._rollback(new, container_id)
                 finally:
                     self._state.rollbacks.pop(name, None)
-                yield self._save()  # (the images deleted; no rollback under way)
+                try:
+                    yield self._save()  # (the images deleted; no rollback under way)
+                except OSError as error:  # rolled back all the same, as it is on disk and in podman
+                    log.warn("containers: {name} {version} rolled back, but cannot record that its rollback is"
+                             " over ({path}: {error}): until the next write the file says it is under way and"
+                             " lists the images deleted", name=name, version=version, path=self._store.path,
+                             error=error.strerror or str(error))
                 return failed("rolled-back", str(exc), tails)
             finally:
                 self._watching = None

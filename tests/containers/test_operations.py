@@ -1044,6 +1044,24 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "2")
 
+    def test_a_rollback_whose_last_write_the_disk_refuses_is_rolled_back(self) -> None:
+        """An update that failed its health gate, rolled back (the old version persisted and
+        running again), whose last state.json write (no rollback under way, the images deleted)
+        the disk refuses: it ends ``rolled-back`` all the same, as it is on disk and in podman.
+        It failed with the bare OSError, the old version running."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n > 2)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.runtime.exit(self.unit().container_id, 1)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
+        self.assertEqual(len(saves), 3)
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
+
     def test_uninstall_deletes_the_log_files(self) -> None:
         """Uninstalling a container app deletes its log files and their rotated backups, as
         uninstalling a hosted app does; another app's logs stay."""
