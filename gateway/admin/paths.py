@@ -57,9 +57,14 @@ def socket_of_state_dir(state_dir: str) -> str:
     """The admin socket of the gateway whose state directory is ``state_dir`` (``--state-dir``
     without ``--socket`` nor ``$GATEWAY_ADMIN_SOCKET``): the installation's socket when it is
     that directory's (the .deb's ``/var/lib/gateway``: ``/run/gateway/admin.sock``), else
-    ``DIR/run/admin.sock``, where an empty ``admin.socket`` puts it."""
+    ``DIR/run/admin.sock``, where an empty ``admin.socket`` puts it; for the .deb's
+    ``gatewayctl``, ``/run/gateway/admin.sock`` unless there is a socket there (the .deb's
+    config sets ``admin.socket`` to it whatever its ``state_dir``)."""
     default = _installation_socket()
     named = state_dir_of(default)
     if named is not None and os.path.realpath(named) == os.path.realpath(state_dir):
         return default
-    return os.path.join(state_dir, *DEFAULT_SOCKET_UNDER_STATE)
+    under = os.path.join(state_dir, *DEFAULT_SOCKET_UNDER_STATE)
+    if default == PACKAGED_SOCKET and not os.path.exists(under):
+        return default
+    return under

@@ -62,7 +62,12 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
             "inflight": [_inflight_entry(packet_id, sent) for packet_id, sent in session.inflight_out.items()],
             "inflight_in": sorted(_held_qos2(broker, client_id, session)),
         })
-    retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items()]
+    # The clients' first: a version before retained_own (rolled back to) bounds every retained
+    # message as it reads them in order, and so drops the gateway's own and the links' past the
+    # bounds, which come again, rather than the clients' acknowledged ones, which fit them.
+    others = broker.retained_links.keys() | broker.retained_own
+    retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items() if topic not in others]
+    retained += [[topic, m.payload, m.qos] for topic, m in broker.retained.items() if topic in others]
     log = broker.state_log
     return {"format": FORMAT, "sessions": sessions, "retained": retained,
             "retained_links": sorted(map(list, broker.retained_links.items())),

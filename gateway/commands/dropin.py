@@ -78,8 +78,8 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
             continue
         node = tree
         for key in keys[:-1]:
-            child = node.get(key)
-            if child is None:
+            child: Any = node.get(key)
+            if key not in node:  # (a change's null at it is one: a key under it would undo it)
                 child = node[key] = {}
                 made.add(id(child))
             elif id(child) not in made:

@@ -472,7 +472,13 @@ class ContainerOperations:
                     yield self._rollback(new, container_id)
                 finally:
                     self._state.rollbacks.pop(name, None)
-                yield self._save()  # (the images deleted; no rollback under way)
+                try:
+                    yield self._save()  # (the images deleted; no rollback under way)
+                except OSError as error:  # rolled back all the same, as it is on disk and in podman
+                    log.warn("containers: {name} {version} rolled back, but cannot record that its rollback is"
+                             " over ({path}: {error}): until the next write the file says it is under way and"
+                             " lists the images deleted", name=name, version=version, path=self._store.path,
+                             error=error.strerror or str(error))
                 return failed("rolled-back", str(exc), tails)
             finally:
                 self._watching = None
@@ -648,6 +654,7 @@ class ContainerOperations:
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
         forgotten = self._state.changed(apps=apps)
         forgotten.uninstalling.add(name)  # (a crash from here on: the next start finishes the uninstall)
+        forgotten.rollbacks.pop(name, None)  # (a rollback a crash cut short is no later install's)
         try:  # persist, then act: it is gone from the state file before it is stopped
             yield self._save(forgotten)
         except OSError as exc:
@@ -659,6 +666,7 @@ class ContainerOperations:
             self._supervisor.forget(name)
         del self._state.apps[name]
         self._state.uninstalling.add(name)
+        self._state.rollbacks.pop(name, None)
         self._failed.pop(name, None)
         left: RuntimeFailure | None = None
         try:

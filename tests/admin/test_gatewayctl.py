@@ -32,7 +32,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.cli import build_parser, cmd_config, cmd_status, main
 from gateway.admin.client import AdminClient, ApiFailure, ConnectionCut, NotRunning
-from gateway.admin.paths import ENVIRONMENT, state_dir_of
+from gateway.admin import paths
+from gateway.admin.paths import ENVIRONMENT, PACKAGED_SOCKET, socket_of_state_dir, state_dir_of
 from gateway.admin.tables import fleet_rows
 from gateway.config import DEFAULT_CONFIG, SECTIONS
 from gateway.fleet.snapshot import FleetSnapshot
@@ -1337,6 +1338,22 @@ class RestartWaitTests(FakeTimeCase):
         self.assertEqual(self.now, 0.0)
         self.assertEqual(self.err.getvalue(), f"gatewayctl: the gateway is not running (no admin socket at"
                                               f" {other / 'run' / 'admin.sock'}: No such file or directory)\n")
+
+    def test_the_packaged_gatewayctl_keeps_the_packaged_socket_for_a_moved_state_dir(self) -> None:
+        """The .deb's config sets ``admin.socket: /run/gateway/admin.sock`` whatever its
+        ``state_dir``: the .deb's ``gatewayctl --state-dir /data/gw`` (``state_dir`` moved to a
+        larger disk) talks to that socket, and to ``DIR/run/admin.sock`` only when there is
+        one there (a gateway run by hand with an empty ``admin.socket``). It tried
+        ``/data/gw/run/admin.sock`` alone: 30 s waiting for the running gateway, then exit 1
+        (before ``--state-dir`` named a socket, the same command worked)."""
+        self.patch(paths, "_installation_socket", lambda: PACKAGED_SOCKET)
+        moved = Path(tempfile.mkdtemp(prefix="gwctl-"))
+        self.addCleanup(shutil.rmtree, moved)
+        self.assertEqual(socket_of_state_dir(str(moved)), PACKAGED_SOCKET)
+        self.assertEqual(socket_of_state_dir("/var/lib/gateway/"), PACKAGED_SOCKET)
+        (moved / "run").mkdir()
+        (moved / "run" / "admin.sock").touch()
+        self.assertEqual(socket_of_state_dir(str(moved)), str(moved / "run" / "admin.sock"))
 
     def test_the_state_directory_a_socket_names(self) -> None:
         """``DIR/run/admin.sock`` (an empty ``admin.socket``) is ``DIR``'s, the .deb's socket is

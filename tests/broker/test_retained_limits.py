@@ -236,6 +236,24 @@ class RetainedLimitsTests(SynchronousTestCase):
                          ({"plugin/t", "edge/gateway/reports/x"}, {"command//d/req/1/x": "cloud"}))
         self.assertEqual(restored.clients_retained_count, COUNT)
 
+    def test_a_version_counting_every_retained_message_keeps_the_clients(self) -> None:
+        """Rolled back to a version before ``retained_own`` (it skips that member and counts
+        every retained message in the bounds, in the order saved): the store full of the
+        clients' messages, the gateway's own and a link's kept first, the clients' are all kept
+        and the others dropped (they are published again by the gateway and the cloud). Before,
+        the checkpoint listed them in the order kept: that version dropped two clients'
+        acknowledged messages, ``t/1`` and ``t/2``."""
+        self.broker.plugin_publish("plugin/t", b"p", 0, True)
+        self.broker.publish_internal("command//d/req/1/x", b"c", 1, True, link="cloud")
+        for n in range(COUNT):
+            self.publish(f"t/{n}", b"x", n + 1)
+        text = json.loads(b"".join(encoded_parts(checkpoint_content(self.broker))))
+        del text["retained_own"], text["retained_links"]  # (what such a version reads: nothing of whose)
+        budget = RetainedBudget(COUNT, BYTES)
+        state = read_checkpoint(io.BytesIO(json.dumps(text).encode()), budget)
+        self.assertEqual([row[0] for row in state["retained"]], ["t/0", "t/1", "t/2"])
+        self.assertEqual(budget.dropped_topics, ["plugin/t", "command//d/req/1/x"])
+
 
 def checkpoint(retained: list[tuple[str, bytes]]) -> bytes:
     """A checkpoint's text holding ``retained`` (QoS 1 each) and no session."""

@@ -225,6 +225,22 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual((result.applied, result.outcome), (False, "invalid"))
         self.assertFalse(dropin_path(self.h.main).exists())
 
+    def test_a_key_under_a_null_entry_is_refused(self) -> None:
+        """``links.links.c: null`` with ``links.links.c.keepalive`` in one change cannot both
+        hold: refused, whichever comes first, nothing written. With the null first it was
+        applied: the key under it made ``c`` a link with every other default, to 127.0.0.1:1883
+        (the other way round was refused, ``set twice``)."""
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"links.links.c": {"endpoint": "tcp:host=127.0.0.1:port=5"}})).applied)
+        before = dropin_path(self.h.main).read_text()
+        changes = {"links.links.c": None, "links.links.c.keepalive": 30}
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.errors),
+                         (False, ("links.links.c.keepalive: another change sets c as a whole",)))
+        self.assertEqual(dropin_path(self.h.main).read_text(), before)
+        self.assertEqual(self.successResultOf(self.h.changer.check(dict(reversed(changes.items())))).errors,
+                         ["links.links.c: set twice (or inside another change)"])
+
     def test_a_valid_change_says_what_it_may_not_mean(self) -> None:
         """A change after which two links share one cloud session is valid, and its check carries
         the warning ``--check-config`` prints for that configuration (it carried none: only the

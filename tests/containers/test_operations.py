@@ -633,12 +633,10 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(seen, ["1"])
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
 
-    def test_an_update_killed_in_its_rollback_ends_rolled_back_without_a_second_try(self) -> None:
-        """The gateway is killed while it rolls back an update that failed its health gate (the
-        old version persisted current again, the new container not yet removed): the next start
-        runs the old version and removes the new container, and the update run again after the
-        restart ends ``rolled-back`` with the health gate's reason at once. It pulled, created and
-        started the failed version again, stopping the old one for a second health window."""
+    def killed_in_a_rollback(self) -> tuple[str, str]:
+        """``app`` 1 installed, ``app`` 2 failing its health gate, the gateway killed as its
+        rollback removes 2's container (the old version persisted current again); returns the
+        ids of 1's container and 2's."""
         operations = self.make()
         done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0.0))
         self.clock.advance(3)
@@ -650,6 +648,15 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.remove = lambda container_id: Deferred()  # type: ignore[method-assign]  # killed here
         self.runtime.exit(new, 1)
         self.runtime.remove = remove  # type: ignore[method-assign]
+        return old, new
+
+    def test_an_update_killed_in_its_rollback_ends_rolled_back_without_a_second_try(self) -> None:
+        """The gateway is killed while it rolls back an update that failed its health gate (the
+        old version persisted current again, the new container not yet removed): the next start
+        runs the old version and removes the new container, and the update run again after the
+        restart ends ``rolled-back`` with the health gate's reason at once. It pulled, created and
+        started the failed version again, stopping the old one for a second health window."""
+        old, new = self.killed_in_a_rollback()
         self.runtime.calls.clear()
         self.clock = Clock()  # the next start (the killed gateway's timers are gone with it)
         operations = self.make()
@@ -667,6 +674,20 @@ class OperationsTests(SynchronousTestCase):
         later = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
         self.clock.advance(3)  # an operator's later try of the same version is run, once more gated
         self.assertTrue(self.successResultOf(later).ok)
+
+    def test_an_uninstall_forgets_a_rollback_a_kill_cut_short(self) -> None:
+        """Killed in the rollback of ``app`` 2, then the app uninstalled (the update not run
+        again): a fresh install of ``app`` 2 is run and gated as any other. The rollback's record
+        outlived the app, and that install ended ``rolled-back`` at once, '2 is not tried again'."""
+        self.killed_in_a_rollback()
+        self.clock = Clock()  # the next start
+        operations = self.make()
+        self.successResultOf(operations.uninstall("app"))
+        self.assertEqual(ContainerStore(self.state).load()[0].rollbacks, {})
+        fresh = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0))
+        self.clock.advance(3)
+        result = self.successResultOf(fresh)
+        self.assertEqual((result.outcome, result.ok), ("installed", True), result.message)
 
     def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
         """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
@@ -1020,6 +1041,24 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(len(saves), 2)
         self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "2")
+
+    def test_a_rollback_whose_last_write_the_disk_refuses_is_rolled_back(self) -> None:
+        """An update that failed its health gate, rolled back (the old version persisted and
+        running again), whose last state.json write (no rollback under way, the images deleted)
+        the disk refuses: it ends ``rolled-back`` all the same, as it is on disk and in podman.
+        It failed with the bare OSError, the old version running."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n > 2)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.runtime.exit(self.unit().container_id, 1)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
+        self.assertEqual(len(saves), 3)
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
 
     def test_uninstall_deletes_the_log_files(self) -> None:
         """Uninstalling a container app deletes its log files and their rotated backups, as
