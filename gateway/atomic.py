@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gateway import filelayer, jsontext
+from gateway.configdirectory import link_to_nothing
 from gateway.filelayer import OSFiles
 
 
@@ -172,8 +173,9 @@ def read_json(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(path):
-            raise ValueError(f"it is a symbolic link to {os.readlink(path)!r}, which does not exist") from None
+        dangling = link_to_nothing(path)
+        if dangling is not None:
+            raise ValueError(dangling) from None
         return None
     value = jsontext.loads(data)
     if value is None:
