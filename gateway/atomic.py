@@ -182,3 +182,17 @@ def read_json(path: Path) -> Any:
         # (None is what an absent file reads as: a caller would pass it over in silence)
         raise ValueError("it holds null, not the gateway's state")
     return value
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """Read a JSON object written by :func:`write_json_atomically`, as :func:`read_json` does;
+    None when it is absent.
+
+    :param path: the file to read.
+    :raises ValueError: as :func:`read_json` does, and when it holds valid JSON of another kind
+        (a list, a number is no object either): ``it holds <kind>, not an object``.
+    """
+    value = read_json(path)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"it holds {jsontext.kind(value)}, not an object")
+    return value
