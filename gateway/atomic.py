@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gateway import filelayer, jsontext
+from gateway.configdirectory import link_to_nothing
 from gateway.filelayer import OSFiles
 
 
@@ -172,11 +173,26 @@ def read_json(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(path):
-            raise ValueError(f"it is a symbolic link to {os.readlink(path)!r}, which does not exist") from None
+        dangling = link_to_nothing(path)
+        if dangling is not None:
+            raise ValueError(dangling) from None
         return None
     value = jsontext.loads(data)
     if value is None:
         # (None is what an absent file reads as: a caller would pass it over in silence)
         raise ValueError("it holds null, not the gateway's state")
+    return value
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """Read a JSON object written by :func:`write_json_atomically`, as :func:`read_json` does;
+    None when it is absent.
+
+    :param path: the file to read.
+    :raises ValueError: as :func:`read_json` does, and when it holds valid JSON of another kind
+        (a list, a number is no object either): ``it holds <kind>, not an object``.
+    """
+    value = read_json(path)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"it holds {jsontext.kind(value)}, not an object")
     return value

@@ -23,6 +23,7 @@ from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.configdirectory import directory_problem
+from gateway.configkeys import normal_key_path, written_at
 from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem, podman_socket, socket_path_problem
 from gateway.errors import ConfigError
@@ -238,24 +239,6 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 _ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
-def _normal(path: tuple[str, ...]) -> tuple[str, ...]:
-    """``path`` with each key as sections read it (``-`` as ``_``)."""
-    return tuple(key.replace("-", "_") for key in path)
-
-
-def _written_at(data: Any, normal: tuple[str, ...]) -> Any:
-    """The value at the (normal) key path ``normal`` of the parsed YAML ``data``; ``None``
-    when there is none."""
-    for key in normal:
-        if isinstance(data, dict):
-            data = next((value for name, value in data.items() if _normal((str(name),)) == (key,)), None)
-        elif isinstance(data, list) and key.isdecimal() and int(key) < len(data):
-            data = data[int(key)]
-        else:
-            return None
-    return data
-
-
 class ErrorList:
     """Collects ``file: key.path: message`` lines while a configuration is built."""
 
@@ -274,12 +257,12 @@ class ErrorList:
         value at a secret-looking key is not quoted: the lines are printed by ``--check-config``
         and at every start (into journald under systemd)."""
         self.paths.append(path)
-        normal = _normal(path)
+        normal = normal_key_path(path)
         if any(normal[:len(bad)] == bad for bad in self._bad_text):
             return
         # (a YAML key may be a megabyte: a path is whole up to the longest real one, else cut)
         where = shown_key_path(".".join(path)) if path else "<top>"
-        message = redact_quoted(path, _written_at(self._written, normal), message)
+        message = redact_quoted(path, written_at(self._written, normal), message)
         # one line per problem, whatever it quotes (a key, a value or an error's text with a
         # newline or a NUL)
         self.lines.append(f"{self._origins.source(path)}: {where}: {message}".translate(_ESCAPES))
@@ -288,7 +271,7 @@ class ErrorList:
         """Record that the key or value at ``path`` holds text no configuration may
         (:mod:`gateway.configtext`): one line, and nothing more at or under ``path``."""
         self.add(path, message)
-        self._bad_text.append(_normal(path))
+        self._bad_text.append(normal_key_path(path))
 
 
 def _type_name(tp: Any) -> str:

@@ -45,8 +45,18 @@ def cannot_be_used(path: Path, error: OSError) -> str:
 def dangling_link(path: Path) -> str | None:
     """How a symbolic link to nothing at ``path`` is told (``mkdir`` does not follow it); None
     when ``path`` is no such link."""
+    why = link_to_nothing(path)
+    return None if why is None else f"{str(path)!r} cannot be used: {why}"
+
+
+def link_to_nothing(path: Path) -> str | None:
+    """Why ``path``, found absent, is not simply absent: ``it is a symbolic link to '<target>',
+    which does not exist``; None when it is no symbolic link (nothing there: a first start).
+
+    :param path: a path whose open or stat raised ``FileNotFoundError``.
+    """
     if os.path.islink(path):
-        return f"{str(path)!r} cannot be used: it is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return f"it is a symbolic link to {os.readlink(path)!r}, which does not exist"
     return None
 
 

@@ -36,12 +36,11 @@ class HeadCheck:
     with a line, as ``(status, reason)``, or None when nothing is."""
 
     def __init__(self) -> None:
-        self._length: bytes | None = None
-        self._chunked = False
+        self._length_said = False  # (by a Content-Length or a Transfer-Encoding: chunked)
 
     def request_line(self, line: bytes) -> tuple[bytes, str] | None:
         """What is wrong with a request line (``GET /path HTTP/1.1``)."""
-        self._length, self._chunked = None, False
+        self._length_said = False
         parts = line.split(b" ")
         if len(parts) == 2 and _TOKEN.match(parts[0]):
             return BAD_VERSION, "no HTTP version in the request line (HTTP/0.9 is not served): send HTTP/1.1"
@@ -79,17 +78,17 @@ class HeadCheck:
         if lowered == b"content-length":
             if not value.isdigit():
                 return BAD_REQUEST, f"Content-Length {_shown(value)} is not a number of bytes"
-            if self._length is not None or self._chunked:
+            if self._length_said:
                 return BAD_REQUEST, ("Content-Length given twice, or with Transfer-Encoding: "
                                      "a request says its length once")
-            self._length = value
+            self._length_said = True
         elif lowered == b"transfer-encoding":
             if value.lower() == b"identity":
                 return None
             if value.lower() != b"chunked":
                 return BAD_REQUEST, f"Transfer-Encoding {_shown(value)} is not taken: only chunked is"
-            if self._length is not None or self._chunked:
+            if self._length_said:
                 return BAD_REQUEST, ("Transfer-Encoding given twice, or with Content-Length: "
                                      "a request says its length once")
-            self._chunked = True
+            self._length_said = True
         return None

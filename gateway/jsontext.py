@@ -24,8 +24,6 @@ READ_SIZE = 1 << 16
 _SPACE = " \t\n\r"
 _SPACES = re.compile(f"[{_SPACE}]*")
 _DECODER = json.JSONDecoder()
-#: The most digits Python converts to an integer (``sys.get_int_max_str_digits``; 0: no limit).
-_INT_DIGITS = sys.get_int_max_str_digits() or 1 << 62
 
 
 def loads(data: str | bytes, *, strict: bool = False) -> Any:
@@ -73,9 +71,12 @@ def _finite_float(text: str) -> float:
 
 
 def _convertible_int(text: str) -> int:
-    if len(text.lstrip("-")) > _INT_DIGITS:
-        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long (at most {_INT_DIGITS})")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # (JSON's digits: only past Python's limit on converting text)
+        digits = len(text.lstrip("-"))
+        raise ValueError(f"an integer of {digits} digits is too long"
+                         f" (at most {sys.get_int_max_str_digits()})") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -25,8 +25,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from gateway import jsontext
-from gateway.atomic import read_json, remove_quietly, set_aside, write_json_atomically
+from gateway.atomic import read_json_object, remove_quietly, set_aside, write_json_atomically
 from gateway.clockstep import boot_id
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.utctext import utc_text
@@ -156,12 +155,9 @@ class RunRecord:
     def _previous(self, stopping_pid: str | None) -> PreviousStop:
         """How the run that left the record ended (blocking)."""
         try:
-            record = read_json(self.path)
+            record = read_json_object(self.path)
             if record is None:
                 return PreviousStop()
-            if not isinstance(record, dict):
-                # (valid JSON of another kind: a list, a number is no record either)
-                raise ValueError(f"it holds {jsontext.kind(record)}, not an object")
             alive = os.stat(self.path).st_mtime
         except (ValueError, OSError) as exc:
             if isinstance(exc, FileNotFoundError):

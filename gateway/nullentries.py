@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from gateway.configkeys import written_at
+
 #: The mappings of named entries: ``(section, key, what an entry at null is)``.
 NAMED_ENTRIES: tuple[tuple[str, str, str], ...] = (
     ("links", "links", "an MQTT link with every default (to tcp:host=127.0.0.1:port=1883, which may be"
@@ -16,24 +18,12 @@ NAMED_ENTRIES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _key(name: object) -> str:
-    """A key as the sections read it (``-`` as ``_``)."""
-    return str(name).replace("-", "_")
-
-
-def _child(data: Any, key: str) -> Any:
-    """The value at ``key`` (read as the sections read keys) of mapping ``data``; None without one."""
-    if not isinstance(data, Mapping):
-        return None
-    return next((value for name, value in data.items() if _key(name) == key), None)
-
-
 def null_entry_warnings(data: Mapping[str, Any]) -> list[str]:
     """One line for each named entry that the files' data merged, ``data``, holds as null (a
     file's null wins over the entry an earlier file sets: drop-ins merge so)."""
     lines = []
     for section, key, what in NAMED_ENTRIES:
-        entries = _child(_child(data, section), key)
+        entries = written_at(data, (section, key))
         if not isinstance(entries, Mapping):
             continue
         for name, value in entries.items():

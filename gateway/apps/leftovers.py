@@ -30,8 +30,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import jsontext
-from gateway.atomic import read_json, set_aside, write_json_atomically
+from gateway.atomic import read_json_object, set_aside, write_json_atomically
 from gateway.clockstep import boot_id, steady_seconds
 
 log = Logger()
@@ -286,11 +285,9 @@ class GroupRecords:
     def load(self) -> dict[str, GroupRecord]:
         """The groups recorded by the previous run (blocking)."""
         try:
-            raw = read_json(self.path)
+            raw = read_json_object(self.path)
             if raw is None:
                 return {}
-            if not isinstance(raw, dict):
-                raise ValueError(f"it holds {jsontext.kind(raw)}, not an object")
         except (OSError, ValueError) as exc:
             # (set aside: a directory in its place would refuse every write of the record)
             where = set_aside(self.path)  # (raises StateAccessError: the user may not read it)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -52,6 +51,7 @@ from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import Outbox, QueuedMessage
 from gateway.broker.retainedlimits import RetainedBudget
 from gateway.clockstep import CLOCK_SET_SINCE
+from gateway.configdirectory import link_to_nothing
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
 from gateway.mqtt.packets import publish
@@ -159,12 +159,12 @@ class BrokerStateStore:
         try:
             file = self.path.open("rb")
         except FileNotFoundError as exc:
-            if not os.path.islink(self.path):
+            dangling = link_to_nothing(self.path)
+            if dangling is None:
                 return None
             # (a link to nothing is damage, not a first start: starting empty would lose, at the
             # next save, the sessions and retained messages it stood for)
-            exc.strerror = f"it is a symbolic link to {os.readlink(self.path)!r}, which does not exist"
-            raise self._unreadable(exc) from exc
+            raise self._unreadable(exc, dangling) from exc
         except OSError as exc:
             raise self._unreadable(exc) from exc
         with file:
@@ -177,10 +177,11 @@ class BrokerStateStore:
                                        " retained messages and persistent sessions: move it away to start without"
                                        " them") from exc
 
-    def _unreadable(self, exc: OSError) -> BrokerStateError:
+    def _unreadable(self, exc: OSError, why: str | None = None) -> BrokerStateError:
+        """The error told when the state file cannot be read: ``why`` it cannot (default: ``exc``'s words)."""
         if is_permission_error(exc):  # (not damage: its owner, its mode and the fix, as for every state file)
             return BrokerStateError(str(refusal(self.path)))
-        return BrokerStateError(f"cannot read {self.path}: {exc.strerror or exc}; it holds the broker's retained"
+        return BrokerStateError(f"cannot read {self.path}: {why or exc.strerror or exc}; it holds the broker's retained"
                                 " messages and persistent sessions: make it a file the gateway's user may read,"
                                 " or move it away to start without them")
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.atomic import fsync_directory, set_aside, write_atomically
+from gateway.configdirectory import link_to_nothing
 from gateway.errors import LinkError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
@@ -363,9 +364,9 @@ class CIKFile:
                     switched = self._switch_device()
                     text = self.path.read_text().strip()
                 except FileNotFoundError:
-                    if os.path.islink(self.path):  # (a link to nothing: damage, told, not a first start)
-                        return None, (f"it is a symbolic link to {os.readlink(self.path)!r}, which does not exist;"
-                                      f" {set_aside(self.path, secret=True)}"), switched
+                    dangling = link_to_nothing(self.path)
+                    if dangling is not None:  # (a link to nothing: damage, told, not a first start)
+                        return None, f"{dangling}; {set_aside(self.path, secret=True)}", switched
                     return None, "", switched
                 except (OSError, UnicodeDecodeError) as exc:
                     return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path, secret=True)}", ""

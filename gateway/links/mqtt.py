@@ -26,7 +26,7 @@ from gateway.links.settings import LinkSettings, fill_identity
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.takeover import TakeoverWatch
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, more_of_a_batch
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import topic_for_log
 from gateway.proxysettings import ProxySettings
@@ -282,10 +282,8 @@ class MQTTLink(Factory):
         if not destinations:
             count = self._unmapped_lines.note()
             if count is not None:
-                more = count - 1
                 self.log.warn("link {link}: no downlink mapping for {topic}, dropped{more}", link=self.name,
-                              topic=topic_for_log(publish.topic),
-                              more=f" (and {more} more since the last such line)" if more else "")
+                              topic=topic_for_log(publish.topic), more=more_of_a_batch(count, 1))
             return succeed(None)
         published = [self.local_publish(target.topic, publish.payload, min(publish.qos, target.qos), publish.retain)
                      for target in destinations]
