@@ -7,7 +7,8 @@ coding other than ``chunked``) with a bare ``400 Bad Request`` and no body: a cl
 had nothing to go on. :class:`HeadCheck` finds the same faults, line by line as they arrive,
 and says which, so that :class:`~gateway.httpchannels.ClosingChannel` answers them (``400``;
 ``505`` to an HTTP version other than 1.0 and 1.1) with the reason before Twisted sees them.
-It refuses what Twisted refuses, no more: what it lets through Twisted parses as before.
+It refuses what Twisted refuses, and a request target's DEL and non-ASCII bytes (Twisted took
+0x7f to 0xb0 raw): what it lets through Twisted parses as before.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import re
 
 #: An RFC 9110 token (section 5.6.2): a method, a header name.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-#: A request target as Twisted takes it: no control or space byte, none over 0xb0.
-_TARGET = re.compile(rb"[\x21-\xb0]+\Z")
+#: A request target: printable ASCII (RFC 9112 section 3.2), no control (DEL included), space
+#: or non-ASCII byte (Twisted took 0x7f to 0xb0; a client percent-encodes them).
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _SERVED = (b"HTTP/1.0", b"HTTP/1.1")
 

@@ -18,6 +18,8 @@ MALFORMED = {
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": (b"505 HTTP Version Not Supported", b"HTTP/2 is not served here: send HTTP/1.1"),
     b"GET / HTTP/9.9\r\n" + HOST + b"\r\n": (b"505 HTTP Version Not Supported", b"'HTTP/9.9' is not served here"),
     b"GET /a\x00 HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the request target '/a\\x00' holds"),
+    b"GET /\x80 HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the request target '/\\x80' holds"),
+    b"GET /a\x7f HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the request target '/a\\x7f' holds"),
     b"GET / http/1.1\r\n\r\n": (b"400 Bad Request", b"malformed request line 'GET / http/1.1': it ends with HTTP/1.1"),
     b"GET * HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the target * is for OPTIONS only, not 'GET'"),
     b"G(T / HTTP/1.1\r\n\r\n": (b"400 Bad Request", b"'G(T' is no HTTP method"),

@@ -103,8 +103,8 @@ class RetainedLimits:
         else:
             why = (f"its {size} bytes (topic and payload) would take the retained messages' {held} bytes past "
                    f"max_retained_bytes ({self.max_bytes})")
-            if replaced:
-                why += "; the topic's older retained message is removed (it is no longer the topic's last)"
+        if replaced:  # (past the count: the gateway's own message on the topic, a client's being a replacement)
+            why += "; the topic's older retained message is removed (it is no longer the topic's last)"
         self.log.warn("not retaining the message of {client_id!r} on {topic}: {why}; it was delivered and "
                       "acknowledged all the same ({since})", client_id=client_id, topic=topic_for_log(topic),
                       why=why, since=refused_since(lines))

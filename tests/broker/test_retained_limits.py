@@ -203,6 +203,8 @@ class RetainedLimitsTests(SynchronousTestCase):
             self.publish(f"t/{n}", b"x", n + 1)
         self.publish("own", b"c", 7)
         self.assertNotIn("own", self.broker.retained)
+        [line] = self.logged("not retaining")  # (it says so: before, the removal went untold)
+        self.assertIn("max_retained_messages is 3; the topic's older retained message is removed", line)
         self.broker.plugin_publish("t/0", b"p", 0, True)
         self.publish("t/9", b"y", 8)
         self.assertEqual(sorted(self.broker.retained), ["t/0", "t/1", "t/2", "t/9"])
