@@ -272,9 +272,10 @@ class GatewayCollector(Collector):
             ("acked", _counter("gateway_link_acked_messages_total", "Publishes the cloud acknowledged", ["link"])),
             ("resent", _counter("gateway_link_resent_messages_total", "Publishes sent again after a reconnect",
                                 ["link"])),
-            ("bytes_up", _counter("gateway_link_sent_bytes_total", "MQTT bytes sent to the cloud", ["link"])),
-            ("bytes_down", _counter("gateway_link_received_bytes_total", "MQTT bytes received from the cloud",
-                                    ["link"])),
+            ("bytes_up", _counter("gateway_link_sent_bytes_total", "Bytes sent to the cloud (MQTT before"
+                                  " TLS; an HTTP link's: its requests' bodies)", ["link"])),
+            ("bytes_down", _counter("gateway_link_received_bytes_total", "Bytes received from the cloud (MQTT"
+                                    " before TLS; an HTTP link's: its answers' bodies)", ["link"])),
         ]
         unsaved = _gauge("gateway_link_cursor_save_failing",
                          "Whether the saves of the link's cursor fail now (a full disk)", ["link"])
