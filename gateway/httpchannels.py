@@ -134,8 +134,11 @@ class ClosingChannel(HTTPChannel):
             problem = self._check.request_line(line) if line else None
         else:
             self._head_size += len(line)
-            problem = None
-            if line[:1] not in (b"", b" ", b"\t"):
+            if not line:
+                problem = self._check.end_of_head()
+            elif line[:1] in (b" ", b"\t"):
+                problem = self._check.continuation(line)
+            else:
                 self._header_lines += 1
                 problem = self._check.header_line(line)
             if self._head_size > self.totalHeadersSize:

@@ -7,7 +7,10 @@ coding other than ``chunked``) with a bare ``400 Bad Request`` and no body: a cl
 had nothing to go on. :class:`HeadCheck` finds the same faults, line by line as they arrive,
 and says which, so that :class:`~gateway.httpchannels.ClosingChannel` answers them (``400``;
 ``505`` to an HTTP version other than 1.0 and 1.1) with the reason before Twisted sees them.
-It refuses what Twisted refuses, no more: what it lets through Twisted parses as before.
+It refuses what Twisted refuses, no more: what it lets through Twisted parses as before. A
+header folded onto more lines (obs-fold: a line beginning with a space or tab continues the
+header before) is judged whole, its lines joined by a space, as Twisted reads it: once the next
+header line, or the blank line ending the head, says it is complete.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ class HeadCheck:
     def __init__(self) -> None:
         self._length: bytes | None = None
         self._chunked = False
+        #: the header arriving, its name and its value so far (folded lines joined by a space)
+        self._header: tuple[bytes, bytes] | None = None
 
     def request_line(self, line: bytes) -> tuple[bytes, str] | None:
         """What is wrong with a request line (``GET /path HTTP/1.1``)."""
-        self._length, self._chunked = None, False
+        self._length, self._chunked, self._header = None, False, None
         parts = line.split(b" ")
         if len(parts) == 2 and _TOKEN.match(parts[0]):
             return BAD_VERSION, "no HTTP version in the request line (HTTP/0.9 is not served): send HTTP/1.1"
@@ -65,7 +70,11 @@ class HeadCheck:
         return None
 
     def header_line(self, line: bytes) -> tuple[bytes, str] | None:
-        """What is wrong with a header line (not a continuation of one)."""
+        """What is wrong with a header line (not a continuation of one), or with the header
+        before it, now complete."""
+        problem = self._complete()
+        if problem is not None:
+            return problem
         name, colon, value = line.partition(b":")
         if not colon:
             return BAD_REQUEST, f"the header line {_shown(line)} has no colon: a header is Name: value"
@@ -74,6 +83,31 @@ class HeadCheck:
                                  "and !#$%&'*+-.^_`|~ only)")
         if b"\x00" in value:
             return BAD_REQUEST, f"the header {name.decode()} holds a NUL byte"
+        self._header = name, value
+        return None
+
+    def continuation(self, line: bytes) -> tuple[bytes, str] | None:
+        """What is wrong with a line that begins with a space or tab: it continues the header
+        before (obs-fold), and there must be one."""
+        if self._header is None:
+            return BAD_REQUEST, (f"the header line {_shown(line)} is folded (it begins with a space or tab) "
+                                 "but follows no header")
+        name, value = self._header
+        if b"\x00" in line:
+            return BAD_REQUEST, f"the header {name.decode()} holds a NUL byte"
+        self._header = name, value + b" " + line.lstrip(b" \t")
+        return None
+
+    def end_of_head(self) -> tuple[bytes, str] | None:
+        """What is wrong with the head's last header, complete at the blank line that ends it."""
+        return self._complete()
+
+    def _complete(self) -> tuple[bytes, str] | None:
+        """What is wrong with the header arriving, now complete: its framing (the body's length)."""
+        if self._header is None:
+            return None
+        name, value = self._header
+        self._header = None
         value = value.strip(b" \t")
         lowered = name.lower()
         if lowered == b"content-length":

@@ -31,6 +31,13 @@ MALFORMED = {
         b"400 Bad Request", b"Transfer-Encoding given twice, or with Content-Length"),
     b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n": (
         b"400 Bad Request", b"Transfer-Encoding 'gzip' is not taken: only chunked is"),
+    # a folded header is read whole, its lines joined by a space, as Twisted reads it
+    b"POST / HTTP/1.1\r\nContent-Length: 1\r\n 2\r\n\r\n": (b"400 Bad Request", b"Content-Length '1 2' is not"),
+    b"POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\nContent-Length: 3\r\n\r\nabc": (
+        b"400 Bad Request", b"Content-Length given twice"),
+    b"GET / HTTP/1.1\r\nX-A: a\r\n b\x00\r\n\r\n": (b"400 Bad Request", b"the header X-A holds a NUL byte"),
+    b"GET / HTTP/1.1\r\n X-A: a\r\n\r\n": (
+        b"400 Bad Request", b"the header line ' X-A: a' is folded (it begins with a space or tab) but follows no header"),
 }
 
 
@@ -58,11 +65,14 @@ class MalformedHeadTests(SynchronousTestCase):
 
     def test_well_formed_heads_are_served_as_before(self) -> None:
         """What Twisted takes is still taken: HTTP/1.0, a folded header, a blank line before
-        the request line, a chunked body, a length."""
+        the request line, a chunked body, a length; a ``Content-Length`` or ``Transfer-Encoding``
+        folded onto a line of its own (the 400 said ``Content-Length '' is not a number``)."""
         heads = [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
                  b"\r\nGET /%ff HTTP/1.1\r\nX-A: 1\r\n  more\r\n\r\n",
                  b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc"]
+                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc",
+                 b"POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\n\r\nabc",
+                 b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\tchunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
         for head in heads:
             with self.subTest(head=head):
                 channel, transport = self.connect()
