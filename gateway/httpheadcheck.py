@@ -11,6 +11,10 @@ It refuses what Twisted refuses, no more: what it lets through Twisted parses as
 header folded onto more lines (obs-fold: a line beginning with a space or tab continues the
 header before) is judged whole, its lines joined by a space, as Twisted reads it: once the next
 header line, or the blank line ending the head, says it is complete.
+
+:func:`origin_form` gives the origin-form of a target in absolute-form (``GET http://gw/metrics
+HTTP/1.1``), which a server must accept (RFC 9112, section 3.2.2) and Twisted took whole for
+the path.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _TARGET = re.compile(rb"[\x21-\xb0]+\Z")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _SERVED = (b"HTTP/1.0", b"HTTP/1.1")
+#: A request target in absolute-form, of HTTP: its authority (no user in it), and its path and query.
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@]+)([/?].*)?\Z", re.S)
 
 #: The statuses of :meth:`HeadCheck.request_line`'s and :meth:`HeadCheck.header_line`'s answers.
 BAD_REQUEST = b"400 Bad Request"
@@ -32,6 +38,23 @@ BAD_VERSION = b"505 HTTP Version Not Supported"
 def _shown(data: bytes, limit: int = 60) -> str:
     text = repr(data[:limit])[2:-1]  # (b'...' -> ..., its control and non-ASCII bytes escaped)
     return "'" + text + ("...'" if len(data) > limit else "'")
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """A request target as the gateway's resources take it, and the host it names: an
+    absolute-form target (``http://gw:8090/path?query``) is its path and query (``/`` when it
+    has none) and its authority, which stands for the request's ``Host`` (RFC 9112, section
+    7.2); any other target is itself, and names none.
+
+    :param target: the request target of a well-formed request line.
+    """
+    absolute = _ABSOLUTE.match(target)
+    if absolute is None:
+        return target, None
+    authority, rest = absolute.groups()
+    if not rest or rest.startswith(b"?"):
+        rest = b"/" + (rest or b"")
+    return rest, authority
 
 
 class HeadCheck:

@@ -4,6 +4,8 @@ admin API, /metrics): twisted.web answered a bare ``400 Bad Request`` with no bo
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import test_httpchannels
@@ -79,3 +81,37 @@ class MalformedHeadTests(SynchronousTestCase):
                 channel.dataReceived(head)
                 self.resource.answer()
                 self.assertIn(b" 200 OK\r\n", transport.value())
+
+
+class AbsoluteFormTests(SynchronousTestCase):
+    """A request target in absolute-form (``GET http://gw:8090/path HTTP/1.1``), which a server
+    must accept (RFC 9112, section 3.2.2), is served as its origin-form, with the host it names
+    (RFC 9112, section 7.2): Twisted took the whole URL for the path (the ingest and
+    ``/metrics`` answered ``404``)."""
+
+    setUp = test_httpchannels.ClosingSiteTests.setUp
+    connect = test_httpchannels.ClosingSiteTests.connect
+
+    def served(self, head: bytes) -> Any:
+        channel, transport = self.connect()
+        channel.dataReceived(head)
+        self.assertEqual(transport.value(), b"")  # (not refused)
+        return self.resource.held.pop(0)
+
+    def test_served_as_its_origin_form_with_its_host(self) -> None:
+        for target, uri, host in ((b"http://gw:8090/onep:v1/stack/alias?a", b"/onep:v1/stack/alias?a", b"gw:8090"),
+                                  (b"HTTPS://[::1]:9883/metrics", b"/metrics", b"[::1]:9883"),
+                                  (b"http://gw?a", b"/?a", b"gw"),
+                                  (b"http://gw", b"/", b"gw")):
+            with self.subTest(target=target):
+                request = self.served(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\n\r\n")
+                self.assertEqual((request.uri, request.path), (uri, uri.split(b"?")[0]))
+                self.assertEqual(request.requestHeaders.getRawHeaders(b"host"), [host])
+
+    def test_other_targets_are_left_as_they_are(self) -> None:
+        """An origin-form target, a path holding ``://``, and a URL of another scheme or with a
+        user (which no HTTP client sends to a server) go to the resource as before."""
+        for target in (b"/a?u=http://b/c", b"/http://b", b"ftp://gw/a", b"http://user@gw/a"):
+            with self.subTest(target=target):
+                request = self.served(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+                self.assertEqual((request.uri, request.requestHeaders.getRawHeaders(b"host")), (target, [b"gw"]))
