@@ -18,7 +18,9 @@ connection without a word; it is answered ``414`` or ``431`` first. So is a head
 Twisted's limits in all (``totalHeadersSize``, 16 KiB, or ``maxHeaders``, 500 header lines),
 which Twisted answered with a bare ``400 Bad Request``. A malformed request line or header line
 (:mod:`gateway.httpheadcheck`) is answered ``400`` (``505`` for an HTTP version other than 1.0
-and 1.1), saying what is wrong, where Twisted's ``400`` said nothing.
+and 1.1), saying what is wrong, where Twisted's ``400`` said nothing. A target in absolute-form
+(``GET http://gw/metrics HTTP/1.1``) is served as its origin-form, the host it names standing for
+the request's ``Host`` (:func:`~gateway.httpheadcheck.origin_form`).
 
 Either ``408`` is logged, naming the listener (``ingest: a request head from 192.0.2.7:40000 took
 over 30 s: 408, closed``).
@@ -61,7 +63,7 @@ from twisted.web.http import HTTPChannel
 from gateway.addresses import address_text
 from gateway.clockstep import steady_seconds
 from gateway.fdreserve import DescriptorReserve, ReserveRefusals
-from gateway.httpheadcheck import HeadCheck
+from gateway.httpheadcheck import HeadCheck, origin_form
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
@@ -106,6 +108,7 @@ class ClosingChannel(HTTPChannel):
         self._head_size = 0  # bytes of the request line and header lines of the head arriving
         self._header_lines = 0  # its header lines (not their continuations)
         self._check = HeadCheck()  # what is wrong with a line of the head arriving, in words
+        self._authority: bytes | None = None  # the host its request line's absolute-form target names
 
     def dataReceived(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a request; drop what comes once refused."""
@@ -130,12 +133,19 @@ class ClosingChannel(HTTPChannel):
         if self._unread:
             return
         if not self.requests:  # (the request line, or a blank line before it)
-            self._head_size, self._header_lines = len(line), 0
+            self._head_size, self._header_lines, self._authority = len(line), 0, None
             problem = self._check.request_line(line) if line else None
+            if line and problem is None:
+                method, target, version = line.split(b" ")
+                target, self._authority = origin_form(target)
+                line = b" ".join((method, target, version))
         else:
             self._head_size += len(line)
-            problem = None
-            if line[:1] not in (b"", b" ", b"\t"):
+            if not line:
+                problem = self._check.end_of_head()
+            elif line[:1] in (b" ", b"\t"):
+                problem = self._check.continuation(line)
+            else:
                 self._header_lines += 1
                 problem = self._check.header_line(line)
             if self._head_size > self.totalHeadersSize:
@@ -157,6 +167,8 @@ class ClosingChannel(HTTPChannel):
         self._stop_clock()
         self._past_head = True
         request = self.requests[-1]
+        if self._authority is not None:  # (an absolute-form target: its host is the request's)
+            request.requestHeaders.setRawHeaders(b"host", [self._authority])
         if request.requestHeaders.getRawHeaders(b"expect", [b""])[0].lower() == b"100-continue":
             wants_body = getattr(request, "wants_body", None)
             if wants_body is not None and not wants_body():

@@ -8,7 +8,14 @@ had nothing to go on. :class:`HeadCheck` finds the same faults, line by line as 
 and says which, so that :class:`~gateway.httpchannels.ClosingChannel` answers them (``400``;
 ``505`` to an HTTP version other than 1.0 and 1.1) with the reason before Twisted sees them.
 It refuses what Twisted refuses, and a request target's DEL and non-ASCII bytes (Twisted took
-0x7f to 0xb0 raw): what it lets through Twisted parses as before.
+0x7f to 0xb0 raw): what it lets through Twisted parses as before. A
+header folded onto more lines (obs-fold: a line beginning with a space or tab continues the
+header before) is judged whole, its lines joined by a space, as Twisted reads it: once the next
+header line, or the blank line ending the head, says it is complete.
+
+:func:`origin_form` gives the origin-form of a target in absolute-form (``GET http://gw/metrics
+HTTP/1.1``), which a server must accept (RFC 9112, section 3.2.2) and Twisted took whole for
+the path.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _SERVED = (b"HTTP/1.0", b"HTTP/1.1")
+#: A request target in absolute-form, of HTTP: its authority (no user in it), and its path and query.
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@]+)([/?].*)?\Z", re.S)
 
 #: The statuses of :meth:`HeadCheck.request_line`'s and :meth:`HeadCheck.header_line`'s answers.
 BAD_REQUEST = b"400 Bad Request"
@@ -33,16 +42,35 @@ def _shown(data: bytes, limit: int = 60) -> str:
     return "'" + text + ("...'" if len(data) > limit else "'")
 
 
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """A request target as the gateway's resources take it, and the host it names: an
+    absolute-form target (``http://gw:8090/path?query``) is its path and query (``/`` when it
+    has none) and its authority, which stands for the request's ``Host`` (RFC 9112, section
+    7.2); any other target is itself, and names none.
+
+    :param target: the request target of a well-formed request line.
+    """
+    absolute = _ABSOLUTE.match(target)
+    if absolute is None:
+        return target, None
+    authority, rest = absolute.groups()
+    if not rest or rest.startswith(b"?"):
+        rest = b"/" + (rest or b"")
+    return rest, authority
+
+
 class HeadCheck:
     """The head of one request as it arrives, line by line; each method says what is wrong
     with a line, as ``(status, reason)``, or None when nothing is."""
 
     def __init__(self) -> None:
         self._length_said = False  # (by a Content-Length or a Transfer-Encoding: chunked)
+        #: the header arriving, its name and its value so far (folded lines joined by a space)
+        self._header: tuple[bytes, bytes] | None = None
 
     def request_line(self, line: bytes) -> tuple[bytes, str] | None:
         """What is wrong with a request line (``GET /path HTTP/1.1``)."""
-        self._length_said = False
+        self._length_said, self._header = False, None
         parts = line.split(b" ")
         if len(parts) == 2 and _TOKEN.match(parts[0]):
             return BAD_VERSION, "no HTTP version in the request line (HTTP/0.9 is not served): send HTTP/1.1"
@@ -66,7 +94,11 @@ class HeadCheck:
         return None
 
     def header_line(self, line: bytes) -> tuple[bytes, str] | None:
-        """What is wrong with a header line (not a continuation of one)."""
+        """What is wrong with a header line (not a continuation of one), or with the header
+        before it, now complete."""
+        problem = self._complete()
+        if problem is not None:
+            return problem
         name, colon, value = line.partition(b":")
         if not colon:
             return BAD_REQUEST, f"the header line {_shown(line)} has no colon: a header is Name: value"
@@ -75,6 +107,31 @@ class HeadCheck:
                                  "and !#$%&'*+-.^_`|~ only)")
         if b"\x00" in value:
             return BAD_REQUEST, f"the header {name.decode()} holds a NUL byte"
+        self._header = name, value
+        return None
+
+    def continuation(self, line: bytes) -> tuple[bytes, str] | None:
+        """What is wrong with a line that begins with a space or tab: it continues the header
+        before (obs-fold), and there must be one."""
+        if self._header is None:
+            return BAD_REQUEST, (f"the header line {_shown(line)} is folded (it begins with a space or tab) "
+                                 "but follows no header")
+        name, value = self._header
+        if b"\x00" in line:
+            return BAD_REQUEST, f"the header {name.decode()} holds a NUL byte"
+        self._header = name, value + b" " + line.lstrip(b" \t")
+        return None
+
+    def end_of_head(self) -> tuple[bytes, str] | None:
+        """What is wrong with the head's last header, complete at the blank line that ends it."""
+        return self._complete()
+
+    def _complete(self) -> tuple[bytes, str] | None:
+        """What is wrong with the header arriving, now complete: its framing (the body's length)."""
+        if self._header is None:
+            return None
+        name, value = self._header
+        self._header = None
         value = value.strip(b" \t")
         lowered = name.lower()
         if lowered == b"content-length":

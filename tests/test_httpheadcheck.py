@@ -4,6 +4,8 @@ admin API, /metrics): twisted.web answered a bare ``400 Bad Request`` with no bo
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import test_httpchannels
@@ -33,6 +35,13 @@ MALFORMED = {
         b"400 Bad Request", b"Transfer-Encoding given twice, or with Content-Length"),
     b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n": (
         b"400 Bad Request", b"Transfer-Encoding 'gzip' is not taken: only chunked is"),
+    # a folded header is read whole, its lines joined by a space, as Twisted reads it
+    b"POST / HTTP/1.1\r\nContent-Length: 1\r\n 2\r\n\r\n": (b"400 Bad Request", b"Content-Length '1 2' is not"),
+    b"POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\nContent-Length: 3\r\n\r\nabc": (
+        b"400 Bad Request", b"Content-Length given twice"),
+    b"GET / HTTP/1.1\r\nX-A: a\r\n b\x00\r\n\r\n": (b"400 Bad Request", b"the header X-A holds a NUL byte"),
+    b"GET / HTTP/1.1\r\n X-A: a\r\n\r\n": (
+        b"400 Bad Request", b"the header line ' X-A: a' is folded (it begins with a space or tab) but follows no header"),
 }
 
 
@@ -60,14 +69,51 @@ class MalformedHeadTests(SynchronousTestCase):
 
     def test_well_formed_heads_are_served_as_before(self) -> None:
         """What Twisted takes is still taken: HTTP/1.0, a folded header, a blank line before
-        the request line, a chunked body, a length."""
+        the request line, a chunked body, a length; a ``Content-Length`` or ``Transfer-Encoding``
+        folded onto a line of its own (the 400 said ``Content-Length '' is not a number``)."""
         heads = [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
                  b"\r\nGET /%ff HTTP/1.1\r\nX-A: 1\r\n  more\r\n\r\n",
                  b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc"]
+                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc",
+                 b"POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\n\r\nabc",
+                 b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\tchunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
         for head in heads:
             with self.subTest(head=head):
                 channel, transport = self.connect()
                 channel.dataReceived(head)
                 self.resource.answer()
                 self.assertIn(b" 200 OK\r\n", transport.value())
+
+
+class AbsoluteFormTests(SynchronousTestCase):
+    """A request target in absolute-form (``GET http://gw:8090/path HTTP/1.1``), which a server
+    must accept (RFC 9112, section 3.2.2), is served as its origin-form, with the host it names
+    (RFC 9112, section 7.2): Twisted took the whole URL for the path (the ingest and
+    ``/metrics`` answered ``404``)."""
+
+    setUp = test_httpchannels.ClosingSiteTests.setUp
+    connect = test_httpchannels.ClosingSiteTests.connect
+
+    def served(self, head: bytes) -> Any:
+        channel, transport = self.connect()
+        channel.dataReceived(head)
+        self.assertEqual(transport.value(), b"")  # (not refused)
+        return self.resource.held.pop(0)
+
+    def test_served_as_its_origin_form_with_its_host(self) -> None:
+        for target, uri, host in ((b"http://gw:8090/onep:v1/stack/alias?a", b"/onep:v1/stack/alias?a", b"gw:8090"),
+                                  (b"HTTPS://[::1]:9883/metrics", b"/metrics", b"[::1]:9883"),
+                                  (b"http://gw?a", b"/?a", b"gw"),
+                                  (b"http://gw", b"/", b"gw")):
+            with self.subTest(target=target):
+                request = self.served(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\n\r\n")
+                self.assertEqual((request.uri, request.path), (uri, uri.split(b"?")[0]))
+                self.assertEqual(request.requestHeaders.getRawHeaders(b"host"), [host])
+
+    def test_other_targets_are_left_as_they_are(self) -> None:
+        """An origin-form target, a path holding ``://``, and a URL of another scheme or with a
+        user (which no HTTP client sends to a server) go to the resource as before."""
+        for target in (b"/a?u=http://b/c", b"/http://b", b"ftp://gw/a", b"http://user@gw/a"):
+            with self.subTest(target=target):
+                request = self.served(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+                self.assertEqual((request.uri, request.requestHeaders.getRawHeaders(b"host")), (target, [b"gw"]))

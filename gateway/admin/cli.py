@@ -82,9 +82,11 @@ def _out(args: argparse.Namespace, value: Any, human: Callable[[Any], str]) -> i
 
 
 def _value(text: str) -> Any:
-    """A command-line value: JSON when it parses (numbers, true, null, lists...), else a string."""
+    """A command-line value: JSON when it parses as the strict JSON the admin API takes
+    (numbers, true, null, lists...), else a string: ``NaN``, ``Infinity`` or ``1e400`` is the
+    word, not a float the API would refuse."""
     try:
-        return jsontext.loads(text)
+        return jsontext.loads(text, strict=True)
     except ValueError:
         return text
 
@@ -135,7 +137,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:  # said as `apps install` says it of its package
             raise SystemExit(f"gatewayctl: cannot read {args.file}: {exc.strerror}") from None
         try:
-            loaded = jsontext.loads(data.decode("utf-8"))
+            loaded = jsontext.loads(data.decode("utf-8"), strict=True)  # (as the API takes it)
         except ValueError as exc:
             raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
         if not isinstance(loaded, dict):

@@ -255,7 +255,10 @@ class Rollback:
         restarted = False
         while True:
             pid = self.main_pid()
-            alive = read_json(result_dir / ALIVE)
+            try:
+                alive = read_json(result_dir / ALIVE)
+            except (OSError, ValueError):  # (not the gateway's: no new version running, as without one)
+                alive = None
             if pid and pid != before and isinstance(alive, dict) and alive.get("pid") == pid:
                 return None
             if not restarted and pid == before:

@@ -640,6 +640,44 @@ class ConfigCheckWarningTests(SynchronousTestCase):
                              ("applied; restarted: links\n", "warning: links a and b share a session\n"), argv)
 
 
+class ValueWordTests(SynchronousTestCase):
+    """A ``VALUE`` is JSON when it parses as the strict JSON the admin API takes, else a
+    string (docs/admin.md): ``NaN``, ``Infinity`` or ``1e400`` was read as a float that
+    gatewayctl sent as ``NaN``/``Infinity``, and the API refused the whole request (``body is
+    not valid JSON: NaN is not JSON``): ``config set gateway.device_id NaN`` could not be given."""
+
+    def sent(self, argv: list[str]) -> Any:
+        bodies: list[Any] = []
+
+        class Client:
+            def post(self, path: str, body: Any, timeout: Any = None) -> Any:
+                bodies.append(json.loads(json.dumps(body, allow_nan=False)))  # (what the API is sent, strictly)
+                return {"valid": True, "errors": [], "applied": True, "restarted": []}
+
+        self.patch(sys, "stdout", io.StringIO())
+        cmd_config(Client(), build_parser().parse_args(argv))  # type: ignore[arg-type]
+        return bodies[0]["changes"]
+
+    def test_words_json_does_not_take_are_strings(self) -> None:
+        words = ["NaN", "Infinity", "-Infinity", "1e400", '{"a": 1, "a": 2}']
+        self.assertEqual(self.sent(["config", "check", *(f"k{n}={word}" for n, word in enumerate(words))]),
+                         {f"k{n}": word for n, word in enumerate(words)})
+        self.assertEqual(self.sent(["config", "set", "gateway.device_id", "NaN"]), {"gateway.device_id": "NaN"})
+        self.assertEqual(self.sent(["config", "check", "a=30", "b=2.5", "c=null", 'd=["x"]']),
+                         {"a": 30, "b": 2.5, "c": None, "d": ["x"]})
+
+    def test_a_changes_file_the_api_would_refuse_is_refused_here(self) -> None:
+        """``--file`` holding ``NaN`` (or a key twice): exit 1 naming the file, not the API's
+        ``body is not valid JSON``."""
+        path = Path(self.mktemp())
+        for text, why in (('{"a": NaN}', "NaN is not JSON: a number is finite"),
+                          ('{"a": 1, "a": 2}', "key 'a' given twice in one object")):
+            path.write_text(text)
+            with self.assertRaises(SystemExit) as raised:
+                self.sent(["config", "check", "--file", str(path)])
+            self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: {why}")
+
+
 class ArgumentOrderTests(SynchronousTestCase):
     """Every command takes its options anywhere: before, between or after its positionals,
     and ``--socket``/``--json`` before the command or after it."""

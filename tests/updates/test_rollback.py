@@ -225,6 +225,30 @@ class RollbackTests(TestCase):
         self.assertEqual(result["exit_code"], NOT_STARTED)
         self.assertFalse((self.result_dir / ALIVE).exists())
 
+    def test_an_unreadable_alive_file_is_no_new_version_running(self) -> None:
+        """An alive file the gateway did not write (``null``, a symbolic link to nothing, not
+        JSON) is no new version taking up the operation: the unit waits, then rolls back, as
+        without one; the ValueError it raised ended the unit with neither result nor rollback."""
+        for damage in ("null", "link", "{"):
+            with self.subTest(damage=damage):
+                self.machine = Machine(self.result_dir)
+                self.rollback = Rollback("gateway", self.keep, "gateway.service", 30.0, sleep=self.machine.sleep,
+                                         monotonic=lambda: self.machine.now, run=self.machine.run,
+                                         systemctl=self.machine.systemctl)
+
+                def restarts_with_damage() -> None:
+                    self.machine.main_pid += 1
+                    alive = self.result_dir / ALIVE
+                    if damage == "link":
+                        alive.symlink_to(self.result_dir / "nowhere")
+                    else:
+                        alive.write_text(damage)
+
+                self.machine.on_install = restarts_with_damage
+                result = self.install()
+                self.assertEqual(result["exit_code"], NOT_STARTED)
+                self.assertIn("did not take up the operation within 30s", result["message"])
+
     def test_not_restarted_by_the_package_is_restarted(self) -> None:
         """When the package's scripts did not restart the service (a policy said no), the unit
         restarts it, once, and watches the new version start."""
