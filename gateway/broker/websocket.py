@@ -204,6 +204,8 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         body = (line + "\n").encode()
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                    ("Connection", "close"), *(responseHeaders or ())]
+        if code == 426:  # (RFC 9110 section 15.5.22: a 426 names the protocol to upgrade to)
+            headers.append(("Upgrade", "websocket"))
         super().sendHttpErrorResponse(code, line, headers)
         self.sendData(body)
 

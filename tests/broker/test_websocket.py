@@ -467,7 +467,8 @@ class WebsocketRefusalTests(SynchronousTestCase):
     def test_a_request_without_upgrade_is_426(self) -> None:
         protocol, transport = ws_connect(ws_factory())
         protocol.dataReceived(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertEqual(transport.value(), refused(b"426", b"HTTP Upgrade header missing"))
+        self.assertEqual(transport.value(), refused(b"426", b"HTTP Upgrade header missing").replace(
+            b"Connection: close\r\n", b"Connection: close\r\nUpgrade: websocket\r\n"))  # (RFC 9110 15.5.22)
         self.assertTrue(transport.disconnecting)
 
     def test_malformed_handshakes_say_why_in_one_line(self) -> None:
