@@ -46,6 +46,10 @@ soon as it is accepted while the gateway has too few descriptors left for its ow
 the MQTT listeners do: clients connecting to the ingest until the process met its limit left
 the journal, the broker and the links none.
 
+Every answer names its server ``Server: gateway`` (:data:`SERVER`; the MQTT over WebSocket
+listeners' handshakes too): Twisted's ``TwistedWeb/<version>`` told anyone on the network
+which library, at which version, answered.
+
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
 
@@ -59,6 +63,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from gateway.addresses import address_text
 from gateway.clockstep import steady_seconds
@@ -74,6 +79,10 @@ BODY_RATE = 1024
 #: The answer to a head that took longer (or a line of it that is too long), and closes.
 _REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
+
+#: What every answer of the gateway's HTTP listeners names as its ``Server``: no library,
+#: no version (Twisted's and autobahn's named theirs).
+SERVER = "gateway"
 
 log = Logger()
 
@@ -198,6 +207,11 @@ class ClosingChannel(HTTPChannel):
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         self.length = 0  # (HTTPChannel.lineReceived then processes the request: its body is in)
         self._unread = True
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        """Send an answer's head, its ``Server`` header :data:`SERVER` (whatever the request set)."""
+        headers.setRawHeaders(b"server", [SERVER.encode()])
+        super().writeHeaders(version, code, reason, headers)
 
     def requestDone(self, request: Any) -> None:
         """The answer is sent: the next bytes begin the next request's head."""

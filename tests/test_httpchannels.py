@@ -65,6 +65,16 @@ class ClosingSiteTests(SynchronousTestCase):
         self.site.close_connections()
         self.assertTrue(transport.disconnecting)
 
+    def test_an_answer_names_no_library_and_no_version(self) -> None:
+        """Every answer says ``Server: gateway``: Twisted's said ``TwistedWeb/<version>`` to anyone
+        on the network (the ingest's, the admin API's and the metrics' listeners share it)."""
+        channel, transport = self.connect()
+        channel.dataReceived(GET)
+        self.resource.answer()
+        head = transport.value().partition(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nServer: gateway\r\n", head)
+        self.assertNotIn(b"twisted", head.lower())
+
     def test_a_request_in_progress_is_answered_then_the_connection_closes(self) -> None:
         """The response in progress when the service stops is sent whole, saying
         ``Connection: close``, and then the connection closes (a write's 204 is not lost)."""

@@ -34,6 +34,7 @@ from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
 from gateway.broker.wsorigin import AllowedOrigins, without_origin
 from gateway.browserguard import BrowserGuard
 from gateway.clockstep import steady_seconds
+from gateway.httpchannels import SERVER
 from gateway.logbridge import set_autobahn_level
 from gateway.shown import shown
 
@@ -271,7 +272,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     noisy = False  # (no "Starting factory <... object at 0x...>" line: the listener's own line says it)
 
     def __init__(self, mqtt: MQTTListenerFactory, allowed_origins: tuple[str, ...] = ()) -> None:
-        super().__init__()
+        super().__init__(server=SERVER)  # (autobahn's own named it and its version)
         self.mqtt = mqtt
         #: which browser pages' handshakes are taken (the listener's ``allowed_origins``)
         self.origins = AllowedOrigins(allowed_origins)

@@ -465,20 +465,31 @@ class ContainerOperations:
                 # The rollback is recorded too: the update run again after such a crash ends as one.
                 rolling = self._state.changed(apps=restored)
                 rolling.rollbacks[name] = (version, str(exc))
-                yield self._save(rolling)
+                refused: OSError | None = None
+                try:
+                    yield self._save(rolling)
+                except OSError as error:  # rolled back all the same (it must not run): unrecorded
+                    refused = error
                 self._state = rolling  # (the lock held: nothing else changed the state meanwhile)
                 tails = yield self._tails(name)
                 try:
-                    yield self._rollback(new, container_id)
+                    # (unrecorded, the file still names the new version's image: kept until it is)
+                    yield self._rollback(new, container_id, prune=refused is None)
                 finally:
                     self._state.rollbacks.pop(name, None)
                 try:
                     yield self._save()  # (the images deleted; no rollback under way)
-                except OSError as error:  # rolled back all the same, as it is on disk and in podman
+                except OSError as error:  # rolled back all the same, as it is in podman
+                    if refused is not None:
+                        return failed("rolled-back", f"{exc}; rolled back, but the disk refuses to record it "
+                                      f"({self._store.path}: {error.strerror or error}): until the next write "
+                                      f"the file says {version} is current, and a restart runs it", tails)
                     log.warn("containers: {name} {version} rolled back, but cannot record that its rollback is"
                              " over ({path}: {error}): until the next write the file says it is under way and"
                              " lists the images deleted", name=name, version=version, path=self._store.path,
                              error=error.strerror or str(error))
+                if refused is not None:  # recorded at last: the new version's image can go
+                    yield self._prune_unused()
                 return failed("rolled-back", str(exc), tails)
             finally:
                 self._watching = None
@@ -549,17 +560,17 @@ class ContainerOperations:
         return rolled_back
 
     @inlineCallbacks
-    def _rollback(self, new: Deployed, container_id: str) -> Any:
-        """Remove ``new``'s container, run the previous version's again and delete ``new``'s
-        image if no version uses it (the desired state says the previous version already; the
-        caller writes it with the images deleted)."""
+    def _rollback(self, new: Deployed, container_id: str, prune: bool = True) -> Any:
+        """Remove ``new``'s container, run the previous version's again and (``prune``) delete
+        ``new``'s image if no version uses it (the desired state says the previous version
+        already; the caller writes it with the images deleted)."""
         self._supervisor.forget(new.name)
         yield self._runtime.remove(container_id)
         if new.previous is not None:
             found = yield self._own_containers()
             existing = next((s for s in found if s.name == new.previous.container_name), None)
             yield self._ensure(new.previous, existing)
-        if new.image_id not in {d.image_id for d in self._state.apps.values()}:
+        if prune and new.image_id not in {d.image_id for d in self._state.apps.values()}:
             deleted = yield self._fetcher.prune({new.image_id} & self._state.images, set())
             self._state.images -= set(deleted)
 

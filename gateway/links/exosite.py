@@ -41,6 +41,8 @@ MAX_ANSWER = 2**20
 #: stopped and the one that replaced it may work on the same files at once (a late
 #: activation answer's save), and each step reads what the other writes.
 _CIK_FILES = threading.Lock()
+#: The largest ``.device`` file read (bytes): it names a vendor, a model and a serial.
+MAX_DEVICE_FILE = 4096
 
 
 def _plausible_cik(text: str, length: int | None = None) -> bool:
@@ -315,12 +317,37 @@ class CIKFile:
         return self.path.with_name(f"{self.path.name}.{hashlib.sha256(device.encode()).hexdigest()[:16]}")
 
     def _owner(self) -> str | None:
-        """The device the file's ``.device`` names (``None``: none, or not ours: the CIK is
-        the configured device's)."""
+        """The device the file's ``.device`` names (``None``: none, or none it can name: the
+        CIK is the configured device's)."""
+        return self._read_device()[0]
+
+    def _read_device(self) -> tuple[str | None, str]:
+        """The device the ``.device`` names (as :meth:`_owner`), and what is wrong with it
+        (``""``: nothing, or there is none): it names a device only as the gateway writes one,
+        ``vendor=...&model=...&sn=...``."""
         try:
-            return self.device_path.read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
+            with open(self.device_path, "rb") as file:
+                data = file.read(MAX_DEVICE_FILE + 1)
+        except FileNotFoundError:
+            return None, link_to_nothing(self.device_path) or ""
+        except OSError as exc:  # (a directory, a loop of links; one out of the user's reach stops the load)
+            return None, exc.strerror or str(exc)
+        if len(data) > MAX_DEVICE_FILE:
+            return None, f"it holds more than {MAX_DEVICE_FILE} bytes"
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None, "it is not UTF-8 text"
+        named = parse_qsl(text, keep_blank_values=True)
+        if [key for key, _ in named] != ["vendor", "model", "sn"] or urlencode(named) != text:
+            return None, "it names no device (vendor=...&model=...&sn=...)"
+        return text, ""
+
+    def _set_device_aside(self) -> str:
+        """Move a damaged ``.device`` aside (mode 0600, as a damaged CIK file); what was wrong
+        and where it went, for the log (``""``: nothing)."""
+        problem = self._read_device()[1]
+        return f"{problem}; {set_aside(self.device_path, secret=True)}" if problem else ""
 
     def _switch_device(self) -> str:
         """Put a CIK of another device aside, and the configured device's back if it was
@@ -357,28 +384,39 @@ class CIKFile:
         """The stored CIK of the configured device, or ``None`` (no file, an empty one, or one
         of another device, kept aside: the link activates). A file that holds no CIK (anything
         but visible ASCII without spaces) or cannot be read is logged and moved aside to
-        ``<name>.damaged``: no CIK either, and the link starts."""
-        def read() -> tuple[str | None, str, str]:
+        ``<name>.damaged``: no CIK either, and the link starts. A damaged ``.device`` (not
+        one the gateway writes: not UTF-8, too long, no device named, a directory, a symbolic
+        link to nothing) is logged and moved aside to ``<name>.device.damaged``: the CIK is
+        taken as the configured device's, as one put there by hand."""
+        def read() -> tuple[str | None, str, str, str]:
             with _CIK_FILES:
-                try:
-                    switched = self._switch_device()
-                    text = self.path.read_text().strip()
-                except FileNotFoundError:
-                    dangling = link_to_nothing(self.path)
-                    if dangling is not None:  # (a link to nothing: damage, told, not a first start)
-                        return None, f"{dangling}; {set_aside(self.path, secret=True)}", switched
-                    return None, "", switched
-                except (OSError, UnicodeDecodeError) as exc:
-                    return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path, secret=True)}", ""
-                if text and not _plausible_cik(text):
-                    aside = set_aside(self.path, secret=True)
-                    return None, f"it holds no CIK (visible ASCII without spaces); {aside}", switched
-                if text:  # (read, and a CIK: the configured device's from now on)
-                    switched = "; ".join(filter(None, (switched, self._claim())))
-                return text or None, "", switched
+                device_problem = self._set_device_aside()
+                return (*read_cik(), device_problem)
 
-        def told(result: tuple[str | None, str, str]) -> str | None:
-            cik, problem, switched = result
+        def read_cik() -> tuple[str | None, str, str]:
+            try:
+                switched = self._switch_device()
+                text = self.path.read_text().strip()
+            except FileNotFoundError:
+                dangling = link_to_nothing(self.path)
+                if dangling is not None:  # (a link to nothing: damage, told, not a first start)
+                    return None, f"{dangling}; {set_aside(self.path, secret=True)}", switched
+                return None, "", switched
+            except (OSError, UnicodeDecodeError) as exc:
+                return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path, secret=True)}", ""
+            if text and not _plausible_cik(text):
+                aside = set_aside(self.path, secret=True)
+                return None, f"it holds no CIK (visible ASCII without spaces); {aside}", switched
+            if text:  # (read, and a CIK: the configured device's from now on)
+                switched = "; ".join(filter(None, (switched, self._claim())))
+            return text or None, "", switched
+
+        def told(result: tuple[str | None, str, str, str]) -> str | None:
+            cik, problem, switched, device_problem = result
+            if device_problem:
+                self.log.error("link {link}: unusable {path} ({problem}): the CIK beside it is taken as the"
+                               " configured device's ({device}), as one put there by hand", link=self.link,
+                               path=str(self.device_path), problem=device_problem, device=self.device)
             if switched:
                 self.log.info("link {link}: {path}: the link's device is {device} now: {switched}",
                               link=self.link, path=str(self.path), device=self.device, switched=switched)

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from gateway.operations.fieldtypes import check_fields
+
 #: Go's zero time, which Kanto's statuses carry for a time not reached yet.
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -113,7 +115,10 @@ class Upload:
         """Rebuild an upload persisted by :meth:`to_json`.
 
         :param value: the persisted form.
+        :raises ValueError: for a field that holds what an upload never saves there (a record
+            damaged from outside); ``TypeError`` for one it lacks, or does not know.
         """
+        check_fields(cls, value)
         files = [FileUpload(**{**f, "state": UploadState(f["state"])}) for f in value["files"]]
         return cls(**{**value, "files": files, "state": UploadState(value["state"])})
 

@@ -441,6 +441,15 @@ class WebsocketHandshakeSizeTests(SynchronousTestCase):
         protocol.dataReceived(head + masked_frame(2, b"\x10") * (MAX_HANDSHAKE // 7 + 1))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80])
 
+    def test_the_handshake_names_no_library_and_no_version(self) -> None:
+        """The handshake's answer says ``Server: gateway``: it said ``AutobahnPython/<version>``
+        to anyone on the network."""
+        _, protocol, transport = self.connection()
+        protocol.dataReceived(handshake(40410, "mqtt"))
+        head = transport.value().partition(b"\r\n\r\n")[0].lower()
+        self.assertIn(b"\r\nserver: gateway\r\n", head)
+        self.assertNotIn(b"autobahn", head)
+
     def test_a_handshake_within_the_limit_is_answered(self) -> None:
         from gateway.broker.websocket import MAX_HANDSHAKE
 

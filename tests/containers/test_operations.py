@@ -1060,6 +1060,53 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
 
+    def test_a_rollback_whose_first_write_the_disk_refuses_is_rolled_back(self) -> None:
+        """An update that failed its health gate whose rollback's first state.json write the disk
+        refuses is rolled back all the same (the old version runs again); once the next write
+        records it, the new version's image is deleted. It failed with the bare OSError."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n == 2)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        image = self.runtime.containers_by_id[self.unit().container_id].image_id
+        self.runtime.exit(self.unit().container_id, 1)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+        stored = ContainerStore(self.state).load()[0]
+        self.assertEqual((stored.apps["app"].version, stored.rollbacks), ("1", {}))
+        self.assertNotIn(image, stored.images)
+        self.assertNotIn(image, self.runtime.images)
+
+    def test_a_rollback_no_write_of_which_the_disk_takes_says_so_and_a_restart_converges(self) -> None:
+        """An update that failed its health gate whose rollback the disk refuses to record at
+        all ends ``rolled-back`` with one line naming the file; the old version runs. The file
+        still says the new version is current: its image is kept, and a restart runs it, with
+        one container for the app."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        _, patch = self.refuse_saves(errno.ENOSPC, lambda n: n >= 2)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        image = self.runtime.containers_by_id[self.unit().container_id].image_id
+        self.runtime.exit(self.unit().container_id, 1)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
+        self.assertIn(f"rolled back, but the disk refuses to record it ({self.state / 'containers' / 'state.json'}: "
+                      f"{os.strerror(errno.ENOSPC)}): until the next write the file says 2 is current",
+                      result.message)
+        self.assertNotIn("\n", result.message)
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+        self.assertIn(image, self.runtime.images)
+        patch.restore()
+        self.successResultOf(self.stop_service(operations))
+        self.make()
+        self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
+        self.assertEqual([s.labels["io.gateway.version"] for s in self.runtime.containers_by_id.values()], ["2"])
+
     def test_uninstall_deletes_the_log_files(self) -> None:
         """Uninstalling a container app deletes its log files and their rotated backups, as
         uninstalling a hosted app does; another app's logs stay."""

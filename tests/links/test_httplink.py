@@ -367,17 +367,62 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.successResultOf(files("gw1").load()), "a" * 40)
 
     def test_a_cik_whose_device_cannot_be_written_is_used(self) -> None:
-        """A CIK put there by hand whose .device the disk refuses (full; here a directory in
-        its place) is used all the same, not moved aside as damaged (the link would activate:
-        409 for a device activated before)."""
+        """A CIK put there by hand whose .device the disk refuses (full) is used all the same,
+        not moved aside as damaged (the link would activate: 409 for a device activated
+        before)."""
+        from gateway.links import exosite
         from gateway.links.exosite import CIKFile
 
         self.cik_path.parent.mkdir(parents=True)
         self.cik_path.write_text("d" * 40 + "\n")
         cik_file = CIKFile("cloud", self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
-        cik_file.device_path.mkdir()
+
+        def full(path: Path, data: bytes, mode: int) -> None:
+            raise OSError(28, os.strerror(28))
+        self.patch(exosite, "write_atomically", full)
         self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
         self.assertEqual(self.cik_path.read_text(), "d" * 40 + "\n")
+        self.assertFalse(cik_file.device_path.exists())
+
+    def test_a_damaged_device_file_is_told_once_and_set_aside(self) -> None:
+        """A ``.device`` the gateway did not write (random bytes, a huge value, a directory, a
+        symbolic link to nothing) is logged once, naming it, and moved aside to
+        ``cloud.cik.device.damaged`` (mode 0600, as a damaged CIK file); the CIK beside it is the
+        configured device's, used without activating, and its .device written afresh. Read
+        past in silence, a random or huge value was taken for another device's: the CIK was
+        put aside and the link activated again (409 for a device activated before)."""
+        from gateway.links.exosite import CIKFile
+
+        self.cik_path.parent.mkdir(parents=True)
+        aside = self.cik_path.parent / "cloud.cik.device.damaged"
+        damages: list[tuple[str, Any]] = [
+            ("not UTF-8 text", lambda p: p.write_bytes(os.urandom(16) + b"\xff")),
+            ("no device", lambda p: p.write_bytes(b"\x01garbage")),
+            ("more than 4096 bytes", lambda p: p.write_bytes(b"vendor=" + b"a" * 10**6)),
+            ("Is a directory", lambda p: p.mkdir()),
+            ("symbolic link to 'gone', which does not exist", lambda p: p.symlink_to("gone")),
+        ]
+        for why, damage in damages:
+            self.cik_path.write_text("d" * 40 + "\n")
+            cik_file = CIKFile("cloud", self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
+            cik_file.device_path.unlink(missing_ok=True)
+            damage(cik_file.device_path)
+            with capturedLogs() as events:
+                self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
+                self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
+            [line] = [formatEvent(e) for e in events if "unusable" in formatEvent(e)]
+            self.assertIn(f"link cloud: unusable {cik_file.device_path} (", line)
+            self.assertIn(why, line)
+            self.assertIn(f"moved to {aside}", line)
+            self.assertEqual(cik_file.device_path.read_text().strip(), cik_file.device)
+            self.assertEqual(self.cik_path.read_text(), "d" * 40 + "\n")
+            if aside.is_symlink():
+                aside.unlink()
+            elif aside.is_dir():
+                aside.rmdir()
+            else:
+                self.assertEqual(aside.stat().st_mode & 0o777, 0o600)
+                aside.unlink()
 
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or

@@ -127,6 +127,39 @@ class DamagedRecordTests(SynchronousTestCase):
             bad.write_text(json.dumps({**Operation("other", "install", [], Status.STARTED).to_json(), key: value}))
             self.check_set_aside(store, bad)
 
+    def test_an_upload_field_of_the_wrong_type(self) -> None:
+        """An upload record with a field of another type than an upload saves there (its own or
+        a file's) is set aside, the line naming the field; it was read past in silence (no field
+        was checked: ``checksum: [false]`` was taken as true, and sent Content-MD5)."""
+        from gateway.uploads.operation import FileUpload, Upload, UploadState
+
+        upload = Upload("other", [FileUpload("other#1", "/var/log/a", 3, md5="x", sha256="y",
+                                             options={"provider": "generic"})],
+                        UploadState.UPLOADING, start_time=1.0, info={"k": "v"}, checksum=True)
+        stores = RecordStore(Path(self.mktemp()), Upload.from_json)
+        stores.save(upload)
+        self.assertEqual(stores.load_all(), [upload])  # (the real thing loads as it was)
+        damages = [({"checksum": [False]}, "checksum: a boolean is required, not a list"),
+                   ({"start_time": "1"}, "start_time: a number is required, not the text '1'"),
+                   ({"ended": 1.5}, "ended: a whole number is required, not the number 1.5"),
+                   ({"info": {"k": 1}}, "info.k: text is required, not the number 1"),
+                   ({"state": "PAUSED"}, "state: one of "),
+                   ({"files": {}}, "files: a list is required"),
+                   ({"files": [{**upload.to_json()["files"][0], "size": True}]},
+                    "files.0.size: a whole number is required, not the boolean true"),
+                   ({"files": [{**upload.to_json()["files"][0], "md5": 5}]},
+                    "files.0.md5: text is required, not the number 5")]
+        for change, why in damages:
+            store = RecordStore(Path(self.mktemp()), Upload.from_json)
+            store.save(Upload("good", []))
+            bad = store.path_for("other")
+            bad.write_text(json.dumps({**upload.to_json(), **change}))
+            events = capture_log_events(self)
+            self.assertEqual([r.correlation_id for r in store.load_all()], ["good"])
+            [error] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+            self.assertIn(f"skipping unreadable operation {bad}: {why}", error)
+            self.assertTrue(os.path.lexists(f"{bad}.damaged"))
+
     @settings(max_examples=60, derandomize=True, deadline=None)
     @given(st.one_of(st.binary(max_size=64), JSON.map(lambda v: json.dumps(v).encode()),
                      st.dictionaries(st.sampled_from(["correlation_id", "action", "modules", "status", "message"]),
