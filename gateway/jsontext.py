@@ -26,6 +26,12 @@ _SPACES = re.compile(f"[{_SPACE}]*")
 _DECODER = json.JSONDecoder()
 
 
+class NotTextError(ValueError):
+    """JSON holding a string that is not Unicode text (a lone surrogate): :func:`loads` refuses
+    it as it refuses bytes that are no text (:class:`UnicodeDecodeError`), apart from JSON that
+    is malformed, so that an answer can say which it was."""
+
+
 def loads(data: str | bytes, *, strict: bool = False) -> Any:
     """``json.loads(data)``, with JSON nested deeper than Python's recursion limit refused
     as the :class:`ValueError` every other malformed text is (``json.loads`` raises
@@ -101,7 +107,7 @@ def _has_surrogate(text: str) -> bool:
 def _check_text(value: Any) -> None:
     """Refuse a parsed JSON value holding a string (a key too) that is not Unicode text.
 
-    :raises ValueError: for a lone surrogate.
+    :raises NotTextError: for a lone surrogate.
     """
     stack = [value]
     while stack:
@@ -112,7 +118,7 @@ def _check_text(value: Any) -> None:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str) and _has_surrogate(item):
-            raise ValueError(f"JSON string {item[:40]!r} holds a lone surrogate: it is not Unicode text")
+            raise NotTextError(f"JSON string {item[:40]!r} holds a lone surrogate: it is not Unicode text")
 
 
 def members(file: IO[bytes], arrays: Collection[str] = ()) -> Iterator[tuple[str, Any]]:

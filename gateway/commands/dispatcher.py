@@ -73,13 +73,14 @@ class CommandRequest:
 
         :param keys: the keys the object may hold (a typo must not be dropped silently);
             ``None``: any.
-        :raises CommandError: 400 when it is not a JSON object, nests deeper than
+        :raises CommandError: 400 when it is not a JSON object (RFC 8259's: no ``NaN``, no key
+            given twice...), nests deeper than
             :data:`gateway.jsontext.MAX_NESTING` levels, or holds a key not in ``keys``.
         """
         if not self.payload.strip():
             return {}
         try:
-            body = jsontext.loads(self.payload)
+            body = jsontext.loads(self.payload, strict=True)  # (a NaN went on into the configuration)
         except ValueError as exc:
             raise CommandError(400, f"the body is not JSON: {exc}") from None
         if isinstance(body, dict) and "value" in body and ("path" in body or "topic" in body):

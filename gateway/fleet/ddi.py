@@ -264,7 +264,7 @@ class DDIClient:
         if not content.strip():
             return None
         try:
-            return jsontext.loads(content)
+            return jsontext.loads(content, strict=True)  # (a NaN, or one of two ids, was taken into state.json)
         except ValueError as error:
             raise DDIError(f"{method} {url}: the answer is not JSON ({error})", response.code) from error
 

@@ -193,6 +193,17 @@ class TelemetryService(Service):
         self._engine_call = None
         self._periodic("engine_report")
 
+    @staticmethod
+    def _not_rfc_json(text: str, exc: ValueError) -> str | None:
+        """Why a request that Python's parser takes is refused as not RFC 8259 JSON (``exc``:
+        ``{"report": "a", "report": "b"}`` asked for the last report named, silently); ``None``
+        for one that is no JSON at all: a report's name, refused as unknown when it is none."""
+        try:
+            jsontext.loads(text)
+        except ValueError:
+            return None
+        return f"the request is not valid JSON: {exc}"
+
     def _requested(self, message: BusMessage) -> Deferred[Any] | None:
         """A request on the request topic: its payload is a report's name (or JSON
         ``{"report": name}``); an unknown one, or one larger than
@@ -205,9 +216,9 @@ class TelemetryService(Service):
         error: str | None = oversized
         if oversized is None and text.startswith(("{", '"')):
             try:
-                value = jsontext.loads(text)
-            except ValueError:
-                pass
+                value = jsontext.loads(text, strict=True)
+            except ValueError as exc:
+                error = self._not_rfc_json(text, exc)
             else:
                 if isinstance(value, dict) and "report" not in value:
                     # (the remote command's {"name": ...} asked here: say what was sent and what is asked)

@@ -97,18 +97,29 @@ def parse_command(payload: bytes) -> Command | None:
     (other events on ``e/#`` are none of the twin's business).
 
     :raises DittoError: for a twin command that is malformed (bad JSON in the value, an
-        unknown action, a missing path; a string that is not Unicode text: a lone surrogate
-        ``"\\ud800"``, bytes that are not UTF-8, Ditto's ``json.invalid``).
+        unknown action, a missing path; Ditto's ``json.invalid`` for a string that is not
+        Unicode text, a lone surrogate ``"\\ud800"`` or bytes that are not UTF-8, and for
+        JSON that RFC 8259 does not allow: ``NaN``, ``1e400``, a key given twice...).
     """
     try:
         envelope = jsontext.loads(payload)
-    except ValueError as exc:  # (UnicodeDecodeError is one)
+    except ValueError:  # (UnicodeDecodeError is one)
+        envelope = None  # (answered below when it is a twin command's)
+    else:
+        if not _is_command(envelope):
+            return None
+    try:
+        # (a command only, parsed again: the events on e/# are parsed as fast as before) A NaN
+        # stored in a thing made things.json and the events no JSON, a key given twice was one
+        # of two values taken silently, and a 5000-digit integer went unanswered.
+        jsontext.loads(payload, strict=True)
+    except ValueError as exc:
         mended = _mended_envelope(payload)
         if mended is None:
             return None
-        raise DittoError(400, "json.invalid", f"the command is not Unicode text: {exc}", mended) from None
-    if not _is_command(envelope):
-        return None
+        fault = "not Unicode text" if isinstance(exc, (UnicodeDecodeError, jsontext.NotTextError)) else "not valid JSON"
+        raise DittoError(400, "json.invalid", f"the command is {fault}: {exc}", mended) from None
+    assert envelope is not None  # (strict JSON is JSON)
     try:
         return _command(envelope)
     except DittoError as exc:
@@ -165,10 +176,11 @@ def is_command_topic(topic: str) -> bool:
 
 def _mended_envelope(payload: bytes) -> dict[str, Any] | None:
     """The topic, path and headers of a twin command whose JSON :func:`jsontext.loads` refuses
-    for holding what is not Unicode text, with that mended (U+FFFD), for its error answer (which
-    could not be encoded else); ``None`` when the payload is no twin command's JSON at all."""
+    (strict), what is not Unicode text mended (U+FFFD), for its error answer (which could not
+    be encoded else); a header that is no JSON (``NaN``) is left out; ``None`` when the payload
+    is no twin command's JSON at all."""
     try:
-        envelope = json.loads(payload.decode(json.detect_encoding(payload), "replace"))
+        envelope = json.loads(payload.decode(json.detect_encoding(payload), "replace"), parse_int=_any_int)
     except (ValueError, RecursionError):
         return None
     if not _is_command(envelope):
@@ -182,6 +194,15 @@ def _mended_envelope(payload: bytes) -> dict[str, Any] | None:
             "headers": kept}
 
 
+def _any_int(text: str) -> int | float:
+    """An integer of the JSON text, one of more digits than Python converts as a float (an
+    infinity: a header holding it is left out of the answer)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _mended(text: str) -> str:
     """``text`` with each lone surrogate replaced by U+FFFD."""
     return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
@@ -190,7 +211,7 @@ def _mended(text: str) -> str:
 def _is_text(value: Any) -> bool:
     """Whether a parsed JSON value holds Unicode text only (no lone surrogate anywhere)."""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (UnicodeEncodeError, ValueError, RecursionError):
         return False
     return True

@@ -150,7 +150,8 @@ class ShadowSync:
             return False
         shadow, operation = parsed
         try:
-            body = jsontext.loads(publish.payload)
+            # (strict: a NaN in a delta went into the twin's desired properties, no JSON then)
+            body = jsontext.loads(publish.payload, strict=True)
         except ValueError:
             count = self._not_json_lines.note()
             if count is not None:

@@ -195,7 +195,7 @@ class UpdateService(Service):
             self._refused(command, None, refusal)
             return str(refusal)
         try:
-            request = jsontext.loads(payload)
+            request = jsontext.loads(payload, strict=True)  # (a NaN went on into the state and the statuses)
         except ValueError as error:
             refusal = InvalidOperation(f"the request is not JSON: {error}")
             self._refused(command, None, refusal)

@@ -43,7 +43,8 @@ def parse_inbox(operation: str, payload: bytes, feature_id: str) -> Inbox:
         ``/features/<feature_id>/inbox/messages/<operation>``.
     :param feature_id: the feature's id.
     :raises InvalidRequest: on a payload larger than
-        :data:`~gateway.payloadlimits.REQUEST_BYTES` (not read), bad JSON, another feature
+        :data:`~gateway.payloadlimits.REQUEST_BYTES` (not read), bad JSON (RFC 8259's: no ``NaN``,
+        no key given twice...), another feature
         or operation, or a non-object value.
     """
     if operation not in OPERATIONS:
@@ -52,7 +53,7 @@ def parse_inbox(operation: str, payload: bytes, feature_id: str) -> Inbox:
     if oversized is not None:
         raise InvalidRequest(f"invalid '{operation}' operation parameters: {oversized}")
     try:
-        message = jsontext.loads(payload) if payload.strip() else {}
+        message = jsontext.loads(payload, strict=True) if payload.strip() else {}
     except ValueError as error:
         raise InvalidRequest(f"invalid '{operation}' operation parameters: {error}") from error
     envelope = None

@@ -261,6 +261,19 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(topic, "command//gw-1/res/1/400")
         self.assertIn("not JSON", body["error"])
 
+    def test_a_body_that_is_not_rfc_8259_json_is_400(self) -> None:
+        """docs/commands.md: a body holding NaN, Infinity, 1e400, an integer of 5000 digits or
+        a key given twice is 400 ``the body is not JSON: ...``, as the admin API refuses it
+        (a NaN went on into a configuration change, a key given twice was one of two values)."""
+        for n, (body, why) in enumerate(((b'{"a": NaN}', "NaN is not JSON"), (b'{"a": Infinity}', "Infinity is not JSON"),
+                                         (b'{"a": 1e400}', "the number 1e400 is too large"),
+                                         (b'{"a": %s}' % (b"9" * 5000), "an integer of 5000 digits"),
+                                         (b'{"a": 1, "a": 2}', "key 'a' given twice in one object"))):
+            self.bus.deliver(f"command//gw-1/req/{n}/echo", body)
+            topic, reply = self.replies()[-1]
+            self.assertEqual(topic, f"command//gw-1/res/{n}/400")
+            self.assertIn(f"the body is not JSON: {why}", reply["error"])
+
     def test_a_body_nested_too_deeply_is_400(self) -> None:
         """A JSON body whose objects and arrays nest deeper than 100 levels is refused with 400
         before any handler sees it (config.set's YAML writer ran out of stack on one: a 500)."""

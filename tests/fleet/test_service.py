@@ -1693,3 +1693,19 @@ class DDIClientTests(SynchronousTestCase):
         client = DDIClient(StubTreq(Deep()), Clock(), "http://ddi.test", "default", "gw", None)
         failure = self.failureResultOf(client.poll(), DDIError)
         self.assertIn("the answer is not JSON (JSON nested too deeply to parse)", failure.getErrorMessage())
+
+    def test_an_answer_that_is_not_rfc_8259_json_is_not_json(self) -> None:
+        """docs/fleet.md: an answer holding NaN, 1e400 or a key given twice (one of two action
+        ids, taken silently) is the DDIError 'the answer is not JSON' of any malformed answer."""
+        for body, why in ((b'{"config": {"polling": {"sleep": NaN}}}', "NaN is not JSON"),
+                          (b'{"a": 1e400}', "the number 1e400 is too large"),
+                          (b'{"id": "1", "id": "2"}', "key 'id' given twice in one object")):
+            class Answer(Resource):
+                isLeaf = True
+
+                def render_GET(self, request: Any, body: bytes = body) -> bytes:
+                    return body
+
+            client = DDIClient(StubTreq(Answer()), Clock(), "http://ddi.test", "default", "gw", None)
+            failure = self.failureResultOf(client.poll(), DDIError)
+            self.assertIn(f"the answer is not JSON ({why}", failure.getErrorMessage())

@@ -127,6 +127,22 @@ class TelemetryServiceTests(SynchronousTestCase):
                 "edge/gateway/reports/error",
                 f"unknown report {named} (known: device_info, usage_report, engine_report)"))
 
+    def test_a_request_that_is_not_rfc_8259_json_is_refused(self) -> None:
+        """docs/telemetry.md: ``{"report": "bogus", "report": "usage_report"}`` built the report
+        named last, silently, and ``{"report": NaN}`` was ``unknown report nan``: JSON that RFC
+        8259 does not allow is answered ``the request is not valid JSON: ...``, as the admin API
+        refuses it; no report is built."""
+        self.start()
+        for payload, why in ((b'{"report": "bogus", "report": "usage_report"}', "key 'report' given twice"),
+                             (b'{"report": NaN}', "NaN is not JSON"), (b'{"report": "usage_report", "x": 1e400}',
+                                                                     "the number 1e400 is too large")):
+            self.bus.published.clear()
+            self.bus.receive("edge/gateway/reports/request", payload)
+            [(topic, answer, _, _)] = self.bus.published
+            self.assertEqual(topic, "edge/gateway/reports/error")
+            self.assertIn(f"the request is not valid JSON: {why}", json.loads(answer)["error"])
+            self.assertEqual(json.loads(answer)["request"], payload.decode())
+
     def test_a_json_request_without_report_names_what_was_sent(self) -> None:
         """docs/telemetry.md: ``{"name": "engine_report"}`` (the remote ``report`` command's
         shape, docs/commands.md) sent to the request topic was answered ``unknown report ''``,

@@ -439,6 +439,28 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send({"topic": "acme/gw1/things/twin/commands/retrieve", "path": "/", "headers": None})
         self.assertEqual([(t, m["status"]) for t, m in out], [("command///req//retrieve-response", 200)])
 
+    def test_a_command_that_is_not_rfc_8259_json_is_answered(self) -> None:
+        """docs/twin.md: a command holding NaN, Infinity or 1e400 was carried out and stored
+        (things.json and the events then held NaN, no JSON), a key given twice took the last
+        value silently, and a 5000-digit integer got no answer at all. Each is answered 400
+        ``json.invalid`` (``the command is not valid JSON: ...``), its correlation id kept and a
+        header that is no JSON left out, and changes nothing."""
+        for value, why in (("NaN", "NaN is not JSON"), ("-Infinity", "-Infinity is not JSON"),
+                           ("1e400", "the number 1e400 is too large"), ("9" * 5000, "an integer of 5000 digits"),
+                           ('{"a": 1, "a": 2}', "key 'a' given twice")):
+            payload = ('{"topic": "acme/gw1/things/twin/commands/modify", "path": "/attributes/x",'
+                       ' "value": %s, "headers": {"correlation-id": "c9", "n": NaN}}' % value).encode()
+            self.clock.advance(11)
+            out = self.send(payload)
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"], value[:20])
+            answer = out[0][1]
+            self.assertEqual((answer["status"], answer["value"]["error"]), (400, "json.invalid"))
+            self.assertIn(f"the command is not valid JSON: {why}", answer["value"]["message"])
+            self.assertEqual(answer["headers"], {"correlation-id": "c9", "response-required": False})
+            self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        self.assertEqual(self.send(b'{"topic": "a/b/things/other", "x": NaN, "x": 1}'), [])  # (no twin command)
+        self.assertEqual(self.send(command("modify", "/attributes/x", 1.5))[-1][1]["status"], 201)
+
     def test_a_command_that_is_not_unicode_text_is_answered(self) -> None:
         """docs/twin.md: a command whose JSON holds a lone surrogate (``"\\ud800"``, or its
         three UTF-8-like bytes) or bytes that are not UTF-8 got no answer at all (its JSON is

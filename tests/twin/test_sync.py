@@ -1059,6 +1059,23 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual((topic, live["topic"], live["path"]),
                          ("command///req//merge", "acme/gw1/things/live/commands/merge", "/attributes"))
 
+    def test_a_delta_that_is_not_rfc_8259_json_is_dropped_as_not_json(self) -> None:
+        """docs/aws.md: a delta holding NaN (or 1e400, a key given twice) was merged into the
+        feature's desiredProperties, things.json and the `merged` event then holding NaN, no
+        JSON: it is dropped as a message that is not JSON, with its warning."""
+        self.connect()
+        self.bus.take()
+        for n, body in enumerate((b'{"state": {"on": NaN}, "version": 3}', b'{"state": {"on": 1e400}, "version": 4}',
+                                  b'{"state": {"on": true, "on": false}, "version": 5}')):
+            self.clock.advance(11)
+            with capturedLogs() as events:
+                self.assertTrue(self.sync.cloud_message(Publish(f"{BASE}/name/lamp/update/delta", body, 1, False, 1,
+                                                                False)))
+            self.assertEqual(self.bus.take(), [], body)
+            self.assertIn("shadow lamp: update/delta message is not JSON, dropped", formatEvent(events[0]))
+        self.reply(f"{BASE}/name/lamp/update/delta", {"state": {"on": True}, "version": 6})
+        self.assertEqual(self.bus.take()[0][1]["value"], {"on": True})
+
     def test_a_delta_older_than_the_last_taken_is_ignored(self) -> None:
         """AWS may deliver deltas out of order: one whose version is not above the last delta
         taken for that shadow (from /update/delta or a get) is ignored, so an older wish never

@@ -852,6 +852,20 @@ class UpdateServiceTests(SynchronousTestCase):
             refused = service.handle_command(command, b"not json")
             self.assertTrue(refused is not None and refused.startswith("the request is not JSON: "), (command, refused))
 
+    def test_a_request_that_is_not_rfc_8259_json_is_refused(self) -> None:
+        """docs/updates.md: a request holding NaN, Infinity, 1e400, a 5000-digit integer or a
+        key given twice is refused as not JSON, as the admin API refuses it, for every command
+        (a NaN went on into the operation, a key given twice was one of two values)."""
+        service = self.service()
+        for body, why in ((b'{"correlationId": "a", "x": NaN}', "NaN is not JSON"),
+                          (b'{"correlationId": "a", "x": -Infinity}', "-Infinity is not JSON"),
+                          (b'{"correlationId": "a", "x": 1e400}', "the number 1e400 is too large"),
+                          (b'{"correlationId": "a", "x": %s}' % (b"9" * 5000), "an integer of 5000 digits"),
+                          (b'{"correlationId": "a", "correlationId": "b"}', "key 'correlationId' given twice")):
+            for command in ("install", "download", "cancel"):
+                refused = service.handle_command(command, body)
+                self.assertTrue((refused or "").startswith(f"the request is not JSON: {why}"), (command, refused))
+
     def test_a_wrong_target_is_named_with_its_module(self) -> None:
         """A ``metadata.target`` the gateway has not, or a ``metadata`` that is not an object, is
         a malformed request whose FINISHED_ERROR names the field with its module

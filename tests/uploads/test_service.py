@@ -593,6 +593,18 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual((status, error["error"]), (400, "messages:parameter.invalid"))
         self.assertIn("nested too deeply", error["message"])
 
+    def test_a_message_that_is_not_rfc_8259_json_is_a_400(self) -> None:
+        """docs/uploads.md: a message holding NaN, Infinity, 1e400, a 5000-digit integer or a
+        key given twice gets the 400 of any message that is not JSON, as the admin API refuses
+        it (a key given twice was one of two values, taken silently)."""
+        for message, why in ((b'{"correlationId": NaN}', "NaN is not JSON"), (b'{"x": Infinity}', "Infinity is not JSON"),
+                             (b'{"x": 1e400}', "the number 1e400 is too large"),
+                             (b'{"x": %s}' % (b"9" * 5000), "an integer of 5000 digits"),
+                             (b'{"correlationId": "a", "correlationId": "b"}', "key 'correlationId' given twice")):
+            status, error = self.successResultOf(self.service.handle("cancel", message))
+            self.assertEqual((status, error["error"]), (400, "messages:parameter.invalid"))
+            self.assertIn(f"invalid 'cancel' operation parameters: {why}", error["message"])
+
     def test_ditto_envelopes_are_answered_on_the_outbox_path(self) -> None:
         """A message in a Ditto envelope gets a Ditto envelope back, with the status."""
         envelope = {"topic": "ns/gw/things/live/messages/cancel", "headers": {"correlation-id": "c-9"},
