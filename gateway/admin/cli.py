@@ -612,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.parser  # the deepest subcommand's: its usage for errors
     if args.command == "check-config":
+        if args.path is not None and args.config is not None:
+            command.error(f"check-config takes PATH or --config PATH, not both ({args.path!r} and {args.config!r})")
         try:
             return check_config(args.path or args.config, bool(args.json))
         except BrokenPipeError:

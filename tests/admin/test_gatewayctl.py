@@ -552,6 +552,18 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(out.getvalue(), f"configuration OK: {DEFAULT_CONFIG}\n")
         self.assertEqual(DEFAULT_CONFIG.parent.name, "conf")
 
+    def test_path_and_config_together_are_a_usage_error(self) -> None:
+        """``check-config PATH --config OTHER`` is exit 2 naming both: it checked ``PATH``
+        alone and said ``configuration OK`` for it, ``OTHER`` silently unchecked."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdout", io.StringIO())
+        with self.assertRaises(SystemExit) as raised:
+            main(["check-config", "--config", "other.yaml", str(DEFAULT_CONFIG)])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertIn(f"check-config takes PATH or --config PATH, not both ({str(DEFAULT_CONFIG)!r} and"
+                      " 'other.yaml')", err.getvalue())
+
     def test_json_is_what_config_check_answers_with_the_file(self) -> None:
         """``--json`` (before or after the command) prints ``{"valid", "errors", "warnings", "path"}`` on
         stdout, as ``config check --json`` prints the API's answer: it printed the lines for
