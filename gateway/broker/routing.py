@@ -521,15 +521,24 @@ class Router(Generic[Client]):
         """
         retained = self.retained
         old = retained.get(topic)
-        old_size = 0 if old is None else retained_size(topic, old.payload)
-        if old is not None and self._is_clients(topic):
-            self.clients_retained_bytes -= old_size
-        self.retained_links.pop(topic, None)
-        self.retained_own.discard(topic)
+        if old is None:
+            old_size = 0
+        else:
+            # (the topic's bytes are counted once, from the old message: a replacement's size
+            # follows from its payload's)
+            old_size = retained_size(topic, old.payload)
+            if topic in self.retained_links:
+                del self.retained_links[topic]
+            elif topic in self.retained_own:
+                self.retained_own.remove(topic)
+            else:
+                self.clients_retained_bytes -= old_size
         if payload:
-            size = retained_size(topic, payload)
             if old is None:
+                size = retained_size(topic, payload)
                 self._retained_topics.add(topic, topic)
+            else:
+                size = old_size - len(old.payload) + len(payload)
             self.retained_bytes += size - old_size
             retained[topic] = Retained(payload, qos)
             if link:
@@ -569,7 +578,7 @@ class Router(Generic[Client]):
         replace: the client's needs room as on a new topic."""
         old = self.retained.get(topic)
         size = retained_size(topic, payload)
-        old_size = None if old is None or not self._is_clients(topic) else retained_size(topic, old.payload)
+        old_size = None if old is None or not self._is_clients(topic) else size - len(payload) + len(old.payload)
         return self.retained_limits.over(self.clients_retained_count, self.clients_retained_bytes, old_size,
                                          size), size
 
