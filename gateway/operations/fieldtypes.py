@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from typing import Any
@@ -64,8 +65,9 @@ def _check(tp: Any, value: Any, path: str) -> None:
         _require(isinstance(value, bool), "a boolean", value, path)
     elif tp is int:
         _require(type(value) is int, "a whole number", value, path)
-    elif tp is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), "a number", value, path)
+    elif tp is float:  # (finite: a NaN or an infinity read leniently from a damaged file is no time)
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and (type(value) is int or math.isfinite(value)), "a finite number", value, path)
     elif tp is str:
         _require(isinstance(value, str), "text", value, path)
     else:  # (a programming error, not a damaged record: it must not set records aside)

@@ -140,7 +140,9 @@ class DamagedRecordTests(SynchronousTestCase):
         stores.save(upload)
         self.assertEqual(stores.load_all(), [upload])  # (the real thing loads as it was)
         damages = [({"checksum": [False]}, "checksum: a boolean is required, not a list"),
-                   ({"start_time": "1"}, "start_time: a number is required, not the text '1'"),
+                   ({"start_time": "1"}, "start_time: a finite number is required, not the text '1'"),
+                   ({"start_time": float("nan")}, "start_time: a finite number is required"),
+                   ({"start_time": float("inf")}, "start_time: a finite number is required"),
                    ({"ended": 1.5}, "ended: a whole number is required, not the number 1.5"),
                    ({"info": {"k": 1}}, "info.k: text is required, not the number 1"),
                    ({"state": "PAUSED"}, "state: one of "),
