@@ -46,9 +46,9 @@ soon as it is accepted while the gateway has too few descriptors left for its ow
 the MQTT listeners do: clients connecting to the ingest until the process met its limit left
 the journal, the broker and the links none.
 
-Every answer names its server ``Server: gateway`` (:data:`SERVER`; the MQTT over WebSocket
-listeners' handshakes too): Twisted's ``TwistedWeb/<version>`` told anyone on the network
-which library, at which version, answered.
+Every answer names its server ``Server: gateway`` (:data:`SERVER`; the refusals this channel
+writes itself and the MQTT over WebSocket listeners' handshakes too): Twisted's
+``TwistedWeb/<version>`` told anyone on the network which library, at which version, answered.
 
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
@@ -76,13 +76,13 @@ HEAD_TIMEOUT = 30.0
 BODY_GRACE = 30.0
 #: ... one second more for each this many bytes that arrive (its slowest rate, on average).
 BODY_RATE = 1024
-#: The answer to a head that took longer (or a line of it that is too long), and closes.
-_REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
-
 #: What every answer of the gateway's HTTP listeners names as its ``Server``: no library,
 #: no version (Twisted's and autobahn's named theirs).
 SERVER = "gateway"
+
+#: The answer to a head that took longer (or a line of it that is too long), and closes.
+_REFUSED = (b"HTTP/1.1 %s\r\nServer: " + SERVER.encode() + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
 
 log = Logger()
 

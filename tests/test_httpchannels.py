@@ -74,6 +74,10 @@ class ClosingSiteTests(SynchronousTestCase):
         head = transport.value().partition(b"\r\n\r\n")[0]
         self.assertIn(b"\r\nServer: gateway\r\n", head)
         self.assertNotIn(b"twisted", head.lower())
+        channel, transport = self.connect()  # (a refusal the channel writes itself: a malformed head)
+        channel.dataReceived(b"GET / HTTP/9.9\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 505 "), transport.value())
+        self.assertIn(b"\r\nServer: gateway\r\n", transport.value().partition(b"\r\n\r\n")[0])
 
     def test_a_request_in_progress_is_answered_then_the_connection_closes(self) -> None:
         """The response in progress when the service stops is sent whole, saying
