@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gateway import config as gateway_config
 from gateway.tree import build_service
@@ -54,6 +54,9 @@ class SourcePathsTests(SynchronousTestCase):
         in backticks exists, and so does each file named after one in the same cell
         (``gateway/admin/token.py``, ``settings.py``: ``gateway/admin/settings.py``)."""
         root = ARCHITECTURE.parent.parent
+        if not (root / "gateway").is_dir():
+            raise SkipTest("no sources here (the .deb build runs the suite on a copy of tests/ and docs/"
+                           " without them)")
         pages = [root / "README.md",
                  *sorted(page for page in ARCHITECTURE.parent.glob("*.md") if page.name != "benchmarks.md")]
         missing, named = [], 0

@@ -10,7 +10,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The pages that quote messages (benchmarks.md quotes measurements).
@@ -47,6 +47,9 @@ def code_text() -> str:
     as Python joins them; not its docstrings, which quote messages too), and the packaging's
     files, whitespace collapsed, joined by NULs. (Read with regular expressions: parsing every
     module with :mod:`ast` takes seconds on a busy machine.)"""
+    if not (ROOT / "gateway").is_dir() or not (ROOT / "debian").is_dir():
+        raise SkipTest("no gateway/ and debian/ sources here (the .deb build runs the suite on a copy"
+                       " of tests/ and docs/ without them)")
     pieces: list[str] = []
     for path in sorted((ROOT / "gateway").rglob("*.py")):
         source = re.sub(r'"""[\s\S]*?"""', '""', path.read_text(encoding="utf-8"))
