@@ -343,18 +343,12 @@ class CIKFile:
             return None, "it names no device (vendor=...&model=...&sn=...)"
         return text, ""
 
-    def _set_device_aside(self) -> str:
-        """Move a damaged ``.device`` aside (mode 0600, as a damaged CIK file); what was wrong
-        and where it went, for the log (``""``: nothing)."""
-        problem = self._read_device()[1]
-        return f"{problem}; {set_aside(self.device_path, secret=True)}" if problem else ""
-
-    def _switch_device(self) -> str:
-        """Put a CIK of another device aside, and the configured device's back if it was
-        aside; what was done, for the log (``""``: nothing). Each step leaves files that the
-        next load reads right, should the process die between two of them."""
+    def _switch_device(self, owner: str | None) -> str:
+        """Put a CIK of another device aside (``owner``: the device the ``.device`` names), and
+        the configured device's back if it was aside; what was done, for the log (``""``:
+        nothing). Each step leaves files that the next load reads right, should the process die
+        between two of them."""
         said = []
-        owner = self._owner()
         if owner is not None and owner != self.device:
             if self.path.exists():
                 self.path.replace(self._aside(owner))
@@ -390,12 +384,13 @@ class CIKFile:
         taken as the configured device's, as one put there by hand."""
         def read() -> tuple[str | None, str, str, str]:
             with _CIK_FILES:
-                device_problem = self._set_device_aside()
-                return (*read_cik(), device_problem)
+                owner, problem = self._read_device()  # (read once: a damaged one goes aside, 0600)
+                device_problem = f"{problem}; {set_aside(self.device_path, secret=True)}" if problem else ""
+                return (*read_cik(owner), device_problem)
 
-        def read_cik() -> tuple[str | None, str, str]:
+        def read_cik(owner: str | None) -> tuple[str | None, str, str]:
             try:
-                switched = self._switch_device()
+                switched = self._switch_device(owner)
                 text = self.path.read_text().strip()
             except FileNotFoundError:
                 dangling = link_to_nothing(self.path)
