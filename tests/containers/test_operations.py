@@ -57,6 +57,18 @@ class OperationsTests(SynchronousTestCase):
             save(store, state)
         return saves, self.patch(ContainerStore, "save", refusing)
 
+    def update_refusing_saves(self, failing: Callable[[int], bool]) -> tuple[ContainerOperations, list[DesiredState],
+                                                                                Any, Any]:
+        """Install app 1 (healthy), then refuse the saves ``failing`` picks (ENOSPC, as
+        :meth:`refuse_saves`) and install app 2: the operations, the states asked to be saved,
+        the patch and the update's Deferred."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        saves, patch = self.refuse_saves(errno.ENOSPC, failing)
+        return operations, saves, patch, operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+
     def make(self, declared: dict[str, ContainerDescription] | None = None,
              insecure: tuple[str, ...] = ("reg:5000",), startretries: int = 2) -> ContainerOperations:
         self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
@@ -1029,12 +1041,7 @@ class OperationsTests(SynchronousTestCase):
         is installed all the same, as it is on disk and in podman: the file still lists the
         pruned images until the next prune forgets them. It failed with the bare OSError, the
         new version running."""
-        operations = self.make()
-        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
-        self.clock.advance(3)
-        self.assertTrue(self.successResultOf(done).ok)
-        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n > 1)
-        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        _, saves, _, update = self.update_refusing_saves(lambda n: n > 1)
         self.clock.advance(3)
         result = self.successResultOf(update)
         self.assertEqual((result.ok, result.message), (True, "app 2 installed"))
@@ -1047,12 +1054,7 @@ class OperationsTests(SynchronousTestCase):
         running again), whose last state.json write (no rollback under way, the images deleted)
         the disk refuses: it ends ``rolled-back`` all the same, as it is on disk and in podman.
         It failed with the bare OSError, the old version running."""
-        operations = self.make()
-        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
-        self.clock.advance(3)
-        self.assertTrue(self.successResultOf(done).ok)
-        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n > 2)
-        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        _, saves, _, update = self.update_refusing_saves(lambda n: n > 2)
         self.runtime.exit(self.unit().container_id, 1)
         result = self.successResultOf(update)
         self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
@@ -1064,12 +1066,7 @@ class OperationsTests(SynchronousTestCase):
         """An update that failed its health gate whose rollback's first state.json write the disk
         refuses is rolled back all the same (the old version runs again); once the next write
         records it, the new version's image is deleted. It failed with the bare OSError."""
-        operations = self.make()
-        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
-        self.clock.advance(3)
-        self.assertTrue(self.successResultOf(done).ok)
-        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n == 2)
-        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        _, saves, _, update = self.update_refusing_saves(lambda n: n == 2)
         image = self.runtime.containers_by_id[self.unit().container_id].image_id
         self.runtime.exit(self.unit().container_id, 1)
         result = self.successResultOf(update)
@@ -1085,12 +1082,7 @@ class OperationsTests(SynchronousTestCase):
         all ends ``rolled-back`` with one line naming the file; the old version runs. The file
         still says the new version is current: its image is kept, and a restart runs it, with
         one container for the app."""
-        operations = self.make()
-        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
-        self.clock.advance(3)
-        self.assertTrue(self.successResultOf(done).ok)
-        _, patch = self.refuse_saves(errno.ENOSPC, lambda n: n >= 2)
-        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        operations, _, patch, update = self.update_refusing_saves(lambda n: n >= 2)
         image = self.runtime.containers_by_id[self.unit().container_id].image_id
         self.runtime.exit(self.unit().container_id, 1)
         result = self.successResultOf(update)
