@@ -143,11 +143,14 @@ class ContainerOperations:
             yield self._supervisor.follow()
         except RuntimeFailure as exc:
             log.error("containers: the runtime does not answer ({error}); trying again", error=str(exc))
-            for name, deployed in self._state.apps.items():  # listed (their state unknown) until it answers
-                if name not in self._failed:
-                    self._fail(deployed, f"{exc} (the gateway takes the container in hand once it answers)")
+            why = f"{exc} (the gateway takes the container in hand once it answers)"
+            self._list_unseen(lambda deployed: (ProgramState.FATAL, why))  # (their state unknown until then)
             self._supervisor.retry_later()
             return
+        # Listed from here, each as it is wished until the reconcile comes to it (it may wait
+        # behind the removal of an old container, or the pull of another app's image).
+        self._list_unseen(lambda deployed: (
+            ProgramState.STARTING if deployed.wish == "running" else ProgramState.STOPPED, ""))
         # Not waited for: a pull (a declared container's image, up to pull_timeout) must not hold
         # up the gateway's start; the operations asked for meanwhile wait behind it.
         self.reconcile().addCallback(lambda _: self._lock.run(self._prune_unused)).addErrback(
@@ -297,6 +300,14 @@ class ContainerOperations:
             return [s for s in listed if s.labels.get(LABEL_OWNER, self._store.owner) == self._store.owner]
 
         return self._runtime.containers(LABEL_APP).addCallback(own)
+
+    def _list_unseen(self, shown: Callable[[Deployed], tuple[ProgramState, str]]) -> None:
+        """List every app of the desired state not listed yet (at the start: none has a unit) as
+        ``shown`` says (its state, and why), until it is taken in hand."""
+        for name, deployed in self._state.apps.items():
+            if name not in self._failed:
+                state, why = shown(deployed)
+                self._fail(deployed, why, state)
 
     def _fail(self, deployed: Deployed, why: str, state: ProgramState = ProgramState.FATAL) -> None:
         """List ``deployed``, which has no unit (yet), as ``state`` (FATAL: it cannot be deployed, ``why``)."""

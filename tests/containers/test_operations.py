@@ -1328,7 +1328,11 @@ class OperationsTests(SynchronousTestCase):
         up the start: it is listed STARTING meanwhile, the operations asked for wait behind the
         pull, and it runs once its image is there. The containers service's start waited for the
         pull, and with it every service after it (updates, remote commands, the admin API: the
-        gateway was not up for as long, and a self-update's health check gave up on it)."""
+        gateway was not up for as long, and a self-update's health check gave up on it).
+
+        The containers whose turn comes after that pull are listed from the start too (STARTING,
+        or STOPPED when wished stopped): they were missing from GET /apps and engine_report, and
+        GET /apps/NAME was a 404, for as long as the pull before them took."""
         pulling: Deferred[ImageInfo] = Deferred()
         self.runtime.pull = lambda *args: pulling  # type: ignore[method-assign]
         self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
@@ -1336,10 +1340,14 @@ class OperationsTests(SynchronousTestCase):
         operations = ContainerOperations(
             self.runtime, self.supervisor, ImageFetcher(self.runtime, inline, ("reg:5000",), None),
             ContainerStore(self.state), self.clock, inline, 3.0,
-            {"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+            {"app": ContainerDescription(image="reg:5000/app:1", startsecs=0),
+             "later": ContainerDescription(image="reg:5000/app:1", startsecs=0),
+             "quiet": ContainerDescription(image="reg:5000/app:1", startsecs=0, autostart=False)})
         self.successResultOf(operations.load())
-        [status] = operations.statuses()
-        self.assertEqual((status.name, status.state, status.error), ("app", ProgramState.STARTING, ""))
+        self.assertEqual([(s.name, s.state, s.error) for s in operations.statuses()],
+                         [("app", ProgramState.STARTING, ""), ("later", ProgramState.STARTING, ""),
+                          ("quiet", ProgramState.STOPPED, "")])
+        self.assertEqual([s.state for s in operations.status("later")], [ProgramState.STARTING])
         stopping = operations.stop("app")
         self.assertNoResult(stopping)
         pulling.callback(self.runtime.registry["reg:5000/app:1"])
