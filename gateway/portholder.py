@@ -9,6 +9,7 @@ import psutil
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
+from gateway.shown import escaped
 from gateway.unixsocket import lock_holder, lock_refused_path
 
 #: Most characters of the holder's command line quoted.
@@ -17,8 +18,9 @@ COMMAND_CHARS = 100
 
 def port_holder(port: int) -> str:
     """``pid 1234 (python3 run.py, hosted app sensor)``: the process listening on TCP ``port``,
-    its command line and, when its environment says so, the hosted app it belongs to; "" when
-    none can be seen (another user's process, to a gateway not running as root). Blocking
+    its command line and, when its environment says so, the hosted app it belongs to, their
+    control characters escaped (a ``python3 -c`` script's newlines), so that the line stays one
+    line; "" when none can be seen (another user's process, to a gateway not running as root). Blocking
     (reads ``/proc``): only for an error.
     """
     try:
@@ -33,10 +35,10 @@ def port_holder(port: int) -> str:
     try:
         process = psutil.Process(pid)
         command = " ".join(process.cmdline()) or process.name()
-        what.append(command if len(command) <= COMMAND_CHARS else command[:COMMAND_CHARS] + "...")
+        what.append(escaped(command) if len(command) <= COMMAND_CHARS else escaped(command[:COMMAND_CHARS]) + "...")
         app = process.environ().get("GATEWAY_APP_NAME")
         if app:
-            what.append(f"hosted app {app}")
+            what.append(f"hosted app {escaped(app)}")
     except (psutil.Error, OSError):
         pass
     return f"pid {pid}" + (f" ({', '.join(what)})" if what else "")

@@ -200,6 +200,17 @@ def read_text(path: Path, errors: list[str]) -> str | None:
         return None
 
 
+def _top_given(data: Any) -> str:
+    """What a file that holds no mapping holds, as its error says it: text by its length alone,
+    never quoted, for such a file is most often another one named by mistake (a private key, a
+    token or password file: ``--config /etc/gateway/key.pem``), whose first characters would go
+    to the log (journald, under the unit's ``ExecStartPre``); anything else as
+    :func:`gateway.jsontext.given` names it."""
+    if isinstance(data, str):
+        return f"text ({len(data)} characters, not shown: is it the configuration file?)"
+    return jsontext.given(data)
+
+
 def parse_mapping(text: str, path: Path, errors: list[str]) -> dict[str, Any]:
     """The mapping that ``text``, read from ``path``, holds (``{}`` when empty or unusable:
     the problem appended to ``errors``, naming ``path``)."""
@@ -211,7 +222,7 @@ def parse_mapping(text: str, path: Path, errors: list[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        errors.append(f"{path}: <top>: must be a mapping of sections, not {jsontext.given(data)}")
+        errors.append(f"{path}: <top>: must be a mapping of sections, not {_top_given(data)}")
         return {}
     if _too_many_values(data):
         errors.append(f"{path}: more than {MAX_VALUES} values once its aliases are expanded")

@@ -1407,9 +1407,21 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: journal.defaults.segment_bytes: must be a whole number, not the date 2026-12-05",
             f"{path}: journal.streams: must be a mapping, not the boolean true",
             f"{path}: containers.podman_command: must be a list, not a mapping"])
-        for text, given in (("- gateway\n", "a list"), ("gateway\n", "the text 'gateway'")):
+        for text, given in (("- gateway\n", "a list"), ("7\n", "the number 7"),
+                            ("gateway\n", "text (7 characters, not shown: is it the configuration file?)")):
             path, lines = self.errors(text)
             self.assertEqual(lines, [f"{path}: <top>: must be a mapping of sections, not {given}"])
+
+    def test_a_file_of_text_alone_is_not_quoted(self) -> None:
+        """A file that is one text, such as a private key or a token file named as the
+        configuration by mistake, is told by its length: its first 100 characters were quoted,
+        into journald under the unit's ``ExecStartPre``."""
+        key = ("-----BEGIN PRIVATE KEY-----\nMIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDS\n"
+               "-----END PRIVATE KEY-----\n")  # (YAML reads it as one text, its line breaks as spaces)
+        path, lines = self.errors(key)
+        self.assertEqual(lines, [f"{path}: <top>: must be a mapping of sections, not text (106 characters, not"
+                                 " shown: is it the configuration file?)"])
+        self.assertNotIn("MIIE", "".join(lines))
 
     def test_state_dir_is_a_file(self) -> None:
         """A state directory that is an existing file is refused."""

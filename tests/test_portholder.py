@@ -36,7 +36,8 @@ class ListenRefusalTests(TestCase):
 
     def test_the_hosted_app_holding_the_port_is_named(self) -> None:
         """An app's process listening on the port: its pid, command line and app are named
-        (the error said only 'Address already in use')."""
+        (the error said only 'Address already in use'), on one line: the ``-c`` script's newlines
+        are escaped (they went into the log as they were, the gateway's one line cut in four)."""
         holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   env={**os.environ, "GATEWAY_APP_NAME": "sensor"})
         self.addCleanup(holder.wait)
@@ -44,8 +45,10 @@ class ListenRefusalTests(TestCase):
         self.addCleanup(holder.stdout.close)  # type: ignore[union-attr]
         port = int(holder.stdout.readline())  # type: ignore[union-attr]
         message = listen_refusal(in_use(port))
-        self.assertTrue(message.startswith(f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in"
-                                           f" use; held by pid {holder.pid} ({sys.executable} -c "), message)
+        expected = (f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use; held by pid"
+                    f" {holder.pid} ({sys.executable} -c \\nimport socket, sys\\ns = ")
+        self.assertTrue(message.startswith(expected), message)
+        self.assertNotIn("\n", message)
         self.assertTrue(message.endswith("..., hosted app sensor)."), message)
 
     def test_nobody_seen_leaves_the_message_as_it_was(self) -> None:

@@ -200,10 +200,10 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         header, a method other than GET, HTTP/1.0, no ``Upgrade``, a bad key; and this
         listener's 403 and 431) with its reason on the status line, its control and non-ASCII
         characters escaped, and as a one-line plain-text body: autobahn sent the status line
-        alone."""
+        alone. It says ``Server: gateway``, as the accepted handshake does."""
         line = status_text(reason)
         body = (line + "\n").encode()
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+        headers = [("Server", SERVER), ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                    ("Connection", "close"), *(responseHeaders or ())]
         if code == 426:  # (RFC 9110 section 15.5.22: a 426 names the protocol to upgrade to)
             headers.append(("Upgrade", "websocket"))

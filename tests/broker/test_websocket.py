@@ -288,8 +288,8 @@ def ws_factory(allowed_origins: tuple[str, ...] = (), clock: Any = None) -> Any:
 
 def refused(status: bytes, reason: bytes) -> bytes:
     """What a refused opening handshake is answered: ``reason`` on the status line and as a
-    one-line plain-text body."""
-    return (b"HTTP/1.1 %s %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+    one-line plain-text body, saying ``Server: gateway`` as every answer of the listener does."""
+    return (b"HTTP/1.1 %s %s\r\nServer: gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s\n" % (status, reason, len(reason) + 1, reason))
 
 
@@ -471,6 +471,7 @@ class WebsocketRefusalTests(SynchronousTestCase):
         status, _, body = transport.value().partition(b"\r\n\r\n")
         self.assertTrue(transport.disconnecting, transport.value())
         self.assertIn(b"\r\nContent-Type: text/plain; charset=utf-8\r\n", status)
+        self.assertIn(b"\r\nServer: gateway\r\n", status)  # (it said none: the accepted handshake's does)
         return status.split(b"\r\n", 1)[0], body
 
     def test_a_request_without_upgrade_is_426(self) -> None:
