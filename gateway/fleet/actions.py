@@ -233,10 +233,10 @@ class FleetActions:
         if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in state.outbox):
             return  # answered already
         ended = state.reported.get(stop_id) if operation is None else None
-        if ended is not None and ended in FINAL and ended != Status.CANCELED.value:
+        if ended is not None and ended in FINAL and ended != Status.FINISHED_CANCELED.value:
             # finished, and forgotten by the update service since: as finished as one still kept
             reason = f"action {stop_id} is {ended.lower()}; it can no longer be canceled"
-        elif operation is None or operation.status == Status.CANCELED or (
+        elif operation is None or operation.status == Status.FINISHED_CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in state.canceled:
                 state.canceled.append(stop_id)
@@ -278,7 +278,7 @@ class FleetActions:
         if state.reported.get(action_id) != operation.status.value:
             # a cancel the server asked for is answered on its cancelAction (below); one asked for
             # on the gateway (a Kanto cancel) closes the deployment
-            server_canceled = cancel_id is not None and operation.status == Status.CANCELED
+            server_canceled = cancel_id is not None and operation.status == Status.FINISHED_CANCELED
             feedback = None if server_canceled else operation_feedback(operation)
             if feedback is not None:
                 work.append(("deploymentBase", action_id, feedback, operation.status.value))
@@ -288,7 +288,7 @@ class FleetActions:
                 state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
                 state.installed_action = action_id
         if cancel_id is not None:
-            if operation.status == Status.CANCELED:
+            if operation.status == Status.FINISHED_CANCELED:
                 status = ddi_status("closed", "success", [f"action {action_id} canceled while downloading"])
             else:
                 status = ddi_status("rejected", "none", [f"action {action_id} ended {operation.status.value} "

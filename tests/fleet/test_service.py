@@ -59,6 +59,13 @@ class FleetStateDurableTests(SynchronousTestCase):
         FleetState().save(base / "fleet" / "state.json")
         self.assertIn(str(base), fsynced)
 
+    def test_an_earlier_versions_canceled_action_is_still_ended(self) -> None:
+        """An action an earlier version reported ``CANCELED`` (before the statuses became Kanto's
+        FINISHED_CANCELED) loads as FINISHED_CANCELED, so that it is still taken for ended."""
+        path = Path(self.mktemp())
+        path.write_text(json.dumps({"reported": {"7": "CANCELED", "8": "FINISHED_SUCCESS"}}))
+        self.assertEqual(FleetState.load(path).reported, {"7": "FINISHED_CANCELED", "8": "FINISHED_SUCCESS"})
+
 
 class FleetHarness(SynchronousTestCase):
     """One gateway, the DDI server in memory, a fake clock (the midpoint of every random range):
@@ -921,7 +928,7 @@ class FleetServiceTests(FleetHarness):
         self.server.deployment = None
         self.server.cancel = {"id": "11", "cancelAction": {"stopId": "11"}}
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-11"].status, Status.CANCELED)
+        self.assertEqual(self.updates.operations["ddi-11"].status, Status.FINISHED_CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
         self.assertNotIn(("closed", "failure"), self.server.executions())  # answered on the cancel only
         self.assertEqual(self.installer.archives, [])
@@ -968,7 +975,7 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.updates.operations["ddi-32"].status, Status.DOWNLOADING)
         self.assertIsNone(self.updates.handle_command("cancel", b'{"correlationId": "ddi-32"}'))
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-32"].status, Status.CANCELED)
+        self.assertEqual(self.updates.operations["ddi-32"].status, Status.FINISHED_CANCELED)
         self.assertEqual(self.server.executions()[-1], ("closed", "failure"))
         self.assertIn("canceled on the gateway (an update cancel request), not by the server: nothing was installed",
                       self.server.feedback[-1][2]["status"]["details"])
@@ -1010,7 +1017,7 @@ class FleetServiceTests(FleetHarness):
         self.stop()
         self.start()
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-40"].status, Status.CANCELED)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.FINISHED_CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
         self.assertEqual(self.installer.archives, [])
 
