@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.shown import shown
+from gateway.shown import shown, shown_repr
 from gateway.twin import document
 from gateway.twin.ditto import Command, DittoError
 from gateway.twin.document import MISSING, PathError
@@ -166,6 +166,11 @@ def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outc
     if action == "create" and levels == [] and thing is not None:
         raise DittoError(409, "things:thing.conflict", f"the thing {shown(thing_id)} exists already")
     if levels == []:
+        given = command.value.get("thingId", thing_id) if isinstance(command.value, dict) else thing_id
+        if given != thing_id:
+            # (it was replaced silently, and the event announced the other id as the thing's)
+            raise DittoError(400, "things:id.notsettable",
+                             f"the thingId in the value, {shown_repr(given)}, is not the command topic's {shown(thing_id)}")
         base = {} if action != "merge" or thing is None else thing
         new = document.merge_patch(base, command.value) if action == "merge" else copy.deepcopy(command.value)
         new["thingId"] = thing_id
