@@ -10,11 +10,12 @@ from typing import Any, Literal
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
-from gateway.fleet.ddi import DDIClient
+from gateway.fleet.ddi import DDIClient, DDIError
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.outbox import FINAL
 from gateway.fleet.state import FleetState
+from gateway.shown import shown_repr
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
@@ -90,6 +91,22 @@ class FleetActions:
             return
         self.offered = deployment.action_id
         yield self._start(deployment)
+
+    @inlineCallbacks
+    def confirm(self, href: str) -> Any:
+        """Follow the poll's ``confirmationBase`` link (hawkBit's confirmation flow: the action
+        waits for the device's consent) and confirm the action: the gateway has no user to ask,
+        as for a ``download: attempt``. The server offers its ``deploymentBase`` from then on.
+
+        :raises DDIError: for an answer that names no action (a failed poll).
+        """
+        body = yield self.ddi.get(href)
+        action_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(action_id, (str, int)) or isinstance(action_id, bool) or str(action_id) == "":
+            raise DDIError(f"the confirmationBase answer names no action (id: {shown_repr(action_id)})")
+        yield self.ddi.confirm(str(action_id), ["confirmed by the gateway, which has no user to ask"])
+        self.log.info("fleet action {action_id} confirmed (the server waited for the device's consent)",
+                      action_id=str(action_id))
 
     @inlineCallbacks
     def _start(self, deployment: Deployment) -> Any:

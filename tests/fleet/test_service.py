@@ -918,6 +918,37 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
         self.assertEqual(self.file.served, len(ARCHIVE))
 
+    def test_an_action_waiting_for_confirmation_is_confirmed_then_installed(self) -> None:
+        """hawkBit's confirmation flow: the poll links ``confirmationBase/{actionId}`` instead of
+        a ``deploymentBase`` until the device consents. The gateway, which has no user to ask,
+        POSTs ``{"confirmation": "confirmed", "details": [...]}`` on its feedback, and polls
+        again after ``min_poll_interval`` (not the server's sleep), where the deployment comes
+        and is installed. It ignored the link: the action waited for ever, silently."""
+        self.server.deployment = deployment("12", FILES)
+        self.server.waiting_confirmation = True
+        self.server.sleep = "00:05:00"
+        self.start()
+        self.run_for(8)
+        confirmations = [(a, b) for k, a, b in self.server.feedback if k == "confirmationBase"]
+        self.assertEqual(confirmations, [("12", {"confirmation": "confirmed",
+                                                 "details": ["confirmed by the gateway, which has no user to ask"]})])
+        self.assertEqual(self.installer.archives, [])
+        self.run_for(20)  # (10-12 s: min_poll_interval, not the 5 minutes of the server's sleep)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+
+    def test_a_confirmation_base_naming_no_action_fails_the_poll(self) -> None:
+        """A ``confirmationBase`` answer without an action id is no action to confirm: the poll
+        fails (logged, tried again after its backoff), nothing is confirmed."""
+        events = capture_log_events(self)
+        self.server.deployment = deployment("", FILES)
+        self.server.waiting_confirmation = True
+        self.start()
+        self.run_for(8)
+        self.assertEqual([k for k, _, _ in self.server.feedback], [])
+        self.assertIn("the confirmationBase answer names no action (id: '')",
+                      " ".join(formatEvent(e) for e in events if "fleet poll failed" in formatEvent(e)))
+
     def test_cancel_while_downloading_is_closed(self) -> None:
         """A cancelAction for an action still downloading stops it; the answer is closed/success."""
         self.file.stall = True
