@@ -9,13 +9,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.errors import ConfigError
 from gateway.links.aws_settings import AWSSettings
-from gateway.links.settings import LinkSettings
+from gateway.links.router import Router, Rule
+from gateway.links.settings import AWS_ROUTES, LinkSettings
 from gateway.telemetry.engine import engine_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -189,6 +191,28 @@ class AWSDocTests(ConfigCheck):
         self.assertEqual({(d.filter, d.topic) for d in link.downlink},
                          {("command//+/req/#", "{topic}"), ("command//+/req/#", "c//{1}/q/{#}")})
         self.assertIn("| local, unchanged, and on its short form `c//<dev>/q/<id>/<name>`", prose("aws.md"))
+
+    def test_the_routes_for_kantos_aws_topics_make_them(self) -> None:
+        """aws.md's routes for a Kanto gateway's AWS topics load as a configuration and send
+        telemetry and events as Kanto's AWS connector does (suite-connector's
+        ``routing/events.go``: ``t`` as ``telemetry/<tenant>/<device>``), the rest of the
+        table as the defaults do. The docs called the defaults (topics as they are) Kanto's."""
+        [block] = [b for b in re.findall(r"```yaml\n(.*?)```", (DOCS / "aws.md").read_text(), re.S)
+                   if "routes:" in b and "telemetry/{tenant}" in b]
+        self.assertEqual(self.problems(block), [])
+        routes = yaml.safe_load(block)["links"]["links"]["aws"]["routes"]
+        router = Router([Rule.compile("aws", r["filter"], r["topic"], 1) for r in routes], "acme", "gw1")
+        defaults = Router([Rule.compile("aws", r.filter, r.topic, r.qos) for r in AWS_ROUTES], "acme", "gw1")
+        for topic, kanto in (("t", "telemetry/acme/gw1"), ("telemetry/meter", "telemetry/acme/gw1/meter"),
+                             ("e/alarm", "event/acme/gw1/alarm"), ("event", "event/acme/gw1")):
+            self.assertEqual([d.topic for d in router.route(topic)], [kanto], topic)
+            self.assertEqual([d.topic for d in defaults.route(topic)], [topic], topic)
+        for topic in ("command//gw1/res/1/200", "c//gw1/s/1/200", "edge/gateway/updates/lastOperation",
+                      "edge/gateway/config/lastChange", "edge/gateway/reports/device_info",
+                      "edge/gateway/reports/usage_report", "edge/gateway/reports/engine_report",
+                      "edge/gateway/uploads/lastUpload", "edge/gateway/uploads/autoUpload",
+                      "edge/gateway/uploads/request", "edge/gateway/reports/request", "edge/thing/request"):
+            self.assertEqual(router.route(topic), defaults.route(topic), topic)
 
     def test_max_message_bytes_1_to_131072(self) -> None:
         """``max_message_bytes`` of an ``aws:`` link: 1 to 131072, not higher nor 0."""

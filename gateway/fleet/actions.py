@@ -10,11 +10,12 @@ from typing import Any, Literal
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
-from gateway.fleet.ddi import DDIClient
+from gateway.fleet.ddi import DDIClient, DDIError
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.outbox import FINAL
 from gateway.fleet.state import FleetState
+from gateway.shown import shown_repr
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
@@ -90,6 +91,22 @@ class FleetActions:
             return
         self.offered = deployment.action_id
         yield self._start(deployment)
+
+    @inlineCallbacks
+    def confirm(self, href: str) -> Any:
+        """Follow the poll's ``confirmationBase`` link (hawkBit's confirmation flow: the action
+        waits for the device's consent) and confirm the action: the gateway has no user to ask,
+        as for a ``download: attempt``. The server offers its ``deploymentBase`` from then on.
+
+        :raises DDIError: for an answer that names no action (a failed poll).
+        """
+        body = yield self.ddi.get(href)
+        action_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(action_id, (str, int)) or isinstance(action_id, bool) or str(action_id) == "":
+            raise DDIError(f"the confirmationBase answer names no action (id: {shown_repr(action_id)})")
+        yield self.ddi.confirm(str(action_id), ["confirmed by the gateway, which has no user to ask"])
+        self.log.info("fleet action {action_id} confirmed (the server waited for the device's consent)",
+                      action_id=str(action_id))
 
     @inlineCallbacks
     def _start(self, deployment: Deployment) -> Any:
@@ -233,10 +250,10 @@ class FleetActions:
         if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in state.outbox):
             return  # answered already
         ended = state.reported.get(stop_id) if operation is None else None
-        if ended is not None and ended in FINAL and ended != Status.CANCELED.value:
+        if ended is not None and ended in FINAL and ended != Status.FINISHED_CANCELED.value:
             # finished, and forgotten by the update service since: as finished as one still kept
             reason = f"action {stop_id} is {ended.lower()}; it can no longer be canceled"
-        elif operation is None or operation.status == Status.CANCELED or (
+        elif operation is None or operation.status == Status.FINISHED_CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in state.canceled:
                 state.canceled.append(stop_id)
@@ -278,7 +295,7 @@ class FleetActions:
         if state.reported.get(action_id) != operation.status.value:
             # a cancel the server asked for is answered on its cancelAction (below); one asked for
             # on the gateway (a Kanto cancel) closes the deployment
-            server_canceled = cancel_id is not None and operation.status == Status.CANCELED
+            server_canceled = cancel_id is not None and operation.status == Status.FINISHED_CANCELED
             feedback = None if server_canceled else operation_feedback(operation)
             if feedback is not None:
                 work.append(("deploymentBase", action_id, feedback, operation.status.value))
@@ -288,7 +305,7 @@ class FleetActions:
                 state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
                 state.installed_action = action_id
         if cancel_id is not None:
-            if operation.status == Status.CANCELED:
+            if operation.status == Status.FINISHED_CANCELED:
                 status = ddi_status("closed", "success", [f"action {action_id} canceled while downloading"])
             else:
                 status = ddi_status("rejected", "none", [f"action {action_id} ended {operation.status.value} "

@@ -123,7 +123,7 @@ def poll_answer(body: Any) -> tuple[float | None, dict[str, str]]:
     hrefs = {}
     for name, link in (links.items() if isinstance(links, dict) else ()):
         href = link.get("href") if isinstance(link, dict) else None
-        if not isinstance(href, str) and name in ("deploymentBase", "cancelAction"):
+        if not isinstance(href, str) and name in ("deploymentBase", "cancelAction", "confirmationBase"):
             raise DDIError(f"the poll answer's _links.{name} has no href")
         hrefs[str(name)] = href if isinstance(href, str) else ""
     return sleep, hrefs
@@ -279,6 +279,16 @@ class DDIClient:
     def put_config_data(self, data: dict[str, str]) -> Deferred[Any]:
         """``PUT configData``: the gateway's attributes, merged into what the server has."""
         return self.request("PUT", f"{self.root}/configData", {"mode": "merge", "data": data})
+
+    def confirm(self, action_id: str, details: list[str]) -> Deferred[Any]:
+        """``POST`` hawkBit's confirmation of an action waiting for one (its confirmation flow):
+        ``{"confirmation": "confirmed", "details": [...]}`` on ``confirmationBase/{actionId}/feedback``.
+
+        :param action_id: the action's id.
+        :param details: human-readable lines.
+        """
+        url = f"{self.root}/confirmationBase/{quote(action_id, safe='')}/feedback"
+        return self.request("POST", url, {"confirmation": "confirmed", "details": details})
 
     def feedback(self, kind: str, action_id: str, status: dict[str, Any], happened_at: float | None = None
                  ) -> Deferred[Any]:

@@ -16,7 +16,7 @@ _EXECUTION: dict[Status, tuple[str, str]] = {
     Status.FINISHED_ERROR: ("closed", "failure"),
     # canceled on the gateway (a Kanto cancel), not by the server: the action will not go on,
     # which DDI says with closed/failure (a server's own cancel is answered on its cancelAction)
-    Status.CANCELED: ("closed", "failure"),
+    Status.FINISHED_CANCELED: ("closed", "failure"),
 }
 
 
@@ -37,7 +37,7 @@ def ddi_status(execution: str, finished: str, details: list[str], progress: tupl
 
 def operation_feedback(operation: Operation) -> dict[str, Any] | None:
     """The feedback for the operation's current step; None for steps the server is not told of
-    (a download-only operation ends at ``downloaded``). A ``CANCELED`` operation was canceled on
+    (a download-only operation ends at ``downloaded``). A ``FINISHED_CANCELED`` operation was canceled on
     the gateway: the server's own cancels are answered on their cancelAction instead.
 
     :param operation: the operation of a DDI action.
@@ -48,8 +48,9 @@ def operation_feedback(operation: Operation) -> dict[str, Any] | None:
     if execution is None:
         return None
     names = ", ".join(f"{m.name} {m.version}".strip() for m in operation.modules)
-    detail = f"{operation.status.value.lower().replace('_', ' ')}: {names}"
+    step = "canceled" if operation.status == Status.FINISHED_CANCELED else operation.status.value.lower().replace("_", " ")
+    detail = f"{step}: {names}"
     details = [detail] + ([operation.message] if operation.message else [])
-    if operation.status == Status.CANCELED:
+    if operation.status == Status.FINISHED_CANCELED:
         details.append("canceled on the gateway (an update cancel request), not by the server: nothing was installed")
     return ddi_status(*execution, details, (operation.installed, len(operation.modules)))

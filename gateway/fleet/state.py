@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway.atomic import read_json, write_json_atomically
 from gateway.filelayer import makedirs_durably
+from gateway.updates.operation import EARLIER_CANCELED, Status
 
 
 @dataclass
@@ -94,7 +95,7 @@ class FleetState:
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
         return cls([Feedback(f["kind"], f["action_id"], f["status"], _number(f, "queued_at", now)) for f in outbox],
-                   dict(raw.get("reported", {})),
+                   {action_id: _current(status) for action_id, status in raw.get("reported", {}).items()},
                    dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
                    raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""),
                    _number(raw, "held_until", None) or 0.0)
@@ -138,3 +139,9 @@ def _is_feedback(raw: Any) -> bool:
     return (isinstance(raw, dict) and {"kind", "action_id", "status"} <= set(raw)
             and raw["kind"] in ("deploymentBase", "cancelAction") and isinstance(raw["action_id"], str)
             and isinstance(raw["status"], dict))
+
+
+def _current(status: str) -> str:
+    """A status as ``reported`` holds it now: an earlier version's ``CANCELED`` is
+    ``FINISHED_CANCELED`` (so that its action is still taken for ended)."""
+    return Status.FINISHED_CANCELED.value if status == EARLIER_CANCELED else status

@@ -105,8 +105,9 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
 #: Hono's short form (an app subscribes to one of the two).
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),
                                                 DownlinkSettings("command//+/req/#", "c//{1}/q/{#}"))
-#: Kanto's AWS connector: telemetry, events and command replies go to AWS IoT on their
-#: local topics, as they are (a link with ``aws:`` and no ``routes`` gets these); so do the
+#: A link with ``aws:`` and no ``routes``: telemetry, events and command replies go to AWS IoT
+#: on their local topics, as they are (Kanto's AWS connector sends telemetry and events as its
+#: Hono mapping does: docs/aws.md shows the routes that do the same); so do the
 #: gateway's update, configuration and upload statuses, its telemetry reports and its
 #: upload requests, without which an upload triggered through AWS never gets its ``start``.
 AWS_ROUTES: tuple[RouteSettings, ...] = (
@@ -194,7 +195,7 @@ class LinkSettings:
         "doc": "AWS IoT Core: ALPN on 443, or MQTT over WebSocket with SigV4 (docs/aws.md)"})
 
     def __post_init__(self) -> None:
-        if self.aws is not None and self.routes is KANTO_ROUTES:  # routes not given: Kanto's AWS conventions
+        if self.aws is not None and self.routes is KANTO_ROUTES:  # routes not given: the AWS defaults
             object.__setattr__(self, "routes", AWS_ROUTES)
 
     def client_id_for(self, tenant: str, device: str) -> str:

@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.shown import shown
+from gateway.shown import shown, shown_repr
 from gateway.twin import document
 from gateway.twin.ditto import Command, DittoError
 from gateway.twin.document import MISSING, PathError
@@ -134,6 +134,38 @@ def not_found(thing: dict[str, Any], thing_id: str, levels: list[str], path: str
     return DittoError(404, f"things:{code}.notfound", f"nothing at {shown(path)} of {shown(thing_id)}")
 
 
+#: Kanto's placeholder for the thing in a command topic (``_/_/things/twin/commands/retrieve``):
+#: a retrieve so addressed reads the things its value lists, ``{"thingIds": [...]}``.
+PLACEHOLDER = "_"
+
+
+def is_retrieve_of_things(command: Command) -> bool:
+    """Whether ``command`` is Kanto's retrieve of several things (:data:`PLACEHOLDER` as the
+    topic's namespace or name)."""
+    return command.action == "retrieve" and PLACEHOLDER in (command.namespace, command.name)
+
+
+def thing_ids(command: Command) -> list[str]:
+    """The thing ids a retrieve of several things asks for (:func:`is_retrieve_of_things`).
+
+    :raises DittoError: 400 for a path other than ``/``, a value that is not ``{"thingIds":
+        [...]}`` with at least one id (``json.invalid``, as Kanto answers), or an id that is no
+        namespaced id (``things:id.invalid``).
+    """
+    if command.path != "/":
+        raise DittoError(400, "things:path.invalid",
+                         f"a retrieve of several things has the path /, not {shown(command.path)}")
+    ids = command.value.get("thingIds") if isinstance(command.value, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise DittoError(400, "json.invalid",
+                         f'a retrieve of several things needs the value {{"thingIds": [<thing id>, ...]}}, '
+                         f"not {shown_repr(command.value)}")
+    for thing_id in ids:
+        if ":" not in thing_id:
+            raise DittoError(400, "things:id.invalid", f"the thing id {shown_repr(thing_id)} is not namespace:name")
+    return ids
+
+
 def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outcome:
     """Carry out ``command`` on ``thing`` (not changed; the outcome holds the new one).
 
@@ -166,6 +198,11 @@ def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outc
     if action == "create" and levels == [] and thing is not None:
         raise DittoError(409, "things:thing.conflict", f"the thing {shown(thing_id)} exists already")
     if levels == []:
+        given = command.value.get("thingId", thing_id) if isinstance(command.value, dict) else thing_id
+        if given != thing_id:
+            # (it was replaced silently, and the event announced the other id as the thing's)
+            raise DittoError(400, "things:id.notsettable",
+                             f"the thingId in the value, {shown_repr(given)}, is not the command topic's {shown(thing_id)}")
         base = {} if action != "merge" or thing is None else thing
         new = document.merge_patch(base, command.value) if action == "merge" else copy.deepcopy(command.value)
         new["thingId"] = thing_id

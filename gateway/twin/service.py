@@ -11,6 +11,7 @@ gateway is offline: it never waits for a cloud.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -212,6 +213,8 @@ class TwinService(Service):
         """Carry out one command: change, persist, announce, respond (errors are responses)."""
         thing_id = command.thing_id
         topic = f"{command.namespace}/{command.name}/things/twin/commands/{command.action}"
+        if commands.is_retrieve_of_things(command):
+            return self._retrieve_things(command, topic)
         try:
             if self._topic_thing(thing_id) != thing_id:
                 raise DittoError(400, "things:id.invalid",
@@ -252,6 +255,22 @@ class TwinService(Service):
         d.addCallback(lambda _: self._changed(command, outcome, revision))
         d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
+        return d
+
+    def _retrieve_things(self, command: Command, topic: str) -> Deferred[None]:
+        """Kanto's retrieve of several things (``_/_/things/twin/commands/retrieve``, the value
+        ``{"thingIds": [...]}``): answered 200 with those the twin holds, in the order asked
+        (the others left out), on ``command//_:_/req//retrieve-response``."""
+        try:
+            ids = commands.thing_ids(command)
+        except DittoError as exc:
+            return self._refuse(command, topic, exc)
+        found = [copy.deepcopy(self.store.things[i]) for i in dict.fromkeys(ids) if i in self.store.things]
+        untold = self._untold_now()
+        d = self.store.flushed()  # never reveal a change that is not durable yet
+        d.addCallback(lambda _: self._tell_untold(untold))
+        d.addCallback(lambda _: self._respond(command, 200, found))
+        d.addErrback(self._not_stored, command, topic, "pending changes were")
         return d
 
     def _check_size(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any]) -> bytes:

@@ -23,6 +23,11 @@ MAX_FILENAME_BYTES = 255 - len(".part.json")
 FLEET_PREFIX = "ddi-"
 
 
+#: What versions before 2026-12 recorded (in operation records and the fleet's state) for a
+#: canceled operation, a status Kanto's SoftwareUpdatable does not have: read as FINISHED_CANCELED.
+EARLIER_CANCELED = "CANCELED"
+
+
 class Status(str, enum.Enum):
     """Kanto's operation statuses (the subset the gateway reports)."""
 
@@ -33,12 +38,17 @@ class Status(str, enum.Enum):
     INSTALLED = "INSTALLED"
     FINISHED_SUCCESS = "FINISHED_SUCCESS"
     FINISHED_ERROR = "FINISHED_ERROR"
-    CANCELED = "CANCELED"
+    FINISHED_CANCELED = "FINISHED_CANCELED"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Status | None:
+        """An earlier version's ``CANCELED`` (:data:`EARLIER_CANCELED`) is FINISHED_CANCELED."""
+        return cls.FINISHED_CANCELED if value == EARLIER_CANCELED else None
 
     @property
     def final(self) -> bool:
         """True for the statuses that end an operation."""
-        return self in (Status.FINISHED_SUCCESS, Status.FINISHED_ERROR, Status.CANCELED)
+        return self in (Status.FINISHED_SUCCESS, Status.FINISHED_ERROR, Status.FINISHED_CANCELED)
 
 
 @dataclass

@@ -400,7 +400,7 @@ class UpdateService(Service):
             except CancelledError:
                 if not self.running and operation.correlation_id not in self._canceling:
                     return  # stopping: the persisted status resumes at the next start
-                yield self._step(operation, Status.CANCELED, "canceled")  # (a cancel accepted before the stop)
+                yield self._step(operation, Status.FINISHED_CANCELED, "canceled")  # (a cancel accepted before the stop)
             except UpdateError as error:
                 yield self._step(operation, Status.FINISHED_ERROR, str(error))
             finally:

@@ -301,6 +301,27 @@ class DescriptionTests(SynchronousTestCase):
         for part in ("container_name: unknown key", "image: must be a string, not a mapping", "host_config: unknown key"):
             self.assertIn(part, message)
 
+    def test_kantos_port_and_mount_entries_translate_by_the_docs_table(self) -> None:
+        """Kanto's port mapping and mount point entries (container-management's
+        ``port_mappings`` items: ``proto``, ``container_port``, ``host_ip``, ``host_port``,
+        ``host_port_end``; ``mount_points``: ``source``, ``destination``, ``propagation_mode``)
+        translate as docs/containers.md says: ``proto`` is ``protocol`` (Kanto's key as it is is
+        refused, naming it), ``host_port_end`` and ``propagation_mode`` have no counterpart."""
+        kanto_port = {"proto": "udp", "container_port": 5683, "host_ip": "", "host_port": 5683}
+        kanto_mount = {"source": "/var/lib/s", "destination": "/data", "propagation_mode": "rprivate"}
+        translated = from_mapping({"image": "r/x:1", "mounts": [{"source": "/var/lib/s", "destination": "/data"}],
+                                   "port_mappings": [{"protocol": kanto_port["proto"], "container_port": 5683,
+                                                      "host_ip": "", "host_port": 5683}]})
+        self.assertEqual((translated.port_mappings[0].protocol, translated.port_mappings[0].host_port), ("udp", 5683))
+        self.assertEqual(translated.mounts[0].destination, "/data")
+        for key, entry, unknown in (("port_mappings", kanto_port, "proto"),
+                                    ("port_mappings", {"protocol": "udp", "container_port": 5683, "host_port": 5683,
+                                                      "host_port_end": 5690}, "host_port_end"),
+                                    ("mounts", kanto_mount, "propagation_mode")):
+            with self.assertRaises(DescriptionError) as caught:
+                from_mapping({"image": "r/x:1", key: [entry]})
+            self.assertIn(unknown, str(caught.exception))
+
     def test_files(self) -> None:
         """JSON and YAML files are read; an unparsable one is a DescriptionError."""
         work = Path(self.mktemp())

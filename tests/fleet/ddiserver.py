@@ -36,6 +36,9 @@ class DDIServer(Resource):
     :ivar files: artifact name -> RangeFile.
     :ivar offer_until_closed: stop offering an action once closed feedback arrived (as hawkBit);
         False keeps offering it (a server that lost the feedback).
+    :ivar waiting_confirmation: hawkBit's confirmation flow: the deployment is offered as a
+        ``confirmationBase`` link until a ``confirmed`` feedback comes on it (then as a
+        ``deploymentBase``); a ``denied`` one leaves it waiting.
     """
 
     isLeaf = True
@@ -55,6 +58,7 @@ class DDIServer(Resource):
         self.auth: list[str | None] = []
         self.polls = 0
         self.offer_until_closed = True
+        self.waiting_confirmation = False
         self.files: dict[str, RangeFile] = {}
 
     def render(self, request: Request) -> bytes | int:
@@ -82,6 +86,9 @@ class DDIServer(Resource):
             return b""
         if method == "GET" and rest.startswith("/deploymentBase/") and self.deployment is not None:
             return json.dumps(self.deployment).encode()
+        if method == "GET" and rest.startswith("/confirmationBase/") and self.deployment is not None:
+            return json.dumps({"id": self.deployment["id"], "confirmation": self.deployment["deployment"],
+                               "actionHistory": {"status": "WAIT_FOR_CONFIRMATION", "messages": []}}).encode()
         if method == "GET" and rest.startswith("/cancelAction/") and self.cancel is not None:
             return json.dumps(self.cancel).encode()
         if method == "POST" and rest.endswith("/feedback"):
@@ -95,6 +102,8 @@ class DDIServer(Resource):
             _, kind, action_id, _ = rest.split("/")
             body = json.loads(request.content.read())
             self.feedback.append((kind, action_id, body))
+            if kind == "confirmationBase" and body["confirmation"] == "confirmed":
+                self.waiting_confirmation = False
             if kind == "deploymentBase" and body["status"]["execution"] == "closed" and self.offer_until_closed \
                     and self.deployment is not None and str(self.deployment["id"]) == action_id:
                 self.deployment = None  # hawkBit offers an action until it is closed
@@ -109,7 +118,9 @@ class DDIServer(Resource):
         links: dict[str, Any] = {}
         if self.ask_config:
             links["configData"] = {"href": f"{self.base}{ROOT}/configData"}
-        if self.deployment is not None:
+        if self.deployment is not None and self.waiting_confirmation:
+            links["confirmationBase"] = {"href": f"{self.base}{ROOT}/confirmationBase/{self.deployment['id']}?c=1"}
+        elif self.deployment is not None:
             links["deploymentBase"] = {"href": f"{self.base}{ROOT}/deploymentBase/{self.deployment['id']}?c=1"}
         if self.cancel is not None:
             links["cancelAction"] = {"href": f"{self.base}{ROOT}/cancelAction/{self.cancel['id']}"}

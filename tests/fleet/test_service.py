@@ -59,6 +59,13 @@ class FleetStateDurableTests(SynchronousTestCase):
         FleetState().save(base / "fleet" / "state.json")
         self.assertIn(str(base), fsynced)
 
+    def test_an_earlier_versions_canceled_action_is_still_ended(self) -> None:
+        """An action an earlier version reported ``CANCELED`` (before the statuses became Kanto's
+        FINISHED_CANCELED) loads as FINISHED_CANCELED, so that it is still taken for ended."""
+        path = Path(self.mktemp())
+        path.write_text(json.dumps({"reported": {"7": "CANCELED", "8": "FINISHED_SUCCESS"}}))
+        self.assertEqual(FleetState.load(path).reported, {"7": "FINISHED_CANCELED", "8": "FINISHED_SUCCESS"})
+
 
 class FleetHarness(SynchronousTestCase):
     """One gateway, the DDI server in memory, a fake clock (the midpoint of every random range):
@@ -911,6 +918,37 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
         self.assertEqual(self.file.served, len(ARCHIVE))
 
+    def test_an_action_waiting_for_confirmation_is_confirmed_then_installed(self) -> None:
+        """hawkBit's confirmation flow: the poll links ``confirmationBase/{actionId}`` instead of
+        a ``deploymentBase`` until the device consents. The gateway, which has no user to ask,
+        POSTs ``{"confirmation": "confirmed", "details": [...]}`` on its feedback, and polls
+        again after ``min_poll_interval`` (not the server's sleep), where the deployment comes
+        and is installed. It ignored the link: the action waited for ever, silently."""
+        self.server.deployment = deployment("12", FILES)
+        self.server.waiting_confirmation = True
+        self.server.sleep = "00:05:00"
+        self.start()
+        self.run_for(8)
+        confirmations = [(a, b) for k, a, b in self.server.feedback if k == "confirmationBase"]
+        self.assertEqual(confirmations, [("12", {"confirmation": "confirmed",
+                                                 "details": ["confirmed by the gateway, which has no user to ask"]})])
+        self.assertEqual(self.installer.archives, [])
+        self.run_for(20)  # (10-12 s: min_poll_interval, not the 5 minutes of the server's sleep)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+
+    def test_a_confirmation_base_naming_no_action_fails_the_poll(self) -> None:
+        """A ``confirmationBase`` answer without an action id is no action to confirm: the poll
+        fails (logged, tried again after its backoff), nothing is confirmed."""
+        events = capture_log_events(self)
+        self.server.deployment = deployment("", FILES)
+        self.server.waiting_confirmation = True
+        self.start()
+        self.run_for(8)
+        self.assertEqual([k for k, _, _ in self.server.feedback], [])
+        self.assertIn("the confirmationBase answer names no action (id: '')",
+                      " ".join(formatEvent(e) for e in events if "fleet poll failed" in formatEvent(e)))
+
     def test_cancel_while_downloading_is_closed(self) -> None:
         """A cancelAction for an action still downloading stops it; the answer is closed/success."""
         self.file.stall = True
@@ -921,7 +959,7 @@ class FleetServiceTests(FleetHarness):
         self.server.deployment = None
         self.server.cancel = {"id": "11", "cancelAction": {"stopId": "11"}}
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-11"].status, Status.CANCELED)
+        self.assertEqual(self.updates.operations["ddi-11"].status, Status.FINISHED_CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
         self.assertNotIn(("closed", "failure"), self.server.executions())  # answered on the cancel only
         self.assertEqual(self.installer.archives, [])
@@ -968,7 +1006,7 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.updates.operations["ddi-32"].status, Status.DOWNLOADING)
         self.assertIsNone(self.updates.handle_command("cancel", b'{"correlationId": "ddi-32"}'))
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-32"].status, Status.CANCELED)
+        self.assertEqual(self.updates.operations["ddi-32"].status, Status.FINISHED_CANCELED)
         self.assertEqual(self.server.executions()[-1], ("closed", "failure"))
         self.assertIn("canceled on the gateway (an update cancel request), not by the server: nothing was installed",
                       self.server.feedback[-1][2]["status"]["details"])
@@ -1010,7 +1048,7 @@ class FleetServiceTests(FleetHarness):
         self.stop()
         self.start()
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-40"].status, Status.CANCELED)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.FINISHED_CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
         self.assertEqual(self.installer.archives, [])
 

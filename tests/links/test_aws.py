@@ -48,7 +48,7 @@ class AWSLinkTLSTests(TestCase):
     @inlineCallbacks
     def test_client_certificate_and_kanto_topics(self) -> None:
         """tls: with a client certificate to mosquitto (TLS, certificates required); with aws:
-        and no routes, telemetry goes up on its local topic, as Kanto's AWS connector does, and
+        and no routes, telemetry goes up on its local topic, as it is (docs/aws.md), and
         so do the upload service's requests and statuses (without them an upload triggered
         through AWS never reached the cloud's start) and the telemetry reports."""
         pki = make_pki(Path(self.mktemp()))

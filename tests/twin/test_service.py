@@ -274,6 +274,56 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("bogus", "/", thing="acme:gw1:x#"))
         self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
 
+    def test_a_thing_id_in_the_value_other_than_the_topics_is_not_settable(self) -> None:
+        """Kanto's local twins (and Ditto) refuse a create, modify or merge of / whose value's
+        ``thingId`` is not the command topic's: 400 ``things:id.notsettable``, nothing changed.
+        It was taken, the id silently replaced, and the `modified` event announced the other
+        id as the thing's. The topic's own id in the value is taken."""
+        for action in ("create", "modify", "merge"):
+            out = self.send(command(action, "/", {"thingId": "other:x", "attributes": {"a": 1}}, thing="acme:gw1:s"))
+            self.assertEqual([t for t, _ in out], ["command//acme:gw1:s/req//errors-response"], action)
+            self.assertEqual((out[0][1]["status"], out[0][1]["value"]["error"]), (400, "things:id.notsettable"))
+        out = self.send(command("modify", "/", {"thingId": "other:x", "attributes": {"a": 1}}))
+        self.assertEqual((out[0][1]["status"], out[0][1]["value"]["error"]), (400, "things:id.notsettable"))
+        self.assertIn("'other:x'", out[0][1]["value"]["message"])
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        self.assertNotIn("acme:gw1:s", self.twin.store.things)
+        out = self.send(command("modify", "/", {"thingId": ROOT, "attributes": {"a": 1}}))
+        self.assertEqual([(t, e.get("status")) for t, e in out],
+                         [("command///req//modified", None), ("command///req//modify-response", 204)])
+
+    def test_kantos_retrieve_of_several_things(self) -> None:
+        """Kanto's retrieve of several things: ``_/_/things/twin/commands/retrieve``, path ``/``,
+        value ``{"thingIds": [...]}``, answered 200 on ``command//_:_/req//retrieve-response``
+        with the things the twin holds, in the order asked, the others left out. It was a 404
+        (``_:_`` is no thing of the gateway's), so a Kanto app could not list its things."""
+        self.send(command("create", "/", {"attributes": {"a": 1}}, thing="acme:gw1:s"))
+        kanto = {"topic": "_/_/things/twin/commands/retrieve", "path": "/",
+                 "headers": {"correlation-id": "list-1"}, "value": {"thingIds": ["acme:gw1:s", "acme:gw1:gone", ROOT]}}
+        [(topic, response)] = self.send(kanto)
+        self.assertEqual(topic, "command//_:_/req//retrieve-response")
+        self.assertEqual((response["topic"], response["status"], response["headers"]["correlation-id"]),
+                         ("_/_/things/twin/commands/retrieve", 200, "list-1"))
+        self.assertEqual(response["value"], [{"thingId": "acme:gw1:s", "attributes": {"a": 1}},
+                                             {"thingId": ROOT, "attributes": {}, "features": {}}])
+        for value, error in (({"thingIds": []}, "json.invalid"), ({"ids": [ROOT]}, "json.invalid"),
+                             ({"thingIds": ["nocolon"]}, "things:id.invalid")):
+            [(topic, answer)] = self.send({**kanto, "value": value})
+            self.assertEqual((topic, answer["status"], answer["value"]["error"]),
+                             ("command//_:_/req//errors-response", 400, error), value)
+        self.assertEqual(self.send({**kanto, "headers": {"response-required": False}}), [])
+
+    def test_where_answers_differ_from_kantos_as_docs_say(self) -> None:
+        """docs/twin.md names where the answers differ from Kanto's local twins: an error's path
+        is the command's (Kanto's is /), with no description and no content-type header, and a
+        retrieve's ``fields`` is not applied."""
+        [(_, error)] = self.send(command("retrieve", "/attributes/none"))
+        self.assertEqual((error["path"], sorted(error["value"]), "content-type" in error["headers"]),
+                         ("/attributes/none", ["error", "message", "status"], False))
+        [(_, response)] = self.send({**command("retrieve", "/"), "fields": "thingId"})
+        self.assertEqual((response["value"], "content-type" in response["headers"]),
+                         ({"thingId": ROOT, "attributes": {}, "features": {}}, False))
+
     def test_bad_paths_and_values(self) -> None:
         """Paths outside Ditto's thing model and non-object features are refused with 400."""
         for envelope in (command("modify", "/nope", 1), command("modify", "/features/f/props/x", 1),
@@ -370,7 +420,7 @@ class TwinServiceTests(SynchronousTestCase):
             self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid", envelope)
         self.assertNotIn(child, self.twin.store.things)
         self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
-        out = self.send(command("modify", "/", {"thingId": "x", "policyId": "acme:p", "definition": "acme:gw:1",
+        out = self.send(command("modify", "/", {"thingId": ROOT, "policyId": "acme:p", "definition": "acme:gw:1",
                                                 "features": {"f": {"definition": ["acme:f:1"], "properties": {}}}}))
         self.assertEqual(out[-1][1]["status"], 204)
         self.assertEqual(self.twin.store.things[ROOT]["thingId"], ROOT)

@@ -88,3 +88,31 @@ class StatusPayloadTests(SynchronousTestCase):
                          [tool, tool, tool, agent, agent, agent, agent])
         payload = self.operation(Status.STARTED, 0).status_payload(1.0)
         self.assertEqual(payload["softwareModules"], [tool, agent])
+
+
+#: The final statuses of Kanto's SoftwareUpdatable (eclipse-kanto/software-update,
+#: hawkbit/lib_status.go): a backend that maps them takes an operation for ended on these only.
+KANTO_FINAL = ("FINISHED_CANCELED", "FINISHED_ERROR", "FINISHED_SUCCESS", "FINISHED_WARNING",
+               "FINISHED_REJECTED")
+
+
+class KantoStatusTests(SynchronousTestCase):
+    """The statuses published are Kanto's, also for a cancel, and a record an earlier version
+    wrote with its own ``CANCELED`` still reads as ended."""
+
+    def test_a_canceled_operation_ends_in_kantos_finished_canceled(self) -> None:
+        """A canceled operation is published FINISHED_CANCELED (it was CANCELED, which no Kanto
+        backend knows: the operation never ended for it), and every final status is one of Kanto's."""
+        operation = parse_request("install", kanto_install({}))
+        operation.status = Status.FINISHED_CANCELED
+        self.assertEqual(operation.status_payload(1.0)["status"], "FINISHED_CANCELED")
+        self.assertEqual([s.value for s in Status if s.final and s.value not in KANTO_FINAL], [])
+
+    def test_an_earlier_versions_canceled_record_is_read_as_finished_canceled(self) -> None:
+        """An operation record written with ``"status": "CANCELED"`` loads as FINISHED_CANCELED,
+        ended (it is not resumed) and published as Kanto's status."""
+        record = parse_request("install", kanto_install({})).to_json()
+        record["status"] = "CANCELED"
+        operation = Operation.from_json(record)
+        self.assertEqual((operation.status, operation.status.final), (Status.FINISHED_CANCELED, True))
+        self.assertEqual(operation.to_json()["status"], "FINISHED_CANCELED")

@@ -29,7 +29,7 @@ from tests.updates.realservers import Nginx, nginx_available
 
 SIZE = 12 * 2**20
 CID = "op-restart"
-FINAL = ("FINISHED_SUCCESS", "FINISHED_ERROR", "CANCELED")
+FINAL = ("FINISHED_SUCCESS", "FINISHED_ERROR", "FINISHED_CANCELED")
 #: A shell loop standing for a long install step: it records that it runs, then waits for the
 #: test's release file (at most 30 s, so a failed test never leaves it behind for long).
 WAIT_FOR_RELEASE = ("echo run >> {started}; i=0; "

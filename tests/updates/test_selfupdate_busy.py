@@ -37,7 +37,7 @@ SELF_UPDATE = [("STARTED", "accepted"), ("DOWNLOADING", ""), ("DOWNLOADED", "all
                ("INSTALLING", "gateway {v}"), ("INSTALLING", "gateway {v} resumed after restart"),
                ("INSTALLED", "gateway package {v} installed"), ("FINISHED_SUCCESS", "done")]
 
-FINAL = ("FINISHED_SUCCESS", "FINISHED_ERROR", "CANCELED")
+FINAL = ("FINISHED_SUCCESS", "FINISHED_ERROR", "FINISHED_CANCELED")
 #: The cloud topic of the update statuses (default routes, tenant ``default``, device ``gateway``).
 CLOUD_STATUS = "telemetry/default/gateway/gateway/updates/lastOperation"
 #: A hosted program that runs until stopped.

@@ -332,14 +332,16 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(saved.status_payload(0)["softwareModule"], {"name": "other", "version": "3"})
 
     def test_cancel_while_downloading(self) -> None:
-        """Cancel during the download ends in CANCELED and removes the partial files."""
+        """Cancel during the download ends in Kanto's FINISHED_CANCELED (its SoftwareUpdatable has no
+        CANCELED: a backend that maps its statuses did not see the operation end) and removes the
+        partial files."""
         self.resource.stall = True
         service = self.service()
         service.submit("install", request())
         self.stub.flush()
         service.handle_command("cancel", b'{"correlationId": "op-1"}')
         self.stub.flush()
-        self.assertEqual(self.statuses()[-1], "CANCELED")
+        self.assertEqual(self.statuses()[-1], "FINISHED_CANCELED")
         self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
 
     def test_a_refusal_does_not_publish_a_status_not_yet_recorded(self) -> None:
@@ -560,7 +562,7 @@ class UpdateServiceTests(SynchronousTestCase):
         they ended, the unfinished ones after them."""
         store = OperationStore(self.state / "updates" / "operations")
         for cid, status, ended, received in (("new", Status.FINISHED_SUCCESS, 4, 1), ("b", Status.FINISHED_ERROR, 2, 0),
-                                             ("a", Status.FINISHED_SUCCESS, 3, 0), ("c", Status.CANCELED, 1, 0)):
+                                             ("a", Status.FINISHED_SUCCESS, 3, 0), ("c", Status.FINISHED_CANCELED, 1, 0)):
             store.save(Operation(cid, "download", [], status, ended=ended, received=received))
         self.assertEqual([op.correlation_id for op in self.service().snapshot().operations], ["c", "b", "a", "new"])
 
@@ -681,9 +683,9 @@ class UpdateServiceTests(SynchronousTestCase):
             d, f, args = held.pop(0)
             d.callback(f(*args))
         self.successResultOf(stopped)
-        self.assertEqual(self.statuses()[-1], "CANCELED")
+        self.assertEqual(self.statuses()[-1], "FINISHED_CANCELED")
         self.assertEqual([op.status for op in OperationStore(self.state / "updates" / "operations").load_all()],
-                         [Status.CANCELED])
+                         [Status.FINISHED_CANCELED])
         self.published.clear()
         self.service()
         self.settle()
