@@ -183,10 +183,11 @@ def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | 
         return None, None
     if not isinstance(value, dict) or set(value) - {"command", "timeout", "window"}:
         raise ManifestError("app.yaml: health: a mapping of command, timeout, window")
+    # (a check given no time at all would always time out: the install would always roll back;
+    # checked without a command too, as every other key is: a wrong value is never taken silently)
+    timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0.1})
     check = None
     if "command" in value:
-        # (a check given no time at all would always time out: the install would always roll back)
-        timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0.1})
         check = HealthCheck(_argv(value["command"], "health.command"),
                             10.0 if timeout is None else timeout)
     window = build(float, value["window"], ("health", "window"), errors, {"min": 0}) if "window" in value else None

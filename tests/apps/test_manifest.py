@@ -115,6 +115,9 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             # (a check given no time always timed out: every install of the app rolled back)
             ("health: {command: [x], timeout: 0}", r"health.timeout: must be at least 0.1, not 0"),
             ("health: {window: soon}", "health.window: must be a number"),
+            # (without a command too: a health check's timeout of 0 installed as no error)
+            ("health: {timeout: 0}", r"health.timeout: must be at least 0.1, not 0"),
+            ("health: {window: 5, timeout: abc}", "health.timeout: must be a number"),
             # (they became the strings 'None', 'True', "['a']" in the program's environment)
             ("env: {A: null}", r"env.A: must be a string or a number, not empty \(null\)"),
             ("env: {A: true}", "env.A: must be a string or a number, not the boolean true"),
