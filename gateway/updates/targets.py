@@ -201,11 +201,11 @@ class ModuleInstaller:
             return message
         if module.target == "app":
             if self.app_installer is None:
-                raise InstallError(f"{module.name}: no app installer in this gateway")
+                raise InstallError(f"{module_named('app', module)}: no app installer in this gateway")
             try:
                 result = yield self.app_installer.install(files[0])
             except Exception as error:
-                raise InstallError(f"{module.name} {module.version}: {error}") from error
+                raise InstallError(f"{module_named('app', module)}: {error}") from error
             if not result.ok:
                 if resumed and result.outcome == "failed" and result.version is not None \
                         and result.previous == result.version:
@@ -248,12 +248,12 @@ class ModuleInstaller:
     def _install_container(self, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
         install = getattr(self.app_installer, "install_container", None)
         if install is None:
-            raise InstallError(f"{module.name}: no container runtime in this gateway")
+            raise InstallError(f"{module_named('container', module)}: no container runtime in this gateway")
         try:
             result = yield install(module.name, module.version, files,
                                    {a.filename: a.digests for a in module.artifacts})
         except Exception as error:
-            raise InstallError(f"{module.name} {module.version}: {error}") from error
+            raise InstallError(f"{module_named('container', module)}: {error}") from error
         if not result.ok:
             if resumed and result.outcome == "failed" and result.previous == module.version:
                 # The install that the restart interrupted got as far as switching versions.

@@ -515,6 +515,23 @@ class TargetTests(TestCase):
                          "container 'thing' 3 refused: 'thing' is the name of a hosted process app or program")
 
     @inlineCallbacks
+    def test_a_container_module_on_a_gateway_without_containers_is_named_by_its_kind(self) -> None:
+        """A container module on a gateway that hosts no containers (containers.enabled false)
+        fails naming the module by its kind, its name quoted and its version, as every install
+        message does (docs/updates.md); it read ``zzz 2: this gateway does not host containers``."""
+        apps = AppsService(AppsSettings(spool_interval=3600.0), self.dir / "state", reactor, "mqtt://127.0.0.1:1883")
+        yield apps.startService()
+        self.addCleanup(apps.stopService)
+        description = self.dir / "app.json"
+        description.write_text('{"image": "registry.local:5000/app:2"}')
+        module = SoftwareModule("app", "2", "container", [Artifact(description.name, "https://x/app.json")])
+        installer = ModuleInstaller(reactor, UpdatesSettings(), apps.control)
+        with self.assertRaises(InstallError) as caught:
+            yield installer.install(Operation("op", "install", [module]), module, [description], False)
+        self.assertEqual(str(caught.exception),
+                         "container 'app' 2: this gateway does not host containers (containers.enabled)")
+
+    @inlineCallbacks
     def test_container_install_resumed_after_its_switch_is_installed(self) -> None:
         """A container install the gateway's restart interrupted after the new version had become
         current is INSTALLED, saying its health window was not watched again, as an app module
