@@ -272,9 +272,11 @@ class ModuleInstaller:
         output = result.output.decode("utf-8", "replace").strip()
         if result.exitstatus is None:
             raise InstallError(f"{script.name} ran longer than {self.settings.script_timeout:g}s and was killed")
+        # (a script that says nothing is reported without a dangling ': ', as a silent installer is)
         if result.exitstatus != 0:
-            raise InstallError(f"{script.name} exited with {result.exitstatus}: {output[-500:]}")
-        return f"{script.name} ran: {output[-200:]}"
+            said = f": {output[-500:]}" if output else ""
+            raise InstallError(f"{script.name} exited with {result.exitstatus}{said}")
+        return f"{script.name} ran" + (f": {output[-200:]}" if output else "")
 
     def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
             name: str | None = None) -> Any:

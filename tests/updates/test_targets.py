@@ -55,6 +55,16 @@ class TargetTests(TestCase):
         self.assertIn("exited with 3: broken", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_silent_script_is_reported_without_a_dangling_colon(self) -> None:
+        """A script that prints nothing is reported as run, or as its exit status alone: the
+        INSTALLED message, which goes to the cloud, read ``run.sh ran: ``."""
+        message = yield self.install("script", "exit 0")
+        self.assertEqual(message, "run.sh ran")
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("script", "exit 4")
+        self.assertEqual(str(caught.exception), "run.sh exited with 4")
+
+    @inlineCallbacks
     def test_script_past_its_time_limit_is_killed(self) -> None:
         """A script that runs too long is killed and reported."""
         with self.assertRaises(InstallError) as caught:
