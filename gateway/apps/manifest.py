@@ -92,6 +92,25 @@ def parse_app_yaml(text: str) -> AppManifest:
         raise ManifestError(f"app.yaml: {exc}") from exc
     if not isinstance(doc, dict):
         raise ManifestError("app.yaml: must be a mapping")
+    try:
+        return _described(doc, text)
+    except ManifestError as exc:
+        # (the install's result names the app and version when the app.yaml said them well)
+        said = _named(doc, text)
+        raise exc if said is None else exc.naming(*said)
+
+
+def _named(doc: dict[Any, Any], text: str) -> tuple[str, str] | None:
+    """The app and version an app.yaml names, when both are well given (else None)."""
+    try:
+        return (check_name("name", _identifier("name", doc["name"], text)),
+                check_name("version", _identifier("version", doc["version"], text)))
+    except (KeyError, ManifestError):
+        return None
+
+
+def _described(doc: dict[Any, Any], text: str) -> AppManifest:
+    """The manifest an app.yaml's mapping ``doc`` (read from ``text``) describes (parse_app_yaml)."""
     known = {"name", "version", "command", "env", "directory", "restart", "logs", "health"}
     unknown = sorted(map(str, set(doc) - known - _PROGRAM_KEYS))  # (a key may be a number)
     if unknown:
