@@ -512,34 +512,31 @@ class TargetTests(TestCase):
 
         settings = AppsSettings(spool_interval=3600.0,
                                 programs={"thing": ProgramSettings(command="sleep 60", autostart=False)})
-        apps = AppsService(settings, self.dir / "state", reactor, "mqtt://127.0.0.1:1883")
-        yield apps.startService()
-        self.addCleanup(apps.stopService)
-        description = self.dir / "thing.json"
-        description.write_text('{"image": "registry.local:5000/thing:3"}')
-        module = SoftwareModule("thing", "3", "container", [Artifact(description.name, "https://x/thing.json")])
-        installer = ModuleInstaller(reactor, UpdatesSettings(), apps.control)
-        with self.assertRaises(InstallError) as caught:
-            yield installer.install(Operation("op", "install", [module]), module, [description], False)
-        self.assertEqual(str(caught.exception),
-                         "container 'thing' 3 refused: 'thing' is the name of a hosted process app or program")
+        refusal = yield self.container_install_refusal(settings, "thing", "3")
+        self.assertEqual(refusal, "container 'thing' 3 refused: 'thing' is the name of a hosted process app or program")
 
     @inlineCallbacks
     def test_a_container_module_on_a_gateway_without_containers_is_named_by_its_kind(self) -> None:
         """A container module on a gateway that hosts no containers (containers.enabled false)
         fails naming the module by its kind, its name quoted and its version, as every install
         message does (docs/updates.md); it read ``zzz 2: this gateway does not host containers``."""
-        apps = AppsService(AppsSettings(spool_interval=3600.0), self.dir / "state", reactor, "mqtt://127.0.0.1:1883")
+        refusal = yield self.container_install_refusal(AppsSettings(spool_interval=3600.0), "app", "2")
+        self.assertEqual(refusal, "container 'app' 2: this gateway does not host containers (containers.enabled)")
+
+    @inlineCallbacks
+    def container_install_refusal(self, settings: AppsSettings, name: str, version: str) -> Any:
+        """The error of a container module ``name`` ``version`` installed through a real apps
+        service of ``settings`` (which hosts no containers)."""
+        apps = AppsService(settings, self.dir / "state", reactor, "mqtt://127.0.0.1:1883")
         yield apps.startService()
         self.addCleanup(apps.stopService)
-        description = self.dir / "app.json"
-        description.write_text('{"image": "registry.local:5000/app:2"}')
-        module = SoftwareModule("app", "2", "container", [Artifact(description.name, "https://x/app.json")])
+        description = self.dir / f"{name}.json"
+        description.write_text(f'{{"image": "registry.local:5000/{name}:{version}"}}')
+        module = SoftwareModule(name, version, "container", [Artifact(description.name, f"https://x/{name}.json")])
         installer = ModuleInstaller(reactor, UpdatesSettings(), apps.control)
         with self.assertRaises(InstallError) as caught:
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
-        self.assertEqual(str(caught.exception),
-                         "container 'app' 2: this gateway does not host containers (containers.enabled)")
+        return str(caught.exception)
 
     @inlineCallbacks
     def test_container_install_resumed_after_its_switch_is_installed(self) -> None:
