@@ -150,7 +150,7 @@ TAIL_CHUNK = 64 * 1024
 TAIL_MAX_BYTES = 16 * 2**20
 
 
-def tail_offset(handle: IO[bytes], size: int, lines: int, most: int = TAIL_MAX_BYTES) -> int:
+def tail_offset(handle: IO[bytes], size: int, lines: int, most: int | None = None) -> int:
     """Where the last ``lines`` lines of an open file of ``size`` bytes begin (blocking).
 
     The file is read back from its end a chunk at a time, only as far as those lines go,
@@ -160,11 +160,11 @@ def tail_offset(handle: IO[bytes], size: int, lines: int, most: int = TAIL_MAX_B
     :param handle: the file, opened for reading in binary mode.
     :param size: its size.
     :param lines: how many lines (0: none, the offset is ``size``).
-    :param most: the most bytes to look back (:data:`TAIL_MAX_BYTES`).
+    :param most: the most bytes to look back (None: :data:`TAIL_MAX_BYTES`).
     """
     if lines <= 0:
         return size
-    found, pos, floor = 0, size - 1, max(0, size - most)
+    found, pos, floor = 0, size - 1, max(0, size - (TAIL_MAX_BYTES if most is None else most))
     while pos > floor:
         start = max(floor, pos - TAIL_CHUNK)
         handle.seek(start)
