@@ -198,12 +198,34 @@ def move_aside(files: FileLayer, path: str) -> tuple[str | None, str]:
             raise refusal(Path(path)) from why
     aside = path + ".damaged"
     try:
-        files.replace(path, aside)
+        try:
+            files.replace(path, aside)
+        except OSError as why:
+            if why.errno not in _IN_THE_WAY:
+                raise
+            # An older <path>.damaged of another kind (a file where a directory goes, or a
+            # directory with something in it) is in the way: the newer takes its place, as a
+            # damaged file's does a file's. Left in the way, the unusable path stayed for good
+            # (every write of it failing: a processes.json, a desired.json made a directory).
+            _remove(files, aside)
+            files.replace(path, aside)
     except OSError as why:
         if is_permission_error(why):  # (its directory's mode or owner)
             raise refusal(Path(path).parent) from why
         return None, f"left where it is: {why.strerror or why}"
     return aside, f"moved to {aside}"
+
+
+#: What ``rename`` says when what it would replace is of another kind than what it moves.
+_IN_THE_WAY = (errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST)
+
+
+def _remove(files: FileLayer, path: str) -> None:
+    """Remove ``path``, a file or a directory with what it holds."""
+    try:
+        files.unlink(path)
+    except IsADirectoryError:
+        files.remove_tree(path)
 
 
 #: ``pwritev`` flag for a write that returns once its data is durable (Linux 4.7+).

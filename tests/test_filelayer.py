@@ -203,6 +203,28 @@ class SetAsideTests(SynchronousTestCase):
         self.assertTrue(stat.S_ISFIFO(os.lstat(path + ".damaged").st_mode))
 
 
+    def test_an_older_damaged_copy_of_another_kind_gives_way(self) -> None:
+        """A damaged path is moved aside also when an older ``.damaged`` of another kind is
+        there (a file where a directory goes, a directory with files in it): the newer takes
+        its place, as a damaged file's does a file's. It was left where it was, so a
+        ``processes.json`` or ``desired.json`` made a directory stayed one, every write of it
+        failing (docs/apps.md: moved aside to ``processes.json.damaged``)."""
+        root = self.mktemp()
+        files = OSFiles()
+        self.addCleanup(files.close_all)
+        for older, newer in [("file", "directory"), ("directory", "file"), ("directory", "directory")]:
+            path = os.path.join(root, f"{older}-{newer}", "processes.json")
+            os.makedirs(os.path.dirname(path))
+            for where, kind in [(path + ".damaged", older), (path, newer)]:
+                if kind == "file":
+                    with open(where, "w") as f:
+                        f.write(where)
+                else:
+                    os.makedirs(os.path.join(where, "inside"))
+            self.assertEqual(set_aside(files, path), f"moved to {path}.damaged", (older, newer))
+            self.assertFalse(os.path.lexists(path))
+            self.assertEqual(os.path.isdir(path + ".damaged"), newer == "directory")
+
 class FreeBytesTests(SynchronousTestCase):
     """:meth:`OSFiles.free_bytes` counts a filesystem out of inodes as full."""
 

@@ -12,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.apps.logs import open_log, tail_offset
+from gateway.apps.logs import open_log, rotated_lead, tail_offset
 
 log = Logger()
 
@@ -28,7 +28,8 @@ def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
     the offset they end at, both from one look at the file, so following it from there
     neither repeats nor misses a line (blocking).
 
-    :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet).
+    :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet) and
+        was not rotated either.
     """
     try:
         with open_log(path) as handle:
@@ -37,8 +38,9 @@ def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
             handle.seek(start)
             data = handle.read(size - start)
     except FileNotFoundError:
-        return b"", 0
-    kept = data.splitlines(keepends=True)[-lines:] if lines else []
+        data, start = b"", 0
+    # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1)
+    kept = (rotated_lead(path, lines, data) + data).splitlines(keepends=True)[-lines:] if lines else []
     return b"".join(kept), start + len(data)
 
 

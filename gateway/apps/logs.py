@@ -150,20 +150,21 @@ TAIL_CHUNK = 64 * 1024
 TAIL_MAX_BYTES = 16 * 2**20
 
 
-def tail_offset(handle: IO[bytes], size: int, lines: int) -> int:
+def tail_offset(handle: IO[bytes], size: int, lines: int, most: int | None = None) -> int:
     """Where the last ``lines`` lines of an open file of ``size`` bytes begin (blocking).
 
     The file is read back from its end a chunk at a time, only as far as those lines go,
-    however long they are, but not over :data:`TAIL_MAX_BYTES`; its last byte ends the last
-    line, a newline or not.
+    however long they are, but not over ``most`` bytes; its last byte ends the last line, a
+    newline or not.
 
     :param handle: the file, opened for reading in binary mode.
     :param size: its size.
     :param lines: how many lines (0: none, the offset is ``size``).
+    :param most: the most bytes to look back (None: :data:`TAIL_MAX_BYTES`).
     """
     if lines <= 0:
         return size
-    found, pos, floor = 0, size - 1, max(0, size - TAIL_MAX_BYTES)
+    found, pos, floor = 0, size - 1, max(0, size - (TAIL_MAX_BYTES if most is None else most))
     while pos > floor:
         start = max(floor, pos - TAIL_CHUNK)
         handle.seek(start)
@@ -196,18 +197,37 @@ def open_log(path: Path) -> IO[bytes]:
 
 
 def tail_file(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` (blocking: call it from a thread).
+    """The last ``lines`` lines of ``path`` (blocking: call it from a thread), reaching back
+    into its newest rotated file, ``path.1``, when ``path`` holds fewer: a log rotated a
+    moment ago (it reached its size with the program's last output) is empty, and its last
+    lines are there. Not over :data:`TAIL_MAX_BYTES` in all.
 
     :param path: the log file.
     :param lines: how many lines.
     """
+    data = _tail_bytes(path, lines, TAIL_MAX_BYTES)
+    data = rotated_lead(path, lines, data) + data
+    return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
+
+
+def rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
+    """What goes before ``data``, the last bytes of ``path`` read for its last ``lines``
+    lines, when they hold fewer: the end of its newest rotated file, ``path.1`` (blocking).
+    Nothing when they hold enough, or :data:`TAIL_MAX_BYTES` already."""
+    if lines <= 0 or data.count(b"\n") >= lines or len(data) >= TAIL_MAX_BYTES:
+        return b""
+    return _tail_bytes(path.with_name(path.name + ".1"), lines, TAIL_MAX_BYTES - len(data))
+
+
+def _tail_bytes(path: Path, lines: int, most: int) -> bytes:
+    """The bytes of the last ``lines`` lines of ``path``, at most ``most`` of them (none when
+    no regular file is there)."""
     try:
         with open_log(path) as handle:
-            handle.seek(tail_offset(handle, os.fstat(handle.fileno()).st_size, lines))
-            data = handle.read()
+            handle.seek(tail_offset(handle, os.fstat(handle.fileno()).st_size, lines, most))
+            return handle.read()
     except FileNotFoundError:
-        return []
-    return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
+        return b""
 
 
 def remove_logs(paths: list[Path]) -> None:

@@ -92,6 +92,25 @@ def parse_app_yaml(text: str) -> AppManifest:
         raise ManifestError(f"app.yaml: {exc}") from exc
     if not isinstance(doc, dict):
         raise ManifestError("app.yaml: must be a mapping")
+    try:
+        return _described(doc, text)
+    except ManifestError as exc:
+        # (the install's result names the app and version when the app.yaml said them well)
+        said = _named(doc, text)
+        raise exc if said is None else exc.naming(*said)
+
+
+def _named(doc: dict[Any, Any], text: str) -> tuple[str, str] | None:
+    """The app and version an app.yaml names, when both are well given (else None)."""
+    try:
+        return (check_name("name", _identifier("name", doc["name"], text)),
+                check_name("version", _identifier("version", doc["version"], text)))
+    except (KeyError, ManifestError):
+        return None
+
+
+def _described(doc: dict[Any, Any], text: str) -> AppManifest:
+    """The manifest an app.yaml's mapping ``doc`` (read from ``text``) describes (parse_app_yaml)."""
     known = {"name", "version", "command", "env", "directory", "restart", "logs", "health"}
     unknown = sorted(map(str, set(doc) - known - _PROGRAM_KEYS))  # (a key may be a number)
     if unknown:
@@ -183,10 +202,11 @@ def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | 
         return None, None
     if not isinstance(value, dict) or set(value) - {"command", "timeout", "window"}:
         raise ManifestError("app.yaml: health: a mapping of command, timeout, window")
+    # (a check given no time at all would always time out: the install would always roll back;
+    # checked without a command too, as every other key is: a wrong value is never taken silently)
+    timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0.1})
     check = None
     if "command" in value:
-        # (a check given no time at all would always time out: the install would always roll back)
-        timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0.1})
         check = HealthCheck(_argv(value["command"], "health.command"),
                             10.0 if timeout is None else timeout)
     window = build(float, value["window"], ("health", "window"), errors, {"min": 0}) if "window" in value else None

@@ -201,11 +201,11 @@ class ModuleInstaller:
             return message
         if module.target == "app":
             if self.app_installer is None:
-                raise InstallError(f"{module.name}: no app installer in this gateway")
+                raise InstallError(f"{module_named('app', module)}: no app installer in this gateway")
             try:
                 result = yield self.app_installer.install(files[0])
             except Exception as error:
-                raise InstallError(f"{module.name} {module.version}: {error}") from error
+                raise InstallError(f"{module_named('app', module)}: {error}") from error
             if not result.ok:
                 if resumed and result.outcome == "failed" and result.version is not None \
                         and result.previous == result.version:
@@ -248,12 +248,12 @@ class ModuleInstaller:
     def _install_container(self, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
         install = getattr(self.app_installer, "install_container", None)
         if install is None:
-            raise InstallError(f"{module.name}: no container runtime in this gateway")
+            raise InstallError(f"{module_named('container', module)}: no container runtime in this gateway")
         try:
             result = yield install(module.name, module.version, files,
                                    {a.filename: a.digests for a in module.artifacts})
         except Exception as error:
-            raise InstallError(f"{module.name} {module.version}: {error}") from error
+            raise InstallError(f"{module_named('container', module)}: {error}") from error
         if not result.ok:
             if resumed and result.outcome == "failed" and result.previous == module.version:
                 # The install that the restart interrupted got as far as switching versions.
@@ -272,9 +272,11 @@ class ModuleInstaller:
         output = result.output.decode("utf-8", "replace").strip()
         if result.exitstatus is None:
             raise InstallError(f"{script.name} ran longer than {self.settings.script_timeout:g}s and was killed")
+        # (a script that says nothing is reported without a dangling ': ', as a silent installer is)
         if result.exitstatus != 0:
-            raise InstallError(f"{script.name} exited with {result.exitstatus}: {output[-500:]}")
-        return f"{script.name} ran: {output[-200:]}"
+            said = f": {output[-500:]}" if output else ""
+            raise InstallError(f"{script.name} exited with {result.exitstatus}{said}")
+        return f"{script.name} ran" + (f": {output[-200:]}" if output else "")
 
     def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
             name: str | None = None) -> Any:

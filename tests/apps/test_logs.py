@@ -257,6 +257,28 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail[-1], f"0199 {'x' * 995}")
         self.assertEqual(len(tail_file(path, 1000)), 200)  # fewer lines than asked: all of them
 
+    def test_the_tail_of_a_log_just_rotated_reaches_into_its_newest_backup(self) -> None:
+        """A log rotated by the program's last output (it reached its size then) is empty, or
+        holds fewer lines than asked: its last lines are read on from ``.1`` (apps.md:
+        reading a log's last lines holds the program's output). ``gatewayctl apps logs``,
+        ``logs?follow`` and a rollback's log tail showed nothing of a program's last words."""
+        self.dir.mkdir()
+        target = RotatingLog(self.dir / "r.log", maxbytes=1024, backups=2)
+        target.write(b"".join(b"line %03d %s\n" % (i, b"x" * 90) for i in range(11)))  # 1089 bytes
+        target.close()
+        self.assertFalse((self.dir / "r.log").exists())  # (rotated: nothing written since)
+        self.assertEqual([line[:8] for line in tail_file(self.dir / "r.log", 2)], ["line 009", "line 010"])
+        text, offset = tail_to_end(self.dir / "r.log", 2)
+        self.assertEqual((text.splitlines()[-1][:8], len(text.splitlines()), offset), (b"line 010", 2, 0))
+        (self.dir / "r.log").write_bytes(b"line 011 first\nline 012 ")  # one line and a half
+        self.assertEqual(tail_file(self.dir / "r.log", 3), [f"line 010 {'x' * 90}", "line 011 first", "line 012 "])
+        self.assertEqual(tail_to_end(self.dir / "r.log", 2), (b"line 011 first\nline 012 ", 24))
+        self.assertEqual(tail_file(self.dir / "r.log", 1), ["line 012 "])  # (enough: .1 not read)
+        # A line cut by the rotation (a pipe read ends mid-line) reads as one.
+        (self.dir / "r.log.1").write_bytes(b"line 020 begun ")
+        (self.dir / "r.log").write_bytes(b"and ended\n")
+        self.assertEqual(tail_file(self.dir / "r.log", 5), ["line 020 begun and ended"])
+
     def test_tail_looks_back_at_most_tail_max_bytes(self) -> None:
         """A log without line ends is not read whole: its last TAIL_MAX_BYTES are the line."""
         from gateway.apps import logs

@@ -115,6 +115,9 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             # (a check given no time always timed out: every install of the app rolled back)
             ("health: {command: [x], timeout: 0}", r"health.timeout: must be at least 0.1, not 0"),
             ("health: {window: soon}", "health.window: must be a number"),
+            # (without a command too: a health check's timeout of 0 installed as no error)
+            ("health: {timeout: 0}", r"health.timeout: must be at least 0.1, not 0"),
+            ("health: {window: 5, timeout: abc}", "health.timeout: must be a number"),
             # (they became the strings 'None', 'True', "['a']" in the program's environment)
             ("env: {A: null}", r"env.A: must be a string or a number, not empty \(null\)"),
             ("env: {A: true}", "env.A: must be a string or a number, not the boolean true"),
@@ -137,6 +140,22 @@ health: {command: ./check.sh, timeout: 3, window: 4}
         self.assertEqual(parse_app_yaml(base + "env: {A: 5, B: x}").programs["a"].environment,
                          {"A": "5", "B": "x"})
         self.assertEqual(parse_app_yaml(base + "env:\nlogs:\n").programs["a"].environment, {})
+
+    def test_a_refused_app_yaml_names_the_app_it_says_it_is(self) -> None:
+        """An app.yaml refused for another key than its name or version names the app and version
+        it gives, so the install's result says which package it was (docs/apps.md: null only when
+        refused before it could say); it named none (a native package without a command read
+        ``name: null, version: null``). One whose name or version is itself wrong names neither."""
+        for text, said in [
+            ("name: sensor\nversion: 2.10\n", ("sensor", "2.10")),
+            ("name: sensor\nversion: '2'\ncommand: [a]\nstartsecs: abc\n", ("sensor", "2")),
+            ("name: sensor\nversion: '2'\ncommand: [a]\nfoo: 1\n", ("sensor", "2")),
+            ("name: caf\u00e9\nversion: '2'\ncommand: [a]\nfoo: 1\n", (None, None)),
+            ("name: sensor\ncommand: [a]\n", (None, None)),
+        ]:
+            with self.assertRaises(ManifestError) as caught:
+                parse_app_yaml(text)
+            self.assertEqual((caught.exception.name, caught.exception.version), said, text)
 
     def test_gwe_file_names(self) -> None:
         """<name>.v<version>.tar.gz splits into name and version."""

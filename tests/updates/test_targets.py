@@ -55,6 +55,16 @@ class TargetTests(TestCase):
         self.assertIn("exited with 3: broken", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_silent_script_is_reported_without_a_dangling_colon(self) -> None:
+        """A script that prints nothing is reported as run, or as its exit status alone: the
+        INSTALLED message, which goes to the cloud, read ``run.sh ran: ``."""
+        message = yield self.install("script", "exit 0")
+        self.assertEqual(message, "run.sh ran")
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("script", "exit 4")
+        self.assertEqual(str(caught.exception), "run.sh exited with 4")
+
+    @inlineCallbacks
     def test_script_past_its_time_limit_is_killed(self) -> None:
         """A script that runs too long is killed and reported."""
         with self.assertRaises(InstallError) as caught:
@@ -502,17 +512,31 @@ class TargetTests(TestCase):
 
         settings = AppsSettings(spool_interval=3600.0,
                                 programs={"thing": ProgramSettings(command="sleep 60", autostart=False)})
+        refusal = yield self.container_install_refusal(settings, "thing", "3")
+        self.assertEqual(refusal, "container 'thing' 3 refused: 'thing' is the name of a hosted process app or program")
+
+    @inlineCallbacks
+    def test_a_container_module_on_a_gateway_without_containers_is_named_by_its_kind(self) -> None:
+        """A container module on a gateway that hosts no containers (containers.enabled false)
+        fails naming the module by its kind, its name quoted and its version, as every install
+        message does (docs/updates.md); it read ``zzz 2: this gateway does not host containers``."""
+        refusal = yield self.container_install_refusal(AppsSettings(spool_interval=3600.0), "app", "2")
+        self.assertEqual(refusal, "container 'app' 2: this gateway does not host containers (containers.enabled)")
+
+    @inlineCallbacks
+    def container_install_refusal(self, settings: AppsSettings, name: str, version: str) -> Any:
+        """The error of a container module ``name`` ``version`` installed through a real apps
+        service of ``settings`` (which hosts no containers)."""
         apps = AppsService(settings, self.dir / "state", reactor, "mqtt://127.0.0.1:1883")
         yield apps.startService()
         self.addCleanup(apps.stopService)
-        description = self.dir / "thing.json"
-        description.write_text('{"image": "registry.local:5000/thing:3"}')
-        module = SoftwareModule("thing", "3", "container", [Artifact(description.name, "https://x/thing.json")])
+        description = self.dir / f"{name}.json"
+        description.write_text(f'{{"image": "registry.local:5000/{name}:{version}"}}')
+        module = SoftwareModule(name, version, "container", [Artifact(description.name, f"https://x/{name}.json")])
         installer = ModuleInstaller(reactor, UpdatesSettings(), apps.control)
         with self.assertRaises(InstallError) as caught:
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
-        self.assertEqual(str(caught.exception),
-                         "container 'thing' 3 refused: 'thing' is the name of a hosted process app or program")
+        return str(caught.exception)
 
     @inlineCallbacks
     def test_container_install_resumed_after_its_switch_is_installed(self) -> None:
