@@ -183,10 +183,15 @@ class StreamReader:
     def _got(self, result: ReadResult, c: Cursor, rewinds: int) -> list[Record]:
         if c.rewinds == rewinds:
             c.position = result.position
+        ledger = self.stream.ledger
         for dmg in result.damage:
             where = (dmg.segment, dmg.start)
-            if self.stream.ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
+            if ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
                 continue
+            if dmg.lost is not None and not runs_outside(*dmg.lost, ledger.skipped):
+                if dmg.end == dmg.start:
+                    continue  # (seqs counted write-failed: no record took them)
+                dmg.last_lost = dmg.first_lost - 1  # (its bytes only: the seqs are counted)
             if dmg.end == dmg.start:
                 self.stream.log.warn("journal {stream}: seqs {first}-{last} are missing before byte {start} of "
                                      "segment {segment} (a segment cut short or removed from outside)",
@@ -198,7 +203,10 @@ class StreamReader:
             self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
                                   dmg.end - dmg.start, dmg.first_lost, dmg.last_lost, where=where)
             self.stream.save_ledger_now()  # (on disk before a cursor's save passes it)
-        return _unacked(c.above, result.records) if c.above else result.records
+        records = result.records
+        if ledger.skipped:  # (a failed undo's records, counted write-failed: never read)
+            records = [r for r in records if not ledger.is_skipped(r.seq)]
+        return _unacked(c.above, records) if c.above else records
 
     def wait(self, name: str) -> Deferred[None]:
         """Fire when cursor ``name`` may have records to read (at once if it has)."""
@@ -331,8 +339,9 @@ class StreamReader:
             runs = [(first, last)] if first <= last else []
         else:
             runs = union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
-        passed = self.stream.ledger.passed
-        return [left for run in runs for left in runs_outside(*run, passed)] if passed else runs
+        ledger = self.stream.ledger
+        counted = union_runs([*ledger.passed, *ledger.skipped]) if ledger.skipped else ledger.passed
+        return [left for run in runs for left in runs_outside(*run, counted)] if counted else runs
 
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it (its records were dropped)."""

@@ -232,7 +232,7 @@ class Stream:
             self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
-        self.next_seq = self.ledger.keep_dropped_below(rec.next_seq)
+        self.next_seq = self.ledger.next_past_skipped(self.ledger.keep_dropped_below(rec.next_seq))
         self.retention.load(rec.segments, free, self.ledger.dropped_below)
         self._pending_first = self.next_seq
         self.written_seq = self.next_seq - 1
@@ -802,7 +802,8 @@ class Stream:
 
     def _write_failed(self, failure: Any, batch: _Batch) -> None:
         """Fail this batch, the batch in flight behind it and everything pending; their
-        seqs are reused."""
+        seqs are reused under ``sync: sync`` (refused, never acknowledged), and skipped under
+        ``interval`` and ``none`` (acknowledged: counted lost under them)."""
         if not self._inflight or self._inflight[0] is not batch:
             return  # refused (BatchRefusedError) after the batch before it failed
         lost_batches, self._inflight = self._inflight, []
@@ -856,7 +857,11 @@ class Stream:
         for number in carried:
             self.ledger_writes.not_run(number, cause)
         if self.settings.sync != "sync" and lost:
+            # Counted lost, so never given to another record (the loss report names them):
+            # the stream numbers on past them, and readers skip them (LossLedger.skipped).
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
+            self.ledger.note_skipped(first, first + lost - 1)
+            self.next_seq = self._pending_first = first + lost
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
         for on_failed in lost_failed:
             _call(on_failed, Failure(error))
