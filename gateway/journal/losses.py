@@ -283,6 +283,11 @@ class LossLedger:
         self.skipped = union_runs([*self.skipped, (first, last)])
         self.dirty = True
 
+    def not_skipped(self, lost: tuple[int, int] | None) -> list[tuple[int, int]]:
+        """The runs of the seqs ``lost`` (first, last; None: none) that are not :attr:`skipped`:
+        a damaged stretch that holds a record a failed undo left costs only the others."""
+        return runs_outside(*lost, self.skipped) if lost is not None else []
+
     def is_skipped(self, seq: int) -> bool:
         """Whether ``seq`` is among the :attr:`skipped` seqs."""
         return any(first <= seq <= last for first, last in self.skipped)

@@ -188,20 +188,21 @@ class StreamReader:
             where = (dmg.segment, dmg.start)
             if ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
                 continue
-            if dmg.lost is not None and not runs_outside(*dmg.lost, ledger.skipped):
-                if dmg.end == dmg.start:
-                    continue  # (seqs counted write-failed: no record took them)
-                dmg.last_lost = dmg.first_lost - 1  # (its bytes only: the seqs are counted)
+            # (seqs counted write-failed, which no record took, are no loss of this stretch)
+            lost = ledger.not_skipped(dmg.lost)
+            if dmg.lost is not None and not lost and dmg.end == dmg.start:
+                continue
+            first, last = (lost[0][0], lost[-1][1]) if lost else (0, 0)
             if dmg.end == dmg.start:
                 self.stream.log.warn("journal {stream}: seqs {first}-{last} are missing before byte {start} of "
                                      "segment {segment} (a segment cut short or removed from outside)",
-                                     stream=self.stream.name, first=dmg.first_lost, last=dmg.last_lost,
+                                     stream=self.stream.name, first=first, last=last,
                                      start=dmg.start, segment=dmg.segment)
             else:
                 self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
                                      stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
-            self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
-                                  dmg.end - dmg.start, dmg.first_lost, dmg.last_lost, where=where)
+            self.stream.note_loss("corrupt", sum(b - a + 1 for a, b in lost), dmg.end - dmg.start, first, last,
+                                  where=where)
             self.stream.save_ledger_now()  # (on disk before a cursor's save passes it)
         records = result.records
         if ledger.skipped:  # (a failed undo's records, counted write-failed: never read)
@@ -325,8 +326,7 @@ class StreamReader:
     def oldest_unacked(self) -> int | None:
         """The first seq some cursor has not acknowledged (in memory: saved or not), or None
         when every cursor acknowledged every record appended (or there is no cursor)."""
-        last = self.stream.next_seq - 1
-        return min((c.acked + 1 for c in self.cursors.values() if c.unacked(last) > 0), default=None)
+        return min((c.acked + 1 for c in self.cursors.values() if self.waiting(c) > 0), default=None)
 
     def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
         """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
@@ -359,8 +359,19 @@ class StreamReader:
 
     def backlog(self) -> dict[str, int]:
         """Records appended but not acknowledged, per cursor."""
-        last_seq = self.stream.next_seq - 1
-        return {n: c.unacked(last_seq) for n, c in self.cursors.items()}
+        return {n: self.waiting(c) for n, c in self.cursors.items()}
+
+    def waiting(self, c: Cursor) -> int:
+        """Records appended that ``c`` has not acknowledged: seqs past its acknowledged one and
+        its ranges above, but those counted ``write-failed``, which no record holds
+        (:attr:`~gateway.journal.losses.LossLedger.skipped`)."""
+        last = self.stream.next_seq - 1
+        count = c.unacked(last)
+        for first, end in self.stream.ledger.skipped:
+            low, high = max(first, c.acked + 1), min(end, last)
+            if low <= high:
+                count -= sum(b - a + 1 for a, b in runs_outside(low, high, c.above))
+        return count
 
 
 def _skip(above: list[tuple[int, int]], want: int) -> int:

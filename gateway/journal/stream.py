@@ -252,8 +252,9 @@ class Stream:
             reason: LossReason = "torn" if dmg.torn else "corrupt"
             self.log.warn("journal {stream}: {reason} data cut from {segment} at {start}-{end}",
                           stream=self.name, reason=reason, segment=dmg.segment, start=dmg.start, end=dmg.end)
-            self.note_loss(reason, max(0, dmg.last_lost - dmg.first_lost + 1), dmg.end - dmg.start,
-                           dmg.first_lost, dmg.last_lost, where=where)
+            lost = self.ledger.not_skipped(dmg.lost)  # (a record a failed undo left is counted write-failed)
+            self.note_loss(reason, sum(b - a + 1 for a, b in lost), dmg.end - dmg.start,
+                           lost[0][0] if lost else 0, lost[-1][1] if lost else 0, where=where)
         d = self.reader.load()
         d.addCallback(lambda _: self._release_early())
         return d
@@ -943,7 +944,7 @@ class Stream:
     def unacked(self, cursor: str) -> int:
         """Records appended and not acknowledged by ``cursor`` (0 for an unknown cursor)."""
         c = self.reader.cursors.get(cursor)
-        return c.unacked(self.next_seq - 1) if c is not None else 0
+        return self.reader.waiting(c) if c is not None else 0
 
     def loss_report(self) -> LossReport:
         """Losses not yet cleared, for the link to send upstream."""
@@ -976,7 +977,7 @@ class Stream:
         thread, though it may queue one read on the I/O thread: see :meth:`_received`)."""
         now = self.clock.seconds()
         age = self._oldest_age(now)
-        cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
+        cursors = tuple(CursorSnapshot(n, c.acked, self.reader.waiting(c))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
         oldest = self.reader.oldest_unacked()

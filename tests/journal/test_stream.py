@@ -393,6 +393,7 @@ class GroupCommitTests(SynchronousTestCase):
             files.refusing = False
             s = open_stream(files, settings)
             self.assertEqual(s.next_seq, 6, sync)
+            self.assertEqual((s.unacked("link"), s.stats().backlog), (2, {"link": 2}), sync)  # (not 5)
             self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
             self.assertEqual([r.seq for r in read_all(s, "link")], [1, 2, 6], sync)
             self.assertEqual([(e.reason, e.first_seq, e.last_seq) for e in s.loss_report().entries],
@@ -1359,6 +1360,15 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(appended(reopened, record(4))), 4)
         self.assertEqual([r.seq for r in read_all(reopened, "link")], [4])
         self.assertEqual(reopened.stats().drops, {})  # (no gap counted as damage)
+        self.successResultOf(appended(reopened, record(5)))
+        self.successResultOf(reopened.close())
+        data = files.names[segment_path(DIR, 1)].data  # 1, 2, the refused 3, 4, 5
+        data[2 * FRAME + 20] ^= 0xFF  # (damage across the refused record and record 4)
+        data[3 * FRAME + 20] ^= 0xFF
+        again = open_stream(files, settings)
+        self.assertEqual([(e.reason, e.records, e.first_seq, e.last_seq) for e in again.loss_report().entries],
+                         [("write-failed", 1, 3, 3), ("corrupt", 1, 4, 4)])  # (3 is not counted twice)
+        self.assertEqual([r.seq for r in read_all(again, "link")], [1, 2, 5])  # (not acknowledged)
 
     def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
         """A new cursor (a link added to the configuration) whose file the disk refuses (a
