@@ -20,7 +20,8 @@ which Twisted answered with a bare ``400 Bad Request``. A malformed request line
 (:mod:`gateway.httpheadcheck`) is answered ``400`` (``505`` for an HTTP version other than 1.0
 and 1.1), saying what is wrong, where Twisted's ``400`` said nothing. A target in absolute-form
 (``GET http://gw/metrics HTTP/1.1``) is served as its origin-form, the host it names standing for
-the request's ``Host`` (:func:`~gateway.httpheadcheck.origin_form`).
+the request's ``Host`` (:func:`~gateway.httpheadcheck.origin_form`). A chunked body whose framing
+is broken (:mod:`gateway.chunkcheck`) is answered ``400`` saying what is wrong too.
 
 Either ``408`` is logged, naming the listener (``ingest: a request head from 192.0.2.7:40000 took
 over 30 s: 408, closed``).
@@ -68,7 +69,8 @@ from twisted.web.http_headers import Headers
 from gateway.addresses import address_text
 from gateway.clockstep import steady_seconds
 from gateway.fdreserve import DescriptorReserve, ReserveRefusals
-from gateway.httpheadcheck import HeadCheck, origin_form
+from gateway.chunkcheck import ChunkedBodyCheck
+from gateway.httpheadcheck import BAD_REQUEST, HeadCheck, origin_form
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
@@ -118,6 +120,7 @@ class ClosingChannel(HTTPChannel):
         self._header_lines = 0  # its header lines (not their continuations)
         self._check = HeadCheck()  # what is wrong with a line of the head arriving, in words
         self._authority: bytes | None = None  # the host its request line's absolute-form target names
+        self._chunks: ChunkedBodyCheck | None = None  # the framing of a chunked body arriving
 
     def dataReceived(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a request; drop what comes once refused."""
@@ -129,10 +132,19 @@ class ClosingChannel(HTTPChannel):
 
     def rawDataReceived(self, data: bytes) -> None:
         """Count the body's bytes (those in the read that ended its head too), each giving its
-        clock ``1 / body_rate`` s more."""
+        clock ``1 / body_rate`` s more; answer ``400`` to a chunked body whose framing is
+        broken, saying why, before Twisted's decoder's bare ``400``."""
         if self._body_bytes is not None and self._deadline is not None:
             self._body_bytes += len(data)
             self._deadline.delay(len(data) / self.body_rate)
+        chunks = self._chunks
+        if chunks is not None:
+            problem = chunks.feed(data)
+            if problem is not None:
+                self._refuse(BAD_REQUEST, problem)
+                return
+            if chunks.done:
+                self._chunks = None
         super().rawDataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -189,6 +201,8 @@ class ClosingChannel(HTTPChannel):
                 self._refuse(b"413 Content Too Large", f"the body would be {length} bytes; at most {limit} are taken")
                 return
         super().allHeadersReceived()
+        if self.length is None:  # (chunked)
+            self._chunks = ChunkedBodyCheck()
         if self.length != 0:  # (a length, or None: chunked)
             self._body_bytes = 0
             self._deadline = self.callLater(self.body_grace, self._body_too_slow)

@@ -45,6 +45,19 @@ MALFORMED = {
 }
 
 
+def assert_refused(test: SynchronousTestCase, transport: Any, status: bytes, reason: bytes) -> None:
+    """``transport`` got one answer, ``status``, whose plain-text body is one line starting with
+    ``reason``, and is closing."""
+    answer = transport.value()
+    test.assertTrue(answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer)
+    test.assertEqual(answer.count(b"\r\n\r\n"), 1, answer)  # one answer
+    test.assertIn(b"\r\nContent-Type: text/plain; charset=utf-8\r\n", answer)
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    test.assertTrue(body.startswith(reason), body)
+    test.assertEqual(body.count(b"\n"), 1, body)  # one line
+    test.assertTrue(transport.disconnecting)
+
+
 class MalformedHeadTests(SynchronousTestCase):
     """Each malformed head is answered once, in plain text saying why, and closed; the
     resource never sees it."""
@@ -57,14 +70,7 @@ class MalformedHeadTests(SynchronousTestCase):
             with self.subTest(head=head):
                 channel, transport = self.connect()
                 channel.dataReceived(head)
-                answer = transport.value()
-                self.assertTrue(answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer)
-                self.assertEqual(answer.count(b"\r\n\r\n"), 1, answer)  # one answer
-                self.assertIn(b"\r\nContent-Type: text/plain; charset=utf-8\r\n", answer)
-                body = answer.split(b"\r\n\r\n", 1)[1]
-                self.assertTrue(body.startswith(reason), body)
-                self.assertEqual(body.count(b"\n"), 1, body)  # one line
-                self.assertTrue(transport.disconnecting)
+                assert_refused(self, transport, status, reason)
                 self.assertEqual(self.resource.held, [])
 
     def test_well_formed_heads_are_served_as_before(self) -> None:

@@ -112,6 +112,7 @@ class ContainerUnit:
         self._log_request: Deferred[Any] | None = None
         self._since = ""
         self._stop_waiters: list[Deferred[None]] = []
+        self._closed = False  # forgotten (:meth:`close`): never started again
         limits = description.log
         self.stdout_log, self.stderr_log = log_paths(logs_dir, name)
         self._stdout: RotatingLog = writer.open(self.stdout_log, parse_size(limits.max_size), limits.max_files)
@@ -236,6 +237,7 @@ class ContainerUnit:
     def close(self) -> None:
         """Stop following its output and release its log files (the unit is forgotten); a
         :meth:`stop` under way is no longer waited for: its waiters fire now."""
+        self._closed = True
         self._schedule.cancel()
         self._run += 1
         self._stop_following()
@@ -321,7 +323,14 @@ class ContainerUnit:
                                   f"{self._schedule.maximum:g}s of its start (restart_policy.max_retries: {retries})")
                     self._set_state(ProgramState.FATAL)
                     return
-                self._schedule.restart_later(delay, self._launch)
+                self._restart_later(delay)
+
+    def _restart_later(self, delay: float) -> None:
+        """Start it again after ``delay`` seconds, unless it was forgotten meanwhile: the
+        observers told of its end (the health watch of an install, rolling it back) may have
+        closed it."""
+        if not self._closed:
+            self._schedule.restart_later(delay, self._launch)
 
     def _should_restart(self, code: int | None) -> bool:
         """Whether the gateway restarts it after an end with ``code`` while RUNNING."""
@@ -459,7 +468,7 @@ class ContainerUnit:
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)
-        self._schedule.restart_later(delay, self._launch)
+        self._restart_later(delay)
 
     def _stopped(self, failure: Failure | None = None) -> None:
         self.pid = None

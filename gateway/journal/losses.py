@@ -101,12 +101,14 @@ class LossLedger:
         oldest first (see :meth:`stepped_since`).
     :param passed: the runs of seqs counted lost as a reader passed them (see :attr:`passed`).
     :param dropped_below: every seq below it was dropped by the limits (see :attr:`dropped_below`).
+    :param skipped: the runs of seqs counted ``write-failed`` that no record takes (see :attr:`skipped`).
     """
 
     def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None,
                  damage: set[tuple[int, int]] | None = None,
                  steps: list[tuple[int, float]] | None = None,
-                 passed: list[tuple[int, int]] | None = None, dropped_below: int = 0) -> None:
+                 passed: list[tuple[int, int]] | None = None, dropped_below: int = 0,
+                 skipped: list[tuple[int, int]] | None = None) -> None:
         self.entries: list[LossEntry] = entries or []
         self.reported = reported
         #: ``(segment's first seq, offset)`` of each damaged stretch counted, kept (also once
@@ -125,6 +127,13 @@ class LossLedger:
         #: deletion is durable leaves the file, which the next open deletes instead of sending
         #: its records again or counting its drop twice (0: none dropped).
         self.dropped_below = dropped_below
+        #: ``(first, last)`` runs of seqs counted ``write-failed`` (appends acknowledged under
+        #: ``sync: interval`` or ``none`` whose write failed), in order, apart from each other:
+        #: the stream gives them to no other record (it numbers on past them, after a restart
+        #: too), a reader neither returns a record found under them (one a failed undo left)
+        #: nor counts their gap as damage, and a drop does not count them again. Kept in the
+        #: same atomic write as their entry, until every cursor's save has passed them.
+        self.skipped: list[tuple[int, int]] = skipped or []
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
         #: Why the saved ledger this one replaces could not be read (``None``: it could, or
@@ -148,8 +157,9 @@ class LossLedger:
             steps = [(int(seq), float(step)) for seq, step in saved.get("steps", ())]  # (not before either)
             passed = union_runs((int(first), int(last)) for first, last in saved.get("passed", ()))  # (nor this)
             dropped_below = int(saved.get("dropped_below", 0))  # (nor this)
+            skipped = union_runs((int(first), int(last)) for first, last in saved.get("skipped", ()))  # (nor this)
             return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
-                       damage, steps, passed, dropped_below)
+                       damage, steps, passed, dropped_below, skipped)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
             return cls._unreadable(f"{type(exc).__name__}: {exc}")
 
@@ -175,6 +185,8 @@ class LossLedger:
             saved["passed"] = self.passed
         if self.dropped_below:
             saved["dropped_below"] = self.dropped_below
+        if self.skipped:
+            saved["skipped"] = self.skipped
         return json.dumps(saved).encode()
 
     def note_dropped_below(self, seq: int) -> None:
@@ -259,9 +271,32 @@ class LossLedger:
 
     def forget_passed_to(self, floor: int) -> None:
         """Every cursor's save has passed seq ``floor``: forget the seqs up to it in
-        :attr:`passed` (no reader meets them again). Written with the next change."""
+        :attr:`passed` and :attr:`skipped` (no reader meets them again). Written with the next change."""
         if self.passed and self.passed[0][0] <= floor:
             self.passed = [(max(first, floor + 1), last) for first, last in self.passed if last > floor]
+        if self.skipped and self.skipped[0][0] <= floor:
+            self.skipped = [(max(first, floor + 1), last) for first, last in self.skipped if last > floor]
+
+    def note_skipped(self, first: int, last: int) -> None:
+        """Seqs ``first`` to ``last`` are counted ``write-failed``: no record takes them
+        (:attr:`skipped`). Written with the next write, with their entry."""
+        self.skipped = union_runs([*self.skipped, (first, last)])
+        self.dirty = True
+
+    def not_skipped(self, lost: tuple[int, int] | None) -> list[tuple[int, int]]:
+        """The runs of the seqs ``lost`` (first, last; None: none) that are not :attr:`skipped`:
+        a damaged stretch that holds a record a failed undo left costs only the others."""
+        return runs_outside(*lost, self.skipped) if lost is not None else []
+
+    def is_skipped(self, seq: int) -> bool:
+        """Whether ``seq`` is among the :attr:`skipped` seqs."""
+        return any(first <= seq <= last for first, last in self.skipped)
+
+    def next_past_skipped(self, next_seq: int) -> int:
+        """The stream's next seq at its open, ``next_seq`` being the one its segments (and
+        :meth:`keep_dropped_below`) give: past every :attr:`skipped` seq, which a power cut
+        under ``sync: interval`` or ``none`` can leave above the last record on disk."""
+        return max(next_seq, self.skipped[-1][1] + 1) if self.skipped else next_seq
 
     def keep_passed_below(self, next_seq: int) -> None:
         """Forget the seqs from ``next_seq`` on in :attr:`passed`: the stream gives them to

@@ -183,22 +183,31 @@ class StreamReader:
     def _got(self, result: ReadResult, c: Cursor, rewinds: int) -> list[Record]:
         if c.rewinds == rewinds:
             c.position = result.position
+        ledger = self.stream.ledger
         for dmg in result.damage:
             where = (dmg.segment, dmg.start)
-            if self.stream.ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
+            if ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
                 continue
+            # (seqs counted write-failed, which no record took, are no loss of this stretch)
+            lost = ledger.not_skipped(dmg.lost)
+            if dmg.lost is not None and not lost and dmg.end == dmg.start:
+                continue
+            first, last = (lost[0][0], lost[-1][1]) if lost else (0, 0)
             if dmg.end == dmg.start:
                 self.stream.log.warn("journal {stream}: seqs {first}-{last} are missing before byte {start} of "
                                      "segment {segment} (a segment cut short or removed from outside)",
-                                     stream=self.stream.name, first=dmg.first_lost, last=dmg.last_lost,
+                                     stream=self.stream.name, first=first, last=last,
                                      start=dmg.start, segment=dmg.segment)
             else:
                 self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
                                      stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
-            self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
-                                  dmg.end - dmg.start, dmg.first_lost, dmg.last_lost, where=where)
+            self.stream.note_loss("corrupt", sum(b - a + 1 for a, b in lost), dmg.end - dmg.start, first, last,
+                                  where=where)
             self.stream.save_ledger_now()  # (on disk before a cursor's save passes it)
-        return _unacked(c.above, result.records) if c.above else result.records
+        records = result.records
+        if ledger.skipped:  # (a failed undo's records, counted write-failed: never read)
+            records = [r for r in records if not ledger.is_skipped(r.seq)]
+        return _unacked(c.above, records) if c.above else records
 
     def wait(self, name: str) -> Deferred[None]:
         """Fire when cursor ``name`` may have records to read (at once if it has)."""
@@ -317,8 +326,7 @@ class StreamReader:
     def oldest_unacked(self) -> int | None:
         """The first seq some cursor has not acknowledged (in memory: saved or not), or None
         when every cursor acknowledged every record appended (or there is no cursor)."""
-        last = self.stream.next_seq - 1
-        return min((c.acked + 1 for c in self.cursors.values() if c.unacked(last) > 0), default=None)
+        return min((c.acked + 1 for c in self.cursors.values() if self.waiting(c) > 0), default=None)
 
     def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
         """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
@@ -331,8 +339,9 @@ class StreamReader:
             runs = [(first, last)] if first <= last else []
         else:
             runs = union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
-        passed = self.stream.ledger.passed
-        return [left for run in runs for left in runs_outside(*run, passed)] if passed else runs
+        ledger = self.stream.ledger
+        counted = union_runs([*ledger.passed, *ledger.skipped]) if ledger.skipped else ledger.passed
+        return [left for run in runs for left in runs_outside(*run, counted)] if counted else runs
 
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it (its records were dropped)."""
@@ -350,8 +359,19 @@ class StreamReader:
 
     def backlog(self) -> dict[str, int]:
         """Records appended but not acknowledged, per cursor."""
-        last_seq = self.stream.next_seq - 1
-        return {n: c.unacked(last_seq) for n, c in self.cursors.items()}
+        return {n: self.waiting(c) for n, c in self.cursors.items()}
+
+    def waiting(self, c: Cursor) -> int:
+        """Records appended that ``c`` has not acknowledged: seqs past its acknowledged one and
+        its ranges above, but those counted ``write-failed``, which no record holds
+        (:attr:`~gateway.journal.losses.LossLedger.skipped`)."""
+        last = self.stream.next_seq - 1
+        count = c.unacked(last)
+        for first, end in self.stream.ledger.skipped:
+            low, high = max(first, c.acked + 1), min(end, last)
+            if low <= high:
+                count -= sum(b - a + 1 for a, b in runs_outside(low, high, c.above))
+        return count
 
 
 def _skip(above: list[tuple[int, int]], want: int) -> int:

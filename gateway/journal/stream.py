@@ -232,7 +232,7 @@ class Stream:
             self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
-        self.next_seq = self.ledger.keep_dropped_below(rec.next_seq)
+        self.next_seq = self.ledger.next_past_skipped(self.ledger.keep_dropped_below(rec.next_seq))
         self.retention.load(rec.segments, free, self.ledger.dropped_below)
         self._pending_first = self.next_seq
         self.written_seq = self.next_seq - 1
@@ -252,8 +252,9 @@ class Stream:
             reason: LossReason = "torn" if dmg.torn else "corrupt"
             self.log.warn("journal {stream}: {reason} data cut from {segment} at {start}-{end}",
                           stream=self.name, reason=reason, segment=dmg.segment, start=dmg.start, end=dmg.end)
-            self.note_loss(reason, max(0, dmg.last_lost - dmg.first_lost + 1), dmg.end - dmg.start,
-                           dmg.first_lost, dmg.last_lost, where=where)
+            lost = self.ledger.not_skipped(dmg.lost)  # (a record a failed undo left is counted write-failed)
+            self.note_loss(reason, sum(b - a + 1 for a, b in lost), dmg.end - dmg.start,
+                           lost[0][0] if lost else 0, lost[-1][1] if lost else 0, where=where)
         d = self.reader.load()
         d.addCallback(lambda _: self._release_early())
         return d
@@ -802,7 +803,8 @@ class Stream:
 
     def _write_failed(self, failure: Any, batch: _Batch) -> None:
         """Fail this batch, the batch in flight behind it and everything pending; their
-        seqs are reused."""
+        seqs are reused under ``sync: sync`` (refused, never acknowledged), and skipped under
+        ``interval`` and ``none`` (acknowledged: counted lost under them)."""
         if not self._inflight or self._inflight[0] is not batch:
             return  # refused (BatchRefusedError) after the batch before it failed
         lost_batches, self._inflight = self._inflight, []
@@ -856,7 +858,11 @@ class Stream:
         for number in carried:
             self.ledger_writes.not_run(number, cause)
         if self.settings.sync != "sync" and lost:
+            # Counted lost, so never given to another record (the loss report names them):
+            # the stream numbers on past them, and readers skip them (LossLedger.skipped).
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
+            self.ledger.note_skipped(first, first + lost - 1)
+            self.next_seq = self._pending_first = first + lost
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
         for on_failed in lost_failed:
             _call(on_failed, Failure(error))
@@ -938,7 +944,7 @@ class Stream:
     def unacked(self, cursor: str) -> int:
         """Records appended and not acknowledged by ``cursor`` (0 for an unknown cursor)."""
         c = self.reader.cursors.get(cursor)
-        return c.unacked(self.next_seq - 1) if c is not None else 0
+        return self.reader.waiting(c) if c is not None else 0
 
     def loss_report(self) -> LossReport:
         """Losses not yet cleared, for the link to send upstream."""
@@ -971,7 +977,7 @@ class Stream:
         thread, though it may queue one read on the I/O thread: see :meth:`_received`)."""
         now = self.clock.seconds()
         age = self._oldest_age(now)
-        cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
+        cursors = tuple(CursorSnapshot(n, c.acked, self.reader.waiting(c))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
         oldest = self.reader.oldest_unacked()

@@ -180,8 +180,10 @@ class TwinService(Service):
         try:
             command = parse_command(message.payload)
         except DittoError as exc:
-            envelope = exc.envelope  # (parse_command's, parsed once)
-            if envelope is None:
+            # (what parse_command kept of the command for its answer: the envelope as parsed,
+            # or, for JSON its strict parse refused, the topic, path and headers mended)
+            envelope = exc.envelope
+            if envelope is None:  # (none does: parse_command gives every error of a command one)
                 return None
             topic = str(envelope.get("topic", ""))
             headers = envelope.get("headers")

@@ -10,6 +10,7 @@ the things changed since the last (the file is rewritten whole all the same).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,30 @@ def encode_thing(thing: dict[str, Any]) -> bytes:
 def _entry(thing_id: str, encoded: bytes) -> bytes:
     """One thing's ``"<id>": {...}`` in ``things.json``, from its :func:`encode_thing` bytes."""
     return json.dumps(thing_id).encode() + b": " + encoded
+
+
+def _null_non_finite(value: Any, path: str = "") -> list[str]:
+    """Replace every ``NaN``, ``Infinity`` and ``-Infinity`` in the JSON ``value`` (its objects
+    and arrays changed in place) by ``null``, as JavaScript's ``JSON.stringify`` does: no JSON
+    holds them (AWS IoT refuses a shadow update that does, for good).
+
+    :param path: where ``value`` is (a JSON pointer; ``""``: the top).
+    :returns: ``"<pointer> (<value>)"`` of each replaced, in the order met.
+    """
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, at = stack.pop()
+        keys = item.keys() if isinstance(item, dict) else range(len(item)) if isinstance(item, list) else ()
+        for key in keys:
+            inner = item[key]
+            where = f"{at}/{str(key).replace('~', '~0').replace('/', '~1')}"
+            if isinstance(inner, float) and not math.isfinite(inner):
+                found.append(f"{where} ({json.dumps(inner)})")
+                item[key] = None
+            elif isinstance(inner, (dict, list)):
+                stack.append((inner, where))
+    return sorted(found)
 
 
 class TwinStore:
@@ -76,9 +101,11 @@ class TwinStore:
         starts without those things rather than keeping the whole gateway from starting."""
         return self.run_blocking(self._read).addCallback(self._loaded)
 
-    def _read(self) -> tuple[dict[str, Any], dict[str, int]] | str | None:
-        """Blocking: the file's things and revisions; None when there is no file; what is
-        wrong with it (and where it went) when it cannot be used."""
+    def _read(self) -> tuple[dict[str, Any], dict[str, int], dict[str, list[str]]] | str | None:
+        """Blocking: the file's things and revisions, and the values no JSON holds (``NaN``,
+        ``Infinity``: older versions stored them) set to null in them, by thing (see
+        :meth:`_loaded`); None when there is no file; what is wrong with it (and where it
+        went) when it cannot be used."""
         try:
             data = read_json(self.path)
             if data is None:
@@ -87,19 +114,44 @@ class TwinStore:
                     or not isinstance(data.get("revisions"), dict)
                     or not all(isinstance(thing, dict) for thing in data["things"].values())):
                 raise ValueError("not a twin file (no things and revisions)")
-            return data["things"], {str(key): int(value) for key, value in data["revisions"].items()}
-        except (OSError, ValueError, TypeError) as exc:
+            revisions = {str(key): int(value) for key, value in data["revisions"].items()}
+            mended = {thing_id: paths for thing_id, thing in data["things"].items()
+                      if (paths := _null_non_finite(thing))}
+            return data["things"], revisions, mended
+        except (OSError, ValueError, TypeError, OverflowError) as exc:  # (int(Infinity): OverflowError)
             return f"{exc}; {set_aside(self.path)}"
 
-    def _loaded(self, read: tuple[dict[str, Any], dict[str, int]] | str | None) -> None:
+    def _loaded(self, read: tuple[dict[str, Any], dict[str, int], dict[str, list[str]]] | str | None) -> None:
         if isinstance(read, str):
             self.log.error("twin: unusable {path} ({problem}); the twin starts without its things",
                            path=str(self.path), problem=read)
         elif read is not None:
-            self.things, self.revisions = read
+            self.things, self.revisions, mended = read
             self._encoded.clear()
             self._deleted = dict.fromkeys(t for t in self.revisions if t not in self.things)
             self._forget_deleted()
+            self._tell_mended(mended)
+
+    def _tell_mended(self, mended: dict[str, list[str]]) -> None:
+        """Values no JSON holds (``NaN``, ``Infinity``: an older version stored them from
+        commands this one refuses) were set to ``null``: kept, they went into every retrieve,
+        event and shadow update of their thing, which AWS IoT refuses for good. Told once, a
+        warning per thing naming each path and its value, and written at once (at the next start
+        they are ``null``; a write the disk refuses is logged, and the next start tells them again).
+
+        :param mended: ``"<pointer> (<value>)"`` of each value set to null, by thing.
+        """
+        for thing_id, paths in mended.items():
+            self.log.warn("twin: thing {thing} in {path} held values that are no JSON, set to null (stored by an"
+                          " older version; AWS IoT and the twin's events take no NaN or Infinity): {values}",
+                          thing=thing_id, path=str(self.path), values=", ".join(paths))
+        if mended:
+            self.save().addErrback(self._mend_not_written)
+
+    def _mend_not_written(self, failure: Failure) -> None:
+        failure.trap(OSError)
+        self.log.error("twin: cannot write {path} ({error}): the values set to null are null in memory, and"
+                       " written with the next change the disk takes", path=str(self.path), error=str(failure.value))
 
     def bump(self, thing_id: str, encoded: bytes | None = None) -> int:
         """The thing's next revision (counted on past deletes too, so events stay ordered; of

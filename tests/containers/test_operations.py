@@ -107,6 +107,38 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertEqual((self.unit().state, self.unit().restarts), (ProgramState.STARTING, 2))
 
+    def forgotten_as_it_ends(self, how: str) -> None:
+        """A running unit that an observer of its state forgets as it ends (``how``: ``exited``,
+        or ``start failed`` after a stop): no restart is scheduled, no start reaches the runtime."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+        self.clock.advance(1)
+        unit = self.unit()
+        self.assertIs(unit.state, ProgramState.RUNNING)
+        forgetting = ProgramState.EXITED if how == "exited" else ProgramState.BACKOFF
+        self.supervisor.observers.append(
+            lambda which: self.supervisor.forget(which.name) if which.state is forgetting else None)
+        if how == "start failed":
+            unit.stop()
+            self.runtime.refuse_start = "no"
+            unit.start()
+        else:
+            self.runtime.exit(unit.container_id, 1)
+        self.assertIs(unit.state, forgetting)
+        self.assertNotIn("app", self.supervisor.units)
+        starts = self.runtime.calls.count(("start", unit.container_id))
+        self.clock.advance(60)
+        self.assertEqual((self.runtime.calls.count(("start", unit.container_id)), unit.restarts), (starts, 0))
+
+    def test_a_unit_forgotten_as_it_exits_schedules_no_restart(self) -> None:
+        """A unit that an observer of its state (the health watch of an install, rolling it
+        back) forgets as it exits is restarted no more. The restart was scheduled after the
+        observers were told, on a unit already closed."""
+        self.forgotten_as_it_ends("exited")
+
+    def test_a_unit_forgotten_as_its_start_fails_schedules_no_restart(self) -> None:
+        """The same for a start that failed (BACKOFF): no start again."""
+        self.forgotten_as_it_ends("start failed")
+
     def test_a_start_that_failed_keeps_its_error_while_it_starts_again(self) -> None:
         """A container that dies before startsecs is BACKOFF with why, and keeps that error while
         it starts again, as a hosted program does (docs/apps.md); it is cleared once a start

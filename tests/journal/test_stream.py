@@ -67,6 +67,17 @@ class _RefusesOnce(PowerCutFiles):
         super().append_sync(path, data)
 
 
+class _SegmentsRefused(PowerCutFiles):
+    """While :attr:`refusing` is set, every write to a segment fails (EIO), the loss ledger's work."""
+
+    refusing = False
+
+    def append(self, path: str, data: bytes) -> None:
+        if self.refusing and path.endswith(".seg"):
+            raise OSError(errno.EIO, "Input/output error", path)
+        super().append(path, data)
+
+
 class _DirSyncFailsAfterUnlink(PowerCutFiles):
     """A disk whose first directory fsync after an unlink fails (EIO), the unlink not durable."""
 
@@ -347,7 +358,8 @@ class GroupCommitTests(SynchronousTestCase):
 
     def test_interval_write_failure_is_a_counted_loss(self) -> None:
         """sync: interval acknowledged the appends already; when their write fails they are
-        counted as lost (how many, how many bytes, which seqs) and their seqs reused."""
+        counted as lost (how many, how many bytes, which seqs), and their seqs are given to no
+        other record."""
         files, clock = PowerCutFiles(capacity=FRAME // 2), Clock()
         files.reported_free = 1 << 30
         s = open_stream(files, StreamSettings(sync="interval", sync_interval_ms=50, min_free_bytes=0), clock)
@@ -358,7 +370,65 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual((entry.records, entry.bytes, entry.first_seq, entry.last_seq), (3, 3 * FRAME, 1, 3))
         self.assertEqual(s.stats().bytes, 0)
         clock.advance(WRITE_BACKOFF_S)  # (appends are refused for a moment after a failed write)
-        self.assertEqual(self.successResultOf(s.append(record(4))), 1)
+        self.assertEqual(self.successResultOf(s.append(record(4))), 4)
+
+    def test_seqs_counted_write_failed_are_never_given_again(self) -> None:
+        """docs/journal.md: under ``sync: interval`` and ``none`` the seqs of appends whose
+        write failed (counted ``write-failed``) go to no other record, so the loss report never
+        names a record that was delivered: the next records are numbered past them, read
+        without the gap counted as damage, and so after a stop and after a power cut that took
+        what followed (the ledger on disk). They took those seqs again: the report said seqs
+        3-5 were lost while records 3-5 were delivered."""
+        for sync in ("interval", "none"):
+            files = _SegmentsRefused()
+            settings = StreamSettings(sync=sync, sync_interval_ms=50, min_free_bytes=0)
+            s = open_stream(files, settings)
+            self.successResultOf(s.cursor("link"))
+            for i in (1, 2):
+                self.assertEqual(self.successResultOf(appended(s, record(i))), i)
+            files.refusing = True
+            self.assertEqual([self.successResultOf(s.append(record(i))) for i in (3, 4, 5)], [3, 4, 5])
+            s.clock.advance(0)  # written: refused
+            self.successResultOf(s.close())  # (the ledger written, then everything fsynced)
+            files.refusing = False
+            s = open_stream(files, settings)
+            self.assertEqual(s.next_seq, 6, sync)
+            self.assertEqual((s.unacked("link"), s.stats().backlog), (2, {"link": 2}), sync)  # (not 5)
+            self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
+            self.assertEqual([r.seq for r in read_all(s, "link")], [1, 2, 6], sync)
+            self.assertEqual([(e.reason, e.first_seq, e.last_seq) for e in s.loss_report().entries],
+                             [("write-failed", 3, 5)], sync)
+            self.successResultOf(s.close())
+            files.cut()  # (nothing was fsynced since the stop but what the stop did)
+            self.assertEqual([r.seq for r in read_all(open_stream(files, settings), "link")], [1, 2, 6], sync)
+            files.cut()
+            reopened = open_stream(files, settings)
+            self.assertEqual(self.successResultOf(appended(reopened, record(7))), 7, sync)
+
+    def test_a_power_cut_after_a_counted_write_failure_gives_its_seqs_to_no_record(self) -> None:
+        """The ledger counting seqs 3-5 ``write-failed`` is on disk, the record after them (seq 6)
+        is not (``sync: none``, cut by a power cut): the reopened stream numbers past 5 all the
+        same."""
+        files = _SegmentsRefused()
+        settings = StreamSettings(sync="none", min_free_bytes=0)
+        s = open_stream(files, settings)
+        for i in (1, 2):
+            appended(s, record(i))
+        self.successResultOf(s.close())
+        s = open_stream(files, settings)
+        files.refusing = True
+        for i in (3, 4, 5):
+            s.append(record(i))
+        s.clock.advance(0)  # refused: counted, the ledger written with the next batch
+        s.clock.advance(0)
+        self.assertIn(f"{DIR}/losses.json", files.names)
+        files.refusing = False
+        s.clock.advance(WRITE_BACKOFF_S)
+        self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
+        files.cut()  # record 6 was never fsynced
+        reopened = open_stream(files, settings)
+        self.assertEqual([r.seq for r in read_all(reopened)], [1, 2])
+        self.assertEqual(self.successResultOf(appended(reopened, record(7))), 6)
 
     def test_none_policy_writes_without_fsync(self) -> None:
         """sync: none writes on the next turn and never fsyncs, until close."""
@@ -1052,6 +1122,11 @@ class _DyingDisk(PowerCutFiles):
 
     dying = False
 
+    def append(self, path: str, data: bytes) -> None:  # (sync: interval or none)
+        super().append(path, data)
+        if self.dying and path.endswith(".seg"):
+            raise OSError(errno.EIO, "Input/output error", path)
+
     def append_sync(self, path: str, data: bytes) -> None:
         if self.dying:
             self.append(path, data)
@@ -1259,6 +1334,41 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual([(r.seq, r.payload) for r in read_all(s)], expected)
         files.cut()
         self.assertEqual([(r.seq, r.payload) for r in read_all(open_stream(files))], expected)
+
+    def test_a_failed_undo_under_a_lazy_sync_leaves_no_record_counted_lost_to_read(self) -> None:
+        """``sync: interval``: an acknowledged append whose write failed (EIO, its record in the
+        file all the same) and whose undo failed too is counted ``write-failed``; a stop before
+        the undo works leaves the record on disk. The next start neither reads it (the loss
+        report counts it: reading it too made the report wrong) nor gives its seq to a new
+        record. It was read back, seq 3 both counted lost and delivered."""
+        files = _DyingDisk()
+        settings = StreamSettings(sync="interval", sync_interval_ms=50, min_free_bytes=0)
+        s = open_stream(files, settings)
+        self.successResultOf(s.cursor("link"))
+        for i in (1, 2):
+            self.successResultOf(appended(s, record(i)))
+        files.dying = True
+        self.assertEqual(self.successResultOf(appended(s, record(3))), 3)
+        self.assertEqual(s.stats().drops, {"write-failed": 1})
+        self.successResultOf(s.close())
+        files.dying = False
+        self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 3 * FRAME)  # (the refused record)
+        reopened = open_stream(files, settings)
+        self.assertEqual([r.seq for r in read_all(reopened, "link")], [1, 2])
+        self.assertEqual([(e.reason, e.first_seq, e.last_seq) for e in reopened.loss_report().entries],
+                         [("write-failed", 3, 3)])
+        self.assertEqual(self.successResultOf(appended(reopened, record(4))), 4)
+        self.assertEqual([r.seq for r in read_all(reopened, "link")], [4])
+        self.assertEqual(reopened.stats().drops, {})  # (no gap counted as damage)
+        self.successResultOf(appended(reopened, record(5)))
+        self.successResultOf(reopened.close())
+        data = files.names[segment_path(DIR, 1)].data  # 1, 2, the refused 3, 4, 5
+        data[2 * FRAME + 20] ^= 0xFF  # (damage across the refused record and record 4)
+        data[3 * FRAME + 20] ^= 0xFF
+        again = open_stream(files, settings)
+        self.assertEqual([(e.reason, e.records, e.first_seq, e.last_seq) for e in again.loss_report().entries],
+                         [("write-failed", 1, 3, 3), ("corrupt", 1, 4, 4)])  # (3 is not counted twice)
+        self.assertEqual([r.seq for r in read_all(again, "link")], [1, 2, 5])  # (not acknowledged)
 
     def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
         """A new cursor (a link added to the configuration) whose file the disk refuses (a

@@ -642,6 +642,44 @@ class TwinServiceTests(SynchronousTestCase):
             self.assertEqual(json.loads(path.read_bytes())["things"][ROOT]["attributes"], {"a": 1})
             self.successResultOf(twin.stopService())
 
+    def test_values_no_json_holds_are_set_to_null_and_told_once(self) -> None:
+        """docs/twin.md: a things.json written by an older version holding ``NaN`` or
+        ``Infinity`` (a command it took) loads with those values set to null, one warning per
+        thing naming each path and its value, and written at once: the next start says nothing.
+        They were kept, and went into every retrieve and shadow update (which AWS IoT refuses for
+        good). A revision of ``Infinity`` (no version writes one) sets the file aside as any
+        damaged file: it stopped the twin's start with an OverflowError."""
+        self.successResultOf(self.twin.stopService())
+        path = self.dir / "twin" / "things.json"
+        saved = json.loads(path.read_bytes())
+        saved["things"][ROOT]["features"] = {"t": {"properties": {"a/b": float("nan"), "l": [1, float("-inf")]}}}
+        saved["things"][ROOT]["attributes"] = {"x": float("inf"), "y": 2.5}
+        path.write_text(json.dumps(saved))
+        self.bus.subscriptions.clear()
+        with capturedLogs() as events:
+            twin = self.start()
+        said = [formatEvent(e) for e in events if "no JSON" in formatEvent(e)]
+        self.assertEqual(said, [f"twin: thing {ROOT} in {path} held values that are no JSON, set to null (stored by"
+                                " an older version; AWS IoT and the twin's events take no NaN or Infinity):"
+                                " /attributes/x (Infinity), /features/t/properties/a~1b (NaN),"
+                                " /features/t/properties/l/1 (-Infinity)"])
+        thing = twin.store.things[ROOT]
+        self.assertEqual((thing["attributes"], thing["features"]["t"]["properties"]),
+                         ({"x": None, "y": 2.5}, {"a/b": None, "l": [1, None]}))
+        on_disk = json.loads(path.read_bytes(), parse_constant=lambda name: self.fail(name))
+        self.assertEqual(on_disk["things"][ROOT]["attributes"], {"x": None, "y": 2.5})
+        self.successResultOf(twin.stopService())
+        self.bus.subscriptions.clear()
+        with capturedLogs() as events:
+            twin = self.start()
+        self.assertEqual([e for e in events if "no JSON" in formatEvent(e)], [])
+        self.successResultOf(twin.stopService())
+        path.write_text('{"things": {}, "revisions": {"acme:gw1": Infinity}}')
+        self.bus.subscriptions.clear()
+        twin = self.start()
+        self.assertTrue((self.dir / "twin" / "things.json.damaged").exists())
+        self.assertIn(ROOT, twin.store.things)
+
     def test_a_start_whose_first_write_the_disk_refuses_serves_on(self) -> None:
         """A start with no usable things.json (none, set aside, or a file where the twin's
         directory belongs) on a disk that refuses writes (full or read-only at boot): the
