@@ -1280,6 +1280,31 @@ class BrowserTests(SynchronousTestCase):
         self.assertNotIn(b"<script", page.body)
         self.assertNotIn(b"style=", page.body)
 
+    def test_the_listeners_own_refusals_forbid_framing_sniffing_and_referers_too(self) -> None:
+        """The plain-text answers the connection writes before the API sees the request (a
+        malformed head's 400, an HTTP version's 505, a line over 16 KiB's 414, a body declared
+        over max_upload_bytes's 413, a trickled head's 408) carry the same headers as every
+        answer, on the unix socket and on TCP."""
+        from gateway.admin.router import BROWSER_HEADERS
+
+        h = Harness(self, max_upload_bytes=1024)
+        heads = {400: b"GET /status HTTP/1.1\r\nNoColon\r\n\r\n", 505: b"GET /status HTTP/9.9\r\n\r\n",
+                 414: b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n",
+                 413: b"POST /apps/install?filename=a.v1.tgz HTTP/1.1\r\nContent-Length: 2000\r\n"
+                      b"Expect: 100-continue\r\n\r\n",
+                 408: b"GET /status HTTP/1.1\r\n"}
+        for token in (None, TOKEN):
+            for status, head in heads.items():
+                exchange = Exchange(h.site(token))
+                exchange.protocol.dataReceived(head if token is None or status != 413 else
+                                               head.replace(b"\r\n\r\n", b"\r\nAuthorization: Bearer "
+                                                            + TOKEN + b"\r\n\r\n"))
+                exchange.clock.advance(31)
+                answer = exchange.response()
+                self.assertEqual((answer.status, answer.headers["content-type"]), (status, "text/plain; charset=utf-8"))
+                self.assertEqual({name: answer.headers.get(name.decode()) for name in BROWSER_HEADERS},
+                                 {name: value.decode() for name, value in BROWSER_HEADERS.items()}, (status, token))
+
 
 class StatusPageTests(SynchronousTestCase):
     """GET / renders the page from the snapshots and the depth history."""
