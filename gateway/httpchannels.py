@@ -117,7 +117,8 @@ class ClosingChannel(HTTPChannel):
         super().__init__()
         self._open = open_channels
         self.listener = listener
-        self.refusal_headers = b"".join(b"%s: %s\r\n" % header for header in (refusal_headers or {}).items())
+        self.refusal_headers = b"".join(b"%s: %s\r\n" % (name.title(), value)  # (X-Frame-Options, as Twisted writes it)
+                                        for name, value in (refusal_headers or {}).items())
         self.closing = False
         self._deadline: IDelayedCall | None = None  # while a request's head, or its body, is arriving
         self._body_bytes: int | None = None  # bytes received while its body is arriving
