@@ -285,8 +285,11 @@ class AdminApi:
         to disk; answers the install's result (400 refused, 409 failed or rolled back)."""
         apps = self._apps()
         filename = query(request, "filename") or (request.getHeader(b"x-filename") or b"").decode("utf-8", "replace")
-        if not PACKAGE_NAME.match(filename) or ".." in filename:
+        if not filename:
             raise bad_request("give the package's file name: ?filename=<name>.v<version>.tar.gz")
+        if not PACKAGE_NAME.match(filename) or ".." in filename:
+            raise bad_request(f"the file name {shown_repr(filename)} is no package's: give <name>.v<version>.tar.gz"
+                              " (or .tgz), without a directory")
         if getattr(request, "body_error", None):
             raise ApiError(500, f"could not store the package: {request.body_error}")
         if getattr(request, "body_too_large", False):

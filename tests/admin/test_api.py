@@ -290,6 +290,21 @@ class ReadRouteTests(SynchronousTestCase):
         r = h.call("DELETE", "/apps/install")
         self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD, POST"))
 
+    def test_a_file_name_that_is_no_packages_is_named_in_its_400(self) -> None:
+        """A package's name that is not ``<name>.v<version>.tar.gz`` (a ``.zip``, a path) is 400
+        quoting it and saying what is taken; it said "give the package's file name", as if none
+        had been given. With none, it says to give one."""
+        h = Harness(self)
+        for name, shown in (("hello.zip", "'hello.zip'"), ("../x.v1.tar.gz", "'../x.v1.tar.gz'")):
+            r = h.call("POST", "/apps/install?filename=" + name, b"x" * 100)
+            self.assertEqual((r.status, r.json()), (400, {"error": (
+                f"the file name {shown} is no package's: give <name>.v<version>.tar.gz (or .tgz), without a"
+                " directory")}), name)
+            self.assertIsNone(h.apps.installed_bytes)
+        r = h.call("POST", "/apps/install", b"x" * 100)
+        self.assertEqual((r.status, r.json()), (400, {"error": (
+            "give the package's file name: ?filename=<name>.v<version>.tar.gz")}))
+
     def test_reports_and_metrics(self) -> None:
         """GET /reports: names and last bodies; GET /metrics: the Prometheus page as is."""
         h = Harness(self)
