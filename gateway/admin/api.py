@@ -354,8 +354,8 @@ class AdminApi:
         follow, stderr = json_flag(options, "follow"), json_flag(options, "stderr")
         # A HEAD has no body to go on with: its answer ends after the headers, as a tail's does.
         if not follow or request.method == b"HEAD":
-            tail = yield apps.tail(name, lines, stderr) if lines else []
-            return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
+            tail = yield apps.tail(name, lines, stderr) if lines else b""
+            return Raw(tail, "text/plain; charset=utf-8")  # (the log's bytes as they are)
         path = apps.log_path(name, stderr)
         # Asked before the tail is read: a client that hangs up meanwhile is seen (twisted.web
         # never fires a notifyFinish asked for once the connection is lost).

@@ -195,8 +195,10 @@ def open_log(path: Path) -> IO[bytes]:
         raise
 
 
-def tail_file(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` (blocking: call it from a thread).
+def tail_bytes(path: Path, lines: int) -> bytes:
+    """The last ``lines`` lines of ``path`` as they are (blocking: call it from a thread): its
+    bytes from where they begin (:func:`tail_offset`: lines end at a newline alone, a carriage
+    return or a byte that is no UTF-8 is kept as it is) to its end; ``b""`` when it does not exist.
 
     :param path: the log file.
     :param lines: how many lines.
@@ -204,10 +206,28 @@ def tail_file(path: Path, lines: int) -> list[str]:
     try:
         with open_log(path) as handle:
             handle.seek(tail_offset(handle, os.fstat(handle.fileno()).st_size, lines))
-            data = handle.read()
+            return handle.read()
     except FileNotFoundError:
-        return []
+        return b""
+
+
+def log_lines(data: bytes, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log's bytes (:func:`tail_bytes`) as text: for a message or
+    a JSON reply, each line without its end, a byte that is no UTF-8 as U+FFFD.
+
+    :param data: the bytes.
+    :param lines: how many lines.
+    """
     return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
+
+
+def tail_file(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` as text (:func:`log_lines`; blocking: call it from a thread).
+
+    :param path: the log file.
+    :param lines: how many lines.
+    """
+    return log_lines(tail_bytes(path, lines), lines)
 
 
 def remove_logs(paths: list[Path]) -> None:

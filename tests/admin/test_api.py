@@ -679,6 +679,22 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 10**9}).status, 400)
         self.assertEqual(h.call("GET", "/apps/ghost/logs").status, 404)
 
+    def test_logs_are_the_logs_bytes_as_they_are(self) -> None:
+        """A log's lines are answered as the app wrote them, followed or not (admin.md: gatewayctl
+        writes them as they are to a pipe): a carriage return, an escape sequence and a byte that
+        is no UTF-8 kept, lines counted at newlines alone. A carriage return ended a line and came
+        back a newline (a progress bar's output counted as many lines), and a byte that is no
+        UTF-8 came back U+FFFD; followed, the last line was cut at its carriage return."""
+        h = Harness(self)
+        written = b"earlier\nprogress 10%\rprogress 99%\x1b[2K\x07 \xff\tdone\n"
+        (h.work / "logs" / "hello.log").write_bytes(written)
+        self.assertEqual(h.call("GET", "/apps/hello/logs").body, written)
+        self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1").body, written[len(b"earlier\n"):])
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        self.assertEqual(exchange.response().body, written[len(b"earlier\n"):])
+        exchange.close()
+
     def test_logs_options_wrong_type(self) -> None:
         """A logs option of the wrong type is a wrong argument (400, nothing followed): the
         JSON string "false" did follow (and read stderr), 1e400 was a 500, ?follow=yes was
