@@ -50,12 +50,15 @@ the journal, the broker and the links none.
 Every answer names its server ``Server: gateway`` (:data:`SERVER`; the refusals this channel
 writes itself and the MQTT over WebSocket listeners' handshakes too): Twisted's
 ``TwistedWeb/<version>`` told anyone on the network which library, at which version, answered.
+The headers a listener gives every answer (the admin API's ``X-Frame-Options`` and the like) its
+factory's ``refusal_headers`` give those refusals too: they went without them.
 
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -82,8 +85,9 @@ BODY_RATE = 1024
 #: no version (Twisted's and autobahn's named theirs).
 SERVER = "gateway"
 
-#: The answer to a head that took longer (or a line of it that is too long), and closes.
-_REFUSED = (b"HTTP/1.1 %s\r\nServer: " + SERVER.encode() + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+#: The answer to a head that took longer (or a line of it that is too long), and closes: its
+#: status, its listener's own headers (:attr:`ClosingChannel.refusal_headers`), its body's length, its body.
+_REFUSED = (b"HTTP/1.1 %s\r\nServer: " + SERVER.encode() + b"\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
 
 log = Logger()
@@ -98,6 +102,9 @@ class ClosingChannel(HTTPChannel):
     :param open_channels: the factory's open connections; this one is in it while connected.
     :param listener: what its log lines call the listener (its factory's: ``ingest``,
         ``metrics``, ``admin API``).
+    :param refusal_headers: headers the answers this channel writes itself (``400`` to ``505``)
+        carry besides ``Server``, as every answer of its listener does (the admin API's
+        ``X-Frame-Options`` and the like); none by default.
     :ivar head_timeout: seconds a request's head may take from its first byte (:data:`HEAD_TIMEOUT`).
     :ivar body_grace: seconds a request's body may take from the end of its head (:data:`BODY_GRACE`) ...
     :ivar body_rate: ... and one more for each this many bytes that arrive (:data:`BODY_RATE`).
@@ -107,10 +114,13 @@ class ClosingChannel(HTTPChannel):
     body_grace = BODY_GRACE
     body_rate = BODY_RATE
 
-    def __init__(self, open_channels: set[ClosingChannel], listener: str = "HTTP") -> None:
+    def __init__(self, open_channels: set[ClosingChannel], listener: str = "HTTP",
+                 refusal_headers: Mapping[bytes, bytes] | None = None) -> None:
         super().__init__()
         self._open = open_channels
         self.listener = listener
+        self.refusal_headers = b"".join(b"%s: %s\r\n" % (name.title(), value)  # (X-Frame-Options, as Twisted writes it)
+                                        for name, value in (refusal_headers or {}).items())
         self.closing = False
         self._deadline: IDelayedCall | None = None  # while a request's head, or its body, is arriving
         self._body_bytes: int | None = None  # bytes received while its body is arriving
@@ -273,7 +283,7 @@ class ClosingChannel(HTTPChannel):
         self._unread = True
         body = f"{why}\n".encode()
         assert self.transport is not None
-        self.transport.write(_REFUSED % (status, len(body), body))
+        self.transport.write(_REFUSED % (status, self.refusal_headers, len(body), body))
         self.loseConnection()
 
     def connectionMade(self) -> None:
@@ -316,6 +326,8 @@ class ClosesChannels:
         lines of a connection refused for the descriptor reserve, and of a 408.
     :param reserve: the descriptors kept from clients: a new connection is closed on accept
         while they are short; ``None``: connections may use them.
+    :param refusal_headers: what the answers its connections write themselves (``400`` to ``505``)
+        carry besides ``Server`` (:class:`ClosingChannel`).
     :param args: the factory's.
     :param kwargs: the factory's.
     """
@@ -326,10 +338,10 @@ class ClosesChannels:
     reactor: Any  # (set by HTTPFactory)
 
     def __init__(self, *args: Any, listener: str = "HTTP", reserve: DescriptorReserve | None = None,
-                 **kwargs: Any) -> None:
+                 refusal_headers: Mapping[bytes, bytes] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_channels: set[ClosingChannel] = set()
-        self.protocol = partial(ClosingChannel, self.open_channels, listener)
+        self.protocol = partial(ClosingChannel, self.open_channels, listener, refusal_headers)
         #: closes new connections on accept while the gateway keeps its last file descriptors
         self.reserve_refusals = (ReserveRefusals(listener, log, lambda: steady_seconds(self.reactor), reserve)
                                  if reserve is not None else None)

@@ -285,8 +285,11 @@ class AdminApi:
         to disk; answers the install's result (400 refused, 409 failed or rolled back)."""
         apps = self._apps()
         filename = query(request, "filename") or (request.getHeader(b"x-filename") or b"").decode("utf-8", "replace")
-        if not PACKAGE_NAME.match(filename) or ".." in filename:
+        if not filename:
             raise bad_request("give the package's file name: ?filename=<name>.v<version>.tar.gz")
+        if not PACKAGE_NAME.match(filename) or ".." in filename:
+            raise bad_request(f"the file name {shown_repr(filename)} is no package's: give <name>.v<version>.tar.gz"
+                              " (or .tgz), without a directory")
         if getattr(request, "body_error", None):
             raise ApiError(500, f"could not store the package: {request.body_error}")
         if getattr(request, "body_too_large", False):
@@ -351,8 +354,8 @@ class AdminApi:
         follow, stderr = json_flag(options, "follow"), json_flag(options, "stderr")
         # A HEAD has no body to go on with: its answer ends after the headers, as a tail's does.
         if not follow or request.method == b"HEAD":
-            tail = yield apps.tail(name, lines, stderr) if lines else []
-            return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
+            tail = yield apps.tail(name, lines, stderr) if lines else b""
+            return Raw(tail, "text/plain; charset=utf-8")  # (the log's bytes as they are)
         path = apps.log_path(name, stderr)
         # Asked before the tail is read: a client that hangs up meanwhile is seen (twisted.web
         # never fires a notifyFinish asked for once the connection is lost).

@@ -12,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.apps.logs import open_log, rotated_lead, tail_offset
+from gateway.apps.logs import last_lines, open_log, rotated_lead, tail_offset
 
 log = Logger()
 
@@ -39,9 +39,9 @@ def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
             data = handle.read(size - start)
     except FileNotFoundError:
         data, start = b"", 0
-    # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1)
-    kept = (rotated_lead(path, lines, data) + data).splitlines(keepends=True)[-lines:] if lines else []
-    return b"".join(kept), start + len(data)
+    # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1;
+    # a carriage return in them ends none, as in tail_bytes)
+    return last_lines(rotated_lead(path, lines, data) + data, lines), start + len(data)
 
 
 def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:

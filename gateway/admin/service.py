@@ -143,7 +143,7 @@ class AdminService(Service):
         connections are closed when the service stops (:meth:`stopService`).
         """
         from gateway.admin.request import bounded_request_factory
-        from gateway.admin.router import Router
+        from gateway.admin.router import BROWSER_HEADERS, Router
         from gateway.browserguard import BrowserGuard
         from gateway.closingsite import ClosingSite
         from gateway.fdreserve import DescriptorReserve
@@ -153,7 +153,8 @@ class AdminService(Service):
         # socket, the operator's way in, may use the reserve.
         guard = BrowserGuard("admin API", lambda: steady_seconds(self.reactor))
         site = ClosingSite(Router(self.api.routes(), token, guard), access_log_line, requestFactory=request_factory,
-                           listener="admin API", reserve=DescriptorReserve() if token is not None else None)
+                           listener="admin API", reserve=DescriptorReserve() if token is not None else None,
+                           refusal_headers=BROWSER_HEADERS)
         site.displayTracebacks = False
         site.noisy = False
         return site

@@ -37,8 +37,8 @@ class HostedKind(Protocol):
     def uninstall(self, name: str) -> Deferred[None]:
         """Remove it."""
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """Its log's last lines."""
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+        """Its log's last lines, as they are."""
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
         """The file its stdout (or stderr) goes to."""
@@ -116,8 +116,8 @@ class AppsControl:
         kind = self._kind(name)
         return kind.uninstall(name) if kind is not None else self.operations.uninstall(name)
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of an app's or program's log."""
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+        """The last lines of an app's or program's log, as they are."""
         kind = self._kind(name)
         return kind.tail(name, lines, stderr) if kind is not None else self.operations.tail(name, lines, stderr)
 

@@ -196,18 +196,33 @@ def open_log(path: Path) -> IO[bytes]:
         raise
 
 
-def tail_file(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` (blocking: call it from a thread), reaching back
-    into its newest rotated file, ``path.1``, when ``path`` holds fewer: a log rotated a
-    moment ago (it reached its size with the program's last output) is empty, and its last
-    lines are there. Not over :data:`TAIL_MAX_BYTES` in all.
+def tail_bytes(path: Path, lines: int) -> bytes:
+    """The last ``lines`` lines of ``path`` as they are (blocking: call it from a thread): its
+    bytes from where they begin (:func:`tail_offset`: lines end at a newline alone, a carriage
+    return or a byte that is no UTF-8 is kept as it is) to its end, reaching back into its
+    newest rotated file, ``path.1``, when ``path`` holds fewer: a log rotated a moment ago (it
+    reached its size with the program's last output) is empty, and its last lines are there.
+    Not over :data:`TAIL_MAX_BYTES` in all; ``b""`` when neither file exists.
 
     :param path: the log file.
     :param lines: how many lines.
     """
     data = _tail_bytes(path, lines, TAIL_MAX_BYTES)
-    data = rotated_lead(path, lines, data) + data
-    return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
+    return last_lines(rotated_lead(path, lines, data) + data, lines)
+
+
+def last_lines(data: bytes, lines: int) -> bytes:
+    """The last ``lines`` lines of ``data`` as they are: from after the newline that ends the
+    line before them (its last byte ends the last line, a newline or not, as in
+    :func:`tail_offset`); all of ``data`` when it holds no more, ``b""`` for 0 lines."""
+    if lines <= 0:
+        return b""
+    pos = len(data) - 1
+    for _ in range(lines):
+        pos = data.rfind(b"\n", 0, pos)
+        if pos < 0:
+            return data
+    return data[pos + 1:]
 
 
 def rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
@@ -228,6 +243,25 @@ def _tail_bytes(path: Path, lines: int, most: int) -> bytes:
             return handle.read()
     except FileNotFoundError:
         return b""
+
+
+def log_lines(data: bytes, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log's bytes (:func:`tail_bytes`) as text: for a message or
+    a JSON reply, each line without its end, a byte that is no UTF-8 as U+FFFD.
+
+    :param data: the bytes.
+    :param lines: how many lines.
+    """
+    return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
+
+
+def tail_file(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` as text (:func:`log_lines`; blocking: call it from a thread).
+
+    :param path: the log file.
+    :param lines: how many lines.
+    """
+    return log_lines(tail_bytes(path, lines), lines)
 
 
 def remove_logs(paths: list[Path]) -> None:

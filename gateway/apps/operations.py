@@ -19,7 +19,7 @@ from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, App
                                  DesiredStateError, HealthCheckError, InstallError, ManifestError,
                                  PackageError, UnknownAppError)
 from gateway.apps.health import watch_health
-from gateway.apps.logs import remove_logs, tail_file
+from gateway.apps.logs import remove_logs, tail_bytes, tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
@@ -599,10 +599,10 @@ class AppOperations:
             raise UnknownAppError(f"{name!r} keeps no {which} log ({which}_logfile is NONE)")
         return path
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of a program's stdout log (or stderr log), with every line of its
-        output the gateway has received so far: what waits for the log writer's thread is
-        written first.
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+        """The last lines of a program's stdout log (or stderr log), as they are
+        (:func:`~gateway.apps.logs.tail_bytes`), with every line of its output the gateway has
+        received so far: what waits for the log writer's thread is written first.
 
         :param name: a program, or an app with one program.
         :raises UnknownAppError: (as the Deferred's failure) when there is no such log.
@@ -612,4 +612,4 @@ class AppOperations:
             path = self.log_path(name, stderr)
         except (UnknownAppError, AmbiguousProgramError) as exc:
             return fail(exc)
-        return self._supervisor.flush_logs().addCallback(lambda _: self._blocking(lambda: tail_file(path, lines)))
+        return self._supervisor.flush_logs().addCallback(lambda _: self._blocking(lambda: tail_bytes(path, lines)))

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.errors import AppsStoppingError, DesiredStateError, HealthCheckError, UnknownAppError
-from gateway.apps.logs import remove_logs, tail_file
+from gateway.apps.logs import remove_logs, tail_bytes, tail_file
 from gateway.apps.names import log_name_problem
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState
@@ -745,11 +745,11 @@ class ContainerOperations:
         stdout, stderr_log = self._supervisor.log_files(name)
         return stderr_log if stderr else stdout
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of its stdout (or stderr) log (see :meth:`log_path`)."""
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+        """The last lines of its stdout (or stderr) log as they are (see :meth:`log_path`)."""
         try:
             path = self.log_path(name, stderr)
         except UnknownAppError as exc:
             return fail(exc)
         return self._supervisor.flush_logs().addCallback(
-            lambda _: self._blocking(lambda: tail_file(path, lines)))
+            lambda _: self._blocking(lambda: tail_bytes(path, lines)))

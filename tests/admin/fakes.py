@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from gateway.apps.errors import UnknownAppError
+from gateway.apps.logs import tail_bytes
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
@@ -166,13 +167,12 @@ class FakeApps:
         return [ProgramStatus(n, n, "1.2", s, 99 if s == ProgramState.RUNNING else None, 5, None, 0)
                 for n, s in self.states.items() if name in (None, n)]
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         try:
             path = self.log_path(name, stderr)
         except UnknownAppError as exc:
             return fail(exc)
-        text = path.read_text() if path.exists() else ""
-        return succeed(text.splitlines()[-lines:] if lines else [])
+        return succeed(tail_bytes(path, lines))
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
         self._known(name)

@@ -290,6 +290,21 @@ class ReadRouteTests(SynchronousTestCase):
         r = h.call("DELETE", "/apps/install")
         self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD, POST"))
 
+    def test_a_file_name_that_is_no_packages_is_named_in_its_400(self) -> None:
+        """A package's name that is not ``<name>.v<version>.tar.gz`` (a ``.zip``, a path) is 400
+        quoting it and saying what is taken; it said "give the package's file name", as if none
+        had been given. With none, it says to give one."""
+        h = Harness(self)
+        for name, shown in (("hello.zip", "'hello.zip'"), ("../x.v1.tar.gz", "'../x.v1.tar.gz'")):
+            r = h.call("POST", "/apps/install?filename=" + name, b"x" * 100)
+            self.assertEqual((r.status, r.json()), (400, {"error": (
+                f"the file name {shown} is no package's: give <name>.v<version>.tar.gz (or .tgz), without a"
+                " directory")}), name)
+            self.assertIsNone(h.apps.installed_bytes)
+        r = h.call("POST", "/apps/install", b"x" * 100)
+        self.assertEqual((r.status, r.json()), (400, {"error": (
+            "give the package's file name: ?filename=<name>.v<version>.tar.gz")}))
+
     def test_reports_and_metrics(self) -> None:
         """GET /reports: names and last bodies; GET /metrics: the Prometheus page as is."""
         h = Harness(self)
@@ -663,6 +678,22 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": "x"}).status, 400)
         self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 10**9}).status, 400)
         self.assertEqual(h.call("GET", "/apps/ghost/logs").status, 404)
+
+    def test_logs_are_the_logs_bytes_as_they_are(self) -> None:
+        """A log's lines are answered as the app wrote them, followed or not (admin.md: gatewayctl
+        writes them as they are to a pipe): a carriage return, an escape sequence and a byte that
+        is no UTF-8 kept, lines counted at newlines alone. A carriage return ended a line and came
+        back a newline (a progress bar's output counted as many lines), and a byte that is no
+        UTF-8 came back U+FFFD; followed, the last line was cut at its carriage return."""
+        h = Harness(self)
+        written = b"earlier\nprogress 10%\rprogress 99%\x1b[2K\x07 \xff\tdone\n"
+        (h.work / "logs" / "hello.log").write_bytes(written)
+        self.assertEqual(h.call("GET", "/apps/hello/logs").body, written)
+        self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1").body, written[len(b"earlier\n"):])
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        self.assertEqual(exchange.response().body, written[len(b"earlier\n"):])
+        exchange.close()
 
     def test_logs_options_wrong_type(self) -> None:
         """A logs option of the wrong type is a wrong argument (400, nothing followed): the
@@ -1279,6 +1310,31 @@ class BrowserTests(SynchronousTestCase):
         self.assertIn(f"<style>{STYLE}</style>".encode(), page.body)
         self.assertNotIn(b"<script", page.body)
         self.assertNotIn(b"style=", page.body)
+
+    def test_the_listeners_own_refusals_forbid_framing_sniffing_and_referers_too(self) -> None:
+        """The plain-text answers the connection writes before the API sees the request (a
+        malformed head's 400, an HTTP version's 505, a line over 16 KiB's 414, a body declared
+        over max_upload_bytes's 413, a trickled head's 408) carry the same headers as every
+        answer, on the unix socket and on TCP."""
+        from gateway.admin.router import BROWSER_HEADERS
+
+        h = Harness(self, max_upload_bytes=1024)
+        heads = {400: b"GET /status HTTP/1.1\r\nNoColon\r\n\r\n", 505: b"GET /status HTTP/9.9\r\n\r\n",
+                 414: b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n",
+                 413: b"POST /apps/install?filename=a.v1.tgz HTTP/1.1\r\nContent-Length: 2000\r\n"
+                      b"Expect: 100-continue\r\n\r\n",
+                 408: b"GET /status HTTP/1.1\r\n"}
+        for token in (None, TOKEN):
+            for status, head in heads.items():
+                exchange = Exchange(h.site(token))
+                exchange.protocol.dataReceived(head if token is None or status != 413 else
+                                               head.replace(b"\r\n\r\n", b"\r\nAuthorization: Bearer "
+                                                            + TOKEN + b"\r\n\r\n"))
+                exchange.clock.advance(31)
+                answer = exchange.response()
+                self.assertEqual((answer.status, answer.headers["content-type"]), (status, "text/plain; charset=utf-8"))
+                self.assertEqual({name: answer.headers.get(name.decode()) for name in BROWSER_HEADERS},
+                                 {name: value.decode() for name, value in BROWSER_HEADERS.items()}, (status, token))
 
 
 class StatusPageTests(SynchronousTestCase):

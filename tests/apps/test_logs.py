@@ -9,7 +9,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.logstream import read_from, tail_to_end
-from gateway.apps.logs import AppLogWriter, RotatingLog, tail_file
+from gateway.apps.logs import AppLogWriter, RotatingLog, tail_bytes, tail_file
 
 
 #: Modification times: a day in 2026 (the clock set) and one at 1970 (not set yet).
@@ -245,6 +245,18 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail_file(path, 2), ["line 998", "line 999"])
         self.assertEqual(tail_file(self.dir / "none", 5), [])
 
+    def test_tail_bytes_are_the_lines_as_written(self) -> None:
+        """tail_bytes (a log's tail for the admin API) keeps the last lines' bytes as they are,
+        counting lines at newlines alone; tail_file (for messages and JSON replies) gives them as
+        text."""
+        path = self.dir / "cr.log"
+        self.dir.mkdir()
+        path.write_bytes(b"one\ntwo 1%\rtwo 99% \xff\nthree")
+        self.assertEqual(tail_bytes(path, 2), b"two 1%\rtwo 99% \xff\nthree")
+        self.assertEqual(tail_bytes(path, 0), b"")
+        self.assertEqual(tail_bytes(self.dir / "none", 5), b"")
+        self.assertEqual(tail_file(path, 2), ["two 99% \ufffd", "three"])
+
     def test_tail_of_long_lines(self) -> None:
         """tail_file returns the last lines whole however long they are (docs/admin.md and
         docs/commands.md: the last ``lines`` lines), not what fits a guess of their length."""
@@ -278,6 +290,12 @@ class RotationTests(SynchronousTestCase):
         (self.dir / "r.log.1").write_bytes(b"line 020 begun ")
         (self.dir / "r.log").write_bytes(b"and ended\n")
         self.assertEqual(tail_file(self.dir / "r.log", 5), ["line 020 begun and ended"])
+        # Bytes as they are across the two files: a carriage return ends no line.
+        (self.dir / "r.log.1").write_bytes(b"a 1%\ra 99%\nb\n")
+        (self.dir / "r.log").write_bytes(b"c\r\n")
+        self.assertEqual(tail_bytes(self.dir / "r.log", 2), b"b\nc\r\n")
+        self.assertEqual(tail_bytes(self.dir / "r.log", 3), b"a 1%\ra 99%\nb\nc\r\n")
+        self.assertEqual(tail_to_end(self.dir / "r.log", 3), (b"a 1%\ra 99%\nb\nc\r\n", 3))
 
     def test_tail_looks_back_at_most_tail_max_bytes(self) -> None:
         """A log without line ends is not read whole: its last TAIL_MAX_BYTES are the line."""
