@@ -142,6 +142,7 @@ class Stream:
         self.boot = boot
         #: The first seq received on the wall clock as it reads now (0: every record kept).
         self._clock_since = 0
+        self._clock_unsaved = False  # (the ledger's clock changed at the open: written with the first records)
         self.slow_write_s = slow_write_s
         self.soon = soon if soon is not None else (lambda f: clock.callLater(0, f))
         self.directory = directory
@@ -287,16 +288,18 @@ class Stream:
         ledger says, when the records since were received in this boot and the wall clock
         has not stepped since against the boot's (a step the gateway saw moved it along);
         else (another boot, a step made while the gateway was stopped, an unknown boot) the
-        next one. Noted in the ledger for the next open."""
+        next one. Noted in the ledger, written with this run's first records (no write of its
+        own: a stream that takes no record writes nothing)."""
         if self.boot is None:
             return 0
         offset = self.clock.seconds() - self.boot.seconds()
         saved = self.ledger.clock
-        same = (saved is not None and self.boot.boot != "" and saved[0] == self.boot.boot
-                and abs(saved[1] - offset) < STEP_TOLERANCE)
-        since = saved[2] if same and saved is not None else self.next_seq
-        self.ledger.note_clock(self.boot.boot, saved[1] if same and saved is not None else offset, since)
-        return since
+        if saved is not None and self.boot.boot != "" and saved[0] == self.boot.boot \
+                and abs(saved[1] - offset) < STEP_TOLERANCE:
+            return saved[2]
+        self.ledger.clock = (self.boot.boot, offset, self.next_seq)
+        self._clock_unsaved = True
+        return self.next_seq
 
     def _clock_stepped(self, step: float) -> None:
         """The wall clock stepped by ``step`` seconds: the records appended so far on the
@@ -681,7 +684,9 @@ class Stream:
             # New: no batch in flight has created the file yet (only its creator undoes it).
             ops.append((path, data, start, before is None and retention.unborn(seg.first_seq)))
             planned[path] = start + len(data)
-        ledger = self.ledger.dump() if self.ledger.dirty else None
+        ledger = self.ledger.dump() if self.ledger.dirty or self._clock_unsaved and frames else None
+        if ledger is not None:
+            self._clock_unsaved = False
         check_free = retention.free_check_due()
         undo = None
         if self._undo is not None and written and not any(b.undo for b in self._inflight):
