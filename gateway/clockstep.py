@@ -166,9 +166,12 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
     Every reading of the clock (``seconds()``: every ``callLater``, ``DelayedCall.reset``,
     each run of the due timers) first compares the wall clock with the steady one and, when
     they moved apart by :data:`STEP_TOLERANCE` or more since the last step, moves the pending
-    timers by that step: no timer is ever set or run against a step not yet seen. No wake-up
-    of its own is needed: the loop sleeps on asyncio's monotonic clock, and the reactor reads
-    the time whenever it wakes. (The two clocks move apart only by steps: NTP's slewing and
+    timers by that step: no timer is ever set or run against a step not yet seen. A step that
+    comes while the due timers run is followed once they have run, not in the middle (Twisted
+    compares them all with the time read as the run began): a reading of the clock in their
+    callbacks gives the time as if the step came a moment later. No wake-up of its own is
+    needed: the loop sleeps on asyncio's monotonic clock, and the reactor reads the time
+    whenever it wakes. (The two clocks move apart only by steps: NTP's slewing and
     frequency corrections move both.)
 
     Each time it runs its due timers it notes how long after the earliest one's time that is
@@ -192,17 +195,22 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         self._steady_offset = self._offset = wall() - steady()  # (the offset now: since the last step)
         self._step_observers = StepObservers()
         self._stopping = False
+        self._running_timers = False  # (in runUntilCurrent: a step is followed once it ends)
         self._timers_due: float | None = None  # when (steady seconds) the earliest timer is due, as last asked
         self._lateness = LagWindow()
         super().__init__(eventloop)
         self.addSystemEventTrigger("before", "shutdown", self._stop_began)
 
     def seconds(self) -> float:
-        """The wall clock, once the pending timers have followed a step of it."""
+        """The wall clock, once the pending timers have followed a step of it; while the due
+        timers run, the time as if a step not followed before the run had not come yet."""
         wall = self._wall()
-        step = wall - self._steady() - self._offset
+        steady = self._steady()
+        step = wall - steady - self._offset
         if -STEP_TOLERANCE < step < STEP_TOLERANCE:
             return wall
+        if self._running_timers:
+            return steady + self._offset
         self._offset += step
         shift_timers(self, step)  # (its readings of the clock find no step: this one is followed)
         self._step_observers.tell(step)
@@ -232,12 +240,23 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         return delay
 
     def runUntilCurrent(self) -> None:
-        """Run the timers due, noting how late this is after the time they woke the loop for."""
+        """Run the timers due, noting how late this is after the time they woke the loop for.
+
+        A step is followed before they run and after, not while: Twisted compares each timer
+        with the time it read as the run began, so timers moved back by a step a callback
+        found would all be due by it (and a looping call set again after the new time, due
+        again at once, for as long as the step)."""
         due, self._timers_due = self._timers_due, None
         if due is not None:
             now = self.steady_seconds()
             self._lateness.note(now, max(now - due, 0.0))
-        super().runUntilCurrent()
+        self.seconds()
+        self._running_timers = True
+        try:
+            super().runUntilCurrent()
+        finally:
+            self._running_timers = False
+        self.seconds()
 
     def timers_late(self) -> float:
         """Seconds it ran a timer late at worst in the last minute or two

@@ -323,7 +323,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     """
     for line in null_entry_warnings(config.written):  # (a link with every default, which the files meant gone)
         root.log.warn("{problem}", problem=line)
-    journal = JournalService(config.journal, config.state_dir, reactor, loop=loop, in_use=journal_users(config))
+    journal = JournalService(config.journal, config.state_dir, reactor, loop=loop, in_use=journal_users(config),
+                             boot=BootClock(boot_id()))
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,
                            state_stream=lambda: journal.stream(STATE_STREAM),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.task import LoopingCall
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -101,6 +102,48 @@ class SteadyTimersTests(SynchronousTestCase):
         self.clocks.run(7)
         reactor.runUntilCurrent()
         self.assertEqual(self.fired, ["flush", "reset", "before"])
+
+    def test_a_step_back_seen_while_timers_run_fires_none_early(self) -> None:
+        """The clock steps back while the reactor runs its due timers, and a timer's callback
+        is the first to read the clock after it: no other timer runs before its time, and a
+        looping call ticks once, not in a loop. (Twisted compares each timer with the time it
+        read when the run began: timers moved back by the step were all due by it, and a
+        looping call set again for 5 s after the new time was due at once, again and again,
+        holding the reactor: seen under libfaketime, a gateway stepped back 56 years spun
+        for minutes and ignored SIGTERM.) A reading of the clock inside that run gives the
+        time as if the step had not come yet; the timers follow the step once it ends."""
+        reactor = self.reactor()
+        heard: list[float] = []
+        reactor.on_step(heard.append)
+        ticks: list[float] = []
+
+        def tick() -> None:
+            ticks.append(reactor.seconds())
+            if len(ticks) >= 100:
+                loop.stop()  # (the storm, bounded, for the test to end)
+
+        loop = LoopingCall(tick)
+        loop.clock = reactor
+        loop.start(5, now=False)
+        reactor.callLater(30, self.fired.append, "report")
+
+        def stepped() -> None:
+            self.clocks.wall -= 3600
+            self.fired.append(f"stepped at {reactor.seconds()}")
+            reactor.callLater(10, self.fired.append, "retry")
+
+        reactor.callLater(4, stepped)
+        self.clocks.run(5)
+        reactor.runUntilCurrent()
+        self.assertEqual((self.fired, ticks), (["stepped at 1000005.0"], [1_000_005.0]))
+        self.assertEqual(heard, [-3600.0])
+        self.assertAlmostEqual(reactor.timeout(), 5)
+        self.clocks.run(5)
+        reactor.runUntilCurrent()
+        self.assertEqual((self.fired, ticks), (["stepped at 1000005.0"], [1_000_005.0, 1_000_010.0 - 3600]))
+        self.clocks.run(20)
+        reactor.runUntilCurrent()
+        self.assertEqual(self.fired, ["stepped at 1000005.0", "retry", "report"])
 
     def test_small_differences_are_not_steps(self) -> None:
         """Moves of the wall clock under a second move no timer; once they add up to a second

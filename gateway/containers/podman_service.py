@@ -21,6 +21,7 @@ from gateway.apps.logs import AppLogWriter
 from gateway.apps.names import PODMAN_SERVICE
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec
 from gateway.apps.settings import ProgramSettings
+from gateway.clockstep import steady_seconds
 from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.runtime import ContainerRuntime
 from gateway.errors import AppError
@@ -83,15 +84,16 @@ class PodmanService:
         # The whole wait is bounded, each ping's time included: a service that accepts but
         # answers slowly (a ping waits up to the runtime's request timeout) held the start
         # past ready_timeout when only the pauses between pings were counted.
-        deadline = self._reactor.seconds() + self._ready_timeout
+        # (On the steady clock: NTP may step the wall clock by years while the service comes up.)
+        deadline = steady_seconds(self._reactor) + self._ready_timeout
         while True:
-            left = deadline - self._reactor.seconds()
+            left = deadline - steady_seconds(self._reactor)
             try:
                 yield self._runtime.ping().addTimeout(max(left, 0.0), self._reactor)
                 log.info("containers: podman service answers on {socket}", socket=str(self._socket))
                 return
             except RuntimeUnavailable:
-                if self._reactor.seconds() >= deadline:
+                if steady_seconds(self._reactor) >= deadline:
                     raise
             except PingTimeout:
                 raise RuntimeUnavailable(f"podman's service did not answer on {self._socket} within"

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from gateway.blocking import RunBlocking
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import steady_seconds, watch_steps
 from gateway.fleet.actions import FleetActions
 from gateway.fleet.configdata import ConfigDataSender
 from gateway.fleet.ddi import DDIClient, DDIError, poll_answer
@@ -85,6 +85,7 @@ class FleetService(Service):
         self._timer: IDelayedCall | None = None
         self._cycle_running: Deferred[Any] | None = None
         self._unwatch: Callable[[], None] | None = None
+        self._unwatch_steps: Callable[[], None] = lambda: None  # (while running: stops hearing of clock steps)
         self._unhold: Callable[[], None] | None = None
         #: whether the update service has loaded its operations (which actions still have one)
         self._loaded = False
@@ -101,6 +102,7 @@ class FleetService(Service):
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self.actions.operation_changed)
+        self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
         self._unhold = self.updates.hold(self.actions.needed)
         self.updates.when_loaded().addCallback(self._operations_loaded)
 
@@ -112,6 +114,19 @@ class FleetService(Service):
             if operation.correlation_id.startswith(FLEET_PREFIX):
                 self.actions.operation_changed(operation)
         self._schedule(self.pacing.first_poll_wait())
+
+    def _clock_stepped(self, step: float) -> None:
+        """The wall clock stepped by ``step`` seconds: the times of the state (when each feedback
+        was queued, the end of a ``Retry-After`` hold) follow it, so that the oldest feedback's
+        wait and a hold kept across a restart stay what they were; saved again."""
+        for feedback in self.state.outbox:
+            if feedback.queued_at is not None:
+                feedback.queued_at += step
+        if self.state.held_until:  # (0: no hold)
+            self.state.held_until += step
+        if self.state.outbox or self.state.held_until:
+            self._save().addErrback(lambda f: self.log.failure("could not save the fleet's state after a step of"
+                                                               " the wall clock", f))
 
     def goes_on_from(self, previous: FleetService) -> None:
         """A configuration change restarted the tree, not the process: when ``previous`` (stopped)
@@ -131,6 +146,7 @@ class FleetService(Service):
         super().stopService()
         if self._unwatch is not None:
             self._unwatch()
+        self._unwatch_steps()
         if self._unhold is not None:
             self._unhold()
         if self._timer is not None and self._timer.active():

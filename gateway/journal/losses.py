@@ -9,6 +9,7 @@ ages (and ``max_age_s``) are counted on the clock as it is now, after a restart 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
@@ -77,6 +78,19 @@ def _entry(saved: Any) -> LossEntry:
     return entry
 
 
+def _clock(saved: Any) -> tuple[str, float, int] | None:
+    """:attr:`LossLedger.clock` as :meth:`LossLedger.dump` saved it; None when it is not that
+    (absent before it was kept, or damaged: then the records kept count as received on
+    another clock, and a step moves the newer ones only)."""
+    if not (isinstance(saved, list) and len(saved) == 3):
+        return None
+    boot, offset, since = saved
+    if not isinstance(boot, str) or type(offset) not in (int, float) or type(since) is not int \
+            or not math.isfinite(offset):
+        return None
+    return boot, float(offset), since
+
+
 @dataclass(frozen=True)
 class LossReport:
     """Losses not yet cleared, and totals by reason, for a link to send upstream.
@@ -97,8 +111,9 @@ class LossLedger:
     :param entries: the losses, oldest first.
     :param reported: what the link last queued upstream (its own key for a report), or None.
     :param damage: where the damaged stretches already counted are (see :meth:`counted`).
-    :param steps: the wall clock's steps, ``(first seq received after it, seconds)`` each,
-        oldest first (see :meth:`stepped_since`).
+    :param steps: the wall clock's steps, ``(seq, seconds)`` each, in seq order: the received
+        time of each record before ``seq`` is off by ``seconds`` (see :meth:`note_step` and
+        :meth:`stepped_since`).
     :param passed: the runs of seqs counted lost as a reader passed them (see :attr:`passed`).
     :param dropped_below: every seq below it was dropped by the limits (see :attr:`dropped_below`).
     :param skipped: the runs of seqs counted ``write-failed`` that no record takes (see :attr:`skipped`).
@@ -117,6 +132,10 @@ class LossLedger:
         #: open) is never counted twice, nor lost uncounted.
         self.damage: set[tuple[int, int]] = damage or set()
         self.steps: list[tuple[int, float]] = steps or []
+        #: The wall clock the newest records were received on: its boot's id, its offset from
+        #: that boot's clock (wall minus boot seconds) and the first seq received on it (see
+        #: :meth:`note_clock`); None: not known.
+        self.clock: tuple[str, float, int] | None = None
         #: ``(first, last)`` runs of seqs counted for a :data:`PASSED_REASONS` reason, in order,
         #: apart from each other, kept in the same atomic write as their entries until every
         #: cursor's save has passed them (:meth:`forget_passed_to`): a crash before that save
@@ -158,10 +177,12 @@ class LossLedger:
             passed = union_runs((int(first), int(last)) for first, last in saved.get("passed", ()))  # (nor this)
             dropped_below = int(saved.get("dropped_below", 0))  # (nor this)
             skipped = union_runs((int(first), int(last)) for first, last in saved.get("skipped", ()))  # (nor this)
-            return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
-                       damage, steps, passed, dropped_below, skipped)
+            ledger = cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
+                         damage, steps, passed, dropped_below, skipped)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
             return cls._unreadable(f"{type(exc).__name__}: {exc}")
+        ledger.clock = _clock(saved.get("clock"))
+        return ledger
 
     @classmethod
     def _unreadable(cls, why: str) -> LossLedger:
@@ -187,6 +208,8 @@ class LossLedger:
             saved["dropped_below"] = self.dropped_below
         if self.skipped:
             saved["skipped"] = self.skipped
+        if self.clock is not None:
+            saved["clock"] = self.clock
         return json.dumps(saved).encode()
 
     def note_dropped_below(self, seq: int) -> None:
@@ -195,18 +218,39 @@ class LossLedger:
         ledger at once, and a segment every cursor had acknowledged that comes back loses nothing.)"""
         self.dropped_below = max(self.dropped_below, seq)
 
-    def note_step(self, next_seq: int, step: float) -> None:
+    def note_step(self, next_seq: int, step: float, since: int = 0) -> None:
         """The wall clock stepped by ``step`` seconds before record ``next_seq`` was received:
-        the received times of the records before it are off by ``step``."""
-        if self.steps and self.steps[-1][0] == next_seq:
-            self.steps[-1] = (next_seq, self.steps[-1][1] + step)
-        else:
-            self.steps.append((next_seq, step))
+        the received times of the records from ``since`` to it, received on the clock before
+        the step, are off by ``step`` (those before ``since`` were received on another clock,
+        before a reboot or before a step made while the gateway was stopped: not moved). Kept
+        as two entries, ``step`` before ``next_seq`` and ``-step`` before ``since``, which a
+        ledger of a gateway that knows no ``since`` reads the same."""
+        self._add_step(next_seq, step)
+        if since > 0:
+            self._add_step(since, -step)
         self.dirty = True
 
+    def _add_step(self, seq: int, step: float) -> None:
+        for n, (first, seconds) in enumerate(self.steps):
+            if first == seq:
+                if seconds + step == 0.0:
+                    del self.steps[n]
+                else:
+                    self.steps[n] = (seq, seconds + step)
+                return
+        self.steps.append((seq, step))
+        self.steps.sort()
+
+    def note_clock(self, boot: str, offset: float, since: int) -> None:
+        """The newest records are received on the wall clock that reads ``offset`` seconds more
+        than boot ``boot``'s clock, from record ``since`` on (:attr:`clock`)."""
+        if self.clock != (boot, offset, since):
+            self.clock = (boot, offset, since)
+            self.dirty = True
+
     def stepped_since(self, seq: int) -> float:
-        """Seconds the wall clock stepped since record ``seq`` was received: add them to its
-        received time to have that time on the clock as it reads now."""
+        """Seconds the wall clock stepped since record ``seq`` was received (on the clock it was
+        received on): add them to its received time to have that time on the clock as it reads now."""
         return sum(step for first, step in self.steps if seq < first)
 
     def keep_steps_from(self, first_seq: int) -> None:

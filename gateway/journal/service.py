@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.clockstep import BootClock
 from gateway.errors import JournalError
 from gateway.journal.cursors import check_name
 from gateway.statelock import LOCK_FILE
@@ -66,14 +67,18 @@ class JournalService(Service):
     :param in_use: the streams the configuration uses, each with what uses it in words
         (``the link 'cloud'``): the others may be dropped (:meth:`drop`); ``None``: every
         stream is in use.
+    :param boot: the clock of this boot, for the streams (which records a step of the wall
+        clock moves: :class:`~gateway.journal.stream.Stream`); None: not known.
     """
 
     log = Logger()
 
     def __init__(self, settings: JournalSettings, state_dir: Path, reactor: Any,
                  files: FileLayer | None = None, run: Runner | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None, in_use: Mapping[str, str] | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, in_use: Mapping[str, str] | None = None,
+                 boot: BootClock | None = None) -> None:
         self.setName("journal")
+        self.boot = boot
         self.settings = settings
         self.directory = str(Path(state_dir) / settings.directory)
         self.reactor: IReactorTime = reactor
@@ -146,7 +151,7 @@ class JournalService(Service):
         loop = self.loop
         s = Stream(check_name(name), os.path.join(self.directory, name), self.settings.for_stream(name),
                    self.files, self.run, self.reactor, soon=loop.call_soon if loop is not None else None,
-                   slow_write_s=SLOW_WRITE_S if self._run is None else 0.0)
+                   slow_write_s=SLOW_WRITE_S if self._run is None else 0.0, boot=self.boot)
         self._streams[name] = s
         d = s.open()
         d.addErrback(self._open_failed, name)

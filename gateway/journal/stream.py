@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.clockstep import steady_seconds, watch_steps
+from gateway.clockstep import STEP_TOLERANCE, BootClock, steady_seconds, watch_steps
 from gateway.degraded import Failing
 from gateway.journal.errors import (DISK_FULL_ERRNOS, JournalClosedError, JournalWriteError, RecordTooLargeError,
                                     StreamFullError, StreamNotDrainedError, too_large_words)
@@ -128,14 +128,21 @@ class Stream:
     :param slow_write_s: a batch write slower than this (seconds, as the I/O thread measured
         it) marks a slow disk (:data:`SLOW_WRITE_S`); 0: never (a test's simulated runner,
         whose write times mean nothing).
+    :param boot: the clock of this boot, which tells whether the records kept were received on
+        the wall clock as it reads at the open (this boot's, not stepped since): only those a
+        step seen later moves. None: not known, a step moves every record kept.
     """
 
     log = Logger()
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
                  run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None,
-                 slow_write_s: float = 0.0) -> None:
+                 slow_write_s: float = 0.0, boot: BootClock | None = None) -> None:
         self.name = name
+        self.boot = boot
+        #: The first seq received on the wall clock as it reads now (0: every record kept).
+        self._clock_since = 0
+        self._clock_unsaved = False  # (the ledger's clock changed at the open: written with the first records)
         self.slow_write_s = slow_write_s
         self.soon = soon if soon is not None else (lambda f: clock.callLater(0, f))
         self.directory = directory
@@ -242,6 +249,7 @@ class Stream:
         self.ledger.keep_passed_below(self.next_seq)
         if segments:
             self.ledger.keep_steps_from(segments[0].first_seq)
+        self._clock_since = self._same_clock_since()
         self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
         for dmg in rec.damage:
             # A corrupt stretch stays in the tail: counted at the open that found it first only.
@@ -276,11 +284,33 @@ class Stream:
             self._timer.clock = self.clock
             self._timer.start(self.settings.sync_interval_ms / 1000.0, now=False)
 
+    def _same_clock_since(self) -> int:
+        """The first seq kept that was received on the wall clock as it reads now: the one the
+        ledger says, when the records since were received in this boot and the wall clock
+        has not stepped since against the boot's (a step the gateway saw moved it along);
+        else (another boot, a step made while the gateway was stopped, an unknown boot) the
+        next one. Noted in the ledger, written with this run's first records (no write of its
+        own: a stream that takes no record writes nothing)."""
+        if self.boot is None:
+            return 0
+        offset = self.clock.seconds() - self.boot.seconds()
+        saved = self.ledger.clock
+        if saved is not None and self.boot.boot != "" and saved[0] == self.boot.boot \
+                and abs(saved[1] - offset) < STEP_TOLERANCE:
+            return saved[2]
+        self.ledger.clock = (self.boot.boot, offset, self.next_seq)
+        self._clock_unsaved = True
+        return self.next_seq
+
     def _clock_stepped(self, step: float) -> None:
-        """The wall clock stepped by ``step`` seconds: the records appended so far were
-        received on the clock before it. Kept in the ledger (written soon), so their ages are
-        counted on the new clock, after a restart too."""
-        self.ledger.note_step(self.next_seq, step)
+        """The wall clock stepped by ``step`` seconds: the records appended so far on the
+        clock as it read before (since :meth:`_same_clock_since`) were received on it. Kept
+        in the ledger (written soon), so their ages are counted on the new clock, after a
+        restart too."""
+        self.ledger.note_step(self.next_seq, step, self._clock_since)
+        if self.ledger.clock is not None:
+            boot, offset, since = self.ledger.clock
+            self.ledger.note_clock(boot, offset + step, since)
         self.clock.callLater(0, self._flush)
 
     def received_now(self, seq: int, received: float) -> float:
@@ -655,7 +685,9 @@ class Stream:
             # New: no batch in flight has created the file yet (only its creator undoes it).
             ops.append((path, data, start, before is None and retention.unborn(seg.first_seq)))
             planned[path] = start + len(data)
-        ledger = self.ledger.dump() if self.ledger.dirty else None
+        ledger = self.ledger.dump() if self.ledger.dirty or self._clock_unsaved and frames else None
+        if ledger is not None:
+            self._clock_unsaved = False
         check_free = retention.free_check_due()
         undo = None
         if self._undo is not None and written and not any(b.undo for b in self._inflight):

@@ -26,6 +26,7 @@ from gateway.containers.settings import ContainersSettings
 from gateway.errors import AppError
 from tests.apps.fakes import FakeProcessReactor
 from tests.containers.fakes import FakeRuntime
+from tests.steppingclock import SteppingClock
 
 
 def recording_launcher(reactor: FakeProcessReactor) -> ProcessLauncher:
@@ -187,3 +188,37 @@ class PodmanServiceReadyTests(SynchronousTestCase):
         failure = self.failureResultOf(started, RuntimeUnavailable)
         self.assertEqual(str(failure.value), f"podman's service did not answer on {socket_path} within 30 s")
         self.assertEqual(len(pings), 1)
+
+    def test_a_step_of_the_wall_clock_does_not_end_the_wait(self) -> None:
+        """The 30 s are counted on a clock that does not step: NTP stepping the clock of a
+        gateway booted at 1970 forward by years while the service comes up does not fail the
+        start at the next refused ping (it did: the deadline was the wall clock's), and a step
+        back does not stretch the wait."""
+
+        class SteppingProcessReactor(FakeProcessReactor, SteppingClock):
+            pass
+
+        for step in (56 * 365 * 86400.0, -3600.0):
+            reactor = SteppingProcessReactor()
+            runtime = FakeRuntime()
+            pings: list[float] = []
+
+            def ping() -> Deferred[None]:
+                pings.append(reactor.steady_seconds())  # (it started at 0)
+                return fail(RuntimeUnavailable("not up yet"))
+
+            runtime.ping = ping  # type: ignore[method-assign]
+            directory = Path(tempfile.mkdtemp(prefix="gwpod-"))
+            self.addCleanup(shutil.rmtree, directory, True)
+            podman = PodmanService(("podman",), directory / "podman.sock", runtime, reactor, AppLogWriter(1 << 20),
+                                   directory / "logs", 1.0, 8.0, launcher=recording_launcher(reactor))
+            started = podman.start()
+            reactor.advance(0.1)
+            reactor.step(step)
+            reactor.advance(0.1)
+            self.assertNoResult(started)
+            reactor.pump([0.1] * 290)  # (29.2 s in all)
+            self.assertNoResult(started)
+            reactor.pump([0.1] * 10)
+            self.failureResultOf(started, RuntimeUnavailable)
+            self.assertGreaterEqual(pings[-1], 30.0)

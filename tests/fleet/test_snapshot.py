@@ -10,6 +10,7 @@ from gateway.fleet.snapshot import FleetSnapshot
 from gateway.fleet.state import FleetState
 from gateway.readside import ReadSide, ServiceState, to_jsonable
 from tests.fleet.ddiserver import deployment
+from tests.steppingclock import SteppingClock
 from tests.fleet.test_service import ARCHIVE, FILES, SETTINGS, FleetHarness
 from tests.test_readside import FakeService
 
@@ -127,6 +128,38 @@ class FleetSnapshotTests(FleetHarness):
         self.server.feedback_errors = []
         self.run_for(6)
         self.assertEqual((fleet.snapshot().feedback_waiting, fleet.snapshot().feedback_oldest_age_s), (0, None))
+
+    def test_feedback_waiting_across_a_step_of_the_wall_clock(self) -> None:
+        """Feedback queued on a gateway booted at 1970 (no real-time clock), then NTP steps the
+        clock by 56 years: the oldest has waited the seconds it waited, not 56 years (an alert
+        on gateway_fleet_feedback_oldest_age_seconds fired), after a restart too; a step back
+        does not make it younger either."""
+        self.clock = SteppingClock()
+        self.server.deployment = deployment("14", FILES)
+        self.server.feedback_errors = [503] * 100
+        fleet = self.start()
+        self.run_for(8)  # t=5: installed, its 6 steps not taken
+        self.clock.step(56 * 365 * 86400.0)
+        self.assertEqual((fleet.snapshot().feedback_waiting, fleet.snapshot().feedback_oldest_age_s), (6, 3.0))
+        self.clock.step(-3600.0)
+        self.assertEqual(fleet.snapshot().feedback_oldest_age_s, 3.0)
+        self.stop()
+        self.clock.advance(100)
+        fleet = self.start()
+        self.assertEqual(fleet.snapshot().feedback_oldest_age_s, 103.0)
+
+    def test_a_hold_kept_across_a_step_back_and_a_restart(self) -> None:
+        """A Retry-After of 300 s, then NTP steps the clock back an hour and the gateway
+        restarts: the hold kept in the state file ends when it did, not an hour later."""
+        self.clock = SteppingClock()
+        self.server.errors = [(429, {"Retry-After": "300"})]
+        self.start()
+        self.run_for(6)
+        self.clock.step(-3600.0)
+        self.stop()
+        fleet = self.start()
+        snapshot = fleet.snapshot()
+        self.assertEqual((snapshot.state, snapshot.held_until - self.clock.seconds()), ("held", 374.0))
 
     def test_feedback_from_an_older_state_waits_from_the_start(self) -> None:
         """A state written before feedback carried when it was queued: its feedback counts as

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
+from gateway.clockstep import BootClock
 from gateway.filelayer import FileLayer
 from gateway.journal.record import Record
 from gateway.journal.service import JournalService
@@ -55,9 +56,10 @@ def record(i: int, size: int = 32, received: float = 0.0) -> Record:
 
 
 def open_stream(files: FileLayer, settings: StreamSettings | None = None, clock: Clock | None = None,
-                run: Callable[..., Deferred[Any]] = run_now, directory: str = DIR) -> Stream:
+                run: Callable[..., Deferred[Any]] = run_now, directory: str = DIR,
+                boot: BootClock | None = None) -> Stream:
     """A :class:`Stream` opened synchronously (``run`` must be synchronous)."""
-    stream = Stream("s", directory, settings or StreamSettings(), files, run, clock or Clock())
+    stream = Stream("s", directory, settings or StreamSettings(), files, run, clock or Clock(), boot=boot)
     stream.open()
     return stream
 

@@ -329,6 +329,23 @@ class CountedOnceTests(SynchronousTestCase):
         self.assertEqual(again.steps, [(6, 3598.5), (9, 10.0)])
         self.assertEqual([again.stepped_since(seq) for seq in (5, 6, 8, 9)], [3608.5, 10.0, 10.0, 0.0])
 
+    def test_a_step_from_a_seq_on_and_the_clock_are_kept_as_an_older_gateway_reads_them(self) -> None:
+        """A step that moves the records from seq 4 on (those received on the clock before it)
+        is kept as two plain steps, which an older build (that knows no first seq) reads the
+        same; the clock the records were received on is one more key, which an older build
+        ignores, and a damaged one is not known (the ledger's losses stay)."""
+        ledger = LossLedger()
+        ledger.note_step(9, 3600.0, since=4)
+        ledger.note_clock("boot-1", 3600.5, 4)
+        saved = json.loads(ledger.dump())
+        self.assertEqual((saved["steps"], saved["clock"]), ([[4, -3600.0], [9, 3600.0]], ["boot-1", 3600.5, 4]))
+        again = LossLedger.load(ledger.dump())
+        self.assertEqual([again.stepped_since(seq) for seq in (3, 4, 8, 9)], [0.0, 3600.0, 3600.0, 0.0])
+        self.assertEqual(again.clock, ("boot-1", 3600.5, 4))
+        saved["clock"] = ["boot-1", "3600.5", 4]
+        damaged = LossLedger.load(json.dumps(saved).encode())
+        self.assertEqual((damaged.clock, damaged.unreadable, damaged.steps), (None, None, again.steps))
+
 
 class PassedOnceTests(SynchronousTestCase):
     """A record a link counts as lost as it passes it (skipped: ``over-cloud-limit``; refused:

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.clockstep import SteadyTimersReactor
+from gateway.clockstep import BootClock, SteadyTimersReactor
 from gateway.filelayer import OSFiles, move_into_place, write_temporary
 from gateway.journal.errors import JournalWriteError, RecordTooLargeError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
@@ -1864,6 +1864,61 @@ class ClockStepAgeTests(SynchronousTestCase):
         s.enforce_limits()
         self.assertEqual(s.stats().drops, {"max-age": 20})
         self.assertEqual(s.ledger.steps, [])
+
+    def _booted(self, files: PowerCutFiles, clock: SteppingClock, boot: str) -> Stream:
+        """The stream opened in boot ``boot``, whose clock is ``clock``'s steady one."""
+        return open_stream(files, StreamSettings(segment_bytes=10 * FRAME, max_age_s=100), clock,
+                           boot=BootClock(boot, clock.steady_seconds))
+
+    def test_a_step_after_a_reboot_moves_only_the_records_of_this_boot(self) -> None:
+        """A gateway without a real-time clock ran with its clock right, and buffered 5
+        records; the machine rebooted at 1970, the gateway buffered 5 more, and NTP stepped
+        the clock to the right time: only the 5 received at 1970 are moved by the step. The
+        first 5 were moved too (56 years into the future): ``oldest_age_s`` said 0 and
+        ``max_age_s`` would expire them in 56 years, and an HTTP link would send their times
+        56 years ahead (seen under libfaketime: 'oldest waiting 0s' a minute after NTP's step)."""
+        files, before = PowerCutFiles(), SteppingClock()
+        before.advance(1_800_000_000)
+        s = self._booted(files, before, "boot-1")
+        self._received(s, before, 1, 5)
+        self.successResultOf(s.close())
+        rebooted = SteppingClock()
+        rebooted.advance(600)  # (1970: ten minutes after the boot)
+        s = self._booted(files, rebooted, "boot-2")
+        self._received(s, rebooted, 6, 10)
+        rebooted.step(before.seconds() + 60 - rebooted.seconds())
+        self.assertAlmostEqual(s.snapshot().oldest_age_s, 60.0, delta=1.0)
+        self.assertEqual(s.received_now(1, 1_800_000_000.0), 1_800_000_000.0)
+        self.assertEqual(s.received_now(6, 600.0), 1_800_000_060.0)
+        rebooted.advance(0)  # (the ledger is written at the end of the turn)
+        self.successResultOf(s.close())
+        s = self._booted(files, rebooted, "boot-2")  # (the ledger keeps it: a restart counts alike)
+        self.assertAlmostEqual(s.snapshot().oldest_age_s, 60.0, delta=1.0)
+        self.assertEqual(s.received_now(6, 600.0), 1_800_000_060.0)
+
+    def test_a_step_moves_the_records_of_earlier_runs_on_the_same_clock(self) -> None:
+        """The gateway restarted at 1970 (same boot, the clock not stepped meanwhile): a step
+        NTP makes later moves the records of both runs, received on the same wrong clock; a
+        step made while it was stopped is not seen, and the records from before it stay as
+        they are when a later step comes."""
+        files, clock = PowerCutFiles(), SteppingClock()
+        clock.advance(600)
+        s = self._booted(files, clock, "boot-1")
+        self._received(s, clock, 1, 3)
+        self.successResultOf(s.close())
+        clock.advance(5)
+        s = self._booted(files, clock, "boot-1")
+        self._received(s, clock, 4, 6)
+        clock.step(1_800_000_000.0)
+        clock.advance(0)
+        self.assertEqual([s.received_now(seq, 600.0) for seq in (1, 4)], [1_800_000_600.0] * 2)
+        self.successResultOf(s.close())
+        clock.step(-3600.0)  # (while stopped: not seen)
+        s = self._booted(files, clock, "boot-1")
+        self._received(s, clock, 7, 8)
+        clock.step(7200.0)
+        self.assertEqual([s.received_now(seq, 600.0) for seq in (1, 4, 7)],
+                         [1_800_000_600.0, 1_800_000_600.0, 7800.0])
 
     def test_on_the_gateways_reactor(self) -> None:
         """The stream hears the steps of the reactor ``twistd gateway`` runs on
