@@ -44,7 +44,7 @@ def refusal(path: Path, state_dir: Path | None = None, then: str | None = "start
     :param then: what to do once it is set right (None: nothing said, the line ends with the
         command: a running service that tries again by itself).
     """
-    user = _user_name(os.geteuid())
+    user = user_name(os.geteuid())
     where = path
     while True:
         try:
@@ -59,7 +59,7 @@ def refusal(path: Path, state_dir: Path | None = None, then: str | None = "start
                                     f" give it to that user{_and(then)}")
     if state_dir is None:
         state_dir = next((above for above in where.parents if _exists(above / LOCK_FILE)), None)
-    owner = _user_name(info.st_uid)
+    owner = user_name(info.st_uid)
     if info.st_uid != os.geteuid():
         # (a file elsewhere, a key or a certificate a setting names: that one file alone)
         fix = f"chown {user}: {where}" if state_dir is None else f"chown -R {user}: {state_dir}"
@@ -131,7 +131,7 @@ def _and(then: str | None) -> str:
     return "" if then is None else f" and {then}"
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
     """The name of user ``uid``, or the number when it has none."""
     try:
         return pwd.getpwuid(uid).pw_name

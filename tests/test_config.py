@@ -1556,6 +1556,24 @@ class LoadCheckTests(SynchronousTestCase):
             f"      cert_file: {pki['client_cert']}\n      key_file: {pki['client_key']}\n"))
         self.assertEqual(loaded.links.links["ok"].ca_file, pki["ca"])
 
+    def test_link_cert_and_key_unreadable_are_both_said(self) -> None:
+        """A client certificate and key the gateway's user may not read (root's, mode 0600,
+        under the packaged gateway's user ``gateway``) were refused one after the other: the
+        key was read only once the certificate was, so fixing one showed the other. Both are
+        said at once, as every problem of a configuration is."""
+        from tests.tlscerts import make_pki
+        from tests.unreadable import refuse_reading
+
+        pki = make_pki(Path(self.mktemp()))
+        refuse_reading(self, Path(pki["client_cert"]))
+        refuse_reading(self, Path(pki["client_key"]))
+        path, lines = self.errors(
+            "links:\n  links:\n    a:\n      endpoint: 'tls:host=h:port=8883'\n"
+            f"      cert_file: {pki['client_cert']}\n      key_file: {pki['client_key']}\n")
+        self.assertEqual(lines, [
+            f"{path}: links.links.a.cert_file: cannot read '{pki['client_cert']}': Permission denied",
+            f"{path}: links.links.a.key_file: cannot read '{pki['client_key']}': Permission denied"])
+
     def test_links_topics(self) -> None:
         """The local topics of the links section and a link's will and loss topics must be topics."""
         path, lines = self.errors("links:\n  status_topic: 'edge/+/status'\n  links:\n    x:\n"

@@ -26,6 +26,8 @@ from gateway.clockstep import steady_seconds
 from gateway.logthrottle import LogThrottle
 from gateway.apps.settings import ProgramSettings
 from gateway.blocking import RunBlocking
+from gateway.shown import shown_repr
+from gateway.stateaccess import user_name
 
 log = Logger()
 
@@ -336,6 +338,10 @@ class ProgramProcess:
                  backoff_max: float = 60.0,
                  on_change: Callable[[ProgramProcess], None] | None = None) -> None:
         self.spec = spec
+        if spec.settings.user and os.getuid() != 0:  # (said once per program set up, not at each start)
+            log.warn("apps: {name} asks to run as user {user}, which only a gateway running as root switches to:"
+                     " it runs as the gateway's user {own}", name=spec.name, user=shown_repr(spec.settings.user),
+                     own=user_name(os.getuid()))
         self.state = ProgramState.STOPPED
         self.pid: int | None = None
         self.exitstatus: int | None = None

@@ -363,15 +363,19 @@ def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[s
         yield ("key_file",), "needs cert_file (the client certificate it belongs to)"
     if not settings.cert_file:
         return
+    cert = None
     data, problem = _read_pem(settings.cert_file)
     if problem:
         yield ("cert_file",), problem
-        return
-    try:
-        cert = x509.load_pem_x509_certificate(data or b"")
-    except ValueError:
-        yield ("cert_file",), f"no PEM certificate in {settings.cert_file!r}"
-        return
+    else:
+        try:
+            cert = x509.load_pem_x509_certificate(data or b"")
+        except ValueError:
+            yield ("cert_file",), f"no PEM certificate in {settings.cert_file!r}"
+    if cert is None and not settings.key_file:
+        return  # (the key would be in the certificate's file, already refused)
+    # A key_file of its own is checked even when the certificate is refused: both made root's
+    # alone (mode 0600, the packaged gateway runs as user gateway) are told at once.
     key_path, key_key = (settings.key_file, "key_file") if settings.key_file else (settings.cert_file, "cert_file")
     key_data, problem = _read_pem(key_path)
     if problem:
@@ -381,6 +385,8 @@ def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[s
         key = serialization.load_pem_private_key(key_data or b"", password=None)
     except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
         yield (key_key,), f"no usable PEM private key in {key_path!r}: {exc}"
+        return
+    if cert is None:
         return
     raw = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):

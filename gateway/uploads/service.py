@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from secrets import token_hex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, DeferredSemaphore, inlineCallbacks,
@@ -32,7 +32,7 @@ from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import RecordStore, StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
 from gateway.shown import escaped, shown
-from gateway.uploads import messages
+from gateway.uploads import messages, readaccess
 from gateway.uploads.diagnostics import BUNDLES_DIR, DiagnosticsBundle, remove_unnamed_bundles
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
 from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
@@ -56,16 +56,33 @@ MAX_UNANSWERED = 10
 ACTIVATION_FILE = "activation.json"
 
 
-def select_files(patterns: tuple[str, ...]) -> tuple[list[str], list[str]]:
+class Selection(NamedTuple):
+    """What a trigger's globs match (:func:`select_files`)."""
+
+    #: The files to upload: regular, readable by the gateway's user, their paths text.
+    files: list[str]
+    #: Files whose path is not text (:func:`name_problem` says why).
+    unnamed: list[str]
+    #: Files the gateway's user may not read, each with why (:func:`~gateway.uploads.readaccess.unreadable`).
+    unreadable: dict[str, str]
+    #: Globs with a directory the gateway's user may not look into, each with it (:func:`closed_directory`).
+    closed: dict[str, str]
+
+
+def select_files(patterns: tuple[str, ...]) -> Selection:
     """The regular files the globs match, sorted, each once (blocking): those whose path is
     text, and those whose path is not: a file named in Latin-1 on disk, or one named in UTF-8
     under a locale that is not UTF-8 (:func:`name_problem`). Its name reaches Python with the
     bytes it cannot decode as lone surrogates, which the request to the cloud, the upload's
-    record and an S3 key or blob name cannot hold."""
+    record and an S3 key or blob name cannot hold. Files the gateway's user may not read, and
+    the globs whose directory it may not look into (where :mod:`glob` sees nothing), are told
+    apart too, so that a trigger says so rather than ask the cloud for a file it cannot send."""
     found = {os.path.abspath(p) for pattern in patterns for p in glob.glob(pattern, recursive=True)}
     files = sorted(p for p in found if os.path.isfile(p))
     unnamed = [p for p in files if not _utf8(p)]
-    return [p for p in files if p not in unnamed], unnamed
+    unreadable = {p: why for p in files if p not in unnamed and (why := readaccess.unreadable(p)) is not None}
+    closed = {pattern: why for pattern in patterns if (why := readaccess.closed_directory(pattern)) is not None}
+    return Selection([p for p in files if p not in unnamed and p not in unreadable], unnamed, unreadable, closed)
 
 
 def _utf8(path: str) -> bool:
@@ -401,11 +418,17 @@ class UploadService(Service):
         busy = any(u.state == UploadState.UPLOADING for u in self.uploads.values())
         if self.settings.single_upload and options.get("force") != "true" and busy:
             raise UploadError("there is an ongoing upload - set the 'force' option to 'true' to force trigger the upload")
-        paths, unnamed = yield self.run_blocking(select_files, patterns)
+        selection: Selection = yield self.run_blocking(select_files, patterns)
+        paths, unnamed = selection.files, selection.unnamed
         problems = {path: name_problem(path) for path in unnamed}
         for path, (problem, advice) in problems.items():
             self.log.warn("upload {id} leaves out {path}: its name is {problem}{advice}",
                           id=cid, path=escaped(path), problem=problem, advice=advice)
+        for path, why in selection.unreadable.items():
+            self.log.warn("upload {id} leaves out {path}: {why}", id=cid, path=escaped(path), why=escaped(why))
+        for pattern, why in selection.closed.items():
+            self.log.warn("upload {id} cannot look for {pattern}: {why}", id=cid, pattern=escaped(pattern),
+                          why=escaped(why))
         temporary: set[str] = set()
         wants_bundle = options.get("upload.diagnostics", "").lower() == "true" or (
             self.settings.diagnostics and "upload.files" not in options)
@@ -419,7 +442,15 @@ class UploadService(Service):
             temporary.add(str(bundle))
         if not paths:
             kinds = " or ".join(sorted({problem for problem, _ in problems.values()}, key=str.lower))
-            left_out = f" ({len(unnamed)} left out: their names are {kinds})" if unnamed else ""
+            said = [f"{len(unnamed)} left out: their names are {kinds}"] if unnamed else []
+            if len(selection.unreadable) == 1:
+                [(path, why)] = selection.unreadable.items()
+                said.append(f"{escaped(path)}: {why}")
+            elif selection.unreadable:
+                said.append(f"{len(selection.unreadable)} left out: the gateway's user may not read them (the log"
+                            " names each)")
+            said += [escaped(why) for why in dict.fromkeys(selection.closed.values())]
+            left_out = f" ({'; '.join(said)})" if said else ""
             # (a glob the trigger named is repeated as an error repeats a request's words)
             globs = shown(patterns[0]) if "upload.files" in options else ", ".join(patterns)
             raise UploadError(f"no file matches {globs or 'the configured files (none)'}{left_out}")

@@ -25,6 +25,7 @@ from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
 from gateway.apps.supervisor import app_environment
 from gateway.filelayer import makedirs_durably
+from gateway.stateaccess import user_name
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
 from tests.test_filelayer import record_fsyncs
@@ -540,6 +541,7 @@ class ServiceTests(SynchronousTestCase):
         from tests.apps.packages import build_tarball
 
         self.patch(os, "getuid", lambda: 1000)
+        events = capture_log_events(self)
         service, reactor = self.boot()
         packages = Path(self.mktemp())
         packages.mkdir()
@@ -554,6 +556,11 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.last.command, ["serve"])
         self.assertEqual(reactor.last.env.get("HOME"), os.environ.get("HOME"))
         self.assertEqual(reactor.last.env.get("USER"), os.environ.get("USER"))
+        # ...and said, once (the install's start is no second line): it was silent, and the
+        # program, meant to run without the gateway's rights, ran with them unsaid.
+        lines = [formatEvent(e) for e in events if "asks to run as user" in e.get("log_format", "")]
+        self.assertEqual(lines, ["apps: q asks to run as user 'no-such-user-xyz', which only a gateway running as root"
+                                 f" switches to: it runs as the gateway's user {user_name(1000)}"])
 
     def test_spool_is_watched_not_polled(self) -> None:
         """The spool folder is created and watched with inotify (a reader on the reactor),

@@ -4,9 +4,12 @@ persisted then published, retries, changes, cancel, concurrency, resume after a 
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
+import pwd
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,6 +112,59 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("trigger", {"correlationId": "t2"})
         self.assertEqual((status, error["message"]),
                          (500, f"no file matches {self.dir}/*.log (1 left out: their names are not UTF-8)"))
+
+    def refuse_access(self, *refused: Path) -> None:
+        """Make ``os.access`` say no for ``refused``, as it does to the packaged gateway's user
+        (``gateway``) for a file root keeps to itself: the suite runs as root, whom no mode refuses."""
+        real_access = os.access
+
+        def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+            return Path(path) not in refused and real_access(path, mode, *args, **kwargs)
+
+        self.patch(os, "access", access)
+
+    def test_a_file_the_gateways_user_may_not_read_is_left_out_and_said_so(self) -> None:
+        """A file the gateway's user may not read (root's, mode 0600, under the packaged
+        gateway's user ``gateway``) was requested from the cloud all the same, and its upload
+        failed only once the cloud had answered; a trigger naming it alone was "PENDING". It is
+        now left out, with a warning naming it, its owner and mode; a trigger that matches only
+        it is refused, saying why."""
+        self.service.settings = replace(self.settings, mode="lax")
+        (self.dir / "b.log").chmod(0o600)
+        self.refuse_access(self.dir / "b.log")
+        events = capture_log_events(self)
+        requests = self.trigger()
+        self.assertEqual([r["options"]["file.path"] for r in requests], [str(self.dir / n) for n in ("a.log", "c.log")])
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        owner = pwd.getpwuid((self.dir / "b.log").stat().st_uid).pw_name
+        why = f"the gateway's user {user} may not read it (owner {owner}, mode 0600)"
+        [line] = [formatEvent(e) for e in events if "leaves out" in e.get("log_format", "")]
+        self.assertEqual(line, f"upload t1 leaves out {self.dir}/b.log: {why}")
+        status, error = self.handle("trigger", {"correlationId": "t2", "options": {"upload.files": str(self.dir / "b.log")}})
+        self.assertEqual((status, error["message"]), (500, f"no file matches {shown(str(self.dir / 'b.log'))} ({self.dir}/b.log: {why})"))
+        self.refuse_access(self.dir / "a.log", self.dir / "b.log", self.dir / "c.log")
+        status, error = self.handle("trigger", {"correlationId": "t3"})
+        self.assertEqual((status, error["message"]), (500, f"no file matches {self.dir}/*.log (3 left out: the gateway's"
+                                                           " user may not read them (the log names each))"))
+
+    def test_a_directory_the_gateways_user_may_not_look_into_is_named(self) -> None:
+        """A glob into a directory the gateway's user may not list (root's, mode 0700) matched
+        nothing, and the trigger was refused with "no file matches", as if the files were not
+        there. The refusal now names the directory, its owner and mode; so does a warning."""
+        self.service.settings = replace(self.settings, mode="lax")
+        self.dir.chmod(0o700)
+        self.addCleanup(self.dir.chmod, 0o755)
+        self.refuse_access(self.dir)
+        self.patch(glob, "glob", lambda pattern, recursive=False: [])  # (what glob sees there)
+        events = capture_log_events(self)
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        owner = pwd.getpwuid(self.dir.stat().st_uid).pw_name
+        why = f"the gateway's user {user} may not look into {self.dir} (owner {owner}, mode 0700)"
+        for cid, asked in (("t1", f"{self.dir}/*.log"), ("t2", f"{self.dir}/a.log")):
+            status, error = self.handle("trigger", {"correlationId": cid, "options": {"upload.files": asked}})
+            self.assertEqual((status, error["message"]), (500, f"no file matches {shown(asked)} ({why})"))
+            [line] = [formatEvent(e) for e in events if f"upload {cid} cannot look" in formatEvent(e)]
+            self.assertEqual(line, f"upload {cid} cannot look for {asked}: {why}")
 
     def test_a_utf8_name_the_locale_cannot_decode_is_not_called_not_utf8(self) -> None:
         """Under a locale that is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) a file named in
