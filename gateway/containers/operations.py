@@ -192,6 +192,32 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _reconcile(self) -> Any:
+        try:
+            found = yield self._clear_stale()
+        except RuntimeFailure as exc:
+            # (the apps listed as they were wished, waiting for it, would show so for ever)
+            self._list_unreached(f"{exc} (the gateway takes the container in hand again at app.start or its next start)")
+            raise
+        by_name = {s.name: s for s in found}
+        for name, deployed in sorted(self._state.apps.items()):
+            if self._closed:  # (the gateway stops while an image is pulled at its start)
+                return
+            try:
+                yield self._ensure(deployed, by_name.get(deployed.container_name))
+            except (RuntimeFailure, ImageError) as exc:
+                if self._closed:  # (its pull given up by the stop: the next start pulls it)
+                    return
+                log.error("containers: cannot run {name}: {error}", name=name, error=str(exc))
+                self._fail(deployed, str(exc))
+
+    @inlineCallbacks
+    def _clear_stale(self) -> Any:
+        """Stop again the gateway's containers whose stop was cut short, and remove those of
+        versions that are not current and of apps the gateway no longer has (reconcile's first
+        step).
+
+        :return: the containers left, as the runtime lists them.
+        """
         listed: list[ContainerState] = yield self._own_containers()
         found = []
         for state in listed:
@@ -218,17 +244,7 @@ class ContainerOperations:
             if deployed is None or state.name != deployed.container_name:
                 log.info("containers: removing {container}, not a current version", container=state.name)
                 yield self._runtime.remove(state.id)
-        by_name = {s.name: s for s in found}
-        for name, deployed in sorted(self._state.apps.items()):
-            if self._closed:  # (the gateway stops while an image is pulled at its start)
-                return
-            try:
-                yield self._ensure(deployed, by_name.get(deployed.container_name))
-            except (RuntimeFailure, ImageError) as exc:
-                if self._closed:  # (its pull given up by the stop: the next start pulls it)
-                    return
-                log.error("containers: cannot run {name}: {error}", name=name, error=str(exc))
-                self._fail(deployed, str(exc))
+        return found
 
     @inlineCallbacks
     def _ensure(self, deployed: Deployed, existing: ContainerState | None) -> Any:
@@ -308,6 +324,14 @@ class ContainerOperations:
             if name not in self._failed:
                 state, why = shown(deployed)
                 self._fail(deployed, why, state)
+
+    def _list_unreached(self, why: str) -> None:
+        """List FATAL, ``why``, the apps listed as they are wished (:meth:`_list_unseen`) that a
+        reconcile cut short never took in hand."""
+        for name, status in list(self._failed.items()):
+            deployed = self._state.apps.get(name)
+            if deployed is not None and not status.error and name not in self._supervisor.units:
+                self._fail(deployed, why)
 
     def _fail(self, deployed: Deployed, why: str, state: ProgramState = ProgramState.FATAL) -> None:
         """List ``deployed``, which has no unit (yet), as ``state`` (FATAL: it cannot be deployed, ``why``)."""

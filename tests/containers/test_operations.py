@@ -1388,6 +1388,30 @@ class OperationsTests(SynchronousTestCase):
         self.successResultOf(operations.start("app"))
         self.assertEqual(self.unit().state, ProgramState.RUNNING)
 
+    def test_a_failed_reconcile_lists_the_containers_it_did_not_reach_fatal_with_why(self) -> None:
+        """The runtime answers the event stream but refuses the list of containers that the
+        start's reconcile asks for (a podman that errs): the containers it never came to are
+        listed FATAL with the reason, not STARTING (or STOPPED) with none for ever, as if the
+        gateway were still about to take them in hand; ``app.start`` takes them in hand again."""
+        answers = iter([RuntimeFailure("podman answered 500: database is locked")])
+        listing = self.runtime.containers
+
+        def containers(label: str) -> Deferred[list[ContainerState]]:
+            failure = next(answers, None)
+            return fail(failure) if failure is not None else listing(label)
+        self.runtime.containers = containers  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0),
+                                    "quiet": ContainerDescription(image="reg:5000/app:1", autostart=False)})
+        why = "podman answered 500: database is locked"
+        self.assertEqual([(s.name, s.state) for s in operations.statuses()],
+                         [("app", ProgramState.FATAL), ("quiet", ProgramState.FATAL)])
+        self.assertTrue(all(why in s.error for s in operations.statuses()), operations.statuses())
+        self.assertIn(f"containers: cannot take the containers in hand: {why}", [formatEvent(e) for e in events])
+        self.successResultOf(operations.start("app"))
+        self.clock.advance(3)
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
+
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the
         read side, GET /apps, engine_report) carries the reason, not only the log."""
@@ -1569,3 +1593,4 @@ class NamesAcrossKindsTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(installing).ok)
         self.assertIsNone(self.apps.operations.registry.current("app"))
         self.assertFalse(self.apps.control.is_program("app"))
+
