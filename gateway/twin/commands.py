@@ -141,8 +141,8 @@ PLACEHOLDER = "_"
 
 def is_retrieve_of_things(command: Command) -> bool:
     """Whether ``command`` is Kanto's retrieve of several things (:data:`PLACEHOLDER` as the
-    topic's namespace or name)."""
-    return command.action == "retrieve" and PLACEHOLDER in (command.namespace, command.name)
+    topic's namespace and name: a thing of its own may have either, ``acme:_``)."""
+    return command.action == "retrieve" and command.namespace == command.name == PLACEHOLDER
 
 
 def thing_ids(command: Command) -> list[str]:

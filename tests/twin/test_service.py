@@ -313,6 +313,22 @@ class TwinServiceTests(SynchronousTestCase):
                              ("command//_:_/req//errors-response", 400, error), value)
         self.assertEqual(self.send({**kanto, "headers": {"response-required": False}}), [])
 
+    def test_a_thing_named_underscore_is_retrieved_as_itself(self) -> None:
+        """Only ``_/_`` (both the namespace and the name ``_``, as Kanto's placeholder) is the
+        retrieve of several things: a gateway whose device id (or tenant id) is ``_`` retrieves
+        its own thing at ``acme/_/things/twin/commands/retrieve``. It was refused 400
+        ``json.invalid`` (taken for a retrieve of several things without ``thingIds``)."""
+        self.successResultOf(self.twin.stopService())
+        for tenant, device in (("acme", "_"), ("_", "gw1")):
+            twin = TwinService(TwinSettings(), self.dir / f"{tenant}{device}", self.clock, self.bus, (tenant, device),
+                               run_now)
+            self.successResultOf(twin.startService())
+            root = f"{tenant}:{device}"
+            [(topic, response)] = self.send(command("retrieve", "/", thing=root))
+            self.assertEqual((response["status"], response["value"]),
+                             (200, {"thingId": root, "attributes": {}, "features": {}}), root)
+            self.successResultOf(twin.stopService())
+
     def test_where_answers_differ_from_kantos_as_docs_say(self) -> None:
         """docs/twin.md names where the answers differ from Kanto's local twins: an error's path
         is the command's (Kanto's is /), with no description and no content-type header, and a
