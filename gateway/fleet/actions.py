@@ -48,6 +48,8 @@ class FleetActions:
         self.log = log
         #: the action the last poll offered (its deploymentBase), "" when it offered none
         self.offered = ""
+        #: the action confirmed last (hawkBit's confirmation flow), "" before any
+        self.confirmed = ""
         #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
         self.resent: dict[str, None] = {}
         #: the actions left waiting for another deployment (logged once each): action -> its operation's id
@@ -98,6 +100,9 @@ class FleetActions:
         waits for the device's consent) and confirm the action: the gateway has no user to ask,
         as for a ``download: attempt``. The server offers its ``deploymentBase`` from then on.
 
+        :return: (the Deferred's result) whether the action is another than the one confirmed
+            last: one linked again (a server that did not take the confirmation in) is
+            confirmed again, but at the server's pace.
         :raises DDIError: for an answer that names no action (a failed poll).
         """
         body = yield self.ddi.get(href)
@@ -107,6 +112,8 @@ class FleetActions:
         yield self.ddi.confirm(str(action_id), ["confirmed by the gateway, which has no user to ask"])
         self.log.info("fleet action {action_id} confirmed (the server waited for the device's consent)",
                       action_id=str(action_id))
+        again, self.confirmed = self.confirmed == str(action_id), str(action_id)
+        return not again
 
     @inlineCallbacks
     def _start(self, deployment: Deployment) -> Any:

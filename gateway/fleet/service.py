@@ -247,8 +247,7 @@ class FleetService(Service):
                 yield self.actions.deploy(links["deploymentBase"])
             else:
                 self.actions.offered = ""
-                if "confirmationBase" in links:
-                    yield self.actions.confirm(links["confirmationBase"])
+                if "confirmationBase" in links and (yield self.actions.confirm(links["confirmationBase"])):
                     sleep = 0.0  # its deploymentBase comes with the next poll: as soon as min_poll_interval
             # (after the start or failed polls, the wait is respread over the interval)
             settled = self.record.succeeded()

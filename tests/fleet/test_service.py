@@ -937,6 +937,31 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.installer.archives, [ARCHIVE])
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
 
+    def test_an_action_still_waiting_for_confirmation_is_confirmed_again_at_the_servers_pace(self) -> None:
+        """A server that links the same action's ``confirmationBase`` again after its
+        confirmation (one that did not take it in, or keeps it waiting) has it confirmed again
+        at its own ``sleep``: only a newly confirmed action brings the next poll forward to
+        ``min_poll_interval``. The gateway confirmed it again every 10 s for as long as the
+        server kept it waiting, whatever the server's sleep (30 POSTs in 5 minutes)."""
+        self.server.deployment = deployment("12", FILES)
+        self.server.waiting_confirmation = True
+        self.server.sleep = "00:05:00"
+        render = self.server.render
+
+        def kept_waiting(request: Any) -> Any:
+            answer = render(request)
+            self.server.waiting_confirmation = True  # (the confirmation is not taken in)
+            return answer
+        self.server.render = kept_waiting  # type: ignore[method-assign]
+        self.start()
+        self.run_for(8)
+        self.run_for(20)  # (the poll at min_poll_interval after the first confirmation)
+        self.run_for(300)  # (the server's sleep)
+        confirmations = [a for k, a, _ in self.server.feedback if k == "confirmationBase"]
+        self.assertEqual(confirmations, ["12", "12", "12"])
+        self.run_for(300)
+        self.assertEqual(len([k for k, _, _ in self.server.feedback if k == "confirmationBase"]), 4)
+
     def test_a_confirmation_base_naming_no_action_fails_the_poll(self) -> None:
         """A ``confirmationBase`` answer without an action id is no action to confirm: the poll
         fails (logged, tried again after its backoff), nothing is confirmed."""
