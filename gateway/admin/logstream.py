@@ -12,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.apps.logs import last_lines, open_log, rotated_lead, tail_offset
+from gateway.apps.logs import last_lines, open_log, read_unrotated, rotated_lead, tail_offset
 
 log = Logger()
 
@@ -31,17 +31,20 @@ def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
     :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet) and
         was not rotated either.
     """
-    try:
-        with open_log(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            start = tail_offset(handle, size, lines)
-            handle.seek(start)
-            data = handle.read(size - start)
-    except FileNotFoundError:
-        data, start = b"", 0
-    # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1;
-    # a carriage return in them ends none, as in tail_bytes)
-    return last_lines(rotated_lead(path, lines, data) + data, lines), start + len(data)
+    def read() -> tuple[bytes, int]:
+        try:
+            with open_log(path) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                start = tail_offset(handle, size, lines)
+                handle.seek(start)
+                data = handle.read(size - start)
+        except FileNotFoundError:
+            data, start = b"", 0
+        # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1;
+        # a carriage return in them ends none, as in tail_bytes)
+        return last_lines(rotated_lead(path, lines, data) + data, lines), start + len(data)
+
+    return read_unrotated(path, read)
 
 
 def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:

@@ -16,7 +16,7 @@ import stat
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -207,8 +207,11 @@ def tail_bytes(path: Path, lines: int) -> bytes:
     :param path: the log file.
     :param lines: how many lines.
     """
-    data = _tail_bytes(path, lines, TAIL_MAX_BYTES)
-    return last_lines(rotated_lead(path, lines, data) + data, lines)
+    def read() -> bytes:
+        data = _tail_bytes(path, lines, TAIL_MAX_BYTES)
+        return rotated_lead(path, lines, data) + data
+
+    return last_lines(read_unrotated(path, read), lines)
 
 
 def last_lines(data: bytes, lines: int) -> bytes:
@@ -223,6 +226,34 @@ def last_lines(data: bytes, lines: int) -> bytes:
         if pos < 0:
             return data
     return data[pos + 1:]
+
+
+#: Reads of a log's tail made, at most, while the log is rotated under them (read_unrotated).
+TAIL_TRIES = 3
+
+_T = TypeVar("_T")
+
+
+def read_unrotated(path: Path, read: Callable[[], _T]) -> _T:
+    """``read()``, a read of the log ``path`` and then of its ``path.1`` (blocking), made again
+    when ``path`` was rotated meanwhile (a program writing fast: the writer's thread rotates
+    as another reads), up to :data:`TAIL_TRIES` times: the lines read in ``path`` were in
+    ``path.1`` then too, and would be shown twice."""
+    for _ in range(TAIL_TRIES - 1):
+        before = _identity(path)
+        result = read()
+        if _identity(path) == before:
+            return result
+    return read()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path`` (None when there is none)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def rotated_lead(path: Path, lines: int, data: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -296,6 +297,33 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail_bytes(self.dir / "r.log", 2), b"b\nc\r\n")
         self.assertEqual(tail_bytes(self.dir / "r.log", 3), b"a 1%\ra 99%\nb\nc\r\n")
         self.assertEqual(tail_to_end(self.dir / "r.log", 3), (b"a 1%\ra 99%\nb\nc\r\n", 3))
+
+    def test_a_log_rotated_while_its_tail_is_read_shows_no_line_twice(self) -> None:
+        """A log rotated between the read of its last lines and that of its ``.1`` (the writer's
+        thread rotates while a pool thread reads: a chatty program) is read again: its lines
+        were in both, shown twice, and ``logs?follow`` went on from an offset in a file no
+        longer there."""
+        from gateway.admin import logstream
+        from gateway.apps import logs
+
+        self.dir.mkdir()
+        path = self.dir / "r.log"
+        path.write_bytes(b"one\ntwo\n")
+        for module in (logs, logstream):
+            opened = module.open_log
+            rotations = [path]
+
+            def rotating(where: Path, opened: Any = opened) -> Any:
+                handle = opened(where)
+                if rotations and where == rotations.pop():  # (once: the writer rotates it now)
+                    os.replace(path, self.dir / "r.log.1")
+                    path.write_bytes(b"")
+                return handle
+            self.patch(module, "open_log", rotating)
+            read = tail_file(path, 5) if module is logs else tail_to_end(path, 5)
+            self.assertEqual(read, ["one", "two"] if module is logs else (b"one\ntwo\n", 0), module)
+            path.write_bytes(b"one\ntwo\n")
+            (self.dir / "r.log.1").unlink()
 
     def test_tail_looks_back_at_most_tail_max_bytes(self) -> None:
         """A log without line ends is not read whole: its last TAIL_MAX_BYTES are the line."""
