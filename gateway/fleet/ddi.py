@@ -184,8 +184,8 @@ class DDIClient:
         :param url: the full URL.
         :param body: a JSON-able body, or None.
         :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, an
-            answer over :data:`MAX_ANSWER` bytes (but a ``PUT`` or ``POST`` answered 2xx, whose
-            body is not needed, fires with None), or one that is not JSON.
+            answer over :data:`MAX_ANSWER` bytes, or one that is not JSON (but a ``PUT`` or
+            ``POST`` answered 2xx, whose body is not needed, fires with None).
         """
         d = self._turn.run(self._send, method, url, body)
 
@@ -266,6 +266,10 @@ class DDIClient:
         try:
             return jsontext.loads(content, strict=True)  # (a NaN, or one of two ids, was taken into state.json)
         except ValueError as error:
+            if method != "GET":
+                # taken in all the same (an "OK" answered to a confirmation failed the poll,
+                # though the server had it)
+                return None
             raise DDIError(f"{method} {url}: the answer is not JSON ({error})", response.code) from error
 
     def poll(self) -> Deferred[Any]:

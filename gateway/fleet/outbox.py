@@ -111,9 +111,7 @@ class FeedbackOutbox:
                 try:
                     yield self.ddi.feedback(feedback.kind, feedback.action_id, feedback.status, feedback.queued_at)
                 except DDIError as error:
-                    if error.code is not None and 200 <= error.code < 300:
-                        pass  # taken in; only the answer's body was not JSON
-                    elif not self.running():
+                    if not self.running():
                         return  # given up by the stop; kept in the outbox for the next start
                     elif refused_for_good(error):
                         self.dropped += 1

@@ -962,6 +962,27 @@ class FleetServiceTests(FleetHarness):
         self.run_for(300)
         self.assertEqual(len([k for k, _, _ in self.server.feedback if k == "confirmationBase"]), 4)
 
+    def test_a_confirmation_taken_in_with_an_answer_that_is_not_json_is_confirmed(self) -> None:
+        """A server that takes the confirmation in (2xx) but answers with a body that is not JSON
+        (``OK``, as a proxy or another DDI server may) has it confirmed: the deployment is
+        installed after min_poll_interval, as a feedback so answered is taken in. The poll
+        failed (logged, a backoff) although the server had the confirmation."""
+        events = capture_log_events(self)
+        self.server.deployment = deployment("12", FILES)
+        self.server.waiting_confirmation = True
+        self.server.sleep = "00:05:00"
+        render = self.server.render
+
+        def answering_ok(request: Any) -> Any:
+            answer = render(request)
+            return b"OK" if request.uri.split(b"?")[0].endswith(b"/confirmationBase/12/feedback") else answer
+        self.server.render = answering_ok  # type: ignore[method-assign]
+        self.start()
+        self.run_for(28)
+        self.assertEqual([a for k, a, _ in self.server.feedback if k == "confirmationBase"], ["12"])
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual([formatEvent(e) for e in events if "fleet poll failed" in formatEvent(e)], [])
+
     def test_a_confirmation_base_naming_no_action_fails_the_poll(self) -> None:
         """A ``confirmationBase`` answer without an action id is no action to confirm: the poll
         fails (logged, tried again after its backoff), nothing is confirmed."""
