@@ -56,7 +56,7 @@ class AppsInterfaceTests(SynchronousTestCase):
         code = {name: str(inspect.signature(getattr(AppOperations, name))).replace("self, ", "").replace("'", "")
                 for name in shown}
         self.assertEqual(shown, code)
-        self.assertEqual(len(shown), 8)
+        self.assertEqual(len(shown), 9)
 
     def test_the_results_fields_are_the_codes(self) -> None:
         """The fields apps.md lists for InstallResult and ProgramStatus are theirs, in order."""

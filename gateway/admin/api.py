@@ -354,7 +354,7 @@ class AdminApi:
         follow, stderr = json_flag(options, "follow"), json_flag(options, "stderr")
         # A HEAD has no body to go on with: its answer ends after the headers, as a tail's does.
         if not follow or request.method == b"HEAD":
-            tail = yield apps.tail(name, lines, stderr) if lines else b""
+            tail = yield apps.tail_bytes(name, lines, stderr) if lines else b""
             return Raw(tail, "text/plain; charset=utf-8")  # (the log's bytes as they are)
         path = apps.log_path(name, stderr)
         # Asked before the tail is read: a client that hangs up meanwhile is seen (twisted.web

@@ -86,7 +86,7 @@ class AppOperationsLike(Protocol):
     def status(self, name: str | None = None) -> list[Any]:
         """Program statuses (of one app or program)."""
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+    def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         """The last lines of a program's log, as they are."""
 
     def log_path(self, name: str, stderr: bool = False) -> Path:

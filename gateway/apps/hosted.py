@@ -37,7 +37,10 @@ class HostedKind(Protocol):
     def uninstall(self, name: str) -> Deferred[None]:
         """Remove it."""
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """Its log's last lines, as text."""
+
+    def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         """Its log's last lines, as they are."""
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
@@ -116,10 +119,16 @@ class AppsControl:
         kind = self._kind(name)
         return kind.uninstall(name) if kind is not None else self.operations.uninstall(name)
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
-        """The last lines of an app's or program's log, as they are."""
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of an app's or program's log, as text."""
         kind = self._kind(name)
         return kind.tail(name, lines, stderr) if kind is not None else self.operations.tail(name, lines, stderr)
+
+    def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+        """The last lines of an app's or program's log, as they are."""
+        kind = self._kind(name)
+        return (kind.tail_bytes(name, lines, stderr) if kind is not None
+                else self.operations.tail_bytes(name, lines, stderr))
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
         """The file an app's or program's stdout (or stderr) goes to, for following it."""

@@ -19,7 +19,7 @@ from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, App
                                  DesiredStateError, HealthCheckError, InstallError, ManifestError,
                                  PackageError, UnknownAppError)
 from gateway.apps.health import watch_health
-from gateway.apps.logs import remove_logs, tail_bytes, tail_file
+from gateway.apps.logs import log_lines, remove_logs, tail_bytes, tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
@@ -599,7 +599,16 @@ class AppOperations:
             raise UnknownAppError(f"{name!r} keeps no {which} log ({which}_logfile is NONE)")
         return path
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of a program's stdout log (or stderr log) as text, each without its
+        end, a byte that is no UTF-8 as U+FFFD (:func:`~gateway.apps.logs.log_lines` of
+        :meth:`tail_bytes`).
+
+        :param name: a program, or an app with one program.
+        """
+        return self.tail_bytes(name, lines, stderr).addCallback(log_lines, lines)
+
+    def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         """The last lines of a program's stdout log (or stderr log), as they are
         (:func:`~gateway.apps.logs.tail_bytes`), with every line of its output the gateway has
         received so far: what waits for the log writer's thread is written first.

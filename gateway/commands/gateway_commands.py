@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 
 from gateway import __version__
 from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, UnknownAppError
-from gateway.apps.logs import log_lines
 from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, Reply
 from gateway.commands.dropin import CheckOutcome
 from gateway.commands.reconfigure import ApplyResult
@@ -42,8 +41,8 @@ class AppControl(Protocol):
     def restart(self, name: str) -> Deferred[None]:
         """Restart an app."""
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
-        """The last lines of its log, as they are."""
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of its log."""
 
 
 class AppsView(Protocol):
@@ -218,9 +217,9 @@ class GatewayCommands:
         if not isinstance(stderr, bool):
             raise CommandError(400, "stderr: true or false")
 
-        def reply(tail: bytes) -> Reply:
+        def reply(tail: list[str]) -> Reply:
             fixed = len(json.dumps({"name": name, "lines": [], "truncated": False}))
-            kept, truncated = tail_within(log_lines(tail, lines), self.settings.logs_max_bytes, fixed)
+            kept, truncated = tail_within(tail, self.settings.logs_max_bytes, fixed)
             return Reply(200, {"name": name, "lines": kept, "truncated": truncated})
 
         return self._apps.tail(name, lines, stderr).addCallbacks(reply, _app_error)

@@ -167,7 +167,7 @@ class FakeApps:
         return [ProgramStatus(n, n, "1.2", s, 99 if s == ProgramState.RUNNING else None, 5, None, 0)
                 for n, s in self.states.items() if name in (None, n)]
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+    def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         try:
             path = self.log_path(name, stderr)
         except UnknownAppError as exc:

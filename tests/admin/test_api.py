@@ -127,7 +127,7 @@ class FakesTests(SynchronousTestCase):
         """AppOperations and UpdateService have the methods (and parameter names) the API calls."""
         import inspect
         for cls, protocol, names in ((AppOperations, AppOperationsLike,
-                                      ("install", "uninstall", "start", "stop", "restart", "status", "tail",
+                                      ("install", "uninstall", "start", "stop", "restart", "status", "tail_bytes",
                                        "log_path")),
                                      (UpdateService, UpdatesLike, ("handle_request",))):
             for name in names:

@@ -131,7 +131,7 @@ class InstallTests(TestCase):
         log = self.state / "apps" / "duo" / "1" / "helper.out"
         yield wait_until(lambda: log.exists() and b"hello" in log.read_bytes())
         lines = yield self.ops.tail("helper", 1)
-        self.assertEqual(lines, b"hello from supervisor.conf 1\n")
+        self.assertEqual(lines, ["hello from supervisor.conf 1"])
 
     @inlineCallbacks
     def test_uninstalling_a_program_of_an_app_names_the_app(self) -> None:

@@ -418,7 +418,7 @@ class ServiceTests(SynchronousTestCase):
         for target, data in queued:  # (the writer's thread gets to them)
             write_now(target, data)
         flushes[0].callback(None)
-        self.assertEqual(self.successResultOf(tail), b"sampling\nsent 12 values\n")
+        self.assertEqual(self.successResultOf(tail), ["sampling", "sent 12 values"])
 
     def test_engine_report(self) -> None:
         """engine_report has GWE's shape plus the gateway's own version."""

@@ -120,7 +120,7 @@ class RealProcessTests(TestCase):
         yield wait_until(lambda: (self.state / "logs/apps/echo.log").exists()
                          and b"two" in (self.state / "logs/apps/echo.log").read_bytes())
         lines = yield self.service.operations.tail("echo", 1)
-        self.assertEqual(lines, b"two\n")
+        self.assertEqual(lines, ["two"])
 
     @inlineCallbacks
     def test_runs_as_user(self) -> None:

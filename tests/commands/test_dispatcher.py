@@ -340,12 +340,12 @@ class FakeApps:
     def restart(self, name: str) -> Deferred[None]:
         return self._do("restart", name)
 
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
         if name == "ghost":
             return fail(UnknownAppError("no such log"))
         if name == "duo":
             return fail(AmbiguousProgramError("'duo' has several programs: name one"))
-        return succeed(b"".join(line.encode() + b"\n" for line in self.log[-lines:]))
+        return succeed(self.log[-lines:])
 
 
 class FakeChanger:

@@ -1465,8 +1465,8 @@ class OperationsTests(SynchronousTestCase):
         (logs / "app.err.log").write_text("complained before\n")
         operations = self.make({"app": ContainerDescription(image="reg:5000/app:9")})
         self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
-        self.assertEqual(self.successResultOf(operations.tail("app")), b"ran before\n")
-        self.assertEqual(self.successResultOf(operations.tail("app", stderr=True)), b"complained before\n")
+        self.assertEqual(self.successResultOf(operations.tail("app")), ["ran before"])
+        self.assertEqual(self.successResultOf(operations.tail("app", stderr=True)), ["complained before"])
         self.assertEqual((operations.log_path("app"), operations.log_path("app", stderr=True)),
                          (logs / "app.log", logs / "app.err.log"))
         self.failureResultOf(operations.tail("nope"), UnknownAppError)

@@ -116,7 +116,7 @@ class RealPodmanTests(TestCase):
         yield wait_until(lambda: out.exists() and b"hello from v1" in out.read_bytes()
                          and err.exists() and b"oops\n" in err.read_bytes())
         lines = yield self.apps.control.tail("hello", stderr=True)
-        self.assertEqual(lines, b"oops\n")
+        self.assertEqual(lines, ["oops"])
         [entry] = [e for e in engine_report(self.apps.snapshot())["apps"] if "hello" in e]
         report = entry["hello"]
         self.assertEqual((report["kind"], report["status"], report["version"], report["image"]),
