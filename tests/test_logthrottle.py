@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, not_published_since, refused_since, since_last_line
 
 
 class LogThrottleTests(SynchronousTestCase):
@@ -25,3 +25,21 @@ class LogThrottleTests(SynchronousTestCase):
         self.assertIsNone(lines.note(2))
         lines.reset()
         self.assertEqual(lines.note(), 1)
+
+
+class SinceLastLineTests(SynchronousTestCase):
+    """:func:`since_last_line`, the one end of every throttled line that counts its events."""
+
+    def test_the_first_line_counts_nothing_since_a_line_that_never_was(self) -> None:
+        """The first line of a kind (and the first after a quiet interval, which stands for its
+        own event alone) says only how often the line comes; it said "(1 refused since the last
+        such line; ...)" when there was no such line. A later line counts those it stands for."""
+        lines = LogThrottle(10.0, Clock().seconds)
+        first = lines.note()
+        assert first is not None
+        self.assertEqual(refused_since(first), "logged at most once every 10 s while they go on")
+        self.assertEqual(not_published_since(first), "logged at most once every 10 minutes until one is")
+        self.assertEqual(since_last_line(3, "refused", "logged at most once a minute"),
+                         "3 refused since the last such line; logged at most once a minute")
+        self.assertEqual(since_last_line(3, "", "logged at most once a minute"),
+                         "3 since the last such line; logged at most once a minute")

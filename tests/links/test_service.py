@@ -136,8 +136,8 @@ class ConnectionStatusTests(SynchronousTestCase):
         for _ in range(5):
             self.assertIsNone(links._thing_request(request))
         lines = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
-        self.assertEqual(lines, ["answer on edge/thing/response not published: the broker is not running (1 not"
-                                 " published since the last such line; logged at most once every 10 minutes until"
+        self.assertEqual(lines, ["answer on edge/thing/response not published: the broker is not running ("
+                                 "logged at most once every 10 minutes until"
                                  " one is)"])
         refusing[0] = False
         links._thing_request(request)
