@@ -23,6 +23,9 @@ class LogThrottle:
         self._now = now
         self._unlogged = 0
         self._logged_at = float("-inf")
+        #: whether the last line due is the first of its kind: none before it (or since
+        #: :meth:`reset`), so that it counts nothing "since the last such line".
+        self.first = False
 
     def note(self, events: int = 1) -> int | None:
         """Count ``events``; when a line is due, start a new interval and return how many
@@ -39,6 +42,7 @@ class LogThrottle:
         return self._taken(self._now())
 
     def _taken(self, now: float) -> int:
+        self.first = self._logged_at == float("-inf")
         count, self._unlogged, self._logged_at = self._unlogged, 0, now
         return count
 
@@ -64,7 +68,7 @@ def more_of_a_batch(count: int, batch: int) -> str:
     return f" (and {', and '.join(parts)})" if parts else ""
 
 
-def since_last_line(count: int, what: str, cadence: str) -> str:
+def since_last_line(count: int, what: str, cadence: str, first: bool = False) -> str:
     """The end of a throttled line (in its parentheses): how many events it stands for since the
     last such line, then ``cadence``, how often the line comes (``"3 refused since the last such
     line; logged at most once every 10 s while they go on"``). A line that stands for its own
@@ -75,9 +79,13 @@ def since_last_line(count: int, what: str, cadence: str) -> str:
     :param what: the events counted, as the count's noun or participle (``refused``,
         ``failed attempts``); ``""`` for the count alone.
     :param cadence: how often the line comes (``logged at most once a minute``).
+    :param first: the line is the first of its kind (:attr:`LogThrottle.first`), for a line of
+        events noted several at once: it counts them, not as since a line that never was.
     """
     if count <= 1:
         return cadence
+    if first:
+        return f"{count} {what}; {cadence}" if what else f"{count}; {cadence}"
     return f"{count} {what} since the last such line; {cadence}" if what else \
         f"{count} since the last such line; {cadence}"
 

@@ -43,3 +43,22 @@ class SinceLastLineTests(SynchronousTestCase):
                          "3 refused since the last such line; logged at most once a minute")
         self.assertEqual(since_last_line(3, "", "logged at most once a minute"),
                          "3 since the last such line; logged at most once a minute")
+
+    def test_a_first_line_of_several_events_counts_them_not_since_a_line(self) -> None:
+        """A first line that stands for several events noted at once (QoS 0 messages refused
+        together) counts them without "since the last such line" (:attr:`LogThrottle.first`);
+        the next line counts those since it; a :meth:`LogThrottle.reset` makes the next first."""
+        clock = Clock()
+        lines = LogThrottle(10.0, clock.seconds)
+        count = lines.note(3)
+        assert count is not None
+        self.assertEqual(since_last_line(count, "refused", "at most once every 10 s", lines.first),
+                         "3 refused; at most once every 10 s")
+        clock.advance(10)
+        count = lines.note(2)
+        assert count is not None
+        self.assertEqual(since_last_line(count, "refused", "at most once every 10 s", lines.first),
+                         "2 refused since the last such line; at most once every 10 s")
+        lines.reset()
+        lines.note(2)
+        self.assertTrue(lines.first)

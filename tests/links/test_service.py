@@ -308,12 +308,12 @@ class RefusedQoS0Tests(SynchronousTestCase):
             self.assertTrue(links.persist_many([(f"telemetry/{n}", b"x", 0, False)], done.append, unseen))
         self.assertEqual(len(done), 1000)  # (no longer waiting: the broker stops counting them)
         self.assertEqual(lines(), ["QoS 0 messages on telemetry/0 not journaled: journal stream 'link-cloud' is full "
-                                   "(min-free-disk); append rejected (refused since the last such line: 1)"])
+                                   "(min-free-disk); append rejected (logged at most once every 10 s while they go on)"])
         clock.advance(QOS0_REFUSED_LOG_INTERVAL)
         links.persist_many([("telemetry/a", b"x", 0, False), ("telemetry/b", b"x", 0, False)], done.append, unseen)
         self.assertEqual(lines()[1:], ["QoS 0 messages on telemetry/a not journaled: journal stream 'link-cloud' is "
-                                       "full (min-free-disk); append rejected (refused since the last such line: "
-                                       "1001)"])
+                                       "full (min-free-disk); append rejected (1001 refused since the last such line; "
+                                       "logged at most once every 10 s while they go on)"])
 
 
 class ReservedAppendTests(SynchronousTestCase):
