@@ -201,6 +201,10 @@ SECTIONS: dict[str, type | SectionParser] = {
     "uploads": UploadsSettings,
 }
 
+#: Unknown top-level keys from which a file where they are most of its keys counts as no
+#: configuration (:func:`_foreign_keys`): fewer are mistyped sections, each named.
+FOREIGN_KEYS = 3
+
 
 class _Origins:
     """Remembers which file set each key path, so an error names the right file."""
@@ -458,6 +462,20 @@ def dropin_files(main: Path, errors: list[str]) -> list[Path]:
         return []
 
 
+def _foreign_keys(path: Path, data: dict[str, Any], problems: list[str], foreign: set[Any]) -> None:
+    """When most of the top-level keys of ``path`` (``data``) are no section, and at least
+    :data:`FOREIGN_KEYS` are, the file is most likely another one named by mistake (secrets in
+    ``key: value`` form): one line says so, its keys not shown (a ``--check-config`` and every
+    start print the lines), and its unknown keys are added to ``foreign``, to get no line of
+    their own. A key or two mistyped in a configuration is named, as ever."""
+    unknown = [key for key in data if key not in SECTIONS]
+    if len(unknown) >= FOREIGN_KEYS and 2 * len(unknown) > len(data):
+        problems.append(f"{path}: <top>: this does not look like the gateway's configuration ({len(unknown)} of its"
+                        f" {len(data)} top-level keys are no section, not shown; the sections are"
+                        f" {', '.join(sorted(SECTIONS))})")
+        foreign.update(unknown)
+
+
 def load(path: Path | str | None = None) -> Config:
     """Read, merge and validate the configuration.
 
@@ -470,15 +488,18 @@ def load(path: Path | str | None = None) -> Config:
     origins = _Origins()
     data = read_yaml(main, problems)
     origins.record(data, str(main))
+    foreign: set[Any] = set()  # the unknown keys of files that are not configurations
+    _foreign_keys(main, data, problems, foreign)
     for dropin in dropin_files(main, problems):
         extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
+        _foreign_keys(dropin, extra, problems, foreign)
         data = merge(data, extra)
     errors = ErrorList(origins, data)
     errors.lines.extend(problems)
 
     for key in data:
-        if key not in SECTIONS:
+        if key not in SECTIONS and key not in foreign:
             errors.add((str(key),), f"unknown section (known: {', '.join(sorted(SECTIONS))})")
     sections: dict[str, Any] = {}
     for name, builder in SECTIONS.items():

@@ -404,14 +404,24 @@ class OSFiles:
             self.close(path)
 
 
-def makedirs_durably(path: str, mode: int = 0o777) -> None:
-    """Create directory ``path`` and its missing parents, and fsync the parent of each one
-    made, so that a power cut cannot take a directory (and every file in it, fsynced or not)
-    that the gateway went on to use. Blocks.
+#: The permissions of a directory the gateway makes, unless it names others: never writable
+#: by the group or by every user, whatever the process's umask (under ``umask 0`` a default of
+#: 0777 let every user put their own files in place of the gateway's).
+DIRECTORY_MODE = 0o755
+
+#: The permission bits a directory the gateway makes never has, whatever mode it is asked for.
+_NEVER = stat.S_IWGRP | stat.S_IWOTH
+
+
+def makedirs(path: str, mode: int = DIRECTORY_MODE) -> list[str]:
+    """Create directory ``path`` and its missing parents (as ``mkdir -p``), none of them
+    writable by the group or by every user whatever the umask (which may narrow them
+    further). Blocks.
 
     :param path: the directory.
-    :param mode: the permissions of ``path`` if made (its parents get the default), narrowed
-        by the umask.
+    :param mode: the permissions of ``path`` if made, less group and world write; its
+        parents get :data:`DIRECTORY_MODE`.
+    :return: the directories made, ``path`` first.
     :raises OSError: as :func:`os.makedirs` (a file in its place: ``FileExistsError``; one
         in a parent's place: ``NotADirectoryError``).
     """
@@ -424,12 +434,24 @@ def makedirs_durably(path: str, mode: int = 0o777) -> None:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
     for directory in reversed(made):
         try:
-            os.mkdir(directory, mode if directory == made[0] else 0o777)
+            os.mkdir(directory, (mode if directory == made[0] else DIRECTORY_MODE) & ~_NEVER)
         except FileExistsError:
             if not os.path.isdir(directory):
                 raise
+    return made
+
+
+def makedirs_durably(path: str, mode: int = DIRECTORY_MODE) -> None:
+    """Create directory ``path`` and its missing parents (:func:`makedirs`), and fsync the
+    parent of each one made, so that a power cut cannot take a directory (and every file in
+    it, fsynced or not) that the gateway went on to use. Blocks.
+
+    :param path: the directory.
+    :param mode: the permissions of ``path`` if made, as :func:`makedirs` gives them.
+    :raises OSError: as :func:`makedirs`.
+    """
     files = OSFiles()
-    for directory in made:
+    for directory in makedirs(path, mode):
         files.fsync_dir(os.path.dirname(directory))
 
 

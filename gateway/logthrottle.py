@@ -23,6 +23,9 @@ class LogThrottle:
         self._now = now
         self._unlogged = 0
         self._logged_at = float("-inf")
+        #: whether the last line due is the first of its kind: none before it (or since
+        #: :meth:`reset`), so that it counts nothing "since the last such line".
+        self.first = False
 
     def note(self, events: int = 1) -> int | None:
         """Count ``events``; when a line is due, start a new interval and return how many
@@ -39,6 +42,7 @@ class LogThrottle:
         return self._taken(self._now())
 
     def _taken(self, now: float) -> int:
+        self.first = self._logged_at == float("-inf")
         count, self._unlogged, self._logged_at = self._unlogged, 0, now
         return count
 
@@ -64,6 +68,28 @@ def more_of_a_batch(count: int, batch: int) -> str:
     return f" (and {', and '.join(parts)})" if parts else ""
 
 
+def since_last_line(count: int, what: str, cadence: str, first: bool = False) -> str:
+    """The end of a throttled line (in its parentheses): how many events it stands for since the
+    last such line, then ``cadence``, how often the line comes (``"3 refused since the last such
+    line; logged at most once every 10 s while they go on"``). A line that stands for its own
+    event alone (the first, or the first after a quiet interval: none was held back) says the
+    cadence only: it said "1 refused since the last such line" when there was no such line.
+
+    :param count: what :meth:`LogThrottle.note` returned for the line.
+    :param what: the events counted, as the count's noun or participle (``refused``,
+        ``failed attempts``); ``""`` for the count alone.
+    :param cadence: how often the line comes (``logged at most once a minute``).
+    :param first: the line is the first of its kind (:attr:`LogThrottle.first`), for a line of
+        events noted several at once: it counts them, not as since a line that never was.
+    """
+    if count <= 1:
+        return cadence
+    if first:
+        return f"{count} {what}; {cadence}" if what else f"{count}; {cadence}"
+    return f"{count} {what} since the last such line; {cadence}" if what else \
+        f"{count} since the last such line; {cadence}"
+
+
 #: Seconds between two log lines about the gateway's own messages the broker or the journal
 #: refused (a stream full for hours, a stopped broker), at least.
 NOT_PUBLISHED_LOG_INTERVAL = 600.0
@@ -71,12 +97,13 @@ NOT_PUBLISHED_LOG_INTERVAL = 600.0
 
 def not_published_since(count: int) -> str:
     """The end of a throttled "... not published: <why>" line: how many were not published
-    since the last such line, and how often the line comes while they go on being refused.
+    since the last such line, and how often the line comes while they go on being refused
+    (:func:`since_last_line`).
 
     :param count: what :meth:`LogThrottle.note` returned for the line.
     """
-    return (f"{count} not published since the last such line; logged at most once every"
-            f" {NOT_PUBLISHED_LOG_INTERVAL / 60:g} minutes until one is")
+    return since_last_line(count, "not published", f"logged at most once every {NOT_PUBLISHED_LOG_INTERVAL / 60:g}"
+                           " minutes until one is")
 
 
 #: Seconds between two log lines about what a local or cloud client sent that the gateway
@@ -87,9 +114,9 @@ REFUSED_LOG_INTERVAL = 10.0
 
 def refused_since(count: int) -> str:
     """The end of a throttled "... refused ..." line about what clients sent: how many were
-    refused since the last such line (this one included), and how often the line comes.
+    refused since the last such line (this one included), and how often the line comes
+    (:func:`since_last_line`).
 
     :param count: what :meth:`LogThrottle.note` returned for the line.
     """
-    return (f"{count} refused since the last such line; logged at most once every"
-            f" {REFUSED_LOG_INTERVAL:g} s while they go on")
+    return since_last_line(count, "refused", f"logged at most once every {REFUSED_LOG_INTERVAL:g} s while they go on")

@@ -30,7 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from gateway.clockstep import steady_seconds
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, since_last_line
 from gateway.operations.threads import daemon_pool
 
 #: Seconds a lookup may take, from when it is asked (waiting for a thread included): the
@@ -201,8 +201,8 @@ class PooledNameResolver:
             refused = self._refused_lines.note()
             if refused is not None:
                 self.log.warn("DNS lookup for {host} refused: {pending} lookups are already under way (DNS"
-                              " does not answer?); {refused} refused since the last such line, logged at"
-                              " most once a minute", host=hostName, pending=self.pending, refused=refused)
+                              " does not answer?); {since}", host=hostName, pending=self.pending,
+                              since=since_last_line(refused, "refused", "logged at most once a minute"))
             finish(f"DNS lookup for {hostName} not started: {self.pending} lookups are already under way"
                    " (is DNS down?)")
             return resolution

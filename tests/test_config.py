@@ -63,6 +63,28 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn(f"{path}: gateway.device_id: must be a string", joined)
         self.assertIn(f"{path}: bogus: unknown section", joined)
 
+    def test_a_file_of_other_keys_is_told_by_their_count_not_quoted(self) -> None:
+        """A YAML mapping that is no configuration (secrets in ``key: value`` form, named by
+        mistake as the configuration or dropped in conf.d) is one line counting its unknown
+        keys, none quoted: each was quoted as an "unknown section", into the log at every start.
+        A configuration with a mistyped section or two still names each."""
+        secrets = "".join(f"db_password_{n}: hunter{n}\n" for n in range(5))
+        path = self.write(secrets + "gateway:\n  device_id: gw-1\n")
+        lines = self.errors(path)
+        self.assertEqual(lines, [f"{path}: <top>: this does not look like the gateway's configuration (5 of its 6"
+                                 f" top-level keys are no section, not shown; the sections are"
+                                 f" {', '.join(sorted(config.SECTIONS))})"])
+        self.write("gateway:\n  device_id: gw-1\n")
+        self.write(secrets, "conf.d/50-secrets.yaml")
+        [line] = self.errors(path)
+        self.assertTrue(line.startswith(f"{self.dir / 'conf.d' / '50-secrets.yaml'}: <top>: this does not look like"
+                                        " the gateway's configuration (5 of its 5 top-level keys"), line)
+        self.assertNotIn("db_password", line)
+        (self.dir / "conf.d" / "50-secrets.yaml").unlink()
+        self.write("gateway:\n  device_id: gw-1\nbrokr: {}\nlnks: {}\n")
+        self.assertEqual([line.split(" (known")[0] for line in self.errors(path)],
+                         [f"{path}: brokr: unknown section", f"{path}: lnks: unknown section"])
+
     def test_missing_file(self) -> None:
         """A config file that is not there is named in the error."""
         lines = self.errors(Path(self.mktemp()) / "nope.yaml")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import filelayer
-from gateway.filelayer import MIN_FREE_INODES, OSFiles, makedirs_durably, set_aside, write_atomic
+from gateway.filelayer import MIN_FREE_INODES, OSFiles, makedirs, makedirs_durably, set_aside, write_atomic
 from tests.journal.powercut import PowerCutFiles
 
 
@@ -141,6 +141,23 @@ class MakedirsDurablyTests(SynchronousTestCase):
             pass
         self.assertRaises(FileExistsError, makedirs_durably, os.path.join(base, "file"))
         self.assertRaises(NotADirectoryError, makedirs_durably, os.path.join(base, "file", "below"))
+
+    def test_no_directory_it_makes_is_writable_by_others_whatever_the_umask(self) -> None:
+        """Under ``umask 0`` the parents it makes are 0755 and the directory the mode asked for,
+        less group and world write (a state_dir's parents were 0777: every user could rename the
+        state directory away and put their own in its place); :func:`makedirs` (the directories
+        made without fsync: sockets', spools', logs') does the same and says what it made."""
+        self.addCleanup(os.umask, os.umask(0))
+        base = os.path.abspath(self.mktemp())
+        state = os.path.join(base, "lib", "state")
+        makedirs_durably(state, 0o750)
+        self.assertEqual([stat.S_IMODE(os.stat(path).st_mode) for path in (base, os.path.dirname(state), state)],
+                         [0o755, 0o755, 0o750])
+        spool = os.path.join(base, "run", "spool")
+        self.assertEqual(makedirs(spool, 0o777), [spool, os.path.dirname(spool)])
+        self.assertEqual([stat.S_IMODE(os.stat(path).st_mode) for path in (os.path.dirname(spool), spool)],
+                         [0o755, 0o755])
+        self.assertEqual(makedirs(spool), [])
 
 
 class WriteAtomicTests(SynchronousTestCase):

@@ -21,6 +21,7 @@ from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChanger
 from gateway.asciidigits import ascii_digits
 from gateway.clockstep import steady_seconds
 from gateway.commands.settings import CONFIRM_WINDOW_RANGE
+from gateway.filelayer import makedirs
 from gateway.readside import to_jsonable
 from gateway.shown import shown_repr
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
@@ -300,7 +301,7 @@ class AdminApi:
         content = request.content
 
         def place() -> Path:
-            self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            makedirs(str(self.spool_dir), 0o700)
             directory = Path(tempfile.mkdtemp(dir=self.spool_dir, prefix=".install-"))
             target = directory / filename
             try:

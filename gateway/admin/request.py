@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from gateway.admin.router import bearer
+from gateway.filelayer import makedirs
 
 log = Logger()
 
@@ -82,7 +83,7 @@ class BoundedRequest(Request):
         content: IO[bytes] = io.BytesIO()
         if not (self.body_too_large or self.body_dropped or (length is not None and length <= IN_MEMORY)):
             try:
-                self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                makedirs(str(self.spool_dir), 0o700)
                 content = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix=".body-")
             except OSError:  # a read-only or failed disk: the body is read and dropped, answered 500
                 failure = Failure()

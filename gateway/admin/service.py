@@ -22,6 +22,7 @@ from gateway.admin.interfaces import Backends
 from gateway.blocking import in_reactor_threads
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
+from gateway.filelayer import makedirs
 from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
 from gateway.admin.token import load_or_create_token
@@ -166,7 +167,7 @@ class AdminService(Service):
         if not self.settings.enabled:
             self.log.info("admin API disabled (admin.enabled: false)")
             return
-        yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
+        yield self.blocking(lambda: makedirs(str(self.socket.parent), 0o750))
         lock = f"{self.socket}.lock"
         if (yield self.blocking(lambda: clear_stale_lock(self.socket, _HELD_LOCKS))):
             self.log.info("removed the stale lock {lock} (and socket) of a gateway that is gone", lock=lock)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.apps.errors import UnsafeArchiveError
-from gateway.filelayer import makedirs_durably, sync_tree
+from gateway.filelayer import DIRECTORY_MODE, makedirs_durably, sync_tree
 
 MAX_MANIFEST_BYTES = 64 * 1024
 #: Why a file that no tar reader opens (plain tar, gzip, bzip2, xz) is refused.
@@ -242,7 +242,7 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path, sync: boo
     # (an app's first version makes ``apps/<name>`` too: fsynced in ``apps`` at once; ``dest``
     # is fsynced with its contents below, or by the caller)
     makedirs_durably(str(dest.parent))
-    dest.mkdir()
+    dest.mkdir(DIRECTORY_MODE)
     with _open_tar(path) as tar:
         selected = []
         for member in tar.getmembers():

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gateway.asciidigits import ascii_digits
+from gateway.filelayer import makedirs
 from gateway.stateaccess import is_permission_error, refusal
 
 log = Logger()
@@ -78,7 +79,7 @@ class RotatingLog:
         return True
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(str(self.path.parent))
         # (O_NONBLOCK: a named pipe at the path, with no reader or a slow one, must not hold the
         # writer's thread for ever; a regular file ignores it)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)

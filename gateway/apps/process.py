@@ -23,7 +23,7 @@ from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.restarts import CrashLoopLog, RestartSchedule
 from gateway.clockstep import steady_seconds
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, since_last_line
 from gateway.apps.settings import ProgramSettings
 from gateway.blocking import RunBlocking
 from gateway.shown import shown_repr
@@ -680,10 +680,10 @@ class ProgramProcess:
         self._shortages += 1
         count = self._shortage_lines.note()
         if count is not None:
-            since = "" if count == 1 else f"; {count} failed spawns since the last such line"
             log.error("apps: cannot spawn {name}: {error} (the gateway's own shortage: tried again until it passes,"
-                      " every {most:g} s at most; logged at most once a minute{since})", name=self.spec.name,
-                      error=why, most=self._schedule.maximum, since=since)
+                      " every {most:g} s at most; {since})", name=self.spec.name, error=why,
+                      most=self._schedule.maximum, since=since_last_line(count, "failed spawns",
+                                                                         "logged at most once a minute"))
         self.error = f"cannot spawn: {why} (the gateway's own shortage: tried again until it passes)"
         self._set_state(ProgramState.BACKOFF)
         if self.state is ProgramState.BACKOFF:  # (not stopped by an observer of that change)

@@ -56,7 +56,7 @@ from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MA
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.clockstep import steady_seconds, watch_steps
-from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since, since_last_line
 from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
 from gateway.mqtt.topics import topic_for_log
 from gateway.shown import shown_repr
@@ -263,10 +263,9 @@ class GatewayBroker(Router[SessionHandler]):
         self.refused += 1
         count = self._refusal_lines.note()
         if count is not None:
-            self.log.warn("refusing client {client_id!r}{user} from {address}: {reason} (CONNACK {code}; {count} "
-                          "refused since the last such line)", client_id=client_id,
-                          user="" if username is None else f" (user {shown_repr(username)})",
-                          address=connection.peer_text(), reason=reason, code=code, count=count)
+            self.log.warn("refusing client {client_id!r}{user} from {address}: {reason} (CONNACK {code}; {since})",
+                          client_id=client_id, user="" if username is None else f" (user {shown_repr(username)})",
+                          address=connection.peer_text(), reason=reason, code=code, since=refused_since(count))
         connection.refuse(code)
 
     # -- the end of a connection ---------------------------------------------------------------------
@@ -310,10 +309,10 @@ class GatewayBroker(Router[SessionHandler]):
         self.dollar_publishes_dropped += 1
         count = self._dollar_lines.note()
         if count is not None:
-            self.log.warn("dropping {what} of {client_id!r} to {topic}: clients do not publish to $ topics ({count}"
-                          " dropped since the last such line; logged at most once every {interval:g} s while they"
-                          " go on)", what=what, client_id=client_id, topic=topic_for_log(topic), count=count,
-                          interval=REFUSED_LOG_INTERVAL)
+            self.log.warn("dropping {what} of {client_id!r} to {topic}: clients do not publish to $ topics ({since})",
+                          what=what, client_id=client_id, topic=topic_for_log(topic),
+                          since=since_last_line(count, "dropped", f"logged at most once every {REFUSED_LOG_INTERVAL:g}"
+                                                " s while they go on"))
 
     def publish_will(self, session: ClientSession, will: Will) -> None:
         """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping
 
 from twisted.logger import Logger
 
-from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
 from gateway.mqtt.topics import too_deep, topic_for_log
 
 #: ``max_topic_levels`` when the config names none (one level under mosquitto's fixed
@@ -74,9 +74,9 @@ class SubscriptionLimits:
     def _refused(self, client_id: str, topic_filter: str, reason: str) -> None:
         count = self._lines.note()
         if count is not None:
-            self.log.warn("refusing the subscription of {client_id!r} to {filter}: {reason} (SUBACK 0x80; {count} "
-                          "refused since the last such line)", client_id=client_id,
-                          filter=topic_for_log(topic_filter), reason=reason, count=count)
+            self.log.warn("refusing the subscription of {client_id!r} to {filter}: {reason} (SUBACK 0x80; {since})",
+                          client_id=client_id, filter=topic_for_log(topic_filter), reason=reason,
+                          since=refused_since(count))
 
     def warn_restored(self, filters_by_client: Mapping[str, Mapping[str, None]], retained: Iterable[str]) -> None:
         """Log once what restored state holds over the bounds (a checkpoint or state log written

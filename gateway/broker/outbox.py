@@ -282,11 +282,13 @@ class QueuePolicy:
             self.on_total_drop()
         lines = self._total_lines.note(count)
         if lines is not None:
+            # (the first line's drops are all there were: no "since the last such line" then)
+            since = f"{lines} dropped since the last such line, " if lines < self.total_drops else ""
             self.log.warn("the persistent sessions' queues hold {total} bytes, max_queued_bytes_total is {max_total}:"
-                          " dropping their oldest messages (now from {client_id!r}; {count} dropped since the last "
-                          "such line, {all} in all; logged at most once every {interval:.0f} s while they go on)",
+                          " dropping their oldest messages (now from {client_id!r}; {since}{all} in all; logged at"
+                          " most once every {interval:.0f} s while they go on)",
                           total=self.total + incoming, max_total=self.max_total, client_id=victim.client_id,
-                          count=lines, all=self.total_drops, interval=self.log_interval)
+                          since=since, all=self.total_drops, interval=self.log_interval)
 
 
 class Outbox:

@@ -25,6 +25,7 @@ from gateway.clockstep import steady_seconds
 from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.runtime import ContainerRuntime
 from gateway.errors import AppError
+from gateway.filelayer import makedirs
 from gateway.unixsocket import listened_on
 
 log = Logger()
@@ -74,7 +75,7 @@ class PodmanService:
         :raises RuntimeUnavailable: when it does not answer in ``ready_timeout`` seconds.
         :raises AppError: when a process listens on the socket already.
         """
-        self._socket.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(str(self._socket.parent))
         if listened_on(self._socket):
             raise AppError(f"containers: a process listens on podman's socket {self._socket} already (another"
                            " gateway's podman service, or systemd's podman.socket): give each gateway its own"

@@ -24,7 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.fleet.ddi import DDIClient, DDIError, refused_for_good
 from gateway.fleet.pacing import RequestPacing
 from gateway.fleet.state import Feedback, FleetState
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, since_last_line
 from gateway.updates.operation import Status
 
 #: Seconds between two log lines about feedback the server did not take, at least (it is sent
@@ -145,7 +145,6 @@ class FeedbackOutbox:
         self._retry_at = steady_seconds(self.clock) + self.pacing.backoff(self._failures)
         count = self._lines.note()
         if count is not None:
-            self.log.warn("fleet feedback not accepted, kept for later ({count} since the last such"
-                          " line; logged at most once every {interval:g} minutes until one is"
-                          " accepted): {error}", count=count, interval=FEEDBACK_LOG_INTERVAL / 60,
-                          error=str(error))
+            self.log.warn("fleet feedback not accepted, kept for later ({since}): {error}", error=str(error),
+                          since=since_last_line(count, "", f"logged at most once every {FEEDBACK_LOG_INTERVAL / 60:g}"
+                                                " minutes until one is accepted"))

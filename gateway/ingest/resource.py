@@ -33,7 +33,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
 from gateway.journal.errors import RecordTooLargeError
 from gateway.journal.stream import Clock
-from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle
+from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since
 from gateway.shown import shown_repr
 
 if TYPE_CHECKING:  # the site that renders imports twisted.web.server, an idle gateway does not
@@ -181,8 +181,8 @@ class DeviceAPIResource(Resource):
                 self.stats.refused += 1
                 count = self._refusal_lines.note()
                 if count is not None:  # an app writes on to a full journal: one line per interval
-                    self.log.warn("ingest: write refused: {error} ({count} refused since the last such line)",
-                                  error=failure.getErrorMessage(), count=count)
+                    self.log.warn("ingest: write refused: {error} ({since})", error=failure.getErrorMessage(),
+                                  since=refused_since(count))
                 result = (503, f"not stored: {failure.getErrorMessage()}\n".encode(),
                           {"retry-after": str(self.settings.retry_after)})
             else:

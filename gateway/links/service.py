@@ -34,7 +34,7 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import timestamp_headers
-from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since, since_last_line
 from gateway.mqtt.topics import topic_for_log
 from gateway.proxysettings import ProxySettings
 
@@ -405,8 +405,10 @@ class LinksService(Service):
         line counting the messages refused since the last one."""
         count = self._qos0_refused_lines.note(messages)
         if count is not None:
-            self.log.warn("QoS 0 messages on {topic} not journaled: {error} (refused since the last such line: {count})",
-                          topic=topic_for_log(topic), error=error, count=count)
+            self.log.warn("QoS 0 messages on {topic} not journaled: {error} ({since})", topic=topic_for_log(topic),
+                          error=error, since=since_last_line(
+                              count, "refused", f"logged at most once every {QOS0_REFUSED_LOG_INTERVAL:g} s while they"
+                              " go on", self._qos0_refused_lines.first))
 
     def _refuse(self, messages: Sequence[LocalMessage], on_failed: Callable[[Failure], object]) -> bool:
         """Refuse what comes after the stop: a failure for QoS 1/2, a warning for routed QoS 0."""

@@ -129,10 +129,11 @@ def record_end_late(store: RecordStore[Any], run_blocking: Callable[..., Deferre
     :param record: the ended record.
     :param log: the service's logger, for the warning.
     :param what: what a record is of, for the warning (``upload``).
+    :return: (a Deferred firing with) whether the end was written.
     """
     try:
         yield run_blocking(store.save, record)
-        return
+        return True
     except OSError:
         pass
     try:
@@ -140,6 +141,7 @@ def record_end_late(store: RecordStore[Any], run_blocking: Callable[..., Deferre
     except OSError as error:
         log.warn("{what} {id}: its record can be neither written nor removed ({error}): the next start resumes it",
                  what=what, id=record.correlation_id, error=error)
+    return False
 
 
 class StaleRecords:

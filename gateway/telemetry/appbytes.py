@@ -39,6 +39,7 @@ from gateway.apps.launch import CgroupJoin
 from gateway.blocking import RunBlocking, in_reactor_threads
 from gateway.cgroupmembership import read_cgroups, unified_path
 from gateway.degraded import Failing
+from gateway.filelayer import makedirs
 from gateway.telemetry.snapshot import AccountingSnapshot
 
 #: nft resolves ``socket cgroupv2`` paths under this directory.
@@ -234,7 +235,7 @@ class NftAccounting:
             failure.trap(OSError)
             log.error("apps: bytes of {app} will not be counted: {error}", app=app, error=failure.getErrorMessage())
 
-        making = self._blocking(lambda: directory.mkdir(parents=True, exist_ok=True))
+        making = self._blocking(lambda: makedirs(str(directory)))
         return making.addCallbacks(made, not_made)
 
     def counters(self, apps: tuple[str, ...]) -> Deferred[dict[str, Any]]:

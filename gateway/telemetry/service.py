@@ -18,7 +18,8 @@ from gateway import __version__, jsontext
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.journal.errors import RecordTooLargeError
-from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, refused_since
+from gateway.logthrottle import (NOT_PUBLISHED_LOG_INTERVAL, REFUSED_LOG_INTERVAL, LogThrottle, refused_since,
+                                 since_last_line)
 from gateway.payloadlimits import too_large
 from gateway.readside import ReadSide
 from gateway.shown import SHOWN_CHARS, shown
@@ -357,10 +358,10 @@ class TelemetryService(Service):
         def refused(failure: Failure) -> Failure:
             count = self._not_published_lines.note()
             if count is not None:
-                self.log.warn("report {name} not published: {error} ({count} report{s} not published since the last"
-                              " such line; logged at most once every {interval:g} minutes until one is)", name=name,
-                              error=failure.getErrorMessage(), count=count, s="" if count == 1 else "s",
-                              interval=NOT_PUBLISHED_LOG_INTERVAL / 60)
+                self.log.warn("report {name} not published: {error} ({since})", name=name,
+                              error=failure.getErrorMessage(), since=since_last_line(
+                                  count, "reports not published", f"logged at most once every"
+                                  f" {NOT_PUBLISHED_LOG_INTERVAL / 60:g} minutes until one is"))
             error = ReportTooLarge if failure.check(RecordTooLargeError) else ReportNotPublished
             return Failure(error(f"report {name} was built but not published: {failure.getErrorMessage()}"))
 

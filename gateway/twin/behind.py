@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import read_json, set_aside, write_json_atomically
 from gateway.blocking import RunBlocking
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, since_last_line
 from gateway.twin import behindlog
 from gateway.twin.behindlog import BehindMark, Replayed, valid_mark
 
@@ -213,6 +213,6 @@ class BehindFile:
     def _failed(self, path: Path, error: str) -> None:
         count = self._failure_lines.note()
         if count is not None:
-            self.log.error("twin: writing {path} failed ({count} since the last such line; logged at most"
-                           " once a minute): {error}; written again with the next change or catch-up",
-                           path=str(path), count=count, error=error)
+            self.log.error("twin: writing {path} failed ({since}): {error}; written again with the next change or"
+                           " catch-up", path=str(path), error=error,
+                           since=since_last_line(count, "", "logged at most once a minute"))

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from gateway.clockstep import steady_seconds
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, since_last_line
 from gateway.operations.retry import lazy_backoff
 from gateway.twin import shadows
 from gateway.twin.document import MISSING, compose
@@ -171,11 +171,12 @@ class ShadowRequests:
         count = self._unanswered_lines.note()
         if count is not None:
             self.log.warn("shadow {shadow}: no answer to request {token} within {timeout:g} s; sending it again"
-                          " ({count} unanswered since the last such line; logged at most once every {interval:g}"
-                          " minutes until one is answered in time): does the cloud serve the shadows of {thing},"
-                          " and does its policy let this client use their topics?",
+                          " ({since}): does the cloud serve the shadows of {thing}, and does its policy let this"
+                          " client use their topics?",
                           shadow=shadows.shown_shadow(request.shadow), token=token, timeout=self.settings.request_timeout,
-                          count=count, interval=UNANSWERED_LOG_INTERVAL / 60, thing=self.thing)
+                          thing=self.thing, since=since_last_line(
+                              count, "unanswered", f"logged at most once every {UNANSWERED_LOG_INTERVAL / 60:g}"
+                              " minutes until one is answered in time"))
         self.busy.discard(request.shadow)
         self.again(request.shadow, request.kind == "get")
 

@@ -15,7 +15,7 @@ from gateway.clockstep import steady_seconds
 from gateway.errors import JournalError
 from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
 from gateway.links.stream import LinkStream
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import LogThrottle, since_last_line
 
 #: The cursor the sync reads its stream with.
 CURSOR = "shadow"
@@ -85,9 +85,9 @@ class ShadowStreamReader:
         count = self._read_retry.failed()
         if count is not None:
             if failure.check(OSError, JournalError):
-                self.log.error("reading the shadow stream failed ({count} since the last such line; tried again every"
-                               " {interval:g} s, logged at most once a minute): {error}", count=count,
-                               interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
+                self.log.error("reading the shadow stream failed ({since}): {error}", error=failure.getErrorMessage(),
+                               since=since_last_line(count, "", f"tried again every {READ_RETRY_INTERVAL:g} s,"
+                                                     " logged at most once a minute"))
             else:
                 self.log.failure("reading the shadow stream failed", failure)
 
@@ -167,6 +167,6 @@ class ShadowStreamReader:
             return
         count = self._cursor_failure_lines.note()
         if count is not None:
-            self.log.error("shadow cursor not saved ({count} since the last such line; logged at most once a minute):"
-                           " {error}; saved with the next request accepted", count=count,
+            self.log.error("shadow cursor not saved ({since}): {error}; saved with the next request accepted",
+                           since=since_last_line(count, "", "logged at most once a minute"),
                            error=failure.getErrorMessage())

@@ -21,7 +21,7 @@ from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProcessLauncher
 from gateway.atomic import fsync_directory, read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
-from gateway.filelayer import makedirs_durably
+from gateway.filelayer import makedirs, makedirs_durably
 from gateway.namewatch import NameWatch, inotify_maker
 from gateway.shown import shown_repr
 from gateway.updates.errors import InstallError
@@ -433,7 +433,7 @@ class ModuleInstaller:
 
 def _write_request(request: Path, content: dict[str, Any]) -> None:
     """Write the request ``gateway-selfupdate.path`` watches, its folder made first (blocking)."""
-    request.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(str(request.parent))
     write_json_atomically(request, content)
 
 

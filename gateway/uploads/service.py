@@ -189,6 +189,9 @@ class UploadService(Service):
         self._queued: dict[str, Deferred[Any]] = {}
         self._runs: dict[str, Deferred[None]] = {}
         self._last_progress: dict[str, float] = {}
+        #: why an upload's last change is not on disk (its record refused), by id: each status
+        #: carries it, the listing too, until a later write of its record works (memory only).
+        self._unrecorded: dict[str, str] = {}
         #: the triggers still selecting their files (not yet in ``uploads``), by id.
         self._triggering: dict[str, Deferred[None]] = {}
         #: the inbox messages being handled, each fired once it is answered (the stop waits for them).
@@ -370,7 +373,7 @@ class UploadService(Service):
         """What the admin API shows: every upload kept (newest first), each in Kanto's
         ``lastUpload`` form, and the periodic triggers' ``autoUpload`` state."""
         newest = sorted(reversed(list(self.uploads.values())), key=lambda upload: upload.triggered_at, reverse=True)
-        return {"uploads": [upload.status_payload() for upload in newest],
+        return {"uploads": [self._status(upload) for upload in newest],
                 "autoUpload": _auto_upload(self.periodic.activation)}
 
     def new_correlation_id(self) -> str:
@@ -676,7 +679,7 @@ class UploadService(Service):
         now = steady_seconds(self.reactor)
         if now - self._last_progress.get(upload.correlation_id, float("-inf")) >= 1.0:
             self._last_progress[upload.correlation_id] = now
-            self._send(upload.status_payload())
+            self._send(self._status(upload))
 
     def _fail(self, upload: Upload, item: FileUpload, error: Exception) -> Deferred[None]:
         item.state, item.message = UploadState.FAILED, str(error)
@@ -707,7 +710,9 @@ class UploadService(Service):
                 elif item.state == UploadState.SUCCESS:
                     item.message = ""
         if not recorded:  # recorded once the bundle's space is free, or its record removed
-            yield record_end_late(self.store, self.run_blocking, upload, self.log, "upload")
+            written = yield record_end_late(self.store, self.run_blocking, upload, self.log, "upload")
+            if written:
+                self._unrecorded.pop(upload.correlation_id, None)
         yield self._prune()
 
     @inlineCallbacks
@@ -717,7 +722,17 @@ class UploadService(Service):
         :raises OSError: when the disk refuses the record (nothing is published).
         """
         yield self.run_blocking(self.store.save, upload)
+        self._unrecorded.pop(upload.correlation_id, None)
         self._send(upload.status_payload())
+
+    def _status(self, upload: Upload) -> dict[str, Any]:
+        """``upload``'s ``lastUpload`` status, its ``message`` ending with why its record is behind
+        (``the upload's record cannot be written: <error>``) while it is."""
+        status = upload.status_payload()
+        note = self._unrecorded.get(upload.correlation_id)
+        if note:
+            status["message"] = f"{status['message']}; {note}" if status["message"] else note
+        return status
 
     def _record_not_written(self, upload: Upload, error: OSError) -> str:
         """Why ``upload``'s record is not on disk, naming its file (``[Errno 28] No space left on
@@ -737,12 +752,10 @@ class UploadService(Service):
             yield self._save(upload)
             return True
         except OSError as error:
-            note = _unrecorded(error)
+            note = self._unrecorded[upload.correlation_id] = _unrecorded(error)
             self.log.error("upload {id} is {state}, but {note}", id=upload.correlation_id,
                            state=upload.state.value, note=note)
-            status = upload.status_payload()
-            status["message"] = f"{status['message']}; {note}" if status["message"] else note
-            self._send(status)
+            self._send(self._status(upload))
             return False
 
     def _prune(self) -> Deferred[Any]:
@@ -754,6 +767,7 @@ class UploadService(Service):
         for correlation_id in stale:
             del self.uploads[correlation_id]
             self._last_progress.pop(correlation_id, None)
+            self._unrecorded.pop(correlation_id, None)
         return self._stale.remove(stale, self.log)
 
 

@@ -1266,8 +1266,7 @@ class BrowserTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in events]
         self.assertEqual([line for line in lines if "POST /apps/hello/stop" in line and "403" in line], [])
         self.assertEqual([line for line in lines if "cross-site browser request refused" in line],
-                         [f"admin API: cross-site browser request refused: POST /apps/hello/stop: {why} (1 refused"
-                          " since the last such line; logged at most once every 10 s while they go on)"
+                         [f"admin API: cross-site browser request refused: POST /apps/hello/stop: {why} (logged at most once every 10 s while they go on)"
                           for why in ("Origin http://evil.example is not this listener's (http://localhost)",
                                       "Sec-Fetch-Site: same-site")])
 

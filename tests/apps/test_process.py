@@ -202,7 +202,7 @@ class StartTests(SynchronousTestCase):
         self.assertLessEqual(len(lines), 1 + reactor.seconds() // 60 + 1, lines)
         self.assertEqual(lines[0], "apps: cannot spawn app: [Errno 24] Too many open files (the gateway's own shortage:"
                                    " tried again until it passes, every 8 s at most; logged at most once a minute)")
-        self.assertIn("failed spawns since the last such line)", lines[1])
+        self.assertIn("failed spawns since the last such line; logged at most once a minute)", lines[1])
         self.assertNotIn(S.FATAL, states)
         reactor.spawn_error = None
         reactor.advance(8)

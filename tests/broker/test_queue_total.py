@@ -207,7 +207,7 @@ class TotalBoundTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in events if "max_queued_bytes_total" in formatEvent(e)]
         self.assertEqual(lines, [
             "the persistent sessions' queues hold 4000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
-            "messages (now from 'a'; 1 dropped since the last such line, 1 in all; logged at most once every 60 s "
+            "messages (now from 'a'; 1 in all; logged at most once every 60 s "
             "while they go on)",
             "the persistent sessions' queues hold 4000 bytes, max_queued_bytes_total is 4000: dropping their oldest "
             "messages (now from 'a'; 3 dropped since the last such line, 4 in all; logged at most once every 60 s "

@@ -383,7 +383,7 @@ class WebsocketOriginTests(SynchronousTestCase):
         self.assertEqual([formatEvent(e) for e in events if "cross-site" in formatEvent(e)], [
             "listener ws: cross-site browser request refused: WebSocket GET /mqtt from 127.0.0.1:40410: Origin "
             "http://e\\x0bvil.example is not this listener's (host 127.0.0.1:9001) nor in its allowed_origins "
-            "(1 refused since the last such line; logged at most once every 10 s while they go on)",
+            "(logged at most once every 10 s while they go on)",
             "listener ws: cross-site browser request refused: WebSocket GET /mqtt from 127.0.0.1:40410: Origin "
             "http://evil.example is not this listener's (host 127.0.0.1:9001) nor in its allowed_origins "
             "(3 refused since the last such line; logged at most once every 10 s while they go on)"])

@@ -1337,8 +1337,8 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(10000 - len(self.server.feedback_errors), 67)
         lines = [formatEvent(e) for e in events if "feedback not accepted" in e.get("log_format", "")]
         self.assertEqual(len(lines), 6, lines)  # at t=5, then every 10 minutes
-        self.assertTrue(lines[0].startswith("fleet feedback not accepted, kept for later (1 since the last such"
-                                            " line; logged at most once every 10 minutes until one is"
+        self.assertTrue(lines[0].startswith("fleet feedback not accepted, kept for later ("
+                                            "logged at most once every 10 minutes until one is"
                                             " accepted): POST https://ddi.example/"), lines[0])
         self.assertIn("(13 since the last such line", lines[1])  # (before: 60, one at every poll and step)
         self.server.feedback_errors = []

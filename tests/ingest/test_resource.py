@@ -190,8 +190,8 @@ class DeviceAPITests(SynchronousTestCase):
 
         self.router.refuse = True
         full = "journal stream 'link-cloud' is full (max-bytes); append rejected"
-        self.assertEqual(refuse(10), [f"ingest: write refused: {full} (1 refused since the last such line)"])
-        self.assertEqual(refuse(1), [f"ingest: write refused: {full} (10 refused since the last such line)"])
+        self.assertEqual(refuse(10), [f"ingest: write refused: {full} (logged at most once every 10 s while they go on)"])
+        self.assertEqual(refuse(1), [f"ingest: write refused: {full} (10 refused since the last such line; logged at most once every 10 s while they go on)"])
         self.assertEqual(self.resource.stats.refused, 11)
 
     def test_unrouted_writes_are_204_and_kept_as_last_values(self):

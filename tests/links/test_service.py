@@ -136,8 +136,8 @@ class ConnectionStatusTests(SynchronousTestCase):
         for _ in range(5):
             self.assertIsNone(links._thing_request(request))
         lines = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
-        self.assertEqual(lines, ["answer on edge/thing/response not published: the broker is not running (1 not"
-                                 " published since the last such line; logged at most once every 10 minutes until"
+        self.assertEqual(lines, ["answer on edge/thing/response not published: the broker is not running ("
+                                 "logged at most once every 10 minutes until"
                                  " one is)"])
         refusing[0] = False
         links._thing_request(request)
@@ -308,12 +308,12 @@ class RefusedQoS0Tests(SynchronousTestCase):
             self.assertTrue(links.persist_many([(f"telemetry/{n}", b"x", 0, False)], done.append, unseen))
         self.assertEqual(len(done), 1000)  # (no longer waiting: the broker stops counting them)
         self.assertEqual(lines(), ["QoS 0 messages on telemetry/0 not journaled: journal stream 'link-cloud' is full "
-                                   "(min-free-disk); append rejected (refused since the last such line: 1)"])
+                                   "(min-free-disk); append rejected (logged at most once every 10 s while they go on)"])
         clock.advance(QOS0_REFUSED_LOG_INTERVAL)
         links.persist_many([("telemetry/a", b"x", 0, False), ("telemetry/b", b"x", 0, False)], done.append, unseen)
         self.assertEqual(lines()[1:], ["QoS 0 messages on telemetry/a not journaled: journal stream 'link-cloud' is "
-                                       "full (min-free-disk); append rejected (refused since the last such line: "
-                                       "1001)"])
+                                       "full (min-free-disk); append rejected (1001 refused since the last such line; "
+                                       "logged at most once every 10 s while they go on)"])
 
 
 class ReservedAppendTests(SynchronousTestCase):

@@ -153,7 +153,7 @@ class ShadowSyncTests(ShadowSyncCase):
             topic, body = sent[3]
             self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
         self.assertEqual([formatEvent(e) for e in events if "cursor" in e["log_format"]],
-                         ["shadow cursor not saved (1 since the last such line; logged at most once a minute): "
+                         ["shadow cursor not saved (logged at most once a minute): "
                           "[Errno 28] No space left on device; saved with the next request accepted"])
         self.assertEqual(self.flushLoggedErrors(OSError), [])
         self.assertEqual(self.stream.acked[CURSOR], 4)
@@ -567,7 +567,7 @@ class ShadowSyncTests(ShadowSyncCase):
             self.send(command("modify", "/features/f/properties/x", 1))
         path = self.dir / "twin" / "shadows-behind.log"
         self.assertEqual([formatEvent(e) for e in events if "writing" in e["log_format"]],
-                         [f"twin: writing {path} failed (1 since the last such line; logged at most once a minute):"
+                         [f"twin: writing {path} failed (logged at most once a minute):"
                           " [Errno 28] No space left on device; written again with the next change or catch-up"])
         self.assertEqual(self.saved_marks(), {})
         self.patch(behindlog, "append", append)
@@ -615,7 +615,7 @@ class ShadowSyncTests(ShadowSyncCase):
         self.assertEqual([(t, b["state"]) for t, b in self.connection.take()],
                          [(f"{BASE}/name/f/update", {"reported": {"x": 1}})])
         self.assertEqual([formatEvent(e) for e in events if "shadow stream" in e["log_format"]],
-                         ["reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                         ["reading the shadow stream failed (tried again every 1 s, logged"
                           " at most once a minute): [Errno 24] Too many open files",
                           "the shadow stream is read again, after 1 failed reads"])
         self.assertEqual(self.flushLoggedErrors(OSError), [])
@@ -642,10 +642,10 @@ class ShadowSyncTests(ShadowSyncCase):
                 self.answer_gets()
                 self.clock.advance(5)
         self.assertEqual([formatEvent(e) for e in events if "shadow stream" in e["log_format"]],
-                         ["reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                         ["reading the shadow stream failed (tried again every 1 s, logged"
                           " at most once a minute): [Errno 5] Input/output error",
                           "the shadow stream is read again, after 1 failed reads",
-                          "reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                          "reading the shadow stream failed (tried again every 1 s, logged"
                           " at most once a minute): [Errno 5] Input/output error",
                           "the shadow stream is read again, after 1 failed reads"])
 
@@ -942,7 +942,7 @@ class ShadowSyncTests(ShadowSyncCase):
         lines = [formatEvent(e) for e in events if "no answer" in e.get("log_format", "")]
         self.assertEqual(len(lines), 2, lines)  # at 30 s and at 630 s
         self.assertTrue(lines[0].startswith("shadow (classic): no answer to request 1 within 30 s; sending it again"
-                                            " (1 unanswered since the last such line; logged at most once every 10"
+                                            " (logged at most once every 10"
                                             " minutes until one is answered in time): does the cloud serve the shadows"
                                             " of gw1"), lines[0])
         self.assertIn("(40 unanswered since the last such line", lines[1])

@@ -348,13 +348,13 @@ class TargetTests(TestCase):
 
         def watched(name: str, f: Any) -> Any:
             def call(path: Any, *args: Any, **kwargs: Any) -> Any:
-                if Path(path) in (unit_request, unit_request.parent):
+                if Path(os.path.abspath(path)) in (unit_request.absolute(), unit_request.parent.absolute()):
                     touched.append((name, blocking[0]))
                 return f(path, *args, **kwargs)
             return call
 
         self.patch(Path, "exists", watched("exists", Path.exists))
-        self.patch(Path, "mkdir", watched("mkdir", Path.mkdir))
+        self.patch(os, "mkdir", watched("mkdir", os.mkdir))
         self.patch(os, "replace", watched("replace", os.replace))
         clock = Clock()
         unit = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, run_blocking=run_blocking,

@@ -375,6 +375,26 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
         self.assert_not_resumed()
 
+    def test_the_listing_shows_what_was_published_while_the_record_is_behind(self) -> None:
+        """GET /uploads (the service's snapshot) shows the message the last status carried while
+        the upload's record is behind, its note that the record cannot be written included; once
+        a later write records the upload, the note goes from the listing too. The listing showed
+        ``message: ""`` for an upload published as unrecorded (the note was only in the status)."""
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        save = self.service.store.save
+        self.refuse_records(self.service)
+        self.sends[0][2].callback(None)
+        published = self.watcher.statuses()[-1]["message"]
+        self.assertEqual(published, "the upload's record cannot be written: No space left on device")
+        self.assertEqual(self.service.snapshot()["uploads"][0]["message"], published)
+        self.sends[1][2].callback(None)
+        self.assertEqual(self.service.snapshot()["uploads"][0]["message"], published)
+        self.patch(self.service.store, "save", save)  # room again
+        self.sends[2][2].callback(None)
+        self.assertEqual([self.watcher.statuses()[-1]["message"], self.service.snapshot()["uploads"][0]["message"]],
+                         ["", ""])
+
     def assert_not_resumed(self) -> None:
         """The service is left without a record of its upload: started again on its state, it
         resumes nothing."""
@@ -480,7 +500,11 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(list(bundles.iterdir())), 1)
         self.sends[0][2].errback(ProviderRefused(403, "AccessDenied"))
         self.assertEqual(self.watcher.statuses()[-1]["state"], "FAILED")
+        self.assertIn("cannot be written", self.watcher.statuses()[-1]["message"])
         self.assertEqual(list(bundles.iterdir()), [])
+        # the end written at last: the listing no longer says it is not
+        listed = self.service.snapshot()["uploads"][0]["message"]
+        self.assertEqual((listed, "cannot be written" in listed), (self.service.uploads["t1"].message, False))
         upload = self.persisted("t1")
         self.assertEqual((upload.state.value, [f.state.value for f in upload.files], upload.files[1].message),
                          ("FAILED", ["FAILED", "SUCCESS"], ""))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.filelayer import makedirs
 from gateway.updates.swu.cpio import BundleError, CpioReader
 from gateway.updates.swu.libconfig import LibconfigError, loads
 
@@ -135,7 +136,7 @@ def unpack(bundle: Path, directory: Path) -> tuple[Description, list[tuple[Image
             raise UnknownHandler(f"{bundle.name}: no handler in this gateway for {', '.join(unknown)} "
                                  f"(it has {', '.join(sorted(HANDLERS))})", unknown)
         wanted = {image.filename: image for image in description.images}
-        directory.mkdir(parents=True, exist_ok=True)
+        makedirs(str(directory))
         found: dict[str, Path] = {}
         for entry in reader.entries():
             image = wanted.get(entry.name)
