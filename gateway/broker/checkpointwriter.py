@@ -48,11 +48,12 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
     now = broker.clock.seconds()
     nothing: tuple[list[int], list[Any]] = ([], [])
     boot = broker.boot_clock
-    clock_set = now >= CLOCK_SET_SINCE or boot is not None
+    # (a time read off a clock not set is kept only beside the boot's clock, which tells what it is worth)
+    times_kept = now >= CLOCK_SET_SINCE or boot is not None
     for client_id, session in broker.sessions.items():
         if session.clean:
             continue
-        idle = broker.offline.idle_for(client_id) if clock_set and client_id not in broker.live else None
+        idle = broker.offline.idle_for(client_id) if times_kept and client_id not in broker.live else None
         arrivals, queue = session.outbox.numbered() if session.outbox is not None else nothing
         sessions.append({
             "client_id": client_id,
