@@ -328,7 +328,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,
                            state_stream=lambda: journal.stream(STATE_STREAM),
-                           stop_grace=min(STOP_GRACE, config.gateway.shutdown_timeout / 2))
+                           stop_grace=min(STOP_GRACE, config.gateway.shutdown_timeout / 2), boot=journal.boot)
     broker.setServiceParent(root)
     links = LinksService(config.links, reactor, broker.bus, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),

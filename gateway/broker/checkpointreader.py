@@ -14,6 +14,7 @@ from typing import IO, Any, Callable, Iterator
 
 from gateway import jsontext
 from gateway.broker.checkpointwriter import FORMAT, CheckpointContent
+from gateway.broker.offlinetimes import read_saved_clock
 from gateway.broker.retainedlimits import RetainedBudget, retained_size
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown_repr
@@ -75,6 +76,8 @@ def read_checkpoint(file: IO[bytes], budget: RetainedBudget | None = None) -> Ch
             if not (isinstance(value, list) and all(_is_topic(topic) for topic in value)):
                 raise ValueError("retained_own: not a list of topics")
             not_clients.update(value)
+        elif key == "clock":
+            read_saved_clock(value)
         elif key not in ("format", "log_through"):
             continue  # (nothing restore reads)
         state[key] = value

@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any, Iterator
 
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
+from gateway.broker.offlinetimes import saved_clock
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.mqtt.framing import PacketReader
 from gateway.mqtt.packets import decode_publish
@@ -37,17 +38,22 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
 
     A session whose client is offline has the wall-clock time it went offline
     (``offline_since``): now less its idle time, which the steady clock counts, so a step of
-    the wall clock since it left does not move it; ``None`` for a connected client, and for
-    all while the wall clock is not set (:data:`~gateway.clockstep.CLOCK_SET_SINCE`).
+    the wall clock since it left does not move it; ``None`` for a connected client. With the
+    broker's boot clock, the checkpoint keeps the clock it was taken on (``clock``:
+    :func:`~gateway.broker.offlinetimes.saved_clock`), which tells the idle time at the save
+    and in this boot the time since; without it, no time is saved while the wall clock is not
+    set (:data:`~gateway.clockstep.CLOCK_SET_SINCE`): it would look decades old once it is.
     """
     sessions = []
     now = broker.clock.seconds()
     nothing: tuple[list[int], list[Any]] = ([], [])
-    clock_set = now >= CLOCK_SET_SINCE
+    boot = broker.boot_clock
+    # (a time read off a clock not set is kept only beside the boot's clock, which tells what it is worth)
+    times_kept = now >= CLOCK_SET_SINCE or boot is not None
     for client_id, session in broker.sessions.items():
         if session.clean:
             continue
-        idle = broker.offline.idle_for(client_id) if clock_set and client_id not in broker.live else None
+        idle = broker.offline.idle_for(client_id) if times_kept and client_id not in broker.live else None
         arrivals, queue = session.outbox.numbered() if session.outbox is not None else nothing
         sessions.append({
             "client_id": client_id,
@@ -69,10 +75,13 @@ def checkpoint_content(broker: "GatewayBroker") -> CheckpointContent:
     retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items() if topic not in others]
     retained += [[topic, m.payload, m.qos] for topic, m in broker.retained.items() if topic in others]
     log = broker.state_log
-    return {"format": FORMAT, "sessions": sessions, "retained": retained,
-            "retained_links": sorted(map(list, broker.retained_links.items())),
-            "retained_own": sorted(broker.retained_own),
-            "log_through": log.appended if log is not None else 0}
+    content = {"format": FORMAT, "sessions": sessions, "retained": retained,
+               "retained_links": sorted(map(list, broker.retained_links.items())),
+               "retained_own": sorted(broker.retained_own),
+               "log_through": log.appended if log is not None else 0}
+    if boot is not None:
+        content["clock"] = saved_clock(boot, now)
+    return content
 
 
 def _held_qos2(broker: "GatewayBroker", client_id: str, session: ClientSession) -> set[int] | frozenset[int]:
@@ -109,6 +118,8 @@ def encoded_parts(state: CheckpointContent) -> Iterator[bytes]:
         head["log_through"] = state["log_through"]
     # (whose the retained messages are, before them: the reader bounds the clients' as it reads
     # them; members versions before them skip, or read after the messages)
+    if "clock" in state:  # (the clock the sessions' times were read on: versions before it skip it)
+        head["clock"] = state["clock"]
     for key in ("retained_links", "retained_own"):
         if state.get(key):
             head[key] = state[key]

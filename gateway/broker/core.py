@@ -55,7 +55,7 @@ from gateway.broker.outbox import DEFAULT_MAX_QUEUED_TOTAL, QueuePolicy
 from gateway.broker.retainedlimits import DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES, RetainedLimits
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
-from gateway.clockstep import steady_seconds, watch_steps
+from gateway.clockstep import BootClock, steady_seconds, watch_steps
 from gateway.logthrottle import REFUSED_LOG_INTERVAL, LogThrottle, refused_since, since_last_line
 from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
 from gateway.mqtt.topics import topic_for_log
@@ -93,6 +93,9 @@ class GatewayBroker(Router[SessionHandler]):
     :param max_retained_messages: the most retained messages a client's PUBLISH may leave (0: any).
     :param max_retained_bytes: the most bytes (topics and payloads) of retained messages a
         client's PUBLISH may leave (0: any).
+    :param boot_clock: this boot's clock, saved beside the offline times so that a restart in
+        the same boot counts them on it (:mod:`gateway.broker.offlinetimes`; None: not known,
+        the wall clock's alone).
     :ivar refused: CONNECTs refused since the start (any return code).
     """
 
@@ -107,7 +110,7 @@ class GatewayBroker(Router[SessionHandler]):
                  max_offline_sessions: int = DEFAULT_MAX_OFFLINE, max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS,
                  max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
                  max_retained_messages: int = DEFAULT_MAX_RETAINED_MESSAGES,
-                 max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES) -> None:
+                 max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES, boot_clock: BootClock | None = None) -> None:
         super().__init__(bus, plugins, max_inflight, max_inflight_bytes,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
                                      partial(steady_seconds, clock), max_total=max_queued_bytes_total, timers=clock),
@@ -117,6 +120,7 @@ class GatewayBroker(Router[SessionHandler]):
                          RetainedLimits(max_retained_messages, max_retained_bytes, partial(steady_seconds, clock)),
                          clock)
         plugins.bind(self)
+        self.boot_clock = boot_clock
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.refused = 0

@@ -28,8 +28,9 @@ On start, the checkpoint is restored and the changes logged after it are replaye
 topic plugins decide on), subscriptions, queued messages and unacknowledged deliveries
 (resent with DUP on reconnect), and when their client went offline, on the wall clock (the
 checkpoint's ``offline_since``, worked out from the steady clock's idle time when it is
-written; the state log's ``offline`` records), so their expiry counts the time before the
-start too (:func:`offline_for` says how a time off a wrong clock is taken). What a reconnected
+written; the state log's ``offline`` records), with the boot's clock beside them, so their
+expiry counts the time before the start too (:mod:`gateway.broker.offlinetimes` says how,
+and how a time off a wrong clock is taken). What a reconnected
 client was sent from its queue is not logged: after a crash, the messages delivered since
 the last checkpoint (at most about a second) are delivered again (QoS 1: at least once).
 """
@@ -48,9 +49,9 @@ from gateway.atomic import write_parts_atomically
 from gateway.broker.checkpointreader import read_checkpoint
 from gateway.broker.checkpointwriter import CheckpointContent, checkpoint_content, encoded_parts
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
+from gateway.broker.offlinetimes import logged_idle, offline_for, read_saved_clock, restored_idle
 from gateway.broker.outbox import Outbox, QueuedMessage
 from gateway.broker.retainedlimits import RetainedBudget
-from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.configdirectory import link_to_nothing
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
@@ -71,22 +72,13 @@ class BrokerStateError(BrokerError):
     """The broker's state file cannot be read or written."""
 
 
-def offline_for(since: float | None, now: float) -> float:
-    """Seconds a restored session's client has been offline at ``now``, from the wall-clock
-    time it went offline (``since``), both of the wall clock: none (offline from now) when
-    ``since`` is not known, is later than ``now`` (the clock was stepped back, or this boot's
-    is not set yet) or either of them is before :data:`~gateway.clockstep.CLOCK_SET_SINCE` (a clock not set)."""
-    if since is None or since < CLOCK_SET_SINCE or now < CLOCK_SET_SINCE:
-        return 0.0
-    return max(now - since, 0.0)
-
-
 def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
     """Recreate the sessions (offline) and retained messages of ``state`` in a started broker
     whose state log is not attached yet (what is restored is not logged again).
 
-    Each session counts as offline since its ``offline_since`` (:func:`offline_for`); one
-    without (a checkpoint written before it was kept, a client connected then) since now.
+    Each session counts as offline since its ``offline_since``, read with the checkpoint's
+    ``clock`` (:func:`~gateway.broker.offlinetimes.restored_idle`); one without (a checkpoint
+    written before it was kept, a client connected then) since now.
     The broker's next look for due sessions ends those that have been offline too long.
 
     The queued messages of all sessions are queued again in the order they came
@@ -101,7 +93,8 @@ def restore(broker: "GatewayBroker", state: CheckpointContent) -> None:
     # per session took three times the memory): the payloads are shared already (load).
     shared: dict[QueuedMessage, QueuedMessage] = {}
     entries = state.get("sessions", [])
-    idle = [offline_for(entry.get("offline_since"), now) for entry in entries]
+    clock = read_saved_clock(state["clock"]) if "clock" in state else None  # (absent from checkpoints before it)
+    idle = [restored_idle(entry.get("offline_since"), clock, now, broker.boot_clock) for entry in entries]
     numbered = all("queue_arrivals" in entry for entry in entries)
     order = range(len(entries)) if numbered else sorted(range(len(entries)), key=lambda n: -idle[n])  # (stable)
     queues: list[Iterator[tuple[int, Outbox, list[Any]]]] = []
@@ -204,8 +197,9 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, bud
     object again (as :func:`restore` does), across the parts when the same dict is given to each.
 
     Like :func:`restore`, before the state log is attached. A session's client that went
-    offline (``offline``) counts as offline since that record's ``received`` time
-    (:func:`offline_for`); one that connected again (``online``), as one connected at the
+    offline (``offline``) counts as offline since that record's ``received`` time, or its
+    ``boot`` header's reading of this boot's clock
+    (:func:`~gateway.broker.offlinetimes.logged_idle`); one that connected again (``online``), as one connected at the
     checkpoint, since now.
 
     :returns: the number of the last change found (``through`` if none is newer).
@@ -244,7 +238,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int, bud
             _offline_session(broker, client_id).received_qos2(int.from_bytes(record.payload, "big"))
         elif op in ("offline", "online"):
             _offline_session(broker, client_id)
-            broker.offline.restored(client_id, offline_for(record.received, now) if op == "offline" else 0.0)
+            idle = logged_idle(record.received, headers, now, broker.boot_clock) if op == "offline" else 0.0
+            broker.offline.restored(client_id, idle)
         elif op in ("sub", "queue"):
             session = _offline_session(broker, client_id)
             if op == "sub":

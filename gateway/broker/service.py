@@ -30,7 +30,7 @@ from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import BootClock, steady_seconds
 from gateway.degraded import Failing
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, JournalError, ReactorError
@@ -105,6 +105,8 @@ class BrokerService(Service):
     :param stop_grace: seconds the stop gives each connection, closed in order, to send what
         it holds before it is aborted (:meth:`~gateway.broker.connection.MQTTConnection.close_in_order`);
         ``tree.py`` keeps it within ``gateway.shutdown_timeout``.
+    :param boot: this boot's clock, kept with the persistent sessions' offline times
+        (:mod:`gateway.broker.offlinetimes`; None: the wall clock's alone).
     """
 
     name = "broker"  # type: ignore[assignment]
@@ -114,8 +116,10 @@ class BrokerService(Service):
                  state_dir: Path | None = None,
                  handler_class: type[SessionHandler] = DurableAckHandler,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 state_stream: Callable[[], StateStream] | None = None, stop_grace: float = STOP_GRACE) -> None:
+                 state_stream: Callable[[], StateStream] | None = None, stop_grace: float = STOP_GRACE,
+                 boot: BootClock | None = None) -> None:
         self.settings = settings
+        self.boot = boot
         self.stop_grace = stop_grace
         self._loop = loop
         #: Where the durable acknowledgement's persist hook is installed (``tree.py`` hands it
@@ -197,7 +201,7 @@ class BrokerService(Service):
                                max_topic_levels=settings.max_topic_levels,
                                max_subscriptions=settings.max_subscriptions,
                                max_retained_messages=settings.max_retained_messages,
-                               max_retained_bytes=settings.max_retained_bytes)
+                               max_retained_bytes=settings.max_retained_bytes, boot_clock=self.boot)
         through = state.get("log_through", 0) if state is not None else 0
         broker.queue_policy.holding = True  # (max_queued_bytes_total is applied once all is restored, oldest first)
 
@@ -226,7 +230,7 @@ class BrokerService(Service):
             if last > through:
                 self.log.info("broker replayed {count} state changes logged after its last checkpoint",
                               count=last - through)
-            broker.state_log = StateLog(self.state_stream, self.reactor, start=last)
+            broker.state_log = StateLog(self.state_stream, self.reactor, start=last, boot=self.boot)
         if state is not None or read:
             broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
                                         broker.retained)

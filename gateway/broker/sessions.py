@@ -10,8 +10,9 @@ The broker (:class:`~gateway.broker.core.GatewayBroker`) then forgets them.
 
 Idle times are counted on a clock that never steps (``steady_seconds``), so NTP stepping
 the wall clock expires nothing early or late. A session restored from disk went offline
-some time before the start (:meth:`OfflineSessions.restored`, from the wall-clock time
-:mod:`gateway.broker.persistence` saved): it is placed among the others by that time.
+some time before the start (:meth:`OfflineSessions.restored`, from the times
+:mod:`gateway.broker.persistence` saved, read by :mod:`gateway.broker.offlinetimes`): it is
+placed among the others by that time.
 """
 
 from __future__ import annotations

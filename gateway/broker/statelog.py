@@ -9,7 +9,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.broker.offlinetimes import boot_header
 from gateway.broker.outbox import QueuedMessage
+from gateway.clockstep import BootClock
 from gateway.journal.record import Record
 
 #: The journal stream the broker logs its state changes to.
@@ -54,12 +56,15 @@ class StateLog:
     their two-byte payload, and ``user`` the session's user name as a ``user`` header (none: no
     user name). Logs written before ``user`` existed have none; their sessions keep the
     checkpoint's user name. ``offline`` says a persistent session's client went offline, at
-    the record's ``received`` time (the wall clock's), ``online`` that it is connected again;
+    the record's ``received`` time (the wall clock's) and, in a boot whose id is known, the
+    ``boot`` header's reading of that boot's clock (``<boot id> <seconds>``:
+    :func:`~gateway.broker.offlinetimes.boot_header`), ``online`` that it is connected again;
     logs written before they existed have neither, and versions before them skip them.
 
     :param stream: the journal stream (:data:`STATE_STREAM`).
     :param clock: gives the records' received time.
     :param start: the number of the last change already logged (after a restart).
+    :param boot: this boot's clock, read into ``offline`` records (None: not known).
     :ivar appended: the number of the last change appended.
     :ivar durable: every change through this number is durable.
     :ivar failures: appends the journal refused or failed to write.
@@ -67,9 +72,10 @@ class StateLog:
 
     log = Logger()
 
-    def __init__(self, stream: StateStream, clock: Any, start: int = 0) -> None:
+    def __init__(self, stream: StateStream, clock: Any, start: int = 0, boot: BootClock | None = None) -> None:
         self.stream = stream
         self.clock = clock
+        self.boot = boot
         self.appended = start
         self.durable = start
         self.failures = 0
@@ -118,7 +124,7 @@ class StateLog:
 
     def offline(self, client_id: str) -> int:
         """Log that a persistent session's client went offline now (nothing waits for it)."""
-        return self._append("offline", client_id, "")
+        return self._append("offline", client_id, "", extra=boot_header(self.boot) if self.boot is not None else ())
 
     def online(self, client_id: str) -> int:
         """Log that an offline persistent session's client connected again (nothing waits for it)."""

@@ -316,7 +316,7 @@ class RestoreOrderTests(SynchronousTestCase):
         for entry in state["sessions"]:
             del entry["queue_arrivals"]
         state["sessions"][0]["offline_since"] = 2_000_000_000.0  # (early, whose messages are the oldest)
-        state["sessions"][1]["offline_since"] = 1_800_000_000.0  # (late, offline the longest all the same)
+        state["sessions"][1]["offline_since"] = 1_999_000_000.0  # (late, offline the longest all the same)
         self.assertEqual(self.restored(state, 2000), {"early": ["e1", "e2"], "late": []})
 
     def test_arrival_numbers_of_the_wrong_shape_are_refused(self) -> None:
