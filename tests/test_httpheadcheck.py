@@ -44,6 +44,14 @@ MALFORMED = {
         b"400 Bad Request", b"the header line ' X-A: a' is folded (it begins with a space or tab) but follows no header"),
 }
 
+#: Heads Twisted takes, and the listeners serve as before.
+WELL_FORMED = [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+               b"\r\nGET /%ff HTTP/1.1\r\nX-A: 1\r\n  more\r\n\r\n",
+               b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+               b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc",
+               b"POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\n\r\nabc",
+               b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\tchunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
+
 
 def assert_refused(test: SynchronousTestCase, transport: Any, status: bytes, reason: bytes) -> None:
     """``transport`` got one answer, ``status``, whose plain-text body is one line starting with
@@ -77,13 +85,7 @@ class MalformedHeadTests(SynchronousTestCase):
         """What Twisted takes is still taken: HTTP/1.0, a folded header, a blank line before
         the request line, a chunked body, a length; a ``Content-Length`` or ``Transfer-Encoding``
         folded onto a line of its own (the 400 said ``Content-Length '' is not a number``)."""
-        heads = [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-                 b"\r\nGET /%ff HTTP/1.1\r\nX-A: 1\r\n  more\r\n\r\n",
-                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc",
-                 b"POST / HTTP/1.1\r\nContent-Length:\r\n 3\r\n\r\nabc",
-                 b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\tchunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
-        for head in heads:
+        for head in WELL_FORMED:
             with self.subTest(head=head):
                 channel, transport = self.connect()
                 channel.dataReceived(head)

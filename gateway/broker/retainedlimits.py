@@ -45,7 +45,8 @@ def over_bound(max_messages: int, max_bytes: int, count: int, held: int, old: in
     :param count: the retained messages held.
     :param held: their bytes (:func:`retained_size`).
     :param old: the size of the topic's retained message, ``None`` when it has none.
-    :param new: the new message's size.
+    :param new: the new message's size (with ``old``, both sizes may leave the topic's bytes
+        out: only their difference counts).
     :returns: :data:`BY_COUNT`, :data:`BY_BYTES` or ``None``.
     """
     if old is None and max_messages and count >= max_messages:

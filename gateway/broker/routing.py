@@ -120,15 +120,15 @@ class Router(Generic[Client]):
     :ivar subscriptions: topic filter -> client id -> (session, granted QoS); the filters with
         wildcards are also in a tree, by their levels, with the same client id -> target dicts.
     :ivar retained: topic -> its retained message (changed through :meth:`keep_retained` only,
-        which keeps the tree of retained topics and :attr:`retained_bytes` with it).
+        which keeps the tree of retained topics and the tallies below with it).
     :ivar retained_bytes: the retained messages' bytes, topics and payloads.
     :ivar retained_links: topic -> the cloud link whose downlink brought its retained message
         (a copy its cloud kept); a client's, a plugin's or the gateway's own are not in it.
     :ivar retained_own: the topics whose retained message the gateway itself (or a plugin)
         left, not a client and not a link's cloud.
-    :ivar clients_retained_bytes: the bytes of the retained messages clients left (neither a
-        link's nor in :attr:`retained_own`): what ``max_retained_bytes`` bounds, as their
-        number is what ``max_retained_messages`` bounds (:attr:`clients_retained_count`).
+    :ivar clients_retained_count: the retained messages clients left (neither a link's nor in
+        :attr:`retained_own`): what ``max_retained_messages`` bounds.
+    :ivar clients_retained_bytes: their bytes, topics and payloads: what ``max_retained_bytes`` bounds.
     :ivar live: client id -> the handler of its live connection.
     :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
@@ -156,6 +156,7 @@ class Router(Generic[Client]):
         self.retained_bytes = 0
         self.retained_links: dict[str, str] = {}
         self.retained_own: set[str] = set()
+        self.clients_retained_count = 0
         self.clients_retained_bytes = 0
         self._retained_topics: TopicTree[str] = TopicTree()
         self.live: dict[str, Client] = {}
@@ -222,11 +223,6 @@ class Router(Generic[Client]):
     def retained_count(self) -> int:
         """Retained messages held."""
         return len(self.retained)
-
-    @property
-    def clients_retained_count(self) -> int:
-        """Retained messages held that clients left (what ``max_retained_messages`` bounds)."""
-        return len(self.retained) - len(self.retained_links) - len(self.retained_own)
 
     @property
     def subscription_count(self) -> int:
@@ -494,10 +490,11 @@ class Router(Generic[Client]):
         """
         own = client_id is None and not link
         if payload and client_id is not None:
-            cause, size = self._over_bounds(topic, payload)
+            cause = self._over_bounds(topic, payload)
             if cause is not None:
-                self.retained_limits.refuse(cause, client_id, topic, size, self.clients_retained_count,
-                                            self.clients_retained_bytes, topic in self.retained)
+                self.retained_limits.refuse(cause, client_id, topic, retained_size(topic, payload),
+                                            self.clients_retained_count, self.clients_retained_bytes,
+                                            topic in self.retained)
                 payload = b""  # (removes an older one; changes nothing without)
         if not self.keep_retained(topic, payload, qos, link, own):
             return
@@ -521,6 +518,15 @@ class Router(Generic[Client]):
         """
         retained = self.retained
         old = retained.get(topic)
+        if (old is not None and payload and not link and not own and topic not in self.retained_links
+                and topic not in self.retained_own):
+            # a client's message replacing a client's (a device's status kept up to date, the
+            # common case): the topic's bytes stay, only the payloads' differ
+            grow = len(payload) - len(old.payload)
+            self.retained_bytes += grow
+            self.clients_retained_bytes += grow
+            retained[topic] = Retained(payload, qos)
+            return True
         if old is None:
             old_size = 0
         else:
@@ -532,6 +538,7 @@ class Router(Generic[Client]):
             elif topic in self.retained_own:
                 self.retained_own.remove(topic)
             else:
+                self.clients_retained_count -= 1
                 self.clients_retained_bytes -= old_size
         if payload:
             if old is None:
@@ -546,6 +553,7 @@ class Router(Generic[Client]):
             elif own:
                 self.retained_own.add(topic)
             else:
+                self.clients_retained_count += 1
                 self.clients_retained_bytes += size
             return True
         if old is None:
@@ -562,25 +570,22 @@ class Router(Generic[Client]):
         dropped and counted in ``budget`` (an older one on its topic is removed, no longer the
         topic's last); a link's or the gateway's own is kept, as it was when it came."""
         if payload and not link and not own:
-            cause, size = self._over_bounds(topic, payload)
-            if cause is not None:
-                budget.drop(topic, size)
+            if self._over_bounds(topic, payload) is not None:
+                budget.drop(topic, retained_size(topic, payload))
                 payload = b""
         self.keep_retained(topic, payload, qos, link, own)
 
-    def _is_clients(self, topic: str) -> bool:
-        """Whether the topic's retained message (it has one) is a client's: counted in the bounds."""
-        return topic not in self.retained_links and topic not in self.retained_own
-
-    def _over_bounds(self, topic: str, payload: bytes) -> tuple[str | None, int]:
-        """The bound a client's ``payload`` retained on ``topic`` would break (or ``None``), and
-        its size; a message of the gateway's own or a link's on the topic is not the client's to
-        replace: the client's needs room as on a new topic."""
+    def _over_bounds(self, topic: str, payload: bytes) -> str | None:
+        """The bound a client's ``payload`` retained on ``topic`` would break, or ``None``; a
+        message of the gateway's own or a link's on the topic is not the client's to replace:
+        the client's needs room as on a new topic."""
         old = self.retained.get(topic)
-        size = retained_size(topic, payload)
-        old_size = None if old is None or not self._is_clients(topic) else size - len(payload) + len(old.payload)
-        return self.retained_limits.over(self.clients_retained_count, self.clients_retained_bytes, old_size,
-                                         size), size
+        if old is None or topic in self.retained_links or topic in self.retained_own:
+            return self.retained_limits.over(self.clients_retained_count, self.clients_retained_bytes, None,
+                                             retained_size(topic, payload))
+        # (a client's replaced: the topic's bytes are in both sizes, only the payloads' differ)
+        return self.retained_limits.over(self.clients_retained_count, self.clients_retained_bytes, len(old.payload),
+                                         len(payload))
 
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import random
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -17,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.broker import routing
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
 from gateway.broker.checkpointreader import read_checkpoint
@@ -255,6 +257,71 @@ class RetainedLimitsTests(SynchronousTestCase):
         state = read_checkpoint(io.BytesIO(json.dumps(text).encode()), budget)
         self.assertEqual([row[0] for row in state["retained"]], ["t/0", "t/1", "t/2"])
         self.assertEqual(budget.dropped_topics, ["plugin/t", "command//d/req/1/x"])
+
+
+class TalliesTests(SynchronousTestCase):
+    """The clients' retained messages' count and bytes, kept as they change (what the bounds
+    read), against the same taken from scratch after every change."""
+
+    def setUp(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        self.broker = GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), Clock(), max_retained_messages=COUNT,
+                                    max_retained_bytes=BYTES)
+
+    def test_every_change_of_whose_keeps_the_tallies_and_the_bounds(self) -> None:
+        """2,000 retained PUBLISHes from a client, the gateway itself and a link, on topics of
+        one and two bytes a character, new, replacing (smaller, larger), clearing: the tallies
+        are those of the clients' messages held, and each message is refused exactly when the
+        bounds, computed from scratch with each message's whole size, say so."""
+        rng = random.Random(22)
+        held: dict[str, tuple[bytes, str]] = {}  # topic -> (payload, whose: "client", "own" or a link)
+        refused = {BY_COUNT: 0, BY_BYTES: 0}
+        for _ in range(2000):
+            topic = rng.choice(["a", "b/é", "c/éé", "d", "e/ü/x"])
+            payload = b"p" * rng.choice([0, 1, 5, 20, 40, 70])
+            whose = rng.choice(["client", "client", "client", "own", "cloud"])
+            self.broker.retain_now(topic, payload, 0, "dev" if whose == "client" else None,
+                                   "cloud" if whose == "cloud" else "")
+            clients = {t: p for t, (p, w) in held.items() if w == "client"}
+            if payload and whose == "client":
+                old = clients.get(topic)
+                cause = over_bound(COUNT, BYTES, len(clients), sum(retained_size(t, p) for t, p in clients.items()),
+                                   None if old is None else retained_size(topic, old), retained_size(topic, payload))
+                if cause is not None:
+                    refused[cause] += 1
+                    payload = b""
+            if payload:
+                held[topic] = (payload, whose)
+            else:
+                held.pop(topic, None)
+            clients = {t: p for t, (p, w) in held.items() if w == "client"}
+            broker = self.broker
+            self.assertEqual({t: m.payload for t, m in broker.retained.items()}, {t: p for t, (p, _) in held.items()})
+            self.assertEqual((broker.retained_own, broker.retained_links),
+                             ({t for t, (_, w) in held.items() if w == "own"},
+                              {t: w for t, (_, w) in held.items() if w == "cloud"}))
+            self.assertEqual((broker.clients_retained_count, broker.clients_retained_bytes),
+                             (len(clients), sum(retained_size(t, p) for t, p in clients.items())))
+            self.assertEqual(broker.retained_bytes, sum(retained_size(t, p) for t, (p, _) in held.items()))
+            self.assertEqual(broker.retained_limits.refused, refused)
+        self.assertTrue(all(refused.values()))  # (both bounds were reached)
+
+    def test_a_clients_replacement_does_not_measure_the_topic_again(self) -> None:
+        """A client's message replacing its own (a device's status kept up to date) is bounded
+        and counted from the payloads' sizes alone: the topic's UTF-8 bytes are not encoded
+        again (they were twice a replacement, a quarter of its cost)."""
+        self.broker.retain_now("devices/é/status", b"x" * 10, 0, "dev")
+        measured: list[str] = []
+
+        def size(topic: str, payload: bytes) -> int:
+            measured.append(topic)
+            return retained_size(topic, payload)
+
+        self.patch(routing, "retained_size", size)
+        self.broker.retain_now("devices/é/status", b"y" * 12, 0, "dev")
+        self.assertEqual(measured, [])
+        self.assertEqual((self.broker.clients_retained_count, self.broker.clients_retained_bytes), (1, 17 + 12))
 
 
 def checkpoint(retained: list[tuple[str, bytes]]) -> bytes:
