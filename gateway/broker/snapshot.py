@@ -123,8 +123,8 @@ class BrokerSnapshot:
     :param checkpoint_bytes: that checkpoint's size in bytes; ``None`` until one is saved.
     :param messages_resent: QoS 1 and 2 deliveries sent again with DUP (their persistent
         session's client came back before acknowledging them).
-    :param retained_bytes: the retained messages' bytes, topics and payloads (what
-        ``max_retained_bytes`` bounds).
+    :param retained_bytes: all the retained messages' bytes, topics and payloads (the gateway's
+        own and the links' included; ``max_retained_bytes`` bounds the clients' alone).
     :param retained_over_messages: clients' retained PUBLISHes (and wills) delivered and not
         retained because the broker held ``max_retained_messages`` (each to a new topic).
     :param retained_over_bytes: the same, because they would have taken the retained messages
