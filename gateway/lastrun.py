@@ -178,6 +178,11 @@ class RunRecord:
             cause = REBOOT
         else:
             cause = KILLED
+        if started is not None:
+            # The record's modification time is the kernel's coarse clock, a tick (a few ms)
+            # behind the one that wrote started_at: a run killed soon after its start would
+            # seem last alive before it started.
+            alive = max(alive, started)
         return PreviousStop(UNCLEAN, alive, pid, started, cause, count + 1, alive)
 
 

@@ -3,8 +3,8 @@ take the services' snapshots.
 
 Every service offers ``snapshot()`` returning a frozen dataclass (``gateway/<pkg>/snapshot.py``);
 :class:`ReadSide` holds the services and hands those out, plus the gateway's own status.
-The ingest, the twin, the fleet channel and the per-app accounting are optional (the twin and
-the fleet can be turned off):
+The ingest, the twin, the containers, the fleet channel and the per-app accounting are optional
+(the twin, the containers and the fleet can be turned off):
 their methods return ``None`` when the tree has no such service.
 :func:`to_jsonable` turns any snapshot into plain JSON data.
 """
@@ -25,6 +25,7 @@ from gateway import __version__
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
 from gateway.clockstep import steady_seconds
+from gateway.containers.snapshot import ContainersSnapshot
 from gateway.degraded import Degraded, describe
 from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
@@ -87,6 +88,13 @@ class TwinSource(Protocol):
         """The twin now."""
 
 
+class ContainersSource(Protocol):
+    """Anything with the containers service's snapshot (:class:`~gateway.containers.service.ContainersService`)."""
+
+    def snapshot(self) -> ContainersSnapshot:
+        """The containers service now."""
+
+
 class FleetSource(Protocol):
     """Anything with the fleet channel's snapshot (:class:`~gateway.fleet.service.FleetService`)."""
 
@@ -127,7 +135,7 @@ class ServiceState:
         ingest's ``not listening: <the bind failure>``; the journal's streams refusing appends
         or not writing their loss ledgers (both joined by ``; `` when both hold), the broker's
         checkpoint, a link's cursor or the twin's things not saved, the per-app accounting's
-        ``nft`` failing, :func:`~gateway.degraded.describe`),
+        ``nft`` failing, the containers' podman not reached, :func:`~gateway.degraded.describe`),
         else ``""``.
     :param off: why a service does not do its job for an ordinary reason, not a failure (the
         per-app accounting's: not root, no ``nft``, ``app_accounting: off``; the ingest's with
@@ -183,6 +191,7 @@ class ReadSide:
     :param twin: the twin service, or ``None`` when it is off (``twin.enabled: false``).
     :param accounting: the per-app accounting service, or ``None`` when the tree has none.
     :param fleet: the fleet service, or ``None`` when it is off (``fleet.enabled: false``).
+    :param containers: the containers service, or ``None`` when it is off (``containers.enabled: false``).
     :param previous_stop: how the previous run ended (the state directory's service knows it
         once started); ``None``: unknown, :class:`~gateway.lastrun.PreviousStop`'s ``none``.
     """
@@ -192,7 +201,7 @@ class ReadSide:
                  pid: int | None = None, ingest: IngestSource | None = None,
                  twin: TwinSource | None = None, accounting: AccountingSource | None = None,
                  previous_stop: Callable[[], PreviousStop] | None = None,
-                 fleet: FleetSource | None = None) -> None:
+                 fleet: FleetSource | None = None, containers: ContainersSource | None = None) -> None:
         self.clock = clock
         self._previous_stop = previous_stop
         self._broker = broker
@@ -204,6 +213,7 @@ class ReadSide:
         self._twin = twin
         self._accounting = accounting
         self._fleet = fleet
+        self._containers = containers
         self._services = services
         self.started_at = clock.seconds()
         self._steady_started_at = steady_seconds(clock)  # (the uptime: not moved by a step of the wall clock)
@@ -229,7 +239,7 @@ class ReadSide:
         an ingest that cannot listen: its service is started, not listening; a journal on a
         full disk refuses appends and fails to write its loss ledgers, the broker's checkpoint,
         a link's cursor and the twin's things are not saved, the per-app accounting's ``nft``
-        fails)."""
+        fails, the containers service does not reach podman)."""
         if self._ingest is not None and service is self._ingest:
             error = self._ingest.snapshot().error
             return f"not listening: {error}" if error else ""
@@ -245,6 +255,8 @@ class ReadSide:
             failing = (self._twin.snapshot().save_failing,)
         elif self._accounting is not None and service is self._accounting:
             failing = (self._accounting.snapshot().failing,)
+        elif self._containers is not None and service is self._containers:
+            failing = (self._containers.snapshot().runtime_failing,)
         return "; ".join(describe(f) for f in failing if f is not None)
 
     def _off(self, service: NamedService) -> str:
@@ -288,6 +300,10 @@ class ReadSide:
     def fleet(self) -> FleetSnapshot | None:
         """The fleet channel's snapshot (``None``: the fleet is off)."""
         return self._fleet.snapshot() if self._fleet is not None else None
+
+    def containers(self) -> ContainersSnapshot | None:
+        """The containers service's snapshot (``None``: the containers are off)."""
+        return self._containers.snapshot() if self._containers is not None else None
 
     def accounting(self) -> AccountingSnapshot | None:
         """The per-app accounting's snapshot (``None``: no such service in this tree)."""

@@ -51,11 +51,13 @@ def shown(text: str) -> str:
 def shown_key_path(path: str) -> str:
     """A dotted key path of the configuration (``links.links.hono.endpoint``) as an error or a
     report names it: whole up to :data:`KEY_PATH_CHARS` characters, so that the key at its end
-    is seen, else cut as :func:`shown` cuts text.
+    is seen, else cut as :func:`shown` cuts text; a character that is not printable (a newline,
+    an escape) is escaped (:func:`escaped`), as the quoted part of an error escapes it, so the
+    path cannot break or forge a line of an answer or a log.
 
     :param path: a key path a client or a configuration file gave.
     """
-    return path if len(path) <= KEY_PATH_CHARS else shown(path)
+    return escaped(path if len(path) <= KEY_PATH_CHARS else shown(path))
 
 
 def escaped(text: str) -> str:

@@ -409,7 +409,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     state = root.state
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin,
                         accounting=accounting_service,
-                        previous_stop=(lambda: state.previous_stop) if state is not None else None, fleet=fleet)
+                        previous_stop=(lambda: state.previous_stop) if state is not None else None, fleet=fleet,
+                        containers=containers)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.goes_on_from(previous.readside)

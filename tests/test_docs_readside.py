@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateSnapshot
+from gateway.containers.snapshot import ContainersSnapshot
 from gateway.degraded import Degraded
 from gateway.fleet.snapshot import FleetSnapshot
 from gateway.ingest.snapshot import IngestSnapshot
@@ -41,6 +42,7 @@ SECTIONS: dict[str, tuple[type | None, tuple[type, ...]]] = {
     "Twin": (TwinSnapshot, (TwinSnapshot, ShadowSyncSnapshot, Degraded)),
     "Fleet": (FleetSnapshot, (FleetSnapshot,)),
     "App": (AccountingSnapshot, (AccountingSnapshot, Degraded)),
+    "Containers": (ContainersSnapshot, (ContainersSnapshot, Degraded)),
 }
 
 

@@ -88,6 +88,17 @@ class RunRecordTests(SynchronousTestCase):
         self.assertEqual((after.kind, after.pid, after.unclean_stops), (CLEAN, 4900, 2))
         self.assertIsNotNone(after.last_unclean_at)
 
+    def test_a_run_killed_soon_after_its_start_was_alive_no_earlier_than_its_start(self) -> None:
+        """The record's modification time comes from the kernel's coarse clock, a few ms behind
+        the one that wrote ``started_at``: a run killed before its first mark of life is told
+        last known alive at its start, never before it."""
+        self.record().begin(4711)
+        os.utime(self.state / RUN_FILE, (1_799_999_999.996, 1_799_999_999.996))  # (4 ms before its start)
+        self.times.now += 120
+        previous = self.record().begin(4800)
+        self.assertEqual((previous.kind, previous.started_at, previous.at, previous.last_unclean_at),
+                         (UNCLEAN, 1_800_000_000.0, 1_800_000_000.0, 1_800_000_000.0))
+
     def test_a_run_the_machine_went_down_under_is_a_reboot(self) -> None:
         """A record of another boot that says it runs: the machine started again under the
         gateway (a power cut, a panic, a watchdog)."""

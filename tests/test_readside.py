@@ -24,6 +24,8 @@ from gateway.broker.snapshot import BrokerSnapshot
 from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
 from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.commands.reconfigure import PendingChange
+from gateway.containers.snapshot import ContainersSnapshot
+from gateway.containers.supervisor import UNREACHABLE
 from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.record import Record
@@ -116,6 +118,17 @@ class FakeService:
 
 class ReadSideTests(SynchronousTestCase):
     """ReadSide hands out each service's snapshot and the process status."""
+
+    def tree(self, sections: str) -> Any:
+        """The real service tree (not started) of a configuration of ``sections`` (YAML lines)
+        beside a state directory of its own; its state directory's lock is let go at the end."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\n" + sections)
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        return root
 
     def test_status_and_snapshots(self) -> None:
         """Uptime counts from construction; services are listed in tree order; each method
@@ -308,14 +321,7 @@ class ReadSideTests(SynchronousTestCase):
         """Built with ``ingest.enabled: false`` and ``twin.enabled: false``, the tree's status
         listed the ingest as ``running`` and the twin not at all: both are there, off, each
         naming its configuration key; the twin's own module is still not imported for it."""
-        work = Path(self.mktemp())
-        work.mkdir()
-        path = work / "gateway.yaml"
-        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\n"
-                        "telemetry: {metrics_endpoint: ''}\n"
-                        "ingest: {enabled: false}\ntwin: {enabled: false}\n")
-        root = build_service(gateway_config.load(path), reactor)
-        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        root = self.tree("telemetry: {metrics_endpoint: ''}\ningest: {enabled: false}\ntwin: {enabled: false}\n")
         states = {s.name: s for s in root.parts.readside.status().services}
         self.assertEqual((states["ingest"].off, states["twin"].off),
                          ("ingest.enabled: false", "twin.enabled: false"))
@@ -328,18 +334,25 @@ class ReadSideTests(SynchronousTestCase):
         ``metrics`` service with ``telemetry.metrics_endpoint: ""`` (the status said
         ``telemetry running`` and nothing of /metrics), after the telemetry service, which
         runs (its reports go on)."""
-        work = Path(self.mktemp())
-        work.mkdir()
-        path = work / "gateway.yaml"
-        path.write_text(f"gateway: {{state_dir: {work / 'state'}}}\ntelemetry: {{metrics_endpoint: ''}}\n")
-        root = build_service(gateway_config.load(path), reactor)
-        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        root = self.tree("telemetry: {metrics_endpoint: ''}\n")
         states = {s.name: s for s in root.parts.readside.status().services}
         self.assertEqual((states["containers"].off, states["fleet"].off),
                          ("containers.enabled: false", "fleet.enabled: false"))
         self.assertEqual((root.parts.containers, root.parts.fleet), (None, None))
         self.assertEqual((states["metrics"].off, states["telemetry"].off), ('telemetry.metrics_endpoint: ""', ""))
         self.assertLess(list(states).index("telemetry"), list(states).index("metrics"))
+
+    def test_the_tree_gives_the_containers_snapshot_to_the_status(self) -> None:
+        """With containers on, the read side has the containers service's snapshot, and its
+        ``runtime_failing`` (podman not reached) is the service's error in the status."""
+        root = self.tree("containers: {enabled: true, socket: /tmp/gw-podman.sock}\n")  # (never made: not started)
+        service = root.parts.containers
+        self.assertEqual(root.parts.readside.containers(), ContainersSnapshot(None))
+        failing = service.supervisor.runtime_failing.failed(UNREACHABLE, "podman does not answer: no socket", 0.0)
+        self.assertEqual(root.parts.readside.containers(), ContainersSnapshot(failing))
+        [state] = [s for s in root.parts.readside.status().services if s.name == "containers"]
+        self.assertEqual(state.error, "podman-unreachable: podman does not answer: no socket"
+                                      " (since 1970-01-01T00:00:00Z, 1 failed)")
 
     def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:
         """A journal whose stream's loss ledger the disk refuses gives its ``ledger_failing`` as
@@ -370,6 +383,26 @@ class ReadSideTests(SynchronousTestCase):
             "links", True, "cursor-not-saved: link cloud: [Errno 28] No space left on device"
                            " (since 1970-01-01T00:00:00Z, 5 failed)"))
         self.assertEqual({s.error for s in side.status().services[1:]}, {""})
+
+
+    def test_containers_that_do_not_reach_podman_say_so_in_the_status(self) -> None:
+        """The containers service while podman does not answer gives its snapshot's
+        ``runtime_failing`` as its state's error (gatewayctl status, GET /status,
+        ``gateway_service_degraded``); it said only ``running``, and only the container apps
+        and the log said podman was down."""
+        failing = Degraded("podman-unreachable", "podman does not answer: cannot connect to its socket:"
+                           " connection refused", 0.0, 3)
+        containers = FakeService("containers", True, ContainersSnapshot(failing))
+        others = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(Clock(), *others, services=[containers, *others], containers=containers)
+        self.assertEqual(side.containers(), containers.snap)
+        self.assertEqual(side.status().services[0], ServiceState(
+            "containers", True, "podman-unreachable: podman does not answer: cannot connect to its socket:"
+                                " connection refused (since 1970-01-01T00:00:00Z, 3 failed)"))
+        self.assertEqual({s.error for s in side.status().services[1:]}, {""})
+        containers.snap = ContainersSnapshot(None)
+        self.assertEqual(side.status().services[0], ServiceState("containers", True, ""))
+        self.assertIsNone(ReadSide(Clock(), *others).containers())
 
 
 class RateMeterTests(SynchronousTestCase):

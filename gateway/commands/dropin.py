@@ -21,7 +21,7 @@ from gateway.asciidigits import ascii_digits
 from gateway.atomic import remove_durably, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway import yamlfile
-from gateway.shown import KEY_PATH_CHARS, shown, shown_key_path, shown_repr
+from gateway.shown import KEY_PATH_CHARS, shown_key_path, shown_repr
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
 DROPIN_NAME = "90-remote.yaml"
@@ -83,7 +83,7 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
                 child = node[key] = {}
                 made.add(id(child))
             elif id(child) not in made:
-                problems.append(f"{shown_key_path(path)}: another change sets {shown(key)} as a whole")
+                problems.append(f"{shown_key_path(path)}: another change sets {shown_key_path(key)} as a whole")
                 break
             node = child
         else:
@@ -460,7 +460,8 @@ def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> 
             if isinstance(node, (list, tuple)) and key not in names and ascii_digits(key):
                 named = [name for name in names if isinstance(name, str)]
                 how = f"an item of it by its name ({', '.join(named)})" if named else f"{where} as a whole"
-                errors.append(f"{path}: {where} numbers its items from 0 only to read them (config.get): set {how}")
+                errors.append(f"{shown_key_path(path)}: {shown_key_path(where)} numbers its items from 0 only to read"
+                              f" them (config.get): set {how}")
                 break
             try:
                 node = _step(node, key, path, where)

@@ -19,6 +19,7 @@ from gateway.containers.operations import ContainerOperations
 from gateway.containers.podman import PodmanRuntime, container_oom_score_adj, unix_http_client
 from gateway.containers.podman_service import PodmanService
 from gateway.containers.settings import ContainersSettings, podman_socket
+from gateway.containers.snapshot import ContainersSnapshot
 from gateway.containers.store import ContainerStore
 from gateway.containers.supervisor import ContainerSupervisor
 
@@ -84,6 +85,10 @@ class ContainersService(Service):
                 yield self.podman.stop()
                 raise
         yield self.operations.load()
+
+    def snapshot(self) -> ContainersSnapshot:
+        """Whether the service reaches podman now (no I/O)."""
+        return ContainersSnapshot(self.supervisor.runtime_failing.now)
 
     @inlineCallbacks
     def stopService(self) -> Any:

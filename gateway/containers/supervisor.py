@@ -20,6 +20,7 @@ from gateway.clockstep import steady_seconds
 from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
 from gateway.containers.store import Deployed
 from gateway.containers.unit import ContainerStatus, ContainerUnit, log_paths
+from gateway.degraded import Failing
 from gateway.logthrottle import LogThrottle
 from gateway.netfailures import describe
 
@@ -30,6 +31,8 @@ LATE_LOOK = 2.0
 #: answer (tried again with backoff, every 30 s at most, for as long as it is down), at least:
 #: a podman service that keeps dying, or one that stays down, repeats them for ever.
 DOWN_LOG_INTERVAL = 600.0
+#: The :class:`~gateway.degraded.Degraded` reason of a containers service that does not reach podman.
+UNREACHABLE = "podman-unreachable"
 
 
 def _since(count: int, what: str) -> str:
@@ -74,6 +77,9 @@ class ContainerSupervisor:
         self._ended_lines = LogThrottle(DOWN_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._quiet = False  # the stream's last end was held back, and so is the line when it is open again
         self.events_seen = 0
+        #: Failing while the event stream is not open (podman does not answer): noted at each
+        #: open that fails and at the stream's end, cleared once it is open again.
+        self.runtime_failing = Failing()
 
     def add(self, deployed: Deployed, container_id: str) -> ContainerUnit:
         """Supervise ``deployed``'s container (STOPPED until started or attached)."""
@@ -109,11 +115,17 @@ class ContainerSupervisor:
     def follow(self) -> Deferred[None]:
         """Open the event stream; fires once subscribed (errback when the runtime is down)."""
         self._following = True
-        return self._runtime.events(self._event).addCallback(self._subscribed)
+        return self._runtime.events(self._event).addCallbacks(self._subscribed, self._not_reached)
+
+    def _not_reached(self, failure: Failure) -> Failure:
+        """An open of the event stream failed: podman does not answer (passed on)."""
+        self.runtime_failing.failed(UNREACHABLE, failure.getErrorMessage(), self._clock.seconds())
+        return failure
 
     def _subscribed(self, stream: Any) -> None:
         self._stream = stream
         self._attempt = 0
+        self.runtime_failing.recovered()
         stream.done.addBoth(self._ended, stream)
 
     def _ended(self, result: Any, stream: Any) -> None:
@@ -123,6 +135,7 @@ class ContainerSupervisor:
         if not self._following:
             return
         why = describe(result) if isinstance(result, Failure) else "closed"
+        self.runtime_failing.failed(UNREACHABLE, f"its event stream ended ({why})", self._clock.seconds())
         count = self._ended_lines.note()
         self._quiet = count is None
         if count is not None:
@@ -167,7 +180,8 @@ class ContainerSupervisor:
                          since=_since(count, "tries"))
             self._again()
 
-        self._runtime.events(self._event).addCallback(self._subscribed).addCallbacks(reopened, failed)
+        self._runtime.events(self._event).addCallbacks(self._subscribed, self._not_reached).addCallbacks(
+            reopened, failed)
 
     def _look_again(self) -> None:
         self._late_look = None

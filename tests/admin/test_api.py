@@ -369,6 +369,27 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(r.json()["error"], f"'gateway.{'z' * 92}... (5008 characters)': a key path is at most 256"
                                             " characters")
 
+    def test_a_key_path_with_a_control_character_is_escaped_before_the_colon(self) -> None:
+        """A key path holding a newline or an escape is repeated escaped in the error of a
+        ``config get`` (404) and of a ``config set``, before the colon as in the quoted part
+        (before: raw there, so it broke the answer's line and could forge another)."""
+        h = Harness(self)
+        config = gateway_config.load()
+        h.config.get = lambda path: dropin.get_value(config, path)  # type: ignore[method-assign]
+        r = h.call("GET", "/config?key=gateway.no%0Ape%1B")
+        self.assertEqual((r.status, r.json()), (404, {"error": "gateway.no\\npe\\x1b: gateway has no key 'no\\npe\\x1b'"}))
+        r = h.call("GET", "/config?key=broker.listeners.default%0D.endpoint")
+        self.assertEqual(r.json()["error"].split(":")[0], "broker.listeners.default\\r.endpoint")
+        self.assertEqual(dropin.numbered_keys(config, {"broker.listeners.1.end\npoint": "tcp:1"}),
+                         ["broker.listeners.1.end\\npoint: broker.listeners numbers its items from 0 only to read"
+                          " them (config.get): set an item of it by its name (default)"])
+        problems = dropin.CheckOutcome([])  # (the set's other errors: one path inside another)
+        try:
+            dropin.changes_to_tree({"gateway.a\x07": {}, "gateway.a\x07.b": 1})
+        except gateway_config.ConfigError as exc:
+            problems = dropin.CheckOutcome(list(exc.errors))
+        self.assertEqual(problems.errors, ["gateway.a\\x07.b: another change sets a\\x07 as a whole"])
+
     def test_config_get_does_not_redact(self) -> None:
         """GET /config answers a secret-looking key's value as it is (docs/admin.md): the admin
         API serves the gateway's own user and group; only the remote config.get, whose answer

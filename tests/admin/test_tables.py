@@ -137,3 +137,19 @@ class DefaultSocketTests(SynchronousTestCase):
         self.assertIn("\nadmin:\n", text)
         self.assertIn(f"  socket: {PACKAGED_SOCKET}\n", text)
         self.assertIn("  state_dir: /var/lib/gateway\n", text)
+
+    def test_packaged_config_sets_only_keys_the_gateway_section_has(self) -> None:
+        """Every path debian/etc-config writes into the ``gateway:`` section is a key of it (a key
+        the schema does not have would never be found there, so never written: ``log_dir`` and
+        ``run_dir`` were so)."""
+        import dataclasses
+        import runpy
+        from pathlib import Path
+
+        from gateway.config import GatewaySettings
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "debian" / "etc-config").exists():
+            raise SkipTest("no debian/ beside these tests (a copy of tests/ without the package files)")
+        etc_config = runpy.run_path(str(root / "debian" / "etc-config"))
+        keys = {f.name for f in dataclasses.fields(GatewaySettings)}
+        self.assertEqual(sorted(set(etc_config["PATHS"]) - keys), [])

@@ -21,7 +21,8 @@ from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import LABEL_APP, LABEL_OWNER, LABEL_VERSION, ContainerOperations
 from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
 from gateway.containers.store import ContainerStore, Deployed, DesiredState
-from gateway.containers.supervisor import ContainerSupervisor
+from gateway.containers.supervisor import UNREACHABLE, ContainerSupervisor
+from gateway.degraded import Degraded
 from tests.containers.conformance import missing
 from tests.containers.fakes import FakeRuntime
 from tests.steppingclock import SteppingClock
@@ -587,6 +588,31 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(5.0)
         self.assertEqual((self.unit().container_id, self.unit().state, self.unit().status().error),
                          ("cur", ProgramState.STOPPED, ""))
+
+    def test_podman_not_reached_is_the_services_failure_until_it_answers(self) -> None:
+        """While podman does not answer (at the start, or after its event stream ended) the
+        supervisor's ``runtime_failing`` says so, since the first failure, with the last one's
+        words and the tries failed; it is ``None`` again once the stream is open. Before, only
+        the container apps and the log said podman was down; the service showed ``running``."""
+        events = self.runtime.events
+        self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
+        self.clock.advance(100)
+        self.make()
+        self.assertEqual(self.supervisor.runtime_failing.now,
+                         Degraded(UNREACHABLE, "podman does not answer: no socket", 100.0, 1))
+        self.clock.advance(5.0)  # a try again: it still does not answer
+        self.assertEqual(self.supervisor.runtime_failing.now,
+                         Degraded(UNREACHABLE, "podman does not answer: no socket", 100.0, 2))
+        self.runtime.events = events  # type: ignore[method-assign]
+        self.clock.advance(5.0)
+        self.assertTrue(self.supervisor.subscribed)
+        self.assertIsNone(self.supervisor.runtime_failing.now)
+        self.runtime.streams[-1].cancel()  # its service died: no event is seen until it is open again
+        self.assertEqual(self.supervisor.runtime_failing.now,
+                         Degraded(UNREACHABLE, "its event stream ended (closed)", 110.0, 1))
+        self.clock.advance(5.0)
+        self.assertIsNone(self.supervisor.runtime_failing.now)
+        self.assertEqual(self.supervisor.runtime_failing.total, 3)
 
     def test_a_runtime_that_stays_down_is_logged_once_per_interval(self) -> None:
         """While podman does not answer, the event stream is tried again with backoff (every 30 s
