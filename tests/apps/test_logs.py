@@ -280,11 +280,11 @@ class RotationTests(SynchronousTestCase):
         target.close()
         self.assertFalse((self.dir / "r.log").exists())  # (rotated: nothing written since)
         self.assertEqual([line[:8] for line in tail_file(self.dir / "r.log", 2)], ["line 009", "line 010"])
-        text, offset = tail_to_end(self.dir / "r.log", 2)
+        text, offset, _ = tail_to_end(self.dir / "r.log", 2)
         self.assertEqual((text.splitlines()[-1][:8], len(text.splitlines()), offset), (b"line 010", 2, 0))
         (self.dir / "r.log").write_bytes(b"line 011 first\nline 012 ")  # one line and a half
         self.assertEqual(tail_file(self.dir / "r.log", 3), [f"line 010 {'x' * 90}", "line 011 first", "line 012 "])
-        self.assertEqual(tail_to_end(self.dir / "r.log", 2), (b"line 011 first\nline 012 ", 24))
+        self.assertEqual(tail_to_end(self.dir / "r.log", 2)[:2], (b"line 011 first\nline 012 ", 24))
         self.assertEqual(tail_file(self.dir / "r.log", 1), ["line 012 "])  # (enough: .1 not read)
         # A line cut by the rotation (a pipe read ends mid-line) reads as one.
         (self.dir / "r.log.1").write_bytes(b"line 020 begun ")
@@ -295,7 +295,7 @@ class RotationTests(SynchronousTestCase):
         (self.dir / "r.log").write_bytes(b"c\r\n")
         self.assertEqual(tail_bytes(self.dir / "r.log", 2), b"b\nc\r\n")
         self.assertEqual(tail_bytes(self.dir / "r.log", 3), b"a 1%\ra 99%\nb\nc\r\n")
-        self.assertEqual(tail_to_end(self.dir / "r.log", 3), (b"a 1%\ra 99%\nb\nc\r\n", 3))
+        self.assertEqual(tail_to_end(self.dir / "r.log", 3)[:2], (b"a 1%\ra 99%\nb\nc\r\n", 3))
 
     def test_tail_looks_back_at_most_tail_max_bytes(self) -> None:
         """A log without line ends is not read whole: its last TAIL_MAX_BYTES are the line."""
@@ -317,8 +317,8 @@ class RotationTests(SynchronousTestCase):
         path = self.dir / "fifo.log"
         os.mkfifo(path)
         self.assertEqual(tail_file(path, 5), [])
-        self.assertEqual(tail_to_end(path, 5), (b"", 0))
-        self.assertEqual(read_from(path, 0), (b"", 0))
+        self.assertEqual(tail_to_end(path, 5), (b"", 0, None))
+        self.assertEqual(read_from(path, 0), (b"", 0, None))
 
 
 class ThreadedWriterTests(TestCase):
