@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import random
+from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -54,39 +55,43 @@ class LazySyncPowerCutTests(SynchronousTestCase):
         stream.append(rec).addCallbacks(done, lambda f: None)
 
     def _steps(self, rng: random.Random, files: _RefusingFiles, stream: Stream, runner: ManualRunner,
-             fired: dict[bytes, int], acked: list[int], counter: list[int], where: object) -> None:
+               fired: dict[bytes, int], acked: list[int], counter: list[int], where: object) -> None:
+        """Up to 160 random steps, each picked by a random number below its bound, until the power
+        is lost; else a stop, sometimes, and everything left is written. ``acked[0]`` is the
+        highest seq acknowledged (the cloud has it), ``counter[0]`` the last record appended."""
         last = [0]
+
+        def append(_: float) -> None:
+            counter[0] += 1
+            self._append(stream, record(counter[0], rng.choice([32, 32, 32, 120])), fired, last, where)
+
+        def acknowledge(action: float) -> None:  # (the cloud has them)
+            acked[0] = max(acked[0], stream.written_seq)
+            if action < 0.96:
+                stream.note_ack("link", stream.written_seq)
+            else:
+                stream.ack("link", stream.written_seq).addErrback(lambda f: None)
+
+        steps: list[tuple[float, Callable[[float], object]]] = [
+            (0.45, append),
+            (0.55, lambda _: stream.clock.advance(0)),  # (the turn ends)
+            (0.8, lambda _: runner.step()),
+            (0.85, lambda _: setattr(files, "refuse", True)),
+            (0.88, lambda _: stream.clock.advance(WRITE_BACKOFF_MAX_S)),
+            (0.9, lambda _: stream.clock.advance(rng.choice([0.05, 0.2, 1.0]))),  # (the interval's fsync; max_age_s)
+            (0.92, lambda _: stream.enforce_limits()),
+            (1.0, acknowledge),
+        ]
         try:
             for _ in range(rng.randint(1, 160)):
                 action = rng.random()
-                if action < 0.45:
-                    counter[0] += 1
-                    self._append(stream, record(counter[0], rng.choice([32, 32, 32, 120])), fired, last, where)
-                elif action < 0.55:
-                    stream.clock.advance(0)
-                elif action < 0.8:
-                    runner.step()
-                elif action < 0.85:
-                    files.refuse = True
-                elif action < 0.88:
-                    stream.clock.advance(WRITE_BACKOFF_MAX_S)
-                elif action < 0.9:
-                    stream.clock.advance(rng.choice([0.05, 0.2, 1.0]))  # (the interval's fsync; max_age_s)
-                elif action < 0.92:
-                    stream.enforce_limits()
-                else:  # (the cloud has them)
-                    acked[0] = max(acked[0], stream.written_seq)
-                    if action < 0.96:
-                        stream.note_ack("link", stream.written_seq)
-                    else:
-                        stream.ack("link", stream.written_seq).addErrback(lambda f: None)
+                next(step for bound, step in steps if action < bound)(action)
                 if files.dead:
-                    break
-            if not files.dead:
-                if rng.random() < 0.3:
-                    stream.close().addErrback(lambda f: None)
-                stream.clock.advance(0)
-                runner.drain()
+                    return
+            if rng.random() < 0.3:
+                stream.close().addErrback(lambda f: None)
+            stream.clock.advance(0)
+            runner.drain()
         except PowerLost:
             pass
 
