@@ -361,9 +361,9 @@ class AdminApi:
         # Asked before the tail is read: a client that hangs up meanwhile is seen (twisted.web
         # never fires a notifyFinish asked for once the connection is lost).
         finished = request.notifyFinish()
-        text, offset = yield self.blocking(lambda: tail_to_end(path, lines))
+        text, offset, identity = yield self.blocking(lambda: tail_to_end(path, lines))
         follower = LogFollower(request, finished, path, offset, self.clock, self.blocking,
-                               self.settings.follow_interval, self.followers.discard)
+                               self.settings.follow_interval, self.followers.discard, identity)
         if follower.stopped:  # the client is gone: nothing to send, nothing to follow
             return STREAMING
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

@@ -23,46 +23,76 @@ Blocking = Callable[[Callable[[], Any]], Deferred[Any]]
 CHUNK = 64 * 1024
 
 
-def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
-    """The last ``lines`` lines of ``path`` as they are (a partial last line included) and
-    the offset they end at, both from one look at the file, so following it from there
-    neither repeats nor misses a line (blocking).
+#: A file's identity, ``(st_dev, st_ino)``: a log that rotated is another file under its name.
+FileIdentity = tuple[int, int]
 
-    :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet) and
-        was not rotated either.
+
+def tail_to_end(path: Path, lines: int) -> tuple[bytes, int, FileIdentity | None]:
+    """The last ``lines`` lines of ``path`` as they are (a partial last line included), the
+    offset they end at and the file they are in, all from one look at the file, so following
+    it from there (:func:`read_from`) neither repeats nor misses a line (blocking).
+
+    :return: ``(bytes, offset, identity)``; ``(b"", 0, None)`` when the file does not exist
+        (yet) and was not rotated either.
     """
-    def read() -> tuple[bytes, int]:
+    def read() -> tuple[bytes, int, FileIdentity | None]:
+        identity: FileIdentity | None = None
         try:
             with open_log(path) as handle:
-                size = os.fstat(handle.fileno()).st_size
-                start = tail_offset(handle, size, lines)
+                st = os.fstat(handle.fileno())
+                identity = (st.st_dev, st.st_ino)
+                start = tail_offset(handle, st.st_size, lines)
                 handle.seek(start)
-                data = handle.read(size - start)
+                data = handle.read(st.st_size - start)
         except FileNotFoundError:
             data, start = b"", 0
         # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1;
         # a carriage return in them ends none, as in tail_bytes)
-        return last_lines(rotated_lead(path, lines, data) + data, lines), start + len(data)
+        return last_lines(rotated_lead(path, lines, data) + data, lines), start + len(data), identity
 
     return read_unrotated(path, read)
 
 
-def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:
+def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
+              limit: int = CHUNK) -> tuple[bytes, int, FileIdentity | None]:
     """Read what was appended to ``path`` after ``offset`` (blocking).
 
-    :return: the bytes and the new offset; a file that shrank (rotated or truncated) is
-        read again from its start.
+    :param identity: the file ``offset`` is in (None: the one at ``path`` now).
+    :return: the bytes, the new offset and the file they are in: when another file is at
+        ``path`` now (the log rotated), the rest of the old one is read first, from
+        ``path.1`` while it is there, then the new one from its start; a file that shrank
+        (truncated) is read again from its start. ``(b"", 0, None)`` when there is no file.
     """
+    got = _read_at(path, offset, limit, identity)
+    if got is not None:
+        return got
+    if identity is not None:
+        rest = _read_at(path.with_name(path.name + ".1"), offset, limit, identity)
+        if rest is not None and rest[0]:
+            return rest
+        got = _read_at(path, 0, limit, None)
+        if got is not None:
+            return got
+    return b"", 0, None
+
+
+def _read_at(path: Path, offset: int, limit: int,
+             identity: FileIdentity | None) -> tuple[bytes, int, FileIdentity] | None:
+    """At most ``limit`` bytes of ``path`` from ``offset`` on (from its start when it is
+    shorter), the offset after them and the file's identity; None when no file is there, or
+    another than ``identity``."""
     try:
         with open_log(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size < offset:
+            st = os.fstat(handle.fileno())
+            if identity is not None and (st.st_dev, st.st_ino) != identity:
+                return None
+            if st.st_size < offset:
                 offset = 0
             handle.seek(offset)
-            data = handle.read(min(limit, size - offset))
+            data = handle.read(min(limit, st.st_size - offset))
     except FileNotFoundError:
-        return b"", 0
-    return data, offset + len(data)
+        return None
+    return data, offset + len(data), (st.st_dev, st.st_ino)
 
 
 @implementer(IPushProducer)
@@ -82,13 +112,17 @@ class LogFollower:
     :param blocking: runs the file reads off the reactor thread.
     :param interval: seconds between polls.
     :param on_done: called once the follower has stopped.
+    :param identity: the file ``offset`` is in (:func:`tail_to_end`; None: the one at ``path``
+        at the first look): when the log rotates, the rest of it is read from its backup first.
     """
 
     def __init__(self, request: Any, finished: Deferred[None], path: Path, offset: int, clock: IReactorTime,
-                 blocking: Blocking, interval: float, on_done: Callable[["LogFollower"], None]) -> None:
+                 blocking: Blocking, interval: float, on_done: Callable[["LogFollower"], None],
+                 identity: FileIdentity | None = None) -> None:
         self.request = request
         self.path = path
         self.offset = offset
+        self._identity = identity
         self._blocking = blocking
         self._on_done = on_done
         self._loop = LoopingCall(self._poll)
@@ -128,10 +162,10 @@ class LogFollower:
     def _poll(self) -> Deferred[None] | None:
         if self._paused:
             return None
-        d = self._blocking(lambda: read_from(self.path, self.offset))
+        d = self._blocking(lambda: read_from(self.path, self.offset, self._identity))
 
-        def got(result: tuple[bytes, int]) -> None:
-            data, self.offset = result
+        def got(result: tuple[bytes, int, FileIdentity | None]) -> None:
+            data, self.offset, self._identity = result
             if data and not self._stopped:
                 self.request.write(data)
 

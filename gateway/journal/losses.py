@@ -116,7 +116,7 @@ class LossLedger:
         :meth:`stepped_since`).
     :param passed: the runs of seqs counted lost as a reader passed them (see :attr:`passed`).
     :param dropped_below: every seq below it was dropped by the limits (see :attr:`dropped_below`).
-    :param skipped: the runs of seqs counted ``write-failed`` that no record takes (see :attr:`skipped`).
+    :param skipped: the runs of seqs counted lost that no record holds (see :attr:`skipped`).
     """
 
     def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None,
@@ -146,12 +146,14 @@ class LossLedger:
         #: deletion is durable leaves the file, which the next open deletes instead of sending
         #: its records again or counting its drop twice (0: none dropped).
         self.dropped_below = dropped_below
-        #: ``(first, last)`` runs of seqs counted ``write-failed`` (appends acknowledged under
-        #: ``sync: interval`` or ``none`` whose write failed), in order, apart from each other:
-        #: the stream gives them to no other record (it numbers on past them, after a restart
-        #: too), a reader neither returns a record found under them (one a failed undo left)
-        #: nor counts their gap as damage, and a drop does not count them again. Kept in the
-        #: same atomic write as their entry, until every cursor's save has passed them.
+        #: ``(first, last)`` runs of seqs counted lost that no record holds, in order, apart from
+        #: each other: those counted ``write-failed`` (appends acknowledged under ``sync:
+        #: interval`` or ``none`` whose write failed) and those a damaged stretch cost
+        #: (``corrupt``). The stream gives them to no other record (it numbers on past them,
+        #: after a restart too), a reader neither returns a record found under them (one a
+        #: failed undo left) nor counts their gap as damage, and neither a drop nor a cursor's
+        #: backlog counts them again. Kept in the same atomic write as their entry, until every
+        #: cursor's save has passed them.
         self.skipped: list[tuple[int, int]] = skipped or []
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
@@ -322,8 +324,8 @@ class LossLedger:
             self.skipped = [(max(first, floor + 1), last) for first, last in self.skipped if last > floor]
 
     def note_skipped(self, first: int, last: int) -> None:
-        """Seqs ``first`` to ``last`` are counted ``write-failed``: no record takes them
-        (:attr:`skipped`). Written with the next write, with their entry."""
+        """Seqs ``first`` to ``last`` are counted ``write-failed`` or ``corrupt``: no record
+        holds them (:attr:`skipped`). Written with the next write, with their entry."""
         self.skipped = union_runs([*self.skipped, (first, last)])
         self.dirty = True
 

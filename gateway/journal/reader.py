@@ -203,6 +203,8 @@ class StreamReader:
                                      stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
             self.stream.note_loss("corrupt", sum(b - a + 1 for a, b in lost), dmg.end - dmg.start, first, last,
                                   where=where)
+            for low, high in lost:  # (no record holds them: a drop does not count them again)
+                ledger.note_skipped(low, high)
             self.stream.save_ledger_now()  # (on disk before a cursor's save passes it)
         records = result.records
         if ledger.skipped:  # (a failed undo's records, counted write-failed: never read)

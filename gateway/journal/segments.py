@@ -343,7 +343,8 @@ def write_batch(
     :param ledger: the loss ledger to replace ``losses.json`` with, if it changed.
     :param check_free: also measure the filesystem's free space.
     :param gate: the stream's gate; ``epoch`` is the stream's epoch for this batch.
-    :returns: seconds spent writing and syncing, free bytes (None if not measured), and
+    :returns: seconds spent writing and syncing, free bytes (None if not measured, or if
+        measuring failed), and
         the error that kept the ledger from being written (the records are durable then:
         the stream keeps the ledger to write with a later batch).
     :raises BatchRefusedError: a batch queued before this one failed; nothing written.
@@ -382,7 +383,17 @@ def write_batch(
             write_ledger(files, directory, ledger)
         except OSError as e:
             ledger_error = e
-    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None, ledger_error
+    return time.monotonic() - t0, _free_bytes(files, directory) if check_free else None, ledger_error
+
+
+def _free_bytes(files: FileLayer, directory: str) -> int | None:
+    """The free space of ``directory``'s filesystem, None when it cannot be measured (statvfs
+    failed): measured again with a later write. The batch is written by then: a failure here
+    is no failed write (its records are durable, not to be undone nor counted lost)."""
+    try:
+        return files.free_bytes(directory)
+    except OSError:
+        return None
 
 
 def _undo_batch(files: FileLayer, directory: str, ops: list[BatchOp]) -> None:

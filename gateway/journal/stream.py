@@ -263,6 +263,8 @@ class Stream:
             lost = self.ledger.not_skipped(dmg.lost)  # (a record a failed undo left is counted write-failed)
             self.note_loss(reason, sum(b - a + 1 for a, b in lost), dmg.end - dmg.start,
                            lost[0][0] if lost else 0, lost[-1][1] if lost else 0, where=where)
+            for low, high in lost:  # (no record holds them: a drop does not count them again)
+                self.ledger.note_skipped(low, high)
         d = self.reader.load()
         d.addCallback(lambda _: self._release_early())
         return d
@@ -666,7 +668,7 @@ class Stream:
         by_path = {path: frames[i:end] for (i, path), end in zip(marks, ends)}
         sync = force_sync or self.settings.sync == "sync"
         if sync:  # also fsync what sync: interval or none wrote earlier
-            for path in self._unsynced - by_path.keys():
+            for path in sorted(self._unsynced - by_path.keys()):  # (oldest first: a fixed order)
                 by_path[path] = []
             self._unsynced = set()
         else:

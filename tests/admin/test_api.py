@@ -771,6 +771,36 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(len(h.service.api.followers), 0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
+    def test_a_followed_log_that_rotates_is_read_on_in_its_backup_then_anew(self) -> None:
+        """The log rotates between two looks (renamed to ``hello.log.1``, a new file in its
+        place): what it got after the last look is read from the backup, then the new file
+        from its start, nothing missed nor repeated, however long the new file is already.
+        What the old file got after the last look was lost, and a new file already longer than
+        the old offset was read from that offset on, its first lines lost too."""
+        h = Harness(self)
+        log = h.work / "logs" / "hello.log"
+        log.write_text("old 1\nold 2\n")
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        with log.open("a") as f:
+            f.write("old 3\n")
+        os.replace(log, log.with_name("hello.log.1"))
+        log.write_text("new 1, longer than the old file was\n")
+        h.clock.advance(1.0)
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"old 2\nold 3\nnew 1, longer than the old file was\n")
+        with log.open("a") as f:
+            f.write("new 2\n")
+        os.replace(log, log.with_name("hello.log.1"))
+        log.write_text("")  # (rotated at the size: empty yet)
+        h.clock.advance(1.0)
+        log.write_text("newer 1\n")
+        h.clock.advance(1.0)
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body,
+                         b"old 2\nold 3\nnew 1, longer than the old file was\nnew 2\nnewer 1\n")
+        exchange.close()
+
     def test_a_client_that_does_not_read_pauses_the_follow(self) -> None:
         """While the connection's send buffer is full (a client that stopped reading: the
         transport pauses the channel), nothing more of the log is read nor written; once it
@@ -801,12 +831,12 @@ class AppRouteTests(SynchronousTestCase):
         h = Harness(self)
         log = h.work / "logs" / "hello.log"
         log.write_bytes(b"a\nb\npart")
-        self.assertEqual(tail_to_end(log, 2), (b"b\npart", 8))
-        self.assertEqual(tail_to_end(log, 0), (b"", 8))
-        self.assertEqual(tail_to_end(h.work / "nope.log", 5), (b"", 0))
+        self.assertEqual(tail_to_end(log, 2)[:2], (b"b\npart", 8))
+        self.assertEqual(tail_to_end(log, 0)[:2], (b"", 8))
+        self.assertEqual(tail_to_end(h.work / "nope.log", 5), (b"", 0, None))
         long_lines = b"".join(b"%04d " % i + b"x" * 994 + b"\n" for i in range(200))  # 1000 bytes each
         log.write_bytes(long_lines)  # the last lines whole, however long (docs/admin.md)
-        self.assertEqual(tail_to_end(log, 50), (long_lines[150 * 1000:], 200 * 1000))
+        self.assertEqual(tail_to_end(log, 50)[:2], (long_lines[150 * 1000:], 200 * 1000))
         log.write_bytes(b"a\nb\npart")
         exchange = Exchange(h.site())
         exchange.send("GET", "/apps/hello/logs?lines=2&follow=1")

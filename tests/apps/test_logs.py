@@ -281,11 +281,11 @@ class RotationTests(SynchronousTestCase):
         target.close()
         self.assertFalse((self.dir / "r.log").exists())  # (rotated: nothing written since)
         self.assertEqual([line[:8] for line in tail_file(self.dir / "r.log", 2)], ["line 009", "line 010"])
-        text, offset = tail_to_end(self.dir / "r.log", 2)
+        text, offset, _ = tail_to_end(self.dir / "r.log", 2)
         self.assertEqual((text.splitlines()[-1][:8], len(text.splitlines()), offset), (b"line 010", 2, 0))
         (self.dir / "r.log").write_bytes(b"line 011 first\nline 012 ")  # one line and a half
         self.assertEqual(tail_file(self.dir / "r.log", 3), [f"line 010 {'x' * 90}", "line 011 first", "line 012 "])
-        self.assertEqual(tail_to_end(self.dir / "r.log", 2), (b"line 011 first\nline 012 ", 24))
+        self.assertEqual(tail_to_end(self.dir / "r.log", 2)[:2], (b"line 011 first\nline 012 ", 24))
         self.assertEqual(tail_file(self.dir / "r.log", 1), ["line 012 "])  # (enough: .1 not read)
         # A line cut by the rotation (a pipe read ends mid-line) reads as one.
         (self.dir / "r.log.1").write_bytes(b"line 020 begun ")
@@ -296,7 +296,7 @@ class RotationTests(SynchronousTestCase):
         (self.dir / "r.log").write_bytes(b"c\r\n")
         self.assertEqual(tail_bytes(self.dir / "r.log", 2), b"b\nc\r\n")
         self.assertEqual(tail_bytes(self.dir / "r.log", 3), b"a 1%\ra 99%\nb\nc\r\n")
-        self.assertEqual(tail_to_end(self.dir / "r.log", 3), (b"a 1%\ra 99%\nb\nc\r\n", 3))
+        self.assertEqual(tail_to_end(self.dir / "r.log", 3)[:2], (b"a 1%\ra 99%\nb\nc\r\n", 3))
 
     def test_a_log_rotated_while_its_tail_is_read_shows_no_line_twice(self) -> None:
         """A log rotated between the read of its last lines and that of its ``.1`` (the writer's
@@ -320,7 +320,7 @@ class RotationTests(SynchronousTestCase):
                     path.write_bytes(b"")
                 return handle
             self.patch(module, "open_log", rotating)
-            read = tail_file(path, 5) if module is logs else tail_to_end(path, 5)
+            read = tail_file(path, 5) if module is logs else tail_to_end(path, 5)[:2]
             self.assertEqual(read, ["one", "two"] if module is logs else (b"one\ntwo\n", 0), module)
             path.write_bytes(b"one\ntwo\n")
             (self.dir / "r.log.1").unlink()
@@ -345,8 +345,8 @@ class RotationTests(SynchronousTestCase):
         path = self.dir / "fifo.log"
         os.mkfifo(path)
         self.assertEqual(tail_file(path, 5), [])
-        self.assertEqual(tail_to_end(path, 5), (b"", 0))
-        self.assertEqual(read_from(path, 0), (b"", 0))
+        self.assertEqual(tail_to_end(path, 5), (b"", 0, None))
+        self.assertEqual(read_from(path, 0), (b"", 0, None))
 
 
 class ThreadedWriterTests(TestCase):

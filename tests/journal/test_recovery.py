@@ -231,6 +231,27 @@ class CountedOnceTests(SynchronousTestCase):
         self.assertEqual((entry.reason, entry.records, entry.first_seq, entry.last_seq), ("corrupt", 1, 15, 15))
         self.assertEqual(again.stats().drops, {})
 
+    def test_a_drop_does_not_count_again_the_seqs_a_damaged_stretch_cost(self) -> None:
+        """A reader counts seq 15 ``corrupt`` and its cursor has not acknowledged past it (the
+        cloud is away) when drop-oldest drops its segment: the drop counts the other nine records
+        of the segment, and seq 15 is in the loss report once, after a restart too. The drop
+        counted it again (``max-bytes`` 11-20, 10 records: 36 records lost of 35)."""
+        files = self.sealed_damage()
+        settings = StreamSettings(segment_bytes=10 * self.frame, max_bytes=36 * self.frame, min_free_bytes=0)
+        clock = Clock()
+        s = open_stream(files, settings, clock)
+        self.assertEqual(len(read_all(s, "link")), 34)  # (no ack: the cloud is away)
+        for i in range(36, 48):
+            self.successResultOf(appended(s, record(i)))
+        entries = [(e.reason, e.records, e.first_seq, e.last_seq) for e in s.loss_report().entries]
+        self.assertEqual(entries, [("corrupt", 1, 15, 15), ("max-bytes", 10, 1, 10), ("max-bytes", 9, 11, 20)])
+        self.assertEqual(s.stats().drops, {"corrupt": 1, "max-bytes": 19})
+        self.successResultOf(s.close())
+        again = open_stream(files, settings, Clock())
+        self.assertEqual([(e.reason, e.records) for e in again.loss_report().entries],
+                         [("corrupt", 1), ("max-bytes", 10), ("max-bytes", 9)])
+        self.assertEqual([r.seq for r in read_all(again, "link")], list(range(21, 48)))
+
     def test_the_ledger_is_on_disk_before_a_cursor_passes_the_damage(self) -> None:
         """Found while a batch is in flight (the ledger waits for the next batch), then the
         cursor is acknowledged past it: the ledger is written before the cursor, so a power cut

@@ -1139,6 +1139,17 @@ class _DyingDisk(PowerCutFiles):
         super().truncate(path, size)
 
 
+class _FreeSpaceUnknown(PowerCutFiles):
+    """A disk whose free space cannot be measured (statvfs fails, EIO) while :attr:`failing` is set."""
+
+    failing = False
+
+    def free_bytes(self, path: str) -> int:
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return super().free_bytes(path)
+
+
 class DiskFullTests(SynchronousTestCase):
     """A failed write fails its appends cleanly and damages nothing stored."""
 
@@ -1164,6 +1175,32 @@ class DiskFullTests(SynchronousTestCase):
         read = [r.seq for r in read_all(reopened, "link")]
         reopened.close()
         return counted, read
+
+    def test_a_free_space_measure_that_fails_after_a_write_fails_no_append(self) -> None:
+        """A batch is written and fsynced, then measuring the free space (statvfs, due once a
+        second) fails: its records are durable, their appends fire, and the next records take
+        the next seqs. The batch was taken for a failed write, never undone: its appends failed
+        though stored, and a batch queued behind it was written, then its result met no batch
+        in flight (IndexError); under ``sync: interval`` its seqs were counted lost while
+        stored."""
+        for sync in ("sync", "interval"):
+            files, runner, clock = _FreeSpaceUnknown(), ManualRunner(), Clock()
+            s = Stream("s", DIR, StreamSettings(sync=sync, min_free_bytes=0), files, runner, clock)
+            s.open()
+            runner.drain()
+            clock.advance(60)  # (the free space is measured with the next write)
+            files.failing = True
+            first = s.append(record(1))
+            clock.advance(0)
+            second = s.append(record(2))
+            clock.advance(0)  # (a second batch in flight behind the first)
+            runner.drain()
+            files.failing = False
+            self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (1, 2), sync)
+            self.assertEqual(s.stats().drops, {}, sync)
+            s.close()
+            runner.drain()
+            self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2], sync)
 
     def test_a_drop_on_a_full_disk_is_counted_before_its_segments_go(self) -> None:
         """docs/journal.md: min_free_disk drops two segments on a disk too full for the loss
