@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gateway.apps.operations import InstallResult
+from gateway.clockstep import BootClock
 from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep, refused_for_good
 from gateway.fleet import actions as fleet_actions
 from gateway.fleet import service as fleet_service
@@ -81,6 +82,7 @@ class FleetHarness(SynchronousTestCase):
         self.installer = FakeInstaller()
         self.attributes = {"version": "1.0", "apps": "app 1"}
         self.fleet: FleetService | None = None
+        self.boot: BootClock | None = None  # (the boot's clock the fleet service is given)
 
     def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None,
               disk: Any = run_inline, uniform: Any = lambda a, b: (a + b) / 2,
@@ -99,7 +101,7 @@ class FleetHarness(SynchronousTestCase):
         loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
-                                  disk, uniform=uniform)
+                                  disk, uniform=uniform, boot=self.boot)
         if previous is not None:
             self.fleet.goes_on_from(previous)
         self.fleet.startService()
