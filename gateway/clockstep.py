@@ -74,6 +74,12 @@ class BootClock:
     seconds: Callable[[], float] = boottime
 
 
+def in_boot(boot: BootClock, saved: str) -> bool:
+    """Whether a reading of a boot's clock saved with the boot id ``saved`` was taken in
+    ``boot``, a known one (``""``: not known): then it compares with ``boot``'s readings."""
+    return boot.boot != "" and saved == boot.boot
+
+
 #: The wall clock as it read in a boot: the boot's id and the wall clock's offset from that
 #: boot's clock (wall seconds less boot seconds), kept on disk beside times read off the wall
 #: clock (:func:`clock_of`, :func:`same_clock`).
