@@ -1208,6 +1208,11 @@ class FleetServiceTests(FleetHarness):
         (self.state / "fleet" / "state.json").write_text(json.dumps(state))
         fleet = self.start()
         self.assertEqual((fleet.snapshot().held_until, fleet.state.config_hash), (None, state["config_hash"]))
+        self.stop()
+        state["clock"] = ["boot-1", "noon"]  # not a clock: its times count as another clock's, the rest is kept
+        (self.state / "fleet" / "state.json").write_text(json.dumps(state))
+        fleet = self.start()
+        self.assertEqual((fleet.state.clock, fleet.state.config_hash), (None, state["config_hash"]))
 
     def test_an_absurd_retry_after_holds_the_gateway_a_day_at_most(self) -> None:
         """A Retry-After of a trillion seconds (a lie, a typo) is taken as a day, plus the random
