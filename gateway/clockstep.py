@@ -74,6 +74,31 @@ class BootClock:
     seconds: Callable[[], float] = boottime
 
 
+def in_boot(boot: BootClock, saved: str) -> bool:
+    """Whether a reading of a boot's clock saved with the boot id ``saved`` was taken in
+    ``boot``, a known one (``""``: not known): then it compares with ``boot``'s readings."""
+    return boot.boot != "" and saved == boot.boot
+
+
+#: The wall clock as it read in a boot: the boot's id and the wall clock's offset from that
+#: boot's clock (wall seconds less boot seconds), kept on disk beside times read off the wall
+#: clock (:func:`clock_of`, :func:`same_clock`).
+ClockOf = tuple[str, float]
+
+
+def clock_of(boot: BootClock, wall: float) -> ClockOf:
+    """The wall clock that reads ``wall`` now, in ``boot``."""
+    return boot.boot, wall - boot.seconds()
+
+
+def same_clock(saved: ClockOf | None, now: ClockOf) -> bool:
+    """Whether times read on the wall clock ``saved`` (:func:`clock_of` then; None: not known)
+    are on the wall clock ``now``: the same boot (a known one), and the wall clock not stepped
+    against the boot's since by :data:`STEP_TOLERANCE` or more (a step while the gateway was
+    stopped, which no observer of :func:`watch_steps` heard)."""
+    return saved is not None and saved[0] == now[0] != "" and abs(saved[1] - now[1]) < STEP_TOLERANCE
+
+
 #: A wall-clock time before this (2024-01-01 UTC, before this code was written; systemd takes its
 #: build time so) was read off a clock that was not set yet: a gateway without a real-time
 #: clock boots at 1970, and NTP steps it later.

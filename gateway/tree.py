@@ -394,7 +394,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         from gateway.fleet.wiring import make_fleet_service
 
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
-                                   apps.snapshot, config.gateway.proxy)
+                                   apps.snapshot, config.gateway.proxy, boot=journal.boot)
         fleet.setServiceParent(root)
     else:
         OffService("fleet", "fleet.enabled: false").setServiceParent(root)

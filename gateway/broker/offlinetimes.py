@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from gateway.clockstep import CLOCK_SET_SINCE, BootClock
+from gateway.clockstep import CLOCK_SET_SINCE, BootClock, in_boot
 
 #: The longest time from a saved time to the start that the wall clock is believed for, across
 #: a reboot (30 days): a clock that reads more is taken as wrong (the gateway cannot tell a longer
@@ -81,7 +81,7 @@ def restored_idle(since: float | None, clock: SavedClock | None, now: float, boo
         return offline_for(since, now)
     saved_in, saved_at, boot_at = clock
     before = max(saved_at - since, 0.0)  # (idle at the save: counted on the steady clock then)
-    if boot is not None and boot.boot and saved_in == boot.boot:
+    if boot is not None and in_boot(boot, saved_in):
         return before + max(boot.seconds() - boot_at, 0.0)
     return before + offline_for(saved_at, now)
 
@@ -97,7 +97,7 @@ def logged_idle(received: float, headers: Mapping[str, str], now: float, boot: B
     ``headers``) has been offline at the start: on the boot's clock when the record was logged
     in this boot (its ``boot`` header), else the wall clock's (:func:`offline_for`)."""
     logged_in, _, at = headers.get("boot", "").partition(" ")
-    if boot is not None and boot.boot and logged_in == boot.boot:
+    if boot is not None and in_boot(boot, logged_in):
         try:
             boot_at = float(at)
         except ValueError:

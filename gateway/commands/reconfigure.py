@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from gateway import config as gateway_config
 from gateway.atomic import read_json, remove_durably, set_aside, write_json_atomically
-from gateway.clockstep import CLOCK_SET_SINCE, STEP_TOLERANCE, BootClock, steady_seconds
+from gateway.clockstep import CLOCK_SET_SINCE, STEP_TOLERANCE, BootClock, in_boot, steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
 from gateway.deadlinecall import DeadlineCall
@@ -150,7 +150,7 @@ def _wait(pending: PendingChange, now: float, boot: BootClock | None) -> float:
     would otherwise put the deadline years away, and a change that broke the link (and so NTP)
     would never be reverted."""
     window = pending.deadline - pending.applied_at
-    if boot is not None and boot.boot and boot.boot == pending.boot:
+    if boot is not None and in_boot(boot, pending.boot):
         left = pending.boot_deadline - boot.seconds()
     elif pending.applied_at < CLOCK_SET_SINCE <= now:
         left = window

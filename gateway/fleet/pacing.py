@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
 from gateway.fleet.ddi import DDIError
 from gateway.httpdate import MAX_RETRY_AFTER
 from gateway.fleet.settings import FleetSettings
@@ -86,8 +86,13 @@ class RequestPacing:
 
     def resume(self, until: float) -> None:
         """Keep to a hold saved before a restart (a configuration change, a reboot): until
-        ``until`` (seconds since the epoch, the wall clock), :data:`MAX_HOLD` from now at most."""
-        held = min(until - self.clock.seconds(), MAX_HOLD)
+        ``until`` (seconds since the epoch, the wall clock), :data:`MAX_HOLD` from now at most;
+        none when ``until`` was read off a set clock and this one is not set yet (a reboot
+        without a real-time clock, at 1970: every hold, ended or not, looked decades ahead)."""
+        now = self.clock.seconds()
+        if now < CLOCK_SET_SINCE <= until:
+            return
+        held = min(until - now, MAX_HOLD)
         if held > 0:
             self.held_until = steady_seconds(self.clock) + held
 

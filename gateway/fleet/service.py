@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from gateway.blocking import RunBlocking
-from gateway.clockstep import steady_seconds, watch_steps
+from gateway.clockstep import BootClock, ClockOf, clock_of, same_clock, steady_seconds, watch_steps
 from gateway.fleet.actions import FleetActions
 from gateway.fleet.configdata import ConfigDataSender
 from gateway.fleet.ddi import DDIClient, DDIError, poll_answer
@@ -34,7 +34,7 @@ from gateway.fleet.pacing import MAX_SLEEP, RESPREAD, RequestPacing
 from gateway.fleet.pollrecord import PollRecord
 from gateway.fleet.settings import FleetSettings
 from gateway.fleet.snapshot import FleetActivity, FleetSnapshot
-from gateway.fleet.state import FleetState
+from gateway.fleet.state import Feedback, FleetState
 from gateway.fleet.statefile import FleetStateFile
 from gateway.updates.operation import FLEET_PREFIX
 from gateway.redaction import hide_inline_secrets
@@ -63,8 +63,9 @@ class FleetService(Service):
 
     def __init__(self, settings: FleetSettings, state_dir: Path, clock: Any, ddi: DDIClient, updates: Any,
                  attributes: Callable[[], dict[str, str]], run_blocking: RunBlocking,
-                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+                 uniform: Callable[[float, float], float] = random.uniform, boot: BootClock | None = None) -> None:
         self.settings = settings
+        self.boot = boot
         self.clock = clock
         self.ddi = ddi
         self.updates = updates
@@ -86,6 +87,11 @@ class FleetService(Service):
         self._cycle_running: Deferred[Any] | None = None
         self._unwatch: Callable[[], None] | None = None
         self._unwatch_steps: Callable[[], None] = lambda: None  # (while running: stops hearing of clock steps)
+        # The feedback whose queued_at (by id: the objects kept alive here), and whether the hold's
+        # end, were read at the start off another wall clock than this one (another boot's): a
+        # step of this one does not move them.
+        self._elsewhere: dict[int, Feedback] = {}
+        self._hold_elsewhere = False
         self._unhold: Callable[[], None] | None = None
         #: whether the update service has loaded its operations (which actions still have one)
         self._loaded = False
@@ -99,6 +105,12 @@ class FleetService(Service):
         super().startService()
         self.state = self.file.load(self.clock.seconds())
         self.pacing.resume(self.state.held_until)  # (the server's Retry-After, before a restart)
+        if self.pacing.held_for() <= 0:
+            self.state.held_until = 0.0  # (a hold that ended: no time to keep, nor to move)
+        here = self._clock_here()
+        if here is None or not same_clock(self.state.clock, here):
+            self._elsewhere = {id(f): f for f in self.state.outbox if f.queued_at is not None}
+            self._hold_elsewhere = bool(self.state.held_until)
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self.actions.operation_changed)
@@ -115,16 +127,25 @@ class FleetService(Service):
                 self.actions.operation_changed(operation)
         self._schedule(self.pacing.first_poll_wait())
 
+    def _clock_here(self) -> ClockOf | None:
+        """The wall clock as it reads now in this boot (None: the boot is not known)."""
+        return clock_of(self.boot, self.clock.seconds()) if self.boot is not None else None
+
     def _clock_stepped(self, step: float) -> None:
-        """The wall clock stepped by ``step`` seconds: the times of the state (when each feedback
-        was queued, the end of a ``Retry-After`` hold) follow it, so that the oldest feedback's
-        wait and a hold kept across a restart stay what they were; saved again."""
+        """The wall clock stepped by ``step`` seconds: the times of the state read on it (when each
+        feedback was queued, the end of a ``Retry-After`` hold) follow it, so that the oldest
+        feedback's wait and a hold kept across a restart stay what they were; saved again. Those
+        read at the start off another clock (before a reboot: a gateway booted at 1970 that NTP
+        sets) were not on the clock that stepped, and stay."""
+        moved = False
         for feedback in self.state.outbox:
-            if feedback.queued_at is not None:
+            if feedback.queued_at is not None and id(feedback) not in self._elsewhere:
                 feedback.queued_at += step
-        if self.state.held_until:  # (0: no hold)
+                moved = True
+        if self.state.held_until and not self._hold_elsewhere:  # (0: no hold)
             self.state.held_until += step
-        if self.state.outbox or self.state.held_until:
+            moved = True
+        if moved:
             self._save().addErrback(lambda f: self.log.failure("could not save the fleet's state after a step of"
                                                                " the wall clock", f))
 
@@ -191,6 +212,12 @@ class FleetService(Service):
         """Persist the state (trimmed to what must be remembered once the operations are known)."""
         if self._loaded:  # (before, an action's operation is not known yet: nothing is forgotten)
             self.state.trim(ENDED_KEPT, self.actions.remembered())
+        if self._elsewhere:
+            sent = self._elsewhere.keys() - {id(f) for f in self.state.outbox}
+            for gone in sent:  # (taken by the server: let go)
+                del self._elsewhere[gone]
+        # (times of two clocks: none is named, and a start reads them all as of another clock)
+        self.state.clock = self._clock_here() if not (self._elsewhere or self._hold_elsewhere) else None
         return self.file.save(self.state)
 
     # -- when the next poll goes -------------------------------------------------------
@@ -207,6 +234,7 @@ class FleetService(Service):
         wait = self.pacing.hold(error)
         if wait is not None:
             self.state.held_until = self.clock.seconds() + wait
+            self._hold_elsewhere = False
             self._save().addErrback(lambda f: self.log.failure("could not save the fleet's Retry-After hold", f))
         if wait is not None and self._timer is not None and self._timer.active() \
                 and self._timer.getTime() - self.clock.seconds() < wait:

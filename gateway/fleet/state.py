@@ -15,17 +15,24 @@
 - ``sw_version``: the version of the last deployment installed (reported as ``sw_version``);
 - ``installed_action``: the action that installed it;
 - ``held_until``: until when (seconds since the epoch) the server's ``Retry-After`` holds every
-  request back, 0 for no hold (a restart keeps to it).
+  request back, 0 for no hold (a restart keeps to it);
+- ``clock``: the wall clock the times (``queued_at``, ``held_until``) were read on, ``[boot id,
+  offset]`` (:func:`~gateway.clockstep.clock_of`): a start in the same boot, the clock not stepped
+  since, goes on moving them with each step of it; ``null`` (or absent: a state written before
+  it was kept) when not known, or when some were read on another clock (another boot's), which
+  a step of this one does not move.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.atomic import read_json, write_json_atomically
+from gateway.clockstep import ClockOf
 from gateway.filelayer import makedirs_durably
 from gateway.updates.operation import EARLIER_CANCELED, Status
 
@@ -61,6 +68,7 @@ class FleetState:
     sw_version: str = ""
     installed_action: str = ""
     held_until: float = 0.0
+    clock: ClockOf | None = None
 
     @classmethod
     def load(cls, path: Path, now: float | None = None) -> FleetState:
@@ -98,7 +106,7 @@ class FleetState:
                    {action_id: _current(status) for action_id, status in raw.get("reported", {}).items()},
                    dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
                    raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""),
-                   _number(raw, "held_until", None) or 0.0)
+                   _number(raw, "held_until", None) or 0.0, _clock(raw.get("clock")))
 
     def trim(self, keep: int, needed: Callable[[str], bool]) -> None:
         """Forget the actions that ended beyond the last ``keep`` in ``reported`` (in the order they
@@ -132,6 +140,15 @@ def _number(raw: dict[str, Any], key: str, default: float | None) -> float | Non
     ``Retry-After`` is kept to, depends on it: no reason to set the state aside)."""
     value = raw.get(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _clock(raw: Any) -> ClockOf | None:
+    """The state's ``clock``; None when absent or not ``[boot id, offset]`` (its times then count as
+    read on another clock: only the feedback's age and a hold's end depend on it)."""
+    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], str)
+            and type(raw[1]) in (int, float) and math.isfinite(raw[1])):
+        return None
+    return raw[0], float(raw[1])
 
 
 def _is_feedback(raw: Any) -> bool:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 
 from gateway.blocking import in_reactor_threads
+from gateway.clockstep import BootClock
 from gateway.fleet.attributes import gateway_attributes
 from gateway.fleet.ddi import DDIClient
 from gateway.fleet.service import FleetService
@@ -31,7 +32,7 @@ def authorization(settings: FleetSettings) -> str | None:
 
 def make_fleet_service(settings: FleetSettings, state_dir: Path, reactor: Any, updates: Any, device_id: str,
                        apps_snapshot: Callable[[], Any] | None = None,
-                       proxy: ProxySettings = ProxySettings()) -> FleetService:
+                       proxy: ProxySettings = ProxySettings(), boot: BootClock | None = None) -> FleetService:
     """The fleet service for the running gateway (hostnames verified; ``ca_file`` trusted when set).
 
     :param settings: the ``fleet`` section.
@@ -41,10 +42,11 @@ def make_fleet_service(settings: FleetSettings, state_dir: Path, reactor: Any, u
     :param device_id: ``gateway.device_id`` (for ``{device}`` in the controller id).
     :param apps_snapshot: the apps service's ``snapshot`` (hosted apps go into configData).
     :param proxy: ``gateway.proxy``: the DDI requests go through its proxy, when it has one.
+    :param boot: this boot's clock, kept beside the state's times (None: not known).
     """
     http = make_http_client(reactor, DownloadSettings(concurrency=1, ca_file=settings.ca_file), proxy=proxy)
     controller = settings.controller_id.replace("{device}", device_id)
     ddi = DDIClient(http, reactor, settings.base_url, settings.tenant, controller, authorization(settings),
                     settings.request_timeout)
     return FleetService(settings, state_dir, reactor, ddi, updates, gateway_attributes(device_id, apps_snapshot),
-                        in_reactor_threads(reactor))
+                        in_reactor_threads(reactor), boot=boot)

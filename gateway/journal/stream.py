@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.clockstep import STEP_TOLERANCE, BootClock, steady_seconds, watch_steps
+from gateway.clockstep import BootClock, clock_of, same_clock, steady_seconds, watch_steps
 from gateway.degraded import Failing
 from gateway.journal.errors import (DISK_FULL_ERRNOS, JournalClosedError, JournalWriteError, RecordTooLargeError,
                                     StreamFullError, StreamNotDrainedError, too_large_words)
@@ -295,12 +295,11 @@ class Stream:
         own: a stream that takes no record writes nothing)."""
         if self.boot is None:
             return 0
-        offset = self.clock.seconds() - self.boot.seconds()
+        here = clock_of(self.boot, self.clock.seconds())
         saved = self.ledger.clock
-        if saved is not None and self.boot.boot != "" and saved[0] == self.boot.boot \
-                and abs(saved[1] - offset) < STEP_TOLERANCE:
+        if saved is not None and same_clock(saved[:2], here):
             return saved[2]
-        self.ledger.clock = (self.boot.boot, offset, self.next_seq)
+        self.ledger.clock = (*here, self.next_seq)
         self._clock_unsaved = True
         return self.next_seq
 

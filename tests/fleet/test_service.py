@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gateway.apps.operations import InstallResult
+from gateway.clockstep import BootClock
 from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep, refused_for_good
 from gateway.fleet import actions as fleet_actions
 from gateway.fleet import service as fleet_service
@@ -81,6 +82,7 @@ class FleetHarness(SynchronousTestCase):
         self.installer = FakeInstaller()
         self.attributes = {"version": "1.0", "apps": "app 1"}
         self.fleet: FleetService | None = None
+        self.boot: BootClock | None = None  # (the boot's clock the fleet service is given)
 
     def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None,
               disk: Any = run_inline, uniform: Any = lambda a, b: (a + b) / 2,
@@ -99,7 +101,7 @@ class FleetHarness(SynchronousTestCase):
         loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
-                                  disk, uniform=uniform)
+                                  disk, uniform=uniform, boot=self.boot)
         if previous is not None:
             self.fleet.goes_on_from(previous)
         self.fleet.startService()
@@ -1206,6 +1208,11 @@ class FleetServiceTests(FleetHarness):
         (self.state / "fleet" / "state.json").write_text(json.dumps(state))
         fleet = self.start()
         self.assertEqual((fleet.snapshot().held_until, fleet.state.config_hash), (None, state["config_hash"]))
+        self.stop()
+        state["clock"] = ["boot-1", "noon"]  # not a clock: its times count as another clock's, the rest is kept
+        (self.state / "fleet" / "state.json").write_text(json.dumps(state))
+        fleet = self.start()
+        self.assertEqual((fleet.state.clock, fleet.state.config_hash), (None, state["config_hash"]))
 
     def test_an_absurd_retry_after_holds_the_gateway_a_day_at_most(self) -> None:
         """A Retry-After of a trillion seconds (a lie, a typo) is taken as a day, plus the random

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from gateway.clockstep import BootClock
 from gateway.fleet.snapshot import FleetSnapshot
 from gateway.fleet.state import FleetState
 from gateway.readside import ReadSide, ServiceState, to_jsonable
@@ -160,6 +161,78 @@ class FleetSnapshotTests(FleetHarness):
         fleet = self.start()
         snapshot = fleet.snapshot()
         self.assertEqual((snapshot.state, snapshot.held_until - self.clock.seconds()), ("held", 374.0))
+
+    def test_a_step_after_a_reboot_leaves_the_times_saved_before_it(self) -> None:
+        """Feedback queued and a hold set before a reboot (on a clock that was right), the gateway
+        started at 1970 (no real-time clock), then NTP steps the clock by 56 years: the times read
+        at the start were not on the clock it stepped, and stay. The feedback has waited since it
+        was queued (it said -56 years, and hawkBit would record the step 56 years ahead), and the
+        state file keeps both times as they were (a restart then held every request back for a
+        day and a half: the hold's end was 56 years ahead)."""
+        queued = 1_780_000_000.0
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"outbox": [{"kind": "cancelAction", "action_id": "4", "status": {},
+                                                "queued_at": queued}], "held_until": queued + 60}))
+        self.clock = SteppingClock()
+        self.server.feedback_errors = [503] * 100
+        self.server.errors = [(429, {"Retry-After": "300"})]  # (a hold of this boot: the step moves it)
+        fleet = self.start()
+        self.run_for(6)
+        held = fleet.state.held_until
+        self.clock.step(queued + 94.0)
+        self.assertEqual(fleet.snapshot().feedback_oldest_age_s, 100.0)
+        self.assertEqual(fleet.state.held_until, held + queued + 94.0)
+        self.stop()
+        saved = FleetState.load(path)
+        self.assertEqual((saved.outbox[0].queued_at, saved.held_until), (queued, held + queued + 94.0))
+
+    def test_a_step_after_a_reboot_moves_no_hold_of_before_it(self) -> None:
+        """A ``Retry-After`` hold that ended before a reboot, then the gateway started at 1970 and
+        NTP stepped the clock: the hold's end stays where it was, and a restart keeps to no hold
+        (its end moved 56 years ahead held every request back for a day and a half)."""
+        ended = 1_780_000_000.0
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"held_until": ended, "outbox": [{"kind": "cancelAction", "action_id": "4",
+                                                                     "status": {}, "queued_at": ended}]}))
+        self.clock = SteppingClock()
+        self.server.feedback_errors = [503] * 100
+        self.start()
+        self.run_for(2)
+        self.clock.step(ended + 3600.0)
+        self.stop()
+        fleet = self.start()
+        self.assertEqual((FleetState.load(path).held_until, fleet.snapshot().held_until), (ended, None))
+
+    def test_a_restart_in_the_same_boot_goes_on_moving_the_times(self) -> None:
+        """Feedback queued on a gateway booted at 1970, the gateway restarted in the same boot, then
+        NTP steps the clock: the times the state file kept were read on the clock that stepped (its
+        ``clock`` says so), and follow the step as they did before the restart."""
+        self.clock = SteppingClock()
+        self.boot = BootClock("boot-1", self.clock.steady_seconds)
+        self.server.deployment = deployment("14", FILES)
+        self.server.feedback_errors = [503] * 100
+        self.start()
+        self.run_for(8)  # t=5: installed, its 6 steps not taken
+        self.stop()
+        self.clock.advance(100)
+        fleet = self.start()
+        self.clock.step(56 * 365 * 86400.0)
+        self.assertEqual(fleet.snapshot().feedback_oldest_age_s, 103.0)
+
+    def test_a_hold_of_a_set_clock_read_at_1970_holds_nothing(self) -> None:
+        """A ``Retry-After`` hold saved on a clock that was right, then a reboot without a real-time
+        clock (the gateway starts at 1970): its end cannot be compared with that clock, and no
+        hold is kept (every request was held back for a day and a half, the most a start keeps
+        to), the first poll goes at its time."""
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"held_until": 1_780_000_000.0}))
+        fleet = self.start()
+        self.assertEqual(fleet.snapshot().held_until, None)
+        self.run_for(6)
+        self.assertEqual(fleet.snapshot().polls, 1)
 
     def test_feedback_from_an_older_state_waits_from_the_start(self) -> None:
         """A state written before feedback carried when it was queued: its feedback counts as
