@@ -126,8 +126,9 @@ class Router(Generic[Client]):
         (a copy its cloud kept); a client's, a plugin's or the gateway's own are not in it.
     :ivar retained_own: the topics whose retained message the gateway itself (or a plugin)
         left, not a client and not a link's cloud.
-    :ivar clients_retained_bytes: the bytes (topics and payloads) of the retained messages
-        clients left (:attr:`clients_retained_count`): what ``max_retained_bytes`` bounds.
+    :ivar clients_retained_count: the retained messages clients left (neither a link's nor in
+        :attr:`retained_own`): what ``max_retained_messages`` bounds.
+    :ivar clients_retained_bytes: their bytes, topics and payloads: what ``max_retained_bytes`` bounds.
     :ivar live: client id -> the handler of its live connection.
     :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
@@ -155,6 +156,7 @@ class Router(Generic[Client]):
         self.retained_bytes = 0
         self.retained_links: dict[str, str] = {}
         self.retained_own: set[str] = set()
+        self.clients_retained_count = 0
         self.clients_retained_bytes = 0
         self._retained_topics: TopicTree[str] = TopicTree()
         self.live: dict[str, Client] = {}
@@ -221,12 +223,6 @@ class Router(Generic[Client]):
     def retained_count(self) -> int:
         """Retained messages held."""
         return len(self.retained)
-
-    @property
-    def clients_retained_count(self) -> int:
-        """Retained messages held that clients left (neither a link's nor in :attr:`retained_own`):
-        what ``max_retained_messages`` bounds. (Taken from the three, not kept beside them.)"""
-        return len(self.retained) - len(self.retained_links) - len(self.retained_own)
 
     @property
     def subscription_count(self) -> int:
@@ -542,6 +538,7 @@ class Router(Generic[Client]):
             elif topic in self.retained_own:
                 self.retained_own.remove(topic)
             else:
+                self.clients_retained_count -= 1
                 self.clients_retained_bytes -= old_size
         if payload:
             if old is None:
@@ -556,6 +553,7 @@ class Router(Generic[Client]):
             elif own:
                 self.retained_own.add(topic)
             else:
+                self.clients_retained_count += 1
                 self.clients_retained_bytes += size
             return True
         if old is None:
