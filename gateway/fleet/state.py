@@ -34,7 +34,7 @@ from typing import Any
 from gateway.atomic import read_json, write_json_atomically
 from gateway.clockstep import ClockOf
 from gateway.filelayer import makedirs_durably
-from gateway.updates.operation import EARLIER_CANCELED, Status
+from gateway.updates.operation import EARLIER_CANCELED, Status, recorded_status
 
 
 @dataclass
@@ -124,9 +124,12 @@ class FleetState:
 
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor), ``reported`` in its
-        order (sorted, a restart took the actions for ended in the order of their ids)."""
+        order (sorted, a restart took the actions for ended in the order of their ids), its
+        FINISHED_CANCELED as :data:`~gateway.updates.operation.EARLIER_CANCELED`, which every build reads."""
         makedirs_durably(str(path.parent))  # (a power cut must not take it with the state)
-        write_json_atomically(path, asdict(self), sort_keys=False)
+        saved = asdict(self)
+        saved["reported"] = {action_id: recorded_status(status) for action_id, status in self.reported.items()}
+        write_json_atomically(path, saved, sort_keys=False)
 
 
 def _beyond(actions: list[str], keep: int) -> list[str]:

@@ -64,6 +64,20 @@ def _null_non_finite(value: Any, path: str = "") -> list[str]:
     return sorted(found)
 
 
+def _revision(value: Any) -> int:
+    """A thing's revision as ``things.json`` holds it: a whole number (``3``, or ``3.0``).
+
+    :raises ValueError: for another value (``1.5`` was taken as 1, ``true`` as 1: a revision
+        the twin had never given, and its events' order with it).
+    :raises OverflowError: for ``Infinity``.
+    """
+    if type(value) is int or (type(value) is float and value.is_integer()):
+        return int(value)
+    if type(value) is float and math.isinf(value):
+        raise OverflowError(f"a revision is a whole number, not {value}")
+    raise ValueError(f"a revision is a whole number, not {json.dumps(value)}")
+
+
 class TwinStore:
     """Things by id, each with its revision, persisted to ``path``.
 
@@ -114,7 +128,7 @@ class TwinStore:
                     or not isinstance(data.get("revisions"), dict)
                     or not all(isinstance(thing, dict) for thing in data["things"].values())):
                 raise ValueError("not a twin file (no things and revisions)")
-            revisions = {str(key): int(value) for key, value in data["revisions"].items()}
+            revisions = {str(key): _revision(value) for key, value in data["revisions"].items()}
             mended = {thing_id: paths for thing_id, thing in data["things"].items()
                       if (paths := _null_non_finite(thing))}
             return data["things"], revisions, mended

@@ -23,9 +23,17 @@ MAX_FILENAME_BYTES = 255 - len(".part.json")
 FLEET_PREFIX = "ddi-"
 
 
-#: What versions before 2026-12 recorded (in operation records and the fleet's state) for a
-#: canceled operation, a status Kanto's SoftwareUpdatable does not have: read as FINISHED_CANCELED.
+#: What builds up to 47daafe1 (2026-12-07) published for a canceled operation, a status Kanto's
+#: SoftwareUpdatable does not have. Still the word on disk (operation records, the fleet's state),
+#: read as FINISHED_CANCELED: those builds, run again by a rollback, take an unknown status for a
+#: damaged record (set aside) or an action not ended (installed again when offered again).
 EARLIER_CANCELED = "CANCELED"
+
+
+def recorded_status(status: str) -> str:
+    """``status`` (a :class:`Status` value) as the state on disk holds it: FINISHED_CANCELED as
+    :data:`EARLIER_CANCELED`, which every build reads."""
+    return EARLIER_CANCELED if status == Status.FINISHED_CANCELED.value else status
 
 
 class Status(str, enum.Enum):
@@ -119,9 +127,9 @@ class Operation:
     files_removed: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The persisted form."""
+        """The persisted form (FINISHED_CANCELED as :data:`EARLIER_CANCELED`: :func:`recorded_status`)."""
         value = asdict(self)
-        value["status"] = self.status.value
+        value["status"] = recorded_status(self.status.value)
         return value
 
     @classmethod

@@ -67,6 +67,15 @@ class FleetStateDurableTests(SynchronousTestCase):
         path.write_text(json.dumps({"reported": {"7": "CANCELED", "8": "FINISHED_SUCCESS"}}))
         self.assertEqual(FleetState.load(path).reported, {"7": "FINISHED_CANCELED", "8": "FINISHED_SUCCESS"})
 
+    def test_a_canceled_action_is_saved_in_the_word_earlier_builds_read(self) -> None:
+        """``reported`` keeps a FINISHED_CANCELED action as ``CANCELED`` on disk (and reads it back
+        as FINISHED_CANCELED): a build up to 47daafe1, run again by a rollback, did not take
+        FINISHED_CANCELED for an ended action, and installed a canceled action the server offered again."""
+        path = Path(self.mktemp())
+        FleetState(reported={"7": "FINISHED_CANCELED", "8": "FINISHED_SUCCESS"}).save(path)
+        self.assertEqual(json.loads(path.read_text())["reported"], {"7": "CANCELED", "8": "FINISHED_SUCCESS"})
+        self.assertEqual(FleetState.load(path).reported, {"7": "FINISHED_CANCELED", "8": "FINISHED_SUCCESS"})
+
 
 class FleetHarness(SynchronousTestCase):
     """One gateway, the DDI server in memory, a fake clock (the midpoint of every random range):

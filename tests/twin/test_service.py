@@ -696,6 +696,26 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertTrue((self.dir / "twin" / "things.json.damaged").exists())
         self.assertIn(ROOT, twin.store.things)
 
+    def test_a_revision_that_is_not_a_whole_number_makes_the_file_unusable(self) -> None:
+        """docs/twin.md: a revision that is not a whole number makes things.json one the twin
+        cannot use (set aside, the twin starts without its things), as ``Infinity`` does: ``1.5``
+        and ``true`` were taken as revision 1, a revision the twin never gave. ``3.0`` is 3."""
+        self.successResultOf(self.twin.stopService())
+        path = self.dir / "twin" / "things.json"
+        for revision in ("1.5", "true", '"2"'):
+            path.write_text('{"things": {"acme:gw1:s": {"thingId": "acme:gw1:s"}}, "revisions": {"acme:gw1:s": %s}}'
+                            % revision)
+            self.bus.subscriptions.clear()
+            twin = self.start()
+            self.assertTrue((self.dir / "twin" / "things.json.damaged").exists(), revision)
+            self.assertNotIn("acme:gw1:s", twin.store.things)
+            self.successResultOf(twin.stopService())
+        path.write_text('{"things": {"acme:gw1:s": {"thingId": "acme:gw1:s"}}, "revisions": {"acme:gw1:s": 3.0}}')
+        self.bus.subscriptions.clear()
+        twin = self.start()
+        self.assertEqual(twin.store.revisions["acme:gw1:s"], 3)
+        self.successResultOf(twin.stopService())
+
     def test_a_start_whose_first_write_the_disk_refuses_serves_on(self) -> None:
         """A start with no usable things.json (none, set aside, or a file where the twin's
         directory belongs) on a disk that refuses writes (full or read-only at boot): the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -115,4 +116,16 @@ class KantoStatusTests(SynchronousTestCase):
         record["status"] = "CANCELED"
         operation = Operation.from_json(record)
         self.assertEqual((operation.status, operation.status.final), (Status.FINISHED_CANCELED, True))
-        self.assertEqual(operation.to_json()["status"], "FINISHED_CANCELED")
+        self.assertEqual(operation.status_payload(1.0)["status"], "FINISHED_CANCELED")
+
+    def test_a_canceled_operations_record_keeps_the_word_earlier_builds_read(self) -> None:
+        """The record of a FINISHED_CANCELED operation says ``CANCELED`` on disk, and reads back as
+        FINISHED_CANCELED: a build up to 47daafe1, run again by gateway-selfupdate's rollback, knew
+        no FINISHED_CANCELED and set such a record aside as damaged (``skipping unreadable
+        operation ...: 'FINISHED_CANCELED' is not a valid Status``), against install.md's "no file
+        is set aside as damaged"."""
+        operation = parse_request("install", kanto_install({}))
+        operation.status = Status.FINISHED_CANCELED
+        record = operation.to_json()
+        self.assertEqual(record["status"], "CANCELED")
+        self.assertEqual(Operation.from_json(json.loads(json.dumps(record))).status, Status.FINISHED_CANCELED)
