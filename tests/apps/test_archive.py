@@ -233,6 +233,28 @@ class SafeTests(SynchronousTestCase):
             self.assertEqual(mode & 0o700, 0o700, oct(mode))
             self.assertEqual(os.stat(d / "out" / "tool").st_uid, os.getuid())
 
+    def test_no_directory_of_a_package_is_writable_by_others_under_any_umask(self) -> None:
+        """A package's directories, those it lists no entry for (``tar czf p.tgz bin/run.sh``)
+        too, are made as every directory the gateway makes is (docs/configuration.md,
+        ``state_dir``): never writable by its group or by every user, whatever the umask. tarfile
+        made them 0777 less the umask (with Python's "data" filter, which ignores a directory's
+        mode, those it lists too): under ``umask 0`` every user could put their own ``run.sh``
+        in place of the app's, which the gateway runs."""
+        self.addCleanup(os.umask, os.umask(0))
+        for with_filter in (False, True):
+            if with_filter and not hasattr(tarfile, "data_filter"):
+                continue
+            self.patch(archive, "HAS_DATA_FILTER", with_filter)
+            d = Path(self.mktemp())
+            d.mkdir()
+            path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "", "p/bin/deep/run.sh": "x"},
+                                 extra=[member("p/data", tarfile.DIRTYPE)])
+            extract_archive(path, inspect(path), d / "out")
+            for directory in (d / "out" / "bin", d / "out" / "bin" / "deep", d / "out" / "data"):
+                mode = stat.S_IMODE(os.stat(directory).st_mode)
+                self.assertEqual(mode & 0o022, 0, f"{directory}: {mode:o}")
+            self.assertEqual((d / "out" / "bin" / "deep" / "run.sh").read_text(), "x")
+
     def test_unpacks_without_the_filter(self) -> None:
         """Without Python's tar filter (Debian bookworm's 3.11.2) a safe package with links in a
         top-level directory unpacks the same."""
