@@ -1517,11 +1517,11 @@ class OperationsTests(SynchronousTestCase):
         (logs / "app.err.log").write_text("complained before\n")
         operations = self.make({"app": ContainerDescription(image="reg:5000/app:9")})
         self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
-        self.assertEqual(self.successResultOf(operations.tail("app")), ["ran before"])
-        self.assertEqual(self.successResultOf(operations.tail("app", stderr=True)), ["complained before"])
+        self.assertEqual(self.successResultOf(operations.tail_bytes("app")), b"ran before\n")
+        self.assertEqual(self.successResultOf(operations.tail_bytes("app", stderr=True)), b"complained before\n")
         self.assertEqual((operations.log_path("app"), operations.log_path("app", stderr=True)),
                          (logs / "app.log", logs / "app.err.log"))
-        self.failureResultOf(operations.tail("nope"), UnknownAppError)
+        self.failureResultOf(operations.tail_bytes("nope"), UnknownAppError)
         self.assertRaises(UnknownAppError, operations.log_path, "nope")
 
     def test_a_death_in_the_reopened_streams_first_moment_is_seen(self) -> None:
