@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -217,15 +218,20 @@ class SafeTests(SynchronousTestCase):
         path = build_tarball(d / "x.tar.gz", {"app.yaml": "name: x\n"})
         self.assertEqual(inspect(path).manifest, "name: x\n")
 
-    def test_modes_and_owner_are_tamed(self) -> None:
-        """Unpacked files lose setuid/setgid/sticky and group/other write bits, with or without
-        Python's tar filter."""
+    def with_and_without_the_filter(self) -> Iterator[Path]:
+        """A new directory to unpack in without Python's tar filter, then with it (where it is)."""
         for with_filter in (False, True):
             if with_filter and not hasattr(tarfile, "data_filter"):
                 continue
             self.patch(archive, "HAS_DATA_FILTER", with_filter)
             d = Path(self.mktemp())
             d.mkdir()
+            yield d
+
+    def test_modes_and_owner_are_tamed(self) -> None:
+        """Unpacked files lose setuid/setgid/sticky and group/other write bits, with or without
+        Python's tar filter."""
+        for d in self.with_and_without_the_filter():
             path = build_tarball(d / "p.v1.tar.gz", {"install.sh": "", "tool": "x"}, mode=0o6777)
             extract_archive(path, inspect(path), d / "out")
             mode = stat.S_IMODE(os.stat(d / "out" / "tool").st_mode)
@@ -241,12 +247,7 @@ class SafeTests(SynchronousTestCase):
         mode, those it lists too): under ``umask 0`` every user could put their own ``run.sh``
         in place of the app's, which the gateway runs."""
         self.addCleanup(os.umask, os.umask(0))
-        for with_filter in (False, True):
-            if with_filter and not hasattr(tarfile, "data_filter"):
-                continue
-            self.patch(archive, "HAS_DATA_FILTER", with_filter)
-            d = Path(self.mktemp())
-            d.mkdir()
+        for d in self.with_and_without_the_filter():
             path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "", "p/bin/deep/run.sh": "x"},
                                  extra=[member("p/data", tarfile.DIRTYPE)])
             extract_archive(path, inspect(path), d / "out")
