@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.apps.errors import UnsafeArchiveError
-from gateway.filelayer import DIRECTORY_MODE, makedirs_durably, sync_tree
+from gateway.filelayer import DIRECTORY_MODE, makedirs, makedirs_durably, sync_tree
 
 MAX_MANIFEST_BYTES = 64 * 1024
 #: Why a file that no tar reader opens (plain tar, gzip, bzip2, xz) is refused.
@@ -256,6 +256,15 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path, sync: boo
             renamed.name, renamed.linkname = _on_disk(name[len(contents.prefix):]), _on_disk(linkname)
             _tame(renamed)
             selected.append(renamed)
+        # Its directories, and those its members are in that it lists no entry for (``tar czf
+        # p.tgz bin/run.sh``), are made first as every directory the gateway makes: tarfile
+        # made them 0777 less the umask (the "data" filter ignores a directory's mode), so that
+        # under ``umask 0`` any user's files could take the place of the app's. Without the
+        # filter those it lists get their tamed modes once unpacked. None is a link: members
+        # written through one were refused.
+        directories = {m.name for m in selected if m.isdir()} | {os.path.dirname(m.name) for m in selected}
+        for directory in sorted(directories - {""}):
+            makedirs(os.path.join(dest, directory))
         # Every member was checked by inspect_archive. PEP 706's "data" filter adds a second line
         # of defence where it exists (Python >= 3.11.4; Debian bookworm's 3.11.2, which the .deb
         # uses, lacks it).

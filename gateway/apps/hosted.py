@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 
 from gateway.apps.errors import UnknownAppError
+from gateway.apps.logs import log_lines
 from gateway.apps.operations import AppOperations, InstallResult
 
 
@@ -36,9 +37,6 @@ class HostedKind(Protocol):
 
     def uninstall(self, name: str) -> Deferred[None]:
         """Remove it."""
-
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """Its log's last lines, as text."""
 
     def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         """Its log's last lines, as they are."""
@@ -120,9 +118,9 @@ class AppsControl:
         return kind.uninstall(name) if kind is not None else self.operations.uninstall(name)
 
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of an app's or program's log, as text."""
-        kind = self._kind(name)
-        return kind.tail(name, lines, stderr) if kind is not None else self.operations.tail(name, lines, stderr)
+        """The last lines of an app's or program's log as text, each without its end, a byte that
+        is no UTF-8 as U+FFFD (:func:`~gateway.apps.logs.log_lines` of :meth:`tail_bytes`)."""
+        return self.tail_bytes(name, lines, stderr).addCallback(log_lines, lines)
 
     def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         """The last lines of an app's or program's log, as they are."""

@@ -260,8 +260,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
     """What goes before ``data``, the last bytes of ``path`` read for its last ``lines``
     lines, when they hold fewer: the end of its newest rotated file, ``path.1`` (blocking).
-    Nothing when they hold enough, or :data:`TAIL_MAX_BYTES` already."""
-    if lines <= 0 or data.count(b"\n") >= lines or len(data) >= TAIL_MAX_BYTES:
+    Nothing when they hold enough (their last byte ends their last line, a newline or not, as
+    in :func:`tail_offset`), or :data:`TAIL_MAX_BYTES` already."""
+    held = data.count(b"\n") + (data[-1:] not in (b"", b"\n"))
+    if lines <= 0 or held >= lines or len(data) >= TAIL_MAX_BYTES:
         return b""
     return _tail_bytes(path.with_name(path.name + ".1"), lines, TAIL_MAX_BYTES - len(data))
 

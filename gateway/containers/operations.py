@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.errors import AppsStoppingError, DesiredStateError, HealthCheckError, UnknownAppError
-from gateway.apps.logs import log_lines, remove_logs, tail_bytes, tail_file
+from gateway.apps.logs import remove_logs, tail_bytes, tail_file
 from gateway.apps.names import log_name_problem
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState
@@ -768,11 +768,6 @@ class ContainerOperations:
             raise UnknownAppError(f"no app or program {shown_repr(name)}")
         stdout, stderr_log = self._supervisor.log_files(name)
         return stderr_log if stderr else stdout
-
-    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of its stdout (or stderr) log as text (:meth:`tail_bytes`, then
-        :func:`~gateway.apps.logs.log_lines`)."""
-        return self.tail_bytes(name, lines, stderr).addCallback(log_lines, lines)
 
     def tail_bytes(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[bytes]:
         """The last lines of its stdout (or stderr) log as they are (see :meth:`log_path`)."""

@@ -326,10 +326,11 @@ class ContainerUnit:
                 self._restart_later(delay)
 
     def _restart_later(self, delay: float) -> None:
-        """Start it again after ``delay`` seconds, unless it was forgotten meanwhile: the
-        observers told of its end (the health watch of an install, rolling it back) may have
-        closed it."""
-        if not self._closed:
+        """Start it again after ``delay`` seconds, once it is EXITED or BACKOFF, unless the
+        observers told of that change stopped, started or forgot it meanwhile (the health watch
+        of an install stops it to read its logs, then rolls it back), as a hosted program's
+        restart is (:class:`~gateway.apps.process.ProgramProcess`)."""
+        if not self._closed and self.state in (ProgramState.EXITED, ProgramState.BACKOFF):
             self._schedule.restart_later(delay, self._launch)
 
     def _should_restart(self, code: int | None) -> bool:

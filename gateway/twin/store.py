@@ -46,7 +46,7 @@ def _null_non_finite(value: Any, path: str = "") -> list[str]:
     holds them (AWS IoT refuses a shadow update that does, for good).
 
     :param path: where ``value`` is (a JSON pointer; ``""``: the top).
-    :returns: ``"<pointer> (<value>)"`` of each replaced, in the order met.
+    :returns: ``"<pointer> (<value>)"`` of each replaced, sorted.
     """
     found: list[str] = []
     stack: list[tuple[Any, str]] = [(value, path)]

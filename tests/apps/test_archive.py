@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -217,21 +218,43 @@ class SafeTests(SynchronousTestCase):
         path = build_tarball(d / "x.tar.gz", {"app.yaml": "name: x\n"})
         self.assertEqual(inspect(path).manifest, "name: x\n")
 
-    def test_modes_and_owner_are_tamed(self) -> None:
-        """Unpacked files lose setuid/setgid/sticky and group/other write bits, with or without
-        Python's tar filter."""
+    def with_and_without_the_filter(self) -> Iterator[Path]:
+        """A new directory to unpack in without Python's tar filter, then with it (where it is)."""
         for with_filter in (False, True):
             if with_filter and not hasattr(tarfile, "data_filter"):
                 continue
             self.patch(archive, "HAS_DATA_FILTER", with_filter)
             d = Path(self.mktemp())
             d.mkdir()
+            yield d
+
+    def test_modes_and_owner_are_tamed(self) -> None:
+        """Unpacked files lose setuid/setgid/sticky and group/other write bits, with or without
+        Python's tar filter."""
+        for d in self.with_and_without_the_filter():
             path = build_tarball(d / "p.v1.tar.gz", {"install.sh": "", "tool": "x"}, mode=0o6777)
             extract_archive(path, inspect(path), d / "out")
             mode = stat.S_IMODE(os.stat(d / "out" / "tool").st_mode)
             self.assertEqual(mode & 0o7022, 0, oct(mode))
             self.assertEqual(mode & 0o700, 0o700, oct(mode))
             self.assertEqual(os.stat(d / "out" / "tool").st_uid, os.getuid())
+
+    def test_no_directory_of_a_package_is_writable_by_others_under_any_umask(self) -> None:
+        """A package's directories, those it lists no entry for (``tar czf p.tgz bin/run.sh``)
+        too, are made as every directory the gateway makes is (docs/configuration.md,
+        ``state_dir``): never writable by its group or by every user, whatever the umask. tarfile
+        made them 0777 less the umask (with Python's "data" filter, which ignores a directory's
+        mode, those it lists too): under ``umask 0`` every user could put their own ``run.sh``
+        in place of the app's, which the gateway runs."""
+        self.addCleanup(os.umask, os.umask(0))
+        for d in self.with_and_without_the_filter():
+            path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "", "p/bin/deep/run.sh": "x"},
+                                 extra=[member("p/data", tarfile.DIRTYPE)])
+            extract_archive(path, inspect(path), d / "out")
+            for directory in (d / "out" / "bin", d / "out" / "bin" / "deep", d / "out" / "data"):
+                mode = stat.S_IMODE(os.stat(directory).st_mode)
+                self.assertEqual(mode & 0o022, 0, f"{directory}: {mode:o}")
+            self.assertEqual((d / "out" / "bin" / "deep" / "run.sh").read_text(), "x")
 
     def test_unpacks_without_the_filter(self) -> None:
         """Without Python's tar filter (Debian bookworm's 3.11.2) a safe package with links in a

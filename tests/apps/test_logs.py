@@ -298,6 +298,22 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail_bytes(self.dir / "r.log", 3), b"a 1%\ra 99%\nb\nc\r\n")
         self.assertEqual(tail_to_end(self.dir / "r.log", 3)[:2], (b"a 1%\ra 99%\nb\nc\r\n", 3))
 
+    def test_a_log_that_holds_the_lines_asked_is_read_alone(self) -> None:
+        """A log whose last line has no newline yet (a program mid-line) and that holds the lines
+        asked with it is read alone: its ``.1`` was read too, its line counted short by one."""
+        from gateway.apps import logs
+
+        self.dir.mkdir()
+        path = self.dir / "r.log"
+        (self.dir / "r.log.1").write_bytes(b"older\n")
+        path.write_bytes(b"one\ntwo")
+        opened: list[Path] = []
+        open_log = logs.open_log
+        self.patch(logs, "open_log", lambda where: opened.append(where) or open_log(where))
+        self.assertEqual(tail_bytes(path, 2), b"one\ntwo")
+        self.assertEqual(opened, [path])
+        self.assertEqual(tail_bytes(path, 3), b"older\none\ntwo")  # (short: .1 is read on)
+
     def test_a_log_rotated_while_its_tail_is_read_shows_no_line_twice(self) -> None:
         """A log rotated between the read of its last lines and that of its ``.1`` (the writer's
         thread rotates while a pool thread reads: a chatty program) is read again: its lines

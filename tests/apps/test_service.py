@@ -419,6 +419,10 @@ class ServiceTests(SynchronousTestCase):
             write_now(target, data)
         flushes[0].callback(None)
         self.assertEqual(self.successResultOf(tail), ["sampling", "sent 12 values"])
+        # (the same through the control of every kind of app, from the kind's tail_bytes)
+        text = service.control.tail("web", 2)
+        flushes[1].callback(None)
+        self.assertEqual(self.successResultOf(text), ["sampling", "sent 12 values"])
 
     def test_engine_report(self) -> None:
         """engine_report has GWE's shape plus the gateway's own version."""

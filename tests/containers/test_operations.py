@@ -140,6 +140,32 @@ class OperationsTests(SynchronousTestCase):
         """The same for a start that failed (BACKOFF): no start again."""
         self.forgotten_as_it_ends("start failed")
 
+    def test_a_unit_stopped_as_it_ends_schedules_no_restart(self) -> None:
+        """A unit that an observer of its state stops as it exits, or as its start fails (the
+        health watch of an install does, to read its logs for the rollback's report, before it
+        forgets it), stays STOPPED: its restart was scheduled all the same, after the observers
+        were told, and started the container again as it was rolled back, as hosted programs
+        never do."""
+        for ending in (ProgramState.EXITED, ProgramState.BACKOFF):
+            self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+            self.clock.advance(1)
+            unit = self.unit()
+            self.supervisor.observers.append(
+                lambda which, ending=ending: which.stop() if which.state is ending else None)
+            if ending is ProgramState.BACKOFF:
+                unit.stop()
+                self.runtime.refuse_start = "no"
+                unit.start()
+            else:
+                self.runtime.exit(unit.container_id, 1)
+            self.assertIs(unit.state, ProgramState.STOPPED, ending)
+            starts = self.runtime.calls.count(("start", unit.container_id))
+            self.clock.advance(60)
+            self.assertEqual((self.runtime.calls.count(("start", unit.container_id)), unit.state),
+                             (starts, ProgramState.STOPPED), ending)
+            self.supervisor.forget("app")
+            self.runtime.refuse_start = None
+
     def test_a_start_that_failed_keeps_its_error_while_it_starts_again(self) -> None:
         """A container that dies before startsecs is BACKOFF with why, and keeps that error while
         it starts again, as a hosted program does (docs/apps.md); it is cleared once a start
@@ -1491,11 +1517,11 @@ class OperationsTests(SynchronousTestCase):
         (logs / "app.err.log").write_text("complained before\n")
         operations = self.make({"app": ContainerDescription(image="reg:5000/app:9")})
         self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
-        self.assertEqual(self.successResultOf(operations.tail("app")), ["ran before"])
-        self.assertEqual(self.successResultOf(operations.tail("app", stderr=True)), ["complained before"])
+        self.assertEqual(self.successResultOf(operations.tail_bytes("app")), b"ran before\n")
+        self.assertEqual(self.successResultOf(operations.tail_bytes("app", stderr=True)), b"complained before\n")
         self.assertEqual((operations.log_path("app"), operations.log_path("app", stderr=True)),
                          (logs / "app.log", logs / "app.err.log"))
-        self.failureResultOf(operations.tail("nope"), UnknownAppError)
+        self.failureResultOf(operations.tail_bytes("nope"), UnknownAppError)
         self.assertRaises(UnknownAppError, operations.log_path, "nope")
 
     def test_a_death_in_the_reopened_streams_first_moment_is_seen(self) -> None:
