@@ -218,6 +218,20 @@ class SegmentRetention:
         self._unborn.add(seq)
         return segment
 
+    def start_empty_segment(self, seq: int, path: str) -> str | None:
+        """A new last segment starting at ``seq``, empty (see :func:`~gateway.journal.segments.mark_next_seq`),
+        in place of an empty last one, which goes; it exists on disk once :meth:`written`.
+
+        :returns: the file of the empty last segment it replaces, if any.
+        """
+        segments = self.segments
+        replaced = None
+        if segments and segments[-1].size == 0 and segments[-1].first_seq not in self._unborn:
+            replaced = segments.pop().path
+        segments.append(Segment(seq, path, 0, None))
+        self._unborn.add(seq)
+        return replaced
+
     def unborn(self, first_seq: int) -> bool:
         """Whether the segment starting at ``first_seq`` is not yet created on disk."""
         return first_seq in self._unborn

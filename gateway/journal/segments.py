@@ -386,6 +386,24 @@ def write_batch(
     return time.monotonic() - t0, _free_bytes(files, directory) if check_free else None, ledger_error
 
 
+def mark_next_seq(files: FileLayer, directory: str, path: str, replaced: str | None) -> None:
+    """Durably create the empty segment ``path``, named for the seq a stream gives next past
+    seqs it skipped at its tail (blocking): recovery, this version's and older builds', which
+    read the next seq from the tail segment alone, then number past them even without the
+    loss ledger's ``skipped``. Then delete ``replaced``, an empty tail such a mark left before
+    (a missing one is not an error).
+
+    :raises OSError: a step that failed (the stream's next batch creates ``path`` then).
+    """
+    files.append(path, b"")
+    files.fsync(path)
+    files.fsync_dir(directory)
+    if replaced is not None:
+        if files.exists(replaced):
+            files.unlink(replaced)
+        files.fsync_dir(directory)
+
+
 def _free_bytes(files: FileLayer, directory: str) -> int | None:
     """The free space of ``directory``'s filesystem, None when it cannot be measured (statvfs
     failed): measured again with a later write. The batch is written by then: a failure here

@@ -37,7 +37,8 @@ from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import (LEDGER_FILE, BatchOp, Recovered, Segment, UndoFailedError, WriteGate,
-                                      open_directory, segment_holding, segment_path, write_batch, write_ledger)
+                                      mark_next_seq, open_directory, segment_holding, segment_path, write_batch,
+                                      write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
@@ -201,6 +202,7 @@ class Stream:
         self._write_error: OSError | None = None
         self._write_failures = 0  # failed writes in a row: logged when they end
         self._write_lines = LogThrottle(WRITE_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
+        self._mark_lines = LogThrottle(WRITE_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
         self._timer: Any = None
         self._early: list[tuple[Record, OnDurable | None, OnFailed, bool]] | None = []
         self._on_open: list[Callable[[], object]] = []
@@ -896,10 +898,29 @@ class Stream:
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
             self.ledger.note_skipped(first, first + lost - 1)
             self.next_seq = self._pending_first = first + lost
+            if not self._closed:
+                self._mark_next_seq(first + lost)
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
         for on_failed in lost_failed:
             _call(on_failed, Failure(error))
         self._wake_idle()
+
+    def _mark_next_seq(self, seq: int) -> None:
+        """Seqs up to ``seq`` were skipped at the tail: make ``seq`` the tail segment's name, on
+        disk before the ledger that counts them (queued after this), so that a build that
+        ignores the ledger's ``skipped`` gives them to no record either. Should that fail, the
+        next batch creates the segment, and only the ledger tells them."""
+        path = segment_path(self.directory, seq)
+        replaced = self.retention.start_empty_segment(seq, path)
+        self._tail_bytes = 0
+        d = self.run(mark_next_seq, self.files, self.directory, path, replaced)
+        d.addCallbacks(lambda _: self.retention.written({path: 0}, None), partial(self._not_marked, seq))
+
+    def _not_marked(self, seq: int, failure: Failure) -> None:
+        if self._mark_lines.note() is not None:
+            self.log.warn("journal {stream}: marking seq {seq} as the next on disk failed (logged at most once a"
+                          " minute): {error}; a build older than the loss ledger's skipped seqs would give the"
+                          " seqs before it to new records", stream=self.name, seq=seq, error=failure.value)
 
     # -- limits (see SegmentRetention) ---------------------------------------------
 

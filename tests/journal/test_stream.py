@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import copy
 import os
 from typing import Iterator
@@ -17,7 +18,7 @@ from gateway.clockstep import BootClock, SteadyTimersReactor
 from gateway.filelayer import OSFiles, move_into_place, write_temporary
 from gateway.journal.errors import JournalWriteError, RecordTooLargeError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
-from gateway.journal.segments import segment_path, write_batch, write_ledger
+from gateway.journal.segments import recover, segment_path, write_batch, write_ledger
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import SLOW_WRITE_S, WRITE_BACKOFF_MAX_S, WRITE_BACKOFF_S, Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record, run_now
@@ -76,6 +77,33 @@ class _SegmentsRefused(PowerCutFiles):
         if self.refusing and path.endswith(".seg"):
             raise OSError(errno.EIO, "Input/output error", path)
         super().append(path, data)
+
+
+class _EmptyCreated(_SegmentsRefused):
+    """While :attr:`refusing` is set, writes of data to a segment fail (EIO, as on a full
+    disk), and creating an empty one works."""
+
+    def append(self, path: str, data: bytes) -> None:
+        if data or not self.refusing:
+            super().append(path, data)
+        else:
+            PowerCutFiles.append(self, path, data)
+
+
+def _refused_after_two(test: SynchronousTestCase, files: _SegmentsRefused, settings: StreamSettings) -> Stream:
+    """A stream in ``files`` that wrote records 1-2 (and stopped), then, reopened, appended 3-5,
+    whose write the disk refused (``files.refusing`` left set): counted, the ledger written."""
+    s = open_stream(files, settings)
+    for i in (1, 2):
+        appended(s, record(i))
+    test.successResultOf(s.close())
+    s = open_stream(files, settings)
+    files.refusing = True
+    for i in (3, 4, 5):
+        s.append(record(i))
+    s.clock.advance(0)  # refused: counted, the ledger written with the next batch
+    s.clock.advance(0)
+    return s
 
 
 class _DirSyncFailsAfterUnlink(PowerCutFiles):
@@ -405,22 +433,94 @@ class GroupCommitTests(SynchronousTestCase):
             reopened = open_stream(files, settings)
             self.assertEqual(self.successResultOf(appended(reopened, record(7))), 7, sync)
 
+    def test_an_older_build_numbers_past_seqs_counted_write_failed(self) -> None:
+        """docs/install.md: a build older than the ledger's ``skipped`` (it ignores the key) reads
+        the next seq from the stream's segments alone. When the seqs counted ``write-failed``
+        (3-5) are the stream's last ones, an empty segment named for seq 6 tells it so, after a
+        stop and after a power cut: it gave 3-5 to new acknowledged records, which this version,
+        back, took for the lost ones and never sent. This version reads and appends on as before."""
+        for sync, stop in (("interval", True), ("none", True), ("none", False)):
+            files = _EmptyCreated()
+            settings = StreamSettings(sync=sync, sync_interval_ms=50, min_free_bytes=0)
+            s = _refused_after_two(self, files, settings)  # (the next seq marked, then the ledger written)
+            files.refusing = False
+            self.assertEqual(_segments(files), [segment_path(DIR, 1), segment_path(DIR, 6)], sync)
+            if stop:
+                self.successResultOf(s.close())
+            else:  # the process that marked it reads on, then loses power (record 6 never fsynced)
+                s.clock.advance(WRITE_BACKOFF_S)
+                self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
+                self.assertEqual([r.seq for r in read_all(s, "link")], [1, 2, 6])
+                self.assertEqual(s.stats().drops, {"write-failed": 3})
+            files.cut()
+            ledger = files.names[f"{DIR}/losses.json"]
+            saved = json.loads(bytes(ledger.data))
+            del saved["skipped"]  # (as an older build reads it)
+            ledger.data = bytearray(json.dumps(saved).encode())
+            ledger.synced = bytes(ledger.data)
+            self.assertEqual(recover(files, DIR).next_seq, 6, (sync, stop))  # (as ee3ea923 recovers)
+            self.assertEqual(open_stream(files, settings).next_seq, 6, (sync, stop))
+            files.names[f"{DIR}/losses.json"].data = bytearray(json.dumps({**saved, "skipped": [[3, 5]]}).encode())
+            back = open_stream(files, settings)
+            self.assertEqual(self.successResultOf(appended(back, record(6))), 6)
+            self.assertEqual([r.seq for r in read_all(back, "link")], [1, 2, 6], (sync, stop))
+            self.assertEqual([(e.reason, e.first_seq, e.last_seq) for e in back.loss_report().entries],
+                             [("write-failed", 3, 5)], (sync, stop))  # (no gap counted as damage)
+
+    def test_the_next_seq_is_on_disk_before_the_ledger_that_skips_to_it(self) -> None:
+        """A power cut at any point after a write failure (``sync: none``): whenever the ledger
+        on disk counts seqs 3-5 ``write-failed``, the segments alone (all an older build reads)
+        number past them too."""
+        files, runner = _EmptyCreated(), ManualRunner()
+        settings = StreamSettings(sync="none", min_free_bytes=0)
+        s = open_stream(files, settings, run=runner)
+        runner.drain()
+        appended(s, record(1))
+        runner.drain()
+        files.refusing = True
+        for i in (2, 3, 4):
+            s.append(record(i))
+        s.clock.advance(0)
+        runner.step()  # the write: refused
+        s.clock.advance(0)
+        seen = []
+        for reopened in _reopened_after_each_job(files, settings, runner, [], "missing"):
+            counted = [(e.first_seq, e.last_seq) for e in reopened.loss_report().entries]
+            seen.append(counted)
+            if counted:
+                self.assertEqual(counted, [(2, 4)])
+                self.assertEqual(recover(reopened.files, DIR).next_seq, 5)
+            s.clock.advance(0)
+        self.assertEqual(seen[-1], [(2, 4)])
+
+    def test_write_failures_in_a_row_leave_one_empty_segment(self) -> None:
+        """A full disk fails each retry (``sync: none``): the empty segment that names the next
+        seq replaces the one the failure before left, rather than one more file per retry."""
+        files = _EmptyCreated()
+        settings = StreamSettings(sync="none", min_free_bytes=0)
+        s = open_stream(files, settings)
+        appended(s, record(1))
+        files.refusing = True
+        for retry in range(3):
+            for i in (1, 2):
+                s.append(record(i))
+            s.clock.advance(0)
+            s.clock.advance(0)
+            s.clock.advance(WRITE_BACKOFF_MAX_S)
+        self.assertEqual(_segments(files), [segment_path(DIR, 1), segment_path(DIR, 8)])
+        files.refusing = False
+        self.assertEqual(self.successResultOf(appended(s, record(8))), 8)
+        files.cut()
+        self.assertEqual(recover(files, DIR).next_seq, 8)
+        self.assertEqual([r.seq for r in read_all(open_stream(files, settings))], [1])
+
     def test_a_power_cut_after_a_counted_write_failure_gives_its_seqs_to_no_record(self) -> None:
         """The ledger counting seqs 3-5 ``write-failed`` is on disk, the record after them (seq 6)
         is not (``sync: none``, cut by a power cut): the reopened stream numbers past 5 all the
         same."""
         files = _SegmentsRefused()
         settings = StreamSettings(sync="none", min_free_bytes=0)
-        s = open_stream(files, settings)
-        for i in (1, 2):
-            appended(s, record(i))
-        self.successResultOf(s.close())
-        s = open_stream(files, settings)
-        files.refusing = True
-        for i in (3, 4, 5):
-            s.append(record(i))
-        s.clock.advance(0)  # refused: counted, the ledger written with the next batch
-        s.clock.advance(0)
+        s = _refused_after_two(self, files, settings)
         self.assertIn(f"{DIR}/losses.json", files.names)
         files.refusing = False
         s.clock.advance(WRITE_BACKOFF_S)
@@ -1118,11 +1218,13 @@ class OverflowTests(SynchronousTestCase):
 
 class _DyingDisk(PowerCutFiles):
     """While :attr:`dying` is set, a segment write fails (EIO) once its bytes reached the file
-    (not fsynced), and so does every truncate."""
+    (not fsynced), the creation of an empty one fails (no file made), and so does every truncate."""
 
     dying = False
 
     def append(self, path: str, data: bytes) -> None:  # (sync: interval or none)
+        if self.dying and not data:
+            raise OSError(errno.EIO, "Input/output error", path)
         super().append(path, data)
         if self.dying and path.endswith(".seg"):
             raise OSError(errno.EIO, "Input/output error", path)
