@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
@@ -948,22 +948,25 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.installer.archives, [ARCHIVE])
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
 
+    def wait_for_confirmation_answering(self, answer: Callable[[Any, Any], Any]) -> None:
+        """The server offers action 12 for confirmation (sleep 5 minutes), each of its answers
+        passed through ``answer(request, answer)``."""
+        self.server.deployment = deployment("12", FILES)
+        self.server.waiting_confirmation = True
+        self.server.sleep = "00:05:00"
+        render = self.server.render
+        self.server.render = lambda request: answer(request, render(request))  # type: ignore[method-assign]
+
     def test_an_action_still_waiting_for_confirmation_is_confirmed_again_at_the_servers_pace(self) -> None:
         """A server that links the same action's ``confirmationBase`` again after its
         confirmation (one that did not take it in, or keeps it waiting) has it confirmed again
         at its own ``sleep``: only a newly confirmed action brings the next poll forward to
         ``min_poll_interval``. The gateway confirmed it again every 10 s for as long as the
         server kept it waiting, whatever the server's sleep (30 POSTs in 5 minutes)."""
-        self.server.deployment = deployment("12", FILES)
-        self.server.waiting_confirmation = True
-        self.server.sleep = "00:05:00"
-        render = self.server.render
-
-        def kept_waiting(request: Any) -> Any:
-            answer = render(request)
+        def kept_waiting(request: Any, answer: Any) -> Any:
             self.server.waiting_confirmation = True  # (the confirmation is not taken in)
             return answer
-        self.server.render = kept_waiting  # type: ignore[method-assign]
+        self.wait_for_confirmation_answering(kept_waiting)
         self.start()
         self.run_for(8)
         self.run_for(20)  # (the poll at min_poll_interval after the first confirmation)
@@ -979,15 +982,9 @@ class FleetServiceTests(FleetHarness):
         installed after min_poll_interval, as a feedback so answered is taken in. The poll
         failed (logged, a backoff) although the server had the confirmation."""
         events = capture_log_events(self)
-        self.server.deployment = deployment("12", FILES)
-        self.server.waiting_confirmation = True
-        self.server.sleep = "00:05:00"
-        render = self.server.render
-
-        def answering_ok(request: Any) -> Any:
-            answer = render(request)
+        def answering_ok(request: Any, answer: Any) -> Any:
             return b"OK" if request.uri.split(b"?")[0].endswith(b"/confirmationBase/12/feedback") else answer
-        self.server.render = answering_ok  # type: ignore[method-assign]
+        self.wait_for_confirmation_answering(answering_ok)
         self.start()
         self.run_for(28)
         self.assertEqual([a for k, a, _ in self.server.feedback if k == "confirmationBase"], ["12"])
