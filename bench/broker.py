@@ -56,6 +56,21 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM each of ``procs``; one still running ``timeout`` seconds later is said on stderr
+    (a hang at stop is a finding) and killed, so no process outlives the benchmark."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"pid {proc.pid} ({' '.join(map(str, proc.args[:3]))} ...) did not stop within {timeout:.0f} s "
+                  "of SIGTERM: killed", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+
+
 def start_gateway(port: int, work: Path) -> subprocess.Popen[bytes]:
     """Our broker: ``twistd gateway`` with anonymous local access and nothing else."""
     config = work / "gateway.yaml"

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from broker import BIN, ROOT, free_port, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
+from broker import BIN, ROOT, free_port, stop_all, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
 
 
 #: The link's ``linger_ms`` (``--linger-ms``); None: the gateway's default.
@@ -219,9 +219,7 @@ def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-ty
                 row["cloud_cpu_us_per_msg"] = (cpu_seconds(cloud) - cloud_cpu) / count * 1e6
             return row
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=30)
+            stop_all(procs)
             latency = journal_latency(work / "gw.log")
             if latency is not None:
                 row["journal_ack_ms"] = latency
@@ -286,9 +284,7 @@ def drain(backlog: int) -> dict[str, object]:
             return {"setup": "backlog drain", "messages": backlog, "received": received,
                     "msg_per_s": received / (finished - started)}
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=30)
+            stop_all(procs)
 
 
 def rounds(n: int, count: int, publishers: int, json_path: str) -> int:

@@ -202,10 +202,11 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
     Each time it runs its due timers it notes how long after the earliest one's time that is
     (:meth:`timers_late`): no timer of its own measures it.
 
-    The first SIGTERM, SIGINT or SIGBREAK goes to Twisted's handler (it logs it, stops the
-    reactor, and twistd then ends by that signal); one that comes once the reactor is
-    stopping, for that signal or for another reason (a failed start, the ``restart``
-    command), is logged as "already stopping" and changes nothing.
+    A SIGTERM, SIGINT or SIGBREAK is handled on the loop's next turn, not in the signal
+    handler (which may run inside a log observer's lock): the first goes to Twisted's handler
+    (it logs it, stops the reactor, and twistd then ends by that signal); one that comes once
+    the reactor is stopping, for that signal or for another reason (a failed start, the
+    ``restart`` command), is logged as "already stopping" and changes nothing.
 
     :param eventloop: the asyncio loop it runs on.
     :param steady: a clock that never steps.
@@ -293,12 +294,19 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
 
     def _stop_signal(self, number: int, frame: FrameType | None,
                      twisteds: Callable[[int, FrameType | None], None]) -> None:
+        # (In the signal handler, which runs between any two bytecodes of the main thread: also
+        # inside a log observer's lock. Twisted's file observer takes a pure-Python RLock, and a
+        # handler that logs while it is half taken waits for it for good: the gateway hung at
+        # SIGTERM. So the handler only queues; callFromThread is asyncio's own signal-safe hand-off.)
+        self.callFromThread(self._stop_signalled, number, twisteds)
+
+    def _stop_signalled(self, number: int, twisteds: Callable[[int, FrameType | None], None]) -> None:
         if self._stopping:
             self.log.info("received {signal} while already stopping: the gateway ends once its services have "
                           "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
             return
         self._stopping = True
-        twisteds(number, frame)
+        twisteds(number, None)
 
     def sigInt(self, number: int, frame: FrameType | None = None) -> None:
         """SIGINT: stop, unless stopping already (then one log line)."""
