@@ -139,10 +139,17 @@ def _beyond(actions: list[str], keep: int) -> list[str]:
 
 def _number(raw: dict[str, Any], key: str, default: float | None) -> float | None:
     """A persisted time, a feedback's ``queued_at`` or the state's ``held_until``; ``default``
-    when absent or not a number (only a feedback's age in the snapshot, or how long the server's
-    ``Retry-After`` is kept to, depends on it: no reason to set the state aside)."""
+    when absent or not a finite number of seconds (``NaN``, ``Infinity``, an integer no float
+    holds: only a feedback's age in the snapshot, or how long the server's ``Retry-After`` is
+    kept to, depends on it: no reason to set the state aside)."""
     value = raw.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return default
+    try:
+        seconds = float(value)
+    except OverflowError:  # (an integer of hundreds of digits)
+        return default
+    return seconds if math.isfinite(seconds) else default
 
 
 def _clock(raw: Any) -> ClockOf | None:

@@ -707,6 +707,28 @@ class FleetServiceTests(FleetHarness):
         self.assertEqual(self.server.executions()[-1], ("closed", "success"))
         self.stop()
 
+    def test_a_time_no_float_holds_is_read_as_no_time(self) -> None:
+        """A ``held_until`` or ``queued_at`` in state.json that is no finite number of seconds (an
+        integer of 400 digits, ``NaN``, ``Infinity``: damage from outside, JSON that Python reads)
+        counts as not given, as a time that is not a number does: no hold, the feedback queued at
+        the start. The 400-digit integer raised OverflowError out of the load and the service's
+        start; ``Infinity`` held every request back a day and a half at each start."""
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        huge = "1" + "0" * 400
+        for value in (huge, "NaN", "Infinity", "-Infinity"):
+            path.write_text('{"held_until": %s, "outbox": [{"kind": "cancelAction", "action_id": "4", "status": {},'
+                            ' "queued_at": %s}]}' % (value, value))
+            state = FleetState.load(path, 50.0)
+            self.assertEqual((state.held_until, state.outbox[0].queued_at), (0.0, 50.0), value)
+        path.write_text('{"held_until": %s}' % huge)
+        fleet = self.start()
+        self.assertFalse(path.with_name("state.json.damaged").exists())
+        self.run_for(8)
+        self.assertGreater(self.server.polls, 0)
+        self.assertEqual(fleet.snapshot().held_until, None)
+        self.stop()
+
     def test_sw_version_stays_the_last_installed_after_a_restart(self) -> None:
         """sw_version is the version of the last deployment installed, after a restart too: the
         update service keeps every finished operation and loads them in file-name order (here
