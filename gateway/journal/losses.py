@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from gateway import jsontext
 from gateway.journal.cursors import runs_outside, union_runs
+from gateway.journal.record import MAX_SEQ
 
 LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed",
                      "over-cloud-limit", "refused-by-cloud", "dropped"]
@@ -179,6 +180,8 @@ class LossLedger:
             passed = union_runs((int(first), int(last)) for first, last in saved.get("passed", ()))  # (nor this)
             dropped_below = int(saved.get("dropped_below", 0))  # (nor this)
             skipped = union_runs((int(first), int(last)) for first, last in saved.get("skipped", ()))  # (nor this)
+            if dropped_below > MAX_SEQ or skipped and skipped[-1][1] >= MAX_SEQ:  # (the stream numbers on from them)
+                raise ValueError(f"a seq past the largest a record holds ({MAX_SEQ})")
             ledger = cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
                          damage, steps, passed, dropped_below, skipped)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)

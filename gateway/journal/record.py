@@ -34,6 +34,8 @@ MAX_BODY = 64 * 2**20
 #: topic and the broker's state log adds headers with the client id (each at most 64 KiB).
 MAX_MESSAGE = MAX_BODY - 2 * 65536
 _RETAIN = 0x01
+#: The largest seq a record holds (its body's 8-byte unsigned field).
+MAX_SEQ = 2**64 - 1
 
 
 class Record(NamedTuple):

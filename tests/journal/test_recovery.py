@@ -529,6 +529,24 @@ class DamagedStateFileTests(SynchronousTestCase):
             open_stream(files)
             self.assertEqual(warnings(events), [], text)
 
+    def test_a_ledger_that_numbers_past_the_records_seq_field_is_unreadable(self) -> None:
+        """A losses.json whose ``skipped`` or ``dropped_below`` names a seq no record can hold
+        (the record's seq is 8 bytes: 2**64 and above) is no ledger (damage from outside): the
+        stream numbers on from its segments, with the warning. The stream took its next seq from
+        it, and every append raised ``struct.error: argument out of range`` from ``encode`` into
+        its caller (the broker's publish), for good."""
+        entry = self._ENTRY.replace('"last_seq": 1', '"last_seq": 18446744073709551620')
+        for text in ('{"entries": [], "skipped": [[4, 18446744073709551616]]}',
+                     '{"entries": [' + entry + '}], "dropped_below": 18446744073709551617}'):
+            files = _journal(3)
+            write_ledger(files, DIR, text.encode())
+            events = capture_log_events(self)
+            s = open_stream(files)
+            [warning] = warnings(events)
+            self.assertIn("journal s: losses.json holds no loss ledger (", warning, text)
+            self.assertEqual(self.successResultOf(appended(s, record(4))), 4, text)
+            self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3, 4], text)
+
     def test_a_cursor_that_cannot_be_read_delivers_again_and_is_moved_aside(self) -> None:
         """A directory, a loop of symbolic links or a named pipe in a cursor file's place (the
         read fails, not the parse) starts the cursor again at the oldest record kept, with the
