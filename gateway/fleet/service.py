@@ -216,6 +216,8 @@ class FleetService(Service):
             sent = self._elsewhere.keys() - {id(f) for f in self.state.outbox}
             for gone in sent:  # (taken by the server: let go)
                 del self._elsewhere[gone]
+        if self._hold_elsewhere and self.pacing.held_for() <= 0:  # (ended: no time of another clock to keep)
+            self.state.held_until, self._hold_elsewhere = 0.0, False
         # (times of two clocks: none is named, and a start reads them all as of another clock)
         self.state.clock = self._clock_here() if not (self._elsewhere or self._hold_elsewhere) else None
         return self.file.save(self.state)

@@ -221,6 +221,30 @@ class FleetSnapshotTests(FleetHarness):
         self.clock.step(56 * 365 * 86400.0)
         self.assertEqual(fleet.snapshot().feedback_oldest_age_s, 103.0)
 
+    def test_a_hold_of_before_a_reboot_that_ended_leaves_the_times_of_this_boot_on_its_clock(self) -> None:
+        """A ``Retry-After`` hold saved before a reboot (another boot's clock) is kept to at the
+        start and ends; feedback queued after it is on this boot's clock, which the state file
+        says (``clock``) once the hold has ended: after a restart in the same boot a step of the
+        clock moves it. The ended hold, read on the other clock, kept the state file's ``clock``
+        null for the whole run, and the feedback's wait read 56 years after the step."""
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"held_until": 60.0, "clock": ["boot-0", 0.0]}))
+        self.clock = SteppingClock()
+        self.boot = BootClock("boot-1", self.clock.steady_seconds)
+        self.server.deployment = deployment("14", FILES)
+        self.server.feedback_errors = [503] * 100
+        fleet = self.start()
+        self.assertEqual(fleet.snapshot().held_until, 60.0)
+        self.run_for(64)  # t=60: the hold ends, the first poll installs; its steps are not taken
+        self.assertEqual(fleet.snapshot().feedback_waiting, 6)
+        self.stop()
+        self.assertIsNotNone(FleetState.load(path).clock)
+        self.clock.advance(100)
+        fleet = self.start()
+        self.clock.step(56 * 365 * 86400.0)
+        self.assertEqual(fleet.snapshot().feedback_oldest_age_s, 104.0)
+
     def test_a_hold_of_a_set_clock_read_at_1970_holds_nothing(self) -> None:
         """A ``Retry-After`` hold saved on a clock that was right, then a reboot without a real-time
         clock (the gateway starts at 1970): its end cannot be compared with that clock, and no
