@@ -68,13 +68,14 @@ def _entry(saved: Any) -> LossEntry:
     """The :class:`LossEntry` saved as ``saved`` by :meth:`LossLedger.dump`.
 
     :raises TypeError: a field is missing or unknown.
-    :raises ValueError: a field has the wrong type (a report's totals add them up).
+    :raises ValueError: a field has the wrong type (a report's totals add them up), or a time is
+        no finite number (the report goes upstream as JSON, which holds no ``NaN``).
     """
     entry = LossEntry(**saved)
     counts = (entry.records, entry.bytes, entry.first_seq, entry.last_seq)
     times = (entry.first_time, entry.last_time, entry.noted_at)
     if (entry.reason not in _REASONS or any(type(n) is not int for n in counts)
-            or any(type(t) not in (int, float) for t in times)):
+            or any(type(t) not in (int, float) or not math.isfinite(t) for t in times)):
         raise ValueError(f"not a loss entry: {saved!r}")
     return entry
 
@@ -182,6 +183,8 @@ class LossLedger:
             skipped = union_runs((int(first), int(last)) for first, last in saved.get("skipped", ()))  # (nor this)
             if dropped_below > MAX_SEQ or skipped and skipped[-1][1] >= MAX_SEQ:  # (the stream numbers on from them)
                 raise ValueError(f"a seq past the largest a record holds ({MAX_SEQ})")
+            if not all(math.isfinite(step) for _, step in steps):  # (NaN: every age NaN, and none expired)
+                raise ValueError(f"a step of the clock that is no number of seconds: {steps}")
             ledger = cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
                          damage, steps, passed, dropped_below, skipped)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)

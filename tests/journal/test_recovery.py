@@ -460,14 +460,19 @@ class DamagedStateFileTests(SynchronousTestCase):
 
     def test_a_ledger_that_is_no_ledger_loads_empty(self) -> None:
         """JSON too deep to parse, a number too big for an int, an entry of the wrong types or
-        an unknown reason: an empty ledger whose report can be taken."""
-        for text in ('[' * 100000, '{"entries": [], "damage": [[1e400, 0]]}',
+        an unknown reason, a time or a step of the clock that is no finite number of seconds (a
+        ``NaN`` step made every age NaN, and ``max_age_s`` expired nothing; a ``NaN`` time went
+        upstream in the loss report, which JSON does not hold): an empty ledger whose report can be taken."""
+        for text in ('[' * 100000, '{"entries": [], "damage": [[1e400, 0]]}', '{"entries": [], "steps": [[5, NaN]]}',
+                     '{"entries": [], "steps": [[5, -Infinity]]}',
                      '{"entries": [' + self._ENTRY.replace('"records": 1', '"records": "1"') + '}]}',
                      '{"entries": [' + self._ENTRY.replace('"noted_at": 1.0', '"noted_at": null') + '}]}',
+                     '{"entries": [' + self._ENTRY.replace('"first_time": 0.0', '"first_time": NaN') + '}]}',
                      '{"entries": [' + self._ENTRY.replace('"corrupt"', '"bogus"') + '}]}',
                      '{"entries": [7]}'):
             ledger = LossLedger.load(text.encode())
-            self.assertEqual((ledger.entries, ledger.report("s").totals), ([], {}), text[:60])
+            self.assertEqual((ledger.entries, ledger.report("s").totals, ledger.steps), ([], {}, []), text[:60])
+            self.assertIsNotNone(ledger.unreadable, text[:60])
 
     def test_an_unreadable_cursor_file_delivers_again_and_says_so(self) -> None:
         """A cursor file that holds no cursor (emptied, garbage) starts the cursor again at the
