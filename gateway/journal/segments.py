@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.asciidigits import ascii_digits
 from gateway.filelayer import FileLayer, set_aside, write_atomic
-from gateway.journal.record import Damage, Frame, Record, scan
+from gateway.journal.record import MAX_SEQ, Damage, Frame, Record, scan
 
 SUFFIX = ".seg"
 #: Bytes read to find the first record of a sealed segment on open.
@@ -121,8 +121,9 @@ def recover(files: FileLayer, directory: str) -> Recovered:
             files.unlink(os.path.join(directory, name))
         elif name.endswith(SUFFIX) and ascii_digits(name[: -len(SUFFIX)]):
             first = int(name[: -len(SUFFIX)])
-            # Only the names segment_path gives: another (a copy named 12.seg) is not one.
-            if os.path.basename(segment_path(directory, first)) == name:
+            # Only the names segment_path gives: another (a copy named 12.seg, one past the
+            # largest seq a record holds) is not one.
+            if os.path.basename(segment_path(directory, first)) == name and first <= MAX_SEQ:
                 firsts.append(first)
     firsts.sort()
     segments = []

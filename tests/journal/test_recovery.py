@@ -174,12 +174,15 @@ class BitRotTests(SynchronousTestCase):
         """A file whose name is digits and ``.seg`` but not a segment's (twenty digits: a copy
         named ``12.seg``) is no segment: the stream opens with its records. It failed to open,
         looking for ``00000000000000000012.seg``; one named ``².seg`` (a digit to
-        ``str.isdigit``, no number to ``int``) stopped the open with a ValueError."""
+        ``str.isdigit``, no number to ``int``) stopped the open with a ValueError. Nor is one
+        named for a seq no record holds (``99999999999999999999.seg``, past 2**64 - 1): the
+        stream numbered on from it, and every append raised ``struct.error``."""
         files = _journal(5)
-        for name in ("12.seg", "\u0661\u0662.seg", "copy.seg", "\u00b2.seg"):
+        for name in ("12.seg", "\u0661\u0662.seg", "copy.seg", "\u00b2.seg", "99999999999999999999.seg"):
             files.names[f"{DIR}/{name}"] = Inode(bytearray(b"x"))
         s = open_stream(files)
         self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3, 4, 5])
+        self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertIn(f"{DIR}/12.seg", files.names)
 
 
