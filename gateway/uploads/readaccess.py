@@ -18,11 +18,13 @@ _MAGIC = frozenset("*?[")
 
 
 def unreadable(path: str) -> str | None:
-    """Why the gateway's user may not read the file ``path``, or None when it may.
+    """Why the gateway's user may not read the file ``path``, or None when it may, or when
+    ``path`` is no longer there (removed since the glob found it: no matter of access; what
+    reads it next says it is gone).
 
     :return: ``the gateway's user gwtest may not read it (owner root, mode 0600)``.
     """
-    if os.access(path, os.R_OK):
+    if os.access(path, os.R_OK) or _gone(path):
         return None
     return f"the gateway's user {user_name(os.geteuid())} may not read it{_owner_and_mode(path)}"
 
@@ -49,6 +51,17 @@ def closed_directory(pattern: str) -> str | None:
             return (f"the gateway's user {user_name(os.geteuid())} may not look into {directory}"
                     f"{_owner_and_mode(directory)}")
     return None
+
+
+def _gone(path: str) -> bool:
+    """Whether ``path`` is not there (``os.access`` says no to that as well)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _owner_and_mode(path: str) -> str:
