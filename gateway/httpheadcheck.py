@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.shown import shown_bytes
+
 #: An RFC 9110 token (section 5.6.2): a method, a header name.
 _TOKEN_BYTES = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN = re.compile(_TOKEN_BYTES + rb"\Z")
@@ -53,9 +55,8 @@ BAD_REQUEST = b"400 Bad Request"
 BAD_VERSION = b"505 HTTP Version Not Supported"
 
 
-def _shown(data: bytes, limit: int = 60) -> str:
-    text = repr(data[:limit])[2:-1]  # (b'...' -> ..., its control and non-ASCII bytes escaped)
-    return "'" + text + ("...'" if len(data) > limit else "'")
+def _shown(data: bytes) -> str:
+    return shown_bytes(data, 60)
 
 
 def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
