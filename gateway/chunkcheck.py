@@ -14,6 +14,8 @@ before. A chunk's data is counted, not copied: only size lines and trailers are 
 
 from __future__ import annotations
 
+from gateway.shown import shown_bytes
+
 #: The longest chunk-size line Twisted's decoder takes (``twisted.web.http.maxChunkSizeLineLength``).
 MAX_SIZE_LINE = 1024
 #: The most trailer bytes Twisted's decoder takes, their CRLFs counted.
@@ -24,9 +26,8 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _EXTENSION = (frozenset(b"\t") | frozenset(range(0x20, 0x7F)) | frozenset(range(0x80, 0x100))) - {0x5C}
 
 
-def _shown(data: bytes, limit: int = 40) -> str:
-    text = repr(data[:limit])[2:-1]
-    return "'" + text + ("...'" if len(data) > limit else "'")
+def _shown(data: bytes) -> str:
+    return shown_bytes(data, 40)
 
 
 class ChunkedBodyCheck:

@@ -165,7 +165,7 @@ class ClosingChannel(HTTPChannel):
             return
         if not self.requests:  # (the request line, or a blank line before it)
             self._head_size, self._header_lines, self._authority = len(line), 0, None
-            problem = self._check.request_line(line) if line else None
+            problem = self._check.request_line(line) if line else self._check.blank_line()
             if line and problem is None:
                 method, target, version = line.split(b" ")
                 target, self._authority = origin_form(target)

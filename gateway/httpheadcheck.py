@@ -1,7 +1,7 @@
 """Why a request's head is malformed, in words, for the gateway's HTTP listeners.
 
 Twisted answered a malformed request line or header line (an HTTP/0.9 ``GET /``, an HTTP/2
-preface, ``HTTP/9.9``, a header without a colon, a space before the colon, a NUL in a value,
+preface, ``HTTP/9.9``, a header without a colon, a space before the colon, a NUL, CR or LF in a value,
 two different ``Content-Length``, ``Content-Length`` with ``Transfer-Encoding``, a transfer
 coding other than ``chunked``) with a bare ``400 Bad Request`` and no body: a client's author
 had nothing to go on. :class:`HeadCheck` finds the same faults, line by line as they arrive,
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.shown import shown_bytes
+
 #: An RFC 9110 token (section 5.6.2): a method, a header name.
 _TOKEN_BYTES = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN = re.compile(_TOKEN_BYTES + rb"\Z")
@@ -42,18 +44,19 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 #: A request line nothing is wrong with, of the commonest kind: a method, an origin-form
 #: target (``/`` then printable ASCII) and HTTP/1.0 or HTTP/1.1, one space between each.
 _PLAIN_REQUEST = re.compile(_TOKEN_BYTES + rb" /[\x21-\x7e]* HTTP/1\.[01]\Z")
+#: The bytes a header's value may not hold (RFC 9110, section 5.5), as a value's words say each.
+_NOT_IN_VALUE = {b"\x00": "a NUL byte", b"\r": "a CR byte", b"\n": "an LF byte"}
 #: A header line nothing is wrong with, of a header that says nothing of the body's length:
-#: its name (a token), a colon, a value without NUL.
-_PLAIN_HEADER = re.compile(rb"(?!(?i:" + b"|".join(_FRAMING) + rb"):)(" + _TOKEN_BYTES + rb"):[^\x00]*\Z")
+#: its name (a token), a colon, a value without NUL, CR or LF.
+_PLAIN_HEADER = re.compile(rb"(?!(?i:" + b"|".join(_FRAMING) + rb"):)(" + _TOKEN_BYTES + rb"):[^\x00\r\n]*\Z")
 
 #: The statuses of :meth:`HeadCheck.request_line`'s and :meth:`HeadCheck.header_line`'s answers.
 BAD_REQUEST = b"400 Bad Request"
 BAD_VERSION = b"505 HTTP Version Not Supported"
 
 
-def _shown(data: bytes, limit: int = 60) -> str:
-    text = repr(data[:limit])[2:-1]  # (b'...' -> ..., its control and non-ASCII bytes escaped)
-    return "'" + text + ("...'" if len(data) > limit else "'")
+def _shown(data: bytes) -> str:
+    return shown_bytes(data, 60)
 
 
 def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
@@ -73,12 +76,22 @@ def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     return rest, authority
 
 
+def _not_in_value(name: bytes, value: bytes) -> tuple[bytes, str] | None:
+    """What is wrong with the value (or a folded line of it) of header ``name``: a byte no
+    value may hold (a NUL, a CR or an LF not ending its line, which Twisted refuses too)."""
+    for byte, words in _NOT_IN_VALUE.items():
+        if byte in value:
+            return BAD_REQUEST, f"the header {name.decode()} holds {words}"
+    return None
+
+
 class HeadRules:
     """The head of one request as it arrives, line by line; each method says what is wrong
     with a line, as ``(status, reason)``, or None when nothing is. Every rule, spelled out:
     :class:`HeadCheck` gives the same verdicts, faster."""
 
     def __init__(self) -> None:
+        self._blank = False  # a blank line came before the request line (one is ignored)
         self._length_said = False  # (by a Content-Length or a Transfer-Encoding: chunked)
         #: the name of the header arriving (folded lines continue it)
         self._header: bytes | None = None
@@ -86,9 +99,18 @@ class HeadRules:
         #: value so far (folded lines joined by a space), judged once complete
         self._framing: tuple[bytes, bytes] | None = None
 
+    def blank_line(self) -> tuple[bytes, str] | None:
+        """What is wrong with a blank line before the request line: one is ignored (RFC 9112,
+        section 2.2: a client may end a body with one more CRLF), as Twisted ignores it; a second
+        is not (Twisted answered it a bare ``400``)."""
+        if self._blank:
+            return BAD_REQUEST, "more than one blank line before the request line (one is ignored)"
+        self._blank = True
+        return None
+
     def request_line(self, line: bytes) -> tuple[bytes, str] | None:
         """What is wrong with a request line (``GET /path HTTP/1.1``)."""
-        self._length_said, self._header, self._framing = False, None, None
+        self._begin()
         parts = line.split(b" ")
         if len(parts) == 2 and _TOKEN.match(parts[0]):
             return BAD_VERSION, "no HTTP version in the request line (HTTP/0.9 is not served): send HTTP/1.1"
@@ -111,6 +133,10 @@ class HeadRules:
             return BAD_REQUEST, f"the target * is for OPTIONS only, not {_shown(method)}"
         return None
 
+    def _begin(self) -> None:
+        """A request line came: the head of a new request begins."""
+        self._blank, self._length_said, self._header, self._framing = False, False, None, None
+
     def header_line(self, line: bytes) -> tuple[bytes, str] | None:
         """What is wrong with a header line (not a continuation of one), or with the header
         before it, now complete."""
@@ -123,8 +149,9 @@ class HeadRules:
         if not _TOKEN.match(name):
             return BAD_REQUEST, (f"{_shown(name)} is no header name (no space before the colon; letters, digits "
                                  "and !#$%&'*+-.^_`|~ only)")
-        if b"\x00" in value:
-            return BAD_REQUEST, f"the header {name.decode()} holds a NUL byte"
+        problem = _not_in_value(name, value)
+        if problem is not None:
+            return problem
         self._header = name
         lowered = name.lower()
         if lowered in _FRAMING:
@@ -137,8 +164,9 @@ class HeadRules:
         if self._header is None:
             return BAD_REQUEST, (f"the header line {_shown(line)} is folded (it begins with a space or tab) "
                                  "but follows no header")
-        if b"\x00" in line:
-            return BAD_REQUEST, f"the header {self._header.decode()} holds a NUL byte"
+        problem = _not_in_value(self._header, line)
+        if problem is not None:
+            return problem
         if self._framing is not None:
             lowered, value = self._framing
             self._framing = lowered, value + b" " + line.lstrip(b" \t")
@@ -184,7 +212,7 @@ class HeadCheck(HeadRules):
         """What is wrong with a request line (``GET /path HTTP/1.1``)."""
         if _PLAIN_REQUEST.match(line) is None:
             return super().request_line(line)
-        self._length_said, self._header, self._framing = False, None, None
+        self._begin()
         return None
 
     def header_line(self, line: bytes) -> tuple[bytes, str] | None:

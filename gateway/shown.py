@@ -48,6 +48,18 @@ def shown(text: str) -> str:
     return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
+def shown_bytes(data: bytes, limit: int) -> str:
+    """Bytes of a request's head or framing as an answer quotes them: in quotes, their first
+    ``limit`` bytes with control and non-ASCII bytes escaped as Python writes them (``\\x00``),
+    ``...`` before the closing quote when there were more.
+
+    :param data: what the client sent (a request line, a chunk size).
+    :param limit: the most bytes shown.
+    """
+    text = repr(data[:limit])[2:-1]  # (b'...' -> ..., its control and non-ASCII bytes escaped)
+    return "'" + text + ("...'" if len(data) > limit else "'")
+
+
 def shown_key_path(path: str) -> str:
     """A dotted key path of the configuration (``links.links.hono.endpoint``) as an error or a
     report names it: whole up to :data:`KEY_PATH_CHARS` characters, so that the key at its end

@@ -17,6 +17,9 @@ MALFORMED = {
     b"GARBAGE\r\n\r\n": (b"400 Bad Request", b"malformed request line 'GARBAGE': it is METHOD TARGET HTTP/1.1"),
     b"GET / / HTTP/1.1\r\n\r\n": (b"400 Bad Request", b"malformed request line"),
     b"GET /\r\n\r\n": (b"505 HTTP Version Not Supported", b"no HTTP version in the request line (HTTP/0.9"),
+    # one blank line before the request line is ignored (RFC 9112, section 2.2), a second not
+    b"\r\n\r\nGET / HTTP/1.1\r\n" + HOST + b"\r\n": (
+        b"400 Bad Request", b"more than one blank line before the request line (one is ignored)"),
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": (b"505 HTTP Version Not Supported", b"HTTP/2 is not served here: send HTTP/1.1"),
     b"GET / HTTP/9.9\r\n" + HOST + b"\r\n": (b"505 HTTP Version Not Supported", b"'HTTP/9.9' is not served here"),
     b"GET /a\x00 HTTP/1.1\r\n" + HOST + b"\r\n": (b"400 Bad Request", b"the request target '/a\\x00' holds"),
@@ -28,6 +31,11 @@ MALFORMED = {
     b"GET / HTTP/1.1\r\nNoColon\r\n\r\n": (b"400 Bad Request", b"the header line 'NoColon' has no colon"),
     b"GET / HTTP/1.1\r\nX-A : 1\r\n\r\n": (b"400 Bad Request", b"'X-A ' is no header name"),
     b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n": (b"400 Bad Request", b"the header X-A holds a NUL byte"),
+    # a bare CR or LF in a value (Twisted refuses them too: it answered a bare 400)
+    b"GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n": (b"400 Bad Request", b"the header X-A holds a CR byte"),
+    b"GET / HTTP/1.1\r\nX-A: a\nb\r\n\r\n": (b"400 Bad Request", b"the header X-A holds an LF byte"),
+    b"GET / HTTP/1.1\r\nX-A: a\r\n\t\rb\r\n\r\n": (b"400 Bad Request", b"the header X-A holds a CR byte"),
+    b"POST / HTTP/1.1\r\nContent-Length: 3\n\r\n\r\nabc": (b"400 Bad Request", b"the header Content-Length holds an LF"),
     b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nabcde": (
         b"400 Bad Request", b"Content-Length given twice, or with Transfer-Encoding"),
     b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n": (b"400 Bad Request", b"Content-Length '-1' is not a number"),

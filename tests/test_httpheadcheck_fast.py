@@ -51,9 +51,10 @@ def verdicts(check: HeadRules, head: bytes) -> list[Verdict]:
     for line in head.split(b"\r\n"):
         if not started:
             if not line:  # (a blank line before the request line)
-                continue
-            started = True
-            said.append(check.request_line(line))
+                said.append(check.blank_line())
+            else:
+                started = True
+                said.append(check.request_line(line))
         elif not line:
             said.append(check.end_of_head())
             break

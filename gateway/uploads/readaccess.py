@@ -1,5 +1,6 @@
 """What a trigger's globs match that the gateway's user may not read, and the directory of a
 glob it may not look into: said in the log and in a trigger's refusal, never missed silently.
+Asked as the gateway opens files: as its effective user, with its capabilities (:func:`_may`).
 
 The packaged gateway runs as user ``gateway``: a file root keeps to itself (mode 0600), or one
 in a directory closed to others, is there for ``ls`` as root but not for the gateway. These
@@ -18,11 +19,13 @@ _MAGIC = frozenset("*?[")
 
 
 def unreadable(path: str) -> str | None:
-    """Why the gateway's user may not read the file ``path``, or None when it may.
+    """Why the gateway's user may not read the file ``path``, or None when it may, or when
+    ``path`` is no longer there (removed since the glob found it: no matter of access; what
+    reads it next says it is gone).
 
     :return: ``the gateway's user gwtest may not read it (owner root, mode 0600)``.
     """
-    if os.access(path, os.R_OK):
+    if _may(path, os.R_OK) or _gone(path):
         return None
     return f"the gateway's user {user_name(os.geteuid())} may not read it{_owner_and_mode(path)}"
 
@@ -45,10 +48,29 @@ def closed_directory(pattern: str) -> str | None:
         if not os.path.isdir(directory):
             return None
         wanted = os.R_OK | os.X_OK if depth == literal and first is not None else os.X_OK
-        if not os.access(directory, wanted):
+        if not _may(directory, wanted):
             return (f"the gateway's user {user_name(os.geteuid())} may not look into {directory}"
                     f"{_owner_and_mode(directory)}")
     return None
+
+
+def _may(path: str, mode: int) -> bool:
+    """Whether the gateway may use ``path`` so (``os.R_OK``...) as it opens files: as its
+    effective user, with its capabilities (Linux 5.8 and later, ``faccessat2``); ``access(2)`` by
+    itself asks for the real user's, without them (a unit given ``CAP_DAC_READ_SEARCH`` to read
+    logs was told it may not)."""
+    return os.access(path, mode, effective_ids=True)
+
+
+def _gone(path: str) -> bool:
+    """Whether ``path`` is not there (``os.access`` says no to that as well)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _owner_and_mode(path: str) -> str:
