@@ -456,7 +456,11 @@ class UploadService(Service):
             left_out = f" ({'; '.join(said)})" if said else ""
             # (a glob the trigger named is repeated as an error repeats a request's words)
             globs = shown(patterns[0]) if "upload.files" in options else ", ".join(patterns)
-            raise UploadError(f"no file matches {globs or 'the configured files (none)'}{left_out}")
+            if not patterns:  # (the default configuration: say which key, not only that none matched)
+                raise UploadError("no file matches the configured files (none): uploads.files is empty; list the"
+                                  " globs of the files to upload there, or ask for the diagnostics bundle alone"
+                                  " (the trigger's upload.diagnostics: gatewayctl uploads trigger --diagnostics)")
+            raise UploadError(f"no file matches {globs or repr(globs)}{left_out}")
         upload: Upload | None = None
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)

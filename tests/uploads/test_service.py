@@ -1381,6 +1381,20 @@ class NoFilesTests(SynchronousTestCase):
         self.assertEqual([t for t, _, _ in watcher.messages], ["edge/gateway/uploads/autoUpload"])  # at start
         self.successResultOf(service.stopService())
 
+    def test_a_trigger_with_no_files_configured_says_what_to_do(self) -> None:
+        """The default configuration (``uploads.files: []``, mode strict) uploads nothing: a
+        trigger without ``upload.files`` (``gatewayctl uploads trigger`` as the README shows
+        it) was refused with only ``no file matches the configured files (none)``, leaving a
+        newcomer to guess the key; it now says which key to set, and the diagnostics bundle."""
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()))
+        self.successResultOf(service.startService())
+        status, error = self.successResultOf(service.handle("trigger", body({})))
+        self.assertEqual((status, error["message"]), (
+            500, "no file matches the configured files (none): uploads.files is empty; list the globs of the files"
+                 " to upload there, or ask for the diagnostics bundle alone (the trigger's upload.diagnostics:"
+                 " gatewayctl uploads trigger --diagnostics)"))
+        self.successResultOf(service.stopService())
+
 
 
 class ConfigTests(SynchronousTestCase):
