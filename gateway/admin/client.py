@@ -172,6 +172,20 @@ class Response:
         return value
 
 
+def _where_relative(path: str) -> str:
+    """For a relative socket path (a checkout's ``var/run/admin.sock``), where it was looked
+    for and what to do: run from another directory than ``make run``'s, ``gatewayctl`` does
+    not find the socket of a gateway that runs."""
+    if os.path.isabs(path):
+        return ""
+    try:
+        here = f", {os.getcwd()}"
+    except OSError:  # (a current directory deleted meanwhile)
+        here = ""
+    return (f"; looked for in the current directory{here}: run gatewayctl in the directory the gateway was"
+            " started in, or name its state directory with --state-dir DIR")
+
+
 def _send_request(sock: socket.socket, data: bytes) -> None:
     """Send (part of) a request whose answer is read next.
 
@@ -265,7 +279,7 @@ class AdminClient:
         except (FileNotFoundError, NotADirectoryError) as exc:
             sock.close()
             raise NotRunning(f"the gateway is not running (no admin socket at {self.path}:"
-                             f" {exc.strerror})") from None
+                             f" {exc.strerror}{_where_relative(self.path)})") from None
         except PermissionError:
             sock.close()
             raise PermissionError(f"no permission to use the admin socket {self.path}: run gatewayctl"

@@ -777,6 +777,25 @@ class NotRunningTests(SynchronousTestCase):
         self.assertEqual(err.getvalue(), f"gatewayctl: the gateway is not running (no admin socket at {path}.none:"
                                          " No such file or directory)\n")
 
+    def test_a_relative_socket_path_names_the_directory_it_was_looked_for_in(self) -> None:
+        """A checkout's ``gatewayctl`` looks for ``make run``'s ``var/run/admin.sock`` in the
+        current directory: run from another one (``cd conf``), it said only that the gateway
+        is not running while it ran. The message now says where it looked and what to do."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        saved = os.environ.pop(ENVIRONMENT, None)
+        if saved is not None:
+            self.addCleanup(os.environ.__setitem__, ENVIRONMENT, saved)
+        elsewhere = tempfile.mkdtemp(prefix="gwctl-")
+        self.addCleanup(shutil.rmtree, elsewhere)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(elsewhere)
+        self.assertEqual(main(["status"]), 3)
+        self.assertEqual(err.getvalue(), "gatewayctl: the gateway is not running (no admin socket at var/run/admin.sock:"
+                                         f" No such file or directory; looked for in the current directory, {elsewhere}:"
+                                         " run gatewayctl in the directory the gateway was started in, or name its"
+                                         " state directory with --state-dir DIR)\n")
+
 
 class ReportNameTests(SynchronousTestCase):
     """``gatewayctl report NAME`` asks for exactly that name, whatever its characters."""
