@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 from gateway import jsontext
 from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings, program_name_problem
+from gateway.broker.openlisteners import open_listener_warnings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.configdirectory import directory_problem
@@ -165,10 +166,12 @@ class Config:
         (``--check-config`` prints them; the services concerned log them as they start): MQTT links
         that share one cloud session (:mod:`gateway.links.sharedsessions`), Exosite links whose CIK
         file a reboot loses (:mod:`gateway.links.cikplace`), named entries a file sets to null
-        (:mod:`gateway.nullentries`)."""
+        (:mod:`gateway.nullentries`), broker listeners that take anonymous clients beyond
+        loopback (:mod:`gateway.broker.openlisteners`)."""
         return ([shared.text for shared in shared_sessions(self.links.links, self.gateway.tenant_id,
                                                            self.gateway.device_id)]
-                + volatile_cik_warnings(self.http_links.links, self.state_dir) + null_entry_warnings(self.written))
+                + volatile_cik_warnings(self.http_links.links, self.state_dir) + null_entry_warnings(self.written)
+                + open_listener_warnings(self.broker))
 
 
 #: A section with its own parser: ``(raw YAML or None, errors) -> settings``.

@@ -22,6 +22,7 @@ from gateway.apps.operations import CONFIG_VERSION
 from gateway.apps.service import AppsService
 from gateway.blocking import in_reactor_threads
 from gateway.broker.connection import STOP_GRACE
+from gateway.broker.openlisteners import open_listener_warnings
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.broker.statelog import STATE_STREAM
@@ -322,6 +323,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     (:mod:`gateway.nullentries`).
     """
     for line in null_entry_warnings(config.written):  # (a link with every default, which the files meant gone)
+        root.log.warn("{problem}", problem=line)
+    for line in open_listener_warnings(config.broker):  # (the default's anonymous rule, on a LAN address)
         root.log.warn("{problem}", problem=line)
     journal = JournalService(config.journal, config.state_dir, reactor, loop=loop, in_use=journal_users(config),
                              boot=BootClock(boot_id()))

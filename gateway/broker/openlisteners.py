@@ -1,0 +1,60 @@
+"""Warnings for broker listeners that take anonymous clients from beyond the machine: the
+default configuration allows anonymous clients because its one listener is on 127.0.0.1, and
+a listener added on another address (``bind: 0.0.0.0:9001``) keeps that rule silently."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from gateway.broker.settings import BrokerSettings, ListenerSettings
+from gateway.endpointstrings import split_description
+
+#: The amqtt plugin whose ``allow_anonymous`` lets clients without a user name in.
+ANONYMOUS_PLUGIN = "amqtt.plugins.authentication.AnonymousAuthPlugin"
+
+
+def anonymous_allowed(amqtt: dict[str, Any]) -> bool:
+    """Whether amqtt's configuration, as the broker section built it, lets anonymous clients
+    in: ``AnonymousAuthPlugin`` with ``allow_anonymous: true`` under ``plugins:``, or the
+    deprecated ``auth:`` section's ``allow-anonymous: true`` (read only without ``plugins:``)."""
+    plugins = amqtt.get("plugins")
+    if isinstance(plugins, dict):
+        options = plugins.get(ANONYMOUS_PLUGIN)
+        return isinstance(options, dict) and (options.get("allow_anonymous") is True
+                                              or options.get("allow-anonymous") is True)
+    auth = amqtt.get("auth")
+    return plugins is None and isinstance(auth, dict) and auth.get("allow-anonymous") is True
+
+
+def beyond_loopback(listener: ListenerSettings) -> str | None:
+    """The address a TCP or TLS listener takes connections on when it is not loopback only
+    (``0.0.0.0``, ``::``, a LAN address), else ``None`` (loopback, a unix socket, a socket
+    systemd hands over: what it listens on is the socket unit's to say)."""
+    args, kwargs = split_description(listener.endpoint)
+    kind = args[0] if args else ""
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    interface = kwargs.get("interface") or ("::" if kind == "tcp6" else "0.0.0.0")
+    try:
+        if ipaddress.ip_address(interface.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        return None  # (the settings took only addresses; a name is not guessed at here)
+    return interface
+
+
+def open_listener_warnings(settings: BrokerSettings) -> list[str]:
+    """One line for each listener that takes anonymous clients on an address beyond loopback:
+    anything that reaches its port may publish and subscribe (valid, but seldom meant)."""
+    if not anonymous_allowed(settings.amqtt):
+        return []
+    lines = []
+    for listener in settings.listeners:
+        address = beyond_loopback(listener)
+        if address is not None:
+            lines.append(f"broker.listeners.{listener.name}: takes anonymous clients ({ANONYMOUS_PLUGIN}:"
+                         f" allow_anonymous: true) on {address}, not on loopback only: anything that reaches"
+                         " its port may publish and subscribe; let only known clients in (a password file,"
+                         " client certificates: docs/broker.md) or bind it to 127.0.0.1")
+    return lines

@@ -1,0 +1,110 @@
+"""A listener that takes anonymous clients beyond loopback is a warning at load and at start
+(docs/configuration.md, Listeners): the default config allows anonymous clients because its one
+listener is on 127.0.0.1, and the WebSocket example on 0.0.0.0 pasted over it kept that rule
+without a word."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.logger import LogLevel, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config as gateway_config
+from gateway.admin.cli import check_config
+from gateway.broker.openlisteners import open_listener_warnings
+from gateway.broker.settings import BrokerSettings, ListenerSettings
+from gateway.tap import Options
+from gateway.tree import build_service
+from tests.logevents import capture_log_events
+
+#: conf/gateway.yaml's broker section, as far as these tests need it.
+DEFAULT_BROKER = """\
+broker:
+  listeners:
+    default:
+      endpoint: "tcp:1883:interface=127.0.0.1"
+  plugins:
+    amqtt.plugins.authentication.AnonymousAuthPlugin:
+      allow_anonymous: true
+"""
+#: docs/configuration.md's WebSocket example, as a drop-in.
+WS_EXAMPLE = """\
+broker:
+  listeners:
+    ws:
+      type: ws
+      bind: 0.0.0.0:9001
+      allowed_origins: ["https://dashboard.example", "http://10.0.0.5:8080"]
+"""
+WS_WARNING = (
+    "broker.listeners.ws: takes anonymous clients (amqtt.plugins.authentication.AnonymousAuthPlugin:"
+    " allow_anonymous: true) on 0.0.0.0, not on loopback only: anything that reaches its port may publish and"
+    " subscribe; let only known clients in (a password file, client certificates: docs/broker.md) or bind it"
+    " to 127.0.0.1")
+ANONYMOUS = {"plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+
+
+def broker(*endpoints: str, amqtt: dict[str, object] | None = None) -> BrokerSettings:
+    """Broker settings with listeners ``l0``, ``l1``... on ``endpoints``."""
+    listeners = tuple(ListenerSettings(f"l{n}", endpoint) for n, endpoint in enumerate(endpoints))
+    return BrokerSettings(listeners, dict(ANONYMOUS if amqtt is None else amqtt))
+
+
+class OpenListenerTests(SynchronousTestCase):
+    """Which listeners are told, and where the line shows."""
+
+    def write_config(self) -> Path:
+        """The default broker section with the WebSocket example as a drop-in."""
+        work = Path(self.mktemp())
+        (work / "conf.d").mkdir(parents=True)
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway:\n  state_dir: {work / 'state'}\n" + DEFAULT_BROKER)
+        (work / "conf.d" / "50-ws.yaml").write_text(WS_EXAMPLE)
+        return path
+
+    def test_the_websocket_example_over_the_default_is_a_warning_and_passes(self) -> None:
+        """``--check-config`` and ``gatewayctl check-config`` print the warning and exit 0."""
+        path = self.write_config()
+        self.assertEqual(gateway_config.load(path).warnings(), [WS_WARNING])
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as exited:
+            Options().parseOptions(["--config", str(path), "--check-config"])
+        self.assertEqual((exited.exception.code, err.getvalue()), (0, f"gateway: warning: {WS_WARNING}\n"))
+        self.assertEqual(check_config(str(path)), 0)
+        self.assertEqual(err.getvalue().splitlines()[1:], [f"warning: {WS_WARNING}"])
+
+    def test_the_start_logs_it(self) -> None:
+        """Building the services logs the warning once, as the other configuration warnings."""
+        events = capture_log_events(self)
+        root = build_service(gateway_config.load(self.write_config()), reactor)
+        self.addCleanup(root.state.stopService)  # (releases the lock build_service took)
+        said = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual([line for line in said if "broker.listeners" in line], [WS_WARNING])
+
+    def test_loopback_unix_and_systemd_listeners_are_not_told(self) -> None:
+        """The default listener, ``::1``, a unix socket and a socket systemd hands over are
+        quiet; ``tcp:`` without an interface, a LAN address and ``tcp6:`` on ``::`` are told."""
+        quiet = broker("tcp:1883:interface=127.0.0.1", "tcp:1884:interface=\\:\\:1",
+                       "unix:/run/gateway/mqtt.sock", "systemd:domain=INET:index=0",
+                       "ssl:8883:interface=127.0.0.5:privateKey=k.pem")
+        self.assertEqual(open_listener_warnings(quiet), [])
+        told = open_listener_warnings(broker("tcp:1883", "tcp:1884:interface=192.168.1.5", "tcp6:1885"))
+        self.assertEqual([line.split(" takes")[0] for line in told],
+                         ["broker.listeners.l0:", "broker.listeners.l1:", "broker.listeners.l2:"])
+        self.assertEqual([line.split(") on ")[1].split(",")[0] for line in told], ["0.0.0.0", "192.168.1.5", "::"])
+
+    def test_no_anonymous_clients_no_warning(self) -> None:
+        """Anonymous clients refused (the plugins' default, a password file alone, or the
+        deprecated ``auth:`` section without ``allow-anonymous: true``): nothing is told."""
+        for amqtt in ({"plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}}},
+                      {"plugins": {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": "p"}}},
+                      {"auth": {"plugins": ["auth_anonymous"], "allow-anonymous": False}}):
+            self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
+        told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"allow-anonymous": True}}))
+        self.assertEqual(len(told), 1)
