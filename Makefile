@@ -53,13 +53,22 @@ $(GOOSEBIT_STAMP):
 	.venv-tools/goosebit/bin/pip install -q 'goosebit==$(GOOSEBIT_VERSION)'
 	touch $@
 
-# Installs Debian packages that are missing (DEBS=...); needs root or sudo.
+# Whether systemd runs this machine (then installing a package that ships a service starts it).
+SYSTEMD_RUNNING ?= $(shell [ -d /run/systemd/system ] && echo yes)
+
+# Installs Debian packages that are missing (DEBS=...); needs root or sudo. Installing
+# mosquitto under systemd starts its service on 127.0.0.1:1883, make run's port; the tests
+# start mosquittos of their own, so a service this installed is stopped and disabled again.
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ -n "$$(dpkg --audit 2>/dev/null)" ]; then $(SUDO) dpkg --configure -a >/dev/null; fi; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  if [ "$(SYSTEMD_RUNNING)" = yes ] && [[ " $$missing " == *" mosquitto "* ]]; then \
+	    echo "stopping and disabling the mosquitto service the package started (it holds 127.0.0.1:1883, make run's port; the tests start their own)"; \
+	    $(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || echo "make: could not disable the mosquitto service: make run needs 127.0.0.1:1883"; \
+	  fi; \
 	fi
 
 # MQTT.js (npm), which tests/broker/test_mqttjs.py runs against a real gateway, pinned.
