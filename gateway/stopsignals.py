@@ -49,6 +49,9 @@ class StopSignals:
         self._reactor = reactor
         self._twisteds: dict[str, SignalHandler] = {name: getattr(reactor, name) for name in HANDLER_NAMES}
         self._stopping = False
+        #: The first stop signal handled (its number), None before one: also one that came
+        #: while the reactor was already stopping for another reason.
+        self.received: int | None = None
         reactor.addSystemEventTrigger("before", "shutdown", self._stop_began)
 
     def handler(self, name: str) -> SignalHandler:
@@ -61,6 +64,8 @@ class StopSignals:
         self._reactor.callFromThread(self._signalled, name, number)
 
     def _signalled(self, name: str, number: int) -> None:
+        if self.received is None:
+            self.received = number
         if self._stopping:
             self.log.info("received {signal} while already stopping: the gateway ends once its services have "
                           "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
@@ -82,7 +87,15 @@ def queue_stop_signals(reactor: Any) -> StopSignals:
     stops = StopSignals(reactor)
     for name in HANDLER_NAMES:
         setattr(reactor, name, stops.handler(name))
+    reactor.stop_signals = stops
     return stops
+
+
+def stop_signal_received(reactor: Any) -> int | None:
+    """The first stop signal ``reactor`` handled (:attr:`StopSignals.received`); None before
+    one, and for a reactor whose stop signals are not queued (a test's)."""
+    stops: StopSignals | None = getattr(reactor, "stop_signals", None)
+    return stops.received if stops is not None else None
 
 
 def handle_stop_signals_now(reactor: Any) -> None:
