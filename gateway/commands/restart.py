@@ -105,4 +105,3 @@ class ProcessRestart:
             self.end_by_signal(number)
             return
         self.execv(sys.executable, [sys.executable, *self.argv])
-
