@@ -1,5 +1,4 @@
-"""The gateway's reactor: timers that keep their delays when the wall clock steps, and
-stop signals that come while it is already stopping logged as one line.
+"""The gateway's reactor: timers that keep their delays when the wall clock steps.
 
 Twisted's reactors schedule ``callLater`` (and so every ``LoopingCall``) on the wall clock,
 ``reactor.seconds()``, which is ``time.time()``. A gateway without a real-time clock boots
@@ -14,23 +13,18 @@ moves every pending timer by the step it finds, before anything is scheduled or 
 and deadlines kept in memory use :func:`steady_seconds`.
 
 It also measures how late it runs its timers (:mod:`gateway.reactorlag`): the sign of a
-CPU too slow for the load.
-
-A SIGTERM or SIGINT that comes while the gateway is already stopping is one log line:
-Twisted's handler stopped the reactor again for it, which raised ``ReactorNotRunning`` and
-logged its traceback.
+CPU too slow for the load. (Its stop signals, as those of any reactor the gateway runs on, are
+:mod:`gateway.stopsignals`'.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Protocol
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -185,8 +179,7 @@ def shift_timers(clock: IReactorTime, step: float) -> None:
 
 
 class SteadyTimersReactor(AsyncioSelectorReactor):
-    """Twisted's asyncio reactor, its timers kept on their delays across wall-clock steps, and
-    a stop signal that comes while it is already stopping one log line.
+    """Twisted's asyncio reactor, its timers kept on their delays across wall-clock steps.
 
     Every reading of the clock (``seconds()``: every ``callLater``, ``DelayedCall.reset``,
     each run of the due timers) first compares the wall clock with the steady one and, when
@@ -202,12 +195,6 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
     Each time it runs its due timers it notes how long after the earliest one's time that is
     (:meth:`timers_late`): no timer of its own measures it.
 
-    A SIGTERM, SIGINT or SIGBREAK is handled on the loop's next turn, not in the signal
-    handler (which may run inside a log observer's lock): the first goes to Twisted's handler
-    (it logs it, stops the reactor, and twistd then ends by that signal); one that comes once
-    the reactor is stopping, for that signal or for another reason (a failed start, the
-    ``restart`` command), is logged as "already stopping" and changes nothing.
-
     :param eventloop: the asyncio loop it runs on.
     :param steady: a clock that never steps.
     :param wall: the wall clock.
@@ -220,12 +207,10 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         self._wall, self._steady = wall, steady
         self._steady_offset = self._offset = wall() - steady()  # (the offset now: since the last step)
         self._step_observers = StepObservers()
-        self._stopping = False
         self._running_timers = False  # (in runUntilCurrent: a step is followed once it ends)
         self._timers_due: float | None = None  # when (steady seconds) the earliest timer is due, as last asked
         self._lateness = LagWindow()
         super().__init__(eventloop)
-        self.addSystemEventTrigger("before", "shutdown", self._stop_began)
 
     def seconds(self) -> float:
         """The wall clock, once the pending timers have followed a step of it; while the due
@@ -288,37 +273,6 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         """Seconds it ran a timer late at worst in the last minute or two
         (:class:`~gateway.reactorlag.LagWindow`): how long a busy turn held the timers up."""
         return self._lateness.worst(self.steady_seconds())
-
-    def _stop_began(self) -> None:
-        self._stopping = True
-
-    def _stop_signal(self, number: int, frame: FrameType | None,
-                     twisteds: Callable[[int, FrameType | None], None]) -> None:
-        # (In the signal handler, which runs between any two bytecodes of the main thread: also
-        # inside a log observer's lock. Twisted's file observer takes a pure-Python RLock, and a
-        # handler that logs while it is half taken waits for it for good: the gateway hung at
-        # SIGTERM. So the handler only queues; callFromThread is asyncio's own signal-safe hand-off.)
-        self.callFromThread(self._stop_signalled, number, twisteds)
-
-    def _stop_signalled(self, number: int, twisteds: Callable[[int, FrameType | None], None]) -> None:
-        if self._stopping:
-            self.log.info("received {signal} while already stopping: the gateway ends once its services have "
-                          "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
-            return
-        self._stopping = True
-        twisteds(number, None)
-
-    def sigInt(self, number: int, frame: FrameType | None = None) -> None:
-        """SIGINT: stop, unless stopping already (then one log line)."""
-        self._stop_signal(number, frame, super().sigInt)
-
-    def sigTerm(self, number: int, frame: FrameType | None = None) -> None:
-        """SIGTERM: stop, unless stopping already (then one log line)."""
-        self._stop_signal(number, frame, super().sigTerm)
-
-    def sigBreak(self, number: int, frame: FrameType | None = None) -> None:
-        """SIGBREAK: stop, unless stopping already (then one log line)."""
-        self._stop_signal(number, frame, super().sigBreak)
 
     def steady_seconds(self) -> float:
         """Seconds on the steady clock, counted from the wall clock's time when the reactor

@@ -22,6 +22,7 @@ from gateway import gctuning
 from gateway import httpaccesslog, logbridge
 from gateway import nameresolver
 from gateway import stdstreams
+from gateway import stopsignals
 from gateway.errors import ConfigError, GatewayError, ReactorError
 from gateway.exitdeadline import ExitDeadline
 from gateway.pidfile import clear_stale_pidfile
@@ -61,7 +62,9 @@ def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:
     """Install Twisted's asyncio reactor on a new event loop if no reactor is installed yet,
     with timers that keep their delays when the wall clock steps
     (:class:`gateway.clockstep.SteadyTimersReactor`; one that ``twistd --reactor=asyncio``
-    installed has Twisted's wall-clock timers).
+    installed has Twisted's wall-clock timers), and, on either, the process's handlers of the
+    stop signals, which only hand them to its loop (:mod:`gateway.stopsignals`): a stop
+    signal from now on, while the services start too, stops the gateway cleanly once it runs.
 
     :return: the reactor and the asyncio loop it runs on.
     :raises ReactorError: if a reactor of another kind is already installed.
@@ -86,6 +89,8 @@ def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:
             f"the gateway needs Twisted's asyncio reactor, but {type(reactor).__name__} is installed:"
             " run twistd without --reactor, or with --reactor=asyncio"
         )
+    stopsignals.queue_stop_signals(reactor)
+    stopsignals.handle_stop_signals_now(reactor)
     return reactor, loop
 
 

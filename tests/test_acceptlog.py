@@ -14,7 +14,7 @@ from twisted.application.service import Application
 from twisted.internet.task import Clock
 from twisted.python import log as legacy_log
 from twisted.python.syslog import SyslogObserver
-from twisted.logger import ILogObserver, LogEvent, Logger, PredicateResult, formatEvent
+from twisted.logger import ILogObserver, LogEvent, Logger, PredicateResult, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.acceptlog import ACCEPT_LOG_INTERVAL, AcceptErrorLines, is_accept_error, twistd_observer, without_retry_lines
@@ -118,6 +118,32 @@ class TwistdObserverTests(SynchronousTestCase):
         """Put SIGUSR1's handler back as it was once the test ends."""
         self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    def test_sigusr1_without_a_log_file_is_one_line(self) -> None:
+        """SIGUSR1 rotates a log file; logging to standard output (the Debian unit's
+        ``--logfile=-``, ``make run``) or syslog there is none, and twistd left the signal its
+        default action: a ``kill -USR1`` (a logrotate recipe) ended the gateway at once, with no
+        clean stop. Now it is one line, written on the loop (the handler only queues it), and
+        the gateway goes on."""
+        self.patch(SyslogObserver, "openlog", staticmethod(lambda *args: None))
+        self.patch(SyslogObserver, "syslog", staticmethod(lambda priority, line: None))
+        for options, target in (({"nodaemon": True, "logfile": "-"}, "standard output"),
+                                ({"nodaemon": True}, "standard output"),
+                                ({"nodaemon": True, "syslog": True, "prefix": "gateway"}, "syslog")):
+            self.sigusr1_restored()
+            reactor = ThreadCalls()
+            twistd_observer(options, reactor)
+            self.assertTrue(callable(signal.getsignal(signal.SIGUSR1)), options)  # (not SIG_DFL: the end)
+            events: list[LogEvent] = []
+            globalLogPublisher.addObserver(events.append)
+            self.addCleanup(globalLogPublisher.removeObserver, events.append)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            self.assertEqual(events, [])
+            self.assertEqual(len(reactor.calls), 1)
+            reactor.calls[0]()
+            self.assertEqual([formatEvent(event) for event in events], [
+                f"received SIGUSR1, which rotates a log file: the gateway logs to {target}, no file to rotate"])
+            globalLogPublisher.removeObserver(events.append)
 
     def test_a_log_file_is_filtered_too(self) -> None:
         """docs/install.md (Logs): with ``--logfile PATH`` twistd wrote every ``Scheduling

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.task import LoopingCall
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
@@ -232,61 +229,3 @@ class SteadyTimersTests(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
                              timeout=50, cwd=ROOT)
         self.assertEqual(out.stdout.strip(), "SteadyTimersReactor")
-
-
-class StopSignalTests(SynchronousTestCase):
-    """A stop signal is handled on the loop's next turn, and one while the gateway's reactor is
-    already stopping is one log line."""
-
-    def reactor(self) -> tuple[SteadyTimersReactor, list[Any], list[dict[str, Any]]]:
-        """The gateway's reactor (never run), the calls it queued for the loop, and the log."""
-        reactor = SteadyTimersReactor(asyncio.new_event_loop())
-        self.addCleanup(reactor._asyncioEventloop.close)
-        self.addCleanup(reactor.waker.connectionLost, None)
-        self.addCleanup(reactor.removeAll)
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        queued: list[Any] = []
-        self.patch(reactor, "callFromThread", lambda f, *args, **kwargs: queued.append((f, args)))
-        return reactor, queued, events
-
-    def test_a_second_stop_signal_is_one_line(self) -> None:
-        """The first SIGTERM goes to Twisted's handler (it stops the reactor); a SIGTERM or
-        SIGINT after it only logs "already stopping", once each, and stops nothing again
-        (Twisted's handler stopped the stopped reactor: a ReactorNotRunning traceback)."""
-        reactor, queued, events = self.reactor()
-        stops = []
-        for number, handler in ((signal.SIGTERM, reactor.sigTerm), (signal.SIGTERM, reactor.sigTerm),
-                                (signal.SIGINT, reactor.sigInt)):
-            handler(number)
-            while queued:
-                f, args = queued.pop(0)
-                if f == reactor.stop:
-                    stops.append(f)
-                else:
-                    f(*args)
-        self.assertEqual(stops, [reactor.stop])
-        lines = [formatEvent(event) for event in events]
-        self.assertEqual([line for line in lines if "already stopping" in line], [
-            f"received {name} while already stopping: the gateway ends once its services have stopped (each within "
-            "gateway.shutdown_timeout)" for name in ("SIGTERM", "SIGINT")])
-
-    def test_the_signal_handler_only_queues(self) -> None:
-        """A signal comes between any two bytecodes of the main thread, also while a log observer
-        holds its lock, half taken: Twisted's file observer takes a pure-Python RLock, and a
-        handler that logged then waited for it for good (a gateway hung at SIGTERM, found by
-        bench/e2e.py). The handlers log nothing and stop nothing themselves: they queue the work
-        for the loop, which logs it and stops."""
-        reactor, queued, events = self.reactor()
-        for handler, number in ((reactor.sigTerm, signal.SIGTERM), (reactor.sigInt, signal.SIGINT),
-                                (reactor.sigBreak, signal.SIGTERM)):
-            handler(number)
-        self.assertEqual(events, [])
-        self.assertEqual(len(queued), 3)
-        for f, args in queued[:]:
-            f(*args)
-        lines = [formatEvent(event) for event in events]
-        self.assertEqual(lines[0], "Received SIGTERM, shutting down.")
-        self.assertEqual(len(lines), 3)
-        self.assertEqual(queued[3:], [(reactor.stop, ())])

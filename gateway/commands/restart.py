@@ -3,20 +3,31 @@
 Under systemd (the unit sets ``Restart=always``) the gateway stops cleanly and exits;
 systemd starts it again after ``RestartSec``. Without systemd nothing would start it
 again, so once the clean shutdown is complete (twistd has removed its pid file) the
-process re-executes its own command line in place (same pid, same arguments).
+process re-executes its own command line in place (same pid, same arguments), unless a
+stop signal came while it stopped: then it ends by that signal, as told.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
+from gateway.stopsignals import stop_signal_received
+
 log = Logger()
+
+
+def end_by_signal(number: int) -> None:
+    """End this process by signal ``number``'s default action, as twistd ends after a stop that
+    signal began (status 143 for SIGTERM, which systemd counts as a clean stop)."""
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
 
 
 class ProcessRestart:
@@ -28,18 +39,22 @@ class ProcessRestart:
     :param execv: replaces the process (:func:`os.execv`).
     :param argv: the command line to run again.
     :param delay: seconds before stopping, so the command's reply is journaled first.
+    :param end_by_signal: ends the process by a signal's default action (what twistd does after
+        a stop a signal began).
     """
 
     def __init__(self, reactor: Any, environ: Mapping[str, str] = os.environ,
                  at_exit: Callable[[Callable[[], None]], Any] = atexit.register,
                  execv: Callable[[str, list[str]], Any] = os.execv,
-                 argv: Sequence[str] = tuple(sys.argv), delay: float = 1.0) -> None:
+                 argv: Sequence[str] = tuple(sys.argv), delay: float = 1.0,
+                 end_by_signal: Callable[[int], Any] = end_by_signal) -> None:
         self.reactor = reactor
         self.environ = environ
         self.at_exit = at_exit
         self.execv = execv
         self.argv = tuple(argv)
         self.delay = delay
+        self.end_by_signal = end_by_signal
 
     @property
     def under_systemd(self) -> bool:
@@ -83,4 +98,10 @@ class ProcessRestart:
     def _exec(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # A SIGTERM or Ctrl-C while the restart stopped the gateway ("received SIGTERM while already
+        # stopping: the gateway ends ..."): it ends, by that signal, as after a stop the signal began.
+        number = stop_signal_received(self.reactor)
+        if number is not None:
+            self.end_by_signal(number)
+            return
         self.execv(sys.executable, [sys.executable, *self.argv])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,6 +25,7 @@ from gateway.errors import ConfigError, ConfigKeyError
 from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from gateway.payloadlimits import REQUEST_BYTES
 from gateway.redaction import WITHHELD, redact
+from gateway.stopsignals import HANDLER_NAMES, queue_stop_signals
 from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from tests.logevents import first_line
 from tests.updates.test_commands import FakeBus
@@ -636,6 +638,25 @@ class ProcessRestartTests(SynchronousTestCase):
         [at_exit] = registered
         at_exit()
         self.assertEqual(execs[0][1:], ["/venv/bin/twistd", "-n", "gateway"])
+
+    def test_a_stop_signal_while_the_restart_stops_it_ends_it(self) -> None:
+        """A SIGTERM (or Ctrl-C) that comes while the restart stops the gateway is logged as
+        "received SIGTERM while already stopping: the gateway ends once its services have
+        stopped", and it does: by that signal, as after a stop the signal began. The gateway
+        re-executed itself anyway and ran on (seen on a real gateway: a user's stop undone)."""
+        reactor, registered, execs, ended = FakeReactor(), [], [], []
+        for name in HANDLER_NAMES:  # (Twisted's: they stop the reactor)
+            setattr(reactor, name, lambda number, frame: reactor.stop())
+        reactor.callFromThread = lambda f, *args: f(*args)  # type: ignore[attr-defined]
+        queue_stop_signals(reactor)
+        restart = ProcessRestart(reactor, {}, registered.append, lambda path, argv: execs.append(argv),
+                                 ("/venv/bin/twistd", "-n", "gateway"), end_by_signal=ended.append)
+        restart.restart()
+        reactor.advance(1)
+        reactor.sigTerm(signal.SIGTERM, None)
+        [at_exit] = registered
+        at_exit()
+        self.assertEqual((execs, ended), ([], [signal.SIGTERM]))
 
     def test_a_restart_the_gateways_stop_overtook_does_nothing(self) -> None:
         """SIGTERM in the second between a ``restart`` reply and its stop: the gateway is stopping
