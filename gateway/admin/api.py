@@ -24,11 +24,12 @@ from gateway.commands.settings import CONFIRM_WINDOW_RANGE
 from gateway.filelayer import makedirs
 from gateway.readside import to_jsonable
 from gateway.shown import shown_repr
-from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
+from gateway.admin.logstream import Blocking, LogFollower
 from gateway.admin.router import STREAMING, Handler, Raw, RouteSpec, query, read_object
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import PAGE_POLICY, render_page
 from gateway.apps.errors import UnknownAppError
+from gateway.apps.logs import tail_to_end
 from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import kanto_message

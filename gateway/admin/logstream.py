@@ -12,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.apps.logs import last_lines, open_log, read_unrotated, rotated_lead, tail_offset
+from gateway.apps.logs import FileIdentity, identity_of, open_log
 
 log = Logger()
 
@@ -21,36 +21,6 @@ Blocking = Callable[[Callable[[], Any]], Deferred[Any]]
 
 #: Most bytes read from the file per poll (a fast writer is caught up over several polls).
 CHUNK = 64 * 1024
-
-
-#: A file's identity, ``(st_dev, st_ino)``: a log that rotated is another file under its name.
-FileIdentity = tuple[int, int]
-
-
-def tail_to_end(path: Path, lines: int) -> tuple[bytes, int, FileIdentity | None]:
-    """The last ``lines`` lines of ``path`` as they are (a partial last line included), the
-    offset they end at and the file they are in, all from one look at the file, so following
-    it from there (:func:`read_from`) neither repeats nor misses a line (blocking).
-
-    :return: ``(bytes, offset, identity)``; ``(b"", 0, None)`` when the file does not exist
-        (yet) and was not rotated either.
-    """
-    def read() -> tuple[bytes, int, FileIdentity | None]:
-        identity: FileIdentity | None = None
-        try:
-            with open_log(path) as handle:
-                st = os.fstat(handle.fileno())
-                identity = (st.st_dev, st.st_ino)
-                start = tail_offset(handle, st.st_size, lines)
-                handle.seek(start)
-                data = handle.read(st.st_size - start)
-        except FileNotFoundError:
-            data, start = b"", 0
-        # (a log rotated a moment ago is short of lines, or empty: its last lines are in path.1;
-        # a carriage return in them ends none, as in tail_bytes)
-        return last_lines(rotated_lead(path, lines, data) + data, lines), start + len(data), identity
-
-    return read_unrotated(path, read)
 
 
 def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
@@ -83,16 +53,16 @@ def _read_at(path: Path, offset: int, limit: int,
     another than ``identity``."""
     try:
         with open_log(path) as handle:
-            st = os.fstat(handle.fileno())
-            if identity is not None and (st.st_dev, st.st_ino) != identity:
+            info = os.fstat(handle.fileno())
+            if identity is not None and identity_of(info) != identity:
                 return None
-            if st.st_size < offset:
+            if info.st_size < offset:
                 offset = 0
             handle.seek(offset)
-            data = handle.read(min(limit, st.st_size - offset))
+            data = handle.read(min(limit, info.st_size - offset))
     except FileNotFoundError:
         return None
-    return data, offset + len(data), (st.st_dev, st.st_ino)
+    return data, offset + len(data), identity_of(info)
 
 
 @implementer(IPushProducer)
@@ -112,8 +82,9 @@ class LogFollower:
     :param blocking: runs the file reads off the reactor thread.
     :param interval: seconds between polls.
     :param on_done: called once the follower has stopped.
-    :param identity: the file ``offset`` is in (:func:`tail_to_end`; None: the one at ``path``
-        at the first look): when the log rotates, the rest of it is read from its backup first.
+    :param identity: the file ``offset`` is in (:func:`~gateway.apps.logs.tail_to_end`; None:
+        the one at ``path`` at the first look): when the log rotates, the rest of it is read
+        from its backup first.
     """
 
     def __init__(self, request: Any, finished: Deferred[None], path: Path, offset: int, clock: IReactorTime,

@@ -827,7 +827,7 @@ class AppRouteTests(SynchronousTestCase):
     def test_follow_neither_repeats_nor_misses(self) -> None:
         """The tail and the offset following starts from come from one look at the file: a
         partial last line is sent as it is and its rest follows, nothing twice."""
-        from gateway.admin.logstream import tail_to_end
+        from gateway.apps.logs import tail_to_end
         h = Harness(self)
         log = h.work / "logs" / "hello.log"
         log.write_bytes(b"a\nb\npart")

@@ -9,8 +9,8 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.admin.logstream import read_from, tail_to_end
-from gateway.apps.logs import AppLogWriter, RotatingLog, tail_bytes, tail_file
+from gateway.admin.logstream import read_from
+from gateway.apps.logs import AppLogWriter, RotatingLog, tail_bytes, tail_file, tail_to_end
 
 
 #: Modification times: a day in 2026 (the clock set) and one at 1970 (not set yet).
@@ -319,25 +319,24 @@ class RotationTests(SynchronousTestCase):
         thread rotates while a pool thread reads: a chatty program) is read again: its lines
         were in both, shown twice, and ``logs?follow`` went on from an offset in a file no
         longer there."""
-        from gateway.admin import logstream
         from gateway.apps import logs
 
         self.dir.mkdir()
         path = self.dir / "r.log"
         path.write_bytes(b"one\ntwo\n")
-        for module in (logs, logstream):
-            opened = module.open_log
+        opened = logs.open_log
+        for follow in (False, True):
             rotations = [path]
 
-            def rotating(where: Path, opened: Any = opened) -> Any:
+            def rotating(where: Path) -> Any:
                 handle = opened(where)
                 if rotations and where == rotations.pop():  # (once: the writer rotates it now)
                     os.replace(path, self.dir / "r.log.1")
                     path.write_bytes(b"")
                 return handle
-            self.patch(module, "open_log", rotating)
-            read = tail_file(path, 5) if module is logs else tail_to_end(path, 5)[:2]
-            self.assertEqual(read, ["one", "two"] if module is logs else (b"one\ntwo\n", 0), module)
+            self.patch(logs, "open_log", rotating)
+            read = tail_to_end(path, 5)[:2] if follow else tail_file(path, 5)
+            self.assertEqual(read, (b"one\ntwo\n", 0) if follow else ["one", "two"], follow)
             path.write_bytes(b"one\ntwo\n")
             (self.dir / "r.log.1").unlink()
 
