@@ -25,32 +25,35 @@ CHUNK = 64 * 1024
 
 def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
               limit: int = CHUNK) -> tuple[bytes, int, FileIdentity | None]:
-    """Read what was appended to ``path`` after ``offset`` (blocking).
+    """Read what was appended to ``path`` after ``offset``, at most ``limit`` bytes (blocking).
 
     :param identity: the file ``offset`` is in (None: the one at ``path`` now).
-    :return: the bytes, the new offset and the file they are in: when another file is at
+    :return: the bytes, the new offset and the file it is in: when another file is at
         ``path`` now (the log rotated), the rest of the old one is read first, from
-        ``path.1`` while it is there, then the new one from its start; a file that shrank
-        (truncated) is read again from its start. ``(b"", 0, None)`` when there is no file.
+        ``path.1`` while it is there, then, in the same read, the new one from its start (by
+        the next read, it may have rotated too); a file that shrank (truncated) is read again
+        from its start. ``(b"", 0, None)`` when there is no file.
     """
     got = _read_at(path, offset, limit, identity)
     if got is not None:
-        return got
-    if identity is not None:
-        rest = _read_at(path.with_name(path.name + ".1"), offset, limit, identity)
-        if rest is not None and rest[0]:
-            return rest
-        got = _read_at(path, 0, limit, None)
-        if got is not None:
-            return got
-    return b"", 0, None
+        return got[:3]
+    if identity is None:
+        return b"", 0, None
+    rest = _read_at(path.with_name(path.name + ".1"), offset, limit, identity)
+    if rest is not None and rest[1] < rest[3]:
+        return rest[:3]  # (more of it than the limit: the next read goes on in it)
+    lead = rest[0] if rest is not None else b""
+    got = _read_at(path, 0, limit - len(lead), None)
+    if got is None:  # (none yet: the program has not written since it rotated)
+        return (lead, rest[1], identity) if rest is not None else (b"", 0, None)
+    return lead + got[0], got[1], got[2]
 
 
 def _read_at(path: Path, offset: int, limit: int,
-             identity: FileIdentity | None) -> tuple[bytes, int, FileIdentity] | None:
+             identity: FileIdentity | None) -> tuple[bytes, int, FileIdentity, int] | None:
     """At most ``limit`` bytes of ``path`` from ``offset`` on (from its start when it is
-    shorter), the offset after them and the file's identity; None when no file is there, or
-    another than ``identity``."""
+    shorter), the offset after them, the file's identity and its size; None when no file is
+    there, or another than ``identity``."""
     try:
         with open_log(path) as handle:
             info = os.fstat(handle.fileno())
@@ -62,7 +65,7 @@ def _read_at(path: Path, offset: int, limit: int,
             data = handle.read(min(limit, info.st_size - offset))
     except FileNotFoundError:
         return None
-    return data, offset + len(data), identity_of(info)
+    return data, offset + len(data), identity_of(info), info.st_size
 
 
 @implementer(IPushProducer)

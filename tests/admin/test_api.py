@@ -801,6 +801,26 @@ class AppRouteTests(SynchronousTestCase):
                          b"old 2\nold 3\nnew 1, longer than the old file was\nnew 2\nnewer 1\n")
         exchange.close()
 
+    def test_a_log_that_rotates_between_every_two_looks_loses_no_line(self) -> None:
+        """A log that rotates once between every two looks (a program that fills its
+        ``stdout_logfile_maxbytes`` in about a ``follow_interval``) is followed whole: the look
+        that reads the rest of the old file from ``.1`` goes on into the new one. It stopped at
+        the old file's end, and by the next look the new file was ``.1`` and was skipped: a
+        real gateway's follow lost a file's worth of lines at every other rotation."""
+        h = Harness(self)
+        log = h.work / "logs" / "hello.log"
+        log.write_text("a 1\n")
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        for old, new in (("a", "b"), ("b", "c"), ("c", "d")):
+            with log.open("a") as f:
+                f.write(f"{old} 2\n")
+            os.replace(log, log.with_name("hello.log.1"))
+            log.write_text(f"{new} 1\n")
+            h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"a 1\na 2\nb 1\nb 2\nc 1\nc 2\nd 1\n")
+        exchange.close()
+
     def test_a_client_that_does_not_read_pauses_the_follow(self) -> None:
         """While the connection's send buffer is full (a client that stopped reading: the
         transport pauses the channel), nothing more of the log is read nor written; once it
