@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -133,17 +133,18 @@ class LogFollower:
         """The connection is going: stop following."""
         self._end(finish=False)
 
-    def _poll(self) -> Deferred[None] | None:
-        if self._paused:
-            return None
-        d = self._blocking(lambda: read_from(self.path, self.offset, self._identity))
-
-        def got(result: tuple[bytes, int, FileIdentity | None]) -> None:
-            data, self.offset, self._identity = result
+    @inlineCallbacks
+    def _poll(self) -> Generator[Deferred[Any], Any, None]:
+        # A full read leaves more to read: read on at once (a program that writes more than a
+        # read a poll would leave it behind for good, and its rotations would take the lines
+        # not read yet), until it is caught up or the client's send buffer is full.
+        while not self._paused and not self._stopped:
+            data, self.offset, self._identity = yield self._blocking(
+                lambda: read_from(self.path, self.offset, self._identity))
             if data and not self._stopped:
                 self.request.write(data)
-
-        return d.addCallback(got)
+            if len(data) < CHUNK:
+                return
 
     def _end(self, finish: bool) -> None:
         if self._stopped:
