@@ -12,15 +12,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.apps.logs import FileIdentity, identity_of, open_log
+from gateway.apps.logs import FileIdentity, backup_path, file_identity, identity_of, open_log
 
 log = Logger()
 
 #: Runs a blocking callable off the reactor thread.
 Blocking = Callable[[Callable[[], Any]], Deferred[Any]]
 
-#: Most bytes read from the file per poll (a fast writer is caught up over several polls).
+#: Most bytes read from the file at a time (a look reads on until it has caught up).
 CHUNK = 64 * 1024
+#: Most files one read goes through: a follower behind by that many rotations catches up
+#: over several reads.
+FILES_A_READ = 8
 
 
 def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
@@ -28,25 +31,65 @@ def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
     """Read what was appended to ``path`` after ``offset``, at most ``limit`` bytes (blocking).
 
     :param identity: the file ``offset`` is in (None: the one at ``path`` now).
-    :return: the bytes, the new offset and the file it is in: when another file is at
-        ``path`` now (the log rotated), the rest of the old one is read first, from
-        ``path.1`` while it is there, then, in the same read, the new one from its start (by
-        the next read, it may have rotated too); a file that shrank (truncated) is read again
-        from its start. ``(b"", 0, None)`` when there is no file.
+    :return: the bytes, the new offset and the file it is in. When another file is at
+        ``path`` now (the log rotated), the rest of the old one is read from the backup it is
+        now (``path.1``, or ``path.2`` ... when it rotated again since), then, in the same
+        read, each file rotated after it and the one at ``path`` from their starts; when it is
+        in none (rotated past the backups kept, or deleted), the one at ``path`` from its
+        start. A file that shrank (truncated) is read again from its start. ``(b"", 0,
+        None)`` when there is no file.
     """
-    got = _read_at(path, offset, limit, identity)
-    if got is not None:
-        return got[:3]
-    if identity is None:
-        return b"", 0, None
-    rest = _read_at(path.with_name(path.name + ".1"), offset, limit, identity)
-    if rest is not None and rest[1] < rest[3]:
-        return rest[:3]  # (more of it than the limit: the next read goes on in it)
-    lead = rest[0] if rest is not None else b""
-    got = _read_at(path, 0, limit - len(lead), None)
-    if got is None:  # (none yet: the program has not written since it rotated)
-        return (lead, rest[1], identity) if rest is not None else (b"", 0, None)
-    return lead + got[0], got[1], got[2]
+    data = b""
+    for _ in range(FILES_A_READ):
+        got = _read_at(path, offset, limit - len(data), identity)
+        if got is not None:
+            return data + got[0], got[1], got[2]
+        if identity is None:
+            break
+        index = _backup_index(path, identity)
+        if index is None:  # (gone: what it got after the last read is lost)
+            identity, offset = None, 0
+            continue
+        rest = _read_at(backup_path(path, index), offset, limit - len(data), identity)
+        if rest is None:
+            continue  # (rotated again meanwhile: looked for anew)
+        data, offset = data + rest[0], rest[1]
+        if offset < rest[3]:
+            break  # (the limit: the next read goes on in it)
+        newer = _rotated_after(path, identity)
+        if newer is None:  # (none yet: the program has not written since the rotation)
+            break
+        identity, offset = newer, 0
+    return data, offset, identity
+
+
+def _backup_index(path: Path, identity: FileIdentity) -> int | None:
+    """Which of the rotated files of ``path`` (``path.1``, ``path.2`` ...) ``identity`` is;
+    None when it is none of them. One number missing is looked past: a rotation under way
+    renames ``path.1`` to ``path.2`` before ``path`` to ``path.1``."""
+    index, missing = 1, 0
+    while missing < 2:
+        found = file_identity(backup_path(path, index))
+        if found == identity:
+            return index
+        missing = missing + 1 if found is None else 0
+        index += 1
+    return None
+
+
+def _rotated_after(path: Path, identity: FileIdentity) -> FileIdentity | None:
+    """The file the log ``path`` went on in after the rotated file ``identity`` (the one a
+    number below it, ``path`` itself below ``path.1``); None when there is none yet (nothing
+    written since the rotation), or ``identity`` is no longer among the backups. The two are
+    looked at again when a rotation came between the two looks."""
+    for _ in range(FILES_A_READ):
+        index = _backup_index(path, identity)
+        if index is None:
+            return None
+        newer = file_identity(backup_path(path, index - 1))
+        if file_identity(backup_path(path, index)) == identity:
+            return newer
+    return None
 
 
 def _read_at(path: Path, offset: int, limit: int,

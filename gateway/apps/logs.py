@@ -136,13 +136,19 @@ class RotatingLog:
 
     def backup_path(self, index: int) -> Path:
         """Where the rotated file ``index`` is (``path.<index>``; 1 is the newest)."""
-        return self.path.with_name(f"{self.path.name}.{index}")
+        return backup_path(self.path, index)
 
     def close(self) -> None:
         """Close the file; the next write reopens it."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def backup_path(path: Path, index: int) -> Path:
+    """Where the rotated file ``index`` of the log ``path`` is (``path.<index>``; 1 is the
+    newest, 0 is ``path`` itself)."""
+    return path.with_name(f"{path.name}.{index}") if index else path
 
 
 #: Bytes read at a time while looking back for the start of a log's last lines.
@@ -295,7 +301,7 @@ def _rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
     held = data.count(b"\n") + (data[-1:] not in (b"", b"\n"))
     if lines <= 0 or held >= lines or len(data) >= TAIL_MAX_BYTES:
         return b""
-    return _tail_of(path.with_name(path.name + ".1"), lines, TAIL_MAX_BYTES - len(data))[0]
+    return _tail_of(backup_path(path, 1), lines, TAIL_MAX_BYTES - len(data))[0]
 
 
 def _tail_of(path: Path, lines: int, most: int) -> tuple[bytes, int, FileIdentity | None]:
@@ -510,7 +516,7 @@ class AppLogWriter:
             sizes = [0] * (target.backups + 1)
             found.append((target, sizes))
             for index in range(target.backups + 1):
-                path = target.backup_path(index) if index else target.path
+                path = target.backup_path(index)
                 try:
                     info = path.lstat()
                 except FileNotFoundError:

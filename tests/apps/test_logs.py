@@ -364,6 +364,53 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(read_from(path, 0), (b"", 0, None))
 
 
+class FollowTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "f.log"
+
+    def rotate(self, backups: int) -> None:
+        """Rotate the log as RotatingLog does: the oldest backup first, the log last."""
+        for index in range(backups - 1, 0, -1):
+            older = self.dir / f"f.log.{index}"
+            if older.exists():
+                os.replace(older, self.dir / f"f.log.{index + 1}")
+        os.replace(self.path, self.dir / "f.log.1")
+
+    def test_a_read_during_a_rotation_finds_the_file_past_the_gap(self) -> None:
+        """A read that comes while a rotation is under way (``.1`` renamed to ``.2``, the log
+        not yet to ``.1``) finds its file in ``.2`` and reads its rest; the next read goes on
+        into the files rotated after it. The gap ended the search, and the new file was read
+        from its start, the rest of the old one lost."""
+        self.path.write_bytes(b"a 1\n")
+        read, offset, identity = read_from(self.path, 0)
+        self.assertEqual(read, b"a 1\n")
+        with self.path.open("ab") as f:
+            f.write(b"a 2\n")
+        self.rotate(2)
+        self.path.write_bytes(b"b 1\n")
+        os.replace(self.dir / "f.log.1", self.dir / "f.log.2")  # (the next rotation, half done)
+        read, offset, identity = read_from(self.path, offset, identity)
+        self.assertEqual(read, b"a 2\n")
+        os.replace(self.path, self.dir / "f.log.1")
+        self.path.write_bytes(b"c 1\n")
+        self.assertEqual(read_from(self.path, offset, identity)[0], b"b 1\nc 1\n")
+
+    def test_a_follower_behind_by_more_rotations_than_backups_goes_on_in_the_log(self) -> None:
+        """When its file is no longer among the backups (rotated out, or deleted), a follower
+        goes on in the file at the log's path from its start (docs/admin.md: unless the log
+        rotated more times than it keeps backups)."""
+        self.path.write_bytes(b"a 1\n")
+        _, offset, identity = read_from(self.path, 0)
+        for name in "bc":
+            new = self.dir / "new"  # (made before the rotation deletes a file: not its inode again)
+            new.write_bytes(b"%s 1\n" % name.encode())
+            self.rotate(1)
+            os.replace(new, self.path)
+        self.assertEqual(read_from(self.path, offset, identity)[0], b"c 1\n")
+
+
 class ThreadedWriterTests(TestCase):
     def test_thread_writes_and_stop_flushes(self) -> None:
         """The threaded writer writes everything queued before stop() fires."""
