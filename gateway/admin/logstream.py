@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.apps.logs import FileIdentity, backup_path, file_identity, identity_of, open_log
@@ -147,6 +148,7 @@ class LogFollower:
         self._interval = interval
         self._stopped = False
         self._paused = False
+        self._reading = False
         finished.addBoth(lambda _: self._end(finish=False))
 
     @property
@@ -157,8 +159,7 @@ class LogFollower:
     def start(self) -> None:
         """Start polling the file."""
         self.request.registerProducer(self, True)
-        self._loop.start(self._interval, now=False).addErrback(
-            lambda f: log.failure("admin API: following {path} failed", f, path=str(self.path)))
+        self._loop.start(self._interval, now=False).addErrback(self._failed)
 
     def stop(self) -> None:
         """Stop following and end the response (the gateway is stopping)."""
@@ -169,25 +170,41 @@ class LogFollower:
         self._paused = True
 
     def resumeProducing(self) -> None:
-        """The send buffer drained: the next poll reads on from where it stopped."""
+        """The send buffer drained: reading goes on at once from where it stopped (a follower
+        behind a program that writes fast waits for no poll: its rotations would take the
+        lines not read yet)."""
         self._paused = False
+        if self._loop.running:
+            self._read_on().addErrback(self._failed)
 
     def stopProducing(self) -> None:
         """The connection is going: stop following."""
         self._end(finish=False)
 
+    def _poll(self) -> Deferred[None]:
+        return self._read_on()
+
     @inlineCallbacks
-    def _poll(self) -> Generator[Deferred[Any], Any, None]:
+    def _read_on(self) -> Generator[Deferred[Any], Any, None]:
         # A full read leaves more to read: read on at once (a program that writes more than a
-        # read a poll would leave it behind for good, and its rotations would take the lines
-        # not read yet), until it is caught up or the client's send buffer is full.
-        while not self._paused and not self._stopped:
-            data, self.offset, self._identity = yield self._blocking(
-                lambda: read_from(self.path, self.offset, self._identity))
-            if data and not self._stopped:
-                self.request.write(data)
-            if len(data) < CHUNK:
-                return
+        # read a poll would leave it behind for good), until it is caught up or the client's
+        # send buffer is full. One read at a time: a poll while a resume reads waits for none.
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            while not self._paused and not self._stopped:
+                data, self.offset, self._identity = yield self._blocking(
+                    lambda: read_from(self.path, self.offset, self._identity))
+                if data and not self._stopped:
+                    self.request.write(data)
+                if len(data) < CHUNK:
+                    return
+        finally:
+            self._reading = False
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("admin API: following {path} failed", failure, path=str(self.path))
 
     def _end(self, finish: bool) -> None:
         if self._stopped:

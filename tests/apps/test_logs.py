@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.logstream import read_from
@@ -549,3 +550,32 @@ class WriterThreadTests(TestCase):
         thread = writer._thread
         assert thread is not None
         self.assertTrue(thread.daemon)
+
+
+class LogFollowerTests(SynchronousTestCase):
+    def test_a_resume_while_a_read_is_under_way_reads_nothing_twice(self) -> None:
+        """A send buffer that drains while a read of the log is under way in the pool's thread
+        starts no second read from the same offset: the line would be sent twice."""
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from gateway.admin.logstream import LogFollower
+
+        path = Path(self.mktemp())
+        path.write_bytes(b"one\n")
+        reads: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+        def blocking(read: Callable[[], Any]) -> Deferred[Any]:
+            reads.append((Deferred(), read))
+            return reads[-1][0]
+        request, clock = StringTransport(), Clock()  # (a request's producer and write, as a transport's)
+        follower = LogFollower(request, Deferred(), path, 0, clock, blocking, 1.0, lambda _: None)
+        follower.start()
+        clock.advance(1.0)
+        follower.pauseProducing()
+        follower.resumeProducing()
+        self.assertEqual(len(reads), 1)
+        done, read = reads.pop()
+        done.callback(read())
+        self.assertEqual(request.value(), b"one\n")
+        follower.stopProducing()
