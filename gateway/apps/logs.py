@@ -9,6 +9,7 @@ the loss is counted and written into its log as a marker line, never silently.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -52,6 +53,8 @@ class RotatingLog:
         #: sizes of ``path.1`` ... ``path.<backups>`` as last looked at and rotated since
         #: (0: none there); None until the writer has looked (:meth:`looked_at`)
         self._backup_sizes: list[int] | None = None
+        #: the rotated files past ``backups`` have been deleted (at the first rotation)
+        self._pruned = False
 
     def write(self, data: bytes) -> bool:
         """Append ``data``; rotate when the file has reached ``maxbytes``.
@@ -98,6 +101,14 @@ class RotatingLog:
         self._file.close()
         self._file = None
         rotated, self._size = self._size, 0
+        if not self._pruned:
+            # Files past the number kept (a larger setting before) would stay for good, outside
+            # the cap; with 0, the old .1 would be read on as the lines before the truncated ones.
+            self._pruned = True
+            for index, old in _numbered_backups(self.path):
+                if index > self.backups:
+                    with contextlib.suppress(OSError):  # (one it may not delete stays, as it was)
+                        old.unlink(missing_ok=True)
         if self.backups == 0:
             os.truncate(self.path, 0)
             return
@@ -346,9 +357,22 @@ def remove_logs(paths: list[Path]) -> None:
     would create the file again.
     """
     for path in paths:
-        for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
-            if (old.name == path.name or ascii_digits(old.name[len(path.name) + 1:])) and _regular(old):
+        for old in [path, *(backup for _, backup in _numbered_backups(path))]:
+            if _regular(old):
                 old.unlink(missing_ok=True)
+
+
+def _numbered_backups(path: Path) -> list[tuple[int, Path]]:
+    """The rotated files of the log ``path`` there are, each with its number: ``path.<n>``, ``n``
+    in ASCII digits as the gateway numbers them (``path.٣`` is not one), regular files only
+    (blocking)."""
+    prefix = path.name + "."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:  # (no folder, or one it may not read: none that it knows of)
+        return []
+    return [(int(name[len(prefix):]), path.parent / name) for name in names
+            if name.startswith(prefix) and ascii_digits(name[len(prefix):]) and _regular(path.parent / name)]
 
 
 def _regular(path: Path) -> bool:

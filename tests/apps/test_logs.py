@@ -119,6 +119,32 @@ class RotationTests(SynchronousTestCase):
         remove_logs([log])
         self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log.old", "app.log.\u00b2", "app.log.\u0663"])
 
+    def test_backups_past_the_number_kept_go_at_the_first_rotation(self) -> None:
+        """A log whose ``stdout_logfile_backups`` was lowered (to 0: truncated at its size)
+        deletes, at its first rotation, the rotated files numbered past it, regular files only:
+        its last lines were read on from its old ``.1``, output from before the change shown
+        as its latest, and the files past the number were kept for good, outside the cap."""
+        self.dir.mkdir(parents=True)
+        path = self.dir / "app.log"
+        for name in ("app.log.1", "app.log.2", "app.log.7"):
+            (self.dir / name).write_bytes(b"stale\n")
+        os.symlink("/dev/null", self.dir / "app.log.3")
+        target = RotatingLog(path, maxbytes=10, backups=0)
+        target.write(b"before\n")
+        self.assertEqual(tail_bytes(path, 3), b"stale\nbefore\n")  # (.1: what it got before)
+        target.write(b"reached\n")  # (its size: truncated)
+        target.write(b"after\n")
+        target.close()
+        self.assertEqual(tail_bytes(path, 3), b"after\n")
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log", "app.log.3"])
+        (self.dir / "app.log.3").unlink()
+        for name in ("app.log.2", "app.log.3"):
+            (self.dir / name).write_bytes(b"stale\n")
+        target = RotatingLog(path, maxbytes=10, backups=1)
+        target.write(b"full at last\n")
+        target.close()
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log.1"])
+
     def test_a_named_pipe_as_a_log_never_holds_the_writer(self) -> None:
         """A named pipe at a log's path that nobody reads is not waited on (opening it for
         writing waited for a reader, for ever, on the writer's only thread: every app's log
