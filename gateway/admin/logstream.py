@@ -22,16 +22,22 @@ Blocking = Callable[[Callable[[], Any]], Deferred[Any]]
 
 #: Most bytes read from the file at a time (a look reads on until it has caught up).
 CHUNK = 64 * 1024
+#: Bytes before its offset a follower keeps, to see that its file was truncated and written
+#: again past that offset (a log with no backups).
+SEEN = 64
 #: Most files one read goes through: a follower behind by that many rotations catches up
 #: over several reads.
 FILES_A_READ = 8
 
 
 def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
-              limit: int = CHUNK) -> tuple[bytes, int, FileIdentity | None]:
+              limit: int = CHUNK, seen: bytes = b"") -> tuple[bytes, int, FileIdentity | None]:
     """Read what was appended to ``path`` after ``offset``, at most ``limit`` bytes (blocking).
 
     :param identity: the file ``offset`` is in (None: the one at ``path`` now).
+    :param seen: the last bytes read before ``offset`` in that file (:func:`seen_after`): when
+        they are no longer there, the file was truncated and written again past ``offset`` (a
+        log with no backups), and is read from its start.
     :return: the bytes, the new offset and the file it is in. When another file is at
         ``path`` now (the log rotated), the rest of the old one is read from the backup it is
         now (``path.1``, or ``path.2`` ... when it rotated again since), then, in the same
@@ -42,7 +48,8 @@ def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
     """
     data = b""
     for _ in range(FILES_A_READ):
-        got = _read_at(path, offset, limit - len(data), identity)
+        got = _read_at(path, offset, limit - len(data), identity, seen)
+        seen = b""  # (of the first file only)
         if got is not None:
             return data + got[0], got[1], got[2]
         if identity is None:
@@ -93,16 +100,26 @@ def _rotated_after(path: Path, identity: FileIdentity) -> FileIdentity | None:
     return None
 
 
-def _read_at(path: Path, offset: int, limit: int,
-             identity: FileIdentity | None) -> tuple[bytes, int, FileIdentity, int] | None:
+def seen_before(data: bytes, offset: int) -> bytes:
+    """What :func:`read_from` takes as ``seen`` after ``data`` was read, ending at ``offset``:
+    its last :data:`SEEN` bytes, those in the file it ends in only (the first ``offset``)."""
+    return data[len(data) - min(len(data), offset):][-SEEN:]
+
+
+def _read_at(path: Path, offset: int, limit: int, identity: FileIdentity | None,
+             seen: bytes = b"") -> tuple[bytes, int, FileIdentity, int] | None:
     """At most ``limit`` bytes of ``path`` from ``offset`` on (from its start when it is
-    shorter), the offset after them, the file's identity and its size; None when no file is
-    there, or another than ``identity``."""
+    shorter, or ``seen`` is not what it holds before ``offset``), the offset after them, the
+    file's identity and its size; None when no file is there, or another than ``identity``."""
     try:
         with open_log(path) as handle:
             info = os.fstat(handle.fileno())
             if identity is not None and identity_of(info) != identity:
                 return None
+            if seen and len(seen) <= offset <= info.st_size:
+                handle.seek(offset - len(seen))
+                if handle.read(len(seen)) != seen:
+                    offset = 0
             if info.st_size < offset:
                 offset = 0
             handle.seek(offset)
@@ -132,15 +149,17 @@ class LogFollower:
     :param identity: the file ``offset`` is in (:func:`~gateway.apps.logs.tail_to_end`; None:
         the one at ``path`` at the first look): when the log rotates, the rest of it is read
         from its backup first.
+    :param seen: the bytes before ``offset`` in that file (:func:`seen_before` of the tail).
     """
 
     def __init__(self, request: Any, finished: Deferred[None], path: Path, offset: int, clock: IReactorTime,
                  blocking: Blocking, interval: float, on_done: Callable[["LogFollower"], None],
-                 identity: FileIdentity | None = None) -> None:
+                 identity: FileIdentity | None = None, seen: bytes = b"") -> None:
         self.request = request
         self.path = path
         self.offset = offset
         self._identity = identity
+        self._seen = seen
         self._blocking = blocking
         self._on_done = on_done
         self._loop = LoopingCall(self._poll)
@@ -194,8 +213,11 @@ class LogFollower:
         self._reading = True
         try:
             while not self._paused and not self._stopped:
+                before, identity = self.offset, self._identity
                 data, self.offset, self._identity = yield self._blocking(
-                    lambda: read_from(self.path, self.offset, self._identity))
+                    lambda: read_from(self.path, before, identity, seen=self._seen))
+                read_on = identity is not None and self._identity == identity and self.offset - before == len(data)
+                self._seen = seen_before(self._seen + data if read_on else data, self.offset)
                 if data and not self._stopped:
                     self.request.write(data)
                 if len(data) < CHUNK:
