@@ -35,7 +35,7 @@ def read_from(path: Path, offset: int, identity: FileIdentity | None = None,
     """Read what was appended to ``path`` after ``offset``, at most ``limit`` bytes (blocking).
 
     :param identity: the file ``offset`` is in (None: the one at ``path`` now).
-    :param seen: the last bytes read before ``offset`` in that file (:func:`seen_after`): when
+    :param seen: the last bytes read before ``offset`` in that file (:func:`seen_before`): when
         they are no longer there, the file was truncated and written again past ``offset`` (a
         log with no backups), and is read from its start.
     :return: the bytes, the new offset and the file it is in. When another file is at
@@ -102,7 +102,8 @@ def _rotated_after(path: Path, identity: FileIdentity) -> FileIdentity | None:
 
 def seen_before(data: bytes, offset: int) -> bytes:
     """What :func:`read_from` takes as ``seen`` after ``data`` was read, ending at ``offset``:
-    its last :data:`SEEN` bytes, those in the file it ends in only (the first ``offset``)."""
+    its last :data:`SEEN` bytes, of the file it ends in only (its last ``offset`` bytes are in
+    that file; those before them, in files rotated before it)."""
     return data[len(data) - min(len(data), offset):][-SEEN:]
 
 
