@@ -24,11 +24,12 @@ from gateway.commands.settings import CONFIRM_WINDOW_RANGE
 from gateway.filelayer import makedirs
 from gateway.readside import to_jsonable
 from gateway.shown import shown_repr
-from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
+from gateway.admin.logstream import Blocking, LogFollower, seen_before
 from gateway.admin.router import STREAMING, Handler, Raw, RouteSpec, query, read_object
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import PAGE_POLICY, render_page
 from gateway.apps.errors import UnknownAppError
+from gateway.apps.logs import tail_to_end
 from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import kanto_message
@@ -363,7 +364,8 @@ class AdminApi:
         finished = request.notifyFinish()
         text, offset, identity = yield self.blocking(lambda: tail_to_end(path, lines))
         follower = LogFollower(request, finished, path, offset, self.clock, self.blocking,
-                               self.settings.follow_interval, self.followers.discard, identity)
+                               self.settings.follow_interval, self.followers.discard, identity,
+                               seen_before(text, offset))
         if follower.stopped:  # the client is gone: nothing to send, nothing to follow
             return STREAMING
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

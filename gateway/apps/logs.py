@@ -9,6 +9,7 @@ the loss is counted and written into its log as a marker line, never silently.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -16,7 +17,7 @@ import stat
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Callable, TypeVar
+from typing import IO, Any, Callable, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -52,6 +53,8 @@ class RotatingLog:
         #: sizes of ``path.1`` ... ``path.<backups>`` as last looked at and rotated since
         #: (0: none there); None until the writer has looked (:meth:`looked_at`)
         self._backup_sizes: list[int] | None = None
+        #: the rotated files past ``backups`` have been deleted (at the first rotation)
+        self._pruned = False
 
     def write(self, data: bytes) -> bool:
         """Append ``data``; rotate when the file has reached ``maxbytes``.
@@ -98,6 +101,14 @@ class RotatingLog:
         self._file.close()
         self._file = None
         rotated, self._size = self._size, 0
+        if not self._pruned:
+            # Files past the number kept (a larger setting before) would stay for good, outside
+            # the cap; with 0, the old .1 would be read on as the lines before the truncated ones.
+            self._pruned = True
+            for index, old in _numbered_backups(self.path):
+                if index > self.backups:
+                    with contextlib.suppress(OSError):  # (one it may not delete stays, as it was)
+                        old.unlink(missing_ok=True)
         if self.backups == 0:
             os.truncate(self.path, 0)
             return
@@ -136,13 +147,19 @@ class RotatingLog:
 
     def backup_path(self, index: int) -> Path:
         """Where the rotated file ``index`` is (``path.<index>``; 1 is the newest)."""
-        return self.path.with_name(f"{self.path.name}.{index}")
+        return backup_path(self.path, index)
 
     def close(self) -> None:
         """Close the file; the next write reopens it."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def backup_path(path: Path, index: int) -> Path:
+    """Where the rotated file ``index`` of the log ``path`` is (``path.<index>``; 1 is the
+    newest, 0 is ``path`` itself)."""
+    return path.with_name(f"{path.name}.{index}") if index else path
 
 
 #: Bytes read at a time while looking back for the start of a log's last lines.
@@ -197,22 +214,50 @@ def open_log(path: Path) -> IO[bytes]:
         raise
 
 
-def tail_bytes(path: Path, lines: int) -> bytes:
-    """The last ``lines`` lines of ``path`` as they are (blocking: call it from a thread): its
-    bytes from where they begin (:func:`tail_offset`: lines end at a newline alone, a carriage
-    return or a byte that is no UTF-8 is kept as it is) to its end, reaching back into its
-    newest rotated file, ``path.1``, when ``path`` holds fewer: a log rotated a moment ago (it
-    reached its size with the program's last output) is empty, and its last lines are there.
-    Not over :data:`TAIL_MAX_BYTES` in all; ``b""`` when neither file exists.
+#: A file's identity, ``(st_dev, st_ino)``: a log that rotated is another file under its name.
+FileIdentity = tuple[int, int]
+
+
+class LogTail(NamedTuple):
+    """A log's last lines and where they end, from one look at it (:func:`tail_to_end`)."""
+
+    #: the lines' bytes as they are (a partial last line included)
+    data: bytes
+    #: the offset in the file ``identity`` where they end: following the log from there
+    #: neither repeats nor misses a line
+    offset: int
+    #: the file at the log's path when they were read (None: there was none)
+    identity: FileIdentity | None
+
+
+def tail_to_end(path: Path, lines: int) -> LogTail:
+    """The last ``lines`` lines of ``path`` as they are (blocking: call it from a thread), with
+    the offset they end at and the file they are in, all from one look at the file: its bytes
+    from where they begin (:func:`tail_offset`: lines end at a newline alone, a carriage return
+    or a byte that is no UTF-8 is kept as it is) to its end, reaching back into its newest
+    rotated file, ``path.1``, when ``path`` holds fewer: a log rotated a moment ago (it reached
+    its size with the program's last output) is empty, and its last lines are there. Read again
+    when ``path`` rotates meanwhile, so that no line shows twice. Not over :data:`TAIL_MAX_BYTES`
+    in all; ``(b"", 0, None)`` when neither file exists.
 
     :param path: the log file.
     :param lines: how many lines.
     """
-    def read() -> bytes:
-        data = _tail_bytes(path, lines, TAIL_MAX_BYTES)
-        return rotated_lead(path, lines, data) + data
+    def read() -> LogTail:
+        data, offset, identity = _tail_of(path, lines, TAIL_MAX_BYTES)
+        return LogTail(last_lines(_rotated_lead(path, lines, data) + data, lines), offset, identity)
 
-    return last_lines(read_unrotated(path, read), lines)
+    return _read_unrotated(path, read)
+
+
+def tail_bytes(path: Path, lines: int) -> bytes:
+    """The last ``lines`` lines of ``path`` as they are (:func:`tail_to_end`; blocking: call it
+    from a thread).
+
+    :param path: the log file.
+    :param lines: how many lines.
+    """
+    return tail_to_end(path, lines).data
 
 
 def last_lines(data: bytes, lines: int) -> bytes:
@@ -229,35 +274,37 @@ def last_lines(data: bytes, lines: int) -> bytes:
     return data[pos + 1:]
 
 
-#: Reads of a log's tail made, at most, while the log is rotated under them (read_unrotated).
+#: Reads of a log's tail made, at most, while the log is rotated under them (:func:`tail_to_end`).
 TAIL_TRIES = 3
 
-_T = TypeVar("_T")
 
-
-def read_unrotated(path: Path, read: Callable[[], _T]) -> _T:
+def _read_unrotated(path: Path, read: Callable[[], LogTail]) -> LogTail:
     """``read()``, a read of the log ``path`` and then of its ``path.1`` (blocking), made again
     when ``path`` was rotated meanwhile (a program writing fast: the writer's thread rotates
     as another reads), up to :data:`TAIL_TRIES` times: the lines read in ``path`` were in
     ``path.1`` then too, and would be shown twice."""
     for _ in range(TAIL_TRIES - 1):
-        before = _identity(path)
+        before = file_identity(path)
         result = read()
-        if _identity(path) == before:
+        if file_identity(path) == before:
             return result
     return read()
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The device and inode of the file at ``path`` (None when there is none)."""
+def file_identity(path: Path) -> FileIdentity | None:
+    """The identity of the file at ``path`` (None when there is none)."""
     try:
-        info = os.stat(path)
+        return identity_of(os.stat(path))
     except OSError:
         return None
+
+
+def identity_of(info: os.stat_result) -> FileIdentity:
+    """The identity of the file ``info`` (an ``os.stat`` or ``os.fstat`` result) is of."""
     return info.st_dev, info.st_ino
 
 
-def rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
+def _rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
     """What goes before ``data``, the last bytes of ``path`` read for its last ``lines``
     lines, when they hold fewer: the end of its newest rotated file, ``path.1`` (blocking).
     Nothing when they hold enough (their last byte ends their last line, a newline or not, as
@@ -265,18 +312,22 @@ def rotated_lead(path: Path, lines: int, data: bytes) -> bytes:
     held = data.count(b"\n") + (data[-1:] not in (b"", b"\n"))
     if lines <= 0 or held >= lines or len(data) >= TAIL_MAX_BYTES:
         return b""
-    return _tail_bytes(path.with_name(path.name + ".1"), lines, TAIL_MAX_BYTES - len(data))
+    return _tail_of(backup_path(path, 1), lines, TAIL_MAX_BYTES - len(data))[0]
 
 
-def _tail_bytes(path: Path, lines: int, most: int) -> bytes:
-    """The bytes of the last ``lines`` lines of ``path``, at most ``most`` of them (none when
-    no regular file is there)."""
+def _tail_of(path: Path, lines: int, most: int) -> tuple[bytes, int, FileIdentity | None]:
+    """The bytes of the last ``lines`` lines of ``path``, at most ``most`` of them, the offset
+    they end at and the file's identity, from one look at it (its size then: what is appended
+    meanwhile is not read); ``(b"", 0, None)`` when no regular file is there."""
     try:
         with open_log(path) as handle:
-            handle.seek(tail_offset(handle, os.fstat(handle.fileno()).st_size, lines, most))
-            return handle.read()
+            info = os.fstat(handle.fileno())
+            start = tail_offset(handle, info.st_size, lines, most)
+            handle.seek(start)
+            data = handle.read(info.st_size - start)
     except FileNotFoundError:
-        return b""
+        return b"", 0, None
+    return data, start + len(data), identity_of(info)
 
 
 def log_lines(data: bytes, lines: int) -> list[str]:
@@ -306,9 +357,22 @@ def remove_logs(paths: list[Path]) -> None:
     would create the file again.
     """
     for path in paths:
-        for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
-            if (old.name == path.name or ascii_digits(old.name[len(path.name) + 1:])) and _regular(old):
+        for old in [path, *(backup for _, backup in _numbered_backups(path))]:
+            if _regular(old):
                 old.unlink(missing_ok=True)
+
+
+def _numbered_backups(path: Path) -> list[tuple[int, Path]]:
+    """The rotated files of the log ``path`` there are, each with its number: ``path.<n>``, ``n``
+    in ASCII digits as the gateway numbers them (``path.٣`` is not one), regular files only
+    (blocking)."""
+    prefix = path.name + "."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:  # (no folder, or one it may not read: none that it knows of)
+        return []
+    return [(int(name[len(prefix):]), path.parent / name) for name in names
+            if name.startswith(prefix) and ascii_digits(name[len(prefix):]) and _regular(path.parent / name)]
 
 
 def _regular(path: Path) -> bool:
@@ -476,7 +540,7 @@ class AppLogWriter:
             sizes = [0] * (target.backups + 1)
             found.append((target, sizes))
             for index in range(target.backups + 1):
-                path = target.backup_path(index) if index else target.path
+                path = target.backup_path(index)
                 try:
                     info = path.lstat()
                 except FileNotFoundError:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.admin.logstream import read_from, tail_to_end
-from gateway.apps.logs import AppLogWriter, RotatingLog, tail_bytes, tail_file
+from gateway.admin.logstream import read_from
+from gateway.apps.logs import AppLogWriter, RotatingLog, tail_bytes, tail_file, tail_to_end
 
 
 #: Modification times: a day in 2026 (the clock set) and one at 1970 (not set yet).
@@ -117,6 +118,32 @@ class RotationTests(SynchronousTestCase):
             (self.dir / name).write_text("x")
         remove_logs([log])
         self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log.old", "app.log.\u00b2", "app.log.\u0663"])
+
+    def test_backups_past_the_number_kept_go_at_the_first_rotation(self) -> None:
+        """A log whose ``stdout_logfile_backups`` was lowered (to 0: truncated at its size)
+        deletes, at its first rotation, the rotated files numbered past it, regular files only:
+        its last lines were read on from its old ``.1``, output from before the change shown
+        as its latest, and the files past the number were kept for good, outside the cap."""
+        self.dir.mkdir(parents=True)
+        path = self.dir / "app.log"
+        for name in ("app.log.1", "app.log.2", "app.log.7"):
+            (self.dir / name).write_bytes(b"stale\n")
+        os.symlink("/dev/null", self.dir / "app.log.3")
+        target = RotatingLog(path, maxbytes=10, backups=0)
+        target.write(b"before\n")
+        self.assertEqual(tail_bytes(path, 3), b"stale\nbefore\n")  # (.1: what it got before)
+        target.write(b"reached\n")  # (its size: truncated)
+        target.write(b"after\n")
+        target.close()
+        self.assertEqual(tail_bytes(path, 3), b"after\n")
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log", "app.log.3"])
+        (self.dir / "app.log.3").unlink()
+        for name in ("app.log.2", "app.log.3"):
+            (self.dir / name).write_bytes(b"stale\n")
+        target = RotatingLog(path, maxbytes=10, backups=1)
+        target.write(b"full at last\n")
+        target.close()
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log.1"])
 
     def test_a_named_pipe_as_a_log_never_holds_the_writer(self) -> None:
         """A named pipe at a log's path that nobody reads is not waited on (opening it for
@@ -319,25 +346,24 @@ class RotationTests(SynchronousTestCase):
         thread rotates while a pool thread reads: a chatty program) is read again: its lines
         were in both, shown twice, and ``logs?follow`` went on from an offset in a file no
         longer there."""
-        from gateway.admin import logstream
         from gateway.apps import logs
 
         self.dir.mkdir()
         path = self.dir / "r.log"
         path.write_bytes(b"one\ntwo\n")
-        for module in (logs, logstream):
-            opened = module.open_log
+        opened = logs.open_log
+        for follow in (False, True):
             rotations = [path]
 
-            def rotating(where: Path, opened: Any = opened) -> Any:
+            def rotating(where: Path) -> Any:
                 handle = opened(where)
                 if rotations and where == rotations.pop():  # (once: the writer rotates it now)
                     os.replace(path, self.dir / "r.log.1")
                     path.write_bytes(b"")
                 return handle
-            self.patch(module, "open_log", rotating)
-            read = tail_file(path, 5) if module is logs else tail_to_end(path, 5)[:2]
-            self.assertEqual(read, ["one", "two"] if module is logs else (b"one\ntwo\n", 0), module)
+            self.patch(logs, "open_log", rotating)
+            read = tail_to_end(path, 5)[:2] if follow else tail_file(path, 5)
+            self.assertEqual(read, (b"one\ntwo\n", 0) if follow else ["one", "two"], follow)
             path.write_bytes(b"one\ntwo\n")
             (self.dir / "r.log.1").unlink()
 
@@ -363,6 +389,53 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail_file(path, 5), [])
         self.assertEqual(tail_to_end(path, 5), (b"", 0, None))
         self.assertEqual(read_from(path, 0), (b"", 0, None))
+
+
+class FollowTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "f.log"
+
+    def rotate(self, backups: int) -> None:
+        """Rotate the log as RotatingLog does: the oldest backup first, the log last."""
+        for index in range(backups - 1, 0, -1):
+            older = self.dir / f"f.log.{index}"
+            if older.exists():
+                os.replace(older, self.dir / f"f.log.{index + 1}")
+        os.replace(self.path, self.dir / "f.log.1")
+
+    def test_a_read_during_a_rotation_finds_the_file_past_the_gap(self) -> None:
+        """A read that comes while a rotation is under way (``.1`` renamed to ``.2``, the log
+        not yet to ``.1``) finds its file in ``.2`` and reads its rest; the next read goes on
+        into the files rotated after it. The gap ended the search, and the new file was read
+        from its start, the rest of the old one lost."""
+        self.path.write_bytes(b"a 1\n")
+        read, offset, identity = read_from(self.path, 0)
+        self.assertEqual(read, b"a 1\n")
+        with self.path.open("ab") as f:
+            f.write(b"a 2\n")
+        self.rotate(2)
+        self.path.write_bytes(b"b 1\n")
+        os.replace(self.dir / "f.log.1", self.dir / "f.log.2")  # (the next rotation, half done)
+        read, offset, identity = read_from(self.path, offset, identity)
+        self.assertEqual(read, b"a 2\n")
+        os.replace(self.path, self.dir / "f.log.1")
+        self.path.write_bytes(b"c 1\n")
+        self.assertEqual(read_from(self.path, offset, identity)[0], b"b 1\nc 1\n")
+
+    def test_a_follower_behind_by_more_rotations_than_backups_goes_on_in_the_log(self) -> None:
+        """When its file is no longer among the backups (rotated out, or deleted), a follower
+        goes on in the file at the log's path from its start (docs/admin.md: unless the log
+        rotated more times than it keeps backups)."""
+        self.path.write_bytes(b"a 1\n")
+        _, offset, identity = read_from(self.path, 0)
+        for name in "bc":
+            new = self.dir / "new"  # (made before the rotation deletes a file: not its inode again)
+            new.write_bytes(b"%s 1\n" % name.encode())
+            self.rotate(1)
+            os.replace(new, self.path)
+        self.assertEqual(read_from(self.path, offset, identity)[0], b"c 1\n")
 
 
 class ThreadedWriterTests(TestCase):
@@ -503,3 +576,32 @@ class WriterThreadTests(TestCase):
         thread = writer._thread
         assert thread is not None
         self.assertTrue(thread.daemon)
+
+
+class LogFollowerTests(SynchronousTestCase):
+    def test_a_resume_while_a_read_is_under_way_reads_nothing_twice(self) -> None:
+        """A send buffer that drains while a read of the log is under way in the pool's thread
+        starts no second read from the same offset: the line would be sent twice."""
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from gateway.admin.logstream import LogFollower
+
+        path = Path(self.mktemp())
+        path.write_bytes(b"one\n")
+        reads: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+        def blocking(read: Callable[[], Any]) -> Deferred[Any]:
+            reads.append((Deferred(), read))
+            return reads[-1][0]
+        request, clock = StringTransport(), Clock()  # (a request's producer and write, as a transport's)
+        follower = LogFollower(request, Deferred(), path, 0, clock, blocking, 1.0, lambda _: None)
+        follower.start()
+        clock.advance(1.0)
+        follower.pauseProducing()
+        follower.resumeProducing()
+        self.assertEqual(len(reads), 1)
+        done, read = reads.pop()
+        done.callback(read())
+        self.assertEqual(request.value(), b"one\n")
+        follower.stopProducing()
