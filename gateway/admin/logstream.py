@@ -227,7 +227,9 @@ class LogFollower:
             self._reading = False
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("admin API: following {path} failed", failure, path=str(self.path))
+        # The response ends: a follower that no longer reads would hold its client for ever.
+        log.failure("admin API: following {path} failed; its response ends", failure, path=str(self.path))
+        self._end(finish=True)
 
     def _end(self, finish: bool) -> None:
         if self._stopped:

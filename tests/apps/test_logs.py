@@ -605,3 +605,29 @@ class LogFollowerTests(SynchronousTestCase):
         done.callback(read())
         self.assertEqual(request.value(), b"one\n")
         follower.stopProducing()
+
+    def test_a_read_that_fails_ends_the_response(self) -> None:
+        """A read of the followed log that fails (the program made its log unreadable) ends the
+        response, said in the gateway's log: the client is not left waiting for ever on a
+        follower that no longer polls."""
+        from twisted.internet.defer import fail
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from gateway.admin.logstream import LogFollower
+
+        class Request(StringTransport):
+            finished = False
+
+            def finish(self) -> None:
+                self.finished = True
+
+        request, clock, done = Request(), Clock(), []
+        follower = LogFollower(request, Deferred(), Path(self.mktemp()), 0, clock,
+                               lambda _: fail(PermissionError(13, "Permission denied")), 1.0, done.append)
+        follower.start()
+        clock.advance(1.0)
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
+        self.assertTrue(request.finished)
+        self.assertEqual(done, [follower])
+        self.assertIsNone(request.producer)
