@@ -363,16 +363,18 @@ def remove_logs(paths: list[Path]) -> None:
 
 
 def _numbered_backups(path: Path) -> list[tuple[int, Path]]:
-    """The rotated files of the log ``path`` there are, each with its number: ``path.<n>``, ``n``
-    in ASCII digits as the gateway numbers them (``path.٣`` is not one), regular files only
-    (blocking)."""
+    """The rotated files of the log ``path`` there are, each with its number: ``path.<n>``, named
+    as :func:`backup_path` names them (``n`` from 1, in ASCII digits, no leading zero: ``path.٣``,
+    a copy ``path.07`` and ``path.0`` are none), regular files only (blocking)."""
     prefix = path.name + "."
     try:
         names = os.listdir(path.parent)
     except OSError:  # (no folder, or one it may not read: none that it knows of)
         return []
-    return [(int(name[len(prefix):]), path.parent / name) for name in names
-            if name.startswith(prefix) and ascii_digits(name[len(prefix):]) and _regular(path.parent / name)]
+    numbered = [(int(name[len(prefix):]), name) for name in names
+                if name.startswith(prefix) and ascii_digits(name[len(prefix):])]
+    return [(index, path.parent / name) for index, name in numbered
+            if backup_path(path, index).name == name and _regular(path.parent / name)]
 
 
 def _regular(path: Path) -> bool:

@@ -108,16 +108,19 @@ class RotationTests(SynchronousTestCase):
     def test_only_numbered_backups_are_deleted_with_the_logs(self) -> None:
         """An uninstall deletes a log and its backups ``.1``, ``.2`` ..., numbered in ASCII
         digits as the gateway numbers them; a file named like one in another script's digits
-        or a superscript (``app.log.٣``, ``app.log.²``: digits to ``str.isdigit``) is not the
-        gateway's and stays (it was deleted with the logs)."""
+        or a superscript (``app.log.٣``, ``app.log.²``: digits to ``str.isdigit``), or with a
+        leading zero (``app.log.07``, a copy kept by hand), is not the gateway's and stays (it
+        was deleted with the logs)."""
         from gateway.apps.logs import remove_logs
 
         self.dir.mkdir(parents=True)
         log = self.dir / "app.log"
-        for name in ("app.log", "app.log.1", "app.log.12", "app.log.\u0663", "app.log.\u00b2", "app.log.old"):
+        for name in ("app.log", "app.log.1", "app.log.12", "app.log.\u0663", "app.log.\u00b2", "app.log.old",
+                     "app.log.07"):
             (self.dir / name).write_text("x")
         remove_logs([log])
-        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log.old", "app.log.\u00b2", "app.log.\u0663"])
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()),
+                         ["app.log.07", "app.log.old", "app.log.\u00b2", "app.log.\u0663"])
 
     def test_backups_past_the_number_kept_go_at_the_first_rotation(self) -> None:
         """A log whose ``stdout_logfile_backups`` was lowered (to 0: truncated at its size)
@@ -129,6 +132,7 @@ class RotationTests(SynchronousTestCase):
         for name in ("app.log.1", "app.log.2", "app.log.7"):
             (self.dir / name).write_bytes(b"stale\n")
         os.symlink("/dev/null", self.dir / "app.log.3")
+        (self.dir / "app.log.02").write_bytes(b"a copy kept by hand: no name the gateway gives\n")
         target = RotatingLog(path, maxbytes=10, backups=0)
         target.write(b"before\n")
         self.assertEqual(tail_bytes(path, 3), b"stale\nbefore\n")  # (.1: what it got before)
@@ -136,8 +140,9 @@ class RotationTests(SynchronousTestCase):
         target.write(b"after\n")
         target.close()
         self.assertEqual(tail_bytes(path, 3), b"after\n")
-        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log", "app.log.3"])
-        (self.dir / "app.log.3").unlink()
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["app.log", "app.log.02", "app.log.3"])
+        for name in ("app.log.02", "app.log.3"):
+            (self.dir / name).unlink()
         for name in ("app.log.2", "app.log.3"):
             (self.dir / name).write_bytes(b"stale\n")
         target = RotatingLog(path, maxbytes=10, backups=1)
