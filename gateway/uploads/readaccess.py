@@ -56,7 +56,7 @@ def closed_directory(pattern: str) -> str | None:
 
 def _may(path: str, mode: int) -> bool:
     """Whether the gateway may use ``path`` so (``os.R_OK``...) as it opens files: as its
-    effective user, with its capabilities (Linux 5.8 and later, ``faccessat2``); ``access(2)`` by
+    effective user, with its capabilities (``faccessat2``: Linux 5.8, glibc 2.33); ``access(2)`` by
     itself asks for the real user's, without them (a unit given ``CAP_DAC_READ_SEARCH`` to read
     logs was told it may not)."""
     return os.access(path, mode, effective_ids=True)
