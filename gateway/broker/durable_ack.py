@@ -31,6 +31,7 @@ until then), and PUBLISHes waiting for the topic plugins.
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -56,6 +57,7 @@ DURABLE_WAIT_LIMIT = 2000
 #: with the default ``max_packet_size``, 16 messages of 1 MiB; half of it per fsync is more
 #: than a slow disk writes in that time, so the disk, not the pause, sets the pace).
 DURABLE_WAIT_BYTES = 16 << 20
+_payload = attrgetter("payload")
 #: The :meth:`~gateway.broker.connection.MQTTConnection.pause_reading` key of a client whose
 #: PUBLISHes wait past those bounds.
 _DURABLE_WAIT = "its PUBLISHes wait to be durable"
@@ -337,10 +339,11 @@ class DurableAckHandler(SessionHandler):
     def _flush_acks(self) -> None:
         self._flush_due = False
         acks, ready = self._acks, []
-        while acks and not acks[0][1] and not self._failed:
-            ready.append(acks.popleft()[0])
+        if not self._failed:
+            while acks and not acks[0][1]:
+                ready.append(acks.popleft()[0])
         if ready:
-            self._acks_bytes -= sum([len(message.payload) for message in ready])
+            self._acks_bytes -= sum(map(len, map(_payload, ready)))
             if self.live:
                 self.acknowledge_all(ready)
         if self._holding:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 MAGIC = b"\xa5\x4a"
@@ -104,6 +104,30 @@ def encode(record: Record, seq: int) -> bytes:
     if len(body) > MAX_BODY:
         raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
     return _pack_frame(MAGIC, len(body), _crc32(body, len(body))) + body
+
+
+def encode_numbered(records: Iterable[Record], seq: int) -> tuple[list[bytes], list[Record]]:
+    """Frame ``records`` with the seqs from ``seq`` on, and give them those seqs: a batch's
+    frames and the records as the journal holds them (:func:`encode` and :func:`with_seq`
+    each, in one pass: the record is unpacked once).
+
+    :raises ValueError: as :func:`encode`.
+    """
+    frames: list[bytes] = []
+    numbered: list[Record] = []
+    add_frame, add_record = frames.append, numbered.append
+    for text, payload, qos, retain, received, headers, _ in records:
+        record = _new_record(Record, (text, payload, qos, retain, received, headers, seq))
+        topic = text.encode("utf-8")
+        size = _BODY_SIZE + len(topic) + len(payload)
+        if headers or len(topic) > 0xFFFF or qos not in (0, 1, 2) or size > MAX_BODY:
+            add_frame(encode(record, seq))  # (the uncommon cases, and their errors, as one by one)
+        else:
+            body = _pack_body(seq, received, qos, _RETAIN if retain else 0, len(topic), 0, len(payload)) + topic + payload
+            add_frame(_pack_frame(MAGIC, size, _crc32(body, size)) + body)
+        add_record(record)
+        seq += 1
+    return frames, numbered
 
 
 _new_record = tuple.__new__

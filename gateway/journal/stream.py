@@ -35,7 +35,7 @@ from gateway.journal.ledgerwrites import LedgerWrites
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
-from gateway.journal.record import Record, encode
+from gateway.journal.record import Record, encode, encode_numbered, with_seq
 from gateway.journal.segments import (LEDGER_FILE, BatchOp, Recovered, Segment, UndoFailedError, WriteGate,
                                       mark_next_seq, open_directory, segment_holding, segment_path, write_batch,
                                       write_ledger)
@@ -509,7 +509,7 @@ class Stream:
             return False
         seq = self.next_seq
         try:
-            frames = [encode(record, s) for s, record in enumerate(records, seq)]
+            frames, numbered = encode_numbered(records, seq)
         except ValueError:
             return False  # _append raises it, after appending the records before it
         sizes = list(map(len, frames))
@@ -524,7 +524,7 @@ class Stream:
             self._pending_segments.append((0, tail.path))
         pending.extend(frames)
         written, first = self._pending_written, tail.first_seq
-        for record, size in zip(records, sizes):
+        for record, size in zip(numbered, sizes):
             end += size
             written.append((record, seq, first, end))
             seq += 1
@@ -590,7 +590,7 @@ class Stream:
         self._tail_bytes = tail_bytes = tail_bytes + size
         self.next_seq = seq + 1
         pending.append(frame)
-        self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
+        self._pending_written.append((with_seq(record, seq), seq, tail.first_seq, tail_bytes))
         if settings.sync != "sync":
             self.append_latency.add(0.0)
             if not self._inflight and len(pending) == 1:  # written next turn; fsynced by the timer or at stop

@@ -9,9 +9,12 @@ and bytes) and a read that starts inside this window is answered at once.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
+from itertools import accumulate
+from operator import itemgetter
 
-from gateway.journal.record import Record, with_seq
+from gateway.journal.record import Record
 from gateway.journal.segments import ReadPosition
 
 #: At most this many records are kept.
@@ -20,9 +23,11 @@ TAIL_RECORDS = 16384
 TAIL_BYTES = 8 << 20
 
 
-#: One record as written: ``(record, seq, segment, end)``: the record as appended (its
-#: ``seq`` field not set yet), its seq, its segment's first seq, where its frame ends.
+#: One record as written: ``(record, seq, segment, end)``: the record (carrying its seq),
+#: its seq, its segment's first seq, where its frame ends.
 Written = tuple[Record, int, int, int]
+_record = itemgetter(0)
+_payload = itemgetter(1)
 
 
 class RecentTail:
@@ -106,13 +111,12 @@ class RecentTail:
         index = start + want - items[start][1]
         if index < start or index >= len(items) or items[index][2] < oldest_segment:
             return None
-        records: list[Record] = []
-        nbytes = 0
-        last = items[index]
-        for last in items[index:index + max_records]:
-            record = with_seq(last[0], last[1])
-            records.append(record)
-            nbytes += len(record.payload)
-            if nbytes >= max_bytes:
-                break
+        chosen = items[index:index + max_records]
+        records = list(map(_record, chosen))
+        # Up to the record whose payload reaches max_bytes, that one included (in C: a read
+        # takes hundreds of records).
+        cut = bisect_left(list(accumulate(map(len, map(_payload, records)))), max_bytes) + 1
+        if cut < len(records):
+            del records[cut:]
+        last = chosen[len(records) - 1]
         return records, ReadPosition(last[2], last[3], last[1] + 1)

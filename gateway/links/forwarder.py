@@ -26,6 +26,8 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict, deque
 from functools import partial
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -44,6 +46,7 @@ from gateway.mqtt.topics import topic_for_log
 
 #: Packet ids for publishes; the protocol uses the ids above this for SUBSCRIBE.
 MAX_PACKET_ID = 64535
+_seq = attrgetter("seq")
 #: Live records kept in memory (offered, or read), at most; beyond this they are read from
 #: the stream later.
 LIVE_LIMIT = 10000
@@ -326,6 +329,19 @@ class Forwarder:
         self._behind = self._is_backlog(records[-1])
         live_from, interleave, live, backlog = self._live_from, self.interleave, self.live, self.backlog
         taken = self._taken_live
+        first, last = records[0].seq, records[-1].seq
+        if not taken and last - first == len(records) - 1 and (not interleave or first >= live_from
+                                                                or last < live_from):
+            # The common read: consecutive seqs, none offered live, all live or all backlog;
+            # what the loop below does, once for the first record and in bulk for the rest.
+            if self._next_read and first > self._next_read:
+                self._mark_done(range(self._next_read, first))  # dropped by the journal
+            elif not self._next_read and first > self._floor + 1:  # (or skipped: acked above)
+                self._floor = self._acked_floor = first - 1
+            self._next_read = last + 1
+            (live if interleave and first >= live_from else backlog).extend(records)
+            self.pump()
+            return
         for record in records:
             if self._next_read and record.seq > self._next_read:
                 self._mark_done(range(self._next_read, record.seq))  # dropped by the journal
@@ -405,13 +421,17 @@ class Forwarder:
         unacked: list[int] = []  # QoS 0: done once sent
         skipped: list[Any] = []  # over the cloud's limits
         room = self.resend_limit - self._exposed
-        inflight = self.inflight
+        inflight, window, live, backlog = self.inflight, self.window, self.live, self.backlog
         max_payload, topics = self._max_payload, self._topics
-        while protocol is not None and not self.stopped and len(inflight) < self.window and room > 0:
+        while protocol is not None and not self.stopped and len(inflight) < window and room > 0:
             room -= 1
-            if not self.backlog and not (self._reading or self._waiting):
+            if not backlog and not (self._reading or self._waiting):
                 self._read()  # (a read served from the journal's tail lands in the backlog at once)
-            record = self._next_record()
+            if live and not backlog:  # (_next_record's answer then, without the call)
+                self._turn_live = False
+                record = live.popleft()
+            else:
+                record = self._next_record()
             if record is None:
                 room += 1
                 break
@@ -485,13 +505,13 @@ class Forwarder:
     def pubacks(self, packet_ids: list[int]) -> None:
         """The cloud has these records: count them, move the cursor when the prefix is whole,
         then send what the window has room for."""
-        done = []
-        for packet_id in packet_ids:
-            record = self.inflight.pop(packet_id, None)
-            if record is None:
-                self.log.debug("PUBACK for unknown packet id {id}", id=packet_id)
-                continue
-            done.append(record.seq)
+        records = list(map(self.inflight.pop, packet_ids, repeat(None, len(packet_ids))))
+        if None in records:
+            for packet_id, record in zip(packet_ids, records):
+                if record is None:
+                    self.log.debug("PUBACK for unknown packet id {id}", id=packet_id)
+            records = [record for record in records if record is not None]
+        done = list(map(_seq, records))
         if done:
             self.acked += len(done)
             self._mark_done(done, sent=True)
@@ -501,14 +521,17 @@ class Forwarder:
         """Records done: acknowledged by the cloud (or QoS 0 and sent: ``sent``) or dropped
         by the journal before they were read."""
         floor, done = self._floor, self._done
-        for seq in seqs:
-            if seq == floor + 1 and not done:
-                floor = seq  # in order with nothing done above: the floor just moves on
-            elif seq > floor:
-                done.add(seq)
-        while floor + 1 in done:
-            floor += 1
-            done.discard(floor)
+        if not done and seqs and min(seqs) == floor + 1 and max(seqs) - floor == len(seqs) == len(set(seqs)):
+            floor += len(seqs)  # the whole run just above the floor, in any order: what the loop makes of it
+        else:
+            for seq in seqs:
+                if seq == floor + 1 and not done:
+                    floor = seq  # in order with nothing done above: the floor just moves on
+                elif seq > floor:
+                    done.add(seq)
+            while floor + 1 in done:
+                floor += 1
+                done.discard(floor)
         if floor > self._floor:  # the journal knows at once (in memory): a drop is then no loss
             self.stream.note_ack(self.cursor, floor)
         self._floor = floor

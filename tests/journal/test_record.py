@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.record import MAGIC, Damage, Frame, Record, encode, frame_at, scan
+from gateway.journal.record import MAGIC, Damage, Frame, Record, encode, encode_numbered, frame_at, scan, with_seq
 
 _text = st.text(max_size=60)
 records = st.builds(
@@ -43,6 +43,21 @@ class RecordTests(SynchronousTestCase):
         items = list(scan(data))
         self.assertTrue(all(isinstance(i, Frame) for i in items))
         self.assertEqual([i.record.seq for i in items], list(range(1, len(recs) + 1)))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(records, min_size=1, max_size=20), st.integers(0, 2**63))
+    def test_encode_numbered_is_encode_and_with_seq(self, recs: list[Record], seq: int) -> None:
+        """A batch framed and numbered in one pass (a stream's append of many) gives each
+        record the frame :func:`encode` gives it and the record :func:`with_seq` gives."""
+        frames, numbered = encode_numbered(recs, seq)
+        self.assertEqual(frames, [encode(r, s) for s, r in enumerate(recs, seq)])
+        self.assertEqual(numbered, [with_seq(r, s) for s, r in enumerate(recs, seq)])
+
+    def test_encode_numbered_refuses_as_encode(self) -> None:
+        """A record :func:`encode` refuses fails the batch with the same error."""
+        for bad in (Record("a", b"", qos=3), Record("a" * 65536, b""), Record("a", b"", headers=(("k" * 65536, "v"),))):
+            with self.assertRaises(ValueError):
+                encode_numbered([Record("ok", b"x"), bad], 1)
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(records, min_size=3, max_size=8), st.data())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.record import encode
+from gateway.journal.record import encode, with_seq
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from gateway.journal.tail import RecentTail, Written
@@ -95,7 +95,7 @@ class RecentTailTests(SynchronousTestCase):
     """The window itself: bounded by count and bytes, never with a hole."""
 
     def _batch(self, first: int, n: int, size: int = 10) -> list[Written]:
-        return [(record(i, size), i, 1, i * 100) for i in range(first, first + n)]
+        return [(with_seq(record(i, size), i), i, 1, i * 100) for i in range(first, first + n)]
 
     def test_bounds(self) -> None:
         """Beyond max_records the oldest records leave the window; beyond max_bytes the
