@@ -7,24 +7,34 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from gateway.broker.settings import BrokerSettings, ListenerSettings
+from gateway.broker.settings import BrokerSettings, ListenerSettings, plugin_entries
 from gateway.endpointstrings import split_description
 
-#: The amqtt plugin whose ``allow_anonymous`` lets clients without a user name in.
+#: The amqtt plugin whose ``allow_anonymous`` (true unless set) lets clients without a user name in.
 ANONYMOUS_PLUGIN = "amqtt.plugins.authentication.AnonymousAuthPlugin"
+#: The gateway's auth plugin that refuses every client without a verified certificate: listed
+#: too, it refuses anonymous clients (every auth plugin must agree).
+CERTIFICATE_PLUGIN = "gateway.broker.auth.ClientCertificateAuthPlugin"
 
 
 def anonymous_allowed(amqtt: dict[str, Any]) -> bool:
     """Whether amqtt's configuration, as the broker section built it, lets anonymous clients
-    in: ``AnonymousAuthPlugin`` with ``allow_anonymous: true`` under ``plugins:``, or the
-    deprecated ``auth:`` section's ``allow-anonymous: true`` (read only without ``plugins:``)."""
+    in: ``AnonymousAuthPlugin`` under ``plugins:`` (a mapping or a list) with ``allow_anonymous``
+    true or not set (amqtt's default), without ``ClientCertificateAuthPlugin``; or the deprecated
+    ``auth:`` section's ``allow-anonymous: true`` (read only without ``plugins:``) with its
+    ``auth_anonymous`` plugin (listed, or no list: every entry-point plugin)."""
     plugins = amqtt.get("plugins")
-    if isinstance(plugins, dict):
-        options = plugins.get(ANONYMOUS_PLUGIN)
-        return isinstance(options, dict) and (options.get("allow_anonymous") is True
-                                              or options.get("allow-anonymous") is True)
+    if plugins is not None:
+        listed = dict(plugin_entries(plugins))
+        if ANONYMOUS_PLUGIN not in listed or CERTIFICATE_PLUGIN in listed:
+            return False
+        options = listed[ANONYMOUS_PLUGIN] or {}
+        return isinstance(options, dict) and options.get("allow_anonymous", True) is True
     auth = amqtt.get("auth")
-    return plugins is None and isinstance(auth, dict) and auth.get("allow-anonymous") is True
+    if not isinstance(auth, dict) or auth.get("allow-anonymous") is not True:
+        return False
+    names = auth.get("plugins")
+    return names is None or (isinstance(names, list) and "auth_anonymous" in names)
 
 
 def beyond_loopback(listener: ListenerSettings) -> str | None:

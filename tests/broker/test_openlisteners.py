@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
 from gateway.admin.cli import check_config
-from gateway.broker.openlisteners import open_listener_warnings
+from gateway.broker.openlisteners import ANONYMOUS_PLUGIN, open_listener_warnings
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.tap import Options
 from gateway.tree import build_service
@@ -107,4 +107,28 @@ class OpenListenerTests(SynchronousTestCase):
                       {"auth": {"plugins": ["auth_anonymous"], "allow-anonymous": False}}):
             self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
         told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"allow-anonymous": True}}))
+        self.assertEqual(len(told), 1)
+
+    def test_every_spelling_of_anonymous_clients_allowed_is_told(self) -> None:
+        """amqtt lets anonymous clients in with ``AnonymousAuthPlugin`` listed without
+        ``allow_anonymous`` (its default is true: ``{}``, ``null``, a list of plugin names) and in
+        the list form of ``plugins:``; these were silent, as if they refused them."""
+        for plugins in ({ANONYMOUS_PLUGIN: {}}, {ANONYMOUS_PLUGIN: None}, [ANONYMOUS_PLUGIN],
+                        [{ANONYMOUS_PLUGIN: {"allow_anonymous": True}}],
+                        ["amqtt.plugins.sys.broker.BrokerSysPlugin", {ANONYMOUS_PLUGIN: None}]):
+            told = open_listener_warnings(broker("tcp:1883", amqtt={"plugins": plugins}))
+            self.assertEqual(len(told), 1, plugins)
+
+    def test_a_plugin_that_refuses_them_keeps_it_quiet(self) -> None:
+        """Every auth plugin must agree: beside ``ClientCertificateAuthPlugin`` (no to a client
+        without a verified certificate) anonymous clients are refused, as they are by the
+        deprecated ``auth:`` section listing only ``auth_file`` (no plugin answers for them);
+        both were told that anything reaching the port may publish."""
+        for amqtt in ({"plugins": {ANONYMOUS_PLUGIN: {"allow_anonymous": True},
+                                   "gateway.broker.auth.ClientCertificateAuthPlugin": {}}},
+                      {"plugins": [ANONYMOUS_PLUGIN, "gateway.broker.auth.ClientCertificateAuthPlugin"]},
+                      {"auth": {"plugins": ["auth_file"], "allow-anonymous": True, "password-file": "p"}}):
+            self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
+        told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"plugins": ["auth_anonymous", "auth_file"],
+                                                                          "allow-anonymous": True}}))
         self.assertEqual(len(told), 1)
