@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from gateway.broker.endpoints import client_cert_required
 from gateway.broker.settings import BrokerSettings, ListenerSettings, plugin_entries
 from gateway.endpointstrings import split_description
 
@@ -47,10 +48,11 @@ def beyond_loopback(listener: ListenerSettings) -> str | None:
         return None
     interface = kwargs.get("interface") or ("::" if kind == "tcp6" else "0.0.0.0")
     try:
-        if ipaddress.ip_address(interface.strip("[]")).is_loopback:
-            return None
+        address = ipaddress.ip_address(interface.strip("[]"))
     except ValueError:
         return None  # (the settings took only addresses; a name is not guessed at here)
+    if (getattr(address, "ipv4_mapped", None) or address).is_loopback:  # (::ffff:127.0.0.1 too)
+        return None
     return interface
 
 
@@ -62,7 +64,7 @@ def open_listener_warnings(settings: BrokerSettings) -> list[str]:
     lines = []
     for listener in settings.listeners:
         address = beyond_loopback(listener)
-        if address is not None:
+        if address is not None and not client_cert_required(listener):  # (certificate holders only)
             lines.append(f"broker.listeners.{listener.name}: takes anonymous clients ({ANONYMOUS_PLUGIN}:"
                          f" allow_anonymous: true) on {address}, not on loopback only: anything that reaches"
                          " its port may publish and subscribe; let only known clients in (a password file,"

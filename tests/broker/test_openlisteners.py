@@ -132,3 +132,17 @@ class OpenListenerTests(SynchronousTestCase):
         told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"plugins": ["auth_anonymous", "auth_file"],
                                                                           "allow-anonymous": True}}))
         self.assertEqual(len(told), 1)
+
+    def test_loopback_only_listeners_of_other_forms_are_not_told(self) -> None:
+        """A ``tcp6:`` listener on the IPv4-mapped loopback address (``::ffff:127.0.0.1``: only
+        127.0.0.1's connections), and a TLS listener that requires a verified client certificate
+        (only certificate holders get to CONNECT) are quiet; both were told that anything reaching
+        the port may publish."""
+        mapped = broker("tcp6:1883:interface=\\:\\:ffff\\:127.0.0.1")
+        certified = BrokerSettings((ListenerSettings("tls", "ssl:8883:privateKey=k.pem", cafile="ca.pem",
+                                                     require_client_cert=True),), dict(ANONYMOUS))
+        in_endpoint = broker("ssl:8883:privateKey=k.pem:caCertsDir=ca:requireClientCert=yes")
+        self.assertEqual(open_listener_warnings(mapped) + open_listener_warnings(certified)
+                         + open_listener_warnings(in_endpoint), [])
+        told = open_listener_warnings(broker("tcp6:1883:interface=\\:\\:ffff\\:10.0.0.5"))
+        self.assertEqual(len(told), 1)
