@@ -18,24 +18,31 @@ ANONYMOUS_PLUGIN = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 CERTIFICATE_PLUGIN = "gateway.broker.auth.ClientCertificateAuthPlugin"
 
 
-def anonymous_allowed(amqtt: dict[str, Any]) -> bool:
-    """Whether amqtt's configuration, as the broker section built it, lets anonymous clients
-    in: ``AnonymousAuthPlugin`` under ``plugins:`` (a mapping or a list) with ``allow_anonymous``
-    true or not set (amqtt's default), without ``ClientCertificateAuthPlugin``; or the deprecated
-    ``auth:`` section's ``allow-anonymous: true`` (read only without ``plugins:``) with its
-    ``auth_anonymous`` plugin (listed, or no list: every entry-point plugin)."""
+def anonymous_rule(amqtt: dict[str, Any]) -> str | None:
+    """What in amqtt's configuration, as the broker section built it, lets anonymous clients
+    in, as written (``...AnonymousAuthPlugin: allow_anonymous: true``), or None when nothing
+    does: ``AnonymousAuthPlugin`` under ``plugins:`` (a mapping or a list) with
+    ``allow_anonymous`` true or not set (amqtt's default), without ``ClientCertificateAuthPlugin``;
+    or the deprecated ``auth:`` section's ``allow-anonymous: true`` (read only without
+    ``plugins:``) with its ``auth_anonymous`` plugin (listed, or no list: every entry-point plugin)."""
     plugins = amqtt.get("plugins")
     if plugins is not None:
         listed = dict(plugin_entries(plugins))
         if ANONYMOUS_PLUGIN not in listed or CERTIFICATE_PLUGIN in listed:
-            return False
+            return None
         options = listed[ANONYMOUS_PLUGIN] or {}
-        return isinstance(options, dict) and options.get("allow_anonymous", True) is True
+        if not isinstance(options, dict) or options.get("allow_anonymous", True) is not True:
+            return None
+        if "allow_anonymous" in options:
+            return f"{ANONYMOUS_PLUGIN}: allow_anonymous: true"
+        return f"{ANONYMOUS_PLUGIN} without allow_anonymous, which is true then"
     auth = amqtt.get("auth")
     if not isinstance(auth, dict) or auth.get("allow-anonymous") is not True:
-        return False
+        return None
     names = auth.get("plugins")
-    return names is None or (isinstance(names, list) and "auth_anonymous" in names)
+    if names is None or (isinstance(names, list) and "auth_anonymous" in names):
+        return "broker.auth: allow-anonymous: true"
+    return None
 
 
 def beyond_loopback(listener: ListenerSettings) -> str | None:
@@ -59,14 +66,15 @@ def beyond_loopback(listener: ListenerSettings) -> str | None:
 def open_listener_warnings(settings: BrokerSettings) -> list[str]:
     """One line for each listener that takes anonymous clients on an address beyond loopback:
     anything that reaches its port may publish and subscribe (valid, but seldom meant)."""
-    if not anonymous_allowed(settings.amqtt):
+    rule = anonymous_rule(settings.amqtt)
+    if rule is None:
         return []
     lines = []
     for listener in settings.listeners:
         address = beyond_loopback(listener)
         if address is not None and not client_cert_required(listener):  # (certificate holders only)
-            lines.append(f"broker.listeners.{listener.name}: takes anonymous clients ({ANONYMOUS_PLUGIN}:"
-                         f" allow_anonymous: true) on {address}, not on loopback only: anything that reaches"
+            lines.append(f"broker.listeners.{listener.name}: takes anonymous clients ({rule}) on"
+                         f" {address}, not on loopback only: anything that reaches"
                          " its port may publish and subscribe; let only known clients in (a password file,"
                          " client certificates: docs/broker.md) or bind it to 127.0.0.1")
     return lines

@@ -146,3 +146,18 @@ class OpenListenerTests(SynchronousTestCase):
                          + open_listener_warnings(in_endpoint), [])
         told = open_listener_warnings(broker("tcp6:1883:interface=\\:\\:ffff\\:10.0.0.5"))
         self.assertEqual(len(told), 1)
+
+    def test_the_line_names_the_setting_as_written(self) -> None:
+        """The warning names what lets anonymous clients in as the configuration says it: the
+        deprecated ``auth:`` section's ``allow-anonymous: true``, or the plugin without
+        ``allow_anonymous`` (amqtt's default); it named ``allow_anonymous: true`` under the plugin
+        for both, a key the file did not hold."""
+        said = {}
+        for name, amqtt in (("auth", {"auth": {"allow-anonymous": True}}),
+                            ("unset", {"plugins": {ANONYMOUS_PLUGIN: {}}}), ("set", ANONYMOUS)):
+            [line] = open_listener_warnings(broker("tcp:1883", amqtt=amqtt))
+            said[name] = line.split(" takes anonymous clients (")[1].split(") on ")[0]
+        self.assertEqual(said, {
+            "auth": "broker.auth: allow-anonymous: true",
+            "unset": f"{ANONYMOUS_PLUGIN} without allow_anonymous, which is true then",
+            "set": f"{ANONYMOUS_PLUGIN}: allow_anonymous: true"})
