@@ -49,8 +49,9 @@ class StopSignals:
         self._reactor = reactor
         self._twisteds: dict[str, SignalHandler] = {name: getattr(reactor, name) for name in HANDLER_NAMES}
         self._stopping = False
-        #: The first stop signal handled (its number), None before one: also one that came
-        #: while the reactor was already stopping for another reason.
+        #: The first stop signal that came (its number), None before one: also one that came
+        #: while the reactor was already stopping for another reason, or once its loop had run
+        #: its last turn (noted in the handler: the loop would never see it).
         self.received: int | None = None
         reactor.addSystemEventTrigger("before", "shutdown", self._stop_began)
 
@@ -61,11 +62,11 @@ class StopSignals:
 
     def _queue(self, name: str, number: int, frame: FrameType | None = None) -> None:
         # (In the signal handler: nothing here logs or takes a lock. See the module's docstring.)
+        if self.received is None:
+            self.received = number
         self._reactor.callFromThread(self._signalled, name, number)
 
     def _signalled(self, name: str, number: int) -> None:
-        if self.received is None:
-            self.received = number
         if self._stopping:
             self.log.info("received {signal} while already stopping: the gateway ends once its services have "
                           "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
@@ -92,7 +93,7 @@ def queue_stop_signals(reactor: Any) -> StopSignals:
 
 
 def stop_signal_received(reactor: Any) -> int | None:
-    """The first stop signal ``reactor`` handled (:attr:`StopSignals.received`); None before
+    """The first stop signal that came to ``reactor`` (:attr:`StopSignals.received`); None before
     one, and for a reactor whose stop signals are not queued (a test's)."""
     stops: StopSignals | None = getattr(reactor, "stop_signals", None)
     return stops.received if stops is not None else None

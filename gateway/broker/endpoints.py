@@ -110,12 +110,20 @@ def load_ca_certificates(cafile: str | None, ca_dir: str | None, cafile_keyword:
     return certs
 
 
+def client_cert_required(listener: Listener) -> bool:
+    """Whether ``listener`` refuses TLS clients without a valid certificate: its
+    ``require_client_cert``, or its ``ssl:`` endpoint's ``requireClientCert``."""
+    args, kwargs = split_description(listener.endpoint)
+    return args[:1] == ["ssl"] and (listener.require_client_cert
+                                    or kwargs.get("requireClientCert", "no").lower() in _TRUE)
+
+
 def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool) -> ssl.CertificateOptions:
     """Build the server TLS options for an ``ssl:`` listener.
 
     :param kwargs: the endpoint string's keyword arguments.
     :param cafile: CA certificates for client verification (from the listener config).
-    :param require: refuse clients without a valid certificate.
+    :param require: refuse clients without a valid certificate (:func:`client_cert_required`).
     """
     private_key = kwargs.get("privateKey", "server.pem")
     key_pem = read_tls_file(private_key, "private key", "privateKey")
@@ -136,7 +144,6 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
     if "extraCertChain" in kwargs:
         chain = load_ca_certificates(kwargs["extraCertChain"], None, "extraCertChain")
     cas = load_ca_certificates(cafile or kwargs.get("cafile"), kwargs.get("caCertsDir"))
-    require = require or kwargs.get("requireClientCert", "no").lower() in _TRUE
     if require and not cas:
         raise EndpointError("requiring client certificates needs cafile or caCertsDir", "requireClientCert")
     extra: dict[str, Any] = {}
@@ -227,7 +234,7 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
         if unknown or len(args) > 2:
             raise EndpointError(f"ssl endpoint does not take {', '.join(unknown or args[2:])!s}"
                                 f" (it takes {', '.join(sorted(SSL_KEYWORDS))}): {listener.endpoint!r}")
-        options = server_tls_options(kwargs, listener.cafile, listener.require_client_cert)
+        options = server_tls_options(kwargs, listener.cafile, client_cert_required(listener))
         try:
             options.getContext()  # what the first handshake would do: DH parameters, ciphers
         except Exception as exc:  # pyOpenSSL raises its own kinds

@@ -399,20 +399,27 @@ def _whole_number(value: Any, path: tuple[str, ...], errors: ErrorSink, low: int
     return value
 
 
+def plugin_entries(plugins: Any) -> list[tuple[str, Any]]:
+    """The ``plugins:`` value's plugins as amqtt's plugin manager reads them: ``(dotted path,
+    settings)`` of a mapping, or of a list of names (``None`` settings: the plugin's defaults)
+    and mappings; nothing of another value."""
+    if isinstance(plugins, dict):
+        return list(plugins.items())
+    if not isinstance(plugins, list):
+        return []
+    return [entry for p in plugins if isinstance(p, (str, dict))
+            for entry in ([(p, None)] if isinstance(p, str) else p.items())]
+
+
 def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
     """Report plugins that cannot be imported now, rather than when the broker starts, and
     check each one's settings as amqtt will: against the plugin's ``Config`` dataclass
     (dacite, strict, as amqtt's plugin manager does), with the files it names readable."""
-    if isinstance(plugins, dict):
-        entries = list(plugins.items())
-    elif plugins is not None and not isinstance(plugins, list):
+    if plugins is not None and not isinstance(plugins, (dict, list)):
         errors.add(("broker", "plugins"), "must be a mapping of plugins (dotted path: settings) or a list of them, "
                                           f"not {jsontext.given(plugins)}")
         return
-    else:
-        entries = [(p, None) if isinstance(p, str) else next(iter(p.items()), ("", None))
-                   for p in plugins or [] if isinstance(p, (str, dict))]
-    for name, plugin_config in entries:
+    for name, plugin_config in plugin_entries(plugins):
         path = ("broker", "plugins", str(name))
         module, _, attr = str(name).rpartition(".")
         try:

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
 from gateway.admin.cli import check_config
-from gateway.broker.openlisteners import open_listener_warnings
+from gateway.broker.openlisteners import ANONYMOUS_PLUGIN, open_listener_warnings
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.tap import Options
 from gateway.tree import build_service
@@ -108,3 +108,56 @@ class OpenListenerTests(SynchronousTestCase):
             self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
         told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"allow-anonymous": True}}))
         self.assertEqual(len(told), 1)
+
+    def test_every_spelling_of_anonymous_clients_allowed_is_told(self) -> None:
+        """amqtt lets anonymous clients in with ``AnonymousAuthPlugin`` listed without
+        ``allow_anonymous`` (its default is true: ``{}``, ``null``, a list of plugin names) and in
+        the list form of ``plugins:``; these were silent, as if they refused them."""
+        for plugins in ({ANONYMOUS_PLUGIN: {}}, {ANONYMOUS_PLUGIN: None}, [ANONYMOUS_PLUGIN],
+                        [{ANONYMOUS_PLUGIN: {"allow_anonymous": True}}],
+                        ["amqtt.plugins.sys.broker.BrokerSysPlugin", {ANONYMOUS_PLUGIN: None}]):
+            told = open_listener_warnings(broker("tcp:1883", amqtt={"plugins": plugins}))
+            self.assertEqual(len(told), 1, plugins)
+
+    def test_a_plugin_that_refuses_them_keeps_it_quiet(self) -> None:
+        """Every auth plugin must agree: beside ``ClientCertificateAuthPlugin`` (no to a client
+        without a verified certificate) anonymous clients are refused, as they are by the
+        deprecated ``auth:`` section listing only ``auth_file`` (no plugin answers for them);
+        both were told that anything reaching the port may publish."""
+        for amqtt in ({"plugins": {ANONYMOUS_PLUGIN: {"allow_anonymous": True},
+                                   "gateway.broker.auth.ClientCertificateAuthPlugin": {}}},
+                      {"plugins": [ANONYMOUS_PLUGIN, "gateway.broker.auth.ClientCertificateAuthPlugin"]},
+                      {"auth": {"plugins": ["auth_file"], "allow-anonymous": True, "password-file": "p"}}):
+            self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
+        told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"plugins": ["auth_anonymous", "auth_file"],
+                                                                          "allow-anonymous": True}}))
+        self.assertEqual(len(told), 1)
+
+    def test_loopback_only_listeners_of_other_forms_are_not_told(self) -> None:
+        """A ``tcp6:`` listener on the IPv4-mapped loopback address (``::ffff:127.0.0.1``: only
+        127.0.0.1's connections), and a TLS listener that requires a verified client certificate
+        (only certificate holders get to CONNECT) are quiet; both were told that anything reaching
+        the port may publish."""
+        mapped = broker("tcp6:1883:interface=\\:\\:ffff\\:127.0.0.1")
+        certified = BrokerSettings((ListenerSettings("tls", "ssl:8883:privateKey=k.pem", cafile="ca.pem",
+                                                     require_client_cert=True),), dict(ANONYMOUS))
+        in_endpoint = broker("ssl:8883:privateKey=k.pem:caCertsDir=ca:requireClientCert=yes")
+        self.assertEqual(open_listener_warnings(mapped) + open_listener_warnings(certified)
+                         + open_listener_warnings(in_endpoint), [])
+        told = open_listener_warnings(broker("tcp6:1883:interface=\\:\\:ffff\\:10.0.0.5"))
+        self.assertEqual(len(told), 1)
+
+    def test_the_line_names_the_setting_as_written(self) -> None:
+        """The warning names what lets anonymous clients in as the configuration says it: the
+        deprecated ``auth:`` section's ``allow-anonymous: true``, or the plugin without
+        ``allow_anonymous`` (amqtt's default); it named ``allow_anonymous: true`` under the plugin
+        for both, a key the file did not hold."""
+        said = {}
+        for name, amqtt in (("auth", {"auth": {"allow-anonymous": True}}),
+                            ("unset", {"plugins": {ANONYMOUS_PLUGIN: {}}}), ("set", ANONYMOUS)):
+            [line] = open_listener_warnings(broker("tcp:1883", amqtt=amqtt))
+            said[name] = line.split(" takes anonymous clients (")[1].split(") on ")[0]
+        self.assertEqual(said, {
+            "auth": "broker.auth: allow-anonymous: true",
+            "unset": f"{ANONYMOUS_PLUGIN} without allow_anonymous, which is true then",
+            "set": f"{ANONYMOUS_PLUGIN}: allow_anonymous: true"})

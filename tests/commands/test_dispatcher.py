@@ -658,6 +658,25 @@ class ProcessRestartTests(SynchronousTestCase):
         at_exit()
         self.assertEqual((execs, ended), ([], [signal.SIGTERM]))
 
+    def test_a_stop_signal_after_the_loops_last_turn_ends_it(self) -> None:
+        """A SIGTERM that comes once the reactor's loop has run its last turn, before the
+        re-execution (twistd's exit, the interpreter joining threads: up to
+        exitdeadline.EXIT_GRACE), is queued for a loop that never runs again: the restart
+        still ends the process by it. It re-executed itself and ran on (the signal lost)."""
+        reactor, registered, execs, ended = FakeReactor(), [], [], []
+        for name in HANDLER_NAMES:  # (Twisted's: they stop the reactor)
+            setattr(reactor, name, lambda number, frame: reactor.stop())
+        reactor.callFromThread = lambda f, *args: None  # type: ignore[attr-defined]  # (never run)
+        queue_stop_signals(reactor)
+        restart = ProcessRestart(reactor, {}, registered.append, lambda path, argv: execs.append(argv),
+                                 ("/venv/bin/twistd", "-n", "gateway"), end_by_signal=ended.append)
+        restart.restart()
+        reactor.advance(1)
+        reactor.sigTerm(signal.SIGTERM, None)
+        [at_exit] = registered
+        at_exit()
+        self.assertEqual((execs, ended), ([], [signal.SIGTERM]))
+
     def test_a_restart_the_gateways_stop_overtook_does_nothing(self) -> None:
         """SIGTERM in the second between a ``restart`` reply and its stop: the gateway is stopping
         already, and stays stopped (no re-execution is registered); it is said without a
