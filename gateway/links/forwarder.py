@@ -517,12 +517,16 @@ class Forwarder:
             self._mark_done(done, sent=True)
             self.pump()
 
-    def _mark_done(self, seqs: Any, sent: bool = False) -> None:
+    def _mark_done(self, seqs: list[int] | range, sent: bool = False) -> None:
         """Records done: acknowledged by the cloud (or QoS 0 and sent: ``sent``) or dropped
-        by the journal before they were read."""
+        by the journal before they were read (a ``range``, ascending)."""
         floor, done = self._floor, self._done
-        if not done and seqs and min(seqs) == floor + 1 and max(seqs) - floor == len(seqs) == len(set(seqs)):
-            floor += len(seqs)  # the whole run just above the floor, in any order: what the loop makes of it
+        if not done and seqs and (seqs.start == floor + 1 if isinstance(seqs, range)
+                                  else min(seqs) == floor + 1 and max(seqs) - floor == len(seqs) == len(set(seqs))):
+            # The whole run just above the floor, in any order: what the loop makes of it (a run
+            # the journal dropped is ascending: checked without a pass over it, or a set of it,
+            # for it may be millions of seqs).
+            floor += len(seqs)
         else:
             for seq in seqs:
                 if seq == floor + 1 and not done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 from hypothesis import given, settings
@@ -101,3 +102,26 @@ class ReadSortingTests(SynchronousTestCase):
         forwarder.offer(with_seq(record(4), 4))
         forwarder._got([with_seq(record(i), i) for i in range(3, 6)])
         self.assertEqual([r.seq for r in forwarder.live], [1, 2, 4, 3, 5])
+
+
+class DroppedRunTests(SynchronousTestCase):
+    """Seqs the journal dropped between two reads are passed over without a pass over each."""
+
+    def test_a_long_dropped_run_costs_no_memory_per_seq(self) -> None:
+        """A read past a million seqs dropped (``max_bytes`` while the cloud was away, nothing
+        in flight) moves the floor over them at once: no set of a million seqs built to check
+        the run (hundreds of MB for the tens of millions a large stream drops)."""
+        stream = _Cursor()
+        forwarder = Forwarder(stream, "cloud", 8, Clock(), interleave=False)  # type: ignore[arg-type]
+        forwarder._got([with_seq(record(i), i) for i in range(1, 4)])
+        forwarder._mark_done([1, 2, 3], sent=True)
+        forwarder.backlog.clear()
+        dropped = 1_000_000
+        tracemalloc.start()
+        try:
+            forwarder._got([with_seq(record(4 + dropped), 4 + dropped)])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual((forwarder._floor, forwarder._done, stream.noted[-1]), (3 + dropped, set(), 3 + dropped))
+        self.assertLess(peak, 1 << 20)
