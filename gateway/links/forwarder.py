@@ -124,14 +124,15 @@ STALL_WARN_AFTER = 3
 TOPIC_CACHE_SIZE = 4096
 
 
-def _runs(seqs: set[int]) -> list[tuple[int, int]]:
-    """``seqs`` as ``(first, last)`` ranges of consecutive seqs, in order."""
+def _runs(seqs: set[int], dropped: deque[tuple[int, int]] | tuple[()] = ()) -> list[tuple[int, int]]:
+    """``seqs`` and the ``(first, last)`` runs ``dropped`` as ``(first, last)`` ranges of
+    consecutive seqs, in order."""
     runs: list[list[int]] = []
-    for seq in sorted(seqs):
-        if runs and seq == runs[-1][1] + 1:
-            runs[-1][1] = seq
+    for first, last in sorted([(seq, seq) for seq in seqs] + list(dropped)):
+        if runs and first <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], last)
         else:
-            runs.append([seq, seq])
+            runs.append([first, last])
     return [(first, last) for first, last in runs]
 
 
@@ -180,6 +181,9 @@ class Forwarder:
         self._floor = 0  # every seq <= floor is acknowledged
         self._next_read = 0  # the seq the cursor should give next (0: unknown yet)
         self._done: set[int] = set()  # acknowledged seqs above the floor
+        #: runs ``(first, last)`` the journal dropped above the floor, ascending: kept whole, for
+        #: a run dropped while the cloud was away may be millions of seqs
+        self._dropped: deque[tuple[int, int]] = deque()
         #: seqs offered live that the cursor has not passed yet, ascending (the cursor may never
         #: bring one: the journal skips what the cloud acknowledged above the cursor, and drops)
         self._taken_live: deque[int] = deque()
@@ -520,22 +524,30 @@ class Forwarder:
     def _mark_done(self, seqs: list[int] | range, sent: bool = False) -> None:
         """Records done: acknowledged by the cloud (or QoS 0 and sent: ``sent``) or dropped
         by the journal before they were read (a ``range``, ascending)."""
-        floor, done = self._floor, self._done
+        floor, done, dropped = self._floor, self._done, self._dropped
         if not done and seqs and (seqs.start == floor + 1 if isinstance(seqs, range)
                                   else min(seqs) == floor + 1 and max(seqs) - floor == len(seqs) == len(set(seqs))):
             # The whole run just above the floor, in any order: what the loop makes of it (a run
             # the journal dropped is ascending: checked without a pass over it, or a set of it,
             # for it may be millions of seqs).
             floor += len(seqs)
+        elif isinstance(seqs, range):  # dropped above a floor that waits: kept as one run
+            if seqs and seqs[-1] > floor:
+                dropped.append((max(seqs.start, floor + 1), seqs[-1]))
         else:
             for seq in seqs:
                 if seq == floor + 1 and not done:
                     floor = seq  # in order with nothing done above: the floor just moves on
                 elif seq > floor:
                     done.add(seq)
-            while floor + 1 in done:
+        while True:
+            if dropped and dropped[0][0] <= floor + 1:
+                floor = max(floor, dropped.popleft()[1])
+            elif floor + 1 in done:
                 floor += 1
                 done.discard(floor)
+            else:
+                break
         if floor > self._floor:  # the journal knows at once (in memory): a drop is then no loss
             self.stream.note_ack(self.cursor, floor)
         self._floor = floor
@@ -565,7 +577,7 @@ class Forwarder:
         self._acking = True
         floor = self._floor
         saving, self._done_unsaved = self._done_unsaved, 0
-        d = self.stream.ack(self.cursor, floor, _runs(self._done) if self._done else ())
+        d = self.stream.ack(self.cursor, floor, _runs(self._done, self._dropped) if self._done or self._dropped else ())
 
         def acked(_: Any) -> None:
             self._acking = False

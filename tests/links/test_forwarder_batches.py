@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.record import with_seq
-from gateway.links.forwarder import Forwarder
+from gateway.links.forwarder import Forwarder, _runs
 from tests.journal.helpers import record
 
 
@@ -59,6 +59,35 @@ class MarkDoneTests(SynchronousTestCase):
             self.assertEqual((forwarder._floor, forwarder._done), (floor, done))
             self.assertEqual(stream.noted[-1:] if floor > before else [], [floor] if floor > before else [])
 
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.booleans(), max_size=40), st.data())
+    def test_dropped_runs_among_acknowledgements(self, dropped_flags: list[bool], data: st.DataObject) -> None:
+        """Runs the journal dropped (ascending ranges, as reads pass them) among batches of the
+        other seqs acknowledged in any order leave the floor, what is done above it and what
+        the cursor would save as the record-by-record rule does."""
+        stream = _Cursor()
+        forwarder = Forwarder(stream, "cloud", 8, Clock())  # type: ignore[arg-type]
+        seqs = range(1, len(dropped_flags) + 1)
+        runs: list[range] = []
+        for seq, dropped in zip(seqs, dropped_flags):
+            if dropped:
+                if runs and runs[-1].stop == seq:
+                    runs[-1] = range(runs[-1].start, seq + 1)
+                else:
+                    runs.append(range(seq, seq + 1))
+        acked = data.draw(st.permutations([seq for seq, dropped in zip(seqs, dropped_flags) if not dropped]))
+        floor, done = 0, set()
+        while runs or acked:
+            if runs and (not acked or data.draw(st.booleans())):
+                batch: list[int] | range = runs.pop(0)
+            else:
+                cut = data.draw(st.integers(1, len(acked)))
+                batch, acked = acked[:cut], acked[cut:]
+            floor = _model(floor, done, list(batch))
+            forwarder._mark_done(batch)
+            self.assertEqual(forwarder._floor, floor)
+            self.assertEqual(_runs(forwarder._done, forwarder._dropped), _runs(done))
+
     def test_a_run_just_above_the_floor(self) -> None:
         """A whole run above the floor, shuffled, moves the floor to its top at once; a run
         with a repeat in place of one of its seqs does not."""
@@ -87,7 +116,8 @@ class ReadSortingTests(SynchronousTestCase):
         forwarder._got([with_seq(record(i), i) for i in range(10, 12)])
         self.assertEqual([r.seq for r in forwarder.backlog], [3, 4, 5, 7])
         self.assertEqual([r.seq for r in forwarder.live], [8, 9, 10, 11])
-        self.assertEqual((forwarder._floor, forwarder._done, forwarder._next_read), (2, {6}, 12))
+        self.assertEqual((forwarder._floor, _runs(forwarder._done, forwarder._dropped), forwarder._next_read),
+                         (2, [(6, 6)], 12))
         plain = self._forwarder(8, interleave=False)
         plain._got([with_seq(record(i), i) for i in range(1, 12)])
         self.assertEqual(([r.seq for r in plain.backlog], len(plain.live)), (list(range(1, 12)), 0))
@@ -125,3 +155,30 @@ class DroppedRunTests(SynchronousTestCase):
             tracemalloc.stop()
         self.assertEqual((forwarder._floor, forwarder._done, stream.noted[-1]), (3 + dropped, set(), 3 + dropped))
         self.assertLess(peak, 1 << 20)
+
+    def test_a_long_dropped_run_above_records_in_flight_costs_no_memory_per_seq(self) -> None:
+        """The usual case: records were in flight when the cloud went away, so the floor waits
+        below them while the journal drops a million seqs above. The run is kept whole, not a
+        seq at a time (70 MB a million seqs), and the floor passes it once those records are
+        acknowledged; the cursor saved meanwhile names it as one run."""
+        stream = _Cursor()
+        forwarder = Forwarder(stream, "cloud", 8, Clock(), interleave=False)  # type: ignore[arg-type]
+        forwarder._got([with_seq(record(i), i) for i in range(1, 4)])
+        forwarder._mark_done([2], sent=True)  # 1 and 3 still in flight
+        forwarder.backlog.clear()
+        dropped = 1_000_000
+        tracemalloc.start()
+        try:
+            forwarder._got([with_seq(record(4 + dropped), 4 + dropped)])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 1 << 20)
+        self.assertEqual(forwarder._floor, 0)
+        self.assertEqual(_runs(forwarder._done, forwarder._dropped), [(2, 2), (4, 3 + dropped)])
+        forwarder._mark_done([3], sent=True)
+        self.assertEqual((forwarder._floor, forwarder._done), (0, {2, 3}))
+        forwarder._mark_done([1], sent=True)
+        self.assertEqual((forwarder._floor, forwarder._done, stream.noted[-1]), (3 + dropped, set(), 3 + dropped))
+        forwarder._mark_done([4 + dropped], sent=True)
+        self.assertEqual((forwarder._floor, forwarder._done), (4 + dropped, set()))
