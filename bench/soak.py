@@ -10,9 +10,10 @@ and ``gatewayctl status`` run, a hosted program that exits every 20 s and is res
 come every 5-20 s. Every ``--chaos-every`` seconds one cloud peer in turn is killed
 (SIGKILL) and started again ``--down`` seconds later on the same port.
 
-Every ``--sample-every`` seconds it records the gateway's RSS, open descriptors (in all and
+Every ``--sample-every`` seconds it records the gateway's RSS (and ``smaps_rollup``: Rss, Pss, Anonymous, Swap), the
+CPU seconds it used so far, open descriptors (in all and
 by kind: socket, pipe, each anon_inode, a file by its state dir folder), threads, the lines
-of its log so far (and how many start a traceback or say ``Unhandled``), bytes and files
+and bytes of its log so far (and how many start a traceback or say ``Unhandled``), bytes and files
 under its state dir (per top-level folder), and the admin API's numbers (flattened; a list
 counts as its length). A ``PYTHONPATH`` given to the bench comes after the checkout's in the
 gateway's (a probe's ``sitecustomize``, say). At the end: a table of each resource at start
@@ -20,7 +21,7 @@ and end with its growth per hour (from the second sample on: the first is start-
 progress of each activity in each quarter of the run (one at 0 in the last quarter has
 stopped working), and JSON with every sample. The gateway runs from this checkout.
 
-    .venv/bin/python bench/soak.py --minutes 35 [--chaos-every 180] [--down 20] [--sample-every 30]
+    .venv/bin/python bench/soak.py --minutes 35 [--chaos-every 180] [--down 20] [--sample-every 30] [--port-base N]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import BIN, ROOT, free_port, wait_for_port, write_json  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+import tests.fleet.goosebit as goosebit_module  # noqa: E402
 from tests.fleet.goosebit import GooseBit, goosebit_available  # noqa: E402
 
 TOOLS = ROOT / ".venv-tools" / "bin"
@@ -270,18 +272,32 @@ def descriptors(pid: int) -> dict[str, float]:
 
 
 def log_lines(work: Path) -> dict[str, float]:
-    """Lines the gateway has logged so far (``gw.log`` and its rotated files) and those among them that start a
-    traceback or say ``Unhandled`` (an error nobody handled)."""
-    lines = tracebacks = unhandled = 0
+    """Lines and bytes the gateway has logged so far (``gw.log`` and its rotated files) and the lines among them that
+    start a traceback or say ``Unhandled`` (an error nobody handled)."""
+    lines = tracebacks = unhandled = size = 0
     for path in work.glob("gw.log*"):
         try:
             text = path.read_bytes()
         except OSError:
             continue
+        size += len(text)
         lines += text.count(b"\n")
         tracebacks += text.count(b"Traceback (most recent call last)")
         unhandled += text.count(b"Unhandled")
-    return {"log lines": lines, "log tracebacks": tracebacks, "log unhandled": unhandled}
+    return {"log lines": lines, "log bytes": size, "log tracebacks": tracebacks, "log unhandled": unhandled}
+
+
+def memory_and_cpu(pid: int) -> dict[str, float]:
+    """The process's memory from ``/proc/PID/smaps_rollup`` (KiB: ``Rss``, ``Pss``, ``Anonymous``, ``Swap``) and the
+    CPU seconds it has used so far (user and system, from ``/proc/PID/stat``)."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss", "Anonymous", "Swap"):
+            out[f"smaps {key} KiB"] = int(rest.split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    out["cpu s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # (utime, stime: fields 14, 15)
+    return out
 
 
 def sample(pid: int, state: Path, ports: dict[str, int], token: str) -> dict[str, float]:
@@ -289,6 +305,7 @@ def sample(pid: int, state: Path, ports: dict[str, int], token: str) -> dict[str
     status = Path(f"/proc/{pid}/status").read_text()
     rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
     out: dict[str, float] = {"rss KiB": rss, "threads": len(os.listdir(f"/proc/{pid}/task"))}
+    out.update(memory_and_cpu(pid))
     out.update(descriptors(pid))
     out.update(log_lines(state.parent))
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -480,6 +497,8 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=30.0)
     parser.add_argument("--keep", help="work in this directory (kept) instead of a temporary one")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "soak.json"))
+    parser.add_argument("--port-base", type=int, help="the ten ports every server of the run listens on (gateway,"
+                        " peers, upload target, gooseBit and its nginx) from this one up, instead of free ones")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # (the peers and the gateway are stopped on the way out)
     if not goosebit_available() or not (TOOLS / "ministack").exists():
@@ -487,8 +506,11 @@ def main() -> int:
         return 2
     work = Path(args.keep or tempfile.mkdtemp(prefix="soak-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("mqtt", "cloud", "exosite", "ministack", "ingest", "metrics", "admin")}
-    upload = http.server.ThreadingHTTPServer(("127.0.0.1", 0), UploadTarget)
+    fixed = iter(range(args.port_base, args.port_base + 10)) if args.port_base else None
+    port = (lambda: next(fixed)) if fixed else free_port
+    goosebit_module.free_port = port  # (gooseBit and its nginx take theirs from the same place)
+    ports = {name: port() for name in ("mqtt", "cloud", "exosite", "ministack", "ingest", "metrics", "admin")}
+    upload = http.server.ThreadingHTTPServer(("127.0.0.1", port() if fixed else 0), UploadTarget)
     ports["upload"] = upload.server_address[1]
     threading.Thread(target=upload.serve_forever, daemon=True).start()
     mosquitto_conf = work / "cloud.conf"
