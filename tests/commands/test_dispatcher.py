@@ -644,29 +644,24 @@ class ProcessRestartTests(SynchronousTestCase):
         "received SIGTERM while already stopping: the gateway ends once its services have
         stopped", and it does: by that signal, as after a stop the signal began. The gateway
         re-executed itself anyway and ran on (seen on a real gateway: a user's stop undone)."""
-        reactor, registered, execs, ended = FakeReactor(), [], [], []
-        for name in HANDLER_NAMES:  # (Twisted's: they stop the reactor)
-            setattr(reactor, name, lambda number, frame: reactor.stop())
-        reactor.callFromThread = lambda f, *args: f(*args)  # type: ignore[attr-defined]
-        queue_stop_signals(reactor)
-        restart = ProcessRestart(reactor, {}, registered.append, lambda path, argv: execs.append(argv),
-                                 ("/venv/bin/twistd", "-n", "gateway"), end_by_signal=ended.append)
-        restart.restart()
-        reactor.advance(1)
-        reactor.sigTerm(signal.SIGTERM, None)
-        [at_exit] = registered
-        at_exit()
-        self.assertEqual((execs, ended), ([], [signal.SIGTERM]))
+        self.assertEqual(self.restart_signalled(loop_runs=True), ([], [signal.SIGTERM]))
 
     def test_a_stop_signal_after_the_loops_last_turn_ends_it(self) -> None:
         """A SIGTERM that comes once the reactor's loop has run its last turn, before the
         re-execution (twistd's exit, the interpreter joining threads: up to
         exitdeadline.EXIT_GRACE), is queued for a loop that never runs again: the restart
         still ends the process by it. It re-executed itself and ran on (the signal lost)."""
+        self.assertEqual(self.restart_signalled(loop_runs=False), ([], [signal.SIGTERM]))
+
+    def restart_signalled(self, loop_runs: bool) -> tuple[list[Any], list[int]]:
+        """A restart, then a SIGTERM once its reactor stopped (handed to the loop, which runs it
+        at once if ``loop_runs``, else never), then the process's exit: what it executed and
+        the signal it ended by."""
         reactor, registered, execs, ended = FakeReactor(), [], [], []
         for name in HANDLER_NAMES:  # (Twisted's: they stop the reactor)
             setattr(reactor, name, lambda number, frame: reactor.stop())
-        reactor.callFromThread = lambda f, *args: None  # type: ignore[attr-defined]  # (never run)
+        reactor.callFromThread = (lambda f, *args: f(*args)) if loop_runs else (  # type: ignore[attr-defined]
+            lambda f, *args: None)
         queue_stop_signals(reactor)
         restart = ProcessRestart(reactor, {}, registered.append, lambda path, argv: execs.append(argv),
                                  ("/venv/bin/twistd", "-n", "gateway"), end_by_signal=ended.append)
@@ -675,7 +670,7 @@ class ProcessRestartTests(SynchronousTestCase):
         reactor.sigTerm(signal.SIGTERM, None)
         [at_exit] = registered
         at_exit()
-        self.assertEqual((execs, ended), ([], [signal.SIGTERM]))
+        return execs, ended
 
     def test_a_restart_the_gateways_stop_overtook_does_nothing(self) -> None:
         """SIGTERM in the second between a ``restart`` reply and its stop: the gateway is stopping

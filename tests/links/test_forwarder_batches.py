@@ -137,43 +137,39 @@ class ReadSortingTests(SynchronousTestCase):
 class DroppedRunTests(SynchronousTestCase):
     """Seqs the journal dropped between two reads are passed over without a pass over each."""
 
-    def test_a_long_dropped_run_costs_no_memory_per_seq(self) -> None:
-        """A read past a million seqs dropped (``max_bytes`` while the cloud was away, nothing
-        in flight) moves the floor over them at once: no set of a million seqs built to check
-        the run (hundreds of MB for the tens of millions a large stream drops)."""
+    def read_past_dropped(self, acked: list[int], dropped: int) -> tuple[Forwarder, _Cursor]:
+        """A forwarder that read seqs 1-3 (``acked`` of them acknowledged), then a read past
+        ``dropped`` seqs the journal dropped; that read's peak of traced memory stays under
+        1 MiB."""
         stream = _Cursor()
         forwarder = Forwarder(stream, "cloud", 8, Clock(), interleave=False)  # type: ignore[arg-type]
         forwarder._got([with_seq(record(i), i) for i in range(1, 4)])
-        forwarder._mark_done([1, 2, 3], sent=True)
+        forwarder._mark_done(acked, sent=True)
         forwarder.backlog.clear()
-        dropped = 1_000_000
         tracemalloc.start()
         try:
             forwarder._got([with_seq(record(4 + dropped), 4 + dropped)])
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        self.assertEqual((forwarder._floor, forwarder._done, stream.noted[-1]), (3 + dropped, set(), 3 + dropped))
         self.assertLess(peak, 1 << 20)
+        return forwarder, stream
+
+    def test_a_long_dropped_run_costs_no_memory_per_seq(self) -> None:
+        """A read past a million seqs dropped (``max_bytes`` while the cloud was away, nothing
+        in flight) moves the floor over them at once: no set of a million seqs built to check
+        the run (hundreds of MB for the tens of millions a large stream drops)."""
+        dropped = 1_000_000
+        forwarder, stream = self.read_past_dropped([1, 2, 3], dropped)
+        self.assertEqual((forwarder._floor, forwarder._done, stream.noted[-1]), (3 + dropped, set(), 3 + dropped))
 
     def test_a_long_dropped_run_above_records_in_flight_costs_no_memory_per_seq(self) -> None:
         """The usual case: records were in flight when the cloud went away, so the floor waits
         below them while the journal drops a million seqs above. The run is kept whole, not a
         seq at a time (70 MB a million seqs), and the floor passes it once those records are
         acknowledged; the cursor saved meanwhile names it as one run."""
-        stream = _Cursor()
-        forwarder = Forwarder(stream, "cloud", 8, Clock(), interleave=False)  # type: ignore[arg-type]
-        forwarder._got([with_seq(record(i), i) for i in range(1, 4)])
-        forwarder._mark_done([2], sent=True)  # 1 and 3 still in flight
-        forwarder.backlog.clear()
         dropped = 1_000_000
-        tracemalloc.start()
-        try:
-            forwarder._got([with_seq(record(4 + dropped), 4 + dropped)])
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        self.assertLess(peak, 1 << 20)
+        forwarder, stream = self.read_past_dropped([2], dropped)  # 1 and 3 still in flight
         self.assertEqual(forwarder._floor, 0)
         self.assertEqual(_runs(forwarder._done, forwarder._dropped), [(2, 2), (4, 3 + dropped)])
         forwarder._mark_done([3], sent=True)
