@@ -103,10 +103,11 @@ class RecentTail:
 
         :param oldest_segment: the first seq of the oldest segment still on disk; records
             in segments dropped since they were written are not served.
-        :return: ``None`` when ``want`` is not in the window (read the disk instead).
+        :return: ``None`` when ``want`` is not in the window, or no record is asked for
+            (``max_records`` below 1): read the disk instead.
         """
         items, start = self._items, self._start
-        if start == len(items):
+        if start == len(items) or max_records < 1:
             return None
         index = start + want - items[start][1]
         if index < start or index >= len(items) or items[index][2] < oldest_segment:

@@ -104,6 +104,7 @@ class RecentTailTests(SynchronousTestCase):
         tail.add(self._batch(1, 8), 80)
         self.assertEqual(len(tail), 5)
         self.assertIsNone(tail.take(3, 1, 10, 1 << 20))
+        self.assertIsNone(tail.take(4, 1, 0, 1 << 20))  # (no record asked for: not an IndexError)
         records, position = tail.take(4, 1, 10, 1 << 20)  # type: ignore[misc]
         self.assertEqual([r.seq for r in records], [4, 5, 6, 7, 8])
         self.assertEqual((position.segment, position.offset, position.want), (1, 800, 9))
