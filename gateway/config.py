@@ -135,10 +135,13 @@ class Config:
     :ivar path: the main file it was read from.
     :ivar written: the files' data merged, as written: ``config.get`` reads there the keys the
         ``broker:`` section hands to amqtt as they are (``auth``, a listener's ``bind``).
+    :ivar dropins: the drop-ins merged over the main file, in the order merged
+        (:func:`dropin_files`).
     """
 
     path: Path
     written: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    dropins: tuple[Path, ...] = field(default=(), compare=False, repr=False)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
@@ -154,6 +157,13 @@ class Config:
     containers: ContainersSettings = field(default_factory=ContainersSettings)
     twin: TwinSettings = field(default_factory=TwinSettings)
     uploads: UploadsSettings = field(default_factory=UploadsSettings)
+
+    def files_read(self) -> str:
+        """The files this configuration was read from, as ``--check-config`` names them: the
+        main file, and, when drop-ins were merged over it, ``+`` and each of them beside it, in
+        the order merged (``conf/gateway.yaml + conf.d/50-site.yaml, conf.d/90-remote.yaml``);
+        the main file alone when there are none."""
+        return files_read(self.path, self.dropins)
 
     @property
     def state_dir(self) -> Path:
@@ -465,6 +475,23 @@ def dropin_files(main: Path, errors: list[str]) -> list[Path]:
         return []
 
 
+def files_read(main: Path, dropins: Iterable[Path]) -> str:
+    """``main`` and the drop-ins merged over it, in their order: ``main + conf.d/a.yaml,
+    conf.d/b.yaml`` (each drop-in by its path from the main file's directory, where the gateway
+    looks for ``conf.d``); ``main`` alone, as written, when there are none.
+
+    :param main: the main configuration file.
+    :param dropins: its drop-ins, as :func:`dropin_files` found them.
+    """
+    names = []
+    for dropin in dropins:
+        try:
+            names.append(str(dropin.relative_to(main.parent)))
+        except ValueError:  # (not beside it: named whole)
+            names.append(str(dropin))
+    return f"{main} + {', '.join(names)}" if names else str(main)
+
+
 def _foreign_keys(path: Path, data: dict[str, Any], problems: list[str], foreign: set[Any]) -> None:
     """When most of the top-level keys of ``path`` (``data``) are no section, and at least
     :data:`FOREIGN_KEYS` are, the file is most likely another one named by mistake (secrets in
@@ -493,7 +520,8 @@ def load(path: Path | str | None = None) -> Config:
     origins.record(data, str(main))
     foreign: set[Any] = set()  # the unknown keys of files that are not configurations
     _foreign_keys(main, data, problems, foreign)
-    for dropin in dropin_files(main, problems):
+    dropins = dropin_files(main, problems)
+    for dropin in dropins:
         extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
         _foreign_keys(dropin, extra, problems, foreign)
@@ -517,7 +545,7 @@ def load(path: Path | str | None = None) -> Config:
         _check_stream_names(sections, data, errors, failed)
     if errors.lines:
         raise ConfigError(errors.lines)
-    return Config(path=main, written=data, **sections)
+    return Config(path=main, written=data, dropins=tuple(dropins), **sections)
 
 
 def _entry_names(sections: dict[str, Any], data: dict[str, Any], section: str, key: str,

@@ -48,7 +48,7 @@ class Options(usage.Options):
             raise SystemExit(1) from None
         if self["check-config"]:
             sys.stderr.write("".join(f"gateway: warning: {line}\n" for line in self.loaded.warnings()))
-            sys.stdout.write(f"gateway: configuration OK: {self.loaded.path}\n")
+            sys.stdout.write(f"gateway: configuration OK: {self.loaded.files_read()}\n")
             raise SystemExit(0)
         # twistd looks at its pid file once the options are parsed: a stale one, whose pid
         # another process has taken since, would stop every start.

@@ -131,6 +131,31 @@ class ConfigTests(SynchronousTestCase):
         (self.dir / "conf.d" / ".#50-site.yaml").symlink_to("root@host.1234:1700000000")
         self.assertEqual(config.load(main).gateway.device_id, "main")
 
+    def test_the_files_read_name_the_dropins_merged_in_order(self) -> None:
+        """``files_read()`` (``--check-config``'s OK line) names the main file and then the
+        drop-ins merged, in their order, each from the main file's directory; the main file
+        alone, as before, when none was merged (no ``conf.d``, or one with no drop-in)."""
+        main = self.write("gateway: {}\n")
+        self.assertEqual((config.load(main).files_read(), config.load(main).dropins), (str(main), ()))
+        self.write("gateway: {}\n", "conf.d/90-remote.yaml")
+        self.write("gateway: {}\n", "conf.d/50-site.yaml")
+        self.write("gateway:\n  device_id: hidden\n", "conf.d/.60-hidden.yaml")
+        self.write("gateway: {}\n", "conf.d/70-old.yaml~")
+        loaded = config.load(main)
+        self.assertEqual(loaded.dropins, (self.dir / "conf.d/50-site.yaml", self.dir / "conf.d/90-remote.yaml"))
+        self.assertEqual(loaded.files_read(), f"{main} + conf.d/50-site.yaml, conf.d/90-remote.yaml")
+
+    def test_the_files_read_name_a_dropin_elsewhere_whole(self) -> None:
+        """A drop-in that is not beside the main file (no caller gives one today) is named whole."""
+        self.assertEqual(config.files_read(Path("a/gateway.yaml"), [Path("/b/conf.d/1.yaml")]),
+                         "a/gateway.yaml + /b/conf.d/1.yaml")
+
+    def test_a_value_a_dropin_sets_is_refused_naming_the_dropin(self) -> None:
+        """A key the main file sets well and a drop-in sets wrong: the error names the drop-in."""
+        main = self.write("gateway:\n  shutdown_timeout: 7\n")
+        dropin = self.write("gateway:\n  shutdown_timeout: '8'\n", "conf.d/50-site.yaml")
+        self.assertEqual(self.errors(main), [f"{dropin}: gateway.shutdown_timeout: must be a number, not the text '8'"])
+
     def test_a_conf_d_that_cannot_be_looked_into_is_one_error(self) -> None:
         """A ``conf.d`` the gateway's user may not enter (made by root, mode 0700) is one error
         naming it, as a file that cannot be read is; it was a PermissionError's traceback from
@@ -2221,10 +2246,10 @@ class SectionRegistryTests(SynchronousTestCase):
     """Sections are typed attributes of Config, listed once in ``config.SECTIONS``."""
 
     def test_registry_matches_config(self) -> None:
-        """Every registered section is a Config attribute and every attribute but path and written a section."""
+        """Every registered section is a Config attribute and every attribute but path, written and dropins a section."""
         import dataclasses
 
-        fields = [f.name for f in dataclasses.fields(config.Config) if f.name not in ("path", "written")]
+        fields = [f.name for f in dataclasses.fields(config.Config) if f.name not in ("path", "written", "dropins")]
         self.assertEqual(sorted(fields), sorted(config.SECTIONS))
 
     def test_sections_are_typed(self) -> None:

@@ -92,7 +92,7 @@ def text_problems(value: Any, path: tuple[str, ...] = (), controls: bool = False
         found = [".".join(where) for where, _ in nul_problems(value.amqtt, path + ("amqtt",))]
         return found + text_problems(value.listeners, path + ("listeners",))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [problem for f in dataclasses.fields(value) if f.name not in ("path", "written")
+        return [problem for f in dataclasses.fields(value) if f.name not in ("path", "written", "dropins")
                 for problem in text_problems(getattr(value, f.name), path + (f.name,),
                                              bool(f.metadata.get("controls")))]
     if isinstance(value, tuple):

@@ -98,7 +98,7 @@ def _walk(tp: Any, prefix: str) -> Iterator[tuple[str, Any, str, Mapping[str, An
     ``named`` (a mapping of named settings) or ``list`` (a list of settings)."""
     hints = typing.get_type_hints(tp)
     for f in dataclasses.fields(tp):
-        if not f.init or (tp is Config and f.name in ("path", "written")):
+        if not f.init or (tp is Config and f.name in ("path", "written", "dropins")):
             continue
         key = f"{prefix}{f.name}"
         if f.default is not dataclasses.MISSING:

@@ -377,6 +377,27 @@ class TwistdTests(TestCase):
         self.assertIn(b"gateway.state_dir: must be a path", bad.output)
 
     @inlineCallbacks
+    def test_check_config_names_the_dropins(self):
+        """--check-config's OK line names the drop-ins merged, in their order, not a hidden file
+        beside them (docs/configuration.md); an error set in a drop-in names that file."""
+        config = self.write_config("gateway:\n  device_id: main\n")
+        conf_d = config.parent / "conf.d"
+        conf_d.mkdir()
+        (conf_d / "90-remote.yaml").write_text("gateway:\n  device_id: remote\n")
+        (conf_d / "50-site.yaml").write_text("gateway:\n  tenant_id: site\n")
+        (conf_d / ".70-hidden.yaml").write_text("gateway:\n  colour: red\n")
+        proc = self.run_twistd("gateway", "--config", str(config), "--check-config", ready_line=b"configuration OK")
+        status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual((status.exitCode, proc.output.decode()),
+                         (0, f"gateway: configuration OK: {config} + conf.d/50-site.yaml, conf.d/90-remote.yaml\n"))
+        (conf_d / "50-site.yaml").write_text("gateway:\n  shutdown_timeout: '7'\n")
+        proc = self.run_twistd("gateway", "--config", str(config), "--check-config", ready_line=b"invalid")
+        status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual((status.exitCode, proc.output.decode().splitlines()), (1, [
+            "gateway: invalid configuration:",
+            f"  {conf_d / '50-site.yaml'}: gateway.shutdown_timeout: must be a number, not the text '7'"]))
+
+    @inlineCallbacks
     def test_check_config_not_utf8(self):
         """--check-config of a file that is not UTF-8 prints one error line (no traceback), exits 1;
         so does ``gatewayctl check-config``, and both list a links section that cannot start."""

@@ -55,6 +55,7 @@ def check_config(path: str | None, as_json: bool = False) -> int:
     from gateway.errors import ConfigError
 
     checked = str(gateway_config.DEFAULT_CONFIG if path is None else path)
+    read = checked  # (the OK line's: with the drop-ins merged)
     warnings: list[str] = []
     try:
         loaded = gateway_config.load(path)
@@ -62,6 +63,7 @@ def check_config(path: str | None, as_json: bool = False) -> int:
         errors = list(exc.errors)
     else:
         errors, checked, warnings = [], str(loaded.path), loaded.warnings()
+        read = loaded.files_read()
     if as_json:
         print(json.dumps({"valid": not errors, "errors": errors, "warnings": warnings, "path": checked}, indent=2,
                          sort_keys=True))
@@ -72,7 +74,7 @@ def check_config(path: str | None, as_json: bool = False) -> int:
     else:
         for line in warnings:
             print(f"warning: {line}", file=sys.stderr)
-        print(f"configuration OK: {checked}")
+        print(f"configuration OK: {read}")
     return ERROR if errors else OK
 
 

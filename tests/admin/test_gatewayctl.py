@@ -552,6 +552,25 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(out.getvalue(), f"configuration OK: {DEFAULT_CONFIG}\n")
         self.assertEqual(DEFAULT_CONFIG.parent.name, "conf")
 
+    def test_the_ok_line_names_the_dropins_merged(self) -> None:
+        """With drop-ins beside the file, ``configuration OK: PATH + conf.d/A, conf.d/B`` names
+        them in the order merged (an operator sees which files set what); a hidden file is none.
+        ``--json`` keeps ``path`` the main file."""
+        directory = Path(self.mktemp())
+        (directory / "conf.d").mkdir(parents=True)
+        config = directory / "gateway.yaml"
+        config.write_text("gateway: {}\n")
+        for name in ("90-remote.yaml", "50-site.yaml", ".50-site.yaml"):
+            (directory / "conf.d" / name).write_text("gateway: {}\n")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(main(["check-config", str(config)]), 0)
+        self.assertEqual(out.getvalue(), f"configuration OK: {config} + conf.d/50-site.yaml, conf.d/90-remote.yaml\n")
+        out.truncate(0)
+        out.seek(0)
+        self.assertEqual(main(["--json", "check-config", str(config)]), 0)
+        self.assertEqual(json.loads(out.getvalue())["path"], str(config))
+
     def test_path_and_config_together_are_a_usage_error(self) -> None:
         """``check-config PATH --config OTHER`` is exit 2 naming both: it checked ``PATH``
         alone and said ``configuration OK`` for it, ``OTHER`` silently unchecked."""
