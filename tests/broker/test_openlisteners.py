@@ -5,6 +5,7 @@ without a word."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import config as gateway_config
 from gateway.admin.cli import check_config
 from gateway.broker.openlisteners import ANONYMOUS_PLUGIN, open_listener_warnings
-from gateway.broker.settings import BrokerSettings, ListenerSettings
+from gateway.broker.settings import DEFAULT_AUTH, DEFAULT_PLUGINS, BrokerSettings, ListenerSettings
 from gateway.tap import Options
 from gateway.tree import build_service
 from tests.logevents import capture_log_events
@@ -45,7 +46,20 @@ WS_WARNING = (
     " allow_anonymous: true) on 0.0.0.0, not on loopback only: anything that reaches its port may publish and"
     " subscribe; let only known clients in (a password file, client certificates: docs/broker.md) or bind it"
     " to 127.0.0.1")
+#: An argon2 hash (of ``s3cret``), a password file's line as amqtt reads it.
+HASHED = "$argon2id$v=19$m=65536,t=3,p=4$NUAQb+sAkpsvKPn93/CYlw$lVybfd5Z5zh4qHc3TlE1cNmwbw713okHoMZKX01mxUU"
 ANONYMOUS = {"plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+
+
+#: What the user-name warning says of a listener ``lan`` on 0.0.0.0 with the broker's default plugins.
+USER_NAME_WARNING = (
+    "broker.listeners.lan: takes any client that sends a user name, with any password or none"
+    " (amqtt.plugins.authentication.AnonymousAuthPlugin: allow_anonymous: false, and no other auth plugin:"
+    " AnonymousAuthPlugin checks only that one is sent) on 0.0.0.0, not on loopback only: anything that reaches"
+    " its port may publish and subscribe; let only known clients in (a password file, client certificates:"
+    " docs/broker.md) or bind it to 127.0.0.1")
+#: The broker's plugins when the section lists none, as the settings hold them.
+USER_NAME_ONLY = {"plugins": DEFAULT_PLUGINS}
 
 
 def broker(*endpoints: str, amqtt: dict[str, object] | None = None) -> BrokerSettings:
@@ -100,11 +114,11 @@ class OpenListenerTests(SynchronousTestCase):
         self.assertEqual([line.split(") on ")[1].split(",")[0] for line in told], ["0.0.0.0", "192.168.1.5", "::"])
 
     def test_no_anonymous_clients_no_warning(self) -> None:
-        """Anonymous clients refused (the plugins' default, a password file alone, or the
-        deprecated ``auth:`` section without ``allow-anonymous: true``): nothing is told."""
-        for amqtt in ({"plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}}},
-                      {"plugins": {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": "p"}}},
-                      {"auth": {"plugins": ["auth_anonymous"], "allow-anonymous": False}}):
+        """Anonymous clients refused and every user name checked (a password file alone, the
+        deprecated ``auth:`` section listing every entry-point plugin, ``auth_file`` among them,
+        no auth plugin at all): nothing is told."""
+        for amqtt in ({"plugins": {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": "p"}}},
+                      {"auth": {"allow-anonymous": False}}, {"plugins": {}}):
             self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
         told = open_listener_warnings(broker("tcp:1883", amqtt={"auth": {"allow-anonymous": True}}))
         self.assertEqual(len(told), 1)
@@ -161,3 +175,89 @@ class OpenListenerTests(SynchronousTestCase):
             "auth": "broker.auth: allow-anonymous: true",
             "unset": f"{ANONYMOUS_PLUGIN} without allow_anonymous, which is true then",
             "set": f"{ANONYMOUS_PLUGIN}: allow_anonymous: true"})
+
+
+class UserNameOnlyTests(SynchronousTestCase):
+    """amqtt's ``AnonymousAuthPlugin`` with ``allow_anonymous: false`` accepts any client that
+    sends a user name, checking no password; alone (the broker's default when the section lists
+    no plugin) it is as open as anonymous clients on a listener beyond loopback, and was silent."""
+
+    def test_the_default_plugins_beyond_loopback_are_told(self) -> None:
+        """The broker's default plugins, on a listener on 0.0.0.0: the line says who gets in
+        and names the setting."""
+        self.assertEqual(open_listener_warnings(BrokerSettings((ListenerSettings("lan", "tcp:1883"),),
+                                                               dict(USER_NAME_ONLY))), [USER_NAME_WARNING])
+
+    def test_every_form_of_the_user_name_rule_is_told(self) -> None:
+        """Written out in the mapping or the list form of ``plugins:``, beside plugins that
+        authenticate no one (a topic ACL, amqtt's ``$SYS`` plugin), and the deprecated ``auth:``
+        section's ``auth_anonymous`` without ``allow-anonymous: true`` (which the broker makes
+        false), alone, beside ``topic_acl``, or as the broker's default beside a ``topic-check:``
+        section alone."""
+        importlib.import_module("amqtt.plugins.sys.broker")  # (reading a config that lists them imports them)
+        importlib.import_module("amqtt.plugins.topic_checking")
+
+        false = {"allow_anonymous": False}
+        for amqtt in ({"plugins": {ANONYMOUS_PLUGIN: false}}, {"plugins": [{ANONYMOUS_PLUGIN: false}]},
+                      {"plugins": {ANONYMOUS_PLUGIN: false,
+                                   "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {"acl": {}}}},
+                      {"plugins": ["amqtt.plugins.sys.broker.BrokerSysPlugin", {ANONYMOUS_PLUGIN: false}]},
+                      {"auth": {"plugins": ["auth_anonymous"], "allow-anonymous": False}},
+                      {"auth": {"plugins": ["auth_anonymous", "topic_acl"], "allow-anonymous": False}},
+                      {"auth": DEFAULT_AUTH, "topic-check": {"enabled": True, "plugins": ["topic_taboo"]}}):
+            told = open_listener_warnings(broker("tcp:1883", amqtt=amqtt))
+            self.assertEqual(len(told), 1, amqtt)
+            self.assertIn("takes any client that sends a user name, with any password or none (", told[0])
+        [legacy] = open_listener_warnings(broker("tcp:1883", amqtt={"auth": DEFAULT_AUTH}))
+        self.assertIn("(broker.auth: auth_anonymous without allow-anonymous: true, and no other auth plugin:"
+                      " AnonymousAuthPlugin checks only that one is sent)", legacy)
+
+    def test_a_plugin_that_checks_credentials_keeps_it_quiet(self) -> None:
+        """Every auth plugin must agree: beside a password file, ``ClientCertificateAuthPlugin``,
+        a user's own auth plugin, or a plugin not known to authenticate no one (a module not
+        imported: nothing is imported to find out), a made-up user name is not enough, or may not
+        be; the deprecated ``auth:`` section with ``auth_file`` too (listed, or no list)."""
+        importlib.import_module("tests.broker.userplugins")  # (reading a config that lists it imports it)
+
+        false = {"allow_anonymous": False}
+        for amqtt in ({"plugins": {ANONYMOUS_PLUGIN: false,
+                                   "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": "p"}}},
+                      {"plugins": {ANONYMOUS_PLUGIN: false, "gateway.broker.auth.ClientCertificateAuthPlugin": {}}},
+                      {"plugins": {ANONYMOUS_PLUGIN: false, "tests.broker.userplugins.PasswordPrefixAuth": {}}},
+                      {"plugins": [{ANONYMOUS_PLUGIN: false}, "not.imported.here.Plugin"]},
+                      {"auth": {"plugins": ["auth_anonymous", "auth_file"], "allow-anonymous": False}},
+                      {"auth": {"allow-anonymous": False, "password-file": "p"}}):
+            self.assertEqual(open_listener_warnings(broker("tcp:1883", amqtt=amqtt)), [], amqtt)
+
+    def test_loopback_and_certificate_listeners_are_not_told(self) -> None:
+        """On 127.0.0.1 (the default listener), ``::1``, a unix socket, or a TLS listener that
+        requires a verified client certificate, the default plugins are quiet."""
+        listeners = (ListenerSettings("default", "tcp:1883:interface=127.0.0.1"),
+                     ListenerSettings("v6", "tcp6:1884:interface=\\:\\:1"),
+                     ListenerSettings("unix", "unix:/run/gateway/mqtt.sock"),
+                     ListenerSettings("tls", "ssl:8883:privateKey=k.pem", cafile="ca.pem", require_client_cert=True))
+        self.assertEqual(open_listener_warnings(BrokerSettings(listeners, dict(USER_NAME_ONLY))), [])
+
+    def test_check_config_tells_it_for_a_section_without_plugins(self) -> None:
+        """Through the real path: a broker section that lists no plugin, with a listener on
+        0.0.0.0, is a warning of ``--check-config`` and ``gatewayctl check-config`` (exit 0);
+        with a password file beside it, nothing is told."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        path = work / "gateway.yaml"
+        path.write_text(f"gateway:\n  state_dir: {work / 'state'}\n"
+                        "broker:\n  listeners:\n    lan:\n      bind: 0.0.0.0:1883\n")
+        self.assertEqual(gateway_config.load(path).warnings(), [USER_NAME_WARNING])
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as exited:
+            Options().parseOptions(["--config", str(path), "--check-config"])
+        self.assertEqual((exited.exception.code, err.getvalue()), (0, f"gateway: warning: {USER_NAME_WARNING}\n"))
+        self.assertEqual(check_config(str(path)), 0)
+        self.assertEqual(err.getvalue().splitlines()[1:], [f"warning: {USER_NAME_WARNING}"])
+        (work / "passwd").write_text(f"alice:{HASHED}\n")
+        path.write_text(path.read_text() + "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin:"
+                        " {allow_anonymous: false}\n    amqtt.plugins.authentication.FileAuthPlugin:"
+                        f" {{password_file: {work / 'passwd'}}}\n")
+        self.assertEqual(gateway_config.load(path).warnings(), [])
