@@ -12,8 +12,11 @@ subscriber has every message, one of:
   in the kernel: much less slowdown than ``perf trace``;
 - ``--mode profile``: ``perf record -e cpu-clock`` samples at full speed, CPU µs per
   message by thread and C function (Python's own functions show as the interpreter's);
-- ``--mode pyspy``: py-spy's samples of the reactor thread while on a CPU (1 kHz, not paused), CPU
-  µs per message by Python function, its own ("self") and with what it calls ("total");
+- ``--mode pyspy``: py-spy's samples of the reactor thread when not idle (1 kHz, not paused;
+  this counts waiting for the GIL or for a core too, e.g. in a socket call), µs per message
+  by Python function, its own ("self") and with what it calls ("total");
+- ``--mode turns``: the event loop's turns, the I/O thread's wake-ups of it and the timers
+  by callee, counted in the gateway's Python (a ``sitecustomize``, :data:`TURNS_SITE`);
 - ``--mode callgrind``: the gateway under ``valgrind --tool=callgrind`` (instrumentation
   switched on at the start and dumped at the stop with ``callgrind_control``), instructions
   by thread; slow (about 50 times), so use a few thousand messages.
@@ -29,6 +32,7 @@ chains measured the same way, not a count with an unmeasured run. Ports come fro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -59,6 +63,38 @@ PROFILE_HZ = 1000
 #: ``--mode pyspy``: py-spy (not a dependency: ``--py-spy PATH``) and its samples a second.
 PY_SPY = "py-spy"
 PY_SPY_HZ = 1000
+
+
+#: ``--mode turns``: a ``sitecustomize`` put before the gateway's ``PYTHONPATH``: counts the
+#: asyncio loop's turns, ``call_soon_threadsafe`` calls (the I/O thread's wake-ups of the
+#: loop), ``call_soon`` and the reactor's ``callLater`` by callee; SIGUSR2 writes them.
+TURNS_SITE = '''
+import collections, json, os, signal
+out = os.environ["E2E_COUNTS_OUT"]
+counts = collections.Counter()
+import asyncio.base_events as be
+def _counting(name, original, key):
+    def wrapper(self, *args, **kwargs):
+        counts[key(args)] += 1
+        return original(self, *args, **kwargs)
+    setattr(be.BaseEventLoop, name, wrapper)
+def _callee(prefix):
+    return lambda args: prefix + getattr(args[0], "__qualname__", type(args[0]).__name__)
+_counting("_run_once", be.BaseEventLoop._run_once, lambda args: "loop turns")
+_counting("call_soon_threadsafe", be.BaseEventLoop.call_soon_threadsafe, lambda args: "call_soon_threadsafe")
+_counting("call_soon", be.BaseEventLoop.call_soon, _callee("call_soon "))
+from twisted.internet import asyncioreactor
+_later = asyncioreactor.AsyncioSelectorReactor.callLater
+def callLater(self, delay, f, *args, **kwargs):
+    counts[("callLater(0) " if delay == 0 else "callLater(>0) ") + getattr(f, "__qualname__", type(f).__name__)] += 1
+    return _later(self, delay, f, *args, **kwargs)
+asyncioreactor.AsyncioSelectorReactor.callLater = callLater
+def dump(*_):
+    with open(out + ".tmp", "w") as f:
+        json.dump(dict(counts), f)
+    os.replace(out + ".tmp", out)
+signal.signal(signal.SIGUSR2, dump)
+'''
 
 
 def port_range(spec: str) -> Any:
@@ -104,6 +140,13 @@ class Counter:
 
     def __call__(self, phase: str, gw: subprocess.Popen[bytes] | None) -> None:
         if gw is None:
+            return
+        if self.mode == "turns":
+            gw.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 30
+            while not (self.work / "turns.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (self.work / "turns.json").rename(self.work / f"turns.{phase}.json")
             return
         if phase == "start":
             self.pid = gw.pid
@@ -186,6 +229,12 @@ class Counter:
                 total[frame] = total.get(frame, 0.0) + seconds
         return {"self": self_time, "total": total}
 
+    def turns(self) -> dict[str, dict[str, float]]:
+        """{"reactor": {what: count}} between the two phases (``--mode turns``)."""
+        before = json.loads((self.work / "turns.start.json").read_text())
+        after = json.loads((self.work / "turns.stop.json").read_text())
+        return {"reactor": {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}}
+
     def thread_name(self, tid: int) -> str:
         """"reactor" for the main thread, else the thread's name."""
         return "reactor" if tid == self.pid else f"{self.names.get(tid, 'thread')}"
@@ -228,11 +277,23 @@ def one(mode: str, name: str, count: int, start: Any, publishers: int) -> dict[s
         e2e.PHASE_HOOKS[:] = [counter]
         saved = e2e.TWISTD
         if mode == "callgrind":
+            waited = e2e.wait_for_port
+            e2e.wait_for_port = lambda port, timeout=20.0: waited(port, 300.0)  # (starting under valgrind is slow)
             e2e.TWISTD = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                           f"--callgrind-out-file={work}/callgrind.out.%p", *saved]
+        path = os.environ.get("PYTHONPATH")
+        if mode == "turns":
+            (work / "site").mkdir()
+            (work / "site" / "sitecustomize.py").write_text(TURNS_SITE)
+            os.environ["E2E_COUNTS_OUT"] = str(work / "turns.json")
+            os.environ["PYTHONPATH"] = os.pathsep.join([str(work / "site"), *([path] if path else [])])
         try:
             row = e2e.run_chain(name, count, start, publishers)
         finally:
+            if path is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = path
             e2e.TWISTD = saved
             e2e.PHASE_HOOKS[:] = []
         received = int(row["received"])
@@ -242,6 +303,8 @@ def one(mode: str, name: str, count: int, start: Any, publishers: int) -> dict[s
             per = {t: {k: v / received for k, v in ev.items()} for t, ev in counter.switches().items()}
         elif mode == "profile":
             per = {t: {k: v / received * 1e6 for k, v in syms.items()} for t, syms in counter.profile().items()}
+        elif mode == "turns":
+            per = {t: {k: v / received for k, v in c.items()} for t, c in counter.turns().items()}
         elif mode == "pyspy":
             per = {t: {k: v / received * 1e6 for k, v in syms.items()} for t, syms in counter.python().items()}
         else:
@@ -256,7 +319,7 @@ def show(rows: list[dict[str, Any]]) -> None:
         for thread, counts in sorted(row["per_message"].items()):
             top = sorted(counts.items(), key=lambda kv: -kv[1])
             total = sum(v for k, v in counts.items() if k not in ("task-clock",))
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in top if v >= 0.005)
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in top[:12] if v >= 0.005)
             if shown:
                 print(f"  {thread:<16} total {total:.3f}: {shown}")
 
@@ -265,7 +328,7 @@ def main() -> int:
     """Count, print, write JSON."""
     global PY_SPY
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("syscalls", "switches", "profile", "pyspy", "callgrind"), default="syscalls")
+    parser.add_argument("--mode", choices=("syscalls", "switches", "profile", "pyspy", "turns", "callgrind"), default="syscalls")
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--publishers", type=int, default=8)
     parser.add_argument("--max-inflight", type=int, default=e2e.MAX_INFLIGHT)
