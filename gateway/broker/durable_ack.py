@@ -331,10 +331,11 @@ class DurableAckHandler(SessionHandler):
 
     def _flush_soon(self) -> None:
         """Send the acknowledgements that are ready at the end of this turn: a group commit
-        makes many appends durable at once, and theirs leave together, in one write."""
+        makes many appends durable at once, and theirs leave together, in one write (with
+        every other client's, on one timer: :meth:`DurableGate.flush_soon`)."""
         if not self._flush_due:
             self._flush_due = True
-            self.broker.clock.callLater(0, self._flush_acks)
+            self.gate.flush_soon(self._flush_acks, self.broker.clock)
 
     def _flush_acks(self) -> None:
         self._flush_due = False

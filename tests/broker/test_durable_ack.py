@@ -310,6 +310,51 @@ class DurableAckTests(SynchronousTestCase):
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1) + packets.ack(packets.PUBACK, 2))
 
+    def test_one_group_commit_acknowledges_every_client_on_one_timer(self) -> None:
+        """The PUBLISHes of two clients made durable by one group commit: their PUBACKs
+        leave at the end of that turn, each client's in arrival order, scheduled by one call
+        for both (not one timer per client: stop 64, docs/benchmarks.md)."""
+        other, other_transport = attached(self.broker, "other", self.clock)
+        other_framer = PacketFramer(1 << 20)
+        other_framer.feed(packets.connect("other", 30, True))
+        other.connection.framer.feed(packets.connect("other", 30, True))
+        self.publish("telemetry/a", 1, 1)
+        for packet in other_framer.feed(packets.publish("telemetry/b", b"1", 1, False, 5)
+                                        + packets.publish("telemetry/b", b"2", 1, False, 6)):
+            other.packet_received(packet)
+        other.packets_done()
+        self.publish("telemetry/a", 1, 2)
+        self.turn()
+        self.assertEqual(len(self.runner.jobs), 1)  # one batch for the three reads
+        now = self.clock.seconds()
+        before = [c for c in self.clock.getDelayedCalls() if c.getTime() <= now]
+        self.runner.step()
+        due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= now and c not in before]
+        self.assertEqual(len(due), 1)
+        self.assertEqual((self.transport.value(), other_transport.value()), (b"", b""))
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1) + packets.ack(packets.PUBACK, 2))
+        self.assertEqual(other_transport.value(), packets.ack(packets.PUBACK, 5) + packets.ack(packets.PUBACK, 6))
+
+    def test_one_clients_failing_flush_does_not_hold_the_others(self) -> None:
+        """Flushes asked for in the same turn run in order at its end; one that raises is
+        logged, and the ones after it still run."""
+        gate, ran = self.broker.durable_gate, []
+
+        def broken() -> None:
+            ran.append("broken")
+            raise RuntimeError("broken handler")
+        gate.flush_soon(broken, self.clock)
+        gate.flush_soon(lambda: ran.append("second"), self.clock)
+        with capturedLogs() as events:
+            self.clock.advance(0)
+        self.assertEqual(ran, ["broken", "second"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("sending acknowledgements failed", [formatEvent(e) for e in events])
+        gate.flush_soon(lambda: ran.append("next turn"), self.clock)
+        self.clock.advance(0)
+        self.assertEqual(ran[-1], "next turn")
+
     def publishes(self, first: int, count: int, payload: bytes = b"21.5") -> bytes:
         """``count`` QoS 1 PUBLISHes to a journaled topic, packet ids from ``first``, each
         naming its id in the topic."""
