@@ -36,7 +36,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (bench/e2e.py)
 from broker import ROOT, write_json  # noqa: E402  (bench/broker.py)
+
+sys.path.insert(0, str(ROOT))
+from tests.ports import bindable  # noqa: E402
 
 
 #: What ``--mode switches`` counts: software counters and syscall tracepoints (counted in
@@ -106,11 +108,7 @@ def port_range(spec: str) -> Any:
         for _ in range(high - low + 1):
             port = state["next"]
             state["next"] = low if port >= high else port + 1
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
+            if bindable(port):
                 return port
         raise RuntimeError(f"no free port in {spec}")
     return free_port

@@ -13,15 +13,21 @@ import psutil
 TEST_PORTS = range(20000, 32768)
 
 
+def bindable(port: int) -> bool:
+    """Whether a TCP socket could bind ``port`` on 127.0.0.1 a moment ago (nothing holds it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (from :data:`TEST_PORTS`)."""
     for _ in range(200):
         port = random.choice(TEST_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if bindable(port):
             return port
     with socket.socket() as sock:  # (all taken, or nearly: whatever the system gives)
         sock.bind(("127.0.0.1", 0))
