@@ -50,6 +50,17 @@ class Answering(Resource):
         return self.body
 
 
+class WritesRefused(ExositeAPI):
+    """A product that takes its CIKs for long-polls and answers every write 401."""
+
+    def render(self, request: Any) -> Any:  # type: ignore[override]
+        if request.method == b"POST" and request.path.startswith(b"/onep:v1/stack/alias/"):
+            self.requests.append((self.clock.seconds(), "POST", request.path.decode()))
+            request.setResponseCode(401)
+            return b"CIK may not write"
+        return super().render(request)
+
+
 class HTTPLinkCase(SynchronousTestCase):
     """An HTTP link on a fake clock against :class:`ExositeAPI` through StubTreq (no tests of its own)."""
 
@@ -751,6 +762,23 @@ class HTTPLinkTests(HTTPLinkCase):
         self.server.enabled = True
         self.pass_time(10)
         self.assertEqual(self.server.sequence("temp"), ["1", "2", "3"])
+
+    def test_a_write_401_right_after_activation_backs_off_while_long_polls_go_well(self) -> None:
+        """docs/exosite.md: "a 401 right after a fresh activation backs off instead". The CIK
+        works for the long-polls but every write is answered 401 (a product whose CIK may read
+        and not write, a proxy's 401): the link activates again once, then backs off. A
+        long-poll answered meanwhile counted as the uplink's proof of the new CIK, so the link
+        activated again at every write, once a second, for ever (a warning each time)."""
+        server = WritesRefused(self.clock)
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        self.write("temp", "1")
+        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000)
+        self.pass_time(60)
+        self.assertLessEqual(server.activations, 2)
+        self.assertFalse(link.is_connected)
+        self.assertIn("CIK refused right after activation", link.cause)
+        self.assertEqual(server.sequence("temp"), [])
 
     def test_activation_404_is_reported(self):
         """An unknown device: the status says so, nothing is acknowledged."""
