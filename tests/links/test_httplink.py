@@ -61,6 +61,17 @@ class WritesRefused(ExositeAPI):
         return super().render(request)
 
 
+class PollsRefused(ExositeAPI):
+    """A product that takes its CIKs for writes and answers every long-poll 401."""
+
+    def render(self, request: Any) -> Any:  # type: ignore[override]
+        if request.method == b"GET" and request.path == b"/onep:v1/stack/alias":
+            self.requests.append((self.clock.seconds(), "GET", request.path.decode()))
+            request.setResponseCode(401)
+            return b"CIK may not read"
+        return super().render(request)
+
+
 class HTTPLinkCase(SynchronousTestCase):
     """An HTTP link on a fake clock against :class:`ExositeAPI` through StubTreq (no tests of its own)."""
 
@@ -779,6 +790,20 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertFalse(link.is_connected)
         self.assertIn("CIK refused right after activation", link.cause)
         self.assertEqual(server.sequence("temp"), [])
+
+    def test_a_long_poll_401_right_after_activation_backs_off_while_writes_go_well(self) -> None:
+        """The same the other way round: writes are taken, every long-poll is answered 401. The
+        long-poll activates again once, then backs off (a write taken counted as the poll's
+        proof: an activation at every poll)."""
+        server = PollsRefused(self.clock)
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000, batch_wait=0.0)
+        for n in range(60):
+            self.write("temp", str(n))
+            self.pass_time(1)
+        self.assertLessEqual(server.activations, 2)
+        self.assertEqual(server.sequence("temp"), [str(n) for n in range(60)])
 
     def test_activation_404_is_reported(self):
         """An unknown device: the status says so, nothing is acknowledged."""
