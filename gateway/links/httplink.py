@@ -160,7 +160,13 @@ class HTTPLink:
         self.reports = ReportAliases(name, (report_aliases or {}) if settings.mode == "exosite" else {})
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
+        #: the CIK in use came from an activation of this link (not from its file)
         self._reactivated = False
+        #: :attr:`activations` when the uplink's requests were last answered (not 401): a 401 to a
+        #: CIK the uplink has not seen work since its activation backs off instead of activating
+        #: again (a long-poll answered with it proves nothing of writes: each loop keeps its own;
+        #: counted by activation, not by the CIK's text: a platform may issue the same CIK again)
+        self._uplink_proven = -1
         #: the cloud took a request of the batch since the uplink's last failure: its backoff starts over
         self._progressed = False
         #: a CIK the platform refused whose file could not be removed: never taken from the file again
@@ -349,8 +355,8 @@ class HTTPLink:
             except CIKRejected as exc:
                 if self.cik != used:
                     continue  # the downlink saw it first and activated again: resend with the new CIK
-                if self._reactivated:  # refused right after a fresh activation: no loop of activations
-                    self._down(f"CIK refused right after activation ({exc})")
+                if self._reactivated and self._uplink_proven != self.activations:  # refused right after a fresh activation:
+                    self._down(f"CIK refused right after activation ({exc})")  # no loop of activations
                     attempt = yield self._back_off(attempt, None)
                     continue
                 self._down(f"CIK refused ({exc}); activating again")
@@ -624,7 +630,7 @@ class HTTPLink:
                 self.refused.confirm()
                 self._progressed = True
                 self._up()  # (a refusal alone does not say the link works: see _send_batch)
-            self._reactivated = False
+            self._uplink_proven = self.activations
 
     @inlineCallbacks
     def _refused(self, piece: list[Any], exc: RequestFailed) -> Any:
@@ -698,6 +704,7 @@ class HTTPLink:
         since = self.poll_marks.since(downlink.alias)  # (a value published before a restart is not run again)
         attempt = 0
         used: str | None = None
+        proven = -1  # activations when this loop's polls were last answered (not 401)
         loop = f"long-poll of {downlink.alias}"
         while self._running:
             try:
@@ -709,7 +716,7 @@ class HTTPLink:
                 status, value, modified = yield self.api.long_poll(
                     used, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
-                self._reactivated = False
+                proven = self.activations
                 if not self.batch:  # (while a batch is being sent, its answers say whether the link works)
                     self._up()
                 if value is not None and modified is not None and modified == since:
@@ -733,7 +740,7 @@ class HTTPLink:
             except CIKRejected as exc:
                 if self.cik != used:
                     continue  # activated again meanwhile: poll with the new CIK
-                if self._reactivated:
+                if self._reactivated and proven != self.activations:  # (the uplink's answers prove nothing of polls)
                     self._down(f"CIK refused right after activation ({exc})", loop)
                     attempt = yield self._back_off(attempt, None)
                     continue

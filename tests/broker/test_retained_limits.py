@@ -115,6 +115,26 @@ class RetainedLimitsTests(SynchronousTestCase):
         self.assertIn("not retaining the message of 'dev' on t/new: the broker holds 3 retained messages, "
                       "max_retained_messages is 3; it was delivered and acknowledged all the same", line)
 
+    def test_the_lines_are_the_ones_broker_md_quotes(self) -> None:
+        """docs/broker.md quotes the refusal's line as it is logged: a first line without a count
+        (it showed "(1 refused since the last such line; ...)", a line the gateway never writes),
+        and a line standing for more refusals with their count, itself included."""
+        page = " ".join((Path(__file__).resolve().parent.parent.parent / "docs" / "broker.md").read_text().split())
+        for n in range(COUNT):
+            self.publish(f"t/{n}", b"x", n + 1)
+        self.publish("t/new", b"y", 9)
+        [first] = self.logged("not retaining")
+        quoted = "all the same (logged at most once every 10 s while they go on)`"
+        self.assertIn(quoted, page)
+        self.assertTrue(first.endswith(quoted[len("all the same "):-1]), first)
+        self.publish("t/new2", b"y", 10)
+        self.clock.advance(10)
+        self.publish("t/new3", b"y", 11)
+        later = self.logged("not retaining")[-1]
+        counted = "(2 refused since the last such line; logged at most once every 10 s while they go on)"
+        self.assertTrue(later.endswith(counted), later)
+        self.assertIn(counted.replace("2 refused", "3 refused"), page)
+
     def test_replacing_and_clearing_are_always_allowed(self) -> None:
         """At the count, a topic's message is replaced, and an empty payload clears it; the
         topic then freed takes a new one."""

@@ -1376,6 +1376,10 @@ class FleetServiceTests(FleetHarness):
                                             "logged at most once every 10 minutes until one is"
                                             " accepted): POST https://ddi.example/"), lines[0])
         self.assertIn("(13 since the last such line", lines[1])  # (before: 60, one at every poll and step)
+        # docs/fleet.md quotes the first line as it is (it showed the count of a later one)
+        page = " ".join((Path(__file__).resolve().parents[2] / "docs" / "fleet.md").read_text().split())
+        first = lines[0].split(": POST ")[0]
+        self.assertIn(f"`{first}: <why>`", page)
         self.server.feedback_errors = []
         self.run_for(60)
         self.assertEqual(len(self.server.feedback), 6)  # each step once, in order

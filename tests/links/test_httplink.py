@@ -50,6 +50,42 @@ class Answering(Resource):
         return self.body
 
 
+class WritesRefused(ExositeAPI):
+    """A product that takes its CIKs for long-polls and answers every write 401 (while
+    :attr:`refusing`); with ``same_cik``, every activation answers that one CIK."""
+
+    def __init__(self, clock: Clock, same_cik: str | None = None) -> None:
+        super().__init__(clock)
+        self.same_cik = same_cik
+        self.refusing = True
+
+    def _activate(self, request: Any) -> bytes:
+        cik = super()._activate(request)
+        if self.same_cik is None or request.code != 200:
+            return cik
+        del self.ciks[cik.decode()]
+        self.ciks[self.same_cik] = "gw1"
+        return self.same_cik.encode()
+
+    def render(self, request: Any) -> Any:  # type: ignore[override]
+        if self.refusing and request.method == b"POST" and request.path.startswith(b"/onep:v1/stack/alias/"):
+            self.requests.append((self.clock.seconds(), "POST", request.path.decode()))
+            request.setResponseCode(401)
+            return b"CIK may not write"
+        return super().render(request)
+
+
+class PollsRefused(ExositeAPI):
+    """A product that takes its CIKs for writes and answers every long-poll 401."""
+
+    def render(self, request: Any) -> Any:  # type: ignore[override]
+        if request.method == b"GET" and request.path == b"/onep:v1/stack/alias":
+            self.requests.append((self.clock.seconds(), "GET", request.path.decode()))
+            request.setResponseCode(401)
+            return b"CIK may not read"
+        return super().render(request)
+
+
 class HTTPLinkCase(SynchronousTestCase):
     """An HTTP link on a fake clock against :class:`ExositeAPI` through StubTreq (no tests of its own)."""
 
@@ -751,6 +787,57 @@ class HTTPLinkTests(HTTPLinkCase):
         self.server.enabled = True
         self.pass_time(10)
         self.assertEqual(self.server.sequence("temp"), ["1", "2", "3"])
+
+    def test_a_write_401_right_after_activation_backs_off_while_long_polls_go_well(self) -> None:
+        """docs/exosite.md: "a 401 right after a fresh activation backs off instead". The CIK
+        works for the long-polls but every write is answered 401 (a product whose CIK may read
+        and not write, a proxy's 401): the link activates again once, then backs off. A
+        long-poll answered meanwhile counted as the uplink's proof of the new CIK, so the link
+        activated again at every write, once a second, for ever (a warning each time)."""
+        server = WritesRefused(self.clock)
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        self.write("temp", "1")
+        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000)
+        self.pass_time(60)
+        self.assertLessEqual(server.activations, 2)
+        self.assertFalse(link.is_connected)
+        self.assertIn("CIK refused right after activation", link.cause)
+        self.assertEqual(server.sequence("temp"), [])
+
+    def test_a_401_to_the_cik_an_activation_gave_again_backs_off(self) -> None:
+        """The uplink's writes were taken with a CIK, then refused 401; the activation answers
+        that very CIK again (a platform that reissues it): one activation, then backoff. The
+        proof was kept by the CIK's text, so the CIK the writes had proven before passed for
+        proven again, and the link activated at every write, once a second, for ever (seen on
+        a real gateway against a local device API)."""
+        server = WritesRefused(self.clock, same_cik="ab" * 20)
+        server.refusing = False
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        self.write("temp", "1")
+        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000)
+        self.pass_time(3)
+        self.assertEqual(server.sequence("temp"), ["1"])
+        server.refusing = True
+        self.write("temp", "2")
+        self.pass_time(60)
+        self.assertLessEqual(server.activations, 2)
+        self.assertIn("CIK refused right after activation", link.cause)
+
+    def test_a_long_poll_401_right_after_activation_backs_off_while_writes_go_well(self) -> None:
+        """The same the other way round: writes are taken, every long-poll is answered 401. The
+        long-poll activates again once, then backs off (a write taken counted as the poll's
+        proof: an activation at every poll)."""
+        server = PollsRefused(self.clock)
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000, batch_wait=0.0)
+        for n in range(60):
+            self.write("temp", str(n))
+            self.pass_time(1)
+        self.assertLessEqual(server.activations, 2)
+        self.assertEqual(server.sequence("temp"), [str(n) for n in range(60)])
 
     def test_activation_404_is_reported(self):
         """An unknown device: the status says so, nothing is acknowledged."""
