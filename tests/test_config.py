@@ -1572,6 +1572,13 @@ class LoadCheckTests(SynchronousTestCase):
                             "      ca_file: /nonexistent/ca.pem\n",
                             "links.links.cloud.ca_file", "cannot read '/nonexistent/ca.pem'")
 
+    def test_link_hostname_that_is_no_host_name(self) -> None:
+        """A ``hostname`` that is no host name (a space in it) is refused under its own key:
+        it was refused under ``endpoint``, which the user had not touched."""
+        self.assertOneError("links:\n  links:\n    cloud:\n      endpoint: 'tls:host=example.com:port=8883'\n"
+                            "      hostname: 'bad host'\n",
+                            "links.links.cloud.hostname", "'bad host'")
+
     def test_link_tls_files(self) -> None:
         """Client certificate and key are loaded at load time: garbage, a key without a
         certificate, TLS files on a plain endpoint, and a bad endpoint string are refused."""

@@ -20,7 +20,10 @@ from gateway.journal.record import Record
 from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
 from gateway.journal.stats import Histogram
 from gateway.journal.tail import RecentTail
+from gateway.logthrottle import LogThrottle, since_last_line
 
+#: Seconds between two lines about cursor saves refused after drops moved the cursors, at least.
+SKIP_SAVE_LOG_INTERVAL = 60.0
 
 class ReaderStream(Protocol):
     """What the cursors use of their :class:`~gateway.journal.stream.Stream`."""
@@ -74,6 +77,9 @@ class StreamReader:
         #: Seconds per cursor save that worked, from its hand-over to the I/O thread (the wait
         #: behind the batches queued there included) until it is durable, on the steady clock.
         self.save_latency = Histogram()
+        #: The line of a cursor's save refused after a drop moved it (a full disk drops a segment
+        #: after another, each refusing a save): the first, then at most once a minute.
+        self._skip_lines = LogThrottle(SKIP_SAVE_LOG_INTERVAL, lambda: steady_seconds(stream.clock))
 
     def load(self) -> Deferred[None]:
         """Load the stored cursors (on the I/O thread)."""
@@ -356,8 +362,13 @@ class StreamReader:
                 c.position = None
 
     def _log_save_failed(self, failure: Failure, c: Cursor) -> None:
-        self.stream.log.error("journal {stream}: saving cursor {cursor} failed: {error}",
-                              stream=self.stream.name, cursor=c.name, error=failure.value)
+        count = self._skip_lines.note()
+        if count is None:
+            return
+        cadence = since_last_line(count, "failed", "logged at most once a minute while they go on",
+                                  self._skip_lines.first)
+        self.stream.log.error("journal {stream}: saving cursor {cursor} failed ({cadence}): {error}",
+                              stream=self.stream.name, cursor=c.name, error=failure.value, cadence=cadence)
 
     def backlog(self) -> dict[str, int]:
         """Records appended but not acknowledged, per cursor."""

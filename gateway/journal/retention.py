@@ -206,6 +206,12 @@ class SegmentRetention:
         self._bytes, self._free = nbytes, free
         return True
 
+    def fits(self, size: int) -> bool:
+        """Whether an append of ``size`` bytes would fit every limit as things are (nothing
+        dropped, no reserve used); nothing is counted."""
+        return (self._bytes + size <= self.settings.max_bytes
+                and self._free - size >= self.settings.min_free_bytes)
+
     def refund(self, size: int) -> None:
         """Uncount an append :meth:`admit` let in that was refused after all."""
         self._bytes -= size

@@ -94,11 +94,12 @@ class _Batch:
     """One batch handed to the I/O thread, with what its completion needs."""
 
     __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "ledger_write", "nbytes", "plain",
-                 "undo")
+                 "refusals", "undo")
 
     def __init__(self, ops: list[BatchOp], done: list[OnDurable | None], failed: list[OnFailed],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
-                 ledger: bytes | None, ledger_write: int, plain: bool, undo: list[BatchOp] | None) -> None:
+                 ledger: bytes | None, ledger_write: int, plain: bool, undo: list[BatchOp] | None,
+                 refusals: int = 0) -> None:
         self.ops = ops
         self.done = done  # one per sync append, in seq order from ``first``
         self.failed = failed  # one per sync append, or per append_many (each called if it fails)
@@ -109,6 +110,9 @@ class _Batch:
         self.ledger_write = ledger_write  # its number (:class:`LedgerWrites`), when it holds the ledger
         self.nbytes = sum(len(data) for _, data, _, _ in ops)
         self.plain = plain  # it holds an append that needed no reserve: written, the stream takes appends again
+        #: The stream's refusals (``Stream.refusing.total``) when its last such append was made: a
+        #: refusal after it (the same turn's flood past the limit) is not ended by its write.
+        self.refusals = refusals
         self.undo = undo  # the failed batch's undo it does first (Stream._undo)
 
 
@@ -178,6 +182,11 @@ class Stream:
         self._pending_written: list[tuple[Record, int, int, int]] = []  # record, seq, segment, end
         self._pending_first = 1
         self._pending_plain = False  # a pending append needed no reserve (see _Batch.plain)
+        self._pending_refusals = 0  # refusing.total at the last such append (see _Batch.refusals)
+        #: The size of the append a limit (max-bytes, min-free-disk) refused last, while that
+        #: refusal stands and a smaller stream could take it: once the stream has room for it
+        #: again (its cursors let segments go, the disk has space), the snapshot stops saying it refuses.
+        self._refused_size: int | None = None
         #: Whether appends are refused now (and why, since when), and how many were refused.
         self.refusing = Failing()
         #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
@@ -530,6 +539,7 @@ class Stream:
             seq += 1
         self._tail_bytes, self.next_seq = end, seq
         self._pending_plain = True  # (within every limit as they are: no reserve needed)
+        self._pending_refusals = self.refusing.total
         done = self._pending_done
         if len(records) > 1:
             done.extend([None] * (len(records) - 1))
@@ -563,6 +573,7 @@ class Stream:
                 retention.measure_free()
             words = self._limit_words(limit, size)
             self.refusing.failed(limit, words, self.clock.seconds())
+            self._refused_size = size if size <= settings.max_bytes else None
             _call(on_failed, Failure(RecordTooLargeError(self.name, size, settings.max_bytes)
                                      if size > settings.max_bytes else StreamFullError(self.name, limit)))
             return
@@ -570,10 +581,12 @@ class Stream:
             assert self._write_error is not None
             retention.refund(size)
             self.refusing.failed(_write_reason(self._write_error), str(self._write_error), self.clock.seconds())
+            self._refused_size = None
             _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
         if not reserved:
             self._pending_plain = True
+            self._pending_refusals = self.refusing.total
         segments = retention.segments
         pending = self._pending
         tail_bytes = self._tail_bytes
@@ -696,7 +709,8 @@ class Stream:
         if self._undo is not None and written and not any(b.undo for b in self._inflight):
             undo = self._undo
         batch = _Batch(ops, done, failed, since, first, written, ledger,
-                       0 if ledger is None else self.ledger_writes.handed_over(), self._pending_plain, undo)
+                       0 if ledger is None else self.ledger_writes.handed_over(), self._pending_plain, undo,
+                       self._pending_refusals)
         self._pending_plain = False
         self._inflight.append(batch)
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch,
@@ -794,8 +808,9 @@ class Stream:
                           stream=self.name, count=self._write_failures)
             self._write_failures = 0
             self._write_lines.reset()
-        if batch.plain:
+        if batch.plain and batch.refusals == self.refusing.total:
             self.refusing.recovered()
+            self._refused_size = None
         if ledger_error is not None:
             self._ledger_not_written(ledger_error, batch.ledger_write)
         elif batch.ledger is not None:
@@ -870,6 +885,7 @@ class Stream:
         # (under sync: interval or none its appends were acknowledged: lost, not refused)
         self.refusing.failed(_write_reason(cause), str(cause), self.clock.seconds(),
                              lost if self.settings.sync == "sync" else 0)
+        self._refused_size = None
         if not self._closed:
             self.retention.measure_free(now=True)
         queued, queued_failed = self._pending, self._pending_failed
@@ -1039,6 +1055,7 @@ class Stream:
             seq, received = self._received(oldest)
             unacked_age = max(now - self.received_now(seq, received), 0.0) if received else 0.0
         latency = self.append_latency
+        self._room_again()
         return StreamSnapshot(
             self.name, self.next_seq - self.first_kept_seq, self.retention.bytes,
             len(self.segments), max(self.retention.free, 0), age, unacked_age, self.next_seq, latency.count,
@@ -1046,6 +1063,18 @@ class Stream:
             self.fsync_histogram.snapshot(), cursors,
             tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())), self.refusing.now,
             self.refusing.total, self.ledger_failing.now, self.reader.save_latency.snapshot())
+
+    def _room_again(self) -> None:
+        """End a refusal by a limit once the stream has room for the append it refused (its
+        cursors let segments go, or the disk has space again): the stream takes appends now,
+        and its snapshot (``GET /status``, ``gateway_journal_refusing_appends``) said it refused
+        them until the next append was written, however long after the cloud drained it."""
+        size = self._refused_size
+        if size is None or self.refusing.now is None:
+            return
+        if self.refusing.now.reason in ("max-bytes", "min-free-disk") and self.retention.fits(size):
+            self.refusing.recovered()
+            self._refused_size = None
 
     def _received(self, seq: int) -> tuple[int, float | None]:
         """Record ``seq`` (a cursor has not acknowledged it) and when it was received.

@@ -449,7 +449,20 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
         link_endpoint(_ParseOnlyReactor(), parsed)
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         message = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
-        yield ("endpoint",), message
+        # A hostname that is no host name (a space, say) fails the endpoint's TLS options: the
+        # problem is the hostname's when the endpoint builds without it (it was put on endpoint).
+        key = "hostname" if tls and settings.hostname is not None and _builds(
+            _WithoutFiles(settings.endpoint, None, parsed.aws)) else "endpoint"
+        yield (key,), message
+
+
+def _builds(settings: LinkEndpointSettings) -> bool:
+    """Whether :func:`link_endpoint` builds an endpoint of ``settings`` (nothing connects)."""
+    try:
+        link_endpoint(_ParseOnlyReactor(), settings)
+    except Exception:  # (as endpoint_problems: many kinds)
+        return False
+    return True
 
 
 def full_jitter_backoff(initial: float, factor: float, cap: float,

@@ -367,9 +367,11 @@ class LinksService(Service):
             return False
         if len(per_link) == 1:
             name, records = next(iter(per_link.items()))
-            links[name].stream.append_many(records, self._offer_if_behind(links[name], records, on_durable),
-                                           on_failed if waits else self._qos0_refused(messages[0][0], records,
-                                                                                      on_durable), reserved)
+            durable = self._offer_if_behind(links[name], records, on_durable)
+            if waits:
+                links[name].stream.append_many(records, durable, on_failed, reserved)
+            else:
+                self._append_qos0(links[name].stream, messages[0][0], records, durable, on_durable, reserved)
             return True
         waiting = [len(per_link)]
 
@@ -384,20 +386,40 @@ class LinksService(Service):
                 on_failed(failure)
 
         for name, records in per_link.items():
-            links[name].stream.append_many(records, self._offer_if_behind(links[name], records, one_durable),
-                                           one_failed if waits else self._qos0_refused(messages[0][0], records,
-                                                                                       one_durable), reserved)
+            durable = self._offer_if_behind(links[name], records, one_durable)
+            if waits:
+                links[name].stream.append_many(records, durable, one_failed, reserved)
+            else:
+                self._append_qos0(links[name].stream, messages[0][0], records, durable, one_durable, reserved)
         return True
 
-    def _qos0_refused(self, topic: str, records: list[Record], then: Callable[[object], object]
-                      ) -> Callable[[Failure], None]:
-        """What a stream's refusal of a batch of QoS 0 ``records`` (the first on ``topic``)
-        does: :meth:`_qos0_not_journaled`, then ``then(None)``: they no longer wait."""
+    def _append_qos0(self, stream: Any, topic: str, records: list[Record], on_durable: Callable[[int], object],
+                     then: Callable[[object], object], reserved: bool) -> None:
+        """Append a batch of QoS 0 ``records`` (the first on ``topic``); the stream's refusal
+        does :meth:`_qos0_not_journaled`, then ``then(None)``: they no longer wait.
+
+        A refusal by a limit comes while ``append_many`` runs, at the first record refused; the
+        records after it are tried too, some stored: the line counts those refused (the stream's
+        refusals meanwhile), not the whole batch (a flood of 100 past a full stream was logged
+        "100 refused" where 47 were). A failed write, later, refused them all."""
+        refusing = getattr(stream, "refusing", None)
+        before = refusing.total if refusing is not None else 0
+        early: list[Failure] = []
+        running = [True]
+
         def refused(failure: Failure) -> None:
+            if running[0]:
+                early.append(failure)
+                return
             self._qos0_not_journaled(topic, failure.getErrorMessage(), len(records))
             then(None)
 
-        return refused
+        stream.append_many(records, on_durable, refused, reserved)
+        running[0] = False
+        if early:
+            count = (refusing.total - before if refusing is not None else 0) or len(records)
+            self._qos0_not_journaled(topic, early[0].getErrorMessage(), min(count, len(records)))
+            then(None)
 
     def _qos0_not_journaled(self, topic: str, error: str, messages: int) -> None:
         """Warn that ``messages`` routed QoS 0 messages (the first on ``topic``) were not

@@ -233,6 +233,46 @@ class RefusingTests(SynchronousTestCase):
         self.assertIsNone(s.snapshot().refusing)
         self.assertEqual(s.snapshot().refused_appends, refused + 1)
 
+    def test_a_full_stream_drained_by_its_cloud_takes_appends_again(self) -> None:
+        """A reject-new stream at max_bytes whose cursor then acknowledges its records (the
+        cloud came back and drained it) no longer says it refuses appends, before any append is
+        written: it said ``max-bytes`` (and ``gateway_journal_refusing_appends`` 1, the journal
+        degraded) until a publisher next appended, however long after."""
+        s = open_stream(PowerCutFiles(), StreamSettings(max_bytes=4096, segment_bytes=1024, min_free_bytes=0,
+                                                       overflow="reject-new"), Clock())
+        self.successResultOf(s.cursor("a"))
+        failures: list[Failure] = []
+        for i in range(1, 100):
+            appended(s, record(i, size=64)).addErrback(failures.append)
+        self.assertTrue(failures)
+        self.assertEqual(s.snapshot().refusing.reason, "max-bytes")  # type: ignore[union-attr]
+        self.assertEqual(s.snapshot().refusing.failures, len(failures))  # type: ignore[union-attr]
+        last = read_all(s, "a")[-1].seq
+        self.successResultOf(s.ack("a", last))
+        snap = s.snapshot()
+        self.assertIsNone(snap.refusing)
+        self.assertEqual(snap.refused_appends, len(failures))
+        self.successResultOf(appended(s, record(100, size=64)))
+        self.assertIsNone(s.snapshot().refusing)
+
+    def test_a_flood_past_the_limit_in_one_turn(self) -> None:
+        """Appends of one turn (one socket read of PUBLISHes) that the stream takes, then refuses
+        past max_bytes: the batch written at the turn's end does not end the refusals made after
+        its appends. It did: ``refusing`` went ``null`` (then counted only the later refusals,
+        5 of 13 on a real gateway) though the stream was full."""
+        clock = Clock()
+        s = open_stream(PowerCutFiles(), StreamSettings(max_bytes=4096, min_free_bytes=0, overflow="reject-new"),
+                        clock)
+        self.successResultOf(s.cursor("a"))
+        failures: list[Failure] = []
+        taken = [s.append(record(i, size=64)) for i in range(1, 100)]
+        for d in taken:
+            d.addErrback(failures.append)
+        clock.advance(0)  # (the turn ends: the batch of those taken is written)
+        self.assertTrue(failures)
+        self.assertEqual(s.snapshot().refusing, Degraded(
+            "max-bytes", "the stream holds its max_bytes (4096 bytes)", 0.0, len(failures)))
+
     def test_a_record_larger_than_max_bytes(self) -> None:
         """A record larger than max_bytes on its own, refused by an empty drop-oldest stream:
         ``refusing`` and the error say so, with its size and the limit; they said "the stream

@@ -1350,6 +1350,40 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(self._after_a_cut(files), ([], list(range(1, 13))))
         self.flushLoggedErrors(OSError)
 
+    def test_cursor_saves_refused_after_drops_are_logged_once_a_minute(self) -> None:
+        """Each drop moves the cursors past the dropped records and saves them; on a disk that
+        refuses those saves, each failure logged a line: a real gateway on a full tmpfs wrote 17
+        in one second, one per segment dropped. Now the first, then at most once a minute with
+        the failures since."""
+
+        class RefusingCursors(PowerCutFiles):
+            def write(self, path: str, data: bytes) -> None:
+                if path.endswith("link.json.tmp"):
+                    raise OSError(errno.EIO, "Input/output error", path)
+                super().write(path, data)
+
+        clock = Clock()
+        s = open_stream(RefusingCursors(), StreamSettings(min_free_bytes=0), clock)
+        s.cursor("link")
+        for i in range(1, 13):
+            self.successResultOf(appended(s, record(i)))
+
+        def lines() -> list[str]:
+            return [formatEvent(e) for e in logs if "saving cursor" in e.get("log_format", "")]
+
+        with capturedLogs() as logs:
+            for seq in (3, 5, 7, 9):  # (drops moving the cursor past seq - 1)
+                s.reader.skip_to(seq)
+                clock.advance(1)
+            self.assertEqual(len(lines()), 1, lines())
+            self.assertIn("saving cursor link failed (logged at most once a minute while they go on): ", lines()[0])
+            clock.advance(60)
+            s.reader.skip_to(11)
+            clock.advance(0)
+        self.assertEqual(len(lines()), 2, lines())
+        self.assertIn("saving cursor link failed (4 failed since the last such line; logged at most once a minute"
+                      " while they go on): ", lines()[1])
+
     def test_a_segment_write_a_full_disk_refuses_deletes_no_dropped_segment_before_the_ledger(self) -> None:
         """docs/journal.md: dropped segments held while the disk refused their ledger (EIO); a
         batch carrying the ledger fails on its segment write (ENOSPC) before the ledger's turn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.links.service import LinksService
 from gateway.links.settings import LinkSettings, LinksSettings, RouteSettings
@@ -31,8 +32,9 @@ class MosquittoTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def setUpLinks(self, make_link: Callable[[int], LinkSettings], pki: dict[str, str] | None = None) -> Any:
-        self.cloud = Mosquitto(reactor, Path(self.mktemp()), free_port(), pki)
+    def setUpLinks(self, make_link: Callable[[int], LinkSettings], pki: dict[str, str] | None = None,
+                   options: tuple[str, ...] = ()) -> Any:
+        self.cloud = Mosquitto(reactor, Path(self.mktemp()), free_port(), pki, options)
         link = make_link(self.cloud.port)
         self.addCleanup(self.cloud.stop)
         self.broker = yield start_broker(self, reactor)
@@ -125,6 +127,32 @@ class MosquittoTests(TestCase):
         # restart (DUP set) depends on how far the subscriber's session had got when mosquitto
         # saved it, which is mosquitto's business: once it reached 750 in a loaded run.
         self.assertLessEqual(duplicates, forwarder.resent)
+
+    @inlineCallbacks
+    def test_a_wrong_password_is_not_authorized(self) -> None:
+        """mosquitto answers a wrong password with CONNACK code 5: the link's cause says
+        ``not authorized``, as links.md now says; it promised an app the sentence of code 4,
+        ``bad user name or password``, for every refused password."""
+        tool = shutil.which("mosquitto_passwd")
+        if tool is None:
+            raise SkipTest("mosquitto_passwd is not installed")
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        passwords = directory / "passwords"
+        subprocess.run([tool, "-c", "-b", str(passwords), "gw", "right"], check=True, capture_output=True)
+        passwords.chmod(0o600)
+        yield self.setUpLinks(lambda port: self.link(port, username="gw", password="wrong"),
+                              options=("allow_anonymous false", f"password_file {passwords}"))
+        yield self.cloud.start()
+        status = self.links.status
+        for _ in range(200):
+            if "refused the MQTT connection" in status["cloud"]["cause"]:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(status["cloud"]["cause"],
+                         f"127.0.0.1:{self.cloud.port} refused the MQTT connection: not authorized"
+                         " (check the credentials and what the account may do)")
+        self.assertFalse(self.links.links["cloud"].is_connected)
 
     @inlineCallbacks
     def test_tls_with_client_certificate(self) -> None:

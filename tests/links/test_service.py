@@ -316,6 +316,42 @@ class RefusedQoS0Tests(SynchronousTestCase):
                                        "logged at most once every 10 s while they go on)"])
 
 
+class QoS0RefusedCountTests(SynchronousTestCase):
+    """docs/links.md: the first line about QoS 0 messages a stream refuses counts only the
+    messages refused with the one it names."""
+
+    def test_a_flood_past_a_full_stream_counts_the_refused_not_the_batch(self) -> None:
+        """100 QoS 0 messages in one socket read, the stream (reject-new, 8 KiB) taking the
+        first ones: the line counted the whole batch, "(100 refused; ...)" on a real gateway
+        where 47 were refused and the others journaled."""
+        from gateway.journal.settings import StreamSettings
+        from tests.journal.helpers import open_stream
+        from tests.journal.powercut import PowerCutFiles
+
+        clock, journal = Clock(), MemoryJournal()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), clock, RecordingBus(),
+                             journal)
+        links.startService()
+        self.addCleanup(links.stopService)
+        real = open_stream(PowerCutFiles(), StreamSettings(max_bytes=8192, min_free_bytes=0, overflow="reject-new"),
+                           clock)
+        stream = journal.stream("link-cloud")
+        stream.append_many = real.append_many  # type: ignore[method-assign]
+        stream.refusing = real.refusing  # type: ignore[attr-defined]
+        events = capture_log_events(self)
+        done: list[object] = []
+        messages = [(f"telemetry/{n}", b"x" * 100, 0, False) for n in range(100)]
+        self.assertTrue(links.persist_many(messages, done.append, lambda _: self.fail("QoS 0: logged, not failed")))
+        clock.advance(0)
+        refused = real.refusing.total
+        stored = real.next_seq - 1
+        self.assertEqual((stored + refused, stored > 0, refused > 0), (100, True, True))
+        lines = [formatEvent(e) for e in events if "not journaled" in e.get("log_format", "")]
+        self.assertEqual(lines, [f"QoS 0 messages on telemetry/0 not journaled: journal stream '{real.name}' is full"
+                                 f" (max-bytes); append rejected ({refused} refused; logged at most once every 10 s"
+                                 " while they go on)"])
+
+
 class ReservedAppendTests(SynchronousTestCase):
     """docs/commands.md: the gateway's command replies get in while a stream is full under
     ``reject-new`` (a cloud just back with a backlog to drain, a local flood)."""
