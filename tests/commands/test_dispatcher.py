@@ -96,6 +96,16 @@ class DispatcherTests(SynchronousTestCase):
         self.bus.deliver("command//gw-1/req/43/echo", b"")
         self.assertEqual(self.replies(), [("command//gw-1/res/43/200", {})])
 
+    def test_a_retained_command_with_a_body_is_not_run_nor_answered(self) -> None:
+        """docs/commands.md: a command that comes retained (a local client's retained publish
+        included: the dispatcher cannot tell it from a link's stored copy) is not run and gets
+        no answer, only a warning naming it."""
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/41/echo", b"{}", retain=True)
+        self.assertEqual(self.bus.published, [])
+        [line] = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertTrue(line.startswith("command echo (41) not run: it came retained"), line)
+
     def test_a_burst_of_refused_commands_is_one_line_then_one_summary(self) -> None:
         """docs/commands.md: a client sending bad commands in a loop (unknown, or refused 4xx)
         wrote a line for each, and one sending retained commands a warning for each. The first
