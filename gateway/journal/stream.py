@@ -15,7 +15,6 @@ is in flight, handed over a linger after the first append it holds.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -28,8 +27,8 @@ from twisted.python.failure import Failure
 from gateway.clockstep import BootClock, clock_of, same_clock, steady_seconds, watch_steps
 from gateway.degraded import Failing
 from gateway.journal.batch import Batch, OnDurable, OnFailed, Once, call_logged, fire_range
-from gateway.journal.errors import (DISK_FULL_ERRNOS, JournalClosedError, JournalWriteError, RecordTooLargeError,
-                                    StreamFullError, StreamNotDrainedError, too_large_words)
+from gateway.journal.errors import (JournalClosedError, JournalWriteError, RecordTooLargeError,
+                                    StreamFullError, StreamNotDrainedError, too_large_words, write_reason)
 from gateway.filelayer import FileLayer
 from gateway.journal.iothread import Runner
 from gateway.journal.ledgerwrites import LedgerWrites
@@ -549,7 +548,7 @@ class Stream:
         if self._retry_at and steady_seconds(self.clock) < self._retry_at:
             assert self._write_error is not None
             retention.refund(size)
-            self.refusing.failed(_write_reason(self._write_error), str(self._write_error), self.clock.seconds())
+            self.refusing.failed(write_reason(self._write_error), str(self._write_error), self.clock.seconds())
             self._refused_size = None
             call_logged(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
@@ -852,7 +851,7 @@ class Stream:
                            stream=self.name, count=self._write_failures, error=cause, backoff=self._backoff)
         lost = sum(len(b.written) for b in lost_batches) + len(self._pending)
         # (under sync: interval or none its appends were acknowledged: lost, not refused)
-        self.refusing.failed(_write_reason(cause), str(cause), self.clock.seconds(),
+        self.refusing.failed(write_reason(cause), str(cause), self.clock.seconds(),
                              lost if self.settings.sync == "sync" else 0)
         self._refused_size = None
         if not self._closed:
@@ -1088,11 +1087,3 @@ class Stream:
             self.retention.bytes, len(self.segments), age, self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))
-
-
-def _write_reason(error: OSError) -> str:
-    """A failed write's reason for the read side: ``disk-full`` (ENOSPC, EDQUOT), ``read-only``
-    (EROFS: the filesystem was remounted read-only, after an I/O error say) or ``write-error``."""
-    if error.errno in DISK_FULL_ERRNOS:
-        return "disk-full"
-    return "read-only" if error.errno == errno.EROFS else "write-error"
