@@ -37,13 +37,13 @@ from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode, encode_numbered, with_seq
 from gateway.journal.segments import (LEDGER_FILE, BatchOp, Recovered, Segment, UndoFailedError, WriteGate,
-                                      mark_next_seq, open_directory, segment_holding, segment_path, write_batch,
+                                      mark_next_seq, open_directory, segment_path, write_batch,
                                       write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
 from gateway.journal.tail import RecentTail
-from gateway.journal.unackedage import ReceivedLookup
+from gateway.journal.unackedage import ReceivedLookup, closest_known, oldest_age
 from gateway.logthrottle import LogThrottle
 
 class Clock(Protocol):
@@ -1063,21 +1063,11 @@ class Stream:
         found = None if self._closed else self.unacked_lookup.received(seq)  # (no reads once closed)
         if found is not None:
             return found
-        segments = self.segments
-        closest: tuple[int, float | None] = (0, None)
-        for i in range(segment_holding(segments, seq), -1, -1):  # (a damaged head leaves no first time)
-            if segments[i].first_time:
-                closest = (segments[i].first_seq, segments[i].first_time)
-                break
-        read = self.unacked_lookup.known_before(seq)
-        return read if read is not None and read[0] > closest[0] else closest
+        return closest_known(self.segments, seq, self.unacked_lookup)
 
     def _oldest_age(self, now: float) -> float:
         """Seconds since the oldest record kept was received (0 when there is none)."""
-        first = self.segments[0] if self.segments else None
-        if first is None or not first.first_time:
-            return 0.0
-        return max(now - self.received_now(first.first_seq, first.first_time), 0.0)
+        return oldest_age(self.segments, now, self.received_now)
 
     def stats(self) -> StreamStats:
         """A snapshot of depth, age, latencies and drops."""
