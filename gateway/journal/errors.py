@@ -102,3 +102,11 @@ class StreamNotDrainedError(JournalError):
                          " (never sent): drop it with force to lose them, counted as lost (dropped)")
         self.stream = stream
         self.records = records
+
+
+def write_reason(error: OSError) -> str:
+    """A failed write's reason for the read side: ``disk-full`` (ENOSPC, EDQUOT), ``read-only``
+    (EROFS: the filesystem was remounted read-only, after an I/O error say) or ``write-error``."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return "disk-full"
+    return "read-only" if error.errno == errno.EROFS else "write-error"

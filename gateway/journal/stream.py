@@ -15,7 +15,6 @@ is in flight, handed over a linger after the first append it holds.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -27,8 +26,9 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import BootClock, clock_of, same_clock, steady_seconds, watch_steps
 from gateway.degraded import Failing
-from gateway.journal.errors import (DISK_FULL_ERRNOS, JournalClosedError, JournalWriteError, RecordTooLargeError,
-                                    StreamFullError, StreamNotDrainedError, too_large_words)
+from gateway.journal.batch import Batch, OnDurable, OnFailed, Once, call_logged, fire_range
+from gateway.journal.errors import (JournalClosedError, JournalWriteError, RecordTooLargeError,
+                                    StreamFullError, StreamNotDrainedError, too_large_words, write_reason)
 from gateway.filelayer import FileLayer
 from gateway.journal.iothread import Runner
 from gateway.journal.ledgerwrites import LedgerWrites
@@ -37,20 +37,14 @@ from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode, encode_numbered, with_seq
 from gateway.journal.segments import (LEDGER_FILE, BatchOp, Recovered, Segment, UndoFailedError, WriteGate,
-                                      mark_next_seq, open_directory, segment_holding, segment_path, write_batch,
+                                      mark_next_seq, open_directory, segment_path, write_batch,
                                       write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
 from gateway.journal.tail import RecentTail
-from gateway.journal.unackedage import ReceivedLookup
+from gateway.journal.unackedage import ReceivedLookup, closest_known, oldest_age
 from gateway.logthrottle import LogThrottle
-
-#: Called with an append's seq once it is durable.
-OnDurable = Callable[[int], object]
-#: Called with the error (a :class:`Failure`) if an append is lost before it is durable.
-OnFailed = Callable[[Failure], object]
-
 
 class Clock(Protocol):
     """What the journal needs of the reactor's clock (``IReactorTime``)."""
@@ -88,32 +82,6 @@ WRITE_FAILURE_LOG_INTERVAL = 60.0
 LEDGER_FAILURE_LOG_INTERVAL = 60.0
 #: The :class:`~gateway.degraded.Degraded` reason of a stream whose loss ledger is not written.
 LEDGER_NOT_SAVED = "ledger-not-saved"
-
-
-class _Batch:
-    """One batch handed to the I/O thread, with what its completion needs."""
-
-    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "ledger_write", "nbytes", "plain",
-                 "refusals", "undo")
-
-    def __init__(self, ops: list[BatchOp], done: list[OnDurable | None], failed: list[OnFailed],
-                 since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
-                 ledger: bytes | None, ledger_write: int, plain: bool, undo: list[BatchOp] | None,
-                 refusals: int = 0) -> None:
-        self.ops = ops
-        self.done = done  # one per sync append, in seq order from ``first``
-        self.failed = failed  # one per sync append, or per append_many (each called if it fails)
-        self.since = since  # the sum of its appends' start times, the first one's
-        self.first = first  # its first seq
-        self.written = written  # one entry per append
-        self.ledger = ledger
-        self.ledger_write = ledger_write  # its number (:class:`LedgerWrites`), when it holds the ledger
-        self.nbytes = sum(len(data) for _, data, _, _ in ops)
-        self.plain = plain  # it holds an append that needed no reserve: written, the stream takes appends again
-        #: The stream's refusals (``Stream.refusing.total``) when its last such append was made: a
-        #: refusal after it (the same turn's flood past the limit) is not ended by its write.
-        self.refusals = refusals
-        self.undo = undo  # the failed batch's undo it does first (Stream._undo)
 
 
 class Stream:
@@ -181,8 +149,8 @@ class Stream:
         self._pending_oldest = 0.0  # the first pending append's start time
         self._pending_written: list[tuple[Record, int, int, int]] = []  # record, seq, segment, end
         self._pending_first = 1
-        self._pending_plain = False  # a pending append needed no reserve (see _Batch.plain)
-        self._pending_refusals = 0  # refusing.total at the last such append (see _Batch.refusals)
+        self._pending_plain = False  # a pending append needed no reserve (see Batch.plain)
+        self._pending_refusals = 0  # refusing.total at the last such append (see Batch.refusals)
         #: The size of the append a limit (max-bytes, min-free-disk) refused last, while that
         #: refusal stands and a smaller stream could take it: once the stream has room for it
         #: again (its cursors let segments go, the disk has space), the snapshot stops saying it refuses.
@@ -195,7 +163,7 @@ class Stream:
         self._unsynced: set[str] = set()  # segments written by sync: interval or none, not fsynced
         self._idle: list[Deferred[None]] = []
         #: Batches on the I/O thread, oldest first (they complete in this order).
-        self._inflight: list[_Batch] = []
+        self._inflight: list[Batch] = []
         #: Size each segment will have once the batches in flight are written.
         self._planned: dict[str, int] = {}
         self._gate = WriteGate()
@@ -497,7 +465,7 @@ class Stream:
             raise ValueError("append_many needs at least one record")
         if self._append_together(records, on_durable, on_failed):
             return
-        once = _Once(on_durable, on_failed)
+        once = Once(on_durable, on_failed)
         append, failed, last = self._append, once.failed, len(records) - 1
         for i, record in enumerate(records):
             append(record, once.durable if i == last else None, failed, reserved)
@@ -551,7 +519,7 @@ class Stream:
         """:meth:`append_then`, where ``on_durable`` may be ``None`` (:meth:`append_many`'s
         records but the last: nobody is told of them one by one)."""
         if self._closed:
-            _call(on_failed, Failure(JournalClosedError(f"journal stream {self.name!r} is closed")))
+            call_logged(on_failed, Failure(JournalClosedError(f"journal stream {self.name!r} is closed")))
             return
         if self._early is not None:
             # Framed once now, so that a record the format cannot hold raises here, as on an
@@ -574,15 +542,15 @@ class Stream:
             words = self._limit_words(limit, size)
             self.refusing.failed(limit, words, self.clock.seconds())
             self._refused_size = size if size <= settings.max_bytes else None
-            _call(on_failed, Failure(RecordTooLargeError(self.name, size, settings.max_bytes)
+            call_logged(on_failed, Failure(RecordTooLargeError(self.name, size, settings.max_bytes)
                                      if size > settings.max_bytes else StreamFullError(self.name, limit)))
             return
         if self._retry_at and steady_seconds(self.clock) < self._retry_at:
             assert self._write_error is not None
             retention.refund(size)
-            self.refusing.failed(_write_reason(self._write_error), str(self._write_error), self.clock.seconds())
+            self.refusing.failed(write_reason(self._write_error), str(self._write_error), self.clock.seconds())
             self._refused_size = None
-            _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
+            call_logged(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
         if not reserved:
             self._pending_plain = True
@@ -609,7 +577,7 @@ class Stream:
             if not self._inflight and len(pending) == 1:  # written next turn; fsynced by the timer or at stop
                 self.clock.callLater(0, self._flush)
             if on_durable is not None:
-                _call(on_durable, seq)
+                call_logged(on_durable, seq)
             return
         self._queue_sync(on_durable, on_failed, 1)
 
@@ -708,7 +676,7 @@ class Stream:
         undo = None
         if self._undo is not None and written and not any(b.undo for b in self._inflight):
             undo = self._undo
-        batch = _Batch(ops, done, failed, since, first, written, ledger,
+        batch = Batch(ops, done, failed, since, first, written, ledger,
                        0 if ledger is None else self.ledger_writes.handed_over(), self._pending_plain, undo,
                        self._pending_refusals)
         self._pending_plain = False
@@ -794,7 +762,7 @@ class Stream:
         """Bytes appended but not yet on disk: pending and in flight."""
         return sum(map(len, self._pending)) + sum(b.nbytes for b in self._inflight)
 
-    def _written(self, result: tuple[float, int | None, OSError | None], batch: _Batch) -> None:
+    def _written(self, result: tuple[float, int | None, OSError | None], batch: Batch) -> None:
         del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
         seconds, free, ledger_error = result
         if batch.undo is not None:
@@ -836,10 +804,10 @@ class Stream:
         scheduled, self._flush_soon = self._flush_soon, True
         slow = self._linger() > 0
         half = len(done) // 2 if not self._inflight and self.settings.sync == "sync" and not slow else 0
-        _fire_range(done, 0, half, first, self)
+        fire_range(done, 0, half, first, self)
         if half and self._pending:
             self._flush()
-        _fire_range(done, half, len(done), first, self)
+        fire_range(done, half, len(done), first, self)
         self._flush_soon = scheduled
         self.reader.wake()
         if self._pending and slow:
@@ -851,7 +819,7 @@ class Stream:
             self.clock.callLater(0, self._flush)
         self._wake_idle()
 
-    def _write_failed(self, failure: Any, batch: _Batch) -> None:
+    def _write_failed(self, failure: Any, batch: Batch) -> None:
         """Fail this batch, the batch in flight behind it and everything pending; their
         seqs are reused under ``sync: sync`` (refused, never acknowledged), and skipped under
         ``interval`` and ``none`` (acknowledged: counted lost under them)."""
@@ -883,7 +851,7 @@ class Stream:
                            stream=self.name, count=self._write_failures, error=cause, backoff=self._backoff)
         lost = sum(len(b.written) for b in lost_batches) + len(self._pending)
         # (under sync: interval or none its appends were acknowledged: lost, not refused)
-        self.refusing.failed(_write_reason(cause), str(cause), self.clock.seconds(),
+        self.refusing.failed(write_reason(cause), str(cause), self.clock.seconds(),
                              lost if self.settings.sync == "sync" else 0)
         self._refused_size = None
         if not self._closed:
@@ -918,7 +886,7 @@ class Stream:
                 self._mark_next_seq(first + lost)
         lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
         for on_failed in lost_failed:
-            _call(on_failed, Failure(error))
+            call_logged(on_failed, Failure(error))
         self._wake_idle()
 
     def _mark_next_seq(self, seq: int) -> None:
@@ -1095,21 +1063,11 @@ class Stream:
         found = None if self._closed else self.unacked_lookup.received(seq)  # (no reads once closed)
         if found is not None:
             return found
-        segments = self.segments
-        closest: tuple[int, float | None] = (0, None)
-        for i in range(segment_holding(segments, seq), -1, -1):  # (a damaged head leaves no first time)
-            if segments[i].first_time:
-                closest = (segments[i].first_seq, segments[i].first_time)
-                break
-        read = self.unacked_lookup.known_before(seq)
-        return read if read is not None and read[0] > closest[0] else closest
+        return closest_known(self.segments, seq, self.unacked_lookup)
 
     def _oldest_age(self, now: float) -> float:
         """Seconds since the oldest record kept was received (0 when there is none)."""
-        first = self.segments[0] if self.segments else None
-        if first is None or not first.first_time:
-            return 0.0
-        return max(now - self.received_now(first.first_seq, first.first_time), 0.0)
+        return oldest_age(self.segments, now, self.received_now)
 
     def stats(self) -> StreamStats:
         """A snapshot of depth, age, latencies and drops."""
@@ -1119,61 +1077,3 @@ class Stream:
             self.retention.bytes, len(self.segments), age, self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))
-
-
-def _write_reason(error: OSError) -> str:
-    """A failed write's reason for the read side: ``disk-full`` (ENOSPC, EDQUOT), ``read-only``
-    (EROFS: the filesystem was remounted read-only, after an I/O error say) or ``write-error``."""
-    if error.errno in DISK_FULL_ERRNOS:
-        return "disk-full"
-    return "read-only" if error.errno == errno.EROFS else "write-error"
-
-
-def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, stream: Stream) -> None:
-    """Tell ``done[start:end]`` their seqs (``first + index``): one plain call per record
-    that has a callback (:meth:`Stream.append_many` gives only its last one).
-
-    A callback that raises is logged and the rest still run (a Deferred's ``callback``
-    never raises: its own errors stay in its chain). It takes the stream rather than its
-    log: ``stream.log`` builds a new :class:`Logger` at each access, which only a failure
-    should pay for.
-    """
-    seq = first + start
-    for i in range(start, end):
-        call = done[i]
-        if call is not None:
-            try:
-                call(seq)
-            except Exception:
-                stream.log.failure("journal: an append's durable callback raised")
-        seq += 1
-
-
-class _Once:
-    """The one result of :meth:`Stream.append_many`: the first of ``durable``/``failed`` wins."""
-
-    __slots__ = ("on_durable", "on_failed", "settled")
-
-    def __init__(self, on_durable: OnDurable, on_failed: OnFailed) -> None:
-        self.on_durable = on_durable
-        self.on_failed = on_failed
-        self.settled = False
-
-    def durable(self, seq: int) -> None:
-        """The last record is durable (and so, in seq order, every one before it)."""
-        if not self.settled:
-            self.settled = True
-            self.on_durable(seq)
-
-    def failed(self, failure: Failure) -> None:
-        """A record was refused or lost (each of them may say so: only the first counts)."""
-        if not self.settled:
-            self.settled = True
-            self.on_failed(failure)
-
-
-def _call(f: Callable[[Any], object], arg: object) -> None:
-    try:
-        f(arg)
-    except Exception:
-        Logger().failure("journal: an append's callback raised")

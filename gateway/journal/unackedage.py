@@ -127,3 +127,25 @@ class ReceivedLookup:
         self._failed = want
         self.log.warn("journal {stream}: reading when record {seq} was received failed ({error}); its age"
                       " is counted from an older record's", stream=self.stream.name, seq=want, error=failure.value)
+
+
+def closest_known(segments: list[Segment], seq: int, lookup: ReceivedLookup) -> tuple[int, float | None]:
+    """The closest record at or before ``seq`` whose received time is known without a read:
+    the first of the nearest segment that has one, or what ``lookup`` read earlier when that
+    is closer; ``(0, None)`` when none is known."""
+    closest: tuple[int, float | None] = (0, None)
+    for i in range(segment_holding(segments, seq), -1, -1):  # (a damaged head leaves no first time)
+        if segments[i].first_time:
+            closest = (segments[i].first_seq, segments[i].first_time)
+            break
+    read = lookup.known_before(seq)
+    return read if read is not None and read[0] > closest[0] else closest
+
+
+def oldest_age(segments: list[Segment], now: float, received_now: Callable[[int, float], float]) -> float:
+    """Seconds since the oldest record kept in ``segments`` was received (0 when there is
+    none), its time moved by ``received_now`` (the clock steps seen since)."""
+    first = segments[0] if segments else None
+    if first is None or not first.first_time:
+        return 0.0
+    return max(now - received_now(first.first_seq, first.first_time), 0.0)
