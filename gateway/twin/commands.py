@@ -76,7 +76,7 @@ def check_value(levels: list[str], value: Any, merge: bool) -> None:
     for key, child in value.items():
         problem = place_problem(levels + [key])
         if problem is not None:
-            raise DittoError(400, "things:value.invalid", f"the value holds {problem}")
+            raise DittoError(400, "things:value.invalid", f"the value is refused: {problem}")
         check_value(levels + [key], child, merge)
 
 

@@ -216,8 +216,12 @@ class DownloadJob:
             raise DigestMismatch(
                 self.url, f"{checker.algorithm} is {checker.hexdigest()}, expected {checker.expected}; file deleted"
             )
-        self.log.info("downloaded {url} ({size} bytes, {algorithm} verified)", url=shown_url(self.url),
-                      size=self.part.written, algorithm=self.part.checker.algorithm)
+        if self.part.checker.expected is None:
+            self.log.info("downloaded {url} ({size} bytes; not verified: no digest was announced)",
+                          url=shown_url(self.url), size=self.part.written)
+        else:
+            self.log.info("downloaded {url} ({size} bytes, {algorithm} verified)", url=shown_url(self.url),
+                          size=self.part.written, algorithm=self.part.checker.algorithm)
 
     # -- helpers that honour stop() -----------------------------------------------------
 

@@ -392,7 +392,7 @@ class UpdateService(Service):
                         yield self._step(operation, Status.STARTED, "accepted")
                     yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "", 0)
                     yield self._download_all(operation)
-                    yield self._step(operation, Status.DOWNLOADED, "all artifacts verified")
+                    yield self._step(operation, Status.DOWNLOADED, downloaded_message(operation))
                     resumed = False  # (said at DOWNLOADING: the install that follows is a first one)
                 if operation.action == "install":
                     yield self._install_all(operation, resumed)
@@ -632,3 +632,14 @@ def _keeps_files(operation: Operation) -> bool:
     """Whether an ended ``operation`` keeps its artifacts: only a ``download`` that succeeded
     (for an install that may follow) does, until they are removed (:meth:`UpdateService._drop_old_downloads`)."""
     return operation.action == "download" and operation.status == Status.FINISHED_SUCCESS and not operation.files_removed
+
+
+def downloaded_message(operation: Operation) -> str:
+    """The ``DOWNLOADED`` step's message: ``all artifacts verified`` when each artifact had a
+    digest announced (and its file matched it); else which files nothing verified, so that
+    the status does not claim a check that was not made (checksums are optional)."""
+    unverified = [a.filename for m in operation.modules for a in m.artifacts if not a.digests]
+    if not unverified:
+        return "all artifacts verified"
+    return (f"all artifacts downloaded; not verified, as no digest was announced for them: "
+            f"{', '.join(escaped(name) for name in unverified)}")

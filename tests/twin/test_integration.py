@@ -89,3 +89,24 @@ class TwinIntegrationTests(TestCase):
             self.assertEqual(json.loads(response.payload)["value"], {"properties": {"kwh": 12.5}})
         finally:
             yield root.stopService()
+
+    @inlineCallbacks
+    def test_a_command_over_1_mib_is_refused_413_where_the_broker_takes_it(self) -> None:
+        """docs/twin.md: a twin command over 1 MiB is answered 413 things:command.toolarge, which
+        only a broker whose max_packet_size was raised lets through (under the default 1 MiB the
+        broker closes the sender's connection first; the docs did not say so)."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        port = free_port()
+        config = gateway_yaml(work, port)
+        config.write_text(config.read_text().replace("broker:\n", "broker:\n  max_packet_size: 2097152\n"))
+        root = yield self.start(config)
+        try:
+            app = yield self.client(port)
+            yield app.publish("e", modify("/attributes/big", "x" * (1100 * 1024)), qos=1)
+            answer = yield app.next_message()
+            self.assertEqual(answer.topic, "command///req//errors-response")
+            self.assertEqual((json.loads(answer.payload)["status"], json.loads(answer.payload)["value"]["error"]),
+                             (413, "things:command.toolarge"))
+        finally:
+            yield root.stopService()

@@ -409,6 +409,11 @@ class TwinServiceTests(SynchronousTestCase):
             out = self.send(envelope)
             self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
             self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid", envelope)
+        # The message reads as a sentence (it was "the value holds /foo is not part of a thing ...").
+        out = self.send(command("modify", "/features/f", {"state": 1}))
+        self.assertEqual(out[0][1]["value"]["message"],
+                         "the value is refused: /features/f/state is not part of a feature "
+                         "(known: definition, properties, desiredProperties)")
         self.assertNotIn(child, self.twin.store.things)
         self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
         out = self.send(command("merge", "/", {"attributes": None, "features": {"f": {"properties": {"a": 1}}}}))
@@ -434,6 +439,11 @@ class TwinServiceTests(SynchronousTestCase):
                                                    else f"command//{child}/req//errors-response"], envelope)
             self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
             self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid", envelope)
+        # The message reads as a sentence (it was "the value holds /foo is not part of a thing ...").
+        out = self.send(command("modify", "/features/f", {"state": 1}))
+        self.assertEqual(out[0][1]["value"]["message"],
+                         "the value is refused: /features/f/state is not part of a feature "
+                         "(known: definition, properties, desiredProperties)")
         self.assertNotIn(child, self.twin.store.things)
         self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
         out = self.send(command("modify", "/", {"thingId": ROOT, "policyId": "acme:p", "definition": "acme:gw:1",

@@ -294,6 +294,24 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("refused by the app installer", message)
         self.assertIn("not a readable tar archive", message)
 
+    def test_downloaded_says_what_no_digest_verified(self) -> None:
+        """DOWNLOADED says ``all artifacts verified`` only when each artifact had a digest to
+        check; a request without checksums is downloaded, and its DOWNLOADED names the files
+        nothing verified (it said ``all artifacts verified`` before: docs/updates.md, checksums)."""
+        self.installer.answers.append(succeed(InstallResult(True, "installed", "sensor", "2.1.0", "2.0.0", "")))
+        service = self.service()
+        with capturedLogs() as logged:
+            service.submit("install", request(checksums=False))
+            self.settle()
+        downloaded = [m for _, m, _, _ in self.published if m.get("status") == "DOWNLOADED"]
+        self.assertEqual([m["message"] for m in downloaded],
+                         ["all artifacts downloaded; not verified, as no digest was announced for them: "
+                          + request()["softwareModules"][0]["artifacts"][0]["filename"]])
+        lines = [formatEvent(e) for e in logged if str(e.get("log_format", "")).startswith("downloaded ")]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("not verified: no digest was announced", lines[0])
+        self.assertNotIn("sha256 verified", lines[0])
+
     def test_a_download_the_disk_refuses_ends_the_operation_with_the_reason(self) -> None:
         """An artifact that cannot be written at all (here: the artifacts directory cannot be
         made; a full disk alike) ends the operation in FINISHED_ERROR with the system's words,
