@@ -1038,8 +1038,8 @@ class Stream:
         and its snapshot (``GET /status``, ``gateway_journal_refusing_appends``) said it refused
         them until the next append was written, however long after the cloud drained it."""
         size = self._refused_size
-        if size is None or self.refusing.now is None:
-            return
+        if size is None or self.refusing.now is None or self._backoff:
+            return  # (after a failed write, until a write works: room alone takes no append)
         if self.refusing.now.reason in ("max-bytes", "min-free-disk") and self.retention.fits(size):
             self.refusing.recovered()
             self._refused_size = None

@@ -255,6 +255,41 @@ class RefusingTests(SynchronousTestCase):
         self.successResultOf(appended(s, record(100, size=64)))
         self.assertIsNone(s.snapshot().refusing)
 
+    def test_room_again_during_a_write_back_off(self) -> None:
+        """A limit's refusal made while the stream backs off after a failed write, then room
+        again (its cursor acknowledged): the stream still refuses appends until the back-off
+        ends (or a write works), so its snapshot still says it refuses. Room alone ended it:
+        ``refusing`` went ``null`` while the next append was refused with the disk's error."""
+
+        class FailingDisk(PowerCutFiles):
+            fail = False
+
+            def append(self, path: str, data: bytes) -> None:
+                if self.fail and "/cursors/" not in path:  # (segments: the cursor's save works)
+                    raise OSError(errno.EIO, "Input/output error", path)
+                super().append(path, data)
+
+        clock = Clock()
+        files = FailingDisk()
+        s = open_stream(files, StreamSettings(max_bytes=4096, segment_bytes=1024, min_free_bytes=0,
+                                              overflow="reject-new"), clock)
+        self.successResultOf(s.cursor("a"))
+        for i in range(1, 31):
+            self.successResultOf(appended(s, record(i, size=64)))
+        files.fail = True
+        self.failureResultOf(appended(s, record(31, size=64)), JournalWriteError)
+        # (one turn: backing off, and full; then the cursor lets segments go)
+        self.failureResultOf(s.append(record(32, size=2048)), StreamFullError)
+        self.assertEqual(s.snapshot().refusing.reason, "max-bytes")  # type: ignore[union-attr]
+        last = read_all(s, "a")[-1].seq
+        self.successResultOf(s.ack("a", last))
+        self.assertIsNotNone(s.snapshot().refusing)
+        self.failureResultOf(s.append(record(33, size=2048)), JournalWriteError)
+        files.fail = False
+        clock.advance(WRITE_BACKOFF_S)
+        self.successResultOf(appended(s, record(34, size=64)))
+        self.assertIsNone(s.snapshot().refusing)
+
     def test_a_flood_past_the_limit_in_one_turn(self) -> None:
         """Appends of one turn (one socket read of PUBLISHes) that the stream takes, then refuses
         past max_bytes: the batch written at the turn's end does not end the refusals made after
