@@ -610,6 +610,7 @@ class HTTPLink:
                 del self.pieces[0]
                 continue
             cik = yield self._pace(with_cik=exosite)  # (a long-poll's 401 may forget the CIK while this waits)
+            at = self.activations  # (the CIK's: an activation while the request is out makes another)
             try:
                 if not exosite:
                     yield self.api.post_json(self.settings.headers, piece)
@@ -630,7 +631,7 @@ class HTTPLink:
                 self.refused.confirm()
                 self._progressed = True
                 self._up()  # (a refusal alone does not say the link works: see _send_batch)
-            self._uplink_proven = self.activations
+            self._uplink_proven = at
 
     @inlineCallbacks
     def _refused(self, piece: list[Any], exc: RequestFailed) -> Any:
@@ -710,13 +711,13 @@ class HTTPLink:
             try:
                 if self.cik is None:
                     yield self._activate()
-                used = self.cik
+                used, at = self.cik, self.activations  # (an answer proves this CIK, not one activated meanwhile)
                 assert used is not None
                 started = steady_seconds(self.reactor)
                 status, value, modified = yield self.api.long_poll(
                     used, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
-                proven = self.activations
+                proven = at
                 if not self.batch:  # (while a batch is being sent, its answers say whether the link works)
                     self._up()
                 if value is not None and modified is not None and modified == since:

@@ -86,6 +86,32 @@ class PollsRefused(ExositeAPI):
         return super().render(request)
 
 
+class NewCIKsRefused(ExositeAPI):
+    """A product whose first CIK works for everything until :meth:`revoke`; the CIKs it
+    issues after that are refused (401) for long-polls (``refused_method`` GET), or for
+    writes (POST), and taken for the other."""
+
+    def __init__(self, clock: Clock, refused_method: bytes) -> None:
+        super().__init__(clock)
+        self.first: str | None = None
+        self.refused_method = refused_method
+
+    def _activate(self, request: Any) -> bytes:
+        cik = super()._activate(request)
+        if self.first is None and request.code == 200:
+            self.first = cik.decode()
+        return cik
+
+    def render(self, request: Any) -> Any:  # type: ignore[override]
+        cik = (request.getHeader(b"x-exosite-cik") or b"").decode()
+        if request.method == self.refused_method and request.path.startswith(b"/onep:v1/stack/alias") and \
+                cik != self.first:
+            self.requests.append((self.clock.seconds(), self.refused_method.decode(), request.path.decode()))
+            request.setResponseCode(401)
+            return b"CIK refused"
+        return super().render(request)
+
+
 class HTTPLinkCase(SynchronousTestCase):
     """An HTTP link on a fake clock against :class:`ExositeAPI` through StubTreq (no tests of its own)."""
 
@@ -838,6 +864,48 @@ class HTTPLinkTests(HTTPLinkCase):
             self.pass_time(1)
         self.assertLessEqual(server.activations, 2)
         self.assertEqual(server.sequence("temp"), [str(n) for n in range(60)])
+
+    def test_a_long_poll_answered_to_the_cik_before_an_activation_proves_nothing_of_the_new_one(self) -> None:
+        """A long-poll held with the old CIK while the uplink activates again (its writes were
+        refused 401) is answered (304) after the activation: that answer proves the old CIK,
+        not the new one. When the new CIK's first long-poll is refused 401 the loop backs off;
+        it counted the old CIK's answer as the new one's proof, forgot the CIK the writes use
+        (its file removed) and activated again (on Exosite, where a device activates once, a
+        409: the device lost)."""
+        server = NewCIKsRefused(self.clock, b"GET")
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=20000, batch_wait=0.0)
+        self.write("temp", "1")
+        self.pass_time(2)
+        self.assertEqual((server.sequence("temp"), server.activations), (["1"], 1))
+        server.revoke()  # (the long-poll held with the first CIK is answered 304 all the same)
+        self.write("temp", "2")
+        self.pass_time(60)
+        self.assertEqual(server.sequence("temp"), ["1", "2"])
+        self.assertEqual(server.activations, 2)
+        self.assertIsNotNone(link.cik)
+
+    def test_a_write_answered_to_the_cik_before_an_activation_proves_nothing_of_the_new_one(self) -> None:
+        """The same for the uplink: a write sent with the old CIK is answered after the
+        long-poll activated again; the new CIK's first write refused 401 backs off (the old
+        CIK's answer counted as the new one's proof: one more activation)."""
+        server = NewCIKsRefused(self.clock, b"POST")
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000, batch_wait=0.0)
+        self.write("temp", "1")
+        self.pass_time(2)
+        self.assertEqual((server.sequence("temp"), server.activations), (["1"], 1))
+        server.fail("slow", arg=3.0)
+        self.write("temp", "2")
+        self.pass_time(0.5)  # (its write is out, taken, answered in 3 s)
+        server.revoke()  # (the next long-poll is refused: the link activates again)
+        self.write("temp", "3")  # (sent with the new CIK: refused)
+        self.pass_time(60)
+        self.assertEqual(server.sequence("temp"), ["1", "2"])
+        self.assertEqual(server.activations, 2)
+        self.assertIsNotNone(link.cik)
 
     def test_activation_404_is_reported(self):
         """An unknown device: the status says so, nothing is acknowledged."""
