@@ -162,8 +162,15 @@ class Config:
         """The files this configuration was read from, as ``--check-config`` names them: the
         main file, and, when drop-ins were merged over it, ``+`` and each of them beside it, in
         the order merged (``conf/gateway.yaml + conf.d/50-site.yaml, conf.d/90-remote.yaml``);
-        the main file alone when there are none."""
-        return files_read(self.path, self.dropins)
+        the main file alone when there are none. A drop-in is named by its path from the main
+        file's directory, where the gateway looks for ``conf.d``, or whole when it is elsewhere."""
+        names = []
+        for dropin in self.dropins:
+            try:
+                names.append(str(dropin.relative_to(self.path.parent)))
+            except ValueError:  # (not beside it: named whole)
+                names.append(str(dropin))
+        return f"{self.path} + {', '.join(names)}" if names else str(self.path)
 
     @property
     def state_dir(self) -> Path:
@@ -473,23 +480,6 @@ def dropin_files(main: Path, errors: list[str]) -> list[Path]:
     except OSError as exc:
         errors.append(f"{conf_d}: cannot read: {exc.strerror or exc}")
         return []
-
-
-def files_read(main: Path, dropins: Iterable[Path]) -> str:
-    """``main`` and the drop-ins merged over it, in their order: ``main + conf.d/a.yaml,
-    conf.d/b.yaml`` (each drop-in by its path from the main file's directory, where the gateway
-    looks for ``conf.d``); ``main`` alone, as written, when there are none.
-
-    :param main: the main configuration file.
-    :param dropins: its drop-ins, as :func:`dropin_files` found them.
-    """
-    names = []
-    for dropin in dropins:
-        try:
-            names.append(str(dropin.relative_to(main.parent)))
-        except ValueError:  # (not beside it: named whole)
-            names.append(str(dropin))
-    return f"{main} + {', '.join(names)}" if names else str(main)
 
 
 def _foreign_keys(path: Path, data: dict[str, Any], problems: list[str], foreign: set[Any]) -> None:

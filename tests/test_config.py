@@ -147,7 +147,7 @@ class ConfigTests(SynchronousTestCase):
 
     def test_the_files_read_name_a_dropin_elsewhere_whole(self) -> None:
         """A drop-in that is not beside the main file (no caller gives one today) is named whole."""
-        self.assertEqual(config.files_read(Path("a/gateway.yaml"), [Path("/b/conf.d/1.yaml")]),
+        self.assertEqual(config.Config(path=Path("a/gateway.yaml"), dropins=(Path("/b/conf.d/1.yaml"),)).files_read(),
                          "a/gateway.yaml + /b/conf.d/1.yaml")
 
     def test_a_value_a_dropin_sets_is_refused_naming_the_dropin(self) -> None:
