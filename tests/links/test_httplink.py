@@ -865,6 +865,19 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertLessEqual(server.activations, 2)
         self.assertEqual(server.sequence("temp"), [str(n) for n in range(60)])
 
+    def activated_once(self, refused: bytes, poll_timeout_ms: int) -> tuple[NewCIKsRefused, HTTPLink]:
+        """A link with a downlink on a :class:`NewCIKsRefused` server (``refused``: the method
+        its new CIKs are refused for), activated once and its first write taken."""
+        server = NewCIKsRefused(self.clock, refused)
+        self.treq = StubTreq(server)
+        self.addCleanup(server.close)
+        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=poll_timeout_ms,
+                          batch_wait=0.0)
+        self.write("temp", "1")
+        self.pass_time(2)
+        self.assertEqual((server.sequence("temp"), server.activations), (["1"], 1))
+        return server, link
+
     def test_a_long_poll_answered_to_the_cik_before_an_activation_proves_nothing_of_the_new_one(self) -> None:
         """A long-poll held with the old CIK while the uplink activates again (its writes were
         refused 401) is answered (304) after the activation: that answer proves the old CIK,
@@ -872,13 +885,7 @@ class HTTPLinkTests(HTTPLinkCase):
         it counted the old CIK's answer as the new one's proof, forgot the CIK the writes use
         (its file removed) and activated again (on Exosite, where a device activates once, a
         409: the device lost)."""
-        server = NewCIKsRefused(self.clock, b"GET")
-        self.treq = StubTreq(server)
-        self.addCleanup(server.close)
-        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=20000, batch_wait=0.0)
-        self.write("temp", "1")
-        self.pass_time(2)
-        self.assertEqual((server.sequence("temp"), server.activations), (["1"], 1))
+        server, link = self.activated_once(b"GET", poll_timeout_ms=20000)
         server.revoke()  # (the long-poll held with the first CIK is answered 304 all the same)
         self.write("temp", "2")
         self.pass_time(60)
@@ -890,13 +897,7 @@ class HTTPLinkTests(HTTPLinkCase):
         """The same for the uplink: a write sent with the old CIK is answered after the
         long-poll activated again; the new CIK's first write refused 401 backs off (the old
         CIK's answer counted as the new one's proof: one more activation)."""
-        server = NewCIKsRefused(self.clock, b"POST")
-        self.treq = StubTreq(server)
-        self.addCleanup(server.close)
-        link = self.start(downlink=(AliasDownlinkSettings("setpoint"),), poll_timeout_ms=1000, batch_wait=0.0)
-        self.write("temp", "1")
-        self.pass_time(2)
-        self.assertEqual((server.sequence("temp"), server.activations), (["1"], 1))
+        server, link = self.activated_once(b"POST", poll_timeout_ms=1000)
         server.fail("slow", arg=3.0)
         self.write("temp", "2")
         self.pass_time(0.5)  # (its write is out, taken, answered in 3 s)
